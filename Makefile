@@ -1,0 +1,141 @@
+# sparselab — one Makefile. Settings first; objects under build/ mirror the tree.
+#   make            library, Lua module build/sparselab.so, program build/sparselab
+#   make demo       installs missing Debian packages, builds, runs experiments/demo.lua
+#   make test       installs missing Debian packages, builds, runs every test that needs no GPU
+#   make CUDA=1     also the CUDA backend (needs nvcc); make test-cuda runs it where a GPU is
+#   make asan       everything with AddressSanitizer + UBSan into build-asan/, then its tests
+#   make deps       installs the Debian packages (apt-get; needs root)
+
+CC       ?= cc
+NVCC     ?= nvcc
+CUDA     ?= 0
+CUDA_ARCH ?= sm_80
+WERROR   ?= $(if $(CI),1,0)
+BUILD    ?= build
+OPT      ?= -O2
+SAN      ?=
+
+PKGS     := lua5.4 sqlite3 openblas libuv libedit
+CHECK_PKG := check
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+ifeq ($(WERROR),1)
+WARN     += -Werror
+endif
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags $(CHECK_PKG) 2>/dev/null)
+CHECK_LIBS   := $(shell pkg-config --libs $(CHECK_PKG) 2>/dev/null)
+CUDA_HOME ?= /usr/local/cuda
+
+CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fPIC -MMD -MP $(OPT) -g $(WARN) $(SAN) \
+             -I core -I store -I lua $(PKG_CFLAGS) -DSL_CUDA=$(CUDA) \
+             -DSL_BUILD_FLAGS='"$(OPT) $(SAN) CUDA=$(CUDA)"'
+LDLIBS_ALL = $(PKG_LIBS) -lm -lpthread $(SAN)
+
+ifeq ($(CUDA),1)
+LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
+endif
+
+# ---- sources ---------------------------------------------------------------
+CORE_SRC  := $(wildcard core/*.c core/ref/*.c core/cpu/*.c core/model/*.c)
+ifeq ($(CUDA),1)
+CUDA_SRC  := $(wildcard core/cuda/*.cu)
+else
+CUDA_SRC  :=
+CORE_SRC  += core/cuda/none.c
+endif
+STORE_SRC := $(wildcard store/*.c)
+LUA_SRC   := $(filter-out lua/main.c lua/embed.c,$(wildcard lua/*.c))
+LUA_FILES := $(shell find lua/sparselab -name '*.lua' | sort)
+
+CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
+STORE_OBJ := $(STORE_SRC:%.c=$(BUILD)/%.o)
+LUA_OBJ   := $(LUA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/lua/embedded.o
+SQL_FILES := $(sort $(wildcard store/*.sql store/migrations/*.sql))
+STORE_OBJ += $(BUILD)/store/sql_embedded.o
+LIB       := $(BUILD)/libsparselab.a
+STORE_LIB := $(BUILD)/libsparselab_store.a
+MODULE    := $(BUILD)/sparselab.so
+PROGRAM   := $(BUILD)/sparselab
+
+TEST_SUITES := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+TEST_TOOLS  := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
+
+.PHONY: all test test-run test-cuda asan deps demo clean bench
+all: $(LIB) $(STORE_LIB) $(MODULE) $(PROGRAM)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	@$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "  NVCC  $<"
+	@$(NVCC) -O2 -std=c++17 -arch=$(CUDA_ARCH) -Xcompiler -fPIC -I core -DSL_CUDA=1 -c $< -o $@
+
+# The core library has no SQLite/Lua/libuv in it; the store is a library of its own.
+$(LIB): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+$(STORE_LIB): $(STORE_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+# The pure-Lua library is embedded in the module and the program, so that
+# `require "sparselab"` needs only build/sparselab.so.
+$(BUILD)/lua/embed: lua/embed.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O1 $(WARN) $< -o $@
+$(BUILD)/lua/embedded.c: $(BUILD)/lua/embed $(LUA_FILES)
+	$(BUILD)/lua/embed lua $(LUA_FILES) > $@
+$(BUILD)/lua/embedded.o: $(BUILD)/lua/embedded.c
+	$(CC) $(CFLAGS_ALL) -Wno-missing-prototypes -c $< -o $@
+$(BUILD)/store/sql_embedded.c: $(BUILD)/lua/embed $(SQL_FILES)
+	@mkdir -p $(dir $@)
+	$(BUILD)/lua/embed --store $(SQL_FILES) > $@
+$(BUILD)/store/sql_embedded.o: $(BUILD)/store/sql_embedded.c
+	$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(MODULE): $(LUA_OBJ) $(STORE_LIB) $(LIB)
+	$(CC) -shared -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
+
+$(PROGRAM): $(BUILD)/lua/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB)
+	$(CC) -o $@ $(BUILD)/lua/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL) -Wl,-E
+
+# ---- tests -------------------------------------------------------------------
+$(BUILD)/tests/%: tests/%.c $(LIB) $(STORE_LIB) tests/testutil.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(CHECK_CFLAGS) -I tests $< -o $@ $(STORE_LIB) $(LIB) $(CHECK_LIBS) $(LDLIBS_ALL)
+$(BUILD)/tests/tools/%: tests/tools/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -O2 $(WARN) $< -o $@ -lm
+
+# test and demo install what is missing first, then re-read this Makefile
+# (pkg-config answers only once the packages are there).
+test: deps
+	@$(MAKE) --no-print-directory test-run
+test-run: all $(TEST_SUITES) $(TEST_TOOLS)
+	@BUILD=$(BUILD) sh tests/run.sh
+
+test-cuda:
+	$(MAKE) CUDA=1 BUILD=build-cuda all build-cuda/tests/test_ops
+	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_ops
+
+asan: deps
+	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-run
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	$(PROGRAM) run experiments/demo.lua
+
+bench: all
+	$(PROGRAM) bench
+
+deps:
+	@sh tests/deps.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,264 @@
+/* cpu/attn.c — flash-style attention executors on the CPU (attn.dense,
+ * attn.block_sparse): per (head, query tile) work items on our thread pool,
+ * scores of a key chunk by one OpenBLAS sgemm, online softmax with a
+ * vectorised exp, P·V by a second sgemm. Never materialises N×N. */
+#include "cpu.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#ifndef DENSE_BQ
+#define DENSE_BQ 128     /* query rows per work item of attn.dense */
+#endif
+#ifndef DENSE_BK
+#define DENSE_BK 256     /* keys per chunk of attn.dense */
+#endif
+#define SPARSE_KMAX 512  /* consecutive kept blocks are merged into chunks up to this many keys */
+
+/* Per-thread workspace: scaled queries, scores of one chunk, accumulator,
+ * running max and sum. */
+typedef struct tile_ws {
+    float *qs, *s, *acc, *m, *l;
+} tile_ws;
+
+static size_t ws_floats(int64_t bq, int64_t kmax, int64_t d) { return (size_t)(bq * d + bq * kmax + bq * d + 2 * bq); }
+
+static tile_ws ws_at(void *scratch, int thread, int64_t bq, int64_t kmax, int64_t d)
+{
+    float *base = (float *)scratch + (size_t)thread * ws_floats(bq, kmax, d);
+    tile_ws w = {base, base + bq * d, base + bq * d + bq * kmax, NULL, NULL};
+    w.m = w.acc + bq * d;
+    w.l = w.m + bq;
+    return w;
+}
+
+/* exp(x - m) for a row, written in place; returns the row sum. A polynomial
+ * on [-0.5, 0.5] after range reduction (relative error < 3e-7); -inf and
+ * anything below float range give exactly 0. Written so the compiler
+ * vectorises it. */
+SL__CPU_VECTOR static float exp_row(float *s, int64_t n, float m)
+{
+    float sum = 0.f;
+    for (int64_t i = 0; i < n; i++) {
+        float t = (s[i] - m) * 1.44269504088896341f;
+        float under = t < -125.f ? 0.f : 1.f;
+        t = t < -125.f ? -125.f : t;
+        float r = __builtin_roundf(t);
+        float f = t - r;
+        float p = 1.5403530e-4f;
+        p = p * f + 1.3333558e-3f;
+        p = p * f + 9.6181291e-3f;
+        p = p * f + 5.5504109e-2f;
+        p = p * f + 2.4022651e-1f;
+        p = p * f + 6.9314718e-1f;
+        p = p * f + 1.0f;
+        int32_t bits = ((int32_t)r + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        float e = p * scale * under;
+        s[i] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+SL__CPU_VECTOR static float row_max(const float *s, int64_t n, float m)
+{
+    for (int64_t i = 0; i < n; i++)
+        m = s[i] > m ? s[i] : m;
+    return m;
+}
+
+SL__CPU_VECTOR static void row_scale(float *x, int64_t n, float a)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= a;
+}
+
+static void tile_begin(tile_ws *w, const float *q, int64_t rows, int64_t d, float scale)
+{
+    for (int64_t i = 0; i < rows * d; i++)
+        w->qs[i] = q[i] * scale;
+    memset(w->acc, 0, (size_t)(rows * d) * sizeof(float));
+    for (int64_t a = 0; a < rows; a++) {
+        w->m[a] = -INFINITY;
+        w->l[a] = 0.f;
+    }
+}
+
+/* Row a of the chunk keeps keys [0, keep_to[a]) when mask_bits is NULL
+ * (causal limit), else key b iff the chunk's own test says so. */
+typedef struct chunk_mask {
+    const int64_t *keep_to;          /* per row, or NULL */
+    const uint8_t *const *bits;      /* per key block of the chunk: bq×bk bits, or NULL = full */
+    int64_t bk;
+    int64_t row0;                    /* first row of the tile inside its mask block */
+} chunk_mask;
+
+/* Scores of the chunk's keys, masked, folded into the running softmax. */
+static void tile_chunk(tile_ws *w, int64_t rows, int64_t d, const float *k, const float *v, int64_t nc,
+                       int64_t ld_s, const chunk_mask *cm)
+{
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)nc, (int)d, 1.f, w->qs, (int)d, k, (int)d,
+                0.f, w->s, (int)ld_s);
+    for (int64_t a = 0; a < rows; a++) {
+        float *s = w->s + a * ld_s;
+        if (cm && cm->keep_to)
+            for (int64_t j = cm->keep_to[a] < 0 ? 0 : cm->keep_to[a]; j < nc; j++)
+                s[j] = -INFINITY;
+        if (cm && cm->bits)
+            for (int64_t c = 0; c * cm->bk < nc; c++) {
+                const uint8_t *b = cm->bits[c];
+                if (!b)
+                    continue;
+                b += (cm->row0 + a) * cm->bk;
+                int64_t width = nc - c * cm->bk < cm->bk ? nc - c * cm->bk : cm->bk;
+                for (int64_t j = 0; j < width; j++)
+                    if (!b[j])
+                        s[c * cm->bk + j] = -INFINITY;
+            }
+        float mnew = row_max(s, nc, w->m[a]);
+        if (mnew == -INFINITY) {
+            /* Nothing visible yet in this row: P is all zero. */
+            memset(s, 0, (size_t)nc * sizeof(float));
+            continue;
+        }
+        float alpha = w->m[a] == -INFINITY ? 0.f : expf(w->m[a] - mnew);
+        float sum = exp_row(s, nc, mnew);
+        w->l[a] = w->l[a] * alpha + sum;
+        w->m[a] = mnew;
+        if (alpha != 1.f)
+            row_scale(w->acc + a * d, d, alpha);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w->s, (int)ld_s, v, (int)d,
+                1.f, w->acc, (int)d);
+}
+
+static void tile_end(const tile_ws *w, int64_t rows, int64_t d, float *o, float *lse)
+{
+    for (int64_t a = 0; a < rows; a++) {
+        if (w->l[a] <= 0.f) {
+            memset(o + a * d, 0, (size_t)d * sizeof(float));
+            lse[a] = -INFINITY;
+            continue;
+        }
+        float inv = 1.f / w->l[a];
+        for (int64_t c = 0; c < d; c++)
+            o[a * d + c] = w->acc[a * d + c] * inv;
+        lse[a] = w->m[a] + logf(w->l[a]);
+    }
+}
+
+/* ---- attn.dense ---- */
+
+typedef struct dense_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    int causal;
+    int64_t n_tiles;  /* query tiles per head */
+} dense_job;
+
+static void dense_item(int64_t item, void *ud, int thread)
+{
+    dense_job *j = ud;
+    const sl__attn_dims *dm = &j->dm;
+    /* Items run from the most expensive (last) query tiles to the cheapest. */
+    int64_t h = item % dm->hq, t = j->n_tiles - 1 - item / dm->hq;
+    int64_t r0 = t * DENSE_BQ, rows = dm->nq - r0 < DENSE_BQ ? dm->nq - r0 : DENSE_BQ;
+    int64_t g = h / dm->group;
+    const float *q = (const float *)j->a->in[0].data + (h * dm->nq + r0) * dm->d;
+    const float *k = (const float *)j->a->in[1].data + g * dm->nk * dm->d;
+    const float *v = (const float *)j->a->in[2].data + g * dm->nk * dm->d;
+    tile_ws w = ws_at(j->a->scratch, thread, DENSE_BQ, DENSE_BK, dm->d);
+    tile_begin(&w, q, rows, dm->d, (float)dm->scale);
+    int64_t end = j->causal ? dm->offset + r0 + rows : dm->nk; /* keys past the last row's limit are never read */
+    if (end > dm->nk)
+        end = dm->nk;
+    int64_t keep_to[DENSE_BQ];
+    for (int64_t j0 = 0; j0 < end; j0 += DENSE_BK) {
+        int64_t nc = end - j0 < DENSE_BK ? end - j0 : DENSE_BK;
+        chunk_mask cm = {NULL, NULL, 0, 0};
+        if (j->causal && j0 + nc > dm->offset + r0 + 1) {
+            for (int64_t a = 0; a < rows; a++)
+                keep_to[a] = dm->offset + r0 + a + 1 - j0;
+            cm.keep_to = keep_to;
+        }
+        tile_chunk(&w, rows, dm->d, k + j0 * dm->d, v + j0 * dm->d, nc, DENSE_BK, cm.keep_to ? &cm : NULL);
+    }
+    tile_end(&w, rows, dm->d, (float *)j->a->out[0].data + (h * dm->nq + r0) * dm->d,
+             (float *)j->a->out[1].data + h * dm->nq + r0);
+}
+
+sl_status sl__cpu_attn_dense(const sl__kargs *a)
+{
+    const sl_attn_params *p = a->params;
+    dense_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
+    j.n_tiles = (j.dm.nq + DENSE_BQ - 1) / DENSE_BQ;
+    sl__cpu_blas_single();
+    return sl__parallel_for(a->ctx, j.n_tiles * j.dm.hq, sl_ctx_threads(a->ctx), dense_item, &j);
+}
+
+/* ---- attn.block_sparse ---- */
+
+typedef struct sparse_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    int64_t bq, bk, n_qb, hm, kmax;
+} sparse_job;
+
+static void sparse_item(int64_t item, void *ud, int thread)
+{
+    sparse_job *j = ud;
+    const sl__attn_dims *dm = &j->dm;
+    int64_t h = item % dm->hq, qb = item / dm->hq;
+    int64_t r0 = qb * j->bq, rows = dm->nq - r0 < j->bq ? dm->nq - r0 : j->bq;
+    int64_t g = h / dm->group, mh = h / (dm->hq / j->hm);
+    const float *q = (const float *)j->a->in[0].data + (h * dm->nq + r0) * dm->d;
+    const float *k = (const float *)j->a->in[1].data + g * dm->nk * dm->d;
+    const float *v = (const float *)j->a->in[2].data + g * dm->nk * dm->d;
+    const int32_t *rp = (const int32_t *)j->a->in[3].data + mh * (j->n_qb + 1);
+    const int32_t *col = j->a->in[4].data, *part = j->a->in[5].data;
+    const uint8_t *bits = j->a->in[6].data;
+    size_t blk = (size_t)(j->bq * j->bk);
+    tile_ws w = ws_at(j->a->scratch, thread, j->bq, j->kmax, dm->d);
+    tile_begin(&w, q, rows, dm->d, (float)dm->scale);
+    const uint8_t *chunk_bits[SPARSE_KMAX];
+    for (int32_t e = rp[qb]; e < rp[qb + 1];) {
+        /* Merge a run of consecutive key blocks into one chunk. */
+        int64_t c0 = col[e], nblk = 0, any_partial = 0;
+        while (e < rp[qb + 1] && col[e] == c0 + nblk && (nblk + 1) * j->bk <= j->kmax) {
+            chunk_bits[nblk] = part[e] < 0 ? NULL : bits + (size_t)part[e] * blk;
+            any_partial |= part[e] >= 0;
+            nblk++;
+            e++;
+        }
+        int64_t k0 = c0 * j->bk, nc = nblk * j->bk;
+        if (k0 + nc > dm->nk)
+            nc = dm->nk - k0;
+        chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
+        tile_chunk(&w, rows, dm->d, k + k0 * dm->d, v + k0 * dm->d, nc, j->kmax, any_partial ? &cm : NULL);
+    }
+    tile_end(&w, rows, dm->d, (float *)j->a->out[0].data + (h * dm->nq + r0) * dm->d,
+             (float *)j->a->out[1].data + h * dm->nq + r0);
+}
+
+static int64_t sparse_kmax(int64_t bk) { return bk >= SPARSE_KMAX ? bk : SPARSE_KMAX / bk * bk; }
+
+sl_status sl__cpu_attn_block_sparse(const sl__kargs *a)
+{
+    const sl_attn_block_params *p = a->params;
+    sparse_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
+                    a->in[3].shape[0], sparse_kmax(p->bk)};
+    sl__cpu_blas_single();
+    return sl__parallel_for(a->ctx, j.n_qb * j.dm.hq, sl_ctx_threads(a->ctx), sparse_item, &j);
+}
+
+size_t sl__cpu_attn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    int64_t d = in[0].shape[2];
+    if (op == SL_OP_ATTN_DENSE)
+        return ws_floats(DENSE_BQ, DENSE_BK, d) * sizeof(float) * (size_t)n_threads;
+    const sl_attn_block_params *p = params;
+    return ws_floats(p->bq, sparse_kmax(p->bk), d) * sizeof(float) * (size_t)n_threads;
+}

@@ -1,0 +1,32 @@
+/* cpu/backend.c — the cpu backend's kernel table. Metrics are not hot and
+ * reuse the reference kernels. */
+#include "cpu.h"
+#include "../ref/ref.h"
+
+#include <cblas.h>
+
+static int cpu_available(void) { return 1; }
+static const char *cpu_status(void) { return ""; }
+
+void sl__cpu_blas_single(void)
+{
+    if (openblas_get_num_threads() != 1)
+        openblas_set_num_threads(1);
+}
+
+static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
+    [SL_OP_ATTN_DENSE] = sl__cpu_attn_dense,
+    [SL_OP_ATTN_BLOCK_SPARSE] = sl__cpu_attn_block_sparse,
+    [SL_OP_METRIC_REL_L2] = sl__ref_metric_rel_l2,
+    [SL_OP_METRIC_COSINE] = sl__ref_metric_cosine,
+    [SL_OP_METRIC_MAX_ABS] = sl__ref_metric_max_abs,
+    [SL_OP_METRIC_RECALL] = sl__ref_metric_recall,
+};
+
+static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    return op == SL_OP_ATTN_DENSE || op == SL_OP_ATTN_BLOCK_SPARSE ? sl__cpu_attn_scratch(op, params, in, n_threads)
+                                                                    : 0;
+}
+
+const sl__backend sl__backend_cpu = {"cpu", cpu_available, cpu_status, cpu_kernels, cpu_scratch};

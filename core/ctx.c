@@ -1,0 +1,117 @@
+/* ctx.c — the context: allocator hook, error message, thread count, interrupt flag. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void *default_alloc(void *ud, void *ptr, size_t old_bytes, size_t new_bytes)
+{
+    (void)ud;
+    (void)old_bytes;
+    if (new_bytes == 0) {
+        free(ptr);
+        return NULL;
+    }
+    return realloc(ptr, new_bytes);
+}
+
+sl_ctx *sl_ctx_new(const sl_ctx_options *opt)
+{
+    sl_alloc_fn alloc = opt && opt->alloc ? opt->alloc : default_alloc;
+    void *ud = opt ? opt->alloc_ud : NULL;
+    sl_ctx *ctx = alloc(ud, NULL, 0, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    memset(ctx, 0, sizeof *ctx);
+    ctx->alloc = alloc;
+    ctx->alloc_ud = ud;
+    ctx->n_threads = opt ? opt->n_threads : 0;
+    if (ctx->n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        ctx->n_threads = n > 0 ? (int)n : 1;
+    }
+    return ctx;
+}
+
+void sl_ctx_free(sl_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    ctx->alloc(ctx->alloc_ud, ctx, sizeof *ctx, 0);
+}
+
+const char *sl_ctx_error(const sl_ctx *ctx) { return ctx ? ctx->err : "no context"; }
+
+void sl_ctx_clear_error(sl_ctx *ctx)
+{
+    ctx->err[0] = '\0';
+    ctx->last_status = SL_OK;
+}
+
+int sl_ctx_threads(const sl_ctx *ctx) { return ctx->n_threads; }
+
+void sl_ctx_set_interrupt(sl_ctx *ctx, volatile int *flag) { ctx->interrupt = flag; }
+
+int sl_ctx_interrupted(const sl_ctx *ctx) { return ctx->interrupt && *ctx->interrupt; }
+
+size_t sl_ctx_live_allocs(const sl_ctx *ctx) { return ctx->live_allocs; }
+
+size_t sl_ctx_live_bytes(const sl_ctx *ctx) { return ctx->live_bytes; }
+
+void *sl_ctx_alloc(sl_ctx *ctx, size_t bytes)
+{
+    if (bytes == 0)
+        bytes = 1;
+    void *p = ctx->alloc(ctx->alloc_ud, NULL, 0, bytes);
+    if (!p) {
+        sl_ctx_fail(ctx, SL_ENOMEM, "out of memory allocating %zu bytes", bytes);
+        return NULL;
+    }
+    ctx->live_allocs++;
+    ctx->live_bytes += bytes;
+    return p;
+}
+
+void sl_ctx_dealloc(sl_ctx *ctx, void *ptr, size_t bytes)
+{
+    if (!ptr)
+        return;
+    if (bytes == 0)
+        bytes = 1;
+    ctx->alloc(ctx->alloc_ud, ptr, bytes, 0);
+    ctx->live_allocs--;
+    ctx->live_bytes -= bytes;
+}
+
+sl_status sl__vfail(sl_ctx *ctx, sl_status s, const char *fmt, va_list ap)
+{
+    if (!ctx)
+        return s;
+    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    /* Messages are one line: a newline from a file name or a nested message
+     * would break the CLI's one-line contract. */
+    for (char *c = ctx->err; *c; c++)
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
+    ctx->last_status = s;
+    return s;
+}
+
+sl_status sl_ctx_fail(sl_ctx *ctx, sl_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    sl__vfail(ctx, s, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+double sl_time_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

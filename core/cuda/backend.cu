@@ -1,0 +1,202 @@
+// cuda/backend.cu — the CUDA backend: device probe, kernel table, and the staging of host tensors through device memory.
+#include "kernels.cuh"
+
+extern "C" {
+#include "../internal.h"
+}
+
+#include <cuda_runtime.h>
+
+// Until the dispatcher hands kernels device buffers, each call stages its
+// tensors: every input and output gets a device copy (cudaMalloc, cudaMemcpy),
+// the kernel runs on the legacy default stream, outputs are copied back and
+// everything is freed again, on success and on every failure path.
+
+namespace {
+
+const char *op_name(const sl__kargs *a) { return sl_op_info_get(a->op)->name; }
+
+sl_status cuda_fail(const sl__kargs *a, cudaError_t err, const char *what)
+{
+    return sl_ctx_fail(a->ctx, err == cudaErrorMemoryAllocation ? SL_EDEVMEM : SL_EDEVICE, "%s[cuda]: %s: %s",
+                       op_name(a), what, cudaGetErrorString(err));
+}
+
+constexpr int kMaxTensors = 8;
+
+// Device copies of a call's inputs and outputs. A tensor of 0 bytes has none (NULL).
+struct staging {
+    void *in[kMaxTensors] = {};
+    void *out[kMaxTensors] = {};
+    int n_in = 0, n_out = 0;
+
+    ~staging()
+    {
+        for (int i = 0; i < n_in; i++)
+            cudaFree(in[i]);
+        for (int i = 0; i < n_out; i++)
+            cudaFree(out[i]);
+    }
+};
+
+sl_status stage_alloc(const sl__kargs *a, size_t bytes, const char *kind, int i, void **p)
+{
+    if (bytes == 0)
+        return SL_OK;
+    cudaError_t err = cudaMalloc(p, bytes);
+    if (err == cudaSuccess)
+        return SL_OK;
+    *p = nullptr;
+    (void)cudaGetLastError();  // an allocation failure is not sticky; clear it
+    return sl_ctx_fail(a->ctx, err == cudaErrorMemoryAllocation ? SL_EDEVMEM : SL_EDEVICE,
+                       "%s[cuda]: cudaMalloc of %zu bytes for %s %d failed: %s", op_name(a), bytes, kind, i,
+                       cudaGetErrorString(err));
+}
+
+// Allocates and uploads every input and allocates every output.
+sl_status stage_in(const sl__kargs *a, staging *st)
+{
+    const sl_op_info *info = sl_op_info_get(a->op);
+    (void)cudaGetLastError();  // a stale error from earlier work must not be blamed on this call
+    for (int i = 0; i < info->n_in; i++) {
+        size_t bytes = sl_tensor_nbytes(&a->in[i]);
+        st->n_in = i + 1;
+        sl_status s = stage_alloc(a, bytes, "input", i, &st->in[i]);
+        if (s != SL_OK)
+            return s;
+        cudaError_t err = bytes ? cudaMemcpy(st->in[i], a->in[i].data, bytes, cudaMemcpyHostToDevice) : cudaSuccess;
+        if (err != cudaSuccess)
+            return cuda_fail(a, err, "copying an input to the device");
+    }
+    for (int i = 0; i < info->n_out; i++) {
+        st->n_out = i + 1;
+        sl_status s = stage_alloc(a, sl_tensor_nbytes(&a->out[i]), "output", i, &st->out[i]);
+        if (s != SL_OK)
+            return s;
+    }
+    return SL_OK;
+}
+
+// Checks the launch, waits for the kernel and downloads every output.
+sl_status stage_out(const sl__kargs *a, staging *st, cudaError_t launched)
+{
+    if (launched != cudaSuccess)
+        return cuda_fail(a, launched, "kernel launch failed");
+    cudaError_t err = cudaStreamSynchronize(0);
+    if (err != cudaSuccess)
+        return cuda_fail(a, err, "kernel failed");
+    for (int i = 0; i < st->n_out; i++) {
+        size_t bytes = sl_tensor_nbytes(&a->out[i]);
+        err = bytes ? cudaMemcpy(a->out[i].data, st->out[i], bytes, cudaMemcpyDeviceToHost) : cudaSuccess;
+        if (err != cudaSuccess)
+            return cuda_fail(a, err, "copying an output to the host");
+    }
+    return SL_OK;
+}
+
+// Shared by both executors: checks sizes, stages, fills the pointer part of
+// the arguments, launches through launch and copies the results back.
+sl_status run_attention(const sl__kargs *a, double scale, int64_t bq, int64_t n_qb, sl__cuda_attn *args,
+                        cudaError_t (*launch)(const sl__cuda_attn &, cudaStream_t))
+{
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale);
+    const char *why = sl__cuda_attn_unsupported(dm.hq, dm.nq, dm.nk, dm.d, bq, n_qb);
+    if (why)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: %s; found head_dim %lld, %lld query heads, n_q %lld, n_k %lld",
+                           op_name(a), why, (long long)dm.d, (long long)dm.hq, (long long)dm.nq, (long long)dm.nk);
+    if (sl_ctx_interrupted(a->ctx))
+        return sl_ctx_fail(a->ctx, SL_EINTERRUPT, "%s[cuda]: interrupted", op_name(a));
+    if (dm.hq == 0 || dm.nq == 0)
+        return SL_OK;  // no output element: nothing to launch (an empty grid is an error)
+
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    args->q = static_cast<const float *>(st.in[0]);
+    args->k = static_cast<const float *>(st.in[1]);
+    args->v = static_cast<const float *>(st.in[2]);
+    args->o = static_cast<float *>(st.out[0]);
+    args->lse = static_cast<float *>(st.out[1]);
+    args->hq = (int)dm.hq, args->hkv = (int)dm.hkv, args->nq = (int)dm.nq, args->nk = (int)dm.nk, args->d = (int)dm.d;
+    args->scale_log2 = (float)(dm.scale * 1.4426950408889634);  // log2(e)
+    if (a->op == SL_OP_ATTN_BLOCK_SPARSE) {
+        args->row_ptr = static_cast<const int32_t *>(st.in[3]);
+        args->col_idx = static_cast<const int32_t *>(st.in[4]);
+        args->part = static_cast<const int32_t *>(st.in[5]);
+        args->bits = static_cast<const uint8_t *>(st.in[6]);
+    }
+    return stage_out(a, &st, launch(*args, 0));
+}
+
+sl_status cuda_attn_dense(const sl__kargs *a)
+{
+    const sl_attn_params *p = static_cast<const sl_attn_params *>(a->params);
+    sl__cuda_attn args = {};
+    args.causal = p->causal != 0;
+    return run_attention(a, p->scale, 0, 0, &args, sl__cuda_attn_dense);
+}
+
+sl_status cuda_attn_block_sparse(const sl__kargs *a)
+{
+    const sl_attn_block_params *p = static_cast<const sl_attn_block_params *>(a->params);
+    const sl_tensor *row_ptr = &a->in[3];
+    sl__cuda_attn args = {};
+    args.hm = (int)row_ptr->shape[0];
+    args.n_qb = (int)(row_ptr->shape[1] - 1);
+    args.bq = (int)p->bq;
+    args.bk = (int)p->bk;
+    return run_attention(a, p->scale, p->bq, args.n_qb, &args, sl__cuda_attn_block_sparse);
+}
+
+int cuda_available(void)
+{
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+// The status must outlive the call without a global buffer, so each likely
+// cause is spelled out as one literal (the text is cudaGetErrorString's).
+#define SL__NO_DEVICE(code, text) \
+    case code: return "no CUDA device: " text;
+
+const char *cuda_status(void)
+{
+    int n = 0;
+    switch (cudaGetDeviceCount(&n)) {
+    case cudaSuccess: return n > 0 ? "" : "no CUDA device: the runtime reports 0 devices";
+    SL__NO_DEVICE(cudaErrorNoDevice, "no CUDA-capable device is detected")
+    SL__NO_DEVICE(cudaErrorInsufficientDriver, "CUDA driver version is insufficient for CUDA runtime version")
+    SL__NO_DEVICE(cudaErrorInitializationError, "initialization error")
+    SL__NO_DEVICE(cudaErrorSystemDriverMismatch, "system has unsupported display driver / cuda driver combination")
+    SL__NO_DEVICE(cudaErrorCompatNotSupportedOnDevice, "forward compatibility was attempted on non supported HW")
+    SL__NO_DEVICE(cudaErrorDevicesUnavailable, "CUDA-capable device(s) is/are busy or unavailable")
+    SL__NO_DEVICE(cudaErrorStubLibrary, "CUDA driver is a stub library")
+    SL__NO_DEVICE(cudaErrorNotPermitted, "operation not permitted")
+    SL__NO_DEVICE(cudaErrorOperatingSystem, "OS call failed or operation not supported on this OS")
+    SL__NO_DEVICE(cudaErrorSystemNotReady, "system not yet initialized")
+    default: return "no CUDA device: cudaGetDeviceCount failed";
+    }
+}
+
+#undef SL__NO_DEVICE
+
+// The kernel table, indexed by op: C++17 has no array designators, so a
+// constexpr function fills it by name and SL_OP__COUNT fixes its length.
+struct kernel_table {
+    sl__kernel_fn fn[SL_OP__COUNT];
+};
+
+constexpr kernel_table make_kernel_table()
+{
+    kernel_table t = {};
+    t.fn[SL_OP_ATTN_DENSE] = cuda_attn_dense;
+    t.fn[SL_OP_ATTN_BLOCK_SPARSE] = cuda_attn_block_sparse;
+    return t;
+}
+
+constexpr kernel_table cuda_kernels = make_kernel_table();
+
+}  // namespace
+
+extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr};

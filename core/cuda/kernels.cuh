@@ -1,0 +1,29 @@
+// cuda/kernels.cuh — what the CUDA backend's files share: the attention kernels' arguments and launchers.
+#ifndef SL_CUDA_KERNELS_CUH
+#define SL_CUDA_KERNELS_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+// Device pointers and sizes of one attention call (validated and range-checked
+// by the caller). Tensors are contiguous f32: q [hq, nq, d], k and v [hkv, nk, d],
+// o [hq, nq, d], lse [hq, nq]. The mask fields are read by attn.block_sparse only.
+struct sl__cuda_attn {
+    const float *q, *k, *v;
+    float *o, *lse;
+    int hq, hkv, nq, nk, d;
+    int causal;          // attn.dense: key j visible to row r iff j <= nk - nq + r
+    float scale_log2;    // score scale times log2(e): softmax runs in base 2
+    const int32_t *row_ptr, *col_idx, *part;  // the block mask (see sl_mask)
+    const uint8_t *bits;
+    int hm, bq, bk, n_qb;
+};
+
+// NULL when the kernels handle these sizes, else why not (one phrase). bq and
+// n_qb are the block mask's (0 for attn.dense).
+const char *sl__cuda_attn_unsupported(int64_t hq, int64_t nq, int64_t nk, int64_t d, int64_t bq, int64_t n_qb);
+// Launch on stream st; return the launch's error (execution errors surface at the next sync).
+cudaError_t sl__cuda_attn_dense(const sl__cuda_attn &a, cudaStream_t st);
+cudaError_t sl__cuda_attn_block_sparse(const sl__cuda_attn &a, cudaStream_t st);
+
+#endif

@@ -1,0 +1,78 @@
+/* internal.h — what the core's files share and the public API does not show:
+ * the context and buffer structs, the backend interface and kernel arguments. */
+#ifndef SL_INTERNAL_H
+#define SL_INTERNAL_H
+
+#include "sparselab.h"
+
+#include <stdarg.h>
+
+#define SL__ERRMSG_BYTES 512
+
+struct sl_ctx {
+    sl_alloc_fn alloc;
+    void *alloc_ud;
+    int n_threads;
+    volatile int *interrupt;
+    size_t live_allocs, live_bytes;
+    sl_status last_status;
+    char err[SL__ERRMSG_BYTES];
+};
+
+struct sl_buffer {
+    sl_ctx *ctx;
+    int refcount;
+    size_t bytes;
+    void *data;
+};
+
+/* What a kernel gets. Inputs are contiguous; float inputs are f32, index
+ * inputs i32, bit inputs u8. Outputs are allocated (contiguous, f32 unless
+ * the op says otherwise) and the kernel fills every element. scratch holds
+ * scratch_bytes bytes from the backend's scratch_bytes() for this call. */
+typedef struct sl__kargs {
+    sl_ctx *ctx;
+    sl_op op;
+    const void *params;
+    const sl_tensor *in;
+    sl_tensor *out;
+    void *scratch;
+    size_t scratch_bytes;
+} sl__kargs;
+
+typedef sl_status (*sl__kernel_fn)(const sl__kargs *a);
+
+typedef struct sl__backend {
+    const char *name;
+    int (*available)(void);
+    const char *(*status)(void);
+    /* SL_OP__COUNT entries; NULL where the backend has no kernel. */
+    const sl__kernel_fn *kernels;
+    /* Scratch a call needs (0 when none); NULL means none for every op. */
+    size_t (*scratch_bytes)(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+} sl__backend;
+
+extern const sl__backend sl__backend_ref;
+extern const sl__backend sl__backend_cpu;
+extern const sl__backend sl__backend_cuda;
+
+/* Records a failure with a va_list (sl_ctx_fail's worker). */
+sl_status sl__vfail(sl_ctx *ctx, sl_status s, const char *fmt, va_list ap);
+
+/* Attention geometry shared by validation and kernels. */
+typedef struct sl__attn_dims {
+    int64_t hq, hkv, nq, nk, d;
+    int64_t group;        /* hq / hkv */
+    int64_t offset;       /* nk - nq: query row r is at position offset + r */
+    double scale;
+} sl__attn_dims;
+
+sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor *k, double scale);
+
+/* Runs fn(i, ud, thread) for i in [0, n) on up to n_threads threads, handing
+ * out indices in order (dynamic scheduling). Returns SL_EINTERRUPT when the
+ * context's interrupt flag was raised (remaining items are skipped). */
+typedef void (*sl__parallel_fn)(int64_t i, void *ud, int thread);
+sl_status sl__parallel_for(sl_ctx *ctx, int64_t n, int n_threads, sl__parallel_fn fn, void *ud);
+
+#endif

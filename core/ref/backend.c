@@ -1,0 +1,24 @@
+/* ref/backend.c — the reference backend's kernel table: naive, float64
+ * accumulation, every op. */
+#include "ref.h"
+
+static int ref_available(void) { return 1; }
+static const char *ref_status(void) { return ""; }
+
+static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
+    [SL_OP_ATTN_DENSE] = sl__ref_attn_dense,
+    [SL_OP_ATTN_BLOCK_SPARSE] = sl__ref_attn_block_sparse,
+    [SL_OP_METRIC_REL_L2] = sl__ref_metric_rel_l2,
+    [SL_OP_METRIC_COSINE] = sl__ref_metric_cosine,
+    [SL_OP_METRIC_MAX_ABS] = sl__ref_metric_max_abs,
+    [SL_OP_METRIC_RECALL] = sl__ref_metric_recall,
+};
+
+static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    (void)params;
+    (void)n_threads;
+    return op == SL_OP_ATTN_DENSE || op == SL_OP_ATTN_BLOCK_SPARSE ? sl__ref_attn_scratch(in) : 0;
+}
+
+const sl__backend sl__backend_ref = {"ref", ref_available, ref_status, ref_kernels, ref_scratch};

@@ -1,0 +1,178 @@
+/* l_op.c — the one generic op binding: walks the op table and registers
+ * sl.<family>.<name>(inputs..., {params, backend=}) for every op, plus
+ * sl.ops() (the table of ops, parameters and backends) and sl.op_flops(). */
+#include "lbind.h"
+
+#include <string.h>
+
+/* Collects the op's inputs from the stack (masks expand into their arrays)
+ * and its parameters from an optional trailing table. Returns the backend. */
+static sl_backend_id read_call(lua_State *L, sl_op op, sl_tensor *in, void *params)
+{
+    const sl_op_info *info = sl_op_info_get(op);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    int top = lua_gettop(L), n = 0, ptab = 0;
+    if (top > 0 && lua_type(L, top) == LUA_TTABLE)
+        ptab = top--;
+    sl_op_params_default(op, params);
+    int mask_given = 0;
+    for (int a = 1; a <= top; a++) {
+        sl_lua_mask *m = sl__lua_test_mask(L, a);
+        if (m) {
+            if (n != 3 || !strstr(info->inputs, "mask."))
+                sl__lua_error(L, "%s: a mask at argument %d, but the op takes no mask there (inputs %s)", info->name, a,
+                           info->inputs);
+            sl_mask_inputs(&m->m, &in[0], &in[1], &in[2], in); /* fills slots 3..6 */
+            n += 4;
+            mask_given = 1;
+            if (sl_op_params_set(ctx, op, params, "bq", m->m.bq) || sl_op_params_set(ctx, op, params, "bk", m->m.bk))
+                sl__lua_fail(L, ctx);
+            continue;
+        }
+        sl_lua_tensor *t = sl__lua_test_tensor(L, a);
+        if (!t)
+            sl__lua_error(L, "%s: argument %d must be a tensor%s, found %s", info->name, a,
+                       strstr(info->inputs, "mask.") ? " or a mask" : "", luaL_typename(L, a));
+        if (n >= info->n_in)
+            sl__lua_error(L, "%s: too many inputs (expected %s)", info->name, info->inputs);
+        in[n++] = t->t;
+    }
+    if (n != info->n_in)
+        sl__lua_error(L, "%s: expected inputs %s, found %d tensor(s)%s", info->name, info->inputs, n,
+                   strstr(info->inputs, "mask.") && !mask_given ? " and no mask" : "");
+    sl_backend_id be = SL_BACKEND_CPU;
+    if (ptab) {
+        lua_pushnil(L);
+        while (lua_next(L, ptab)) {
+            if (lua_type(L, -2) != LUA_TSTRING)
+                sl__lua_error(L, "%s: parameter keys must be strings", info->name);
+            const char *key = lua_tostring(L, -2);
+            if (strcmp(key, "backend") == 0) {
+                int b = sl_backend_from_name(luaL_checkstring(L, -1));
+                if (b < 0)
+                    sl__lua_error(L, "%s: unknown backend '%s' (expected ref, cpu or cuda)", info->name,
+                               lua_tostring(L, -1));
+                be = (sl_backend_id)b;
+            } else {
+                double v = 0;
+                if (lua_isboolean(L, -1))
+                    v = lua_toboolean(L, -1);
+                else if (lua_type(L, -1) == LUA_TNUMBER)
+                    v = lua_tonumber(L, -1);
+                else
+                    sl__lua_error(L, "%s: parameter '%s' must be a number or boolean, found %s", info->name, key,
+                               luaL_typename(L, -1));
+                if (sl_op_params_set(ctx, op, params, key, v))
+                    sl__lua_fail(L, ctx);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    return be;
+}
+
+static int l_op_call(lua_State *L)
+{
+    sl_op op = (sl_op)lua_tointeger(L, lua_upvalueindex(1));
+    const sl_op_info *info = sl_op_info_get(op);
+    _Alignas(8) unsigned char params[256];
+    sl_tensor in[8], out[4];
+    sl_backend_id be = read_call(L, op, in, params);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_op_run(ctx, be, op, params, in, out))
+        return sl__lua_fail(L, ctx);
+    for (int i = 0; i < info->n_out; i++)
+        sl__lua_push_tensor(L, out[i]);
+    return info->n_out;
+}
+
+/* sl.op_flops(name, inputs..., params) — the cost function of an op. */
+static int l_op_flops(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    sl_op op = sl_op_find(name);
+    if (op == SL_OP__COUNT)
+        sl__lua_error(L, "sl.op_flops: unknown op '%s'", name);
+    lua_remove(L, 1);
+    _Alignas(8) unsigned char params[256];
+    sl_tensor in[8];
+    read_call(L, op, in, params);
+    lua_pushnumber(L, sl_op_flops(op, params, in));
+    return 1;
+}
+
+static const char *kind_name(sl_param_kind k)
+{
+    return k == SL_PK_INT ? "int" : k == SL_PK_BOOL ? "bool" : "number";
+}
+
+/* sl.ops() — every op with its inputs, outputs, parameters and backends. */
+static int l_ops(lua_State *L)
+{
+    lua_createtable(L, SL_OP__COUNT, 0);
+    for (int o = 0; o < SL_OP__COUNT; o++) {
+        const sl_op_info *info = sl_op_info_get((sl_op)o);
+        lua_createtable(L, 0, 8);
+        lua_pushstring(L, info->name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, info->inputs);
+        lua_setfield(L, -2, "inputs");
+        lua_pushstring(L, info->outputs);
+        lua_setfield(L, -2, "outputs");
+        lua_pushstring(L, info->doc);
+        lua_setfield(L, -2, "doc");
+        lua_createtable(L, info->n_fields, 0);
+        int k = 0;
+        for (int f = 0; f < info->n_fields; f++) {
+            const sl_param_field *fd = &info->fields[f];
+            if (strcmp(fd->name, "reserved") == 0)
+                continue;
+            lua_createtable(L, 0, 6);
+            lua_pushstring(L, fd->name);
+            lua_setfield(L, -2, "name");
+            lua_pushstring(L, kind_name(fd->kind));
+            lua_setfield(L, -2, "kind");
+            lua_pushnumber(L, fd->def);
+            lua_setfield(L, -2, "default");
+            lua_pushnumber(L, fd->lo);
+            lua_setfield(L, -2, "min");
+            lua_pushnumber(L, fd->hi);
+            lua_setfield(L, -2, "max");
+            lua_pushstring(L, fd->doc);
+            lua_setfield(L, -2, "doc");
+            lua_rawseti(L, -2, ++k);
+        }
+        lua_setfield(L, -2, "params");
+        lua_createtable(L, 0, SL_BACKEND__COUNT);
+        for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+            lua_pushboolean(L, sl_backend_supports((sl_backend_id)b, (sl_op)o));
+            lua_setfield(L, -2, sl_backend_name((sl_backend_id)b));
+        }
+        lua_setfield(L, -2, "backends");
+        lua_rawseti(L, -2, o + 1);
+    }
+    return 1;
+}
+
+void sl__lua_open_ops(lua_State *L)
+{
+    for (int o = 0; o < SL_OP__COUNT; o++) {
+        const sl_op_info *info = sl_op_info_get((sl_op)o);
+        const char *dot = strchr(info->name, '.');
+        lua_pushlstring(L, info->name, (size_t)(dot - info->name));
+        if (lua_getfield(L, -2, lua_tostring(L, -1)) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setfield(L, -4, lua_tostring(L, -3));
+        }
+        lua_pushinteger(L, o);
+        lua_pushcclosure(L, l_op_call, 1);
+        lua_setfield(L, -2, dot + 1);
+        lua_pop(L, 2);
+    }
+    lua_pushcfunction(L, l_ops);
+    lua_setfield(L, -2, "ops");
+    lua_pushcfunction(L, l_op_flops);
+    lua_setfield(L, -2, "op_flops");
+}

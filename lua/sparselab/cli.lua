@@ -1,0 +1,281 @@
+-- sparselab.cli — the subcommands of the `sparselab` program (DESIGN §7):
+-- run, methods, ops, eval, query, bench. User errors are raised without a
+-- position (error(msg, 0)) so the host prints one line and exits 1.
+local sl = require "sparselab"
+local report = require "sparselab.report"
+
+local C = {}
+
+local function out(s) io.stdout:write(s, "\n") end
+
+local USAGE = [[
+usage: sparselab                         start the REPL
+       sparselab run SCRIPT.lua [ARGS]   run an experiment script
+       sparselab methods [--json]        every method: id, title, family, phase, backends
+       sparselab ops [--json]            op x backend coverage
+       sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X] [--param K=V]...
+                      [--backend ref|cpu|cuda] [--reps N] [--db FILE] [--json] [--out FILE.safetensors]
+       sparselab query DB SQL [--csv|--json]
+       sparselab bench [--quick] [--json] [--db FILE]
+       sparselab help]]
+
+-- Parses argv[first..] against a spec {flag = "value"|"flag"|"multi"}.
+local function parse(argv, first, spec, positional_names)
+  local o, pos = {}, {}
+  local i = first
+  while i <= #argv do
+    local a = argv[i]
+    if a:sub(1, 2) == "--" then
+      local name, inline = a:match("^%-%-([%w_-]+)=(.*)$")
+      name = name or a:sub(3)
+      local kind = spec[name]
+      if not kind then sl.fail("unknown option --%s (try: sparselab help)", name) end
+      if kind == "flag" then
+        o[name] = true
+      else
+        local v = inline
+        if not v then
+          i = i + 1
+          v = argv[i]
+          if v == nil then sl.fail("option --%s needs a value", name) end
+        end
+        if kind == "multi" then
+          o[name] = o[name] or {}
+          table.insert(o[name], v)
+        else
+          o[name] = v
+        end
+      end
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  if positional_names and #pos > #positional_names then
+    sl.fail("unexpected argument '%s'", pos[#positional_names + 1])
+  end
+  return o, pos
+end
+
+local function value_of(s)
+  if s == "true" then return true elseif s == "false" then return false end
+  return tonumber(s) or s
+end
+
+-- ---- run ------------------------------------------------------------------
+
+function C.run(argv)
+  local script = argv[2]
+  if not script then sl.fail("usage: sparselab run SCRIPT.lua [ARGS]") end
+  local chunk, err = loadfile(script, "t")
+  if not chunk then sl.fail("%s", err) end
+  local args = {[0] = script}
+  for i = 3, #argv do args[#args + 1] = argv[i] end
+  _G.arg = args
+  return chunk(table.unpack(args))
+end
+
+-- ---- methods / ops ------------------------------------------------------
+
+function C.methods(argv)
+  local o = parse(argv, 2, {json = "flag"}, {})
+  local rows = {}
+  for _, id in ipairs(sl.methods.ids()) do
+    local m = sl.methods.get(id)
+    rows[#rows + 1] = {id = m.id, title = m.title, card = m.card or "", family = m.family, phase = m.phase,
+      knob = m.knob or "", backends = table.concat(sl.methods.backends(m), ","),
+      checks = m.checks and #m.checks or 0}
+  end
+  local cols = {"id", "family", "phase", "knob", "backends", "checks", "title"}
+  if o.json then
+    for _, r in ipairs(rows) do
+      local b = {}
+      for name in r.backends:gmatch("[^,]+") do b[#b + 1] = name end
+      r.backends = b
+      out(sl.json_encode(r))
+    end
+  else
+    out(report.table(rows, cols))
+  end
+end
+
+function C.ops(argv)
+  local o = parse(argv, 2, {json = "flag"}, {})
+  local rows, bnames = {}, {}
+  for _, b in ipairs(sl.backends()) do bnames[#bnames + 1] = b.name end
+  for _, op in ipairs(sl.ops()) do
+    local r = {op = op.name, inputs = op.inputs, outputs = op.outputs}
+    for _, b in ipairs(sl.backends()) do
+      r[b.name] = op.backends[b.name] and (b.available and "yes" or "built, unavailable") or "-"
+    end
+    if o.json then
+      local params = {}
+      for i, p in ipairs(op.params) do params[i] = p end
+      out(sl.json_encode{op = op.name, inputs = op.inputs, outputs = op.outputs, doc = op.doc,
+        params = params, backends = op.backends})
+    else
+      rows[#rows + 1] = r
+    end
+  end
+  if not o.json then
+    local cols = {"op"}
+    for _, b in ipairs(bnames) do cols[#cols + 1] = b end
+    cols[#cols + 1] = "inputs"
+    cols[#cols + 1] = "outputs"
+    out(report.table(rows, cols))
+  end
+end
+
+-- ---- eval ---------------------------------------------------------------
+
+-- Loads q, k, v from a safetensors file or a directory of .npy files.
+local function load_qkv(path)
+  local t = sl.load(path)
+  if type(t) ~= "table" then sl.fail("%s: expected a safetensors file or a directory with q, k, v", path) end
+  local missing = {}
+  for _, n in ipairs{"q", "k", "v"} do if not t[n] then missing[#missing + 1] = n end end
+  if #missing > 0 then
+    local found = {}
+    for n in pairs(t) do found[#found + 1] = n end
+    table.sort(found)
+    sl.fail("%s: expected tensors q, k, v; missing %s (found: %s)", path, table.concat(missing, ", "),
+      #found > 0 and table.concat(found, ", ") or "nothing")
+  end
+  return t.q, t.k, t.v
+end
+
+-- --workload synthetic[,n=2048,heads=8,kv_heads=2,d=64,seed=1,...]
+local function load_workload(spec)
+  local name, rest = spec:match("^([%w_]+),?(.*)$")
+  if name ~= "synthetic" then
+    sl.fail("unknown workload '%s' (available: synthetic[,n=..,heads=..,kv_heads=..,d=..,seed=..])", spec)
+  end
+  local p = {n = 1024, heads = 8, kv_heads = 2, d = 64, seed = 1}
+  for kv in rest:gmatch("[^,]+") do
+    local k, v = kv:match("^([%w_]+)=(.+)$")
+    if not k then sl.fail("workload option '%s' is not KEY=VALUE", kv) end
+    p[k] = value_of(v)
+  end
+  local q, k, v = sl.synthetic(p)
+  return q, k, v, p
+end
+
+function C.eval(argv)
+  local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
+    backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag"},
+    {"METHOD"})
+  local id = pos[1]
+  if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options]") end
+  local m = sl.methods.get(id)
+  if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
+  local q, k, v, wl, wp
+  if o.qkv then
+    q, k, v = load_qkv(o.qkv)
+    wl, wp = "qkv:" .. o.qkv, {}
+  else
+    q, k, v, wp = load_workload(o.workload or "synthetic")
+    wl = "synthetic"
+  end
+  local params = {}
+  for _, kv in ipairs(o.param or {}) do
+    local key, val = kv:match("^([%w_]+)=(.*)$")
+    if not key then sl.fail("--param expects K=V, found '%s'", kv) end
+    params[key] = value_of(val)
+  end
+  local budget = o.budget and tonumber(o.budget)
+  if o.budget and not budget then sl.fail("--budget expects a number, found '%s'", o.budget) end
+  local reps = o.reps and math.tointeger(tonumber(o.reps)) or 1
+  if not reps or reps < 1 then sl.fail("--reps expects a positive integer") end
+  local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"], backend = o.backend or "cpu",
+    workload = wl, workload_params = wp}
+  local r = sl.eval(m, prob, {budget = budget, params = params, reps = reps})
+  if o.out then sl.save(o.out, {o = r.o, lse = r.lse}) end
+  if o.db then
+    local db = sl.store.open(o.db)
+    local run_id = db:begin_run{script = "sparselab eval", argv = argv}
+    sl.record(db, run_id, r)
+    db:finish_run(run_id, "ok")
+    db:close()
+  end
+  local flat = {method = r.method, budget = r.budget, workload = r.workload, backend = r.backend,
+    n_q = r.n_q, n_k = r.n_k, heads = r.heads, kv_heads = r.kv_heads, head_dim = r.head_dim, params = r.params}
+  for key, val in pairs(r.metrics) do flat[key] = val end
+  if o.json then
+    out(sl.json_encode(flat))
+    return
+  end
+  out(string.format("%s on %s: q %dx%dx%d, k/v %dx%dx%d, backend %s", r.method, r.workload, r.heads, r.n_q,
+    r.head_dim, r.kv_heads, r.n_k, r.head_dim, r.backend))
+  local names = {}
+  for key in pairs(r.metrics) do names[#names + 1] = key end
+  table.sort(names)
+  local rows = {}
+  for _, key in ipairs(names) do rows[#rows + 1] = {metric = key, value = r.metrics[key]} end
+  out(report.table(rows, {"metric", "value"}))
+end
+
+-- ---- query --------------------------------------------------------------
+
+function C.query(argv)
+  local o, pos = parse(argv, 2, {csv = "flag", json = "flag"}, {"DB", "SQL"})
+  if #pos < 2 then sl.fail("usage: sparselab query DB SQL [--csv|--json]") end
+  local f = io.open(pos[1], "rb")
+  if not f then sl.fail("%s: no such database", pos[1]) end
+  f:close()
+  local db = sl.store.open(pos[1])
+  local rows = db:query(pos[2])
+  db:close()
+  local cols = rows.columns or {}
+  if o.json then
+    if #rows > 0 then out(report.json_lines(rows, cols)) end
+  elseif o.csv then
+    out(report.csv(rows, cols))
+  else
+    out(report.table(rows, cols))
+  end
+end
+
+-- ---- bench --------------------------------------------------------------
+
+function C.bench(argv)
+  local o = parse(argv, 2, {quick = "flag", json = "flag", db = "value", backend = "value"}, {})
+  local results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu"}
+  if o.db then
+    local db = sl.store.open(o.db)
+    local run_id = db:begin_run{script = "sparselab bench", argv = argv}
+    for _, r in ipairs(results) do
+      db:record{run_id = run_id, method = r.name, params = r.params, workload = "bench", backend = r.backend,
+        n_q = r.n, n_k = r.n, head_dim = r.d, heads = r.heads, kv_heads = r.heads, metrics = r.metrics}
+    end
+    db:finish_run(run_id, "ok")
+    db:close()
+  end
+  for _, r in ipairs(results) do
+    if o.json then
+      local t = {name = r.name, backend = r.backend, n = r.n, d = r.d, heads = r.heads}
+      for key, val in pairs(r.metrics) do t[key] = val end
+      out(sl.json_encode(t))
+    else
+      local parts = {}
+      local keys = {}
+      for key in pairs(r.metrics) do keys[#keys + 1] = key end
+      table.sort(keys)
+      for _, key in ipairs(keys) do parts[#parts + 1] = key .. "=" .. report.cell(r.metrics[key]) end
+      out(string.format("%-22s n=%-6d d=%-4d %s", r.name, r.n, r.d, table.concat(parts, " ")))
+    end
+  end
+end
+
+function C.help() out(USAGE) end
+
+--- Entry point: argv is the program's arguments (argv[1] = subcommand).
+function C.main(argv)
+  local cmd = argv[1]
+  local f = C[cmd]
+  if not f or cmd == "main" then
+    sl.fail("unknown command '%s' (try: sparselab help)", tostring(cmd))
+  end
+  return f(argv)
+end
+
+return C

@@ -1,0 +1,126 @@
+-- sparselab.eval — one method on one problem: runs it and the dense
+-- reference, measures fidelity (rel_l2, cosine, max_abs, recall from L) and
+-- cost (executed FLOPs, median wall time) in the same record, and writes it
+-- to the store with its provenance.
+local sl = require "sparselab"
+
+local E = {}
+
+local PROBLEM_KEYS = {q = true, k = true, v = true, causal = true, backend = true, phase = true,
+  workload = true, workload_params = true, layer = true, head = true}
+
+--- A problem: {q =, k =, v =, causal = true, backend = "cpu", workload = "name", workload_params = {}}
+function E.problem(t)
+  for key in pairs(t) do
+    if not PROBLEM_KEYS[key] then sl.fail("sl.problem: unknown key '%s'", tostring(key)) end
+  end
+  for _, key in ipairs{"q", "k", "v"} do
+    if not t[key] then sl.fail("sl.problem: '%s' is required", key) end
+  end
+  local qs, ks, vs = t.q:shape(), t.k:shape(), t.v:shape()
+  if #qs ~= 3 or #ks ~= 3 or #vs ~= 3 then
+    sl.fail("sl.problem: q, k, v must be [heads, tokens, head_dim]; found %d, %d and %d dims", #qs, #ks, #vs)
+  end
+  t.causal = t.causal ~= false
+  t.backend = t.backend or "cpu"
+  t.phase = t.phase or (qs[2] < ks[2] and "decode" or "prefill")
+  return t
+end
+
+local function median(xs)
+  table.sort(xs)
+  local n = #xs
+  if n % 2 == 1 then return xs[(n + 1) // 2] end
+  return (xs[n // 2] + xs[n // 2 + 1]) / 2
+end
+
+local function timed(reps, f)
+  local times, out = {}, nil
+  for i = 1, reps do
+    local t0 = sl.time()
+    out = f()
+    times[i] = (sl.time() - t0) * 1e3
+  end
+  return out, median(times)
+end
+
+--- The dense reference of a problem (computed once, kept on the problem).
+function E.dense(prob, reps)
+  if not prob._dense then
+    local dense = sl.methods.get("dense")
+    local out, ms = timed(reps or 1, function() return dense.run(prob, {}) end)
+    out.time_ms = ms
+    prob._dense = out
+  end
+  return prob._dense
+end
+
+--- Runs method (id or table) on prob. opts: budget, params, reps (timing
+--- repetitions, median reported). Returns a result table.
+function E.run(method, prob, opts)
+  opts = opts or {}
+  for key in pairs(opts) do
+    if key ~= "budget" and key ~= "params" and key ~= "reps" then
+      sl.fail("sl.eval: unknown option '%s' (expected budget, params, reps)", tostring(key))
+    end
+  end
+  local m = sl.methods.get(method)
+  prob = prob.q and prob._checked and prob or E.problem(prob)
+  prob._checked = true
+  local p = sl.registry.resolve(m, opts.params, opts.budget)
+  local reps = opts.reps or 1
+  local dense = E.dense(prob, reps)
+  local out, ms = timed(reps, function() return m.run(prob, p) end)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  local metrics = {
+    rel_l2 = sl.metric.rel_l2(out.o, dense.o),
+    max_abs = sl.metric.max_abs(out.o, dense.o),
+    time_ms = ms,
+    dense_time_ms = dense.time_ms,
+    dense_flops = dense.stats.flops,
+  }
+  metrics.cosine_mean, metrics.cosine_min = sl.metric.cosine(out.o, dense.o)
+  metrics.recall_mean, metrics.recall_min = sl.metric.recall(out.lse, dense.lse)
+  for k, v in pairs(out.stats or {}) do metrics[k] = v end
+  if metrics.flops then metrics.flops_ratio = metrics.flops / dense.stats.flops end
+  metrics.speedup = dense.time_ms / ms
+  return {
+    method = m.id, params = p, budget = m.knob and p[m.knob] or nil,
+    workload = prob.workload or "custom", workload_params = prob.workload_params or {},
+    phase = prob.phase, layer = prob.layer, head = prob.head,
+    n_q = qs[2], n_k = ks[2], head_dim = qs[3], heads = qs[1], kv_heads = ks[1],
+    backend = prob.backend, metrics = metrics, o = out.o, lse = out.lse, mask = out.mask,
+  }
+end
+
+--- Records a result under run_id in db; returns the result id.
+function E.record(db, run_id, r)
+  local params = {}
+  for k, v in pairs(r.params) do params[k] = v end
+  return db:record{
+    run_id = run_id, method = r.method, params = params, workload = r.workload,
+    workload_params = r.workload_params, phase = r.phase, layer = r.layer, head = r.head,
+    n_q = r.n_q, n_k = r.n_k, head_dim = r.head_dim, heads = r.heads, kv_heads = r.kv_heads,
+    backend = r.backend, budget = r.budget, metrics = r.metrics,
+  }
+end
+
+--- Opens the database an experiment writes to and starts its run with
+--- provenance. o = {db = "results.db", script =, seed =, config = table}.
+--- Returns the store and the run id; the run is marked finished by
+--- db:finish_run(run_id, "ok") (done for `sparselab run` scripts at exit).
+function E.experiment(o)
+  o = o or {}
+  local db = sl.store.open(o.db or "results.db")
+  local script = o.script or (arg and arg[0]) or "repl"
+  local sha
+  local f = io.open(script, "rb")
+  if f then sha = sl.sha256(f:read("a")); f:close() end
+  local argv = {}
+  for i = 1, #(arg or {}) do argv[i] = arg[i] end
+  local run_id = db:begin_run{script = script, argv = argv, seed = o.seed,
+    config = o.config and sl.json_encode(o.config) or nil, script_sha256 = sha}
+  return db, run_id
+end
+
+return E

@@ -1,0 +1,88 @@
+-- sparselab — the Lua side of the workbench. The C module (l_sparselab.c)
+-- has already put tensors, ops (sl.attn.*, sl.metric.*), materialised masks,
+-- I/O, the store and host facts into this table; here come lazy mask
+-- patterns, the method registry, evaluation, experiments and reports.
+local sl = require "sparselab"
+
+sl.mask = require "sparselab.mask"
+sl.registry = require "sparselab.registry"
+
+-- Metric ops return small f64 tensors; scripts want numbers.
+do
+  local raw = sl.metric
+  sl.metric = {}
+  for name, f in pairs(raw) do
+    sl.metric[name] = function(...)
+      local t = f(...)
+      if t:numel() == 1 then return t:get(1) end
+      return t:get(1), t:get(2)
+    end
+  end
+end
+
+--- sl.methods.get(id), sl.methods.ids(), sl.methods.register(m)
+sl.methods = {
+  get = sl.registry.get,
+  ids = sl.registry.ids,
+  register = sl.registry.register,
+  backends = sl.registry.backends,
+}
+
+local eval = require "sparselab.eval"
+sl.problem = eval.problem
+sl.eval = eval.run
+sl.record = eval.record
+sl.experiment = eval.experiment
+sl.report = require "sparselab.report"
+
+--- Raises a user error (no position prefix): bad input, not a bug.
+function sl.fail(fmt, ...)
+  error(string.format(fmt, ...), 0)
+end
+
+--- ?name in the REPL: a method (its title, card, knob and parameters), an
+--- op (inputs, outputs, parameters, backends), or the overview.
+function sl.help(name)
+  local out = io.write
+  if name == nil or name == "" then
+    out("sl.methods.ids()   methods: ", table.concat(sl.methods.ids(), ", "), "\n")
+    local ops = {}
+    for _, o in ipairs(sl.ops()) do ops[#ops + 1] = o.name end
+    out("sl.ops()           ops: ", table.concat(ops, ", "), "\n")
+    out("sl.eval(id, sl.problem{q=, k=, v=}, {budget=})   evaluate a method against dense\n")
+    out("sl.mask.window(w) + sl.mask.sink(s)               compose mask patterns\n")
+    return
+  end
+  for _, o in ipairs(sl.ops()) do
+    if o.name == name or "sl." .. o.name == name then
+      out(o.name, "(", o.inputs, ") -> ", o.outputs, "\n  ", o.doc, "\n")
+      for _, p in ipairs(o.params) do
+        out(string.format("  %-8s %-6s default %-6g [%g, %g]  %s\n", p.name, p.kind, p.default, p.min, p.max, p.doc))
+      end
+      local b = {}
+      for k, v in pairs(o.backends) do if v then b[#b + 1] = k end end
+      table.sort(b)
+      out("  backends: ", table.concat(b, ", "), "\n")
+      return
+    end
+  end
+  local ok, m = pcall(sl.methods.get, name)
+  if ok then
+    out(m.id, " — ", m.title, "\n")
+    out("  card: ", m.card and ("methods/" .. m.card .. ".md") or "none", "   family: ", m.family,
+      "   phase: ", m.phase, "\n")
+    if m.summary then out("  ", m.summary, "\n") end
+    local names = {}
+    for k in pairs(m.params) do names[#names + 1] = k end
+    table.sort(names)
+    for _, k in ipairs(names) do
+      local p = m.params[k]
+      out(string.format("  %-10s default %-8s %s%s\n", k, tostring(p.default), p.doc or "",
+        k == m.knob and "  (the budget knob)" or ""))
+    end
+    return
+  end
+  out("no method or op called '", tostring(name), "'; ?  lists them\n")
+end
+
+return sl

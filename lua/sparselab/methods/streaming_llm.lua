@@ -1,0 +1,45 @@
+-- Efficient Streaming Language Models with Attention Sinks (StreamingLLM,
+-- Xiao et al. 2023) — card: streaming_llm ("A-shape" prefill mask as used by
+-- MInference, TriangleMix, LServe).
+-- Card steps implemented:
+--   1. parameters n_init (sinks at positions 0..n_init-1) and n_local (recent
+--      window counting the query itself);
+--   2. prefill mask: key j visible to query i iff j <= i and
+--      (i - j < n_local or j < n_init), with original positions (MInference);
+--   3. executor: one attn.block_sparse pass over the union mask. The card's
+--      reference runs two passes (window, then sinks outside the window) merged
+--      by log-sum-exp; one pass over the union is the same softmax (the union
+--      counts each sink once), which the op tests check against dense.
+-- Not here yet: the decode cache with pos_shift (step 4) and the block variant (step 5).
+local sl = require "sparselab"
+
+local function mask_for(prob, p)
+  local n_q, n_k = prob.q:shape()[2], prob.k:shape()[2]
+  local pat = sl.mask.sink(p.n_init) + sl.mask.window(p.n_local)
+  return pat:materialize{n_q = n_q, n_k = n_k, bq = p.bq, bk = p.bk}
+end
+
+return {
+  id = "streaming_llm",
+  card = "streaming_llm",
+  title = "Efficient Streaming Language Models with Attention Sinks",
+  family = "static-pattern",
+  phase = "both",
+  summary = "Attention sinks (the first n_init tokens) plus a sliding window of n_local recent tokens.",
+  knob = "n_local",
+  params = {
+    n_init = {default = 4, min = 0, int = true, doc = "sink tokens at positions 0..n_init-1"},
+    n_local = {default = 1024, min = 1, int = true, doc = "recent keys including the query itself"},
+    bq = {default = 64, min = 1, max = 4096, int = true, doc = "query rows per executor block"},
+    bk = {default = 64, min = 1, max = 4096, int = true, doc = "keys per executor block"},
+  },
+  ops = {"attn.block_sparse"},
+  mask = mask_for,
+  run = function(prob, p)
+    local m = mask_for(prob, p)
+    local args = {backend = prob.backend}
+    local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m, args)
+    return {o = o, lse = lse, mask = m,
+      stats = {flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, m, args), density = m:density(true)}}
+  end,
+}

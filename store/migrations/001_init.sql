@@ -1,0 +1,74 @@
+-- 001_init.sql — the initial results schema: runs, results, metrics in long form, store metadata.
+-- Migrations are applied in order by number, forward only, each in its own transaction; the store
+-- sets PRAGMA user_version to the migration's number after it. Never edit a released migration:
+-- add the next number instead and update schema.sql to the new full schema.
+
+PRAGMA application_id = 1397506370;  -- 0x534C4142, "SLAB": marks a sparselab store
+
+-- One execution of a script (an experiment, a sweep, a benchmark).
+CREATE TABLE run (
+    id                INTEGER PRIMARY KEY,
+    started           TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),  -- UTC ISO-8601
+    finished          TEXT,
+    status            TEXT NOT NULL DEFAULT 'running'
+                      CHECK (status IN ('running', 'ok', 'failed', 'interrupted')),
+    script            TEXT,
+    script_sha256     TEXT,
+    argv              TEXT CHECK (argv IS NULL OR json_valid(argv)),          -- JSON array of strings
+    git_rev           TEXT,
+    git_dirty         INTEGER CHECK (git_dirty IS NULL OR git_dirty IN (0, 1)),
+    host              TEXT,
+    cpu               TEXT,
+    gpu               TEXT,
+    build_flags       TEXT,
+    seed              INTEGER,
+    config_json       TEXT CHECK (config_json IS NULL OR json_valid(config_json)),
+    sparselab_version TEXT
+) STRICT;
+
+-- One point: a method with its parameters on one workload at one size (and layer/head).
+-- point_key is a stable hash of everything that defines the point (see lua/l_store.c);
+-- sweeps skip points whose key already has an 'ok' result.
+CREATE TABLE result (
+    id                   INTEGER PRIMARY KEY,
+    run_id               INTEGER NOT NULL REFERENCES run(id) ON DELETE CASCADE,
+    method               TEXT NOT NULL,
+    params_json          TEXT CHECK (params_json IS NULL OR json_valid(params_json)),
+    workload             TEXT,
+    workload_params_json TEXT CHECK (workload_params_json IS NULL OR json_valid(workload_params_json)),
+    phase                TEXT,
+    layer                INTEGER,
+    head                 INTEGER,
+    n_q                  INTEGER,
+    n_k                  INTEGER,
+    head_dim             INTEGER,
+    heads                INTEGER,
+    kv_heads             INTEGER,
+    backend              TEXT,
+    budget               REAL,
+    point_key            TEXT,
+    status               TEXT NOT NULL DEFAULT 'ok' CHECK (status IN ('ok', 'failed')),
+    error                TEXT,
+    created              TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) STRICT;
+
+CREATE INDEX result_run_id ON result(run_id);
+CREATE INDEX result_method ON result(method);
+CREATE INDEX result_point_key ON result(point_key);
+
+-- Metrics in long form, so a new metric needs no migration. A NaN value is stored as NULL
+-- (SQLite has no NaN); infinities are stored as they are.
+CREATE TABLE metric (
+    result_id INTEGER NOT NULL REFERENCES result(id) ON DELETE CASCADE,
+    name      TEXT NOT NULL,
+    value     REAL,
+    PRIMARY KEY (result_id, name)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX metric_name ON metric(name);
+
+-- What the store itself keeps (e.g. the hash of the views it last created).
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+) STRICT, WITHOUT ROWID;

@@ -1,0 +1,110 @@
+#!/bin/sh
+# test_cli.sh — the `sparselab` program as a user runs it: listings, eval
+# against an independent float64 checker (tests/tools/attn_check.c), --out,
+# --db and query, exit codes and one-line errors for bad input files, the
+# bench, `run` and the REPL fed from a pipe. Closes with "N passed, N failed".
+set -u
+BUILD=${BUILD:-build}
+SL="$BUILD/sparselab"
+CHECK="$BUILD/tests/tools/attn_check"
+T=$(mktemp -d /tmp/slcli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL $*" >&2; }
+# expect_rc RC DESC CMD... : runs CMD, captures stdout/stderr in $T/out $T/err
+expect_rc() {
+    want=$1; desc=$2; shift 2
+    "$@" >"$T/out" 2>"$T/err"
+    got=$?
+    if [ "$got" = "$want" ]; then ok; else bad "$desc: exit $got, expected $want; stderr: $(head -c 300 "$T/err")"; fi
+}
+one_line_err() {
+    n=$(wc -l <"$T/err")
+    if [ "$n" = 1 ] && grep -q "$1" "$T/err"; then ok; else bad "$2: expected one stderr line containing '$1', got $n: $(cat "$T/err")"; fi
+}
+
+# listings
+expect_rc 0 "methods --json" "$SL" methods --json
+for id in dense sliding_window streaming_llm; do
+    grep -q "\"id\":\"$id\"" "$T/out" && ok || bad "methods --json lacks $id"
+done
+expect_rc 0 "ops --json" "$SL" ops --json
+grep -q '"op":"attn.block_sparse"' "$T/out" && ok || bad "ops --json lacks attn.block_sparse"
+
+# eval --out against the independent checker (8 heads x 1000 tokens x 64, GQA 8:2)
+"$CHECK" make "$T/qkv.safetensors" 8 2 1000 64 7 && ok || bad "make qkv"
+expect_rc 0 "eval dense --out" "$SL" eval dense --qkv "$T/qkv.safetensors" --out "$T/dense.safetensors"
+expect_rc 0 "dense vs independent reference" "$CHECK" check "$T/qkv.safetensors" "$T/dense.safetensors" 1e-5
+cat "$T/out"
+expect_rc 0 "eval sliding_window --out" "$SL" eval sliding_window --qkv "$T/qkv.safetensors" --budget 100 \
+    --out "$T/sw.safetensors" --json
+grep -q '"method":"sliding_window"' "$T/out" && ok || bad "eval --json output"
+expect_rc 0 "sliding_window vs hand-applied window" "$CHECK" check "$T/qkv.safetensors" "$T/sw.safetensors" 1e-5 100
+cat "$T/out"
+expect_rc 0 "eval streaming_llm --out" "$SL" eval streaming_llm --qkv "$T/qkv.safetensors" --budget 64 \
+    --param n_init=5 --out "$T/st.safetensors"
+expect_rc 0 "streaming_llm vs hand-applied sinks+window" "$CHECK" check "$T/qkv.safetensors" "$T/st.safetensors" 1e-5 64 5
+cat "$T/out"
+# the checker itself must notice a wrong window
+expect_rc 1 "checker rejects a mismatched window" "$CHECK" check "$T/qkv.safetensors" "$T/sw.safetensors" 1e-5 90
+
+# a directory of .npy files is a --qkv input too
+mkdir "$T/npy"
+printf 'local sl = require "sparselab"\nlocal t = sl.load(arg[1])\nfor _, n in ipairs{"q","k","v"} do sl.save(arg[2] .. "/" .. n .. ".npy", t[n]) end\n' >"$T/split.lua"
+expect_rc 0 "run a script" "$SL" run "$T/split.lua" "$T/qkv.safetensors" "$T/npy"
+expect_rc 0 "eval from npy dir" "$SL" eval dense --qkv "$T/npy" --out "$T/dense2.safetensors"
+expect_rc 0 "npy dir result" "$CHECK" check "$T/qkv.safetensors" "$T/dense2.safetensors" 1e-5
+
+# --db and query
+expect_rc 0 "eval --db" "$SL" eval sliding_window --workload synthetic,n=256,heads=4,kv_heads=2 --budget 32 --db "$T/r.db"
+expect_rc 0 "query --csv" "$SL" query "$T/r.db" "SELECT method, budget FROM v_result" --csv
+grep -q "^sliding_window,32" "$T/out" && ok || bad "query result: $(cat "$T/out")"
+expect_rc 0 "query --json" "$SL" query "$T/r.db" "SELECT git_rev, host, build_flags FROM run" --json
+grep -q '"host"' "$T/out" && ok || bad "provenance in run: $(cat "$T/out")"
+
+# bad input files: exit 1, one line, no core dump
+head -c 100 "$T/qkv.safetensors" >"$T/trunc.safetensors"
+expect_rc 1 "truncated file" "$SL" eval dense --qkv "$T/trunc.safetensors"
+one_line_err "trunc.safetensors" "truncated file"
+printf 'not a safetensors file at all' >"$T/junk.safetensors"
+expect_rc 1 "junk file" "$SL" eval dense --qkv "$T/junk.safetensors"
+one_line_err "junk.safetensors" "junk file"
+cp "$T/qkv.safetensors" "$T/nan.safetensors"
+# overwrite the first float of the data section of tensor 'k' with a NaN
+hl=$(od -An -tu4 -N4 "$T/nan.safetensors" | tr -d ' ')
+printf '\000\000\300\177' | dd of="$T/nan.safetensors" bs=1 seek=$((8 + hl)) conv=notrunc 2>/dev/null
+expect_rc 1 "NaN in input" "$SL" eval dense --qkv "$T/nan.safetensors"
+one_line_err "NaN" "NaN in input"
+expect_rc 1 "missing file" "$SL" eval dense --qkv "$T/none.safetensors"
+one_line_err "none.safetensors" "missing file"
+expect_rc 1 "unknown method" "$SL" eval nope --workload synthetic
+one_line_err "unknown method 'nope'" "unknown method"
+expect_rc 1 "budget out of range" "$SL" eval sliding_window --workload synthetic,n=64 --budget 0
+one_line_err "outside" "budget out of range"
+expect_rc 1 "unknown option" "$SL" eval dense --qkvv x
+one_line_err "unknown option --qkvv" "unknown option"
+expect_rc 1 "shape mismatch" "$SL" eval dense --qkv "$T/bad_shape.safetensors" 2>/dev/null
+printf 'local sl = require "sparselab"\nsl.save(arg[1], {q = sl.randn({4, 8, 16}), k = sl.randn({3, 8, 16}), v = sl.randn({3, 8, 16})})\n' >"$T/bad.lua"
+"$SL" run "$T/bad.lua" "$T/bad_shape.safetensors" && ok || bad "writing a bad-shape file"
+expect_rc 1 "GQA mismatch" "$SL" eval dense --qkv "$T/bad_shape.safetensors"
+one_line_err "multiple (GQA)" "GQA mismatch"
+expect_rc 1 "query of a non-database" "$SL" query "$T/junk.safetensors" "SELECT 1"
+one_line_err "junk.safetensors" "query of a non-database"
+
+# a script's own error is a user error; the REPL survives errors on a pipe
+printf 'error("boom")\n' >"$T/boom.lua"
+expect_rc 1 "failing script" "$SL" run "$T/boom.lua"
+one_line_err "boom" "failing script"
+printf 'x = 1 +\nprint(sl.attn.dense)\n' | "$SL" >"$T/out" 2>"$T/err"
+[ $? = 1 ] && ok || bad "syntax error from stdin exits 1"
+
+# the bench reports both rates and their ratio from one run
+expect_rc 0 "bench --quick --json" "$SL" bench --quick --json --db "$T/b.db"
+grep -q '"ratio_to_sgemm"' "$T/out" && grep -q '"name":"sgemm"' "$T/out" && ok || bad "bench output: $(cat "$T/out")"
+expect_rc 0 "bench recorded" "$SL" query "$T/b.db" "SELECT count(*) AS n FROM v_result WHERE method = 'attn.dense'" --csv
+[ "$(tail -n 1 "$T/out")" -ge 1 ] 2>/dev/null && ok || bad "bench rows in db"
+
+echo "cli: $pass passed, $fail failed"
+[ "$fail" = 0 ]

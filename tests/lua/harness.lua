@@ -1,0 +1,46 @@
+-- harness.lua — a small test runner for the Lua tests: test(name, fn),
+-- assertions that say what was expected and found, and a closing line
+-- "N passed, N failed" (exit status 1 when any failed).
+local H = {passed = 0, failed = 0}
+
+function H.test(name, fn)
+  local ok, err = xpcall(fn, debug.traceback)
+  if ok then
+    H.passed = H.passed + 1
+  else
+    H.failed = H.failed + 1
+    io.stderr:write("FAIL ", name, ": ", tostring(err), "\n")
+  end
+end
+
+function H.near(got, want, tol, what)
+  if type(got) ~= "number" or got ~= got or math.abs(got - want) > tol then
+    error(string.format("%s: expected %.9g (tol %g), found %s", what or "value", want, tol, tostring(got)), 2)
+  end
+end
+
+function H.eq(got, want, what)
+  if got ~= want then
+    error(string.format("%s: expected %s, found %s", what or "value", tostring(want), tostring(got)), 2)
+  end
+end
+
+function H.truthy(v, what)
+  if not v then error((what or "condition") .. " is false", 2) end
+end
+
+--- fn must raise an error whose message contains `pattern` (plain text).
+function H.raises(fn, pattern, what)
+  local ok, err = pcall(fn)
+  if ok then error((what or "call") .. ": expected an error containing '" .. pattern .. "', none raised", 2) end
+  if not tostring(err):find(pattern, 1, true) then
+    error(string.format("%s: expected an error containing '%s', found '%s'", what or "call", pattern, tostring(err)), 2)
+  end
+end
+
+function H.done()
+  print(string.format("%d passed, %d failed", H.passed, H.failed))
+  os.exit(H.failed == 0 and 0 or 1)
+end
+
+return H

@@ -1,0 +1,23 @@
+#!/bin/sh
+# run.sh — every test that needs no GPU: the Check suites, the Lua module
+# tests from a plain lua5.4, the REPL test and the CLI tests. Prints a closing
+# "N passed, N failed" (suites, not checks) and exits non-zero on any failure.
+set -u
+BUILD=${BUILD:-build}
+export BUILD
+passed=0
+failed=0
+run() {
+    name=$1; shift
+    echo "== $name"
+    if "$@"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "== $name FAILED"; fi
+}
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] && run "$(basename "$t")" "$t"
+done
+for t in tests/lua/test_*.lua; do
+    run "$(basename "$t")" env LUA_CPATH="$BUILD/?.so" lua5.4 "$t"
+done
+run test_cli.sh sh tests/cli/test_cli.sh
+echo "suites: $passed passed, $failed failed"
+[ "$failed" = 0 ]
