@@ -92,6 +92,7 @@ void sl__lua_check_keys(lua_State *L, int idx, const char *what, const char *con
             for (const char *const *a = allowed; *a && !ok; a++)
                 ok = strcmp(*a, lua_tostring(L, -1)) == 0;
         if (!ok) {
+            const char *bad = luaL_tolstring(L, -1, NULL);
             luaL_Buffer b;
             luaL_buffinit(L, &b);
             for (const char *const *a = allowed; *a; a++) {
@@ -99,8 +100,7 @@ void sl__lua_check_keys(lua_State *L, int idx, const char *what, const char *con
                 luaL_addstring(&b, *a);
             }
             luaL_pushresult(&b);
-            sl__lua_error(L, "%s: unknown key '%s' (expected one of: %s)", what, luaL_tolstring(L, -2, NULL),
-                       lua_tostring(L, -2));
+            sl__lua_error(L, "%s: unknown key '%s' (expected one of: %s)", what, bad, lua_tostring(L, -1));
         }
     }
 }

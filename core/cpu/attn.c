@@ -1,7 +1,7 @@
 /* cpu/attn.c — flash-style attention executors on the CPU (attn.dense,
  * attn.block_sparse): per (head, query tile) work items on our thread pool,
- * scores of a key chunk by one OpenBLAS sgemm, online softmax with a
- * vectorised exp, P·V by a second sgemm. Never materialises N×N. */
+ * scores of a key chunk by one OpenBLAS sgemm, online softmax with the
+ * vectorised row operations of rowops.c, P·V by a second sgemm. Never materialises N×N. */
 #include "cpu.h"
 
 #include <cblas.h>
@@ -33,49 +33,6 @@ static tile_ws ws_at(void *scratch, int thread, int64_t bq, int64_t kmax, int64_
     return w;
 }
 
-/* exp(x - m) for a row, written in place; returns the row sum. A polynomial
- * on [-0.5, 0.5] after range reduction (relative error < 3e-7); -inf and
- * anything below float range give exactly 0. Written so the compiler
- * vectorises it. */
-SL__CPU_VECTOR static float exp_row(float *s, int64_t n, float m)
-{
-    float sum = 0.f;
-    for (int64_t i = 0; i < n; i++) {
-        float t = (s[i] - m) * 1.44269504088896341f;
-        float under = t < -125.f ? 0.f : 1.f;
-        t = t < -125.f ? -125.f : t;
-        float r = __builtin_roundf(t);
-        float f = t - r;
-        float p = 1.5403530e-4f;
-        p = p * f + 1.3333558e-3f;
-        p = p * f + 9.6181291e-3f;
-        p = p * f + 5.5504109e-2f;
-        p = p * f + 2.4022651e-1f;
-        p = p * f + 6.9314718e-1f;
-        p = p * f + 1.0f;
-        int32_t bits = ((int32_t)r + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, sizeof scale);
-        float e = p * scale * under;
-        s[i] = e;
-        sum += e;
-    }
-    return sum;
-}
-
-SL__CPU_VECTOR static float row_max(const float *s, int64_t n, float m)
-{
-    for (int64_t i = 0; i < n; i++)
-        m = s[i] > m ? s[i] : m;
-    return m;
-}
-
-SL__CPU_VECTOR static void row_scale(float *x, int64_t n, float a)
-{
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= a;
-}
-
 static void tile_begin(tile_ws *w, const float *q, int64_t rows, int64_t d, float scale)
 {
     for (int64_t i = 0; i < rows * d; i++)
@@ -97,8 +54,8 @@ typedef struct chunk_mask {
 } chunk_mask;
 
 /* Scores of the chunk's keys, masked, folded into the running softmax. */
-static void tile_chunk(tile_ws *w, int64_t rows, int64_t d, const float *k, const float *v, int64_t nc,
-                       int64_t ld_s, const chunk_mask *cm)
+static void tile_chunk(tile_ws *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, const float *k,
+                       const float *v, int64_t nc, int64_t ld_s, const chunk_mask *cm)
 {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)nc, (int)d, 1.f, w->qs, (int)d, k, (int)d,
                 0.f, w->s, (int)ld_s);
@@ -118,18 +75,18 @@ static void tile_chunk(tile_ws *w, int64_t rows, int64_t d, const float *k, cons
                     if (!b[j])
                         s[c * cm->bk + j] = -INFINITY;
             }
-        float mnew = row_max(s, nc, w->m[a]);
+        float mnew = ro->max(s, nc, w->m[a]);
         if (mnew == -INFINITY) {
             /* Nothing visible yet in this row: P is all zero. */
             memset(s, 0, (size_t)nc * sizeof(float));
             continue;
         }
         float alpha = w->m[a] == -INFINITY ? 0.f : expf(w->m[a] - mnew);
-        float sum = exp_row(s, nc, mnew);
+        float sum = ro->exp_sum(s, nc, mnew);
         w->l[a] = w->l[a] * alpha + sum;
         w->m[a] = mnew;
         if (alpha != 1.f)
-            row_scale(w->acc + a * d, d, alpha);
+            ro->scale(w->acc + a * d, d, alpha);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w->s, (int)ld_s, v, (int)d,
                 1.f, w->acc, (int)d);
@@ -154,6 +111,7 @@ static void tile_end(const tile_ws *w, int64_t rows, int64_t d, float *o, float 
 
 typedef struct dense_job {
     const sl__kargs *a;
+    sl__cpu_rowops ro;
     sl__attn_dims dm;
     int causal;
     int64_t n_tiles;  /* query tiles per head */
@@ -184,7 +142,7 @@ static void dense_item(int64_t item, void *ud, int thread)
                 keep_to[a] = dm->offset + r0 + a + 1 - j0;
             cm.keep_to = keep_to;
         }
-        tile_chunk(&w, rows, dm->d, k + j0 * dm->d, v + j0 * dm->d, nc, DENSE_BK, cm.keep_to ? &cm : NULL);
+        tile_chunk(&w, &j->ro, rows, dm->d, k + j0 * dm->d, v + j0 * dm->d, nc, DENSE_BK, cm.keep_to ? &cm : NULL);
     }
     tile_end(&w, rows, dm->d, (float *)j->a->out[0].data + (h * dm->nq + r0) * dm->d,
              (float *)j->a->out[1].data + h * dm->nq + r0);
@@ -193,7 +151,7 @@ static void dense_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_dense(const sl__kargs *a)
 {
     const sl_attn_params *p = a->params;
-    dense_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
+    dense_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
     j.n_tiles = (j.dm.nq + DENSE_BQ - 1) / DENSE_BQ;
     sl__cpu_blas_single();
     return sl__parallel_for(a->ctx, j.n_tiles * j.dm.hq, sl_ctx_threads(a->ctx), dense_item, &j);
@@ -203,6 +161,7 @@ sl_status sl__cpu_attn_dense(const sl__kargs *a)
 
 typedef struct sparse_job {
     const sl__kargs *a;
+    sl__cpu_rowops ro;
     sl__attn_dims dm;
     int64_t bq, bk, n_qb, hm, kmax;
 } sparse_job;
@@ -237,7 +196,7 @@ static void sparse_item(int64_t item, void *ud, int thread)
         if (k0 + nc > dm->nk)
             nc = dm->nk - k0;
         chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
-        tile_chunk(&w, rows, dm->d, k + k0 * dm->d, v + k0 * dm->d, nc, j->kmax, any_partial ? &cm : NULL);
+        tile_chunk(&w, &j->ro, rows, dm->d, k + k0 * dm->d, v + k0 * dm->d, nc, j->kmax, any_partial ? &cm : NULL);
     }
     tile_end(&w, rows, dm->d, (float *)j->a->out[0].data + (h * dm->nq + r0) * dm->d,
              (float *)j->a->out[1].data + h * dm->nq + r0);
@@ -248,7 +207,7 @@ static int64_t sparse_kmax(int64_t bk) { return bk >= SPARSE_KMAX ? bk : SPARSE_
 sl_status sl__cpu_attn_block_sparse(const sl__kargs *a)
 {
     const sl_attn_block_params *p = a->params;
-    sparse_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
+    sparse_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
                     a->in[3].shape[0], sparse_kmax(p->bk)};
     sl__cpu_blas_single();
     return sl__parallel_for(a->ctx, j.n_qb * j.dm.hq, sl_ctx_threads(a->ctx), sparse_item, &j);

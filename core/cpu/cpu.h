@@ -4,13 +4,16 @@
 
 #include "../internal.h"
 
-/* Hot loops are built for AVX2+FMA and a portable fallback; the loader
- * picks one at run time, so the library runs on any x86-64. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define SL__CPU_VECTOR __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define SL__CPU_VECTOR
-#endif
+/* Row operations of the online softmax, in the best variant this CPU runs
+ * (AVX2+FMA or portable C): exp_sum replaces s[i] by exp(s[i] - m) and
+ * returns the sum; max returns max(m, s[...]); scale multiplies in place. */
+typedef struct sl__cpu_rowops {
+    float (*exp_sum)(float *s, int64_t n, float m);
+    float (*max)(const float *s, int64_t n, float m);
+    void (*scale)(float *x, int64_t n, float a);
+} sl__cpu_rowops;
+
+sl__cpu_rowops sl__cpu_rowops_get(void);
 
 sl_status sl__cpu_attn_dense(const sl__kargs *a);
 sl_status sl__cpu_attn_block_sparse(const sl__kargs *a);

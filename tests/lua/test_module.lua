@@ -30,7 +30,7 @@ test("randn is seeded: same seed same values, other seed other values", function
   local sa, sb, sc = a:stats(), b:stats(), c:stats()
   eq(sa, sb, "same seed")
   truthy(sa ~= sc, "different seed differs")
-  raises(function() sl.randn({2}, {sed = 1}) end, "unknown key 'sed'", "typo key")
+  raises(function() sl.randn({2}, {sed = 1}) end, "unknown key 'sed' (expected one of: seed, std, dtype)", "typo key")
 end)
 
 test("narrow shares memory and converts to f16 within half-precision error", function()

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run the op tests with the cuda backend, then the quick benchmark if the program has one.
+#   usage (from the repo root): tests/gpu/run.sh        CUDA_ARCH=sm_80 tests/gpu/run.sh
+# Exits non-zero when the build fails, the op tests fail, or the cuda backend is unavailable.
+set -eu
+
+ARCH=${CUDA_ARCH:-sm_90}
+JOBS=${JOBS:-16}
+BUILD=build
+LOG=$(mktemp -d "${TMPDIR:-/tmp}/sl-gpu.XXXXXX")
+rows=()
+row() { rows+=("$(printf '%-28s %-5s %s' "$1" "$2" "$3")"); }
+summary() {
+    echo
+    printf '%-28s %-5s %s\n' step result detail
+    for r in "${rows[@]}"; do echo "$r"; done
+    echo "logs: $LOG"
+}
+fail() { row "$1" FAIL "$2"; summary; exit 1; }
+
+[ -f Makefile ] && [ -d core/cuda ] || { echo "run.sh: run me from the sparselab repo root" >&2; exit 2; }
+
+if command -v nvidia-smi >/dev/null 2>&1; then
+    gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1 || true)
+    row "gpu" info "${gpu:-nvidia-smi gave nothing}"
+else
+    row "gpu" info "no nvidia-smi"
+fi
+
+# Objects of a build without CUDA=1 (or for another arch) would be reused by
+# make, and ar would keep the stand-in cuda/none.o in the archive: start clean.
+if [ "$(cat "$BUILD/.cuda_arch" 2>/dev/null || true)" != "$ARCH" ]; then
+    rm -rf "$BUILD"
+fi
+
+t0=$SECONDS
+if ! make CUDA=1 CUDA_ARCH="$ARCH" -j"$JOBS" all "$BUILD/tests/test_ops" >"$LOG/build.txt" 2>&1; then
+    tail -30 "$LOG/build.txt"
+    fail "build CUDA=1 $ARCH" "see $LOG/build.txt"
+fi
+echo "$ARCH" >"$BUILD/.cuda_arch"
+row "build CUDA=1 $ARCH" ok "$((SECONDS - t0)) s"
+
+t0=$SECONDS
+set +e
+SL_TEST_BACKENDS=ref,cpu,cuda "$BUILD/tests/test_ops" >"$LOG/test_ops.txt" 2>&1
+rc=$?
+set -e
+cat "$LOG/test_ops.txt"
+checks=$(grep -E '^[0-9]+%: Checks' "$LOG/test_ops.txt" | tail -1 || true)
+if grep -q '^SKIP backend cuda' "$LOG/test_ops.txt"; then
+    fail "test_ops ref,cpu,cuda" "cuda skipped: $(grep -m1 '^SKIP backend cuda' "$LOG/test_ops.txt" | sed 's/^SKIP backend cuda: //')"
+fi
+[ "$rc" -eq 0 ] || fail "test_ops ref,cpu,cuda" "exit $rc; ${checks:-no summary}"
+row "test_ops ref,cpu,cuda" ok "${checks:-} ($((SECONDS - t0)) s)"
+
+# The benchmark is optional: a program without `bench` (or without --backend)
+# is reported, not failed.
+if [ -x "$BUILD/sparselab" ]; then
+    t0=$SECONDS
+    if "$BUILD/sparselab" bench --quick --backend cuda >"$LOG/bench.txt" 2>&1; then
+        cat "$LOG/bench.txt"
+        row "bench --quick --backend cuda" ok "$((SECONDS - t0)) s"
+    else
+        row "bench --quick --backend cuda" skip "$(tail -1 "$LOG/bench.txt" | cut -c1-80)"
+    fi
+else
+    row "bench --quick --backend cuda" skip "no $BUILD/sparselab"
+fi
+
+summary
