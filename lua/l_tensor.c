@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The registry key of the state's context (its metatable is SL_LUA_CTX). */
+#define CTX_KEY "sparselab.ctx.instance"
+
 static int ctx_gc(lua_State *L)
 {
     sl_lua_ctx *c = luaL_checkudata(L, 1, SL_LUA_CTX);
@@ -20,7 +23,7 @@ static int ctx_gc(lua_State *L)
 
 sl_lua_ctx *sl__lua_ctx(lua_State *L)
 {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, SL_LUA_CTX) == LUA_TUSERDATA) {
+    if (lua_getfield(L, LUA_REGISTRYINDEX, CTX_KEY) == LUA_TUSERDATA) {
         sl_lua_ctx *c = lua_touserdata(L, -1);
         lua_pop(L, 1);
         return c;
@@ -36,7 +39,7 @@ sl_lua_ctx *sl__lua_ctx(lua_State *L)
     lua_pushcfunction(L, ctx_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, SL_LUA_CTX);
+    lua_setfield(L, LUA_REGISTRYINDEX, CTX_KEY);
     return c;
 }
 

@@ -19,6 +19,7 @@
 // A row that has not yet seen a visible key keeps m = -inf; the exponent base is
 // then 0 instead of m so that exp2(-inf - -inf) = NaN never happens, and a row
 // that never sees one ends with l = 0, written as O = 0 and lse = -inf.
+// A head_dim d below the kernel's width D is zero-padded in shared memory.
 
 namespace {
 
