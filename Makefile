@@ -33,7 +33,7 @@ CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fPIC -MMD -MP
 LDLIBS_ALL = $(PKG_LIBS) -lm -lpthread $(SAN)
 
 ifeq ($(CUDA),1)
-LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -lcudart -Wl,-rpath,$(CUDA_HOME)/lib64
+LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
 endif
 
 # ---- sources ---------------------------------------------------------------
@@ -72,15 +72,15 @@ $(BUILD)/%.o: %.c
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	@echo "  NVCC  $<"
-	@$(NVCC) -O2 -std=c++17 -arch=$(CUDA_ARCH) -Xcompiler -fPIC -I core -DSL_CUDA=1 -c $< -o $@
+	@$(NVCC) -MMD -MP -O2 -std=c++17 -arch=$(CUDA_ARCH) -Xcompiler -fPIC -I core -DSL_CUDA=1 -c $< -o $@
 
 # The core library has no SQLite/Lua/libuv in it; the store is a library of its own.
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
-	ar rcs $@ $^
+	@rm -f $@ && ar rcs $@ $^
 $(STORE_LIB): $(STORE_OBJ)
 	@mkdir -p $(dir $@)
-	ar rcs $@ $^
+	@rm -f $@ && ar rcs $@ $^
 
 # The pure-Lua library is embedded in the module and the program, so that
 # `require "sparselab"` needs only build/sparselab.so.

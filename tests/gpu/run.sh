@@ -6,7 +6,7 @@ set -eu
 
 ARCH=${CUDA_ARCH:-sm_90}
 JOBS=${JOBS:-16}
-BUILD=build
+BUILD=${BUILD:-build-cuda}
 LOG=$(mktemp -d "${TMPDIR:-/tmp}/sl-gpu.XXXXXX")
 rows=()
 row() { rows+=("$(printf '%-28s %-5s %s' "$1" "$2" "$3")"); }
@@ -34,7 +34,7 @@ if [ "$(cat "$BUILD/.cuda_arch" 2>/dev/null || true)" != "$ARCH" ]; then
 fi
 
 t0=$SECONDS
-if ! make CUDA=1 CUDA_ARCH="$ARCH" -j"$JOBS" all "$BUILD/tests/test_ops" >"$LOG/build.txt" 2>&1; then
+if ! make CUDA=1 BUILD="$BUILD" CUDA_ARCH="$ARCH" -j"$JOBS" all "$BUILD/tests/test_ops" >"$LOG/build.txt" 2>&1; then
     tail -30 "$LOG/build.txt"
     fail "build CUDA=1 $ARCH" "see $LOG/build.txt"
 fi
