@@ -60,6 +60,13 @@ int sl__lua_error(lua_State *L, const char *fmt, ...)
 
 sl_lua_tensor *sl__lua_push_tensor(lua_State *L, sl_tensor t)
 {
+    /* Lua sees a few bytes of userdata per tensor, not the buffer behind it:
+     * a GC step sized to the buffer keeps collection in pace with the memory
+     * really allocated, so dropped outputs are freed (and their pages reused)
+     * before the next op allocates. */
+    size_t kib = sl_tensor_nbytes(&t) / 1024;
+    if (kib > 0)
+        lua_gc(L, LUA_GCSTEP, kib > (1u << 30) ? (1 << 30) : (int)kib);
     sl_lua_tensor *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = t;
     luaL_setmetatable(L, SL_LUA_TENSOR);

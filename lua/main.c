@@ -4,6 +4,7 @@
  * statement); otherwise it runs a subcommand of sparselab/cli.lua.
  * Exit status: 0 success, 1 user error (one line on stderr), 2 internal error. */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -323,6 +324,11 @@ static void repl(lua_State *L)
 
 int main(int argc, char **argv)
 {
+    /* Kernels write their outputs into fresh buffers; keeping freed memory in
+     * the heap (instead of returning it to the kernel) spares a page fault per
+     * 4 KiB of output on every call, which measured ~20% of a sparse call. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     lua_State *L = new_state();
     int rc = require_sparselab(L);
     if (rc) {
