@@ -319,6 +319,93 @@ typedef struct sl_synth_params {
 
 sl_status sl_workload_synthetic(sl_ctx *ctx, const sl_synth_params *p, sl_tensor *q, sl_tensor *k, sl_tensor *v);
 
+/* ---- transformer runner (core/model/) -----------------------------------------
+ * A LLaMA-architecture forward pass on the CPU (OpenBLAS) whose attention is a
+ * hook, so any method can run inside a trained model. Weights are f32,
+ * matrices row-major (out, in): y = W·x. */
+typedef enum sl_rope_style {
+    SL_ROPE_PAIRS = 0,  /* rotate adjacent pairs (2j, 2j+1) of each head (llama2.c) */
+    SL_ROPE_HALF = 1    /* rotate (j, j + head_dim/2) (Hugging Face rotate_half) */
+} sl_rope_style;
+
+typedef struct sl_model_config {
+    int64_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, seq_len;
+    double rope_theta, norm_eps;
+    sl_rope_style rope_style;
+} sl_model_config;
+
+typedef struct sl_model_layer {
+    sl_tensor rms_att, wq, wk, wv, wo;  /* [dim], [Hq·hd, dim], [Hkv·hd, dim] ×2, [dim, Hq·hd] */
+    sl_tensor rms_ffn, w1, w2, w3;      /* [dim], [hidden, dim] (gate), [dim, hidden] (down), [hidden, dim] (up) */
+} sl_model_layer;
+
+typedef struct sl_model {
+    sl_model_config cfg;
+    sl_tensor tok_emb;      /* [vocab, dim] */
+    sl_tensor rms_final;    /* [dim] */
+    sl_tensor wcls;         /* [vocab, dim]; shares tok_emb's buffer when the checkpoint ties them */
+    sl_model_layer *layers; /* n_layers entries */
+} sl_model;
+
+/* Loads a llama2.c checkpoint (7 × int32 header, then f32 weights; a negative
+ * vocab_size means a separate classifier follows). Checks every size against
+ * the file: a truncated or inconsistent file gives SL_EFORMAT naming the file
+ * and the tensor. */
+sl_status sl_model_load_llama2c(sl_ctx *ctx, const char *path, sl_model **out);
+/* Loads a LLaMA model from a directory holding config.json (Hugging Face
+ * names: hidden_size, intermediate_size, num_hidden_layers,
+ * num_attention_heads, num_key_value_heads, vocab_size, rms_norm_eps,
+ * rope_theta, max_position_embeddings, tie_word_embeddings) and
+ * model.safetensors (model.embed_tokens.weight, model.layers.N.self_attn.
+ * {q,k,v,o}_proj.weight, model.layers.N.mlp.{gate,up,down}_proj.weight,
+ * model.layers.N.{input,post_attention}_layernorm.weight, model.norm.weight,
+ * lm_head.weight). RoPE is SL_ROPE_HALF. */
+sl_status sl_model_load_hf(sl_ctx *ctx, const char *dir, sl_model **out);
+void sl_model_free(sl_ctx *ctx, sl_model *m);
+
+/* The KV cache: per layer K and V [n_kv_heads, capacity, head_dim] (post-RoPE);
+ * n positions are filled. */
+typedef struct sl_model_state {
+    int64_t n, capacity, n_layers;
+    sl_tensor *k, *v;
+} sl_model_state;
+
+sl_status sl_model_state_new(sl_ctx *ctx, const sl_model *m, int64_t capacity, sl_model_state **out);
+void sl_model_state_free(sl_ctx *ctx, sl_model_state *st);
+
+/* Attention of one layer: q [Hq, n_new, hd] holds the new positions
+ * n_past .. n_past+n_new-1; k, v [Hkv, n_past+n_new, hd] are the cache up to
+ * them (views; may be strided). The hook writes o [Hq, n_new, hd] (allocated,
+ * contiguous f32) and returns a status (its message in ctx). Causality is the
+ * hook's business: attn.dense with causal = 1 is the exact model. */
+typedef sl_status (*sl_model_attn_fn)(void *ud, sl_ctx *ctx, int layer, const sl_tensor *q, const sl_tensor *k,
+                                      const sl_tensor *v, sl_tensor *o);
+
+/* Runs n tokens through the model after the st->n already cached (prefill
+ * when st->n == 0, decode when n == 1), appends their K/V to the cache and
+ * writes logits [n, vocab] (new tensor). attn NULL means exact dense
+ * attention (cpu backend). Token ids outside [0, vocab) and running past the
+ * cache capacity are SL_EARG. */
+sl_status sl_model_forward(sl_ctx *ctx, const sl_model *m, sl_model_state *st, const int32_t *tokens, int64_t n,
+                           sl_model_attn_fn attn, void *ud, sl_tensor *logits);
+
+/* ---- tokenizer (llama2.c tokenizer.bin layout) ----------------------------- */
+typedef struct sl_tokenizer sl_tokenizer;
+
+/* Loads a llama2.c tokenizer file with vocab_size entries (int32 max_token_length,
+ * then per id: f32 score, int32 len, len bytes). */
+sl_status sl_tokenizer_load(sl_ctx *ctx, const char *path, int64_t vocab_size, sl_tokenizer **out);
+void sl_tokenizer_free(sl_ctx *ctx, sl_tokenizer *t);
+int64_t sl_tokenizer_vocab(const sl_tokenizer *t);
+/* Encodes UTF-8 text as llama2.c does (optional BOS id 1, a dummy-prefix space
+ * when the text is non-empty, code points then byte fallback <0xHH> = byte + 3,
+ * then greedy merges by highest score; optional EOS id 2) into a new i32 tensor [n]. */
+sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *text, int bos, int eos, sl_tensor *ids);
+/* The text of token id following token prev (after BOS one leading space is
+ * dropped; <0xHH> pieces are that byte). Writes up to n-1 bytes and a NUL into
+ * buf and returns the piece's length in bytes (it may hold a NUL byte). */
+size_t sl_tokenizer_decode(const sl_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t n);
+
 /* ---- timing --------------------------------------------------------------- */
 double sl_time_now(void);   /* monotonic seconds */
 

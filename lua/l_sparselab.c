@@ -74,6 +74,7 @@ int luaopen_sparselab(lua_State *L)
     sl__lua_open_mask(L);
     sl__lua_open_io(L);
     sl__lua_open_util(L);
+    sl__lua_open_model(L);
     sl__lua_open_store(L);
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);

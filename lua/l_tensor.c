@@ -192,6 +192,29 @@ static int l_randn(lua_State *L)
     return 1;
 }
 
+/* sl.rand(shape [, {seed=}]) -> f32 uniform draws in [0, 1) */
+static int l_rand(lua_State *L)
+{
+    int64_t shape[SL_MAX_DIMS];
+    int n = read_shape(L, 1, shape);
+    lua_Integer seed = 0;
+    if (lua_istable(L, 2)) {
+        static const char *const keys[] = {"seed", NULL};
+        sl__lua_check_keys(L, 2, "sl.rand", keys);
+        seed = sl__lua_opt_int_field(L, 2, "seed", 0);
+    }
+    sl_lua_tensor *u = new_tensor(L, SL_F32, n, shape, 0);
+    sl_rng r;
+    sl_rng_seed(&r, (uint64_t)seed);
+    float *x = u->t.data;
+    for (int64_t i = 0; i < sl_tensor_numel(&u->t); i++) {
+        x[i] = (float)sl_rng_uniform(&r);
+        if (x[i] >= 1.f) /* rounding to float can reach 1 */
+            x[i] = 0x1.fffffep-1f;
+    }
+    return 1;
+}
+
 /* Infers the shape of a nested table of numbers. */
 static int nested_shape(lua_State *L, int idx, int64_t *shape)
 {
@@ -426,6 +449,60 @@ static int t_stats(lua_State *L)
     return 3;
 }
 
+/* sl.cat({t1, t2, ...}, dim) — concatenation along dim (1-based) of f32
+ * tensors whose other dims agree; a new contiguous tensor. */
+static int l_cat(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer dim = luaL_optinteger(L, 2, 1);
+    int n = (int)luaL_len(L, 1);
+    if (n < 1)
+        return sl__lua_error(L, "sl.cat: expected at least one tensor");
+    lua_geti(L, 1, 1);
+    const sl_tensor *first = &sl__lua_check_tensor(L, -1)->t;
+    lua_pop(L, 1);
+    if (dim < 1 || dim > first->ndim)
+        return sl__lua_error(L, "sl.cat: dim %I outside 1..%d", dim, first->ndim);
+    int d = (int)dim - 1;
+    int64_t shape[SL_MAX_DIMS];
+    memcpy(shape, first->shape, sizeof shape);
+    shape[d] = 0;
+    for (int i = 1; i <= n; i++) {
+        lua_geti(L, 1, i);
+        const sl_tensor *t = &sl__lua_check_tensor(L, -1)->t;
+        lua_pop(L, 1);
+        if (t->ndim != first->ndim || t->dtype != SL_F32)
+            return sl__lua_error(L, "sl.cat: tensor %d is not f32 with %d dims", i, first->ndim);
+        for (int k = 0; k < t->ndim; k++)
+            if (k != d && t->shape[k] != first->shape[k])
+                return sl__lua_error(L, "sl.cat: tensor %d has size %I in dim %d, tensor 1 has %I", i,
+                                     (lua_Integer)t->shape[k], k + 1, (lua_Integer)first->shape[k]);
+        shape[d] += t->shape[d];
+    }
+    sl_lua_tensor *u = new_tensor(L, SL_F32, first->ndim, shape, 0);
+    int64_t offset = 0, idx[SL_MAX_DIMS];
+    for (int i = 1; i <= n; i++) {
+        lua_geti(L, 1, i);
+        const sl_tensor *t = &sl__lua_check_tensor(L, -1)->t;
+        int64_t count = sl_tensor_numel(t);
+        memset(idx, 0, sizeof idx);
+        for (int64_t e = 0; e < count; e++) {
+            int64_t dst[SL_MAX_DIMS];
+            memcpy(dst, idx, sizeof dst);
+            dst[d] += offset;
+            sl_tensor_set(&u->t, dst, sl_tensor_get(t, idx));
+            for (int k = t->ndim - 1; k >= 0; k--) {
+                if (++idx[k] < t->shape[k])
+                    break;
+                idx[k] = 0;
+            }
+        }
+        offset += t->shape[d];
+        lua_pop(L, 1);
+    }
+    return 1;
+}
+
 void sl__lua_open_tensor(lua_State *L)
 {
     static const luaL_Reg methods[] = {{"get", t_get},         {"set", t_set},     {"shape", t_shape},
@@ -445,6 +522,7 @@ void sl__lua_open_tensor(lua_State *L)
         lua_setfield(L, -2, "__name");
     }
     lua_pop(L, 1);
-    static const luaL_Reg fns[] = {{"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {NULL, NULL}};
+    static const luaL_Reg fns[] = {
+        {"tensor", l_tensor}, {"zeros", l_zeros}, {"randn", l_randn}, {"rand", l_rand}, {"cat", l_cat}, {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
 }

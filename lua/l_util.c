@@ -5,7 +5,11 @@
 #include "store.h"
 
 #include <cblas.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 #ifndef SL_BUILD_FLAGS
 #define SL_BUILD_FLAGS "unknown"
@@ -132,6 +136,51 @@ static int l_sha256(lua_State *L)
     return 1;
 }
 
+
+/* sl.listdir(path) -> sorted names in a directory (without . and ..) */
+static int l_listdir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    DIR *d = opendir(path);
+    if (!d)
+        return sl__lua_error(L, "%s: cannot list: %s", path, strerror(errno));
+    lua_newtable(L);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            lua_pushstring(L, e->d_name);
+            lua_rawseti(L, -2, ++n);
+        }
+    closedir(d);
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, -3);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* sl.mkdir(path): creates a directory (and its parents); fine when it exists. */
+static int l_mkdir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf)
+        return sl__lua_error(L, "sl.mkdir: bad path length");
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++)
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return sl__lua_error(L, "%s: cannot create: %s", buf, strerror(errno));
+            buf[i] = c;
+        }
+    return 0;
+}
+
 void sl__lua_open_util(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"time", l_time},
@@ -140,6 +189,8 @@ void sl__lua_open_util(lua_State *L)
                                    {"bench_sgemm", l_bench_sgemm},
                                    {"synthetic", l_synthetic},
                                    {"sha256", l_sha256},
+                                   {"listdir", l_listdir},
+                                   {"mkdir", l_mkdir},
                                    {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
     lua_pushstring(L, SL_VERSION);

@@ -47,6 +47,7 @@ void sl__lua_open_ops(lua_State *L);      /* adds sl.<family>.<op> ... */
 void sl__lua_open_mask(lua_State *L);     /* adds sl.mask_c (materialised masks) */
 void sl__lua_open_io(lua_State *L);       /* adds sl.load / sl.save */
 void sl__lua_open_util(lua_State *L);     /* sl.time, sl.backends, sl.bench_sgemm ... */
+void sl__lua_open_model(lua_State *L);    /* sl.model_c, sl.tokenizer_c */
 int sl__lua_open_store(lua_State *L);     /* pushes the store table */
 int sl__lua_json_encode(lua_State *L);
 /* Installs loaders for the embedded pure-Lua library into package.preload. */

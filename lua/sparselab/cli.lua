@@ -15,6 +15,8 @@ usage: sparselab                         start the REPL
        sparselab ops [--json]            op x backend coverage
        sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X] [--param K=V]...
                       [--backend ref|cpu|cuda] [--reps N] [--db FILE] [--json] [--out FILE.safetensors]
+       sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
+                      [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
        sparselab bench [--quick] [--json] [--db FILE]
        sparselab help]]
@@ -72,7 +74,11 @@ function C.run(argv)
   local args = {[0] = script}
   for i = 3, #argv do args[#args + 1] = argv[i] end
   _G.arg = args
-  return chunk(table.unpack(args))
+  -- A script that fails leaves its runs marked failed, not running; what it
+  -- committed before the error stays in the database.
+  local ok, err = pcall(chunk, table.unpack(args))
+  require("sparselab.eval").close_open_runs(ok and "ok" or "failed")
+  if not ok then error(err, 0) end
 end
 
 -- ---- methods / ops ------------------------------------------------------
@@ -212,6 +218,78 @@ function C.eval(argv)
   local rows = {}
   for _, key in ipairs(names) do rows[#rows + 1] = {metric = key, value = r.metrics[key]} end
   out(report.table(rows, {"metric", "value"}))
+end
+
+-- ---- model --------------------------------------------------------------
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then sl.fail("%s", err) end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function C.model(argv)
+  local o, pos = parse(argv, 2, {text = "value", method = "value", budget = "value", param = "multi",
+    json = "flag", db = "value", gen = "value", ["dense-layers"] = "value", prompt = "value"}, {"PATH"})
+  local path = pos[1]
+  if not path or not o.text then sl.fail("usage: sparselab model PATH --text FILE [--method ID] [--budget X]") end
+  local m = sl.model.load(path)
+  local id = o.method or "dense"
+  local method = sl.methods.get(id)
+  local params = {}
+  for _, kv in ipairs(o.param or {}) do
+    local key, val = kv:match("^([%w_]+)=(.*)$")
+    if not key then sl.fail("--param expects K=V, found '%s'", kv) end
+    params[key] = value_of(val)
+  end
+  local budget = o.budget and tonumber(o.budget)
+  if o.budget and not budget then sl.fail("--budget expects a number, found '%s'", o.budget) end
+  local resolved = sl.registry.resolve(method, params, budget) -- fails early on bad parameters
+  local dense_layers = tonumber(o["dense-layers"] or "0")
+  local spec = id ~= "dense" and {method = id, budget = budget, params = params} or nil
+  local attention = spec
+  if spec and dense_layers > 0 then
+    attention = {default = spec, layers = {}}
+    for l = 0, dense_layers - 1 do attention.layers[l] = "dense" end
+  end
+  local text = read_file(o.text)
+  local r, tokens = m:evaluate{text = text, attention = attention}
+  -- greedy generation from the text's first tokens, dense and with the method
+  local steps = tonumber(o.gen or "64")
+  local prompt = {}
+  for i = 1, math.min(8, #tokens) do prompt[i] = tokens[i] end
+  local dense_ids = m:generate{prompt = prompt, steps = steps}
+  local ids, gen_text = m:generate{prompt = prompt, steps = steps, attention = attention}
+  r.gen_common_prefix = sl.model.common_prefix(dense_ids, ids, #prompt)
+  r.gen_steps = steps
+  if o.db then
+    local db = sl.store.open(o.db)
+    local run_id = db:begin_run{script = "sparselab model", argv = argv}
+    local metrics = {}
+    for k, v in pairs(r) do metrics[k] = v end
+    db:record{run_id = run_id, method = id, params = resolved, workload = "text:" .. o.text,
+      workload_params = {model = path, dense_layers = dense_layers}, phase = "prefill", n_q = r.n + 1,
+      n_k = r.n + 1, heads = m.cfg.n_heads, kv_heads = m.cfg.n_kv_heads, head_dim = m.cfg.head_dim,
+      backend = "cpu", budget = method.knob and resolved[method.knob] or nil, metrics = metrics}
+    db:finish_run(run_id, "ok")
+    db:close()
+  end
+  if o.json then
+    local t = {method = id, model = path, text = o.text, budget = method.knob and resolved[method.knob] or nil,
+      params = resolved, dense_layers = dense_layers}
+    for k, v in pairs(r) do t[k] = v end
+    out(sl.json_encode(t))
+    return
+  end
+  out(string.format("%s on %s (%d tokens), model %s", id, o.text, r.n + 1, path))
+  local rows = {}
+  for _, k in ipairs{"ppl", "ppl_dense", "nll", "nll_dense", "kl", "top1", "gen_common_prefix", "gen_steps"} do
+    rows[#rows + 1] = {metric = k, value = r[k]}
+  end
+  out(report.table(rows, {"metric", "value"}))
+  out("generated: " .. (gen_text or ""):gsub("\n", " "))
 end
 
 -- ---- query --------------------------------------------------------------

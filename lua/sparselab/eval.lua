@@ -123,7 +123,22 @@ function E.experiment(o)
   for i = 1, #(arg or {}) do argv[i] = arg[i] end
   local run_id = db:begin_run{script = script, argv = argv, seed = o.seed,
     config = o.config and sl.json_encode(o.config) or nil, script_sha256 = sha}
+  E.open_runs[#E.open_runs + 1] = {db = db, run_id = run_id}
   return db, run_id
+end
+
+--- Runs started by sl.experiment in this Lua state, so that `sparselab run`
+--- can mark those a failing script left running as failed.
+E.open_runs = {}
+
+function E.close_open_runs(status)
+  for _, r in ipairs(E.open_runs) do
+    pcall(function()
+      r.db:query("UPDATE run SET status = ?, finished = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') " ..
+        "WHERE id = ? AND status = 'running'", status, r.run_id)
+    end)
+  end
+  E.open_runs = {}
 end
 
 return E

@@ -34,6 +34,7 @@ sl.eval = eval.run
 sl.record = eval.record
 sl.experiment = eval.experiment
 sl.report = require "sparselab.report"
+sl.model = require "sparselab.model"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -93,10 +93,38 @@ one_line_err "multiple (GQA)" "GQA mismatch"
 expect_rc 1 "query of a non-database" "$SL" query "$T/junk.safetensors" "SELECT 1"
 one_line_err "junk.safetensors" "query of a non-database"
 
+# the model runner: dense perplexity of a shipped text (README: 4.0401), a
+# sparse method recorded in the database, captured Q/K/V replayed by eval
+M=experiments/data/tinystories260k
+expect_rc 0 "model dense --json" "$SL" model $M/model.bin --text $M/texts/01_red_kite.txt --method dense --json --gen 8
+grep -q '"ppl_dense":4.040' "$T/out" && grep -q '"kl":0' "$T/out" && ok || bad "model dense output: $(cat "$T/out")"
+for w in 32 128; do
+    expect_rc 0 "model sliding_window $w" "$SL" model $M/model.bin --text $M/texts/02_lost_mitten.txt \
+        --method sliding_window --budget $w --param bq=16 --param bk=16 --json --db "$T/m.db" --gen 8
+done
+expect_rc 0 "model streaming_llm" "$SL" model $M/model.bin --text $M/texts/02_lost_mitten.txt \
+    --method streaming_llm --budget 32 --param n_init=4 --json --db "$T/m.db" --gen 8
+expect_rc 0 "model results in db" "$SL" query "$T/m.db" \
+    "SELECT r.method, r.budget, m.value FROM result r JOIN metric m ON m.result_id = r.id AND m.name = 'kl' ORDER BY r.budget" --csv
+[ "$(grep -c '^sliding_window\|^streaming_llm' "$T/out")" = 3 ] && ok || bad "model rows: $(cat "$T/out")"
+expect_rc 1 "model without --text" "$SL" model $M/model.bin
+one_line_err "usage" "model without --text"
+head -c 5000 $M/model.bin >"$T/trunc.bin"
+expect_rc 1 "truncated checkpoint" "$SL" model "$T/trunc.bin" --text $M/texts/01_red_kite.txt
+one_line_err "trunc.bin" "truncated checkpoint"
+expect_rc 0 "capture experiment" "$SL" run experiments/capture_tinystories.lua "$T/qkv"
+[ "$(ls "$T/qkv" | wc -l)" = 40 ] && ok || bad "capture wrote $(ls "$T/qkv" | wc -l) files, expected 40"
+expect_rc 0 "eval on captured qkv" "$SL" eval streaming_llm --qkv "$T/qkv/06_little_seed_layer2.safetensors" \
+    --budget 64 --param bq=16 --param bk=16 --out "$T/cap.safetensors"
+expect_rc 0 "captured qkv vs independent reference" "$CHECK" check "$T/qkv/06_little_seed_layer2.safetensors" \
+    "$T/cap.safetensors" 1e-5 64 4
+
 # a script's own error is a user error; the REPL survives errors on a pipe
-printf 'error("boom")\n' >"$T/boom.lua"
-expect_rc 1 "failing script" "$SL" run "$T/boom.lua"
+printf 'local sl = require "sparselab"\nlocal db = sl.experiment{db = arg[1]}\nerror("boom")\n' >"$T/boom.lua"
+expect_rc 1 "failing script" "$SL" run "$T/boom.lua" "$T/boom.db"
 one_line_err "boom" "failing script"
+expect_rc 0 "failed run recorded" "$SL" query "$T/boom.db" "SELECT status FROM run" --csv
+[ "$(tail -n 1 "$T/out")" = failed ] && ok || bad "failing script's run status: $(cat "$T/out")"
 printf 'x = 1 +\nprint(sl.attn.dense)\n' | "$SL" >"$T/out" 2>"$T/err"
 [ $? = 1 ] && ok || bad "syntax error from stdin exits 1"
 

@@ -1,0 +1,394 @@
+/* l_model.c — the transformer runner and tokenizer in Lua: sl.model_c.load
+ * (llama2.c file or Hugging Face directory), model:forward(tokens, state,
+ * hook) where hook(layer, q, k, v) returns the attention output, KV-cache
+ * states, and sl.tokenizer_c.load with encode/decode. Policy (schedules,
+ * metrics, capture) is Lua: sparselab/model.lua. */
+#include "lbind.h"
+
+#include <math.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define SL_LUA_MODEL "sparselab.model"
+#define SL_LUA_STATE "sparselab.model_state"
+#define SL_LUA_TOKENIZER "sparselab.tokenizer"
+
+typedef struct l_model { sl_model *m; } l_model;
+typedef struct l_state { sl_model_state *st; } l_state;
+typedef struct l_tok { sl_tokenizer *t; } l_tok;
+
+static l_model *check_model(lua_State *L, int idx)
+{
+    l_model *u = luaL_checkudata(L, idx, SL_LUA_MODEL);
+    if (!u->m)
+        luaL_argerror(L, idx, "model was closed");
+    return u;
+}
+
+static l_state *check_state(lua_State *L, int idx)
+{
+    l_state *u = luaL_checkudata(L, idx, SL_LUA_STATE);
+    if (!u->st)
+        luaL_argerror(L, idx, "model state was closed");
+    return u;
+}
+
+/* sl.model_c.load(path): a directory is a Hugging Face model, a file a llama2.c checkpoint. */
+static int l_load(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    struct stat st;
+    l_model *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->m = NULL;
+    luaL_setmetatable(L, SL_LUA_MODEL);
+    sl_status s = stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? sl_model_load_hf(ctx, path, &u->m)
+                                                               : sl_model_load_llama2c(ctx, path, &u->m);
+    if (s)
+        return sl__lua_fail(L, ctx);
+    return 1;
+}
+
+static int m_config(lua_State *L)
+{
+    const sl_model_config *c = &check_model(L, 1)->m->cfg;
+    lua_createtable(L, 0, 12);
+    const char *names[] = {"dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
+                           "seq_len"};
+    int64_t vals[] = {c->dim, c->hidden_dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
+                      c->seq_len};
+    for (int i = 0; i < 8; i++) {
+        lua_pushinteger(L, vals[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    lua_pushnumber(L, c->rope_theta);
+    lua_setfield(L, -2, "rope_theta");
+    lua_pushnumber(L, c->norm_eps);
+    lua_setfield(L, -2, "norm_eps");
+    lua_pushstring(L, c->rope_style == SL_ROPE_PAIRS ? "pairs" : "half");
+    lua_setfield(L, -2, "rope_style");
+    return 1;
+}
+
+/* model:state(capacity) -> a new, empty KV cache */
+static int m_state(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    lua_Integer cap = luaL_optinteger(L, 2, u->m->cfg.seq_len);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    l_state *s = lua_newuserdatauv(L, sizeof *s, 0);
+    s->st = NULL;
+    luaL_setmetatable(L, SL_LUA_STATE);
+    if (sl_model_state_new(ctx, u->m, cap, &s->st))
+        return sl__lua_fail(L, ctx);
+    return 1;
+}
+
+static int s_len(lua_State *L)
+{
+    lua_pushinteger(L, check_state(L, 1)->st->n);
+    return 1;
+}
+
+/* state:reset([n]) forgets every cached position past n (default 0). */
+static int s_reset(lua_State *L)
+{
+    l_state *s = check_state(L, 1);
+    lua_Integer n = luaL_optinteger(L, 2, 0);
+    if (n < 0 || n > s->st->n)
+        return sl__lua_error(L, "state:reset: n = %I, expected 0..%I", (lua_Integer)n, (lua_Integer)s->st->n);
+    s->st->n = n;
+    return 0;
+}
+
+/* The hook's Lua side: the function sits at stack index `fn` of L. */
+typedef struct hook_ud { lua_State *L; int fn; } hook_ud;
+
+static sl_status lua_hook(void *p, sl_ctx *ctx, int layer, const sl_tensor *q, const sl_tensor *k,
+                          const sl_tensor *v, sl_tensor *o)
+{
+    hook_ud *h = p;
+    lua_State *L = h->L;
+    int top = lua_gettop(L);
+    lua_pushvalue(L, h->fn);
+    lua_pushinteger(L, layer);
+    sl__lua_push_tensor(L, sl_tensor_retain(q));
+    sl__lua_push_tensor(L, sl_tensor_retain(k));
+    sl__lua_push_tensor(L, sl_tensor_retain(v));
+    if (lua_pcall(L, 4, 1, 0) != LUA_OK) {
+        sl_status s = sl_ctx_fail(ctx, SL_EARG, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "attention hook failed");
+        lua_settop(L, top);
+        return s;
+    }
+    sl_lua_tensor *t = sl__lua_test_tensor(L, -1);
+    if (!t || !t->t.buf) {
+        lua_settop(L, top);
+        return sl_ctx_fail(ctx, SL_EARG, "model: the attention hook of layer %d returned no tensor", layer);
+    }
+    /* Copy to an f32 contiguous tensor the forward pass can own. */
+    sl_status s = sl_tensor_convert(ctx, &t->t, SL_F32, o);
+    lua_settop(L, top);
+    return s;
+}
+
+/* model:forward(tokens, state [, hook]) -> logits [n, vocab]. tokens is a
+ * table of ids or an i32 tensor; hook(layer, q, k, v) -> o, layer 0-based. */
+static int m_forward(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    l_state *s = check_state(L, 3);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    int64_t n;
+    const int32_t *ids;
+    sl_lua_tensor *tt = sl__lua_test_tensor(L, 2);
+    if (tt) {
+        if (tt->t.dtype != SL_I32 || tt->t.ndim != 1 || !sl_tensor_is_contiguous(&tt->t))
+            return sl__lua_error(L, "model:forward: tokens must be an i32 vector or a table of ids");
+        n = tt->t.shape[0];
+        ids = tt->t.data;
+    } else {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        n = (int64_t)luaL_len(L, 2);
+        int32_t *buf = lua_newuserdatauv(L, sizeof(int32_t) * (size_t)(n > 0 ? n : 1), 0);
+        for (int64_t i = 0; i < n; i++) {
+            lua_geti(L, 2, i + 1);
+            int isnum;
+            lua_Integer id = lua_tointegerx(L, -1, &isnum);
+            if (!isnum || id < INT32_MIN || id > INT32_MAX)
+                return sl__lua_error(L, "model:forward: token %I is not an integer id", (lua_Integer)(i + 1));
+            buf[i] = (int32_t)id;
+            lua_pop(L, 1);
+        }
+        ids = buf;
+    }
+    hook_ud h = {L, 4};
+    int has_hook = !lua_isnoneornil(L, 4);
+    if (has_hook)
+        luaL_checktype(L, 4, LUA_TFUNCTION);
+    sl_tensor logits;
+    if (sl_model_forward(ctx, u->m, s->st, ids, n, has_hook ? lua_hook : NULL, &h, &logits))
+        return sl__lua_fail(L, ctx);
+    sl__lua_push_tensor(L, logits);
+    return 1;
+}
+
+static int m_close(lua_State *L)
+{
+    l_model *u = luaL_checkudata(L, 1, SL_LUA_MODEL);
+    sl_model_free(sl__lua_ctx(L)->ctx, u->m);
+    u->m = NULL;
+    return 0;
+}
+
+static int s_close(lua_State *L)
+{
+    l_state *u = luaL_checkudata(L, 1, SL_LUA_STATE);
+    sl_model_state_free(sl__lua_ctx(L)->ctx, u->st);
+    u->st = NULL;
+    return 0;
+}
+
+/* log p(j) of row r of logits [n, V] into lp (float64) and its argmax. */
+static int64_t log_softmax_row(const float *x, int64_t V, double *lp)
+{
+    double mx = -HUGE_VAL, z = 0;
+    int64_t best = 0;
+    for (int64_t j = 0; j < V; j++)
+        if (x[j] > mx) {
+            mx = x[j];
+            best = j;
+        }
+    for (int64_t j = 0; j < V; j++)
+        z += exp((double)x[j] - mx);
+    double lz = mx + log(z);
+    for (int64_t j = 0; j < V; j++)
+        lp[j] = (double)x[j] - lz;
+    return best;
+}
+
+/* sl.model_c.compare(logits_ref, logits, tokens) -> {nll_ref, nll, kl, top1, n}
+ * over positions 1..n-1 predicting tokens[i+1]: mean negative
+ * log-likelihoods, mean KL(ref || other) of the next-token distributions, and
+ * the fraction of positions with the same top-1 token. */
+static int l_compare(lua_State *L)
+{
+    sl_lua_tensor *a = sl__lua_check_tensor(L, 1), *b = sl__lua_check_tensor(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (a->t.dtype != SL_F32 || b->t.dtype != SL_F32 || a->t.ndim != 2 || b->t.ndim != 2 ||
+        a->t.shape[0] != b->t.shape[0] || a->t.shape[1] != b->t.shape[1] || !sl_tensor_is_contiguous(&a->t) ||
+        !sl_tensor_is_contiguous(&b->t))
+        return sl__lua_error(L, "model compare: expected two f32 logits tensors [n, vocab] of one shape");
+    int64_t n = a->t.shape[0], V = a->t.shape[1];
+    if ((int64_t)luaL_len(L, 3) != n)
+        return sl__lua_error(L, "model compare: %I tokens for %I logit rows", (lua_Integer)luaL_len(L, 3), (lua_Integer)n);
+    double *lp = lua_newuserdatauv(L, sizeof(double) * (size_t)(2 * V), 0), *lq = lp + V;
+    double nll_a = 0, nll_b = 0, kl = 0;
+    int64_t same = 0, count = 0;
+    for (int64_t i = 0; i + 1 < n; i++) {
+        lua_geti(L, 3, i + 2);
+        lua_Integer next = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        if (next < 0 || next >= V)
+            return sl__lua_error(L, "model compare: token %I is outside the vocabulary", (lua_Integer)(i + 2));
+        int64_t ta = log_softmax_row((const float *)a->t.data + i * V, V, lp);
+        int64_t tb = log_softmax_row((const float *)b->t.data + i * V, V, lq);
+        nll_a -= lp[next];
+        nll_b -= lq[next];
+        for (int64_t j = 0; j < V; j++)
+            kl += exp(lp[j]) * (lp[j] - lq[j]);
+        same += ta == tb;
+        count++;
+    }
+    lua_createtable(L, 0, 5);
+    lua_pushnumber(L, count ? nll_a / (double)count : 0);
+    lua_setfield(L, -2, "nll_ref");
+    lua_pushnumber(L, count ? nll_b / (double)count : 0);
+    lua_setfield(L, -2, "nll");
+    lua_pushnumber(L, count ? kl / (double)count : 0);
+    lua_setfield(L, -2, "kl");
+    lua_pushnumber(L, count ? (double)same / (double)count : 1);
+    lua_setfield(L, -2, "top1");
+    lua_pushinteger(L, count);
+    lua_setfield(L, -2, "n");
+    return 1;
+}
+
+/* sl.model_c.argmax(logits [n, V] [, row]) -> 0-based id of the largest logit of a row (default the last) */
+static int l_argmax(lua_State *L)
+{
+    sl_lua_tensor *a = sl__lua_check_tensor(L, 1);
+    if (a->t.dtype != SL_F32 || a->t.ndim != 2 || !sl_tensor_is_contiguous(&a->t))
+        return sl__lua_error(L, "argmax: expected f32 logits [n, vocab]");
+    int64_t n = a->t.shape[0], V = a->t.shape[1];
+    lua_Integer r = luaL_optinteger(L, 2, n);
+    if (r < 1 || r > n)
+        return sl__lua_error(L, "argmax: row %I outside 1..%I", r, (lua_Integer)n);
+    const float *x = (const float *)a->t.data + (r - 1) * V;
+    int64_t best = 0;
+    for (int64_t j = 1; j < V; j++)
+        if (x[j] > x[best])
+            best = j;
+    lua_pushinteger(L, best);
+    return 1;
+}
+
+/* ---- tokenizer ---- */
+
+static l_tok *check_tok(lua_State *L, int idx)
+{
+    l_tok *u = luaL_checkudata(L, idx, SL_LUA_TOKENIZER);
+    if (!u->t)
+        luaL_argerror(L, idx, "tokenizer was closed");
+    return u;
+}
+
+/* sl.tokenizer_c.load(path, vocab_size) */
+static int l_tok_load(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer vocab = luaL_checkinteger(L, 2);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    l_tok *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->t = NULL;
+    luaL_setmetatable(L, SL_LUA_TOKENIZER);
+    if (sl_tokenizer_load(ctx, path, vocab, &u->t))
+        return sl__lua_fail(L, ctx);
+    return 1;
+}
+
+/* tok:encode(text [, bos = true [, eos = false]]) -> table of ids */
+static int t_encode(lua_State *L)
+{
+    l_tok *u = check_tok(L, 1);
+    const char *text = luaL_checkstring(L, 2);
+    int bos = lua_isnoneornil(L, 3) ? 1 : lua_toboolean(L, 3), eos = lua_toboolean(L, 4);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_tensor ids;
+    if (sl_tokenizer_encode(ctx, u->t, text, bos, eos, &ids))
+        return sl__lua_fail(L, ctx);
+    int64_t n = ids.shape[0];
+    lua_createtable(L, (int)n, 0);
+    for (int64_t i = 0; i < n; i++) {
+        lua_pushinteger(L, ((const int32_t *)ids.data)[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    sl_tensor_release(&ids);
+    return 1;
+}
+
+/* tok:decode(ids [, prev]) -> text of the ids (each decoded after the one before it) */
+static int t_decode(lua_State *L)
+{
+    l_tok *u = check_tok(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer prev = luaL_optinteger(L, 3, -1);
+    int64_t vocab = sl_tokenizer_vocab(u->t);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    lua_Integer n = luaL_len(L, 2);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_geti(L, 2, i);
+        lua_Integer id = luaL_checkinteger(L, -1);
+        lua_pop(L, 1);
+        if (id < 0 || id >= vocab)
+            return sl__lua_error(L, "tokenizer:decode: id %I outside 0..%I", id, (lua_Integer)(vocab - 1));
+        char piece[256];
+        size_t len = sl_tokenizer_decode(u->t, (int32_t)prev, (int32_t)id, piece, sizeof piece);
+        luaL_addlstring(&b, piece, len < sizeof piece ? len : sizeof piece - 1);
+        prev = id;
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int t_vocab(lua_State *L)
+{
+    lua_pushinteger(L, sl_tokenizer_vocab(check_tok(L, 1)->t));
+    return 1;
+}
+
+static int t_close(lua_State *L)
+{
+    l_tok *u = luaL_checkudata(L, 1, SL_LUA_TOKENIZER);
+    sl_tokenizer_free(sl__lua_ctx(L)->ctx, u->t);
+    u->t = NULL;
+    return 0;
+}
+
+static void new_type(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
+{
+    if (luaL_newmetatable(L, name)) {
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__close");
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+}
+
+void sl__lua_open_model(lua_State *L)
+{
+    static const luaL_Reg model_methods[] = {
+        {"config", m_config}, {"state", m_state}, {"forward", m_forward}, {"close", m_close}, {NULL, NULL}};
+    static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
+    static const luaL_Reg tok_methods[] = {
+        {"encode", t_encode}, {"decode", t_decode}, {"vocab", t_vocab}, {"close", t_close}, {NULL, NULL}};
+    new_type(L, SL_LUA_MODEL, model_methods, m_close);
+    new_type(L, SL_LUA_STATE, state_methods, s_close);
+    new_type(L, SL_LUA_TOKENIZER, tok_methods, t_close);
+    lua_newtable(L);
+    lua_pushcfunction(L, l_load);
+    lua_setfield(L, -2, "load");
+    lua_pushcfunction(L, l_compare);
+    lua_setfield(L, -2, "compare");
+    lua_pushcfunction(L, l_argmax);
+    lua_setfield(L, -2, "argmax");
+    lua_setfield(L, -2, "model_c");
+    lua_newtable(L);
+    lua_pushcfunction(L, l_tok_load);
+    lua_setfield(L, -2, "load");
+    lua_setfield(L, -2, "tokenizer_c");
+}

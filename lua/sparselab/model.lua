@@ -1,0 +1,204 @@
+-- sparselab.model — a trained transformer with pluggable attention: every
+-- layer's (and optionally every head's) attention is a sparselab method, so
+-- methods, schedules and corrected methods can be judged by model-level
+-- numbers (perplexity, KL to dense, top-1 agreement, greedy agreement), and
+-- Q/K/V can be captured for kernel-level replay.
+local sl = require "sparselab"
+
+local M = {}
+local Model = {}
+Model.__index = Model
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+--- sl.model.load(path [, {tokenizer = path}]): a llama2.c checkpoint file or a
+--- Hugging Face directory. A llama2.c tokenizer next to the checkpoint
+--- (tok<vocab>.bin or tokenizer.bin) is loaded too.
+function M.load(path, opts)
+  opts = opts or {}
+  local c = sl.model_c.load(path)
+  local self = setmetatable({c = c, path = path, cfg = c:config()}, Model)
+  local dir = path:match("^(.*)/[^/]*$") or "."
+  local tok = opts.tokenizer
+  if not tok then
+    for _, name in ipairs{"tok" .. self.cfg.vocab_size .. ".bin", "tokenizer.bin"} do
+      if exists(dir .. "/" .. name) then tok = dir .. "/" .. name; break end
+    end
+  end
+  if tok then self.tok = sl.tokenizer_c.load(tok, self.cfg.vocab_size) end
+  return self
+end
+
+function Model:encode(text, bos)
+  if not self.tok then sl.fail("%s: no tokenizer loaded (give {tokenizer = path})", self.path) end
+  return self.tok:encode(text, bos ~= false)
+end
+
+function Model:decode(ids, prev)
+  if not self.tok then sl.fail("%s: no tokenizer loaded", self.path) end
+  return self.tok:decode(ids, prev)
+end
+
+-- A spec is nil/"dense" (exact), a method id, a method table, or
+-- {method =, budget =, params =}. A schedule is a spec, a function
+-- (layer, head) -> spec, or {default = spec, layers = {[layer] = spec},
+-- heads = {[layer] = {[head] = spec}}} with 0-based layers and heads.
+local function normalise(spec)
+  if spec == nil or spec == "dense" then return nil end
+  if type(spec) == "string" or (type(spec) == "table" and spec.run) then
+    return {method = sl.methods.get(spec)}
+  end
+  if type(spec) == "table" and spec.method then
+    return {method = sl.methods.get(spec.method), budget = spec.budget, params = spec.params}
+  end
+  sl.fail("attention: expected a method id, a method, {method=, budget=, params=} or a schedule")
+end
+
+local function is_schedule(s)
+  return type(s) == "function" or (type(s) == "table" and not s.run and not s.method and
+    (s.default ~= nil or s.layers ~= nil or s.heads ~= nil))
+end
+
+local function spec_for(schedule, layer, head)
+  if type(schedule) == "function" then return schedule(layer, head) end
+  if not is_schedule(schedule) then return schedule end
+  if head and schedule.heads and schedule.heads[layer] and schedule.heads[layer][head] ~= nil then
+    return schedule.heads[layer][head]
+  end
+  if schedule.layers and schedule.layers[layer] ~= nil then return schedule.layers[layer] end
+  return schedule.default
+end
+
+local function run_spec(spec, q, k, v)
+  spec = normalise(spec)
+  if not spec then
+    local o = sl.attn.dense(q, k, v, {causal = true})
+    return o
+  end
+  local prob = sl.problem{q = q, k = k, v = v, causal = true}
+  local p = sl.registry.resolve(spec.method, spec.params, spec.budget)
+  return spec.method.run(prob, p).o
+end
+
+--- The attention hook for a schedule (nil = every layer dense).
+local function hook_for(schedule)
+  if schedule == nil then return nil end
+  local per_head = is_schedule(schedule) and (type(schedule) == "function" or schedule.heads ~= nil)
+  return function(layer, q, k, v)
+    if not per_head then return run_spec(spec_for(schedule, layer), q, k, v) end
+    local hq, hkv = q:shape()[1], k:shape()[1]
+    local group, outs = hq // hkv, {}
+    for h = 0, hq - 1 do
+      local g = h // group
+      outs[h + 1] = run_spec(spec_for(schedule, layer, h), q:narrow(1, h + 1, 1), k:narrow(1, g + 1, 1),
+        v:narrow(1, g + 1, 1))
+    end
+    return sl.cat(outs, 1)
+  end
+end
+
+local function tokens_of(self, o)
+  local tokens = o.tokens or (o.text and self:encode(o.text))
+  if not tokens then sl.fail("model: give tokens = {...} or text = '...'") end
+  if #tokens > self.cfg.seq_len then
+    sl.fail("model: %d tokens exceed the model's context of %d", #tokens, self.cfg.seq_len)
+  end
+  return tokens
+end
+
+--- m:run{tokens = | text =, attention = schedule} -> logits [n, vocab], tokens
+function Model:run(o)
+  local tokens = tokens_of(self, o)
+  local st <close> = self.c:state(#tokens)
+  return self.c:forward(tokens, st, hook_for(o.attention)), tokens
+end
+
+--- m:evaluate{tokens = | text =, attention = schedule} -> metrics against
+--- dense: ppl, ppl_dense, nll, nll_dense, kl, top1 (agreement), n
+function Model:evaluate(o)
+  local dense, tokens = self:run{tokens = o.tokens, text = o.text}
+  local sparse = self:run{tokens = tokens, attention = o.attention}
+  local c = sl.model_c.compare(dense, sparse, tokens)
+  return {ppl = math.exp(c.nll), ppl_dense = math.exp(c.nll_ref), nll = c.nll, nll_dense = c.nll_ref,
+    kl = c.kl, top1 = c.top1, n = c.n}, tokens
+end
+
+--- m:generate{prompt = ids | text =, steps = 64, attention =, temperature = 0, seed = 1}
+--- -> ids (prompt included), text of the generated part
+function Model:generate(o)
+  local ids = {}
+  for i, t in ipairs(o.prompt or self:encode(o.text or "")) do ids[i] = t end
+  local steps = o.steps or 64
+  local st <close> = self.c:state(math.min(self.cfg.seq_len, #ids + steps))
+  local hook = hook_for(o.attention)
+  local logits = self.c:forward(ids, st, hook)
+  local draws = o.temperature and o.temperature > 0 and sl.rand({steps}, {seed = o.seed or 1})
+  local start = #ids
+  for s = 1, steps do
+    local next_id
+    if o.temperature and o.temperature > 0 then
+      local row = logits:narrow(1, logits:shape()[1], 1):totable()[1]
+      local mx = -math.huge
+      for _, x in ipairs(row) do mx = math.max(mx, x) end
+      local z, p = 0, {}
+      for j, x in ipairs(row) do p[j] = math.exp((x - mx) / o.temperature); z = z + p[j] end
+      local u = draws:get(s) -- inverse-CDF draw
+      local acc = 0
+      next_id = #row - 1
+      for j = 1, #row do
+        acc = acc + p[j] / z
+        if u <= acc then next_id = j - 1; break end
+      end
+    else
+      next_id = sl.model_c.argmax(logits)
+    end
+    ids[#ids + 1] = next_id
+    if s == steps or #ids >= self.cfg.seq_len then break end
+    logits = self.c:forward({next_id}, st, hook)
+  end
+  local gen = {}
+  for i = start + 1, #ids do gen[#gen + 1] = ids[i] end
+  return ids, self.tok and self:decode(gen, ids[start]) or nil
+end
+
+--- m:capture{tokens = | text =, layers = {0, 1, ...} (default all), out = dir, name = "text"}
+--- writes out/<name>_layer<L>.safetensors with q, k, v (post-RoPE) and the
+--- dense lse of each layer; returns the list of files. Without `out` it
+--- returns the tensors instead: {[layer + 1] = {q =, k =, v =, lse =}}.
+function Model:capture(o)
+  local tokens = tokens_of(self, o)
+  local want = {}
+  for _, l in ipairs(o.layers or {}) do want[l] = true end
+  local all = o.layers == nil
+  local files = {}
+  local st <close> = self.c:state(#tokens)
+  self.c:forward(tokens, st, function(layer, q, k, v)
+    local out, lse = sl.attn.dense(q, k, v, {causal = true})
+    if (all or want[layer]) and o.out then
+      local path = string.format("%s/%s_layer%d.safetensors", o.out, o.name or "capture", layer)
+      sl.save(path, {q = q, k = k, v = v, lse = lse})
+      files[#files + 1] = path
+    elseif all or want[layer] then
+      files[layer + 1] = {q = q, k = k, v = v, lse = lse}
+    end
+    return out
+  end)
+  return files
+end
+
+--- Length of the common prefix of two id lists after `skip` entries.
+function M.common_prefix(a, b, skip)
+  local n = 0
+  for i = (skip or 0) + 1, math.min(#a, #b) do
+    if a[i] ~= b[i] then break end
+    n = n + 1
+  end
+  return n
+end
+
+M.Model = Model
+return M
