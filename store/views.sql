@@ -5,10 +5,22 @@
 --   Each metric column is a lookup on metric's primary key (result_id, name), so a WHERE on
 --   result columns stays cheap. A metric that was not recorded, or was NaN, reads NULL.
 --   speedup is the recorded 'speedup' metric, else dense_time_ms / time_ms when both exist.
+-- v_frontier_bucket: the best (lowest) rel_l2 and the best recall of each method per
+--   workload, size and density bucket of width 0.05 (bucket = the bucket's upper edge).
+-- v_pareto: accuracy against cost across methods: the ok results of one point (workload,
+--   sizes, phase, layer, head, backend) that no other result beats on both rel_l2 and FLOPs,
+--   where FLOPs are the total executed (estimator, executor and correction counted in
+--   'flops'; an 'estimator_flops' metric recorded apart is added when 'flops' lacks it).
+-- v_break_even: per method, workload and sequence length, the largest density at which the
+--   method's measured time still beats dense on this machine (speedup >= 1), and how many
+--   results there were; a method never faster than dense at that length has NULL.
 -- v_frontier: the ok results of v_result that no other result of the same method at the same
 --   point (workload, sizes, phase, layer, head, backend) beats on both density and rel_l2 —
 --   each method's error-versus-density Pareto front.
 
+DROP VIEW IF EXISTS v_break_even;
+DROP VIEW IF EXISTS v_pareto;
+DROP VIEW IF EXISTS v_frontier_bucket;
 DROP VIEW IF EXISTS v_frontier;
 DROP VIEW IF EXISTS v_result;
 
@@ -44,6 +56,12 @@ SELECT
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'flops')         AS flops,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'time_ms')       AS time_ms,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'dense_time_ms') AS dense_time_ms,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'flops_ratio')   AS flops_ratio,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'estimator_flops') AS estimator_flops,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'ppl')           AS ppl,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'kl')            AS kl,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'top1')          AS top1,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'score')         AS score,
     coalesce(
         (SELECT value FROM metric WHERE result_id = r.id AND name = 'speedup'),
         (SELECT d.value / t.value FROM metric AS d, metric AS t
@@ -77,3 +95,37 @@ WHERE a.status = 'ok' AND a.density IS NOT NULL AND a.rel_l2 IS NOT NULL
       AND b.heads IS a.heads AND b.kv_heads IS a.kv_heads AND b.backend IS a.backend
       AND b.density <= a.density AND b.rel_l2 <= a.rel_l2
       AND (b.density < a.density OR b.rel_l2 < a.rel_l2));
+
+CREATE VIEW v_frontier_bucket AS
+SELECT method, workload, n_q, n_k, head_dim, heads, kv_heads, backend,
+       min(1.0, (CAST(density / 0.05 AS INTEGER) + 1) * 0.05) AS density_bucket,
+       count(*) AS n, min(rel_l2) AS best_rel_l2, max(recall_mean) AS best_recall,
+       max(cosine_mean) AS best_cosine
+FROM v_result
+WHERE status = 'ok' AND density IS NOT NULL
+GROUP BY method, workload, n_q, n_k, head_dim, heads, kv_heads, backend, density_bucket;
+
+CREATE VIEW v_pareto AS
+WITH c AS (
+    SELECT *, coalesce(flops, 0) + CASE WHEN flops IS NULL THEN coalesce(estimator_flops, 0) ELSE 0 END AS cost
+    FROM v_result WHERE status = 'ok' AND rel_l2 IS NOT NULL AND (flops IS NOT NULL OR estimator_flops IS NOT NULL))
+SELECT a.*
+FROM c AS a
+WHERE NOT EXISTS (
+    SELECT 1 FROM c AS b
+    WHERE b.result_id <> a.result_id
+      AND b.workload IS a.workload AND b.workload_params_json IS a.workload_params_json
+      AND b.phase IS a.phase AND b.layer IS a.layer AND b.head IS a.head
+      AND b.n_q IS a.n_q AND b.n_k IS a.n_k AND b.head_dim IS a.head_dim
+      AND b.heads IS a.heads AND b.kv_heads IS a.kv_heads AND b.backend IS a.backend
+      AND b.cost <= a.cost AND b.rel_l2 <= a.rel_l2
+      AND (b.cost < a.cost OR b.rel_l2 < a.rel_l2));
+
+CREATE VIEW v_break_even AS
+SELECT method, workload, n_k, head_dim, heads, backend,
+       count(*) AS n,
+       max(CASE WHEN speedup >= 1 THEN density END) AS break_even_density,
+       max(speedup) AS best_speedup
+FROM v_result
+WHERE status = 'ok' AND speedup IS NOT NULL AND density IS NOT NULL AND method <> 'dense'
+GROUP BY method, workload, n_k, head_dim, heads, backend;

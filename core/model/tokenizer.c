@@ -73,14 +73,13 @@ static int cmp_bytes_id(const void *a, const void *b)
     return (((const piece *)a)->id > ((const piece *)b)->id) - (((const piece *)a)->id < ((const piece *)b)->id);
 }
 
-/* Pass one: checks every field against the file's size without keeping
- * anything, so a bad file costs no allocation and the message names the token. */
-static sl_status scan(sl_ctx *ctx, FILE *f, const char *path, long long size, long long vocab, int32_t max_len,
-                      size_t *text_bytes)
+/* Pass one: checks every field without keeping anything, so that a bad
+ * file costs no allocation and the message can name the token. */
+static sl_status scan(sl_ctx *ctx, FILE *f, const char *path, long long vocab, int32_t max_len, size_t *text_bytes)
 {
     long long pos = 4, total = 0;
     for (long long i = 0; i < vocab; i++) {
-        unsigned char h[8];
+        unsigned char h[8], skip[256];
         size_t got = fread(h, 1, sizeof h, f);
         if (got < sizeof h)
             return sl_ctx_fail(ctx, SL_EFORMAT,
@@ -96,19 +95,22 @@ static sl_status scan(sl_ctx *ctx, FILE *f, const char *path, long long size, lo
             return sl_ctx_fail(ctx, SL_EFORMAT, "%s: token %lld: expected a length of 0 .. %d (max_token_length), found %d",
                                path, i, (int)max_len, (int)len);
         pos += 8;
-        if (len > size - pos)
-            return sl_ctx_fail(ctx, SL_EFORMAT, "%s: token %lld: expected %d bytes of text at offset %lld, found %lld (truncated)",
-                               path, i, (int)len, pos, size - pos);
-        if (fseek(f, len, SEEK_CUR) != 0)
-            return sl_ctx_fail(ctx, SL_EIO, "%s: token %lld: cannot seek: %s", path, i, strerror(errno));
+        for (int32_t left = len; left > 0;) {
+            size_t want = left < (int32_t)sizeof skip ? (size_t)left : sizeof skip;
+            got = fread(skip, 1, want, f);
+            left -= (int32_t)got;
+            if (got < want)
+                return sl_ctx_fail(ctx, SL_EFORMAT, "%s: token %lld: expected %d bytes of text at offset %lld, found %d (truncated)",
+                                   path, i, (int)len, pos, (int)(len - left));
+        }
         pos += len;
         total += len;
     }
-    if (pos != size)
+    if (fgetc(f) != EOF)
         return sl_ctx_fail(ctx, SL_EFORMAT,
-                           "%s: token %lld: expected the end of the file at offset %lld, found %lld more bytes "
+                           "%s: token %lld: expected the end of the file at offset %lld, found more bytes "
                            "(the file holds more than vocab_size = %lld tokens)",
-                           path, vocab, pos, size - pos, vocab);
+                           path, vocab, pos, vocab);
     *text_bytes = (size_t)total;
     return SL_OK;
 }
@@ -148,11 +150,6 @@ sl_status sl_tokenizer_load(sl_ctx *ctx, const char *path, int64_t vocab_size, s
     if (!f)
         return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
     sl_status s = SL_OK;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: cannot find the size: %s", path, strerror(errno));
-        goto done;
-    }
     unsigned char h[4];
     size_t got = fread(h, 1, sizeof h, f);
     if (got < sizeof h) {
@@ -166,7 +163,7 @@ sl_status sl_tokenizer_load(sl_ctx *ctx, const char *path, int64_t vocab_size, s
         goto done;
     }
     size_t text_bytes = 0;
-    s = scan(ctx, f, path, (long long)size, (long long)vocab_size, max_len, &text_bytes);
+    s = scan(ctx, f, path, (long long)vocab_size, max_len, &text_bytes);
     if (s)
         goto done;
     size_t v = (size_t)vocab_size;
@@ -300,7 +297,7 @@ sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *te
         if (n - best - 3 > 0)
             memmove(pair + best + 1, pair + best + 2, (size_t)(n - best - 3) * sizeof *pair);
         n--;
-        if (best > lo)
+        if (best > lo + 1)
             pair[best - 1] = merged(t, tok[best - 1], tok[best], buf);
         if (best + 1 < n)
             pair[best] = merged(t, tok[best], tok[best + 1], buf);

@@ -18,6 +18,11 @@ usage: sparselab                         start the REPL
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
+       sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N]
+       sparselab merge OUT.db IN.db...
+       sparselab compare DB [--by method] [--where SQL]
+       sparselab fit DB --law sparse_frontier|power|loglinear [...]
+       sparselab stats DB [...]
        sparselab bench [--quick] [--json] [--db FILE]
        sparselab help]]
 
@@ -341,6 +346,16 @@ function C.bench(argv)
       for _, key in ipairs(keys) do parts[#parts + 1] = key .. "=" .. report.cell(r.metrics[key]) end
       out(string.format("%-22s n=%-6d d=%-4d %s", r.name, r.n, r.d, table.concat(parts, " ")))
     end
+  end
+end
+
+-- Subcommands that live in modules of their own (sparselab/cli_<name>.lua,
+-- each returning function(argv, parse, out)).
+for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats"} do
+  C[name] = function(argv)
+    local ok, f = pcall(require, "sparselab.cli_" .. name)
+    if not ok then sl.fail("sparselab %s: not available in this build (%s)", name, tostring(f)) end
+    return f(argv, parse, out)
   end
 end
 

@@ -64,6 +64,16 @@ grep -q "^sliding_window,32" "$T/out" && ok || bad "query result: $(cat "$T/out"
 expect_rc 0 "query --json" "$SL" query "$T/r.db" "SELECT git_rev, host, build_flags FROM run" --json
 grep -q '"host"' "$T/out" && ok || bad "provenance in run: $(cat "$T/out")"
 
+# compare: one row per method and budget, averaged; bad grouping is a user error
+"$SL" eval streaming_llm --workload synthetic,n=256,heads=4,kv_heads=2 --budget 32 --db "$T/r.db" >/dev/null 2>&1
+expect_rc 0 "compare" "$SL" compare "$T/r.db" --csv
+grep -q "^sliding_window,32,1," "$T/out" && grep -q "^streaming_llm,32,1," "$T/out" && ok || bad "compare: $(cat "$T/out")"
+expect_rc 0 "compare --where" "$SL" compare "$T/r.db" --where "method = 'streaming_llm'" --csv
+[ "$(grep -c sliding_window "$T/out")" = 0 ] && ok || bad "compare --where did not filter"
+expect_rc 1 "compare --by bad" "$SL" compare "$T/r.db" --by nonsense
+one_line_err "not a grouping column" "compare --by bad"
+expect_rc 0 "views exist" "$SL" query "$T/r.db" "SELECT count(*) AS n FROM v_break_even" --csv
+
 # bad input files: exit 1, one line, no core dump
 head -c 100 "$T/qkv.safetensors" >"$T/trunc.safetensors"
 expect_rc 1 "truncated file" "$SL" eval dense --qkv "$T/trunc.safetensors"
