@@ -568,16 +568,18 @@ START_TEST(test_merge_rule)
     tu_tmpdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/syn.bin", dir);
     /* 259 " ", 260 a, 261 b, 262 c, 263 ab, 264 bc, 265 ab again, 266 " c",
-     * 267 BOS + " " (which must never form: BOS takes no part in merges). */
-    const char *extra[] = {" ", "a", "b", "c", "ab", "bc", "ab", " c", "\n<s>\n "};
-    float tie[] = {-10, -10, -10, -10, -1, -1, -1, -2, 0};
-    float bc_first[] = {-10, -10, -10, -10, -1, -0.5f, -1, -2, 0};
+     * 267 BOS + " " (which must never form: BOS takes no part in merges),
+     * 268 an overlong "/" and 269 "é" + a stray continuation byte (ill-formed
+     * UTF-8 is never looked up, even when a piece holds it). */
+    const char *extra[] = {" ", "a", "b", "c", "ab", "bc", "ab", " c", "\n<s>\n ", "\xE0\x80\xAF", "\xC3\xA9\xA9"};
+    float tie[] = {-10, -10, -10, -10, -1, -1, -1, -2, 0, 0, 0};
+    float bc_first[] = {-10, -10, -10, -10, -1, -0.5f, -1, -2, 0, 0, 0};
     tu_alloc a;
     sl_ctx *ctx = tu_ctx(&a);
     int64_t n;
 
-    write_synthetic(path, 7, 9, extra, tie);
-    sl_tokenizer *t = load_ok(ctx, path, 268);
+    write_synthetic(path, 7, 11, extra, tie);
+    sl_tokenizer *t = load_ok(ctx, path, 270);
     oracle *o = oracle_read(path);
     int32_t *ids = encode(ctx, t, "abc", 1, 0, &n);
     expect_ids(ids, n, (const int32_t[]){1, 259, 263, 262}, 4, "tie: the leftmost pair merges");
@@ -588,12 +590,16 @@ START_TEST(test_merge_rule)
     ids = encode(ctx, t, "x", 1, 0, &n);
     expect_ids(ids, n, (const int32_t[]){1, 259, 3 + 'x'}, 3, "byte fallback");
     free(ids);
+    ids = encode(ctx, t, "\xE0\x80\xAF\xC3\xA9\xA9", 1, 0, &n);
+    expect_ids(ids, n, (const int32_t[]){1, 259, 3 + 0xE0, 3 + 0x80, 3 + 0xAF, 3 + 0xC3, 3 + 0xA9, 3 + 0xA9}, 8,
+               "ill-formed UTF-8 in the vocabulary");
+    free(ids);
     check_text(ctx, t, o, "abcabcab c", "synthetic");
     free(o);
     sl_tokenizer_free(ctx, t);
 
-    write_synthetic(path, 7, 9, extra, bc_first);
-    t = load_ok(ctx, path, 268);
+    write_synthetic(path, 7, 11, extra, bc_first);
+    t = load_ok(ctx, path, 270);
     o = oracle_read(path);
     ids = encode(ctx, t, "abc", 1, 0, &n);
     expect_ids(ids, n, (const int32_t[]){1, 259, 260, 264}, 4, "higher score wins over leftmost");

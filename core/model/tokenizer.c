@@ -297,7 +297,7 @@ sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *te
         if (n - best - 3 > 0)
             memmove(pair + best + 1, pair + best + 2, (size_t)(n - best - 3) * sizeof *pair);
         n--;
-        if (best > lo + 1)
+        if (best > lo)
             pair[best - 1] = merged(t, tok[best - 1], tok[best], buf);
         if (best + 1 < n)
             pair[best] = merged(t, tok[best], tok[best + 1], buf);

@@ -10,10 +10,10 @@
 -- Not here yet: the block-rounded variant (step 3), the decode ring buffer
 -- (step 4) and dilation (step 5).
 local sl = require "sparselab"
+local recipe = require "sparselab.recipe"
 
 local function mask_for(prob, p)
-  local n_q, n_k = prob.q:shape()[2], prob.k:shape()[2]
-  return sl.mask.window(p.w):materialize{n_q = n_q, n_k = n_k, bq = p.bq, bk = p.bk}
+  return recipe.materialize(sl.mask.window(p.w), prob, p)
 end
 
 return {
@@ -24,18 +24,13 @@ return {
   phase = "both",
   summary = "Each query sees the w most recent keys including itself; no sinks. Cost O(n*w*d).",
   knob = "w",
-  params = {
+  params = recipe.block_params{
     w = {default = 1024, min = 1, int = true, doc = "visible keys including the query itself"},
-    bq = {default = 64, min = 1, max = 4096, int = true, doc = "query rows per executor block"},
-    bk = {default = 64, min = 1, max = 4096, int = true, doc = "keys per executor block"},
   },
   ops = {"attn.block_sparse"},
+  -- card checks with a test (tests/lua/test_module.lua; the executor's mask by brute force in test_mask/test_ops)
+  checks = {"w >= n equals dense causal", "w = 1 returns V row-wise", "row i keeps min(i+1, w) keys",
+    "executed mask equals the token mask (exact bits in boundary blocks)"},
   mask = mask_for,
-  run = function(prob, p)
-    local m = mask_for(prob, p)
-    local args = {backend = prob.backend}
-    local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m, args)
-    return {o = o, lse = lse, mask = m,
-      stats = {flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, m, args), density = m:density(true)}}
-  end,
+  run = recipe.block_sparse_run(mask_for),
 }

@@ -12,11 +12,10 @@
 --      counts each sink once), which the op tests check against dense.
 -- Not here yet: the decode cache with pos_shift (step 4) and the block variant (step 5).
 local sl = require "sparselab"
+local recipe = require "sparselab.recipe"
 
 local function mask_for(prob, p)
-  local n_q, n_k = prob.q:shape()[2], prob.k:shape()[2]
-  local pat = sl.mask.sink(p.n_init) + sl.mask.window(p.n_local)
-  return pat:materialize{n_q = n_q, n_k = n_k, bq = p.bq, bk = p.bk}
+  return recipe.materialize(sl.mask.sink(p.n_init) + sl.mask.window(p.n_local), prob, p)
 end
 
 return {
@@ -27,19 +26,14 @@ return {
   phase = "both",
   summary = "Attention sinks (the first n_init tokens) plus a sliding window of n_local recent tokens.",
   knob = "n_local",
-  params = {
+  params = recipe.block_params{
     n_init = {default = 4, min = 0, int = true, doc = "sink tokens at positions 0..n_init-1"},
     n_local = {default = 1024, min = 1, int = true, doc = "recent keys including the query itself"},
-    bq = {default = 64, min = 1, max = 4096, int = true, doc = "query rows per executor block"},
-    bk = {default = 64, min = 1, max = 4096, int = true, doc = "keys per executor block"},
   },
   ops = {"attn.block_sparse"},
+  -- card checks with a test (tests/lua/test_module.lua)
+  checks = {"n_local >= n equals dense causal", "row i keeps min(i+1, n_local) + max(0, min(n_init, i+1-n_local)) keys",
+    "sinks raise recall over the same window without them", "recall is monotone in n_local"},
   mask = mask_for,
-  run = function(prob, p)
-    local m = mask_for(prob, p)
-    local args = {backend = prob.backend}
-    local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m, args)
-    return {o = o, lse = lse, mask = m,
-      stats = {flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, m, args), density = m:density(true)}}
-  end,
+  run = recipe.block_sparse_run(mask_for),
 }
