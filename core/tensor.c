@@ -114,7 +114,7 @@ sl_status sl_tensor_narrow(sl_ctx *ctx, const sl_tensor *t, int dim, int64_t sta
 {
     if (dim < 0 || dim >= t->ndim)
         return sl_ctx_fail(ctx, SL_EARG, "sl_tensor_narrow: dim %d out of range for %d dims", dim, t->ndim);
-    if (start < 0 || len < 0 || start + len > t->shape[dim])
+    if (start < 0 || len < 0 || start > t->shape[dim] || len > t->shape[dim] - start)
         return sl_ctx_fail(ctx, SL_EARG, "sl_tensor_narrow: [%lld, %lld) outside dim %d of size %lld",
                            (long long)start, (long long)(start + len), dim, (long long)t->shape[dim]);
     *out = sl_tensor_retain(t);
@@ -151,8 +151,10 @@ static void store(void *data, sl_dtype dt, int64_t off, double v)
     case SL_F16: ((uint16_t *)data)[off] = sl_f32_to_f16((float)v); break;
     case SL_BF16: ((uint16_t *)data)[off] = sl_f32_to_bf16((float)v); break;
     case SL_F64: ((double *)data)[off] = v; break;
-    case SL_I32: ((int32_t *)data)[off] = (int32_t)v; break;
-    case SL_U8: ((uint8_t *)data)[off] = (uint8_t)v; break;
+    /* Out-of-range values saturate (a C cast would be undefined); callers
+     * that take user input reject them first (sl_tensor_set_checked). */
+    case SL_I32: ((int32_t *)data)[off] = v != v ? 0 : v <= INT32_MIN ? INT32_MIN : v >= INT32_MAX ? INT32_MAX : (int32_t)v; break;
+    case SL_U8: ((uint8_t *)data)[off] = v != v || v <= 0 ? 0 : v >= 255 ? 255 : (uint8_t)v; break;
     default: break;
     }
 }

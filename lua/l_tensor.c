@@ -233,6 +233,16 @@ static int nested_shape(lua_State *L, int idx, int64_t *shape)
     return nd;
 }
 
+/* A value for an element of t: integer dtypes take only integral values in range. */
+static double checked_value(lua_State *L, const sl_tensor *t, double v)
+{
+    if (t->dtype == SL_I32 && !(v == (double)(int64_t)v && v >= INT32_MIN && v <= INT32_MAX))
+        sl__lua_error(L, "tensor: %f does not fit an i32 element", v);
+    if (t->dtype == SL_U8 && !(v == (double)(int64_t)v && v >= 0 && v <= 255))
+        sl__lua_error(L, "tensor: %f does not fit a u8 element (0..255)", v);
+    return v;
+}
+
 static void fill_nested(lua_State *L, int idx, sl_tensor *t, int dim, int64_t *pos)
 {
     int64_t n = (int64_t)luaL_len(L, idx);
@@ -251,7 +261,7 @@ static void fill_nested(lua_State *L, int idx, sl_tensor *t, int dim, int64_t *p
             double v = lua_tonumberx(L, -1, &isnum);
             if (!isnum)
                 sl__lua_error(L, "sl.tensor: expected a number, found %s", luaL_typename(L, -1));
-            sl_tensor_set(t, pos, v);
+            sl_tensor_set(t, pos, checked_value(L, t, v));
         }
         lua_pop(L, 1);
     }
@@ -264,7 +274,7 @@ static int l_tensor(lua_State *L)
     int64_t shape[SL_MAX_DIMS], pos[SL_MAX_DIMS] = {0};
     int nd = nested_shape(L, 1, shape);
     sl_lua_tensor *u = new_tensor(L, opt_dtype(L, 2, SL_F32), nd, shape, 1);
-    if (sl_tensor_numel(&u->t) > 0)
+    if (nd > 0)
         fill_nested(L, 1, &u->t, 0, pos);
     return 1;
 }
@@ -297,7 +307,7 @@ static int t_set(lua_State *L)
 {
     sl_lua_tensor *u = sl__lua_check_tensor(L, 1);
     int64_t idx[SL_MAX_DIMS];
-    double v = luaL_checknumber(L, lua_gettop(L));
+    double v = checked_value(L, &u->t, luaL_checknumber(L, lua_gettop(L)));
     lua_pop(L, 1);
     read_index(L, &u->t, 2, idx);
     sl_tensor_set(&u->t, idx, v);
@@ -360,6 +370,8 @@ static int t_narrow(lua_State *L)
 {
     sl_lua_tensor *u = sl__lua_check_tensor(L, 1);
     lua_Integer dim = luaL_checkinteger(L, 2), start = luaL_checkinteger(L, 3), len = luaL_checkinteger(L, 4);
+    if (dim < 1 || dim > u->t.ndim)
+        return sl__lua_error(L, "tensor:narrow: dim %I outside 1..%d", dim, u->t.ndim);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
     sl_tensor out;
     if (sl_tensor_narrow(ctx, &u->t, (int)dim - 1, start - 1, len, &out))

@@ -46,10 +46,13 @@ static void on_sigint(int sig)
     }
 }
 
+/* Installs the SIGINT handler. With L, Ctrl-C interrupts the code running
+ * in L (an op polls the flag; Lua stops at the next hook); without, it only
+ * notes the interrupt (at a prompt, where readline returns). */
 static void catch_sigint(lua_State *L)
 {
     interrupt_state = L;
-    op_interrupt = &sl__lua_ctx(L)->interrupt;
+    op_interrupt = L ? &sl__lua_ctx(L)->interrupt : NULL;
     interrupted = 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -81,17 +84,19 @@ static int docall(lua_State *L, int nargs, int nres)
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, msg_handler);
     lua_insert(L, base);
+    /* An interrupt that arrived before this call (at a prompt) is not this call's. */
+    lua_sethook(L, NULL, 0, 0);
+    sl__lua_ctx(L)->interrupt = 0;
     catch_sigint(L);
     int st = lua_pcall(L, nargs, nres, base);
+    catch_sigint(NULL);
     lua_sethook(L, NULL, 0, 0);
-    signal(SIGINT, SIG_DFL);
-    interrupt_state = NULL;
     sl__lua_ctx(L)->interrupt = 0;
     lua_remove(L, base);
     return st;
 }
 
-/* A Lua runtime error ("attempt to ...", "bad argument") positioned inside
+/* A Lua runtime error ("attempt to ...") positioned inside
  * sparselab's own Lua files is a bug (exit 2); every other error is about
  * the user's input (exit 1): sparselab raises those without a position. */
 static int report(lua_State *L, int st)
@@ -102,8 +107,7 @@ static int report(lua_State *L, int st)
     if (!msg)
         msg = "(error object is not a string)";
     int ours = strncmp(msg, "lua/sparselab/", 14) == 0;
-    int internal = (ours && (strstr(msg, "attempt to") || strstr(msg, "bad argument"))) || st == LUA_ERRMEM ||
-                   st == LUA_ERRERR;
+    int internal = (ours && strstr(msg, "attempt to")) || st == LUA_ERRMEM || st == LUA_ERRERR;
     const char *dbg = getenv("SPARSELAB_DEBUG");
     if (!(dbg && strcmp(dbg, "1") == 0)) {
         /* One line: the first line of the message. */
@@ -146,9 +150,68 @@ static int require_sparselab(lua_State *L)
 static lua_State *completion_state;
 
 /* Candidates for "a.b.c" or "a.b:c": the fields of the table the prefix
- * names (metatable __index tables too), filtered by the last part. */
+ * names (and of its metatable's __index table), filtered by the last part.
+ * Runs under lua_pcall, so an erroring __index cannot abort the REPL. */
+static int collect_candidates(lua_State *L)
+{
+    const char *text = lua_tostring(L, 1);
+    const char *sep = strrchr(text, '.'), *colon = strrchr(text, ':');
+    if (colon && (!sep || colon > sep))
+        sep = colon;
+    size_t plen = sep ? (size_t)(sep - text) + 1 : 0;
+    const char *part = sep ? sep + 1 : text;
+    lua_newtable(L); /* 2: results */
+    lua_pushglobaltable(L);
+    if (sep) {
+        lua_pushlstring(L, text, plen - 1);
+        const char *path = lua_tostring(L, -1);
+        lua_pop(L, 1);
+        lua_pushglobaltable(L);
+        lua_replace(L, 3);
+        size_t i = 0, n = strlen(path);
+        while (i < n) {
+            size_t j = strcspn(path + i, ".:");
+            if (!lua_istable(L, -1) && !lua_isuserdata(L, -1))
+                return 1;
+            lua_pushlstring(L, path + i, j);
+            lua_gettable(L, -2);
+            lua_remove(L, -2);
+            i += j + 1;
+        }
+    }
+    int n_out = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int t = lua_gettop(L);
+        if (pass == 1) {
+            if (!lua_getmetatable(L, t))
+                break;
+            if (lua_getfield(L, -1, "__index") != LUA_TTABLE)
+                break;
+            t = lua_gettop(L);
+        }
+        if (!lua_istable(L, t))
+            continue;
+        lua_pushnil(L);
+        while (lua_next(L, t)) {
+            lua_pop(L, 1);
+            if (lua_type(L, -1) != LUA_TSTRING)
+                continue;
+            const char *key = lua_tostring(L, -1);
+            if (strncmp(key, part, strlen(part)) != 0 || (key[0] == '_' && part[0] != '_'))
+                continue;
+            lua_pushlstring(L, text, plen);
+            lua_pushvalue(L, -2);
+            lua_concat(L, 2);
+            lua_rawseti(L, 2, ++n_out);
+        }
+    }
+    lua_settop(L, 2);
+    return 1;
+}
+
 static char *complete_next(const char *text, int state)
 {
+    /* readline's generator protocol keeps its cursor between calls. */
     static char **list;
     static int n_list, pos;
     lua_State *L = completion_state;
@@ -158,61 +221,22 @@ static char *complete_next(const char *text, int state)
         free(list);
         list = NULL;
         n_list = pos = 0;
-        const char *sep = strrchr(text, '.');
-        const char *colon = strrchr(text, ':');
-        if (colon && (!sep || colon > sep))
-            sep = colon;
-        size_t plen = sep ? (size_t)(sep - text) : 0;
-        const char *part = sep ? sep + 1 : text;
         int top = lua_gettop(L);
-        lua_pushglobaltable(L);
-        if (sep) {
-            /* Walk the dotted prefix from the globals. */
-            char path[256];
-            if (plen >= sizeof path)
-                plen = sizeof path - 1;
-            memcpy(path, text, plen);
-            path[plen] = '\0';
-            for (char *tok = strtok(path, ".:"); tok; tok = strtok(NULL, ".:")) {
-                if (!lua_istable(L, -1) && !lua_isuserdata(L, -1))
-                    break;
-                lua_getfield(L, -1, tok);
-            }
-        }
-        for (int pass = 0; pass < 2; pass++) {
-            int t = lua_gettop(L);
-            if (pass == 1) {
-                if (!lua_getmetatable(L, t) || lua_getfield(L, -1, "__index") != LUA_TTABLE)
-                    break;
-                t = lua_gettop(L);
-            }
-            if (!lua_istable(L, t))
-                continue;
-            lua_pushnil(L);
-            while (lua_next(L, t)) {
+        lua_pushcfunction(L, collect_candidates);
+        lua_pushstring(L, text);
+        if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_istable(L, -1)) {
+            int n = (int)lua_rawlen(L, -1);
+            list = n ? malloc(sizeof *list * (size_t)n) : NULL;
+            for (int i = 0; list && i < n; i++) {
+                lua_rawgeti(L, -1, i + 1);
+                list[n_list] = strdup(lua_tostring(L, -1));
+                n_list += list[n_list] != NULL;
                 lua_pop(L, 1);
-                if (lua_type(L, -1) != LUA_TSTRING)
-                    continue;
-                const char *key = lua_tostring(L, -1);
-                if (strncmp(key, part, strlen(part)) != 0 || (key[0] == '_' && part[0] != '_'))
-                    continue;
-                char **grown = realloc(list, sizeof *list * (size_t)(n_list + 1));
-                if (!grown)
-                    break;
-                list = grown;
-                size_t len = plen + (sep ? 1 : 0) + strlen(key) + 1;
-                list[n_list] = malloc(len);
-                if (list[n_list])
-                    snprintf(list[n_list++], len, "%.*s%s", (int)(plen + (sep ? 1 : 0)), text, key);
             }
         }
         lua_settop(L, top);
     }
-    if (pos < n_list) {
-        char *s = strdup(list[pos++]);
-        return s;
-    }
-    return NULL;
+    return pos < n_list ? strdup(list[pos++]) : NULL;
 }
 
 static char **complete(const char *text, int start, int end)
@@ -251,9 +275,13 @@ static int compile_entry(lua_State *L, const char *line)
             return st;
         }
         lua_pop(L, 1);
+        catch_sigint(NULL);
         char *more = readline(">> ");
-        if (!more)
-            return st == LUA_OK ? st : (lua_pushliteral(L, "incomplete statement"), LUA_ERRSYNTAX);
+        if (!more) {
+            lua_pop(L, 1);
+            lua_pushstring(L, interrupted ? "interrupted" : "incomplete statement");
+            return LUA_ERRSYNTAX;
+        }
         lua_pushfstring(L, "%s\n%s", lua_tostring(L, -1), more);
         lua_remove(L, -2);
         free(more);
@@ -285,9 +313,8 @@ static void repl(lua_State *L)
     rl_basic_word_break_characters = " \t\n\"\\'`@$><=;|&{(,+-*/%^#~[]";
     printf("sparselab %s (Lua 5.4) — `sl` is loaded; ?name for help, Ctrl-D to quit\n", SL_VERSION);
     for (;;) {
-        catch_sigint(L);
+        catch_sigint(NULL);
         char *line = readline("sl> ");
-        signal(SIGINT, SIG_DFL);
         if (!line) {
             if (interrupted) {
                 printf("\n");

@@ -13,7 +13,7 @@ usage: sparselab                         start the REPL
        sparselab run SCRIPT.lua [ARGS]   run an experiment script
        sparselab methods [--json]        every method: id, title, family, phase, backends
        sparselab ops [--json]            op x backend coverage
-       sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X] [--param K=V]...
+       sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D] [--param K=V]...
                       [--backend ref|cpu|cuda] [--reps N] [--db FILE] [--json] [--out FILE.safetensors]
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
@@ -81,7 +81,8 @@ function C.run(argv)
   _G.arg = args
   -- A script that fails leaves its runs marked failed, not running; what it
   -- committed before the error stays in the database.
-  local ok, err = pcall(chunk, table.unpack(args))
+  local debug_on = os.getenv("SPARSELAB_DEBUG") == "1"
+  local ok, err = xpcall(chunk, function(e) return debug_on and debug.traceback(e, 2) or e end, table.unpack(args))
   require("sparselab.eval").close_open_runs(ok and "ok" or "failed")
   if not ok then error(err, 0) end
 end
@@ -162,10 +163,15 @@ local function load_workload(spec)
     sl.fail("unknown workload '%s' (available: synthetic[,n=..,heads=..,kv_heads=..,d=..,seed=..])", spec)
   end
   local p = {n = 1024, heads = 8, kv_heads = 2, d = 64, seed = 1}
+  local INTS = {n = true, heads = true, kv_heads = true, d = true, seed = true, n_sink = true, needles = true}
   for kv in rest:gmatch("[^,]+") do
     local k, v = kv:match("^([%w_]+)=(.+)$")
     if not k then sl.fail("workload option '%s' is not KEY=VALUE", kv) end
-    p[k] = value_of(v)
+    local x = tonumber(v)
+    if not x or (INTS[k] and not math.tointeger(x)) then
+      sl.fail("workload option %s expects %s, found '%s'", k, INTS[k] and "an integer" or "a number", v)
+    end
+    p[k] = INTS[k] and math.tointeger(x) or x
   end
   local q, k, v = sl.synthetic(p)
   return q, k, v, p
@@ -173,8 +179,8 @@ end
 
 function C.eval(argv)
   local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
-    backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag"},
-    {"METHOD"})
+    backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
+    density = "value"}, {"METHOD"})
   local id = pos[1]
   if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options]") end
   local m = sl.methods.get(id)
@@ -195,10 +201,22 @@ function C.eval(argv)
   end
   local budget = o.budget and tonumber(o.budget)
   if o.budget and not budget then sl.fail("--budget expects a number, found '%s'", o.budget) end
-  local reps = o.reps and math.tointeger(tonumber(o.reps)) or 1
-  if not reps or reps < 1 then sl.fail("--reps expects a positive integer") end
+  local reps = 1
+  if o.reps then
+    reps = tonumber(o.reps) and math.tointeger(tonumber(o.reps))
+    if not reps or reps < 1 then sl.fail("--reps expects a positive integer, found '%s'", o.reps) end
+  end
+  if o["no-causal"] and m.causal_only then
+    sl.fail("%s is a causal method; --no-causal would compare it with non-causal dense attention", m.id)
+  end
   local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"], backend = o.backend or "cpu",
     workload = wl, workload_params = wp}
+  if o.density then
+    if o.budget then sl.fail("give --budget or --density, not both") end
+    local target = tonumber(o.density)
+    if not target or target <= 0 or target > 1 then sl.fail("--density expects a number in (0, 1], found '%s'", o.density) end
+    budget = C.solve_density(m, prob, params, target)
+  end
   local r = sl.eval(m, prob, {budget = budget, params = params, reps = reps})
   if o.out then sl.save(o.out, {o = r.o, lse = r.lse}) end
   if o.db then
@@ -295,6 +313,29 @@ function C.model(argv)
   end
   out(report.table(rows, {"metric", "value"}))
   out("generated: " .. (gen_text or ""):gsub("\n", " "))
+end
+
+--- The smallest value of the method's integer knob whose mask keeps at least
+--- `target` of the causal pairs (bisection: the knob is monotone in density
+--- for the methods that have a mask function).
+function C.solve_density(m, prob, params, target)
+  if not (m.knob and m.mask and m.params[m.knob].int) then
+    sl.fail("%s: --density needs a method with an integer knob and a mask; set --budget instead", m.id)
+  end
+  local function density(x)
+    local mk <close> = m.mask(prob, sl.registry.resolve(m, params, x))
+    return mk:density(true)
+  end
+  local lo, hi = m.params[m.knob].min or 1, prob.k:shape()[2]
+  if density(hi) < target then
+    sl.fail("%s: the largest %s (%d) keeps only %.4f of the pairs, below --density %g", m.id, m.knob, hi,
+      density(hi), target)
+  end
+  while lo < hi do
+    local mid = (lo + hi) // 2
+    if density(mid) >= target then hi = mid else lo = mid + 1 end
+  end
+  return lo
 end
 
 -- ---- query --------------------------------------------------------------

@@ -7,7 +7,7 @@ local sl = require "sparselab"
 local E = {}
 
 local PROBLEM_KEYS = {q = true, k = true, v = true, causal = true, backend = true, phase = true,
-  workload = true, workload_params = true, layer = true, head = true}
+  workload = true, workload_params = true, layer = true, head = true, _checked = true, _dense = true}
 
 --- A problem: {q =, k =, v =, causal = true, backend = "cpu", workload = "name", workload_params = {}}
 function E.problem(t)
@@ -47,15 +47,21 @@ local function timed(reps, f)
   return out, median(times)
 end
 
---- The dense reference of a problem (computed once, kept on the problem).
+--- The dense reference of a problem, kept on the problem and reused while
+--- its inputs, causality and backend are the same and it was timed with at
+--- least as many repetitions.
 function E.dense(prob, reps)
-  if not prob._dense then
+  reps = reps or 1
+  local c = prob._dense
+  if not (c and c.q == prob.q and c.k == prob.k and c.v == prob.v and c.causal == prob.causal and
+      c.backend == prob.backend and c.reps >= reps) then
     local dense = sl.methods.get("dense")
-    local out, ms = timed(reps or 1, function() return dense.run(prob, {}) end)
+    local out, ms = timed(reps, function() return dense.run(prob, {}) end)
     out.time_ms = ms
-    prob._dense = out
+    prob._dense = {q = prob.q, k = prob.k, v = prob.v, causal = prob.causal, backend = prob.backend, reps = reps,
+      out = out}
   end
-  return prob._dense
+  return prob._dense.out
 end
 
 --- Runs method (id or table) on prob. opts: budget, params, reps (timing
@@ -68,10 +74,12 @@ function E.run(method, prob, opts)
     end
   end
   local m = sl.methods.get(method)
+  if type(prob) ~= "table" then sl.fail("sl.eval: expected a problem table, found %s", type(prob)) end
   prob = prob.q and prob._checked and prob or E.problem(prob)
   prob._checked = true
   local p = sl.registry.resolve(m, opts.params, opts.budget)
-  local reps = opts.reps or 1
+  local reps = opts.reps == nil and 1 or (type(opts.reps) == "number" and math.tointeger(opts.reps))
+  if not reps or reps < 1 then sl.fail("sl.eval: reps must be a positive integer, found %s", tostring(opts.reps)) end
   local dense = E.dense(prob, reps)
   local out, ms = timed(reps, function() return m.run(prob, p) end)
   local qs, ks = prob.q:shape(), prob.k:shape()
@@ -85,8 +93,8 @@ function E.run(method, prob, opts)
   metrics.cosine_mean, metrics.cosine_min = sl.metric.cosine(out.o, dense.o)
   metrics.recall_mean, metrics.recall_min = sl.metric.recall(out.lse, dense.lse)
   for k, v in pairs(out.stats or {}) do metrics[k] = v end
-  if metrics.flops then metrics.flops_ratio = metrics.flops / dense.stats.flops end
-  metrics.speedup = dense.time_ms / ms
+  if metrics.flops and dense.stats.flops > 0 then metrics.flops_ratio = metrics.flops / dense.stats.flops end
+  if ms > 0 then metrics.speedup = dense.time_ms / ms end
   return {
     method = m.id, params = p, budget = m.knob and p[m.knob] or nil,
     workload = prob.workload or "custom", workload_params = prob.workload_params or {},

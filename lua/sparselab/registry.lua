@@ -100,10 +100,12 @@ function R.resolve(m, params, budget)
   for k, spec in pairs(m.params) do
     local v = p[k]
     if spec.int then
-      if type(v) ~= "number" or v ~= math.floor(v) then
-        error(string.format("%s: parameter '%s' must be an integer, found %s", m.id, k, tostring(v)), 0)
+      local i = type(v) == "number" and math.tointeger(v)
+      if not i then
+        error(string.format("%s: parameter '%s' must be an integer (within 64 bits), found %s", m.id, k,
+          tostring(v)), 0)
       end
-      p[k] = math.tointeger(v)
+      p[k] = i
     end
     if type(v) == "number" and ((spec.min and v < spec.min) or (spec.max and v > spec.max)) then
       error(string.format("%s: parameter '%s' = %s is outside [%s, %s]", m.id, k, tostring(v),

@@ -64,6 +64,18 @@ grep -q "^sliding_window,32" "$T/out" && ok || bad "query result: $(cat "$T/out"
 expect_rc 0 "query --json" "$SL" query "$T/r.db" "SELECT git_rev, host, build_flags FROM run" --json
 grep -q '"host"' "$T/out" && ok || bad "provenance in run: $(cat "$T/out")"
 
+# --density solves the knob: the smallest window whose mask keeps >= D of the causal pairs
+expect_rc 0 "eval --density" "$SL" eval sliding_window --workload synthetic,n=512,heads=2,kv_heads=1 --density 0.25 --json
+d=$(tr ',' '\n' <"$T/out" | sed -n 's/^"density"://p'); w=$(tr ',' '\n' <"$T/out" | sed -n 's/^"budget"://p')
+# independent count: a window of w keeps sum_i min(i+1, w) of n(n+1)/2 pairs
+awk -v n=512 -v w="$w" -v d="$d" 'BEGIN { k = 0; k1 = 0; for (i = 0; i < n; i++) { k += (i + 1 < w ? i + 1 : w); k1 += (i + 1 < w - 1 ? i + 1 : w - 1) }
+    t = n * (n + 1) / 2; exit !(k / t >= 0.25 && k1 / t < 0.25 && (d - k / t) < 1e-9 && (k / t - d) < 1e-9) }' && ok || bad "--density $d at w=$w"
+for bad_args in "--workload synthetic,n=abc" "--workload synthetic,n=64 --reps 2.5" "--workload synthetic,n=64 --density 2"; do
+    expect_rc 1 "eval dense $bad_args" "$SL" eval sliding_window $bad_args
+done
+expect_rc 1 "huge budget" "$SL" eval sliding_window --workload synthetic,n=64 --budget 1e400
+one_line_err "must be an integer" "huge budget"
+
 # compare: one row per method and budget, averaged; bad grouping is a user error
 "$SL" eval streaming_llm --workload synthetic,n=256,heads=4,kv_heads=2 --budget 32 --db "$T/r.db" >/dev/null 2>&1
 expect_rc 0 "compare" "$SL" compare "$T/r.db" --csv

@@ -22,6 +22,7 @@ return {
   title = "Plain (causal) sliding-window / local attention",
   family = "static-pattern",
   phase = "both",
+  causal_only = true,
   summary = "Each query sees the w most recent keys including itself; no sinks. Cost O(n*w*d).",
   knob = "w",
   params = recipe.block_params{

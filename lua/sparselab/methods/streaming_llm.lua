@@ -24,6 +24,7 @@ return {
   title = "Efficient Streaming Language Models with Attention Sinks",
   family = "static-pattern",
   phase = "both",
+  causal_only = true,
   summary = "Attention sinks (the first n_init tokens) plus a sliding window of n_local recent tokens.",
   knob = "n_local",
   params = recipe.block_params{
