@@ -150,7 +150,7 @@ static sl_status dense_hook(void *ud, sl_ctx *ctx, int layer, const sl_tensor *q
     (void)ud;
     (void)layer;
     sl_attn_params p = {.causal = 1, .scale = 0};
-    sl_tensor lse;
+    sl_tensor lse = {0};
     sl_status s = sl_attn_dense(ctx, SL_BACKEND_CPU, &p, q, k, v, o, &lse);
     sl_tensor_release(&lse);
     return s;
