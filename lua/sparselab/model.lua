@@ -16,13 +16,14 @@ local function exists(path)
 end
 
 --- sl.model.load(path [, {tokenizer = path}]): a llama2.c checkpoint file or a
---- Hugging Face directory. A llama2.c tokenizer next to the checkpoint
---- (tok<vocab>.bin or tokenizer.bin) is loaded too.
+--- Hugging Face directory. A llama2.c tokenizer next to the checkpoint (or
+--- inside the directory): tok<vocab>.bin or tokenizer.bin, is loaded too.
 function M.load(path, opts)
   opts = opts or {}
   local c = sl.model_c.load(path)
   local self = setmetatable({c = c, path = path, cfg = c:config()}, Model)
-  local dir = path:match("^(.*)/[^/]*$") or "."
+  -- a Hugging Face model is a directory; a llama2.c checkpoint sits in one
+  local dir = pcall(sl.listdir, path) and path or (path:match("^(.*)/[^/]*$") or ".")
   local tok = opts.tokenizer
   if not tok then
     for _, name in ipairs{"tok" .. self.cfg.vocab_size .. ".bin", "tokenizer.bin"} do
