@@ -90,7 +90,11 @@ sl_status sl__vfail(sl_ctx *ctx, sl_status s, const char *fmt, va_list ap)
 {
     if (!ctx)
         return s;
-    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    /* Formatted apart first: a message may quote the previous one
+     * (sl_ctx_error(ctx) as an argument), which must not be overwritten while read. */
+    char msg[SL__ERRMSG_BYTES];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    memcpy(ctx->err, msg, sizeof msg);
     /* Messages are one line: a newline from a file name or a nested message
      * would break the CLI's one-line contract. */
     for (char *c = ctx->err; *c; c++)
