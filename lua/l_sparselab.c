@@ -75,6 +75,8 @@ int luaopen_sparselab(lua_State *L)
     sl__lua_open_io(L);
     sl__lua_open_util(L);
     sl__lua_open_model(L);
+    sl__lua_open_runner(L);
+    sl__lua_open_fit(L);
     sl__lua_open_store(L);
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);

@@ -48,7 +48,9 @@ void sl__lua_open_mask(lua_State *L);     /* adds sl.mask_c (materialised masks)
 void sl__lua_open_io(lua_State *L);       /* adds sl.load / sl.save */
 void sl__lua_open_util(lua_State *L);     /* sl.time, sl.backends, sl.bench_sgemm ... */
 void sl__lua_open_model(lua_State *L);    /* sl.model_c, sl.tokenizer_c */
+void sl__lua_open_fit(lua_State *L);      /* sl.fit_c (GSL least squares, distributions) */
 int sl__lua_open_store(lua_State *L);     /* pushes the store table */
+void sl__lua_open_runner(lua_State *L);   /* sl.runner_c (l_runner.c; the runner is runner.c) */
 int sl__lua_json_encode(lua_State *L);
 /* Installs loaders for the embedded pure-Lua library into package.preload. */
 void sl__lua_preload_embedded(lua_State *L);

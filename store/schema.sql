@@ -1,4 +1,4 @@
--- schema.sql — the full current schema of a sparselab store (after migration 001), for reading.
+-- schema.sql — the full current schema of a sparselab store (after migration 002), for reading.
 -- The store builds databases from migrations/NNN_*.sql, never from this file; tests/test_store.c
 -- checks that this file and the migrations give the same schema. Views live in views.sql.
 -- When a migration is added, this file becomes the schema after it, with its number below.
@@ -73,4 +73,30 @@ CREATE TABLE meta (
     value TEXT
 ) STRICT, WITHOUT ROWID;
 
-PRAGMA user_version = 1;
+-- Fitted scaling laws (migration 002).
+CREATE TABLE fit (
+    id                INTEGER PRIMARY KEY,
+    created           TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),  -- UTC ISO-8601
+    run_id            INTEGER REFERENCES run(id) ON DELETE SET NULL,  -- the run that made it, if any
+    law               TEXT NOT NULL,                                  -- sparse_frontier, power, loglinear
+    link              TEXT NOT NULL,                                  -- identity or logit
+    selection_json    TEXT NOT NULL CHECK (json_valid(selection_json)),  -- where, columns, heldout, ...
+    selection_sql     TEXT,                                           -- the SELECT that read the points
+    data_sha256       TEXT,                                           -- hash of the points as read
+    n_points          INTEGER NOT NULL,                               -- points fitted (the training part)
+    params_json       TEXT NOT NULL CHECK (json_valid(params_json)),  -- {"name": estimate}
+    se_json           TEXT CHECK (se_json IS NULL OR json_valid(se_json)),        -- asymptotic standard errors
+    ci_json           TEXT CHECK (ci_json IS NULL OR json_valid(ci_json)),        -- {"name": [lo, hi]}
+    ci_level          REAL,
+    n_bootstrap       INTEGER,                                        -- resamples that entered the CIs
+    seed              INTEGER,
+    r2                REAL,                                           -- in-sample, on the link scale
+    rmse              REAL,
+    heldout_json      TEXT CHECK (heldout_json IS NULL OR json_valid(heldout_json)),  -- axis, cutoff, n, rmse, r2 ...
+    solver_json       TEXT CHECK (solver_json IS NULL OR json_valid(solver_json)),    -- name, status, iterations
+    sparselab_version TEXT
+) STRICT;
+
+CREATE INDEX fit_law ON fit(law);
+
+PRAGMA user_version = 2;

@@ -21,5 +21,6 @@ for t in tests/lua/test_*.lua; do
     run "$(basename "$t")" env LD_PRELOAD="$preload" LUA_CPATH="$BUILD/?.so" lua5.4 "$t"
 done
 run test_cli.sh sh tests/cli/test_cli.sh
+run test_sweep.sh sh tests/cli/test_sweep.sh
 echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]
