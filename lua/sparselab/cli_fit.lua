@@ -79,7 +79,9 @@ return function(argv, parse, out)
     return
   end
   local yname = r.link == "identity" and sel.columns.y or (r.link .. "(" .. sel.columns.y .. ")")
-  out(string.format(FORMULA[r.law], yname))
+  local formula = FORMULA[r.law]
+  if r.law == "power" and o["no-offset"] then formula = "%s = a*C^b" end
+  out(string.format(formula, yname))
   out(string.format("%d points fitted of %d read%s%s; solver %s: %s after %s iterations", r.n_points, sel.n_read,
     sel.n_skipped > 0 and string.format(" (%d skipped: a variable was NULL)", sel.n_skipped) or "",
     r.ref_task and ("; reference task " .. r.ref_task) or "", r.solver.name, r.solver.status,
