@@ -23,6 +23,11 @@ SL_PARAM_GROUPS(PARAMS_FIT)
 
 #define FIELD_COUNT(group) (int)(sizeof fields_##group / sizeof fields_##group[0])
 
+#define SL_OP(E, nm, grp, nin, nout, ins, outs, dc) \
+    _Static_assert(nin <= SL_OP_MAX_INPUTS && nout <= 4, nm ": too many inputs or outputs");
+#include "ops.def"
+#undef SL_OP
+
 static const sl_op_info op_infos[SL_OP__COUNT] = {
 #define SL_OP(E, nm, grp, nin, nout, ins, outs, dc)                                              \
     [SL_OP_##E] = {.op = SL_OP_##E, .name = nm, .group = #grp, .n_in = nin, .n_out = nout,       \
@@ -277,6 +282,160 @@ static sl_status validate_pair(sl_ctx *ctx, const sl_op_info *info, const sl_ten
     return SL_OK;
 }
 
+/* Inputs named opt.* or state.* may be left out (an empty tensor). */
+static int input_optional(const sl_op_info *info, int i)
+{
+    char nm[32];
+    input_name(info, i, nm, sizeof nm);
+    return strncmp(nm, "opt.", 4) == 0 || strncmp(nm, "state.", 6) == 0;
+}
+
+static int same_shape(const sl_tensor *t, int ndim, const int64_t *shape)
+{
+    if (t->ndim != ndim)
+        return 0;
+    for (int d = 0; d < ndim; d++)
+        if (t->shape[d] != shape[d])
+            return 0;
+    return 1;
+}
+
+/* Shapes of index lists (contents are checked after normalisation). */
+static sl_status validate_idx_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i_rp,
+                                    int64_t rows_per_entry)
+{
+    sl_status s;
+    if ((s = need_index(ctx, info, in, i_rp, SL_I32, 2)) || (s = need_index(ctx, info, in, i_rp + 1, SL_I32, 1)))
+        return s;
+    int64_t hq = in[0].shape[0], nq = in[0].shape[1], hm = in[i_rp].shape[0];
+    int64_t n_entries = (nq + rows_per_entry - 1) / rows_per_entry;
+    if (hm <= 0 || hq % hm != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: index lists have %lld heads, q has %lld; expected 1 or a divisor",
+                           info->name, (long long)hm, (long long)hq);
+    if (in[i_rp].shape[1] != n_entries + 1)
+        return sl_ctx_fail(ctx, SL_ESHAPE,
+                           "%s: idx.row_ptr must be [%lld, %lld] for %lld query rows in entries of %lld, found [%lld, %lld]",
+                           info->name, (long long)hm, (long long)(n_entries + 1), (long long)nq,
+                           (long long)rows_per_entry, (long long)hm, (long long)in[i_rp].shape[1]);
+    if (in[i_rp + 1].shape[0] > INT32_MAX)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: idx.col has more than 2^31 - 1 entries", info->name);
+    return SL_OK;
+}
+
+/* opt.bias [1 or Hq, Nq, Nk] and state.o / state.lse [Hq, n_out, D] / [Hq, n_out]
+ * at slots first, first + 1, first + 2 (each optional). */
+static sl_status validate_options(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int first, int64_t n_out)
+{
+    sl_status s;
+    int64_t hq = in[0].shape[0], nq = in[0].shape[1], d = in[0].shape[2], nk = in[1].shape[1];
+    const sl_tensor *bias = &in[first], *so = &in[first + 1], *sl = &in[first + 2];
+    if (bias->buf) {
+        if ((s = need_float(ctx, info, in, first, 3)))
+            return s;
+        if ((bias->shape[0] != 1 && bias->shape[0] != hq) || bias->shape[1] != nq || bias->shape[2] != nk)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: opt.bias must be [1 or %lld, %lld, %lld], found [%lld, %lld, %lld]",
+                               info->name, (long long)hq, (long long)nq, (long long)nk, (long long)bias->shape[0],
+                               (long long)bias->shape[1], (long long)bias->shape[2]);
+    }
+    if (!so->buf != !sl->buf)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: state.o and state.lse come together; found only %s", info->name,
+                           so->buf ? "state.o" : "state.lse");
+    if (so->buf) {
+        if ((s = need_float(ctx, info, in, first + 1, 3)) || (s = need_float(ctx, info, in, first + 2, 2)))
+            return s;
+        int64_t want_o[3] = {hq, n_out, d};
+        if (!same_shape(so, 3, want_o) || !same_shape(sl, 2, want_o))
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: state.o and state.lse must be [%lld, %lld, %lld] and [%lld, %lld]",
+                               info->name, (long long)hq, (long long)n_out, (long long)d, (long long)hq,
+                               (long long)n_out);
+    }
+    return SL_OK;
+}
+
+static sl_status validate_rows_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    if ((s = need_index(ctx, info, in, 3, SL_I32, 2)) || (s = need_index(ctx, info, in, 4, SL_I32, 2)))
+        return s;
+    int64_t hq = in[0].shape[0], hr = in[3].shape[0];
+    if ((hr != 1 && hr != hq) || !same_shape(&in[4], 2, in[3].shape))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: rows and limits must both be [1 or %lld, R], found [%lld, %lld] and [%lld, %lld]",
+                           info->name, (long long)hq, (long long)in[3].shape[0], (long long)in[3].shape[1],
+                           (long long)in[4].shape[0], (long long)in[4].shape[1]);
+    return SL_OK;
+}
+
+static sl_status validate_lse_merge(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    for (int i = 0; i < 4; i++)
+        if ((s = need_float(ctx, info, in, i, -1)))
+            return s;
+    const sl_tensor *o1 = &in[0], *l1 = &in[1];
+    if (o1->ndim < 1 || l1->ndim != o1->ndim - 1 || !same_shape(l1, l1->ndim, o1->shape))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: lse1 must have o1's shape without its last dim (o1 has %d dims, lse1 %d)",
+                           info->name, o1->ndim, l1->ndim);
+    if (!same_shape(&in[2], o1->ndim, o1->shape) || !same_shape(&in[3], l1->ndim, l1->shape))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: o2 and lse2 must have the shapes of o1 and lse1", info->name);
+    return SL_OK;
+}
+
+/* Contents of index lists (contiguous i32 after normalisation): per head a
+ * CSR run that starts where the previous head ended, monotone offsets, and
+ * sorted unique keys in [0, nk). */
+static sl_status check_idx_lists(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *rp_t, const sl_tensor *col_t,
+                                 int64_t nk)
+{
+    int64_t hm = rp_t->shape[0], n_e = rp_t->shape[1] - 1, nnz = col_t->shape[0];
+    const int32_t *rp = rp_t->data, *col = col_t->data;
+    int64_t prev_end = 0;
+    for (int64_t h = 0; h < hm; h++) {
+        const int32_t *hr = rp + h * (n_e + 1);
+        if (hr[0] != prev_end)
+            return sl_ctx_fail(ctx, SL_EFORMAT, "%s: idx.row_ptr of head %lld starts at %d, expected %lld", info->name,
+                               (long long)h, hr[0], (long long)prev_end);
+        for (int64_t r = 0; r < n_e; r++) {
+            if (hr[r + 1] < hr[r] || hr[r + 1] > nnz)
+                return sl_ctx_fail(ctx, SL_EFORMAT, "%s: idx.row_ptr of head %lld, entry %lld is not monotone within [0, %lld]",
+                                   info->name, (long long)h, (long long)r, (long long)nnz);
+            for (int32_t e = hr[r]; e < hr[r + 1]; e++)
+                if (col[e] < 0 || col[e] >= nk || (e > hr[r] && col[e] <= col[e - 1]))
+                    return sl_ctx_fail(ctx, SL_EFORMAT,
+                                       "%s: idx.col of head %lld, entry %lld: keys must be sorted, unique and in [0, %lld); found %d at %d",
+                                       info->name, (long long)h, (long long)r, (long long)nk, col[e], e);
+        }
+        prev_end = hr[n_e];
+    }
+    if (prev_end != nnz)
+        return sl_ctx_fail(ctx, SL_EFORMAT, "%s: idx.row_ptr ends at %lld but idx.col has %lld entries", info->name,
+                           (long long)prev_end, (long long)nnz);
+    return SL_OK;
+}
+
+/* What validation needs the normalised (contiguous) inputs for. */
+static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    int64_t nq = in[0].ndim == 3 ? in[0].shape[1] : 0, nk = in[1].ndim == 3 ? in[1].shape[1] : 0;
+    switch (info->op) {
+    case SL_OP_ATTN_TOKEN_SPARSE: return check_idx_lists(ctx, info, &in[3], &in[4], nk);
+    case SL_OP_ATTN_VS_MIXED: return check_idx_lists(ctx, info, &in[7], &in[8], nk);
+    case SL_OP_ATTN_ROWS: {
+        const int32_t *rows = in[3].data, *lim = in[4].data;
+        int64_t n = sl_tensor_numel(&in[3]);
+        for (int64_t i = 0; i < n; i++) {
+            if (rows[i] < 0 || rows[i] >= nq)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: rows[%lld] = %d is outside [0, %lld)", info->name, (long long)i,
+                                   rows[i], (long long)nq);
+            if (lim[i] < 0 || lim[i] > nk)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: limits[%lld] = %d is outside [0, %lld]", info->name, (long long)i,
+                                   lim[i], (long long)nk);
+        }
+        return SL_OK;
+    }
+    default: return SL_OK;
+    }
+}
+
 /* Validates inputs and writes the output shapes. */
 static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                        int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
@@ -298,6 +457,44 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
         out_shape[1][0] = in[0].shape[0];
         out_shape[1][1] = in[0].shape[1];
         return SL_OK;
+    case SL_OP_ATTN_TOKEN_SPARSE:
+    case SL_OP_ATTN_VS_MIXED:
+    case SL_OP_ATTN_ROWS: {
+        if ((s = validate_qkv(ctx, info, in)))
+            return s;
+        int first_opt = 5;
+        int64_t n_out = in[0].shape[1];
+        if (op == SL_OP_ATTN_TOKEN_SPARSE)
+            s = validate_idx_shape(ctx, info, in, 3, ((const sl_attn_token_params *)params)->rows_per_entry);
+        else if (op == SL_OP_ATTN_VS_MIXED) {
+            const sl_attn_vs_params *pv = params;
+            sl_attn_block_params pb = {.bq = pv->bq, .bk = pv->bk, .scale = pv->scale, .pv_skip = 0};
+            if (!(s = validate_block_mask(ctx, info, in, &pb)))
+                s = validate_idx_shape(ctx, info, in, 7, pv->bq);
+            first_opt = 9;
+        } else {
+            s = validate_rows_shape(ctx, info, in);
+            n_out = in[3].shape[1];
+        }
+        if (s || (s = validate_options(ctx, info, in, first_opt, n_out)))
+            return s;
+        out_ndim[0] = 3;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = n_out;
+        out_shape[0][2] = in[0].shape[2];
+        out_ndim[1] = 2;
+        out_shape[1][0] = in[0].shape[0];
+        out_shape[1][1] = n_out;
+        return SL_OK;
+    }
+    case SL_OP_ATTN_LSE_MERGE:
+        if ((s = validate_lse_merge(ctx, info, in)))
+            return s;
+        out_ndim[0] = in[0].ndim;
+        memcpy(out_shape[0], in[0].shape, sizeof out_shape[0]);
+        out_ndim[1] = in[1].ndim;
+        memcpy(out_shape[1], in[1].shape, sizeof out_shape[1]);
+        return SL_OK;
     case SL_OP_METRIC_REL_L2:
     case SL_OP_METRIC_MAX_ABS:
     case SL_OP_METRIC_COSINE:
@@ -315,8 +512,53 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
     }
 }
 
-/* Log-sum-exp inputs may hold -inf (a fully masked row); nothing else may. */
-static int op_allows_inf(sl_op op) { return op == SL_OP_METRIC_RECALL; }
+/* Log-sum-exp inputs may hold -inf (a fully masked row); nothing else may.
+ * metric.recall's inputs are log-sum-exps too. */
+static int input_allows_inf(const sl_op_info *info, int i)
+{
+    char nm[32];
+    input_name(info, i, nm, sizeof nm);
+    return info->op == SL_OP_METRIC_RECALL || strstr(nm, "lse") != NULL;
+}
+
+/* A log-sum-exp of +inf has no attention behind it; the executors would turn
+ * it into NaN. */
+static sl_status reject_pos_inf(sl_ctx *ctx, const sl_op_info *info, int i, const sl_tensor *t)
+{
+    const float *x = t->data;
+    int64_t n = sl_tensor_numel(t);
+    for (int64_t j = 0; j < n; j++)
+        if (x[j] == INFINITY) {
+            char nm[32];
+            input_name(info, i, nm, sizeof nm);
+            return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s': holds +inf at flat index %lld, expected finite or -inf",
+                               info->name, nm, (long long)j);
+        }
+    return SL_OK;
+}
+
+/* attn.token_sparse reads only the K/V rows its lists name: scanning the
+ * whole cache for NaN would cost more than the gather itself (decode). Its
+ * kernels let a NaN in a row they read reach the output instead, and the
+ * outputs are scanned after the run. */
+static int lazy_nan_check(sl_op op, int i) { return op == SL_OP_ATTN_TOKEN_SPARSE && (i == 1 || i == 2); }
+
+static sl_status check_outputs(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *out)
+{
+    if (info->op != SL_OP_ATTN_TOKEN_SPARSE)
+        return SL_OK;
+    /* O is finite for finite inputs; L is finite or -inf (an empty row). */
+    for (int o = 0; o < info->n_out; o++) {
+        const float *x = out[o].data;
+        int64_t n = sl_tensor_numel(&out[o]);
+        for (int64_t j = 0; j < n; j++)
+            if (isnan(x[j]) || x[j] == INFINITY || (o == 0 && x[j] == -INFINITY))
+                return sl_ctx_fail(ctx, SL_EARG,
+                                   "%s: input 'k' or 'v' holds NaN or an infinity in a row the index lists read",
+                                   info->name);
+    }
+    return SL_OK;
+}
 
 /* Float inputs become contiguous f32, others contiguous copies of themselves.
  * Returns SL_EARG for NaN in a float input (infinities are allowed only where
@@ -325,6 +567,10 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl_op_info *info, const sl_
 {
     for (int i = 0; i < info->n_in; i++) {
         sl_status s;
+        if (!in[i].buf && input_optional(info, i)) {
+            norm[i] = (sl_tensor){0};
+            continue;
+        }
         int want_f32 = is_float(in[i].dtype);
         if ((want_f32 && in[i].dtype != SL_F32) || !sl_tensor_is_contiguous(&in[i]))
             s = sl_tensor_convert(ctx, &in[i], want_f32 ? SL_F32 : in[i].dtype, &norm[i]);
@@ -332,11 +578,13 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl_op_info *info, const sl_
             norm[i] = sl_tensor_retain(&in[i]);
             s = SL_OK;
         }
-        if (s == SL_OK && want_f32) {
+        if (s == SL_OK && want_f32 && !lazy_nan_check(info->op, i)) {
             char nm[32], what[96];
             input_name(info, i, nm, sizeof nm);
             snprintf(what, sizeof what, "%s: input '%s'", info->name, nm);
-            s = sl_tensor_check_finite(ctx, &norm[i], what, op_allows_inf(info->op));
+            s = sl_tensor_check_finite(ctx, &norm[i], what, input_allows_inf(info, i));
+            if (s == SL_OK && input_allows_inf(info, i) && info->op != SL_OP_METRIC_RECALL)
+                s = reject_pos_inf(ctx, info, i, &norm[i]);
         }
         if (s) {
             for (int j = 0; j <= i; j++)
@@ -380,9 +628,14 @@ sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, 
     if (s)
         return s;
 
-    sl_tensor norm[8] = {{0}};
+    sl_tensor norm[SL_OP_MAX_INPUTS] = {{0}};
     if ((s = normalise_inputs(ctx, info, in, norm)))
         return s;
+    if ((s = check_contents(ctx, info, norm))) {
+        for (int i = 0; i < info->n_in; i++)
+            sl_tensor_release(&norm[i]);
+        return s;
+    }
     for (int i = 0; i < info->n_out; i++)
         if ((s = sl_tensor_new(ctx, out_dtype[i], out_ndim[i], out_shape[i], &out[i]))) {
             for (int j = 0; j < i; j++)
@@ -397,6 +650,8 @@ sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, 
     } else {
         sl__kargs a = {ctx, op, params, norm, out, scratch, scratch_bytes};
         s = be->kernels[op](&a);
+        if (s == SL_OK)
+            s = check_outputs(ctx, info, out);
         sl_ctx_dealloc(ctx, scratch, scratch_bytes);
     }
     if (s)
@@ -409,6 +664,49 @@ done:
 }
 
 /* ---- cost ---- */
+
+/* Element i (row-major order) of an i32 tensor of 1 or 2 dims, through its strides. */
+static int64_t i32_at(const sl_tensor *t, int64_t i)
+{
+    const int32_t *x = t->data;
+    if (t->ndim == 2)
+        return x[(i / t->shape[1]) * t->stride[0] + (i % t->shape[1]) * t->stride[1]];
+    return x[i * t->stride[0]];
+}
+
+/* Σ over query heads and list entries of (rows of the entry) × (keys in it). */
+static double idx_pairs(const sl__attn_dims *d, const sl_tensor *rp, int64_t rows_per_entry)
+{
+    int64_t hm = rp->shape[0], n_e = rp->shape[1] - 1;
+    double pairs = 0;
+    if (hm <= 0 || rows_per_entry <= 0)
+        return 0;
+    for (int64_t h = 0; h < hm; h++)
+        for (int64_t r = 0; r < n_e; r++) {
+            int64_t rows = d->nq - r * rows_per_entry < rows_per_entry ? d->nq - r * rows_per_entry : rows_per_entry;
+            pairs += (double)rows * (double)(i32_at(rp, h * (n_e + 1) + r + 1) - i32_at(rp, h * (n_e + 1) + r));
+        }
+    return pairs * (double)(d->hq / hm);
+}
+
+/* Clipped areas of the kept blocks, over query heads. */
+static double block_area(const sl__attn_dims *d, const sl_tensor *rp, const sl_tensor *ci, int64_t bq, int64_t bk)
+{
+    int64_t hm = rp->shape[0], nqb = rp->shape[1] - 1;
+    double area = 0;
+    if (hm <= 0)
+        return 0;
+    for (int64_t h = 0; h < hm; h++)
+        for (int64_t r = 0; r < nqb; r++) {
+            int64_t rows = d->nq - r * bq < bq ? d->nq - r * bq : bq;
+            for (int64_t e = i32_at(rp, h * (nqb + 1) + r); e < i32_at(rp, h * (nqb + 1) + r + 1); e++) {
+                int64_t k0 = i32_at(ci, e) * bk;
+                int64_t cols = d->nk - k0 < bk ? d->nk - k0 : bk;
+                area += (double)rows * (double)cols;
+            }
+        }
+    return area * (double)(d->hq / hm);
+}
 
 double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
 {
@@ -426,24 +724,35 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
     }
     case SL_OP_ATTN_BLOCK_SPARSE: {
         /* The executor computes every kept block in full (partial blocks are
-         * masked after the product), so cost counts clipped block areas. */
-        const sl_attn_block_params *p = params;
+         * masked after the product), so cost counts clipped block areas;
+         * P·V products that pv_skip leaves out are still counted. */
+        const sl_attn_block_params *p = params ? params : &(sl_attn_block_params){.bq = 64, .bk = 64};
         sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
-        const sl_tensor *rp = &in[3], *ci = &in[4];
-        int64_t hm = rp->shape[0], nqb = rp->shape[1] - 1;
-        const int32_t *row_ptr = rp->data, *col = ci->data;
-        double area = 0;
-        for (int64_t h = 0; h < hm; h++)
-            for (int64_t r = 0; r < nqb; r++) {
-                int64_t rows = d.nq - r * p->bq < p->bq ? d.nq - r * p->bq : p->bq;
-                for (int32_t e = row_ptr[h * (nqb + 1) + r]; e < row_ptr[h * (nqb + 1) + r + 1]; e++) {
-                    int64_t k0 = (int64_t)col[e] * p->bk;
-                    int64_t cols = d.nk - k0 < p->bk ? d.nk - k0 : p->bk;
-                    area += (double)rows * (double)cols;
-                }
-            }
-        return 4.0 * (double)d.d * area * (double)(d.hq / hm);
+        return 4.0 * (double)d.d * block_area(&d, &in[3], &in[4], p->bq, p->bk);
     }
+    case SL_OP_ATTN_TOKEN_SPARSE: {
+        const sl_attn_token_params *p = params ? params : &(sl_attn_token_params){.rows_per_entry = 1};
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        return 4.0 * (double)d.d * idx_pairs(&d, &in[3], p->rows_per_entry);
+    }
+    case SL_OP_ATTN_VS_MIXED: {
+        /* Gathered columns are computed for every row of their query block,
+         * also where the block part already keeps them (masked after). */
+        const sl_attn_vs_params *p = params ? params : &(sl_attn_vs_params){.bq = 64, .bk = 64};
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        return 4.0 * (double)d.d * (block_area(&d, &in[3], &in[4], p->bq, p->bk) + idx_pairs(&d, &in[7], p->bq));
+    }
+    case SL_OP_ATTN_ROWS: {
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        double keys = 0;
+        int64_t n = sl_tensor_numel(&in[4]);
+        for (int64_t i = 0; i < n; i++)
+            keys += (double)i32_at(&in[4], i);
+        return in[4].shape[0] > 0 ? 4.0 * (double)d.d * keys * (double)(d.hq / in[4].shape[0]) : 0;
+    }
+    case SL_OP_ATTN_LSE_MERGE:
+        /* two multiplies and an add per output element */
+        return 3.0 * (double)sl_tensor_numel(&in[0]);
     default: return 0;
     }
 }

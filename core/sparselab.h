@@ -132,8 +132,8 @@ sl_status sl_tensor_convert(sl_ctx *ctx, const sl_tensor *t, sl_dtype dtype, sl_
 /* Element access as double through strides (slow; tests and printing). */
 double sl_tensor_get(const sl_tensor *t, const int64_t *idx);
 void sl_tensor_set(sl_tensor *t, const int64_t *idx, double v);
-/* SL_EFORMAT naming `what` when a float tensor holds NaN (infinities allowed
- * when allow_inf). */
+/* SL_EARG naming `what` when a float tensor holds NaN, or an infinity unless
+ * allow_inf. (File readers report bad contents as SL_EFORMAT themselves.) */
 sl_status sl_tensor_check_finite(sl_ctx *ctx, const sl_tensor *t, const char *what, int allow_inf);
 /* "f32[8, 1000, 64]" into buf. */
 void sl_tensor_describe(const sl_tensor *t, char *buf, size_t n);
@@ -148,6 +148,9 @@ double sl_rng_normal(sl_rng *r);             /* N(0, 1) */
 sl_status sl_tensor_fill_normal(sl_ctx *ctx, sl_tensor *t, sl_rng *r, double std);
 
 /* ---- ops ---------------------------------------------------------------- */
+
+/* The most inputs any op takes (ops.def). */
+#define SL_OP_MAX_INPUTS 16
 
 typedef enum sl_op {
 #define SL_OP(E, name, group, n_in, n_out, ins, outs, doc) SL_OP_##E,
@@ -213,7 +216,9 @@ const char *sl_backend_status(sl_backend_id b);
 int sl_backend_supports(sl_backend_id b, sl_op op);
 
 /* Runs an op. params points to the op's parameter struct (NULL: defaults).
- * in holds info->n_in tensors; out receives info->n_out new tensors that the
+ * in holds info->n_in tensors (at most SL_OP_MAX_INPUTS); an optional input
+ * (named opt.* or state.* in info->inputs) may be an empty, zeroed tensor.
+ * out receives info->n_out new tensors that the
  * caller releases. Validates shapes, dtypes and ranges first (SL_ESHAPE,
  * SL_EARG); inputs holding NaN give SL_EARG; then dispatches. On failure no
  * output is left allocated. */
@@ -233,7 +238,81 @@ sl_status sl_attn_dense(sl_ctx *ctx, sl_backend_id b, const sl_attn_params *p,
                         const sl_tensor *q, const sl_tensor *k, const sl_tensor *v,
                         sl_tensor *o, sl_tensor *lse);
 
+/* attn.block_sparse: attn.dense restricted to the kept pairs of a block mask
+ * (inputs q, k, v and the four arrays of an sl_mask, see below; params bq, bk
+ * from the mask). No implicit causal mask: the mask is the whole rule.
+ * pv_skip (SpargeAttn's PV skipping, 0 = off): for each row the kept key
+ * blocks are visited in ascending order with a running max m (of the scaled
+ * scores seen so far, this block included); a block whose own max score b
+ * satisfies b < m - pv_skip (every probability in it below exp(-pv_skip)
+ * times the running max's) keeps its exp-sum in L but its P·V is left out of
+ * O. SpargeAttn takes the same test per warp of rows; we take it per row,
+ * the finest grain. O is then no longer exactly normalised; L is exact. */
+
+/* Index lists (the index form of a mask) as two tensors:
+ *   idx.row_ptr  i32 [Hm, R + 1]  CSR offsets, global like the block mask's
+ *                                 (head h's entries are row_ptr[h, r] .. row_ptr[h, r+1])
+ *   idx.col      i32 [nnz]        key indices of each entry, sorted ascending, unique,
+ *                                 each in [0, Nk) (positions in K)
+ * An entry covers rows_per_entry = b query rows: entry r is rows [r·b, (r+1)·b)
+ * clipped to Nq, so R = ceil(Nq / b) (b = 1: one list per row; b >= Nq: one
+ * list per head). Hm is 1 or divides Hq: query head h reads list head
+ * h / (Hq / Hm). The lists are the whole rule (no implicit causal mask).
+ *
+ * Optional inputs (an empty, zeroed sl_tensor leaves one out):
+ *   opt.bias   float [Hb, Nq, Nk], Hb = 1 or Hq: added to the scaled score
+ *              of (head, query row, key) before the softmax; finite values.
+ *   state.o, state.lse  float [Hq, Nq, D] and [Hq, Nq] (rows of the output):
+ *              continue from an earlier pass over other keys. The online
+ *              softmax state (max m, sum l, accumulator acc) of a finished
+ *              pass is, up to the choice of m, (m = L, l = 1, acc = O): so a
+ *              pass started from (O1, L1) returns what lse_merge of (O1, L1)
+ *              with this pass alone would, in one pass, and its own outputs
+ *              (O, L) are the state for the next one. Both or neither;
+ *              state.lse may hold -inf (nothing seen yet), never +inf.
+ * attn.dense and attn.block_sparse keep their 3 and 7 inputs (callers hold
+ * fixed arrays, sl_mask_inputs fills seven); the same math with the options
+ * is attn.rows (all rows, causal limits) and attn.vs_mixed (empty index
+ * lists).
+ *
+ * attn.token_sparse: inputs q, k, v, idx.row_ptr, idx.col, opt.bias,
+ * state.o, state.lse; params rows_per_entry, scale. Row r of head h attends
+ * the keys of its list entry. Outputs O [Hq, Nq, D], L [Hq, Nq]; an empty
+ * list gives O = 0, L = -inf (or the state unchanged). K and V are checked
+ * for NaN and infinities only in the rows the lists read (scanning a whole
+ * decode cache would cost more than the gather): such a value gives SL_EARG
+ * after the run, with no outputs. Query heads that share both their kv head
+ * and their list head read each listed K/V row once between them.
+ *
+ * attn.vs_mixed (MInference's vertical-slash executor): inputs q, k, v, a
+ * block mask (mask.row_ptr, mask.col_idx, mask.part, mask.bits as for
+ * attn.block_sparse), index lists with one entry per mask query block
+ * (rows_per_entry = bq), then opt.bias, state.o, state.lse; params bq, bk,
+ * scale. Row i attends the union of the keys the block mask keeps for it and
+ * the keys of its query block's list, in one online softmax; a listed key the
+ * block mask already keeps for row i counts once (the gathered copy is
+ * skipped). Empty lists give attn.block_sparse. Outputs as attn.dense.
+ *
+ * attn.rows: inputs q, k, v, rows i32 [Hr, R] (indices into q's rows, any
+ * order, repeats allowed), limits i32 [Hr, R] (each in [0, Nk]), opt.bias
+ * [Hb, Nq, Nk] (indexed by q's row), state.o [Hq, R, D], state.lse [Hq, R];
+ * param scale. Hr is 1 or Hq. Output row r of head h is dense attention of
+ * q[h, rows[h', r]] over keys [0, limits[h', r]), h' = h or 0: limit =
+ * position + 1 is causal (position = Nk - Nq + row in decode). Outputs
+ * O [Hq, R, D], L [Hq, R]; a limit of 0 gives O = 0, L = -inf.
+ *
+ * attn.lse_merge: inputs o1, lse1, o2, lse2 with o [..., D] and lse [...]
+ * (the same leading shape; both pairs the same shapes; lse may hold -inf,
+ * never +inf). L = log(e^L1 + e^L2), O = e^(L1-L)·O1 + e^(L2-L)·O2: two
+ * attentions over disjoint key sets become the attention over their union.
+ * -inf on both sides gives O = 0, L = -inf; -inf on one side gives the other
+ * side exactly. No parameters. */
+
 /* ---- masks ----------------------------------------------------------------
+ * A mask says which (query row, key) pairs attention keeps, per mask head.
+ * Three materialised forms (block, index, dense bits) and one lazy form
+ * (pattern terms); the block form is the one executors run.
+ *
  * Block form: block sizes (bq, bk); query block r covers rows [r·bq, (r+1)·bq)
  * clipped to Nq, key block c covers keys [c·bk, (c+1)·bk) clipped to Nk.
  *   row_ptr  i32 [Hm, n_qb + 1]  CSR offsets per head (into col_idx of that head:
@@ -244,7 +323,12 @@ sl_status sl_attn_dense(sl_ctx *ctx, sl_backend_id b, const sl_attn_params *p,
  *   bits     u8  [n_part, bq, bk] 1 = pair kept (row-major inside the block)
  * Hm is 1 (shared by all heads) or divides Hq (query head h uses mask head
  * h / (Hq / Hm)). Masks carry causality themselves: executors apply nothing
- * but the mask. nnz and n_part may be 0 (tensors of length 0 are then shape [0]). */
+ * but the mask. nnz and n_part may be 0 (tensors of length 0 are then shape [0]).
+ * Every mask made by the functions below is canonical: a listed block keeps
+ * at least one pair, part is -1 exactly when the clipped block is all kept,
+ * and a partial block's bits are 0 outside the clipped area. Partial blocks
+ * carry exact token bits, so any token-level rule executes exactly.
+ * Row r sits at query position i = Nk - Nq + r; key j at position j. */
 typedef struct sl_mask {
     int n_heads;
     int64_t n_q, n_k;
@@ -253,25 +337,132 @@ typedef struct sl_mask {
     sl_tensor row_ptr, col_idx, part, bits;
 } sl_mask;
 
-/* Analytic patterns; a pattern is a union of terms materialised at a size. */
+/* Analytic patterns. A pattern is a union of terms materialised at a size.
+ * Notation: i query position, j key position, u = max(1, unit) (a
+ * block-level rule's block size; tokens when 0 or 1), I = floor(i/u),
+ * J = floor(j/u), h the mask head. A term keeps its rule ∩ {j <= i} when it
+ * is causal (causal = 1, or causal = 0 and the kind is causal by default:
+ * every kind except FULL and NEIGHBORHOOD) and its rule alone when causal = -1.
+ *   FULL          every pair.
+ *   CAUSAL        every pair (so j <= i).
+ *   WINDOW        a = w >= 1, b = dilation r (0 means 1), unit: d = I - J,
+ *                 0 <= d < w·r and d % r == 0 (unit 1, r 1: 0 <= i - j < w,
+ *                 w counting the query itself; card sliding_window).
+ *   SINK          a = s >= 0, unit: J < s.
+ *   STRIDED       a = stride >= 1, b = 0 absolute / 1 relative, unit:
+ *                 (J + o_h) % a == 0, or (I - J + o_h) % a == 0 when
+ *                 relative; o_h = idx[h] when idx is given (n_idx == n_heads),
+ *                 else offset + h·head_step (S2-Attention's per-head shards:
+ *                 unit = block, head_step = max(1, stride / heads)).
+ *   BLOCK_DIAG    a = size >= 1: floor(i/a) == floor(j/a).
+ *   POWER         unit: d = I - J is 0 or a power of two (PowerAttention).
+ *   TRIANGLE      a = n_init, b = n_local, c = n_last (all >= 0; TriangleMix):
+ *                 j < a, or 0 <= i - j < b, or i >= Nk - min(c, Nk - 1).
+ *   NEIGHBORHOOD  Generalized Neighborhood Attention (NATTEN) on a token grid:
+ *                 n_dims in 1..3, grid[d] >= 1 (row-major, last dim fastest;
+ *                 frames × height × width; in 1-D grid[0] = 0 means Nk),
+ *                 prod(grid) <= Nk; per dim kernel k >= 1, stride s in [1, k]
+ *                 (0 means 1), dilation δ >= 1 (0 means 1), dim_causal.
+ *                 Both positions must lie in the grid; then per dim, with
+ *                 coordinates x (query) and y (key): x % δ == y % δ, and with
+ *                 x' = x/δ, y' = y/δ, X' = ceil((X - x % δ) / δ):
+ *                   causal dim: L = min(floor(x'/s)·s + s - 1, X' - 1);
+ *                               y' <= x' and L - y' < k;
+ *                   otherwise:  L = min(floor(x'/s)·s + floor(s/2), X' - 1),
+ *                               lf = floor(k/2), rt = k - 1 - lf,
+ *                               c = min(max(L, lf), X' - 1 - rt);
+ *                               c - lf <= y' <= c + rt.
+ *   DOCUMENT      idx = segment starts (strictly increasing, in [0, Nk));
+ *                 seg(p) = number of starts <= p (positions before the first
+ *                 start are segment 0); b = earlier segments also seen (>= 0):
+ *                 0 <= seg(i) - seg(j) <= b.
+ *   SEGMENT_SINK  idx = segment starts as for DOCUMENT, a = k >= 0:
+ *                 j - start(seg(j)) < k (the first k tokens of every segment,
+ *                 segment 0 starting at 0; BlindSight).
+ *   GLOBAL_TOKENS idx = positions G: i ∈ G or j ∈ G (rows and columns on).
+ *   DENSE_ROWS    R = idx ∪ [0, b) ∪ [Nk - a, Nk) (a, b >= 0): i ∈ R.
+ *   DENSE_COLS    C = idx ∪ [0, b) ∪ [Nk - a, Nk): j ∈ C.
+ *   VERTICAL      idx = key positions (usually per head): j ∈ idx.
+ *   SLASH         idx = diagonal offsets, a = width (0 means 1):
+ *                 o <= i - j < o + a for some offset o.
+ *   DROP          rate, q_rate in [0, 1] (probability a key, a query is
+ *                 dropped), seed; a = 1: one draw for every head. Keeps (i, j)
+ *                 iff sl_mask_drop_draw(seed, h', 1, i) >= q_rate and
+ *                 sl_mask_drop_draw(seed, h', 0, j) >= rate, h' = a == 1 ? 0 : h.
+ * Lists: idx[0..n_idx) serves every head; with idx_ptr (n_lists + 1 offsets
+ * from 0 to n_idx, n_lists == n_heads) head h's list is
+ * idx[idx_ptr[h] .. idx_ptr[h+1]). Positions lie in [0, Nk); the caller keeps
+ * the arrays alive during the call only. */
 typedef enum sl_pattern_kind {
-    SL_PAT_FULL = 0,   /* every pair */
-    SL_PAT_CAUSAL,     /* j <= i */
-    SL_PAT_WINDOW,     /* 0 <= i - j < a  (a = w, the visible keys including self) */
-    SL_PAT_SINK,       /* j < a, and j <= i */
+    SL_PAT_FULL = 0,
+    SL_PAT_CAUSAL,
+    SL_PAT_WINDOW,
+    SL_PAT_SINK,
+    SL_PAT_STRIDED,
+    SL_PAT_BLOCK_DIAG,
+    SL_PAT_POWER,
+    SL_PAT_TRIANGLE,
+    SL_PAT_NEIGHBORHOOD,
+    SL_PAT_DOCUMENT,
+    SL_PAT_SEGMENT_SINK,
+    SL_PAT_GLOBAL_TOKENS,
+    SL_PAT_DENSE_ROWS,
+    SL_PAT_DENSE_COLS,
+    SL_PAT_VERTICAL,
+    SL_PAT_SLASH,
+    SL_PAT_DROP,
     SL_PAT__COUNT
 } sl_pattern_kind;
 
-typedef struct sl_pattern_term { sl_pattern_kind kind; int64_t a; } sl_pattern_term;
+#define SL_PATTERN_MAX_DIMS 3
 
+/* One term; fields a kind does not use stay zero (designated initialisers:
+ * {.kind = SL_PAT_WINDOW, .a = 64}). */
+typedef struct sl_pattern_term {
+    sl_pattern_kind kind;
+    int64_t a;                     /* first size (table above) */
+    int64_t b, c;                  /* second and third sizes */
+    int causal;                    /* 0: the kind's default; 1: ∩ {j <= i}; -1: the rule alone */
+    int64_t unit;                  /* tokens per unit of block-level rules (0 means 1) */
+    int64_t offset, head_step;     /* strided residues */
+    const int64_t *idx;            /* list: positions, offsets, segment starts or per-head residues */
+    int64_t n_idx;
+    const int64_t *idx_ptr;        /* NULL, or n_lists + 1 offsets into idx: one list per head */
+    int n_lists;
+    double rate, q_rate;           /* drop */
+    uint64_t seed;                 /* drop */
+    int n_dims;                    /* neighborhood */
+    int64_t grid[SL_PATTERN_MAX_DIMS], kernel[SL_PATTERN_MAX_DIMS];
+    int64_t stride[SL_PATTERN_MAX_DIMS], dilation[SL_PATTERN_MAX_DIMS];
+    int dim_causal[SL_PATTERN_MAX_DIMS];
+} sl_pattern_term;
+
+/* "window", "segment_sink", ...; "unknown" out of range. */
 const char *sl_pattern_name(sl_pattern_kind k);
-/* Materialises the union of terms at (n_q, n_k, bq, bk) with one mask head.
- * i is the query position n_k - n_q + row. */
+/* The kind called name, or -1. */
+int sl_pattern_from_name(const char *name);
+/* 1 when the term's rule differs between heads (strided with idx or
+ * head_step, lists with idx_ptr and n_lists > 1, drop without a = 1). */
+int sl_pattern_head_dependent(const sl_pattern_term *t);
+/* Materialises the union of terms at (n_q, n_k, bq, bk) for n_heads heads.
+ * The mask has n_heads heads when some term depends on the head, else one
+ * head shared by all. n_terms = 0 gives the empty mask. Blocks are classified
+ * empty / full / partial from their corners where a kind has a closed form
+ * and evaluated pair by pair otherwise. SL_EARG names the term and field out
+ * of range; SL_ESHAPE for sizes; SL_EINTERRUPT when interrupted. */
+sl_status sl_mask_from_pattern_heads(sl_ctx *ctx, const sl_pattern_term *terms, int n_terms, int n_heads,
+                                     int64_t n_q, int64_t n_k, int bq, int bk, sl_mask *out);
+/* The same with n_heads = 1: head 0 of a head-dependent rule (per-head lists
+ * must then hold one list). */
 sl_status sl_mask_from_pattern(sl_ctx *ctx, const sl_pattern_term *terms, int n_terms,
                                int64_t n_q, int64_t n_k, int bq, int bk, sl_mask *out);
-/* Union of two masks of the same sizes (heads broadcast when one has 1). */
-sl_status sl_mask_union(sl_ctx *ctx, const sl_mask *a, const sl_mask *b, sl_mask *out);
-/* 1 when (head, row, key) is kept. */
+/* DROP's draw for (seed, head, which, position): a uniform number in [0, 1),
+ * x = mix(seed), then x = mix(x + v) for v = head, which, position, where mix
+ * is one splitmix64 step (add 0x9E3779B97F4A7C15, then its finaliser); the
+ * draw is the top 53 bits of x over 2^53. Pure: no state. */
+double sl_mask_drop_draw(uint64_t seed, int64_t head, int which, int64_t position);
+
+/* 1 when (head, row, key) is kept (0 outside the sizes). */
 int sl_mask_get(const sl_mask *m, int head, int64_t row, int64_t key);
 /* Kept pairs of mask head h. */
 int64_t sl_mask_kept(const sl_mask *m, int head);
@@ -282,6 +473,80 @@ sl_status sl_mask_validate(sl_ctx *ctx, const sl_mask *m);
 void sl_mask_release(sl_mask *m);
 /* The seven inputs of attn.block_sparse for this mask (no new references). */
 void sl_mask_inputs(const sl_mask *m, const sl_tensor *q, const sl_tensor *k, const sl_tensor *v, sl_tensor in[7]);
+
+/* Algebra on materialised block masks. Operands have the same n_q, n_k, bq
+ * and bk (SL_ESHAPE otherwise: resize first) and equal head counts or one
+ * head (broadcast). Results are new canonical masks the caller releases.
+ * union: a ∪ b; intersect: a ∩ b; difference: a ∖ b (kept by a, not by b). */
+sl_status sl_mask_union(sl_ctx *ctx, const sl_mask *a, const sl_mask *b, sl_mask *out);
+sl_status sl_mask_intersect(sl_ctx *ctx, const sl_mask *a, const sl_mask *b, sl_mask *out);
+sl_status sl_mask_difference(sl_ctx *ctx, const sl_mask *a, const sl_mask *b, sl_mask *out);
+/* Per-head assignment: out's heads are the heads of masks[0], then of
+ * masks[1], ... (a one-head mask gives one head); all the same sizes. */
+sl_status sl_mask_assign(sl_ctx *ctx, const sl_mask *masks, int n, sl_mask *out);
+/* Permutation of token positions (token permutation before a tiled
+ * executor). perm_q is a permutation of [0, n_q) and perm_k of [0, n_k);
+ * perm_k NULL means perm_q (then n_q == n_k). out keeps (h, r, c) iff m keeps
+ * (h, perm_q[r], perm_k[c]): row r of the permuted problem is original row
+ * perm_q[r]. Causality is whatever m kept, i.e. tested on original positions.
+ * permute_inverse undoes it: permute_inverse(permute(m, p), p) == m. Blocks
+ * stay (bq, bk). SL_EARG when a perm is not a permutation. */
+sl_status sl_mask_permute(sl_ctx *ctx, const sl_mask *m, const int64_t *perm_q, const int64_t *perm_k, sl_mask *out);
+sl_status sl_mask_permute_inverse(sl_ctx *ctx, const sl_mask *m, const int64_t *perm_q, const int64_t *perm_k,
+                                  sl_mask *out);
+/* Kept pairs, over all heads, whose ORIGINAL key position is after the
+ * original query position: perm_k[c] > (n_k - n_q) + perm_q[r] (NULL perms:
+ * the identity, perm_k NULL: perm_q). 0 means causal in original order.
+ * Perms must be valid (see sl_mask_permute). */
+int64_t sl_mask_causal_violations(const sl_mask *m, const int64_t *perm_q, const int64_t *perm_k);
+/* The same pairs in blocks of (bq, bk) (exact). */
+sl_status sl_mask_resize(sl_ctx *ctx, const sl_mask *m, int bq, int bk, sl_mask *out);
+/* Token → block coarsening: every (bq, bk) block holding at least one kept
+ * pair becomes a full block (what a block-sparse kernel without token bits
+ * executes); out ⊇ m. */
+sl_status sl_mask_coarsen(sl_ctx *ctx, const sl_mask *m, int bq, int bk, sl_mask *out);
+
+/* A method's semantic mask beside the mask its kernel executes. Densities are
+ * kept pairs / causal pairs (all pairs when causal = 0), averaged over heads
+ * (a one-head mask counts for every head of the other). */
+typedef struct sl_mask_alignment {
+    double density_semantic, density_executed;
+    double recall;       /* semantic pairs the executed mask keeps / semantic pairs (1 when none) */
+    double extra;        /* density of executed ∖ semantic (work not asked for) */
+    int64_t kept_semantic, kept_executed, kept_both;   /* summed over heads */
+} sl_mask_alignment;
+/* Block sizes may differ (compared pair by pair); n_q and n_k may not. */
+sl_status sl_mask_align(sl_ctx *ctx, const sl_mask *semantic, const sl_mask *executed, int causal,
+                        sl_mask_alignment *out);
+
+/* Index form: per mask head and per entry of rows_per_entry = b query rows
+ * (entry r covers rows [r·b, (r+1)·b) clipped to n_q; b = 1: per row), a
+ * sorted list of key indices — the inputs idx.row_ptr, idx.col of
+ * attn.token_sparse (param rows_per_entry):
+ *   row_ptr  i32 [Hm, R + 1], R = ceil(n_q / b), global offsets into col
+ *   col      i32 [nnz] sorted, unique within an entry, each in [0, n_k). */
+typedef struct sl_mask_index {
+    int n_heads;
+    int64_t n_q, n_k;
+    int64_t rows_per_entry, n_entries;
+    sl_tensor row_ptr, col;
+} sl_mask_index;
+
+/* Block → index. With b > 1 an entry lists the union of its rows' keys: what
+ * a per-block gather executes, a superset of m unless the rows agree
+ * (compare with sl_mask_align after sl_mask_from_index). SL_EARG when b < 1
+ * or nnz passes the i32 index. */
+sl_status sl_mask_to_index(sl_ctx *ctx, const sl_mask *m, int64_t rows_per_entry, sl_mask_index *out);
+/* Index → block (with token bits): every row of an entry keeps its list. */
+sl_status sl_mask_from_index(sl_ctx *ctx, const sl_mask_index *idx, int bq, int bk, sl_mask *out);
+/* SL_ESHAPE/SL_EFORMAT when the index arrays are malformed. */
+sl_status sl_mask_index_validate(sl_ctx *ctx, const sl_mask_index *idx);
+void sl_mask_index_release(sl_mask_index *idx);
+/* Dense bits (small sizes: at most 2^28 bytes): u8 [Hm, n_q, n_k], 1 = kept. */
+sl_status sl_mask_to_bits(sl_ctx *ctx, const sl_mask *m, sl_tensor *out);
+/* Bits u8 [H, n_q, n_k] or [n_q, n_k] (one head; any non-zero = kept) →
+ * block mask (n_q <= n_k: row r is position n_k - n_q + r). */
+sl_status sl_mask_from_bits(sl_ctx *ctx, const sl_tensor *bits, int bq, int bk, sl_mask *out);
 
 /* ---- I/O: .npy and safetensors -------------------------------------------
  * Readers check everything a file claims against its size; a file that is
@@ -359,7 +624,10 @@ sl_status sl_model_load_llama2c(sl_ctx *ctx, const char *path, sl_model **out);
  * model.safetensors (model.embed_tokens.weight, model.layers.N.self_attn.
  * {q,k,v,o}_proj.weight, model.layers.N.mlp.{gate,up,down}_proj.weight,
  * model.layers.N.{input,post_attention}_layernorm.weight, model.norm.weight,
- * lm_head.weight). RoPE is SL_ROPE_HALF. */
+ * lm_head.weight). RoPE is SL_ROPE_HALF; f16/bf16 weights are converted to f32.
+ * Refused with SL_EUNSUPPORTED: rope_scaling other than null, model_type other
+ * than llama/mistral, hidden_act other than silu, and any bias tensor. Mistral's
+ * sliding_window caps seq_len (inside the window dense attention is exact). */
 sl_status sl_model_load_hf(sl_ctx *ctx, const char *dir, sl_model **out);
 void sl_model_free(sl_ctx *ctx, sl_model *m);
 

@@ -1,17 +1,66 @@
 /* l_op.c — the one generic op binding: walks the op table and registers
- * sl.<family>.<name>(inputs..., {params, backend=}) for every op, plus
+ * sl.<family>.<name>(inputs..., {params, backend=}) for every op (optional
+ * inputs as params: bias = t for opt.bias, state_o = t for state.o), plus
  * sl.ops() (the table of ops, parameters and backends) and sl.op_flops(). */
 #include "lbind.h"
 
+#include <stdio.h>
 #include <string.h>
 
+/* The name of input i ("opt.bias") into buf. */
+static void input_name(const sl_op_info *info, int i, char *buf, size_t n)
+{
+    const char *p = info->inputs;
+    for (int k = 0; k < i && p; k++)
+        if ((p = strchr(p, ',')))
+            p++;
+    size_t len = p ? strcspn(p, ",") : 0;
+    if (len >= n)
+        len = n - 1;
+    memcpy(buf, p ? p : "", len);
+    buf[len] = '\0';
+}
+
+/* Optional inputs (opt.X, state.X) come from the params table: opt.X from
+ * key X, state.X from key state_X. Returns the slot of key, or -1. */
+static int optional_slot(const sl_op_info *info, const char *key)
+{
+    for (int i = 0; i < info->n_in; i++) {
+        char nm[32], want[40];
+        input_name(info, i, nm, sizeof nm);
+        if (strncmp(nm, "opt.", 4) == 0)
+            snprintf(want, sizeof want, "%s", nm + 4);
+        else if (strncmp(nm, "state.", 6) == 0)
+            snprintf(want, sizeof want, "state_%s", nm + 6);
+        else
+            continue;
+        if (strcmp(want, key) == 0)
+            return i;
+    }
+    return -1;
+}
+
+/* Inputs before the first optional one must be given. */
+static int required_inputs(const sl_op_info *info)
+{
+    for (int i = 0; i < info->n_in; i++) {
+        char nm[32];
+        input_name(info, i, nm, sizeof nm);
+        if (strncmp(nm, "opt.", 4) == 0 || strncmp(nm, "state.", 6) == 0)
+            return i;
+    }
+    return info->n_in;
+}
+
 /* Collects the op's inputs from the stack (masks expand into their arrays)
- * and its parameters from an optional trailing table. Returns the backend. */
+ * and its parameters from an optional trailing table. Returns the backend.
+ * in has SL_OP_MAX_INPUTS slots; optional inputs not given stay empty. */
 static sl_backend_id read_call(lua_State *L, sl_op op, sl_tensor *in, void *params)
 {
     const sl_op_info *info = sl_op_info_get(op);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
     int top = lua_gettop(L), n = 0, ptab = 0;
+    memset(in, 0, SL_OP_MAX_INPUTS * sizeof *in);
     if (top > 0 && lua_type(L, top) == LUA_TTABLE)
         ptab = top--;
     sl_op_params_default(op, params);
@@ -37,7 +86,7 @@ static sl_backend_id read_call(lua_State *L, sl_op op, sl_tensor *in, void *para
             sl__lua_error(L, "%s: too many inputs (expected %s)", info->name, info->inputs);
         in[n++] = t->t;
     }
-    if (n != info->n_in)
+    if (n < required_inputs(info))
         sl__lua_error(L, "%s: expected inputs %s, found %d tensor(s)%s", info->name, info->inputs, n,
                    strstr(info->inputs, "mask.") && !mask_given ? " and no mask" : "");
     sl_backend_id be = SL_BACKEND_CPU;
@@ -53,6 +102,19 @@ static sl_backend_id read_call(lua_State *L, sl_op op, sl_tensor *in, void *para
                     sl__lua_error(L, "%s: unknown backend '%s' (expected ref, cpu or cuda)", info->name,
                                lua_tostring(L, -1));
                 be = (sl_backend_id)b;
+            } else if (optional_slot(info, key) >= 0) {
+                int slot = optional_slot(info, key);
+                sl_lua_tensor *t = sl__lua_test_tensor(L, -1);
+                if (!t || !t->t.buf)
+                    sl__lua_error(L, "%s: parameter '%s' must be an open tensor, found %s", info->name, key,
+                               luaL_typename(L, -1));
+                if (slot < n)
+                    sl__lua_error(L, "%s: input %d is given both as an argument and as '%s'", info->name, slot + 1,
+                               key);
+                in[slot] = t->t;
+            } else if (sl__lua_test_tensor(L, -1)) {
+                sl__lua_error(L, "%s: '%s' is not an optional input of this op (inputs %s)", info->name, key,
+                           info->inputs);
             } else {
                 double v = 0;
                 if (lua_isboolean(L, -1))
@@ -76,7 +138,7 @@ static int l_op_call(lua_State *L)
     sl_op op = (sl_op)lua_tointeger(L, lua_upvalueindex(1));
     const sl_op_info *info = sl_op_info_get(op);
     _Alignas(8) unsigned char params[256];
-    sl_tensor in[8], out[4];
+    sl_tensor in[SL_OP_MAX_INPUTS], out[4];
     sl_backend_id be = read_call(L, op, in, params);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
     if (sl_op_run(ctx, be, op, params, in, out))
@@ -95,7 +157,7 @@ static int l_op_flops(lua_State *L)
         sl__lua_error(L, "sl.op_flops: unknown op '%s'", name);
     lua_remove(L, 1);
     _Alignas(8) unsigned char params[256];
-    sl_tensor in[8];
+    sl_tensor in[SL_OP_MAX_INPUTS];
     read_call(L, op, in, params);
     lua_pushnumber(L, sl_op_flops(op, params, in));
     return 1;

@@ -1,12 +1,13 @@
 /* l_util.c — small host facts for scripts: monotonic time, backends and
- * their status, threads, version, and the sgemm ceiling the benchmarks
- * compare against. */
+ * their status, threads, version, and the sgemm and memcpy ceilings the
+ * benchmarks compare against. */
 #include "lbind.h"
 #include "store.h"
 
 #include <cblas.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -84,6 +85,67 @@ static int l_bench_sgemm(lua_State *L)
     double med = t[reps / 2];
     free(a), free(b), free(c), free(t);
     lua_pushnumber(L, 2.0 * (double)n * (double)n * (double)n / med / 1e9);
+    return 1;
+}
+
+typedef struct copy_slice { char *dst; const char *src; size_t n; } copy_slice;
+
+static void *copy_run(void *p)
+{
+    copy_slice *c = p;
+    memcpy(c->dst, c->src, c->n);
+    return NULL;
+}
+
+#define BENCH_MAX_THREADS 64
+
+/* sl.bench_memcpy(bytes [, reps]) -> median GB/s of memcpy of `bytes` bytes
+ * (bytes copied per second) split over the context's threads: the memory
+ * ceiling the memory-bound kernels (token-sparse decode) are measured against. */
+static int l_bench_memcpy(lua_State *L)
+{
+    lua_Integer bytes = luaL_checkinteger(L, 1), reps = luaL_optinteger(L, 2, 5);
+    if (bytes < 4096 || bytes > ((lua_Integer)1 << 36) || reps < 1 || reps > 100)
+        return sl__lua_error(L, "sl.bench_memcpy: bytes in [4096, 2^36] and reps in [1, 100], found %lld and %d",
+                             (long long)bytes, (int)reps);
+    int n_threads = sl_ctx_threads(sl__lua_ctx(L)->ctx);
+    if (n_threads > BENCH_MAX_THREADS)
+        n_threads = BENCH_MAX_THREADS;
+    char *src = malloc((size_t)bytes), *dst = malloc((size_t)bytes);
+    double *t = malloc((size_t)reps * sizeof *t);
+    if (!src || !dst || !t) {
+        free(src), free(dst), free(t);
+        return sl__lua_error(L, "sl.bench_memcpy: out of memory for 2 x %lld bytes", (long long)bytes);
+    }
+    memset(src, 1, (size_t)bytes); /* touch every page before timing */
+    memset(dst, 2, (size_t)bytes);
+    size_t per = (size_t)bytes / (size_t)n_threads / 64 * 64;
+    copy_slice slices[BENCH_MAX_THREADS];
+    for (int i = 0; i < n_threads; i++) {
+        size_t off = (size_t)i * per;
+        slices[i] = (copy_slice){dst + off, src + off, i == n_threads - 1 ? (size_t)bytes - off : per};
+    }
+    for (lua_Integer r = -1; r < reps; r++) { /* r = -1: warm-up */
+        pthread_t tid[BENCH_MAX_THREADS];
+        int started = 1;
+        double t0 = sl_time_now();
+        for (int i = 1; i < n_threads; i++) {
+            if (pthread_create(&tid[i], NULL, copy_run, &slices[i]) != 0)
+                break;
+            started++;
+        }
+        for (int i = started; i < n_threads; i++) /* a thread that failed to start: its slice here */
+            copy_run(&slices[i]);
+        copy_run(&slices[0]);
+        for (int i = 1; i < started; i++)
+            pthread_join(tid[i], NULL);
+        if (r >= 0)
+            t[r] = sl_time_now() - t0;
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    double med = t[reps / 2];
+    free(src), free(dst), free(t);
+    lua_pushnumber(L, (double)bytes / med / 1e9);
     return 1;
 }
 
@@ -187,6 +249,7 @@ void sl__lua_open_util(lua_State *L)
                                    {"backends", l_backends},
                                    {"threads", l_threads},
                                    {"bench_sgemm", l_bench_sgemm},
+                                   {"bench_memcpy", l_bench_memcpy},
                                    {"synthetic", l_synthetic},
                                    {"sha256", l_sha256},
                                    {"listdir", l_listdir},

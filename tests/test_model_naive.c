@@ -220,7 +220,7 @@ static sl_status window64(void *ud, sl_ctx *ctx, int layer, const sl_tensor *q, 
                           const sl_tensor *v, sl_tensor *o)
 {
     (void)ud, (void)layer;
-    sl_pattern_term w = {SL_PAT_WINDOW, 64};
+    sl_pattern_term w = {.kind = SL_PAT_WINDOW, .a = 64};
     sl_mask m;
     sl_status s = sl_mask_from_pattern(ctx, &w, 1, q->shape[1], k->shape[1], 16, 16, &m);
     if (s)

@@ -1,83 +1,10 @@
-/* test_ops.c — every op on every available backend against ref: fresh seeded
- * inputs, sentinel-guarded allocations, NaN rejection, ragged sizes, one
- * query, decode offsets, fully masked rows, and the dense-equivalence
- * invariants (a full block mask equals attn.dense). SL_TEST_BACKENDS picks
- * backends (default ref,cpu,cuda; unavailable ones print SKIP). */
-#include "testutil.h"
-
-typedef struct shape_case { int64_t hq, hkv, nq, nk, d; int causal; } shape_case;
-
-static const shape_case CASES[] = {
-    {2, 2, 37, 37, 16, 1},   /* ragged */
-    {4, 2, 64, 64, 32, 1},   /* GQA 2:1, exact tiles */
-    {8, 2, 130, 130, 64, 1}, /* GQA 4:1, ragged past one tile */
-    {2, 1, 1, 100, 8, 1},    /* one query (decode) */
-    {3, 3, 5, 77, 24, 1},    /* decode offset */
-    {2, 2, 50, 90, 16, 0},   /* not causal, n_q < n_k */
-    {1, 1, 300, 300, 64, 1}, /* several key chunks */
-    {2, 1, 1, 1, 4, 1},      /* a single token */
-};
-#define N_CASES (int)(sizeof CASES / sizeof CASES[0])
-
-static int backend_wanted(sl_backend_id b)
-{
-    const char *env = getenv("SL_TEST_BACKENDS");
-    if (!env)
-        env = "ref,cpu,cuda";
-    const char *name = sl_backend_name(b);
-    size_t n = strlen(name);
-    for (const char *p = env; (p = strstr(p, name)); p += n)
-        if ((p == env || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
-            return 1;
-    return 0;
-}
-
-/* Backends to compare with ref, excluding ref itself. */
-static int other_backends(sl_backend_id *out)
-{
-    int n = 0;
-    for (int b = SL_BACKEND_CPU; b < SL_BACKEND__COUNT; b++) {
-        if (!backend_wanted((sl_backend_id)b))
-            continue;
-        if (!sl_backend_available((sl_backend_id)b)) {
-            printf("SKIP backend %s: %s\n", sl_backend_name((sl_backend_id)b), sl_backend_status((sl_backend_id)b));
-            continue;
-        }
-        out[n++] = (sl_backend_id)b;
-    }
-    return n;
-}
-
-/* O within 1e-5 relative to its scale, L within 1e-5 absolute, infinities
- * matching exactly, nothing NaN. */
-static void assert_attn_close(const sl_tensor *o, const sl_tensor *l, const sl_tensor *ro, const sl_tensor *rl,
-                              const char *what)
-{
-    int64_t n = sl_tensor_numel(ro), rows = sl_tensor_numel(rl);
-    double scale = 1e-30;
-    for (int64_t i = 0; i < n; i++)
-        scale = fmax(scale, fabs(tu_at(ro, i)));
-    for (int64_t i = 0; i < n; i++) {
-        ck_assert_msg(!isnan(tu_at(o, i)), "%s: O[%lld] is NaN", what, (long long)i);
-        ck_assert_msg(fabs(tu_at(o, i) - tu_at(ro, i)) <= 1e-5 * scale, "%s: O[%lld] = %g, ref %g", what,
-                      (long long)i, tu_at(o, i), tu_at(ro, i));
-    }
-    for (int64_t i = 0; i < rows; i++) {
-        float a = tu_at(l, i), b = tu_at(rl, i);
-        ck_assert_msg(!isnan(a), "%s: L[%lld] is NaN", what, (long long)i);
-        if (isinf(b))
-            ck_assert_msg(a == b, "%s: L[%lld] = %g, ref %g", what, (long long)i, a, b);
-        else
-            ck_assert_msg(fabs(a - b) <= 1e-5 * fmax(1.0, fabs(b)), "%s: L[%lld] = %.9g, ref %.9g", what,
-                          (long long)i, a, b);
-    }
-}
-
-static void run_attn(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *p, const sl_tensor *in, sl_tensor out[2])
-{
-    sl_status s = sl_op_run(ctx, b, op, p, in, out);
-    ck_assert_msg(s == SL_OK, "%s on %s: %s", sl_op_info_get(op)->name, sl_backend_name(b), sl_ctx_error(ctx));
-}
+/* test_ops.c — attn.dense, attn.block_sparse and the metrics on every
+ * available backend against ref: fresh seeded inputs, sentinel-guarded
+ * allocations, NaN rejection, ragged sizes, one query, decode offsets, fully
+ * masked rows, and the dense-equivalence invariant (a full block
+ * mask equals attn.dense). The executors over index lists and chosen rows are
+ * in test_sparse_ops.c. SL_TEST_BACKENDS picks backends (opsutil.h). */
+#include "opsutil.h"
 
 START_TEST(test_dense_backends_match_ref)
 {
@@ -150,12 +77,6 @@ START_TEST(test_dense_ref_against_closed_form)
 }
 END_TEST
 
-static void mask_of(sl_ctx *ctx, sl_pattern_kind kind, int64_t a, int64_t nq, int64_t nk, int bq, int bk, sl_mask *m)
-{
-    sl_pattern_term t = {kind, a};
-    ck_assert_int_eq(sl_mask_from_pattern(ctx, &t, 1, nq, nk, bq, bk, m), SL_OK);
-}
-
 /* Dense equivalence: a full (or causal) block mask gives attn.dense, on
  * every backend and several block sizes that do and do not divide n. */
 START_TEST(test_block_sparse_full_mask_equals_dense)
@@ -208,7 +129,7 @@ START_TEST(test_block_sparse_patterns_match_ref)
     int64_t hq = 4, hkv = 2, n = 203, d = 32, w = 29;
     sl_tensor in[7] = {tu_randn(ctx, &rng, hq, n, d, 1.5), tu_randn(ctx, &rng, hkv, n, d, 1.5),
                        tu_randn(ctx, &rng, hkv, n, d, 1.0)};
-    sl_pattern_term terms[2] = {{SL_PAT_WINDOW, w}, {SL_PAT_SINK, 5}};
+    sl_pattern_term terms[2] = {{.kind = SL_PAT_WINDOW, .a = w}, {.kind = SL_PAT_SINK, .a = 5}};
     for (int nt = 1; nt <= 2; nt++) {
         sl_mask m;
         ck_assert_int_eq(sl_mask_from_pattern(ctx, terms, nt, n, n, 16, 32, &m), SL_OK);

@@ -17,6 +17,10 @@ void sl__cpu_blas_single(void)
 static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_ATTN_DENSE] = sl__cpu_attn_dense,
     [SL_OP_ATTN_BLOCK_SPARSE] = sl__cpu_attn_block_sparse,
+    [SL_OP_ATTN_TOKEN_SPARSE] = sl__cpu_attn_token_sparse,
+    [SL_OP_ATTN_VS_MIXED] = sl__cpu_attn_vs_mixed,
+    [SL_OP_ATTN_ROWS] = sl__cpu_attn_rows,
+    [SL_OP_ATTN_LSE_MERGE] = sl__cpu_attn_lse_merge,
     [SL_OP_METRIC_REL_L2] = sl__ref_metric_rel_l2,
     [SL_OP_METRIC_COSINE] = sl__ref_metric_cosine,
     [SL_OP_METRIC_MAX_ABS] = sl__ref_metric_max_abs,
@@ -25,8 +29,11 @@ static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
 
 static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
-    return op == SL_OP_ATTN_DENSE || op == SL_OP_ATTN_BLOCK_SPARSE ? sl__cpu_attn_scratch(op, params, in, n_threads)
-                                                                    : 0;
+    switch (op) {
+    case SL_OP_ATTN_DENSE:
+    case SL_OP_ATTN_BLOCK_SPARSE: return sl__cpu_attn_scratch(op, params, in, n_threads);
+    default: return sl__cpu_sparse_scratch(op, params, in, n_threads);
+    }
 }
 
 const sl__backend sl__backend_cpu = {"cpu", cpu_available, cpu_status, cpu_kernels, cpu_scratch};

@@ -15,9 +15,73 @@ typedef struct sl__cpu_rowops {
 
 sl__cpu_rowops sl__cpu_rowops_get(void);
 
+/* Row operations for gathered keys: dot returns a·b; axpy does y += a·x;
+ * dots writes s[r·ss] = q[r]·k for rows r of q ([rows, d]); axpys adds
+ * p[r·ps]·v to acc[r] ([rows, d]) — one key or value row read once for all
+ * rows; pv is axpys over a chunk of value rows with acc kept in registers. */
+typedef struct sl__cpu_vecops {
+    float (*dot)(const float *a, const float *b, int64_t n);
+    void (*axpy)(float *y, const float *x, int64_t n, float a);
+    void (*dots)(const float *q, int64_t rows, int64_t d, const float *k, float *s, int64_t ss);
+    void (*axpys)(float *acc, int64_t rows, int64_t d, const float *v, const float *p, int64_t ps);
+    /* acc[r] += Σ_j p[r·ps + j]·v[j] over nc value rows v[j] (pointers). */
+    void (*pv)(float *acc, int64_t rows, int64_t d, const float *const *v, const float *p, int64_t ps, int64_t nc);
+} sl__cpu_vecops;
+
+sl__cpu_vecops sl__cpu_vecops_get(void);
+
+/* ---- the flash tile (cpu/attn.c), shared by the executors ----
+ * A tile is a few query rows against chunks of keys: qs holds the scaled
+ * queries [bq, d], s the scores of one chunk [bq, ld_s], acc the unnormalised
+ * output [bq, d], m and l the running max and sum of each row. */
+typedef struct sl__cpu_tile {
+    float *qs, *s, *acc, *m, *l;
+} sl__cpu_tile;
+
+/* Floats a tile of bq rows, chunks up to kmax keys and head_dim d takes. */
+size_t sl__cpu_tile_floats(int64_t bq, int64_t kmax, int64_t d);
+sl__cpu_tile sl__cpu_tile_make(float *base, int64_t bq, int64_t kmax, int64_t d);
+/* Every row empty: m = -inf, l = 0, acc = 0. */
+void sl__cpu_tile_reset(sl__cpu_tile *w, int64_t rows, int64_t d);
+/* Row a continues from a finished pass (O, L): (m, l, acc) = (L, 1, O). */
+void sl__cpu_tile_state(sl__cpu_tile *w, int64_t a, int64_t d, const float *o, float lse);
+/* s = qs · k^T for nc contiguous key rows. */
+void sl__cpu_tile_scores(sl__cpu_tile *w, int64_t rows, int64_t d, const float *k, int64_t nc, int64_t ld_s);
+
+/* Which scores of a chunk to drop: row a keeps keys [0, keep_to[a]) when
+ * keep_to is set; with bits, key block c of the chunk (bk keys) keeps the
+ * pairs its bq x bk bits allow (bits[c] NULL: all), rows counted from row0. */
+typedef struct sl__cpu_chunk_mask {
+    const int64_t *keep_to;
+    const uint8_t *const *bits;
+    int64_t bk;
+    int64_t row0;
+} sl__cpu_chunk_mask;
+
+void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm);
+
+/* The most key blocks one chunk may hold when pv_skip is on. */
+#define SL__CPU_MAX_CHUNK_BLOCKS 512
+
+/* Folds the (masked, biased) scores in s into the running softmax and adds
+ * P·V for nc contiguous value rows. pv_bk > 0 applies SpargeAttn's PV skip
+ * over key blocks of pv_bk keys (the chunk starts on a block boundary). */
+void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, const float *v, int64_t nc,
+                         int64_t ld_s, int64_t pv_bk, float pv_skip);
+/* Writes row a: O = acc / l and L = m + log l, or O = 0 and L = -inf when empty. */
+void sl__cpu_tile_end_row(const sl__cpu_tile *w, int64_t a, int64_t d, float *o, float *lse);
+/* Keys per chunk of attn.block_sparse for key blocks of bk. */
+int64_t sl__cpu_sparse_kmax(int64_t bk);
+
 sl_status sl__cpu_attn_dense(const sl__kargs *a);
 sl_status sl__cpu_attn_block_sparse(const sl__kargs *a);
 size_t sl__cpu_attn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+
+sl_status sl__cpu_attn_token_sparse(const sl__kargs *a);
+sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a);
+sl_status sl__cpu_attn_rows(const sl__kargs *a);
+sl_status sl__cpu_attn_lse_merge(const sl__kargs *a);
+size_t sl__cpu_sparse_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
 
 /* Our kernels parallelise over work items themselves, so each sgemm they
  * call must run on the calling thread alone. */

@@ -1,7 +1,8 @@
 /* cpu/rowops.c — the row operations of the online softmax (max, exp and sum,
- * scale) in AVX2+FMA with a portable fallback, chosen once per call from the
- * CPU's features. The exp is a degree-6 polynomial after range reduction
- * (relative error below 3e-7); arguments below float range give exactly 0. */
+ * scale) and of gathered keys (dot, axpy) in AVX2+FMA with a portable
+ * fallback, chosen once per call from the CPU's features. The exp is a
+ * degree-6 polynomial after range reduction (relative error below 3e-7);
+ * arguments below float range give exactly 0. */
 #include "cpu.h"
 
 #include <math.h>
@@ -50,6 +51,39 @@ static void scale_plain(float *x, int64_t n, float a)
 {
     for (int64_t i = 0; i < n; i++)
         x[i] *= a;
+}
+
+static float dot_plain(const float *a, const float *b, int64_t n)
+{
+    float s = 0.f;
+    for (int64_t i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_plain(float *y, const float *x, int64_t n, float a)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static void dots_plain(const float *q, int64_t rows, int64_t d, const float *k, float *s, int64_t ss)
+{
+    for (int64_t a = 0; a < rows; a++)
+        s[a * ss] = dot_plain(q + a * d, k, d);
+}
+
+static void axpys_plain(float *acc, int64_t rows, int64_t d, const float *v, const float *p, int64_t ps)
+{
+    for (int64_t a = 0; a < rows; a++)
+        if (p[a * ps] != 0.f)
+            axpy_plain(acc + a * d, v, d, p[a * ps]);
+}
+
+static void pv_plain(float *acc, int64_t rows, int64_t d, const float *const *v, const float *p, int64_t ps, int64_t nc)
+{
+    for (int64_t j = 0; j < nc; j++)
+        axpys_plain(acc, rows, d, v[j], p + j, ps);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -119,6 +153,127 @@ AVX2 static void scale_avx2(float *x, int64_t n, float a)
     scale_plain(x + i, n - i, a);
 }
 
+AVX2 static float dot_avx2(const float *a, const float *b, int64_t n)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    return hsum(_mm256_add_ps(s0, s1)) + dot_plain(a + i, b + i, n - i);
+}
+
+AVX2 static void axpy_avx2(float *y, const float *x, int64_t n, float a)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    axpy_plain(y + i, x + i, n - i, a);
+}
+
+/* Four rows against one key row: the key is loaded once per 8 dims. */
+AVX2 static void dots_avx2(const float *q, int64_t rows, int64_t d, const float *k, float *s, int64_t ss)
+{
+    int64_t a = 0;
+    for (; a + 4 <= rows && d % 8 == 0; a += 4) {
+        const float *q0 = q + a * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+        for (int64_t c = 0; c < d; c += 8) {
+            __m256 kv = _mm256_loadu_ps(k + c);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + c), kv, s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + c), kv, s1);
+            s2 = _mm256_fmadd_ps(_mm256_loadu_ps(q2 + c), kv, s2);
+            s3 = _mm256_fmadd_ps(_mm256_loadu_ps(q3 + c), kv, s3);
+        }
+        /* transpose-reduce: lane sums of s0..s3 in one vector */
+        __m256 h01 = _mm256_hadd_ps(s0, s1), h23 = _mm256_hadd_ps(s2, s3), h = _mm256_hadd_ps(h01, h23);
+        __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        float t[4];
+        _mm_storeu_ps(t, r);
+        s[a * ss] = t[0], s[(a + 1) * ss] = t[1], s[(a + 2) * ss] = t[2], s[(a + 3) * ss] = t[3];
+    }
+    for (; a < rows; a++)
+        s[a * ss] = dot_avx2(q + a * d, k, d);
+}
+
+AVX2 static void axpys_avx2(float *acc, int64_t rows, int64_t d, const float *v, const float *p, int64_t ps)
+{
+    int64_t a = 0;
+    for (; a + 4 <= rows && d % 8 == 0; a += 4) {
+        float *y0 = acc + a * d, *y1 = y0 + d, *y2 = y1 + d, *y3 = y2 + d;
+        __m256 p0 = _mm256_set1_ps(p[a * ps]), p1 = _mm256_set1_ps(p[(a + 1) * ps]);
+        __m256 p2 = _mm256_set1_ps(p[(a + 2) * ps]), p3 = _mm256_set1_ps(p[(a + 3) * ps]);
+        for (int64_t c = 0; c < d; c += 8) {
+            __m256 vv = _mm256_loadu_ps(v + c);
+            _mm256_storeu_ps(y0 + c, _mm256_fmadd_ps(p0, vv, _mm256_loadu_ps(y0 + c)));
+            _mm256_storeu_ps(y1 + c, _mm256_fmadd_ps(p1, vv, _mm256_loadu_ps(y1 + c)));
+            _mm256_storeu_ps(y2 + c, _mm256_fmadd_ps(p2, vv, _mm256_loadu_ps(y2 + c)));
+            _mm256_storeu_ps(y3 + c, _mm256_fmadd_ps(p3, vv, _mm256_loadu_ps(y3 + c)));
+        }
+    }
+    for (; a < rows; a++)
+        if (p[a * ps] != 0.f)
+            axpy_avx2(acc + a * d, v, d, p[a * ps]);
+}
+
+/* P·V over nc gathered value rows, register-blocked: two rows × 32 dims of
+ * the accumulator stay in registers while the keys stream by, so acc is
+ * loaded and stored once per chunk instead of once per key. */
+AVX2 static void pv_avx2(float *acc, int64_t rows, int64_t d, const float *const *v, const float *p, int64_t ps,
+                         int64_t nc)
+{
+    if (d % 32 != 0) {
+        for (int64_t j = 0; j < nc; j++)
+            axpys_avx2(acc, rows, d, v[j], p + j, ps);
+        return;
+    }
+    int64_t a = 0;
+    for (; a + 2 <= rows; a += 2) {
+        const float *p0 = p + a * ps, *p1 = p0 + ps;
+        for (int64_t c = 0; c < d; c += 32) {
+            float *y0 = acc + a * d + c, *y1 = y0 + d;
+            __m256 x0 = _mm256_loadu_ps(y0), x1 = _mm256_loadu_ps(y0 + 8), x2 = _mm256_loadu_ps(y0 + 16),
+                   x3 = _mm256_loadu_ps(y0 + 24);
+            __m256 z0 = _mm256_loadu_ps(y1), z1 = _mm256_loadu_ps(y1 + 8), z2 = _mm256_loadu_ps(y1 + 16),
+                   z3 = _mm256_loadu_ps(y1 + 24);
+            for (int64_t j = 0; j < nc; j++) {
+                const float *vr = v[j] + c;
+                __m256 v0 = _mm256_loadu_ps(vr), v1 = _mm256_loadu_ps(vr + 8), v2 = _mm256_loadu_ps(vr + 16),
+                       v3 = _mm256_loadu_ps(vr + 24);
+                __m256 b0 = _mm256_broadcast_ss(p0 + j), b1 = _mm256_broadcast_ss(p1 + j);
+                x0 = _mm256_fmadd_ps(b0, v0, x0), x1 = _mm256_fmadd_ps(b0, v1, x1);
+                x2 = _mm256_fmadd_ps(b0, v2, x2), x3 = _mm256_fmadd_ps(b0, v3, x3);
+                z0 = _mm256_fmadd_ps(b1, v0, z0), z1 = _mm256_fmadd_ps(b1, v1, z1);
+                z2 = _mm256_fmadd_ps(b1, v2, z2), z3 = _mm256_fmadd_ps(b1, v3, z3);
+            }
+            _mm256_storeu_ps(y0, x0), _mm256_storeu_ps(y0 + 8, x1), _mm256_storeu_ps(y0 + 16, x2);
+            _mm256_storeu_ps(y0 + 24, x3);
+            _mm256_storeu_ps(y1, z0), _mm256_storeu_ps(y1 + 8, z1), _mm256_storeu_ps(y1 + 16, z2);
+            _mm256_storeu_ps(y1 + 24, z3);
+        }
+    }
+    for (; a < rows; a++)
+        for (int64_t c = 0; c < d; c += 32) {
+            float *y0 = acc + a * d + c;
+            __m256 x0 = _mm256_loadu_ps(y0), x1 = _mm256_loadu_ps(y0 + 8), x2 = _mm256_loadu_ps(y0 + 16),
+                   x3 = _mm256_loadu_ps(y0 + 24);
+            for (int64_t j = 0; j < nc; j++) {
+                const float *vr = v[j] + c;
+                __m256 b0 = _mm256_broadcast_ss(p + a * ps + j);
+                x0 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(vr), x0);
+                x1 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(vr + 8), x1);
+                x2 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(vr + 16), x2);
+                x3 = _mm256_fmadd_ps(b0, _mm256_loadu_ps(vr + 24), x3);
+            }
+            _mm256_storeu_ps(y0, x0), _mm256_storeu_ps(y0 + 8, x1), _mm256_storeu_ps(y0 + 16, x2);
+            _mm256_storeu_ps(y0 + 24, x3);
+        }
+}
+
 static int use_avx2(void)
 {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -132,4 +287,13 @@ sl__cpu_rowops sl__cpu_rowops_get(void)
         return (sl__cpu_rowops){exp_row_avx2, max_avx2, scale_avx2};
 #endif
     return (sl__cpu_rowops){exp_row_plain, max_plain, scale_plain};
+}
+
+sl__cpu_vecops sl__cpu_vecops_get(void)
+{
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2())
+        return (sl__cpu_vecops){dot_avx2, axpy_avx2, dots_avx2, axpys_avx2, pv_avx2};
+#endif
+    return (sl__cpu_vecops){dot_plain, axpy_plain, dots_plain, axpys_plain, pv_plain};
 }

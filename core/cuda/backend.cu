@@ -1,4 +1,4 @@
-// cuda/backend.cu — the CUDA backend: device probe, kernel table, and the staging of host tensors through device memory.
+// cuda/backend.cu — the CUDA backend: device probe, kernel table, the staging of host tensors through device memory, and the host side of each executor.
 #include "kernels.cuh"
 
 extern "C" {
@@ -22,7 +22,7 @@ sl_status cuda_fail(const sl__kargs *a, cudaError_t err, const char *what)
                        op_name(a), what, cudaGetErrorString(err));
 }
 
-constexpr int kMaxTensors = 8;
+constexpr int kMaxTensors = SL_OP_MAX_INPUTS;
 
 // Device copies of a call's inputs and outputs. A tensor of 0 bytes has none (NULL).
 struct staging {
@@ -59,7 +59,7 @@ sl_status stage_in(const sl__kargs *a, staging *st)
     const sl_op_info *info = sl_op_info_get(a->op);
     (void)cudaGetLastError();  // a stale error from earlier work must not be blamed on this call
     for (int i = 0; i < info->n_in; i++) {
-        size_t bytes = sl_tensor_nbytes(&a->in[i]);
+        size_t bytes = a->in[i].buf ? sl_tensor_nbytes(&a->in[i]) : 0;  // an optional input left out has none
         st->n_in = i + 1;
         sl_status s = stage_alloc(a, bytes, "input", i, &st->in[i]);
         if (s != SL_OK)
@@ -140,6 +140,8 @@ sl_status cuda_attn_dense(const sl__kargs *a)
 sl_status cuda_attn_block_sparse(const sl__kargs *a)
 {
     const sl_attn_block_params *p = static_cast<const sl_attn_block_params *>(a->params);
+    if (p->pv_skip > 0)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: pv_skip is not implemented on cuda (use cpu)", op_name(a));
     const sl_tensor *row_ptr = &a->in[3];
     sl__cuda_attn args = {};
     args.hm = (int)row_ptr->shape[0];
@@ -147,6 +149,123 @@ sl_status cuda_attn_block_sparse(const sl__kargs *a)
     args.bq = (int)p->bq;
     args.bk = (int)p->bk;
     return run_attention(a, p->scale, p->bq, args.n_qb, &args, sl__cuda_attn_block_sparse);
+}
+
+// Device memory a call needs besides its staged tensors (the partials of
+// split keys), freed on every path.
+struct device_scratch {
+    void *p = nullptr;
+    ~device_scratch() { cudaFree(p); }
+};
+
+// Splits of the keys, so that a decode call (a few CTAs) still fills the
+// device: about two CTAs per SM, at least one 32-key chunk per warp of a split.
+int choose_splits(int64_t ctas, int64_t max_keys)
+{
+    int dev = 0, sms = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        sms = 1;
+    int64_t want = ctas > 0 ? (2 * (int64_t)sms + ctas - 1) / ctas : 1;
+    int64_t cap = (max_keys + 127) / 128;
+    int64_t n = want < cap ? want : cap;
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+// attn.token_sparse (list) and attn.rows: the gather kernel writes a partial
+// per split of the keys, the merge kernel combines them with the state.
+sl_status run_gather(const sl__kargs *a, bool list)
+{
+    const double scale = list ? static_cast<const sl_attn_token_params *>(a->params)->scale
+                              : static_cast<const sl_attn_rows_params *>(a->params)->scale;
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale);
+    const int64_t n_out = list ? dm.nq : a->in[3].shape[1], kr = sl__cuda_gather_rows_per_cta();
+    int64_t b = 1, n_e = 0, n_rg = 0, groups, max_keys = 0;
+    if (list) {
+        b = static_cast<const sl_attn_token_params *>(a->params)->rows_per_entry;
+        n_e = a->in[3].shape[1] - 1;
+        n_rg = ((b < dm.nq ? b : dm.nq) + kr - 1) / kr;
+        groups = n_e * n_rg;
+        const int32_t *rp = static_cast<const int32_t *>(a->in[3].data);
+        for (int64_t h = 0; h < a->in[3].shape[0]; h++)
+            for (int64_t e = 0; e < n_e; e++) {
+                int64_t n = rp[h * (n_e + 1) + e + 1] - rp[h * (n_e + 1) + e];
+                max_keys = n > max_keys ? n : max_keys;
+            }
+    } else {
+        groups = (n_out + kr - 1) / kr;
+        const int32_t *lim = static_cast<const int32_t *>(a->in[4].data);
+        for (int64_t i = 0; i < sl_tensor_numel(&a->in[4]); i++)
+            max_keys = lim[i] > max_keys ? lim[i] : max_keys;
+    }
+    const char *why = sl__cuda_gather_unsupported(dm.hq, dm.d, groups);
+    if (!why && (dm.nq > (1 << 30) || dm.nk > (1 << 30) || n_out > (1 << 30)))
+        why = "more than 2^30 tokens or rows";
+    if (why)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: %s; found head_dim %lld, %lld query heads",
+                           op_name(a), why, (long long)dm.d, (long long)dm.hq);
+    if (sl_ctx_interrupted(a->ctx))
+        return sl_ctx_fail(a->ctx, SL_EINTERRUPT, "%s[cuda]: interrupted", op_name(a));
+    if (dm.hq == 0 || n_out == 0)
+        return SL_OK;
+
+    const int n_split = choose_splits(groups * dm.hq, max_keys);
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    device_scratch ws;
+    const size_t part_floats = (size_t)n_split * (size_t)dm.hq * (size_t)n_out;
+    s = stage_alloc(a, part_floats * (size_t)(dm.d + 1) * sizeof(float), "partials", 0, &ws.p);
+    if (s != SL_OK)
+        return s;
+    sl__cuda_gather g = {};
+    g.q = static_cast<const float *>(st.in[0]);
+    g.k = static_cast<const float *>(st.in[1]);
+    g.v = static_cast<const float *>(st.in[2]);
+    g.bias = static_cast<const float *>(st.in[5]);
+    g.bias_heads = a->in[5].buf ? (int)a->in[5].shape[0] : 0;
+    g.part_o = static_cast<float *>(ws.p);
+    g.part_lse = g.part_o + part_floats * (size_t)dm.d;
+    g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
+    g.n_out = (int)n_out, g.n_split = n_split;
+    g.scale_log2 = (float)(dm.scale * 1.4426950408889634);
+    if (list) {
+        g.row_ptr = static_cast<const int32_t *>(st.in[3]);
+        g.col = static_cast<const int32_t *>(st.in[4]);
+        g.hm = (int)a->in[3].shape[0], g.n_e = (int)n_e, g.b = (int)(b < dm.nq ? b : dm.nq), g.n_rg = (int)n_rg;
+    } else {
+        g.rows = static_cast<const int32_t *>(st.in[3]);
+        g.limits = static_cast<const int32_t *>(st.in[4]);
+        g.hr = (int)a->in[3].shape[0];
+    }
+    sl__cuda_merge_args mg = {g.part_o, g.part_lse, static_cast<const float *>(st.in[6]), static_cast<const float *>(st.in[7]),
+                         static_cast<float *>(st.out[0]), static_cast<float *>(st.out[1]), dm.hq * n_out, (int)dm.d,
+                         n_split};
+    cudaError_t err = list ? sl__cuda_token_sparse(g, 0) : sl__cuda_rows(g, 0);
+    if (err == cudaSuccess)
+        err = sl__cuda_merge(mg, 0);
+    return stage_out(a, &st, err);
+}
+
+sl_status cuda_attn_token_sparse(const sl__kargs *a) { return run_gather(a, true); }
+sl_status cuda_attn_rows(const sl__kargs *a) { return run_gather(a, false); }
+
+sl_status cuda_attn_lse_merge(const sl__kargs *a)
+{
+    const sl_tensor *o1 = &a->in[0];
+    const int64_t rows = sl_tensor_numel(&a->in[1]), d = o1->shape[o1->ndim - 1];
+    if (d > INT32_MAX)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: last dim over 2^31 - 1", op_name(a));
+    if (rows == 0)
+        return SL_OK;
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    sl__cuda_merge_args mg = {static_cast<const float *>(st.in[0]), static_cast<const float *>(st.in[1]),
+                         static_cast<const float *>(st.in[2]), static_cast<const float *>(st.in[3]),
+                         static_cast<float *>(st.out[0]), static_cast<float *>(st.out[1]), rows, (int)d, 1};
+    return stage_out(a, &st, sl__cuda_merge(mg, 0));
 }
 
 int cuda_available(void)
@@ -192,6 +311,9 @@ constexpr kernel_table make_kernel_table()
     kernel_table t = {};
     t.fn[SL_OP_ATTN_DENSE] = cuda_attn_dense;
     t.fn[SL_OP_ATTN_BLOCK_SPARSE] = cuda_attn_block_sparse;
+    t.fn[SL_OP_ATTN_TOKEN_SPARSE] = cuda_attn_token_sparse;
+    t.fn[SL_OP_ATTN_ROWS] = cuda_attn_rows;
+    t.fn[SL_OP_ATTN_LSE_MERGE] = cuda_attn_lse_merge;
     return t;
 }
 

@@ -8,6 +8,10 @@ static const char *ref_status(void) { return ""; }
 static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
     [SL_OP_ATTN_DENSE] = sl__ref_attn_dense,
     [SL_OP_ATTN_BLOCK_SPARSE] = sl__ref_attn_block_sparse,
+    [SL_OP_ATTN_TOKEN_SPARSE] = sl__ref_attn_token_sparse,
+    [SL_OP_ATTN_VS_MIXED] = sl__ref_attn_vs_mixed,
+    [SL_OP_ATTN_ROWS] = sl__ref_attn_rows,
+    [SL_OP_ATTN_LSE_MERGE] = sl__ref_attn_lse_merge,
     [SL_OP_METRIC_REL_L2] = sl__ref_metric_rel_l2,
     [SL_OP_METRIC_COSINE] = sl__ref_metric_cosine,
     [SL_OP_METRIC_MAX_ABS] = sl__ref_metric_max_abs,
@@ -18,7 +22,14 @@ static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int
 {
     (void)params;
     (void)n_threads;
-    return op == SL_OP_ATTN_DENSE || op == SL_OP_ATTN_BLOCK_SPARSE ? sl__ref_attn_scratch(in) : 0;
+    switch (op) {
+    case SL_OP_ATTN_DENSE:
+    case SL_OP_ATTN_BLOCK_SPARSE:
+    case SL_OP_ATTN_TOKEN_SPARSE:
+    case SL_OP_ATTN_VS_MIXED:
+    case SL_OP_ATTN_ROWS: return sl__ref_attn_scratch(in);
+    default: return 0;
+    }
 }
 
 const sl__backend sl__backend_ref = {"ref", ref_available, ref_status, ref_kernels, ref_scratch};

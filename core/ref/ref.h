@@ -5,10 +5,35 @@
 
 #include "../internal.h"
 
+/* Options of one reference row: bias (n_k values added to the scaled
+ * scores), a starting state (O, L of an earlier pass), pv_skip over key
+ * blocks of pv_bk keys (0: off). */
+typedef struct sl__ref_row_opts {
+    const float *bias;
+    const float *state_o;
+    float state_lse;
+    int64_t pv_bk;
+    double pv_skip;
+} sl__ref_row_opts;
+
+/* One query row over the keys with keep[j] != 0 (keep is scratch: pv_skip
+ * marks keys 2); score holds n_k + d doubles. opt may be NULL. */
+void sl__ref_row(const float *q, const float *k, const float *v, int64_t n_k, int64_t d, double scale, uint8_t *keep,
+                 const sl__ref_row_opts *opt, double *score, float *o, float *lse);
+/* keep[j] for row r of query head h under the block mask whose four arrays
+ * are mask[0..3] (row_ptr, col_idx, part, bits). */
+void sl__ref_keep_block(const sl_tensor *mask, int64_t bq, int64_t bk, int64_t hq, int64_t h, int64_t r, int64_t nk,
+                        uint8_t *keep);
+
 sl_status sl__ref_attn_dense(const sl__kargs *a);
 sl_status sl__ref_attn_block_sparse(const sl__kargs *a);
 size_t sl__ref_keep_bytes(int64_t n_k);
 size_t sl__ref_attn_scratch(const sl_tensor *in);
+
+sl_status sl__ref_attn_token_sparse(const sl__kargs *a);
+sl_status sl__ref_attn_vs_mixed(const sl__kargs *a);
+sl_status sl__ref_attn_rows(const sl__kargs *a);
+sl_status sl__ref_attn_lse_merge(const sl__kargs *a);
 
 sl_status sl__ref_metric_rel_l2(const sl__kargs *a);
 sl_status sl__ref_metric_cosine(const sl__kargs *a);

@@ -1,7 +1,8 @@
 -- sparselab.bench — performance as ratios measured in one run (DESIGN §10):
--- our dense attention FLOP rate against the OpenBLAS sgemm ceiling, and the
--- block-sparse executor's speedup over our dense at set densities. Medians of
--- repeated runs; the machine is shared, so only ratios carry meaning.
+-- our dense attention FLOP rate against the OpenBLAS sgemm ceiling, the
+-- block-sparse executor's speedup over our dense at set densities, and the
+-- token-sparse decode's K/V read rate against memcpy. Medians of repeated
+-- runs; the machine is shared, so only ratios carry meaning.
 local sl = require "sparselab"
 
 local B = {}
@@ -61,7 +62,52 @@ function B.run(o)
       end
     end
   end
+  B.decode(results, {quick = quick, backend = backend, reps = reps})
   return results
+end
+
+-- Index lists for decode: per list head, `sel` keys spread over the cache
+-- (one random key in each of sel equal strides), one entry per head.
+local function spread_lists(n_heads, n, sel, seed)
+  math.randomseed(seed)
+  local rp, col, stride = {}, {}, n // sel
+  for h = 1, n_heads do
+    rp[h] = {(h - 1) * sel, h * sel}
+    for i = 0, sel - 1 do col[#col + 1] = i * stride + math.random(0, stride - 1) end
+  end
+  return sl.tensor(rp, "i32"), sl.tensor(col, "i32")
+end
+
+--- Token-sparse decode (DESIGN §10): K/V bytes the executor reads per second
+-- over the memcpy bandwidth measured in the same run (bytes copied per second,
+-- all threads). Nq = 1 .. 4 queries at the end of an n-key cache, Hq = 32,
+-- Hkv = 8, d = 128, ~2048 listed keys per list head; lists per query head
+-- (each head reads its own rows) and per kv head (a GQA group shares them, so
+-- each row is read once for four query heads). Appends to results.
+function B.decode(results, o)
+  local backend, reps = o.backend or "cpu", o.reps or 5
+  local hq, hkv, d, sel = 32, 8, 128, 2048
+  local n = o.quick and 16384 or 65536
+  local copy_bytes = (o.quick and 64 or 256) * 1024 * 1024
+  local bw = sl.bench_memcpy(copy_bytes, reps)
+  results[#results + 1] = {name = "memcpy", n = copy_bytes, d = 0, heads = 1, backend = "libc",
+    params = {threads = sl.threads()}, metrics = {gbps = bw}}
+  local k = sl.randn({hkv, n, d}, {seed = 11})
+  local v = sl.randn({hkv, n, d}, {seed = 12})
+  for _, hm in ipairs{hq, hkv} do
+    local rp, col = spread_lists(hm, n, sel, 13)
+    for nq = 1, 4 do
+      local q = sl.randn({hq, nq, d}, {seed = 14})
+      local args = {rows_per_entry = nq, backend = backend}
+      local ms = median_ms(reps, function() return sl.attn.token_sparse(q, k, v, rp, col, args) end)
+      local bytes = hm * sel * 2 * d * 4 -- each list's K and V rows, read once
+      local gbps = bytes / (ms * 1e-3) / 1e9
+      results[#results + 1] = {name = "attn.token_sparse", n = n, n_q = nq, d = d, heads = hq, kv_heads = hkv,
+        backend = backend, params = {phase = "decode", n_q = nq, list_heads = hm, keys_per_list = sel},
+        metrics = {kv_gbps = gbps, memcpy_gbps = bw, ratio_to_memcpy = gbps / bw, time_ms = ms, target = 0.5,
+          n_q = nq, list_heads = hm}}
+    end
+  end
 end
 
 return B

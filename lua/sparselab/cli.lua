@@ -369,7 +369,8 @@ function C.bench(argv)
     local run_id = db:begin_run{script = "sparselab bench", argv = argv}
     for _, r in ipairs(results) do
       db:record{run_id = run_id, method = r.name, params = r.params, workload = "bench", backend = r.backend,
-        n_q = r.n, n_k = r.n, head_dim = r.d, heads = r.heads, kv_heads = r.heads, metrics = r.metrics}
+        n_q = r.n_q or r.n, n_k = r.n, head_dim = r.d, heads = r.heads, kv_heads = r.kv_heads or r.heads,
+        metrics = r.metrics}
     end
     db:finish_run(run_id, "ok")
     db:close()
