@@ -18,8 +18,12 @@ sl_status sl__mask_check_geometry(sl_ctx *ctx, const char *fn, int64_t n_q, int6
                            (long long)n_q, (long long)n_k);
     if (bq < 1 || bk < 1 || bq > 4096 || bk > 4096)
         return sl_ctx_fail(ctx, SL_EARG, "%s: block sizes must be in [1, 4096], found bq = %d, bk = %d", fn, bq, bk);
-    if (n_k / bk + 1 > INT32_MAX / 2)
-        return sl_ctx_fail(ctx, SL_EARG, "%s: too many key blocks", fn);
+    /* Materialising visits every (query block, key block) pair: bound their
+     * number (2^34, minutes of work at most) rather than run for days. */
+    int64_t n_qb = n_q / bq + 1, n_kb = n_k / bk + 1;
+    if (n_kb > INT32_MAX / 2 || n_qb > INT32_MAX / 2 || n_qb > ((int64_t)1 << 34) / n_kb)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: %lld x %lld blocks of %d x %d is too many (at most 2^34 block pairs)",
+                           fn, (long long)n_qb, (long long)n_kb, bq, bk);
     return SL_OK;
 }
 

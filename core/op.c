@@ -220,6 +220,11 @@ static sl_status need_index(sl_ctx *ctx, const sl_op_info *info, const sl_tensor
     if (in[i].dtype != dt || in[i].ndim != ndim)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be %s with %d dims, found %s", info->name, nm,
                            sl_dtype_name(dt), ndim, desc);
+    /* Index arrays are validated in place, then read by the kernels: a strided
+     * view would be checked on other numbers than the ones executed. */
+    if (!sl_tensor_is_contiguous(&in[i]))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be contiguous (a mask's own array, not a view)",
+                           info->name, nm);
     return SL_OK;
 }
 
@@ -595,6 +600,50 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl_op_info *info, const sl_
     return SL_OK;
 }
 
+/* Everything checked before a kernel runs: parameter ranges, shapes and
+ * dtypes (output shapes into out_*), then contiguous f32 copies of the inputs
+ * in norm and their contents (NaN, index ranges). On failure norm is empty. */
+static sl_status validate(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                          int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[], sl_tensor *norm)
+{
+    for (int i = 0; i < info->n_fields; i++) {
+        sl_status s = check_field(ctx, info, &info->fields[i], sl_op_params_get(info->op, params, &info->fields[i]));
+        if (s)
+            return s;
+    }
+    sl_status s = infer(ctx, info->op, params, in, out_ndim, out_shape, out_dtype);
+    if (s)
+        return s;
+    if ((s = normalise_inputs(ctx, info, in, norm)))
+        return s;
+    if ((s = check_contents(ctx, info, norm))) {
+        for (int i = 0; i < info->n_in; i++)
+            sl_tensor_release(&norm[i]);
+        return s;
+    }
+    return SL_OK;
+}
+
+sl_status sl_op_check(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in)
+{
+    const sl_op_info *info = sl_op_info_get(op);
+    if (!info)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_op_check: unknown op %d", (int)op);
+    _Alignas(8) unsigned char defaults[256];
+    if (!params) {
+        sl_op_params_default(op, defaults);
+        params = defaults;
+    }
+    int out_ndim[4];
+    int64_t out_shape[4][SL_MAX_DIMS];
+    sl_dtype out_dtype[4];
+    sl_tensor norm[SL_OP_MAX_INPUTS] = {{0}};
+    sl_status s = validate(ctx, info, params, in, out_ndim, out_shape, out_dtype, norm);
+    for (int i = 0; s == SL_OK && i < info->n_in; i++)
+        sl_tensor_release(&norm[i]);
+    return s;
+}
+
 sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, const sl_tensor *in,
                     sl_tensor *out)
 {
@@ -615,27 +664,13 @@ sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, 
         sl_op_params_default(op, defaults);
         params = defaults;
     }
-    for (int i = 0; i < info->n_fields; i++) {
-        sl_status s = check_field(ctx, info, &info->fields[i], sl_op_params_get(op, params, &info->fields[i]));
-        if (s)
-            return s;
-    }
-
     int out_ndim[4];
     int64_t out_shape[4][SL_MAX_DIMS];
     sl_dtype out_dtype[4];
-    sl_status s = infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
+    sl_tensor norm[SL_OP_MAX_INPUTS] = {{0}};
+    sl_status s = validate(ctx, info, params, in, out_ndim, out_shape, out_dtype, norm);
     if (s)
         return s;
-
-    sl_tensor norm[SL_OP_MAX_INPUTS] = {{0}};
-    if ((s = normalise_inputs(ctx, info, in, norm)))
-        return s;
-    if ((s = check_contents(ctx, info, norm))) {
-        for (int i = 0; i < info->n_in; i++)
-            sl_tensor_release(&norm[i]);
-        return s;
-    }
     for (int i = 0; i < info->n_out; i++)
         if ((s = sl_tensor_new(ctx, out_dtype[i], out_ndim[i], out_shape[i], &out[i]))) {
             for (int j = 0; j < i; j++)
@@ -710,6 +745,11 @@ static double block_area(const sl__attn_dims *d, const sl_tensor *rp, const sl_t
 
 double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
 {
+    _Alignas(8) unsigned char defaults[256];
+    if (!params && sl_op_info_get(op)) {
+        sl_op_params_default(op, defaults);
+        params = defaults;
+    }
     switch (op) {
     case SL_OP_ATTN_DENSE: {
         const sl_attn_params *p = params;

@@ -224,7 +224,11 @@ int sl_backend_supports(sl_backend_id b, sl_op op);
  * output is left allocated. */
 sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params,
                     const sl_tensor *in, sl_tensor *out);
-/* Floating-point operations the op executes on these inputs (multiply and
+/* The checks sl_op_run makes before dispatching (parameters, shapes, dtypes,
+ * index ranges, NaN), without running anything. */
+sl_status sl_op_check(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in);
+/* Floating-point operations the op executes on these inputs (params NULL:
+ * defaults); the inputs must pass sl_op_check (multiply and
  * add count as two; exponentials are not counted). 0 for metrics. */
 double sl_op_flops(sl_op op, const void *params, const sl_tensor *in);
 

@@ -249,11 +249,17 @@ static int m_info(lua_State *L)
 /* m:arrays() -> row_ptr, col_idx, part, bits (new references) */
 static int m_arrays(lua_State *L)
 {
+    /* Copies: writing into the mask's own arrays would break the invariants
+     * every query on it relies on. */
     sl_lua_mask *u = sl__lua_check_mask(L, 1);
-    sl__lua_push_tensor(L, sl_tensor_retain(&u->m.row_ptr));
-    sl__lua_push_tensor(L, sl_tensor_retain(&u->m.col_idx));
-    sl__lua_push_tensor(L, sl_tensor_retain(&u->m.part));
-    sl__lua_push_tensor(L, sl_tensor_retain(&u->m.bits));
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    const sl_tensor *arrays[4] = {&u->m.row_ptr, &u->m.col_idx, &u->m.part, &u->m.bits};
+    for (int i = 0; i < 4; i++) {
+        sl_tensor copy;
+        if (sl_tensor_convert(ctx, arrays[i], arrays[i]->dtype, &copy))
+            return sl__lua_fail(L, ctx);
+        sl__lua_push_tensor(L, copy);
+    }
     return 4;
 }
 

@@ -71,6 +71,10 @@ static sl_backend_id read_call(lua_State *L, sl_op op, sl_tensor *in, void *para
             if (n != 3 || !strstr(info->inputs, "mask."))
                 sl__lua_error(L, "%s: a mask at argument %d, but the op takes no mask there (inputs %s)", info->name, a,
                            info->inputs);
+            if (m->m.n_q != in[0].shape[1] || m->m.n_k != in[1].shape[1])
+                sl__lua_error(L, "%s: the mask was made for n_q = %I, n_k = %I but q has %I tokens and k %I",
+                              info->name, (lua_Integer)m->m.n_q, (lua_Integer)m->m.n_k, (lua_Integer)in[0].shape[1],
+                              (lua_Integer)in[1].shape[1]);
             sl_mask_inputs(&m->m, &in[0], &in[1], &in[2], in); /* fills slots 3..6 */
             n += 4;
             mask_given = 1;
@@ -159,6 +163,9 @@ static int l_op_flops(lua_State *L)
     _Alignas(8) unsigned char params[256];
     sl_tensor in[SL_OP_MAX_INPUTS];
     read_call(L, op, in, params);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_op_check(ctx, op, params, in))
+        return sl__lua_fail(L, ctx);
     lua_pushnumber(L, sl_op_flops(op, params, in));
     return 1;
 }

@@ -212,8 +212,7 @@ sl_status sl__cpu_attn_dense(const sl__kargs *a)
     const sl_attn_params *p = a->params;
     dense_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
     j.n_tiles = (j.dm.nq + DENSE_BQ - 1) / DENSE_BQ;
-    sl__cpu_blas_single();
-    return sl__parallel_for(a->ctx, j.n_tiles * j.dm.hq, sl_ctx_threads(a->ctx), dense_item, &j);
+    return sl__cpu_parallel(a->ctx, j.n_tiles * j.dm.hq, dense_item, &j);
 }
 
 /* ---- attn.block_sparse ---- */
@@ -270,8 +269,7 @@ sl_status sl__cpu_attn_block_sparse(const sl__kargs *a)
     const sl_attn_block_params *p = a->params;
     sparse_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
                     a->in[3].shape[0], sl__cpu_sparse_kmax(p->bk), p->pv_skip};
-    sl__cpu_blas_single();
-    return sl__parallel_for(a->ctx, j.n_qb * j.dm.hq, sl_ctx_threads(a->ctx), sparse_item, &j);
+    return sl__cpu_parallel(a->ctx, j.n_qb * j.dm.hq, sparse_item, &j);
 }
 
 size_t sl__cpu_attn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

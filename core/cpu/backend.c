@@ -14,6 +14,16 @@ void sl__cpu_blas_single(void)
         openblas_set_num_threads(1);
 }
 
+sl_status sl__cpu_parallel(sl_ctx *ctx, int64_t n, sl__parallel_fn fn, void *ud)
+{
+    int saved = openblas_get_num_threads();
+    sl__cpu_blas_single();
+    sl_status s = sl__parallel_for(ctx, n, sl_ctx_threads(ctx), fn, ud);
+    if (saved != 1)
+        openblas_set_num_threads(saved);
+    return s;
+}
+
 static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_ATTN_DENSE] = sl__cpu_attn_dense,
     [SL_OP_ATTN_BLOCK_SPARSE] = sl__cpu_attn_block_sparse,

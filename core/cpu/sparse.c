@@ -288,8 +288,7 @@ sl_status sl__cpu_attn_token_sparse(const sl__kargs *a)
     j.bundle = gcd64(j.dm.group, j.lists_per);
     int64_t rows_max = j.bundle * (j.b < j.dm.nq ? j.b : j.dm.nq);
     j.n_sub = (rows_max + GATHER_TQ - 1) / GATHER_TQ;
-    sl__cpu_blas_single();
-    return sl__parallel_for(a->ctx, j.dm.hq / j.bundle * j.n_e * j.n_sub, sl_ctx_threads(a->ctx), tok_item, &j);
+    return sl__cpu_parallel(a->ctx, j.dm.hq / j.bundle * j.n_e * j.n_sub, tok_item, &j);
 }
 
 /* ---- attn.vs_mixed ---- */
@@ -371,8 +370,7 @@ sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a)
     if (j.dm.hq == 0)
         return SL_OK;
     j.lists_per = j.dm.hq / a->in[7].shape[0];
-    sl__cpu_blas_single();
-    return sl__parallel_for(a->ctx, j.n_qb * j.dm.hq, sl_ctx_threads(a->ctx), vs_item, &j);
+    return sl__cpu_parallel(a->ctx, j.n_qb * j.dm.hq, vs_item, &j);
 }
 
 /* ---- attn.rows ---- */
@@ -451,8 +449,7 @@ sl_status sl__cpu_attn_rows(const sl__kargs *a)
     sl__kargs shifted = *a; /* the tiles' workspaces follow the order */
     shifted.scratch = (char *)a->scratch + round64((size_t)(j.hr * j.n_out) * sizeof(int64_t));
     j.a = &shifted;
-    sl__cpu_blas_single();
-    return sl__parallel_for(a->ctx, j.n_tiles * j.dm.hq, sl_ctx_threads(a->ctx), rows_item, &j);
+    return sl__cpu_parallel(a->ctx, j.n_tiles * j.dm.hq, rows_item, &j);
 }
 
 /* ---- attn.lse_merge ---- */

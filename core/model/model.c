@@ -260,7 +260,6 @@ sl_status sl_model_forward(sl_ctx *ctx, const sl_model *m, sl_model_state *st, c
     sl_status s = fwd_alloc(ctx, c, n, &b);
     if (s)
         return s;
-    sl__cpu_blas_single();
     int64_t d = c->dim, hid = c->hidden_dim;
     for (int64_t i = 0; i < n; i++)
         memcpy(b.x + i * d, (const float *)m->tok_emb.data + (int64_t)tokens[i] * d, (size_t)d * sizeof(float));
