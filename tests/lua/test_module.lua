@@ -139,6 +139,21 @@ test("streaming_llm mask rows have min(i+1, n_local) + max(0, min(n_init, i+1-n_
   end
 end)
 
+test("a mask must fit q and k; its arrays are copies; op_flops checks its inputs", function()
+  local q, k, v = qkv(2, 2, 120, 8, 61)
+  local m = sl.mask.causal():materialize{n_q = 100, n_k = 100, bq = 64, bk = 64}
+  raises(function() sl.attn.block_sparse(q, k, v, m) end, "made for n_q = 100", "size mismatch")
+  local rp = m:arrays()
+  local before = m:density(true)
+  rp:set(1, 2, 99999)
+  eq(m:density(true), before, "mutating a copy leaves the mask alone")
+  local bad = sl.tensor({{0, 5, 1}}, "i32")
+  raises(function() sl.op_flops("attn.token_sparse", q, k, v, bad, sl.tensor({1}, "i32")) end,
+    "attn.token_sparse", "op_flops validates")
+  raises(function() q:narrow(1, 1, math.maxinteger) end, "outside", "narrow overflow")
+  raises(function() sl.tensor({300}, "u8") end, "does not fit a u8", "u8 range")
+end)
+
 -- ---- methods and their card checks ------------------------------------------
 
 test("the registry lists dense, sliding_window and streaming_llm with backends", function()
