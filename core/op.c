@@ -600,25 +600,42 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl_op_info *info, const sl_
     return SL_OK;
 }
 
+/* What the checks before a kernel produce: the parameters (defaults when the
+ * caller gave none), the output shapes, and contiguous f32 copies of the
+ * inputs (norm), which the caller releases. */
+typedef struct checked {
+    _Alignas(8) unsigned char defaults[256];
+    const void *params;
+    int out_ndim[4];
+    int64_t out_shape[4][SL_MAX_DIMS];
+    sl_dtype out_dtype[4];
+    sl_tensor norm[SL_OP_MAX_INPUTS];
+} checked;
+
 /* Everything checked before a kernel runs: parameter ranges, shapes and
- * dtypes (output shapes into out_*), then contiguous f32 copies of the inputs
- * in norm and their contents (NaN, index ranges). On failure norm is empty. */
-static sl_status validate(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
-                          int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[], sl_tensor *norm)
+ * dtypes, then the normalised inputs' contents (NaN, index ranges). On
+ * failure c->norm is empty. */
+static sl_status validate(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in, checked *c)
 {
+    memset(c->norm, 0, sizeof c->norm);
+    if (!params) {
+        sl_op_params_default(info->op, c->defaults);
+        params = c->defaults;
+    }
+    c->params = params;
     for (int i = 0; i < info->n_fields; i++) {
         sl_status s = check_field(ctx, info, &info->fields[i], sl_op_params_get(info->op, params, &info->fields[i]));
         if (s)
             return s;
     }
-    sl_status s = infer(ctx, info->op, params, in, out_ndim, out_shape, out_dtype);
+    sl_status s = infer(ctx, info->op, params, in, c->out_ndim, c->out_shape, c->out_dtype);
     if (s)
         return s;
-    if ((s = normalise_inputs(ctx, info, in, norm)))
+    if ((s = normalise_inputs(ctx, info, in, c->norm)))
         return s;
-    if ((s = check_contents(ctx, info, norm))) {
+    if ((s = check_contents(ctx, info, c->norm))) {
         for (int i = 0; i < info->n_in; i++)
-            sl_tensor_release(&norm[i]);
+            sl_tensor_release(&c->norm[i]);
         return s;
     }
     return SL_OK;
@@ -629,18 +646,10 @@ sl_status sl_op_check(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor
     const sl_op_info *info = sl_op_info_get(op);
     if (!info)
         return sl_ctx_fail(ctx, SL_EARG, "sl_op_check: unknown op %d", (int)op);
-    _Alignas(8) unsigned char defaults[256];
-    if (!params) {
-        sl_op_params_default(op, defaults);
-        params = defaults;
-    }
-    int out_ndim[4];
-    int64_t out_shape[4][SL_MAX_DIMS];
-    sl_dtype out_dtype[4];
-    sl_tensor norm[SL_OP_MAX_INPUTS] = {{0}};
-    sl_status s = validate(ctx, info, params, in, out_ndim, out_shape, out_dtype, norm);
+    checked c;
+    sl_status s = validate(ctx, info, params, in, &c);
     for (int i = 0; s == SL_OK && i < info->n_in; i++)
-        sl_tensor_release(&norm[i]);
+        sl_tensor_release(&c.norm[i]);
     return s;
 }
 
@@ -659,20 +668,14 @@ sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, 
     if (!be->kernels[op])
         return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: backend %s has no kernel for it", info->name, be->name);
 
-    _Alignas(8) unsigned char defaults[256];
-    if (!params) {
-        sl_op_params_default(op, defaults);
-        params = defaults;
-    }
-    int out_ndim[4];
-    int64_t out_shape[4][SL_MAX_DIMS];
-    sl_dtype out_dtype[4];
-    sl_tensor norm[SL_OP_MAX_INPUTS] = {{0}};
-    sl_status s = validate(ctx, info, params, in, out_ndim, out_shape, out_dtype, norm);
+    checked c;
+    sl_status s = validate(ctx, info, params, in, &c);
     if (s)
         return s;
+    params = c.params;
+    const sl_tensor *norm = c.norm;
     for (int i = 0; i < info->n_out; i++)
-        if ((s = sl_tensor_new(ctx, out_dtype[i], out_ndim[i], out_shape[i], &out[i]))) {
+        if ((s = sl_tensor_new(ctx, c.out_dtype[i], c.out_ndim[i], c.out_shape[i], &out[i]))) {
             for (int j = 0; j < i; j++)
                 sl_tensor_release(&out[j]);
             goto done;
@@ -694,7 +697,7 @@ sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, 
             sl_tensor_release(&out[i]);
 done:
     for (int i = 0; i < info->n_in; i++)
-        sl_tensor_release(&norm[i]);
+        sl_tensor_release(&c.norm[i]);
     return s;
 }
 

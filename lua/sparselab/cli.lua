@@ -69,6 +69,19 @@ local function value_of(s)
   return tonumber(s) or s
 end
 
+-- The method parameters of --param K=V options and the number of --budget.
+local function method_args(o)
+  local params = {}
+  for _, kv in ipairs(o.param or {}) do
+    local key, val = kv:match("^([%w_]+)=(.*)$")
+    if not key then sl.fail("--param expects K=V, found '%s'", kv) end
+    params[key] = value_of(val)
+  end
+  local budget = o.budget and tonumber(o.budget)
+  if o.budget and not budget then sl.fail("--budget expects a number, found '%s'", o.budget) end
+  return params, budget
+end
+
 -- ---- run ------------------------------------------------------------------
 
 function C.run(argv)
@@ -193,14 +206,7 @@ function C.eval(argv)
     q, k, v, wp = load_workload(o.workload or "synthetic")
     wl = "synthetic"
   end
-  local params = {}
-  for _, kv in ipairs(o.param or {}) do
-    local key, val = kv:match("^([%w_]+)=(.*)$")
-    if not key then sl.fail("--param expects K=V, found '%s'", kv) end
-    params[key] = value_of(val)
-  end
-  local budget = o.budget and tonumber(o.budget)
-  if o.budget and not budget then sl.fail("--budget expects a number, found '%s'", o.budget) end
+  local params, budget = method_args(o)
   local reps = 1
   if o.reps then
     reps = tonumber(o.reps) and math.tointeger(tonumber(o.reps))
@@ -261,14 +267,7 @@ function C.model(argv)
   local m = sl.model.load(path)
   local id = o.method or "dense"
   local method = sl.methods.get(id)
-  local params = {}
-  for _, kv in ipairs(o.param or {}) do
-    local key, val = kv:match("^([%w_]+)=(.*)$")
-    if not key then sl.fail("--param expects K=V, found '%s'", kv) end
-    params[key] = value_of(val)
-  end
-  local budget = o.budget and tonumber(o.budget)
-  if o.budget and not budget then sl.fail("--budget expects a number, found '%s'", o.budget) end
+  local params, budget = method_args(o)
   local resolved = sl.registry.resolve(method, params, budget) -- fails early on bad parameters
   local dense_layers = tonumber(o["dense-layers"] or "0")
   local spec = id ~= "dense" and {method = id, budget = budget, params = params} or nil
