@@ -35,6 +35,7 @@ sl.record = eval.record
 sl.experiment = eval.experiment
 sl.report = require "sparselab.report"
 sl.model = require "sparselab.model"
+sl.assign = require "sparselab.assign"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -12,9 +12,18 @@ function R.block_params(params)
   return params
 end
 
---- A pattern materialised at the problem's n_q, n_k and the method's blocks.
-function R.materialize(pattern, prob, p)
-  return pattern:materialize{n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = p.bq, bk = p.bk}
+--- A pattern materialised at the problem's n_q, n_k and the method's blocks,
+--- for the heads it needs: n_heads when given (e.g. the KV heads of a
+--- per-KV-head pattern; it must divide q's heads), else the pattern's own
+--- per-head count (an assign or per-head lists), else q's heads (a
+--- head-dependent rule such as strided with head_step or drop gets one head
+--- per query head; a head-independent one still materialises one shared head).
+function R.materialize(pattern, prob, p, n_heads)
+  local h = n_heads
+  if h == nil then
+    if pattern.heads and pattern.heads > 0 then h = pattern.heads else h = prob.q:shape()[1] end
+  end
+  return pattern:materialize{n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = p.bq, bk = p.bk, n_heads = h}
 end
 
 --- run(prob, p) for a method whose whole computation is attn.block_sparse

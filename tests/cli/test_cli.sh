@@ -30,6 +30,10 @@ expect_rc 0 "methods --json" "$SL" methods --json
 for id in dense sliding_window streaming_llm; do
     grep -q "\"id\":\"$id\"" "$T/out" && ok || bad "methods --json lacks $id"
 done
+for id in s2_attention power_attention triangle_mix masformer blindsight neighborhood_attention \
+    videoxl2_chunk_prefill lserve; do
+    grep "\"id\":\"$id\"" "$T/out" | grep -q '"backends":\[[^]]*"cpu"' && ok || bad "methods --json: $id without a cpu backend"
+done
 expect_rc 0 "ops --json" "$SL" ops --json
 grep -q '"op":"attn.block_sparse"' "$T/out" && ok || bad "ops --json lacks attn.block_sparse"
 
