@@ -18,7 +18,7 @@ usage: sparselab                         start the REPL
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
-       sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N]
+       sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]
        sparselab merge OUT.db IN.db...
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
