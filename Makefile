@@ -106,7 +106,8 @@ $(PROGRAM): $(BUILD)/lua/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB)
 # ---- tests -------------------------------------------------------------------
 $(BUILD)/tests/%: tests/%.c $(LIB) $(STORE_LIB) tests/testutil.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(CHECK_CFLAGS) -I tests $< -o $@ $(STORE_LIB) $(LIB) $(CHECK_LIBS) $(LDLIBS_ALL)
+	@echo "  TEST  $<"
+	@$(CC) $(CFLAGS_ALL) $(CHECK_CFLAGS) -I tests $< -o $@ $(STORE_LIB) $(LIB) $(CHECK_LIBS) $(LDLIBS_ALL)
 $(BUILD)/tests/tools/%: tests/tools/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O2 $(WARN) $< -o $@ -lm
