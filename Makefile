@@ -125,7 +125,7 @@ test-cuda:
 	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_sparse_ops
 
 asan: deps
-	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer" test-run
+	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" test-run
 
 demo: deps
 	@$(MAKE) --no-print-directory all

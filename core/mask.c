@@ -20,10 +20,10 @@ sl_status sl__mask_check_geometry(sl_ctx *ctx, const char *fn, int64_t n_q, int6
         return sl_ctx_fail(ctx, SL_EARG, "%s: block sizes must be in [1, 4096], found bq = %d, bk = %d", fn, bq, bk);
     /* Materialising visits every (query block, key block) pair: bound their
      * number (2^34, minutes of work at most) rather than run for days. */
-    int64_t n_qb = n_q / bq + 1, n_kb = n_k / bk + 1;
-    if (n_kb > INT32_MAX / 2 || n_qb > INT32_MAX / 2 || n_qb > ((int64_t)1 << 34) / n_kb)
-        return sl_ctx_fail(ctx, SL_EARG, "%s: %lld x %lld blocks of %d x %d is too many (at most 2^34 block pairs)",
-                           fn, (long long)n_qb, (long long)n_kb, bq, bk);
+    int64_t n_qb = n_q / bq, n_kb = n_k / bk; /* one less than the block counts: no overflow at INT64_MAX */
+    if (n_kb >= INT32_MAX / 2 || n_qb >= INT32_MAX / 2 || n_qb >= ((int64_t)1 << 34) / (n_kb + 1))
+        return sl_ctx_fail(ctx, SL_EARG, "%s: n_q = %lld, n_k = %lld in blocks of %d x %d make too many block pairs (at most 2^34)",
+                           fn, (long long)n_q, (long long)n_k, bq, bk);
     return SL_OK;
 }
 

@@ -115,8 +115,8 @@ sl_status sl_tensor_narrow(sl_ctx *ctx, const sl_tensor *t, int dim, int64_t sta
     if (dim < 0 || dim >= t->ndim)
         return sl_ctx_fail(ctx, SL_EARG, "sl_tensor_narrow: dim %d out of range for %d dims", dim, t->ndim);
     if (start < 0 || len < 0 || start > t->shape[dim] || len > t->shape[dim] - start)
-        return sl_ctx_fail(ctx, SL_EARG, "sl_tensor_narrow: [%lld, %lld) outside dim %d of size %lld",
-                           (long long)start, (long long)(start + len), dim, (long long)t->shape[dim]);
+        return sl_ctx_fail(ctx, SL_EARG, "sl_tensor_narrow: start %lld, length %lld outside dim %d of size %lld",
+                           (long long)start, (long long)len, dim, (long long)t->shape[dim]);
     *out = sl_tensor_retain(t);
     out->data = (char *)t->data + (size_t)(start * t->stride[dim]) * sl_dtype_size(t->dtype);
     out->shape[dim] = len;
