@@ -1,5 +1,6 @@
 // cuda/attn.cu — attention executors on CUDA (attn.dense, attn.block_sparse): flash-style f32 kernels with key tiles in shared memory and an online softmax in registers.
 #include "kernels.cuh"
+#include "warp.cuh"
 
 #include <math.h>
 #include <type_traits>
@@ -25,7 +26,6 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr float kLn2 = 0.693147180559945309f;
 
 template <int D> struct Tile {
     static constexpr int R = 8;                   // query rows per warp
@@ -60,21 +60,6 @@ template <class F> bool with_head_dim(int64_t d, F &&f)
     return true;
 }
 
-__device__ __forceinline__ float warp_max(float x)
-{
-#pragma unroll
-    for (int w = 16; w > 0; w /= 2)
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, w));
-    return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x)
-{
-#pragma unroll
-    for (int w = 16; w > 0; w /= 2)
-        x += __shfl_xor_sync(0xffffffffu, x, w);
-    return x;
-}
 
 // Copies n rows of src (d floats each) into dst as rows of D floats (row
 // stride STRIDE), multiplied by mul and zero-padded past d; src_row(j) gives

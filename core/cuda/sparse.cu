@@ -1,6 +1,7 @@
 // cuda/sparse.cu — executors over gathered keys and chosen rows on CUDA (attn.token_sparse, attn.rows) and the log-sum-exp merge that finishes them and serves attn.lse_merge.
 
 #include "kernels.cuh"
+#include "warp.cuh"
 
 #include <math.h>
 #include <type_traits>
@@ -26,24 +27,7 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kRows = 4;  // query rows per CTA
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.693147180559945309f;
 
-__device__ __forceinline__ float warp_max(float x)
-{
-#pragma unroll
-    for (int w = 16; w > 0; w /= 2)
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, w));
-    return x;
-}
-
-__device__ __forceinline__ float warp_sum(float x)
-{
-#pragma unroll
-    for (int w = 16; w > 0; w /= 2)
-        x += __shfl_xor_sync(0xffffffffu, x, w);
-    return x;
-}
 
 // The one place where the runtime head dimension becomes a template
 // parameter: DL = dims per lane, the smallest of 1, 2, 4, 8 with 32·DL >= d.
