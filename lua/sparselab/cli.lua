@@ -349,13 +349,7 @@ function C.query(argv)
   local rows = db:query(pos[2])
   db:close()
   local cols = rows.columns or {}
-  if o.json then
-    if #rows > 0 then out(report.json_lines(rows, cols)) end
-  elseif o.csv then
-    out(report.csv(rows, cols))
-  else
-    out(report.table(rows, cols))
-  end
+  report.print(rows, cols, o, out)
 end
 
 -- ---- bench --------------------------------------------------------------

@@ -39,11 +39,5 @@ return function(argv, parse, out)
     for _, r in ipairs(rows) do if r[c] ~= nil then any = true; break end end
     if any then cols[#cols + 1] = c end
   end
-  if o.json then
-    if #rows > 0 then out(report.json_lines(rows, cols)) end
-  elseif o.csv then
-    out(report.csv(rows, cols))
-  else
-    out(report.table(rows, cols))
-  end
+  report.print(rows, cols, o, out)
 end

@@ -75,4 +75,15 @@ function R.json_lines(rows, columns)
   return table.concat(lines, "\n")
 end
 
+--- Writes rows with out(): JSON lines with o.json, CSV with o.csv, else an aligned table.
+function R.print(rows, columns, o, out)
+  if o.json then
+    if #rows > 0 then out(R.json_lines(rows, columns)) end
+  elseif o.csv then
+    out(R.csv(rows, columns))
+  else
+    out(R.table(rows, columns))
+  end
+end
+
 return R
