@@ -241,25 +241,34 @@ static void sparse_item(int64_t item, void *ud, int thread)
     size_t blk = (size_t)(j->bq * j->bk);
     sl__cpu_tile w = ws_at(j->a->scratch, thread, j->bq, j->kmax, dm->d);
     tile_begin(&w, q, rows, dm->d, (float)dm->scale);
-    const uint8_t *chunk_bits[SPARSE_KMAX];
+    sl__cpu_run run;
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
-        /* Merge a run of consecutive key blocks into one chunk. */
-        int64_t c0 = col[e], nblk = 0, any_partial = 0;
-        while (e < rp[qb + 1] && col[e] == c0 + nblk && (nblk + 1) * j->bk <= j->kmax) {
-            chunk_bits[nblk] = part[e] < 0 ? NULL : bits + (size_t)part[e] * blk;
-            any_partial |= part[e] >= 0;
-            nblk++;
-            e++;
-        }
-        int64_t k0 = c0 * j->bk, nc = nblk * j->bk;
-        if (k0 + nc > dm->nk)
-            nc = dm->nk - k0;
-        sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
+        sl__cpu_next_run(col, part, bits, blk, &e, rp[qb + 1], j->bk, j->kmax, dm->nk, &run);
+        int64_t k0 = run.k0, nc = run.nc, any_partial = run.any_partial;
+        sl__cpu_chunk_mask cm = {NULL, run.bits, j->bk, 0};
         tile_chunk(&w, &j->ro, rows, dm->d, k + k0 * dm->d, v + k0 * dm->d, nc, j->kmax, any_partial ? &cm : NULL,
                    j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip);
     }
     tile_end(&w, rows, dm->d, (float *)j->a->out[0].data + (h * dm->nq + r0) * dm->d,
              (float *)j->a->out[1].data + h * dm->nq + r0);
+}
+
+void sl__cpu_next_run(const int32_t *col, const int32_t *part, const uint8_t *bits, size_t blk, int32_t *e,
+                      int32_t end, int64_t bk, int64_t kmax, int64_t nk, sl__cpu_run *run)
+{
+    int64_t c0 = col[*e];
+    run->n_blocks = 0;
+    run->any_partial = 0;
+    while (*e < end && col[*e] == c0 + run->n_blocks && (run->n_blocks + 1) * bk <= kmax &&
+           run->n_blocks < SL__CPU_MAX_CHUNK_BLOCKS) {
+        run->bits[run->n_blocks++] = part[*e] < 0 ? NULL : bits + (size_t)part[*e] * blk;
+        run->any_partial |= part[*e] >= 0;
+        (*e)++;
+    }
+    run->k0 = c0 * bk;
+    run->nc = run->n_blocks * bk;
+    if (run->k0 + run->nc > nk)
+        run->nc = nk - run->k0;
 }
 
 int64_t sl__cpu_sparse_kmax(int64_t bk) { return bk >= SPARSE_KMAX ? bk : SPARSE_KMAX / bk * bk; }

@@ -63,6 +63,20 @@ void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, 
 /* The most key blocks one chunk may hold when pv_skip is on. */
 #define SL__CPU_MAX_CHUNK_BLOCKS 512
 
+/* A run of consecutive kept key blocks of one (head, query block), merged
+ * into one chunk of keys [k0, k0 + nc) of at most kmax keys. */
+typedef struct sl__cpu_run {
+    int64_t k0, nc;
+    int64_t n_blocks;
+    int any_partial;
+    const uint8_t *bits[SL__CPU_MAX_CHUNK_BLOCKS]; /* per block: its token bits, NULL when full */
+} sl__cpu_run;
+
+/* Takes the next run from the block-mask entries [*e, end) (col, part and
+ * bits as in the block form; blk = bq·bk), advancing *e. */
+void sl__cpu_next_run(const int32_t *col, const int32_t *part, const uint8_t *bits, size_t blk, int32_t *e,
+                      int32_t end, int64_t bk, int64_t kmax, int64_t nk, sl__cpu_run *run);
+
 /* Folds the (masked, biased) scores in s into the running softmax and adds
  * P·V for nc contiguous value rows. pv_bk > 0 applies SpargeAttn's PV skip
  * over key blocks of pv_bk keys (the chunk starts on a block boundary). */

@@ -321,21 +321,13 @@ static void vs_item(int64_t item, void *ud, int thread)
     for (int64_t t = 0; t < rows; t++)
         ref_options(&w.rr[t], a, 9, dm, h, r0 + t, r0 + t, dm->nq);
     tile_open(&w.t, w.rr, rows, dm->d, (float)dm->scale);
-    const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
+    sl__cpu_run run;
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
-        int64_t c0 = col[e], nblk = 0, any_partial = 0;
-        while (e < rp[qb + 1] && col[e] == c0 + nblk && (nblk + 1) * j->bk <= j->kmax) {
-            chunk_bits[nblk] = part[e] < 0 ? NULL : bits + (size_t)part[e] * blk;
-            any_partial |= part[e] >= 0;
-            nblk++;
-            e++;
-        }
-        int64_t k0 = c0 * j->bk, nc = nblk * j->bk;
-        if (k0 + nc > dm->nk)
-            nc = dm->nk - k0;
+        sl__cpu_next_run(col, part, bits, blk, &e, rp[qb + 1], j->bk, j->kmax, dm->nk, &run);
+        int64_t k0 = run.k0, nc = run.nc;
         sl__cpu_tile_scores(&w.t, rows, dm->d, k + k0 * dm->d, nc, j->kmax);
-        if (any_partial) {
-            sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
+        if (run.any_partial) {
+            sl__cpu_chunk_mask cm = {NULL, run.bits, j->bk, 0};
             sl__cpu_tile_mask(&w.t, rows, nc, j->kmax, &cm);
         }
         add_bias(&w.t, w.rr, rows, k0, NULL, nc, j->kmax);
