@@ -17,17 +17,9 @@ local FORMULA = {
   power = "%s = a*C^b + c",
 }
 
-local function number(s, what, integer)
-  local v = tonumber(s)
-  if v and integer then v = math.tointeger(v) end
-  if v == nil then sl.fail("fit: %s expects %s, found '%s'", what, integer and "an integer" or "a number", s) end
-  return v
-end
+local function number(s, what, integer) return report.number("fit", s, what, integer) end
 
-local function g(v)
-  if v == nil then return "" end
-  return string.format("%.5g", v)
-end
+local function g(v) return report.g(v, 5) end
 
 return function(argv, parse, out)
   local o, pos = parse(argv, 2, {law = "value", where = "value", y = "value", x = "value", col = "multi",

@@ -19,18 +19,9 @@ local PAIR = "coalesce(workload, '') || '|' || coalesce(workload_params_json, ''
   "|| '|' || coalesce(layer, '') || '|' || coalesce(head, '') || '|' || coalesce(n_q, '') || '|' || " ..
   "coalesce(n_k, '') || '|' || coalesce(head_dim, '') || '|' || coalesce(heads, '') || '|' || coalesce(kv_heads, '')"
 
-local function number(s, what, integer)
-  local v = tonumber(s)
-  if v and integer then v = math.tointeger(v) end
-  if v == nil then sl.fail("stats: %s expects %s, found '%s'", what, integer and "an integer" or "a number", s) end
-  return v
-end
+local function number(s, what, integer) return report.number("stats", s, what, integer) end
 
-local function g(v)
-  if v == nil then return "" end
-  if type(v) == "number" then return string.format("%.4g", v) end
-  return tostring(v)
-end
+local function g(v) return report.g(v) end
 
 return function(argv, parse, out)
   local o, pos = parse(argv, 2, {method = "value", metric = "value", by = "value", dense = "value", margin = "value",

@@ -15,6 +15,22 @@ local function cell(v)
 end
 R.cell = cell
 
+--- A number as %.<digits>g (4 by default), "" for nil, other values as text.
+function R.g(v, digits)
+  if v == nil then return "" end
+  if type(v) == "number" then return string.format("%." .. (digits or 4) .. "g", v) end
+  return tostring(v)
+end
+
+--- A command-line number: s parsed as a number (an integer when integer is
+--- true); otherwise a user error "<cmd>: <what> expects ..., found '<s>'".
+function R.number(cmd, s, what, integer)
+  local v = tonumber(s)
+  if v and integer then v = math.tointeger(v) end
+  if v == nil then sl.fail("%s: %s expects %s, found '%s'", cmd, what, integer and "an integer" or "a number", s) end
+  return v
+end
+
 --- Text table: rows (array of tables), columns (array of names).
 function R.table(rows, columns)
   local width, lines = {}, {}
