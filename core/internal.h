@@ -75,4 +75,12 @@ sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor *k, double sc
 typedef void (*sl__parallel_fn)(int64_t i, void *ud, int thread);
 sl_status sl__parallel_for(sl_ctx *ctx, int64_t n, int n_threads, sl__parallel_fn fn, void *ud);
 
+/* The ops of issue 5 in correct_ext.c (correct.reshape, correct.cache_reuse,
+ * correct.linear_branch, attn.linear, attn.pooled_kv): op.c's infer(),
+ * content checks and cost function dispatch to these. */
+sl_status sl__correct_ext_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                                int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
+sl_status sl__correct_ext_check(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in);
+double sl__correct_ext_flops(sl_op op, const void *params, const sl_tensor *in);
+
 #endif

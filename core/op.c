@@ -418,7 +418,7 @@ static sl_status check_idx_lists(sl_ctx *ctx, const sl_op_info *info, const sl_t
 }
 
 /* What validation needs the normalised (contiguous) inputs for. */
-static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
     int64_t nq = in[0].ndim == 3 ? in[0].shape[1] : 0, nk = in[1].ndim == 3 ? in[1].shape[1] : 0;
     switch (info->op) {
@@ -437,6 +437,9 @@ static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const sl_te
         }
         return SL_OK;
     }
+    case SL_OP_CORRECT_RESHAPE:
+    case SL_OP_CORRECT_LINEAR_BRANCH:
+    case SL_OP_ATTN_POOLED_KV: return sl__correct_ext_check(ctx, info, params, in);
     default: return SL_OK;
     }
 }
@@ -512,6 +515,15 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
         if ((op == SL_OP_METRIC_COSINE) && in[0].ndim < 1)
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: inputs need at least 1 dim", info->name);
         return SL_OK;
+    case SL_OP_ATTN_LINEAR:
+    case SL_OP_ATTN_POOLED_KV:
+        if ((s = validate_qkv(ctx, info, in)))
+            return s;
+        return sl__correct_ext_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_CORRECT_RESHAPE:
+    case SL_OP_CORRECT_CACHE_REUSE:
+    case SL_OP_CORRECT_LINEAR_BRANCH:
+        return sl__correct_ext_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: no shape rule", info->name);
     }
@@ -633,7 +645,7 @@ static sl_status validate(sl_ctx *ctx, const sl_op_info *info, const void *param
         return s;
     if ((s = normalise_inputs(ctx, info, in, c->norm)))
         return s;
-    if ((s = check_contents(ctx, info, c->norm))) {
+    if ((s = check_contents(ctx, info, params, c->norm))) {
         for (int i = 0; i < info->n_in; i++)
             sl_tensor_release(&c->norm[i]);
         return s;
@@ -796,6 +808,11 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
     case SL_OP_ATTN_LSE_MERGE:
         /* two multiplies and an add per output element */
         return 3.0 * (double)sl_tensor_numel(&in[0]);
+    case SL_OP_CORRECT_RESHAPE:
+    case SL_OP_CORRECT_CACHE_REUSE:
+    case SL_OP_CORRECT_LINEAR_BRANCH:
+    case SL_OP_ATTN_LINEAR:
+    case SL_OP_ATTN_POOLED_KV: return sl__correct_ext_flops(op, params, in);
     default: return 0;
     }
 }

@@ -310,7 +310,51 @@ sl_status sl_attn_dense(sl_ctx *ctx, sl_backend_id b, const sl_attn_params *p,
  * never +inf). L = log(e^L1 + e^L2), O = e^(L1-L)·O1 + e^(L2-L)·O2: two
  * attentions over disjoint key sets become the attention over their union.
  * -inf on both sides gives O = 0, L = -inf; -inf on one side gives the other
- * side exactly. No parameters. */
+ * side exactly. No parameters.
+ *
+ * ---- corrections and executors of issue 5 (cards re_ttention, flashblock,
+ * salad, psa_pyramid) ----
+ * correct.reshape (Re-ttention): inputs o [H, N, D] and lse [H, N] of a
+ * sparse pass, opt.ref_o [H, N, D] and opt.ref_lse [H, N] (dense, a refresh
+ * step), opt.ratio [H, N] (finite, >= 0) and opt.residual [H, N, D] (the
+ * state of the last refresh); params drift, use_ratio. Outputs O, ratio,
+ * residual (the next state). Refresh (ref_o and ref_lse given): r = exp(lse -
+ * ref_lse) (1 where ref_lse = -inf; 1 everywhere when use_ratio = 0),
+ * residual = ref_o - r·o, O = ref_o, ratio = r. Sparse step (ratio given, no
+ * ref): O = r·o + residual (r = 1 when use_ratio = 0; residual 0 when left
+ * out), ratio = r + drift, residual passed on. One of the two is required.
+ *
+ * correct.cache_reuse (FlashBlock): inputs o, lse (a fresh partial
+ * attention), cache_o, cache_lse (a cached partial over other keys, the same
+ * shapes), opt.q and opt.cache_q [H, N, Dq] (this step's and the cached
+ * step's queries); param tau. Row i reuses the cache when q and cache_q are
+ * left out, or when ||q_i - cache_q_i|| <= tau·||cache_q_i||: its (O, L) is
+ * the lse_merge of both parts; other rows keep (o, lse). Outputs O, L,
+ * reused [H, N] (1 or 0).
+ *
+ * correct.linear_branch (SALAD): inputs o [H, N, D] (sparse branch), o_lin
+ * [H, N, D] (linear branch), gate [1] or [H] (each in [0, 1]; one scalar per
+ * head or shared), opt.proj [1 or H, D, D] (y = P·x; identity when left
+ * out); param convex. O = o + g·P·o_lin, or with convex = 1
+ * O = (1 - g)·o + g·P·o_lin.
+ *
+ * attn.linear: inputs q [Hq, Nq, D], k, v [Hkv, Nk, D] (GQA as attn.dense);
+ * params causal, feature (0: phi(x) = elu(x) + 1, 1: relu(x)). Row r:
+ * O = Σ_j phi(q)·phi(k_j) v_j / Σ_j phi(q)·phi(k_j) over j <= Nk - Nq + r
+ * (all j when not causal); a zero denominator gives O = 0. No scale and no
+ * log-sum-exp: the weights are not a softmax.
+ *
+ * attn.pooled_kv (PSA): inputs q, k, v and levels u8 [Hm, ceil(Nq/bq),
+ * ceil(Nk/bk)] (Hm = 1 or a divisor of Hq), each 0 or a power of two <= bk;
+ * params bq, bk, causal, scale. For query row r of head h in query block I
+ * and key block J at level s > 0, the keys of J are split into groups of s
+ * consecutive keys from the block's start (the last group may hold c < s);
+ * a group contributes one key, the mean of its keys and values, with logit
+ * scale·q·k_mean + log(c) (it stands for c keys). With causal, a group is
+ * visible when its last key is <= Nk - Nq + r (level 1 is then exact
+ * causal attention; a diagonal block at level > 1 loses its partial
+ * groups). One online softmax over every visible group; outputs as
+ * attn.dense (a row with none: O = 0, L = -inf). Level 0 skips the block. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -35,6 +35,11 @@ static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_METRIC_COSINE] = sl__ref_metric_cosine,
     [SL_OP_METRIC_MAX_ABS] = sl__ref_metric_max_abs,
     [SL_OP_METRIC_RECALL] = sl__ref_metric_recall,
+    [SL_OP_CORRECT_RESHAPE] = sl__cpu_correct_reshape,
+    [SL_OP_CORRECT_CACHE_REUSE] = sl__cpu_correct_cache_reuse,
+    [SL_OP_CORRECT_LINEAR_BRANCH] = sl__cpu_correct_linear_branch,
+    [SL_OP_ATTN_LINEAR] = sl__cpu_attn_linear,
+    [SL_OP_ATTN_POOLED_KV] = sl__cpu_attn_pooled_kv,
 };
 
 static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
@@ -42,6 +47,8 @@ static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int
     switch (op) {
     case SL_OP_ATTN_DENSE:
     case SL_OP_ATTN_BLOCK_SPARSE: return sl__cpu_attn_scratch(op, params, in, n_threads);
+    case SL_OP_ATTN_LINEAR:
+    case SL_OP_ATTN_POOLED_KV: return sl__cpu_correct_ext_scratch(op, params, in, n_threads);
     default: return sl__cpu_sparse_scratch(op, params, in, n_threads);
     }
 }

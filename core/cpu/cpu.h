@@ -106,4 +106,12 @@ void sl__cpu_blas_single(void);
  * model runner, the sgemm ceiling) keep theirs. */
 sl_status sl__cpu_parallel(sl_ctx *ctx, int64_t n, sl__parallel_fn fn, void *ud);
 
+/* cpu/correct_ext.c: the ops of issue 5 (re_ttention, flashblock, salad, psa_pyramid) */
+sl_status sl__cpu_correct_reshape(const sl__kargs *a);
+sl_status sl__cpu_correct_cache_reuse(const sl__kargs *a);
+sl_status sl__cpu_correct_linear_branch(const sl__kargs *a);
+sl_status sl__cpu_attn_linear(const sl__kargs *a);
+sl_status sl__cpu_attn_pooled_kv(const sl__kargs *a);
+size_t sl__cpu_correct_ext_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+
 #endif

@@ -1,5 +1,6 @@
 // cuda/backend.cu — the CUDA backend: device probe, kernel table, the staging of host tensors through device memory, and the host side of each executor.
 #include "kernels.cuh"
+#include "correct_ext.cuh"
 
 extern "C" {
 #include "../internal.h"
@@ -314,6 +315,11 @@ constexpr kernel_table make_kernel_table()
     t.fn[SL_OP_ATTN_TOKEN_SPARSE] = cuda_attn_token_sparse;
     t.fn[SL_OP_ATTN_ROWS] = cuda_attn_rows;
     t.fn[SL_OP_ATTN_LSE_MERGE] = cuda_attn_lse_merge;
+    t.fn[SL_OP_CORRECT_RESHAPE] = sl__cuda_correct_reshape;
+    t.fn[SL_OP_CORRECT_CACHE_REUSE] = sl__cuda_correct_cache_reuse;
+    t.fn[SL_OP_CORRECT_LINEAR_BRANCH] = sl__cuda_correct_linear_branch;
+    t.fn[SL_OP_ATTN_LINEAR] = sl__cuda_attn_linear;
+    t.fn[SL_OP_ATTN_POOLED_KV] = sl__cuda_attn_pooled_kv;
     return t;
 }
 

@@ -16,6 +16,11 @@ static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
     [SL_OP_METRIC_COSINE] = sl__ref_metric_cosine,
     [SL_OP_METRIC_MAX_ABS] = sl__ref_metric_max_abs,
     [SL_OP_METRIC_RECALL] = sl__ref_metric_recall,
+    [SL_OP_CORRECT_RESHAPE] = sl__ref_correct_reshape,
+    [SL_OP_CORRECT_CACHE_REUSE] = sl__ref_correct_cache_reuse,
+    [SL_OP_CORRECT_LINEAR_BRANCH] = sl__ref_correct_linear_branch,
+    [SL_OP_ATTN_LINEAR] = sl__ref_attn_linear,
+    [SL_OP_ATTN_POOLED_KV] = sl__ref_attn_pooled_kv,
 };
 
 static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
@@ -28,6 +33,8 @@ static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int
     case SL_OP_ATTN_TOKEN_SPARSE:
     case SL_OP_ATTN_VS_MIXED:
     case SL_OP_ATTN_ROWS: return sl__ref_attn_scratch(in);
+    case SL_OP_ATTN_LINEAR:
+    case SL_OP_ATTN_POOLED_KV: return sl__ref_correct_ext_scratch(op, in);
     default: return 0;
     }
 }

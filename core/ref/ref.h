@@ -40,4 +40,12 @@ sl_status sl__ref_metric_cosine(const sl__kargs *a);
 sl_status sl__ref_metric_max_abs(const sl__kargs *a);
 sl_status sl__ref_metric_recall(const sl__kargs *a);
 
+/* ref/correct_ext.c: the ops of issue 5 (re_ttention, flashblock, salad, psa_pyramid) */
+sl_status sl__ref_correct_reshape(const sl__kargs *a);
+sl_status sl__ref_correct_cache_reuse(const sl__kargs *a);
+sl_status sl__ref_correct_linear_branch(const sl__kargs *a);
+sl_status sl__ref_attn_linear(const sl__kargs *a);
+sl_status sl__ref_attn_pooled_kv(const sl__kargs *a);
+size_t sl__ref_correct_ext_scratch(sl_op op, const sl_tensor *in);
+
 #endif
