@@ -444,6 +444,45 @@ static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const void 
     }
 }
 
+void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_p, int64_t *n_groups,
+                             int64_t *n_tail)
+{
+    if (gamma < 1)
+        gamma = 1;
+    int64_t t = n % gamma + (tail > gamma ? tail : gamma);
+    if (t > n)
+        t = n;
+    *n_tail = t;
+    *s_p = n - t;
+    *n_groups = (*s_p + gamma - 1) / gamma;
+}
+
+/* correct.delta: o_sparse [H, N, D], lse_sparse [H, N], o_rows [H, R, D],
+ * lse_rows [H, R] with R the layout's sampled + tail rows. */
+static sl_status validate_delta(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in,
+                                const sl_correct_delta_params *p)
+{
+    sl_status s;
+    if ((s = need_float(ctx, info, in, 0, 3)) || (s = need_float(ctx, info, in, 1, 2)) ||
+        (s = need_float(ctx, info, in, 2, 3)) || (s = need_float(ctx, info, in, 3, 2)))
+        return s;
+    int64_t h = in[0].shape[0], n = in[0].shape[1], d = in[0].shape[2], s_p, g, t;
+    sl_correct_delta_layout(n, p->gamma, p->tail, &s_p, &g, &t);
+    int64_t want_l[2] = {h, n}, want_or[3] = {h, g + t, d}, want_lr[2] = {h, g + t};
+    if (!same_shape(&in[1], 2, want_l))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: lse_sparse must be [%lld, %lld] (o_sparse's heads and rows), found [%lld, %lld]",
+                           info->name, (long long)h, (long long)n, (long long)in[1].shape[0], (long long)in[1].shape[1]);
+    if (!same_shape(&in[2], 3, want_or) || !same_shape(&in[3], 2, want_lr))
+        return sl_ctx_fail(ctx, SL_ESHAPE,
+                           "%s: o_rows and lse_rows must be [%lld, %lld, %lld] and [%lld, %lld] (%lld sampled rows + %lld tail rows "
+                           "for n = %lld, gamma = %lld, tail = %lld), found [%lld, %lld, %lld] and [%lld, %lld]",
+                           info->name, (long long)h, (long long)(g + t), (long long)d, (long long)h, (long long)(g + t),
+                           (long long)g, (long long)t, (long long)n, (long long)p->gamma, (long long)p->tail,
+                           (long long)in[2].shape[0], (long long)in[2].shape[1], (long long)in[2].shape[2],
+                           (long long)in[3].shape[0], (long long)in[3].shape[1]);
+    return SL_OK;
+}
+
 /* Validates inputs and writes the output shapes. */
 static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                        int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
@@ -524,6 +563,14 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
     case SL_OP_CORRECT_CACHE_REUSE:
     case SL_OP_CORRECT_LINEAR_BRANCH:
         return sl__correct_ext_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_CORRECT_DELTA:
+        if ((s = validate_delta(ctx, info, in, params)))
+            return s;
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        out_ndim[1] = 2;
+        memcpy(out_shape[1], in[0].shape, 2 * sizeof(int64_t));
+        return SL_OK;
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: no shape rule", info->name);
     }
@@ -813,6 +860,18 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
     case SL_OP_CORRECT_LINEAR_BRANCH:
     case SL_OP_ATTN_LINEAR:
     case SL_OP_ATTN_POOLED_KV: return sl__correct_ext_flops(op, params, in);
+    case SL_OP_CORRECT_DELTA: {
+        /* delta: one subtraction per element of each group's delta, one add
+         * per element of the other rows before s_p; smooth: three more per
+         * element (two scalings and an add). recompute: copies only. */
+        const sl_correct_delta_params *p = params;
+        int64_t h = in[0].shape[0], n = in[0].shape[1], d = in[0].shape[2], s_p, g, t;
+        sl_correct_delta_layout(n, p->gamma, p->tail, &s_p, &g, &t);
+        if (p->mode == 1)
+            return 0;
+        double per_elem = p->smooth ? 4.0 : 1.0;
+        return (double)h * (double)d * ((double)g + per_elem * (double)(s_p - g));
+    }
     default: return 0;
     }
 }

@@ -356,6 +356,31 @@ sl_status sl_attn_dense(sl_ctx *ctx, sl_backend_id b, const sl_attn_params *p,
  * groups). One online softmax over every visible group; outputs as
  * attn.dense (a row with none: O = 0, L = -inf). Level 0 skips the block. */
 
+/* ---- corrections (correct.*) --------------------------------------------
+ * Stages applied to a sparse method's output to bring it closer to dense
+ * (DESIGN §4; Lua: sl.correct, lua/sparselab/corrections/).
+ *
+ * correct.delta (Delta Attention, card delta_attention): inputs o_sparse
+ * [H, N, D] and lse_sparse [H, N] (the sparse output A* and its L), o_rows
+ * [H, R, D] and lse_rows [H, R] (dense attention of the sampled rows, e.g.
+ * from attn.rows with causal limits); params gamma, tail, smooth, mode.
+ * Layout (sl_correct_delta_layout): n_tail = (N mod gamma) + max(tail,
+ * gamma), clamped to N; s_p = N - n_tail; groups g = 0 .. G-1 with
+ * G = ceil(s_p / gamma), group g = rows [g·gamma, min((g+1)·gamma, s_p)),
+ * sampled at its first row. o_rows holds, in this order, rows 0, gamma, ...,
+ * (G-1)·gamma, then the tail rows s_p .. N-1, so R = G + n_tail.
+ * mode 0 (delta): Δ_g = A[g·gamma] - A*[g·gamma]; O[i] = A*[i] + Δ_{i/gamma}
+ * for i < s_p (smooth: Δ = (1-r)·Δ_g + r·Δ_{g+1}, r = (i mod gamma)/gamma, the
+ * last group using Δ_{G-1} for both); O[i] = A[i] on sampled rows (written
+ * directly, so they equal the dense rows bit for bit) and on the tail.
+ * mode 1 (recompute): O[i] = A[i] on sampled and tail rows, A*[i] elsewhere.
+ * L: lse_rows on sampled and tail rows (their exact dense L), lse_sparse on
+ * every other row (the delta corrects O, not the normaliser; recall computed
+ * from L therefore mixes dense rows with the base's rows).
+ * Outputs O [H, N, D], L [H, N]. */
+void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_p, int64_t *n_groups,
+                             int64_t *n_tail);
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -40,6 +40,7 @@ static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_CORRECT_LINEAR_BRANCH] = sl__cpu_correct_linear_branch,
     [SL_OP_ATTN_LINEAR] = sl__cpu_attn_linear,
     [SL_OP_ATTN_POOLED_KV] = sl__cpu_attn_pooled_kv,
+    [SL_OP_CORRECT_DELTA] = sl__cpu_correct_delta,
 };
 
 static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

@@ -95,6 +95,7 @@ sl_status sl__cpu_attn_token_sparse(const sl__kargs *a);
 sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a);
 sl_status sl__cpu_attn_rows(const sl__kargs *a);
 sl_status sl__cpu_attn_lse_merge(const sl__kargs *a);
+sl_status sl__cpu_correct_delta(const sl__kargs *a);
 size_t sl__cpu_sparse_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
 
 /* Our kernels parallelise over work items themselves, so each sgemm they

@@ -269,6 +269,32 @@ sl_status cuda_attn_lse_merge(const sl__kargs *a)
     return stage_out(a, &st, sl__cuda_merge(mg, 0));
 }
 
+sl_status cuda_correct_delta(const sl__kargs *a)
+{
+    const sl_correct_delta_params *p = static_cast<const sl_correct_delta_params *>(a->params);
+    sl__cuda_delta g = {};
+    g.h = a->in[0].shape[0], g.n = a->in[0].shape[1], g.d = a->in[0].shape[2], g.gamma = p->gamma;
+    int64_t t = 0;
+    sl_correct_delta_layout(g.n, g.gamma, p->tail, &g.s_p, &g.g_n, &t);
+    g.r_n = g.g_n + t;
+    g.smooth = p->smooth != 0, g.mode = (int)p->mode;
+    if (g.h * g.n * g.d == 0)
+        return SL_OK;
+    if ((g.h * g.n * g.d + 255) / 256 > INT32_MAX)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: more than 2^31 blocks of 256 elements", op_name(a));
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    g.o_sparse = static_cast<const float *>(st.in[0]);
+    g.lse_sparse = static_cast<const float *>(st.in[1]);
+    g.o_rows = static_cast<const float *>(st.in[2]);
+    g.lse_rows = static_cast<const float *>(st.in[3]);
+    g.o = static_cast<float *>(st.out[0]);
+    g.lse = static_cast<float *>(st.out[1]);
+    return stage_out(a, &st, sl__cuda_correct_delta(g, 0));
+}
+
 int cuda_available(void)
 {
     int n = 0;
@@ -320,6 +346,7 @@ constexpr kernel_table make_kernel_table()
     t.fn[SL_OP_CORRECT_LINEAR_BRANCH] = sl__cuda_correct_linear_branch;
     t.fn[SL_OP_ATTN_LINEAR] = sl__cuda_attn_linear;
     t.fn[SL_OP_ATTN_POOLED_KV] = sl__cuda_attn_pooled_kv;
+    t.fn[SL_OP_CORRECT_DELTA] = cuda_correct_delta;
     return t;
 }
 

@@ -57,4 +57,14 @@ cudaError_t sl__cuda_token_sparse(const sl__cuda_gather &a, cudaStream_t st);
 cudaError_t sl__cuda_rows(const sl__cuda_gather &a, cudaStream_t st);
 cudaError_t sl__cuda_merge(const sl__cuda_merge_args &a, cudaStream_t st);
 
+// correct.delta (cuda/correct.cu): device pointers of the staged inputs and
+// outputs and the layout of sl_correct_delta_layout.
+struct sl__cuda_delta {
+    const float *o_sparse, *lse_sparse, *o_rows, *lse_rows;
+    float *o, *lse;
+    int64_t h, n, d, gamma, s_p, g_n, r_n;
+    int smooth, mode;
+};
+cudaError_t sl__cuda_correct_delta(const sl__cuda_delta &a, cudaStream_t st);
+
 #endif

@@ -21,6 +21,7 @@ static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
     [SL_OP_CORRECT_LINEAR_BRANCH] = sl__ref_correct_linear_branch,
     [SL_OP_ATTN_LINEAR] = sl__ref_attn_linear,
     [SL_OP_ATTN_POOLED_KV] = sl__ref_attn_pooled_kv,
+    [SL_OP_CORRECT_DELTA] = sl__ref_correct_delta,
 };
 
 static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

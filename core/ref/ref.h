@@ -34,6 +34,7 @@ sl_status sl__ref_attn_token_sparse(const sl__kargs *a);
 sl_status sl__ref_attn_vs_mixed(const sl__kargs *a);
 sl_status sl__ref_attn_rows(const sl__kargs *a);
 sl_status sl__ref_attn_lse_merge(const sl__kargs *a);
+sl_status sl__ref_correct_delta(const sl__kargs *a);
 
 sl_status sl__ref_metric_rel_l2(const sl__kargs *a);
 sl_status sl__ref_metric_cosine(const sl__kargs *a);

@@ -14,7 +14,8 @@ usage: sparselab                         start the REPL
        sparselab methods [--json]        every method: id, title, family, phase, backends
        sparselab ops [--json]            op x backend coverage
        sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D] [--param K=V]...
-                      [--backend ref|cpu|cuda] [--reps N] [--db FILE] [--json] [--out FILE.safetensors]
+                      [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE] [--json]
+                      [--out FILE.safetensors]
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
@@ -107,9 +108,17 @@ function C.methods(argv)
   local rows = {}
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.methods.get(id)
-    rows[#rows + 1] = {id = m.id, title = m.title, card = m.card or "", family = m.family, phase = m.phase,
-      knob = m.knob or "", backends = table.concat(sl.methods.backends(m), ","),
+    rows[#rows + 1] = {kind = "method", id = m.id, title = m.title, card = m.card or "", family = m.family,
+      phase = m.phase, knob = m.knob or "", backends = table.concat(sl.methods.backends(m), ","),
       checks = m.checks and #m.checks or 0}
+  end
+  -- corrections (sl.correct): any method takes them (eval --correct ID,
+  -- or the method id base+ID); listed with kind = "correction"
+  for _, id in ipairs(sl.correct.ids()) do
+    local c = sl.correct.get(id)
+    rows[#rows + 1] = {kind = "correction", id = c.id, title = c.title, card = c.card or "", family = "correction",
+      phase = c.phase or "both", knob = "", backends = table.concat(sl.methods.backends(c), ","),
+      checks = c.checks and #c.checks or 0, aliases = table.concat(c.aliases or {}, ",")}
   end
   local cols = {"id", "family", "phase", "knob", "backends", "checks", "title"}
   if o.json then
@@ -117,6 +126,11 @@ function C.methods(argv)
       local b = {}
       for name in r.backends:gmatch("[^,]+") do b[#b + 1] = name end
       r.backends = b
+      if r.aliases then
+        local a = {}
+        for name in r.aliases:gmatch("[^,]+") do a[#a + 1] = name end
+        r.aliases = a
+      end
       out(sl.json_encode(r))
     end
   else
@@ -193,10 +207,11 @@ end
 function C.eval(argv)
   local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
     backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
-    density = "value"}, {"METHOD"})
+    density = "value", correct = "multi"}, {"METHOD"})
   local id = pos[1]
   if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options]") end
   local m = sl.methods.get(id)
+  for _, spec in ipairs(o.correct or {}) do m = C.corrected(m, spec) end
   if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
   local q, k, v, wl, wp
   if o.qkv then
@@ -247,6 +262,20 @@ function C.eval(argv)
   local rows = {}
   for _, key in ipairs(names) do rows[#rows + 1] = {metric = key, value = r.metrics[key]} end
   out(report.table(rows, {"metric", "value"}))
+end
+
+--- method corrected by the --correct spec "ID[:K=V,...]" (ID a correction
+--- id or alias; K=V the correction's parameters, as defaults of the new method).
+function C.corrected(m, spec)
+  local cid, rest = spec:match("^([%w_]+):?(.*)$")
+  if not cid then sl.fail("--correct expects ID[:K=V,...], found '%s'", spec) end
+  local params = {}
+  for kv in rest:gmatch("[^,]+") do
+    local key, val = kv:match("^([%w_]+)=(.*)$")
+    if not key then sl.fail("--correct %s: expected K=V, found '%s'", cid, kv) end
+    params[key] = value_of(val)
+  end
+  return sl.correct.apply(m, cid, params)
 end
 
 -- ---- model --------------------------------------------------------------

@@ -36,6 +36,7 @@ sl.experiment = eval.experiment
 sl.report = require "sparselab.report"
 sl.model = require "sparselab.model"
 sl.assign = require "sparselab.assign"
+sl.correct = require "sparselab.correct"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -40,10 +40,24 @@ function R.ids()
 end
 
 --- The method called id (error listing the known ids when there is none).
+--- "base+corr[+corr2...]" is the method base corrected by corr, then corr2
+--- (sl.correct.apply), built on first use and kept.
 function R.get(id)
   if type(id) == "table" then return validate(id, "method") end
   if registered[id] then return registered[id] end
   if loaded[id] then return loaded[id] end
+  if type(id) == "string" and id:find("+", 1, true) then
+    local parts = {}
+    for part in id:gmatch("[^+]+") do parts[#parts + 1] = part end
+    if #parts < 2 or id:sub(1, 1) == "+" or id:sub(-1) == "+" or id:find("++", 1, true) then
+      error(string.format("method id '%s': expected base+correction[+correction...]", id), 0)
+    end
+    local correct = require "sparselab.correct"
+    local m = R.get(parts[1])
+    for i = 2, #parts do m = correct.apply(m, parts[i]) end
+    loaded[id] = m
+    return m
+  end
   local ok, m = pcall(require, PREFIX .. id)
   if not ok then
     if tostring(m):find("module '" .. PREFIX .. id .. "' not found", 1, true) then

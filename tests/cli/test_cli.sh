@@ -51,6 +51,29 @@ expect_rc 0 "eval streaming_llm --out" "$SL" eval streaming_llm --qkv "$T/qkv.sa
     --param n_init=5 --out "$T/st.safetensors"
 expect_rc 0 "streaming_llm vs hand-applied sinks+window" "$CHECK" check "$T/qkv.safetensors" "$T/st.safetensors" 1e-5 64 5
 cat "$T/out"
+# corrections: streaming_llm + delta_attention with gamma = 1 is dense (every row sampled)
+expect_rc 0 "eval --correct delta:gamma=1" "$SL" eval streaming_llm --qkv "$T/qkv.safetensors" --budget 64 \
+    --correct delta:gamma=1,tail=0 --out "$T/dc.safetensors" --json
+grep -q '"method":"streaming_llm+delta_attention"' "$T/out" && grep -q '"correction_flops":' "$T/out" && ok \
+    || bad "eval --correct output: $(head -c 300 "$T/out")"
+expect_rc 0 "delta gamma=1 vs independent dense" "$CHECK" check "$T/qkv.safetensors" "$T/dc.safetensors" 1e-5
+expect_rc 0 "eval --correct delta:gamma=16" "$SL" eval streaming_llm --qkv "$T/qkv.safetensors" --budget 64 \
+    --correct delta:gamma=16 --out "$T/dc16.safetensors"
+expect_rc 1 "delta gamma=16 is not dense (the checker notices)" "$CHECK" check "$T/qkv.safetensors" "$T/dc16.safetensors" 1e-5
+expect_rc 0 "eval base+corr id, repeated --correct, --db" "$SL" eval streaming_llm+delta --qkv "$T/qkv.safetensors" \
+    --budget 64 --correct delta_attention:gamma=32,smooth=true --db "$T/c.db" --json
+grep -q '"method":"streaming_llm+delta_attention+delta_attention"' "$T/out" && ok || bad "stacked id: $(head -c 300 "$T/out")"
+expect_rc 0 "corrected method recorded" "$SL" query "$T/c.db" \
+    "SELECT method, json_extract(params_json, '$.gamma') AS g, json_extract(params_json, '$.\"delta_attention.gamma\"') AS g2 FROM result" --csv
+grep -q "^streaming_llm+delta_attention+delta_attention,64,32" "$T/out" && ok || bad "recorded params: $(cat "$T/out")"
+expect_rc 1 "unknown correction" "$SL" eval dense --workload synthetic,n=64 --correct nosuch
+one_line_err "unknown correction 'nosuch'" "unknown correction"
+expect_rc 1 "--correct without K=V" "$SL" eval dense --workload synthetic,n=64 --correct delta:gamma
+one_line_err "expected K=V" "--correct without K=V"
+expect_rc 1 "--correct unknown parameter" "$SL" eval dense --workload synthetic,n=64 --correct delta:gama=2
+one_line_err "unknown parameter 'gama'" "--correct unknown parameter"
+expect_rc 0 "methods --json lists corrections" "$SL" methods --json
+grep '"id":"delta_attention"' "$T/out" | grep -q '"kind":"correction"' && ok || bad "methods --json: no delta_attention correction"
 # the checker itself must notice a wrong window
 expect_rc 1 "checker rejects a mismatched window" "$CHECK" check "$T/qkv.safetensors" "$T/sw.safetensors" 1e-5 90
 
