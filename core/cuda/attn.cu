@@ -1,4 +1,4 @@
-// cuda/attn.cu — attention executors on CUDA (attn.dense, attn.block_sparse): flash-style f32 kernels with key tiles in shared memory and an online softmax in registers.
+// cuda/attn.cu — attention executors on CUDA (attn.dense, attn.block_sparse with its pv_skip option, attn.vs_mixed): flash-style f32 kernels with key tiles in shared memory and an online softmax in registers.
 #include "kernels.cuh"
 #include "warp.cuh"
 
@@ -21,6 +21,13 @@
 // then 0 instead of m so that exp2(-inf - -inf) = NaN never happens, and a row
 // that never sees one ends with l = 0, written as O = 0 and lse = -inf.
 // A head_dim d below the kernel's width D is zero-padded in shared memory.
+// attn.vs_mixed is the block kernel with a second phase: after the kept blocks
+// the same tiles are filled with the query block's listed columns, each slot
+// marked with whether the block mask already keeps it (then it is dropped for
+// that row, so a key counts once); its bias and starting state ride along.
+// pv_skip (SpargeAttn) needs each kept block's own max before the block's
+// P·V: tiles then hold whole blocks only, and a block longer than a tile gets
+// a scores-only pass over its keys first (one more Q·K of that block).
 
 namespace {
 
@@ -38,7 +45,7 @@ template <int D> struct Tile {
     static constexpr int KS = D + 4;
     static constexpr int PS = R + 4;
     static constexpr int floats = BQ * D + BK * KS + BK * D + kWarps * BK * PS;
-    static constexpr size_t smem_bytes = sizeof(float) * floats + sizeof(int) * 3 * BK;
+    static constexpr size_t smem_bytes = sizeof(float) * floats + sizeof(int) * 4 * BK;
     static_assert(D % 32 == 0 && R % 4 == 0 && BK % 32 == 0, "tile shape");
 };
 
@@ -88,17 +95,13 @@ __device__ __forceinline__ void load_rows(float *dst, const float *__restrict__ 
     }
 }
 
-// One key tile for one warp: scores of its R rows (qw) against the BK keys in
-// ks, masked by visible(i, slot), folded into the running softmax state, then
-// P·V over the first n_keys slots (all later slots have probability 0).
-template <int D, class Vis>
-__device__ __forceinline__ void tile_update(const float *qw, const float *ks, const float *vs, float *pw, int n_keys,
-                                            Vis visible, float (&m)[Tile<D>::R], float (&l)[Tile<D>::R],
-                                            float (&o)[Tile<D>::R][Tile<D>::DL])
+// Scores of the warp's R rows (qw, pre-scaled) against the BK keys in ks:
+// lane l holds key slots l, l + 32, ...
+template <int D>
+__device__ __forceinline__ void tile_scores(const float *qw, const float *ks, float (&s)[Tile<D>::R][Tile<D>::S])
 {
     using T = Tile<D>;
     const int lane = threadIdx.x % 32;
-    float s[T::R][T::S];
 #pragma unroll
     for (int i = 0; i < T::R; i++)
 #pragma unroll
@@ -118,15 +121,83 @@ __device__ __forceinline__ void tile_update(const float *qw, const float *ks, co
                 s[i][t] = fmaf(qv.w, kv[t].w, fmaf(qv.z, kv[t].z, fmaf(qv.y, kv[t].y, fmaf(qv.x, kv[t].x, s[i][t]))));
         }
     }
+}
+
+// What pv_skip needs to know about a tile: per slot the end of its key
+// block's run of slots (the run starts at max(0, slot - offset in block)),
+// the row maxima of a block longer than the tile (ext; -inf otherwise) and
+// the threshold in base-2 score units. Null when pv_skip is off.
+template <int D> struct SkipInfo {
+    const int *slot_end, *slot_off;
+    const float (&ext)[Tile<D>::R];
+    float thresh;
+};
+
+// One key tile for one warp: scores of its R rows (qw) against the BK keys in
+// ks, passed through adjust(i, slot, score) (-inf for a pair the mask drops,
+// else the score plus any bias), folded into the running softmax state, then
+// P·V over the first n_keys slots (all later slots have probability 0). With
+// skip, a slot whose block fails SpargeAttn's test keeps its exp-sum in l but
+// gets probability 0 in P·V.
+template <int D, bool SKIP, class Adjust>
+__device__ __forceinline__ void tile_update(const float *qw, const float *ks, const float *vs, float *pw, int n_keys,
+                                            Adjust adjust, const SkipInfo<D> *skip_info, float (&m)[Tile<D>::R],
+                                            float (&l)[Tile<D>::R], float (&o)[Tile<D>::R][Tile<D>::DL])
+{
+    using T = Tile<D>;
+    const int lane = threadIdx.x % 32;
+    float s[T::R][T::S];
+    tile_scores<D>(qw, ks, s);
+#pragma unroll
+    for (int i = 0; i < T::R; i++)
+#pragma unroll
+        for (int t = 0; t < T::S; t++)
+            s[i][t] = adjust(i, t * 32 + lane, s[i][t]);
+    bool skip[T::R][T::S];
+    if constexpr (SKIP) {
+        // SpargeAttn's test per row and kept block, in key order: the block's
+        // own max b against the running max after it (earlier tiles through
+        // m, this tile's slots up to the block's end, a long block's ext).
+        // The raw scores go through pw so every lane sees every slot.
+#pragma unroll
+        for (int t = 0; t < T::S; t++)
+#pragma unroll
+            for (int i = 0; i < T::R; i += 4)
+                *reinterpret_cast<float4 *>(pw + (t * 32 + lane) * T::PS + i) =
+                    make_float4(s[i][t], s[i + 1][t], s[i + 2][t], s[i + 3][t]);
+        __syncwarp();
+#pragma unroll
+        for (int t = 0; t < T::S; t++) {
+            const int j = t * 32 + lane;
+            const int end = j < n_keys ? skip_info->slot_end[j] : 0;
+            const int begin = j < n_keys ? max(0, j - skip_info->slot_off[j]) : 0;
+            float b[T::R], run[T::R];
+#pragma unroll
+            for (int i = 0; i < T::R; i++)
+                b[i] = skip_info->ext[i], run[i] = fmaxf(m[i], skip_info->ext[i]);
+            for (int jj = 0; jj < end; jj++)
+#pragma unroll
+                for (int i = 0; i < T::R; i += 4) {
+                    const float4 x = *reinterpret_cast<const float4 *>(pw + jj * T::PS + i);
+                    run[i] = fmaxf(run[i], x.x), run[i + 1] = fmaxf(run[i + 1], x.y);
+                    run[i + 2] = fmaxf(run[i + 2], x.z), run[i + 3] = fmaxf(run[i + 3], x.w);
+                    if (jj >= begin) {
+                        b[i] = fmaxf(b[i], x.x), b[i + 1] = fmaxf(b[i + 1], x.y);
+                        b[i + 2] = fmaxf(b[i + 2], x.z), b[i + 3] = fmaxf(b[i + 3], x.w);
+                    }
+                }
+#pragma unroll
+            for (int i = 0; i < T::R; i++)
+                skip[i][t] = b[i] != -INFINITY && b[i] < run[i] - skip_info->thresh;
+        }
+        __syncwarp();  // pw is rewritten with probabilities below
+    }
 #pragma unroll
     for (int i = 0; i < T::R; i++) {
         float mt = -INFINITY;
 #pragma unroll
-        for (int t = 0; t < T::S; t++) {
-            if (!visible(i, t * 32 + lane))
-                s[i][t] = -INFINITY;
+        for (int t = 0; t < T::S; t++)
             mt = fmaxf(mt, s[i][t]);
-        }
         const float mn = fmaxf(m[i], warp_max(mt));
         const float base = mn == -INFINITY ? 0.f : mn;  // see the design note: no -inf - -inf
         const float alpha = exp2f(m[i] - base);         // 0 while m[i] is -inf (o and l are 0 then)
@@ -135,6 +206,9 @@ __device__ __forceinline__ void tile_update(const float *qw, const float *ks, co
         for (int t = 0; t < T::S; t++) {
             s[i][t] = exp2f(s[i][t] - base);  // masked: exp2(-inf) = 0
             psum += s[i][t];
+            if constexpr (SKIP)
+                if (skip[i][t])
+                    s[i][t] = 0.f;  // in the sum, not in P·V
         }
         l[i] = l[i] * alpha + psum;
         m[i] = mn;
@@ -188,15 +262,15 @@ __device__ __forceinline__ void store_rows(const sl__cuda_attn &a, int h, int r0
 #pragma unroll
         for (int u = 0; u < T::DL; u++)
             if (u * 32 + lane < a.d)
-                orow[u * 32 + lane] = lt > 0.f ? o[i][u] / lt : 0.f;
+                orow[u * 32 + lane] = lt > 0.f || lt != lt ? o[i][u] / lt : 0.f;  // NaN reaches the output
         if (lane == 0)
-            a.lse[(size_t)h * a.nq + r] = lt > 0.f ? m[i] * kLn2 + logf(lt) : -INFINITY;
+            a.lse[(size_t)h * a.nq + r] = lt > 0.f || lt != lt ? m[i] * kLn2 + logf(lt) : -INFINITY;
     }
 }
 
 template <int D> struct Smem {
     float *qs, *ks, *vs, *pw;
-    int *slot_key, *slot_part, *slot_off;
+    int *slot_key, *slot_part, *slot_off, *slot_end;
     __device__ explicit Smem(float *base)
     {
         using T = Tile<D>;
@@ -207,6 +281,7 @@ template <int D> struct Smem {
         slot_key = reinterpret_cast<int *>(base + T::floats);
         slot_part = slot_key + T::BK;
         slot_off = slot_part + T::BK;
+        slot_end = slot_off + T::BK;
     }
 };
 
@@ -249,22 +324,71 @@ template <int D> __global__ void __launch_bounds__(kThreads) attn_dense_kernel(c
         load_rows<D, D>(sm.vs, vg, a.d, T::BK, 1.f, key_row);
         __syncthreads();
         if (k0 < wlim)  // warp-uniform: a warp above the causal diagonal skips the tile
-            tile_update<D>(sm.qs + warp * T::R * D, sm.ks, sm.vs, sm.pw, min(T::BK, wlim - k0),
-                           [&](int i, int j) { return k0 + j < lim[i]; }, m, l, o);
+            tile_update<D, false>(sm.qs + warp * T::R * D, sm.ks, sm.vs, sm.pw, min(T::BK, wlim - k0),
+                                  [&](int i, int j, float x) { return k0 + j < lim[i] ? x : -INFINITY; }, nullptr, m,
+                                  l, o);
     }
     store_rows<D>(a, h, r0, a.nq, m, l, o);
 }
 
-// attn.block_sparse: grid (mask query blocks x sub-tiles of BQ rows, hq). Each
-// tile gathers up to BK keys from the kept key blocks of the CTA's mask row, in
-// order, into slots: slot_key (key index), slot_part (part of its block entry)
-// and slot_off (offset inside its key block, for the partial-block bits).
-template <int D> __global__ void __launch_bounds__(kThreads) attn_block_kernel(const sl__cuda_attn a)
+// Slot codes of attn.vs_mixed's listed columns (slot_part; block slots use
+// -1 = full block, p >= 0 = partial block p): kFree, the row keeps it; kDup,
+// its block is kept whole, so the block part has it already; kPartial - p,
+// kept by the block part exactly where partial block p's bit is set.
+constexpr int kFree = -2, kDup = -3, kPartial = -4;
+
+// Row maxima (base 2, masked) of the warp's rows over kept block e (key block
+// c, len keys, longer than a tile), for pv_skip: a scores-only pass over its
+// keys, through shared memory like the main loop. Uniform over the CTA.
+template <int D>
+__device__ void block_row_max(const sl__cuda_attn &a, const Smem<D> &sm, const float *kg, int e, int r0, int rb0, int qend,
+                              bool warp_live, float (&bmax)[Tile<D>::R])
 {
+    using T = Tile<D>;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int c = a.col_idx[e], p = a.part[e];
+    const int len = min(a.bk, a.nk - c * a.bk);
+#pragma unroll
+    for (int i = 0; i < T::R; i++)
+        bmax[i] = -INFINITY;
+    for (int off = 0; off < len; off += T::BK) {
+        const int nn = min(T::BK, len - off);
+        __syncthreads();  // the previous users of ks are done
+        load_rows<D, T::KS>(sm.ks, kg, a.d, T::BK, 1.f, [&](int j) { return j < nn ? c * a.bk + off + j : -1; });
+        __syncthreads();
+        if (!warp_live)
+            continue;
+        float s[T::R][T::S];
+        tile_scores<D>(sm.qs + warp * T::R * D, sm.ks, s);
+#pragma unroll
+        for (int i = 0; i < T::R; i++) {
+            float mt = -INFINITY;
+#pragma unroll
+            for (int t = 0; t < T::S; t++) {
+                const int j = t * 32 + lane, r = r0 + i;
+                const bool vis = j < nn && r < qend &&
+                                 (p < 0 || a.bits[((size_t)p * a.bq + (r - rb0)) * a.bk + off + j] != 0);
+                mt = fmaxf(mt, vis ? s[i][t] : -INFINITY);
+            }
+            bmax[i] = fmaxf(bmax[i], warp_max(mt));
+        }
+    }
+}
+
+// attn.block_sparse (MIXED false) and attn.vs_mixed (MIXED true): grid (mask
+// query blocks x sub-tiles of BQ rows, hq). Each tile gathers up to BK keys
+// from the kept key blocks of the CTA's mask row, in order, into slots:
+// slot_key (key index), slot_part (part of its block entry) and slot_off
+// (offset inside its key block, for the partial-block bits); with MIXED the
+// listed columns follow. SKIP: pv_skip (block_sparse only).
+template <int D, bool SKIP, bool MIXED>
+__global__ void __launch_bounds__(kThreads) attn_block_kernel(const sl__cuda_attn a)
+{
+    static_assert(!(SKIP && MIXED), "attn.vs_mixed has no pv_skip");
     using T = Tile<D>;
     extern __shared__ float4 smem_f4[];
     const Smem<D> sm(reinterpret_cast<float *>(smem_f4));
-    const int h = blockIdx.y, warp = threadIdx.x / 32;
+    const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n_sub = (a.bq + T::BQ - 1) / T::BQ, qb = blockIdx.x / n_sub;
     const int rb0 = qb * a.bq, q0 = rb0 + (blockIdx.x % n_sub) * T::BQ, r0 = q0 + warp * T::R;
     const int qend = min(rb0 + a.bq, a.nq);  // rows of this CTA: [q0, min(q0 + BQ, qend))
@@ -286,41 +410,136 @@ template <int D> __global__ void __launch_bounds__(kThreads) attn_block_kernel(c
         for (int u = 0; u < T::DL; u++)
             o[i][u] = 0.f;
     }
-    // Every thread advances the same cursor (entry e, key offset off inside its
-    // block), so the loop and its barriers are uniform.
+    const float *bias = nullptr;
+    int li = 0, li_end = 0;  // the listed columns of this query block (MIXED)
+    if constexpr (MIXED) {
+        if (a.state_o) {
+            // A finished pass (O, L) is the state (m = L, l = 1, acc = O); l
+            // is a per-lane partial sum, so lane 0 holds the 1.
+#pragma unroll
+            for (int i = 0; i < T::R; i++) {
+                const int r = r0 + i;
+                const float L = r < qend ? a.state_lse[(size_t)h * a.nq + r] : -INFINITY;
+                if (L == -INFINITY)
+                    continue;
+                m[i] = L * kLog2e;
+                l[i] = lane == 0 ? 1.f : 0.f;
+#pragma unroll
+                for (int u = 0; u < T::DL; u++)
+                    o[i][u] = u * 32 + lane < a.d ? a.state_o[((size_t)h * a.nq + r) * a.d + u * 32 + lane] : 0.f;
+            }
+        }
+        if (a.bias)
+            bias = a.bias + (size_t)(a.bias_heads == 1 ? 0 : h) * a.nq * a.nk;
+        const int32_t *lrp = a.list_ptr + (size_t)(h / (a.hq / a.hl)) * (a.n_qb + 1);
+        li = lrp[qb], li_end = lrp[qb + 1];
+    }
+    float ext[T::R];  // pv_skip: row maxima of a block longer than a tile
+#pragma unroll
+    for (int i = 0; i < T::R; i++)
+        ext[i] = -INFINITY;
+    const SkipInfo<D> skip_info = {sm.slot_end, sm.slot_off, ext, a.pv_skip_log2};
+
+    // Every thread advances the same cursors (entry e, key offset off inside
+    // its block; then list position li), so the loop and its barriers are uniform.
     int e = row_ptr[qb], off = 0;
-    const int e_end = row_ptr[qb + 1];
-    while (e < e_end) {
+    const int e_begin = e, e_end = row_ptr[qb + 1];
+    while (e < e_end || li < li_end) {
         __syncthreads();  // every warp is done with the previous tile and its slots
         int n = 0;
-        while (n < T::BK && e < e_end) {
-            const int c = a.col_idx[e];
-            const int len = min(a.bk, a.nk - c * a.bk);  // the key block, clipped to nk
-            const int take = min(len - off, T::BK - n);
+        // Puts take keys of block entry e from offset off into slots n ...
+        const auto put_block = [&](int c, int take) {
             const int t = (int)threadIdx.x - n;
             if (t >= 0 && t < take) {
                 sm.slot_key[threadIdx.x] = c * a.bk + off + t;
                 sm.slot_part[threadIdx.x] = a.part[e];
                 sm.slot_off[threadIdx.x] = off + t;
+                sm.slot_end[threadIdx.x] = n + take;
             }
-            n += take, off += take;
-            if (off == len)
-                e++, off = 0;
+        };
+        if constexpr (SKIP) {
+            const int c = a.col_idx[e], len = min(a.bk, a.nk - c * a.bk);
+            if (len > T::BK) {  // a long block: alone in its tiles, its maxima first
+                if (off == 0)
+                    block_row_max<D>(a, sm, kg, e, r0, rb0, qend, warp_live, ext);
+                const int take = min(len - off, T::BK);
+                put_block(c, take);
+                n = take, off += take;
+                if (off == len)
+                    e++, off = 0;
+            } else {  // whole blocks only, so each block's max is in the tile
+#pragma unroll
+                for (int i = 0; i < T::R; i++)
+                    ext[i] = -INFINITY;
+                while (e < e_end) {
+                    const int ce = a.col_idx[e], le = min(a.bk, a.nk - ce * a.bk);
+                    if (le > T::BK - n)
+                        break;
+                    put_block(ce, le);
+                    n += le, e++;
+                }
+            }
+        } else {
+            while (n < T::BK && e < e_end) {
+                const int c = a.col_idx[e];
+                const int len = min(a.bk, a.nk - c * a.bk);  // the key block, clipped to nk
+                const int take = min(len - off, T::BK - n);
+                put_block(c, take);
+                n += take, off += take;
+                if (off == len)
+                    e++, off = 0;
+            }
+        }
+        if constexpr (MIXED) {
+            if (e == e_end && n < T::BK && li < li_end) {
+                const int take = min(li_end - li, T::BK - n);
+                const int t = (int)threadIdx.x - n;
+                if (t >= 0 && t < take) {
+                    const int key = a.list_col[li + t], kb = key / a.bk;
+                    int lo = e_begin, hi = e_end;  // the kept entry of key block kb, if any
+                    while (lo < hi) {
+                        const int mid = (lo + hi) / 2;
+                        if (a.col_idx[mid] < kb)
+                            lo = mid + 1;
+                        else
+                            hi = mid;
+                    }
+                    const bool kept = lo < e_end && a.col_idx[lo] == kb;
+                    sm.slot_key[threadIdx.x] = key;
+                    sm.slot_part[threadIdx.x] = !kept ? kFree : a.part[lo] < 0 ? kDup : kPartial - a.part[lo];
+                    sm.slot_off[threadIdx.x] = key - kb * a.bk;
+                }
+                n += take, li += take;
+            }
         }
         __syncthreads();
         const auto key_row = [&](int j) { return j < n ? sm.slot_key[j] : -1; };
         load_rows<D, T::KS>(sm.ks, kg, a.d, T::BK, 1.f, key_row);
         load_rows<D, D>(sm.vs, vg, a.d, T::BK, 1.f, key_row);
         __syncthreads();
-        if (warp_live)
-            tile_update<D>(sm.qs + warp * T::R * D, sm.ks, sm.vs, sm.pw, n,
-                           [&](int i, int j) {
-                               if (j >= n || r0 + i >= qend)
-                                   return false;
-                               const int p = sm.slot_part[j];
-                               return p < 0 || a.bits[((size_t)p * a.bq + (r0 + i - rb0)) * a.bk + sm.slot_off[j]] != 0;
-                           },
-                           m, l, o);
+        if (!warp_live)
+            continue;
+        const auto adjust = [&](int i, int j, float x) {
+            const int r = r0 + i;
+            if (j >= n || r >= qend)
+                return -INFINITY;
+            const int p = sm.slot_part[j];
+            const size_t row_bits = (size_t)(r - rb0) * a.bk + sm.slot_off[j];
+            bool vis;
+            if (p >= -1)
+                vis = p < 0 || a.bits[(size_t)p * a.bq * a.bk + row_bits] != 0;
+            else if (p == kFree)
+                vis = true;
+            else if (p == kDup)
+                vis = false;
+            else  // a listed column in a partial block: the block part has it where the bit is set
+                vis = a.bits[(size_t)(kPartial - p) * a.bq * a.bk + row_bits] == 0;
+            if (!vis)
+                return -INFINITY;
+            return MIXED && bias ? x + bias[(size_t)r * a.nk + sm.slot_key[j]] * kLog2e : x;
+        };
+        tile_update<D, SKIP>(sm.qs + warp * T::R * D, sm.ks, sm.vs, sm.pw, n, adjust, SKIP ? &skip_info : nullptr, m,
+                             l, o);
     }
     if (warp_live)
         store_rows<D>(a, h, r0, qend, m, l, o);  // rows from qend on belong to the next mask block
@@ -367,6 +586,7 @@ cudaError_t sl__cuda_attn_dense(const sl__cuda_attn &a, cudaStream_t st)
     return err;
 }
 
+// attn.block_sparse (pv_skip when a.pv_skip_log2 > 0) and attn.vs_mixed (a.list_ptr set).
 cudaError_t sl__cuda_attn_block_sparse(const sl__cuda_attn &a, cudaStream_t st)
 {
     cudaError_t err = cudaErrorInvalidValue;
@@ -374,7 +594,12 @@ cudaError_t sl__cuda_attn_block_sparse(const sl__cuda_attn &a, cudaStream_t st)
         constexpr int D = decltype(dc)::value;
         const int n_sub = (a.bq + Tile<D>::BQ - 1) / Tile<D>::BQ;
         const dim3 grid((unsigned)a.n_qb * (unsigned)n_sub, a.hq);
-        err = launch<D>(attn_block_kernel<D>, grid, a, st);
+        if (a.list_ptr)
+            err = launch<D>(attn_block_kernel<D, false, true>, grid, a, st);
+        else if (a.pv_skip_log2 > 0.f)
+            err = launch<D>(attn_block_kernel<D, true, false>, grid, a, st);
+        else
+            err = launch<D>(attn_block_kernel<D, false, false>, grid, a, st);
     });
     return err;
 }

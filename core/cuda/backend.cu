@@ -121,11 +121,20 @@ sl_status run_attention(const sl__kargs *a, double scale, int64_t bq, int64_t n_
     args->lse = static_cast<float *>(st.out[1]);
     args->hq = (int)dm.hq, args->hkv = (int)dm.hkv, args->nq = (int)dm.nq, args->nk = (int)dm.nk, args->d = (int)dm.d;
     args->scale_log2 = (float)(dm.scale * 1.4426950408889634);  // log2(e)
-    if (a->op == SL_OP_ATTN_BLOCK_SPARSE) {
+    if (a->op == SL_OP_ATTN_BLOCK_SPARSE || a->op == SL_OP_ATTN_VS_MIXED) {
         args->row_ptr = static_cast<const int32_t *>(st.in[3]);
         args->col_idx = static_cast<const int32_t *>(st.in[4]);
         args->part = static_cast<const int32_t *>(st.in[5]);
         args->bits = static_cast<const uint8_t *>(st.in[6]);
+    }
+    if (a->op == SL_OP_ATTN_VS_MIXED) {
+        args->list_ptr = static_cast<const int32_t *>(st.in[7]);
+        args->list_col = static_cast<const int32_t *>(st.in[8]);
+        args->hl = (int)a->in[7].shape[0];
+        args->bias = static_cast<const float *>(st.in[9]);
+        args->bias_heads = a->in[9].buf ? (int)a->in[9].shape[0] : 0;
+        args->state_o = static_cast<const float *>(st.in[10]);
+        args->state_lse = static_cast<const float *>(st.in[11]);
     }
     return stage_out(a, &st, launch(*args, 0));
 }
@@ -141,8 +150,20 @@ sl_status cuda_attn_dense(const sl__kargs *a)
 sl_status cuda_attn_block_sparse(const sl__kargs *a)
 {
     const sl_attn_block_params *p = static_cast<const sl_attn_block_params *>(a->params);
-    if (p->pv_skip > 0)
-        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: pv_skip is not implemented on cuda (use cpu)", op_name(a));
+    const sl_tensor *row_ptr = &a->in[3];
+    sl__cuda_attn args = {};
+    args.hm = (int)row_ptr->shape[0];
+    args.n_qb = (int)(row_ptr->shape[1] - 1);
+    args.bq = (int)p->bq;
+    args.bk = (int)p->bk;
+    args.pv_skip_log2 = (float)(p->pv_skip * 1.4426950408889634);  // log2(e): scores run in base 2
+    return run_attention(a, p->scale, p->bq, args.n_qb, &args, sl__cuda_attn_block_sparse);
+}
+
+// attn.vs_mixed: the block kernel with the lists' columns after the blocks.
+sl_status cuda_attn_vs_mixed(const sl__kargs *a)
+{
+    const sl_attn_vs_params *p = static_cast<const sl_attn_vs_params *>(a->params);
     const sl_tensor *row_ptr = &a->in[3];
     sl__cuda_attn args = {};
     args.hm = (int)row_ptr->shape[0];
@@ -338,6 +359,7 @@ constexpr kernel_table make_kernel_table()
     kernel_table t = {};
     t.fn[SL_OP_ATTN_DENSE] = cuda_attn_dense;
     t.fn[SL_OP_ATTN_BLOCK_SPARSE] = cuda_attn_block_sparse;
+    t.fn[SL_OP_ATTN_VS_MIXED] = cuda_attn_vs_mixed;
     t.fn[SL_OP_ATTN_TOKEN_SPARSE] = cuda_attn_token_sparse;
     t.fn[SL_OP_ATTN_ROWS] = cuda_attn_rows;
     t.fn[SL_OP_ATTN_LSE_MERGE] = cuda_attn_lse_merge;

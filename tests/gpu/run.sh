@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run the op tests with the cuda backend, then the quick benchmark if the program has one.
+# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run the op suites (test_ops, test_sparse_ops) with the cuda backend, then the quick benchmark if the program has one.
 #   usage (from the repo root): tests/gpu/run.sh        CUDA_ARCH=sm_80 tests/gpu/run.sh
-# Exits non-zero when the build fails, the op tests fail, or the cuda backend is unavailable.
+# Exits non-zero when the build fails, an op suite fails, the cuda backend is unavailable, or a
+# case of a kernel the cuda backend has (vs_mixed, pv_skip, ...) was skipped on cuda as unsupported.
 set -eu
 
 ARCH=${CUDA_ARCH:-sm_90}
@@ -34,25 +35,32 @@ if [ "$(cat "$BUILD/.cuda_arch" 2>/dev/null || true)" != "$ARCH" ]; then
 fi
 
 t0=$SECONDS
-if ! make CUDA=1 BUILD="$BUILD" CUDA_ARCH="$ARCH" -j"$JOBS" all "$BUILD/tests/test_ops" >"$LOG/build.txt" 2>&1; then
+if ! make CUDA=1 BUILD="$BUILD" CUDA_ARCH="$ARCH" -j"$JOBS" all "$BUILD/tests/test_ops" "$BUILD/tests/test_sparse_ops" >"$LOG/build.txt" 2>&1; then
     tail -30 "$LOG/build.txt"
     fail "build CUDA=1 $ARCH" "see $LOG/build.txt"
 fi
 echo "$ARCH" >"$BUILD/.cuda_arch"
 row "build CUDA=1 $ARCH" ok "$((SECONDS - t0)) s"
 
-t0=$SECONDS
-set +e
-SL_TEST_BACKENDS=ref,cpu,cuda "$BUILD/tests/test_ops" >"$LOG/test_ops.txt" 2>&1
-rc=$?
-set -e
-cat "$LOG/test_ops.txt"
-checks=$(grep -E '^[0-9]+%: Checks' "$LOG/test_ops.txt" | tail -1 || true)
-if grep -q '^SKIP backend cuda' "$LOG/test_ops.txt"; then
-    fail "test_ops ref,cpu,cuda" "cuda skipped: $(grep -m1 '^SKIP backend cuda' "$LOG/test_ops.txt" | sed 's/^SKIP backend cuda: //')"
-fi
-[ "$rc" -eq 0 ] || fail "test_ops ref,cpu,cuda" "exit $rc; ${checks:-no summary}"
-row "test_ops ref,cpu,cuda" ok "${checks:-} ($((SECONDS - t0)) s)"
+for suite in test_ops test_sparse_ops; do
+    t0=$SECONDS
+    set +e
+    SL_TEST_BACKENDS=ref,cpu,cuda "$BUILD/tests/$suite" >"$LOG/$suite.txt" 2>&1
+    rc=$?
+    set -e
+    cat "$LOG/$suite.txt"
+    checks=$(grep -E '^[0-9]+%: Checks' "$LOG/$suite.txt" | tail -1 || true)
+    if grep -q '^SKIP backend cuda' "$LOG/$suite.txt"; then
+        fail "$suite ref,cpu,cuda" "cuda skipped: $(grep -m1 '^SKIP backend cuda' "$LOG/$suite.txt" | sed 's/^SKIP backend cuda: //')"
+    fi
+    [ "$rc" -eq 0 ] || fail "$suite ref,cpu,cuda" "exit $rc; ${checks:-no summary}"
+    # The suites let a backend other than cpu answer "unsupported" for a case
+    # (it prints SKIP ... on cuda); every op and option they test has a cuda
+    # kernel (vs_mixed and pv_skip included), so a skip is a failure.
+    skipped=$(grep -m1 -E '^SKIP .* on cuda' "$LOG/$suite.txt" || true)
+    [ -z "$skipped" ] || fail "$suite ref,cpu,cuda" "unsupported on cuda: $skipped"
+    row "$suite ref,cpu,cuda" ok "${checks:-} ($((SECONDS - t0)) s)"
+done
 
 # The benchmark is optional: a program without `bench` (or without --backend)
 # is reported, not failed.
