@@ -25,7 +25,8 @@ usage: sparselab                         start the REPL
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
        sparselab stats DB [...]
        sparselab bench [--quick] [--json] [--db FILE]
-       sparselab help]]
+       sparselab help
+  --param K=V: V a number, true/false, a word, or a list in braces: images={{10,45},{50,90}}]]
 
 -- Parses argv[first..] against a spec {flag = "value"|"flag"|"multi"}.
 local function parse(argv, first, spec, positional_names)
@@ -65,9 +66,48 @@ local function parse(argv, first, spec, positional_names)
   return o, pos
 end
 
+local table_of
+
 local function value_of(s)
   if s == "true" then return true elseif s == "false" then return false end
+  if s:match("^%s*{") then return table_of(s) end
   return tonumber(s) or s
+end
+
+-- A list value of --param K={...}: nested braces holding numbers, true/false
+-- and bare or "quoted" words, e.g. images={{10,45},{50,90}} or
+-- categories={sink,intra}. Read by hand: nothing of it is run as code.
+table_of = function(s)
+  local pos = 1
+  local function skip() pos = s:find("%S", pos) or #s + 1 end
+  local function bad(what) sl.fail("--param: expected %s at character %d of '%s'", what, pos, s) end
+  local function item()
+    skip()
+    if s:sub(pos, pos) == "{" then
+      pos = pos + 1
+      local t = {}
+      skip()
+      if s:sub(pos, pos) == "}" then pos = pos + 1; return t end
+      while true do
+        t[#t + 1] = item()
+        skip()
+        local c = s:sub(pos, pos)
+        if c ~= "," and c ~= "}" then bad("',' or '}'") end
+        pos = pos + 1
+        if c == "}" then return t end
+      end
+    end
+    local q = s:match('^"([^"]*)"', pos)
+    if q then pos = pos + #q + 2; return q end
+    local w = s:match("^[%w_%.%-%+]+", pos)
+    if not w then bad("a number, a word or '{'") end
+    pos = pos + #w
+    return value_of(w)
+  end
+  local v = item()
+  skip()
+  if pos <= #s then bad("the end") end
+  return v
 end
 
 -- The method parameters of --param K=V options and the number of --budget.

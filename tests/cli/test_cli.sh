@@ -102,6 +102,12 @@ for bad_args in "--workload synthetic,n=abc" "--workload synthetic,n=64 --reps 2
 done
 expect_rc 1 "huge budget" "$SL" eval sliding_window --workload synthetic,n=64 --budget 1e400
 one_line_err "must be an integer" "huge budget"
+# list values of --param (the must-show of each method through the CLI is tests/lua/test_methods_eval.lua)
+expect_rc 0 "--param list value" "$SL" eval blindsight --workload synthetic,n=64,heads=4,kv_heads=2 \
+    --param 'images={{8,30},{40,60}}' --param 'categories={sink,intra,intra_sink,dense}' --json
+grep -q '"images":\[\[8,30\],\[40,60\]\]' "$T/out" && ok || bad "--param images not read as a list: $(head -c 300 "$T/out")"
+expect_rc 1 "--param unclosed list" "$SL" eval blindsight --workload synthetic,n=64 --param 'images={{8,30},'
+one_line_err "expected a number, a word or '{' at character 9" "unclosed list"
 
 # compare: one row per method and budget, averaged; bad grouping is a user error
 "$SL" eval streaming_llm --workload synthetic,n=256,heads=4,kv_heads=2 --budget 32 --db "$T/r.db" >/dev/null 2>&1

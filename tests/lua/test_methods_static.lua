@@ -1,84 +1,28 @@
 -- test_methods_static.lua — the static-pattern recipes (s2_attention,
 -- power_attention, triangle_mix, masformer, blindsight,
 -- neighborhood_attention, videoxl2_chunk_prefill, lserve) against an
--- independent float64 reference written here: each card's mask by its own
+-- independent float64 reference of static_ref.lua: each card's mask by its own
 -- definition (no mask code under test) and softmax attention over the kept
 -- keys with plain loops; o and lse to 1e-5 relative L2, the reported density
 -- to the brute-force kept-pair count; then the cards' cheap checks, the
--- schedules of sl.assign, and `sparselab methods --json`. Run with
+-- schedules of sl.assign, and `sparselab methods --json`. (The same checks
+-- through the CLI: test_methods_eval.lua.) Run with
 -- LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_static.lua
 package.path = "tests/lua/?.lua;" .. package.path
 local H = require "harness"
 local sl = require "sparselab"
 local test, near, eq, truthy = H.test, H.near, H.eq, H.truthy
 
+local R = require "static_ref"
+local reference, rel_l2, brute_density, pow2 = R.reference, R.rel_l2, R.brute_density, R.pow2
+
 local HQ, HKV = 4, 2
 
 local function problem(n, d, seed, causal)
   local q, k, v = sl.randn({HQ, n, d}, {seed = seed}), sl.randn({HKV, n, d}, {seed = seed + 1}),
     sl.randn({HKV, n, d}, {seed = seed + 2})
-  return sl.problem{q = q, k = k, v = v, causal = causal}, {q = q:totable(), k = k:totable(), v = v:totable(), n = n, d = d}
-end
-
--- keep(h, i, j) with 0-based query head, query and key positions.
-local function reference(t, keep)
-  local o, lse = {}, {}
-  local group = HQ // HKV
-  local scale = 1 / math.sqrt(t.d)
-  for h = 0, HQ - 1 do
-    local g = h // group
-    local Q, K, V = t.q[h + 1], t.k[g + 1], t.v[g + 1]
-    o[h + 1], lse[h + 1] = {}, {}
-    for i = 0, t.n - 1 do
-      local s, mx = {}, -math.huge
-      for j = 0, t.n - 1 do
-        if keep(h, i, j) then
-          local dot = 0
-          for c = 1, t.d do dot = dot + Q[i + 1][c] * K[j + 1][c] end
-          s[j] = dot * scale
-          if s[j] > mx then mx = s[j] end
-        end
-      end
-      local z, acc = 0, {}
-      for c = 1, t.d do acc[c] = 0 end
-      for j, x in pairs(s) do
-        local w = math.exp(x - mx)
-        z = z + w
-        for c = 1, t.d do acc[c] = acc[c] + w * V[j + 1][c] end
-      end
-      for c = 1, t.d do acc[c] = z > 0 and acc[c] / z or 0 end
-      o[h + 1][i + 1] = acc
-      lse[h + 1][i + 1] = z > 0 and mx + math.log(z) or -math.huge
-    end
-  end
-  return o, lse
-end
-
-local function flat(x, out)
-  out = out or {}
-  if type(x) == "table" then for _, y in ipairs(x) do flat(y, out) end else out[#out + 1] = x end
-  return out
-end
-
-local function rel_l2(got, want)
-  local a, b = flat(got), flat(want)
-  assert(#a == #b, "sizes differ")
-  local num, den = 0, 0
-  for i = 1, #a do num = num + (a[i] - b[i]) ^ 2; den = den + b[i] ^ 2 end
-  return math.sqrt(num / den)
-end
-
-local function brute_density(t, keep, causal)
-  local kept, total = 0, 0
-  for h = 0, HQ - 1 do
-    for i = 0, t.n - 1 do
-      for j = 0, t.n - 1 do
-        if keep(h, i, j) then kept = kept + 1 end
-        if not causal or j <= i then total = total + 1 end
-      end
-    end
-  end
-  return kept / total
+  return sl.problem{q = q, k = k, v = v, causal = causal},
+    {q = q:totable(), k = k:totable(), v = v:totable(), n = n, d = d, hq = HQ, hkv = HKV}
 end
 
 -- sl.eval against the reference: o, lse and density.
@@ -98,20 +42,7 @@ local function is_dense(r, what)
   near(r.metrics.density, 1, 1e-12, what .. " density")
 end
 
-local function pow2(d) return d > 0 and d & (d - 1) == 0 end
-
 -- ---- s2_attention -------------------------------------------------------------
-
-local function s2_keep(p, n)
-  local step = p.head_step or math.max(1, p.vert_stride // HKV)
-  return function(h, i, j)
-    if j > i then return false end
-    local g = h // (HQ // HKV)
-    if g >= HKV - (p.num_dense_heads or 0) then return true end
-    local r, c = i // p.block, j // p.block
-    return r - c < p.local_blocks or (c + g * step + (p.offset or 0)) % p.vert_stride == 0
-  end
-end
 
 test("s2_attention equals the independent per-KV-head reference", function()
   for _, c in ipairs{{n = 97, d = 8, p = {local_blocks = 2, vert_stride = 3, block = 16}},
@@ -120,7 +51,7 @@ test("s2_attention equals the independent per-KV-head reference", function()
     local prob, t = problem(c.n, c.d, c.n)
     local p = {}
     for k, v in pairs(c.p) do p[k] = v end
-    check("s2_attention", prob, t, p, s2_keep(c.p, c.n))
+    check("s2_attention", prob, t, p, R.s2_keep(c.p, HQ, HKV))
   end
 end)
 
@@ -151,12 +82,7 @@ test("power_attention equals the independent block-level reference", function()
       {n = 90, d = 8, p = {window = 2, block = 4, sink = 2}}} do
     local prob, t = problem(c.n, c.d, c.n + 7)
     local P = c.p
-    local keep = function(_, i, j)
-      if j > i then return false end
-      local d = i // P.block - j // P.block
-      return d == 0 or pow2(d) or d < P.window or j // P.block < P.sink
-    end
-    check("power_attention", prob, t, {window = P.window, block = P.block, sink = P.sink}, keep)
+    check("power_attention", prob, t, {window = P.window, block = P.block, sink = P.sink}, R.power_keep(P))
   end
 end)
 
@@ -192,12 +118,7 @@ end)
 
 -- ---- triangle_mix --------------------------------------------------------------
 
-local function triangle_keep(p, n)
-  local last = math.min(p.n_last, n - 1)
-  return function(_, i, j)
-    return j <= i and (j < p.n_init or i - j < p.n_local or i >= n - last)
-  end
-end
+local triangle_keep = R.triangle_keep
 
 test("triangle_mix equals the independent reference", function()
   for _, c in ipairs{{n = 110, d = 8, p = {n_init = 3, n_local = 17, n_last = 9}},
@@ -234,7 +155,7 @@ end)
 
 test("masformer equals the independent reference; full layers and span >= n are dense", function()
   local prob, t = problem(100, 16, 31)
-  check("masformer", prob, t, {span = 13}, function(_, i, j) return j <= i and i - j < 13 end)
+  check("masformer", prob, t, {span = 13}, R.window_keep(13))
   local full = problem(100, 16, 31)
   full.layer = 8
   is_dense(sl.eval("masformer", full, {params = {span = 3, full_every = 4, bq = 16, bk = 16}}), "full layer 8")
@@ -246,28 +167,7 @@ end)
 
 -- ---- blindsight ------------------------------------------------------------------
 
-local function blindsight_keep(images, n, k, cats)
-  local img, bounds = {}, {[0] = true}
-  for m, r in ipairs(images) do
-    for p = r[1], r[2] - 1 do img[p] = m end
-    bounds[r[1]] = true
-    if r[2] < n then bounds[r[2]] = true end
-  end
-  local segstart, s = {}, 0
-  for p = 0, n - 1 do
-    if bounds[p] then s = p end
-    segstart[p] = s
-  end
-  return function(h, i, j)
-    if j > i then return false end
-    local cat = cats[h + 1]
-    if cat == "dense" or not img[i] then return true end
-    if img[j] == img[i] then return true end
-    if cat == "sink" then return j < k end
-    if cat == "intra_sink" then return j - segstart[j] < k end
-    return false
-  end
-end
+local blindsight_keep = R.blindsight_keep
 
 test("blindsight equals the independent reference for every category", function()
   local n = 120
@@ -295,34 +195,7 @@ end)
 
 -- ---- neighborhood_attention -------------------------------------------------------
 
--- NATTEN's 1-D rule from the card's text.
-local function na1d(x, y, X, k, s, dil, causal)
-  if x % dil ~= y % dil then return false end
-  local xp, yp = x // dil, y // dil
-  local Xp = (X - x % dil + dil - 1) // dil
-  local gs = (xp // s) * s
-  if causal then
-    local leader = math.min(gs + s - 1, Xp - 1)
-    return yp <= xp and leader - yp < k
-  end
-  local leader = math.min(gs + s // 2, Xp - 1)
-  local left = k // 2
-  local right = k // 2 + k % 2 - 1
-  local c = math.min(math.max(leader, left), Xp - 1 - right)
-  return c - left <= yp and yp <= c + right
-end
-
-local function na_keep(grid, k, s, dil, causal)
-  return function(_, i, j)
-    local xi, xj = {}, {}
-    local a, b = i, j
-    for d = #grid, 1, -1 do xi[d] = a % grid[d]; a = a // grid[d]; xj[d] = b % grid[d]; b = b // grid[d] end
-    for d = 1, #grid do
-      if not na1d(xi[d], xj[d], grid[d], k, s, dil, causal) then return false end
-    end
-    return true
-  end
-end
+local na_keep = R.na_keep
 
 test("neighborhood_attention equals the independent NATTEN-rule reference (1-D, 2-D, strided, dilated, causal)", function()
   for _, c in ipairs{{n = 100, grid = {100}, k = 9, s = 1, dil = 1, causal = false},
@@ -365,23 +238,7 @@ end)
 
 -- ---- videoxl2_chunk_prefill ---------------------------------------------------------
 
-local function vxl_keep(n, p)
-  local pre = math.min(p.prefix_len, n)
-  local suf = math.max(pre, n - p.suffix_len)
-  local group = p.ts_len + p.group_tokens
-  local function visual(x) return x >= pre and x < suf end
-  local function ts(x) return visual(x) and (x - pre) % group < p.ts_len end
-  local function chunk(x) return ((x - pre) // group) // p.block_size end
-  return function(_, i, j)
-    if j > i then return false end
-    if i >= suf or j < pre or ts(i) or ts(j) then return true end
-    if visual(i) and visual(j) then
-      local dc = chunk(i) - chunk(j)
-      return dc >= 0 and dc <= p.prev_blocks_num
-    end
-    return false
-  end
-end
+local vxl_keep = R.vxl_keep
 
 test("videoxl2_chunk_prefill equals the independent template reference", function()
   for _, c in ipairs{{n = 128, p = {prefix_len = 5, suffix_len = 9, ts_len = 2, group_tokens = 6, block_size = 2,
@@ -408,11 +265,7 @@ test("lserve (static streaming heads) equals the independent reference; sparsity
   local prob, t = problem(n, 16, 71)
   for _, s in ipairs{0.5, 1.0} do
     local ns = math.floor(s * HKV + 0.5)
-    check("lserve", prob, t, {ctx_local = 20, ctx_sink = 4, static_sparsity = s}, function(h, i, j)
-      if j > i then return false end
-      if h // (HQ // HKV) < ns then return j < 4 or i - j < 20 end
-      return true
-    end)
+    check("lserve", prob, t, {ctx_local = 20, ctx_sink = 4, static_sparsity = s}, R.lserve_keep(ns, 4, 20, HQ // HKV))
   end
   is_dense(sl.eval("lserve", prob, {params = {ctx_local = 5, static_sparsity = 0, bq = 16, bk = 16}}), "sparsity 0")
   local r = sl.eval("lserve", prob, {params = {ctx_local = 20, ctx_sink = 4, bq = 16, bk = 16}})
