@@ -7,9 +7,11 @@ local sl = require "sparselab"
 local E = {}
 
 local PROBLEM_KEYS = {q = true, k = true, v = true, causal = true, backend = true, phase = true,
-  workload = true, workload_params = true, layer = true, head = true, _checked = true, _dense = true}
+  workload = true, workload_params = true, layer = true, head = true, _checked = true, _dense = true,
+  state = true}
 
---- A problem: {q =, k =, v =, causal = true, backend = "cpu", workload = "name", workload_params = {}}
+--- A problem: {q =, k =, v =, causal = true, backend = "cpu", workload = "name", workload_params = {},
+--- state = {} (optional: the explicit step state stateful corrections keep and update in place)}
 function E.problem(t)
   for key in pairs(t) do
     if not PROBLEM_KEYS[key] then sl.fail("sl.problem: unknown key '%s'", tostring(key)) end
