@@ -298,7 +298,11 @@ if ok_fw and type(correct) == "table" and correct.apply then
       local r = sl.eval("sliding_window+" .. id, prob, {params = WINDOW[2]})
       truthy(r.metrics.correction_flops and r.metrics.correction_flops > 0, id .. ": correction_flops")
       truthy(r.metrics.correction_ms ~= nil, id .. ": correction_ms")
-      truthy(r.metrics.rel_l2 < 0.5, id .. ": rel_l2 " .. r.metrics.rel_l2)
+      near(r.metrics.flops, r.metrics.base_flops + r.metrics.correction_flops, 1e-6 * r.metrics.flops,
+        id .. ": flops = base + correction")
+      -- the same numbers as the module applied by hand on a fresh state
+      local own = apply(WINDOW[1], WINDOW[2], id, {}, problem(71, {state = {}}))
+      near(r.metrics.rel_l2, rel(own.o, dense(prob)), 1e-6, id .. ": rel_l2 as composed by hand")
     end
   end)
 end
