@@ -1,8 +1,11 @@
 /* mask_convert.c — conversions between the mask forms: block → index lists
  * (per row or per query block, the inputs of attn.token_sparse), index →
- * block with token bits, block → dense bits and dense bits → block. */
+ * block with token bits, block → dense bits and dense bits → block, and
+ * the masks of selections (issue 4): kept blocks, kept columns as index
+ * lists, kept diagonals (exact, or widened to tiles as MInference executes). */
 #include "mask_impl.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- block -> index --------------------------------------------------------------------------- */
@@ -257,4 +260,298 @@ sl_status sl_mask_from_bits(sl_ctx *ctx, const sl_tensor *bits, int bq, int bk, 
     sl__mgeom g = sl__mgeom_make(n_q, n_k, bq, bk);
     from_bits_job job = {bits->data, {three ? bits->stride[0] : 0, bits->stride[three], bits->stride[three + 1]}, &g};
     return sl__mask_build(ctx, fn, (int)heads, &g, from_bits_row, &job, sl__mb_slots_bytes(&g), out);
+}
+
+/* ---- masks from selections (issue 4) ---------------------------------------------------------- */
+
+/* Token bits of key block c for query block r under the causal rule: pairs
+ * (row a, key x) with key position <= query position, inside the clipped
+ * area; returns the block's class. */
+static int causal_block(const sl__mgeom *g, int64_t r, int64_t c, uint8_t *bits)
+{
+    int64_t rows = sl__mg_rows(g, r), cols = sl__mg_cols(g, c);
+    int64_t p0 = g->offset + r * g->bq, j0 = c * g->bk;
+    if (j0 + cols - 1 <= p0)
+        return SL__BLK_FULL;
+    if (j0 > p0 + rows - 1)
+        return SL__BLK_EMPTY;
+    memset(bits, 0, (size_t)g->bq * (size_t)g->bk);
+    for (int64_t a = 0; a < rows; a++)
+        for (int64_t x = 0; x < cols && j0 + x <= p0 + a; x++)
+            bits[a * g->bk + x] = 1;
+    return SL__BLK_PARTIAL;
+}
+
+typedef struct from_blocks_job {
+    const uint8_t *keep;
+    int64_t st[3];    /* head (0 when one head), query block, key block strides */
+    int causal;
+    const sl__mgeom *g;
+} from_blocks_job;
+
+static void from_blocks_row(void *ud, void *scratch, int h, int64_t r, sl__mb_sink *sink)
+{
+    const from_blocks_job *J = ud;
+    const uint8_t *row = J->keep + h * J->st[0] + r * J->st[1];
+    for (int64_t c = 0; c < J->g->n_kb; c++) {
+        if (!row[c * J->st[2]])
+            continue;
+        int cls = J->causal ? causal_block(J->g, r, c, scratch) : SL__BLK_FULL;
+        if (cls != SL__BLK_EMPTY)
+            sl__mb_emit(sink, c, cls, scratch);
+    }
+}
+
+sl_status sl_mask_from_blocks(sl_ctx *ctx, const sl_tensor *keep, int64_t n_q, int64_t n_k, int bq, int bk, int causal,
+                              sl_mask *out)
+{
+    const char *fn = "mask from_blocks";
+    memset(out, 0, sizeof *out);
+    sl_status s = sl__mask_check_geometry(ctx, fn, n_q, n_k, bq, bk);
+    if (s)
+        return s;
+    sl__mgeom g = sl__mgeom_make(n_q, n_k, bq, bk);
+    if (!keep->buf || keep->dtype != SL_U8 || (keep->ndim != 2 && keep->ndim != 3))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected u8 keep [H, %lld, %lld] or [%lld, %lld], found %s %dD", fn,
+                           (long long)g.n_qb, (long long)g.n_kb, (long long)g.n_qb, (long long)g.n_kb,
+                           keep->buf ? sl_dtype_name(keep->dtype) : "no tensor", keep->ndim);
+    int three = keep->ndim == 3;
+    int64_t heads = three ? keep->shape[0] : 1;
+    if (keep->shape[three] != g.n_qb || keep->shape[three + 1] != g.n_kb)
+        return sl_ctx_fail(ctx, SL_ESHAPE,
+                           "%s: keep has %lld x %lld blocks, expected %lld x %lld for n_q = %lld, n_k = %lld in blocks of %d x %d",
+                           fn, (long long)keep->shape[three], (long long)keep->shape[three + 1], (long long)g.n_qb,
+                           (long long)g.n_kb, (long long)n_q, (long long)n_k, bq, bk);
+    if (heads < 1 || heads > 65536)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld heads, expected 1..65536", fn, (long long)heads);
+    from_blocks_job job = {keep->data, {three ? keep->stride[0] : 0, keep->stride[three], keep->stride[three + 1]},
+                           causal, &g};
+    return sl__mask_build(ctx, fn, (int)heads, &g, from_blocks_row, &job, (size_t)bq * (size_t)bk, out);
+}
+
+static int cmp_i64_asc(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Per head, the valid entries of a [H, n] or [n] i32 list (-1 = padding,
+ * skipped) sorted ascending and unique: vals[h·n ..] holds cnt[h] of them.
+ * Entries outside [-1, hi) are SL_EARG naming what. */
+static sl_status sorted_lists(sl_ctx *ctx, const char *fn, const char *what, const sl_tensor *t, int64_t hi,
+                              int64_t *heads, int64_t *n, int64_t **vals, int64_t **cnt, size_t *bytes)
+{
+    *vals = NULL;
+    *cnt = NULL;
+    if (!t->buf || t->dtype != SL_I32 || (t->ndim != 1 && t->ndim != 2))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected %s as i32 [H, n] or [n], found %s %dD", fn, what,
+                           t->buf ? sl_dtype_name(t->dtype) : "no tensor", t->ndim);
+    int two = t->ndim == 2;
+    *heads = two ? t->shape[0] : 1;
+    *n = t->shape[two];
+    if (*heads < 1 || *heads > 65536)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s has %lld heads, expected 1..65536", fn, what, (long long)*heads);
+    *bytes = (size_t)(*heads * *n + *heads + 1) * sizeof(int64_t);
+    int64_t *v = sl_ctx_alloc(ctx, *bytes);
+    if (!v)
+        return SL_ENOMEM;
+    int64_t *c = v + *heads * *n;
+    const int32_t *d = t->data;
+    for (int64_t h = 0; h < *heads; h++) {
+        int64_t m = 0, *vh = v + h * *n;
+        for (int64_t i = 0; i < *n; i++) {
+            int32_t x = d[(two ? h * t->stride[0] : 0) + i * t->stride[two]];
+            if (x < -1 || x >= hi) {
+                sl_ctx_dealloc(ctx, v, *bytes);
+                return sl_ctx_fail(ctx, SL_EARG, "%s: %s[%lld, %lld] = %d is outside [0, %lld) (-1 = padding)", fn,
+                                   what, (long long)h, (long long)i, x, (long long)hi);
+            }
+            if (x >= 0)
+                vh[m++] = x;
+        }
+        qsort(vh, (size_t)m, sizeof *vh, cmp_i64_asc);
+        int64_t u = 0;
+        for (int64_t i = 0; i < m; i++)
+            if (u == 0 || vh[i] != vh[u - 1])
+                vh[u++] = vh[i];
+        c[h] = u;
+    }
+    *vals = v;
+    *cnt = c;
+    return SL_OK;
+}
+
+sl_status sl_mask_index_from_columns(sl_ctx *ctx, const sl_tensor *cols, int64_t n_q, int64_t n_k,
+                                     int64_t rows_per_entry, int causal, sl_mask_index *out)
+{
+    const char *fn = "mask index_from_columns";
+    memset(out, 0, sizeof *out);
+    if (n_q < 0 || n_k < 0 || n_q > n_k || n_k > INT32_MAX)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected 0 <= n_q <= n_k < 2^31, found n_q = %lld, n_k = %lld", fn,
+                           (long long)n_q, (long long)n_k);
+    if (rows_per_entry < 1 || rows_per_entry > (INT64_C(1) << 40))
+        return sl_ctx_fail(ctx, SL_EARG, "%s: rows_per_entry must be >= 1, found %lld", fn, (long long)rows_per_entry);
+    int64_t heads, n, *vals, *cnt;
+    size_t bytes;
+    sl_status s = sorted_lists(ctx, fn, "cols", cols, n_k, &heads, &n, &vals, &cnt, &bytes);
+    if (s)
+        return s;
+    int64_t n_e = (n_q + rows_per_entry - 1) / rows_per_entry, offset = n_k - n_q;
+    /* Entry e keeps the columns up to its last row's position: a prefix of
+     * the sorted list. */
+    double nnz = 0;
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t e = 0, i = 0; e < n_e; e++) {
+            int64_t last = offset + (e + 1) * rows_per_entry - 1;
+            last = last < n_k - 1 ? last : n_k - 1;
+            while (causal && i < cnt[h] && vals[h * n + i] <= last)
+                i++;
+            nnz += causal ? (double)i : (double)cnt[h];
+        }
+    if (nnz > INT32_MAX) {
+        sl_ctx_dealloc(ctx, vals, bytes);
+        return sl_ctx_fail(ctx, SL_EARG, "%s: %.0f indices exceed the i32 index", fn, nnz);
+    }
+    int64_t rs[2] = {heads, n_e + 1}, ns[1] = {(int64_t)nnz};
+    if (!(s = sl_tensor_new(ctx, SL_I32, 2, rs, &out->row_ptr)) && !(s = sl_tensor_new(ctx, SL_I32, 1, ns, &out->col))) {
+        int32_t *rp = out->row_ptr.data, *col = out->col.data, k = 0;
+        for (int64_t h = 0; h < heads; h++) {
+            for (int64_t e = 0, i = 0; e < n_e; e++) {
+                int64_t last = offset + (e + 1) * rows_per_entry - 1;
+                while (i < cnt[h] && (!causal || vals[h * n + i] <= last))
+                    i++;
+                rp[h * (n_e + 1) + e] = k;
+                for (int64_t x = 0; x < i; x++)
+                    col[k++] = (int32_t)vals[h * n + x];
+            }
+            rp[h * (n_e + 1) + n_e] = k;
+        }
+        out->n_heads = (int)heads;
+        out->n_q = n_q;
+        out->n_k = n_k;
+        out->rows_per_entry = rows_per_entry;
+        out->n_entries = n_e;
+    } else
+        sl_mask_index_release(out);
+    sl_ctx_dealloc(ctx, vals, bytes);
+    return s;
+}
+
+/* MInference's convert_vertical_slash_indexes, slash part: for query block r
+ * (block end E = offset + (r + 1)·bq in positions, not clipped, as the
+ * reference pads), each offset o < E gives the key range ending at
+ * max(E - o, bq), bq wide; taken by descending offset, a range ending more
+ * than bq past the current one starts a new range, one ending within bq
+ * extends the current range by bq. Each range [s, e) is executed as key
+ * blocks of bk starting at s (the last may pass e). */
+typedef struct slash_job {
+    const int64_t *vals, *cnt;
+    int64_t n;
+    const sl__mgeom *g;
+} slash_job;
+
+static int64_t slash_ranges(const slash_job *J, int h, int64_t r, int64_t *iv)
+{
+    const sl__mgeom *g = J->g;
+    const int64_t *v = J->vals + h * J->n;
+    int64_t E = g->offset + (r + 1) * g->bq, n_iv = 0, rs = 0, re = 0, have = 0;
+    for (int64_t i = J->cnt[h] - 1; i >= 0; i--) {
+        int64_t o = v[i];
+        if (o >= E)
+            continue;
+        int64_t e = E - o > g->bq ? E - o : g->bq;
+        if (!have) {
+            rs = e - g->bq, re = e, have = 1;
+        } else if (e > re + g->bq) {
+            iv[2 * n_iv] = rs, iv[2 * n_iv + 1] = re, n_iv++;
+            rs = e - g->bq, re = e;
+        } else if (e > re)
+            re += g->bq;
+    }
+    if (have)
+        iv[2 * n_iv] = rs, iv[2 * n_iv + 1] = re, n_iv++;
+    /* executed extents: whole bk blocks from the range start; merge overlaps */
+    int64_t m = 0;
+    for (int64_t i = 0; i < n_iv; i++) {
+        int64_t s = iv[2 * i], e = s + (iv[2 * i + 1] - s + g->bk - 1) / g->bk * g->bk;
+        if (m > 0 && s <= iv[2 * m - 1]) {
+            iv[2 * m - 1] = e > iv[2 * m - 1] ? e : iv[2 * m - 1];
+        } else {
+            iv[2 * m] = s, iv[2 * m + 1] = e, m++;
+        }
+    }
+    return m;
+}
+
+static void slash_row(void *ud, void *scratch, int h, int64_t r, sl__mb_sink *sink)
+{
+    const slash_job *J = ud;
+    const sl__mgeom *g = J->g;
+    uint8_t *bits = scratch;
+    int64_t *iv = (int64_t *)((uint8_t *)scratch + ((size_t)g->bq * (size_t)g->bk + 63) / 64 * 64);
+    int64_t n_iv = slash_ranges(J, h, r, iv), rows = sl__mg_rows(g, r), p0 = g->offset + r * g->bq;
+    int64_t i = 0;
+    for (int64_t c = 0; c < g->n_kb && i < n_iv; c++) {
+        int64_t j0 = c * g->bk, j1 = j0 + sl__mg_cols(g, c); /* keys [j0, j1) */
+        while (i < n_iv && iv[2 * i + 1] <= j0)
+            i++;
+        if (i >= n_iv || iv[2 * i] >= j1 || j0 > p0 + rows - 1)
+            continue;
+        if (iv[2 * i] <= j0 && iv[2 * i + 1] >= j1 && j1 - 1 <= p0) {
+            sl__mb_emit(sink, c, SL__BLK_FULL, NULL);
+            continue;
+        }
+        memset(bits, 0, (size_t)g->bq * (size_t)g->bk);
+        for (int64_t k = i; k < n_iv && iv[2 * k] < j1; k++) {
+            int64_t s = iv[2 * k] > j0 ? iv[2 * k] : j0, e = iv[2 * k + 1] < j1 ? iv[2 * k + 1] : j1;
+            for (int64_t a = 0; a < rows; a++)
+                for (int64_t j = s; j < e && j <= p0 + a; j++)
+                    bits[a * g->bk + (j - j0)] = 1;
+        }
+        sl__mb_emit(sink, c, SL__BLK_PARTIAL, bits);
+    }
+}
+
+sl_status sl_mask_from_slashes(sl_ctx *ctx, const sl_tensor *offsets, int64_t n_q, int64_t n_k, int bq, int bk,
+                               int widen, sl_mask *out)
+{
+    const char *fn = "mask from_slashes";
+    memset(out, 0, sizeof *out);
+    sl_status s = sl__mask_check_geometry(ctx, fn, n_q, n_k, bq, bk);
+    if (s)
+        return s;
+    int64_t heads, n, *vals, *cnt;
+    size_t bytes;
+    if ((s = sorted_lists(ctx, fn, "offsets", offsets, n_k > 0 ? n_k : 1, &heads, &n, &vals, &cnt, &bytes)))
+        return s;
+    sl__mgeom g = sl__mgeom_make(n_q, n_k, bq, bk);
+    if (widen) {
+        slash_job job = {vals, cnt, n, &g};
+        size_t scr = ((size_t)bq * (size_t)bk + 63) / 64 * 64 + (size_t)(2 * n + 2) * sizeof(int64_t);
+        s = sl__mask_build(ctx, fn, (int)heads, &g, slash_row, &job, scr, out);
+    } else {
+        /* the exact token rule is the slash pattern (width 1) with one list per head */
+        int64_t *ptr = sl_ctx_alloc(ctx, (size_t)(heads + 1) * sizeof(int64_t));
+        int64_t *flat = ptr ? sl_ctx_alloc(ctx, (size_t)(heads * n + 1) * sizeof(int64_t)) : NULL;
+        if (!flat)
+            s = SL_ENOMEM;
+        else {
+            int64_t k = 0;
+            for (int64_t h = 0; h < heads; h++) {
+                ptr[h] = k;
+                for (int64_t i = 0; i < cnt[h]; i++)
+                    flat[k++] = vals[h * n + i];
+            }
+            ptr[heads] = k;
+            sl_pattern_term t = {.kind = SL_PAT_SLASH, .a = 1, .idx = flat, .n_idx = k, .idx_ptr = ptr,
+                                 .n_lists = (int)heads};
+            s = sl_mask_from_pattern_heads(ctx, &t, 1, (int)heads, n_q, n_k, bq, bk, out);
+        }
+        if (flat)
+            sl_ctx_dealloc(ctx, flat, (size_t)(heads * n + 1) * sizeof(int64_t));
+        if (ptr)
+            sl_ctx_dealloc(ctx, ptr, (size_t)(heads + 1) * sizeof(int64_t));
+    }
+    sl_ctx_dealloc(ctx, vals, bytes);
+    return s;
 }

@@ -440,6 +440,40 @@ static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const void 
     case SL_OP_CORRECT_RESHAPE:
     case SL_OP_CORRECT_LINEAR_BRANCH:
     case SL_OP_ATTN_POOLED_KV: return sl__correct_ext_check(ctx, info, params, in);
+    case SL_OP_SCORE_ROWS: {
+        int64_t n = in[2].shape[0];
+        for (int64_t i = 0; i < n; i++) {
+            int64_t r = ((const int32_t *)in[2].data)[i];
+            if (r < 0 || r >= nq)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: rows[%lld] = %lld is outside [0, %lld)", info->name,
+                                   (long long)i, (long long)r, (long long)nq);
+        }
+        return SL_OK;
+    }
+    case SL_OP_SELECT_TOPK:
+        if (in[1].buf)
+            for (int64_t i = 0; i < in[1].shape[0]; i++)
+                if (((const int32_t *)in[1].data)[i] < 0)
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: opt.k[%lld] = %d; expected k >= 0", info->name, (long long)i,
+                                       ((const int32_t *)in[1].data)[i]);
+        return SL_OK;
+    case SL_OP_SELECT_TOPP: {
+        if (in[1].buf)
+            for (int64_t i = 0; i < in[1].shape[0]; i++) {
+                float p = ((const float *)in[1].data)[i];
+                if (!(p >= 0 && p <= 1))
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: opt.p[%lld] = %g; expected p in [0, 1]", info->name,
+                                       (long long)i, p);
+            }
+        const sl_select_topp_params *p = params;
+        const float *x = in[0].data;
+        int64_t n = sl_tensor_numel(&in[0]);
+        for (int64_t i = 0; !p->normalize && i < n; i++)
+            if (x[i] < 0 && x[i] != -INFINITY)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: x[%lld] = %g; masses must be >= 0 (normalize = 1 for logits)",
+                                   info->name, (long long)i, x[i]);
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
@@ -481,6 +515,151 @@ static sl_status validate_delta(sl_ctx *ctx, const sl_op_info *info, const sl_te
                            (long long)in[2].shape[0], (long long)in[2].shape[1], (long long)in[2].shape[2],
                            (long long)in[3].shape[0], (long long)in[3].shape[1]);
     return SL_OK;
+}
+
+/* q [Hq, Nq, D] and k [Hkv, Nk, D] of the estimators (no v). */
+static sl_status validate_qk(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    if ((s = need_float(ctx, info, in, 0, 3)) || (s = need_float(ctx, info, in, 1, 3)))
+        return s;
+    const sl_tensor *q = &in[0], *k = &in[1];
+    if (q->shape[2] != k->shape[2])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld", info->name,
+                           (long long)q->shape[2], (long long)k->shape[2]);
+    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)",
+                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
+    if (q->shape[1] > k->shape[1])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k",
+                           info->name, (long long)q->shape[1], (long long)k->shape[1]);
+    if (q->shape[2] == 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is 0", info->name);
+    return SL_OK;
+}
+
+/* x of a reduction: [H, R, C]; of a selector: [H, C] or [H, R, C]. */
+static sl_status validate_scores(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int allow_2d)
+{
+    sl_status s;
+    if ((s = need_float(ctx, info, in, 0, -1)))
+        return s;
+    if (in[0].ndim != 3 && !(allow_2d && in[0].ndim == 2)) {
+        char desc[96];
+        sl_tensor_describe(&in[0], desc, sizeof desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'x' must be [H, R, C]%s, found %s", info->name,
+                           allow_2d ? " or [H, C]" : "", desc);
+    }
+    return SL_OK;
+}
+
+/* The optional per-head budget of a selector: 1 dim, one entry per head. */
+static sl_status validate_head_budget(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, sl_dtype dt)
+{
+    if (!in[1].buf)
+        return SL_OK;
+    char desc[96];
+    sl_tensor_describe(&in[1], desc, sizeof desc);
+    int ok = in[1].ndim == 1 && in[1].shape[0] == in[0].shape[0] &&
+             (dt == SL_I32 ? in[1].dtype == SL_I32 : is_float(in[1].dtype));
+    if (!ok)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be %s [%lld] (one per head of x), found %s", info->name,
+                           info->op == SL_OP_SELECT_TOPK ? "opt.k" : "opt.p", dt == SL_I32 ? "i32" : "float",
+                           (long long)in[0].shape[0], desc);
+    return SL_OK;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Shapes of the issue-4 ops (estimators, reductions, selectors). */
+static sl_status infer_score(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                             int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    sl_status s;
+    sl_op op = info->op;
+    out_ndim[0] = 3;
+    switch (op) {
+    case SL_OP_SCORE_POOLED:
+    case SL_OP_SCORE_EXACT: {
+        if ((s = validate_qk(ctx, info, in)))
+            return s;
+        int64_t bq = op == SL_OP_SCORE_POOLED ? ((const sl_score_pooled_params *)params)->bq
+                                              : ((const sl_score_exact_params *)params)->bq;
+        int64_t bk = op == SL_OP_SCORE_POOLED ? ((const sl_score_pooled_params *)params)->bk
+                                              : ((const sl_score_exact_params *)params)->bk;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = ceil_div(in[0].shape[1], bq);
+        out_shape[0][2] = ceil_div(in[1].shape[1], bk);
+        return SL_OK;
+    }
+    case SL_OP_SCORE_LAST_Q:
+    case SL_OP_SCORE_ROWS: {
+        if ((s = validate_qk(ctx, info, in)))
+            return s;
+        int64_t rows;
+        if (op == SL_OP_SCORE_LAST_Q) {
+            int64_t last = ((const sl_score_last_q_params *)params)->last;
+            rows = last < in[0].shape[1] ? last : in[0].shape[1];
+        } else {
+            char desc[96];
+            sl_tensor_describe(&in[2], desc, sizeof desc);
+            if (!in[2].buf)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: input 'rows' is missing", info->name);
+            if (in[2].dtype != SL_I32 || in[2].ndim != 1)
+                return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'rows' must be i32 with 1 dim, found %s",
+                                   info->name, desc);
+            rows = in[2].shape[0];
+        }
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = rows;
+        out_shape[0][2] = in[1].shape[1];
+        return SL_OK;
+    }
+    case SL_OP_REDUCE_COLUMNS:
+    case SL_OP_REDUCE_DIAGONALS:
+        if ((s = validate_scores(ctx, info, in, 0)))
+            return s;
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = in[0].shape[2];
+        return SL_OK;
+    case SL_OP_REDUCE_BLOCK: {
+        if ((s = validate_scores(ctx, info, in, 0)))
+            return s;
+        const sl_reduce_block_params *p = params;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = ceil_div(in[0].shape[1], p->br);
+        out_shape[0][2] = ceil_div(in[0].shape[2], p->bc);
+        return SL_OK;
+    }
+    case SL_OP_REDUCE_HEADS: {
+        if ((s = validate_scores(ctx, info, in, 0)))
+            return s;
+        const sl_reduce_heads_params *p = params;
+        int64_t h = in[0].shape[0], g = p->group ? p->group : h;
+        if (h == 0 || h % g != 0)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: x has %lld heads; expected a positive multiple of group %lld",
+                               info->name, (long long)h, (long long)g);
+        out_shape[0][0] = h / g;
+        out_shape[0][1] = in[0].shape[1];
+        out_shape[0][2] = in[0].shape[2];
+        return SL_OK;
+    }
+    case SL_OP_SELECT_TOPK:
+    case SL_OP_SELECT_TOPP:
+    case SL_OP_SELECT_THRESHOLD:
+        if ((s = validate_scores(ctx, info, in, 1)))
+            return s;
+        if (op != SL_OP_SELECT_THRESHOLD &&
+            (s = validate_head_budget(ctx, info, in, op == SL_OP_SELECT_TOPK ? SL_I32 : SL_F32)))
+            return s;
+        out_dtype[0] = SL_U8;
+        out_ndim[0] = in[0].ndim;
+        memcpy(out_shape[0], in[0].shape, sizeof out_shape[0]);
+        return SL_OK;
+    default:
+        return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: no shape rule", info->name);
+    }
 }
 
 /* Validates inputs and writes the output shapes. */
@@ -572,7 +751,7 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
         memcpy(out_shape[1], in[0].shape, 2 * sizeof(int64_t));
         return SL_OK;
     default:
-        return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: no shape rule", info->name);
+        return infer_score(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     }
 }
 
@@ -582,6 +761,19 @@ static int input_allows_inf(const sl_op_info *info, int i)
 {
     char nm[32];
     input_name(info, i, nm, sizeof nm);
+    switch (info->op) {
+    case SL_OP_REDUCE_COLUMNS:
+    case SL_OP_REDUCE_DIAGONALS:
+    case SL_OP_REDUCE_BLOCK:
+    case SL_OP_REDUCE_HEADS:
+    case SL_OP_SELECT_TOPK:
+    case SL_OP_SELECT_TOPP:
+    case SL_OP_SELECT_THRESHOLD:
+        if (i == 0)
+            return 1; /* scores of the causal future are -inf */
+        break;
+    default: break;
+    }
     return info->op == SL_OP_METRIC_RECALL || strstr(nm, "lse") != NULL;
 }
 
@@ -871,6 +1063,56 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
             return 0;
         double per_elem = p->smooth ? 4.0 : 1.0;
         return (double)h * (double)d * ((double)g + per_elem * (double)(s_p - g));
+    }
+    case SL_OP_SCORE_POOLED: {
+        /* pooling reads every q and k element once (an add or compare
+         * each), then one dot product per pair of pooled blocks; minmax
+         * takes four products, three compares and an add per channel */
+        const sl_score_pooled_params *p = params;
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        double nqb = (double)((d.nq + p->bq - 1) / p->bq), nkb = (double)((d.nk + p->bk - 1) / p->bk);
+        double pool = (p->pool == 2 ? 2.0 : 1.0) * (double)d.d * ((double)d.hq * (double)d.nq + (double)d.hkv * (double)d.nk);
+        return pool + (p->pool == 2 ? 8.0 : 2.0) * (double)d.d * nqb * nkb * (double)d.hq;
+    }
+    case SL_OP_SCORE_LAST_Q:
+    case SL_OP_SCORE_ROWS: {
+        /* q·k for every key the row sees, then a divide per probability */
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        int causal = op == SL_OP_SCORE_ROWS ? (int)((const sl_score_rows_params *)params)->causal
+                                            : (int)((const sl_score_last_q_params *)params)->causal;
+        int64_t n = op == SL_OP_SCORE_ROWS ? in[2].shape[0] : 0;
+        if (op == SL_OP_SCORE_LAST_Q) {
+            int64_t last = ((const sl_score_last_q_params *)params)->last;
+            n = last < d.nq ? last : d.nq;
+        }
+        double keys = 0;
+        for (int64_t t = 0; t < n; t++) {
+            int64_t r = op == SL_OP_SCORE_LAST_Q ? d.nq - n + t : i32_at(&in[2], t);
+            keys += causal ? (double)(d.offset + r + 1) : (double)d.nk;
+        }
+        return (2.0 * (double)d.d + 1.0) * keys * (double)d.hq;
+    }
+    case SL_OP_SCORE_EXACT: {
+        /* q·k and one add (or compare) into the block for every seen pair */
+        const sl_score_exact_params *p = params;
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        double pairs = p->causal ? (double)d.nq * (double)d.offset + (double)d.nq * (double)(d.nq + 1) / 2.0
+                                 : (double)d.nq * (double)d.nk;
+        return (2.0 * (double)d.d + 2.0) * pairs * (double)d.hq;
+    }
+    case SL_OP_REDUCE_COLUMNS:
+    case SL_OP_REDUCE_DIAGONALS:
+    case SL_OP_REDUCE_BLOCK:
+    case SL_OP_REDUCE_HEADS:
+    case SL_OP_SELECT_THRESHOLD:
+        /* one add or compare per input element */
+        return (double)sl_tensor_numel(&in[0]);
+    case SL_OP_SELECT_TOPK:
+    case SL_OP_SELECT_TOPP: {
+        /* a comparison sort of each row: C log2 C compares */
+        const sl_tensor *x = &in[0];
+        double c = x->ndim ? (double)x->shape[x->ndim - 1] : 1;
+        return (double)sl_tensor_numel(x) * (c > 1 ? log2(c) : 1.0);
     }
     default: return 0;
     }

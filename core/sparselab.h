@@ -381,6 +381,68 @@ sl_status sl_attn_dense(sl_ctx *ctx, sl_backend_id b, const sl_attn_params *p,
 void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_p, int64_t *n_groups,
                              int64_t *n_tail);
 
+/* Estimators, reductions and selectors (issue 4). Scores are f32
+ * [H, rows, cols]. Causal rules use the decode offset: query row r sits at
+ * position Nk - Nq + r and sees keys j <= that position. Query head h reads
+ * kv head h / (Hq / Hkv) (GQA). Query block r covers rows [r·bq, (r+1)·bq)
+ * clipped to Nq, key block c keys [c·bk, (c+1)·bk) clipped to Nk;
+ * nqb = ceil(Nq / bq), nkb = ceil(Nk / bk). A block is visible to query block
+ * r when its first key is <= the position of r's last row.
+ *
+ * score.pooled: inputs q [Hq, Nq, D], k [Hkv, Nk, D]; params bq, bk, causal,
+ * scale, pool, softmax, pad. Pools each query block and key block over its
+ * rows, channel by channel, and scores every pair of pooled blocks:
+ *   pool 0 (mean):   scale · q̄_r · k̄_c, means over the valid rows (pad = 1:
+ *                    sums over bq or bk, i.e. zero padding as MInference);
+ *   pool 1 (max):    scale · q̂_r · k̂_c with q̂, k̂ the channel-wise maxima;
+ *   pool 2 (minmax): scale · Σ_t max(qmax_t·kmax_t, qmax_t·kmin_t,
+ *                    qmin_t·kmax_t, qmin_t·kmin_t): an upper bound on every
+ *                    scaled q_i·k_j of the block pair (Quest's bound).
+ * Output [Hq, nqb, nkb]: invisible blocks (causal) are -inf; with
+ * softmax = 1 each row is softmax over its visible blocks and invisible ones
+ * are 0.
+ *
+ * score.rows: inputs q, k, rows (i32 [R], each in [0, Nq)); params
+ * causal, scale. Output [Hq, R, Nk]: row t is the exact softmax of
+ * scale · q[h, rows[t]] · k over the keys it sees (fp32; unseen keys 0).
+ * score.last_q: the same for the last L = min(last, Nq) rows (param last):
+ * output [Hq, L, Nk], row t is query row Nq - L + t.
+ *
+ * score.exact: inputs q, k; params bq, bk, reduce, causal, scale,
+ * normalize. The oracle block map: for each query block r and key block c,
+ * the sum (reduce 0) or max (reduce 1) of the exact softmax probabilities
+ * p[i, j] over the block's rows i and keys j. Output [Hq, nqb, nkb]; a sum
+ * row of block r adds to the number of rows of r; normalize = 1 divides
+ * each block row by its sum (SeerAttention's row-renormalised ground
+ * truth). Never materialises Nq × Nk: the cpu kernel holds bq × Nk scores
+ * per thread.
+ *
+ * reduce.columns: x [H, R, C] -> [H, C], sums over rows (no params).
+ * reduce.diagonals: x [H, R, C], param row_pos0 (-1: C - R) -> [H, C]:
+ *   y[h, o] = Σ x[h, r, j] over r, j with (row_pos0 + r) - j = o, o in
+ *   [0, C); pairs with other offsets (future keys) are left out.
+ * reduce.block: x [H, R, C], params br, bc, mode (0 sum, 1 max, 2 mean over
+ *   the tile's valid entries) -> [H, ceil(R/br), ceil(C/bc)].
+ * reduce.heads: x [H, R, C], params group g (0: H), mode -> [H/g, R, C],
+ *   output head h reduces heads [h·g, (h+1)·g); H % g must be 0.
+ * Reductions accept -inf entries (future blocks); a sum or mean with one is
+ * -inf.
+ *
+ * Selectors take x [H, C] or [H, R, C] (rows are the last dim) with finite
+ * or -inf entries (NaN and +inf are SL_EARG) and return a u8 keep of x's
+ * shape. Order inside a row: larger first, ties broken by lower index
+ * first. -inf is never kept.
+ * select.topk: inputs x, opt.k (i32 [H], each >= 0: head h keeps opt.k[h]);
+ *   params k, ratio (> 0: ceil(ratio × finite entries of the row)). The
+ *   first min(budget, finite entries) entries of the order are kept.
+ * select.topp: inputs x, opt.p (f32 [H] in [0, 1]); params p, normalize.
+ *   Masses w: x itself (normalize 0; entries must be >= 0) or softmax of the
+ *   row (normalize 1; -inf has mass 0). Keeps the shortest prefix of the
+ *   order whose mass reaches p × (the row's mass, summed in that order):
+ *   p = 0 keeps nothing, p = 1 every entry up to the last non-zero mass.
+ * select.threshold: x; params t, relative: keeps x >= t (relative: x >=
+ *   t × row max, for non-negative scores). */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
@@ -615,6 +677,33 @@ sl_status sl_mask_from_index(sl_ctx *ctx, const sl_mask_index *idx, int bq, int 
 /* SL_ESHAPE/SL_EFORMAT when the index arrays are malformed. */
 sl_status sl_mask_index_validate(sl_ctx *ctx, const sl_mask_index *idx);
 void sl_mask_index_release(sl_mask_index *idx);
+/* Masks from selections (select.* outputs). Lists are i32 [H, n] (one per
+ * head) or [n] (one for all heads); -1 entries are padding and skipped
+ * (heads may keep different counts), other entries outside their range are
+ * SL_EARG; repeats count once.
+ * from_blocks: keep u8 [H, n_qb, n_kb] or [n_qb, n_kb] (non-zero = kept) of
+ *   the block geometry (n_q, n_k, bq, bk) -> an H-head block mask of the
+ *   kept blocks, ∩ the causal rule when causal (blocks crossing the
+ *   diagonal become partial with token bits).
+ * index_from_columns: cols (key positions in [0, n_k)) -> index lists per
+ *   entry of rows_per_entry query rows (attn.token_sparse / vs_mixed with
+ *   rows_per_entry = bq): entry e lists the columns, sorted, up to the
+ *   position of its last row when causal (all of them otherwise).
+ * from_slashes: offsets o = i - j in [0, n_k). widen = 0: the exact token
+ *   mask {(i, j): i - j = o for a listed o} (causal by construction).
+ *   widen = 1: what MInference's convert_vertical_slash_indexes executes:
+ *   per query block r with end E = (n_k - n_q) + (r + 1)·bq (positions, not
+ *   clipped), offsets o < E taken in descending order give key ranges ending
+ *   at e = max(E - o, bq), bq wide; a range ending more than bq past the
+ *   current one starts a new range, otherwise the current range grows by bq;
+ *   each range runs as key blocks of bk from its start; the block's rows keep
+ *   those keys ∩ causal (token level). A superset of the exact mask. */
+sl_status sl_mask_from_blocks(sl_ctx *ctx, const sl_tensor *keep, int64_t n_q, int64_t n_k, int bq, int bk, int causal,
+                              sl_mask *out);
+sl_status sl_mask_index_from_columns(sl_ctx *ctx, const sl_tensor *cols, int64_t n_q, int64_t n_k,
+                                     int64_t rows_per_entry, int causal, sl_mask_index *out);
+sl_status sl_mask_from_slashes(sl_ctx *ctx, const sl_tensor *offsets, int64_t n_q, int64_t n_k, int bq, int bk,
+                               int widen, sl_mask *out);
 /* Dense bits (small sizes: at most 2^28 bytes): u8 [Hm, n_q, n_k], 1 = kept. */
 sl_status sl_mask_to_bits(sl_ctx *ctx, const sl_mask *m, sl_tensor *out);
 /* Bits u8 [H, n_q, n_k] or [n_q, n_k] (one head; any non-zero = kept) →

@@ -436,6 +436,104 @@ static int l_from_index(lua_State *L)
     return 1;
 }
 
+/* A boolean (or 0/1) field of the options table at idx, def when absent. */
+static int bool_field(lua_State *L, int idx, const char *fn, const char *key, int def)
+{
+    int t = lua_getfield(L, idx, key), v = def;
+    if (t == LUA_TBOOLEAN)
+        v = lua_toboolean(L, -1);
+    else if (t == LUA_TNUMBER && (lua_tonumber(L, -1) == 0 || lua_tonumber(L, -1) == 1))
+        v = lua_tonumber(L, -1) != 0;
+    else if (t != LUA_TNIL)
+        sl__lua_error(L, "%s: %s must be a boolean, found %s", fn, key, luaL_typename(L, -1));
+    lua_pop(L, 1);
+    return v;
+}
+
+/* n_q and n_k (required) and block sizes of a selection's options table. */
+static void sel_sizes(lua_State *L, int idx, const char *fn, const char *const *keys, int64_t *n_q, int64_t *n_k,
+                      lua_Integer *bq, lua_Integer *bk)
+{
+    luaL_checktype(L, idx, LUA_TTABLE);
+    sl__lua_check_keys(L, idx, fn, keys);
+    *n_q = sl__lua_opt_int_field(L, idx, "n_q", -1);
+    *n_k = sl__lua_opt_int_field(L, idx, "n_k", -1);
+    if (*n_q < 0 || *n_k < 0)
+        sl__lua_error(L, "%s: n_q and n_k are required (found n_q = %I, n_k = %I)", fn, (lua_Integer)*n_q,
+                      (lua_Integer)*n_k);
+    if (bq) {
+        *bq = sl__lua_opt_int_field(L, idx, "bq", 64);
+        *bk = sl__lua_opt_int_field(L, idx, "bk", 64);
+        if (*bq < 1 || *bk < 1 || *bq > 4096 || *bk > 4096)
+            sl__lua_error(L, "%s: block sizes must be in [1, 4096], found %I x %I", fn, *bq, *bk);
+    }
+}
+
+/* sl.mask_c.from_blocks(keep_u8, {n_q=, n_k=, bq=64, bk=64, causal=true}) */
+static int l_from_blocks(lua_State *L)
+{
+    static const char *const keys[] = {"n_q", "n_k", "bq", "bk", "causal", NULL};
+    const char *fn = "sl.mask.from_blocks";
+    sl_lua_tensor *t = sl__lua_check_tensor(L, 1);
+    int64_t n_q, n_k;
+    lua_Integer bq, bk;
+    sel_sizes(L, 2, fn, keys, &n_q, &n_k, &bq, &bk);
+    int causal = bool_field(L, 2, fn, "causal", 1);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_mask m;
+    if (sl_mask_from_blocks(ctx, &t->t, n_q, n_k, (int)bq, (int)bk, causal, &m))
+        return sl__lua_fail(L, ctx);
+    sl__lua_push_mask(L, m);
+    return 1;
+}
+
+/* sl.mask_c.from_slashes(offsets_i32, {n_q=, n_k=, bq=64, bk=64, widen=true}) */
+static int l_from_slashes(lua_State *L)
+{
+    static const char *const keys[] = {"n_q", "n_k", "bq", "bk", "widen", NULL};
+    const char *fn = "sl.mask.from_slashes";
+    sl_lua_tensor *t = sl__lua_check_tensor(L, 1);
+    int64_t n_q, n_k;
+    lua_Integer bq, bk;
+    sel_sizes(L, 2, fn, keys, &n_q, &n_k, &bq, &bk);
+    int widen = bool_field(L, 2, fn, "widen", 1);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_mask m;
+    if (sl_mask_from_slashes(ctx, &t->t, n_q, n_k, (int)bq, (int)bk, widen, &m))
+        return sl__lua_fail(L, ctx);
+    sl__lua_push_mask(L, m);
+    return 1;
+}
+
+/* sl.mask_c.index_from_columns(cols_i32, {n_q=, n_k=, rows_per_entry=64, causal=true})
+ * -> {row_ptr=, col=, rows_per_entry=, n_q=, n_k=, n_heads=, n_entries=} (as m:to_index) */
+static int l_index_from_columns(lua_State *L)
+{
+    static const char *const keys[] = {"n_q", "n_k", "rows_per_entry", "causal", NULL};
+    const char *fn = "sl.mask.index_from_columns";
+    sl_lua_tensor *t = sl__lua_check_tensor(L, 1);
+    int64_t n_q, n_k;
+    sel_sizes(L, 2, fn, keys, &n_q, &n_k, NULL, NULL);
+    lua_Integer b = sl__lua_opt_int_field(L, 2, "rows_per_entry", 64);
+    int causal = bool_field(L, 2, fn, "causal", 1);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_mask_index x;
+    if (sl_mask_index_from_columns(ctx, &t->t, n_q, n_k, b, causal, &x))
+        return sl__lua_fail(L, ctx);
+    lua_createtable(L, 0, 7);
+    sl__lua_push_tensor(L, x.row_ptr);
+    lua_setfield(L, -2, "row_ptr");
+    sl__lua_push_tensor(L, x.col);
+    lua_setfield(L, -2, "col");
+    lua_Integer vals[] = {x.rows_per_entry, x.n_q, x.n_k, x.n_heads, x.n_entries};
+    const char *names[] = {"rows_per_entry", "n_q", "n_k", "n_heads", "n_entries"};
+    for (int i = 0; i < 5; i++) {
+        lua_pushinteger(L, vals[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    return 1;
+}
+
 /* sl.mask_c.assign({mask, ...}) */
 static int l_assign(lua_State *L)
 {
@@ -569,7 +667,9 @@ void sl__lua_open_mask(lua_State *L)
                                     {NULL, NULL}};
     static const luaL_Reg lib[] = {{"pattern", l_pattern},     {"from_bits", l_from_bits}, {"from_index", l_from_index},
                                    {"assign", l_assign},       {"align", l_align},         {"drop_draw", l_drop_draw},
-                                   {"is_mask", l_is_mask},     {NULL, NULL}};
+                                   {"is_mask", l_is_mask},     {"from_blocks", l_from_blocks},
+                                   {"from_slashes", l_from_slashes}, {"index_from_columns", l_index_from_columns},
+                                   {NULL, NULL}};
     if (luaL_newmetatable(L, SL_LUA_MASK)) {
         luaL_setfuncs(L, meta, 0);
         luaL_newlib(L, methods);

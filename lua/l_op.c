@@ -40,6 +40,18 @@ static int optional_slot(const sl_op_info *info, const char *key)
     return -1;
 }
 
+/* 1 when the op has a parameter called key: an optional input of the same
+ * name (select.topk's opt.k beside its param k) then takes a tensor, the
+ * parameter a number. */
+static int param_named(sl_op op, const char *key)
+{
+    const sl_op_info *info = sl_op_info_get(op);
+    for (int i = 0; i < info->n_fields; i++)
+        if (strcmp(info->fields[i].name, key) == 0)
+            return 1;
+    return 0;
+}
+
 /* Inputs before the first optional one must be given. */
 static int required_inputs(const sl_op_info *info)
 {
@@ -106,7 +118,8 @@ static sl_backend_id read_call(lua_State *L, sl_op op, sl_tensor *in, void *para
                     sl__lua_error(L, "%s: unknown backend '%s' (expected ref, cpu or cuda)", info->name,
                                lua_tostring(L, -1));
                 be = (sl_backend_id)b;
-            } else if (optional_slot(info, key) >= 0) {
+            } else if (optional_slot(info, key) >= 0 &&
+                       !(lua_type(L, -1) == LUA_TNUMBER && param_named(op, key))) {
                 int slot = optional_slot(info, key);
                 sl_lua_tensor *t = sl__lua_test_tensor(L, -1);
                 if (!t || !t->t.buf)

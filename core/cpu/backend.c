@@ -41,6 +41,17 @@ static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_ATTN_LINEAR] = sl__cpu_attn_linear,
     [SL_OP_ATTN_POOLED_KV] = sl__cpu_attn_pooled_kv,
     [SL_OP_CORRECT_DELTA] = sl__cpu_correct_delta,
+    [SL_OP_SCORE_POOLED] = sl__cpu_score_pooled,
+    [SL_OP_SCORE_LAST_Q] = sl__cpu_score_last_q,
+    [SL_OP_SCORE_ROWS] = sl__cpu_score_rows,
+    [SL_OP_SCORE_EXACT] = sl__cpu_score_exact,
+    [SL_OP_REDUCE_COLUMNS] = sl__cpu_reduce_columns,
+    [SL_OP_REDUCE_DIAGONALS] = sl__cpu_reduce_diagonals,
+    [SL_OP_REDUCE_BLOCK] = sl__cpu_reduce_block,
+    [SL_OP_REDUCE_HEADS] = sl__cpu_reduce_heads,
+    [SL_OP_SELECT_TOPK] = sl__cpu_select_topk,
+    [SL_OP_SELECT_TOPP] = sl__cpu_select_topp,
+    [SL_OP_SELECT_THRESHOLD] = sl__cpu_select_threshold,
 };
 
 static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
@@ -50,6 +61,12 @@ static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int
     case SL_OP_ATTN_BLOCK_SPARSE: return sl__cpu_attn_scratch(op, params, in, n_threads);
     case SL_OP_ATTN_LINEAR:
     case SL_OP_ATTN_POOLED_KV: return sl__cpu_correct_ext_scratch(op, params, in, n_threads);
+    case SL_OP_SCORE_POOLED:
+    case SL_OP_SCORE_LAST_Q:
+    case SL_OP_SCORE_ROWS:
+    case SL_OP_SCORE_EXACT: return sl__cpu_score_scratch(op, params, in, n_threads);
+    case SL_OP_SELECT_TOPK:
+    case SL_OP_SELECT_TOPP: return sl__cpu_select_scratch(in, n_threads);
     default: return sl__cpu_sparse_scratch(op, params, in, n_threads);
     }
 }

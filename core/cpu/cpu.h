@@ -98,6 +98,22 @@ sl_status sl__cpu_attn_lse_merge(const sl__kargs *a);
 sl_status sl__cpu_correct_delta(const sl__kargs *a);
 size_t sl__cpu_sparse_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
 
+sl_status sl__cpu_score_pooled(const sl__kargs *a);
+sl_status sl__cpu_score_last_q(const sl__kargs *a);
+sl_status sl__cpu_score_rows(const sl__kargs *a);
+sl_status sl__cpu_score_exact(const sl__kargs *a);
+size_t sl__cpu_score_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+
+sl_status sl__cpu_reduce_columns(const sl__kargs *a);
+sl_status sl__cpu_reduce_diagonals(const sl__kargs *a);
+sl_status sl__cpu_reduce_block(const sl__kargs *a);
+sl_status sl__cpu_reduce_heads(const sl__kargs *a);
+
+sl_status sl__cpu_select_topk(const sl__kargs *a);
+sl_status sl__cpu_select_topp(const sl__kargs *a);
+sl_status sl__cpu_select_threshold(const sl__kargs *a);
+size_t sl__cpu_select_scratch(const sl_tensor *in, int n_threads);
+
 /* Our kernels parallelise over work items themselves, so each sgemm they
  * call must run on the calling thread alone. */
 void sl__cpu_blas_single(void);

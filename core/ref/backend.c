@@ -22,11 +22,21 @@ static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
     [SL_OP_ATTN_LINEAR] = sl__ref_attn_linear,
     [SL_OP_ATTN_POOLED_KV] = sl__ref_attn_pooled_kv,
     [SL_OP_CORRECT_DELTA] = sl__ref_correct_delta,
+    [SL_OP_SCORE_POOLED] = sl__ref_score_pooled,
+    [SL_OP_SCORE_LAST_Q] = sl__ref_score_last_q,
+    [SL_OP_SCORE_ROWS] = sl__ref_score_rows,
+    [SL_OP_SCORE_EXACT] = sl__ref_score_exact,
+    [SL_OP_REDUCE_COLUMNS] = sl__ref_reduce_columns,
+    [SL_OP_REDUCE_DIAGONALS] = sl__ref_reduce_diagonals,
+    [SL_OP_REDUCE_BLOCK] = sl__ref_reduce_block,
+    [SL_OP_REDUCE_HEADS] = sl__ref_reduce_heads,
+    [SL_OP_SELECT_TOPK] = sl__ref_select_topk,
+    [SL_OP_SELECT_TOPP] = sl__ref_select_topp,
+    [SL_OP_SELECT_THRESHOLD] = sl__ref_select_threshold,
 };
 
 static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
-    (void)params;
     (void)n_threads;
     switch (op) {
     case SL_OP_ATTN_DENSE:
@@ -36,6 +46,12 @@ static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int
     case SL_OP_ATTN_ROWS: return sl__ref_attn_scratch(in);
     case SL_OP_ATTN_LINEAR:
     case SL_OP_ATTN_POOLED_KV: return sl__ref_correct_ext_scratch(op, in);
+    case SL_OP_SCORE_POOLED:
+    case SL_OP_SCORE_LAST_Q:
+    case SL_OP_SCORE_ROWS:
+    case SL_OP_SCORE_EXACT: return sl__ref_score_scratch(op, params, in);
+    case SL_OP_SELECT_TOPK:
+    case SL_OP_SELECT_TOPP: return sl__ref_select_scratch(in);
     default: return 0;
     }
 }

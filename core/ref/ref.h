@@ -48,5 +48,20 @@ sl_status sl__ref_correct_linear_branch(const sl__kargs *a);
 sl_status sl__ref_attn_linear(const sl__kargs *a);
 sl_status sl__ref_attn_pooled_kv(const sl__kargs *a);
 size_t sl__ref_correct_ext_scratch(sl_op op, const sl_tensor *in);
+sl_status sl__ref_score_pooled(const sl__kargs *a);
+sl_status sl__ref_score_last_q(const sl__kargs *a);
+sl_status sl__ref_score_rows(const sl__kargs *a);
+sl_status sl__ref_score_exact(const sl__kargs *a);
+size_t sl__ref_score_scratch(sl_op op, const void *params, const sl_tensor *in);
+
+sl_status sl__ref_reduce_columns(const sl__kargs *a);
+sl_status sl__ref_reduce_diagonals(const sl__kargs *a);
+sl_status sl__ref_reduce_block(const sl__kargs *a);
+sl_status sl__ref_reduce_heads(const sl__kargs *a);
+
+sl_status sl__ref_select_topk(const sl__kargs *a);
+sl_status sl__ref_select_topp(const sl__kargs *a);
+sl_status sl__ref_select_threshold(const sl__kargs *a);
+size_t sl__ref_select_scratch(const sl_tensor *in);
 
 #endif

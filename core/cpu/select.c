@@ -1,0 +1,117 @@
+/* cpu/select.c — selectors of issue 4 on threads, one row per work item:
+ * select.topk and select.topp sort the row's finite entries by (value
+ * descending, index ascending) — the order ref defines by counting ranks —
+ * and keep a prefix; select.threshold is one pass. */
+#include "cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct entry {
+    float v;
+    int32_t i;
+} entry;
+
+static int entry_cmp(const void *pa, const void *pb)
+{
+    const entry *a = pa, *b = pb;
+    if (a->v != b->v)
+        return a->v > b->v ? -1 : 1;
+    return a->i < b->i ? -1 : a->i > b->i;
+}
+
+typedef struct sel_job {
+    const sl__kargs *a;
+    int64_t rph, C;
+    entry *scr;      /* per thread C entries */
+} sel_job;
+
+static sel_job job_of(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    sel_job j = {.a = a, .C = x->shape[x->ndim - 1], .rph = x->ndim == 3 ? x->shape[1] : 1, .scr = a->scratch};
+    return j;
+}
+
+/* The row's finite entries in order; returns how many. */
+static int64_t sorted_row(const float *row, int64_t C, entry *e)
+{
+    int64_t n = 0;
+    for (int64_t c = 0; c < C; c++)
+        if (row[c] != -INFINITY)
+            e[n++] = (entry){row[c], (int32_t)c};
+    qsort(e, (size_t)n, sizeof *e, entry_cmp);
+    return n;
+}
+
+static void topk_item(int64_t item, void *ud, int thread)
+{
+    const sel_job *j = ud;
+    const sl_select_topk_params *p = j->a->params;
+    const float *row = (const float *)j->a->in[0].data + item * j->C;
+    uint8_t *keep = (uint8_t *)j->a->out[0].data + item * j->C;
+    entry *e = j->scr + (size_t)thread * (size_t)j->C;
+    memset(keep, 0, (size_t)j->C);
+    int64_t n = sorted_row(row, j->C, e), k = p->k;
+    if (j->a->in[1].buf)
+        k = ((const int32_t *)j->a->in[1].data)[item / j->rph];
+    else if (p->ratio > 0)
+        k = (int64_t)ceil(p->ratio * (double)n - 1e-9);
+    for (int64_t i = 0; i < n && i < k; i++)
+        keep[e[i].i] = 1;
+}
+
+static void topp_item(int64_t item, void *ud, int thread)
+{
+    const sel_job *j = ud;
+    const sl_select_topp_params *p = j->a->params;
+    const float *row = (const float *)j->a->in[0].data + item * j->C;
+    uint8_t *keep = (uint8_t *)j->a->out[0].data + item * j->C;
+    entry *e = j->scr + (size_t)thread * (size_t)j->C;
+    memset(keep, 0, (size_t)j->C);
+    int64_t n = sorted_row(row, j->C, e);
+    double pp = j->a->in[1].buf ? (double)((const float *)j->a->in[1].data)[item / j->rph] : p->p;
+    double m = n > 0 ? e[0].v : 0, total = 0;
+    /* masses summed in the row's order, as ref does, so p = 1 stops exactly
+     * at the last entry that adds mass */
+    for (int64_t i = 0; i < n; i++)
+        total += p->normalize ? exp((double)e[i].v - m) : (double)e[i].v;
+    double cum = 0, target = pp * total;
+    for (int64_t i = 0; i < n && cum < target; i++) {
+        cum += p->normalize ? exp((double)e[i].v - m) : (double)e[i].v;
+        keep[e[i].i] = 1;
+    }
+}
+
+static void threshold_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const sel_job *j = ud;
+    const sl_select_threshold_params *p = j->a->params;
+    const float *row = (const float *)j->a->in[0].data + item * j->C;
+    uint8_t *keep = (uint8_t *)j->a->out[0].data + item * j->C;
+    double m = -INFINITY;
+    for (int64_t c = 0; c < j->C; c++)
+        m = row[c] > m ? row[c] : m;
+    double t = p->relative ? p->t * m : p->t;
+    for (int64_t c = 0; c < j->C; c++)
+        keep[c] = row[c] != -INFINITY && (double)row[c] >= t;
+}
+
+static sl_status run(const sl__kargs *a, sl__parallel_fn fn)
+{
+    sel_job j = job_of(a);
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0] * j.rph, fn, &j);
+}
+
+sl_status sl__cpu_select_topk(const sl__kargs *a) { return run(a, topk_item); }
+sl_status sl__cpu_select_topp(const sl__kargs *a) { return run(a, topp_item); }
+sl_status sl__cpu_select_threshold(const sl__kargs *a) { return run(a, threshold_item); }
+
+size_t sl__cpu_select_scratch(const sl_tensor *in, int n_threads)
+{
+    const sl_tensor *x = &in[0];
+    int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
+    return (size_t)(n_threads > 0 ? n_threads : 1) * (size_t)(c + 1) * sizeof(entry);
+}

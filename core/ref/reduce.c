@@ -1,0 +1,91 @@
+/* ref/reduce.c — reference reductions of issue 4 (reduce.columns,
+ * reduce.diagonals, reduce.block, reduce.heads): plain loops, float64
+ * accumulation. */
+#include "ref.h"
+
+#include <math.h>
+
+sl_status sl__ref_reduce_columns(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2];
+    const float *xd = x->data;
+    float *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t j = 0; j < C; j++) {
+            double s = 0;
+            for (int64_t r = 0; r < R; r++)
+                s += xd[(h * R + r) * C + j];
+            y[h * C + j] = (float)s;
+        }
+    return SL_OK;
+}
+
+sl_status sl__ref_reduce_diagonals(const sl__kargs *a)
+{
+    const sl_reduce_diag_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2], pos0 = p->row_pos0 < 0 ? C - R : p->row_pos0;
+    const float *xd = x->data;
+    float *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t o = 0; o < C; o++) {
+            double s = 0;
+            for (int64_t r = 0; r < R; r++) {
+                int64_t j = pos0 + r - o;
+                if (j >= 0 && j < C)
+                    s += xd[(h * R + r) * C + j];
+            }
+            y[h * C + o] = (float)s;
+        }
+    return SL_OK;
+}
+
+sl_status sl__ref_reduce_block(const sl__kargs *a)
+{
+    const sl_reduce_block_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2];
+    int64_t nr = (R + p->br - 1) / p->br, nc = (C + p->bc - 1) / p->bc;
+    const float *xd = x->data;
+    float *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t br = 0; br < nr; br++)
+            for (int64_t bc = 0; bc < nc; bc++) {
+                double s = p->mode == 1 ? -INFINITY : 0;
+                int64_t n = 0;
+                for (int64_t r = br * p->br; r < R && r < (br + 1) * p->br; r++)
+                    for (int64_t j = bc * p->bc; j < C && j < (bc + 1) * p->bc; j++) {
+                        double v = xd[(h * R + r) * C + j];
+                        if (p->mode == 1)
+                            s = v > s ? v : s;
+                        else
+                            s += v;
+                        n++;
+                    }
+                y[(h * nr + br) * nc + bc] = (float)(p->mode == 2 ? s / (double)n : s);
+            }
+    return SL_OK;
+}
+
+sl_status sl__ref_reduce_heads(const sl__kargs *a)
+{
+    const sl_reduce_heads_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], RC = x->shape[1] * x->shape[2], g = p->group ? p->group : H;
+    const float *xd = x->data;
+    float *y = a->out[0].data;
+    for (int64_t o = 0; o < H / g; o++)
+        for (int64_t i = 0; i < RC; i++) {
+            double s = p->mode == 1 ? -INFINITY : 0;
+            for (int64_t h = o * g; h < (o + 1) * g; h++) {
+                double v = xd[h * RC + i];
+                if (p->mode == 1)
+                    s = v > s ? v : s;
+                else
+                    s += v;
+            }
+            y[o * RC + i] = (float)(p->mode == 2 ? s / (double)g : s);
+        }
+    return SL_OK;
+}

@@ -1,0 +1,118 @@
+/* ref/select.c — reference selectors of issue 4 (select.topk, select.topp,
+ * select.threshold): each entry's rank in its row is counted by a plain
+ * double loop (larger first, ties by lower index), so the order is defined
+ * without any sort. */
+#include "ref.h"
+
+#include <math.h>
+
+/* Rows of x: [H, C] is H rows, [H, R, C] is H·R rows of C. */
+static void row_dims(const sl_tensor *x, int64_t *rows_per_head, int64_t *c)
+{
+    *c = x->shape[x->ndim - 1];
+    *rows_per_head = x->ndim == 3 ? x->shape[1] : 1;
+}
+
+/* rank[j] = entries that come before j in the row's order; -inf entries get
+ * ranks too (after every finite one) but are never kept. */
+static void ranks(const float *x, int64_t c, int64_t *rank)
+{
+    for (int64_t j = 0; j < c; j++) {
+        int64_t n = 0;
+        for (int64_t i = 0; i < c; i++)
+            n += x[i] > x[j] || (x[i] == x[j] && i < j);
+        rank[j] = n;
+    }
+}
+
+size_t sl__ref_select_scratch(const sl_tensor *in)
+{
+    const sl_tensor *x = &in[0];
+    int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
+    return (size_t)(2 * c + 1) * sizeof(int64_t) + (size_t)(c + 1) * sizeof(double);
+}
+
+sl_status sl__ref_select_topk(const sl__kargs *a)
+{
+    const sl_select_topk_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t rph, c;
+    row_dims(x, &rph, &c);
+    int64_t H = x->shape[0], *rank = a->scratch;
+    const float *xd = x->data;
+    uint8_t *keep = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < rph; r++) {
+            const float *row = xd + (h * rph + r) * c;
+            int64_t finite = 0;
+            for (int64_t j = 0; j < c; j++)
+                finite += row[j] != -INFINITY;
+            int64_t k = p->k;
+            if (a->in[1].buf)
+                k = ((const int32_t *)a->in[1].data)[h];
+            else if (p->ratio > 0)
+                k = (int64_t)ceil(p->ratio * (double)finite - 1e-9);
+            ranks(row, c, rank);
+            for (int64_t j = 0; j < c; j++)
+                keep[(h * rph + r) * c + j] = rank[j] < k && row[j] != -INFINITY;
+        }
+    return SL_OK;
+}
+
+sl_status sl__ref_select_topp(const sl__kargs *a)
+{
+    const sl_select_topp_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t rph, c;
+    row_dims(x, &rph, &c);
+    int64_t H = x->shape[0], *rank = a->scratch, *order = rank + c;
+    double *w = (double *)(order + c + 1);
+    const float *xd = x->data;
+    uint8_t *keep = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < rph; r++) {
+            const float *row = xd + (h * rph + r) * c;
+            uint8_t *kr = keep + (h * rph + r) * c;
+            double pp = a->in[1].buf ? (double)((const float *)a->in[1].data)[h] : p->p;
+            double m = -INFINITY;
+            for (int64_t j = 0; j < c; j++)
+                m = row[j] > m ? row[j] : m;
+            for (int64_t j = 0; j < c; j++)
+                w[j] = row[j] == -INFINITY ? 0 : p->normalize ? exp((double)row[j] - m) : (double)row[j];
+            ranks(row, c, rank);
+            for (int64_t j = 0; j < c; j++)
+                order[rank[j]] = j;
+            double total = 0;
+            for (int64_t i = 0; i < c; i++)
+                total += w[order[i]];
+            for (int64_t j = 0; j < c; j++)
+                kr[j] = 0;
+            double cum = 0, target = pp * total;
+            for (int64_t i = 0; i < c && cum < target; i++) {
+                cum += w[order[i]];
+                kr[order[i]] = 1;
+            }
+        }
+    return SL_OK;
+}
+
+sl_status sl__ref_select_threshold(const sl__kargs *a)
+{
+    const sl_select_threshold_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t rph, c;
+    row_dims(x, &rph, &c);
+    int64_t H = x->shape[0];
+    const float *xd = x->data;
+    uint8_t *keep = a->out[0].data;
+    for (int64_t i = 0; i < H * rph; i++) {
+        const float *row = xd + i * c;
+        double m = -INFINITY;
+        for (int64_t j = 0; j < c; j++)
+            m = row[j] > m ? row[j] : m;
+        double t = p->relative ? p->t * m : p->t;
+        for (int64_t j = 0; j < c; j++)
+            keep[i * c + j] = row[j] != -INFINITY && (double)row[j] >= t;
+    }
+    return SL_OK;
+}
