@@ -228,14 +228,30 @@ sl_status sl_tensor_check_finite(sl_ctx *ctx, const sl_tensor *t, const char *wh
         return SL_OK;
     finite_ud f = {allow_inf, -1, 0};
     if (t->dtype == SL_F32 && sl_tensor_is_contiguous(t)) {
-        /* The common case in one pass the compiler vectorises: x - x is 0
-         * for finite x and NaN for NaN and infinities. */
+        /* The common case in one pass over the bits: a float is NaN or an
+         * infinity exactly when its 8 exponent bits are all set. Integer
+         * tests in U independent lanes vectorise at -O2; a float sum
+         * (x - x is NaN only for non-finite x) would not, since the compiler
+         * may not reorder it, and ran one add latency per element (the bench
+         * found the scan a tenth of a sparse call at n = 16384). */
+        enum { U = 16 };
         const float *x = t->data;
-        int64_t n = sl_tensor_numel(t);
-        float acc = 0.f;
-        for (int64_t i = 0; i < n; i++)
-            acc += x[i] - x[i];
-        if (acc == 0.f)
+        int64_t n = sl_tensor_numel(t), i = 0;
+        uint32_t lane[U] = {0}, bad = 0;
+        for (; i + U <= n; i += U)
+            for (int u = 0; u < U; u++) {
+                uint32_t b;
+                memcpy(&b, x + i + u, sizeof b);
+                lane[u] |= (b & 0x7f800000u) == 0x7f800000u;
+            }
+        for (; i < n; i++) {
+            uint32_t b;
+            memcpy(&b, x + i, sizeof b);
+            bad |= (b & 0x7f800000u) == 0x7f800000u;
+        }
+        for (int u = 0; u < U; u++)
+            bad |= lane[u];
+        if (!bad)
             return SL_OK;
     }
     for_each(t, finite_one, &f);

@@ -3,6 +3,12 @@
 -- block-sparse executor's speedup over our dense at set densities, and the
 -- token-sparse decode's K/V read rate against memcpy. Medians of repeated
 -- runs; the machine is shared, so only ratios carry meaning.
+-- Block-sparse masks come in two kinds: a causal window (the kept share of
+-- causal pairs is rho, but 64-blocks round the executed share up) and seeded
+-- random blocks (the diagonal plus blocks below it, as many as make the
+-- executed share rho). Beside them, timing of parts: the call with an empty
+-- mask (validation, NaN scan, dispatch) and with the diagonal blocks only, so
+-- the cost of the remaining blocks can be set against dense's cost per FLOP.
 local sl = require "sparselab"
 
 local B = {}
@@ -17,6 +23,49 @@ local function median_ms(reps, f)
   end
   table.sort(t)
   return t[(reps + 1) // 2]
+end
+
+-- A block mask (bq = bk = b) from a list per query block of kept key blocks
+-- (sorted, strictly below the diagonal), plus every diagonal block with its
+-- causal bits (diag = true). Lists and diagonal can both be empty.
+function B.block_list_mask(n, b, rows, diag)
+  local nb = (n + b - 1) // b
+  local rp, col = {0}, {}
+  for r = 0, nb - 1 do
+    for _, c in ipairs(rows[r] or {}) do
+      for j = c * b, math.min(n, (c + 1) * b) - 1 do col[#col + 1] = j end
+    end
+    rp[#rp + 1] = #col
+  end
+  local m = sl.mask.from_index({row_ptr = sl.tensor({rp}, "i32"), col = sl.tensor(col, "i32"), rows_per_entry = b,
+    n_q = n, n_k = n}, b, b)
+  if diag then m = m + sl.mask.block_diag(b):materialize{n_q = n, n_k = n, bq = b, bk = b} end
+  return m
+end
+
+-- Seeded random blocks below the diagonal, drawn uniformly among all of them
+-- (so a row keeps about the same share of its blocks as any other), as many
+-- as make the diagonal plus them rho of the causal pairs in block area (n a
+-- multiple of b: each block is b x b).
+function B.random_rows(n, b, rho, seed)
+  local nb = n // b
+  local want = math.floor(rho * (n * (n + 1) / 2) / (b * b) + 0.5) - nb
+  local cand = {}
+  for r = 1, nb - 1 do for c = 0, r - 1 do cand[#cand + 1] = r * nb + c end end
+  math.randomseed(seed)
+  want = math.max(0, math.min(want, #cand))
+  for i = 1, want do  -- partial Fisher-Yates: cand[1..want] is the sample
+    local j = math.random(i, #cand)
+    cand[i], cand[j] = cand[j], cand[i]
+  end
+  local rows = {}
+  for i = 1, want do
+    local r, c = cand[i] // nb, cand[i] % nb
+    rows[r] = rows[r] or {}
+    table.insert(rows[r], c)
+  end
+  for _, l in pairs(rows) do table.sort(l) end
+  return rows
 end
 
 --- o = {quick = bool, backend = "cpu"} -> array of {name, n, d, heads, backend, params, metrics}
@@ -39,25 +88,52 @@ function B.run(o)
       local v = sl.randn({heads, n, d}, {seed = 3})
       local args = {causal = true, backend = backend}
       local ms = median_ms(reps, function() return sl.attn.dense(q, k, v, args) end)
-      local gflops = sl.op_flops("attn.dense", q, k, v, args) / (ms * 1e-3) / 1e9
+      local dense_flops = sl.op_flops("attn.dense", q, k, v, args)
+      local gflops = dense_flops / (ms * 1e-3) / 1e9
       results[#results + 1] = {name = "attn.dense", n = n, d = d, heads = heads, backend = backend,
         params = {causal = true}, metrics = {gflops = gflops, sgemm_gflops = ceiling,
           ratio_to_sgemm = gflops / ceiling, time_ms = ms, target = 0.6}}
       if d == 64 then
-        -- block-sparse speedup over our dense at densities rho (a causal
-        -- window sized to keep that fraction of the causal pairs)
+        local b = 64
+        local function time_mask(m)
+          return median_ms(reps, function() return sl.attn.block_sparse(q, k, v, m, {backend = backend}) end)
+        end
+        -- parts: the fixed cost of a call (empty mask) and the diagonal blocks alone
+        local empty = B.block_list_mask(n, b, {}, false)
+        local diag = B.block_list_mask(n, b, {}, true)
+        local empty_ms, diag_ms = time_mask(empty), time_mask(diag)
+        local diag_flops = sl.op_flops("attn.block_sparse", q, k, v, diag)
+        results[#results + 1] = {name = "attn.block_sparse", n = n, d = d, heads = heads, backend = backend,
+          params = {pattern = "parts", bq = b, bk = b},
+          metrics = {empty_mask_ms = empty_ms, diag_only_ms = diag_ms, dense_time_ms = ms,
+            diag_exec_density = diag_flops / dense_flops,
+            -- dense time per FLOP over the diagonal blocks' time per FLOP
+            diag_efficiency = (ms / dense_flops) / (diag_ms / diag_flops)}}
         for _, rho in ipairs{0.05, 0.1, 0.25, 0.5} do
           local w = math.max(1, math.floor(n * (1 - math.sqrt(1 - rho)) + 0.5))
-          local m = sl.mask.window(w):materialize{n_q = n, n_k = n, bq = 64, bk = 64}
-          local sms = median_ms(reps, function() return sl.attn.block_sparse(q, k, v, m, {backend = backend}) end)
-          local density = m:density(true)
-          -- the executor computes whole 64x64 blocks: the fraction of dense
-          -- work it really does is its FLOPs over dense FLOPs
-          local exec = sl.op_flops("attn.block_sparse", q, k, v, m) / sl.op_flops("attn.dense", q, k, v, args)
-          results[#results + 1] = {name = "attn.block_sparse", n = n, d = d, heads = heads, backend = backend,
-            params = {pattern = "window", w = w, bq = 64, bk = 64},
-            metrics = {density = density, exec_density = exec, time_ms = sms, dense_time_ms = ms,
-              speedup = ms / sms, target_speedup = 0.8 / density, exec_efficiency = ms / sms * exec}}
+          local kinds = {
+            {pattern = "window", params = {w = w}, mask = sl.mask.window(w):materialize{n_q = n, n_k = n, bq = b, bk = b}},
+            {pattern = "random_blocks", params = {seed = 100 + math.floor(rho * 100)},
+              mask = B.block_list_mask(n, b, B.random_rows(n, b, rho, 100 + math.floor(rho * 100)), true)},
+          }
+          for _, kind in ipairs(kinds) do
+            local m = kind.mask
+            local sms = time_mask(m)
+            -- the executor computes whole 64x64 blocks: the fraction of dense
+            -- work it really does is its FLOPs over dense FLOPs
+            local flops = sl.op_flops("attn.block_sparse", q, k, v, m)
+            local exec = flops / dense_flops
+            local params = {pattern = kind.pattern, rho = rho, bq = b, bk = b}
+            for key, val in pairs(kind.params) do params[key] = val end
+            results[#results + 1] = {name = "attn.block_sparse", n = n, d = d, heads = heads, backend = backend,
+              params = params,
+              metrics = {rho = rho, density = m:density(true), exec_density = exec, time_ms = sms, dense_time_ms = ms,
+                speedup = ms / sms, speedup_x_rho = ms / sms * rho, target_speedup = 0.8 / rho,
+                exec_efficiency = ms / sms * exec,
+                -- the blocks beyond the diagonal: dense time per FLOP over theirs
+                marginal_efficiency = flops > diag_flops and (ms / dense_flops) / ((sms - diag_ms) / (flops - diag_flops))
+                  or nil}}
+          end
         end
       end
     end

@@ -439,7 +439,7 @@ function C.bench(argv)
   end
   for _, r in ipairs(results) do
     if o.json then
-      local t = {name = r.name, backend = r.backend, n = r.n, d = r.d, heads = r.heads}
+      local t = {name = r.name, backend = r.backend, n = r.n, d = r.d, heads = r.heads, params = r.params}
       for key, val in pairs(r.metrics) do t[key] = val end
       out(sl.json_encode(t))
     else
