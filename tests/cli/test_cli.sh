@@ -189,5 +189,13 @@ grep -q '"ratio_to_sgemm"' "$T/out" && grep -q '"name":"sgemm"' "$T/out" && ok |
 expect_rc 0 "bench recorded" "$SL" query "$T/b.db" "SELECT count(*) AS n FROM v_result WHERE method = 'attn.dense'" --csv
 [ "$(tail -n 1 "$T/out")" -ge 1 ] 2>/dev/null && ok || bad "bench rows in db"
 
+# experiments/corrections.lua --quick: every correction on four bases, table read back from the db
+expect_rc 0 "corrections experiment --quick" "$SL" run experiments/corrections.lua --quick "$T/corr.db"
+grep -q "rel_l2 before->after" "$T/out" && grep -q "re_ttention" "$T/out" && grep -q "delta_attention, gamma = 64" "$T/out" \
+    && ok || bad "corrections experiment output: $(head -c 300 "$T/out")"
+expect_rc 0 "corrections recorded" "$SL" query "$T/corr.db" \
+    "SELECT count(*) AS n FROM v_result WHERE method LIKE '%+flashblock' AND status = 'ok'" --csv
+[ "$(tail -n 1 "$T/out")" -ge 4 ] 2>/dev/null && ok || bad "corrections rows in db: $(cat "$T/out")"
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]
