@@ -82,5 +82,11 @@ sl_status sl__correct_ext_infer(sl_ctx *ctx, const sl_op_info *info, const void 
                                 int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
 sl_status sl__correct_ext_check(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in);
 double sl__correct_ext_flops(sl_op op, const void *params, const sl_tensor *in);
+/* Shape rules, content checks and FLOP counts of pool.tokens, score.lowbit
+ * and attn.bucket (op_extra2.c). */
+sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
+                           int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
+sl_status sl__extra2_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
+double sl__extra2_flops(sl_op op, const void *params, const sl_tensor *in);
 
 #endif

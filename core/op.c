@@ -474,6 +474,8 @@ static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const void 
                                    info->name, (long long)i, x[i]);
         return SL_OK;
     }
+    case SL_OP_POOL_TOKENS:
+    case SL_OP_ATTN_BUCKET: return sl__extra2_check_contents(ctx, info->op, in);
     default: return SL_OK;
     }
 }
@@ -750,6 +752,10 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
         out_ndim[1] = 2;
         memcpy(out_shape[1], in[0].shape, 2 * sizeof(int64_t));
         return SL_OK;
+    case SL_OP_POOL_TOKENS:
+    case SL_OP_SCORE_LOWBIT:
+    case SL_OP_SCORE_HASH:
+    case SL_OP_ATTN_BUCKET: return sl__extra2_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
     default:
         return infer_score(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     }
@@ -1114,6 +1120,10 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
         double c = x->ndim ? (double)x->shape[x->ndim - 1] : 1;
         return (double)sl_tensor_numel(x) * (c > 1 ? log2(c) : 1.0);
     }
+    case SL_OP_POOL_TOKENS:
+    case SL_OP_SCORE_LOWBIT:
+    case SL_OP_SCORE_HASH:
+    case SL_OP_ATTN_BUCKET: return sl__extra2_flops(op, params, in);
     default: return 0;
     }
 }

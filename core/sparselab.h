@@ -443,6 +443,48 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * select.threshold: x; params t, relative: keeps x >= t (relative: x >=
  *   t × row max, for non-negative scores). */
 
+/* ---- estimators and executors of issue 4, group b (cards sparge_attn,
+ * seer_attention, prism, sale, dhsa, sparse_flash_attention, hsr_attention) ----
+ * pool.tokens: input x [H, N, D], opt.bounds i32 [S] (segment starts:
+ * bounds[0] = 0, strictly increasing, each < N; segment s is [bounds[s],
+ * bounds[s+1]) with bounds[S] = N). Without bounds the segments are blocks of
+ * `block` tokens (the last one ragged). params block, mode (0 mean, 1 max,
+ * 2 min, per channel), normalize (each token divided by its L2 norm first; a
+ * zero token stays zero), len_norm (the pooled vector times sqrt(segment
+ * length)). Output [H, S or ceil(N / block), D]. With normalize and mean,
+ * |pooled|^2 is the mean cosine similarity over all ordered token pairs of
+ * the segment (SpargeAttn's self-similarity), diagonal included.
+ *
+ * score.lowbit (SALE's estimate): inputs q [Hq, Nq, D], k [Hkv, Nk, D],
+ * opt.lse [Hq, Nq] (finite or -inf); params bq, bk, bits, q_group, k_group,
+ * smooth_k, causal, scale. With smooth_k, K' = K - mean_t K (per kv head) and
+ * c_i = q_i . mean_t K (exact, f32 inputs, float64 sum), else K' = K, c = 0.
+ * Q is quantised per group of q_group rows of a head, K' per group of k_group
+ * keys: step = max|x| / (2^(bits-1) - 1) over the group (f32; 1 when the
+ * group is all zero), x~ = step . clamp(roundf(x / step), -qmax, qmax)
+ * (computed in f32); bits = 16 leaves Q and K' as they are. The estimate is
+ * s_ij = (q~_i . k~'_j + c_i) . scale, and the output [Hq, ceil(Nq/bq),
+ * ceil(Nk/bk)] holds, per (query block, key block), the max over its pairs
+ * (i, j) (causal: j <= i + Nk - Nq) of s_ij - lse_i (lse left out: of s_ij);
+ * rows whose lse is -inf are skipped; -inf where no pair is left. SALE keeps
+ * a block iff that max > log(theta): the "relative attention score" exp(s -
+ * m) / l > theta with lse = m + log l of the always-kept region.
+ *
+ * attn.bucket (SCFA hash-sparse and HSR threshold attention): inputs q, k, v
+ * as attn.dense, opt.qb i32 [Hq, Nq] and opt.kb i32 [Hq, Nk] (bucket ids >= 0
+ * per query head: the keys hashed under the query head's rotation; both or
+ * neither); params causal, scale, use_tau, tau. Row i of head h attends key j
+ * iff (causal: j <= i + Nk - Nq) and (buckets given: qb[h,i] == kb[h,j]) and
+ * (use_tau: scale . q_i . k_j >= tau). Outputs O [Hq, Nq, D], L [Hq, Nq] as
+ * attn.dense (an empty row: O = 0, L = -inf) and count i32 [Hq, Nq], the
+ * number of keys each row attended.
+ *
+ * score.hash: inputs x [Hx, N, D], rot [Hr, D, M] (Hr a multiple of Hx:
+ * rotation h hashes x head h / (Hr / Hx), so keys of a GQA kv head get one
+ * bucket list per query head). Output i32 [Hr, N]: the index of the first
+ * maximum of the 2M values [x.R_0 .. x.R_{M-1}, -x.R_0 .. -x.R_{M-1}]
+ * (float64 dot products), a bucket in [0, 2M). No parameters. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

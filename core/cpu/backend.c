@@ -52,6 +52,10 @@ static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_SELECT_TOPK] = sl__cpu_select_topk,
     [SL_OP_SELECT_TOPP] = sl__cpu_select_topp,
     [SL_OP_SELECT_THRESHOLD] = sl__cpu_select_threshold,
+    [SL_OP_POOL_TOKENS] = sl__cpu_pool_tokens,
+    [SL_OP_SCORE_LOWBIT] = sl__cpu_score_lowbit,
+    [SL_OP_ATTN_BUCKET] = sl__cpu_attn_bucket,
+    [SL_OP_SCORE_HASH] = sl__cpu_score_hash,
 };
 
 static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

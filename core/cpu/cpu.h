@@ -113,6 +113,11 @@ sl_status sl__cpu_select_topk(const sl__kargs *a);
 sl_status sl__cpu_select_topp(const sl__kargs *a);
 sl_status sl__cpu_select_threshold(const sl__kargs *a);
 size_t sl__cpu_select_scratch(const sl_tensor *in, int n_threads);
+/* pool.tokens, score.lowbit, score.hash, attn.bucket (cpu/extra2.c); scratch of their own. */
+sl_status sl__cpu_pool_tokens(const sl__kargs *a);
+sl_status sl__cpu_score_lowbit(const sl__kargs *a);
+sl_status sl__cpu_attn_bucket(const sl__kargs *a);
+sl_status sl__cpu_score_hash(const sl__kargs *a);
 
 /* Our kernels parallelise over work items themselves, so each sgemm they
  * call must run on the calling thread alone. */

@@ -1,6 +1,7 @@
 // cuda/backend.cu — the CUDA backend: device probe, kernel table, the staging of host tensors through device memory, and the host side of each executor.
 #include "kernels.cuh"
 #include "correct_ext.cuh"
+#include "extra2.cuh"
 
 extern "C" {
 #include "../internal.h"
@@ -369,6 +370,10 @@ constexpr kernel_table make_kernel_table()
     t.fn[SL_OP_ATTN_LINEAR] = sl__cuda_attn_linear;
     t.fn[SL_OP_ATTN_POOLED_KV] = sl__cuda_attn_pooled_kv;
     t.fn[SL_OP_CORRECT_DELTA] = cuda_correct_delta;
+    t.fn[SL_OP_POOL_TOKENS] = sl__cuda_pool_tokens;
+    t.fn[SL_OP_SCORE_LOWBIT] = sl__cuda_score_lowbit;
+    t.fn[SL_OP_ATTN_BUCKET] = sl__cuda_attn_bucket;
+    t.fn[SL_OP_SCORE_HASH] = sl__cuda_score_hash;
     return t;
 }
 

@@ -33,6 +33,10 @@ static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
     [SL_OP_SELECT_TOPK] = sl__ref_select_topk,
     [SL_OP_SELECT_TOPP] = sl__ref_select_topp,
     [SL_OP_SELECT_THRESHOLD] = sl__ref_select_threshold,
+    [SL_OP_POOL_TOKENS] = sl__ref_pool_tokens,
+    [SL_OP_SCORE_LOWBIT] = sl__ref_score_lowbit,
+    [SL_OP_ATTN_BUCKET] = sl__ref_attn_bucket,
+    [SL_OP_SCORE_HASH] = sl__ref_score_hash,
 };
 
 static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

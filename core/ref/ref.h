@@ -63,5 +63,15 @@ sl_status sl__ref_select_topk(const sl__kargs *a);
 sl_status sl__ref_select_topp(const sl__kargs *a);
 sl_status sl__ref_select_threshold(const sl__kargs *a);
 size_t sl__ref_select_scratch(const sl_tensor *in);
+/* pool.tokens, score.lowbit, score.hash, attn.bucket (ref/extra2.c). */
+sl_status sl__ref_pool_tokens(const sl__kargs *a);
+sl_status sl__ref_score_lowbit(const sl__kargs *a);
+sl_status sl__ref_attn_bucket(const sl__kargs *a);
+sl_status sl__ref_score_hash(const sl__kargs *a);
+/* score.lowbit's quantisation of rows x [rows, d] in groups of `group` rows
+ * (f32 arithmetic, the contract's rule; bits >= 16 copies), and its K
+ * smoothing: ks = k - mean (mean over the nk keys; zero when !smooth). */
+void sl__lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, float *out);
+void sl__lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, float *ks, float *mean);
 
 #endif
