@@ -1,0 +1,222 @@
+-- sparselab.blockest — what the dynamic-estimate recipes of issue 4 (group b:
+-- sparge_attn, seer_attention, prism, sale, unisparse, dhsa, biformer,
+-- sparse_flash_attention, hsr_attention) share: keep tables → block masks,
+-- the run skeleton that times estimate and execute apart and fills the stats
+-- every method reports, row-level helpers over block scores (softmax, the
+-- cdf rule, top-k with deterministic ties), and reading a calibration config.
+-- Loops here run over block-level scores only (rows × blocks), never over
+-- token pairs.
+local sl = require "sparselab"
+
+local E = {}
+
+--- Number of query / key blocks of a problem at (bq, bk).
+function E.blocks(prob, bq, bk)
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+  return (nq + bq - 1) // bq, (nk + bk - 1) // bk, nq, nk
+end
+
+--- Key blocks visible to query block r (0-based) under the decode-offset
+--- causal rule: the last key block holding a key <= the block's last row's
+--- position, as a count (blocks 0 .. count-1). Not causal: every block.
+function E.visible(prob, r, bq, bk, nkb)
+  if not prob.causal then return nkb end
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+  local last_row = math.min((r + 1) * bq, nq) - 1
+  local pos = last_row + nk - nq
+  return math.min(nkb, pos // bk + 1)
+end
+
+--- A u8 keep tensor [H, R, C] from a Lua table keep[h][r][c] (1-based, 0/1),
+--- then the block mask of the kept blocks ∩ causal (sl.mask.from_blocks).
+function E.mask_from_keep(keep, prob, bq, bk, causal)
+  if causal == nil then causal = prob.causal end
+  local t = sl.tensor(keep, "u8")
+  return sl.mask.from_blocks(t, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = bq, bk = bk,
+    causal = causal})
+end
+
+--- An all-zero keep table [H][R][C].
+function E.zeros(H, R, C)
+  local t = {}
+  for h = 1, H do
+    local rows = {}
+    for r = 1, R do
+      local row = {}
+      for c = 1, C do row[c] = 0 end
+      rows[r] = row
+    end
+    t[h] = rows
+  end
+  return t
+end
+
+--- Softmax of x[1..n] in place (entries -inf get 0; all -inf: all 0).
+function E.softmax(x, n)
+  local m = -math.huge
+  for i = 1, n do if x[i] > m then m = x[i] end end
+  if m == -math.huge then
+    for i = 1, n do x[i] = 0 end
+    return x
+  end
+  local z = 0
+  for i = 1, n do
+    local e = x[i] == -math.huge and 0 or math.exp(x[i] - m)
+    x[i] = e
+    z = z + e
+  end
+  for i = 1, n do x[i] = x[i] / z end
+  return x
+end
+
+--- Indices 1..n ordered by x descending, ties by lower index first.
+function E.order_desc(x, n)
+  local idx = {}
+  for i = 1, n do idx[i] = i end
+  table.sort(idx, function(a, b)
+    if x[a] ~= x[b] then return x[a] > x[b] end
+    return a < b
+  end)
+  return idx
+end
+
+--- Read a JSON config file written by sl.calibrate (objects, arrays,
+--- numbers, strings, booleans, null); sl.calibrate.load when it exists.
+function E.load_config(path)
+  if sl.calibrate and sl.calibrate.load then return sl.calibrate.load(path) end
+  local f, err = io.open(path, "rb")
+  if not f then sl.fail("config: cannot open '%s': %s", tostring(path), tostring(err)) end
+  local s = f:read("a")
+  f:close()
+  local i = 1
+  local function ws() i = s:find("[^ \t\r\n]", i) or #s + 1 end
+  local value
+  local function fail(what) sl.fail("config %s: %s at byte %d", path, what, i) end
+  local function str()
+    local out = {}
+    i = i + 1
+    while true do
+      local c = s:sub(i, i)
+      if c == "" then fail("unterminated string") end
+      if c == '"' then i = i + 1; return table.concat(out) end
+      if c == "\\" then
+        local e = s:sub(i + 1, i + 1)
+        local map = {n = "\n", t = "\t", r = "\r", b = "\b", f = "\f", ['"'] = '"', ["\\"] = "\\", ["/"] = "/"}
+        if e == "u" then
+          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16))
+          i = i + 6
+        else
+          out[#out + 1] = map[e] or fail("bad escape")
+          i = i + 2
+        end
+      else
+        out[#out + 1] = c
+        i = i + 1
+      end
+    end
+  end
+  function value()
+    ws()
+    local c = s:sub(i, i)
+    if c == "{" then
+      local t = {}
+      i = i + 1
+      ws()
+      if s:sub(i, i) == "}" then i = i + 1; return t end
+      while true do
+        ws()
+        if s:sub(i, i) ~= '"' then fail("expected a key") end
+        local k = str()
+        ws()
+        if s:sub(i, i) ~= ":" then fail("expected ':'") end
+        i = i + 1
+        t[k] = value()
+        ws()
+        local d = s:sub(i, i)
+        i = i + 1
+        if d == "}" then return t end
+        if d ~= "," then fail("expected ',' or '}'") end
+      end
+    elseif c == "[" then
+      local t = {}
+      i = i + 1
+      ws()
+      if s:sub(i, i) == "]" then i = i + 1; return t end
+      while true do
+        t[#t + 1] = value()
+        ws()
+        local d = s:sub(i, i)
+        i = i + 1
+        if d == "]" then return t end
+        if d ~= "," then fail("expected ',' or ']'") end
+      end
+    elseif c == '"' then
+      return str()
+    elseif s:sub(i, i + 3) == "true" then i = i + 4; return true
+    elseif s:sub(i, i + 4) == "false" then i = i + 5; return false
+    elseif s:sub(i, i + 3) == "null" then i = i + 4; return nil
+    else
+      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+      if not num or num == "" then fail("unexpected character") end
+      i = i + #num
+      return tonumber(num)
+    end
+  end
+  local v = value()
+  return v
+end
+
+--- Writes a config table as JSON (sl.json_encode) to path.
+function E.save_config(path, t)
+  local f, err = io.open(path, "wb")
+  if not f then sl.fail("config: cannot write '%s': %s", tostring(path), tostring(err)) end
+  f:write(sl.json_encode(t), "\n")
+  f:close()
+end
+
+--- A per-head value: config[key][h] when a config list is given, else the
+--- scalar fallback.
+function E.per_head(cfg, key, h, fallback)
+  if cfg and type(cfg[key]) == "table" and cfg[key][h] ~= nil then return cfg[key][h] end
+  return fallback
+end
+
+--- The shared run(prob, p) of a block-mask method: estimate(prob, p) returns
+--- the executed mask and info {estimator_flops =, semantic = mask or nil,
+--- pv_skip =, stats = {extra numbers}}; then attn.block_sparse, and the stats
+--- of PLAN.md (flops, estimator_flops, density, density_semantic,
+--- estimate_ms, execute_ms).
+function E.block_run(estimate)
+  return function(prob, p)
+    local t0 = sl.time()
+    local m, info = estimate(prob, p)
+    info = info or {}
+    local t1 = sl.time()
+    local args = {backend = prob.backend}
+    if info.pv_skip and info.pv_skip > 0 then args.pv_skip = info.pv_skip end
+    local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m, args)
+    local t2 = sl.time()
+    local stats = {
+      flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, m, args),
+      estimator_flops = info.estimator_flops or 0,
+      density = m:density(prob.causal),
+      estimate_ms = (t1 - t0) * 1e3,
+      execute_ms = (t2 - t1) * 1e3,
+    }
+    if info.semantic then stats.density_semantic = info.semantic:density(prob.causal) end
+    for k, v in pairs(info.stats or {}) do stats[k] = v end
+    return {o = o, lse = lse, mask = m, semantic_mask = info.semantic, stats = stats}
+  end
+end
+
+--- Causal (or full) pairs of a problem over query heads: the denominator of
+--- densities computed from counts.
+function E.pairs(prob)
+  local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
+  local nk = prob.k:shape()[2]
+  if not prob.causal then return hq * nq * nk end
+  local off = nk - nq
+  return hq * (nq * off + nq * (nq + 1) / 2)
+end
+
+return E
