@@ -121,11 +121,13 @@ test-run: all $(TEST_SUITES) $(TEST_TOOLS)
 
 test-cuda:
 	$(MAKE) CUDA=1 BUILD=build-cuda all build-cuda/tests/test_ops build-cuda/tests/test_sparse_ops \
-		build-cuda/tests/test_correct_ops build-cuda/tests/test_score_extra2_ops
+		build-cuda/tests/test_correct_ops build-cuda/tests/test_score_extra2_ops \
+		build-cuda/tests/test_score_ops
 	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_ops
 	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_sparse_ops
 	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_correct_ops
 	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_score_extra2_ops
+	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_score_ops
 
 asan: deps
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" test-run

@@ -1,5 +1,6 @@
 // cuda/backend.cu — the CUDA backend: device probe, kernel table, the staging of host tensors through device memory, and the host side of each executor.
 #include "kernels.cuh"
+#include "score.cuh"
 #include "correct_ext.cuh"
 #include "extra2.cuh"
 
@@ -374,6 +375,17 @@ constexpr kernel_table make_kernel_table()
     t.fn[SL_OP_SCORE_LOWBIT] = sl__cuda_score_lowbit;
     t.fn[SL_OP_ATTN_BUCKET] = sl__cuda_attn_bucket;
     t.fn[SL_OP_SCORE_HASH] = sl__cuda_score_hash;
+    t.fn[SL_OP_SCORE_POOLED] = sl__cuda_score_pooled;
+    t.fn[SL_OP_SCORE_LAST_Q] = sl__cuda_score_last_q;
+    t.fn[SL_OP_SCORE_ROWS] = sl__cuda_score_rows;
+    t.fn[SL_OP_SCORE_EXACT] = sl__cuda_score_exact;
+    t.fn[SL_OP_REDUCE_COLUMNS] = sl__cuda_reduce_columns;
+    t.fn[SL_OP_REDUCE_DIAGONALS] = sl__cuda_reduce_diagonals;
+    t.fn[SL_OP_REDUCE_BLOCK] = sl__cuda_reduce_block;
+    t.fn[SL_OP_REDUCE_HEADS] = sl__cuda_reduce_heads;
+    t.fn[SL_OP_SELECT_TOPK] = sl__cuda_select_topk;
+    t.fn[SL_OP_SELECT_TOPP] = sl__cuda_select_topp;
+    t.fn[SL_OP_SELECT_THRESHOLD] = sl__cuda_select_threshold;
     return t;
 }
 
