@@ -287,6 +287,13 @@ test("psa_pyramid method: all level 1 is dense; density accounting; importance a
   local p = sl.registry.resolve(m, {bq = 32, bk = 16})
   local imp = m.importance(prob, p)
   truthy(imp[1][3][2] > 0 and imp[1][3][2] <= 1, "a probability")
+  -- score.exact on the gathered sub-problem (when present) = the plain Lua loops
+  local lua_imp = m.importance(prob, p, true)
+  for h = 1, HQ do
+    for I = 1, #imp[h] do
+      for J = 1, #imp[h][I] do near(imp[h][I][J], lua_imp[h][I][J], 1e-5, "importance") end
+    end
+  end
 end)
 
 -- ---- through the framework, when present ----

@@ -58,8 +58,9 @@ local function gather_rows(t, pos)
   return sl.cat(parts, 2)
 end
 
--- importance[h][I][J] (1-based tables) for Hq query heads.
-function M.importance(prob, p)
+-- importance[h][I][J] (1-based tables) for Hq query heads; plain_lua forces
+-- the Lua computation (tests compare it with score.exact's).
+function M.importance(prob, p, plain_lua)
   local qs, ks = prob.q:shape(), prob.k:shape()
   local nq, nk, d = qs[2], ks[2], qs[3]
   local nqb, nkb = (nq + p.bq - 1) // p.bq, (nk + p.bk - 1) // p.bk
@@ -87,7 +88,7 @@ function M.importance(prob, p)
   end
   local qg, kg = gather_rows(prob.q, rows), gather_rows(prob.k, keys)
   local score = rawget(sl, "score")
-  if score and score.exact and nq % p.bq == 0 and nk % p.bk == 0 then
+  if not plain_lua and score and score.exact and nq % p.bq == 0 and nk % p.bk == 0 then
     -- every block holds sr sampled rows and sk sampled keys: the blocks of the sub-problem
     local t = score.exact(qg, kg, {bq = sr, bk = sk, reduce = 1, causal = false, backend = prob.backend})
     local tt = t:totable()
