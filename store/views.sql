@@ -5,12 +5,14 @@
 --   Each metric column is a lookup on metric's primary key (result_id, name), so a WHERE on
 --   result columns stays cheap. A metric that was not recorded, or was NaN, reads NULL.
 --   speedup is the recorded 'speedup' metric, else dense_time_ms / time_ms when both exist.
+--   estimate_ms + execute_ms split a dynamic method's time (estimate_ms = 0 for static ones);
+--   kv_bytes and the budget targets (target_<name>, sl.budget) are defined in budget.lua.
 -- v_frontier_bucket: the best (lowest) rel_l2 and the best recall of each method per
 --   workload, size and density bucket of width 0.05 (bucket = the bucket's upper edge).
 -- v_pareto: accuracy against cost across methods: the ok results of one point (workload,
 --   sizes, phase, layer, head, backend) that no other result beats on both rel_l2 and FLOPs,
---   where FLOPs are the total executed (estimator, executor and correction counted in
---   'flops'; an 'estimator_flops' metric recorded apart is added when 'flops' lacks it).
+--   where FLOPs are the total paid: 'flops' (executor, plus correction FLOPs for a corrected
+--   method) + 'estimator_flops' (the estimate of a dynamic method; 0 or absent for static ones).
 -- v_break_even: per method, workload and sequence length, the largest density at which the
 --   method's measured time still beats dense on this machine (speedup >= 1), and how many
 --   results there were; a method never faster than dense at that length has NULL.
@@ -58,6 +60,13 @@ SELECT
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'dense_time_ms') AS dense_time_ms,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'flops_ratio')   AS flops_ratio,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'estimator_flops') AS estimator_flops,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'density_semantic') AS density_semantic,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'estimate_ms')   AS estimate_ms,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'execute_ms')    AS execute_ms,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'kv_bytes')      AS kv_bytes,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'target_density') AS target_density,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'target_flops')  AS target_flops,
+    (SELECT value FROM metric WHERE result_id = r.id AND name = 'target_kv_bytes') AS target_kv_bytes,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'ppl')           AS ppl,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'kl')            AS kl,
     (SELECT value FROM metric WHERE result_id = r.id AND name = 'top1')          AS top1,
@@ -107,7 +116,7 @@ GROUP BY method, workload, n_q, n_k, head_dim, heads, kv_heads, backend, density
 
 CREATE VIEW v_pareto AS
 WITH c AS (
-    SELECT *, coalesce(flops, 0) + CASE WHEN flops IS NULL THEN coalesce(estimator_flops, 0) ELSE 0 END AS cost
+    SELECT *, coalesce(flops, 0) + coalesce(estimator_flops, 0) AS cost
     FROM v_result WHERE status = 'ok' AND rel_l2 IS NOT NULL AND (flops IS NOT NULL OR estimator_flops IS NOT NULL))
 SELECT a.*
 FROM c AS a

@@ -13,9 +13,10 @@ usage: sparselab                         start the REPL
        sparselab run SCRIPT.lua [ARGS]   run an experiment script
        sparselab methods [--json]        every method: id, title, family, phase, backends
        sparselab ops [--json]            op x backend coverage
-       sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D] [--param K=V]...
-                      [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE] [--json]
-                      [--out FILE.safetensors]
+       sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D | --flops F | --kv-bytes B]
+                      [--param K=V]... [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE]
+                      [--json] [--out FILE.safetensors]   (sparselab eval --help: what each target means)
+       sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
@@ -24,7 +25,7 @@ usage: sparselab                         start the REPL
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
        sparselab stats DB [...]
-       sparselab bench [--quick] [--json] [--db FILE]
+       sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators]
        sparselab help
   --param K=V: V a number, true/false, a word, or a list in braces: images={{10,45},{50,90}}]]
 
@@ -149,7 +150,8 @@ function C.methods(argv)
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.methods.get(id)
     rows[#rows + 1] = {kind = "method", id = m.id, title = m.title, card = m.card or "", family = m.family,
-      phase = m.phase, knob = m.knob or "", backends = table.concat(sl.methods.backends(m), ","),
+      phase = m.phase, knob = m.knob or "", knob_direction = m.knob and (m.knob_direction or 1) or "",
+      backends = table.concat(sl.methods.backends(m), ","),
       checks = m.checks and #m.checks or 0}
   end
   -- corrections (sl.correct): any method takes them (eval --correct ID,
@@ -160,7 +162,7 @@ function C.methods(argv)
       phase = c.phase or "both", knob = "", backends = table.concat(sl.methods.backends(c), ","),
       checks = c.checks and #c.checks or 0, aliases = table.concat(c.aliases or {}, ",")}
   end
-  local cols = {"id", "family", "phase", "knob", "backends", "checks", "title"}
+  local cols = {"id", "family", "phase", "knob", "knob_direction", "backends", "checks", "title"}
   if o.json then
     for _, r in ipairs(rows) do
       local b = {}
@@ -244,12 +246,36 @@ local function load_workload(spec)
   return q, k, v, p
 end
 
+local EVAL_HELP = [[
+usage: sparselab eval METHOD [--qkv FILE | --workload SPEC] [budget] [--param K=V]... [--backend ref|cpu|cuda]
+                      [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--no-causal]
+  --qkv FILE           q, k, v from a safetensors file or a directory of q.npy, k.npy, v.npy
+  --workload SPEC      synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]
+budget (at most one; without one the method's defaults run):
+  --budget X           the method's knob set to X (sparselab methods: the knob column)
+  --density D          the knob solved (bisection) so that the executed mask keeps at least D of the
+                       causal pairs (kept pairs / causal pairs, averaged over mask heads)
+  --flops F            ... so that executor FLOPs + estimator FLOPs reach F (the estimator counts)
+  --kv-bytes B         ... so that the K/V bytes the executor reads reach B, where K/V bytes = for every
+                       KV head and query block, the keys of every key block that any query head of the
+                       KV head's group keeps there (whole tiles, each counted once) x head_dim x 2 (K and
+                       V) x 4 bytes
+  The knob is the cheapest setting that reaches the target; the target and the achieved value are
+  reported as target_<name> and achieved_<name>, and a target the knob cannot reach is an error that
+  gives the reachable range.
+reported: density (executed; density_semantic when the paper's mask differs), recall_mean and
+  recall_min (worst row), rel_l2, cosine, time_ms split into estimate_ms and execute_ms (estimate_ms = 0
+  for static methods), flops (executor), estimator_flops, kv_bytes, speedup over dense.]]
+
+local TARGET_FLAGS = {density = "density", flops = "flops", ["kv-bytes"] = "kv_bytes"}
+
 function C.eval(argv)
   local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
     backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
-    density = "value", correct = "multi"}, {"METHOD"})
+    density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi"}, {"METHOD"})
+  if o.help then out(EVAL_HELP) return end
   local id = pos[1]
-  if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options]") end
+  if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options] (sparselab eval --help)") end
   local m = sl.methods.get(id)
   for _, spec in ipairs(o.correct or {}) do m = C.corrected(m, spec) end
   if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
@@ -272,13 +298,26 @@ function C.eval(argv)
   end
   local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"], backend = o.backend or "cpu",
     workload = wl, workload_params = wp}
-  if o.density then
-    if o.budget then sl.fail("give --budget or --density, not both") end
-    local target = tonumber(o.density)
-    if not target or target <= 0 or target > 1 then sl.fail("--density expects a number in (0, 1], found '%s'", o.density) end
-    budget = C.solve_density(m, prob, params, target)
+  local given = o.budget and {"--budget"} or {}
+  local target, tvalue
+  for flag, name in pairs(TARGET_FLAGS) do
+    if o[flag] then
+      given[#given + 1] = "--" .. flag
+      target = name
+      tvalue = tonumber(o[flag])
+      if not tvalue or tvalue <= 0 or tvalue ~= tvalue or tvalue == math.huge or (name == "density" and tvalue > 1) then
+        sl.fail("--%s expects a number in %s, found '%s'", flag, name == "density" and "(0, 1]" or "(0, inf)", o[flag])
+      end
+    end
+  end
+  if #given > 1 then table.sort(given); sl.fail("give one of %s, not several", table.concat(given, ", ")) end
+  local match
+  if target then
+    match = sl.budget.match{method = m, prob = prob, target = target, value = tvalue, params = params}
+    budget = match.value
   end
   local r = sl.eval(m, prob, {budget = budget, params = params, reps = reps})
+  if match then sl.budget.metrics(match, r.metrics) end
   if o.out then sl.save(o.out, {o = r.o, lse = r.lse}) end
   if o.db then
     local db = sl.store.open(o.db)
@@ -296,6 +335,17 @@ function C.eval(argv)
   end
   out(string.format("%s on %s: q %dx%dx%d, k/v %dx%dx%d, backend %s", r.method, r.workload, r.heads, r.n_q,
     r.head_dim, r.kv_heads, r.n_k, r.head_dim, r.backend))
+  local mt = r.metrics
+  local function f(x) return x == nil and "-" or report.cell(x) end
+  out(string.format("density %s%s  recall mean %s worst row %s  rel_l2 %s", f(mt.density),
+    mt.density_semantic and (" (semantic " .. f(mt.density_semantic) .. ")") or "", f(mt.recall_mean),
+    f(mt.recall_min), f(mt.rel_l2)))
+  out(string.format("time %s ms = estimate %s ms + execute %s ms; flops %s + estimator %s",
+    f(mt.time_ms), f(mt.estimate_ms), f(mt.execute_ms), f(mt.flops), f(mt.estimator_flops)))
+  if match then
+    out(string.format("%s %s solved for %s %s: achieved %s", m.knob, f(match.value), target, f(tvalue),
+      f(match.achieved)))
+  end
   local names = {}
   for key in pairs(r.metrics) do names[#names + 1] = key end
   table.sort(names)
@@ -316,6 +366,33 @@ function C.corrected(m, spec)
     params[key] = value_of(val)
   end
   return sl.correct.apply(m, cid, params)
+end
+
+--- The knob of m that keeps at least `target` of the causal pairs
+--- (sl.budget.match with a density target; kept for callers of the old name).
+function C.solve_density(m, prob, params, target)
+  return sl.budget.match{method = m, prob = prob, target = "density", value = target, params = params}.value
+end
+
+-- ---- calibrate ----------------------------------------------------------
+
+function C.calibrate(argv)
+  local o, pos = parse(argv, 2, {qkv = "multi", out = "value", param = "multi"}, {"METHOD"})
+  local id = pos[1]
+  if not id or not o.qkv or not o.out then
+    sl.fail("usage: sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...")
+  end
+  local m = sl.methods.get(id)
+  local params = method_args(o)
+  local problems = {}
+  for i, path in ipairs(o.qkv) do
+    local q, k, v = load_qkv(path)
+    problems[i] = sl.problem{q = q, k = k, v = v, workload = "qkv:" .. path}
+  end
+  local config = sl.calibrate(m, {problems = problems, out = o.out, params = params, sources = o.qkv})
+  local n = 0
+  for _ in pairs(config) do n = n + 1 end
+  out(string.format("%s calibrated on %d input(s): %d config entries written to %s", m.id, #problems, n, o.out))
 end
 
 -- ---- model --------------------------------------------------------------
@@ -381,29 +458,6 @@ function C.model(argv)
   end
   out(report.table(rows, {"metric", "value"}))
   out("generated: " .. (gen_text or ""):gsub("\n", " "))
-end
-
---- The smallest value of the method's integer knob whose mask keeps at least
---- `target` of the causal pairs (bisection: the knob is monotone in density
---- for the methods that have a mask function).
-function C.solve_density(m, prob, params, target)
-  if not (m.knob and m.mask and m.params[m.knob].int) then
-    sl.fail("%s: --density needs a method with an integer knob and a mask; set --budget instead", m.id)
-  end
-  local function density(x)
-    local mk <close> = m.mask(prob, sl.registry.resolve(m, params, x))
-    return mk:density(true)
-  end
-  local lo, hi = m.params[m.knob].min or 1, prob.k:shape()[2]
-  if density(hi) < target then
-    sl.fail("%s: the largest %s (%d) keeps only %.4f of the pairs, below --density %g", m.id, m.knob, hi,
-      density(hi), target)
-  end
-  while lo < hi do
-    local mid = (lo + hi) // 2
-    if density(mid) >= target then hi = mid else lo = mid + 1 end
-  end
-  return lo
 end
 
 -- ---- query --------------------------------------------------------------

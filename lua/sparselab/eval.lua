@@ -95,6 +95,17 @@ function E.run(method, prob, opts)
   metrics.cosine_mean, metrics.cosine_min = sl.metric.cosine(out.o, dense.o)
   metrics.recall_mean, metrics.recall_min = sl.metric.recall(out.lse, dense.lse)
   for k, v in pairs(out.stats or {}) do metrics[k] = v end
+  -- A method without an estimator (static patterns, dense) spends no time or
+  -- FLOPs estimating: its whole time is execution. A dynamic method
+  -- (family "*-estimate") reports its own split; none is invented for it.
+  if not tostring(m.family):find("%-estimate$") then
+    if metrics.estimate_ms == nil then metrics.estimate_ms = 0 end
+    if metrics.execute_ms == nil then metrics.execute_ms = ms end
+    if metrics.estimator_flops == nil then metrics.estimator_flops = 0 end
+  end
+  if metrics.kv_bytes == nil and out.mask and sl.mask.is_mask(out.mask) then
+    metrics.kv_bytes = sl.budget.kv_bytes(out.mask, prob)
+  end
   if metrics.flops and dense.stats.flops > 0 then metrics.flops_ratio = metrics.flops / dense.stats.flops end
   if ms > 0 then metrics.speedup = dense.time_ms / ms end
   return {

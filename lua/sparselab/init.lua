@@ -37,6 +37,9 @@ sl.report = require "sparselab.report"
 sl.model = require "sparselab.model"
 sl.assign = require "sparselab.assign"
 sl.correct = require "sparselab.correct"
+sl.json_decode = require("sparselab.json").decode
+sl.budget = require "sparselab.budget"
+sl.calibrate = require "sparselab.calibrate"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -11,6 +11,7 @@
 --     {id = "sliding_window", budgets = {32, 64},          -- the method's knob
 --      params = {bq = 16, bk = {16, 32}}},                 -- a list is an axis
 --     {id = "streaming_llm", targets = {density = {0.1, 0.25}}}, -- knob solved per point
+--     (targets: density, flops or kv_bytes — solved by sl.budget.match, nearest setting)
 --   },
 --   workloads = {                           -- default {{name = "synthetic"}}
 --     {name = "synthetic", heads = 4, kv_heads = 2, d = 64},   -- + n_sink, sink, local,
@@ -132,7 +133,7 @@ local METHOD_KEYS = {id = true, budgets = true, targets = true, params = true}
 local SYNTH_KEYS = {name = true, n = true, heads = true, kv_heads = true, d = true, n_sink = true, sink = true,
   ["local"] = true, corr_len = true, needles = true, needle = true, split_heads = true}
 local QKV_KEYS = {name = true, path = true, layers = true, split_heads = true}
-local TARGETS = {density = true}
+local TARGETS = {density = true, flops = true, kv_bytes = true} -- sl.budget.TARGETS
 
 local function sorted_keys(t)
   local ks = {}
@@ -424,59 +425,21 @@ local function problem_for(point)
   return prob
 end
 
-local function density_at(m, prob, p)
-  local d
-  if m.mask then
-    d = m.mask(prob, p):density(prob.causal)
-  else
-    local out = m.run(prob, p)
-    d = out.stats and out.stats.density
-  end
-  if type(d) ~= "number" then sl.fail("%s reports no density; a density target needs one", m.id) end
-  return d
-end
-
--- The knob value whose density is nearest the target (density monotone in the knob).
-local function solve_density(m, prob, params, target)
-  local spec = m.params[m.knob]
-  local n_k = prob.k:shape()[2]
-  local lo, hi = spec.min or 0, spec.max or (spec.int and n_k or 1)
-  if spec.int and hi > n_k and not spec.max then hi = n_k end
-  local function at(x)
-    local p = copy(params)
-    p[m.knob] = x
-    return density_at(m, prob, p)
-  end
-  local dlo, dhi = at(lo), at(hi)
-  local up = dhi >= dlo
-  local function below(d) if up then return d < target else return d > target end end
-  if not below(dlo) then return lo end
-  if below(dhi) then return hi end
-  local iters = 0
-  while (spec.int and hi - lo > 1) or (not spec.int and iters < 40) do
-    local mid = spec.int and (lo + hi) // 2 or (lo + hi) / 2
-    local d = at(mid)
-    if below(d) then lo, dlo = mid, d else hi, dhi = mid, d end
-    iters = iters + 1
-  end
-  return math.abs(dlo - target) <= math.abs(dhi - target) and lo or hi
-end
-
 --- Runs one point in this process: {metrics =, params =, budget =, n_q =, ...}.
 function S.run_point(point)
   local m = sl.methods.get(point.method)
   local prob = problem_for(point)
   local params = copy(point.params)
+  local match
   if point.target then
+    -- the knob solved by sl.budget.match (nearest setting; a target out of
+    -- the knob's reach fails the point with the reachable range)
     local name, value = next(point.target)
-    if name ~= "density" then sl.fail("unknown target '%s' (expected density)", tostring(name)) end
-    params[m.knob] = solve_density(m, prob, params, value)
+    match = sl.budget.match{method = m, prob = prob, target = name, value = value, params = params, side = "nearest"}
+    params[m.knob] = match.value
   end
   local r = sl.eval(m, prob, {params = params, reps = point.reps or 1})
-  if point.target then
-    local name, value = next(point.target)
-    r.metrics["target_" .. name] = value
-  end
+  if match then sl.budget.metrics(match, r.metrics) end
   return {metrics = r.metrics, params = r.params, budget = r.budget, n_q = r.n_q, n_k = r.n_k,
     head_dim = r.head_dim, heads = r.heads, kv_heads = r.kv_heads}
 end

@@ -20,6 +20,8 @@ expect_rc() {
     got=$?
     if [ "$got" = "$want" ]; then ok; else bad "$desc: exit $got, expected $want; stderr: $(head -c 300 "$T/err")"; fi
 }
+# jget KEY: the value of "KEY" in the one-line JSON object in $T/out
+jget() { sed -n "s/.*[{,]\"$1\":\([^,}]*\).*/\1/p" "$T/out"; }
 one_line_err() {
     n=$(wc -l <"$T/err")
     if [ "$n" = 1 ] && grep -q "$1" "$T/err"; then ok; else bad "$2: expected one stderr line containing '$1', got $n: $(cat "$T/err")"; fi
@@ -97,6 +99,41 @@ d=$(tr ',' '\n' <"$T/out" | sed -n 's/^"density"://p'); w=$(tr ',' '\n' <"$T/out
 # independent count: a window of w keeps sum_i min(i+1, w) of n(n+1)/2 pairs
 awk -v n=512 -v w="$w" -v d="$d" 'BEGIN { k = 0; k1 = 0; for (i = 0; i < n; i++) { k += (i + 1 < w ? i + 1 : w); k1 += (i + 1 < w - 1 ? i + 1 : w - 1) }
     t = n * (n + 1) / 2; exit !(k / t >= 0.25 && k1 / t < 0.25 && (d - k / t) < 1e-9 && (k / t - d) < 1e-9) }' && ok || bad "--density $d at w=$w"
+# eval reports the time split, recall's worst row, estimator FLOPs; methods --json the knob direction
+grep -q '"estimate_ms":0,' "$T/out" && grep -q '"execute_ms":' "$T/out" && grep -q '"estimator_flops":0,' "$T/out" \
+    && grep -q '"recall_min":' "$T/out" && grep -q '"target_density":0.25' "$T/out" && ok || bad "eval --json fields: $(cat "$T/out")"
+expect_rc 0 "methods --json" "$SL" methods --json
+grep '"id":"sliding_window"' "$T/out" | grep -q '"knob_direction":1' && ok || bad "methods --json lacks knob_direction"
+# --flops / --kv-bytes: the smallest window reaching the target, checked against the window one key smaller
+for tgt in "flops 2.5e7 flops" "kv-bytes 1e6 kv_bytes"; do
+    set -- $tgt
+    expect_rc 0 "eval --$1" "$SL" eval sliding_window --workload synthetic,n=512,heads=4,kv_heads=2 --$1 $2 --param bq=32 --param bk=32 --json
+    a=$(jget achieved_$3); w=$(jget budget); m=$(jget $3)
+    expect_rc 0 "eval w-1" "$SL" eval sliding_window --workload synthetic,n=512,heads=4,kv_heads=2 --budget $((w - 1)) --param bq=32 --param bk=32 --json
+    b=$(jget $3)
+    awk -v a="$a" -v b="$b" -v m="$m" -v t="$2" 'BEGIN { exit !(a >= t && b < t && a == m) }' && ok || bad "--$1 $2: achieved $a at w=$w ($m recorded), w-1 gives $b"
+done
+expect_rc 1 "eval --flops out of reach" "$SL" eval sliding_window --workload synthetic,n=256,heads=2,kv_heads=1 --flops 1e15
+one_line_err "cannot reach flops" "eval --flops out of reach"
+expect_rc 1 "eval two budgets" "$SL" eval sliding_window --workload synthetic,n=64 --density 0.5 --budget 3
+one_line_err "give one of --budget, --density" "eval two budgets"
+expect_rc 0 "eval --help" "$SL" eval --help
+grep -q "K/V bytes = for every" "$T/out" && ok || bad "eval --help lacks the kv_bytes definition"
+# calibrate: a method without calibration, a missing --out, and a fake method through the same command
+expect_rc 1 "calibrate a static method" "$SL" calibrate sliding_window --qkv "$T/qkv.safetensors" --out "$T/c.json"
+one_line_err "needs no calibration" "calibrate a static method"
+expect_rc 1 "calibrate without --out" "$SL" calibrate sliding_window --qkv "$T/qkv.safetensors"
+one_line_err "usage: sparselab calibrate" "calibrate without --out"
+cat >"$T/cal.lua" <<'EOF2'
+local sl = require "sparselab"
+sl.methods.register{id = "fake_cal", title = "t", family = "test-estimate", phase = "prefill", params = {},
+  run = function() end, calibrate = function(probs) return {n = #probs, heads = probs[1].q:shape()[1]} end}
+require("sparselab.cli").calibrate{"calibrate", "fake_cal", "--qkv", arg[1], "--qkv", arg[1], "--out", arg[2]}
+local cfg, doc = sl.calibrate.load(arg[2], "fake_cal")
+assert(cfg.n == 2 and cfg.heads == 8 and doc.inputs[1].source == arg[1], "calibrate round trip")
+EOF2
+expect_rc 0 "calibrate a fake method through the CLI" "$SL" run "$T/cal.lua" "$T/qkv.safetensors" "$T/cal.json"
+grep -q '"method":"fake_cal"' "$T/cal.json" && ok || bad "calibration file: $(cat "$T/cal.json")"
 for bad_args in "--workload synthetic,n=abc" "--workload synthetic,n=64 --reps 2.5" "--workload synthetic,n=64 --density 2"; do
     expect_rc 1 "eval dense $bad_args" "$SL" eval sliding_window $bad_args
 done

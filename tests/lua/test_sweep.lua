@@ -53,8 +53,8 @@ H.test("config checks", function()
   H.raises(function() S.check_config({methods = {{id = "sliding_window", budgets = {1}, targets = {density = {0.1}}}}}, "c") end,
     "not both")
   H.raises(function() S.check_config({methods = {{id = "dense", budgets = {1}}}}, "c") end, "has no budget knob")
-  H.raises(function() S.check_config({methods = {{id = "sliding_window", targets = {flops = {1}}}}}, "c") end,
-    "unknown key 'flops'")
+  H.raises(function() S.check_config({methods = {{id = "sliding_window", targets = {latency = {1}}}}}, "c") end,
+    "unknown key 'latency'")
   H.raises(function() S.check_config({methods = {"dense"}, workloads = {{name = "niah"}}}, "c") end, "unknown workload 'niah'")
   H.raises(function() S.check_config({methods = {"dense"}, workloads = {{name = "synthetic", dd = 1}}}, "c") end,
     "workloads[1]: unknown key 'dd'")
