@@ -645,7 +645,8 @@ START_TEST(test_vs_mixed)
 END_TEST
 
 /* pv_skip: every backend matches ref (blocks shorter than, equal to and
- * longer than a CUDA key tile, ragged last blocks); L never changes; a huge
+ * longer than a CUDA key tile, ragged last blocks, one run of kept blocks
+ * per row and scattered runs with partial blocks); L never changes; a huge
  * threshold changes nothing; and a hand-made case: keys scoring 10 and 0 in
  * blocks of one key with pv_skip 5 drop the second value,
  * O = v0 e^10 / (e^10 + 1), on every backend. */
@@ -661,7 +662,14 @@ START_TEST(test_pv_skip)
         int64_t hq = geo[gi][0], hkv = geo[gi][1], n = geo[gi][2], d = geo[gi][3];
         sl_tensor in[7] = {tu_randn(ctx, &rng, hq, n, d, 3), tu_randn(ctx, &rng, hkv, n, d, 3),
                            tu_randn(ctx, &rng, hkv, n, d, 1.0)};
-        mask_of(ctx, SL_PAT_CAUSAL, 0, n, n, geo[gi][4], geo[gi][5], &m);
+        /* geo 0 causal (one run of blocks per row); the others every third
+         * key block, a window and sinks: scattered runs, partial blocks */
+        sl_pattern_term terms[3] = {{.kind = SL_PAT_STRIDED, .a = 3, .unit = geo[gi][5]},
+                                    {.kind = SL_PAT_WINDOW, .a = 20}, {.kind = SL_PAT_SINK, .a = 2}};
+        if (gi == 0)
+            mask_of(ctx, SL_PAT_CAUSAL, 0, n, n, geo[gi][4], geo[gi][5], &m);
+        else
+            ck_assert_int_eq(sl_mask_from_pattern(ctx, terms, 3, n, n, geo[gi][4], geo[gi][5], &m), SL_OK);
         sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
         sl_attn_block_params p0 = {.bq = geo[gi][4], .bk = geo[gi][5], .scale = 0, .pv_skip = 0};
         sl_tensor plain[2];

@@ -225,32 +225,64 @@ typedef struct sparse_job {
     double pv_skip;
 } sparse_job;
 
+/* Floats of a block_sparse workspace: the tile, then K and V copies of one
+ * chunk gathered from several runs. */
+static size_t sparse_ws_floats(int64_t bq, int64_t kmax, int64_t d)
+{
+    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d);
+}
+
 static void sparse_item(int64_t item, void *ud, int thread)
 {
     sparse_job *j = ud;
     const sl__attn_dims *dm = &j->dm;
     int64_t h = item % dm->hq, qb = item / dm->hq;
     int64_t r0 = qb * j->bq, rows = dm->nq - r0 < j->bq ? dm->nq - r0 : j->bq;
-    int64_t g = h / dm->group, mh = h / (dm->hq / j->hm);
-    const float *q = (const float *)j->a->in[0].data + (h * dm->nq + r0) * dm->d;
-    const float *k = (const float *)j->a->in[1].data + g * dm->nk * dm->d;
-    const float *v = (const float *)j->a->in[2].data + g * dm->nk * dm->d;
+    int64_t g = h / dm->group, mh = h / (dm->hq / j->hm), d = dm->d;
+    const float *q = (const float *)j->a->in[0].data + (h * dm->nq + r0) * d;
+    const float *k = (const float *)j->a->in[1].data + g * dm->nk * d;
+    const float *v = (const float *)j->a->in[2].data + g * dm->nk * d;
     const int32_t *rp = (const int32_t *)j->a->in[3].data + mh * (j->n_qb + 1);
     const int32_t *col = j->a->in[4].data, *part = j->a->in[5].data;
     const uint8_t *bits = j->a->in[6].data;
     size_t blk = (size_t)(j->bq * j->bk);
-    sl__cpu_tile w = ws_at(j->a->scratch, thread, j->bq, j->kmax, dm->d);
-    tile_begin(&w, q, rows, dm->d, (float)dm->scale);
+    float *base = (float *)j->a->scratch + (size_t)thread * sparse_ws_floats(j->bq, j->kmax, d);
+    sl__cpu_tile w = sl__cpu_tile_make(base, j->bq, j->kmax, d);
+    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d;
+    tile_begin(&w, q, rows, d, (float)dm->scale);
     sl__cpu_run run;
+    const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
-        sl__cpu_next_run(col, part, bits, blk, &e, rp[qb + 1], j->bk, j->kmax, dm->nk, &run);
-        int64_t k0 = run.k0, nc = run.nc, any_partial = run.any_partial;
-        sl__cpu_chunk_mask cm = {NULL, run.bits, j->bk, 0};
-        tile_chunk(&w, &j->ro, rows, dm->d, k + k0 * dm->d, v + k0 * dm->d, nc, j->kmax, any_partial ? &cm : NULL,
-                   j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip);
+        /* One chunk: runs of consecutive kept blocks until kmax keys. A run
+         * alone is read in place; several are copied side by side, so that
+         * scattered blocks still make one product of kmax keys instead of
+         * one small product each (the profile's packing and call overhead). */
+        int64_t used = 0, n_blk = 0, n_runs = 0, k0 = 0;
+        int any_partial = 0;
+        while (e < rp[qb + 1] && used + j->bk <= j->kmax) {
+            sl__cpu_next_run(col, part, bits, blk, &e, rp[qb + 1], j->bk, j->kmax - used, dm->nk, &run);
+            if (n_runs == 0)
+                k0 = run.k0;
+            else {
+                if (n_runs == 1) {
+                    memcpy(kbuf, k + k0 * d, (size_t)(used * d) * sizeof(float));
+                    memcpy(vbuf, v + k0 * d, (size_t)(used * d) * sizeof(float));
+                }
+                memcpy(kbuf + used * d, k + run.k0 * d, (size_t)(run.nc * d) * sizeof(float));
+                memcpy(vbuf + used * d, v + run.k0 * d, (size_t)(run.nc * d) * sizeof(float));
+            }
+            memcpy(chunk_bits + n_blk, run.bits, (size_t)run.n_blocks * sizeof *chunk_bits);
+            n_blk += run.n_blocks;
+            any_partial |= run.any_partial;
+            used += run.nc;
+            n_runs++;
+        }
+        sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
+        const float *kc = n_runs > 1 ? kbuf : k + k0 * d, *vc = n_runs > 1 ? vbuf : v + k0 * d;
+        tile_chunk(&w, &j->ro, rows, d, kc, vc, used, j->kmax, any_partial ? &cm : NULL, j->pv_skip > 0 ? j->bk : 0,
+                   (float)j->pv_skip);
     }
-    tile_end(&w, rows, dm->d, (float *)j->a->out[0].data + (h * dm->nq + r0) * dm->d,
-             (float *)j->a->out[1].data + h * dm->nq + r0);
+    tile_end(&w, rows, d, (float *)j->a->out[0].data + (h * dm->nq + r0) * d, (float *)j->a->out[1].data + h * dm->nq + r0);
 }
 
 void sl__cpu_next_run(const int32_t *col, const int32_t *part, const uint8_t *bits, size_t blk, int32_t *e,
@@ -287,5 +319,5 @@ size_t sl__cpu_attn_scratch(sl_op op, const void *params, const sl_tensor *in, i
     if (op == SL_OP_ATTN_DENSE)
         return sl__cpu_tile_floats(DENSE_BQ, DENSE_BK, d) * sizeof(float) * (size_t)n_threads;
     const sl_attn_block_params *p = params;
-    return sl__cpu_tile_floats(p->bq, sl__cpu_sparse_kmax(p->bk), d) * sizeof(float) * (size_t)n_threads;
+    return sparse_ws_floats(p->bq, sl__cpu_sparse_kmax(p->bk), d) * sizeof(float) * (size_t)n_threads;
 }
