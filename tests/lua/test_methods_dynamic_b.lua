@@ -281,7 +281,7 @@ end)
 
 -- ---- dhsa --------------------------------------------------------------------
 
-local DH = {b = 16, local_tokens = 32, global_tokens = 8, instruction_tokens = 12, chunk = 16}
+local DH = {bq = 16, bk = 16, local_tokens = 32, global_tokens = 8, instruction_tokens = 12, chunk = 16}
 local function dh(extra)
   local p = {}
   for k, v in pairs(DH) do p[k] = v end
@@ -358,6 +358,544 @@ test("dhsa: equal chunks rank the same with and without length normalisation", f
   local a = sl.methods.get("dhsa").mask(prob, sl.registry.resolve(sl.methods.get("dhsa"), dh{topk_tokens = 64, norm = 1}))
   local b = sl.methods.get("dhsa").mask(prob, sl.registry.resolve(sl.methods.get("dhsa"), dh{topk_tokens = 64, norm = 0}))
   eq((a - b):info().nnz + (b - a):info().nnz, 0, "same selection")
+end)
+
+
+-- ---- block-level helpers for the independent estimates -----------------------
+
+-- block keep of a mask head: kept[r][c] (1-based) iff any pair of the block is kept
+local function block_keep(bits_h, nq, nk, bq, bk)
+  local out = {}
+  for r = 1, (nq + bq - 1) // bq do
+    out[r] = {}
+    for c = 1, (nk + bk - 1) // bk do
+      local any = false
+      for i = (r - 1) * bq + 1, math.min(r * bq, nq) do
+        for j = (c - 1) * bk + 1, math.min(c * bk, nk) do
+          if bits_h[i][j] == 1 then any = true; break end
+        end
+        if any then break end
+      end
+      out[r][c] = any
+    end
+  end
+  return out
+end
+
+local function visible(r, bq, bk, n)   -- prefill, 1-based r: key blocks 1..count
+  local last = math.min(r * bq, n) - 1
+  return last // bk + 1
+end
+
+local function dot(a, b)
+  local s = 0
+  for i = 1, #a do s = s + a[i] * b[i] end
+  return s
+end
+
+local function softmax(x)
+  local m = -math.huge
+  for _, v in ipairs(x) do m = math.max(m, v) end
+  local z, out = 0, {}
+  for i, v in ipairs(x) do out[i] = v == -math.huge and 0 or math.exp(v - m); z = z + out[i] end
+  for i = 1, #out do out[i] = out[i] / z end
+  return out
+end
+
+-- inputs with structure: tokens of "similar" blocks share a direction
+local function structured(n, d, b, seed, similar)
+  local q = sl.randn({HQ, n, d}, {seed = seed}):totable()
+  local k = sl.randn({HKV, n, d}, {seed = seed + 1}):totable()
+  local base = sl.randn({64, d}, {seed = seed + 2}):totable()
+  local function shape(x)
+    for h = 1, #x do
+      for i = 1, n do
+        local blk = (i - 1) // b
+        if similar(blk) then
+          for c = 1, d do x[h][i][c] = 2 * base[(blk + h) % 64 + 1][c] + 0.3 * x[h][i][c] end
+        end
+      end
+    end
+    return x
+  end
+  q, k = shape(q), shape(k)
+  local v = sl.randn({HKV, n, d}, {seed = seed + 3})
+  local qt, kt = sl.tensor(q), sl.tensor(k)
+  return sl.problem{q = qt, k = kt, v = v}, {q = q, k = k, v = v:totable(), n = n, d = d}
+end
+
+-- ---- sparge_attn -------------------------------------------------------------
+
+local function cos_sim(x, a, b)   -- mean over ordered pairs of rows a..b (1-based) of cos, float64
+  local s, m = 0, b - a + 1
+  for i = a, b do
+    for j = a, b do
+      s = s + dot(x[i], x[j]) / math.sqrt(dot(x[i], x[i]) * dot(x[j], x[j]))
+    end
+  end
+  return s / (m * m)
+end
+
+test("sparge_attn: theta = 1, and tau = 1 with theta = -1 and stage 2 off, equal dense", function()
+  local prob = problem(150, 8, 101, true)
+  is_dense(sl.eval("sparge_attn", prob, {params = {bq = 32, bk = 16, simthreshd1 = 1}}), "theta 1")
+  is_dense(sl.eval("sparge_attn", prob, {params = {bq = 32, bk = 16, simthreshd1 = -1, cdfthreshd = 1, stage2 = 0}}),
+    "tau 1, theta -1")
+end)
+
+test("sparge_attn: selection equals an independent float64 stage 1 (self-similarity, pooled softmax, cdf)", function()
+  local n, d, bq, bk = 150, 8, 32, 16
+  local prob, t = structured(n, d, 16, 111, function(blk) return blk % 3 ~= 1 end)
+  for _, tau in ipairs{0.6, 0.9} do
+    local p = {bq = bq, bk = bk, simthreshd1 = 0.5, cdfthreshd = tau, stage2 = 0}
+    local r = check_against_mask("sparge_attn", prob, t, p)
+    local _, bits = keep_of(r.mask)
+    local nqb, nkb = (n + bq - 1) // bq, (n + bk - 1) // bk
+    local qm, km = pooled_means(t.q, bq), pooled_means(t.k, bk)
+    for h = 1, HQ do
+      local kh = (h - 1) // 2 + 1
+      local got = block_keep(bits[h], n, n, bq, bk)
+      for rr = 1, nqb do
+        local vis = visible(rr, bq, bk, n)
+        local qsim = cos_sim(t.q[h], (rr - 1) * bq + 1, math.min(rr * bq, n)) > 0.5
+        local want = {}
+        if not qsim then
+          for c = 1, vis do want[c] = true end
+        else
+          local x = {}
+          for c = 1, vis do
+            local ksim = cos_sim(t.k[kh], (c - 1) * bk + 1, math.min(c * bk, n)) > 0.5
+            if ksim then x[c] = dot(qm[h][rr], km[kh][c]) / math.sqrt(d) else x[c] = -math.huge; want[c] = true end
+          end
+          local pr = softmax(x)
+          local idx = {}
+          for c = 1, vis do idx[c] = c end
+          table.sort(idx, function(a, b) if pr[a] ~= pr[b] then return pr[a] > pr[b] end return a < b end)
+          local cdf, cnt = 0, 0
+          for i = 1, vis do cdf = cdf + pr[idx[i]]; if cdf <= tau then cnt = i else break end end
+          local nsim = 0
+          for c = 1, vis do if x[c] > -math.huge then nsim = nsim + 1 end end
+          for i = 1, math.min(math.max(cnt, 1), nsim) do want[idx[i]] = true end
+        end
+        local any = false
+        for c = 1, nkb do
+          eq(got[rr][c], c <= vis and want[c] == true, string.format("tau %g head %d block (%d, %d)", tau, h, rr, c))
+          any = any or got[rr][c]
+        end
+        truthy(any, "at least one block per row")
+      end
+    end
+  end
+  monotone("sparge_attn", prob, {bq = bq, bk = bk, simthreshd1 = 0.5, stage2 = 0}, {0.2, 0.5, 0.8, 0.95, 1})
+end)
+
+test("sparge_attn: stage 2 with a large lambda equals stage 2 off; a small lambda skips (same mask)", function()
+  local prob = structured(128, 8, 16, 121, function(blk) return blk % 2 == 0 end)
+  local base = {bq = 32, bk = 16, simthreshd1 = 0.5, cdfthreshd = 0.9}
+  local function with(x) local p = {}; for k, v in pairs(base) do p[k] = v end; for k, v in pairs(x) do p[k] = v end; return p end
+  local off = sl.eval("sparge_attn", prob, {params = with{stage2 = 0}})
+  local big = sl.eval("sparge_attn", prob, {params = with{stage2 = 1, pv_threshold = 40}})
+  local small = sl.eval("sparge_attn", prob, {params = with{stage2 = 1, pv_threshold = 0.5}})
+  truthy(sl.metric.rel_l2(big.o, off.o) < 1e-6, "lambda 40 = off")
+  near(small.metrics.pv_skip, 0.5 * math.log(2), 1e-12, "pv_skip in natural log units")
+  near(small.metrics.density, off.metrics.density, 1e-12, "same mask")
+  truthy(small.metrics.recall_mean <= off.metrics.recall_mean + 1e-9, "skipping never adds mass")
+end)
+
+test("sparge_attn: calibrate writes per-head theta, tau, lambda that run", function()
+  local prob = structured(96, 8, 16, 131, function(blk) return blk % 2 == 0 end)
+  local m = sl.methods.get("sparge_attn")
+  local cfg = m.calibrate({prob}, {steps = 2, thetas = {-1, 0.5}, params = {bq = 32, bk = 16}})
+  eq(#cfg.theta, HQ, "theta per head"); eq(#cfg.tau, HQ, "tau per head"); eq(#cfg.lambda, HQ, "lambda per head")
+  local path = os.tmpname()
+  require("sparselab.blockest").save_config(path, cfg)
+  local r = sl.eval("sparge_attn", prob, {params = {bq = 32, bk = 16, config = path}})
+  os.remove(path)
+  truthy(r.metrics.rel_l2 < 0.5, "calibrated run within the error bounds' order: " .. r.metrics.rel_l2)
+end)
+
+-- ---- seer_attention ----------------------------------------------------------
+
+-- independent oracle: max over the block of the softmax probabilities, rows renormalised
+local function seer_oracle(t, b)
+  local n, d = t.n, t.d
+  local nb = (n + b - 1) // b
+  local G = {}
+  for h = 1, HQ do
+    local Q, K = t.q[h], t.k[(h - 1) // 2 + 1]
+    local rows = {}
+    for r = 1, nb do rows[r] = {}; for c = 1, nb do rows[r][c] = 0 end end
+    for i = 1, n do
+      local s, m = {}, -math.huge
+      for j = 1, i do s[j] = dot(Q[i], K[j]) / math.sqrt(d); m = math.max(m, s[j]) end
+      local z = 0
+      for j = 1, i do z = z + math.exp(s[j] - m) end
+      for j = 1, i do
+        local pr = math.exp(s[j] - m) / z
+        local r, c = (i - 1) // b + 1, (j - 1) // b + 1
+        if pr > rows[r][c] then rows[r][c] = pr end
+      end
+    end
+    for r = 1, nb do
+      local z = 0
+      for c = 1, nb do z = z + rows[r][c] end
+      for c = 1, nb do rows[r][c] = rows[r][c] / z end
+    end
+    G[h] = rows
+  end
+  return G
+end
+
+test("seer_attention: threshold 0 is dense; oracle selection equals independent max-pooled map; last rows dense", function()
+  local n, d, b = 150, 8, 16
+  local prob, t = problem(n, d, 141, true, {std = 1.5})
+  is_dense(sl.eval("seer_attention", prob, {params = {bq = b, bk = b, threshold = 0}}), "threshold 0")
+  local G = seer_oracle(t, b)
+  local nb = (n + b - 1) // b
+  for _, th in ipairs{0.02, 0.1} do
+    local r = check_against_mask("seer_attention", prob, t, {bq = b, bk = b, threshold = th})
+    eq(r.metrics.gate_file, 0, "stats.gate_file (oracle)")
+    local _, bits = keep_of(r.mask)
+    for h = 1, HQ do
+      local got = block_keep(bits[h], n, n, b, b)
+      for rr = 1, nb do
+        for c = 1, rr do
+          if rr > nb - 2 then eq(got[rr][c], true, "last two block rows dense")
+          elseif math.abs(G[h][rr][c] - th) > 1e-5 then
+            eq(got[rr][c], G[h][rr][c] > th, string.format("theta %g head %d block (%d, %d) G %.6f", th, h, rr, c, G[h][rr][c]))
+          end
+        end
+      end
+    end
+  end
+  monotone("seer_attention", prob, {bq = b, bk = b}, {0.5, 0.1, 0.02, 0.005, 0})
+end)
+
+test("seer_attention: nz_ratio keeps k = int((1 - sqrt(1 - nz)) x n_blocks) blocks per row", function()
+  local n, b = 160, 16
+  local prob, t = problem(n, 8, 151, true)
+  for _, nz in ipairs{0.3, 0.6} do
+    local r = check_against_mask("seer_attention", prob, t, {bq = b, bk = b, method = 1, nz_ratio = nz})
+    local k = math.max(1, math.floor((1 - math.sqrt(1 - nz)) * (n // b)))
+    local _, bits = keep_of(r.mask)
+    for h = 1, HQ do
+      local got = block_keep(bits[h], n, n, b, b)
+      for rr = 1, n // b - 2 do
+        local cnt = 0
+        for c = 1, n // b do if got[rr][c] then cnt = cnt + 1 end end
+        eq(cnt, math.min(k, rr), string.format("nz %g head %d row %d", nz, h, rr))
+      end
+    end
+  end
+end)
+
+test("seer_attention: gate weights from a file equal an independent gate (pooling, linear, RoPE at block starts)", function()
+  local n, d, b, dg = 96, 8, 16, 6
+  local prob, t = problem(n, d, 161, true)
+  local wk = sl.randn({HKV, 3 * d, dg}, {seed = 5, std = 0.5})
+  local wq = sl.randn({HQ, d, dg}, {seed = 6, std = 0.5})
+  local path = os.tmpname() .. ".safetensors"
+  sl.save(path, {["model.layers.0.self_attn.attn_gate.mask_linear_k.weight"] = wk,
+    ["model.layers.0.self_attn.attn_gate.mask_linear_q.weight"] = wq})
+  local theta = 100
+  local r = check_against_mask("seer_attention", prob, t, {bq = b, bk = b, gate = path, threshold = 0.15, rope_theta = theta,
+    last_block_dense = 0})
+  eq(r.metrics.gate_file, 1, "stats.gate_file (file)")
+  eq(sl.methods.get("seer_attention").run(prob, sl.registry.resolve(sl.methods.get("seer_attention"),
+    {bq = b, bk = b, gate = path})).gate, "file", "out.gate")
+  local WK, WQ = wk:totable(), wq:totable()
+  local nb = n // b
+  local function rope(x, pos)
+    local out, half = {}, dg // 2
+    for i = 1, half do
+      local inv = theta ^ (-2 * (i - 1) / dg)
+      local c, s = math.cos(pos * inv), math.sin(pos * inv)
+      out[i], out[i + half] = x[i] * c - x[i + half] * s, x[i + half] * c + x[i] * s
+    end
+    return out
+  end
+  local _, bits = keep_of(r.mask)
+  for h = 1, HQ do
+    local kh = (h - 1) // 2 + 1
+    local Qh, Kh = {}, {}
+    for blk = 1, nb do
+      local qm, kmax, kmin, kavg = {}, {}, {}, {}
+      for c = 1, d do qm[c], kmax[c], kmin[c], kavg[c] = 0, -math.huge, math.huge, 0 end
+      for i = (blk - 1) * b + 1, blk * b do
+        for c = 1, d do
+          qm[c] = qm[c] + t.q[h][i][c] / b
+          local x = t.k[kh][i][c]
+          kmax[c], kmin[c], kavg[c] = math.max(kmax[c], x), math.min(kmin[c], x), kavg[c] + x / b
+        end
+      end
+      local kin = {}
+      for c = 1, d do kin[c], kin[d + c], kin[2 * d + c] = kmax[c], kmin[c], kavg[c] end
+      local qo, ko = {}, {}
+      for o = 1, dg do
+        local sq, sk = 0, 0
+        for c = 1, d do sq = sq + qm[c] * WQ[h][c][o] end
+        for c = 1, 3 * d do sk = sk + kin[c] * WK[kh][c][o] end
+        qo[o], ko[o] = sq, sk
+      end
+      Qh[blk], Kh[blk] = rope(qo, (blk - 1) * b), rope(ko, (blk - 1) * b)
+    end
+    local got = block_keep(bits[h], n, n, b, b)
+    for rr = 1, nb do
+      local x = {}
+      for c = 1, rr do x[c] = dot(Qh[rr], Kh[c]) / math.sqrt(dg) end
+      local G = softmax(x)
+      for c = 1, rr do
+        if math.abs(G[c] - 0.15) > 1e-5 then
+          eq(got[rr][c], G[c] > 0.15, string.format("gate head %d block (%d, %d) G %.5f", h, rr, c, G[c]))
+        end
+      end
+    end
+  end
+  os.remove(path)
+end)
+
+-- ---- prism -------------------------------------------------------------------
+
+test("prism: band index map for d = 128 (NeoX) and the interleaved layout", function()
+  local m = sl.methods.get("prism")
+  local function set(list) local s = {}; for _, x in ipairs(list) do s[x] = true end; return s end
+  local hi, lo = set(m.band_dims(128, 64, true, 0)), set(m.band_dims(128, 96, false, 0))
+  for i = 0, 127 do
+    eq(hi[i] == true, (i < 32) or (i >= 64 and i < 96), "high band dim " .. i)
+    eq(lo[i] == true, (i >= 16 and i < 64) or (i >= 80), "low band dim " .. i)
+  end
+  local ghi, glo = set(m.band_dims(128, 64, true, 1)), set(m.band_dims(128, 96, false, 1))
+  for i = 0, 127 do eq(ghi[i] == true, i < 64, "gptj high " .. i); eq(glo[i] == true, i >= 32, "gptj low " .. i) end
+end)
+
+test("prism: p = 1 is dense; with h = l = d and no calibration it is mean-pooled top-p + sink + diagonal", function()
+  local n, d, B = 150, 8, 16
+  local prob, t = problem(n, d, 171, true, {std = 1.5})
+  is_dense(sl.eval("prism", prob, {params = {bq = B, bk = B, p = 1}}), "p = 1")
+  for _, pp in ipairs{0.5, 0.8} do
+    local r = check_against_mask("prism", prob, t, {bq = B, bk = B, p = pp, high_dim = d, low_dim = d, calibrate = 0})
+    local qm, km = pooled_means(t.q, B), pooled_means(t.k, B)
+    local _, bits = keep_of(r.mask)
+    local nb = (n + B - 1) // B
+    for h = 1, HQ do
+      local got = block_keep(bits[h], n, n, B, B)
+      for rr = 1, nb do
+        local x = {}
+        for c = 1, rr do x[c] = dot(qm[h][rr], km[(h - 1) // 2 + 1][c]) / math.sqrt(d) end
+        local pr = softmax(x)
+        local idx = {}
+        for c = 1, rr do idx[c] = c end
+        table.sort(idx, function(a, b) if pr[a] ~= pr[b] then return pr[a] > pr[b] end return a < b end)
+        local want, before = {[1] = true, [rr] = true}, 0
+        for i = 1, rr do
+          if before >= pp then break end
+          want[idx[i]] = true
+          before = before + pr[idx[i]]
+        end
+        for c = 1, nb do eq(got[rr][c], c <= rr and want[c] == true, string.format("p %g head %d block (%d, %d)", pp, h, rr, c)) end
+      end
+    end
+  end
+  monotone("prism", prob, {bq = B, bk = B}, {0.2, 0.5, 0.8, 0.95, 1})
+end)
+
+test("prism: sink and diagonal blocks always kept with calibrated bands; nothing after the diagonal", function()
+  local n, d, B = 130, 16, 16
+  local prob, t = problem(n, d, 181, true)
+  local r = check_against_mask("prism", prob, t, {bq = B, bk = B, p = 0.3})
+  local _, bits = keep_of(r.mask)
+  for h = 1, HQ do
+    local got = block_keep(bits[h], n, n, B, B)
+    for rr = 1, #got do eq(got[rr][1], true, "sink block"); eq(got[rr][rr], true, "diagonal block") end
+  end
+end)
+
+-- ---- sale --------------------------------------------------------------------
+
+local SP = {bq = 16, bk = 8, local_window = 16, sink = 8}
+local function sp(x) local p = {}; for k, v in pairs(SP) do p[k] = v end; for k, v in pairs(x or {}) do p[k] = v end; return p end
+
+test("sale: theta 0 is dense; 16-bit selection equals the independent relative weights; local and sink kept", function()
+  local n, d = 150, 8
+  local prob, t = problem(n, d, 191, true, {std = 1.5})
+  is_dense(sl.eval("sale", prob, {params = sp{theta = 0}}), "theta 0")
+  local nqb, nkb = (n + 15) // 16, (n + 7) // 8
+  local function is_local(rr, c)   -- 1-based blocks
+    local pos0, pos1 = (rr - 1) * 16, math.min(rr * 16, n) - 1
+    local k0, k1 = (c - 1) * 8, math.min(c * 8, n) - 1
+    return k0 < 8 or (k1 >= pos0 - 16 and k0 <= pos1)
+  end
+  -- L_i over the local region (float64)
+  local L = {}
+  for h = 1, HQ do
+    L[h] = {}
+    local Q, K = t.q[h], t.k[(h - 1) // 2 + 1]
+    for i = 1, n do
+      local rr = (i - 1) // 16 + 1
+      local m, s = -math.huge, {}
+      for j = 1, i do
+        if is_local(rr, (j - 1) // 8 + 1) then s[j] = dot(Q[i], K[j]) / math.sqrt(d); m = math.max(m, s[j]) end
+      end
+      local z = 0
+      for _, x in pairs(s) do z = z + math.exp(x - m) end
+      L[h][i] = m + math.log(z)
+    end
+  end
+  for _, th in ipairs{0.05, 0.5} do
+    local r = check_against_mask("sale", prob, t, sp{theta = th, bits = 16})
+    local _, bits = keep_of(r.mask)
+    for h = 1, HQ do
+      local Q, K = t.q[h], t.k[(h - 1) // 2 + 1]
+      local got = block_keep(bits[h], n, n, 16, 8)
+      for rr = 1, nqb do
+        for c = 1, nkb do
+          if (c - 1) * 8 <= math.min(rr * 16, n) - 1 then
+            if is_local(rr, c) then eq(got[rr][c], true, "local/sink block")
+            else
+              local best = -math.huge
+              for i = (rr - 1) * 16 + 1, math.min(rr * 16, n) do
+                for j = (c - 1) * 8 + 1, math.min(c * 8, i) do best = math.max(best, dot(Q[i], K[j]) / math.sqrt(d) - L[h][i]) end
+              end
+              if math.abs(best - math.log(th)) > 1e-4 then
+                eq(got[rr][c], best > math.log(th), string.format("theta %g head %d block (%d, %d)", th, h, rr, c))
+              end
+            end
+          end
+        end
+      end
+    end
+  end
+  monotone("sale", prob, sp{}, {0.9, 0.3, 0.05, 0.004, 0})
+end)
+
+test("sale: per-head theta from a config (0 = dense head); calibrate returns per-head thresholds", function()
+  local n = 128
+  local prob, t = problem(n, 8, 201, true, {std = 1.5})
+  local E = require "sparselab.blockest"
+  local path = os.tmpname()
+  E.save_config(path, {theta = {0, 0.5, 0.5, 0.5}})
+  local r = check_against_mask("sale", prob, t, sp{config = path})
+  os.remove(path)
+  eq(r.metrics.dense_heads, 1, "one dense head")
+  local bits = r.mask:to_bits():totable()
+  for i = 1, n do for j = 1, i do eq(bits[1][i][j], 1, "head 1 dense") end end
+  local cfg = sl.methods.get("sale").calibrate({prob}, {recall = 0.9, steps = 4, params = sp{}})
+  eq(#cfg.theta, HQ, "theta per head")
+  for h = 1, HQ do truthy(cfg.theta[h] >= 1e-6 and cfg.theta[h] <= 1, "theta in range") end
+  local path2 = os.tmpname()
+  E.save_config(path2, cfg)
+  local rc = sl.eval("sale", prob, {params = sp{config = path2}})
+  os.remove(path2)
+  truthy(rc.metrics.recall_min >= 0 and rc.metrics.recall_mean >= 0.9 - 1e-6, "calibrated recall " .. rc.metrics.recall_mean)
+end)
+
+-- ---- unisparse ---------------------------------------------------------------
+
+local function unisparse_want(t, S, c, tau)
+  -- independent: composite means of c rows, composite softmax (visible composites:
+  -- first key <= last row of the composite query), block sums, top-p, diagonal
+  local n, d = t.n, t.d
+  local qc, kc = pooled_means(t.q, c), pooled_means(t.k, c)
+  local nb = (n + S - 1) // S
+  local want = {}
+  for h = 1, HQ do
+    local kh = (h - 1) // 2 + 1
+    local agg = {}
+    for r = 1, nb do agg[r] = {}; for cc = 1, nb do agg[r][cc] = 0 end end
+    for a = 1, #qc[h] do
+      local last = math.min(a * c, n) - 1
+      local x = {}
+      for bb = 1, #kc[kh] do x[bb] = ((bb - 1) * c <= last) and dot(qc[h][a], kc[kh][bb]) / math.sqrt(d) or -math.huge end
+      local pr = softmax(x)
+      local r = ((a - 1) * c) // S + 1
+      for bb = 1, #kc[kh] do
+        local cc = ((bb - 1) * c) // S + 1
+        agg[r][cc] = agg[r][cc] + pr[bb]
+      end
+    end
+    want[h] = {}
+    for r = 1, nb do
+      local vis = visible(r, S, S, n)
+      local total = 0
+      for cc = 1, vis do total = total + agg[r][cc] end
+      local idx = {}
+      for cc = 1, vis do idx[cc] = cc end
+      table.sort(idx, function(a, b) if agg[r][a] ~= agg[r][b] then return agg[r][a] > agg[r][b] end return a < b end)
+      local w, before = {[vis] = true}, 0
+      for i = 1, vis do
+        if tau < 1 and before >= tau * total then break end
+        w[idx[i]] = true
+        before = before + agg[r][idx[i]]
+      end
+      want[h][r] = w
+    end
+  end
+  return want
+end
+
+test("unisparse: c = 1 with tau = 1 is dense; composite selection equals the independent estimate (c = 4 and c = S)", function()
+  local n, d, S = 150, 8, 16
+  local prob, t = problem(n, d, 211, true, {std = 1.5})
+  is_dense(sl.eval("unisparse", prob, {params = {bq = S, bk = S, c_q = 1, c_k = 1, tau = 1}}), "c 1, tau 1")
+  for _, c in ipairs{4, 16} do
+    local r = check_against_mask("unisparse", prob, t, {bq = S, bk = S, c_q = c, c_k = c, tau = 0.7})
+    local want = unisparse_want(t, S, c, 0.7)
+    local _, bits = keep_of(r.mask)
+    for h = 1, HQ do
+      local got = block_keep(bits[h], n, n, S, S)
+      for rr = 1, #got do
+        for cc = 1, #got[rr] do eq(got[rr][cc], want[h][rr][cc] == true, string.format("c %d head %d block (%d, %d)", c, h, rr, cc)) end
+      end
+    end
+  end
+  monotone("unisparse", prob, {bq = S, bk = S, c_q = 4, c_k = 4}, {0.2, 0.5, 0.8, 0.95, 1})
+end)
+
+-- ---- biformer ----------------------------------------------------------------
+
+test("biformer: all regions is dense (non-causal); routing over all heads equals the independent region top-k", function()
+  local n, d, R = 128, 8, 16
+  local prob, t = problem(n, d, 221, false)
+  is_dense(sl.eval("biformer", prob, {params = {bq = R, bk = R, topk = 8}}), "topk = all regions")
+  local r = check_against_mask("biformer", prob, t, {bq = R, bk = R, topk = 3})
+  local bits = r.mask:to_bits():totable()
+  eq(#bits, 1, "one routing for every head")
+  local qm, km = pooled_means(t.q, R), pooled_means(t.k, R)
+  local got = block_keep(bits[1], n, n, R, R)
+  for a = 1, n // R do
+    local x, idx = {}, {}
+    for b = 1, n // R do
+      local s = 0
+      for h = 1, HQ do s = s + dot(qm[h][a], km[(h - 1) // 2 + 1][b]) end
+      x[b], idx[b] = s, b
+    end
+    table.sort(idx, function(u, v) if x[u] ~= x[v] then return x[u] > x[v] end return u < v end)
+    local want = {}
+    for i = 1, 3 do want[idx[i]] = true end
+    for b = 1, n // R do eq(got[a][b], want[b] == true, string.format("region (%d, %d)", a, b)) end
+  end
+  monotone("biformer", prob, {bq = R, bk = R}, {1, 2, 4, 8})
+end)
+
+test("biformer: a raster image routes 2-D regions (mask constant on region pairs)", function()
+  local Hh, W, S = 8, 8, 2
+  local n = Hh * W
+  local prob, t = problem(n, 8, 231, false)
+  local r = check_against_mask("biformer", prob, t, {grid_h = Hh, grid_w = W, n_win = S, topk = 2})
+  local bits = r.mask:to_bits():totable()[1]
+  local function region(i) local y, x = i // W, i % W; return (y // (Hh // S)) * S + x // (W // S) end
+  local seen = {}
+  for i = 0, n - 1 do
+    for j = 0, n - 1 do
+      local key = region(i) * 16 + region(j)
+      if seen[key] == nil then seen[key] = bits[i + 1][j + 1] else eq(bits[i + 1][j + 1], seen[key], "constant per region pair") end
+    end
+  end
+  for a = 0, S * S - 1 do
+    local cnt = 0
+    for b = 0, S * S - 1 do if seen[a * 16 + b] == 1 then cnt = cnt + 1 end end
+    eq(cnt, 2, "two routed regions per query region")
+  end
 end)
 
 H.done()

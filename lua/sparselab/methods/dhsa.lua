@@ -62,10 +62,15 @@ local function head_avg(t)
   return out
 end
 
+local function square(p)
+  if p.bq ~= p.bk then sl.fail("dhsa: square blocks only (bq = bk), found bq %d, bk %d", p.bq, p.bk) end
+  return p.bq
+end
+
 local function plan(prob, p)
   local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
   if nq ~= nk then sl.fail("dhsa: prefill only (n_q == n_k), found n_q %d, n_k %d", nq, nk) end
-  local n, b = nq, p.b
+  local n, b = nq, square(p)
   local L = math.max(1, (p.local_tokens + b - 1) // b) * b
   local starts
   if (p.bounds or "") ~= "" then
@@ -142,7 +147,7 @@ end
 
 local function mask_for(prob, p)
   local bm, idx = plan(prob, p)
-  return bm + sl.mask_c.from_index(idx, p.b, p.b)
+  return bm + sl.mask_c.from_index(idx, p.bq, p.bk)
 end
 
 local function run(prob, p)
@@ -152,7 +157,7 @@ local function run(prob, p)
   local args = {backend = prob.backend}
   local o, lse = sl.attn.vs_mixed(prob.q, prob.k, prob.v, bm, idx.row_ptr, idx.col, args)
   local t2 = sl.time()
-  local m = bm + sl.mask_c.from_index(idx, p.b, p.b)
+  local m = bm + sl.mask_c.from_index(idx, p.bq, p.bk)
   return {o = o, lse = lse, mask = m, stats = {
     flops = sl.op_flops("attn.vs_mixed", prob.q, prob.k, prob.v, bm, idx.row_ptr, idx.col, args),
     estimator_flops = est_flops, density = m:density(true), estimate_ms = (t1 - t0) * 1e3,
@@ -170,7 +175,8 @@ return {
   knob = "topk_tokens",
   knob_direction = 1,
   params = {
-    b = {default = 64, min = 1, max = 4096, int = true, doc = "query block size (and executor block)"},
+    bq = {default = 64, min = 1, max = 4096, int = true, doc = "query block size b (and executor block; bq = bk)"},
+    bk = {default = 64, min = 1, max = 4096, int = true, doc = "executor key block (bq = bk)"},
     topk_tokens = {default = 2048, min = 1, int = true, doc = "keys per query block (local + top-k)"},
     local_tokens = {default = 128, min = 0, int = true, doc = "most recent allowed keys always kept (rounded up to blocks)"},
     global_tokens = {default = 128, min = 0, int = true, doc = "first positions always kept"},

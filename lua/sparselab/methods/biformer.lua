@@ -1,0 +1,127 @@
+-- BiFormer: Vision Transformer with Bi-Level Routing Attention — card:
+-- biformer.
+-- Card steps implemented:
+--   1. regions: contiguous runs of `region` tokens (a 2-D image given in
+--      region-major order, i.e. the card's 2-D → 1-D region permutation
+--      already applied; `grid_h`, `grid_w`, `n_win` describe an image in
+--      raster order instead: the recipe then permutes the mask, see below);
+--   2. region descriptors q_r, k_r = means of the region's queries / keys;
+--   3. region adjacency A = (q_r·scale)·k_rᵀ over ALL channels of all heads
+--      (the per-head pooled scores summed over heads: a concatenated-channel
+--      dot product; GQA keys repeated), routing I_r = top-k regions per query
+--      region (ties: lower region first) — one routing for every head;
+--   4. token attention of each query to all tokens of its k routed regions:
+--      attn.block_sparse with blocks = regions (non-causal; a causal problem
+--      additionally gets the causal mask and routes among visible regions);
+--   raster images (grid_h·grid_w = n, n_win regions per side): the region of
+--   token (y, x) is (y // (grid_h/n_win), x // (grid_w/n_win)); the region
+--   scores come from pool.tokens over the region-major permuted order
+--   (gathered in Lua per region — slow beyond small images) and the mask is
+--   built on region-major positions, then mapped back with mask:permute.
+-- NOT implemented: the LEPE depthwise-conv term on V and the output
+-- projection (model-side, learned weights); KV downsampling variants; soft
+-- routing weights; per-stage top-k schedules (use sl.assign).
+-- Unknowns chosen: region = 64 tokens and topk = 4 (BiFormer-T stage 2) for
+-- sequences; scale 1/sqrt(head_dim·heads) (qk_dim^{-1/2} over the
+-- concatenated channels).
+local sl = require "sparselab"
+local E = require "sparselab.blockest"
+
+-- Region-major permutation of a raster image: perm[i] = raster position of
+-- the i-th token in region-major order (0-based).
+local function region_perm(p)
+  local H, W, S = p.grid_h, p.grid_w, p.n_win
+  if H % S ~= 0 or W % S ~= 0 then sl.fail("biformer: grid %dx%d not divisible by n_win %d", H, W, S) end
+  local rh, rw = H // S, W // S
+  local perm = {}
+  for ry = 0, S - 1 do
+    for rx = 0, S - 1 do
+      for y = 0, rh - 1 do
+        for x = 0, rw - 1 do perm[#perm + 1] = (ry * rh + y) * W + rx * rw + x end
+      end
+    end
+  end
+  return perm, rh * rw
+end
+
+-- x [H, n, d] gathered in the order perm (0-based) — Lua, small images only.
+local function gather(x, perm)
+  local t = x:totable()
+  local out = {}
+  for h = 1, #t do
+    local rows = {}
+    for i, src in ipairs(perm) do rows[i] = t[h][src + 1] end
+    out[h] = rows
+  end
+  return sl.tensor(out)
+end
+
+local function square(p)
+  if p.bq ~= p.bk then sl.fail("biformer: square blocks only (bq = bk), found bq %d, bk %d", p.bq, p.bk) end
+  return p.bq
+end
+
+local function estimate(prob, p)
+  local n = prob.q:shape()[2]
+  local perm, R = nil, square(p)
+  local q, k = prob.q, prob.k
+  if p.grid_h > 0 then
+    if p.grid_h * p.grid_w ~= n or prob.k:shape()[2] ~= n then
+      sl.fail("biformer: grid %dx%d does not match %d tokens", p.grid_h, p.grid_w, n)
+    end
+    perm, R = region_perm(p)
+    q, k = gather(q, perm), gather(k, perm)
+  end
+  local hq, d = q:shape()[1], q:shape()[3]
+  local nqb, nkb = E.blocks(prob, R, R)
+  local sargs = {bq = R, bk = R, causal = (prob.causal and not perm) and 1 or 0, pool = 0, softmax = 0,
+    scale = 1 / math.sqrt(d * hq), backend = prob.backend}
+  local s = sl.score.pooled(q, k, sargs):totable()
+  local keep = {}
+  for r = 1, nqb do
+    local vis = (perm and nkb) or E.visible(prob, r - 1, R, R, nkb)
+    local a = {}
+    for c = 1, vis do
+      local x = 0
+      for h = 1, hq do x = x + s[h][r][c] end
+      a[c] = x
+    end
+    local row = {}
+    for c = 1, nkb do row[c] = 0 end
+    local order = E.order_desc(a, vis)
+    for i = 1, math.min(p.topk, vis) do row[order[i]] = 1 end
+    keep[r] = row
+  end
+  local est_flops = sl.op_flops("score.pooled", q, k, sargs) + hq * nqb * nkb
+  if not perm then
+    return E.mask_from_keep({keep}, prob, R, R, prob.causal), {estimator_flops = est_flops}
+  end
+  -- built on region-major positions, then mapped back to raster positions
+  local m = E.mask_from_keep({keep}, prob, R, R, false)
+  m = m:inverse_permute(perm)
+  if prob.causal then m = m * sl.mask.causal() end
+  return m, {estimator_flops = est_flops}
+end
+
+return {
+  id = "biformer",
+  card = "biformer",
+  title = "BiFormer: Vision Transformer with Bi-Level Routing Attention",
+  family = "block-estimate",
+  phase = "both",
+  summary = "Region-level routing (mean-pooled regions, top-k regions per query region, shared by heads).",
+  knob = "topk",
+  knob_direction = 1,
+  params = {
+    bq = {default = 64, min = 1, max = 4096, int = true, doc = "tokens per region of a sequence (bq = bk)"},
+    bk = {default = 64, min = 1, max = 4096, int = true, doc = "tokens per region (bq = bk)"},
+    topk = {default = 4, min = 1, int = true, doc = "routed regions per query region"},
+    grid_h = {default = 0, min = 0, int = true, doc = "image height (0: a sequence of regions)"},
+    grid_w = {default = 0, min = 0, int = true, doc = "image width"},
+    n_win = {default = 7, min = 1, int = true, doc = "regions per side of an image"},
+  },
+  ops = {"score.pooled", "attn.block_sparse"},
+  checks = {"topk = all regions equals dense", "one routing for every head", "gathered = masked dense"},
+  mask = function(prob, p) return (estimate(prob, p)) end,
+  run = E.block_run(estimate),
+}
