@@ -3,7 +3,7 @@
 -- sparse_flash_attention, hsr_attention) share: keep tables → block masks,
 -- the run skeleton that times estimate and execute apart and fills the stats
 -- every method reports, row-level helpers over block scores (softmax, the
--- cdf rule, top-k with deterministic ties), and reading a calibration config.
+-- cdf rule, top-k with deterministic ties), and the calibration config.
 -- Loops here run over block-level scores only (rows × blocks), never over
 -- token pairs.
 local sl = require "sparselab"
@@ -80,97 +80,23 @@ function E.order_desc(x, n)
   return idx
 end
 
---- Read a JSON config file written by sl.calibrate (objects, arrays,
---- numbers, strings, booleans, null); sl.calibrate.load when it exists.
-function E.load_config(path)
-  if sl.calibrate and sl.calibrate.load then return sl.calibrate.load(path) end
-  local f, err = io.open(path, "rb")
-  if not f then sl.fail("config: cannot open '%s': %s", tostring(path), tostring(err)) end
-  local s = f:read("a")
-  f:close()
-  local i = 1
-  local function ws() i = s:find("[^ \t\r\n]", i) or #s + 1 end
-  local value
-  local function fail(what) sl.fail("config %s: %s at byte %d", path, what, i) end
-  local function str()
-    local out = {}
-    i = i + 1
-    while true do
-      local c = s:sub(i, i)
-      if c == "" then fail("unterminated string") end
-      if c == '"' then i = i + 1; return table.concat(out) end
-      if c == "\\" then
-        local e = s:sub(i + 1, i + 1)
-        local map = {n = "\n", t = "\t", r = "\r", b = "\b", f = "\f", ['"'] = '"', ["\\"] = "\\", ["/"] = "/"}
-        if e == "u" then
-          out[#out + 1] = utf8.char(tonumber(s:sub(i + 2, i + 5), 16))
-          i = i + 6
-        else
-          out[#out + 1] = map[e] or fail("bad escape")
-          i = i + 2
-        end
-      else
-        out[#out + 1] = c
-        i = i + 1
-      end
-    end
-  end
-  function value()
-    ws()
-    local c = s:sub(i, i)
-    if c == "{" then
-      local t = {}
-      i = i + 1
-      ws()
-      if s:sub(i, i) == "}" then i = i + 1; return t end
-      while true do
-        ws()
-        if s:sub(i, i) ~= '"' then fail("expected a key") end
-        local k = str()
-        ws()
-        if s:sub(i, i) ~= ":" then fail("expected ':'") end
-        i = i + 1
-        t[k] = value()
-        ws()
-        local d = s:sub(i, i)
-        i = i + 1
-        if d == "}" then return t end
-        if d ~= "," then fail("expected ',' or '}'") end
-      end
-    elseif c == "[" then
-      local t = {}
-      i = i + 1
-      ws()
-      if s:sub(i, i) == "]" then i = i + 1; return t end
-      while true do
-        t[#t + 1] = value()
-        ws()
-        local d = s:sub(i, i)
-        i = i + 1
-        if d == "]" then return t end
-        if d ~= "," then fail("expected ',' or ']'") end
-      end
-    elseif c == '"' then
-      return str()
-    elseif s:sub(i, i + 3) == "true" then i = i + 4; return true
-    elseif s:sub(i, i + 4) == "false" then i = i + 5; return false
-    elseif s:sub(i, i + 3) == "null" then i = i + 4; return nil
-    else
-      local num = s:match("^-?%d+%.?%d*[eE]?[-+]?%d*", i)
-      if not num or num == "" then fail("unexpected character") end
-      i = i + #num
-      return tonumber(num)
-    end
-  end
-  local v = value()
-  return v
+--- The calibration config a method runs with: p.config_table (set by the
+--- method's own calibrate loop, which has no file) or the file named by the
+--- string param `config` (sl.calibrate.load checks it was written for id),
+--- else nil (the card's fallback defaults).
+function E.config(p, id)
+  if p.config_table then return p.config_table end
+  if (p.config or "") ~= "" then return (sl.calibrate.load(p.config, id)) end
+  return nil
 end
 
---- Writes a config table as JSON (sl.json_encode) to path.
-function E.save_config(path, t)
+--- Writes cfg as a calibration file for method id (the layout of
+--- sl.calibrate, without input provenance): hand-made or test configs.
+function E.save_config(path, cfg, id)
   local f, err = io.open(path, "wb")
   if not f then sl.fail("config: cannot write '%s': %s", tostring(path), tostring(err)) end
-  f:write(sl.json_encode(t), "\n")
+  f:write(sl.json_encode({format = sl.calibrate.FORMAT, version = sl.calibrate.VERSION, method = id,
+    created = os.date("!%Y-%m-%dT%H:%M:%SZ"), params = {}, inputs = {}, config = cfg}), "\n")
   f:close()
 end
 

@@ -57,7 +57,7 @@ end
 local function estimate(prob, p)
   local hq = prob.q:shape()[1]
   local nqb, nkb, nq = E.blocks(prob, p.bq, p.bk)
-  local cfg = (p.config or "") ~= "" and E.load_config(p.config) or nil
+  local cfg = E.config(p, "sale")
   local be = prob.backend
   if nq <= p.dense_below then
     local all = {}
@@ -107,7 +107,7 @@ local M = {
   params = {
     bq = {default = 64, min = 1, max = 4096, int = true, doc = "query rows per selection block"},
     bk = {default = 32, min = 1, max = 4096, int = true, doc = "keys per selection block"},
-    theta = {default = 0.004, min = 0, max = 1, doc = "θ: keep a block when some row's relative weight exceeds it"},
+    theta = {default = 0.004, min = 0, max = 1000, doc = "θ: keep a block when some row's relative weight (exp(s - L_local), may exceed 1) exceeds it"},
     bits = {default = 4, min = 2, max = 16, int = true, doc = "estimate bits (16: f32 oracle)"},
     q_group = {default = 16, min = 1, int = true, doc = "query rows per quantisation scale"},
     k_group = {default = 32, min = 1, int = true, doc = "keys per quantisation scale"},
@@ -126,7 +126,8 @@ local M = {
 
 --- Offline per-head θ (card step 5): problems is a list of sl.problem
 --- tables; opts = {recall = 0.95, steps = 10, params = {...}}. Returns
---- {theta = {per head}} (save with sparselab.blockest.save_config).
+--- {theta = {per head}, recall =} (sl.calibrate("sale", {problems =, out =})
+--- writes it as the file the `config` param names).
 function M.calibrate(problems, opts)
   opts = opts or {}
   local target, steps = opts.recall or 0.95, opts.steps or 10
@@ -143,14 +144,12 @@ function M.calibrate(problems, opts)
   for _ = 1, steps do
     local th = {}
     for h = 1, hq do th[h] = 10 ^ ((lo[h] + hi[h]) / 2) end
-    local path = os.tmpname()
-    E.save_config(path, {theta = th})
     local worst = {}
     for h = 1, hq do worst[h] = 1 end
     for i, prob in ipairs(problems) do
       local q = {}
       for k, v in pairs(base) do q[k] = v end
-      q.config = path
+      q.config_table = {theta = th}
       local out = M.run(prob, q)
       local l = out.lse:totable()
       for h = 1, hq do
@@ -162,7 +161,6 @@ function M.calibrate(problems, opts)
         if rec < worst[h] then worst[h] = rec end
       end
     end
-    os.remove(path)
     for h = 1, hq do
       local mid = (lo[h] + hi[h]) / 2
       if worst[h] >= target then lo[h] = mid else hi[h] = mid end
@@ -170,7 +168,7 @@ function M.calibrate(problems, opts)
   end
   local th = {}
   for h = 1, hq do th[h] = 10 ^ lo[h] end
-  return {method = "sale", theta = th, recall = target}
+  return {theta = th, recall = target}
 end
 
 return M

@@ -60,7 +60,7 @@ local function estimate(prob, p)
   local hq, hkv = prob.q:shape()[1], prob.k:shape()[1]
   local g = hq // hkv
   local nqb, nkb = E.blocks(prob, bq, bk)
-  local cfg = (p.config or "") ~= "" and E.load_config(p.config) or nil
+  local cfg = E.config(p, "sparge_attn")
   local be = prob.backend
   local pq_args = {block = bq, normalize = 1, backend = be}
   local pk_args = {block = bk, normalize = 1, backend = be}
@@ -151,8 +151,8 @@ local M = {
 --- Offline calibration (card: autotune): problems is a list of sl.problem
 --- tables; opts = {l1 = 0.07, pv_l1 = 0.08, thetas = {...}, steps = 8,
 --- params = {...}}. Returns {theta = {per head}, tau = {...}, lambda = {...}}
---- (write it with sparselab.blockest.save_config and pass its path as the
---- `config` param).
+--- (sl.calibrate("sparge_attn", {problems =, out = path}) writes it; pass
+--- the path as the `config` param).
 function M.calibrate(problems, opts)
   opts = opts or {}
   local l1, pv_l1, steps = opts.l1 or 0.07, opts.pv_l1 or 0.08, opts.steps or 8
@@ -203,23 +203,15 @@ function M.calibrate(problems, opts)
   for _, th in ipairs(thetas) do
     -- bisection of τ per head: all heads move together, each keeps its own bracket
     local lo, hi = {}, {}
-    for h = 1, hq do lo[h], hi[h] = 0, 1 end
+    local th_list, l50 = {}, {}
+    for h = 1, hq do lo[h], hi[h] = 0, 1; th_list[h] = th; l50[h] = 50 end
     for _ = 1, steps do
-      local taus, th_list = {}, {}
-      for h = 1, hq do taus[h] = (lo[h] + hi[h]) / 2; th_list[h] = th end
-      local path = os.tmpname()
-      E.save_config(path, {theta = th_list, tau = taus, lambda = (function()
-        local l = {}; for h = 1, hq do l[h] = 50 end; return l end)()})
-      local err = head_errors(with{config = path, stage2 = 0})
-      os.remove(path)
+      local taus = {}
+      for h = 1, hq do taus[h] = (lo[h] + hi[h]) / 2 end
+      local err = head_errors(with{config_table = {theta = th_list, tau = taus, lambda = l50}, stage2 = 0})
       for h = 1, hq do if err[h] < l1 then hi[h] = taus[h] else lo[h] = taus[h] end end
     end
-    local path = os.tmpname()
-    local th_list, l50 = {}, {}
-    for h = 1, hq do th_list[h] = th; l50[h] = 50 end
-    E.save_config(path, {theta = th_list, tau = hi, lambda = l50})
-    local dens = head_density(with{config = path, stage2 = 0})
-    os.remove(path)
+    local dens = head_density(with{config_table = {theta = th_list, tau = hi, lambda = l50}, stage2 = 0})
     for h = 1, hq do
       if dens[h] < best_d[h] then best_d[h] = dens[h]; best.theta[h] = th; best.tau[h] = hi[h] end
     end
@@ -230,15 +222,11 @@ function M.calibrate(problems, opts)
   for _ = 1, steps do
     local lam = {}
     for h = 1, hq do lam[h] = (lo[h] + hi[h]) / 2 end
-    local path = os.tmpname()
-    E.save_config(path, {theta = best.theta, tau = best.tau, lambda = lam})
-    local err = head_errors(with{config = path, stage2 = 1})
-    os.remove(path)
+    local err = head_errors(with{config_table = {theta = best.theta, tau = best.tau, lambda = lam}, stage2 = 1})
     -- a larger λ skips less; keep the smallest λ that still meets the bound
     for h = 1, hq do if err[h] < pv_l1 then hi[h] = lam[h] else lo[h] = lam[h] end end
   end
   best.lambda = hi
-  best.method = "sparge_attn"
   return best
 end
 
