@@ -34,6 +34,7 @@ local sl = require "sparselab"
 local B = {}
 
 B.TARGETS = {density = true, flops = true, kv_bytes = true}
+B.slice = 500000 -- elements of col_idx read per totable call (tests set it small)
 local SIDES = {at_least = true, at_most = true, nearest = true}
 local MATCH_KEYS = {method = true, prob = true, target = true, value = true, params = true, tol = true,
   side = true, max_steps = true}
@@ -48,7 +49,13 @@ function B.kv_bytes(mk, prob)
   local row_ptr, col_idx = mk:arrays()
   local rp = row_ptr:totable()
   if hm == 1 and type(rp[1]) == "number" then rp = {rp} end
-  local cols = info.nnz > 0 and col_idx:totable() or {}
+  -- col_idx read in slices: totable is limited to 1e6 elements
+  local cols = {}
+  local CH = B.slice
+  for start = 1, info.nnz, CH do
+    local len = math.min(CH, info.nnz - start + 1)
+    for i, c in ipairs(col_idx:narrow(1, start, len):totable()) do cols[start + i - 1] = c end
+  end
   row_ptr:close(); col_idx:close()
   local function width(c) return math.min(bk, n_k - c * bk) end
   -- mask heads serving each KV head: query head h uses KV head h // (hq/hkv)

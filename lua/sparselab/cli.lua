@@ -25,7 +25,8 @@ usage: sparselab                         start the REPL
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
        sparselab stats DB [...]
-       sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators]
+       sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N]
+                      (estimator overhead of the dynamic prefill methods vs dense at n = 16384, --quick 4096)
        sparselab help
   --param K=V: V a number, true/false, a word, or a list in braces: images={{10,45},{50,90}}]]
 
@@ -478,22 +479,45 @@ end
 -- ---- bench --------------------------------------------------------------
 
 function C.bench(argv)
-  local o = parse(argv, 2, {quick = "flag", json = "flag", db = "value", backend = "value"}, {})
-  local results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu"}
+  local o = parse(argv, 2, {quick = "flag", json = "flag", db = "value", backend = "value", methods = "value",
+    ["no-estimators"] = "flag", ["only-estimators"] = "flag", n = "value"}, {})
+  local est_n = o.n and math.tointeger(tonumber(o.n))
+  if o.n and not (est_n and est_n >= 64) then sl.fail("--n expects an integer >= 64, found '%s'", o.n) end
+  if o["no-estimators"] and (o["only-estimators"] or o.methods) then
+    sl.fail("--no-estimators excludes --only-estimators and --methods")
+  end
+  local results = {}
+  if not o["only-estimators"] then
+    results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu"}
+  end
+  if not o["no-estimators"] then
+    -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)
+    local est = require "sparselab.bench_estimators"
+    local ids
+    if o.methods then
+      ids = {}
+      for id in o.methods:gmatch("[^,]+") do ids[#ids + 1] = sl.methods.get(id).id end
+      if #ids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
+    end
+    for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n}) do
+      results[#results + 1] = r
+    end
+  end
   if o.db then
     local db = sl.store.open(o.db)
     local run_id = db:begin_run{script = "sparselab bench", argv = argv}
     for _, r in ipairs(results) do
       db:record{run_id = run_id, method = r.name, params = r.params, workload = "bench", backend = r.backend,
         n_q = r.n_q or r.n, n_k = r.n, head_dim = r.d, heads = r.heads, kv_heads = r.kv_heads or r.heads,
-        metrics = r.metrics}
+        metrics = r.metrics, status = r.error and "failed" or nil, error = r.error}
     end
     db:finish_run(run_id, "ok")
     db:close()
   end
   for _, r in ipairs(results) do
     if o.json then
-      local t = {name = r.name, backend = r.backend, n = r.n, d = r.d, heads = r.heads, params = r.params}
+      local t = {name = r.name, backend = r.backend, n = r.n, d = r.d, heads = r.heads, params = r.params,
+        method = r.method, kv_heads = r.kv_heads, error = r.error}
       for key, val in pairs(r.metrics) do t[key] = val end
       out(sl.json_encode(t))
     else
@@ -502,6 +526,7 @@ function C.bench(argv)
       for key in pairs(r.metrics) do keys[#keys + 1] = key end
       table.sort(keys)
       for _, key in ipairs(keys) do parts[#parts + 1] = key .. "=" .. report.cell(r.metrics[key]) end
+      if r.error then parts[#parts + 1] = "error: " .. r.error end
       out(string.format("%-22s n=%-6d d=%-4d %s", r.name, r.n, r.d, table.concat(parts, " ")))
     end
   end

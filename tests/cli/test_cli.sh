@@ -221,7 +221,7 @@ printf 'x = 1 +\nprint(sl.attn.dense)\n' | "$SL" >"$T/out" 2>"$T/err"
 [ $? = 1 ] && ok || bad "syntax error from stdin exits 1"
 
 # the bench reports both rates and their ratio from one run
-expect_rc 0 "bench --quick --json" "$SL" bench --quick --json --db "$T/b.db"
+expect_rc 0 "bench --quick --json" "$SL" bench --quick --json --db "$T/b.db" --no-estimators
 grep -q '"ratio_to_sgemm"' "$T/out" && grep -q '"name":"sgemm"' "$T/out" && ok || bad "bench output: $(cat "$T/out")"
 expect_rc 0 "bench recorded" "$SL" query "$T/b.db" "SELECT count(*) AS n FROM v_result WHERE method = 'attn.dense'" --csv
 [ "$(tail -n 1 "$T/out")" -ge 1 ] 2>/dev/null && ok || bad "bench rows in db"
@@ -233,6 +233,15 @@ grep -q "rel_l2 before->after" "$T/out" && grep -q "re_ttention" "$T/out" && gre
 expect_rc 0 "corrections recorded" "$SL" query "$T/corr.db" \
     "SELECT count(*) AS n FROM v_result WHERE method LIKE '%+flashblock' AND status = 'ok'" --csv
 [ "$(tail -n 1 "$T/out")" -ge 4 ] 2>/dev/null && ok || bad "corrections rows in db: $(cat "$T/out")"
+
+# estimator overhead: mask time over dense time on the same inputs, recorded beside the other ratios
+expect_rc 0 "bench --only-estimators" "$SL" bench --only-estimators --methods sliding_window --n 512 --json --db "$T/b.db"
+awk -v e="$(jget estimate_ms)" -v d="$(jget dense_time_ms)" -v o="$(jget overhead)" \
+    'BEGIN { r = e / d - o; exit !(e > 0 && d > 0 && r < 1e-12 && r > -1e-12) }' && ok || bad "estimator overhead: $(cat "$T/out")"
+expect_rc 0 "estimator bench recorded" "$SL" query "$T/b.db" "SELECT count(*) FROM result WHERE method = 'estimate:sliding_window' AND n_k = 512" --csv
+[ "$(tail -n 1 "$T/out")" = 1 ] && ok || bad "estimator rows in db: $(cat "$T/out")"
+expect_rc 1 "bench --methods unknown" "$SL" bench --only-estimators --methods nope
+one_line_err "unknown method 'nope'" "bench --methods unknown"
 
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

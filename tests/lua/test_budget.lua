@@ -163,6 +163,9 @@ test("kv_bytes equals a brute-force count (shared, per-KV-head and per-query-hea
     local mk = pat:materialize{n_q = n, n_k = n, bq = 16, bk = 24, n_heads = heads}
     local got = sl.budget.kv_bytes(mk, prob)
     eq(got, brute_kv_bytes(mk, hq, hkv, d), "kv_bytes with " .. heads .. " mask heads")
+    sl.budget.slice = 7 -- col_idx read in many slices gives the same count
+    eq(sl.budget.kv_bytes(mk, prob), got, "sliced read, " .. heads .. " mask heads")
+    sl.budget.slice = 500000
     truthy(got > 0, "positive")
   end
 end)
