@@ -243,5 +243,13 @@ expect_rc 0 "estimator bench recorded" "$SL" query "$T/b.db" "SELECT count(*) FR
 expect_rc 1 "bench --methods unknown" "$SL" bench --only-estimators --methods nope
 one_line_err "unknown method 'nope'" "bench --methods unknown"
 
+# the prefill frontier experiment, quick, on a static method (reaches every density) and lserve (half
+# its KV heads dense: no density below 0.5 is reachable, so it is listed as skipped with the reason)
+expect_rc 0 "prefill_frontier --quick" "$SL" run experiments/prefill_frontier.lua "$T/pf.db" --quick --methods sliding_window,lserve
+grep -q "recall_05" "$T/out" && grep -q "cannot go down to density 0.05" "$T/out" && ok || bad "prefill_frontier output: $(head -c 600 "$T/out")"
+expect_rc 0 "prefill_frontier results" "$SL" query "$T/pf.db" "SELECT method, status, count(*) AS n,
+    sum(abs(density - target_density) <= 0.02 * target_density) AS matched FROM v_result GROUP BY method, status ORDER BY method" --csv
+grep -q "^lserve,failed,12," "$T/out" && grep -q "^sliding_window,ok,12,12$" "$T/out" && ok || bad "prefill_frontier rows: $(cat "$T/out")"
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]
