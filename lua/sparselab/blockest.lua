@@ -36,6 +36,22 @@ function E.mask_from_keep(keep, prob, bq, bk, causal)
     causal = causal})
 end
 
+--- A tensor's heads as Lua tables, read one head at a time on first use
+--- (t[h] = t:narrow(1, h, 1):totable()[1]): totable refuses more than 1e6
+--- elements, which a whole [H, rows, cols] score tensor passes at long n.
+function E.heads(t)
+  local n = t:shape()[1]
+  return setmetatable({}, {
+    __index = function(self, h)
+      if type(h) ~= "number" or h < 1 or h > n then return nil end
+      local v = t:narrow(1, h, 1):totable()[1]
+      rawset(self, h, v)
+      return v
+    end,
+    __len = function() return n end,
+  })
+end
+
 --- An all-zero keep table [H][R][C].
 function E.zeros(H, R, C)
   local t = {}

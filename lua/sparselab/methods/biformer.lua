@@ -46,7 +46,7 @@ end
 
 -- x [H, n, d] gathered in the order perm (0-based) — Lua, small images only.
 local function gather(x, perm)
-  local t = x:totable()
+  local t = E.heads(x)
   local out = {}
   for h = 1, #t do
     local rows = {}
@@ -76,7 +76,7 @@ local function estimate(prob, p)
   local nqb, nkb = E.blocks(prob, R, R)
   local sargs = {bq = R, bk = R, causal = (prob.causal and not perm) and 1 or 0, pool = 0, softmax = 0,
     scale = 1 / math.sqrt(d * hq), backend = prob.backend}
-  local s = sl.score.pooled(q, k, sargs):totable()
+  local s = E.heads(sl.score.pooled(q, k, sargs))
   local keep = {}
   for r = 1, nqb do
     local vis = (perm and nkb) or E.visible(prob, r - 1, R, R, nkb)

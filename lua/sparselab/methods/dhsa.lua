@@ -83,8 +83,8 @@ local function plan(prob, p)
   local bt = sl.tensor(starts, "i32")
   local kargs = {bounds = bt, len_norm = p.norm, backend = be}
   local qargs = {block = b, len_norm = p.norm, backend = be}
-  local kh = head_avg(sl.pool.tokens(prob.k, kargs):totable())
-  local qh = head_avg(sl.pool.tokens(prob.q, qargs):totable())
+  local kh = head_avg(E.heads(sl.pool.tokens(prob.k, kargs)))
+  local qh = head_avg(E.heads(sl.pool.tokens(prob.q, qargs)))
   local d = prob.q:shape()[3]
   local C, nqb = #starts, #qh
   local est_flops = sl.op_flops("pool.tokens", prob.k, kargs) + sl.op_flops("pool.tokens", prob.q, qargs) +

@@ -29,7 +29,7 @@ local function mask_for(prob, p)
   if nq * nk > MAX_BITS then
     sl.fail("hsr_attention: the token-level mask is materialised only up to 2^24 pairs per head (found %d x %d)", nq, nk)
   end
-  local q, k = prob.q:totable(), prob.k:totable()
+  local q, k = E.heads(prob.q), E.heads(prob.k)
   local g = hq // prob.k:shape()[1]
   local scale = 1 / math.sqrt(d)
   local bits = {}
@@ -59,7 +59,7 @@ local function run(prob, p)
   local o, lse, count = sl.attn.bucket(prob.q, prob.k, prob.v, args)
   local t1 = sl.time()
   local kept, mx, rows, empty = 0, 0, 0, 0
-  for _, row in ipairs(count:totable()) do
+  for _, row in ipairs(E.heads(count)) do
     for _, c in ipairs(row) do
       kept = kept + c
       rows = rows + 1

@@ -81,7 +81,7 @@ local function estimate(prob, p)
   local pargs = {block = B, backend = be}
   local qp, kp = sl.pool.tokens(prob.q, pargs), sl.pool.tokens(prob.k, pargs)
   local est_flops = sl.op_flops("pool.tokens", prob.q, pargs) + sl.op_flops("pool.tokens", prob.k, pargs)
-  local qt, kt = p.calibrate ~= 0 and qp:totable(), p.calibrate ~= 0 and kp:totable()
+  local qt, kt = p.calibrate ~= 0 and E.heads(qp), p.calibrate ~= 0 and E.heads(kp)
   local full = {{1, d}}
   local keep = E.zeros(hq, nqb, nkb)
   for _, spec in ipairs{{true, hw}, {false, lw}} do

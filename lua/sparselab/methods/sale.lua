@@ -71,7 +71,7 @@ local function estimate(prob, p)
   local local_flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, lmask, largs)
   local sargs = {lse = lse, bq = p.bq, bk = p.bk, bits = p.bits, q_group = p.q_group, k_group = p.k_group,
     smooth_k = p.smooth_k, causal = prob.causal and 1 or 0, backend = be}
-  local rel = sl.score.lowbit(prob.q, prob.k, sargs):totable()
+  local rel = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
   local est_flops = sl.op_flops("score.lowbit", prob.q, prob.k, sargs)
   local keep, dense_heads, lrow0 = {}, 0, lk[1]
   for h = 1, hq do
@@ -139,7 +139,7 @@ function M.calibrate(problems, opts)
   for i, prob in ipairs(problems) do
     prob.causal = prob.causal ~= false
     local _, l = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal and 1 or 0, backend = prob.backend})
-    dense[i] = l:totable()
+    dense[i] = E.heads(l)
   end
   for _ = 1, steps do
     local th = {}
@@ -151,7 +151,7 @@ function M.calibrate(problems, opts)
       for k, v in pairs(base) do q[k] = v end
       q.config_table = {theta = th}
       local out = M.run(prob, q)
-      local l = out.lse:totable()
+      local l = E.heads(out.lse)
       for h = 1, hq do
         local s, n = 0, 0
         for r, x in ipairs(dense[i][h]) do

@@ -107,9 +107,9 @@ local function gate_scores(prob, p)
   local dg = ks[3]
   local pooled = {}
   for i, mode in ipairs{1, 2, 0} do pooled[i] = sl.pool.tokens(prob.k, {block = b, mode = mode, backend = be}) end
-  local kcat = sl.cat(pooled, 3):totable()
-  local qbar = sl.pool.tokens(prob.q, {block = b, backend = be}):totable()
-  local Wkt = Wk:totable()
+  local kcat = E.heads(sl.cat(pooled, 3))
+  local qbar = E.heads(sl.pool.tokens(prob.q, {block = b, backend = be}))
+  local Wkt = E.heads(Wk)
   local g = hq // hkv
   -- K̂ per weight head (kv heads, or query heads when the file has one per query head)
   local kh = linear(kcat, function(h) return ks[1] == hkv and h or (h - 1) // g + 1 end, Wkt, function(h) return h end,
@@ -120,7 +120,7 @@ local function gate_scores(prob, p)
     if qs[1] ~= hq or qs[2] ~= d or qs[3] ~= dg then
       sl.fail("seer_attention: mask_linear_q.weight must be [%d, %d, %d], found [%d, %d, %d]", hq, d, dg, qs[1], qs[2], qs[3])
     end
-    qh = linear(qbar, function(h) return h end, Wq:totable(), function(h) return h end, hq)
+    qh = linear(qbar, function(h) return h end, E.heads(Wq), function(h) return h end, hq)
   else
     if dg ~= d then sl.fail("seer_attention: the gate has no mask_linear_q but dg %d != head_dim %d", dg, d) end
     qh = qbar
@@ -131,7 +131,7 @@ local function gate_scores(prob, p)
   local qt, kt = sl.tensor(qh), sl.tensor(kh)
   local sargs = {bq = 1, bk = 1, causal = prob.causal and 1 or 0, pool = 0, softmax = 1, scale = 1 / math.sqrt(dg),
     backend = be}
-  local G = sl.score.pooled(qt, kt, sargs):totable()
+  local G = E.heads(sl.score.pooled(qt, kt, sargs))
   local nqb, nkb = #qh[1], #kh[1]
   local flops = 2 * nqb * 3 * d * dg * ks[1] + (Wq and 2 * nqb * d * dg * hq or 0) +
     sl.op_flops("score.pooled", qt, kt, sargs)
@@ -141,7 +141,7 @@ end
 local function oracle_scores(prob, p)
   local args = {bq = square(p), bk = square(p), reduce = 1, normalize = 1, causal = prob.causal and 1 or 0,
     backend = prob.backend}
-  return sl.score.exact(prob.q, prob.k, args):totable(), sl.op_flops("score.exact", prob.q, prob.k, args)
+  return E.heads(sl.score.exact(prob.q, prob.k, args)), sl.op_flops("score.exact", prob.q, prob.k, args)
 end
 
 local function estimate(prob, p)

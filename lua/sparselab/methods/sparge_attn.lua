@@ -64,10 +64,10 @@ local function estimate(prob, p)
   local be = prob.backend
   local pq_args = {block = bq, normalize = 1, backend = be}
   local pk_args = {block = bk, normalize = 1, backend = be}
-  local qn = sl.pool.tokens(prob.q, pq_args):totable()
-  local kn = sl.pool.tokens(prob.k, pk_args):totable()
+  local qn = E.heads(sl.pool.tokens(prob.q, pq_args))
+  local kn = E.heads(sl.pool.tokens(prob.k, pk_args))
   local sc_args = {bq = bq, bk = bk, causal = prob.causal and 1 or 0, pool = 0, softmax = 0, backend = be}
-  local logits = sl.score.pooled(prob.q, prob.k, sc_args):totable()
+  local logits = E.heads(sl.score.pooled(prob.q, prob.k, sc_args))
   local est_flops = sl.op_flops("pool.tokens", prob.q, pq_args) + sl.op_flops("pool.tokens", prob.k, pk_args) +
     sl.op_flops("score.pooled", prob.q, prob.k, sc_args)
   local keep = E.zeros(hq, nqb, nkb)
@@ -167,7 +167,7 @@ function M.calibrate(problems, opts)
       prob.causal = prob.causal ~= false
       local out = M.run(prob, params)
       local od = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal and 1 or 0, backend = prob.backend})
-      local a, b = out.o:totable(), od:totable()
+      local a, b = E.heads(out.o), E.heads(od)
       for h = 1, hq do
         local num, den = 0, 0
         for i, row in ipairs(b[h]) do

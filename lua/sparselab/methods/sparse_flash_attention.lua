@@ -64,7 +64,7 @@ local function hash_mask(prob, qb, kb)
       "(found %d x %d); run reports density from counts", nq, nk)
   end
   local hq = prob.q:shape()[1]
-  local q, k = qb and qb:totable(), kb and kb:totable()
+  local q, k = qb and E.heads(qb), kb and E.heads(kb)
   local bits = {}
   for h = 1, hq do
     bits[h] = {}
@@ -81,7 +81,7 @@ end
 -- and that are not causally skippable: what the reference kernel visits.
 local function tiles_touched(prob, qb, kb)
   if not qb then return 0 end
-  local q, k = qb:totable(), kb:totable()
+  local q, k = E.heads(qb), E.heads(kb)
   local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
   local T, total = 64, 0
   for h = 1, #q do
@@ -138,7 +138,7 @@ local function run(prob, p)
   local o, lse, count = sl.attn.bucket(prob.q, prob.k, prob.v, args)
   local t2 = sl.time()
   local kept, empty = 0, 0
-  for _, row in ipairs(count:totable()) do
+  for _, row in ipairs(E.heads(count)) do
     for _, c in ipairs(row) do kept = kept + c; if c == 0 then empty = empty + 1 end end
   end
   local d = prob.q:shape()[3]

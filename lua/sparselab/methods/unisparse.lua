@@ -35,7 +35,7 @@ local function estimate(prob, p)
   local rargs = {br = p.bq // p.c_q, bc = p.bk // p.c_k, mode = p.agg, backend = be}
   local blk = sl.reduce.block(comp, rargs)
   local est_flops = sl.op_flops("score.pooled", prob.q, prob.k, sargs) + sl.op_flops("reduce.block", comp, rargs)
-  local x = blk:totable()
+  local x = E.heads(blk)
   local keep = E.zeros(hq, nqb, nkb)
   for h = 1, hq do
     for r = 1, nqb do
