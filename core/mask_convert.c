@@ -337,18 +337,23 @@ static int cmp_i64_asc(const void *a, const void *b)
 
 /* Per head, the valid entries of a [H, n] or [n] i32 list (-1 = padding,
  * skipped) sorted ascending and unique: vals[h·n ..] holds cnt[h] of them.
- * Entries outside [-1, hi) are SL_EARG naming what. */
+ * Entries outside [-1, hi) are SL_EARG naming what. A u8 keep [H, hi] (a
+ * selector's output) lists the positions it keeps. */
 static sl_status sorted_lists(sl_ctx *ctx, const char *fn, const char *what, const sl_tensor *t, int64_t hi,
                               int64_t *heads, int64_t *n, int64_t **vals, int64_t **cnt, size_t *bytes)
 {
     *vals = NULL;
     *cnt = NULL;
-    if (!t->buf || t->dtype != SL_I32 || (t->ndim != 1 && t->ndim != 2))
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected %s as i32 [H, n] or [n], found %s %dD", fn, what,
-                           t->buf ? sl_dtype_name(t->dtype) : "no tensor", t->ndim);
+    int keep = t->buf && t->dtype == SL_U8;
+    if (!t->buf || (t->dtype != SL_I32 && !keep) || (t->ndim != 1 && t->ndim != 2))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected %s as i32 [H, n] or [n] (or a u8 keep [H, %lld]), found %s %dD",
+                           fn, what, (long long)hi, t->buf ? sl_dtype_name(t->dtype) : "no tensor", t->ndim);
     int two = t->ndim == 2;
     *heads = two ? t->shape[0] : 1;
     *n = t->shape[two];
+    if (keep && *n != hi)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: a u8 keep of %s must have %lld entries per head (one per position), found %lld",
+                           fn, what, (long long)hi, (long long)*n);
     if (*heads < 1 || *heads > 65536)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s has %lld heads, expected 1..65536", fn, what, (long long)*heads);
     *bytes = (size_t)(*heads * *n + *heads + 1) * sizeof(int64_t);
@@ -360,11 +365,12 @@ static sl_status sorted_lists(sl_ctx *ctx, const char *fn, const char *what, con
     for (int64_t h = 0; h < *heads; h++) {
         int64_t m = 0, *vh = v + h * *n;
         for (int64_t i = 0; i < *n; i++) {
-            int32_t x = d[(two ? h * t->stride[0] : 0) + i * t->stride[two]];
+            int64_t at = (two ? h * t->stride[0] : 0) + i * t->stride[two];
+            int64_t x = keep ? (((const uint8_t *)t->data)[at] ? i : -1) : d[at];
             if (x < -1 || x >= hi) {
                 sl_ctx_dealloc(ctx, v, *bytes);
-                return sl_ctx_fail(ctx, SL_EARG, "%s: %s[%lld, %lld] = %d is outside [0, %lld) (-1 = padding)", fn,
-                                   what, (long long)h, (long long)i, x, (long long)hi);
+                return sl_ctx_fail(ctx, SL_EARG, "%s: %s[%lld, %lld] = %lld is outside [0, %lld) (-1 = padding)", fn,
+                                   what, (long long)h, (long long)i, (long long)x, (long long)hi);
             }
             if (x >= 0)
                 vh[m++] = x;

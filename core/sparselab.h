@@ -722,7 +722,9 @@ void sl_mask_index_release(sl_mask_index *idx);
 /* Masks from selections (select.* outputs). Lists are i32 [H, n] (one per
  * head) or [n] (one for all heads); -1 entries are padding and skipped
  * (heads may keep different counts), other entries outside their range are
- * SL_EARG; repeats count once.
+ * SL_EARG; repeats count once. In place of a list, a u8 keep [H, n_k] or
+ * [n_k] (select.* over reduce.columns or reduce.diagonals) lists the
+ * positions it keeps.
  * from_blocks: keep u8 [H, n_qb, n_kb] or [n_qb, n_kb] (non-zero = kept) of
  *   the block geometry (n_q, n_k, bq, bk) -> an H-head block mask of the
  *   kept blocks, ∩ the causal rule when causal (blocks crossing the

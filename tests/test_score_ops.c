@@ -705,6 +705,21 @@ START_TEST(test_index_from_columns)
                 ck_assert_int_eq(listed, chosen && j <= last);
             }
         }
+    /* the same columns as a u8 keep [H, n_k] give the same lists */
+    sl_tensor keep;
+    int64_t ks[2] = {c->hq, c->nk};
+    ck_assert_int_eq(sl_tensor_zeros(ctx, SL_U8, 2, ks, &keep), SL_OK);
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < n_c; i++)
+            ((uint8_t *)keep.data)[h * c->nk + ((int32_t *)cols.data)[h * n_c + i]] = 1;
+    sl_mask_index y;
+    ck_assert_int_eq(sl_mask_index_from_columns(ctx, &keep, c->nq, c->nk, b, 1, &y), SL_OK);
+    ck_assert_int_eq(sl_tensor_numel(&y.col), sl_tensor_numel(&x.col));
+    ck_assert_mem_eq(y.row_ptr.data, x.row_ptr.data, (size_t)sl_tensor_nbytes(&x.row_ptr));
+    if (sl_tensor_numel(&x.col))
+        ck_assert_mem_eq(y.col.data, x.col.data, (size_t)sl_tensor_nbytes(&x.col));
+    sl_mask_index_release(&y);
+    sl_tensor_release(&keep);
     sl_mask_index_release(&x);
     sl_tensor_release(&cols);
     release_n(in, 3);

@@ -114,6 +114,16 @@ test("sl.mask.index_from_columns with every column equals attn.dense", function(
   eq(idx.n_entries, 20, "one entry per row")
 end)
 
+test("a selector's u8 keep feeds index_from_columns and from_slashes directly", function()
+  local p = sl.score.last_q(q, k, {last = 4})
+  local keep = sl.select.topk(sl.reduce.columns(p), {k = 3})
+  local idx = sl.mask.index_from_columns(keep, {n_q = 20, n_k = 20, rows_per_entry = 20})
+  eq(idx.col:shape()[1], 2 * 3, "three columns per head, one entry each")
+  local dk = sl.select.topk(sl.reduce.diagonals(p), {k = 2})
+  local m = sl.mask.from_slashes(dk, {n_q = 20, n_k = 20, bq = 4, bk = 4, widen = false})
+  truthy(m:kept(1) > 0, "slashes kept")
+end)
+
 test("sl.mask.from_slashes: exact diagonals, widened superset", function()
   local offs = sl.tensor({{0, 5}}, "i32")
   local ex = sl.mask.from_slashes(offs, {n_q = 20, n_k = 20, bq = 4, bk = 4, widen = false})
