@@ -664,6 +664,90 @@ static sl_status infer_score(sl_ctx *ctx, const sl_op_info *info, const void *pa
     }
 }
 
+/* A float input of exactly this shape (ndim 2 or 3). */
+static sl_status need_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i, int ndim, const int64_t *shape)
+{
+    sl_status s = need_float(ctx, info, in, i, ndim);
+    if (s)
+        return s;
+    if (!same_shape(&in[i], ndim, shape)) {
+        char nm[32], desc[96];
+        input_name(info, i, nm, sizeof nm);
+        sl_tensor_describe(&in[i], desc, sizeof desc);
+        if (ndim == 2)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be [%lld, %lld], found %s", info->name, nm,
+                               (long long)shape[0], (long long)shape[1], desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be [%lld, %lld, %lld], found %s", info->name, nm,
+                           (long long)shape[0], (long long)shape[1], (long long)shape[2], desc);
+    }
+    return SL_OK;
+}
+
+/* q [Hq, Nq, D] and k [Hkv, Nk, D] with GQA heads (k at slot ik). */
+static sl_status validate_qk_at(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int iq, int ik)
+{
+    sl_status s;
+    if ((s = need_float(ctx, info, in, iq, 3)) || (s = need_float(ctx, info, in, ik, 3)))
+        return s;
+    const sl_tensor *q = &in[iq], *k = &in[ik];
+    if (q->shape[2] != k->shape[2])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is %lld in one input and %lld in the other", info->name,
+                           (long long)q->shape[2], (long long)k->shape[2]);
+    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld query heads and %lld kv heads; expected a multiple (GQA)",
+                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
+    if (q->shape[1] > k->shape[1])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld query rows but only %lld keys; expected n_q <= n_k", info->name,
+                           (long long)q->shape[1], (long long)k->shape[1]);
+    return SL_OK;
+}
+
+static sl_status validate_correct(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    sl_status s;
+    switch (info->op) {
+    case SL_OP_CORRECT_RECTIFY: {
+        const sl_correct_rectify_params *p = params;
+        sl_attn_block_params pb = {.bq = p->bq, .bk = p->bk, .scale = p->scale, .pv_skip = 0};
+        if ((s = validate_qkv(ctx, info, in)) || (s = validate_block_mask(ctx, info, in, &pb)))
+            return s;
+        return need_shape(ctx, info, in, 7, 3, in[0].shape);
+    }
+    case SL_OP_CORRECT_COMPENSATE: {
+        if ((s = need_float(ctx, info, in, 0, 3)))
+            return s;
+        int64_t hn[2] = {in[0].shape[0], in[0].shape[1]};
+        if ((s = need_shape(ctx, info, in, 1, 2, hn)) || (s = need_shape(ctx, info, in, 2, 2, hn)) ||
+            (s = validate_qk_at(ctx, info, in, 0, 3)))
+            return s;
+        return SL_OK;
+    }
+    case SL_OP_CORRECT_SMOOTH_K: {
+        if ((s = validate_qk_at(ctx, info, in, 0, 1)))
+            return s;
+        int64_t hn[2] = {in[0].shape[0], in[0].shape[1]};
+        return in[2].buf ? need_shape(ctx, info, in, 2, 2, hn) : SL_OK;
+    }
+    case SL_OP_CORRECT_LEPE: {
+        if ((s = validate_qk_at(ctx, info, in, 0, 1)))
+            return s;
+        if (!in[2].buf)
+            return SL_OK;
+        const sl_correct_lepe_params *p = params;
+        if ((s = need_float(ctx, info, in, 2, 3)))
+            return s;
+        const sl_tensor *w = &in[2];
+        if ((w->shape[0] != 1 && w->shape[0] != in[0].shape[0]) || w->shape[1] != p->kernel ||
+            w->shape[2] != in[0].shape[2])
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: opt.w must be [1 or %lld, %lld, %lld] (heads, kernel, head_dim), found [%lld, %lld, %lld]",
+                               info->name, (long long)in[0].shape[0], (long long)p->kernel, (long long)in[0].shape[2],
+                               (long long)w->shape[0], (long long)w->shape[1], (long long)w->shape[2]);
+        return SL_OK;
+    }
+    default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: no validator", info->name);
+    }
+}
+
 /* Validates inputs and writes the output shapes. */
 static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                        int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
@@ -744,6 +828,29 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
     case SL_OP_CORRECT_CACHE_REUSE:
     case SL_OP_CORRECT_LINEAR_BRANCH:
         return sl__correct_ext_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_CORRECT_RECTIFY:
+    case SL_OP_CORRECT_COMPENSATE:
+    case SL_OP_CORRECT_SMOOTH_K:
+    case SL_OP_CORRECT_LEPE:
+        if ((s = validate_correct(ctx, info, params, in)))
+            return s;
+        for (int o = 0; o < info->n_out; o++) {
+            /* first output as input 1 (k') or input 0; the rest per row */
+            const sl_tensor *like = op == SL_OP_CORRECT_SMOOTH_K ? &in[1] : &in[0];
+            if (o == 0) {
+                out_ndim[0] = 3;
+                memcpy(out_shape[0], like->shape, 3 * sizeof(int64_t));
+            } else {
+                out_ndim[o] = 2;
+                out_shape[o][0] = in[0].shape[0];
+                out_shape[o][1] = in[0].shape[1];
+            }
+        }
+        if (op == SL_OP_CORRECT_RECTIFY) {
+            const sl_correct_rectify_params *pr = params;
+            out_shape[3][1] = (in[0].shape[1] + pr->bq - 1) / pr->bq;
+        }
+        return SL_OK;
     case SL_OP_CORRECT_DELTA:
         if ((s = validate_delta(ctx, info, in, params)))
             return s;
@@ -1058,6 +1165,37 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
     case SL_OP_CORRECT_LINEAR_BRANCH:
     case SL_OP_ATTN_LINEAR:
     case SL_OP_ATTN_POOLED_KV: return sl__correct_ext_flops(op, params, in);
+    case SL_OP_CORRECT_RECTIFY: {
+        /* Pooling: mean and mean |deviation| of Q and K blocks (4 per
+         * element), mean of V (1); per visible (query block, key block)
+         * pair the three dot products of the score and the GAPR test (6D)
+         * and the restored P'.v̄ (2D); per output element R·O* + N (2). */
+        const sl_correct_rectify_params *p = params;
+        sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        int64_t nqb = (d.nq + p->bq - 1) / p->bq, nkb = (d.nk + p->bk - 1) / p->bk;
+        double pairs = 0;
+        for (int64_t I = 0; I < nqb; I++) {
+            int64_t last = (I + 1) * p->bq < d.nq ? (I + 1) * p->bq - 1 : d.nq - 1;
+            int64_t vis = p->causal ? (d.offset + last) / p->bk + 1 : nkb;
+            pairs += (double)(vis < nkb ? vis : nkb);
+        }
+        return 4.0 * (double)d.d * ((double)d.hq * (double)d.nq + (double)d.hkv * (double)d.nk) +
+               (double)d.hkv * (double)d.nk * (double)d.d + 8.0 * (double)d.d * pairs * (double)d.hq +
+               2.0 * (double)d.hq * (double)d.nq * (double)d.d;
+    }
+    case SL_OP_CORRECT_COMPENSATE: {
+        /* per output element: f·o (1), + λ·v̄ (2), the running mean (2) */
+        const sl_correct_comp_params *p = params;
+        double el = (double)sl_tensor_numel(&in[0]);
+        return p->vmc ? 5.0 * el : el;
+    }
+    case SL_OP_CORRECT_SMOOTH_K:
+        /* the key mean and the subtraction (2 per key element), the dot q·k̄ (2 per query element) */
+        return 2.0 * (double)sl_tensor_numel(&in[1]) + 2.0 * (double)sl_tensor_numel(&in[0]);
+    case SL_OP_CORRECT_LEPE: {
+        const sl_correct_lepe_params *p = params;
+        return (2.0 * (double)p->kernel + 2.0) * (double)sl_tensor_numel(&in[0]);
+    }
     case SL_OP_CORRECT_DELTA: {
         /* delta: one subtraction per element of each group's delta, one add
          * per element of the other rows before s_p; smooth: three more per

@@ -56,6 +56,10 @@ static const sl__kernel_fn cpu_kernels[SL_OP__COUNT] = {
     [SL_OP_SCORE_LOWBIT] = sl__cpu_score_lowbit,
     [SL_OP_ATTN_BUCKET] = sl__cpu_attn_bucket,
     [SL_OP_SCORE_HASH] = sl__cpu_score_hash,
+    [SL_OP_CORRECT_RECTIFY] = sl__cpu_correct_rectify,
+    [SL_OP_CORRECT_COMPENSATE] = sl__cpu_correct_compensate,
+    [SL_OP_CORRECT_SMOOTH_K] = sl__cpu_correct_smooth_k,
+    [SL_OP_CORRECT_LEPE] = sl__cpu_correct_lepe,
 };
 
 static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
@@ -71,6 +75,9 @@ static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int
     case SL_OP_SCORE_EXACT: return sl__cpu_score_scratch(op, params, in, n_threads);
     case SL_OP_SELECT_TOPK:
     case SL_OP_SELECT_TOPP: return sl__cpu_select_scratch(in, n_threads);
+    case SL_OP_CORRECT_RECTIFY:
+    case SL_OP_CORRECT_COMPENSATE:
+    case SL_OP_CORRECT_SMOOTH_K: return sl__cpu_correct_scratch(op, params, in, n_threads);
     default: return sl__cpu_sparse_scratch(op, params, in, n_threads);
     }
 }

@@ -2,6 +2,7 @@
  * passes over the sparse output, threaded over (head, row chunk) items. */
 #include "cpu.h"
 
+#include <math.h>
 #include <string.h>
 
 #define DELTA_ROWS 256 /* rows per work item of correct.delta */
@@ -60,4 +61,351 @@ sl_status sl__cpu_correct_delta(const sl__kargs *a)
     j.r_n = j.g_n + t;
     j.items_per_head = (j.n + DELTA_ROWS - 1) / DELTA_ROWS;
     return sl__cpu_parallel(a->ctx, j.items_per_head * a->in[0].shape[0], delta_item, &j);
+}
+
+/* ---- correct.rectify ----
+ * Pass 1 pools every key block (k̄, e^k, v̄ per kv head, in scratch); pass 2
+ * takes one (head, query block) per item: the pooled logits and GAPR flags
+ * of every key block visible to the block's last row, the sums over blocks
+ * every row of the block sees in full (computed once), then per row only the
+ * partially visible blocks (causal diagonal) on top. */
+
+typedef struct rect_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    int64_t bq, bk, nqb, nkb, hm;
+    double *kbar, *kdev, *vbar; /* [hkv, nkb, d] */
+    char *thread_ws;
+    size_t ws_bytes;
+} rect_job;
+
+static void rect_pool_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const rect_job *j = ud;
+    const float *k = j->a->in[1].data, *v = j->a->in[2].data;
+    int64_t g = item / j->nkb, J = item % j->nkb, d = j->dm.d;
+    int64_t j0 = J * j->bk, j1 = j0 + j->bk < j->dm.nk ? j0 + j->bk : j->dm.nk, n = j1 - j0;
+    double *km = j->kbar + item * d, *ke = j->kdev + item * d, *vm = j->vbar + item * d;
+    const float *kg = k + (g * j->dm.nk) * d, *vg = v + (g * j->dm.nk) * d;
+    for (int64_t c = 0; c < d; c++)
+        km[c] = vm[c] = ke[c] = 0;
+    for (int64_t r = j0; r < j1; r++)
+        for (int64_t c = 0; c < d; c++) {
+            km[c] += kg[r * d + c];
+            vm[c] += vg[r * d + c];
+        }
+    for (int64_t c = 0; c < d; c++) {
+        km[c] /= (double)n;
+        vm[c] /= (double)n;
+    }
+    for (int64_t r = j0; r < j1; r++)
+        for (int64_t c = 0; c < d; c++)
+            ke[c] += fabs(kg[r * d + c] - km[c]);
+    for (int64_t c = 0; c < d; c++)
+        ke[c] /= (double)n;
+}
+
+static double dotd(const double *a, const double *b, int64_t d)
+{
+    double s = 0;
+    for (int64_t c = 0; c < d; c++)
+        s += a[c] * b[c];
+    return s;
+}
+
+static void rect_block_item(int64_t item, void *ud, int thread)
+{
+    const rect_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_correct_rectify_params *p = a->params;
+    const sl__attn_dims *dm = &j->dm;
+    int64_t h = item / j->nqb, I = item % j->nqb, d = dm->d, g = h / dm->group, mh = h / (dm->hq / j->hm);
+    int64_t nkb = j->nkb, bk = j->bk;
+    int64_t i0 = I * j->bq, i1 = i0 + j->bq < dm->nq ? i0 + j->bq : dm->nq;
+    double *qm = (double *)(j->thread_ws + (size_t)thread * j->ws_bytes), *qe = qm + d, *u = qe + d, *ns = u + d;
+    double *sc = ns + d;               /* nkb pooled logits */
+    uint8_t *flag = (uint8_t *)(sc + nkb); /* per key block: 1 in C (kept or untrusted), 2 restored */
+    const float *q = a->in[0].data, *os = a->in[7].data;
+    const int32_t *rp = a->in[3].data, *ci = a->in[4].data;
+    float *o = a->out[0].data, *r_out = a->out[1].data, *rest = a->out[2].data, *trusted = a->out[3].data;
+
+    /* pooled query block */
+    for (int64_t c = 0; c < d; c++)
+        qm[c] = qe[c] = 0;
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t c = 0; c < d; c++)
+            qm[c] += q[(h * dm->nq + i) * d + c];
+    for (int64_t c = 0; c < d; c++)
+        qm[c] /= (double)(i1 - i0);
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t c = 0; c < d; c++)
+            qe[c] += fabs(q[(h * dm->nq + i) * d + c] - qm[c]);
+    for (int64_t c = 0; c < d; c++)
+        qe[c] /= (double)(i1 - i0);
+
+    /* key blocks any row of the block sees: [0, n_vis); every row sees [0, n_full) whole */
+    int64_t n_vis = nkb, n_full = nkb;
+    if (p->causal) {
+        int64_t last = dm->offset + i1 - 1, first = dm->offset + i0;
+        n_vis = last / bk + 1 < nkb ? last / bk + 1 : nkb;
+        n_full = (first + 1) / bk; /* blocks ending at or before the first row's position */
+        if ((first + 1) >= dm->nk)
+            n_full = nkb;
+        n_full = n_full < n_vis ? n_full : n_vis;
+    }
+    memset(flag, 0, (size_t)nkb);
+    for (int32_t e = rp[mh * (j->nqb + 1) + I]; e < rp[mh * (j->nqb + 1) + I + 1]; e++)
+        flag[ci[e]] = 1;
+    double mx = -INFINITY, n_trusted = 0;
+    for (int64_t J = 0; J < n_vis; J++) {
+        const double *km = j->kbar + (g * nkb + J) * d, *ke = j->kdev + (g * nkb + J) * d;
+        double raw = dotd(qm, km, d);
+        sc[J] = dm->scale * raw;
+        mx = sc[J] > mx ? sc[J] : mx;
+        if (!flag[J]) {
+            int ng = p->gapr && !(fabs(raw) > fabs(dotd(qe, km, d)) + fabs(dotd(qm, ke, d)));
+            flag[J] = ng ? 1 : 2;
+            n_trusted += !ng;
+        }
+    }
+    trusted[h * j->nqb + I] = (float)n_trusted;
+    /* the blocks every row sees whole */
+    double z_in = 0, z_out = 0;
+    for (int64_t c = 0; c < d; c++)
+        u[c] = 0;
+    for (int64_t J = 0; J < n_full; J++) {
+        int64_t len = (J + 1) * bk < dm->nk ? bk : dm->nk - J * bk;
+        double w = (p->ipar ? (double)len : 1.0) * exp(sc[J] - mx);
+        if (flag[J] == 2) {
+            z_out += w;
+            const double *vm = j->vbar + (g * nkb + J) * d;
+            for (int64_t c = 0; c < d; c++)
+                u[c] += w * vm[c];
+        } else
+            z_in += w;
+    }
+    for (int64_t i = i0; i < i1; i++) {
+        double zi = z_in, zo = z_out;
+        for (int64_t c = 0; c < d; c++)
+            ns[c] = u[c];
+        for (int64_t J = n_full; J < n_vis; J++) {
+            int64_t j0 = J * bk, j1 = j0 + bk < dm->nk ? j0 + bk : dm->nk, pos = dm->offset + i;
+            int64_t cnt = p->causal ? (pos < j0 ? 0 : (pos + 1 < j1 ? pos + 1 : j1) - j0) : j1 - j0;
+            if (!cnt)
+                continue;
+            double w = (p->ipar ? (double)cnt : 1.0) * exp(sc[J] - mx);
+            if (flag[J] == 2) {
+                zo += w;
+                const double *vm = j->vbar + (g * nkb + J) * d;
+                for (int64_t c = 0; c < d; c++)
+                    ns[c] += w * vm[c];
+            } else
+                zi += w;
+        }
+        float *oi = o + (h * dm->nq + i) * d;
+        const float *si = os + (h * dm->nq + i) * d;
+        double z = zi + zo;
+        if (!(z > 0)) {
+            memcpy(oi, si, (size_t)d * sizeof *oi);
+            r_out[h * dm->nq + i] = 1;
+            rest[h * dm->nq + i] = 0;
+            continue;
+        }
+        double r = zi / z;
+        for (int64_t c = 0; c < d; c++)
+            oi[c] = (float)(r * (double)si[c] + ns[c] / z);
+        r_out[h * dm->nq + i] = (float)r;
+        rest[h * dm->nq + i] = (float)(zo / z);
+    }
+}
+
+static size_t rect_thread_bytes(int64_t d, int64_t nkb)
+{
+    return ((size_t)(4 * d + nkb) * sizeof(double) + (size_t)nkb + 63) / 64 * 64;
+}
+
+size_t sl__cpu_correct_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    if (op == SL_OP_CORRECT_RECTIFY) {
+        const sl_correct_rectify_params *p = params;
+        int64_t d = in[0].shape[2], nkb = (in[1].shape[1] + p->bk - 1) / p->bk;
+        return (size_t)(3 * in[1].shape[0] * nkb * d) * sizeof(double) + rect_thread_bytes(d, nkb) * (size_t)n_threads;
+    }
+    if (op == SL_OP_CORRECT_COMPENSATE || op == SL_OP_CORRECT_SMOOTH_K) {
+        /* per q head (compensate) or kv head (smooth_k): a running sum / mean of d doubles */
+        int64_t d = in[0].shape[2];
+        return (size_t)d * sizeof(double) * (size_t)(op == SL_OP_CORRECT_SMOOTH_K ? in[1].shape[0] : n_threads);
+    }
+    return 0;
+}
+
+sl_status sl__cpu_correct_rectify(const sl__kargs *a)
+{
+    const sl_correct_rectify_params *p = a->params;
+    rect_job j = {.a = a, .dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), .bq = p->bq, .bk = p->bk};
+    j.nqb = (j.dm.nq + j.bq - 1) / j.bq;
+    j.nkb = (j.dm.nk + j.bk - 1) / j.bk;
+    j.hm = a->in[3].shape[0];
+    size_t pooled = (size_t)(j.dm.hkv * j.nkb * j.dm.d);
+    j.kbar = a->scratch;
+    j.kdev = j.kbar + pooled;
+    j.vbar = j.kdev + pooled;
+    j.thread_ws = (char *)(j.vbar + pooled);
+    j.ws_bytes = rect_thread_bytes(j.dm.d, j.nkb);
+    sl_status s = sl__cpu_parallel(a->ctx, j.dm.hkv * j.nkb, rect_pool_item, &j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, j.dm.hq * j.nqb, rect_block_item, &j);
+    return s;
+}
+
+/* ---- correct.compensate ---- one item per query head: the running mean of
+ * V moves forward with the rows (positions only grow). */
+
+typedef struct comp_job {
+    const sl__kargs *a;
+} comp_job;
+
+static void comp_item(int64_t h, void *ud, int thread)
+{
+    const comp_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_correct_comp_params *p = a->params;
+    const float *oin = a->in[0].data, *lse = a->in[1].data, *lref = a->in[2].data, *v = a->in[3].data;
+    int64_t hq = a->in[0].shape[0], nq = a->in[0].shape[1], d = a->in[0].shape[2];
+    int64_t hkv = a->in[3].shape[0], nk = a->in[3].shape[1], off = nk - nq;
+    float *o = a->out[0].data, *l_out = a->out[1].data, *lost = a->out[2].data;
+    const float *vg = v + (h / (hq / hkv)) * nk * d;
+    double *sum = (double *)a->scratch + (size_t)thread * (size_t)d;
+    int64_t summed = 0; /* keys in sum */
+    for (int64_t c = 0; c < d; c++)
+        sum[c] = 0;
+    double log_c = log(p->sdc_scale);
+    for (int64_t i = 0; i < nq; i++) {
+        const float *oi = oin + (h * nq + i) * d;
+        float *out = o + (h * nq + i) * d;
+        int64_t seen = p->causal ? off + i + 1 : nk;
+        float L = lse[h * nq + i], R = lref[h * nq + i];
+        if (seen <= p->min_len) {
+            memcpy(out, oi, (size_t)d * sizeof *out);
+            l_out[h * nq + i] = L;
+            lost[h * nq + i] = 0;
+            continue;
+        }
+        double f = 1, lnew = L;
+        double lmiss = p->estimate == 0 ? (R > L ? R + log1p(-exp((double)L - R)) : -INFINITY) : R;
+        if (lmiss > -INFINITY && p->sdc_scale > 0) {
+            double lc = log_c + lmiss;
+            if (L == -INFINITY) {
+                f = 0;
+                lnew = lc;
+            } else {
+                double m = L > lc ? L : lc;
+                lnew = m + log(exp(L - m) + exp(lc - m));
+                f = exp(L - lnew);
+            }
+        }
+        double lam = p->vmc ? 1 - f : 0;
+        if (lam > 0) {
+            for (; summed < seen; summed++)
+                for (int64_t c = 0; c < d; c++)
+                    sum[c] += vg[summed * d + c];
+            for (int64_t c = 0; c < d; c++)
+                out[c] = (float)(f * oi[c] + lam * sum[c] / (double)seen);
+        } else {
+            for (int64_t c = 0; c < d; c++)
+                out[c] = (float)(f * oi[c]);
+        }
+        l_out[h * nq + i] = (float)lnew;
+        lost[h * nq + i] = (float)(1 - f);
+    }
+}
+
+sl_status sl__cpu_correct_compensate(const sl__kargs *a)
+{
+    comp_job j = {a};
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], comp_item, &j);
+}
+
+/* ---- correct.smooth_k ---- one item per kv head. */
+
+static void smooth_item(int64_t g, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    const sl_correct_smooth_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    const float *q = a->in[0].data, *k = a->in[1].data, *lse = a->in[2].buf ? a->in[2].data : NULL;
+    float *ks = a->out[0].data, *l_out = a->out[1].data;
+    double *mean = (double *)a->scratch + g * dm.d;
+    const float *kg = k + g * dm.nk * dm.d;
+    for (int64_t c = 0; c < dm.d; c++)
+        mean[c] = 0;
+    for (int64_t j = 0; j < dm.nk; j++)
+        for (int64_t c = 0; c < dm.d; c++)
+            mean[c] += kg[j * dm.d + c];
+    for (int64_t c = 0; c < dm.d; c++)
+        mean[c] /= (double)dm.nk;
+    for (int64_t j = 0; j < dm.nk; j++)
+        for (int64_t c = 0; c < dm.d; c++)
+            ks[(g * dm.nk + j) * dm.d + c] = (float)(kg[j * dm.d + c] - mean[c]);
+    for (int64_t h = g * dm.group; h < (g + 1) * dm.group; h++)
+        for (int64_t i = 0; i < dm.nq; i++) {
+            double s = 0;
+            const float *qi = q + (h * dm.nq + i) * dm.d;
+            for (int64_t c = 0; c < dm.d; c++)
+                s += qi[c] * mean[c];
+            l_out[h * dm.nq + i] = (float)((lse ? lse[h * dm.nq + i] : 0.0) + dm.scale * s);
+        }
+}
+
+sl_status sl__cpu_correct_smooth_k(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, a->in[1].shape[0], smooth_item, (void *)a);
+}
+
+/* ---- correct.lepe ---- items of (head, row chunk). */
+
+typedef struct lepe_job {
+    const sl__kargs *a;
+    int64_t items_per_head;
+} lepe_job;
+
+static void lepe_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const lepe_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_correct_lepe_params *p = a->params;
+    const float *oin = a->in[0].data, *v = a->in[1].data, *w = a->in[2].buf ? a->in[2].data : NULL;
+    int64_t hq = a->in[0].shape[0], nq = a->in[0].shape[1], d = a->in[0].shape[2];
+    int64_t hkv = a->in[1].shape[0], nk = a->in[1].shape[1], kn = p->kernel;
+    int64_t h = item / j->items_per_head, i0 = (item % j->items_per_head) * DELTA_ROWS;
+    int64_t i1 = i0 + DELTA_ROWS < nq ? i0 + DELTA_ROWS : nq;
+    const float *vg = v + (h / (hq / hkv)) * nk * d;
+    const float *wr = w ? w + (a->in[2].shape[0] == 1 ? 0 : h) * kn * d : NULL;
+    float *o = a->out[0].data;
+    float alpha = (float)p->alpha, uni = (float)(1.0 / (double)kn);
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t pos = nk - nq + i, first = p->causal ? pos - kn + 1 : pos - kn / 2;
+        float *oi = o + (h * nq + i) * d;
+        const float *src = oin + (h * nq + i) * d;
+        memcpy(oi, src, (size_t)d * sizeof *oi);
+        int64_t t0 = first < 0 ? -first : 0, t1 = first + kn > nk ? nk - first : kn;
+        for (int64_t t = t0; t < t1; t++) {
+            const float *vr = vg + (first + t) * d;
+            if (wr)
+                for (int64_t c = 0; c < d; c++)
+                    oi[c] += alpha * wr[t * d + c] * vr[c];
+            else
+                for (int64_t c = 0; c < d; c++)
+                    oi[c] += alpha * uni * vr[c];
+        }
+    }
+}
+
+sl_status sl__cpu_correct_lepe(const sl__kargs *a)
+{
+    lepe_job j = {a, (a->in[0].shape[1] + DELTA_ROWS - 1) / DELTA_ROWS};
+    return sl__cpu_parallel(a->ctx, j.items_per_head * a->in[0].shape[0], lepe_item, &j);
 }

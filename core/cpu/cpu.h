@@ -96,6 +96,11 @@ sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a);
 sl_status sl__cpu_attn_rows(const sl__kargs *a);
 sl_status sl__cpu_attn_lse_merge(const sl__kargs *a);
 sl_status sl__cpu_correct_delta(const sl__kargs *a);
+sl_status sl__cpu_correct_rectify(const sl__kargs *a);
+sl_status sl__cpu_correct_compensate(const sl__kargs *a);
+sl_status sl__cpu_correct_smooth_k(const sl__kargs *a);
+sl_status sl__cpu_correct_lepe(const sl__kargs *a);
+size_t sl__cpu_correct_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
 size_t sl__cpu_sparse_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
 
 sl_status sl__cpu_score_pooled(const sl__kargs *a);

@@ -318,6 +318,134 @@ sl_status cuda_correct_delta(const sl__kargs *a)
     return stage_out(a, &st, sl__cuda_correct_delta(g, 0));
 }
 
+// Sizes the correct.* kernels index with int.
+bool fits_int(const sl__kargs *a)
+{
+    const sl_op_info *info = sl_op_info_get(a->op);
+    for (int i = 0; i < info->n_in; i++)
+        if (a->in[i].buf && sl_tensor_numel(&a->in[i]) > INT32_MAX)
+            return false;
+    return true;
+}
+
+sl_status cuda_correct_rectify(const sl__kargs *a)
+{
+    const sl_correct_rectify_params *p = static_cast<const sl_correct_rectify_params *>(a->params);
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    if (!fits_int(a) || dm.hq > 65535)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: more than 2^31 - 1 elements or 65535 heads", op_name(a));
+    if (dm.hq == 0 || dm.nq == 0)
+        return SL_OK;
+    sl__cuda_rectify g = {};
+    g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
+    g.bq = (int)p->bq, g.bk = (int)p->bk, g.nqb = (int)((dm.nq + p->bq - 1) / p->bq), g.nkb = (int)((dm.nk + p->bk - 1) / p->bk);
+    g.hm = (int)a->in[3].shape[0], g.causal = p->causal != 0, g.ipar = p->ipar != 0, g.gapr = p->gapr != 0;
+    g.scale = (float)dm.scale;
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    const size_t kv = (size_t)g.hkv * g.nkb * g.d, qb = (size_t)g.hq * g.nqb * g.d, pairs = (size_t)g.hq * g.nqb * g.nkb;
+    device_scratch ws;
+    s = stage_alloc(a, (3 * kv + 2 * qb + pairs) * sizeof(float) + pairs, "rectify scratch", 0, &ws.p);
+    if (s != SL_OK)
+        return s;
+    float *f = static_cast<float *>(ws.p);
+    g.kbar = f, g.kdev = f + kv, g.vbar = f + 2 * kv, g.qbar = f + 3 * kv, g.qdev = g.qbar + qb, g.score = g.qdev + qb;
+    g.flag = reinterpret_cast<uint8_t *>(g.score + pairs);
+    g.q = static_cast<const float *>(st.in[0]);
+    g.k = static_cast<const float *>(st.in[1]);
+    g.v = static_cast<const float *>(st.in[2]);
+    g.row_ptr = static_cast<const int32_t *>(st.in[3]);
+    g.col_idx = static_cast<const int32_t *>(st.in[4]);
+    g.o_sparse = static_cast<const float *>(st.in[7]);
+    g.o = static_cast<float *>(st.out[0]);
+    g.r = static_cast<float *>(st.out[1]);
+    g.rest = static_cast<float *>(st.out[2]);
+    g.trusted = static_cast<float *>(st.out[3]);
+    return stage_out(a, &st, sl__cuda_correct_rectify(g, 0));
+}
+
+sl_status cuda_correct_compensate(const sl__kargs *a)
+{
+    const sl_correct_comp_params *p = static_cast<const sl_correct_comp_params *>(a->params);
+    if (!fits_int(a) || a->in[0].shape[0] > 65535)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: more than 2^31 - 1 elements or 65535 heads", op_name(a));
+    sl__cuda_comp g = {};
+    g.hq = (int)a->in[0].shape[0], g.nq = (int)a->in[0].shape[1], g.d = (int)a->in[0].shape[2];
+    g.hkv = (int)a->in[3].shape[0], g.nk = (int)a->in[3].shape[1];
+    g.estimate = (int)p->estimate, g.vmc = p->vmc != 0, g.causal = p->causal != 0, g.min_len = p->min_len;
+    g.sdc_scale = p->sdc_scale;
+    if (g.hq == 0 || g.nq == 0)
+        return SL_OK;
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    device_scratch ws;
+    if (g.vmc && (s = stage_alloc(a, (size_t)g.hkv * g.nk * g.d * sizeof(float), "prefix sums", 0, &ws.p)) != SL_OK)
+        return s;
+    g.cum = static_cast<float *>(ws.p);
+    g.o_in = static_cast<const float *>(st.in[0]);
+    g.lse = static_cast<const float *>(st.in[1]);
+    g.lse_ref = static_cast<const float *>(st.in[2]);
+    g.v = static_cast<const float *>(st.in[3]);
+    g.o = static_cast<float *>(st.out[0]);
+    g.lse_out = static_cast<float *>(st.out[1]);
+    g.lost = static_cast<float *>(st.out[2]);
+    return stage_out(a, &st, sl__cuda_correct_compensate(g, 0));
+}
+
+sl_status cuda_correct_smooth_k(const sl__kargs *a)
+{
+    const sl_correct_smooth_params *p = static_cast<const sl_correct_smooth_params *>(a->params);
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    if (!fits_int(a))
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: more than 2^31 - 1 elements", op_name(a));
+    if (dm.hkv == 0 || dm.nk == 0)
+        return SL_OK;
+    sl__cuda_smooth g = {};
+    g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
+    g.scale = (float)dm.scale;
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    device_scratch ws;
+    if ((s = stage_alloc(a, (size_t)g.hkv * g.d * sizeof(float), "key means", 0, &ws.p)) != SL_OK)
+        return s;
+    g.mean = static_cast<float *>(ws.p);
+    g.q = static_cast<const float *>(st.in[0]);
+    g.k = static_cast<const float *>(st.in[1]);
+    g.lse = static_cast<const float *>(st.in[2]);
+    g.k_out = static_cast<float *>(st.out[0]);
+    g.lse_out = static_cast<float *>(st.out[1]);
+    return stage_out(a, &st, sl__cuda_correct_smooth_k(g, 0));
+}
+
+sl_status cuda_correct_lepe(const sl__kargs *a)
+{
+    const sl_correct_lepe_params *p = static_cast<const sl_correct_lepe_params *>(a->params);
+    if (!fits_int(a) || (sl_tensor_numel(&a->in[0]) + 255) / 256 > INT32_MAX)
+        return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: more than 2^31 - 1 elements", op_name(a));
+    if (sl_tensor_numel(&a->in[0]) == 0)
+        return SL_OK;
+    sl__cuda_lepe g = {};
+    g.hq = (int)a->in[0].shape[0], g.nq = (int)a->in[0].shape[1], g.d = (int)a->in[0].shape[2];
+    g.hkv = (int)a->in[1].shape[0], g.nk = (int)a->in[1].shape[1];
+    g.kernel = (int)p->kernel, g.causal = p->causal != 0, g.alpha = (float)p->alpha;
+    g.w_heads = a->in[2].buf ? (int)a->in[2].shape[0] : 0;
+    staging st;
+    sl_status s = stage_in(a, &st);
+    if (s != SL_OK)
+        return s;
+    g.o_in = static_cast<const float *>(st.in[0]);
+    g.v = static_cast<const float *>(st.in[1]);
+    g.w = static_cast<const float *>(st.in[2]);
+    g.o = static_cast<float *>(st.out[0]);
+    return stage_out(a, &st, sl__cuda_correct_lepe(g, 0));
+}
+
 int cuda_available(void)
 {
     int n = 0;
@@ -386,6 +514,10 @@ constexpr kernel_table make_kernel_table()
     t.fn[SL_OP_SELECT_TOPK] = sl__cuda_select_topk;
     t.fn[SL_OP_SELECT_TOPP] = sl__cuda_select_topp;
     t.fn[SL_OP_SELECT_THRESHOLD] = sl__cuda_select_threshold;
+    t.fn[SL_OP_CORRECT_RECTIFY] = cuda_correct_rectify;
+    t.fn[SL_OP_CORRECT_COMPENSATE] = cuda_correct_compensate;
+    t.fn[SL_OP_CORRECT_SMOOTH_K] = cuda_correct_smooth_k;
+    t.fn[SL_OP_CORRECT_LEPE] = cuda_correct_lepe;
     return t;
 }
 

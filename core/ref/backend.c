@@ -37,6 +37,10 @@ static const sl__kernel_fn ref_kernels[SL_OP__COUNT] = {
     [SL_OP_SCORE_LOWBIT] = sl__ref_score_lowbit,
     [SL_OP_ATTN_BUCKET] = sl__ref_attn_bucket,
     [SL_OP_SCORE_HASH] = sl__ref_score_hash,
+    [SL_OP_CORRECT_RECTIFY] = sl__ref_correct_rectify,
+    [SL_OP_CORRECT_COMPENSATE] = sl__ref_correct_compensate,
+    [SL_OP_CORRECT_SMOOTH_K] = sl__ref_correct_smooth_k,
+    [SL_OP_CORRECT_LEPE] = sl__ref_correct_lepe,
 };
 
 static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
@@ -48,6 +52,8 @@ static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int
     case SL_OP_ATTN_TOKEN_SPARSE:
     case SL_OP_ATTN_VS_MIXED:
     case SL_OP_ATTN_ROWS: return sl__ref_attn_scratch(in);
+    case SL_OP_CORRECT_RECTIFY:
+    case SL_OP_CORRECT_SMOOTH_K: return sl__ref_correct_scratch(op, in);
     case SL_OP_ATTN_LINEAR:
     case SL_OP_ATTN_POOLED_KV: return sl__ref_correct_ext_scratch(op, in);
     case SL_OP_SCORE_POOLED:

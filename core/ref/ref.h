@@ -35,6 +35,11 @@ sl_status sl__ref_attn_vs_mixed(const sl__kargs *a);
 sl_status sl__ref_attn_rows(const sl__kargs *a);
 sl_status sl__ref_attn_lse_merge(const sl__kargs *a);
 sl_status sl__ref_correct_delta(const sl__kargs *a);
+sl_status sl__ref_correct_rectify(const sl__kargs *a);
+sl_status sl__ref_correct_compensate(const sl__kargs *a);
+sl_status sl__ref_correct_smooth_k(const sl__kargs *a);
+sl_status sl__ref_correct_lepe(const sl__kargs *a);
+size_t sl__ref_correct_scratch(sl_op op, const sl_tensor *in);
 
 sl_status sl__ref_metric_rel_l2(const sl__kargs *a);
 sl_status sl__ref_metric_cosine(const sl__kargs *a);

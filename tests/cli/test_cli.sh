@@ -75,7 +75,14 @@ one_line_err "expected K=V" "--correct without K=V"
 expect_rc 1 "--correct unknown parameter" "$SL" eval dense --workload synthetic,n=64 --correct delta:gama=2
 one_line_err "unknown parameter 'gama'" "--correct unknown parameter"
 expect_rc 0 "methods --json lists corrections" "$SL" methods --json
-grep '"id":"delta_attention"' "$T/out" | grep -q '"kind":"correction"' && ok || bad "methods --json: no delta_attention correction"
+for id in delta_attention rectified_spaattn top_theta_compensation smooth_k lepe; do
+    grep "\"id\":\"$id\"" "$T/out" | grep -q '"kind":"correction"' && ok || bad "methods --json: no $id correction"
+done
+for spec in rectify compensate:sdc_scale=0.5,vmc=false smooth_k lepe:kernel=3,alpha=0.5; do
+    expect_rc 0 "eval --correct $spec" "$SL" eval streaming_llm --workload synthetic,n=256,heads=4,kv_heads=2 \
+        --budget 32 --param bq=16 --param bk=16 --correct "$spec" --json
+    grep -q '"correction_flops":' "$T/out" && ok || bad "eval --correct $spec: $(head -c 200 "$T/out")"
+done
 # the checker itself must notice a wrong window
 expect_rc 1 "checker rejects a mismatched window" "$CHECK" check "$T/qkv.safetensors" "$T/sw.safetensors" 1e-5 90
 

@@ -160,6 +160,18 @@ test("a corrected method is budget-matched through its base's mask and recorded 
   os.remove(path)
 end)
 
+test("sl.budget.match: density matches the base's knob; a flops target pays for the correction", function()
+  local prob = problem(2, 1, 512, 16, 17, true)
+  local mc = sl.budget.match{method = "streaming_llm+delta", prob = prob, target = "density", value = 0.2}
+  local mb = sl.budget.match{method = "streaming_llm", prob = prob, target = "density", value = 0.2}
+  eq(mc.value, mb.value, "same knob at the same density")
+  local dense_flops = sl.op_flops("attn.dense", prob.q, prob.k, prob.v, {causal = true})
+  local fc = sl.budget.match{method = "streaming_llm+delta", prob = prob, target = "flops", value = 0.95 * dense_flops}
+  local fb = sl.budget.match{method = "streaming_llm", prob = prob, target = "flops", value = 0.95 * dense_flops}
+  truthy(fc.value < fb.value, "the corrected method affords a smaller window at equal FLOPs (" .. fc.value .. " < " ..
+    fb.value .. ")")
+end)
+
 test("a sweep point with a base+corr id and a density target runs", function()
   local S = require "sparselab.sweep"
   local m = sl.methods.get("streaming_llm+delta_attention")
@@ -304,6 +316,193 @@ test("delta: the FLOP counter at n = 4096, gamma = 64 matches independent arithm
   local ratio = out.stats.delta_sampled_flops / dense_flops
   truthy(math.abs(ratio * gamma - 1) < 0.1, "sampled part / dense = " .. ratio .. ", expected ≈ 1/64")
   eq(out.stats.delta_rows, 62 + 128, "dense rows")
+end)
+
+-- ---- every correction ---------------------------------------------------
+
+test("with a full mask every correction is a no-op (O equals dense, 1e-5); lepe adds exactly its local term", function()
+  local n = 96
+  local prob = problem(4, 2, n, 8, 91, true)
+  local ref = dense_rows(prob, all_rows(n))
+  for _, cid in ipairs(sl.correct.ids()) do
+    local m = sl.correct.apply("streaming_llm", cid)
+    local r = sl.eval(m, prob, {budget = n, params = {bq = 16, bk = 16}})
+    if cid == "lepe" then
+      -- dense + the mean of v over the 5 positions ending at i (zero padded), float64 here
+      local v = prob.v:totable()
+      local want = {}
+      for h = 1, 4 do
+        want[h] = {}
+        for i = 0, n - 1 do
+          local o = {}
+          for c = 1, 8 do
+            local acc = 0
+            for j = math.max(0, i - 4), i do acc = acc + v[(h - 1) // 2 + 1][j + 1][c] end
+            o[c] = ref[h][i].o[c] + acc / 5
+          end
+          want[h][i] = {o = o}
+        end
+      end
+      local e = max_row_err(r.o, want, all_rows(n))
+      truthy(e < 1e-5, "lepe: dense + local mean, err " .. e)
+      local r0 = sl.eval(m, prob, {budget = n, params = {bq = 16, bk = 16, alpha = 0}})
+      truthy(max_row_err(r0.o, ref, all_rows(n)) < 1e-5, "lepe alpha = 0 is a no-op")
+    else
+      local e = max_row_err(r.o, ref, all_rows(n))
+      truthy(e < 1e-5, cid .. ": full mask differs from dense by " .. e)
+      near(r.metrics.recall_mean, 1, 1e-5, cid .. ": L stays the dense L")
+    end
+    truthy(r.metrics.correction_flops > 0, cid .. ": correction flops")
+  end
+  truthy(#sl.correct.ids() >= 5, "corrections: " .. table.concat(sl.correct.ids(), ", "))
+end)
+
+-- ---- rectified_spaattn ------------------------------------------------------
+
+-- A base whose executed mask is whole blocks of a window (block-aligned):
+-- what the rectification's exactness needs.
+local block_window = {id = "toy_block_window", title = "whole blocks of a window", family = "static-pattern",
+  phase = "prefill", knob = "w", params = {w = {default = 12, min = 1, int = true}, bq = {default = 8, int = true},
+    bk = {default = 8, int = true}},
+  run = function(prob, p)
+    local n = prob.q:shape()[2]
+    local m = sl.mask.window(p.w):materialize{n_q = n, n_k = prob.k:shape()[2], bq = p.bq, bk = p.bk, n_heads = 1}
+    m = m:coarsen{bq = p.bq, bk = p.bk}
+    local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m)
+    return {o = o, lse = lse, mask = m, stats = {flops = 0, density = m:density(false)}}
+  end}
+
+-- q, k, v with rows constant within blocks of b (each block a fresh random row)
+local function block_constant(hq, hkv, n, d, b, seed)
+  local function t(h, s)
+    local x = sl.randn({h, n, d}, {seed = s}):totable()
+    for hh = 1, h do
+      for i = 1, n do x[hh][i] = x[hh][((i - 1) // b) * b + 1] end
+    end
+    return sl.tensor(x)
+  end
+  return t(hq, seed), t(hkv, seed + 1), sl.randn({hkv, n, d}, {seed = seed + 2})
+end
+
+test("rectify: block size 1 reproduces dense for any mask (causal), block-constant Q and K do (bidirectional)", function()
+  local prob = problem(2, 1, 48, 8, 101, true)
+  local ref = dense_rows(prob, all_rows(48))
+  local base = sl.eval("streaming_llm", prob, {budget = 6, params = {bq = 1, bk = 1, n_init = 2}})
+  truthy(max_row_err(base.o, ref, all_rows(48)) > 0.05, "the base drops mass")
+  local r = sl.eval("streaming_llm+rectify", prob, {budget = 6, params = {bq = 1, bk = 1, n_init = 2}})
+  truthy(max_row_err(r.o, ref, all_rows(48)) < 1e-5, "B = 1: " .. max_row_err(r.o, ref, all_rows(48)))
+  local q, k, v = block_constant(2, 1, 48, 8, 8, 111)
+  local p2 = sl.problem{q = q, k = k, v = v, causal = false}
+  local ref2 = dense_rows(p2, all_rows(48))
+  local m = sl.correct.rectify{}(block_window)
+  local b2 = sl.eval(block_window, p2)
+  truthy(max_row_err(b2.o, ref2, all_rows(48)) > 0.05, "the block base drops mass")
+  local r2 = sl.eval(m, p2)
+  truthy(max_row_err(r2.o, ref2, all_rows(48)) < 1e-5, "block-constant: " .. max_row_err(r2.o, ref2, all_rows(48)))
+  truthy(r2.metrics.rectify_trusted_blocks > 0, "GAPR trusts the exact pooled blocks")
+end)
+
+test("rectify: R matches the card's IPAR/GAPR formulas computed here; weights sum to one", function()
+  local n, d, b, scale = 24, 4, 4, 0.5
+  -- block means with a little noise per row: some blocks trusted, some not
+  local q0, k0 = sl.randn({1, n, d}, {seed = 121}):totable(), sl.randn({1, n, d}, {seed = 122}):totable()
+  for i = 1, n do
+    for c = 1, d do
+      q0[1][i][c] = q0[1][((i - 1) // b) * b + 1][c] * 2 + 0.2 * q0[1][i][c]
+      k0[1][i][c] = k0[1][((i - 1) // b) * b + 1][c] * 2 + 0.2 * k0[1][i][c]
+    end
+  end
+  local q, k, v = sl.tensor(q0), sl.tensor(k0), sl.randn({1, n, d}, {seed = 123})
+  local mask = sl.mask.window(6):materialize{n_q = n, n_k = n, bq = b, bk = b, n_heads = 1}:coarsen{bq = b, bk = b}
+  local os = sl.attn.block_sparse(q, k, v, mask)
+  local o, r, restored, trusted = sl.correct.rectify(q, k, v, mask, os, {causal = false, scale = scale})
+  local bits = sl.mask_c and nil
+  local inm = {}
+  local mbits = mask:to_bits():totable()[1]
+  local nb = n // b
+  local function mean(x, I)
+    local m, e = {}, {}
+    for c = 1, d do
+      local s = 0
+      for i = I * b + 1, I * b + b do s = s + x[1][i][c] end
+      m[c] = s / b
+      local a = 0
+      for i = I * b + 1, I * b + b do a = a + math.abs(x[1][i][c] - m[c]) end
+      e[c] = a / b
+    end
+    return m, e
+  end
+  local function dotp(a, c2) local s = 0 for c = 1, d do s = s + a[c] * c2[c] end return s end
+  local rt, rest_t = r:totable()[1], restored:totable()[1]
+  local n_restored_blocks = 0
+  for I = 0, nb - 1 do
+    local qm, qe = mean(q0, I)
+    local w, inC, z = {}, {}, 0
+    for J = 0, nb - 1 do
+      local km, ke = mean(k0, J)
+      local raw = dotp(qm, km)
+      w[J] = b * math.exp(scale * raw)
+      z = z + w[J]
+      local kept = false
+      for i = I * b + 1, I * b + b do for j = J * b + 1, J * b + b do kept = kept or mbits[i][j] ~= 0 end end
+      local ng = not (math.abs(raw) > math.abs(dotp(qe, km)) + math.abs(dotp(qm, ke)))
+      inC[J] = kept or ng
+      if not inC[J] then n_restored_blocks = n_restored_blocks + 1 end
+    end
+    local R = 0
+    for J = 0, nb - 1 do if inC[J] then R = R + w[J] / z end end
+    for i = I * b + 1, I * b + b do
+      near(rt[i], R, 1e-5, "R of row " .. i)
+      near(rt[i] + rest_t[i], 1, 1e-6, "R + restored of row " .. i)
+    end
+  end
+  truthy(n_restored_blocks > 0, "some dropped block is trusted here")
+  local tsum = trusted:stats()
+  near(tsum, n_restored_blocks, 0, "trusted count")
+end)
+
+test("rectify: on iid noise GAPR trusts (almost) nothing; without GAPR every dropped block is restored", function()
+  local prob = problem(2, 1, 128, 16, 131, true)
+  local base = sl.eval("streaming_llm", prob, {budget = 32, params = {bq = 16, bk = 16}})
+  local r = sl.eval("streaming_llm+rectify", prob, {budget = 32, params = {bq = 16, bk = 16}})
+  local all = sl.eval("streaming_llm+rectify", prob, {budget = 32, params = {bq = 16, bk = 16, gapr = false}})
+  -- query block I keeps block 0 (sinks) and I-2 .. I (window 32): it drops blocks 1 .. I-3,
+  -- I - 3 of them for I = 4..7: 10 per head, 2 heads
+  near(all.metrics.rectify_trusted_blocks, 20, 0, "without GAPR every dropped block")
+  truthy(r.metrics.rectify_trusted_blocks <= 0.2 * 20, "GAPR trusts few: " .. r.metrics.rectify_trusted_blocks)
+  truthy(sl.metric.max_abs(r.o, base.o) < sl.metric.max_abs(all.o, base.o), "GAPR changes less than restoring all")
+  raises(function() sl.eval("dense+rectify", prob) end, "returned no block mask")
+end)
+
+-- ---- top_theta_compensation -----------------------------------------------
+
+test("compensate: exact SDC (c = 1) gives the dense L; with constant V rows SDC + VMC gives dense", function()
+  local prob = problem(2, 1, 80, 8, 141, true)
+  local dense = sl.eval("dense", prob)
+  local r = sl.eval("streaming_llm+compensate", prob, {budget = 10, params = {vmc = false}})
+  near(r.metrics.recall_min, 1, 1e-5, "L = dense L on every row")
+  local base = sl.eval("streaming_llm", prob, {budget = 10})
+  truthy(base.metrics.recall_min < 0.9, "the base drops mass")
+  -- V with every key row equal: the lost mass times the running mean is exact
+  local vt = prob.v:totable()
+  for i = 2, 80 do vt[1][i] = vt[1][1] end
+  local p2 = sl.problem{q = prob.q, k = prob.k, v = sl.tensor(vt)}
+  local d2 = sl.eval("dense", p2)
+  local r2 = sl.eval("streaming_llm+compensate", p2, {budget = 10})
+  truthy(sl.metric.max_abs(r2.o, d2.o) < 1e-5, "constant V: " .. sl.metric.max_abs(r2.o, d2.o))
+  -- rows of length <= min_len are untouched
+  local r3 = sl.eval("streaming_llm+compensate", prob, {budget = 10, params = {min_len = 80}})
+  near(sl.metric.max_abs(r3.o, base.o), 0, 0, "min_len = n leaves every row")
+end)
+
+-- ---- smooth_k ---------------------------------------------------------------
+
+test("smooth_k: a static pattern's output and L are unchanged", function()
+  local prob = problem(2, 1, 100, 8, 151, true)
+  local base = sl.eval("streaming_llm", prob, {budget = 20})
+  local r = sl.eval("streaming_llm+smooth_k", prob, {budget = 20})
+  truthy(sl.metric.max_abs(r.o, base.o) < 1e-5, "O unchanged")
+  truthy(sl.metric.max_abs(r.lse, base.lse) < 1e-4, "L moved back: " .. sl.metric.max_abs(r.lse, base.lse))
 end)
 
 H.done()
