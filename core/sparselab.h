@@ -442,6 +442,58 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  *   p = 0 keeps nothing, p = 1 every entry up to the last non-zero mass.
  * select.threshold: x; params t, relative: keeps x >= t (relative: x >=
  *   t × row max, for non-negative scores). */
+/* correct.rectify (Rectified SpaAttn, card rectified_spaattn, steps 1-3 and
+ * 5-8 for self-attention without text tokens): inputs q, k, v, a block mask M
+ * (the four arrays, as attn.block_sparse; params bq, bk from it) and o_sparse
+ * [Hq, Nq, D] (attn.block_sparse over M); params scale, causal, ipar, gapr.
+ * The pooling blocks are the mask's: query block I (bq rows), key block J
+ * (bk keys, the last ragged). For head h (kv head g, mask head h / (Hq/Hm)):
+ *   q̄_I, k̄_J, v̄_J: means over all rows / keys of the block;
+ *   s_IJ = scale·q̄_I·k̄_J;
+ *   w_iJ = number of keys of J that row i sees (causal: j <= Nk - Nq + i;
+ *          else |J|) — IPAR's block-size weight, per row so that causal
+ *          diagonal blocks count what the row sees; with ipar = 0, w_iJ = 1
+ *          where row i sees a key of J, else 0;
+ *   P'_iJ = w_iJ·e^{s_IJ} / Σ_J' w_iJ'·e^{s_IJ'}  (one row sums to 1);
+ *   GAPR (raw dot products, no scale; the card's Bq·Bk factor is on both
+ *   sides and left out): e^q_I = mean_i |q_i - q̄_I|, e^k_J likewise;
+ *   NG_IJ = NOT(|q̄·k̄| > |e^q·k̄| + |q̄·e^k|) (gapr = 0: NG empty);
+ *   C = M ∪ NG (J ∈ M when the mask keeps any pair of block (I, J));
+ *   R_i = Σ_{J∈C} P'_iJ, restored_i = Σ_{J∉C} P'_iJ, N_i = Σ_{J∉C} P'_iJ·v̄_J;
+ *   O_i = R_i·o_sparse_i + N_i.
+ * A row that sees no key keeps o_sparse (R = 1, restored = 0). A restored
+ * partial block (causal diagonal outside M) uses the mean of all its values.
+ * Outputs O [Hq, Nq, D], r and restored [Hq, Nq] (R_i + restored_i = 1),
+ * trusted [Hq, ceil(Nq/bq)]: the dropped blocks (outside M, some key visible
+ * to the block's last row) that GAPR trusts and restores. No L: the caller
+ * keeps the base's (the correction is an estimate of the dropped mass).
+ * With bq = bk = 1, or Q and K constant within blocks (non-causal, or causal
+ * with the diagonal blocks in M), P' is the exact softmax mass of each block,
+ * every error is 0 and O equals dense attention.
+ *
+ * correct.compensate (Top-θ SDC + VMC, card top_theta_compensation): inputs
+ * o [Hq, Nq, D] and lse [Hq, Nq] of attention over the kept keys, lse_ref
+ * [Hq, Nq], v [Hkv, Nk, D]; params sdc_scale c, estimate, vmc, causal,
+ * min_len. ρ = Z_miss/Z_kept: estimate 0: lse_ref is the full L, ρ =
+ * max(0, e^{lse_ref - lse} - 1) (exact SDC); estimate 1: lse_ref = log Z_miss
+ * (any estimate, -inf: none), ρ = e^{lse_ref - lse}. f = 1/(1 + c·ρ), λ = 1 - f;
+ * O = f·o + λ·v̄_i (v̄_i = mean of v[g, 0..pos_i], pos_i = Nk - Nq + i; all keys
+ * when causal = 0; vmc = 0: no λ term), L = lse + log(1 + c·ρ). A row with
+ * no kept key (lse = -inf) gets f = 0, λ = 1 when c·Z_miss > 0. Rows that see
+ * at most min_len keys are copied unchanged (λ = 0). Outputs O, L, lost = λ.
+ *
+ * correct.smooth_k (SpargeAttn / SALE): inputs q [Hq, Nq, D], k [Hkv, Nk, D],
+ * opt.lse [Hq, Nq]; param scale. K' = K - k̄_g (k̄ the mean of head g's keys
+ * over all Nk tokens); softmax is unchanged by it, L is shifted: L_out[h, i]
+ * = opt.lse[h, i] + scale·q_i·k̄_g (0 + ... when opt.lse is left out), the L
+ * over the original keys of a pass run on K'. Outputs K', L_out.
+ *
+ * correct.lepe (BiFormer LePE, 1-D): inputs o [Hq, Nq, D], v [Hkv, Nk, D],
+ * opt.w [1 or Hq, kernel, D] (depthwise weights; left out: 1/kernel each, the
+ * local mean); params kernel, causal, alpha. Row i at position p = Nk - Nq + i:
+ * O_i = o_i + alpha·Σ_t w[t] ⊙ v[g, p_t] over taps t = 0..kernel-1 at p_t =
+ * p - kernel + 1 + t (causal) or p - kernel/2 + t, positions outside [0, Nk)
+ * contributing 0 (zero padding). */
 
 /* ---- estimators and executors of issue 4, group b (cards sparge_attn,
  * seer_attention, prism, sale, dhsa, sparse_flash_attention, hsr_attention) ----
