@@ -172,11 +172,12 @@ function B.match(o)
   if dir < 0 then a, b = hi, lo end
   local f = measurer(m, prob, o.params, target)
   local fa, fb = f(a), f(b)
+  local range = {fa, fb} -- the values at the cheap and the dear end of the knob's range
   local steps = 2
   local function close(v) return math.abs(v - t) <= tol * t end
   local function result(x, v)
     return {knob = m.knob, value = x, achieved = v, target = target, target_value = t,
-      rel_err = (v - t) / t, within_tol = close(v), steps = steps, range = {fa, fb},
+      rel_err = (v - t) / t, within_tol = close(v), steps = steps, range = range,
       params = sl.registry.resolve(m, o.params, x)}
   end
   if fb < t and not close(fb) then

@@ -74,7 +74,8 @@ test("float knob with knob_direction -1 reaches the target within tolerance", fu
     near(r.achieved, window_density(n, w_of(r.value, n)), 1e-12, "achieved equals the independent count")
     truthy(r.value > 0 and r.value < 1, "threshold strictly inside its range")
     -- direction -1: a larger threshold keeps fewer pairs, so the dear end is 0
-    truthy(r.range[1] < r.range[2], "range runs cheap to dear: " .. r.range[1] .. " " .. r.range[2])
+    near(r.range[1], window_density(n, 1), 1e-12, "range[1]: the density at the cheap end (t = 1, w = 1)")
+    near(r.range[2], 1, 1e-12, "range[2]: the density at the dear end (t = 0, dense)")
   end
 end)
 
