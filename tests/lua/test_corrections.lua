@@ -230,6 +230,26 @@ test("delta: sampled rows and the tail equal dense exactly; other rows follow th
   end
 end)
 
+test("delta: a sliding-window base keeps its rows where the window covers the group's sample (Δ = 0)", function()
+  local prob = problem(2, 1, 300, 8, 37, true)
+  local base = sl.methods.get("streaming_llm")
+  local bp = sl.registry.resolve(base, {n_init = 0}, 100)
+  local bo = base.run(prob, bp).o:totable()
+  local m = sl.correct.delta{gamma = 16}(base)
+  local o = m.run(prob, sl.registry.resolve(m, {n_init = 0}, 100)).o:totable()
+  -- samples 0, 16, ..., 96 see at most 97 <= 100 keys: A* = A there, so rows 0 .. 111 are the base's rows
+  local e = 0
+  for h = 1, 2 do
+    for i = 1, 112 do
+      for c = 1, 8 do e = math.max(e, math.abs(o[h][i][c] - bo[h][i][c])) end
+    end
+  end
+  truthy(e < 1e-6, "rows of zero-delta groups: " .. e)
+  local moved = 0
+  for c = 1, 8 do moved = math.max(moved, math.abs(o[1][130][c] - bo[1][130][c])) end
+  truthy(moved > 1e-3, "a group past the window moves")
+end)
+
 test("delta: gamma = 1 gives dense, in delta and recompute modes", function()
   local prob = problem(2, 2, 180, 8, 41, true)
   local ref = dense_rows(prob, all_rows(180))
