@@ -18,9 +18,10 @@
 --   scores come from pool.tokens over the region-major permuted order
 --   (gathered in Lua per region — slow beyond small images) and the mask is
 --   built on region-major positions, then mapped back with mask:permute.
--- NOT implemented: the LEPE depthwise-conv term on V and the output
--- projection (model-side, learned weights); KV downsampling variants; soft
--- routing weights; per-stage top-k schedules (use sl.assign).
+-- NOT implemented here: the LEPE depthwise-conv term on V is the separate
+-- correction `lepe` (compose as "biformer+lepe"); the output projection
+-- (model-side); KV downsampling variants; soft routing weights; per-stage
+-- top-k schedules (use sl.assign).
 -- Unknowns chosen: region = 64 tokens and topk = 4 (BiFormer-T stage 2) for
 -- sequences; scale 1/sqrt(head_dim·heads) (qk_dim^{-1/2} over the
 -- concatenated channels).
@@ -108,7 +109,7 @@ return {
   card = "biformer",
   title = "BiFormer: Vision Transformer with Bi-Level Routing Attention",
   family = "block-estimate",
-  phase = "both",
+  phase = "prefill",   -- a full-sequence (vision) method: no decode step
   summary = "Region-level routing (mean-pooled regions, top-k regions per query region, shared by heads).",
   knob = "topk",
   knob_direction = 1,
