@@ -403,12 +403,15 @@ sl_status sl_mask_index_from_columns(sl_ctx *ctx, const sl_tensor *cols, int64_t
     if (s)
         return s;
     int64_t n_e = (n_q + rows_per_entry - 1) / rows_per_entry, offset = n_k - n_q;
-    /* Entry e keeps the columns up to its last row's position: a prefix of
-     * the sorted list. */
+    /* Entry e keeps the columns up to its last row's position (causal = 1)
+     * or its first row's (causal = 2, strict: every row of the entry may see
+     * every listed key, as the executors apply no causal rule to lists): a
+     * prefix of the sorted list. */
+    int64_t back = causal == 2 ? rows_per_entry - 1 : 0;
     double nnz = 0;
     for (int64_t h = 0; h < heads; h++)
         for (int64_t e = 0, i = 0; e < n_e; e++) {
-            int64_t last = offset + (e + 1) * rows_per_entry - 1;
+            int64_t last = offset + (e + 1) * rows_per_entry - 1 - back;
             last = last < n_k - 1 ? last : n_k - 1;
             while (causal && i < cnt[h] && vals[h * n + i] <= last)
                 i++;
@@ -423,7 +426,7 @@ sl_status sl_mask_index_from_columns(sl_ctx *ctx, const sl_tensor *cols, int64_t
         int32_t *rp = out->row_ptr.data, *col = out->col.data, k = 0;
         for (int64_t h = 0; h < heads; h++) {
             for (int64_t e = 0, i = 0; e < n_e; e++) {
-                int64_t last = offset + (e + 1) * rows_per_entry - 1;
+                int64_t last = offset + (e + 1) * rows_per_entry - 1 - back;
                 while (i < cnt[h] && (!causal || vals[h * n + i] <= last))
                     i++;
                 rp[h * (n_e + 1) + e] = k;

@@ -784,7 +784,10 @@ void sl_mask_index_release(sl_mask_index *idx);
  * index_from_columns: cols (key positions in [0, n_k)) -> index lists per
  *   entry of rows_per_entry query rows (attn.token_sparse / vs_mixed with
  *   rows_per_entry = bq): entry e lists the columns, sorted, up to the
- *   position of its last row when causal (all of them otherwise).
+ *   position of its last row when causal = 1 (all of them when 0); causal
+ *   = 2 (strict) keeps those up to its FIRST row's position, so that every
+ *   row of the entry may see every listed key (attn.vs_mixed and
+ *   attn.token_sparse apply no causal rule to lists).
  * from_slashes: offsets o = i - j in [0, n_k). widen = 0: the exact token
  *   mask {(i, j): i - j = o for a listed o} (causal by construction).
  *   widen = 1: what MInference's convert_vertical_slash_indexes executes:

@@ -509,13 +509,15 @@ static int l_from_slashes(lua_State *L)
  * -> {row_ptr=, col=, rows_per_entry=, n_q=, n_k=, n_heads=, n_entries=} (as m:to_index) */
 static int l_index_from_columns(lua_State *L)
 {
-    static const char *const keys[] = {"n_q", "n_k", "rows_per_entry", "causal", NULL};
+    static const char *const keys[] = {"n_q", "n_k", "rows_per_entry", "causal", "strict", NULL};
     const char *fn = "sl.mask.index_from_columns";
     sl_lua_tensor *t = sl__lua_check_tensor(L, 1);
     int64_t n_q, n_k;
     sel_sizes(L, 2, fn, keys, &n_q, &n_k, NULL, NULL);
     lua_Integer b = sl__lua_opt_int_field(L, 2, "rows_per_entry", 64);
     int causal = bool_field(L, 2, fn, "causal", 1);
+    if (causal && bool_field(L, 2, fn, "strict", 0))
+        causal = 2;
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
     sl_mask_index x;
     if (sl_mask_index_from_columns(ctx, &t->t, n_q, n_k, b, causal, &x))

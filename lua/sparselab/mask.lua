@@ -400,7 +400,8 @@ function M.from_index(idx, bq, bk) return sl.mask_c.from_index(idx, bq or 64, bk
 -- Masks from selections (select.* outputs; see sparselab.h for the rules).
 -- sl.mask.from_blocks(keep_u8 [H, n_qb, n_kb], {n_q=, n_k=, bq=64, bk=64, causal=true}) -> block mask
 function M.from_blocks(keep, opts) return sl.mask_c.from_blocks(keep, opts or {}) end
--- sl.mask.index_from_columns(cols_i32 [H, c], {n_q=, n_k=, rows_per_entry=64, causal=true})
+-- sl.mask.index_from_columns(cols_i32 [H, c], {n_q=, n_k=, rows_per_entry=64, causal=true, strict=false})
+-- (strict: an entry lists only columns up to its FIRST row, so no row of it sees a future key)
 -- -> index lists {row_ptr=, col=, rows_per_entry=, ...} for attn.token_sparse / attn.vs_mixed
 function M.index_from_columns(cols, opts) return sl.mask_c.index_from_columns(cols, opts or {}) end
 -- sl.mask.from_slashes(offsets_i32 [H, s], {n_q=, n_k=, bq=64, bk=64, widen=true}) -> block mask:

@@ -1,0 +1,245 @@
+-- sparselab.dynamic — pieces the dynamic-prefill recipes (issue 4) share:
+-- selections (u8 keep tensors) to per-head index lists and back, the
+-- "vertical + slash" executed mask (a block mask plus gathered column lists,
+-- run by attn.vs_mixed), causal pair counts, and the stats table every
+-- recipe returns. Lists here are 0-based token / block positions.
+local sl = require "sparselab"
+
+local D = {}
+
+--- Causal pairs of one head: row r (position n_k - n_q + r) sees r + 1 + offset keys.
+function D.causal_pairs(n_q, n_k)
+  local off = n_k - n_q
+  return n_q * off + n_q * (n_q + 1) / 2
+end
+
+--- Prefill problems only (n_q == n_k, causal): the cards define these methods there.
+function D.check_prefill(id, prob)
+  local n_q, n_k = prob.q:shape()[2], prob.k:shape()[2]
+  if not prob.causal then sl.fail("%s: needs a causal problem (the card's estimate is causal)", id) end
+  if n_q ~= n_k then sl.fail("%s: prefill only: expected n_q == n_k, found n_q = %d, n_k = %d", id, n_q, n_k) end
+  return n_q
+end
+
+--- keep u8 [H, C] -> {[h] = sorted 0-based list of kept columns}, h = 1..H.
+function D.lists(keep)
+  local s = keep:shape()
+  local out = {}
+  for h = 1, s[1] do
+    local row = keep:narrow(1, h, 1):totable()[1]
+    local l = {}
+    for j = 1, s[2] do if row[j] ~= 0 then l[#l + 1] = j - 1 end end
+    out[h] = l
+  end
+  return out
+end
+
+--- Per-head lists -> i32 [H, max(#list, 1)] padded with -1 (what the mask
+--- builders take: -1 entries are skipped).
+function D.padded(lists)
+  local width = 1
+  for _, l in ipairs(lists) do if #l > width then width = #l end end
+  local rows = {}
+  for h, l in ipairs(lists) do
+    local r = {}
+    for i = 1, width do r[i] = l[i] or -1 end
+    rows[h] = r
+  end
+  return sl.tensor(rows, "i32")
+end
+
+--- Sorted union of a list with forced entries (both 0-based, unique).
+function D.union(a, b)
+  local seen, out = {}, {}
+  for _, x in ipairs(a) do if not seen[x] then seen[x] = true; out[#out + 1] = x end end
+  for _, x in ipairs(b) do if not seen[x] then seen[x] = true; out[#out + 1] = x end end
+  table.sort(out)
+  return out
+end
+
+--- Sets x[h, j] = -inf for j in [0, count) of every head (entries a
+--- selector must not count: forced keeps are added afterwards).
+function D.knock_out(x, count)
+  local s = x:shape()
+  for h = 1, s[1] do
+    for j = 1, math.min(count, s[2]) do x:set(h, j, -math.huge) end
+  end
+end
+
+--- Number of pairs of the token-exact "columns ∪ diagonals" mask of one
+--- head (n_q == n_k == n, causal): Σ_cols (n - j) + Σ_offsets (n - o) minus
+--- the pairs on both (column j, offset o with j + o < n).
+function D.vs_pairs(n, cols, offsets)
+  local total = 0
+  for _, j in ipairs(cols) do total = total + (n - j) end
+  for _, o in ipairs(offsets) do total = total + (n - o) end
+  -- overlap: for each column j, the offsets o <= n - 1 - j; columns
+  -- ascending make that bound fall, so one pointer walks the sorted offsets down
+  local k = #offsets
+  for _, j in ipairs(cols) do
+    while k > 0 and offsets[k] > n - 1 - j do k = k - 1 end
+    total = total - k
+  end
+  return total
+end
+
+-- ---- the vertical + slash executed mask ---------------------------------------------
+
+local VS = {}
+VS.__index = VS
+
+--- Executed density: kept pairs of the union of the block part and the
+--- gathered column pairs (every row of an entry reads its list), over
+--- causal pairs, averaged over heads. (attn.vs_mixed's FLOP count charges a
+--- column pair also in the block part twice: the kernel computes both.)
+function VS:density() return self._density end
+function VS:kept() return self._kept end
+function VS:info() return self.blocks:info() end
+function VS:arrays() return self.blocks:arrays() end
+--- The exact union as one block mask (token bits): small problems only.
+function VS:materialize()
+  local info = self.blocks:info()
+  local cols = sl.mask.from_index(self.index, info.bq, info.bk)
+  local m = self.blocks + cols
+  cols:close()
+  return m
+end
+function VS:close()
+  if self.blocks then self.blocks:close() end
+  for _, t in ipairs{self.index and self.index.row_ptr, self.index and self.index.col} do
+    if t then t:close() end
+  end
+end
+VS.__close = VS.close
+VS.__tostring = function(self)
+  return string.format("vertical-slash mask (%d heads, block part + column lists), density %.4g",
+    self.blocks:info().n_heads, self._density)
+end
+
+--- Column lists per head (sorted 0-based) -> strict index lists for
+--- attn.vs_mixed (an entry of bq rows lists the columns up to its first
+--- row; the block part must hold the diagonal tile for the rest).
+function D.columns_index(cols, n_q, n_k, bq)
+  return sl.mask.index_from_columns(D.padded(cols), {n_q = n_q, n_k = n_k, rows_per_entry = bq, causal = true,
+    strict = true})
+end
+
+-- Elements of a 1-D tensor as a Lua list, read in slices (totable's limit).
+local function read_all(t)
+  local n, out = t:shape()[1], {}
+  local step = 500000
+  for s = 1, n, step do
+    local part = t:narrow(1, s, math.min(step, n - s + 1)):totable()
+    for i = 1, #part do out[#out + 1] = part[i] end
+  end
+  return out
+end
+
+-- Column pairs (entry rows × listed key) the block part already keeps: a
+-- listed key j of entry r (j <= the entry's first row, strict lists) is kept
+-- by the block part for every row of r when its key block is a full kept
+-- block, for the rows of its token bits when partial.
+local function overlap(blocks, idx, n_q)
+  local info = blocks:info()
+  local row_ptr, col_idx, part, bits = blocks:arrays()
+  local rp, ci, pa = row_ptr:totable(), read_all(col_idx), read_all(part)
+  if info.n_heads == 1 and type(rp[1]) == "number" then rp = {rp} end
+  local irp = idx.row_ptr:totable()
+  local icol = read_all(idx.col)
+  local bq, bk = info.bq, info.bk
+  local total = 0
+  for h = 1, #irp do
+    local brow, lrow = rp[math.min(h, #rp)], irp[h]
+    for r = 1, #lrow - 1 do
+      local rows = math.min(bq, n_q - (r - 1) * bq)
+      local kept = {}
+      for e = brow[r] + 1, brow[r + 1] do kept[ci[e]] = pa[e] end
+      for e = lrow[r] + 1, lrow[r + 1] do
+        local j = icol[e]
+        local pt = kept[j // bk]
+        if pt == -1 then
+          total = total + rows
+        elseif pt then
+          local c = j % bk
+          for i = 0, rows - 1 do
+            if bits:get(pt + 1, i + 1, c + 1) ~= 0 then total = total + 1 end
+          end
+        end
+      end
+    end
+  end
+  return total
+end
+
+--- A VS mask from a block part (heads H) and column lists per head. Its
+--- density counts the union of the two parts exactly (a pair on both once);
+--- `kept`, when the caller knows the union's size analytically, skips the
+--- overlap count (a Lua pass over the lists).
+function D.vs_mask(blocks, cols, n_q, n_k, kept)
+  local info = blocks:info()
+  local idx = D.columns_index(cols, n_q, n_k, info.bq)
+  local rp = idx.row_ptr:totable()
+  local kept_cols = 0
+  for h = 1, #rp do
+    local r = rp[h]
+    for e = 1, #r - 1 do
+      local rows = math.min(info.bq, n_q - (e - 1) * info.bq)
+      kept_cols = kept_cols + rows * (r[e + 1] - r[e])
+    end
+  end
+  local kept_blocks = 0
+  for h = 1, info.n_heads do kept_blocks = kept_blocks + blocks:kept(h) end
+  kept = kept or (kept_blocks + kept_cols - overlap(blocks, idx, n_q))
+  return setmetatable({blocks = blocks, index = idx, _kept = kept,
+    _density = kept / (D.causal_pairs(n_q, n_k) * math.max(info.n_heads, #cols))}, VS)
+end
+
+--- attn.vs_mixed over a VS mask: o, lse, flops.
+function D.vs_run(prob, m)
+  local args = {backend = prob.backend}
+  local o, lse = sl.attn.vs_mixed(prob.q, prob.k, prob.v, m.blocks, m.index.row_ptr, m.index.col, args)
+  return o, lse, sl.op_flops("attn.vs_mixed", prob.q, prob.k, prob.v, m.blocks, m.index.row_ptr, m.index.col, args)
+end
+
+--- attn.block_sparse over a block mask: o, lse, flops.
+function D.block_run(prob, m)
+  local args = {backend = prob.backend}
+  local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m, args)
+  return o, lse, sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, m, args)
+end
+
+--- Density of a block mask or VS mask (executed).
+function D.density(m)
+  if getmetatable(m) == VS then return m:density() end
+  return m:density(true)
+end
+
+--- Wall time of f() in ms and its results.
+function D.timed(f)
+  local t0 = sl.time()
+  local a, b, c = f()
+  return (sl.time() - t0) * 1e3, a, b, c
+end
+
+--- The run function of a recipe whose estimate(prob, p) returns
+--- {mask =, semantic_density = (optional), flops = estimator FLOPs,
+--- extra = {stats}} and whose executor is chosen by the mask's kind.
+function D.runner(estimate)
+  return function(prob, p)
+    local est_ms, e = D.timed(function() return estimate(prob, p) end)
+    local exe_ms, o, lse, flops = D.timed(function()
+      if getmetatable(e.mask) == VS then return D.vs_run(prob, e.mask) end
+      return D.block_run(prob, e.mask)
+    end)
+    local stats = {flops = flops, estimator_flops = e.flops or 0, density = D.density(e.mask),
+      estimate_ms = est_ms, execute_ms = exe_ms}
+    if e.semantic_density then stats.density_semantic = e.semantic_density end
+    for k, v in pairs(e.extra or {}) do stats[k] = v end
+    return {o = o, lse = lse, mask = e.mask, semantic_mask = e.semantic_mask, stats = stats}
+  end
+end
+
+D.VS = VS
+function D.is_vs(m) return getmetatable(m) == VS end
+
+return D

@@ -1,0 +1,296 @@
+-- test_methods_dynamic_a.lua — dynamic prefill recipes of issue 4 (group a:
+-- vertical_slash, minference_block_sparse, flexprefill, xattention,
+-- sample_attention, anchor_attention, proxy_attn, pbs_attn, loopserve): the
+-- cards' checks on small seeded random inputs (budget at "everything" equals
+-- dense; recall monotone in the budget; forced blocks / columns present;
+-- executed ⊇ semantic; GQA and ragged n), and independent plain-Lua float64
+-- implementations of the estimates of vertical_slash and xattention.
+-- Run with LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_dynamic_a.lua
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local sl = require "sparselab"
+local test, near, eq, truthy = H.test, H.near, H.eq, H.truthy
+
+-- A seeded GQA problem with a little structure (a few heavy key columns and
+-- a local bias are what these estimators look for, but random data is enough
+-- for the checks).
+local function problem(n, d, seed, hq, hkv)
+  hq, hkv = hq or 4, hkv or 2
+  local q, k, v = sl.randn({hq, n, d}, {seed = seed}), sl.randn({hkv, n, d}, {seed = seed + 1}),
+    sl.randn({hkv, n, d}, {seed = seed + 2})
+  return sl.problem{q = q, k = k, v = v}
+end
+
+local function method(id) return sl.methods.get(id) end
+local function params(id, p) return sl.registry.resolve(method(id), p) end
+
+-- The executed mask as one block mask (VS masks materialise their union).
+local function executed(id, prob, p)
+  local m = method(id).mask(prob, params(id, p))
+  if m.materialize then
+    local u = m:materialize()
+    m:close()
+    return u
+  end
+  return m
+end
+
+local function is_dense(id, prob, p, what)
+  local r = sl.eval(id, prob, {params = p})
+  truthy(r.metrics.rel_l2 <= 1e-5, string.format("%s %s: rel_l2 vs dense %.3g <= 1e-5", id, what, r.metrics.rel_l2))
+  near(r.metrics.density, 1, 1e-12, id .. " " .. what .. " density")
+  return r
+end
+
+-- recall_mean over the knob values must not fall, and executed masks nest.
+local function monotone(id, prob, base, knob, values)
+  local prev, prev_mask
+  for _, x in ipairs(values) do
+    local p = {}
+    for k, v in pairs(base) do p[k] = v end
+    p[knob] = x
+    local r = sl.eval(id, prob, {params = p})
+    local m = executed(id, prob, p)
+    eq(m:causal_violations(), 0, string.format("%s %s=%s: causal violations", id, knob, tostring(x)))
+    local mk = r.mask
+    local d = mk.materialize and mk:density() or mk:density(true)
+    near(d, m:density(true), 1e-12, string.format("%s %s=%s: reported density = materialised", id, knob, tostring(x)))
+    near(r.metrics.density, d, 1e-12, id .. " stats.density")
+    if prev then
+      truthy(r.metrics.recall_mean >= prev - 1e-9, string.format("%s: recall %.6f at %s=%s below %.6f", id,
+        r.metrics.recall_mean, knob, tostring(x), prev))
+      local a = sl.mask.align(prev_mask, m)
+      near(a.recall, 1, 1e-12, string.format("%s: mask at %s=%s keeps the previous one", id, knob, tostring(x)))
+    end
+    prev, prev_mask = r.metrics.recall_mean, m
+  end
+end
+
+-- Every row of every head keeps the keys forced(i) returns (0-based lists).
+local function forced_present(m, n, forced, what)
+  local bits = m:to_bits():totable()
+  for h = 1, #bits do
+    for i = 0, n - 1 do
+      for _, j in ipairs(forced(i)) do
+        eq(bits[h][i + 1][j + 1], 1, string.format("%s: head %d row %d key %d", what, h, i, j))
+      end
+    end
+  end
+end
+
+-- ---- independent float64 helpers ----------------------------------------------
+
+-- Exact softmax rows (float64) of the query rows `rows` (0-based) of head h:
+-- {[row] = {[j] = prob}} with causal masking at n_q == n_k.
+local function softmax_rows(Q, K, rows, d)
+  local out = {}
+  local scale = 1 / math.sqrt(d)
+  for _, i in ipairs(rows) do
+    local s, mx = {}, -math.huge
+    for j = 0, i do
+      local dot = 0
+      for c = 1, d do dot = dot + Q[i + 1][c] * K[j + 1][c] end
+      s[j] = dot * scale
+      if s[j] > mx then mx = s[j] end
+    end
+    local z = 0
+    for j = 0, i do s[j] = math.exp(s[j] - mx); z = z + s[j] end
+    for j = 0, i do s[j] = s[j] / z end
+    out[i] = s
+  end
+  return out
+end
+
+-- Top k of scores (0-based table over [0, n)) excluding `skip` entries,
+-- larger first, lower index first on ties; returns a set.
+local function topk_set(scores, n, k, skip)
+  local idx = {}
+  for j = 0, n - 1 do if not skip[j] then idx[#idx + 1] = j end end
+  table.sort(idx, function(a, b)
+    if scores[a] ~= scores[b] then return scores[a] > scores[b] end
+    return a < b
+  end)
+  local set = {}
+  for t = 1, math.min(k, #idx) do set[idx[t]] = true end
+  return set, idx
+end
+
+-- Sets equal, allowing a swap only between entries whose scores are within
+-- tol of the k-th (float32 vs float64 near-ties).
+local function same_selection(got, want, scores, order, k, tol, what)
+  local kth = scores[order[math.min(k, #order)]] or 0
+  local gs = {}
+  for _, j in ipairs(got) do gs[j] = true end
+  for j in pairs(want) do
+    if not gs[j] then truthy(math.abs(scores[j] - kth) <= tol, what .. ": missing " .. j) end
+  end
+  for j in pairs(gs) do
+    if not want[j] then truthy(math.abs((scores[j] or 0) - kth) <= tol, what .. ": extra " .. j) end
+  end
+end
+
+-- ---- strict column lists ----------------------------------------------------------
+
+test("index_from_columns strict: an entry lists the columns up to its first row only", function()
+  local n_q, n_k, b = 50, 70, 16
+  local cols = {{0, 5, 19, 20, 21, 36, 52, 69}, {3, 40, 41}}
+  local idx = sl.mask.index_from_columns(sl.tensor({{0, 5, 19, 20, 21, 36, 52, 69}, {3, 40, 41, -1, -1, -1, -1, -1}},
+    "i32"), {n_q = n_q, n_k = n_k, rows_per_entry = b, strict = true})
+  local rp, col = idx.row_ptr:totable(), idx.col:totable()
+  for h = 1, 2 do
+    for e = 0, 3 do
+      local first = (n_k - n_q) + e * b
+      local want = {}
+      for _, j in ipairs(cols[h]) do if j <= first then want[#want + 1] = j end end
+      local got = {}
+      for t = rp[h][e + 1] + 1, rp[h][e + 2] do got[#got + 1] = math.tointeger(col[t]) end
+      eq(table.concat(got, ","), table.concat(want, ","), string.format("head %d entry %d", h, e))
+    end
+  end
+end)
+
+-- ---- vertical_slash ----------------------------------------------------------------
+
+local VS_SMALL = {vertical_size = 12, slash_size = 20, sinks = 4, ["local"] = 8, last_q = 16, bq = 16, bk = 16}
+
+test("vertical_slash: sizes = n equal dense (GQA, ragged n, both executors)", function()
+  local prob = problem(150, 16, 11)
+  is_dense("vertical_slash", prob, {vertical_size = 150, slash_size = 150, bq = 32, bk = 32}, "exact")
+  is_dense("vertical_slash", prob, {vertical_size = 150, slash_size = 150, bq = 32, bk = 32, widen = true}, "widen")
+end)
+
+test("vertical_slash: forced sinks and local offsets, executed ⊇ semantic, densities", function()
+  local n = 130
+  local prob = problem(n, 16, 21)
+  for _, widen in ipairs{false, true} do
+    local p = {}
+    for k, v in pairs(VS_SMALL) do p[k] = v end
+    p.widen = widen
+    local ex = executed("vertical_slash", prob, p)
+    local sem = method("vertical_slash").semantic_mask(prob, params("vertical_slash", p))
+    forced_present(ex, n, function(i)
+      local l = {}
+      for j = 0, math.min(3, i) do l[#l + 1] = j end
+      for o = 0, math.min(7, i) do l[#l + 1] = i - o end
+      return l
+    end, "vertical_slash widen=" .. tostring(widen))
+    local a = sl.mask.align(sem, ex)
+    near(a.recall, 1, 1e-12, "executed keeps every semantic pair")
+    eq(ex:causal_violations(), 0, "causal")
+    local r = sl.eval("vertical_slash", prob, {params = p})
+    near(r.metrics.density_semantic, sem:density(true), 1e-12, "density_semantic = semantic mask's")
+    near(r.metrics.density, ex:density(true), 1e-12, "density = executed mask's")
+    if not widen then near(r.metrics.density, r.metrics.density_semantic, 1e-12, "exact executor = semantic") end
+    if widen then truthy(r.metrics.density > r.metrics.density_semantic, "widened tiles add pairs") end
+  end
+end)
+
+test("vertical_slash: recall monotone in the ratio knob", function()
+  monotone("vertical_slash", problem(160, 16, 31), VS_SMALL, "ratio", {0.5, 1, 2, 4, 20})
+end)
+
+test("vertical_slash: the estimate equals an independent float64 implementation", function()
+  local n, d = 90, 8
+  local prob = problem(n, d, 41, 2, 1)
+  local p = params("vertical_slash", VS_SMALL)
+  local est = method("vertical_slash").estimate(prob, p)
+  local Q, K = prob.q:totable(), prob.k:totable()
+  for h = 1, 2 do
+    local rows = {}
+    for i = n - p.last_q, n - 1 do rows[#rows + 1] = i end
+    local A = softmax_rows(Q[h], K[1], rows, d)
+    local v, s = {}, {}
+    for j = 0, n - 1 do v[j], s[j] = 0, 0 end
+    for i, row in pairs(A) do
+      for j, x in pairs(row) do v[j] = v[j] + x; s[i - j] = s[i - j] + x end
+    end
+    local skip_v, skip_s = {}, {}
+    for j = 0, p.sinks - 1 do skip_v[j] = true end
+    for o = 0, p["local"] - 1 do skip_s[o] = true end
+    -- the card's sizes: V = min(n, max(vertical_size, sinks)), S = min(n, max(slash_size, 50)),
+    -- the forced entries counted inside them
+    local V, S = math.min(n, math.max(p.vertical_size, p.sinks)), math.min(n, math.max(p.slash_size, 50))
+    local want_v, ov = topk_set(v, n, V - p.sinks, skip_v)
+    local want_s, os_ = topk_set(s, n, S - p["local"], skip_s)
+    for j in pairs(skip_v) do want_v[j] = true end
+    for o in pairs(skip_s) do want_s[o] = true end
+    same_selection(est.cols[h], want_v, v, ov, V - p.sinks, 1e-6, "vertical columns head " .. h)
+    same_selection(est.offs[h], want_s, s, os_, S - p["local"], 1e-6, "slash offsets head " .. h)
+    eq(#est.cols[h], V, "column count")
+    eq(#est.offs[h], S, "offset count")
+  end
+  est.mask:close()
+end)
+
+test("vertical_slash: per-head config and calibrate", function()
+  local prob = problem(96, 8, 51)
+  local cfg = method("vertical_slash").calibrate({prob}, {params = {from_row = 48, bq = 16, bk = 16}})
+  eq(#cfg.layers, 1, "one layer")
+  eq(#cfg.layers[1], 4, "one entry per query head")
+  for h, c in ipairs(cfg.layers[1]) do
+    eq(c.type, "vertical_and_slash", "head " .. h .. " type")
+    truthy(c.score > 0 and c.score <= 1 + 1e-6, "head " .. h .. " score " .. tostring(c.score) .. " is a recall")
+  end
+  -- a config with per-head sizes: head 1 small, others large
+  local conf = {layers = {{{vertical_size = 4, slash_size = 8}, {vertical_size = 96, slash_size = 96},
+    {vertical_size = 96, slash_size = 96}, {vertical_size = 96, slash_size = 96}}}}
+  local r = sl.eval("vertical_slash", prob, {params = {config = conf, sinks = 2, ["local"] = 4, bq = 16, bk = 16}})
+  local lse = r.lse:totable()
+  local _, dlse = sl.attn.dense(prob.q, prob.k, prob.v)
+  local dl = dlse:totable()
+  local diff1, diff2 = 0, 0
+  for i = 1, 96 do
+    diff1 = math.max(diff1, math.abs(lse[1][i] - dl[1][i]))
+    diff2 = math.max(diff2, math.abs(lse[2][i] - dl[2][i]))
+  end
+  truthy(diff1 > 1e-3, "head 1 (small config) is sparse")
+  truthy(diff2 < 1e-4, "head 2 (full config) is dense")
+end)
+
+-- ---- minference_block_sparse ------------------------------------------------------
+
+test("minference_block_sparse: topk >= blocks equals dense; monotone; row counts; scale-free", function()
+  local n = 150
+  local prob = problem(n, 16, 61)
+  is_dense("minference_block_sparse", prob, {topk = 10, bq = 16, bk = 16}, "topk = blocks")
+  is_dense("minference_block_sparse", prob, {topk = 10, bq = 16, bk = 16, pad = true}, "pad quirk")
+  monotone("minference_block_sparse", prob, {bq = 16, bk = 16}, "topk", {1, 2, 4, 7, 10})
+  local m = executed("minference_block_sparse", prob, {topk = 3, bq = 16, bk = 16})
+  local rp = m:arrays():totable()
+  for h = 1, #rp do
+    for r = 1, #rp[h] - 1 do eq(rp[h][r + 1] - rp[h][r], math.min(3, r), "blocks of row block " .. r) end
+  end
+  local q2 = sl.randn({4, n, 16}, {seed = 61, std = 3})   -- same draw × 3
+  local prob2 = sl.problem{q = q2, k = prob.k, v = prob.v}
+  local m2 = executed("minference_block_sparse", prob2, {topk = 3, bq = 16, bk = 16})
+  local a = sl.mask.align(m, m2)
+  near(a.recall, 1, 1e-12, "scaled q: same mask")
+  near(a.extra, 0, 1e-12, "scaled q: no extra pairs")
+end)
+
+-- ---- sample_attention --------------------------------------------------------------
+
+test("sample_attention: alpha = 1, r_w = 1 equal dense; monotone in alpha; window scales with n", function()
+  local prob = problem(140, 16, 71)
+  is_dense("sample_attention", prob, {alpha = 1, r_w = 1, bq = 16, bk = 16}, "alpha = 1")
+  monotone("sample_attention", prob, {r_w = 0.05, r_row = 0.1, bq = 16, bk = 16}, "alpha", {0.2, 0.5, 0.8, 0.95, 1})
+  local r1 = sl.eval("sample_attention", problem(100, 8, 72), {params = {r_w = 0.1, bq = 16, bk = 16}})
+  local r2 = sl.eval("sample_attention", problem(200, 8, 72), {params = {r_w = 0.1, bq = 16, bk = 16}})
+  eq(r1.metrics.window, 10, "window at n = 100")
+  eq(r2.metrics.window, 20, "window at n = 200")
+end)
+
+test("sample_attention: window present for every row; executed = exact union", function()
+  local n = 120
+  local prob = problem(n, 8, 81)
+  local p = {alpha = 0.6, r_w = 0.1, r_row = 0.1, bq = 16, bk = 16}
+  local m = executed("sample_attention", prob, p)
+  forced_present(m, n, function(i)
+    local l = {}
+    for j = math.max(0, i - 11), i do l[#l + 1] = j end
+    return l
+  end, "sample_attention window")
+  eq(m:causal_violations(), 0, "causal")
+end)
+
+H.done()
