@@ -88,5 +88,11 @@ sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_t
                            int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
 sl_status sl__extra2_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
 double sl__extra2_flops(sl_op op, const void *params, const sl_tensor *in);
+/* Shape rules, content checks and FLOP counts of score.antidiag,
+ * score.strided, score.anchor and gather.rows (op_extra_a.c). */
+sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
+                            int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
+sl_status sl__extra_a_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
+double sl__extra_a_flops(sl_op op, const void *params, const sl_tensor *in);
 
 #endif

@@ -476,6 +476,7 @@ static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const void 
     }
     case SL_OP_POOL_TOKENS:
     case SL_OP_ATTN_BUCKET: return sl__extra2_check_contents(ctx, info->op, in);
+    case SL_OP_GATHER_ROWS: return sl__extra_a_check_contents(ctx, info->op, in);
     default: return SL_OK;
     }
 }
@@ -863,6 +864,10 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
     case SL_OP_SCORE_LOWBIT:
     case SL_OP_SCORE_HASH:
     case SL_OP_ATTN_BUCKET: return sl__extra2_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_SCORE_ANTIDIAG:
+    case SL_OP_SCORE_STRIDED:
+    case SL_OP_SCORE_ANCHOR:
+    case SL_OP_GATHER_ROWS: return sl__extra_a_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
     default:
         return infer_score(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     }
@@ -1262,6 +1267,10 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
     case SL_OP_SCORE_LOWBIT:
     case SL_OP_SCORE_HASH:
     case SL_OP_ATTN_BUCKET: return sl__extra2_flops(op, params, in);
+    case SL_OP_SCORE_ANTIDIAG:
+    case SL_OP_SCORE_STRIDED:
+    case SL_OP_SCORE_ANCHOR:
+    case SL_OP_GATHER_ROWS: return sl__extra_a_flops(op, params, in);
     default: return 0;
     }
 }

@@ -495,6 +495,42 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * p - kernel + 1 + t (causal) or p - kernel/2 + t, positions outside [0, Nk)
  * contributing 0 (zero padding). */
 
+/* Estimators of XAttention, ProxyAttn and AnchorAttention, and the row
+ * gather of PBS-Attn (issue 4; op_extra_a.c). Causal rules use the decode
+ * offset off = Nk - Nq; query head h reads kv head h / (Hq / Hkv).
+ *
+ * score.antidiag: inputs q, k; params block B, stride S (B % S == 0),
+ * causal, scale (0: 1/(sqrt(D)·S)). Super-tokens of S rows (the last may be
+ * partial: missing rows count as zero vectors), Mq = ceil(Nq/S), Mk =
+ * ceil(Nk/S); s(i, j) = scale · Σ_{t<S} q[iS + S-1-t] · k[jS + t] (the
+ * antidiagonal sum of the S × S tile). Row i of W is the softmax of s(i, ·)
+ * over the visible j (causal: j·S <= off + i·S). Output [Hq, ceil(Nq/B),
+ * ceil(Nk/B)]: tile (r, c) sums W[i, j] over i·S in query block r and j·S
+ * in key block c (0 where nothing is visible); a row sums to its B/S
+ * super-rows.
+ *
+ * score.strided: inputs q, k; params stride S, bq, bk, causal, scale. Query
+ * rows i = 0, S, 2S, ... (< Nq) and keys j = 0, S, 2S, ... (< Nk); row i of
+ * W is the softmax of scale · q_i · k_j over its visible sampled keys (j <=
+ * off + i when causal). Output [Hq, ceil(Nq/bq), ceil(Nk/bk)]: the max of W
+ * over the sampled pairs of tile (r, c), 0 where there are none.
+ *
+ * score.anchor: inputs q, k with Nq == Nk = N; params block B, step,
+ * init_cnt, local_cnt (>= 1), theta, scale, overlap. Big blocks of G = B ·
+ * step rows; big block b has rows [bG, min((b+1)G, N)). For row i of big
+ * block b the anchor is x[i] = max of scale · q_i · k_j over the structured
+ * keys j <= i with j < init_cnt·G (initial) or j >= (b - local_cnt + 1)·G
+ * (local). Per B-row sub-block t (clipped) of big block b: the mean query
+ * q̄_t and the mean anchor x̄_t. The middle region of b is [init_cnt·G,
+ * (b - local_cnt + 1)·G) (overlap = 1: the reference's scan [B,
+ * (b - local_cnt + 1)·G - B)), clipped to [0, bG). Output u8 [Hq,
+ * ceil(N/G), N]: keep[h, b, j] = 1 for j in the middle region when some t
+ * has scale · q̄_t · k_j + theta >= x̄_t, else 0.
+ *
+ * gather.rows: inputs x [Hx, N, D] (float), idx i32 [Hi, M] with Hi % Hx
+ * == 0 and entries in [0, N). Output [Hi, M, D]: y[h, t] = x[h / (Hi/Hx),
+ * idx[h, t]]. No parameters; no FLOPs (copies). */
+
 /* ---- estimators and executors of issue 4, group b (cards sparge_attn,
  * seer_attention, prism, sale, dhsa, sparse_flash_attention, hsr_attention) ----
  * pool.tokens: input x [H, N, D], opt.bounds i32 [S] (segment starts:

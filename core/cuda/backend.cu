@@ -3,6 +3,7 @@
 #include "score.cuh"
 #include "correct_ext.cuh"
 #include "extra2.cuh"
+#include "extra_a.cuh"
 
 extern "C" {
 #include "../internal.h"
@@ -501,6 +502,10 @@ constexpr kernel_table make_kernel_table()
     t.fn[SL_OP_CORRECT_DELTA] = cuda_correct_delta;
     t.fn[SL_OP_POOL_TOKENS] = sl__cuda_pool_tokens;
     t.fn[SL_OP_SCORE_LOWBIT] = sl__cuda_score_lowbit;
+    t.fn[SL_OP_SCORE_ANTIDIAG] = sl__cuda_score_antidiag;
+    t.fn[SL_OP_SCORE_STRIDED] = sl__cuda_score_strided;
+    t.fn[SL_OP_SCORE_ANCHOR] = sl__cuda_score_anchor;
+    t.fn[SL_OP_GATHER_ROWS] = sl__cuda_gather_rows;
     t.fn[SL_OP_ATTN_BUCKET] = sl__cuda_attn_bucket;
     t.fn[SL_OP_SCORE_HASH] = sl__cuda_score_hash;
     t.fn[SL_OP_SCORE_POOLED] = sl__cuda_score_pooled;

@@ -293,4 +293,100 @@ test("sample_attention: window present for every row; executed = exact union", f
   eq(m:causal_violations(), 0, "causal")
 end)
 
+-- ---- xattention ---------------------------------------------------------------------
+
+local XA = {stride = 4, block = 16}
+
+test("xattention: τ = 1 equals dense (GQA, ragged n); monotone in τ; block 0 and diagonal kept", function()
+  local n = 150
+  local prob = problem(n, 16, 91)
+  is_dense("xattention", prob, {threshold = 1, stride = 4, block = 16}, "τ = 1")
+  monotone("xattention", prob, XA, "threshold", {0, 0.3, 0.6, 0.9, 0.99, 1})
+  local m = executed("xattention", prob, {threshold = 0, stride = 4, block = 16})
+  forced_present(m, n, function(i)
+    local l = {}
+    for j = 0, math.min(15, i) do l[#l + 1] = j end              -- key block 0
+    for j = (i // 16) * 16, i do l[#l + 1] = j end                -- the diagonal block (causal part)
+    return l
+  end, "xattention forced blocks")
+end)
+
+test("xattention: kept estimated mass >= τ of each row; per-head thresholds", function()
+  local n = 128
+  local prob = problem(n, 16, 93)
+  local p = params("xattention", {threshold = 0.7, stride = 4, block = 16})
+  local est = method("xattention").estimate(prob, p)
+  local A = est.scores:totable()
+  local bits = est.mask:to_bits():totable()
+  for h = 1, #A do
+    for r = 1, #A[h] do
+      local total, kept = 0, 0
+      for c = 1, r do
+        total = total + A[h][r][c]
+        if bits[h][(r - 1) * 16 + 16][(c - 1) * 16 + 1] == 1 then kept = kept + A[h][r][c] end
+      end
+      truthy(kept >= 0.7 * total - 1e-6, string.format("head %d row %d keeps %.4f of %.4f", h, r, kept, total))
+    end
+  end
+  local r = sl.eval("xattention", prob, {params = {stride = 4, block = 16, thresholds = {1, 1, 0, 0}}})
+  local rl, dl = r.lse:totable(), select(2, sl.attn.dense(prob.q, prob.k, prob.v)):totable()
+  local d1, d3 = 0, 0
+  for i = 1, n do d1 = math.max(d1, math.abs(rl[1][i] - dl[1][i])); d3 = math.max(d3, math.abs(rl[3][i] - dl[3][i])) end
+  truthy(d1 < 1e-4, "τ = 1 head is dense")
+  truthy(d3 > 1e-3, "τ = 0 head is sparse")
+end)
+
+test("xattention: the estimate equals an independent float64 implementation", function()
+  local n, d, S, B, tau = 45, 8, 4, 8, 0.8
+  local prob = problem(n, d, 97, 2, 1)
+  local est = method("xattention").estimate(prob, params("xattention", {threshold = tau, stride = S, block = B}))
+  local Q, K = prob.q:totable(), prob.k:totable()
+  local M, nb = (n + S - 1) // S, (n + B - 1) // B
+  local bits = est.mask:to_bits():totable()
+  for h = 1, 2 do
+    -- super-token scores: antidiagonal of each S × S tile of the token score matrix
+    local A = {}
+    for r = 1, nb do A[r] = {}; for c = 1, nb do A[r][c] = 0 end end
+    for I = 0, M - 1 do
+      local s, mx = {}, -math.huge
+      for J = 0, I do
+        local x = 0
+        for t = 0, S - 1 do
+          local i, j = I * S + S - 1 - t, J * S + t
+          if i < n and j < n then
+            for c = 1, d do x = x + Q[h][i + 1][c] * K[1][j + 1][c] end
+          end
+        end
+        s[J] = x / (math.sqrt(d) * S)
+        if s[J] > mx then mx = s[J] end
+      end
+      local z = 0
+      for J = 0, I do z = z + math.exp(s[J] - mx) end
+      for J = 0, I do
+        local r, c = I * S // B + 1, J * S // B + 1
+        A[r][c] = A[r][c] + math.exp(s[J] - mx) / z
+      end
+    end
+    for r = 1, nb do
+      local a = A[r]
+      local want = {[1] = true, [r] = true}
+      local total, cum = 0, a[1] + (r > 1 and a[r] or 0)
+      for c = 1, r do total = total + a[c] end
+      local order = {}
+      for c = 2, r - 1 do order[#order + 1] = c end
+      table.sort(order, function(x, y) return a[x] > a[y] end)
+      for _, c in ipairs(order) do
+        if cum >= tau * total then break end
+        want[c] = true
+        cum = cum + a[c]
+      end
+      local row = math.min(r * B, n)   -- the block's last row (1-based)
+      for c = 1, r do
+        local got = bits[h][row][(c - 1) * B + 1] == 1
+        eq(got, want[c] == true, string.format("head %d block (%d, %d)", h, r, c))
+      end
+    end
+  end
+end)
+
 H.done()

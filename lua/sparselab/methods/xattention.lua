@@ -1,0 +1,108 @@
+-- XAttention: Block Sparse Attention with Antidiagonal Scoring — card: xattention.
+-- Card steps implemented:
+--   1-2. stride-S super-tokens (keys in order, queries in "inverse" order),
+--        so q̃_i·k̃_j is the antidiagonal sum of the S × S tile; W = row
+--        softmax of q̃ k̃ᵀ / (sqrt(d)·S·norm) over the visible super-tokens
+--        (score.antidiag, one C op: ref, cpu, cuda);
+--   3. block scores A[r, c] = Σ W over the (B/S × B/S) super-token tile;
+--   4. per query block row (find_blocks_chunked): key block 0 and the
+--      diagonal block always; the other visible blocks by A descending
+--      (ties: lower index first), added while the cumulative sum (forced
+--      mass first) is below τ · row mass, the crossing block included;
+--      nothing right of the diagonal;
+--   5. per-head τ (param thresholds, one per query head);
+--   6. executor attn.block_sparse (token causal inside the diagonal tile).
+-- Not implemented: the chunked processing and its padding (the op never
+-- materialises more than one tile row per work item; padding rows are
+-- treated as zero vectors, which is what the reference's zero padding
+-- computes for the last partial super-token); the Triton fused path.
+-- Unknowns chosen: τ >= 1 keeps every causal block (the card's check);
+-- norm = 1; GQA: each query head scores against its KV head (the reference
+-- repeats K); a ragged last block's row mass is its super-row count.
+local sl = require "sparselab"
+local D = require "sparselab.dynamic"
+
+local ID = "xattention"
+
+-- keep rows for one head: A (rows of block scores), τ, n_qb, n_kb, visible(r) -> last visible key block
+local function select_rows(A, tau, nqb, nkb, last_vis)
+  local keep = {}
+  for r = 1, nqb do
+    local row, lim = {}, last_vis(r - 1)
+    for c = 1, nkb do row[c] = 0 end
+    if tau >= 1 then
+      for c = 1, lim + 1 do row[c] = 1 end
+    else
+      local a = A[r]
+      local total = 0
+      for c = 1, lim + 1 do total = total + a[c] end
+      row[1], row[lim + 1] = 1, 1
+      local cum = a[1] + (lim > 0 and a[lim + 1] or 0)
+      local order = {}
+      for c = 2, lim do order[#order + 1] = c end
+      table.sort(order, function(x, y)
+        if a[x] ~= a[y] then return a[x] > a[y] end
+        return x < y
+      end)
+      for _, c in ipairs(order) do
+        if cum >= tau * total then break end
+        row[c] = 1
+        cum = cum + a[c]
+      end
+    end
+    keep[r] = row
+  end
+  return keep
+end
+
+local function estimate(prob, p)
+  local n = D.check_prefill(ID, prob)
+  local hq = prob.q:shape()[1]
+  if p.block % p.stride ~= 0 then sl.fail("%s: block %d is not a multiple of stride %d", ID, p.block, p.stride) end
+  local args = {block = p.block, stride = p.stride, causal = true, backend = prob.backend}
+  if p.norm ~= 1 then args.scale = 1 / (math.sqrt(prob.q:shape()[3]) * p.stride * p.norm) end
+  local A = sl.score.antidiag(prob.q, prob.k, args)
+  local flops = sl.op_flops("score.antidiag", prob.q, prob.k, args)
+  local s = A:shape()
+  local nqb, nkb = s[2], s[3]
+  -- key block c is visible from query block r when its first key <= r's last row
+  local function last_vis(r) return math.min(nkb - 1, (math.min((r + 1) * p.block, n) - 1) // p.block) end
+  local taus = p.thresholds
+  if taus ~= nil and (type(taus) ~= "table" or #taus ~= hq) then
+    sl.fail("%s: thresholds must list one τ per query head (%d), found %s", ID, hq,
+      type(taus) == "table" and tostring(#taus) or type(taus))
+  end
+  local keep = {}
+  for h = 1, hq do
+    keep[h] = select_rows(A:narrow(1, h, 1):totable()[1], taus and taus[h] or p.threshold, nqb, nkb, last_vis)
+  end
+  flops = flops + A:numel() * math.log(math.max(nkb, 2), 2)
+  local m = sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = true})
+  return {mask = m, flops = flops, scores = A}
+end
+
+return {
+  id = ID,
+  card = ID,
+  title = "XAttention: Block Sparse Attention with Antidiagonal Scoring",
+  family = "block-estimate",
+  phase = "prefill",
+  causal_only = true,
+  summary = "Antidiagonal sums of stride-S tiles as a cheap block estimate; per query block the fewest blocks " ..
+    "(first and diagonal forced) holding τ of the estimated mass.",
+  knob = "threshold",
+  knob_direction = 1,
+  params = {
+    threshold = {default = 0.9, min = 0, max = 2, doc = "τ: share of the estimated row mass kept (>= 1: every causal block)"},
+    stride = {default = 8, min = 1, int = true, doc = "S: tokens per super-token (8 or 16)"},
+    block = {default = 128, min = 1, max = 4096, int = true, doc = "B: block size of the estimate and the executor"},
+    norm = {default = 1, min = 1e-6, doc = "extra divisor of the softmax temperature"},
+    thresholds = {default = nil, doc = "per query head τ (a list of Hq numbers), overriding threshold"},
+  },
+  ops = {"score.antidiag", "attn.block_sparse"},
+  checks = {"τ >= 1 equals dense", "antidiagonal identity (C suite)", "block 0 and diagonal in every row",
+    "selected estimated mass >= τ · row mass", "monotone in τ", "independent float64 estimate on a tiny input"},
+  mask = function(prob, p) return estimate(prob, p).mask end,
+  estimate = estimate,
+  run = D.runner(estimate),
+}
