@@ -21,14 +21,17 @@ function D.check_prefill(id, prob)
   return n_q
 end
 
---- keep u8 [H, C] -> {[h] = sorted 0-based list of kept columns}, h = 1..H.
+--- keep u8 [H, C] (or [H, 1, C]) -> {[h] = sorted 0-based list of kept
+--- columns}, h = 1..H.
 function D.lists(keep)
   local s = keep:shape()
+  if #s == 3 and s[2] ~= 1 then error("dynamic.lists: expected [H, C] or [H, 1, C]", 2) end
   local out = {}
   for h = 1, s[1] do
     local row = keep:narrow(1, h, 1):totable()[1]
+    if #s == 3 then row = row[1] end
     local l = {}
-    for j = 1, s[2] do if row[j] ~= 0 then l[#l + 1] = j - 1 end end
+    for j = 1, s[#s] do if row[j] ~= 0 then l[#l + 1] = j - 1 end end
     out[h] = l
   end
   return out
@@ -194,6 +197,38 @@ function D.vs_mask(blocks, cols, n_q, n_k, kept)
     _density = kept / (D.causal_pairs(n_q, n_k) * math.max(info.n_heads, #cols))}, VS)
 end
 
+--- The executed mask of "columns ∪ diagonals" lines per head (sorted
+--- 0-based lists; n_q == n_k == n): slashes as a block mask (exact token
+--- diagonals, or MInference's tiles when widen), columns inside each query
+--- block's own rows as token bits of the diagonal tile, the other columns as
+--- strict gathered lists. Without widen the executed pairs are exactly the
+--- semantic lines (counted analytically).
+function D.lines_mask(cols, offs, n, bq, bk, widen)
+  local slashes = sl.mask.from_slashes(D.padded(offs), {n_q = n, n_k = n, bq = bq, bk = bk, widen = widen})
+  local lc = (sl.mask.vertical{cols = cols} * sl.mask.block_diag{size = bq})
+    :materialize{n_q = n, n_k = n, bq = bq, bk = bk, n_heads = #cols}
+  local blocks = slashes + lc
+  slashes:close()
+  lc:close()
+  local sem = 0
+  for h = 1, #cols do sem = sem + D.vs_pairs(n, cols[h], offs[h]) end
+  return D.vs_mask(blocks, cols, n, n, (not widen) and sem or nil), sem / (D.causal_pairs(n, n) * #cols)
+end
+
+--- A mask-like object for executors that are not one block mask (a
+--- permuted or continued pass): density known, materialize() for small
+--- problems (tests), close().
+local Light = {}
+Light.__index = Light
+function Light:density() return self._density end
+function Light:materialize() return self._materialize() end
+function Light:close() if self._close then self._close() end end
+Light.__close = Light.close
+Light.__tostring = function(self) return string.format("%s mask, density %.4g", self.kind, self._density) end
+function D.light_mask(kind, density, materialize, close)
+  return setmetatable({kind = kind, _density = density, _materialize = materialize, _close = close}, Light)
+end
+
 --- attn.vs_mixed over a VS mask: o, lse, flops.
 function D.vs_run(prob, m)
   local args = {backend = prob.backend}
@@ -208,9 +243,9 @@ function D.block_run(prob, m)
   return o, lse, sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, m, args)
 end
 
---- Density of a block mask or VS mask (executed).
+--- Density of a block mask, VS mask or light mask (executed).
 function D.density(m)
-  if getmetatable(m) == VS then return m:density() end
+  if getmetatable(m) == VS or getmetatable(m) == Light then return m:density() end
   return m:density(true)
 end
 
@@ -223,11 +258,13 @@ end
 
 --- The run function of a recipe whose estimate(prob, p) returns
 --- {mask =, semantic_density = (optional), flops = estimator FLOPs,
---- extra = {stats}} and whose executor is chosen by the mask's kind.
+--- extra = {stats}, execute = (optional) fn() -> o, lse, flops} and whose
+--- executor is execute or else chosen by the mask's kind.
 function D.runner(estimate)
   return function(prob, p)
     local est_ms, e = D.timed(function() return estimate(prob, p) end)
     local exe_ms, o, lse, flops = D.timed(function()
+      if e.execute then return e.execute() end
       if getmetatable(e.mask) == VS then return D.vs_run(prob, e.mask) end
       return D.block_run(prob, e.mask)
     end)

@@ -389,4 +389,199 @@ test("xattention: the estimate equals an independent float64 implementation", fu
   end
 end)
 
+-- ---- flexprefill ----------------------------------------------------------------------
+
+local FP = {block = 16, min_budget = 16}
+
+test("flexprefill: γ = 1 equals dense (all VS and all QA); head switch by τ; forced blocks; monotone in γ", function()
+  local n = 170
+  local prob = problem(n, 16, 101)
+  is_dense("flexprefill", prob, {gamma = 1, tau = 0, block = 16, min_budget = 16}, "γ = 1, τ = 0")
+  is_dense("flexprefill", prob, {gamma = 1, tau = 1, block = 16, min_budget = 16}, "γ = 1, τ = 1")
+  local r0 = sl.eval("flexprefill", prob, {params = {gamma = 0.5, tau = 0, block = 16, min_budget = 16}})
+  local r1 = sl.eval("flexprefill", prob, {params = {gamma = 0.5, tau = 1, block = 16, min_budget = 16}})
+  eq(r0.metrics.query_aware_heads, 0, "τ = 0: every head vertical-slash")
+  eq(r1.metrics.query_aware_heads, 4, "τ = 1: every head query-aware")
+  for _, tau in ipairs{0, 1} do
+    local base = {tau = tau}
+    for k, v in pairs(FP) do base[k] = v end
+    monotone("flexprefill", prob, base, "gamma", {0.1, 0.5, 0.8, 0.95, 1})
+    local p = {}
+    for k, v in pairs(base) do p[k] = v end
+    p.gamma = 0.05
+    forced_present(executed("flexprefill", prob, p), n, function(i)
+      local l = {}
+      for j = 0, math.min(15, i) do l[#l + 1] = j end
+      for j = (i // 16) * 16, i do l[#l + 1] = j end
+      return l
+    end, "flexprefill forced blocks τ = " .. tau)
+  end
+  -- the reference's fixed // 128 gives at most as many VS blocks as // block (16) here
+  local a = sl.eval("flexprefill", prob, {params = {gamma = 0.9, tau = 0, block = 16, min_budget = 16}})
+  local b = sl.eval("flexprefill", prob, {params = {gamma = 0.9, tau = 0, block = 16, min_budget = 16, fixed_div = true}})
+  truthy(b.metrics.density <= a.metrics.density + 1e-12, "fixed_div keeps fewer blocks")
+  -- short inputs fall back to dense
+  local c = sl.eval("flexprefill", problem(60, 8, 103), {params = {block = 16, min_budget = 512}})
+  eq(c.metrics.dense_fallback, 1, "n <= min budget: dense")
+end)
+
+-- ---- loopserve ------------------------------------------------------------------------
+
+test("loopserve: alpha = 1 equals dense; diagonal kept; monotone in alpha; executed = semantic", function()
+  local n = 150
+  local prob = problem(n, 16, 111)
+  is_dense("loopserve", prob, {alpha = 1, bq = 16, bk = 16}, "alpha = 1")
+  local base = {windows = 4, rows = 8, bq = 16, bk = 16}
+  monotone("loopserve", prob, base, "alpha", {0.1, 0.4, 0.7, 0.9, 1})
+  local p = {alpha = 0.05, windows = 4, rows = 8, bq = 16, bk = 16}
+  forced_present(executed("loopserve", prob, p), n, function(i) return {i} end, "loopserve diagonal")
+  local r = sl.eval("loopserve", prob, {params = p})
+  near(r.metrics.density, r.metrics.density_semantic, 1e-12, "exact lines: executed = semantic")
+  eq(r.metrics.sampled_rows, 32, "4 windows of 8 rows")
+  local w = sl.eval("loopserve", prob, {params = {alpha = 0.5, windows = 4, rows = 8, bq = 16, bk = 16, widen = true}})
+  truthy(w.metrics.density >= w.metrics.density_semantic, "widened ⊇ semantic")
+end)
+
+test("loopserve: a question early in the new input is seen by the estimate (position sensitivity)", function()
+  -- keys 10..13 are what the rows 20..27 (the "question") attend to; the
+  -- last rows attend elsewhere. loopserve samples those rows, vertical_slash
+  -- only the last ones.
+  local n, d = 128, 16
+  local q, k = sl.randn({1, n, d}, {seed = 121, std = 0.1}), sl.randn({1, n, d}, {seed = 122, std = 0.1})
+  for c = 1, d do
+    for j = 11, 14 do k:set(1, j, c, c == 1 and 4 or 0) end
+    for i = 21, 28 do q:set(1, i, c, c == 1 and 4 or 0) end
+  end
+  local prob = sl.problem{q = q, k = k, v = sl.randn({1, n, d}, {seed = 123})}
+  local est = method("loopserve").estimate(prob, params("loopserve", {alpha = 0.5, windows = 8, rows = 8,
+    bq = 16, bk = 16}))
+  local m = est.mask:materialize()
+  for i = 21, 28 do
+    for j = 11, 14 do eq(m:get(1, i, j), true, string.format("row %d sees key %d", i - 1, j - 1)) end
+  end
+end)
+
+-- ---- proxy_attn -----------------------------------------------------------------------
+
+local PX = {block = 16, stride = 2}
+
+test("proxy_attn: γ = 1 equals dense; monotone in γ; masks nest in a group; exact oracle at stride 1", function()
+  local n = 150
+  local prob = problem(n, 16, 131)
+  is_dense("proxy_attn", prob, {gamma = 1, block = 16, stride = 2}, "γ = 1")
+  monotone("proxy_attn", prob, PX, "gamma", {0.1, 0.4, 0.7, 0.9, 1})
+  local p = params("proxy_attn", {gamma = 0.6, block = 16, stride = 2, group = 4})
+  local est = method("proxy_attn").estimate(prob, p)
+  local m = est.mask
+  for a = 1, 4 do
+    for b = 1, 4 do
+      if est.budget[a] <= est.budget[b] then
+        local ma = sl.mask.from_bits(m:to_bits():narrow(1, a, 1), 16, 16)
+        local mb = sl.mask.from_bits(m:to_bits():narrow(1, b, 1), 16, 16)
+        near(sl.mask.align(ma, mb).recall, 1, 1e-12, string.format("head %d ⊆ head %d (shared ranking)", a, b))
+      end
+    end
+  end
+  -- group of one head, stride 1: the ranking is each head's own exact block-max map
+  local n2 = 64
+  local prob2 = problem(n2, 8, 133, 2, 2)
+  local est2 = method("proxy_attn").estimate(prob2, params("proxy_attn", {gamma = 0.5, block = 16, stride = 1,
+    group = 1, force_diag = false}))
+  local Q, K = prob2.q:totable(), prob2.k:totable()
+  local bits = est2.mask:to_bits():totable()
+  for h = 1, 2 do
+    local rows = {}
+    for i = 0, n2 - 1 do rows[#rows + 1] = i end
+    local A = softmax_rows(Q[h], K[h], rows, 8)
+    for r = 1, 4 do
+      local mx = {}
+      for c = 1, r do
+        mx[c] = 0
+        for i = (r - 1) * 16, r * 16 - 1 do
+          for j = (c - 1) * 16, math.min(c * 16 - 1, i) do mx[c] = math.max(mx[c], A[i][j]) end
+        end
+      end
+      local K_r = math.ceil(est2.budget[h] * r - 1e-9)
+      local order = {}
+      for c = 1, r do order[c] = c end
+      table.sort(order, function(x, y) if mx[x] ~= mx[y] then return mx[x] > mx[y] end return x < y end)
+      local want = {}
+      for t = 1, math.min(K_r, r) do want[order[t]] = true end
+      for c = 1, r do
+        eq(bits[h][r * 16][(c - 1) * 16 + 1] == 1, want[c] == true, string.format("head %d block (%d, %d)", h, r, c))
+      end
+    end
+  end
+end)
+
+-- ---- pbs_attn ---------------------------------------------------------------------------
+
+test("pbs_attn: τ = 1 equals dense through permuted blocks; monotone; forced blocks; permutation per segment", function()
+  local n = 170
+  local prob = problem(n, 16, 141)
+  is_dense("pbs_attn", prob, {threshold = 1, block = 16, segment = 32}, "τ = 1")
+  monotone("pbs_attn", prob, {block = 16, segment = 32}, "threshold", {0, 0.3, 0.6, 0.9, 1})
+  local p = params("pbs_attn", {threshold = 0, block = 16, segment = 32})
+  local perms = method("pbs_attn").permutations(prob, p, n)
+  for h, perm in ipairs(perms) do
+    eq(#perm, n, "perm length")
+    for s0 = 0, n - 1, 32 do
+      local seen = {}
+      for t = s0 + 1, math.min(s0 + 32, n) do
+        local j = perm[t]
+        truthy(j >= s0 and j < s0 + 32 and not seen[j], string.format("head %d slot %d holds %d", h, t - 1, j))
+        seen[j] = true
+        if s0 + 32 > n then eq(j, t - 1, "trailing partial segment is identity") end
+      end
+    end
+  end
+  -- τ = 0: own segment ∩ causal plus the block of token 0
+  local m = executed("pbs_attn", prob, {threshold = 0, block = 16, segment = 32})
+  forced_present(m, n, function(i)
+    local l = {0}
+    for j = (i // 32) * 32, i do l[#l + 1] = j end
+    return l
+  end, "pbs_attn forced")
+  eq(m:causal_violations(), 0, "causal in original positions")
+end)
+
+-- ---- anchor_attention ---------------------------------------------------------------------
+
+local AN = {block = 8, step = 4}
+
+test("anchor_attention: θ = +huge equals dense; θ = -huge equals the init + local mask; monotone in θ", function()
+  local n = 170
+  local prob = problem(n, 16, 151)
+  is_dense("anchor_attention", prob, {theta = 1e6, block = 8, step = 4}, "θ = +inf")
+  monotone("anchor_attention", prob, AN, "theta", {-1e6, -2, 0, 1, 3, 1e6})
+  local r = sl.eval("anchor_attention", prob, {params = {theta = -1e6, block = 8, step = 4}})
+  local G = 32
+  local keep = function(_, i, j) return j <= i and (j < G or j >= (i // G) * G) end
+  local want = 0
+  for i = 0, n - 1 do for j = 0, i do if keep(0, i, j) then want = want + 1 end end end
+  near(r.metrics.density, want / (n * (n + 1) / 2), 1e-12, "θ = -inf: init + local only")
+  local m = executed("anchor_attention", prob, {theta = -1e6, block = 8, step = 4})
+  local bits = m:to_bits():totable()
+  for i = 0, n - 1, 7 do
+    for j = 0, n - 1, 3 do
+      eq(bits[1][i + 1][j + 1] == 1, keep(0, i, j), string.format("(%d, %d)", i, j))
+    end
+  end
+end)
+
+test("anchor_attention: continued softmax = one softmax over the union; the reference scan option", function()
+  local n = 140
+  local prob = problem(n, 16, 161)
+  local p = {theta = 0.5, block = 8, step = 4}
+  local r = sl.eval("anchor_attention", prob, {params = p})
+  local m = executed("anchor_attention", prob, p)
+  local o, l = sl.attn.block_sparse(prob.q, prob.k, prob.v, m)
+  truthy(sl.metric.rel_l2(r.o, o) < 1e-5, "o equals block_sparse over the executed union")
+  truthy(sl.metric.max_abs(r.lse, l) < 1e-4, "lse equals block_sparse over the executed union")
+  local ro = sl.eval("anchor_attention", prob, {params = {theta = 1e6, block = 8, step = 4, overlap = true}})
+  truthy(ro.metrics.density < 1, "the reference scan skips the block before the local region")
+  truthy(ro.metrics.density_double_counted > 0, "and re-reads init keys (counted twice in its softmax)")
+  truthy(ro.metrics.recall_mean > 1, "the double-counted keys inflate the continued softmax's mass")
+end)
+
 H.done()

@@ -98,30 +98,13 @@ local function select_lines(prob, p)
   return cols, offs, flops, {last_rows = m, n = n, d = d}
 end
 
--- Block part: slashes (widened or exact) plus the columns inside each query
--- block's own rows (token bits of the diagonal tile).
-local function block_part(cols, offs, n, p)
-  local slashes = sl.mask.from_slashes(D.padded(offs), {n_q = n, n_k = n, bq = p.bq, bk = p.bk, widen = p.widen})
-  local local_cols = sl.mask.vertical{cols = cols} * sl.mask.block_diag{size = p.bq}
-  local lc = local_cols:materialize{n_q = n, n_k = n, bq = p.bq, bk = p.bk, n_heads = #cols}
-  local m = slashes + lc
-  slashes:close()
-  lc:close()
-  return m
-end
-
 local function estimate(prob, p)
   local cols, offs, flops, info = select_lines(prob, p)
-  local n = info.n
-  local sem = 0
-  for h = 1, #cols do sem = sem + D.vs_pairs(n, cols[h], offs[h]) end
-  -- exact slashes: the executed pairs are the semantic ones (strict column
-  -- lists + in-block columns in the diagonal tile + token diagonals)
-  local m = D.vs_mask(block_part(cols, offs, n, p), cols, n, n, (not p.widen) and sem or nil)
+  local m, sem = D.lines_mask(cols, offs, info.n, p.bq, p.bk, p.widen)
   local nv, ns = 0, 0
   for h = 1, #cols do nv, ns = nv + #cols[h], ns + #offs[h] end
-  return {mask = m, flops = flops, semantic_density = sem / (D.causal_pairs(n, n) * #cols),
-    extra = {verticals = nv / #cols, slashes = ns / #cols}, cols = cols, offs = offs}
+  return {mask = m, flops = flops, semantic_density = sem, extra = {verticals = nv / #cols, slashes = ns / #cols},
+    cols = cols, offs = offs}
 end
 
 local function semantic_mask(prob, p)

@@ -1,0 +1,196 @@
+-- FlexPrefill: A Context-Aware Sparse Attention Mechanism for Efficient
+-- Long-Sequence Inference — card: flexprefill.
+-- Card steps implemented:
+--   (dense when n <= max(2·bs, ceil(min_budget/bs)·bs));
+--   1. last-block probe: exact softmax of the last bs queries, causal corner
+--      masked (score.last_q);
+--   2. vertical profile v[j] = mean over the probe rows, slash profile s[o] =
+--      diagonal sums / bs (reduce.columns, reduce.diagonals);
+--   3. coverage budgets: n_v = (entries of sorted v with cumulative sum <= γ)
+--      // div + 1 blocks, the same for s, clamped to [min_budget / bs,
+--      max_budget / bs] (select.topp gives the count);
+--   4. per head: D = sqrt(JSD(avg_qk, v_blk)) with avg_qk the softmax of the
+--      mean probe query against block-mean keys (score.pooled on the probe
+--      rows) and v_blk the block sums of v; D < τ: query-aware, else
+--      vertical-slash;
+--   5. vertical-slash heads: block sums of v and s; column block 0 and
+--      offset block 0 forced (counted inside n_v, n_s as the reference's
+--      +inf); top n_v column blocks -> (r, c) for r >= c, top n_s offset
+--      blocks -> (r, r - o);
+--   6. query-aware heads: the VS blocks at the minimum budget, plus the
+--      block estimate Â = row softmax of q̄_r·k̄_c/sqrt(d) (score.pooled, mean
+--      over the valid rows of a ragged block = the reference's bs/valid
+--      rescale), flattened over all rows: the largest blocks while their
+--      cumulative mass <= γ · n_qb, plus one (the reference's cover rule);
+--   7. executor attn.block_sparse, token causal inside diagonal tiles.
+-- Default = the paper's rule: budget divisor = the block size. Option
+-- fixed_div = true: the reference's hard-coded // 128.
+-- Not implemented: gqa_interleave (heads are grouped consecutively: query
+-- head h reads KV head h / (Hq/Hkv)); batch > 1 (a Lua loop).
+-- Unknowns chosen: min_budget 512 tokens (README), max_budget none (0);
+-- JSD in natural log, so D ∈ [0, sqrt(ln 2)]; ties lower index first.
+local sl = require "sparselab"
+local D = require "sparselab.dynamic"
+
+local ID = "flexprefill"
+
+-- Kept count of a u8 keep row tensor per head.
+local function counts(keep)
+  local out = {}
+  for h, l in ipairs(D.lists(keep)) do out[h] = #l end
+  return out
+end
+
+local function jsd_sqrt(p, q)
+  local sp, sq = 0, 0
+  for i = 1, #p do sp, sq = sp + p[i], sq + q[i] end
+  local js = 0
+  for i = 1, #p do
+    local a, b = p[i] / sp, q[i] / sq
+    local m = (a + b) / 2
+    if a > 0 then js = js + 0.5 * a * math.log(a / m) end
+    if b > 0 then js = js + 0.5 * b * math.log(b / m) end
+  end
+  return math.sqrt(math.max(js, 0))
+end
+
+-- Indices (1-based) of the k largest of x[1..n] outside `skip`, larger first, lower index first on ties.
+local function top(x, n, k, skip)
+  local idx = {}
+  for i = 1, n do if not skip[i] then idx[#idx + 1] = i end end
+  table.sort(idx, function(a, b)
+    if x[a] ~= x[b] then return x[a] > x[b] end
+    return a < b
+  end)
+  local out = {}
+  for t = 1, math.min(k, #idx) do out[t] = idx[t] end
+  return out
+end
+
+local function dense_keep(hq, nqb)
+  local keep = {}
+  for h = 1, hq do
+    keep[h] = {}
+    for r = 1, nqb do
+      keep[h][r] = {}
+      for c = 1, nqb do keep[h][r][c] = c <= r and 1 or 0 end
+    end
+  end
+  return keep
+end
+
+local function estimate(prob, p)
+  local n = D.check_prefill(ID, prob)
+  local hq, d = prob.q:shape()[1], prob.q:shape()[3]
+  local bs = p.block
+  local nb = (n + bs - 1) // bs
+  local mk = function(keep)
+    return sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = bs, bk = bs, causal = true})
+  end
+  if n <= math.max(2 * bs, ((p.min_budget + bs - 1) // bs) * bs) then
+    return {mask = mk(dense_keep(hq, nb)), flops = 0, extra = {dense_fallback = 1}}
+  end
+  local be = prob.backend
+  local pa = {last = bs, backend = be}
+  local probs = sl.score.last_q(prob.q, prob.k, pa)
+  local flops = sl.op_flops("score.last_q", prob.q, prob.k, pa) + 3 * probs:numel()
+  local vcol, sdiag = sl.reduce.columns(probs), sl.reduce.diagonals(probs)
+  local vblk_t = sl.reduce.block(probs, {br = bs, bc = bs, mode = 0})      -- [H, 1, nb] block sums of colsums
+  probs:close()
+  -- coverage counts: topp keeps the shortest prefix reaching γ; the entries with cumsum <= γ are one fewer
+  local div = p.fixed_div and 128 or bs
+  local nv_tok, ns_tok = counts(sl.select.topp(vcol, {p = p.gamma})), counts(sl.select.topp(sdiag, {p = p.gamma}))
+  local min_b = (p.min_budget + bs - 1) // bs
+  local max_b = p.max_budget > 0 and (p.max_budget // bs) or nb
+  -- pattern decision
+  local q_last = prob.q:narrow(2, n - bs + 1, bs)
+  local pp = {bq = bs, bk = bs, softmax = true, causal = true, backend = be}
+  local avg = sl.score.pooled(q_last, prob.k, pp)
+  flops = flops + sl.op_flops("score.pooled", q_last, prob.k, pp)
+  local need_qa = false
+  local heads = {}
+  for h = 1, hq do
+    local a = avg:narrow(1, h, 1):totable()[1][1]
+    local vb = vblk_t:narrow(1, h, 1):totable()[1][1]
+    local dist = jsd_sqrt(a, vb)
+    local qa = dist < p.tau
+    need_qa = need_qa or qa
+    local sd = sdiag:narrow(1, h, 1):totable()[1]
+    local sb = {}
+    for ob = 1, nb do sb[ob] = 0 end
+    for o = 1, n do local ob = (o - 1) // bs + 1; sb[ob] = sb[ob] + sd[o] end
+    local nv = math.max(0, nv_tok[h] - 1) // div + 1
+    local ns = math.max(0, ns_tok[h] - 1) // div + 1
+    if qa then nv, ns = min_b, min_b end
+    nv, ns = math.min(math.max(nv, min_b), max_b), math.min(math.max(ns, min_b), max_b)
+    heads[h] = {qa = qa, dist = dist, vb = vb, sb = sb, nv = nv, ns = ns}
+  end
+  local blocks
+  if need_qa then
+    local bp = {bq = bs, bk = bs, softmax = true, causal = true, backend = be}
+    blocks = sl.score.pooled(prob.q, prob.k, bp)
+    flops = flops + sl.op_flops("score.pooled", prob.q, prob.k, bp)
+  end
+  local keep, n_qa = {}, 0
+  for h = 1, hq do
+    local H = heads[h]
+    local k = {}
+    for r = 1, nb do k[r] = {}; for c = 1, nb do k[r][c] = 0 end end
+    -- vertical-slash blocks (forced column block 0 and offset block 0 inside the budget)
+    local cols = top(H.vb, nb, H.nv - 1, {[1] = true})
+    cols[#cols + 1] = 1
+    local offs = top(H.sb, nb, H.ns - 1, {[1] = true})
+    offs[#offs + 1] = 1
+    for _, c in ipairs(cols) do for r = c, nb do k[r][c] = 1 end end
+    for _, o in ipairs(offs) do for r = o, nb do k[r][r - o + 1] = 1 end end
+    if H.qa then
+      n_qa = n_qa + 1
+      local A = blocks:narrow(1, h, 1):totable()[1]
+      local flat = {}
+      for r = 1, nb do for c = 1, r do flat[#flat + 1] = {A[r][c], r, c} end end
+      table.sort(flat, function(x, y)
+        if x[1] ~= y[1] then return x[1] > y[1] end
+        if x[2] ~= y[2] then return x[2] < y[2] end
+        return x[3] < y[3]
+      end)
+      local limit, cum, cnt = p.gamma * nb, 0, 0
+      for _, e in ipairs(flat) do
+        cum = cum + e[1]
+        if cum > limit then break end
+        cnt = cnt + 1
+      end
+      for t = 1, math.min(cnt + 1, #flat) do k[flat[t][2]][flat[t][3]] = 1 end
+    end
+    keep[h] = k
+  end
+  flops = flops + nb * nb * hq
+  return {mask = mk(keep), flops = flops, extra = {query_aware_heads = n_qa}}
+end
+
+return {
+  id = ID,
+  card = ID,
+  title = "FlexPrefill: A Context-Aware Sparse Attention Mechanism for Efficient Long-Sequence Inference",
+  family = "block-estimate",
+  phase = "prefill",
+  causal_only = true,
+  summary = "Per head: a last-block probe decides between query-aware block selection (pooled estimate, " ..
+    "cumulative coverage γ) and vertical-slash blocks with coverage budgets.",
+  knob = "gamma",
+  knob_direction = 1,
+  params = {
+    gamma = {default = 0.9, min = 0, max = 1, doc = "γ: coverage of the attention mass"},
+    tau = {default = 0.1, min = 0, max = 1, doc = "τ: sqrt-JSD threshold below which a head is query-aware"},
+    block = {default = 128, min = 1, max = 4096, int = true, doc = "block size of the estimate and the executor"},
+    min_budget = {default = 512, min = 0, int = true, doc = "minimum budget in tokens (rounded up to blocks)"},
+    max_budget = {default = 0, min = 0, int = true, doc = "maximum budget in tokens (0: none)"},
+    fixed_div = {default = false, doc = "true: the reference's budget divisor 128 whatever the block size"},
+  },
+  ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "reduce.block", "select.topp", "score.pooled",
+    "attn.block_sparse"},
+  checks = {"γ -> 1 with τ = 0 and max budget equals dense", "column block 0 and diagonal in every row",
+    "τ = 0 all VS, τ = 1 all QA", "recall monotone in γ"},
+  mask = function(prob, p) return estimate(prob, p).mask end,
+  estimate = estimate,
+  run = D.runner(estimate),
+}
