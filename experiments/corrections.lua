@@ -55,7 +55,10 @@ local t_start = sl.time()
 -- ---- base methods ----
 local have = {}
 for _, id in ipairs(sl.methods.ids()) do have[id] = true end
-local DYNAMIC = {"vertical_slash", "minference_block_sparse", "xattention", "flexprefill", "quest", "seer_attention"}
+-- dynamic (estimate-based) methods, in order of preference: MInference's two
+-- patterns, then other block estimators, then a token estimator
+local DYNAMIC = {"vertical_slash", "minference_block_sparse", "xattention", "flexprefill", "quest", "seer_attention",
+  "dhsa"}
 local STAND_IN = {"power_attention", "s2_attention", "triangle_mix"}
 local bases = {"streaming_llm", "sliding_window"}
 local notes = {}
@@ -78,6 +81,11 @@ local function base_params(id, block, n)
   local p = {bq = block, bk = block}
   if id == "streaming_llm" then p.n_init = 4 end
   if id == "power_attention" then p.block = math.max(1, n // 64); p.sink = 1 end
+  if id == "dhsa" then
+    -- the card's defaults (128 local, 128 global, 64 dense instruction rows)
+    -- alone keep more than the target densities at these lengths
+    p = {b = block, chunk = block, local_tokens = block, global_tokens = 4, instruction_tokens = 0}
+  end
   return p
 end
 
