@@ -7,8 +7,8 @@
 -- (estimate-based) methods when the registry has them (vertical_slash,
 -- minference_block_sparse, xattention, ...; otherwise the block-sparse
 -- power_attention / triangle_mix / s2_attention stand in, and the output
--- says so) — at matched densities (sl.budget.match when it exists, else the
--- base knob bisected on the executed mask's density), on
+-- says so) — at matched densities (sl.budget.match, side "nearest", when it
+-- exists, else the base knob bisected on the executed mask's density), on
 --   * the real TinyStories 260K Q/K/V (the shipped model run densely over the
 --     shipped texts joined, captured per layer with m:capture), and
 --   * two synthetic workloads: "synthetic_structured" (sl.synthetic: sinks,
@@ -84,9 +84,12 @@ local function base_params(id, block, n)
   if id == "dhsa" then
     -- the card's defaults (128 local, 128 global, 64 dense instruction rows)
     -- alone keep more than the target densities at these lengths
-    p = {b = block, chunk = block, local_tokens = block, global_tokens = 4, instruction_tokens = 0}
+    p.chunk, p.local_tokens, p.global_tokens, p.instruction_tokens = block, block, 4, 0
   end
-  return p
+  -- only what the method has (parameter names differ between recipes)
+  local m, out = sl.methods.get(id), {}
+  for k, v in pairs(p) do if m.params[k] then out[k] = v end end
+  return out
 end
 
 -- ---- matched densities ----
@@ -103,8 +106,9 @@ end
 -- knob_direction -1 for knobs where larger keeps fewer pairs).
 local function solve_knob(m, prob, bp, target)
   if sl.budget and sl.budget.match then
-    local ok, x = pcall(sl.budget.match, m, prob, {target = "density", value = target, params = bp})
-    if ok and type(x) == "number" then return x end
+    local ok, match = pcall(sl.budget.match, {method = m, prob = prob, target = "density", value = target,
+      params = bp, side = "nearest", tol = 0.02, max_steps = 20})
+    if ok and type(match) == "table" and match.value ~= nil then return match.value end
   end
   local spec = m.params[m.knob]
   local dir = m.knob_direction or 1
