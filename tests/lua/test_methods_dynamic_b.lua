@@ -353,6 +353,17 @@ test("dhsa: locals, globals, instruction rows kept; chunks chosen whole by indep
   end
 end)
 
+test("dhsa: the reference's overwrite splice executes a subset of the paper's union, reported beside it", function()
+  local prob = problem(160, 8, 95, true)
+  local m = sl.methods.get("dhsa")
+  local out = m.run(prob, sl.registry.resolve(m, dh{topk_tokens = 64, splice = 1}))
+  truthy(out.semantic_mask, "semantic mask reported")
+  local union = m.mask(prob, sl.registry.resolve(m, dh{topk_tokens = 64, splice = 0}))
+  eq((out.semantic_mask - union):info().nnz + (union - out.semantic_mask):info().nnz, 0, "semantic = the union")
+  eq((out.mask - out.semantic_mask):info().nnz, 0, "executed within the semantic mask")
+  truthy(out.stats.density_semantic > out.stats.density, "the overwrite drops selected tokens")
+end)
+
 test("dhsa: equal chunks rank the same with and without length normalisation", function()
   local prob = problem(128, 8, 91, true)
   local a = sl.methods.get("dhsa").mask(prob, sl.registry.resolve(sl.methods.get("dhsa"), dh{topk_tokens = 64, norm = 1}))

@@ -19,7 +19,9 @@
 --      end); fewer allowed keys than topk_tokens → all of them; then the
 --      global_tokens first positions. splice = 0 (paper): globals are a
 --      union; splice = 1 (reference): they overwrite the lowest-sorted
---      selected slots, dropping that many selected tokens;
+--      selected slots, dropping that many selected tokens (run then reports
+--      the paper's union as semantic_mask / density_semantic beside the
+--      executed mask);
 --   5. executor: attn.vs_mixed — the local window (blocks of b, token causal
 --      in the diagonal), the globals and the instruction rows as a block
 --      mask, the selected earlier tokens as gathered columns of the block
@@ -158,10 +160,20 @@ local function run(prob, p)
   local o, lse = sl.attn.vs_mixed(prob.q, prob.k, prob.v, bm, idx.row_ptr, idx.col, args)
   local t2 = sl.time()
   local m = bm + sl.mask_c.from_index(idx, p.bq, p.bk)
-  return {o = o, lse = lse, mask = m, stats = {
+  local out = {o = o, lse = lse, mask = m, stats = {
     flops = sl.op_flops("attn.vs_mixed", prob.q, prob.k, prob.v, bm, idx.row_ptr, idx.col, args),
     estimator_flops = est_flops, density = m:density(true), estimate_ms = (t1 - t0) * 1e3,
     execute_ms = (t2 - t1) * 1e3, chunks = C}}
+  if p.splice == 1 then
+    -- the reference's overwrite executes fewer keys than the paper's union:
+    -- report the paper's mask beside the executed one
+    local q = {}
+    for k, v in pairs(p) do q[k] = v end
+    q.splice = 0
+    out.semantic_mask = mask_for(prob, q)
+    out.stats.density_semantic = out.semantic_mask:density(true)
+  end
+  return out
 end
 
 return {
