@@ -197,6 +197,47 @@ function D.vs_mask(blocks, cols, n_q, n_k, kept)
     _density = kept / (D.causal_pairs(n_q, n_k) * math.max(info.n_heads, #cols))}, VS)
 end
 
+--- The pairs (i, j) with j a listed column inside row i's own query block
+--- (block start <= j <= i) that the strict gathered lists leave out, as a
+--- block mask with token bits — nil when every head's offsets hold 0 ..
+--- bq-1 (the diagonals then cover them). Built from per-row lists (only
+--- in-block columns: about #cols · bq / 2 pairs per head), never through
+--- a full vertical pattern (every tile of it would be partial).
+function D.in_block_columns(cols, offs, n, bq, bk)
+  local covered = true
+  for h = 1, #cols do
+    local have = 0
+    for _, o in ipairs(offs[h]) do if o < bq then have = have + 1 end end
+    if have < math.min(bq, n) then covered = false end
+  end
+  if covered then return nil end
+  local row_ptr, col = {}, {}
+  for h = 1, #cols do
+    local per_row = {}
+    for _, j in ipairs(cols[h]) do
+      local stop = math.min(n, (j // bq + 1) * bq) - 1
+      for i = j, stop do
+        local l = per_row[i]
+        if not l then l = {}; per_row[i] = l end
+        l[#l + 1] = j
+      end
+    end
+    local rp = {#col}
+    for i = 0, n - 1 do
+      local l = per_row[i]
+      if l then for _, j in ipairs(l) do col[#col + 1] = j end end
+      rp[#rp + 1] = #col
+    end
+    row_ptr[h] = rp
+  end
+  if #col == 0 then col[1] = 0 end   -- keep a valid tensor; row_ptr ends at 0 entries
+  local ct = sl.tensor(col, "i32")
+  if row_ptr[#row_ptr][n + 1] == 0 then ct = ct:narrow(1, 1, 0) end
+  local idx = {row_ptr = sl.tensor(row_ptr, "i32"), col = ct, rows_per_entry = 1, n_q = n, n_k = n,
+    n_heads = #cols, n_entries = n}
+  return sl.mask.from_index(idx, bq, bk)
+end
+
 --- The executed mask of "columns ∪ diagonals" lines per head (sorted
 --- 0-based lists; n_q == n_k == n): slashes as a block mask (exact token
 --- diagonals, or MInference's tiles when widen), columns inside each query
@@ -205,11 +246,13 @@ end
 --- semantic lines (counted analytically).
 function D.lines_mask(cols, offs, n, bq, bk, widen)
   local slashes = sl.mask.from_slashes(D.padded(offs), {n_q = n, n_k = n, bq = bq, bk = bk, widen = widen})
-  local lc = (sl.mask.vertical{cols = cols} * sl.mask.block_diag{size = bq})
-    :materialize{n_q = n, n_k = n, bq = bq, bk = bk, n_heads = #cols}
-  local blocks = slashes + lc
-  slashes:close()
-  lc:close()
+  local blocks = slashes
+  local lc = D.in_block_columns(cols, offs, n, bq, bk)
+  if lc then
+    blocks = slashes + lc
+    slashes:close()
+    lc:close()
+  end
   local sem = 0
   for h = 1, #cols do sem = sem + D.vs_pairs(n, cols[h], offs[h]) end
   return D.vs_mask(blocks, cols, n, n, (not widen) and sem or nil), sem / (D.causal_pairs(n, n) * #cols)

@@ -59,8 +59,19 @@ local function estimate(prob, p)
     kept = kept + win_pairs
     for _, j in ipairs(cols[h]) do kept = kept + (n - j) - math.min(w, n - j) end
   end
-  local blocks = (sl.mask.window{w = w} + sl.mask.vertical{cols = cols} * sl.mask.block_diag{size = p.bq})
-    :materialize{n_q = n, n_k = n, bq = p.bq, bk = p.bk, n_heads = hq}
+  -- the window holds offsets 0 .. w-1: the in-block columns it misses (w < bq) join as token bits
+  local win = {}
+  for o = 0, math.min(w, p.bq) - 1 do win[#win + 1] = o end
+  local wins = {}
+  for h = 1, hq do wins[h] = win end
+  local blocks = sl.mask.window{w = w}:materialize{n_q = n, n_k = n, bq = p.bq, bk = p.bk, n_heads = 1}
+  local lc = D.in_block_columns(cols, wins, n, p.bq, p.bk)
+  if lc then
+    local u = blocks + lc
+    blocks:close()
+    lc:close()
+    blocks = u
+  end
   local m = D.vs_mask(blocks, cols, n, n, kept)
   local nc = 0
   for h = 1, hq do nc = nc + #cols[h] end
