@@ -269,6 +269,21 @@ test("psa_pyramid correction: level 1 fills every skipped block exactly; identic
   H.raises(function() apply(WINDOW[1], WINDOW[2], "psa_pyramid", {level = 6}, prob) end, "power of two")
 end)
 
+test("flashblock, psa_pyramid: a composite mask (block part + columns) is used through its materialize()", function()
+  local base = sl.methods.get(BLOCKS[1])
+  for _, id in ipairs{"flashblock", "psa_pyramid"} do
+    local prob = problem(53)
+    local bout = base.run(prob, sl.registry.resolve(base, BLOCKS[2]))
+    local want = module(id).after(prob, cparams(module(id)), bout)
+    local real = bout.mask
+    bout.mask = setmetatable({}, {__index = {materialize = function() return real end}})
+    local got = module(id).after(prob, cparams(module(id)), bout)
+    eq(sl.metric.max_abs(got.o, want.o), 0, id .. ": same output through materialize()")
+    bout.mask = nil
+    H.raises(function() module(id).after(prob, cparams(module(id)), bout) end, "no block mask", id)
+  end
+end)
+
 -- ---- psa_pyramid (method) ----
 test("psa_pyramid method: all level 1 is dense; density accounting; importance against plain Lua", function()
   local prob = problem(61, {n = 128})

@@ -26,6 +26,17 @@
 -- invalidation).
 local sl = require "sparselab"
 
+-- The base's executed mask as one block mask: a block mask as it is; a
+-- composite mask (e.g. the vertical-slash block part + gathered columns of
+-- sparselab.dynamic) through its exact materialize(); nil otherwise.
+local function block_mask_of(mask)
+  if mask == nil then return nil end
+  if sl.mask.is_mask(mask) then return mask end
+  local ok, m = pcall(function() return mask:materialize() end)
+  if ok and sl.mask.is_mask(m) then return m end
+  return nil
+end
+
 local function correct_op(name)
   local c = sl.correct
   local ops = rawget(c, "ops")
@@ -75,7 +86,8 @@ return {
     "cache invalidated when K/V or the base mask change", "rows whose query moved more than tau stay sparse"},
   after = function(prob, p, base)
     if not base.lse then sl.fail("flashblock: the base method returned no lse") end
-    if not (base.mask and sl.mask.is_mask(base.mask)) then
+    local bmask = block_mask_of(base.mask)
+    if not bmask then
       sl.fail("flashblock: the base method returned no block mask (the cached part is its complement)")
     end
     local cache_reuse = correct_op("cache_reuse")
@@ -92,19 +104,19 @@ return {
     -- the queries may move (that is what the rows' test is for); K, V, the
     -- shapes and the base's mask may not
     local valid = st.o ~= nil and same_shape(st.q:shape(), prob.q:shape()) and same_tensor(st.k, prob.k) and
-      same_tensor(st.v, prob.v) and same_mask(st.mask, base.mask)
+      same_tensor(st.v, prob.v) and same_mask(st.mask, bmask)
     local scheduled = p.refresh_every > 0 and step % p.refresh_every == 0
     if not valid or scheduled then
-      local info = base.mask:info()
+      local info = bmask:info()
       local all = prob.causal ~= false and sl.mask.causal() or sl.mask.full()
-      local rest = all:materialize{n_q = info.n_q, n_k = info.n_k, bq = info.bq, bk = info.bk, n_heads = 1} - base.mask
+      local rest = all:materialize{n_q = info.n_q, n_k = info.n_k, bq = info.bq, bk = info.bk, n_heads = 1} - bmask
       local bargs = {backend = prob.backend}
       local o_c, l_c = sl.attn.block_sparse(prob.q, prob.k, prob.v, rest, bargs)
       local flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, rest, bargs)
       local cargs = {backend = prob.backend}
       local o, lse = cache_reuse(base.o, base.lse, o_c, l_c, cargs)
       flops = flops + sl.op_flops("correct.cache_reuse", base.o, base.lse, o_c, l_c, cargs)
-      st.o, st.lse, st.q, st.k, st.v, st.mask = o_c, l_c, prob.q, prob.k, prob.v, base.mask
+      st.o, st.lse, st.q, st.k, st.v, st.mask = o_c, l_c, prob.q, prob.k, prob.v, bmask
       rest:close()
       return {o = o, lse = lse, stats = {correction_flops = flops, flashblock_refresh = 1, flashblock_reused = 1,
         flashblock_step = step}}

@@ -19,6 +19,17 @@
 local sl = require "sparselab"
 local psa = require "sparselab.methods.psa_pyramid"
 
+-- The base's executed mask as one block mask: a block mask as it is; a
+-- composite mask (e.g. the vertical-slash block part + gathered columns of
+-- sparselab.dynamic) through its exact materialize(); nil otherwise.
+local function block_mask_of(mask)
+  if mask == nil then return nil end
+  if sl.mask.is_mask(mask) then return mask end
+  local ok, m = pcall(function() return mask:materialize() end)
+  if ok and sl.mask.is_mask(m) then return m end
+  return nil
+end
+
 return {
   id = "psa_pyramid",
   card = "psa_pyramid",
@@ -33,20 +44,21 @@ return {
   checks = {"full mask: output equals the base (dense) exactly", "level 1: every visible block exact = dense",
     "identical keys in each group: equals dense", "no block at level > bk"},
   after = function(prob, p, base)
-    if not (base.mask and sl.mask.is_mask(base.mask)) then
+    local bmask = block_mask_of(base.mask)
+    if not bmask then
       sl.fail("psa_pyramid: the base method returned no block mask (the pooled blocks are the ones it skips)")
     end
     if not base.lse then sl.fail("psa_pyramid: the base method returned no lse") end
     local s = psa.pow2_floor(p.level)
     if s ~= p.level then sl.fail("psa_pyramid: level must be a power of two, found %d", p.level) end
-    local info = base.mask:info()
+    local info = bmask:info()
     s = math.min(s, psa.pow2_floor(info.bk))
     local qs = prob.q:shape()
     local nq, nk = info.n_q, info.n_k
     local off = nk - nq
     local causal = prob.causal ~= false
     -- blocks the mask lists, per mask head
-    local rp, ci = base.mask:arrays()
+    local rp, ci = bmask:arrays()
     local rpt, cit = rp:totable(), ci:totable()
     rp:close(); ci:close()
     local listed = {}
