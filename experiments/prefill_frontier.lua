@@ -130,12 +130,12 @@ for _, rho in ipairs(DENSITIES) do
   cols[#cols + 1] = string.format("round(avg(CASE WHEN target_density = %g THEN rel_l2 END), 4) AS rel_l2_%s", rho, tag)
 end
 local CLASS = "CASE WHEN workload LIKE 'tinystories:%' THEN 'tinystories' ELSE workload || ':' || n_k END"
-show("Frontier at matched executed densities (mean over texts and layers; columns: target density)", string.format([[
+show("Frontier at matched executed densities (mean over the texts and layers that reached the density: n in the detail)", string.format([[
   SELECT %s AS inputs, method, %s
     FROM v_result WHERE run_id = ? AND status = 'ok'
    GROUP BY inputs, method ORDER BY inputs, method]], CLASS, table.concat(cols, ",\n         ")))
 show("Detail: achieved density, worst-row recall, cosine, time split and FLOPs", string.format([[
-  SELECT %s AS inputs, method, target_density AS target, round(avg(density), 4) AS density,
+  SELECT %s AS inputs, method, target_density AS target, count(*) AS n, round(avg(density), 4) AS density,
          round(avg(recall_mean), 4) AS recall, round(min(recall_min), 4) AS recall_min,
          round(avg(rel_l2), 4) AS rel_l2, round(avg(cosine_mean), 4) AS cosine,
          round(avg(estimate_ms), 2) AS estimate_ms, round(avg(execute_ms), 2) AS execute_ms,
