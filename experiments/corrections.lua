@@ -102,35 +102,19 @@ local function density_at(m, prob, bp, x)
   return m.run(prob, p).stats.density
 end
 
--- The knob value whose executed density is closest above target (bisection;
--- knob_direction -1 for knobs where larger keeps fewer pairs).
+-- The knob value whose executed density is nearest the target
+-- (sl.budget.match); when the knob's range cannot reach it, the end of the
+-- range nearest to it (the table then shows the density achieved).
 local function solve_knob(m, prob, bp, target)
-  if sl.budget and sl.budget.match then
-    local ok, match = pcall(sl.budget.match, {method = m, prob = prob, target = "density", value = target,
-      params = bp, side = "nearest", tol = 0.02, max_steps = 20})
-    if ok and type(match) == "table" and match.value ~= nil then return match.value end
-  end
+  local ok, match = pcall(sl.budget.match, {method = m, prob = prob, target = "density", value = target,
+    params = bp, side = "nearest", tol = 0.02, max_steps = 20})
+  if ok then return match.value end
+  if not tostring(match):find("cannot ", 1, true) then error(match, 0) end
   local spec = m.params[m.knob]
-  local dir = m.knob_direction or 1
   local lo, hi = spec.min or 0, spec.max or prob.k:shape()[2]
   if spec.int and hi > prob.k:shape()[2] then hi = prob.k:shape()[2] end
-  local function ok(x) return density_at(m, prob, bp, x) >= target end
-  if dir < 0 then
-    -- larger keeps fewer: the largest x that still keeps >= target
-    for _ = 1, spec.int and 64 or 40 do
-      if spec.int and hi - lo <= 1 then break end
-      local mid = spec.int and (lo + hi) // 2 or (lo + hi) / 2
-      if ok(mid) then lo = mid else hi = mid end
-    end
-    return lo
-  end
-  if not ok(hi) then return hi end
-  for _ = 1, spec.int and 64 or 40 do
-    if spec.int and lo >= hi then break end
-    local mid = spec.int and (lo + hi) // 2 or (lo + hi) / 2
-    if ok(mid) then hi = mid else lo = spec.int and mid + 1 or mid end
-  end
-  return hi
+  local dlo, dhi = density_at(m, prob, bp, lo), density_at(m, prob, bp, hi)
+  return math.abs(dlo - target) <= math.abs(dhi - target) and lo or hi
 end
 
 -- ---- workloads ----
