@@ -119,15 +119,11 @@ test: deps
 test-run: all $(TEST_SUITES) $(TEST_TOOLS)
 	@BUILD=$(BUILD) sh tests/run.sh
 
+# Every op suite (tests/test_ops.c, tests/test_*_ops.c) on ref, cpu and cuda.
+CUDA_OP_SUITES := $(patsubst tests/%.c,%,$(wildcard tests/test_ops.c tests/test_*_ops.c))
 test-cuda:
-	$(MAKE) CUDA=1 BUILD=build-cuda all build-cuda/tests/test_ops build-cuda/tests/test_sparse_ops \
-		build-cuda/tests/test_correct_ops build-cuda/tests/test_score_extra2_ops \
-		build-cuda/tests/test_score_ops
-	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_ops
-	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_sparse_ops
-	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_correct_ops
-	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_score_extra2_ops
-	SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/test_score_ops
+	$(MAKE) CUDA=1 BUILD=build-cuda all $(CUDA_OP_SUITES:%=build-cuda/tests/%)
+	@for t in $(CUDA_OP_SUITES); do echo "== $$t (cuda)"; SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/$$t || exit 1; done
 
 asan: deps
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" test-run

@@ -23,7 +23,6 @@ static void in_name(const sl_op_info *info, int i, char *buf, size_t n)
     buf[len] = '\0';
 }
 
-static int is_float(sl_dtype t) { return t == SL_F32 || t == SL_F16 || t == SL_BF16 || t == SL_F64; }
 
 /* Input i is a float tensor whose shape is want[0..ndim) (-1: any size). */
 static sl_status need_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i, int ndim,
@@ -34,7 +33,7 @@ static sl_status need_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor
     if (!in[i].buf)
         return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s' is missing", info->name, nm);
     sl_tensor_describe(&in[i], desc, sizeof desc);
-    int ok = is_float(in[i].dtype) && in[i].ndim == ndim;
+    int ok = sl__op_is_float(in[i].dtype) && in[i].ndim == ndim;
     for (int d = 0; ok && d < ndim; d++)
         ok = want[d] < 0 || in[i].shape[d] == want[d];
     if (ok)

@@ -83,16 +83,22 @@ sl_status sl__correct_ext_infer(sl_ctx *ctx, const sl_op_info *info, const void 
 sl_status sl__correct_ext_check(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in);
 double sl__correct_ext_flops(sl_op op, const void *params, const sl_tensor *in);
 /* Shape rules, content checks and FLOP counts of pool.tokens, score.lowbit
- * and attn.bucket (op_extra2.c). */
-sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
+ * and attn.bucket (op_token_score.c). */
+sl_status sl__token_score_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                            int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
-sl_status sl__extra2_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
-double sl__extra2_flops(sl_op op, const void *params, const sl_tensor *in);
+sl_status sl__token_score_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
+double sl__token_score_flops(sl_op op, const void *params, const sl_tensor *in);
+/* Input checks shared by the estimator validators (op_check.c): a float
+ * tensor dtype; a float [H, N, D] input named nm; q = in[0], k = in[1] with
+ * equal head_dim, Hq a multiple of Hkv and n_q <= n_k. */
+int sl__op_is_float(sl_dtype t);
+sl_status sl__op_need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm);
+sl_status sl__op_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in);
 /* Shape rules, content checks and FLOP counts of score.antidiag,
- * score.strided, score.anchor and gather.rows (op_extra_a.c). */
-sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
+ * score.strided, score.anchor and gather.rows (op_stripe.c). */
+sl_status sl__stripe_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                             int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
-sl_status sl__extra_a_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
-double sl__extra_a_flops(sl_op op, const void *params, const sl_tensor *in);
+sl_status sl__stripe_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
+double sl__stripe_flops(sl_op op, const void *params, const sl_tensor *in);
 
 #endif

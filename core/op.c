@@ -475,8 +475,8 @@ static sl_status check_contents(sl_ctx *ctx, const sl_op_info *info, const void 
         return SL_OK;
     }
     case SL_OP_POOL_TOKENS:
-    case SL_OP_ATTN_BUCKET: return sl__extra2_check_contents(ctx, info->op, in);
-    case SL_OP_GATHER_ROWS: return sl__extra_a_check_contents(ctx, info->op, in);
+    case SL_OP_ATTN_BUCKET: return sl__token_score_check_contents(ctx, info->op, in);
+    case SL_OP_GATHER_ROWS: return sl__stripe_check_contents(ctx, info->op, in);
     default: return SL_OK;
     }
 }
@@ -863,11 +863,11 @@ static sl_status infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tenso
     case SL_OP_POOL_TOKENS:
     case SL_OP_SCORE_LOWBIT:
     case SL_OP_SCORE_HASH:
-    case SL_OP_ATTN_BUCKET: return sl__extra2_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_ATTN_BUCKET: return sl__token_score_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
     case SL_OP_SCORE_ANTIDIAG:
     case SL_OP_SCORE_STRIDED:
     case SL_OP_SCORE_ANCHOR:
-    case SL_OP_GATHER_ROWS: return sl__extra_a_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_GATHER_ROWS: return sl__stripe_infer(ctx, op, params, in, out_ndim, out_shape, out_dtype);
     default:
         return infer_score(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     }
@@ -1266,11 +1266,11 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in)
     case SL_OP_POOL_TOKENS:
     case SL_OP_SCORE_LOWBIT:
     case SL_OP_SCORE_HASH:
-    case SL_OP_ATTN_BUCKET: return sl__extra2_flops(op, params, in);
+    case SL_OP_ATTN_BUCKET: return sl__token_score_flops(op, params, in);
     case SL_OP_SCORE_ANTIDIAG:
     case SL_OP_SCORE_STRIDED:
     case SL_OP_SCORE_ANCHOR:
-    case SL_OP_GATHER_ROWS: return sl__extra_a_flops(op, params, in);
+    case SL_OP_GATHER_ROWS: return sl__stripe_flops(op, params, in);
     default: return 0;
     }
 }

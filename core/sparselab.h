@@ -496,7 +496,7 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * contributing 0 (zero padding). */
 
 /* Estimators of XAttention, ProxyAttn and AnchorAttention, and the row
- * gather of PBS-Attn (issue 4; op_extra_a.c). Causal rules use the decode
+ * gather of PBS-Attn (issue 4; op_stripe.c). Causal rules use the decode
  * offset off = Nk - Nq; query head h reads kv head h / (Hq / Hkv).
  *
  * score.antidiag: inputs q, k; params block B, stride S (B % S == 0),

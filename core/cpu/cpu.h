@@ -118,12 +118,12 @@ sl_status sl__cpu_select_topk(const sl__kargs *a);
 sl_status sl__cpu_select_topp(const sl__kargs *a);
 sl_status sl__cpu_select_threshold(const sl__kargs *a);
 size_t sl__cpu_select_scratch(const sl_tensor *in, int n_threads);
-/* score.antidiag, score.strided, score.anchor, gather.rows (cpu/extra_a.c); scratch of their own. */
+/* score.antidiag, score.strided, score.anchor, gather.rows (cpu/stripe.c); scratch of their own. */
 sl_status sl__cpu_score_antidiag(const sl__kargs *a);
 sl_status sl__cpu_score_strided(const sl__kargs *a);
 sl_status sl__cpu_score_anchor(const sl__kargs *a);
 sl_status sl__cpu_gather_rows(const sl__kargs *a);
-/* pool.tokens, score.lowbit, score.hash, attn.bucket (cpu/extra2.c); scratch of their own. */
+/* pool.tokens, score.lowbit, score.hash, attn.bucket (cpu/token_score.c); scratch of their own. */
 sl_status sl__cpu_pool_tokens(const sl__kargs *a);
 sl_status sl__cpu_score_lowbit(const sl__kargs *a);
 sl_status sl__cpu_attn_bucket(const sl__kargs *a);

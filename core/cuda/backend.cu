@@ -2,8 +2,8 @@
 #include "kernels.cuh"
 #include "score.cuh"
 #include "correct_ext.cuh"
-#include "extra2.cuh"
-#include "extra_a.cuh"
+#include "token_score.cuh"
+#include "stripe.cuh"
 
 extern "C" {
 #include "../internal.h"

@@ -68,12 +68,12 @@ sl_status sl__ref_select_topk(const sl__kargs *a);
 sl_status sl__ref_select_topp(const sl__kargs *a);
 sl_status sl__ref_select_threshold(const sl__kargs *a);
 size_t sl__ref_select_scratch(const sl_tensor *in);
-/* score.antidiag, score.strided, score.anchor, gather.rows (ref/extra_a.c). */
+/* score.antidiag, score.strided, score.anchor, gather.rows (ref/stripe.c). */
 sl_status sl__ref_score_antidiag(const sl__kargs *a);
 sl_status sl__ref_score_strided(const sl__kargs *a);
 sl_status sl__ref_score_anchor(const sl__kargs *a);
 sl_status sl__ref_gather_rows(const sl__kargs *a);
-/* pool.tokens, score.lowbit, score.hash, attn.bucket (ref/extra2.c). */
+/* pool.tokens, score.lowbit, score.hash, attn.bucket (ref/token_score.c). */
 sl_status sl__ref_pool_tokens(const sl__kargs *a);
 sl_status sl__ref_score_lowbit(const sl__kargs *a);
 sl_status sl__ref_attn_bucket(const sl__kargs *a);

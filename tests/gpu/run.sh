@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run the op suites (test_ops, test_sparse_ops, test_score_extra2_ops, test_score_ops) with the cuda backend, then the quick benchmark if the program has one.
+# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run every op suite (tests/test_ops.c, tests/test_*_ops.c) with the cuda backend, then the quick benchmark if the program has one.
 #   usage (from the repo root): tests/gpu/run.sh        CUDA_ARCH=sm_80 tests/gpu/run.sh
 # Exits non-zero when the build fails, an op suite fails, the cuda backend is unavailable, or a
 # case of a kernel the cuda backend has (vs_mixed, pv_skip, ...) was skipped on cuda as unsupported.
@@ -34,15 +34,17 @@ if [ "$(cat "$BUILD/.cuda_arch" 2>/dev/null || true)" != "$ARCH" ]; then
     rm -rf "$BUILD"
 fi
 
+# Every op suite: tests/test_ops.c and tests/test_*_ops.c.
+SUITES=$(cd tests && ls test_ops.c test_*_ops.c | sed 's/\.c$//')
 t0=$SECONDS
-if ! make CUDA=1 BUILD="$BUILD" CUDA_ARCH="$ARCH" -j"$JOBS" all "$BUILD/tests/test_ops" "$BUILD/tests/test_sparse_ops" "$BUILD/tests/test_score_extra2_ops" "$BUILD/tests/test_score_ops" >"$LOG/build.txt" 2>&1; then
+if ! make CUDA=1 BUILD="$BUILD" CUDA_ARCH="$ARCH" -j"$JOBS" all $(for s in $SUITES; do printf '%s ' "$BUILD/tests/$s"; done) >"$LOG/build.txt" 2>&1; then
     tail -30 "$LOG/build.txt"
     fail "build CUDA=1 $ARCH" "see $LOG/build.txt"
 fi
 echo "$ARCH" >"$BUILD/.cuda_arch"
 row "build CUDA=1 $ARCH" ok "$((SECONDS - t0)) s"
 
-for suite in test_ops test_sparse_ops test_score_extra2_ops test_score_ops; do
+for suite in $SUITES; do
     t0=$SECONDS
     set +e
     SL_TEST_BACKENDS=ref,cpu,cuda "$BUILD/tests/$suite" >"$LOG/$suite.txt" 2>&1

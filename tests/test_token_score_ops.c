@@ -1,4 +1,4 @@
-/* test_score_extra2_ops.c — pool.tokens, score.lowbit, score.hash and
+/* test_token_score_ops.c — pool.tokens, score.lowbit, score.hash and
  * attn.bucket on every available backend against ref (sentinel allocator,
  * ragged sizes, GQA, decode offsets), each against an independent
  * computation written here with plain loops in float64 (means and maxima,
@@ -395,7 +395,7 @@ START_TEST(test_attn_bucket)
 }
 END_TEST
 
-START_TEST(test_extra2_validation)
+START_TEST(test_token_score_validation)
 {
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
@@ -509,7 +509,7 @@ START_TEST(test_attn_bucket_empty_rows)
 }
 END_TEST
 
-START_TEST(test_extra2_alloc_failures_leak_nothing)
+START_TEST(test_token_score_alloc_failures_leak_nothing)
 {
     sl_rng rng;
     for (long fail = 1; fail < 30; fail++) {
@@ -540,21 +540,21 @@ START_TEST(test_extra2_alloc_failures_leak_nothing)
 }
 END_TEST
 
-static Suite *extra2_suite(void)
+static Suite *token_score_suite(void)
 {
-    Suite *s = suite_create("score_extra2_ops");
-    TCase *tc = tcase_create("score_extra2_ops");
+    Suite *s = suite_create("token_score_ops");
+    TCase *tc = tcase_create("token_score_ops");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_pool_tokens);
     tcase_add_loop_test(tc, test_score_lowbit, 0, N_CASES);
     tcase_add_test(tc, test_score_lowbit_oracle_is_log_probability);
     tcase_add_test(tc, test_score_hash);
     tcase_add_loop_test(tc, test_attn_bucket, 0, N_CASES);
-    tcase_add_test(tc, test_extra2_validation);
+    tcase_add_test(tc, test_token_score_validation);
     tcase_add_test(tc, test_attn_bucket_empty_rows);
-    tcase_add_test(tc, test_extra2_alloc_failures_leak_nothing);
+    tcase_add_test(tc, test_token_score_alloc_failures_leak_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) { return tu_run(extra2_suite()); }
+int main(void) { return tu_run(token_score_suite()); }

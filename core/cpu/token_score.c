@@ -1,4 +1,4 @@
-/* cpu/extra2.c — cpu kernels of pool.tokens, score.lowbit, score.hash and
+/* cpu/token_score.c — cpu kernels of pool.tokens, score.lowbit, score.hash and
  * attn.bucket (contracts in sparselab.h). Work items run on our thread pool; the low-bit
  * estimate multiplies the dequantised Q and K with sgemm (the quantised
  * values times their steps are what INT-b tensor cores compute, exactly up

@@ -1,4 +1,4 @@
-/* ref/extra_a.c — reference kernels of score.antidiag (XAttention),
+/* ref/stripe.c — reference kernels of score.antidiag (XAttention),
  * score.strided (ProxyAttn), score.anchor (AnchorAttention) and gather.rows
  * (PBS-Attn): plain loops with float64 accumulation, the oracle the cpu and
  * cuda kernels are tested against. Contracts in sparselab.h. */

@@ -1,8 +1,8 @@
-/* cpu/extra_a.c — fast kernels of score.antidiag (XAttention), score.strided
+/* cpu/stripe.c — fast kernels of score.antidiag (XAttention), score.strided
  * (ProxyAttn), score.anchor (AnchorAttention) and gather.rows (PBS-Attn):
  * work items of (head, query tile) on the context's threads, score tiles by
  * one OpenBLAS sgemm each (strided operands through the leading dimension,
- * no copies), softmax in float. Contracts in sparselab.h; ref/extra_a.c is
+ * no copies), softmax in float. Contracts in sparselab.h; ref/stripe.c is
  * the oracle. */
 #include "cpu.h"
 

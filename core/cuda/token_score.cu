@@ -1,11 +1,11 @@
-// cuda/extra2.cu — CUDA kernels of pool.tokens, score.lowbit, score.hash and attn.bucket
+// cuda/token_score.cu — CUDA kernels of pool.tokens, score.lowbit, score.hash and attn.bucket
 // (contracts in sparselab.h): plain one-thread-per-output kernels, each call
 // staging its tensors through device memory like the executors in
 // backend.cu. score.lowbit quantises on the host with the shared f32 rule
-// (ref/extra2.c) so the device sees exactly the values ref and cpu see.
+// (ref/token_score.c) so the device sees exactly the values ref and cpu see.
 // Unverified on a device: built with `make CUDA=1`, run by test-cuda where a
 // GPU is present.
-#include "extra2.cuh"
+#include "token_score.cuh"
 
 extern "C" {
 #include "../ref/ref.h"

@@ -1,11 +1,11 @@
-// cuda/extra_a.cu — CUDA kernels of score.antidiag (XAttention), score.strided
+// cuda/stripe.cu — CUDA kernels of score.antidiag (XAttention), score.strided
 // (ProxyAttn), score.anchor (AnchorAttention) and gather.rows (PBS-Attn);
 // contracts in sparselab.h. Plain kernels: one warp per score row (max, sum
 // and scatter passes recompute the dot products instead of storing the row),
 // atomics into the output tiles. Each call stages its tensors through device
 // memory like the other kernels of this backend. Unverified on a device:
 // built with `make CUDA=1`, run by test-cuda where a GPU is present.
-#include "extra_a.cuh"
+#include "stripe.cuh"
 #include "warp.cuh"
 
 #include <cuda_runtime.h>

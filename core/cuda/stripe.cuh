@@ -1,4 +1,4 @@
-// cuda/extra_a.cuh — host entry points of the CUDA kernels in extra_a.cu
+// cuda/stripe.cuh — host entry points of the CUDA kernels in stripe.cu
 // (score.antidiag, score.strided, score.anchor, gather.rows), for backend.cu's kernel table.
 #ifndef SL_CUDA_EXTRA_A_CUH
 #define SL_CUDA_EXTRA_A_CUH

@@ -1,4 +1,4 @@
-/* ref/extra2.c — reference kernels of pool.tokens, score.lowbit,
+/* ref/token_score.c — reference kernels of pool.tokens, score.lowbit,
  * score.hash and attn.bucket: plain loops, float64 accumulation, the contracts of
  * sparselab.h read literally. The quantisation step of score.lowbit is
  * defined in f32 (sl__lowbit_quantise, shared with the cpu and cuda

@@ -1,4 +1,4 @@
-// cuda/extra2.cuh — host entry points of the CUDA kernels in extra2.cu
+// cuda/token_score.cuh — host entry points of the CUDA kernels in token_score.cu
 // (pool.tokens, score.lowbit, score.hash, attn.bucket), for backend.cu's kernel table.
 #ifndef SL_CUDA_EXTRA2_CUH
 #define SL_CUDA_EXTRA2_CUH

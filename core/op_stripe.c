@@ -1,4 +1,4 @@
-/* op_extra_a.c — validation, shape inference and FLOP counts of the
+/* op_stripe.c — validation, shape inference and FLOP counts of the
  * estimators the issue-4 recipes of XAttention (score.antidiag), ProxyAttn
  * (score.strided) and AnchorAttention (score.anchor) need, and of PBS-Attn's
  * row gather (gather.rows); contracts in sparselab.h. op.c's switches hand
@@ -8,41 +8,10 @@
 #include <math.h>
 #include <string.h>
 
-static int is_float(sl_dtype t) { return t == SL_F32 || t == SL_F16 || t == SL_BF16 || t == SL_F64; }
-
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-static sl_status need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm)
-{
-    char desc[96];
-    sl_tensor_describe(t, desc, sizeof desc);
-    if (!t->buf)
-        return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s' is missing", info->name, nm);
-    if (!is_float(t->dtype) || t->ndim != 3)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be a float tensor with 3 dims, found %s", info->name,
-                           nm, desc);
-    return SL_OK;
-}
 
-static sl_status qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
-{
-    sl_status s;
-    if ((s = need_float3(ctx, info, &in[0], "q")) || (s = need_float3(ctx, info, &in[1], "k")))
-        return s;
-    const sl_tensor *q = &in[0], *k = &in[1];
-    if (q->shape[2] != k->shape[2] || q->shape[2] == 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld; expected equal and > 0", info->name,
-                           (long long)q->shape[2], (long long)k->shape[2]);
-    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)", info->name,
-                           (long long)q->shape[0], (long long)k->shape[0]);
-    if (q->shape[1] > k->shape[1])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k", info->name,
-                           (long long)q->shape[1], (long long)k->shape[1]);
-    return SL_OK;
-}
-
-sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
+sl_status sl__stripe_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                             int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
     const sl_op_info *info = sl_op_info_get(op);
@@ -50,7 +19,7 @@ sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_
     switch (op) {
     case SL_OP_SCORE_ANTIDIAG: {
         const sl_score_antidiag_params *p = params;
-        if ((s = qk_pair(ctx, info, in)))
+        if ((s = sl__op_qk_pair(ctx, info, in)))
             return s;
         if (p->block % p->stride != 0)
             return sl_ctx_fail(ctx, SL_EARG, "%s: block %lld is not a multiple of stride %lld", info->name,
@@ -63,7 +32,7 @@ sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_
     }
     case SL_OP_SCORE_STRIDED: {
         const sl_score_strided_params *p = params;
-        if ((s = qk_pair(ctx, info, in)))
+        if ((s = sl__op_qk_pair(ctx, info, in)))
             return s;
         out_ndim[0] = 3;
         out_shape[0][0] = in[0].shape[0];
@@ -73,7 +42,7 @@ sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_
     }
     case SL_OP_SCORE_ANCHOR: {
         const sl_score_anchor_params *p = params;
-        if ((s = qk_pair(ctx, info, in)))
+        if ((s = sl__op_qk_pair(ctx, info, in)))
             return s;
         if (in[0].shape[1] != in[1].shape[1])
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: prefill only: expected n_q == n_k, found %lld and %lld", info->name,
@@ -89,7 +58,7 @@ sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_
         return SL_OK;
     }
     case SL_OP_GATHER_ROWS: {
-        if ((s = need_float3(ctx, info, &in[0], "x")))
+        if ((s = sl__op_need_float3(ctx, info, &in[0], "x")))
             return s;
         char desc[96];
         sl_tensor_describe(&in[1], desc, sizeof desc);
@@ -104,11 +73,11 @@ sl_status sl__extra_a_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_
         out_shape[0][2] = in[0].shape[2];
         return SL_OK;
     }
-    default: return sl_ctx_fail(ctx, SL_EARG, "%s: not an op of op_extra_a.c", info->name);
+    default: return sl_ctx_fail(ctx, SL_EARG, "%s: not an op of op_stripe.c", info->name);
     }
 }
 
-sl_status sl__extra_a_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in)
+sl_status sl__stripe_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in)
 {
     const sl_op_info *info = sl_op_info_get(op);
     if (op != SL_OP_GATHER_ROWS)
@@ -138,7 +107,7 @@ static double visible_pairs(int64_t n_rows, int64_t n_keys, int64_t S, int64_t o
     return total;
 }
 
-double sl__extra_a_flops(sl_op op, const void *params, const sl_tensor *in)
+double sl__stripe_flops(sl_op op, const void *params, const sl_tensor *in)
 {
     switch (op) {
     case SL_OP_SCORE_ANTIDIAG: {

@@ -1,4 +1,4 @@
-/* op_extra2.c — validation, shape inference and FLOP counts of the estimator
+/* op_token_score.c — validation, shape inference and FLOP counts of the estimator
  * and executor ops the issue-4 recipes added beside the shared families:
  * pool.tokens, score.lowbit, score.hash and attn.bucket (contracts in
  * sparselab.h).
@@ -9,19 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static int is_float(sl_dtype t) { return t == SL_F32 || t == SL_F16 || t == SL_BF16 || t == SL_F64; }
-
-static sl_status need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm)
-{
-    char desc[96];
-    sl_tensor_describe(t, desc, sizeof desc);
-    if (!t->buf)
-        return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s' is missing", info->name, nm);
-    if (!is_float(t->dtype) || t->ndim != 3)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be a float tensor with 3 dims, found %s", info->name,
-                           nm, desc);
-    return SL_OK;
-}
 
 /* An optional i32 input: absent, or contiguous i32 of ndim dims whose shape is want. */
 static sl_status opt_i32(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm, int ndim,
@@ -44,25 +31,8 @@ static sl_status opt_i32(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t
     return SL_OK;
 }
 
-static sl_status qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
-{
-    sl_status s;
-    if ((s = need_float3(ctx, info, &in[0], "q")) || (s = need_float3(ctx, info, &in[1], "k")))
-        return s;
-    const sl_tensor *q = &in[0], *k = &in[1];
-    if (q->shape[2] != k->shape[2] || q->shape[2] == 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld; expected equal and > 0", info->name,
-                           (long long)q->shape[2], (long long)k->shape[2]);
-    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)", info->name,
-                           (long long)q->shape[0], (long long)k->shape[0]);
-    if (q->shape[1] > k->shape[1])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k", info->name,
-                           (long long)q->shape[1], (long long)k->shape[1]);
-    return SL_OK;
-}
 
-sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
+sl_status sl__token_score_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
                            int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
     const sl_op_info *info = sl_op_info_get(op);
@@ -70,7 +40,7 @@ sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_t
     switch (op) {
     case SL_OP_POOL_TOKENS: {
         const sl_pool_params *p = params;
-        if ((s = need_float3(ctx, info, &in[0], "x")) || (s = opt_i32(ctx, info, &in[1], "opt.bounds", 1, NULL)))
+        if ((s = sl__op_need_float3(ctx, info, &in[0], "x")) || (s = opt_i32(ctx, info, &in[1], "opt.bounds", 1, NULL)))
             return s;
         if (in[1].buf && in[1].shape[0] == 0)
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: opt.bounds is empty; expected at least the start 0", info->name);
@@ -83,12 +53,12 @@ sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_t
     }
     case SL_OP_SCORE_LOWBIT: {
         const sl_score_lowbit_params *p = params;
-        if ((s = qk_pair(ctx, info, in)))
+        if ((s = sl__op_qk_pair(ctx, info, in)))
             return s;
         if (in[2].buf) {
             char desc[96];
             sl_tensor_describe(&in[2], desc, sizeof desc);
-            if (!is_float(in[2].dtype) || in[2].ndim != 2 || in[2].shape[0] != in[0].shape[0] ||
+            if (!sl__op_is_float(in[2].dtype) || in[2].ndim != 2 || in[2].shape[0] != in[0].shape[0] ||
                 in[2].shape[1] != in[0].shape[1])
                 return sl_ctx_fail(ctx, SL_ESHAPE, "%s: opt.lse must be float [%lld, %lld], found %s", info->name,
                                    (long long)in[0].shape[0], (long long)in[0].shape[1], desc);
@@ -100,7 +70,7 @@ sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_t
         return SL_OK;
     }
     case SL_OP_ATTN_BUCKET: {
-        if ((s = qk_pair(ctx, info, in)) || (s = need_float3(ctx, info, &in[2], "v")))
+        if ((s = sl__op_qk_pair(ctx, info, in)) || (s = sl__op_need_float3(ctx, info, &in[2], "v")))
             return s;
         if (in[2].shape[0] != in[1].shape[0] || in[2].shape[1] != in[1].shape[1] || in[2].shape[2] != in[1].shape[2])
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: k is [%lld, %lld, %lld] but v is [%lld, %lld, %lld]", info->name,
@@ -124,7 +94,7 @@ sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_t
         return SL_OK;
     }
     case SL_OP_SCORE_HASH: {
-        if ((s = need_float3(ctx, info, &in[0], "x")) || (s = need_float3(ctx, info, &in[1], "rot")))
+        if ((s = sl__op_need_float3(ctx, info, &in[0], "x")) || (s = sl__op_need_float3(ctx, info, &in[1], "rot")))
             return s;
         const sl_tensor *x = &in[0], *r = &in[1];
         if (x->shape[0] == 0 || r->shape[0] % x->shape[0] != 0 || r->shape[1] != x->shape[2] || r->shape[2] == 0)
@@ -144,7 +114,7 @@ sl_status sl__extra2_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_t
     }
 }
 
-sl_status sl__extra2_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in)
+sl_status sl__token_score_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in)
 {
     const sl_op_info *info = sl_op_info_get(op);
     switch (op) {
@@ -179,7 +149,7 @@ sl_status sl__extra2_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in)
     }
 }
 
-double sl__extra2_flops(sl_op op, const void *params, const sl_tensor *in)
+double sl__token_score_flops(sl_op op, const void *params, const sl_tensor *in)
 {
     switch (op) {
     case SL_OP_POOL_TOKENS: {

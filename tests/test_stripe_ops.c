@@ -1,4 +1,4 @@
-/* test_extra_a_ops.c — score.antidiag (XAttention), score.strided
+/* test_stripe_ops.c — score.antidiag (XAttention), score.strided
  * (ProxyAttn), score.anchor (AnchorAttention) and gather.rows (PBS-Attn) on
  * every available backend against ref (sentinel allocator, ragged sizes,
  * GQA, decode offsets), each against an independent float64 computation
@@ -300,7 +300,7 @@ END_TEST
 
 /* ---- errors ---- */
 
-START_TEST(test_extra_a_validation)
+START_TEST(test_stripe_validation)
 {
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
@@ -332,7 +332,7 @@ START_TEST(test_extra_a_validation)
 }
 END_TEST
 
-START_TEST(test_extra_a_alloc_failures_leak_nothing)
+START_TEST(test_stripe_alloc_failures_leak_nothing)
 {
     sl_rng rng;
     for (long fail = 1; fail < 20; fail++) {
@@ -358,10 +358,10 @@ START_TEST(test_extra_a_alloc_failures_leak_nothing)
 }
 END_TEST
 
-static Suite *extra_a_suite(void)
+static Suite *stripe_suite(void)
 {
-    Suite *s = suite_create("extra_a_ops");
-    TCase *tc = tcase_create("extra_a_ops");
+    Suite *s = suite_create("stripe_ops");
+    TCase *tc = tcase_create("stripe_ops");
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_antidiag_backends, 0, N_CASES);
     tcase_add_test(tc, test_antidiag_independent);
@@ -370,10 +370,10 @@ static Suite *extra_a_suite(void)
     tcase_add_test(tc, test_anchor_backends);
     tcase_add_test(tc, test_anchor_independent);
     tcase_add_test(tc, test_gather_rows);
-    tcase_add_test(tc, test_extra_a_validation);
-    tcase_add_test(tc, test_extra_a_alloc_failures_leak_nothing);
+    tcase_add_test(tc, test_stripe_validation);
+    tcase_add_test(tc, test_stripe_alloc_failures_leak_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) { return tu_run(extra_a_suite()); }
+int main(void) { return tu_run(stripe_suite()); }
