@@ -28,6 +28,14 @@ local C = {}
 C.ops = {}
 for name, f in pairs(rawget(sl, "correct") or {}) do C.ops[name] = f end
 
+--- The C op correct.<name> (for correction modules; an error names it when
+--- this build lacks it).
+function C.op(name)
+  local f = C.ops[name]
+  if type(f) ~= "function" then sl.fail("the op correct.%s is not available", name) end
+  return f
+end
+
 local PREFIX = "sparselab.corrections."
 local cache = {}     -- id -> module
 local alias_of = nil -- alias -> id, built on first need

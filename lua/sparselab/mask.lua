@@ -392,6 +392,17 @@ function M.align(semantic, executed, opts)
 end
 
 --- A block mask from dense bits (u8 tensor [H, n_q, n_k] or [n_q, n_k]).
+--- A method's executed mask as one block mask: a block mask as it is; a
+--- composite mask (e.g. the vertical-slash block part + gathered columns)
+--- through its exact materialize(); nil for anything else.
+function M.as_block(mask)
+  if mask == nil then return nil end
+  if is_mask(mask) then return mask end
+  local ok, m = pcall(function() return mask:materialize() end)
+  if ok and is_mask(m) then return m end
+  return nil
+end
+
 function M.from_bits(bits, bq, bk) return sl.mask_c.from_bits(bits, bq or 64, bk or 64) end
 
 --- A block mask (with token bits) from index lists (what m:to_index returns).

@@ -26,24 +26,7 @@
 -- invalidation).
 local sl = require "sparselab"
 
--- The base's executed mask as one block mask: a block mask as it is; a
--- composite mask (e.g. the vertical-slash block part + gathered columns of
--- sparselab.dynamic) through its exact materialize(); nil otherwise.
-local function block_mask_of(mask)
-  if mask == nil then return nil end
-  if sl.mask.is_mask(mask) then return mask end
-  local ok, m = pcall(function() return mask:materialize() end)
-  if ok and sl.mask.is_mask(m) then return m end
-  return nil
-end
 
-local function correct_op(name)
-  local c = sl.correct
-  local ops = rawget(c, "ops")
-  local f = (type(ops) == "table" and ops[name]) or rawget(c, name)
-  if type(f) ~= "function" then sl.fail("flashblock: the op correct.%s is not available", name) end
-  return f
-end
 
 local function same_mask(a, b)
   if a == b then return true end
@@ -86,11 +69,11 @@ return {
     "cache invalidated when K/V or the base mask change", "rows whose query moved more than tau stay sparse"},
   after = function(prob, p, base)
     if not base.lse then sl.fail("flashblock: the base method returned no lse") end
-    local bmask = block_mask_of(base.mask)
+    local bmask = sl.mask.as_block(base.mask)
     if not bmask then
       sl.fail("flashblock: the base method returned no block mask (the cached part is its complement)")
     end
-    local cache_reuse = correct_op("cache_reuse")
+    local cache_reuse = sl.correct.op("cache_reuse")
     local st
     if prob.state ~= nil then
       if type(prob.state) ~= "table" then sl.fail("flashblock: prob.state must be a table, found %s", type(prob.state)) end

@@ -19,16 +19,6 @@
 local sl = require "sparselab"
 local psa = require "sparselab.methods.psa_pyramid"
 
--- The base's executed mask as one block mask: a block mask as it is; a
--- composite mask (e.g. the vertical-slash block part + gathered columns of
--- sparselab.dynamic) through its exact materialize(); nil otherwise.
-local function block_mask_of(mask)
-  if mask == nil then return nil end
-  if sl.mask.is_mask(mask) then return mask end
-  local ok, m = pcall(function() return mask:materialize() end)
-  if ok and sl.mask.is_mask(m) then return m end
-  return nil
-end
 
 return {
   id = "psa_pyramid",
@@ -44,7 +34,7 @@ return {
   checks = {"full mask: output equals the base (dense) exactly", "level 1: every visible block exact = dense",
     "identical keys in each group: equals dense", "no block at level > bk"},
   after = function(prob, p, base)
-    local bmask = block_mask_of(base.mask)
+    local bmask = sl.mask.as_block(base.mask)
     if not bmask then
       sl.fail("psa_pyramid: the base method returned no block mask (the pooled blocks are the ones it skips)")
     end

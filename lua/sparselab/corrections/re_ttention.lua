@@ -32,13 +32,6 @@ local sl = require "sparselab"
 
 -- The C op correct.<name>: sparselab.correct keeps the ops in .ops once it
 -- has replaced the generic binding's sl.correct table.
-local function correct_op(name)
-  local c = sl.correct
-  local ops = rawget(c, "ops")
-  local f = (type(ops) == "table" and ops[name]) or rawget(c, name)
-  if type(f) ~= "function" then sl.fail("re_ttention: the op correct.%s is not available", name) end
-  return f
-end
 
 local function same_shape(t, shape)
   if not t then return false end
@@ -70,7 +63,7 @@ return {
     "drift moves r by drift per sparse step", "without prob.state every call is a dense refresh"},
   after = function(prob, p, base)
     if not base.lse then sl.fail("re_ttention: the base method returned no lse") end
-    local reshape = correct_op("reshape")
+    local reshape = sl.correct.op("reshape")
     local qs = prob.q:shape()
     local st
     if prob.state ~= nil then

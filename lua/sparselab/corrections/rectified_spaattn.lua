@@ -20,7 +20,8 @@
 -- (outside M) uses the mean of all its values; the output's L is the base's
 -- (the op estimates the dropped mass, not the normaliser).
 -- Needs a base whose run returns its executed block mask (every
--- block-sparse recipe does); a base without one is an error.
+-- block-sparse recipe does) or a composite one (vertical-slash blocks +
+-- columns, read as its exact block mask); a base without one is an error.
 local sl = require "sparselab"
 
 return {
@@ -39,13 +40,14 @@ return {
     "bq = bk = 1: O equals dense for any mask", "block-constant Q and K: O equals dense",
     "R + restored = 1 (weights sum to one)", "0 < R <= 1", "GAPR invariant to the score scale"},
   after = function(prob, p, base)
-    if not (base.mask and sl.mask.is_mask(base.mask)) then
+    local mask = sl.mask.as_block(base.mask)
+    if not mask then
       sl.fail("rectified_spaattn: the base method returned no block mask (it needs the executed block mask)")
     end
     local args = {causal = prob.causal ~= false, ipar = p.ipar and 1 or 0, gapr = p.gapr and 1 or 0,
       backend = prob.backend}
-    local o, r, restored, trusted = sl.correct.rectify(prob.q, prob.k, prob.v, base.mask, base.o, args)
-    local flops = sl.op_flops("correct.rectify", prob.q, prob.k, prob.v, base.mask, base.o, args)
+    local o, r, restored, trusted = sl.correct.rectify(prob.q, prob.k, prob.v, mask, base.o, args)
+    local flops = sl.op_flops("correct.rectify", prob.q, prob.k, prob.v, mask, base.o, args)
     local rsum = restored:stats()
     local tsum = trusted:stats()
     return {o = o, lse = base.lse, stats = {correction_flops = flops,

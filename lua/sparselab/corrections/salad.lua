@@ -25,13 +25,6 @@
 -- inside phi; the gate's pooling of x (mean over tokens).
 local sl = require "sparselab"
 
-local function correct_op(name)
-  local c = sl.correct
-  local ops = rawget(c, "ops")
-  local f = (type(ops) == "table" and ops[name]) or rawget(c, name)
-  if type(f) ~= "function" then sl.fail("salad: the op correct.%s is not available", name) end
-  return f
-end
 
 -- gate_rows rows spread evenly over [0, n_q): the first, the last and between.
 local function gate_rows(n_q, r)
@@ -90,7 +83,7 @@ return {
     "linear-branch row weights are non-negative and sum to one (constant values come back)",
     "the gate is one scalar per sample (every token and head)", "gate 1, convex: output equals the linear branch"},
   after = function(prob, p, base)
-    local branch = correct_op("linear_branch")
+    local branch = sl.correct.op("linear_branch")
     local qs = prob.q:shape()
     local h, n, d = qs[1], qs[2], qs[3]
     local causal = prob.causal ~= false
