@@ -226,7 +226,7 @@ return {
   knob = "ratio",
   knob_direction = 1,
   params = recipe.block_params{
-    ratio = {default = 1, min = 0, max = 1e6, doc = "multiplies every head's vertical and slash sizes (minference_ratio)"},
+    ratio = {default = 1, min = 0, max = 64, doc = "multiplies every head's vertical and slash sizes (minference_ratio); at most 64, so that budget matching bisects it finely (64 x the fallback sizes cover n = 390K)"},
     vertical_size = {default = 1000, min = 0, int = true, doc = "verticals per head without a config (fallback)"},
     slash_size = {default = 6096, min = 0, int = true, doc = "slashes per head without a config (fallback)"},
     last_q = {default = 64, min = 1, int = true, doc = "estimate rows taken from the end"},
