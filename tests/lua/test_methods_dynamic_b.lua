@@ -11,6 +11,7 @@
 -- LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_dynamic_b.lua
 package.path = "tests/lua/?.lua;" .. package.path
 local H = require "harness"
+local R = require "static_ref"
 local sl = require "sparselab"
 local test, near, eq, truthy = H.test, H.near, H.eq, H.truthy
 
@@ -21,59 +22,13 @@ local function problem(n, d, seed, causal, opts)
   local q = sl.randn({HQ, n, d}, {seed = seed, std = opts.std or 1})
   local k = sl.randn({HKV, n, d}, {seed = seed + 1, std = opts.std or 1})
   local v = sl.randn({HKV, n, d}, {seed = seed + 2})
-  return sl.problem{q = q, k = k, v = v, causal = causal}, {q = q:totable(), k = k:totable(), v = v:totable(), n = n, d = d}
+  return sl.problem{q = q, k = k, v = v, causal = causal}, {q = q:totable(), k = k:totable(), v = v:totable(), n = n, d = d,
+    hq = HQ, hkv = HKV}
 end
 
-local function flat(x, out)
-  out = out or {}
-  if type(x) == "table" then for _, y in ipairs(x) do flat(y, out) end else out[#out + 1] = x end
-  return out
-end
-
-local function rel_l2(got, want)
-  local a, b = flat(got), flat(want)
-  assert(#a == #b, "sizes differ")
-  local num, den = 0, 0
-  for i = 1, #a do
-    local x, y = a[i], b[i]
-    if y == -math.huge and x == -math.huge then x, y = 0, 0 end
-    num = num + (x - y) ^ 2; den = den + y ^ 2
-  end
-  return math.sqrt(num / math.max(den, 1e-300))
-end
-
--- float64 attention with keep(h, i, j) (0-based), empty rows O = 0, L = -inf
-local function reference(t, keep)
-  local o, lse = {}, {}
-  local g = HQ // HKV
-  local scale = 1 / math.sqrt(t.d)
-  for h = 0, HQ - 1 do
-    local Q, K, V = t.q[h + 1], t.k[h // g + 1], t.v[h // g + 1]
-    o[h + 1], lse[h + 1] = {}, {}
-    for i = 0, t.n - 1 do
-      local s, mx = {}, -math.huge
-      for j = 0, t.n - 1 do
-        if keep(h, i, j) then
-          local dot = 0
-          for c = 1, t.d do dot = dot + Q[i + 1][c] * K[j + 1][c] end
-          s[j] = dot * scale
-          if s[j] > mx then mx = s[j] end
-        end
-      end
-      local z, acc = 0, {}
-      for c = 1, t.d do acc[c] = 0 end
-      for j, x in pairs(s) do
-        local w = math.exp(x - mx)
-        z = z + w
-        for c = 1, t.d do acc[c] = acc[c] + w * V[j + 1][c] end
-      end
-      for c = 1, t.d do acc[c] = z > 0 and acc[c] / z or 0 end
-      o[h + 1][i + 1] = acc
-      lse[h + 1][i + 1] = z > 0 and mx + math.log(z) or -math.huge
-    end
-  end
-  return o, lse
-end
+-- float64 attention with keep(h, i, j) (0-based, empty rows O = 0, L = -inf)
+-- and relative L2: the shared independent reference of tests/lua/static_ref.lua.
+local reference, rel_l2 = R.reference, R.rel_l2
 
 -- keep function of a mask (bits per mask head, query heads share by h // (HQ / Hm))
 local function keep_of(m)
@@ -432,7 +387,7 @@ local function structured(n, d, b, seed, similar)
   q, k = shape(q), shape(k)
   local v = sl.randn({HKV, n, d}, {seed = seed + 3})
   local qt, kt = sl.tensor(q), sl.tensor(k)
-  return sl.problem{q = qt, k = kt, v = v}, {q = q, k = k, v = v:totable(), n = n, d = d}
+  return sl.problem{q = qt, k = kt, v = v}, {q = q, k = k, v = v:totable(), n = n, d = d, hq = HQ, hkv = HKV}
 end
 
 -- ---- sparge_attn -------------------------------------------------------------
