@@ -2,6 +2,7 @@
  * error message, thread count, interrupt flag. */
 #include "internal.h"
 
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,7 +111,7 @@ void sl_ctx_dealloc(sl_ctx *ctx, void *ptr, size_t bytes)
     ctx->live_bytes -= bytes;
 }
 
-sl_status sl__vfail(sl_ctx *ctx, sl_status s, const char *fmt, va_list ap)
+static sl_status vfail(sl_ctx *ctx, sl_status s, const char *fmt, va_list ap)
 {
     if (!ctx)
         return s;
@@ -132,7 +133,7 @@ sl_status sl_ctx_fail(sl_ctx *ctx, sl_status s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    sl__vfail(ctx, s, fmt, ap);
+    vfail(ctx, s, fmt, ap);
     va_end(ap);
     return s;
 }

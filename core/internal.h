@@ -1,11 +1,15 @@
-/* internal.h — what the core's files share and the public API does not show:
- * the context and buffer structs, the backend interface and kernel arguments. */
+/* internal.h — the types the core's files share and the public API does not
+ * show: the context and buffer structs, the backend interface, kernel
+ * arguments and attention geometry. Types and inline helpers only: every
+ * function it would declare lives in the header of the file that defines it
+ * (parallel.h, op_check.h, family.h, ...), so that includes show who depends
+ * on whom (tests/tools/deps_check.lua). */
 #ifndef SL_INTERNAL_H
 #define SL_INTERNAL_H
 
 #include "sparselab.h"
 
-#include <stdarg.h>
+#include <math.h>
 
 #define SL__ERRMSG_BYTES 512
 
@@ -56,9 +60,6 @@ extern const sl__backend sl__backend_ref;
 extern const sl__backend sl__backend_cpu;
 extern const sl__backend sl__backend_cuda;
 
-/* Records a failure with a va_list (sl_ctx_fail's worker). */
-sl_status sl__vfail(sl_ctx *ctx, sl_status s, const char *fmt, va_list ap);
-
 /* Attention geometry shared by validation and kernels. */
 typedef struct sl__attn_dims {
     int64_t hq, hkv, nq, nk, d;
@@ -67,38 +68,19 @@ typedef struct sl__attn_dims {
     double scale;
 } sl__attn_dims;
 
-sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor *k, double scale);
-
-/* Runs fn(i, ud, thread) for i in [0, n) on up to n_threads threads, handing
- * out indices in order (dynamic scheduling). Returns SL_EINTERRUPT when the
- * context's interrupt flag was raised (remaining items are skipped). */
-typedef void (*sl__parallel_fn)(int64_t i, void *ud, int thread);
-sl_status sl__parallel_for(sl_ctx *ctx, int64_t n, int n_threads, sl__parallel_fn fn, void *ud);
-
-/* The ops of issue 5 in correct_ext.c (correct.reshape, correct.cache_reuse,
- * correct.linear_branch, attn.linear, attn.pooled_kv): op.c's infer(),
- * content checks and cost function dispatch to these. */
-sl_status sl__correct_ext_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
-                                int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
-sl_status sl__correct_ext_check(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in);
-double sl__correct_ext_flops(sl_op op, const void *params, const sl_tensor *in);
-/* Shape rules, content checks and FLOP counts of pool.tokens, score.lowbit
- * and attn.bucket (op_token_score.c). */
-sl_status sl__token_score_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
-                           int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
-sl_status sl__token_score_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
-double sl__token_score_flops(sl_op op, const void *params, const sl_tensor *in);
-/* Input checks shared by the estimator validators (op_check.c): a float
- * tensor dtype; a float [H, N, D] input named nm; q = in[0], k = in[1] with
- * equal head_dim, Hq a multiple of Hkv and n_q <= n_k. */
-int sl__op_is_float(sl_dtype t);
-sl_status sl__op_need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm);
-sl_status sl__op_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in);
-/* Shape rules, content checks and FLOP counts of score.antidiag,
- * score.strided, score.anchor and gather.rows (op_stripe.c). */
-sl_status sl__stripe_infer(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor *in, int out_ndim[],
-                            int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[]);
-sl_status sl__stripe_check_contents(sl_ctx *ctx, sl_op op, const sl_tensor *in);
-double sl__stripe_flops(sl_op op, const void *params, const sl_tensor *in);
+/* The geometry of q [Hq, Nq, D] and k [Hkv, Nk, D]; scale <= 0 means 1/sqrt(D). */
+static inline sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor *k, double scale)
+{
+    sl__attn_dims d;
+    d.hq = q->shape[0];
+    d.nq = q->shape[1];
+    d.d = q->shape[2];
+    d.hkv = k->shape[0];
+    d.nk = k->shape[1];
+    d.group = d.hkv > 0 ? d.hq / d.hkv : 1;
+    d.offset = d.nk - d.nq;
+    d.scale = scale > 0 ? scale : 1.0 / sqrt((double)(d.d > 0 ? d.d : 1));
+    return d;
+}
 
 #endif

@@ -2,6 +2,7 @@
  * density), validation, release, and the canonical row-by-row builder that
  * every mask constructor (patterns, algebra, conversions) goes through. */
 #include "mask_impl.h"
+#include "parallel.h"
 
 #include <stdatomic.h>
 #include <string.h>

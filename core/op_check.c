@@ -1,26 +1,199 @@
-/* op_check.c — input checks the estimator ops' validators share (op_stripe.c,
- * op_token_score.c): a float [H, N, D] tensor, and a q/k pair for GQA with
- * n_q <= n_k. Each fails with a one-line message naming the op and input. */
-#include "internal.h"
+/* op_check.c — the input checks every op family shares: float and index
+ * inputs of a given rank, exact shapes, the q/k/v triple and q/k pairs of
+ * attention (GQA, n_q <= n_k), block masks. Each fails with one line naming
+ * the op, the input, what was expected and what was found. Depends only on
+ * the tensor and mask API below it. */
+#include "op_check.h"
 
-int sl__op_is_float(sl_dtype t) { return t == SL_F32 || t == SL_F16 || t == SL_BF16 || t == SL_F64; }
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
 
-sl_status sl__op_need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm)
+int sl__is_float(sl_dtype t) { return t == SL_F32 || t == SL_F16 || t == SL_BF16 || t == SL_F64; }
+void sl__input_name(const sl_op_info *info, int i, char *buf, size_t n)
+{
+    const char *p = info->inputs;
+    for (int k = 0; k < i && p; k++) {
+        p = strchr(p, ',');
+        if (p)
+            p++;
+    }
+    if (!p) {
+        snprintf(buf, n, "input %d", i);
+        return;
+    }
+    size_t len = strcspn(p, ",");
+    if (len >= n)
+        len = n - 1;
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+}
+sl_status sl__need_float(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i, int ndim)
+{
+    char nm[32], desc[96];
+    sl__input_name(info, i, nm, sizeof nm);
+    sl_tensor_describe(&in[i], desc, sizeof desc);
+    if (!in[i].buf)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s' is missing", info->name, nm);
+    if (!sl__is_float(in[i].dtype))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be f32/f16/bf16/f64, found %s", info->name, nm,
+                           desc);
+    if (ndim >= 0 && in[i].ndim != ndim)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must have %d dims, found %s", info->name, nm, ndim,
+                           desc);
+    return SL_OK;
+}
+sl_status sl__need_index(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i, sl_dtype dt, int ndim)
+{
+    char nm[32], desc[96];
+    sl__input_name(info, i, nm, sizeof nm);
+    sl_tensor_describe(&in[i], desc, sizeof desc);
+    if (!in[i].buf)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s' is missing", info->name, nm);
+    if (in[i].dtype != dt || in[i].ndim != ndim)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be %s with %d dims, found %s", info->name, nm,
+                           sl_dtype_name(dt), ndim, desc);
+    /* Index arrays are validated in place, then read by the kernels: a strided
+     * view would be checked on other numbers than the ones executed. */
+    if (!sl_tensor_is_contiguous(&in[i]))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be contiguous (a mask's own array, not a view)",
+                           info->name, nm);
+    return SL_OK;
+}
+sl_status sl__check_qkv(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    for (int i = 0; i < 3; i++)
+        if ((s = sl__need_float(ctx, info, in, i, 3)))
+            return s;
+    const sl_tensor *q = &in[0], *k = &in[1], *v = &in[2];
+    if (k->shape[0] != v->shape[0] || k->shape[1] != v->shape[1] || k->shape[2] != v->shape[2])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: k is [%lld, %lld, %lld] but v is [%lld, %lld, %lld]", info->name,
+                           (long long)k->shape[0], (long long)k->shape[1], (long long)k->shape[2],
+                           (long long)v->shape[0], (long long)v->shape[1], (long long)v->shape[2]);
+    if (q->shape[2] != k->shape[2])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld", info->name,
+                           (long long)q->shape[2], (long long)k->shape[2]);
+    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)",
+                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
+    if (q->shape[1] > k->shape[1])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k",
+                           info->name, (long long)q->shape[1], (long long)k->shape[1]);
+    if (q->shape[2] == 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is 0", info->name);
+    return SL_OK;
+}
+sl_status sl__check_block_mask(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in,
+                                     const sl_attn_block_params *p)
+{
+    sl_status s;
+    if ((s = sl__need_index(ctx, info, in, 3, SL_I32, 2)) || (s = sl__need_index(ctx, info, in, 4, SL_I32, 1)) ||
+        (s = sl__need_index(ctx, info, in, 5, SL_I32, 1)) || (s = sl__need_index(ctx, info, in, 6, SL_U8, 3)))
+        return s;
+    sl_mask m = {.n_heads = (int)in[3].shape[0], .n_q = in[0].shape[1], .n_k = in[1].shape[1],
+                 .bq = (int)p->bq, .bk = (int)p->bk, .row_ptr = in[3], .col_idx = in[4], .part = in[5],
+                 .bits = in[6]};
+    m.n_qb = (m.n_q + m.bq - 1) / m.bq;
+    m.n_kb = (m.n_k + m.bk - 1) / m.bk;
+    if (m.n_heads <= 0 || in[0].shape[0] % m.n_heads != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: mask has %d heads, q has %lld; expected 1 or a divisor",
+                           info->name, m.n_heads, (long long)in[0].shape[0]);
+    if ((s = sl_mask_validate(ctx, &m)))
+        return sl_ctx_fail(ctx, s, "%s: %s", info->name, sl_ctx_error(ctx));
+    return SL_OK;
+}
+int sl__same_shape(const sl_tensor *t, int ndim, const int64_t *shape)
+{
+    if (t->ndim != ndim)
+        return 0;
+    for (int d = 0; d < ndim; d++)
+        if (t->shape[d] != shape[d])
+            return 0;
+    return 1;
+}
+/* q [Hq, Nq, D] and k [Hkv, Nk, D] of the estimators (no v). */
+sl_status sl__check_qk(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    if ((s = sl__need_float(ctx, info, in, 0, 3)) || (s = sl__need_float(ctx, info, in, 1, 3)))
+        return s;
+    const sl_tensor *q = &in[0], *k = &in[1];
+    if (q->shape[2] != k->shape[2])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld", info->name,
+                           (long long)q->shape[2], (long long)k->shape[2]);
+    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)",
+                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
+    if (q->shape[1] > k->shape[1])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k",
+                           info->name, (long long)q->shape[1], (long long)k->shape[1]);
+    if (q->shape[2] == 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is 0", info->name);
+    return SL_OK;
+}
+int64_t sl__ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+/* A float input of exactly this shape (ndim 2 or 3). */
+sl_status sl__need_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i, int ndim, const int64_t *shape)
+{
+    sl_status s = sl__need_float(ctx, info, in, i, ndim);
+    if (s)
+        return s;
+    if (!sl__same_shape(&in[i], ndim, shape)) {
+        char nm[32], desc[96];
+        sl__input_name(info, i, nm, sizeof nm);
+        sl_tensor_describe(&in[i], desc, sizeof desc);
+        if (ndim == 2)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be [%lld, %lld], found %s", info->name, nm,
+                               (long long)shape[0], (long long)shape[1], desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be [%lld, %lld, %lld], found %s", info->name, nm,
+                           (long long)shape[0], (long long)shape[1], (long long)shape[2], desc);
+    }
+    return SL_OK;
+}
+/* q [Hq, Nq, D] and k [Hkv, Nk, D] with GQA heads (k at slot ik). */
+sl_status sl__check_qk_at(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int iq, int ik)
+{
+    sl_status s;
+    if ((s = sl__need_float(ctx, info, in, iq, 3)) || (s = sl__need_float(ctx, info, in, ik, 3)))
+        return s;
+    const sl_tensor *q = &in[iq], *k = &in[ik];
+    if (q->shape[2] != k->shape[2])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is %lld in one input and %lld in the other", info->name,
+                           (long long)q->shape[2], (long long)k->shape[2]);
+    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld query heads and %lld kv heads; expected a multiple (GQA)",
+                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
+    if (q->shape[1] > k->shape[1])
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld query rows but only %lld keys; expected n_q <= n_k", info->name,
+                           (long long)q->shape[1], (long long)k->shape[1]);
+    return SL_OK;
+}
+/* ---- cost ---- */
+/* Element i (row-major order) of an i32 tensor of 1 or 2 dims, through its strides. */
+int64_t sl__i32_at(const sl_tensor *t, int64_t i)
+{
+    const int32_t *x = t->data;
+    if (t->ndim == 2)
+        return x[(i / t->shape[1]) * t->stride[0] + (i % t->shape[1]) * t->stride[1]];
+    return x[i * t->stride[0]];
+}
+sl_status sl__need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm)
 {
     char desc[96];
     sl_tensor_describe(t, desc, sizeof desc);
     if (!t->buf)
         return sl_ctx_fail(ctx, SL_EARG, "%s: input '%s' is missing", info->name, nm);
-    if (!sl__op_is_float(t->dtype) || t->ndim != 3)
+    if (!sl__is_float(t->dtype) || t->ndim != 3)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be a float tensor with 3 dims, found %s", info->name,
                            nm, desc);
     return SL_OK;
 }
 
-sl_status sl__op_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+sl_status sl__check_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
 {
     sl_status s;
-    if ((s = sl__op_need_float3(ctx, info, &in[0], "q")) || (s = sl__op_need_float3(ctx, info, &in[1], "k")))
+    if ((s = sl__need_float3(ctx, info, &in[0], "q")) || (s = sl__need_float3(ctx, info, &in[1], "k")))
         return s;
     const sl_tensor *q = &in[0], *k = &in[1];
     if (q->shape[2] != k->shape[2] || q->shape[2] == 0)
@@ -32,5 +205,41 @@ sl_status sl__op_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *i
     if (q->shape[1] > k->shape[1])
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k", info->name,
                            (long long)q->shape[1], (long long)k->shape[1]);
+    return SL_OK;
+}
+
+/* An optional i32 input: absent, or contiguous i32 of ndim dims whose shape is want. */
+sl_status sl__opt_i32(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm, int ndim,
+                         const int64_t *want)
+{
+    if (!t->buf)
+        return SL_OK;
+    char desc[96];
+    sl_tensor_describe(t, desc, sizeof desc);
+    int ok = t->dtype == SL_I32 && t->ndim == ndim && sl_tensor_is_contiguous(t);
+    for (int d = 0; ok && want && d < ndim; d++)
+        ok = t->shape[d] == want[d];
+    if (!ok) {
+        if (ndim == 1)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be a contiguous i32 vector, found %s", info->name,
+                               nm, desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be contiguous i32 [%lld, %lld], found %s", info->name,
+                           nm, (long long)want[0], (long long)want[1], desc);
+    }
+    return SL_OK;
+}
+
+/* x of a reduction: [H, R, C]; of a selector: [H, C] or [H, R, C]. */
+sl_status sl__check_scores(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int allow_2d)
+{
+    sl_status s;
+    if ((s = sl__need_float(ctx, info, in, 0, -1)))
+        return s;
+    if (in[0].ndim != 3 && !(allow_2d && in[0].ndim == 2)) {
+        char desc[96];
+        sl_tensor_describe(&in[0], desc, sizeof desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'x' must be [H, R, C]%s, found %s", info->name,
+                           allow_2d ? " or [H, C]" : "", desc);
+    }
     return SL_OK;
 }

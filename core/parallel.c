@@ -1,6 +1,6 @@
 /* parallel.c — a parallel for over [0, n) with dynamic scheduling on pthreads,
  * used by the cpu backend; threads live only for the duration of one call. */
-#include "internal.h"
+#include "parallel.h"
 
 #include <pthread.h>
 #include <stdatomic.h>

@@ -153,7 +153,7 @@ sl_status sl_tensor_fill_normal(sl_ctx *ctx, sl_tensor *t, sl_rng *r, double std
 #define SL_OP_MAX_INPUTS 16
 
 typedef enum sl_op {
-#define SL_OP(E, name, group, n_in, n_out, ins, outs, doc) SL_OP_##E,
+#define SL_OP(E, name, family, fn, group, n_in, n_out, ins, outs, doc) SL_OP_##E,
 #include "ops.def"
 #undef SL_OP
     SL_OP__COUNT
@@ -182,6 +182,7 @@ typedef struct sl_param_field {
 typedef struct sl_op_info {
     sl_op op;
     const char *name;       /* "attn.dense" */
+    const char *family;     /* "attn": the prefix of name (core/op_<family>.c) */
     const char *group;      /* parameter group ("attn") */
     int n_in, n_out;
     const char *inputs;     /* "q,k,v" */

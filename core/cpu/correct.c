@@ -1,6 +1,9 @@
 /* cpu/correct.c — the corrections (correct.*) on the CPU: element-wise
- * passes over the sparse output, threaded over (head, row chunk) items. */
+ * passes over the sparse output, threaded over (head, row chunk) items. *
+ * correct.reshape, correct.cache_reuse and correct.linear_branch run over
+ * chunks of rows on the thread pool. */
 #include "cpu.h"
+#include "parallel.h"
 
 #include <math.h>
 #include <string.h>
@@ -408,4 +411,135 @@ sl_status sl__cpu_correct_lepe(const sl__kargs *a)
 {
     lepe_job j = {a, (a->in[0].shape[1] + DELTA_ROWS - 1) / DELTA_ROWS};
     return sl__cpu_parallel(a->ctx, j.items_per_head * a->in[0].shape[0], lepe_item, &j);
+}
+
+#define ROW_CHUNK 256 /* rows per work item of the row-wise corrections */
+
+typedef struct rows_job {
+    const sl__kargs *a;
+    int64_t rows;
+} rows_job;
+
+static void reshape_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const rows_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_correct_reshape_params *p = a->params;
+    int64_t d = a->in[0].shape[2], i0 = item * ROW_CHUNK, i1 = i0 + ROW_CHUNK < j->rows ? i0 + ROW_CHUNK : j->rows;
+    const float *o = a->in[0].data, *lse = a->in[1].data, *ref_o = a->in[2].data, *ref_l = a->in[3].data;
+    const float *ratio = a->in[4].data, *res = a->in[5].data;
+    float *out = a->out[0].data, *r_out = a->out[1].data, *res_out = a->out[2].data;
+    for (int64_t i = i0; i < i1; i++) {
+        const float *oi = o + i * d;
+        float *yi = out + i * d, *ei = res_out + i * d;
+        if (ref_o) {
+            float r = !p->use_ratio || ref_l[i] == -INFINITY ? 1.f : expf(lse[i] - ref_l[i]);
+            const float *xi = ref_o + i * d;
+            for (int64_t c = 0; c < d; c++)
+                ei[c] = xi[c] - r * oi[c];
+            memcpy(yi, xi, (size_t)d * sizeof *yi);
+            r_out[i] = r;
+        } else {
+            float r = p->use_ratio ? ratio[i] : 1.f;
+            if (res) {
+                memcpy(ei, res + i * d, (size_t)d * sizeof *ei);
+                for (int64_t c = 0; c < d; c++)
+                    yi[c] = r * oi[c] + ei[c];
+            } else {
+                memset(ei, 0, (size_t)d * sizeof *ei);
+                for (int64_t c = 0; c < d; c++)
+                    yi[c] = r * oi[c];
+            }
+            r_out[i] = (float)((double)ratio[i] + p->drift);
+        }
+    }
+}
+
+static void cache_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const rows_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_correct_cache_params *p = a->params;
+    int64_t d = a->in[0].shape[2], dq = a->in[4].buf ? a->in[4].shape[2] : 0;
+    int64_t i0 = item * ROW_CHUNK, i1 = i0 + ROW_CHUNK < j->rows ? i0 + ROW_CHUNK : j->rows;
+    const float *o1 = a->in[0].data, *l1 = a->in[1].data, *o2 = a->in[2].data, *l2 = a->in[3].data;
+    const float *q = a->in[4].data, *cq = a->in[5].data;
+    float *o = a->out[0].data, *lse = a->out[1].data, *reused = a->out[2].data;
+    for (int64_t i = i0; i < i1; i++) {
+        int reuse = 1;
+        if (q) {
+            double diff = 0, norm = 0;
+            for (int64_t c = 0; c < dq; c++) {
+                double t = (double)q[i * dq + c] - (double)cq[i * dq + c];
+                diff += t * t;
+                norm += (double)cq[i * dq + c] * (double)cq[i * dq + c];
+            }
+            reuse = sqrt(diff) <= p->tau * sqrt(norm);
+        }
+        reused[i] = (float)reuse;
+        float x = l1[i], y = reuse ? l2[i] : -INFINITY, m = x > y ? x : y;
+        if (m == -INFINITY) {
+            memset(o + i * d, 0, (size_t)d * sizeof *o);
+            lse[i] = -INFINITY;
+            continue;
+        }
+        if (y == -INFINITY || x == -INFINITY) {
+            /* one side empty: the other passes through exactly */
+            memcpy(o + i * d, (y == -INFINITY ? o1 : o2) + i * d, (size_t)d * sizeof *o);
+            lse[i] = m;
+            continue;
+        }
+        float w1 = expf(x - m), w2 = expf(y - m), inv = 1.f / (w1 + w2);
+        w1 *= inv;
+        w2 *= inv;
+        for (int64_t c = 0; c < d; c++)
+            o[i * d + c] = w1 * o1[i * d + c] + w2 * o2[i * d + c];
+        lse[i] = m + logf(1.f / inv);
+    }
+}
+
+static void linear_branch_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const rows_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_correct_linear_params *p = a->params;
+    int64_t n = a->in[0].shape[1], d = a->in[0].shape[2];
+    int64_t i0 = item * ROW_CHUNK, i1 = i0 + ROW_CHUNK < j->rows ? i0 + ROW_CHUNK : j->rows;
+    const float *o = a->in[0].data, *ol = a->in[1].data, *gate = a->in[2].data, *proj = a->in[3].data;
+    int64_t gh = a->in[2].shape[0], ph = proj ? a->in[3].shape[0] : 0;
+    float *out = a->out[0].data;
+    for (int64_t i = i0; i < i1; i++) {
+        int64_t h = i / n;
+        float g = gate[gh == 1 ? 0 : h], keep = p->convex ? 1.f - g : 1.f;
+        const float *x = ol + i * d, *s = o + i * d, *P = proj ? proj + (ph == 1 ? 0 : h) * d * d : NULL;
+        float *y = out + i * d;
+        for (int64_t c = 0; c < d; c++) {
+            float px = x[c];
+            if (P) {
+                px = 0.f;
+                for (int64_t e = 0; e < d; e++)
+                    px += P[c * d + e] * x[e];
+            }
+            y[c] = keep * s[c] + g * px;
+        }
+    }
+}
+
+static sl_status run_rows(const sl__kargs *a, int64_t rows, sl__parallel_fn fn)
+{
+    rows_job j = {a, rows};
+    return sl__parallel_for(a->ctx, (rows + ROW_CHUNK - 1) / ROW_CHUNK, sl_ctx_threads(a->ctx), fn, &j);
+}
+
+sl_status sl__cpu_correct_reshape(const sl__kargs *a) { return run_rows(a, sl_tensor_numel(&a->in[1]), reshape_item); }
+sl_status sl__cpu_correct_cache_reuse(const sl__kargs *a)
+{
+    return run_rows(a, sl_tensor_numel(&a->in[1]), cache_item);
+}
+sl_status sl__cpu_correct_linear_branch(const sl__kargs *a)
+{
+    return run_rows(a, a->in[0].shape[0] * a->in[0].shape[1], linear_branch_item);
 }

@@ -1,4 +1,7 @@
-/* cpu/cpu.h — the cpu backend's kernels and helpers. */
+/* cpu/cpu.h — what the cpu backend's files share: the vectorised row
+ * operations (rowops.c), the flash tile of the attention executors
+ * (attn.c) and the kernel declarations (generated from ops.def). The
+ * parallel-for is in parallel.h. */
 #ifndef SL_CPU_H
 #define SL_CPU_H
 
@@ -87,63 +90,13 @@ void sl__cpu_tile_end_row(const sl__cpu_tile *w, int64_t a, int64_t d, float *o,
 /* Keys per chunk of attn.block_sparse for key blocks of bk. */
 int64_t sl__cpu_sparse_kmax(int64_t bk);
 
-sl_status sl__cpu_attn_dense(const sl__kargs *a);
-sl_status sl__cpu_attn_block_sparse(const sl__kargs *a);
-size_t sl__cpu_attn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
-
-sl_status sl__cpu_attn_token_sparse(const sl__kargs *a);
-sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a);
-sl_status sl__cpu_attn_rows(const sl__kargs *a);
-sl_status sl__cpu_attn_lse_merge(const sl__kargs *a);
-sl_status sl__cpu_correct_delta(const sl__kargs *a);
-sl_status sl__cpu_correct_rectify(const sl__kargs *a);
-sl_status sl__cpu_correct_compensate(const sl__kargs *a);
-sl_status sl__cpu_correct_smooth_k(const sl__kargs *a);
-sl_status sl__cpu_correct_lepe(const sl__kargs *a);
-size_t sl__cpu_correct_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
-size_t sl__cpu_sparse_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
-
-sl_status sl__cpu_score_pooled(const sl__kargs *a);
-sl_status sl__cpu_score_last_q(const sl__kargs *a);
-sl_status sl__cpu_score_rows(const sl__kargs *a);
-sl_status sl__cpu_score_exact(const sl__kargs *a);
-size_t sl__cpu_score_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
-
-sl_status sl__cpu_reduce_columns(const sl__kargs *a);
-sl_status sl__cpu_reduce_diagonals(const sl__kargs *a);
-sl_status sl__cpu_reduce_block(const sl__kargs *a);
-sl_status sl__cpu_reduce_heads(const sl__kargs *a);
-
-sl_status sl__cpu_select_topk(const sl__kargs *a);
-sl_status sl__cpu_select_topp(const sl__kargs *a);
-sl_status sl__cpu_select_threshold(const sl__kargs *a);
-size_t sl__cpu_select_scratch(const sl_tensor *in, int n_threads);
-/* score.antidiag, score.strided, score.anchor, gather.rows (cpu/stripe.c); scratch of their own. */
-sl_status sl__cpu_score_antidiag(const sl__kargs *a);
-sl_status sl__cpu_score_strided(const sl__kargs *a);
-sl_status sl__cpu_score_anchor(const sl__kargs *a);
-sl_status sl__cpu_gather_rows(const sl__kargs *a);
-/* pool.tokens, score.lowbit, score.hash, attn.bucket (cpu/token_score.c); scratch of their own. */
-sl_status sl__cpu_pool_tokens(const sl__kargs *a);
-sl_status sl__cpu_score_lowbit(const sl__kargs *a);
-sl_status sl__cpu_attn_bucket(const sl__kargs *a);
-sl_status sl__cpu_score_hash(const sl__kargs *a);
-
-/* Our kernels parallelise over work items themselves, so each sgemm they
- * call must run on the calling thread alone. */
-void sl__cpu_blas_single(void);
-/* sl__parallel_for on the context's threads with OpenBLAS held to one thread
- * per call for its duration (each work item calls sgemm on its own thread);
- * OpenBLAS's own thread count is restored afterwards, so other users (the
- * model runner, the sgemm ceiling) keep theirs. */
-sl_status sl__cpu_parallel(sl_ctx *ctx, int64_t n, sl__parallel_fn fn, void *ud);
-
-/* cpu/correct_ext.c: the ops of issue 5 (re_ttention, flashblock, salad, psa_pyramid) */
-sl_status sl__cpu_correct_reshape(const sl__kargs *a);
-sl_status sl__cpu_correct_cache_reuse(const sl__kargs *a);
-sl_status sl__cpu_correct_linear_branch(const sl__kargs *a);
-sl_status sl__cpu_attn_linear(const sl__kargs *a);
-sl_status sl__cpu_attn_pooled_kv(const sl__kargs *a);
-size_t sl__cpu_correct_ext_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+/* Every kernel sl__cpu_<fn> of ops.def and each family's scratch function
+ * sl__cpu_<family>_scratch (bytes a call needs on n_threads threads; 0 for
+ * none), generated from ops.def; backend.c builds the table from the same rows. */
+#define SL_OP(E, name, family, fn, group, n_in, n_out, ins, outs, doc)                                  \
+    sl_status sl__cpu_##fn(const sl__kargs *a);                                                        \
+    size_t sl__cpu_##family##_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+#include "../ops.def"
+#undef SL_OP
 
 #endif

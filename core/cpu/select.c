@@ -3,6 +3,7 @@
  * descending, index ascending) — the order ref defines by counting ranks —
  * and keep a prefix; select.threshold is one pass. */
 #include "cpu.h"
+#include "parallel.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -109,8 +110,11 @@ sl_status sl__cpu_select_topk(const sl__kargs *a) { return run(a, topk_item); }
 sl_status sl__cpu_select_topp(const sl__kargs *a) { return run(a, topp_item); }
 sl_status sl__cpu_select_threshold(const sl__kargs *a) { return run(a, threshold_item); }
 
-size_t sl__cpu_select_scratch(const sl_tensor *in, int n_threads)
+size_t sl__cpu_select_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
+    (void)params;
+    if (op == SL_OP_SELECT_THRESHOLD)
+        return 0;
     const sl_tensor *x = &in[0];
     int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
     return (size_t)(n_threads > 0 ? n_threads : 1) * (size_t)(c + 1) * sizeof(entry);

@@ -2,7 +2,7 @@
 #ifndef SL_MODEL_H
 #define SL_MODEL_H
 
-#include "../cpu/cpu.h"
+#include "../internal.h"
 
 /* An empty model with cfg and a zeroed layer array. */
 sl_status sl__model_new(sl_ctx *ctx, const sl_model_config *cfg, sl_model **out);

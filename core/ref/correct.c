@@ -1,6 +1,8 @@
 /* ref/correct.c — reference kernels of the corrections (correct.*): plain
  * loops, float64 arithmetic, written from the contracts in sparselab.h and
  * the method cards (delta_attention, ...), not from the cpu kernels. */
+/* (correct.reshape, correct.cache_reuse and correct.linear_branch: plain
+ * loops over rows in float64.) */
 #include "ref.h"
 
 #include <math.h>
@@ -164,8 +166,9 @@ sl_status sl__ref_correct_rectify(const sl__kargs *a)
     return SL_OK;
 }
 
-size_t sl__ref_correct_scratch(sl_op op, const sl_tensor *in)
+size_t sl__ref_correct_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
+    (void)params, (void)n_threads;
     int64_t d = in[0].shape[2];
     if (op == SL_OP_CORRECT_SMOOTH_K)
         return (size_t)d * sizeof(double);
@@ -281,6 +284,105 @@ sl_status sl__ref_correct_lepe(const sl__kargs *a)
                     acc += (wr ? (double)wr[t * d + c] : 1.0 / (double)kn) * (double)vg[j * d + c];
                 }
                 o[(h * nq + i) * d + c] = (float)((double)oin[(h * nq + i) * d + c] + p->alpha * acc);
+            }
+        }
+    }
+    return SL_OK;
+}
+
+sl_status sl__ref_correct_reshape(const sl__kargs *a)
+{
+    const sl_correct_reshape_params *p = a->params;
+    int64_t rows = sl_tensor_numel(&a->in[1]), d = a->in[0].shape[2];
+    const float *o = a->in[0].data, *lse = a->in[1].data, *ref_o = a->in[2].data, *ref_l = a->in[3].data;
+    const float *ratio = a->in[4].data, *res = a->in[5].data;
+    float *out = a->out[0].data, *r_out = a->out[1].data, *res_out = a->out[2].data;
+    int refresh = a->in[2].buf != NULL;
+    for (int64_t i = 0; i < rows; i++) {
+        double r;
+        if (refresh) {
+            r = !p->use_ratio || ref_l[i] == -INFINITY ? 1.0 : exp((double)lse[i] - (double)ref_l[i]);
+            for (int64_t c = 0; c < d; c++) {
+                double x = ref_o[i * d + c];
+                res_out[i * d + c] = (float)(x - r * (double)o[i * d + c]);
+                out[i * d + c] = (float)x;
+            }
+            r_out[i] = (float)r;
+        } else {
+            r = p->use_ratio ? (double)ratio[i] : 1.0;
+            for (int64_t c = 0; c < d; c++) {
+                double e = res ? (double)res[i * d + c] : 0.0;
+                out[i * d + c] = (float)(r * (double)o[i * d + c] + e);
+                res_out[i * d + c] = (float)e;
+            }
+            r_out[i] = (float)((double)ratio[i] + p->drift);
+        }
+    }
+    return SL_OK;
+}
+
+static double row_norm2(const float *x, int64_t d)
+{
+    double s = 0;
+    for (int64_t c = 0; c < d; c++)
+        s += (double)x[c] * (double)x[c];
+    return s;
+}
+
+sl_status sl__ref_correct_cache_reuse(const sl__kargs *a)
+{
+    const sl_correct_cache_params *p = a->params;
+    int64_t rows = sl_tensor_numel(&a->in[1]), d = a->in[0].shape[2];
+    int64_t dq = a->in[4].buf ? a->in[4].shape[2] : 0;
+    const float *o1 = a->in[0].data, *l1 = a->in[1].data, *o2 = a->in[2].data, *l2 = a->in[3].data;
+    const float *q = a->in[4].data, *cq = a->in[5].data;
+    float *o = a->out[0].data, *lse = a->out[1].data, *reused = a->out[2].data;
+    for (int64_t i = 0; i < rows; i++) {
+        int reuse = 1;
+        if (q) {
+            double diff = 0;
+            for (int64_t c = 0; c < dq; c++) {
+                double t = (double)q[i * dq + c] - (double)cq[i * dq + c];
+                diff += t * t;
+            }
+            reuse = sqrt(diff) <= p->tau * sqrt(row_norm2(cq + i * dq, dq));
+        }
+        reused[i] = (float)reuse;
+        double x = l1[i], y = reuse ? (double)l2[i] : -INFINITY, m = x > y ? x : y;
+        if (m == -INFINITY) {
+            memset(o + i * d, 0, (size_t)d * sizeof *o);
+            lse[i] = -INFINITY;
+            continue;
+        }
+        double w1 = exp(x - m), w2 = exp(y - m), sum = w1 + w2;
+        for (int64_t c = 0; c < d; c++)
+            o[i * d + c] = (float)((w1 * (double)o1[i * d + c] + w2 * (double)(reuse ? o2[i * d + c] : 0.f)) / sum);
+        lse[i] = (float)(m + log(sum));
+    }
+    return SL_OK;
+}
+
+sl_status sl__ref_correct_linear_branch(const sl__kargs *a)
+{
+    const sl_correct_linear_params *p = a->params;
+    int64_t h = a->in[0].shape[0], n = a->in[0].shape[1], d = a->in[0].shape[2];
+    const float *o = a->in[0].data, *ol = a->in[1].data, *gate = a->in[2].data, *proj = a->in[3].data;
+    int64_t gh = a->in[2].shape[0], ph = a->in[3].buf ? a->in[3].shape[0] : 0;
+    float *out = a->out[0].data;
+    for (int64_t hh = 0; hh < h; hh++) {
+        double g = gate[gh == 1 ? 0 : hh];
+        const float *P = proj ? proj + (ph == 1 ? 0 : hh) * d * d : NULL;
+        for (int64_t r = 0; r < n; r++) {
+            const float *x = ol + (hh * n + r) * d, *s = o + (hh * n + r) * d;
+            for (int64_t c = 0; c < d; c++) {
+                double y = x[c];
+                if (P) {
+                    y = 0;
+                    for (int64_t e = 0; e < d; e++)
+                        y += (double)P[c * d + e] * (double)x[e];
+                }
+                double base = p->convex ? (1.0 - g) * (double)s[c] : (double)s[c];
+                out[(hh * n + r) * d + c] = (float)(base + g * y);
             }
         }
     }

@@ -1,5 +1,6 @@
-/* ref/ref.h — the reference backend's kernels, shared with backends that
- * reuse a reference kernel where speed does not matter (metrics). */
+/* ref/ref.h — what the reference backend's files share: the row routine of
+ * the attention kernels and the kernel declarations (generated from ops.def).
+ * No other backend includes it: ref is the independent oracle. */
 #ifndef SL_REF_H
 #define SL_REF_H
 
@@ -25,63 +26,14 @@ void sl__ref_row(const float *q, const float *k, const float *v, int64_t n_k, in
 void sl__ref_keep_block(const sl_tensor *mask, int64_t bq, int64_t bk, int64_t hq, int64_t h, int64_t r, int64_t nk,
                         uint8_t *keep);
 
-sl_status sl__ref_attn_dense(const sl__kargs *a);
-sl_status sl__ref_attn_block_sparse(const sl__kargs *a);
+/* Every kernel sl__ref_<fn> of ops.def and each family's scratch function
+ * sl__ref_<family>_scratch (bytes a call needs; 0 for none). */
+#define SL_OP(E, name, family, fn, group, n_in, n_out, ins, outs, doc)                                  \
+    sl_status sl__ref_##fn(const sl__kargs *a);                                                        \
+    size_t sl__ref_##family##_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+#include "../ops.def"
+#undef SL_OP
+
 size_t sl__ref_keep_bytes(int64_t n_k);
-size_t sl__ref_attn_scratch(const sl_tensor *in);
-
-sl_status sl__ref_attn_token_sparse(const sl__kargs *a);
-sl_status sl__ref_attn_vs_mixed(const sl__kargs *a);
-sl_status sl__ref_attn_rows(const sl__kargs *a);
-sl_status sl__ref_attn_lse_merge(const sl__kargs *a);
-sl_status sl__ref_correct_delta(const sl__kargs *a);
-sl_status sl__ref_correct_rectify(const sl__kargs *a);
-sl_status sl__ref_correct_compensate(const sl__kargs *a);
-sl_status sl__ref_correct_smooth_k(const sl__kargs *a);
-sl_status sl__ref_correct_lepe(const sl__kargs *a);
-size_t sl__ref_correct_scratch(sl_op op, const sl_tensor *in);
-
-sl_status sl__ref_metric_rel_l2(const sl__kargs *a);
-sl_status sl__ref_metric_cosine(const sl__kargs *a);
-sl_status sl__ref_metric_max_abs(const sl__kargs *a);
-sl_status sl__ref_metric_recall(const sl__kargs *a);
-
-/* ref/correct_ext.c: the ops of issue 5 (re_ttention, flashblock, salad, psa_pyramid) */
-sl_status sl__ref_correct_reshape(const sl__kargs *a);
-sl_status sl__ref_correct_cache_reuse(const sl__kargs *a);
-sl_status sl__ref_correct_linear_branch(const sl__kargs *a);
-sl_status sl__ref_attn_linear(const sl__kargs *a);
-sl_status sl__ref_attn_pooled_kv(const sl__kargs *a);
-size_t sl__ref_correct_ext_scratch(sl_op op, const sl_tensor *in);
-sl_status sl__ref_score_pooled(const sl__kargs *a);
-sl_status sl__ref_score_last_q(const sl__kargs *a);
-sl_status sl__ref_score_rows(const sl__kargs *a);
-sl_status sl__ref_score_exact(const sl__kargs *a);
-size_t sl__ref_score_scratch(sl_op op, const void *params, const sl_tensor *in);
-
-sl_status sl__ref_reduce_columns(const sl__kargs *a);
-sl_status sl__ref_reduce_diagonals(const sl__kargs *a);
-sl_status sl__ref_reduce_block(const sl__kargs *a);
-sl_status sl__ref_reduce_heads(const sl__kargs *a);
-
-sl_status sl__ref_select_topk(const sl__kargs *a);
-sl_status sl__ref_select_topp(const sl__kargs *a);
-sl_status sl__ref_select_threshold(const sl__kargs *a);
-size_t sl__ref_select_scratch(const sl_tensor *in);
-/* score.antidiag, score.strided, score.anchor, gather.rows (ref/stripe.c). */
-sl_status sl__ref_score_antidiag(const sl__kargs *a);
-sl_status sl__ref_score_strided(const sl__kargs *a);
-sl_status sl__ref_score_anchor(const sl__kargs *a);
-sl_status sl__ref_gather_rows(const sl__kargs *a);
-/* pool.tokens, score.lowbit, score.hash, attn.bucket (ref/token_score.c). */
-sl_status sl__ref_pool_tokens(const sl__kargs *a);
-sl_status sl__ref_score_lowbit(const sl__kargs *a);
-sl_status sl__ref_attn_bucket(const sl__kargs *a);
-sl_status sl__ref_score_hash(const sl__kargs *a);
-/* score.lowbit's quantisation of rows x [rows, d] in groups of `group` rows
- * (f32 arithmetic, the contract's rule; bits >= 16 copies), and its K
- * smoothing: ks = k - mean (mean over the nk keys; zero when !smooth). */
-void sl__lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, float *out);
-void sl__lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, float *ks, float *mean);
 
 #endif

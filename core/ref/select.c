@@ -25,8 +25,11 @@ static void ranks(const float *x, int64_t c, int64_t *rank)
     }
 }
 
-size_t sl__ref_select_scratch(const sl_tensor *in)
+size_t sl__ref_select_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
+    (void)params, (void)n_threads;
+    if (op == SL_OP_SELECT_THRESHOLD)
+        return 0;
     const sl_tensor *x = &in[0];
     int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
     return (size_t)(2 * c + 1) * sizeof(int64_t) + (size_t)(c + 1) * sizeof(double);

@@ -1,0 +1,93 @@
+/* op_select.c — the select family: checks, shape rules and FLOP counts of
+ * select.topk, select.topp and select.threshold (contracts in sparselab.h;
+ * kernels in ref/select.c, cpu/select.c, cuda/select.cu). */
+#include "family.h"
+#include "op_check.h"
+
+#include <math.h>
+#include <string.h>
+
+/* The optional per-head budget of a selector: 1 dim, one entry per head. */
+static sl_status validate_head_budget(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, sl_dtype dt)
+{
+    if (!in[1].buf)
+        return SL_OK;
+    char desc[96];
+    sl_tensor_describe(&in[1], desc, sizeof desc);
+    int ok = in[1].ndim == 1 && in[1].shape[0] == in[0].shape[0] &&
+             (dt == SL_I32 ? in[1].dtype == SL_I32 : sl__is_float(in[1].dtype));
+    if (!ok)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be %s [%lld] (one per head of x), found %s", info->name,
+                           info->op == SL_OP_SELECT_TOPK ? "opt.k" : "opt.p", dt == SL_I32 ? "i32" : "float",
+                           (long long)in[0].shape[0], desc);
+    return SL_OK;
+}
+
+static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                              int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    (void)params;
+    sl_status s;
+    sl_op op = info->op;
+    if ((s = sl__check_scores(ctx, info, in, 1)))
+        return s;
+    if (op != SL_OP_SELECT_THRESHOLD &&
+        (s = validate_head_budget(ctx, info, in, op == SL_OP_SELECT_TOPK ? SL_I32 : SL_F32)))
+        return s;
+    out_dtype[0] = SL_U8;
+    out_ndim[0] = in[0].ndim;
+    memcpy(out_shape[0], in[0].shape, sizeof out_shape[0]);
+    return SL_OK;
+}
+
+static sl_status select_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    switch (info->op) {
+    case SL_OP_SELECT_TOPK:
+        if (in[1].buf)
+            for (int64_t i = 0; i < in[1].shape[0]; i++)
+                if (((const int32_t *)in[1].data)[i] < 0)
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: opt.k[%lld] = %d; expected k >= 0", info->name, (long long)i,
+                                       ((const int32_t *)in[1].data)[i]);
+        return SL_OK;
+    case SL_OP_SELECT_TOPP: {
+        if (in[1].buf)
+            for (int64_t i = 0; i < in[1].shape[0]; i++) {
+                float p = ((const float *)in[1].data)[i];
+                if (!(p >= 0 && p <= 1))
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: opt.p[%lld] = %g; expected p in [0, 1]", info->name,
+                                       (long long)i, p);
+            }
+        const sl_select_topp_params *p = params;
+        const float *x = in[0].data;
+        int64_t n = sl_tensor_numel(&in[0]);
+        for (int64_t i = 0; !p->normalize && i < n; i++)
+            if (x[i] < 0 && x[i] != -INFINITY)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: x[%lld] = %g; masses must be >= 0 (normalize = 1 for logits)",
+                                   info->name, (long long)i, x[i]);
+        return SL_OK;
+    }
+    default: return SL_OK;
+    }
+}
+
+/* x: scores of the causal future are -inf; the budgets are finite. */
+static sl__input_policy select_input_policy(const sl_op_info *info, int i)
+{
+    (void)info;
+    return i == 0 ? SL__IN_NEG_INF : SL__IN_FINITE;
+}
+
+static double select_flops(const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    (void)params;
+    const sl_tensor *x = &in[0];
+    if (info->op == SL_OP_SELECT_THRESHOLD)
+        return (double)sl_tensor_numel(x); /* one compare per element */
+    /* a comparison sort of each row: C log2 C compares */
+    double c = x->ndim ? (double)x->shape[x->ndim - 1] : 1;
+    return (double)sl_tensor_numel(x) * (c > 1 ? log2(c) : 1.0);
+}
+
+const sl__family sl__family_select = {"select", select_infer, select_check_contents, NULL, select_flops,
+                                      select_input_policy};
