@@ -347,4 +347,18 @@ static inline void expect_fail(sl_ctx *ctx, sl_op op, const void *p, const sl_te
     }
 }
 
+/* ---- the suite ---- */
+
+/* Runs one suite of one test case, both named name, with a 120 s timeout;
+ * add registers the tests. Returns the process exit status. */
+static inline int run_op_suite(const char *name, void (*add)(TCase *tc))
+{
+    Suite *s = suite_create(name);
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 120);
+    add(tc);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
+
 #endif

@@ -87,7 +87,7 @@ START_TEST(test_dense_backends_match_ref)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 1000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
+    const shape_case *c = attn_case(_i);
     sl_tensor in[3] = {{0}};
     qkv_of(ctx, &rng, c, 1.5, in);
     sl_attn_params p = {.causal = c->causal, .scale = 0};
@@ -160,7 +160,7 @@ START_TEST(test_block_sparse_full_mask_equals_dense)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 2000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
+    const shape_case *c = attn_case(_i);
     sl_tensor in[7] = {{0}};
     qkv_of(ctx, &rng, c, 1.5, in);
     sl_attn_params pd = {.causal = c->causal, .scale = 0};
@@ -442,7 +442,7 @@ START_TEST(test_token_sparse_backends_match_ref)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 8000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
+    const shape_case *c = attn_case(_i);
     sl_tensor in[8] = {{0}};
     qkv_of(ctx, &rng, c, 1.5, in);
     sl_tensor bias = tu_randn(ctx, &rng, c->hq, c->nq, c->nk, 1.0);
@@ -485,7 +485,7 @@ START_TEST(test_token_sparse_full_lists_equal_dense)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 8500 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
+    const shape_case *c = attn_case(_i);
     sl_tensor in[8] = {{0}};
     qkv_of(ctx, &rng, c, 1.5, in);
     sl_tensor dense_c[2], dense_n[2];
@@ -653,7 +653,7 @@ START_TEST(test_rows)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 9000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
+    const shape_case *c = attn_case(_i);
     sl_tensor in[8] = {{0}};
     qkv_of(ctx, &rng, c, 1.5, in);
     int64_t n_out = 2 * c->nq + 3;
@@ -801,7 +801,7 @@ START_TEST(test_state_chaining)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 9700 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
+    const shape_case *c = attn_case(_i);
     sl_tensor in[8] = {{0}};
     qkv_of(ctx, &rng, c, 1.5, in);
     sl_attn_token_params p = {.rows_per_entry = 1, .scale = 0};
@@ -899,7 +899,8 @@ START_TEST(test_vs_mixed)
     sl_rng rng;
     sl_rng_seed(&rng, 9900 + (uint64_t)_i);
     /* hq, hkv, nq, bq, bk, d: blocks shorter and longer than a CUDA key tile, decode offset */
-    const int geo[4][6] = {{2, 1, 203, 16, 32, 32}, {4, 2, 100, 7, 13, 32}, {2, 2, 5, 64, 8, 32}, {4, 1, 150, 32, 40, 72}};
+    const int geo[6][6] = {{2, 1, 203, 16, 32, 32}, {4, 2, 100, 7, 13, 32}, {2, 2, 5, 64, 8, 32}, {4, 1, 150, 32, 40, 72},
+                           {2, 1, 45, 16, 8, 128}, {4, 2, 70, 32, 16, 256}}; /* head_dim 128 and 256 */
     int64_t hq = geo[_i][0], hkv = geo[_i][1], nq = geo[_i][2], nk = nq + (_i == 2 ? 150 : 0), d = geo[_i][5];
     int bq = geo[_i][3], bk = geo[_i][4];
     sl_tensor in[12] = {tu_randn(ctx, &rng, hq, nq, d, 1.5), tu_randn(ctx, &rng, hkv, nk, d, 1.5),
@@ -1532,28 +1533,172 @@ START_TEST(test_attn_bucket_alloc_failures_leak_nothing)
 }
 END_TEST
 
-static Suite *attn_ops_suite(void)
+/* A float64 oracle of masked attention: row (h, i) of o and l against the
+ * softmax over the keys j with keep[(h * n_q + i) * n_k + j] (scale
+ * 1/sqrt(d), GQA head h / (Hq / Hkv)); a row with no key must be O = 0 and
+ * L = -inf. Written here from the definition, apart from ref. */
+static void assert_masked_attn(const shape_case *c, const sl_tensor *in, const uint8_t *keep, const sl_tensor *o,
+                               const sl_tensor *l, const char *what)
 {
-    Suite *s = suite_create("attn_ops");
-    TCase *tc = tcase_create("attn_ops");
-    tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_dense_backends_match_ref, 0, N_CASES);
+    int64_t grp = c->hq / c->hkv, d = c->d;
+    double *s = malloc(sizeof *s * (size_t)c->nk), *acc = malloc(sizeof *acc * (size_t)d);
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < c->nq; i++) {
+            const float *q = f32p(&in[0]) + (h * c->nq + i) * d;
+            const float *orow = f32p(o) + (h * c->nq + i) * d;
+            const uint8_t *kr = keep + (h * c->nq + i) * c->nk;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < c->nk; j++) {
+                if (!kr[j])
+                    continue;
+                const float *k = f32p(&in[1]) + ((h / grp) * c->nk + j) * d;
+                s[j] = 0;
+                for (int64_t x = 0; x < d; x++)
+                    s[j] += (double)q[x] * (double)k[x];
+                s[j] /= sqrt((double)d);
+                mx = fmax(mx, s[j]);
+            }
+            float got_l = f32p(l)[h * c->nq + i];
+            if (isinf(mx)) {
+                if (!(isinf(got_l) && got_l < 0))
+                    ck_abort_msg("%s: empty row (%lld, %lld) has L = %g", what, (long long)h, (long long)i, got_l);
+                for (int64_t x = 0; x < d; x++)
+                    if (orow[x] != 0.f)
+                        ck_abort_msg("%s: empty row (%lld, %lld) has O = %g", what, (long long)h, (long long)i, orow[x]);
+                continue;
+            }
+            double z = 0;
+            memset(acc, 0, sizeof *acc * (size_t)d);
+            for (int64_t j = 0; j < c->nk; j++) {
+                if (!kr[j])
+                    continue;
+                double p = exp(s[j] - mx);
+                const float *v = f32p(&in[2]) + ((h / grp) * c->nk + j) * d;
+                z += p;
+                for (int64_t x = 0; x < d; x++)
+                    acc[x] += p * (double)v[x];
+            }
+            double want_l = mx + log(z);
+            if (!(fabs(got_l - want_l) <= 1e-5 * fmax(1, fabs(want_l))))
+                ck_abort_msg("%s: L(%lld, %lld) = %.9g, want %.9g", what, (long long)h, (long long)i, got_l, want_l);
+            for (int64_t x = 0; x < d; x++)
+                if (!(fabs(orow[x] - acc[x] / z) <= 2e-5))
+                    ck_abort_msg("%s: O(%lld, %lld)[%lld] = %.9g, want %.9g", what, (long long)h, (long long)i,
+                                 (long long)x, orow[x], acc[x] / z);
+        }
+    free(s);
+    free(acc);
+}
+
+/* Index lists per row read from a dense keep [H, n_q, n_k] (entry e is row e). */
+typedef struct dense_keep { const uint8_t *keep; int64_t nq, nk; } dense_keep;
+
+static int dense_keep_rule(const void *ud, int64_t h, int64_t e, int64_t j)
+{
+    const dense_keep *k = ud;
+    return k->keep[(h * k->nq + e) * k->nk + j];
+}
+
+/* Head dims 128 and 256 (ATTN_BIG_D: ragged, GQA, one query row, one token)
+ * with fully masked rows, on every backend against ref and against the
+ * float64 oracle above: attn.block_sparse with random kept blocks and head
+ * 0's last query block empty; attn.token_sparse with per-row causal lists,
+ * every third row's empty; attn.rows over every row with limit 0 on every
+ * third row. */
+START_TEST(test_big_d_masked_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 9300 + (uint64_t)_i);
+    const shape_case *c = &ATTN_BIG_D[_i];
+    int64_t off = c->nk - c->nq, n_pairs = c->hq * c->nq * c->nk;
+    sl_tensor in[8] = {{0}}, ref[2];
+    qkv_of(ctx, &rng, c, 1.5, in);
+    uint8_t *keep = malloc((size_t)n_pairs);
+    char what[96];
+    /* block_sparse */
+    int bq = 16, bk = 16;
+    int64_t nqb = (c->nq + bq - 1) / bq, nkb = (c->nk + bk - 1) / bk;
+    sl_tensor blocks;
+    int64_t bs[3] = {c->hq, nqb, nkb};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, bs, &blocks), SL_OK);
+    for (int64_t i = 0; i < c->hq * nqb * nkb; i++)
+        ((uint8_t *)blocks.data)[i] = sl_rng_uniform(&rng) < 0.5;
+    memset((uint8_t *)blocks.data + (nqb - 1) * nkb, 0, (size_t)nkb);
+    sl_mask m;
+    ck_assert_int_eq(sl_mask_from_blocks(ctx, &blocks, c->nq, c->nk, bq, bk, c->causal, &m), SL_OK);
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < c->nq; i++)
+            for (int64_t j = 0; j < c->nk; j++)
+                keep[(h * c->nq + i) * c->nk + j] = (uint8_t)sl_mask_get(&m, (int)h, i, j);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    sl_attn_block_params pb = {.bq = bq, .bk = bk, .scale = 0};
+    snprintf(what, sizeof what, "big d case %d block_sparse", _i);
+    check_backends(ctx, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, what);
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, ref);
+    assert_masked_attn(c, in, keep, &ref[0], &ref[1], what);
+    release_n(ref, 2);
+    sl_mask_release(&m);
+    sl_tensor_release(&blocks);
+    /* token_sparse, per-row lists */
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < c->nq; i++)
+            for (int64_t j = 0; j < c->nk; j++)
+                keep[(h * c->nq + i) * c->nk + j] = (uint8_t)(i % 3 != 1 && j <= off + i && sl_rng_uniform(&rng) < 0.6);
+    dense_keep dk = {keep, c->nq, c->nk};
+    make_lists(ctx, c->hq, c->nq, c->nk, dense_keep_rule, &dk, &in[3], &in[4]);
+    in[5] = in[6] = in[7] = (sl_tensor){0};
+    sl_attn_token_params pt = {.rows_per_entry = 1, .scale = 0};
+    snprintf(what, sizeof what, "big d case %d token_sparse", _i);
+    check_backends(ctx, SL_OP_ATTN_TOKEN_SPARSE, &pt, in, what);
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_TOKEN_SPARSE, &pt, in, ref);
+    assert_masked_attn(c, in, keep, &ref[0], &ref[1], what);
+    release_n(ref, 2);
+    release_n(&in[3], 2);
+    /* rows: every row, limits 0 on every third */
+    in[3] = i32_tensor(ctx, 1, c->nq);
+    in[4] = i32_tensor(ctx, 1, c->nq);
+    for (int64_t i = 0; i < c->nq; i++) {
+        int64_t lim = i % 3 == 2 ? 0 : 1 + (int64_t)(sl_rng_next(&rng) % (uint64_t)c->nk);
+        ((int32_t *)in[3].data)[i] = (int32_t)i;
+        ((int32_t *)in[4].data)[i] = (int32_t)lim;
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t j = 0; j < c->nk; j++)
+                keep[(h * c->nq + i) * c->nk + j] = j < lim;
+    }
+    sl_attn_rows_params pr = {.scale = 0};
+    snprintf(what, sizeof what, "big d case %d rows", _i);
+    check_backends(ctx, SL_OP_ATTN_ROWS, &pr, in, what);
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_ROWS, &pr, in, ref);
+    assert_masked_attn(c, in, keep, &ref[0], &ref[1], what);
+    release_n(ref, 2);
+    release_n(&in[3], 2);
+    free(keep);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
+    tcase_add_loop_test(tc, test_dense_backends_match_ref, 0, N_ATTN_CASES);
     tcase_add_test(tc, test_dense_ref_against_closed_form);
-    tcase_add_loop_test(tc, test_block_sparse_full_mask_equals_dense, 0, N_CASES);
+    tcase_add_loop_test(tc, test_block_sparse_full_mask_equals_dense, 0, N_ATTN_CASES);
     tcase_add_test(tc, test_block_sparse_patterns_match_ref);
     tcase_add_test(tc, test_fully_masked_rows);
     tcase_add_test(tc, test_nan_and_shape_errors);
     tcase_add_test(tc, test_bad_mask_rejected);
     tcase_add_test(tc, test_recall_is_kept_mass);
     tcase_add_test(tc, test_alloc_failures_leak_nothing);
-    tcase_add_loop_test(tc, test_token_sparse_backends_match_ref, 0, N_CASES);
-    tcase_add_loop_test(tc, test_token_sparse_full_lists_equal_dense, 0, N_CASES);
+    tcase_add_loop_test(tc, test_token_sparse_backends_match_ref, 0, N_ATTN_CASES);
+    tcase_add_loop_test(tc, test_token_sparse_full_lists_equal_dense, 0, N_ATTN_CASES);
     tcase_add_test(tc, test_token_sparse_closed_forms);
     tcase_add_loop_test(tc, test_token_sparse_decode, 0, 4);
-    tcase_add_loop_test(tc, test_rows, 0, N_CASES);
+    tcase_add_loop_test(tc, test_rows, 0, N_ATTN_CASES);
     tcase_add_loop_test(tc, test_lse_merge, 0, N_CASES);
-    tcase_add_loop_test(tc, test_state_chaining, 0, N_CASES);
-    tcase_add_loop_test(tc, test_vs_mixed, 0, 4);
+    tcase_add_loop_test(tc, test_state_chaining, 0, N_ATTN_CASES);
+    tcase_add_loop_test(tc, test_vs_mixed, 0, 6);
     tcase_add_test(tc, test_pv_skip);
     tcase_add_test(tc, test_sparse_validation);
     tcase_add_test(tc, test_token_sparse_nan_in_read_rows);
@@ -1564,8 +1709,7 @@ static Suite *attn_ops_suite(void)
     tcase_add_test(tc, test_attn_bucket_empty_rows);
     tcase_add_test(tc, test_attn_bucket_validation);
     tcase_add_test(tc, test_attn_bucket_alloc_failures_leak_nothing);
-    suite_add_tcase(s, tc);
-    return s;
+    tcase_add_loop_test(tc, test_big_d_masked_rows, 0, N_BIG_D);
 }
 
-int main(void) { return tu_run(attn_ops_suite()); }
+int main(void) { return run_op_suite("attn_ops", add_tests); }

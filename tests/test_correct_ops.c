@@ -827,11 +827,8 @@ START_TEST(test_linear_branch)
 }
 END_TEST
 
-static Suite *correct_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("correct_ops");
-    TCase *tc = tcase_create("correct_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_delta_backends_match_ref, 0, N_DELTA);
     tcase_add_loop_test(tc, test_delta_closed_form, 0, N_DELTA);
     tcase_add_test(tc, test_delta_flops);
@@ -847,8 +844,6 @@ static Suite *correct_ops_suite(void)
     tcase_add_loop_test(tc, test_reshape, 0, N_CASES);
     tcase_add_loop_test(tc, test_cache_reuse, 0, N_CASES);
     tcase_add_test(tc, test_linear_branch);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(correct_ops_suite()); }
+int main(void) { return run_op_suite("correct_ops", add_tests); }

@@ -48,15 +48,10 @@ START_TEST(test_gather_validation)
 }
 END_TEST
 
-static Suite *gather_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("gather_ops");
-    TCase *tc = tcase_create("gather_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_gather_rows);
     tcase_add_test(tc, test_gather_validation);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(gather_ops_suite()); }
+int main(void) { return run_op_suite("gather_ops", add_tests); }

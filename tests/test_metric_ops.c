@@ -60,14 +60,9 @@ START_TEST(test_metrics)
 }
 END_TEST
 
-static Suite *metric_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("metric_ops");
-    TCase *tc = tcase_create("metric_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_metrics);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(metric_ops_suite()); }
+int main(void) { return run_op_suite("metric_ops", add_tests); }

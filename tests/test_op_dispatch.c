@@ -15,14 +15,9 @@ START_TEST(test_every_op_has_ref_and_cpu)
 }
 END_TEST
 
-static Suite *op_dispatch_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("op_dispatch");
-    TCase *tc = tcase_create("op_dispatch");
-    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_every_op_has_ref_and_cpu);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(op_dispatch_suite()); }
+int main(void) { return run_op_suite("op_dispatch", add_tests); }

@@ -111,15 +111,10 @@ START_TEST(test_pool_validation)
 }
 END_TEST
 
-static Suite *pool_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("pool_ops");
-    TCase *tc = tcase_create("pool_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_pool_tokens);
     tcase_add_test(tc, test_pool_validation);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(pool_ops_suite()); }
+int main(void) { return run_op_suite("pool_ops", add_tests); }

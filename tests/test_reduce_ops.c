@@ -91,16 +91,11 @@ START_TEST(test_reduce_validation)
 }
 END_TEST
 
-static Suite *reduce_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("reduce_ops");
-    TCase *tc = tcase_create("reduce_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_reduce_backends_match_ref);
     tcase_add_test(tc, test_reduce_diagonals_brute_force);
     tcase_add_test(tc, test_reduce_validation);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(reduce_ops_suite()); }
+int main(void) { return run_op_suite("reduce_ops", add_tests); }

@@ -734,11 +734,8 @@ START_TEST(test_lowbit_alloc_failures_leak_nothing)
 }
 END_TEST
 
-static Suite *score_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("score_ops");
-    TCase *tc = tcase_create("score_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_score_backends_match_ref, 0, N_CASES);
     tcase_add_loop_test(tc, test_score_independent, 0, N_CASES);
     tcase_add_test(tc, test_pooled_mean_by_hand);
@@ -757,8 +754,6 @@ static Suite *score_ops_suite(void)
     tcase_add_test(tc, test_lowbit_hash_validation);
     tcase_add_test(tc, test_antidiag_anchor_validation);
     tcase_add_test(tc, test_lowbit_alloc_failures_leak_nothing);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(score_ops_suite()); }
+int main(void) { return run_op_suite("score_ops", add_tests); }

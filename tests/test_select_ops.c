@@ -460,11 +460,8 @@ START_TEST(test_select_validation)
 }
 END_TEST
 
-static Suite *select_ops_suite(void)
+static void add_tests(TCase *tc)
 {
-    Suite *s = suite_create("select_ops");
-    TCase *tc = tcase_create("select_ops");
-    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_select_backends_match_ref);
     tcase_add_test(tc, test_select_properties);
     tcase_add_loop_test(tc, test_from_blocks, 0, N_CASES);
@@ -472,8 +469,6 @@ static Suite *select_ops_suite(void)
     tcase_add_loop_test(tc, test_from_slashes, 0, N_CASES);
     tcase_add_test(tc, test_mask_builders_reject);
     tcase_add_test(tc, test_select_validation);
-    suite_add_tcase(s, tc);
-    return s;
 }
 
-int main(void) { return tu_run(select_ops_suite()); }
+int main(void) { return run_op_suite("select_ops", add_tests); }
