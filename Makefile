@@ -119,8 +119,10 @@ test: deps
 test-run: all $(TEST_SUITES) $(TEST_TOOLS)
 	@BUILD=$(BUILD) sh tests/run.sh
 
-# Every op suite (tests/test_ops.c, tests/test_*_ops.c) on ref, cpu and cuda.
-CUDA_OP_SUITES := $(patsubst tests/%.c,%,$(wildcard tests/test_ops.c tests/test_*_ops.c))
+# Every op suite on ref, cpu and cuda: one suite per op family of core/ops.def
+# (tests/test_<family>_ops.c) and the dispatcher's own suite.
+OP_FAMILIES    := attn metric correct score reduce select pool gather
+CUDA_OP_SUITES := $(OP_FAMILIES:%=test_%_ops) test_op_dispatch
 test-cuda:
 	$(MAKE) CUDA=1 BUILD=build-cuda all $(CUDA_OP_SUITES:%=build-cuda/tests/%)
 	@for t in $(CUDA_OP_SUITES); do echo "== $$t (cuda)"; SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/$$t || exit 1; done

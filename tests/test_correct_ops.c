@@ -1,13 +1,16 @@
-/* test_correct_ops.c — the corrections (correct.*) on every available
- * backend against ref (sentinel allocator, NaN and shape rejection, edge
- * sizes), and their closed forms computed here with plain loops from the
+/* test_correct_ops.c — the corrections (correct.*) on every backend in
+ * SL_TEST_BACKENDS against ref (sentinel allocator, NaN and shape rejection,
+ * edge sizes), and their closed forms computed here with plain loops from the
  * contracts in sparselab.h: correct.delta's sampled and tail rows are the
  * dense rows bit for bit and the other rows follow the delta rule;
  * correct.rectify reproduces dense attention with token pooling, with
  * block-constant Q and K, and with a full mask, its weights summing to one,
  * and trusts no block on iid noise; correct.compensate's exact SDC gives the
  * dense L and scales O by e^{L - L_full}; smooth_k's keys have mean zero and
- * its shifted L is the dense L; lepe's box filter. */
+ * its shifted L is the dense L; lepe's box filter; correct.reshape's refresh
+ * then an unchanged sparse step gives dense; correct.cache_reuse merging a
+ * cached disjoint part gives dense; correct.linear_branch with gate 0 is the
+ * sparse branch. */
 #include "opsutil.h"
 
 /* The layout of the delta_attention card, derived here independently:
@@ -21,16 +24,6 @@ static void delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_p, i
     *groups = 0;
     for (int64_t i = 0; i < *s_p; i += gamma)
         (*groups)++;
-}
-
-static sl_tensor lse_tensor(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t n, int with_neg_inf)
-{
-    sl_tensor t;
-    int64_t sh[2] = {h, n};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 2, sh, &t), SL_OK);
-    for (int64_t i = 0; i < h * n; i++)
-        ((float *)t.data)[i] = with_neg_inf && i % 5 == 2 ? -INFINITY : (float)(2.0 * sl_rng_normal(rng));
-    return t;
 }
 
 typedef struct delta_case { int64_t h, n, d, gamma, tail; } delta_case;
@@ -52,9 +45,9 @@ static void delta_inputs(sl_ctx *ctx, sl_rng *rng, const delta_case *c, sl_tenso
     int64_t s_p, g, t;
     delta_layout(c->n, c->gamma, c->tail, &s_p, &g, &t);
     in[0] = tu_randn(ctx, rng, c->h, c->n, c->d, 1.0);
-    in[1] = lse_tensor(ctx, rng, c->h, c->n, 1);
+    in[1] = lse_random(ctx, rng, c->h, c->n, 2.0, 5, 2);
     in[2] = tu_randn(ctx, rng, c->h, g + t, c->d, 1.0);
-    in[3] = lse_tensor(ctx, rng, c->h, g + t, 0);
+    in[3] = lse_random(ctx, rng, c->h, g + t, 2.0, 0, 0);
 }
 
 START_TEST(test_delta_backends_match_ref)
@@ -166,36 +159,28 @@ START_TEST(test_delta_validation)
     sl_tensor in[4], out[2] = {{0}};
     delta_inputs(ctx, &rng, &c, in);
     sl_correct_delta_params p = {.gamma = 16, .tail = 128};
-#define EXPECT(st, text)                                                                                       \
-    do {                                                                                                       \
-        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_DELTA, &p, in, out), st);                \
-        ck_assert_msg(strncmp(sl_ctx_error(ctx), "correct.delta", 13) == 0, "%s", sl_ctx_error(ctx));          \
-        ck_assert_msg(strstr(sl_ctx_error(ctx), text), "%s", sl_ctx_error(ctx));                              \
-        ck_assert_ptr_null(out[0].buf);                                                                        \
-    } while (0)
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_DELTA, &p, in, out), SL_OK);
     release_n(out, 2);
     p.gamma = 32; /* rows were made for gamma 16 */
-    EXPECT(SL_ESHAPE, "o_rows and lse_rows must be");
+    expect_fail(ctx, SL_OP_CORRECT_DELTA, &p, in, SL_ESHAPE, "o_rows and lse_rows must be");
     p.gamma = 0;
-    EXPECT(SL_EARG, "parameter 'gamma'");
+    expect_fail(ctx, SL_OP_CORRECT_DELTA, &p, in, SL_EARG, "parameter 'gamma'");
     p.gamma = 16;
     ((float *)in[0].data)[17] = NAN;
-    EXPECT(SL_EARG, "o_sparse");
+    expect_fail(ctx, SL_OP_CORRECT_DELTA, &p, in, SL_EARG, "o_sparse");
     ((float *)in[0].data)[17] = 0.5f;
     ((float *)in[3].data)[3] = INFINITY;
-    EXPECT(SL_EARG, "+inf");
+    expect_fail(ctx, SL_OP_CORRECT_DELTA, &p, in, SL_EARG, "+inf");
     ((float *)in[3].data)[3] = -INFINITY; /* an empty dense row is allowed */
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_DELTA, &p, in, out), SL_OK);
     release_n(out, 2);
     sl_tensor keep = in[1];
-    in[1] = lse_tensor(ctx, &rng, 2, 299, 0);
-    EXPECT(SL_ESHAPE, "lse_sparse must be [2, 300]");
+    in[1] = lse_random(ctx, &rng, 2, 299, 2.0, 0, 0);
+    expect_fail(ctx, SL_OP_CORRECT_DELTA, &p, in, SL_ESHAPE, "lse_sparse must be [2, 300]");
     sl_tensor_release(&in[1]);
     in[1] = keep;
     release_n(in, 4);
     tu_ctx_done(ctx, &al);
-#undef EXPECT
 }
 END_TEST
 
@@ -223,40 +208,6 @@ START_TEST(test_correct_alloc_failures_leak_nothing)
 END_TEST
 
 /* ---- correct.rectify, correct.compensate, correct.smooth_k, correct.lepe ---- */
-
-/* Runs op on ref and every other wanted backend; n_out outputs compared
- * within tol relative to each output's scale (infinities must match). */
-static void check_outputs_n(sl_ctx *ctx, sl_op op, const void *p, const sl_tensor *in, int n_out, const char *what)
-{
-    sl_tensor ref[4], out[4];
-    ck_assert_msg(sl_op_run(ctx, SL_BACKEND_REF, op, p, in, ref) == SL_OK, "%s on ref: %s", what, sl_ctx_error(ctx));
-    sl_backend_id bs[SL_BACKEND__COUNT];
-    int nb = other_backends(bs);
-    for (int b = 0; b < nb; b++) {
-        sl_status s = sl_op_run(ctx, bs[b], op, p, in, out);
-        if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
-            printf("SKIP %s on %s: %s\n", what, sl_backend_name(bs[b]), sl_ctx_error(ctx));
-            continue;
-        }
-        ck_assert_msg(s == SL_OK, "%s on %s: %s", what, sl_backend_name(bs[b]), sl_ctx_error(ctx));
-        for (int o = 0; o < n_out; o++) {
-            int64_t n = sl_tensor_numel(&ref[o]);
-            ck_assert_int_eq(sl_tensor_numel(&out[o]), n);
-            double scale = 1e-30;
-            for (int64_t i = 0; i < n; i++)
-                if (isfinite(tu_at(&ref[o], i)))
-                    scale = fmax(scale, fabs(tu_at(&ref[o], i)));
-            for (int64_t i = 0; i < n; i++) {
-                float x = tu_at(&out[o], i), y = tu_at(&ref[o], i);
-                if (isnan(x) || (isinf(y) ? x != y : !(fabs(x - y) <= 2e-5 * fmax(scale, 1.0))))
-                    ck_abort_msg("%s on %s: output %d [%lld] = %.9g, ref %.9g", what, sl_backend_name(bs[b]), o,
-                                 (long long)i, x, y);
-            }
-        }
-        release_n(out, n_out);
-    }
-    release_n(ref, n_out);
-}
 
 /* Block masks of the rectify cases: 0 a causal window (token edges, the
  * diagonal kept), 1 sinks + a short window, 2 causal (every block),
@@ -310,8 +261,8 @@ START_TEST(test_rectify_backends_match_ref)
     int blocks[3][2] = {{16, 16}, {8, 24}, {1, 1}};
     for (int bi = 0; bi < 3; bi++)
         for (int kind = 0; kind < 2; kind++) {
-            sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0),
-                               tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+            sl_tensor in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.0, in);
             sl_mask m;
             rect_mask(ctx, kind, c->nq, c->nk, blocks[bi][0], blocks[bi][1], &m);
             sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
@@ -321,7 +272,7 @@ START_TEST(test_rectify_backends_match_ref)
                                                .gapr = variant != 2};
                 char what[96];
                 snprintf(what, sizeof what, "rectify case %d blocks %d mask %d variant %d", _i, bi, kind, variant);
-                check_outputs_n(ctx, SL_OP_CORRECT_RECTIFY, &p, in, 4, what);
+                check_op_vs_ref(ctx, SL_OP_CORRECT_RECTIFY, &p, in, 2e-5, what);
             }
             sl_tensor_release(&in[7]);
             sl_tensor_release(&in[0]);
@@ -447,14 +398,6 @@ START_TEST(test_rectify_gapr_trusts_nothing_on_noise)
 }
 END_TEST
 
-static sl_tensor f32_2d(sl_ctx *ctx, int64_t a, int64_t b)
-{
-    sl_tensor t;
-    int64_t sh[2] = {a, b};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 2, sh, &t), SL_OK);
-    return t;
-}
-
 /* Backends against ref on random inputs with kept L below the full L, some
  * empty rows (-inf), decode offsets; and the card's closed forms. */
 START_TEST(test_compensate)
@@ -477,7 +420,7 @@ START_TEST(test_compensate)
                                         .causal = c->causal, .min_len = _i % 2 ? 3 : 0};
             char what[80];
             snprintf(what, sizeof what, "compensate case %d estimate %d vmc %d", _i, estimate, vmc);
-            check_outputs_n(ctx, SL_OP_CORRECT_COMPENSATE, &p, in, 3, what);
+            check_op_vs_ref(ctx, SL_OP_CORRECT_COMPENSATE, &p, in, 2e-5, what);
         }
     /* closed forms (exact estimate, c = 1): without VMC, O = o·e^{L - L_full} and L = L_full */
     sl_correct_comp_params p = {.sdc_scale = 1, .estimate = 0, .vmc = 0, .causal = c->causal};
@@ -521,7 +464,7 @@ START_TEST(test_smooth_k)
     for (int64_t i = 0; i < sl_tensor_numel(&in[1]); i++)
         k[i] += (float)(i % c->d) * 0.5f; /* a common offset per channel, what smoothing removes */
     sl_correct_smooth_params p = {.scale = 0};
-    check_outputs_n(ctx, SL_OP_CORRECT_SMOOTH_K, &p, in, 2, "smooth_k without lse");
+    check_op_vs_ref(ctx, SL_OP_CORRECT_SMOOTH_K, &p, in, 2e-5, "smooth_k without lse");
     sl_tensor v = tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0);
     sl_tensor dq[3] = {in[0], in[1], v}, dense[2];
     sl_attn_params pa = {.causal = c->causal};
@@ -539,7 +482,7 @@ START_TEST(test_smooth_k)
     run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pa, sq, smoothed);
     ck_assert_msg(max_diff(&smoothed[0], &dense[0]) < 1e-5, "O over K' = O over K");
     in[2] = smoothed[1];
-    check_outputs_n(ctx, SL_OP_CORRECT_SMOOTH_K, &p, in, 2, "smooth_k with lse");
+    check_op_vs_ref(ctx, SL_OP_CORRECT_SMOOTH_K, &p, in, 2e-5, "smooth_k with lse");
     sl_tensor back[2];
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_SMOOTH_K, &p, in, back), SL_OK);
     for (int64_t r = 0; r < c->hq * c->nq; r++)
@@ -572,7 +515,7 @@ START_TEST(test_lepe)
                 sl_correct_lepe_params p = {.kernel = kernel, .causal = causal, .alpha = 0.7};
                 char what[80];
                 snprintf(what, sizeof what, "lepe case %d causal %d kernel %d w %d", _i, causal, kernel, weights);
-                check_outputs_n(ctx, SL_OP_CORRECT_LEPE, &p, in, 1, what);
+                check_op_vs_ref(ctx, SL_OP_CORRECT_LEPE, &p, in, 2e-5, what);
                 if (weights)
                     sl_tensor_release(&in[2]);
             }
@@ -610,29 +553,21 @@ START_TEST(test_correct_validation)
     sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
     block_sparse_out(ctx, in, &m, &in[7]);
     sl_correct_rectify_params pr = {.bq = 8, .bk = 8, .causal = 1, .ipar = 1, .gapr = 1};
-#define EXPECT(op, params, args, st, text)                                                                   \
-    do {                                                                                                     \
-        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, op, params, args, out), st);                         \
-        ck_assert_msg(strncmp(sl_ctx_error(ctx), sl_op_info_get(op)->name, strlen(sl_op_info_get(op)->name)) == 0, \
-                      "%s", sl_ctx_error(ctx));                                                              \
-        ck_assert_msg(strstr(sl_ctx_error(ctx), text), "%s", sl_ctx_error(ctx));                            \
-        ck_assert_ptr_null(out[0].buf);                                                                      \
-    } while (0)
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_RECTIFY, &pr, in, out), SL_OK);
     release_n(out, 4);
     ((float *)in[7].data)[5] = NAN;
-    EXPECT(SL_OP_CORRECT_RECTIFY, &pr, in, SL_EARG, "o_sparse");
+    expect_fail(ctx, SL_OP_CORRECT_RECTIFY, &pr, in, SL_EARG, "o_sparse");
     ((float *)in[7].data)[5] = 0;
     ((float *)in[1].data)[5] = NAN;
-    EXPECT(SL_OP_CORRECT_RECTIFY, &pr, in, SL_EARG, "'k'");
+    expect_fail(ctx, SL_OP_CORRECT_RECTIFY, &pr, in, SL_EARG, "'k'");
     ((float *)in[1].data)[5] = 0;
     sl_tensor keep = in[7];
     in[7] = tu_randn(ctx, &rng, 4, n - 1, d, 1.0);
-    EXPECT(SL_OP_CORRECT_RECTIFY, &pr, in, SL_ESHAPE, "o_sparse' must be [4, 40, 8]");
+    expect_fail(ctx, SL_OP_CORRECT_RECTIFY, &pr, in, SL_ESHAPE, "o_sparse' must be [4, 40, 8]");
     sl_tensor_release(&in[7]);
     in[7] = keep;
     pr.bq = 16; /* not the mask's */
-    EXPECT(SL_OP_CORRECT_RECTIFY, &pr, in, SL_ESHAPE, "");
+    expect_fail(ctx, SL_OP_CORRECT_RECTIFY, &pr, in, SL_ESHAPE, "");
     /* compensate */
     sl_tensor cin[4] = {in[0], f32_2d(ctx, 4, n), f32_2d(ctx, 4, n), in[2]};
     for (int64_t i = 0; i < 4 * n; i++)
@@ -641,31 +576,30 @@ START_TEST(test_correct_validation)
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_COMPENSATE, &pc, cin, out), SL_OK);
     release_n(out, 3);
     ((float *)cin[2].data)[3] = INFINITY;
-    EXPECT(SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_EARG, "+inf");
+    expect_fail(ctx, SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_EARG, "+inf");
     ((float *)cin[2].data)[3] = NAN;
-    EXPECT(SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_EARG, "lse_ref");
+    expect_fail(ctx, SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_EARG, "lse_ref");
     ((float *)cin[2].data)[3] = 1;
     pc.sdc_scale = -1;
-    EXPECT(SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_EARG, "sdc_scale");
+    expect_fail(ctx, SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_EARG, "sdc_scale");
     pc.sdc_scale = 1;
     sl_tensor bad_v = tu_randn(ctx, &rng, 3, n, d, 1.0);
     cin[3] = bad_v;
-    EXPECT(SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_ESHAPE, "GQA");
+    expect_fail(ctx, SL_OP_CORRECT_COMPENSATE, &pc, cin, SL_ESHAPE, "GQA");
     sl_tensor_release(&bad_v);
     release_n(&cin[1], 2);
     /* smooth_k and lepe */
     sl_tensor sin[3] = {in[0], in[1], f32_2d(ctx, 4, n - 1)};
     sl_correct_smooth_params ps = {0};
-    EXPECT(SL_OP_CORRECT_SMOOTH_K, &ps, sin, SL_ESHAPE, "opt.lse' must be [4, 40]");
+    expect_fail(ctx, SL_OP_CORRECT_SMOOTH_K, &ps, sin, SL_ESHAPE, "opt.lse' must be [4, 40]");
     sl_tensor_release(&sin[2]);
     sl_tensor lin[3] = {in[0], in[2], tu_randn(ctx, &rng, 1, 4, d, 1.0)};
     sl_correct_lepe_params pl = {.kernel = 5, .causal = 1, .alpha = 1};
-    EXPECT(SL_OP_CORRECT_LEPE, &pl, lin, SL_ESHAPE, "opt.w must be [1 or 4, 5, 8]");
+    expect_fail(ctx, SL_OP_CORRECT_LEPE, &pl, lin, SL_ESHAPE, "opt.w must be [1 or 4, 5, 8]");
     sl_tensor_release(&lin[2]);
     pl.kernel = 0;
     lin[2] = (sl_tensor){0};
-    EXPECT(SL_OP_CORRECT_LEPE, &pl, lin, SL_EARG, "kernel");
-#undef EXPECT
+    expect_fail(ctx, SL_OP_CORRECT_LEPE, &pl, lin, SL_EARG, "kernel");
     sl_tensor_release(&in[7]);
     release_n(in, 3);
     sl_mask_release(&m);
@@ -673,11 +607,228 @@ START_TEST(test_correct_validation)
 }
 END_TEST
 
-static Suite *correct_ops_suite(void)
+/* A sparse pass over a window of w keys and the dense pass: (o, lse) each. */
+static void window_and_dense(sl_ctx *ctx, const shape_case *c, const sl_tensor *qkv, int64_t w, sl_tensor sp[2],
+                             sl_tensor de[2], sl_mask *win)
 {
-    Suite *s = suite_create("correct_ops");
-    TCase *tc = tcase_create("correct_ops");
-    tcase_set_timeout(tc, 120);
+    sl_pattern_term t = {.kind = SL_PAT_WINDOW, .a = w};
+    ck_assert_int_eq(sl_mask_from_pattern(ctx, &t, 1, c->nq, c->nk, 16, 16, win), SL_OK);
+    sl_tensor in[7];
+    sl_mask_inputs(win, &qkv[0], &qkv[1], &qkv[2], in);
+    sl_attn_block_params pb = {.bq = 16, .bk = 16};
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, sp);
+    sl_attn_params pd = {.causal = 1};
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pd, qkv, de);
+}
+
+/* correct.reshape: backends against ref in both modes, the closed forms and
+ * the card's chain refresh -> sparse step (drift 0) == dense. */
+START_TEST(test_reshape)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7100 + (uint64_t)_i);
+    shape_case c = CASES[_i];
+    c.causal = 1;
+    sl_tensor qkv[3] = {tu_randn(ctx, &rng, c.hq, c.nq, c.d, 1.5), tu_randn(ctx, &rng, c.hkv, c.nk, c.d, 1.5),
+                        tu_randn(ctx, &rng, c.hkv, c.nk, c.d, 1.0)};
+    sl_tensor sp[2], de[2];
+    sl_mask win;
+    window_and_dense(ctx, &c, qkv, 5, sp, de, &win);
+    int64_t rs[2] = {c.hq, c.nq};
+    sl_tensor ratio = f32_new(ctx, 2, rs), res = tu_randn(ctx, &rng, c.hq, c.nq, c.d, 0.3);
+    for (int64_t i = 0; i < c.hq * c.nq; i++)
+        f32p(&ratio)[i] = (float)sl_rng_uniform(&rng);
+    for (int use_ratio = 0; use_ratio < 2; use_ratio++) {
+        sl_correct_reshape_params p = {.drift = 0.04, .use_ratio = use_ratio};
+        sl_tensor in[6] = {sp[0], sp[1], de[0], de[1]};
+        check_op_vs_ref(ctx, SL_OP_CORRECT_RESHAPE, &p, in, 1e-5, "reshape refresh");
+        sl_tensor in2[6] = {sp[0], sp[1], {0}, {0}, ratio, res};
+        check_op_vs_ref(ctx, SL_OP_CORRECT_RESHAPE, &p, in2, 1e-5, "reshape step");
+        in2[5] = (sl_tensor){0};
+        check_op_vs_ref(ctx, SL_OP_CORRECT_RESHAPE, &p, in2, 1e-5, "reshape step without residual");
+    }
+    /* closed forms and the chain, on cpu */
+    sl_correct_reshape_params p = {.drift = 0, .use_ratio = 1};
+    sl_tensor in[6] = {sp[0], sp[1], de[0], de[1]}, st[3], step[3];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_RESHAPE, &p, in, st), SL_OK);
+    for (int64_t i = 0; i < c.hq * c.nq; i++) {
+        double r = exp((double)f32p(&sp[1])[i] - (double)f32p(&de[1])[i]);
+        ck_assert_msg(fabs(f32p(&st[1])[i] - r) <= 1e-5 * fmax(1, r), "r[%lld] = %g, expected %g", (long long)i,
+                      f32p(&st[1])[i], r);
+        ck_assert_msg(r > 0 && r <= 1 + 1e-5, "0 < r <= 1 at refresh: %g", r);
+        for (int64_t x = 0; x < c.d; x++) {
+            ck_assert(f32p(&st[0])[i * c.d + x] == f32p(&de[0])[i * c.d + x]); /* refresh step = dense exactly */
+            double want = (double)f32p(&de[0])[i * c.d + x] - r * (double)f32p(&sp[0])[i * c.d + x];
+            ck_assert_double_eq_tol(f32p(&st[2])[i * c.d + x], want, 1e-5);
+        }
+    }
+    sl_tensor in3[6] = {sp[0], sp[1], {0}, {0}, st[1], st[2]};
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_RESHAPE, &p, in3, step), SL_OK);
+    assert_attn_close(&step[0], &step[1], &de[0], &st[1], "sparse step after refresh, unchanged inputs = dense");
+    release_n(step, 3);
+    /* drift: the ratio moves by drift after a step, the output uses the old one */
+    p.drift = 0.04;
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_RESHAPE, &p, in3, step), SL_OK);
+    for (int64_t i = 0; i < c.hq * c.nq; i++)
+        ck_assert_double_eq_tol(f32p(&step[1])[i], (double)f32p(&st[1])[i] + 0.04, 1e-6);
+    release_n(step, 3);
+    release_n(st, 3);
+    /* errors */
+    sl_tensor none[6] = {sp[0], sp[1]};
+    expect_fail(ctx, SL_OP_CORRECT_RESHAPE, &p, none, SL_EARG, "found neither");
+    sl_tensor half[6] = {sp[0], sp[1], de[0]};
+    expect_fail(ctx, SL_OP_CORRECT_RESHAPE, &p, half, SL_EARG, "come together");
+    float save = f32p(&ratio)[0];
+    f32p(&ratio)[0] = -0.5f;
+    sl_tensor neg[6] = {sp[0], sp[1], {0}, {0}, ratio};
+    expect_fail(ctx, SL_OP_CORRECT_RESHAPE, &p, neg, SL_EARG, "expected >= 0");
+    f32p(&ratio)[0] = NAN;
+    expect_fail(ctx, SL_OP_CORRECT_RESHAPE, &p, neg, SL_EARG, "NaN");
+    f32p(&ratio)[0] = save;
+    sl_tensor badshape[6] = {sp[0], de[0], {0}, {0}, ratio};
+    expect_fail(ctx, SL_OP_CORRECT_RESHAPE, &p, badshape, SL_ESHAPE, "input 'lse' must be float [");
+    sl_tensor_release(&ratio);
+    sl_tensor_release(&res);
+    release_n(sp, 2);
+    release_n(de, 2);
+    sl_mask_release(&win);
+    release_n(qkv, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* correct.cache_reuse: a window pass plus the cached pass over the rest of
+ * the causal keys is dense; the query test per row; backends against ref. */
+START_TEST(test_cache_reuse)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7200 + (uint64_t)_i);
+    shape_case c = CASES[_i];
+    c.causal = 1;
+    sl_tensor qkv[3] = {tu_randn(ctx, &rng, c.hq, c.nq, c.d, 1.5), tu_randn(ctx, &rng, c.hkv, c.nk, c.d, 1.5),
+                        tu_randn(ctx, &rng, c.hkv, c.nk, c.d, 1.0)};
+    sl_tensor sp[2], de[2], rest[2];
+    sl_mask win, causal, out_m;
+    window_and_dense(ctx, &c, qkv, 7, sp, de, &win);
+    sl_pattern_term t = {.kind = SL_PAT_CAUSAL};
+    ck_assert_int_eq(sl_mask_from_pattern(ctx, &t, 1, c.nq, c.nk, 16, 16, &causal), SL_OK);
+    ck_assert_int_eq(sl_mask_difference(ctx, &causal, &win, &out_m), SL_OK);
+    sl_tensor bin[7];
+    sl_mask_inputs(&out_m, &qkv[0], &qkv[1], &qkv[2], bin);
+    sl_attn_block_params pb = {.bq = 16, .bk = 16};
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_BLOCK_SPARSE, &pb, bin, rest);
+    sl_correct_cache_params p = {.tau = 0.25};
+    sl_tensor in[6] = {sp[0], sp[1], rest[0], rest[1]}, out[3];
+    check_op_vs_ref(ctx, SL_OP_CORRECT_CACHE_REUSE, &p, in, 1e-5, "cache_reuse without q");
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_CACHE_REUSE, &p, in, out), SL_OK);
+    assert_attn_close(&out[0], &out[1], &de[0], &de[1], "fresh cache of the complement = dense");
+    for (int64_t i = 0; i < c.hq * c.nq; i++)
+        ck_assert(f32p(&out[2])[i] == 1.f);
+    release_n(out, 3);
+    /* query test: rows whose query moved by more than tau keep the sparse pass */
+    sl_tensor q2 = tu_randn(ctx, &rng, c.hq, c.nq, c.d, 1.5);
+    for (int64_t i = 0; i < c.hq * c.nq; i++)
+        for (int64_t x = 0; x < c.d; x++) {
+            float *a = f32p(&q2) + i * c.d + x, b = f32p(&qkv[0])[i * c.d + x];
+            *a = i % 3 == 0 ? b : i % 3 == 1 ? b + 0.01f * *a : *a; /* same, near, far */
+        }
+    sl_tensor in2[6] = {sp[0], sp[1], rest[0], rest[1], q2, qkv[0]};
+    check_op_vs_ref(ctx, SL_OP_CORRECT_CACHE_REUSE, &p, in2, 1e-5, "cache_reuse with q");
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_CACHE_REUSE, &p, in2, out), SL_OK);
+    for (int64_t i = 0; i < c.hq * c.nq; i++) {
+        double diff = 0, norm = 0;
+        for (int64_t x = 0; x < c.d; x++) {
+            double a = f32p(&q2)[i * c.d + x], b = f32p(&qkv[0])[i * c.d + x];
+            diff += (a - b) * (a - b);
+            norm += b * b;
+        }
+        int want = sqrt(diff) <= 0.25 * sqrt(norm);
+        ck_assert_msg(f32p(&out[2])[i] == (float)want, "row %lld reused %g, expected %d", (long long)i, f32p(&out[2])[i], want);
+        const float *src = want ? f32p(&de[0]) : f32p(&sp[0]);
+        for (int64_t x = 0; x < c.d; x++)
+            ck_assert_double_eq_tol(f32p(&out[0])[i * c.d + x], src[i * c.d + x], 2e-5);
+    }
+    release_n(out, 3);
+    sl_tensor half[6] = {sp[0], sp[1], rest[0], rest[1], q2};
+    expect_fail(ctx, SL_OP_CORRECT_CACHE_REUSE, &p, half, SL_EARG, "come together");
+    sl_tensor bad[6] = {sp[0], sp[1], rest[0], sp[0]};
+    expect_fail(ctx, SL_OP_CORRECT_CACHE_REUSE, &p, bad, SL_ESHAPE, "cache_lse");
+    sl_tensor_release(&q2);
+    release_n(sp, 2);
+    release_n(de, 2);
+    release_n(rest, 2);
+    sl_mask_release(&win);
+    sl_mask_release(&causal);
+    sl_mask_release(&out_m);
+    release_n(qkv, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* correct.linear_branch: backends against ref (gate per head or shared,
+ * projection or not, convex or not); gate 0 gives o exactly; the formula in
+ * float64 here; gates outside [0, 1] rejected. */
+START_TEST(test_linear_branch)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7300);
+    int64_t h = 3, n = 41, d = 12, sh[3] = {h, n, d}, gs[1] = {h}, g1[1] = {1}, ps[3] = {h, d, d};
+    sl_tensor o = randn_shape(ctx, &rng, 3, sh, 1), ol = randn_shape(ctx, &rng, 3, sh, 1);
+    sl_tensor gate = f32_new(ctx, 1, gs), gate1 = f32_new(ctx, 1, g1), proj = randn_shape(ctx, &rng, 3, ps, 0.3);
+    for (int64_t i = 0; i < h; i++)
+        f32p(&gate)[i] = (float)sl_rng_uniform(&rng);
+    f32p(&gate1)[0] = 0.f;
+    for (int convex = 0; convex < 2; convex++)
+        for (int with_p = 0; with_p < 2; with_p++) {
+            sl_correct_linear_params p = {.convex = convex};
+            sl_tensor in[4] = {o, ol, gate, with_p ? proj : (sl_tensor){0}}, out[1];
+            check_op_vs_ref(ctx, SL_OP_CORRECT_LINEAR_BRANCH, &p, in, 1e-5, "linear_branch");
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_LINEAR_BRANCH, &p, in, out), SL_OK);
+            for (int64_t i = 0; i < h * n; i++)
+                for (int64_t x = 0; x < d; x++) {
+                    double g = f32p(&gate)[i / n], y = f32p(&ol)[i * d + x];
+                    if (with_p) {
+                        y = 0;
+                        for (int64_t e = 0; e < d; e++)
+                            y += (double)f32p(&proj)[(i / n) * d * d + x * d + e] * f32p(&ol)[i * d + e];
+                    }
+                    double want = (convex ? 1 - g : 1) * f32p(&o)[i * d + x] + g * y;
+                    ck_assert_double_eq_tol(f32p(&out[0])[i * d + x], want, 1e-5);
+                }
+            sl_tensor_release(&out[0]);
+            /* gate 0: the sparse branch exactly */
+            in[2] = gate1;
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_CORRECT_LINEAR_BRANCH, &p, in, out), SL_OK);
+            ck_assert_int_eq(memcmp(out[0].data, o.data, (size_t)(h * n * d) * sizeof(float)), 0);
+            sl_tensor_release(&out[0]);
+        }
+    sl_correct_linear_params p = {0};
+    f32p(&gate1)[0] = 1.5f;
+    sl_tensor in[4] = {o, ol, gate1};
+    expect_fail(ctx, SL_OP_CORRECT_LINEAR_BRANCH, &p, in, SL_EARG, "outside [0, 1]");
+    int64_t g2[1] = {2};
+    sl_tensor gate2 = f32_new(ctx, 1, g2);
+    f32p(&gate2)[0] = f32p(&gate2)[1] = 0.5f;
+    in[2] = gate2;
+    expect_fail(ctx, SL_OP_CORRECT_LINEAR_BRANCH, &p, in, SL_ESHAPE, "one per head");
+    sl_tensor_release(&gate2);
+    sl_tensor_release(&o);
+    sl_tensor_release(&ol);
+    sl_tensor_release(&gate);
+    sl_tensor_release(&gate1);
+    sl_tensor_release(&proj);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
     tcase_add_loop_test(tc, test_delta_backends_match_ref, 0, N_DELTA);
     tcase_add_loop_test(tc, test_delta_closed_form, 0, N_DELTA);
     tcase_add_test(tc, test_delta_flops);
@@ -690,8 +841,9 @@ static Suite *correct_ops_suite(void)
     tcase_add_loop_test(tc, test_smooth_k, 0, N_CASES);
     tcase_add_loop_test(tc, test_lepe, 0, N_CASES);
     tcase_add_test(tc, test_correct_validation);
-    suite_add_tcase(s, tc);
-    return s;
+    tcase_add_loop_test(tc, test_reshape, 0, N_CASES);
+    tcase_add_loop_test(tc, test_cache_reuse, 0, N_CASES);
+    tcase_add_test(tc, test_linear_branch);
 }
 
-int main(void) { return tu_run(correct_ops_suite()); }
+int main(void) { return run_op_suite("correct_ops", add_tests); }

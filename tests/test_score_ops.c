@@ -1,79 +1,13 @@
-/* test_score_ops.c — the estimators, reductions and selectors of issue 4
- * (score.pooled, score.last_q, score.rows, score.exact, reduce.*, select.*)
- * on every available backend against ref (fresh seeded inputs, ragged
- * sizes, decode offsets, GQA, one query row, k = 0 and k = C, p = 0 and
- * p = 1, ties, -inf entries, NaN and +inf rejected), independent checks
- * (probabilities against attn.dense's lse, diagonal sums and pooled scores
- * against plain loops here, the minimality of top-p), and the masks made
- * from selections (from_blocks, index_from_columns, from_slashes) against
- * the causal mask, attn.dense and a transcription of MInference's index
- * conversion. */
+/* test_score_ops.c — the estimators (score.*: pooled, last_q, rows, exact,
+ * lowbit, hash, antidiag, strided, anchor) on every backend in
+ * SL_TEST_BACKENDS against ref (fresh seeded inputs, ragged sizes, decode
+ * offsets, GQA, one query row, NaN and bad shapes rejected, allocation
+ * failures leak nothing), and each against an independent float64
+ * computation written here: probabilities against attn.dense's lse, pooled
+ * scores by hand, exact relative scores at 16 bits and a quantiser of our own
+ * at 4 bits, the LSH argmax, the antidiagonal of each S x S tile, softmax on
+ * the strided grid, the anchor as a row max over the init + local keys. */
 #include "opsutil.h"
-
-/* Every element within tol × (largest |ref|, at least 1) of ref; infinities
- * equal; no NaN. */
-static void assert_close(const sl_tensor *x, const sl_tensor *ref, double tol, const char *what)
-{
-    ck_assert_int_eq(x->ndim, ref->ndim);
-    for (int d = 0; d < x->ndim; d++)
-        ck_assert_int_eq(x->shape[d], ref->shape[d]);
-    int64_t n = sl_tensor_numel(ref);
-    double scale = 1;
-    for (int64_t i = 0; i < n; i++)
-        if (isfinite(tu_at(ref, i)))
-            scale = fmax(scale, fabs(tu_at(ref, i)));
-    for (int64_t i = 0; i < n; i++) {
-        float a = tu_at(x, i), b = tu_at(ref, i);
-        if (isnan(a))
-            ck_abort_msg("%s: [%lld] is NaN", what, (long long)i);
-        if (isinf(b) ? a != b : !(fabs(a - b) <= tol * scale))
-            ck_abort_msg("%s: [%lld] = %.9g, ref %.9g", what, (long long)i, a, b);
-    }
-}
-
-static void assert_same_u8(const sl_tensor *x, const sl_tensor *ref, const char *what)
-{
-    int64_t n = sl_tensor_numel(ref);
-    ck_assert_int_eq(sl_tensor_numel(x), n);
-    ck_assert_int_eq(x->dtype, SL_U8);
-    const uint8_t *a = x->data, *b = ref->data;
-    for (int64_t i = 0; i < n; i++)
-        if (a[i] != b[i])
-            ck_abort_msg("%s: keep[%lld] = %d, ref %d", what, (long long)i, a[i], b[i]);
-}
-
-static sl_tensor run1(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *p, const sl_tensor *in)
-{
-    sl_tensor out;
-    sl_status s = sl_op_run(ctx, b, op, p, in, &out);
-    ck_assert_msg(s == SL_OK, "%s on %s: %s", sl_op_info_get(op)->name, sl_backend_name(b), sl_ctx_error(ctx));
-    return out;
-}
-
-/* op on ref and every other wanted backend: floats within tol, keeps exactly. */
-static void check_one(sl_ctx *ctx, sl_op op, const void *p, const sl_tensor *in, double tol, const char *what)
-{
-    sl_tensor ref = run1(ctx, SL_BACKEND_REF, op, p, in);
-    sl_backend_id bs[SL_BACKEND__COUNT];
-    int nb = other_backends(bs);
-    for (int k = 0; k < nb; k++) {
-        sl_tensor out;
-        sl_status s = sl_op_run(ctx, bs[k], op, p, in, &out);
-        if (s == SL_EUNSUPPORTED && bs[k] != SL_BACKEND_CPU) {
-            printf("SKIP %s on %s: %s\n", what, sl_backend_name(bs[k]), sl_ctx_error(ctx));
-            continue;
-        }
-        ck_assert_msg(s == SL_OK, "%s on %s: %s", what, sl_backend_name(bs[k]), sl_ctx_error(ctx));
-        char w[160];
-        snprintf(w, sizeof w, "%s on %s", what, sl_backend_name(bs[k]));
-        if (ref.dtype == SL_U8)
-            assert_same_u8(&out, &ref, w);
-        else
-            assert_close(&out, &ref, tol, w);
-        sl_tensor_release(&out);
-    }
-    sl_tensor_release(&ref);
-}
 
 static double qk(const sl_tensor *q, const sl_tensor *k, int64_t h, int64_t i, int64_t g, int64_t j)
 {
@@ -85,7 +19,13 @@ static double qk(const sl_tensor *q, const sl_tensor *k, int64_t h, int64_t i, i
     return s;
 }
 
-/* ---- estimators: backends against ref ---- */
+static double dot64(const float *a, const float *b, int64_t d)
+{
+    double s = 0;
+    for (int64_t c = 0; c < d; c++)
+        s += (double)a[c] * (double)b[c];
+    return s;
+}
 
 START_TEST(test_score_backends_match_ref)
 {
@@ -103,7 +43,7 @@ START_TEST(test_score_backends_match_ref)
                                             .pool = pool, .softmax = sm, .pad = b == 1};
                 char w[96];
                 snprintf(w, sizeof w, "pooled case %d blocks %d pool %d softmax %d", _i, b, pool, sm);
-                check_one(ctx, SL_OP_SCORE_POOLED, &p, in, 2e-5, w);
+                check_op_vs_ref(ctx, SL_OP_SCORE_POOLED, &p, in, 2e-5, w);
             }
     for (int b = 0; b < 3; b++)
         for (int red = 0; red < 2; red++) {
@@ -111,12 +51,12 @@ START_TEST(test_score_backends_match_ref)
                                        .scale = 0, .normalize = b == 2};
             char w[96];
             snprintf(w, sizeof w, "exact case %d blocks %d reduce %d", _i, b, red);
-            check_one(ctx, SL_OP_SCORE_EXACT, &p, in, 2e-5, w);
+            check_op_vs_ref(ctx, SL_OP_SCORE_EXACT, &p, in, 2e-5, w);
         }
     const int64_t lasts[] = {64, 1, 1000};
     for (int l = 0; l < 3; l++) {
         sl_score_last_q_params p = {.last = lasts[l], .causal = c->causal, .scale = 0.3};
-        check_one(ctx, SL_OP_SCORE_LAST_Q, &p, in, 2e-5, "last_q");
+        check_op_vs_ref(ctx, SL_OP_SCORE_LAST_Q, &p, in, 2e-5, "last_q");
     }
     /* rows in any order with repeats, and one row */
     for (int n_rows = 1; n_rows <= 40; n_rows += 39) {
@@ -127,7 +67,7 @@ START_TEST(test_score_backends_match_ref)
             ((int32_t *)rows.data)[i] = (int32_t)(sl_rng_next(&rng) % (uint64_t)c->nq);
         in[2] = rows;
         sl_score_rows_params p = {.causal = c->causal, .scale = 0};
-        check_one(ctx, SL_OP_SCORE_ROWS, &p, in, 2e-5, "rows");
+        check_op_vs_ref(ctx, SL_OP_SCORE_ROWS, &p, in, 2e-5, "rows");
         sl_tensor_release(&rows);
     }
     release_n(in, 2);
@@ -147,8 +87,8 @@ START_TEST(test_score_independent)
     sl_rng rng;
     sl_rng_seed(&rng, 42000 + (uint64_t)_i);
     const shape_case *c = &CASES[_i];
-    sl_tensor in[3] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    sl_tensor in[3] = {{0}};
+    qkv_of(ctx, &rng, c, 1.0, in);
     int64_t off = c->nk - c->nq, grp = c->hq / c->hkv;
     double scale = 1.0 / sqrt((double)c->d);
     sl_attn_params pa = {.causal = c->causal};
@@ -158,7 +98,7 @@ START_TEST(test_score_independent)
         if (!sl_backend_available((sl_backend_id)b) || !backend_wanted((sl_backend_id)b))
             continue;
         sl_score_last_q_params pl = {.last = 5, .causal = c->causal};
-        sl_tensor P = run1(ctx, (sl_backend_id)b, SL_OP_SCORE_LAST_Q, &pl, in);
+        sl_tensor P = run_op1(ctx, (sl_backend_id)b, SL_OP_SCORE_LAST_Q, &pl, in);
         int64_t L = c->nq < 5 ? c->nq : 5;
         ck_assert_int_eq(P.shape[1], L);
         for (int64_t h = 0; h < c->hq; h++)
@@ -177,7 +117,7 @@ START_TEST(test_score_independent)
             }
         /* exact with 1 x 1 blocks: the whole probability map */
         sl_score_exact_params pe = {.bq = 1, .bk = 1, .causal = c->causal};
-        sl_tensor E = run1(ctx, (sl_backend_id)b, SL_OP_SCORE_EXACT, &pe, in);
+        sl_tensor E = run_op1(ctx, (sl_backend_id)b, SL_OP_SCORE_EXACT, &pe, in);
         for (int64_t t = 0; t < L; t++)
             for (int64_t h = 0; h < c->hq; h++)
                 for (int64_t j = 0; j < c->nk; j++) {
@@ -188,7 +128,7 @@ START_TEST(test_score_independent)
         /* exact with blocks: raw rows add to the rows of the block, normalised ones to 1 */
         for (int norm = 0; norm < 2; norm++) {
             sl_score_exact_params pb = {.bq = 7, .bk = 9, .causal = c->causal, .normalize = norm};
-            sl_tensor B = run1(ctx, (sl_backend_id)b, SL_OP_SCORE_EXACT, &pb, in);
+            sl_tensor B = run_op1(ctx, (sl_backend_id)b, SL_OP_SCORE_EXACT, &pb, in);
             int64_t nqb = B.shape[1], nkb = B.shape[2];
             for (int64_t h = 0; h < c->hq; h++)
                 for (int64_t r = 0; r < nqb; r++) {
@@ -202,7 +142,7 @@ START_TEST(test_score_independent)
         }
         /* pooled with 1 x 1 blocks */
         sl_score_pooled_params pp = {.bq = 1, .bk = 1, .causal = c->causal};
-        sl_tensor S = run1(ctx, (sl_backend_id)b, SL_OP_SCORE_POOLED, &pp, in);
+        sl_tensor S = run_op1(ctx, (sl_backend_id)b, SL_OP_SCORE_POOLED, &pp, in);
         for (int64_t h = 0; h < c->hq; h++)
             for (int64_t r = 0; r < c->nq; r++)
                 for (int64_t j = 0; j < c->nk; j++) {
@@ -213,8 +153,8 @@ START_TEST(test_score_independent)
                                      (long long)j, got, want);
                 }
         pp.softmax = 1;
-        sl_tensor SP = run1(ctx, (sl_backend_id)b, SL_OP_SCORE_POOLED, &pp, in);
-        assert_close(&SP, &E, 2e-5, "pooled 1x1 softmax vs exact 1x1");
+        sl_tensor SP = run_op1(ctx, (sl_backend_id)b, SL_OP_SCORE_POOLED, &pp, in);
+        assert_tensor_close(&SP, &E, 2e-5, "pooled 1x1 softmax vs exact 1x1");
         sl_tensor_release(&S);
         sl_tensor_release(&SP);
         sl_tensor_release(&E);
@@ -237,7 +177,7 @@ START_TEST(test_pooled_mean_by_hand)
     sl_tensor in[2] = {tu_randn(ctx, &rng, hq, nq, d, 1.0), tu_randn(ctx, &rng, hkv, nk, d, 1.0)};
     for (int pad = 0; pad < 2; pad++) {
         sl_score_pooled_params p = {.bq = bq, .bk = bk, .causal = 1, .scale = 0.5, .pad = pad};
-        sl_tensor S = run1(ctx, SL_BACKEND_CPU, SL_OP_SCORE_POOLED, &p, in);
+        sl_tensor S = run_op1(ctx, SL_BACKEND_CPU, SL_OP_SCORE_POOLED, &p, in);
         int64_t nqb = 5, nkb = 5;
         ck_assert_int_eq(S.shape[1], nqb);
         ck_assert_int_eq(S.shape[2], nkb);
@@ -267,253 +207,6 @@ START_TEST(test_pooled_mean_by_hand)
 }
 END_TEST
 
-/* ---- reductions ---- */
-
-static sl_tensor scores(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t r, int64_t c, int with_inf)
-{
-    sl_tensor x = tu_randn(ctx, rng, h, r, c, 1.0);
-    float *d = x.data;
-    for (int64_t i = 0; with_inf && i < h * r * c; i++)
-        if (sl_rng_uniform(rng) < 0.1)
-            d[i] = -INFINITY;
-    return x;
-}
-
-START_TEST(test_reduce_backends_match_ref)
-{
-    tu_alloc al;
-    sl_ctx *ctx = tu_ctx(&al);
-    sl_rng rng;
-    sl_rng_seed(&rng, 43000);
-    const int64_t shapes[][3] = {{3, 17, 300}, {4, 1, 9}, {2, 64, 64}, {6, 5, 1}};
-    for (int s = 0; s < 4; s++) {
-        const int64_t *sh = shapes[s];
-        for (int inf = 0; inf < 2; inf++) {
-            sl_tensor x = scores(ctx, &rng, sh[0], sh[1], sh[2], inf);
-            check_one(ctx, SL_OP_REDUCE_COLUMNS, NULL, &x, 1e-5, "columns");
-            const int64_t pos0[] = {-1, 0, sh[2] + 3};
-            for (int i = 0; i < 3; i++) {
-                sl_reduce_diag_params p = {.row_pos0 = pos0[i]};
-                check_one(ctx, SL_OP_REDUCE_DIAGONALS, &p, &x, 1e-5, "diagonals");
-            }
-            for (int mode = 0; mode < 3; mode++) {
-                const int64_t bs[][2] = {{4, 7}, {1, 1}, {64, 64}};
-                for (int b = 0; b < 3; b++) {
-                    sl_reduce_block_params p = {.br = bs[b][0], .bc = bs[b][1], .mode = mode};
-                    check_one(ctx, SL_OP_REDUCE_BLOCK, &p, &x, 1e-5, "block");
-                }
-                const int64_t groups[] = {0, 1, 2};
-                for (int g = 0; g < 3; g++) {
-                    if (groups[g] && sh[0] % groups[g])
-                        continue;
-                    sl_reduce_heads_params p = {.group = groups[g], .mode = mode};
-                    check_one(ctx, SL_OP_REDUCE_HEADS, &p, &x, 1e-5, "heads");
-                }
-            }
-            sl_tensor_release(&x);
-        }
-    }
-    tu_ctx_done(ctx, &al);
-}
-END_TEST
-
-/* reduce.diagonals against a brute-force loop over every pair; the sum over
- * offsets equals the sum of the causal pairs. */
-START_TEST(test_reduce_diagonals_brute_force)
-{
-    tu_alloc al;
-    sl_ctx *ctx = tu_ctx(&al);
-    sl_rng rng;
-    sl_rng_seed(&rng, 43500);
-    int64_t H = 2, R = 11, C = 40;
-    sl_tensor x = scores(ctx, &rng, H, R, C, 0);
-    sl_tensor y = run1(ctx, SL_BACKEND_CPU, SL_OP_REDUCE_DIAGONALS, NULL, &x);
-    double want[2][40] = {{0}};
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t r = 0; r < R; r++)
-            for (int64_t j = 0; j < C; j++) {
-                int64_t pos = C - R + r;
-                if (pos - j >= 0)
-                    want[h][pos - j] += tu_at(&x, (h * R + r) * C + j);
-            }
-    for (int64_t h = 0; h < H; h++)
-        for (int64_t o = 0; o < C; o++)
-            ck_assert_msg(fabs(tu_at(&y, h * C + o) - want[h][o]) < 1e-5, "offset %lld: %g, want %g", (long long)o,
-                          tu_at(&y, h * C + o), want[h][o]);
-    sl_tensor_release(&y);
-    sl_tensor_release(&x);
-    tu_ctx_done(ctx, &al);
-}
-END_TEST
-
-/* ---- selectors ---- */
-
-/* Scores with ties (a few levels) and -inf entries. */
-static sl_tensor tied(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t r, int64_t c, int nonneg)
-{
-    sl_tensor x = scores(ctx, rng, h, r, c, 1);
-    float *d = x.data;
-    for (int64_t i = 0; i < h * r * c; i++)
-        if (isfinite(d[i]))
-            d[i] = nonneg ? (float)floor(fabs(d[i]) * 3) / 3.f : (float)floor(d[i] * 3) / 3.f;
-    return x;
-}
-
-START_TEST(test_select_backends_match_ref)
-{
-    tu_alloc al;
-    sl_ctx *ctx = tu_ctx(&al);
-    sl_rng rng;
-    sl_rng_seed(&rng, 44000);
-    const int64_t shapes[][3] = {{3, 7, 50}, {2, 1, 300}, {4, 3, 1}, {2, 0, 5}};
-    for (int s = 0; s < 4; s++) {
-        const int64_t *sh = shapes[s];
-        for (int two = 0; two < 2; two++) {
-            sl_tensor in[2] = {tied(ctx, &rng, sh[0], sh[1], sh[2], 1)};
-            if (two) {
-                /* [H, C]: the same data seen as H rows of R·C */
-                in[0].ndim = 2;
-                in[0].shape[1] = sh[1] * sh[2];
-                in[0].stride[0] = sh[1] * sh[2];
-                in[0].stride[1] = 1;
-            }
-            const int64_t ks[] = {0, 1, 3, sh[2], sh[2] + 5};
-            for (int k = 0; k < 5; k++) {
-                sl_select_topk_params p = {.k = ks[k]};
-                check_one(ctx, SL_OP_SELECT_TOPK, &p, in, 0, "topk");
-            }
-            sl_select_topk_params pr = {.ratio = 0.3};
-            check_one(ctx, SL_OP_SELECT_TOPK, &pr, in, 0, "topk ratio");
-            const double ps[] = {0, 0.3, 0.9, 1};
-            for (int i = 0; i < 4; i++)
-                for (int norm = 0; norm < 2; norm++) {
-                    sl_select_topp_params p = {.p = ps[i], .normalize = norm};
-                    check_one(ctx, SL_OP_SELECT_TOPP, &p, in, 0, "topp");
-                }
-            for (int rel = 0; rel < 2; rel++) {
-                sl_select_threshold_params p = {.t = 0.5, .relative = rel};
-                check_one(ctx, SL_OP_SELECT_THRESHOLD, &p, in, 0, "threshold");
-            }
-            /* per-head budgets */
-            int64_t hs[1] = {sh[0]};
-            ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 1, hs, &in[1]), SL_OK);
-            for (int64_t h = 0; h < sh[0]; h++)
-                ((int32_t *)in[1].data)[h] = (int32_t)(h * 3);
-            sl_select_topk_params pk = {.k = 1};
-            check_one(ctx, SL_OP_SELECT_TOPK, &pk, in, 0, "topk opt.k");
-            sl_tensor_release(&in[1]);
-            ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 1, hs, &in[1]), SL_OK);
-            for (int64_t h = 0; h < sh[0]; h++)
-                ((float *)in[1].data)[h] = (float)(0.2 + 0.25 * (double)h);
-            sl_select_topp_params pp = {.p = 0.5};
-            check_one(ctx, SL_OP_SELECT_TOPP, &pp, in, 0, "topp opt.p");
-            release_n(in, 2);
-        }
-    }
-    tu_ctx_done(ctx, &al);
-}
-END_TEST
-
-/* Properties checked here, not by comparison: topk keeps min(k, finite)
- * entries, none below an unkept finite one, ties to the lower index; topp's
- * set reaches p of the mass and loses it without its smallest member. */
-START_TEST(test_select_properties)
-{
-    tu_alloc al;
-    sl_ctx *ctx = tu_ctx(&al);
-    sl_rng rng;
-    sl_rng_seed(&rng, 44500);
-    int64_t H = 3, R = 6, C = 40;
-    sl_tensor in[2] = {tied(ctx, &rng, H, R, C, 1)};
-    for (int b = 0; b < SL_BACKEND__COUNT; b++) {
-        if (!sl_backend_available((sl_backend_id)b) || !backend_wanted((sl_backend_id)b))
-            continue;
-        for (int64_t k = 0; k <= C; k += 7) {
-            sl_select_topk_params p = {.k = k};
-            sl_tensor keep = run1(ctx, (sl_backend_id)b, SL_OP_SELECT_TOPK, &p, in);
-            const uint8_t *kp = keep.data;
-            for (int64_t row = 0; row < H * R; row++) {
-                const float *x = (const float *)in[0].data + row * C;
-                int64_t n = 0, finite = 0;
-                for (int64_t j = 0; j < C; j++) {
-                    n += kp[row * C + j];
-                    finite += isfinite(x[j]);
-                    if (kp[row * C + j] && !isfinite(x[j]))
-                        ck_abort_msg("topk kept -inf");
-                }
-                ck_assert_int_eq(n, k < finite ? k : finite);
-                for (int64_t i = 0; i < C; i++)
-                    for (int64_t j = 0; j < C; j++)
-                        if (kp[row * C + i] && !kp[row * C + j] && isfinite(x[j]) &&
-                            (x[j] > x[i] || (x[j] == x[i] && j < i)))
-                            ck_abort_msg("topk k %lld keeps %lld (%g) but not %lld (%g)", (long long)k, (long long)i,
-                                         x[i], (long long)j, x[j]);
-            }
-            sl_tensor_release(&keep);
-        }
-        for (int ip = 0; ip <= 4; ip++) {
-            double pv = ip / 4.0;
-            sl_select_topp_params p = {.p = pv};
-            sl_tensor keep = run1(ctx, (sl_backend_id)b, SL_OP_SELECT_TOPP, &p, in);
-            const uint8_t *kp = keep.data;
-            for (int64_t row = 0; row < H * R; row++) {
-                const float *x = (const float *)in[0].data + row * C;
-                double total = 0, kept = 0, smallest = INFINITY;
-                for (int64_t j = 0; j < C; j++) {
-                    double w = isfinite(x[j]) ? x[j] : 0;
-                    total += w;
-                    if (kp[row * C + j]) {
-                        kept += w;
-                        smallest = fmin(smallest, w);
-                    }
-                }
-                ck_assert_msg(kept >= pv * total - 1e-6 * total, "topp p %g keeps %g of %g", pv, kept, total);
-                if (kept > 0)
-                    ck_assert_msg(kept - smallest < pv * total + 1e-9 * total, "topp p %g is not minimal (%g - %g of %g)",
-                                  pv, kept, smallest, total);
-                else
-                    ck_assert_msg(pv == 0 || total == 0, "topp p %g kept nothing of %g", pv, total);
-            }
-            sl_tensor_release(&keep);
-        }
-    }
-    /* a row by hand: [1, 3, 3, 2, 3, -inf] with k = 2 keeps keys 1 and 2 */
-    sl_tensor x;
-    int64_t sh[2] = {1, 6};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 2, sh, &x), SL_OK);
-    const float vals[6] = {1, 3, 3, 2, 3, -INFINITY};
-    memcpy(x.data, vals, sizeof vals);
-    sl_select_topk_params p2 = {.k = 2};
-    sl_tensor one[2] = {x}, keep = run1(ctx, SL_BACKEND_CPU, SL_OP_SELECT_TOPK, &p2, one);
-    const uint8_t want[6] = {0, 1, 1, 0, 0, 0};
-    ck_assert_mem_eq(keep.data, want, 6);
-    sl_tensor_release(&keep);
-    /* top-p of masses {1, 3, 3, 2, 3} (sum 12) at p = 0.5 needs two 3s */
-    sl_select_topp_params pp = {.p = 0.5};
-    keep = run1(ctx, SL_BACKEND_CPU, SL_OP_SELECT_TOPP, &pp, one);
-    ck_assert_mem_eq(keep.data, want, 6);
-    sl_tensor_release(&keep);
-    sl_tensor_release(&x);
-    release_n(in, 1);
-    tu_ctx_done(ctx, &al);
-}
-END_TEST
-
-/* ---- validation ---- */
-
-static void expect_fail(sl_ctx *ctx, sl_op op, const void *p, const sl_tensor *in, sl_status want, const char *needle)
-{
-    for (int b = 0; b < 2; b++) {
-        sl_tensor out;
-        sl_status s = sl_op_run(ctx, (sl_backend_id)b, op, p, in, &out);
-        ck_assert_msg(s == want, "%s: status %s, want %s (%s)", sl_op_info_get(op)->name, sl_status_name(s),
-                      sl_status_name(want), sl_ctx_error(ctx));
-        ck_assert_msg(strstr(sl_ctx_error(ctx), needle) && strncmp(sl_ctx_error(ctx), sl_op_info_get(op)->name,
-                                                                     strlen(sl_op_info_get(op)->name)) == 0,
-                      "message '%s' lacks '%s'", sl_ctx_error(ctx), needle);
-    }
-}
-
 START_TEST(test_score_validation)
 {
     tu_alloc al;
@@ -542,30 +235,6 @@ START_TEST(test_score_validation)
     sl_op_params_default(SL_OP_SCORE_POOLED, &pp);
     pp.bq = 0;
     expect_fail(ctx, SL_OP_SCORE_POOLED, &pp, in, SL_EARG, "'bq'");
-    ck_assert_int_eq(sl_op_params_set(ctx, SL_OP_SELECT_TOPP, &pp, "p", 1.5), SL_EARG);
-    ck_assert_int_eq(sl_op_params_set(ctx, SL_OP_SELECT_TOPK, &pp, "k", -1), SL_EARG);
-    /* selector inputs: NaN and +inf rejected, -inf allowed, opt.k per head */
-    sl_tensor x[2] = {tu_randn(ctx, &rng, 2, 3, 5, 1.0)};
-    ((float *)x[0].data)[4] = INFINITY;
-    expect_fail(ctx, SL_OP_SELECT_TOPK, NULL, x, SL_EARG, "+inf");
-    ((float *)x[0].data)[4] = NAN;
-    expect_fail(ctx, SL_OP_REDUCE_COLUMNS, NULL, x, SL_EARG, "NaN");
-    ((float *)x[0].data)[4] = -INFINITY;
-    ck_assert_int_eq(sl_op_check(ctx, SL_OP_SELECT_TOPK, NULL, x), SL_OK);
-    expect_fail(ctx, SL_OP_SELECT_TOPP, NULL, x, SL_EARG, "masses must be >= 0");
-    int64_t hs[1] = {3};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 1, hs, &x[1]), SL_OK);
-    memset(x[1].data, 0, 12);
-    expect_fail(ctx, SL_OP_SELECT_TOPK, NULL, x, SL_ESHAPE, "one per head");
-    sl_tensor_release(&x[1]);
-    hs[0] = 2;
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 1, hs, &x[1]), SL_OK);
-    ((int32_t *)x[1].data)[0] = 1;
-    ((int32_t *)x[1].data)[1] = -2;
-    expect_fail(ctx, SL_OP_SELECT_TOPK, NULL, x, SL_EARG, "k >= 0");
-    sl_reduce_heads_params ph = {.group = 4};
-    expect_fail(ctx, SL_OP_REDUCE_HEADS, &ph, x, SL_ESHAPE, "group");
-    release_n(x, 2);
     sl_tensor_release(&rows);
     sl_tensor_release(&k3);
     sl_tensor_release(&qlong);
@@ -590,291 +259,501 @@ START_TEST(test_pooled_flops_small)
 }
 END_TEST
 
-/* ---- masks from selections ---- */
-
-static void assert_same_mask(sl_ctx *ctx, const sl_mask *a, const sl_mask *b, const char *what)
+/* An independent quantiser: per group of rows, step = max|x| / qmax. */
+static void quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, double *out)
 {
-    sl_tensor ba, bb;
-    ck_assert_int_eq(sl_mask_to_bits(ctx, a, &ba), SL_OK);
-    ck_assert_int_eq(sl_mask_to_bits(ctx, b, &bb), SL_OK);
-    int64_t n = sl_tensor_numel(&bb), hb = bb.shape[0], ha = ba.shape[0], per = n / hb;
-    /* a one-head mask stands for every head of the other */
-    int64_t heads = ha > hb ? ha : hb;
-    for (int64_t h = 0; h < heads; h++)
-        for (int64_t i = 0; i < per; i++) {
-            uint8_t x = ((uint8_t *)ba.data)[(ha == 1 ? 0 : h) * per + i], y = ((uint8_t *)bb.data)[(hb == 1 ? 0 : h) * per + i];
-            if (x != y)
-                ck_abort_msg("%s: head %lld pair %lld: %d vs %d", what, (long long)h, (long long)i, x, y);
+    double qmax = (double)((1 << (bits - 1)) - 1);
+    for (int64_t g0 = 0; g0 < rows; g0 += group) {
+        int64_t g1 = g0 + group < rows ? g0 + group : rows;
+        double mx = 0;
+        for (int64_t i = g0 * d; i < g1 * d; i++)
+            mx = fmax(mx, fabs(x[i]));
+        double step = mx > 0 ? (float)(mx / qmax) : 1.0;
+        for (int64_t i = g0 * d; i < g1 * d; i++) {
+            double v = bits >= 16 ? x[i] : step * fmin(qmax, fmax(-qmax, round((float)(x[i] / step))));
+            out[i] = v;
         }
-    sl_tensor_release(&ba);
-    sl_tensor_release(&bb);
+    }
 }
 
-START_TEST(test_from_blocks)
+START_TEST(test_score_lowbit)
 {
+    const shape_case *c = &CASES[_i];
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
-    sl_rng_seed(&rng, 46000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
-    int bq = 16, bk = 8;
-    int64_t nqb = (c->nq + bq - 1) / bq, nkb = (c->nk + bk - 1) / bk;
-    sl_tensor keep;
-    int64_t ks[3] = {c->hq, nqb, nkb};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, ks, &keep), SL_OK);
-    memset(keep.data, 1, (size_t)sl_tensor_numel(&keep));
-    sl_mask m, causal;
-    ck_assert_int_eq(sl_mask_from_blocks(ctx, &keep, c->nq, c->nk, bq, bk, 1, &m), SL_OK);
-    mask_of(ctx, SL_PAT_CAUSAL, 0, c->nq, c->nk, bq, bk, &causal);
-    assert_same_mask(ctx, &m, &causal, "all blocks kept vs causal");
-    ck_assert_msg(fabs(sl_mask_density(&m, 1) - 1) < 1e-12, "density %g", sl_mask_density(&m, 1));
-    sl_tensor in[7] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    sl_rng_seed(&rng, 6100 + (uint64_t)_i);
+    sl_tensor in[3] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1), {0}};
+    /* shift the keys so smoothing has a mean to remove */
+    float *kx = in[1].data;
+    for (int64_t i = 0; i < sl_tensor_numel(&in[1]); i++)
+        kx[i] += 0.7f;
+    sl_attn_params ap = {.causal = c->causal, .scale = 0};
     sl_tensor dense[2];
-    sl_attn_params pa = {.causal = 1};
-    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pa, in, dense);
-    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
-    sl_attn_block_params pb = {.bq = bq, .bk = bk};
-    check_equals(ctx, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, dense, "from_blocks all kept vs dense");
-    /* random blocks: pair (i, j) kept iff its block is kept and j <= position of i */
-    for (int64_t i = 0; i < sl_tensor_numel(&keep); i++)
-        ((uint8_t *)keep.data)[i] = sl_rng_uniform(&rng) < 0.4;
-    sl_mask r;
-    ck_assert_int_eq(sl_mask_from_blocks(ctx, &keep, c->nq, c->nk, bq, bk, 1, &r), SL_OK);
-    for (int64_t h = 0; h < c->hq; h++)
-        for (int64_t i = 0; i < c->nq; i++)
-            for (int64_t j = 0; j < c->nk; j++) {
-                int want = ((uint8_t *)keep.data)[(h * nqb + i / bq) * nkb + j / bk] && j <= c->nk - c->nq + i;
-                ck_assert_int_eq(sl_mask_get(&r, (int)h, i, j), want);
+    ck_assert_int_eq(sl_attn_dense(ctx, SL_BACKEND_REF, &ap, &in[0], &in[1], &in[1], &dense[0], &dense[1]), SL_OK);
+    for (int bits = 4; bits <= 16; bits += 12)
+        for (int with_lse = 0; with_lse < 2; with_lse++)
+            for (int smooth = 0; smooth < 2; smooth++) {
+                in[2] = with_lse ? dense[1] : (sl_tensor){0};
+                sl_score_lowbit_params p = {.bq = 16, .bk = 8, .bits = bits, .q_group = 5, .k_group = 8,
+                                            .smooth_k = smooth, .causal = c->causal, .scale = 0};
+                char what[96];
+                snprintf(what, sizeof what, "score.lowbit case %d bits %d lse %d smooth %d", _i, bits, with_lse, smooth);
+                check_op_vs_ref(ctx, SL_OP_SCORE_LOWBIT, &p, in, 2e-5, what);
+                sl_tensor out[1];
+                ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_LOWBIT, &p, in, out), SL_OK);
+                /* independent: smooth, quantise, max over pairs of (q~.k~ + q.mean)·scale - lse */
+                int64_t nqb = (c->nq + 15) / 16, nkb = (c->nk + 7) / 8, g = c->hq / c->hkv, off = c->nk - c->nq;
+                double *qq = malloc(sizeof *qq * (size_t)(c->nq * c->d)), *kq = malloc(sizeof *kq * (size_t)(c->nk * c->d));
+                float *ks = malloc(sizeof *ks * (size_t)(c->nk * c->d));
+                double *mean = malloc(sizeof *mean * (size_t)c->d), *want = malloc(sizeof *want * (size_t)(nqb * nkb));
+                for (int64_t h = 0; h < c->hq; h++) {
+                    const float *Q = (const float *)in[0].data + h * c->nq * c->d;
+                    const float *K = (const float *)in[1].data + (h / g) * c->nk * c->d;
+                    for (int64_t e = 0; e < c->d; e++) {
+                        double s = 0;
+                        for (int64_t t = 0; t < c->nk; t++)
+                            s += K[t * c->d + e];
+                        mean[e] = smooth ? (float)(s / (double)c->nk) : 0.0;
+                    }
+                    for (int64_t t = 0; t < c->nk * c->d; t++)
+                        ks[t] = K[t] - (float)mean[t % c->d];
+                    quantise(ks, c->nk, c->d, 8, bits, kq);
+                    quantise(Q, c->nq, c->d, 5, bits, qq);
+                    for (int64_t i = 0; i < nqb * nkb; i++)
+                        want[i] = -INFINITY;
+                    for (int64_t i = 0; i < c->nq; i++) {
+                        double base = with_lse ? tu_at(&dense[1], h * c->nq + i) : 0, corr = 0;
+                        for (int64_t e = 0; e < c->d; e++)
+                            corr += (double)Q[i * c->d + e] * mean[e];
+                        for (int64_t j = 0; j < c->nk; j++) {
+                            if (c->causal && j > off + i)
+                                continue;
+                            double s = corr;
+                            for (int64_t e = 0; e < c->d; e++)
+                                s += qq[i * c->d + e] * kq[j * c->d + e];
+                            double v = s / sqrt((double)c->d) - base;
+                            double *w = &want[(i / 16) * nkb + j / 8];
+                            *w = fmax(*w, v);
+                        }
+                    }
+                    for (int64_t i = 0; i < nqb * nkb; i++) {
+                        double got = tu_at(&out[0], h * nqb * nkb + i);
+                        ck_assert_msg(isinf(want[i]) ? got == want[i] : fabs(got - want[i]) <= 1e-4 * fmax(1, fabs(want[i])),
+                                      "%s: head %lld block %lld: %g vs independent %g", what, (long long)h, (long long)i,
+                                      got, want[i]);
+                    }
+                }
+                free(qq), free(kq), free(ks), free(mean), free(want);
+                sl_tensor_release(&out[0]);
             }
-    sl_mask_release(&r);
-    sl_mask_release(&m);
-    sl_mask_release(&causal);
     release_n(dense, 2);
-    release_n(in, 3);
-    sl_tensor_release(&keep);
+    release_n(in, 2);
     tu_ctx_done(ctx, &al);
 }
 END_TEST
 
-START_TEST(test_index_from_columns)
+/* At 16 bits with the dense lse, the estimate of a block is the log of the
+ * largest true attention probability in it: never above 0, and a row's best
+ * block reaches at least log(1/n_keys). */
+START_TEST(test_score_lowbit_oracle_is_log_probability)
 {
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
-    sl_rng_seed(&rng, 47000 + (uint64_t)_i);
+    sl_rng_seed(&rng, 6150);
+    int64_t hq = 2, n = 40, d = 8;
+    sl_tensor in[3] = {tu_randn(ctx, &rng, hq, n, d, 2), tu_randn(ctx, &rng, hq, n, d, 2), {0}};
+    sl_attn_params ap = {.causal = 1, .scale = 0};
+    sl_tensor dense[2];
+    ck_assert_int_eq(sl_attn_dense(ctx, SL_BACKEND_REF, &ap, &in[0], &in[1], &in[1], &dense[0], &dense[1]), SL_OK);
+    in[2] = dense[1];
+    sl_score_lowbit_params p = {.bq = 1, .bk = n, .bits = 16, .q_group = 1, .k_group = 1, .smooth_k = 1, .causal = 1};
+    sl_tensor out[1];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_LOWBIT, &p, in, out), SL_OK);
+    for (int64_t h = 0; h < hq; h++)
+        for (int64_t i = 0; i < n; i++) {
+            float v = tu_at(&out[0], h * n + i);
+            ck_assert_msg(v <= 1e-5 && v >= -log((double)(i + 1)) - 1e-5, "row %lld: %g", (long long)i, v);
+        }
+    sl_tensor_release(&out[0]);
+    release_n(dense, 2);
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_score_hash)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6200);
+    int64_t hx = 2, hr = 4, n = 61, d = 10, m = 4;
+    sl_tensor in[2] = {tu_randn(ctx, &rng, hx, n, d, 1), tu_randn(ctx, &rng, hr, d, m, 1)};
+    check_op_vs_ref(ctx, SL_OP_SCORE_HASH, NULL, in, 0, "score.hash");
+    sl_tensor out[1];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_HASH, NULL, in, out), SL_OK);
+    ck_assert_int_eq(out[0].dtype, SL_I32);
+    int seen[8] = {0};
+    for (int64_t h = 0; h < hr; h++)
+        for (int64_t t = 0; t < n; t++) {
+            const float *x = (const float *)in[0].data + ((h / 2) * n + t) * d, *R = (const float *)in[1].data + h * d * m;
+            double best = -1e300;
+            int arg = -1;
+            for (int k = 0; k < 2 * m; k++) {
+                double v = 0;
+                for (int64_t e = 0; e < d; e++)
+                    v += (double)x[e] * R[e * m + k % m];
+                v = k < m ? v : -v;
+                if (v > best)
+                    best = v, arg = k;
+            }
+            int32_t got = ((const int32_t *)out[0].data)[h * n + t];
+            ck_assert_int_eq(got, arg);
+            seen[got]++;
+        }
+    int used = 0;
+    for (int k = 0; k < 8; k++)
+        used += seen[k] > 0;
+    ck_assert_msg(used >= 4, "only %d of 8 buckets used", used);
+    sl_tensor_release(&out[0]);
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_antidiag_backends)
+{
     const shape_case *c = &CASES[_i];
-    sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
-    /* every column, listed twice in reverse with padding: dense (causal per row, all keys without) */
-    sl_tensor cols = i32_tensor(ctx, 1, 2 * c->nk + 1);
-    for (int64_t j = 0; j < c->nk; j++)
-        ((int32_t *)cols.data)[j] = ((int32_t *)cols.data)[c->nk + j] = (int32_t)(c->nk - 1 - j);
-    ((int32_t *)cols.data)[2 * c->nk] = -1;
-    for (int causal = 0; causal < 2; causal++) {
-        sl_mask_index x;
-        ck_assert_int_eq(sl_mask_index_from_columns(ctx, &cols, c->nq, c->nk, 1, causal, &x), SL_OK);
-        ck_assert_int_eq(sl_mask_index_validate(ctx, &x), SL_OK);
-        in[3] = x.row_ptr, in[4] = x.col;
-        sl_tensor dense[2];
-        sl_attn_params pa = {.causal = causal};
-        run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pa, in, dense);
-        sl_attn_token_params pt = {.rows_per_entry = 1};
-        check_equals(ctx, SL_OP_ATTN_TOKEN_SPARSE, &pt, in, dense, "index_from_columns all columns vs dense");
-        release_n(dense, 2);
-        sl_mask_index_release(&x);
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7000 + (uint64_t)_i);
+    sl_tensor in[2] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1)};
+    int64_t strides[3] = {1, 4, 8};
+    for (int t = 0; t < 3; t++) {
+        sl_score_antidiag_params p = {.block = strides[t] * 4, .stride = strides[t], .causal = c->causal};
+        check_op_vs_ref(ctx, SL_OP_SCORE_ANTIDIAG, &p, in, 1e-5, "score.antidiag");
     }
-    sl_tensor_release(&cols);
-    /* random per-head columns, entries of 5 rows: entry e lists the chosen columns up to its last row */
-    int64_t n_c = 6, b = 5, n_e = (c->nq + b - 1) / b;
-    cols = i32_tensor(ctx, c->hq, n_c);
-    for (int64_t i = 0; i < c->hq * n_c; i++)
-        ((int32_t *)cols.data)[i] = (int32_t)(sl_rng_next(&rng) % (uint64_t)c->nk);
-    sl_mask_index x;
-    ck_assert_int_eq(sl_mask_index_from_columns(ctx, &cols, c->nq, c->nk, b, 1, &x), SL_OK);
-    for (int64_t h = 0; h < c->hq; h++)
-        for (int64_t e = 0; e < n_e; e++) {
-            const int32_t *rp = (const int32_t *)x.row_ptr.data + h * (n_e + 1);
-            int64_t last = c->nk - c->nq + (e + 1) * b - 1;
-            for (int64_t j = 0; j < c->nk; j++) {
-                int chosen = 0, listed = 0;
-                for (int64_t i = 0; i < n_c; i++)
-                    chosen |= ((int32_t *)cols.data)[h * n_c + i] == j;
-                for (int32_t t = rp[e]; t < rp[e + 1]; t++)
-                    listed |= ((int32_t *)x.col.data)[t] == j;
-                ck_assert_int_eq(listed, chosen && j <= last);
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* The definition from the full token score matrix: tile (I, J) of S × S
+ * scores, its antidiagonal summed, softmax per super-row over the visible
+ * super-tokens, tiles of B summed. Ragged n (zero rows). */
+START_TEST(test_antidiag_independent)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7100);
+    int64_t hq = 4, hkv = 2, n = 45, d = 8, S = 4, B = 8;
+    sl_tensor in[2] = {tu_randn(ctx, &rng, hq, n, d, 1), tu_randn(ctx, &rng, hkv, n, d, 1)};
+    sl_score_antidiag_params p = {.block = B, .stride = S, .causal = 1};
+    sl_tensor out;
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_ANTIDIAG, &p, in, &out), SL_OK);
+    int64_t M = (n + S - 1) / S, nb = (n + B - 1) / B;
+    ck_assert_int_eq(out.shape[1], nb);
+    const float *q = in[0].data, *k = in[1].data;
+    double scale = 1.0 / (sqrt((double)d) * (double)S);
+    for (int64_t h = 0; h < hq; h++) {
+        double tok[45][45], want[12][12] = {{0}};
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < n; j++)
+                tok[i][j] = dot64(q + (h * n + i) * d, k + ((h / 2) * n + j) * d, d);
+        for (int64_t I = 0; I < M; I++) {
+            double s[12], mx = -INFINITY, z = 0;
+            for (int64_t J = 0; J <= I; J++) {
+                double x = 0;
+                for (int64_t t = 0; t < S; t++) {
+                    int64_t i = I * S + S - 1 - t, j = J * S + t;
+                    if (i < n && j < n)
+                        x += tok[i][j];
+                }
+                s[J] = scale * x;
+                mx = fmax(mx, s[J]);
+            }
+            for (int64_t J = 0; J <= I; J++)
+                z += exp(s[J] - mx);
+            for (int64_t J = 0; J <= I; J++)
+                want[I * S / B][J * S / B] += exp(s[J] - mx) / z;
+        }
+        for (int64_t r = 0; r < nb; r++) {
+            double row = 0;
+            for (int64_t cc = 0; cc < nb; cc++) {
+                float got = tu_at(&out, (h * nb + r) * nb + cc);
+                ck_assert_msg(fabs(got - want[r][cc]) < 1e-5, "head %lld tile (%lld, %lld): %.7g, want %.7g",
+                              (long long)h, (long long)r, (long long)cc, got, want[r][cc]);
+                row += got;
+            }
+            /* a tile row sums to its super-row count */
+            int64_t rows = (r + 1) * (B / S) < M ? B / S : M - r * (B / S);
+            ck_assert_msg(fabs(row - (double)rows) < 1e-5, "row %lld sums to %.7g", (long long)r, row);
+        }
+    }
+    sl_tensor_release(&out);
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_strided_backends)
+{
+    const shape_case *c = &CASES[_i];
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7200 + (uint64_t)_i);
+    sl_tensor in[2] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1)};
+    int64_t strides[3] = {1, 3, 8};
+    for (int t = 0; t < 3; t++) {
+        sl_score_strided_params p = {.stride = strides[t], .bq = 16, .bk = 8, .causal = c->causal};
+        check_op_vs_ref(ctx, SL_OP_SCORE_STRIDED, &p, in, 1e-5, "score.strided");
+    }
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_strided_independent)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7300);
+    int64_t hq = 2, n = 50, d = 8, S = 3, bq = 8, bk = 16;
+    sl_tensor in[2] = {tu_randn(ctx, &rng, hq, n, d, 1), tu_randn(ctx, &rng, 1, n, d, 1)};
+    sl_score_strided_params p = {.stride = S, .bq = bq, .bk = bk, .causal = 1};
+    sl_tensor out;
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_STRIDED, &p, in, &out), SL_OK);
+    int64_t nqb = (n + bq - 1) / bq, nkb = (n + bk - 1) / bk;
+    const float *q = in[0].data, *k = in[1].data;
+    for (int64_t h = 0; h < hq; h++) {
+        double want[7][4] = {{0}};
+        for (int64_t i = 0; i < n; i += S) {
+            double s[50], mx = -INFINITY, z = 0;
+            for (int64_t j = 0; j <= i; j += S) {
+                s[j] = dot64(q + (h * n + i) * d, k + j * d, d) / sqrt((double)d);
+                mx = fmax(mx, s[j]);
+            }
+            for (int64_t j = 0; j <= i; j += S)
+                z += exp(s[j] - mx);
+            for (int64_t j = 0; j <= i; j += S)
+                want[i / bq][j / bk] = fmax(want[i / bq][j / bk], exp(s[j] - mx) / z);
+        }
+        for (int64_t r = 0; r < nqb; r++)
+            for (int64_t cc = 0; cc < nkb; cc++) {
+                float got = tu_at(&out, (h * nqb + r) * nkb + cc);
+                ck_assert_msg(fabs(got - want[r][cc]) < 1e-6, "head %lld tile (%lld, %lld): %.7g, want %.7g",
+                              (long long)h, (long long)r, (long long)cc, got, want[r][cc]);
+            }
+    }
+    sl_tensor_release(&out);
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_anchor_backends)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7400);
+    int64_t ns[3] = {64, 100, 37};
+    for (int t = 0; t < 3; t++) {
+        sl_tensor in[2] = {tu_randn(ctx, &rng, 4, ns[t], 16, 1), tu_randn(ctx, &rng, 2, ns[t], 16, 1)};
+        for (int overlap = 0; overlap < 2; overlap++)
+            for (int lc = 1; lc < 3; lc++) {
+                sl_score_anchor_params p = {.block = 4, .step = 2, .init_cnt = 1, .local_cnt = lc, .theta = 1.5,
+                                            .overlap = overlap};
+                check_op_vs_ref(ctx, SL_OP_SCORE_ANCHOR, &p, in, 0, "score.anchor");
+            }
+        release_n(in, 2);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* The card's rule written out: anchors as row maxima over init ∪ local,
+ * pooled per B rows, keys of the middle region kept when within theta. */
+START_TEST(test_anchor_independent)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7500);
+    int64_t n = 70, d = 8, B = 5, step = 2, G = 10;
+    sl_tensor in[2] = {tu_randn(ctx, &rng, 1, n, d, 1), tu_randn(ctx, &rng, 1, n, d, 1)};
+    const float *q = in[0].data, *k = in[1].data;
+    double sc = 1 / sqrt((double)d);
+    for (int big = 0; big < 3; big++) {
+        double theta = big == 0 ? 1e9 : big == 1 ? -1e9 : 0.7;
+        sl_score_anchor_params p = {.block = B, .step = step, .init_cnt = 1, .local_cnt = 1, .theta = theta};
+        sl_tensor out;
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_ANCHOR, &p, in, &out), SL_OK);
+        const uint8_t *keep = out.data;
+        for (int64_t b = 0; b < 7; b++) {
+            for (int64_t j = 0; j < n; j++) {
+                int middle = j >= G && j < b * G;
+                int want = 0;
+                if (middle && big == 0)
+                    want = 1;
+                else if (middle && big == 2)
+                    for (int64_t t = 0; t < step && !want; t++) {
+                        double qb[8] = {0}, xb = 0;
+                        for (int64_t i = b * G + t * B; i < b * G + (t + 1) * B; i++) {
+                            double mx = -INFINITY;
+                            for (int64_t jj = 0; jj <= i; jj++)
+                                if (jj < G || jj >= b * G)
+                                    mx = fmax(mx, sc * dot64(q + i * d, k + jj * d, d));
+                            xb += mx / (double)B;
+                            for (int64_t c = 0; c < d; c++)
+                                qb[c] += q[i * d + c] / (double)B;
+                        }
+                        double x = 0;
+                        for (int64_t c = 0; c < d; c++)
+                            x += qb[c] * k[j * d + c];
+                        want = sc * x + theta >= xb;
+                    }
+                ck_assert_msg(keep[b * n + j] == want, "theta %g big block %lld key %lld: %d, want %d", theta,
+                              (long long)b, (long long)j, keep[b * n + j], want);
             }
         }
-    /* the same columns as a u8 keep [H, n_k] give the same lists */
-    sl_tensor keep;
-    int64_t ks[2] = {c->hq, c->nk};
-    ck_assert_int_eq(sl_tensor_zeros(ctx, SL_U8, 2, ks, &keep), SL_OK);
-    for (int64_t h = 0; h < c->hq; h++)
-        for (int64_t i = 0; i < n_c; i++)
-            ((uint8_t *)keep.data)[h * c->nk + ((int32_t *)cols.data)[h * n_c + i]] = 1;
-    sl_mask_index y;
-    ck_assert_int_eq(sl_mask_index_from_columns(ctx, &keep, c->nq, c->nk, b, 1, &y), SL_OK);
-    ck_assert_int_eq(sl_tensor_numel(&y.col), sl_tensor_numel(&x.col));
-    ck_assert_mem_eq(y.row_ptr.data, x.row_ptr.data, (size_t)sl_tensor_nbytes(&x.row_ptr));
-    if (sl_tensor_numel(&x.col))
-        ck_assert_mem_eq(y.col.data, x.col.data, (size_t)sl_tensor_nbytes(&x.col));
-    sl_mask_index_release(&y);
-    sl_tensor_release(&keep);
-    sl_mask_index_release(&x);
-    sl_tensor_release(&cols);
-    release_n(in, 3);
+        sl_tensor_release(&out);
+    }
+    release_n(in, 2);
     tu_ctx_done(ctx, &al);
 }
 END_TEST
 
-/* MInference's conversion as its kernel reads (slash part, one query block
- * of bq = bk = B rows ending at position end): offsets sorted descending,
- * ranges merged, saved blocks; then the keys ∩ causal. Written from the
- * reference's loop, apart from the library's version. */
-static void minference_block_keys(const int64_t *off_desc, int64_t n_s, int64_t end, int64_t B, int64_t n_k, uint8_t *keys)
+START_TEST(test_stripe_alloc_failures_leak_nothing)
 {
-    memset(keys, 0, (size_t)n_k);
-    int64_t s = 0;
-    while (s < n_s && off_desc[s] >= end)
-        s++;
-    if (s == n_s)
-        return;
-    int64_t s_idx = end - off_desc[s++];
-    s_idx = s_idx > B ? s_idx : B;
-    int64_t range_start = s_idx - B, range_end = s_idx;
-    for (;;) {
-        if (s < n_s) {
-            s_idx = end - off_desc[s++];
-            s_idx = s_idx > B ? s_idx : B;
-        } else {
-            for (int64_t j = range_start; j < range_end && j < n_k; j++)
-                keys[j] = 1;
-            break;
-        }
-        if (s_idx > range_end + B) {
-            for (int64_t j = range_start; j < range_end && j < n_k; j++)
-                keys[j] = 1;
-            range_start = s_idx - B;
-            range_end = s_idx;
-        } else if (s_idx > range_end) {
-            range_end += B;
-        }
+    sl_rng rng;
+    for (long fail = 1; fail < 20; fail++) {
+        tu_alloc al;
+        sl_ctx *ctx = tu_ctx(&al);
+        sl_rng_seed(&rng, 7800);
+        sl_tensor in[2] = {tu_randn(ctx, &rng, 2, 40, 8, 1), tu_randn(ctx, &rng, 1, 40, 8, 1)}, out = {0};
+        al.fail_at = al.calls + fail;
+        sl_score_antidiag_params ap = {.block = 8, .stride = 4, .causal = 1};
+        sl_status s = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_ANTIDIAG, &ap, in, &out);
+        ck_assert_msg(s == SL_OK || s == SL_ENOMEM, "fail %ld: %d %s", fail, s, sl_ctx_error(ctx));
+        if (s == SL_OK)
+            sl_tensor_release(&out);
+        sl_score_anchor_params np = {.block = 4, .step = 2, .init_cnt = 1, .local_cnt = 1, .theta = 1};
+        s = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_ANCHOR, &np, in, &out);
+        ck_assert_msg(s == SL_OK || s == SL_ENOMEM, "fail %ld: %d %s", fail, s, sl_ctx_error(ctx));
+        if (s == SL_OK)
+            sl_tensor_release(&out);
+        al.fail_at = 0;
+        release_n(in, 2);
+        tu_ctx_done(ctx, &al);
     }
 }
+END_TEST
 
-START_TEST(test_from_slashes)
+/* score.lowbit: q/k head_dim mismatch, NaN in k, lse of the wrong shape;
+ * score.hash: rotation heads not a multiple, wrong channel count. */
+START_TEST(test_lowbit_hash_validation)
 {
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
-    sl_rng_seed(&rng, 48000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
-    int64_t B = 16, n_s = 5, off = c->nk - c->nq;
-    sl_tensor offs = i32_tensor(ctx, c->hq, n_s);
-    for (int64_t i = 0; i < c->hq * n_s; i++)
-        ((int32_t *)offs.data)[i] = i % n_s == 0 ? 0 : (int32_t)(sl_rng_next(&rng) % (uint64_t)c->nk);
-    sl_mask exact, wide;
-    ck_assert_int_eq(sl_mask_from_slashes(ctx, &offs, c->nq, c->nk, (int)B, (int)B, 0, &exact), SL_OK);
-    ck_assert_int_eq(sl_mask_from_slashes(ctx, &offs, c->nq, c->nk, (int)B, (int)B, 1, &wide), SL_OK);
-    uint8_t *keys = malloc((size_t)c->nk);
-    int64_t desc[5];
-    for (int64_t h = 0; h < c->hq; h++) {
-        /* offsets of head h, unique, descending */
-        int64_t n = 0;
-        for (int64_t i = 0; i < n_s; i++) {
-            int64_t o = ((int32_t *)offs.data)[h * n_s + i], seen = 0;
-            for (int64_t t = 0; t < n; t++)
-                seen |= desc[t] == o;
-            if (!seen)
-                desc[n++] = o;
-        }
-        for (int64_t a = 0; a < n; a++)
-            for (int64_t b2 = a + 1; b2 < n; b2++)
-                if (desc[b2] > desc[a]) {
-                    int64_t t = desc[a];
-                    desc[a] = desc[b2];
-                    desc[b2] = t;
-                }
-        for (int64_t r = 0; r * B < c->nq; r++) {
-            minference_block_keys(desc, n, off + (r + 1) * B, B, c->nk, keys);
-            for (int64_t i = r * B; i < c->nq && i < (r + 1) * B; i++)
-                for (int64_t j = 0; j < c->nk; j++) {
-                    int on_slash = 0;
-                    for (int64_t t = 0; t < n; t++)
-                        on_slash |= off + i - j == desc[t];
-                    ck_assert_int_eq(sl_mask_get(&exact, (int)h, i, j), on_slash);
-                    ck_assert_int_eq(sl_mask_get(&wide, (int)h, i, j), keys[j] && j <= off + i);
-                    if (on_slash)
-                        ck_assert_int_eq(sl_mask_get(&wide, (int)h, i, j), 1);
-                }
-        }
-    }
-    free(keys);
-    sl_mask_release(&exact);
-    sl_mask_release(&wide);
-    sl_tensor_release(&offs);
-    /* every offset: both forms are the causal mask */
-    offs = i32_tensor(ctx, 1, c->nk);
-    for (int64_t j = 0; j < c->nk; j++)
-        ((int32_t *)offs.data)[j] = (int32_t)j;
-    sl_mask causal;
-    mask_of(ctx, SL_PAT_CAUSAL, 0, c->nq, c->nk, (int)B, (int)B, &causal);
-    for (int w = 0; w < 2; w++) {
-        sl_mask m;
-        ck_assert_int_eq(sl_mask_from_slashes(ctx, &offs, c->nq, c->nk, (int)B, (int)B, w, &m), SL_OK);
-        assert_same_mask(ctx, &m, &causal, w ? "widened, all offsets" : "exact, all offsets");
-        sl_mask_release(&m);
-    }
-    sl_mask_release(&causal);
-    sl_tensor_release(&offs);
+    sl_rng_seed(&rng, 6400);
+    sl_tensor lb[3] = {tu_randn(ctx, &rng, 2, 6, 4, 1), tu_randn(ctx, &rng, 1, 6, 5, 1), {0}};
+    sl_score_lowbit_params lp = {.bq = 4, .bk = 4, .bits = 4, .q_group = 2, .k_group = 2, .smooth_k = 1, .causal = 1};
+    expect_fail(ctx, SL_OP_SCORE_LOWBIT, &lp, lb, SL_ESHAPE, "head_dim");
+    sl_tensor_release(&lb[1]);
+    lb[1] = tu_randn(ctx, &rng, 1, 6, 4, 1);
+    ((float *)lb[1].data)[3] = NAN;
+    expect_fail(ctx, SL_OP_SCORE_LOWBIT, &lp, lb, SL_EARG, "NaN");
+    ((float *)lb[1].data)[3] = 0.f;
+    lb[2] = tu_randn(ctx, &rng, 1, 2, 6, 1);
+    lb[2].ndim = 2, lb[2].shape[0] = 1, lb[2].shape[1] = 12, lb[2].stride[0] = 12, lb[2].stride[1] = 1;
+    expect_fail(ctx, SL_OP_SCORE_LOWBIT, &lp, lb, SL_ESHAPE, "opt.lse");
+    sl_tensor_release(&lb[2]);
+    sl_tensor hs[2] = {tu_randn(ctx, &rng, 2, 6, 4, 1), tu_randn(ctx, &rng, 3, 4, 2, 1)};
+    expect_fail(ctx, SL_OP_SCORE_HASH, NULL, hs, SL_ESHAPE, "rot must be");
+    sl_tensor_release(&hs[1]);
+    hs[1] = tu_randn(ctx, &rng, 2, 5, 2, 1);
+    expect_fail(ctx, SL_OP_SCORE_HASH, NULL, hs, SL_ESHAPE, "rot must be");
+    release_n(lb, 2);
+    release_n(hs, 2);
     tu_ctx_done(ctx, &al);
 }
 END_TEST
 
-START_TEST(test_mask_builders_reject)
+/* score.antidiag: block not a multiple of stride, NaN; score.anchor:
+ * n_q != n_k. */
+START_TEST(test_antidiag_anchor_validation)
 {
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
-    sl_tensor keep, cols = i32_tensor(ctx, 1, 2);
-    int64_t ks[3] = {1, 2, 3};
-    ck_assert_int_eq(sl_tensor_zeros(ctx, SL_U8, 3, ks, &keep), SL_OK);
-    sl_mask m;
-    sl_mask_index x;
-    ck_assert_int_eq(sl_mask_from_blocks(ctx, &keep, 20, 20, 8, 8, 1, &m), SL_ESHAPE);
-    ck_assert_ptr_nonnull(strstr(sl_ctx_error(ctx), "mask from_blocks: keep has 2 x 3 blocks, expected 3 x 3"));
-    ((int32_t *)cols.data)[0] = 3;
-    ((int32_t *)cols.data)[1] = 20;
-    ck_assert_int_eq(sl_mask_index_from_columns(ctx, &cols, 20, 20, 4, 1, &x), SL_EARG);
-    ck_assert_ptr_nonnull(strstr(sl_ctx_error(ctx), "outside [0, 20)"));
-    ((int32_t *)cols.data)[1] = -3;
-    ck_assert_int_eq(sl_mask_from_slashes(ctx, &cols, 20, 20, 8, 8, 1, &m), SL_EARG);
-    ck_assert_int_eq(sl_mask_index_from_columns(ctx, &cols, 20, 20, 0, 1, &x), SL_EARG);
-    sl_tensor_release(&keep);
-    sl_tensor_release(&cols);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7700);
+    sl_tensor in[2] = {tu_randn(ctx, &rng, 2, 20, 4, 1), tu_randn(ctx, &rng, 1, 20, 4, 1)};
+    sl_score_antidiag_params ap = {.block = 6, .stride = 4, .causal = 1};
+    expect_fail(ctx, SL_OP_SCORE_ANTIDIAG, &ap, in, SL_EARG, "multiple of stride");
+    ((float *)in[0].data)[5] = NAN;
+    ap.block = 8;
+    expect_fail(ctx, SL_OP_SCORE_ANTIDIAG, &ap, in, SL_EARG, "NaN");
+    ((float *)in[0].data)[5] = 0.5f;
+    sl_tensor short_q = tu_randn(ctx, &rng, 2, 10, 4, 1);
+    sl_tensor ain[2] = {short_q, in[1]};
+    sl_score_anchor_params np = {.block = 2, .step = 2, .init_cnt = 1, .local_cnt = 1, .theta = 1};
+    expect_fail(ctx, SL_OP_SCORE_ANCHOR, &np, ain, SL_ESHAPE, "n_q == n_k");
+    sl_tensor_release(&short_q);
+    release_n(in, 2);
     tu_ctx_done(ctx, &al);
 }
 END_TEST
 
-static Suite *score_ops_suite(void)
+START_TEST(test_lowbit_alloc_failures_leak_nothing)
 {
-    Suite *s = suite_create("score_ops");
-    TCase *tc = tcase_create("score_ops");
-    tcase_set_timeout(tc, 120);
+    sl_rng rng;
+    for (long fail = 1; fail < 30; fail++) {
+        tu_alloc al;
+        sl_ctx *ctx = tu_ctx(&al);
+        sl_rng_seed(&rng, 6600);
+        sl_tensor in[3] = {tu_randn(ctx, &rng, 2, 20, 8, 1), tu_randn(ctx, &rng, 1, 20, 8, 1), {0}};
+        al.fail_at = al.calls + fail;
+        sl_tensor out[1] = {{0}};
+        sl_score_lowbit_params lp = {.bq = 4, .bk = 4, .bits = 4, .q_group = 2, .k_group = 2, .smooth_k = 1, .causal = 1};
+        sl_status s = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SCORE_LOWBIT, &lp, in, out);
+        ck_assert_msg(s == SL_OK || s == SL_ENOMEM, "fail %ld: %d %s", fail, s, sl_ctx_error(ctx));
+        if (s == SL_OK)
+            sl_tensor_release(&out[0]);
+        al.fail_at = 0;
+        release_n(in, 2);
+        tu_ctx_done(ctx, &al);
+    }
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
     tcase_add_loop_test(tc, test_score_backends_match_ref, 0, N_CASES);
     tcase_add_loop_test(tc, test_score_independent, 0, N_CASES);
     tcase_add_test(tc, test_pooled_mean_by_hand);
-    tcase_add_test(tc, test_reduce_backends_match_ref);
-    tcase_add_test(tc, test_reduce_diagonals_brute_force);
-    tcase_add_test(tc, test_select_backends_match_ref);
-    tcase_add_test(tc, test_select_properties);
     tcase_add_test(tc, test_score_validation);
     tcase_add_test(tc, test_pooled_flops_small);
-    tcase_add_loop_test(tc, test_from_blocks, 0, N_CASES);
-    tcase_add_loop_test(tc, test_index_from_columns, 0, N_CASES);
-    tcase_add_loop_test(tc, test_from_slashes, 0, N_CASES);
-    tcase_add_test(tc, test_mask_builders_reject);
-    suite_add_tcase(s, tc);
-    return s;
+    tcase_add_loop_test(tc, test_score_lowbit, 0, N_CASES);
+    tcase_add_test(tc, test_score_lowbit_oracle_is_log_probability);
+    tcase_add_test(tc, test_score_hash);
+    tcase_add_loop_test(tc, test_antidiag_backends, 0, N_CASES);
+    tcase_add_test(tc, test_antidiag_independent);
+    tcase_add_loop_test(tc, test_strided_backends, 0, N_CASES);
+    tcase_add_test(tc, test_strided_independent);
+    tcase_add_test(tc, test_anchor_backends);
+    tcase_add_test(tc, test_anchor_independent);
+    tcase_add_test(tc, test_stripe_alloc_failures_leak_nothing);
+    tcase_add_test(tc, test_lowbit_hash_validation);
+    tcase_add_test(tc, test_antidiag_anchor_validation);
+    tcase_add_test(tc, test_lowbit_alloc_failures_leak_nothing);
 }
 
-int main(void) { return tu_run(score_ops_suite()); }
+int main(void) { return run_op_suite("score_ops", add_tests); }

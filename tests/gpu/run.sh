@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run every op suite (tests/test_ops.c, tests/test_*_ops.c) with the cuda backend, then the quick benchmark if the program has one.
+# tests/gpu/run.sh — on a machine with an NVIDIA GPU: build with CUDA=1, run every op suite (tests/test_<family>_ops.c and tests/test_op_dispatch.c) with the cuda backend, then the quick benchmark if the program has one.
 #   usage (from the repo root): tests/gpu/run.sh        CUDA_ARCH=sm_80 tests/gpu/run.sh
 # Exits non-zero when the build fails, an op suite fails, the cuda backend is unavailable, or a
 # case of a kernel the cuda backend has (vs_mixed, pv_skip, ...) was skipped on cuda as unsupported.
@@ -34,8 +34,8 @@ if [ "$(cat "$BUILD/.cuda_arch" 2>/dev/null || true)" != "$ARCH" ]; then
     rm -rf "$BUILD"
 fi
 
-# Every op suite: tests/test_ops.c and tests/test_*_ops.c.
-SUITES=$(cd tests && ls test_ops.c test_*_ops.c | sed 's/\.c$//')
+# Every op suite: one per op family (tests/test_<family>_ops.c) and the dispatcher's.
+SUITES=$(cd tests && ls test_*_ops.c test_op_dispatch.c | sed 's/\.c$//')
 t0=$SECONDS
 if ! make CUDA=1 BUILD="$BUILD" CUDA_ARCH="$ARCH" -j"$JOBS" all $(for s in $SUITES; do printf '%s ' "$BUILD/tests/$s"; done) >"$LOG/build.txt" 2>&1; then
     tail -30 "$LOG/build.txt"

@@ -29,7 +29,7 @@ return {
     w = {default = 1024, min = 1, int = true, doc = "visible keys including the query itself"},
   },
   ops = {"attn.block_sparse"},
-  -- card checks with a test (tests/lua/test_module.lua; the executor's mask by brute force in test_mask/test_ops)
+  -- card checks with a test (tests/lua/test_module.lua; the executor's mask by brute force in test_mask/test_attn_ops)
   checks = {"w >= n equals dense causal", "w = 1 returns V row-wise", "row i keeps min(i+1, w) keys",
     "executed mask equals the token mask (exact bits in boundary blocks)"},
   mask = mask_for,

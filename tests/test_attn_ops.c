@@ -1,12 +1,13 @@
-/* test_sparse_ops.c — the executors over index lists and chosen rows
- * (attn.token_sparse, attn.vs_mixed, attn.rows) and attn.lse_merge on every
- * available backend against ref (sentinel allocator, NaN rejection, ragged
- * sizes, one query, decode offsets, empty lists, bias and state), and their
- * invariants: full index lists and all rows with causal limits equal
- * attn.dense; lse_merge of disjoint key sets equals their union; vs_mixed
- * equals block_sparse merged with the columns it adds; passes chained through
- * their state equal one pass; closed forms (one key gives its value row);
- * and attn.block_sparse's pv_skip option. */
+/* test_attn_ops.c — the attention family (attn.*) on every backend in
+ * SL_TEST_BACKENDS against ref: attn.dense, attn.block_sparse (dense
+ * equivalence of a full mask, patterns, pv_skip, fully masked rows, bad
+ * masks), the executors over index lists and chosen rows (attn.token_sparse,
+ * attn.vs_mixed, attn.rows: bias, state chaining, decode, empty lists, NaN
+ * only where read), attn.lse_merge, attn.linear, attn.pooled_kv and
+ * attn.bucket; shapes from CASES and ATTN_BIG_D (head_dim 128 and 256,
+ * ragged, GQA, one query row) in opsutil.h; closed forms and float64
+ * oracles written here; NaN, shape and allocation-failure paths. */
+
 #include "opsutil.h"
 
 /* Index lists from a rule keep(ud, list head, entry, key). */
@@ -72,6 +73,366 @@ static int rule_keep(const void *ud, int64_t h, int64_t e, int64_t j)
     return 1;
 }
 
+static sl_tensor levels_new(sl_ctx *ctx, int64_t hm, int64_t nqb, int64_t nkb)
+{
+    sl_tensor t;
+    int64_t s[3] = {hm, nqb, nkb};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, s, &t), SL_OK);
+    return t;
+}
+
+START_TEST(test_dense_backends_match_ref)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 1000 + (uint64_t)_i);
+    const shape_case *c = attn_case(_i);
+    sl_tensor in[3] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
+    sl_attn_params p = {.causal = c->causal, .scale = 0};
+    sl_tensor ref[2], out[2];
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &p, in, ref);
+    sl_backend_id bs[SL_BACKEND__COUNT];
+    int nb = other_backends(bs);
+    for (int k = 0; k < nb; k++) {
+        run_attn(ctx, bs[k], SL_OP_ATTN_DENSE, &p, in, out);
+        char what[64];
+        snprintf(what, sizeof what, "case %d on %s", _i, sl_backend_name(bs[k]));
+        assert_attn_close(&out[0], &out[1], &ref[0], &ref[1], what);
+        sl_tensor_release(&out[0]);
+        sl_tensor_release(&out[1]);
+    }
+    for (int i = 0; i < 3; i++)
+        sl_tensor_release(&in[i]);
+    sl_tensor_release(&ref[0]);
+    sl_tensor_release(&ref[1]);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Independent math: for one query the attention output is a convex
+ * combination of V rows; with identical keys it is the mean of visible V rows
+ * and L = log(n_visible) + the common score. */
+START_TEST(test_dense_ref_against_closed_form)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7);
+    int64_t n = 23, d = 8;
+    sl_tensor q = tu_randn(ctx, &rng, 1, n, d, 1), k = tu_randn(ctx, &rng, 1, n, d, 1),
+              v = tu_randn(ctx, &rng, 1, n, d, 1);
+    for (int64_t j = 1; j < n; j++) /* every key equals key 0 */
+        memcpy((float *)k.data + j * d, k.data, (size_t)d * sizeof(float));
+    sl_tensor in[3] = {q, k, v}, out[2];
+    sl_attn_params p = {.causal = 1, .scale = 0};
+    for (int b = 0; b < 2; b++) {
+        run_attn(ctx, (sl_backend_id)b, SL_OP_ATTN_DENSE, &p, in, out);
+        for (int64_t r = 0; r < n; r++) {
+            double sc = 0;
+            for (int64_t c = 0; c < d; c++)
+                sc += (double)tu_at(&q, r * d + c) * tu_at(&k, c);
+            sc /= sqrt((double)d);
+            ck_assert_double_eq_tol(tu_at(&out[1], r), sc + log((double)(r + 1)), 1e-4);
+            for (int64_t c = 0; c < d; c++) {
+                double mean = 0;
+                for (int64_t j = 0; j <= r; j++)
+                    mean += tu_at(&v, j * d + c);
+                ck_assert_double_eq_tol(tu_at(&out[0], r * d + c), mean / (double)(r + 1), 1e-5);
+            }
+        }
+        sl_tensor_release(&out[0]);
+        sl_tensor_release(&out[1]);
+    }
+    sl_tensor_release(&q);
+    sl_tensor_release(&k);
+    sl_tensor_release(&v);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Dense equivalence: a full (or causal) block mask gives attn.dense, on
+ * every backend and several block sizes that do and do not divide n. */
+START_TEST(test_block_sparse_full_mask_equals_dense)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 2000 + (uint64_t)_i);
+    const shape_case *c = attn_case(_i);
+    sl_tensor in[7] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
+    sl_attn_params pd = {.causal = c->causal, .scale = 0};
+    sl_tensor dense[2], out[2];
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pd, in, dense);
+    const int blocks[][2] = {{16, 16}, {7, 13}, {64, 32}};
+    for (int bi = 0; bi < 3; bi++) {
+        sl_mask m;
+        mask_of(ctx, c->causal ? SL_PAT_CAUSAL : SL_PAT_FULL, 0, c->nq, c->nk, blocks[bi][0], blocks[bi][1], &m);
+        sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+        sl_attn_block_params pb = {.bq = m.bq, .bk = m.bk, .scale = 0};
+        for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+            if (!sl_backend_available((sl_backend_id)b) || !backend_wanted((sl_backend_id)b))
+                continue;
+            run_attn(ctx, (sl_backend_id)b, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, out);
+            char what[80];
+            snprintf(what, sizeof what, "case %d blocks %dx%d on %s", _i, m.bq, m.bk, sl_backend_name((sl_backend_id)b));
+            assert_attn_close(&out[0], &out[1], &dense[0], &dense[1], what);
+            sl_tensor_release(&out[0]);
+            sl_tensor_release(&out[1]);
+        }
+        sl_mask_release(&m);
+    }
+    for (int i = 0; i < 3; i++)
+        sl_tensor_release(&in[i]);
+    sl_tensor_release(&dense[0]);
+    sl_tensor_release(&dense[1]);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Sparse masks (window ∪ sink, window alone) on every backend vs ref, and the
+ * window result against a hand-made reference: attention over keys
+ * [i-w+1, i] computed by attn.dense on the narrowed key range. */
+START_TEST(test_block_sparse_patterns_match_ref)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 3000);
+    int64_t hq = 4, hkv = 2, n = 203, d = 32, w = 29;
+    sl_tensor in[7] = {tu_randn(ctx, &rng, hq, n, d, 1.5), tu_randn(ctx, &rng, hkv, n, d, 1.5),
+                       tu_randn(ctx, &rng, hkv, n, d, 1.0)};
+    sl_pattern_term terms[2] = {{.kind = SL_PAT_WINDOW, .a = w}, {.kind = SL_PAT_SINK, .a = 5}};
+    for (int nt = 1; nt <= 2; nt++) {
+        sl_mask m;
+        ck_assert_int_eq(sl_mask_from_pattern(ctx, terms, nt, n, n, 16, 32, &m), SL_OK);
+        sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+        sl_attn_block_params pb = {.bq = m.bq, .bk = m.bk, .scale = 0};
+        sl_tensor ref[2], out[2];
+        run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, ref);
+        sl_backend_id bs[SL_BACKEND__COUNT];
+        int nb = other_backends(bs);
+        for (int k = 0; k < nb; k++) {
+            run_attn(ctx, bs[k], SL_OP_ATTN_BLOCK_SPARSE, &pb, in, out);
+            assert_attn_close(&out[0], &out[1], &ref[0], &ref[1], sl_backend_name(bs[k]));
+            sl_tensor_release(&out[0]);
+            sl_tensor_release(&out[1]);
+        }
+        if (nt == 1) {
+            /* Row i by hand: dense attention of that one query over keys [i-w+1, i]. */
+            for (int64_t i = 0; i < n; i += 17) {
+                int64_t j0 = i - w + 1 < 0 ? 0 : i - w + 1;
+                sl_tensor sub[3], o1[2];
+                ck_assert_int_eq(sl_tensor_narrow(ctx, &in[0], 1, i, 1, &sub[0]), SL_OK);
+                ck_assert_int_eq(sl_tensor_narrow(ctx, &in[1], 1, j0, i - j0 + 1, &sub[1]), SL_OK);
+                ck_assert_int_eq(sl_tensor_narrow(ctx, &in[2], 1, j0, i - j0 + 1, &sub[2]), SL_OK);
+                sl_attn_params pn = {.causal = 0, .scale = 0};
+                run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pn, sub, o1);
+                for (int64_t h = 0; h < hq; h++) {
+                    ck_assert_double_eq_tol(tu_at(&o1[1], h), tu_at(&ref[1], h * n + i), 1e-5);
+                    for (int64_t c = 0; c < d; c++)
+                        ck_assert_double_eq_tol(tu_at(&o1[0], h * d + c), tu_at(&ref[0], (h * n + i) * d + c), 1e-5);
+                }
+                for (int t = 0; t < 3; t++)
+                    sl_tensor_release(&sub[t]);
+                sl_tensor_release(&o1[0]);
+                sl_tensor_release(&o1[1]);
+            }
+        }
+        sl_tensor_release(&ref[0]);
+        sl_tensor_release(&ref[1]);
+        sl_mask_release(&m);
+    }
+    for (int i = 0; i < 3; i++)
+        sl_tensor_release(&in[i]);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* A mask with nothing kept: O = 0 and L = -inf on every backend, never NaN;
+ * recall treats those rows as having no mass to lose. */
+START_TEST(test_fully_masked_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 4000);
+    sl_tensor in[7] = {tu_randn(ctx, &rng, 2, 40, 16, 1), tu_randn(ctx, &rng, 2, 40, 16, 1),
+                       tu_randn(ctx, &rng, 2, 40, 16, 1)};
+    sl_mask m;
+    ck_assert_int_eq(sl_mask_from_pattern(ctx, NULL, 0, 40, 40, 16, 16, &m), SL_OK);
+    ck_assert_int_eq((int)m.col_idx.shape[0], 0);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    sl_attn_block_params pb = {.bq = 16, .bk = 16, .scale = 0};
+    for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+        if (!sl_backend_available((sl_backend_id)b) || !backend_wanted((sl_backend_id)b))
+            continue;
+        sl_tensor out[2];
+        run_attn(ctx, (sl_backend_id)b, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, out);
+        for (int64_t i = 0; i < sl_tensor_numel(&out[0]); i++)
+            ck_assert_msg(tu_at(&out[0], i) == 0.f, "O not zero on %s", sl_backend_name((sl_backend_id)b));
+        for (int64_t i = 0; i < sl_tensor_numel(&out[1]); i++)
+            ck_assert_msg(isinf(tu_at(&out[1], i)) && tu_at(&out[1], i) < 0, "L not -inf");
+        sl_tensor_release(&out[0]);
+        sl_tensor_release(&out[1]);
+    }
+    /* Dense with no keys at all is the same empty sum. */
+    sl_tensor k0 = tu_randn(ctx, &rng, 2, 0, 16, 1), q0 = tu_randn(ctx, &rng, 2, 0, 16, 1);
+    sl_tensor in0[3] = {q0, k0, k0}, out0[2];
+    run_attn(ctx, SL_BACKEND_CPU, SL_OP_ATTN_DENSE, NULL, in0, out0);
+    ck_assert_int_eq((int)sl_tensor_numel(&out0[0]), 0);
+    sl_tensor_release(&out0[0]);
+    sl_tensor_release(&out0[1]);
+    sl_tensor_release(&k0);
+    sl_tensor_release(&q0);
+    sl_mask_release(&m);
+    for (int i = 0; i < 3; i++)
+        sl_tensor_release(&in[i]);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_nan_and_shape_errors)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 5000);
+    sl_tensor q = tu_randn(ctx, &rng, 4, 10, 8, 1), k = tu_randn(ctx, &rng, 2, 10, 8, 1),
+              v = tu_randn(ctx, &rng, 2, 10, 8, 1), bad = tu_randn(ctx, &rng, 3, 10, 8, 1);
+    sl_tensor out[2] = {{0}};
+    for (int b = 0; b < 2; b++) {
+        ((float *)q.data)[17] = NAN;
+        sl_tensor in[3] = {q, k, v};
+        ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)b, SL_OP_ATTN_DENSE, NULL, in, out), SL_EARG);
+        ck_assert_msg(strstr(sl_ctx_error(ctx), "attn.dense") == sl_ctx_error(ctx), "%s", sl_ctx_error(ctx));
+        ck_assert_ptr_nonnull(strstr(sl_ctx_error(ctx), "NaN"));
+        ck_assert_ptr_null(out[0].buf);
+        ((float *)q.data)[17] = 0.5f;
+        sl_tensor in2[3] = {q, bad, bad};
+        ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)b, SL_OP_ATTN_DENSE, NULL, in2, out), SL_ESHAPE);
+        ck_assert_ptr_nonnull(strstr(sl_ctx_error(ctx), "GQA"));
+        sl_tensor in3[3] = {q, k, bad};
+        ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)b, SL_OP_ATTN_DENSE, NULL, in3, out), SL_ESHAPE);
+    }
+    sl_attn_params p;
+    sl_op_params_default(SL_OP_ATTN_DENSE, &p);
+    ck_assert_int_eq(sl_op_params_set(ctx, SL_OP_ATTN_DENSE, &p, "causl", 1), SL_EARG);
+    ck_assert_ptr_nonnull(strstr(sl_ctx_error(ctx), "causl"));
+    ck_assert_int_eq(sl_op_params_set(ctx, SL_OP_ATTN_DENSE, &p, "causal", 2), SL_EARG);
+    ck_assert_int_eq(sl_op_params_set(ctx, SL_OP_ATTN_DENSE, &p, "scale", -1), SL_EARG);
+    sl_tensor_release(&q);
+    sl_tensor_release(&k);
+    sl_tensor_release(&v);
+    sl_tensor_release(&bad);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* A malformed mask is rejected, not executed. */
+START_TEST(test_bad_mask_rejected)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 5500);
+    sl_tensor in[7] = {tu_randn(ctx, &rng, 1, 32, 8, 1), tu_randn(ctx, &rng, 1, 32, 8, 1),
+                       tu_randn(ctx, &rng, 1, 32, 8, 1)};
+    sl_mask m;
+    mask_of(ctx, SL_PAT_CAUSAL, 0, 32, 32, 8, 8, &m);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    sl_attn_block_params pb = {.bq = 8, .bk = 8, .scale = 0};
+    sl_tensor out[2];
+    ((int32_t *)m.col_idx.data)[1] = 99; /* key block out of range */
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, out), SL_EFORMAT);
+    ck_assert_ptr_nonnull(strstr(sl_ctx_error(ctx), "attn.block_sparse"));
+    ((int32_t *)m.col_idx.data)[1] = 0;
+    pb.bq = 16; /* the mask was made for 8 */
+    ck_assert_int_ne(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, out), SL_OK);
+    sl_mask_release(&m);
+    for (int i = 0; i < 3; i++)
+        sl_tensor_release(&in[i]);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Recall from L equals the attention mass the mask keeps, computed from
+ * explicit probabilities. */
+START_TEST(test_recall_is_kept_mass)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6500);
+    int64_t n = 48, d = 8;
+    sl_tensor in[7] = {tu_randn(ctx, &rng, 1, n, d, 2), tu_randn(ctx, &rng, 1, n, d, 2), tu_randn(ctx, &rng, 1, n, d, 1)};
+    sl_attn_params pd = {.causal = 1, .scale = 0};
+    sl_tensor dense[2], sp[2];
+    run_attn(ctx, SL_BACKEND_CPU, SL_OP_ATTN_DENSE, &pd, in, dense);
+    sl_mask m;
+    mask_of(ctx, SL_PAT_WINDOW, 9, n, n, 8, 8, &m);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    sl_attn_block_params pb = {.bq = 8, .bk = 8, .scale = 0};
+    run_attn(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, sp);
+    for (int64_t i = 0; i < n; i++) {
+        double s[64], mx = -1e300, tot = 0, kept = 0;
+        for (int64_t j = 0; j <= i; j++) {
+            s[j] = 0;
+            for (int64_t c = 0; c < d; c++)
+                s[j] += (double)tu_at(&in[0], i * d + c) * tu_at(&in[1], j * d + c);
+            s[j] /= sqrt((double)d);
+            mx = fmax(mx, s[j]);
+        }
+        for (int64_t j = 0; j <= i; j++) {
+            tot += exp(s[j] - mx);
+            kept += i - j < 9 ? exp(s[j] - mx) : 0;
+        }
+        ck_assert_double_eq_tol(exp((double)tu_at(&sp[1], i) - tu_at(&dense[1], i)), kept / tot, 1e-5);
+    }
+    sl_tensor_release(&dense[0]);
+    sl_tensor_release(&dense[1]);
+    sl_tensor_release(&sp[0]);
+    sl_tensor_release(&sp[1]);
+    sl_mask_release(&m);
+    for (int i = 0; i < 3; i++)
+        sl_tensor_release(&in[i]);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Every failing allocation inside an op leaves nothing behind. */
+START_TEST(test_alloc_failures_leak_nothing)
+{
+    sl_rng rng;
+    for (long fail = 1; fail < 60; fail++) {
+        tu_alloc al;
+        sl_ctx *ctx = tu_ctx(&al);
+        sl_rng_seed(&rng, 7000);
+        sl_tensor in[7] = {tu_randn(ctx, &rng, 2, 20, 8, 1), tu_randn(ctx, &rng, 2, 20, 8, 1),
+                           tu_randn(ctx, &rng, 2, 20, 8, 1)};
+        sl_mask m;
+        mask_of(ctx, SL_PAT_CAUSAL, 0, 20, 20, 8, 8, &m);
+        al.fail_at = al.calls + fail;
+        sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+        sl_attn_block_params pb = {.bq = 8, .bk = 8, .scale = 0};
+        sl_tensor out[2] = {{0}};
+        sl_status s = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, out);
+        ck_assert(s == SL_OK || s == SL_ENOMEM);
+        if (s == SL_OK) {
+            sl_tensor_release(&out[0]);
+            sl_tensor_release(&out[1]);
+        }
+        al.fail_at = 0;
+        sl_mask_release(&m);
+        for (int i = 0; i < 3; i++)
+            sl_tensor_release(&in[i]);
+        tu_ctx_done(ctx, &al);
+    }
+}
+END_TEST
+
 /* Random lists (some entries empty) per row, per query block and per head,
  * shared and per-head list heads, with and without bias and state: every
  * backend against ref. */
@@ -81,15 +442,12 @@ START_TEST(test_token_sparse_backends_match_ref)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 8000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
-    sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.5), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.5),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    const shape_case *c = attn_case(_i);
+    sl_tensor in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
     sl_tensor bias = tu_randn(ctx, &rng, c->hq, c->nq, c->nk, 1.0);
-    sl_tensor st_o = tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0), st_l;
-    int64_t ls[2] = {c->hq, c->nq};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 2, ls, &st_l), SL_OK);
-    for (int64_t i = 0; i < c->hq * c->nq; i++)
-        ((float *)st_l.data)[i] = i % 5 == 0 ? -INFINITY : (float)sl_rng_normal(&rng);
+    sl_tensor st_o = tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0);
+    sl_tensor st_l = lse_random(ctx, &rng, c->hq, c->nq, 1.0, 5, 0);
     const int64_t bs[] = {1, 3, 16, c->nq > 0 ? c->nq : 1};
     for (int bi = 0; bi < 4; bi++)
         for (int hm_i = 0; hm_i < 2; hm_i++) {
@@ -127,9 +485,9 @@ START_TEST(test_token_sparse_full_lists_equal_dense)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 8500 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
-    sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.5), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.5),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    const shape_case *c = attn_case(_i);
+    sl_tensor in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
     sl_tensor dense_c[2], dense_n[2];
     sl_attn_params pc = {.causal = 1, .scale = 0}, pn = {.causal = 0, .scale = 0};
     run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pc, in, dense_c);
@@ -295,16 +653,13 @@ START_TEST(test_rows)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 9000 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
-    sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.5), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.5),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    const shape_case *c = attn_case(_i);
+    sl_tensor in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
     int64_t n_out = 2 * c->nq + 3;
     sl_tensor bias = tu_randn(ctx, &rng, 1, c->nq, c->nk, 1.0);
-    sl_tensor st_o = tu_randn(ctx, &rng, c->hq, n_out, c->d, 1.0), st_l;
-    int64_t ls[2] = {c->hq, n_out};
-    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 2, ls, &st_l), SL_OK);
-    for (int64_t i = 0; i < c->hq * n_out; i++)
-        ((float *)st_l.data)[i] = i % 3 == 0 ? -INFINITY : (float)sl_rng_normal(&rng);
+    sl_tensor st_o = tu_randn(ctx, &rng, c->hq, n_out, c->d, 1.0);
+    sl_tensor st_l = lse_random(ctx, &rng, c->hq, n_out, 1.0, 3, 0);
     sl_attn_rows_params p = {.scale = 0};
     for (int per_head = 0; per_head < 2; per_head++) {
         int64_t hr = per_head ? c->hq : 1;
@@ -398,8 +753,8 @@ START_TEST(test_lse_merge)
         release_n(m, 4);
     }
     const shape_case *c = &CASES[_i];
-    sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.5), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.5),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    sl_tensor in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
     sl_tensor dense[2];
     sl_attn_params pd = {.causal = c->causal, .scale = 0};
     run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pd, in, dense);
@@ -446,9 +801,9 @@ START_TEST(test_state_chaining)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 9700 + (uint64_t)_i);
-    const shape_case *c = &CASES[_i];
-    sl_tensor in[8] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.5), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.5),
-                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0)};
+    const shape_case *c = attn_case(_i);
+    sl_tensor in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
     sl_attn_token_params p = {.rows_per_entry = 1, .scale = 0};
     for (int b = 0; b < SL_BACKEND__COUNT; b++) {
         if (!sl_backend_available((sl_backend_id)b) || !backend_wanted((sl_backend_id)b))
@@ -544,7 +899,8 @@ START_TEST(test_vs_mixed)
     sl_rng rng;
     sl_rng_seed(&rng, 9900 + (uint64_t)_i);
     /* hq, hkv, nq, bq, bk, d: blocks shorter and longer than a CUDA key tile, decode offset */
-    const int geo[4][6] = {{2, 1, 203, 16, 32, 32}, {4, 2, 100, 7, 13, 32}, {2, 2, 5, 64, 8, 32}, {4, 1, 150, 32, 40, 72}};
+    const int geo[6][6] = {{2, 1, 203, 16, 32, 32}, {4, 2, 100, 7, 13, 32}, {2, 2, 5, 64, 8, 32}, {4, 1, 150, 32, 40, 72},
+                           {2, 1, 45, 16, 8, 128}, {4, 2, 70, 32, 16, 256}}; /* head_dim 128 and 256 */
     int64_t hq = geo[_i][0], hkv = geo[_i][1], nq = geo[_i][2], nk = nq + (_i == 2 ? 150 : 0), d = geo[_i][5];
     int bq = geo[_i][3], bk = geo[_i][4];
     sl_tensor in[12] = {tu_randn(ctx, &rng, hq, nq, d, 1.5), tu_randn(ctx, &rng, hkv, nk, d, 1.5),
@@ -736,41 +1092,33 @@ START_TEST(test_sparse_validation)
     make_lists(ctx, hq, nq, nk, rule_keep, &r, &in[3], &in[4]);
     sl_attn_token_params p = {.rows_per_entry = 1, .scale = 0};
     sl_tensor out[2] = {{0}};
-#define EXPECT(op, params, st, text)                                                                         \
-    do {                                                                                                     \
-        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, op, params, in, out), st);                           \
-        ck_assert_msg(strncmp(sl_ctx_error(ctx), sl_op_info_get(op)->name, strlen(sl_op_info_get(op)->name)) == 0, \
-                      "%s", sl_ctx_error(ctx));                                                              \
-        ck_assert_msg(strstr(sl_ctx_error(ctx), text), "%s", sl_ctx_error(ctx));                            \
-        ck_assert_ptr_null(out[0].buf);                                                                      \
-    } while (0)
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_TOKEN_SPARSE, &p, in, out), SL_OK);
     release_n(out, 2);
     int32_t *col = in[4].data, *rp = in[3].data;
     int32_t save = col[1];
     col[1] = col[0]; /* duplicate */
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_EFORMAT, "sorted");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_EFORMAT, "sorted");
     col[1] = (int32_t)nk; /* out of range */
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_EFORMAT, "sorted, unique and in [0, 20)");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_EFORMAT, "sorted, unique and in [0, 20)");
     col[1] = save;
     rp[2] += 1000; /* past nnz */
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_EFORMAT, "monotone");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_EFORMAT, "monotone");
     rp[2] -= 1000;
     p.rows_per_entry = 2; /* row_ptr made for 1 */
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_ESHAPE, "idx.row_ptr must be");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_ESHAPE, "idx.row_ptr must be");
     p.rows_per_entry = 1;
     sl_tensor bad_bias = tu_randn(ctx, &rng, 2, nq, nk, 1);
     in[5] = bad_bias;
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_ESHAPE, "opt.bias");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_ESHAPE, "opt.bias");
     in[5] = (sl_tensor){0};
     in[6] = tu_randn(ctx, &rng, hq, nq, d, 1);
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_EARG, "state.o");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_EARG, "state.o");
     sl_tensor_release(&in[6]);
     sl_tensor_release(&bad_bias);
     release_n(&in[3], 2);
     /* list heads that do not divide Hq */
     make_lists(ctx, 3, nq, nk, rule_keep, &r, &in[3], &in[4]);
-    EXPECT(SL_OP_ATTN_TOKEN_SPARSE, &p, SL_ESHAPE, "divisor");
+    expect_fail(ctx, SL_OP_ATTN_TOKEN_SPARSE, &p, in, SL_ESHAPE, "divisor");
     release_n(&in[3], 2);
     /* rows and limits */
     sl_attn_rows_params pr = {.scale = 0};
@@ -782,14 +1130,14 @@ START_TEST(test_sparse_validation)
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_ROWS, &pr, in, out), SL_OK);
     release_n(out, 2);
     ((int32_t *)in[3].data)[1] = (int32_t)nq;
-    EXPECT(SL_OP_ATTN_ROWS, &pr, SL_EARG, "rows[1]");
+    expect_fail(ctx, SL_OP_ATTN_ROWS, &pr, in, SL_EARG, "rows[1]");
     ((int32_t *)in[3].data)[1] = 5;
     ((int32_t *)in[4].data)[2] = (int32_t)nk + 1;
-    EXPECT(SL_OP_ATTN_ROWS, &pr, SL_EARG, "limits[2]");
+    expect_fail(ctx, SL_OP_ATTN_ROWS, &pr, in, SL_EARG, "limits[2]");
     release_n(&in[3], 2);
     in[3] = i32_tensor(ctx, 2, 3);
     in[4] = i32_tensor(ctx, 2, 3);
-    EXPECT(SL_OP_ATTN_ROWS, &pr, SL_ESHAPE, "rows and limits");
+    expect_fail(ctx, SL_OP_ATTN_ROWS, &pr, in, SL_ESHAPE, "rows and limits");
     release_n(&in[3], 2);
     /* lse_merge: +inf and NaN in lse, mismatched shapes */
     int64_t sl1[1] = {4}, so1[2] = {4, 3};
@@ -801,15 +1149,14 @@ START_TEST(test_sparse_validation)
     sl_tensor keep[3] = {in[0], in[1], in[2]};
     memcpy(in, m, sizeof m);
     ((float *)m[1].data)[2] = INFINITY;
-    EXPECT(SL_OP_ATTN_LSE_MERGE, NULL, SL_EARG, "+inf");
+    expect_fail(ctx, SL_OP_ATTN_LSE_MERGE, NULL, in, SL_EARG, "+inf");
     ((float *)m[1].data)[2] = NAN;
-    EXPECT(SL_OP_ATTN_LSE_MERGE, NULL, SL_EARG, "NaN");
+    expect_fail(ctx, SL_OP_ATTN_LSE_MERGE, NULL, in, SL_EARG, "NaN");
     ((float *)m[1].data)[2] = -INFINITY;
     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_LSE_MERGE, NULL, in, out), SL_OK);
     release_n(out, 2);
     in[3] = m[1].ndim ? keep[0] : m[3];
-    EXPECT(SL_OP_ATTN_LSE_MERGE, NULL, SL_ESHAPE, "o2 and lse2");
-#undef EXPECT
+    expect_fail(ctx, SL_OP_ATTN_LSE_MERGE, NULL, in, SL_ESHAPE, "o2 and lse2");
     release_n(m, 4);
     release_n(keep, 3);
     tu_ctx_done(ctx, &al);
@@ -902,25 +1249,467 @@ START_TEST(test_sparse_alloc_failures_leak_nothing)
 }
 END_TEST
 
-static Suite *sparse_ops_suite(void)
+/* attn.linear: backends against ref (the cpu's running state against the
+ * reference's quadratic form) for both feature maps and causal or not; the
+ * weights sum to one (constant values come back); row 0 of a causal prefill
+ * is v[0]. */
+START_TEST(test_attn_linear)
 {
-    Suite *s = suite_create("sparse_ops");
-    TCase *tc = tcase_create("sparse_ops");
-    tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_token_sparse_backends_match_ref, 0, N_CASES);
-    tcase_add_loop_test(tc, test_token_sparse_full_lists_equal_dense, 0, N_CASES);
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7400 + (uint64_t)_i);
+    const shape_case *c = &CASES[_i];
+    sl_tensor in[3] = {{0}};
+    qkv_of(ctx, &rng, c, 1.0, in);
+    for (int feature = 0; feature < 2; feature++) {
+        sl_attn_linear_params p = {.causal = c->causal, .feature = feature};
+        check_op_vs_ref(ctx, SL_OP_ATTN_LINEAR, &p, in, 1e-5, "attn.linear");
+    }
+    sl_attn_linear_params p = {.causal = 1, .feature = 0};
+    sl_tensor out[1];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_LINEAR, &p, in, out), SL_OK);
+    if (c->nq == c->nk)
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t x = 0; x < c->d; x++)
+                ck_assert_double_eq_tol(f32p(&out[0])[h * c->nq * c->d + x],
+                                        f32p(&in[2])[(h / (c->hq / c->hkv)) * c->nk * c->d + x], 1e-6);
+    sl_tensor_release(&out[0]);
+    /* constant value rows: every output row is that constant */
+    for (int64_t i = 0; i < sl_tensor_numel(&in[2]); i++)
+        f32p(&in[2])[i] = (float)(1.0 + (double)(i % c->d));
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_LINEAR, &p, in, out), SL_OK);
+    for (int64_t i = 0; i < c->hq * c->nq; i++)
+        for (int64_t x = 0; x < c->d; x++)
+            ck_assert_double_eq_tol(f32p(&out[0])[i * c->d + x], 1.0 + (double)x, 1e-4 * (1.0 + (double)x));
+    sl_tensor_release(&out[0]);
+    f32p(&in[1])[0] = NAN;
+    expect_fail(ctx, SL_OP_ATTN_LINEAR, &p, in, SL_EARG, "NaN");
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* attn.pooled_kv: random level maps against ref; all level 1 equals
+ * attn.dense; level s over groups of identical keys and values equals level
+ * 1 (the log s bias); all level 0 gives O = 0, L = -inf; bad levels and
+ * shapes rejected; the FLOP count of all level 1 equals attn.dense's. */
+START_TEST(test_pooled_kv)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7500 + (uint64_t)_i);
+    const shape_case *c = &CASES[_i];
+    sl_tensor in[4] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, in);
+    sl_attn_pooled_params p = {.bq = 16, .bk = 8, .causal = c->causal, .scale = 0};
+    int64_t nqb = (c->nq + 15) / 16, nkb = (c->nk + 7) / 8;
+    static const uint8_t choice[5] = {0, 1, 2, 4, 8};
+    for (int per_head = 0; per_head < 2; per_head++) {
+        in[3] = levels_new(ctx, per_head ? c->hq : 1, nqb, nkb);
+        for (int64_t i = 0; i < sl_tensor_numel(&in[3]); i++)
+            ((uint8_t *)in[3].data)[i] = choice[sl_rng_next(&rng) % 5];
+        check_op_vs_ref(ctx, SL_OP_ATTN_POOLED_KV, &p, in, 1e-5, "pooled_kv random levels");
+        sl_tensor_release(&in[3]);
+    }
+    /* all level 1 = dense */
+    in[3] = levels_new(ctx, 1, nqb, nkb);
+    memset(in[3].data, 1, (size_t)(nqb * nkb));
+    sl_tensor dense[2];
+    sl_attn_params pd = {.causal = c->causal};
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pd, in, dense);
+    check_equals(ctx, SL_OP_ATTN_POOLED_KV, &p, in, dense, "pooled_kv level 1 = dense");
+    ck_assert_double_eq_tol(sl_op_flops(SL_OP_ATTN_POOLED_KV, &p, in), sl_op_flops(SL_OP_ATTN_DENSE, &pd, in), 1e-6);
+    /* level 0 everywhere: nothing */
+    memset(in[3].data, 0, (size_t)(nqb * nkb));
+    sl_tensor out[2];
+    run_attn(ctx, SL_BACKEND_CPU, SL_OP_ATTN_POOLED_KV, &p, in, out);
+    for (int64_t i = 0; i < c->hq * c->nq; i++)
+        ck_assert(isinf(f32p(&out[1])[i]) && f32p(&out[1])[i] < 0 && f32p(&out[0])[i * c->d] == 0.f);
+    release_n(out, 2);
+    /* groups of 4 identical keys and values, not causal (groups never split by
+     * the causal cut): level 4 equals level 1 */
+    sl_attn_pooled_params pn = p;
+    pn.causal = 0;
+    for (int64_t g = 0; g < c->hkv; g++)
+        for (int64_t j = 0; j < c->nk; j++)
+            for (int64_t x = 0; x < c->d; x++) {
+                int64_t src = (g * c->nk + (j / 4) * 4) * c->d + x;
+                f32p(&in[1])[(g * c->nk + j) * c->d + x] = f32p(&in[1])[src];
+                f32p(&in[2])[(g * c->nk + j) * c->d + x] = f32p(&in[2])[src];
+            }
+    memset(in[3].data, 1, (size_t)(nqb * nkb));
+    sl_tensor lvl1[2];
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_POOLED_KV, &pn, in, lvl1);
+    memset(in[3].data, 4, (size_t)(nqb * nkb));
+    check_equals(ctx, SL_OP_ATTN_POOLED_KV, &pn, in, lvl1, "identical keys: level 4 = level 1");
+    release_n(lvl1, 2);
+    /* errors */
+    ((uint8_t *)in[3].data)[0] = 3;
+    expect_fail(ctx, SL_OP_ATTN_POOLED_KV, &p, in, SL_EARG, "power of two");
+    ((uint8_t *)in[3].data)[0] = 16;
+    expect_fail(ctx, SL_OP_ATTN_POOLED_KV, &p, in, SL_EARG, "<= bk = 8");
+    sl_tensor_release(&in[3]);
+    in[3] = levels_new(ctx, 1, nqb + 1, nkb);
+    memset(in[3].data, 1, (size_t)((nqb + 1) * nkb));
+    expect_fail(ctx, SL_OP_ATTN_POOLED_KV, &p, in, SL_ESHAPE, "levels must be u8");
+    sl_tensor_release(&in[3]);
+    release_n(dense, 2);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_attn_bucket)
+{
+    const shape_case *c = &CASES[_i];
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6300 + (uint64_t)_i);
+    sl_tensor in[5] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1),
+                       tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1), {0}, {0}};
+    /* no buckets, no tau: attn.dense */
+    sl_attn_bucket_params p = {.causal = c->causal, .scale = 0, .use_tau = 0, .tau = 0};
+    sl_attn_params ap = {.causal = c->causal, .scale = 0};
+    sl_tensor dense[2], out[3];
+    ck_assert_int_eq(sl_attn_dense(ctx, SL_BACKEND_REF, &ap, &in[0], &in[1], &in[2], &dense[0], &dense[1]), SL_OK);
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &p, in, out), SL_OK);
+    assert_attn_close(&out[0], &out[1], &dense[0], &dense[1], "attn.bucket, one bucket");
+    release_n(out, 3);
+    p.use_tau = 1, p.tau = -1e30;
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &p, in, out), SL_OK);
+    assert_attn_close(&out[0], &out[1], &dense[0], &dense[1], "attn.bucket, tau = -inf");
+    release_n(out, 3);
+    /* random buckets (3 ids), with and without tau: backends and an independent masked softmax */
+    in[3] = i32_tensor(ctx, c->hq, c->nq);
+    in[4] = i32_tensor(ctx, c->hq, c->nk);
+    int32_t *qb = in[3].data, *kb = in[4].data;
+    for (int64_t i = 0; i < c->hq * c->nq; i++)
+        qb[i] = (int32_t)(sl_rng_uniform(&rng) * 3);
+    for (int64_t i = 0; i < c->hq * c->nk; i++)
+        kb[i] = (int32_t)(sl_rng_uniform(&rng) * 3);
+    for (int tau = 0; tau < 2; tau++) {
+        p.use_tau = tau, p.tau = 0.2;
+        char what[64];
+        snprintf(what, sizeof what, "attn.bucket case %d tau %d", _i, tau);
+        check_op_vs_ref(ctx, SL_OP_ATTN_BUCKET, &p, in, 1e-5, what);
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &p, in, out), SL_OK);
+        int64_t g = c->hq / c->hkv, off = c->nk - c->nq, d = c->d;
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t i = 0; i < c->nq; i++) {
+                const float *q = (const float *)in[0].data + (h * c->nq + i) * d;
+                double mx = -INFINITY, z = 0, acc[64] = {0};
+                int n = 0;
+                double s[400];
+                for (int64_t j = 0; j < c->nk; j++) {
+                    s[j] = NAN;
+                    if ((c->causal && j > off + i) || qb[h * c->nq + i] != kb[h * c->nk + j])
+                        continue;
+                    double x = 0;
+                    for (int64_t e = 0; e < d; e++)
+                        x += (double)q[e] * ((const float *)in[1].data)[((h / g) * c->nk + j) * d + e];
+                    x /= sqrt((double)d);
+                    if (tau && x < 0.2)
+                        continue;
+                    s[j] = x, mx = fmax(mx, x), n++;
+                }
+                for (int64_t j = 0; j < c->nk; j++)
+                    if (!isnan(s[j])) {
+                        double w = exp(s[j] - mx);
+                        z += w;
+                        for (int64_t e = 0; e < d; e++)
+                            acc[e] += w * ((const float *)in[2].data)[((h / g) * c->nk + j) * d + e];
+                    }
+                ck_assert_int_eq(((const int32_t *)out[2].data)[h * c->nq + i], n);
+                float l = tu_at(&out[1], h * c->nq + i);
+                ck_assert_msg(n ? fabs(l - (mx + log(z))) < 1e-4 : l == -INFINITY, "%s: L[%lld,%lld]", what,
+                              (long long)h, (long long)i);
+                for (int64_t e = 0; e < d; e++) {
+                    double want = n ? acc[e] / z : 0, got = tu_at(&out[0], (h * c->nq + i) * d + e);
+                    ck_assert_msg(fabs(got - want) < 1e-4, "%s: O[%lld,%lld,%lld] %g vs %g", what, (long long)h,
+                                  (long long)i, (long long)e, got, want);
+                }
+            }
+        release_n(out, 3);
+    }
+    release_n(dense, 2);
+    release_n(in, 5);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Rows whose bucket has no visible key, and tau above every score: O = 0,
+ * L = -inf, count 0, no NaN. */
+START_TEST(test_attn_bucket_empty_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6500);
+    sl_tensor in[5] = {tu_randn(ctx, &rng, 1, 6, 4, 1), tu_randn(ctx, &rng, 1, 6, 4, 1), tu_randn(ctx, &rng, 1, 6, 4, 1),
+                       i32_tensor(ctx, 1, 6), i32_tensor(ctx, 1, 6)};
+    int32_t qb[6] = {1, 0, 0, 0, 0, 0}, kb[6] = {0, 1, 1, 1, 1, 1};
+    memcpy(in[3].data, qb, sizeof qb);
+    memcpy(in[4].data, kb, sizeof kb);
+    sl_attn_bucket_params p = {.causal = 1};
+    check_op_vs_ref(ctx, SL_OP_ATTN_BUCKET, &p, in, 1e-5, "empty rows");
+    sl_tensor out[3];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &p, in, out), SL_OK);
+    /* row 0 (bucket 1) sees key 0 only (bucket 0): empty; rows 1.. see key 0 */
+    ck_assert_int_eq(((int32_t *)out[2].data)[0], 0);
+    ck_assert(tu_at(&out[1], 0) == -INFINITY);
+    for (int e = 0; e < 4; e++)
+        ck_assert(tu_at(&out[0], e) == 0.f);
+    ck_assert_int_eq(((int32_t *)out[2].data)[3], 1);
+    release_n(out, 3);
+    p.use_tau = 1, p.tau = 1e6;
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &p, in, out), SL_OK);
+    for (int i = 0; i < 6; i++) {
+        ck_assert(tu_at(&out[1], i) == -INFINITY);
+        ck_assert_int_eq(((int32_t *)out[2].data)[i], 0);
+    }
+    release_n(out, 3);
+    release_n(in, 5);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* attn.bucket: one bucket list only, a negative bucket, a wrong shape. */
+START_TEST(test_attn_bucket_validation)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6400);
+    sl_tensor ab[5] = {tu_randn(ctx, &rng, 2, 5, 4, 1), tu_randn(ctx, &rng, 1, 7, 4, 1), tu_randn(ctx, &rng, 1, 7, 4, 1),
+                       i32_tensor(ctx, 2, 5), i32_tensor(ctx, 2, 7)};
+    memset(ab[3].data, 0, sizeof(int32_t) * 10);
+    memset(ab[4].data, 0, sizeof(int32_t) * 14);
+    sl_attn_bucket_params bp = {.causal = 1};
+    sl_tensor keep4 = ab[4];
+    ab[4] = (sl_tensor){0};
+    expect_fail(ctx, SL_OP_ATTN_BUCKET, &bp, ab, SL_EARG, "come together");
+    ab[4] = keep4;
+    ((int32_t *)ab[4].data)[3] = -1;
+    expect_fail(ctx, SL_OP_ATTN_BUCKET, &bp, ab, SL_EARG, "bucket ids >= 0");
+    ((int32_t *)ab[4].data)[3] = 0;
+    sl_tensor keep3 = ab[3];
+    ab[3] = i32_tensor(ctx, 1, 5);
+    expect_fail(ctx, SL_OP_ATTN_BUCKET, &bp, ab, SL_ESHAPE, "opt.qb");
+    sl_tensor_release(&ab[3]);
+    ab[3] = keep3;
+    sl_tensor out[3];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &bp, ab, out), SL_OK);
+    release_n(out, 3);
+    release_n(ab, 5);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_attn_bucket_alloc_failures_leak_nothing)
+{
+    sl_rng rng;
+    for (long fail = 1; fail < 30; fail++) {
+        tu_alloc al;
+        sl_ctx *ctx = tu_ctx(&al);
+        sl_rng_seed(&rng, 6600);
+        sl_tensor in[5] = {tu_randn(ctx, &rng, 2, 20, 8, 1), tu_randn(ctx, &rng, 1, 20, 8, 1),
+                           tu_randn(ctx, &rng, 1, 20, 8, 1), i32_tensor(ctx, 2, 20), i32_tensor(ctx, 2, 20)};
+        memset(in[3].data, 0, sizeof(int32_t) * 40);
+        memset(in[4].data, 0, sizeof(int32_t) * 40);
+        al.fail_at = al.calls + fail;
+        sl_tensor out[3] = {{0}};
+        sl_attn_bucket_params bp = {.causal = 1};
+        sl_status s = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_ATTN_BUCKET, &bp, in, out);
+        ck_assert_msg(s == SL_OK || s == SL_ENOMEM, "fail %ld: %d %s", fail, s, sl_ctx_error(ctx));
+        if (s == SL_OK)
+            release_n(out, 3);
+        al.fail_at = 0;
+        release_n(in, 5);
+        tu_ctx_done(ctx, &al);
+    }
+}
+END_TEST
+
+/* A float64 oracle of masked attention: row (h, i) of o and l against the
+ * softmax over the keys j with keep[(h * n_q + i) * n_k + j] (scale
+ * 1/sqrt(d), GQA head h / (Hq / Hkv)); a row with no key must be O = 0 and
+ * L = -inf. Written here from the definition, apart from ref. */
+static void assert_masked_attn(const shape_case *c, const sl_tensor *in, const uint8_t *keep, const sl_tensor *o,
+                               const sl_tensor *l, const char *what)
+{
+    int64_t grp = c->hq / c->hkv, d = c->d;
+    double *s = malloc(sizeof *s * (size_t)c->nk), *acc = malloc(sizeof *acc * (size_t)d);
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < c->nq; i++) {
+            const float *q = f32p(&in[0]) + (h * c->nq + i) * d;
+            const float *orow = f32p(o) + (h * c->nq + i) * d;
+            const uint8_t *kr = keep + (h * c->nq + i) * c->nk;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < c->nk; j++) {
+                if (!kr[j])
+                    continue;
+                const float *k = f32p(&in[1]) + ((h / grp) * c->nk + j) * d;
+                s[j] = 0;
+                for (int64_t x = 0; x < d; x++)
+                    s[j] += (double)q[x] * (double)k[x];
+                s[j] /= sqrt((double)d);
+                mx = fmax(mx, s[j]);
+            }
+            float got_l = f32p(l)[h * c->nq + i];
+            if (isinf(mx)) {
+                if (!(isinf(got_l) && got_l < 0))
+                    ck_abort_msg("%s: empty row (%lld, %lld) has L = %g", what, (long long)h, (long long)i, got_l);
+                for (int64_t x = 0; x < d; x++)
+                    if (orow[x] != 0.f)
+                        ck_abort_msg("%s: empty row (%lld, %lld) has O = %g", what, (long long)h, (long long)i, orow[x]);
+                continue;
+            }
+            double z = 0;
+            memset(acc, 0, sizeof *acc * (size_t)d);
+            for (int64_t j = 0; j < c->nk; j++) {
+                if (!kr[j])
+                    continue;
+                double p = exp(s[j] - mx);
+                const float *v = f32p(&in[2]) + ((h / grp) * c->nk + j) * d;
+                z += p;
+                for (int64_t x = 0; x < d; x++)
+                    acc[x] += p * (double)v[x];
+            }
+            double want_l = mx + log(z);
+            if (!(fabs(got_l - want_l) <= 1e-5 * fmax(1, fabs(want_l))))
+                ck_abort_msg("%s: L(%lld, %lld) = %.9g, want %.9g", what, (long long)h, (long long)i, got_l, want_l);
+            for (int64_t x = 0; x < d; x++)
+                if (!(fabs(orow[x] - acc[x] / z) <= 2e-5))
+                    ck_abort_msg("%s: O(%lld, %lld)[%lld] = %.9g, want %.9g", what, (long long)h, (long long)i,
+                                 (long long)x, orow[x], acc[x] / z);
+        }
+    free(s);
+    free(acc);
+}
+
+/* Index lists per row read from a dense keep [H, n_q, n_k] (entry e is row e). */
+typedef struct dense_keep { const uint8_t *keep; int64_t nq, nk; } dense_keep;
+
+static int dense_keep_rule(const void *ud, int64_t h, int64_t e, int64_t j)
+{
+    const dense_keep *k = ud;
+    return k->keep[(h * k->nq + e) * k->nk + j];
+}
+
+/* Head dims 128 and 256 (ATTN_BIG_D: ragged, GQA, one query row, one token)
+ * with fully masked rows, on every backend against ref and against the
+ * float64 oracle above: attn.block_sparse with random kept blocks and head
+ * 0's last query block empty; attn.token_sparse with per-row causal lists,
+ * every third row's empty; attn.rows over every row with limit 0 on every
+ * third row. */
+START_TEST(test_big_d_masked_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 9300 + (uint64_t)_i);
+    const shape_case *c = &ATTN_BIG_D[_i];
+    int64_t off = c->nk - c->nq, n_pairs = c->hq * c->nq * c->nk;
+    sl_tensor in[8] = {{0}}, ref[2];
+    qkv_of(ctx, &rng, c, 1.5, in);
+    uint8_t *keep = malloc((size_t)n_pairs);
+    char what[96];
+    /* block_sparse */
+    int bq = 16, bk = 16;
+    int64_t nqb = (c->nq + bq - 1) / bq, nkb = (c->nk + bk - 1) / bk;
+    sl_tensor blocks;
+    int64_t bs[3] = {c->hq, nqb, nkb};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, bs, &blocks), SL_OK);
+    for (int64_t i = 0; i < c->hq * nqb * nkb; i++)
+        ((uint8_t *)blocks.data)[i] = sl_rng_uniform(&rng) < 0.5;
+    memset((uint8_t *)blocks.data + (nqb - 1) * nkb, 0, (size_t)nkb);
+    sl_mask m;
+    ck_assert_int_eq(sl_mask_from_blocks(ctx, &blocks, c->nq, c->nk, bq, bk, c->causal, &m), SL_OK);
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < c->nq; i++)
+            for (int64_t j = 0; j < c->nk; j++)
+                keep[(h * c->nq + i) * c->nk + j] = (uint8_t)sl_mask_get(&m, (int)h, i, j);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    sl_attn_block_params pb = {.bq = bq, .bk = bk, .scale = 0};
+    snprintf(what, sizeof what, "big d case %d block_sparse", _i);
+    check_backends(ctx, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, what);
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, ref);
+    assert_masked_attn(c, in, keep, &ref[0], &ref[1], what);
+    release_n(ref, 2);
+    sl_mask_release(&m);
+    sl_tensor_release(&blocks);
+    /* token_sparse, per-row lists */
+    for (int64_t h = 0; h < c->hq; h++)
+        for (int64_t i = 0; i < c->nq; i++)
+            for (int64_t j = 0; j < c->nk; j++)
+                keep[(h * c->nq + i) * c->nk + j] = (uint8_t)(i % 3 != 1 && j <= off + i && sl_rng_uniform(&rng) < 0.6);
+    dense_keep dk = {keep, c->nq, c->nk};
+    make_lists(ctx, c->hq, c->nq, c->nk, dense_keep_rule, &dk, &in[3], &in[4]);
+    in[5] = in[6] = in[7] = (sl_tensor){0};
+    sl_attn_token_params pt = {.rows_per_entry = 1, .scale = 0};
+    snprintf(what, sizeof what, "big d case %d token_sparse", _i);
+    check_backends(ctx, SL_OP_ATTN_TOKEN_SPARSE, &pt, in, what);
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_TOKEN_SPARSE, &pt, in, ref);
+    assert_masked_attn(c, in, keep, &ref[0], &ref[1], what);
+    release_n(ref, 2);
+    release_n(&in[3], 2);
+    /* rows: every row, limits 0 on every third */
+    in[3] = i32_tensor(ctx, 1, c->nq);
+    in[4] = i32_tensor(ctx, 1, c->nq);
+    for (int64_t i = 0; i < c->nq; i++) {
+        int64_t lim = i % 3 == 2 ? 0 : 1 + (int64_t)(sl_rng_next(&rng) % (uint64_t)c->nk);
+        ((int32_t *)in[3].data)[i] = (int32_t)i;
+        ((int32_t *)in[4].data)[i] = (int32_t)lim;
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t j = 0; j < c->nk; j++)
+                keep[(h * c->nq + i) * c->nk + j] = j < lim;
+    }
+    sl_attn_rows_params pr = {.scale = 0};
+    snprintf(what, sizeof what, "big d case %d rows", _i);
+    check_backends(ctx, SL_OP_ATTN_ROWS, &pr, in, what);
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_ROWS, &pr, in, ref);
+    assert_masked_attn(c, in, keep, &ref[0], &ref[1], what);
+    release_n(ref, 2);
+    release_n(&in[3], 2);
+    free(keep);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
+    tcase_add_loop_test(tc, test_dense_backends_match_ref, 0, N_ATTN_CASES);
+    tcase_add_test(tc, test_dense_ref_against_closed_form);
+    tcase_add_loop_test(tc, test_block_sparse_full_mask_equals_dense, 0, N_ATTN_CASES);
+    tcase_add_test(tc, test_block_sparse_patterns_match_ref);
+    tcase_add_test(tc, test_fully_masked_rows);
+    tcase_add_test(tc, test_nan_and_shape_errors);
+    tcase_add_test(tc, test_bad_mask_rejected);
+    tcase_add_test(tc, test_recall_is_kept_mass);
+    tcase_add_test(tc, test_alloc_failures_leak_nothing);
+    tcase_add_loop_test(tc, test_token_sparse_backends_match_ref, 0, N_ATTN_CASES);
+    tcase_add_loop_test(tc, test_token_sparse_full_lists_equal_dense, 0, N_ATTN_CASES);
     tcase_add_test(tc, test_token_sparse_closed_forms);
     tcase_add_loop_test(tc, test_token_sparse_decode, 0, 4);
-    tcase_add_loop_test(tc, test_rows, 0, N_CASES);
+    tcase_add_loop_test(tc, test_rows, 0, N_ATTN_CASES);
     tcase_add_loop_test(tc, test_lse_merge, 0, N_CASES);
-    tcase_add_loop_test(tc, test_state_chaining, 0, N_CASES);
-    tcase_add_loop_test(tc, test_vs_mixed, 0, 4);
+    tcase_add_loop_test(tc, test_state_chaining, 0, N_ATTN_CASES);
+    tcase_add_loop_test(tc, test_vs_mixed, 0, 6);
     tcase_add_test(tc, test_pv_skip);
     tcase_add_test(tc, test_sparse_validation);
     tcase_add_test(tc, test_token_sparse_nan_in_read_rows);
     tcase_add_test(tc, test_sparse_alloc_failures_leak_nothing);
-    suite_add_tcase(s, tc);
-    return s;
+    tcase_add_loop_test(tc, test_attn_linear, 0, N_CASES);
+    tcase_add_loop_test(tc, test_pooled_kv, 0, N_CASES);
+    tcase_add_loop_test(tc, test_attn_bucket, 0, N_CASES);
+    tcase_add_test(tc, test_attn_bucket_empty_rows);
+    tcase_add_test(tc, test_attn_bucket_validation);
+    tcase_add_test(tc, test_attn_bucket_alloc_failures_leak_nothing);
+    tcase_add_loop_test(tc, test_big_d_masked_rows, 0, N_BIG_D);
 }
 
-int main(void) { return tu_run(sparse_ops_suite()); }
+int main(void) { return run_op_suite("attn_ops", add_tests); }

@@ -1,0 +1,101 @@
+/* test_reduce_ops.c — the reductions (reduce.columns, reduce.diagonals,
+ * reduce.block, reduce.heads) on every backend in SL_TEST_BACKENDS against
+ * ref over shapes with one row, one column and -inf entries, sum, max and
+ * mean modes; reduce.diagonals against a brute-force float64 loop over
+ * every pair. */
+
+#include "opsutil.h"
+
+START_TEST(test_reduce_backends_match_ref)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 43000);
+    const int64_t shapes[][3] = {{3, 17, 300}, {4, 1, 9}, {2, 64, 64}, {6, 5, 1}};
+    for (int s = 0; s < 4; s++) {
+        const int64_t *sh = shapes[s];
+        for (int inf = 0; inf < 2; inf++) {
+            sl_tensor x = random_scores(ctx, &rng, sh[0], sh[1], sh[2], inf);
+            check_op_vs_ref(ctx, SL_OP_REDUCE_COLUMNS, NULL, &x, 1e-5, "columns");
+            const int64_t pos0[] = {-1, 0, sh[2] + 3};
+            for (int i = 0; i < 3; i++) {
+                sl_reduce_diag_params p = {.row_pos0 = pos0[i]};
+                check_op_vs_ref(ctx, SL_OP_REDUCE_DIAGONALS, &p, &x, 1e-5, "diagonals");
+            }
+            for (int mode = 0; mode < 3; mode++) {
+                const int64_t bs[][2] = {{4, 7}, {1, 1}, {64, 64}};
+                for (int b = 0; b < 3; b++) {
+                    sl_reduce_block_params p = {.br = bs[b][0], .bc = bs[b][1], .mode = mode};
+                    check_op_vs_ref(ctx, SL_OP_REDUCE_BLOCK, &p, &x, 1e-5, "block");
+                }
+                const int64_t groups[] = {0, 1, 2};
+                for (int g = 0; g < 3; g++) {
+                    if (groups[g] && sh[0] % groups[g])
+                        continue;
+                    sl_reduce_heads_params p = {.group = groups[g], .mode = mode};
+                    check_op_vs_ref(ctx, SL_OP_REDUCE_HEADS, &p, &x, 1e-5, "heads");
+                }
+            }
+            sl_tensor_release(&x);
+        }
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* reduce.diagonals against a brute-force loop over every pair; the sum over
+ * offsets equals the sum of the causal pairs. */
+START_TEST(test_reduce_diagonals_brute_force)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 43500);
+    int64_t H = 2, R = 11, C = 40;
+    sl_tensor x = random_scores(ctx, &rng, H, R, C, 0);
+    sl_tensor y = run_op1(ctx, SL_BACKEND_CPU, SL_OP_REDUCE_DIAGONALS, NULL, &x);
+    double want[2][40] = {{0}};
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t j = 0; j < C; j++) {
+                int64_t pos = C - R + r;
+                if (pos - j >= 0)
+                    want[h][pos - j] += tu_at(&x, (h * R + r) * C + j);
+            }
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t o = 0; o < C; o++)
+            ck_assert_msg(fabs(tu_at(&y, h * C + o) - want[h][o]) < 1e-5, "offset %lld: %g, want %g", (long long)o,
+                          tu_at(&y, h * C + o), want[h][o]);
+    sl_tensor_release(&y);
+    sl_tensor_release(&x);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* A NaN input is rejected; heads not a multiple of the group are rejected. */
+START_TEST(test_reduce_validation)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 45000);
+    sl_tensor x = tu_randn(ctx, &rng, 2, 3, 5, 1.0);
+    ((float *)x.data)[4] = NAN;
+    expect_fail(ctx, SL_OP_REDUCE_COLUMNS, NULL, &x, SL_EARG, "NaN");
+    ((float *)x.data)[4] = -INFINITY;
+    sl_reduce_heads_params ph = {.group = 4};
+    expect_fail(ctx, SL_OP_REDUCE_HEADS, &ph, &x, SL_ESHAPE, "group");
+    sl_tensor_release(&x);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
+    tcase_add_test(tc, test_reduce_backends_match_ref);
+    tcase_add_test(tc, test_reduce_diagonals_brute_force);
+    tcase_add_test(tc, test_reduce_validation);
+}
+
+int main(void) { return run_op_suite("reduce_ops", add_tests); }
