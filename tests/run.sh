@@ -1,6 +1,7 @@
 #!/bin/sh
 # run.sh — every test that needs no GPU: the Check suites, the Lua module
-# tests from a plain lua5.4, the REPL test and the CLI tests. Prints a closing
+# tests from a plain lua5.4, the include-graph check (no circles, no layer
+# breaches), the REPL test and the CLI tests. Prints a closing
 # "N passed, N failed" (suites, not checks) and exits non-zero on any failure.
 set -u
 BUILD=${BUILD:-build}
@@ -20,6 +21,8 @@ preload=$(ldd "$BUILD/sparselab.so" 2>/dev/null | awk '/libasan|libubsan/ {print
 for t in tests/lua/test_*.lua; do
     run "$(basename "$t")" env LD_PRELOAD="$preload" LUA_CPATH="$BUILD/?.so" lua5.4 "$t"
 done
+run deps_check_selftest lua5.4 tests/tools/deps_check.lua --selftest
+run deps_check lua5.4 tests/tools/deps_check.lua
 run test_cli.sh sh tests/cli/test_cli.sh
 run test_sweep.sh sh tests/cli/test_sweep.sh
 echo "suites: $passed passed, $failed failed"

@@ -3,7 +3,7 @@
  * fallback, chosen once per call from the CPU's features. The exp is a
  * degree-6 polynomial after range reduction (relative error below 3e-7);
  * arguments below float range give exactly 0. */
-#include "cpu.h"
+#include "rowops.h"
 
 #include <math.h>
 #include <string.h>
