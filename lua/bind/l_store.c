@@ -505,7 +505,7 @@ static int l_open(lua_State *L)
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
     char err[640];
-    if (sl_store_open(path, &u->st, err, sizeof err) != SL_OK)
+    if (sl_store_open(path, &u->st, err, sizeof err) != SL_STORE_OK)
         return sl__lua_error(L, "%s", err);
     return 1;
 }
@@ -587,7 +587,7 @@ static int l_begin_run(lua_State *L)
     char sha[65];
     if (!run.script_sha256 && run.script) {
         char err[256];
-        if (sl_sha256_file_hex(run.script, sha, err, sizeof err) == SL_OK)
+        if (sl_sha256_file_hex(run.script, sha, err, sizeof err) == SL_STORE_OK)
             run.script_sha256 = sha;
     }
     /* git answers for the checkout that holds the script, wherever the
@@ -605,10 +605,11 @@ static int l_begin_run(lua_State *L)
     }
     sl_provenance prov;
     sl_provenance_collect(&prov, dir[0] ? dir : NULL);
+    prov.sparselab_version = SL_VERSION; /* the store knows no library version */
     sl_provenance_fill_run(&prov, &run);
 
     int64_t id;
-    if (sl_store_run_begin(u->st, &run, &id) != SL_OK)
+    if (sl_store_run_begin(u->st, &run, &id) != SL_STORE_OK)
         return store_fail(L, u);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
@@ -619,7 +620,7 @@ static int l_finish_run(lua_State *L)
     lstore *u = to_store(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
     const char *status = luaL_optstring(L, 3, "ok");
-    if (sl_store_run_finish(u->st, (int64_t)id, status) != SL_OK)
+    if (sl_store_run_finish(u->st, (int64_t)id, status) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -668,7 +669,7 @@ static int l_record(lua_State *L)
     }
 
     int64_t id;
-    if (sl_store_result_add(u->st, &r, m, n_metrics, &id) != SL_OK)
+    if (sl_store_result_add(u->st, &r, m, n_metrics, &id) != SL_STORE_OK)
         return store_fail(L, u);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
@@ -677,7 +678,7 @@ static int l_record(lua_State *L)
 static int l_begin(lua_State *L)
 {
     lstore *u = to_store(L, 1);
-    if (sl_store_begin(u->st) != SL_OK)
+    if (sl_store_begin(u->st) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -685,7 +686,7 @@ static int l_begin(lua_State *L)
 static int l_commit(lua_State *L)
 {
     lstore *u = to_store(L, 1);
-    if (sl_store_commit(u->st) != SL_OK)
+    if (sl_store_commit(u->st) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -693,7 +694,7 @@ static int l_commit(lua_State *L)
 static int l_rollback(lua_State *L)
 {
     lstore *u = to_store(L, 1);
-    if (sl_store_rollback(u->st) != SL_OK)
+    if (sl_store_rollback(u->st) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -702,7 +703,7 @@ static int l_exec(lua_State *L)
 {
     lstore *u = to_store(L, 1);
     const char *sql = luaL_checkstring(L, 2);
-    if (sl_store_exec(u->st, sql) != SL_OK)
+    if (sl_store_exec(u->st, sql) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -803,10 +804,10 @@ static int l_query(lua_State *L)
     lua_newtable(L);
     qctx q = {L, lua_gettop(L), 0, 0, NULL, NULL, 0};
     luaL_checkstack(L, 10, "db:query");
-    sl_status s = sl_store_query_params(u->st, sql, params, n_params, q_row, &q);
+    sl_store_status s = sl_store_query_params(u->st, sql, params, n_params, q_row, &q);
     if (q.failed)
         return lua_error(L); /* the error object from q_build is on top */
-    if (s != SL_OK)
+    if (s != SL_STORE_OK)
         return store_fail(L, u);
     lua_settop(L, q.rows);
     return 1;
