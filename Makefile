@@ -15,7 +15,7 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 
-PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl
+PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson
 CHECK_PKG := check
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 ifeq ($(WERROR),1)

@@ -88,6 +88,8 @@ int luaopen_sparselab(lua_State *L)
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);
     lua_setfield(L, -2, "json_encode");
+    lua_pushcfunction(L, sl__lua_json_decode);
+    lua_setfield(L, -2, "json_decode_c");
     lua_pushcfunction(L, l_embedded_modules);
     lua_setfield(L, -2, "embedded_modules");
     lua_pushcfunction(L, l_set_interrupt);
