@@ -15,7 +15,7 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 
-PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl
+PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson
 CHECK_PKG := check
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 ifeq ($(WERROR),1)
@@ -45,7 +45,7 @@ CUDA_SRC  :=
 CORE_SRC  += core/cuda/none.c
 endif
 STORE_SRC := $(wildcard store/*.c)
-LUA_SRC   := $(filter-out lua/main.c lua/embed.c,$(wildcard lua/*.c))
+LUA_SRC   := $(wildcard lua/bind/*.c lua/runner/*.c)
 LUA_FILES := $(shell find lua/sparselab -name '*.lua' | sort)
 
 CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
@@ -84,7 +84,7 @@ $(STORE_LIB): $(STORE_OBJ)
 
 # The pure-Lua library is embedded in the module and the program, so that
 # `require "sparselab"` needs only build/sparselab.so.
-$(BUILD)/lua/embed: lua/embed.c
+$(BUILD)/lua/embed: lua/prog/embed.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -O1 $(WARN) $< -o $@
 $(BUILD)/lua/embedded.c: $(BUILD)/lua/embed $(LUA_FILES)
@@ -100,8 +100,8 @@ $(BUILD)/store/sql_embedded.o: $(BUILD)/store/sql_embedded.c
 $(MODULE): $(LUA_OBJ) $(STORE_LIB) $(LIB)
 	$(CC) -shared -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
 
-$(PROGRAM): $(BUILD)/lua/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB)
-	$(CC) -o $@ $(BUILD)/lua/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL) -Wl,-E
+$(PROGRAM): $(BUILD)/lua/prog/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB)
+	$(CC) -o $@ $(BUILD)/lua/prog/main.o $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL) -Wl,-E
 
 # ---- tests -------------------------------------------------------------------
 $(BUILD)/tests/%: tests/%.c $(LIB) $(STORE_LIB) tests/testutil.h

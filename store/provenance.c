@@ -1,5 +1,5 @@
 /* provenance.c — what a run records about where and how it ran: UTC start
- * time, git revision and dirtiness, host, CPU model, build flags, version. */
+ * time, git revision and dirtiness, host, CPU model, build flags (the library version is the caller's to set). */
 #include "store.h"
 
 #include <stdio.h>
@@ -126,7 +126,6 @@ void sl_provenance_collect(sl_provenance *p, const char *dir)
     memset(p, 0, sizeof *p);
     p->git_dirty = -1;
     p->build_flags = SL_BUILD_FLAGS;
-    p->sparselab_version = SL_VERSION;
 
     struct timespec ts;
     struct tm tm;

@@ -123,14 +123,14 @@ void sl_sha256_hex(const void *data, size_t n, char out[65])
     to_hex(d, out);
 }
 
-sl_status sl_sha256_file_hex(const char *path, char out[65], char *err, size_t err_n)
+sl_store_status sl_sha256_file_hex(const char *path, char out[65], char *err, size_t err_n)
 {
     out[0] = '\0';
     FILE *f = fopen(path, "rb");
     if (!f) {
         if (err && err_n)
             snprintf(err, err_n, "sl_sha256_file_hex: cannot open '%s': %s", path, strerror(errno));
-        return SL_EIO;
+        return SL_STORE_EIO;
     }
     sl_sha256 c;
     unsigned char buf[16384], d[32];
@@ -143,11 +143,11 @@ sl_status sl_sha256_file_hex(const char *path, char out[65], char *err, size_t e
     if (failed) {
         if (err && err_n)
             snprintf(err, err_n, "sl_sha256_file_hex: cannot read '%s'", path);
-        return SL_EIO;
+        return SL_STORE_EIO;
     }
     sl_sha256_final(&c, d);
     to_hex(d, out);
     if (err && err_n)
         err[0] = '\0';
-    return SL_OK;
+    return SL_STORE_OK;
 }

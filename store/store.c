@@ -32,7 +32,7 @@ struct sl_store {
 #if defined(__GNUC__)
 __attribute__((format(printf, 3, 4)))
 #endif
-static sl_status fail(sl_store *st, sl_status s, const char *fmt, ...)
+static sl_store_status fail(sl_store *st, sl_store_status s, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -68,15 +68,24 @@ static void sql_excerpt(const char *sql, char *out, size_t n)
     out[j] = '\0';
 }
 
-/* SL_ESTORE with SQLite's message and the statement that failed. */
-static sl_status db_fail(sl_store *st, const char *fn, const char *sql)
+/* SL_STORE_ESQLITE with SQLite's message and the statement that failed. */
+static sl_store_status db_fail(sl_store *st, const char *fn, const char *sql)
 {
     char ex[128];
     sql_excerpt(sql, ex, sizeof ex);
-    return fail(st, SL_ESTORE, "%s: %s (in: %s)", fn, sqlite3_errmsg(st->db), ex);
+    return fail(st, SL_STORE_ESQLITE, "%s: %s (in: %s)", fn, sqlite3_errmsg(st->db), ex);
 }
 
 const char *sl_store_error(const sl_store *st) { return st ? st->err : "no store"; }
+
+const char *sl_store_status_name(sl_store_status s)
+{
+    static const char *const names[] = {"SL_STORE_OK", "SL_STORE_EARG", "SL_STORE_EIO", "SL_STORE_ENOMEM",
+                                        "SL_STORE_ESQLITE", "SL_STORE_EINTERNAL"};
+    if ((unsigned)s >= sizeof names / sizeof names[0])
+        return "SL_STORE_E?";
+    return names[s];
+}
 
 const char *sl_store_path(const sl_store *st) { return st ? st->path : ""; }
 
@@ -198,15 +207,15 @@ static void bind_real(sqlite3_stmt *s, int i, double v)
         sqlite3_bind_double(s, i, v);
 }
 
-static sl_status prepare_cached(sl_store *st, sqlite3_stmt **slot, const char *sql, const char *fn)
+static sl_store_status prepare_cached(sl_store *st, sqlite3_stmt **slot, const char *sql, const char *fn)
 {
     if (*slot)
-        return SL_OK;
+        return SL_STORE_OK;
     if (sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, slot, NULL) != SQLITE_OK) {
         *slot = NULL;
         return db_fail(st, fn, sql);
     }
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
 /* Steps a cached insert once, then resets it and clears its bindings. */
@@ -222,40 +231,40 @@ static int step_reset(sqlite3_stmt *s)
 
 static int is_readonly(int rc) { return (rc & 0xff) == SQLITE_READONLY; }
 
-static sl_status apply_migrations(sl_store *st, const sl_embedded_file **mig, int n_mig)
+static sl_store_status apply_migrations(sl_store *st, const sl_embedded_file **mig, int n_mig)
 {
     static const char fn[] = "sl_store_open";
     for (;;) {
         /* Reread the version under the write lock: another process may have
          * migrated between our first look and now. */
         if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-            return fail(st, SL_ESTORE, "%s: '%s': cannot take the write lock to migrate: %s", fn, st->path,
+            return fail(st, SL_STORE_ESQLITE, "%s: '%s': cannot take the write lock to migrate: %s", fn, st->path,
                         sqlite3_errmsg(st->db));
         int64_t v = 0;
         if (query_int(st, "PRAGMA user_version", &v) != SQLITE_OK) {
-            sl_status s = db_fail(st, fn, "PRAGMA user_version");
+            sl_store_status s = db_fail(st, fn, "PRAGMA user_version");
             sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
             return s;
         }
         if (v >= n_mig) {
             sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
-            return SL_OK;
+            return SL_STORE_OK;
         }
         const sl_embedded_file *m = mig[v];
         char pragma[64];
         snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", (int)v + 1);
         if (sqlite3_exec(st->db, m->text, NULL, NULL, NULL) != SQLITE_OK ||
             sqlite3_exec(st->db, pragma, NULL, NULL, NULL) != SQLITE_OK) {
-            fail(st, SL_ESTORE, "%s: '%s': migration %s failed: %s", fn, st->path, base_name(m->path),
+            fail(st, SL_STORE_ESQLITE, "%s: '%s': migration %s failed: %s", fn, st->path, base_name(m->path),
                  sqlite3_errmsg(st->db));
             sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-            return SL_ESTORE;
+            return SL_STORE_ESQLITE;
         }
         if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-            fail(st, SL_ESTORE, "%s: '%s': committing migration %s failed: %s", fn, st->path,
+            fail(st, SL_STORE_ESQLITE, "%s: '%s': committing migration %s failed: %s", fn, st->path,
                  base_name(m->path), sqlite3_errmsg(st->db));
             sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-            return SL_ESTORE;
+            return SL_STORE_ESQLITE;
         }
     }
 }
@@ -263,12 +272,12 @@ static sl_status apply_migrations(sl_store *st, const sl_embedded_file **mig, in
 /* Recreates the views when views.sql differs from the one that made them
  * (its hash is kept in meta), so opening an up-to-date store writes nothing
  * and read-only databases stay readable. */
-static sl_status refresh_views(sl_store *st)
+static sl_store_status refresh_views(sl_store *st)
 {
     static const char fn[] = "sl_store_open";
     const sl_embedded_file *views = embedded_views();
     if (!views)
-        return fail(st, SL_EINTERNAL, "%s: views.sql is not among the embedded SQL files", fn);
+        return fail(st, SL_STORE_EINTERNAL, "%s: views.sql is not among the embedded SQL files", fn);
     char want[65];
     sl_sha256_hex(views->text, views->len, want);
 
@@ -282,45 +291,45 @@ static sl_status refresh_views(sl_store *st)
         const unsigned char *have = sqlite3_column_text(s, 0);
         same = have && strcmp((const char *)have, want) == 0;
     } else if (rc != SQLITE_DONE) {
-        sl_status e = db_fail(st, fn, get_sql);
+        sl_store_status e = db_fail(st, fn, get_sql);
         sqlite3_finalize(s);
         return e;
     }
     sqlite3_finalize(s);
     if (same)
-        return SL_OK;
+        return SL_STORE_OK;
 
     rc = sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (is_readonly(rc))
-        return SL_OK; /* stale views in a read-only file still answer queries */
+        return SL_STORE_OK; /* stale views in a read-only file still answer queries */
     if (rc != SQLITE_OK)
-        return fail(st, SL_ESTORE, "%s: '%s': cannot take the write lock to refresh views: %s", fn, st->path,
+        return fail(st, SL_STORE_ESQLITE, "%s: '%s': cannot take the write lock to refresh views: %s", fn, st->path,
                     sqlite3_errmsg(st->db));
     char put_sql[160];
     snprintf(put_sql, sizeof put_sql, "INSERT OR REPLACE INTO meta(key, value) VALUES ('views_sha256', '%s')", want);
     if (sqlite3_exec(st->db, views->text, NULL, NULL, NULL) != SQLITE_OK) {
-        fail(st, SL_ESTORE, "%s: '%s': views.sql failed: %s", fn, st->path, sqlite3_errmsg(st->db));
+        fail(st, SL_STORE_ESQLITE, "%s: '%s': views.sql failed: %s", fn, st->path, sqlite3_errmsg(st->db));
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-        return SL_ESTORE;
+        return SL_STORE_ESQLITE;
     }
     if (sqlite3_exec(st->db, put_sql, NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        sl_status e = db_fail(st, fn, put_sql);
+        sl_store_status e = db_fail(st, fn, put_sql);
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
         return e;
     }
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
 /* Everything sl_store_open does after the file is open; messages go to st->err. */
-static sl_status open_checks(sl_store *st)
+static sl_store_status open_checks(sl_store *st)
 {
     static const char fn[] = "sl_store_open";
     const sl_embedded_file *mig[MAX_MIGRATIONS];
     char why[256];
     int n_mig = migrations_list(mig, MAX_MIGRATIONS, why, sizeof why);
     if (n_mig < 0)
-        return fail(st, SL_EINTERNAL, "%s: embedded migrations: %s", fn, why);
+        return fail(st, SL_STORE_EINTERNAL, "%s: embedded migrations: %s", fn, why);
 
     sqlite3_busy_timeout(st->db, 5000);
     /* The first statement reads the header: this is where a file that is
@@ -336,24 +345,24 @@ static sl_status open_checks(sl_store *st)
     if (rc == SQLITE_OK)
         rc = query_int(st, "SELECT count(*) FROM sqlite_master", &n_objects);
     if (rc != SQLITE_OK) {
-        sl_status e;
+        sl_store_status e;
         if ((rc & 0xff) == SQLITE_NOTADB)
-            e = fail(st, SL_ESTORE, "%s: '%s' is not a SQLite database (%s)", fn, st->path, sqlite3_errmsg(st->db));
+            e = fail(st, SL_STORE_ESQLITE, "%s: '%s' is not a SQLite database (%s)", fn, st->path, sqlite3_errmsg(st->db));
         else
-            e = fail(st, SL_ESTORE, "%s: cannot read '%s': %s", fn, st->path, sqlite3_errmsg(st->db));
+            e = fail(st, SL_STORE_ESQLITE, "%s: cannot read '%s': %s", fn, st->path, sqlite3_errmsg(st->db));
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
         return e;
     }
     sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL);
 
     if (app_id != 0 && app_id != STORE_APPLICATION_ID)
-        return fail(st, SL_ESTORE, "%s: '%s' is a SQLite database of another program (application_id 0x%08llx), "
+        return fail(st, SL_STORE_ESQLITE, "%s: '%s' is a SQLite database of another program (application_id 0x%08llx), "
                     "not a sparselab store", fn, st->path, (unsigned long long)(uint32_t)app_id);
     if (version > n_mig)
-        return fail(st, SL_ESTORE, "%s: '%s' has schema version %lld, newer than this build knows (%d); "
+        return fail(st, SL_STORE_ESQLITE, "%s: '%s' has schema version %lld, newer than this build knows (%d); "
                     "open it with a newer sparselab", fn, st->path, (long long)version, n_mig);
     if ((version == 0 && n_objects > 0) || (version > 0 && app_id == 0))
-        return fail(st, SL_ESTORE, "%s: '%s' is a SQLite database but not a sparselab store "
+        return fail(st, SL_STORE_ESQLITE, "%s: '%s' is a SQLite database but not a sparselab store "
                     "(user_version %lld, %lld schema objects, no sparselab application_id)",
                     fn, st->path, (long long)version, (long long)n_objects);
 
@@ -366,14 +375,14 @@ static sl_status open_checks(sl_store *st)
         return db_fail(st, fn, "PRAGMA foreign_keys = ON");
 
     if (version < n_mig) {
-        sl_status s = apply_migrations(st, mig, n_mig);
-        if (s != SL_OK)
+        sl_store_status s = apply_migrations(st, mig, n_mig);
+        if (s != SL_STORE_OK)
             return s;
     }
     return refresh_views(st);
 }
 
-sl_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_n)
+sl_store_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_n)
 {
     static const char fn[] = "sl_store_open";
     *out = NULL;
@@ -382,7 +391,7 @@ sl_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_
     if (!path || !path[0]) {
         if (err && err_n)
             snprintf(err, err_n, "%s: no path given", fn);
-        return SL_EARG;
+        return SL_STORE_EARG;
     }
     sl_store *st = calloc(1, sizeof *st);
     char *copy = malloc(strlen(path) + 1);
@@ -391,20 +400,20 @@ sl_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_
         free(copy);
         if (err && err_n)
             snprintf(err, err_n, "%s: out of memory", fn);
-        return SL_ENOMEM;
+        return SL_STORE_ENOMEM;
     }
     strcpy(copy, path);
     st->path = copy;
 
-    sl_status s = SL_OK;
+    sl_store_status s = SL_STORE_OK;
     int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc != SQLITE_OK) {
-        s = (rc & 0xff) == SQLITE_CANTOPEN ? SL_EIO : rc == SQLITE_NOMEM ? SL_ENOMEM : SL_ESTORE;
+        s = (rc & 0xff) == SQLITE_CANTOPEN ? SL_STORE_EIO : rc == SQLITE_NOMEM ? SL_STORE_ENOMEM : SL_STORE_ESQLITE;
         fail(st, s, "%s: cannot open '%s': %s", fn, path, st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
     } else {
         s = open_checks(st);
     }
-    if (s != SL_OK) {
+    if (s != SL_STORE_OK) {
         if (err && err_n)
             snprintf(err, err_n, "%s", st->err);
         sl_store_close(st);
@@ -412,7 +421,7 @@ sl_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_
     }
     st->err[0] = '\0';
     *out = st;
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
 void sl_store_close(sl_store *st)
@@ -453,7 +462,7 @@ void sl_store_run_init(sl_store_run *run)
     run->seed = SL_STORE_NULL_INT;
 }
 
-sl_status sl_store_run_begin(sl_store *st, const sl_store_run *run, int64_t *run_id)
+sl_store_status sl_store_run_begin(sl_store *st, const sl_store_run *run, int64_t *run_id)
 {
     static const char fn[] = "sl_store_run_begin";
     static const char sql[] =
@@ -461,10 +470,10 @@ sl_status sl_store_run_begin(sl_store *st, const sl_store_run *run, int64_t *run
         "build_flags, seed, config_json, sparselab_version) "
         "VALUES (coalesce(?1, " NOW_SQL "), 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
     if (run->git_dirty != SL_STORE_NULL_INT && run->git_dirty != 0 && run->git_dirty != 1)
-        return fail(st, SL_EARG, "%s: git_dirty must be 0, 1 or SL_STORE_NULL_INT, got %lld", fn,
+        return fail(st, SL_STORE_EARG, "%s: git_dirty must be 0, 1 or SL_STORE_NULL_INT, got %lld", fn,
                     (long long)run->git_dirty);
-    sl_status s = prepare_cached(st, &st->ins_run, sql, fn);
-    if (s != SL_OK)
+    sl_store_status s = prepare_cached(st, &st->ins_run, sql, fn);
+    if (s != SL_STORE_OK)
         return s;
     sqlite3_stmt *q = st->ins_run;
     bind_text(q, 1, run->started);
@@ -484,15 +493,15 @@ sl_status sl_store_run_begin(sl_store *st, const sl_store_run *run, int64_t *run
         return db_fail(st, fn, sql);
     if (run_id)
         *run_id = sqlite3_last_insert_rowid(st->db);
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
-sl_status sl_store_run_finish(sl_store *st, int64_t run_id, const char *status)
+sl_store_status sl_store_run_finish(sl_store *st, int64_t run_id, const char *status)
 {
     static const char fn[] = "sl_store_run_finish";
     static const char sql[] = "UPDATE run SET status = ?1, finished = " NOW_SQL " WHERE id = ?2";
     if (!status || (strcmp(status, "ok") != 0 && strcmp(status, "failed") != 0 && strcmp(status, "interrupted") != 0))
-        return fail(st, SL_EARG, "%s: status must be 'ok', 'failed' or 'interrupted', got '%s'", fn,
+        return fail(st, SL_STORE_EARG, "%s: status must be 'ok', 'failed' or 'interrupted', got '%s'", fn,
                     status ? status : "(null)");
     sqlite3_stmt *q = NULL;
     if (sqlite3_prepare_v2(st->db, sql, -1, &q, NULL) != SQLITE_OK)
@@ -504,8 +513,8 @@ sl_status sl_store_run_finish(sl_store *st, int64_t run_id, const char *status)
     if (rc != SQLITE_DONE)
         return db_fail(st, fn, sql);
     if (sqlite3_changes(st->db) == 0)
-        return fail(st, SL_EARG, "%s: there is no run %lld", fn, (long long)run_id);
-    return SL_OK;
+        return fail(st, SL_STORE_EARG, "%s: there is no run %lld", fn, (long long)run_id);
+    return SL_STORE_OK;
 }
 
 /* ---- results --------------------------------------------------------------------- */
@@ -523,7 +532,7 @@ static void savepoint_undo(sl_store *st)
     sqlite3_exec(st->db, "ROLLBACK TO sl_result; RELEASE sl_result", NULL, NULL, NULL);
 }
 
-sl_status sl_store_result_add(sl_store *st, const sl_store_result *r, const sl_store_metric *m, int n_metrics,
+sl_store_status sl_store_result_add(sl_store *st, const sl_store_result *r, const sl_store_metric *m, int n_metrics,
                               int64_t *result_id)
 {
     static const char fn[] = "sl_store_result_add";
@@ -534,19 +543,19 @@ sl_status sl_store_result_add(sl_store *st, const sl_store_result *r, const sl_s
     static const char met_sql[] = "INSERT INTO metric (result_id, name, value) VALUES (?1, ?2, ?3)";
 
     if (!r->method || !r->method[0])
-        return fail(st, SL_EARG, "%s: method is missing", fn);
+        return fail(st, SL_STORE_EARG, "%s: method is missing", fn);
     if (n_metrics < 0 || (n_metrics > 0 && !m))
-        return fail(st, SL_EARG, "%s: n_metrics is %d with metrics %s", fn, n_metrics, m ? "given" : "NULL");
+        return fail(st, SL_STORE_EARG, "%s: n_metrics is %d with metrics %s", fn, n_metrics, m ? "given" : "NULL");
     if (r->status && strcmp(r->status, "ok") != 0 && strcmp(r->status, "failed") != 0)
-        return fail(st, SL_EARG, "%s: status must be 'ok' or 'failed', got '%s'", fn, r->status);
+        return fail(st, SL_STORE_EARG, "%s: status must be 'ok' or 'failed', got '%s'", fn, r->status);
     for (int i = 0; i < n_metrics; i++)
         if (!m[i].name || !m[i].name[0])
-            return fail(st, SL_EARG, "%s: metric %d has no name", fn, i);
+            return fail(st, SL_STORE_EARG, "%s: metric %d has no name", fn, i);
 
-    sl_status s = prepare_cached(st, &st->ins_result, res_sql, fn);
-    if (s == SL_OK)
+    sl_store_status s = prepare_cached(st, &st->ins_result, res_sql, fn);
+    if (s == SL_STORE_OK)
         s = prepare_cached(st, &st->ins_metric, met_sql, fn);
-    if (s != SL_OK)
+    if (s != SL_STORE_OK)
         return s;
     if (sqlite3_exec(st->db, "SAVEPOINT sl_result", NULL, NULL, NULL) != SQLITE_OK)
         return db_fail(st, fn, "SAVEPOINT sl_result");
@@ -573,11 +582,11 @@ sl_status sl_store_result_add(sl_store *st, const sl_store_result *r, const sl_s
     int rc = step_reset(q);
     if (rc != SQLITE_DONE) {
         if (sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_FOREIGNKEY)
-            fail(st, SL_ESTORE, "%s: there is no run %lld", fn, (long long)r->run_id);
+            fail(st, SL_STORE_ESQLITE, "%s: there is no run %lld", fn, (long long)r->run_id);
         else
             db_fail(st, fn, res_sql);
         savepoint_undo(st);
-        return SL_ESTORE;
+        return SL_STORE_ESQLITE;
     }
     int64_t id = sqlite3_last_insert_rowid(st->db);
 
@@ -587,9 +596,9 @@ sl_status sl_store_result_add(sl_store *st, const sl_store_result *r, const sl_s
         bind_text(q, 2, m[i].name);
         bind_real(q, 3, m[i].value);
         if (step_reset(q) != SQLITE_DONE) {
-            sl_status e;
+            sl_store_status e;
             if (sqlite3_extended_errcode(st->db) == SQLITE_CONSTRAINT_PRIMARYKEY)
-                e = fail(st, SL_EARG, "%s: metric '%s' is given twice", fn, m[i].name);
+                e = fail(st, SL_STORE_EARG, "%s: metric '%s' is given twice", fn, m[i].name);
             else
                 e = db_fail(st, fn, met_sql);
             savepoint_undo(st);
@@ -597,48 +606,48 @@ sl_status sl_store_result_add(sl_store *st, const sl_store_result *r, const sl_s
         }
     }
     if (sqlite3_exec(st->db, "RELEASE sl_result", NULL, NULL, NULL) != SQLITE_OK) {
-        sl_status e = db_fail(st, fn, "RELEASE sl_result");
+        sl_store_status e = db_fail(st, fn, "RELEASE sl_result");
         savepoint_undo(st);
         return e;
     }
     if (result_id)
         *result_id = id;
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
 /* ---- transactions and SQL --------------------------------------------------------- */
 
-static sl_status exec_named(sl_store *st, const char *fn, const char *sql)
+static sl_store_status exec_named(sl_store *st, const char *fn, const char *sql)
 {
     if (sqlite3_exec(st->db, sql, NULL, NULL, NULL) != SQLITE_OK)
         return db_fail(st, fn, sql);
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
-sl_status sl_store_begin(sl_store *st) { return exec_named(st, "sl_store_begin", "BEGIN IMMEDIATE"); }
-sl_status sl_store_commit(sl_store *st) { return exec_named(st, "sl_store_commit", "COMMIT"); }
-sl_status sl_store_rollback(sl_store *st) { return exec_named(st, "sl_store_rollback", "ROLLBACK"); }
+sl_store_status sl_store_begin(sl_store *st) { return exec_named(st, "sl_store_begin", "BEGIN IMMEDIATE"); }
+sl_store_status sl_store_commit(sl_store *st) { return exec_named(st, "sl_store_commit", "COMMIT"); }
+sl_store_status sl_store_rollback(sl_store *st) { return exec_named(st, "sl_store_rollback", "ROLLBACK"); }
 int sl_store_in_transaction(sl_store *st) { return !sqlite3_get_autocommit(st->db); }
 
-sl_status sl_store_exec(sl_store *st, const char *sql)
+sl_store_status sl_store_exec(sl_store *st, const char *sql)
 {
     if (!sql)
-        return fail(st, SL_EARG, "sl_store_exec: no SQL given");
+        return fail(st, SL_STORE_EARG, "sl_store_exec: no SQL given");
     return exec_named(st, "sl_store_exec", sql);
 }
 
-sl_status sl_store_query(sl_store *st, const char *sql, sl_store_row_fn fn, void *ud)
+sl_store_status sl_store_query(sl_store *st, const char *sql, sl_store_row_fn fn, void *ud)
 {
     return sl_store_query_params(st, sql, NULL, 0, fn, ud);
 }
 
-static sl_status bind_params(sl_store *st, sqlite3_stmt *q, const char *sql, const sl_store_cell *params,
+static sl_store_status bind_params(sl_store *st, sqlite3_stmt *q, const char *sql, const sl_store_cell *params,
                              int n_params)
 {
     static const char fn[] = "sl_store_query";
     int want = sqlite3_bind_parameter_count(q);
     if (n_params != want)
-        return fail(st, SL_EARG, "%s: the statement has %d parameter%s, %d given", fn, want, want == 1 ? "" : "s",
+        return fail(st, SL_STORE_EARG, "%s: the statement has %d parameter%s, %d given", fn, want, want == 1 ? "" : "s",
                     n_params);
     for (int i = 0; i < n_params; i++) {
         const sl_store_cell *c = &params[i];
@@ -653,16 +662,16 @@ static sl_status bind_params(sl_store *st, sqlite3_stmt *q, const char *sql, con
         case SL_STORE_BLOB:
             rc = sqlite3_bind_blob64(q, i + 1, c->s ? c->s : "", c->s ? c->n : 0, SQLITE_TRANSIENT);
             break;
-        default: return fail(st, SL_EARG, "%s: parameter %d has unknown type %d", fn, i + 1, (int)c->type);
+        default: return fail(st, SL_STORE_EARG, "%s: parameter %d has unknown type %d", fn, i + 1, (int)c->type);
         }
         if (rc != SQLITE_OK)
             return db_fail(st, fn, sql);
     }
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
-/* Prepares the one statement of sql; SL_EARG when there is none or more. */
-static sl_status prepare_one(sl_store *st, const char *sql, sqlite3_stmt **out)
+/* Prepares the one statement of sql; SL_STORE_EARG when there is none or more. */
+static sl_store_status prepare_one(sl_store *st, const char *sql, sqlite3_stmt **out)
 {
     static const char fn[] = "sl_store_query";
     const char *tail = NULL;
@@ -670,7 +679,7 @@ static sl_status prepare_one(sl_store *st, const char *sql, sqlite3_stmt **out)
     if (sqlite3_prepare_v2(st->db, sql, -1, out, &tail) != SQLITE_OK)
         return db_fail(st, fn, sql);
     if (!*out)
-        return fail(st, SL_EARG, "%s: no SQL statement given", fn);
+        return fail(st, SL_STORE_EARG, "%s: no SQL statement given", fn);
     /* What follows may only be empty statements, whitespace and comments. */
     while (tail && *tail) {
         sqlite3_stmt *more = NULL;
@@ -682,30 +691,30 @@ static sl_status prepare_one(sl_store *st, const char *sql, sqlite3_stmt **out)
             *out = NULL;
             char ex[128];
             sql_excerpt(tail, ex, sizeof ex);
-            return fail(st, SL_EARG, "%s: one statement at a time (use sl_store_exec for scripts); "
+            return fail(st, SL_STORE_EARG, "%s: one statement at a time (use sl_store_exec for scripts); "
                         "found more: %s", fn, ex);
         }
         if (next == tail)
             break;
         tail = next;
     }
-    return SL_OK;
+    return SL_STORE_OK;
 }
 
-sl_status sl_store_query_params(sl_store *st, const char *sql, const sl_store_cell *params, int n_params,
+sl_store_status sl_store_query_params(sl_store *st, const char *sql, const sl_store_cell *params, int n_params,
                                 sl_store_row_fn fn, void *ud)
 {
     static const char name[] = "sl_store_query";
     if (!sql || !fn)
-        return fail(st, SL_EARG, "%s: %s is NULL", name, sql ? "the row function" : "sql");
+        return fail(st, SL_STORE_EARG, "%s: %s is NULL", name, sql ? "the row function" : "sql");
     if (n_params < 0 || (n_params > 0 && !params))
-        return fail(st, SL_EARG, "%s: n_params is %d with params %s", name, n_params, params ? "given" : "NULL");
+        return fail(st, SL_STORE_EARG, "%s: n_params is %d with params %s", name, n_params, params ? "given" : "NULL");
     sqlite3_stmt *q;
-    sl_status s = prepare_one(st, sql, &q);
-    if (s != SL_OK)
+    sl_store_status s = prepare_one(st, sql, &q);
+    if (s != SL_STORE_OK)
         return s;
     s = bind_params(st, q, sql, params, n_params);
-    if (s != SL_OK) {
+    if (s != SL_STORE_OK) {
         sqlite3_finalize(q);
         return s;
     }
@@ -716,7 +725,7 @@ sl_status sl_store_query_params(sl_store *st, const char *sql, const sl_store_ce
         free(names);
         free(cells);
         sqlite3_finalize(q);
-        return fail(st, SL_ENOMEM, "%s: out of memory for %d columns", name, n_cols);
+        return fail(st, SL_STORE_ENOMEM, "%s: out of memory for %d columns", name, n_cols);
     }
     for (int c = 0; c < n_cols; c++) {
         names[c] = sqlite3_column_name(q, c);

@@ -3,7 +3,7 @@
 # (DESIGN §12), only those missing. Runs apt-get as root (or through sudo).
 set -eu
 PKGS="build-essential pkg-config liblua5.4-dev lua5.4 libsqlite3-dev sqlite3 libopenblas-dev libuv1-dev check
-libsubunit-dev libedit-dev libgsl-dev"
+libsubunit-dev libedit-dev libgsl-dev libcjson-dev"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

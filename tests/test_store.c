@@ -47,8 +47,8 @@ static sl_store *open_ok(const char *path)
 {
     sl_store *st = NULL;
     char err[640];
-    sl_status s = sl_store_open(path, &st, err, sizeof err);
-    ck_assert_msg(s == SL_OK, "sl_store_open(%s): %s", path, err);
+    sl_store_status s = sl_store_open(path, &st, err, sizeof err);
+    ck_assert_msg(s == SL_STORE_OK, "sl_store_open(%s): %s", path, err);
     ck_assert_ptr_nonnull(st);
     ck_assert_str_eq(err, "");
     return st;
@@ -122,8 +122,8 @@ static rows *query(sl_store *st, const char *sql, const sl_store_cell *p, int n_
 {
     rows *q = calloc(1, sizeof *q);
     ck_assert_ptr_nonnull(q);
-    sl_status s = sl_store_query_params(st, sql, p, n_p, collect, q);
-    ck_assert_msg(s == SL_OK, "query %s: %s", sql, sl_store_error(st));
+    sl_store_status s = sl_store_query_params(st, sql, p, n_p, collect, q);
+    ck_assert_msg(s == SL_STORE_OK, "query %s: %s", sql, sl_store_error(st));
     ck_assert_int_eq(q->headers, 1);
     ck_assert(q->header_first);
     return q;
@@ -377,7 +377,7 @@ START_TEST(test_reopen_keeps_data)
     sl_store_run run;
     sl_store_run_init(&run);
     int64_t run_id;
-    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_OK);
+    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_STORE_OK);
     int n = (int)rand_int(&r, 3, 20);
     for (int i = 0; i < n; i++) {
         sl_store_result res;
@@ -385,7 +385,7 @@ START_TEST(test_reopen_keeps_data)
         res.run_id = run_id;
         res.method = "m";
         sl_store_metric m = {"density", sl_rng_uniform(&r)};
-        ck_assert_int_eq(sl_store_result_add(st, &res, &m, 1, NULL), SL_OK);
+        ck_assert_int_eq(sl_store_result_add(st, &res, &m, 1, NULL), SL_STORE_OK);
     }
     sl_store_close(st);
 
@@ -421,11 +421,11 @@ START_TEST(test_two_openers)
     sl_store_run_init(&run);
     int64_t id;
     /* WAL: a reader sees the last commit while a writer's transaction is open. */
-    ck_assert_int_eq(sl_store_begin(a), SL_OK);
+    ck_assert_int_eq(sl_store_begin(a), SL_STORE_OK);
     ck_assert_int_eq(sl_store_in_transaction(a), 1);
-    ck_assert_int_eq(sl_store_run_begin(a, &run, &id), SL_OK);
+    ck_assert_int_eq(sl_store_run_begin(a, &run, &id), SL_STORE_OK);
     ck_assert_int_eq(query_int(b, "SELECT count(*) FROM run"), 0);
-    ck_assert_int_eq(sl_store_commit(a), SL_OK);
+    ck_assert_int_eq(sl_store_commit(a), SL_STORE_OK);
     ck_assert_int_eq(sl_store_in_transaction(a), 0);
     ck_assert_int_eq(query_int(b, "SELECT count(*) FROM run"), 1);
     sl_store_close(a);
@@ -448,11 +448,11 @@ START_TEST(test_racing_openers)
         if (pid[i] == 0) {
             sl_store *st = NULL;
             char err[640];
-            int ok = sl_store_open(f.db, &st, err, sizeof err) == SL_OK;
+            int ok = sl_store_open(f.db, &st, err, sizeof err) == SL_STORE_OK;
             sl_store_run run;
             sl_store_run_init(&run);
             run.seed = i;
-            ok = ok && sl_store_run_begin(st, &run, NULL) == SL_OK;
+            ok = ok && sl_store_run_begin(st, &run, NULL) == SL_STORE_OK;
             if (!ok)
                 fprintf(stderr, "opener %d: %s\n", i, st ? sl_store_error(st) : err);
             sl_store_close(st);
@@ -495,7 +495,7 @@ START_TEST(test_refuse_not_sqlite)
 
         sl_store *st = (sl_store *)&r; /* must be reset to NULL */
         char err[640];
-        ck_assert_int_eq(sl_store_open(path, &st, err, sizeof err), SL_ESTORE);
+        ck_assert_int_eq(sl_store_open(path, &st, err, sizeof err), SL_STORE_ESQLITE);
         ck_assert_ptr_null(st);
         ck_assert_msg(strstr(err, path) != NULL, "message does not name the path: %s", err);
         ck_assert_msg(strstr(err, "not a SQLite database") != NULL, "%s", err);
@@ -514,7 +514,7 @@ START_TEST(test_refuse_newer_and_foreign)
 
     sl_store_close(open_ok(f.db));
     raw_exec(f.db, "PRAGMA user_version = 999");
-    ck_assert_int_eq(sl_store_open(f.db, &st, err, sizeof err), SL_ESTORE);
+    ck_assert_int_eq(sl_store_open(f.db, &st, err, sizeof err), SL_STORE_ESQLITE);
     ck_assert_ptr_null(st);
     ck_assert_msg(strstr(err, "999") && strstr(err, "newer") && strstr(err, f.db), "%s", err);
 
@@ -522,7 +522,7 @@ START_TEST(test_refuse_newer_and_foreign)
     char other[160];
     snprintf(other, sizeof other, "%s/other.db", f.dir);
     raw_exec(other, "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)");
-    ck_assert_int_eq(sl_store_open(other, &st, err, sizeof err), SL_ESTORE);
+    ck_assert_int_eq(sl_store_open(other, &st, err, sizeof err), SL_STORE_ESQLITE);
     ck_assert_ptr_null(st);
     ck_assert_msg(strstr(err, "not a sparselab store") && strstr(err, other), "%s", err);
     /* ... and it was left untouched. */
@@ -535,16 +535,16 @@ START_TEST(test_refuse_newer_and_foreign)
     char app[160];
     snprintf(app, sizeof app, "%s/app.db", f.dir);
     raw_exec(app, "PRAGMA application_id = 1234567; PRAGMA user_version = 1; CREATE TABLE t (x)");
-    ck_assert_int_eq(sl_store_open(app, &st, err, sizeof err), SL_ESTORE);
+    ck_assert_int_eq(sl_store_open(app, &st, err, sizeof err), SL_STORE_ESQLITE);
     ck_assert_msg(strstr(err, "another program"), "%s", err);
 
     /* A path that cannot be opened is an I/O error; no path is an argument error. */
     char missing[200];
     snprintf(missing, sizeof missing, "%s/no/such/dir/x.db", f.dir);
-    ck_assert_int_eq(sl_store_open(missing, &st, err, sizeof err), SL_EIO);
+    ck_assert_int_eq(sl_store_open(missing, &st, err, sizeof err), SL_STORE_EIO);
     ck_assert_msg(strstr(err, missing), "%s", err);
-    ck_assert_int_eq(sl_store_open("", &st, err, sizeof err), SL_EARG);
-    ck_assert_int_eq(sl_store_open(missing, &st, NULL, 0), SL_EIO);
+    ck_assert_int_eq(sl_store_open("", &st, err, sizeof err), SL_STORE_EARG);
+    ck_assert_int_eq(sl_store_open(missing, &st, NULL, 0), SL_STORE_EIO);
 
     /* An empty file is an empty database: it becomes a store. */
     char empty[160];
@@ -604,7 +604,7 @@ START_TEST(test_run_roundtrip)
             run.sparselab_version = ver;
         }
         int64_t id;
-        ck_assert_int_eq(sl_store_run_begin(st, &run, &id), SL_OK);
+        ck_assert_int_eq(sl_store_run_begin(st, &run, &id), SL_STORE_OK);
         sl_store_cell p = cell_int(id);
         rows *q = query(st, "SELECT * FROM run WHERE id = ?", &p, 1);
         ck_assert_int_eq(q->n_rows, 1);
@@ -635,29 +635,29 @@ START_TEST(test_run_roundtrip)
         free(q);
 
         const char *status = (const char *[]){"ok", "failed", "interrupted"}[trial % 3];
-        ck_assert_int_eq(sl_store_run_finish(st, id, status), SL_OK);
+        ck_assert_int_eq(sl_store_run_finish(st, id, status), SL_STORE_OK);
         q = query(st, "SELECT status, finished FROM run WHERE id = ?", &p, 1);
         expect_text(q, "status", status);
         ck_assert_int_eq(q->type[1], SL_STORE_TEXT);
         free(q);
     }
 
-    ck_assert_int_eq(sl_store_run_finish(st, 1, "done"), SL_EARG);
+    ck_assert_int_eq(sl_store_run_finish(st, 1, "done"), SL_STORE_EARG);
     ck_assert_msg(strstr(sl_store_error(st), "sl_store_run_finish"), "%s", sl_store_error(st));
-    ck_assert_int_eq(sl_store_run_finish(st, 1, NULL), SL_EARG);
-    ck_assert_int_eq(sl_store_run_finish(st, 424242, "ok"), SL_EARG);
+    ck_assert_int_eq(sl_store_run_finish(st, 1, NULL), SL_STORE_EARG);
+    ck_assert_int_eq(sl_store_run_finish(st, 424242, "ok"), SL_STORE_EARG);
     ck_assert_msg(strstr(sl_store_error(st), "424242"), "%s", sl_store_error(st));
 
     /* Bad JSON is refused by the schema. */
     sl_store_run bad;
     sl_store_run_init(&bad);
     bad.argv = "[\"unterminated";
-    ck_assert_int_eq(sl_store_run_begin(st, &bad, NULL), SL_ESTORE);
+    ck_assert_int_eq(sl_store_run_begin(st, &bad, NULL), SL_STORE_ESQLITE);
     ck_assert_msg(strstr(sl_store_error(st), "sl_store_run_begin") && strstr(sl_store_error(st), "INSERT INTO run"),
                   "%s", sl_store_error(st));
     sl_store_run_init(&bad);
     bad.git_dirty = 2;
-    ck_assert_int_eq(sl_store_run_begin(st, &bad, NULL), SL_EARG);
+    ck_assert_int_eq(sl_store_run_begin(st, &bad, NULL), SL_STORE_EARG);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM run"), 8);
     sl_store_close(st);
     fx_close(&f);
@@ -674,7 +674,7 @@ START_TEST(test_result_roundtrip)
     sl_store_run run;
     sl_store_run_init(&run);
     int64_t run_id;
-    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_OK);
+    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_STORE_OK);
 
     int64_t total_metrics = 0;
     for (int trial = 0; trial < 12; trial++) {
@@ -727,7 +727,7 @@ START_TEST(test_result_roundtrip)
             m[2].value = -INFINITY;
         }
         int64_t id = -1;
-        ck_assert_int_eq(sl_store_result_add(st, &res, m, n_m, &id), SL_OK);
+        ck_assert_int_eq(sl_store_result_add(st, &res, m, n_m, &id), SL_STORE_OK);
         ck_assert_int_gt(id, 0);
         total_metrics += n_m;
 
@@ -772,30 +772,30 @@ START_TEST(test_result_roundtrip)
     sl_store_result res;
     sl_store_result_init(&res);
     res.run_id = run_id;
-    ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 0, NULL), SL_EARG); /* no method */
+    ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 0, NULL), SL_STORE_EARG); /* no method */
     res.method = "x";
     res.status = "maybe";
-    ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 0, NULL), SL_EARG);
+    ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 0, NULL), SL_STORE_EARG);
     res.status = NULL;
     sl_store_metric dup[3] = {{"a", 1}, {"b", 2}, {"a", 3}};
-    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 3, NULL), SL_EARG);
+    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 3, NULL), SL_STORE_EARG);
     ck_assert_msg(strstr(sl_store_error(st), "'a'"), "%s", sl_store_error(st));
     sl_store_metric noname[1] = {{"", 1}};
-    ck_assert_int_eq(sl_store_result_add(st, &res, noname, 1, NULL), SL_EARG);
-    ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 2, NULL), SL_EARG);
+    ck_assert_int_eq(sl_store_result_add(st, &res, noname, 1, NULL), SL_STORE_EARG);
+    ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 2, NULL), SL_STORE_EARG);
     res.params_json = "{not json";
-    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 2, NULL), SL_ESTORE);
+    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 2, NULL), SL_STORE_ESQLITE);
     ck_assert_msg(strstr(sl_store_error(st), "INSERT INTO result"), "%s", sl_store_error(st));
     res.params_json = NULL;
     res.run_id = run_id + 1000;
-    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 2, NULL), SL_ESTORE);
+    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 2, NULL), SL_STORE_ESQLITE);
     ck_assert_msg(strstr(sl_store_error(st), "no run"), "%s", sl_store_error(st));
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM result"), n_before);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM metric"), total_metrics);
     ck_assert_int_eq(sl_store_in_transaction(st), 0);
 
     /* Deleting a run removes its results and their metrics. */
-    ck_assert_int_eq(sl_store_exec(st, "DELETE FROM run"), SL_OK);
+    ck_assert_int_eq(sl_store_exec(st, "DELETE FROM run"), SL_STORE_OK);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM result"), 0);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM metric"), 0);
     sl_store_close(st);
@@ -813,33 +813,33 @@ START_TEST(test_transactions)
     sl_store_run run;
     sl_store_run_init(&run);
     int64_t run_id;
-    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_OK);
+    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_STORE_OK);
     sl_store_result res;
     sl_store_result_init(&res);
     res.run_id = run_id;
     res.method = "batch";
 
     int n1 = (int)rand_int(&r, 2, 50), n2 = (int)rand_int(&r, 2, 50);
-    ck_assert_int_eq(sl_store_begin(st), SL_OK);
+    ck_assert_int_eq(sl_store_begin(st), SL_STORE_OK);
     for (int i = 0; i < n1; i++) {
         sl_store_metric m = {"x", sl_rng_uniform(&r)};
-        ck_assert_int_eq(sl_store_result_add(st, &res, &m, 1, NULL), SL_OK);
+        ck_assert_int_eq(sl_store_result_add(st, &res, &m, 1, NULL), SL_STORE_OK);
     }
     /* A refused result inside a batch undoes only itself. */
     sl_store_metric dup[2] = {{"a", 1}, {"a", 2}};
-    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 2, NULL), SL_EARG);
+    ck_assert_int_eq(sl_store_result_add(st, &res, dup, 2, NULL), SL_STORE_EARG);
     ck_assert_int_eq(sl_store_in_transaction(st), 1);
-    ck_assert_int_eq(sl_store_begin(st), SL_ESTORE); /* nested */
-    ck_assert_int_eq(sl_store_commit(st), SL_OK);
+    ck_assert_int_eq(sl_store_begin(st), SL_STORE_ESQLITE); /* nested */
+    ck_assert_int_eq(sl_store_commit(st), SL_STORE_OK);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM result"), n1);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM metric"), n1);
 
-    ck_assert_int_eq(sl_store_begin(st), SL_OK);
+    ck_assert_int_eq(sl_store_begin(st), SL_STORE_OK);
     for (int i = 0; i < n2; i++)
-        ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 0, NULL), SL_OK);
-    ck_assert_int_eq(sl_store_rollback(st), SL_OK);
+        ck_assert_int_eq(sl_store_result_add(st, &res, NULL, 0, NULL), SL_STORE_OK);
+    ck_assert_int_eq(sl_store_rollback(st), SL_STORE_OK);
     ck_assert_int_eq(query_int(st, "SELECT count(*) FROM result"), n1);
-    ck_assert_int_eq(sl_store_commit(st), SL_ESTORE); /* none open */
+    ck_assert_int_eq(sl_store_commit(st), SL_STORE_ESQLITE); /* none open */
     ck_assert_msg(strstr(sl_store_error(st), "sl_store_commit"), "%s", sl_store_error(st));
     sl_store_close(st);
     fx_close(&f);
@@ -864,7 +864,7 @@ START_TEST(test_views_pivot)
     run.git_rev = "0123abc";
     run.host = "h";
     int64_t run_id;
-    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_OK);
+    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_STORE_OK);
 
     for (int trial = 0; trial < 20; trial++) {
         sl_store_result res;
@@ -891,7 +891,7 @@ START_TEST(test_views_pivot)
         if (isnan(want[10]) && !isnan(want[8]) && !isnan(want[9]))
             want[10] = want[9] / want[8];
         int64_t id;
-        ck_assert_int_eq(sl_store_result_add(st, &res, m, n_m, &id), SL_OK);
+        ck_assert_int_eq(sl_store_result_add(st, &res, m, n_m, &id), SL_STORE_OK);
 
         sl_store_cell p = cell_int(id);
         rows *q = query(st, "SELECT * FROM v_result WHERE result_id = ?", &p, 1);
@@ -930,7 +930,7 @@ START_TEST(test_views_frontier)
     sl_store_run run;
     sl_store_run_init(&run);
     int64_t run_id;
-    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_OK);
+    ck_assert_int_eq(sl_store_run_begin(st, &run, &run_id), SL_STORE_OK);
     enum { N = 40 };
     double dens[N], err[N];
     int method[N];
@@ -945,7 +945,7 @@ START_TEST(test_views_frontier)
         res.workload = "w";
         res.n_k = 128;
         sl_store_metric m[2] = {{"density", dens[i]}, {"rel_l2", err[i]}};
-        ck_assert_int_eq(sl_store_result_add(st, &res, m, 2, NULL), SL_OK);
+        ck_assert_int_eq(sl_store_result_add(st, &res, m, 2, NULL), SL_STORE_OK);
     }
     /* A failed result never makes the front. */
     sl_store_result bad;
@@ -956,7 +956,7 @@ START_TEST(test_views_frontier)
     bad.n_k = 128;
     bad.status = "failed";
     sl_store_metric m0[2] = {{"density", 0.0}, {"rel_l2", 0.0}};
-    ck_assert_int_eq(sl_store_result_add(st, &bad, m0, 2, NULL), SL_OK);
+    ck_assert_int_eq(sl_store_result_add(st, &bad, m0, 2, NULL), SL_STORE_OK);
 
     int want = 0;
     for (int i = 0; i < N; i++) {
@@ -983,7 +983,7 @@ START_TEST(test_query)
     sl_rng_seed(&r, 2718);
     sl_store *st = open_ok(f.db);
     int n = (int)rand_int(&r, 10, 60);
-    ck_assert_int_eq(sl_store_exec(st, "CREATE TEMP TABLE t (i INTEGER, x REAL, s TEXT, b BLOB, z)"), SL_OK);
+    ck_assert_int_eq(sl_store_exec(st, "CREATE TEMP TABLE t (i INTEGER, x REAL, s TEXT, b BLOB, z)"), SL_STORE_OK);
     for (int i = 0; i < n; i++) {
         sl_store_cell p[5] = {cell_int(i), {SL_STORE_REAL, 0, sl_rng_normal(&r), NULL, 0},
                               {SL_STORE_TEXT, 0, 0, "a'b\"c", 5}, {SL_STORE_BLOB, 0, 0, "\0\1\2", 3},
@@ -1011,15 +1011,15 @@ START_TEST(test_query)
     int stop = (int)rand_int(&r, 1, n - 1);
     rows *s = calloc(1, sizeof *s);
     s->stop_after = stop;
-    ck_assert_int_eq(sl_store_query(st, "SELECT * FROM t", collect, s), SL_OK);
+    ck_assert_int_eq(sl_store_query(st, "SELECT * FROM t", collect, s), SL_STORE_OK);
     ck_assert_int_eq(s->n_rows, stop);
     /* ... and leaves no statement open: a write lock can be taken at once. */
-    ck_assert_int_eq(sl_store_begin(st), SL_OK);
-    ck_assert_int_eq(sl_store_rollback(st), SL_OK);
+    ck_assert_int_eq(sl_store_begin(st), SL_STORE_OK);
+    ck_assert_int_eq(sl_store_rollback(st), SL_STORE_OK);
     /* A query whose header call stops sees no rows. */
     memset(s, 0, sizeof *s);
     s->stop_after = -1;
-    ck_assert_int_eq(sl_store_query(st, "SELECT * FROM t", collect, s), SL_OK);
+    ck_assert_int_eq(sl_store_query(st, "SELECT * FROM t", collect, s), SL_STORE_OK);
     free(s);
 
     /* Header even when no row comes. */
@@ -1037,23 +1037,34 @@ START_TEST(test_query)
 
     rows dummy;
     memset(&dummy, 0, sizeof dummy);
-    ck_assert_int_eq(sl_store_query_params(st, "SELECT ?1, ?2", &p, 1, collect, &dummy), SL_EARG);
+    ck_assert_int_eq(sl_store_query_params(st, "SELECT ?1, ?2", &p, 1, collect, &dummy), SL_STORE_EARG);
     ck_assert_msg(strstr(sl_store_error(st), "2 parameters, 1 given"), "%s", sl_store_error(st));
-    ck_assert_int_eq(sl_store_query(st, "SELECT 1; SELECT 2", collect, &dummy), SL_EARG);
-    ck_assert_int_eq(sl_store_query(st, "  -- nothing\n", collect, &dummy), SL_EARG);
-    ck_assert_int_eq(sl_store_query(st, "SELECT nosuchcolumn FROM t", collect, &dummy), SL_ESTORE);
+    ck_assert_int_eq(sl_store_query(st, "SELECT 1; SELECT 2", collect, &dummy), SL_STORE_EARG);
+    ck_assert_int_eq(sl_store_query(st, "  -- nothing\n", collect, &dummy), SL_STORE_EARG);
+    ck_assert_int_eq(sl_store_query(st, "SELECT nosuchcolumn FROM t", collect, &dummy), SL_STORE_ESQLITE);
     ck_assert_msg(strstr(sl_store_error(st), "nosuchcolumn") && strstr(sl_store_error(st), "SELECT"), "%s",
                   sl_store_error(st));
-    ck_assert_int_eq(sl_store_exec(st, "CREATE TABLE"), SL_ESTORE);
+    ck_assert_int_eq(sl_store_exec(st, "CREATE TABLE"), SL_STORE_ESQLITE);
     ck_assert_msg(strstr(sl_store_error(st), "sl_store_exec"), "%s", sl_store_error(st));
     /* Long statements are cut short in messages, which stay on one line. */
     char longsql[2048];
     snprintf(longsql, sizeof longsql, "SELECT\n\n%*s nosuch", 1000, "1,");
-    ck_assert_int_eq(sl_store_query(st, longsql, collect, &dummy), SL_ESTORE);
+    ck_assert_int_eq(sl_store_query(st, longsql, collect, &dummy), SL_STORE_ESQLITE);
     ck_assert_ptr_null(strchr(sl_store_error(st), '\n'));
     ck_assert_uint_lt(strlen(sl_store_error(st)), 400);
     sl_store_close(st);
     fx_close(&f);
+}
+END_TEST
+
+/* ---- status names ------------------------------------------------------------------------ */
+
+START_TEST(test_status_names)
+{
+    ck_assert_str_eq(sl_store_status_name(SL_STORE_OK), "SL_STORE_OK");
+    ck_assert_str_eq(sl_store_status_name(SL_STORE_ESQLITE), "SL_STORE_ESQLITE");
+    ck_assert_str_eq(sl_store_status_name(SL_STORE_EINTERNAL), "SL_STORE_EINTERNAL");
+    ck_assert_str_eq(sl_store_status_name((sl_store_status)99), "SL_STORE_E?");
 }
 END_TEST
 
@@ -1070,7 +1081,7 @@ START_TEST(test_provenance)
     ck_assert_int_eq(p.git_dirty, -1);
     ck_assert_uint_eq(strlen(p.started), 24);
     ck_assert_int_eq(p.started[23], 'Z');
-    ck_assert_str_eq(p.sparselab_version, SL_VERSION);
+    ck_assert_ptr_null(p.sparselab_version); /* the store knows no library version */
     char host[256];
     ck_assert_int_eq(gethostname(host, sizeof host), 0);
     ck_assert_str_eq(p.host, host);
@@ -1189,13 +1200,13 @@ START_TEST(test_sha256_streaming_and_files)
             ck_assert_uint_eq(fwrite(buf, 1, n, fp), n);
         fclose(fp);
         char err[256];
-        ck_assert_int_eq(sl_sha256_file_hex(path, file, err, sizeof err), SL_OK);
+        ck_assert_int_eq(sl_sha256_file_hex(path, file, err, sizeof err), SL_STORE_OK);
         ck_assert_str_eq(file, one);
         free(buf);
     }
     char path[160], err[256], hex[65];
     snprintf(path, sizeof path, "%s/missing", f.dir);
-    ck_assert_int_eq(sl_sha256_file_hex(path, hex, err, sizeof err), SL_EIO);
+    ck_assert_int_eq(sl_sha256_file_hex(path, hex, err, sizeof err), SL_STORE_EIO);
     ck_assert_msg(strstr(err, path), "%s", err);
     fx_close(&f);
 }
@@ -1223,6 +1234,7 @@ static Suite *store_suite(void)
     tcase_add_test(tc, test_views_pivot);
     tcase_add_test(tc, test_views_frontier);
     tcase_add_test(tc, test_query);
+    tcase_add_test(tc, test_status_names);
     tcase_add_test(tc, test_provenance);
     suite_add_tcase(s, tc);
 

@@ -152,10 +152,18 @@ test("JSON reader inverts sl.json_encode on random values", function()
     local v = random_value(0)
     same(sl.json_decode(sl.json_encode(v)), v, "value " .. i)
   end
-  raises(function() sl.json_decode('{"a":1,}') end, "expected a string key", "trailing comma")
-  raises(function() sl.json_decode('[1, 2') end, "expected ',' or ']'", "unterminated array")
-  raises(function() sl.json_decode('01') end, "leading zero", "leading zero")
-  raises(function() sl.json_decode('{"a":1} x') end, "trailing text", "trailing")
+  -- cJSON's parser names the byte where the text stopped being JSON.
+  raises(function() sl.json_decode('{"a":1,}', "cfg.json") end, "cfg.json: invalid JSON at byte 8 near '}'",
+    "trailing comma")
+  raises(function() sl.json_decode('[1, 2') end, "json: invalid JSON at byte 5", "unterminated array")
+  raises(function() sl.json_decode('{"a":1} x') end, "json: trailing text at byte 9", "trailing")
+  raises(function() sl.json_decode(42) end, "expected a string, found number", "not text")
+  -- cJSON reads a leading zero as the number (strtod); integral numbers are integers.
+  eq(sl.json_decode('01'), 1, "leading zero")
+  eq(math.type(sl.json_decode('64')), "integer", "integer")
+  eq(math.type(sl.json_decode('0.5')), "float", "float")
+  eq(sl.json_decode('{"a":null}').a, require("sparselab.json").null, "null sentinel")
+  eq(sl.json_decode('1e999'), math.huge, "1e999 reads back as inf")
   eq(sl.json_decode('"\\u00e9\\ud83d\\ude00"'), "é😀", "unicode escapes")
 end)
 

@@ -1,7 +1,9 @@
 /* main.c — the `sparselab` program: a Lua 5.4 host with the sparselab module
  * linked in. With no arguments it is a REPL (libedit: history, tab completion
  * of sl.*, `?name` help, auto-print, Ctrl-C interrupts the running
- * statement); otherwise it runs a subcommand of sparselab/cli.lua.
+ * statement); otherwise it runs a subcommand of sparselab/cli/init.lua (module
+ * sparselab.cli). Layer: the program, the top of lua/; it includes only the
+ * bindings (lua/bind/lbind.h), which include the runner, core and store.
  * Exit status: 0 success, 1 user error (one line on stderr), 2 internal error. */
 #include <errno.h>
 #include <malloc.h>
@@ -16,7 +18,7 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "lbind.h"
+#include "bind/lbind.h"
 
 int luaopen_sparselab(lua_State *L);
 

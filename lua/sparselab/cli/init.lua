@@ -532,11 +532,11 @@ function C.bench(argv)
   end
 end
 
--- Subcommands that live in modules of their own (sparselab/cli_<name>.lua,
+-- Subcommands that live in modules of their own (sparselab/cli/<name>.lua,
 -- each returning function(argv, parse, out)).
 for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats"} do
   C[name] = function(argv)
-    local ok, f = pcall(require, "sparselab.cli_" .. name)
+    local ok, f = pcall(require, "sparselab.cli." .. name)
     if not ok then sl.fail("sparselab %s: not available in this build (%s)", name, tostring(f)) end
     return f(argv, parse, out)
   end

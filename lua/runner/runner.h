@@ -3,6 +3,8 @@
  * point past its timeout; turns a worker that dies mid-point (a signal, an
  * exit) into a failed point and starts a new worker; on SIGINT/SIGTERM stops
  * handing out points, kills the workers and returns; draws progress on stderr.
+ * Layer: lua/runner/, below the bindings (lua/bind/l_runner.c includes this
+ * header; nothing here includes lua/bind or lua/prog).
  * It knows nothing of Lua or the store: the caller encodes points, decodes
  * replies and writes results, so the calling process stays the single writer.
  *

@@ -1,4 +1,4 @@
--- sparselab.cli_stats — `sparselab stats DB --method ID [...]`: per-budget paired tests of a
+-- sparselab.cli.stats — `sparselab stats DB --method ID [...]`: per-budget paired tests of a
 -- method against dense over the same inputs (sparselab.stats: Wilcoxon signed-rank, sign test or
 -- paired bootstrap), "not worse than dense by more than a margin", and the largest compression
 -- that statistically preserves the metric (card sparse_frontier, step 6), optionally per task.

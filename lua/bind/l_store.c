@@ -1,16 +1,7 @@
 /* l_store.c — the Lua binding of the results store (sl.store.open and the
- * store object's methods), point keys, and the JSON encoder behind
- * sl.json.encode and the params columns.
- *
- * JSON encoding (stable, so equal values give equal text and equal keys):
- *   nil → null; booleans; integers in decimal; floats in the shortest of
- *   %.15g/%.16g/%.17g that reads back exactly (64.0 and 64 both give 64),
- *   +inf/-inf → 1e999/-1e999 (valid JSON grammar, read back as infinities by
- *   common parsers), NaN is an error; strings escaped (", \, control bytes),
- *   other bytes as they are; a table whose keys are exactly 1..n is an array;
- *   a table with string keys is an object with keys sorted bytewise; the
- *   empty table is {}; other keys, mixed tables, functions, userdata and
- *   nesting deeper than 100 (a cycle) are errors naming the path (params.a[2]).
+ * store object's methods) and point keys. Tables in params columns are JSON
+ * text from l_json.c (its header says how values are encoded); point keys and
+ * argv are built as cJSON trees too.
  *
  * Point key: when record{} has no point_key, it is the SHA-256 (lowercase hex)
  * of this one-line JSON text, nil fields written null, params and
@@ -24,278 +15,14 @@
 #include "lbind.h"
 #include "store.h"
 
+#include <cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SL_LUA_STORE "sparselab.store"
-#define JSON_MAX_DEPTH 100
 #define POINT_KEY_VERSION "sparselab-point-v1"
-
-/* ---- a growable byte buffer owned by a userdata in a fixed stack slot ----
- * Errors may unwind through the encoder at any point; keeping the bytes in
- * a userdata lets the garbage collector reclaim them, so nothing leaks. */
-
-typedef struct jbuf {
-    lua_State *L;
-    int slot;
-    char *p;
-    size_t len, cap;
-} jbuf;
-
-static void jb_init(lua_State *L, jbuf *b)
-{
-    b->L = L;
-    b->cap = 256;
-    b->len = 0;
-    b->p = lua_newuserdatauv(L, b->cap, 0);
-    b->slot = lua_gettop(L);
-}
-
-static void jb_add(jbuf *b, const char *s, size_t n)
-{
-    if (b->len + n > b->cap) {
-        size_t cap = b->cap * 2;
-        while (cap < b->len + n)
-            cap *= 2;
-        char *p = lua_newuserdatauv(b->L, cap, 0);
-        memcpy(p, b->p, b->len);
-        lua_replace(b->L, b->slot);
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-static void jb_str(jbuf *b, const char *s) { jb_add(b, s, strlen(s)); }
-
-/* Replaces the buffer's slot by the finished string. */
-static void jb_finish(jbuf *b)
-{
-    lua_pushlstring(b->L, b->p, b->len);
-    lua_replace(b->L, b->slot);
-}
-
-/* ---- JSON ------------------------------------------------------------------------ */
-
-/* Where a value sits inside the one being encoded, for messages. */
-typedef struct jpath {
-    const struct jpath *up;
-    const char *key;    /* object member (NULL for an array element) */
-    size_t key_len;
-    lua_Integer index;  /* array element, 1-based */
-} jpath;
-
-static void path_format(const jpath *p, const char *root, char *out, size_t n)
-{
-    if (!p) {
-        snprintf(out, n, "%s", root);
-        return;
-    }
-    path_format(p->up, root, out, n);
-    size_t len = strlen(out);
-    if (len + 1 >= n)
-        return;
-    if (p->key)
-        snprintf(out + len, n - len, ".%.*s", (int)(p->key_len < 60 ? p->key_len : 60), p->key);
-    else
-        snprintf(out + len, n - len, "[%lld]", (long long)p->index);
-}
-
-static int json_fail(lua_State *L, const jpath *p, const char *root, const char *what)
-{
-    char where[256];
-    path_format(p, root, where, sizeof where);
-    return sl__lua_error(L, "%s: %s", where, what);
-}
-
-static void json_string(jbuf *b, const char *s, size_t n)
-{
-    jb_add(b, "\"", 1);
-    size_t run = 0; /* bytes copied as they are, flushed in one go */
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            run++;
-            continue;
-        }
-        jb_add(b, s + i - run, run);
-        run = 0;
-        char esc[8];
-        switch (c) {
-        case '"': jb_add(b, "\\\"", 2); break;
-        case '\\': jb_add(b, "\\\\", 2); break;
-        case '\n': jb_add(b, "\\n", 2); break;
-        case '\r': jb_add(b, "\\r", 2); break;
-        case '\t': jb_add(b, "\\t", 2); break;
-        case '\b': jb_add(b, "\\b", 2); break;
-        case '\f': jb_add(b, "\\f", 2); break;
-        default:
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            jb_add(b, esc, 6);
-        }
-    }
-    jb_add(b, s + n - run, run);
-    jb_add(b, "\"", 1);
-}
-
-/* The shortest of %.15g, %.16g, %.17g that reads back as x (finite x). */
-static void format_double(double x, char *out, size_t n)
-{
-    for (int prec = 15; prec <= 17; prec++) {
-        snprintf(out, n, "%.*g", prec, x);
-        if (strtod(out, NULL) == x)
-            break;
-    }
-    /* A locale with a decimal comma must not leak into JSON. */
-    for (char *c = out; *c; c++)
-        if (*c == ',')
-            *c = '.';
-}
-
-static int json_number(jbuf *b, lua_State *L, int idx, const jpath *p, const char *root)
-{
-    char num[40];
-    if (lua_isinteger(L, idx)) {
-        snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
-    } else {
-        double x = lua_tonumber(L, idx);
-        if (isnan(x))
-            return json_fail(L, p, root, "cannot encode NaN (JSON has no NaN)");
-        if (isinf(x))
-            snprintf(num, sizeof num, "%s", x > 0 ? "1e999" : "-1e999");
-        else
-            format_double(x, num, sizeof num);
-    }
-    jb_str(b, num);
-    return 0;
-}
-
-typedef struct jkey {
-    const char *s;
-    size_t n;
-} jkey;
-
-static int jkey_cmp(const void *a, const void *b)
-{
-    const jkey *x = a, *y = b;
-    size_t n = x->n < y->n ? x->n : y->n;
-    int c = memcmp(x->s, y->s, n);
-    if (c != 0)
-        return c;
-    return x->n < y->n ? -1 : x->n > y->n;
-}
-
-static void json_value(jbuf *b, int idx, int depth, const jpath *p, const char *root);
-
-static void json_table(jbuf *b, int idx, int depth, const jpath *p, const char *root)
-{
-    lua_State *L = b->L;
-    if (depth > JSON_MAX_DEPTH)
-        json_fail(L, p, root, "tables nested deeper than 100 levels (a cycle?)");
-    luaL_checkstack(L, 8, "json: nested too deep");
-    /* Classify the keys: all strings (object) or exactly 1..n (array). */
-    lua_Integer n_keys = 0, n_str = 0, max_int = 0;
-    int other = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        n_keys++;
-        if (lua_type(L, -1) == LUA_TSTRING)
-            n_str++;
-        else if (lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 1) {
-            if (lua_tointeger(L, -1) > max_int)
-                max_int = lua_tointeger(L, -1);
-        } else
-            other = 1;
-    }
-    if (n_keys == 0) {
-        jb_add(b, "{}", 2);
-        return;
-    }
-    if (n_str == 0 && !other && max_int == n_keys) {
-        jb_add(b, "[", 1);
-        for (lua_Integer i = 1; i <= n_keys; i++) {
-            jpath here = {p, NULL, 0, i};
-            if (i > 1)
-                jb_add(b, ",", 1);
-            lua_rawgeti(L, idx, i);
-            json_value(b, lua_gettop(L), depth + 1, &here, root);
-            lua_pop(L, 1);
-        }
-        jb_add(b, "]", 1);
-        return;
-    }
-    if (n_str != n_keys)
-        json_fail(L, p, root, "cannot encode a table that mixes string keys with other keys "
-                              "(JSON objects have string keys; arrays have keys 1..n)");
-    /* Sort the keys so the text does not depend on table iteration order.
-     * The key strings stay alive: the table holds them. */
-    jkey *keys = lua_newuserdatauv(L, sizeof *keys * (size_t)n_keys, 0);
-    lua_Integer k = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        lua_pop(L, 1);
-        keys[k].s = lua_tolstring(L, -1, &keys[k].n);
-        k++;
-    }
-    qsort(keys, (size_t)n_keys, sizeof *keys, jkey_cmp);
-    jb_add(b, "{", 1);
-    for (k = 0; k < n_keys; k++) {
-        jpath here = {p, keys[k].s, keys[k].n, 0};
-        if (k > 0)
-            jb_add(b, ",", 1);
-        json_string(b, keys[k].s, keys[k].n);
-        jb_add(b, ":", 1);
-        lua_pushlstring(L, keys[k].s, keys[k].n);
-        lua_rawget(L, idx);
-        json_value(b, lua_gettop(L), depth + 1, &here, root);
-        lua_pop(L, 1);
-    }
-    jb_add(b, "}", 1);
-    lua_pop(L, 1); /* keys */
-}
-
-static void json_value(jbuf *b, int idx, int depth, const jpath *p, const char *root)
-{
-    lua_State *L = b->L;
-    size_t n;
-    const char *s;
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL: jb_add(b, "null", 4); break;
-    case LUA_TBOOLEAN: jb_str(b, lua_toboolean(L, idx) ? "true" : "false"); break;
-    case LUA_TNUMBER: json_number(b, L, idx, p, root); break;
-    case LUA_TSTRING:
-        s = lua_tolstring(L, idx, &n);
-        json_string(b, s, n);
-        break;
-    case LUA_TTABLE: json_table(b, idx, depth, p, root); break;
-    default: {
-        char what[64];
-        snprintf(what, sizeof what, "cannot encode a %s", luaL_typename(L, idx));
-        json_fail(L, p, root, what);
-    }
-    }
-}
-
-/* Pushes the JSON text of the value at idx; errors start with root. */
-static void json_push(lua_State *L, int idx, const char *root)
-{
-    idx = lua_absindex(L, idx);
-    jbuf b;
-    jb_init(L, &b);
-    json_value(&b, idx, 0, NULL, root);
-    jb_finish(&b);
-}
-
-int sl__lua_json_encode(lua_State *L)
-{
-    luaL_checkany(L, 1);
-    json_push(L, 1, "json.encode: value");
-    return 1;
-}
 
 /* ---- reading fields of argument tables --------------------------------------------- */
 
@@ -353,7 +80,7 @@ static const char *field_json(lua_State *L, int t, const char *key, const char *
     case LUA_TTABLE: {
         char root[96];
         snprintf(root, sizeof root, "%s: %s", what, key);
-        json_push(L, -1, root);
+        sl__lua_json_push(L, -1, root);
         lua_remove(L, -2); /* keep only the text */
         return lua_tostring(L, -1);
     }
@@ -365,59 +92,58 @@ static const char *field_json(lua_State *L, int t, const char *key, const char *
 
 /* ---- point keys ------------------------------------------------------------------ */
 
-static void key_text(jbuf *b, const char *s)
+/* Adds one element to a point key's array: text, integer or number, where
+ * NULL, SL_STORE_NULL_INT and NaN are null. */
+static void key_add(lua_State *L, cJSON *arr, cJSON *item)
 {
-    if (s)
-        json_string(b, s, strlen(s));
-    else
-        jb_add(b, "null", 4);
+    if (!item)
+        sl__lua_error(L, "store.point_key: out of memory");
+    cJSON_AddItemToArray(arr, item);
 }
 
-static void key_int(jbuf *b, int64_t v)
+static void key_text(lua_State *L, cJSON *arr, const char *s)
+{
+    key_add(L, arr, s ? cJSON_CreateString(s) : cJSON_CreateNull());
+}
+
+static void key_int(lua_State *L, cJSON *arr, int64_t v)
 {
     char num[32];
-    if (v == SL_STORE_NULL_INT)
-        snprintf(num, sizeof num, "null");
-    else
-        snprintf(num, sizeof num, "%lld", (long long)v);
-    jb_str(b, num);
+    snprintf(num, sizeof num, "%lld", (long long)v);
+    key_add(L, arr, v == SL_STORE_NULL_INT ? cJSON_CreateNull() : cJSON_CreateRaw(num));
 }
 
-/* The key of the point r describes (the text is documented at the top). */
+/* The key of the point r describes (the text is documented at the top).
+ * params and workload_params are JSON text already, inserted raw. */
 static void point_key(lua_State *L, const sl_store_result *r, char out[65])
 {
-    jbuf b;
-    jb_init(L, &b);
-    jb_str(&b, "[\"" POINT_KEY_VERSION "\",");
-    key_text(&b, r->method);
-    jb_add(&b, ",", 1);
-    jb_str(&b, r->params_json ? r->params_json : "null");
-    jb_add(&b, ",", 1);
-    key_text(&b, r->workload);
-    jb_add(&b, ",", 1);
-    jb_str(&b, r->workload_params_json ? r->workload_params_json : "null");
-    jb_add(&b, ",", 1);
-    key_text(&b, r->phase);
+    cJSON **slot = sl__lua_json_box(L);
+    int box = lua_gettop(L);
+    cJSON *arr = *slot = cJSON_CreateArray();
+    if (!arr)
+        sl__lua_error(L, "store.point_key: out of memory");
+    key_text(L, arr, POINT_KEY_VERSION);
+    key_text(L, arr, r->method);
+    key_add(L, arr, r->params_json ? cJSON_CreateRaw(r->params_json) : cJSON_CreateNull());
+    key_text(L, arr, r->workload);
+    key_add(L, arr, r->workload_params_json ? cJSON_CreateRaw(r->workload_params_json) : cJSON_CreateNull());
+    key_text(L, arr, r->phase);
     const int64_t ints[] = {r->layer, r->head, r->n_q, r->n_k, r->head_dim, r->heads, r->kv_heads};
-    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        jb_add(&b, ",", 1);
-        key_int(&b, ints[i]);
-    }
-    jb_add(&b, ",", 1);
-    key_text(&b, r->backend);
-    jb_add(&b, ",", 1);
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        key_int(L, arr, ints[i]);
+    key_text(L, arr, r->backend);
     if (isnan(r->budget)) {
-        jb_add(&b, "null", 4);
-    } else if (isinf(r->budget)) {
-        jb_str(&b, r->budget > 0 ? "1e999" : "-1e999");
+        key_add(L, arr, cJSON_CreateNull());
     } else {
         char num[40];
-        format_double(r->budget, num, sizeof num);
-        jb_str(&b, num);
+        sl__lua_json_number(r->budget, num, sizeof num);
+        key_add(L, arr, cJSON_CreateRaw(num));
     }
-    jb_add(&b, "]", 1);
-    sl_sha256_hex(b.p, b.len, out);
-    lua_remove(L, b.slot);
+    sl__lua_json_print(L, box);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    sl_sha256_hex(text, len, out);
+    lua_pop(L, 2); /* text, box */
 }
 
 static const char *const record_keys[] = {
@@ -505,7 +231,7 @@ static int l_open(lua_State *L)
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
     char err[640];
-    if (sl_store_open(path, &u->st, err, sizeof err) != SL_OK)
+    if (sl_store_open(path, &u->st, err, sizeof err) != SL_STORE_OK)
         return sl__lua_error(L, "%s", err);
     return 1;
 }
@@ -566,28 +292,33 @@ static int l_begin_run(lua_State *L)
             sl__lua_error(L, "%s: field 'argv' must be a table of strings, found %s", what, luaL_typename(L, -1));
         int a = lua_gettop(L);
         lua_Integer n = luaL_len(L, a);
-        jbuf b;
-        jb_init(L, &b);
-        jb_add(&b, "[", 1);
+        cJSON **slot = sl__lua_json_box(L);
+        int box = lua_gettop(L);
+        cJSON *arr = *slot = cJSON_CreateArray();
+        if (!arr)
+            sl__lua_error(L, "%s: out of memory", what);
         for (lua_Integer i = 1; i <= n; i++) {
             if (lua_rawgeti(L, a, i) != LUA_TSTRING)
                 sl__lua_error(L, "%s: argv[%d] must be a string, found %s", what, (int)i, luaL_typename(L, -1));
             size_t len;
             const char *s = lua_tolstring(L, -1, &len);
-            if (i > 1)
-                jb_add(&b, ",", 1);
-            json_string(&b, s, len);
+            if (strlen(s) != len)
+                sl__lua_error(L, "%s: argv[%d] holds a NUL byte", what, (int)i);
+            cJSON *item = cJSON_CreateString(s);
+            if (!item)
+                sl__lua_error(L, "%s: out of memory", what);
+            cJSON_AddItemToArray(arr, item);
             lua_pop(L, 1);
         }
-        jb_add(&b, "]", 1);
-        jb_finish(&b);
+        sl__lua_json_print(L, box);
+        lua_remove(L, box);
         run.argv = lua_tostring(L, -1);
     }
 
     char sha[65];
     if (!run.script_sha256 && run.script) {
         char err[256];
-        if (sl_sha256_file_hex(run.script, sha, err, sizeof err) == SL_OK)
+        if (sl_sha256_file_hex(run.script, sha, err, sizeof err) == SL_STORE_OK)
             run.script_sha256 = sha;
     }
     /* git answers for the checkout that holds the script, wherever the
@@ -605,10 +336,11 @@ static int l_begin_run(lua_State *L)
     }
     sl_provenance prov;
     sl_provenance_collect(&prov, dir[0] ? dir : NULL);
+    prov.sparselab_version = SL_VERSION; /* the store knows no library version */
     sl_provenance_fill_run(&prov, &run);
 
     int64_t id;
-    if (sl_store_run_begin(u->st, &run, &id) != SL_OK)
+    if (sl_store_run_begin(u->st, &run, &id) != SL_STORE_OK)
         return store_fail(L, u);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
@@ -619,7 +351,7 @@ static int l_finish_run(lua_State *L)
     lstore *u = to_store(L, 1);
     lua_Integer id = luaL_checkinteger(L, 2);
     const char *status = luaL_optstring(L, 3, "ok");
-    if (sl_store_run_finish(u->st, (int64_t)id, status) != SL_OK)
+    if (sl_store_run_finish(u->st, (int64_t)id, status) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -668,7 +400,7 @@ static int l_record(lua_State *L)
     }
 
     int64_t id;
-    if (sl_store_result_add(u->st, &r, m, n_metrics, &id) != SL_OK)
+    if (sl_store_result_add(u->st, &r, m, n_metrics, &id) != SL_STORE_OK)
         return store_fail(L, u);
     lua_pushinteger(L, (lua_Integer)id);
     return 1;
@@ -677,7 +409,7 @@ static int l_record(lua_State *L)
 static int l_begin(lua_State *L)
 {
     lstore *u = to_store(L, 1);
-    if (sl_store_begin(u->st) != SL_OK)
+    if (sl_store_begin(u->st) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -685,7 +417,7 @@ static int l_begin(lua_State *L)
 static int l_commit(lua_State *L)
 {
     lstore *u = to_store(L, 1);
-    if (sl_store_commit(u->st) != SL_OK)
+    if (sl_store_commit(u->st) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -693,7 +425,7 @@ static int l_commit(lua_State *L)
 static int l_rollback(lua_State *L)
 {
     lstore *u = to_store(L, 1);
-    if (sl_store_rollback(u->st) != SL_OK)
+    if (sl_store_rollback(u->st) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -702,7 +434,7 @@ static int l_exec(lua_State *L)
 {
     lstore *u = to_store(L, 1);
     const char *sql = luaL_checkstring(L, 2);
-    if (sl_store_exec(u->st, sql) != SL_OK)
+    if (sl_store_exec(u->st, sql) != SL_STORE_OK)
         return store_fail(L, u);
     return 0;
 }
@@ -803,10 +535,10 @@ static int l_query(lua_State *L)
     lua_newtable(L);
     qctx q = {L, lua_gettop(L), 0, 0, NULL, NULL, 0};
     luaL_checkstack(L, 10, "db:query");
-    sl_status s = sl_store_query_params(u->st, sql, params, n_params, q_row, &q);
+    sl_store_status s = sl_store_query_params(u->st, sql, params, n_params, q_row, &q);
     if (q.failed)
         return lua_error(L); /* the error object from q_build is on top */
-    if (s != SL_OK)
+    if (s != SL_STORE_OK)
         return store_fail(L, u);
     lua_settop(L, q.rows);
     return 1;

@@ -1,4 +1,4 @@
--- sparselab.cli_compare — `sparselab compare DB [--by COL] [--where SQL] [--csv|--json]`:
+-- sparselab.cli.compare — `sparselab compare DB [--by COL] [--where SQL] [--csv|--json]`:
 -- one aligned table of the common metrics per group (method by default)
 -- and budget, averaged over the results that match, from v_result.
 local sl = require "sparselab"

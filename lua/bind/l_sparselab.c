@@ -1,6 +1,13 @@
 /* l_sparselab.c — luaopen_sparselab: builds the module table from the C
  * bindings, installs the embedded pure-Lua library, and runs
- * sparselab/init.lua, which adds methods, masks, evaluation and the CLI. */
+ * sparselab/init.lua, which adds methods, masks, evaluation and the CLI.
+ *
+ * Layers of lua/ (each includes only the ones below it):
+ *   lua/prog/       the program (main.c, the REPL) and the build tool embed.c
+ *   lua/bind/       the C bindings (this folder; lbind.h), luaopen_sparselab
+ *   lua/runner/     the libuv sweep runner, a C library with no Lua in it
+ *   core/, store/   the C library and the results store
+ * lua/sparselab/ is the pure-Lua library, embedded into the bindings. */
 #include "lbind.h"
 
 #include <stdlib.h>
@@ -81,6 +88,8 @@ int luaopen_sparselab(lua_State *L)
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);
     lua_setfield(L, -2, "json_encode");
+    lua_pushcfunction(L, sl__lua_json_decode);
+    lua_setfield(L, -2, "json_decode_c");
     lua_pushcfunction(L, l_embedded_modules);
     lua_setfield(L, -2, "embedded_modules");
     lua_pushcfunction(L, l_set_interrupt);
@@ -92,8 +101,13 @@ int luaopen_sparselab(lua_State *L)
     lua_setfield(L, -2, "sparselab");
     lua_pop(L, 1);
     sl__lua_preload_embedded(L);
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "sparselab.init");
+    /* The embedded sparselab/init.lua is preloaded as "sparselab"; its
+     * loader is called directly, since `require "sparselab"` now answers
+     * with the table above. */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_getfield(L, -1, "sparselab");
+    lua_remove(L, -2);
+    lua_pushliteral(L, "sparselab");
     lua_call(L, 1, 0);
     return 1;
 }

@@ -1,4 +1,4 @@
--- sparselab.cli_sweep — `sparselab sweep CONFIG.lua --db FILE [--workers N]
+-- sparselab.cli.sweep — `sparselab sweep CONFIG.lua --db FILE [--workers N]
 -- [--timeout S] [--resume] [--shard I/N] [--dry-run]` (DESIGN §9; the config
 -- format and the resume rule are in sparselab/sweep.lua). The hidden
 -- `sparselab sweep --worker` is the worker process the runner starts.

@@ -51,7 +51,20 @@ void sl__lua_open_model(lua_State *L);    /* sl.model_c, sl.tokenizer_c */
 void sl__lua_open_fit(lua_State *L);      /* sl.fit_c (GSL least squares, distributions) */
 int sl__lua_open_store(lua_State *L);     /* pushes the store table */
 void sl__lua_open_runner(lua_State *L);   /* sl.runner_c (l_runner.c; the runner is runner.c) */
+/* JSON on cJSON (l_json.c). sl.json_encode / sl.json_decode: */
 int sl__lua_json_encode(lua_State *L);
+int sl__lua_json_decode(lua_State *L);
+/* Pushes the JSON text of the value at idx; errors start with root. */
+void sl__lua_json_push(lua_State *L, int idx, const char *root);
+/* Pushes a userdata owning a cJSON tree (deleted by __gc, so a raised error
+ * leaks nothing) and returns its root slot. */
+struct cJSON **sl__lua_json_box(lua_State *L);
+/* Pushes the unformatted text of the tree in the box at index box and
+ * frees the tree. */
+void sl__lua_json_print(lua_State *L, int box);
+/* A finite double as the shortest of %.15g/%.16g/%.17g that reads back;
+ * infinities as 1e999 / -1e999. */
+void sl__lua_json_number(double x, char *out, size_t n);
 /* Installs loaders for the embedded pure-Lua library into package.preload. */
 void sl__lua_preload_embedded(lua_State *L);
 

@@ -1,4 +1,4 @@
--- sparselab.cli_fit — `sparselab fit DB --law sparse_frontier|power|loglinear [...]`: fits a
+-- sparselab.cli.fit — `sparselab fit DB --law sparse_frontier|power|loglinear [...]`: fits a
 -- scaling law to results in a store (sparselab.fit, sparselab.fit_db), prints the coefficients
 -- with standard errors and bootstrap confidence intervals, the in-sample R² and the held-out
 -- extrapolation error, and writes the fit to the store's `fit` table.

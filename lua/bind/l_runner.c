@@ -14,7 +14,7 @@
  * and, only when SPARSELAB_TEST_METHODS=1, the test hooks sl.__test_crash()
  * (dies of SIGSEGV) and sl.__test_sleep(seconds) behind the test methods. */
 #include "lbind.h"
-#include "runner.h"
+#include "runner/runner.h"
 
 #include <signal.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
--- sparselab.cli_merge — `sparselab merge OUT.db IN.db...` (DESIGN §9): the
+-- sparselab.cli.merge — `sparselab merge OUT.db IN.db...` (DESIGN §9): the
 -- union of shard databases. Each IN is read (attached, never written) and
 -- its results copied into OUT with their metrics and runs (ids remapped),
 -- one transaction per IN. A point key is in OUT once: a result whose key OUT
