@@ -26,7 +26,8 @@
  * (as "sl.fit_c.nls: model: <message>"). GSL's default error handler aborts
  * the process; it is switched off for the duration of each call and restored
  * after, so a host's own GSL policy is left as it was. */
-#include "lbind.h"
+#include "l_fit.h"
+#include "l_tensor.h"
 
 #include <gsl/gsl_blas.h>
 #include <gsl/gsl_cdf.h>

@@ -1,6 +1,7 @@
 /* l_io.c — sl.load / sl.save: .npy files, safetensors files, and a directory
  * of q.npy/k.npy/v.npy, as tables of named tensors. */
-#include "lbind.h"
+#include "l_io.h"
+#include "l_tensor.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -23,7 +23,8 @@
  *
  * Every cJSON tree lives in a "box" userdata whose __gc deletes it, so an
  * error raised half-way (a bad value, out of memory) leaks nothing. */
-#include "lbind.h"
+#include "l_json.h"
+#include "l_tensor.h"
 
 #include <cJSON.h>
 #include <math.h>

@@ -6,7 +6,8 @@
  * beside a mask is materialised at the mask's sizes. Positions given to
  * these functions are 0-based token positions (like the index tensors of
  * the ops); m:get and m:kept take 1-based head, row and key numbers. */
-#include "lbind.h"
+#include "l_mask.h"
+#include "l_tensor.h"
 
 #include <stdio.h>
 #include <string.h>

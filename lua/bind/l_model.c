@@ -3,7 +3,8 @@
  * hook) where hook(layer, q, k, v) returns the attention output, KV-cache
  * states, and sl.tokenizer_c.load with encode/decode. Policy (schedules,
  * metrics, capture) is Lua: sparselab/model.lua. */
-#include "lbind.h"
+#include "l_model.h"
+#include "l_tensor.h"
 
 #include <math.h>
 #include <string.h>

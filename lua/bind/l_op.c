@@ -2,7 +2,9 @@
  * sl.<family>.<name>(inputs..., {params, backend=}) for every op (optional
  * inputs as params: bias = t for opt.bias, state_o = t for state.o), plus
  * sl.ops() (the table of ops, parameters and backends) and sl.op_flops(). */
-#include "lbind.h"
+#include "l_op.h"
+#include "l_mask.h"
+#include "l_tensor.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -13,7 +13,8 @@
  * sl.runner_c.prefix and .hello (the protocol's line prefix and greeting),
  * and, only when SPARSELAB_TEST_METHODS=1, the test hooks sl.__test_crash()
  * (dies of SIGSEGV) and sl.__test_sleep(seconds) behind the test methods. */
-#include "lbind.h"
+#include "l_runner.h"
+#include "l_tensor.h"
 #include "runner/runner.h"
 
 #include <signal.h>

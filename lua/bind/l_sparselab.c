@@ -4,11 +4,22 @@
  *
  * Layers of lua/ (each includes only the ones below it):
  *   lua/prog/       the program (main.c, the REPL) and the build tool embed.c
- *   lua/bind/       the C bindings (this folder; lbind.h), luaopen_sparselab
+ *   lua/bind/       the C bindings (this folder; l_X.h owned by l_X.c, l_tensor.h
+ *                   the base every binding uses), luaopen_sparselab
  *   lua/runner/     the libuv sweep runner, a C library with no Lua in it
  *   core/, store/   the C library and the results store
  * lua/sparselab/ is the pure-Lua library, embedded into the bindings. */
-#include "lbind.h"
+#include "l_sparselab.h"
+#include "l_fit.h"
+#include "l_io.h"
+#include "l_json.h"
+#include "l_mask.h"
+#include "l_model.h"
+#include "l_op.h"
+#include "l_runner.h"
+#include "l_store.h"
+#include "l_tensor.h"
+#include "l_util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +53,8 @@ static int load_embedded(lua_State *L)
     return 1;
 }
 
-void sl__lua_preload_embedded(lua_State *L)
+/* Installs loaders for the embedded pure-Lua library into package.preload. */
+static void preload_embedded(lua_State *L)
 {
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     for (int i = 0; sl__embedded_lua[i].module; i++) {
@@ -70,7 +82,6 @@ static int l_set_interrupt(lua_State *L)
     return 0;
 }
 
-int luaopen_sparselab(lua_State *L);
 int luaopen_sparselab(lua_State *L)
 {
     luaL_checkversion(L);
@@ -100,7 +111,7 @@ int luaopen_sparselab(lua_State *L)
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "sparselab");
     lua_pop(L, 1);
-    sl__lua_preload_embedded(L);
+    preload_embedded(L);
     /* The embedded sparselab/init.lua is preloaded as "sparselab"; its
      * loader is called directly, since `require "sparselab"` now answers
      * with the table above. */

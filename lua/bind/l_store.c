@@ -12,7 +12,9 @@
  * with no spaces, e.g. ["sparselab-point-v1","quest",{"page":16},"niah",null,
  * "prefill",null,null,4096,4096,64,8,8,"cpu",0.1]. store.point_key{...} gives
  * the same key before a point runs (sweeps skip keys already recorded). */
-#include "lbind.h"
+#include "l_store.h"
+#include "l_json.h"
+#include "l_tensor.h"
 #include "store.h"
 
 #include <cJSON.h>

@@ -1,6 +1,6 @@
 /* l_tensor.c — the Lua tensor type (userdata over a value tensor), the
  * per-state context, and tensor constructors (sl.tensor, sl.zeros, sl.randn). */
-#include "lbind.h"
+#include "l_tensor.h"
 
 #include <math.h>
 #include <stdarg.h>

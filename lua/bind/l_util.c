@@ -1,7 +1,8 @@
 /* l_util.c — small host facts for scripts: monotonic time, backends and
  * their status, threads, version, and the sgemm and memcpy ceilings the
  * benchmarks compare against. */
-#include "lbind.h"
+#include "l_util.h"
+#include "l_tensor.h"
 #include "store.h"
 
 #include <cblas.h>

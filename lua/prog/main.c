@@ -3,7 +3,8 @@
  * of sl.*, `?name` help, auto-print, Ctrl-C interrupts the running
  * statement); otherwise it runs a subcommand of sparselab/cli/init.lua (module
  * sparselab.cli). Layer: the program, the top of lua/; it includes only the
- * bindings (lua/bind/lbind.h), which include the runner, core and store.
+ * bindings (lua/bind/l_sparselab.h, the module entry, and l_tensor.h, the
+ * per-state context), which include the runner, core and store.
  * Exit status: 0 success, 1 user error (one line on stderr), 2 internal error. */
 #include <errno.h>
 #include <malloc.h>
@@ -18,9 +19,8 @@
 #include <lua.h>
 #include <lualib.h>
 
-#include "bind/lbind.h"
-
-int luaopen_sparselab(lua_State *L);
+#include "bind/l_sparselab.h"
+#include "bind/l_tensor.h"
 
 /* A signal handler can reach nothing else, so the state it interrupts is the
  * one piece of file-level mutable state in the program (as in lua.c). The
