@@ -1,5 +1,5 @@
 // cuda/attn.cu — attention executors on CUDA (attn.dense, attn.block_sparse with its pv_skip option, attn.vs_mixed): flash-style f32 kernels with key tiles in shared memory and an online softmax in registers.
-#include "kernels.cuh"
+#include "attn.cuh"
 #include "warp.cuh"
 
 #include <math.h>

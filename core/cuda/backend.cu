@@ -1,5 +1,7 @@
 // cuda/backend.cu — the CUDA backend: device probe, kernel table, the staging of host tensors through device memory, and the host side of each executor.
-#include "kernels.cuh"
+#include "attn.cuh"
+#include "sparse.cuh"
+#include "correct.cuh"
 #include "score.cuh"
 #include "correct_ext.cuh"
 #include "token_score.cuh"

@@ -1,6 +1,6 @@
 // cuda/correct.cu — the corrections (correct.*) on CUDA: element-wise kernels over the sparse output (unverified on a device: written and compiled without a GPU).
 
-#include "kernels.cuh"
+#include "correct.cuh"
 
 namespace {
 

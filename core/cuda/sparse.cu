@@ -1,6 +1,6 @@
 // cuda/sparse.cu — executors over gathered keys and chosen rows on CUDA (attn.token_sparse, attn.rows) and the log-sum-exp merge that finishes them and serves attn.lse_merge.
 
-#include "kernels.cuh"
+#include "sparse.cuh"
 #include "warp.cuh"
 
 #include <math.h>

@@ -1,21 +1,58 @@
 // cuda/token_score.cu — CUDA kernels of pool.tokens, score.lowbit, score.hash and attn.bucket
 // (contracts in sparselab.h): plain one-thread-per-output kernels, each call
 // staging its tensors through device memory like the executors in
-// backend.cu. score.lowbit quantises on the host with the shared f32 rule
-// (ref/token_score.c) so the device sees exactly the values ref and cpu see.
+// backend.cu. score.lowbit quantises on the host by the contract's f32 rule
+// (its own code: lowbit_quantise below), so the device sees exactly the
+// values the contract defines.
 // Unverified on a device: built with `make CUDA=1`, run by test-cuda where a
 // GPU is present.
 #include "token_score.cuh"
 
-extern "C" {
-#include "../ref/ref.h"
-}
 
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdlib.h>
 
 namespace {
+
+// score.lowbit's quantiser on the host (the contract in sparselab.h, in f32):
+// per group of rows, step = max|x| / qmax, x~ = step . clamp(roundf(x / step)).
+void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, float *out)
+{
+    const int64_t n_all = rows * d;
+    if (bits >= 16) {
+        for (int64_t i = 0; i < n_all; i++)
+            out[i] = x[i];
+        return;
+    }
+    const float qmax = (float)((1 << (bits - 1)) - 1);
+    for (int64_t first = 0; first < n_all; first += group * d) {
+        const int64_t last = first + group * d < n_all ? first + group * d : n_all;
+        float amax = 0.0f;
+        for (int64_t i = first; i < last; i++)
+            amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        const float step = amax > 0.0f ? amax / qmax : 1.0f;
+        for (int64_t i = first; i < last; i++) {
+            float level = roundf(x[i] / step);
+            level = level > qmax ? qmax : (level < -qmax ? -qmax : level);
+            out[i] = level * step;
+        }
+    }
+}
+
+// K' = K - mean over tokens per channel (double sums stored as f32); mean 0 without smoothing.
+void lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, float *ks, float *mean)
+{
+    for (int64_t c = 0; c < d; c++) {
+        double acc = 0;
+        if (smooth)
+            for (int64_t t = 0; t < nk; t++)
+                acc += k[t * d + c];
+        mean[c] = smooth && nk > 0 ? (float)(acc / (double)nk) : 0.0f;
+        for (int64_t t = 0; t < nk; t++)
+            ks[t * d + c] = k[t * d + c] - mean[c];
+    }
+}
 
 const char *name_of(const sl__kargs *a) { return sl_op_info_get(a->op)->name; }
 
@@ -251,13 +288,13 @@ sl_status sl__cuda_score_lowbit(const sl__kargs *a)
     if (!qq || !kq || !ks || !mean || !corr)
         s = sl_ctx_fail(a->ctx, SL_ENOMEM, "%s[cuda]: out of host memory", name_of(a));
     for (int64_t h = 0; s == SL_OK && h < dm.hkv; h++) {
-        sl__lowbit_prepare((const float *)a->in[1].data + h * dm.nk * dm.d, dm.nk, dm.d, (int)p->smooth_k, ks,
+        lowbit_prepare((const float *)a->in[1].data + h * dm.nk * dm.d, dm.nk, dm.d, (int)p->smooth_k, ks,
                            mean + h * dm.d);
-        sl__lowbit_quantise(ks, dm.nk, dm.d, p->k_group, (int)p->bits, kq + h * dm.nk * dm.d);
+        lowbit_quantise(ks, dm.nk, dm.d, p->k_group, (int)p->bits, kq + h * dm.nk * dm.d);
     }
     for (int64_t h = 0; s == SL_OK && h < dm.hq; h++) {
         const float *q = (const float *)a->in[0].data + h * dm.nq * dm.d, *mk = mean + (h / dm.group) * dm.d;
-        sl__lowbit_quantise(q, dm.nq, dm.d, p->q_group, (int)p->bits, qq + h * dm.nq * dm.d);
+        lowbit_quantise(q, dm.nq, dm.d, p->q_group, (int)p->bits, qq + h * dm.nq * dm.d);
         for (int64_t i = 0; i < dm.nq; i++) {
             double c = 0;
             for (int64_t t = 0; t < dm.d; t++)
