@@ -74,7 +74,8 @@ $(BUILD)/%.cu.o: %.cu
 	@echo "  NVCC  $<"
 	@$(NVCC) -MMD -MP -O2 -std=c++17 -arch=$(CUDA_ARCH) -Xcompiler -fPIC -I core -DSL_CUDA=1 -c $< -o $@
 
-# The core library has no SQLite/Lua/libuv in it; the store is a library of its own.
+# The core library has no SQLite/Lua/libuv in it (cJSON, for its JSON files, it
+# has); the store is a library of its own.
 $(LIB): $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	@rm -f $@ && ar rcs $@ $^

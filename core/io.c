@@ -3,6 +3,7 @@
  * file's real size before anything is allocated or read, and float data is
  * scanned for NaN. Tensors keep the file's dtype. */
 #include "internal.h"
+#include "json.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -24,7 +25,7 @@
 #define NPY_MAX_HEADER_BYTES ((uint64_t)1 << 20)
 /* The limit of the reference safetensors implementation. */
 #define ST_MAX_HEADER_BYTES ((uint64_t)100000000)
-/* Deep nesting in __metadata__ would otherwise recurse without bound. */
+/* Nesting in __metadata__, below the header's own object. */
 #define JSON_MAX_DEPTH 64
 
 typedef unsigned long long ull;
@@ -627,232 +628,16 @@ sl_status sl_npy_write(sl_ctx *ctx, const char *path, const sl_tensor *t)
     return finish_write(&w, f, failed, errno);
 }
 
-/* ---- safetensors: a strict JSON reader ---------------------------------------- */
-
-/* The header is parsed in place: strings are unescaped over their own bytes
- * (an escape never decodes longer than it is written) and NUL-terminated. */
-typedef struct json {
-    where w;
-    char *begin, *p, *end;
-} json;
-
-static sl_status jfail(json *j, const char *expected)
-{
-    char found[32];
-    describe_next(j->p, j->end, found, sizeof found);
-    return fail_at(&j->w, SL_EFORMAT, "header at byte %llu: expected %s, found %s",
-                   (ull)(j->p - j->begin) + 8, expected, found);
-}
-
-static void jws(json *j)
-{
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-        j->p++;
-}
-
-static int jpeek(json *j, char c)
-{
-    jws(j);
-    return j->p < j->end && *j->p == c;
-}
-
-static sl_status jexpect(json *j, char c, const char *expected)
-{
-    if (!jpeek(j, c))
-        return jfail(j, expected);
-    j->p++;
-    return SL_OK;
-}
-
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Four hex digits after "\u". */
-static sl_status jhex4(json *j, uint32_t *v)
-{
-    *v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = j->p < j->end ? hex_value(*j->p) : -1;
-        if (h < 0)
-            return jfail(j, "four hex digits after \\u");
-        *v = *v << 4 | (uint32_t)h;
-        j->p++;
-    }
-    return SL_OK;
-}
-
-/* The code point of a \uXXXX escape (j->p just past the 'u'), joining
- * surrogate pairs. */
-static sl_status jcodepoint(json *j, uint32_t *cp)
-{
-    sl_status s = jhex4(j, cp);
-    if (s)
-        return s;
-    if (*cp >= 0xdc00 && *cp <= 0xdfff)
-        return jfail(j, "a high surrogate before a low surrogate");
-    if (*cp >= 0xd800 && *cp <= 0xdbff) {
-        uint32_t lo;
-        if (j->end - j->p < 2 || j->p[0] != '\\' || j->p[1] != 'u')
-            return jfail(j, "\\u and a low surrogate after a high surrogate");
-        j->p += 2;
-        if ((s = jhex4(j, &lo)))
-            return s;
-        if (lo < 0xdc00 || lo > 0xdfff)
-            return jfail(j, "a low surrogate (\\udc00 to \\udfff) after a high surrogate");
-        *cp = 0x10000 + ((*cp - 0xd800) << 10) + (lo - 0xdc00);
-    }
-    if (*cp == 0)
-        return jfail(j, "a character other than \\u0000 (names are C strings)");
-    return SL_OK;
-}
-
-static char *put_utf8(char *d, uint32_t cp)
-{
-    if (cp < 0x80) {
-        *d++ = (char)cp;
-    } else if (cp < 0x800) {
-        *d++ = (char)(0xc0 | cp >> 6);
-        *d++ = (char)(0x80 | (cp & 0x3f));
-    } else if (cp < 0x10000) {
-        *d++ = (char)(0xe0 | cp >> 12);
-        *d++ = (char)(0x80 | ((cp >> 6) & 0x3f));
-        *d++ = (char)(0x80 | (cp & 0x3f));
-    } else {
-        *d++ = (char)(0xf0 | cp >> 18);
-        *d++ = (char)(0x80 | ((cp >> 12) & 0x3f));
-        *d++ = (char)(0x80 | ((cp >> 6) & 0x3f));
-        *d++ = (char)(0x80 | (cp & 0x3f));
-    }
-    return d;
-}
-
-static sl_status jstring(json *j, char **out)
-{
-    if (!jpeek(j, '"'))
-        return jfail(j, "a string");
-    char *start = ++j->p, *d = start;
-    for (;;) {
-        if (j->p >= j->end)
-            return jfail(j, "the closing '\"' of a string");
-        unsigned char c = (unsigned char)*j->p;
-        if (c == '"')
-            break;
-        if (c < 0x20)
-            return jfail(j, "a string character (control characters must be escaped)");
-        j->p++;
-        if (c != '\\') {
-            *d++ = (char)c;
-            continue;
-        }
-        char e = j->p < j->end ? *j->p : '\0';
-        const char *from = "\"\\/bfnrt", *to = "\"\\/\b\f\n\r\t";
-        const char *hit = e ? strchr(from, e) : NULL;
-        if (hit) {
-            *d++ = to[hit - from];
-            j->p++;
-        } else if (e == 'u') {
-            uint32_t cp;
-            j->p++;
-            sl_status s = jcodepoint(j, &cp);
-            if (s)
-                return s;
-            d = put_utf8(d, cp);
-        } else {
-            return jfail(j, "an escape (\\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX)");
-        }
-    }
-    /* d never passes the closing quote, which is consumed here. */
-    *d = '\0';
-    j->p++;
-    *out = start;
-    return SL_OK;
-}
-
-/* A JSON integer: optional '-', no leading zeros, no fraction or exponent. */
-static sl_status jint(json *j, const char *expected, int64_t *v)
-{
-    jws(j);
-    char *start = j->p;
-    int neg = j->p < j->end && *j->p == '-';
-    if (neg)
-        j->p++;
-    if (j->p >= j->end || *j->p < '0' || *j->p > '9') {
-        j->p = start;
-        return jfail(j, expected);
-    }
-    if (*j->p == '0' && j->end - j->p > 1 && j->p[1] >= '0' && j->p[1] <= '9')
-        return jfail(j, "an integer without leading zeros");
-    uint64_t u = 0;
-    while (j->p < j->end && *j->p >= '0' && *j->p <= '9') {
-        unsigned digit = (unsigned)(*j->p - '0');
-        if (u > ((uint64_t)INT64_MAX - digit) / 10) {
-            j->p = start;
-            return jfail(j, "an integer below 2^63");
-        }
-        u = u * 10 + digit;
-        j->p++;
-    }
-    if (j->p < j->end && (*j->p == '.' || *j->p == 'e' || *j->p == 'E'))
-        return jfail(j, "an integer (no fraction or exponent)");
-    *v = neg ? -(int64_t)u : (int64_t)u;
-    return SL_OK;
-}
-
-/* Skips any value of the accepted subset (for __metadata__). */
-static sl_status jskip(json *j, int depth)
-{
-    sl_status s;
-    if (depth > JSON_MAX_DEPTH)
-        return jfail(j, "nesting at most 64 deep");
-    jws(j);
-    if (j->p < j->end && *j->p == '"') {
-        char *str;
-        return jstring(j, &str);
-    }
-    if (j->p < j->end && (*j->p == '-' || (*j->p >= '0' && *j->p <= '9'))) {
-        int64_t v;
-        return jint(j, "an integer", &v);
-    }
-    int object = j->p < j->end && *j->p == '{';
-    if (!object && !(j->p < j->end && *j->p == '['))
-        return jfail(j, "a string, integer, object or array");
-    char close = object ? '}' : ']';
-    j->p++;
-    if (jpeek(j, close)) {
-        j->p++;
-        return SL_OK;
-    }
-    for (;;) {
-        if (object) {
-            char *key;
-            if ((s = jstring(j, &key)) || (s = jexpect(j, ':', "':' after a key")))
-                return s;
-        }
-        if ((s = jskip(j, depth + 1)))
-            return s;
-        if (jpeek(j, ',')) {
-            j->p++;
-        } else if (jpeek(j, close)) {
-            j->p++;
-            return SL_OK;
-        } else {
-            return jfail(j, object ? "',' or '}' in an object" : "',' or ']' in an array");
-        }
-    }
-}
-
 /* ---- safetensors: the header ------------------------------------------------------- */
 
+/* The header is parsed by cJSON (json.h); what follows checks its meaning. */
+
+/* Offsets and dims are integers of at most 2^53, where doubles (cJSON's
+ * numbers) are still exact. */
+#define ST_MAX_INT 9007199254740992.0
+
 typedef struct st_entry {
-    const char *name; /* into the header buffer */
+    const char *name; /* into the parsed header */
     sl_dtype dtype;
     int ndim;
     int64_t shape[SL_MAX_DIMS];
@@ -879,112 +664,119 @@ static const char *st_dtype_name(sl_dtype t)
     return "?";
 }
 
-static sl_status st_parse_shape(json *j, st_entry *e)
+static sl_status st_parse_dtype(const where *w, const cJSON *v, st_entry *e)
 {
-    sl_status s = jexpect(j, '[', "'[' to open 'shape'");
-    if (s)
-        return s;
-    int count = 0;
-    if (jpeek(j, ']')) {
-        j->p++;
+    size_t i = 0, n = sizeof st_dtypes / sizeof st_dtypes[0];
+    while (cJSON_IsString(v) && i < n && strcmp(v->valuestring, st_dtypes[i].name) != 0)
+        i++;
+    if (cJSON_IsString(v) && i < n) {
+        e->dtype = st_dtypes[i].dtype;
+        return SL_OK;
+    }
+    char d[48];
+    if (cJSON_IsString(v)) {
+        printable(d + 1, sizeof d - 2, v->valuestring, strlen(v->valuestring));
+        d[0] = '\'';
+        strcat(d, "'");
     } else {
-        for (;;) {
-            int64_t d;
-            if ((s = jint(j, "an integer dimension in 'shape'", &d)))
-                return s;
-            if (d < 0)
-                return fail_at(&j->w, SL_EFORMAT, "expected non-negative dims in 'shape', found %lld", (long long)d);
-            if (count < SL_MAX_DIMS)
-                e->shape[count] = d;
-            count++;
-            if (jpeek(j, ',')) {
-                j->p++;
-            } else if (jpeek(j, ']')) {
-                j->p++;
-                break;
-            } else {
-                return jfail(j, "',' or ']' in 'shape'");
-            }
+        sl__json_describe(v, d, sizeof d);
+    }
+    return fail_at(w, SL_EFORMAT, "expected dtype F32, F16, BF16, F64, I32 or U8, found %s", d);
+}
+
+static sl_status st_parse_shape(const where *w, const cJSON *v, st_entry *e)
+{
+    char found[96];
+    if (!cJSON_IsArray(v)) {
+        sl__json_describe(v, found, sizeof found);
+        return fail_at(w, SL_EFORMAT, "expected 'shape' to be an array of integer dims, found %s", found);
+    }
+    int count = 0;
+    for (const cJSON *d = v->child; d; d = d->next, count++) {
+        if (!sl__json_integral(d, -ST_MAX_INT, ST_MAX_INT)) {
+            sl__json_describe(d, found, sizeof found);
+            return fail_at(w, SL_EFORMAT, "expected integer dims of at most 2^53 in 'shape', found %s", found);
         }
+        if (d->valuedouble < 0)
+            return fail_at(w, SL_EFORMAT, "expected non-negative dims in 'shape', found %.0f", d->valuedouble);
+        if (count < SL_MAX_DIMS)
+            e->shape[count] = (int64_t)d->valuedouble;
     }
     if (count > SL_MAX_DIMS)
-        return fail_at(&j->w, SL_EFORMAT, "expected at most %d dims in 'shape', found %d", SL_MAX_DIMS, count);
+        return fail_at(w, SL_EFORMAT, "expected at most %d dims in 'shape', found %d", SL_MAX_DIMS, count);
     e->ndim = count;
     return SL_OK;
 }
 
-static sl_status st_parse_offsets(json *j, st_entry *e)
+static sl_status st_parse_offsets(const where *w, const cJSON *v, st_entry *e)
 {
-    int64_t b, en;
-    sl_status s;
-    if ((s = jexpect(j, '[', "'[' to open 'data_offsets'")) || (s = jint(j, "an integer offset", &b)) ||
-        (s = jexpect(j, ',', "',' between the two data_offsets")) || (s = jint(j, "an integer offset", &en)) ||
-        (s = jexpect(j, ']', "']' after two data_offsets")))
-        return s;
-    if (b < 0 || en < 0)
-        return fail_at(&j->w, SL_EFORMAT, "expected non-negative data_offsets, found [%lld, %lld]", (long long)b,
-                       (long long)en);
-    e->begin = (uint64_t)b;
-    e->end = (uint64_t)en;
+    const cJSON *b = cJSON_IsArray(v) ? v->child : NULL, *en = b ? b->next : NULL;
+    if (!en || en->next || !sl__json_integral(b, 0, ST_MAX_INT) || !sl__json_integral(en, 0, ST_MAX_INT)) {
+        char found[96];
+        sl__json_describe(v, found, sizeof found);
+        return fail_at(w, SL_EFORMAT,
+                       "expected 'data_offsets' to be two non-negative integer offsets [begin, end] of at most "
+                       "2^53, found %s", found);
+    }
+    e->begin = (uint64_t)b->valuedouble;
+    e->end = (uint64_t)en->valuedouble;
     return SL_OK;
 }
 
 /* {"dtype": "F32", "shape": [..], "data_offsets": [b, e]}, keys in any order. */
-static sl_status st_parse_entry(json *j, st_entry *e)
+static sl_status st_parse_entry(const where *w, const cJSON *v, st_entry *e)
 {
     int have_dtype = 0, have_shape = 0, have_offsets = 0;
-    sl_status s = jexpect(j, '{', "'{' to open the tensor's entry");
+    sl_status s = SL_OK;
+    if (!cJSON_IsObject(v)) {
+        char found[96];
+        sl__json_describe(v, found, sizeof found);
+        return fail_at(w, SL_EFORMAT, "expected an object with dtype, shape and data_offsets, found %s", found);
+    }
+    for (const cJSON *m = v->child; m && !s; m = m->next) {
+        const char *key = m->string;
+        if (strcmp(key, "dtype") == 0) {
+            if (have_dtype++)
+                return fail_at(w, SL_EFORMAT, "key 'dtype' appears twice");
+            s = st_parse_dtype(w, m, e);
+        } else if (strcmp(key, "shape") == 0) {
+            if (have_shape++)
+                return fail_at(w, SL_EFORMAT, "key 'shape' appears twice");
+            s = st_parse_shape(w, m, e);
+        } else if (strcmp(key, "data_offsets") == 0) {
+            if (have_offsets++)
+                return fail_at(w, SL_EFORMAT, "key 'data_offsets' appears twice");
+            s = st_parse_offsets(w, m, e);
+        } else {
+            char k[48];
+            printable(k, sizeof k, key, strlen(key));
+            return fail_at(w, SL_EFORMAT, "expected keys dtype, shape and data_offsets, found '%s'", k);
+        }
+    }
     if (s)
         return s;
-    if (jpeek(j, '}'))
-        j->p++;
-    else
-        for (;;) {
-            char *key;
-            if ((s = jstring(j, &key)) || (s = jexpect(j, ':', "':' after a key")))
-                return s;
-            if (strcmp(key, "dtype") == 0) {
-                char *dt;
-                if (have_dtype++)
-                    return fail_at(&j->w, SL_EFORMAT, "key 'dtype' appears twice");
-                if ((s = jstring(j, &dt)))
-                    return s;
-                size_t i = 0, n = sizeof st_dtypes / sizeof st_dtypes[0];
-                while (i < n && strcmp(dt, st_dtypes[i].name) != 0)
-                    i++;
-                if (i == n) {
-                    char d[32];
-                    printable(d, sizeof d, dt, strlen(dt));
-                    return fail_at(&j->w, SL_EFORMAT, "expected dtype F32, F16, BF16, F64, I32 or U8, found '%s'", d);
-                }
-                e->dtype = st_dtypes[i].dtype;
-            } else if (strcmp(key, "shape") == 0) {
-                if (have_shape++)
-                    return fail_at(&j->w, SL_EFORMAT, "key 'shape' appears twice");
-                if ((s = st_parse_shape(j, e)))
-                    return s;
-            } else if (strcmp(key, "data_offsets") == 0) {
-                if (have_offsets++)
-                    return fail_at(&j->w, SL_EFORMAT, "key 'data_offsets' appears twice");
-                if ((s = st_parse_offsets(j, e)))
-                    return s;
-            } else {
-                char k[48];
-                printable(k, sizeof k, key, strlen(key));
-                return fail_at(&j->w, SL_EFORMAT, "expected keys dtype, shape and data_offsets, found '%s'", k);
-            }
-            if (jpeek(j, ',')) {
-                j->p++;
-            } else if (jpeek(j, '}')) {
-                j->p++;
-                break;
-            } else {
-                return jfail(j, "',' or '}' in the tensor's entry");
-            }
-        }
     if (!have_dtype || !have_shape || !have_offsets)
-        return fail_at(&j->w, SL_EFORMAT, "expected keys dtype, shape and data_offsets, found no '%s'",
+        return fail_at(w, SL_EFORMAT, "expected keys dtype, shape and data_offsets, found no '%s'",
                        !have_dtype ? "dtype" : !have_shape ? "shape" : "data_offsets");
+    return SL_OK;
+}
+
+/* __metadata__ holds strings, integers, objects and arrays (the format says
+ * strings; the reader has always let the rest through). */
+static sl_status st_check_metadata(const where *w, const cJSON *v)
+{
+    if (cJSON_IsString(v) || sl__json_integral(v, -9223372036854775808.0, 9223372036854775807.0))
+        return SL_OK;
+    if (!cJSON_IsArray(v) && !cJSON_IsObject(v)) {
+        char found[64];
+        sl__json_describe(v, found, sizeof found);
+        return fail_at(w, SL_EFORMAT, "'__metadata__': expected a string, integer, object or array, found %s", found);
+    }
+    for (const cJSON *c = v->child; c; c = c->next) {
+        sl_status s = st_check_metadata(w, c);
+        if (s)
+            return s;
+    }
     return SL_OK;
 }
 
@@ -1009,48 +801,40 @@ static sl_status st_push(const where *w, st_list *l, const st_entry *e)
 }
 
 /* The whole header: an object of tensor entries and an optional
- * __metadata__ object (skipped), then only spaces. */
-static sl_status st_parse_header(json *j, st_list *l)
+ * __metadata__ object, then only white space. Entry names point into the
+ * tree, which the caller deletes. */
+static sl_status st_parse_header(where *w, const char *hdr, size_t hlen, st_list *l, cJSON **root)
 {
-    int have_meta = 0;
-    sl_status s = jexpect(j, '{', "'{' to open the header");
+    sl_status s = sl__json_parse(w->ctx, w->path, hdr, hlen, 8, JSON_MAX_DEPTH + 1, root);
     if (s)
         return s;
-    if (jpeek(j, '}'))
-        j->p++;
-    else
-        for (;;) {
-            char *key;
-            if ((s = jstring(j, &key)) || (s = jexpect(j, ':', "':' after a key")))
+    if (!cJSON_IsObject(*root)) {
+        char found[64];
+        sl__json_describe(*root, found, sizeof found);
+        return fail_at(w, SL_EFORMAT, "expected a JSON object as the header, found %s", found);
+    }
+    int have_meta = 0;
+    for (const cJSON *m = (*root)->child; m; m = m->next) {
+        if (strcmp(m->string, "__metadata__") == 0) {
+            if (have_meta++)
+                return fail_at(w, SL_EFORMAT, "key '__metadata__' appears twice");
+            if (!cJSON_IsObject(m)) {
+                char found[64];
+                sl__json_describe(m, found, sizeof found);
+                return fail_at(w, SL_EFORMAT, "expected an object for '__metadata__', found %s", found);
+            }
+            if ((s = st_check_metadata(w, m)))
                 return s;
-            if (strcmp(key, "__metadata__") == 0) {
-                if (have_meta++)
-                    return fail_at(&j->w, SL_EFORMAT, "key '__metadata__' appears twice");
-                if (!jpeek(j, '{'))
-                    return jfail(j, "an object for '__metadata__'");
-                if ((s = jskip(j, 1)))
-                    return s;
-            } else {
-                st_entry e;
-                memset(&e, 0, sizeof e);
-                e.name = key;
-                j->w.name = key;
-                if ((s = st_parse_entry(j, &e)) || (s = st_push(&j->w, l, &e)))
-                    return s;
-                j->w.name = NULL;
-            }
-            if (jpeek(j, ',')) {
-                j->p++;
-            } else if (jpeek(j, '}')) {
-                j->p++;
-                break;
-            } else {
-                return jfail(j, "',' or '}' after an entry of the header");
-            }
+        } else {
+            st_entry e;
+            memset(&e, 0, sizeof e);
+            e.name = m->string;
+            w->name = m->string;
+            if ((s = st_parse_entry(w, m, &e)) || (s = st_push(w, l, &e)))
+                return s;
+            w->name = NULL;
         }
-    jws(j);
-    if (j->p != j->end)
-        return jfail(j, "only spaces after the header's closing '}'");
+    }
     return SL_OK;
 }
 
@@ -1193,17 +977,17 @@ static sl_status st_read_file(where *w, FILE *f, uint64_t size, sl_named_tensor 
     if (!hdr)
         return rewrap(w, SL_ENOMEM);
     st_list l = {NULL, 0, 0};
+    cJSON *root = NULL;
     s = read_at(w, f, 8, hdr, (size_t)hlen, "the header");
-    if (!s) {
-        json j = {*w, hdr, hdr, hdr + hlen};
-        s = st_parse_header(&j, &l);
-    }
+    if (!s)
+        s = st_parse_header(w, hdr, (size_t)hlen, &l, &root);
     if (!s)
         s = st_check(w, &l, size - 8 - hlen);
     if (!s)
         s = st_load_all(w, f, 8 + hlen, &l, out, n_out);
     if (l.v)
         sl_ctx_dealloc(w->ctx, l.v, l.cap * sizeof *l.v);
+    cJSON_Delete(root);
     sl_ctx_dealloc(w->ctx, hdr, (size_t)hlen);
     return s;
 }
@@ -1243,72 +1027,43 @@ void sl_named_tensors_free(sl_ctx *ctx, sl_named_tensor *ts, int n)
 
 /* ---- safetensors: writing ---------------------------------------------------------------- */
 
-/* Text that is only measured while p is NULL, then written. */
-typedef struct text {
-    char *p;
-    size_t len, cap;
-} text;
-
-static void text_put(text *t, const char *s, size_t n)
-{
-    if (t->p && t->len + n <= t->cap)
-        memcpy(t->p + t->len, s, n);
-    t->len += n;
-}
-
-static void text_str(text *t, const char *s) { text_put(t, s, strlen(s)); }
-
-static void text_u64(text *t, uint64_t v)
+/* An integer as cJSON raw text: cJSON prints numbers from doubles, through
+ * %1.15g (1e+15 for 10^15) above 2^31. */
+static int add_int(cJSON *array, uint64_t v)
 {
     char buf[24];
-    int k = snprintf(buf, sizeof buf, "%llu", (ull)v);
-    text_put(t, buf, (size_t)k);
-}
-
-static void text_json_string(text *t, const char *s)
-{
-    text_put(t, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            char esc[2] = {'\\', (char)c};
-            text_put(t, esc, 2);
-        } else if (c < 0x20) {
-            char esc[8];
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            text_put(t, esc, 6);
-        } else {
-            text_put(t, s, 1);
-        }
+    snprintf(buf, sizeof buf, "%llu", (ull)v);
+    cJSON *item = cJSON_CreateRaw(buf);
+    if (!item)
+        return 0;
+    if (!cJSON_AddItemToArray(array, item)) {
+        cJSON_Delete(item);
+        return 0;
     }
-    text_put(t, "\"", 1);
+    return 1;
 }
 
-/* The JSON header (without padding). The format metadata is what Hugging
- * Face loaders look for. */
-static void st_header_text(text *t, const sl_named_tensor *ts, int n, const uint64_t *bytes)
+/* The JSON header (without padding), printed without spaces: the format
+ * metadata Hugging Face loaders look for, then the tensors in order. NULL
+ * when cJSON runs out of memory; else cJSON_free it. */
+static char *st_header_text(const sl_named_tensor *ts, int n, const uint64_t *bytes)
 {
     uint64_t offset = 0;
-    text_str(t, "{\"__metadata__\":{\"format\":\"pt\"}");
-    for (int i = 0; i < n; i++) {
-        text_str(t, ",");
-        text_json_string(t, ts[i].name);
-        text_str(t, ":{\"dtype\":\"");
-        text_str(t, st_dtype_name(ts[i].t.dtype));
-        text_str(t, "\",\"shape\":[");
-        for (int d = 0; d < ts[i].t.ndim; d++) {
-            if (d)
-                text_str(t, ",");
-            text_u64(t, (uint64_t)ts[i].t.shape[d]);
-        }
-        text_str(t, "],\"data_offsets\":[");
-        text_u64(t, offset);
-        text_str(t, ",");
+    cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "__metadata__");
+    int ok = meta && cJSON_AddStringToObject(meta, "format", "pt");
+    for (int i = 0; i < n && ok; i++) {
+        cJSON *e = cJSON_AddObjectToObject(root, ts[i].name), *shape, *offsets;
+        ok = e && cJSON_AddStringToObject(e, "dtype", st_dtype_name(ts[i].t.dtype)) &&
+             (shape = cJSON_AddArrayToObject(e, "shape")) != NULL;
+        for (int d = 0; ok && d < ts[i].t.ndim; d++)
+            ok = add_int(shape, (uint64_t)ts[i].t.shape[d]);
+        ok = ok && (offsets = cJSON_AddArrayToObject(e, "data_offsets")) != NULL && add_int(offsets, offset) &&
+             add_int(offsets, offset + bytes[i]);
         offset += bytes[i];
-        text_u64(t, offset);
-        text_str(t, "]}");
     }
-    text_str(t, "}");
+    char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    return text;
 }
 
 static int by_tensor_name(const void *a, const void *b)
@@ -1371,36 +1126,36 @@ sl_status sl_safetensors_write(sl_ctx *ctx, const char *path, const sl_named_ten
         return rewrap(&w, SL_ENOMEM);
     sl_status s = st_check_inputs(&w, ts, n, bytes);
 
-    text measure = {NULL, 0, 0}, t = {NULL, 0, 0};
-    size_t hlen = 0;
+    char *text = NULL;
+    size_t len = 0, hlen = 0;
     if (!s) {
-        st_header_text(&measure, ts, n, bytes);
+        text = st_header_text(ts, n, bytes);
+        if (!text)
+            s = fail_at(&w, SL_ENOMEM, "out of memory printing the header");
+        else
+            len = strlen(text);
         /* Spaces pad the header so the data section starts 8-byte aligned. */
-        hlen = (measure.len + 7) & ~(size_t)7;
-        t.cap = hlen;
-        t.p = sl_ctx_alloc(ctx, hlen);
-        if (!t.p)
-            s = rewrap(&w, SL_ENOMEM);
+        hlen = (len + 7) & ~(size_t)7;
     }
     FILE *f = NULL;
     if (!s) {
-        st_header_text(&t, ts, n, bytes);
-        memset(t.p + t.len, ' ', hlen - t.len);
         f = fopen(path, "wb");
         if (!f)
             s = fail_at(&w, SL_EIO, "cannot open for writing: %s", strerror(errno));
     }
     if (!s) {
+        static const char spaces[9] = "        ";
         unsigned char lenb[8];
         for (int i = 0; i < 8; i++)
             lenb[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-        int failed = fwrite(lenb, 1, 8, f) != 8 || fwrite(t.p, 1, hlen, f) != hlen;
+        int failed = fwrite(lenb, 1, 8, f) != 8 || fwrite(text, 1, len, f) != len ||
+                     fwrite(spaces, 1, hlen - len, f) != hlen - len;
         for (int i = 0; i < n && !failed; i++)
             failed = write_elements(f, &ts[i].t, bytes[i]) != 0;
         s = finish_write(&w, f, failed, errno);
     }
-    if (t.p)
-        sl_ctx_dealloc(ctx, t.p, hlen);
+    if (text)
+        cJSON_free(text);
     sl_ctx_dealloc(ctx, bytes, (size_t)n * sizeof *bytes);
     return s;
 }

@@ -862,25 +862,25 @@ START_TEST(test_st_bad_headers)
     } cases[] = {
         {"{" ENTRY("a", "I64", "[3]", 0, 24) "}", 24, "a", "found 'I64'"},
         {"{" ENTRY("a", "f32", "[6]", 0, 24) "}", 24, "a", "found 'f32'"},
-        {"{" ENTRY("a", "F32", "[2,3]", 0, 24) ",}", 24, NULL, "a string"},
-        {"{" ENTRY("a", "F32", "[2,3.0]", 0, 24) "}", 24, "a", "fraction"},
-        {"{" ENTRY("a", "F32", "[2,3e0]", 0, 24) "}", 24, "a", "exponent"},
-        {"{" ENTRY("a", "F32", "[2,03]", 0, 24) "}", 24, "a", "leading zeros"},
+        {"{" ENTRY("a", "F32", "[2,3]", 0, 24) ",}", 24, NULL, "invalid JSON at byte"},
+        {"{" ENTRY("a", "F32", "[2,3.5]", 0, 24) "}", 24, "a", "integer dims"},
+        {"{" ENTRY("a", "F32", "[2,\"3\"]", 0, 24) "}", 24, "a", "integer dims"},
+        {"{" ENTRY("a", "F32", "{}", 0, 24) "}", 24, "a", "'shape' to be an array"},
         {"{" ENTRY("a", "F32", "[2,-3]", 0, 24) "}", 24, "a", "non-negative dims"},
         {"{" ENTRY("a", "F32", "[1,1,1,2,3]", 0, 24) "}", 24, "a", "at most 4 dims"},
-        {"{" ENTRY("a", "F32", "[2,99999999999999999999]", 0, 24) "}", 24, "a", "2^63"},
+        {"{" ENTRY("a", "F32", "[2,99999999999999999999]", 0, 24) "}", 24, "a", "2^53"},
         {"{" ENTRY("a", "F32", "[99999999999,99999999999,99999999999]", 0, 24) "}", 24, "a", "too large"},
         {"{" ENTRY("a", "F32", "[0,99999999999,99999999999,99999999999]", 0, 0) "}", 0, "a", "too large"},
-        {"{" ENTRY("a", "F32", "[2,3]", 0, 24), 24, NULL, "',' or '}'"},
+        {"{" ENTRY("a", "F32", "[2,3]", 0, 24), 24, NULL, "invalid JSON at byte"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24],\"x\":1}}", 24, "a", "found 'x'"},
         {"{\"a\":{\"dtype\":\"F32\",\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}}", 24, "a", "twice"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3]}}", 24, "a", "no 'data_offsets'"},
         {"{\"a\":{}}", 24, "a", "no 'dtype'"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24,24]}}", 24, "a", "']'"},
-        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0]}}", 24, "a", "','"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24,24]}}", 24, "a", "two non-negative integer offsets"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0]}}", 24, "a", "two non-negative integer offsets"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[-1,23]}}", 24, "a", "non-negative"},
         {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,true]}}", 24, "a", "integer offset"},
-        {"{\"a\":[]}", 24, "a", "'{'"},
+        {"{\"a\":[]}", 24, "a", "expected an object"},
         {"{" ENTRY("a", "F32", "[2,3]", 0, 48) "}", 24, "a", "reach past"},
         {"{" ENTRY("a", "F32", "[2,3]", 24, 0) "}", 24, "a", "begin <= end"},
         {"{" ENTRY("a", "F32", "[2,4]", 0, 24) "}", 24, "a", "needs 32 bytes"},
@@ -893,25 +893,34 @@ START_TEST(test_st_bad_headers)
         {"{" ENTRY("a", "F32", "[2,3]", 0, 24) "}", 28, NULL, "trailing bytes"},
         {"{}", 4, NULL, "no data"},
         {"{" ENTRY("a", "F32", "[3]", 0, 12) "," ENTRY("a", "F32", "[3]", 12, 24) "}", 24, "a", "twice"},
-        {"[]", 0, NULL, "'{'"},
-        {"", 0, NULL, "'{'"},
+        {"[]", 0, NULL, "expected a JSON object"},
+        {"", 0, NULL, "invalid JSON at byte 8"},
         {"{\"__metadata__\":{\"a\":true}}", 0, NULL, "a string, integer, object or array"},
         {"{\"__metadata__\":{\"a\":null}}", 0, NULL, "a string, integer, object or array"},
-        {"{\"__metadata__\":{\"a\":1.5}}", 0, NULL, "fraction"},
+        {"{\"__metadata__\":{\"a\":1.5}}", 0, NULL, "a string, integer, object or array, found 1.5"},
+        {"{\"__metadata__\":{\"a\":1e999}}", 0, NULL, "within double range"},
         {"{\"__metadata__\":\"pt\"}", 0, NULL, "an object"},
         {"{\"__metadata__\":{},\"__metadata__\":{}}", 0, NULL, "twice"},
-        {"{\"__metadata__\":{\"a\":[1 2]}}", 0, NULL, "',' or ']'"},
-        {"{\"a\\x\":{}}", 0, NULL, "an escape"},
-        {"{\"a\\udc00\":{}}", 0, NULL, "surrogate"},
-        {"{\"a\\ud800x\":{}}", 0, NULL, "surrogate"},
-        {"{\"a\\ud800\\u0041\":{}}", 0, NULL, "low surrogate"},
+        {"{\"__metadata__\":{\"a\":[1 2]}}", 0, NULL, "invalid JSON at byte"},
+        {"{\"a\\x\":{}}", 0, NULL, "invalid JSON at byte 11"},
+        {"{\"a\\udc00\":{}}", 0, NULL, "invalid JSON at byte 11"},
+        {"{\"a\\ud800x\":{}}", 0, NULL, "invalid JSON at byte 11"},
+        {"{\"a\\ud800\\u0041\":{}}", 0, NULL, "invalid JSON at byte 11"},
         {"{\"a\\u00zz\":{}}", 0, NULL, "hex digits"},
         {"{\"a\\u0000\":{}}", 0, NULL, "\\u0000"},
-        {"{\"a\tb\":{}}", 0, NULL, "control"},
-        {"{\"a", 0, NULL, "closing"},
-        {"{'a':{}}", 0, NULL, "a string"},
-        {"{" ENTRY("a", "F32", "[2,3]", 0, 24) "} x", 24, NULL, "only spaces"},
-        {"{" ENTRY("a", "F32", "[2,3]", 0, 24) "}\x01", 24, NULL, "only spaces"},
+        {"{\"a\\u12\":{}}", 0, NULL, "invalid JSON at byte 11"},
+        {"{\"a\\u12zz\":{}}", 0, NULL, "four hex digits"}, /* cJSON would read U+0000 */
+        {"{\"a\\\\u0000\":{}}", 0, "a\\u0000", "no 'dtype'"}, /* an escaped backslash, no escape */
+        /* cJSON lets raw tab, LF and CR through in strings (this one fails for
+         * its empty entry); other control bytes are refused. */
+        {"{\"a\tb\":{}}", 0, "a?b", "no 'dtype'"},
+        {"{\"a\x01" "b\":{}}", 0, NULL, "control byte 0x01"},
+        {"{\x01}", 0, NULL, "control byte 0x01"},
+        {"\xef\xbb\xbf{}", 0, NULL, "byte-order mark"},
+        {"{\"a", 0, NULL, "invalid JSON at byte"},
+        {"{'a':{}}", 0, NULL, "invalid JSON at byte"},
+        {"{" ENTRY("a", "F32", "[2,3]", 0, 24) "} x", 24, NULL, "only white space"},
+        {"{" ENTRY("a", "F32", "[2,3]", 0, 24) "}\x01", 24, NULL, "only white space"},
     };
     fx f;
     fx_open(&f);
@@ -927,6 +936,21 @@ START_TEST(test_st_bad_headers)
         ck_assert_ptr_null(ts);
         ck_assert_int_eq(n, 0);
         ck_assert_uint_eq(sl_ctx_live_allocs(f.ctx), 0);
+    }
+    /* cJSON reads numbers by strtod and keeps no text: a dim written 3.0,
+     * 3e0, 03 or 3. is the integer 3, and accepted as such. */
+    static const char *const lenient[] = {"[2,3.0]", "[2,3e0]", "[2,03]", "[2,3.]"};
+    for (size_t i = 0; i < sizeof lenient / sizeof lenient[0]; i++) {
+        char hdr[128];
+        snprintf(hdr, sizeof hdr, "{\"a\":{\"dtype\":\"F32\",\"shape\":%s,\"data_offsets\":[0,24]}}", lenient[i]);
+        make_st(path, hdr, data, 24);
+        sl_named_tensor *ts = NULL;
+        int n = 0;
+        ck_assert_msg(sl_safetensors_read(f.ctx, path, &ts, &n) == SL_OK, "%s: %s", hdr, sl_ctx_error(f.ctx));
+        ck_assert_int_eq(n, 1);
+        ck_assert_int_eq(ts[0].t.ndim, 2);
+        ck_assert_int_eq(ts[0].t.shape[1], 3);
+        sl_named_tensors_free(f.ctx, ts, n);
     }
     fx_close(&f);
 }
@@ -951,7 +975,23 @@ START_TEST(test_st_deep_and_huge)
     strcpy(hdr + len + 2 * DEPTH, "}}");
     make_st(path, hdr, NULL, 0);
     free(hdr);
-    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &ts, &n), SL_EFORMAT, path, NULL, "nesting");
+    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &ts, &n), SL_EFORMAT, path, NULL, "invalid JSON at byte");
+    /* Within cJSON's own limit (1000), the reader's: 64 below the header. */
+    hdr = malloc(256);
+    ck_assert_ptr_nonnull(hdr);
+    strcpy(hdr, "{\"__metadata__\":{\"x\":");
+    len = strlen(hdr);
+    memset(hdr + len, '[', 64);
+    memset(hdr + len + 64, ']', 64);
+    strcpy(hdr + len + 128, "}}");
+    make_st(path, hdr, NULL, 0);
+    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &ts, &n), SL_EFORMAT, path, NULL, "nesting at most 65");
+    memmove(hdr + len + 63, hdr + len + 64, strlen(hdr + len + 64) + 1);
+    memmove(hdr + len + 63 + 63, hdr + len + 63 + 64, strlen(hdr + len + 63 + 64) + 1);
+    make_st(path, hdr, NULL, 0);
+    ck_assert_int_eq(sl_safetensors_read(f.ctx, path, &ts, &n), SL_OK);
+    ck_assert_int_eq(n, 0);
+    free(hdr);
 
     /* Header lengths past the file, and past the 100 MB limit in a sparse
      * 200 MB file (nothing is allocated for it). */

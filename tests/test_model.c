@@ -879,7 +879,7 @@ START_TEST(test_hf_bad_config)
         sl_status want;
         const char *says;
     } wrong[] = {
-        {"\"hidden_size\": \"64\"", SL_EFORMAT, "key 'hidden_size': expected an integer or null, found '\"'"},
+        {"\"hidden_size\": \"64\"", SL_EFORMAT, "key 'hidden_size': expected an integer or null, found \"64\""},
         {"\"hidden_size\": 64.5", SL_EFORMAT, "key 'hidden_size': expected an integer"},
         {"\"hidden_size\": true", SL_EFORMAT, "key 'hidden_size': expected an integer"},
         {"\"hidden_size\": [64]", SL_EFORMAT, "key 'hidden_size'"},
@@ -901,7 +901,8 @@ START_TEST(test_hf_bad_config)
         {"\"rope_scaling\": false", SL_EUNSUPPORTED, "rope_scaling"},
         {"\"model_type\": \"gpt2\"", SL_EUNSUPPORTED, "found \"gpt2\""},
         {"\"model_type\": \"llama mistral\"", SL_EUNSUPPORTED, "model_type"},
-        {"\"model_type\": \"llama\\u0000\"", SL_EUNSUPPORTED, "model_type"},
+        {"\"model_type\": \"llama\\u0000\"", SL_EFORMAT, "expected no \\u0000"},
+        {"\"x\": 1e99999", SL_EFORMAT, "key 'x': expected a number within double range"},
         {"\"model_type\": \"a-very-long-model-type-name-beyond-the-buffer\"", SL_EUNSUPPORTED, "..."},
         {"\"model_type\": 3", SL_EFORMAT, "key 'model_type': expected a string or null"},
         {"\"hidden_act\": \"gelu\"", SL_EUNSUPPORTED, "hidden_act"},
@@ -924,16 +925,28 @@ START_TEST(test_hf_bad_config)
 
     /* Broken JSON after a complete set of keys: a syntax error, at a byte. */
     static const char *const junk[] = {
-        "",         "}",           "\"x\"",         "\"x\":",        "\"x\": }",        "\"x\": 1,",
-        "\"x\": 01", "\"x\": 1.",    "\"x\": .5",     "\"x\": -",      "\"x\": 1e",       "\"x\": 1e+",
-        "\"x\": +1", "\"x\": tru",   "\"x\": nul",    "\"x\": NaN",    "\"x\": Infinity", "\"x\": \"\\x\"",
-        "\"x\": \"\\u12\"", "\"x\": \"\\u12g4\"", "\"x\": \"tab\there\"", "\"x\": [1, 2}", "\"x\": {\"a\": 1]",
-        "\"x\": {\"a\" 1}", "\"x\": {1: 2}", "'x': 1", "\"x\": [1 2]", "\"x\": \"unterminated",
-        "\"x\": 1e99999", "\"x\": 123456789012345678901234567890123456789012345678901234567890123456789"};
+        "", "}", "\"x\"", "\"x\":", "\"x\": }",
+        "\"x\": 1,", "\"x\": .5", "\"x\": -", "\"x\": 1e", "\"x\": 1e+",
+        "\"x\": +1", "\"x\": tru", "\"x\": nul", "\"x\": NaN", "\"x\": Infinity",
+        "\"x\": \"\\x\"", "\"x\": \"\\u12\"", "\"x\": \"\\u12g4\"", "\"x\": \"\x01\"", "\"x\": [1, 2}",
+        "\"x\": {\"a\": 1]", "\"x\": {\"a\" 1}", "\"x\": {1: 2}", "'x': 1", "\"x\": [1 2]",
+        "\"x\": \"unterminated"};
     for (size_t i = 0; i < sizeof junk / sizeof junk[0]; i++) {
         hf_config_text(cfg, sizeof cfg, 1, NULL, junk[i]);
         put_file(p, cfg, strlen(cfg));
-        expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "byte ", NULL);
+        expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "invalid JSON at byte ", NULL);
+    }
+    /* What cJSON accepts and the old reader did not: leading zeros, a
+     * trailing '.', numbers of more than 63 characters, raw tab, LF and CR
+     * inside strings. */
+    static const char *const lenient[] = {
+        "\"x\": 01", "\"x\": 1.", "\"x\": 123456789012345678901234567890123456789012345678901234567890123456789",
+        "\"x\": \"tab\there\"", "\"x\": \"a\nb\""};
+    for (size_t i = 0; i < sizeof lenient / sizeof lenient[0]; i++) {
+        hf_config_text(cfg, sizeof cfg, 1, NULL, lenient[i]);
+        put_file(p, cfg, strlen(cfg));
+        ck_assert_msg(sl_model_load_hf(f.ctx, f.dir, &m) == SL_OK, "%s: %s", lenient[i], sl_ctx_error(f.ctx));
+        sl_model_free(f.ctx, m);
     }
     static const char *const whole[] = {"", " \n", "[]", "null", "{", "{}}", "{} x", "{}{}", "\xef\xbb\xbf{}",
                                         "{\"a\":1}\0"};
@@ -948,7 +961,23 @@ START_TEST(test_hf_bad_config)
     memcpy(big, "{\"x\": ", 6);
     memset(big + 6, '[', deep);
     put_file(p, big, deep + 6);
-    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "nesting", NULL);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "invalid JSON at byte", NULL);
+    /* Within cJSON's limit (1000 levels), ours: 64 levels, the top object one of them. */
+    for (int levels = 63; levels <= 64; levels++) {
+        char nest[160] = "\"x\": ";
+        memset(nest + 5, '[', (size_t)levels);
+        memset(nest + 5 + levels, ']', (size_t)levels);
+        nest[5 + 2 * levels] = '\0';
+        hf_config_text(cfg, sizeof cfg, 1, NULL, nest);
+        put_file(p, cfg, strlen(cfg));
+        if (levels == 63) {
+            ck_assert_msg(sl_model_load_hf(f.ctx, f.dir, &m) == SL_OK, "%s", sl_ctx_error(f.ctx));
+            sl_model_free(f.ctx, m);
+        } else {
+            expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "key 'x': expected nesting at most 64",
+                        NULL);
+        }
+    }
     size_t nl = strlen(good);
     memcpy(big, good, nl);
     memset(big + nl, ' ', (1 << 20) + 1);

@@ -1,13 +1,13 @@
-/* model/hf.c — the Hugging Face LLaMA loader: config.json through a small
- * strict JSON reader that keeps only the keys the runner needs, then
+/* model/hf.c — the Hugging Face LLaMA loader: config.json through cJSON
+ * (json.h), keeping only the keys the runner needs, then
  * model.safetensors, each tensor matched to its slot by name, checked for
  * dtype, shape and finite values, and converted to f32. What the runner
  * cannot reproduce exactly (scaled RoPE, biases, another activation or
  * architecture) is refused rather than approximated. */
 #include "model.h"
+#include "../json.h"
 
 #include <errno.h>
-#include <locale.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -17,7 +17,7 @@
 
 /* Real configs are a few kilobytes; the cap keeps a wrong file from being slurped. */
 #define CONFIG_MAX_BYTES ((long long)1 << 20)
-/* Unknown values are skipped recursively; deeper nesting is refused, not followed. */
+/* Nesting of containers, the top object included; deeper is refused. */
 #define JSON_MAX_DEPTH 64
 
 /* Copies src (len bytes) into dst [n] for a message: control bytes become
@@ -34,162 +34,6 @@ static void clean(char *dst, size_t n, const char *src, size_t len)
 
 /* ---- config.json ------------------------------------------------------------ */
 
-typedef struct json {
-    sl_ctx *ctx;
-    const char *path;
-    const char *begin, *p, *end;
-    const char *key; /* the member being read, for messages; NULL at the top */
-} json;
-
-/* "<path>: byte N: [key 'k': ]expected X, found Y" */
-static sl_status jfail(const json *j, const char *expected)
-{
-    char found[32] = "the end of the file";
-    unsigned char c = j->p < j->end ? (unsigned char)*j->p : 0;
-    if (j->p < j->end)
-        snprintf(found, sizeof found, c < 0x20 || c >= 0x7f ? "byte 0x%02x" : "'%c'", c);
-    return sl_ctx_fail(j->ctx, SL_EFORMAT, "%s: byte %lld: %s%s%sexpected %s, found %s", j->path,
-                       (long long)(j->p - j->begin), j->key ? "key '" : "", j->key ? j->key : "",
-                       j->key ? "': " : "", expected, found);
-}
-
-/* Skips white space; then 1 (and consumes it) when c is next. jeat(j, ' ')
- * only skips white space. */
-static int jeat(json *j, char c)
-{
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-        j->p++;
-    if (j->p >= j->end || *j->p != c)
-        return 0;
-    j->p++;
-    return 1;
-}
-
-/* A string; its first cap-1 bytes and a NUL go to buf (when not NULL), its
- * length to *len. Only ASCII matters to us, so \u escapes above 0x7f become
- * one 0xff byte. */
-static sl_status jstring(json *j, char *buf, size_t cap, size_t *len)
-{
-    static const char from[] = "\"\\/bfnrtu", to[] = "\"\\/\b\f\n\r\t", hex[] = "0123456789abcdef0123456789ABCDEF";
-    if (!jeat(j, '"'))
-        return jfail(j, "a string");
-    size_t n = 0;
-    for (;; n++) {
-        if (j->p >= j->end || (unsigned char)*j->p < 0x20)
-            return jfail(j, "the closing '\"' of a string (control characters escaped)");
-        unsigned char c = (unsigned char)*j->p++;
-        if (c == '"')
-            break;
-        if (c == '\\') {
-            const char *e = j->p < j->end ? memchr(from, *j->p, sizeof from - 1) : NULL;
-            if (!e)
-                return jfail(j, "an escape (one of \" \\ / b f n r t u)");
-            unsigned v = (unsigned char)to[e - from];
-            for (int i = 1; *e == 'u' && i <= 4; i++) {
-                const char *h = j->p + i < j->end ? memchr(hex, j->p[i], sizeof hex - 1) : NULL;
-                if (!h) {
-                    j->p += i;
-                    return jfail(j, "four hex digits after \\u");
-                }
-                v = (i == 1 ? 0 : v << 4) | (unsigned)((h - hex) % 16);
-            }
-            c = v < 0x80 ? (unsigned char)v : 0xff;
-            j->p += *e == 'u' ? 5 : 1;
-        }
-        if (buf && n + 1 < cap)
-            buf[n] = (char)c;
-    }
-    if (buf)
-        buf[n < cap ? n : cap - 1] = '\0';
-    *len = n;
-    return SL_OK;
-}
-
-static const char *digits(const char *p, const char *end)
-{
-    while (p < end && *p >= '0' && *p <= '9')
-        p++;
-    return p;
-}
-
-/* A number in JSON's grammar, converted by strtod. */
-static sl_status jnumber(json *j, double *v)
-{
-    const char *s = j->p, *e = j->end, *d;
-    j->p += j->p < e && *j->p == '-';
-    if (j->p >= e || *j->p < '0' || *j->p > '9')
-        return jfail(j, "a number");
-    j->p = *j->p == '0' ? j->p + 1 : digits(j->p, e);
-    if (j->p < e && *j->p == '.') {
-        d = j->p + 1;
-        if ((j->p = digits(d, e)) == d)
-            return jfail(j, "a digit after '.'");
-    }
-    if (j->p < e && (*j->p == 'e' || *j->p == 'E')) {
-        d = j->p + 1 + (j->p + 1 < e && (j->p[1] == '+' || j->p[1] == '-'));
-        if ((j->p = digits(d, e)) == d)
-            return jfail(j, "a digit in the exponent");
-    }
-    char tmp[64], *dot;
-    size_t n = (size_t)(j->p - s);
-    if (n < sizeof tmp) {
-        memcpy(tmp, s, n);
-        tmp[n] = '\0';
-        /* strtod reads the locale's decimal point; a host program may have set one. */
-        if ((dot = strchr(tmp, '.')) != NULL)
-            *dot = *localeconv()->decimal_point;
-        *v = strtod(tmp, NULL);
-    }
-    if (n >= sizeof tmp || !isfinite(*v)) {
-        j->p = s;
-        return jfail(j, "a number of at most 63 characters within double range");
-    }
-    return SL_OK;
-}
-
-/* One value: kind 'n' (num), 's' (str: first bytes, NUL, full length in
- * len), 't', 'f', '0' (null), or '{' / '[' (read through, contents dropped). */
-typedef struct jval {
-    int kind;
-    double num;
-    char str[32];
-    size_t len;
-} jval;
-
-static sl_status jvalue(json *j, int depth, jval *v)
-{
-    static const char *const lits[3] = {"true", "false", "null"};
-    sl_status s;
-    jeat(j, ' ');
-    char c = j->p < j->end ? *j->p : '\0';
-    v->kind = c == '"' ? 's' : c == '-' || (c >= '0' && c <= '9') ? 'n' : c == '{' || c == '[' ? c : 0;
-    if (v->kind == 's')
-        return jstring(j, v->str, sizeof v->str, &v->len);
-    if (v->kind == 'n')
-        return jnumber(j, &v->num);
-    for (int i = 0; i < 3 && !v->kind; i++)
-        if ((size_t)(j->end - j->p) >= strlen(lits[i]) && memcmp(j->p, lits[i], strlen(lits[i])) == 0) {
-            j->p += strlen(lits[i]);
-            v->kind = "tf0"[i];
-        }
-    if (v->kind != '{' && v->kind != '[')
-        return v->kind ? SL_OK : jfail(j, "a JSON value");
-    if (depth >= JSON_MAX_DEPTH)
-        return jfail(j, "nesting of at most 64 levels");
-    char close = c == '{' ? '}' : ']';
-    j->p++;
-    if (jeat(j, close))
-        return SL_OK;
-    jval inner;
-    do {
-        if (c == '{' && ((s = jstring(j, NULL, 0, &inner.len)) || (!jeat(j, ':') && (s = jfail(j, "':'")))))
-            return s;
-        if ((s = jvalue(j, depth + 1, &inner)))
-            return s;
-    } while (jeat(j, ','));
-    return jeat(j, close) ? SL_OK : jfail(j, c == '{' ? "',' or '}'" : "',' or ']'");
-}
-
 /* Numeric keys; those before K_EPS hold integers, those before K_KV are required. */
 enum { K_HIDDEN, K_INTER, K_LAYERS, K_HEADS, K_VOCAB, K_KV, K_MAXPOS, K_HEAD_DIM, K_SLIDING, K_EPS, K_THETA, K__COUNT };
 static const char *const num_keys[K__COUNT] = {
@@ -202,75 +46,71 @@ typedef struct hf_config {
     int tie;
 } hf_config;
 
-/* Takes the value v of key (read from `at`) when it is one we need. */
-static sl_status config_member(json *j, const char *key, const jval *v, const char *at, hf_config *c)
+/* "<path>: key 'k': expected X, found <v>" */
+static sl_status member_fail(sl_ctx *ctx, const char *path, const cJSON *v, const char *expected)
 {
-    char word[40], shown[32];
-    j->p = at; /* messages point at the value */
+    char key[64], found[48];
+    clean(key, sizeof key, v->string, strlen(v->string));
+    sl__json_describe(v, found, sizeof found);
+    return sl_ctx_fail(ctx, SL_EFORMAT, "%s: key '%s': expected %s, found %s", path, key, expected, found);
+}
+
+/* Takes member v when it is one we need; later duplicates override. */
+static sl_status config_member(sl_ctx *ctx, const char *path, const cJSON *v, hf_config *c)
+{
+    const char *key = v->string;
     for (int k = 0; k < K__COUNT; k++)
         if (strcmp(key, num_keys[k]) == 0) {
-            /* null means "the default", as in transformers */
-            if (v->kind != '0' && (v->kind != 'n' || (k < K_EPS && (v->num != floor(v->num) || fabs(v->num) > 1e15))))
-                return jfail(j, k < K_EPS ? "an integer or null" : "a number or null");
-            c->v[k] = v->kind == 'n' ? v->num : 0;
-            c->set[k] = v->kind == 'n';
+            /* null means "the default", as in transformers; cJSON already
+             * refused numbers beyond double range. */
+            int num = cJSON_IsNumber(v);
+            if (!cJSON_IsNull(v) &&
+                (!num || (k < K_EPS && (v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e15))))
+                return member_fail(ctx, path, v, k < K_EPS ? "an integer or null" : "a number or null");
+            c->v[k] = num ? v->valuedouble : 0;
+            c->set[k] = num;
             return SL_OK;
         }
     if (strcmp(key, "tie_word_embeddings") == 0) {
-        if (v->kind != 't' && v->kind != 'f' && v->kind != '0')
-            return jfail(j, "true, false or null");
-        c->tie = v->kind == 't';
-    } else if (strcmp(key, "rope_scaling") == 0 && v->kind != '0') {
-        return sl_ctx_fail(j->ctx, SL_EUNSUPPORTED, "%s: key 'rope_scaling': expected null, found a setting: scaled "
-                           "RoPE (linear, dynamic, yarn, llama3) is not supported, only plain RoPE", j->path);
+        if (!cJSON_IsBool(v) && !cJSON_IsNull(v))
+            return member_fail(ctx, path, v, "true, false or null");
+        c->tie = cJSON_IsTrue(v);
+    } else if (strcmp(key, "rope_scaling") == 0 && !cJSON_IsNull(v)) {
+        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: key 'rope_scaling': expected null, found a setting: scaled "
+                           "RoPE (linear, dynamic, yarn, llama3) is not supported, only plain RoPE", path);
     } else if (strcmp(key, "model_type") == 0 || strcmp(key, "hidden_act") == 0) {
         int arch = key[0] == 'm';
-        const char *allowed = arch ? " llama mistral " : " silu ";
-        if (v->kind == '0')
+        if (cJSON_IsNull(v))
             return SL_OK;
-        if (v->kind != 's')
-            return jfail(j, "a string or null");
-        snprintf(word, sizeof word, " %s ", v->str);
-        if (v->len < sizeof v->str && strlen(v->str) == v->len && !strchr(v->str, ' ') && strstr(allowed, word))
+        if (!cJSON_IsString(v))
+            return member_fail(ctx, path, v, "a string or null");
+        const char *str = v->valuestring;
+        if (arch ? strcmp(str, "llama") == 0 || strcmp(str, "mistral") == 0 : strcmp(str, "silu") == 0)
             return SL_OK;
-        clean(shown, sizeof shown, v->str, v->len < sizeof v->str ? v->len : sizeof v->str);
-        return sl_ctx_fail(j->ctx, SL_EUNSUPPORTED, "%s: key '%s': expected %s, found \"%s\": %s", j->path, key,
+        char shown[32];
+        clean(shown, sizeof shown, str, strlen(str));
+        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: key '%s': expected %s, found \"%s\": %s", path, key,
                            arch ? "\"llama\" or \"mistral\"" : "\"silu\"", shown,
                            arch ? "only the LLaMA architecture is supported" : "the runner's feed-forward is SwiGLU");
     }
     return SL_OK;
 }
 
-static sl_status parse_config(json *j, hf_config *c)
+static sl_status parse_config(sl_ctx *ctx, const char *path, const char *text, size_t n, hf_config *c)
 {
-    if (!jeat(j, '{'))
-        return jfail(j, "a JSON object");
-    for (int done = jeat(j, '}'); !done;) {
-        char key[64], shown[64];
-        size_t len;
-        jval v;
-        sl_status s = jstring(j, key, sizeof key, &len);
-        if (s)
-            return s;
-        clean(shown, sizeof shown, key, len < sizeof key ? len : sizeof key);
-        j->key = shown;
-        if (!jeat(j, ':'))
-            return jfail(j, "':'");
-        jeat(j, ' ');
-        const char *at = j->p, *after;
-        if ((s = jvalue(j, 1, &v)))
-            return s;
-        after = j->p;
-        /* A longer key, or one with a NUL inside, is none of ours. */
-        if ((s = config_member(j, len < sizeof key && strlen(key) == len ? key : "", &v, at, c)))
-            return s;
-        j->p = after;
-        j->key = NULL;
-        if (!(done = jeat(j, '}')) && !jeat(j, ','))
-            return jfail(j, "',' or '}'");
+    cJSON *root;
+    sl_status s = sl__json_parse(ctx, path, text, n, 0, JSON_MAX_DEPTH, &root);
+    if (s)
+        return s;
+    if (!cJSON_IsObject(root)) {
+        char found[48];
+        sl__json_describe(root, found, sizeof found);
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected a JSON object, found %s", path, found);
     }
-    jeat(j, ' ');
-    return j->p == j->end ? SL_OK : jfail(j, "the end of the file after the object");
+    for (const cJSON *m = root->child; m && !s; m = m->next)
+        s = config_member(ctx, path, m, c);
+    cJSON_Delete(root);
+    return s;
 }
 
 static sl_status read_config(sl_ctx *ctx, const char *path, hf_config *c)
@@ -293,10 +133,8 @@ static sl_status read_config(sl_ctx *ctx, const char *path, hf_config *c)
         s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %zu bytes, the read stopped short", path, n);
     fclose(f);
     memset(c, 0, sizeof *c);
-    if (!s) {
-        json j = {ctx, path, text, text, text + n, NULL};
-        s = parse_config(&j, c);
-    }
+    if (!s)
+        s = parse_config(ctx, path, text, n, c);
     if (text)
         sl_ctx_dealloc(ctx, text, n + 1);
     return s;
