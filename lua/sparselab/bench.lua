@@ -68,19 +68,55 @@ function B.random_rows(n, b, rho, seed)
   return rows
 end
 
---- o = {quick = bool, backend = "cpu"} -> array of {name, n, d, heads, backend, params, metrics}
+-- The dtypes the op computes in on a backend, as the op listing says
+-- (sl.ops()[i].dtypes: a list, or a table of lists by backend); a listing
+-- without them means f32 only (op.c converts other float inputs to f32
+-- before dispatch, so a bf16 call runs but computes in f32).
+function B.native_dtypes(op_name, backend)
+  for _, op in ipairs(sl.ops()) do
+    if op.name == op_name and type(op.dtypes) == "table" then
+      local l = op.dtypes[backend] or op.dtypes
+      local out = {}
+      for _, t in ipairs(l) do out[#out + 1] = t end
+      if #out > 0 then return out end
+    end
+  end
+  return {"f32"}
+end
+
+local function has(list, x)
+  for _, y in ipairs(list) do if y == x then return true end end
+  return false
+end
+
+--- o = {quick = bool, backend = "cpu", n = {sizes}, d = {head dims}, heads = H, densities = {rho},
+---      patterns = {"window", "random_blocks"}, reps = R, dtypes = {"f32", "bf16"}, sgemm = bool (default true),
+---      decode = bool (default true), decode_n = N, decode_keys = SEL, decode_nq = {1, 2, 3, 4},
+---      decode_parts = bool (a one-key call beside them)}
+--- -> array of {name, n, d, heads, backend, params, metrics [, error]}.
+-- Defaults (every option nil) are those of `sparselab bench [--quick]`:
+-- n {4096} quick / {4096, 8192, 16384}, d {64, 128}, heads = sl.threads(),
+-- rho {0.05, 0.1, 0.25, 0.5}, both patterns, reps 3 quick / 5. Block-sparse
+-- runs at the first d of the list. A dtype other than f32 is timed on dense
+-- when B.native_dtypes lists it, and reported as a row with an error otherwise.
 function B.run(o)
   local quick = o.quick
   local backend = o.backend or "cpu"
-  local reps = quick and 3 or 5
+  local reps = o.reps or (quick and 3 or 5)
   local results = {}
-  local sgemm_n = quick and 2048 or 4096
-  local ceiling = sl.bench_sgemm(sgemm_n, reps)
-  results[#results + 1] = {name = "sgemm", n = sgemm_n, d = sgemm_n, heads = 1, backend = "openblas",
-    params = {threads = sl.threads()}, metrics = {gflops = ceiling}}
-  local sizes = quick and {4096} or {4096, 8192, 16384}
-  local dims = {64, 128}
-  local heads = sl.threads()
+  local ceiling
+  if o.sgemm ~= false then
+    local sgemm_n = quick and 2048 or 4096
+    ceiling = sl.bench_sgemm(sgemm_n, reps)
+    results[#results + 1] = {name = "sgemm", n = sgemm_n, d = sgemm_n, heads = 1, backend = "openblas",
+      params = {threads = sl.threads()}, metrics = {gflops = ceiling}}
+  end
+  local sizes = o.n or (quick and {4096} or {4096, 8192, 16384})
+  local dims = o.d or {64, 128}
+  local heads = o.heads or sl.threads()
+  local densities = o.densities or {0.05, 0.1, 0.25, 0.5}
+  local patterns = o.patterns or {"window", "random_blocks"}
+  local native = B.native_dtypes("attn.dense", backend)
   for _, n in ipairs(sizes) do
     for _, d in ipairs(dims) do
       local q = sl.randn({heads, n, d}, {seed = 1})
@@ -92,8 +128,23 @@ function B.run(o)
       local gflops = dense_flops / (ms * 1e-3) / 1e9
       results[#results + 1] = {name = "attn.dense", n = n, d = d, heads = heads, backend = backend,
         params = {causal = true}, metrics = {gflops = gflops, sgemm_gflops = ceiling,
-          ratio_to_sgemm = gflops / ceiling, time_ms = ms, target = 0.6}}
-      if d == 64 then
+          ratio_to_sgemm = ceiling and gflops / ceiling, time_ms = ms, target = 0.6}}
+      for _, dt in ipairs(o.dtypes or {}) do
+        if dt ~= "f32" then
+          local row = {name = "attn.dense", n = n, d = d, heads = heads, backend = backend,
+            params = {causal = true, dtype = dt}, metrics = {}}
+          if has(native, dt) then
+            local qt, kt, vt = q:to(dt), k:to(dt), v:to(dt)
+            local tms = median_ms(reps, function() return sl.attn.dense(qt, kt, vt, args) end)
+            row.metrics = {gflops = dense_flops / (tms * 1e-3) / 1e9, time_ms = tms, f32_time_ms = ms}
+          else
+            row.error = string.format("%s: not in this build (attn.dense on %s computes in %s)", dt, backend,
+              table.concat(native, ","))
+          end
+          results[#results + 1] = row
+        end
+      end
+      if d == dims[1] and #densities > 0 then
         local b = 64
         local function time_mask(m)
           return median_ms(reps, function() return sl.attn.block_sparse(q, k, v, m, {backend = backend}) end)
@@ -109,13 +160,17 @@ function B.run(o)
             diag_exec_density = diag_flops / dense_flops,
             -- dense time per FLOP over the diagonal blocks' time per FLOP
             diag_efficiency = (ms / dense_flops) / (diag_ms / diag_flops)}}
-        for _, rho in ipairs{0.05, 0.1, 0.25, 0.5} do
+        for _, rho in ipairs(densities) do
           local w = math.max(1, math.floor(n * (1 - math.sqrt(1 - rho)) + 0.5))
-          local kinds = {
-            {pattern = "window", params = {w = w}, mask = sl.mask.window(w):materialize{n_q = n, n_k = n, bq = b, bk = b}},
-            {pattern = "random_blocks", params = {seed = 100 + math.floor(rho * 100)},
-              mask = B.block_list_mask(n, b, B.random_rows(n, b, rho, 100 + math.floor(rho * 100)), true)},
-          }
+          local kinds = {}
+          if has(patterns, "window") then
+            kinds[#kinds + 1] = {pattern = "window", params = {w = w},
+              mask = sl.mask.window(w):materialize{n_q = n, n_k = n, bq = b, bk = b}}
+          end
+          if has(patterns, "random_blocks") then
+            kinds[#kinds + 1] = {pattern = "random_blocks", params = {seed = 100 + math.floor(rho * 100)},
+              mask = B.block_list_mask(n, b, B.random_rows(n, b, rho, 100 + math.floor(rho * 100)), true)}
+          end
           for _, kind in ipairs(kinds) do
             local m = kind.mask
             local sms = time_mask(m)
@@ -136,9 +191,14 @@ function B.run(o)
           end
         end
       end
+      q, k, v = nil, nil, nil
+      collectgarbage()
     end
   end
-  B.decode(results, {quick = quick, backend = backend, reps = reps})
+  if o.decode ~= false then
+    B.decode(results, {quick = quick, backend = backend, reps = reps, n = o.decode_n, sel = o.decode_keys,
+      nq = o.decode_nq, parts = o.decode_parts})
+  end
   return results
 end
 
@@ -156,23 +216,29 @@ end
 
 --- Token-sparse decode (DESIGN §10): K/V bytes the executor reads per second
 -- over the memcpy bandwidth measured in the same run (bytes copied per second,
--- all threads). Nq = 1 .. 4 queries at the end of an n-key cache, Hq = 32,
--- Hkv = 8, d = 128, ~2048 listed keys per list head; lists per query head
--- (each head reads its own rows) and per kv head (a GQA group shares them, so
--- each row is read once for four query heads). Appends to results.
+-- all threads). Nq = 1 .. 4 queries (o.nq) at the end of an n-key cache
+-- (o.n), Hq = 32, Hkv = 8, d = 128, ~2048 listed keys per list head (o.sel);
+-- lists per query head (each head reads its own rows) and per kv head (a GQA
+-- group shares them, so each row is read once for four query heads). Beside
+-- them (o.parts), a call that reads one key per kv head ("parts": validation,
+-- dispatch and, on a staging backend, the copies), so the executor's own
+-- share can be told.
+-- Appends to results.
 function B.decode(results, o)
   local backend, reps = o.backend or "cpu", o.reps or 5
-  local hq, hkv, d, sel = 32, 8, 128, 2048
-  local n = o.quick and 16384 or 65536
+  local hq, hkv, d, sel = 32, 8, 128, o.sel or 2048
+  local n = o.n or (o.quick and 16384 or 65536)
+  sel = math.min(sel, n)
   local copy_bytes = (o.quick and 64 or 256) * 1024 * 1024
   local bw = sl.bench_memcpy(copy_bytes, reps)
   results[#results + 1] = {name = "memcpy", n = copy_bytes, d = 0, heads = 1, backend = "libc",
     params = {threads = sl.threads()}, metrics = {gbps = bw}}
   local k = sl.randn({hkv, n, d}, {seed = 11})
   local v = sl.randn({hkv, n, d}, {seed = 12})
+  local nqs = o.nq or {1, 2, 3, 4}
   for _, hm in ipairs{hq, hkv} do
     local rp, col = spread_lists(hm, n, sel, 13)
-    for nq = 1, 4 do
+    for _, nq in ipairs(nqs) do
       local q = sl.randn({hq, nq, d}, {seed = 14})
       local args = {rows_per_entry = nq, backend = backend}
       local ms = median_ms(reps, function() return sl.attn.token_sparse(q, k, v, rp, col, args) end)
@@ -181,8 +247,18 @@ function B.decode(results, o)
       results[#results + 1] = {name = "attn.token_sparse", n = n, n_q = nq, d = d, heads = hq, kv_heads = hkv,
         backend = backend, params = {phase = "decode", n_q = nq, list_heads = hm, keys_per_list = sel},
         metrics = {kv_gbps = gbps, memcpy_gbps = bw, ratio_to_memcpy = gbps / bw, time_ms = ms, target = 0.5,
-          n_q = nq, list_heads = hm}}
+          n_q = nq, list_heads = hm, kv_bytes = bytes}}
     end
+  end
+  if o.parts then
+    -- one listed key per kv head: the call's cost without the reading
+    local rp, col = spread_lists(hkv, n, 1, 13)
+    local q = sl.randn({hq, 1, d}, {seed = 14})
+    local args = {rows_per_entry = 1, backend = backend}
+    local ms = median_ms(reps, function() return sl.attn.token_sparse(q, k, v, rp, col, args) end)
+    results[#results + 1] = {name = "attn.token_sparse", n = n, n_q = 1, d = d, heads = hq, kv_heads = hkv,
+      backend = backend, params = {phase = "decode", pattern = "parts", n_q = 1, list_heads = hkv, keys_per_list = 1},
+      metrics = {one_key_ms = ms, n_q = 1}}
   end
 end
 

@@ -25,8 +25,12 @@ usage: sparselab                         start the REPL
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
        sparselab stats DB [...]
-       sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N]
-                      (estimator overhead of the dynamic prefill methods vs dense at n = 16384, --quick 4096)
+       sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N[,N]...]
+                      [--backend cpu|cuda] [--d D[,D]...] [--heads H] [--densities R[,R]...] [--patterns window,random_blocks]
+                      [--reps R] [--dtypes f32,bf16] [--no-sgemm] [--no-decode] [--decode-n N] [--decode-keys K]
+                      [--decode-nq Q[,Q]...] [--decode-parts]
+                      (--n: the attention sizes, default 4096 --quick / 4096,8192,16384, and the estimators' n,
+                      default 16384, --quick 4096; block-sparse at the first --d)
        sparselab help
   --param K=V: V a number, true/false, a word, or a list in braces: images={{10,45},{50,90}}]]
 
@@ -480,15 +484,56 @@ end
 
 function C.bench(argv)
   local o = parse(argv, 2, {quick = "flag", json = "flag", db = "value", backend = "value", methods = "value",
-    ["no-estimators"] = "flag", ["only-estimators"] = "flag", n = "value"}, {})
-  local est_n = o.n and math.tointeger(tonumber(o.n))
-  if o.n and not (est_n and est_n >= 64) then sl.fail("--n expects an integer >= 64, found '%s'", o.n) end
+    ["no-estimators"] = "flag", ["only-estimators"] = "flag", n = "value", d = "value", heads = "value",
+    densities = "value", patterns = "value", reps = "value", dtypes = "value", ["no-sgemm"] = "flag",
+    ["no-decode"] = "flag", ["decode-n"] = "value", ["decode-keys"] = "value", ["decode-nq"] = "value",
+    ["decode-parts"] = "flag"}, {})
+  -- a comma-separated list of integers >= lo (or of numbers in (0, 1] when frac)
+  local function list(name, lo, frac)
+    local s = o[name]
+    if not s then return nil end
+    local l = {}
+    for w in (s .. ","):gmatch("([^,]*),") do
+      local x = tonumber(w)
+      if frac then
+        if not (x and x > 0 and x <= 1) then sl.fail("--%s expects numbers in (0, 1], found '%s'", name, s) end
+      else
+        x = x and math.tointeger(x)
+        if not (x and x >= lo) then sl.fail("--%s expects integers >= %d, found '%s'", name, lo, s) end
+      end
+      l[#l + 1] = x
+    end
+    return l
+  end
+  local function one(name, lo)
+    local l = list(name, lo)
+    if l and #l ~= 1 then sl.fail("--%s expects one integer, found '%s'", name, o[name]) end
+    return l and l[1]
+  end
+  local sizes = list("n", 64)
+  local words = {}
+  for _, name in ipairs{"patterns", "dtypes"} do
+    if o[name] then
+      words[name] = {}
+      for w in o[name]:gmatch("[^,]+") do words[name][#words[name] + 1] = w end
+    end
+  end
+  for _, p in ipairs(words.patterns or {}) do
+    if p ~= "window" and p ~= "random_blocks" then sl.fail("--patterns: unknown pattern '%s' (window, random_blocks)", p) end
+  end
+  for _, t in ipairs(words.dtypes or {}) do
+    if t ~= "f32" and t ~= "f16" and t ~= "bf16" then sl.fail("--dtypes: unknown dtype '%s' (f32, f16, bf16)", t) end
+  end
   if o["no-estimators"] and (o["only-estimators"] or o.methods) then
     sl.fail("--no-estimators excludes --only-estimators and --methods")
   end
   local results = {}
   if not o["only-estimators"] then
-    results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu"}
+    results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu", n = sizes,
+      d = list("d", 1), heads = one("heads", 1), densities = list("densities", 0, true), patterns = words.patterns,
+      reps = one("reps", 1), dtypes = words.dtypes, sgemm = not o["no-sgemm"], decode = not o["no-decode"],
+      decode_n = one("decode-n", 64), decode_keys = one("decode-keys", 1), decode_nq = list("decode-nq", 1),
+      decode_parts = o["decode-parts"]}
   end
   if not o["no-estimators"] then
     -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)
@@ -499,8 +544,10 @@ function C.bench(argv)
       for id in o.methods:gmatch("[^,]+") do ids[#ids + 1] = sl.methods.get(id).id end
       if #ids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
     end
-    for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n}) do
-      results[#results + 1] = r
+    for _, est_n in ipairs(sizes or {false}) do
+      for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
+        results[#results + 1] = r
+      end
     end
   end
   if o.db then
