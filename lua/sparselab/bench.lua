@@ -92,7 +92,7 @@ end
 --- o = {quick = bool, backend = "cpu", n = {sizes}, d = {head dims}, heads = H, densities = {rho},
 ---      patterns = {"window", "random_blocks"}, reps = R, dtypes = {"f32", "bf16"}, sgemm = bool (default true),
 ---      decode = bool (default true), decode_n = N, decode_keys = SEL, decode_nq = {1, 2, 3, 4},
----      decode_parts = bool (a one-key call beside them)}
+---      decode_parts = bool (a one-key call beside them), emit = function(row) (called as each row is measured)}
 --- -> array of {name, n, d, heads, backend, params, metrics [, error]}.
 -- Defaults (every option nil) are those of `sparselab bench [--quick]`:
 -- n {4096} quick / {4096, 8192, 16384}, d {64, 128}, heads = sl.threads(),
@@ -103,7 +103,12 @@ function B.run(o)
   local quick = o.quick
   local backend = o.backend or "cpu"
   local reps = o.reps or (quick and 3 or 5)
-  local results = {}
+  -- every row appended is also handed to o.emit at once (rows are complete
+  -- when appended)
+  local results = setmetatable({}, {__newindex = function(t, i, r)
+    rawset(t, i, r)
+    if o.emit then o.emit(r) end
+  end})
   local ceiling
   if o.sgemm ~= false then
     local sgemm_n = quick and 2048 or 4096

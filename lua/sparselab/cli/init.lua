@@ -527,41 +527,9 @@ function C.bench(argv)
   if o["no-estimators"] and (o["only-estimators"] or o.methods) then
     sl.fail("--no-estimators excludes --only-estimators and --methods")
   end
-  local results = {}
-  if not o["only-estimators"] then
-    results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu", n = sizes,
-      d = list("d", 1), heads = one("heads", 1), densities = list("densities", 0, true), patterns = words.patterns,
-      reps = one("reps", 1), dtypes = words.dtypes, sgemm = not o["no-sgemm"], decode = not o["no-decode"],
-      decode_n = one("decode-n", 64), decode_keys = one("decode-keys", 1), decode_nq = list("decode-nq", 1),
-      decode_parts = o["decode-parts"]}
-  end
-  if not o["no-estimators"] then
-    -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)
-    local est = require "sparselab.bench_estimators"
-    local ids
-    if o.methods then
-      ids = {}
-      for id in o.methods:gmatch("[^,]+") do ids[#ids + 1] = sl.methods.get(id).id end
-      if #ids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
-    end
-    for _, est_n in ipairs(sizes or {false}) do
-      for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
-        results[#results + 1] = r
-      end
-    end
-  end
-  if o.db then
-    local db = sl.store.open(o.db)
-    local run_id = db:begin_run{script = "sparselab bench", argv = argv}
-    for _, r in ipairs(results) do
-      db:record{run_id = run_id, method = r.name, params = r.params, workload = "bench", backend = r.backend,
-        n_q = r.n_q or r.n, n_k = r.n, head_dim = r.d, heads = r.heads, kv_heads = r.kv_heads or r.heads,
-        metrics = r.metrics, status = r.error and "failed" or nil, error = r.error}
-    end
-    db:finish_run(run_id, "ok")
-    db:close()
-  end
-  for _, r in ipairs(results) do
+  -- each result is printed as soon as it is measured (a long run that is
+  -- cut short keeps what it had)
+  local function show(r)
     if o.json then
       local t = {name = r.name, backend = r.backend, n = r.n, d = r.d, heads = r.heads, params = r.params,
         method = r.method, kv_heads = r.kv_heads, error = r.error}
@@ -576,7 +544,44 @@ function C.bench(argv)
       if r.error then parts[#parts + 1] = "error: " .. r.error end
       out(string.format("%-22s n=%-6d d=%-4d %s", r.name, r.n, r.d, table.concat(parts, " ")))
     end
+    io.stdout:flush()
   end
+  local results = {}
+  if not o["only-estimators"] then
+    results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu", n = sizes,
+      d = list("d", 1), heads = one("heads", 1), densities = list("densities", 0, true), patterns = words.patterns,
+      reps = one("reps", 1), dtypes = words.dtypes, sgemm = not o["no-sgemm"], decode = not o["no-decode"],
+      decode_n = one("decode-n", 64), decode_keys = one("decode-keys", 1), decode_nq = list("decode-nq", 1),
+      decode_parts = o["decode-parts"], emit = show}
+  end
+  if not o["no-estimators"] then
+    -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)
+    local est = require "sparselab.bench_estimators"
+    local ids
+    if o.methods then
+      ids = {}
+      for id in o.methods:gmatch("[^,]+") do ids[#ids + 1] = sl.methods.get(id).id end
+      if #ids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
+    end
+    for _, est_n in ipairs(sizes or {false}) do
+      for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
+        results[#results + 1] = r
+        show(r)
+      end
+    end
+  end
+  if o.db then
+    local db = sl.store.open(o.db)
+    local run_id = db:begin_run{script = "sparselab bench", argv = argv}
+    for _, r in ipairs(results) do
+      db:record{run_id = run_id, method = r.name, params = r.params, workload = "bench", backend = r.backend,
+        n_q = r.n_q or r.n, n_k = r.n, head_dim = r.d, heads = r.heads, kv_heads = r.kv_heads or r.heads,
+        metrics = r.metrics, status = r.error and "failed" or nil, error = r.error}
+    end
+    db:finish_run(run_id, "ok")
+    db:close()
+  end
+
 end
 
 -- Subcommands that live in modules of their own (sparselab/cli/<name>.lua,
