@@ -116,6 +116,7 @@ struct Worker {
     std::vector<char *> stacks;
     Block block{};
     int n_threads = 0, n_barrier = 0, n_exited = 0;
+    std::vector<unsigned> warp_waiting, warp_exited;  // per warp, a bit per lane
     bool failed = false;
     std::string error;
     const LaunchCfg *cfg = nullptr;
@@ -135,6 +136,12 @@ cudaError_t g_last_error = cudaSuccess;
 cudaError_t g_exec_error = cudaSuccess;
 std::string g_last_failure;
 std::map<const void *, int> g_max_dyn_smem;
+unsigned long long g_launches, g_blocks, g_threads;  // SL_CUDASIM_STATS=1 prints them at exit
+
+void print_stats()
+{
+    fprintf(stderr, "cudasim: %llu launches, %llu blocks, %llu threads\n", g_launches, g_blocks, g_threads);
+}
 int g_device = 0;
 
 void set_error(cudaError_t e)
@@ -204,7 +211,10 @@ void fiber_init(Fiber *f)
     // Frames of a fiber abandoned after a failure may have left poison behind.
     ASAN_UNPOISON_MEMORY_REGION(f->stack, kStackBytes);
 #endif
-    uintptr_t top = ((uintptr_t)f->stack + kStackBytes) & ~(uintptr_t)15;
+    // Stacks are equally aligned; staggering their tops keeps the hot frames of
+    // a block's fibers from all landing in the same cache sets.
+    const size_t stagger = (size_t)(f->linear % 64) * 1024 + (size_t)(f->linear / 64 % 16) * 64;
+    uintptr_t top = ((uintptr_t)f->stack + kStackBytes - stagger) & ~(uintptr_t)15;
     void **sp = reinterpret_cast<void **>(top - 72);
     sp[0] = sp[1] = sp[2] = nullptr;                        // r15 r14 r13
     sp[3] = f;                                              // r12: the trampoline's argument
@@ -266,6 +276,8 @@ bool run_block(Worker *w)
     for (int i = 0; i < w->n_threads; i++)
         fiber_init(&w->fibers[i]);
     w->n_barrier = w->n_exited = 0;
+    std::fill(w->warp_waiting.begin(), w->warp_waiting.end(), 0u);
+    std::fill(w->warp_exited.begin(), w->warp_exited.end(), 0u);
     for (SharedVar &v : w->shared)
         memset(v.p, 0xff, v.bytes);  // uninitialised shared memory reads as NaN / -1
     if (w->dyn_bytes)
@@ -302,6 +314,7 @@ extern "C" void sl_sim_fiber_main(void *p)
     w->thunk(w->ctx);
     f->state = EXITED;
     w->n_exited++;
+    w->warp_exited[f->warp] |= 1u << f->lane;
     to_scheduler(f, true);
     __builtin_unreachable();
 }
@@ -319,6 +332,7 @@ namespace {
     w->error = block_name(w) + ", thread (" + std::to_string(f->thread_idx.x) + "," + std::to_string(f->thread_idx.y) +
                "," + std::to_string(f->thread_idx.z) + "): " + msg;
     f->state = EXITED;
+    w->warp_exited[f->warp] |= 1u << f->lane;
     to_scheduler(f, true);
     __builtin_unreachable();
 }
@@ -365,27 +379,34 @@ void warp_collective(Coll *c, const char *file, int line)
     if (n_lanes < 32 && (mask >> n_lanes) != 0)
         device_fail("%s at %s:%d: mask 0x%08x names lanes past the block's last thread (this warp has %d)", c->what,
                     file, line, mask, n_lanes);
-    Thread *lanes[32] = {};
-    bool all = true;
-    for (int j = 0; j < 32; j++) {
-        if (!(mask >> j & 1u) || j == f->lane)
-            continue;
-        Fiber *g = &w->fibers[base + j];
-        lanes[j] = g;
-        if (g->state == EXITED)
-            device_fail("%s at %s:%d: lane %d of mask 0x%08x has exited and never arrives", c->what, file, line, j, mask);
-        if (g->state != WAIT_WARP || g->coll->complete != c->complete || g->coll->mask != mask)
-            all = false;
+    const unsigned me = 1u << f->lane;
+    if (mask & w->warp_exited[f->warp]) {
+        const int j = __builtin_ctz(mask & w->warp_exited[f->warp]);
+        device_fail("%s at %s:%d: lane %d of mask 0x%08x has exited and never arrives", c->what, file, line, j, mask);
     }
-    lanes[f->lane] = f;
-    if (all) {
-        c->complete(lanes, mask);
-        for (int j = 0; j < 32; j++)
-            if ((mask >> j & 1u) && j != f->lane)
-                static_cast<Fiber *>(lanes[j])->state = READY;
-        f->coll = nullptr;
-        return;
+    // Cheap test first: every other lane of the mask waits at some collective.
+    if (((w->warp_waiting[f->warp] | me) & mask) == mask) {
+        Thread *lanes[32] = {};
+        bool all = true;
+        for (int j = 0; j < 32 && all; j++) {
+            if (!(mask >> j & 1u))
+                continue;
+            Fiber *g = &w->fibers[base + j];
+            lanes[j] = g;
+            if (j != f->lane && (g->coll->complete != c->complete || g->coll->mask != mask))
+                all = false;
+        }
+        if (all) {
+            c->complete(lanes, mask);
+            for (int j = 0; j < 32; j++)
+                if ((mask >> j & 1u) && j != f->lane)
+                    static_cast<Fiber *>(lanes[j])->state = READY;
+            w->warp_waiting[f->warp] &= ~mask;
+            f->coll = nullptr;
+            return;
+        }
     }
+    w->warp_waiting[f->warp] |= me;
     f->state = WAIT_WARP;
     to_scheduler(f, false);
     f->coll = nullptr;
@@ -502,6 +523,8 @@ cudaError_t launch(const LaunchCfg &cfg, void (*thunk)(void *), void *ctx)
         return launch_error(cfg, cudaErrorMemoryAllocation, "out of host memory for dynamic shared memory");
     if (w->fibers.size() < threads)
         w->fibers.resize(threads);
+    w->warp_waiting.assign((threads + 31) / 32, 0u);
+    w->warp_exited.assign((threads + 31) / 32, 0u);
     while (w->stacks.size() < threads)
         w->stacks.push_back(stack_alloc());
     for (int i = 0; i < (int)threads; i++) {
@@ -516,6 +539,14 @@ cudaError_t launch(const LaunchCfg &cfg, void (*thunk)(void *), void *ctx)
     w->block.block_dim = b;
     w->block.grid_dim = g;
     const unsigned long long n_blocks = (unsigned long long)g.x * g.y * g.z;
+    {
+        std::lock_guard<std::mutex> lk(g_mutex);
+        static bool stats = getenv("SL_CUDASIM_STATS") && atexit(print_stats) == 0;
+        (void)stats;
+        g_launches++;
+        g_blocks += n_blocks;
+        g_threads += n_blocks * threads;
+    }
     bool ok = true;
     for (unsigned long long k = 0; k < n_blocks && ok; k++) {
         const unsigned long long i = w->reverse ? n_blocks - 1 - k : k;
@@ -592,7 +623,7 @@ void check_uniform(Thread **lanes, unsigned mask)
 }
 }  // namespace
 
-void wmma_collective(void (*complete)(Thread **, unsigned), const char *what, const void *frag, const void *mem,
+void wmma_collective(void (*complete)(Thread **, unsigned), const char *what, void *frag, const void *mem,
                      unsigned ldm, int layout, int frag_code, int mem_code, const char *file, int line)
 {
     Coll c{};

@@ -488,7 +488,7 @@ void wmma_store_complete(Thread **lanes, unsigned mask);
 void wmma_mma_complete(Thread **lanes, unsigned mask);
 // Element type codes: 0 float, 1 half, 2 bfloat16.
 template <class T> constexpr int elem_code() { return std::is_same<T, float>::value ? 0 : std::is_same<T, __half>::value ? 1 : 2; }
-void wmma_collective(void (*complete)(Thread **, unsigned), const char *what, const void *frag, const void *mem,
+void wmma_collective(void (*complete)(Thread **, unsigned), const char *what, void *frag, const void *mem,
                      unsigned ldm, int layout, int frag_code, int mem_code, const char *file, int line);
 void wmma_mma(void *d, const void *a, const void *b, const void *c, int codes, const char *file, int line);
 }  // namespace sl_sim
@@ -544,7 +544,7 @@ template <class T>
 static inline void sl_sim_store(T *p, const fragment<accumulator, 16, 16, 16, T, void> &f, unsigned ldm, layout_t l,
                                 const char *file, int line)
 {
-    sl_sim::wmma_collective(sl_sim::wmma_store_complete, "wmma::store_matrix_sync", &f, p, ldm, (int)l,
+    sl_sim::wmma_collective(sl_sim::wmma_store_complete, "wmma::store_matrix_sync", const_cast<void *>(static_cast<const void *>(&f)), p, ldm, (int)l,
                             sl_sim::elem_code<T>(), sl_sim::elem_code<T>(), file, line);
 }
 template <class TA, class LA, class LB, class TC>

@@ -28,10 +28,10 @@ $(BUILD)/$(CUDASIM_DIR)/cudasim.o: $(CUDASIM_DIR)/cudasim.cc $(CUDASIM_DIR)/cuda
 # The runtime goes into the core library, so everything linking it gets it.
 $(LIB): $(BUILD)/$(CUDASIM_DIR)/cudasim.o
 LDLIBS_ALL := $(filter-out -lcudart -L$(CUDA_HOME)/lib64 -Wl$(comma)-rpath$(comma)$(CUDA_HOME)/lib64,$(LDLIBS_ALL))
-$(BUILD)/tests/cudasim/selftest: $(CUDASIM_DIR)/selftest.cu $(LIB)
+$(BUILD)/tests/cudasim/selftest: $(CUDASIM_DIR)/selftest.cu $(BUILD)/$(CUDASIM_DIR)/cudasim.o
 	@mkdir -p $(dir $@)
 	@echo "  SIMCXX $<"
-	@$(CXX) $(CUDASIM_CXXFLAGS) $< -o $@ $(LIB) -lstdc++ -lm -lpthread $(SAN)
+	@$(CXX) $(CUDASIM_CXXFLAGS) $< -x none $(BUILD)/$(CUDASIM_DIR)/cudasim.o -o $@ -lm -lpthread $(SAN)
 endif
 comma := ,
 
