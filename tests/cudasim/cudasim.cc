@@ -302,7 +302,7 @@ bool run_block(Worker *w)
     return true;
 }
 
-[[noreturn]] void fail_here(const std::string &msg);
+[[noreturn]] void fail_here(const char *msg);
 
 }  // namespace
 
@@ -320,12 +320,13 @@ extern "C" void sl_sim_fiber_main(void *p)
 }
 
 namespace {
-[[noreturn]] void fail_here(const std::string &msg)
+// No object owning memory may live in this frame: the fiber is abandoned here.
+[[noreturn]] void fail_here(const char *msg)
 {
     Worker *w = t_worker;
     Fiber *f = static_cast<Fiber *>(t_cur);
     if (!w || !f) {
-        fprintf(stderr, "cudasim: %s (outside a kernel)\n", msg.c_str());
+        fprintf(stderr, "cudasim: %s (outside a kernel)\n", msg);
         abort();
     }
     w->failed = true;
