@@ -144,4 +144,6 @@ deps:
 clean:
 	rm -rf build build-asan
 
+include tests/cudasim/cudasim.mk
+
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,4 +1,5 @@
 // cuda/attn.cu — attention executors on CUDA (attn.dense, attn.block_sparse with its pv_skip option, attn.vs_mixed): flash-style f32 kernels with key tiles in shared memory and an online softmax in registers.
+#include "dialect.cuh"
 #include "attn.cuh"
 #include "warp.cuh"
 
@@ -290,7 +291,7 @@ template <int D> struct Smem {
 template <int D> __global__ void __launch_bounds__(kThreads) attn_dense_kernel(const sl__cuda_attn a)
 {
     using T = Tile<D>;
-    extern __shared__ float4 smem_f4[];
+    SL_DYN_SMEM(float4, smem_f4);
     const Smem<D> sm(reinterpret_cast<float *>(smem_f4));
     const int h = blockIdx.y, warp = threadIdx.x / 32;
     const int q0 = (gridDim.x - 1 - blockIdx.x) * T::BQ, r0 = q0 + warp * T::R;
@@ -386,7 +387,7 @@ __global__ void __launch_bounds__(kThreads) attn_block_kernel(const sl__cuda_att
 {
     static_assert(!(SKIP && MIXED), "attn.vs_mixed has no pv_skip");
     using T = Tile<D>;
-    extern __shared__ float4 smem_f4[];
+    SL_DYN_SMEM(float4, smem_f4);
     const Smem<D> sm(reinterpret_cast<float *>(smem_f4));
     const int h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int n_sub = (a.bq + T::BQ - 1) / T::BQ, qb = blockIdx.x / n_sub;
@@ -552,7 +553,7 @@ template <int D> cudaError_t launch(void (*kernel)(sl__cuda_attn), dim3 grid, co
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (err != cudaSuccess)
         return err;
-    kernel<<<grid, kThreads, smem, st>>>(a);
+    SL_LAUNCH(kernel, grid, kThreads, smem, st)(a);
     return cudaGetLastError();
 }
 

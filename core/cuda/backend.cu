@@ -1,4 +1,5 @@
 // cuda/backend.cu — the CUDA backend: device probe, kernel table, the staging of host tensors through device memory, and the host side of each executor.
+#include "dialect.cuh"
 #include "attn.cuh"
 #include "sparse.cuh"
 #include "correct.cuh"

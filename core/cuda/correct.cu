@@ -1,5 +1,6 @@
 // cuda/correct.cu — the corrections (correct.*) on CUDA: element-wise kernels over the sparse output (unverified on a device: written and compiled without a GPU).
 
+#include "dialect.cuh"
 #include "correct.cuh"
 
 namespace {
@@ -48,7 +49,7 @@ cudaError_t sl__cuda_correct_delta(const sl__cuda_delta &a, cudaStream_t st)
     const int64_t total = (int64_t)a.h * a.n * a.d;
     const int threads = 256;
     const int64_t blocks = (total + threads - 1) / threads;
-    delta_kernel<<<(unsigned)blocks, threads, 0, st>>>(a);
+    SL_LAUNCH(delta_kernel, (unsigned)blocks, threads, 0, st)(a);
     return cudaGetLastError();
 }
 
@@ -64,8 +65,8 @@ constexpr int kThreads = 128;
 // Block-wide sum / max of one value per thread (blockDim.x = kThreads).
 __device__ float block_reduce(float x, bool is_max)
 {
-    __shared__ float part[kThreads / 32];
-    __shared__ float result;
+    SL_SHARED(float, part, [kThreads / 32]);
+    SL_SHARED(float, result, );
     for (int w = 16; w > 0; w /= 2) {
         float y = __shfl_xor_sync(0xffffffffu, x, w);
         x = is_max ? fmaxf(x, y) : x + y;
@@ -113,7 +114,7 @@ __global__ void pool_kernel(const float *x, const float *y, int n_rows, int rows
 // Per (query block, head): pooled logits and flags of the visible key blocks.
 __global__ void rect_flag_kernel(const sl__cuda_rectify a)
 {
-    __shared__ int n_trusted;
+    SL_SHARED(int, n_trusted, );
     const int I = blockIdx.x, h = blockIdx.y, g = h / (a.hq / a.hkv), mh = h / (a.hq / a.hm);
     const int64_t row = ((int64_t)h * a.nqb + I) * a.nkb;
     if (threadIdx.x == 0)
@@ -300,33 +301,33 @@ __global__ void lepe_kernel(const sl__cuda_lepe a)
 
 cudaError_t sl__cuda_correct_rectify(const sl__cuda_rectify &a, cudaStream_t st)
 {
-    pool_kernel<<<dim3(a.nkb, a.hkv), kThreads, 0, st>>>(a.k, a.v, a.nk, a.bk, a.d, a.nkb, a.kbar, a.kdev, a.vbar);
-    pool_kernel<<<dim3(a.nqb, a.hq), kThreads, 0, st>>>(a.q, nullptr, a.nq, a.bq, a.d, a.nqb, a.qbar, a.qdev, nullptr);
-    rect_flag_kernel<<<dim3(a.nqb, a.hq), kThreads, 0, st>>>(a);
-    rect_row_kernel<<<dim3(a.nq, a.hq), kThreads, 0, st>>>(a);
+    SL_LAUNCH(pool_kernel, dim3(a.nkb, a.hkv), kThreads, 0, st)(a.k, a.v, a.nk, a.bk, a.d, a.nkb, a.kbar, a.kdev, a.vbar);
+    SL_LAUNCH(pool_kernel, dim3(a.nqb, a.hq), kThreads, 0, st)(a.q, nullptr, a.nq, a.bq, a.d, a.nqb, a.qbar, a.qdev, nullptr);
+    SL_LAUNCH(rect_flag_kernel, dim3(a.nqb, a.hq), kThreads, 0, st)(a);
+    SL_LAUNCH(rect_row_kernel, dim3(a.nq, a.hq), kThreads, 0, st)(a);
     return cudaGetLastError();
 }
 
 cudaError_t sl__cuda_correct_compensate(const sl__cuda_comp &a, cudaStream_t st)
 {
     if (a.vmc)
-        prefix_kernel<<<a.hkv, kThreads, 0, st>>>(a.v, a.nk, a.d, a.cum);
-    comp_row_kernel<<<dim3(a.nq, a.hq), 64, 0, st>>>(a);
+        SL_LAUNCH(prefix_kernel, a.hkv, kThreads, 0, st)(a.v, a.nk, a.d, a.cum);
+    SL_LAUNCH(comp_row_kernel, dim3(a.nq, a.hq), 64, 0, st)(a);
     return cudaGetLastError();
 }
 
 cudaError_t sl__cuda_correct_smooth_k(const sl__cuda_smooth &a, cudaStream_t st)
 {
-    smooth_mean_kernel<<<a.hkv, kThreads, 0, st>>>(a);
+    SL_LAUNCH(smooth_mean_kernel, a.hkv, kThreads, 0, st)(a);
     const int64_t rows = (int64_t)a.hq * a.nq;
     if (rows > 0)
-        smooth_lse_kernel<<<(unsigned)((rows + 255) / 256), 256, 0, st>>>(a);
+        SL_LAUNCH(smooth_lse_kernel, (unsigned)((rows + 255) / 256), 256, 0, st)(a);
     return cudaGetLastError();
 }
 
 cudaError_t sl__cuda_correct_lepe(const sl__cuda_lepe &a, cudaStream_t st)
 {
     const int64_t total = (int64_t)a.hq * a.nq * a.d;
-    lepe_kernel<<<(unsigned)((total + 255) / 256), 256, 0, st>>>(a);
+    SL_LAUNCH(lepe_kernel, (unsigned)((total + 255) / 256), 256, 0, st)(a);
     return cudaGetLastError();
 }

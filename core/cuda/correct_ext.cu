@@ -4,6 +4,7 @@
 // Straightforward kernels: the row-wise corrections one thread per row; attn.linear and attn.pooled_kv one CTA per
 // (head, row), keys in chunks through shared memory (attn.linear in its quadratic form, attn.pooled_kv pooling each
 // group as it reads it). Compiled with `make CUDA=1`; unverified on a device.
+#include "dialect.cuh"
 #include "correct_ext.cuh"
 
 extern "C" {
@@ -177,8 +178,8 @@ __device__ float phi(float x, int feature) { return feature == 0 ? (x > 0.f ? x 
 __global__ void linear_kernel(const float *q, const float *k, const float *v, float *o, int hq, int group, int nq,
                               int nk, int d, int causal, int feature)
 {
-    __shared__ float fq[kMaxD];
-    __shared__ float w[kChunk];
+    SL_SHARED(float, fq, [kMaxD]);
+    SL_SHARED(float, w, [kChunk]);
     int h = blockIdx.x / nq, r = blockIdx.x % nq, g = h / group;
     const float *qr = q + ((int64_t)h * nq + r) * d;
     for (int c = threadIdx.x; c < d; c += blockDim.x)
@@ -216,9 +217,9 @@ __global__ void pooled_kernel(const float *q, const float *k, const float *v, co
                               float *lse, int hq, int group, int hm, int nq, int nk, int d, int bq, int bk, int nqb,
                               int nkb, int causal, float scale)
 {
-    __shared__ float qs[kMaxD];
-    __shared__ float sc[kChunk];
-    __shared__ float red[kThreads];
+    SL_SHARED(float, qs, [kMaxD]);
+    SL_SHARED(float, sc, [kChunk]);
+    SL_SHARED(float, red, [kThreads]);
     int h = blockIdx.x / nq, r = blockIdx.x % nq, g = h / group, mh = h / (hq / hm);
     const float *qr = q + ((int64_t)h * nq + r) * d;
     for (int c = threadIdx.x; c < d; c += blockDim.x)
@@ -311,7 +312,7 @@ sl_status sl__cuda_correct_reshape(const sl__kargs *a)
     sl_status s = stage(a, &st);
     if (s != SL_OK)
         return s;
-    reshape_kernel<<<blocks_for(rows), kThreads>>>(cin(st, 0), cin(st, 1), cin(st, 2), cin(st, 3), cin(st, 4),
+    SL_LAUNCH(reshape_kernel, blocks_for(rows), kThreads, 0, 0)(cin(st, 0), cin(st, 1), cin(st, 2), cin(st, 3), cin(st, 4),
                                                    cin(st, 5), cout(st, 0), cout(st, 1), cout(st, 2), rows,
                                                    (int)a->in[0].shape[2], (float)p->drift, (int)p->use_ratio);
     return finish(a, &st);
@@ -327,7 +328,7 @@ sl_status sl__cuda_correct_cache_reuse(const sl__kargs *a)
     sl_status s = stage(a, &st);
     if (s != SL_OK)
         return s;
-    cache_kernel<<<blocks_for(rows), kThreads>>>(cin(st, 0), cin(st, 1), cin(st, 2), cin(st, 3), cin(st, 4),
+    SL_LAUNCH(cache_kernel, blocks_for(rows), kThreads, 0, 0)(cin(st, 0), cin(st, 1), cin(st, 2), cin(st, 3), cin(st, 4),
                                                  cin(st, 5), cout(st, 0), cout(st, 1), cout(st, 2), rows,
                                                  (int)a->in[0].shape[2], a->in[4].buf ? (int)a->in[4].shape[2] : 0,
                                                  p->tau);
@@ -344,7 +345,7 @@ sl_status sl__cuda_correct_linear_branch(const sl__kargs *a)
     sl_status s = stage(a, &st);
     if (s != SL_OK)
         return s;
-    linear_branch_kernel<<<blocks_for(n), kThreads>>>(cin(st, 0), cin(st, 1), cin(st, 2), cin(st, 3), cout(st, 0),
+    SL_LAUNCH(linear_branch_kernel, blocks_for(n), kThreads, 0, 0)(cin(st, 0), cin(st, 1), cin(st, 2), cin(st, 3), cout(st, 0),
                                                       a->in[0].shape[0], a->in[0].shape[1], (int)a->in[0].shape[2],
                                                       (int)a->in[2].shape[0],
                                                       a->in[3].buf ? (int)a->in[3].shape[0] : 0, (int)p->convex);
@@ -361,7 +362,7 @@ sl_status sl__cuda_attn_linear(const sl__kargs *a)
     staged st;
     if ((s = stage(a, &st)) != SL_OK)
         return s;
-    linear_kernel<<<(int)(dm.hq * dm.nq), kThreads>>>(cin(st, 0), cin(st, 1), cin(st, 2), cout(st, 0), (int)dm.hq,
+    SL_LAUNCH(linear_kernel, (int)(dm.hq * dm.nq), kThreads, 0, 0)(cin(st, 0), cin(st, 1), cin(st, 2), cout(st, 0), (int)dm.hq,
                                                       (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d,
                                                       (int)p->causal, (int)p->feature);
     return finish(a, &st);
@@ -377,7 +378,7 @@ sl_status sl__cuda_attn_pooled_kv(const sl__kargs *a)
     staged st;
     if ((s = stage(a, &st)) != SL_OK)
         return s;
-    pooled_kernel<<<(int)(dm.hq * dm.nq), kThreads>>>(
+    SL_LAUNCH(pooled_kernel, (int)(dm.hq * dm.nq), kThreads, 0, 0)(
         cin(st, 0), cin(st, 1), cin(st, 2), static_cast<const uint8_t *>(st.in[3]), cout(st, 0), cout(st, 1),
         (int)dm.hq, (int)dm.group, (int)a->in[3].shape[0], (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->bq, (int)p->bk,
         (int)a->in[3].shape[1], (int)a->in[3].shape[2], (int)p->causal, (float)dm.scale);

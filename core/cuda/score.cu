@@ -7,6 +7,7 @@
 // each entry gets a unique 64-bit key (value order, then lower index first), top-k finds the k-th largest key by
 // a bitwise search and top-p searches the shortest prefix by bisection on its length. Compiled with
 // `make CUDA=1`; unverified on a device.
+#include "dialect.cuh"
 #include "score.cuh"
 
 extern "C" {
@@ -183,7 +184,7 @@ struct pooled_args {
 
 __global__ void pooled_kernel(pooled_args a)
 {
-    __shared__ float shf[kWarps];
+    SL_SHARED(float, shf, [kWarps]);
     int64_t item = blockIdx.x, h = item / a.nqb, r = item % a.nqb, g = h / a.group;
     const float *qa = a.qhi + item * a.d, *qb = a.qlo + item * a.d;
     float *row = a.out + item * a.nkb;
@@ -222,8 +223,8 @@ struct prob_args {
 
 __global__ void prob_kernel(prob_args a)
 {
-    extern __shared__ float qs[];
-    __shared__ float shf[kWarps];
+    SL_DYN_SMEM(float, qs);
+    SL_SHARED(float, shf, [kWarps]);
     int64_t item = blockIdx.x, h = item / a.n_rows, t = item % a.n_rows;
     int64_t r = a.rows ? a.rows[t] : a.first + t;
     const float *qr = a.q + (h * a.nq + r) * a.d, *kh = a.k + (h / a.group) * a.nk * a.d;
@@ -255,8 +256,8 @@ struct exact_args {
 
 __global__ void exact_kernel(exact_args a)
 {
-    extern __shared__ float sh[];  // d floats of q, then nkb accumulators
-    __shared__ float shf[kWarps];
+    SL_DYN_SMEM(float, sh);  // d floats of q, then nkb accumulators
+    SL_SHARED(float, shf, [kWarps]);
     float *qs = sh, *acc = sh + a.d;
     int64_t item = blockIdx.x, h = item / a.nqb, rb = item % a.nqb;
     const float *kh = a.k + (h / a.group) * a.nk * a.d;
@@ -414,7 +415,7 @@ struct select_args {
 
 __global__ void topk_kernel(select_args a)
 {
-    __shared__ unsigned long long shu[kWarps];
+    SL_SHARED(unsigned long long, shu, [kWarps]);
     int64_t item = blockIdx.x;
     const float *row = a.x + item * a.C;
     uint8_t *keep = a.keep + item * a.C;
@@ -445,9 +446,9 @@ __device__ double mass_ge(const float *row, int64_t C, uint64_t t, int normalize
 
 __global__ void topp_kernel(select_args a)
 {
-    __shared__ unsigned long long shu[kWarps];
-    __shared__ double shd[kWarps];
-    __shared__ float shf[kWarps];
+    SL_SHARED(unsigned long long, shu, [kWarps]);
+    SL_SHARED(double, shd, [kWarps]);
+    SL_SHARED(float, shf, [kWarps]);
     int64_t item = blockIdx.x;
     const float *row = a.x + item * a.C;
     uint8_t *keep = a.keep + item * a.C;
@@ -481,7 +482,7 @@ __global__ void topp_kernel(select_args a)
 
 __global__ void threshold_kernel(select_args a)
 {
-    __shared__ float shf[kWarps];
+    SL_SHARED(float, shf, [kWarps]);
     int64_t item = blockIdx.x;
     const float *row = a.x + item * a.C;
     uint8_t *keep = a.keep + item * a.C;
@@ -516,12 +517,12 @@ sl_status sl__cuda_score_pooled(const sl__kargs *a)
         return s;
     float *qhi = static_cast<float *>(st.scratch), *qlo = qhi + qf, *khi = qlo + qf, *klo = khi + kf;
     const float *q = static_cast<const float *>(st.in[0]), *k = static_cast<const float *>(st.in[1]);
-    pool_kernel<<<(int)(dm.hq * nqb), kThreads>>>(q, dm.nq, dm.d, p->bq, nqb, (int)p->pool, (int)p->pad, qhi, qlo);
+    SL_LAUNCH(pool_kernel, (int)(dm.hq * nqb), kThreads, 0, 0)(q, dm.nq, dm.d, p->bq, nqb, (int)p->pool, (int)p->pad, qhi, qlo);
     if (nkb > 0)
-        pool_kernel<<<(int)(dm.hkv * nkb), kThreads>>>(k, dm.nk, dm.d, p->bk, nkb, (int)p->pool, (int)p->pad, khi, klo);
+        SL_LAUNCH(pool_kernel, (int)(dm.hkv * nkb), kThreads, 0, 0)(k, dm.nk, dm.d, p->bk, nkb, (int)p->pool, (int)p->pad, khi, klo);
     pooled_args pa = {qhi, qlo, khi, klo, static_cast<float *>(st.out[0]), dm.nq, dm.nk, dm.d, p->bq, p->bk, nqb, nkb,
                       dm.group, dm.offset, (float)dm.scale, (int)p->pool, (int)p->causal, (int)p->softmax};
-    pooled_kernel<<<(int)(dm.hq * nqb), kThreads>>>(pa);
+    SL_LAUNCH(pooled_kernel, (int)(dm.hq * nqb), kThreads, 0, 0)(pa);
     return finish(a, &st);
 }
 
@@ -542,7 +543,7 @@ static sl_status cuda_prob_rows(const sl__kargs *a, double scale, int causal, bo
     prob_args pa = {static_cast<const float *>(st.in[0]), static_cast<const float *>(st.in[1]),
                     listed ? static_cast<const int32_t *>(st.in[2]) : nullptr, static_cast<float *>(st.out[0]), dm.hq,
                     dm.nq, dm.nk, dm.d, dm.group, dm.offset, first, n_rows, (float)dm.scale, causal};
-    prob_kernel<<<(int)(dm.hq * n_rows), kThreads, (size_t)dm.d * sizeof(float)>>>(pa);
+    SL_LAUNCH(prob_kernel, (int)(dm.hq * n_rows), kThreads, (size_t)dm.d * sizeof(float), 0)(pa);
     return finish(a, &st);
 }
 
@@ -578,7 +579,7 @@ sl_status sl__cuda_score_exact(const sl__kargs *a)
     exact_args ea = {static_cast<const float *>(st.in[0]), static_cast<const float *>(st.in[1]),
                      static_cast<float *>(st.out[0]), dm.nq, dm.nk, dm.d, dm.group, dm.offset, p->bq, p->bk, nqb, nkb,
                      (float)dm.scale, (int)p->causal, (int)p->reduce, (int)p->normalize};
-    exact_kernel<<<(int)(dm.hq * nqb), kThreads, shm>>>(ea);
+    SL_LAUNCH(exact_kernel, (int)(dm.hq * nqb), kThreads, shm, 0)(ea);
     return finish(a, &st);
 }
 
@@ -604,22 +605,22 @@ static sl_status run_reduce(const sl__kargs *a)
         return finish(a, &st);
     }
     switch (a->op) {
-    case SL_OP_REDUCE_COLUMNS: columns_kernel<<<grid_of(n), kThreads>>>(xd, y, H, R, C); break;
+    case SL_OP_REDUCE_COLUMNS: SL_LAUNCH(columns_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H, R, C); break;
     case SL_OP_REDUCE_DIAGONALS: {
         const sl_reduce_diag_params *p = static_cast<const sl_reduce_diag_params *>(a->params);
-        diagonals_kernel<<<grid_of(n), kThreads>>>(xd, y, H, R, C, p->row_pos0 < 0 ? C - R : p->row_pos0);
+        SL_LAUNCH(diagonals_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H, R, C, p->row_pos0 < 0 ? C - R : p->row_pos0);
         break;
     }
     case SL_OP_REDUCE_BLOCK: {
         const sl_reduce_block_params *p = static_cast<const sl_reduce_block_params *>(a->params);
         int64_t nr = (R + p->br - 1) / p->br, nc = (C + p->bc - 1) / p->bc;
-        block_kernel<<<grid_of(n), kThreads>>>(xd, y, H, R, C, p->br, p->bc, nr, nc, (int)p->mode);
+        SL_LAUNCH(block_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H, R, C, p->br, p->bc, nr, nc, (int)p->mode);
         break;
     }
     default: {
         const sl_reduce_heads_params *p = static_cast<const sl_reduce_heads_params *>(a->params);
         int64_t g = p->group ? p->group : H;
-        heads_kernel<<<grid_of(n), kThreads>>>(xd, y, H / g, R * C, g, (int)p->mode);
+        SL_LAUNCH(heads_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H / g, R * C, g, (int)p->mode);
         break;
     }
     }
@@ -656,18 +657,18 @@ static sl_status run_select(const sl__kargs *a)
         sa.opt = st.in[1];
         sa.k = p->k;
         sa.ratio = p->ratio;
-        topk_kernel<<<(int)rows, kThreads>>>(sa);
+        SL_LAUNCH(topk_kernel, (int)rows, kThreads, 0, 0)(sa);
     } else if (a->op == SL_OP_SELECT_TOPP) {
         const sl_select_topp_params *p = static_cast<const sl_select_topp_params *>(a->params);
         sa.opt = st.in[1];
         sa.p = p->p;
         sa.normalize = (int)p->normalize;
-        topp_kernel<<<(int)rows, kThreads>>>(sa);
+        SL_LAUNCH(topp_kernel, (int)rows, kThreads, 0, 0)(sa);
     } else {
         const sl_select_threshold_params *p = static_cast<const sl_select_threshold_params *>(a->params);
         sa.t = p->t;
         sa.relative = (int)p->relative;
-        threshold_kernel<<<(int)rows, kThreads>>>(sa);
+        SL_LAUNCH(threshold_kernel, (int)rows, kThreads, 0, 0)(sa);
     }
     return finish(a, &st);
 }

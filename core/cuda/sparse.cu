@@ -1,5 +1,6 @@
 // cuda/sparse.cu — executors over gathered keys and chosen rows on CUDA (attn.token_sparse, attn.rows) and the log-sum-exp merge that finishes them and serves attn.lse_merge.
 
+#include "dialect.cuh"
 #include "sparse.cuh"
 #include "warp.cuh"
 
@@ -50,8 +51,9 @@ template <class F> bool with_dims_per_lane(int64_t d, F &&f)
 // (keys 0 .. limit - 1 of each row). grid (row groups, hq, n_split).
 template <int DL, bool LIST> __global__ void __launch_bounds__(kThreads) gather_kernel(const sl__cuda_gather a)
 {
-    __shared__ float sm_m[kWarps][kRows], sm_l[kWarps][kRows];
-    __shared__ float sm_acc[kWarps][kRows][32 * DL];
+    SL_SHARED(float, sm_m, [kWarps][kRows]);
+    SL_SHARED(float, sm_l, [kWarps][kRows]);
+    SL_SHARED(float, sm_acc, [kWarps][kRows][32 * DL]);
     const int h = blockIdx.y, split = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = h / (a.hq / a.hkv);
     int out_row[kRows], q_row[kRows], lim[kRows], n_rows = 0, n_keys = 0;
@@ -248,7 +250,8 @@ cudaError_t sl__cuda_token_sparse(const sl__cuda_gather &a, cudaStream_t st)
     with_dims_per_lane(a.d, [&](auto dl) {
         constexpr int DL = decltype(dl)::value;
         const dim3 grid((unsigned)a.n_e * (unsigned)a.n_rg, a.hq, a.n_split);
-        gather_kernel<DL, true><<<grid, kThreads, 0, st>>>(a);
+        void (*kernel)(sl__cuda_gather) = gather_kernel<DL, true>;
+        SL_LAUNCH(kernel, grid, kThreads, 0, st)(a);
         err = cudaGetLastError();
     });
     return err;
@@ -260,7 +263,8 @@ cudaError_t sl__cuda_rows(const sl__cuda_gather &a, cudaStream_t st)
     with_dims_per_lane(a.d, [&](auto dl) {
         constexpr int DL = decltype(dl)::value;
         const dim3 grid((unsigned)((a.n_out + kRows - 1) / kRows), a.hq, a.n_split);
-        gather_kernel<DL, false><<<grid, kThreads, 0, st>>>(a);
+        void (*kernel)(sl__cuda_gather) = gather_kernel<DL, false>;
+        SL_LAUNCH(kernel, grid, kThreads, 0, st)(a);
         err = cudaGetLastError();
     });
     return err;
@@ -271,6 +275,6 @@ cudaError_t sl__cuda_merge(const sl__cuda_merge_args &a, cudaStream_t st)
     if (a.rows == 0)
         return cudaSuccess;
     const unsigned blocks = (unsigned)((a.rows + kWarps - 1) / kWarps);
-    merge_kernel<<<blocks, kThreads, 0, st>>>(a);
+    SL_LAUNCH(merge_kernel, blocks, kThreads, 0, st)(a);
     return cudaGetLastError();
 }

@@ -5,6 +5,7 @@
 // atomics into the output tiles. Each call stages its tensors through device
 // memory like the other kernels of this backend. Unverified on a device:
 // built with `make CUDA=1`, run by test-cuda where a GPU is present.
+#include "dialect.cuh"
 #include "stripe.cuh"
 #include "warp.cuh"
 
@@ -220,7 +221,7 @@ sl_status sl__cuda_score_antidiag(const sl__kargs *a)
         (e = b.put(a->in[1].data, sl_tensor_nbytes(&a->in[1]), &dk)) != cudaSuccess ||
         (e = b.put(nullptr, sl_tensor_nbytes(&a->out[0]), &dout, true)) != cudaSuccess)
         return fail_cuda(a, e, "staging");
-    antidiag_kernel<<<dim3((unsigned)Mq, (unsigned)dm.hq), 32>>>(
+    SL_LAUNCH(antidiag_kernel, dim3((unsigned)Mq, (unsigned)dm.hq), 32, 0, 0)(
         static_cast<const float *>(dq), static_cast<const float *>(dk), static_cast<float *>(dout), (int)dm.nq,
         (int)dm.nk, (int)dm.d, (int)S, (int)p->block, (int)dm.group, (int)p->causal, (int)dm.offset, (float)scale,
         (int)nqb, (int)nkb);
@@ -244,7 +245,7 @@ sl_status sl__cuda_score_strided(const sl__kargs *a)
         (e = b.put(a->in[1].data, sl_tensor_nbytes(&a->in[1]), &dk)) != cudaSuccess ||
         (e = b.put(nullptr, sl_tensor_nbytes(&a->out[0]), &dout, true)) != cudaSuccess)
         return fail_cuda(a, e, "staging");
-    strided_kernel<<<dim3((unsigned)Mq, (unsigned)dm.hq), 32>>>(
+    SL_LAUNCH(strided_kernel, dim3((unsigned)Mq, (unsigned)dm.hq), 32, 0, 0)(
         static_cast<const float *>(dq), static_cast<const float *>(dk), static_cast<float *>(dout), (int)dm.nq,
         (int)dm.nk, (int)dm.d, (int)S, (int)p->bq, (int)p->bk, (int)dm.group, (int)p->causal, (int)dm.offset,
         (float)dm.scale, (int)nqb, (int)nkb);
@@ -274,13 +275,13 @@ sl_status sl__cuda_score_anchor(const sl__kargs *a)
         (e = b.put(nullptr, sizeof(float) * slots, &dxbar)) != cudaSuccess)
         return fail_cuda(a, e, "staging");
     const float *q = static_cast<const float *>(dq), *k = static_cast<const float *>(dk);
-    anchor_rows_kernel<<<dim3((unsigned)N, (unsigned)dm.hq), 32>>>(q, k, static_cast<float *>(danc), (int)N, (int)dm.d,
+    SL_LAUNCH(anchor_rows_kernel, dim3((unsigned)N, (unsigned)dm.hq), 32, 0, 0)(q, k, static_cast<float *>(danc), (int)N, (int)dm.d,
                                                                   (int)G, (int)dm.group, (int)p->init_cnt,
                                                                   (int)p->local_cnt, (float)dm.scale);
-    anchor_pool_kernel<<<dim3((unsigned)p->step, (unsigned)nb, (unsigned)dm.hq), 64>>>(
+    SL_LAUNCH(anchor_pool_kernel, dim3((unsigned)p->step, (unsigned)nb, (unsigned)dm.hq), 64, 0, 0)(
         q, static_cast<const float *>(danc), static_cast<float *>(dqbar), static_cast<float *>(dxbar), (int)N,
         (int)dm.d, (int)p->block, (int)G, (int)p->step, (int)nb);
-    anchor_scan_kernel<<<dim3((unsigned)((N + 127) / 128), (unsigned)nb, (unsigned)dm.hq), 128>>>(
+    SL_LAUNCH(anchor_scan_kernel, dim3((unsigned)((N + 127) / 128), (unsigned)nb, (unsigned)dm.hq), 128, 0, 0)(
         k, static_cast<const float *>(dqbar), static_cast<const float *>(dxbar), static_cast<uint8_t *>(dout), (int)N,
         (int)dm.d, (int)p->block, (int)G, (int)p->step, (int)nb, (int)dm.group, (int)p->init_cnt, (int)p->local_cnt,
         (int)p->overlap, (float)dm.scale, (float)p->theta);
@@ -303,7 +304,7 @@ sl_status sl__cuda_gather_rows(const sl__kargs *a)
         (e = b.put(idx->data, sl_tensor_nbytes(idx), &di)) != cudaSuccess ||
         (e = b.put(nullptr, sl_tensor_nbytes(&a->out[0]), &dout)) != cudaSuccess)
         return fail_cuda(a, e, "staging");
-    gather_kernel<<<dim3((unsigned)m, (unsigned)hi), 64>>>(static_cast<const float *>(dx),
+    SL_LAUNCH(gather_kernel, dim3((unsigned)m, (unsigned)hi), 64, 0, 0)(static_cast<const float *>(dx),
                                                           static_cast<const int32_t *>(di), static_cast<float *>(dout),
                                                           (int)n, (int)d, (int)m, (int)(hi / hx));
     return finish(a, dout);

@@ -6,6 +6,7 @@
 // values the contract defines.
 // Unverified on a device: built with `make CUDA=1`, run by test-cuda where a
 // GPU is present.
+#include "dialect.cuh"
 #include "token_score.cuh"
 
 
@@ -89,8 +90,8 @@ struct dev_bufs {
 __global__ void pool_kernel(const float *x, const int32_t *bounds, float *out, int n, int d, int S, int block,
                             int mode, int normalize, int len_norm)
 {
-    __shared__ float red[128];
-    __shared__ float inv_s;
+    SL_SHARED(float, red, [128]);
+    SL_SHARED(float, inv_s, );
     int seg = blockIdx.x, h = blockIdx.y;
     int t0 = bounds ? bounds[seg] : seg * block;
     int t1 = bounds ? (seg + 1 < S ? bounds[seg + 1] : n) : min(t0 + block, n);
@@ -132,7 +133,7 @@ __global__ void lowbit_kernel(const float *qq, const float *kq, const float *cor
                               int hq, int group, int nq, int nk, int d, int bq, int bk, int causal, float scale,
                               int nqb, int nkb)
 {
-    __shared__ float red[128];
+    SL_SHARED(float, red, [128]);
     int c = blockIdx.x, r = blockIdx.y, h = blockIdx.z, off = nk - nq;
     const float *K = kq + (size_t)(h / group) * nk * d;
     float best = -INFINITY;
@@ -262,7 +263,7 @@ sl_status sl__cuda_pool_tokens(const sl__kargs *a)
             cudaSuccess ||
         (e = b.put(nullptr, sl_tensor_nbytes(&a->out[0]), &dout)) != cudaSuccess)
         return fail_cuda(a, e, "staging");
-    pool_kernel<<<dim3((unsigned)S, (unsigned)H), 128>>>(static_cast<const float *>(dx), static_cast<const int32_t *>(db),
+    SL_LAUNCH(pool_kernel, dim3((unsigned)S, (unsigned)H), 128, 0, 0)(static_cast<const float *>(dx), static_cast<const int32_t *>(db),
                                                         static_cast<float *>(dout), (int)n, (int)d, (int)S,
                                                         (int)(p->block < n ? p->block : n > 0 ? n : 1), (int)p->mode,
                                                         (int)p->normalize, (int)p->len_norm);
@@ -314,7 +315,7 @@ sl_status sl__cuda_score_lowbit(const sl__kargs *a)
             (e = b.put(nullptr, sl_tensor_nbytes(&a->out[0]), &dout)) != cudaSuccess)
             s = fail_cuda(a, e, "staging");
         else {
-            lowbit_kernel<<<dim3((unsigned)nkb, (unsigned)nqb, (unsigned)dm.hq), 128>>>(
+            SL_LAUNCH(lowbit_kernel, dim3((unsigned)nkb, (unsigned)nqb, (unsigned)dm.hq), 128, 0, 0)(
                 static_cast<const float *>(dq), static_cast<const float *>(dk), static_cast<const float *>(dc),
                 static_cast<const float *>(dl), static_cast<float *>(dout), (int)dm.hq, (int)dm.group, (int)dm.nq,
                 (int)dm.nk, (int)dm.d, (int)p->bq, (int)p->bk, (int)p->causal, (float)dm.scale, (int)nqb, (int)nkb);
@@ -344,7 +345,7 @@ sl_status sl__cuda_attn_bucket(const sl__kargs *a)
     if (e != cudaSuccess)
         return fail_cuda(a, e, "staging");
     int64_t items = dm.hq * dm.nq;
-    bucket_kernel<<<(unsigned)((items + 127) / 128), 128>>>(
+    SL_LAUNCH(bucket_kernel, (unsigned)((items + 127) / 128), 128, 0, 0)(
         static_cast<const float *>(dev[0]), static_cast<const float *>(dev[1]), static_cast<const float *>(dev[2]),
         static_cast<const int32_t *>(dev[3]), static_cast<const int32_t *>(dev[4]), static_cast<float *>(dev[5]),
         static_cast<float *>(dev[6]), static_cast<int32_t *>(dev[7]), (int)dm.hq, (int)dm.group, (int)dm.nq,
@@ -368,7 +369,7 @@ sl_status sl__cuda_score_hash(const sl__kargs *a)
         (e = b.put(nullptr, sl_tensor_nbytes(&a->out[0]), &dout)) != cudaSuccess)
         return fail_cuda(a, e, "staging");
     int64_t items = hr * n;
-    hash_kernel<<<(unsigned)((items + 127) / 128), 128>>>(static_cast<const float *>(dx), static_cast<const float *>(dr),
+    SL_LAUNCH(hash_kernel, (unsigned)((items + 127) / 128), 128, 0, 0)(static_cast<const float *>(dx), static_cast<const float *>(dr),
                                                           static_cast<int32_t *>(dout), (int)hx, (int)hr, (int)n, (int)d,
                                                           (int)m);
     return finish(a, &dout, 1);

@@ -1,0 +1,2 @@
+// cuda.h under the simulator: everything is in cudasim.h.
+#include "../cudasim.h"

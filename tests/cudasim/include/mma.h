@@ -1,0 +1,2 @@
+// mma.h under the simulator: everything is in cudasim.h.
+#include "../cudasim.h"
