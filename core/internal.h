@@ -30,7 +30,8 @@ struct sl_buffer {
     void *data;
 };
 
-/* What a kernel gets. Inputs are contiguous; float inputs are f32, index
+/* What a kernel gets. Inputs are contiguous; float inputs are f32 (q, k and
+ * v may be f16 or bf16 where the backend's native_dtypes says so), index
  * inputs i32, bit inputs u8. Outputs are allocated (contiguous, f32 unless
  * the op says otherwise) and the kernel fills every element. scratch holds
  * scratch_bytes bytes from the backend's scratch_bytes() for this call. */
@@ -54,6 +55,11 @@ typedef struct sl__backend {
     const sl__kernel_fn *kernels;
     /* Scratch a call needs (0 when none); NULL means none for every op. */
     size_t (*scratch_bytes)(sl_op op, const void *params, const sl_tensor *in, int n_threads);
+    /* SL_OP__COUNT entries or NULL: per op, the float dtypes (bits 1 << SL_F16,
+     * 1 << SL_BF16) its kernel reads natively for the inputs named q, k and v;
+     * the dispatcher hands such inputs over as they are (contiguous), and
+     * converts every other float input to f32. 0 or NULL: f32 only. */
+    const unsigned *native_dtypes;
 } sl__backend;
 
 extern const sl__backend sl__backend_ref;

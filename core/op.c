@@ -207,10 +207,23 @@ static sl_status reject_pos_inf(sl_ctx *ctx, const sl_op_info *info, int i, cons
     return SL_OK;
 }
 
-/* Float inputs become contiguous f32, others contiguous copies of themselves.
+/* 1 when input i of the op is q, k or v and the backend's kernel reads its
+ * dtype natively (be->native_dtypes): it is then not converted to f32. */
+static int keeps_dtype(const sl__backend *be, const sl_op_info *info, int i, sl_dtype dt)
+{
+    if (!be || !be->native_dtypes || dt == SL_F32 || !(be->native_dtypes[info->op] & (1u << dt)))
+        return 0;
+    char nm[32];
+    sl__input_name(info, i, nm, sizeof nm);
+    return strcmp(nm, "q") == 0 || strcmp(nm, "k") == 0 || strcmp(nm, "v") == 0;
+}
+
+/* Float inputs become contiguous f32 (q, k, v in a dtype the backend's kernel
+ * reads natively stay in it), others contiguous copies of themselves.
  * Returns SL_EARG for NaN in a float input (infinities are allowed only where
  * they carry meaning: a log-sum-exp of a fully masked row is -inf). */
-static sl_status normalise_inputs(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, sl_tensor *norm)
+static sl_status normalise_inputs(sl_ctx *ctx, const sl__backend *be, const sl_op_info *info, const sl_tensor *in,
+                                  sl_tensor *norm)
 {
     for (int i = 0; i < info->n_in; i++) {
         sl_status s;
@@ -220,8 +233,9 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl_op_info *info, const sl_
         }
         int want_f32 = sl__is_float(in[i].dtype);
         sl__input_policy pol = want_f32 ? input_policy(info, i) : SL__IN_FINITE;
-        if ((want_f32 && in[i].dtype != SL_F32) || !sl_tensor_is_contiguous(&in[i]))
-            s = sl_tensor_convert(ctx, &in[i], want_f32 ? SL_F32 : in[i].dtype, &norm[i]);
+        sl_dtype to = want_f32 && !keeps_dtype(be, info, i, in[i].dtype) ? SL_F32 : in[i].dtype;
+        if (in[i].dtype != to || !sl_tensor_is_contiguous(&in[i]))
+            s = sl_tensor_convert(ctx, &in[i], to, &norm[i]);
         else {
             norm[i] = sl_tensor_retain(&in[i]);
             s = SL_OK;
@@ -258,7 +272,8 @@ typedef struct checked {
 /* Everything checked before a kernel runs: parameter ranges, shapes and
  * dtypes, then the normalised inputs' contents (NaN, index ranges). On
  * failure c->norm is empty. */
-static sl_status validate(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in, checked *c)
+static sl_status validate(sl_ctx *ctx, const sl__backend *be, const sl_op_info *info, const void *params,
+                         const sl_tensor *in, checked *c)
 {
     memset(c->norm, 0, sizeof c->norm);
     if (!params) {
@@ -277,7 +292,7 @@ static sl_status validate(sl_ctx *ctx, const sl_op_info *info, const void *param
     sl_status s = fam->infer(ctx, info, params, in, c->out_ndim, c->out_shape, c->out_dtype);
     if (s)
         return s;
-    if ((s = normalise_inputs(ctx, info, in, c->norm)))
+    if ((s = normalise_inputs(ctx, be, info, in, c->norm)))
         return s;
     if (fam->check_contents && (s = fam->check_contents(ctx, info, params, c->norm))) {
         for (int i = 0; i < info->n_in; i++)
@@ -293,7 +308,7 @@ sl_status sl_op_check(sl_ctx *ctx, sl_op op, const void *params, const sl_tensor
     if (!info)
         return sl_ctx_fail(ctx, SL_EARG, "sl_op_check: unknown op %d", (int)op);
     checked c;
-    sl_status s = validate(ctx, info, params, in, &c);
+    sl_status s = validate(ctx, NULL, info, params, in, &c);
     for (int i = 0; s == SL_OK && i < info->n_in; i++)
         sl_tensor_release(&c.norm[i]);
     return s;
@@ -315,7 +330,7 @@ sl_status sl_op_run(sl_ctx *ctx, sl_backend_id b, sl_op op, const void *params, 
         return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: backend %s has no kernel for it", info->name, be->name);
 
     checked c;
-    sl_status s = validate(ctx, info, params, in, &c);
+    sl_status s = validate(ctx, be, info, params, in, &c);
     if (s)
         return s;
     params = c.params;

@@ -23,4 +23,4 @@ static size_t cpu_scratch(sl_op op, const void *params, const sl_tensor *in, int
     return cpu_scratch_of[op](op, params, in, n_threads);
 }
 
-const sl__backend sl__backend_cpu = {"cpu", cpu_available, cpu_status, cpu_kernels, cpu_scratch};
+const sl__backend sl__backend_cpu = {"cpu", cpu_available, cpu_status, cpu_kernels, cpu_scratch, NULL};

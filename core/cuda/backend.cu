@@ -533,4 +533,4 @@ constexpr kernel_table cuda_kernels = make_kernel_table();
 
 }  // namespace
 
-extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr};
+extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr, nullptr};

@@ -8,4 +8,4 @@ static const char *none_status(void) { return "built without CUDA=1"; }
 
 static const sl__kernel_fn none_kernels[SL_OP__COUNT] = {NULL};
 
-const sl__backend sl__backend_cuda = {"cuda", none_available, none_status, none_kernels, NULL};
+const sl__backend sl__backend_cuda = {"cuda", none_available, none_status, none_kernels, NULL, NULL};

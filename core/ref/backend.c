@@ -23,4 +23,4 @@ static size_t ref_scratch(sl_op op, const void *params, const sl_tensor *in, int
     return ref_scratch_of[op](op, params, in, n_threads);
 }
 
-const sl__backend sl__backend_ref = {"ref", ref_available, ref_status, ref_kernels, ref_scratch};
+const sl__backend sl__backend_ref = {"ref", ref_available, ref_status, ref_kernels, ref_scratch, NULL};
