@@ -66,24 +66,14 @@ sl_status sl__check_qkv(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in
     for (int i = 0; i < 3; i++)
         if ((s = sl__need_float(ctx, info, in, i, 3)))
             return s;
-    const sl_tensor *q = &in[0], *k = &in[1], *v = &in[2];
+    const sl_tensor *k = &in[1], *v = &in[2];
     if (k->shape[0] != v->shape[0] || k->shape[1] != v->shape[1] || k->shape[2] != v->shape[2])
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: k is [%lld, %lld, %lld] but v is [%lld, %lld, %lld]", info->name,
                            (long long)k->shape[0], (long long)k->shape[1], (long long)k->shape[2],
                            (long long)v->shape[0], (long long)v->shape[1], (long long)v->shape[2]);
-    if (q->shape[2] != k->shape[2])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld", info->name,
-                           (long long)q->shape[2], (long long)k->shape[2]);
-    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)",
-                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
-    if (q->shape[1] > k->shape[1])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k",
-                           info->name, (long long)q->shape[1], (long long)k->shape[1]);
-    if (q->shape[2] == 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is 0", info->name);
-    return SL_OK;
+    return sl__check_qk(ctx, info, in);
 }
+
 sl_status sl__check_block_mask(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in,
                                      const sl_attn_block_params *p)
 {

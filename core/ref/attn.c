@@ -259,24 +259,28 @@ sl_status sl__ref_attn_rows(const sl__kargs *a)
 
 /* L = log(e^L1 + e^L2) around the larger side; an empty side (-inf) has
  * weight 0, so the other passes through exactly. */
+void sl__ref_merge_row(const float *o1, float l1, const float *o2, float l2, int64_t d, float *o, float *lse)
+{
+    double x = l1, y = o2 ? (double)l2 : -INFINITY, m = x > y ? x : y;
+    if (m == -INFINITY) {
+        memset(o, 0, (size_t)d * sizeof *o);
+        *lse = -INFINITY;
+        return;
+    }
+    double w1 = exp(x - m), w2 = exp(y - m), sum = w1 + w2;
+    for (int64_t c = 0; c < d; c++)
+        o[c] = (float)((w1 * (double)o1[c] + (o2 ? w2 * (double)o2[c] : 0.0)) / sum);
+    *lse = (float)(m + log(sum));
+}
+
 sl_status sl__ref_attn_lse_merge(const sl__kargs *a)
 {
     const sl_tensor *o1t = &a->in[0];
     int64_t d = o1t->ndim ? o1t->shape[o1t->ndim - 1] : 1, rows = sl_tensor_numel(&a->in[1]);
     const float *o1 = a->in[0].data, *l1 = a->in[1].data, *o2 = a->in[2].data, *l2 = a->in[3].data;
     float *o = a->out[0].data, *lse = a->out[1].data;
-    for (int64_t i = 0; i < rows; i++) {
-        double x = l1[i], y = l2[i], m = x > y ? x : y;
-        if (m == -INFINITY) {
-            memset(o + i * d, 0, (size_t)d * sizeof *o);
-            lse[i] = -INFINITY;
-            continue;
-        }
-        double w1 = exp(x - m), w2 = exp(y - m), sum = w1 + w2;
-        for (int64_t c = 0; c < d; c++)
-            o[i * d + c] = (float)((w1 * (double)o1[i * d + c] + w2 * (double)o2[i * d + c]) / sum);
-        lse[i] = (float)(m + log(sum));
-    }
+    for (int64_t i = 0; i < rows; i++)
+        sl__ref_merge_row(o1 + i * d, l1[i], o2 + i * d, l2[i], d, o + i * d, &lse[i]);
     return SL_OK;
 }
 

@@ -348,16 +348,7 @@ sl_status sl__ref_correct_cache_reuse(const sl__kargs *a)
             reuse = sqrt(diff) <= p->tau * sqrt(row_norm2(cq + i * dq, dq));
         }
         reused[i] = (float)reuse;
-        double x = l1[i], y = reuse ? (double)l2[i] : -INFINITY, m = x > y ? x : y;
-        if (m == -INFINITY) {
-            memset(o + i * d, 0, (size_t)d * sizeof *o);
-            lse[i] = -INFINITY;
-            continue;
-        }
-        double w1 = exp(x - m), w2 = exp(y - m), sum = w1 + w2;
-        for (int64_t c = 0; c < d; c++)
-            o[i * d + c] = (float)((w1 * (double)o1[i * d + c] + w2 * (double)(reuse ? o2[i * d + c] : 0.f)) / sum);
-        lse[i] = (float)(m + log(sum));
+        sl__ref_merge_row(o1 + i * d, l1[i], reuse ? o2 + i * d : NULL, l2[i], d, o + i * d, &lse[i]);
     }
     return SL_OK;
 }

@@ -26,6 +26,11 @@ void sl__ref_row(const float *q, const float *k, const float *v, int64_t n_k, in
 void sl__ref_keep_block(const sl_tensor *mask, int64_t bq, int64_t bk, int64_t hq, int64_t h, int64_t r, int64_t nk,
                         uint8_t *keep);
 
+/* Two partial attentions of one row over disjoint keys merged through their
+ * log-sum-exps (o2 NULL: the first alone); O = 0 and L = -inf when both are
+ * empty. */
+void sl__ref_merge_row(const float *o1, float l1, const float *o2, float l2, int64_t d, float *o, float *lse);
+
 /* Every kernel sl__ref_<fn> of ops.def and each family's scratch function
  * sl__ref_<family>_scratch (bytes a call needs; 0 for none). */
 #define SL_OP(E, name, family, fn, group, n_in, n_out, ins, outs, doc)                                  \
