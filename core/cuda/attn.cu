@@ -1315,9 +1315,9 @@ sl_status sl__cuda_attn_linear(const sl__kargs *a)
     sl__cuda_stage st(a);
     if ((s = sl__cuda_stage_in(&st)) != SL_OK)
         return s;
-    SL_LAUNCH(rowwise::linear_kernel, (int)(dm.hq * dm.nq), rowwise::kThreads, 0, 0)(st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), (int)dm.hq,
-                                                      (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d,
-                                                      (int)p->causal, (int)p->feature);
+    SL_LAUNCH(rowwise::linear_kernel, (int)(dm.hq * dm.nq), rowwise::kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), (int)dm.hq, (int)dm.group,
+        (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->causal, (int)p->feature);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
@@ -1332,11 +1332,12 @@ sl_status sl__cuda_attn_pooled_kv(const sl__kargs *a)
     if ((s = sl__cuda_stage_in(&st)) != SL_OK)
         return s;
     SL_LAUNCH(rowwise::pooled_kernel, (int)(dm.hq * dm.nq), rowwise::kThreads, 0, 0)(
-        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<uint8_t>(3), st.output<float>(0), st.output<float>(1),
-        (int)dm.hq, (int)dm.group, (int)a->in[3].shape[0], (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->bq, (int)p->bk,
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<uint8_t>(3), st.output<float>(0),
+        st.output<float>(1), (int)dm.hq, (int)dm.group, (int)a->in[3].shape[0], (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->bq, (int)p->bk,
         (int)a->in[3].shape[1], (int)a->in[3].shape[2], (int)p->causal, (float)dm.scale);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
+
 sl_status sl__cuda_attn_bucket(const sl__kargs *a)
 {
     const sl_attn_bucket_params *p = static_cast<const sl_attn_bucket_params *>(a->params);

@@ -15,8 +15,8 @@ namespace {
 
 constexpr int kThreads = 128;  // threads per CTA of the per-row and per-block kernels
 
-// correct.delta: device pointers of the staged inputs and
-// outputs and the layout of sl_correct_delta_layout.
+// correct.delta: device pointers of the staged inputs and outputs and the
+// layout of sl_correct_delta_layout.
 struct sl__cuda_delta {
     const float *o_sparse, *lse_sparse, *o_rows, *lse_rows;
     float *o, *lse;
@@ -478,9 +478,10 @@ sl_status sl__cuda_correct_reshape(const sl__kargs *a)
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
-    SL_LAUNCH(reshape_kernel, blocks_for(rows), kThreads, 0, 0)(st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.input<float>(4),
-                                                   st.input<float>(5), st.output<float>(0), st.output<float>(1), st.output<float>(2), rows,
-                                                   (int)a->in[0].shape[2], (float)p->drift, (int)p->use_ratio);
+    SL_LAUNCH(reshape_kernel, blocks_for(rows), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.input<float>(4),
+        st.input<float>(5), st.output<float>(0), st.output<float>(1), st.output<float>(2), rows, (int)a->in[0].shape[2],
+        (float)p->drift, (int)p->use_ratio);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
@@ -493,10 +494,10 @@ sl_status sl__cuda_correct_cache_reuse(const sl__kargs *a)
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
-    SL_LAUNCH(cache_kernel, blocks_for(rows), kThreads, 0, 0)(st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.input<float>(4),
-                                                 st.input<float>(5), st.output<float>(0), st.output<float>(1), st.output<float>(2), rows,
-                                                 (int)a->in[0].shape[2], a->in[4].buf ? (int)a->in[4].shape[2] : 0,
-                                                 p->tau);
+    SL_LAUNCH(cache_kernel, blocks_for(rows), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.input<float>(4),
+        st.input<float>(5), st.output<float>(0), st.output<float>(1), st.output<float>(2), rows, (int)a->in[0].shape[2],
+        a->in[4].buf ? (int)a->in[4].shape[2] : 0, p->tau);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
@@ -509,10 +510,10 @@ sl_status sl__cuda_correct_linear_branch(const sl__kargs *a)
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
-    SL_LAUNCH(linear_branch_kernel, blocks_for(n), kThreads, 0, 0)(st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.output<float>(0),
-                                                      a->in[0].shape[0], a->in[0].shape[1], (int)a->in[0].shape[2],
-                                                      (int)a->in[2].shape[0],
-                                                      a->in[3].buf ? (int)a->in[3].shape[0] : 0, (int)p->convex);
+    SL_LAUNCH(linear_branch_kernel, blocks_for(n), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.output<float>(0),
+        a->in[0].shape[0], a->in[0].shape[1], (int)a->in[0].shape[2], (int)a->in[2].shape[0],
+        a->in[3].buf ? (int)a->in[3].shape[0] : 0, (int)p->convex);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
