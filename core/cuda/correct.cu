@@ -1,9 +1,66 @@
-// cuda/correct.cu — the corrections (correct.*) on CUDA: element-wise kernels over the sparse output (unverified on a device: written and compiled without a GPU).
-
+// cuda/correct.cu — the corrections (correct.*) on CUDA. Element-wise and
+// row-wise kernels over the sparse output (correct.delta, correct.reshape,
+// correct.cache_reuse, correct.linear_branch, correct.lepe: one thread per
+// element or row); correct.rectify, correct.compensate and correct.smooth_k
+// one CTA per pooled block or row, threads over channels or key blocks,
+// written for correctness first. Compiled with `make CUDA=1`; run under the
+// CUDA simulator by `make test-cudasim`.
 #include "dialect.cuh"
-#include "correct.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+
+#include <math.h>
 
 namespace {
+
+constexpr int kThreads = 128;  // threads per CTA of the per-row and per-block kernels
+
+// correct.delta: device pointers of the staged inputs and outputs and the
+// layout of sl_correct_delta_layout.
+struct sl__cuda_delta {
+    const float *o_sparse, *lse_sparse, *o_rows, *lse_rows;
+    float *o, *lse;
+    int64_t h, n, d, gamma, s_p, g_n, r_n;
+    int smooth, mode;
+};
+
+// correct.rectify: staged inputs/outputs plus device scratch for the pooled
+// blocks (kbar, kdev, vbar [hkv, nkb, d]; qbar, qdev [hq, nqb, d]), the pooled
+// logits [hq, nqb, nkb] and a flag per block pair (1 in C, 2 restored).
+struct sl__cuda_rectify {
+    const float *q, *k, *v, *o_sparse;
+    const int32_t *row_ptr, *col_idx;
+    float *o, *r, *rest, *trusted;
+    float *kbar, *kdev, *vbar, *qbar, *qdev, *score;
+    uint8_t *flag;
+    int hq, hkv, nq, nk, d, bq, bk, nqb, nkb, hm, causal, ipar, gapr;
+    float scale;
+};
+
+// correct.compensate: cum [hkv, nk, d] scratch (prefix sums of V) when vmc.
+struct sl__cuda_comp {
+    const float *o_in, *lse, *lse_ref, *v;
+    float *o, *lse_out, *lost, *cum;
+    int hq, hkv, nq, nk, d, estimate, vmc, causal;
+    int64_t min_len;
+    double sdc_scale;
+};
+
+// correct.smooth_k: mean [hkv, d] scratch; lse null when left out.
+struct sl__cuda_smooth {
+    const float *q, *k, *lse;
+    float *k_out, *lse_out, *mean;
+    int hq, hkv, nq, nk, d;
+    float scale;
+};
+
+// correct.lepe: w null when left out (uniform 1/kernel).
+struct sl__cuda_lepe {
+    const float *o_in, *v, *w;
+    float *o;
+    int hq, hkv, nq, nk, d, kernel, causal, w_heads;
+    float alpha;
+};
 
 // correct.delta: one thread per output element (h, i, c); lse by the c == 0 thread.
 __global__ void delta_kernel(const sl__cuda_delta a)
@@ -41,26 +98,6 @@ __global__ void delta_kernel(const sl__cuda_delta a)
     if (c == 0)
         a.lse[h * a.n + i] = l;
 }
-
-}  // namespace
-
-cudaError_t sl__cuda_correct_delta(const sl__cuda_delta &a, cudaStream_t st)
-{
-    const int64_t total = (int64_t)a.h * a.n * a.d;
-    const int threads = 256;
-    const int64_t blocks = (total + threads - 1) / threads;
-    SL_LAUNCH(delta_kernel, (unsigned)blocks, threads, 0, st)(a);
-    return cudaGetLastError();
-}
-
-// ---- correct.rectify, correct.compensate, correct.smooth_k, correct.lepe ----
-// Straightforward kernels (one CTA per pooled block or row, threads over
-// channels or key blocks), written for correctness first; unverified on a
-// device.
-
-namespace {
-
-constexpr int kThreads = 128;
 
 // Block-wide sum / max of one value per thread (blockDim.x = kThreads).
 __device__ float block_reduce(float x, bool is_max)
@@ -297,9 +334,108 @@ __global__ void lepe_kernel(const sl__cuda_lepe a)
     a.o[idx] = a.o_in[idx] + a.alpha * acc;
 }
 
-}  // namespace
+// ---- row-wise corrections ----
 
-cudaError_t sl__cuda_correct_rectify(const sl__cuda_rectify &a, cudaStream_t st)
+__global__ void reshape_kernel(const float *o, const float *lse, const float *ref_o, const float *ref_l,
+                               const float *ratio, const float *res, float *out, float *r_out, float *res_out,
+                               int64_t rows, int d, float drift, int use_ratio)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows)
+        return;
+    const float *oi = o + i * d;
+    if (ref_o) {
+        float r = !use_ratio || ref_l[i] == -INFINITY ? 1.f : expf(lse[i] - ref_l[i]);
+        for (int c = 0; c < d; c++) {
+            float x = ref_o[i * d + c];
+            res_out[i * d + c] = x - r * oi[c];
+            out[i * d + c] = x;
+        }
+        r_out[i] = r;
+    } else {
+        float r = use_ratio ? ratio[i] : 1.f;
+        for (int c = 0; c < d; c++) {
+            float e = res ? res[i * d + c] : 0.f;
+            out[i * d + c] = r * oi[c] + e;
+            res_out[i * d + c] = e;
+        }
+        r_out[i] = ratio[i] + drift;
+    }
+}
+
+__global__ void cache_kernel(const float *o1, const float *l1, const float *o2, const float *l2, const float *q,
+                             const float *cq, float *o, float *lse, float *reused, int64_t rows, int d, int dq,
+                             double tau)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= rows)
+        return;
+    int reuse = 1;
+    if (q) {
+        double diff = 0, norm = 0;
+        for (int c = 0; c < dq; c++) {
+            double t = (double)q[i * dq + c] - (double)cq[i * dq + c];
+            diff += t * t;
+            norm += (double)cq[i * dq + c] * (double)cq[i * dq + c];
+        }
+        reuse = sqrt(diff) <= tau * sqrt(norm);
+    }
+    reused[i] = (float)reuse;
+    float x = l1[i], y = reuse ? l2[i] : -INFINITY, m = fmaxf(x, y);
+    if (m == -INFINITY) {
+        for (int c = 0; c < d; c++)
+            o[i * d + c] = 0.f;
+        lse[i] = -INFINITY;
+        return;
+    }
+    float w1 = x == -INFINITY ? 0.f : expf(x - m), w2 = y == -INFINITY ? 0.f : expf(y - m), sum = w1 + w2;
+    for (int c = 0; c < d; c++)
+        o[i * d + c] = (w1 * o1[i * d + c] + (w2 > 0.f ? w2 * o2[i * d + c] : 0.f)) / sum;
+    lse[i] = m + logf(sum);
+}
+
+__global__ void linear_branch_kernel(const float *o, const float *ol, const float *gate, const float *proj,
+                                     float *out, int64_t h, int64_t n, int d, int gh, int ph, int convex)
+{
+    int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= h * n * d)
+        return;
+    int64_t i = idx / d, hh = i / n;
+    int c = (int)(idx % d);
+    float g = gate[gh == 1 ? 0 : hh];
+    const float *x = ol + i * d;
+    float px = x[c];
+    if (proj) {
+        const float *P = proj + (ph == 1 ? 0 : hh) * (int64_t)d * d + (int64_t)c * d;
+        px = 0.f;
+        for (int e = 0; e < d; e++)
+            px += P[e] * x[e];
+    }
+    out[idx] = (convex ? 1.f - g : 1.f) * o[idx] + g * px;
+}
+
+int blocks_for(int64_t n) { return (int)((n + kThreads - 1) / kThreads); }
+
+// Sizes the correct.* kernels index with int.
+bool fits_int(const sl__kargs *a)
+{
+    const sl_op_info *info = sl_op_info_get(a->op);
+    for (int i = 0; i < info->n_in; i++)
+        if (a->in[i].buf && sl_tensor_numel(&a->in[i]) > INT32_MAX)
+            return false;
+    return true;
+}
+
+cudaError_t launch_delta(const sl__cuda_delta &a, cudaStream_t st)
+{
+    const int64_t total = (int64_t)a.h * a.n * a.d;
+    const int threads = 256;
+    const int64_t blocks = (total + threads - 1) / threads;
+    SL_LAUNCH(delta_kernel, (unsigned)blocks, threads, 0, st)(a);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_rectify(const sl__cuda_rectify &a, cudaStream_t st)
 {
     SL_LAUNCH(pool_kernel, dim3(a.nkb, a.hkv), kThreads, 0, st)(a.k, a.v, a.nk, a.bk, a.d, a.nkb, a.kbar, a.kdev, a.vbar);
     SL_LAUNCH(pool_kernel, dim3(a.nqb, a.hq), kThreads, 0, st)(a.q, nullptr, a.nq, a.bq, a.d, a.nqb, a.qbar, a.qdev, nullptr);
@@ -308,7 +444,7 @@ cudaError_t sl__cuda_correct_rectify(const sl__cuda_rectify &a, cudaStream_t st)
     return cudaGetLastError();
 }
 
-cudaError_t sl__cuda_correct_compensate(const sl__cuda_comp &a, cudaStream_t st)
+cudaError_t launch_compensate(const sl__cuda_comp &a, cudaStream_t st)
 {
     if (a.vmc)
         SL_LAUNCH(prefix_kernel, a.hkv, kThreads, 0, st)(a.v, a.nk, a.d, a.cum);
@@ -316,7 +452,7 @@ cudaError_t sl__cuda_correct_compensate(const sl__cuda_comp &a, cudaStream_t st)
     return cudaGetLastError();
 }
 
-cudaError_t sl__cuda_correct_smooth_k(const sl__cuda_smooth &a, cudaStream_t st)
+cudaError_t launch_smooth_k(const sl__cuda_smooth &a, cudaStream_t st)
 {
     SL_LAUNCH(smooth_mean_kernel, a.hkv, kThreads, 0, st)(a);
     const int64_t rows = (int64_t)a.hq * a.nq;
@@ -325,9 +461,201 @@ cudaError_t sl__cuda_correct_smooth_k(const sl__cuda_smooth &a, cudaStream_t st)
     return cudaGetLastError();
 }
 
-cudaError_t sl__cuda_correct_lepe(const sl__cuda_lepe &a, cudaStream_t st)
+cudaError_t launch_lepe(const sl__cuda_lepe &a, cudaStream_t st)
 {
     const int64_t total = (int64_t)a.hq * a.nq * a.d;
     SL_LAUNCH(lepe_kernel, (unsigned)((total + 255) / 256), 256, 0, st)(a);
     return cudaGetLastError();
 }
+}  // namespace
+
+sl_status sl__cuda_correct_reshape(const sl__kargs *a)
+{
+    const sl_correct_reshape_params *p = static_cast<const sl_correct_reshape_params *>(a->params);
+    int64_t rows = sl_tensor_numel(&a->in[1]);
+    if (rows == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(reshape_kernel, blocks_for(rows), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.input<float>(4),
+        st.input<float>(5), st.output<float>(0), st.output<float>(1), st.output<float>(2), rows, (int)a->in[0].shape[2],
+        (float)p->drift, (int)p->use_ratio);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_correct_cache_reuse(const sl__kargs *a)
+{
+    const sl_correct_cache_params *p = static_cast<const sl_correct_cache_params *>(a->params);
+    int64_t rows = sl_tensor_numel(&a->in[1]);
+    if (rows == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(cache_kernel, blocks_for(rows), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.input<float>(4),
+        st.input<float>(5), st.output<float>(0), st.output<float>(1), st.output<float>(2), rows, (int)a->in[0].shape[2],
+        a->in[4].buf ? (int)a->in[4].shape[2] : 0, p->tau);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_correct_linear_branch(const sl__kargs *a)
+{
+    const sl_correct_linear_params *p = static_cast<const sl_correct_linear_params *>(a->params);
+    int64_t n = sl_tensor_numel(&a->in[0]);
+    if (n == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(linear_branch_kernel, blocks_for(n), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.output<float>(0),
+        a->in[0].shape[0], a->in[0].shape[1], (int)a->in[0].shape[2], (int)a->in[2].shape[0],
+        a->in[3].buf ? (int)a->in[3].shape[0] : 0, (int)p->convex);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_correct_delta(const sl__kargs *a)
+{
+    const sl_correct_delta_params *p = static_cast<const sl_correct_delta_params *>(a->params);
+    sl__cuda_delta g = {};
+    g.h = a->in[0].shape[0], g.n = a->in[0].shape[1], g.d = a->in[0].shape[2], g.gamma = p->gamma;
+    int64_t t = 0;
+    sl_correct_delta_layout(g.n, g.gamma, p->tail, &g.s_p, &g.g_n, &t);
+    g.r_n = g.g_n + t;
+    g.smooth = p->smooth != 0, g.mode = (int)p->mode;
+    if (g.h * g.n * g.d == 0)
+        return SL_OK;
+    if ((g.h * g.n * g.d + 255) / 256 > INT32_MAX)
+        return sl__cuda_unsupported(a, "more than 2^31 blocks of 256 elements");
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    g.o_sparse = static_cast<const float *>(st.in[0]);
+    g.lse_sparse = static_cast<const float *>(st.in[1]);
+    g.o_rows = static_cast<const float *>(st.in[2]);
+    g.lse_rows = static_cast<const float *>(st.in[3]);
+    g.o = static_cast<float *>(st.out[0]);
+    g.lse = static_cast<float *>(st.out[1]);
+    return sl__cuda_stage_out(&st, launch_delta(g, 0));
+}
+
+sl_status sl__cuda_correct_rectify(const sl__kargs *a)
+{
+    const sl_correct_rectify_params *p = static_cast<const sl_correct_rectify_params *>(a->params);
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    if (!fits_int(a) || dm.hq > 65535)
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 elements or 65535 heads");
+    if (dm.hq == 0 || dm.nq == 0)
+        return SL_OK;
+    sl__cuda_rectify g = {};
+    g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
+    g.bq = (int)p->bq, g.bk = (int)p->bk, g.nqb = (int)((dm.nq + p->bq - 1) / p->bq), g.nkb = (int)((dm.nk + p->bk - 1) / p->bk);
+    g.hm = (int)a->in[3].shape[0], g.causal = p->causal != 0, g.ipar = p->ipar != 0, g.gapr = p->gapr != 0;
+    g.scale = (float)dm.scale;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    const size_t kv = (size_t)g.hkv * g.nkb * g.d, qb = (size_t)g.hq * g.nqb * g.d, pairs = (size_t)g.hq * g.nqb * g.nkb;
+    void *ws = nullptr;
+    s = sl__cuda_scratch(&st, (3 * kv + 2 * qb + pairs) * sizeof(float) + pairs, &ws);
+    if (s != SL_OK)
+        return s;
+    float *f = static_cast<float *>(ws);
+    g.kbar = f, g.kdev = f + kv, g.vbar = f + 2 * kv, g.qbar = f + 3 * kv, g.qdev = g.qbar + qb, g.score = g.qdev + qb;
+    g.flag = reinterpret_cast<uint8_t *>(g.score + pairs);
+    g.q = static_cast<const float *>(st.in[0]);
+    g.k = static_cast<const float *>(st.in[1]);
+    g.v = static_cast<const float *>(st.in[2]);
+    g.row_ptr = static_cast<const int32_t *>(st.in[3]);
+    g.col_idx = static_cast<const int32_t *>(st.in[4]);
+    g.o_sparse = static_cast<const float *>(st.in[7]);
+    g.o = static_cast<float *>(st.out[0]);
+    g.r = static_cast<float *>(st.out[1]);
+    g.rest = static_cast<float *>(st.out[2]);
+    g.trusted = static_cast<float *>(st.out[3]);
+    return sl__cuda_stage_out(&st, launch_rectify(g, 0));
+}
+
+sl_status sl__cuda_correct_compensate(const sl__kargs *a)
+{
+    const sl_correct_comp_params *p = static_cast<const sl_correct_comp_params *>(a->params);
+    if (!fits_int(a) || a->in[0].shape[0] > 65535)
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 elements or 65535 heads");
+    sl__cuda_comp g = {};
+    g.hq = (int)a->in[0].shape[0], g.nq = (int)a->in[0].shape[1], g.d = (int)a->in[0].shape[2];
+    g.hkv = (int)a->in[3].shape[0], g.nk = (int)a->in[3].shape[1];
+    g.estimate = (int)p->estimate, g.vmc = p->vmc != 0, g.causal = p->causal != 0, g.min_len = p->min_len;
+    g.sdc_scale = p->sdc_scale;
+    if (g.hq == 0 || g.nq == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    void *ws = nullptr;
+    if (g.vmc && (s = sl__cuda_scratch(&st, (size_t)g.hkv * g.nk * g.d * sizeof(float), &ws)) != SL_OK)
+        return s;
+    g.cum = static_cast<float *>(ws);
+    g.o_in = static_cast<const float *>(st.in[0]);
+    g.lse = static_cast<const float *>(st.in[1]);
+    g.lse_ref = static_cast<const float *>(st.in[2]);
+    g.v = static_cast<const float *>(st.in[3]);
+    g.o = static_cast<float *>(st.out[0]);
+    g.lse_out = static_cast<float *>(st.out[1]);
+    g.lost = static_cast<float *>(st.out[2]);
+    return sl__cuda_stage_out(&st, launch_compensate(g, 0));
+}
+
+sl_status sl__cuda_correct_smooth_k(const sl__kargs *a)
+{
+    const sl_correct_smooth_params *p = static_cast<const sl_correct_smooth_params *>(a->params);
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    if (!fits_int(a))
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 elements");
+    if (dm.hkv == 0 || dm.nk == 0)
+        return SL_OK;
+    sl__cuda_smooth g = {};
+    g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
+    g.scale = (float)dm.scale;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    void *ws = nullptr;
+    if ((s = sl__cuda_scratch(&st, (size_t)g.hkv * g.d * sizeof(float), &ws)) != SL_OK)
+        return s;
+    g.mean = static_cast<float *>(ws);
+    g.q = static_cast<const float *>(st.in[0]);
+    g.k = static_cast<const float *>(st.in[1]);
+    g.lse = static_cast<const float *>(st.in[2]);
+    g.k_out = static_cast<float *>(st.out[0]);
+    g.lse_out = static_cast<float *>(st.out[1]);
+    return sl__cuda_stage_out(&st, launch_smooth_k(g, 0));
+}
+
+sl_status sl__cuda_correct_lepe(const sl__kargs *a)
+{
+    const sl_correct_lepe_params *p = static_cast<const sl_correct_lepe_params *>(a->params);
+    if (!fits_int(a) || (sl_tensor_numel(&a->in[0]) + 255) / 256 > INT32_MAX)
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 elements");
+    if (sl_tensor_numel(&a->in[0]) == 0)
+        return SL_OK;
+    sl__cuda_lepe g = {};
+    g.hq = (int)a->in[0].shape[0], g.nq = (int)a->in[0].shape[1], g.d = (int)a->in[0].shape[2];
+    g.hkv = (int)a->in[1].shape[0], g.nk = (int)a->in[1].shape[1];
+    g.kernel = (int)p->kernel, g.causal = p->causal != 0, g.alpha = (float)p->alpha;
+    g.w_heads = a->in[2].buf ? (int)a->in[2].shape[0] : 0;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    g.o_in = static_cast<const float *>(st.in[0]);
+    g.v = static_cast<const float *>(st.in[1]);
+    g.w = static_cast<const float *>(st.in[2]);
+    g.o = static_cast<float *>(st.out[0]);
+    return sl__cuda_stage_out(&st, launch_lepe(g, 0));
+}
+

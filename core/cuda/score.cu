@@ -1,141 +1,36 @@
-// cuda/score.cu — CUDA kernels of issue 4's estimators (score.pooled, score.rows, score.last_q, score.exact),
-// reductions (reduce.columns, reduce.diagonals, reduce.block, reduce.heads) and selectors (select.topk,
-// select.topp, select.threshold), with their host side (every tensor staged to the device and back per call, as
-// backend.cu does). Plain kernels: pooling one CTA per block, scores one CTA per output row with block-wide
-// max/sum reductions, score.exact one CTA per query block (a log-sum-exp pass, then a second pass folding the
-// probabilities into key blocks in shared memory), reductions one thread per output, selectors one CTA per row:
-// each entry gets a unique 64-bit key (value order, then lower index first), top-k finds the k-th largest key by
-// a bitwise search and top-p searches the shortest prefix by bisection on its length. Compiled with
-// `make CUDA=1`; unverified on a device.
+// cuda/score.cu — the score family on CUDA (contracts in sparselab.h):
+//   score.pooled    pooling one CTA per block, then one CTA per pooled query row;
+//   score.rows,     one CTA per output row with block-wide max/sum reductions;
+//   score.last_q
+//   score.exact     one CTA per query block: a log-sum-exp pass, then a second
+//                   pass folding the probabilities into key blocks in shared memory;
+//   score.antidiag, one warp per score row (max, sum and scatter passes
+//   score.strided,  recompute the dot products instead of storing the row),
+//   score.anchor    atomics into the output tiles;
+//   score.lowbit    quantised on the host by the contract's f32 rule (its own
+//                   code: lowbit_quantise below), so the device sees exactly
+//                   the values the contract defines; one CTA per block pair;
+//   score.hash      one thread per token.
+// Compiled with `make CUDA=1`; run under the CUDA simulator by `make test-cudasim`.
 #include "dialect.cuh"
-#include "score.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+#include "warp.cuh"
 
-extern "C" {
-#include "../internal.h"
-}
-
-#include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-const char *op_name(const sl__kargs *a) { return sl_op_info_get(a->op)->name; }
+bool grid_ok(int64_t n) { return n <= INT32_MAX; }
 
-sl_status fail(const sl__kargs *a, cudaError_t err, const char *what)
-{
-    return sl_ctx_fail(a->ctx, err == cudaErrorMemoryAllocation ? SL_EDEVMEM : SL_EDEVICE, "%s[cuda]: %s: %s",
-                       op_name(a), what, cudaGetErrorString(err));
-}
+bool too_big(int64_t x) { return x > (1 << 30); }
 
-// Device copies of a call's inputs and outputs plus scratch, freed on every path.
-struct staged {
-    void *in[SL_OP_MAX_INPUTS] = {};
-    void *out[4] = {};
-    void *scratch = nullptr;
-    ~staged()
-    {
-        for (void *p : in)
-            cudaFree(p);
-        for (void *p : out)
-            cudaFree(p);
-        cudaFree(scratch);
-    }
-};
-
-sl_status stage(const sl__kargs *a, staged *st, size_t scratch_bytes)
-{
-    const sl_op_info *info = sl_op_info_get(a->op);
-    (void)cudaGetLastError();  // a stale error from earlier work must not be blamed on this call
-    for (int i = 0; i < info->n_in; i++) {
-        size_t bytes = a->in[i].buf ? sl_tensor_nbytes(&a->in[i]) : 0;
-        if (!bytes)
-            continue;
-        cudaError_t err = cudaMalloc(&st->in[i], bytes);
-        if (err == cudaSuccess)
-            err = cudaMemcpy(st->in[i], a->in[i].data, bytes, cudaMemcpyHostToDevice);
-        if (err != cudaSuccess) {
-            (void)cudaGetLastError();
-            return fail(a, err, "staging an input");
-        }
-    }
-    for (int i = 0; i < info->n_out; i++) {
-        size_t bytes = sl_tensor_nbytes(&a->out[i]);
-        if (!bytes)
-            continue;
-        cudaError_t err = cudaMalloc(&st->out[i], bytes);
-        if (err != cudaSuccess) {
-            (void)cudaGetLastError();
-            return fail(a, err, "allocating an output");
-        }
-    }
-    if (scratch_bytes) {
-        cudaError_t err = cudaMalloc(&st->scratch, scratch_bytes);
-        if (err != cudaSuccess) {
-            (void)cudaGetLastError();
-            return fail(a, err, "allocating scratch");
-        }
-    }
-    return SL_OK;
-}
-
-sl_status finish(const sl__kargs *a, staged *st)
-{
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess)
-        return fail(a, err, "kernel launch failed");
-    if ((err = cudaStreamSynchronize(0)) != cudaSuccess)
-        return fail(a, err, "kernel failed");
-    const sl_op_info *info = sl_op_info_get(a->op);
-    for (int i = 0; i < info->n_out; i++) {
-        size_t bytes = sl_tensor_nbytes(&a->out[i]);
-        if (bytes && (err = cudaMemcpy(a->out[i].data, st->out[i], bytes, cudaMemcpyDeviceToHost)) != cudaSuccess)
-            return fail(a, err, "copying an output to the host");
-    }
-    return SL_OK;
-}
-
-sl_status too_big(const sl__kargs *a, const char *what)
-{
-    return sl_ctx_fail(a->ctx, SL_EUNSUPPORTED, "%s[cuda]: %s", op_name(a), what);
-}
-
-int grid_of(int64_t n) { return (int)((n + kThreads - 1) / kThreads); }
-
-// ---- block-wide reductions (every thread gets the result) ----
-
-template <typename T> __device__ T block_max(T x, T *sh)
-{
-    for (int w = 16; w > 0; w /= 2) {
-        T y = __shfl_xor_sync(0xffffffffu, x, w);
-        x = y > x ? y : x;
-    }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        sh[threadIdx.x / 32] = x;
-    __syncthreads();
-    T m = sh[0];
-    for (int i = 1; i < kWarps; i++)
-        m = sh[i] > m ? sh[i] : m;
-    return m;
-}
-
-template <typename T> __device__ T block_sum(T x, T *sh)
-{
-    for (int w = 16; w > 0; w /= 2)
-        x += __shfl_xor_sync(0xffffffffu, x, w);
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-        sh[threadIdx.x / 32] = x;
-    __syncthreads();
-    T s = 0;
-    for (int i = 0; i < kWarps; i++)
-        s += sh[i];
-    return s;
-}
+// ---- score.pooled, score.rows, score.last_q, score.exact ----
 
 // Softmax in place over row[0, vis) (vis >= 1), zeros in row[vis, n).
 __device__ void row_softmax(float *row, int64_t vis, int64_t n, float *shf)
@@ -143,11 +38,11 @@ __device__ void row_softmax(float *row, int64_t vis, int64_t n, float *shf)
     float m = -INFINITY;
     for (int64_t j = threadIdx.x; j < vis; j += kThreads)
         m = fmaxf(m, row[j]);
-    m = block_max(m, shf);
+    m = block_max<kWarps>(m, shf);
     float s = 0;
     for (int64_t j = threadIdx.x; j < vis; j += kThreads)
         s += expf(row[j] - m);
-    s = block_sum(s, shf);
+    s = block_sum<kWarps>(s, shf);
     for (int64_t j = threadIdx.x; j < n; j += kThreads)
         row[j] = j < vis ? expf(row[j] - m) / s : 0.f;
 }
@@ -282,8 +177,8 @@ __global__ void exact_kernel(exact_args a)
             } else
                 l += expf(s - m);
         }
-        float bm = block_max(m, shf);
-        float bl = block_sum(m == -INFINITY ? 0.f : l * expf(m - bm), shf);
+        float bm = block_max<kWarps>(m, shf);
+        float bl = block_sum<kWarps>(m == -INFINITY ? 0.f : l * expf(m - bm), shf);
         float lse = bm + logf(bl);
         // pass two: probabilities into their key blocks
         for (int64_t j = threadIdx.x; j < lim; j += kThreads) {
@@ -301,203 +196,269 @@ __global__ void exact_kernel(exact_args a)
     float tot = 0;
     for (int64_t c = threadIdx.x; c < a.nkb; c += kThreads)
         tot += acc[c];
-    tot = block_sum(tot, shf);
+    tot = block_sum<kWarps>(tot, shf);
     float *row = a.out + item * a.nkb;
     for (int64_t c = threadIdx.x; c < a.nkb; c += kThreads)
         row[c] = a.normalize && tot > 0 ? acc[c] / tot : acc[c];
 }
 
-// ---- reductions ----
+// ---- score.antidiag, score.strided, score.anchor ----
 
-__global__ void columns_kernel(const float *x, float *y, int64_t H, int64_t R, int64_t C)
+// s(i, j) of score.antidiag: Σ_t q[iS+S-1-t]·k[jS+t], missing rows zero.
+__device__ float antidiag_dot(const float *q, const float *k, int i, int j, int S, int nq, int nk, int d)
 {
-    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-    if (i >= H * C)
-        return;
-    int64_t h = i / C, j = i % C;
-    double s = 0;
-    for (int64_t r = 0; r < R; r++)
-        s += x[(h * R + r) * C + j];
-    y[i] = (float)s;
-}
-
-__global__ void diagonals_kernel(const float *x, float *y, int64_t H, int64_t R, int64_t C, int64_t pos0)
-{
-    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-    if (i >= H * C)
-        return;
-    int64_t h = i / C, o = i % C;
-    double s = 0;
-    for (int64_t r = 0; r < R; r++) {
-        int64_t j = pos0 + r - o;
-        if (j >= 0 && j < C)
-            s += x[(h * R + r) * C + j];
+    float x = 0.f;
+    for (int t = 0; t < S; t++) {
+        int qi = i * S + S - 1 - t, kj = j * S + t;
+        if (qi >= nq || kj >= nk)
+            continue;
+        const float *a = q + (size_t)qi * d, *b = k + (size_t)kj * d;
+        for (int c = 0; c < d; c++)
+            x += a[c] * b[c];
     }
-    y[i] = (float)s;
+    return x;
 }
 
-__global__ void block_kernel(const float *x, float *y, int64_t H, int64_t R, int64_t C, int64_t br, int64_t bc,
-                             int64_t nr, int64_t nc, int mode)
+// One warp per (super-row i, head h): grid (Mq, Hq), 32 threads.
+__global__ void antidiag_kernel(const float *q, const float *k, float *out, int nq, int nk, int d, int S, int B,
+                                int group, int causal, int off, float scale, int nqb, int nkb)
 {
-    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-    if (i >= H * nr * nc)
+    int i = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    int Mk = (nk + S - 1) / S;
+    int n_vis = causal ? min(Mk, (off + i * S) / S + 1) : Mk;
+    if (n_vis < 1)
         return;
-    int64_t h = i / (nr * nc), a = i / nc % nr, b = i % nc;
-    int64_t r1 = min((a + 1) * br, R), c1 = min((b + 1) * bc, C);
-    double s = mode == 1 ? -INFINITY : 0;
-    for (int64_t r = a * br; r < r1; r++)
-        for (int64_t c = b * bc; c < c1; c++) {
-            double v = x[(h * R + r) * C + c];
-            s = mode == 1 ? fmax(s, v) : s + v;
-        }
-    y[i] = (float)(mode == 2 ? s / (double)((r1 - a * br) * (c1 - b * bc)) : s);
-}
-
-__global__ void heads_kernel(const float *x, float *y, int64_t n_out, int64_t RC, int64_t g, int mode)
-{
-    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-    if (i >= n_out * RC)
-        return;
-    int64_t o = i / RC, e = i % RC;
-    double s = mode == 1 ? -INFINITY : 0;
-    for (int64_t h = o * g; h < (o + 1) * g; h++) {
-        double v = x[h * RC + e];
-        s = mode == 1 ? fmax(s, v) : s + v;
-    }
-    y[i] = (float)(mode == 2 ? s / (double)g : s);
-}
-
-// ---- selectors ----
-
-// A key per entry whose unsigned order is the row's order: the value's bits
-// made monotone in the high word, the complemented index in the low word (a
-// lower index wins a tie). -inf gets key 0: never counted; finite keys are >= 1.
-__device__ uint64_t entry_key(float v, int64_t j)
-{
-    if (v == -INFINITY)
-        return 0;
-    uint32_t u = v == 0.f ? 0u : __float_as_uint(v);  // -0 ties with +0, as the host's comparison sort has it
-    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    return ((uint64_t)u << 32) | (uint64_t)(0xffffffffu - (uint32_t)j);
-}
-
-// Entries of row with key >= t (t > 0), block-wide.
-__device__ int64_t count_ge(const float *row, int64_t C, uint64_t t, unsigned long long *shu)
-{
-    unsigned long long n = 0;
-    for (int64_t j = threadIdx.x; j < C; j += kThreads)
-        n += entry_key(row[j], j) >= t;
-    return (int64_t)block_sum(n, shu);
-}
-
-// The k-th largest key of the row (1 <= k <= finite entries): the largest t
-// with count_ge(t) >= k, found bit by bit from the top.
-__device__ uint64_t kth_key(const float *row, int64_t C, int64_t k, unsigned long long *shu)
-{
-    uint64_t t = 0;
-    for (int bit = 63; bit >= 0; bit--) {
-        uint64_t c = t | ((uint64_t)1 << bit);
-        if (count_ge(row, C, c, shu) >= k)
-            t = c;
-    }
-    return t;
-}
-
-struct select_args {
-    const float *x;
-    const void *opt;   // opt.k (i32) or opt.p (f32) per head, or null
-    uint8_t *keep;
-    int64_t rph, C;
-    int64_t k;
-    double ratio, p, t;
-    int normalize, relative;
-};
-
-__global__ void topk_kernel(select_args a)
-{
-    SL_SHARED(unsigned long long, shu, [kWarps]);
-    int64_t item = blockIdx.x;
-    const float *row = a.x + item * a.C;
-    uint8_t *keep = a.keep + item * a.C;
-    int64_t finite = 0;
-    for (int64_t j = threadIdx.x; j < a.C; j += kThreads)
-        finite += row[j] != -INFINITY;
-    finite = (int64_t)block_sum((unsigned long long)finite, shu);
-    int64_t k = a.k;
-    if (a.opt)
-        k = static_cast<const int32_t *>(a.opt)[item / a.rph];
-    else if (a.ratio > 0)
-        k = (int64_t)ceil(a.ratio * (double)finite - 1e-9);
-    k = k < finite ? k : finite;
-    uint64_t t = k > 0 ? kth_key(row, a.C, k, shu) : ~(uint64_t)0;
-    for (int64_t j = threadIdx.x; j < a.C; j += kThreads)
-        keep[j] = k > 0 && entry_key(row[j], j) >= t;
-}
-
-// Mass of the entries with key >= t (double, block-wide).
-__device__ double mass_ge(const float *row, int64_t C, uint64_t t, int normalize, float m, double *shd)
-{
-    double s = 0;
-    for (int64_t j = threadIdx.x; j < C; j += kThreads)
-        if (entry_key(row[j], j) >= t)
-            s += normalize ? exp((double)row[j] - (double)m) : (double)row[j];
-    return block_sum(s, shd);
-}
-
-__global__ void topp_kernel(select_args a)
-{
-    SL_SHARED(unsigned long long, shu, [kWarps]);
-    SL_SHARED(double, shd, [kWarps]);
-    SL_SHARED(float, shf, [kWarps]);
-    int64_t item = blockIdx.x;
-    const float *row = a.x + item * a.C;
-    uint8_t *keep = a.keep + item * a.C;
+    const float *qh = q + (size_t)h * nq * d, *kh = k + (size_t)(h / group) * nk * d;
     float m = -INFINITY;
-    int64_t finite = 0;
-    for (int64_t j = threadIdx.x; j < a.C; j += kThreads) {
-        m = fmaxf(m, row[j]);
-        finite += row[j] != -INFINITY;
-    }
-    m = block_max(m, shf);
-    finite = (int64_t)block_sum((unsigned long long)finite, shu);
-    double p = a.opt ? (double)static_cast<const float *>(a.opt)[item / a.rph] : a.p;
-    double target = p * (finite > 0 ? mass_ge(row, a.C, 1, a.normalize, m, shd) : 0);
-    // the shortest prefix of length n with mass >= target (0 when target is 0)
-    int64_t lo = 0, hi = finite;
-    if (target > 0)
-        while (lo < hi) {
-            int64_t mid = (lo + hi) / 2;
-            double s = mid > 0 ? mass_ge(row, a.C, kth_key(row, a.C, mid, shu), a.normalize, m, shd) : 0;
-            if (s >= target)
-                hi = mid;
-            else
-                lo = mid + 1;
-        }
-    else
-        lo = 0;
-    uint64_t t = lo > 0 ? kth_key(row, a.C, lo, shu) : ~(uint64_t)0;
-    for (int64_t j = threadIdx.x; j < a.C; j += kThreads)
-        keep[j] = lo > 0 && entry_key(row[j], j) >= t;
+    for (int j = lane; j < n_vis; j += 32)
+        m = fmaxf(m, scale * antidiag_dot(qh, kh, i, j, S, nq, nk, d));
+    m = warp_max(m);
+    float z = 0.f;
+    for (int j = lane; j < n_vis; j += 32)
+        z += expf(scale * antidiag_dot(qh, kh, i, j, S, nq, nk, d) - m);
+    z = warp_sum(z);
+    float *row = out + ((size_t)h * nqb + (size_t)(i * S) / B) * nkb;
+    for (int j = lane; j < n_vis; j += 32)
+        atomicAdd(row + (j * S) / B, expf(scale * antidiag_dot(qh, kh, i, j, S, nq, nk, d) - m) / z);
 }
 
-__global__ void threshold_kernel(select_args a)
+__device__ float dot_rows(const float *a, const float *b, int d)
 {
-    SL_SHARED(float, shf, [kWarps]);
-    int64_t item = blockIdx.x;
-    const float *row = a.x + item * a.C;
-    uint8_t *keep = a.keep + item * a.C;
-    float m = -INFINITY;
-    for (int64_t j = threadIdx.x; j < a.C; j += kThreads)
-        m = fmaxf(m, row[j]);
-    m = block_max(m, shf);
-    double t = a.relative ? a.t * (double)m : a.t;
-    for (int64_t j = threadIdx.x; j < a.C; j += kThreads)
-        keep[j] = row[j] != -INFINITY && (double)row[j] >= t;
+    float x = 0.f;
+    for (int c = 0; c < d; c++)
+        x += a[c] * b[c];
+    return x;
 }
 
-// ---- host side ----
+// One warp per (sampled row i, head h); the max into a tile by integer
+// atomicMax on the bits (probabilities are >= 0, so int order = float order).
+__global__ void strided_kernel(const float *q, const float *k, float *out, int nq, int nk, int d, int S, int bq, int bk,
+                               int group, int causal, int off, float scale, int nqb, int nkb)
+{
+    int i = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    int Mk = (nk + S - 1) / S;
+    int n_vis = causal ? min(Mk, (off + i * S) / S + 1) : Mk;
+    if (n_vis < 1)
+        return;
+    const float *qi = q + ((size_t)h * nq + (size_t)i * S) * d, *kh = k + (size_t)(h / group) * nk * d;
+    float m = -INFINITY;
+    for (int j = lane; j < n_vis; j += 32)
+        m = fmaxf(m, scale * dot_rows(qi, kh + (size_t)j * S * d, d));
+    m = warp_max(m);
+    float z = 0.f;
+    for (int j = lane; j < n_vis; j += 32)
+        z += expf(scale * dot_rows(qi, kh + (size_t)j * S * d, d) - m);
+    z = warp_sum(z);
+    int *row = reinterpret_cast<int *>(out + ((size_t)h * nqb + (size_t)(i * S) / bq) * nkb);
+    for (int j = lane; j < n_vis; j += 32) {
+        float pr = expf(scale * dot_rows(qi, kh + (size_t)j * S * d, d) - m) / z;
+        atomicMax(row + (j * S) / bk, __float_as_int(pr));
+    }
+}
 
-bool grid_ok(int64_t n) { return n <= INT32_MAX; }
+// Anchors: one warp per (row i, head h): max over the structured keys.
+__global__ void anchor_rows_kernel(const float *q, const float *k, float *anchor, int N, int d, int G, int group,
+                                   int init_cnt, int local_cnt, float scale)
+{
+    int i = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    int b = i / G, init_end = init_cnt * G, local0 = max(0, (b - local_cnt + 1) * G);
+    const float *qi = q + ((size_t)h * N + i) * d, *kh = k + (size_t)(h / group) * N * d;
+    float m = -INFINITY;
+    for (int j = lane; j <= i; j += 32)
+        if (j < init_end || j >= local0)
+            m = fmaxf(m, scale * dot_rows(qi, kh + (size_t)j * d, d));
+    m = warp_max(m);
+    if (lane == 0)
+        anchor[(size_t)h * N + i] = m;
+}
+
+// Pooled queries and anchors: one thread block per (sub-block, big block, head).
+__global__ void anchor_pool_kernel(const float *q, const float *anchor, float *qbar, float *xbar, int N, int d, int B,
+                                   int G, int step, int nb)
+{
+    int t = blockIdx.x, b = blockIdx.y, h = blockIdx.z;
+    int i0 = b * G + t * B, i1 = min(min(i0 + B, (b + 1) * G), N);
+    if (i0 >= i1)
+        return;
+    size_t slot = ((size_t)h * nb + b) * step + t;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+        float acc = 0.f;
+        for (int i = i0; i < i1; i++)
+            acc += q[((size_t)h * N + i) * d + c];
+        qbar[slot * d + c] = acc / (float)(i1 - i0);
+    }
+    if (threadIdx.x == 0) {
+        float acc = 0.f;
+        for (int i = i0; i < i1; i++)
+            acc += anchor[(size_t)h * N + i];
+        xbar[slot] = acc / (float)(i1 - i0);
+    }
+}
+
+// The scan: one thread per (middle key j, big block b, head h).
+__global__ void anchor_scan_kernel(const float *k, const float *qbar, const float *xbar, uint8_t *out, int N, int d,
+                                   int B, int G, int step, int nb, int group, int init_cnt, int local_cnt,
+                                   int overlap, float scale, float theta)
+{
+    int j = blockIdx.x * blockDim.x + threadIdx.x, b = blockIdx.y, h = blockIdx.z;
+    int r0 = b * G, nt = (min(r0 + G, N) - r0 + B - 1) / B;
+    int local0 = max(0, (b - local_cnt + 1) * G);
+    int m0 = overlap ? B : init_cnt * G, m1 = min(overlap ? local0 - B : local0, r0);
+    if (j >= N || j < m0 || j >= m1)
+        return;
+    const float *kj = k + ((size_t)(h / group) * N + j) * d;
+    size_t slot = ((size_t)h * nb + b) * step;
+    uint8_t keep = 0;
+    for (int t = 0; t < nt && !keep; t++)
+        keep = scale * dot_rows(qbar + (slot + t) * d, kj, d) + theta >= xbar[slot + t];
+    out[((size_t)h * nb + b) * N + j] = keep;
+}
+
+// ---- score.lowbit, score.hash ----
+
+// score.lowbit's quantiser on the host (the contract in sparselab.h, in f32):
+// per group of rows, step = max|x| / qmax, x~ = step . clamp(roundf(x / step)).
+void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, float *out)
+{
+    const int64_t n_all = rows * d;
+    if (bits >= 16) {
+        for (int64_t i = 0; i < n_all; i++)
+            out[i] = x[i];
+        return;
+    }
+    const float qmax = (float)((1 << (bits - 1)) - 1);
+    for (int64_t first = 0; first < n_all; first += group * d) {
+        const int64_t last = first + group * d < n_all ? first + group * d : n_all;
+        float amax = 0.0f;
+        for (int64_t i = first; i < last; i++)
+            amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+        const float step = amax > 0.0f ? amax / qmax : 1.0f;
+        for (int64_t i = first; i < last; i++) {
+            float level = roundf(x[i] / step);
+            level = level > qmax ? qmax : (level < -qmax ? -qmax : level);
+            out[i] = level * step;
+        }
+    }
+}
+
+// K' = K - mean over tokens per channel (double sums stored as f32); mean 0 without smoothing.
+void lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, float *ks, float *mean)
+{
+    for (int64_t c = 0; c < d; c++) {
+        double acc = 0;
+        if (smooth)
+            for (int64_t t = 0; t < nk; t++)
+                acc += k[t * d + c];
+        mean[c] = smooth && nk > 0 ? (float)(acc / (double)nk) : 0.0f;
+        for (int64_t t = 0; t < nk; t++)
+            ks[t * d + c] = k[t * d + c] - mean[c];
+    }
+}
+
+__global__ void lowbit_kernel(const float *qq, const float *kq, const float *corr, const float *lse, float *out,
+                              int hq, int group, int nq, int nk, int d, int bq, int bk, int causal, float scale,
+                              int nqb, int nkb)
+{
+    SL_SHARED(float, red, [128]);
+    int c = blockIdx.x, r = blockIdx.y, h = blockIdx.z, off = nk - nq;
+    const float *K = kq + (size_t)(h / group) * nk * d;
+    float best = -INFINITY;
+    for (int i = r * bq + threadIdx.x; i < min((r + 1) * bq, nq); i += blockDim.x) {
+        float base = lse ? lse[(size_t)h * nq + i] : 0.f;
+        if (base == -INFINITY)
+            continue;
+        int j1 = min((c + 1) * bk, nk);
+        if (causal)
+            j1 = min(j1, off + i + 1);
+        const float *q = qq + ((size_t)h * nq + i) * d;
+        float m = -INFINITY;
+        for (int j = c * bk; j < j1; j++) {
+            float s = 0.f;
+            for (int t = 0; t < d; t++)
+                s += q[t] * K[(size_t)j * d + t];
+            m = fmaxf(m, s);
+        }
+        if (m > -INFINITY)
+            best = fmaxf(best, (float)(((double)m + corr[(size_t)h * nq + i]) * scale - base));
+    }
+    red[threadIdx.x] = best;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w /= 2) {
+        if ((int)threadIdx.x < w)
+            red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + w]);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        out[((size_t)h * nqb + r) * nkb + c] = red[0];
+}
+
+__global__ void hash_kernel(const float *x, const float *rot, int32_t *out, int hx, int hr, int n, int d, int m)
+{
+    int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (int64_t)hr * n)
+        return;
+    int h = (int)(item / n), t = (int)(item % n);
+    const float *xt = x + ((size_t)(h / (hr / hx)) * n + t) * d, *R = rot + (size_t)h * d * m;
+    double bp = -INFINITY, bn = -INFINITY;
+    int ap = 0, an = 0;
+    for (int c = 0; c < m; c++) {
+        double v = 0;
+        for (int e = 0; e < d; e++)
+            v += (double)xt[e] * R[(size_t)e * m + c];
+        if (v > bp)
+            bp = v, ap = c;
+        if (-v > bn)
+            bn = -v, an = c;
+    }
+    out[item] = bp >= bn ? ap : m + an;
+}
+
+sl_status cuda_prob_rows(const sl__kargs *a, double scale, int causal, bool listed, int64_t first,
+                                int64_t n_rows)
+{
+    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale);
+    if (!grid_ok(dm.hq * n_rows))
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 output rows");
+    if (dm.d * sizeof(float) > 32768)
+        return sl__cuda_unsupported(a, "head_dim over 8192");
+    if (dm.hq * n_rows == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    prob_args pa = {static_cast<const float *>(st.in[0]), static_cast<const float *>(st.in[1]),
+                    listed ? static_cast<const int32_t *>(st.in[2]) : nullptr, static_cast<float *>(st.out[0]), dm.hq,
+                    dm.nq, dm.nk, dm.d, dm.group, dm.offset, first, n_rows, (float)dm.scale, causal};
+    SL_LAUNCH(prob_kernel, (int)(dm.hq * n_rows), kThreads, (size_t)dm.d * sizeof(float), 0)(pa);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+// Stages q and k and a zeroed output (the kernels accumulate into it or write part of it).
+sl_status stage_zeroed(sl__cuda_stage *st)
+{
+    sl_status s = sl__cuda_stage_in(st);
+    return s != SL_OK ? s : sl__cuda_clear_out(st, 0);
+}
 
 }  // namespace
 
@@ -507,15 +468,18 @@ sl_status sl__cuda_score_pooled(const sl__kargs *a)
     const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
     int64_t nqb = (dm.nq + p->bq - 1) / p->bq, nkb = (dm.nk + p->bk - 1) / p->bk;
     if (!grid_ok(dm.hq * nqb) || !grid_ok(dm.hkv * nkb))
-        return too_big(a, "more than 2^31 - 1 blocks");
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 blocks");
     if (dm.hq * nqb == 0)
         return SL_OK;
     size_t qf = (size_t)(dm.hq * nqb * dm.d), kf = (size_t)(dm.hkv * nkb * dm.d);
-    staged st;
-    sl_status s = stage(a, &st, 2 * (qf + kf) * sizeof(float));
-    if (s)
+    sl__cuda_stage st(a);
+    void *pooled = nullptr;
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s == SL_OK)
+        s = sl__cuda_scratch(&st, 2 * (qf + kf) * sizeof(float), &pooled);
+    if (s != SL_OK)
         return s;
-    float *qhi = static_cast<float *>(st.scratch), *qlo = qhi + qf, *khi = qlo + qf, *klo = khi + kf;
+    float *qhi = static_cast<float *>(pooled), *qlo = qhi + qf, *khi = qlo + qf, *klo = khi + kf;
     const float *q = static_cast<const float *>(st.in[0]), *k = static_cast<const float *>(st.in[1]);
     SL_LAUNCH(pool_kernel, (int)(dm.hq * nqb), kThreads, 0, 0)(q, dm.nq, dm.d, p->bq, nqb, (int)p->pool, (int)p->pad, qhi, qlo);
     if (nkb > 0)
@@ -523,28 +487,7 @@ sl_status sl__cuda_score_pooled(const sl__kargs *a)
     pooled_args pa = {qhi, qlo, khi, klo, static_cast<float *>(st.out[0]), dm.nq, dm.nk, dm.d, p->bq, p->bk, nqb, nkb,
                       dm.group, dm.offset, (float)dm.scale, (int)p->pool, (int)p->causal, (int)p->softmax};
     SL_LAUNCH(pooled_kernel, (int)(dm.hq * nqb), kThreads, 0, 0)(pa);
-    return finish(a, &st);
-}
-
-static sl_status cuda_prob_rows(const sl__kargs *a, double scale, int causal, bool listed, int64_t first,
-                                int64_t n_rows)
-{
-    const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale);
-    if (!grid_ok(dm.hq * n_rows))
-        return too_big(a, "more than 2^31 - 1 output rows");
-    if (dm.d * sizeof(float) > 32768)
-        return too_big(a, "head_dim over 8192");
-    if (dm.hq * n_rows == 0)
-        return SL_OK;
-    staged st;
-    sl_status s = stage(a, &st, 0);
-    if (s)
-        return s;
-    prob_args pa = {static_cast<const float *>(st.in[0]), static_cast<const float *>(st.in[1]),
-                    listed ? static_cast<const int32_t *>(st.in[2]) : nullptr, static_cast<float *>(st.out[0]), dm.hq,
-                    dm.nq, dm.nk, dm.d, dm.group, dm.offset, first, n_rows, (float)dm.scale, causal};
-    SL_LAUNCH(prob_kernel, (int)(dm.hq * n_rows), kThreads, (size_t)dm.d * sizeof(float), 0)(pa);
-    return finish(a, &st);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
 sl_status sl__cuda_score_rows(const sl__kargs *a)
@@ -567,112 +510,165 @@ sl_status sl__cuda_score_exact(const sl__kargs *a)
     int64_t nqb = (dm.nq + p->bq - 1) / p->bq, nkb = (dm.nk + p->bk - 1) / p->bk;
     size_t shm = (size_t)(dm.d + nkb) * sizeof(float);
     if (shm > 48 * 1024)
-        return too_big(a, "head_dim + key blocks over 12288 (shared memory)");
+        return sl__cuda_unsupported(a, "head_dim + key blocks over 12288 (shared memory)");
     if (!grid_ok(dm.hq * nqb))
-        return too_big(a, "more than 2^31 - 1 blocks");
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 blocks");
     if (dm.hq * nqb == 0)
         return SL_OK;
-    staged st;
-    sl_status s = stage(a, &st, 0);
-    if (s)
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
     exact_args ea = {static_cast<const float *>(st.in[0]), static_cast<const float *>(st.in[1]),
                      static_cast<float *>(st.out[0]), dm.nq, dm.nk, dm.d, dm.group, dm.offset, p->bq, p->bk, nqb, nkb,
                      (float)dm.scale, (int)p->causal, (int)p->reduce, (int)p->normalize};
     SL_LAUNCH(exact_kernel, (int)(dm.hq * nqb), kThreads, shm, 0)(ea);
-    return finish(a, &st);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
-// The reductions: one thread per output element.
-static sl_status run_reduce(const sl__kargs *a)
+sl_status sl__cuda_score_antidiag(const sl__kargs *a)
 {
-    const sl_tensor *x = &a->in[0];
-    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2], n = sl_tensor_numel(&a->out[0]);
-    if (!grid_ok(grid_of(n)) || n > ((int64_t)1 << 40))
-        return too_big(a, "output too large");
-    if (n == 0)
+    const sl_score_antidiag_params *p = static_cast<const sl_score_antidiag_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], 0);
+    int64_t S = p->stride, Mq = (dm.nq + S - 1) / S, nqb = a->out[0].shape[1], nkb = a->out[0].shape[2];
+    if (too_big(dm.nk * dm.d) || too_big(dm.nq * dm.d) || dm.hq > 65535 || Mq > INT32_MAX)
+        return sl__cuda_unsupported(a, "more than 2^30 elements per head or 65535 heads");
+    if (dm.hq == 0 || Mq == 0 || nkb == 0)
         return SL_OK;
-    staged st;
-    sl_status s = stage(a, &st, 0);
-    if (s)
+    double scale = p->scale > 0 ? p->scale : 1.0 / (sqrt((double)dm.d) * (double)S);
+    sl__cuda_stage st(a);
+    sl_status s = stage_zeroed(&st);
+    if (s != SL_OK)
         return s;
-    const float *xd = static_cast<const float *>(st.in[0]);
-    float *y = static_cast<float *>(st.out[0]);
-    if (sl_tensor_numel(x) == 0) {
-        // nothing to read: sums are 0 (a max over no entries, -inf, cannot occur: tiles are never empty)
-        if (cudaMemset(y, 0, (size_t)n * sizeof(float)) != cudaSuccess)
-            return fail(a, cudaGetLastError(), "clearing the output");
-        return finish(a, &st);
-    }
-    switch (a->op) {
-    case SL_OP_REDUCE_COLUMNS: SL_LAUNCH(columns_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H, R, C); break;
-    case SL_OP_REDUCE_DIAGONALS: {
-        const sl_reduce_diag_params *p = static_cast<const sl_reduce_diag_params *>(a->params);
-        SL_LAUNCH(diagonals_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H, R, C, p->row_pos0 < 0 ? C - R : p->row_pos0);
-        break;
-    }
-    case SL_OP_REDUCE_BLOCK: {
-        const sl_reduce_block_params *p = static_cast<const sl_reduce_block_params *>(a->params);
-        int64_t nr = (R + p->br - 1) / p->br, nc = (C + p->bc - 1) / p->bc;
-        SL_LAUNCH(block_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H, R, C, p->br, p->bc, nr, nc, (int)p->mode);
-        break;
-    }
-    default: {
-        const sl_reduce_heads_params *p = static_cast<const sl_reduce_heads_params *>(a->params);
-        int64_t g = p->group ? p->group : H;
-        SL_LAUNCH(heads_kernel, grid_of(n), kThreads, 0, 0)(xd, y, H / g, R * C, g, (int)p->mode);
-        break;
-    }
-    }
-    return finish(a, &st);
+    SL_LAUNCH(antidiag_kernel, dim3((unsigned)Mq, (unsigned)dm.hq), 32, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.output<float>(0), (int)dm.nq, (int)dm.nk, (int)dm.d, (int)S,
+        (int)p->block, (int)dm.group, (int)p->causal, (int)dm.offset, (float)scale, (int)nqb, (int)nkb);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
-sl_status sl__cuda_reduce_columns(const sl__kargs *a) { return run_reduce(a); }
-sl_status sl__cuda_reduce_diagonals(const sl__kargs *a) { return run_reduce(a); }
-sl_status sl__cuda_reduce_block(const sl__kargs *a) { return run_reduce(a); }
-sl_status sl__cuda_reduce_heads(const sl__kargs *a) { return run_reduce(a); }
-
-// The selectors: one CTA per row.
-static sl_status run_select(const sl__kargs *a)
+sl_status sl__cuda_score_strided(const sl__kargs *a)
 {
-    const sl_tensor *x = &a->in[0];
-    int64_t C = x->shape[x->ndim - 1], rph = x->ndim == 3 ? x->shape[1] : 1, rows = x->shape[0] * rph;
-    if (!grid_ok(rows))
-        return too_big(a, "more than 2^31 - 1 rows");
-    if (C > 0xfffffffeLL)
-        return too_big(a, "rows longer than 2^32 - 2");
-    if (rows == 0 || C == 0)
+    const sl_score_strided_params *p = static_cast<const sl_score_strided_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t S = p->stride, Mq = (dm.nq + S - 1) / S, nqb = a->out[0].shape[1], nkb = a->out[0].shape[2];
+    if (too_big(dm.nk * dm.d) || too_big(dm.nq * dm.d) || dm.hq > 65535)
+        return sl__cuda_unsupported(a, "more than 2^30 elements per head or 65535 heads");
+    if (dm.hq == 0 || Mq == 0 || nkb == 0)
         return SL_OK;
-    staged st;
-    sl_status s = stage(a, &st, 0);
-    if (s)
+    sl__cuda_stage st(a);
+    sl_status s = stage_zeroed(&st);
+    if (s != SL_OK)
         return s;
-    select_args sa = {};
-    sa.x = static_cast<const float *>(st.in[0]);
-    sa.keep = static_cast<uint8_t *>(st.out[0]);
-    sa.rph = rph;
-    sa.C = C;
-    if (a->op == SL_OP_SELECT_TOPK) {
-        const sl_select_topk_params *p = static_cast<const sl_select_topk_params *>(a->params);
-        sa.opt = st.in[1];
-        sa.k = p->k;
-        sa.ratio = p->ratio;
-        SL_LAUNCH(topk_kernel, (int)rows, kThreads, 0, 0)(sa);
-    } else if (a->op == SL_OP_SELECT_TOPP) {
-        const sl_select_topp_params *p = static_cast<const sl_select_topp_params *>(a->params);
-        sa.opt = st.in[1];
-        sa.p = p->p;
-        sa.normalize = (int)p->normalize;
-        SL_LAUNCH(topp_kernel, (int)rows, kThreads, 0, 0)(sa);
-    } else {
-        const sl_select_threshold_params *p = static_cast<const sl_select_threshold_params *>(a->params);
-        sa.t = p->t;
-        sa.relative = (int)p->relative;
-        SL_LAUNCH(threshold_kernel, (int)rows, kThreads, 0, 0)(sa);
-    }
-    return finish(a, &st);
+    SL_LAUNCH(strided_kernel, dim3((unsigned)Mq, (unsigned)dm.hq), 32, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.output<float>(0), (int)dm.nq, (int)dm.nk, (int)dm.d, (int)S,
+        (int)p->bq, (int)p->bk, (int)dm.group, (int)p->causal, (int)dm.offset, (float)dm.scale, (int)nqb, (int)nkb);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
-sl_status sl__cuda_select_topk(const sl__kargs *a) { return run_select(a); }
-sl_status sl__cuda_select_topp(const sl__kargs *a) { return run_select(a); }
-sl_status sl__cuda_select_threshold(const sl__kargs *a) { return run_select(a); }
+sl_status sl__cuda_score_anchor(const sl__kargs *a)
+{
+    const sl_score_anchor_params *p = static_cast<const sl_score_anchor_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t N = dm.nq, G = p->block * p->step, nb = a->out[0].shape[1];
+    if (too_big(N * dm.d) || dm.hq > 65535 || nb > 65535 || p->step > 65535 || G > INT32_MAX ||
+        p->init_cnt * G > INT32_MAX)
+        return sl__cuda_unsupported(a, "more than 2^30 elements per head, 65535 heads or blocks");
+    if (dm.hq == 0 || N == 0)
+        return SL_OK;
+    size_t slots = (size_t)(dm.hq * nb * p->step);
+    sl__cuda_stage st(a);
+    void *danc = nullptr, *dqbar = nullptr, *dxbar = nullptr;
+    sl_status s = stage_zeroed(&st);
+    if (s == SL_OK)
+        s = sl__cuda_scratch(&st, sizeof(float) * (size_t)(dm.hq * N), &danc);
+    if (s == SL_OK)
+        s = sl__cuda_scratch(&st, sizeof(float) * slots * (size_t)dm.d, &dqbar);
+    if (s == SL_OK)
+        s = sl__cuda_scratch(&st, sizeof(float) * slots, &dxbar);
+    if (s != SL_OK)
+        return s;
+    const float *q = st.input<float>(0), *k = st.input<float>(1);
+    SL_LAUNCH(anchor_rows_kernel, dim3((unsigned)N, (unsigned)dm.hq), 32, 0, 0)(q, k, static_cast<float *>(danc), (int)N, (int)dm.d,
+                                                                  (int)G, (int)dm.group, (int)p->init_cnt,
+                                                                  (int)p->local_cnt, (float)dm.scale);
+    SL_LAUNCH(anchor_pool_kernel, dim3((unsigned)p->step, (unsigned)nb, (unsigned)dm.hq), 64, 0, 0)(
+        q, static_cast<const float *>(danc), static_cast<float *>(dqbar), static_cast<float *>(dxbar), (int)N,
+        (int)dm.d, (int)p->block, (int)G, (int)p->step, (int)nb);
+    SL_LAUNCH(anchor_scan_kernel, dim3((unsigned)((N + 127) / 128), (unsigned)nb, (unsigned)dm.hq), 128, 0, 0)(
+        k, static_cast<const float *>(dqbar), static_cast<const float *>(dxbar), st.output<uint8_t>(0), (int)N,
+        (int)dm.d, (int)p->block, (int)G, (int)p->step, (int)nb, (int)dm.group, (int)p->init_cnt, (int)p->local_cnt,
+        (int)p->overlap, (float)dm.scale, (float)p->theta);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_score_lowbit(const sl__kargs *a)
+{
+    const sl_score_lowbit_params *p = static_cast<const sl_score_lowbit_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t nqb = a->out[0].shape[1], nkb = a->out[0].shape[2];
+    if (too_big(dm.nq) || too_big(dm.nk) || nqb > 65535 || dm.hq > 65535 || nkb > INT32_MAX)
+        return sl__cuda_unsupported(a, "more than 2^30 tokens, 65535 query blocks or heads");
+    if (dm.hq == 0 || nqb == 0 || nkb == 0)
+        return SL_OK;
+    size_t nqf = (size_t)(dm.hq * dm.nq * dm.d), nkf = (size_t)(dm.hkv * dm.nk * dm.d);
+    float *qq = (float *)malloc(sizeof(float) * nqf), *kq = (float *)malloc(sizeof(float) * nkf),
+          *ks = (float *)malloc(sizeof(float) * (size_t)(dm.nk * dm.d + 1)),
+          *mean = (float *)malloc(sizeof(float) * (size_t)(dm.hkv * dm.d)),
+          *corr = (float *)malloc(sizeof(float) * (size_t)(dm.hq * dm.nq + 1));
+    sl_status s = SL_OK;
+    if (!qq || !kq || !ks || !mean || !corr)
+        s = sl_ctx_fail(a->ctx, SL_ENOMEM, "%s[cuda]: out of host memory", sl__cuda_op_name(a));
+    for (int64_t h = 0; s == SL_OK && h < dm.hkv; h++) {
+        lowbit_prepare((const float *)a->in[1].data + h * dm.nk * dm.d, dm.nk, dm.d, (int)p->smooth_k, ks,
+                           mean + h * dm.d);
+        lowbit_quantise(ks, dm.nk, dm.d, p->k_group, (int)p->bits, kq + h * dm.nk * dm.d);
+    }
+    for (int64_t h = 0; s == SL_OK && h < dm.hq; h++) {
+        const float *q = (const float *)a->in[0].data + h * dm.nq * dm.d, *mk = mean + (h / dm.group) * dm.d;
+        lowbit_quantise(q, dm.nq, dm.d, p->q_group, (int)p->bits, qq + h * dm.nq * dm.d);
+        for (int64_t i = 0; i < dm.nq; i++) {
+            double c = 0;
+            for (int64_t t = 0; t < dm.d; t++)
+                c += (double)q[i * dm.d + t] * mk[t];
+            corr[h * dm.nq + i] = (float)c;
+        }
+    }
+    if (s == SL_OK) {
+        // q and k go up in their quantised forms, not as given
+        sl__cuda_stage st(a);
+        void *dq = nullptr, *dk = nullptr, *dc = nullptr;
+        s = sl__cuda_stage_in(&st, 1u << 0 | 1u << 1);
+        if (s == SL_OK)
+            s = sl__cuda_upload(&st, qq, sizeof(float) * nqf, &dq);
+        if (s == SL_OK)
+            s = sl__cuda_upload(&st, kq, sizeof(float) * nkf, &dk);
+        if (s == SL_OK)
+            s = sl__cuda_upload(&st, corr, sizeof(float) * (size_t)(dm.hq * dm.nq), &dc);
+        if (s == SL_OK) {
+            SL_LAUNCH(lowbit_kernel, dim3((unsigned)nkb, (unsigned)nqb, (unsigned)dm.hq), 128, 0, 0)(
+                static_cast<const float *>(dq), static_cast<const float *>(dk), static_cast<const float *>(dc),
+                st.input<float>(2), st.output<float>(0), (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk,
+                (int)dm.d, (int)p->bq, (int)p->bk, (int)p->causal, (float)dm.scale, (int)nqb, (int)nkb);
+            s = sl__cuda_stage_out(&st, cudaGetLastError());
+        }
+    }
+    free(qq), free(kq), free(ks), free(mean), free(corr);
+    return s;
+}
+
+sl_status sl__cuda_score_hash(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0], *rot = &a->in[1];
+    int64_t hx = x->shape[0], n = x->shape[1], d = x->shape[2], hr = rot->shape[0], m = rot->shape[2];
+    if (too_big(n) || too_big(d) || too_big(m) || too_big(hr * n))
+        return sl__cuda_unsupported(a, "more than 2^30 tokens, channels or items");
+    if (hr == 0 || n == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    int64_t items = hr * n;
+    SL_LAUNCH(hash_kernel, (unsigned)((items + 127) / 128), 128, 0, 0)(st.input<float>(0), st.input<float>(1),
+                                                          st.output<int32_t>(0), (int)hx, (int)hr, (int)n, (int)d,
+                                                          (int)m);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

@@ -1,5 +1,6 @@
 // warp.cuh — device helpers the CUDA kernels share: warp-wide max and sum by
-// shuffles, and the log constants of the base-2 online softmax.
+// shuffles, block-wide max and sum, and the log constants of the base-2
+// online softmax.
 #ifndef SL_CUDA_WARP_CUH
 #define SL_CUDA_WARP_CUH
 
@@ -20,6 +21,38 @@ static __device__ __forceinline__ float warp_sum(float x)
     for (int w = 16; w > 0; w /= 2)
         x += __shfl_xor_sync(0xffffffffu, x, w);
     return x;
+}
+
+// Block-wide max and sum of one value per thread over NW warps (blockDim.x =
+// 32 NW); every thread gets the result. sh holds NW values of shared memory.
+template <int NW, typename T> __device__ T block_max(T x, T *sh)
+{
+    for (int w = 16; w > 0; w /= 2) {
+        T y = __shfl_xor_sync(0xffffffffu, x, w);
+        x = y > x ? y : x;
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        sh[threadIdx.x / 32] = x;
+    __syncthreads();
+    T m = sh[0];
+    for (int i = 1; i < NW; i++)
+        m = sh[i] > m ? sh[i] : m;
+    return m;
+}
+
+template <int NW, typename T> __device__ T block_sum(T x, T *sh)
+{
+    for (int w = 16; w > 0; w /= 2)
+        x += __shfl_xor_sync(0xffffffffu, x, w);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+        sh[threadIdx.x / 32] = x;
+    __syncthreads();
+    T s = 0;
+    for (int i = 0; i < NW; i++)
+        s += sh[i];
+    return s;
 }
 
 #endif
