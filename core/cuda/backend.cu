@@ -11,6 +11,7 @@
 extern "C" {
 #include "../internal.h"
 }
+#include "attn_mma.cuh"  // wmma glue: bf16 / f16 attention on tensor cores
 
 #include <cuda_runtime.h>
 
@@ -150,7 +151,12 @@ sl_status cuda_attn_dense(const sl__kargs *a)
     const sl_attn_params *p = static_cast<const sl_attn_params *>(a->params);
     sl__cuda_attn args = {};
     args.causal = p->causal != 0;
-    return run_attention(a, p->scale, 0, 0, &args, sl__cuda_attn_dense);
+    // -- wmma glue: bf16 / f16 q, k, v on tensor cores (attn_mma.cuh); a mix of dtypes runs as f32.
+    const int mma = sl__mma_dtype(a);
+    if (mma < 0)
+        return sl__mma_as_f32(a, cuda_attn_dense);
+    return run_attention(a, p->scale, 0, 0, &args,
+                         mma == 1 ? sl__cuda_attn_mma_dense_bf16 : mma == 2 ? sl__cuda_attn_mma_dense_f16 : sl__cuda_attn_dense);
 }
 
 sl_status cuda_attn_block_sparse(const sl__kargs *a)
@@ -163,7 +169,14 @@ sl_status cuda_attn_block_sparse(const sl__kargs *a)
     args.bq = (int)p->bq;
     args.bk = (int)p->bk;
     args.pv_skip_log2 = (float)(p->pv_skip * 1.4426950408889634);  // log2(e): scores run in base 2
-    return run_attention(a, p->scale, p->bq, args.n_qb, &args, sl__cuda_attn_block_sparse);
+    // -- wmma glue: bf16 / f16 q, k, v on tensor cores (attn_mma.cuh); pv_skip or a mix of dtypes runs as f32.
+    const int mma = sl__mma_dtype(a);
+    if (mma < 0 || (mma > 0 && args.pv_skip_log2 > 0.f))
+        return sl__mma_as_f32(a, cuda_attn_block_sparse);
+    return run_attention(a, p->scale, p->bq, args.n_qb, &args,
+                         mma == 1   ? sl__cuda_attn_mma_block_sparse_bf16
+                         : mma == 2 ? sl__cuda_attn_mma_block_sparse_f16
+                                    : sl__cuda_attn_block_sparse);
 }
 
 // attn.vs_mixed: the block kernel with the lists' columns after the blocks.
@@ -201,8 +214,14 @@ int choose_splits(int64_t ctas, int64_t max_keys)
 
 // attn.token_sparse (list) and attn.rows: the gather kernel writes a partial
 // per split of the keys, the merge kernel combines them with the state.
+sl_status cuda_attn_token_sparse(const sl__kargs *a);
+
 sl_status run_gather(const sl__kargs *a, bool list)
 {
+    // -- wmma glue: bf16 / f16 q, k, v of attn.token_sparse on tensor cores (attn_mma.cuh); a mix runs as f32.
+    const int mma = list ? sl__mma_dtype(a) : 0;
+    if (mma < 0)
+        return sl__mma_as_f32(a, cuda_attn_token_sparse);
     const double scale = list ? static_cast<const sl_attn_token_params *>(a->params)->scale
                               : static_cast<const sl_attn_rows_params *>(a->params)->scale;
     const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale);
@@ -269,6 +288,8 @@ sl_status run_gather(const sl__kargs *a, bool list)
     sl__cuda_merge_args mg = {g.part_o, g.part_lse, static_cast<const float *>(st.in[6]), static_cast<const float *>(st.in[7]),
                          static_cast<float *>(st.out[0]), static_cast<float *>(st.out[1]), dm.hq * n_out, (int)dm.d,
                          n_split};
+    if (mma > 0)  // -- wmma glue: O and LSE straight from the kernel, starting from the state
+        return stage_out(a, &st, sl__cuda_token_sparse_mma(g, mg.o2, mg.lse2, mg.o, mg.lse, mma == 1, 0));
     cudaError_t err = list ? sl__cuda_token_sparse(g, 0) : sl__cuda_rows(g, 0);
     if (err == cudaSuccess)
         err = sl__cuda_merge(mg, 0);
@@ -531,6 +552,22 @@ constexpr kernel_table make_kernel_table()
 
 constexpr kernel_table cuda_kernels = make_kernel_table();
 
+// -- wmma glue: the dtypes the kernels read natively for q, k, v (attn_mma.cuh).
+struct dtype_table {
+    unsigned bits[SL_OP__COUNT];
+};
+
+constexpr dtype_table make_native_table()
+{
+    dtype_table t = {};
+    t.bits[SL_OP_ATTN_DENSE] = 1u << SL_F16 | 1u << SL_BF16;
+    t.bits[SL_OP_ATTN_BLOCK_SPARSE] = 1u << SL_F16 | 1u << SL_BF16;
+    t.bits[SL_OP_ATTN_TOKEN_SPARSE] = 1u << SL_F16 | 1u << SL_BF16;
+    return t;
+}
+
+constexpr dtype_table cuda_native = make_native_table();
+
 }  // namespace
 
-extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr, nullptr};
+extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr, cuda_native.bits};
