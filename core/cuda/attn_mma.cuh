@@ -30,7 +30,7 @@
 //              chunk loaded as the accumulator, P·V added by mma_sync
 //              (A = P row_major, B = V row_major) and stored back.
 //   finish     O / l and LSE = m·ln 2 + log l; l = 0 gives O = 0, LSE = -inf.
-// Shared memory (T 2 bytes): D=32: 45 KiB, D=64: 71.5 KiB, D=128: 111.5 KiB,
+// Shared memory (T 2 bytes): D=32: 51.5 KiB, D=64: 71.5 KiB, D=128: 111.5 KiB,
 // D=256 (BK 32): 146 KiB (opt-in above 48 KiB, set per launch).
 // A row that has not seen a visible key keeps m = -inf; the exponent base is
 // then 0 (no -inf - -inf). Masks: causal (dense: key j visible to row r iff
