@@ -169,6 +169,15 @@ int sl_backend_supports(sl_backend_id b, sl_op op)
     return be && (int)op >= 0 && op < SL_OP__COUNT && be->kernels[op] != NULL;
 }
 
+unsigned sl_backend_native_dtypes(sl_backend_id b, sl_op op)
+{
+    const sl__backend *be = backend_of(b);
+    unsigned bits = 1u << SL_F32;
+    if (be && be->native_dtypes && (int)op >= 0 && op < SL_OP__COUNT)
+        bits |= be->native_dtypes[op] & (1u << SL_F16 | 1u << SL_BF16);
+    return bits;
+}
+
 /* ---- validation ---- */
 
 /* Inputs named opt.* or state.* may be left out (an empty tensor). */

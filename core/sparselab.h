@@ -215,6 +215,9 @@ int sl_backend_available(sl_backend_id b);
 const char *sl_backend_status(sl_backend_id b);
 /* 1 when the backend has a kernel for op. */
 int sl_backend_supports(sl_backend_id b, sl_op op);
+/* The float dtypes the backend's kernel for op reads natively for q, k, v,
+ * as bits 1 << dtype (f32 always; others are converted to f32 first). */
+unsigned sl_backend_native_dtypes(sl_backend_id b, sl_op op);
 
 /* Runs an op. params points to the op's parameter struct (NULL: defaults).
  * in holds info->n_in tensors (at most SL_OP_MAX_INPUTS); an optional input

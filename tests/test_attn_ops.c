@@ -1680,6 +1680,160 @@ START_TEST(test_big_d_masked_rows)
 }
 END_TEST
 
+
+/* bf16 and f16 q, k, v (issue 12, tensor cores on cuda): attn.dense,
+ * attn.block_sparse and attn.token_sparse on every wanted backend against
+ * ref, which gets the same bf16/f16 values converted exactly to f32 by the
+ * dispatcher. cuda reads them natively (WMMA: Q·Kᵀ exact products summed in
+ * f32, softmax in f32, P rounded to the input dtype before P·V, f32
+ * accumulation), so O's error is about the rounding of P: 2^-9 (bf16, 8-bit
+ * mantissa) or 2^-12 (f16, 11 bits) relative to the scale of V, bounded by
+ * 2e-2·max|v| (bf16) and 3e-3·max|v| (f16); L's sum runs over unrounded
+ * probabilities: 1e-3 absolute. Cases: ragged n, GQA, d 64 and 128, one
+ * query row, d 256, fully masked rows (an empty block row; an empty list),
+ * bias and state (token_sparse). On cuda the result must also differ
+ * from the f32 kernels' on the same values by more than f32 noise: the test
+ * fails if the dispatcher converted to f32 behind the kernel's back. */
+static const shape_case LOWP_CASES[] = {
+    {2, 1, 37, 37, 64, 1},   /* ragged, GQA 2:1 */
+    {2, 2, 80, 80, 128, 1},  /* ragged past one 64-row tile, d 128 */
+    {4, 2, 1, 80, 64, 0},    /* one query row, GQA 2:1 */
+    {2, 1, 24, 48, 128, 1},  /* causal with an offset (n_q < n_k), d 128 */
+    {2, 2, 20, 40, 256, 0},  /* d 256, not causal */
+};
+#define N_LOWP (int)(sizeof LOWP_CASES / sizeof LOWP_CASES[0])
+
+/* The largest errors of this test (each runs in its own process), per dtype
+ * (0 bf16, 1 f16): O relative to max|v|, L absolute; printed at its end. */
+static double lowp_err_o[2], lowp_err_l[2];
+
+static void check_lowp(sl_ctx *ctx, sl_op op, const void *p, const sl_tensor *in, int n_in, int f16, double vmax,
+                       const char *what)
+{
+    const double tol_o = (f16 ? 3e-3 : 2e-2) * vmax, tol_l = 1e-3;
+    sl_tensor ref[2], out[2];
+    run_attn(ctx, SL_BACKEND_REF, op, p, in, ref);
+    sl_backend_id bs[SL_BACKEND__COUNT];
+    int nb = other_backends(bs);
+    for (int k = 0; k < nb; k++) {
+        run_attn(ctx, bs[k], op, p, in, out);
+        const char *bn = sl_backend_name(bs[k]);
+        for (int64_t i = 0; i < sl_tensor_numel(&ref[0]); i++) {
+            double x = tu_at(&out[0], i), r = tu_at(&ref[0], i), e = fabs(x - r);
+            if (!(e <= tol_o))
+                ck_abort_msg("%s on %s: O[%lld] = %g, ref %g (tolerance %g)", what, bn, (long long)i, x, r, tol_o);
+            lowp_err_o[f16] = fmax(lowp_err_o[f16], e / vmax);
+        }
+        for (int64_t i = 0; i < sl_tensor_numel(&ref[1]); i++) {
+            double x = tu_at(&out[1], i), r = tu_at(&ref[1], i);
+            if (isnan(x) || (isinf(r) ? x != r : !(fabs(x - r) <= tol_l)))
+                ck_abort_msg("%s on %s: L[%lld] = %.9g, ref %.9g", what, bn, (long long)i, x, r);
+            if (!isinf(r))
+                lowp_err_l[f16] = fmax(lowp_err_l[f16], fabs(x - r));
+        }
+        if (bs[k] == SL_BACKEND_CUDA) {
+            /* The native path ran: the f32 kernels on the same values agree with ref to f32 noise (1e-5) and
+             * differ from the bf16/f16 result by the rounding of P. */
+            sl_tensor in32[SL_OP_MAX_INPUTS], o32[2];
+            for (int i = 0; i < n_in; i++)
+                in32[i] = in[i];
+            for (int i = 0; i < 3; i++)
+                ck_assert_int_eq(sl_tensor_convert(ctx, &in[i], SL_F32, &in32[i]), SL_OK);
+            run_attn(ctx, SL_BACKEND_CUDA, op, p, in32, o32);
+            double diff = 0;
+            for (int64_t i = 0; i < sl_tensor_numel(&ref[0]); i++)
+                diff = fmax(diff, fabs(tu_at(&o32[0], i) - tu_at(&out[0], i)));
+            ck_assert_msg(diff > 1e-6 * vmax, "%s: the cuda result equals the f32 kernels' (max difference %g): "
+                          "q, k, v were converted to f32 before the kernel", what, diff);
+            release_n(o32, 2);
+            release_n(in32, 3);
+        }
+        release_n(out, 2);
+    }
+    release_n(ref, 2);
+}
+
+static int lowp_list_rule(const void *ud, int64_t h, int64_t e, int64_t j)
+{
+    const int64_t *seed = ud;
+    if (e == 1)
+        return 0; /* an empty list: its rows see no key */
+    return (mix((uint64_t)*seed ^ mix((uint64_t)h * 1000003u + (uint64_t)e * 7919u + (uint64_t)j)) >> 11) % 5 < 2;
+}
+
+START_TEST(test_lowp_attention)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 9700 + (uint64_t)_i);
+    const shape_case *c = &LOWP_CASES[_i / 2];
+    const int f16 = _i % 2;
+    const sl_dtype dt = f16 ? SL_F16 : SL_BF16;
+    sl_tensor f32in[3] = {{0}}, in[8] = {{0}};
+    qkv_of(ctx, &rng, c, 1.5, f32in);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(sl_tensor_convert(ctx, &f32in[i], dt, &in[i]), SL_OK);
+    release_n(f32in, 3);
+    sl_tensor v32;
+    ck_assert_int_eq(sl_tensor_convert(ctx, &in[2], SL_F32, &v32), SL_OK);
+    double vmax = 1e-30;
+    for (int64_t i = 0; i < sl_tensor_numel(&v32); i++)
+        vmax = fmax(vmax, fabs(tu_at(&v32, i)));
+    sl_tensor_release(&v32);
+    char what[128];
+    /* dense */
+    sl_attn_params pd = {.causal = c->causal, .scale = 0};
+    snprintf(what, sizeof what, "%s case %d dense", f16 ? "f16" : "bf16", _i / 2);
+    check_lowp(ctx, SL_OP_ATTN_DENSE, &pd, in, 3, f16, vmax, what);
+    /* block_sparse: random kept blocks ∩ causal (partial diagonal blocks), block row 1 empty */
+    const int bq = 16, bk = 16;
+    const int64_t nqb = (c->nq + bq - 1) / bq, nkb = (c->nk + bk - 1) / bk;
+    sl_tensor blocks;
+    int64_t bsh[3] = {c->hq, nqb, nkb};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, bsh, &blocks), SL_OK);
+    for (int64_t i = 0; i < c->hq * nqb * nkb; i++)
+        ((uint8_t *)blocks.data)[i] = sl_rng_uniform(&rng) < 0.6;
+    if (nqb > 1)
+        memset((uint8_t *)blocks.data + nkb, 0, (size_t)nkb);
+    sl_mask m;
+    ck_assert_int_eq(sl_mask_from_blocks(ctx, &blocks, c->nq, c->nk, bq, bk, c->causal, &m), SL_OK);
+    sl_tensor mq = in[0], mk = in[1], mv = in[2];
+    sl_mask_inputs(&m, &mq, &mk, &mv, in);
+    sl_attn_block_params pb = {.bq = bq, .bk = bk, .scale = 0};
+    snprintf(what, sizeof what, "%s case %d block_sparse", f16 ? "f16" : "bf16", _i / 2);
+    check_lowp(ctx, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, 7, f16, vmax, what);
+    sl_mask_release(&m);
+    sl_tensor_release(&blocks);
+    /* token_sparse: lists per entry of b rows (entry 1 empty), plain, with a bias, with a state */
+    sl_tensor bias = tu_randn(ctx, &rng, c->hq, c->nq, c->nk, 1.0);
+    sl_tensor st_o = tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0);
+    sl_tensor st_l = lse_random(ctx, &rng, c->hq, c->nq, 1.0, 5, 0);
+    const int64_t bs[2] = {1, 16};
+    for (int bi = 0; bi < 2; bi++) {
+        const int64_t b = bs[bi], n_e = (c->nq + b - 1) / b, seed = bi + 1;
+        make_lists(ctx, bi ? 1 : c->hq, n_e, c->nk, lowp_list_rule, &seed, &in[3], &in[4]);
+        sl_attn_token_params pt = {.rows_per_entry = b, .scale = 0};
+        for (int opt = 0; opt < 3; opt++) {
+            in[5] = opt == 1 ? bias : (sl_tensor){0};
+            in[6] = opt == 2 ? st_o : (sl_tensor){0};
+            in[7] = opt == 2 ? st_l : (sl_tensor){0};
+            snprintf(what, sizeof what, "%s case %d token_sparse b %lld opt %d", f16 ? "f16" : "bf16", _i / 2,
+                     (long long)b, opt);
+            check_lowp(ctx, SL_OP_ATTN_TOKEN_SPARSE, &pt, in, 8, f16, vmax, what);
+        }
+        release_n(&in[3], 2);
+    }
+    printf("lowp %s case %d: max |O - ref| / max|v| %.3g, max |L - ref| %.3g\n", f16 ? "f16" : "bf16", _i / 2,
+           lowp_err_o[f16], lowp_err_l[f16]);
+    sl_tensor_release(&bias);
+    sl_tensor_release(&st_o);
+    sl_tensor_release(&st_l);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_loop_test(tc, test_dense_backends_match_ref, 0, N_ATTN_CASES);
@@ -1710,6 +1864,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_attn_bucket_validation);
     tcase_add_test(tc, test_attn_bucket_alloc_failures_leak_nothing);
     tcase_add_loop_test(tc, test_big_d_masked_rows, 0, N_BIG_D);
+    tcase_add_loop_test(tc, test_lowp_attention, 0, 2 * N_LOWP);
 }
 
 int main(void) { return run_op_suite("attn_ops", add_tests); }

@@ -16,7 +16,10 @@
 #include "stage.cuh"
 #include "warp.cuh"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <math.h>
+#include <mma.h>
 #include <type_traits>
 
 namespace {
@@ -932,6 +935,10 @@ cudaError_t launch_merge(const sl__cuda_merge_args &a, cudaStream_t st)
 
 }  // namespace gathered
 
+// bf16 / f16 q, k, v on tensor cores (WMMA): attn.dense, attn.block_sparse and
+// attn.token_sparse; the host functions below branch on the inputs' dtype.
+#include "attn_mma.cuh"
+
 // ==== attn.linear, attn.pooled_kv ====
 
 namespace rowwise {
@@ -1177,6 +1184,10 @@ int choose_splits(int64_t ctas, int64_t max_keys)
 // per split of the keys, the merge kernel combines them with the state.
 sl_status run_gather(const sl__kargs *a, bool list)
 {
+    // bf16 / f16 q, k, v of attn.token_sparse on tensor cores (attn_mma.cuh); a mix runs as f32
+    const int mma = list ? sl__mma_dtype(a) : 0;
+    if (mma < 0)
+        return sl__mma_as_f32(a, sl__cuda_attn_token_sparse);
     const double scale = list ? static_cast<const sl_attn_token_params *>(a->params)->scale
                               : static_cast<const sl_attn_rows_params *>(a->params)->scale;
     const sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale);
@@ -1243,6 +1254,8 @@ sl_status run_gather(const sl__kargs *a, bool list)
     sl__cuda_merge_args mg = {g.part_o, g.part_lse, static_cast<const float *>(st.in[6]), static_cast<const float *>(st.in[7]),
                          static_cast<float *>(st.out[0]), static_cast<float *>(st.out[1]), dm.hq * n_out, (int)dm.d,
                          n_split};
+    if (mma > 0)  // O and LSE straight from the kernel, starting from the state
+        return sl__cuda_stage_out(&st, sl__cuda_token_sparse_mma(g, mg.o2, mg.lse2, mg.o, mg.lse, mma == 1, 0));
     cudaError_t err = list ? gathered::launch_token_sparse(g, 0) : gathered::launch_rows(g, 0);
     if (err == cudaSuccess)
         err = gathered::launch_merge(mg, 0);
@@ -1256,7 +1269,12 @@ sl_status sl__cuda_attn_dense(const sl__kargs *a)
     const sl_attn_params *p = static_cast<const sl_attn_params *>(a->params);
     sl__cuda_attn args = {};
     args.causal = p->causal != 0;
-    return run_attention(a, p->scale, 0, 0, &args, flash::launch_dense);
+    // bf16 / f16 q, k, v on tensor cores (attn_mma.cuh); a mix of dtypes runs as f32
+    const int mma = sl__mma_dtype(a);
+    if (mma < 0)
+        return sl__mma_as_f32(a, sl__cuda_attn_dense);
+    return run_attention(a, p->scale, 0, 0, &args,
+                         mma == 1 ? sl__cuda_attn_mma_dense_bf16 : mma == 2 ? sl__cuda_attn_mma_dense_f16 : flash::launch_dense);
 }
 
 sl_status sl__cuda_attn_block_sparse(const sl__kargs *a)
@@ -1269,7 +1287,14 @@ sl_status sl__cuda_attn_block_sparse(const sl__kargs *a)
     args.bq = (int)p->bq;
     args.bk = (int)p->bk;
     args.pv_skip_log2 = (float)(p->pv_skip * 1.4426950408889634);  // log2(e): scores run in base 2
-    return run_attention(a, p->scale, p->bq, args.n_qb, &args, flash::launch_block_sparse);
+    // bf16 / f16 q, k, v on tensor cores (attn_mma.cuh); pv_skip or a mix of dtypes runs as f32
+    const int mma = sl__mma_dtype(a);
+    if (mma < 0 || (mma > 0 && args.pv_skip_log2 > 0.f))
+        return sl__mma_as_f32(a, sl__cuda_attn_block_sparse);
+    return run_attention(a, p->scale, p->bq, args.n_qb, &args,
+                         mma == 1   ? sl__cuda_attn_mma_block_sparse_bf16
+                         : mma == 2 ? sl__cuda_attn_mma_block_sparse_f16
+                                    : flash::launch_block_sparse);
 }
 
 // attn.vs_mixed: the block kernel with the lists' columns after the blocks.

@@ -55,6 +55,23 @@ constexpr kernel_table make_kernel_table()
 
 constexpr kernel_table cuda_kernels = make_kernel_table();
 
+// The dtypes the kernels read natively for q, k, v (cuda/attn_mma.cuh: bf16
+// and f16 on tensor cores).
+struct dtype_table {
+    unsigned bits[SL_OP__COUNT];
+};
+
+constexpr dtype_table make_native_table()
+{
+    dtype_table t = {};
+    t.bits[SL_OP_ATTN_DENSE] = 1u << SL_F16 | 1u << SL_BF16;
+    t.bits[SL_OP_ATTN_BLOCK_SPARSE] = 1u << SL_F16 | 1u << SL_BF16;
+    t.bits[SL_OP_ATTN_TOKEN_SPARSE] = 1u << SL_F16 | 1u << SL_BF16;
+    return t;
+}
+
+constexpr dtype_table cuda_native = make_native_table();
+
 }  // namespace
 
-extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr, nullptr};
+extern "C" const sl__backend sl__backend_cuda = {"cuda", cuda_available, cuda_status, cuda_kernels.fn, nullptr, cuda_native.bits};

@@ -233,6 +233,23 @@ static int l_ops(lua_State *L)
             lua_setfield(L, -2, sl_backend_name((sl_backend_id)b));
         }
         lua_setfield(L, -2, "backends");
+        /* dtypes: per backend with a kernel, the dtypes it reads natively for q, k, v */
+        lua_createtable(L, 0, SL_BACKEND__COUNT);
+        for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+            if (!sl_backend_supports((sl_backend_id)b, (sl_op)o))
+                continue;
+            const unsigned bits = sl_backend_native_dtypes((sl_backend_id)b, (sl_op)o);
+            const sl_dtype order[3] = {SL_F32, SL_BF16, SL_F16};
+            lua_createtable(L, 3, 0);
+            int n = 0;
+            for (int t = 0; t < 3; t++)
+                if (bits & (1u << order[t])) {
+                    lua_pushstring(L, sl_dtype_name(order[t]));
+                    lua_rawseti(L, -2, ++n);
+                }
+            lua_setfield(L, -2, sl_backend_name((sl_backend_id)b));
+        }
+        lua_setfield(L, -2, "dtypes");
         lua_rawseti(L, -2, o + 1);
     }
     return 1;

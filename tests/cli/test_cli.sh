@@ -38,6 +38,7 @@ for id in s2_attention power_attention triangle_mix masformer blindsight neighbo
 done
 expect_rc 0 "ops --json" "$SL" ops --json
 grep -q '"op":"attn.block_sparse"' "$T/out" && ok || bad "ops --json lacks attn.block_sparse"
+grep '"op":"attn.dense"' "$T/out" | grep -q '"dtypes":{[^}]*"cpu":\["f32"\]' && ok || bad "ops --json: attn.dense without its dtypes"
 
 # eval --out against the independent checker (8 heads x 1000 tokens x 64, GQA 8:2)
 "$CHECK" make "$T/qkv.safetensors" 8 2 1000 64 7 && ok || bad "make qkv"

@@ -12,7 +12,7 @@ local USAGE = [[
 usage: sparselab                         start the REPL
        sparselab run SCRIPT.lua [ARGS]   run an experiment script
        sparselab methods [--json]        every method: id, title, family, phase, backends
-       sparselab ops [--json]            op x backend coverage
+       sparselab ops [--json]            op x backend coverage (--json: also the dtypes each backend reads natively)
        sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D | --flops F | --kv-bytes B]
                       [--param K=V]... [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE]
                       [--json] [--out FILE.safetensors]   (sparselab eval --help: what each target means)
@@ -198,7 +198,7 @@ function C.ops(argv)
       local params = {}
       for i, p in ipairs(op.params) do params[i] = p end
       out(sl.json_encode{op = op.name, inputs = op.inputs, outputs = op.outputs, doc = op.doc,
-        params = params, backends = op.backends})
+        params = params, backends = op.backends, dtypes = op.dtypes})
     else
       rows[#rows + 1] = r
     end
