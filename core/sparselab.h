@@ -552,8 +552,9 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * smooth_k, causal, scale. With smooth_k, K' = K - mean_t K (per kv head) and
  * c_i = q_i . mean_t K (exact, f32 inputs, float64 sum), else K' = K, c = 0.
  * Q is quantised per group of q_group rows of a head, K' per group of k_group
- * keys: step = max|x| / (2^(bits-1) - 1) over the group (f32; 1 when the
- * group is all zero), x~ = step . clamp(roundf(x / step), -qmax, qmax)
+ * keys: step = max|x| / (2^(bits-1) - 1) over the group (f32; 1 when that
+ * is 0: an all-zero group, or one so small that the step underflows),
+ * x~ = step . clamp(roundf(x / step), -qmax, qmax)
  * (computed in f32); bits = 16 leaves Q and K' as they are. The estimate is
  * s_ij = (q~_i . k~'_j + c_i) . scale, and the output [Hq, ceil(Nq/bq),
  * ceil(Nk/bk)] holds, per (query block, key block), the max over its pairs

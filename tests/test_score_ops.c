@@ -353,6 +353,39 @@ START_TEST(test_score_lowbit)
 }
 END_TEST
 
+/* A group whose step max|x| / qmax underflows f32 (a subnormal row) and an
+ * all-zero group quantise with step 1 (the contract): their scores are the
+ * exact correction only, finite wherever the block has pairs, the same on
+ * every backend. */
+START_TEST(test_score_lowbit_tiny_groups)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6150);
+    sl_tensor in[3] = {tu_randn(ctx, &rng, 2, 8, 4, 1), tu_randn(ctx, &rng, 1, 8, 4, 1), {0}};
+    float *q = in[0].data;
+    for (int c = 0; c < 4; c++) {
+        q[0 * 4 + c] = c == 0 ? 1e-45f : 0.0f; /* head 0, row 0: max/qmax rounds to 0 */
+        q[1 * 4 + c] = 0.0f;                    /* head 0, row 1: all zero */
+        q[(8 + 2) * 4 + c] = c == 1 ? -1e-45f : 0.0f;
+    }
+    sl_score_lowbit_params p = {.bq = 1, .bk = 4, .bits = 8, .q_group = 1, .k_group = 4, .smooth_k = 1,
+                                .causal = 0, .scale = 0};
+    check_op_vs_ref(ctx, SL_OP_SCORE_LOWBIT, &p, in, 2e-5, "score.lowbit tiny groups");
+    sl_tensor out[1];
+    for (int b = SL_BACKEND_REF; b <= SL_BACKEND_CPU; b++) {
+        ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)b, SL_OP_SCORE_LOWBIT, &p, in, out), SL_OK);
+        for (int64_t i = 0; i < sl_tensor_numel(&out[0]); i++)
+            ck_assert_msg(isfinite(tu_at(&out[0], i)), "backend %s: block %lld is %g; every block has pairs",
+                          sl_backend_name((sl_backend_id)b), (long long)i, tu_at(&out[0], i));
+        sl_tensor_release(&out[0]);
+    }
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 /* At 16 bits with the dense lse, the estimate of a block is the log of the
  * largest true attention probability in it: never above 0, and a row's best
  * block reaches at least log(1/n_keys). */
@@ -742,6 +775,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_score_validation);
     tcase_add_test(tc, test_pooled_flops_small);
     tcase_add_loop_test(tc, test_score_lowbit, 0, N_CASES);
+    tcase_add_test(tc, test_score_lowbit_tiny_groups);
     tcase_add_test(tc, test_score_lowbit_oracle_is_log_probability);
     tcase_add_test(tc, test_score_hash);
     tcase_add_loop_test(tc, test_antidiag_backends, 0, N_CASES);

@@ -547,26 +547,23 @@ static void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t gro
         float mx = 0;
         for (int64_t i = 0; i < n; i++)
             mx = fmaxf(mx, fabsf(xg[i]));
-        float step = mx > 0 ? mx / qmax : 1.0f;
+        float step = mx / qmax;
+        if (step == 0.0f)
+            step = 1.0f; /* an all-zero group, or one whose step underflows f32 */
         for (int64_t i = 0; i < n; i++)
             og[i] = fminf(fmaxf(roundf(xg[i] / step), -qmax), qmax) * step;
     }
 }
 
-/* ks = K - mean_t K per channel (mean: double sums, stored as f32); mean = 0
- * without smoothing. */
+/* ks = K - mean_t K per channel (mean: a double sum over tokens, stored as
+ * f32); mean = 0 without smoothing. */
 static void lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, float *ks, float *mean)
 {
-    for (int64_t c = 0; c < d; c++)
-        mean[c] = 0.0f;
-    if (smooth && nk > 0) {
-        double *sum = calloc((size_t)d, sizeof *sum);
-        for (int64_t t = 0; sum && t < nk; t++)
-            for (int64_t c = 0; c < d; c++)
-                sum[c] += k[t * d + c];
-        for (int64_t c = 0; sum && c < d; c++)
-            mean[c] = (float)(sum[c] / (double)nk);
-        free(sum);
+    for (int64_t c = 0; c < d; c++) {
+        double sum = 0;
+        for (int64_t t = 0; smooth && t < nk; t++)
+            sum += k[t * d + c];
+        mean[c] = smooth && nk > 0 ? (float)(sum / (double)nk) : 0.0f;
     }
     for (int64_t t = 0; t < nk; t++)
         for (int64_t c = 0; c < d; c++)

@@ -1226,19 +1226,12 @@ sl_status run_gather(const sl__kargs *a, bool list)
     sl_status s = sl__cuda_stage_in(&st);
     if (s != SL_OK)
         return s;
-    void *ws = nullptr;
-    const size_t part_floats = (size_t)n_split * (size_t)dm.hq * (size_t)n_out;
-    s = sl__cuda_scratch(&st, part_floats * (size_t)(dm.d + 1) * sizeof(float), &ws);
-    if (s != SL_OK)
-        return s;
     sl__cuda_gather g = {};
     g.q = static_cast<const float *>(st.in[0]);
     g.k = static_cast<const float *>(st.in[1]);
     g.v = static_cast<const float *>(st.in[2]);
     g.bias = static_cast<const float *>(st.in[5]);
     g.bias_heads = a->in[5].buf ? (int)a->in[5].shape[0] : 0;
-    g.part_o = static_cast<float *>(ws);
-    g.part_lse = g.part_o + part_floats * (size_t)dm.d;
     g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
     g.n_out = (int)n_out, g.n_split = n_split;
     g.scale_log2 = (float)(dm.scale * 1.4426950408889634);
@@ -1251,11 +1244,19 @@ sl_status run_gather(const sl__kargs *a, bool list)
         g.limits = static_cast<const int32_t *>(st.in[4]);
         g.hr = (int)a->in[3].shape[0];
     }
-    sl__cuda_merge_args mg = {g.part_o, g.part_lse, static_cast<const float *>(st.in[6]), static_cast<const float *>(st.in[7]),
-                         static_cast<float *>(st.out[0]), static_cast<float *>(st.out[1]), dm.hq * n_out, (int)dm.d,
-                         n_split};
-    if (mma > 0)  // O and LSE straight from the kernel, starting from the state
-        return sl__cuda_stage_out(&st, sl__cuda_token_sparse_mma(g, mg.o2, mg.lse2, mg.o, mg.lse, mma == 1, 0));
+    const float *state_o = static_cast<const float *>(st.in[6]), *state_lse = static_cast<const float *>(st.in[7]);
+    float *o = static_cast<float *>(st.out[0]), *lse = static_cast<float *>(st.out[1]);
+    if (mma > 0)  // O and LSE straight from the kernel, starting from the state (no split partials)
+        return sl__cuda_stage_out(&st, sl__cuda_token_sparse_mma(g, state_o, state_lse, o, lse, mma == 1, 0));
+    // the f32 kernels: a partial (O, L) per split of the keys, merged with the state
+    void *ws = nullptr;
+    const size_t part_floats = (size_t)n_split * (size_t)dm.hq * (size_t)n_out;
+    s = sl__cuda_scratch(&st, part_floats * (size_t)(dm.d + 1) * sizeof(float), &ws);
+    if (s != SL_OK)
+        return s;
+    g.part_o = static_cast<float *>(ws);
+    g.part_lse = g.part_o + part_floats * (size_t)dm.d;
+    sl__cuda_merge_args mg = {g.part_o, g.part_lse, state_o, state_lse, o, lse, dm.hq * n_out, (int)dm.d, n_split};
     cudaError_t err = list ? gathered::launch_token_sparse(g, 0) : gathered::launch_rows(g, 0);
     if (err == cudaSuccess)
         err = gathered::launch_merge(mg, 0);

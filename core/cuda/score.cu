@@ -352,7 +352,9 @@ void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int
         float amax = 0.0f;
         for (int64_t i = first; i < last; i++)
             amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
-        const float step = amax > 0.0f ? amax / qmax : 1.0f;
+        float step = amax / qmax;
+        if (step == 0.0f)
+            step = 1.0f;  // an all-zero group, or one whose step underflows f32
         for (int64_t i = first; i < last; i++) {
             float level = roundf(x[i] / step);
             level = level > qmax ? qmax : (level < -qmax ? -qmax : level);

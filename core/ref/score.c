@@ -397,7 +397,9 @@ static void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t gro
         double mx = 0;
         for (int64_t i = g0 * d; i < g1 * d; i++)
             mx = fabs((double)x[i]) > mx ? fabs((double)x[i]) : mx;
-        double step = mx > 0 ? (double)(float)(mx / qmax) : 1.0;
+        double step = (double)(float)(mx / qmax);
+        if (step == 0)
+            step = 1.0; /* an all-zero group, or one whose step underflows f32 */
         for (int64_t i = g0 * d; i < g1 * d; i++) {
             double level = round((double)(float)((double)x[i] / step));
             if (level > qmax)
