@@ -1,4 +1,4 @@
--- schema.sql — the full current schema of a sparselab store (after migration 002), for reading.
+-- schema.sql — the full current schema of a sparselab store (after migration 003), for reading.
 -- The store builds databases from migrations/NNN_*.sql, never from this file; tests/test_store.c
 -- checks that this file and the migrations give the same schema. Views live in views.sql.
 -- When a migration is added, this file becomes the schema after it, with its number below.
@@ -99,4 +99,16 @@ CREATE TABLE fit (
 
 CREATE INDEX fit_law ON fit(law);
 
-PRAGMA user_version = 2;
+-- Points claimed by a running sweep (migration 003): a point is run and recorded by one sweep at a
+-- time; the claim goes when its result is recorded, or when the sweep ends; a claim whose owner
+-- process is gone is taken over.
+CREATE TABLE claim (
+    point_key TEXT PRIMARY KEY,
+    owner     TEXT NOT NULL,            -- "HOST PID START" of the sweep process (sl.process_token)
+    run_id    INTEGER,                  -- the claiming run, once it has one (informative)
+    beat      REAL NOT NULL             -- unix seconds of the owner's last commit (a heartbeat)
+) STRICT, WITHOUT ROWID;
+
+CREATE INDEX claim_owner ON claim(owner);
+
+PRAGMA user_version = 3;

@@ -369,6 +369,13 @@ static sl_store_status open_checks(sl_store *st)
     /* WAL lets readers work while the sweep writes. It is a property of the
      * file, so a read-only file keeps whatever mode it has. */
     rc = sqlite3_exec(st->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
+    /* Changing the journal mode of a new file takes a lock that the busy
+     * timeout does not wait for: two processes opening one new database at
+     * once (two sweeps) retry for up to 5 s, as other statements wait. */
+    for (int tries = 0; (rc & 0xff) == SQLITE_BUSY && tries < 250; tries++) {
+        sqlite3_sleep(20);
+        rc = sqlite3_exec(st->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
+    }
     if (rc != SQLITE_OK && !is_readonly(rc))
         return db_fail(st, fn, "PRAGMA journal_mode = WAL");
     if (sqlite3_exec(st->db, "PRAGMA foreign_keys = ON", NULL, NULL, NULL) != SQLITE_OK)

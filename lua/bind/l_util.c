@@ -9,9 +9,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #ifndef SL_BUILD_FLAGS
 #define SL_BUILD_FLAGS "unknown"
@@ -244,6 +250,221 @@ static int l_mkdir(lua_State *L)
     return 0;
 }
 
+/* ---- sl.limited_call: a function run in a child process under a wall-clock
+ * and a memory limit -------------------------------------------------------- */
+
+struct mem_cap {
+    lua_Alloc inner;
+    void *inner_ud;
+    size_t used, cap;
+    int hit;
+};
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct mem_cap *m = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize > old && m->used + (nsize - old) > m->cap) {
+        m->hit = 1;
+        return NULL; /* Lua raises "not enough memory" */
+    }
+    void *p = m->inner(m->inner_ud, ptr, osize, nsize);
+    if (p || nsize == 0) m->used = m->used - old + nsize;
+    return p;
+}
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* sl.limited_call(f, seconds, max_bytes) runs f() in a forked child of this
+ * process, where the Lua allocator refuses to grow the heap by more than
+ * max_bytes, and kills the child after `seconds` of wall-clock time (so a
+ * single long C call such as a pathological string.match is stopped too).
+ * f must return a string. Returns true, the string; or false and "timeout",
+ * "memory", or the error message of f. */
+static int l_limited_call(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    double seconds = luaL_checknumber(L, 2);
+    lua_Integer max_bytes = luaL_checkinteger(L, 3);
+    if (!(seconds > 0) || max_bytes < 1) return sl__lua_error(L, "sl.limited_call: seconds and max_bytes must be > 0");
+    int fds[2];
+    if (pipe(fds) != 0) return sl__lua_error(L, "sl.limited_call: pipe: %s", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
+        return sl__lua_error(L, "sl.limited_call: fork: %s", strerror(errno));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        signal(SIGPIPE, SIG_IGN);
+        struct mem_cap m = {0};
+        m.inner = lua_getallocf(L, &m.inner_ud);
+        m.used = (size_t)lua_gc(L, LUA_GCCOUNT, 0) * 1024u + (size_t)lua_gc(L, LUA_GCCOUNTB, 0);
+        m.cap = m.used + (size_t)max_bytes;
+        lua_setallocf(L, capped_alloc, &m);
+        lua_pushvalue(L, 1);
+        int st = lua_pcall(L, 0, 1, 0);
+        size_t n = 0;
+        const char *s = NULL;
+        char tag = 'O';
+        if (st == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+            s = lua_tolstring(L, -1, &n);
+        } else if (st == LUA_OK) {
+            tag = 'E';
+            s = "sl.limited_call: the function did not return a string";
+            n = strlen(s);
+        } else if (st == LUA_ERRMEM || m.hit) {
+            tag = 'M';
+        } else {
+            tag = 'E';
+            s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : "(error object is not a string)";
+            if (lua_type(L, -1) != LUA_TSTRING) n = strlen(s);
+        }
+        write_all(fds[1], &tag, 1);
+        if (s) write_all(fds[1], s, n);
+        close(fds[1]);
+        _exit(0);
+    }
+    close(fds[1]);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    double deadline = mono_now() + seconds;
+    int timed_out = 0;
+    char buf[4096];
+    for (;;) {
+        double left = deadline - mono_now();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pf = {fds[0], POLLIN, 0};
+        int r = poll(&pf, 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) continue;
+        if (r < 0) break;
+        ssize_t got = read(fds[0], buf, sizeof buf);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) break;
+        luaL_addlstring(&b, buf, (size_t)got);
+    }
+    close(fds[0]);
+    if (timed_out) kill(pid, SIGKILL);
+    int wst = 0;
+    while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {
+    }
+    luaL_pushresult(&b);
+    size_t n;
+    const char *out = lua_tolstring(L, -1, &n);
+    if (timed_out) {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "timeout");
+    } else if (n == 0) {
+        lua_pushboolean(L, 0);
+        if (WIFSIGNALED(wst))
+            lua_pushfstring(L, "the evaluating process was killed by signal %d", WTERMSIG(wst));
+        else
+            lua_pushliteral(L, "memory"); /* died before it could answer: out of memory */
+    } else if (out[0] == 'O') {
+        lua_pushboolean(L, 1);
+        lua_pushlstring(L, out + 1, n - 1);
+    } else if (out[0] == 'M') {
+        lua_pushboolean(L, 0);
+        lua_pushliteral(L, "memory");
+    } else {
+        lua_pushboolean(L, 0);
+        lua_pushlstring(L, out + 1, n - 1);
+    }
+    return 2;
+}
+
+/* The start time of process pid in clock ticks since boot (field 22 of
+ * /proc/PID/stat) and its state letter; 0 when it cannot be read. */
+static unsigned long long proc_start(long pid, char *state)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (!p) return 0;
+    unsigned long long start = 0;
+    char st = '?';
+    /* after ") ": state (field 3) ... starttime (field 22) */
+    if (sscanf(p + 1, " %c %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %*s %llu", &st,
+               &start) != 2)
+        return 0;
+    if (state) *state = st;
+    return start;
+}
+
+/* sl.process_token(): "HOST PID START", naming this process uniquely on this
+ * host (the start time tells a reused pid apart). */
+static int l_process_token(lua_State *L)
+{
+    char host[256] = "?";
+    if (gethostname(host, sizeof host - 1) != 0) strcpy(host, "?");
+    host[sizeof host - 1] = '\0';
+    for (char *c = host; *c; c++)
+        if (*c == ' ') *c = '_';
+    long pid = (long)getpid();
+    char buf[320];
+    snprintf(buf, sizeof buf, "%s %ld %llu", host, pid, proc_start(pid, NULL));
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* sl.process_alive(token): true when token (from sl.process_token) names a
+ * live process on this host; false when it names a process of this host that
+ * is gone (or a zombie); nil when the token is of another host. */
+static int l_process_alive(lua_State *L)
+{
+    const char *tok = luaL_checkstring(L, 1);
+    char host[256] = "?", th[256];
+    long pid;
+    unsigned long long start;
+    if (gethostname(host, sizeof host - 1) != 0) strcpy(host, "?");
+    host[sizeof host - 1] = '\0';
+    for (char *c = host; *c; c++)
+        if (*c == ' ') *c = '_';
+    if (sscanf(tok, "%255s %ld %llu", th, &pid, &start) != 3 || pid <= 0) {
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (strcmp(th, host) != 0) {
+        lua_pushnil(L);
+        return 1;
+    }
+    char st = '?';
+    unsigned long long now_start = proc_start(pid, &st);
+    int alive = (kill((pid_t)pid, 0) == 0 || errno == EPERM) && now_start != 0 && now_start == start && st != 'Z' &&
+                st != 'X';
+    lua_pushboolean(L, alive);
+    return 1;
+}
+
 void sl__lua_open_util(lua_State *L)
 {
     static const luaL_Reg fns[] = {{"time", l_time},
@@ -255,6 +476,9 @@ void sl__lua_open_util(lua_State *L)
                                    {"sha256", l_sha256},
                                    {"listdir", l_listdir},
                                    {"mkdir", l_mkdir},
+                                   {"limited_call", l_limited_call},
+                                   {"process_token", l_process_token},
+                                   {"process_alive", l_process_alive},
                                    {NULL, NULL}};
     luaL_setfuncs(L, fns, 0);
     lua_pushstring(L, SL_VERSION);

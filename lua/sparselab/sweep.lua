@@ -39,6 +39,15 @@
 -- A sweep killed midway therefore finishes by running it again (with or
 -- without --resume); its run row stays 'running'.
 --
+-- Claims (table claim, migration 003): a sweep claims the points it will run
+-- in the write transaction in which it reads what is recorded, and skips
+-- (and reports) points that another live sweep has claimed, so two sweeps,
+-- shards or resumes of one config on one database never run a point twice.
+-- A point's claim goes in the transaction that records it; the rest when the
+-- sweep ends (interrupted or not). A claim of a process of this host that is
+-- gone (SIGKILL) is taken over at once; one of another host once it has not
+-- committed for S.CLAIM_STALE_SECONDS.
+--
 -- Worker protocol (framing and process handling in runner.h): each point
 -- goes to a worker as one line, S.encode of {method, params, budget, target,
 -- workload, backend, causal, reps}; the reply is S.encode of {ok = true,
@@ -55,6 +64,7 @@ local S = {}
 
 S.BATCH = 20          -- results per transaction at most
 S.BATCH_SECONDS = 1   -- and a transaction stays open about this long at most
+S.CLAIM_STALE_SECONDS = 600 -- a claim of another host's sweep that has not committed for this long is taken over
 
 if os.getenv("SPARSELAB_TEST_METHODS") == "1" then require("sparselab.sweep_testing") end
 
@@ -224,8 +234,18 @@ function S.check_config(cfg, where)
   return cfg
 end
 
---- Loads and checks the config file at path.
-function S.load_config(path)
+S.CONFIG_TIMEOUT = 10    -- seconds a config may take to evaluate (--config-timeout)
+S.CONFIG_MEMORY = 1024   -- MiB a config may allocate while it evaluates (--config-memory)
+
+--- Loads and checks the config file at path. The config is evaluated in a
+--- child process (sl.limited_call) killed after limits.timeout seconds of
+--- wall-clock time (default S.CONFIG_TIMEOUT; this stops endless loops and
+--- tail calls and single long C calls such as a pathological string.match)
+--- and refused more than limits.memory MiB (default S.CONFIG_MEMORY); its
+--- table comes back as an S.encode line. Exceeding a limit is a user error
+--- naming the config file and the limit.
+function S.load_config(path, limits)
+  limits = limits or {}
   local f, err = io.open(path, "rb")
   if not f then sl.fail("%s", err) end
   local text = f:read("a")
@@ -234,15 +254,30 @@ function S.load_config(path)
   local libs = {math = env.math, string = env.string, table = env.table}
   local chunk, lerr = load(text, "@" .. path, "t", env)
   if not chunk then sl.fail("%s", lerr) end
-  local ok, cfg = pcall(chunk)
-  if not ok then sl.fail("%s", tostring(cfg)) end
-  if cfg == nil then
-    cfg = {}
-    for k, v in pairs(env) do if libs[k] ~= v then cfg[k] = v end end
+  local timeout = limits.timeout or S.CONFIG_TIMEOUT
+  local mib = limits.memory or S.CONFIG_MEMORY
+  local ok, res = sl.limited_call(function()
+    local cfg = chunk()
+    if cfg == nil then
+      cfg = {}
+      for k, v in pairs(env) do if libs[k] ~= v then cfg[k] = v end end
+    end
+    if type(cfg) ~= "table" then
+      error(string.format("%s: a sweep config returns a table (or assigns its keys), found a %s", path, type(cfg)), 0)
+    end
+    local eok, line = pcall(S.encode, cfg)
+    if not eok then error(string.format("%s: %s", path, tostring(line)), 0) end
+    return line
+  end, timeout, math.floor(mib * 1048576))
+  if not ok then
+    if res == "timeout" then
+      sl.fail("%s: the config took more than %g s to evaluate (--config-timeout)", path, timeout)
+    elseif res == "memory" then
+      sl.fail("%s: the config used more than %g MiB of memory to evaluate (--config-memory)", path, mib)
+    end
+    sl.fail("%s", tostring(res))
   end
-  if type(cfg) ~= "table" then
-    sl.fail("%s: a sweep config returns a table (or assigns its keys), found a %s", path, type(cfg))
-  end
+  local cfg = S.decode(res)
   return S.check_config(cfg, path)
 end
 
@@ -516,17 +551,44 @@ function S.run(o)
   local all = S.expand(cfg, where)
   local points = o.shard and S.shard(all, o.shard[1], o.shard[2]) or all
   local sum = {points = #points, total = #all, skipped_ok = 0, skipped_failed = 0, done = 0, failed = 0}
+  sum.skipped_claimed = 0
   local db = sl.store.open(o.db)
+  -- What is recorded and what other live sweeps have claimed is read, and
+  -- our points claimed, in one write transaction (BEGIN IMMEDIATE), so two
+  -- sweeps never both take a point.
+  local me = sl.process_token()
+  if not o.dry_run then db:begin() end
   local have = recorded(db)
+  local claimed = {}
+  local now = os.time()
+  local alive = {}
+  for _, row in ipairs(db:query("SELECT point_key AS k, owner, beat FROM claim")) do
+    if row.owner ~= me then
+      local live = alive[row.owner]
+      if live == nil then
+        live = sl.process_alive(row.owner)
+        if live == nil then live = now - row.beat < S.CLAIM_STALE_SECONDS end -- another host's sweep
+        alive[row.owner] = live
+      end
+      if live then claimed[row.k] = true end
+    end
+  end
   local todo = {}
   for _, p in ipairs(points) do
     local st = have[p.key]
     if st == "ok" then sum.skipped_ok = sum.skipped_ok + 1
     elseif st == "failed" and not o.resume then sum.skipped_failed = sum.skipped_failed + 1
+    elseif claimed[p.key] then sum.skipped_claimed = sum.skipped_claimed + 1
     else
       p.replace = st == "failed"
       todo[#todo + 1] = p
     end
+  end
+  if not o.dry_run then
+    for _, p in ipairs(todo) do
+      db:query("INSERT OR REPLACE INTO claim (point_key, owner, beat) VALUES (?, ?, ?)", p.key, me, now)
+    end
+    db:commit()
   end
   sum.todo = #todo
   local workers = math.max(1, math.min(o.workers or cfg.workers or sl.threads(), #todo))
@@ -536,6 +598,10 @@ function S.run(o)
   if sum.skipped_ok + sum.skipped_failed > 0 then
     skipped = string.format("; %d already in %s (%d ok, %d failed%s)", sum.skipped_ok + sum.skipped_failed, o.db,
       sum.skipped_ok, sum.skipped_failed, sum.skipped_failed > 0 and ", not retried without --resume" or "")
+  end
+  if sum.skipped_claimed > 0 then
+    skipped = skipped .. string.format("; %d claimed by another running sweep (skipped; run again once it ends " ..
+      "to pick up any it leaves)", sum.skipped_claimed)
   end
   local running = #todo == 0 and "" or string.format("; running %d with %d worker%s%s", #todo, workers,
     workers == 1 and "" or "s", timeout and timeout > 0 and string.format(", timeout %g s", timeout) or "")
@@ -550,8 +616,17 @@ function S.run(o)
     local ok, j = pcall(sl.json_encode, cfg)
     cfg_json = ok and j or nil
   end
-  local run_id = db:begin_run{script = o.config_path, argv = o.argv, config = cfg_json}
+  local ok_run, run_id = pcall(db.begin_run, db, {script = o.config_path, argv = o.argv, config = cfg_json})
+  if not ok_run then
+    pcall(db.query, db, "DELETE FROM claim WHERE owner = ?", me)
+    db:close()
+    error(run_id, 0)
+  end
   sum.run_id = run_id
+  db:query("UPDATE claim SET run_id = ? WHERE owner = ?", run_id, me)
+  local function release()
+    db:query("DELETE FROM claim WHERE owner = ?", me)
+  end
   local lines = {}
   for i, p in ipairs(todo) do
     lines[i] = S.encode{method = p.method, params = p.params, budget = p.budget, target = p.target,
@@ -560,6 +635,7 @@ function S.run(o)
   local pending, opened = 0, 0
   local function flush()
     if pending > 0 then
+      db:query("UPDATE claim SET beat = ? WHERE owner = ?", os.time(), me)
       db:commit()
       pending = 0
     end
@@ -578,6 +654,7 @@ function S.run(o)
     end
     if p.replace then db:query("DELETE FROM result WHERE point_key = ? AND status = 'failed'", p.key) end
     db:record(rec)
+    db:query("DELETE FROM claim WHERE point_key = ? AND owner = ?", p.key, me)
     pending = pending + 1
     if pending >= S.BATCH then flush() end
     return failed
@@ -590,11 +667,13 @@ function S.run(o)
     timeout = timeout, progress = o.progress, label = "sweep", on_result = on_result, on_tick = on_tick})
   if not ok then
     pcall(flush)
+    pcall(release)
     pcall(db.finish_run, db, run_id, "failed")
     db:close()
     error(res, 0)
   end
   flush()
+  release()
   db:finish_run(run_id, res.interrupted and "interrupted" or "ok")
   db:close()
   sum.done, sum.failed, sum.interrupted, sum.seconds = res.done, res.failed, res.interrupted, res.seconds

@@ -6,7 +6,11 @@
 # failing and a hanging point recorded as failed with their signal while the
 # others succeed, --resume retrying failed points without duplicating them,
 # shards 1/2 + 2/2 merged equal to the unsharded key set, Ctrl-C (exit 130,
-# work committed), and one-line errors for bad configs and options.
+# work committed), two concurrent sweeps of one config on one database (each
+# point once, both exit 0, the second reports the points it skipped as claimed),
+# configs that loop, backtrack, tail-call forever or exhaust memory while they
+# evaluate (exit 1 within --config-timeout / --config-memory, one line naming
+# the file and the limit), and one-line errors for bad configs and options.
 # Closes with "sweep: N passed, N failed".
 set -u
 BUILD=${BUILD:-build}
@@ -199,6 +203,41 @@ one_line_err "junk.db: not a sparselab database" "merge a non-database"
 [ ! -e "$T/m.db" ] && ok || bad "a failed merge check created the output"
 expect_rc 1 "merge into itself" "$SL" merge "$T/big.db" "$T/big.db"
 one_line_err "is the output database itself" "merge into itself"
+
+# ---- two sweeps of one config on one database at once: each point once ----
+"$SL" sweep configs/sweeps/smoke.lua --db "$T/two.db" --workers 2 >"$T/two1.out" 2>"$T/two1.err" &
+p1=$!
+"$SL" sweep configs/sweeps/smoke.lua --db "$T/two.db" --workers 2 >"$T/two2.out" 2>"$T/two2.err"
+rc2=$?
+wait $p1
+rc1=$?
+eq "two concurrent sweeps: exit statuses" "$rc1 $rc2" "0 0"
+eq "two concurrent sweeps: each point once" \
+    "$(q "$T/two.db" "SELECT count(*), count(DISTINCT point_key), sum(status = 'ok') FROM result")" "36,36,36"
+cat "$T/two1.out" "$T/two2.out" | grep -q "claimed by another running sweep" && ok ||
+    bad "the second sweep does not say it skipped claimed points: $(cat "$T/two1.out" "$T/two2.out")"
+eq "no claims left" "$(q "$T/two.db" "SELECT count(*) FROM claim")" "0"
+
+# ---- a config's own evaluation is limited in time and memory ----
+printf 'while true do end\n' >"$T/spin.lua"
+printf 'local s = string.rep("a", 1e4):match(string.rep(".-", 30) .. "b")\nreturn {methods = {"dense"}}\n' >"$T/match.lua"
+printf 'local function f() return f() end\nf()\n' >"$T/tail.lua"
+for c in spin match tail; do
+    t0=$(now)
+    expect_rc 1 "$c.lua: config timeout" timeout 20 "$SL" sweep "$T/$c.lua" --db "$T/x.db" --config-timeout 2
+    t1=$(now)
+    echo "$c.lua: exit status 1 after $(echo "$t1 - $t0" | bc) s (--config-timeout 2)"
+    [ "$(echo "$t1 - $t0 < 5" | bc)" = 1 ] && ok || bad "$c.lua: took $(echo "$t1 - $t0" | bc) s"
+    one_line_err "$c.lua: the config took more than 2 s to evaluate (--config-timeout)" "$c.lua: config timeout"
+done
+printf 'local t = {}\nwhile true do t[#t + 1] = string.rep("x", 1e6) end\n' >"$T/bomb.lua"
+t0=$(now)
+expect_rc 1 "bomb.lua: config memory" timeout 20 "$SL" sweep "$T/bomb.lua" --db "$T/x.db" --config-memory 64
+t1=$(now)
+echo "bomb.lua: exit status 1 after $(echo "$t1 - $t0" | bc) s (--config-memory 64)"
+one_line_err "bomb.lua: the config used more than 64 MiB of memory to evaluate (--config-memory)" "bomb.lua: config memory"
+expect_rc 0 "a config within its limits" "$SL" sweep configs/sweeps/smoke.lua --db "$T/lim.db" --dry-run --config-timeout 2 --config-memory 64
+[ ! -e "$T/x.db" ] && ok || bad "a config over its limits created the database"
 
 echo "sweep: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -21,6 +21,7 @@ usage: sparselab                         start the REPL
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
        sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]
+                      [--config-timeout S] [--config-memory MIB]   (sparselab sweep --help: claims, limits)
        sparselab merge OUT.db IN.db...
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]

@@ -1,5 +1,6 @@
 -- sparselab.cli.sweep — `sparselab sweep CONFIG.lua --db FILE [--workers N]
--- [--timeout S] [--resume] [--shard I/N] [--dry-run]` (DESIGN §9; the config
+-- [--timeout S] [--resume] [--shard I/N] [--dry-run] [--config-timeout S]
+-- [--config-memory MIB]` (DESIGN §9; the config
 -- format and the resume rule are in sparselab/sweep.lua). The hidden
 -- `sparselab sweep --worker` is the worker process the runner starts.
 --
@@ -11,7 +12,26 @@
 local sl = require "sparselab"
 local sweep = require "sparselab.sweep"
 
-local USAGE = "usage: sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]"
+local USAGE = "usage: sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run] [--config-timeout S] [--config-memory MIB]"
+
+local HELP = USAGE .. [[
+
+  Runs every point of CONFIG.lua (a Lua table; see lua/sparselab/sweep.lua) in worker processes and
+  records each in the database FILE under its point key; points already recorded 'ok' are skipped
+  (failed ones too, unless --resume, which runs them again and replaces the failed row).
+  --workers N         worker processes (default: the config's workers, else the CPU threads)
+  --timeout S         seconds a point may take before its worker is killed (default: the config's)
+  --resume            run again the points recorded as failed
+  --shard I/N         run only shard I of N (by point key; shards partition the points)
+  --dry-run           list the points that would run, and run nothing
+  --config-timeout S  seconds the config itself may take to evaluate (default 10)
+  --config-memory MIB memory the config itself may allocate while it evaluates (default 1024)
+  Two sweeps on one database: each claims the points it will run; a sweep skips the points another
+  running sweep (of this or another config, shard or resume) has claimed and says how many, so no
+  point is recorded twice. Run the sweep again once the other has ended to pick up any it left
+  (interrupted or failed). A sweep killed with SIGKILL leaves claims that the next sweep takes over.
+  Exit status: 0 the sweep went through (failed points are recorded), 1 a user error (one line),
+  128 + the signal when interrupted, after committing what finished.]]
 
 local function positive_int(s, what)
   local n = math.tointeger(tonumber(s))
@@ -21,7 +41,12 @@ end
 
 return function(argv, parse, out)
   local o, pos = parse(argv, 2, {db = "value", workers = "value", timeout = "value", resume = "flag",
-    shard = "value", worker = "flag", ["dry-run"] = "flag"}, {"CONFIG"})
+    shard = "value", worker = "flag", ["dry-run"] = "flag", ["config-timeout"] = "value",
+    ["config-memory"] = "value", help = "flag"}, {"CONFIG"})
+  if o.help then
+    out(HELP)
+    return
+  end
   if o.worker then
     sweep.worker(io.stdin, io.stdout)
     return
@@ -41,7 +66,15 @@ return function(argv, parse, out)
     timeout = tonumber(o.timeout)
     if not timeout or timeout <= 0 then sl.fail("--timeout expects seconds > 0, found '%s'", o.timeout) end
   end
-  local cfg = sweep.load_config(path)
+  local limits = {}
+  for _, k in ipairs{"timeout", "memory"} do
+    local v = o["config-" .. k]
+    if v then
+      limits[k] = tonumber(v)
+      if not limits[k] or limits[k] <= 0 then sl.fail("--config-%s expects a number > 0, found '%s'", k, v) end
+    end
+  end
+  local cfg = sweep.load_config(path, limits)
   local sum = sweep.run{config = cfg, config_path = path, db = o.db, resume = o.resume, shard = shard,
     workers = o.workers and positive_int(o.workers, "workers"), timeout = timeout, argv = argv,
     progress = true, dry_run = o["dry-run"], say = out}
@@ -57,7 +90,12 @@ return function(argv, parse, out)
     return
   end
   if sum.todo == 0 then
-    out(string.format("sweep: nothing to do (%d points in %s already)", sum.points, o.db))
+    if sum.skipped_claimed > 0 then
+      out(string.format("sweep: nothing to do (%d points in %s already, %d claimed by another running sweep)",
+        sum.skipped_ok + sum.skipped_failed, o.db, sum.skipped_claimed))
+    else
+      out(string.format("sweep: nothing to do (%d points in %s already)", sum.points, o.db))
+    end
     return
   end
   if sum.interrupted then
