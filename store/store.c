@@ -38,10 +38,22 @@ __attribute__((format(printf, 3, 4)))
 #endif
 static sl_store_status fail(sl_store *st, sl_store_status s, const char *fmt, ...)
 {
+    /* Messages quote bytes of the file (SQLite's "malformed database schema
+     * (name)", paths): whatever is not printable ASCII becomes \xNN, so a
+     * corrupted file cannot put control sequences or newlines on a terminal. */
+    char raw[STORE_ERR_BYTES];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(st->err, sizeof st->err, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t j = 0;
+    for (const unsigned char *c = (const unsigned char *)raw; *c && j + 5 < sizeof st->err; c++) {
+        if (*c >= 0x20 && *c < 0x7f)
+            st->err[j++] = (char)*c;
+        else
+            j += (size_t)snprintf(st->err + j, sizeof st->err - j, "\\x%02x", *c);
+    }
+    st->err[j] = '\0';
     return s;
 }
 
