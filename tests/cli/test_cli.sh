@@ -213,6 +213,11 @@ fi
 [ ! -e "$T/ro/r.db-wal" ] && ok || bad "read-only query left a -wal file"
 chmod 755 "$T/ro"
 
+# a text file named as the tensors: what it is not, not its bytes as a number
+printf 'hello world, this is text\n' >"$T/x.txt"
+expect_rc 1 "text file as --qkv" "$SL" eval dense --qkv "$T/x.txt"
+one_line_err "x.txt: not a safetensors file (the first 8 bytes are not a plausible header length)" "text file as --qkv"
+
 # the model runner: dense perplexity of a shipped text (README: 4.0401), a
 # sparse method recorded in the database, captured Q/K/V replayed by eval
 M=experiments/data/tinystories260k
