@@ -39,14 +39,20 @@ typedef struct where {
     const char *name; /* NULL while no tensor is known */
 } where;
 
-/* Copies at most n-1 bytes of src into dst for a message, replacing control
- * characters and marking a cut with "...". */
+/* Copies src (file bytes: names, dtype strings) into dst (n bytes) for a
+ * message as printable ASCII: any other byte becomes \xNN, and a cut is
+ * marked with "...". */
 static void printable(char *dst, size_t n, const char *src, size_t len)
 {
     size_t w = 0, i = 0;
     for (; i < len && w + 1 < n; i++) {
         unsigned char c = (unsigned char)src[i];
-        dst[w++] = (c < 0x20 || c == 0x7f) ? '?' : (char)c;
+        if (c >= 0x20 && c < 0x7f)
+            dst[w++] = (char)c;
+        else if (w + 5 < n)
+            w += (size_t)snprintf(dst + w, n - w, "\\x%02x", c);
+        else
+            break;
     }
     if (i < len && n >= 4)
         memcpy(dst + (w >= 3 ? w - 3 : 0), "...", 3);
@@ -508,15 +514,18 @@ static sl_status npy_parse_header(const where *w, const char *hdr, size_t len, n
 static sl_status npy_read_file(const where *w, FILE *f, uint64_t size, sl_tensor *out)
 {
     unsigned char pre[12];
-    if (size < 10)
-        return fail_at(w, SL_EFORMAT, "expected a .npy file of at least 10 bytes, found %llu bytes", (ull)size);
-    sl_status s = read_at(w, f, 0, pre, 10, "the .npy preamble");
+    size_t got = size < 6 ? (size_t)size : 6;
+    sl_status s = got ? read_at(w, f, 0, pre, got, "the .npy preamble") : SL_OK;
     if (s)
         return s;
+    if (got && memcmp(pre, "\x93NUMPY", got) != 0)
+        return fail_at(w, SL_EFORMAT, "not an npy file (it does not start with the magic \\x93NUMPY)");
+    if (size < 10)
+        return fail_at(w, SL_EFORMAT, "expected a .npy file of at least 10 bytes, found %llu bytes", (ull)size);
+    if ((s = read_at(w, f, 0, pre, 10, "the .npy preamble")))
+        return s;
     if (memcmp(pre, "\x93NUMPY", 6) != 0)
-        return fail_at(w, SL_EFORMAT,
-                       "expected the .npy magic \\x93NUMPY, found bytes %02x %02x %02x %02x %02x %02x",
-                       pre[0], pre[1], pre[2], pre[3], pre[4], pre[5]);
+        return fail_at(w, SL_EFORMAT, "not an npy file (it does not start with the magic \\x93NUMPY)");
     uint64_t pre_len, hlen;
     if (pre[6] == 1 && pre[7] == 0) {
         pre_len = 10;
@@ -966,9 +975,14 @@ static sl_status st_read_file(where *w, FILE *f, uint64_t size, sl_named_tensor 
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
         hlen = hlen << 8 | lenb[i];
+    /* A file of another kind (text, an npy) gives a length of its first
+     * bytes far beyond any header (printable bytes make it >= 2^56): say what
+     * the file is not rather than echo those bytes as a number. */
+    if (hlen >> 32)
+        return fail_at(w, SL_EFORMAT, "not a safetensors file (the first 8 bytes are not a plausible header length)");
     if (hlen > size - 8)
-        return fail_at(w, SL_EFORMAT, "header length %llu reaches past the end of the %llu-byte file", (ull)hlen,
-                       (ull)size);
+        return fail_at(w, SL_EFORMAT, "header length %llu reaches past the end of the %llu-byte file (truncated file)",
+                       (ull)hlen, (ull)size);
     if (hlen > ST_MAX_HEADER_BYTES)
         return fail_at(w, SL_EFORMAT, "expected a header of at most %llu bytes, found %llu",
                        (ull)ST_MAX_HEADER_BYTES, (ull)hlen);

@@ -263,6 +263,12 @@ static sl_status attn_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
 static sl_status attn_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
     int64_t nq = in[0].ndim == 3 ? in[0].shape[1] : 0, nk = in[1].ndim == 3 ? in[1].shape[1] : 0;
+    /* Every softmax op but token_sparse (whose k is read only where its
+     * lists point; its outputs are checked after the run) bounds its scores. */
+    sl_status s = SL_OK;
+    if (info->op != SL_OP_ATTN_TOKEN_SPARSE && info->op != SL_OP_ATTN_LSE_MERGE &&
+        (s = sl__check_score_range(ctx, info, params, in)))
+        return s;
     switch (info->op) {
     case SL_OP_ATTN_TOKEN_SPARSE: return check_idx_lists(ctx, info, &in[3], &in[4], nk);
     case SL_OP_ATTN_VS_MIXED: return check_idx_lists(ctx, info, &in[7], &in[8], nk);
@@ -328,7 +334,8 @@ static sl_status attn_check_outputs(sl_ctx *ctx, const sl_op_info *info, const s
         for (int64_t j = 0; j < n; j++)
             if (isnan(x[j]) || x[j] == INFINITY || (o == 0 && x[j] == -INFINITY))
                 return sl_ctx_fail(ctx, SL_EARG,
-                                   "%s: input 'k' or 'v' holds NaN or an infinity in a row the index lists read",
+                                   "%s: input 'k' or 'v' holds NaN or an infinity in a row the index lists read, "
+                                   "or scores there overflow float32",
                                    info->name);
     }
     return SL_OK;

@@ -5,6 +5,7 @@
  * the tensor and mask API below it. */
 #include "op_check.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -232,4 +233,68 @@ sl_status sl__check_scores(sl_ctx *ctx, const sl_op_info *info, const sl_tensor 
                            allow_2d ? " or [H, C]" : "", desc);
     }
     return SL_OK;
+}
+
+/* max |x| of a contiguous float tensor (f32, f16 or bf16: q and k may stay in
+ * a dtype the kernel reads natively). For finite floats the magnitude's bits
+ * order like the magnitude, so the scan is integer maxima in lanes. */
+static double max_abs(const sl_tensor *t)
+{
+    int64_t n = sl_tensor_numel(t);
+    if (t->dtype == SL_F32) {
+        enum { U = 16 };
+        const float *x = t->data;
+        uint32_t lane[U] = {0}, m = 0, b;
+        int64_t i = 0;
+        for (; i + U <= n; i += U)
+            for (int u = 0; u < U; u++) {
+                memcpy(&b, x + i + u, sizeof b);
+                b &= 0x7fffffffu;
+                lane[u] = b > lane[u] ? b : lane[u];
+            }
+        for (; i < n; i++) {
+            memcpy(&b, x + i, sizeof b);
+            b &= 0x7fffffffu;
+            m = b > m ? b : m;
+        }
+        for (int u = 0; u < U; u++)
+            m = lane[u] > m ? lane[u] : m;
+        float f;
+        memcpy(&f, &m, sizeof f);
+        return f;
+    }
+    const uint16_t *x = t->data;
+    uint16_t m = 0;
+    for (int64_t i = 0; i < n; i++)
+        m = (uint16_t)(x[i] & 0x7fffu) > m ? (uint16_t)(x[i] & 0x7fffu) : m;
+    return t->dtype == SL_BF16 ? sl_bf16_to_f32(m) : sl_f16_to_f32(m);
+}
+
+sl_status sl__check_score_range(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    double scale = -1;
+    for (int i = 0; i < info->n_fields; i++)
+        if (strcmp(info->fields[i].name, "scale") == 0)
+            scale = sl_op_params_get(info->op, params, &info->fields[i]);
+    if (scale < 0 || !in[0].buf || !in[1].buf || in[0].ndim != 3)
+        return SL_OK;
+    int64_t d = in[0].shape[2];
+    if (scale == 0)
+        scale = 1.0 / sqrt((double)(d > 0 ? d : 1));
+    double mq = max_abs(&in[0]), mk = max_abs(&in[1]), mb = 0;
+    for (int i = 2; i < info->n_in; i++) {
+        char nm[32];
+        sl__input_name(info, i, nm, sizeof nm);
+        if (strcmp(nm, "opt.bias") == 0 && in[i].buf)
+            mb = max_abs(&in[i]);
+    }
+    /* |scale·q·k + bias| <= bound; half of FLT_MAX leaves room for the
+     * softmax's s - m, which spans twice the scores' range. */
+    double bound = scale * (double)d * mq * mk + mb, lim = FLT_MAX / 2;
+    if (bound <= lim && scale * mq <= lim && scale * mk <= lim)
+        return SL_OK;
+    return sl_ctx_fail(ctx, SL_EARG,
+                       "%s: scores overflow float32 (|q| up to %.3g, |k| up to %.3g, scale %.3g, D %lld%s: "
+                       "|scale·q·k| may reach %.3g, above %.3g); rescale q and k",
+                       info->name, mq, mk, scale, (long long)d, mb > 0 ? ", plus opt.bias" : "", bound, lim);
 }

@@ -44,5 +44,10 @@ sl_status sl__check_block_mask(sl_ctx *ctx, const sl_op_info *info, const sl_ten
                                const sl_attn_block_params *p);
 /* x = in[0] of a reduction: float [H, R, C]; of a selector (allow_2d): also [H, C]. */
 sl_status sl__check_scores(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int allow_2d);
+/* q = in[0], k = in[1] (normalised, contiguous) of an op with a "scale"
+ * parameter and maybe an opt.bias input: fails when scale·q·k (+ bias) can
+ * leave float32's range, bounded cheaply by scale·D·max|q|·max|k| + max|bias|
+ * against FLT_MAX / 2 (a running max of +inf would make the softmax NaN). */
+sl_status sl__check_score_range(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in);
 
 #endif

@@ -241,7 +241,11 @@ double sl_op_flops(sl_op op, const void *params, const sl_tensor *in);
 /* attn.dense: O[h,r,:] = softmax(scale · Q[h,r,:]·K[g,j,:]) · V[g,j,:] over keys j
  * (j <= Nk - Nq + r when causal), g = h / (Hq / Hkv). L[h,r] = log Σ_j exp(scale·q·k).
  * Inputs f32/f16/bf16 [Hq,Nq,D], [Hkv,Nk,D], [Hkv,Nk,D]; outputs f32 O [Hq,Nq,D], L [Hq,Nq].
- * A row with no visible key gets O = 0, L = -inf. */
+ * A row with no visible key gets O = 0, L = -inf. Scores must stay within
+ * float32: every attn op with a softmax (all but attn.token_sparse, whose
+ * outputs are checked instead, attn.linear and attn.lse_merge) fails with
+ * SL_EARG "<op>: scores overflow float32 (|q| up to ..., |k| up to ...)" when
+ * scale·D·max|q|·max|k| (+ max|opt.bias|) exceeds FLT_MAX / 2, on every backend. */
 sl_status sl_attn_dense(sl_ctx *ctx, sl_backend_id b, const sl_attn_params *p,
                         const sl_tensor *q, const sl_tensor *k, const sl_tensor *v,
                         sl_tensor *o, sl_tensor *lse);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define STORE_ERR_BYTES 640
 #define MAX_MIGRATIONS 512
@@ -24,6 +25,9 @@ struct sl_store {
     /* Statements prepared once and reused (reset after every use, so none
      * holds a read transaction open between calls). */
     sqlite3_stmt *ins_run, *ins_result, *ins_metric;
+    /* read-only open: the header read failed because the WAL index (-shm)
+     * cannot be created (a directory the user cannot write) */
+    int shm_blocked;
     char err[STORE_ERR_BYTES];
 };
 
@@ -34,10 +38,22 @@ __attribute__((format(printf, 3, 4)))
 #endif
 static sl_store_status fail(sl_store *st, sl_store_status s, const char *fmt, ...)
 {
+    /* Messages quote bytes of the file (SQLite's "malformed database schema
+     * (name)", paths): whatever is not printable ASCII becomes \xNN, so a
+     * corrupted file cannot put control sequences or newlines on a terminal. */
+    char raw[STORE_ERR_BYTES];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(st->err, sizeof st->err, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t j = 0;
+    for (const unsigned char *c = (const unsigned char *)raw; *c && j + 5 < sizeof st->err; c++) {
+        if (*c >= 0x20 && *c < 0x7f)
+            st->err[j++] = (char)*c;
+        else
+            j += (size_t)snprintf(st->err + j, sizeof st->err - j, "\\x%02x", *c);
+    }
+    st->err[j] = '\0';
     return s;
 }
 
@@ -321,8 +337,9 @@ static sl_store_status refresh_views(sl_store *st)
     return SL_STORE_OK;
 }
 
-/* Everything sl_store_open does after the file is open; messages go to st->err. */
-static sl_store_status open_checks(sl_store *st)
+/* Everything sl_store_open does after the file is open; messages go to st->err.
+ * read_only: checks only (no WAL switch, migration or view refresh). */
+static sl_store_status open_checks(sl_store *st, int read_only)
 {
     static const char fn[] = "sl_store_open";
     const sl_embedded_file *mig[MAX_MIGRATIONS];
@@ -346,6 +363,7 @@ static sl_store_status open_checks(sl_store *st)
         rc = query_int(st, "SELECT count(*) FROM sqlite_master", &n_objects);
     if (rc != SQLITE_OK) {
         sl_store_status e;
+        st->shm_blocked = read_only && ((rc & 0xff) == SQLITE_READONLY || (rc & 0xff) == SQLITE_CANTOPEN);
         if ((rc & 0xff) == SQLITE_NOTADB)
             e = fail(st, SL_STORE_ESQLITE, "%s: '%s' is not a SQLite database (%s)", fn, st->path, sqlite3_errmsg(st->db));
         else
@@ -366,6 +384,12 @@ static sl_store_status open_checks(sl_store *st)
                     "(user_version %lld, %lld schema objects, no sparselab application_id)",
                     fn, st->path, (long long)version, (long long)n_objects);
 
+    if (read_only) {
+        if (version < n_mig)
+            return fail(st, SL_STORE_ESQLITE, "%s: '%s' has schema version %lld, older than this build's %d, and is "
+                        "opened read-only: open it writable once to migrate it", fn, st->path, (long long)version, n_mig);
+        return SL_STORE_OK; /* views as the file has them */
+    }
     /* WAL lets readers work while the sweep writes. It is a property of the
      * file, so a read-only file keeps whatever mode it has. */
     rc = sqlite3_exec(st->db, "PRAGMA journal_mode = WAL", NULL, NULL, NULL);
@@ -389,7 +413,7 @@ static sl_store_status open_checks(sl_store *st)
     return refresh_views(st);
 }
 
-sl_store_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_n)
+static sl_store_status store_open(const char *path, int read_only, sl_store **out, char *err, size_t err_n)
 {
     static const char fn[] = "sl_store_open";
     *out = NULL;
@@ -413,12 +437,38 @@ sl_store_status sl_store_open(const char *path, sl_store **out, char *err, size_
     st->path = copy;
 
     sl_store_status s = SL_STORE_OK;
-    int rc = sqlite3_open_v2(path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    int rc = sqlite3_open_v2(path, &st->db, read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                             NULL);
     if (rc != SQLITE_OK) {
         s = (rc & 0xff) == SQLITE_CANTOPEN ? SL_STORE_EIO : rc == SQLITE_NOMEM ? SL_STORE_ENOMEM : SL_STORE_ESQLITE;
         fail(st, s, "%s: cannot open '%s': %s", fn, path, st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
     } else {
-        s = open_checks(st);
+        s = open_checks(st, read_only);
+    }
+    if (s != SL_STORE_OK && st->shm_blocked) {
+        /* A WAL store in a directory the user cannot write: SQLite can read it
+         * only as immutable. Safe when no -wal file exists (every commit is in
+         * the main file, and a writer would have had to create one). */
+        char *wal = malloc(strlen(path) + 5), *uri = malloc(3 * strlen(path) + 32);
+        struct stat sb;
+        if (wal && uri) {
+            sprintf(wal, "%s-wal", path);
+            if (stat(wal, &sb) != 0) {
+                char *u = uri + sprintf(uri, "file:");
+                for (const unsigned char *c = (const unsigned char *)path; *c; c++)
+                    u += isalnum(*c) || strchr("/._-~", *c) ? sprintf(u, "%c", *c) : sprintf(u, "%%%02X", *c);
+                strcpy(u, "?immutable=1");
+                sqlite3_close(st->db);
+                st->db = NULL;
+                st->shm_blocked = 0;
+                rc = sqlite3_open_v2(uri, &st->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+                s = rc == SQLITE_OK ? open_checks(st, 1) : SL_STORE_ESQLITE;
+                if (rc != SQLITE_OK)
+                    fail(st, s, "%s: cannot open '%s': %s", fn, path, st->db ? sqlite3_errmsg(st->db) : sqlite3_errstr(rc));
+            }
+        }
+        free(wal);
+        free(uri);
     }
     if (s != SL_STORE_OK) {
         if (err && err_n)
@@ -429,6 +479,16 @@ sl_store_status sl_store_open(const char *path, sl_store **out, char *err, size_
     st->err[0] = '\0';
     *out = st;
     return SL_STORE_OK;
+}
+
+sl_store_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_n)
+{
+    return store_open(path, 0, out, err, err_n);
+}
+
+sl_store_status sl_store_open_readonly(const char *path, sl_store **out, char *err, size_t err_n)
+{
+    return store_open(path, 1, out, err, err_n);
 }
 
 void sl_store_close(sl_store *st)

@@ -84,6 +84,12 @@ typedef struct sl_store sl_store;
  * err (err_n bytes, may be NULL/0) receives the message on failure, "" on
  * success. The caller closes *out with sl_store_close. */
 sl_store_status sl_store_open(const char *path, sl_store **out, char *err, size_t err_n);
+/* The same checks for an existing store opened with SQLITE_OPEN_READONLY, for
+ * readers (`sparselab query`): works on a file or directory the user cannot
+ * write, never creates, migrates or refreshes anything; a schema older than
+ * this build's is refused (SL_STORE_ESQLITE, "open it writable once"), a
+ * missing file is SL_STORE_EIO. Writes through the handle fail. */
+sl_store_status sl_store_open_readonly(const char *path, sl_store **out, char *err, size_t err_n);
 /* Closes the store (finalising any statement still open); NULL is a no-op. */
 void sl_store_close(sl_store *st);
 /* The message of the last failure ("" when none); valid until the next call. */

@@ -331,6 +331,59 @@ START_TEST(test_nan_and_shape_errors)
 }
 END_TEST
 
+/* Scores beyond float range (q, k of 1e20: q·k is 1e40) are an error naming
+ * the op and its inputs on every backend, before any kernel runs (the cpu
+ * kernel's running max became +inf, inf - inf NaN reached its exp: undefined
+ * behaviour, and NaN in O). Large scores within range still give a finite
+ * result. */
+START_TEST(test_scores_overflow_f32)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 5010);
+    sl_tensor q = tu_randn(ctx, &rng, 2, 9, 8, 1), k = tu_randn(ctx, &rng, 2, 9, 8, 1),
+              v = tu_randn(ctx, &rng, 2, 9, 8, 1);
+    for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+        if (!backend_wanted((sl_backend_id)b) || !sl_backend_available((sl_backend_id)b))
+            continue;
+        for (int big = 0; big < 2; big++) {
+            float f = big ? 1e20f : 1e16f; /* 1e16: |q·k| <= ~1e33 · 8, in range */
+            sl_tensor qs, ks;
+            ck_assert_int_eq(sl_tensor_convert(ctx, &q, SL_F32, &qs), SL_OK);
+            ck_assert_int_eq(sl_tensor_convert(ctx, &k, SL_F32, &ks), SL_OK);
+            for (int64_t i = 0; i < sl_tensor_numel(&qs); i++)
+                ((float *)qs.data)[i] *= f, ((float *)ks.data)[i] *= f;
+            sl_tensor in[3] = {qs, ks, v}, out[2] = {{0}};
+            sl_status s = sl_op_run(ctx, (sl_backend_id)b, SL_OP_ATTN_DENSE, NULL, in, out);
+            if (big) {
+                ck_assert_msg(s == SL_EARG, "%s: status %s (%s)", sl_backend_name((sl_backend_id)b),
+                              sl_status_name(s), sl_ctx_error(ctx));
+                ck_assert_msg(strncmp(sl_ctx_error(ctx), "attn.dense: scores overflow float32", 35) == 0, "%s",
+                              sl_ctx_error(ctx));
+                ck_assert_msg(strstr(sl_ctx_error(ctx), "|q| up to ") && strstr(sl_ctx_error(ctx), "|k| up to "),
+                              "%s", sl_ctx_error(ctx));
+                ck_assert_ptr_null(out[0].buf);
+            } else {
+                ck_assert_msg(s == SL_OK, "%s: %s", sl_backend_name((sl_backend_id)b), sl_ctx_error(ctx));
+                for (int o = 0; o < 2; o++)
+                    for (int64_t i = 0; i < sl_tensor_numel(&out[o]); i++)
+                        ck_assert_msg(isfinite(((float *)out[o].data)[i]), "%s: output %d [%lld] = %g",
+                                      sl_backend_name((sl_backend_id)b), o, (long long)i,
+                                      (double)((float *)out[o].data)[i]);
+                release_n(out, 2);
+            }
+            sl_tensor_release(&qs);
+            sl_tensor_release(&ks);
+        }
+    }
+    sl_tensor_release(&q);
+    sl_tensor_release(&k);
+    sl_tensor_release(&v);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 /* A malformed mask is rejected, not executed. */
 START_TEST(test_bad_mask_rejected)
 {
@@ -1842,6 +1895,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_block_sparse_patterns_match_ref);
     tcase_add_test(tc, test_fully_masked_rows);
     tcase_add_test(tc, test_nan_and_shape_errors);
+    tcase_add_test(tc, test_scores_overflow_f32);
     tcase_add_test(tc, test_bad_mask_rejected);
     tcase_add_test(tc, test_recall_is_kept_mass);
     tcase_add_test(tc, test_alloc_failures_leak_nothing);

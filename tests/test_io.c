@@ -4,6 +4,7 @@
  * every allocation, and the f16/bf16 conversions against independent math. */
 #include "testutil.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <float.h>
 #include <sys/stat.h>
@@ -545,6 +546,36 @@ START_TEST(test_npy_write_view_and_errors)
 }
 END_TEST
 
+/* A text file named as a tensor file: the message says what it is not,
+ * instead of reading its first bytes as a header length (a 19-digit number),
+ * and a truncated safetensors file still says it is truncated. */
+START_TEST(test_not_a_tensor_file)
+{
+    fx f;
+    fx_open(&f);
+    char path[512];
+    fx_path(&f, "x.txt", path, sizeof path);
+    const char text[] = "hello world, this is a text file\n";
+    put_file(path, text, sizeof text - 1);
+    sl_tensor t;
+    sl_named_tensor *nt = NULL;
+    int n = 0;
+    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &nt, &n), SL_EFORMAT, path, NULL,
+                "not a safetensors file (the first 8 bytes are not a plausible header length)");
+    for (const char *m = sl_ctx_error(f.ctx); *m; m++)
+        ck_assert_msg(!(isdigit((unsigned char)m[0]) && strspn(m, "0123456789") > 12), "a byte-number in: %s",
+                      sl_ctx_error(f.ctx));
+    expect_fail(f.ctx, sl_npy_read(f.ctx, path, &t), SL_EFORMAT, path, NULL, "not an npy file");
+    put_file(path, "hi\n", 3);
+    expect_fail(f.ctx, sl_npy_read(f.ctx, path, &t), SL_EFORMAT, path, NULL, "not an npy file");
+    /* a plausible length (100) in a 20-byte file: truncated */
+    unsigned char b[20] = {100, 0, 0, 0, 0, 0, 0, 0, '{', '}'};
+    put_file(path, b, sizeof b);
+    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &nt, &n), SL_EFORMAT, path, NULL, "truncated");
+    fx_close(&f);
+}
+END_TEST
+
 /* ---- bad .npy files ----------------------------------------------------------------- */
 
 START_TEST(test_npy_bad_headers)
@@ -913,7 +944,7 @@ START_TEST(test_st_bad_headers)
         {"{\"a\\\\u0000\":{}}", 0, "a\\u0000", "no 'dtype'"}, /* an escaped backslash, no escape */
         /* cJSON lets raw tab, LF and CR through in strings (this one fails for
          * its empty entry); other control bytes are refused. */
-        {"{\"a\tb\":{}}", 0, "a?b", "no 'dtype'"},
+        {"{\"a\tb\":{}}", 0, "a\\x09b", "no 'dtype'"},
         {"{\"a\x01" "b\":{}}", 0, NULL, "control byte 0x01"},
         {"{\x01}", 0, NULL, "control byte 0x01"},
         {"\xef\xbb\xbf{}", 0, NULL, "byte-order mark"},
@@ -1000,7 +1031,7 @@ START_TEST(test_st_deep_and_huge)
     expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &ts, &n), SL_EFORMAT, path, NULL, "past the end");
     memset(b, 0xff, 8);
     put_file(path, b, 10);
-    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &ts, &n), SL_EFORMAT, path, NULL, "past the end");
+    expect_fail(f.ctx, sl_safetensors_read(f.ctx, path, &ts, &n), SL_EFORMAT, path, NULL, "not a safetensors file");
     uint64_t big = 150000000;
     for (int i = 0; i < 8; i++)
         b[i] = (unsigned char)(big >> (8 * i));
@@ -1251,6 +1282,7 @@ static Suite *io_suite(void)
     tcase_add_test(tc, test_npy_known_files);
     tcase_add_test(tc, test_npy_write_view_and_errors);
     tcase_add_test(tc, test_npy_bad_headers);
+    tcase_add_test(tc, test_not_a_tensor_file);
     tcase_add_test(tc, test_npy_bad_preambles);
     tcase_add_test(tc, test_npy_truncated);
     tcase_add_test(tc, test_npy_nan);

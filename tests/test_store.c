@@ -505,6 +505,33 @@ START_TEST(test_refuse_not_sqlite)
 }
 END_TEST
 
+/* A corrupted schema: sqlite_master holds a name and statement with control
+ * and non-UTF-8 bytes (an escape sequence, 0xff). The message quotes them as
+ * \xNN escapes: printable ASCII only, one line. */
+START_TEST(test_corrupt_schema_message_printable)
+{
+    fx f;
+    fx_open(&f);
+    sl_store_close(open_ok(f.db));
+    raw_exec(f.db, "PRAGMA writable_schema = ON; "
+                   "INSERT INTO sqlite_master VALUES ('table', 'x' || char(27) || '[31m' || char(10) || 'y', 'x', 99, "
+                   "'CREATE TABLE ' || char(27) || '[2J' || cast(x'ff01' AS TEXT) || ' (a'); "
+                   "PRAGMA writable_schema = OFF;");
+    char err[640];
+    sl_store *st;
+    for (int ro = 0; ro < 2; ro++) {
+        sl_store_status s = ro ? sl_store_open_readonly(f.db, &st, err, sizeof err) : sl_store_open(f.db, &st, err, sizeof err);
+        ck_assert_int_eq(s, SL_STORE_ESQLITE);
+        ck_assert_ptr_null(st);
+        ck_assert_msg(strstr(err, f.db), "%s", err);
+        for (const unsigned char *c = (const unsigned char *)err; *c; c++)
+            ck_assert_msg(*c >= 0x20 && *c < 0x7f, "byte 0x%02x at %d in: %s", *c, (int)(c - (const unsigned char *)err), err);
+        ck_assert_msg(strstr(err, "\\x1b"), "control bytes not escaped: %s", err);
+    }
+    fx_close(&f);
+}
+END_TEST
+
 START_TEST(test_refuse_newer_and_foreign)
 {
     fx f;
@@ -1218,6 +1245,7 @@ static Suite *store_suite(void)
     TCase *tc = tcase_create("open");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_open_fresh);
+    tcase_add_test(tc, test_corrupt_schema_message_printable);
     tcase_add_test(tc, test_schema_file_matches_migrations);
     tcase_add_test(tc, test_reopen_keeps_data);
     tcase_add_test(tc, test_two_openers);

@@ -2,7 +2,9 @@
  * scale) and of gathered keys (dot, axpy) in AVX2+FMA with a portable
  * fallback, chosen once per call from the CPU's features. The exp is a
  * degree-6 polynomial after range reduction (relative error below 3e-7);
- * arguments below float range give exactly 0. */
+ * arguments below float range give exactly 0, and so does NaN (a caller
+ * that can meet one checks for it: the dispatcher bounds attention scores);
+ * above it the result saturates at 2^127·p. Defined for every input. */
 #include "rowops.h"
 
 #include <math.h>
@@ -16,7 +18,7 @@ static const float EXP_C[7] = {1.0f, 6.9314718e-1f, 2.4022651e-1f, 5.5504109e-2f
 static float exp_scalar(float x)
 {
     float t = x * LOG2E;
-    if (t < -125.f)
+    if (!(t >= -125.f)) /* also NaN and -inf, as exp8 does: r stays in [-125, 127] */
         return 0.f;
     if (t > 127.f)
         t = 127.f;
@@ -24,7 +26,7 @@ static float exp_scalar(float x)
     float p = EXP_C[6];
     for (int i = 5; i >= 0; i--)
         p = p * f + EXP_C[i];
-    int32_t bits = ((int32_t)r + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)r + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;

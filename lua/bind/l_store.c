@@ -233,7 +233,14 @@ static int l_open(lua_State *L)
     lua_pushvalue(L, 1);
     lua_setiuservalue(L, -2, 1);
     char err[640];
-    if (sl_store_open(path, &u->st, err, sizeof err) != SL_STORE_OK)
+    /* sl.store.open(path [, {read_only = true}]) */
+    int ro = 0;
+    if (lua_istable(L, 2)) {
+        lua_getfield(L, 2, "read_only");
+        ro = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+    }
+    if ((ro ? sl_store_open_readonly : sl_store_open)(path, &u->st, err, sizeof err) != SL_STORE_OK)
         return sl__lua_error(L, "%s", err);
     return 1;
 }

@@ -222,6 +222,17 @@ function S.check_config(cfg, where)
   if cfg.sizes ~= nil then check_list(cfg.sizes, where .. ": sizes", "integer") end
   if cfg.seeds ~= nil then check_list(cfg.seeds, where .. ": seeds", "integer") end
   if cfg.backend ~= nil and type(cfg.backend) ~= "string" then sl.fail("%s: 'backend' must be a string", where) end
+  if cfg.backend ~= nil then
+    -- here, not in the worker, where every point would fail alike
+    local names, known = {}, false
+    for _, b in ipairs(sl.backends()) do
+      names[#names + 1] = b.name
+      known = known or b.name == cfg.backend
+    end
+    if not known then
+      sl.fail("%s: unknown backend '%s' (expected one of %s)", where, cfg.backend, table.concat(names, ", "))
+    end
+  end
   if cfg.reps ~= nil and (math.type(cfg.reps) ~= "integer" or cfg.reps < 1) then
     sl.fail("%s: 'reps' must be a positive integer", where)
   end

@@ -193,6 +193,31 @@ one_line_err "multiple (GQA)" "GQA mismatch"
 expect_rc 1 "query of a non-database" "$SL" query "$T/junk.safetensors" "SELECT 1"
 one_line_err "junk.safetensors" "query of a non-database"
 
+# query of a store the user cannot write, in a directory they cannot write
+# (root writes anyway: as root the query runs as nobody through setpriv)
+mkdir "$T/ro" && cp "$T/r.db" "$T/ro/r.db" && chmod 444 "$T/ro/r.db" && chmod 555 "$T/ro"
+if [ "$(id -u)" = 0 ]; then
+    if command -v setpriv >/dev/null 2>&1; then
+        chmod 711 "$T"
+        expect_rc 0 "query of a read-only store" setpriv --reuid=65534 --regid=65534 --clear-groups \
+            "$SL" query "$T/ro/r.db" "SELECT count(*) AS n FROM v_result" --csv
+        grep -q "^[1-9]" "$T/out" && ok || bad "read-only query result: $(cat "$T/out")"
+        chmod 700 "$T"
+    else
+        echo "SKIP query of a read-only store: root without setpriv"
+    fi
+else
+    expect_rc 0 "query of a read-only store" "$SL" query "$T/ro/r.db" "SELECT count(*) AS n FROM v_result" --csv
+    grep -q "^[1-9]" "$T/out" && ok || bad "read-only query result: $(cat "$T/out")"
+fi
+[ ! -e "$T/ro/r.db-wal" ] && ok || bad "read-only query left a -wal file"
+chmod 755 "$T/ro"
+
+# a text file named as the tensors: what it is not, not its bytes as a number
+printf 'hello world, this is text\n' >"$T/x.txt"
+expect_rc 1 "text file as --qkv" "$SL" eval dense --qkv "$T/x.txt"
+one_line_err "x.txt: not a safetensors file (the first 8 bytes are not a plausible header length)" "text file as --qkv"
+
 # the model runner: dense perplexity of a shipped text (README: 4.0401), a
 # sparse method recorded in the database, captured Q/K/V replayed by eval
 M=experiments/data/tinystories260k

@@ -60,6 +60,11 @@ H.test("config checks", function()
     "workloads[1]: unknown key 'dd'")
   H.raises(function() S.check_config({methods = {"dense"}, sizes = {64.5}}, "c") end, "sizes[1] must be an integer")
   H.raises(function() S.check_config({methods = {"dense"}, seeds = {}}, "c") end, "non-empty list")
+  -- an unknown backend fails at load, naming the valid ones (every point
+  -- failed in the worker before)
+  H.raises(function() S.check_config({methods = {"dense"}, backend = "gpu"}, "c") end,
+    "c: unknown backend 'gpu' (expected one of ref, cpu, cuda)")
+  H.eq(S.check_config({methods = {"dense"}, backend = "ref"}, "c").backend, "ref", "a known backend loads")
   write(tmp("os.lua"), "return {methods = {os.getenv('HOME')}}")
   H.raises(function() S.load_config(tmp("os.lua")) end, "global 'os'")
   write(tmp("globals.lua"), "methods = {'dense'}\nsizes = {math.floor(64.7)}\nname = string.upper('x')\n")

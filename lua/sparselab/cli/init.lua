@@ -474,7 +474,9 @@ function C.query(argv)
   local f = io.open(pos[1], "rb")
   if not f then sl.fail("%s: no such database", pos[1]) end
   f:close()
-  local db = sl.store.open(pos[1])
+  -- read-only: a store the user cannot write (or in a directory they cannot
+  -- write) still answers queries, and a query cannot change it
+  local db = sl.store.open(pos[1], {read_only = true})
   local rows = db:query(pos[2])
   db:close()
   local cols = rows.columns or {}
