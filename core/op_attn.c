@@ -190,7 +190,7 @@ static sl_status attn_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
         return SL_OK;
     }
     if (op == SL_OP_ATTN_BUCKET) {
-        if ((s = sl__check_qk_pair(ctx, info, in)) || (s = sl__need_float3(ctx, info, &in[2], "v")))
+        if ((s = sl__check_qk(ctx, info, in)) || (s = sl__need_float3(ctx, info, &in[2], "v")))
             return s;
         if (in[2].shape[0] != in[1].shape[0] || in[2].shape[1] != in[1].shape[1] || in[2].shape[2] != in[1].shape[2])
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: k is [%lld, %lld, %lld] but v is [%lld, %lld, %lld]", info->name,

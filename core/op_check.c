@@ -106,22 +106,10 @@ int sl__same_shape(const sl_tensor *t, int ndim, const int64_t *shape)
 /* q [Hq, Nq, D] and k [Hkv, Nk, D] of the estimators (no v). */
 sl_status sl__check_qk(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
 {
-    sl_status s;
-    if ((s = sl__need_float(ctx, info, in, 0, 3)) || (s = sl__need_float(ctx, info, in, 1, 3)))
-        return s;
-    const sl_tensor *q = &in[0], *k = &in[1];
-    if (q->shape[2] != k->shape[2])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld", info->name,
-                           (long long)q->shape[2], (long long)k->shape[2]);
-    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)",
-                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
-    if (q->shape[1] > k->shape[1])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k",
-                           info->name, (long long)q->shape[1], (long long)k->shape[1]);
-    if (q->shape[2] == 0)
+    sl_status s = sl__check_qk_at(ctx, info, in, 0, 1);
+    if (s == SL_OK && in[0].shape[2] == 0)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is 0", info->name);
-    return SL_OK;
+    return s;
 }
 int64_t sl__ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 /* A float input of exactly this shape (ndim 2 or 3). */
@@ -149,15 +137,18 @@ sl_status sl__check_qk_at(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *
     if ((s = sl__need_float(ctx, info, in, iq, 3)) || (s = sl__need_float(ctx, info, in, ik, 3)))
         return s;
     const sl_tensor *q = &in[iq], *k = &in[ik];
+    char qn[32], kn[32];
+    sl__input_name(info, iq, qn, sizeof qn);
+    sl__input_name(info, ik, kn, sizeof kn);
     if (q->shape[2] != k->shape[2])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: head_dim is %lld in one input and %lld in the other", info->name,
-                           (long long)q->shape[2], (long long)k->shape[2]);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s has head_dim %lld, %s has %lld", info->name, qn,
+                           (long long)q->shape[2], kn, (long long)k->shape[2]);
     if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld query heads and %lld kv heads; expected a multiple (GQA)",
-                           info->name, (long long)q->shape[0], (long long)k->shape[0]);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s has %lld heads, %s has %lld; expected a multiple (GQA)", info->name,
+                           qn, (long long)q->shape[0], kn, (long long)k->shape[0]);
     if (q->shape[1] > k->shape[1])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld query rows but only %lld keys; expected n_q <= n_k", info->name,
-                           (long long)q->shape[1], (long long)k->shape[1]);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s has %lld tokens but %s only %lld; expected n_q <= n_k", info->name,
+                           qn, (long long)q->shape[1], kn, (long long)k->shape[1]);
     return SL_OK;
 }
 /* ---- cost ---- */
@@ -178,24 +169,6 @@ sl_status sl__need_float3(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *
     if (!sl__is_float(t->dtype) || t->ndim != 3)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be a float tensor with 3 dims, found %s", info->name,
                            nm, desc);
-    return SL_OK;
-}
-
-sl_status sl__check_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
-{
-    sl_status s;
-    if ((s = sl__need_float3(ctx, info, &in[0], "q")) || (s = sl__need_float3(ctx, info, &in[1], "k")))
-        return s;
-    const sl_tensor *q = &in[0], *k = &in[1];
-    if (q->shape[2] != k->shape[2] || q->shape[2] == 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has head_dim %lld, k has %lld; expected equal and > 0", info->name,
-                           (long long)q->shape[2], (long long)k->shape[2]);
-    if (k->shape[0] == 0 || q->shape[0] % k->shape[0] != 0)
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld heads, k has %lld; expected a multiple (GQA)", info->name,
-                           (long long)q->shape[0], (long long)k->shape[0]);
-    if (q->shape[1] > k->shape[1])
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: q has %lld tokens but k only %lld; expected n_q <= n_k", info->name,
-                           (long long)q->shape[1], (long long)k->shape[1]);
     return SL_OK;
 }
 

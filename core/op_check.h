@@ -34,10 +34,9 @@ sl_status sl__opt_i32(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, c
 sl_status sl__check_qkv(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in);
 /* q = in[0], k = in[1] of the estimators (no v), the same rules. */
 sl_status sl__check_qk(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in);
-/* The same for q at slot iq and k at slot ik (messages without names). */
+/* The same for q at slot iq and k at slot ik (messages name both inputs),
+ * without the head_dim > 0 rule. */
 sl_status sl__check_qk_at(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int iq, int ik);
-/* q = in[0], k = in[1] as float3 tensors (the stripe and token estimators' wording). */
-sl_status sl__check_qk_pair(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in);
 /* The block mask at in[3..6] (row_ptr, col_idx, part, bits) for q = in[0],
  * k = in[1] with blocks bq x bk: shapes, dtypes and sl_mask_validate. */
 sl_status sl__check_block_mask(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in,

@@ -70,7 +70,7 @@ static sl_status score_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
     }
     case SL_OP_SCORE_LOWBIT: {
         const sl_score_lowbit_params *p = params;
-        if ((s = sl__check_qk_pair(ctx, info, in)))
+        if ((s = sl__check_qk(ctx, info, in)))
             return s;
         if (in[2].buf) {
             char desc[96];
@@ -105,7 +105,7 @@ static sl_status score_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
     }
     case SL_OP_SCORE_ANTIDIAG: {
         const sl_score_antidiag_params *p = params;
-        if ((s = sl__check_qk_pair(ctx, info, in)))
+        if ((s = sl__check_qk(ctx, info, in)))
             return s;
         if (p->block % p->stride != 0)
             return sl_ctx_fail(ctx, SL_EARG, "%s: block %lld is not a multiple of stride %lld", info->name,
@@ -118,7 +118,7 @@ static sl_status score_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
     }
     case SL_OP_SCORE_STRIDED: {
         const sl_score_strided_params *p = params;
-        if ((s = sl__check_qk_pair(ctx, info, in)))
+        if ((s = sl__check_qk(ctx, info, in)))
             return s;
         out_ndim[0] = 3;
         out_shape[0][0] = in[0].shape[0];
@@ -128,7 +128,7 @@ static sl_status score_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
     }
     case SL_OP_SCORE_ANCHOR: {
         const sl_score_anchor_params *p = params;
-        if ((s = sl__check_qk_pair(ctx, info, in)))
+        if ((s = sl__check_qk(ctx, info, in)))
             return s;
         if (in[0].shape[1] != in[1].shape[1])
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: prefill only: expected n_q == n_k, found %lld and %lld", info->name,

@@ -91,23 +91,6 @@ template <int D> struct Tile {
     static_assert(D % 32 == 0 && R % 4 == 0 && BK % 32 == 0, "tile shape");
 };
 
-// The one place where a runtime head dimension becomes a template parameter:
-// d runs on the kernel of the smallest D in {32, 64, 128, 256} that holds it,
-// zero-padded (exact D is the fast path). Returns false for d outside 1..256.
-template <class F> bool with_head_dim(int64_t d, F &&f)
-{
-    if (d < 1 || d > 256)
-        return false;
-    if (d <= 32)
-        f(std::integral_constant<int, 32>{});
-    else if (d <= 64)
-        f(std::integral_constant<int, 64>{});
-    else if (d <= 128)
-        f(std::integral_constant<int, 128>{});
-    else
-        f(std::integral_constant<int, 256>{});
-    return true;
-}
 
 
 // Copies n rows of src (d floats each) into dst as rows of D floats (row
@@ -698,10 +681,10 @@ constexpr int kRows = 4;  // query rows per CTA
 
 
 // The runtime head dimension as a template parameter: DL = dims per lane, the
-// smallest of 1, 2, 4, 8 with 32·DL >= d (flash::with_head_dim's D / 32).
+// smallest of 1, 2, 4, 8 with 32·DL >= d (with_head_dim's D / 32).
 template <class F> bool with_dims_per_lane(int64_t d, F &&f)
 {
-    return flash::with_head_dim(d, [&](auto dc) { f(std::integral_constant<int, decltype(dc)::value / 32>{}); });
+    return with_head_dim(d, [&](auto dc) { f(std::integral_constant<int, decltype(dc)::value / 32>{}); });
 }
 
 // LIST: attn.token_sparse (keys from the CTA's list entry); else attn.rows

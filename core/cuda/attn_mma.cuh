@@ -96,21 +96,6 @@ template <int D> struct Tile {
                   "wmma pointers are 32-byte aligned");
 };
 
-// d runs on the kernel of the smallest D in {32, 64, 128, 256} that holds it (zero-padded).
-template <class F> bool with_head_dim(int64_t d, F &&f)
-{
-    if (d < 1 || d > 256)
-        return false;
-    if (d <= 32)
-        f(std::integral_constant<int, 32>{});
-    else if (d <= 64)
-        f(std::integral_constant<int, 64>{});
-    else if (d <= 128)
-        f(std::integral_constant<int, 128>{});
-    else
-        f(std::integral_constant<int, 256>{});
-    return true;
-}
 
 static __device__ __forceinline__ void to_t(__half &x, float f) { x = __float2half_rn(f); }
 static __device__ __forceinline__ void to_t(__nv_bfloat16 &x, float f) { x = __float2bfloat16_rn(f); }

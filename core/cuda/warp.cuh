@@ -1,8 +1,29 @@
 // warp.cuh — device helpers the CUDA kernels share: warp-wide max and sum by
-// shuffles, block-wide max and sum, and the log constants of the base-2
-// online softmax.
+// shuffles, block-wide max and sum, the log constants of the base-2 online
+// softmax, and the dispatch of a runtime head dimension to a template one.
 #ifndef SL_CUDA_WARP_CUH
 #define SL_CUDA_WARP_CUH
+
+#include <stdint.h>
+#include <type_traits>
+
+// The one place where a runtime head dimension becomes a template parameter:
+// d runs on the kernel of the smallest D in {32, 64, 128, 256} that holds it,
+// zero-padded (exact D is the fast path). Returns false for d outside 1..256.
+template <class F> bool with_head_dim(int64_t d, F &&f)
+{
+    if (d < 1 || d > 256)
+        return false;
+    if (d <= 32)
+        f(std::integral_constant<int, 32>{});
+    else if (d <= 64)
+        f(std::integral_constant<int, 64>{});
+    else if (d <= 128)
+        f(std::integral_constant<int, 128>{});
+    else
+        f(std::integral_constant<int, 256>{});
+    return true;
+}
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.693147180559945309f;
