@@ -582,6 +582,24 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * maximum of the 2M values [x.R_0 .. x.R_{M-1}, -x.R_0 .. -x.R_{M-1}]
  * (float64 dot products), a bucket in [0, 2M). No parameters. */
 
+/* ---- non-softmax attention (issue 16) ----
+ * attn.entmax (card entmax; family nsattn, kernels in {ref,cpu,cuda}/nsattn): inputs
+ * q, k, v as attn.dense; params causal, scale, alpha in [1, 2], algo,
+ * n_iter. Per row i of head h, over the visible keys j (causal: j <= i + Nk
+ * - Nq; n of them), z_j = scale . q_i . k_j and X_j = (alpha - 1) z_j; the
+ * weights are alpha-entmax p_j = [X_j - tau]_+^(1/(alpha-1)) with tau such
+ * that sum p = 1 (alpha = 2: sparsemax, the Euclidean projection of z onto
+ * the simplex; alpha = 1: softmax, taken exactly). algo 0 (exact): tau from
+ * the sorted row (sparsemax and 1.5-entmax closed forms; alpha must be 1,
+ * 1.5 or 2). algo 1 (bisection, deep-spin entmax_bisect): tau_lo = max X -
+ * 1, tau_hi = max X - (1/n)^(alpha-1); n_iter times halve the step, tau_m =
+ * tau_lo + step, tau_lo = tau_m when sum p(tau_m) >= 1; p = p(tau_m) / sum
+ * p(tau_m). Outputs O [Hq, Nq, D] = sum_j p_j v_j (masked keys and keys with
+ * p_j = 0 contribute exactly nothing) and support i32 [Hq, Nq], the number of
+ * keys with p_j > 0 (alpha = 1: every visible key). There is no log-sum-exp:
+ * recall through L does not apply; compare outputs (metric.rel_l2) and
+ * supports. A row with no visible key gets O = 0, support 0. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -93,7 +93,9 @@ function E.run(method, prob, opts)
     dense_flops = dense.stats.flops,
   }
   metrics.cosine_mean, metrics.cosine_min = sl.metric.cosine(out.o, dense.o)
-  metrics.recall_mean, metrics.recall_min = sl.metric.recall(out.lse, dense.lse)
+  -- Non-softmax methods (issue 16) return no lse: recall through L does not
+  -- apply to them, and none is recorded (rel_l2 and cosine above are their fidelity).
+  if out.lse then metrics.recall_mean, metrics.recall_min = sl.metric.recall(out.lse, dense.lse) end
   for k, v in pairs(out.stats or {}) do metrics[k] = v end
   -- A method without an estimator (static patterns, dense) spends no time or
   -- FLOPs estimating: its whole time is execution. A dynamic method

@@ -1,0 +1,140 @@
+/* cpu/nsattn.c — the nsattn family on the cpu backend (attention whose
+ * weights are not a softmax). attn.entmax: one work item per (head, query
+ * row) on sl__cpu_parallel; scores by the vectorised dot, the threshold in
+ * double (sorted row for the exact form, card entmax B and C; the bisection
+ * of entmax_bisect otherwise), P.V by axpy over the support only. */
+#include "cpu.h"
+#include "parallel.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- attn.entmax ---- */
+
+typedef struct entmax_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    sl__cpu_vecops vo;
+} entmax_job;
+
+static int by_value_desc(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a < b) - (a > b);
+}
+
+/* [t]_+^(1/(alpha-1)) */
+static inline double entmax_pow(double t, double alpha)
+{
+    if (!(t > 0))
+        return 0;
+    if (alpha == 2.0)
+        return t;
+    if (alpha == 1.5)
+        return t * t;
+    return pow(t, 1.0 / (alpha - 1.0));
+}
+
+/* The exact threshold from the row sorted in descending order: the support
+ * is the longest prefix whose own threshold stays below its last element. */
+static double sorted_tau(const double *s, int64_t n, double alpha)
+{
+    double sum = 0, sq = 0, best = s[0] - 1;
+    for (int64_t k = 1; k <= n; k++) {
+        double z = s[k - 1];
+        sum += z;
+        sq += z * z;
+        double t;
+        if (alpha == 2.0) {
+            t = (sum - 1.0) / (double)k;
+        } else {
+            double mean = sum / (double)k, var_k = sq - (double)k * mean * mean; /* = k (mu2 - mu^2) */
+            double disc = (1.0 - var_k) / (double)k;
+            t = mean - sqrt(disc > 0 ? disc : 0);
+        }
+        if (alpha == 2.0 ? t < z : t <= z)
+            best = t;
+        else if (alpha == 2.0)
+            break; /* sparsemax: the condition fails from here on */
+    }
+    return best;
+}
+
+static void entmax_item(int64_t item, void *ud, int thread)
+{
+    const entmax_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl__attn_dims *dm = &j->dm;
+    const sl_attn_entmax_params *p = a->params;
+    int64_t h = item / dm->nq, r = item % dm->nq, g = h / dm->group, d = dm->d;
+    double *x = (double *)a->scratch + (size_t)thread * (size_t)(2 * dm->nk + d), *srt = x + dm->nk;
+    float *acc = (float *)(srt + dm->nk);
+    const float *qr = (const float *)a->in[0].data + item * d;
+    const float *k = (const float *)a->in[1].data + g * dm->nk * d, *v = (const float *)a->in[2].data + g * dm->nk * d;
+    float *orow = (float *)a->out[0].data + item * d;
+    int32_t *support = (int32_t *)a->out[1].data + item;
+    int64_t n = p->causal ? dm->offset + r + 1 : dm->nk;
+    n = n > dm->nk ? dm->nk : n < 0 ? 0 : n;
+    memset(acc, 0, (size_t)d * sizeof *acc);
+    if (n == 0) {
+        memset(orow, 0, (size_t)d * sizeof *orow);
+        *support = 0;
+        return;
+    }
+    double alpha = p->alpha, mul = alpha == 1.0 ? dm->scale : (alpha - 1.0) * dm->scale, mx = -INFINITY;
+    for (int64_t t = 0; t < n; t++) {
+        x[t] = mul * (double)j->vo.dot(qr, k + t * d, d);
+        mx = x[t] > mx ? x[t] : mx;
+    }
+    /* weights into srt (the sort buffer is free again after the threshold) */
+    double *w = srt, tot = 1.0;
+    int64_t cnt = 0;
+    if (alpha == 1.0) {
+        tot = 0;
+        for (int64_t t = 0; t < n; t++)
+            tot += (w[t] = exp(x[t] - mx));
+        cnt = n;
+    } else if (p->algo == 0) {
+        memcpy(srt, x, (size_t)n * sizeof *srt);
+        qsort(srt, (size_t)n, sizeof *srt, by_value_desc);
+        double tau = sorted_tau(srt, n, alpha);
+        for (int64_t t = 0; t < n; t++)
+            cnt += (w[t] = entmax_pow(x[t] - tau, alpha)) > 0;
+    } else {
+        double lo = mx - 1.0, step = (mx - pow(1.0 / (double)n, alpha - 1.0)) - lo;
+        for (int64_t it = 0; it < p->n_iter; it++) {
+            step *= 0.5;
+            double mid = lo + step;
+            tot = 0;
+            for (int64_t t = 0; t < n; t++)
+                tot += (w[t] = entmax_pow(x[t] - mid, alpha));
+            if (tot >= 1.0)
+                lo = mid;
+        }
+        for (int64_t t = 0; t < n; t++)
+            cnt += w[t] > 0;
+    }
+    for (int64_t t = 0; t < n; t++)
+        if (w[t] > 0)
+            j->vo.axpy(acc, v + t * d, d, (float)(w[t] / tot));
+    memcpy(orow, acc, (size_t)d * sizeof *orow);
+    *support = (int32_t)cnt;
+}
+
+sl_status sl__cpu_attn_entmax(const sl__kargs *a)
+{
+    const sl_attn_entmax_params *p = a->params;
+    entmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, entmax_item, &j);
+}
+
+size_t sl__cpu_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    (void)params;
+    switch (op) {
+    case SL_OP_ATTN_ENTMAX:
+        return (size_t)n_threads * (size_t)(2 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
+    default: return 0;
+    }
+}

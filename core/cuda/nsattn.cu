@@ -1,0 +1,163 @@
+// cuda/nsattn.cu — the nsattn family on CUDA (attention whose weights are not
+// a softmax).
+//   attn.entmax: a grid of CTAs walks the (head, row) items; a CTA writes its
+//       row's scores X = (alpha - 1) scale q.k to its own slice of device
+//       scratch (n_k doubles per CTA, so memory stays linear in n_k), finds the
+//       threshold by block reductions and accumulates P.V over the support
+//       only. The exact form (alpha 1.5 or 2) needs no sort: it bisects a
+//       bracket [lo, hi] with sum p(lo) >= 1 >= sum p(hi) until no score lies
+//       in (lo, hi] — then the support {X > lo} is the true one — and takes
+//       the closed-form threshold of that support (card entmax B and C).
+//       The bisection form is deep-spin's entmax_bisect (card A).
+#include "dialect.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+#include "warp.cuh"
+
+#include <math.h>
+
+namespace {
+
+constexpr int kThreads = 128;  // threads per CTA (4 warps)
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxD = 256;     // largest head_dim held in registers
+constexpr int kMaxCtas = 1024; // CTAs of one launch (each loops over items)
+
+__device__ double entmax_pow(double t, double alpha)
+{
+    if (!(t > 0))
+        return 0;
+    if (alpha == 2.0)
+        return t;
+    if (alpha == 1.5)
+        return t * t;
+    return pow(t, 1.0 / (alpha - 1.0));
+}
+
+__global__ void entmax_kernel(const float *q, const float *k, const float *v, float *o, int32_t *support, double *scratch,
+                              int hq, int group, int nq, int nk, int d, int causal, float scale, double alpha, int algo,
+                              int n_iter)
+{
+    SL_SHARED(float, qs, [kMaxD]);
+    SL_SHARED(double, red, [kWarps]);
+    double *x = scratch + (int64_t)blockIdx.x * nk;
+    for (int64_t item = blockIdx.x; item < (int64_t)hq * nq; item += gridDim.x) {
+        int h = (int)(item / nq), r = (int)(item % nq), g = h / group;
+        const float *qr = q + item * d, *kg = k + (int64_t)g * nk * d, *vg = v + (int64_t)g * nk * d;
+        __syncthreads();  // the previous item is done with qs and x
+        for (int c = threadIdx.x; c < d; c += kThreads)
+            qs[c] = qr[c];
+        __syncthreads();
+        int n = causal ? nk - nq + r + 1 : nk;
+        n = n > nk ? nk : n < 0 ? 0 : n;
+        double mul = alpha == 1.0 ? (double)scale : (alpha - 1.0) * (double)scale, mine = -INFINITY;
+        for (int j = threadIdx.x; j < n; j += kThreads) {
+            const float *kj = kg + (int64_t)j * d;
+            float s = 0.f;
+            for (int c = 0; c < d; c++)
+                s += qs[c] * kj[c];
+            x[j] = mul * (double)s;
+            mine = x[j] > mine ? x[j] : mine;
+        }
+        double mx = block_max<kWarps>(mine, red);
+        double tau = 0, tot = 1;
+        if (n > 0 && alpha == 1.0) {
+            double part = 0;
+            for (int j = threadIdx.x; j < n; j += kThreads)
+                part += exp(x[j] - mx);
+            tot = block_sum<kWarps>(part, red);
+            tau = mx;
+        } else if (n > 0 && algo == 0) {
+            double lo = mx - 1.0, hi = mx - pow(1.0 / (double)n, alpha - 1.0);
+            for (int it = 0; it < 256; it++) {
+                double mid = 0.5 * (lo + hi), part = 0, inside = 0;
+                for (int j = threadIdx.x; j < n; j += kThreads) {
+                    part += entmax_pow(x[j] - mid, alpha);
+                    inside += x[j] > lo && x[j] <= hi;
+                }
+                double sum = block_sum<kWarps>(part, red), between = block_sum<kWarps>(inside, red);
+                if (between == 0 || !(mid > lo && mid < hi))
+                    break;
+                if (sum >= 1.0)
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            // the closed form over the support {X > lo}
+            double c1 = 0, c2 = 0, cn = 0;
+            for (int j = threadIdx.x; j < n; j += kThreads)
+                if (x[j] > lo) {
+                    c1 += x[j];
+                    c2 += x[j] * x[j];
+                    cn += 1;
+                }
+            double s1 = block_sum<kWarps>(c1, red), s2 = block_sum<kWarps>(c2, red), kk = block_sum<kWarps>(cn, red);
+            if (alpha == 2.0) {
+                tau = (s1 - 1.0) / kk;
+            } else {
+                double mu = s1 / kk, ss = s2 - kk * mu * mu, delta = (1.0 - ss) / kk;
+                tau = mu - sqrt(delta > 0 ? delta : 0);
+            }
+        } else if (n > 0) {
+            double lo = mx - 1.0, step = (mx - pow(1.0 / (double)n, alpha - 1.0)) - lo;
+            for (int it = 0; it < n_iter; it++) {
+                step *= 0.5;
+                double mid = lo + step, part = 0;
+                for (int j = threadIdx.x; j < n; j += kThreads)
+                    part += entmax_pow(x[j] - mid, alpha);
+                tot = block_sum<kWarps>(part, red);
+                tau = mid;
+                if (tot >= 1.0)
+                    lo = mid;
+            }
+        }
+        // weights in place of the scores, then P.V over the nonzero ones
+        double cnt = 0;
+        for (int j = threadIdx.x; j < n; j += kThreads) {
+            double w = alpha == 1.0 ? exp(x[j] - tau) / tot : entmax_pow(x[j] - tau, alpha) / tot;
+            x[j] = w;
+            cnt += w > 0;
+        }
+        double total = block_sum<kWarps>(cnt, red);  // its barrier also publishes x
+        float acc[kMaxD / kThreads] = {};
+        for (int j = 0; j < n; j++) {
+            float w = (float)x[j];
+            if (w == 0.f)
+                continue;
+            for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+                acc[u] += w * vg[(int64_t)j * d + c];
+        }
+        float *orow = o + item * d;
+        for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+            orow[c] = acc[u];
+        if (threadIdx.x == 0)
+            support[item] = (int32_t)total;
+    }
+}
+
+}  // namespace
+
+sl_status sl__cuda_attn_entmax(const sl__kargs *a)
+{
+    const sl_attn_entmax_params *p = static_cast<const sl_attn_entmax_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t items = dm.hq * dm.nq;
+    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
+                                    (long long)dm.d, (long long)items);
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    int ctas = items < kMaxCtas ? (int)items : kMaxCtas;
+    void *scratch = nullptr;
+    if ((s = sl__cuda_scratch(&st, (size_t)ctas * (size_t)(dm.nk > 0 ? dm.nk : 1) * sizeof(double), &scratch)) != SL_OK)
+        return s;
+    SL_LAUNCH(entmax_kernel, ctas, kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), st.output<int32_t>(1),
+        static_cast<double *>(scratch), (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->causal,
+        (float)dm.scale, p->alpha, (int)p->algo, (int)p->n_iter);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

@@ -1,0 +1,68 @@
+/* op_nsattn.c — the nsattn family (issue 16: attention whose weights are
+ * not a softmax): checks, shape rules and FLOP counts of attn.entmax
+ * (contract in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
+ * cuda/nsattn.cu). The ops keep the attn. prefix of their kind; the family
+ * is separate so that their kernels live in their own files. */
+#include "family.h"
+#include "op_check.h"
+
+#include <math.h>
+#include <string.h>
+
+static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                              int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    sl_status s;
+    if ((s = sl__check_qkv(ctx, info, in)))
+        return s;
+    switch (info->op) {
+    case SL_OP_ATTN_ENTMAX: {
+        const sl_attn_entmax_params *p = params;
+        if (p->algo == 0 && p->alpha != 1.0 && p->alpha != 1.5 && p->alpha != 2.0)
+            return sl_ctx_fail(ctx, SL_EARG,
+                               "%s: algo 0 (exact, sort-based) needs alpha 1, 1.5 or 2, found %g; use algo 1 (bisection)",
+                               info->name, p->alpha);
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        out_ndim[1] = 2;
+        out_shape[1][0] = in[0].shape[0];
+        out_shape[1][1] = in[0].shape[1];
+        out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
+    default: return SL_OK;
+    }
+}
+
+static sl_status nsattn_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    return sl__check_score_range(ctx, info, params, in);
+}
+
+/* Query-key pairs the rows see. */
+static double visible_pairs(const sl__attn_dims *d, int causal)
+{
+    return causal ? (double)d->nq * (double)d->offset + (double)d->nq * (double)(d->nq + 1) / 2.0
+                  : (double)d->nq * (double)d->nk;
+}
+
+static double nsattn_flops(const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+    switch (info->op) {
+    case SL_OP_ATTN_ENTMAX: {
+        /* 2d per pair for the score, 2d per pair for P.V (the bound: a
+         * sparse row skips its zeros), and the threshold search: about
+         * log2(n) compares per pair sorted, 3 per pair per iteration of the
+         * bisection. */
+        const sl_attn_entmax_params *p = params;
+        double pairs = visible_pairs(&d, p->causal) * (double)d.hq;
+        double n = d.nk > 1 ? (double)d.nk : 2.0;
+        double search = p->algo == 0 ? log2(n) : 3.0 * (double)p->n_iter;
+        return pairs * (4.0 * (double)d.d + search);
+    }
+    default: return 0;
+    }
+}
+
+const sl__family sl__family_nsattn = {"nsattn", nsattn_infer, nsattn_check_contents, NULL, nsattn_flops, NULL};

@@ -1,0 +1,155 @@
+/* ref/nsattn.c — the reference kernels of the nsattn family (attention
+ * whose weights are not a softmax): float64 throughout, plain loops, the
+ * contracts in sparselab.h read literally. attn.entmax's exact form sorts
+ * the row (card entmax, algorithms B and C). */
+#include "ref.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static sl_status interrupted(const sl__kargs *a)
+{
+    return sl_ctx_fail(a->ctx, SL_EINTERRUPT, "%s[ref]: interrupted", sl_op_info_get(a->op)->name);
+}
+
+static int desc_cmp(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
+/* tau of the exact sparsemax (alpha 2) or 1.5-entmax of X[0..n), by sorting
+ * a copy into srt (card entmax B and C; X is (alpha - 1) z). */
+static double exact_tau(const double *x, int64_t n, double alpha, double *srt)
+{
+    memcpy(srt, x, (size_t)n * sizeof *srt);
+    qsort(srt, (size_t)n, sizeof *srt, desc_cmp);
+    double cum = 0, cum2 = 0, tau = srt[0] - 1;
+    if (alpha == 2.0) {
+        /* k* = max{k : 1 + k z_(k) > sum_{r<=k} z_(r)}, tau = (sum - 1) / k* */
+        for (int64_t k = 1; k <= n; k++) {
+            cum += srt[k - 1];
+            if (1.0 + (double)k * srt[k - 1] > cum)
+                tau = (cum - 1.0) / (double)k;
+        }
+        return tau;
+    }
+    /* alpha 1.5: tau_k = mu_k - sqrt(max((1 - ss_k) / k, 0)), k* = #{k : tau_k <= z_(k)} */
+    int64_t kstar = 0;
+    for (int64_t k = 1; k <= n; k++) {
+        cum += srt[k - 1];
+        cum2 += srt[k - 1] * srt[k - 1];
+        double mu = cum / (double)k, mu2 = cum2 / (double)k;
+        double ss = (double)k * (mu2 - mu * mu), delta = (1.0 - ss) / (double)k;
+        double tk = mu - sqrt(delta > 0 ? delta : 0);
+        kstar += tk <= srt[k - 1];
+    }
+    /* tau = tau_{k*}, recomputed from the top k* */
+    cum = cum2 = 0;
+    for (int64_t k = 1; k <= kstar; k++) {
+        cum += srt[k - 1];
+        cum2 += srt[k - 1] * srt[k - 1];
+    }
+    double mu = cum / (double)kstar, mu2 = cum2 / (double)kstar;
+    double ss = (double)kstar * (mu2 - mu * mu), delta = (1.0 - ss) / (double)kstar;
+    return mu - sqrt(delta > 0 ? delta : 0);
+}
+
+static double powp(double t, double alpha)
+{
+    if (t <= 0)
+        return 0;
+    return alpha == 2.0 ? t : alpha == 1.5 ? t * t : pow(t, 1.0 / (alpha - 1.0));
+}
+
+sl_status sl__ref_attn_entmax(const sl__kargs *a)
+{
+    const sl_attn_entmax_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    const float *q = a->in[0].data, *k = a->in[1].data, *v = a->in[2].data;
+    float *o = a->out[0].data;
+    int32_t *support = a->out[1].data;
+    double *x = a->scratch, *w = x + dm.nk, *srt = w + dm.nk, *acc = srt + dm.nk;
+    double alpha = p->alpha;
+    for (int64_t h = 0; h < dm.hq; h++) {
+        int64_t g = h / dm.group;
+        for (int64_t r = 0; r < dm.nq; r++) {
+            if (sl_ctx_interrupted(a->ctx))
+                return interrupted(a);
+            const float *qr = q + (h * dm.nq + r) * dm.d;
+            int64_t n = p->causal ? dm.offset + r + 1 : dm.nk;
+            if (n > dm.nk)
+                n = dm.nk;
+            if (n < 0)
+                n = 0;
+            float *orow = o + (h * dm.nq + r) * dm.d;
+            if (n == 0) {
+                memset(orow, 0, (size_t)dm.d * sizeof *orow);
+                support[h * dm.nq + r] = 0;
+                continue;
+            }
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < n; j++) {
+                const float *kj = k + (g * dm.nk + j) * dm.d;
+                double s = 0;
+                for (int64_t c = 0; c < dm.d; c++)
+                    s += (double)qr[c] * (double)kj[c];
+                x[j] = (alpha == 1.0 ? 1.0 : alpha - 1.0) * dm.scale * s;
+                if (x[j] > mx)
+                    mx = x[j];
+            }
+            int64_t cnt = 0;
+            if (alpha == 1.0) {
+                double sum = 0;
+                for (int64_t j = 0; j < n; j++)
+                    sum += (w[j] = exp(x[j] - mx));
+                for (int64_t j = 0; j < n; j++)
+                    w[j] /= sum;
+                cnt = n;
+            } else if (p->algo == 0) {
+                double tau = exact_tau(x, n, alpha, srt);
+                for (int64_t j = 0; j < n; j++) {
+                    w[j] = powp(x[j] - tau, alpha);
+                    cnt += w[j] > 0;
+                }
+            } else {
+                double lo = mx - 1.0, hi = mx - pow(1.0 / (double)n, alpha - 1.0), step = hi - lo, sum = 0;
+                for (int64_t it = 0; it < p->n_iter; it++) {
+                    step /= 2;
+                    double mid = lo + step;
+                    sum = 0;
+                    for (int64_t j = 0; j < n; j++)
+                        sum += (w[j] = powp(x[j] - mid, alpha));
+                    if (sum - 1.0 >= 0)
+                        lo = mid;
+                }
+                for (int64_t j = 0; j < n; j++) {
+                    w[j] = sum > 0 ? w[j] / sum : 0;
+                    cnt += w[j] > 0;
+                }
+            }
+            memset(acc, 0, (size_t)dm.d * sizeof *acc);
+            for (int64_t j = 0; j < n; j++) {
+                if (w[j] == 0)
+                    continue;
+                const float *vj = v + (g * dm.nk + j) * dm.d;
+                for (int64_t c = 0; c < dm.d; c++)
+                    acc[c] += w[j] * (double)vj[c];
+            }
+            for (int64_t c = 0; c < dm.d; c++)
+                orow[c] = (float)acc[c];
+            support[h * dm.nq + r] = (int32_t)cnt;
+        }
+    }
+    return SL_OK;
+}
+
+size_t sl__ref_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    (void)params, (void)n_threads;
+    switch (op) {
+    case SL_OP_ATTN_ENTMAX: return (size_t)(3 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
+    default: return 0;
+    }
+}

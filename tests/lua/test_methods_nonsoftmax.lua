@@ -1,0 +1,131 @@
+-- test_methods_nonsoftmax.lua — the non-softmax recipes of issue 16 (entmax
+-- so far): each card's checks on small seeded random inputs (GQA 4:2), with
+-- the weights recomputed independently here in float64 (plain Lua loops).
+-- Non-softmax outputs have no log-sum-exp: the evaluation records rel_l2 /
+-- cosine against softmax and no recall, checked here. Run with
+-- LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_nonsoftmax.lua
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local sl = require "sparselab"
+local test, near, eq, truthy = H.test, H.near, H.eq, H.truthy
+
+local HQ, HKV = 4, 2
+
+local function problem(n, d, seed, causal, std)
+  local q = sl.randn({HQ, n, d}, {seed = seed, std = std or 1})
+  local k = sl.randn({HKV, n, d}, {seed = seed + 1, std = std or 1})
+  local v = sl.randn({HKV, n, d}, {seed = seed + 2})
+  return sl.problem{q = q, k = k, v = v, causal = causal}, {q = q:totable(), k = k:totable(), v = v:totable(), n = n, d = d}
+end
+
+-- float64 scaled scores of row i (1-based) of head h over its visible keys
+local function scores(t, h, i, causal)
+  local g = (h - 1) // (HQ // HKV) + 1
+  local z, lim = {}, causal and i or t.n
+  for j = 1, lim do
+    local s = 0
+    for c = 1, t.d do s = s + t.q[h][i][c] * t.k[g][j][c] end
+    z[j] = s / math.sqrt(t.d)
+  end
+  return z
+end
+
+-- sparsemax weights by Michelot's projection algorithm (no sort): start from
+-- every key, τ = (Σ_S z - 1)/|S|, drop keys with z <= τ, repeat until stable
+local function sparsemax(z)
+  local S = {}
+  for j = 1, #z do S[j] = true end
+  local tau
+  repeat
+    local sum, cnt = 0, 0
+    for j in pairs(S) do sum = sum + z[j]; cnt = cnt + 1 end
+    tau = (sum - 1) / cnt
+    local changed = false
+    for j in pairs(S) do if z[j] <= tau then S[j] = nil; changed = true end end
+  until not changed
+  local p = {}
+  for j = 1, #z do p[j] = S[j] and z[j] - tau or 0 end
+  return p
+end
+
+local function output_of(t, h, i, p)
+  local g = (h - 1) // (HQ // HKV) + 1
+  local o = {}
+  for c = 1, t.d do
+    local s = 0
+    for j = 1, #p do s = s + p[j] * t.v[g][j][c] end
+    o[c] = s
+  end
+  return o
+end
+
+test("entmax: sparsemax output equals Michelot's projection (float64); support counts match", function()
+  for _, backend in ipairs{"ref", "cpu"} do
+    for _, causal in ipairs{true, false} do
+      local prob, t = problem(24, 8, 1601, causal, 2)
+      prob.backend = backend
+      local m = sl.methods.get("entmax")
+      local out = m.run(prob, sl.registry.resolve(m, {algo = "sort"}, 2))
+      local o, sup = out.o:totable(), out.support:totable()
+      for h = 1, HQ do
+        for i = 1, t.n do
+          local p = sparsemax(scores(t, h, i, causal))
+          local want = output_of(t, h, i, p)
+          for c = 1, t.d do near(o[h][i][c], want[c], 1e-5, backend .. " O") end
+          local pos = 0
+          for j = 1, #p do if p[j] > 0 then pos = pos + 1 end end
+          eq(sup[h][i], pos, backend .. " support")
+        end
+      end
+    end
+  end
+end)
+
+test("entmax: the support is the top-|S| scores; a score-blind support of the same size fails the check", function()
+  local prob, t = problem(32, 8, 1602, true, 2)
+  local m = sl.methods.get("entmax")
+  local out = m.run(prob, sl.registry.resolve(m, {}, 2))
+  local sup = out.support:totable()
+  local blind_ok, rows = 0, 0
+  for h = 1, HQ do
+    for i = 4, t.n do
+      local z = scores(t, h, i, true)
+      local order = {}
+      for j = 1, #z do order[j] = j end
+      table.sort(order, function(a, b) return z[a] > z[b] end)
+      local s = sup[h][i]
+      -- the method's weights, from its own output's projection, keep exactly the top s
+      local p = sparsemax(z)
+      for r = 1, #order do eq(p[order[r]] > 0, r <= s, "top-s support") end
+      -- score-blind: the first s keys, weights z - τ' renormalised over them
+      local first = {}
+      for j = 1, s do first[j] = true end
+      local same = true
+      for r = 1, s do if not first[order[r]] then same = false end end
+      if same then blind_ok = blind_ok + 1 end
+      rows = rows + 1
+    end
+  end
+  truthy(blind_ok < rows / 4, string.format("first-k support matched the method's in %d of %d rows", blind_ok, rows))
+end)
+
+test("entmax: density falls as alpha grows; alpha 1 is dense softmax (rel_l2 0, no recall recorded)", function()
+  local prob = problem(40, 16, 1603, true, 1.5)
+  local d1 = sl.eval("entmax", prob, {params = {alpha = 1}})
+  near(d1.metrics.rel_l2, 0, 1e-5, "alpha 1 vs dense")
+  near(d1.metrics.density, 1, 1e-12, "alpha 1 density")
+  eq(d1.metrics.recall_mean, nil, "no recall for a non-softmax method")
+  local d15 = sl.eval("entmax", prob, {params = {alpha = 1.5}})
+  local d2 = sl.eval("entmax", prob, {params = {alpha = 2}})
+  truthy(d2.metrics.density < d15.metrics.density and d15.metrics.density < 1,
+    string.format("density alpha 1.5 %.3f, 2 %.3f", d15.metrics.density, d2.metrics.density))
+  truthy(d2.metrics.rel_l2 > d15.metrics.rel_l2, "sparser weights move further from softmax")
+  local b2 = sl.eval("entmax", prob, {params = {alpha = 2, algo = "bisect"}})
+  near(b2.metrics.rel_l2, d2.metrics.rel_l2, 1e-4, "bisection vs sort")
+  near(b2.metrics.density, d2.metrics.density, 0.01, "bisection vs sort density")
+  H.raises(function() sl.eval("entmax", prob, {params = {alpha = 1.7}}) end, "needs alpha 1, 1.5 or 2", "sort at 1.7")
+  local b17 = sl.eval("entmax", prob, {params = {alpha = 1.7, algo = "bisect"}})
+  truthy(b17.metrics.density < d15.metrics.density and b17.metrics.density > d2.metrics.density, "alpha 1.7 between")
+end)
+
+H.done()

@@ -1,0 +1,451 @@
+/* test_nsattn_ops.c — the nsattn family (attention whose weights are not a
+ * softmax; issue 16): attn.entmax on ref and every other wanted backend
+ * (SL_TEST_BACKENDS) against ref, and ref against float64 math written out
+ * here: sparsemax as the Euclidean projection onto the simplex (Duchi et
+ * al.'s sort-based projection and its KKT conditions), weights that sum to
+ * one with exact zeros, alpha -> 1 approaching softmax, bisection agreeing
+ * with the exact form, shift invariance, masked keys and a dominant score. */
+
+#include "opsutil.h"
+
+/* Shapes small enough for the simulator: ragged, GQA, not causal with n_q <
+ * n_k, one query row, head_dim 128, a single token. */
+static const shape_case NS_CASES[] = {
+    {2, 1, 37, 37, 16, 1}, {4, 2, 40, 40, 32, 1}, {2, 2, 20, 50, 16, 0},
+    {3, 3, 1, 77, 24, 1},  {2, 1, 17, 33, 128, 1}, {1, 1, 1, 1, 4, 1},
+};
+#define N_NS_CASES (int)(sizeof NS_CASES / sizeof NS_CASES[0])
+
+static sl_attn_entmax_params entmax_p(int causal, double alpha, int algo)
+{
+    sl_attn_entmax_params p = {.causal = causal, .scale = 0, .alpha = alpha, .algo = algo, .n_iter = 50};
+    return p;
+}
+
+/* O within tol of ref's scale; supports equal, except rows where a weight
+ * sits within rounding of the threshold: at most one key off, in at most one
+ * row in fifty. */
+static void assert_entmax_close(const sl_tensor *o, const sl_tensor *sup, const sl_tensor *ro, const sl_tensor *rsup,
+                                double tol, const char *what)
+{
+    assert_tensor_close(o, ro, tol, what);
+    int64_t rows = sl_tensor_numel(rsup), off = 0;
+    const int32_t *a = sup->data, *b = rsup->data;
+    for (int64_t i = 0; i < rows; i++) {
+        if (a[i] == b[i])
+            continue;
+        if (abs(a[i] - b[i]) > 1)
+            ck_abort_msg("%s: support[%lld] = %d, ref %d", what, (long long)i, a[i], b[i]);
+        off++;
+    }
+    ck_assert_msg(off * 50 <= rows, "%s: %lld of %lld supports differ from ref", what, (long long)off, (long long)rows);
+}
+
+static void run2(sl_ctx *ctx, sl_backend_id b, const sl_attn_entmax_params *p, const sl_tensor *in, sl_tensor out[2])
+{
+    sl_status s = sl_op_run(ctx, b, SL_OP_ATTN_ENTMAX, p, in, out);
+    ck_assert_msg(s == SL_OK, "attn.entmax on %s: %s", sl_backend_name(b), sl_ctx_error(ctx));
+}
+
+/* Every backend against ref for the exact forms (alpha 1, 1.5, 2) and the
+ * bisection (alpha 1.3 and 2). */
+START_TEST(test_entmax_backends_match_ref)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16000 + (uint64_t)_i);
+    const shape_case *c = &NS_CASES[_i];
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, c, 1.5, in);
+    const double alphas[] = {1.0, 1.5, 2.0, 1.3, 2.0};
+    const int algos[] = {0, 0, 0, 1, 1};
+    sl_backend_id bs[SL_BACKEND__COUNT];
+    int nb = other_backends(bs);
+    for (int t = 0; t < 5; t++) {
+        sl_attn_entmax_params p = entmax_p(c->causal, alphas[t], algos[t]);
+        sl_tensor ref[2], out[2];
+        run2(ctx, SL_BACKEND_REF, &p, in, ref);
+        for (int b = 0; b < nb; b++) {
+            sl_status s = sl_op_run(ctx, bs[b], SL_OP_ATTN_ENTMAX, &p, in, out);
+            if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+                printf("SKIP attn.entmax on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                continue;
+            }
+            ck_assert_msg(s == SL_OK, "attn.entmax on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+            char w[128];
+            snprintf(w, sizeof w, "attn.entmax alpha %g algo %d case %d on %s", alphas[t], algos[t], _i,
+                     sl_backend_name(bs[b]));
+            assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
+            release_n(out, 2);
+        }
+        release_n(ref, 2);
+    }
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* ---- independent float64 math ---- */
+
+static int cmp_desc(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return a < b ? 1 : a > b ? -1 : 0;
+}
+
+/* Euclidean projection of z[0..n) onto the probability simplex (Duchi,
+ * Shalev-Shwartz, Singer, Chandra 2008): u sorted descending, rho the largest
+ * j with u_j - (sum_{r<=j} u_r - 1) / j > 0, theta = (sum_{r<=rho} u_r - 1) /
+ * rho, p = max(z - theta, 0). Returns theta. */
+static double simplex_projection(const double *z, int64_t n, double *p)
+{
+    double *u = malloc((size_t)n * sizeof *u);
+    ck_assert_ptr_nonnull(u);
+    memcpy(u, z, (size_t)n * sizeof *u);
+    qsort(u, (size_t)n, sizeof *u, cmp_desc);
+    double run = 0, theta = 0;
+    for (int64_t j = 1; j <= n; j++) {
+        run += u[j - 1];
+        double t = (run - 1.0) / (double)j;
+        if (u[j - 1] - t > 0)
+            theta = t;
+    }
+    for (int64_t j = 0; j < n; j++)
+        p[j] = z[j] - theta > 0 ? z[j] - theta : 0;
+    free(u);
+    return theta;
+}
+
+/* scaled scores of row r of head h over its n visible keys, in float64 */
+static int64_t row_scores(const sl_tensor *in, const shape_case *c, int64_t h, int64_t r, double scale, double *z)
+{
+    const float *q = in[0].data, *k = in[1].data;
+    int64_t g = h / (c->hq / c->hkv), n = c->causal ? c->nk - c->nq + r + 1 : c->nk;
+    for (int64_t j = 0; j < n; j++) {
+        double s = 0;
+        for (int64_t e = 0; e < c->d; e++)
+            s += (double)q[(h * c->nq + r) * c->d + e] * (double)k[(g * c->nk + j) * c->d + e];
+        z[j] = scale * s;
+    }
+    return n;
+}
+
+/* v [hkv, nk, d >= nk] with v[g, j] = e_j: then O's row is the weight row. */
+static sl_tensor one_hot_values_d(sl_ctx *ctx, int64_t hkv, int64_t nk, int64_t d)
+{
+    int64_t sh[3] = {hkv, nk, d};
+    sl_tensor v = f32_new(ctx, 3, sh);
+    float *x = v.data;
+    for (int64_t i = 0; i < hkv * nk * d; i++)
+        x[i] = 0.f;
+    for (int64_t g = 0; g < hkv; g++)
+        for (int64_t j = 0; j < nk; j++)
+            x[(g * nk + j) * d + j] = 1.f;
+    return v;
+}
+
+static sl_tensor one_hot_values(sl_ctx *ctx, int64_t hkv, int64_t nk) { return one_hot_values_d(ctx, hkv, nk, nk); }
+
+/* Sparsemax (alpha 2, exact and bisection) on every backend is the
+ * Euclidean projection of the scaled scores onto the simplex: weights (read
+ * as O through one-hot values) match the projection, sum to one, are exact
+ * zeros below the threshold, and the support counts the positive ones; ref's
+ * weights satisfy the projection's KKT conditions (z_j - p_j = tau on the
+ * support, z_j <= tau off it). Causal and not. */
+START_TEST(test_sparsemax_is_simplex_projection)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16100 + (uint64_t)_i);
+    shape_case c = {2, 1, 12, 24, 24, _i};
+    sl_tensor in[3];
+    in[0] = tu_randn(ctx, &rng, c.hq, c.nq, c.d, 2.0);
+    in[1] = tu_randn(ctx, &rng, c.hkv, c.nk, c.d, 2.0);
+    in[2] = one_hot_values(ctx, c.hkv, c.nk);
+    double scale = 1.0 / sqrt((double)c.d), z[24], p[24];
+    int64_t total_support = 0, total_keys = 0;
+    for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+        if (!sl_backend_available((sl_backend_id)b) || !backend_wanted((sl_backend_id)b))
+            continue;
+        for (int algo = 0; algo < 2; algo++) {
+            sl_attn_entmax_params pp = entmax_p(c.causal, 2.0, algo);
+            sl_tensor out[2];
+            run2(ctx, (sl_backend_id)b, &pp, in, out);
+            for (int64_t h = 0; h < c.hq; h++)
+                for (int64_t r = 0; r < c.nq; r++) {
+                    int64_t n = row_scores(in, &c, h, r, scale, z);
+                    double theta = simplex_projection(z, n, p), sum = 0;
+                    const float *orow = f32p(&out[0]) + (h * c.nq + r) * c.nk;
+                    int64_t pos = 0;
+                    for (int64_t j = 0; j < c.nk; j++) {
+                        double want = j < n ? p[j] : 0;
+                        ck_assert_msg(fabs(orow[j] - want) <= 2e-5, "%s algo %d: p[%lld,%lld,%lld] = %.9g, projection %.9g",
+                                      sl_backend_name((sl_backend_id)b), algo, (long long)h, (long long)r, (long long)j,
+                                      orow[j], want);
+                        ck_assert_msg(orow[j] >= 0.f, "negative weight");
+                        if (j >= n || z[j] < theta - 1e-4)
+                            ck_assert_msg(orow[j] == 0.f, "%s algo %d: weight %.3g where the projection is 0 (z - tau %.3g)",
+                                          sl_backend_name((sl_backend_id)b), algo, orow[j], j < n ? z[j] - theta : -1.0);
+                        sum += orow[j];
+                        pos += orow[j] > 0;
+                    }
+                    ck_assert_msg(fabs(sum - 1.0) <= 1e-5, "weights sum to %.9g", sum);
+                    ck_assert_int_eq(((int32_t *)out[1].data)[h * c.nq + r], pos);
+                    if (b == SL_BACKEND_REF && algo == 0) {
+                        total_support += pos;
+                        total_keys += n;
+                        /* KKT of min ||p - z||^2 on the simplex */
+                        double tau = NAN;
+                        for (int64_t j = 0; j < n; j++)
+                            if (orow[j] > 0) {
+                                double t = z[j] - orow[j];
+                                if (isnan(tau))
+                                    tau = t;
+                                ck_assert_msg(fabs(t - tau) <= 1e-5, "z - p not constant on the support");
+                            }
+                        for (int64_t j = 0; j < n; j++)
+                            if (orow[j] == 0.f)
+                                ck_assert_msg(z[j] <= tau + 1e-5, "z[%lld] = %g above tau %g off the support", (long long)j,
+                                              z[j], tau);
+                    }
+                }
+            release_n(out, 2);
+        }
+    }
+    /* the inputs make sparsemax sparse: the checks above saw exact zeros */
+    ck_assert_msg(total_support < total_keys * 3 / 4, "support %lld of %lld keys: not sparse", (long long)total_support,
+                  (long long)total_keys);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* alpha -> 1+: the bisection approaches softmax (attn.dense), the error
+ * shrinking with alpha - 1; alpha = 1 is softmax itself with full support. */
+START_TEST(test_entmax_alpha_to_one_is_softmax)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16200);
+    const shape_case *c = &NS_CASES[0];
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, c, 1.0, in);
+    sl_attn_params dp = {.causal = 1, .scale = 0};
+    sl_tensor dense[2];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &dp, in, dense), SL_OK);
+    sl_backend_id bs[SL_BACKEND__COUNT + 1] = {SL_BACKEND_REF};
+    int nb = 1 + other_backends(bs + 1);
+    for (int b = 0; b < nb; b++) {
+        double err[3];
+        const double alphas[3] = {1.1, 1.01, 1.001};
+        for (int t = 0; t < 3; t++) {
+            sl_attn_entmax_params p = entmax_p(1, alphas[t], 1);
+            sl_tensor out[2];
+            run2(ctx, bs[b], &p, in, out);
+            double num = 0, den = 0;
+            for (int64_t i = 0; i < sl_tensor_numel(&dense[0]); i++) {
+                double e = tu_at(&out[0], i) - tu_at(&dense[0], i);
+                num += e * e;
+                den += (double)tu_at(&dense[0], i) * tu_at(&dense[0], i);
+            }
+            err[t] = sqrt(num / den);
+            release_n(out, 2);
+        }
+        ck_assert_msg(err[2] < 2e-3 && err[1] < err[0] && err[2] < err[1],
+                      "%s: rel_l2 to softmax at alpha 1.1, 1.01, 1.001: %.3g %.3g %.3g", sl_backend_name(bs[b]), err[0],
+                      err[1], err[2]);
+        sl_attn_entmax_params p = entmax_p(1, 1.0, 0);
+        sl_tensor out[2];
+        run2(ctx, bs[b], &p, in, out);
+        assert_tensor_close(&out[0], &dense[0], 1e-5, "alpha 1 vs attn.dense");
+        for (int64_t r = 0; r < c->nq; r++)
+            ck_assert_int_eq(((int32_t *)out[1].data)[r], (int32_t)(r + 1));
+        release_n(out, 2);
+    }
+    release_n(dense, 2);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* The bisection (50 iterations) and the exact form agree for alpha 1.5 and
+ * 2 on every backend (card: ~1e-6 in fp32). A score-blind threshold (the
+ * bracket's starting midpoint, no search) does not: the check has teeth. */
+START_TEST(test_entmax_bisect_agrees_with_sort)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16300);
+    const shape_case *c = &NS_CASES[1];
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, c, 1.5, in);
+    sl_backend_id bs[SL_BACKEND__COUNT + 1] = {SL_BACKEND_REF};
+    int nb = 1 + other_backends(bs + 1);
+    for (int b = 0; b < nb; b++)
+        for (int t = 0; t < 2; t++) {
+            double alpha = t ? 2.0 : 1.5;
+            sl_attn_entmax_params pe = entmax_p(1, alpha, 0), pb = entmax_p(1, alpha, 1);
+            sl_tensor ex[2], bi[2], rough[2];
+            run2(ctx, bs[b], &pe, in, ex);
+            run2(ctx, bs[b], &pb, in, bi);
+            char w[96];
+            snprintf(w, sizeof w, "bisection vs exact, alpha %g on %s", alpha, sl_backend_name(bs[b]));
+            assert_entmax_close(&bi[0], &bi[1], &ex[0], &ex[1], 2e-6, w);
+            pb.n_iter = 1;
+            run2(ctx, bs[b], &pb, in, rough);
+            double worst = 0;
+            for (int64_t i = 0; i < sl_tensor_numel(&ex[0]); i++)
+                worst = fmax(worst, fabs(tu_at(&rough[0], i) - tu_at(&ex[0], i)));
+            ck_assert_msg(worst > 1e-3, "one bisection step already matches (%.3g): the check is blind", worst);
+            release_n(ex, 2);
+            release_n(bi, 2);
+            release_n(rough, 2);
+        }
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* 1.5-entmax (exact) against a float64 root solve written here: tau with
+ * sum [X - tau]_+^2 = 1 by 200 bisection steps on [max X - 1, max X]. */
+START_TEST(test_entmax15_root)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16400);
+    shape_case c = {2, 2, 10, 20, 20, 0};
+    sl_tensor in[3];
+    in[0] = tu_randn(ctx, &rng, c.hq, c.nq, c.d, 2.0);
+    in[1] = tu_randn(ctx, &rng, c.hkv, c.nk, c.d, 2.0);
+    in[2] = one_hot_values(ctx, c.hkv, c.nk);
+    sl_attn_entmax_params p = entmax_p(0, 1.5, 0);
+    sl_tensor out[2];
+    run2(ctx, SL_BACKEND_REF, &p, in, out);
+    double z[20], scale = 1.0 / sqrt((double)c.d);
+    for (int64_t h = 0; h < c.hq; h++)
+        for (int64_t r = 0; r < c.nq; r++) {
+            int64_t n = row_scores(in, &c, h, r, scale, z);
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < n; j++)
+                mx = fmax(mx, z[j] *= 0.5);
+            double lo = mx - 1, hi = mx;
+            for (int it = 0; it < 200; it++) {
+                double mid = 0.5 * (lo + hi), s = 0;
+                for (int64_t j = 0; j < n; j++)
+                    s += z[j] > mid ? (z[j] - mid) * (z[j] - mid) : 0;
+                if (s >= 1)
+                    lo = mid;
+                else
+                    hi = mid;
+            }
+            for (int64_t j = 0; j < n; j++) {
+                double want = z[j] > lo ? (z[j] - lo) * (z[j] - lo) : 0;
+                ck_assert_msg(fabs(tu_at(&out[0], (h * c.nq + r) * c.nk + j) - want) <= 1e-6, "1.5-entmax weight");
+            }
+        }
+    release_n(out, 2);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Shift invariance (a constant added to every score of a row leaves the
+ * weights unchanged), masked keys get exactly 0, and a row whose top score
+ * beats the next by more than 1 is one-hot under sparsemax. */
+START_TEST(test_entmax_card_properties)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16500);
+    shape_case c = {1, 1, 16, 16, 16, 1};
+    sl_tensor in[3], sh[3];
+    in[0] = tu_randn(ctx, &rng, 1, c.nq, c.d, 2.0);
+    in[1] = tu_randn(ctx, &rng, 1, c.nk, c.d, 2.0);
+    in[2] = one_hot_values(ctx, 1, c.nk);
+    /* shifted: q and k get one more channel, q's = 1 and k's = 3 */
+    sh[0] = tu_randn(ctx, &rng, 1, c.nq, c.d + 1, 1.0);
+    sh[1] = tu_randn(ctx, &rng, 1, c.nk, c.d + 1, 1.0);
+    for (int64_t i = 0; i < c.nq; i++)
+        for (int64_t e = 0; e <= c.d; e++) {
+            f32p(&sh[0])[i * (c.d + 1) + e] = e < c.d ? f32p(&in[0])[i * c.d + e] : 1.f;
+            f32p(&sh[1])[i * (c.d + 1) + e] = e < c.d ? f32p(&in[1])[i * c.d + e] : 3.f;
+        }
+    sh[2] = one_hot_values_d(ctx, 1, c.nk, c.d + 1);
+    sl_backend_id bs[SL_BACKEND__COUNT + 1] = {SL_BACKEND_REF};
+    int nb = 1 + other_backends(bs + 1);
+    for (int b = 0; b < nb; b++)
+        for (int t = 0; t < 3; t++) {
+            double alpha = t == 0 ? 1.5 : 2.0;
+            sl_attn_entmax_params p = entmax_p(1, alpha, t == 2), ps = p;
+            p.scale = ps.scale = 0.25;
+            sl_tensor a[2], s[2];
+            run2(ctx, bs[b], &p, in, a);
+            run2(ctx, bs[b], &ps, sh, s);
+            for (int64_t r = 0; r < c.nq; r++)
+                for (int64_t j = 0; j < c.nk; j++)
+                    ck_assert_msg(fabs(tu_at(&s[0], r * (c.d + 1) + j) - tu_at(&a[0], r * c.nk + j)) <= 1e-5,
+                                  "shifted scores change weight [%lld, %lld]", (long long)r, (long long)j);
+            for (int64_t r = 0; r < c.nq; r++)
+                for (int64_t j = r + 1; j < c.nk; j++)
+                    ck_assert_msg(tu_at(&a[0], r * c.nk + j) == 0.f, "masked key %lld of row %lld has weight %g",
+                                  (long long)j, (long long)r, tu_at(&a[0], r * c.nk + j));
+            release_n(a, 2);
+            release_n(s, 2);
+        }
+    /* dominant score: key 5 = 3 x the last query row, so its score leads by far */
+    for (int64_t e = 0; e < c.d; e++)
+        f32p(&in[1])[5 * c.d + e] = 3.f * f32p(&in[0])[(c.nq - 1) * c.d + e];
+    for (int b = 0; b < nb; b++) {
+        sl_attn_entmax_params p = entmax_p(1, 2.0, 0);
+        sl_tensor a[2];
+        run2(ctx, bs[b], &p, in, a);
+        for (int64_t j = 0; j < c.nk; j++)
+            ck_assert_msg(tu_at(&a[0], (c.nq - 1) * c.nk + j) == (j == 5 ? 1.f : 0.f), "not one-hot at %lld: %g",
+                          (long long)j, tu_at(&a[0], (c.nq - 1) * c.nk + j));
+        ck_assert_int_eq(((int32_t *)a[1].data)[c.nq - 1], 1);
+        release_n(a, 2);
+    }
+    release_n(in, 3);
+    release_n(sh, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_entmax_errors)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16600);
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, &NS_CASES[0], 1.0, in);
+    sl_attn_entmax_params p = entmax_p(1, 1.7, 0);
+    expect_fail(ctx, SL_OP_ATTN_ENTMAX, &p, in, SL_EARG, "needs alpha 1, 1.5 or 2, found 1.7");
+    p = entmax_p(1, 2.5, 1);
+    expect_fail(ctx, SL_OP_ATTN_ENTMAX, &p, in, SL_EARG, "alpha");
+    p = entmax_p(1, 1.5, 0);
+    f32p(&in[2])[3] = NAN;
+    expect_fail(ctx, SL_OP_ATTN_ENTMAX, &p, in, SL_EARG, "NaN");
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
+    tcase_add_loop_test(tc, test_entmax_backends_match_ref, 0, N_NS_CASES);
+    tcase_add_loop_test(tc, test_sparsemax_is_simplex_projection, 0, 2);
+    tcase_add_test(tc, test_entmax_alpha_to_one_is_softmax);
+    tcase_add_test(tc, test_entmax_bisect_agrees_with_sort);
+    tcase_add_test(tc, test_entmax15_root);
+    tcase_add_test(tc, test_entmax_card_properties);
+    tcase_add_test(tc, test_entmax_errors);
+}
+
+int main(void) { return run_op_suite("nsattn_ops", add_tests); }
