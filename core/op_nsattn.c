@@ -1,6 +1,6 @@
 /* op_nsattn.c — the nsattn family (issue 16: attention whose weights are
  * not a softmax): checks, shape rules and FLOP counts of attn.entmax
- * (contract in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
+ * attn.relu and norm.rms_gated (contracts in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
  * cuda/nsattn.cu). The ops keep the attn. prefix of their kind; the family
  * is separate so that their kernels live in their own files. */
 #include "family.h"
@@ -13,6 +13,23 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
     sl_status s;
+    if (info->op == SL_OP_NORM_RMS_GATED) {
+        if ((s = sl__need_float(ctx, info, in, 0, 3)))
+            return s;
+        int64_t e = in[0].shape[0] * in[0].shape[2];
+        for (int i = 1; i <= 2; i++) {
+            if (!in[i].buf)
+                continue;
+            if ((s = sl__need_float(ctx, info, in, i, 1)))
+                return s;
+            if (in[i].shape[0] != e)
+                return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s must be [%lld] (heads x head_dim of x), found [%lld]",
+                                   info->name, i == 1 ? "opt.g" : "opt.w", (long long)e, (long long)in[i].shape[0]);
+        }
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        return SL_OK;
+    }
     if ((s = sl__check_qkv(ctx, info, in)))
         return s;
     switch (info->op) {
@@ -30,12 +47,22 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         out_dtype[1] = SL_I32;
         return SL_OK;
     }
+    case SL_OP_ATTN_RELU:
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        out_ndim[1] = 2;
+        out_shape[1][0] = in[0].shape[0];
+        out_shape[1][1] = in[0].shape[1];
+        out_dtype[1] = SL_I32;
+        return SL_OK;
     default: return SL_OK;
     }
 }
 
 static sl_status nsattn_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
+    if (info->op == SL_OP_NORM_RMS_GATED)
+        return SL_OK;
     return sl__check_score_range(ctx, info, params, in);
 }
 
@@ -61,6 +88,14 @@ static double nsattn_flops(const sl_op_info *info, const void *params, const sl_
         double search = p->algo == 0 ? log2(n) : 3.0 * (double)p->n_iter;
         return pairs * (4.0 * (double)d.d + search);
     }
+    case SL_OP_ATTN_RELU: {
+        /* 2d per pair for the score, 2d per pair for P.V (the bound: rows skip zero weights) */
+        const sl_attn_relu_params *p = params;
+        return visible_pairs(&d, p->causal) * (double)d.hq * 4.0 * (double)d.d;
+    }
+    case SL_OP_NORM_RMS_GATED:
+        /* square-add, scale, gate product and sigmoid per element */
+        return 8.0 * (double)sl_tensor_numel(&in[0]);
     default: return 0;
     }
 }

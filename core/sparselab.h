@@ -598,7 +598,24 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * p_j = 0 contribute exactly nothing) and support i32 [Hq, Nq], the number of
  * keys with p_j > 0 (alpha = 1: every visible key). There is no log-sum-exp:
  * recall through L does not apply; compare outputs (metric.rel_l2) and
- * supports. A row with no visible key gets O = 0, support 0. */
+ * supports. A row with no visible key gets O = 0, support 0.
+ *
+ * attn.relu (cards rela, hsr_attention's ReLU^alpha case): inputs q, k, v as
+ * attn.dense; params causal, scale, power p >= 1, bias b, norm. Per row i
+ * over the visible keys j (causal: j <= i + Nk - Nq; masked keys are left
+ * out, weight exactly 0 — ReLA's multiplicative 0/1 mask gives the same for
+ * b >= 0), a_ij = max(scale . q_i . k_j - b, 0)^p. norm 0: O_i = sum_j a_ij
+ * v_j (ReLA: no normalisation, a row may be all zero); norm 1: O_i = sum_j
+ * a_ij v_j / sum_j a_ij (0 when the sum is 0). Outputs O [Hq, Nq, D] and
+ * count i32 [Hq, Nq], the keys with a_ij > 0. No log-sum-exp (see
+ * attn.entmax).
+ *
+ * norm.rms_gated (ReLA's gated RMSNorm, reference bzhangGo/zero
+ * modules/rela.py gated_rms_norm): input x [H, N, D] (per-head outputs),
+ * opt.g and opt.w float [H . D] (absent: all 1); params eps, gate. For each
+ * token n, u = (x[0, n, :], ..., x[H-1, n, :]) (the concatenated heads) and
+ * y[h, n, c] = g_e . u_e / sqrt(mean(u^2) + eps) . (gate ? sigmoid(w_e . u_e)
+ * : 1) with e = h . D + c. Output y [H, N, D]. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

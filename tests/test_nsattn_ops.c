@@ -437,6 +437,186 @@ START_TEST(test_entmax_errors)
 }
 END_TEST
 
+/* ---- attn.relu, norm.rms_gated ---- */
+
+static sl_attn_relu_params relu_p(int causal, double power, double bias, int norm)
+{
+    sl_attn_relu_params p = {.causal = causal, .scale = 0, .power = power, .bias = bias, .norm = norm};
+    return p;
+}
+
+/* ReLA (power 1, no normalisation), HSR's ReLU^alpha (power 2 and 3, a
+ * threshold, with and without normalisation): every backend against ref
+ * (counts as entmax's supports), ref against the formula written out here
+ * in float64 with the reference's multiplicative 0/1 mask (logits times 0
+ * for future keys, then ReLU) where bias is 0. */
+START_TEST(test_relu_backends_and_formula)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16700 + (uint64_t)_i);
+    const shape_case *c = &NS_CASES[_i];
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, c, 1.0, in);
+    const double powers[] = {1, 2, 3, 1.5}, biases[] = {0, 0.3, -0.2, 0};
+    const int norms[] = {0, 1, 0, 1};
+    sl_backend_id bs[SL_BACKEND__COUNT];
+    int nb = other_backends(bs);
+    const float *q = in[0].data, *k = in[1].data, *v = in[2].data;
+    double scale = 1.0 / sqrt((double)c->d);
+    for (int t = 0; t < 4; t++) {
+        sl_attn_relu_params p = relu_p(c->causal, powers[t], biases[t], norms[t]);
+        sl_tensor ref[2], out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_RELU, &p, in, ref), SL_OK);
+        /* the formula */
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t i = 0; i < c->nq; i++) {
+                int64_t g = h / (c->hq / c->hkv);
+                double num[128] = {0}, den = 0;
+                int cnt = 0;
+                for (int64_t j = 0; j < c->nk; j++) {
+                    double s = 0;
+                    for (int64_t e = 0; e < c->d; e++)
+                        s += (double)q[(h * c->nq + i) * c->d + e] * k[(g * c->nk + j) * c->d + e];
+                    int visible = !c->causal || j <= i + c->nk - c->nq;
+                    double x;
+                    if (biases[t] == 0)
+                        x = s * scale * (visible ? 1.0 : 0.0); /* bzhangGo/zero: logits *= 0/1 mask, then relu */
+                    else
+                        x = visible ? s * scale - biases[t] : -1.0;
+                    double w = x > 0 ? pow(x, powers[t]) : 0;
+                    cnt += w > 0;
+                    den += w;
+                    for (int64_t e = 0; e < c->d; e++)
+                        num[e] += w * v[(g * c->nk + j) * c->d + e];
+                }
+                for (int64_t e = 0; e < c->d; e++) {
+                    double want = norms[t] ? (den > 0 ? num[e] / den : 0) : num[e];
+                    double got = tu_at(&ref[0], (h * c->nq + i) * c->d + e);
+                    ck_assert_msg(fabs(got - want) <= 1e-5 * fmax(1.0, fabs(want)), "relu case %d t %d: O %.9g, formula %.9g",
+                                  _i, t, got, want);
+                }
+                ck_assert_int_eq(((int32_t *)ref[1].data)[h * c->nq + i], cnt);
+            }
+        for (int b = 0; b < nb; b++) {
+            sl_status s = sl_op_run(ctx, bs[b], SL_OP_ATTN_RELU, &p, in, out);
+            if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+                printf("SKIP attn.relu on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                continue;
+            }
+            ck_assert_msg(s == SL_OK, "attn.relu on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+            char w[96];
+            snprintf(w, sizeof w, "attn.relu t %d case %d on %s", t, _i, sl_backend_name(bs[b]));
+            assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
+            release_n(out, 2);
+        }
+        release_n(ref, 2);
+    }
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* A row whose scores are all <= 0 (bias above every score) is zero, with
+ * count 0, normalised or not; the op rejects NaN. */
+START_TEST(test_relu_switched_off_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16800);
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, &NS_CASES[0], 1.0, in);
+    sl_backend_id bs[SL_BACKEND__COUNT + 1] = {SL_BACKEND_REF};
+    int nb = 1 + other_backends(bs + 1);
+    for (int b = 0; b < nb; b++)
+        for (int norm = 0; norm < 2; norm++) {
+            sl_attn_relu_params p = relu_p(1, 1, 1e3, norm);
+            sl_tensor out[2];
+            ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_RELU, &p, in, out), SL_OK);
+            for (int64_t i = 0; i < sl_tensor_numel(&out[0]); i++)
+                ck_assert(tu_at(&out[0], i) == 0.f);
+            for (int64_t i = 0; i < sl_tensor_numel(&out[1]); i++)
+                ck_assert_int_eq(((int32_t *)out[1].data)[i], 0);
+            release_n(out, 2);
+        }
+    sl_attn_relu_params p = relu_p(1, 1, 0, 0);
+    f32p(&in[0])[5] = NAN;
+    expect_fail(ctx, SL_OP_ATTN_RELU, &p, in, SL_EARG, "NaN");
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* norm.rms_gated against the formula in float64 (with and without g, w and
+ * the gate), every backend against ref; without the gate, scaling x by c
+ * leaves y unchanged (RMSNorm's scale invariance); a zero token stays 0. */
+START_TEST(test_rms_gated)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 16900);
+    const int64_t H = 3, N = 11, D = 8;
+    sl_tensor x = tu_randn(ctx, &rng, H, N, D, 1.5);
+    int64_t e1[1] = {H * D};
+    sl_tensor gw = randn_shape(ctx, &rng, 1, e1, 1.0), ww = randn_shape(ctx, &rng, 1, e1, 1.0);
+    for (int n = 0; n < H * D; n++)
+        f32p(&gw)[n] += 1.f;
+    for (int with = 0; with < 2; with++)
+        for (int gate = 0; gate < 2; gate++) {
+            sl_norm_rms_gated_params p = {.eps = 1.1920928955078125e-07, .gate = gate};
+            sl_tensor in[3] = {x, with ? gw : (sl_tensor){0}, with ? ww : (sl_tensor){0}}, out[1];
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_NORM_RMS_GATED, &p, in, out), SL_OK);
+            for (int64_t n = 0; n < N; n++) {
+                double ms = 0;
+                for (int64_t e = 0; e < H * D; e++) {
+                    double u = tu_at(&x, ((e / D) * N + n) * D + e % D);
+                    ms += u * u / (double)(H * D);
+                }
+                for (int64_t e = 0; e < H * D; e++) {
+                    double u = tu_at(&x, ((e / D) * N + n) * D + e % D);
+                    double g = with ? tu_at(&gw, e) : 1, w = with ? tu_at(&ww, e) : 1;
+                    double want = g * u / sqrt(ms + p.eps) * (gate ? 1 / (1 + exp(-w * u)) : 1);
+                    ck_assert_double_eq_tol(tu_at(&out[0], ((e / D) * N + n) * D + e % D), want, 1e-5 * fmax(1, fabs(want)));
+                }
+            }
+            sl_tensor_release(&out[0]);
+            check_op_vs_ref(ctx, SL_OP_NORM_RMS_GATED, &p, in, 1e-5, "norm.rms_gated");
+        }
+    /* scale invariance without the gate; a zero token */
+    sl_norm_rms_gated_params p = {.eps = 1e-12, .gate = 0};
+    sl_tensor xs = tu_randn(ctx, &rng, H, N, D, 1.0);
+    for (int64_t i = 0; i < H * N * D; i++)
+        f32p(&xs)[i] = 7.f * tu_at(&x, i);
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < D; c++)
+            f32p(&x)[(h * N + 2) * D + c] = 0.f;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < D; c++)
+            f32p(&xs)[(h * N + 2) * D + c] = 0.f;
+    sl_tensor a[1], b2[1], in1[3] = {x, {0}, {0}}, in2[3] = {xs, {0}, {0}};
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_NORM_RMS_GATED, &p, in1, a), SL_OK);
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_NORM_RMS_GATED, &p, in2, b2), SL_OK);
+    assert_tensor_close(&b2[0], &a[0], 1e-5, "rms norm of 7x");
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < D; c++)
+            ck_assert(tu_at(&a[0], (h * N + 2) * D + c) == 0.f);
+    sl_tensor_release(&a[0]);
+    sl_tensor_release(&b2[0]);
+    int64_t bad[1] = {5};
+    sl_tensor wrong = randn_shape(ctx, &rng, 1, bad, 1.0), in3[3] = {x, wrong, {0}};
+    expect_fail(ctx, SL_OP_NORM_RMS_GATED, &p, in3, SL_ESHAPE, "opt.g must be [24]");
+    sl_tensor_release(&wrong);
+    sl_tensor_release(&xs);
+    sl_tensor_release(&x);
+    sl_tensor_release(&gw);
+    sl_tensor_release(&ww);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_loop_test(tc, test_entmax_backends_match_ref, 0, N_NS_CASES);
@@ -446,6 +626,9 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_entmax15_root);
     tcase_add_test(tc, test_entmax_card_properties);
     tcase_add_test(tc, test_entmax_errors);
+    tcase_add_loop_test(tc, test_relu_backends_and_formula, 0, N_NS_CASES);
+    tcase_add_test(tc, test_relu_switched_off_rows);
+    tcase_add_test(tc, test_rms_gated);
 }
 
 int main(void) { return run_op_suite("nsattn_ops", add_tests); }

@@ -2,7 +2,8 @@
  * weights are not a softmax). attn.entmax: one work item per (head, query
  * row) on sl__cpu_parallel; scores by the vectorised dot, the threshold in
  * double (sorted row for the exact form, card entmax B and C; the bisection
- * of entmax_bisect otherwise), P.V by axpy over the support only. */
+ * of entmax_bisect otherwise), P.V by axpy over the support only.
+ * attn.relu: the same per-row shape; norm.rms_gated: one item per token. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -129,12 +130,104 @@ sl_status sl__cpu_attn_entmax(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, entmax_item, &j);
 }
 
+/* ---- attn.relu ---- */
+
+typedef struct relu_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    sl__cpu_vecops vo;
+} relu_job;
+
+/* One query row: score, ReLU^p, axpy of the nonzero weights into acc. */
+static void relu_item(int64_t item, void *ud, int thread)
+{
+    const relu_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl__attn_dims *dm = &j->dm;
+    const sl_attn_relu_params *p = a->params;
+    int64_t r = item % dm->nq, g = item / dm->nq / dm->group, d = dm->d;
+    float *acc = (float *)a->scratch + (size_t)thread * (size_t)d;
+    const float *qr = (const float *)a->in[0].data + item * d;
+    const float *k = (const float *)a->in[1].data + g * dm->nk * d, *v = (const float *)a->in[2].data + g * dm->nk * d;
+    int64_t n = p->causal ? dm->offset + r + 1 : dm->nk;
+    n = n > dm->nk ? dm->nk : n;
+    float sc = (float)dm->scale, b = (float)p->bias, pw = (float)p->power;
+    double den = 0;
+    int32_t cnt = 0;
+    memset(acc, 0, (size_t)d * sizeof *acc);
+    for (int64_t t = 0; t < n; t++) {
+        float x = sc * j->vo.dot(qr, k + t * d, d) - b;
+        if (!(x > 0.f))
+            continue;
+        float w = pw == 1.f ? x : powf(x, pw);
+        cnt++;
+        den += w;
+        j->vo.axpy(acc, v + t * d, d, w);
+    }
+    float *orow = (float *)a->out[0].data + item * d;
+    float mul = p->norm ? (den > 0 ? (float)(1.0 / den) : 0.f) : 1.f;
+    for (int64_t c = 0; c < d; c++)
+        orow[c] = acc[c] * mul;
+    ((int32_t *)a->out[1].data)[item] = cnt;
+}
+
+sl_status sl__cpu_attn_relu(const sl__kargs *a)
+{
+    const sl_attn_relu_params *p = a->params;
+    relu_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, relu_item, &j);
+}
+
+/* ---- norm.rms_gated ---- */
+
+typedef struct rms_job {
+    const sl__kargs *a;
+    int64_t H, N, D;
+} rms_job;
+
+static void rms_item(int64_t n, void *ud, int thread)
+{
+    (void)thread;
+    const rms_job *j = ud;
+    const sl_norm_rms_gated_params *p = j->a->params;
+    const float *x = j->a->in[0].data;
+    const float *gs = j->a->in[1].buf ? j->a->in[1].data : NULL, *ws = j->a->in[2].buf ? j->a->in[2].data : NULL;
+    float *y = j->a->out[0].data;
+    double ms = 0;
+    for (int64_t h = 0; h < j->H; h++) {
+        const float *u = x + (h * j->N + n) * j->D;
+        for (int64_t c = 0; c < j->D; c++)
+            ms += (double)u[c] * (double)u[c];
+    }
+    float inv = (float)(1.0 / sqrt(ms / (double)(j->H * j->D) + p->eps));
+    for (int64_t h = 0; h < j->H; h++) {
+        const float *u = x + (h * j->N + n) * j->D;
+        float *yr = y + (h * j->N + n) * j->D;
+        for (int64_t c = 0; c < j->D; c++) {
+            int64_t e = h * j->D + c;
+            float val = u[c] * inv * (gs ? gs[e] : 1.f);
+            if (p->gate)
+                val /= 1.f + expf(-(ws ? ws[e] : 1.f) * u[c]);
+            yr[c] = val;
+        }
+    }
+}
+
+sl_status sl__cpu_norm_rms_gated(const sl__kargs *a)
+{
+    rms_job j = {a, a->in[0].shape[0], a->in[0].shape[1], a->in[0].shape[2]};
+    if (j.H * j.D == 0)
+        return SL_OK;
+    return sl__cpu_parallel(a->ctx, j.N, rms_item, &j);
+}
+
 size_t sl__cpu_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;
     switch (op) {
     case SL_OP_ATTN_ENTMAX:
         return (size_t)n_threads * (size_t)(2 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
+    case SL_OP_ATTN_RELU: return (size_t)n_threads * (size_t)in[0].shape[2] * sizeof(float);
     default: return 0;
     }
 }

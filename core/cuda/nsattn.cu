@@ -9,6 +9,9 @@
 //       in (lo, hi] — then the support {X > lo} is the true one — and takes
 //       the closed-form threshold of that support (card entmax B and C).
 //       The bisection form is deep-spin's entmax_bisect (card A).
+//   attn.relu: one CTA per (head, row), keys in chunks through shared memory,
+//       P.V over the nonzero weights.
+//   norm.rms_gated: one CTA per token over its concatenated heads.
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
@@ -135,7 +138,124 @@ __global__ void entmax_kernel(const float *q, const float *k, const float *v, fl
     }
 }
 
+// ---- attn.relu: one CTA per (head, row), keys in chunks through shared memory ----
+
+constexpr int kChunk = 128;
+
+__global__ void relu_kernel(const float *q, const float *k, const float *v, float *o, int32_t *count, int hq, int group,
+                            int nq, int nk, int d, int causal, float scale, float bias, float power, int norm)
+{
+    SL_SHARED(float, qs, [kMaxD]);
+    SL_SHARED(float, w, [kChunk]);
+    SL_SHARED(double, red, [kWarps]);
+    int64_t item = blockIdx.x;
+    int r = (int)(item % nq), g = (int)(item / nq) / group;
+    const float *qr = q + item * d, *kg = k + (int64_t)g * nk * d, *vg = v + (int64_t)g * nk * d;
+    for (int c = threadIdx.x; c < d; c += kThreads)
+        qs[c] = qr[c];
+    __syncthreads();
+    int lim = causal ? nk - nq + r + 1 : nk;
+    lim = lim > nk ? nk : lim;
+    float acc[kMaxD / kThreads] = {};
+    double den = 0, cnt = 0;  // per thread: its keys' share
+    for (int j0 = 0; j0 < lim; j0 += kChunk) {
+        int nc = lim - j0 < kChunk ? lim - j0 : kChunk;
+        for (int t = threadIdx.x; t < nc; t += kThreads) {
+            const float *kj = kg + (int64_t)(j0 + t) * d;
+            float s = 0.f;
+            for (int c = 0; c < d; c++)
+                s += qs[c] * kj[c];
+            float x = scale * s - bias, wt = 0.f;
+            if (x > 0.f) {
+                wt = power == 1.f ? x : powf(x, power);
+                den += wt;
+                cnt += 1;
+            }
+            w[t] = wt;
+        }
+        __syncthreads();
+        for (int t = 0; t < nc; t++) {
+            float wt = w[t];
+            if (wt == 0.f)
+                continue;
+            for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+                acc[u] += wt * vg[(int64_t)(j0 + t) * d + c];
+        }
+        __syncthreads();
+    }
+    double tot = block_sum<kWarps>(den, red), n = block_sum<kWarps>(cnt, red);
+    float mul = norm ? (tot > 0 ? (float)(1.0 / tot) : 0.f) : 1.f;
+    float *orow = o + item * d;
+    for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+        orow[c] = acc[u] * mul;
+    if (threadIdx.x == 0)
+        count[item] = (int32_t)n;
+}
+
+// ---- norm.rms_gated: one CTA per token ----
+
+__global__ void rms_gated_kernel(const float *x, const float *gs, const float *ws, float *y, int H, int N, int D,
+                                 double eps, int gate)
+{
+    SL_SHARED(double, red, [kWarps]);
+    int n = blockIdx.x, E = H * D;
+    double part = 0;
+    for (int e = threadIdx.x; e < E; e += kThreads) {
+        double u = x[((int64_t)(e / D) * N + n) * D + e % D];
+        part += u * u;
+    }
+    double ms = block_sum<kWarps>(part, red) / (double)E;
+    float inv = (float)(1.0 / sqrt(ms + eps));
+    for (int e = threadIdx.x; e < E; e += kThreads) {
+        int64_t at = ((int64_t)(e / D) * N + n) * D + e % D;
+        float u = x[at], val = u * inv * (gs ? gs[e] : 1.f);
+        if (gate)
+            val /= 1.f + expf(-(ws ? ws[e] : 1.f) * u);
+        y[at] = val;
+    }
+}
+
 }  // namespace
+
+sl_status sl__cuda_attn_relu(const sl__kargs *a)
+{
+    const sl_attn_relu_params *p = static_cast<const sl_attn_relu_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t items = dm.hq * dm.nq;
+    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
+                                    (long long)dm.d, (long long)items);
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    SL_LAUNCH(relu_kernel, (int)items, kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), st.output<int32_t>(1),
+        (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->causal, (float)dm.scale, (float)p->bias,
+        (float)p->power, (int)p->norm);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_norm_rms_gated(const sl__kargs *a)
+{
+    const sl_norm_rms_gated_params *p = static_cast<const sl_norm_rms_gated_params *>(a->params);
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2];
+    if (N > INT32_MAX || H * D > INT32_MAX)
+        return sl__cuda_unsupported(a, "fewer than 2^31 tokens and channels; found %lld tokens, %lld channels",
+                                    (long long)N, (long long)(H * D));
+    if (N == 0 || H * D == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    SL_LAUNCH(rms_gated_kernel, (int)N, kThreads, 0, 0)(st.input<float>(0), st.input<float>(1), st.input<float>(2),
+                                                         st.output<float>(0), (int)H, (int)N, (int)D, p->eps,
+                                                         (int)p->gate);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
 
 sl_status sl__cuda_attn_entmax(const sl__kargs *a)
 {

@@ -1,7 +1,8 @@
 /* ref/nsattn.c — the reference kernels of the nsattn family (attention
  * whose weights are not a softmax): float64 throughout, plain loops, the
  * contracts in sparselab.h read literally. attn.entmax's exact form sorts
- * the row (card entmax, algorithms B and C). */
+ * the row (card entmax, algorithms B and C); attn.relu and norm.rms_gated
+ * are the formulas of their contracts. */
 #include "ref.h"
 
 #include <math.h>
@@ -145,11 +146,79 @@ sl_status sl__ref_attn_entmax(const sl__kargs *a)
     return SL_OK;
 }
 
+sl_status sl__ref_attn_relu(const sl__kargs *a)
+{
+    const sl_attn_relu_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    const float *q = a->in[0].data, *k = a->in[1].data, *v = a->in[2].data;
+    float *o = a->out[0].data;
+    int32_t *count = a->out[1].data;
+    double *acc = a->scratch;
+    for (int64_t h = 0; h < dm.hq; h++) {
+        int64_t g = h / dm.group;
+        for (int64_t r = 0; r < dm.nq; r++) {
+            if (sl_ctx_interrupted(a->ctx))
+                return interrupted(a);
+            const float *qr = q + (h * dm.nq + r) * dm.d;
+            int64_t lim = p->causal ? dm.offset + r + 1 : dm.nk;
+            double den = 0;
+            int32_t cnt = 0;
+            memset(acc, 0, (size_t)dm.d * sizeof *acc);
+            for (int64_t j = 0; j < lim && j < dm.nk; j++) {
+                const float *kj = k + (g * dm.nk + j) * dm.d, *vj = v + (g * dm.nk + j) * dm.d;
+                double s = 0;
+                for (int64_t c = 0; c < dm.d; c++)
+                    s += (double)qr[c] * (double)kj[c];
+                double t = dm.scale * s - p->bias;
+                if (!(t > 0))
+                    continue;
+                double w = p->power == 1.0 ? t : pow(t, p->power);
+                cnt++;
+                den += w;
+                for (int64_t c = 0; c < dm.d; c++)
+                    acc[c] += w * (double)vj[c];
+            }
+            double div = p->norm ? den : 1.0;
+            for (int64_t c = 0; c < dm.d; c++)
+                o[(h * dm.nq + r) * dm.d + c] = div > 0 ? (float)(acc[c] / div) : 0.f;
+            count[h * dm.nq + r] = cnt;
+        }
+    }
+    return SL_OK;
+}
+
+sl_status sl__ref_norm_rms_gated(const sl__kargs *a)
+{
+    const sl_norm_rms_gated_params *p = a->params;
+    const float *x = a->in[0].data, *gs = a->in[1].buf ? a->in[1].data : NULL, *ws = a->in[2].buf ? a->in[2].data : NULL;
+    float *y = a->out[0].data;
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2];
+    for (int64_t n = 0; n < N; n++) {
+        double ms = 0;
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t c = 0; c < D; c++) {
+                double u = x[(h * N + n) * D + c];
+                ms += u * u;
+            }
+        ms = H * D > 0 ? ms / (double)(H * D) : 0;
+        double inv = 1.0 / sqrt(ms + p->eps);
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t c = 0; c < D; c++) {
+                int64_t e = h * D + c;
+                double u = x[(h * N + n) * D + c], g = gs ? gs[e] : 1.0, w = ws ? ws[e] : 1.0;
+                double gate = p->gate ? 1.0 / (1.0 + exp(-w * u)) : 1.0;
+                y[(h * N + n) * D + c] = (float)(g * u * inv * gate);
+            }
+    }
+    return SL_OK;
+}
+
 size_t sl__ref_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params, (void)n_threads;
     switch (op) {
     case SL_OP_ATTN_ENTMAX: return (size_t)(3 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
+    case SL_OP_ATTN_RELU: return (size_t)in[0].shape[2] * sizeof(double);
     default: return 0;
     }
 }

@@ -128,4 +128,101 @@ test("entmax: density falls as alpha grows; alpha 1 is dense softmax (rel_l2 0, 
   truthy(b17.metrics.density < d15.metrics.density and b17.metrics.density > d2.metrics.density, "alpha 1.7 between")
 end)
 
+-- float64 ReLU attention rows (independent of attn.relu): weights max(z - b, 0)^a
+local function relu_row(t, h, i, causal, a, b, keys)
+  local z = scores(t, h, i, causal)
+  local g = (h - 1) // (HQ // HKV) + 1
+  local o, den, cnt = {}, 0, 0
+  for c = 1, t.d do o[c] = 0 end
+  for j = 1, #z do
+    if (not keys or keys[j]) and z[j] - b > 0 then
+      local w = (z[j] - b) ^ a
+      den = den + w; cnt = cnt + 1
+      for c = 1, t.d do o[c] = o[c] + w * t.v[g][j][c] end
+    end
+  end
+  return o, den, cnt
+end
+
+test("rela: output equals float64 ReLU attention + gated RMSNorm over the concatenated heads; density counts nonzeros", function()
+  for _, backend in ipairs{"ref", "cpu"} do
+    local prob, t = problem(20, 8, 1604, true)
+    prob.backend = backend
+    local m = sl.methods.get("rela")
+    for _, stab in ipairs{"none", "gated", "rms"} do
+      local out = m.run(prob, sl.registry.resolve(m, {stabilise = stab}))
+      local y = out.o:totable()
+      local kept, pairs = 0, 0
+      for i = 1, t.n do
+        local rows, ms = {}, 0
+        for h = 1, HQ do
+          local o, _, cnt = relu_row(t, h, i, true, 1, 0)
+          rows[h] = o
+          kept = kept + cnt; pairs = pairs + i
+          for c = 1, t.d do ms = ms + o[c] * o[c] end
+        end
+        ms = ms / (HQ * t.d)
+        for h = 1, HQ do
+          for c = 1, t.d do
+            local u, want = rows[h][c], rows[h][c]
+            if stab ~= "none" then want = u / math.sqrt(ms + 1.1920928955078125e-07) end
+            if stab == "gated" then want = want / (1 + math.exp(-u)) end
+            near(y[h][i][c], want, 1e-4 * math.max(1, math.abs(want)), backend .. " " .. stab)
+          end
+        end
+      end
+      near(out.stats.density, kept / pairs, 1e-12, "density")
+      truthy(out.stats.density > 0.2 and out.stats.density < 0.8, "ReLU zeroes about half the weights")
+    end
+  end
+end)
+
+test("rela: scaling V leaves the RMS-normalised output unchanged; no recall recorded", function()
+  local prob = problem(24, 8, 1605, true)
+  local m = sl.methods.get("rela")
+  local r1 = m.run(prob, sl.registry.resolve(m, {stabilise = "rms"}))
+  local prob3 = sl.problem{q = prob.q, k = prob.k, v = sl.tensor((function()
+    local v = prob.v:totable()
+    for a = 1, #v do for b = 1, #v[a] do for c = 1, #v[a][b] do v[a][b][c] = 3 * v[a][b][c] end end end
+    return v end)())}
+  local r3 = m.run(prob3, sl.registry.resolve(m, {stabilise = "rms"}))
+  local a, b = r1.o:totable(), r3.o:totable()
+  for h = 1, HQ do for i = 1, 24 do for c = 1, 8 do near(b[h][i][c], a[h][i][c], 1e-4, "scale invariance") end end end
+  local r = sl.eval("rela", prob, {})
+  eq(r.metrics.recall_mean, nil, "no recall for ReLA")
+  truthy(r.metrics.rel_l2 > 0, "rel_l2 recorded")
+end)
+
+test("hsr_attention relu: thresholded ReLU^α equals float64 ReLU^α over the reported set only; the set is score-driven", function()
+  local prob, t = problem(24, 8, 1606, true, 1.5)
+  for _, norm in ipairs{0, 1} do
+    local m = sl.methods.get("hsr_attention")
+    local out = m.run(prob, sl.registry.resolve(m, {activation = "relu", alpha = 2, relu_norm = norm}, 0.5))
+    local o, cnt = out.o:totable(), out.count:totable()
+    local blind_err = 0
+    for h = 1, HQ do
+      for i = 1, t.n do
+        local z = scores(t, h, i, true)
+        local report, n_rep = {}, 0
+        for j = 1, #z do if z[j] > 0.5 then report[j] = true; n_rep = n_rep + 1 end end
+        local want, den = relu_row(t, h, i, true, 2, 0.5, report)
+        eq(cnt[h][i], n_rep, "count = |S_i|")
+        -- a score-blind report of the same size (the first n_rep keys) gives another output
+        local first = {}
+        for j = 1, n_rep do first[j] = true end
+        local blind, bden = relu_row(t, h, i, true, 2, 0.5, first)
+        for c = 1, t.d do
+          local w = norm == 1 and (den > 0 and want[c] / den or 0) or want[c]
+          near(o[h][i][c], w, 1e-4 * math.max(1, math.abs(w)), "ReLU^α over S_i")
+          local bw = norm == 1 and (bden > 0 and blind[c] / bden or 0) or blind[c]
+          blind_err = math.max(blind_err, math.abs(bw - w))
+        end
+      end
+    end
+    truthy(blind_err > 1e-2, "a first-k report would pass the check")
+  end
+  local r = sl.eval("hsr_attention", prob, {params = {activation = "relu"}, budget = -1e4})
+  eq(r.metrics.recall_mean, nil, "no recall for ReLU^α")
+end)
+
 H.done()
