@@ -1,6 +1,6 @@
 /* op_nsattn.c — the nsattn family (issue 16: attention whose weights are
  * not a softmax): checks, shape rules and FLOP counts of attn.entmax
- * attn.relu and norm.rms_gated (contracts in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
+ * attn.relu, norm.rms_gated, attn.sigmoid_gate and attn.fastmax (contracts in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
  * cuda/nsattn.cu). The ops keep the attn. prefix of their kind; the family
  * is separate so that their kernels live in their own files. */
 #include "family.h"
@@ -30,6 +30,22 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
         return SL_OK;
     }
+    if (info->op == SL_OP_ATTN_SIGMOID_GATE) {
+        if ((s = sl__need_float(ctx, info, in, 0, 3)) || (s = sl__need_float(ctx, info, in, 1, 3)))
+            return s;
+        const int64_t *os = in[0].shape, *gs = in[1].shape;
+        if (gs[0] != os[0] || gs[1] != os[1] || (gs[2] != 1 && gs[2] != os[2]))
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: g must be [%lld, %lld, 1 or %lld] for o [%lld, %lld, %lld], found [%lld, %lld, %lld]",
+                               info->name, (long long)os[0], (long long)os[1], (long long)os[2], (long long)os[0],
+                               (long long)os[1], (long long)os[2], (long long)gs[0], (long long)gs[1], (long long)gs[2]);
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], os, 3 * sizeof(int64_t));
+        out_ndim[1] = 2;
+        out_shape[1][0] = os[0];
+        out_shape[1][1] = os[1];
+        out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
     if ((s = sl__check_qkv(ctx, info, in)))
         return s;
     switch (info->op) {
@@ -47,6 +63,10 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         out_dtype[1] = SL_I32;
         return SL_OK;
     }
+    case SL_OP_ATTN_FASTMAX:
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        return SL_OK;
     case SL_OP_ATTN_RELU:
         out_ndim[0] = 3;
         memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
@@ -61,8 +81,8 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
 
 static sl_status nsattn_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
-    if (info->op == SL_OP_NORM_RMS_GATED)
-        return SL_OK;
+    if (info->op == SL_OP_NORM_RMS_GATED || info->op == SL_OP_ATTN_SIGMOID_GATE || info->op == SL_OP_ATTN_FASTMAX)
+        return SL_OK; /* fastmax: normalised q.k is bounded by lim^2; without normalize the caller's range is float's */
     return sl__check_score_range(ctx, info, params, in);
 }
 
@@ -93,6 +113,15 @@ static double nsattn_flops(const sl_op_info *info, const void *params, const sl_
         const sl_attn_relu_params *p = params;
         return visible_pairs(&d, p->causal) * (double)d.hq * 4.0 * (double)d.d;
     }
+    case SL_OP_ATTN_FASTMAX: {
+        /* factorised (cpu): per key the states k v^T and (k x k) v^T, per row
+         * the contractions with q and q x q: about 2 (d + d^2 + d^3 [p = 2]) each */
+        const sl_attn_fastmax_params *p = params;
+        double dd = (double)d.d, per = 2.0 * (dd + dd * dd + (p->p == 2 ? dd * dd * dd : 0));
+        return (double)d.hq * per * ((double)d.nk + (double)d.nq);
+    }
+    case SL_OP_ATTN_SIGMOID_GATE:
+        return 6.0 * (double)sl_tensor_numel(&in[0]);
     case SL_OP_NORM_RMS_GATED:
         /* square-add, scale, gate product and sigmoid per element */
         return 8.0 * (double)sl_tensor_numel(&in[0]);

@@ -615,7 +615,22 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * opt.g and opt.w float [H . D] (absent: all 1); params eps, gate. For each
  * token n, u = (x[0, n, :], ..., x[H-1, n, :]) (the concatenated heads) and
  * y[h, n, c] = g_e . u_e / sqrt(mean(u^2) + eps) . (gate ? sigmoid(w_e . u_e)
- * : 1) with e = h . D + c. Output y [H, N, D]. */
+ * : 1) with e = h . D + c. Output y [H, N, D].
+ *
+ * attn.sigmoid_gate (card gated_attention, the G1 gate after SDPA): inputs
+ * o [H, N, D] (an attention output) and g [H, N, G] with G = 1 (headwise:
+ * one logit per token and head, broadcast over D) or G = D (elementwise);
+ * param eps. y[h, n, c] = o[h, n, c] . sigmoid(g[h, n, G == 1 ? 0 : c]), and
+ * exactly 0 where that sigmoid is below eps (the output skipped). Outputs y
+ * [H, N, D] and kept i32 [H, N], the channels whose gate is >= eps.
+ *
+ * attn.fastmax (card fast_fastmax): inputs q, k, v as attn.dense; params
+ * causal, p, a0, a1, a2, normalize, lim. With normalize, q of each query head
+ * is multiplied by lim / max_i |q_i| (the largest row norm of that head in
+ * this call) and k of each kv head by lim / max_j |k_j| (an all-zero head is
+ * left as is). Per row i over the visible keys, x_ij = q_i . k_j (no other
+ * scale), f = a0 + a1 x + (p = 2: a2 x^2), O_i = sum_j f_ij v_j / sum_j f_ij
+ * (0 when that sum is 0). Output O [Hq, Nq, D]; no log-sum-exp. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

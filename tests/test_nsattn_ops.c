@@ -617,6 +617,148 @@ START_TEST(test_rms_gated)
 }
 END_TEST
 
+/* ---- attn.sigmoid_gate ---- */
+
+/* Headwise and elementwise gates against the formula (float64) and every
+ * backend against ref, with and without skipping (eps); logits of 100
+ * (sigmoid = 1 in float) leave O unchanged; a headwise gate equals the
+ * elementwise gate that repeats it over D. */
+START_TEST(test_sigmoid_gate)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17000);
+    const int64_t H = 3, N = 13, D = 8;
+    sl_tensor o = tu_randn(ctx, &rng, H, N, D, 1.0);
+    for (int G = 1; G <= D; G += D - 1) {
+        sl_tensor g = tu_randn(ctx, &rng, H, N, G, 2.0);
+        for (int t = 0; t < 2; t++) {
+            sl_attn_sigmoid_gate_params p = {.eps = t ? 0.3 : 0};
+            sl_tensor in[2] = {o, g}, out[2];
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_SIGMOID_GATE, &p, in, out), SL_OK);
+            for (int64_t r = 0; r < H * N; r++) {
+                int kept = 0;
+                for (int64_t c = 0; c < D; c++) {
+                    double sig = 1 / (1 + exp(-(double)tu_at(&g, r * G + (G == 1 ? 0 : c))));
+                    double want = sig >= p.eps ? tu_at(&o, r * D + c) * sig : 0;
+                    kept += sig >= p.eps;
+                    ck_assert_double_eq_tol(tu_at(&out[0], r * D + c), want, 1e-6);
+                    if (sig < p.eps)
+                        ck_assert(tu_at(&out[0], r * D + c) == 0.f);
+                }
+                ck_assert_int_eq(((int32_t *)out[1].data)[r], kept);
+            }
+            release_n(out, 2);
+            check_op_vs_ref(ctx, SL_OP_ATTN_SIGMOID_GATE, &p, in, 1e-6, "attn.sigmoid_gate");
+        }
+        sl_tensor_release(&g);
+    }
+    /* open gates and the headwise broadcast */
+    int64_t sh1[3] = {H, N, 1}, shd[3] = {H, N, D};
+    sl_tensor big = f32_new(ctx, 3, sh1), hw = randn_shape(ctx, &rng, 3, sh1, 1.0), ew = f32_new(ctx, 3, shd);
+    for (int64_t r = 0; r < H * N; r++) {
+        f32p(&big)[r] = 100.f;
+        for (int64_t c = 0; c < D; c++)
+            f32p(&ew)[r * D + c] = f32p(&hw)[r];
+    }
+    sl_backend_id bs[SL_BACKEND__COUNT + 1] = {SL_BACKEND_REF};
+    int nb = 1 + other_backends(bs + 1);
+    sl_attn_sigmoid_gate_params p = {.eps = 0};
+    for (int b = 0; b < nb; b++) {
+        sl_tensor in[2] = {o, big}, out[2], a1[2], a2[2];
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_SIGMOID_GATE, &p, in, out), SL_OK);
+        for (int64_t i = 0; i < H * N * D; i++)
+            ck_assert(tu_at(&out[0], i) == tu_at(&o, i));
+        release_n(out, 2);
+        sl_tensor i1[2] = {o, hw}, i2[2] = {o, ew};
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_SIGMOID_GATE, &p, i1, a1), SL_OK);
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_SIGMOID_GATE, &p, i2, a2), SL_OK);
+        assert_tensor_close(&a1[0], &a2[0], 1e-7, "headwise = repeated elementwise");
+        release_n(a1, 2);
+        release_n(a2, 2);
+    }
+    int64_t shb[3] = {H, N, 3};
+    sl_tensor bad = randn_shape(ctx, &rng, 3, shb, 1.0), inb[2] = {o, bad};
+    expect_fail(ctx, SL_OP_ATTN_SIGMOID_GATE, &p, inb, SL_ESHAPE, "g must be [3, 13, 1 or 8]");
+    sl_tensor_release(&bad);
+    sl_tensor_release(&big);
+    sl_tensor_release(&hw);
+    sl_tensor_release(&ew);
+    sl_tensor_release(&o);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* ---- attn.fastmax ---- */
+
+static sl_attn_fastmax_params fastmax_p(int causal, int p2, int normalize)
+{
+    sl_attn_fastmax_params p = {.causal = causal, .p = p2 ? 2 : 1, .a0 = 1, .a1 = 1, .a2 = 0.5, .normalize = normalize,
+                                .lim = 1};
+    return p;
+}
+
+/* The cpu's factorised form (running key states) and CUDA's explicit rows
+ * against ref's explicit rows (card: factorised == explicit to ~1e-5), p = 1
+ * and 2, causal or not, normalised or not; ref against the row-normalised
+ * f(QK^T)V written out here (after the max-norm scaling). */
+START_TEST(test_fastmax_backends_and_formula)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17100 + (uint64_t)_i);
+    const shape_case *c = &NS_CASES[_i];
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, c, 0.3, in);
+    const float *q = in[0].data, *k = in[1].data, *v = in[2].data;
+    for (int t = 0; t < 4; t++) {
+        sl_attn_fastmax_params p = fastmax_p(c->causal, t & 1, t < 3);
+        check_op_vs_ref(ctx, SL_OP_ATTN_FASTMAX, &p, in, 2e-5, "attn.fastmax");
+        sl_tensor ref[1];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_FASTMAX, &p, in, ref), SL_OK);
+        for (int64_t h = 0; h < c->hq; h++) {
+            int64_t g = h / (c->hq / c->hkv);
+            double mq = 0, mk = 0;
+            for (int64_t i = 0; i < c->nq; i++) {
+                double s = 0;
+                for (int64_t e = 0; e < c->d; e++)
+                    s += (double)q[(h * c->nq + i) * c->d + e] * q[(h * c->nq + i) * c->d + e];
+                mq = fmax(mq, sqrt(s));
+            }
+            for (int64_t j = 0; j < c->nk; j++) {
+                double s = 0;
+                for (int64_t e = 0; e < c->d; e++)
+                    s += (double)k[(g * c->nk + j) * c->d + e] * k[(g * c->nk + j) * c->d + e];
+                mk = fmax(mk, sqrt(s));
+            }
+            double scl = p.normalize ? 1 / (mq * mk) : 1;
+            for (int64_t i = 0; i < c->nq; i++) {
+                double num[128] = {0}, den = 0;
+                for (int64_t j = 0; j <= (c->causal ? i + c->nk - c->nq : c->nk - 1); j++) {
+                    double x = 0;
+                    for (int64_t e = 0; e < c->d; e++)
+                        x += (double)q[(h * c->nq + i) * c->d + e] * k[(g * c->nk + j) * c->d + e];
+                    x *= scl;
+                    double f = 1 + x + (p.p == 2 ? x * x / 2 : 0);
+                    if (p.normalize)
+                        ck_assert_msg(f > 0, "fastmax weight %g <= 0", f);
+                    den += f;
+                    for (int64_t e = 0; e < c->d; e++)
+                        num[e] += f * v[(g * c->nk + j) * c->d + e];
+                }
+                for (int64_t e = 0; e < c->d; e++)
+                    ck_assert_double_eq_tol(tu_at(&ref[0], (h * c->nq + i) * c->d + e), num[e] / den, 1e-5);
+            }
+        }
+        sl_tensor_release(&ref[0]);
+    }
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_loop_test(tc, test_entmax_backends_match_ref, 0, N_NS_CASES);
@@ -629,6 +771,8 @@ static void add_tests(TCase *tc)
     tcase_add_loop_test(tc, test_relu_backends_and_formula, 0, N_NS_CASES);
     tcase_add_test(tc, test_relu_switched_off_rows);
     tcase_add_test(tc, test_rms_gated);
+    tcase_add_test(tc, test_sigmoid_gate);
+    tcase_add_loop_test(tc, test_fastmax_backends_and_formula, 0, N_NS_CASES);
 }
 
 int main(void) { return run_op_suite("nsattn_ops", add_tests); }

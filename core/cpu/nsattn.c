@@ -3,7 +3,9 @@
  * row) on sl__cpu_parallel; scores by the vectorised dot, the threshold in
  * double (sorted row for the exact form, card entmax B and C; the bisection
  * of entmax_bisect otherwise), P.V by axpy over the support only.
- * attn.relu: the same per-row shape; norm.rms_gated: one item per token. */
+ * attn.relu: the same per-row shape; norm.rms_gated: one item per token;
+ * attn.sigmoid_gate: one item per (head, token); attn.fastmax: one item per
+ * query head, factorised into running key states (below). */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -221,13 +223,186 @@ sl_status sl__cpu_norm_rms_gated(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.N, rms_item, &j);
 }
 
+/* ---- attn.sigmoid_gate ---- */
+
+typedef struct gate_job {
+    const sl__kargs *a;
+    int64_t D, G;
+} gate_job;
+
+static void gate_item(int64_t r, void *ud, int thread)
+{
+    (void)thread;
+    const gate_job *j = ud;
+    const sl_attn_sigmoid_gate_params *p = j->a->params;
+    const float *o = (const float *)j->a->in[0].data + r * j->D, *g = (const float *)j->a->in[1].data + r * j->G;
+    float *y = (float *)j->a->out[0].data + r * j->D;
+    float eps = (float)p->eps;
+    int32_t cnt = 0;
+    if (j->G == 1) {
+        float sig = 1.f / (1.f + expf(-g[0]));
+        int on = sig >= eps;
+        for (int64_t c = 0; c < j->D; c++)
+            y[c] = on ? o[c] * sig : 0.f;
+        cnt = on ? (int32_t)j->D : 0;
+    } else {
+        for (int64_t c = 0; c < j->D; c++) {
+            float sig = 1.f / (1.f + expf(-g[c]));
+            int on = sig >= eps;
+            y[c] = on ? o[c] * sig : 0.f;
+            cnt += on;
+        }
+    }
+    ((int32_t *)j->a->out[1].data)[r] = cnt;
+}
+
+sl_status sl__cpu_attn_sigmoid_gate(const sl__kargs *a)
+{
+    gate_job j = {a, a->in[0].shape[2], a->in[1].shape[2]};
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0] * a->in[0].shape[1], gate_item, &j);
+}
+
+/* ---- attn.fastmax ----
+ * Factorised (card step 3): per query head, running sums over the keys a row
+ * sees — S0 = sum v, z1 = sum k, S1 = sum k v^T, and for p = 2 over the
+ * symmetric pairs a <= b, z2 = sum k_a k_b and S2 = sum k_a k_b v^T — so a
+ * row costs O(d^3) and no n x n matrix exists. With p = 2 and head_dim above
+ * FASTMAX_FACTOR_MAX_D the d^3 state is too large and rows are evaluated
+ * explicitly (quadratic in n). */
+
+#define FASTMAX_FACTOR_MAX_D 64
+
+typedef struct fastmax_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    sl__cpu_vecops vo;
+} fastmax_job;
+
+static int64_t fastmax_pairs(int64_t d) { return d * (d + 1) / 2; }
+
+static int fastmax_factorised(const sl_attn_fastmax_params *p, int64_t d)
+{
+    return p->p == 1 || d <= FASTMAX_FACTOR_MAX_D;
+}
+
+/* doubles one work item needs */
+static size_t fastmax_state(const sl_attn_fastmax_params *p, int64_t d)
+{
+    size_t base = (size_t)(2 * d + d * d + d); /* S0, z1, S1, num */
+    if (p->p == 2 && fastmax_factorised(p, d))
+        base += (size_t)(fastmax_pairs(d) * (d + 1)); /* z2, S2 */
+    return base;
+}
+
+static double fastmax_inv_norm(const float *x, int64_t n, int64_t d, const sl__cpu_vecops *vo)
+{
+    float best = 0.f;
+    for (int64_t i = 0; i < n; i++) {
+        float s = vo->dot(x + i * d, x + i * d, d);
+        best = s > best ? s : best;
+    }
+    return best > 0.f ? 1.0 / sqrt((double)best) : 1.0;
+}
+
+static void fastmax_item(int64_t h, void *ud, int thread)
+{
+    const fastmax_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl__attn_dims *dm = &j->dm;
+    const sl_attn_fastmax_params *p = a->params;
+    int64_t d = dm->d, g = h / dm->group, np = fastmax_pairs(d);
+    const float *q = (const float *)a->in[0].data + h * dm->nq * d;
+    const float *k = (const float *)a->in[1].data + g * dm->nk * d, *v = (const float *)a->in[2].data + g * dm->nk * d;
+    float *o = (float *)a->out[0].data + h * dm->nq * d;
+    double sq = p->normalize ? p->lim * fastmax_inv_norm(q, dm->nq, d, &j->vo) : 1.0;
+    double sk = p->normalize ? p->lim * fastmax_inv_norm(k, dm->nk, d, &j->vo) : 1.0;
+    double *S0 = (double *)a->scratch + (size_t)thread * fastmax_state(p, d), *z1 = S0 + d, *S1 = z1 + d, *num = S1 + d * d;
+    double *z2 = num + d, *S2 = z2 + np;
+    int quad = p->p == 2;
+    if (!fastmax_factorised(p, d)) {
+        /* explicit rows: f(x) over the visible keys */
+        for (int64_t r = 0; r < dm->nq; r++) {
+            int64_t lim = p->causal ? dm->offset + r + 1 : dm->nk;
+            lim = lim > dm->nk ? dm->nk : lim;
+            double den = 0;
+            memset(num, 0, (size_t)d * sizeof *num);
+            for (int64_t t = 0; t < lim; t++) {
+                double x = sq * sk * (double)j->vo.dot(q + r * d, k + t * d, d);
+                double f = p->a0 + p->a1 * x + (quad ? p->a2 * x * x : 0.0);
+                den += f;
+                for (int64_t c = 0; c < d; c++)
+                    num[c] += f * (double)v[t * d + c];
+            }
+            for (int64_t c = 0; c < d; c++)
+                o[r * d + c] = den != 0 ? (float)(num[c] / den) : 0.f;
+        }
+        return;
+    }
+    memset(S0, 0, fastmax_state(p, d) * sizeof *S0);
+    int64_t seen = 0;
+    for (int64_t r = 0; r < dm->nq; r++) {
+        int64_t lim = p->causal ? dm->offset + r + 1 : dm->nk;
+        lim = lim > dm->nk ? dm->nk : lim;
+        for (; seen < lim; seen++) {
+            const float *kj = k + seen * d, *vj = v + seen * d;
+            for (int64_t c = 0; c < d; c++) {
+                S0[c] += vj[c];
+                z1[c] += sk * kj[c];
+            }
+            for (int64_t x = 0; x < d; x++) {
+                double ka = sk * kj[x];
+                double *row = S1 + x * d;
+                for (int64_t c = 0; c < d; c++)
+                    row[c] += ka * vj[c];
+            }
+            if (quad)
+                for (int64_t x = 0, e = 0; x < d; x++)
+                    for (int64_t y = x; y < d; y++, e++) {
+                        double kk = sk * kj[x] * sk * kj[y];
+                        double *row = S2 + e * d;
+                        z2[e] += kk;
+                        for (int64_t c = 0; c < d; c++)
+                            row[c] += kk * vj[c];
+                    }
+        }
+        const float *qr = q + r * d;
+        double den = p->a0 * (double)seen;
+        for (int64_t c = 0; c < d; c++)
+            num[c] = p->a0 * S0[c];
+        for (int64_t x = 0; x < d; x++) {
+            double c1 = p->a1 * sq * qr[x];
+            den += c1 * z1[x];
+            const double *row = S1 + x * d;
+            for (int64_t c = 0; c < d; c++)
+                num[c] += c1 * row[c];
+        }
+        if (quad)
+            for (int64_t x = 0, e = 0; x < d; x++)
+                for (int64_t y = x; y < d; y++, e++) {
+                    double c2 = p->a2 * sq * qr[x] * sq * qr[y] * (x == y ? 1.0 : 2.0);
+                    den += c2 * z2[e];
+                    const double *row = S2 + e * d;
+                    for (int64_t c = 0; c < d; c++)
+                        num[c] += c2 * row[c];
+                }
+        for (int64_t c = 0; c < d; c++)
+            o[r * d + c] = den != 0 ? (float)(num[c] / den) : 0.f;
+    }
+}
+
+sl_status sl__cpu_attn_fastmax(const sl__kargs *a)
+{
+    fastmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], 0), sl__cpu_vecops_get()};
+    return sl__cpu_parallel(a->ctx, j.dm.hq, fastmax_item, &j);
+}
+
 size_t sl__cpu_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
-    (void)params;
     switch (op) {
     case SL_OP_ATTN_ENTMAX:
         return (size_t)n_threads * (size_t)(2 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
     case SL_OP_ATTN_RELU: return (size_t)n_threads * (size_t)in[0].shape[2] * sizeof(float);
+    case SL_OP_ATTN_FASTMAX: return (size_t)n_threads * fastmax_state(params, in[0].shape[2]) * sizeof(double);
     default: return 0;
     }
 }

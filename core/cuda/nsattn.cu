@@ -12,6 +12,10 @@
 //   attn.relu: one CTA per (head, row), keys in chunks through shared memory,
 //       P.V over the nonzero weights.
 //   norm.rms_gated: one CTA per token over its concatenated heads.
+//   attn.sigmoid_gate: one thread per (head, token).
+//   attn.fastmax: per-head scales (one CTA per head), then the explicit
+//       row-normalised f(q.k) per (head, row) — the quadratic form; the
+//       factorised linear-time form is the cpu kernel's.
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
@@ -215,7 +219,131 @@ __global__ void rms_gated_kernel(const float *x, const float *gs, const float *w
     }
 }
 
+// ---- attn.sigmoid_gate: one thread per (head, token) ----
+
+__global__ void gate_kernel(const float *o, const float *g, float *y, int32_t *kept, int64_t rows, int D, int G, float eps)
+{
+    int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows)
+        return;
+    int cnt = 0;
+    for (int c = 0; c < D; c++) {
+        float sig = 1.f / (1.f + expf(-g[r * G + (G == 1 ? 0 : c)]));
+        int on = sig >= eps;
+        y[r * D + c] = on ? o[r * D + c] * sig : 0.f;
+        cnt += on;
+    }
+    kept[r] = cnt;
+}
+
+// ---- attn.fastmax: the head scales, then one CTA per (head, row), explicit rows ----
+
+// inv[h] = lim / max_i |x[h, i]| (lim for an all-zero head): one CTA per head
+__global__ void inv_norm_kernel(const float *x, double *inv, int n, int d, double lim, int normalize)
+{
+    SL_SHARED(double, red, [kWarps]);
+    const float *xh = x + (int64_t)blockIdx.x * n * d;
+    double best = 0;
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+        float s = 0.f;
+        for (int c = 0; c < d; c++)
+            s += xh[(int64_t)i * d + c] * xh[(int64_t)i * d + c];
+        best = s > best ? s : best;
+    }
+    best = block_max<kWarps>(best, red);
+    if (threadIdx.x == 0)
+        inv[blockIdx.x] = !normalize ? 1.0 : best > 0 ? lim / sqrt(best) : lim;
+}
+
+__global__ void fastmax_kernel(const float *q, const float *k, const float *v, const double *qinv, const double *kinv,
+                               float *o, int group, int nq, int nk, int d, int causal, int p2, double a0, double a1,
+                               double a2)
+{
+    SL_SHARED(float, qs, [kMaxD]);
+    SL_SHARED(float, w, [kChunk]);
+    SL_SHARED(double, red, [kWarps]);
+    int64_t item = blockIdx.x;
+    int h = (int)(item / nq), r = (int)(item % nq), g = h / group;
+    const float *qr = q + item * d, *kg = k + (int64_t)g * nk * d, *vg = v + (int64_t)g * nk * d;
+    for (int c = threadIdx.x; c < d; c += kThreads)
+        qs[c] = qr[c];
+    __syncthreads();
+    double sc = qinv[h] * kinv[g], den = 0;
+    int lim = causal ? nk - nq + r + 1 : nk;
+    lim = lim > nk ? nk : lim;
+    float acc[kMaxD / kThreads] = {};
+    for (int j0 = 0; j0 < lim; j0 += kChunk) {
+        int nc = lim - j0 < kChunk ? lim - j0 : kChunk;
+        for (int t = threadIdx.x; t < nc; t += kThreads) {
+            const float *kj = kg + (int64_t)(j0 + t) * d;
+            float s = 0.f;
+            for (int c = 0; c < d; c++)
+                s += qs[c] * kj[c];
+            double x = sc * (double)s, f = a0 + a1 * x + (p2 ? a2 * x * x : 0.0);
+            den += f;
+            w[t] = (float)f;
+        }
+        __syncthreads();
+        for (int t = 0; t < nc; t++)
+            for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+                acc[u] += w[t] * vg[(int64_t)(j0 + t) * d + c];
+        __syncthreads();
+    }
+    double tot = block_sum<kWarps>(den, red);
+    float *orow = o + item * d;
+    for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+        orow[c] = tot != 0 ? (float)(acc[u] / tot) : 0.f;
+}
+
 }  // namespace
+
+sl_status sl__cuda_attn_sigmoid_gate(const sl__kargs *a)
+{
+    const sl_attn_sigmoid_gate_params *p = static_cast<const sl_attn_sigmoid_gate_params *>(a->params);
+    int64_t rows = a->in[0].shape[0] * a->in[0].shape[1], D = a->in[0].shape[2], G = a->in[1].shape[2];
+    if (rows == 0)
+        return SL_OK;
+    if (D > INT32_MAX || (rows + 127) / 128 > INT32_MAX)
+        return sl__cuda_unsupported(a, "fewer than 2^31 channels and blocks; found %lld channels, %lld rows", (long long)D,
+                                    (long long)rows);
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    SL_LAUNCH(gate_kernel, (int)((rows + 127) / 128), 128, 0, 0)(st.input<float>(0), st.input<float>(1),
+                                                                 st.output<float>(0), st.output<int32_t>(1), rows,
+                                                                 (int)D, (int)G, (float)p->eps);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_attn_fastmax(const sl__kargs *a)
+{
+    const sl_attn_fastmax_params *p = static_cast<const sl_attn_fastmax_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], 0);
+    int64_t items = dm.hq * dm.nq;
+    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
+                                    (long long)dm.d, (long long)items);
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    void *qinv = nullptr, *kinv = nullptr;
+    if ((s = sl__cuda_scratch(&st, (size_t)dm.hq * sizeof(double), &qinv)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)dm.hkv * sizeof(double), &kinv)) != SL_OK)
+        return s;
+    SL_LAUNCH(inv_norm_kernel, (int)dm.hq, kThreads, 0, 0)(st.input<float>(0), static_cast<double *>(qinv), (int)dm.nq,
+                                                           (int)dm.d, p->lim, (int)p->normalize);
+    SL_LAUNCH(inv_norm_kernel, (int)dm.hkv, kThreads, 0, 0)(st.input<float>(1), static_cast<double *>(kinv), (int)dm.nk,
+                                                            (int)dm.d, p->lim, (int)p->normalize);
+    SL_LAUNCH(fastmax_kernel, (int)items, kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), static_cast<const double *>(qinv),
+        static_cast<const double *>(kinv), st.output<float>(0), (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d,
+        (int)p->causal, p->p == 2, p->a0, p->a1, p->a2);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
 
 sl_status sl__cuda_attn_relu(const sl__kargs *a)
 {

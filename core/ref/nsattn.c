@@ -213,12 +213,80 @@ sl_status sl__ref_norm_rms_gated(const sl__kargs *a)
     return SL_OK;
 }
 
+sl_status sl__ref_attn_sigmoid_gate(const sl__kargs *a)
+{
+    const sl_attn_sigmoid_gate_params *p = a->params;
+    const float *o = a->in[0].data, *g = a->in[1].data;
+    float *y = a->out[0].data;
+    int32_t *kept = a->out[1].data;
+    int64_t rows = a->in[0].shape[0] * a->in[0].shape[1], D = a->in[0].shape[2], G = a->in[1].shape[2];
+    for (int64_t r = 0; r < rows; r++) {
+        int32_t cnt = 0;
+        for (int64_t c = 0; c < D; c++) {
+            double sig = 1.0 / (1.0 + exp(-(double)g[r * G + (G == 1 ? 0 : c)]));
+            int on = sig >= p->eps;
+            y[r * D + c] = on ? (float)((double)o[r * D + c] * sig) : 0.f;
+            cnt += on;
+        }
+        kept[r] = cnt;
+    }
+    return SL_OK;
+}
+
+/* 1 / max row norm of x [H, N, D] head h (1 for an all-zero head) */
+static double inv_max_norm(const float *x, int64_t h, int64_t n, int64_t d)
+{
+    double best = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double s = 0;
+        for (int64_t c = 0; c < d; c++)
+            s += (double)x[(h * n + i) * d + c] * (double)x[(h * n + i) * d + c];
+        best = s > best ? s : best;
+    }
+    return best > 0 ? 1.0 / sqrt(best) : 1.0;
+}
+
+sl_status sl__ref_attn_fastmax(const sl__kargs *a)
+{
+    const sl_attn_fastmax_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], 0);
+    const float *q = a->in[0].data, *k = a->in[1].data, *v = a->in[2].data;
+    float *o = a->out[0].data;
+    double *acc = a->scratch;
+    for (int64_t h = 0; h < dm.hq; h++) {
+        int64_t g = h / dm.group;
+        double sq = p->normalize ? p->lim * inv_max_norm(q, h, dm.nq, dm.d) : 1.0;
+        double sk = p->normalize ? p->lim * inv_max_norm(k, g, dm.nk, dm.d) : 1.0;
+        for (int64_t r = 0; r < dm.nq; r++) {
+            if (sl_ctx_interrupted(a->ctx))
+                return interrupted(a);
+            int64_t lim = p->causal ? dm.offset + r + 1 : dm.nk;
+            double den = 0;
+            memset(acc, 0, (size_t)dm.d * sizeof *acc);
+            for (int64_t j = 0; j < lim && j < dm.nk; j++) {
+                double x = 0;
+                for (int64_t c = 0; c < dm.d; c++)
+                    x += (double)q[(h * dm.nq + r) * dm.d + c] * (double)k[(g * dm.nk + j) * dm.d + c];
+                x *= sq * sk;
+                double f = p->a0 + p->a1 * x + (p->p == 2 ? p->a2 * x * x : 0.0);
+                den += f;
+                for (int64_t c = 0; c < dm.d; c++)
+                    acc[c] += f * (double)v[(g * dm.nk + j) * dm.d + c];
+            }
+            for (int64_t c = 0; c < dm.d; c++)
+                o[(h * dm.nq + r) * dm.d + c] = den != 0 ? (float)(acc[c] / den) : 0.f;
+        }
+    }
+    return SL_OK;
+}
+
 size_t sl__ref_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params, (void)n_threads;
     switch (op) {
     case SL_OP_ATTN_ENTMAX: return (size_t)(3 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
-    case SL_OP_ATTN_RELU: return (size_t)in[0].shape[2] * sizeof(double);
+    case SL_OP_ATTN_RELU:
+    case SL_OP_ATTN_FASTMAX: return (size_t)in[0].shape[2] * sizeof(double);
     default: return 0;
     }
 }

@@ -225,4 +225,93 @@ test("hsr_attention relu: thresholded ReLU^α equals float64 ReLU^α over the re
   eq(r.metrics.recall_mean, nil, "no recall for ReLU^α")
 end)
 
+test("gated_attention: q_proj split per KV group matches a hand-built projection (headwise and elementwise)", function()
+  local ga = sl.methods.get("gated_attention")
+  local hq, hkv, d = 4, 2, 3
+  for _, elementwise in ipairs{false, true} do
+    local w = elementwise and d or 1
+    -- the value encodes (head, channel, is_gate) where the reference puts it
+    local row = {}
+    for g = 0, hkv - 1 do
+      for i = 0, 1 do for c = 1, d do row[#row + 1] = 100 * (g * 2 + i + 1) + c end end
+      for i = 0, 1 do for c = 1, w do row[#row + 1] = -(100 * (g * 2 + i + 1) + c) end end
+    end
+    local q, gate = ga.split_qproj(row, hq, hkv, d, elementwise)
+    for h = 1, hq do
+      for c = 1, d do eq(q[h][c], 100 * h + c, "query head " .. h) end
+      for c = 1, w do eq(gate[h][c], -(100 * h + c), "gate of head " .. h) end
+    end
+    -- a wrong split order (all queries first, then all gates) permutes the gates of GQA groups
+    local flat_gate = row[hkv * 2 * d + 1]
+    truthy(flat_gate ~= gate[1][1], "the naive split reads a query value as head 1's gate")
+  end
+  H.raises(function() ga.split_qproj({1, 2, 3}, hq, hkv, d, false) end, "expected 16 values", "length check")
+end)
+
+test("gated_attention: open gates equal dense; output = dense o ⊙ σ(g) (float64); eps skips exactly", function()
+  local prob = problem(20, 8, 1607, true)
+  local dense = sl.eval("dense", prob, {})
+  local big = sl.eval("gated_attention", prob, {params = {bias = 100, gain = 0}})
+  near(big.metrics.rel_l2, 0, 1e-7, "gate -> +inf is ungated")
+  eq(big.metrics.recall_mean, nil, "no recall for gated outputs")
+  for _, mode in ipairs{"headwise", "elementwise"} do
+    local m = sl.methods.get("gated_attention")
+    local out = m.run(prob, sl.registry.resolve(m, {mode = mode, eps = 0.5}))
+    local y, g, o = out.o:totable(), out.gate:totable(), dense.o:totable()
+    local zeros, total = 0, 0
+    for h = 1, HQ do
+      for i = 1, 20 do
+        for c = 1, 8 do
+          local x = g[h][i][mode == "headwise" and 1 or c]
+          local sig = 1 / (1 + math.exp(-x))
+          local want = sig >= 0.5 and o[h][i][c] * sig or 0
+          near(y[h][i][c], want, 1e-6, mode)
+          if sig < 0.5 then eq(y[h][i][c], 0.0, "skipped output is exactly 0"); zeros = zeros + 1 end
+          total = total + 1
+        end
+      end
+    end
+    near(out.stats.gate_density, 1 - zeros / total, 1e-12, "gate density")
+    truthy(zeros > 0 and zeros < total, "some outputs skipped")
+  end
+end)
+
+test("fast_fastmax: equals float64 row-normalised 1 + x + x²/2 of max-norm-scaled scores; density 1", function()
+  for _, backend in ipairs{"ref", "cpu"} do
+    local prob, t = problem(18, 8, 1608, true)
+    prob.backend = backend
+    local m = sl.methods.get("fast_fastmax")
+    local out = m.run(prob, sl.registry.resolve(m, {}))
+    local o = out.o:totable()
+    local function maxnorm(x, h, n)
+      local best = 0
+      for i = 1, n do
+        local s = 0
+        for c = 1, t.d do s = s + x[h][i][c] ^ 2 end
+        best = math.max(best, math.sqrt(s))
+      end
+      return best
+    end
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local sc = 1 / (maxnorm(t.q, h, t.n) * maxnorm(t.k, g, t.n))
+      for i = 1, t.n do
+        local num, den = {}, 0
+        for c = 1, t.d do num[c] = 0 end
+        for j = 1, i do
+          local x = 0
+          for c = 1, t.d do x = x + t.q[h][i][c] * t.k[g][j][c] end
+          x = x * sc
+          local f = 1 + x + x * x / 2
+          truthy(f > 0, "positive weight")
+          den = den + f
+          for c = 1, t.d do num[c] = num[c] + f * t.v[g][j][c] end
+        end
+        for c = 1, t.d do near(o[h][i][c], num[c] / den, 1e-5, backend .. " fastmax") end
+      end
+    end
+    eq(out.stats.density, 1.0, "not sparse")
+  end
+end)
+
 H.done()
