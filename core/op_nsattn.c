@@ -1,6 +1,6 @@
 /* op_nsattn.c — the nsattn family (issue 16: attention whose weights are
  * not a softmax): checks, shape rules and FLOP counts of attn.entmax
- * attn.relu, norm.rms_gated, attn.sigmoid_gate and attn.fastmax (contracts in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
+ * attn.relu, norm.rms_gated, attn.sigmoid_gate, attn.fastmax, attn.tra and attn.monotonic (contracts in sparselab.h; kernels in ref/nsattn.c, cpu/nsattn.c,
  * cuda/nsattn.cu). The ops keep the attn. prefix of their kind; the family
  * is separate so that their kernels live in their own files. */
 #include "family.h"
@@ -49,6 +49,28 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
     if ((s = sl__check_qkv(ctx, info, in)))
         return s;
     switch (info->op) {
+    case SL_OP_ATTN_TRA: {
+        int64_t want[2] = {in[0].shape[0], in[0].shape[1]};
+        if ((s = sl__need_shape(ctx, info, in, 3, 2, want)))
+            return s;
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        out_ndim[1] = 2;
+        out_shape[1][0] = in[0].shape[0];
+        out_shape[1][1] = in[0].shape[1];
+        out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
+    case SL_OP_ATTN_MONOTONIC:
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        for (int o = 1; o <= 2; o++) {
+            out_ndim[o] = 2;
+            out_shape[o][0] = in[0].shape[0];
+            out_shape[o][1] = in[0].shape[1];
+        }
+        out_dtype[2] = SL_I32;
+        return SL_OK;
     case SL_OP_ATTN_ENTMAX: {
         const sl_attn_entmax_params *p = params;
         if (p->algo == 0 && p->alpha != 1.0 && p->alpha != 1.5 && p->alpha != 2.0)
@@ -119,6 +141,19 @@ static double nsattn_flops(const sl_op_info *info, const void *params, const sl_
         const sl_attn_fastmax_params *p = params;
         double dd = (double)d.d, per = 2.0 * (dd + dd * dd + (p->p == 2 ? dd * dd * dd : 0));
         return (double)d.hq * per * ((double)d.nk + (double)d.nq);
+    }
+    case SL_OP_ATTN_TRA: {
+        /* scores over every visible pair, the softmax and P.V over the kept ones (bound: all) */
+        const sl_attn_tra_params *p = params;
+        return visible_pairs(&d, p->causal) * (double)d.hq * 4.0 * (double)d.d;
+    }
+    case SL_OP_ATTN_MONOTONIC: {
+        /* data-dependent: the scan reads each key about once per head, the
+         * chunk costs 4·d·w per row; the bound counts the scan as 2·d per
+         * visible key of the head and every row's full chunk */
+        const sl_attn_monotonic_params *p = params;
+        double w = (double)(p->chunk < d.nk ? p->chunk : d.nk);
+        return (double)d.hq * (2.0 * (double)d.d * (double)d.nk + 4.0 * (double)d.d * w * (double)d.nq);
     }
     case SL_OP_ATTN_SIGMOID_GATE:
         return 6.0 * (double)sl_tensor_numel(&in[0]);

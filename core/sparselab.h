@@ -630,7 +630,27 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * this call) and k of each kv head by lim / max_j |k_j| (an all-zero head is
  * left as is). Per row i over the visible keys, x_ij = q_i . k_j (no other
  * scale), f = a0 + a1 x + (p = 2: a2 x^2), O_i = sum_j f_ij v_j / sum_j f_ij
- * (0 when that sum is 0). Output O [Hq, Nq, D]; no log-sum-exp. */
+ * (0 when that sum is 0). Output O [Hq, Nq, D]; no log-sum-exp.
+ *
+ * attn.tra (card tra, Threshold Relative Attention): inputs q, k, v as
+ * attn.dense and delta float [Hq, Nq] (the query gate log sigma(.) <= 0,
+ * any finite value accepted); params causal, scale, qk_norm, eps. With
+ * qk_norm every q and k row r becomes r / sqrt(mean(r^2) + eps). Per row i
+ * over the visible keys, S_ij = scale . q_i . k_j; the kept set K_i = {j :
+ * S_ij > 0}; c_ij = #{l in K_i : l >= j} (kept keys from j to the query);
+ * A_ij = S_ij + delta_i . c_ij on K_i; O_i = softmax(A_i over K_i) . V (0
+ * when K_i is empty). Outputs O [Hq, Nq, D] and count i32 [Hq, Nq] = |K_i|.
+ *
+ * attn.monotonic (card asr_sparse_monotonic, hard monotonic chunkwise
+ * attention at inference, MoChA style): inputs q, k, v as attn.dense;
+ * params chunk w, r, causal, scale. Per query head a pointer t starts at 0;
+ * rows in order: row i scans keys j = t, t+1, ... among its visible ones
+ * and stops at the first with scale . q_i . k_j + r >= 0; then t = j and O_i,
+ * L_i are softmax attention over keys [max(0, j - w + 1), j] with logits
+ * scale . q_i . k_j (as attn.dense's O and L over that set); stop[i] = j. A
+ * row that finds no such key attends nothing: O = 0, L = -inf, stop -1, and
+ * t stays. Outputs O [Hq, Nq, D], L [Hq, Nq], stop i32 [Hq, Nq]; the stops
+ * of a head never decrease (ignoring -1). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

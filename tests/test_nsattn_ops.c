@@ -759,6 +759,294 @@ START_TEST(test_fastmax_backends_and_formula)
 }
 END_TEST
 
+/* ---- attn.tra ---- */
+
+static sl_attn_tra_params tra_p(int causal, int qk_norm)
+{
+    sl_attn_tra_params p = {.causal = causal, .scale = 0, .qk_norm = qk_norm, .eps = 1e-6};
+    return p;
+}
+
+/* float64 TRA of one row written from the card: c_ij counted by its
+ * definition (kept keys l with j <= l <= last visible). */
+static int tra_row(const float *q, const float *k, const float *v, int64_t n, int64_t d, double scale, int qk_norm,
+                   double eps, double delta, double *o)
+{
+    double S[256], nq = 0;
+    for (int64_t e = 0; e < d; e++)
+        nq += (double)q[e] * q[e];
+    double iq = qk_norm ? 1 / sqrt(nq / (double)d + eps) : 1;
+    for (int64_t j = 0; j < n; j++) {
+        double s = 0, nk = 0;
+        for (int64_t e = 0; e < d; e++) {
+            s += (double)q[e] * k[j * d + e];
+            nk += (double)k[j * d + e] * k[j * d + e];
+        }
+        S[j] = scale * s * iq * (qk_norm ? 1 / sqrt(nk / (double)d + eps) : 1);
+    }
+    double mx = -INFINITY, A[256];
+    int kept = 0;
+    for (int64_t j = 0; j < n; j++) {
+        if (!(S[j] > 0))
+            continue;
+        int c = 0;
+        for (int64_t l = j; l < n; l++)
+            c += S[l] > 0;
+        A[j] = S[j] + delta * c;
+        mx = fmax(mx, A[j]);
+        kept++;
+    }
+    double l = 0;
+    for (int64_t e = 0; e < d; e++)
+        o[e] = 0;
+    for (int64_t j = 0; j < n; j++)
+        if (S[j] > 0) {
+            double w = exp(A[j] - mx);
+            l += w;
+            for (int64_t e = 0; e < d; e++)
+                o[e] += w * v[j * d + e];
+        }
+    for (int64_t e = 0; e < d; e++)
+        o[e] = kept ? o[e] / l : 0;
+    return kept;
+}
+
+/* Every backend against ref (counts as entmax's supports), ref against the
+ * float64 row above, with and without the QK-norm, random gates delta <= 0.
+ * (A score within float rounding of 0 could flip a key between the float
+ * and float64 kernels; the seeds here have none.) */
+START_TEST(test_tra_backends_and_formula)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17200 + (uint64_t)_i);
+    const shape_case *c = &NS_CASES[_i];
+    sl_tensor in[4];
+    qkv_of(ctx, &rng, c, 1.0, in);
+    in[3] = f32_2d(ctx, c->hq, c->nq);
+    for (int64_t i = 0; i < c->hq * c->nq; i++)
+        f32p(&in[3])[i] = (float)log(1 / (1 + exp(-2 * sl_rng_normal(&rng))));
+    sl_backend_id bs[SL_BACKEND__COUNT];
+    int nb = other_backends(bs);
+    for (int qn = 0; qn < 2; qn++) {
+        sl_attn_tra_params p = tra_p(c->causal, qn);
+        sl_tensor ref[2], out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_TRA, &p, in, ref), SL_OK);
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t i = 0; i < c->nq; i++) {
+                int64_t g = h / (c->hq / c->hkv), n = c->causal ? i + c->nk - c->nq + 1 : c->nk;
+                double o[128];
+                int kept = tra_row(f32p(&in[0]) + (h * c->nq + i) * c->d, f32p(&in[1]) + g * c->nk * c->d,
+                                   f32p(&in[2]) + g * c->nk * c->d, n, c->d, 1 / sqrt((double)c->d), qn, 1e-6,
+                                   tu_at(&in[3], h * c->nq + i), o);
+                ck_assert_int_eq(((int32_t *)ref[1].data)[h * c->nq + i], kept);
+                for (int64_t e = 0; e < c->d; e++)
+                    ck_assert_double_eq_tol(tu_at(&ref[0], (h * c->nq + i) * c->d + e), o[e], 1e-5);
+            }
+        for (int b = 0; b < nb; b++) {
+            sl_status s = sl_op_run(ctx, bs[b], SL_OP_ATTN_TRA, &p, in, out);
+            if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+                printf("SKIP attn.tra on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                continue;
+            }
+            ck_assert_msg(s == SL_OK, "attn.tra on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+            char w[96];
+            snprintf(w, sizeof w, "attn.tra qk_norm %d case %d on %s", qn, _i, sl_backend_name(bs[b]));
+            assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
+            release_n(out, 2);
+        }
+        release_n(ref, 2);
+    }
+    release_n(in, 4);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Card checks: every score positive and delta = 0 is softmax attention over
+ * the causal keys of the QK-normed q, k (attn.dense on them); an empty kept
+ * set gives a zero row; inserting irrelevant keys (score <= 0 for every
+ * query) between relevant ones leaves the output unchanged. */
+START_TEST(test_tra_card_checks)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17300);
+    const int64_t n = 24, d = 8;
+    sl_tensor in[4];
+    in[0] = tu_randn(ctx, &rng, 1, n, d, 1.0);
+    in[1] = tu_randn(ctx, &rng, 1, n, d, 1.0);
+    in[2] = tu_randn(ctx, &rng, 1, n, d, 1.0);
+    in[3] = f32_2d(ctx, 1, n);
+    for (int64_t i = 0; i < n * d; i++) {
+        f32p(&in[0])[i] = fabsf(f32p(&in[0])[i]) + 0.1f;
+        f32p(&in[1])[i] = fabsf(f32p(&in[1])[i]) + 0.1f;
+    }
+    for (int64_t i = 0; i < n; i++)
+        f32p(&in[3])[i] = 0.f;
+    /* normalised copies for attn.dense */
+    sl_tensor nq = tu_randn(ctx, &rng, 1, n, d, 1.0), nk = tu_randn(ctx, &rng, 1, n, d, 1.0);
+    for (int t = 0; t < 2; t++) {
+        const float *x = in[t].data;
+        float *y = (t ? nk : nq).data;
+        for (int64_t i = 0; i < n; i++) {
+            double ss = 0;
+            for (int64_t e = 0; e < d; e++)
+                ss += (double)x[i * d + e] * x[i * d + e];
+            for (int64_t e = 0; e < d; e++)
+                y[i * d + e] = (float)(x[i * d + e] / sqrt(ss / (double)d + 1e-6));
+        }
+    }
+    sl_tensor din[3] = {nq, nk, in[2]}, dense[2];
+    sl_attn_params dp = {.causal = 1, .scale = 0};
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &dp, din, dense), SL_OK);
+    sl_backend_id bs[SL_BACKEND__COUNT + 1] = {SL_BACKEND_REF};
+    int nb = 1 + other_backends(bs + 1);
+    sl_attn_tra_params p = tra_p(1, 1);
+    for (int b = 0; b < nb; b++) {
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_TRA, &p, in, out), SL_OK);
+        assert_tensor_close(&out[0], &dense[0], 1e-5, "tra with all scores > 0, delta 0 vs softmax");
+        release_n(out, 2);
+    }
+    release_n(dense, 2);
+    /* empty kept set: every key opposite to every query */
+    sl_tensor neg[4] = {in[0], tu_randn(ctx, &rng, 1, n, d, 1.0), in[2], in[3]};
+    for (int64_t i = 0; i < n * d; i++)
+        f32p(&neg[1])[i] = -fabsf(f32p(&neg[1])[i]) - 0.1f;
+    for (int b = 0; b < nb; b++) {
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_TRA, &p, neg, out), SL_OK);
+        for (int64_t i = 0; i < n * d; i++)
+            ck_assert(tu_at(&out[0], i) == 0.f && !isnan(tu_at(&out[0], i)));
+        for (int64_t i = 0; i < n; i++)
+            ck_assert_int_eq(((int32_t *)out[1].data)[i], 0);
+        release_n(out, 2);
+    }
+    /* insertion of irrelevant keys: one query (not causal), 8 relevant keys,
+     * then the same with 3 irrelevant keys after each of the first four */
+    const int64_t nr = 8, ni = nr + 12;
+    sl_tensor a[4], bb[4];
+    a[0] = tu_randn(ctx, &rng, 1, 1, d, 1.0);
+    a[1] = tu_randn(ctx, &rng, 1, nr, d, 1.0);
+    a[2] = tu_randn(ctx, &rng, 1, nr, d, 1.0);
+    a[3] = f32_2d(ctx, 1, 1);
+    f32p(&a[3])[0] = -0.7f;
+    for (int64_t e = 0; e < d; e++)
+        f32p(&a[0])[e] = fabsf(f32p(&a[0])[e]) + 0.1f;
+    for (int64_t i = 0; i < nr * d; i++)
+        f32p(&a[1])[i] = fabsf(f32p(&a[1])[i]) + 0.1f;
+    bb[0] = a[0];
+    bb[3] = a[3];
+    bb[1] = tu_randn(ctx, &rng, 1, ni, d, 1.0);
+    bb[2] = tu_randn(ctx, &rng, 1, ni, d, 1.0);
+    for (int64_t j = 0, src = 0; j < ni; j++) {
+        /* layout: r0 i i i r1 i i i r2 i i i r3 i i i r4 r5 r6 r7 */
+        int is_rel = j >= 16 || j % 4 == 0;
+        for (int64_t e = 0; e < d; e++) {
+            if (is_rel) {
+                f32p(&bb[1])[j * d + e] = f32p(&a[1])[src * d + e];
+                f32p(&bb[2])[j * d + e] = f32p(&a[2])[src * d + e];
+            } else {
+                f32p(&bb[1])[j * d + e] = -fabsf(f32p(&bb[1])[j * d + e]) - 0.1f;
+            }
+        }
+        src += is_rel;
+    }
+    sl_attn_tra_params pn = tra_p(0, 1);
+    for (int b = 0; b < nb; b++) {
+        sl_tensor oa[2], ob[2];
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_TRA, &pn, a, oa), SL_OK);
+        ck_assert_int_eq(sl_op_run(ctx, bs[b], SL_OP_ATTN_TRA, &pn, bb, ob), SL_OK);
+        assert_tensor_close(&ob[0], &oa[0], 1e-6, "irrelevant keys inserted");
+        ck_assert_int_eq(((int32_t *)ob[1].data)[0], (int32_t)nr);
+        release_n(oa, 2);
+        release_n(ob, 2);
+    }
+    release_n(a, 4);
+    sl_tensor_release(&bb[1]);
+    sl_tensor_release(&bb[2]);
+    sl_tensor_release(&neg[1]);
+    sl_tensor_release(&nq);
+    sl_tensor_release(&nk);
+    release_n(in, 4);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* ---- attn.monotonic ---- */
+
+/* Every backend against ref; ref against the pointer walk written here in
+ * float64 (stop, the chunk's softmax O and L); the stops of every head
+ * never decrease; r < 0 and r > 0 move the stops later and earlier. */
+START_TEST(test_monotonic)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17400 + (uint64_t)_i);
+    const shape_case *c = &NS_CASES[_i];
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, c, 1.0, in);
+    const float *q = in[0].data, *k = in[1].data, *v = in[2].data;
+    double scale = 1 / sqrt((double)c->d);
+    const double rs[3] = {0, -1.0, 0.8};
+    const int64_t chunks[3] = {4, 1, 1000};
+    for (int t = 0; t < 3; t++) {
+        sl_attn_monotonic_params p = {.chunk = chunks[t], .r = rs[t], .causal = c->causal, .scale = 0};
+        check_op_vs_ref(ctx, SL_OP_ATTN_MONOTONIC, &p, in, 1e-5, "attn.monotonic");
+        sl_tensor ref[3];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_MONOTONIC, &p, in, ref), SL_OK);
+        int64_t stops = 0;
+        for (int64_t h = 0; h < c->hq; h++) {
+            int64_t g = h / (c->hq / c->hkv), ptr = 0, last = -1;
+            for (int64_t i = 0; i < c->nq; i++) {
+                int64_t n = c->causal ? i + c->nk - c->nq + 1 : c->nk, found = -1;
+                const float *qi = q + (h * c->nq + i) * c->d;
+                double e[1024];
+                for (int64_t j = 0; j < n; j++) {
+                    double s = 0;
+                    for (int64_t x = 0; x < c->d; x++)
+                        s += (double)qi[x] * k[(g * c->nk + j) * c->d + x];
+                    e[j] = scale * s;
+                }
+                for (int64_t j = ptr; j < n; j++)
+                    if (e[j] + p.r >= 0) {
+                        found = j;
+                        break;
+                    }
+                ck_assert_int_eq(((int32_t *)ref[2].data)[h * c->nq + i], found);
+                if (found < 0) {
+                    ck_assert(isinf(tu_at(&ref[1], h * c->nq + i)));
+                    continue;
+                }
+                ck_assert_int_ge(found, last);
+                last = ptr = found;
+                stops++;
+                int64_t j0 = found - p.chunk + 1 > 0 ? found - p.chunk + 1 : 0;
+                double mx = -INFINITY, l = 0, o[128] = {0};
+                for (int64_t j = j0; j <= found; j++)
+                    mx = fmax(mx, e[j]);
+                for (int64_t j = j0; j <= found; j++) {
+                    double w = exp(e[j] - mx);
+                    l += w;
+                    for (int64_t x = 0; x < c->d; x++)
+                        o[x] += w * v[(g * c->nk + j) * c->d + x];
+                }
+                ck_assert_double_eq_tol(tu_at(&ref[1], h * c->nq + i), mx + log(l), 1e-5);
+                for (int64_t x = 0; x < c->d; x++)
+                    ck_assert_double_eq_tol(tu_at(&ref[0], (h * c->nq + i) * c->d + x), o[x] / l, 1e-5);
+            }
+        }
+        ck_assert_msg(c->nq < 4 || stops > 0, "no row stopped");
+        release_n(ref, 3);
+    }
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_loop_test(tc, test_entmax_backends_match_ref, 0, N_NS_CASES);
@@ -773,6 +1061,9 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_rms_gated);
     tcase_add_test(tc, test_sigmoid_gate);
     tcase_add_loop_test(tc, test_fastmax_backends_and_formula, 0, N_NS_CASES);
+    tcase_add_loop_test(tc, test_tra_backends_and_formula, 0, N_NS_CASES);
+    tcase_add_test(tc, test_tra_card_checks);
+    tcase_add_loop_test(tc, test_monotonic, 0, N_NS_CASES);
 }
 
 int main(void) { return run_op_suite("nsattn_ops", add_tests); }

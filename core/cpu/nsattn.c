@@ -396,6 +396,141 @@ sl_status sl__cpu_attn_fastmax(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.dm.hq, fastmax_item, &j);
 }
 
+/* ---- attn.tra ---- */
+
+typedef struct tra_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    sl__cpu_vecops vo;
+    const float *kinv; /* [hkv, nk]: each key's QK-norm factor */
+    float *work;       /* per thread: nk scores + d accumulator */
+} tra_job;
+
+static float tra_rms_inv(const sl__cpu_vecops *vo, const float *x, int64_t d, int on, double eps)
+{
+    return on ? (float)(1.0 / sqrt((double)vo->dot(x, x, d) / (double)d + eps)) : 1.f;
+}
+
+static void tra_item(int64_t item, void *ud, int thread)
+{
+    const tra_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl__attn_dims *dm = &j->dm;
+    const sl_attn_tra_params *p = a->params;
+    int64_t r = item % dm->nq, g = item / dm->nq / dm->group, d = dm->d;
+    float *sc = j->work + (size_t)thread * (size_t)(dm->nk + d), *acc = sc + dm->nk;
+    const float *qr = (const float *)a->in[0].data + item * d;
+    const float *k = (const float *)a->in[1].data + g * dm->nk * d, *v = (const float *)a->in[2].data + g * dm->nk * d;
+    const float *kinv = j->kinv + g * dm->nk;
+    int64_t n = p->causal ? dm->offset + r + 1 : dm->nk;
+    n = n > dm->nk ? dm->nk : n;
+    float qs = (float)dm->scale * tra_rms_inv(&j->vo, qr, d, (int)p->qk_norm, p->eps);
+    float dl = ((const float *)a->in[3].data)[item], mx = -INFINITY;
+    int32_t kept = 0;
+    for (int64_t t = 0; t < n; t++)
+        sc[t] = qs * kinv[t] * j->vo.dot(qr, k + t * d, d);
+    for (int64_t t = n - 1; t >= 0; t--) {
+        if (sc[t] > 0.f) {
+            kept++;
+            sc[t] += dl * (float)kept;
+            mx = sc[t] > mx ? sc[t] : mx;
+        } else {
+            sc[t] = -INFINITY;
+        }
+    }
+    memset(acc, 0, (size_t)d * sizeof *acc);
+    double l = 0;
+    for (int64_t t = 0; t < n; t++) {
+        if (sc[t] == -INFINITY)
+            continue;
+        float w = expf(sc[t] - mx);
+        l += w;
+        j->vo.axpy(acc, v + t * d, d, w);
+    }
+    float *orow = (float *)a->out[0].data + item * d;
+    for (int64_t c = 0; c < d; c++)
+        orow[c] = kept ? (float)(acc[c] / l) : 0.f;
+    ((int32_t *)a->out[1].data)[item] = kept;
+}
+
+sl_status sl__cpu_attn_tra(const sl__kargs *a)
+{
+    const sl_attn_tra_params *p = a->params;
+    tra_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get(), NULL, NULL};
+    float *kinv = a->scratch;
+    const float *k = a->in[1].data;
+    for (int64_t t = 0; t < j.dm.hkv * j.dm.nk; t++)
+        kinv[t] = tra_rms_inv(&j.vo, k + t * j.dm.d, j.dm.d, (int)p->qk_norm, p->eps);
+    j.kinv = kinv;
+    j.work = kinv + j.dm.hkv * j.dm.nk;
+    return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, tra_item, &j);
+}
+
+/* ---- attn.monotonic: one item per query head (the pointer runs along its rows) ---- */
+
+typedef struct mono_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    sl__cpu_vecops vo;
+} mono_job;
+
+static void mono_item(int64_t h, void *ud, int thread)
+{
+    const mono_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl__attn_dims *dm = &j->dm;
+    const sl_attn_monotonic_params *p = a->params;
+    int64_t d = dm->d, g = h / dm->group, t = 0;
+    float *acc = (float *)a->scratch + (size_t)thread * (size_t)d;
+    const float *k = (const float *)a->in[1].data + g * dm->nk * d, *v = (const float *)a->in[2].data + g * dm->nk * d;
+    float sc = (float)dm->scale, rr = (float)p->r;
+    for (int64_t r = 0; r < dm->nq; r++) {
+        int64_t item = h * dm->nq + r, found = -1;
+        const float *qr = (const float *)a->in[0].data + item * d;
+        int64_t n = p->causal ? dm->offset + r + 1 : dm->nk;
+        n = n > dm->nk ? dm->nk : n;
+        for (int64_t x = t; x < n; x++)
+            if (sc * j->vo.dot(qr, k + x * d, d) + rr >= 0.f) {
+                found = x;
+                break;
+            }
+        float *orow = (float *)a->out[0].data + item * d;
+        ((int32_t *)a->out[2].data)[item] = (int32_t)found;
+        if (found < 0) {
+            memset(orow, 0, (size_t)d * sizeof *orow);
+            ((float *)a->out[1].data)[item] = -INFINITY;
+            continue;
+        }
+        t = found;
+        int64_t x0 = found - p->chunk + 1 > 0 ? found - p->chunk + 1 : 0;
+        float m = -INFINITY, l = 0.f;
+        memset(acc, 0, (size_t)d * sizeof *acc);
+        for (int64_t x = x0; x <= found; x++) {
+            float s = sc * j->vo.dot(qr, k + x * d, d);
+            if (s > m) {
+                float f = m == -INFINITY ? 0.f : expf(m - s);
+                l *= f;
+                for (int64_t c = 0; c < d; c++)
+                    acc[c] *= f;
+                m = s;
+            }
+            float w = expf(s - m);
+            l += w;
+            j->vo.axpy(acc, v + x * d, d, w);
+        }
+        for (int64_t c = 0; c < d; c++)
+            orow[c] = acc[c] / l;
+        ((float *)a->out[1].data)[item] = m + logf(l);
+    }
+}
+
+sl_status sl__cpu_attn_monotonic(const sl__kargs *a)
+{
+    const sl_attn_monotonic_params *p = a->params;
+    mono_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    return sl__cpu_parallel(a->ctx, j.dm.hq, mono_item, &j);
+}
+
 size_t sl__cpu_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     switch (op) {
@@ -403,6 +538,10 @@ size_t sl__cpu_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in,
         return (size_t)n_threads * (size_t)(2 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
     case SL_OP_ATTN_RELU: return (size_t)n_threads * (size_t)in[0].shape[2] * sizeof(float);
     case SL_OP_ATTN_FASTMAX: return (size_t)n_threads * fastmax_state(params, in[0].shape[2]) * sizeof(double);
+    case SL_OP_ATTN_MONOTONIC: return (size_t)n_threads * (size_t)in[0].shape[2] * sizeof(float);
+    case SL_OP_ATTN_TRA:
+        return ((size_t)(in[1].shape[0] * in[1].shape[1]) + (size_t)n_threads * (size_t)(in[1].shape[1] + in[0].shape[2])) *
+               sizeof(float);
     default: return 0;
     }
 }

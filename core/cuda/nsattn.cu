@@ -16,6 +16,11 @@
 //   attn.fastmax: per-head scales (one CTA per head), then the explicit
 //       row-normalised f(q.k) per (head, row) — the quadratic form; the
 //       factorised linear-time form is the cpu kernel's.
+//   attn.tra: key QK-norm factors, then a grid of CTAs over the rows (scores in
+//       per-CTA scratch; thread 0 walks each row back once for the counts).
+//   attn.monotonic: one CTA per query head walking its rows in order (the
+//       pointer is sequential); keys scanned kThreads at a time, the chunk by
+//       an online softmax.
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
@@ -295,7 +300,220 @@ __global__ void fastmax_kernel(const float *q, const float *k, const float *v, c
         orow[c] = tot != 0 ? (float)(acc[u] / tot) : 0.f;
 }
 
+// ---- attn.tra ----
+
+// kinv[t] = QK-norm factor of key row t (1 without the norm): one thread per key row
+__global__ void tra_kinv_kernel(const float *k, float *kinv, int64_t rows, int d, int on, double eps)
+{
+    int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= rows)
+        return;
+    double s = 0;
+    for (int c = 0; c < d; c++)
+        s += (double)k[t * d + c] * (double)k[t * d + c];
+    kinv[t] = on ? (float)(1.0 / sqrt(s / d + eps)) : 1.f;
+}
+
+// A grid of CTAs walks the (head, row) items; scores in the CTA's scratch
+// slice; thread 0 walks the row back once for the kept counts c_ij; every
+// thread then forms the softmax itself and accumulates its channels.
+__global__ void tra_kernel(const float *q, const float *k, const float *v, const float *delta, const float *kinv,
+                           float *o, int32_t *count, float *scratch, int hq, int group, int nq, int nk, int d, int causal,
+                           float scale, int on, double eps)
+{
+    SL_SHARED(float, qs, [kMaxD]);
+    SL_SHARED(float, row_max, [1]);
+    SL_SHARED(int, row_kept, [1]);
+    SL_SHARED(double, red, [kWarps]);
+    float *x = scratch + (int64_t)blockIdx.x * nk;
+    for (int64_t item = blockIdx.x; item < (int64_t)hq * nq; item += gridDim.x) {
+        int r = (int)(item % nq), g = (int)(item / nq) / group;
+        const float *qr = q + item * d, *kg = k + (int64_t)g * nk * d, *vg = v + (int64_t)g * nk * d;
+        __syncthreads();
+        double part = 0;
+        for (int c = threadIdx.x; c < d; c += kThreads) {
+            qs[c] = qr[c];
+            part += (double)qr[c] * (double)qr[c];
+        }
+        double ss = block_sum<kWarps>(part, red);
+        float qsc = scale * (on ? (float)(1.0 / sqrt(ss / d + eps)) : 1.f);
+        int n = causal ? nk - nq + r + 1 : nk;
+        n = n > nk ? nk : n;
+        for (int j = threadIdx.x; j < n; j += kThreads) {
+            const float *kj = kg + (int64_t)j * d;
+            float s = 0.f;
+            for (int c = 0; c < d; c++)
+                s += qs[c] * kj[c];
+            x[j] = qsc * kinv[(int64_t)g * nk + j] * s;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float dl = delta[item], mx = -INFINITY;
+            int kept = 0;
+            for (int j = n - 1; j >= 0; j--) {
+                if (x[j] > 0.f) {
+                    kept++;
+                    x[j] += dl * (float)kept;
+                    mx = x[j] > mx ? x[j] : mx;
+                } else {
+                    x[j] = -INFINITY;
+                }
+            }
+            row_max[0] = mx;
+            row_kept[0] = kept;
+        }
+        __syncthreads();
+        float mx = row_max[0];
+        int kept = row_kept[0];
+        float acc[kMaxD / kThreads] = {};
+        double l = 0;
+        for (int j = 0; j < n; j++) {
+            if (x[j] == -INFINITY)
+                continue;
+            float w = expf(x[j] - mx);
+            l += w;
+            for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+                acc[u] += w * vg[(int64_t)j * d + c];
+        }
+        float *orow = o + item * d;
+        for (int c = threadIdx.x, u = 0; c < d; c += kThreads, u++)
+            orow[c] = kept ? (float)(acc[u] / l) : 0.f;
+        if (threadIdx.x == 0)
+            count[item] = kept;
+    }
+}
+
+// ---- attn.monotonic: one CTA per query head, its rows in order ----
+
+__global__ void monotonic_kernel(const float *q, const float *k, const float *v, float *o, float *lse, int32_t *stop,
+                                 int group, int nq, int nk, int d, int causal, float scale, float rr, int chunk)
+{
+    SL_SHARED(float, qs, [kMaxD]);
+    SL_SHARED(float, sc, [kChunk]);
+    SL_SHARED(double, red, [kWarps]);
+    int h = blockIdx.x, g = h / group, t = 0;
+    const float *kg = k + (int64_t)g * nk * d, *vg = v + (int64_t)g * nk * d;
+    for (int r = 0; r < nq; r++) {
+        int64_t item = (int64_t)h * nq + r;
+        __syncthreads();
+        for (int c = threadIdx.x; c < d; c += kThreads)
+            qs[c] = q[item * d + c];
+        __syncthreads();
+        int n = causal ? nk - nq + r + 1 : nk;
+        n = n > nk ? nk : n;
+        // the first key x >= t with energy >= 0, kThreads keys at a time
+        int found = -1;
+        for (int x0 = t; x0 < n && found < 0; x0 += kThreads) {
+            int x = x0 + threadIdx.x;
+            double mine = -1e18;  // the negated index of a hit: block max = the first hit
+            if (x < n) {
+                float s = 0.f;
+                for (int c = 0; c < d; c++)
+                    s += qs[c] * kg[(int64_t)x * d + c];
+                if (scale * s + rr >= 0.f)
+                    mine = -(double)x;
+            }
+            double best = block_max<kWarps>(mine, red);
+            if (best > -1e18)
+                found = (int)(-best);
+        }
+        float *orow = o + item * d;
+        if (threadIdx.x == 0)
+            stop[item] = found;
+        if (found < 0) {
+            for (int c = threadIdx.x; c < d; c += kThreads)
+                orow[c] = 0.f;
+            if (threadIdx.x == 0)
+                lse[item] = -INFINITY;
+            continue;
+        }
+        t = found;
+        int j0 = found - chunk + 1 > 0 ? found - chunk + 1 : 0;
+        float m = -INFINITY, l = 0.f, acc[kMaxD / kThreads] = {};
+        for (int c0 = j0; c0 <= found; c0 += kChunk) {
+            int nc = found + 1 - c0 < kChunk ? found + 1 - c0 : kChunk;
+            __syncthreads();
+            for (int u = threadIdx.x; u < nc; u += kThreads) {
+                float s = 0.f;
+                for (int c = 0; c < d; c++)
+                    s += qs[c] * kg[(int64_t)(c0 + u) * d + c];
+                sc[u] = scale * s;
+            }
+            __syncthreads();
+            for (int u = 0; u < nc; u++) {
+                float s = sc[u];
+                if (s > m) {
+                    float f = m == -INFINITY ? 0.f : expf(m - s);
+                    l *= f;
+                    for (int e = 0; e < kMaxD / kThreads; e++)
+                        acc[e] *= f;
+                    m = s;
+                }
+                float w = expf(s - m);
+                l += w;
+                for (int c = threadIdx.x, e = 0; c < d; c += kThreads, e++)
+                    acc[e] += w * vg[(int64_t)(c0 + u) * d + c];
+            }
+        }
+        for (int c = threadIdx.x, e = 0; c < d; c += kThreads, e++)
+            orow[c] = acc[e] / l;
+        if (threadIdx.x == 0)
+            lse[item] = m + logf(l);
+    }
+}
+
 }  // namespace
+
+sl_status sl__cuda_attn_tra(const sl__kargs *a)
+{
+    const sl_attn_tra_params *p = static_cast<const sl_attn_tra_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t items = dm.hq * dm.nq;
+    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
+                                    (long long)dm.d, (long long)items);
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    int ctas = items < kMaxCtas ? (int)items : kMaxCtas;
+    int64_t krows = dm.hkv * dm.nk;
+    void *kinv = nullptr, *scratch = nullptr;
+    if ((s = sl__cuda_scratch(&st, (size_t)(krows > 0 ? krows : 1) * sizeof(float), &kinv)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)ctas * (size_t)(dm.nk > 0 ? dm.nk : 1) * sizeof(float), &scratch)) != SL_OK)
+        return s;
+    if (krows > 0)
+        SL_LAUNCH(tra_kinv_kernel, (int)((krows + 127) / 128), 128, 0, 0)(st.input<float>(1), static_cast<float *>(kinv),
+                                                                          krows, (int)dm.d, (int)p->qk_norm, p->eps);
+    SL_LAUNCH(tra_kernel, ctas, kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), static_cast<const float *>(kinv),
+        st.output<float>(0), st.output<int32_t>(1), static_cast<float *>(scratch), (int)dm.hq, (int)dm.group, (int)dm.nq,
+        (int)dm.nk, (int)dm.d, (int)p->causal, (float)dm.scale, (int)p->qk_norm, p->eps);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_attn_monotonic(const sl__kargs *a)
+{
+    const sl_attn_monotonic_params *p = static_cast<const sl_attn_monotonic_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    if (dm.d > kMaxD || dm.nq > INT32_MAX || dm.nk > INT32_MAX || dm.hq > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
+                                    (long long)dm.d, (long long)dm.nq);
+    if (dm.hq * dm.nq == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    int chunk = p->chunk < (int64_t)INT32_MAX ? (int)p->chunk : INT32_MAX;
+    SL_LAUNCH(monotonic_kernel, (int)dm.hq, kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), st.output<float>(1),
+        st.output<int32_t>(2), (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d, (int)p->causal, (float)dm.scale,
+        (float)p->r, chunk);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
 
 sl_status sl__cuda_attn_sigmoid_gate(const sl__kargs *a)
 {

@@ -280,13 +280,141 @@ sl_status sl__ref_attn_fastmax(const sl__kargs *a)
     return SL_OK;
 }
 
+/* 1 / sqrt(mean(x^2) + eps) of one row (1 without the norm) */
+static double rms_inv(const float *x, int64_t d, int on, double eps)
+{
+    if (!on)
+        return 1.0;
+    double s = 0;
+    for (int64_t c = 0; c < d; c++)
+        s += (double)x[c] * (double)x[c];
+    return 1.0 / sqrt(s / (double)d + eps);
+}
+
+sl_status sl__ref_attn_tra(const sl__kargs *a)
+{
+    const sl_attn_tra_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    const float *q = a->in[0].data, *k = a->in[1].data, *v = a->in[2].data, *delta = a->in[3].data;
+    float *o = a->out[0].data;
+    int32_t *count = a->out[1].data;
+    double *sc = a->scratch, *acc = sc + dm.nk;
+    for (int64_t h = 0; h < dm.hq; h++) {
+        int64_t g = h / dm.group;
+        for (int64_t r = 0; r < dm.nq; r++) {
+            if (sl_ctx_interrupted(a->ctx))
+                return interrupted(a);
+            const float *qr = q + (h * dm.nq + r) * dm.d;
+            int64_t n = p->causal ? dm.offset + r + 1 : dm.nk;
+            n = n > dm.nk ? dm.nk : n;
+            double iq = rms_inv(qr, dm.d, (int)p->qk_norm, p->eps);
+            for (int64_t j = 0; j < n; j++) {
+                const float *kj = k + (g * dm.nk + j) * dm.d;
+                double s = 0;
+                for (int64_t c = 0; c < dm.d; c++)
+                    s += (double)qr[c] * (double)kj[c];
+                sc[j] = dm.scale * s * iq * rms_inv(kj, dm.d, (int)p->qk_norm, p->eps);
+            }
+            /* c_ij: kept keys at or after j, walking back from the query */
+            int64_t kept = 0;
+            double mx = -INFINITY, dl = delta[h * dm.nq + r];
+            for (int64_t j = n - 1; j >= 0; j--) {
+                if (sc[j] > 0) {
+                    kept++;
+                    sc[j] += dl * (double)kept;
+                    mx = sc[j] > mx ? sc[j] : mx;
+                } else {
+                    sc[j] = -INFINITY;
+                }
+            }
+            double l = 0;
+            memset(acc, 0, (size_t)dm.d * sizeof *acc);
+            for (int64_t j = 0; j < n; j++) {
+                if (sc[j] == -INFINITY)
+                    continue;
+                double w = exp(sc[j] - mx);
+                l += w;
+                for (int64_t c = 0; c < dm.d; c++)
+                    acc[c] += w * (double)v[(g * dm.nk + j) * dm.d + c];
+            }
+            for (int64_t c = 0; c < dm.d; c++)
+                o[(h * dm.nq + r) * dm.d + c] = kept ? (float)(acc[c] / l) : 0.f;
+            count[h * dm.nq + r] = (int32_t)kept;
+        }
+    }
+    return SL_OK;
+}
+
+sl_status sl__ref_attn_monotonic(const sl__kargs *a)
+{
+    const sl_attn_monotonic_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    const float *q = a->in[0].data, *k = a->in[1].data, *v = a->in[2].data;
+    float *o = a->out[0].data, *lse = a->out[1].data;
+    int32_t *stop = a->out[2].data;
+    double *acc = a->scratch;
+    for (int64_t h = 0; h < dm.hq; h++) {
+        int64_t g = h / dm.group, t = 0;
+        for (int64_t r = 0; r < dm.nq; r++) {
+            if (sl_ctx_interrupted(a->ctx))
+                return interrupted(a);
+            const float *qr = q + (h * dm.nq + r) * dm.d;
+            int64_t n = p->causal ? dm.offset + r + 1 : dm.nk, found = -1;
+            n = n > dm.nk ? dm.nk : n;
+            for (int64_t j = t; j < n && found < 0; j++) {
+                double s = 0;
+                for (int64_t c = 0; c < dm.d; c++)
+                    s += (double)qr[c] * (double)k[(g * dm.nk + j) * dm.d + c];
+                if (dm.scale * s + p->r >= 0)
+                    found = j;
+            }
+            float *orow = o + (h * dm.nq + r) * dm.d;
+            stop[h * dm.nq + r] = (int32_t)found;
+            if (found < 0) {
+                memset(orow, 0, (size_t)dm.d * sizeof *orow);
+                lse[h * dm.nq + r] = -INFINITY;
+                continue;
+            }
+            t = found;
+            int64_t j0 = found - p->chunk + 1 > 0 ? found - p->chunk + 1 : 0;
+            double mx = -INFINITY;
+            for (int pass = 0; pass < 2; pass++) {
+                double l = 0;
+                memset(acc, 0, (size_t)dm.d * sizeof *acc);
+                for (int64_t j = j0; j <= found; j++) {
+                    double s = 0;
+                    for (int64_t c = 0; c < dm.d; c++)
+                        s += (double)qr[c] * (double)k[(g * dm.nk + j) * dm.d + c];
+                    s *= dm.scale;
+                    if (pass == 0) {
+                        mx = s > mx ? s : mx;
+                        continue;
+                    }
+                    double w = exp(s - mx);
+                    l += w;
+                    for (int64_t c = 0; c < dm.d; c++)
+                        acc[c] += w * (double)v[(g * dm.nk + j) * dm.d + c];
+                }
+                if (pass == 1) {
+                    for (int64_t c = 0; c < dm.d; c++)
+                        orow[c] = (float)(acc[c] / l);
+                    lse[h * dm.nq + r] = (float)(mx + log(l));
+                }
+            }
+        }
+    }
+    return SL_OK;
+}
+
 size_t sl__ref_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params, (void)n_threads;
     switch (op) {
     case SL_OP_ATTN_ENTMAX: return (size_t)(3 * in[1].shape[1] + in[0].shape[2]) * sizeof(double);
     case SL_OP_ATTN_RELU:
+    case SL_OP_ATTN_MONOTONIC:
     case SL_OP_ATTN_FASTMAX: return (size_t)in[0].shape[2] * sizeof(double);
+    case SL_OP_ATTN_TRA: return (size_t)(in[1].shape[1] + in[0].shape[2]) * sizeof(double);
     default: return 0;
     }
 }

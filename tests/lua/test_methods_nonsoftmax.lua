@@ -314,4 +314,92 @@ test("fast_fastmax: equals float64 row-normalised 1 + x + x²/2 of max-norm-scal
   end
 end)
 
+test("tra: output equals a float64 TRA with the recipe's δ; density counts positive scores; no recall", function()
+  local prob, t = problem(16, 8, 1609, true)
+  local m = sl.methods.get("tra")
+  local out = m.run(prob, sl.registry.resolve(m, {gate_gain = 2}))
+  local o, delta = out.o:totable(), out.delta:totable()
+  local function nrm(x)
+    local s = 0
+    for c = 1, #x do s = s + x[c] ^ 2 end
+    local f = 1 / math.sqrt(s / #x + 1e-6)
+    local y = {}
+    for c = 1, #x do y[c] = x[c] * f end
+    return y
+  end
+  local kept_total, pairs = 0, 0
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    for i = 1, t.n do
+      local qi = nrm(t.q[h][i])
+      local S, kept = {}, {}
+      for j = 1, i do
+        local kj, s = nrm(t.k[g][j]), 0
+        for c = 1, t.d do s = s + qi[c] * kj[c] end
+        S[j] = s / math.sqrt(t.d)
+        kept[j] = S[j] > 0
+      end
+      local A, mx = {}, -math.huge
+      for j = 1, i do
+        if kept[j] then
+          local cnt = 0
+          for l = j, i do if kept[l] then cnt = cnt + 1 end end
+          A[j] = S[j] + delta[h][i] * cnt
+          mx = math.max(mx, A[j])
+          kept_total = kept_total + 1
+        end
+      end
+      pairs = pairs + i
+      local num, den = {}, 0
+      for c = 1, t.d do num[c] = 0 end
+      for j = 1, i do
+        if kept[j] then
+          local w = math.exp(A[j] - mx)
+          den = den + w
+          for c = 1, t.d do num[c] = num[c] + w * t.v[g][j][c] end
+        end
+      end
+      for c = 1, t.d do near(o[h][i][c], den > 0 and num[c] / den or 0, 1e-5, "tra O") end
+    end
+  end
+  near(out.stats.density, kept_total / pairs, 1e-12, "density")
+  local r = sl.eval("tra", prob, {})
+  eq(r.metrics.recall_mean, nil, "no recall for TRA")
+end)
+
+test("asr_sparse_monotonic: α_h = 1 heads are softmax, α_h = 2 heads sparsemax; monotonic stops never decrease", function()
+  local prob = problem(24, 8, 1610, true, 1.5)
+  local m = sl.methods.get("asr_sparse_monotonic")
+  local dense = sl.eval("dense", prob, {}).o:totable()
+  local out = m.run(prob, sl.registry.resolve(m, {alphas = "1,2"}))
+  local o = out.o:totable()
+  local sm = sl.attn.entmax(prob.q, prob.k, prob.v, {alpha = 2, algo = 0}):totable()
+  for h = 1, HQ do
+    local want = h % 2 == 1 and dense or sm
+    for i = 1, 24 do for c = 1, 8 do near(o[h][i][c], want[h][i][c], 1e-5, "head " .. h) end end
+  end
+  truthy(out.stats.density < 1, "sparsemax heads are sparse")
+  for _, backend in ipairs{"ref", "cpu"} do
+    prob.backend = backend
+    local mo = m.run(prob, sl.registry.resolve(m, {mode = "monotonic", chunk = 4, r = -0.5}))
+    local stop = mo.stop:totable()
+    local moved = 0
+    for h = 1, HQ do
+      local last = -1
+      for i = 1, 24 do
+        local j = stop[h][i]
+        if j >= 0 then
+          truthy(j >= last, "monotonic stop")
+          truthy(j <= i - 1, "causal stop")
+          if j > last and last >= 0 then moved = moved + 1 end
+          last = j
+        end
+      end
+    end
+    truthy(moved > 0, "the pointer moves")
+    local r = sl.eval("asr_sparse_monotonic", prob, {params = {mode = "monotonic", chunk = 4}})
+    truthy(r.metrics.recall_mean and r.metrics.recall_mean < 1, "monotonic records recall")
+  end
+end)
+
 H.done()
