@@ -652,6 +652,29 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * t stays. Outputs O [Hq, Nq, D], L [Hq, Nq], stop i32 [Hq, Nq]; the stops
  * of a head never decrease (ignoring -1). */
 
+/* ---- prefill token selection (issue 16) ----
+ * attn.threshold (card top_theta; family tsel, kernels in
+ * {ref,cpu,cuda}/tsel): inputs q, k, v as attn.dense and theta float [Hq,
+ * Nq]; params causal, scale, dense_upto, keep_max. Row i of head h sees n_i
+ * visible keys (causal: j <= i + Nk - Nq); when n_i <= dense_upto it keeps
+ * them all, else it keeps j with scale . q_i . k_j > theta[h, i] (and, with
+ * keep_max, its first largest score). Outputs O [Hq, Nq, D] and L [Hq, Nq]
+ * as attn.dense over the kept keys (none: O = 0, L = -inf) and count i32
+ * [Hq, Nq], the kept keys per row.
+ *
+ * select.pq_match (card pq_code_match, SPT's lookup): inputs q [Hq, Nq, D], k
+ * [Hkv, Nk, D], codebook float [Hc, S, C, dc] with S . dc = D and Hkv a
+ * multiple of Hc (query head h and its kv head h / (Hq/Hkv) use codebook
+ * (h / (Hq/Hkv)) / (Hkv/Hc)); params nnz, causal, slots. Every q and k row's
+ * code in subspace s (channels s.dc .. s.dc + dc - 1) is the codeword with
+ * the least L1 distance (ties: the lower index). For row i of head h the
+ * match count m_ij = #{s : code_q[s] = code_k[s]} over its visible keys;
+ * slot = min(floor(slots . m_ij / S), slots - 1); keys are taken from the
+ * highest slot down, in ascending j within a slot, until nnz (or all the
+ * visible keys) are taken. Outputs the index lists (see above) of one entry
+ * per row: row_ptr i32 [Hq, Nq + 1] (global offsets) and col i32 [total],
+ * each row's keys sorted ascending; total = sum over rows of min(n_i, nnz). */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

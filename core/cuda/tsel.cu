@@ -1,0 +1,205 @@
+// cuda/tsel.cu — the tsel family on CUDA (prefill token selectors, issue 16).
+//   attn.threshold: one thread per (head, row): a pass for the row's largest
+//       score (keep_max), then an online softmax over the kept keys.
+//   select.pq_match: key codes (one thread per key row), then one thread per
+//       (head, row): a count per slot, the cut slot, and an ascending pass
+//       writing the row's keys sorted; row offsets come from the host.
+#include "dialect.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+
+#include <math.h>
+#include <vector>
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kMaxD = 256;
+constexpr int kMaxS = 256;
+
+__global__ void threshold_kernel(const float *q, const float *k, const float *v, const float *theta, float *o,
+                                 float *lse, int32_t *count, int hq, int group, int nq, int nk, int d, int causal,
+                                 float scale, int64_t dense_upto, int keep_max)
+{
+    int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (int64_t)hq * nq)
+        return;
+    int r = (int)(item % nq), g = (int)(item / nq) / group;
+    const float *qr = q + item * d, *K = k + (int64_t)g * nk * d, *V = v + (int64_t)g * nk * d;
+    int n = causal ? nk - nq + r + 1 : nk;
+    n = n > nk ? nk : n;
+    float best = -INFINITY;
+    int arg = -1;
+    if (keep_max)
+        for (int j = 0; j < n; j++) {
+            float s = 0.f;
+            for (int c = 0; c < d; c++)
+                s += qr[c] * K[(int64_t)j * d + c];
+            s *= scale;
+            if (arg < 0 || s > best) {
+                best = s;
+                arg = j;
+            }
+        }
+    int dense = n <= dense_upto;
+    float th = theta[item], m = -INFINITY, l = 0.f, acc[kMaxD];
+    for (int c = 0; c < d; c++)
+        acc[c] = 0.f;
+    int cnt = 0;
+    for (int j = 0; j < n; j++) {
+        float s = 0.f;
+        for (int c = 0; c < d; c++)
+            s += qr[c] * K[(int64_t)j * d + c];
+        s *= scale;
+        if (!(dense || s > th || (keep_max && j == arg)))
+            continue;
+        cnt++;
+        float mn = fmaxf(m, s), f = expf(m - mn), w = expf(s - mn);
+        l = l * f + w;
+        for (int c = 0; c < d; c++)
+            acc[c] = acc[c] * f + w * V[(int64_t)j * d + c];
+        m = mn;
+    }
+    for (int c = 0; c < d; c++)
+        o[item * d + c] = cnt ? acc[c] / l : 0.f;
+    lse[item] = cnt ? m + logf(l) : -INFINITY;
+    count[item] = cnt;
+}
+
+__device__ void pq_encode(const float *x, const float *cb, int S, int C, int dc, int32_t *code)
+{
+    for (int s = 0; s < S; s++) {
+        float best = INFINITY;
+        int arg = 0;
+        for (int c = 0; c < C; c++) {
+            float dist = 0.f;
+            for (int e = 0; e < dc; e++)
+                dist += fabsf(x[s * dc + e] - cb[((int64_t)s * C + c) * dc + e]);
+            if (dist < best) {
+                best = dist;
+                arg = c;
+            }
+        }
+        code[s] = arg;
+    }
+}
+
+__global__ void pq_key_kernel(const float *k, const float *cb, int32_t *kcode, int64_t rows, int nk, int hkv, int hc,
+                              int S, int C, int dc)
+{
+    int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= rows)
+        return;
+    int g = (int)(t / nk);
+    pq_encode(k + t * S * dc, cb + (int64_t)(g / (hkv / hc)) * S * C * dc, S, C, dc, kcode + t * S);
+}
+
+__global__ void pq_row_kernel(const float *q, const float *cb, const int32_t *kcode, const int64_t *off,
+                              int32_t *row_ptr, int32_t *col, int hq, int group, int nq, int nk, int hkv, int hc, int S,
+                              int C, int dc, int causal, int64_t nnz, int slots, int64_t per_head)
+{
+    int64_t item = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (int64_t)hq * nq)
+        return;
+    int h = (int)(item / nq), r = (int)(item % nq), g = h / group;
+    int32_t qcode[kMaxS];
+    int per_slot[64];
+    for (int s = 0; s < slots; s++)
+        per_slot[s] = 0;
+    pq_encode(q + item * S * dc, cb + (int64_t)(g / (hkv / hc)) * S * C * dc, S, C, dc, qcode);
+    const int32_t *kc = kcode + (int64_t)g * nk * S;
+    int n = causal ? nk - nq + r + 1 : nk;
+    n = n > nk ? nk : n;
+    for (int t = 0; t < n; t++) {
+        int m = 0;
+        for (int s = 0; s < S; s++)
+            m += qcode[s] == kc[(int64_t)t * S + s];
+        int slot = slots * m / S;
+        per_slot[slot < slots - 1 ? slot : slots - 1]++;
+    }
+    int64_t want = n < nnz ? n : nnz, above = 0;
+    int cut = slots - 1;
+    while (cut > 0 && above + per_slot[cut] < want) {
+        above += per_slot[cut];
+        cut--;
+    }
+    int64_t need = want - above, at = h * per_head + off[r];
+    for (int t = 0; t < n; t++) {
+        int m = 0;
+        for (int s = 0; s < S; s++)
+            m += qcode[s] == kc[(int64_t)t * S + s];
+        int slot = slots * m / S;
+        slot = slot < slots - 1 ? slot : slots - 1;
+        if (slot > cut || (slot == cut && need > 0)) {
+            if (slot == cut)
+                need--;
+            col[at++] = t;
+        }
+    }
+    row_ptr[(int64_t)h * (nq + 1) + r] = (int32_t)(h * per_head + off[r]);
+    if (r == nq - 1)
+        row_ptr[(int64_t)h * (nq + 1) + nq] = (int32_t)((h + 1) * per_head);
+}
+
+}  // namespace
+
+sl_status sl__cuda_attn_threshold(const sl__kargs *a)
+{
+    const sl_attn_threshold_params *p = static_cast<const sl_attn_threshold_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t items = dm.hq * dm.nq;
+    if (dm.d > kMaxD || (items + kThreads - 1) / kThreads > INT32_MAX || dm.nk > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d; found head_dim %lld", kMaxD, (long long)dm.d);
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    SL_LAUNCH(threshold_kernel, (int)((items + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<float>(3), st.output<float>(0),
+        st.output<float>(1), st.output<int32_t>(2), (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d,
+        (int)p->causal, (float)dm.scale, (int64_t)p->dense_upto, (int)p->keep_max);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_select_pq_match(const sl__kargs *a)
+{
+    const sl_select_pq_match_params *p = static_cast<const sl_select_pq_match_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], 0);
+    int64_t hc = a->in[2].shape[0], S = a->in[2].shape[1], C = a->in[2].shape[2], dc = a->in[2].shape[3];
+    if (S > kMaxS || dm.hq * dm.nq > INT32_MAX || dm.nk > INT32_MAX || C > INT32_MAX)
+        return sl__cuda_unsupported(a, "at most %d subspaces; found %lld", kMaxS, (long long)S);
+    std::vector<int64_t> off((size_t)(dm.nq > 0 ? dm.nq : 1));
+    int64_t per_head = 0;
+    for (int64_t r = 0; r < dm.nq; r++) {
+        int64_t n = p->causal ? dm.offset + r + 1 : dm.nk;
+        n = n > dm.nk ? dm.nk : n;
+        off[(size_t)r] = per_head;
+        per_head += n < p->nnz ? n : p->nnz;
+    }
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    if (dm.nq == 0) {
+        if ((s = sl__cuda_clear_out(&st, 0)) != SL_OK)
+            return s;
+        return sl__cuda_stage_out(&st, cudaGetLastError());
+    }
+    void *kcode = nullptr, *doff = nullptr;
+    int64_t krows = dm.hkv * dm.nk;
+    if ((s = sl__cuda_scratch(&st, (size_t)(krows * S > 0 ? krows * S : 1) * sizeof(int32_t), &kcode)) != SL_OK ||
+        (s = sl__cuda_upload(&st, off.data(), off.size() * sizeof(int64_t), &doff)) != SL_OK)
+        return s;
+    if (krows > 0)
+        SL_LAUNCH(pq_key_kernel, (int)((krows + kThreads - 1) / kThreads), kThreads, 0, 0)(
+            st.input<float>(1), st.input<float>(2), static_cast<int32_t *>(kcode), krows, (int)dm.nk, (int)dm.hkv,
+            (int)hc, (int)S, (int)C, (int)dc);
+    int64_t items = dm.hq * dm.nq;
+    SL_LAUNCH(pq_row_kernel, (int)((items + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(2), static_cast<const int32_t *>(kcode), static_cast<const int64_t *>(doff),
+        st.output<int32_t>(0), st.output<int32_t>(1), (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.hkv,
+        (int)hc, (int)S, (int)C, (int)dc, (int)p->causal, (int64_t)p->nnz, (int)p->slots, per_head);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

@@ -1,0 +1,101 @@
+/* op_tsel.c — the tsel family (issue 16: prefill token selectors):
+ * checks, shape rules and FLOP counts of attn.threshold and select.pq_match
+ * (contracts in sparselab.h; kernels in ref/tsel.c, cpu/tsel.c,
+ * cuda/tsel.cu). */
+#include "family.h"
+#include "op_check.h"
+
+#include <string.h>
+
+/* Visible keys of row r (causal: offset + r + 1, at most n_k). */
+static int64_t visible(int64_t r, int64_t nq, int64_t nk, int causal)
+{
+    int64_t n = causal ? nk - nq + r + 1 : nk;
+    return n > nk ? nk : n < 0 ? 0 : n;
+}
+
+static sl_status tsel_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                            int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    sl_status s;
+    switch (info->op) {
+    case SL_OP_ATTN_THRESHOLD: {
+        if ((s = sl__check_qkv(ctx, info, in)))
+            return s;
+        int64_t want[2] = {in[0].shape[0], in[0].shape[1]};
+        if ((s = sl__need_shape(ctx, info, in, 3, 2, want)))
+            return s;
+        out_ndim[0] = 3;
+        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
+        for (int o = 1; o <= 2; o++) {
+            out_ndim[o] = 2;
+            out_shape[o][0] = in[0].shape[0];
+            out_shape[o][1] = in[0].shape[1];
+        }
+        out_dtype[2] = SL_I32;
+        return SL_OK;
+    }
+    case SL_OP_SELECT_PQ_MATCH: {
+        const sl_select_pq_match_params *p = params;
+        if ((s = sl__check_qk(ctx, info, in)) || (s = sl__need_float(ctx, info, in, 2, 4)))
+            return s;
+        const int64_t *cb = in[2].shape;
+        int64_t hkv = in[1].shape[0], d = in[0].shape[2];
+        if (cb[0] <= 0 || hkv % cb[0] != 0 || cb[1] * cb[3] != d || cb[2] <= 0 || cb[1] <= 0)
+            return sl_ctx_fail(ctx, SL_ESHAPE,
+                               "%s: codebook must be [Hc, S, C, dc] with Hc dividing %lld kv heads, S . dc = head_dim %lld "
+                               "and C > 0; found [%lld, %lld, %lld, %lld]",
+                               info->name, (long long)hkv, (long long)d, (long long)cb[0], (long long)cb[1],
+                               (long long)cb[2], (long long)cb[3]);
+        int64_t hq = in[0].shape[0], nq = in[0].shape[1], nk = in[1].shape[1], total = 0;
+        for (int64_t r = 0; r < nq; r++) {
+            int64_t n = visible(r, nq, nk, (int)p->causal);
+            total += n < p->nnz ? n : p->nnz;
+        }
+        if (total * hq > INT32_MAX)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld entries exceed the i32 index lists", info->name,
+                               (long long)(total * hq));
+        out_ndim[0] = 2;
+        out_shape[0][0] = hq;
+        out_shape[0][1] = nq + 1;
+        out_ndim[1] = 1;
+        out_shape[1][0] = total * hq;
+        out_dtype[0] = out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
+    default: return SL_OK;
+    }
+}
+
+static sl_status tsel_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    return sl__check_score_range(ctx, info, params, in);
+}
+
+static double tsel_flops(const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+    switch (info->op) {
+    case SL_OP_ATTN_THRESHOLD: {
+        /* 2d per visible pair for the scores (the threshold test needs them
+         * all), 2d more per kept pair: the bound counts every pair kept */
+        const sl_attn_threshold_params *p = params;
+        double pairs = 0;
+        for (int64_t r = 0; r < d.nq; r++)
+            pairs += (double)visible(r, d.nq, d.nk, (int)p->causal);
+        return 4.0 * (double)d.d * pairs * (double)d.hq;
+    }
+    case SL_OP_SELECT_PQ_MATCH: {
+        /* encoding: 2 . C . D per token (L1 distances), matching: S compares per visible pair */
+        const sl_select_pq_match_params *p = params;
+        double pairs = 0, C = (double)in[2].shape[2], S = (double)in[2].shape[1];
+        for (int64_t r = 0; r < d.nq; r++)
+            pairs += (double)visible(r, d.nq, d.nk, (int)p->causal);
+        return 2.0 * C * (double)d.d * ((double)d.hq * (double)d.nq + (double)d.hkv * (double)d.nk) +
+               S * pairs * (double)d.hq;
+    }
+    default: return 0;
+    }
+}
+
+const sl__family sl__family_tsel = {"tsel", tsel_infer, tsel_check_contents, NULL, tsel_flops, NULL};
