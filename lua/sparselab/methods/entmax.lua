@@ -61,6 +61,7 @@ return {
   phase = "both",
   summary = "α-entmax weights (α = 2 sparsemax, 1.5 entmax, 1 softmax): exact zeros below a threshold τ; needs a model trained with it.",
   knob = "alpha",
+  knob_direction = -1,
   params = {
     alpha = {default = 1.5, min = 1, max = 2, doc = "α: 1 softmax, 1.5 entmax-1.5, 2 sparsemax (larger is sparser)"},
     algo = {default = "sort", doc = "'sort' (exact; α 1, 1.5 or 2) or 'bisect' (any α, deep-spin entmax_bisect)"},

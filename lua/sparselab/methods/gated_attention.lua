@@ -102,6 +102,7 @@ M.family = "non-softmax"
 M.phase = "both"
 M.summary = "Softmax attention output times a per-head (or per-channel) sigmoid gate; near-zero gates skip outputs; needs a model trained with its gates."
 M.knob = "eps"
+M.knob_direction = -1
 M.params = {
   mode = {default = "headwise", doc = "'headwise' (one gate per token and head) or 'elementwise' (one per channel)"},
   eps = {default = 0, min = 0, max = 1, doc = "gates sigmoid(g) below eps skip their output exactly (0: the paper's model)"},

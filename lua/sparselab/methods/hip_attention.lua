@@ -1,0 +1,125 @@
+-- HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention
+-- Pruning (Lee et al., ICLR 2025) — card: hip_attention (the v1.1 binary tree,
+-- not v1.2 InfiniteHiP).
+-- Card steps implemented, per head and query block of bq rows:
+--   1. the eligible key blocks [0, T) (T: blocks before the sliding window of
+--      the block's first row; the window blocks are attended separately, never
+--      in the tree, so nothing counts twice) split into K_b = budget / bk equal
+--      groups;
+--   2. repeat while a group holds more than one block: split every kept group
+--      into halves, score each half by its representative — its first key
+--      block — as the max over the block's queries and the representative's
+--      keys of the scaled q·k (raw dot products, no softmax), keep the top K_b
+--      halves (ties: the earlier half);
+--   3. the K_b surviving blocks, plus the window blocks (the query block's
+--      own block and the `window` tokens before it), causal, one softmax:
+--      attn.block_sparse over the union (step 4).
+-- Not here: decode and the mask-refresh interval (step 5), the Self-Extend
+--   RoPE re-positioning, the per-group min/max key bound variant
+--   (block_size_k_group > 1), sink tokens of later versions.
+-- Emulation: the representatives' scores are read from a precomputed map of
+--   tile maxima (score.lowbit with bits = 16: exact f32 scores, max per
+--   (bq, bk) tile) — the same numbers the tree would compute, at dense cost.
+--   estimator_flops counts only the evaluations the tree makes (2·K_b per
+--   level per query block, bq·bk·2d each), as a real HiP kernel pays them.
+-- Reference: DeepAuto-AI/hip-attention src/hip_attn/v1_1/attention2_draft.py
+--   (masking_iteration_draft_numba_kernel) per the card; defaults mask_k 512,
+--   block_size_q 32; the draft's block_size_k = 1 with groups of 8 keys is
+--   read here as bk = 8-token key blocks (the representative); window 128.
+--   Not fetched this session: the divergences above come from the card.
+-- Budget: `budget` tokens (K_b = ceil(budget / bk) blocks); budget >= n
+--   keeps every block = dense causal.
+local sl = require "sparselab"
+local E = require "sparselab.blockest"
+
+local function tree(scores, T, Kb)
+  -- scores[c] (1-based block c) for c = 1..T; returns the kept 1-based blocks
+  if T <= Kb then
+    local all = {}
+    for c = 1, T do all[c] = c end
+    return all, 0
+  end
+  local groups, evals = {}, 0
+  for g = 0, Kb - 1 do
+    local a, b = (g * T) // Kb + 1, ((g + 1) * T) // Kb
+    if b >= a then groups[#groups + 1] = {a, b} end
+  end
+  while true do
+    local big = false
+    for _, g in ipairs(groups) do if g[2] > g[1] then big = true; break end end
+    if not big then break end
+    local halves = {}
+    for _, g in ipairs(groups) do
+      if g[2] > g[1] then
+        local mid = (g[1] + g[2]) // 2
+        halves[#halves + 1] = {g[1], mid}
+        halves[#halves + 1] = {mid + 1, g[2]}
+      else
+        halves[#halves + 1] = g
+      end
+    end
+    for _, hv in ipairs(halves) do hv.s = scores[hv[1]]; evals = evals + 1 end
+    table.sort(halves, function(x, y)
+      if x.s ~= y.s then return x.s > y.s end
+      return x[1] < y[1]
+    end)
+    groups = {}
+    for i = 1, math.min(Kb, #halves) do groups[i] = halves[i] end
+  end
+  local out = {}
+  for i, g in ipairs(groups) do out[i] = g[1] end
+  table.sort(out)
+  return out, evals
+end
+
+local function estimate(prob, p, blind)
+  local hq = prob.q:shape()[1]
+  local d = prob.q:shape()[3]
+  local nqb, nkb, nq, nk = E.blocks(prob, p.bq, p.bk)
+  local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
+  local smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
+  local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
+  local keep, evals = E.zeros(hq, nqb, nkb), 0
+  for h = 1, hq do
+    local rows = smap[h]
+    for r = 1, nqb do
+      local vis = E.visible(prob, r - 1, p.bq, p.bk, nkb)
+      -- the window: from the block of (first row's position - window) to the last visible block
+      local first_pos = (r - 1) * p.bq + (nk - nq)
+      local wstart = prob.causal and math.max(0, (first_pos - p.window) // p.bk) or vis
+      for c = wstart + 1, vis do keep[h][r][c] = 1 end
+      local T = math.min(wstart, vis)
+      local sc = {}
+      for c = 1, T do sc[c] = blind and -c or rows[r][c] end
+      local kept, ev = tree(sc, T, Kb)
+      evals = evals + ev
+      for _, c in ipairs(kept) do keep[h][r][c] = 1 end
+    end
+  end
+  local m = E.mask_from_keep(keep, prob, p.bq, p.bk)
+  return m, {estimator_flops = evals * p.bq * p.bk * 2 * d, stats = {tree_evaluations = evals}}
+end
+
+return {
+  id = "hip_attention",
+  card = "hip_attention",
+  title = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning",
+  family = "block-estimate",
+  phase = "prefill",
+  causal_only = true,
+  summary = "Per query block, a binary tree over key-block groups keeps the top-K_b halves by their first block's max q·k, plus a sliding window.",
+  knob = "budget",
+  params = {
+    budget = {default = 512, min = 1, int = true, doc = "mask_k: key tokens chosen by the tree (K_b = budget / bk blocks)"},
+    bq = {default = 32, min = 1, max = 4096, int = true, doc = "query rows per block"},
+    bk = {default = 8, min = 1, max = 4096, int = true, doc = "keys per key block (the representative)"},
+    window = {default = 128, min = 0, int = true, doc = "sliding window tokens attended besides the tree"},
+  },
+  ops = {"score.lowbit", "attn.block_sparse"},
+  checks = {"budget >= n equals dense", "K_b groups per level, final groups one block, sorted unique < T",
+    "a needle key per region is found", "score-blind representatives lose recall"},
+  estimate = estimate,
+  tree = tree,
+  mask = function(prob, p) return (estimate(prob, p)) end,
+  run = E.block_run(estimate),
+}

@@ -1,0 +1,165 @@
+-- Token Sparse Attention (Jo et al. 2025; dongwonjo/Token-Sparse-Attention) —
+-- card: token_sparse_attention.
+-- Card steps implemented (one layer's problem; the profiled choice of sparse
+-- layers is the caller's: run it on the layers it applies to):
+--   0. applies only when coverage > 0 and n > m_min + W (else: dense, identity);
+--   1. importance per head of each prefix key j < n - W: the mean over the
+--      last W queries of their softmax probabilities over ALL keys
+--      (score.last_q);
+--   2. smoothing: average pooling, kernel ks, stride 1, zero "same" padding
+--      (divided by ks, PyTorch's avg_pool1d default count_include_pad);
+--   3. budget: g = the head-mean importance; g and each head's importance
+--      normalised to sum 1; sorted ascending, D = #{cumsum < coverage} + 1
+--      (the reference's +1), none when that count is 0;
+--      B = max(m_min, (n - W) - D), the same for every head;
+--   4. per head the top-B prefix keys by its importance (ties: the earlier),
+--      plus the W window positions, sorted;
+--   5-7. queries AND keys gathered at those positions (gather.rows), dense
+--      causal attention on the compressed sequence (attn.dense), outputs
+--      scattered back; a dropped position's output is 0 for that head (L =
+--      -inf: its residual passes unchanged, recall counts it as lost).
+-- Not here: composing with another sparse kernel on the compressed sequence
+--   (step 6's option), the per-layer profiling.
+-- Reference: dongwonjo/Token-Sparse-Attention sparse_attn/token_sparse/
+--   sparse_cluster.py (SparseCluster.get_index, compress_qkv,
+--   decompress_output), kernel.py (_prefix_meanprob_kernel) per the card; not
+--   fetched this session. Defaults: coverage 0.005, m_min 1024, W 128, ks 7.
+local sl = require "sparselab"
+local E = require "sparselab.blockest"
+local D = require "sparselab.dynamic"
+
+local ID = "token_sparse_attention"
+
+-- per head sorted 0-based kept positions, or nil for the identity
+local function select(prob, p, blind)
+  local n = D.check_prefill(ID, prob)
+  local hq, W = prob.q:shape()[1], math.min(p.window, n)
+  if p.coverage <= 0 or n <= p.m_min + W then return nil, 0 end
+  local args = {last = W, causal = 1, backend = prob.backend}
+  local probs = E.heads(sl.score.last_q(prob.q, prob.k, args))
+  local est = sl.op_flops("score.last_q", prob.q, prob.k, args)
+  local npre = n - W
+  local imp, g = {}, {}
+  for j = 1, npre do g[j] = 0 end
+  local half = p.ks // 2
+  for h = 1, hq do
+    local P, raw = probs[h], {}
+    for j = 1, npre do
+      local s = 0
+      for t = 1, W do s = s + P[t][j] end
+      raw[j] = s / W
+    end
+    local sm, tot = {}, 0
+    for j = 1, npre do
+      local s = 0
+      for x = j - half, j + half do if x >= 1 and x <= npre then s = s + raw[x] end end
+      sm[j] = s / p.ks
+      tot = tot + sm[j]
+    end
+    for j = 1, npre do
+      sm[j] = tot > 0 and sm[j] / tot or 0
+      g[j] = g[j] + sm[j] / hq
+    end
+    imp[h] = sm
+  end
+  local gt = 0
+  for j = 1, npre do gt = gt + g[j] end
+  local gs = {}
+  for j = 1, npre do gs[j] = gt > 0 and g[j] / gt or 0 end
+  table.sort(gs)
+  local cum, count = 0, 0
+  for j = 1, npre do
+    cum = cum + gs[j]
+    if cum < p.coverage then count = count + 1 else break end
+  end
+  if count == 0 then return nil, est end
+  local drop = count + 1
+  local B = math.max(p.m_min, npre - drop)
+  if B >= npre then return nil, est end
+  local out = {}
+  for h = 1, hq do
+    local x = imp[h]
+    if blind then x = {}; for j = 1, npre do x[j] = -j end end  -- score-blind: the first B keys
+    local order = E.order_desc(x, npre)
+    local kept = {}
+    for t = 1, B do kept[t] = order[t] - 1 end
+    for j = npre, n - 1 do kept[#kept + 1] = j end
+    table.sort(kept)
+    out[h] = kept
+  end
+  return out, est
+end
+
+local function execute(prob, idx)
+  local hq, n, d = prob.q:shape()[1], prob.q:shape()[2], prob.q:shape()[3]
+  local it = sl.tensor(idx, "i32")
+  local be = {backend = prob.backend}
+  local gq, gk, gv = sl.gather.rows(prob.q, it, be), sl.gather.rows(prob.k, it, be), sl.gather.rows(prob.v, it, be)
+  local args = {causal = 1, backend = prob.backend}
+  local oc, lc = sl.attn.dense(gq, gk, gv, args)
+  local flops = sl.op_flops("attn.dense", gq, gk, gv, args)
+  local O, L = {}, {}
+  local OC, LC = E.heads(oc), lc:totable()
+  for h = 1, hq do
+    local rows, ls = {}, {}
+    for i = 1, n do
+      local z = {}
+      for c = 1, d do z[c] = 0 end
+      rows[i] = z
+      ls[i] = -math.huge
+    end
+    local och = OC[h]
+    for t, pos in ipairs(idx[h]) do
+      rows[pos + 1] = och[t]
+      ls[pos + 1] = LC[h][t]
+    end
+    O[h], L[h] = rows, ls
+  end
+  return sl.tensor(O), sl.tensor(L), flops
+end
+
+local function run(prob, p, blind)
+  local t0 = sl.time()
+  local idx, est = select(prob, p, blind)
+  local t1 = sl.time()
+  local o, lse, flops, kept_pairs
+  local hq = prob.q:shape()[1]
+  if not idx then
+    local args = {causal = 1, backend = prob.backend}
+    o, lse = sl.attn.dense(prob.q, prob.k, prob.v, args)
+    flops = sl.op_flops("attn.dense", prob.q, prob.k, prob.v, args)
+    kept_pairs = E.pairs(prob)
+  else
+    o, lse, flops = execute(prob, idx)
+    local m = #idx[1]
+    kept_pairs = hq * m * (m + 1) / 2
+  end
+  local t2 = sl.time()
+  return {o = o, lse = lse, index = idx, stats = {flops = flops, estimator_flops = est,
+    density = kept_pairs / E.pairs(prob), kept_tokens = idx and #idx[1] or prob.q:shape()[2],
+    estimate_ms = (t1 - t0) * 1e3, execute_ms = (t2 - t1) * 1e3}}
+end
+
+return {
+  id = ID,
+  card = ID,
+  title = "Token Sparse Attention: compressing queries and keys per head by importance",
+  family = "token-estimate",
+  phase = "prefill",
+  causal_only = true,
+  summary = "Importance of prefix tokens from the last W queries' attention; drop the least important up to a coverage of mass, run dense attention on the kept tokens per head, scatter back.",
+  knob = "coverage",
+  knob_direction = -1,
+  params = {
+    coverage = {default = 0.005, min = 0, max = 1, doc = "c: mass of the head-mean importance that may be dropped"},
+    m_min = {default = 1024, min = 0, int = true, doc = "floor of kept prefix tokens (and: n <= m_min + W stays dense)"},
+    window = {default = 128, min = 1, int = true, doc = "W: observation window (always kept)"},
+    ks = {default = 7, min = 1, int = true, doc = "smoothing kernel (average pooling)"},
+  },
+  ops = {"score.last_q", "gather.rows", "attn.dense"},
+  checks = {"coverage 0 or n <= m_min + W is the identity", "kept rows equal dense attention over the kept set",
+    "dropped positions output 0, window always kept", "B identical across heads", "score-blind importance loses recall"},
+  select = select,
+  run_with = run,
+  run = function(prob, p) return run(prob, p, false) end,
+}
