@@ -44,7 +44,7 @@ function Model:decode(ids, prev)
   return self.tok:decode(ids, prev)
 end
 
--- A spec is nil/"dense" (exact), a method id, a method table, or
+-- A spec is nil/"dense" (exact), "skip" (head removed: output 0), a method id, a method table, or
 -- {method =, budget =, params =}. A schedule is a spec, a function
 -- (layer, head) -> spec, or {default = spec, layers = {[layer] = spec},
 -- heads = {[layer] = {[head] = spec}}} with 0-based layers and heads.
@@ -75,6 +75,9 @@ local function spec_for(schedule, layer, head)
 end
 
 local function run_spec(spec, q, k, v)
+  -- "skip" (issue 16, head masks): the head is removed, its attention is not
+  -- computed and its output is 0 (its W_o slice then contributes nothing)
+  if spec == "skip" then return sl.zeros(q:shape()) end
   spec = normalise(spec)
   if not spec then
     local o = sl.attn.dense(q, k, v, {causal = true})
