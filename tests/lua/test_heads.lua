@@ -107,5 +107,81 @@ test("head masks: removing the least important heads (KL measure) moves the outp
   truthy(a.kl < b.kl, string.format("KL to dense pruning least important %.4f, most important %.4f", a.kl, b.kl))
 end)
 
+-- ---- problem-level recipes: sixteen_heads and elastic_attention ----
+
+local function problem(hq, hkv, n, d, seed)
+  return sl.problem{q = sl.randn({hq, n, d}, {seed = seed, std = 1.5}), k = sl.randn({hkv, n, d}, {seed = seed + 1, std = 1.5}),
+    v = sl.randn({hkv, n, d}, {seed = seed + 2, std = 1})}
+end
+
+test("sixteen_heads: keep 1 is dense; the kept heads are the largest-output ones; a score-blind order loses more", function()
+  -- values scaled per kv head so that output norms differ
+  local prob = problem(8, 4, 64, 8, 1801)
+  local v = prob.v:totable()
+  for g = 1, 4 do for i = 1, 64 do for c = 1, 8 do v[g][i][c] = v[g][i][c] * (0.3 + 0.5 * (g - 1)) end end end
+  prob = sl.problem{q = prob.q, k = prob.k, v = sl.tensor(v)}
+  local r1 = sl.eval("sixteen_heads", prob, {budget = 1})
+  near(r1.metrics.rel_l2, 0, 1e-7, "dense")
+  local m = sl.methods.get("sixteen_heads")
+  local p = sl.registry.resolve(m, {}, 0.5)
+  local out = m.run(prob, p)
+  -- independent: mean row norm of each head's dense output
+  local dense = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true}):totable()
+  local score = {}
+  for h = 1, 8 do
+    local s = 0
+    for i = 1, 64 do local r = 0; for c = 1, 8 do r = r + dense[h][i][c] ^ 2 end; s = s + math.sqrt(r) end
+    score[h] = s / 64
+  end
+  for h = 1, 8 do
+    local rank = 1
+    for x = 1, 8 do if score[x] > score[h] or (score[x] == score[h] and x < h) then rank = rank + 1 end end
+    eq(out.kept[h] == true, rank <= 4, "head " .. h .. " kept by rank")
+  end
+  local blind = m.run_with(prob, p, true)
+  local ref = sl.methods.get("dense").run(prob, {}).o
+  local ek, eb = sl.metric.rel_l2(out.o, ref), sl.metric.rel_l2(blind.o, ref)
+  truthy(ek < eb, string.format("rel_l2 importance %.3f, first heads %.3f", ek, eb))
+end)
+
+test("elastic_attention: sa_ratio 0 is dense; SA heads follow the streaming mask; oracle routing beats random", function()
+  local prob = problem(8, 4, 192, 16, 1802)
+  local params = {block = 16, sink = 16, local_window = 48}
+  local r0 = sl.eval("elastic_attention", prob, {budget = 0, params = params})
+  near(r0.metrics.rel_l2, 0, 1e-5, "dense")
+  local m = sl.methods.get("elastic_attention")
+  local p = sl.registry.resolve(m, params, 0.5)
+  local mk = m.estimate(prob, p)
+  local bits = mk:to_bits():totable()
+  local sa_heads = 0
+  for g = 1, 4 do
+    local full = true
+    for i = 1, 192 do for j = 1, i do if bits[g][i][j] ~= 1 then full = false end end end
+    if not full then
+      sa_heads = sa_heads + 1
+      for i = 1, 192 do
+        for j = 1, i do
+          local c, rb = (j - 1) // 16, (i - 1) // 16
+          local want = ((j - 1) < 16 or c > rb - 3) and 1 or 0
+          eq(bits[g][i][j], want, "streaming mask")
+        end
+      end
+    end
+  end
+  eq(sa_heads, 2, "half the kv heads in SA")
+  local dense = sl.eval("dense", prob, {})
+  local ro = sl.eval("elastic_attention", prob, {budget = 0.5, params = params})
+  local worst = 1
+  for seed = 1, 4 do
+    local pr = {}
+    for k2, v2 in pairs(params) do pr[k2] = v2 end
+    pr.router, pr.seed = "random", seed
+    local rr = sl.eval("elastic_attention", prob, {budget = 0.5, params = pr})
+    worst = math.min(worst, rr.metrics.recall_mean)
+    truthy(ro.metrics.recall_mean >= rr.metrics.recall_mean - 1e-9, "oracle >= random seed " .. seed)
+  end
+  truthy(ro.metrics.recall_mean > worst + 1e-3, "oracle beats the worst random routing")
+end)
+
 os.remove(path)
 H.done()

@@ -1,0 +1,127 @@
+-- Are Sixteen Heads Really Better than One? (Michel, Levy, Neubig 2019) —
+-- card: sixteen_heads.
+-- Card steps implemented:
+--   1. head masks ξ_h ∈ {0, 1}: a removed head's attention is not computed
+--      and its output is 0 (in the model runner: the "skip" spec,
+--      sparselab.heads.schedule, so its W_o slice contributes nothing);
+--   3. importance, gradient-free (no autograd here): on the model,
+--      sparselab.heads.importance — "ablation" |ΔNLL| when the head alone is
+--      removed (the finite-difference form of |∂L/∂ξ_h|), "kl", or "l2" —
+--      with the paper's per-layer ℓ2 normalisation as an option; on a single
+--      attention problem (this recipe's run) the proxy is the head's mean
+--      output norm (l2), since the loss needs the whole model;
+--   4. pruning: the lowest-importance heads go first (globally in
+--      experiments/heads.lua, which prints perplexity vs heads kept from the
+--      database; per problem here: `keep` = fraction of query heads kept).
+-- Not here: the gradient-based proxy itself, the iterative re-scoring of
+--   step 4 (the experiment scores once), physically removing Q/K/V/O slices
+--   (step 5: skipping is emulated by zero outputs).
+-- Calibration: m.calibrate(problems) stores l2 importances per (layer, head);
+--   without a config the problem scores its own heads (optimistic).
+-- Fidelity: removed heads output 0 (L = -inf): recall counts their rows as
+--   lost; rel_l2 against dense is recorded.
+local sl = require "sparselab"
+local E = require "sparselab.blockest"
+
+local ID = "sixteen_heads"
+
+local function l2_scores(prob)
+  local o = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
+  local hq = prob.q:shape()[1]
+  local heads, out = E.heads(o), {}
+  for h = 1, hq do
+    local s, rows = 0, heads[h]
+    for _, row in ipairs(rows) do
+      local r = 0
+      for _, x in ipairs(row) do r = r + x * x end
+      s = s + math.sqrt(r)
+    end
+    out[h] = s / #rows
+  end
+  return out
+end
+
+local function kept_heads(prob, p, blind)
+  local hq = prob.q:shape()[1]
+  local cfg = E.config(p, ID)
+  local imp
+  if cfg then
+    imp = cfg.importance["L" .. tostring(prob.layer or "any")] or cfg.importance["Lany"]
+    if not imp then sl.fail("sixteen_heads: the config has no importance for layer %s", tostring(prob.layer)) end
+  else
+    imp = l2_scores(prob)
+  end
+  local n_keep = math.max(0, math.min(hq, math.floor(p.keep * hq + 0.5)))
+  local order = {}
+  for h = 1, hq do order[h] = h end
+  if not blind then
+    table.sort(order, function(a, b)
+      if imp[a] ~= imp[b] then return imp[a] > imp[b] end
+      return a < b
+    end)
+  end
+  local keep = {}
+  for i = 1, n_keep do keep[order[i]] = true end
+  return keep, n_keep
+end
+
+local function run(prob, p, blind)
+  local t0 = sl.time()
+  local keep, n_keep = kept_heads(prob, p, blind)
+  local t1 = sl.time()
+  local hq, hkv = prob.q:shape()[1], prob.k:shape()[1]
+  local G = hq // hkv
+  local os_, ls = {}, {}
+  local flops = 0
+  for h = 1, hq do
+    local g = (h - 1) // G + 1
+    if keep[h] then
+      local args = {causal = prob.causal, backend = prob.backend}
+      local q1, k1, v1 = prob.q:narrow(1, h, 1), prob.k:narrow(1, g, 1), prob.v:narrow(1, g, 1)
+      os_[h], ls[h] = sl.attn.dense(q1, k1, v1, args)
+      flops = flops + sl.op_flops("attn.dense", q1, k1, v1, args)
+    else
+      local n = prob.q:shape()[2]
+      os_[h] = sl.zeros({1, n, prob.q:shape()[3]})
+      local t = {}
+      for i = 1, n do t[i] = -math.huge end
+      ls[h] = sl.tensor({t})
+    end
+  end
+  local o, lse = sl.cat(os_, 1), sl.cat(ls, 1)
+  local t2 = sl.time()
+  return {o = o, lse = lse, kept = keep, stats = {flops = flops, estimator_flops = 0, density = n_keep / hq,
+    heads_kept = n_keep, estimate_ms = (t1 - t0) * 1e3, execute_ms = (t2 - t1) * 1e3}}
+end
+
+local function calibrate(problems)
+  local acc, cnt = {}, {}
+  for _, prob in ipairs(problems) do
+    local key = "L" .. tostring(prob.layer or "any")
+    local s = l2_scores(prob)
+    acc[key], cnt[key] = acc[key] or {}, (cnt[key] or 0) + 1
+    for h, x in ipairs(s) do acc[key][h] = (acc[key][h] or 0) + x end
+  end
+  for key, t in pairs(acc) do for h = 1, #t do t[h] = t[h] / cnt[key] end end
+  return {importance = acc}
+end
+
+return {
+  id = ID,
+  card = ID,
+  title = "Are Sixteen Heads Really Better than One?",
+  family = "head-level",
+  phase = "both",
+  summary = "Head masks ξ_h: the least important heads (gradient-free proxies: ablation ΔNLL on the model, output norm per problem) are removed, their outputs 0.",
+  knob = "keep",
+  params = {
+    keep = {default = 0.5, min = 0, max = 1, doc = "fraction of query heads kept (the most important)"},
+    config = {default = "", doc = "importance file (sl.calibrate); empty: the problem scores its own heads"},
+  },
+  ops = {"attn.dense"},
+  checks = {"keep = 1 equals dense", "removing a zero-importance head leaves the model's logits unchanged (tests/lua/test_heads.lua)",
+    "importance-ordered removal beats a score-blind order"},
+  calibrate = calibrate,
+  run_with = run,
+  run = function(prob, p) return run(prob, p, false) end,
+}
