@@ -1,0 +1,91 @@
+-- heads.lua — Question: how does the shipped model's perplexity grow as heads
+-- are removed, when the heads go in order of each importance measure (and in
+-- a score-blind order)?
+-- Cards: sixteen_heads (head masks ξ_h, importance, global pruning of the
+-- least important heads; issue 16).
+-- Inputs: the shipped TinyStories 260K model (experiments/data/tinystories260k:
+-- 5 layers x 8 heads = 40 heads); importance from two calibration texts, the
+-- perplexity on two other (held-out) texts.
+-- Measures (sparselab.heads): "ablation" |ΔNLL| when the head alone is
+-- removed (the finite-difference stand-in for the card's |∂L/∂ξ_h|, with the
+-- paper's per-layer ℓ2 normalisation), "kl" (KL to dense when removed alone),
+-- "l2" (mean output norm of the head: forward only, no loss), and "random"
+-- (a seeded score-blind order: the baseline every measure must beat).
+-- A removed head is skipped ("skip" spec: no attention, output 0).
+-- Every result goes to the database (first argument, default results.db); the
+-- table is read back from it.
+--   sparselab run experiments/heads.lua [DB] [--quick]
+local sl = require "sparselab"
+local Hd = require "sparselab.heads"
+
+local db_path, quick = "results.db", false
+for _, a in ipairs(arg or {}) do
+  if a == "--quick" then quick = true
+  elseif a:sub(1, 2) == "--" then sl.fail("heads: unknown option %s (expected --quick)", a)
+  else db_path = a end
+end
+
+local data = "experiments/data/tinystories260k"
+local calib = {"01_red_kite", "04_cake_for_mom"}
+local evals = quick and {"06_little_seed"} or {"06_little_seed", "07_toy_shop"}
+local measures = {"ablation", "kl", "l2", "random"}
+local model = sl.model.load(data .. "/model.bin")
+local L, H = model.cfg.n_layers, model.cfg.n_heads
+local total = L * H
+local steps = {}
+for c = 0, total - 1, quick and 8 or 4 do steps[#steps + 1] = c end
+
+local function read(name)
+  local f = assert(io.open(data .. "/texts/" .. name .. ".txt", "rb"))
+  local t = f:read("a")
+  f:close()
+  return model:encode(t)
+end
+local calib_tokens, eval_tokens = {}, {}
+for i, n in ipairs(calib) do calib_tokens[i] = read(n) end
+for i, n in ipairs(evals) do eval_tokens[i] = read(n) end
+
+local db, run_id = sl.experiment{db = db_path, seed = 1, config = {calib = calib, evals = evals, measures = measures,
+  steps = steps}}
+
+local function random_importance(seed)
+  local st, imp = seed, {}
+  for l = 0, L - 1 do
+    imp[l] = {}
+    for h = 0, H - 1 do st = (st * 1103515245 + 12345) % 2147483648; imp[l][h] = st / 2147483648 end
+  end
+  return imp
+end
+
+db:begin()
+for _, measure in ipairs(measures) do
+  io.stderr:write("heads: importance by " .. measure .. "\n")
+  local imp = measure == "random" and random_importance(7) or
+    Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation"})
+  for _, c in ipairs(steps) do
+    local sched = c > 0 and Hd.schedule(Hd.lowest(imp, c)) or nil
+    for i, tokens in ipairs(eval_tokens) do
+      local r = model:evaluate{tokens = tokens, attention = sched}
+      db:record{run_id = run_id, method = "sixteen_heads", params = {measure = measure, removed = c},
+        workload = "model:" .. evals[i], phase = "prefill", n_q = #tokens, n_k = #tokens, heads = H,
+        kv_heads = model.cfg.n_kv_heads, head_dim = model.cfg.head_dim, backend = "cpu", budget = total - c,
+        metrics = {ppl = r.ppl, ppl_dense = r.ppl_dense, kl = r.kl, top1 = r.top1, heads_kept = total - c}}
+    end
+  end
+end
+db:commit()
+db:finish_run(run_id, "ok")
+
+local cols = {}
+for _, m in ipairs(measures) do
+  cols[#cols + 1] = string.format("round(avg(CASE WHEN json_extract(r.params_json, '$.measure') = '%s' THEN " ..
+    "(SELECT value FROM metric WHERE result_id = r.id AND name = 'ppl') END), 3) AS ppl_%s", m, m)
+end
+local rows = db:query(string.format([[
+  SELECT r.budget AS heads_kept, %s,
+         round(avg((SELECT value FROM metric WHERE result_id = r.id AND name = 'ppl_dense')), 3) AS ppl_dense
+    FROM result r WHERE r.run_id = ? GROUP BY r.budget ORDER BY r.budget DESC]], table.concat(cols, ", ")), run_id)
+print(string.format("Perplexity of the held-out texts vs heads kept (of %d), heads removed least important first", total))
+print(sl.report.table(rows, rows.columns))
+print(string.format("run %d recorded in %s", run_id, db_path))
+db:close()
