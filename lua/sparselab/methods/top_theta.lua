@@ -6,7 +6,9 @@
 --      rows with r > k, θ_row = the (1 - k/r) quantile of the row's scaled
 --      logits (lower interpolation, as torch.quantile(..., interpolation =
 --      "lower")), aggregated per (layer, head, r) as mean + σ_add·std;
---      rows are sampled at every round(1 / sample_frac)-th row;
+--      rows are sampled at every round(1 / sample_frac)-th row, at most
+--      max_rows of them per problem (spread evenly: a bound on the cost at
+--      long n, not in the reference);
 --   2. inference: θ looked up at the nearest calibrated r (ties: the shorter),
 --      keep j iff a_ij > θ, softmax over the kept (attn.threshold); rows with
 --      r <= k stay dense (the reference leaves the first K rows untouched);
@@ -34,7 +36,9 @@ local function sample_thetas(prob, p, into)
   local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
   local nk = prob.k:shape()[2]
   local off = nk - nq
-  local stride = math.max(1, math.floor(1 / p.sample_frac + 0.5))
+  local eligible = 0
+  for i = 0, nq - 1 do if (prob.causal and (off + i + 1) or nk) > p.k then eligible = eligible + 1 end end
+  local stride = math.max(1, math.floor(1 / p.sample_frac + 0.5), math.ceil(eligible / p.max_rows))
   local rows = {}
   for i = 0, nq - 1 do
     local r = prob.causal and (off + i + 1) or nk
@@ -171,6 +175,7 @@ return {
     k = {default = 64, min = 1, int = true, doc = "keys a calibrated row keeps on average (rows seeing <= k keys stay dense)"},
     sigma = {default = 0, min = -10, max = 10, doc = "calib_add_sigma: θ = mean + σ·std over the calibration samples"},
     sample_frac = {default = 0.1, min = 1e-4, max = 1, doc = "calib_sample_frac: fraction of rows sampled"},
+    max_rows = {default = 64, min = 1, int = true, doc = "at most this many sampled rows per problem (spread evenly; bounds the cost at long n)"},
     keep_max = {default = false, doc = "always keep the row's largest score"},
     config = {default = "", doc = "calibration file (sl.calibrate); empty: self-calibration on sampled rows"},
   },
