@@ -183,5 +183,42 @@ test("elastic_attention: sa_ratio 0 is dense; SA heads follow the streaming mask
   truthy(ro.metrics.recall_mean > worst + 1e-3, "oracle beats the worst random routing")
 end)
 
+test("sqa: ratio 1 is dense; FLOPs scale with the query heads; a pooled head is attention of the mean query", function()
+  local prob = problem(8, 2, 40, 8, 1803)
+  local r1 = sl.eval("sqa", prob, {budget = 1})
+  near(r1.metrics.rel_l2, 0, 1e-7, "dense")
+  local m = sl.methods.get("sqa")
+  local out2 = m.run(prob, sl.registry.resolve(m, {}, 2))
+  local out4 = m.run(prob, sl.registry.resolve(m, {}, 4))
+  near(out2.stats.flops / r1.metrics.flops, 0.5, 1e-9, "half the query heads, half the FLOPs")
+  near(out4.stats.flops / r1.metrics.flops, 0.25, 1e-9, "a quarter")
+  -- float64: head 3 (1-based) with ratio 2 is in pooled head 2 = mean of heads 3, 4 over kv head 1
+  local q, k, v = prob.q:totable(), prob.k:totable(), prob.v:totable()
+  local o = out2.o:totable()
+  for i = 1, 40 do
+    local qm = {}
+    for c = 1, 8 do qm[c] = (q[3][i][c] + q[4][i][c]) / 2 end
+    local s, mx = {}, -math.huge
+    for j = 1, i do
+      local x = 0
+      for c = 1, 8 do x = x + qm[c] * k[1][j][c] end
+      s[j] = x / math.sqrt(8)
+      mx = math.max(mx, s[j])
+    end
+    local z, num = 0, {}
+    for c = 1, 8 do num[c] = 0 end
+    for j = 1, i do
+      local w = math.exp(s[j] - mx)
+      z = z + w
+      for c = 1, 8 do num[c] = num[c] + w * v[1][j][c] end
+    end
+    for c = 1, 8 do
+      near(o[3][i][c], num[c] / z, 1e-5, "pooled head output")
+      near(o[4][i][c], num[c] / z, 1e-5, "shared by the group")
+    end
+  end
+  H.raises(function() m.run(prob, sl.registry.resolve(m, {}, 3)) end, "ratio must divide", "bad ratio")
+end)
+
 os.remove(path)
 H.done()
