@@ -84,7 +84,8 @@ do
 end
 
 -- short-input settings of methods whose card defaults assume long contexts (issue 16)
-local SMALL = {hip_attention = {bq = 16, bk = 4, window = 16}, token_sparse_attention = {m_min = 16, window = 16}}
+local SMALL = {hip_attention = {bq = 16, bk = 4, window = 16}, token_sparse_attention = {m_min = 16, window = 16},
+  elastic_attention = {block = 16, sink = 16, local_window = 64}}
 local function base_params(m, small)
   if small and SMALL[m.id] then return SMALL[m.id] end
   if small and m.params.bq and m.params.bk then return {bq = 16, bk = 16} end
