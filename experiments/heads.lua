@@ -10,7 +10,11 @@
 -- removed (the finite-difference stand-in for the card's |∂L/∂ξ_h|, with the
 -- paper's per-layer ℓ2 normalisation), "kl" (KL to dense when removed alone),
 -- "l2" (mean output norm of the head: forward only, no loss), and "random"
--- (a seeded score-blind order: the baseline every measure must beat).
+-- (a seeded score-blind order: the baseline every measure must beat), and
+-- "predictor" (card head_neuron_predictor: per evaluation text, the scores a
+-- ridge predictor gives from the text's layer-1 last-token queries, trained on
+-- the l2 criterion of 48-token-step prefixes of the calibration texts; its
+-- held-out Spearman ρ against the text's own l2 scores is printed).
 -- A removed head is skipped ("skip" spec: no attention, output 0).
 -- Every result goes to the database (first argument, default results.db); the
 -- table is read back from it.
@@ -28,7 +32,7 @@ end
 local data = "experiments/data/tinystories260k"
 local calib = {"01_red_kite", "04_cake_for_mom"}
 local evals = quick and {"06_little_seed"} or {"06_little_seed", "07_toy_shop"}
-local measures = {"ablation", "kl", "l2", "random"}
+local measures = {"ablation", "kl", "l2", "random", "predictor"}
 local model = sl.model.load(data .. "/model.bin")
 local L, H = model.cfg.n_layers, model.cfg.n_heads
 local total = L * H
@@ -57,14 +61,43 @@ local function random_importance(seed)
   return imp
 end
 
+-- the predictor: trained once on calibration prefixes, applied per evaluation text
+local P
+do
+  local samples = {}
+  for _, toks in ipairs(calib_tokens) do
+    for len = 48, #toks, 48 do
+      local pre = {}
+      for i = 1, len do pre[i] = toks[i] end
+      samples[#samples + 1] = Hd.sample(model, pre, "l2")
+    end
+  end
+  P = Hd.train_predictor(samples, 100)
+end
+local function predicted(tokens)
+  local flat, imp = Hd.predict_scores(P, Hd.features(model, tokens)), {}
+  for l = 0, L - 1 do imp[l] = {}; for h = 0, H - 1 do imp[l][h] = flat[l * H + h + 1] end end
+  local truth = Hd.sample(model, tokens, "l2").y
+  return imp, Hd.spearman(flat, truth)
+end
+
 db:begin()
 for _, measure in ipairs(measures) do
   io.stderr:write("heads: importance by " .. measure .. "\n")
-  local imp = measure == "random" and random_importance(7) or
-    Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation"})
-  for _, c in ipairs(steps) do
-    local sched = c > 0 and Hd.schedule(Hd.lowest(imp, c)) or nil
+  local imp = (measure == "random" and random_importance(7)) or (measure ~= "predictor" and
+    Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation"})) or nil
+  local per_text = {}
+  if measure == "predictor" then
     for i, tokens in ipairs(eval_tokens) do
+      local rho
+      per_text[i], rho = predicted(tokens)
+      print(string.format("predictor: Spearman rho vs the l2 criterion on %s: %.3f", evals[i], rho))
+    end
+  end
+  for _, c in ipairs(steps) do
+    for i, tokens in ipairs(eval_tokens) do
+      local use = per_text[i] or imp
+      local sched = c > 0 and Hd.schedule(Hd.lowest(use, c)) or nil
       local r = model:evaluate{tokens = tokens, attention = sched}
       db:record{run_id = run_id, method = "sixteen_heads", params = {measure = measure, removed = c},
         workload = "model:" .. evals[i], phase = "prefill", n_q = #tokens, n_k = #tokens, heads = H,

@@ -106,4 +106,167 @@ function Hd.lowest(imp, count)
   return out
 end
 
+-- ---- the head-importance predictor (card head_neuron_predictor, ShadowLLM) ----
+
+-- One forward over tokens with a probe per head: the concatenated layer-1
+-- queries of the last token (the predictor's input; ShadowLLM's "b1e" uses the
+-- hidden state after the first layer, of which these queries are a linear
+-- image after RMSNorm) and every head's mean output norm (the l2 criterion).
+local function probe(model, tokens)
+  local feat, l2 = {}, {}
+  local H = model.cfg.n_heads
+  model:run{tokens = tokens, attention = function(layer, head)
+    return {method = {id = "head_probe", title = "probe", family = "probe", phase = "both", params = {},
+      run = function(prob)
+        if layer == 1 then
+          local n = prob.q:shape()[2]
+          local last = prob.q:narrow(2, n, 1):totable()[1][1]
+          for c, x in ipairs(last) do feat[head * #last + c] = x end
+        end
+        local o = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true})
+        local t, s = o:totable()[1], 0
+        for _, row in ipairs(t) do
+          local r = 0
+          for _, x in ipairs(row) do r = r + x * x end
+          s = s + math.sqrt(r)
+        end
+        l2[layer * H + head + 1] = s / #t
+        return {o = o}
+      end}}
+  end}
+  feat[#feat + 1] = 1  -- bias
+  return feat, l2
+end
+
+--- One training sample of a token list: {x = features, y = criterion per
+--- (layer, head) flattened layer-major}. criterion "l2" (forward only) or
+--- "ablation" (|ΔNLL| of removing each head alone: L·H extra forwards).
+function Hd.sample(model, tokens, criterion)
+  local x, l2 = probe(model, tokens)
+  if criterion == "l2" then return {x = x, y = l2} end
+  if criterion ~= "ablation" then sl.fail("heads.sample: criterion must be 'l2' or 'ablation', found '%s'", tostring(criterion)) end
+  local imp = Hd.importance(model, {tokens}, "ablation")
+  local y, H = {}, model.cfg.n_heads
+  for l = 0, model.cfg.n_layers - 1 do for h = 0, H - 1 do y[l * H + h + 1] = imp[l][h] end end
+  return {x = x, y = y}
+end
+
+--- Ridge regression from x to y over the samples: W [F][T] solving
+--- (XᵀX + λI) W = XᵀY (Gaussian elimination with partial pivoting). The
+--- card's predictor is an MLP trained with AdamW; a linear map is the
+--- smallest honest stand-in at the workbench's sample counts.
+function Hd.fit_predictor(samples, lambda)
+  lambda = lambda or 1e-2
+  local F, T = #samples[1].x, #samples[1].y
+  local A, B = {}, {}
+  for i = 1, F do
+    A[i], B[i] = {}, {}
+    for j = 1, F do A[i][j] = i == j and lambda or 0 end
+    for t = 1, T do B[i][t] = 0 end
+  end
+  for _, s in ipairs(samples) do
+    for i = 1, F do
+      local xi = s.x[i]
+      for j = 1, F do A[i][j] = A[i][j] + xi * s.x[j] end
+      for t = 1, T do B[i][t] = B[i][t] + xi * s.y[t] end
+    end
+  end
+  for c = 1, F do
+    local piv = c
+    for r = c + 1, F do if math.abs(A[r][c]) > math.abs(A[piv][c]) then piv = r end end
+    A[c], A[piv], B[c], B[piv] = A[piv], A[c], B[piv], B[c]
+    for r = 1, F do
+      if r ~= c and A[r][c] ~= 0 then
+        local f = A[r][c] / A[c][c]
+        for j = c, F do A[r][j] = A[r][j] - f * A[c][j] end
+        for t = 1, T do B[r][t] = B[r][t] - f * B[c][t] end
+      end
+    end
+  end
+  for r = 1, F do for t = 1, T do B[r][t] = B[r][t] / A[r][r] end end
+  return B
+end
+
+--- Predicted criterion per (layer, head), flattened layer-major.
+function Hd.predict(W, x)
+  local out = {}
+  for t = 1, #W[1] do
+    local s = 0
+    for i = 1, #x do s = s + x[i] * W[i][t] end
+    out[t] = s
+  end
+  return out
+end
+
+--- The predictor used by the recipe and the experiment: the static mean of
+--- the training targets plus a ridge map of the features to the residual
+--- (λ large -> the static mask, the card's baseline). Returns {mean =, W =}.
+function Hd.train_predictor(samples, lambda)
+  local T, mean = #samples[1].y, {}
+  for t = 1, T do
+    local s = 0
+    for _, x in ipairs(samples) do s = s + x.y[t] end
+    mean[t] = s / #samples
+  end
+  local res = {}
+  for i, x in ipairs(samples) do
+    local y = {}
+    for t = 1, T do y[t] = x.y[t] - mean[t] end
+    res[i] = {x = x.x, y = y}
+  end
+  return {mean = mean, W = Hd.fit_predictor(res, lambda)}
+end
+
+function Hd.predict_scores(P, x)
+  local r = Hd.predict(P.W, x)
+  for t = 1, #r do r[t] = r[t] + P.mean[t] end
+  return r
+end
+
+--- Features of a token list (for Hd.predict).
+function Hd.features(model, tokens) return (probe(model, tokens)) end
+
+--- Per-layer masks: in every layer the floor(p·H) heads with the lowest
+--- scores (flattened layer-major; ties: the lower head) -> {[l] = {[h] = true}}.
+function Hd.per_layer(scores, L, H, p)
+  local out, m = {}, math.floor(p * H + 1e-9)
+  for l = 0, L - 1 do
+    local idx = {}
+    for h = 0, H - 1 do idx[#idx + 1] = h end
+    table.sort(idx, function(a, b)
+      local sa, sb = scores[l * H + a + 1], scores[l * H + b + 1]
+      if sa ~= sb then return sa < sb end
+      return a < b
+    end)
+    for i = 1, m do out[l] = out[l] or {}; out[l][idx[i]] = true end
+  end
+  return out
+end
+
+--- Spearman rank correlation of two equally long lists (average ranks for ties).
+function Hd.spearman(a, b)
+  local function ranks(x)
+    local idx = {}
+    for i = 1, #x do idx[i] = i end
+    table.sort(idx, function(p, q) return x[p] < x[q] end)
+    local r, i = {}, 1
+    while i <= #idx do
+      local j = i
+      while j < #idx and x[idx[j + 1]] == x[idx[i]] do j = j + 1 end
+      for k = i, j do r[idx[k]] = (i + j) / 2 end
+      i = j + 1
+    end
+    return r
+  end
+  local ra, rb, n = ranks(a), ranks(b), #a
+  local ma, mb = (n + 1) / 2, (n + 1) / 2
+  local sab, saa, sbb = 0, 0, 0
+  for i = 1, n do
+    sab = sab + (ra[i] - ma) * (rb[i] - mb)
+    saa = saa + (ra[i] - ma) ^ 2
+    sbb = sbb + (rb[i] - mb) ^ 2
+  end
+  return (saa > 0 and sbb > 0) and sab / math.sqrt(saa * sbb) or 0
+end
+
 return Hd

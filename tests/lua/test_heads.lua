@@ -220,5 +220,49 @@ test("sqa: ratio 1 is dense; FLOPs scale with the query heads; a pooled head is 
   H.raises(function() m.run(prob, sl.registry.resolve(m, {}, 3)) end, "ratio must divide", "bad ratio")
 end)
 
+test("head_neuron_predictor: 0% is dense; per-layer masks of floor(p·H); oracle predictor = oracle mask", function()
+  local prob = problem(8, 4, 32, 8, 1804)
+  near(sl.eval("head_neuron_predictor", prob, {budget = 0}).metrics.rel_l2, 0, 1e-7, "dense")
+  local out = sl.methods.get("head_neuron_predictor").run(prob, sl.registry.resolve(sl.methods.get("head_neuron_predictor"), {}, 0.4))
+  eq(out.stats.heads_kept, 8 - 3, "floor(0.4 * 8) masked")
+  local scores = {}
+  for t = 1, 5 * 8 do scores[t] = math.sin(t * 2.3) end
+  local m = Hd.per_layer(scores, 5, 8, 0.4)
+  for l = 0, 4 do
+    local c = 0
+    for _ in pairs(m[l]) do c = c + 1 end
+    eq(c, 3, "per layer")
+  end
+  near(Hd.spearman(scores, scores), 1, 1e-12, "oracle Spearman")
+  local Wz = {{}}
+  for t = 1, 40 do Wz[1][t] = 0 end
+  local m2 = Hd.per_layer(Hd.predict_scores({mean = scores, W = Wz}, {0}), 5, 8, 0.4)
+  for l = 0, 4 do for h in pairs(m[l]) do truthy(m2[l][h], "oracle mask") end end
+end)
+
+test("head_neuron_predictor: a predictor trained on ablation scores masks the zero-importance head (logits unchanged); a score-blind mask does not", function()
+  local samples = {}
+  for len = 16, 40, 4 do
+    local p = {}
+    for i = 1, len do p[i] = tokens[i] end
+    samples[#samples + 1] = Hd.sample(model, p, "ablation")
+  end
+  local P = Hd.train_predictor(samples, 10)
+  local pred = Hd.predict_scores(P, Hd.features(model, tokens))
+  near(pred[DEAD_L * NH + DEAD_H + 1], 0, 1e-12, "the dead head's predicted score")
+  local mask = Hd.per_layer(pred, L, NH, 0.25)
+  truthy(mask[DEAD_L][DEAD_H], "predicted mask holds the dead head")
+  local ref = model:run{tokens = tokens, attention = {default = "dense", heads = {[0] = {[0] = "dense"}}}}
+  local cut = model:run{tokens = tokens, attention = Hd.schedule({[DEAD_L] = mask[DEAD_L]})}
+  eq(max_diff(cut, ref), 0.0, "logits unchanged")
+  -- score-blind: a fixed pseudo-random score vector picks another head of that layer
+  local blind = {}
+  for t = 1, L * NH do blind[t] = ((t * 37) % 11) / 11 end
+  local bm = Hd.per_layer(blind, L, NH, 0.25)
+  truthy(not bm[DEAD_L][DEAD_H], "the blind mask misses the dead head")
+  local bcut = model:run{tokens = tokens, attention = Hd.schedule({[DEAD_L] = bm[DEAD_L]})}
+  truthy(max_diff(bcut, ref) > 1e-3, "the blind mask changes the logits")
+end)
+
 os.remove(path)
 H.done()
