@@ -71,7 +71,8 @@ typedef void *(*sl_alloc_fn)(void *ud, void *ptr, size_t old_bytes, size_t new_b
 typedef struct sl_ctx_options {
     sl_alloc_fn alloc;   /* NULL: malloc/realloc/free */
     void *alloc_ud;
-    int n_threads;       /* <= 0: the number of online CPUs */
+    int n_threads;       /* <= 0: the CPUs this process may use (online CPUs, the affinity mask,
+                          * at most SLURM_CPUS_PER_TASK where that is set) */
 } sl_ctx_options;
 
 typedef struct sl_ctx sl_ctx;

@@ -22,6 +22,9 @@ usage: sparselab                         start the REPL
        sparselab query DB SQL [--csv|--json]
        sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]
                       [--config-timeout S] [--config-memory MIB]   (sparselab sweep --help: claims, limits)
+       sparselab sweep CONFIG.lua --slurm [--array N] [--partition P] [--time T] [--cpus-per-task C]
+                      [--gpus-per-task G] [--mem M] [--dir DIR] [--submit]   (a Slurm job array)
+       sparselab slurm status|resubmit DIR   (or sweep --slurm-status DIR / --slurm-resubmit DIR)
        sparselab merge OUT.db IN.db...
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
@@ -589,7 +592,7 @@ end
 
 -- Subcommands that live in modules of their own (sparselab/cli/<name>.lua,
 -- each returning function(argv, parse, out)).
-for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats"} do
+for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "slurm"} do
   C[name] = function(argv)
     local ok, f = pcall(require, "sparselab.cli." .. name)
     if not ok then sl.fail("sparselab %s: not available in this build (%s)", name, tostring(f)) end
