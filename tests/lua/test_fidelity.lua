@@ -314,6 +314,34 @@ test("xattention reference = true: exactly find_blocks_chunked's selection (sing
   truthy(differs_card, "the card's rule (default) and the reference's differ on these inputs")
 end)
 
+-- ---- issue 20 defects -----------------------------------------------------------------
+
+test("unisparse on a non-causal problem: the forced block is the diagonal, not the last key block", function()
+  local n, S = 96, 16
+  local prob = problem(n, 31, false)
+  local m = sl.methods.get("unisparse")
+  -- tau = 0: nothing but the forced block; each block row r keeps exactly block r
+  local got = sl.mask.as_block(m.mask(prob, sl.registry.resolve(m, {bq = S, bk = S, c_q = 4, c_k = 4, tau = 0})))
+  local bits = got:to_bits():totable()
+  for h = 1, #bits do
+    for r = 1, n // S do
+      local row = bits[h][(r - 1) * S + 1]
+      for c = 1, n // S do
+        eq(row[(c - 1) * S + 1], c == r and 1 or 0, string.format("head %d block row %d key block %d", h, r, c))
+      end
+    end
+  end
+end)
+
+test("seer_attention: the oracle has an id of its own; seer_attention without a gate file is refused", function()
+  local prob = problem(64, 41)
+  local r = sl.eval("seer_attention_oracle", prob, {params = {bq = 16, bk = 16}})
+  eq(r.method, "seer_attention_oracle", "the oracle's results carry its id")
+  H.raises(function() sl.eval("seer_attention", prob, {params = {bq = 16, bk = 16}}) end, "needs gate=FILE")
+  eq(sl.methods.get("seer_attention").params.gate ~= nil, true, "seer_attention has the gate parameter")
+  eq(sl.methods.get("seer_attention_oracle").params.gate, nil, "the oracle has none")
+end)
+
 -- ---- eval --save-mask ------------------------------------------------------------------
 
 -- o [H][n][d] of attention over exactly the bits [H][n][n] (float64; GQA: head h reads KV head h / (H / Hkv)).
