@@ -342,6 +342,33 @@ test("seer_attention: the oracle has an id of its own; seer_attention without a 
   eq(sl.methods.get("seer_attention_oracle").params.gate, nil, "the oracle has none")
 end)
 
+test("biformer reference_scale: token attention at 1/sqrt(heads·head_dim), as bra_legacy.py's q_pix * self.scale", function()
+  local n = 32
+  local prob, q, k, v = problem(n, 51, false)
+  local m = sl.methods.get("biformer")
+  -- every region routed: the mask is full, so the output is dense attention at the chosen scale
+  local r = sl.eval(m, prob, {params = {bq = 8, bk = 8, topk = 4, reference_scale = true}})
+  local d, hq = #q[1][1], #q
+  local worst, O = 0, r.o:totable()
+  for h = 1, hq do
+    local K, V = k[(h - 1) // 2 + 1], v[(h - 1) // 2 + 1]
+    for i = 1, n do
+      local x = {}
+      for j = 1, n do x[j] = dot(q[h][i], K[j]) / math.sqrt(hq * d) end
+      local p = softmax(x)
+      local o = O[h][i]
+      for t = 1, d do
+        local s = 0
+        for j = 1, n do s = s + p[j] * V[j][t] end
+        worst = math.max(worst, math.abs(s - o[t]))
+      end
+    end
+  end
+  truthy(worst < 1e-5, "max |o - float64 attention at 1/sqrt(heads·d)| = " .. worst)
+  local r0 = sl.eval(m, prob, {params = {bq = 8, bk = 8, topk = 4}})
+  truthy(sl.metric.max_abs(r0.o, r.o) > 1e-3, "the default (per-head scale) differs")
+end)
+
 -- ---- eval --save-mask ------------------------------------------------------------------
 
 -- o [H][n][d] of attention over exactly the bits [H][n][n] (float64; GQA: head h reads KV head h / (H / Hkv)).
