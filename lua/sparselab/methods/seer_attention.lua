@@ -24,6 +24,22 @@
 --   6. executor attn.block_sparse over the kept b x b tiles.
 -- NOT implemented: gate training (self-distillation); reading gate weights
 -- of other pooling combinations than Qavg_Kmaxminavg.
+-- Reference code (microsoft/SeerAttention, read for issue 20:
+-- seer_attn/prefill_sparse/attn_gate.py AttnGate.forward, MultiHeadLinear;
+-- seer_attn/prefill_sparse/llama/modeling_llama_seerattn.py, the gate call and
+-- block_position_ids = position_ids[:, 0::block_size];
+-- seer_attn/modules/common.py get_sparse_attn_mask_from_threshold /
+-- _from_nz_ratio): matched — ceil-mode pooling (the ragged last block is the
+-- mean / max / min of its valid rows), K pools in the order max, min, avg,
+-- MultiHeadLinear per head (pooled K repeated to the weight's heads), RoPE
+-- at block-first positions, scale dg^{-1/2}, block-causal mask, softmax for
+-- the threshold method (top-k on logits for nz_ratio: the same ranking),
+-- topk = int((1 - sqrt(1 - nz_ratio))·n_blocks) or 1, the last two block
+-- rows dense, tril. Divergence: the reference's gate reads Q and K BEFORE the
+-- model's RoPE (attn_gate(query_states, key_states, ...) precedes
+-- apply_rotary_pos_emb); a sparselab problem holds the Q, K it is given —
+-- post-RoPE for the shipped captures — so a trained gate file sees rotated
+-- inputs here unless the problem is built from pre-RoPE Q, K.
 -- Unknowns chosen: the gate file's tensors are found by name suffix
 -- `layers.<layer>.<...>mask_linear_k.weight` ([H, 3d, dg]) and `...mask_linear_q.weight`
 -- ([Hq, d, dg], optional) for the problem's layer (prob.layer, default 0),
