@@ -10,7 +10,9 @@
 --     window (r_w < 1, so the estimator decides);
 --   * loopserve: windows of exact softmax rows, column and diagonal mass,
 --     top-p lines of each kind ∪ the diagonal;
---   * pbs_attn: the segment-local key permutation from the last-block probe.
+--   * pbs_attn: the segment-local key permutation from the last-block probe;
+--   * anchor_attention: the stripes of a middle θ (its other tests check
+--     θ = ±inf, where any selector that keeps all or nothing passes).
 -- Names start with the method's id, so the mutation harness runs them.
 package.path = "tests/lua/?.lua;" .. package.path
 local BUILD = os.getenv("BUILD") or "build"
@@ -201,6 +203,61 @@ test("pbs_attn: the key permutation sorts each complete segment by the last-bloc
     end
   end
   truthy(moved > n, "the permutation moves keys (" .. moved .. " slots differ from the identity)")
+end)
+
+test("anchor_attention: the middle-region stripes at a finite θ equal the pooled-query vs mean-anchor rule", function()
+  local n, B, step = 170, 8, 4
+  local G = B * step
+  local prob, q, k = problem(n, 241)
+  local m = sl.methods.get("anchor_attention")
+  local kept_total, considered = 0, 0
+  for _, theta in ipairs{0.5, 2} do
+    local mask = m.mask(prob, sl.registry.resolve(m, {theta = theta, block = B, step = step}))
+    local bits = bits_of(mask)
+    for h = 1, HQ do
+      local Q, K = q[h], k[(h - 1) // 2 + 1]
+      local sc = 1 / math.sqrt(#Q[1])
+      for b = 1, (n - 1) // G do -- big blocks with a middle region (b >= 1, 0-based)
+        local r0, r1 = b * G, math.min((b + 1) * G, n) - 1
+        -- anchors: the max scaled score over the init keys [0, G) and the local keys [bG, i]
+        local x = {}
+        for i = r0, r1 do
+          local best = -math.huge
+          for j = 0, i do
+            if j < G or j >= b * G then best = math.max(best, sc * dot(Q[i + 1], K[j + 1])) end
+          end
+          x[i] = best
+        end
+        -- per B-row sub-block: mean query and mean anchor; stripe j when some sub-block clears it
+        local subs = {}
+        for t0 = r0, r1, B do
+          local t1 = math.min(t0 + B - 1, r1)
+          local qm = {}
+          for c = 1, #Q[1] do
+            local acc = 0
+            for i = t0, t1 do acc = acc + Q[i + 1][c] end
+            qm[c] = acc / (t1 - t0 + 1)
+          end
+          local xm = 0
+          for i = t0, t1 do xm = xm + x[i] end
+          subs[#subs + 1] = {qm, xm / (t1 - t0 + 1)}
+        end
+        for j = G, b * G - 1 do
+          local want = false
+          for _, st in ipairs(subs) do
+            if sc * dot(st[1], K[j + 1]) + theta >= st[2] then want = true; break end
+          end
+          considered = considered + 1
+          if want then kept_total = kept_total + 1 end
+          for i = r0, r1, 5 do
+            eq(bits[h][i + 1][j + 1] == 1, want, string.format("θ %g head %d row %d key %d", theta, h, i, j))
+          end
+        end
+      end
+    end
+  end
+  truthy(kept_total > 0 and kept_total < considered, string.format("a partial stripe set (%d of %d)", kept_total,
+    considered))
 end)
 
 H.done()
