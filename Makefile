@@ -147,3 +147,9 @@ clean:
 include tests/cudasim/cudasim.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# A sweep as a Slurm job array against a real single-host Slurm that the test
+# starts and stops itself (installs slurm-wlm and munge if missing; needs root).
+.PHONY: test-slurm
+test-slurm: all
+	@BUILD=$(BUILD) sh tests/slurm/test_slurm.sh

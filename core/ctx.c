@@ -1,7 +1,9 @@
 /* ctx.c — the context: allocator hook (huge-page advice for large buffers),
  * error message, thread count, interrupt flag. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include "internal.h"
 
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -43,6 +45,33 @@ static void *default_alloc(void *ud, void *ptr, size_t old_bytes, size_t new_byt
     return p;
 }
 
+/* The CPUs this process may run on: the online CPUs, fewer where the
+ * affinity mask says so (taskset, a cgroup cpuset), and at most
+ * SLURM_CPUS_PER_TASK inside a Slurm job step that sets it, so a sweep shard
+ * uses what Slurm allocated to it, not every CPU of the node. */
+static int default_threads(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int c = CPU_COUNT(&set);
+        if (c >= 1 && c < n)
+            n = c;
+    }
+#endif
+    const char *slurm = getenv("SLURM_CPUS_PER_TASK");
+    if (slurm && *slurm) {
+        char *end;
+        long c = strtol(slurm, &end, 10);
+        if (*end == '\0' && c >= 1 && c < n)
+            n = c;
+    }
+    return n > 4096 ? 4096 : (int)n;
+}
+
 sl_ctx *sl_ctx_new(const sl_ctx_options *opt)
 {
     sl_alloc_fn alloc = opt && opt->alloc ? opt->alloc : default_alloc;
@@ -54,10 +83,8 @@ sl_ctx *sl_ctx_new(const sl_ctx_options *opt)
     ctx->alloc = alloc;
     ctx->alloc_ud = ud;
     ctx->n_threads = opt ? opt->n_threads : 0;
-    if (ctx->n_threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        ctx->n_threads = n > 0 ? (int)n : 1;
-    }
+    if (ctx->n_threads <= 0)
+        ctx->n_threads = default_threads();
     return ctx;
 }
 

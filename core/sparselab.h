@@ -71,7 +71,8 @@ typedef void *(*sl_alloc_fn)(void *ud, void *ptr, size_t old_bytes, size_t new_b
 typedef struct sl_ctx_options {
     sl_alloc_fn alloc;   /* NULL: malloc/realloc/free */
     void *alloc_ud;
-    int n_threads;       /* <= 0: the number of online CPUs */
+    int n_threads;       /* <= 0: the CPUs this process may use (online CPUs, the affinity mask,
+                          * at most SLURM_CPUS_PER_TASK where that is set) */
 } sl_ctx_options;
 
 typedef struct sl_ctx sl_ctx;
@@ -453,10 +454,16 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
 /* correct.rectify (Rectified SpaAttn, card rectified_spaattn, steps 1-3 and
  * 5-8 for self-attention without text tokens): inputs q, k, v, a block mask M
  * (the four arrays, as attn.block_sparse; params bq, bk from it) and o_sparse
- * [Hq, Nq, D] (attn.block_sparse over M); params scale, causal, ipar, gapr.
+ * [Hq, Nq, D] (attn.block_sparse over M); params scale, causal, ipar, gapr,
+ * causal_means.
  * The pooling blocks are the mask's: query block I (bq rows), key block J
  * (bk keys, the last ragged). For head h (kv head g, mask head h / (Hq/Hm)):
- *   q̄_I, k̄_J, v̄_J: means over all rows / keys of the block;
+ *   q̄_I: the mean over the rows of query block I; k̄_J, v̄_J (and e^k_J
+ *   below): means over the keys of J that row i sees when causal and
+ *   causal_means (the default: a causally partial block is pooled over its
+ *   visible keys only, so no future key enters a row), else over all of
+ *   J's keys (causal_means = 0: the earlier reading, future keys of a
+ *   partial block included);
  *   s_IJ = scale·q̄_I·k̄_J;
  *   w_iJ = number of keys of J that row i sees (causal: j <= Nk - Nq + i;
  *          else |J|) — IPAR's block-size weight, per row so that causal
@@ -470,7 +477,9 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  *   R_i = Σ_{J∈C} P'_iJ, restored_i = Σ_{J∉C} P'_iJ, N_i = Σ_{J∉C} P'_iJ·v̄_J;
  *   O_i = R_i·o_sparse_i + N_i.
  * A row that sees no key keeps o_sparse (R = 1, restored = 0). A restored
- * partial block (causal diagonal outside M) uses the mean of all its values.
+ * partial block (causal diagonal outside M) uses the mean of the values the
+ * row sees (causal_means = 0: of all its values). trusted counts GAPR at
+ * the block's last row.
  * Outputs O [Hq, Nq, D], r and restored [Hq, Nq] (R_i + restored_i = 1),
  * trusted [Hq, ceil(Nq/bq)]: the dropped blocks (outside M, some key visible
  * to the block's last row) that GAPR trusts and restores. No L: the caller

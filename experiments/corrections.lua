@@ -57,7 +57,7 @@ local have = {}
 for _, id in ipairs(sl.methods.ids()) do have[id] = true end
 -- dynamic (estimate-based) methods, in order of preference: MInference's two
 -- patterns, then other block estimators, then a token estimator
-local DYNAMIC = {"vertical_slash", "minference_block_sparse", "xattention", "flexprefill", "quest", "seer_attention",
+local DYNAMIC = {"vertical_slash", "minference_block_sparse", "xattention", "flexprefill", "quest", "seer_attention_oracle",
   "dhsa"}
 local STAND_IN = {"power_attention", "s2_attention", "triangle_mix"}
 local bases = {"streaming_llm", "sliding_window"}

@@ -6,7 +6,7 @@
 -- Cards: every method of the registry whose family ends in "-estimate" and
 -- whose phase is prefill or both (issue 4: vertical_slash,
 -- minference_block_sparse, flexprefill, xattention, sample_attention,
--- anchor_attention, sparge_attn, seer_attention, prism, proxy_attn, pbs_attn,
+-- anchor_attention, sparge_attn, seer_attention_oracle, prism, proxy_attn, pbs_attn,
 -- sale, unisparse, dhsa, loopserve, biformer, sparse_flash_attention,
 -- hsr_attention, ...; issue 16: hip_attention, top_theta, pq_code_match,
 -- token_sparse_attention: whichever are registered when it runs); dense is the

@@ -267,9 +267,10 @@ START_TEST(test_rectify_backends_match_ref)
             rect_mask(ctx, kind, c->nq, c->nk, blocks[bi][0], blocks[bi][1], &m);
             sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
             block_sparse_out(ctx, in, &m, &in[7]);
-            for (int variant = 0; variant < 3; variant++) {
+            for (int variant = 0; variant < 4; variant++) {
+                /* variant 3: causal means off (the all-keys reading); 0-2 with causal means */
                 sl_correct_rectify_params p = {.bq = m.bq, .bk = m.bk, .causal = c->causal, .ipar = variant != 1,
-                                               .gapr = variant != 2};
+                                               .gapr = variant != 2, .causal_means = variant != 3};
                 char what[96];
                 snprintf(what, sizeof what, "rectify case %d blocks %d mask %d variant %d", _i, bi, kind, variant);
                 check_op_vs_ref(ctx, SL_OP_CORRECT_RECTIFY, &p, in, 2e-5, what);
@@ -358,6 +359,143 @@ START_TEST(test_rectify_exact_cases)
         release_n(in, 3);
         sl_mask_release(&m);
     }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* Causal means (the default): no row's correction reads a key after its own
+ * position — changing K and V after position p leaves rows <= p unchanged on
+ * every backend, and equal to the independent float64 rectification written
+ * here for the row that sees its diagonal block in part; with causal_means
+ * = 0 (the earlier reading: the block's mean over all its keys) the rows
+ * before p in p's block do change. */
+static void rect_row_indep(const sl_tensor *in, const sl_mask *m, int gapr, int64_t h, int64_t i, double *o_out)
+{
+    int64_t nq = in[0].shape[1], nk = in[1].shape[1], d = in[0].shape[2], hq = in[0].shape[0], hkv = in[1].shape[0];
+    int64_t bq = m->bq, bk = m->bk, g = h / (hq / hkv), I = i / bq, pos = nk - nq + i, nkb = (nk + bk - 1) / bk;
+    const float *q = (const float *)in[0].data + h * nq * d, *k = (const float *)in[1].data + g * nk * d;
+    const float *v = (const float *)in[2].data + g * nk * d, *os = (const float *)in[7].data + (h * nq + i) * d;
+    double qm[64] = {0}, qe[64] = {0};
+    int64_t i0 = I * bq, i1 = i0 + bq < nq ? i0 + bq : nq;
+    for (int64_t c = 0; c < d; c++) {
+        for (int64_t r = i0; r < i1; r++)
+            qm[c] += q[r * d + c] / (double)(i1 - i0);
+        for (int64_t r = i0; r < i1; r++)
+            qe[c] += fabs(q[r * d + c] - qm[c]) / (double)(i1 - i0);
+    }
+    double s[64], w[64], vbar[64][64];
+    int restored[64];
+    double mx = -INFINITY;
+    for (int64_t J = 0; J < nkb; J++) {
+        int64_t j0 = J * bk, j1 = (j0 + bk < nk ? j0 + bk : nk);
+        if (j1 > pos + 1)
+            j1 = pos + 1;
+        w[J] = 0;
+        if (j1 <= j0)
+            continue;
+        double km[64] = {0}, ke[64] = {0};
+        for (int64_t c = 0; c < d; c++) {
+            vbar[J][c] = 0;
+            for (int64_t r = j0; r < j1; r++) {
+                km[c] += k[r * d + c] / (double)(j1 - j0);
+                vbar[J][c] += v[r * d + c] / (double)(j1 - j0);
+            }
+            for (int64_t r = j0; r < j1; r++)
+                ke[c] += fabs(k[r * d + c] - km[c]) / (double)(j1 - j0);
+        }
+        double raw = 0, e1 = 0, e2 = 0;
+        for (int64_t c = 0; c < d; c++) {
+            raw += qm[c] * km[c];
+            e1 += qe[c] * km[c];
+            e2 += qm[c] * ke[c];
+        }
+        int in_m = 0;
+        const int32_t *rp = m->row_ptr.data, *ci = m->col_idx.data;
+        int64_t mh = h / (hq / m->n_heads);
+        for (int32_t e = rp[mh * (m->n_qb + 1) + I]; e < rp[mh * (m->n_qb + 1) + I + 1]; e++)
+            in_m |= ci[e] == J;
+        restored[J] = !in_m && (!gapr || fabs(raw) > fabs(e1) + fabs(e2));
+        s[J] = raw / sqrt((double)d);
+        w[J] = (double)(j1 - j0);
+        mx = s[J] > mx ? s[J] : mx;
+    }
+    double z = 0, zc = 0, n[64] = {0};
+    for (int64_t J = 0; J < nkb; J++) {
+        if (w[J] == 0)
+            continue;
+        double x = w[J] * exp(s[J] - mx);
+        z += x;
+        if (!restored[J])
+            zc += x;
+        else
+            for (int64_t c = 0; c < d; c++)
+                n[c] += x * vbar[J][c];
+    }
+    for (int64_t c = 0; c < d; c++)
+        o_out[c] = zc / z * os[c] + n[c] / z;
+}
+
+START_TEST(test_rectify_causal_means)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7750);
+    int64_t n = 96, d = 8, p_cut = 69; /* keys after 69 change; block 4 holds 64..79 and drops block 0 */
+    sl_tensor in[8] = {tu_randn(ctx, &rng, 2, n, d, 1.0), tu_randn(ctx, &rng, 1, n, d, 1.0), tu_randn(ctx, &rng, 1, n, d, 1.0)};
+    sl_tensor in2[8] = {tu_randn(ctx, &rng, 2, n, d, 1.0), tu_randn(ctx, &rng, 1, n, d, 1.0), tu_randn(ctx, &rng, 1, n, d, 1.0)};
+    for (int t = 0; t < 3; t++) /* in2: in with K, V (and Q) after p_cut replaced */
+        for (int64_t h = 0; h < in[t].shape[0]; h++)
+            memcpy((float *)in2[t].data + h * n * d, (const float *)in[t].data + h * n * d, (size_t)((p_cut + 1) * d) * sizeof(float));
+    /* Q after p_cut must stay: q̄ of a block is the mean of all its rows (the card's pooled query) */
+    memcpy(in2[0].data, in[0].data, (size_t)(2 * n * d) * sizeof(float));
+    sl_mask m;
+    rect_mask(ctx, 0, n, n, 16, 16, &m);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    sl_mask_inputs(&m, &in2[0], &in2[1], &in2[2], in2);
+    block_sparse_out(ctx, in, &m, &in[7]);
+    block_sparse_out(ctx, in2, &m, &in2[7]);
+    for (int be = 0; be < SL_BACKEND__COUNT; be++) {
+        if (!sl_backend_available((sl_backend_id)be) || !backend_wanted((sl_backend_id)be))
+            continue;
+        for (int cm = 0; cm < 4; cm++) { /* cm & 1: causal means; cm & 2: GAPR (on noise it trusts nothing) */
+            sl_correct_rectify_params p = {.bq = 16, .bk = 16, .causal = 1, .ipar = 1, .gapr = cm >> 1,
+                                           .causal_means = cm & 1};
+            sl_tensor a[4], b[4];
+            ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)be, SL_OP_CORRECT_RECTIFY, &p, in, a), SL_OK);
+            ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)be, SL_OP_CORRECT_RECTIFY, &p, in2, b), SL_OK);
+            double e = 0;
+            for (int64_t h = 0; h < 2; h++)
+                for (int64_t i = 0; i <= p_cut; i++)
+                    for (int64_t c = 0; c < d; c++) {
+                        int64_t at = (h * n + i) * d + c;
+                        e = fmax(e, fabs(tu_at(&a[0], at) - tu_at(&b[0], at)));
+                    }
+            if (cm & 1)
+                ck_assert_msg(e < 1e-6, "%s causal means: rows <= %lld moved by %g when later keys changed",
+                              sl_backend_name((sl_backend_id)be), (long long)p_cut, e);
+            else if (!(cm & 2))
+                ck_assert_msg(e > 1e-4, "%s all-keys means: later keys should reach rows of their block (moved %g)",
+                              sl_backend_name((sl_backend_id)be), e);
+            if (cm & 1) { /* every row against the float64 rectification written above */
+                double want[64], err = 0;
+                for (int64_t h = 0; h < 2; h++)
+                    for (int64_t i = 0; i < n; i++) {
+                        rect_row_indep(in, &m, cm >> 1, h, i, want);
+                        for (int64_t c = 0; c < d; c++)
+                            err = fmax(err, fabs(want[c] - tu_at(&a[0], (h * n + i) * d + c)));
+                    }
+                ck_assert_msg(err < 2e-5, "%s causal means vs independent float64: %g", sl_backend_name((sl_backend_id)be), err);
+            }
+            release_n(a, 4);
+            release_n(b, 4);
+        }
+    }
+    sl_tensor_release(&in[7]);
+    sl_tensor_release(&in2[7]);
+    release_n(in, 3);
+    release_n(in2, 3);
+    sl_mask_release(&m);
     tu_ctx_done(ctx, &al);
 }
 END_TEST
@@ -836,6 +974,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_correct_alloc_failures_leak_nothing);
     tcase_add_loop_test(tc, test_rectify_backends_match_ref, 0, N_CASES);
     tcase_add_test(tc, test_rectify_exact_cases);
+    tcase_add_test(tc, test_rectify_causal_means);
     tcase_add_test(tc, test_rectify_gapr_trusts_nothing_on_noise);
     tcase_add_loop_test(tc, test_compensate, 0, N_CASES);
     tcase_add_loop_test(tc, test_smooth_k, 0, N_CASES);

@@ -127,8 +127,8 @@ static void rect_block_item(int64_t item, void *ud, int thread)
     int64_t nkb = j->nkb, bk = j->bk;
     int64_t i0 = I * j->bq, i1 = i0 + j->bq < dm->nq ? i0 + j->bq : dm->nq;
     double *qm = (double *)(j->thread_ws + (size_t)thread * j->ws_bytes), *qe = qm + d, *u = qe + d, *ns = u + d;
-    double *sc = ns + d;               /* nkb pooled logits */
-    uint8_t *flag = (uint8_t *)(sc + nkb); /* per key block: 1 in C (kept or untrusted), 2 restored */
+    double *sc = ns + d;               /* nkb pooled logits, then 3·d for a partial block's means */
+    uint8_t *flag = (uint8_t *)(sc + nkb + 3 * d); /* per key block: 1 in C (kept or untrusted), 2 restored */
     const float *q = a->in[0].data, *os = a->in[7].data;
     const int32_t *rp = a->in[3].data, *ci = a->in[4].data;
     float *o = a->out[0].data, *r_out = a->out[1].data, *rest = a->out[2].data, *trusted = a->out[3].data;
@@ -160,26 +160,40 @@ static void rect_block_item(int64_t item, void *ud, int thread)
     memset(flag, 0, (size_t)nkb);
     for (int32_t e = rp[mh * (j->nqb + 1) + I]; e < rp[mh * (j->nqb + 1) + I + 1]; e++)
         flag[ci[e]] = 1;
-    double mx = -INFINITY, n_trusted = 0;
+    /* causal means: a block some row sees only in part is pooled per row over what it sees */
+    const int per_row = p->causal && p->causal_means;
+    /* the last row's own view of the last visible block: partial -> its GAPR is decided per row */
+    int64_t last_partial = -1;
+    if (per_row && n_vis > 0) {
+        int64_t J = n_vis - 1, j0 = J * bk, j1 = j0 + bk < dm->nk ? j0 + bk : dm->nk, pos = dm->offset + i1 - 1;
+        if (pos + 1 < j1)
+            last_partial = J;
+    }
+    double mxf = -INFINITY, n_trusted = 0;
     for (int64_t J = 0; J < n_vis; J++) {
         const double *km = j->kbar + (g * nkb + J) * d, *ke = j->kdev + (g * nkb + J) * d;
         double raw = dotd(qm, km, d);
         sc[J] = dm->scale * raw;
-        mx = sc[J] > mx ? sc[J] : mx;
+        if (J < n_full)
+            mxf = sc[J] > mxf ? sc[J] : mxf;
         if (!flag[J]) {
             int ng = p->gapr && !(fabs(raw) > fabs(dotd(qe, km, d)) + fabs(dotd(qm, ke, d)));
             flag[J] = ng ? 1 : 2;
-            n_trusted += !ng;
+            if (J != last_partial)
+                n_trusted += !ng;
         }
     }
-    trusted[h * j->nqb + I] = (float)n_trusted;
-    /* the blocks every row sees whole */
+    if (!per_row) { /* one stabiliser for every block (all share the full-block logits) */
+        for (int64_t J = n_full; J < n_vis; J++)
+            mxf = sc[J] > mxf ? sc[J] : mxf;
+    }
+    /* the blocks every row sees whole, relative to mxf */
     double z_in = 0, z_out = 0;
     for (int64_t c = 0; c < d; c++)
         u[c] = 0;
     for (int64_t J = 0; J < n_full; J++) {
         int64_t len = (J + 1) * bk < dm->nk ? bk : dm->nk - J * bk;
-        double w = (p->ipar ? (double)len : 1.0) * exp(sc[J] - mx);
+        double w = (p->ipar ? (double)len : 1.0) * exp(sc[J] - mxf);
         if (flag[J] == 2) {
             z_out += w;
             const double *vm = j->vbar + (g * nkb + J) * d;
@@ -188,19 +202,73 @@ static void rect_block_item(int64_t item, void *ud, int thread)
         } else
             z_in += w;
     }
+    double *pk = sc + nkb, *pe = pk + d, *pv = pe + d; /* one partial block's means (per_row) */
     for (int64_t i = i0; i < i1; i++) {
-        double zi = z_in, zo = z_out;
+        int64_t pos = dm->offset + i;
+        /* this row's stabiliser: mxf, or above it a partial block's own logit */
+        double mrow = mxf;
+        if (per_row)
+            for (int64_t J = n_full; J < n_vis; J++) {
+                int64_t j0 = J * bk, j1 = j0 + bk < dm->nk ? j0 + bk : dm->nk;
+                if (pos < j0)
+                    continue;
+                double s_row = sc[J];
+                if (pos + 1 < j1) {
+                    const float *kg = a->in[1].data;
+                    kg += (g * dm->nk) * d;
+                    int64_t cnt = pos + 1 - j0;
+                    for (int64_t c = 0; c < d; c++) {
+                        double m = 0;
+                        for (int64_t r = j0; r < j0 + cnt; r++)
+                            m += kg[r * d + c];
+                        pk[c] = m / (double)cnt;
+                    }
+                    s_row = dm->scale * dotd(qm, pk, d);
+                }
+                mrow = s_row > mrow ? s_row : mrow;
+            }
+        double f = mxf > -INFINITY ? exp(mxf - mrow) : 0;
+        double zi = z_in * f, zo = z_out * f;
         for (int64_t c = 0; c < d; c++)
-            ns[c] = u[c];
+            ns[c] = u[c] * f;
         for (int64_t J = n_full; J < n_vis; J++) {
-            int64_t j0 = J * bk, j1 = j0 + bk < dm->nk ? j0 + bk : dm->nk, pos = dm->offset + i;
+            int64_t j0 = J * bk, j1 = j0 + bk < dm->nk ? j0 + bk : dm->nk;
             int64_t cnt = p->causal ? (pos < j0 ? 0 : (pos + 1 < j1 ? pos + 1 : j1) - j0) : j1 - j0;
             if (!cnt)
                 continue;
-            double w = (p->ipar ? (double)cnt : 1.0) * exp(sc[J] - mx);
-            if (flag[J] == 2) {
+            double s_row = sc[J];
+            int restored = flag[J] == 2;
+            const double *vm = j->vbar + (g * nkb + J) * d;
+            if (per_row && cnt < j1 - j0) {
+                const float *kg = (const float *)a->in[1].data + (g * dm->nk) * d;
+                const float *vg = (const float *)a->in[2].data + (g * dm->nk) * d;
+                for (int64_t c = 0; c < d; c++) {
+                    double mk = 0, mv = 0, e = 0;
+                    for (int64_t r = j0; r < j0 + cnt; r++) {
+                        mk += kg[r * d + c];
+                        mv += vg[r * d + c];
+                    }
+                    mk /= (double)cnt;
+                    for (int64_t r = j0; r < j0 + cnt; r++)
+                        e += fabs(kg[r * d + c] - mk);
+                    pk[c] = mk;
+                    pe[c] = e / (double)cnt;
+                    pv[c] = mv / (double)cnt;
+                }
+                double raw = dotd(qm, pk, d);
+                s_row = dm->scale * raw;
+                int in_m = 0;
+                for (int32_t e = rp[mh * (j->nqb + 1) + I]; e < rp[mh * (j->nqb + 1) + I + 1]; e++)
+                    in_m |= ci[e] == J;
+                int ng = p->gapr && !(fabs(raw) > fabs(dotd(qe, pk, d)) + fabs(dotd(qm, pe, d)));
+                restored = !in_m && !ng;
+                if (J == last_partial && i == i1 - 1)
+                    n_trusted += restored;
+                vm = pv;
+            }
+            double w = (p->ipar ? (double)cnt : 1.0) * exp(s_row - mrow);
+            if (restored) {
                 zo += w;
-                const double *vm = j->vbar + (g * nkb + J) * d;
                 for (int64_t c = 0; c < d; c++)
                     ns[c] += w * vm[c];
             } else
@@ -221,11 +289,12 @@ static void rect_block_item(int64_t item, void *ud, int thread)
         r_out[h * dm->nq + i] = (float)r;
         rest[h * dm->nq + i] = (float)(zo / z);
     }
+    trusted[h * j->nqb + I] = (float)n_trusted;
 }
 
 static size_t rect_thread_bytes(int64_t d, int64_t nkb)
 {
-    return ((size_t)(4 * d + nkb) * sizeof(double) + (size_t)nkb + 63) / 64 * 64;
+    return ((size_t)(7 * d + nkb) * sizeof(double) + (size_t)nkb + 63) / 64 * 64;
 }
 
 size_t sl__cpu_correct_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

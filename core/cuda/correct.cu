@@ -33,7 +33,7 @@ struct sl__cuda_rectify {
     float *o, *r, *rest, *trusted;
     float *kbar, *kdev, *vbar, *qbar, *qdev, *score;
     uint8_t *flag;
-    int hq, hkv, nq, nk, d, bq, bk, nqb, nkb, hm, causal, ipar, gapr;
+    int hq, hkv, nq, nk, d, bq, bk, nqb, nkb, hm, causal, ipar, gapr, causal_means;
     float scale;
 };
 
@@ -177,8 +177,30 @@ __global__ void rect_flag_kernel(const sl__cuda_rectify a)
         a.score[row + J] = a.scale * raw;
         if (a.flag[row + J] == 0) {
             const bool ng = a.gapr && !(fabsf(raw) > fabsf(e1) + fabsf(e2));
-            a.flag[row + J] = ng ? 1 : 2;
-            mine += !ng;
+            const int j0 = J * a.bk, j1 = min(j0 + a.bk, a.nk);
+            if (a.causal_means && last + 1 < j1) {
+                // the last row sees this block in part: its GAPR over the keys it sees; rows decide themselves (3)
+                const float *kg = a.k + (int64_t)g * a.nk * a.d;
+                const int cnt = last + 1 - j0;
+                float praw = 0, pe1 = 0, pe2 = 0;
+                for (int c = 0; c < a.d; c++) {
+                    float m = 0, e = 0;
+                    for (int r = j0; r < j0 + cnt; r++)
+                        m += kg[(int64_t)r * a.d + c];
+                    m /= (float)cnt;
+                    for (int r = j0; r < j0 + cnt; r++)
+                        e += fabsf(kg[(int64_t)r * a.d + c] - m);
+                    e /= (float)cnt;
+                    praw += qm[c] * m;
+                    pe1 += qe[c] * m;
+                    pe2 += qm[c] * e;
+                }
+                a.flag[row + J] = 3;
+                mine += !(a.gapr && !(fabsf(praw) > fabsf(pe1) + fabsf(pe2)));
+            } else {
+                a.flag[row + J] = ng ? 1 : 2;
+                mine += !ng;
+            }
         }
     }
     atomicAdd(&n_trusted, mine);
@@ -187,10 +209,12 @@ __global__ void rect_flag_kernel(const sl__cuda_rectify a)
         a.trusted[(int64_t)h * a.nqb + I] = (float)n_trusted;
 }
 
-// Per (row, head): R, restored and O = R·O* + N.
+// Per (row, head): R, restored and O = R·O* + N. With causal means the block
+// holding the row's own position (the only block a row can see in part) is
+// pooled over the keys the row sees: its logit, GAPR and mean V per row.
 __global__ void rect_row_kernel(const sl__cuda_rectify a)
 {
-    const int i = blockIdx.x, h = blockIdx.y, g = h / (a.hq / a.hkv), I = i / a.bq;
+    const int i = blockIdx.x, h = blockIdx.y, g = h / (a.hq / a.hkv), I = i / a.bq, mh = h / (a.hq / a.hm);
     const int64_t row = ((int64_t)h * a.nqb + I) * a.nkb, pos = (int64_t)a.nk - a.nq + i;
     auto count = [&](int J) -> int {
         const int64_t j0 = (int64_t)J * a.bk, j1 = min(j0 + a.bk, (int64_t)a.nk);
@@ -200,18 +224,51 @@ __global__ void rect_row_kernel(const sl__cuda_rectify a)
             return 0;
         return (int)(min(pos + 1, j1) - j0);
     };
+    // the partial block of this row (causal means), its logit and whether it is restored
+    const int jp = a.causal_means && pos >= 0 ? (int)(pos / a.bk) : -1;
+    const bool partial = jp >= 0 && jp < a.nkb && pos + 1 < min((int64_t)(jp + 1) * a.bk, (int64_t)a.nk);
+    float s_p = 0;
+    bool restored_p = false;
+    const float *kg = a.k + (int64_t)g * a.nk * a.d, *vg = a.v + (int64_t)g * a.nk * a.d;
+    if (partial) {
+        const int j0 = jp * a.bk, cnt = (int)(pos + 1 - j0);
+        const float *qm = a.qbar + ((int64_t)h * a.nqb + I) * a.d, *qe = a.qdev + ((int64_t)h * a.nqb + I) * a.d;
+        float raw = 0, e1 = 0, e2 = 0;
+        for (int c = threadIdx.x; c < a.d; c += blockDim.x) {
+            float m = 0, e = 0;
+            for (int r = j0; r < j0 + cnt; r++)
+                m += kg[(int64_t)r * a.d + c];
+            m /= (float)cnt;
+            for (int r = j0; r < j0 + cnt; r++)
+                e += fabsf(kg[(int64_t)r * a.d + c] - m);
+            e /= (float)cnt;
+            raw += qm[c] * m;
+            e1 += qe[c] * m;
+            e2 += qm[c] * e;
+        }
+        raw = block_reduce(raw, false);
+        e1 = block_reduce(e1, false);
+        e2 = block_reduce(e2, false);
+        bool in_m = false;
+        for (int e = a.row_ptr[mh * (a.nqb + 1) + I]; e < a.row_ptr[mh * (a.nqb + 1) + I + 1]; e++)
+            in_m = in_m || a.col_idx[e] == jp;
+        s_p = a.scale * raw;
+        restored_p = !in_m && !(a.gapr && !(fabsf(raw) > fabsf(e1) + fabsf(e2)));
+    }
+    auto logit = [&](int J) -> float { return partial && J == jp ? s_p : a.score[row + J]; };
+    auto restored = [&](int J) -> bool { return partial && J == jp ? restored_p : a.flag[row + J] == 2; };
     float mx = -INFINITY;
     for (int J = threadIdx.x; J < a.nkb; J += blockDim.x)
         if (count(J) > 0)
-            mx = fmaxf(mx, a.score[row + J]);
+            mx = fmaxf(mx, logit(J));
     mx = block_reduce(mx, true);
     float zi = 0, zo = 0;
     for (int J = threadIdx.x; J < a.nkb && mx > -INFINITY; J += blockDim.x) {
         const int cnt = count(J);
         if (!cnt)
             continue;
-        const float w = (a.ipar ? (float)cnt : 1.0f) * expf(a.score[row + J] - mx);
-        if (a.flag[row + J] == 2)
+        const float w = (a.ipar ? (float)cnt : 1.0f) * expf(logit(J) - mx);
+        if (restored(J))
             zo += w;
         else
             zi += w;
@@ -227,12 +284,20 @@ __global__ void rect_row_kernel(const sl__cuda_rectify a)
         }
         float n = 0;
         for (int J = 0; J < a.nkb; J++) {
-            if (a.flag[row + J] != 2)
+            if (!restored(J))
                 continue;
             const int cnt = count(J);
             if (!cnt)
                 continue;
-            n += (a.ipar ? (float)cnt : 1.0f) * expf(a.score[row + J] - mx) * a.vbar[((int64_t)g * a.nkb + J) * a.d + c];
+            float vm;
+            if (partial && J == jp) {
+                vm = 0;
+                for (int r = jp * a.bk; r < jp * a.bk + cnt; r++)
+                    vm += vg[(int64_t)r * a.d + c];
+                vm /= (float)cnt;
+            } else
+                vm = a.vbar[((int64_t)g * a.nkb + J) * a.d + c];
+            n += (a.ipar ? (float)cnt : 1.0f) * expf(logit(J) - mx) * vm;
         }
         a.o[o_row + c] = zi / z * a.o_sparse[o_row + c] + n / z;
     }
@@ -554,6 +619,7 @@ sl_status sl__cuda_correct_rectify(const sl__kargs *a)
     g.hq = (int)dm.hq, g.hkv = (int)dm.hkv, g.nq = (int)dm.nq, g.nk = (int)dm.nk, g.d = (int)dm.d;
     g.bq = (int)p->bq, g.bk = (int)p->bk, g.nqb = (int)((dm.nq + p->bq - 1) / p->bq), g.nkb = (int)((dm.nk + p->bk - 1) / p->bk);
     g.hm = (int)a->in[3].shape[0], g.causal = p->causal != 0, g.ipar = p->ipar != 0, g.gapr = p->gapr != 0;
+    g.causal_means = p->causal != 0 && p->causal_means != 0;
     g.scale = (float)dm.scale;
     sl__cuda_stage st(a);
     sl_status s = sl__cuda_stage_in(&st);

@@ -116,9 +116,12 @@ sl_status sl__ref_correct_rectify(const sl__kargs *a)
                 /* pass 1: the largest pooled logit this row sees */
                 double mx = -INFINITY;
                 for (int64_t J = 0; J < nkb; J++) {
-                    if (!visible_keys(i, J, bk, dm.nk, dm.offset, (int)p->causal))
+                    int64_t cnt = visible_keys(i, J, bk, dm.nk, dm.offset, (int)p->causal);
+                    if (!cnt)
                         continue;
                     int64_t j0 = J * bk, j1 = j0 + bk < dm.nk ? j0 + bk : dm.nk;
+                    if (p->causal && p->causal_means)
+                        j1 = j0 + cnt; /* the keys this row sees */
                     block_stats(kg, j0, j1, d, km, NULL);
                     double s = dm.scale * dot(qm, km, d);
                     mx = s > mx ? s : mx;
@@ -130,6 +133,8 @@ sl_status sl__ref_correct_rectify(const sl__kargs *a)
                     if (!cnt)
                         continue;
                     int64_t j0 = J * bk, j1 = j0 + bk < dm.nk ? j0 + bk : dm.nk;
+                    if (p->causal && p->causal_means)
+                        j1 = j0 + cnt;
                     block_stats(kg, j0, j1, d, km, ke);
                     double raw = dot(qm, km, d);
                     double w = (p->ipar ? (double)cnt : 1.0) * exp(dm.scale * raw - mx);

@@ -41,7 +41,10 @@ function E.ids()
   local ids = {}
   for _, id in ipairs(sl.methods.ids()) do
     local ok, m = pcall(sl.methods.get, id)
-    if ok and tostring(m.family):find("%-estimate$") and m.phase ~= "decode" then ids[#ids + 1] = id end
+    -- a method with a required input (m.requires, e.g. seer_attention's gate file) cannot run on defaults
+    if ok and tostring(m.family):find("%-estimate$") and m.phase ~= "decode" and not m.requires then
+      ids[#ids + 1] = id
+    end
   end
   return ids
 end

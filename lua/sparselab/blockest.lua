@@ -136,6 +136,7 @@ function E.block_run(estimate)
     local t1 = sl.time()
     local args = {backend = prob.backend}
     if info.pv_skip and info.pv_skip > 0 then args.pv_skip = info.pv_skip end
+    if info.scale then args.scale = info.scale end -- a recipe's own score scale (e.g. biformer reference_scale)
     local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, m, args)
     local t2 = sl.time()
     local stats = {

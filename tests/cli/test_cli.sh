@@ -94,6 +94,18 @@ expect_rc 0 "run a script" "$SL" run "$T/split.lua" "$T/qkv.safetensors" "$T/npy
 expect_rc 0 "eval from npy dir" "$SL" eval dense --qkv "$T/npy" --out "$T/dense2.safetensors"
 expect_rc 0 "npy dir result" "$CHECK" check "$T/qkv.safetensors" "$T/dense2.safetensors" 1e-5
 
+# --save-mask: the executed selection beside o and lse (u8 [H, n_q, n_k]); refused without --out and above 2^28
+expect_rc 0 "eval --save-mask" "$SL" eval vertical_slash --workload synthetic,n=128,heads=4,kv_heads=2,d=16 \
+    --param bq=16 --param bk=16 --out "$T/vsm.safetensors" --save-mask
+printf 'local sl = require "sparselab"\nlocal t = sl.load(arg[1])\nprint(t.mask:dtype(), table.concat(t.mask:shape(), "x"), t.o ~= nil, t.lse ~= nil)\n' >"$T/mask.lua"
+expect_rc 0 "read the saved mask" "$SL" run "$T/mask.lua" "$T/vsm.safetensors"
+grep -q "^u8	4x128x128	true	true" "$T/out" && ok || bad "saved mask: $(cat "$T/out")"
+expect_rc 1 "--save-mask without --out" "$SL" eval dense --workload synthetic,n=64 --save-mask
+one_line_err "give --out FILE too" "--save-mask without --out"
+expect_rc 1 "--save-mask above 2^28" "$SL" eval dense --workload synthetic,n=16384,heads=2,kv_heads=1,d=16 \
+    --out "$T/big.safetensors" --save-mask
+one_line_err "above 2^28" "--save-mask above 2^28"
+
 # --db and query
 expect_rc 0 "eval --db" "$SL" eval sliding_window --workload synthetic,n=256,heads=4,kv_heads=2 --budget 32 --db "$T/r.db"
 expect_rc 0 "query --csv" "$SL" query "$T/r.db" "SELECT method, budget FROM v_result" --csv

@@ -303,7 +303,9 @@ end)
 test("sl.correct.delta{gamma = 64}(m) works for every method in the registry", function()
   local prob = problem(4, 2, 256, 16, 71, true)
   -- the parameters a method cannot run without (its template)
-  local needs = {blindsight = {images = {{16, 96}, {120, 200}}}}
+  local gate = os.tmpname() .. ".safetensors" -- seer_attention needs AttnGate weights (random ones here)
+  sl.save(gate, {["model.layers.0.self_attn.attn_gate.mask_linear_k.weight"] = sl.randn({2, 48, 16}, {seed = 3})})
+  local needs = {blindsight = {images = {{16, 96}, {120, 200}}}, seer_attention = {gate = gate}}
   local n_ok = 0
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.correct.delta{gamma = 64}(id)

@@ -511,14 +511,14 @@ local function seer_oracle(t, b)
   return G
 end
 
-test("seer_attention: threshold 0 is dense; oracle selection equals independent max-pooled map; last rows dense", function()
+test("seer_attention_oracle: threshold 0 is dense; oracle selection equals independent max-pooled map; last rows dense", function()
   local n, d, b = 150, 8, 16
   local prob, t = problem(n, d, 141, true, {std = 1.5})
-  is_dense(sl.eval("seer_attention", prob, {params = {bq = b, bk = b, threshold = 0}}), "threshold 0")
+  is_dense(sl.eval("seer_attention_oracle", prob, {params = {bq = b, bk = b, threshold = 0}}), "threshold 0")
   local G = seer_oracle(t, b)
   local nb = (n + b - 1) // b
   for _, th in ipairs{0.02, 0.1} do
-    local r = check_against_mask("seer_attention", prob, t, {bq = b, bk = b, threshold = th})
+    local r = check_against_mask("seer_attention_oracle", prob, t, {bq = b, bk = b, threshold = th})
     eq(r.metrics.gate_file, 0, "stats.gate_file (oracle)")
     local _, bits = keep_of(r.mask)
     for h = 1, HQ do
@@ -533,14 +533,14 @@ test("seer_attention: threshold 0 is dense; oracle selection equals independent 
       end
     end
   end
-  monotone("seer_attention", prob, {bq = b, bk = b}, {0.5, 0.1, 0.02, 0.005, 0})
+  monotone("seer_attention_oracle", prob, {bq = b, bk = b}, {0.5, 0.1, 0.02, 0.005, 0})
 end)
 
-test("seer_attention: nz_ratio keeps k = int((1 - sqrt(1 - nz)) x n_blocks) blocks per row", function()
+test("seer_attention_oracle: nz_ratio keeps k = int((1 - sqrt(1 - nz)) x n_blocks) blocks per row", function()
   local n, b = 160, 16
   local prob, t = problem(n, 8, 151, true)
   for _, nz in ipairs{0.3, 0.6} do
-    local r = check_against_mask("seer_attention", prob, t, {bq = b, bk = b, method = 1, nz_ratio = nz})
+    local r = check_against_mask("seer_attention_oracle", prob, t, {bq = b, bk = b, method = 1, nz_ratio = nz})
     local k = math.max(1, math.floor((1 - math.sqrt(1 - nz)) * (n // b)))
     local _, bits = keep_of(r.mask)
     for h = 1, HQ do
@@ -568,6 +568,8 @@ test("seer_attention: gate weights from a file equal an independent gate (poolin
   eq(r.metrics.gate_file, 1, "stats.gate_file (file)")
   eq(sl.methods.get("seer_attention").run(prob, sl.registry.resolve(sl.methods.get("seer_attention"),
     {bq = b, bk = b, gate = path})).gate, "file", "out.gate")
+  -- without a gate file seer_attention refuses (one line) instead of running the oracle under its own id
+  H.raises(function() sl.eval("seer_attention", prob, {params = {bq = b, bk = b}}) end, "seer_attention_oracle")
   local WK, WQ = wk:totable(), wq:totable()
   local nb = n // b
   local function rope(x, pos)

@@ -15,13 +15,16 @@ usage: sparselab                         start the REPL
        sparselab ops [--json]            op x backend coverage (--json: also the dtypes each backend reads natively)
        sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D | --flops F | --kv-bytes B]
                       [--param K=V]... [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE]
-                      [--json] [--out FILE.safetensors]   (sparselab eval --help: what each target means)
+                      [--json] [--out FILE.safetensors] [--save-mask]   (sparselab eval --help: what each target means)
        sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
        sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]
                       [--config-timeout S] [--config-memory MIB]   (sparselab sweep --help: claims, limits)
+       sparselab sweep CONFIG.lua --slurm [--array N] [--partition P] [--time T] [--cpus-per-task C]
+                      [--gpus-per-task G] [--mem M] [--dir DIR] [--submit]   (a Slurm job array)
+       sparselab slurm status|resubmit DIR   (or sweep --slurm-status DIR / --slurm-resubmit DIR)
        sparselab merge OUT.db IN.db...
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
@@ -254,7 +257,10 @@ end
 
 local EVAL_HELP = [[
 usage: sparselab eval METHOD [--qkv FILE | --workload SPEC] [budget] [--param K=V]... [--backend ref|cpu|cuda]
-                      [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--no-causal]
+                      [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--save-mask] [--no-causal]
+  --out FILE           writes o [H, n_q, d] and lse [H, n_q] (safetensors)
+  --save-mask          ... and mask u8 [H, n_q, n_k]: the executed selection (1 = query i of head h attended
+                       key j), to diff with a reference implementation; refused above 2^28 elements
   --qkv FILE           q, k, v from a safetensors file or a directory of q.npy, k.npy, v.npy
   --workload SPEC      synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]
 budget (at most one; without one the method's defaults run):
@@ -278,8 +284,10 @@ local TARGET_FLAGS = {density = "density", flops = "flops", ["kv-bytes"] = "kv_b
 function C.eval(argv)
   local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
     backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
-    density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi"}, {"METHOD"})
+    density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi",
+    ["save-mask"] = "flag"}, {"METHOD"})
   if o.help then out(EVAL_HELP) return end
+  if o["save-mask"] and not o.out then sl.fail("--save-mask writes into the --out file: give --out FILE too") end
   local id = pos[1]
   if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options] (sparselab eval --help)") end
   local m = sl.methods.get(id)
@@ -302,6 +310,7 @@ function C.eval(argv)
   if o["no-causal"] and m.causal_only then
     sl.fail("%s is a causal method; --no-causal would compare it with non-causal dense attention", m.id)
   end
+  if o["save-mask"] then require("sparselab.savemask").check(q:shape()[1], q:shape()[2], k:shape()[2]) end
   local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"], backend = o.backend or "cpu",
     workload = wl, workload_params = wp}
   local given = o.budget and {"--budget"} or {}
@@ -324,7 +333,11 @@ function C.eval(argv)
   end
   local r = sl.eval(m, prob, {budget = budget, params = params, reps = reps})
   if match then sl.budget.metrics(match, r.metrics) end
-  if o.out then sl.save(o.out, {o = r.o, lse = r.lse}) end
+  if o.out then
+    local t = {o = r.o, lse = r.lse}
+    if o["save-mask"] then t.mask = require("sparselab.savemask").bits(r, m, not o["no-causal"]) end
+    sl.save(o.out, t)
+  end
   if o.db then
     local db = sl.store.open(o.db)
     local run_id = db:begin_run{script = "sparselab eval", argv = argv}
@@ -589,7 +602,7 @@ end
 
 -- Subcommands that live in modules of their own (sparselab/cli/<name>.lua,
 -- each returning function(argv, parse, out)).
-for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats"} do
+for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "slurm"} do
   C[name] = function(argv)
     local ok, f = pcall(require, "sparselab.cli." .. name)
     if not ok then sl.fail("sparselab %s: not available in this build (%s)", name, tostring(f)) end

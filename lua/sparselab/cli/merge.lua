@@ -7,7 +7,19 @@
 -- copied only when one of its results is, and only once (a run with the same
 -- start time, host, script and argv in OUT is reused), so merging the same
 -- file twice adds nothing. Results without a point key are copied as they are.
+-- Shards of a Slurm sweep record their config's hash (meta
+-- sweep_config_sha256, sparselab/slurm.lua): inputs whose hashes differ from
+-- each other or from OUT's are refused before OUT is touched, and OUT records
+-- the hash they share.
 local sl = require "sparselab"
+
+local HASH_KEY = "sweep_config_sha256"
+
+-- The config hash the attached database src records, or nil.
+local function src_hash(db)
+  local ok, rows = pcall(db.query, db, "SELECT value FROM src.meta WHERE key = ?", HASH_KEY)
+  return ok and rows[1] and rows[1].value or nil
+end
 
 local APP_ID = 1397506370 -- "SLAB", set by migration 001
 
@@ -109,15 +121,33 @@ return function(argv, parse, out)
     f:close()
     if pos[i] == out_path then sl.fail("%s: is the output database itself", pos[i]) end
   end
+  local hash, hash_from
+  local function agree(h, from)
+    if not h then return end
+    if hash and h ~= hash then
+      sl.fail("%s: a sweep of another config (sha256 %s) than %s (sha256 %s); refusing to merge them", from,
+        h:sub(1, 12), hash_from, hash:sub(1, 12))
+    end
+    hash, hash_from = h, hash_from or from
+  end
   do
     local mem = sl.store.open(":memory:")
+    local f = io.open(out_path, "rb")
+    if f then
+      f:close()
+      check_input(mem, out_path, nil)
+      agree(src_hash(mem), out_path)
+      mem:query("DETACH DATABASE src")
+    end
     for i = 2, #pos do
       check_input(mem, pos[i], nil)
+      agree(src_hash(mem), pos[i])
       mem:query("DETACH DATABASE src")
     end
     mem:close()
   end
   local db = sl.store.open(out_path)
+  if hash then db:query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", HASH_KEY, hash) end
   local out_file = db:query("PRAGMA database_list")[1].file
   local known = {}
   for _, r in ipairs(db:query("SELECT point_key AS k, max(status = 'ok') AS ok FROM main.result " ..

@@ -12,7 +12,9 @@
 local sl = require "sparselab"
 local sweep = require "sparselab.sweep"
 
-local USAGE = "usage: sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run] [--config-timeout S] [--config-memory MIB]"
+local USAGE = "usage: sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run] [--config-timeout S] [--config-memory MIB]\n" ..
+  "       sparselab sweep CONFIG.lua --slurm [--array N] [--partition P] [--time T] [--cpus-per-task C] [--gpus-per-task G] [--mem M] [--dir DIR] [--submit]\n" ..
+  "       sparselab sweep CONFIG.lua --slurm-status DIR | --slurm-resubmit DIR"
 
 local HELP = USAGE .. [[
 
@@ -26,6 +28,18 @@ local HELP = USAGE .. [[
   --dry-run           list the points that would run, and run nothing
   --config-timeout S  seconds the config itself may take to evaluate (default 10)
   --config-memory MIB memory the config itself may allocate while it evaluates (default 1024)
+  --workers defaults to the CPUs this process may use (at most SLURM_CPUS_PER_TASK inside a Slurm job).
+Slurm (a sweep as a job array; see sparselab/slurm.lua):
+  --slurm             write DIR/sweep.sbatch: array task i runs `sparselab sweep CONFIG --shard i/N
+                      --db DIR/shard_i.db --resume`, stdout/stderr in DIR/shard_i.out/.err; the script
+                      records the config's hash (of its point keys) and a task refuses a changed config
+  --array N           shards (default: the points, at most 100)
+  --partition P, --time T, --cpus-per-task C, --gpus-per-task G, --mem M   passed to #SBATCH lines
+  --dir DIR           where the script, shard databases and logs go (default CONFIG without .lua + .slurm)
+  --submit            also submit it (sbatch --parsable) and print the job id
+  --slurm-status DIR  per shard: done / running / pending / failed / missing (shard databases, squeue, sacct)
+  --slurm-resubmit DIR  submit again only the failed and missing shards
+  Then: sparselab merge OUT.db DIR/shard_*.db (refuses databases of another config hash).
   Two sweeps on one database: each claims the points it will run; a sweep skips the points another
   running sweep (of this or another config, shard or resume) has claimed and says how many, so no
   point is recorded twice. Run the sweep again once the other has ended to pick up any it left
@@ -39,10 +53,37 @@ local function positive_int(s, what)
   return n
 end
 
+-- `sweep CONFIG --slurm ...`: writes (and with --submit submits) the array script.
+local function slurm_write(o, path, out)
+  local slurm = require "sparselab.slurm"
+  if o.db or o.shard or o.resume or o.workers then sl.fail("--slurm writes a script: --db, --shard, --resume and " ..
+    "--workers are the tasks' own (their database is DIR/shard_i.db)") end
+  local cfg = sweep.load_config(path)
+  local w = slurm.write{config = cfg, config_path = path, dir = o.dir or (path:gsub("%.lua$", "") .. ".slurm"),
+    array = o.array and positive_int(o.array, "array"), partition = o.partition, time = o.time,
+    cpus_per_task = o["cpus-per-task"] and positive_int(o["cpus-per-task"], "cpus-per-task"),
+    gpus_per_task = o["gpus-per-task"] and positive_int(o["gpus-per-task"], "gpus-per-task"), mem = o.mem}
+  out(string.format("slurm: wrote %s (%d points in %d shards; config sha256 %s)", w.script, w.points, w.shards,
+    w.hash:sub(1, 12)))
+  if o.submit then
+    local id = slurm.submit(w.dir)
+    out(string.format("slurm: submitted job %s (array 1-%d); status: sparselab slurm status %s", id, w.shards, w.dir))
+    out(id)
+  elseif slurm.have("sbatch") then
+    out(string.format("slurm: submit with: sbatch %s   (or add --submit)", w.script))
+  else
+    out(string.format("slurm: sbatch is not installed here; on the cluster's login node run: sbatch %s", w.script))
+  end
+  out(string.format("slurm: then: sparselab slurm status %s; sparselab merge OUT.db %s/shard_*.db", w.dir, w.dir))
+end
+
 return function(argv, parse, out)
   local o, pos = parse(argv, 2, {db = "value", workers = "value", timeout = "value", resume = "flag",
     shard = "value", worker = "flag", ["dry-run"] = "flag", ["config-timeout"] = "value",
-    ["config-memory"] = "value", help = "flag"}, {"CONFIG"})
+    ["config-memory"] = "value", help = "flag", slurm = "flag", array = "value", partition = "value",
+    time = "value", ["cpus-per-task"] = "value", ["gpus-per-task"] = "value", mem = "value", submit = "flag",
+    dir = "value", ["slurm-status"] = "value", ["slurm-resubmit"] = "value", ["config-sha256"] = "value"},
+    {"CONFIG"})
   if o.help then
     out(HELP)
     return
@@ -52,7 +93,15 @@ return function(argv, parse, out)
     return
   end
   local path = pos[1]
+  if o["slurm-status"] or o["slurm-resubmit"] then
+    return require("sparselab.cli.slurm")({"slurm", o["slurm-status"] and "status" or "resubmit",
+      o["slurm-status"] or o["slurm-resubmit"]}, parse, out)
+  end
   if not path then sl.fail("%s", USAGE) end
+  if o.slurm then return slurm_write(o, path, out) end
+  for _, k in ipairs{"array", "partition", "time", "cpus-per-task", "gpus-per-task", "mem", "submit", "dir"} do
+    if o[k] then sl.fail("--%s goes with --slurm", k) end
+  end
   if not o.db then sl.fail("sparselab sweep: --db FILE is required (%s)", USAGE) end
   local shard
   if o.shard then
@@ -75,6 +124,7 @@ return function(argv, parse, out)
     end
   end
   local cfg = sweep.load_config(path, limits)
+  if o["config-sha256"] then require("sparselab.slurm").check_shard(cfg, path, o.db, o["config-sha256"]) end
   local sum = sweep.run{config = cfg, config_path = path, db = o.db, resume = o.resume, shard = shard,
     workers = o.workers and positive_int(o.workers, "workers"), timeout = timeout, argv = argv,
     progress = true, dry_run = o["dry-run"], say = out}

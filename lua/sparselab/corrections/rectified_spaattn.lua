@@ -16,8 +16,11 @@
 -- Not here: the Gilbert-curve token order, the critical-block selection of
 -- step 4 (cdf/top-k + 3-D neighbours + first frame: the base method chooses
 -- M), text tokens (IPAR's isolated pooling and step 9's dense text rows),
--- the warm-up schedule. Unknowns chosen: a restored causal diagonal block
--- (outside M) uses the mean of all its values; the output's L is the base's
+-- the warm-up schedule. Unknowns chosen: on causal problems a block a row
+-- sees only in part (the one holding its own position) is pooled over the
+-- keys that row sees — k̄, e^k and v̄ (causal_means = true, the default; false
+-- = the earlier reading, the means of all its keys, future ones included,
+-- which lets future keys into a row's correction); the output's L is the base's
 -- (the op estimates the dropped mass, not the normaliser).
 -- Needs a base whose run returns its executed block mask (every
 -- block-sparse recipe does) or a composite one (vertical-slash blocks +
@@ -34,6 +37,8 @@ return {
   params = {
     ipar = {default = true, doc = "weight pooled blocks by the keys they stand for (IPAR)"},
     gapr = {default = true, doc = "restore only dropped blocks whose pooled gain beats the pooling error (GAPR)"},
+    causal_means = {default = true, doc = "causal: a partially visible block's means over the keys the row sees " ..
+      "(false: over all its keys, future ones included — the earlier reading)"},
   },
   ops = {"correct.rectify"},
   checks = {"full mask: O equals dense", "no trusted block: O equals the plain block-sparse output",
@@ -45,7 +50,7 @@ return {
       sl.fail("rectified_spaattn: the base method returned no block mask (it needs the executed block mask)")
     end
     local args = {causal = prob.causal ~= false, ipar = p.ipar and 1 or 0, gapr = p.gapr and 1 or 0,
-      backend = prob.backend}
+      causal_means = p.causal_means and 1 or 0, backend = prob.backend}
     local o, r, restored, trusted = sl.correct.rectify(prob.q, prob.k, prob.v, mask, base.o, args)
     local flops = sl.op_flops("correct.rectify", prob.q, prob.k, prob.v, mask, base.o, args)
     local rsum = restored:stats()

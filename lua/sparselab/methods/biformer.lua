@@ -22,6 +22,19 @@
 -- correction `lepe` (compose as "biformer+lepe"); the output projection
 -- (model-side); KV downsampling variants; soft routing weights; per-stage
 -- top-k schedules (use sl.assign).
+-- Reference code (rayleizhu/BiFormer, ops/bra_legacy.py: TopkRouting.forward,
+-- KVGather, BiLevelRoutingAttention.forward), read for issue 20: the routing
+-- is matched at its defaults (param_routing = False, diff_routing = False,
+-- soft_routing = False, kv_downsample_mode = 'identity'): window means of q
+-- and k over all qk_dim channels, (q_win·scale)·k_winᵀ with scale =
+-- qk_dim^{-1/2}, torch.topk per query window, hard gather of whole windows.
+-- Divergences: (a) the token attention — the reference scales q_pix by the
+-- same self.scale = qk_dim^{-1/2} (all heads' channels), not head_dim^{-1/2};
+-- here the executor is standard per-head attention (1/sqrt(head_dim)) over
+-- the routed tokens, so the reference's softmax is flatter by sqrt(heads)
+-- (option reference_scale = true runs the executor at the reference's scale);
+-- (b) causal problems (the reference is non-causal vision); (c) auto_pad
+-- (here grid sides must be divisible by n_win) and torch.topk's tie order.
 -- Unknowns chosen: region = 64 tokens and topk = 4 (BiFormer-T stage 2) for
 -- sequences; scale 1/sqrt(head_dim·heads) (qk_dim^{-1/2} over the
 -- concatenated channels).
@@ -94,14 +107,16 @@ local function estimate(prob, p)
     keep[r] = row
   end
   local est_flops = sl.op_flops("score.pooled", q, k, sargs) + hq * nqb * nkb
+  -- reference_scale: the token attention at the reference's q_pix * qk_dim^{-1/2} (all heads' channels)
+  local scale = p.reference_scale and 1 / math.sqrt(d * hq) or nil
   if not perm then
-    return E.mask_from_keep({keep}, prob, R, R, prob.causal), {estimator_flops = est_flops}
+    return E.mask_from_keep({keep}, prob, R, R, prob.causal), {estimator_flops = est_flops, scale = scale}
   end
   -- built on region-major positions, then mapped back to raster positions
   local m = E.mask_from_keep({keep}, prob, R, R, false)
   m = m:inverse_permute(perm)
   if prob.causal then m = m * sl.mask.causal() end
-  return m, {estimator_flops = est_flops}
+  return m, {estimator_flops = est_flops, scale = scale}
 end
 
 return {
@@ -120,6 +135,8 @@ return {
     grid_h = {default = 0, min = 0, int = true, doc = "image height (0: a sequence of regions)"},
     grid_w = {default = 0, min = 0, int = true, doc = "image width"},
     n_win = {default = 7, min = 1, int = true, doc = "regions per side of an image"},
+    reference_scale = {default = false, doc = "true: token attention scaled by 1/sqrt(heads·head_dim) as the " ..
+      "reference's q_pix * self.scale (default: per-head 1/sqrt(head_dim))"},
   },
   ops = {"score.pooled", "attn.block_sparse"},
   checks = {"topk = all regions equals dense", "one routing for every head", "gathered = masked dense"},

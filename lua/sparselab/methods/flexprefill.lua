@@ -6,9 +6,11 @@
 --      masked (score.last_q);
 --   2. vertical profile v[j] = mean over the probe rows, slash profile s[o] =
 --      diagonal sums / bs (reduce.columns, reduce.diagonals);
---   3. coverage budgets: n_v = (entries of sorted v with cumulative sum <= γ)
---      // div + 1 blocks, the same for s, clamped to [min_budget / bs,
---      max_budget / bs] (select.topp gives the count);
+--   3. coverage budgets: with c = the number of entries of sorted v whose
+--      cumulative sum is <= γ (the covering prefix is c + 1 entries), the
+--      default keeps n_v = ceil((c + 1) / div) blocks = c // div + 1, the
+--      same for s, clamped to [ceil(min_budget / bs), max_budget // bs]
+--      (select.topp gives the covering prefix);
 --   4. per head: D = sqrt(JSD(avg_qk, v_blk)) with avg_qk the softmax of the
 --      mean probe query against block-mean keys (score.pooled on the probe
 --      rows) and v_blk the block sums of v; D < τ: query-aware, else
@@ -20,11 +22,27 @@
 --   6. query-aware heads: the VS blocks at the minimum budget, plus the
 --      block estimate Â = row softmax of q̄_r·k̄_c/sqrt(d) (score.pooled, mean
 --      over the valid rows of a ragged block = the reference's bs/valid
---      rescale), flattened over all rows: the largest blocks while their
---      cumulative mass <= γ · n_qb, plus one (the reference's cover rule);
+--      rescale), flattened over all rows: by default the paper's smallest
+--      set of blocks whose mass reaches γ · n_qb (the blocks while the
+--      cumulative mass <= γ · n_qb, plus the one that crosses it);
 --   7. executor attn.block_sparse, token causal inside diagonal tiles.
--- Default = the paper's rule: budget divisor = the block size. Option
--- fixed_div = true: the reference's hard-coded // 128.
+-- Default = the paper's rule: budget divisor = the block size, covering
+-- sets include the crossing entry. Option fixed_div = true: the reference's
+-- hard-coded // 128 only.
+-- Option reference = true: bytedance/FlexPrefill exactly
+-- (flex_prefill/ops/flex_prefill_attention.py, get_active_blocks with
+-- score_cover_topk and score_cover_idx): n_v = score_cover_topk(v, γ) // 128
+-- + 1 where score_cover_topk = c + 1 already, i.e. (c + 1) // 128 + 1 (the
+-- default's c // div + 1 is one block fewer whenever c + 1 is a multiple of
+-- 128), max budget ceil(max_budget / bs) (the default floors it);
+-- query-aware heads keep only the blocks whose running sum stays within
+-- γ · n_qb (score_cover_idx: one block fewer than the default per head);
+-- slash profile pooled as the reference pools it (diagonal t = n-1-o in
+-- blocks t // bs counted from the far end; the same as the default when
+-- bs divides n). Divergences left: torch.topk's order among exactly equal
+-- scores (here lower index first), float32 cumulative sums in the reference
+-- (float64 here), a NaN JSD (a zero block) that the reference never calls
+-- query-aware.
 -- Not implemented: gqa_interleave (heads are grouped consecutively: query
 -- head h reads KV head h / (Hq/Hkv)); batch > 1 (a Lua loop).
 -- Unknowns chosen: min_budget 512 tokens (README), max_budget none (0);
@@ -38,6 +56,24 @@ local ID = "flexprefill"
 local function counts(keep)
   local out = {}
   for h, l in ipairs(D.lists(keep)) do out[h] = #l end
+  return out
+end
+
+-- Per head: 1 + the number of entries of the row (divided by `div`), sorted descending, whose running sum
+-- is <= limit (score_cover_topk of the reference).
+local function cover_counts(x, div, limit)
+  local out = {}
+  for h, row in ipairs(x:totable()) do
+    local v = {}
+    for i = 1, #row do v[i] = row[i] / div end
+    table.sort(v, function(a, b) return a > b end)
+    local cum, c = 0, 0
+    for i = 1, #v do
+      cum = cum + v[i]
+      if cum <= limit then c = c + 1 end
+    end
+    out[h] = c + 1
+  end
   return out
 end
 
@@ -98,10 +134,18 @@ local function estimate(prob, p)
   local vblk_t = sl.reduce.block(probs, {br = bs, bc = bs, mode = 0})      -- [H, 1, nb] block sums of colsums
   probs:close()
   -- coverage counts: topp keeps the shortest prefix reaching γ; the entries with cumsum <= γ are one fewer
-  local div = p.fixed_div and 128 or bs
-  local nv_tok, ns_tok = counts(sl.select.topp(vcol, {p = p.gamma})), counts(sl.select.topp(sdiag, {p = p.gamma}))
+  local div = (p.fixed_div or p.reference) and 128 or bs
+  local nv_tok, ns_tok
+  if p.reference then
+    -- score_cover_topk: (entries of the sorted profile with cumsum <= γ) + 1, the profiles being means over the
+    -- bs probe rows (column / diagonal sums divided by bs)
+    nv_tok, ns_tok = cover_counts(vcol, bs, p.gamma), cover_counts(sdiag, bs, p.gamma)
+  else
+    nv_tok, ns_tok = counts(sl.select.topp(vcol, {p = p.gamma})), counts(sl.select.topp(sdiag, {p = p.gamma}))
+  end
   local min_b = (p.min_budget + bs - 1) // bs
   local max_b = p.max_budget > 0 and (p.max_budget // bs) or nb
+  if p.reference and p.max_budget > 0 then max_b = math.min((p.max_budget + bs - 1) // bs, nb) end
   -- pattern decision
   local q_last = prob.q:narrow(2, n - bs + 1, bs)
   local pp = {bq = bs, bk = bs, softmax = true, causal = true, backend = be}
@@ -118,9 +162,18 @@ local function estimate(prob, p)
     local sd = sdiag:narrow(1, h, 1):totable()[1]
     local sb = {}
     for ob = 1, nb do sb[ob] = 0 end
-    for o = 1, n do local ob = (o - 1) // bs + 1; sb[ob] = sb[ob] + sd[o] end
-    local nv = math.max(0, nv_tok[h] - 1) // div + 1
-    local ns = math.max(0, ns_tok[h] - 1) // div + 1
+    if p.reference then
+      -- sum_all_diagonal_matrix puts offset o at t = n-1-o; torch_bhn_sumpool pools t // bs; offset block nb-1 - t // bs
+      for o = 1, n do local ob = nb - (n - o) // bs; sb[ob] = sb[ob] + sd[o] end
+    else
+      for o = 1, n do local ob = (o - 1) // bs + 1; sb[ob] = sb[ob] + sd[o] end
+    end
+    local nv, ns
+    if p.reference then
+      nv, ns = nv_tok[h] // div + 1, ns_tok[h] // div + 1
+    else
+      nv, ns = math.max(0, nv_tok[h] - 1) // div + 1, math.max(0, ns_tok[h] - 1) // div + 1
+    end
     if qa then nv, ns = min_b, min_b end
     nv, ns = math.min(math.max(nv, min_b), max_b), math.min(math.max(ns, min_b), max_b)
     heads[h] = {qa = qa, dist = dist, vb = vb, sb = sb, nv = nv, ns = ns}
@@ -159,7 +212,8 @@ local function estimate(prob, p)
         if cum > limit then break end
         cnt = cnt + 1
       end
-      for t = 1, math.min(cnt + 1, #flat) do k[flat[t][2]][flat[t][3]] = 1 end
+      -- the paper's covering set includes the crossing block; score_cover_idx (reference) stops before it
+      for t = 1, math.min(p.reference and cnt or cnt + 1, #flat) do k[flat[t][2]][flat[t][3]] = 1 end
     end
     keep[h] = k
   end
@@ -185,6 +239,8 @@ return {
     min_budget = {default = 512, min = 0, int = true, doc = "minimum budget in tokens (rounded up to blocks)"},
     max_budget = {default = 0, min = 0, int = true, doc = "maximum budget in tokens (0: none)"},
     fixed_div = {default = false, doc = "true: the reference's budget divisor 128 whatever the block size"},
+    reference = {default = false, doc = "true: bytedance/FlexPrefill get_active_blocks exactly (counts " ..
+      "score_cover_topk // 128 + 1, query-aware blocks by score_cover_idx, its slash pooling; see the header)"},
   },
   ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "reduce.block", "select.topp", "score.pooled",
     "attn.block_sparse"},

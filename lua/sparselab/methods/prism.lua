@@ -18,6 +18,19 @@
 --   7. executor attn.block_sparse (per query head masks).
 -- NOT implemented: the decode fallback to dense (phase is prefill); q_norm /
 -- k_norm (model-side, before the problem's Q/K).
+-- Reference code (xinghaow99/prism, prism/prism.py: prism_block_estimate,
+-- mean_pool, get_high_freq_components, get_low_freq_components, top_p_select,
+-- prism_attention_forward), read for issue 20: matched — NeoX band maps,
+-- calibration t = sqrt(w/d)·(rms(q̄_w)/rms(q̄))·(rms(k̄_w)/rms(k̄)) over all
+-- pooled blocks and dims, logits / (sqrt(w)·t), block-causal softmax per
+-- band, top-p as (cumsum - score) < p, union, sink column and the diagonal
+-- kv = q + (n_kb - n_qb), GQA through repeated keys, defaults p = 0.95,
+-- B = 128, h = 64, l = 96 at d = 128. Divergences: (a) a ragged n — the
+-- reference zero-pads Q, K, V to a multiple of B and mean-pools the padded
+-- block with its zero rows (sum / B, also in the calibration rms); here the
+-- last block is the mean of its valid rows (pool.tokens); (b) torch.sort's
+-- order among exactly equal scores (here lower block first); (c) its decode
+-- fallback to dense (q_len = 1) is not here (phase prefill).
 -- Unknowns chosen: for head_dim d other than 128 the band widths scale with
 -- d (h = d/2, l = 3d/4, i.e. 64 and 96 at d = 128); the knob p sets both
 -- bands' thresholds (p_high = p_low, as the defaults).

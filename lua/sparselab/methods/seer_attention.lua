@@ -12,16 +12,34 @@
 --      base rope_theta;
 --   4. G = row softmax(Q̂K̂ᵀ/sqrt(dg)) under the block-causal mask (blocks
 --      after the diagonal masked) — score.pooled over the gate vectors;
---   oracle stand-in (no gate file, stats.gate = "oracle"): G = the training
---   target — per (query block, key block) the max softmax probability over
---   its pairs (score.exact, reduce = max, the 2-D max-pool of the attention
---   map), each row renormalised to sum 1;
+--   oracle stand-in — a method of its own, seer_attention_oracle (same card,
+--   no gate parameter), so that its results never carry seer_attention's
+--   id: G = the training target — per (query block, key block) the max
+--   softmax probability over its pairs (score.exact, reduce = max, the 2-D
+--   max-pool of the attention map), each row renormalised to sum 1;
+--   seer_attention itself requires gate = FILE (one-line error without);
 --   5. sparsify: method 0 threshold (keep G > θ), method 1 nz_ratio (top-k
 --      per row, k = int((1 - sqrt(1 - nz_ratio))·n_blocks), at least 1);
 --      last_block_dense forces the last TWO block rows; tril (causal);
 --   6. executor attn.block_sparse over the kept b x b tiles.
 -- NOT implemented: gate training (self-distillation); reading gate weights
 -- of other pooling combinations than Qavg_Kmaxminavg.
+-- Reference code (microsoft/SeerAttention, read for issue 20:
+-- seer_attn/prefill_sparse/attn_gate.py AttnGate.forward, MultiHeadLinear;
+-- seer_attn/prefill_sparse/llama/modeling_llama_seerattn.py, the gate call and
+-- block_position_ids = position_ids[:, 0::block_size];
+-- seer_attn/modules/common.py get_sparse_attn_mask_from_threshold /
+-- _from_nz_ratio): matched — ceil-mode pooling (the ragged last block is the
+-- mean / max / min of its valid rows), K pools in the order max, min, avg,
+-- MultiHeadLinear per head (pooled K repeated to the weight's heads), RoPE
+-- at block-first positions, scale dg^{-1/2}, block-causal mask, softmax for
+-- the threshold method (top-k on logits for nz_ratio: the same ranking),
+-- topk = int((1 - sqrt(1 - nz_ratio))·n_blocks) or 1, the last two block
+-- rows dense, tril. Divergence: the reference's gate reads Q and K BEFORE the
+-- model's RoPE (attn_gate(query_states, key_states, ...) precedes
+-- apply_rotary_pos_emb); a sparselab problem holds the Q, K it is given —
+-- post-RoPE for the shipped captures — so a trained gate file sees rotated
+-- inputs here unless the problem is built from pre-RoPE Q, K.
 -- Unknowns chosen: the gate file's tensors are found by name suffix
 -- `layers.<layer>.<...>mask_linear_k.weight` ([H, 3d, dg]) and `...mask_linear_q.weight`
 -- ([Hq, d, dg], optional) for the problem's layer (prob.layer, default 0),
@@ -148,7 +166,11 @@ local function estimate(prob, p)
   local b = square(p)
   local hq = prob.q:shape()[1]
   local nqb, nkb = E.blocks(prob, b, b)
-  local from_file = (p.gate or "") ~= ""
+  local from_file = not p._oracle
+  if from_file and (p.gate or "") == "" then
+    sl.fail("seer_attention: needs gate=FILE (safetensors of the trained AttnGate weights); the oracle stand-in " ..
+      "(max-pooled attention map) is the method seer_attention_oracle")
+  end
   local G, flops
   if from_file then G, flops = gate_scores(prob, p) else G, flops = oracle_scores(prob, p) end
   local keep = E.zeros(hq, nqb, nkb)
@@ -173,35 +195,55 @@ end
 
 local run_blocks = E.block_run(estimate)
 
-return {
-  id = "seer_attention",
-  card = "seer_attention",
-  title = "SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs",
-  family = "block-estimate",
-  phase = "prefill",
-  causal_only = true,
-  summary = "Learned AttnGate block scores (from a gate file) or the oracle max-pooled attention map; threshold or top-k.",
-  knob = "threshold",
-  knob_direction = -1,
-  params = {
+-- The method table; oracle = true: seer_attention_oracle (no gate parameter, G = the oracle map).
+local function make(oracle)
+  local params = {
     bq = {default = 64, min = 1, max = 4096, int = true, doc = "block size b: query rows per block (bq = bk)"},
     bk = {default = 64, min = 1, max = 4096, int = true, doc = "keys per block (bq = bk)"},
     threshold = {default = 2e-3, min = 0, max = 1, doc = "θ: keep blocks whose gate score exceeds it (method 0)"},
     method = {default = 0, min = 0, max = 1, int = true, doc = "0 threshold, 1 nz_ratio top-k"},
     nz_ratio = {default = 0.1, min = 0, max = 1, doc = "method 1: target density over the causal triangle"},
     last_block_dense = {default = 1, min = 0, max = 1, int = true, doc = "1: the last two block rows are dense"},
-    gate = {default = "", doc = "safetensors file of AttnGate weights (empty: oracle stand-in)"},
-    rope_theta = {default = 500000, min = 1, doc = "RoPE base of the gate"},
-  },
-  ops = {"score.exact", "pool.tokens", "score.pooled", "attn.block_sparse"},
-  checks = {"threshold 0 equals dense", "oracle G is the row-normalised max-pooled softmax map",
-    "last two block rows dense", "nz_ratio top-k formula", "gate RoPE at block-first positions"},
-  mask = function(prob, p) return (estimate(prob, p)) end,
-  -- which gate ran: stats.gate_file (1 file, 0 oracle; the store keeps numbers
-  -- only) and out.gate = "file" | "oracle"; the path itself is params.gate
-  run = function(prob, p)
-    local out = run_blocks(prob, p)
-    out.gate = (p.gate or "") ~= "" and "file" or "oracle"
-    return out
-  end,
-}
+  }
+  if not oracle then
+    params.gate = {default = "", doc = "safetensors file of the trained AttnGate weights (required)"}
+    params.rope_theta = {default = 500000, min = 1, doc = "RoPE base of the gate"}
+  end
+  local function with_mode(p)
+    local q = {}
+    for k, v in pairs(p) do q[k] = v end
+    q._oracle = oracle
+    return q
+  end
+  return {
+    id = oracle and "seer_attention_oracle" or "seer_attention",
+    card = "seer_attention",
+    title = oracle and "SeerAttention (oracle gate: the max-pooled attention map it is trained on)"
+      or "SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs",
+    family = "block-estimate",
+    phase = "prefill",
+    causal_only = true,
+    summary = oracle and "SeerAttention's block selection on its training target (the row-normalised max-pooled " ..
+      "attention map) instead of a learned gate: an upper bound of the gate, not the method."
+      or "Learned AttnGate block scores (from a gate file); threshold or top-k.",
+    requires = (not oracle) and {"gate"} or nil,
+    knob = "threshold",
+    knob_direction = -1,
+    params = params,
+    ops = oracle and {"score.exact", "attn.block_sparse"} or {"pool.tokens", "score.pooled", "attn.block_sparse"},
+    checks = oracle and {"threshold 0 equals dense", "oracle G is the row-normalised max-pooled softmax map",
+      "last two block rows dense", "nz_ratio top-k formula"}
+      or {"gate RoPE at block-first positions", "a missing gate file is an error"},
+    mask = function(prob, p) return (estimate(prob, with_mode(p))) end,
+    -- which gate ran: stats.gate_file (1 file, 0 oracle) besides the id
+    run = function(prob, p)
+      local out = run_blocks(prob, with_mode(p))
+      out.gate = oracle and "oracle" or "file"
+      return out
+    end,
+  }
+end
+
+local M = make(false)
+M.oracle_method = make(true)
+return M

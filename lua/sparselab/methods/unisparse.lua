@@ -12,7 +12,8 @@
 --      (query block, key block) — agg = 0 sum (default), 1 max
 --      (reduce.block) — then per row the smallest set of blocks holding a
 --      fraction tau of the row's aggregated mass (cdf / top-p rule), the
---      diagonal block always kept;
+--      diagonal block always kept (the key block holding the block's last
+--      row's own position, also on non-causal problems);
 --   4. executor attn.block_sparse.
 -- NOT implemented: further granularity levels (across heads or block
 -- scales; the card could not verify them).
@@ -50,7 +51,11 @@ local function estimate(prob, p)
         row[order[i]] = 1
         before = before + xr[order[i]]
       end
-      if vis > 0 then row[vis] = 1 end
+      -- the diagonal block: the key block of the block's last row's own position (= the last visible
+      -- block when causal; on a non-causal problem the last key block is not the diagonal)
+      local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+      local diag = math.min(nkb, (math.min(r * p.bq, nq) - 1 + nk - nq) // p.bk + 1)
+      if vis > 0 then row[math.min(diag, vis)] = 1 end
     end
   end
   return E.mask_from_keep(keep, prob, p.bq, p.bk), {estimator_flops = est_flops}

@@ -16,6 +16,21 @@
 -- materialises more than one tile row per work item; padding rows are
 -- treated as zero vectors, which is what the reference's zero padding
 -- computes for the last partial super-token); the Triton fused path.
+-- Option reference = true: mit-han-lab/x-attention's selection as its code
+-- computes it (xattn/src/utils.py find_blocks_chunked, in the ordinary
+-- single-chunk prefill: current_index 0, chunk_num = block_num = n_qb; then
+-- Xattention_prefill's tril and forced diagonal), which is not the card's
+-- rule: (a) the diagonal assignment mask[..., 0:chunk_num] = eye overwrites
+-- the forced first block, so only the diagonal is forced; (b) the running
+-- sum is laid out for two forced blocks (the sums before each position are
+-- of [0, F, s_0, s_1, ...], F the diagonal's mass, s_i the other blocks
+-- descending), so the largest other block s_0 is always kept and s_j
+-- (j >= 1) is kept while F + s_0 + ... + s_{j-2} < τ · row mass — one
+-- block later than the card's rule; (c) excluded positions are sent to index 0, so
+-- block 0 comes back whenever any position is excluded; blocks right of the
+-- diagonal are then cleared and the diagonal set. Float64 as the reference
+-- (input_tensor.to(float)); ties among equal scores lower index first (torch
+-- sort order is unspecified there). Default: the card's rule (below).
 -- Unknowns chosen: τ >= 1 keeps every causal block (the card's check);
 -- norm = 1; GQA: each query head scores against its KV head (the reference
 -- repeats K); a ragged last block's row mass is its super-row count.
@@ -55,6 +70,44 @@ local function select_rows(A, tau, nqb, nkb, last_vis)
   return keep
 end
 
+-- The reference's rows (find_blocks_chunked, single chunk, causal; see the header): A rows, τ, n_qb = n_kb.
+local function select_rows_reference(A, tau, nqb, nkb)
+  local keep = {}
+  for r = 1, nqb do
+    local a = A[r]
+    local x = {}
+    for c = 1, nkb do x[c] = c <= r and a[c] or 0 end -- blocks right of the diagonal score 0 (causal softmax)
+    local total = 0
+    for c = 1, nkb do total = total + x[c] end
+    local req = total * tau
+    -- forced: the diagonal only (eye over columns 0..chunk_num-1 overwrote column 0)
+    local forced = r
+    local others = {}
+    for c = 1, nkb do if c ~= forced then others[#others + 1] = c end end
+    table.sort(others, function(u, w)
+      if x[u] ~= x[w] then return x[u] > x[w] end
+      return u < w
+    end)
+    -- index: the forced block first, then the others by score; running sum [0, F, s_0, s_1, ..., s_{B-3}]
+    local index = {forced}
+    for _, c in ipairs(others) do index[#index + 1] = c end
+    local sv = {0, x[forced]}
+    for i = 1, nkb - 2 do sv[#sv + 1] = x[others[i]] end
+    local row = {}
+    for c = 1, nkb do row[c] = 0 end
+    local cum = 0
+    for t = 1, nkb do
+      -- cumulative_sum_without_self[t] = sum of sv[1 .. t-1]
+      if t > 1 then cum = cum + sv[t - 1] end
+      if cum < req then row[index[t]] = 1 else row[1] = 1 end -- excluded positions go to index 0
+    end
+    for c = r + 1, nkb do row[c] = 0 end -- Xattention_prefill: tril
+    row[r] = 1                            -- ... and the diagonal
+    keep[r] = row
+  end
+  return keep
+end
+
 local function estimate(prob, p)
   local n = D.check_prefill(ID, prob)
   local hq = prob.q:shape()[1]
@@ -73,8 +126,14 @@ local function estimate(prob, p)
       type(taus) == "table" and tostring(#taus) or type(taus))
   end
   local keep = {}
+  if p.reference and nqb ~= nkb then sl.fail("%s: reference = true is the single-chunk prefill (n_q = n_k)", ID) end
   for h = 1, hq do
-    keep[h] = select_rows(A:narrow(1, h, 1):totable()[1], taus and taus[h] or p.threshold, nqb, nkb, last_vis)
+    local rows = A:narrow(1, h, 1):totable()[1]
+    if p.reference then
+      keep[h] = select_rows_reference(rows, taus and taus[h] or p.threshold, nqb, nkb)
+    else
+      keep[h] = select_rows(rows, taus and taus[h] or p.threshold, nqb, nkb, last_vis)
+    end
   end
   flops = flops + A:numel() * math.log(math.max(nkb, 2), 2)
   local m = sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = true})
@@ -98,6 +157,8 @@ return {
     block = {default = 128, min = 1, max = 4096, int = true, doc = "B: block size of the estimate and the executor"},
     norm = {default = 1, min = 1e-6, doc = "extra divisor of the softmax temperature"},
     thresholds = {default = nil, doc = "per query head τ (a list of Hq numbers), overriding threshold"},
+    reference = {default = false, doc = "true: the selection of mit-han-lab/x-attention's find_blocks_chunked " ..
+      "(single-chunk prefill) instead of the card's rule; see the header"},
   },
   ops = {"score.antidiag", "attn.block_sparse"},
   checks = {"τ >= 1 equals dense", "antidiagonal identity (C suite)", "block 0 and diagonal in every row",
