@@ -582,6 +582,41 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * maximum of the 2M values [x.R_0 .. x.R_{M-1}, -x.R_0 .. -x.R_{M-1}]
  * (float64 dot products), a bucket in [0, 2M). No parameters. */
 
+/* ---- trainable sparse attention (issue 14; cards nsa, moba, sparsek) ----
+ * trainable.compress (NSA's phi): input x [H, N, D], opt.w [H, l·D, D]
+ * (mode 1 only), opt.pe [H, l, D] (optional intra-window position
+ * embedding); params l, s (<= l), mode. Output y [H, ceil(N/s), D]: window
+ * i covers tokens t = i·s + r, r in [0, l); a token t >= N contributes
+ * nothing (zero padding, pe included). mode 0: y_i = (1/l) Σ_r (x_t + pe_r)
+ * (FLA's mean pooling when l = s); mode 1: y_i[c] = Σ_r Σ_e (x_t[e] +
+ * pe_r[e]) · w[r·D + e, c] (FSA's compress_key, a linear map of the
+ * flattened window). Windows that run past N are never visible to a query
+ * of trainable.nsa (i·s + l - 1 >= N).
+ *
+ * trainable.nsa: inputs q [Hq, Nq, D], k, v [Hkv, Nk, D], kc, vc [Hkv, Nc,
+ * D] (compressed keys and values), g_cmp, g_slc, g_swa [Hq, Nq] (gates,
+ * used as given); params l, s, bs, n (>= init + local), init, local,
+ * window, scale. Query row t sits at position p = Nk - Nq + t. Per query
+ * head h (kv head h / (Hq/Hkv)):
+ *   compressed token i < Nc is visible iff i·s + l - 1 <= p; P_cmp = softmax
+ *   of scale · q·kc_i over the visible ones; o_cmp = Σ P_cmp vc_i (0 when
+ *   none is visible, no NaN);
+ *   importance of selection block j (keys [j·bs, (j+1)·bs)): imp[kv, t, j] =
+ *   Σ_{h in the group} Σ_i P_cmp[h, i] · |[i s, i s + l) ∩ [j bs, (j+1) bs)| / s
+ *   (the overlap-weighted mapping: paper eq. 9, FSA's transform_score; for
+ *   l = s = bs it is the group sum of P_cmp itself, FLA);
+ *   selection per (kv head, t) over the causal blocks j <= p / bs: blocks j
+ *   < init and j > p/bs - local are forced, the rest of the n taken by
+ *   largest imp (ties: lower j); blocks i32 [Hkv, Nq, n] lists them
+ *   ascending, -1 after the last one;
+ *   o_slc = softmax attention over keys j <= p in the selected blocks;
+ *   o_swa = softmax attention over keys p - window < j <= p (0 when window
+ *   is 0);
+ *   o = g_cmp · o_cmp + g_slc · o_slc + g_swa · o_swa.
+ * Outputs o [Hq, Nq, D], lse [Hq, Nq] (the log-sum-exp of scale · q·k_j
+ * over the union of the keys the selection and window branches read: the
+ * recall of the token set), blocks, imp f32 [Hkv, Nq, ceil(Nk/bs)]. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -1,0 +1,218 @@
+/* cpu/trainable.c — cpu kernels of the trainable family (issue 14; card
+ * nsa): trainable.compress as items of (head, window) and trainable.nsa as
+ * items of (kv head, query row) on the thread pool; each nsa item reads the
+ * row's compressed tokens once per query head of its group, selects the
+ * group's blocks and runs one online softmax over the selected blocks and
+ * the window together (each key's score computed once). */
+#include "cpu.h"
+#include "parallel.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- trainable.compress ---- */
+
+typedef struct compress_job {
+    const sl__kargs *a;
+    double *acc; /* D doubles per thread */
+} compress_job;
+
+static void compress_item(int64_t item, void *ud, int thread)
+{
+    const compress_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_trainable_compress_params *p = a->params;
+    int64_t N = a->in[0].shape[1], D = a->in[0].shape[2], C = a->out[0].shape[1];
+    int64_t h = item / C, i = item % C;
+    const float *X = (const float *)a->in[0].data + h * N * D;
+    const float *PE = a->in[2].buf ? (const float *)a->in[2].data + h * p->l * D : NULL;
+    const float *W = p->mode == 1 ? (const float *)a->in[1].data + h * p->l * D * D : NULL;
+    double *acc = j->acc + (size_t)thread * (size_t)D;
+    for (int64_t c = 0; c < D; c++)
+        acc[c] = 0;
+    for (int64_t r = 0; r < p->l && i * p->s + r < N; r++) {
+        const float *row = X + (i * p->s + r) * D;
+        for (int64_t e = 0; e < D; e++) {
+            double val = (double)row[e] + (PE ? PE[r * D + e] : 0.0f);
+            if (!W) {
+                acc[e] += val;
+                continue;
+            }
+            const float *wr = W + (r * D + e) * D;
+            for (int64_t c = 0; c < D; c++)
+                acc[c] += val * wr[c];
+        }
+    }
+    float *out = (float *)a->out[0].data + item * D;
+    for (int64_t c = 0; c < D; c++)
+        out[c] = (float)(W ? acc[c] : acc[c] / (double)p->l);
+}
+
+sl_status sl__cpu_trainable_compress(const sl__kargs *a)
+{
+    int64_t D = a->in[0].shape[2], items = a->out[0].shape[0] * a->out[0].shape[1];
+    int nt = sl_ctx_threads(a->ctx);
+    size_t bytes = sizeof(double) * (size_t)(D > 0 ? D : 1) * (size_t)(nt > 0 ? nt : 1);
+    compress_job j = {a, sl_ctx_alloc(a->ctx, bytes)};
+    if (!j.acc)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.compress[cpu]: out of memory for %zu bytes", bytes);
+    sl_status s = sl__cpu_parallel(a->ctx, items, compress_item, &j);
+    sl_ctx_dealloc(a->ctx, j.acc, bytes);
+    return s;
+}
+
+/* ---- trainable.nsa ---- */
+
+typedef struct nsa_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    float *work;     /* per thread: Nc scores, 2 D accumulators, nb flags */
+    int64_t per_thread;
+} nsa_job;
+
+/* One online-softmax accumulator: running max m, sum l, acc (D floats). */
+typedef struct online {
+    float m, l;
+    float *acc;
+} online;
+
+static void online_add(online *o, const sl__cpu_vecops *vo, float sc, const float *v, int64_t D)
+{
+    if (sc > o->m) {
+        float r = o->m == -INFINITY ? 0.0f : expf(o->m - sc);
+        for (int64_t e = 0; e < D; e++)
+            o->acc[e] *= r;
+        o->l *= r;
+        o->m = sc;
+    }
+    float w = expf(sc - o->m);
+    o->l += w;
+    vo->axpy(o->acc, v, D, w);
+}
+
+static void nsa_item(int64_t item, void *ud, int thread)
+{
+    const nsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_nsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], Nc = a->in[3].shape[1];
+    int64_t g = Hq / Hkv, nb = (Nk + p->bs - 1) / p->bs, n = p->n;
+    int64_t kv = item / Nq, t = item % Nq, pos = Nk - Nq + t, jq = pos / p->bs;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const float *KC = (const float *)a->in[3].data + kv * Nc * D, *VC = (const float *)a->in[4].data + kv * Nc * D;
+    const float *GC = a->in[5].data, *GS = a->in[6].data, *GW = a->in[7].data;
+    float *O = a->out[0].data, *L = a->out[1].data;
+    float *imp = (float *)a->out[3].data + (kv * Nq + t) * nb;
+    int32_t *brow = (int32_t *)a->out[2].data + (kv * Nq + t) * n;
+    float *s = jb->work + (size_t)thread * (size_t)jb->per_thread;
+    float *acc1 = s + Nc, *acc2 = acc1 + D, *chosen = acc2 + D;
+    const sl__cpu_vecops *vo = &jb->vo;
+    /* compressed tokens 0 .. nvis-1 are visible: i s + l - 1 <= pos */
+    int64_t nvis = pos + 1 >= p->l ? (pos + 1 - p->l) / p->s + 1 : 0;
+    if (nvis > Nc)
+        nvis = Nc;
+    memset(imp, 0, sizeof *imp * (size_t)nb);
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh;
+        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+        float *o = O + (h * Nq + t) * D;
+        memset(o, 0, sizeof *o * (size_t)D);
+        if (nvis == 0)
+            continue;
+        float m = -INFINITY;
+        for (int64_t i = 0; i < nvis; i++) {
+            s[i] = vo->dot(qv, KC + i * D, D) * scale;
+            m = s[i] > m ? s[i] : m;
+        }
+        float z = 0;
+        for (int64_t i = 0; i < nvis; i++)
+            z += s[i] = expf(s[i] - m);
+        float gc = GC[h * Nq + t];
+        for (int64_t i = 0; i < nvis; i++) {
+            float pr = s[i] / z;
+            vo->axpy(o, VC + i * D, D, gc * pr);
+            int64_t t0 = i * p->s, t1 = i * p->s + p->l;
+            for (int64_t j = t0 / p->bs; j < nb && j * p->bs < t1; j++) {
+                int64_t lo = t0 > j * p->bs ? t0 : j * p->bs, hi = t1 < (j + 1) * p->bs ? t1 : (j + 1) * p->bs;
+                imp[j] += pr * (float)(hi - lo) / (float)p->s;
+            }
+        }
+    }
+    /* selection: forced blocks, then the largest importance (ties: lower j) */
+    int64_t cnt = 0;
+    for (int64_t j = 0; j <= jq; j++) {
+        chosen[j] = (j < p->init || j > jq - p->local) ? 1.0f : 0.0f;
+        cnt += chosen[j] != 0;
+    }
+    while (cnt < n && cnt < jq + 1) {
+        int64_t best = -1;
+        for (int64_t j = 0; j <= jq; j++)
+            if (chosen[j] == 0 && (best < 0 || imp[j] > imp[best]))
+                best = j;
+        chosen[best] = 1.0f;
+        cnt++;
+    }
+    int64_t c = 0;
+    for (int64_t j = 0; j <= jq; j++)
+        if (chosen[j] != 0)
+            brow[c++] = (int32_t)j;
+    for (; c < n; c++)
+        brow[c] = -1;
+    /* selected blocks and window in one pass; the union's log-sum-exp */
+    int64_t w0 = pos - p->window + 1;
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh;
+        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+        online os = {-INFINITY, 0, acc1}, ow = {-INFINITY, 0, acc2};
+        memset(acc1, 0, sizeof *acc1 * (size_t)(2 * D));
+        float um = -INFINITY, ul = 0;
+        for (int64_t j = 0; j <= jq; j++) {
+            int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
+            if (chosen[j] == 0 && k0 < w0)
+                k0 = w0;
+            for (int64_t kk = k0; kk < k1; kk++) {
+                float sc = vo->dot(qv, K + kk * D, D) * scale;
+                if (chosen[j] != 0)
+                    online_add(&os, vo, sc, V + kk * D, D);
+                if (kk >= w0)
+                    online_add(&ow, vo, sc, V + kk * D, D);
+                if (sc > um) {
+                    ul = ul * (um == -INFINITY ? 0.0f : expf(um - sc)) + 1.0f;
+                    um = sc;
+                } else {
+                    ul += expf(sc - um);
+                }
+            }
+        }
+        float *o = O + (h * Nq + t) * D;
+        if (os.l > 0)
+            vo->axpy(o, acc1, D, GS[h * Nq + t] / os.l);
+        if (ow.l > 0)
+            vo->axpy(o, acc2, D, GW[h * Nq + t] / ow.l);
+        L[h * Nq + t] = um == -INFINITY ? -INFINITY : um + logf(ul);
+    }
+}
+
+sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
+{
+    int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs;
+    int nt = sl_ctx_threads(a->ctx);
+    nsa_job j = {a, sl__cpu_vecops_get(), NULL, Nc + 2 * D + (Nk + bs - 1) / bs};
+    size_t bytes = sizeof(float) * (size_t)j.per_thread * (size_t)(nt > 0 ? nt : 1);
+    j.work = sl_ctx_alloc(a->ctx, bytes);
+    if (!j.work)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.nsa[cpu]: out of memory for %zu bytes", bytes);
+    sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, nsa_item, &j);
+    sl_ctx_dealloc(a->ctx, j.work, bytes);
+    return s;
+}
+
+size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    (void)op, (void)params, (void)in, (void)n_threads;
+    return 0;
+}

@@ -1,0 +1,209 @@
+// cuda/trainable.cu — the trainable family on CUDA (issue 14; card nsa;
+// contracts in sparselab.h). trainable.compress: one thread per output
+// element (head, window, channel). trainable.nsa: one thread per (kv head,
+// query row); it reads the row's visible compressed tokens per query head of
+// the group, keeps the selected block list in its row of `blocks` (no
+// per-thread arrays), and runs the selected-block and window softmaxes in
+// three passes (maxima, sums, weighted values) over the keys it reads.
+// Compiled with `make CUDA=1`; run under the CUDA simulator by
+// `make test-cudasim`.
+#include "dialect.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+
+#include <math.h>
+
+namespace {
+
+__global__ void compress_kernel(const float *x, const float *w, const float *pe, float *y, int H, int N, int D,
+                                int C, int l, int s, int mode)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)H * C * D)
+        return;
+    int c = (int)(item % D), i = (int)((item / D) % C), h = (int)(item / ((long long)D * C));
+    double acc = 0;
+    for (int r = 0; r < l && (long long)i * s + r < N; r++) {
+        const float *row = x + ((size_t)h * N + (size_t)i * s + r) * D;
+        if (mode == 0) {
+            acc += (double)row[c] + (pe ? pe[((size_t)h * l + r) * D + c] : 0.f);
+            continue;
+        }
+        for (int e = 0; e < D; e++) {
+            double val = (double)row[e] + (pe ? pe[((size_t)h * l + r) * D + e] : 0.f);
+            acc += val * w[(((size_t)h * l + r) * D + e) * D + c];
+        }
+    }
+    y[item] = (float)(mode == 0 ? acc / l : acc);
+}
+
+__device__ float dotf(const float *a, const float *b, int D)
+{
+    float s = 0.f;
+    for (int e = 0; e < D; e++)
+        s += a[e] * b[e];
+    return s;
+}
+
+__device__ int in_list(const int *list, int cnt, int j)
+{
+    for (int c = 0; c < cnt; c++)
+        if (list[c] == j)
+            return 1;
+    return 0;
+}
+
+struct nsa_args {
+    const float *q, *k, *v, *kc, *vc, *gc, *gs, *gw;
+    float *o, *lse, *imp;
+    int *blocks;
+    int Hq, Hkv, Nq, Nk, Nc, D, l, s, bs, n, init, local, window;
+    float scale;
+};
+
+__global__ void nsa_kernel(nsa_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hkv * a.Nq)
+        return;
+    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    int nb = (a.Nk + a.bs - 1) / a.bs, pos = a.Nk - a.Nq + t, jq = pos / a.bs;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    const float *KC = a.kc + (size_t)kv * a.Nc * a.D, *VC = a.vc + (size_t)kv * a.Nc * a.D;
+    float *imp = a.imp + ((size_t)kv * a.Nq + t) * nb;
+    int *brow = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+    int nvis = pos + 1 >= a.l ? (pos + 1 - a.l) / a.s + 1 : 0;
+    if (nvis > a.Nc)
+        nvis = a.Nc;
+    for (int j = 0; j < nb; j++)
+        imp[j] = 0.f;
+    for (int hh = 0; hh < g; hh++) {
+        int h = kv * g + hh;
+        const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        for (int e = 0; e < a.D; e++)
+            o[e] = 0.f;
+        if (nvis == 0)
+            continue;
+        float m = -INFINITY, z = 0.f;
+        for (int i = 0; i < nvis; i++)
+            m = fmaxf(m, dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale);
+        for (int i = 0; i < nvis; i++)
+            z += expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m);
+        float gc = a.gc[(size_t)h * a.Nq + t];
+        for (int i = 0; i < nvis; i++) {
+            float pr = expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m) / z;
+            for (int e = 0; e < a.D; e++)
+                o[e] += gc * pr * VC[(size_t)i * a.D + e];
+            int t0 = i * a.s, t1 = i * a.s + a.l;
+            for (int j = t0 / a.bs; j < nb && j * a.bs < t1; j++) {
+                int lo = max(t0, j * a.bs), hi = min(t1, (j + 1) * a.bs);
+                imp[j] += pr * (float)(hi - lo) / (float)a.s;
+            }
+        }
+    }
+    // selection into brow: forced blocks, then the largest importance
+    int cnt = 0, want = min(a.n, jq + 1);
+    for (int j = 0; j <= jq; j++)
+        if (j < a.init || j > jq - a.local)
+            brow[cnt++] = j;
+    while (cnt < want) {
+        int best = -1;
+        for (int j = 0; j <= jq; j++)
+            if (!in_list(brow, cnt, j) && (best < 0 || imp[j] > imp[best]))
+                best = j;
+        brow[cnt++] = best;
+    }
+    for (int x = 1; x < cnt; x++)
+        for (int y = x; y > 0 && brow[y - 1] > brow[y]; y--) {
+            int tmp = brow[y];
+            brow[y] = brow[y - 1];
+            brow[y - 1] = tmp;
+        }
+    for (int c = cnt; c < a.n; c++)
+        brow[c] = -1;
+    int w0 = pos - a.window + 1;
+    for (int hh = 0; hh < g; hh++) {
+        int h = kv * g + hh;
+        const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        float ms = -INFINITY, mw = -INFINITY, mu = -INFINITY, zs = 0.f, zw = 0.f, zu = 0.f;
+        for (int pass = 0; pass < 3; pass++) {
+            float fs = pass == 2 && zs > 0.f ? a.gs[(size_t)h * a.Nq + t] / zs : 0.f;
+            float fw = pass == 2 && zw > 0.f ? a.gw[(size_t)h * a.Nq + t] / zw : 0.f;
+            for (int j = 0; j <= jq; j++) {
+                int sel = in_list(brow, cnt, j);
+                int k0 = j * a.bs, k1 = min((j + 1) * a.bs, pos + 1);
+                if (!sel)
+                    k0 = max(k0, w0);
+                for (int kk = k0; kk < k1; kk++) {
+                    float sc = dotf(qv, K + (size_t)kk * a.D, a.D) * a.scale;
+                    int win = kk >= w0;
+                    if (pass == 0) {
+                        if (sel)
+                            ms = fmaxf(ms, sc);
+                        if (win)
+                            mw = fmaxf(mw, sc);
+                        mu = fmaxf(mu, sc);
+                    } else if (pass == 1) {
+                        if (sel)
+                            zs += expf(sc - ms);
+                        if (win)
+                            zw += expf(sc - mw);
+                        zu += expf(sc - mu);
+                    } else {
+                        float wgt = (sel ? fs * expf(sc - ms) : 0.f) + (win ? fw * expf(sc - mw) : 0.f);
+                        for (int e = 0; e < a.D; e++)
+                            o[e] += wgt * V[(size_t)kk * a.D + e];
+                    }
+                }
+            }
+        }
+        a.lse[(size_t)h * a.Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(zu);
+    }
+}
+
+}  // namespace
+
+sl_status sl__cuda_trainable_compress(const sl__kargs *a)
+{
+    const sl_trainable_compress_params *p = static_cast<const sl_trainable_compress_params *>(a->params);
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2], C = a->out[0].shape[1];
+    if (H * N * D > (int64_t)1 << 40 || N > (1 << 30) || D > (1 << 20))
+        return sl__cuda_unsupported(a, "more than 2^30 tokens or 2^20 channels");
+    int64_t total = H * C * D;
+    if (total == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(compress_kernel, dim3((unsigned)((total + 127) / 128)), 128, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), (int)H, (int)N, (int)D,
+        (int)C, (int)p->l, (int)p->s, (int)p->mode);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_nsa(const sl__kargs *a)
+{
+    const sl_trainable_nsa_params *p = static_cast<const sl_trainable_nsa_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], Nc = a->in[3].shape[1];
+    if (Nk > (1 << 30) || Nc > (1 << 30) || D > (1 << 20) || p->window > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or 2^20 channels");
+    int64_t items = Hkv * Nq;
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    nsa_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2), x.kc = st.input<float>(3);
+    x.vc = st.input<float>(4), x.gc = st.input<float>(5), x.gs = st.input<float>(6), x.gw = st.input<float>(7);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.blocks = st.output<int>(2), x.imp = st.output<float>(3);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.Nc = (int)Nc, x.D = (int)D;
+    x.l = (int)p->l, x.s = (int)p->s, x.bs = (int)p->bs, x.n = (int)p->n, x.init = (int)p->init;
+    x.local = (int)p->local, x.window = (int)p->window;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(nsa_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

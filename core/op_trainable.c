@@ -1,0 +1,130 @@
+/* op_trainable.c — the trainable family (issue 14; cards nsa, moba, sparsek):
+ * checks, shape rules and FLOP counts of trainable.compress and
+ * trainable.nsa (contracts in sparselab.h; kernels in ref/trainable.c,
+ * cpu/trainable.c, cuda/trainable.cu). */
+#include "family.h"
+#include "op_check.h"
+
+#include <stdio.h>
+
+/* A float input of exactly the given shape; `what` names the expectation. */
+static sl_status need_shape(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int i, int ndim,
+                            const int64_t *shape, const char *what)
+{
+    sl_status s = sl__need_float(ctx, info, in, i, ndim);
+    if (s)
+        return s;
+    if (sl__same_shape(&in[i], ndim, shape))
+        return SL_OK;
+    char nm[32], desc[96];
+    sl__input_name(info, i, nm, sizeof nm);
+    sl_tensor_describe(&in[i], desc, sizeof desc);
+    return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must be %s, found %s", info->name, nm, what, desc);
+}
+
+static sl_status compress_infer(sl_ctx *ctx, const sl_op_info *info, const sl_trainable_compress_params *p,
+                                const sl_tensor *in, int out_ndim[], int64_t out_shape[][SL_MAX_DIMS])
+{
+    sl_status s;
+    if ((s = sl__need_float3(ctx, info, &in[0], "x")))
+        return s;
+    int64_t H = in[0].shape[0], N = in[0].shape[1], D = in[0].shape[2];
+    if (p->s > p->l)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: stride s = %lld exceeds the window l = %lld; expected s <= l (no gaps)",
+                           info->name, (long long)p->s, (long long)p->l);
+    char what[96];
+    if (p->mode == 1) {
+        int64_t ws[3] = {H, p->l * D, D};
+        snprintf(what, sizeof what, "[%lld, %lld, %lld] (heads, l·D, D) for mode 1", (long long)H,
+                 (long long)(p->l * D), (long long)D);
+        if ((s = need_shape(ctx, info, in, 1, 3, ws, what)))
+            return s;
+    } else if (in[1].buf) {
+        return sl_ctx_fail(ctx, SL_EARG, "%s: opt.w is given but mode is 0 (mean); expected mode 1 for a linear phi",
+                           info->name);
+    }
+    if (in[2].buf) {
+        int64_t ps[3] = {H, p->l, D};
+        snprintf(what, sizeof what, "[%lld, %lld, %lld] (heads, l, D)", (long long)H, (long long)p->l, (long long)D);
+        if ((s = need_shape(ctx, info, in, 2, 3, ps, what)))
+            return s;
+    }
+    out_ndim[0] = 3;
+    out_shape[0][0] = H;
+    out_shape[0][1] = (N + p->s - 1) / p->s;
+    out_shape[0][2] = D;
+    return SL_OK;
+}
+
+static sl_status nsa_infer(sl_ctx *ctx, const sl_op_info *info, const sl_trainable_nsa_params *p, const sl_tensor *in,
+                           int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    sl_status s;
+    if ((s = sl__check_qkv(ctx, info, in)))
+        return s;
+    int64_t Hq = in[0].shape[0], Nq = in[0].shape[1], D = in[0].shape[2];
+    int64_t Hkv = in[1].shape[0], Nk = in[1].shape[1];
+    if (p->init + p->local > p->n)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: n = %lld blocks cannot hold the %lld forced ones (init %lld + local %lld)",
+                           info->name, (long long)p->n, (long long)(p->init + p->local), (long long)p->init,
+                           (long long)p->local);
+    if (p->s > p->l)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: stride s = %lld exceeds the window l = %lld; expected s <= l",
+                           info->name, (long long)p->s, (long long)p->l);
+    if ((s = sl__need_float(ctx, info, in, 3, 3)))
+        return s;
+    int64_t Nc = in[3].shape[1];
+    int64_t cs[3] = {Hkv, Nc, D};
+    char what[96];
+    snprintf(what, sizeof what, "[%lld, Nc, %lld] like kc", (long long)Hkv, (long long)D);
+    if ((s = need_shape(ctx, info, in, 3, 3, cs, what)) || (s = need_shape(ctx, info, in, 4, 3, cs, what)))
+        return s;
+    int64_t gs[2] = {Hq, Nq};
+    snprintf(what, sizeof what, "[%lld, %lld] (query heads, query rows)", (long long)Hq, (long long)Nq);
+    for (int i = 5; i < 8; i++)
+        if ((s = need_shape(ctx, info, in, i, 2, gs, what)))
+            return s;
+    out_ndim[0] = 3, out_shape[0][0] = Hq, out_shape[0][1] = Nq, out_shape[0][2] = D;
+    out_ndim[1] = 2, out_shape[1][0] = Hq, out_shape[1][1] = Nq;
+    out_ndim[2] = 3, out_shape[2][0] = Hkv, out_shape[2][1] = Nq, out_shape[2][2] = p->n;
+    out_dtype[2] = SL_I32;
+    out_ndim[3] = 3, out_shape[3][0] = Hkv, out_shape[3][1] = Nq, out_shape[3][2] = (Nk + p->bs - 1) / p->bs;
+    return SL_OK;
+}
+
+static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
+                                 int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    switch (info->op) {
+    case SL_OP_TRAINABLE_COMPRESS:
+        return compress_infer(ctx, info, params, in, out_ndim, out_shape);
+    case SL_OP_TRAINABLE_NSA:
+        return nsa_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    default:
+        return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
+    }
+}
+
+static double trainable_flops(const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    if (info->op == SL_OP_TRAINABLE_COMPRESS) {
+        const sl_trainable_compress_params *p = params;
+        double H = (double)in[0].shape[0], D = (double)in[0].shape[2];
+        double windows = (double)((in[0].shape[1] + p->s - 1) / p->s);
+        return p->mode == 1 ? 2.0 * H * windows * (double)p->l * D * D : H * windows * (double)p->l * D;
+    }
+    const sl_trainable_nsa_params *p = params;
+    double Hq = (double)in[0].shape[0], Nq = (double)in[0].shape[1], D = (double)in[0].shape[2];
+    double Nk = (double)in[1].shape[1], Nc = (double)in[3].shape[1];
+    /* per query row and head, about 4 D flops per key read: half the
+     * compressed tokens (twice: softmax, then mapping), the selected tokens
+     * and the window, each bounded by the causal prefix */
+    double sel = (double)(p->n * p->bs), win = (double)p->window;
+    if (sel > Nk / 2)
+        sel = Nk / 2;
+    if (win > Nk / 2)
+        win = Nk / 2;
+    return 4.0 * D * Hq * Nq * (Nc + sel + win);
+}
+
+const sl__family sl__family_trainable = {"trainable", trainable_infer, NULL, NULL, trainable_flops, NULL};
