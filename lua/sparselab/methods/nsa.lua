@@ -79,6 +79,10 @@ local function op_params(p)
   elseif p.variant ~= "paper" then
     sl.fail("nsa: variant must be 'paper' or 'fla', found '%s'", tostring(p.variant))
   end
+  if l % s ~= 0 or p.bs % s ~= 0 then
+    sl.fail("nsa: l = %d and bs = %d must be multiples of the stride s = %d (paper eq. 9 maps compressed scores to " ..
+      "selection blocks in units of s)", l, p.bs, s)
+  end
   if p.init >= 0 then init = p.init end
   if p["local"] >= 0 then loc = p["local"] end
   return {l = l, s = s, bs = p.bs, n = p.n, init = init, ["local"] = loc, window = p.window}
