@@ -8,6 +8,7 @@
 -- Run with LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_trainable.lua
 package.path = "tests/lua/?.lua;" .. package.path
 local H = require "harness"
+local R = require "static_ref"
 local sl = require "sparselab"
 local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
 
@@ -184,6 +185,137 @@ test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStor
     truthy(fit.metrics.rel_l2 < stand.metrics.rel_l2, string.format("held-out text %d: fitted rel_l2 %.4f < stand-in %.4f",
       i, fit.metrics.rel_l2, stand.metrics.rel_l2))
   end
+end)
+
+-- ---- MoBA ----
+
+-- The problem as Lua tables (static_ref's layout) and an independent MoBA
+-- selector: keys mean-pooled per block in float64, gate q·k̄ over the blocks
+-- complete before the query, the own block forced, top (k - 1) of the rest by
+-- a stable sort; choose(h, t, blocks_before) may replace the ranking.
+local function tables(prob)
+  local qs = prob.q:shape()
+  return {q = prob.q:totable(), k = prob.k:totable(), v = prob.v:totable(), n = qs[2], d = qs[3], hq = qs[1],
+    hkv = prob.k:shape()[1]}
+end
+
+local function moba_keep(t, B, topk, blind)
+  local g = t.hq // t.hkv
+  local means = {}
+  for kv = 1, t.hkv do
+    means[kv] = {}
+    for b = 0, (t.n - 1) // B do
+      local m = {}
+      for c = 1, t.d do m[c] = 0 end
+      local j1 = math.min(t.n, (b + 1) * B)
+      for j = b * B, j1 - 1 do for c = 1, t.d do m[c] = m[c] + t.k[kv][j + 1][c] end end
+      for c = 1, t.d do m[c] = m[c] / (j1 - b * B) end
+      means[kv][b] = m
+    end
+  end
+  local sel = {}
+  for h = 0, t.hq - 1 do
+    sel[h] = {}
+    for i = 0, t.n - 1 do
+      local own = i // B
+      local cand = {}
+      for b = 0, own - 1 do
+        local s = 0
+        for c = 1, t.d do s = s + t.q[h + 1][i + 1][c] * means[h // g + 1][b][c] end
+        cand[#cand + 1] = {b = b, s = blind and 0 or s}
+      end
+      table.sort(cand, function(x, y) if x.s ~= y.s then return x.s > y.s end return x.b < y.b end)
+      local set = {[own] = true}
+      for r = 1, math.min(topk - 1, #cand) do set[cand[r].b] = true end
+      sel[h][i] = set
+    end
+  end
+  return function(h, i, j) return j <= i and sel[h][i][j // B] == true end
+end
+
+local function mean_recall(lse, dense_lse)
+  local s, n = 0, 0
+  for h = 1, #lse do for i = 1, #lse[h] do s = s + math.exp(lse[h][i] - dense_lse[h][i]); n = n + 1 end end
+  return s / n
+end
+
+test("moba: equals an independent float64 MoBA; own block always, no future key; topk = all is dense", function()
+  for _, c in ipairs{{n = 100, B = 16, k = 3, seed = 31}, {n = 77, B = 10, k = 2, seed = 32}, {n = 64, B = 8, k = 1, seed = 33}} do
+    local q = sl.randn({4, c.n, 8}, {seed = c.seed})
+    local k = sl.randn({2, c.n, 8}, {seed = c.seed + 1})
+    local v = sl.randn({2, c.n, 8}, {seed = c.seed + 2})
+    local prob = sl.problem{q = q, k = k, v = v}
+    local t = tables(prob)
+    local want_o, want_l = R.reference(t, moba_keep(t, c.B, c.k))
+    local r = sl.eval("moba", prob, {params = {block = c.B, topk = c.k}})
+    local o, l = r.o:totable(), r.lse:totable()
+    local worst = 0
+    for h = 1, t.hq do
+      for i = 1, t.n do
+        for e = 1, t.d do worst = math.max(worst, math.abs(o[h][i][e] - want_o[h][i][e])) end
+        worst = math.max(worst, math.abs(l[h][i] - want_l[h][i]))
+      end
+    end
+    truthy(worst < 1e-5, string.format("n %d block %d topk %d: max |moba - float64| = %g", c.n, c.B, c.k, worst))
+    eq(r.params.params_source, "parameter-free", "params_source")
+    -- the mask: own block kept, nothing after the query
+    local bits = r.mask:to_bits():totable()
+    for h = 1, t.hq do
+      for i = 0, t.n - 1 do
+        local row = bits[h][i + 1]
+        for j = 0, t.n - 1 do
+          if j > i then eq(row[j + 1], 0, "future key") end
+          if j // c.B == i // c.B and j <= i then eq(row[j + 1], 1, "own block key") end
+        end
+      end
+    end
+    local all = sl.eval("moba", prob, {params = {block = c.B, topk = (c.n + c.B - 1) // c.B}})
+    truthy(all.metrics.rel_l2 < 1e-5, "topk = all blocks equals dense: rel_l2 " .. all.metrics.rel_l2)
+  end
+end)
+
+test("moba: the gate passes a recall check that a score-blind (first-k) gate fails", function()
+  local q, k, v = sl.synthetic{n = 320, heads = 4, kv_heads = 2, d = 16, seed = 41, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local t = tables(prob)
+  local _, dl = R.reference(t, function(_, i, j) return j <= i end)
+  local B, K = 32, 3
+  -- random block sets of the same size (own block + K - 1 earlier ones)
+  local rng = sl.rand({4096}, {seed = 5}):totable()
+  local r = 0
+  local rsel = {}
+  local function random_keep(h, i, j)
+    if j > i then return false end
+    local own = i // B
+    local key = h * 100000 + i
+    if not rsel[key] then
+      local set, cnt = {[own] = true}, 1
+      while cnt < math.min(K, own + 1) do
+        r = r % 4096 + 1
+        local b = math.floor(rng[r] * own)
+        if not set[b] then set[b] = true; cnt = cnt + 1 end
+      end
+      rsel[key] = set
+    end
+    return rsel[key][j // B] == true
+  end
+  local _, lr = R.reference(t, random_keep)
+  local baseline = mean_recall(lr, dl)
+  local function check(keep)
+    local _, l = R.reference(t, keep)
+    return mean_recall(l, dl) >= baseline + 0.02, mean_recall(l, dl)
+  end
+  local ok, got = check(moba_keep(t, B, K))
+  truthy(ok, string.format("moba gate recall %.4f vs random %.4f", got, baseline))
+  local r_op = sl.eval("moba", prob, {params = {block = B, topk = K}}).metrics.recall_mean
+  near(r_op, got, 1e-5, "recall of the recipe vs the independent MoBA")
+  local blind_ok, blind = check(moba_keep(t, B, K, true))
+  truthy(not blind_ok, string.format("the first-k gate must fail: recall %.4f vs random %.4f", blind, baseline))
+end)
+
+test("fit-params: moba has nothing to fit (parameter-free)", function()
+  local m = sl.methods.get("moba")
+  truthy(not m.fit and m.fit_why:find("parameter-free", 1, true), "moba.fit_why")
 end)
 
 os.execute("rm -rf " .. TMP)

@@ -63,6 +63,7 @@
 -- fitted (its gradient runs through the top-n selection).
 local sl = require "sparselab"
 local T = require "sparselab.trainable"
+local E = require "sparselab.blockest"
 
 local STANDIN = "standin:mean_pool+gates(0,1,0)"
 
@@ -110,7 +111,7 @@ local function sigmoid(z) return 1 / (1 + math.exp(-z)) end
 -- Gates [Hq, Nq] x 3 from gate_w, gate_b and the queries.
 local function q_gates(prob, W, B)
   local hq, nq, d = dims(prob)
-  local q, w, b = prob.q:totable(), W:totable(), B:totable()
+  local q, w, b = E.heads(prob.q), W:totable(), B:totable()
   local out = {{}, {}, {}}
   for br = 1, 3 do
     for h = 1, hq do
@@ -173,7 +174,7 @@ end
 -- Density of the keys read (selected blocks ∪ window) over the causal keys.
 local function density(prob, op, blocks)
   local _, nq, _, _, nk = dims(prob)
-  local b = blocks:totable()
+  local b = E.heads(blocks)
   local kept, causal = 0, 0
   for kv = 1, #b do
     for t = 1, nq do
@@ -258,11 +259,11 @@ function M.fit_data(prob, p)
   local br = {}
   for b = 1, 3 do
     local gc, gs, gw = const_gates(prob, b == 1 and 1 or 0, b == 2 and 1 or 0, b == 3 and 1 or 0)
-    br[b] = (forward(prob, op, kc, vc, gc, gs, gw)):totable()
+    br[b] = E.heads((forward(prob, op, kc, vc, gc, gs, gw)))
   end
   local dense = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true, backend = prob.backend})
   local hq, nq, d = dims(prob)
-  return {q = prob.q:totable(), br = br, dense = dense:totable(), hq = hq, nq = nq, d = d}
+  return {q = E.heads(prob.q), br = br, dense = E.heads(dense), hq = hq, nq = nq, d = d}
 end
 
 --- Loss (mean squared output error vs dense over every data set) and its
