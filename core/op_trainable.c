@@ -5,6 +5,7 @@
 #include "family.h"
 #include "op_check.h"
 
+#include <math.h>
 #include <stdio.h>
 
 /* A float input of exactly the given shape; `what` names the expectation. */
@@ -92,6 +93,25 @@ static sl_status nsa_infer(sl_ctx *ctx, const sl_op_info *info, const sl_trainab
     return SL_OK;
 }
 
+static sl_status sparsek_infer(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int out_ndim[],
+                               int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    sl_status s;
+    if ((s = sl__check_qkv(ctx, info, in)))
+        return s;
+    int64_t Hq = in[0].shape[0], Nq = in[0].shape[1], D = in[0].shape[2], Hkv = in[1].shape[0], Nk = in[1].shape[1];
+    int64_t us[2] = {Hkv, Nk};
+    char what[96];
+    snprintf(what, sizeof what, "[%lld, %lld] (kv heads, keys)", (long long)Hkv, (long long)Nk);
+    if ((s = need_shape(ctx, info, in, 3, 2, us, what)))
+        return s;
+    out_ndim[0] = 3, out_shape[0][0] = Hq, out_shape[0][1] = Nq, out_shape[0][2] = D;
+    out_ndim[1] = 2, out_shape[1][0] = Hq, out_shape[1][1] = Nq;
+    out_ndim[2] = 2, out_shape[2][0] = Hkv, out_shape[2][1] = Nq;
+    out_dtype[2] = SL_I32;
+    return SL_OK;
+}
+
 static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                                  int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -100,6 +120,8 @@ static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void
         return compress_infer(ctx, info, params, in, out_ndim, out_shape);
     case SL_OP_TRAINABLE_NSA:
         return nsa_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_TRAINABLE_SPARSEK:
+        return sparsek_infer(ctx, info, in, out_ndim, out_shape, out_dtype);
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
     }
@@ -112,6 +134,17 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
         double H = (double)in[0].shape[0], D = (double)in[0].shape[2];
         double windows = (double)((in[0].shape[1] + p->s - 1) / p->s);
         return p->mode == 1 ? 2.0 * H * windows * (double)p->l * D * D : H * windows * (double)p->l * D;
+    }
+    if (info->op == SL_OP_TRAINABLE_SPARSEK) {
+        const sl_trainable_sparsek_params *p = params;
+        double Hq = (double)in[0].shape[0], Nq = (double)in[0].shape[1], D = (double)in[0].shape[2];
+        double Nk = (double)in[1].shape[1], Hkv = (double)in[1].shape[0];
+        double kept = (double)(p->k + p->window);
+        if (kept > Nk / 2)
+            kept = Nk / 2;
+        /* attention over the kept keys, plus the selection: about log2(Nk)
+         * compares per prefix key and row (a sort) */
+        return 4.0 * D * Hq * Nq * kept + Hkv * Nq * (Nk / 2) * (log2(Nk + 1) + 1);
     }
     const sl_trainable_nsa_params *p = params;
     double Hq = (double)in[0].shape[0], Nq = (double)in[0].shape[1], D = (double)in[0].shape[2];

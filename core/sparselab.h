@@ -615,7 +615,20 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  *   o = g_cmp · o_cmp + g_slc · o_slc + g_swa · o_swa.
  * Outputs o [Hq, Nq, D], lse [Hq, Nq] (the log-sum-exp of scale · q·k_j
  * over the union of the keys the selection and window branches read: the
- * recall of the token set), blocks, imp f32 [Hkv, Nq, ceil(Nk/bs)]. */
+ * recall of the token set), blocks, imp f32 [Hkv, Nq, ceil(Nk/bs)].
+ *
+ * trainable.sparsek: inputs q [Hq, Nq, D], k, v [Hkv, Nk, D], u [Hkv, Nk]
+ * (one score per key, shared by the query heads of a kv head); params k,
+ * window, weight, scale. Query row t at position p = Nk - Nq + t, prefix
+ * keys 0..p, m = p + 1, kk = min(k, m). The selected set S = the kk prefix
+ * keys of largest u (ties: lower index). The SPARSEK projection over the
+ * prefix: w_j = clip(u_j - tau, 0, 1) with tau such that Σ_j w_j = kk (w = 1
+ * when kk = m, 0 when kk = 0); tau by 200 bisection steps in float64 over
+ * [min u - 1, max u]. Row t attends the keys of S ∪ {p - window < j <= p}:
+ * weight = 0, plain softmax attention; weight = 1, keys and values of S
+ * scaled by w_j first (window keys outside S unscaled). Outputs o [Hq, Nq,
+ * D], lse [Hq, Nq] (over the attended keys with the logits used), count i32
+ * [Hkv, Nq] (keys attended). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -394,8 +394,155 @@ START_TEST(test_trainable_validation)
 }
 END_TEST
 
+/* ---- trainable.sparsek ---- */
+
+/* The exact tau of the SPARSEK projection (Algorithm 1's breakpoints): f(tau)
+ * = Σ clip(u - tau, 0, 1) is piecewise linear with breakpoints u_j and
+ * u_j - 1; find the two neighbouring breakpoints around f = kk and
+ * interpolate. */
+static double exact_tau(const float *u, int64_t m, double kk)
+{
+    double *bp = malloc(sizeof *bp * (size_t)(2 * m));
+    for (int64_t j = 0; j < m; j++)
+        bp[2 * j] = u[j], bp[2 * j + 1] = (double)u[j] - 1.0;
+    for (int64_t x = 1; x < 2 * m; x++)
+        for (int64_t y = x; y > 0 && bp[y - 1] > bp[y]; y--) {
+            double tmp = bp[y];
+            bp[y] = bp[y - 1], bp[y - 1] = tmp;
+        }
+    double tau = bp[0];
+    for (int64_t x = 0; x + 1 < 2 * m; x++) {
+        double f0 = 0, f1 = 0;
+        for (int64_t j = 0; j < m; j++) {
+            f0 += fmin(1, fmax(0, u[j] - bp[x]));
+            f1 += fmin(1, fmax(0, u[j] - bp[x + 1]));
+        }
+        if (f0 >= kk && f1 <= kk) {
+            tau = f0 == f1 ? bp[x] : bp[x] + (f0 - kk) / (f0 - f1) * (bp[x + 1] - bp[x]);
+            break;
+        }
+    }
+    free(bp);
+    return tau;
+}
+
+/* Independent SparseK: S by a stable sort of the prefix, weights from the exact tau. */
+static void indep_sparsek(const sl_tensor in[4], const sl_trainable_sparsek_params *p, double *o, double *lse,
+                          int32_t *count)
+{
+    int64_t hq = in[0].shape[0], nq = in[0].shape[1], d = in[0].shape[2], hkv = in[1].shape[0], nk = in[1].shape[1];
+    double scale = 1.0 / sqrt((double)d);
+    int64_t *ord = malloc(sizeof *ord * (size_t)nk);
+    double *w = malloc(sizeof *w * (size_t)nk);
+    for (int64_t kv = 0; kv < hkv; kv++)
+        for (int64_t t = 0; t < nq; t++) {
+            int64_t pos = nk - nq + t, m = pos + 1, kk = p->k < m ? p->k : m;
+            const float *u = f32p(&in[3]) + kv * nk;
+            for (int64_t j = 0; j < m; j++)
+                ord[j] = j;
+            for (int64_t x = 1; x < m; x++)
+                for (int64_t y = x; y > 0 && (u[ord[y]] > u[ord[y - 1]]); y--) {
+                    int64_t tmp = ord[y];
+                    ord[y] = ord[y - 1], ord[y - 1] = tmp;
+                }
+            double tau = kk > 0 && kk < m ? exact_tau(u, m, (double)kk) : 0;
+            for (int64_t j = 0; j < m; j++)
+                w[j] = j > pos - p->window ? 1.0 : -1.0; /* -1: not attended */
+            for (int64_t r = 0; r < kk; r++) {
+                int64_t j = ord[r];
+                w[j] = p->weight && kk < m ? fmin(1, fmax(0, u[j] - tau)) : 1.0;
+            }
+            int32_t c = 0;
+            for (int64_t j = 0; j < m; j++)
+                c += w[j] >= 0;
+            count[kv * nq + t] = c;
+            for (int64_t hh = 0; hh < hq / hkv; hh++) {
+                int64_t h = kv * (hq / hkv) + hh;
+                const float *qv = f32p(&in[0]) + (h * nq + t) * d;
+                double mx = -INFINITY, z = 0;
+                for (int64_t j = 0; j < m; j++)
+                    if (w[j] >= 0)
+                        mx = fmax(mx, dotd(qv, f32p(&in[1]) + (kv * nk + j) * d, d) * w[j] * scale);
+                for (int64_t e = 0; e < d; e++)
+                    o[(h * nq + t) * d + e] = 0;
+                for (int64_t j = 0; j < m; j++)
+                    if (w[j] >= 0) {
+                        double pr = exp(dotd(qv, f32p(&in[1]) + (kv * nk + j) * d, d) * w[j] * scale - mx);
+                        z += pr;
+                        for (int64_t e = 0; e < d; e++)
+                            o[(h * nq + t) * d + e] += pr * w[j] * f32p(&in[2])[(kv * nk + j) * d + e];
+                    }
+                for (int64_t e = 0; e < d; e++)
+                    o[(h * nq + t) * d + e] = z > 0 ? o[(h * nq + t) * d + e] / z : 0;
+                lse[h * nq + t] = z > 0 ? mx + log(z) : -INFINITY;
+            }
+        }
+    free(ord), free(w);
+}
+
+START_TEST(test_sparsek)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14005);
+    const int64_t shapes[2][5] = {{4, 2, 45, 45, 8}, {2, 1, 7, 40, 16}};
+    const int64_t ks[4] = {0, 1, 6, 1000}, wins[2] = {0, 5};
+    for (int si = 0; si < 2; si++) {
+        const int64_t *sh = shapes[si];
+        sl_tensor in[4] = {tu_randn(ctx, &rng, sh[0], sh[2], sh[4], 1.0), tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0),
+                           tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0), f32_2d(ctx, sh[1], sh[3])};
+        for (int64_t i = 0; i < sh[1] * sh[3]; i++)
+            f32p(&in[3])[i] = (float)(2.0 * sl_rng_normal(&rng));
+        for (int ki = 0; ki < 4; ki++)
+            for (int wi = 0; wi < 2; wi++)
+                for (int weight = 0; weight < 2; weight++) {
+                    sl_trainable_sparsek_params p = {.k = ks[ki], .window = wins[wi], .weight = weight};
+                    char what[96];
+                    snprintf(what, sizeof what, "trainable.sparsek shape %d k %lld window %lld weight %d", si,
+                             (long long)p.k, (long long)p.window, weight);
+                    check_op_vs_ref(ctx, SL_OP_TRAINABLE_SPARSEK, &p, in, 2e-5, what);
+                    sl_tensor out[3];
+                    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_SPARSEK, &p, in, out), SL_OK);
+                    int64_t no = sl_tensor_numel(&out[0]), nl = sl_tensor_numel(&out[1]);
+                    double *o = malloc(sizeof *o * (size_t)no), *l = malloc(sizeof *l * (size_t)nl);
+                    int32_t *c = malloc(sizeof *c * (size_t)sl_tensor_numel(&out[2]));
+                    indep_sparsek(in, &p, o, l, c);
+                    for (int64_t i = 0; i < no; i++)
+                        ck_assert_msg(fabs(tu_at(&out[0], i) - o[i]) <= 1e-5, "%s: o[%lld] %g vs %g", what,
+                                      (long long)i, tu_at(&out[0], i), o[i]);
+                    for (int64_t i = 0; i < nl; i++)
+                        ck_assert_msg((isinf(l[i]) && isinf(tu_at(&out[1], i))) ||
+                                          fabs(tu_at(&out[1], i) - l[i]) <= 1e-5 * fmax(1, fabs(l[i])),
+                                      "%s: lse[%lld] %g vs %g", what, (long long)i, tu_at(&out[1], i), l[i]);
+                    for (int64_t i = 0; i < sl_tensor_numel(&out[2]); i++)
+                        ck_assert_int_eq(((int32_t *)out[2].data)[i], c[i]);
+                    free(o), free(l), free(c);
+                    /* k >= n: dense causal attention (weights all 1) */
+                    if (ks[ki] >= sh[3]) {
+                        sl_attn_params ap = {.causal = 1};
+                        sl_tensor dense[2];
+                        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &ap, in, dense), SL_OK);
+                        assert_tensor_close(&out[0], &dense[0], 1e-5, "sparsek k >= n vs dense");
+                        release_n(dense, 2);
+                    }
+                    release_n(out, 3);
+                }
+        release_n(in, 4);
+    }
+    /* u of the wrong shape */
+    sl_tensor bad[4] = {tu_randn(ctx, &rng, 2, 10, 4, 1), tu_randn(ctx, &rng, 1, 10, 4, 1), tu_randn(ctx, &rng, 1, 10, 4, 1),
+                        f32_2d(ctx, 2, 10)};
+    sl_trainable_sparsek_params p = {.k = 3};
+    expect_fail(ctx, SL_OP_TRAINABLE_SPARSEK, &p, bad, SL_ESHAPE, "'u' must be [1, 10] (kv heads, keys)");
+    release_n(bad, 4);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_sparsek);
     tcase_add_test(tc, test_compress);
     tcase_add_test(tc, test_nsa_vs_indep);
     tcase_add_test(tc, test_nsa_card_checks);

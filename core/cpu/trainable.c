@@ -211,6 +211,126 @@ sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
     return s;
 }
 
+/* ---- trainable.sparsek ---- */
+
+typedef struct uidx {
+    float u;
+    int32_t j;
+} uidx;
+
+/* Larger u first, then the lower index. */
+static int uidx_cmp(const void *x, const void *y)
+{
+    const uidx *a = x, *b = y;
+    if (a->u != b->u)
+        return a->u > b->u ? -1 : 1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+typedef struct sparsek_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    unsigned char *work;
+    size_t per_thread;
+} sparsek_job;
+
+static double cpu_tau(const float *u, int64_t m, double kk, double lo, double hi)
+{
+    for (int it = 0; it < 200; it++) {
+        double mid = 0.5 * (lo + hi), f = 0;
+        for (int64_t j = 0; j < m; j++) {
+            double x = (double)u[j] - mid;
+            f += x <= 0 ? 0 : x >= 1 ? 1 : x;
+        }
+        if (f > kk)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return 0.5 * (lo + hi);
+}
+
+static void sparsek_item(int64_t item, void *ud, int thread)
+{
+    const sparsek_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_sparsek_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], g = Hq / Hkv;
+    int64_t kv = item / Nq, t = item % Nq, pos = Nk - Nq + t, m = pos + 1, kk = p->k < m ? p->k : m;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *u = (const float *)a->in[3].data + kv * Nk;
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    unsigned char *base = jb->work + (size_t)thread * jb->per_thread;
+    uidx *ord = (uidx *)base;
+    float *w = (float *)(ord + Nk), *acc = w + Nk;
+    int32_t *list = (int32_t *)(acc + D);
+    uint8_t *sel = (uint8_t *)(list + Nk);
+    /* S: the kk first of the prefix in (u desc, index asc) order */
+    double lo = INFINITY, hi = -INFINITY;
+    for (int64_t j = 0; j < m; j++) {
+        ord[j] = (uidx){u[j], (int32_t)j};
+        w[j] = 1.0f;
+        sel[j] = 0;
+        lo = fmin(lo, (double)u[j] - 1.0);
+        hi = fmax(hi, (double)u[j]);
+    }
+    qsort(ord, (size_t)m, sizeof *ord, uidx_cmp);
+    double tau = p->weight && kk > 0 && kk < m ? cpu_tau(u, m, (double)kk, lo, hi) : 0;
+    for (int64_t r = 0; r < kk; r++) {
+        int64_t j = ord[r].j;
+        double x = (double)u[j] - tau;
+        w[j] = !p->weight || kk == m ? 1.0f : (float)(x <= 0 ? 0 : x >= 1 ? 1 : x);
+        sel[j] = 1;
+    }
+    int64_t cnt = 0;
+    for (int64_t j = 0; j < m; j++)
+        if (sel[j] || j > pos - p->window)
+            list[cnt++] = (int32_t)j;
+    ((int32_t *)a->out[2].data)[kv * Nq + t] = (int32_t)cnt;
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh;
+        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+        float mx = -INFINITY, l = 0;
+        memset(acc, 0, sizeof *acc * (size_t)D);
+        for (int64_t c = 0; c < cnt; c++) {
+            int64_t j = list[c];
+            float wj = w[j];
+            float sc = jb->vo.dot(qv, K + j * D, D) * wj * scale;
+            if (sc > mx) {
+                float r = mx == -INFINITY ? 0.0f : expf(mx - sc);
+                for (int64_t e = 0; e < D; e++)
+                    acc[e] *= r;
+                l *= r;
+                mx = sc;
+            }
+            float pr = expf(sc - mx);
+            l += pr;
+            jb->vo.axpy(acc, V + j * D, D, pr * wj);
+        }
+        float *o = (float *)a->out[0].data + (h * Nq + t) * D;
+        for (int64_t e = 0; e < D; e++)
+            o[e] = l > 0 ? acc[e] / l : 0.0f;
+        ((float *)a->out[1].data)[h * Nq + t] = l > 0 ? mx + logf(l) : -INFINITY;
+    }
+}
+
+sl_status sl__cpu_trainable_sparsek(const sl__kargs *a)
+{
+    int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int nt = sl_ctx_threads(a->ctx);
+    sparsek_job j = {a, sl__cpu_vecops_get(), NULL,
+                     ((size_t)Nk * (sizeof(uidx) + sizeof(float) + sizeof(int32_t) + 1) + (size_t)D * sizeof(float) + 7) /
+                         8 * 8};
+    size_t bytes = j.per_thread * (size_t)(nt > 0 ? nt : 1);
+    j.work = sl_ctx_alloc(a->ctx, bytes);
+    if (!j.work)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.sparsek[cpu]: out of memory for %zu bytes", bytes);
+    sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, sparsek_item, &j);
+    sl_ctx_dealloc(a->ctx, j.work, bytes);
+    return s;
+}
+
 size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

@@ -163,6 +163,91 @@ __global__ void nsa_kernel(nsa_args a)
     }
 }
 
+// trainable.sparsek: one thread per (kv head, query row), no scratch: a
+// key's membership in S is its rank among the prefix (O(m) per key, O(m^2)
+// per row: a correctness kernel, not a fast one), tau by the same 200
+// float64 bisection steps as ref.
+struct sparsek_args {
+    const float *q, *k, *v, *u;
+    float *o, *lse;
+    int *count;
+    int Hq, Hkv, Nq, Nk, D, kb, window, weight;
+    float scale;
+};
+
+__device__ int sk_selected(const float *u, int m, int kk, int j)
+{
+    int rank = 0;
+    for (int i = 0; i < m && rank < kk; i++)
+        rank += u[i] > u[j] || (u[i] == u[j] && i < j);
+    return rank < kk;
+}
+
+__global__ void sparsek_kernel(sparsek_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hkv * a.Nq)
+        return;
+    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    int pos = a.Nk - a.Nq + t, m = pos + 1, kk = min(a.kb, m);
+    const float *u = a.u + (size_t)kv * a.Nk;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    double tau = 0;
+    if (a.weight && kk > 0 && kk < m) {
+        double lo = INFINITY, hi = -INFINITY;
+        for (int j = 0; j < m; j++) {
+            lo = fmin(lo, (double)u[j] - 1.0);
+            hi = fmax(hi, (double)u[j]);
+        }
+        for (int it = 0; it < 200; it++) {
+            double mid = 0.5 * (lo + hi), f = 0;
+            for (int j = 0; j < m; j++) {
+                double x = (double)u[j] - mid;
+                f += x <= 0 ? 0 : x >= 1 ? 1 : x;
+            }
+            if (f > kk)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        tau = 0.5 * (lo + hi);
+    }
+    int cnt = 0;
+    for (int j = 0; j < m; j++)
+        cnt += sk_selected(u, m, kk, j) || j > pos - a.window;
+    a.count[item] = cnt;
+    for (int hh = 0; hh < g; hh++) {
+        int h = kv * g + hh;
+        const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        for (int e = 0; e < a.D; e++)
+            o[e] = 0.f;
+        float mx = -INFINITY, z = 0.f;
+        for (int pass = 0; pass < 3; pass++)
+            for (int j = 0; j < m; j++) {
+                int sel = sk_selected(u, m, kk, j);
+                if (!sel && j <= pos - a.window)
+                    continue;
+                float w = 1.f;
+                if (sel && a.weight && kk < m) {
+                    double x = (double)u[j] - tau;
+                    w = (float)(x <= 0 ? 0 : x >= 1 ? 1 : x);
+                }
+                float sc = dotf(qv, K + (size_t)j * a.D, a.D) * w * a.scale;
+                if (pass == 0) {
+                    mx = fmaxf(mx, sc);
+                } else if (pass == 1) {
+                    z += expf(sc - mx);
+                } else {
+                    float pr = expf(sc - mx) / z * w;
+                    for (int e = 0; e < a.D; e++)
+                        o[e] += pr * V[(size_t)j * a.D + e];
+                }
+            }
+        a.lse[(size_t)h * a.Nq + t] = z > 0.f ? mx + logf(z) : -INFINITY;
+    }
+}
+
 }  // namespace
 
 sl_status sl__cuda_trainable_compress(const sl__kargs *a)
@@ -205,5 +290,28 @@ sl_status sl__cuda_trainable_nsa(const sl__kargs *a)
     x.local = (int)p->local, x.window = (int)p->window;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
     SL_LAUNCH(nsa_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_sparsek(const sl__kargs *a)
+{
+    const sl_trainable_sparsek_params *p = static_cast<const sl_trainable_sparsek_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    if (Nk > (1 << 30) || D > (1 << 20))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or 2^20 channels");
+    int64_t items = Hkv * Nq;
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    sparsek_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2), x.u = st.input<float>(3);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D;
+    x.kb = (int)(p->k < Nk ? p->k : Nk), x.window = (int)(p->window < Nk ? p->window : Nk), x.weight = (int)p->weight;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(sparsek_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

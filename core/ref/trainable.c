@@ -194,3 +194,93 @@ size_t sl__ref_trainable_scratch(sl_op op, const void *params, const sl_tensor *
     (void)op, (void)params, (void)in, (void)n_threads;
     return 0;
 }
+
+/* ---- trainable.sparsek ---- */
+
+/* tau of the SPARSEK projection of u[0..m) with Σ clip(u - tau, 0, 1) = kk
+ * (0 < kk < m), by bisection on [min u - 1, max u]. */
+static double ref_tau(const float *u, int64_t m, double kk)
+{
+    double lo = INFINITY, hi = -INFINITY;
+    for (int64_t j = 0; j < m; j++) {
+        lo = fmin(lo, (double)u[j] - 1.0);
+        hi = fmax(hi, (double)u[j]);
+    }
+    for (int it = 0; it < 200; it++) {
+        double mid = 0.5 * (lo + hi), f = 0;
+        for (int64_t j = 0; j < m; j++)
+            f += fmin(1.0, fmax(0.0, (double)u[j] - mid));
+        if (f > kk)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return 0.5 * (lo + hi);
+}
+
+sl_status sl__ref_trainable_sparsek(const sl__kargs *a)
+{
+    const sl_trainable_sparsek_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], g = Hq / Hkv;
+    double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)D);
+    const float *Q = a->in[0].data, *K = a->in[1].data, *V = a->in[2].data, *U = a->in[3].data;
+    float *O = a->out[0].data, *L = a->out[1].data;
+    int32_t *CNT = a->out[2].data;
+    double *w = malloc(sizeof *w * (size_t)Nk), *acc = malloc(sizeof *acc * (size_t)D);
+    uint8_t *in_s = malloc((size_t)Nk);
+    if (!w || !acc || !in_s) {
+        free(w), free(acc), free(in_s);
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.sparsek[ref]: out of memory");
+    }
+    for (int64_t kv = 0; kv < Hkv; kv++)
+        for (int64_t t = 0; t < Nq; t++) {
+            int64_t pos = Nk - Nq + t, m = pos + 1, kk = p->k < m ? p->k : m;
+            const float *u = U + kv * Nk;
+            /* S: keys whose rank (larger u first, then lower index) is below kk */
+            for (int64_t j = 0; j < m; j++) {
+                int64_t rank = 0;
+                for (int64_t i = 0; i < m; i++)
+                    rank += u[i] > u[j] || (u[i] == u[j] && i < j);
+                in_s[j] = rank < kk;
+            }
+            double tau = kk > 0 && kk < m ? ref_tau(u, m, (double)kk) : 0;
+            int32_t cnt = 0;
+            for (int64_t j = 0; j < m; j++) {
+                int read = in_s[j] || j > pos - p->window;
+                w[j] = !read ? 0 : !in_s[j] || !p->weight ? 1.0 : kk == m ? 1.0 : fmin(1.0, fmax(0.0, u[j] - tau));
+                in_s[j] = (uint8_t)read;
+                cnt += read;
+            }
+            CNT[kv * Nq + t] = cnt;
+            for (int64_t hh = 0; hh < g; hh++) {
+                int64_t h = kv * g + hh;
+                const float *qv = Q + (h * Nq + t) * D;
+                double mx = -INFINITY, z = 0;
+                for (int64_t j = 0; j < m; j++)
+                    if (in_s[j]) {
+                        double sc = 0;
+                        for (int64_t e = 0; e < D; e++)
+                            sc += (double)qv[e] * K[(kv * Nk + j) * D + e];
+                        mx = fmax(mx, sc * w[j] * scale);
+                    }
+                for (int64_t e = 0; e < D; e++)
+                    acc[e] = 0;
+                for (int64_t j = 0; j < m && mx > -INFINITY; j++)
+                    if (in_s[j]) {
+                        double sc = 0;
+                        for (int64_t e = 0; e < D; e++)
+                            sc += (double)qv[e] * K[(kv * Nk + j) * D + e];
+                        double pr = exp(sc * w[j] * scale - mx);
+                        z += pr;
+                        for (int64_t e = 0; e < D; e++)
+                            acc[e] += pr * w[j] * V[(kv * Nk + j) * D + e];
+                    }
+                for (int64_t e = 0; e < D; e++)
+                    O[(h * Nq + t) * D + e] = (float)(z > 0 ? acc[e] / z : 0.0);
+                L[h * Nq + t] = (float)(z > 0 ? mx + log(z) : -INFINITY);
+            }
+        }
+    free(w), free(acc), free(in_s);
+    return SL_OK;
+}
