@@ -156,11 +156,14 @@ test("nsa fit: the hand gradient equals finite differences", function()
   end
 end)
 
-test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStories texts", function()
-  local D = "/work/shared/data/tinystories260k/"
-  local dir = os.getenv("SPARSELAB_DATA") or D
+-- TinyStories captures (layer 2; two fitting texts, two held-out ones),
+-- made once; nil when the model is not there.
+local TS
+local function tinystories()
+  if TS ~= nil then return TS end
+  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
   local f = io.open(dir .. "model.bin", "rb")
-  if not f then print("SKIP: no TinyStories model at " .. dir) return end
+  if not f then print("SKIP: no TinyStories model at " .. dir) TS = false return TS end
   f:close()
   local m = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
   local function capture(name)
@@ -170,21 +173,35 @@ test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStor
     local c = m:capture{text = text, layers = {2}}[3]
     return sl.problem{q = c.q, k = c.k, v = c.v}
   end
-  local train = {capture("01_red_kite"), capture("02_lost_mitten")}
-  local held = {capture("07_toy_shop"), capture("08_rainy_day")}
-  local nsa = sl.methods.get("nsa")
-  local p = sl.registry.resolve(nsa, SMALL)
-  local ws, rep = nsa.fit(train, {params = p, steps = 60})
-  truthy(rep.loss_after < rep.loss_before, "training loss decreases")
-  local path = TMP .. "/fitted.safetensors"
+  TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")}}
+  return TS
+end
+
+-- Fits method on the fitting texts, saves the file, and checks that on every
+-- held-out text the fitted file beats the stand-in in rel_l2 (at equal params).
+local function fitted_beats_standin(id, params, steps)
+  local ts = tinystories()
+  if not ts then return end
+  local m = sl.methods.get(id)
+  local p = sl.registry.resolve(m, params)
+  local ws, rep = m.fit(ts.train, {params = p, steps = steps})
+  truthy(rep.loss_after < rep.loss_before, id .. ": the fitting loss decreases")
+  local path = TMP .. "/" .. id .. "_fitted.safetensors"
   sl.save(path, ws)
-  for i, prob in ipairs(held) do
-    local stand = sl.eval("nsa", prob, {params = SMALL})
-    local fit = sl.eval("nsa", prob, {params = with(SMALL, {weights = path})})
+  for i, prob in ipairs(ts.held) do
+    local stand = sl.eval(id, prob, {params = params})
+    local fit = sl.eval(id, prob, {params = with(params, {weights = path})})
     truthy(fit.params.params_source:match("^sha256:"), "fitted params_source")
-    truthy(fit.metrics.rel_l2 < stand.metrics.rel_l2, string.format("held-out text %d: fitted rel_l2 %.4f < stand-in %.4f",
-      i, fit.metrics.rel_l2, stand.metrics.rel_l2))
+    truthy(stand.params.params_source:match("^standin:"), "stand-in params_source")
+    print(string.format("%s held-out text %d: fitted rel_l2 %.4f, stand-in %.4f", id, i, fit.metrics.rel_l2,
+      stand.metrics.rel_l2))
+    truthy(fit.metrics.rel_l2 < stand.metrics.rel_l2, string.format("%s held-out text %d: fitted rel_l2 %.4f < stand-in %.4f",
+      id, i, fit.metrics.rel_l2, stand.metrics.rel_l2))
   end
+end
+
+test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStories texts", function()
+  fitted_beats_standin("nsa", SMALL, 60)
 end)
 
 -- ---- MoBA ----
@@ -316,6 +333,82 @@ end)
 test("fit-params: moba has nothing to fit (parameter-free)", function()
   local m = sl.methods.get("moba")
   truthy(not m.fit and m.fit_why:find("parameter-free", 1, true), "moba.fit_why")
+end)
+
+-- ---- SparseK ----
+
+test("sparsek: k >= n equals dense; params_source; the stand-in's scores pass a recall check score-blind ones fail", function()
+  local q, k, v = sl.synthetic{n = 256, heads = 4, kv_heads = 2, d = 16, seed = 51, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  for _, weight in ipairs{0, 1} do
+    local all = sl.eval("sparsek", prob, {params = {k = 256, weight = weight}})
+    truthy(all.metrics.rel_l2 < 1e-5, "k = n equals dense (weight " .. weight .. "): " .. all.metrics.rel_l2)
+    near(all.metrics.density, 1, 1e-12, "k = n density")
+    eq(all.params.params_source, "standin:mean_query", "params_source")
+  end
+  local sk = sl.methods.get("sparsek")
+  local dense = sl.eval("dense", prob)
+  local function recall_of(u)
+    local _, lse = sl.trainable.sparsek(q, k, v, u, {k = 32})
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local baseline = (recall_of(sl.randn({2, 256}, {seed = 3})) + recall_of(sl.randn({2, 256}, {seed = 4}))) / 2
+  local function check(u) return recall_of(u) >= baseline + 0.05 end
+  truthy(check((sk.scores(prob, {weights = ""}))), "stand-in scores beat random ones")
+  truthy(not check(sl.zeros({2, 256})), "constant (first-k) scores must fail the check")
+end)
+
+test("sparsek: bad weight files; a u file runs as given", function()
+  local prob = synthetic(64, 3)
+  local path = TMP .. "/sk.safetensors"
+  sl.save(path, {score_w = sl.zeros({2, 16})})
+  raises(function() sl.eval("sparsek", prob, {params = {k = 8, weights = path}}) end, "tensor 'score_b' is missing")
+  sl.save(path, {u = sl.zeros({2, 63})})
+  raises(function() sl.eval("sparsek", prob, {params = {k = 8, weights = path}}) end, "tensor 'u' is [2, 63]; expected [2, 64]")
+  sl.save(path, {u = sl.zeros({2, 64}), score_w = sl.zeros({2, 16}), score_b = sl.zeros({2})})
+  raises(function() sl.eval("sparsek", prob, {params = {k = 8, weights = path}}) end, "holds both u and score_w")
+  local u = sl.randn({2, 64}, {seed = 8})
+  sl.save(path, {u = u})
+  local r = sl.eval("sparsek", prob, {params = {k = 8, weights = path}})
+  local _, lse = sl.trainable.sparsek(prob.q, prob.k, prob.v, u, {k = 8})
+  near(r.metrics.recall_mean, (sl.metric.recall(lse, sl.eval("dense", prob).lse)), 1e-12, "u from the file used as given")
+  truthy(r.params.params_source:match("^sha256:"), "file params_source")
+end)
+
+test("sparsek fit: the ridge gradient equals finite differences and vanishes at the fit", function()
+  local sk = sl.methods.get("sparsek")
+  local rows = sk.fit_rows(synthetic(48, 61))[1]
+  local w = {}
+  local rnd = sl.randn({17}, {seed = 12, std = 0.5}):totable()
+  for i, x in ipairs(rnd) do w[i] = x end
+  local _, g = sk.ridge_loss_grad(rows.X, rows.Y, w, 0.05)
+  for i = 1, 17 do
+    local h, saved = 1e-6, w[i]
+    w[i] = saved + h
+    local lp = sk.ridge_loss_grad(rows.X, rows.Y, w, 0.05)
+    w[i] = saved - h
+    local lm = sk.ridge_loss_grad(rows.X, rows.Y, w, 0.05)
+    w[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-5 + 1e-5 * math.abs(fd), "d J / d w[" .. i .. "]")
+  end
+  local ws = sk.fit({synthetic(48, 61)}, {params = {}, steps = 1})
+  local wt, bt = ws.score_w:totable(), ws.score_b:totable()
+  local x = {table.unpack(wt[1])}
+  x[17] = bt[1]
+  local _, g0 = sk.ridge_loss_grad(rows.X, rows.Y, x, 1e-3 * #rows.X)
+  -- zero up to the f32 rounding of the stored weights: far below the gradient at w = 0
+  local zero = {}
+  for i = 1, 17 do zero[i] = 0 end
+  local _, gz = sk.ridge_loss_grad(rows.X, rows.Y, zero, 1e-3 * #rows.X)
+  local n0, nz = 0, 0
+  for i = 1, 17 do n0, nz = n0 + g0[i] ^ 2, nz + gz[i] ^ 2 end
+  truthy(math.sqrt(n0) < 1e-5 * math.sqrt(nz), string.format("ridge gradient at the fit %.3g vs at 0 %.3g",
+    math.sqrt(n0), math.sqrt(nz)))
+end)
+
+test("sparsek fit: fitted scores beat the stand-in on held-out TinyStories texts", function()
+  fitted_beats_standin("sparsek", {k = 32, window = 16})
 end)
 
 os.execute("rm -rf " .. TMP)
