@@ -41,7 +41,7 @@ function T.load_weights(method, path, spec)
   table.sort(found)
   for _, name in ipairs(found) do
     if not by_name[name] then
-      sl.fail("%s: weights %s: tensor '%s' is not a %s weight (expected some of: %s)", method, path, name, method,
+      sl.fail("%s: weights %s: tensor '%s' is not one of %s's weights (expected some of: %s)", method, path, name, method,
         table.concat(names, ", "))
     end
   end

@@ -115,7 +115,7 @@ test("nsa: bad weight files give one-line errors naming the file, the tensor and
     for _, want in ipairs{...} do truthy(err:find(want, 1, true), "'" .. want .. "' in: " .. err) end
   end
   expect({g_cmp = gates(0.5), g_slc = gates(0.5)}, "'g_swa' is missing", "[4, 64]")
-  expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = gates(0.5), extra = gates(0)}, "'extra' is not a nsa weight")
+  expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = gates(0.5), extra = gates(0)}, "'extra' is not one of nsa's weights")
   expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = sl.zeros({4, 63})}, "'g_swa' is [4, 63]", "expected [4, 64]")
   expect({g_cmp = gates(0.5), g_slc = gates(1.5), g_swa = gates(0.5)}, "'g_slc' holds values in", "expected [0, 1]")
   expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = gates(0.5):to("f64")}, "'g_swa' is f64", "float tensor")
