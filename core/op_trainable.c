@@ -112,6 +112,56 @@ static sl_status sparsek_infer(sl_ctx *ctx, const sl_op_info *info, const sl_ten
     return SL_OK;
 }
 
+static sl_status fsa_infer(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int out_ndim[],
+                           int64_t out_shape[][SL_MAX_DIMS])
+{
+    sl_status s;
+    if ((s = sl__check_qkv(ctx, info, in)) || (s = sl__need_index(ctx, info, in, 3, SL_I32, 3)))
+        return s;
+    int64_t Hq = in[0].shape[0], Nq = in[0].shape[1], D = in[0].shape[2], Hkv = in[1].shape[0];
+    if (in[3].shape[0] != Hkv || in[3].shape[1] != Nq || in[3].shape[2] < 1)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: blocks is [%lld, %lld, %lld]; expected [%lld, %lld, n >= 1] (kv heads, query rows, slots)",
+                           info->name, (long long)in[3].shape[0], (long long)in[3].shape[1], (long long)in[3].shape[2],
+                           (long long)Hkv, (long long)Nq);
+    char what[96];
+    if (in[4].buf) {
+        int64_t gs[2] = {Hq, Nq};
+        snprintf(what, sizeof what, "[%lld, %lld] (query heads, query rows)", (long long)Hq, (long long)Nq);
+        if ((s = need_shape(ctx, info, in, 4, 2, gs, what)))
+            return s;
+    }
+    if (in[5].buf) {
+        int64_t bs3[3] = {Hq, Nq, D};
+        snprintf(what, sizeof what, "[%lld, %lld, %lld] like o", (long long)Hq, (long long)Nq, (long long)D);
+        if ((s = need_shape(ctx, info, in, 5, 3, bs3, what)))
+            return s;
+    }
+    out_ndim[0] = 3, out_shape[0][0] = Hq, out_shape[0][1] = Nq, out_shape[0][2] = D;
+    out_ndim[1] = 2, out_shape[1][0] = Hq, out_shape[1][1] = Nq;
+    return SL_OK;
+}
+
+static sl_status trainable_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    if (info->op != SL_OP_TRAINABLE_FSA)
+        return SL_OK;
+    const sl_trainable_fsa_params *p = params;
+    int64_t rows = in[3].shape[0] * in[3].shape[1], n = in[3].shape[2], nb = (in[1].shape[1] + p->bs - 1) / p->bs;
+    const int32_t *b = in[3].data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t x = 0; x < n; x++) {
+            int32_t j = b[r * n + x];
+            if (j < -1 || j >= nb)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: blocks[%lld] = %d; expected -1 or a block id in [0, %lld)",
+                                   info->name, (long long)(r * n + x), j, (long long)nb);
+            for (int64_t y = 0; y < x && j >= 0; y++)
+                if (b[r * n + y] == j)
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: block %d appears twice in row %lld of blocks; expected each at most once",
+                                       info->name, j, (long long)r);
+        }
+    return SL_OK;
+}
+
 static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                                  int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -122,6 +172,8 @@ static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void
         return nsa_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     case SL_OP_TRAINABLE_SPARSEK:
         return sparsek_infer(ctx, info, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_TRAINABLE_FSA:
+        return fsa_infer(ctx, info, in, out_ndim, out_shape);
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
     }
@@ -134,6 +186,11 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
         double H = (double)in[0].shape[0], D = (double)in[0].shape[2];
         double windows = (double)((in[0].shape[1] + p->s - 1) / p->s);
         return p->mode == 1 ? 2.0 * H * windows * (double)p->l * D * D : H * windows * (double)p->l * D;
+    }
+    if (info->op == SL_OP_TRAINABLE_FSA) {
+        const sl_trainable_fsa_params *p = params;
+        double Hq = (double)in[0].shape[0], Nq = (double)in[0].shape[1], D = (double)in[0].shape[2];
+        return 4.0 * D * Hq * Nq * (double)(in[3].shape[2] * p->bs);
     }
     if (info->op == SL_OP_TRAINABLE_SPARSEK) {
         const sl_trainable_sparsek_params *p = params;
@@ -160,4 +217,5 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
     return 4.0 * D * Hq * Nq * (Nc + sel + win);
 }
 
-const sl__family sl__family_trainable = {"trainable", trainable_infer, NULL, NULL, trainable_flops, NULL};
+const sl__family sl__family_trainable = {"trainable", trainable_infer, trainable_check_contents, NULL,
+                                          trainable_flops, NULL};

@@ -628,7 +628,20 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * weight = 0, plain softmax attention; weight = 1, keys and values of S
  * scaled by w_j first (window keys outside S unscaled). Outputs o [Hq, Nq,
  * D], lse [Hq, Nq] (over the attended keys with the logits used), count i32
- * [Hkv, Nq] (keys attended). */
+ * [Hkv, Nq] (keys attended).
+ *
+ * trainable.fsa (Flash Sparse Attention's executor of NSA's selection
+ * branch): inputs q [Hq, Nq, D], k, v [Hkv, Nk, D], blocks i32 [Hkv, Nq, n]
+ * (selected block ids per kv head and query row, -1 = none, each id in
+ * [-1, ceil(Nk/bs)) and at most once per row; e.g. trainable.nsa's blocks),
+ * opt.gate [Hq, Nq], opt.base [Hq, Nq, D]; params bs, scale. Row t (position
+ * p = Nk - Nq + t) of query head h attends the keys j <= p of the blocks of
+ * its kv head's row: O_sel, L (softmax; O_sel = 0, L = -inf when none).
+ * Outputs o = base + gate · O_sel (gate 1 and base 0 when left out) and lse
+ * = L. The result equals the query-outer computation; the cpu and cuda
+ * kernels run FSA's order: per (kv head, key block) the queries that
+ * selected it (the inverse index), partial (max, sum, O) per (query, slot),
+ * merged per query through their log-sum-exps. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -540,8 +540,109 @@ START_TEST(test_sparsek)
 }
 END_TEST
 
+/* ---- trainable.fsa ---- */
+
+START_TEST(test_fsa)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14006);
+    /* random block lists (unsorted, -1 holes, future blocks) on every backend vs ref and vs float64 here */
+    const int64_t shapes[2][5] = {{4, 2, 50, 50, 8}, {4, 1, 6, 45, 16}};
+    for (int si = 0; si < 2; si++) {
+        const int64_t *sh = shapes[si];
+        int64_t bs = 8, nb = (sh[3] + bs - 1) / bs, n = 4;
+        int64_t bshape[3] = {sh[1], sh[2], n}, gshape[2] = {sh[0], sh[2]}, oshape[3] = {sh[0], sh[2], sh[4]};
+        sl_tensor in[6] = {tu_randn(ctx, &rng, sh[0], sh[2], sh[4], 1.0), tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0),
+                           tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0), {0}, {0}, {0}};
+        ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, bshape, &in[3]), SL_OK);
+        int32_t *b = in[3].data;
+        for (int64_t r = 0; r < sh[1] * sh[2]; r++) {
+            int64_t c = 0;
+            while (c < n) {
+                int32_t j = sl_rng_uniform(&rng) < 0.2 ? -1 : (int32_t)(sl_rng_uniform(&rng) * (double)nb);
+                int dup = 0;
+                for (int64_t y = 0; y < c && j >= 0; y++)
+                    dup |= b[r * n + y] == j;
+                if (!dup)
+                    b[r * n + c++] = j;
+            }
+        }
+        sl_trainable_fsa_params p = {.bs = bs};
+        for (int opts = 0; opts < 2; opts++) {
+            if (opts) {
+                in[4] = randn_shape(ctx, &rng, 2, gshape, 1.0);
+                in[5] = randn_shape(ctx, &rng, 3, oshape, 1.0);
+            }
+            check_op_vs_ref(ctx, SL_OP_TRAINABLE_FSA, &p, in, 2e-5, opts ? "trainable.fsa gate+base" : "trainable.fsa");
+            sl_tensor out[2];
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_FSA, &p, in, out), SL_OK);
+            int64_t hq = sh[0], nq = sh[2], d = sh[4], nk = sh[3], g = sh[0] / sh[1];
+            uint8_t *sel = malloc((size_t)nk);
+            double *o = malloc(sizeof *o * (size_t)d);
+            for (int64_t h = 0; h < hq; h++)
+                for (int64_t t = 0; t < nq; t++) {
+                    int64_t pos = nk - nq + t;
+                    for (int64_t j = 0; j < nk; j++) {
+                        sel[j] = 0;
+                        for (int64_t x = 0; x < n; x++)
+                            sel[j] |= j <= pos && b[((h / g) * nq + t) * n + x] == j / bs;
+                    }
+                    for (int64_t e = 0; e < d; e++)
+                        o[e] = opts ? f32p(&in[5])[(h * nq + t) * d + e] : 0;
+                    double gate = opts ? f32p(&in[4])[h * nq + t] : 1.0;
+                    double l = softmax_into(f32p(&in[0]) + (h * nq + t) * d, f32p(&in[1]) + (h / g) * nk * d,
+                                            f32p(&in[2]) + (h / g) * nk * d, sel, nk, d, 1.0 / sqrt((double)d), gate, o);
+                    for (int64_t e = 0; e < d; e++)
+                        ck_assert_msg(fabs(tu_at(&out[0], (h * nq + t) * d + e) - o[e]) <= 1e-5, "fsa o (%lld,%lld)",
+                                      (long long)h, (long long)t);
+                    float got = tu_at(&out[1], h * nq + t);
+                    ck_assert_msg((isinf(l) && isinf(got)) || fabs(got - l) <= 1e-5 * fmax(1, fabs(l)), "fsa lse");
+                }
+            free(sel), free(o);
+            release_n(out, 2);
+        }
+        /* a repeated block in a row, a block id past the end */
+        int32_t saved = b[1];
+        b[1] = b[0] >= 0 ? b[0] : 0;
+        b[0] = b[1];
+        expect_fail(ctx, SL_OP_TRAINABLE_FSA, &p, in, SL_EARG, "appears twice");
+        b[0] = (int32_t)nb;
+        expect_fail(ctx, SL_OP_TRAINABLE_FSA, &p, in, SL_EARG, "expected -1 or a block id");
+        b[0] = -1, b[1] = saved;
+        release_n(in, 6);
+    }
+    /* NSA's selection branch through FSA: equal to trainable.nsa */
+    sl_tensor nin[8];
+    nsa_inputs(ctx, &rng, 4, 2, 70, 70, 8, &PAPER, nin);
+    sl_trainable_nsa_params np = params_of(&PAPER);
+    sl_tensor full[4], part[4];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_TRAINABLE_NSA, &np, nin, full), SL_OK);
+    sl_tensor gslc = nin[6], zero = f32_2d(ctx, 4, 70);
+    memset(zero.data, 0, sizeof(float) * 4 * 70);
+    nin[6] = zero;
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_TRAINABLE_NSA, &np, nin, part), SL_OK);
+    sl_tensor fin[6] = {nin[0], nin[1], nin[2], part[2], gslc, part[0]};
+    sl_trainable_fsa_params fp = {.bs = PAPER.bs};
+    for (int bk = SL_BACKEND_REF; bk <= SL_BACKEND_CPU; bk++) {
+        sl_tensor fo[2];
+        ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)bk, SL_OP_TRAINABLE_FSA, &fp, fin, fo), SL_OK);
+        assert_tensor_close(&fo[0], &full[0], 1e-5, "nsa with its selection branch through fsa");
+        release_n(fo, 2);
+    }
+    nin[6] = gslc;
+    sl_tensor_release(&zero);
+    release_n(full, 4);
+    release_n(part, 4);
+    release_n(nin, 8);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_fsa);
     tcase_add_test(tc, test_sparsek);
     tcase_add_test(tc, test_compress);
     tcase_add_test(tc, test_nsa_vs_indep);

@@ -331,6 +331,134 @@ sl_status sl__cpu_trainable_sparsek(const sl__kargs *a)
     return s;
 }
 
+/* ---- trainable.fsa: KV-block-outer (FSA's order) ---- */
+
+typedef struct fsa_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    const int64_t *off;  /* per kv head, nb + 1 offsets into ent */
+    const int64_t *ent;  /* t · n + slot of each (query, slot) that selected the block */
+    float *part;         /* per (query head, row, slot): m, l, O[D] */
+    int64_t nb;
+} fsa_job;
+
+/* Item (kv head, block b): every query that selected b, every head of the group. */
+static void fsa_block_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const fsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_fsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2], g = Hq / Hkv;
+    int64_t kv = item / jb->nb, b = item % jb->nb;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const int64_t *off = jb->off + kv * (jb->nb + 1);
+    for (int64_t e = off[b]; e < off[b + 1]; e++) {
+        int64_t t = jb->ent[kv * Nq * n + e] / n, x = jb->ent[kv * Nq * n + e] % n, pos = Nk - Nq + t;
+        int64_t k0 = b * p->bs, k1 = (b + 1) * p->bs < pos + 1 ? (b + 1) * p->bs : pos + 1;
+        if (k1 > Nk)
+            k1 = Nk;
+        for (int64_t hh = 0; hh < g; hh++) {
+            int64_t h = kv * g + hh;
+            const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+            float *slot = jb->part + ((h * Nq + t) * n + x) * (D + 2), *acc = slot + 2;
+            float m = -INFINITY, l = 0;
+            for (int64_t j = k0; j < k1; j++) {
+                float sc = jb->vo.dot(qv, K + j * D, D) * scale;
+                if (sc > m) {
+                    float r = m == -INFINITY ? 0.0f : expf(m - sc);
+                    for (int64_t c = 0; c < D; c++)
+                        acc[c] *= r;
+                    l *= r;
+                    m = sc;
+                }
+                float w = expf(sc - m);
+                l += w;
+                jb->vo.axpy(acc, V + j * D, D, w);
+            }
+            slot[0] = m, slot[1] = l;
+        }
+    }
+}
+
+/* Item (query head, row): the log-sum-exp merge of its slots. */
+static void fsa_merge_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const fsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    int64_t D = a->in[0].shape[2], n = a->in[3].shape[2];
+    const float *slots = jb->part + item * n * (D + 2);
+    float m = -INFINITY, l = 0;
+    for (int64_t x = 0; x < n; x++)
+        m = slots[x * (D + 2)] > m ? slots[x * (D + 2)] : m;
+    float *o = (float *)a->out[0].data + item * D;
+    const float *base = a->in[5].buf ? (const float *)a->in[5].data + item * D : NULL;
+    float gate = a->in[4].buf ? ((const float *)a->in[4].data)[item] : 1.0f;
+    for (int64_t c = 0; c < D; c++)
+        o[c] = 0;
+    if (m > -INFINITY)
+        for (int64_t x = 0; x < n; x++) {
+            const float *s = slots + x * (D + 2);
+            if (s[0] == -INFINITY)
+                continue;
+            float r = expf(s[0] - m);
+            l += s[1] * r;
+            jb->vo.axpy(o, s + 2, D, r);
+        }
+    for (int64_t c = 0; c < D; c++)
+        o[c] = (base ? base[c] : 0.0f) + (l > 0 ? gate * o[c] / l : 0.0f);
+    ((float *)a->out[1].data)[item] = l > 0 ? m + logf(l) : -INFINITY;
+}
+
+sl_status sl__cpu_trainable_fsa(const sl__kargs *a)
+{
+    const sl_trainable_fsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2];
+    int64_t nb = (Nk + p->bs - 1) / p->bs;
+    size_t off_bytes = sizeof(int64_t) * (size_t)(Hkv * (nb + 1)), ent_bytes = sizeof(int64_t) * (size_t)(Hkv * Nq * n);
+    size_t part_bytes = sizeof(float) * (size_t)(Hq * Nq * n * (D + 2));
+    size_t bytes = off_bytes + ent_bytes + part_bytes;
+    unsigned char *mem = sl_ctx_alloc(a->ctx, bytes > 0 ? bytes : 1);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.fsa[cpu]: out of memory for %zu bytes", bytes);
+    fsa_job j = {a, sl__cpu_vecops_get(), (int64_t *)mem, (int64_t *)(mem + off_bytes),
+                 (float *)(mem + off_bytes + ent_bytes), nb};
+    int64_t *off = (int64_t *)j.off, *ent = (int64_t *)j.ent;
+    const int32_t *B = a->in[3].data;
+    /* the inverse index: per kv head, block -> (query, slot) list, by counting sort */
+    for (int64_t kv = 0; kv < Hkv; kv++) {
+        int64_t *o = off + kv * (nb + 1), *en = ent + kv * Nq * n;
+        memset(o, 0, sizeof *o * (size_t)(nb + 1));
+        for (int64_t i = 0; i < Nq * n; i++)
+            if (B[kv * Nq * n + i] >= 0)
+                o[B[kv * Nq * n + i] + 1]++;
+        for (int64_t b = 0; b < nb; b++)
+            o[b + 1] += o[b];
+        for (int64_t i = 0; i < Nq * n; i++) {
+            int32_t b = B[kv * Nq * n + i];
+            if (b >= 0)
+                en[o[b]++] = i;
+        }
+        for (int64_t b = nb; b > 0; b--)
+            o[b] = o[b - 1];
+        o[0] = 0;
+    }
+    for (int64_t i = 0; i < Hq * Nq * n; i++) {
+        j.part[i * (D + 2)] = -INFINITY;
+        j.part[i * (D + 2) + 1] = 0;
+        memset(j.part + i * (D + 2) + 2, 0, sizeof(float) * (size_t)D);
+    }
+    sl_status s = sl__cpu_parallel(a->ctx, Hkv * nb, fsa_block_item, &j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, Hq * Nq, fsa_merge_item, &j);
+    sl_ctx_dealloc(a->ctx, mem, bytes > 0 ? bytes : 1);
+    return s;
+}
+
 size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

@@ -248,6 +248,85 @@ __global__ void sparsek_kernel(sparsek_args a)
     }
 }
 
+// trainable.fsa in FSA's order: fsa_block_kernel, one thread per (kv head,
+// key block b), walks the rows that selected b (the inverse index, found by
+// scanning each row's slots) and writes per (query head, row, slot) the
+// partial (max, sum, O); fsa_merge_kernel, one thread per (query head, row),
+// merges its slots through their log-sum-exps.
+struct fsa_args {
+    const float *q, *k, *v, *gate, *base;
+    const int *blocks;
+    float *o, *lse, *part;
+    int Hq, Hkv, Nq, Nk, D, n, bs, nb;
+    float scale;
+};
+
+__global__ void fsa_block_kernel(fsa_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hkv * a.nb)
+        return;
+    int kv = (int)(item / a.nb), b = (int)(item % a.nb), g = a.Hq / a.Hkv;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    for (int t = 0; t < a.Nq; t++) {
+        const int *row = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+        int pos = a.Nk - a.Nq + t;
+        for (int x = 0; x < a.n; x++) {
+            if (row[x] != b)
+                continue;
+            int k0 = b * a.bs, k1 = min(min((b + 1) * a.bs, pos + 1), a.Nk);
+            for (int hh = 0; hh < g; hh++) {
+                int h = kv * g + hh;
+                const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+                float *slot = a.part + (((size_t)h * a.Nq + t) * a.n + x) * (a.D + 2), *acc = slot + 2;
+                float m = -INFINITY, l = 0.f;
+                for (int e = 0; e < a.D; e++)
+                    acc[e] = 0.f;
+                for (int j = k0; j < k1; j++)
+                    m = fmaxf(m, dotf(qv, K + (size_t)j * a.D, a.D) * a.scale);
+                for (int j = k0; j < k1; j++) {
+                    float w = expf(dotf(qv, K + (size_t)j * a.D, a.D) * a.scale - m);
+                    l += w;
+                    for (int e = 0; e < a.D; e++)
+                        acc[e] += w * V[(size_t)j * a.D + e];
+                }
+                slot[0] = m, slot[1] = l;
+            }
+        }
+    }
+}
+
+__global__ void fsa_merge_kernel(fsa_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hq * a.Nq)
+        return;
+    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv);
+    const int *row = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+    const float *slots = a.part + (size_t)item * a.n * (a.D + 2);
+    float m = -INFINITY, l = 0.f;
+    for (int x = 0; x < a.n; x++)
+        if (row[x] >= 0)
+            m = fmaxf(m, slots[(size_t)x * (a.D + 2)]);
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = 0; e < a.D; e++)
+        o[e] = 0.f;
+    if (m > -INFINITY)
+        for (int x = 0; x < a.n; x++) {
+            const float *s = slots + (size_t)x * (a.D + 2);
+            if (row[x] < 0 || s[0] == -INFINITY)
+                continue;
+            float r = expf(s[0] - m);
+            l += s[1] * r;
+            for (int e = 0; e < a.D; e++)
+                o[e] += r * s[2 + e];
+        }
+    float gate = a.gate ? a.gate[item] : 1.f;
+    for (int e = 0; e < a.D; e++)
+        o[e] = (a.base ? a.base[(size_t)item * a.D + e] : 0.f) + (l > 0.f ? gate * o[e] / l : 0.f);
+    a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
 }  // namespace
 
 sl_status sl__cuda_trainable_compress(const sl__kargs *a)
@@ -313,5 +392,33 @@ sl_status sl__cuda_trainable_sparsek(const sl__kargs *a)
     x.kb = (int)(p->k < Nk ? p->k : Nk), x.window = (int)(p->window < Nk ? p->window : Nk), x.weight = (int)p->weight;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
     SL_LAUNCH(sparsek_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_fsa(const sl__kargs *a)
+{
+    const sl_trainable_fsa_params *p = static_cast<const sl_trainable_fsa_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2];
+    int64_t nb = (Nk + p->bs - 1) / p->bs;
+    if (Nk > (1 << 30) || D > (1 << 20) || n > (1 << 20))
+        return sl__cuda_unsupported(a, "more than 2^30 keys, 2^20 channels or 2^20 slots");
+    if (Hq * Nq == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    void *part = nullptr;
+    if (sl_status s = sl__cuda_scratch(&st, (size_t)(Hq * Nq * n * (D + 2)) * sizeof(float), &part); s != SL_OK)
+        return s;
+    fsa_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2), x.blocks = st.input<int>(3);
+    x.gate = st.input<float>(4), x.base = st.input<float>(5);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.part = static_cast<float *>(part);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.n = (int)n, x.bs = (int)p->bs;
+    x.nb = (int)nb;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(fsa_block_kernel, dim3((unsigned)((Hkv * nb + 63) / 64)), 64, 0, 0)(x);
+    SL_LAUNCH(fsa_merge_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

@@ -284,3 +284,46 @@ sl_status sl__ref_trainable_sparsek(const sl__kargs *a)
     free(w), free(acc), free(in_s);
     return SL_OK;
 }
+
+/* ---- trainable.fsa: the query-outer computation, literally ---- */
+
+sl_status sl__ref_trainable_fsa(const sl__kargs *a)
+{
+    const sl_trainable_fsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2], g = Hq / Hkv;
+    int64_t nb = (Nk + p->bs - 1) / p->bs;
+    double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)D);
+    const float *Q = a->in[0].data, *K = a->in[1].data, *V = a->in[2].data;
+    const int32_t *B = a->in[3].data;
+    const float *G = a->in[4].buf ? a->in[4].data : NULL, *BASE = a->in[5].buf ? a->in[5].data : NULL;
+    float *O = a->out[0].data, *L = a->out[1].data;
+    uint8_t *keep = malloc((size_t)(Nk > 0 ? Nk : 1) + (size_t)nb);
+    double *acc = malloc(sizeof *acc * (size_t)(D > 0 ? D : 1));
+    if (!keep || !acc) {
+        free(keep), free(acc);
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.fsa[ref]: out of memory");
+    }
+    uint8_t *sel = keep + Nk;
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t t = 0; t < Nq; t++) {
+            int64_t kv = h / g, pos = Nk - Nq + t;
+            memset(sel, 0, (size_t)nb);
+            for (int64_t x = 0; x < n; x++) {
+                int32_t j = B[(kv * Nq + t) * n + x];
+                if (j >= 0)
+                    sel[j] = 1;
+            }
+            for (int64_t j = 0; j < Nk; j++)
+                keep[j] = j <= pos && sel[j / p->bs];
+            for (int64_t e = 0; e < D; e++)
+                acc[e] = 0;
+            double gate = G ? G[h * Nq + t] : 1.0;
+            double lse = attend(Q + (h * Nq + t) * D, K + kv * Nk * D, V + kv * Nk * D, Nk, D, scale, keep, gate, acc);
+            for (int64_t e = 0; e < D; e++)
+                O[(h * Nq + t) * D + e] = (float)((BASE ? BASE[(h * Nq + t) * D + e] : 0.0) + acc[e]);
+            L[h * Nq + t] = (float)lse;
+        }
+    free(keep), free(acc);
+    return SL_OK;
+}
