@@ -204,6 +204,63 @@ test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStor
   fitted_beats_standin("nsa", SMALL, 60)
 end)
 
+-- ---- FSA ----
+
+test("fsa: equals nsa (both variants, stand-in and a weights file); a score-blind block list fails the recall check", function()
+  local prob = synthetic(200, 71)
+  local path = TMP .. "/fsa_gates.safetensors"
+  local g = {}
+  for b = 1, 3 do
+    g[b] = sl.rand({4, 200}, {seed = 80 + b})
+  end
+  sl.save(path, {g_cmp = g[1], g_slc = g[2], g_swa = g[3]})
+  for _, var in ipairs{"paper", "fla"} do
+    for _, w in ipairs{"", path} do
+      local p = with(SMALL, {variant = var, weights = w})
+      local a, b = sl.eval("nsa", prob, {params = p}), sl.eval("fsa", prob, {params = p})
+      truthy(sl.metric.max_abs(a.o, b.o) < 1e-5, var .. " " .. (w == "" and "stand-in" or "file") .. ": fsa = nsa")
+      eq(b.params.params_source, a.params.params_source, "params_source")
+    end
+  end
+  -- the executor driven by NSA's blocks vs by score-blind ones (from zero compressed keys)
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, with(SMALL, {window = 0}))
+  local ws, _, op = nsa.setup(prob, p)
+  local kc, vc = nsa.compress(prob, ws, op)
+  local gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)
+  local dense = sl.eval("dense", prob)
+  local function recall_of(blocks)
+    local _, lse = sl.trainable.fsa(prob.q, prob.k, prob.v, blocks, {bs = op.bs})
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local function recall_with(keys) return recall_of(select(3, nsa.forward(prob, op, keys, vc, gc, gs, gw))) end
+  -- random block lists of the same size: the query's own block, the first one and random causal others
+  local rng, r = sl.rand({4000}, {seed = 77}):totable(), 0
+  local rows = {}
+  for kv = 1, 2 do
+    rows[kv] = {}
+    for t = 0, 199 do
+      local jq = t // op.bs
+      local set, list = {[jq] = true, [0] = true}, {}
+      local want = math.min(op.n, jq + 1)
+      local cnt = jq == 0 and 1 or 2
+      while cnt < want do
+        r = r % 4000 + 1
+        local j = math.floor(rng[r] * (jq + 1))
+        if not set[j] then set[j] = true; cnt = cnt + 1 end
+      end
+      for j in pairs(set) do list[#list + 1] = j end
+      table.sort(list)
+      for x = #list + 1, op.n do list[x] = -1 end
+      rows[kv][t + 1] = list
+    end
+  end
+  local random = recall_of(sl.tensor(rows, "i32"))
+  local function check(keys) return recall_with(keys) >= random + 0.02 end
+  truthy(check(kc), "fsa over nsa's blocks beats the score-blind blocks")
+  truthy(not check(sl.zeros(kc:shape())), "the score-blind blocks fail")
+end)
+
 -- ---- MoBA ----
 
 -- The problem as Lua tables (static_ref's layout) and an independent MoBA
