@@ -626,7 +626,8 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * when kk = m, 0 when kk = 0); tau by 200 bisection steps in float64 over
  * [min u - 1, max u]. Row t attends the keys of S ∪ {p - window < j <= p}:
  * weight = 0, plain softmax attention; weight = 1, keys and values of S
- * scaled by w_j first (window keys outside S unscaled). Outputs o [Hq, Nq,
+ * scaled by w_j first (window keys outside S unscaled); bias = 1 adds u_j
+ * to the (scaled) logit of every attended key (DMA). Outputs o [Hq, Nq,
  * D], lse [Hq, Nq] (over the attended keys with the logits used), count i32
  * [Hkv, Nq] (keys attended).
  *

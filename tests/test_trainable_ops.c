@@ -462,12 +462,12 @@ static void indep_sparsek(const sl_tensor in[4], const sl_trainable_sparsek_para
                 double mx = -INFINITY, z = 0;
                 for (int64_t j = 0; j < m; j++)
                     if (w[j] >= 0)
-                        mx = fmax(mx, dotd(qv, f32p(&in[1]) + (kv * nk + j) * d, d) * w[j] * scale);
+                        mx = fmax(mx, dotd(qv, f32p(&in[1]) + (kv * nk + j) * d, d) * w[j] * scale + (p->bias ? u[j] : 0));
                 for (int64_t e = 0; e < d; e++)
                     o[(h * nq + t) * d + e] = 0;
                 for (int64_t j = 0; j < m; j++)
                     if (w[j] >= 0) {
-                        double pr = exp(dotd(qv, f32p(&in[1]) + (kv * nk + j) * d, d) * w[j] * scale - mx);
+                        double pr = exp(dotd(qv, f32p(&in[1]) + (kv * nk + j) * d, d) * w[j] * scale + (p->bias ? u[j] : 0) - mx);
                         z += pr;
                         for (int64_t e = 0; e < d; e++)
                             o[(h * nq + t) * d + e] += pr * w[j] * f32p(&in[2])[(kv * nk + j) * d + e];
@@ -496,11 +496,12 @@ START_TEST(test_sparsek)
             f32p(&in[3])[i] = (float)(2.0 * sl_rng_normal(&rng));
         for (int ki = 0; ki < 4; ki++)
             for (int wi = 0; wi < 2; wi++)
-                for (int weight = 0; weight < 2; weight++) {
-                    sl_trainable_sparsek_params p = {.k = ks[ki], .window = wins[wi], .weight = weight};
+                for (int wb = 0; wb < 4; wb++) {
+                    int weight = wb & 1, bias = wb >> 1;
+                    sl_trainable_sparsek_params p = {.k = ks[ki], .window = wins[wi], .weight = weight, .bias = bias};
                     char what[96];
-                    snprintf(what, sizeof what, "trainable.sparsek shape %d k %lld window %lld weight %d", si,
-                             (long long)p.k, (long long)p.window, weight);
+                    snprintf(what, sizeof what, "trainable.sparsek shape %d k %lld window %lld weight %d bias %d", si,
+                             (long long)p.k, (long long)p.window, weight, bias);
                     check_op_vs_ref(ctx, SL_OP_TRAINABLE_SPARSEK, &p, in, 2e-5, what);
                     sl_tensor out[3];
                     ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_SPARSEK, &p, in, out), SL_OK);
@@ -519,7 +520,7 @@ START_TEST(test_sparsek)
                         ck_assert_int_eq(((int32_t *)out[2].data)[i], c[i]);
                     free(o), free(l), free(c);
                     /* k >= n: dense causal attention (weights all 1) */
-                    if (ks[ki] >= sh[3]) {
+                    if (ks[ki] >= sh[3] && !bias) {
                         sl_attn_params ap = {.causal = 1};
                         sl_tensor dense[2];
                         ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &ap, in, dense), SL_OK);

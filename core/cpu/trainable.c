@@ -296,7 +296,7 @@ static void sparsek_item(int64_t item, void *ud, int thread)
         for (int64_t c = 0; c < cnt; c++) {
             int64_t j = list[c];
             float wj = w[j];
-            float sc = jb->vo.dot(qv, K + j * D, D) * wj * scale;
+            float sc = jb->vo.dot(qv, K + j * D, D) * wj * scale + (p->bias ? u[j] : 0.0f);
             if (sc > mx) {
                 float r = mx == -INFINITY ? 0.0f : expf(mx - sc);
                 for (int64_t e = 0; e < D; e++)

@@ -171,7 +171,7 @@ struct sparsek_args {
     const float *q, *k, *v, *u;
     float *o, *lse;
     int *count;
-    int Hq, Hkv, Nq, Nk, D, kb, window, weight;
+    int Hq, Hkv, Nq, Nk, D, kb, window, weight, bias;
     float scale;
 };
 
@@ -233,7 +233,7 @@ __global__ void sparsek_kernel(sparsek_args a)
                     double x = (double)u[j] - tau;
                     w = (float)(x <= 0 ? 0 : x >= 1 ? 1 : x);
                 }
-                float sc = dotf(qv, K + (size_t)j * a.D, a.D) * w * a.scale;
+                float sc = dotf(qv, K + (size_t)j * a.D, a.D) * w * a.scale + (a.bias ? u[j] : 0.f);
                 if (pass == 0) {
                     mx = fmaxf(mx, sc);
                 } else if (pass == 1) {
@@ -390,6 +390,7 @@ sl_status sl__cuda_trainable_sparsek(const sl__kargs *a)
     x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
     x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D;
     x.kb = (int)(p->k < Nk ? p->k : Nk), x.window = (int)(p->window < Nk ? p->window : Nk), x.weight = (int)p->weight;
+    x.bias = (int)p->bias;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
     SL_LAUNCH(sparsek_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());

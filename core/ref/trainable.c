@@ -262,7 +262,7 @@ sl_status sl__ref_trainable_sparsek(const sl__kargs *a)
                         double sc = 0;
                         for (int64_t e = 0; e < D; e++)
                             sc += (double)qv[e] * K[(kv * Nk + j) * D + e];
-                        mx = fmax(mx, sc * w[j] * scale);
+                        mx = fmax(mx, sc * w[j] * scale + (p->bias ? u[j] : 0.0));
                     }
                 for (int64_t e = 0; e < D; e++)
                     acc[e] = 0;
@@ -271,7 +271,7 @@ sl_status sl__ref_trainable_sparsek(const sl__kargs *a)
                         double sc = 0;
                         for (int64_t e = 0; e < D; e++)
                             sc += (double)qv[e] * K[(kv * Nk + j) * D + e];
-                        double pr = exp(sc * w[j] * scale - mx);
+                        double pr = exp(sc * w[j] * scale + (p->bias ? u[j] : 0.0) - mx);
                         z += pr;
                         for (int64_t e = 0; e < D; e++)
                             acc[e] += pr * w[j] * V[(kv * Nk + j) * D + e];
