@@ -141,8 +141,51 @@ static sl_status fsa_infer(sl_ctx *ctx, const sl_op_info *info, const sl_tensor 
     return SL_OK;
 }
 
+static sl_status routing_infer(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in, int out_ndim[],
+                               int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
+{
+    sl_status s;
+    if ((s = sl__check_qkv(ctx, info, in)) || (s = sl__need_index(ctx, info, in, 3, SL_I32, 3)) ||
+        (s = sl__need_index(ctx, info, in, 4, SL_I32, 3)))
+        return s;
+    int64_t Hq = in[0].shape[0], Nq = in[0].shape[1], D = in[0].shape[2];
+    for (int i = 3; i < 5; i++)
+        if (in[i].shape[0] != Hq || in[i].shape[1] < 1 || in[i].shape[2] < 1 || in[i].shape[1] != in[3].shape[1])
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s is [%lld, %lld, %lld]; expected [%lld, C, W] (query heads, clusters, members) with C as qsel's",
+                               info->name, i == 3 ? "qsel" : "ksel", (long long)in[i].shape[0], (long long)in[i].shape[1],
+                               (long long)in[i].shape[2], (long long)Hq);
+    out_ndim[0] = 3, out_shape[0][0] = Hq, out_shape[0][1] = Nq, out_shape[0][2] = D;
+    out_ndim[1] = 2, out_shape[1][0] = Hq, out_shape[1][1] = Nq;
+    out_ndim[2] = 2, out_shape[2][0] = Hq, out_shape[2][1] = Nq;
+    out_dtype[2] = SL_I32;
+    return SL_OK;
+}
+
+/* Member lists of qsel or ksel: entries -1 or in [0, limit), each at most once per cluster. */
+static sl_status check_members(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm, int64_t limit)
+{
+    int64_t rows = t->shape[0] * t->shape[1], w = t->shape[2];
+    const int32_t *x = t->data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t a = 0; a < w; a++) {
+            int32_t v = x[r * w + a];
+            if (v < -1 || v >= limit)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: %s[%lld] = %d; expected -1 or an index in [0, %lld)", info->name, nm,
+                                   (long long)(r * w + a), v, (long long)limit);
+            for (int64_t b = 0; b < a && v >= 0; b++)
+                if (x[r * w + b] == v)
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: %s holds %d twice in cluster row %lld; expected each at most once",
+                                       info->name, nm, v, (long long)r);
+        }
+    return SL_OK;
+}
+
 static sl_status trainable_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
+    if (info->op == SL_OP_TRAINABLE_ROUTING) {
+        sl_status s = check_members(ctx, info, &in[3], "qsel", in[0].shape[1]);
+        return s ? s : check_members(ctx, info, &in[4], "ksel", in[1].shape[1]);
+    }
     if (info->op != SL_OP_TRAINABLE_FSA)
         return SL_OK;
     const sl_trainable_fsa_params *p = params;
@@ -174,6 +217,8 @@ static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void
         return sparsek_infer(ctx, info, in, out_ndim, out_shape, out_dtype);
     case SL_OP_TRAINABLE_FSA:
         return fsa_infer(ctx, info, in, out_ndim, out_shape);
+    case SL_OP_TRAINABLE_ROUTING:
+        return routing_infer(ctx, info, in, out_ndim, out_shape, out_dtype);
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
     }
@@ -186,6 +231,11 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
         double H = (double)in[0].shape[0], D = (double)in[0].shape[2];
         double windows = (double)((in[0].shape[1] + p->s - 1) / p->s);
         return p->mode == 1 ? 2.0 * H * windows * (double)p->l * D * D : H * windows * (double)p->l * D;
+    }
+    if (info->op == SL_OP_TRAINABLE_ROUTING) {
+        /* each cluster: its W queries against its W keys */
+        double Hq = (double)in[0].shape[0], C = (double)in[3].shape[1], W = (double)in[3].shape[2];
+        return 4.0 * (double)in[0].shape[2] * Hq * C * W * W / 2;
     }
     if (info->op == SL_OP_TRAINABLE_FSA) {
         const sl_trainable_fsa_params *p = params;

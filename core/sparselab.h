@@ -642,7 +642,17 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * = L. The result equals the query-outer computation; the cpu and cuda
  * kernels run FSA's order: per (kv head, key block) the queries that
  * selected it (the inverse index), partial (max, sum, O) per (query, slot),
- * merged per query through their log-sum-exps. */
+ * merged per query through their log-sum-exps.
+ *
+ * trainable.routing (Routing Transformer's cluster attention): inputs q [Hq,
+ * Nq, D], k, v [Hkv, Nk, D], qsel i32 [Hq, C, W] (the query rows of each
+ * cluster, -1 = none), ksel i32 [Hq, C, W] (the keys of each cluster of
+ * query head h, from its kv head; -1 = none); entries at most once per
+ * cluster. Row t (position p = Nk - Nq + t) of head h: for every cluster c
+ * holding t, the softmax attention O_c over the keys of c with j <= p; o =
+ * the mean of O_c over those clusters with at least one such key (0 when
+ * none); lse = the log-sum-exp over the union of those keys (-inf when
+ * none); count i32 [Hq, Nq] = the clusters holding t. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -641,8 +641,133 @@ START_TEST(test_fsa)
 }
 END_TEST
 
+/* ---- trainable.routing ---- */
+
+/* W distinct random members of [0, n) per cluster row (the last ones -1 when pad). */
+static sl_tensor members(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t c, int64_t w, int64_t n, int pad)
+{
+    int64_t shape[3] = {h, c, w};
+    sl_tensor t;
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, shape, &t), SL_OK);
+    int32_t *x = t.data;
+    for (int64_t r = 0; r < h * c; r++)
+        for (int64_t a = 0; a < w; a++) {
+            if (pad && a >= w - 2) {
+                x[r * w + a] = -1;
+                continue;
+            }
+            int dup;
+            do {
+                x[r * w + a] = (int32_t)(sl_rng_uniform(rng) * (double)n);
+                dup = 0;
+                for (int64_t b = 0; b < a; b++)
+                    dup |= x[r * w + b] == x[r * w + a];
+            } while (dup);
+        }
+    return t;
+}
+
+START_TEST(test_routing)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14007);
+    const int64_t shapes[2][5] = {{4, 2, 48, 48, 8}, {2, 1, 10, 40, 16}};
+    for (int si = 0; si < 2; si++) {
+        const int64_t *sh = shapes[si];
+        int64_t C = 5, W = 12;
+        sl_tensor in[5] = {tu_randn(ctx, &rng, sh[0], sh[2], sh[4], 1.0), tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0),
+                           tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0), members(ctx, &rng, sh[0], C, W, sh[2], si),
+                           members(ctx, &rng, sh[0], C, W, sh[3], 0)};
+        sl_trainable_routing_params p = {0};
+        check_op_vs_ref(ctx, SL_OP_TRAINABLE_ROUTING, &p, in, 2e-5, "trainable.routing");
+        sl_tensor out[3];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_ROUTING, &p, in, out), SL_OK);
+        int64_t hq = sh[0], nq = sh[2], nk = sh[3], d = sh[4], g = sh[0] / sh[1];
+        uint8_t *sel = malloc((size_t)nk), *uni = malloc((size_t)nk);
+        double *acc = malloc(sizeof *acc * (size_t)d), *sum = malloc(sizeof *sum * (size_t)d);
+        const int32_t *qs = in[3].data, *ks = in[4].data;
+        for (int64_t h = 0; h < hq; h++)
+            for (int64_t t = 0; t < nq; t++) {
+                int64_t pos = nk - nq + t, used = 0, cnt = 0;
+                memset(uni, 0, (size_t)nk);
+                for (int64_t e = 0; e < d; e++)
+                    sum[e] = 0;
+                for (int64_t c = 0; c < C; c++) {
+                    int hold = 0;
+                    for (int64_t x = 0; x < W; x++)
+                        hold |= qs[(h * C + c) * W + x] == t;
+                    if (!hold)
+                        continue;
+                    cnt++;
+                    memset(sel, 0, (size_t)nk);
+                    for (int64_t x = 0; x < W; x++) {
+                        int32_t j = ks[(h * C + c) * W + x];
+                        if (j <= pos)
+                            sel[j] = uni[j] = 1;
+                    }
+                    for (int64_t e = 0; e < d; e++)
+                        acc[e] = 0;
+                    double l = softmax_into(f32p(&in[0]) + (h * nq + t) * d, f32p(&in[1]) + (h / g) * nk * d,
+                                            f32p(&in[2]) + (h / g) * nk * d, sel, nk, d, 1.0 / sqrt((double)d), 1.0, acc);
+                    if (isinf(l))
+                        continue;
+                    used++;
+                    for (int64_t e = 0; e < d; e++)
+                        sum[e] += acc[e];
+                }
+                for (int64_t e = 0; e < d; e++) {
+                    double want = used ? sum[e] / (double)used : 0;
+                    ck_assert_msg(fabs(tu_at(&out[0], (h * nq + t) * d + e) - want) <= 1e-5, "routing o (%lld,%lld)",
+                                  (long long)h, (long long)t);
+                }
+                double l = softmax_into(f32p(&in[0]) + (h * nq + t) * d, f32p(&in[1]) + (h / g) * nk * d,
+                                        f32p(&in[2]) + (h / g) * nk * d, uni, nk, d, 1.0 / sqrt((double)d), 0.0, acc);
+                float got = tu_at(&out[1], h * nq + t);
+                ck_assert_msg((isinf(l) && isinf(got)) || fabs(got - l) <= 1e-5 * fmax(1, fabs(l)), "routing lse");
+                ck_assert_int_eq(((int32_t *)out[2].data)[h * nq + t], cnt);
+            }
+        free(sel), free(uni), free(acc), free(sum);
+        release_n(out, 3);
+        /* validation: a repeated member, an index past the end */
+        int32_t *x = in[3].data, saved = x[1];
+        x[1] = x[0];
+        expect_fail(ctx, SL_OP_TRAINABLE_ROUTING, &p, in, SL_EARG, "twice in cluster row 0");
+        x[1] = (int32_t)nq;
+        expect_fail(ctx, SL_OP_TRAINABLE_ROUTING, &p, in, SL_EARG, "expected -1 or an index");
+        x[1] = saved;
+        release_n(in, 5);
+    }
+    /* one cluster holding every query and key: dense causal attention */
+    int64_t n = 30;
+    sl_tensor in[5] = {tu_randn(ctx, &rng, 2, n, 8, 1.0), tu_randn(ctx, &rng, 1, n, 8, 1.0),
+                       tu_randn(ctx, &rng, 1, n, 8, 1.0), {0}, {0}};
+    int64_t shape[3] = {2, 1, n};
+    for (int i = 3; i < 5; i++) {
+        ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, shape, &in[i]), SL_OK);
+        for (int64_t j = 0; j < 2 * n; j++)
+            ((int32_t *)in[i].data)[j] = (int32_t)((n - 1) - j % n); /* any order */
+    }
+    sl_trainable_routing_params p = {0};
+    sl_attn_params ap = {.causal = 1};
+    sl_tensor dense[2], out[3];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &ap, in, dense), SL_OK);
+    for (int bk = SL_BACKEND_REF; bk <= SL_BACKEND_CPU; bk++) {
+        ck_assert_int_eq(sl_op_run(ctx, (sl_backend_id)bk, SL_OP_TRAINABLE_ROUTING, &p, in, out), SL_OK);
+        assert_tensor_close(&out[0], &dense[0], 1e-5, "routing C = 1, W = n vs dense");
+        assert_tensor_close(&out[1], &dense[1], 1e-5, "routing C = 1 lse vs dense");
+        release_n(out, 3);
+    }
+    release_n(dense, 2);
+    release_n(in, 5);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_routing);
     tcase_add_test(tc, test_fsa);
     tcase_add_test(tc, test_sparsek);
     tcase_add_test(tc, test_compress);

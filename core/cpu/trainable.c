@@ -459,6 +459,122 @@ sl_status sl__cpu_trainable_fsa(const sl__kargs *a)
     return s;
 }
 
+/* ---- trainable.routing: per (head, row) over the clusters holding the row ---- */
+
+typedef struct routing_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    const int64_t *off;  /* per (head, row): offsets into cl */
+    const int32_t *cl;   /* the clusters holding each row */
+    unsigned char *work; /* per thread: 2 D floats, Nk marks */
+    size_t per_thread;
+} routing_job;
+
+static void routing_item(int64_t item, void *ud, int thread)
+{
+    const routing_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_routing_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], C = a->in[3].shape[1], W = a->in[3].shape[2];
+    int64_t h = item / Nq, t = item % Nq, kv = h / (Hq / Hkv), pos = Nk - Nq + t;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *qv = (const float *)a->in[0].data + item * D;
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const int32_t *KS = a->in[4].data;
+    float *acc = (float *)(jb->work + (size_t)thread * jb->per_thread), *sum = acc + D;
+    uint8_t *mark = (uint8_t *)(sum + D);
+    memset(sum, 0, sizeof *sum * (size_t)D);
+    float um = -INFINITY, ul = 0;
+    int64_t used = 0;
+    for (int64_t e = jb->off[item]; e < jb->off[item + 1]; e++) {
+        const int32_t *keys = KS + (h * C + jb->cl[e]) * W;
+        float m = -INFINITY, l = 0;
+        memset(acc, 0, sizeof *acc * (size_t)D);
+        for (int64_t x = 0; x < W; x++) {
+            int32_t j = keys[x];
+            if (j < 0 || j > pos)
+                continue;
+            float sc = jb->vo.dot(qv, K + (int64_t)j * D, D) * scale;
+            if (sc > m) {
+                float r = m == -INFINITY ? 0.0f : expf(m - sc);
+                for (int64_t c = 0; c < D; c++)
+                    acc[c] *= r;
+                l *= r;
+                m = sc;
+            }
+            float w = expf(sc - m);
+            l += w;
+            jb->vo.axpy(acc, V + (int64_t)j * D, D, w);
+            if (!mark[j]) {
+                mark[j] = 1;
+                if (sc > um) {
+                    ul = ul * (um == -INFINITY ? 0.0f : expf(um - sc)) + 1.0f;
+                    um = sc;
+                } else {
+                    ul += expf(sc - um);
+                }
+            }
+        }
+        if (l > 0) {
+            jb->vo.axpy(sum, acc, D, 1.0f / l);
+            used++;
+        }
+    }
+    /* clear the marks of this row only */
+    for (int64_t e = jb->off[item]; e < jb->off[item + 1]; e++) {
+        const int32_t *keys = KS + (h * C + jb->cl[e]) * W;
+        for (int64_t x = 0; x < W; x++)
+            if (keys[x] >= 0)
+                mark[keys[x]] = 0;
+    }
+    float *o = (float *)a->out[0].data + item * D;
+    for (int64_t c = 0; c < D; c++)
+        o[c] = used ? sum[c] / (float)used : 0.0f;
+    ((float *)a->out[1].data)[item] = um == -INFINITY ? -INFINITY : um + logf(ul);
+    ((int32_t *)a->out[2].data)[item] = (int32_t)(jb->off[item + 1] - jb->off[item]);
+}
+
+sl_status sl__cpu_trainable_routing(const sl__kargs *a)
+{
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2], Nk = a->in[1].shape[1];
+    int64_t C = a->in[3].shape[1], W = a->in[3].shape[2];
+    int nt = sl_ctx_threads(a->ctx);
+    size_t per = ((size_t)(2 * D) * sizeof(float) + (size_t)Nk + 7) / 8 * 8;
+    size_t off_bytes = sizeof(int64_t) * (size_t)(Hq * Nq + 1), cl_bytes = sizeof(int32_t) * (size_t)(Hq * C * W + 1);
+    size_t bytes = off_bytes + cl_bytes + per * (size_t)(nt > 0 ? nt : 1) + 8;
+    unsigned char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.routing[cpu]: out of memory for %zu bytes", bytes);
+    int64_t *off = (int64_t *)mem;
+    int32_t *cl = (int32_t *)(mem + off_bytes);
+    unsigned char *work = mem + off_bytes + cl_bytes;
+    work = (unsigned char *)(((uintptr_t)work + 7) & ~(uintptr_t)7);
+    memset(work, 0, per * (size_t)(nt > 0 ? nt : 1));
+    /* the inverse of qsel: per (head, row) the clusters holding it, by counting sort */
+    const int32_t *QS = a->in[3].data;
+    memset(off, 0, off_bytes);
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t i = 0; i < C * W; i++)
+            if (QS[h * C * W + i] >= 0)
+                off[h * Nq + QS[h * C * W + i] + 1]++;
+    for (int64_t i = 0; i < Hq * Nq; i++)
+        off[i + 1] += off[i];
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t i = 0; i < C * W; i++) {
+            int32_t t = QS[h * C * W + i];
+            if (t >= 0)
+                cl[off[h * Nq + t]++] = (int32_t)(i / W);
+        }
+    for (int64_t i = Hq * Nq; i > 0; i--)
+        off[i] = off[i - 1];
+    off[0] = 0;
+    routing_job j = {a, sl__cpu_vecops_get(), off, cl, work, per};
+    sl_status s = sl__cpu_parallel(a->ctx, Hq * Nq, routing_item, &j);
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return s;
+}
+
 size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

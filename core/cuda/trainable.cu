@@ -327,6 +327,90 @@ __global__ void fsa_merge_kernel(fsa_args a)
     a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
+// trainable.routing: one thread per (query head, row); it finds the clusters
+// holding the row by scanning qsel (O(C W) per row: a correctness kernel),
+// runs each cluster's softmax in three passes, and the union's log-sum-exp
+// over keys counted once (a key also held by an earlier cluster of the row is
+// skipped by rescanning those clusters).
+struct routing_args {
+    const float *q, *k, *v;
+    const int *qsel, *ksel;
+    float *o, *lse;
+    int *count;
+    int Hq, Hkv, Nq, Nk, D, C, W;
+    float scale;
+};
+
+__device__ int rt_member(const int *row, int W, int v)
+{
+    for (int x = 0; x < W; x++)
+        if (row[x] == v)
+            return 1;
+    return 0;
+}
+
+__global__ void routing_kernel(routing_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hq * a.Nq)
+        return;
+    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv), pos = a.Nk - a.Nq + t;
+    const float *qv = a.q + (size_t)item * a.D;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = 0; e < a.D; e++)
+        o[e] = 0.f;
+    int used = 0, cnt = 0;
+    float um = -INFINITY, uz = 0.f;
+    for (int pass = 0; pass < 2; pass++)
+        for (int c = 0; c < a.C; c++) {
+            if (!rt_member(a.qsel + ((size_t)h * a.C + c) * a.W, a.W, t))
+                continue;
+            const int *keys = a.ksel + ((size_t)h * a.C + c) * a.W;
+            // the union: keys not held by an earlier cluster of this row
+            for (int x = 0; x < a.W; x++) {
+                int j = keys[x];
+                if (j < 0 || j > pos)
+                    continue;
+                int seen = 0;
+                for (int c2 = 0; c2 < c && !seen; c2++)
+                    seen = rt_member(a.qsel + ((size_t)h * a.C + c2) * a.W, a.W, t) &&
+                           rt_member(a.ksel + ((size_t)h * a.C + c2) * a.W, a.W, j);
+                if (seen)
+                    continue;
+                float sc = dotf(qv, K + (size_t)j * a.D, a.D) * a.scale;
+                if (pass == 0)
+                    um = fmaxf(um, sc);
+                else
+                    uz += expf(sc - um);
+            }
+            if (pass == 0)
+                continue;
+            cnt++;
+            float m = -INFINITY, z = 0.f;
+            for (int x = 0; x < a.W; x++)
+                if (keys[x] >= 0 && keys[x] <= pos)
+                    m = fmaxf(m, dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale);
+            if (m == -INFINITY)
+                continue;
+            for (int x = 0; x < a.W; x++)
+                if (keys[x] >= 0 && keys[x] <= pos)
+                    z += expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m);
+            for (int x = 0; x < a.W; x++)
+                if (keys[x] >= 0 && keys[x] <= pos) {
+                    float w = expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m) / z;
+                    for (int e = 0; e < a.D; e++)
+                        o[e] += w * V[(size_t)keys[x] * a.D + e];
+                }
+            used++;
+        }
+    if (used > 0)
+        for (int e = 0; e < a.D; e++)
+            o[e] /= (float)used;
+    a.lse[item] = um == -INFINITY ? -INFINITY : um + logf(uz);
+    a.count[item] = cnt;
+}
+
 }  // namespace
 
 sl_status sl__cuda_trainable_compress(const sl__kargs *a)
@@ -421,5 +505,27 @@ sl_status sl__cuda_trainable_fsa(const sl__kargs *a)
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
     SL_LAUNCH(fsa_block_kernel, dim3((unsigned)((Hkv * nb + 63) / 64)), 64, 0, 0)(x);
     SL_LAUNCH(fsa_merge_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_routing(const sl__kargs *a)
+{
+    const sl_trainable_routing_params *p = static_cast<const sl_trainable_routing_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], C = a->in[3].shape[1], W = a->in[3].shape[2];
+    if (Nk > (1 << 30) || D > (1 << 20) || C * W > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or members, or 2^20 channels");
+    if (Hq * Nq == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    routing_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2);
+    x.qsel = st.input<int>(3), x.ksel = st.input<int>(4);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.C = (int)C, x.W = (int)W;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(routing_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

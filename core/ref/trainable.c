@@ -327,3 +327,63 @@ sl_status sl__ref_trainable_fsa(const sl__kargs *a)
     free(keep), free(acc);
     return SL_OK;
 }
+
+/* ---- trainable.routing ---- */
+
+sl_status sl__ref_trainable_routing(const sl__kargs *a)
+{
+    const sl_trainable_routing_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], g = Hq / Hkv;
+    int64_t C = a->in[3].shape[1], W = a->in[3].shape[2];
+    double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)D);
+    const float *Q = a->in[0].data, *K = a->in[1].data, *V = a->in[2].data;
+    const int32_t *QS = a->in[3].data, *KS = a->in[4].data;
+    float *O = a->out[0].data, *L = a->out[1].data;
+    int32_t *CNT = a->out[2].data;
+    uint8_t *keep = malloc((size_t)(Nk > 0 ? Nk : 1)), *uni = malloc((size_t)(Nk > 0 ? Nk : 1));
+    double *acc = malloc(sizeof *acc * (size_t)(D > 0 ? D : 1)), *sum = malloc(sizeof *sum * (size_t)(D > 0 ? D : 1));
+    if (!keep || !uni || !acc || !sum) {
+        free(keep), free(uni), free(acc), free(sum);
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.routing[ref]: out of memory");
+    }
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t t = 0; t < Nq; t++) {
+            int64_t pos = Nk - Nq + t, kv = h / g, in_c = 0, used = 0;
+            const float *qv = Q + (h * Nq + t) * D;
+            memset(uni, 0, (size_t)Nk);
+            for (int64_t e = 0; e < D; e++)
+                sum[e] = 0;
+            for (int64_t c = 0; c < C; c++) {
+                int member = 0;
+                for (int64_t x = 0; x < W; x++)
+                    member |= QS[(h * C + c) * W + x] == t;
+                if (!member)
+                    continue;
+                in_c++;
+                memset(keep, 0, (size_t)Nk);
+                int any = 0;
+                for (int64_t x = 0; x < W; x++) {
+                    int32_t j = KS[(h * C + c) * W + x];
+                    if (j >= 0 && j <= pos)
+                        keep[j] = uni[j] = 1, any = 1;
+                }
+                if (!any)
+                    continue;
+                for (int64_t e = 0; e < D; e++)
+                    acc[e] = 0;
+                attend(qv, K + kv * Nk * D, V + kv * Nk * D, Nk, D, scale, keep, 1.0, acc);
+                for (int64_t e = 0; e < D; e++)
+                    sum[e] += acc[e];
+                used++;
+            }
+            for (int64_t e = 0; e < D; e++)
+                O[(h * Nq + t) * D + e] = (float)(used ? sum[e] / (double)used : 0.0);
+            for (int64_t e = 0; e < D; e++)
+                acc[e] = 0;
+            L[h * Nq + t] = (float)attend(qv, K + kv * Nk * D, V + kv * Nk * D, Nk, D, scale, uni, 0.0, acc);
+            CNT[h * Nq + t] = (int32_t)in_c;
+        }
+    free(keep), free(uni), free(acc), free(sum);
+    return SL_OK;
+}
