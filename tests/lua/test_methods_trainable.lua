@@ -554,5 +554,88 @@ test("dma: selection by a learned bias passes a recall check that a constant (sc
   truthy(not check(sl.zeros({2, 256})), "a constant bias (first-w) must fail")
 end)
 
+-- ---- Routing Transformer ----
+
+test("routing_transformer: w members per cluster, C = 1 and w = n is dense, no future key, self k-means beats a score-blind routing", function()
+  local q, k, v = sl.synthetic{n = 200, heads = 4, kv_heads = 2, d = 16, seed = 101, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local rt = sl.methods.get("routing_transformer")
+  local p = sl.registry.resolve(rt, {w = 40, centroids = "self"})
+  local out = rt.run(prob, p)
+  eq(out.params_source, "self-kmeans", "params_source")
+  for _, sel in ipairs{out.qsel, out.ksel} do
+    for _, head in ipairs(sel:totable()) do
+      for _, row in ipairs(head) do
+        local n = 0
+        for _, j in ipairs(row) do if j >= 0 then n = n + 1 end end
+        eq(n, 40, "members of a cluster")
+      end
+    end
+  end
+  local all = sl.eval("routing_transformer", prob, {params = {w = 200, clusters = 1}})
+  truthy(all.metrics.rel_l2 < 1e-5, "C = 1, w = n equals dense: " .. all.metrics.rel_l2)
+  -- causality: changing the keys and values after position t leaves rows <= t unchanged
+  local k2, v2 = k:totable(), v:totable()
+  for h = 1, 2 do for j = 151, 200 do for e = 1, 16 do k2[h][j][e] = -k2[h][j][e]; v2[h][j][e] = 7 end end end
+  local o1 = rt.run(prob, p).o:totable()
+  -- same memberships: pass the first run's lists to the op directly
+  local o2 = sl.trainable.routing(q, sl.tensor(k2), sl.tensor(v2), out.qsel, out.ksel):totable()
+  for h = 1, 4 do for t = 1, 150 do for e = 1, 16 do near(o2[h][t][e], o1[h][t][e], 1e-6, "row before the change") end end end
+  -- the check: recall of the routing beats random memberships; first-w memberships (score-blind) fail it
+  local dense = sl.eval("dense", prob)
+  local function recall_of(qs, ks)
+    local _, lse = sl.trainable.routing(q, k, v, qs, ks)
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local C = out.qsel:shape()[2]
+  local function lists(pick)
+    local t = {}
+    for h = 1, 4 do t[h] = {}; for c = 1, C do t[h][c] = pick(h, c) end end
+    return sl.tensor(t, "i32")
+  end
+  local rng, r = sl.rand({20000}, {seed = 5}):totable(), 0
+  local function random_list()
+    local set, list = {}, {}
+    while #list < 40 do
+      r = r % 20000 + 1
+      local j = math.floor(rng[r] * 200)
+      if not set[j] then set[j] = true; list[#list + 1] = j end
+    end
+    table.sort(list)
+    return list
+  end
+  local baseline = recall_of(lists(random_list), lists(random_list))
+  local function check(qs, ks) return recall_of(qs, ks) >= baseline + 0.05 end
+  truthy(check(out.qsel, out.ksel), "k-means routing beats random memberships")
+  local function first(_, _) local l = {} for i = 1, 40 do l[i] = i - 1 end return l end
+  truthy(not check(lists(first), lists(first)), "first-w memberships (score-blind) must fail")
+end)
+
+test("routing_transformer fit: spherical k-means reaches a fixed point; fitted centroids beat the random stand-in on held-out texts", function()
+  local rt = sl.methods.get("routing_transformer")
+  local xs = {}
+  local r = sl.randn({300, 6}, {seed = 7}):totable()
+  for i = 1, 300 do
+    local s = 0
+    for e = 1, 6 do s = s + r[i][e] ^ 2 end
+    for e = 1, 6 do r[i][e] = r[i][e] / math.sqrt(s) end
+    xs[i] = r[i]
+  end
+  local mu = rt.kmeans(xs, 5, 6, 3, 100)
+  local sum = {}
+  for c = 1, 5 do sum[c] = {0, 0, 0, 0, 0, 0} end
+  for _, x in ipairs(xs) do
+    local best, bv = 1, -math.huge
+    for c = 1, 5 do local v = 0 for e = 1, 6 do v = v + x[e] * mu[c][e] end if v > bv then best, bv = c, v end end
+    for e = 1, 6 do sum[best][e] = sum[best][e] + x[e] end
+  end
+  for c = 1, 5 do
+    local n = 0
+    for e = 1, 6 do n = n + sum[c][e] ^ 2 end
+    for e = 1, 6 do near(mu[c][e], sum[c][e] / math.sqrt(n), 1e-9, "centroid " .. c .. " = normalised mean of its members") end
+  end
+  fitted_beats_standin("routing_transformer", {w = 64})
+end)
+
 os.execute("rm -rf " .. TMP)
 H.done()
