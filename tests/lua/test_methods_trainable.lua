@@ -46,10 +46,11 @@ end)
 -- the compressed keys given (the score-blind selector: compressed keys of
 -- zero, so every visible compressed token weighs the same whatever the
 -- query: the selection then depends on positions only).
-test("nsa: selection from the compressed attention passes a check a score-blind selection fails", function()
+for _, variant in ipairs{"paper", "fla"} do
+test("nsa (" .. variant .. "): selection from the compressed attention passes a check a score-blind selection fails", function()
   local prob = synthetic(256, 7)
   local nsa = sl.methods.get("nsa")
-  local p = sl.registry.resolve(nsa, with(SMALL, {window = 0}))
+  local p = sl.registry.resolve(nsa, with(SMALL, {window = 0, variant = variant}))
   local ws, _, op = nsa.setup(prob, p)
   local kc, vc = nsa.compress(prob, ws, op)
   local gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)
@@ -95,6 +96,7 @@ test("nsa: selection from the compressed attention passes a check a score-blind 
   truthy(not check(zero), string.format("the score-blind selection must fail the check: recall %.4f vs random %.4f",
     recall_of(zero), baseline))
 end)
+end
 
 test("nsa: bad weight files give one-line errors naming the file, the tensor and the expectation", function()
   local prob = synthetic(64, 3)
@@ -635,6 +637,53 @@ test("routing_transformer fit: spherical k-means reaches a fixed point; fitted c
     for e = 1, 6 do near(mu[c][e], sum[c][e] / math.sqrt(n), 1e-9, "centroid " .. c .. " = normalised mean of its members") end
   end
   fitted_beats_standin("routing_transformer", {w = 64})
+end)
+
+-- ---- SSA ----
+
+test("ssa: counts = all makes the streams equal (align loss 0); the alignment gradient splits by stream (finite differences); g_slc file", function()
+  local prob = synthetic(120, 111)
+  local all = sl.eval("ssa", prob, {params = {block = 16, counts = 8}})
+  truthy(all.metrics.align_loss < 1e-10, "align loss at counts = all: " .. all.metrics.align_loss)
+  truthy(all.metrics.rel_l2 < 1e-5, "sparse = dense at counts = all")
+  local few = sl.eval("ssa", prob, {params = {block = 16, counts = 3}})
+  truthy(few.metrics.align_loss > 1e-4, "streams differ at counts = 3")
+  eq(few.params.params_source, "standin:g_slc=1", "params_source")
+  -- the sparse stream is nsa's fla selection with gates (0, 1, 0) and no window
+  local n = sl.eval("nsa", prob, {params = {variant = "fla", bs = 16, n = 3, window = 0}})
+  truthy(sl.metric.max_abs(few.o, n.o) < 1e-6, "ssa sparse stream = nsa fla selection branch")
+  -- gradients: term 1 moves only o_full, term 2 only o_sparse; each equals finite differences of its own term
+  local ssa = sl.methods.get("ssa")
+  local full = sl.randn({2, 3, 4}, {seed = 1, std = 1.5}):totable()
+  local sparse = sl.randn({2, 3, 4}, {seed = 2, std = 1.5}):totable()
+  local _, gf, gs = ssa.align_loss_grad(full, sparse)
+  local function term(f, s_) -- one term's value: the mean SmoothL1 of f - s_
+    local l = ssa.align_loss_grad(f, s_)
+    return l / 2
+  end
+  for _, idx in ipairs{{1, 1, 1}, {2, 3, 4}, {1, 2, 3}} do
+    local h, t, e = idx[1], idx[2], idx[3]
+    local eps, x = 1e-6, full[h][t][e]
+    full[h][t][e] = x + eps
+    local lp = term(full, sparse)
+    full[h][t][e] = x - eps
+    local lm = term(full, sparse)
+    full[h][t][e] = x
+    near(gf[h][t][e], (lp - lm) / (2 * eps), 1e-6, "d term1 / d o_full")
+    local y = sparse[h][t][e]
+    sparse[h][t][e] = y + eps
+    lp = term(full, sparse)
+    sparse[h][t][e] = y - eps
+    lm = term(full, sparse)
+    sparse[h][t][e] = y
+    near(gs[h][t][e], (lp - lm) / (2 * eps), 1e-6, "d term2 / d o_sparse")
+  end
+  local path = TMP .. "/ssa.safetensors"
+  sl.save(path, {g_slc = sl.rand({4, 120}, {seed = 3})})
+  local r = sl.eval("ssa", prob, {params = {block = 16, counts = 2, weights = path}})
+  truthy(r.params.params_source:match("^sha256:"), "file params_source")
+  sl.save(path, {g_slc = sl.rand({4, 120}, {seed = 3}), g_cmp = sl.rand({4, 120}, {seed = 4})})
+  raises(function() sl.eval("ssa", prob, {params = {weights = path}}) end, "tensor 'g_cmp' is not one of ssa's weights")
 end)
 
 os.execute("rm -rf " .. TMP)
