@@ -77,7 +77,8 @@ typedef struct online {
     float *acc;
 } online;
 
-static void online_add(online *o, const sl__cpu_vecops *vo, float sc, const float *v, int64_t D)
+/* Adds key score sc with value row v (times vw) to the accumulator. */
+static void online_add(online *o, const sl__cpu_vecops *vo, float sc, const float *v, float vw, int64_t D)
 {
     if (sc > o->m) {
         float r = o->m == -INFINITY ? 0.0f : expf(o->m - sc);
@@ -88,7 +89,18 @@ static void online_add(online *o, const sl__cpu_vecops *vo, float sc, const floa
     }
     float w = expf(sc - o->m);
     o->l += w;
-    vo->axpy(o->acc, v, D, w);
+    vo->axpy(o->acc, v, D, w * vw);
+}
+
+/* The log-sum-exp's running (max, sum) only. */
+static void lse_add(float *m, float *l, float sc)
+{
+    if (sc > *m) {
+        *l = *l * (*m == -INFINITY ? 0.0f : expf(*m - sc)) + 1.0f;
+        *m = sc;
+    } else {
+        *l += expf(sc - *m);
+    }
 }
 
 static void nsa_item(int64_t item, void *ud, int thread)
@@ -176,15 +188,10 @@ static void nsa_item(int64_t item, void *ud, int thread)
             for (int64_t kk = k0; kk < k1; kk++) {
                 float sc = vo->dot(qv, K + kk * D, D) * scale;
                 if (chosen[j] != 0)
-                    online_add(&os, vo, sc, V + kk * D, D);
+                    online_add(&os, vo, sc, V + kk * D, 1.0f, D);
                 if (kk >= w0)
-                    online_add(&ow, vo, sc, V + kk * D, D);
-                if (sc > um) {
-                    ul = ul * (um == -INFINITY ? 0.0f : expf(um - sc)) + 1.0f;
-                    um = sc;
-                } else {
-                    ul += expf(sc - um);
-                }
+                    online_add(&ow, vo, sc, V + kk * D, 1.0f, D);
+                lse_add(&um, &ul, sc);
             }
         }
         float *o = O + (h * Nq + t) * D;
@@ -291,27 +298,17 @@ static void sparsek_item(int64_t item, void *ud, int thread)
     for (int64_t hh = 0; hh < g; hh++) {
         int64_t h = kv * g + hh;
         const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
-        float mx = -INFINITY, l = 0;
+        online os = {-INFINITY, 0, acc};
         memset(acc, 0, sizeof *acc * (size_t)D);
         for (int64_t c = 0; c < cnt; c++) {
             int64_t j = list[c];
-            float wj = w[j];
-            float sc = jb->vo.dot(qv, K + j * D, D) * wj * scale + (p->bias ? u[j] : 0.0f);
-            if (sc > mx) {
-                float r = mx == -INFINITY ? 0.0f : expf(mx - sc);
-                for (int64_t e = 0; e < D; e++)
-                    acc[e] *= r;
-                l *= r;
-                mx = sc;
-            }
-            float pr = expf(sc - mx);
-            l += pr;
-            jb->vo.axpy(acc, V + j * D, D, pr * wj);
+            float sc = jb->vo.dot(qv, K + j * D, D) * w[j] * scale + (p->bias ? u[j] : 0.0f);
+            online_add(&os, &jb->vo, sc, V + j * D, w[j], D);
         }
         float *o = (float *)a->out[0].data + (h * Nq + t) * D;
         for (int64_t e = 0; e < D; e++)
-            o[e] = l > 0 ? acc[e] / l : 0.0f;
-        ((float *)a->out[1].data)[h * Nq + t] = l > 0 ? mx + logf(l) : -INFINITY;
+            o[e] = os.l > 0 ? acc[e] / os.l : 0.0f;
+        ((float *)a->out[1].data)[h * Nq + t] = os.l > 0 ? os.m + logf(os.l) : -INFINITY;
     }
 }
 
@@ -364,21 +361,10 @@ static void fsa_block_item(int64_t item, void *ud, int thread)
             int64_t h = kv * g + hh;
             const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
             float *slot = jb->part + ((h * Nq + t) * n + x) * (D + 2), *acc = slot + 2;
-            float m = -INFINITY, l = 0;
-            for (int64_t j = k0; j < k1; j++) {
-                float sc = jb->vo.dot(qv, K + j * D, D) * scale;
-                if (sc > m) {
-                    float r = m == -INFINITY ? 0.0f : expf(m - sc);
-                    for (int64_t c = 0; c < D; c++)
-                        acc[c] *= r;
-                    l *= r;
-                    m = sc;
-                }
-                float w = expf(sc - m);
-                l += w;
-                jb->vo.axpy(acc, V + j * D, D, w);
-            }
-            slot[0] = m, slot[1] = l;
+            online os = {-INFINITY, 0, acc};
+            for (int64_t j = k0; j < k1; j++)
+                online_add(&os, &jb->vo, jb->vo.dot(qv, K + j * D, D) * scale, V + j * D, 1.0f, D);
+            slot[0] = os.m, slot[1] = os.l;
         }
     }
 }
@@ -489,35 +475,21 @@ static void routing_item(int64_t item, void *ud, int thread)
     int64_t used = 0;
     for (int64_t e = jb->off[item]; e < jb->off[item + 1]; e++) {
         const int32_t *keys = KS + (h * C + jb->cl[e]) * W;
-        float m = -INFINITY, l = 0;
+        online os = {-INFINITY, 0, acc};
         memset(acc, 0, sizeof *acc * (size_t)D);
         for (int64_t x = 0; x < W; x++) {
             int32_t j = keys[x];
             if (j < 0 || j > pos)
                 continue;
             float sc = jb->vo.dot(qv, K + (int64_t)j * D, D) * scale;
-            if (sc > m) {
-                float r = m == -INFINITY ? 0.0f : expf(m - sc);
-                for (int64_t c = 0; c < D; c++)
-                    acc[c] *= r;
-                l *= r;
-                m = sc;
-            }
-            float w = expf(sc - m);
-            l += w;
-            jb->vo.axpy(acc, V + (int64_t)j * D, D, w);
+            online_add(&os, &jb->vo, sc, V + (int64_t)j * D, 1.0f, D);
             if (!mark[j]) {
                 mark[j] = 1;
-                if (sc > um) {
-                    ul = ul * (um == -INFINITY ? 0.0f : expf(um - sc)) + 1.0f;
-                    um = sc;
-                } else {
-                    ul += expf(sc - um);
-                }
+                lse_add(&um, &ul, sc);
             }
         }
-        if (l > 0) {
-            jb->vo.axpy(sum, acc, D, 1.0f / l);
+        if (os.l > 0) {
+            jb->vo.axpy(sum, acc, D, 1.0f / os.l);
             used++;
         }
     }

@@ -341,14 +341,6 @@ struct routing_args {
     float scale;
 };
 
-__device__ int rt_member(const int *row, int W, int v)
-{
-    for (int x = 0; x < W; x++)
-        if (row[x] == v)
-            return 1;
-    return 0;
-}
-
 __global__ void routing_kernel(routing_args a)
 {
     long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -364,7 +356,7 @@ __global__ void routing_kernel(routing_args a)
     float um = -INFINITY, uz = 0.f;
     for (int pass = 0; pass < 2; pass++)
         for (int c = 0; c < a.C; c++) {
-            if (!rt_member(a.qsel + ((size_t)h * a.C + c) * a.W, a.W, t))
+            if (!in_list(a.qsel + ((size_t)h * a.C + c) * a.W, a.W, t))
                 continue;
             const int *keys = a.ksel + ((size_t)h * a.C + c) * a.W;
             // the union: keys not held by an earlier cluster of this row
@@ -374,8 +366,8 @@ __global__ void routing_kernel(routing_args a)
                     continue;
                 int seen = 0;
                 for (int c2 = 0; c2 < c && !seen; c2++)
-                    seen = rt_member(a.qsel + ((size_t)h * a.C + c2) * a.W, a.W, t) &&
-                           rt_member(a.ksel + ((size_t)h * a.C + c2) * a.W, a.W, j);
+                    seen = in_list(a.qsel + ((size_t)h * a.C + c2) * a.W, a.W, t) &&
+                           in_list(a.ksel + ((size_t)h * a.C + c2) * a.W, a.W, j);
                 if (seen)
                     continue;
                 float sc = dotf(qv, K + (size_t)j * a.D, a.D) * a.scale;

@@ -8,6 +8,24 @@ local T = {}
 
 local FLOAT = {f32 = true, f16 = true, bf16 = true}
 
+--- Heads, query rows, head_dim, kv heads and keys of a problem.
+function T.dims(prob)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  return qs[1], qs[2], qs[3], ks[1], ks[2]
+end
+
+--- Density of a per-(kv head, row) count of attended keys (i32 [Hkv, Nq]):
+--- Σ count / Σ causal keys (row t sees Nk - Nq + t + 1 keys).
+function T.count_density(prob, count)
+  local _, nq, _, _, nk = T.dims(prob)
+  local c = count:totable()
+  local kept, causal = 0, 0
+  for kv = 1, #c do
+    for t = 1, nq do kept = kept + c[kv][t]; causal = causal + nk - nq + t end
+  end
+  return kept / causal
+end
+
 --- The provenance of a weights file: "sha256:<hex>" of its bytes.
 function T.file_source(path)
   local f = io.open(path, "rb")

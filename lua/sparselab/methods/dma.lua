@@ -31,10 +31,7 @@ local E = require "sparselab.blockest"
 
 local STANDIN = "standin:value_norm"
 
-local function dims(prob)
-  local qs, ks = prob.q:shape(), prob.k:shape()
-  return qs[1], qs[2], qs[3], ks[1], ks[2]
-end
+local dims = T.dims
 
 local function spec(prob)
   local _, _, d, hkv, nk = dims(prob)
@@ -130,13 +127,10 @@ function M.run(prob, p)
   local b, with_bias, source = M.scores(prob, p)
   local args = {k = p.w, window = 0, weight = 0, bias = with_bias and 1 or 0, backend = prob.backend}
   local o, lse, count = sl.trainable.sparsek(prob.q, prob.k, prob.v, b, args)
-  local _, nq, _, _, nk = dims(prob)
-  local c = E.heads(count)
-  local kept, causal = 0, 0
-  for kv = 1, #c do for t = 1, nq do kept = kept + c[kv][t]; causal = causal + nk - nq + t end end
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = sl.op_flops("trainable.sparsek", prob.q, prob.k, prob.v, b, args), density = kept / causal,
+    stats = {flops = sl.op_flops("trainable.sparsek", prob.q, prob.k, prob.v, b, args),
+      density = T.count_density(prob, count),
       bias_in_logits = with_bias and 1 or 0}}
 end
 

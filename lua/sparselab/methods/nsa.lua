@@ -67,10 +67,7 @@ local E = require "sparselab.blockest"
 
 local STANDIN = "standin:mean_pool+gates(0,1,0)"
 
-local function dims(prob)
-  local qs, ks = prob.q:shape(), prob.k:shape()
-  return qs[1], qs[2], qs[3], ks[1], ks[2]
-end
+local dims = T.dims
 
 -- The op parameters of a variant.
 local function op_params(p)

@@ -39,10 +39,7 @@ local sl = require "sparselab"
 local T = require "sparselab.trainable"
 local E = require "sparselab.blockest"
 
-local function dims(prob)
-  local qs, ks = prob.q:shape(), prob.k:shape()
-  return qs[1], qs[2], qs[3], ks[1], ks[2]
-end
+local dims = T.dims
 
 local function unit(x)
   local s = 0

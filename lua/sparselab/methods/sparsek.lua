@@ -41,10 +41,7 @@ local E = require "sparselab.blockest"
 
 local STANDIN = "standin:mean_query"
 
-local function dims(prob)
-  local qs, ks = prob.q:shape(), prob.k:shape()
-  return qs[1], qs[2], qs[3], ks[1], ks[2]
-end
+local dims = T.dims
 
 local function spec(prob)
   local _, _, d, hkv, nk = dims(prob)
@@ -130,15 +127,9 @@ function M.run(prob, p)
   local u, source = scores(prob, p)
   local args = {k = p.k, window = p.window, weight = p.weight, backend = prob.backend}
   local o, lse, count = sl.trainable.sparsek(prob.q, prob.k, prob.v, u, args)
-  local _, nq, _, _, nk = dims(prob)
-  local c = E.heads(count)
-  local kept, causal = 0, 0
-  for kv = 1, #c do
-    for t = 1, nq do kept = kept + c[kv][t]; causal = causal + nk - nq + t end
-  end
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = sl.op_flops("trainable.sparsek", prob.q, prob.k, prob.v, u, args), density = kept / causal}}
+    stats = {flops = sl.op_flops("trainable.sparsek", prob.q, prob.k, prob.v, u, args), density = T.count_density(prob, count)}}
 end
 
 -- ---- fitting: closed-form ridge regression of score_w, score_b ----
