@@ -18,7 +18,9 @@
 -- Matching: sl.budget.match on density (nearest, tol 0.05, at most 20 steps);
 -- target and achieved density are recorded. Every result carries its
 -- params_source (stand-in name or the SHA-256 of the fitted file) in its
--- params; the tables are read back from the database.
+-- params; the tables are read back from the database. The fitted files are
+-- written beside the database as DB.<method>_layer<L>.safetensors (their
+-- SHA-256 is the params_source of the fitted results).
 --   sparselab run experiments/trainable.lua [DB] [--quick]
 local sl = require "sparselab"
 
