@@ -10,6 +10,7 @@ package.path = "tests/lua/?.lua;" .. package.path
 local H = require "harness"
 local R = require "static_ref"
 local sl = require "sparselab"
+local E = require "sparselab.blockest"
 local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
 
 local TMP = os.tmpname()
@@ -684,6 +685,118 @@ test("ssa: counts = all makes the streams equal (align loss 0); the alignment gr
   truthy(r.params.params_source:match("^sha256:"), "file params_source")
   sl.save(path, {g_slc = sl.rand({4, 120}, {seed = 3}), g_cmp = sl.rand({4, 120}, {seed = 4})})
   raises(function() sl.eval("ssa", prob, {params = {weights = path}}) end, "tensor 'g_cmp' is not one of ssa's weights")
+end)
+
+-- ---- NOSA ----
+
+test("nosa: selection equals an independent float64 one; locality bound; k_e = 0 is query-aware only; score-blind check", function()
+  local q, k, v = sl.synthetic{n = 320, heads = 4, kv_heads = 2, d = 16, seed = 121, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local t = tables(prob)
+  local nosa = sl.methods.get("nosa")
+  local P = {block = 32, sub = 8, k_q = 2, k_e = 3, weights = ""}
+  local sets = nosa.select_blocks(prob, P)
+  -- independent: sub-block means, max per block, group sum; e = ||v||, block mean
+  local B, sub, nb = 32, 8, 10
+  for kv = 1, 2 do
+    local eb = {}
+    for b = 1, nb do
+      local s = 0
+      for j = (b - 1) * B + 1, b * B do
+        local n2 = 0
+        for e = 1, 16 do n2 = n2 + t.v[kv][j][e] ^ 2 end
+        s = s + math.sqrt(n2)
+      end
+      eb[b] = s / B
+    end
+    for i = 1, 320 do
+      local own = (i - 1) // B + 1
+      local cand = {}
+      for b = 1, own - 1 do
+        local score = 0
+        for h = (kv - 1) * 2 + 1, kv * 2 do
+          local best = -math.huge
+          for sb = 0, B // sub - 1 do
+            local m, j0 = 0, (b - 1) * B + sb * sub
+            for j = j0 + 1, j0 + sub do
+              for e = 1, 16 do m = m + t.q[h][i][e] * t.k[kv][j][e] / sub end
+            end
+            best = math.max(best, m)
+          end
+          score = score + best
+        end
+        cand[#cand + 1] = {b = b, s = score}
+      end
+      table.sort(cand, function(x, y) if x.s ~= y.s then return x.s > y.s end return x.b < y.b end)
+      local want = {[own] = true}
+      for r = 1, math.min(2, #cand) do want[cand[r].b] = true end
+      local rest = {}
+      for b = 1, own - 1 do if not want[b] then rest[#rest + 1] = b end end
+      table.sort(rest, function(x, y) if eb[x] ~= eb[y] then return eb[x] > eb[y] end return x < y end)
+      for r = 1, math.min(3, #rest) do want[rest[r]] = true end
+      for b = 1, nb do eq(sets[kv][i][b] == true, want[b] == true, string.format("kv %d row %d block %d", kv, i, b)) end
+      -- locality: once every slot can be filled, gamma >= k_e / (1 + k_q + k_e)
+      if own - 1 >= 5 and i > 1 then
+        local inter, size = 0, 0
+        for b in pairs(sets[kv][i]) do size = size + 1; if sets[kv][i - 1][b] then inter = inter + 1 end end
+        truthy(inter / size >= 3 / 6 - 1e-12, string.format("gamma %d/%d at kv %d row %d", inter, size, kv, i))
+      end
+    end
+  end
+  -- k_e = 0: only the own block and k_q query-aware blocks
+  local only = nosa.select_blocks(prob, {block = 32, sub = 8, k_q = 2, k_e = 0, weights = ""})
+  for i = 1, 320 do
+    local n = 0
+    for _ in pairs(only[1][i]) do n = n + 1 end
+    eq(n, 1 + math.min(2, (i - 1) // 32), "k_e = 0 set size")
+  end
+  -- the check: query-aware selection (k_e = 0) vs random blocks; the score-blind one (zero queries) fails
+  local dense = sl.eval("dense", prob)
+  local function recall_sets(sel)
+    local keep = {}
+    for h = 1, 4 do
+      keep[h] = {}
+      for i = 1, 320 do
+        local row = {}
+        for b = 1, nb do row[b] = sel[(h - 1) // 2 + 1][i][b] and 1 or 0 end
+        keep[h][i] = row
+      end
+    end
+    local m = E.mask_from_keep(keep, prob, 1, 32, true)
+    local _, lse = sl.attn.block_sparse(q, k, v, m)
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local rng, r = sl.rand({5000}, {seed = 9}):totable(), 0
+  local rand = {}
+  for kv = 1, 2 do
+    rand[kv] = {}
+    for i = 1, 320 do
+      local own = (i - 1) // 32 + 1
+      local set, n = {[own] = true}, 1
+      while n < 1 + math.min(4, own - 1) do
+        r = r % 5000 + 1
+        local b = math.floor(rng[r] * (own - 1)) + 1
+        if not set[b] then set[b] = true; n = n + 1 end
+      end
+      rand[kv][i] = set
+    end
+  end
+  local baseline = recall_sets(rand)
+  local p4 = {block = 32, sub = 8, k_q = 4, k_e = 0, weights = ""}
+  local function check(sel) return recall_sets(sel) >= baseline + 0.02 end
+  truthy(check(nosa.select_blocks(prob, p4)), "query-aware blocks beat random ones")
+  local blind = sl.problem{q = sl.zeros({4, 320, 16}), k = k, v = v}
+  truthy(not check(nosa.select_blocks(blind, p4)), "score-blind (zero-query) blocks must fail")
+  -- weights: a captured e is used as given; a wrong shape is a one-line error; nothing to fit
+  local path = TMP .. "/nosa.safetensors"
+  sl.save(path, {e = sl.zeros({2, 319})})
+  raises(function() sl.eval("nosa", prob, {params = {block = 32, sub = 8, weights = path}}) end,
+    "tensor 'e' is [2, 319]; expected [2, 320] (kv heads, keys)")
+  sl.save(path, {e = sl.randn({2, 320}, {seed = 4})})
+  local r = sl.eval("nosa", prob, {params = {block = 32, sub = 8, k_q = 1, k_e = 2, weights = path}})
+  truthy(r.params.params_source:match("^sha256:"), "file params_source")
+  truthy(r.metrics.gamma_mean > 0 and r.metrics.transfer_blocks >= 0, "locality stats reported")
+  truthy(not nosa.fit, "nosa is not fitted here")
 end)
 
 os.execute("rm -rf " .. TMP)
