@@ -683,6 +683,77 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * visible keys) are taken. Outputs the index lists (see above) of one entry
  * per row: row_ptr i32 [Hq, Nq + 1] (global offsets) and col i32 [total],
  * each row's keys sorted ascending; total = sum over rows of min(n_i, nnz). */
+/* ---- trainable sparse attention (issue 14; cards nsa, moba, sparsek) ----
+ * trainable.compress (NSA's phi): input x [H, N, D], opt.w [H, l·D, D]
+ * (mode 1 only), opt.pe [H, l, D] (optional intra-window position
+ * embedding); params l, s (<= l), mode. Output y [H, ceil(N/s), D]: window
+ * i covers tokens t = i·s + r, r in [0, l); a token t >= N contributes
+ * nothing (zero padding, pe included). mode 0: y_i = (1/l) Σ_r (x_t + pe_r)
+ * (FLA's mean pooling when l = s); mode 1: y_i[c] = Σ_r Σ_e (x_t[e] +
+ * pe_r[e]) · w[r·D + e, c] (FSA's compress_key, a linear map of the
+ * flattened window). Windows that run past N are never visible to a query
+ * of trainable.nsa (i·s + l - 1 >= N).
+ *
+ * trainable.nsa: inputs q [Hq, Nq, D], k, v [Hkv, Nk, D], kc, vc [Hkv, Nc,
+ * D] (compressed keys and values), g_cmp, g_slc, g_swa [Hq, Nq] (gates,
+ * used as given); params l, s, bs, n (>= init + local), init, local,
+ * window, scale. Query row t sits at position p = Nk - Nq + t. Per query
+ * head h (kv head h / (Hq/Hkv)):
+ *   compressed token i < Nc is visible iff i·s + l - 1 <= p; P_cmp = softmax
+ *   of scale · q·kc_i over the visible ones; o_cmp = Σ P_cmp vc_i (0 when
+ *   none is visible, no NaN);
+ *   importance of selection block j (keys [j·bs, (j+1)·bs)): imp[kv, t, j] =
+ *   Σ_{h in the group} Σ_i P_cmp[h, i] · |[i s, i s + l) ∩ [j bs, (j+1) bs)| / s
+ *   (the overlap-weighted mapping: paper eq. 9, FSA's transform_score; for
+ *   l = s = bs it is the group sum of P_cmp itself, FLA);
+ *   selection per (kv head, t) over the causal blocks j <= p / bs: blocks j
+ *   < init and j > p/bs - local are forced, the rest of the n taken by
+ *   largest imp (ties: lower j); blocks i32 [Hkv, Nq, n] lists them
+ *   ascending, -1 after the last one;
+ *   o_slc = softmax attention over keys j <= p in the selected blocks;
+ *   o_swa = softmax attention over keys p - window < j <= p (0 when window
+ *   is 0);
+ *   o = g_cmp · o_cmp + g_slc · o_slc + g_swa · o_swa.
+ * Outputs o [Hq, Nq, D], lse [Hq, Nq] (the log-sum-exp of scale · q·k_j
+ * over the union of the keys the selection and window branches read: the
+ * recall of the token set), blocks, imp f32 [Hkv, Nq, ceil(Nk/bs)].
+ *
+ * trainable.sparsek: inputs q [Hq, Nq, D], k, v [Hkv, Nk, D], u [Hkv, Nk]
+ * (one score per key, shared by the query heads of a kv head); params k,
+ * window, weight, scale. Query row t at position p = Nk - Nq + t, prefix
+ * keys 0..p, m = p + 1, kk = min(k, m). The selected set S = the kk prefix
+ * keys of largest u (ties: lower index). The SPARSEK projection over the
+ * prefix: w_j = clip(u_j - tau, 0, 1) with tau such that Σ_j w_j = kk (w = 1
+ * when kk = m, 0 when kk = 0); tau by 200 bisection steps in float64 over
+ * [min u - 1, max u]. Row t attends the keys of S ∪ {p - window < j <= p}:
+ * weight = 0, plain softmax attention; weight = 1, keys and values of S
+ * scaled by w_j first (window keys outside S unscaled); bias = 1 adds u_j
+ * to the (scaled) logit of every attended key (DMA). Outputs o [Hq, Nq,
+ * D], lse [Hq, Nq] (over the attended keys with the logits used), count i32
+ * [Hkv, Nq] (keys attended).
+ *
+ * trainable.fsa (Flash Sparse Attention's executor of NSA's selection
+ * branch): inputs q [Hq, Nq, D], k, v [Hkv, Nk, D], blocks i32 [Hkv, Nq, n]
+ * (selected block ids per kv head and query row, -1 = none, each id in
+ * [-1, ceil(Nk/bs)) and at most once per row; e.g. trainable.nsa's blocks),
+ * opt.gate [Hq, Nq], opt.base [Hq, Nq, D]; params bs, scale. Row t (position
+ * p = Nk - Nq + t) of query head h attends the keys j <= p of the blocks of
+ * its kv head's row: O_sel, L (softmax; O_sel = 0, L = -inf when none).
+ * Outputs o = base + gate · O_sel (gate 1 and base 0 when left out) and lse
+ * = L. The result equals the query-outer computation; the cpu and cuda
+ * kernels run FSA's order: per (kv head, key block) the queries that
+ * selected it (the inverse index), partial (max, sum, O) per (query, slot),
+ * merged per query through their log-sum-exps.
+ *
+ * trainable.routing (Routing Transformer's cluster attention): inputs q [Hq,
+ * Nq, D], k, v [Hkv, Nk, D], qsel i32 [Hq, C, W] (the query rows of each
+ * cluster, -1 = none), ksel i32 [Hq, C, W] (the keys of each cluster of
+ * query head h, from its kv head; -1 = none); entries at most once per
+ * cluster. Row t (position p = Nk - Nq + t) of head h: for every cluster c
+ * holding t, the softmax attention O_c over the keys of c with j <= p; o =
+ * the mean of O_c over those clusters with at least one such key (0 when
+ * none); lse = the log-sum-exp over the union of those keys (-inf when
+ * none); count i32 [Hq, Nq] = the clusters holding t. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -296,5 +296,19 @@ expect_rc 0 "prefill_frontier results" "$SL" query "$T/pf.db" "SELECT method, st
     sum(abs(density - target_density) <= 0.02 * target_density) AS matched FROM v_result GROUP BY method, status ORDER BY method" --csv
 grep -q "^lserve,failed,12," "$T/out" && grep -q "^sliding_window,ok,12,12$" "$T/out" && ok || bad "prefill_frontier rows: $(cat "$T/out")"
 
+# fit-params (issue 14): nsa's gates fitted on one input; the file loads back through --param weights and
+# its SHA-256 is the result's params_source; moba has nothing to fit; a Q/K/V file is no nsa weights file
+"$CHECK" make "$T/fit.safetensors" 4 2 96 8 11 && ok || bad "make fit qkv"
+NSA_P="--param bs=16 --param n=4 --param window=16 --param l=8 --param s=4"
+expect_rc 0 "fit-params nsa" "$SL" fit-params nsa --qkv "$T/fit.safetensors" --out "$T/w.safetensors" --steps 5 $NSA_P --json
+sha=$(sha256sum "$T/w.safetensors" | cut -d' ' -f1)
+grep -q "\"params_source\":\"sha256:$sha\"" "$T/out" && ok || bad "fit-params params_source: $(cat "$T/out")"
+expect_rc 0 "eval nsa with fitted weights" "$SL" eval nsa --qkv "$T/fit.safetensors" $NSA_P --param "weights=$T/w.safetensors" --json
+grep -q "\"params_source\":\"sha256:$sha\"" "$T/out" && ok || bad "eval params_source: $(head -c 400 "$T/out")"
+expect_rc 1 "fit-params moba" "$SL" fit-params moba --qkv "$T/fit.safetensors" --out "$T/m.safetensors"
+one_line_err "nothing to fit" "fit-params moba"
+expect_rc 1 "eval nsa with a qkv file as weights" "$SL" eval nsa --qkv "$T/fit.safetensors" $NSA_P --param "weights=$T/fit.safetensors"
+one_line_err "tensor 'k' is not one of nsa's weights" "nsa bad weights file"
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -28,6 +28,8 @@ usage: sparselab                         start the REPL
        sparselab merge OUT.db IN.db...
        sparselab compare DB [--by method] [--where SQL]
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
+       sparselab fit-params METHOD --qkv FILE [--qkv FILE2]... --out W.safetensors [--steps N] [--seed S]
+                      [--param K=V]... [--backend cpu|ref]   (fit a trainable method's small learned parts)
        sparselab stats DB [...]
        sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N[,N]...]
                       [--backend cpu|cuda] [--d D[,D]...] [--heads H] [--densities R[,R]...] [--patterns window,random_blocks]
@@ -602,9 +604,9 @@ end
 
 -- Subcommands that live in modules of their own (sparselab/cli/<name>.lua,
 -- each returning function(argv, parse, out)).
-for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "slurm"} do
+for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "slurm", "fit-params"} do
   C[name] = function(argv)
-    local ok, f = pcall(require, "sparselab.cli." .. name)
+    local ok, f = pcall(require, "sparselab.cli." .. name:gsub("-", "_"))
     if not ok then sl.fail("sparselab %s: not available in this build (%s)", name, tostring(f)) end
     return f(argv, parse, out)
   end

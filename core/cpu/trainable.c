@@ -1,0 +1,554 @@
+/* cpu/trainable.c — cpu kernels of the trainable family (issue 14; card
+ * nsa): trainable.compress as items of (head, window) and trainable.nsa as
+ * items of (kv head, query row) on the thread pool; each nsa item reads the
+ * row's compressed tokens once per query head of its group, selects the
+ * group's blocks and runs one online softmax over the selected blocks and
+ * the window together (each key's score computed once). */
+#include "cpu.h"
+#include "parallel.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- trainable.compress ---- */
+
+typedef struct compress_job {
+    const sl__kargs *a;
+    double *acc; /* D doubles per thread */
+} compress_job;
+
+static void compress_item(int64_t item, void *ud, int thread)
+{
+    const compress_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_trainable_compress_params *p = a->params;
+    int64_t N = a->in[0].shape[1], D = a->in[0].shape[2], C = a->out[0].shape[1];
+    int64_t h = item / C, i = item % C;
+    const float *X = (const float *)a->in[0].data + h * N * D;
+    const float *PE = a->in[2].buf ? (const float *)a->in[2].data + h * p->l * D : NULL;
+    const float *W = p->mode == 1 ? (const float *)a->in[1].data + h * p->l * D * D : NULL;
+    double *acc = j->acc + (size_t)thread * (size_t)D;
+    for (int64_t c = 0; c < D; c++)
+        acc[c] = 0;
+    for (int64_t r = 0; r < p->l && i * p->s + r < N; r++) {
+        const float *row = X + (i * p->s + r) * D;
+        for (int64_t e = 0; e < D; e++) {
+            double val = (double)row[e] + (PE ? PE[r * D + e] : 0.0f);
+            if (!W) {
+                acc[e] += val;
+                continue;
+            }
+            const float *wr = W + (r * D + e) * D;
+            for (int64_t c = 0; c < D; c++)
+                acc[c] += val * wr[c];
+        }
+    }
+    float *out = (float *)a->out[0].data + item * D;
+    for (int64_t c = 0; c < D; c++)
+        out[c] = (float)(W ? acc[c] : acc[c] / (double)p->l);
+}
+
+sl_status sl__cpu_trainable_compress(const sl__kargs *a)
+{
+    int64_t D = a->in[0].shape[2], items = a->out[0].shape[0] * a->out[0].shape[1];
+    int nt = sl_ctx_threads(a->ctx);
+    size_t bytes = sizeof(double) * (size_t)(D > 0 ? D : 1) * (size_t)(nt > 0 ? nt : 1);
+    compress_job j = {a, sl_ctx_alloc(a->ctx, bytes)};
+    if (!j.acc)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.compress[cpu]: out of memory for %zu bytes", bytes);
+    sl_status s = sl__cpu_parallel(a->ctx, items, compress_item, &j);
+    sl_ctx_dealloc(a->ctx, j.acc, bytes);
+    return s;
+}
+
+/* ---- trainable.nsa ---- */
+
+typedef struct nsa_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    float *work;     /* per thread: Nc scores, 2 D accumulators, nb flags */
+    int64_t per_thread;
+} nsa_job;
+
+/* One online-softmax accumulator: running max m, sum l, acc (D floats). */
+typedef struct online {
+    float m, l;
+    float *acc;
+} online;
+
+/* Adds key score sc with value row v (times vw) to the accumulator. */
+static void online_add(online *o, const sl__cpu_vecops *vo, float sc, const float *v, float vw, int64_t D)
+{
+    if (sc > o->m) {
+        float r = o->m == -INFINITY ? 0.0f : expf(o->m - sc);
+        for (int64_t e = 0; e < D; e++)
+            o->acc[e] *= r;
+        o->l *= r;
+        o->m = sc;
+    }
+    float w = expf(sc - o->m);
+    o->l += w;
+    vo->axpy(o->acc, v, D, w * vw);
+}
+
+/* The log-sum-exp's running (max, sum) only. */
+static void lse_add(float *m, float *l, float sc)
+{
+    if (sc > *m) {
+        *l = *l * (*m == -INFINITY ? 0.0f : expf(*m - sc)) + 1.0f;
+        *m = sc;
+    } else {
+        *l += expf(sc - *m);
+    }
+}
+
+static void nsa_item(int64_t item, void *ud, int thread)
+{
+    const nsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_nsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], Nc = a->in[3].shape[1];
+    int64_t g = Hq / Hkv, nb = (Nk + p->bs - 1) / p->bs, n = p->n;
+    int64_t kv = item / Nq, t = item % Nq, pos = Nk - Nq + t, jq = pos / p->bs;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const float *KC = (const float *)a->in[3].data + kv * Nc * D, *VC = (const float *)a->in[4].data + kv * Nc * D;
+    const float *GC = a->in[5].data, *GS = a->in[6].data, *GW = a->in[7].data;
+    float *O = a->out[0].data, *L = a->out[1].data;
+    float *imp = (float *)a->out[3].data + (kv * Nq + t) * nb;
+    int32_t *brow = (int32_t *)a->out[2].data + (kv * Nq + t) * n;
+    float *s = jb->work + (size_t)thread * (size_t)jb->per_thread;
+    float *acc1 = s + Nc, *acc2 = acc1 + D, *chosen = acc2 + D;
+    const sl__cpu_vecops *vo = &jb->vo;
+    /* compressed tokens 0 .. nvis-1 are visible: i s + l - 1 <= pos */
+    int64_t nvis = pos + 1 >= p->l ? (pos + 1 - p->l) / p->s + 1 : 0;
+    if (nvis > Nc)
+        nvis = Nc;
+    memset(imp, 0, sizeof *imp * (size_t)nb);
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh;
+        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+        float *o = O + (h * Nq + t) * D;
+        memset(o, 0, sizeof *o * (size_t)D);
+        if (nvis == 0)
+            continue;
+        float m = -INFINITY;
+        for (int64_t i = 0; i < nvis; i++) {
+            s[i] = vo->dot(qv, KC + i * D, D) * scale;
+            m = s[i] > m ? s[i] : m;
+        }
+        float z = 0;
+        for (int64_t i = 0; i < nvis; i++)
+            z += s[i] = expf(s[i] - m);
+        float gc = GC[h * Nq + t];
+        for (int64_t i = 0; i < nvis; i++) {
+            float pr = s[i] / z;
+            vo->axpy(o, VC + i * D, D, gc * pr);
+            int64_t t0 = i * p->s, t1 = i * p->s + p->l;
+            for (int64_t j = t0 / p->bs; j < nb && j * p->bs < t1; j++) {
+                int64_t lo = t0 > j * p->bs ? t0 : j * p->bs, hi = t1 < (j + 1) * p->bs ? t1 : (j + 1) * p->bs;
+                imp[j] += pr * (float)(hi - lo) / (float)p->s;
+            }
+        }
+    }
+    /* selection: forced blocks, then the largest importance (ties: lower j) */
+    int64_t cnt = 0;
+    for (int64_t j = 0; j <= jq; j++) {
+        chosen[j] = (j < p->init || j > jq - p->local) ? 1.0f : 0.0f;
+        cnt += chosen[j] != 0;
+    }
+    while (cnt < n && cnt < jq + 1) {
+        int64_t best = -1;
+        for (int64_t j = 0; j <= jq; j++)
+            if (chosen[j] == 0 && (best < 0 || imp[j] > imp[best]))
+                best = j;
+        chosen[best] = 1.0f;
+        cnt++;
+    }
+    int64_t c = 0;
+    for (int64_t j = 0; j <= jq; j++)
+        if (chosen[j] != 0)
+            brow[c++] = (int32_t)j;
+    for (; c < n; c++)
+        brow[c] = -1;
+    /* selected blocks and window in one pass; the union's log-sum-exp */
+    int64_t w0 = pos - p->window + 1;
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh;
+        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+        online os = {-INFINITY, 0, acc1}, ow = {-INFINITY, 0, acc2};
+        memset(acc1, 0, sizeof *acc1 * (size_t)(2 * D));
+        float um = -INFINITY, ul = 0;
+        for (int64_t j = 0; j <= jq; j++) {
+            int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
+            if (chosen[j] == 0 && k0 < w0)
+                k0 = w0;
+            for (int64_t kk = k0; kk < k1; kk++) {
+                float sc = vo->dot(qv, K + kk * D, D) * scale;
+                if (chosen[j] != 0)
+                    online_add(&os, vo, sc, V + kk * D, 1.0f, D);
+                if (kk >= w0)
+                    online_add(&ow, vo, sc, V + kk * D, 1.0f, D);
+                lse_add(&um, &ul, sc);
+            }
+        }
+        float *o = O + (h * Nq + t) * D;
+        if (os.l > 0)
+            vo->axpy(o, acc1, D, GS[h * Nq + t] / os.l);
+        if (ow.l > 0)
+            vo->axpy(o, acc2, D, GW[h * Nq + t] / ow.l);
+        L[h * Nq + t] = um == -INFINITY ? -INFINITY : um + logf(ul);
+    }
+}
+
+sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
+{
+    int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs;
+    int nt = sl_ctx_threads(a->ctx);
+    nsa_job j = {a, sl__cpu_vecops_get(), NULL, Nc + 2 * D + (Nk + bs - 1) / bs};
+    size_t bytes = sizeof(float) * (size_t)j.per_thread * (size_t)(nt > 0 ? nt : 1);
+    j.work = sl_ctx_alloc(a->ctx, bytes);
+    if (!j.work)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.nsa[cpu]: out of memory for %zu bytes", bytes);
+    sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, nsa_item, &j);
+    sl_ctx_dealloc(a->ctx, j.work, bytes);
+    return s;
+}
+
+/* ---- trainable.sparsek ---- */
+
+typedef struct uidx {
+    float u;
+    int32_t j;
+} uidx;
+
+/* Larger u first, then the lower index. */
+static int uidx_cmp(const void *x, const void *y)
+{
+    const uidx *a = x, *b = y;
+    if (a->u != b->u)
+        return a->u > b->u ? -1 : 1;
+    return (a->j > b->j) - (a->j < b->j);
+}
+
+typedef struct sparsek_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    unsigned char *work;
+    size_t per_thread;
+} sparsek_job;
+
+static double cpu_tau(const float *u, int64_t m, double kk, double lo, double hi)
+{
+    for (int it = 0; it < 200; it++) {
+        double mid = 0.5 * (lo + hi), f = 0;
+        for (int64_t j = 0; j < m; j++) {
+            double x = (double)u[j] - mid;
+            f += x <= 0 ? 0 : x >= 1 ? 1 : x;
+        }
+        if (f > kk)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return 0.5 * (lo + hi);
+}
+
+static void sparsek_item(int64_t item, void *ud, int thread)
+{
+    const sparsek_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_sparsek_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], g = Hq / Hkv;
+    int64_t kv = item / Nq, t = item % Nq, pos = Nk - Nq + t, m = pos + 1, kk = p->k < m ? p->k : m;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *u = (const float *)a->in[3].data + kv * Nk;
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    unsigned char *base = jb->work + (size_t)thread * jb->per_thread;
+    uidx *ord = (uidx *)base;
+    float *w = (float *)(ord + Nk), *acc = w + Nk;
+    int32_t *list = (int32_t *)(acc + D);
+    uint8_t *sel = (uint8_t *)(list + Nk);
+    /* S: the kk first of the prefix in (u desc, index asc) order */
+    double lo = INFINITY, hi = -INFINITY;
+    for (int64_t j = 0; j < m; j++) {
+        ord[j] = (uidx){u[j], (int32_t)j};
+        w[j] = 1.0f;
+        sel[j] = 0;
+        lo = fmin(lo, (double)u[j] - 1.0);
+        hi = fmax(hi, (double)u[j]);
+    }
+    qsort(ord, (size_t)m, sizeof *ord, uidx_cmp);
+    double tau = p->weight && kk > 0 && kk < m ? cpu_tau(u, m, (double)kk, lo, hi) : 0;
+    for (int64_t r = 0; r < kk; r++) {
+        int64_t j = ord[r].j;
+        double x = (double)u[j] - tau;
+        w[j] = !p->weight || kk == m ? 1.0f : (float)(x <= 0 ? 0 : x >= 1 ? 1 : x);
+        sel[j] = 1;
+    }
+    int64_t cnt = 0;
+    for (int64_t j = 0; j < m; j++)
+        if (sel[j] || j > pos - p->window)
+            list[cnt++] = (int32_t)j;
+    ((int32_t *)a->out[2].data)[kv * Nq + t] = (int32_t)cnt;
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh;
+        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+        online os = {-INFINITY, 0, acc};
+        memset(acc, 0, sizeof *acc * (size_t)D);
+        for (int64_t c = 0; c < cnt; c++) {
+            int64_t j = list[c];
+            float sc = jb->vo.dot(qv, K + j * D, D) * w[j] * scale + (p->bias ? u[j] : 0.0f);
+            online_add(&os, &jb->vo, sc, V + j * D, w[j], D);
+        }
+        float *o = (float *)a->out[0].data + (h * Nq + t) * D;
+        for (int64_t e = 0; e < D; e++)
+            o[e] = os.l > 0 ? acc[e] / os.l : 0.0f;
+        ((float *)a->out[1].data)[h * Nq + t] = os.l > 0 ? os.m + logf(os.l) : -INFINITY;
+    }
+}
+
+sl_status sl__cpu_trainable_sparsek(const sl__kargs *a)
+{
+    int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int nt = sl_ctx_threads(a->ctx);
+    sparsek_job j = {a, sl__cpu_vecops_get(), NULL,
+                     ((size_t)Nk * (sizeof(uidx) + sizeof(float) + sizeof(int32_t) + 1) + (size_t)D * sizeof(float) + 7) /
+                         8 * 8};
+    size_t bytes = j.per_thread * (size_t)(nt > 0 ? nt : 1);
+    j.work = sl_ctx_alloc(a->ctx, bytes);
+    if (!j.work)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.sparsek[cpu]: out of memory for %zu bytes", bytes);
+    sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, sparsek_item, &j);
+    sl_ctx_dealloc(a->ctx, j.work, bytes);
+    return s;
+}
+
+/* ---- trainable.fsa: KV-block-outer (FSA's order) ---- */
+
+typedef struct fsa_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    const int64_t *off;  /* per kv head, nb + 1 offsets into ent */
+    const int64_t *ent;  /* t · n + slot of each (query, slot) that selected the block */
+    float *part;         /* per (query head, row, slot): m, l, O[D] */
+    int64_t nb;
+} fsa_job;
+
+/* Item (kv head, block b): every query that selected b, every head of the group. */
+static void fsa_block_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const fsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_fsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2], g = Hq / Hkv;
+    int64_t kv = item / jb->nb, b = item % jb->nb;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const int64_t *off = jb->off + kv * (jb->nb + 1);
+    for (int64_t e = off[b]; e < off[b + 1]; e++) {
+        int64_t t = jb->ent[kv * Nq * n + e] / n, x = jb->ent[kv * Nq * n + e] % n, pos = Nk - Nq + t;
+        int64_t k0 = b * p->bs, k1 = (b + 1) * p->bs < pos + 1 ? (b + 1) * p->bs : pos + 1;
+        if (k1 > Nk)
+            k1 = Nk;
+        for (int64_t hh = 0; hh < g; hh++) {
+            int64_t h = kv * g + hh;
+            const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
+            float *slot = jb->part + ((h * Nq + t) * n + x) * (D + 2), *acc = slot + 2;
+            online os = {-INFINITY, 0, acc};
+            for (int64_t j = k0; j < k1; j++)
+                online_add(&os, &jb->vo, jb->vo.dot(qv, K + j * D, D) * scale, V + j * D, 1.0f, D);
+            slot[0] = os.m, slot[1] = os.l;
+        }
+    }
+}
+
+/* Item (query head, row): the log-sum-exp merge of its slots. */
+static void fsa_merge_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const fsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    int64_t D = a->in[0].shape[2], n = a->in[3].shape[2];
+    const float *slots = jb->part + item * n * (D + 2);
+    float m = -INFINITY, l = 0;
+    for (int64_t x = 0; x < n; x++)
+        m = slots[x * (D + 2)] > m ? slots[x * (D + 2)] : m;
+    float *o = (float *)a->out[0].data + item * D;
+    const float *base = a->in[5].buf ? (const float *)a->in[5].data + item * D : NULL;
+    float gate = a->in[4].buf ? ((const float *)a->in[4].data)[item] : 1.0f;
+    for (int64_t c = 0; c < D; c++)
+        o[c] = 0;
+    if (m > -INFINITY)
+        for (int64_t x = 0; x < n; x++) {
+            const float *s = slots + x * (D + 2);
+            if (s[0] == -INFINITY)
+                continue;
+            float r = expf(s[0] - m);
+            l += s[1] * r;
+            jb->vo.axpy(o, s + 2, D, r);
+        }
+    for (int64_t c = 0; c < D; c++)
+        o[c] = (base ? base[c] : 0.0f) + (l > 0 ? gate * o[c] / l : 0.0f);
+    ((float *)a->out[1].data)[item] = l > 0 ? m + logf(l) : -INFINITY;
+}
+
+sl_status sl__cpu_trainable_fsa(const sl__kargs *a)
+{
+    const sl_trainable_fsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2];
+    int64_t nb = (Nk + p->bs - 1) / p->bs;
+    size_t off_bytes = sizeof(int64_t) * (size_t)(Hkv * (nb + 1)), ent_bytes = sizeof(int64_t) * (size_t)(Hkv * Nq * n);
+    size_t part_bytes = sizeof(float) * (size_t)(Hq * Nq * n * (D + 2));
+    size_t bytes = off_bytes + ent_bytes + part_bytes;
+    unsigned char *mem = sl_ctx_alloc(a->ctx, bytes > 0 ? bytes : 1);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.fsa[cpu]: out of memory for %zu bytes", bytes);
+    fsa_job j = {a, sl__cpu_vecops_get(), (int64_t *)mem, (int64_t *)(mem + off_bytes),
+                 (float *)(mem + off_bytes + ent_bytes), nb};
+    int64_t *off = (int64_t *)j.off, *ent = (int64_t *)j.ent;
+    const int32_t *B = a->in[3].data;
+    /* the inverse index: per kv head, block -> (query, slot) list, by counting sort */
+    for (int64_t kv = 0; kv < Hkv; kv++) {
+        int64_t *o = off + kv * (nb + 1), *en = ent + kv * Nq * n;
+        memset(o, 0, sizeof *o * (size_t)(nb + 1));
+        for (int64_t i = 0; i < Nq * n; i++)
+            if (B[kv * Nq * n + i] >= 0)
+                o[B[kv * Nq * n + i] + 1]++;
+        for (int64_t b = 0; b < nb; b++)
+            o[b + 1] += o[b];
+        for (int64_t i = 0; i < Nq * n; i++) {
+            int32_t b = B[kv * Nq * n + i];
+            if (b >= 0)
+                en[o[b]++] = i;
+        }
+        for (int64_t b = nb; b > 0; b--)
+            o[b] = o[b - 1];
+        o[0] = 0;
+    }
+    for (int64_t i = 0; i < Hq * Nq * n; i++) {
+        j.part[i * (D + 2)] = -INFINITY;
+        j.part[i * (D + 2) + 1] = 0;
+        memset(j.part + i * (D + 2) + 2, 0, sizeof(float) * (size_t)D);
+    }
+    sl_status s = sl__cpu_parallel(a->ctx, Hkv * nb, fsa_block_item, &j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, Hq * Nq, fsa_merge_item, &j);
+    sl_ctx_dealloc(a->ctx, mem, bytes > 0 ? bytes : 1);
+    return s;
+}
+
+/* ---- trainable.routing: per (head, row) over the clusters holding the row ---- */
+
+typedef struct routing_job {
+    const sl__kargs *a;
+    sl__cpu_vecops vo;
+    const int64_t *off;  /* per (head, row): offsets into cl */
+    const int32_t *cl;   /* the clusters holding each row */
+    unsigned char *work; /* per thread: 2 D floats, Nk marks */
+    size_t per_thread;
+} routing_job;
+
+static void routing_item(int64_t item, void *ud, int thread)
+{
+    const routing_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_routing_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], C = a->in[3].shape[1], W = a->in[3].shape[2];
+    int64_t h = item / Nq, t = item % Nq, kv = h / (Hq / Hkv), pos = Nk - Nq + t;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *qv = (const float *)a->in[0].data + item * D;
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const int32_t *KS = a->in[4].data;
+    float *acc = (float *)(jb->work + (size_t)thread * jb->per_thread), *sum = acc + D;
+    uint8_t *mark = (uint8_t *)(sum + D);
+    memset(sum, 0, sizeof *sum * (size_t)D);
+    float um = -INFINITY, ul = 0;
+    int64_t used = 0;
+    for (int64_t e = jb->off[item]; e < jb->off[item + 1]; e++) {
+        const int32_t *keys = KS + (h * C + jb->cl[e]) * W;
+        online os = {-INFINITY, 0, acc};
+        memset(acc, 0, sizeof *acc * (size_t)D);
+        for (int64_t x = 0; x < W; x++) {
+            int32_t j = keys[x];
+            if (j < 0 || j > pos)
+                continue;
+            float sc = jb->vo.dot(qv, K + (int64_t)j * D, D) * scale;
+            online_add(&os, &jb->vo, sc, V + (int64_t)j * D, 1.0f, D);
+            if (!mark[j]) {
+                mark[j] = 1;
+                lse_add(&um, &ul, sc);
+            }
+        }
+        if (os.l > 0) {
+            jb->vo.axpy(sum, acc, D, 1.0f / os.l);
+            used++;
+        }
+    }
+    /* clear the marks of this row only */
+    for (int64_t e = jb->off[item]; e < jb->off[item + 1]; e++) {
+        const int32_t *keys = KS + (h * C + jb->cl[e]) * W;
+        for (int64_t x = 0; x < W; x++)
+            if (keys[x] >= 0)
+                mark[keys[x]] = 0;
+    }
+    float *o = (float *)a->out[0].data + item * D;
+    for (int64_t c = 0; c < D; c++)
+        o[c] = used ? sum[c] / (float)used : 0.0f;
+    ((float *)a->out[1].data)[item] = um == -INFINITY ? -INFINITY : um + logf(ul);
+    ((int32_t *)a->out[2].data)[item] = (int32_t)(jb->off[item + 1] - jb->off[item]);
+}
+
+sl_status sl__cpu_trainable_routing(const sl__kargs *a)
+{
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2], Nk = a->in[1].shape[1];
+    int64_t C = a->in[3].shape[1], W = a->in[3].shape[2];
+    int nt = sl_ctx_threads(a->ctx);
+    size_t per = ((size_t)(2 * D) * sizeof(float) + (size_t)Nk + 7) / 8 * 8;
+    size_t off_bytes = sizeof(int64_t) * (size_t)(Hq * Nq + 1), cl_bytes = sizeof(int32_t) * (size_t)(Hq * C * W + 1);
+    size_t bytes = off_bytes + cl_bytes + per * (size_t)(nt > 0 ? nt : 1) + 8;
+    unsigned char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.routing[cpu]: out of memory for %zu bytes", bytes);
+    int64_t *off = (int64_t *)mem;
+    int32_t *cl = (int32_t *)(mem + off_bytes);
+    unsigned char *work = mem + off_bytes + cl_bytes;
+    work = (unsigned char *)(((uintptr_t)work + 7) & ~(uintptr_t)7);
+    memset(work, 0, per * (size_t)(nt > 0 ? nt : 1));
+    /* the inverse of qsel: per (head, row) the clusters holding it, by counting sort */
+    const int32_t *QS = a->in[3].data;
+    memset(off, 0, off_bytes);
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t i = 0; i < C * W; i++)
+            if (QS[h * C * W + i] >= 0)
+                off[h * Nq + QS[h * C * W + i] + 1]++;
+    for (int64_t i = 0; i < Hq * Nq; i++)
+        off[i + 1] += off[i];
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t i = 0; i < C * W; i++) {
+            int32_t t = QS[h * C * W + i];
+            if (t >= 0)
+                cl[off[h * Nq + t]++] = (int32_t)(i / W);
+        }
+    for (int64_t i = Hq * Nq; i > 0; i--)
+        off[i] = off[i - 1];
+    off[0] = 0;
+    routing_job j = {a, sl__cpu_vecops_get(), off, cl, work, per};
+    sl_status s = sl__cpu_parallel(a->ctx, Hq * Nq, routing_item, &j);
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return s;
+}
+
+size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    (void)op, (void)params, (void)in, (void)n_threads;
+    return 0;
+}

@@ -1,0 +1,523 @@
+// cuda/trainable.cu — the trainable family on CUDA (issue 14; card nsa;
+// contracts in sparselab.h). trainable.compress: one thread per output
+// element (head, window, channel). trainable.nsa: one thread per (kv head,
+// query row); it reads the row's visible compressed tokens per query head of
+// the group, keeps the selected block list in its row of `blocks` (no
+// per-thread arrays), and runs the selected-block and window softmaxes in
+// three passes (maxima, sums, weighted values) over the keys it reads.
+// Compiled with `make CUDA=1`; run under the CUDA simulator by
+// `make test-cudasim`.
+#include "dialect.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+
+#include <math.h>
+
+namespace {
+
+__global__ void compress_kernel(const float *x, const float *w, const float *pe, float *y, int H, int N, int D,
+                                int C, int l, int s, int mode)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)H * C * D)
+        return;
+    int c = (int)(item % D), i = (int)((item / D) % C), h = (int)(item / ((long long)D * C));
+    double acc = 0;
+    for (int r = 0; r < l && (long long)i * s + r < N; r++) {
+        const float *row = x + ((size_t)h * N + (size_t)i * s + r) * D;
+        if (mode == 0) {
+            acc += (double)row[c] + (pe ? pe[((size_t)h * l + r) * D + c] : 0.f);
+            continue;
+        }
+        for (int e = 0; e < D; e++) {
+            double val = (double)row[e] + (pe ? pe[((size_t)h * l + r) * D + e] : 0.f);
+            acc += val * w[(((size_t)h * l + r) * D + e) * D + c];
+        }
+    }
+    y[item] = (float)(mode == 0 ? acc / l : acc);
+}
+
+__device__ float dotf(const float *a, const float *b, int D)
+{
+    float s = 0.f;
+    for (int e = 0; e < D; e++)
+        s += a[e] * b[e];
+    return s;
+}
+
+__device__ int in_list(const int *list, int cnt, int j)
+{
+    for (int c = 0; c < cnt; c++)
+        if (list[c] == j)
+            return 1;
+    return 0;
+}
+
+struct nsa_args {
+    const float *q, *k, *v, *kc, *vc, *gc, *gs, *gw;
+    float *o, *lse, *imp;
+    int *blocks;
+    int Hq, Hkv, Nq, Nk, Nc, D, l, s, bs, n, init, local, window;
+    float scale;
+};
+
+__global__ void nsa_kernel(nsa_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hkv * a.Nq)
+        return;
+    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    int nb = (a.Nk + a.bs - 1) / a.bs, pos = a.Nk - a.Nq + t, jq = pos / a.bs;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    const float *KC = a.kc + (size_t)kv * a.Nc * a.D, *VC = a.vc + (size_t)kv * a.Nc * a.D;
+    float *imp = a.imp + ((size_t)kv * a.Nq + t) * nb;
+    int *brow = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+    int nvis = pos + 1 >= a.l ? (pos + 1 - a.l) / a.s + 1 : 0;
+    if (nvis > a.Nc)
+        nvis = a.Nc;
+    for (int j = 0; j < nb; j++)
+        imp[j] = 0.f;
+    for (int hh = 0; hh < g; hh++) {
+        int h = kv * g + hh;
+        const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        for (int e = 0; e < a.D; e++)
+            o[e] = 0.f;
+        if (nvis == 0)
+            continue;
+        float m = -INFINITY, z = 0.f;
+        for (int i = 0; i < nvis; i++)
+            m = fmaxf(m, dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale);
+        for (int i = 0; i < nvis; i++)
+            z += expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m);
+        float gc = a.gc[(size_t)h * a.Nq + t];
+        for (int i = 0; i < nvis; i++) {
+            float pr = expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m) / z;
+            for (int e = 0; e < a.D; e++)
+                o[e] += gc * pr * VC[(size_t)i * a.D + e];
+            int t0 = i * a.s, t1 = i * a.s + a.l;
+            for (int j = t0 / a.bs; j < nb && j * a.bs < t1; j++) {
+                int lo = max(t0, j * a.bs), hi = min(t1, (j + 1) * a.bs);
+                imp[j] += pr * (float)(hi - lo) / (float)a.s;
+            }
+        }
+    }
+    // selection into brow: forced blocks, then the largest importance
+    int cnt = 0, want = min(a.n, jq + 1);
+    for (int j = 0; j <= jq; j++)
+        if (j < a.init || j > jq - a.local)
+            brow[cnt++] = j;
+    while (cnt < want) {
+        int best = -1;
+        for (int j = 0; j <= jq; j++)
+            if (!in_list(brow, cnt, j) && (best < 0 || imp[j] > imp[best]))
+                best = j;
+        brow[cnt++] = best;
+    }
+    for (int x = 1; x < cnt; x++)
+        for (int y = x; y > 0 && brow[y - 1] > brow[y]; y--) {
+            int tmp = brow[y];
+            brow[y] = brow[y - 1];
+            brow[y - 1] = tmp;
+        }
+    for (int c = cnt; c < a.n; c++)
+        brow[c] = -1;
+    int w0 = pos - a.window + 1;
+    for (int hh = 0; hh < g; hh++) {
+        int h = kv * g + hh;
+        const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        float ms = -INFINITY, mw = -INFINITY, mu = -INFINITY, zs = 0.f, zw = 0.f, zu = 0.f;
+        for (int pass = 0; pass < 3; pass++) {
+            float fs = pass == 2 && zs > 0.f ? a.gs[(size_t)h * a.Nq + t] / zs : 0.f;
+            float fw = pass == 2 && zw > 0.f ? a.gw[(size_t)h * a.Nq + t] / zw : 0.f;
+            for (int j = 0; j <= jq; j++) {
+                int sel = in_list(brow, cnt, j);
+                int k0 = j * a.bs, k1 = min((j + 1) * a.bs, pos + 1);
+                if (!sel)
+                    k0 = max(k0, w0);
+                for (int kk = k0; kk < k1; kk++) {
+                    float sc = dotf(qv, K + (size_t)kk * a.D, a.D) * a.scale;
+                    int win = kk >= w0;
+                    if (pass == 0) {
+                        if (sel)
+                            ms = fmaxf(ms, sc);
+                        if (win)
+                            mw = fmaxf(mw, sc);
+                        mu = fmaxf(mu, sc);
+                    } else if (pass == 1) {
+                        if (sel)
+                            zs += expf(sc - ms);
+                        if (win)
+                            zw += expf(sc - mw);
+                        zu += expf(sc - mu);
+                    } else {
+                        float wgt = (sel ? fs * expf(sc - ms) : 0.f) + (win ? fw * expf(sc - mw) : 0.f);
+                        for (int e = 0; e < a.D; e++)
+                            o[e] += wgt * V[(size_t)kk * a.D + e];
+                    }
+                }
+            }
+        }
+        a.lse[(size_t)h * a.Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(zu);
+    }
+}
+
+// trainable.sparsek: one thread per (kv head, query row), no scratch: a
+// key's membership in S is its rank among the prefix (O(m) per key, O(m^2)
+// per row: a correctness kernel, not a fast one), tau by the same 200
+// float64 bisection steps as ref.
+struct sparsek_args {
+    const float *q, *k, *v, *u;
+    float *o, *lse;
+    int *count;
+    int Hq, Hkv, Nq, Nk, D, kb, window, weight, bias;
+    float scale;
+};
+
+__device__ int sk_selected(const float *u, int m, int kk, int j)
+{
+    int rank = 0;
+    for (int i = 0; i < m && rank < kk; i++)
+        rank += u[i] > u[j] || (u[i] == u[j] && i < j);
+    return rank < kk;
+}
+
+__global__ void sparsek_kernel(sparsek_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hkv * a.Nq)
+        return;
+    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    int pos = a.Nk - a.Nq + t, m = pos + 1, kk = min(a.kb, m);
+    const float *u = a.u + (size_t)kv * a.Nk;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    double tau = 0;
+    if (a.weight && kk > 0 && kk < m) {
+        double lo = INFINITY, hi = -INFINITY;
+        for (int j = 0; j < m; j++) {
+            lo = fmin(lo, (double)u[j] - 1.0);
+            hi = fmax(hi, (double)u[j]);
+        }
+        for (int it = 0; it < 200; it++) {
+            double mid = 0.5 * (lo + hi), f = 0;
+            for (int j = 0; j < m; j++) {
+                double x = (double)u[j] - mid;
+                f += x <= 0 ? 0 : x >= 1 ? 1 : x;
+            }
+            if (f > kk)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        tau = 0.5 * (lo + hi);
+    }
+    int cnt = 0;
+    for (int j = 0; j < m; j++)
+        cnt += sk_selected(u, m, kk, j) || j > pos - a.window;
+    a.count[item] = cnt;
+    for (int hh = 0; hh < g; hh++) {
+        int h = kv * g + hh;
+        const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        for (int e = 0; e < a.D; e++)
+            o[e] = 0.f;
+        float mx = -INFINITY, z = 0.f;
+        for (int pass = 0; pass < 3; pass++)
+            for (int j = 0; j < m; j++) {
+                int sel = sk_selected(u, m, kk, j);
+                if (!sel && j <= pos - a.window)
+                    continue;
+                float w = 1.f;
+                if (sel && a.weight && kk < m) {
+                    double x = (double)u[j] - tau;
+                    w = (float)(x <= 0 ? 0 : x >= 1 ? 1 : x);
+                }
+                float sc = dotf(qv, K + (size_t)j * a.D, a.D) * w * a.scale + (a.bias ? u[j] : 0.f);
+                if (pass == 0) {
+                    mx = fmaxf(mx, sc);
+                } else if (pass == 1) {
+                    z += expf(sc - mx);
+                } else {
+                    float pr = expf(sc - mx) / z * w;
+                    for (int e = 0; e < a.D; e++)
+                        o[e] += pr * V[(size_t)j * a.D + e];
+                }
+            }
+        a.lse[(size_t)h * a.Nq + t] = z > 0.f ? mx + logf(z) : -INFINITY;
+    }
+}
+
+// trainable.fsa in FSA's order: fsa_block_kernel, one thread per (kv head,
+// key block b), walks the rows that selected b (the inverse index, found by
+// scanning each row's slots) and writes per (query head, row, slot) the
+// partial (max, sum, O); fsa_merge_kernel, one thread per (query head, row),
+// merges its slots through their log-sum-exps.
+struct fsa_args {
+    const float *q, *k, *v, *gate, *base;
+    const int *blocks;
+    float *o, *lse, *part;
+    int Hq, Hkv, Nq, Nk, D, n, bs, nb;
+    float scale;
+};
+
+__global__ void fsa_block_kernel(fsa_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hkv * a.nb)
+        return;
+    int kv = (int)(item / a.nb), b = (int)(item % a.nb), g = a.Hq / a.Hkv;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    for (int t = 0; t < a.Nq; t++) {
+        const int *row = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+        int pos = a.Nk - a.Nq + t;
+        for (int x = 0; x < a.n; x++) {
+            if (row[x] != b)
+                continue;
+            int k0 = b * a.bs, k1 = min(min((b + 1) * a.bs, pos + 1), a.Nk);
+            for (int hh = 0; hh < g; hh++) {
+                int h = kv * g + hh;
+                const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
+                float *slot = a.part + (((size_t)h * a.Nq + t) * a.n + x) * (a.D + 2), *acc = slot + 2;
+                float m = -INFINITY, l = 0.f;
+                for (int e = 0; e < a.D; e++)
+                    acc[e] = 0.f;
+                for (int j = k0; j < k1; j++)
+                    m = fmaxf(m, dotf(qv, K + (size_t)j * a.D, a.D) * a.scale);
+                for (int j = k0; j < k1; j++) {
+                    float w = expf(dotf(qv, K + (size_t)j * a.D, a.D) * a.scale - m);
+                    l += w;
+                    for (int e = 0; e < a.D; e++)
+                        acc[e] += w * V[(size_t)j * a.D + e];
+                }
+                slot[0] = m, slot[1] = l;
+            }
+        }
+    }
+}
+
+__global__ void fsa_merge_kernel(fsa_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hq * a.Nq)
+        return;
+    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv);
+    const int *row = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+    const float *slots = a.part + (size_t)item * a.n * (a.D + 2);
+    float m = -INFINITY, l = 0.f;
+    for (int x = 0; x < a.n; x++)
+        if (row[x] >= 0)
+            m = fmaxf(m, slots[(size_t)x * (a.D + 2)]);
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = 0; e < a.D; e++)
+        o[e] = 0.f;
+    if (m > -INFINITY)
+        for (int x = 0; x < a.n; x++) {
+            const float *s = slots + (size_t)x * (a.D + 2);
+            if (row[x] < 0 || s[0] == -INFINITY)
+                continue;
+            float r = expf(s[0] - m);
+            l += s[1] * r;
+            for (int e = 0; e < a.D; e++)
+                o[e] += r * s[2 + e];
+        }
+    float gate = a.gate ? a.gate[item] : 1.f;
+    for (int e = 0; e < a.D; e++)
+        o[e] = (a.base ? a.base[(size_t)item * a.D + e] : 0.f) + (l > 0.f ? gate * o[e] / l : 0.f);
+    a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
+}
+
+// trainable.routing: one thread per (query head, row); it finds the clusters
+// holding the row by scanning qsel (O(C W) per row: a correctness kernel),
+// runs each cluster's softmax in three passes, and the union's log-sum-exp
+// over keys counted once (a key also held by an earlier cluster of the row is
+// skipped by rescanning those clusters).
+struct routing_args {
+    const float *q, *k, *v;
+    const int *qsel, *ksel;
+    float *o, *lse;
+    int *count;
+    int Hq, Hkv, Nq, Nk, D, C, W;
+    float scale;
+};
+
+__global__ void routing_kernel(routing_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)a.Hq * a.Nq)
+        return;
+    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv), pos = a.Nk - a.Nq + t;
+    const float *qv = a.q + (size_t)item * a.D;
+    const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = 0; e < a.D; e++)
+        o[e] = 0.f;
+    int used = 0, cnt = 0;
+    float um = -INFINITY, uz = 0.f;
+    for (int pass = 0; pass < 2; pass++)
+        for (int c = 0; c < a.C; c++) {
+            if (!in_list(a.qsel + ((size_t)h * a.C + c) * a.W, a.W, t))
+                continue;
+            const int *keys = a.ksel + ((size_t)h * a.C + c) * a.W;
+            // the union: keys not held by an earlier cluster of this row
+            for (int x = 0; x < a.W; x++) {
+                int j = keys[x];
+                if (j < 0 || j > pos)
+                    continue;
+                int seen = 0;
+                for (int c2 = 0; c2 < c && !seen; c2++)
+                    seen = in_list(a.qsel + ((size_t)h * a.C + c2) * a.W, a.W, t) &&
+                           in_list(a.ksel + ((size_t)h * a.C + c2) * a.W, a.W, j);
+                if (seen)
+                    continue;
+                float sc = dotf(qv, K + (size_t)j * a.D, a.D) * a.scale;
+                if (pass == 0)
+                    um = fmaxf(um, sc);
+                else
+                    uz += expf(sc - um);
+            }
+            if (pass == 0)
+                continue;
+            cnt++;
+            float m = -INFINITY, z = 0.f;
+            for (int x = 0; x < a.W; x++)
+                if (keys[x] >= 0 && keys[x] <= pos)
+                    m = fmaxf(m, dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale);
+            if (m == -INFINITY)
+                continue;
+            for (int x = 0; x < a.W; x++)
+                if (keys[x] >= 0 && keys[x] <= pos)
+                    z += expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m);
+            for (int x = 0; x < a.W; x++)
+                if (keys[x] >= 0 && keys[x] <= pos) {
+                    float w = expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m) / z;
+                    for (int e = 0; e < a.D; e++)
+                        o[e] += w * V[(size_t)keys[x] * a.D + e];
+                }
+            used++;
+        }
+    if (used > 0)
+        for (int e = 0; e < a.D; e++)
+            o[e] /= (float)used;
+    a.lse[item] = um == -INFINITY ? -INFINITY : um + logf(uz);
+    a.count[item] = cnt;
+}
+
+}  // namespace
+
+sl_status sl__cuda_trainable_compress(const sl__kargs *a)
+{
+    const sl_trainable_compress_params *p = static_cast<const sl_trainable_compress_params *>(a->params);
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2], C = a->out[0].shape[1];
+    if (H * N * D > (int64_t)1 << 40 || N > (1 << 30) || D > (1 << 20))
+        return sl__cuda_unsupported(a, "more than 2^30 tokens or 2^20 channels");
+    int64_t total = H * C * D;
+    if (total == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(compress_kernel, dim3((unsigned)((total + 127) / 128)), 128, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), (int)H, (int)N, (int)D,
+        (int)C, (int)p->l, (int)p->s, (int)p->mode);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_nsa(const sl__kargs *a)
+{
+    const sl_trainable_nsa_params *p = static_cast<const sl_trainable_nsa_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], Nc = a->in[3].shape[1];
+    if (Nk > (1 << 30) || Nc > (1 << 30) || D > (1 << 20) || p->window > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or 2^20 channels");
+    int64_t items = Hkv * Nq;
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    nsa_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2), x.kc = st.input<float>(3);
+    x.vc = st.input<float>(4), x.gc = st.input<float>(5), x.gs = st.input<float>(6), x.gw = st.input<float>(7);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.blocks = st.output<int>(2), x.imp = st.output<float>(3);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.Nc = (int)Nc, x.D = (int)D;
+    x.l = (int)p->l, x.s = (int)p->s, x.bs = (int)p->bs, x.n = (int)p->n, x.init = (int)p->init;
+    x.local = (int)p->local, x.window = (int)p->window;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(nsa_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_sparsek(const sl__kargs *a)
+{
+    const sl_trainable_sparsek_params *p = static_cast<const sl_trainable_sparsek_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    if (Nk > (1 << 30) || D > (1 << 20))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or 2^20 channels");
+    int64_t items = Hkv * Nq;
+    if (items == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    sparsek_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2), x.u = st.input<float>(3);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D;
+    x.kb = (int)(p->k < Nk ? p->k : Nk), x.window = (int)(p->window < Nk ? p->window : Nk), x.weight = (int)p->weight;
+    x.bias = (int)p->bias;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(sparsek_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_fsa(const sl__kargs *a)
+{
+    const sl_trainable_fsa_params *p = static_cast<const sl_trainable_fsa_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], n = a->in[3].shape[2];
+    int64_t nb = (Nk + p->bs - 1) / p->bs;
+    if (Nk > (1 << 30) || D > (1 << 20) || n > (1 << 20))
+        return sl__cuda_unsupported(a, "more than 2^30 keys, 2^20 channels or 2^20 slots");
+    if (Hq * Nq == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    void *part = nullptr;
+    if (sl_status s = sl__cuda_scratch(&st, (size_t)(Hq * Nq * n * (D + 2)) * sizeof(float), &part); s != SL_OK)
+        return s;
+    fsa_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2), x.blocks = st.input<int>(3);
+    x.gate = st.input<float>(4), x.base = st.input<float>(5);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.part = static_cast<float *>(part);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.n = (int)n, x.bs = (int)p->bs;
+    x.nb = (int)nb;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(fsa_block_kernel, dim3((unsigned)((Hkv * nb + 63) / 64)), 64, 0, 0)(x);
+    SL_LAUNCH(fsa_merge_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_routing(const sl__kargs *a)
+{
+    const sl_trainable_routing_params *p = static_cast<const sl_trainable_routing_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], C = a->in[3].shape[1], W = a->in[3].shape[2];
+    if (Nk > (1 << 30) || D > (1 << 20) || C * W > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or members, or 2^20 channels");
+    if (Hq * Nq == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    routing_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.v = st.input<float>(2);
+    x.qsel = st.input<int>(3), x.ksel = st.input<int>(4);
+    x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.C = (int)C, x.W = (int)W;
+    x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    SL_LAUNCH(routing_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

@@ -1,0 +1,803 @@
+-- test_methods_trainable.lua — the trainable-architecture recipes of issue
+-- 14 (nsa): the recipe's variants and provenance (params_source), its
+-- selection against a score-blind one (the check fails when the compressed
+-- attention is replaced by a query-blind one), bad weight files (one-line
+-- errors naming the file, the tensor and the expectation), the hand gradient
+-- of the gate fit against finite differences, a fitted file loading back,
+-- and fitted gates beating the stand-in on held-out TinyStories texts.
+-- Run with LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_trainable.lua
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local R = require "static_ref"
+local sl = require "sparselab"
+local E = require "sparselab.blockest"
+local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
+
+local TMP = os.tmpname()
+os.remove(TMP)
+os.execute("mkdir -p " .. TMP)
+
+local SMALL = {bs = 16, n = 4, window = 16, l = 8, s = 4}
+local function with(t, extra)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+local function synthetic(n, seed)
+  local q, k, v = sl.synthetic{n = n, heads = 4, kv_heads = 2, d = 16, seed = seed, needles = 8}
+  return sl.problem{q = q, k = k, v = v}
+end
+
+test("nsa: both variants run, record params_source, n = all blocks with gates (0,1,0) is dense", function()
+  local prob = synthetic(200, 5)
+  for _, var in ipairs{"paper", "fla"} do
+    local r = sl.eval("nsa", prob, {params = with(SMALL, {variant = var})})
+    eq(r.params.params_source, "standin:mean_pool+gates(0,1,0)", var .. " params_source")
+    truthy(r.metrics.density > 0 and r.metrics.density < 1, var .. " density in (0, 1)")
+    local all = sl.eval("nsa", prob, {params = with(SMALL, {variant = var, n = 13})})
+    truthy(all.metrics.rel_l2 < 1e-5, var .. ": all blocks, stand-in gates (0,1,0) equal dense, rel_l2 "
+      .. all.metrics.rel_l2)
+  end
+end)
+
+-- The selection check: mean recall of the selected token set beats random
+-- block sets of the same size by a margin. recall_of(kc) runs the op with
+-- the compressed keys given (the score-blind selector: compressed keys of
+-- zero, so every visible compressed token weighs the same whatever the
+-- query: the selection then depends on positions only).
+for _, variant in ipairs{"paper", "fla"} do
+test("nsa (" .. variant .. "): selection from the compressed attention passes a check a score-blind selection fails", function()
+  local prob = synthetic(256, 7)
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, with(SMALL, {window = 0, variant = variant}))
+  local ws, _, op = nsa.setup(prob, p)
+  local kc, vc = nsa.compress(prob, ws, op)
+  local gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)
+  local dense = sl.eval("dense", prob)
+  local function recall_of(keys)
+    local _, lse = nsa.forward(prob, op, keys, vc, gc, gs, gw)
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  -- random block sets of n blocks per (kv head, query), same forced blocks: token keep lists
+  local function random_recall(seed)
+    local rng = sl.rand({1000}, {seed = seed}):totable()
+    local qs, ks = prob.q:totable(), prob.k:totable()
+    local hq, n, d = #qs, #qs[1], #qs[1][1]
+    local g, total, r = hq // #ks, 0, 1
+    local dl = dense.lse:totable()
+    for h = 1, hq do
+      for t = 0, n - 1 do
+        local jq = t // op.bs
+        local chosen, cnt = {[0] = true}, 1
+        for j = jq - op["local"] + 1, jq do if j >= 0 and not chosen[j] then chosen[j] = true; cnt = cnt + 1 end end
+        while cnt < math.min(op.n, jq + 1) do
+          local j = math.floor(rng[r] * (jq + 1)); r = r % 1000 + 1
+          if not chosen[j] then chosen[j] = true; cnt = cnt + 1 end
+        end
+        local z = 0
+        for j = 0, t do
+          if chosen[j // op.bs] then
+            local s = 0
+            for e = 1, d do s = s + qs[h][t + 1][e] * ks[(h - 1) // g + 1][j + 1][e] end
+            z = z + math.exp(s / math.sqrt(d) - dl[h][t + 1])
+          end
+        end
+        total = total + z
+      end
+    end
+    return total / (hq * n)
+  end
+  local baseline = (random_recall(1) + random_recall(2)) / 2
+  print(string.format("nsa selection recall %.4f, score-blind %.4f, random %.4f", recall_of(kc), recall_of(sl.zeros(kc:shape())), baseline))
+  local function check(keys) return recall_of(keys) >= baseline + 0.02 end
+  truthy(check(kc), string.format("compressed-attention selection: recall %.4f vs random %.4f", recall_of(kc), baseline))
+  local zero = sl.zeros(kc:shape())
+  truthy(not check(zero), string.format("the score-blind selection must fail the check: recall %.4f vs random %.4f",
+    recall_of(zero), baseline))
+end)
+end
+
+test("nsa: bad weight files give one-line errors naming the file, the tensor and the expectation", function()
+  local prob = synthetic(64, 3)
+  local hq, nq = 4, 64
+  local function gates(x)
+    local t = {}
+    for h = 1, hq do local r = {} for i = 1, nq do r[i] = x end t[h] = r end
+    return sl.tensor(t)
+  end
+  local function expect(ws, ...)
+    local path = TMP .. "/bad.safetensors"
+    sl.save(path, ws)
+    local ok, err = pcall(sl.eval, "nsa", prob, {params = with(SMALL, {weights = path})})
+    truthy(not ok, "expected an error")
+    err = tostring(err)
+    truthy(not err:find("\n"), "one line: " .. err)
+    truthy(err:find(path, 1, true), "names the file: " .. err)
+    for _, want in ipairs{...} do truthy(err:find(want, 1, true), "'" .. want .. "' in: " .. err) end
+  end
+  expect({g_cmp = gates(0.5), g_slc = gates(0.5)}, "'g_swa' is missing", "[4, 64]")
+  expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = gates(0.5), extra = gates(0)}, "'extra' is not one of nsa's weights")
+  expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = sl.zeros({4, 63})}, "'g_swa' is [4, 63]", "expected [4, 64]")
+  expect({g_cmp = gates(0.5), g_slc = gates(1.5), g_swa = gates(0.5)}, "'g_slc' holds values in", "expected [0, 1]")
+  expect({g_cmp = gates(0.5), g_slc = gates(0.5), g_swa = gates(0.5):to("f64")}, "'g_swa' is f64", "float tensor")
+  expect({gate_w = sl.zeros({4, 3, 16})}, "'gate_b' is missing", "[4, 3]")
+  raises(function() sl.eval("nsa", prob, {params = with(SMALL, {bs = 18})}) end, "must be multiples of the stride s = 4",
+    "bs not a multiple of s")
+  -- NaN: the reader rejects it, naming the file and the tensor
+  local t = gates(0.5)
+  t:set(1, 2, 0 / 0)
+  expect({g_cmp = gates(0.5), g_slc = t, g_swa = gates(0.5)}, "g_slc", "NaN")
+  -- good gates run and record the file's SHA-256
+  local path = TMP .. "/good.safetensors"
+  sl.save(path, {g_cmp = gates(0.2), g_slc = gates(0.7), g_swa = gates(0.1)})
+  local r = sl.eval("nsa", prob, {params = with(SMALL, {weights = path})})
+  local f = io.open(path, "rb")
+  eq(r.params.params_source, "sha256:" .. sl.sha256(f:read("a")), "params_source of a weights file")
+  f:close()
+end)
+
+test("nsa fit: the hand gradient equals finite differences", function()
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, SMALL)
+  local data = {nsa.fit_data(synthetic(48, 21), p), nsa.fit_data(synthetic(40, 22), p)}
+  local x = {}
+  local rnd = sl.randn({4 * 3 * 16 + 4 * 3}, {seed = 9, std = 0.3}):totable()
+  for i, v in ipairs(rnd) do x[i] = v end
+  local _, g = nsa.fit_loss_grad(data, x)
+  for _, i in ipairs{1, 17, 40, 100, 150, 192, 193, 198, 204} do
+    local h = 1e-5
+    local saved = x[i]
+    x[i] = saved + h
+    local lp = nsa.fit_loss_grad(data, x)
+    x[i] = saved - h
+    local lm = nsa.fit_loss_grad(data, x)
+    x[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-7 + 1e-4 * math.abs(fd), "d loss / d x[" .. i .. "]")
+  end
+end)
+
+-- TinyStories captures (layer 2; two fitting texts, two held-out ones),
+-- made once; nil when the model is not there.
+local TS
+local function tinystories()
+  if TS ~= nil then return TS end
+  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
+  local f = io.open(dir .. "model.bin", "rb")
+  if not f then print("SKIP: no TinyStories model at " .. dir) TS = false return TS end
+  f:close()
+  local m = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
+  local function capture(name)
+    local fh = io.open(dir .. "texts/" .. name .. ".txt")
+    local text = fh:read("a")
+    fh:close()
+    local c = m:capture{text = text, layers = {2}}[3]
+    return sl.problem{q = c.q, k = c.k, v = c.v}
+  end
+  TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")}}
+  return TS
+end
+
+-- Fits method on the fitting texts, saves the file, and checks that on every
+-- held-out text the fitted file beats the stand-in in rel_l2 (at equal params).
+local function fitted_beats_standin(id, params, steps)
+  local ts = tinystories()
+  if not ts then return end
+  local m = sl.methods.get(id)
+  local p = sl.registry.resolve(m, params)
+  local ws, rep = m.fit(ts.train, {params = p, steps = steps})
+  truthy(rep.loss_after < rep.loss_before, id .. ": the fitting loss decreases")
+  local path = TMP .. "/" .. id .. "_fitted.safetensors"
+  sl.save(path, ws)
+  for i, prob in ipairs(ts.held) do
+    local stand = sl.eval(id, prob, {params = params})
+    local fit = sl.eval(id, prob, {params = with(params, {weights = path})})
+    truthy(fit.params.params_source:match("^sha256:"), "fitted params_source")
+    truthy(stand.params.params_source:match("^standin:"), "stand-in params_source")
+    print(string.format("%s held-out text %d: fitted rel_l2 %.4f, stand-in %.4f", id, i, fit.metrics.rel_l2,
+      stand.metrics.rel_l2))
+    truthy(fit.metrics.rel_l2 < stand.metrics.rel_l2, string.format("%s held-out text %d: fitted rel_l2 %.4f < stand-in %.4f",
+      id, i, fit.metrics.rel_l2, stand.metrics.rel_l2))
+  end
+end
+
+test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStories texts", function()
+  fitted_beats_standin("nsa", SMALL, 60)
+end)
+
+-- ---- FSA ----
+
+test("fsa: equals nsa (both variants, stand-in and a weights file); a score-blind block list fails the recall check", function()
+  local prob = synthetic(200, 71)
+  local path = TMP .. "/fsa_gates.safetensors"
+  local g = {}
+  for b = 1, 3 do
+    g[b] = sl.rand({4, 200}, {seed = 80 + b})
+  end
+  sl.save(path, {g_cmp = g[1], g_slc = g[2], g_swa = g[3]})
+  for _, var in ipairs{"paper", "fla"} do
+    for _, w in ipairs{"", path} do
+      local p = with(SMALL, {variant = var, weights = w})
+      local a, b = sl.eval("nsa", prob, {params = p}), sl.eval("fsa", prob, {params = p})
+      truthy(sl.metric.max_abs(a.o, b.o) < 1e-5, var .. " " .. (w == "" and "stand-in" or "file") .. ": fsa = nsa")
+      eq(b.params.params_source, a.params.params_source, "params_source")
+    end
+  end
+  -- the executor driven by NSA's blocks vs by score-blind ones (from zero compressed keys)
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, with(SMALL, {window = 0}))
+  local ws, _, op = nsa.setup(prob, p)
+  local kc, vc = nsa.compress(prob, ws, op)
+  local gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)
+  local dense = sl.eval("dense", prob)
+  local function recall_of(blocks)
+    local _, lse = sl.trainable.fsa(prob.q, prob.k, prob.v, blocks, {bs = op.bs})
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local function recall_with(keys) return recall_of(select(3, nsa.forward(prob, op, keys, vc, gc, gs, gw))) end
+  -- random block lists of the same size: the query's own block, the first one and random causal others
+  local rng, r = sl.rand({4000}, {seed = 77}):totable(), 0
+  local rows = {}
+  for kv = 1, 2 do
+    rows[kv] = {}
+    for t = 0, 199 do
+      local jq = t // op.bs
+      local set, list = {[jq] = true, [0] = true}, {}
+      local want = math.min(op.n, jq + 1)
+      local cnt = jq == 0 and 1 or 2
+      while cnt < want do
+        r = r % 4000 + 1
+        local j = math.floor(rng[r] * (jq + 1))
+        if not set[j] then set[j] = true; cnt = cnt + 1 end
+      end
+      for j in pairs(set) do list[#list + 1] = j end
+      table.sort(list)
+      for x = #list + 1, op.n do list[x] = -1 end
+      rows[kv][t + 1] = list
+    end
+  end
+  local random = recall_of(sl.tensor(rows, "i32"))
+  local function check(keys) return recall_with(keys) >= random + 0.02 end
+  truthy(check(kc), "fsa over nsa's blocks beats the score-blind blocks")
+  truthy(not check(sl.zeros(kc:shape())), "the score-blind blocks fail")
+end)
+
+-- ---- MoBA ----
+
+-- The problem as Lua tables (static_ref's layout) and an independent MoBA
+-- selector: keys mean-pooled per block in float64, gate q·k̄ over the blocks
+-- complete before the query, the own block forced, top (k - 1) of the rest by
+-- a stable sort; choose(h, t, blocks_before) may replace the ranking.
+local function tables(prob)
+  local qs = prob.q:shape()
+  return {q = prob.q:totable(), k = prob.k:totable(), v = prob.v:totable(), n = qs[2], d = qs[3], hq = qs[1],
+    hkv = prob.k:shape()[1]}
+end
+
+local function moba_keep(t, B, topk, blind)
+  local g = t.hq // t.hkv
+  local means = {}
+  for kv = 1, t.hkv do
+    means[kv] = {}
+    for b = 0, (t.n - 1) // B do
+      local m = {}
+      for c = 1, t.d do m[c] = 0 end
+      local j1 = math.min(t.n, (b + 1) * B)
+      for j = b * B, j1 - 1 do for c = 1, t.d do m[c] = m[c] + t.k[kv][j + 1][c] end end
+      for c = 1, t.d do m[c] = m[c] / (j1 - b * B) end
+      means[kv][b] = m
+    end
+  end
+  local sel = {}
+  for h = 0, t.hq - 1 do
+    sel[h] = {}
+    for i = 0, t.n - 1 do
+      local own = i // B
+      local cand = {}
+      for b = 0, own - 1 do
+        local s = 0
+        for c = 1, t.d do s = s + t.q[h + 1][i + 1][c] * means[h // g + 1][b][c] end
+        cand[#cand + 1] = {b = b, s = blind and 0 or s}
+      end
+      table.sort(cand, function(x, y) if x.s ~= y.s then return x.s > y.s end return x.b < y.b end)
+      local set = {[own] = true}
+      for r = 1, math.min(topk - 1, #cand) do set[cand[r].b] = true end
+      sel[h][i] = set
+    end
+  end
+  return function(h, i, j) return j <= i and sel[h][i][j // B] == true end
+end
+
+local function mean_recall(lse, dense_lse)
+  local s, n = 0, 0
+  for h = 1, #lse do for i = 1, #lse[h] do s = s + math.exp(lse[h][i] - dense_lse[h][i]); n = n + 1 end end
+  return s / n
+end
+
+test("moba: equals an independent float64 MoBA; own block always, no future key; topk = all is dense", function()
+  for _, c in ipairs{{n = 100, B = 16, k = 3, seed = 31}, {n = 77, B = 10, k = 2, seed = 32}, {n = 64, B = 8, k = 1, seed = 33}} do
+    local q = sl.randn({4, c.n, 8}, {seed = c.seed})
+    local k = sl.randn({2, c.n, 8}, {seed = c.seed + 1})
+    local v = sl.randn({2, c.n, 8}, {seed = c.seed + 2})
+    local prob = sl.problem{q = q, k = k, v = v}
+    local t = tables(prob)
+    local want_o, want_l = R.reference(t, moba_keep(t, c.B, c.k))
+    local r = sl.eval("moba", prob, {params = {block = c.B, topk = c.k}})
+    local o, l = r.o:totable(), r.lse:totable()
+    local worst = 0
+    for h = 1, t.hq do
+      for i = 1, t.n do
+        for e = 1, t.d do worst = math.max(worst, math.abs(o[h][i][e] - want_o[h][i][e])) end
+        worst = math.max(worst, math.abs(l[h][i] - want_l[h][i]))
+      end
+    end
+    truthy(worst < 1e-5, string.format("n %d block %d topk %d: max |moba - float64| = %g", c.n, c.B, c.k, worst))
+    eq(r.params.params_source, "parameter-free", "params_source")
+    -- the mask: own block kept, nothing after the query
+    local bits = r.mask:to_bits():totable()
+    for h = 1, t.hq do
+      for i = 0, t.n - 1 do
+        local row = bits[h][i + 1]
+        for j = 0, t.n - 1 do
+          if j > i then eq(row[j + 1], 0, "future key") end
+          if j // c.B == i // c.B and j <= i then eq(row[j + 1], 1, "own block key") end
+        end
+      end
+    end
+    local all = sl.eval("moba", prob, {params = {block = c.B, topk = (c.n + c.B - 1) // c.B}})
+    truthy(all.metrics.rel_l2 < 1e-5, "topk = all blocks equals dense: rel_l2 " .. all.metrics.rel_l2)
+  end
+end)
+
+test("moba: the gate passes a recall check that a score-blind (first-k) gate fails", function()
+  local q, k, v = sl.synthetic{n = 320, heads = 4, kv_heads = 2, d = 16, seed = 41, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local t = tables(prob)
+  local _, dl = R.reference(t, function(_, i, j) return j <= i end)
+  local B, K = 32, 3
+  -- random block sets of the same size (own block + K - 1 earlier ones)
+  local rng = sl.rand({4096}, {seed = 5}):totable()
+  local r = 0
+  local rsel = {}
+  local function random_keep(h, i, j)
+    if j > i then return false end
+    local own = i // B
+    local key = h * 100000 + i
+    if not rsel[key] then
+      local set, cnt = {[own] = true}, 1
+      while cnt < math.min(K, own + 1) do
+        r = r % 4096 + 1
+        local b = math.floor(rng[r] * own)
+        if not set[b] then set[b] = true; cnt = cnt + 1 end
+      end
+      rsel[key] = set
+    end
+    return rsel[key][j // B] == true
+  end
+  local _, lr = R.reference(t, random_keep)
+  local baseline = mean_recall(lr, dl)
+  local function check(keep)
+    local _, l = R.reference(t, keep)
+    return mean_recall(l, dl) >= baseline + 0.02, mean_recall(l, dl)
+  end
+  local ok, got = check(moba_keep(t, B, K))
+  truthy(ok, string.format("moba gate recall %.4f vs random %.4f", got, baseline))
+  local r_op = sl.eval("moba", prob, {params = {block = B, topk = K}}).metrics.recall_mean
+  near(r_op, got, 1e-5, "recall of the recipe vs the independent MoBA")
+  local blind_ok, blind = check(moba_keep(t, B, K, true))
+  truthy(not blind_ok, string.format("the first-k gate must fail: recall %.4f vs random %.4f", blind, baseline))
+end)
+
+test("fit-params: moba has nothing to fit (parameter-free)", function()
+  local m = sl.methods.get("moba")
+  truthy(not m.fit and m.fit_why:find("parameter-free", 1, true), "moba.fit_why")
+end)
+
+-- ---- SparseK ----
+
+test("sparsek: k >= n equals dense; params_source; the stand-in's scores pass a recall check score-blind ones fail", function()
+  local q, k, v = sl.synthetic{n = 256, heads = 4, kv_heads = 2, d = 16, seed = 51, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  for _, weight in ipairs{0, 1} do
+    local all = sl.eval("sparsek", prob, {params = {k = 256, weight = weight}})
+    truthy(all.metrics.rel_l2 < 1e-5, "k = n equals dense (weight " .. weight .. "): " .. all.metrics.rel_l2)
+    near(all.metrics.density, 1, 1e-12, "k = n density")
+    eq(all.params.params_source, "standin:mean_query", "params_source")
+  end
+  local sk = sl.methods.get("sparsek")
+  local dense = sl.eval("dense", prob)
+  local function recall_of(u)
+    local _, lse = sl.trainable.sparsek(q, k, v, u, {k = 32})
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local baseline = (recall_of(sl.randn({2, 256}, {seed = 3})) + recall_of(sl.randn({2, 256}, {seed = 4}))) / 2
+  local function check(u) return recall_of(u) >= baseline + 0.05 end
+  truthy(check((sk.scores(prob, {weights = ""}))), "stand-in scores beat random ones")
+  truthy(not check(sl.zeros({2, 256})), "constant (first-k) scores must fail the check")
+end)
+
+test("sparsek: bad weight files; a u file runs as given", function()
+  local prob = synthetic(64, 3)
+  local path = TMP .. "/sk.safetensors"
+  sl.save(path, {score_w = sl.zeros({2, 16})})
+  raises(function() sl.eval("sparsek", prob, {params = {k = 8, weights = path}}) end, "tensor 'score_b' is missing")
+  sl.save(path, {u = sl.zeros({2, 63})})
+  raises(function() sl.eval("sparsek", prob, {params = {k = 8, weights = path}}) end, "tensor 'u' is [2, 63]; expected [2, 64]")
+  sl.save(path, {u = sl.zeros({2, 64}), score_w = sl.zeros({2, 16}), score_b = sl.zeros({2})})
+  raises(function() sl.eval("sparsek", prob, {params = {k = 8, weights = path}}) end, "holds both u and score_w")
+  local u = sl.randn({2, 64}, {seed = 8})
+  sl.save(path, {u = u})
+  local r = sl.eval("sparsek", prob, {params = {k = 8, weights = path}})
+  local _, lse = sl.trainable.sparsek(prob.q, prob.k, prob.v, u, {k = 8})
+  near(r.metrics.recall_mean, (sl.metric.recall(lse, sl.eval("dense", prob).lse)), 1e-12, "u from the file used as given")
+  truthy(r.params.params_source:match("^sha256:"), "file params_source")
+end)
+
+test("sparsek fit: the ridge gradient equals finite differences and vanishes at the fit", function()
+  local sk = sl.methods.get("sparsek")
+  local rows = sk.fit_rows(synthetic(48, 61))[1]
+  local w = {}
+  local rnd = sl.randn({17}, {seed = 12, std = 0.5}):totable()
+  for i, x in ipairs(rnd) do w[i] = x end
+  local _, g = sk.ridge_loss_grad(rows.X, rows.Y, w, 0.05)
+  for i = 1, 17 do
+    local h, saved = 1e-6, w[i]
+    w[i] = saved + h
+    local lp = sk.ridge_loss_grad(rows.X, rows.Y, w, 0.05)
+    w[i] = saved - h
+    local lm = sk.ridge_loss_grad(rows.X, rows.Y, w, 0.05)
+    w[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-5 + 1e-5 * math.abs(fd), "d J / d w[" .. i .. "]")
+  end
+  local ws = sk.fit({synthetic(48, 61)}, {params = {}, steps = 1})
+  local wt, bt = ws.score_w:totable(), ws.score_b:totable()
+  local x = {table.unpack(wt[1])}
+  x[17] = bt[1]
+  local _, g0 = sk.ridge_loss_grad(rows.X, rows.Y, x, 1e-3 * #rows.X)
+  -- zero up to the f32 rounding of the stored weights: far below the gradient at w = 0
+  local zero = {}
+  for i = 1, 17 do zero[i] = 0 end
+  local _, gz = sk.ridge_loss_grad(rows.X, rows.Y, zero, 1e-3 * #rows.X)
+  local n0, nz = 0, 0
+  for i = 1, 17 do n0, nz = n0 + g0[i] ^ 2, nz + gz[i] ^ 2 end
+  truthy(math.sqrt(n0) < 1e-5 * math.sqrt(nz), string.format("ridge gradient at the fit %.3g vs at 0 %.3g",
+    math.sqrt(n0), math.sqrt(nz)))
+end)
+
+test("sparsek fit: fitted scores beat the stand-in on held-out TinyStories texts", function()
+  fitted_beats_standin("sparsek", {k = 32, window = 16})
+end)
+
+-- ---- DMA ----
+
+-- Independent float64 DMA: b from the values (dt_proj, A, both forms), the
+-- top-w prefix keys by b (stable sort), logits + b.
+local function dma_reference(t, W, A, form, w)
+  local g = t.hq // t.hkv
+  local b = {}
+  for h = 1, t.hkv do
+    b[h] = {}
+    for j = 1, t.n do
+      local dt = 0
+      for gg = 1, t.hkv do for e = 1, t.d do dt = dt + W[h][(gg - 1) * t.d + e] * t.v[gg][j][e] end end
+      local x = A[h] * math.log(1 + math.exp(dt))
+      b[h][j] = form == "exp" and math.exp(x) or x
+    end
+  end
+  local o, lse = {}, {}
+  for h = 1, t.hq do
+    local kv = (h - 1) // g + 1
+    o[h], lse[h] = {}, {}
+    for i = 1, t.n do
+      local idx = {}
+      for j = 1, i do idx[j] = j end
+      table.sort(idx, function(x, y) if b[kv][x] ~= b[kv][y] then return b[kv][x] > b[kv][y] end return x < y end)
+      local s, mx = {}, -math.huge
+      for r = 1, math.min(w, i) do
+        local j, dot = idx[r], 0
+        for e = 1, t.d do dot = dot + t.q[h][i][e] * t.k[kv][j][e] end
+        s[j] = dot / math.sqrt(t.d) + b[kv][j]
+        mx = math.max(mx, s[j])
+      end
+      local z, acc = 0, {}
+      for e = 1, t.d do acc[e] = 0 end
+      for j, x in pairs(s) do
+        local p = math.exp(x - mx)
+        z = z + p
+        for e = 1, t.d do acc[e] = acc[e] + p * t.v[kv][j][e] end
+      end
+      for e = 1, t.d do acc[e] = acc[e] / z end
+      o[h][i], lse[h][i] = acc, mx + math.log(z)
+    end
+  end
+  return o, lse
+end
+
+test("dma: equals an independent float64 DMA (both bias forms, w < n and w >= n: dense with the additive bias)", function()
+  local prob = sl.problem{q = sl.randn({4, 40, 8}, {seed = 91}), k = sl.randn({2, 40, 8}, {seed = 92}),
+    v = sl.randn({2, 40, 8}, {seed = 93})}
+  local t = tables(prob)
+  local W, A = sl.randn({2, 16}, {seed = 94, std = 0.5}), sl.tensor({0.7, -1.3})
+  local path = TMP .. "/dma.safetensors"
+  sl.save(path, {["dt_proj.weight"] = W, A = A})
+  for _, form in ipairs{"softplus", "exp"} do
+    for _, w in ipairs{5, 40} do
+      local r = sl.eval("dma", prob, {params = {w = w, bias_form = form, weights = path}})
+      local want_o = dma_reference(t, W:totable(), A:totable(), form, w)
+      near(R.rel_l2(r.o:totable(), want_o), 0, 1e-5, form .. " w " .. w .. ": rel_l2 vs float64 DMA")
+      truthy(r.params.params_source:match("^sha256:"), "params_source")
+    end
+  end
+  sl.save(path, {["dt_proj.bias"] = sl.zeros({2})})
+  raises(function() sl.eval("dma", prob, {params = {w = 5, weights = path}}) end, "'dt_proj.bias' given without")
+  sl.save(path, {["dt_proj.weight"] = W, A = sl.zeros({3})})
+  raises(function() sl.eval("dma", prob, {params = {w = 5, weights = path}}) end, "tensor 'A' is [3]; expected [2] (kv heads)")
+  truthy(not sl.methods.get("dma").fit, "dma is not fitted here")
+end)
+
+test("dma: selection by a learned bias passes a recall check that a constant (score-blind) bias fails", function()
+  -- a bias as a trained DMA would learn it: the log of the attention mass each
+  -- key receives (here from the dense map), saved as attn_bias
+  local q, k, v = sl.synthetic{n = 256, heads = 4, kv_heads = 2, d = 16, seed = 95, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local rows = sl.methods.get("sparsek").fit_rows(prob)
+  local b = {}
+  for kv = 1, 2 do b[kv] = rows[kv].Y end
+  local dense = sl.eval("dense", prob)
+  local function recall_of(u)
+    local _, lse = sl.trainable.sparsek(q, k, v, u, {k = 32, bias = 0})
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local baseline = (recall_of(sl.randn({2, 256}, {seed = 3})) + recall_of(sl.randn({2, 256}, {seed = 4}))) / 2
+  local function check(u) return recall_of(u) >= baseline + 0.05 end
+  truthy(check(sl.tensor(b)), "the learned bias selects better than random")
+  truthy(not check(sl.zeros({2, 256})), "a constant bias (first-w) must fail")
+end)
+
+-- ---- Routing Transformer ----
+
+test("routing_transformer: w members per cluster, C = 1 and w = n is dense, no future key, self k-means beats a score-blind routing", function()
+  local q, k, v = sl.synthetic{n = 200, heads = 4, kv_heads = 2, d = 16, seed = 101, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local rt = sl.methods.get("routing_transformer")
+  local p = sl.registry.resolve(rt, {w = 40, centroids = "self"})
+  local out = rt.run(prob, p)
+  eq(out.params_source, "self-kmeans", "params_source")
+  for _, sel in ipairs{out.qsel, out.ksel} do
+    for _, head in ipairs(sel:totable()) do
+      for _, row in ipairs(head) do
+        local n = 0
+        for _, j in ipairs(row) do if j >= 0 then n = n + 1 end end
+        eq(n, 40, "members of a cluster")
+      end
+    end
+  end
+  local all = sl.eval("routing_transformer", prob, {params = {w = 200, clusters = 1}})
+  truthy(all.metrics.rel_l2 < 1e-5, "C = 1, w = n equals dense: " .. all.metrics.rel_l2)
+  -- causality: changing the keys and values after position t leaves rows <= t unchanged
+  local k2, v2 = k:totable(), v:totable()
+  for h = 1, 2 do for j = 151, 200 do for e = 1, 16 do k2[h][j][e] = -k2[h][j][e]; v2[h][j][e] = 7 end end end
+  local o1 = rt.run(prob, p).o:totable()
+  -- same memberships: pass the first run's lists to the op directly
+  local o2 = sl.trainable.routing(q, sl.tensor(k2), sl.tensor(v2), out.qsel, out.ksel):totable()
+  for h = 1, 4 do for t = 1, 150 do for e = 1, 16 do near(o2[h][t][e], o1[h][t][e], 1e-6, "row before the change") end end end
+  -- the check: recall of the routing beats random memberships; first-w memberships (score-blind) fail it
+  local dense = sl.eval("dense", prob)
+  local function recall_of(qs, ks)
+    local _, lse = sl.trainable.routing(q, k, v, qs, ks)
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local C = out.qsel:shape()[2]
+  local function lists(pick)
+    local t = {}
+    for h = 1, 4 do t[h] = {}; for c = 1, C do t[h][c] = pick(h, c) end end
+    return sl.tensor(t, "i32")
+  end
+  local rng, r = sl.rand({20000}, {seed = 5}):totable(), 0
+  local function random_list()
+    local set, list = {}, {}
+    while #list < 40 do
+      r = r % 20000 + 1
+      local j = math.floor(rng[r] * 200)
+      if not set[j] then set[j] = true; list[#list + 1] = j end
+    end
+    table.sort(list)
+    return list
+  end
+  local baseline = recall_of(lists(random_list), lists(random_list))
+  local function check(qs, ks) return recall_of(qs, ks) >= baseline + 0.05 end
+  truthy(check(out.qsel, out.ksel), "k-means routing beats random memberships")
+  local function first(_, _) local l = {} for i = 1, 40 do l[i] = i - 1 end return l end
+  truthy(not check(lists(first), lists(first)), "first-w memberships (score-blind) must fail")
+end)
+
+test("routing_transformer fit: spherical k-means reaches a fixed point; fitted centroids beat the random stand-in on held-out texts", function()
+  local rt = sl.methods.get("routing_transformer")
+  local xs = {}
+  local r = sl.randn({300, 6}, {seed = 7}):totable()
+  for i = 1, 300 do
+    local s = 0
+    for e = 1, 6 do s = s + r[i][e] ^ 2 end
+    for e = 1, 6 do r[i][e] = r[i][e] / math.sqrt(s) end
+    xs[i] = r[i]
+  end
+  local mu = rt.kmeans(xs, 5, 6, 3, 100)
+  local sum = {}
+  for c = 1, 5 do sum[c] = {0, 0, 0, 0, 0, 0} end
+  for _, x in ipairs(xs) do
+    local best, bv = 1, -math.huge
+    for c = 1, 5 do local v = 0 for e = 1, 6 do v = v + x[e] * mu[c][e] end if v > bv then best, bv = c, v end end
+    for e = 1, 6 do sum[best][e] = sum[best][e] + x[e] end
+  end
+  for c = 1, 5 do
+    local n = 0
+    for e = 1, 6 do n = n + sum[c][e] ^ 2 end
+    for e = 1, 6 do near(mu[c][e], sum[c][e] / math.sqrt(n), 1e-9, "centroid " .. c .. " = normalised mean of its members") end
+  end
+  fitted_beats_standin("routing_transformer", {w = 64})
+end)
+
+-- ---- SSA ----
+
+test("ssa: counts = all makes the streams equal (align loss 0); the alignment gradient splits by stream (finite differences); g_slc file", function()
+  local prob = synthetic(120, 111)
+  local all = sl.eval("ssa", prob, {params = {block = 16, counts = 8}})
+  truthy(all.metrics.align_loss < 1e-10, "align loss at counts = all: " .. all.metrics.align_loss)
+  truthy(all.metrics.rel_l2 < 1e-5, "sparse = dense at counts = all")
+  local few = sl.eval("ssa", prob, {params = {block = 16, counts = 3}})
+  truthy(few.metrics.align_loss > 1e-4, "streams differ at counts = 3")
+  eq(few.params.params_source, "standin:g_slc=1", "params_source")
+  -- the sparse stream is nsa's fla selection with gates (0, 1, 0) and no window
+  local n = sl.eval("nsa", prob, {params = {variant = "fla", bs = 16, n = 3, window = 0}})
+  truthy(sl.metric.max_abs(few.o, n.o) < 1e-6, "ssa sparse stream = nsa fla selection branch")
+  -- gradients: term 1 moves only o_full, term 2 only o_sparse; each equals finite differences of its own term
+  local ssa = sl.methods.get("ssa")
+  local full = sl.randn({2, 3, 4}, {seed = 1, std = 1.5}):totable()
+  local sparse = sl.randn({2, 3, 4}, {seed = 2, std = 1.5}):totable()
+  local _, gf, gs = ssa.align_loss_grad(full, sparse)
+  local function term(f, s_) -- one term's value: the mean SmoothL1 of f - s_
+    local l = ssa.align_loss_grad(f, s_)
+    return l / 2
+  end
+  for _, idx in ipairs{{1, 1, 1}, {2, 3, 4}, {1, 2, 3}} do
+    local h, t, e = idx[1], idx[2], idx[3]
+    local eps, x = 1e-6, full[h][t][e]
+    full[h][t][e] = x + eps
+    local lp = term(full, sparse)
+    full[h][t][e] = x - eps
+    local lm = term(full, sparse)
+    full[h][t][e] = x
+    near(gf[h][t][e], (lp - lm) / (2 * eps), 1e-6, "d term1 / d o_full")
+    local y = sparse[h][t][e]
+    sparse[h][t][e] = y + eps
+    lp = term(full, sparse)
+    sparse[h][t][e] = y - eps
+    lm = term(full, sparse)
+    sparse[h][t][e] = y
+    near(gs[h][t][e], (lp - lm) / (2 * eps), 1e-6, "d term2 / d o_sparse")
+  end
+  local path = TMP .. "/ssa.safetensors"
+  sl.save(path, {g_slc = sl.rand({4, 120}, {seed = 3})})
+  local r = sl.eval("ssa", prob, {params = {block = 16, counts = 2, weights = path}})
+  truthy(r.params.params_source:match("^sha256:"), "file params_source")
+  sl.save(path, {g_slc = sl.rand({4, 120}, {seed = 3}), g_cmp = sl.rand({4, 120}, {seed = 4})})
+  raises(function() sl.eval("ssa", prob, {params = {weights = path}}) end, "tensor 'g_cmp' is not one of ssa's weights")
+end)
+
+-- ---- NOSA ----
+
+test("nosa: selection equals an independent float64 one; locality bound; k_e = 0 is query-aware only; score-blind check", function()
+  local q, k, v = sl.synthetic{n = 320, heads = 4, kv_heads = 2, d = 16, seed = 121, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local t = tables(prob)
+  local nosa = sl.methods.get("nosa")
+  local P = {block = 32, sub = 8, k_q = 2, k_e = 3, weights = ""}
+  local sets = nosa.select_blocks(prob, P)
+  -- independent: sub-block means, max per block, group sum; e = ||v||, block mean
+  local B, sub, nb = 32, 8, 10
+  for kv = 1, 2 do
+    local eb = {}
+    for b = 1, nb do
+      local s = 0
+      for j = (b - 1) * B + 1, b * B do
+        local n2 = 0
+        for e = 1, 16 do n2 = n2 + t.v[kv][j][e] ^ 2 end
+        s = s + math.sqrt(n2)
+      end
+      eb[b] = s / B
+    end
+    for i = 1, 320 do
+      local own = (i - 1) // B + 1
+      local cand = {}
+      for b = 1, own - 1 do
+        local score = 0
+        for h = (kv - 1) * 2 + 1, kv * 2 do
+          local best = -math.huge
+          for sb = 0, B // sub - 1 do
+            local m, j0 = 0, (b - 1) * B + sb * sub
+            for j = j0 + 1, j0 + sub do
+              for e = 1, 16 do m = m + t.q[h][i][e] * t.k[kv][j][e] / sub end
+            end
+            best = math.max(best, m)
+          end
+          score = score + best
+        end
+        cand[#cand + 1] = {b = b, s = score}
+      end
+      table.sort(cand, function(x, y) if x.s ~= y.s then return x.s > y.s end return x.b < y.b end)
+      local want = {[own] = true}
+      for r = 1, math.min(2, #cand) do want[cand[r].b] = true end
+      local rest = {}
+      for b = 1, own - 1 do if not want[b] then rest[#rest + 1] = b end end
+      table.sort(rest, function(x, y) if eb[x] ~= eb[y] then return eb[x] > eb[y] end return x < y end)
+      for r = 1, math.min(3, #rest) do want[rest[r]] = true end
+      for b = 1, nb do eq(sets[kv][i][b] == true, want[b] == true, string.format("kv %d row %d block %d", kv, i, b)) end
+      -- locality: once every slot can be filled, gamma >= k_e / (1 + k_q + k_e)
+      if own - 1 >= 5 and i > 1 then
+        local inter, size = 0, 0
+        for b in pairs(sets[kv][i]) do size = size + 1; if sets[kv][i - 1][b] then inter = inter + 1 end end
+        truthy(inter / size >= 3 / 6 - 1e-12, string.format("gamma %d/%d at kv %d row %d", inter, size, kv, i))
+      end
+    end
+  end
+  -- k_e = 0: only the own block and k_q query-aware blocks
+  local only = nosa.select_blocks(prob, {block = 32, sub = 8, k_q = 2, k_e = 0, weights = ""})
+  for i = 1, 320 do
+    local n = 0
+    for _ in pairs(only[1][i]) do n = n + 1 end
+    eq(n, 1 + math.min(2, (i - 1) // 32), "k_e = 0 set size")
+  end
+  -- the check: query-aware selection (k_e = 0) vs random blocks; the score-blind one (zero queries) fails
+  local dense = sl.eval("dense", prob)
+  local function recall_sets(sel)
+    local keep = {}
+    for h = 1, 4 do
+      keep[h] = {}
+      for i = 1, 320 do
+        local row = {}
+        for b = 1, nb do row[b] = sel[(h - 1) // 2 + 1][i][b] and 1 or 0 end
+        keep[h][i] = row
+      end
+    end
+    local m = E.mask_from_keep(keep, prob, 1, 32, true)
+    local _, lse = sl.attn.block_sparse(q, k, v, m)
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local rng, r = sl.rand({5000}, {seed = 9}):totable(), 0
+  local rand = {}
+  for kv = 1, 2 do
+    rand[kv] = {}
+    for i = 1, 320 do
+      local own = (i - 1) // 32 + 1
+      local set, n = {[own] = true}, 1
+      while n < 1 + math.min(4, own - 1) do
+        r = r % 5000 + 1
+        local b = math.floor(rng[r] * (own - 1)) + 1
+        if not set[b] then set[b] = true; n = n + 1 end
+      end
+      rand[kv][i] = set
+    end
+  end
+  local baseline = recall_sets(rand)
+  local p4 = {block = 32, sub = 8, k_q = 4, k_e = 0, weights = ""}
+  local function check(sel) return recall_sets(sel) >= baseline + 0.02 end
+  truthy(check(nosa.select_blocks(prob, p4)), "query-aware blocks beat random ones")
+  local blind = sl.problem{q = sl.zeros({4, 320, 16}), k = k, v = v}
+  truthy(not check(nosa.select_blocks(blind, p4)), "score-blind (zero-query) blocks must fail")
+  -- weights: a captured e is used as given; a wrong shape is a one-line error; nothing to fit
+  local path = TMP .. "/nosa.safetensors"
+  sl.save(path, {e = sl.zeros({2, 319})})
+  raises(function() sl.eval("nosa", prob, {params = {block = 32, sub = 8, weights = path}}) end,
+    "tensor 'e' is [2, 319]; expected [2, 320] (kv heads, keys)")
+  sl.save(path, {e = sl.randn({2, 320}, {seed = 4})})
+  local r = sl.eval("nosa", prob, {params = {block = 32, sub = 8, k_q = 1, k_e = 2, weights = path}})
+  truthy(r.params.params_source:match("^sha256:"), "file params_source")
+  truthy(r.metrics.gamma_mean > 0 and r.metrics.transfer_blocks >= 0, "locality stats reported")
+  truthy(not nosa.fit, "nosa is not fitted here")
+end)
+
+os.execute("rm -rf " .. TMP)
+H.done()
