@@ -15,7 +15,7 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 
-PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson
+PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson libpng
 CHECK_PKG := check
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 ifeq ($(WERROR),1)
@@ -46,7 +46,7 @@ CORE_SRC  += core/cuda/none.c
 endif
 STORE_SRC := $(wildcard store/*.c)
 LUA_SRC   := $(wildcard lua/bind/*.c lua/runner/*.c)
-LUA_FILES := $(shell find lua/sparselab -name '*.lua' | sort)
+LUA_FILES := $(shell find lua/sparselab viz -name '*.lua' | sort)
 
 CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
 STORE_OBJ := $(STORE_SRC:%.c=$(BUILD)/%.o)

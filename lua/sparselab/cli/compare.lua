@@ -8,7 +8,7 @@ local GROUPS = {method = true, workload = true, backend = true, n_k = true, head
   layer = true, script = true, run_id = true}
 
 return function(argv, parse, out)
-  local o, pos = parse(argv, 2, {by = "value", where = "value", csv = "flag", json = "flag"}, {"DB"})
+  local o, pos = parse(argv, 2, "compare")
   local path = pos[1]
   if not path then sl.fail("usage: sparselab compare DB [--by method] [--where SQL]") end
   local f = io.open(path, "rb")

@@ -14,24 +14,6 @@ local sweep = require "sparselab.sweep"
 
 local USAGE = "usage: sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run] [--config-timeout S] [--config-memory MIB]"
 
-local HELP = USAGE .. [[
-
-  Runs every point of CONFIG.lua (a Lua table; see lua/sparselab/sweep.lua) in worker processes and
-  records each in the database FILE under its point key; points already recorded 'ok' are skipped
-  (failed ones too, unless --resume, which runs them again and replaces the failed row).
-  --workers N         worker processes (default: the config's workers, else the CPU threads)
-  --timeout S         seconds a point may take before its worker is killed (default: the config's)
-  --resume            run again the points recorded as failed
-  --shard I/N         run only shard I of N (by point key; shards partition the points)
-  --dry-run           list the points that would run, and run nothing
-  --config-timeout S  seconds the config itself may take to evaluate (default 10)
-  --config-memory MIB memory the config itself may allocate while it evaluates (default 1024)
-  Two sweeps on one database: each claims the points it will run; a sweep skips the points another
-  running sweep (of this or another config, shard or resume) has claimed and says how many, so no
-  point is recorded twice. Run the sweep again once the other has ended to pick up any it left
-  (interrupted or failed). A sweep killed with SIGKILL leaves claims that the next sweep takes over.
-  Exit status: 0 the sweep went through (failed points are recorded), 1 a user error (one line),
-  128 + the signal when interrupted, after committing what finished.]]
 
 local function positive_int(s, what)
   local n = math.tointeger(tonumber(s))
@@ -40,13 +22,7 @@ local function positive_int(s, what)
 end
 
 return function(argv, parse, out)
-  local o, pos = parse(argv, 2, {db = "value", workers = "value", timeout = "value", resume = "flag",
-    shard = "value", worker = "flag", ["dry-run"] = "flag", ["config-timeout"] = "value",
-    ["config-memory"] = "value", help = "flag"}, {"CONFIG"})
-  if o.help then
-    out(HELP)
-    return
-  end
+  local o, pos = parse(argv, 2, "sweep")
   if o.worker then
     sweep.worker(io.stdin, io.stdout)
     return
