@@ -13,9 +13,10 @@
 --     cols      panels per picture row (default 8)
 --   → {width, height, heads, panels}
 --
--- Colours: a kept block is blue, from light (no mass, or a partial block with few kept
--- pairs when no mass is given) to dark (the whole query block's mass); a block that is not
--- kept is white, shading to orange by the mass it loses; blocks wholly after the causal
+-- Colours: a kept block is blue, from light (no mass) to dark (the whole query block's mass);
+-- a block that is not kept is white, shading to orange by the mass it loses; a partial block
+-- (token bits) mixes the two by its share of kept pairs (of the block's causal pairs) (at least a quarter blue); without
+-- mass the blue's depth is the share of kept pairs; blocks wholly after the causal
 -- diagonal are light grey. Panels are separated by 2 grey pixels. Mass is the block's share
 -- of its query block's mass (sqrt-scaled, so small shares stay visible).
 local sl = require "sparselab"
@@ -72,7 +73,19 @@ function M.grid(mask)
         local c = ci[e]
         local width = math.min(info.bk, info.n_k - c * info.bk)
         local p = pa[e]
-        row[c + 1] = p < 0 and 1 or (ones[p] and ones[p] / (rows * width) or 0.5)
+        local frac = 0.5
+        if p < 0 then
+          frac = 1
+        elseif ones[p] then
+          -- share of the block's causal pairs (row r0 + i sits at position n_k - n_q + r0 + i)
+          local causal = 0
+          for i = 0, rows - 1 do
+            local pos = info.n_k - info.n_q + (r - 1) * info.bq + i
+            causal = causal + math.max(0, math.min(width, pos - c * info.bk + 1))
+          end
+          frac = ones[p] / ((ones[p] <= causal and causal > 0) and causal or rows * width)
+        end
+        row[c + 1] = frac
       end
       g[r] = row
     end
@@ -148,8 +161,12 @@ function M.draw(mask, path, opts)
     local last_row = info.n_k - info.n_q + math.min(r * info.bq, info.n_q) - 1
     local future = (c - 1) * info.bk > last_row
     local col
-    if keptf then
-      col = mix(KEPT_LO, KEPT_HI, 0.15 + 0.85 * (share or keptf))
+    if keptf and share then
+      -- a partial block mixes the kept colour with the lost one by its share of kept pairs
+      local kept = mix(KEPT_LO, KEPT_HI, 0.15 + 0.85 * share)
+      col = mix(mix(WHITE, LOST_HI, share), kept, math.max(0.25, keptf))
+    elseif keptf then
+      col = mix(KEPT_LO, KEPT_HI, 0.15 + 0.85 * keptf)
     elseif future then
       col = GREY
     else

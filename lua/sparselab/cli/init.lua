@@ -307,6 +307,7 @@ function C.eval(argv)
   local r = sl.eval(m, prob, {budget = budget, params = params, reps = reps})
   if match then sl.budget.metrics(match, r.metrics) end
   if o.out then sl.save(o.out, {o = r.o, lse = r.lse}) end
+  if o["mask-png"] then C.mask_png(r, prob, o["mask-png"]) end
   if o.db then
     local db = sl.store.open(o.db)
     local run_id = db:begin_run{script = "sparselab eval", argv = argv}
@@ -340,6 +341,27 @@ function C.eval(argv)
   local rows = {}
   for _, key in ipairs(names) do rows[#rows + 1] = {metric = key, value = r.metrics[key]} end
   out(report.table(rows, {"metric", "value"}))
+end
+
+--- eval --mask-png FILE: the executed mask of result r (the semantic one beside it when the
+--- method has one in the same blocks), shaded by the exact attention mass of each block
+--- (score.exact on the problem's q and k), one panel per query head (viz/mask.lua).
+function C.mask_png(r, prob, path)
+  local exec = r.mask and sl.mask.as_block(r.mask)
+  if not exec then sl.fail("--mask-png: %s returns no block mask to draw", r.method) end
+  local info = exec:info()
+  local sem = r.semantic_mask and sl.mask.as_block(r.semantic_mask)
+  if sem then
+    local si = sem:info()
+    if si.bq ~= info.bq or si.bk ~= info.bk then sem = nil end
+  end
+  local mass = sl.score.exact(prob.q, prob.k, {bq = info.bq, bk = info.bk, causal = prob.causal ~= false,
+    backend = prob.backend})
+  if sem then
+    sl.viz.mask(sem, path, {mass = mass, executed = exec})
+  else
+    sl.viz.mask(exec, path, {mass = mass})
+  end
 end
 
 --- method corrected by the --correct spec "ID[:K=V,...]" (ID a correction
@@ -451,15 +473,24 @@ end
 
 function C.query(argv)
   local o, pos = parse(argv, 2, "query")
-  if #pos < 2 then sl.fail("usage: sparselab query DB SQL [--csv|--json]") end
+  if #pos < 2 then sl.fail("usage: sparselab query DB SQL [--csv|--json] [--write]") end
   local f = io.open(pos[1], "rb")
   if not f then sl.fail("%s: no such database", pos[1]) end
   f:close()
   -- read-only: a store the user cannot write (or in a directory they cannot
   -- write) still answers queries, and a query cannot change it
-  local db = sl.store.open(pos[1], {read_only = true})
-  local rows = db:query(pos[2])
+  -- (--write opens it for writing: a statement that changes the database is refused without it)
+  local db = sl.store.open(pos[1], {read_only = not o.write})
+  local ok, rows = pcall(db.query, db, pos[2])
   db:close()
+  if not ok then
+    local msg = tostring(rows)
+    if not o.write and msg:find("readonly database", 1, true) then
+      sl.fail("query: %s is opened read-only, and this statement writes; give --write to change the database",
+        pos[1])
+    end
+    error(msg, 0)
+  end
   local cols = rows.columns or {}
   report.print(rows, cols, o, out)
 end
