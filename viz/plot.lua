@@ -266,7 +266,7 @@ function P.fit_curves(db, f, opts)
     end
     out.curves[ci] = {name = name, grid = grid}
   end
-  out.level, out.n_refits = level, #refits
+  out.level, out.n_refits, out.n_resamples = level, #refits, B
   return out
 end
 

@@ -45,8 +45,8 @@ static int l_write(lua_State *L)
         return sl__lua_error(L, "sl.png_c.write: width and height must be in [1, 65535], found %d x %d", (int)w,
                              (int)h);
     if ((lua_Integer)n != w * h * 3)
-        return sl__lua_error(L, "sl.png_c.write: expected %lld bytes of pixels (%d x %d x 3), found %zu",
-                             (long long)(w * h * 3), (int)w, (int)h, n);
+        return sl__lua_error(L, "sl.png_c.write: expected %d bytes of pixels (%d x %d x 3), found %d",
+                             (int)(w * h * 3), (int)w, (int)h, (int)n);
     FILE *f = fopen(path, "wb");
     if (!f)
         return sl__lua_error(L, "%s: %s", path, strerror(errno));
