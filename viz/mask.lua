@@ -1,8 +1,8 @@
 -- viz.mask — a block mask as a PNG picture (libpng through sl.png_c): query blocks down,
 -- key blocks across, one panel per head (heads left to right, wrapped into rows of `cols`
--- panels), and with `executed` a second panel beside each (semantic | executed).
+-- heads), and with `executed` a second panel beside each (semantic | executed).
 --
---   viz.mask(mask, "m.png", {mass =, executed =, scale =, cols =, heads =})
+--   viz.mask(mask, "m.png", {mass =, executed =, scale =, cols =})
 --     mask      a block mask (or anything sl.mask.as_block turns into one: a pattern is
 --               materialised by the caller, a method's mask object by its materialize())
 --     mass      optional f32 tensor [H, n_qb, n_kb]: attention mass per block, as
@@ -10,7 +10,7 @@
 --               over the block: a query block's entries sum to its number of rows)
 --     executed  optional second mask of the same size and blocks (the mask the kernel ran)
 --     scale     pixels per block (default: the largest that keeps a panel within 320 pixels)
---     cols      panels per picture row (default 8)
+--     cols      heads per picture row (default 4)
 --   → {width, height, heads, panels}
 --
 -- Colours: a kept block is blue, from light (no mass) to dark (the whole query block's mass);
@@ -142,7 +142,7 @@ function M.draw(mask, path, opts)
   local nq, nk = info.n_qb, info.n_kb
   local scale = opts.scale or math.max(1, math.min(16, 320 // math.max(nq, nk)))
   local per = exe and 2 or 1
-  local cols = math.min(opts.cols or 8, H)
+  local cols = math.min(opts.cols or 4, H)
   local prow = (H + cols - 1) // cols
   local pw, ph = nk * scale, nq * scale
   local width = cols * per * pw + (cols * per + 1) * 2

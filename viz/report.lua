@@ -227,11 +227,11 @@ local function plots(db, dir, where)
   local wls = V.workloads(db, "density IS NOT NULL AND rel_l2 > 0" .. (where and (" AND (" .. where .. ")") or ""))
   if #wls > 1 then
     for i = 1, math.min(4, #wls) do
-      local w = "workload = '" .. wls[i].workload:gsub("'", "''") .. "'" .. (where and (" AND (" .. where .. ")") or "")
+      local w = wls[i].where .. (where and (" AND (" .. where .. ")") or "")
       try("frontier", string.format("frontier_%d.svg", i), {where = w,
-        title = "Accuracy against executed density: " .. wls[i].workload}, CAPTIONS.frontier)
+        title = "Accuracy against executed density: " .. wls[i].name}, CAPTIONS.frontier)
       try("recall", string.format("recall_%d.svg", i), {where = w,
-        title = "Recall against executed density: " .. wls[i].workload}, CAPTIONS.recall)
+        title = "Recall against executed density: " .. wls[i].name}, CAPTIONS.recall)
     end
   else
     try("frontier", "frontier.svg", {}, CAPTIONS.frontier)

@@ -22,20 +22,28 @@ V.NAMES = {"frontier", "recall", "pareto", "scaling", "break_even"}
 
 local BUCKET = "coalesce(target_density, round(density, 2))"
 
---- Workloads with results of a condition, most results first: {{workload =, n =}...}.
-function V.workloads(db, cond)
-  return P.query(db, "SELECT workload, count(*) AS n FROM v_result WHERE status = 'ok' AND method <> 'dense' " ..
-    (cond and ("AND " .. cond .. " ") or "") .. "GROUP BY workload ORDER BY n DESC, workload")
-end
-
 local function sq(s) return "'" .. tostring(s):gsub("'", "''") .. "'" end
 
--- o.where, else the workload with the most results of cond (and its name for the title).
+--- Inputs (workload and length) with results of a condition, most results first:
+--- {{workload =, n_k =, n =, where = SQL, name = text}...}.
+function V.workloads(db, cond)
+  local rows = P.query(db, "SELECT workload, n_k, count(*) AS n FROM v_result WHERE status = 'ok' AND " ..
+    "method <> 'dense' " .. (cond and ("AND " .. cond .. " ") or "") ..
+    "GROUP BY workload, n_k ORDER BY n DESC, workload, n_k")
+  for _, r in ipairs(rows) do
+    r.where = "workload IS " .. (r.workload and sq(r.workload) or "NULL") .. " AND n_k IS " ..
+      (r.n_k and tostring(math.tointeger(r.n_k) or r.n_k) or "NULL")
+    r.name = tostring(r.workload) .. (r.n_k and string.format(", n = %d", r.n_k) or "")
+  end
+  return rows
+end
+
+-- o.where, else the input (workload, length) with the most results of cond, and its name.
 local function one_workload(db, o, cond)
   if o.where then return o.where, nil end
   local w = V.workloads(db, cond)
   if #w == 0 then return nil end
-  return "workload = " .. sq(w[1].workload), w[1].workload
+  return w[1].where, w[1].name
 end
 
 function V.frontier(db, o)

@@ -80,7 +80,7 @@ expect_rc 1 "plot of a missing database" "$SL" plot "$T/none.db" frontier -o "$T
 
 # ---- report and the browser check ------------------------------------------------------------
 expect_rc 0 "report" "$SL" report "$T/v.db" -o "$T/rep"
-for f in index.html report.md tables.tex frontier.svg pareto.svg scaling.svg; do
+for f in index.html report.md tables.tex frontier_1.svg frontier_2.svg pareto.svg scaling.svg; do
     [ -s "$T/rep/$f" ] && ok || bad "report lacks $f"
 done
 CHROME=""
