@@ -57,6 +57,18 @@ n1=$("$SL" query "$T/v.db" "SELECT count(*) AS n FROM result" --csv | tail -1)
 cp "$T/v.db" "$T/w.db"
 expect_rc 0 "query --write" "$SL" query "$T/w.db" "DELETE FROM claim" --write
 
+# ---- compare: reruns count once unless --all-runs; --by target_density ----------------------------
+for i in 1 2; do
+    expect_rc 0 "eval --db run $i" "$SL" eval sliding_window --workload synthetic,n=256,heads=2,kv_heads=1,d=16 \
+        --budget 64 --param bq=16 --param bk=16 --db "$T/c.db"
+done
+expect_rc 0 "compare latest" "$SL" compare "$T/c.db" --csv
+grep -q "^sliding_window,64,1," "$T/out" && ok || bad "compare counted a rerun twice: $(cat "$T/out")"
+expect_rc 0 "compare --all-runs" "$SL" compare "$T/c.db" --all-runs --csv
+grep -q "^sliding_window,64,2," "$T/out" && ok || bad "compare --all-runs: $(cat "$T/out")"
+expect_rc 0 "compare --by target_density" "$SL" compare "$T/v.db" --by target_density --csv
+grep -q "^0.2[0-9]*,streaming_llm,2," "$T/out" && ok || bad "compare --by target_density: $(cat "$T/out")"
+
 # ---- plot ----------------------------------------------------------------------------------
 for ext in svg png pdf; do
     expect_rc 0 "plot .$ext" "$SL" plot "$T/v.db" --x density --y rel_l2 --by method --where "method <> 'dense'" \
