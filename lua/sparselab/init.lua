@@ -41,6 +41,7 @@ sl.json_decode = require("sparselab.json").decode
 sl.budget = require "sparselab.budget"
 sl.calibrate = require "sparselab.calibrate"
 sl.viz = require "viz" -- plots, mask pictures, reports (viz/, issue 18)
+sl.progress = require "sparselab.progress" -- progress with ETA on stderr (issue 18)
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -214,5 +214,20 @@ test("LaTeX escaping", function()
     "\\textasciicircum{} \\textbackslash{}", "escaped")
 end)
 
+test("progress: plain lines at each tenth, an ETA, a bar on a terminal", function()
+  local lines = {}
+  local p = sl.progress{label = "x", total = 20, tty = false, out = function(s) lines[#lines + 1] = s end}
+  for i = 1, 20 do p:step("item " .. i) end
+  eq(#lines, 10, "one line per tenth")
+  truthy(lines[10]:find("^x 20/20 100%%  ETA 0:00  item 20\n$"), "last line: " .. lines[10])
+  truthy(not table.concat(lines):find("nil", 1, true), "no nil in the lines")
+  local t = {}
+  local q = sl.progress{label = "y", total = 4, tty = true, out = function(s) t[#t + 1] = s end}
+  q:step()
+  truthy(t[1]:find("^\r\27%[Ky %[######%.+%] 1/4  25%%  ETA "), "tty line: " .. t[1])
+  eq(sl.progress.format_eta(3725), "1:02:05", "ETA format")
+  eq(sl.progress.format_eta(65), "1:05", "ETA format")
+end)
+
 os.execute("rm -rf '" .. T .. "'")
 H.done()
