@@ -15,6 +15,10 @@ return {
     "structured synthetic q, k, v (sinks, locality, needles)"},
   ["sl.load"] = {"(path)", "tensors of a safetensors file or a .npy file / directory of .npy files (a table by name)"},
   ["sl.save"] = {"(path, {name = tensor, ...} | tensor)", "writes a safetensors file (a .npy file for one tensor)"},
+  ["sl.squeeze"] = {"(t, dim)", "a view of t without dimension dim (of size 1)"},
+  ["sl.qkv.load"] = "q, k, v of a file as PyTorch has them: q/k/v or query_states/key_states/value_states (or " ..
+    "names = \"q=A,k=B,v=C\"), [H, N, D] or [B, H, N, D]; a list of {q, k, v, batch} per batch element",
+  ["sl.qkv.parse_names"] = "\"q=A,k=B,v=C\" as a table",
   ["sl.listdir"] = {"(path)", "sorted names in a directory"},
   ["sl.mkdir"] = {"(path)", "creates a directory and its parents"},
   ["sl.time"] = {"()", "monotonic seconds (for timing)"},

@@ -42,6 +42,7 @@ sl.budget = require "sparselab.budget"
 sl.calibrate = require "sparselab.calibrate"
 sl.viz = require "viz" -- plots, mask pictures, reports (viz/, issue 18)
 sl.progress = require "sparselab.progress" -- progress with ETA on stderr (issue 18)
+sl.qkv = require "sparselab.qkv" -- q, k, v files as PyTorch has them (issue 18)
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -129,5 +129,35 @@ expect_rc 0 "eval --mask-png" "$SL" eval streaming_llm --workload synthetic,n=25
 expect_rc 1 "eval --mask-png of dense" "$SL" eval dense --workload synthetic,n=128 --mask-png "$T/d.png"
 grep -q "no block mask" "$T/err" && ok || bad "dense --mask-png: $(cat "$T/err")"
 
+# ---- --qkv as PyTorch has it: [B, H, N, D], query_states names, --names ----------------------
+cat >"$T/mk.lua" <<'LUA'
+local sl = require "sparselab"
+local d = arg[1]
+local q = sl.randn({2, 4, 64, 16}, {seed = 1})
+local k = sl.randn({2, 2, 64, 16}, {seed = 2})
+local v = sl.randn({2, 2, 64, 16}, {seed = 3})
+sl.save(d .. "/b2.safetensors", {query_states = q, key_states = k, value_states = v})
+-- batch element 1 (0-based) as a plain [H, N, D] file under other names
+sl.save(d .. "/e1.safetensors", {Qx = q:narrow(1, 2, 1):to(), Kx = k:narrow(1, 2, 1):to(), Vx = v:narrow(1, 2, 1):to()})
+sl.save(d .. "/bad.safetensors", {q = sl.randn({64, 16}, {seed = 1}), k = k, v = v})
+LUA
+expect_rc 0 "make qkv files" "$SL" run "$T/mk.lua" "$T"
+expect_rc 0 "eval of a batch of 2" "$SL" eval sliding_window --qkv "$T/b2.safetensors" --budget 16 --param bq=16 \
+    --param bk=16 --json --db "$T/b.db" --out "$T/o.safetensors"
+[ "$(wc -l <"$T/out")" = 2 ] && ok || bad "batch of 2: expected 2 JSON lines, found $(wc -l <"$T/out")"
+sed -n 2p "$T/out" | sed 's/"[a-z_]*time_ms":[^,]*,//g; s/"[a-z_]*_ms":[^,]*,//g; s/"speedup":[^,]*,//g; s/"workload":"[^"]*"//' >"$T/b1.json"
+[ -s "$T/o_b0.safetensors" ] && [ -s "$T/o_b1.safetensors" ] && ok || bad "batch outputs o_b0/o_b1 missing"
+expect_rc 0 "batch rows recorded" "$SL" query "$T/b.db" "SELECT json_extract(workload_params_json, '\$.batch') AS b FROM v_result ORDER BY b" --csv
+[ "$(tr '\n' ' ' <"$T/out")" = "b 0 1 " ] && ok || bad "batch rows: $(cat "$T/out")"
+expect_rc 0 "eval with --names" "$SL" eval sliding_window --qkv "$T/e1.safetensors" --names q=Qx,k=Kx,v=Vx \
+    --budget 16 --param bq=16 --param bk=16 --json
+sed 's/"[a-z_]*time_ms":[^,]*,//g; s/"[a-z_]*_ms":[^,]*,//g; s/"speedup":[^,]*,//g; s/"workload":"[^"]*"//' "$T/out" >"$T/e1.json"
+cmp -s "$T/b1.json" "$T/e1.json" && ok || bad "batch element 1 differs from the same tensors as [H, N, D]"
+expect_rc 1 "eval without the names" "$SL" eval dense --qkv "$T/e1.safetensors"
+grep -q "query_states" "$T/err" && grep -q -- "--names" "$T/err" && ok || bad "missing names message: $(cat "$T/err")"
+expect_rc 1 "eval of a bad layout" "$SL" eval dense --qkv "$T/bad.safetensors"
+grep -q "expected q, k, v as \[heads, tokens, head_dim\] or \[batch, heads, tokens, head_dim\]" "$T/err" && ok ||
+    bad "layout message: $(cat "$T/err")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]

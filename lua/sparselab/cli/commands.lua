@@ -26,7 +26,11 @@ C.list = {
     options = {{"json", "flag", nil, "one JSON object per op, with parameters and the dtypes each backend reads natively"}}},
   {name = "eval", args = "METHOD", max_pos = 1, summary = "evaluate a method against dense attention on one input",
     options = {
-      {"qkv", "value", "FILE", "q, k, v from a safetensors file or a directory of q.npy, k.npy, v.npy"},
+      {"qkv", "value", "FILE", "q, k, v from a safetensors file or a directory of .npy files: [heads, tokens, "
+        .. "head_dim], or [batch, heads, tokens, head_dim] (each batch element evaluated and recorded on its own); "
+        .. "named q/k/v or query_states/key_states/value_states"},
+      {"names", "value", "q=A,k=B,v=C", "the tensor names of q, k, v in the --qkv file"},
+      {"batch-index", "value", "B", "only batch element B (0-based) of a batched --qkv", hidden = true},
       {"workload", "value", "SPEC", "synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]"},
       TARGETS[1], TARGETS[2], TARGETS[3], TARGETS[4],
       {"param", "multi", "K=V", "a method parameter (V a number, true/false, a word, or a list in braces)"},
@@ -53,7 +57,9 @@ recall_min (worst row), rel_l2, cosine, time_ms split into estimate_ms and execu
 (estimate_ms = 0 for static methods), flops (executor), estimator_flops, kv_bytes, speedup.]]},
   {name = "calibrate", args = "METHOD", max_pos = 1, summary = "calibrate a method's thresholds on inputs, write a config",
     options = {
-      {"qkv", "multi", "FILE", "an input (safetensors or .npy directory); repeatable"},
+      {"qkv", "multi", "FILE", "an input (safetensors or .npy directory; [H, N, D] or [B, H, N, D], each batch "
+        .. "element one input)"},
+      {"names", "value", "q=A,k=B,v=C", "the tensor names of q, k, v in the --qkv files"},
       {"out", "value", "CFG.json", "the config file to write (then eval --param config=CFG.json)"},
       {"param", "multi", "K=V", "a method parameter"},
     }},

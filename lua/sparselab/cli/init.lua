@@ -220,20 +220,19 @@ end
 
 -- ---- eval ---------------------------------------------------------------
 
--- Loads q, k, v from a safetensors file or a directory of .npy files.
-local function load_qkv(path)
-  local t = sl.load(path)
-  if type(t) ~= "table" then sl.fail("%s: expected a safetensors file or a directory with q, k, v", path) end
-  local missing = {}
-  for _, n in ipairs{"q", "k", "v"} do if not t[n] then missing[#missing + 1] = n end end
-  if #missing > 0 then
-    local found = {}
-    for n in pairs(t) do found[#found + 1] = n end
-    table.sort(found)
-    sl.fail("%s: expected tensors q, k, v; missing %s (found: %s)", path, table.concat(missing, ", "),
-      #found > 0 and table.concat(found, ", ") or "nothing")
-  end
-  return t.q, t.k, t.v
+-- q, k, v of a --qkv file (sparselab/qkv.lua: PyTorch names, [B, H, N, D]); the batch element
+-- `index` (1-based) of a batch, and the batch size.
+local function load_qkv(path, names, index)
+  local list = require("sparselab.qkv").load(path, names)
+  local e = list[index or 1]
+  if not e then sl.fail("%s: batch element %s of %d", path, tostring(index), #list) end
+  return e.q, e.k, e.v, #list, e.batch
+end
+
+-- FILE.ext -> FILE_b<i>.ext (one output per batch element)
+local function batch_path(p, b)
+  local stem, ext = p:match("^(.*)(%.[^./]+)$")
+  return (stem or p) .. "_b" .. b .. (ext or "")
 end
 
 -- --workload synthetic[,n=2048,heads=8,kv_heads=2,d=64,seed=1,...]
@@ -269,8 +268,25 @@ function C.eval(argv)
   if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
   local q, k, v, wl, wp
   if o.qkv then
-    q, k, v = load_qkv(o.qkv)
-    wl, wp = "qkv:" .. o.qkv, {}
+    local index = o["batch-index"] and math.tointeger(tonumber(o["batch-index"]))
+    local nb, batch
+    q, k, v, nb, batch = load_qkv(o.qkv, o.names, index and index + 1)
+    if nb > 1 and not index then
+      -- a batch: each element evaluated (and recorded) on its own, outputs suffixed _b<i>
+      for b = 0, nb - 1 do
+        local a = {}
+        for i, x in ipairs(argv) do a[i] = x end
+        a[#a + 1] = "--batch-index"
+        a[#a + 1] = tostring(b)
+        C.eval(a)
+      end
+      return
+    end
+    wl, wp = "qkv:" .. o.qkv, {batch = batch}
+    if batch then
+      if o.out then o.out = batch_path(o.out, batch) end
+      if o["mask-png"] then o["mask-png"] = batch_path(o["mask-png"], batch) end
+    end
   else
     q, k, v, wp = load_workload(o.workload or "synthetic")
     wl = "synthetic"
@@ -395,9 +411,11 @@ function C.calibrate(argv)
   local m = sl.methods.get(id)
   local params = method_args(o)
   local problems = {}
-  for i, path in ipairs(o.qkv) do
-    local q, k, v = load_qkv(path)
-    problems[i] = sl.problem{q = q, k = k, v = v, workload = "qkv:" .. path}
+  for _, path in ipairs(o.qkv) do
+    for _, e in ipairs(require("sparselab.qkv").load(path, o.names)) do
+      problems[#problems + 1] = sl.problem{q = e.q, k = e.k, v = e.v, workload = "qkv:" .. path,
+        workload_params = {batch = e.batch}}
+    end
   end
   local config = sl.calibrate(m, {problems = problems, out = o.out, params = params, sources = o.qkv})
   local n = 0
