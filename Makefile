@@ -1,6 +1,6 @@
 # sparselab — one Makefile. Settings first; objects under build/ mirror the tree.
 #   make            library, Lua module build/sparselab.so, program build/sparselab
-#   make demo       installs missing Debian packages, builds, runs experiments/demo.lua
+#   make demo       installs missing Debian packages, builds, runs experiments/demo.lua (out/demo.db)
 #   make test       installs missing Debian packages, builds, runs every test that needs no GPU
 #   make CUDA=1     also the CUDA backend (needs nvcc); make test-cuda runs it where a GPU is
 #   make asan       everything with AddressSanitizer + UBSan into build-asan/, then its tests
@@ -133,7 +133,8 @@ asan: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	$(PROGRAM) run experiments/demo.lua
+	@mkdir -p out
+	$(PROGRAM) run experiments/demo.lua out/demo.db
 
 bench: all
 	$(PROGRAM) bench

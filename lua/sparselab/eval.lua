@@ -76,7 +76,7 @@ local function unreachable(m, prob, opts, target, value, err)
   for k, v in pairs(opts.params or {}) do params[k] = v end
   params["@target"] = {[target] = value}
   local metrics = {["target_" .. target] = value}
-  local lo, hi = tostring(err):match("in %[([^,%]]+), ([^%]]+)%]%s*$")
+  local lo, hi = tostring(err):match("gives [%w_]+ in %[([^,%]]+), ([^%]]+)%]")
   metrics["reachable_" .. target .. "_min"], metrics["reachable_" .. target .. "_max"] = tonumber(lo), tonumber(hi)
   return {method = m.id, params = params, workload = prob.workload or "custom",
     workload_params = prob.workload_params or {}, phase = prob.phase, layer = prob.layer, head = prob.head,

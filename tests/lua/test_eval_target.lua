@@ -50,6 +50,18 @@ test("unreachable target: a failed result with the range, recorded", function()
   eq(rows[2].target_density, 0.3, "ok row's target")
 end)
 
+test("unreachable target: the error names block sizes that reach it, and they do", function()
+  local q2, k2, v2 = sl.synthetic{heads = 2, kv_heads = 1, n = 512, d = 16, seed = 7}
+  local p2 = sl.problem{q = q2, k = k2, v = v2}
+  local r = sl.eval("xattention", p2, {density = 0.1})
+  eq(r.status, "failed", "unreachable with the default blocks")
+  local size = tonumber(r.error:match("smaller blocks reach it: with %-%-param block=(%d+)"))
+  truthy(size, "hint in: " .. r.error)
+  local r2 = sl.eval("xattention", p2, {density = 0.1, params = {block = size}})
+  eq(r2.status, nil, "the hinted setting reaches the target")
+  truthy(math.abs(r2.metrics.achieved_density - 0.1) < 0.05, "achieved " .. r2.metrics.achieved_density)
+end)
+
 test("target options: one at a time, not with a budget", function()
   raises(function() sl.eval("sliding_window", prob, {density = 0.3, budget = 64}) end, "not both", "budget + target")
   raises(function() sl.eval("sliding_window", prob, {density = 0.3, flops = 1e6}) end, "give one target", "two")
