@@ -612,6 +612,95 @@ END_TEST
 
 /* ---- d. bad files ------------------------------------------------------------------- */
 
+/* ---- sharded checkpoints (issue 18) ------------------------------------------------- */
+
+/* Writes h as two shards (the first `cut` tensors, then the rest) and an index
+ * mapping each tensor to its shard; `moved` (if not NULL) is mapped to the other
+ * shard than the one it is written to. No model.safetensors. */
+static void hf_write_sharded(const fx *f, const hf_set *h, int cut, const char *moved, const char *shard2_name)
+{
+    char p[512];
+    fx_path(f, "model.safetensors", p, sizeof p);
+    unlink(p);
+    const char *shard[2] = {"model-00001-of-00002.safetensors", shard2_name};
+    for (int k = 0; k < 2; k++) {
+        if (strchr(shard[k], '/'))
+            continue;
+        fx_path(f, shard[k], p, sizeof p);
+        sl_status s = sl_safetensors_write(f->ctx, p, h->t + (k ? cut : 0), k ? h->n - cut : cut);
+        ck_assert_msg(s == SL_OK, "%s", sl_ctx_error(f->ctx));
+    }
+    size_t cap = 64 * 1024, w = 0;
+    char *idx = malloc(cap);
+    ck_assert_ptr_nonnull(idx);
+    w += (size_t)snprintf(idx + w, cap - w, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
+    for (int i = 0; i < h->n; i++) {
+        int k = i >= cut;
+        if (moved && strcmp(h->t[i].name, moved) == 0)
+            k = !k;
+        w += (size_t)snprintf(idx + w, cap - w, "%s\"%s\": \"%s\"", i ? ", " : "", h->t[i].name, shard[k]);
+    }
+    w += (size_t)snprintf(idx + w, cap - w, "}}\n");
+    ck_assert_uint_lt(w, cap);
+    fx_path(f, "model.safetensors.index.json", p, sizeof p);
+    put_file(p, idx, w);
+    free(idx);
+}
+
+START_TEST(test_hf_sharded)
+{
+    fx f;
+    fx_open(&f);
+    sl_model *ref = load_ref(f.ctx), *m = NULL;
+    int32_t ids[N_IDS];
+    greedy_ids(f.ctx, ref, ids);
+    sl_tensor want = prefill(f.ctx, ref, ids, N_IDS);
+    char cfg[2048], p[512];
+    hf_config_text(cfg, sizeof cfg, 1, NULL, NULL);
+    fx_path(&f, "config.json", p, sizeof p);
+    put_file(p, cfg, strlen(cfg));
+    hf_set h;
+    hf_build(f.ctx, ref, SL_F32, 0, &h);
+    const char *shard2 = "model-00002-of-00002.safetensors";
+
+    /* two shards: the same model as the single file */
+    hf_write_sharded(&f, &h, h.n / 2, NULL, shard2);
+    sl_status s = sl_model_load_hf(f.ctx, f.dir, &m);
+    ck_assert_msg(s == SL_OK, "%s", sl_ctx_error(f.ctx));
+    sl_tensor lg = prefill(f.ctx, m, ids, N_IDS);
+    double d = max_diff(&lg, &want);
+    fprintf(stderr, "test_model: HF sharded (2 files) vs llama2.c: max |logit diff| %.3g\n", d);
+    ck_assert_double_lt(d, 1e-4);
+    sl_tensor_release(&lg);
+    sl_model_free(f.ctx, m);
+    m = NULL;
+
+    /* a tensor in a shard the index does not map it to */
+    hf_write_sharded(&f, &h, h.n / 2, "model.norm.weight", shard2);
+    fx_path(&f, "model.safetensors.index.json", p, sizeof p);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, "'model.norm.weight'", "maps to another shard",
+                NULL);
+    ck_assert_ptr_null(m);
+    /* a shard outside the folder, and a missing shard */
+    hf_write_sharded(&f, &h, h.n / 2, NULL, "../evil.safetensors");
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "expected a shard file name", NULL);
+    hf_write_sharded(&f, &h, h.n / 2, NULL, shard2);
+    fx_path(&f, shard2, p, sizeof p);
+    unlink(p);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EIO, shard2, NULL);
+    ck_assert_ptr_null(m);
+    /* an index without weight_map */
+    fx_path(&f, "model.safetensors.index.json", p, sizeof p);
+    put_file(p, "{\"metadata\": {}}", 16);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, "weight_map", NULL);
+
+    hf_free(&h);
+    sl_tensor_release(&want);
+    sl_model_free(f.ctx, ref);
+    fx_close(&f);
+}
+END_TEST
+
 START_TEST(test_llama2c_bad_files)
 {
     fx f;
@@ -1113,6 +1202,7 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_hf_matches_llama2c);
     tcase_add_test(tc, test_hf_bad_tensors);
     tcase_add_test(tc, test_hf_bad_config);
+    tcase_add_test(tc, test_hf_sharded);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("robustness");

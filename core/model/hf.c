@@ -1,6 +1,8 @@
 /* model/hf.c — the Hugging Face LLaMA loader: config.json through cJSON
  * (json.h), keeping only the keys the runner needs, then
- * model.safetensors, each tensor matched to its slot by name, checked for
+ * model.safetensors (or, as large checkpoints ship, the shards named by
+ * model.safetensors.index.json's weight_map, each tensor in the shard the map
+ * names), each tensor matched to its slot by name, checked for
  * dtype, shape and finite values, and converted to f32. What the runner
  * cannot reproduce exactly (scaled RoPE, biases, another activation or
  * architecture) is refused rather than approximated. */
@@ -317,6 +319,100 @@ static sl_status check_complete(const loader *ld)
     return tensor_fail(ld, SL_EFORMAT, name, "expected %s%s, found no such tensor", want, note);
 }
 
+/* ---- sharded checkpoints: model.safetensors.index.json ------------------------ */
+
+#define INDEX_MAX_BYTES ((long long)16 << 20)
+
+/* The text of a regular file of at most max bytes (NUL-terminated, *n its length). */
+static sl_status read_text(sl_ctx *ctx, const char *path, long long max, char **text, size_t *n)
+{
+    *text = NULL;
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    sl_status s = SL_OK;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
+        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected a regular file", path);
+    else if ((long long)sb.st_size > max)
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected at most %lld bytes of JSON, found %lld", path, max,
+                        (long long)sb.st_size);
+    else if (!(*text = sl_ctx_alloc(ctx, (*n = (size_t)sb.st_size) + 1)))
+        s = SL_ENOMEM;
+    else if (fread(*text, 1, *n, f) != *n)
+        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %zu bytes, the read stopped short", path, *n);
+    fclose(f);
+    if (s && *text) {
+        sl_ctx_dealloc(ctx, *text, *n + 1);
+        *text = NULL;
+    }
+    if (!s)
+        (*text)[*n] = '\0';
+    return s;
+}
+
+/* Loads every shard that the index's weight_map names (in the order they first
+ * appear) into ld->m; a shard file name must be a plain name in dir, and a tensor
+ * found in a shard must be mapped to that shard. */
+static sl_status load_shards(loader *ld, const char *dir, const char *ipath)
+{
+    sl_ctx *ctx = ld->ctx;
+    char *text;
+    size_t n;
+    sl_status s = read_text(ctx, ipath, INDEX_MAX_BYTES, &text, &n);
+    if (s)
+        return s;
+    cJSON *root = NULL;
+    s = sl__json_parse(ctx, ipath, text, n, 0, JSON_MAX_DEPTH, &root);
+    sl_ctx_dealloc(ctx, text, n + 1);
+    if (s)
+        return s;
+    const cJSON *map = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    if (!cJSON_IsObject(map) || !map->child)
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected an object with a non-empty \"weight_map\" "
+                        "{tensor name: shard file}", ipath);
+    for (const cJSON *e = map ? map->child : NULL; e && !s; e = e->next) {
+        const char *shard = cJSON_IsString(e) ? e->valuestring : NULL;
+        if (!shard || !shard[0] || strchr(shard, '/') || strcmp(shard, "..") == 0 || strcmp(shard, ".") == 0) {
+            char shown[64];
+            sl__json_describe(e, shown, sizeof shown);
+            s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: weight_map['%.80s']: expected a shard file name in the model's "
+                            "folder, found %s", ipath, e->string, shown);
+            break;
+        }
+        /* each shard once: at the first entry that names it */
+        int first = 1;
+        for (const cJSON *p = map->child; p != e; p = p->next)
+            if (strcmp(p->valuestring, shard) == 0)
+                first = 0;
+        if (!first)
+            continue;
+        char spath[4096];
+        if ((size_t)snprintf(spath, sizeof spath, "%s/%s", dir, shard) >= sizeof spath) {
+            s = sl_ctx_fail(ctx, SL_EARG, "%s: shard path too long", ipath);
+            break;
+        }
+        sl_named_tensor *ts = NULL;
+        int nt = 0;
+        if ((s = sl_safetensors_read(ctx, spath, &ts, &nt)))
+            break;
+        ld->path = spath;
+        for (int i = 0; i < nt && !s; i++) {
+            const cJSON *where = cJSON_GetObjectItemCaseSensitive(map, ts[i].name);
+            if (!cJSON_IsString(where) || strcmp(where->valuestring, shard) != 0)
+                s = tensor_fail(ld, SL_EFORMAT, ts[i].name, "expected only the tensors %s maps to %s, found one "
+                                "it %s", ipath, shard, where ? "maps to another shard" : "does not list");
+            else
+                s = match(ld, &ts[i]);
+        }
+        sl_named_tensors_free(ctx, ts, nt);
+        ld->path = ipath;
+    }
+    cJSON_Delete(root);
+    return s;
+}
+
 sl_status sl_model_load_hf(sl_ctx *ctx, const char *dir, sl_model **out)
 {
     *out = NULL;
@@ -330,10 +426,19 @@ sl_status sl_model_load_hf(sl_ctx *ctx, const char *dir, sl_model **out)
     int n = 0;
     sl_model *m = NULL;
     sl_status s = read_config(ctx, cpath, &h);
-    if (s || (s = make_config(ctx, cpath, &h, &c)) || (s = sl_safetensors_read(ctx, wpath, &ts, &n)))
+    if (s || (s = make_config(ctx, cpath, &h, &c)))
         return s;
-    loader ld = {ctx, wpath, NULL, h.tie};
+    /* no model.safetensors but an index: a sharded checkpoint */
+    char ipath[4096];
+    struct stat sb;
+    snprintf(ipath, sizeof ipath, "%s/model.safetensors.index.json", dir);
+    int sharded = stat(wpath, &sb) != 0 && errno == ENOENT && stat(ipath, &sb) == 0;
+    if (!sharded && (s = sl_safetensors_read(ctx, wpath, &ts, &n)))
+        return s;
+    loader ld = {ctx, sharded ? ipath : wpath, NULL, h.tie};
     if (!(s = sl__model_new(ctx, &c, &ld.m))) {
+        if (sharded)
+            s = load_shards(&ld, dir, ipath);
         for (int i = 0; i < n && !s; i++)
             s = match(&ld, &ts[i]);
         if (!s)
