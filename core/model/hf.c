@@ -4,8 +4,8 @@
  * model.safetensors.index.json's weight_map, each tensor in the shard the map
  * names), each tensor matched to its slot by name, checked for
  * dtype, shape and finite values, and converted to f32. What the runner
- * cannot reproduce exactly (scaled RoPE, biases, another activation or
- * architecture) is refused rather than approximated. */
+ * cannot reproduce exactly (scaled RoPE other than Llama 3's, biases, another
+ * activation or architecture) is refused rather than approximated. */
 #include "model.h"
 #include "../json.h"
 
@@ -46,6 +46,8 @@ typedef struct hf_config {
     double v[K__COUNT];
     int set[K__COUNT];
     int tie;
+    double rope[4]; /* Llama 3 rope_scaling: factor, low_freq_factor, high_freq_factor, original max positions */
+    int rope_llama3;
 } hf_config;
 
 /* "<path>: key 'k': expected X, found <v>" */
@@ -58,6 +60,35 @@ static sl_status member_fail(sl_ctx *ctx, const char *path, const cJSON *v, cons
 }
 
 /* Takes member v when it is one we need; later duplicates override. */
+/* rope_scaling: Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+ * "original_max_position_embeddings"} is read (issue 18); any other scaling is refused. */
+static sl_status rope_scaling(sl_ctx *ctx, const char *path, const cJSON *v, hf_config *c)
+{
+    const cJSON *t = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "rope_type") : NULL;
+    if (cJSON_IsObject(v) && !cJSON_IsString(t))
+        t = cJSON_GetObjectItemCaseSensitive(v, "type");
+    if (!cJSON_IsString(t) || strcmp(t->valuestring, "llama3") != 0) {
+        char shown[32] = "a setting";
+        if (cJSON_IsString(t))
+            clean(shown, sizeof shown, t->valuestring, strlen(t->valuestring));
+        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: key 'rope_scaling': expected null or {\"rope_type\": \"llama3\", "
+                           "...}, found %s%s%s: only plain RoPE and Llama 3's scaled RoPE are supported", path,
+                           cJSON_IsString(t) ? "type \"" : "", shown, cJSON_IsString(t) ? "\"" : "");
+    }
+    static const char *const keys[4] = {"factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings"};
+    for (int i = 0; i < 4; i++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(v, keys[i]);
+        if (!cJSON_IsNumber(x) || !(x->valuedouble > 0) || (i == 3 && (x->valuedouble != floor(x->valuedouble) ||
+                                                                       x->valuedouble > 1e12)))
+            return sl_ctx_fail(ctx, SL_EFORMAT, "%s: key 'rope_scaling': expected '%s' (a positive %s) in the llama3 "
+                               "setting", path, keys[i], i == 3 ? "integer" : "number");
+        c->rope[i] = x->valuedouble;
+    }
+    c->rope_llama3 = 1;
+    return SL_OK;
+}
+
 static sl_status config_member(sl_ctx *ctx, const char *path, const cJSON *v, hf_config *c)
 {
     const char *key = v->string;
@@ -78,8 +109,7 @@ static sl_status config_member(sl_ctx *ctx, const char *path, const cJSON *v, hf
             return member_fail(ctx, path, v, "true, false or null");
         c->tie = cJSON_IsTrue(v);
     } else if (strcmp(key, "rope_scaling") == 0 && !cJSON_IsNull(v)) {
-        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: key 'rope_scaling': expected null, found a setting: scaled "
-                           "RoPE (linear, dynamic, yarn, llama3) is not supported, only plain RoPE", path);
+        return rope_scaling(ctx, path, v, c);
     } else if (strcmp(key, "model_type") == 0 || strcmp(key, "hidden_act") == 0) {
         int arch = key[0] == 'm';
         if (cJSON_IsNull(v))
@@ -156,6 +186,12 @@ static sl_status make_config(sl_ctx *ctx, const char *path, const hf_config *h, 
     c->head_dim = h->set[K_HEAD_DIM] ? (int64_t)v[K_HEAD_DIM] : c->n_heads > 0 ? c->dim / c->n_heads : 0;
     c->norm_eps = h->set[K_EPS] ? v[K_EPS] : 1e-6;
     c->rope_theta = h->set[K_THETA] ? v[K_THETA] : 10000.0;
+    if (h->rope_llama3) {
+        c->rope_factor = h->rope[0];
+        c->rope_low_freq_factor = h->rope[1];
+        c->rope_high_freq_factor = h->rope[2];
+        c->rope_orig_max_pos = (int64_t)h->rope[3];
+    }
     /* Mistral's window: inside it dense causal attention is the exact model,
      * so the usable context stops there. */
     if (h->set[K_SLIDING] && v[K_SLIDING] < 1)
