@@ -1,10 +1,10 @@
 #!/bin/sh
 # deps.sh — installs the Debian packages sparselab builds and tests with
 # (DESIGN §12), only those missing. Runs apt-get as root (or through sudo).
-# chromium (the headless browser test of `sparselab report`, tests/cli/test_report.sh)
-# is optional: installed when apt can, and its test is skipped with a message when not.
+# chromium and nodejs (the headless browser check of `sparselab report` in tests/cli/test_viz.sh)
+# are optional: installed when apt can, and that check is skipped with a message when not.
 set -eu
-OPTIONAL="chromium"
+OPTIONAL="chromium nodejs"
 PKGS="build-essential pkg-config liblua5.4-dev lua5.4 libsqlite3-dev sqlite3 libopenblas-dev libuv1-dev check
 libsubunit-dev libedit-dev libgsl-dev libcjson-dev libpng-dev gnuplot-nox"
 missing=""

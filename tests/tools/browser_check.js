@@ -74,8 +74,8 @@ if (!chrome || !page || !profile) {
   process.exit(2);
 }
 const url = 'file://' + path.resolve(page);
-const proc = spawn(chrome, ['--headless', '--no-sandbox', '--disable-gpu', '--remote-debugging-port=0',
-  '--user-data-dir=' + profile, '--no-first-run', '--no-default-browser-check', 'about:blank'],
+const proc = spawn(chrome, ['--headless', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
+  '--remote-debugging-port=0', '--user-data-dir=' + profile, '--no-first-run', '--no-default-browser-check', 'about:blank'],
   { stdio: ['ignore', 'ignore', 'pipe'] });
 proc.stderr.on('data', () => {});
 const deadline = setTimeout(() => finish(['timed out after 25 s']), 25000);
