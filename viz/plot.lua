@@ -293,7 +293,7 @@ function P.draw(spec)
   if npts == 0 then fail("nothing to plot: no result has both values%s", spec.why_empty or "") end
   local dir = tmpdir()
   local L = {}
-  local w, h = spec.width or 720, spec.height or 460
+  local w, h = spec.width or 880, spec.height or 480
   L[#L + 1] = ext == "pdf" and string.format(TERMINALS.pdf, w / 144, h / 144) or string.format(TERMINALS[ext], w, h)
   L[#L + 1] = "set output " .. gq(out)
   L[#L + 1] = "set encoding utf8"

@@ -209,6 +209,7 @@ local CAPTIONS = {
     "dashed steps are the Pareto front.",
   scaling = "Stored fits: points, fitted law and pointwise bootstrap confidence band.",
   break_even = "Speedup over dense attention (wall time) against density; above the dotted line the method is faster.",
+  bench = "Measured kernel speedup over dense (sparselab bench) against density; the grey line is the ideal 1/density.",
 }
 
 local function plots(db, dir, where)
@@ -240,6 +241,7 @@ local function plots(db, dir, where)
   try("pareto", "pareto.svg", {}, CAPTIONS.pareto)
   try("scaling", "scaling.svg", {}, CAPTIONS.scaling)
   try("break_even", "break_even.svg", {}, CAPTIONS.break_even)
+  try("bench", "bench.svg", {}, CAPTIONS.bench)
   return list
 end
 

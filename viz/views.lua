@@ -10,14 +10,15 @@
 --   scaling     every stored power-law fit (else every fit) with its points, its fitted law
 --               and its bootstrap confidence band, against compression C = 1/density
 --   break_even  speedup over dense against density per method, the line speedup = 1
---   bench       time against density per method (bench databases: dense ratio by method)
+--   bench       bench databases (sparselab bench --db): measured speedup of each benchmarked kernel
+--               over dense against its density, per kernel, pattern and length, with the ideal 1/density
 -- Each view returns nil when the database has nothing for it (the report leaves it out).
 local sl = require "sparselab"
 local P = require "viz.plot"
 
 local V = {}
 
-V.NAMES = {"frontier", "recall", "pareto", "scaling", "break_even"}
+V.NAMES = {"frontier", "recall", "pareto", "scaling", "break_even", "bench"}
 
 
 local BUCKET = "coalesce(target_density, round(density, 2))"
@@ -130,6 +131,24 @@ function V.break_even(db, o)
     (wl and (": " .. wl) or "")),
     xlabel = "executed density", ylabel = "speedup over dense (time)", style = "linespoints", hline = 1,
     hline_title = "break-even"})
+end
+
+function V.bench(db, o)
+  local where = "workload = 'bench' AND speedup > 0 AND density > 0" .. (o.where and (" AND (" .. o.where .. ")") or "")
+  local rows = P.query(db, "SELECT min(density) AS lo, max(density) AS hi FROM v_result WHERE status = 'ok' AND " .. where)
+  if not rows[1] or not rows[1].lo then return nil end
+  local ideal = {}
+  local lo, hi = rows[1].lo, rows[1].hi
+  for i = 0, 40 do
+    local x = lo * (hi / lo) ^ (i / 40)
+    ideal[#ideal + 1] = {x, 1 / x}
+  end
+  return P.plot(db, {x = "density", y = "speedup", by = o.by or
+    "method || coalesce(' ' || p.pattern, '') || ' n=' || n_k", where = where, logx = o.logx, logy = o.logy ~= false,
+    out = o.out, title = o.title or "Kernel speedup over dense against density (sparselab bench)",
+    xlabel = "density (kept / causal pairs)", ylabel = "speedup over dense (time)", style = "linespoints",
+    hline = 1, hline_title = "dense", series = {{name = "ideal 1/density", points = ideal, style = "lines",
+      colour = "#999999"}}})
 end
 
 --- Draws view `name` (one of V.NAMES); o: out, where, by, logx, logy, fit, title.

@@ -128,7 +128,7 @@ return {
   -- viz
   ["sl.viz.plot"] = "a chart of a results database through gnuplot {x =, y =, by =, where =, logx =, logy =, " ..
     "fit =, out = FILE.svg|png|pdf}",
-  ["sl.viz.view"] = "a standard chart: frontier, recall, pareto, scaling, break_even {out =, where =}",
+  ["sl.viz.view"] = "a standard chart: frontier, recall, pareto, scaling, break_even, bench {out =, where =}",
   ["sl.viz.views"] = "the names of the standard charts",
   ["sl.viz.mask"] = "a PNG picture of a block mask per head {mass =, executed =, scale =, cols =}",
   ["sl.viz.report"] = "HTML, Markdown and LaTeX report of a results database into a folder",

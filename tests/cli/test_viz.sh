@@ -81,6 +81,12 @@ for v in frontier recall pareto scaling break_even; do
     expect_rc 0 "plot view $v" "$SL" plot "$T/v.db" "$v" -o "$T/$v.svg"
     grep -q "<svg" "$T/$v.svg" && ok || bad "view $v: no SVG"
 done
+expect_rc 0 "bench database" "$SL" bench --quick --no-estimators --no-decode --no-sgemm --n 256 --d 16 --heads 2 \
+    --reps 1 --densities 0.1,0.3 --db "$T/bench.db"
+expect_rc 0 "plot view bench" "$SL" plot "$T/bench.db" bench -o "$T/bench.svg"
+grep -q "ideal 1/density" "$T/bench.svg" && ok || bad "bench view lacks the ideal line"
+expect_rc 1 "bench view of a database without bench rows" "$SL" plot "$T/v.db" bench -o "$T/x.svg"
+grep -q "no results for the bench view" "$T/err" && ok || bad "empty bench view: $(cat "$T/err")"
 expect_rc 0 "plot --fit" "$SL" plot "$T/v.db" --fit 1 --fit 2 --logx --logy -o "$T/fit.png"
 expect_rc 1 "plot without -o" "$SL" plot "$T/v.db" frontier
 grep -q "give -o" "$T/err" && ok || bad "plot without -o: $(cat "$T/err")"

@@ -177,7 +177,8 @@ committing what finished.]]},
       {"decode-parts", "flag", nil, "time the decode parts separately"},
     }},
   {name = "plot", args = "DB [VIEW]", max_pos = 2,
-    summary = "a chart from a results database through gnuplot (views: frontier, recall, pareto, scaling, break_even)",
+    summary = "a chart from a results database through gnuplot (views: frontier, recall, pareto, scaling, break_even, "
+      .. "bench)",
     options = {
       {"x", "value", "COL", "x: an SQL expression over v_result (wp.KEY, p.KEY, m.NAME shorthands)"},
       {"y", "value", "COL", "y: likewise"},
@@ -194,7 +195,8 @@ committing what finished.]]},
 Views (sparselab plot DB VIEW -o FILE): frontier (rel_l2 against executed density per method,
 mean per target density), recall (recall_mean likewise), pareto (rel_l2 against cost relative to
 dense, with the Pareto front), scaling (the stored fits with their points and confidence bands),
-break_even (speedup against density, the break-even line). A view picks the workload with the
+break_even (speedup against density, the break-even line), bench (kernel speedups of a `sparselab
+bench --db` database against density, with the ideal 1/density). A view picks the input with the
 most results unless --where chooses. Needs gnuplot (Debian gnuplot-nox).]]},
   {name = "report", args = "DB", max_pos = 1,
     summary = "an HTML and Markdown report: provenance, comparison tables, every standard plot, LaTeX tables",
