@@ -4,8 +4,8 @@
 #   the prefill frontier (experiments/prefill_frontier.lua --quick --n 2048: every dynamic
 #   prefill method at matched densities 0.05-0.3 on TinyStories Q/K/V and a 2048-token
 #   synthetic input), the scaling sweep (experiments/scaling_sweep.lua: sliding_window and
-#   streaming_llm over compression and length, with its fits), and the TinyStories Q/K/V of
-#   experiments/capture_tinystories.lua for the mask pictures.
+#   streaming_llm over compression and length, with its fits), the TinyStories Q/K/V of
+#   experiments/capture_tinystories.lua for the mask pictures, and a small `sparselab bench`.
 #   sh docs/viz/make.sh [WORK_DIR (default /tmp/sparselab-docs)]
 # Run from the repository root after `make`. Everything but the pictures and the report goes
 # to WORK_DIR, outside the repository.
@@ -34,6 +34,11 @@ $SL plot "$W/docs.db" break_even --where "script LIKE '%scaling%' AND n_k = 4096
 $SL plot "$W/docs.db" --x "1.0/density" --y rel_l2 --by "method || ' L=' || n_k" \
     --where "script LIKE '%scaling%' AND method <> 'dense'" --aggregate target_density --logx --logy \
     --title "rel_l2 against compression by method and length (mean of 2 seeds)" -o $O/custom_compression.png
+# kernel speedups of the cpu backend (sparselab bench, small settings) in a database of their own
+rm -f "$W/bench.db"
+$SL bench --quick --no-estimators --no-decode --n 2048 --densities 0.05,0.1,0.2,0.4 --reps 3 --db "$W/bench.db" >/dev/null
+$SL plot "$W/bench.db" bench --title "Block-sparse kernel speedup over dense, n = 2048 (cpu backend, 2 shared cores)" \
+    -o $O/bench.svg
 # mask pictures on real Q/K/V (TinyStories layer 2, 489 tokens, 16-token blocks)
 Q="$W/qkv/01_red_kite_layer2.safetensors"
 $SL eval xattention --qkv "$Q" --density 0.3 --param block=16 --mask-png $O/mask_xattention.png >/dev/null
