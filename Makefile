@@ -1,6 +1,6 @@
 # sparselab — one Makefile. Settings first; objects under build/ mirror the tree.
 #   make            library, Lua module build/sparselab.so, program build/sparselab
-#   make demo       installs missing Debian packages, builds, runs experiments/demo.lua
+#   make demo       installs missing Debian packages, builds, runs experiments/demo.lua (out/demo.db)
 #   make test       installs missing Debian packages, builds, runs every test that needs no GPU
 #   make CUDA=1     also the CUDA backend (needs nvcc); make test-cuda runs it where a GPU is
 #   make asan       everything with AddressSanitizer + UBSan into build-asan/, then its tests
@@ -15,7 +15,7 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 
-PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson
+PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson libpng
 CHECK_PKG := check
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
 ifeq ($(WERROR),1)
@@ -46,7 +46,7 @@ CORE_SRC  += core/cuda/none.c
 endif
 STORE_SRC := $(wildcard store/*.c)
 LUA_SRC   := $(wildcard lua/bind/*.c lua/runner/*.c)
-LUA_FILES := $(shell find lua/sparselab -name '*.lua' | sort)
+LUA_FILES := $(shell find lua/sparselab viz -name '*.lua' | sort)
 
 CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
 STORE_OBJ := $(STORE_SRC:%.c=$(BUILD)/%.o)
@@ -133,7 +133,8 @@ asan: deps
 
 demo: deps
 	@$(MAKE) --no-print-directory all
-	$(PROGRAM) run experiments/demo.lua
+	@mkdir -p out
+	$(PROGRAM) run experiments/demo.lua out/demo.db
 
 bench: all
 	$(PROGRAM) bench

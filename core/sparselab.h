@@ -1076,6 +1076,14 @@ typedef struct sl_model_config {
     int64_t dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim, vocab_size, seq_len;
     double rope_theta, norm_eps;
     sl_rope_style rope_style;
+    /* Llama 3's scaled RoPE (config.json rope_scaling {"rope_type": "llama3"}; issue 18);
+     * rope_factor 0 means plain RoPE. A frequency f = theta^(-2j/hd) of wavelength
+     * w = 2*pi/f is kept when w < rope_orig_max_pos / rope_high_freq_factor, divided
+     * by rope_factor when w > rope_orig_max_pos / rope_low_freq_factor, and in between
+     * mixed: (1 - s) f / rope_factor + s f with
+     * s = (rope_orig_max_pos / w - rope_low_freq_factor) / (rope_high_freq_factor - rope_low_freq_factor). */
+    double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int64_t rope_orig_max_pos;
 } sl_model_config;
 
 typedef struct sl_model_layer {

@@ -210,6 +210,7 @@ local function record(m, prob, params)
 end
 
 db:begin()
+local progress = sl.progress{label = "corrections", total = #workloads * #bases * #CFG.densities}
 for _, w in ipairs(workloads) do
   -- the next-step inputs of the stateful protocol
   local q2 = perturb(w.q, CFG.eps, 11)
@@ -254,9 +255,12 @@ for _, w in ipairs(workloads) do
           record(m, pA, bp)
         end
       end
+      progress:step(string.format("%s%s: %s at density %g", w.name, w.layer and (" layer " .. w.layer) or "",
+        base_id, target))
     end
   end
 end
+progress:done()
 
 -- ---- delta_attention at gamma = 64: FLOPs and time against dense ----
 if correct.ids and sl.methods.get("streaming_llm+delta_attention") then

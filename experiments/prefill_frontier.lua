@@ -92,10 +92,11 @@ local function base_params(m, small)
   return {}
 end
 
+local progress = sl.progress{label = "prefill_frontier", total = #problems * #methods * #DENSITIES}
 for _, pr in ipairs(problems) do
   local prob = pr.prob
   local qs, ks = prob.q:shape(), prob.k:shape()
-  io.stderr:write(string.format("prefill_frontier: %s layer %s, n = %d\n", prob.workload, tostring(prob.layer), qs[2]))
+  local input = string.format("%s%s, n = %d", prob.workload, prob.layer and (" layer " .. prob.layer) or "", qs[2])
   for _, id in ipairs(methods) do
     local m = sl.methods.get(id)
     local bp = base_params(m, pr.small)
@@ -118,10 +119,12 @@ for _, pr in ipairs(problems) do
           status = "failed", error = tostring(err), metrics = {target_density = rho}}
       end
       collectgarbage()
+      progress:step(string.format("%s: %s at density %g", input, m.id, rho))
     end
     db:commit()
   end
 end
+progress:done()
 db:finish_run(run_id, "ok")
 
 local function show(title, sql)

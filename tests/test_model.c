@@ -612,6 +612,199 @@ END_TEST
 
 /* ---- d. bad files ------------------------------------------------------------------- */
 
+/* ---- sharded checkpoints (issue 18) ------------------------------------------------- */
+
+/* Writes h as two shards (the first `cut` tensors, then the rest) and an index
+ * mapping each tensor to its shard; `moved` (if not NULL) is mapped to the other
+ * shard than the one it is written to. No model.safetensors. */
+static void hf_write_sharded(const fx *f, const hf_set *h, int cut, const char *moved, const char *shard2_name)
+{
+    char p[512];
+    fx_path(f, "model.safetensors", p, sizeof p);
+    unlink(p);
+    const char *shard[2] = {"model-00001-of-00002.safetensors", shard2_name};
+    for (int k = 0; k < 2; k++) {
+        if (strchr(shard[k], '/'))
+            continue;
+        fx_path(f, shard[k], p, sizeof p);
+        sl_status s = sl_safetensors_write(f->ctx, p, h->t + (k ? cut : 0), k ? h->n - cut : cut);
+        ck_assert_msg(s == SL_OK, "%s", sl_ctx_error(f->ctx));
+    }
+    size_t cap = 64 * 1024, w = 0;
+    char *idx = malloc(cap);
+    ck_assert_ptr_nonnull(idx);
+    w += (size_t)snprintf(idx + w, cap - w, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
+    for (int i = 0; i < h->n; i++) {
+        int k = i >= cut;
+        if (moved && strcmp(h->t[i].name, moved) == 0)
+            k = !k;
+        w += (size_t)snprintf(idx + w, cap - w, "%s\"%s\": \"%s\"", i ? ", " : "", h->t[i].name, shard[k]);
+    }
+    w += (size_t)snprintf(idx + w, cap - w, "}}\n");
+    ck_assert_uint_lt(w, cap);
+    fx_path(f, "model.safetensors.index.json", p, sizeof p);
+    put_file(p, idx, w);
+    free(idx);
+}
+
+START_TEST(test_hf_sharded)
+{
+    fx f;
+    fx_open(&f);
+    sl_model *ref = load_ref(f.ctx), *m = NULL;
+    int32_t ids[N_IDS];
+    greedy_ids(f.ctx, ref, ids);
+    sl_tensor want = prefill(f.ctx, ref, ids, N_IDS);
+    char cfg[2048], p[512];
+    hf_config_text(cfg, sizeof cfg, 1, NULL, NULL);
+    fx_path(&f, "config.json", p, sizeof p);
+    put_file(p, cfg, strlen(cfg));
+    hf_set h;
+    hf_build(f.ctx, ref, SL_F32, 0, &h);
+    const char *shard2 = "model-00002-of-00002.safetensors";
+
+    /* two shards: the same model as the single file */
+    hf_write_sharded(&f, &h, h.n / 2, NULL, shard2);
+    sl_status s = sl_model_load_hf(f.ctx, f.dir, &m);
+    ck_assert_msg(s == SL_OK, "%s", sl_ctx_error(f.ctx));
+    sl_tensor lg = prefill(f.ctx, m, ids, N_IDS);
+    double d = max_diff(&lg, &want);
+    fprintf(stderr, "test_model: HF sharded (2 files) vs llama2.c: max |logit diff| %.3g\n", d);
+    ck_assert_double_lt(d, 1e-4);
+    sl_tensor_release(&lg);
+    sl_model_free(f.ctx, m);
+    m = NULL;
+
+    /* a tensor in a shard the index does not map it to */
+    hf_write_sharded(&f, &h, h.n / 2, "model.norm.weight", shard2);
+    fx_path(&f, "model.safetensors.index.json", p, sizeof p);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, "'model.norm.weight'", "maps to another shard",
+                NULL);
+    ck_assert_ptr_null(m);
+    /* a shard outside the folder, and a missing shard */
+    hf_write_sharded(&f, &h, h.n / 2, NULL, "../evil.safetensors");
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, p, "expected a shard file name", NULL);
+    hf_write_sharded(&f, &h, h.n / 2, NULL, shard2);
+    fx_path(&f, shard2, p, sizeof p);
+    unlink(p);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EIO, shard2, NULL);
+    ck_assert_ptr_null(m);
+    /* an index without weight_map */
+    fx_path(&f, "model.safetensors.index.json", p, sizeof p);
+    put_file(p, "{\"metadata\": {}}", 16);
+    expect_fail(f.ctx, sl_model_load_hf(f.ctx, f.dir, &m), SL_EFORMAT, "weight_map", NULL);
+
+    hf_free(&h);
+    sl_tensor_release(&want);
+    sl_model_free(f.ctx, ref);
+    fx_close(&f);
+}
+END_TEST
+
+/* ---- Llama 3 scaled RoPE (issue 18) ------------------------------------------------- */
+
+typedef struct q_capture { float q[8 * N_IDS * 8]; int got; } q_capture;
+
+/* Dense attention that keeps layer 0's post-RoPE q [8, n, 8]. */
+static sl_status capture_q_hook(void *ud, sl_ctx *ctx, int layer, const sl_tensor *q, const sl_tensor *k,
+                                const sl_tensor *v, sl_tensor *o)
+{
+    q_capture *c = ud;
+    if (layer == 0 && q->shape[1] == N_IDS) {
+        memcpy(c->q, q->data, sizeof c->q);
+        c->got = 1;
+    }
+    sl_attn_params p = {.causal = 1, .scale = 0};
+    sl_tensor lse = {0};
+    sl_status s = sl_attn_dense(ctx, SL_BACKEND_CPU, &p, q, k, v, o, &lse);
+    sl_tensor_release(&lse);
+    return s;
+}
+
+static void capture_q(sl_ctx *ctx, const sl_model *m, const int32_t *ids, q_capture *c)
+{
+    sl_model_state *st;
+    ck_assert_int_eq(sl_model_state_new(ctx, m, N_IDS, &st), SL_OK);
+    sl_tensor lg;
+    c->got = 0;
+    sl_status s = sl_model_forward(ctx, m, st, ids, N_IDS, capture_q_hook, c, &lg);
+    ck_assert_msg(s == SL_OK, "%s", sl_ctx_error(ctx));
+    ck_assert(c->got);
+    sl_tensor_release(&lg);
+    sl_model_state_free(ctx, st);
+}
+
+START_TEST(test_hf_llama3_rope)
+{
+    fx f;
+    fx_open(&f);
+    sl_model *ref = load_ref(f.ctx), *plain = NULL, *scaled = NULL;
+    int32_t ids[N_IDS];
+    greedy_ids(f.ctx, ref, ids);
+    hf_set h;
+    hf_build(f.ctx, ref, SL_F32, 0, &h);
+    char cfg[2048];
+    hf_config_text(cfg, sizeof cfg, 1, NULL, NULL);
+    ck_assert_int_eq(hf_load(&f, &h, cfg, &plain), SL_OK);
+    /* factor 8, low 1, high 4, original 64: with head_dim 8 the wavelengths 2*pi*10000^(2j/8)
+     * are 6.3 (kept: < 64/4), 62.8 (mixed: between 16 and 64), 628 and 6283 (divided by 8) */
+    hf_config_text(cfg, sizeof cfg, 1, NULL, "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                   "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 64}");
+    sl_status s = hf_load(&f, &h, cfg, &scaled);
+    ck_assert_msg(s == SL_OK, "%s", sl_ctx_error(f.ctx));
+    ck_assert(scaled->cfg.rope_factor == 8.0 && scaled->cfg.rope_orig_max_pos == 64);
+    q_capture *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+    ck_assert(a && b);
+    capture_q(f.ctx, plain, ids, a);
+    capture_q(f.ctx, scaled, ids, b);
+    /* undo the plain rotation, apply the scaled one (frequencies written here from the
+     * Llama 3 rule), compare (rotate-half pairs: j and j + 4) */
+    double worst = 0, moved = 0;
+    for (int j = 0; j < 4; j++) {
+        double fr = pow(10000.0, -2.0 * j / 8.0), w = 2 * M_PI / fr, fs;
+        if (w < 64.0 / 4.0)
+            fs = fr;
+        else if (w > 64.0 / 1.0)
+            fs = fr / 8.0;
+        else {
+            double sm = (64.0 / w - 1.0) / (4.0 - 1.0);
+            fs = (1 - sm) * fr / 8.0 + sm * fr;
+        }
+        for (int hh = 0; hh < 8; hh++)
+            for (int i = 0; i < N_IDS; i++) {
+                const float *pa = a->q + (hh * N_IDS + i) * 8, *pb = b->q + (hh * N_IDS + i) * 8;
+                double c0 = cos(i * fr), s0 = sin(i * fr);
+                double x0 = pa[j] * c0 + pa[j + 4] * s0, x1 = -pa[j] * s0 + pa[j + 4] * c0; /* pre-RoPE */
+                double c1 = cos(i * fs), s1 = sin(i * fs);
+                double y0 = x0 * c1 - x1 * s1, y1 = x0 * s1 + x1 * c1;
+                worst = fmax(worst, fmax(fabs(y0 - pb[j]), fabs(y1 - pb[j + 4])));
+                moved = fmax(moved, fabs(pa[j] - pb[j]));
+            }
+    }
+    fprintf(stderr, "test_model: llama3 RoPE vs its rule on layer 0's q: max |diff| %.3g (plain vs scaled differ by "
+            "up to %.3g)\n", worst, moved);
+    ck_assert_double_lt(worst, 1e-4);
+    ck_assert_double_gt(moved, 1e-2);
+    free(a);
+    free(b);
+    sl_model_free(f.ctx, plain);
+    sl_model_free(f.ctx, scaled);
+    /* other scalings are refused; a llama3 setting without its keys is a format error */
+    sl_model *m = NULL;
+    hf_config_text(cfg, sizeof cfg, 1, NULL, "\"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": 4.0}");
+    expect_fail(f.ctx, hf_load(&f, &h, cfg, &m), SL_EUNSUPPORTED, "rope_scaling", "\"yarn\"", NULL);
+    hf_config_text(cfg, sizeof cfg, 1, NULL, "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0}");
+    expect_fail(f.ctx, hf_load(&f, &h, cfg, &m), SL_EFORMAT, "'low_freq_factor'", NULL);
+    hf_config_text(cfg, sizeof cfg, 1, NULL, "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+                   "\"low_freq_factor\": 4.0, \"high_freq_factor\": 1.0, \"original_max_position_embeddings\": 64}");
+    expect_fail(f.ctx, hf_load(&f, &h, cfg, &m), SL_EFORMAT, "low_freq_factor < high_freq_factor", NULL);
+    ck_assert_ptr_null(m);
+    hf_free(&h);
+    sl_model_free(f.ctx, ref);
+    fx_close(&f);
+}
+END_TEST
+
 START_TEST(test_llama2c_bad_files)
 {
     fx f;
@@ -1113,6 +1306,8 @@ static Suite *model_suite(void)
     tcase_add_test(tc, test_hf_matches_llama2c);
     tcase_add_test(tc, test_hf_bad_tensors);
     tcase_add_test(tc, test_hf_bad_config);
+    tcase_add_test(tc, test_hf_sharded);
+    tcase_add_test(tc, test_hf_llama3_rope);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("robustness");

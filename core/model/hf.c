@@ -1,9 +1,11 @@
 /* model/hf.c — the Hugging Face LLaMA loader: config.json through cJSON
  * (json.h), keeping only the keys the runner needs, then
- * model.safetensors, each tensor matched to its slot by name, checked for
+ * model.safetensors (or, as large checkpoints ship, the shards named by
+ * model.safetensors.index.json's weight_map, each tensor in the shard the map
+ * names), each tensor matched to its slot by name, checked for
  * dtype, shape and finite values, and converted to f32. What the runner
- * cannot reproduce exactly (scaled RoPE, biases, another activation or
- * architecture) is refused rather than approximated. */
+ * cannot reproduce exactly (scaled RoPE other than Llama 3's, biases, another
+ * activation or architecture) is refused rather than approximated. */
 #include "model.h"
 #include "../json.h"
 
@@ -44,6 +46,8 @@ typedef struct hf_config {
     double v[K__COUNT];
     int set[K__COUNT];
     int tie;
+    double rope[4]; /* Llama 3 rope_scaling: factor, low_freq_factor, high_freq_factor, original max positions */
+    int rope_llama3;
 } hf_config;
 
 /* "<path>: key 'k': expected X, found <v>" */
@@ -56,6 +60,35 @@ static sl_status member_fail(sl_ctx *ctx, const char *path, const cJSON *v, cons
 }
 
 /* Takes member v when it is one we need; later duplicates override. */
+/* rope_scaling: Llama 3's {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+ * "original_max_position_embeddings"} is read (issue 18); any other scaling is refused. */
+static sl_status rope_scaling(sl_ctx *ctx, const char *path, const cJSON *v, hf_config *c)
+{
+    const cJSON *t = cJSON_IsObject(v) ? cJSON_GetObjectItemCaseSensitive(v, "rope_type") : NULL;
+    if (cJSON_IsObject(v) && !cJSON_IsString(t))
+        t = cJSON_GetObjectItemCaseSensitive(v, "type");
+    if (!cJSON_IsString(t) || strcmp(t->valuestring, "llama3") != 0) {
+        char shown[32] = "a setting";
+        if (cJSON_IsString(t))
+            clean(shown, sizeof shown, t->valuestring, strlen(t->valuestring));
+        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: key 'rope_scaling': expected null or {\"rope_type\": \"llama3\", "
+                           "...}, found %s%s%s: only plain RoPE and Llama 3's scaled RoPE are supported", path,
+                           cJSON_IsString(t) ? "type \"" : "", shown, cJSON_IsString(t) ? "\"" : "");
+    }
+    static const char *const keys[4] = {"factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings"};
+    for (int i = 0; i < 4; i++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(v, keys[i]);
+        if (!cJSON_IsNumber(x) || !(x->valuedouble > 0) || (i == 3 && (x->valuedouble != floor(x->valuedouble) ||
+                                                                       x->valuedouble > 1e12)))
+            return sl_ctx_fail(ctx, SL_EFORMAT, "%s: key 'rope_scaling': expected '%s' (a positive %s) in the llama3 "
+                               "setting", path, keys[i], i == 3 ? "integer" : "number");
+        c->rope[i] = x->valuedouble;
+    }
+    c->rope_llama3 = 1;
+    return SL_OK;
+}
+
 static sl_status config_member(sl_ctx *ctx, const char *path, const cJSON *v, hf_config *c)
 {
     const char *key = v->string;
@@ -76,8 +109,7 @@ static sl_status config_member(sl_ctx *ctx, const char *path, const cJSON *v, hf
             return member_fail(ctx, path, v, "true, false or null");
         c->tie = cJSON_IsTrue(v);
     } else if (strcmp(key, "rope_scaling") == 0 && !cJSON_IsNull(v)) {
-        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "%s: key 'rope_scaling': expected null, found a setting: scaled "
-                           "RoPE (linear, dynamic, yarn, llama3) is not supported, only plain RoPE", path);
+        return rope_scaling(ctx, path, v, c);
     } else if (strcmp(key, "model_type") == 0 || strcmp(key, "hidden_act") == 0) {
         int arch = key[0] == 'm';
         if (cJSON_IsNull(v))
@@ -154,6 +186,12 @@ static sl_status make_config(sl_ctx *ctx, const char *path, const hf_config *h, 
     c->head_dim = h->set[K_HEAD_DIM] ? (int64_t)v[K_HEAD_DIM] : c->n_heads > 0 ? c->dim / c->n_heads : 0;
     c->norm_eps = h->set[K_EPS] ? v[K_EPS] : 1e-6;
     c->rope_theta = h->set[K_THETA] ? v[K_THETA] : 10000.0;
+    if (h->rope_llama3) {
+        c->rope_factor = h->rope[0];
+        c->rope_low_freq_factor = h->rope[1];
+        c->rope_high_freq_factor = h->rope[2];
+        c->rope_orig_max_pos = (int64_t)h->rope[3];
+    }
     /* Mistral's window: inside it dense causal attention is the exact model,
      * so the usable context stops there. */
     if (h->set[K_SLIDING] && v[K_SLIDING] < 1)
@@ -317,6 +355,100 @@ static sl_status check_complete(const loader *ld)
     return tensor_fail(ld, SL_EFORMAT, name, "expected %s%s, found no such tensor", want, note);
 }
 
+/* ---- sharded checkpoints: model.safetensors.index.json ------------------------ */
+
+#define INDEX_MAX_BYTES ((long long)16 << 20)
+
+/* The text of a regular file of at most max bytes (NUL-terminated, *n its length). */
+static sl_status read_text(sl_ctx *ctx, const char *path, long long max, char **text, size_t *n)
+{
+    *text = NULL;
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    sl_status s = SL_OK;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
+        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected a regular file", path);
+    else if ((long long)sb.st_size > max)
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected at most %lld bytes of JSON, found %lld", path, max,
+                        (long long)sb.st_size);
+    else if (!(*text = sl_ctx_alloc(ctx, (*n = (size_t)sb.st_size) + 1)))
+        s = SL_ENOMEM;
+    else if (fread(*text, 1, *n, f) != *n)
+        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %zu bytes, the read stopped short", path, *n);
+    fclose(f);
+    if (s && *text) {
+        sl_ctx_dealloc(ctx, *text, *n + 1);
+        *text = NULL;
+    }
+    if (!s)
+        (*text)[*n] = '\0';
+    return s;
+}
+
+/* Loads every shard that the index's weight_map names (in the order they first
+ * appear) into ld->m; a shard file name must be a plain name in dir, and a tensor
+ * found in a shard must be mapped to that shard. */
+static sl_status load_shards(loader *ld, const char *dir, const char *ipath)
+{
+    sl_ctx *ctx = ld->ctx;
+    char *text;
+    size_t n;
+    sl_status s = read_text(ctx, ipath, INDEX_MAX_BYTES, &text, &n);
+    if (s)
+        return s;
+    cJSON *root = NULL;
+    s = sl__json_parse(ctx, ipath, text, n, 0, JSON_MAX_DEPTH, &root);
+    sl_ctx_dealloc(ctx, text, n + 1);
+    if (s)
+        return s;
+    const cJSON *map = cJSON_IsObject(root) ? cJSON_GetObjectItemCaseSensitive(root, "weight_map") : NULL;
+    if (!cJSON_IsObject(map) || !map->child)
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected an object with a non-empty \"weight_map\" "
+                        "{tensor name: shard file}", ipath);
+    for (const cJSON *e = map ? map->child : NULL; e && !s; e = e->next) {
+        const char *shard = cJSON_IsString(e) ? e->valuestring : NULL;
+        if (!shard || !shard[0] || strchr(shard, '/') || strcmp(shard, "..") == 0 || strcmp(shard, ".") == 0) {
+            char shown[64];
+            sl__json_describe(e, shown, sizeof shown);
+            s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: weight_map['%.80s']: expected a shard file name in the model's "
+                            "folder, found %s", ipath, e->string, shown);
+            break;
+        }
+        /* each shard once: at the first entry that names it */
+        int first = 1;
+        for (const cJSON *p = map->child; p != e; p = p->next)
+            if (strcmp(p->valuestring, shard) == 0)
+                first = 0;
+        if (!first)
+            continue;
+        char spath[4096];
+        if ((size_t)snprintf(spath, sizeof spath, "%s/%s", dir, shard) >= sizeof spath) {
+            s = sl_ctx_fail(ctx, SL_EARG, "%s: shard path too long", ipath);
+            break;
+        }
+        sl_named_tensor *ts = NULL;
+        int nt = 0;
+        if ((s = sl_safetensors_read(ctx, spath, &ts, &nt)))
+            break;
+        ld->path = spath;
+        for (int i = 0; i < nt && !s; i++) {
+            const cJSON *where = cJSON_GetObjectItemCaseSensitive(map, ts[i].name);
+            if (!cJSON_IsString(where) || strcmp(where->valuestring, shard) != 0)
+                s = tensor_fail(ld, SL_EFORMAT, ts[i].name, "expected only the tensors %s maps to %s, found one "
+                                "it %s", ipath, shard, where ? "maps to another shard" : "does not list");
+            else
+                s = match(ld, &ts[i]);
+        }
+        sl_named_tensors_free(ctx, ts, nt);
+        ld->path = ipath;
+    }
+    cJSON_Delete(root);
+    return s;
+}
+
 sl_status sl_model_load_hf(sl_ctx *ctx, const char *dir, sl_model **out)
 {
     *out = NULL;
@@ -330,10 +462,19 @@ sl_status sl_model_load_hf(sl_ctx *ctx, const char *dir, sl_model **out)
     int n = 0;
     sl_model *m = NULL;
     sl_status s = read_config(ctx, cpath, &h);
-    if (s || (s = make_config(ctx, cpath, &h, &c)) || (s = sl_safetensors_read(ctx, wpath, &ts, &n)))
+    if (s || (s = make_config(ctx, cpath, &h, &c)))
         return s;
-    loader ld = {ctx, wpath, NULL, h.tie};
+    /* no model.safetensors but an index: a sharded checkpoint */
+    char ipath[4096];
+    struct stat sb;
+    snprintf(ipath, sizeof ipath, "%s/model.safetensors.index.json", dir);
+    int sharded = stat(wpath, &sb) != 0 && errno == ENOENT && stat(ipath, &sb) == 0;
+    if (!sharded && (s = sl_safetensors_read(ctx, wpath, &ts, &n)))
+        return s;
+    loader ld = {ctx, sharded ? ipath : wpath, NULL, h.tie};
     if (!(s = sl__model_new(ctx, &c, &ld.m))) {
+        if (sharded)
+            s = load_shards(&ld, dir, ipath);
         for (int i = 0; i < n && !s; i++)
             s = match(&ld, &ts[i]);
         if (!s)

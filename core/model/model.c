@@ -56,6 +56,14 @@ sl_status sl__model_check_config(sl_ctx *ctx, const char *path, const sl_model_c
                            path, (long long)c->dim, (long long)c->hidden_dim, (long long)c->n_layers,
                            (long long)c->n_heads, (long long)c->n_kv_heads, (long long)c->head_dim,
                            (long long)c->vocab_size, (long long)c->seq_len);
+    if (c->rope_factor != 0 &&
+        !(c->rope_factor > 0 && c->rope_low_freq_factor > 0 && c->rope_high_freq_factor > c->rope_low_freq_factor &&
+          c->rope_orig_max_pos > 0))
+        return sl_ctx_fail(ctx, SL_EFORMAT,
+                           "%s: rope_scaling (llama3): expected factor > 0, 0 < low_freq_factor < high_freq_factor "
+                           "and original_max_position_embeddings > 0, found factor %g, low %g, high %g, original %lld",
+                           path, c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                           (long long)c->rope_orig_max_pos);
     return SL_OK;
 }
 
@@ -127,12 +135,28 @@ static void matmul(float *y, const float *x, const sl_tensor *w, int64_t n)
 }
 
 /* Rotates the n_heads heads of each of n rows (row i at position pos0 + i). */
-static void rope(float *x, int64_t n, int64_t n_heads, int64_t hd, int64_t pos0, double theta, sl_rope_style style)
+/* RoPE frequency j of hd/2 (Llama 3 scaling when c->rope_factor > 0; see sl_model_config). */
+static double rope_freq(const sl_model_config *c, int64_t j, int64_t hd)
+{
+    double f = pow(c->rope_theta, -2.0 * (double)j / (double)hd);
+    if (!(c->rope_factor > 0))
+        return f;
+    double w = 2.0 * M_PI / f, orig = (double)c->rope_orig_max_pos;
+    if (w < orig / c->rope_high_freq_factor)
+        return f;
+    if (w > orig / c->rope_low_freq_factor)
+        return f / c->rope_factor;
+    double s = (orig / w - c->rope_low_freq_factor) / (c->rope_high_freq_factor - c->rope_low_freq_factor);
+    return (1.0 - s) * f / c->rope_factor + s * f;
+}
+
+static void rope(float *x, int64_t n, int64_t n_heads, int64_t hd, int64_t pos0, const sl_model_config *cfg,
+                 sl_rope_style style)
 {
     int64_t half = hd / 2;
     for (int64_t i = 0; i < n; i++)
         for (int64_t j = 0; j < half; j++) {
-            double ang = (double)(pos0 + i) * pow(theta, -2.0 * (double)j / (double)hd);
+            double ang = (double)(pos0 + i) * rope_freq(cfg, j, hd);
             float c = (float)cos(ang), s = (float)sin(ang);
             for (int64_t h = 0; h < n_heads; h++) {
                 float *v = x + (i * n_heads + h) * hd;
@@ -205,8 +229,8 @@ static sl_status attention(sl_ctx *ctx, const sl_model *m, sl_model_state *st, i
 {
     const sl_model_config *c = &m->cfg;
     int64_t hd = c->head_dim, Hq = c->n_heads, Hkv = c->n_kv_heads, pos0 = st->n;
-    rope(b->q, n, Hq, hd, pos0, c->rope_theta, c->rope_style);
-    rope(b->k, n, Hkv, hd, pos0, c->rope_theta, c->rope_style);
+    rope(b->q, n, Hq, hd, pos0, c, c->rope_style);
+    rope(b->k, n, Hkv, hd, pos0, c, c->rope_style);
     float *kc = st->k[l].data, *vc = st->v[l].data;
     for (int64_t i = 0; i < n; i++)
         for (int64_t h = 0; h < Hkv; h++) {

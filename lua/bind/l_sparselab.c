@@ -11,6 +11,8 @@
  * lua/sparselab/ is the pure-Lua library, embedded into the bindings. */
 #include "l_sparselab.h"
 #include "l_fit.h"
+#include "l_png.h"
+#include "l_shape.h"
 #include "l_io.h"
 #include "l_json.h"
 #include "l_mask.h"
@@ -95,6 +97,8 @@ int luaopen_sparselab(lua_State *L)
     sl__lua_open_model(L);
     sl__lua_open_runner(L);
     sl__lua_open_fit(L);
+    sl__lua_open_png(L);
+    sl__lua_open_shape(L);
     sl__lua_open_store(L);
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);

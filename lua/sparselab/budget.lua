@@ -118,6 +118,34 @@ local function measurer(m, prob, params, target)
   end
 end
 
+-- A hint for a target below what the knob reaches (issue 18): the block-size parameters the
+-- method has (bq/bk, block), halved at most three times down to 8, at the knob's cheap end a;
+-- the first setting that gets under the target is named, with what it reaches.
+local BLOCK_PARAMS = {"bq", "bk", "block"}
+local function block_hint(m, prob, params, target, t, a, fmtf)
+  local names = {}
+  for _, n in ipairs(BLOCK_PARAMS) do if m.params[n] then names[#names + 1] = n end end
+  if #names == 0 then return "" end
+  local ok, base = pcall(sl.registry.resolve, m, params, a)
+  if not ok then return "" end
+  local size = math.tointeger(base[names[1]])
+  if not size then return "" end
+  for _ = 1, 3 do
+    size = size // 2
+    if size < 8 then break end
+    local p = copy(params)
+    for _, n in ipairs(names) do p[n] = size end
+    local okv, v = pcall(measurer(m, prob, p, target), a)
+    if okv and type(v) == "number" and v <= t then
+      local set = {}
+      for _, n in ipairs(names) do set[#set + 1] = string.format("--param %s=%d", n, size) end
+      return string.format("; smaller blocks reach it: with %s, %s = %s gives %s %s", table.concat(set, " "),
+        m.knob, tostring(a), target, fmtf(target, v))
+    end
+  end
+  return ""
+end
+
 local function fmt(target, v)
   if target == "density" then return string.format("%.4g", v) end
   return string.format("%.4e", v)
@@ -185,8 +213,9 @@ function B.match(o)
       fmt(target, t), m.knob, tostring(lo), tostring(hi), target, fmt(target, math.min(fa, fb)), fmt(target, fb))
   end
   if fa > t and not close(fa) then
-    sl.fail("budget.match: %s cannot go down to %s %s: its %s range [%s, %s] gives %s in [%s, %s]", m.id, target,
-      fmt(target, t), m.knob, tostring(lo), tostring(hi), target, fmt(target, fa), fmt(target, math.max(fa, fb)))
+    sl.fail("budget.match: %s cannot go down to %s %s: its %s range [%s, %s] gives %s in [%s, %s]%s", m.id, target,
+      fmt(target, t), m.knob, tostring(lo), tostring(hi), target, fmt(target, fa), fmt(target, math.max(fa, fb)),
+      block_hint(m, prob, o.params, target, t, a, fmt))
   end
   if fa >= t then return result(a, fa) end
   if fb < t then return result(b, fb) end -- within tol below the target at the dear end

@@ -66,20 +66,57 @@ function E.dense(prob, reps)
   return prob._dense.out
 end
 
+local TARGETS = {density = true, flops = true, kv_bytes = true}
+
+-- A failed result for a target the knob cannot reach (issue 18): recorded, not dropped, with
+-- the target and, parsed from budget.match's message, the reachable range.
+local function unreachable(m, prob, opts, target, value, err)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  local params = {}
+  for k, v in pairs(opts.params or {}) do params[k] = v end
+  params["@target"] = {[target] = value}
+  local metrics = {["target_" .. target] = value}
+  local lo, hi = tostring(err):match("gives [%w_]+ in %[([^,%]]+), ([^%]]+)%]")
+  metrics["reachable_" .. target .. "_min"], metrics["reachable_" .. target .. "_max"] = tonumber(lo), tonumber(hi)
+  return {method = m.id, params = params, workload = prob.workload or "custom",
+    workload_params = prob.workload_params or {}, phase = prob.phase, layer = prob.layer, head = prob.head,
+    n_q = qs[2], n_k = ks[2], head_dim = qs[3], heads = qs[1], kv_heads = ks[1], backend = prob.backend,
+    metrics = metrics, status = "failed", error = tostring(err)}
+end
+
 --- Runs method (id or table) on prob. opts: budget, params, reps (timing
---- repetitions, median reported). Returns a result table.
+--- repetitions, median reported), or a matched target instead of a budget: density =,
+--- flops = or kv_bytes = (the knob solved by sl.budget.match; target_<name> and
+--- achieved_<name> are added to the metrics). A target the knob cannot reach gives a result
+--- with status "failed", the error (the reachable range) and target_<name>, which sl.record
+--- records as a failed row. Returns a result table.
 function E.run(method, prob, opts)
   opts = opts or {}
+  local target
   for key in pairs(opts) do
-    if key ~= "budget" and key ~= "params" and key ~= "reps" then
-      sl.fail("sl.eval: unknown option '%s' (expected budget, params, reps)", tostring(key))
+    if TARGETS[key] then
+      if target then sl.fail("sl.eval: give one target (density, flops or kv_bytes), found %s and %s", target, key) end
+      target = key
+    elseif key ~= "budget" and key ~= "params" and key ~= "reps" then
+      sl.fail("sl.eval: unknown option '%s' (expected budget, params, reps, density, flops, kv_bytes)", tostring(key))
     end
   end
+  if target and opts.budget ~= nil then sl.fail("sl.eval: give a budget or a %s target, not both", target) end
   local m = sl.methods.get(method)
   if type(prob) ~= "table" then sl.fail("sl.eval: expected a problem table, found %s", type(prob)) end
   prob = prob.q and prob._checked and prob or E.problem(prob)
   prob._checked = true
-  local p = sl.registry.resolve(m, opts.params, opts.budget)
+  local match
+  if target then
+    local ok, res = pcall(sl.budget.match, {method = m, prob = prob, target = target, value = opts[target],
+      params = opts.params})
+    if not ok then
+      if not tostring(res):find("cannot ", 1, true) then error(res, 0) end
+      return unreachable(m, prob, opts, target, opts[target], res)
+    end
+    match = res
+  end
+  local p = match and match.params or sl.registry.resolve(m, opts.params, opts.budget)
   local reps = opts.reps == nil and 1 or (type(opts.reps) == "number" and math.tointeger(opts.reps))
   if not reps or reps < 1 then sl.fail("sl.eval: reps must be a positive integer, found %s", tostring(opts.reps)) end
   local dense = E.dense(prob, reps)
@@ -110,12 +147,14 @@ function E.run(method, prob, opts)
   end
   if metrics.flops and dense.stats.flops > 0 then metrics.flops_ratio = metrics.flops / dense.stats.flops end
   if ms > 0 then metrics.speedup = dense.time_ms / ms end
+  if match then sl.budget.metrics(match, metrics) end
   return {
     method = m.id, params = p, budget = m.knob and p[m.knob] or nil,
     workload = prob.workload or "custom", workload_params = prob.workload_params or {},
     phase = prob.phase, layer = prob.layer, head = prob.head,
     n_q = qs[2], n_k = ks[2], head_dim = qs[3], heads = qs[1], kv_heads = ks[1],
     backend = prob.backend, metrics = metrics, o = out.o, lse = out.lse, mask = out.mask,
+    semantic_mask = out.semantic_mask, -- the paper's mask where the method's executed mask differs
   }
 end
 
@@ -127,7 +166,7 @@ function E.record(db, run_id, r)
     run_id = run_id, method = r.method, params = params, workload = r.workload,
     workload_params = r.workload_params, phase = r.phase, layer = r.layer, head = r.head,
     n_q = r.n_q, n_k = r.n_k, head_dim = r.head_dim, heads = r.heads, kv_heads = r.kv_heads,
-    backend = r.backend, budget = r.budget, metrics = r.metrics,
+    backend = r.backend, budget = r.budget, metrics = r.metrics, status = r.status, error = r.error,
   }
 end
 

@@ -40,25 +40,22 @@ sl.correct = require "sparselab.correct"
 sl.json_decode = require("sparselab.json").decode
 sl.budget = require "sparselab.budget"
 sl.calibrate = require "sparselab.calibrate"
+sl.viz = require "viz" -- plots, mask pictures, reports (viz/, issue 18)
+sl.progress = require "sparselab.progress" -- progress with ETA on stderr (issue 18)
+sl.qkv = require "sparselab.qkv" -- q, k, v files as PyTorch has them (issue 18)
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)
   error(string.format(fmt, ...), 0)
 end
 
---- ?name in the REPL: a method (its title, card, knob and parameters), an
---- op (inputs, outputs, parameters, backends), or the overview.
+--- ?name in the REPL: a function or namespace of sl.* (parameters, one-line doc), a method
+--- (its title, card, knob and parameters), an op (inputs, outputs, parameters, backends), or
+--- the overview.
 function sl.help(name)
   local out = io.write
-  if name == nil or name == "" then
-    out("sl.methods.ids()   methods: ", table.concat(sl.methods.ids(), ", "), "\n")
-    local ops = {}
-    for _, o in ipairs(sl.ops()) do ops[#ops + 1] = o.name end
-    out("sl.ops()           ops: ", table.concat(ops, ", "), "\n")
-    out("sl.eval(id, sl.problem{q=, k=, v=}, {budget=})   evaluate a method against dense\n")
-    out("sl.mask.window(w) + sl.mask.sink(s)               compose mask patterns\n")
-    return
-  end
+  -- the overview, and any function or namespace of sl.* (sparselab/help.lua, sparselab/api.lua)
+  if require("sparselab.help").show(name, out) then return end
   for _, o in ipairs(sl.ops()) do
     if o.name == name or "sl." .. o.name == name then
       out(o.name, "(", o.inputs, ") -> ", o.outputs, "\n  ", o.doc, "\n")
@@ -88,7 +85,7 @@ function sl.help(name)
     end
     return
   end
-  out("no method or op called '", tostring(name), "'; ?  lists them\n")
+  out("no function, namespace, method or op called '", tostring(name), "'; ?  lists them\n")
 end
 
 return sl

@@ -484,6 +484,11 @@ function Pattern:density(o)
 end
 
 M.Pattern = Pattern
+--- sl.mask.save(mask, "m.safetensors" [, {bits = false}]): the block mask in FlexAttention's
+--- BlockMask layout (kv_num_blocks, kv_indices, full_kv_*) plus the dense bits
+--- (sparselab/mask_export.lua; issue 18).
+function M.save(mask, path, opts) return require("sparselab.mask_export").save(mask, path, opts) end
+
 M.is_pattern = is_pattern
 M.is_mask = is_mask
 

@@ -1,14 +1,22 @@
--- sparselab.cli.compare — `sparselab compare DB [--by COL] [--where SQL] [--csv|--json]`:
+-- sparselab.cli.compare — `sparselab compare DB [--by COL] [--where SQL] [--all-runs] [--csv|--json]`:
 -- one aligned table of the common metrics per group (method by default)
--- and budget, averaged over the results that match, from v_result.
+-- and budget, averaged over the results that match, from v_result. Only the
+-- latest result of each point is counted (the same method, parameters, input,
+-- sizes, backend and target: a rerun replaces, it does not double), unless
+-- --all-runs. --by target_density: per method and matched target density.
 local sl = require "sparselab"
 local report = require "sparselab.report"
 
 local GROUPS = {method = true, workload = true, backend = true, n_k = true, head_dim = true, phase = true,
-  layer = true, script = true, run_id = true}
+  layer = true, script = true, run_id = true, target_density = true}
+
+-- the latest result of each point (as in viz/report.lua)
+local LATEST = [[result_id IN (SELECT max(result_id) FROM v_result GROUP BY method, params_json, workload,
+  workload_params_json, phase, layer, head, n_q, n_k, heads, kv_heads, head_dim, backend, target_density, target_flops,
+  target_kv_bytes)]]
 
 return function(argv, parse, out)
-  local o, pos = parse(argv, 2, {by = "value", where = "value", csv = "flag", json = "flag"}, {"DB"})
+  local o, pos = parse(argv, 2, "compare")
   local path = pos[1]
   if not path then sl.fail("usage: sparselab compare DB [--by method] [--where SQL]") end
   local f = io.open(path, "rb")
@@ -21,15 +29,17 @@ return function(argv, parse, out)
     table.sort(names)
     sl.fail("compare: --by %s is not a grouping column (expected one of: %s)", by, table.concat(names, ", "))
   end
-  local where = o.where and ("AND (" .. o.where .. ")") or ""
-  local db <close> = sl.store.open(path)
+  local where = (o.where and ("AND (" .. o.where .. ") ") or "") .. (o["all-runs"] and "" or ("AND " .. LATEST))
+  local db <close> = sl.store.open(path, {read_only = true})
+  -- target_density: per method and target (the budget that reached it differs per input)
+  local second = by == "target_density" and "method" or "budget"
   local sql = string.format([[
-    SELECT %s AS %s, budget, count(*) AS n, avg(density) AS density, avg(flops_ratio) AS flops_ratio,
+    SELECT %s AS %s, %s, count(*) AS n, avg(density) AS density, avg(flops_ratio) AS flops_ratio,
            avg(rel_l2) AS rel_l2, avg(cosine_mean) AS cosine, min(cosine_min) AS cosine_min,
            avg(recall_mean) AS recall, min(recall_min) AS recall_min, avg(ppl) AS ppl, avg(kl) AS kl,
            avg(time_ms) AS time_ms, avg(speedup) AS speedup
       FROM v_result WHERE status = 'ok' %s
-     GROUP BY %s, budget ORDER BY %s, budget]], by, by, where, by, by)
+     GROUP BY %s, %s ORDER BY %s, %s]], by, by, second, where, by, second, by, second)
   local ok, rows = pcall(db.query, db, sql)
   if not ok then sl.fail("compare: %s", tostring(rows):gsub("\n", " ")) end
   -- drop columns that are empty in every row

@@ -22,9 +22,7 @@ local function number(s, what, integer) return report.number("fit", s, what, int
 local function g(v) return report.g(v, 5) end
 
 return function(argv, parse, out)
-  local o, pos = parse(argv, 2, {law = "value", where = "value", y = "value", x = "value", col = "multi",
-    link = "value", ["ref-task"] = "value", ["no-offset"] = "flag", heldout = "value", bootstrap = "value",
-    seed = "value", level = "value", solver = "value", ["no-store"] = "flag", json = "flag"}, {"DB"})
+  local o, pos = parse(argv, 2, "fit")
   local path = pos[1]
   if not path or not o.law then sl.fail("%s", USAGE) end
   local f = io.open(path, "rb")

@@ -8,50 +8,50 @@ local C = {}
 
 local function out(s) io.stdout:write(s, "\n") end
 
-local USAGE = [[
-usage: sparselab                         start the REPL
-       sparselab run SCRIPT.lua [ARGS]   run an experiment script
-       sparselab methods [--json]        every method: id, title, family, phase, backends
-       sparselab ops [--json]            op x backend coverage (--json: also the dtypes each backend reads natively)
-       sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D | --flops F | --kv-bytes B]
-                      [--param K=V]... [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE]
-                      [--json] [--out FILE.safetensors] [--save-mask]   (sparselab eval --help: what each target means)
-       sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...
-       sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
-                      [--gen N] [--json] [--db FILE]
-       sparselab query DB SQL [--csv|--json]
-       sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]
-                      [--config-timeout S] [--config-memory MIB]   (sparselab sweep --help: claims, limits)
-       sparselab sweep CONFIG.lua --slurm [--array N] [--partition P] [--time T] [--cpus-per-task C]
-                      [--gpus-per-task G] [--mem M] [--dir DIR] [--submit]   (a Slurm job array)
-       sparselab slurm status|resubmit DIR   (or sweep --slurm-status DIR / --slurm-resubmit DIR)
-       sparselab merge OUT.db IN.db...
-       sparselab compare DB [--by method] [--where SQL]
-       sparselab fit DB --law sparse_frontier|power|loglinear [...]
-       sparselab fit-params METHOD --qkv FILE [--qkv FILE2]... --out W.safetensors [--steps N] [--seed S]
-                      [--param K=V]... [--backend cpu|ref]   (fit a trainable method's small learned parts)
-       sparselab stats DB [...]
-       sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N[,N]...]
-                      [--backend cpu|cuda] [--d D[,D]...] [--heads H] [--densities R[,R]...] [--patterns window,random_blocks]
-                      [--reps R] [--dtypes f32,bf16] [--no-sgemm] [--no-decode] [--decode-n N] [--decode-keys K]
-                      [--decode-nq Q[,Q]...] [--decode-parts]
-                      (--n: the attention sizes, default 4096 --quick / 4096,8192,16384, and the estimators' n,
-                      default 16384, --quick 4096; block-sparse at the first --d)
-       sparselab help
-  --param K=V: V a number, true/false, a word, or a list in braces: images={{10,45},{50,90}}]]
+local commands = require "sparselab.cli.commands"
 
--- Parses argv[first..] against a spec {flag = "value"|"flag"|"multi"}.
+-- Parses argv[first..] against a command's declaration (sparselab/cli/commands.lua): spec is
+-- the command's name (or, for callers of the old form, a table {flag = "value"|"flag"|"multi"},
+-- whose every option must be declared for the command argv[1]). --name V, --name=V, -x V for
+-- an option with a short name; "--" ends the options.
 local function parse(argv, first, spec, positional_names)
+  local cmd = type(spec) == "string" and spec or argv[1]
+  local decl, short = commands.spec(cmd)
+  if type(spec) == "table" then
+    for name in pairs(spec) do
+      if not decl or not decl[name] then
+        error(string.format("sparselab %s: option --%s is not declared in sparselab/cli/commands.lua",
+          tostring(cmd), name))
+      end
+    end
+  end
+  decl = decl or (type(spec) == "table" and spec) or {}
+  short = short or {}
+  local c = commands.by_name[cmd]
   local o, pos = {}, {}
   local i = first
+  local only_pos = false
   while i <= #argv do
     local a = argv[i]
-    if a:sub(1, 2) == "--" then
-      local name, inline = a:match("^%-%-([%w_-]+)=(.*)$")
-      name = name or a:sub(3)
-      local kind = spec[name]
-      if not kind then sl.fail("unknown option --%s (try: sparselab help)", name) end
+    if only_pos or a == "-" or not a:match("^%-.") then
+      pos[#pos + 1] = a
+    elseif a == "--" then
+      only_pos = true
+    else
+      local name, inline
+      if a:sub(1, 2) == "--" then
+        name, inline = a:match("^%-%-([%w_-]+)=(.*)$")
+        name = name or a:sub(3)
+      else
+        local letter = a:sub(2, 2)
+        name = short[letter]
+        if not name then sl.fail("unknown option %s (sparselab %s --help lists the options)", a, tostring(cmd)) end
+        if #a > 2 then inline = a:sub(3) end
+      end
+      local kind = decl[name]
+      if not kind then sl.fail("unknown option --%s (sparselab %s --help lists the options)", name, tostring(cmd)) end
       if kind == "flag" then
+        if inline then sl.fail("option --%s takes no value", name) end
         o[name] = true
       else
         local v = inline
@@ -67,13 +67,13 @@ local function parse(argv, first, spec, positional_names)
           o[name] = v
         end
       end
-    else
-      pos[#pos + 1] = a
     end
     i = i + 1
   end
-  if positional_names and #pos > #positional_names then
-    sl.fail("unexpected argument '%s'", pos[#positional_names + 1])
+  local max = c and c.max_pos
+  if positional_names and not c then max = #positional_names end
+  if max and #pos > max then
+    sl.fail("unexpected argument '%s' (%s)", pos[max + 1], c and commands.usage(cmd) or "sparselab help")
   end
   return o, pos
 end
@@ -156,7 +156,7 @@ end
 -- ---- methods / ops ------------------------------------------------------
 
 function C.methods(argv)
-  local o = parse(argv, 2, {json = "flag"}, {})
+  local o = parse(argv, 2, "methods")
   local rows = {}
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.methods.get(id)
@@ -192,7 +192,7 @@ function C.methods(argv)
 end
 
 function C.ops(argv)
-  local o = parse(argv, 2, {json = "flag"}, {})
+  local o = parse(argv, 2, "ops")
   local rows, bnames = {}, {}
   for _, b in ipairs(sl.backends()) do bnames[#bnames + 1] = b.name end
   for _, op in ipairs(sl.ops()) do
@@ -220,20 +220,19 @@ end
 
 -- ---- eval ---------------------------------------------------------------
 
--- Loads q, k, v from a safetensors file or a directory of .npy files.
-local function load_qkv(path)
-  local t = sl.load(path)
-  if type(t) ~= "table" then sl.fail("%s: expected a safetensors file or a directory with q, k, v", path) end
-  local missing = {}
-  for _, n in ipairs{"q", "k", "v"} do if not t[n] then missing[#missing + 1] = n end end
-  if #missing > 0 then
-    local found = {}
-    for n in pairs(t) do found[#found + 1] = n end
-    table.sort(found)
-    sl.fail("%s: expected tensors q, k, v; missing %s (found: %s)", path, table.concat(missing, ", "),
-      #found > 0 and table.concat(found, ", ") or "nothing")
-  end
-  return t.q, t.k, t.v
+-- q, k, v of a --qkv file (sparselab/qkv.lua: PyTorch names, [B, H, N, D]); the batch element
+-- `index` (1-based) of a batch, and the batch size.
+local function load_qkv(path, names, index)
+  local list = require("sparselab.qkv").load(path, names)
+  local e = list[index or 1]
+  if not e then sl.fail("%s: batch element %s of %d", path, tostring(index), #list) end
+  return e.q, e.k, e.v, #list, e.batch
+end
+
+-- FILE.ext -> FILE_b<i>.ext (one output per batch element)
+local function batch_path(p, b)
+  local stem, ext = p:match("^(.*)(%.[^./]+)$")
+  return (stem or p) .. "_b" .. b .. (ext or "")
 end
 
 -- --workload synthetic[,n=2048,heads=8,kv_heads=2,d=64,seed=1,...]
@@ -257,38 +256,11 @@ local function load_workload(spec)
   return q, k, v, p
 end
 
-local EVAL_HELP = [[
-usage: sparselab eval METHOD [--qkv FILE | --workload SPEC] [budget] [--param K=V]... [--backend ref|cpu|cuda]
-                      [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--save-mask] [--no-causal]
-  --out FILE           writes o [H, n_q, d] and lse [H, n_q] (safetensors)
-  --save-mask          ... and mask u8 [H, n_q, n_k]: the executed selection (1 = query i of head h attended
-                       key j), to diff with a reference implementation; refused above 2^28 elements
-  --qkv FILE           q, k, v from a safetensors file or a directory of q.npy, k.npy, v.npy
-  --workload SPEC      synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]
-budget (at most one; without one the method's defaults run):
-  --budget X           the method's knob set to X (sparselab methods: the knob column)
-  --density D          the knob solved (bisection) so that the executed mask keeps at least D of the
-                       causal pairs (kept pairs / causal pairs, averaged over mask heads)
-  --flops F            ... so that executor FLOPs + estimator FLOPs reach F (the estimator counts)
-  --kv-bytes B         ... so that the K/V bytes the executor reads reach B, where K/V bytes = for every
-                       KV head and query block, the keys of every key block that any query head of the
-                       KV head's group keeps there (whole tiles, each counted once) x head_dim x 2 (K and
-                       V) x 4 bytes
-  The knob is the cheapest setting that reaches the target; the target and the achieved value are
-  reported as target_<name> and achieved_<name>, and a target the knob cannot reach is an error that
-  gives the reachable range.
-reported: density (executed; density_semantic when the paper's mask differs), recall_mean and
-  recall_min (worst row), rel_l2, cosine, time_ms split into estimate_ms and execute_ms (estimate_ms = 0
-  for static methods), flops (executor), estimator_flops, kv_bytes, speedup over dense.]]
 
 local TARGET_FLAGS = {density = "density", flops = "flops", ["kv-bytes"] = "kv_bytes"}
 
 function C.eval(argv)
-  local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
-    backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
-    density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi",
-    ["save-mask"] = "flag"}, {"METHOD"})
-  if o.help then out(EVAL_HELP) return end
+  local o, pos = parse(argv, 2, "eval")
   if o["save-mask"] and not o.out then sl.fail("--save-mask writes into the --out file: give --out FILE too") end
   local id = pos[1]
   if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options] (sparselab eval --help)") end
@@ -297,8 +269,25 @@ function C.eval(argv)
   if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
   local q, k, v, wl, wp
   if o.qkv then
-    q, k, v = load_qkv(o.qkv)
-    wl, wp = "qkv:" .. o.qkv, {}
+    local index = o["batch-index"] and math.tointeger(tonumber(o["batch-index"]))
+    local nb, batch
+    q, k, v, nb, batch = load_qkv(o.qkv, o.names, index and index + 1)
+    if nb > 1 and not index then
+      -- a batch: each element evaluated (and recorded) on its own, outputs suffixed _b<i>
+      for b = 0, nb - 1 do
+        local a = {}
+        for i, x in ipairs(argv) do a[i] = x end
+        a[#a + 1] = "--batch-index"
+        a[#a + 1] = tostring(b)
+        C.eval(a)
+      end
+      return
+    end
+    wl, wp = "qkv:" .. o.qkv, {batch = batch}
+    if batch then
+      if o.out then o.out = batch_path(o.out, batch) end
+      if o["mask-png"] then o["mask-png"] = batch_path(o["mask-png"], batch) end
+    end
   else
     q, k, v, wp = load_workload(o.workload or "synthetic")
     wl = "synthetic"
@@ -340,6 +329,7 @@ function C.eval(argv)
     if o["save-mask"] then t.mask = require("sparselab.savemask").bits(r, m, not o["no-causal"]) end
     sl.save(o.out, t)
   end
+  if o["mask-png"] then C.mask_png(r, prob, o["mask-png"]) end
   if o.db then
     local db = sl.store.open(o.db)
     local run_id = db:begin_run{script = "sparselab eval", argv = argv}
@@ -375,6 +365,27 @@ function C.eval(argv)
   out(report.table(rows, {"metric", "value"}))
 end
 
+--- eval --mask-png FILE: the executed mask of result r (the semantic one beside it when the
+--- method has one in the same blocks), shaded by the exact attention mass of each block
+--- (score.exact on the problem's q and k), one panel per query head (viz/mask.lua).
+function C.mask_png(r, prob, path)
+  local exec = r.mask and sl.mask.as_block(r.mask)
+  if not exec then sl.fail("--mask-png: %s returns no block mask to draw", r.method) end
+  local info = exec:info()
+  local sem = r.semantic_mask and sl.mask.as_block(r.semantic_mask)
+  if sem then
+    local si = sem:info()
+    if si.bq ~= info.bq or si.bk ~= info.bk then sem = nil end
+  end
+  local mass = sl.score.exact(prob.q, prob.k, {bq = info.bq, bk = info.bk, causal = prob.causal ~= false,
+    backend = prob.backend})
+  if sem then
+    sl.viz.mask(sem, path, {mass = mass, executed = exec})
+  else
+    sl.viz.mask(exec, path, {mass = mass})
+  end
+end
+
 --- method corrected by the --correct spec "ID[:K=V,...]" (ID a correction
 --- id or alias; K=V the correction's parameters, as defaults of the new method).
 function C.corrected(m, spec)
@@ -398,7 +409,7 @@ end
 -- ---- calibrate ----------------------------------------------------------
 
 function C.calibrate(argv)
-  local o, pos = parse(argv, 2, {qkv = "multi", out = "value", param = "multi"}, {"METHOD"})
+  local o, pos = parse(argv, 2, "calibrate")
   local id = pos[1]
   if not id or not o.qkv or not o.out then
     sl.fail("usage: sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...")
@@ -406,9 +417,11 @@ function C.calibrate(argv)
   local m = sl.methods.get(id)
   local params = method_args(o)
   local problems = {}
-  for i, path in ipairs(o.qkv) do
-    local q, k, v = load_qkv(path)
-    problems[i] = sl.problem{q = q, k = k, v = v, workload = "qkv:" .. path}
+  for _, path in ipairs(o.qkv) do
+    for _, e in ipairs(require("sparselab.qkv").load(path, o.names)) do
+      problems[#problems + 1] = sl.problem{q = e.q, k = e.k, v = e.v, workload = "qkv:" .. path,
+        workload_params = {batch = e.batch}}
+    end
   end
   local config = sl.calibrate(m, {problems = problems, out = o.out, params = params, sources = o.qkv})
   local n = 0
@@ -427,8 +440,7 @@ local function read_file(path)
 end
 
 function C.model(argv)
-  local o, pos = parse(argv, 2, {text = "value", method = "value", budget = "value", param = "multi",
-    json = "flag", db = "value", gen = "value", ["dense-layers"] = "value", prompt = "value"}, {"PATH"})
+  local o, pos = parse(argv, 2, "model")
   local path = pos[1]
   if not path or not o.text then sl.fail("usage: sparselab model PATH --text FILE [--method ID] [--budget X]") end
   local m = sl.model.load(path)
@@ -484,16 +496,25 @@ end
 -- ---- query --------------------------------------------------------------
 
 function C.query(argv)
-  local o, pos = parse(argv, 2, {csv = "flag", json = "flag"}, {"DB", "SQL"})
-  if #pos < 2 then sl.fail("usage: sparselab query DB SQL [--csv|--json]") end
+  local o, pos = parse(argv, 2, "query")
+  if #pos < 2 then sl.fail("usage: sparselab query DB SQL [--csv|--json] [--write]") end
   local f = io.open(pos[1], "rb")
   if not f then sl.fail("%s: no such database", pos[1]) end
   f:close()
   -- read-only: a store the user cannot write (or in a directory they cannot
   -- write) still answers queries, and a query cannot change it
-  local db = sl.store.open(pos[1], {read_only = true})
-  local rows = db:query(pos[2])
+  -- (--write opens it for writing: a statement that changes the database is refused without it)
+  local db = sl.store.open(pos[1], {read_only = not o.write})
+  local ok, rows = pcall(db.query, db, pos[2])
   db:close()
+  if not ok then
+    local msg = tostring(rows)
+    if not o.write and msg:find("readonly database", 1, true) then
+      sl.fail("query: %s is opened read-only, and this statement writes; give --write to change the database",
+        pos[1])
+    end
+    error(msg, 0)
+  end
   local cols = rows.columns or {}
   report.print(rows, cols, o, out)
 end
@@ -501,11 +522,7 @@ end
 -- ---- bench --------------------------------------------------------------
 
 function C.bench(argv)
-  local o = parse(argv, 2, {quick = "flag", json = "flag", db = "value", backend = "value", methods = "value",
-    ["no-estimators"] = "flag", ["only-estimators"] = "flag", n = "value", d = "value", heads = "value",
-    densities = "value", patterns = "value", reps = "value", dtypes = "value", ["no-sgemm"] = "flag",
-    ["no-decode"] = "flag", ["decode-n"] = "value", ["decode-keys"] = "value", ["decode-nq"] = "value",
-    ["decode-parts"] = "flag"}, {})
+  local o = parse(argv, 2, "bench")
   -- a comma-separated list of integers >= lo (or of numbers in (0, 1] when frac)
   local function list(name, lo, frac)
     local s = o[name]
@@ -604,7 +621,7 @@ end
 
 -- Subcommands that live in modules of their own (sparselab/cli/<name>.lua,
 -- each returning function(argv, parse, out)).
-for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "slurm", "fit-params"} do
+for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "plot", "report", "slurm", "fit-params"} do
   C[name] = function(argv)
     local ok, f = pcall(require, "sparselab.cli." .. name:gsub("-", "_"))
     if not ok then sl.fail("sparselab %s: not available in this build (%s)", name, tostring(f)) end
@@ -612,15 +629,39 @@ for _, name in ipairs{"sweep", "merge", "fit", "compare", "stats", "slurm", "fit
   end
 end
 
-function C.help() out(USAGE) end
+--- sparselab help [COMMAND]
+function C.help(argv)
+  local name = argv and argv[2]
+  if name == nil then out(commands.overview()) return end
+  if not commands.by_name[name] then
+    local names = {}
+    for _, c in ipairs(commands.list) do names[#names + 1] = c.name end
+    sl.fail("help: unknown command '%s' (commands: %s)", name, table.concat(names, ", "))
+  end
+  out(commands.help(name))
+end
+
+-- Whether argv asks for the command's help: --help or -h among its arguments (for `run`,
+-- only right after the command: the script's own arguments follow).
+local function wants_help(argv, decl)
+  if decl.passthrough then return argv[2] == "--help" or argv[2] == "-h" end
+  for i = 2, #argv do
+    if argv[i] == "--" then return false end
+    if argv[i] == "--help" or argv[i] == "-h" then return true end
+  end
+  return false
+end
 
 --- Entry point: argv is the program's arguments (argv[1] = subcommand).
 function C.main(argv)
   local cmd = argv[1]
+  if cmd == "--help" or cmd == "-h" then out(commands.overview()) return end
   local f = C[cmd]
-  if not f or cmd == "main" then
-    sl.fail("unknown command '%s' (try: sparselab help)", tostring(cmd))
+  local decl = commands.by_name[cmd]
+  if not f or not decl then
+    sl.fail("unknown command '%s' (sparselab --help lists the commands)", tostring(cmd))
   end
+  if wants_help(argv, decl) then out(commands.help(cmd)) return end
   return f(argv)
 end
 

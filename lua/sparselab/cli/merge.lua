@@ -111,7 +111,7 @@ local function merge_one(db, known)
 end
 
 return function(argv, parse, out)
-  local _, pos = parse(argv, 2, {}, nil)
+  local _, pos = parse(argv, 2, "merge")
   if #pos < 2 then sl.fail("usage: sparselab merge OUT.db IN.db...") end
   local out_path = pos[1]
   -- Check every input before OUT is created or changed (in a scratch store).

@@ -24,9 +24,7 @@ local function number(s, what, integer) return report.number("stats", s, what, i
 local function g(v) return report.g(v) end
 
 return function(argv, parse, out)
-  local o, pos = parse(argv, 2, {method = "value", metric = "value", by = "value", dense = "value", margin = "value",
-    alpha = "value", test = "value", where = "value", per = "value", pair = "value", compression = "value",
-    ["lower-better"] = "flag", ["higher-better"] = "flag", bootstrap = "value", seed = "value", json = "flag"}, {"DB"})
+  local o, pos = parse(argv, 2, "stats")
   local path = pos[1]
   if not path or not o.method then sl.fail("%s", USAGE) end
   local f = io.open(path, "rb")

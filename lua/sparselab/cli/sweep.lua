@@ -16,36 +16,6 @@ local USAGE = "usage: sparselab sweep CONFIG.lua --db FILE [--workers N] [--time
   "       sparselab sweep CONFIG.lua --slurm [--array N] [--partition P] [--time T] [--cpus-per-task C] [--gpus-per-task G] [--mem M] [--dir DIR] [--submit]\n" ..
   "       sparselab sweep CONFIG.lua --slurm-status DIR | --slurm-resubmit DIR"
 
-local HELP = USAGE .. [[
-
-  Runs every point of CONFIG.lua (a Lua table; see lua/sparselab/sweep.lua) in worker processes and
-  records each in the database FILE under its point key; points already recorded 'ok' are skipped
-  (failed ones too, unless --resume, which runs them again and replaces the failed row).
-  --workers N         worker processes (default: the config's workers, else the CPU threads)
-  --timeout S         seconds a point may take before its worker is killed (default: the config's)
-  --resume            run again the points recorded as failed
-  --shard I/N         run only shard I of N (by point key; shards partition the points)
-  --dry-run           list the points that would run, and run nothing
-  --config-timeout S  seconds the config itself may take to evaluate (default 10)
-  --config-memory MIB memory the config itself may allocate while it evaluates (default 1024)
-  --workers defaults to the CPUs this process may use (at most SLURM_CPUS_PER_TASK inside a Slurm job).
-Slurm (a sweep as a job array; see sparselab/slurm.lua):
-  --slurm             write DIR/sweep.sbatch: array task i runs `sparselab sweep CONFIG --shard i/N
-                      --db DIR/shard_i.db --resume`, stdout/stderr in DIR/shard_i.out/.err; the script
-                      records the config's hash (of its point keys) and a task refuses a changed config
-  --array N           shards (default: the points, at most 100)
-  --partition P, --time T, --cpus-per-task C, --gpus-per-task G, --mem M   passed to #SBATCH lines
-  --dir DIR           where the script, shard databases and logs go (default CONFIG without .lua + .slurm)
-  --submit            also submit it (sbatch --parsable) and print the job id
-  --slurm-status DIR  per shard: done / running / pending / failed / missing (shard databases, squeue, sacct)
-  --slurm-resubmit DIR  submit again only the failed and missing shards
-  Then: sparselab merge OUT.db DIR/shard_*.db (refuses databases of another config hash).
-  Two sweeps on one database: each claims the points it will run; a sweep skips the points another
-  running sweep (of this or another config, shard or resume) has claimed and says how many, so no
-  point is recorded twice. Run the sweep again once the other has ended to pick up any it left
-  (interrupted or failed). A sweep killed with SIGKILL leaves claims that the next sweep takes over.
-  Exit status: 0 the sweep went through (failed points are recorded), 1 a user error (one line),
-  128 + the signal when interrupted, after committing what finished.]]
 
 local function positive_int(s, what)
   local n = math.tointeger(tonumber(s))
@@ -78,16 +48,7 @@ local function slurm_write(o, path, out)
 end
 
 return function(argv, parse, out)
-  local o, pos = parse(argv, 2, {db = "value", workers = "value", timeout = "value", resume = "flag",
-    shard = "value", worker = "flag", ["dry-run"] = "flag", ["config-timeout"] = "value",
-    ["config-memory"] = "value", help = "flag", slurm = "flag", array = "value", partition = "value",
-    time = "value", ["cpus-per-task"] = "value", ["gpus-per-task"] = "value", mem = "value", submit = "flag",
-    dir = "value", ["slurm-status"] = "value", ["slurm-resubmit"] = "value", ["config-sha256"] = "value"},
-    {"CONFIG"})
-  if o.help then
-    out(HELP)
-    return
-  end
+  local o, pos = parse(argv, 2, "sweep")
   if o.worker then
     sweep.worker(io.stdin, io.stdout)
     return
