@@ -582,6 +582,43 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * maximum of the 2M values [x.R_0 .. x.R_{M-1}, -x.R_0 .. -x.R_{M-1}]
  * (float64 dot products), a bucket in [0, 2M). No parameters. */
 
+/* ---- sparse matmul, weight and activation sparsity (issue 17) ----
+ * Every mm.* product is y = x . W^T with x [T, K] (T activation rows, K the
+ * reduction dim), W [N, K] (a linear layer's weight, N outputs) and y
+ * [T, N] f32; float64 in ref, f32 accumulation elsewhere. The executors do
+ * not scan their float inputs for NaN: they check that y is finite instead
+ * (a NaN or infinity in what they read reaches y) and fail naming the op.
+ * mm.nm forms the product of every slot (padding slots included), mm.bitmap
+ * of every set bit, mm.act_sparse of every nonzero x; x entries no product
+ * needs are not read.
+ *
+ * mm.dense: inputs x [T, K], w [N, K]. The sgemm baseline.
+ *
+ * mm.nm_encode: input w [N, K]; params n <= m. Column groups g = 0 .. G-1,
+ * G = ceil(K / m), group g = columns [g.m, min(K, (g+1).m)). Per row and
+ * group, the n entries of largest |w| (ties: lower column first) go to
+ * vals [N, G.n] f32 and their positions inside the group to pos u8 [N, G.n],
+ * in increasing position. A ragged last group of r < n columns keeps all r
+ * and fills the other slots with value 0 at position 0. Decoding is a sum:
+ * W~[row, g.m + pos[row, g.n + s]] += vals[row, g.n + s]; W~ is w with every
+ * entry outside the kept sets zeroed (n == m: W~ = w).
+ *
+ * mm.nm: inputs x [T, K], vals [N, G.n] f32, pos u8 [N, G.n] (each position
+ * < the width of its group); params n, m as encoded. y = x . W~^T.
+ *
+ * mm.bitmap_encode: input w [N, K]; param cap (0: K), at least the largest
+ * count of nonzeros of a row. Outputs bits i32 [N, ceil(K / 32)] (bit b of
+ * word c of row r is set iff w[r, 32c + b] != 0; bits past K are 0) and vals
+ * f32 [N, cap]: row r's nonzeros in column order, then zeros.
+ *
+ * mm.bitmap: inputs x [T, K], bits i32 [N, ceil(K / 32)] (no bit past K; at
+ * most cap bits per row), vals [N, cap]. y = x . W^T with W decoded as above.
+ *
+ * mm.act_sparse: inputs x [T, K], wt [K, N] (W^T, so that a column of W is
+ * a contiguous row). y[t] = sum over k with x[t, k] != 0 of x[t, k] . wt[k]:
+ * zero activations, zero rows and zero columns of x cost nothing. FLOPs
+ * count the products done (2 N per nonzero of x). */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
