@@ -619,6 +619,34 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * zero activations, zero rows and zero columns of x cost nothing. FLOPs
  * count the products done (2 N per nonzero of x). */
 
+/* ---- weight pruning (issue 17) ----
+ * prune.magnitude: input w (float, any shape with at least one dim); params
+ * sparsity, n, m. Output w' of w's shape. n = 0: the floor(sparsity .
+ * numel) entries smallest in (|w|, flat index) order are zeroed, the rest
+ * copied. n > 0 (n <= m): per group of m consecutive entries of the last dim
+ * (ragged last group of width r: min(n, r) kept), the n largest |w| are kept
+ * (ties: lower index), the rest zeroed: mm.nm_encode's selection.
+ *
+ * prune.sparsegpt (SparseGPT, Frantar & Alistarh 2023; reference
+ * IST-DASLab/sparsegpt sparsegpt.py fasterprune): inputs w [N, K], x [S, K]
+ * (calibration inputs of the layer, S >= 1 rows); params sparsity, n, m,
+ * blocksize B, percdamp. H = (2/S) x^T x (float64). A column j with H_jj = 0
+ * is dead: H_jj = 1, w[:, j] = 0. H += percdamp . mean(diag H) . I. U is the
+ * upper Cholesky factor of H^-1 (H^-1 = U^T U). Columns are processed in
+ * blocks [i1, i2) of B (N:M: B rounded down to a multiple of m, at least m):
+ * unstructured, the block's mask prunes exactly floor(sparsity . N . (i2 -
+ * i1)) entries of smallest score w^2 / U_jj^2 (ties: lower row-major index
+ * within the block) from the block as updated so far; N:M, at each column j
+ * with j % m == 0 every row keeps the n largest scores of columns [j,
+ * min(j + m, K)) (ties: lower column). Then per column i of the block: q =
+ * w[:, i] with pruned rows zeroed, e = (w[:, i] - q) / U_ii, w[:, i..i2) -=
+ * e U[i, i..i2); after the block w[:, i2..K) -= E U[i1..i2, i2..K) (E the
+ * block's e columns). Output w' [N, K] (the q columns): pruned entries are
+ * exactly 0, the kept ones carry the compensation. sparsity = 0 (n = 0)
+ * returns w up to round-off; float64 throughout. Differs from the reference
+ * in the count: it prunes the scores <= the floor(sparsity . numel)-th
+ * sorted one (one more, and every tie). */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
