@@ -981,7 +981,26 @@ typedef struct sl_model {
     sl_tensor rms_final;    /* [dim] */
     sl_tensor wcls;         /* [vocab, dim]; shares tok_emb's buffer when the checkpoint ties them */
     sl_model_layer *layers; /* n_layers entries */
+    const struct sl_model_hooks *hooks; /* NULL: none (issue 17) */
 } sl_model;
+
+/* Hooks of the forward pass outside attention (issue 17). At each site of
+ * layer `layer` the hook sees the activations x [n, width] (row-major f32,
+ * the forward pass's own buffer) and may rewrite them in place before they
+ * are used: "attn_in" (the normed input of wq, wk, wv), "attn_out" (the
+ * input of wo), "ffn_in" (the normed input of w1, w3), "ffn_hidden"
+ * (silu(x.w1^T) * (x.w3^T), the input of w2). A status other than SL_OK
+ * stops the pass (its message in ctx). */
+typedef struct sl_model_hooks {
+    void *ud;
+    sl_status (*site)(void *ud, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width);
+} sl_model_hooks;
+
+/* The weight tensor called name ("tok_emb", "rms_final", "wcls",
+ * "layers.L.{rms_att,wq,wk,wv,wo,rms_ffn,w1,w2,w3}"), or NULL. The caller may
+ * replace it (release, then a new f32 contiguous tensor of the same shape):
+ * the next forward pass uses it. wcls may share tok_emb's buffer. */
+sl_tensor *sl_model_weight(sl_model *m, const char *name);
 
 /* Loads a llama2.c checkpoint (7 × int32 header, then f32 weights; a negative
  * vocab_size means a separate classifier follows). Checks every size against

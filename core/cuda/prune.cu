@@ -131,7 +131,7 @@ __global__ void magnitude_nm_kernel(const float *w, float *out, int64_t rows, in
         return;
     int64_t r = i / G, c0 = (i % G) * m;
     int width = K - c0 < m ? (int)(K - c0) : m;
-    double score[256];
+    double score[256] = {0};
     uint8_t keep[256];
     for (int t = 0; t < width; t++)
         score[t] = fabs((double)w[r * K + c0 + t]);
@@ -255,7 +255,7 @@ __global__ void rows_kernel(double *W, const double *H, double *E, uint8_t *mask
         int64_t i = i1 + c;
         if (n > 0 && i % m == 0) {
             int width = K - i < m ? (int)(K - i) : m;
-            double score[256];
+            double score[256] = {0};
             uint8_t keep[256];
             for (int t = 0; t < width; t++) {
                 double d = H[(i + t) * K + i + t];
