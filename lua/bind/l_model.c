@@ -211,6 +211,7 @@ static int m_forward(lua_State *L)
     l_model *u = check_model(L, 1);
     l_state *s = check_state(L, 3);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    lua_settop(L, 5); /* the hooks keep slots 4 and 5 whatever follows on the stack */
     int64_t n;
     const int32_t *ids;
     sl_lua_tensor *tt = sl__lua_test_tensor(L, 2);
