@@ -145,10 +145,11 @@ static int64_t decode_row(const sl__kargs *a, int64_t r, int32_t *col, float *va
         int64_t K = a->in[0].shape[1], m = p->m, n = p->n, G = (K + m - 1) / m;
         const float *v = (const float *)a->in[1].data + r * G * n;
         const uint8_t *pos = (const uint8_t *)a->in[2].data + r * G * n;
-        for (int64_t i = 0; i < G * n; i++) {
-            col[c] = (int32_t)((i / n) * m + pos[i]);
-            val[c++] = v[i];
-        }
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t t = 0; t < n; t++, c++) {
+                col[c] = (int32_t)(g * m + pos[c]);
+                val[c] = v[c];
+            }
     } else {
         int64_t nw = a->in[1].shape[1], cap = a->in[2].shape[1];
         const uint32_t *bits = (const uint32_t *)a->in[1].data + r * nw;
@@ -163,11 +164,9 @@ static int64_t decode_row(const sl__kargs *a, int64_t r, int32_t *col, float *va
     return c;
 }
 
-/* acc[0..tb) = sum over the list of val[i] . xb[col[i]][0..tb), portable. */
+/* acc[0..tb) += sum over the list of val[i] . xb[col[i]][0..tb), portable. */
 static void list_axpy_plain(const float *xb, int64_t tb, const int32_t *col, const float *val, int64_t cnt, float *acc)
 {
-    for (int64_t t = 0; t < tb; t++)
-        acc[t] = 0;
     for (int64_t i = 0; i < cnt; i++) {
         const float *xr = xb + (int64_t)col[i] * tb;
         for (int64_t t = 0; t < tb; t++)
@@ -179,7 +178,7 @@ static void list_axpy_plain(const float *xb, int64_t tb, const int32_t *col, con
 #include <immintrin.h>
 #define AVX2 __attribute__((target("avx2,fma")))
 
-/* tb = 32: four accumulators, two list entries per step (eight chains). */
+/* tb = 32: four accumulators, two list entries per step (eight chains), added into acc. */
 AVX2 static void list_axpy32_avx2(const float *xb, const int32_t *col, const float *val, int64_t cnt, float *acc)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
@@ -204,13 +203,13 @@ AVX2 static void list_axpy32_avx2(const float *xb, const int32_t *col, const flo
         a2 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x0 + 16), a2);
         a3 = _mm256_fmadd_ps(v0, _mm256_loadu_ps(x0 + 24), a3);
     }
-    _mm256_storeu_ps(acc, _mm256_add_ps(a0, b0));
-    _mm256_storeu_ps(acc + 8, _mm256_add_ps(a1, b1));
-    _mm256_storeu_ps(acc + 16, _mm256_add_ps(a2, b2));
-    _mm256_storeu_ps(acc + 24, _mm256_add_ps(a3, b3));
+    _mm256_storeu_ps(acc, _mm256_add_ps(_mm256_loadu_ps(acc), _mm256_add_ps(a0, b0)));
+    _mm256_storeu_ps(acc + 8, _mm256_add_ps(_mm256_loadu_ps(acc + 8), _mm256_add_ps(a1, b1)));
+    _mm256_storeu_ps(acc + 16, _mm256_add_ps(_mm256_loadu_ps(acc + 16), _mm256_add_ps(a2, b2)));
+    _mm256_storeu_ps(acc + 24, _mm256_add_ps(_mm256_loadu_ps(acc + 24), _mm256_add_ps(a3, b3)));
 }
 
-/* tb = 8: four chains over consecutive list entries. */
+/* tb = 8: four chains over consecutive list entries, added into acc. */
 AVX2 static void list_axpy8_avx2(const float *xb, const int32_t *col, const float *val, int64_t cnt, float *acc)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -223,7 +222,7 @@ AVX2 static void list_axpy8_avx2(const float *xb, const int32_t *col, const floa
     }
     for (; i < cnt; i++)
         a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(val + i), _mm256_loadu_ps(xb + (int64_t)col[i] * 8), a0);
-    _mm256_storeu_ps(acc, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    _mm256_storeu_ps(acc, _mm256_add_ps(_mm256_loadu_ps(acc), _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3))));
 }
 
 /* y[0..n) += s . w[0..n) */
@@ -344,15 +343,30 @@ static void blocked_item(int64_t item, void *ud, int thread)
     for (int64_t i = 0; i < nr; i++)
         cnt[i] = decode_row(j->a, r0 + i, cols + i * j->list_cap, vals + i * j->list_cap);
     float *y = j->a->out[0].data;
-    float acc[32];
+    float acc[ROWS_PER_ITEM][32];
+    int64_t cur[ROWS_PER_ITEM];
+    /* columns in tiles of 16 KiB of xb (L1): every row of the item runs its
+     * entries of the tile before the next tile is touched */
+    int64_t kt = 4096 / j->tb;
     for (int64_t b = 0; b < j->n_blocks; b++) {
         const float *xb = j->xb + b * j->K * j->tb;
         int64_t t0 = b * j->tb, nt = j->T - t0 < j->tb ? j->T - t0 : j->tb;
         for (int64_t i = 0; i < nr; i++) {
-            list_axpy(xb, j->tb, cols + i * j->list_cap, vals + i * j->list_cap, cnt[i], acc);
-            for (int64_t t = 0; t < nt; t++)
-                y[(t0 + t) * j->N + r0 + i] = acc[t];
+            memset(acc[i], 0, sizeof acc[i]);
+            cur[i] = 0;
         }
+        for (int64_t k1 = kt; k1 < j->K + kt; k1 += kt)
+            for (int64_t i = 0; i < nr; i++) {
+                const int32_t *c = cols + i * j->list_cap;
+                int64_t e = cur[i];
+                while (e < cnt[i] && c[e] < k1)
+                    e++;
+                list_axpy(xb, j->tb, c + cur[i], vals + i * j->list_cap + cur[i], e - cur[i], acc[i]);
+                cur[i] = e;
+            }
+        for (int64_t i = 0; i < nr; i++)
+            for (int64_t t = 0; t < nt; t++)
+                y[(t0 + t) * j->N + r0 + i] = acc[i][t];
     }
 }
 

@@ -27,6 +27,7 @@ usage: sparselab                         start the REPL
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
        sparselab stats DB [...]
        sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N[,N]...]
+                       [--no-mm | --only-mm] [--mm-rows T[,T]...]   (sparse matmul vs sgemm, 11008 x 4096)
                       [--backend cpu|cuda] [--d D[,D]...] [--heads H] [--densities R[,R]...] [--patterns window,random_blocks]
                       [--reps R] [--dtypes f32,bf16] [--no-sgemm] [--no-decode] [--decode-n N] [--decode-keys K]
                       [--decode-nq Q[,Q]...] [--decode-parts]
@@ -490,7 +491,7 @@ function C.bench(argv)
     ["no-estimators"] = "flag", ["only-estimators"] = "flag", n = "value", d = "value", heads = "value",
     densities = "value", patterns = "value", reps = "value", dtypes = "value", ["no-sgemm"] = "flag",
     ["no-decode"] = "flag", ["decode-n"] = "value", ["decode-keys"] = "value", ["decode-nq"] = "value",
-    ["decode-parts"] = "flag"}, {})
+    ["decode-parts"] = "flag", ["no-mm"] = "flag", ["only-mm"] = "flag", ["mm-rows"] = "value"}, {})
   -- a comma-separated list of integers >= lo (or of numbers in (0, 1] when frac)
   local function list(name, lo, frac)
     local s = o[name]
@@ -550,6 +551,12 @@ function C.bench(argv)
     io.stdout:flush()
   end
   local results = {}
+  if not o["only-estimators"] and not o["no-mm"] then
+    -- sparse matmul against sgemm (issue 17; bench_mm.lua)
+    for _, r in ipairs(require("sparselab.bench_mm").run{quick = o.quick, backend = o.backend or "cpu",
+      rows = list("mm-rows", 1), reps = one("reps", 1), emit = show}) do results[#results + 1] = r end
+  end
+  if o["only-mm"] then o["only-estimators"], o["no-estimators"] = true, true end
   if not o["only-estimators"] then
     results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu", n = sizes,
       d = list("d", 1), heads = one("heads", 1), densities = list("densities", 0, true), patterns = words.patterns,
