@@ -647,6 +647,15 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * in the count: it prunes the scores <= the floor(sparsity . numel)-th
  * sorted one (one more, and every tie). */
 
+/* ---- activation sparsity (issue 17) ----
+ * act.topk: input x [T, m] (float); params k, abs. Output y [T, m]: per row
+ * the min(k, m) entries largest by score (|x| when abs, else x; ties: lower
+ * index) keep their value, the rest are 0. k = m: y = x.
+ *
+ * act.threshold: inputs x [T, m], theta [m] (float, >= 0). y[t, j] = x[t, j]
+ * when |x[t, j]| >= theta[j], else 0 (CHESS zeroes |x| < theta; a per-layer
+ * CATS threshold is a constant theta). theta = 0: y = x. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -22,7 +22,7 @@ void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *inf
 /* The k-th smallest (0-based) of v[0..n), v reordered (Hoare quickselect,
  * median of three); for double scores and float magnitudes. */
 #define SELECT_KTH(NAME, T)                                                                 \
-    static T NAME(T *v, int64_t n, int64_t k)                                               \
+    T NAME(T *v, int64_t n, int64_t k)                                               \
     {                                                                                       \
         int64_t lo = 0, hi = n - 1;                                                         \
         while (hi > lo) {                                                                   \
@@ -50,8 +50,9 @@ void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *inf
         }                                                                                   \
         return v[k];                                                                        \
     }
+static double select_kth(double *v, int64_t n, int64_t k);
 SELECT_KTH(select_kth, double)
-SELECT_KTH(select_kth_f, float)
+SELECT_KTH(sl__cpu_select_kth_f, float)
 #undef SELECT_KTH
 
 /* prune[i] = 1 for the k entries smallest in (score, index) order; tmp holds n doubles. */
@@ -123,7 +124,7 @@ sl_status sl__cpu_prune_magnitude(const sl__kargs *a)
     }
     for (int64_t i = 0; i < numel; i++)
         mag[i] = fabsf(w[i]);
-    float theta = select_kth_f(mag, numel, k - 1);
+    float theta = sl__cpu_select_kth_f(mag, numel, k - 1);
     int64_t less = 0;
     for (int64_t i = 0; i < numel; i++)
         less += fabsf(w[i]) < theta;
