@@ -654,7 +654,15 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  *
  * act.threshold: inputs x [T, m], theta [m] (float, >= 0). y[t, j] = x[t, j]
  * when |x[t, j]| >= theta[j], else 0 (CHESS zeroes |x| < theta; a per-layer
- * CATS threshold is a constant theta). theta = 0: y = x. */
+ * CATS threshold is a constant theta). theta = 0: y = x.
+ *
+ * act.delta (delta networks): inputs x [T, m] (row t = step t of a stream),
+ * theta [m] (>= 0). Per channel j, a reference r (the last transmitted
+ * value): step 0 transmits everything, delta[0] = x[0], r = x[0]; step t > 0:
+ * d = x[t, j] - r, delta[t, j] = d when |d| > theta[j] else 0, r += delta[t,
+ * j]. Outputs delta [T, m] (the sparse input of an act-sparse product:
+ * W r_t = W r_{t-1} + W delta_t) and xhat [T, m] (r after step t; |xhat -
+ * x| <= theta up to one rounding). Float32 arithmetic, in step order. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -1,7 +1,7 @@
 -- model_sparsity.lua — perplexity vs sparsity on the shipped TinyStories
 -- model (issue 17): weight pruning (magnitude per layer / global, N:M 2:4
 -- and 4:8, SparseGPT unstructured and N:M), FFN activation sparsity (top-k,
--- CATS and CHESS thresholds), each alone and combined with a sparse
+-- CATS and CHESS thresholds, temporal deltas over tokens), each alone and combined with a sparse
 -- attention method (streaming_llm); calibration on texts 01-04, evaluation
 -- on the held-out texts 05-08. Every point is recorded in SQLite and the
 -- table is printed from the database, with the FLOPs the sparse executors
@@ -86,7 +86,8 @@ local function record(name, params, weight_fn, spec, window)
 end
 
 local cal = {}
-for _, s in ipairs{0.5, 0.7} do cal[s] = A.calibrate(m, CALIB, s) end
+local dth = {}
+for _, s in ipairs{0.5, 0.7} do cal[s], dth[s] = A.calibrate(m, CALIB, s), A.calibrate_delta(m, CALIB, s) end
 
 for _, window in ipairs{false, 64} do
   local w = window or nil
@@ -108,6 +109,7 @@ for _, window in ipairs{false, 64} do
   for _, s in ipairs{0.5, 0.7} do
     record("cats", {sparsity = s}, nil, {kind = "threshold", theta = cal[s].cats}, w)
     record("chess", {sparsity = s}, nil, {kind = "threshold", theta = cal[s].chess}, w)
+    record("temporal_delta", {sparsity = s}, nil, {kind = "delta", theta = dth[s]}, w)
   end
   record("sparsegpt+topk", {sparsity = 0.5, k = 86}, function() P.sparsegpt(m, CALIB, {sparsity = 0.5}) end,
     {kind = "topk", k = 86}, w)

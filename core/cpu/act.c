@@ -1,7 +1,7 @@
 /* cpu/act.c — the act family on threads (issue 17): act.topk one row per
  * work item (quickselect of the k-th largest score on a per-thread copy,
- * then the entries above it and the first ties in index order), and
- * act.threshold over chunks of rows. */
+ * then the entries above it and the first ties in index order),
+ * act.threshold over chunks of rows, act.delta over chunks of channels. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -58,6 +58,36 @@ static void threshold_rows(int64_t c, void *ud, int thread)
 sl_status sl__cpu_act_threshold(const sl__kargs *a)
 {
     return sl__cpu_parallel(a->ctx, (a->in[0].shape[0] + 63) / 64, threshold_rows, (void *)a);
+}
+
+/* act.delta: channels are independent through time; a chunk of 64 channels per item. */
+static void delta_chunk(int64_t c, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1], j0 = c * 64, j1 = j0 + 64 < m ? j0 + 64 : m;
+    const float *x = a->in[0].data, *th = a->in[1].data;
+    float *delta = a->out[0].data, *xhat = a->out[1].data;
+    float ref[64];
+    for (int64_t j = j0; j < j1; j++) {
+        ref[j - j0] = x[j];
+        delta[j] = x[j];
+        xhat[j] = x[j];
+    }
+    for (int64_t t = 1; t < T; t++)
+        for (int64_t j = j0; j < j1; j++) {
+            float d = x[t * m + j] - ref[j - j0], sent = fabsf(d) > th[j] ? d : 0.f;
+            ref[j - j0] += sent;
+            delta[t * m + j] = sent;
+            xhat[t * m + j] = ref[j - j0];
+        }
+}
+
+sl_status sl__cpu_act_delta(const sl__kargs *a)
+{
+    if (a->in[0].shape[0] == 0)
+        return SL_OK;
+    return sl__cpu_parallel(a->ctx, (a->in[0].shape[1] + 63) / 64, delta_chunk, (void *)a);
 }
 
 /* act.topk: one row of scores per thread. */

@@ -1,7 +1,8 @@
 // cuda/act.cu — the act family on CUDA (issue 17): act.topk one CTA per row
 // (a bitwise search for the k-th largest key, keys monotone in the score,
 // then the entries above it and the first ties in index order over
-// per-thread contiguous chunks), act.threshold one thread per entry.
+// per-thread contiguous chunks), act.threshold one thread per entry,
+// act.delta one thread per channel through the steps.
 // Compiled with `make CUDA=1`; run under the CUDA simulator by
 // `make test-cudasim`.
 #include "dialect.cuh"
@@ -91,6 +92,23 @@ __global__ void threshold_kernel(const float *x, const float *th, float *y, int6
         y[e] = fabsf(x[e]) >= th[e % m] ? x[e] : 0.f;
 }
 
+// one thread per channel through the steps
+__global__ void delta_kernel(const float *x, const float *th, float *delta, float *xhat, int64_t T, int64_t m)
+{
+    int64_t j = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (j >= m)
+        return;
+    float ref = x[j];
+    delta[j] = ref;
+    xhat[j] = ref;
+    for (int64_t t = 1; t < T; t++) {
+        float d = x[t * m + j] - ref, sent = fabsf(d) > th[j] ? d : 0.f;
+        ref += sent;
+        delta[t * m + j] = sent;
+        xhat[t * m + j] = ref;
+    }
+}
+
 }  // namespace
 
 sl_status sl__cuda_act_topk(const sl__kargs *a)
@@ -121,5 +139,20 @@ sl_status sl__cuda_act_threshold(const sl__kargs *a)
         return s;
     SL_LAUNCH(threshold_kernel, (unsigned)((n + kThreads - 1) / kThreads), kThreads, 0, 0)(
         st.input<float>(0), st.input<float>(1), st.output<float>(0), n, m);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_act_delta(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1];
+    if (m > (int64_t)INT32_MAX * kThreads / 2)
+        return sl__cuda_unsupported(a, "more than 2^38 channels");
+    if (T * m == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(delta_kernel, (unsigned)((m + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.output<float>(0), st.output<float>(1), T, m);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

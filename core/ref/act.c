@@ -1,6 +1,6 @@
 /* ref/act.c — reference kernels of the act family (issue 17): act.topk by
  * counting, for every entry, the entries that rank above it; act.threshold
- * literally. Contracts in sparselab.h. */
+ * and act.delta literally (act.delta in float32, as the contract says). Contracts in sparselab.h. */
 #include "ref.h"
 
 #include <math.h>
@@ -34,6 +34,22 @@ sl_status sl__ref_act_threshold(const sl__kargs *a)
     for (int64_t t = 0; t < T; t++)
         for (int64_t j = 0; j < m; j++)
             y[t * m + j] = fabs((double)x[t * m + j]) >= th[j] ? x[t * m + j] : 0.f;
+    return SL_OK;
+}
+
+sl_status sl__ref_act_delta(const sl__kargs *a)
+{
+    const float *x = a->in[0].data, *th = a->in[1].data;
+    float *delta = a->out[0].data, *xhat = a->out[1].data;
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1];
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < m; j++) {
+            float ref = t ? xhat[(t - 1) * m + j] : 0.f;
+            float d = t ? x[t * m + j] - ref : x[j];
+            float sent = t == 0 || fabsf(d) > th[j] ? d : 0.f;
+            delta[t * m + j] = sent;
+            xhat[t * m + j] = t ? ref + sent : x[j];
+        }
     return SL_OK;
 }
 

@@ -14,12 +14,18 @@
 --   A.calibrate(m, seqs, s) -> {cats = {[layer] = theta}, chess = {[layer] =
 --     tensor}, ubar = {[layer] = table}}: CHESS's two passes (thresholds.py)
 --     on the calibration sequences, target sparsity s.
+--   A.calibrate_delta(m, seqs, s) -> {[layer] = theta}: temporal_delta's
+--     per-layer threshold, the s-quantile of consecutive-token differences.
 --   A.nll(m, seqs, spec, stats) -> mean next-token NLL with the spec.
 --
 -- Card steps done: exact top-k (topk_activation 1) on the FFN hidden units
 -- by |h| (SwiGLU units are signed: the magnitude is this workbench's
 -- reading); CATS (channel_threshold 1, 6) and CHESS (2, 5, 6) gate
--- thresholds with the two calibration passes. Not done: statistical top-k
+-- thresholds with the two calibration passes; temporal_delta steps 1-3
+-- (reference state, thresholded delta, y = W xhat, per-layer threshold
+-- calibrated by a quantile) over the token axis of a prefill, without the
+-- periodic refresh (4: the reference restarts with every forward) and
+-- without training (5). Not done: statistical top-k
 -- and percentile core neurons (topk_activation 2, 3), Spark's predictor
 -- (4), CHESS+ attention thresholds (channel_threshold 3, 4, 7), and the
 -- runner does not yet call mm.act_sparse itself for w2 (the zeroed units
@@ -62,6 +68,14 @@ function A.hook(m, spec, stats)
       local y = sl.act.topk(x, {k = spec.k, abs = true})
       account(y:totable())
       return y
+    elseif spec.kind == "delta" then
+      -- tokens as the time axis: the FFN hidden stream goes through act.delta
+      -- and the runner's down projection sees the reference xhat (W xhat_t =
+      -- the accumulated act-sparse products of the deltas)
+      if site ~= "ffn_hidden" or not spec.theta[layer] then return nil end
+      local delta, xhat = sl.act.delta(x, spec.theta[layer])
+      account(delta:totable())
+      return xhat
     elseif spec.kind == "threshold" then
       local theta = spec.theta[layer]
       if not theta then return nil end
@@ -131,6 +145,31 @@ function A.calibrate(m, seqs, s)
     cats[l] = sl.tensor(c)
   end
   return {cats = cats, chess = chess, ubar = ubar}
+end
+
+--- temporal_delta thresholds: per layer the mean over sequences of the
+--- s-quantile of |h_t - h_{t-1}| (consecutive tokens' FFN hidden units), as
+--- a constant vector [hidden].
+function A.calibrate_delta(m, seqs, s)
+  local L, hidden = m.cfg.n_layers, m.cfg.hidden_dim
+  local th = {}
+  for l = 0, L - 1 do th[l] = 0 end
+  for _, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, function(layer, site, x)
+      if site ~= "ffn_hidden" then return nil end
+      local h, flat = x:totable(), {}
+      for t = 2, #h do for j = 1, hidden do flat[#flat + 1] = math.abs(h[t][j] - h[t - 1][j]) end end
+      th[layer] = th[layer] + kth(flat, math.floor(s * #flat)) / #seqs
+    end)
+  end
+  local out = {}
+  for l = 0, L - 1 do
+    local v = {}
+    for j = 1, hidden do v[j] = th[l] end
+    out[l] = sl.tensor(v)
+  end
+  return out
 end
 
 function A.nll(m, seqs, spec, stats)

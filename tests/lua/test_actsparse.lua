@@ -118,4 +118,28 @@ test("CATS / CHESS: calibrated on two texts to s = 0.5, evaluated on a held-out 
   truthy(same(logits(HELD[1], A.hook(m, {kind = "threshold", theta = zero})), logits(HELD[1])), "theta = 0")
 end)
 
+test("temporal delta over the token axis: theta = 0 is dense, calibrated deltas beat random sends", function()
+  local zero = {}
+  for l = 0, L - 1 do zero[l] = sl.zeros({hidden}) end
+  local dense = A.nll(m, HELD)
+  near(A.nll(m, HELD, {kind = "delta", theta = zero}), dense, 1e-4, "theta = 0")
+  local th = A.calibrate_delta(m, CALIB, 0.5)
+  local cal_stats, stats = {}, {}
+  A.nll(m, CALIB, {kind = "delta", theta = th}, cal_stats)
+  local sent = cal_stats.kept / cal_stats.hidden
+  truthy(sent > 0.3 and sent < 0.7, "calibration: share sent " .. sent)
+  local nll = A.nll(m, HELD, {kind = "delta", theta = th}, stats)
+  -- score-blind: send a random share of the units per token instead (the rest keep the last sent value)
+  local share = stats.kept / stats.hidden
+  local rnd_hook = function(layer, site, x)
+    if site ~= "ffn_hidden" then return nil end
+    local r = sl.rand(x:shape(), {seed = 300 + layer}):totable()
+    local h = x:totable()
+    for t = 2, #h do for j = 1, hidden do if r[t][j] >= share then h[t][j] = h[t - 1][j] end end end
+    return sl.tensor(h)
+  end
+  local rnd = nll_with(rnd_hook)
+  truthy(nll < rnd, string.format("delta %.4f < random sends %.4f (dense %.4f, sent %.3f)", nll, rnd, dense, share))
+end)
+
 H.done()
