@@ -645,7 +645,18 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * exactly 0, the kept ones carry the compensation. sparsity = 0 (n = 0)
  * returns w up to round-off; float64 throughout. Differs from the reference
  * in the count: it prunes the scores <= the floor(sparsity . numel)-th
- * sorted one (one more, and every tie). */
+ * sorted one (one more, and every tie).
+ *
+ * prune.lowrank (CASP's whitened factorisation; reference vbdi/casp
+ * SVD/svd_llava.py profle_svd / whitening): inputs w [N, K], x [S, K]; params
+ * rank, rho, whiten. r = rank or max(1, floor(rho.N.K/(N+K))), at most
+ * min(N, K). With whiten, G = x^T x (float64) and L = chol(G + delta.I)
+ * (lower, G = L L^T), delta = 0, else mean(diag G).1e-12.10^i for i = 1..13
+ * until it factors (the reference shifts by the smallest eigenvalue
+ * instead); without, L = I. The SVD W L = U S V^T gives a = U_r S_r^1/2
+ * [N, r] and b = S_r^1/2 V_r^T L^-1 [r, K] (singular values descending; the
+ * sign of each pair makes the largest |entry| of u positive), so a.b is the
+ * rank-r matrix minimising |(w - a.b) L|_F = |(w - a.b) x^T|_F. */
 
 /* ---- activation sparsity (issue 17) ----
  * act.topk: input x [T, m] (float); params k, abs. Output y [T, m]: per row

@@ -1,12 +1,13 @@
 -- model_sparsity.lua — perplexity vs sparsity on the shipped TinyStories
 -- model (issue 17): weight pruning (magnitude per layer / global, N:M 2:4
--- and 4:8, SparseGPT unstructured and N:M), FFN activation sparsity (top-k,
+-- and 4:8, SparseGPT unstructured and N:M, whitened low-rank W_q/W_k), FFN activation sparsity (top-k,
 -- CATS and CHESS thresholds, temporal deltas over tokens), each alone and combined with a sparse
 -- attention method (streaming_llm); calibration on texts 01-04, evaluation
 -- on the held-out texts 05-08. Every point is recorded in SQLite and the
 -- table is printed from the database, with the FLOPs the sparse executors
 -- would run per token (linear layers: 2 per nonzero weight; the down
--- projection scaled by the activation density; attention excluded).
+-- projection scaled by the activation density, low-rank W_q/W_k as their two
+-- factors; attention excluded).
 --   LUA_CPATH='build/?.so' lua5.4 experiments/model_sparsity.lua [db]
 local sl = require "sparselab"
 local P = require "sparselab.prune"
@@ -76,6 +77,14 @@ local function record(name, params, weight_fn, spec, window)
   -- an act-sparse down projection skips the zero activations: expected
   -- products w2 FLOPs x density (independence of weight and activation zeros)
   if stats.hidden then f = f - f2 * (1 - stats.kept / stats.hidden) end
+  if params.rank then -- W_q, W_k run as the two factors: 2 r (N + K) instead of 2 N K
+    for l = 0, cfg.n_layers - 1 do
+      for _, k in ipairs{"wq", "wk"} do
+        local sh = m.c:weight(string.format("layers.%d.%s", l, k)):shape()
+        f = f - 2 * sh[1] * sh[2] + 2 * params.rank * (sh[1] + sh[2])
+      end
+    end
+  end
   local metrics = {ppl = math.exp(nll), ppl_dense = math.exp(dense_nll), nll = nll, weight_sparsity = P.sparsity(m),
     act_sparsity = stats.hidden and 1 - stats.kept / stats.hidden or 0, flops_per_token = f,
     flops_ratio = f / fd}
@@ -110,6 +119,11 @@ for _, window in ipairs{false, 64} do
     record("cats", {sparsity = s}, nil, {kind = "threshold", theta = cal[s].cats}, w)
     record("chess", {sparsity = s}, nil, {kind = "threshold", theta = cal[s].chess}, w)
     record("temporal_delta", {sparsity = s}, nil, {kind = "delta", theta = dth[s]}, w)
+  end
+  for _, r in ipairs{8, 16} do
+    record("qk_lowrank", {rank = r, whiten = true}, function() P.lowrank_qk(m, CALIB, {rank = r}) end, nil, w)
+    record("qk_lowrank_plain_svd", {rank = r, whiten = false},
+      function() P.lowrank_qk(m, CALIB, {rank = r, whiten = false}) end, nil, w)
   end
   record("sparsegpt+topk", {sparsity = 0.5, k = 86}, function() P.sparsegpt(m, CALIB, {sparsity = 0.5}) end,
     {kind = "topk", k = 86}, w)

@@ -7,7 +7,9 @@
  * LAPACK dpotrf / dpotri / dpotrf for the upper factor of H^-1, the block's
  * mask by the same selection, the column loop with rows on threads (rows
  * are independent inside a block once the mask is set) and the lazy update
- * of the remaining columns by one dgemm per block. */
+ * of the remaining columns by one dgemm per block. prune.lowrank: dsyrk,
+ * dpotrf with ref's damping schedule, a triangular inverse, one dgemm and
+ * LAPACK dgesvd. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -258,12 +260,121 @@ sl_status sl__cpu_prune_sparsegpt(const sl__kargs *a)
     return SL_OK;
 }
 
+/* L (row-major lower, G = L L^T) of G + delta.I with delta = 0, then
+ * mean(diag G).1e-12.10^i until it factors (ref's schedule); 1 on failure. */
+static int lowrank_whitening(const double *G, int64_t K, double *L)
+{
+    double mean = 0;
+    for (int64_t i = 0; i < K; i++)
+        mean += G[i * K + i] / (double)K;
+    int n = (int)K, info = 1;
+    for (int attempt = 0; attempt < 14 && info; attempt++) {
+        double delta = attempt ? (mean > 0 ? mean : 1) * 1e-12 * pow(10, attempt) : 0;
+        memcpy(L, G, sizeof *L * (size_t)(K * K));
+        for (int64_t i = 0; i < K; i++)
+            L[i * K + i] += delta;
+        dpotrf_("U", &n, L, &n, &info, 1); /* column-major upper = row-major lower */
+    }
+    for (int64_t i = 0; i < K; i++)
+        for (int64_t j = i + 1; j < K; j++)
+            L[i * K + j] = 0;
+    return info != 0;
+}
+
+/* ---- prune.lowrank ---- */
+
+void dgesvd_(const char *jobu, const char *jobvt, const int *m, const int *n, double *a, const int *lda, double *s,
+             double *u, const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork, int *info,
+             size_t jobu_len, size_t jobvt_len);
+
+static int64_t lowrank_rank(const sl_prune_lowrank_params *p, int64_t N, int64_t K)
+{
+    int64_t full = N < K ? N : K;
+    int64_t r = p->rank ? p->rank : (int64_t)floor(p->rho * (double)N * (double)K / (double)(N + K));
+    r = r < 1 ? 1 : r;
+    return r > full ? full : r;
+}
+
+sl_status sl__cpu_prune_lowrank(const sl__kargs *a)
+{
+    const sl_prune_lowrank_params *p = a->params;
+    int64_t N = a->in[0].shape[0], K = a->in[0].shape[1], S = a->in[1].shape[0], r = lowrank_rank(p, N, K);
+    int64_t mn = N < K ? N : K;
+    double *G = a->scratch, *Li = G + K * K, *M = Li + K * K, *sv = M + N * K, *U = sv + mn, *VT = U + N * mn;
+    double *work = VT + mn * K, *X = work + 16 * (N + K) * 8;
+    const float *w = a->in[0].data, *xf = a->in[1].data;
+    sl__cpu_blas_single();
+    /* Li = L^-1 with G = L L^T (whiten), else I */
+    for (int64_t i = 0; i < K * K; i++)
+        Li[i] = 0;
+    for (int64_t i = 0; i < K; i++)
+        Li[i * K + i] = 1;
+    if (p->whiten) {
+        for (int64_t i = 0; i < S * K; i++)
+            X[i] = xf[i];
+        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, (int)K, (int)S, 1.0, X, (int)K, 0.0, G, (int)K);
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = i + 1; j < K; j++)
+                G[i * K + j] = G[j * K + i];
+        if (lowrank_whitening(G, K, M))
+            return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the Gram matrix stays singular after damping");
+        /* M holds L (row-major lower): Li by forward substitution */
+        for (int64_t j = 0; j < K; j++) {
+            Li[j * K + j] = 1 / M[j * K + j];
+            for (int64_t i = j + 1; i < K; i++) {
+                double acc = 0;
+                for (int64_t t = j; t < i; t++)
+                    acc += M[i * K + t] * Li[t * K + j];
+                Li[i * K + j] = -acc / M[i * K + i];
+            }
+        }
+        /* M = W L */
+        for (int64_t i = 0; i < N * K; i++)
+            X[i] = w[i];
+        double *L = G; /* copy L out of M before overwriting it */
+        memcpy(L, M, sizeof *L * (size_t)(K * K));
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)K, (int)K, 1.0, X, (int)K, L, (int)K, 0.0,
+                    M, (int)K);
+    } else
+        for (int64_t i = 0; i < N * K; i++)
+            M[i] = w[i];
+    /* SVD of M (row-major N x K) = SVD of the column-major K x N matrix M^T:
+     * M^T = U' S V'^T  =>  M = V' S U'^T, so U_M = V' (rows of VT'), V_M = U' */
+    int m_ = (int)K, n_ = (int)N, lda = (int)K, ldu = (int)K, ldvt = (int)mn, lwork = (int)(16 * (N + K) * 8), info = 0;
+    dgesvd_("S", "S", &m_, &n_, M, &lda, sv, VT, &ldu, U, &ldvt, work, &lwork, &info, 1, 1);
+    if (info)
+        return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the SVD did not converge (LAPACK info %d)", info);
+    /* column-major VT' is mn x N (ldvt mn): row c of U_M^T = U_M[:, c] is U[n * mn + c];
+     * column-major U' is K x mn (ldu K): V_M[:, c] is VT[c * K + k] */
+    float *A = a->out[0].data, *B = a->out[1].data;
+    for (int64_t c = 0; c < r; c++) {
+        double s = sqrt(sv[c]), sign = 1, best = -1;
+        for (int64_t n = 0; n < N; n++)
+            if (fabs(U[n * mn + c]) > best + 1e-12)
+                best = fabs(U[n * mn + c]), sign = U[n * mn + c] < 0 ? -1 : 1;
+        for (int64_t n = 0; n < N; n++)
+            A[n * r + c] = (float)(sign * U[n * mn + c] * s);
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0;
+            for (int64_t i = k; i < K; i++)
+                acc += VT[c * K + i] * Li[i * K + k];
+            B[c * K + k] = (float)(sign * s * acc);
+        }
+    }
+    return SL_OK;
+}
+
 size_t sl__cpu_prune_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;
     int64_t numel = sl_tensor_numel(&in[0]);
     if (op == SL_OP_PRUNE_MAGNITUDE)
         return sizeof(float) * (size_t)numel;
+    if (op == SL_OP_PRUNE_LOWRANK) {
+        int64_t N = in[0].shape[0], K = in[0].shape[1], S = in[1].shape[0], mn = N < K ? N : K;
+        int64_t rows = S > N ? S : N;
+        return sizeof(double) * (size_t)(2 * K * K + N * K + mn + N * mn + mn * K + 16 * (N + K) * 8 + rows * K);
+    }
     const sl_prune_sgpt_params *p = params;
     int64_t N = in[0].shape[0], K = in[0].shape[1], S = in[1].shape[0], B = sgpt_block_cols(p);
     return sizeof(double) * (size_t)(K * K + N * K + N * B + S * K + N * B) + (size_t)(N * B);

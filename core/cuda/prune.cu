@@ -7,7 +7,8 @@
 // factorisations in one thread (K is a layer's width), then per column
 // block the scores (a thread per entry), the same CTA selection for the
 // block's mask, one thread per row through the block's columns and one
-// thread per remaining entry for the lazy update. Compiled with
+// thread per remaining entry for the lazy update; prune.lowrank in one
+// thread (Cholesky, Jacobi SVD), float64. Compiled with
 // `make CUDA=1`; run under the CUDA simulator by `make test-cudasim`.
 #include "dialect.cuh"
 #include "cuda.cuh"
@@ -292,6 +293,128 @@ __global__ void to_float_kernel(const double *W, float *out, int64_t n)
         out[e] = (float)W[e];
 }
 
+// ---- prune.lowrank: one thread, float64 (K is a projection's width) ----
+
+__device__ void jacobi_svd_dev(double *M, int64_t rows, int64_t cols, double *V)
+{
+    for (int64_t i = 0; i < cols * cols; i++)
+        V[i] = i / cols == i % cols;
+    for (int sweep = 0; sweep < 80; sweep++) {
+        bool rotated = false;
+        for (int64_t p = 0; p < cols; p++)
+            for (int64_t q = p + 1; q < cols; q++) {
+                double x = 0, y = 0, c = 0;
+                for (int64_t i = 0; i < rows; i++) {
+                    x += M[i * cols + p] * M[i * cols + p];
+                    y += M[i * cols + q] * M[i * cols + q];
+                    c += M[i * cols + p] * M[i * cols + q];
+                }
+                if (c == 0 || fabs(c) <= 1e-15 * sqrt(x * y))
+                    continue;
+                rotated = true;
+                double zeta = (y - x) / (2 * c), t = (zeta >= 0 ? 1 : -1) / (fabs(zeta) + sqrt(1 + zeta * zeta));
+                double cs = 1 / sqrt(1 + t * t), sn = cs * t;
+                for (int64_t i = 0; i < rows; i++) {
+                    double mp = M[i * cols + p], mq = M[i * cols + q];
+                    M[i * cols + p] = cs * mp - sn * mq;
+                    M[i * cols + q] = sn * mp + cs * mq;
+                }
+                for (int64_t i = 0; i < cols; i++) {
+                    double vp = V[i * cols + p], vq = V[i * cols + q];
+                    V[i * cols + p] = cs * vp - sn * vq;
+                    V[i * cols + q] = sn * vp + cs * vq;
+                }
+            }
+        if (!rotated)
+            break;
+    }
+}
+
+__global__ void lowrank_kernel(const float *w, const float *x, float *A, float *B, double *L, double *Li, double *M,
+                               double *V, double *sig, int64_t *order, int64_t N, int64_t K, int64_t S, int64_t r,
+                               int whiten, int *status)
+{
+    *status = 0;
+    for (int64_t i = 0; i < K * K; i++)
+        L[i] = Li[i] = i / K == i % K;
+    if (whiten) {
+        double mean = 0;
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t t = 0; t < S; t++)
+                mean += (double)x[t * K + i] * x[t * K + i] / (double)K;
+        bool ok = false;
+        for (int attempt = 0; attempt < 14 && !ok; attempt++) {
+            double delta = attempt ? (mean > 0 ? mean : 1) * 1e-12 * pow(10.0, (double)attempt) : 0;
+            for (int64_t i = 0; i < K; i++)
+                for (int64_t j = 0; j < K; j++) {
+                    double acc = 0;
+                    for (int64_t t = 0; t < S; t++)
+                        acc += (double)x[t * K + i] * x[t * K + j];
+                    L[i * K + j] = acc + (i == j ? delta : 0);
+                }
+            ok = chol_lower(L, K);
+        }
+        if (!ok) {
+            *status = 1;
+            return;
+        }
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = i + 1; j < K; j++)
+                L[i * K + j] = 0;
+        for (int64_t i = 0; i < K * K; i++)
+            Li[i] = 0;
+        for (int64_t j = 0; j < K; j++) {
+            Li[j * K + j] = 1 / L[j * K + j];
+            for (int64_t i = j + 1; i < K; i++) {
+                double acc = 0;
+                for (int64_t t = j; t < i; t++)
+                    acc += L[i * K + t] * Li[t * K + j];
+                Li[i * K + j] = -acc / L[i * K + i];
+            }
+        }
+    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0;
+            for (int64_t i = 0; i < K; i++)
+                acc += (double)w[n * K + i] * L[i * K + k];
+            M[n * K + k] = acc;
+        }
+    jacobi_svd_dev(M, N, K, V);
+    for (int64_t j = 0; j < K; j++) {
+        double s = 0;
+        for (int64_t n = 0; n < N; n++)
+            s += M[n * K + j] * M[n * K + j];
+        sig[j] = sqrt(s);
+        order[j] = j;
+    }
+    for (int64_t i = 1; i < K; i++) {
+        int64_t v = order[i], j = i - 1;
+        while (j >= 0 && sig[order[j]] < sig[v]) {
+            order[j + 1] = order[j];
+            j--;
+        }
+        order[j + 1] = v;
+    }
+    for (int64_t c = 0; c < r; c++) {
+        int64_t j = order[c];
+        double s = sig[j], rs = sqrt(s), sign = 1, best = -1;
+        for (int64_t n = 0; n < N; n++)
+            if (s > 0 && fabs(M[n * K + j] / s) > best + 1e-12) {
+                best = fabs(M[n * K + j] / s);
+                sign = M[n * K + j] < 0 ? -1 : 1;
+            }
+        for (int64_t n = 0; n < N; n++)
+            A[n * r + c] = (float)(s > 0 ? sign * M[n * K + j] / s * rs : 0);
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0;
+            for (int64_t i = k; i < K; i++)
+                acc += V[i * K + j] * Li[i * K + k];
+            B[c * K + k] = (float)(sign * rs * acc);
+        }
+    }
+}
+
 }  // namespace
 
 sl_status sl__cuda_prune_magnitude(const sl__kargs *a)
@@ -370,4 +493,35 @@ sl_status sl__cuda_prune_sparsegpt(const sl__kargs *a)
     }
     SL_LAUNCH(to_float_kernel, blocks_of(N * K), kThreads, 0, 0)(dW, st.output<float>(0), N * K);
     return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_prune_lowrank(const sl__kargs *a)
+{
+    int64_t N = a->in[0].shape[0], K = a->in[0].shape[1], S = a->in[1].shape[0], r = a->out[0].shape[1];
+    const sl_prune_lowrank_params *p = (const sl_prune_lowrank_params *)a->params;
+    if (N * K == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    void *L, *Li, *M, *V, *sig, *order, *status;
+    sl_status s;
+    if ((s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &L)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &Li)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(N * K), &M)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &V)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)K, &sig)) ||
+        (s = sl__cuda_scratch(&st, sizeof(int64_t) * (size_t)K, &order)) ||
+        (s = sl__cuda_scratch(&st, sizeof(int), &status)))
+        return s;
+    SL_LAUNCH(lowrank_kernel, 1, 1, 0, 0)(st.input<float>(0), st.input<float>(1), st.output<float>(0),
+                                          st.output<float>(1), (double *)L, (double *)Li, (double *)M, (double *)V,
+                                          (double *)sig, (int64_t *)order, N, K, S, r, (int)p->whiten, (int *)status);
+    int host_status = 0;
+    cudaError_t err = cudaGetLastError();
+    if (err == cudaSuccess)
+        err = cudaMemcpy(&host_status, status, sizeof host_status, cudaMemcpyDeviceToHost);
+    if (err == cudaSuccess && host_status)
+        return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the Gram matrix stays singular after damping");
+    return sl__cuda_stage_out(&st, err);
 }

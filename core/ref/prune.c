@@ -1,6 +1,7 @@
 /* ref/prune.c — reference kernels of the prune family (issue 17), float64
  * and literal: selections by sorting (value, index) pairs, SparseGPT with
- * its own Cholesky factorisations and triangular inverse. Contracts in
+ * its own Cholesky factorisations and triangular inverse, prune.lowrank with
+ * a one-sided Jacobi SVD. Contracts in
  * sparselab.h. */
 #include "ref.h"
 
@@ -225,11 +226,152 @@ sl_status sl__ref_prune_sparsegpt(const sl__kargs *a)
     return SL_OK;
 }
 
+/* ---- prune.lowrank ---- */
+
+/* Hestenes one-sided Jacobi: the columns of M [rows, cols] (row-major, in
+ * place) become U.diag(sigma); V [cols, cols] accumulates the rotations. */
+static void jacobi_svd(double *M, int64_t rows, int64_t cols, double *V)
+{
+    for (int64_t i = 0; i < cols * cols; i++)
+        V[i] = 0;
+    for (int64_t i = 0; i < cols; i++)
+        V[i * cols + i] = 1;
+    for (int sweep = 0; sweep < 80; sweep++) {
+        int rotated = 0;
+        for (int64_t p = 0; p < cols; p++)
+            for (int64_t q = p + 1; q < cols; q++) {
+                double x = 0, y = 0, c = 0;
+                for (int64_t i = 0; i < rows; i++) {
+                    x += M[i * cols + p] * M[i * cols + p];
+                    y += M[i * cols + q] * M[i * cols + q];
+                    c += M[i * cols + p] * M[i * cols + q];
+                }
+                if (c == 0 || fabs(c) <= 1e-15 * sqrt(x * y))
+                    continue;
+                rotated = 1;
+                double zeta = (y - x) / (2 * c), t = (zeta >= 0 ? 1 : -1) / (fabs(zeta) + sqrt(1 + zeta * zeta));
+                double cs = 1 / sqrt(1 + t * t), sn = cs * t;
+                for (int64_t i = 0; i < rows; i++) {
+                    double mp = M[i * cols + p], mq = M[i * cols + q];
+                    M[i * cols + p] = cs * mp - sn * mq;
+                    M[i * cols + q] = sn * mp + cs * mq;
+                }
+                for (int64_t i = 0; i < cols; i++) {
+                    double vp = V[i * cols + p], vq = V[i * cols + q];
+                    V[i * cols + p] = cs * vp - sn * vq;
+                    V[i * cols + q] = sn * vp + cs * vq;
+                }
+            }
+        if (!rotated)
+            break;
+    }
+}
+
+static int64_t lowrank_rank(const sl_prune_lowrank_params *p, int64_t N, int64_t K)
+{
+    int64_t full = N < K ? N : K;
+    int64_t r = p->rank ? p->rank : (int64_t)floor(p->rho * (double)N * (double)K / (double)(N + K));
+    r = r < 1 ? 1 : r;
+    return r > full ? full : r;
+}
+
+sl_status sl__ref_prune_lowrank(const sl__kargs *a)
+{
+    const sl_prune_lowrank_params *p = a->params;
+    const float *w = a->in[0].data, *x = a->in[1].data;
+    int64_t N = a->in[0].shape[0], K = a->in[0].shape[1], S = a->in[1].shape[0], r = lowrank_rank(p, N, K);
+    double *L = a->scratch, *Li = L + K * K, *M = Li + K * K, *V = M + N * K, *sig = V + K * K;
+    int64_t *order = (int64_t *)(sig + K);
+    for (int64_t i = 0; i < K * K; i++)
+        L[i] = Li[i] = i / K == i % K;
+    if (p->whiten) {
+        /* G = x^T x; L = chol(G + delta I), delta raised until it succeeds */
+        double mean = 0;
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t t = 0; t < S; t++)
+                mean += (double)x[t * K + i] * x[t * K + i] / (double)K;
+        int ok = 0;
+        for (int attempt = 0; attempt < 14 && !ok; attempt++) {
+            double delta = attempt ? (mean > 0 ? mean : 1) * 1e-12 * pow(10, attempt) : 0;
+            for (int64_t i = 0; i < K; i++)
+                for (int64_t j = 0; j < K; j++) {
+                    double acc = 0;
+                    for (int64_t t = 0; t < S; t++)
+                        acc += (double)x[t * K + i] * x[t * K + j];
+                    L[i * K + j] = acc + (i == j ? delta : 0);
+                }
+            ok = cholesky_lower(L, K);
+        }
+        if (!ok)
+            return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the Gram matrix stays singular after damping");
+        for (int64_t i = 0; i < K; i++)
+            for (int64_t j = i + 1; j < K; j++)
+                L[i * K + j] = 0;
+        for (int64_t i = 0; i < K * K; i++)
+            Li[i] = 0;
+        for (int64_t j = 0; j < K; j++) {
+            Li[j * K + j] = 1 / L[j * K + j];
+            for (int64_t i = j + 1; i < K; i++) {
+                double acc = 0;
+                for (int64_t t = j; t < i; t++)
+                    acc += L[i * K + t] * Li[t * K + j];
+                Li[i * K + j] = -acc / L[i * K + i];
+            }
+        }
+    }
+    /* M = W L, then its SVD */
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0;
+            for (int64_t i = 0; i < K; i++)
+                acc += (double)w[n * K + i] * L[i * K + k];
+            M[n * K + k] = acc;
+        }
+    jacobi_svd(M, N, K, V);
+    for (int64_t j = 0; j < K; j++) {
+        double s = 0;
+        for (int64_t n = 0; n < N; n++)
+            s += M[n * K + j] * M[n * K + j];
+        sig[j] = sqrt(s);
+        order[j] = j;
+    }
+    for (int64_t i = 1; i < K; i++) { /* sigma descending, then column */
+        int64_t v = order[i], j = i - 1;
+        while (j >= 0 && sig[order[j]] < sig[v]) {
+            order[j + 1] = order[j];
+            j--;
+        }
+        order[j + 1] = v;
+    }
+    float *A = a->out[0].data, *B = a->out[1].data;
+    for (int64_t c = 0; c < r; c++) {
+        int64_t j = order[c];
+        double s = sig[j], rs = sqrt(s), sign = 1, best = -1;
+        /* u = M[:, j] / s; sign: the largest |u| entry (first within 1e-12) is positive */
+        for (int64_t n = 0; n < N; n++)
+            if (s > 0 && fabs(M[n * K + j] / s) > best + 1e-12)
+                best = fabs(M[n * K + j] / s), sign = M[n * K + j] < 0 ? -1 : 1;
+        for (int64_t n = 0; n < N; n++)
+            A[n * r + c] = (float)(s > 0 ? sign * M[n * K + j] / s * rs : 0);
+        for (int64_t k = 0; k < K; k++) {
+            double acc = 0;
+            for (int64_t i = k; i < K; i++)
+                acc += V[i * K + j] * Li[i * K + k];
+            B[c * K + k] = (float)(sign * rs * acc);
+        }
+    }
+    return SL_OK;
+}
+
 size_t sl__ref_prune_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;
     if (op == SL_OP_PRUNE_MAGNITUDE)
         return sizeof(ref_pair) * (size_t)sl_tensor_numel(&in[0]);
+    if (op == SL_OP_PRUNE_LOWRANK) {
+        int64_t N = in[0].shape[0], K = in[0].shape[1];
+        return sizeof(double) * (size_t)(3 * K * K + N * K + K) + sizeof(int64_t) * (size_t)K;
+    }
     const sl_prune_sgpt_params *p = params;
     return sgpt_bytes(in[0].shape[0], in[0].shape[1], sgpt_block(p), NULL, NULL);
 }

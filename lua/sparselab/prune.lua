@@ -6,6 +6,7 @@
 --   P.magnitude(m, {sparsity =, scope = "layer" | "global", n =, m =})
 --   P.capture(m, seqs, layer)    {site = x [rows, width]} inputs of layer's linears
 --   P.sparsegpt(m, seqs, {sparsity =, n =, m =, blocksize =, percdamp =})
+--   P.lowrank_qk(m, seqs, {rank =, rho =, whiten =})   W_q, W_k -> rank-r a.b (card qk_lowrank (a))
 --   P.save(m, path) / P.load(m, path)   the prunable weights as safetensors
 --   P.nll(m, seqs)               mean negative log-likelihood over the sequences
 --
@@ -106,6 +107,24 @@ function P.sparsegpt(m, seqs, o)
     for _, k in ipairs(KINDS) do
       local name = string.format("layers.%d.%s", l, k)
       m.c:set_weight(name, sl.prune.sparsegpt(m.c:weight(name), x[P.SITE[k]], params))
+    end
+  end
+end
+
+--- qk_lowrank (CASP) as a compression row: W_q and W_k of every layer
+--- replaced by their rank-r factors a.b (prune.lowrank; whitened by the
+--- layers' captured inputs unless whiten = false), inputs captured once on
+--- the model as it is (CASP's profiling pass, not sequential).
+function P.lowrank_qk(m, seqs, o)
+  o = o or {}
+  local params = {rank = o.rank or 0, rho = o.rho or 0.5, whiten = o.whiten ~= false}
+  local xs = {}
+  for l = 0, m.cfg.n_layers - 1 do xs[l] = P.capture(m, seqs, l).attn_in end
+  for l = 0, m.cfg.n_layers - 1 do
+    for _, k in ipairs{"wq", "wk"} do
+      local name = string.format("layers.%d.%s", l, k)
+      local a, b = sl.prune.lowrank(m.c:weight(name), xs[l], params)
+      m.c:set_weight(name, sl.mm.act_sparse(a, b))
     end
   end
 end

@@ -169,4 +169,18 @@ test("a pruned linear runs through mm.nm / mm.bitmap exactly as its dense produc
   end
 end)
 
+test("qk_lowrank: whitened rank-8 W_q, W_k beat plain SVD on held-out NLL; full rank is the dense model", function()
+  local dense_nll = P.nll(m, HELD)
+  P.lowrank_qk(m, CALIB, {rank = 8})
+  local white = P.nll(m, HELD)
+  P.restore(m, dense)
+  P.lowrank_qk(m, CALIB, {rank = 8, whiten = false})
+  local plain = P.nll(m, HELD)
+  P.restore(m, dense)
+  truthy(white < plain, string.format("whitened %.4f < plain %.4f (dense %.4f)", white, plain, dense_nll))
+  P.lowrank_qk(m, CALIB, {rank = 64})
+  near(P.nll(m, HELD), dense_nll, 1e-3, "full rank")
+  P.restore(m, dense)
+end)
+
 H.done()
