@@ -6,6 +6,18 @@
 
 #include <math.h>
 
+/* w = in[0] float [N, K], x = in[1] float [S >= 1, K] */
+static sl_status check_w_x(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    if ((s = sl__need_float(ctx, info, in, 0, 2)) || (s = sl__need_float(ctx, info, in, 1, 2)))
+        return s;
+    if (in[1].shape[1] != in[0].shape[1] || in[1].shape[0] < 1)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: x must be [S >= 1, %lld] (w's columns), found [%lld, %lld]",
+                           info->name, (long long)in[0].shape[1], (long long)in[1].shape[0], (long long)in[1].shape[1]);
+    return SL_OK;
+}
+
 static sl_status prune_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                              int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -22,12 +34,8 @@ static sl_status prune_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
                                (long long)p->n, (long long)p->m);
     } else if (info->op == SL_OP_PRUNE_LOWRANK) {
         const sl_prune_lowrank_params *p = params;
-        if ((s = sl__need_float(ctx, info, in, 0, 2)) || (s = sl__need_float(ctx, info, in, 1, 2)))
+        if ((s = check_w_x(ctx, info, in)))
             return s;
-        if (in[1].shape[1] != in[0].shape[1] || in[1].shape[0] < 1)
-            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: x must be [S >= 1, %lld] (w's columns), found [%lld, %lld]",
-                               info->name, (long long)in[0].shape[1], (long long)in[1].shape[0],
-                               (long long)in[1].shape[1]);
         int64_t N = in[0].shape[0], K = in[0].shape[1], full = N < K ? N : K;
         int64_t r = p->rank ? p->rank : (int64_t)floor(p->rho * (double)N * (double)K / (double)(N + K));
         r = r < 1 ? 1 : r > full ? full : r;
@@ -37,12 +45,8 @@ static sl_status prune_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
         return SL_OK;
     } else {
         const sl_prune_sgpt_params *p = params;
-        if ((s = sl__need_float(ctx, info, in, 0, 2)) || (s = sl__need_float(ctx, info, in, 1, 2)))
+        if ((s = check_w_x(ctx, info, in)))
             return s;
-        if (in[1].shape[1] != in[0].shape[1] || in[1].shape[0] < 1)
-            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: x must be [S >= 1, %lld] (w's columns), found [%lld, %lld]",
-                               info->name, (long long)in[0].shape[1], (long long)in[1].shape[0],
-                               (long long)in[1].shape[1]);
         if (p->n > p->m)
             return sl_ctx_fail(ctx, SL_EARG, "%s: n = %lld kept per group exceeds the group size m = %lld", info->name,
                                (long long)p->n, (long long)p->m);

@@ -20,6 +20,8 @@
 /* LAPACK (OpenBLAS ships it); the trailing size_t is the Fortran length of uplo. */
 void dpotrf_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
 void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *info, size_t uplo_len);
+void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info, size_t uplo_len,
+             size_t diag_len);
 
 /* The k-th smallest (0-based) of v[0..n), v reordered (Hoare quickselect,
  * median of three); for double scores and float magnitudes. */
@@ -318,16 +320,12 @@ sl_status sl__cpu_prune_lowrank(const sl__kargs *a)
                 G[i * K + j] = G[j * K + i];
         if (lowrank_whitening(G, K, M))
             return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the Gram matrix stays singular after damping");
-        /* M holds L (row-major lower): Li by forward substitution */
-        for (int64_t j = 0; j < K; j++) {
-            Li[j * K + j] = 1 / M[j * K + j];
-            for (int64_t i = j + 1; i < K; i++) {
-                double acc = 0;
-                for (int64_t t = j; t < i; t++)
-                    acc += M[i * K + t] * Li[t * K + j];
-                Li[i * K + j] = -acc / M[i * K + i];
-            }
-        }
+        /* M holds L (row-major lower = column-major upper): Li by LAPACK dtrtri */
+        memcpy(Li, M, sizeof *Li * (size_t)(K * K));
+        int n = (int)K, info = 0;
+        dtrtri_("U", "N", &n, Li, &n, &info, 1, 1);
+        if (info)
+            return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the whitening factor is singular");
         /* M = W L */
         for (int64_t i = 0; i < N * K; i++)
             X[i] = w[i];

@@ -181,6 +181,23 @@ __device__ bool chol_lower(double *a, int64_t K)
     return true;
 }
 
+/* Li = L^-1 for the lower triangular L (K x K, row-major; the upper part of
+ * L is not read), by forward substitution. */
+__device__ void lower_inverse(const double *L, int64_t K, double *Li)
+{
+    for (int64_t i = 0; i < K * K; i++)
+        Li[i] = 0;
+    for (int64_t j = 0; j < K; j++) {
+        Li[j * K + j] = 1 / L[j * K + j];
+        for (int64_t i = j + 1; i < K; i++) {
+            double acc = 0;
+            for (int64_t t = j; t < i; t++)
+                acc += L[i * K + t] * Li[t * K + j];
+            Li[i * K + j] = -acc / L[i * K + i];
+        }
+    }
+}
+
 // One thread: dead columns, damping, H = L L^T, Li = L^-1, H^-1 = Li^T Li,
 // its lower factor L2 (U = L2^T: U(i, j) = H[j * K + i]). status: 0 ok,
 // 1 H not positive definite, 2 H^-1 not positive definite.
@@ -199,17 +216,7 @@ __global__ void factor_kernel(double *H, double *Li, uint8_t *dead, int64_t K, d
         *status = 1;
         return;
     }
-    for (int64_t i = 0; i < K * K; i++)
-        Li[i] = 0;
-    for (int64_t j = 0; j < K; j++) {
-        Li[j * K + j] = 1 / H[j * K + j];
-        for (int64_t i = j + 1; i < K; i++) {
-            double acc = 0;
-            for (int64_t t = j; t < i; t++)
-                acc += H[i * K + t] * Li[t * K + j];
-            Li[i * K + j] = -acc / H[i * K + i];
-        }
-    }
+    lower_inverse(H, K, Li);
     for (int64_t i = 0; i < K; i++)
         for (int64_t j = 0; j < K; j++) {
             double acc = 0;
@@ -361,17 +368,7 @@ __global__ void lowrank_kernel(const float *w, const float *x, float *A, float *
         for (int64_t i = 0; i < K; i++)
             for (int64_t j = i + 1; j < K; j++)
                 L[i * K + j] = 0;
-        for (int64_t i = 0; i < K * K; i++)
-            Li[i] = 0;
-        for (int64_t j = 0; j < K; j++) {
-            Li[j * K + j] = 1 / L[j * K + j];
-            for (int64_t i = j + 1; i < K; i++) {
-                double acc = 0;
-                for (int64_t t = j; t < i; t++)
-                    acc += L[i * K + t] * Li[t * K + j];
-                Li[i * K + j] = -acc / L[i * K + i];
-            }
-        }
+        lower_inverse(L, K, Li);
     }
     for (int64_t n = 0; n < N; n++)
         for (int64_t k = 0; k < K; k++) {

@@ -84,6 +84,23 @@ static int cholesky_lower(double *a, int64_t K)
     return 1;
 }
 
+/* Li = L^-1 for the lower triangular L (K x K, row-major; the upper part of
+ * L is not read), by forward substitution. */
+static void lower_inverse(const double *L, int64_t K, double *Li)
+{
+    for (int64_t i = 0; i < K * K; i++)
+        Li[i] = 0;
+    for (int64_t j = 0; j < K; j++) {
+        Li[j * K + j] = 1 / L[j * K + j];
+        for (int64_t i = j + 1; i < K; i++) {
+            double acc = 0;
+            for (int64_t t = j; t < i; t++)
+                acc += L[i * K + t] * Li[t * K + j];
+            Li[i * K + j] = -acc / L[i * K + i];
+        }
+    }
+}
+
 typedef struct sgpt_scratch {
     double *H, *Li, *W, *E;
     ref_pair *pairs;
@@ -149,17 +166,7 @@ sl_status sl__ref_prune_sparsegpt(const sl__kargs *a)
     if (!cholesky_lower(H, K))
         return sl_ctx_fail(a->ctx, SL_EARG, "prune.sparsegpt: the damped Hessian is not positive definite (raise percdamp)");
     /* Li = L^-1 (lower), then H^-1 = Li^T Li into H, then its lower factor L2: U = L2^T */
-    for (int64_t i = 0; i < K * K; i++)
-        Li[i] = 0;
-    for (int64_t j = 0; j < K; j++) {
-        Li[j * K + j] = 1 / H[j * K + j];
-        for (int64_t i = j + 1; i < K; i++) {
-            double acc = 0;
-            for (int64_t t = j; t < i; t++)
-                acc += H[i * K + t] * Li[t * K + j];
-            Li[i * K + j] = -acc / H[i * K + i];
-        }
-    }
+    lower_inverse(H, K, Li);
     for (int64_t i = 0; i < K; i++)
         for (int64_t j = 0; j < K; j++) {
             double acc = 0;
@@ -307,17 +314,7 @@ sl_status sl__ref_prune_lowrank(const sl__kargs *a)
         for (int64_t i = 0; i < K; i++)
             for (int64_t j = i + 1; j < K; j++)
                 L[i * K + j] = 0;
-        for (int64_t i = 0; i < K * K; i++)
-            Li[i] = 0;
-        for (int64_t j = 0; j < K; j++) {
-            Li[j * K + j] = 1 / L[j * K + j];
-            for (int64_t i = j + 1; i < K; i++) {
-                double acc = 0;
-                for (int64_t t = j; t < i; t++)
-                    acc += L[i * K + t] * Li[t * K + j];
-                Li[i * K + j] = -acc / L[i * K + i];
-            }
-        }
+        lower_inverse(L, K, Li);
     }
     /* M = W L, then its SVD */
     for (int64_t n = 0; n < N; n++)
