@@ -3,6 +3,8 @@
  * mm.dense: one OpenBLAS sgemm per chunk of output columns.
  * mm.nm / mm.bitmap: one row of activations (decode) walks each compressed
  * weight row and gathers x (memory-bound: the format's bytes are the cost).
+ * 2..8 rows with AVX2: x transposed into xb[k][8], each weight row read
+ * straight from its format into one 8-lane accumulator pair.
  * More rows: x is transposed once into blocks xb[b][k][TB] (TB activation
  * rows of column k contiguous); a work item is a chunk of weight rows, each
  * row decoded once into a (column, value) list, then per block of TB rows
@@ -236,6 +238,42 @@ AVX2 static void axpy_avx2(float *y, const float *w, int64_t n, float s)
         y[i] += s * w[i];
 }
 
+/* One weight row against one block of 8 activation rows, straight from the
+ * format (no decoded list): acc[0..8) = sum of v . xb[col][0..8). */
+AVX2 static void row8_avx2(const sl__kargs *a, int64_t r, const float *xb, float *acc)
+{
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    if (a->op == SL_OP_MM_NM) {
+        const sl_mm_nm_params *p = a->params;
+        int64_t K = a->in[0].shape[1], m = p->m, n = p->n, G = (K + m - 1) / m;
+        const float *v = (const float *)a->in[1].data + r * G * n;
+        const uint8_t *pos = (const uint8_t *)a->in[2].data + r * G * n;
+        for (int64_t g = 0, c = 0; g < G; g++)
+            for (int64_t t = 0; t < n; t++, c++) {
+                __m256 x = _mm256_loadu_ps(xb + (g * m + pos[c]) * 8);
+                if (c & 1)
+                    s1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + c), x, s1);
+                else
+                    s0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v + c), x, s0);
+            }
+    } else {
+        int64_t nw = a->in[1].shape[1], cap = a->in[2].shape[1];
+        const uint32_t *bits = (const uint32_t *)a->in[1].data + r * nw;
+        const float *v = (const float *)a->in[2].data + r * cap;
+        for (int64_t w = 0; w < nw; w++) {
+            const float *xw = xb + w * 32 * 8;
+            for (uint32_t b = bits[w]; b; b &= b - 1) {
+                s0 = _mm256_fmadd_ps(_mm256_broadcast_ss(v++), _mm256_loadu_ps(xw + __builtin_ctz(b) * 8), s0);
+                b &= b - 1;
+                if (!b)
+                    break;
+                s1 = _mm256_fmadd_ps(_mm256_broadcast_ss(v++), _mm256_loadu_ps(xw + __builtin_ctz(b) * 8), s1);
+            }
+        }
+    }
+    _mm256_storeu_ps(acc, _mm256_add_ps(s0, s1));
+}
+
 static int have_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 #else
 static int have_avx2(void) { return 0; }
@@ -370,6 +408,25 @@ static void blocked_item(int64_t item, void *ud, int thread)
     }
 }
 
+/* T <= 8 with AVX2: rows read straight from the format (decoding into a
+ * list would cost as much as the one block of products). */
+static void direct8_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const sp_job *j = ud;
+    float *y = j->a->out[0].data, acc[8];
+    int64_t r1 = (item + 1) * 64 < j->N ? (item + 1) * 64 : j->N;
+    for (int64_t r = item * 64; r < r1; r++) {
+#if defined(__x86_64__) && defined(__GNUC__)
+        row8_avx2(j->a, r, j->xb, acc);
+#else
+        memset(acc, 0, sizeof acc); /* not reached: direct8 needs AVX2 */
+#endif
+        for (int64_t t = 0; t < j->T; t++)
+            y[t * j->N + r] = acc[t];
+    }
+}
+
 static int64_t block_rows(int64_t T) { return T <= 8 ? 8 : 32; }
 
 static int64_t list_cap(sl_op op, const void *params, const sl_tensor *in)
@@ -396,6 +453,8 @@ static sl_status sparse_run(const sl__kargs *a)
     sl_status s = sl__cpu_parallel(a->ctx, j.n_blocks, transpose_item, &j);
     if (s)
         return s;
+    if (j.tb == 8 && have_avx2())
+        return sl__cpu_parallel(a->ctx, (j.N + 63) / 64, direct8_item, &j);
     return sl__cpu_parallel(a->ctx, (j.N + ROWS_PER_ITEM - 1) / ROWS_PER_ITEM, blocked_item, &j);
 }
 
