@@ -11,18 +11,6 @@ local sl = require "sparselab"
 
 local M = {}
 
-local function median_ms(reps, f)
-  local t = {}
-  f()
-  for i = 1, reps do
-    local t0 = sl.time()
-    f()
-    t[i] = (sl.time() - t0) * 1e3
-  end
-  table.sort(t)
-  return t[(reps + 1) // 2]
-end
-
 --- The sparsity where ratio(s) = 1 from points {s, ratio} sorted by s:
 --- linear between the two measured points around the crossing; nil when
 --- no measured point is at or below 1, pts[1].s when all are.
@@ -73,13 +61,27 @@ function M.run(o)
     bytes = nv:numel() * 4 + np:numel()}
   for _, T in ipairs(rows) do
     local x = sl.randn({T, K}, {seed = 171 + T})
-    local dense_ms = median_ms(reps, function() return sl.mm.dense(x, w, {backend = backend}) end)
+    -- interleaved: each rep times dense then every format, so that load
+    -- drifting on a shared machine hits both sides of a ratio alike
+    local calls = {function() return sl.mm.dense(x, w, {backend = backend}) end}
+    for _, f in ipairs(formats) do calls[#calls + 1] = function() return f.call(x) end end
+    local times = {}
+    for i, c in ipairs(calls) do c(); times[i] = {} end -- warm-up
+    for r = 1, reps do
+      for i, c in ipairs(calls) do
+        local t0 = sl.time()
+        c()
+        times[i][r] = (sl.time() - t0) * 1e3
+      end
+    end
+    local function median(t) table.sort(t); return t[(#t + 1) // 2] end
+    local dense_ms = median(times[1])
     local gflops = 2 * T * N * K / (dense_ms * 1e-3) / 1e9
     emit{name = "mm.dense", n = T, d = K, heads = 1, backend = backend, params = {N = N, K = K},
       metrics = {time_ms = dense_ms, sgemm_gflops = gflops, ratio_to_sgemm = 1}}
     local pts = {}
-    for _, f in ipairs(formats) do
-      local ms = median_ms(reps, function() return f.call(x) end)
+    for i, f in ipairs(formats) do
+      local ms = median(times[i + 1])
       local params = {N = N, K = K}
       for key, v in pairs(f.params) do params[key] = v end
       emit{name = f.name, n = T, d = K, heads = 1, backend = backend, params = params,
