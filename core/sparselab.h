@@ -754,6 +754,98 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * the mean of O_c over those clusters with at least one such key (0 when
  * none); lse = the log-sum-exp over the union of those keys (-inf when
  * none); count i32 [Hq, Nq] = the clusters holding t. */
+/* ---- sparse matmul, weight and activation sparsity (issue 17) ----
+ * Every mm.* product is y = x . W^T with x [T, K] (T activation rows, K the
+ * reduction dim), W [N, K] (a linear layer's weight, N outputs) and y
+ * [T, N] f32; float64 in ref, f32 accumulation elsewhere. The executors do
+ * not scan their float inputs for NaN: they check that y is finite instead
+ * (a NaN or infinity in what they read reaches y) and fail naming the op.
+ * mm.nm forms the product of every slot (padding slots included), mm.bitmap
+ * of every set bit, mm.act_sparse of every nonzero x; x entries no product
+ * needs are not read.
+ *
+ * mm.dense: inputs x [T, K], w [N, K]. The sgemm baseline.
+ *
+ * mm.nm_encode: input w [N, K]; params n <= m. Column groups g = 0 .. G-1,
+ * G = ceil(K / m), group g = columns [g.m, min(K, (g+1).m)). Per row and
+ * group, the n entries of largest |w| (ties: lower column first) go to
+ * vals [N, G.n] f32 and their positions inside the group to pos u8 [N, G.n],
+ * in increasing position. A ragged last group of r < n columns keeps all r
+ * and fills the other slots with value 0 at position 0. Decoding is a sum:
+ * W~[row, g.m + pos[row, g.n + s]] += vals[row, g.n + s]; W~ is w with every
+ * entry outside the kept sets zeroed (n == m: W~ = w).
+ *
+ * mm.nm: inputs x [T, K], vals [N, G.n] f32, pos u8 [N, G.n] (each position
+ * < the width of its group); params n, m as encoded. y = x . W~^T.
+ *
+ * mm.bitmap_encode: input w [N, K]; param cap (0: K), at least the largest
+ * count of nonzeros of a row. Outputs bits i32 [N, ceil(K / 32)] (bit b of
+ * word c of row r is set iff w[r, 32c + b] != 0; bits past K are 0) and vals
+ * f32 [N, cap]: row r's nonzeros in column order, then zeros.
+ *
+ * mm.bitmap: inputs x [T, K], bits i32 [N, ceil(K / 32)] (no bit past K; at
+ * most cap bits per row), vals [N, cap]. y = x . W^T with W decoded as above.
+ *
+ * mm.act_sparse: inputs x [T, K], wt [K, N] (W^T, so that a column of W is
+ * a contiguous row). y[t] = sum over k with x[t, k] != 0 of x[t, k] . wt[k]:
+ * zero activations, zero rows and zero columns of x cost nothing. FLOPs
+ * count the products done (2 N per nonzero of x). */
+
+/* ---- weight pruning (issue 17) ----
+ * prune.magnitude: input w (float, any shape with at least one dim); params
+ * sparsity, n, m. Output w' of w's shape. n = 0: the floor(sparsity .
+ * numel) entries smallest in (|w|, flat index) order are zeroed, the rest
+ * copied. n > 0 (n <= m): per group of m consecutive entries of the last dim
+ * (ragged last group of width r: min(n, r) kept), the n largest |w| are kept
+ * (ties: lower index), the rest zeroed: mm.nm_encode's selection.
+ *
+ * prune.sparsegpt (SparseGPT, Frantar & Alistarh 2023; reference
+ * IST-DASLab/sparsegpt sparsegpt.py fasterprune): inputs w [N, K], x [S, K]
+ * (calibration inputs of the layer, S >= 1 rows); params sparsity, n, m,
+ * blocksize B, percdamp. H = (2/S) x^T x (float64). A column j with H_jj = 0
+ * is dead: H_jj = 1, w[:, j] = 0. H += percdamp . mean(diag H) . I. U is the
+ * upper Cholesky factor of H^-1 (H^-1 = U^T U). Columns are processed in
+ * blocks [i1, i2) of B (N:M: B rounded down to a multiple of m, at least m):
+ * unstructured, the block's mask prunes exactly floor(sparsity . N . (i2 -
+ * i1)) entries of smallest score w^2 / U_jj^2 (ties: lower row-major index
+ * within the block) from the block as updated so far; N:M, at each column j
+ * with j % m == 0 every row keeps the n largest scores of columns [j,
+ * min(j + m, K)) (ties: lower column). Then per column i of the block: q =
+ * w[:, i] with pruned rows zeroed, e = (w[:, i] - q) / U_ii, w[:, i..i2) -=
+ * e U[i, i..i2); after the block w[:, i2..K) -= E U[i1..i2, i2..K) (E the
+ * block's e columns). Output w' [N, K] (the q columns): pruned entries are
+ * exactly 0, the kept ones carry the compensation. sparsity = 0 (n = 0)
+ * returns w up to round-off; float64 throughout. Differs from the reference
+ * in the count: it prunes the scores <= the floor(sparsity . numel)-th
+ * sorted one (one more, and every tie).
+ *
+ * prune.lowrank (CASP's whitened factorisation; reference vbdi/casp
+ * SVD/svd_llava.py profle_svd / whitening): inputs w [N, K], x [S, K]; params
+ * rank, rho, whiten. r = rank or max(1, floor(rho.N.K/(N+K))), at most
+ * min(N, K). With whiten, G = x^T x (float64) and L = chol(G + delta.I)
+ * (lower, G = L L^T), delta = 0, else mean(diag G).1e-12.10^i for i = 1..13
+ * until it factors (the reference shifts by the smallest eigenvalue
+ * instead); without, L = I. The SVD W L = U S V^T gives a = U_r S_r^1/2
+ * [N, r] and b = S_r^1/2 V_r^T L^-1 [r, K] (singular values descending; the
+ * sign of each pair makes the largest |entry| of u positive), so a.b is the
+ * rank-r matrix minimising |(w - a.b) L|_F = |(w - a.b) x^T|_F. */
+
+/* ---- activation sparsity (issue 17) ----
+ * act.topk: input x [T, m] (float); params k, abs. Output y [T, m]: per row
+ * the min(k, m) entries largest by score (|x| when abs, else x; ties: lower
+ * index) keep their value, the rest are 0. k = m: y = x.
+ *
+ * act.threshold: inputs x [T, m], theta [m] (float, >= 0). y[t, j] = x[t, j]
+ * when |x[t, j]| >= theta[j], else 0 (CHESS zeroes |x| < theta; a per-layer
+ * CATS threshold is a constant theta). theta = 0: y = x.
+ *
+ * act.delta (delta networks): inputs x [T, m] (row t = step t of a stream),
+ * theta [m] (>= 0). Per channel j, a reference r (the last transmitted
+ * value): step 0 transmits everything, delta[0] = x[0], r = x[0]; step t > 0:
+ * d = x[t, j] - r, delta[t, j] = d when |d| > theta[j] else 0, r += delta[t,
+ * j]. Outputs delta [T, m] (the sparse input of an act-sparse product:
+ * W r_t = W r_{t-1} + W delta_t) and xhat [T, m] (r after step t; |xhat -
+ * x| <= theta up to one rounding). Float32 arithmetic, in step order. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
@@ -1097,7 +1189,26 @@ typedef struct sl_model {
     sl_tensor rms_final;    /* [dim] */
     sl_tensor wcls;         /* [vocab, dim]; shares tok_emb's buffer when the checkpoint ties them */
     sl_model_layer *layers; /* n_layers entries */
+    const struct sl_model_hooks *hooks; /* NULL: none (issue 17) */
 } sl_model;
+
+/* Hooks of the forward pass outside attention (issue 17). At each site of
+ * layer `layer` the hook sees the activations x [n, width] (row-major f32,
+ * the forward pass's own buffer) and may rewrite them in place before they
+ * are used: "attn_in" (the normed input of wq, wk, wv), "attn_out" (the
+ * input of wo), "ffn_in" (the normed input of w1, w3), "ffn_hidden"
+ * (silu(x.w1^T) * (x.w3^T), the input of w2). A status other than SL_OK
+ * stops the pass (its message in ctx). */
+typedef struct sl_model_hooks {
+    void *ud;
+    sl_status (*site)(void *ud, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width);
+} sl_model_hooks;
+
+/* The weight tensor called name ("tok_emb", "rms_final", "wcls",
+ * "layers.L.{rms_att,wq,wk,wv,wo,rms_ffn,w1,w2,w3}"), or NULL. The caller may
+ * replace it (release, then a new f32 contiguous tensor of the same shape):
+ * the next forward pass uses it. wcls may share tok_emb's buffer. */
+sl_tensor *sl_model_weight(sl_model *m, const char *name);
 
 /* Loads a llama2.c checkpoint (7 × int32 header, then f32 weights; a negative
  * vocab_size means a separate classifier follows). Checks every size against

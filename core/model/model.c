@@ -134,6 +134,12 @@ static void matmul(float *y, const float *x, const sl_tensor *w, int64_t n)
                 0.f, y, (int)out);
 }
 
+/* The hook site `name` of layer l (issue 17): none without hooks. */
+static sl_status hook_site(sl_ctx *ctx, const sl_model *m, int64_t l, const char *name, float *x, int64_t n, int64_t w)
+{
+    return m->hooks && m->hooks->site ? m->hooks->site(m->hooks->ud, ctx, (int)l, name, x, n, w) : SL_OK;
+}
+
 /* Rotates the n_heads heads of each of n rows (row i at position pos0 + i). */
 /* RoPE frequency j of hd/2 (Llama 3 scaling when c->rope_factor > 0; see sl_model_config). */
 static double rope_freq(const sl_model_config *c, int64_t j, int64_t hd)
@@ -290,19 +296,27 @@ sl_status sl_model_forward(sl_ctx *ctx, const sl_model *m, sl_model_state *st, c
     for (int64_t l = 0; l < c->n_layers && s == SL_OK; l++) {
         const sl_model_layer *y = &m->layers[l];
         rmsnorm(b.xb, b.x, y->rms_att.data, n, d, c->norm_eps);
+        if ((s = hook_site(ctx, m, l, "attn_in", b.xb, n, d)))
+            break;
         matmul(b.q, b.xb, &y->wq, n);
         matmul(b.k, b.xb, &y->wk, n);
         matmul(b.v, b.xb, &y->wv, n);
         if ((s = attention(ctx, m, st, l, n, &b, attn, ud)))
             break;
+        if ((s = hook_site(ctx, m, l, "attn_out", b.att, n, y->wo.shape[1])))
+            break;
         matmul(b.xb, b.att, &y->wo, n);
         for (int64_t i = 0; i < n * d; i++)
             b.x[i] += b.xb[i];
         rmsnorm(b.xb, b.x, y->rms_ffn.data, n, d, c->norm_eps);
+        if ((s = hook_site(ctx, m, l, "ffn_in", b.xb, n, d)))
+            break;
         matmul(b.h1, b.xb, &y->w1, n);
         matmul(b.h3, b.xb, &y->w3, n);
         for (int64_t i = 0; i < n * hid; i++)
             b.h1[i] = b.h1[i] / (1.f + expf(-b.h1[i])) * b.h3[i];
+        if ((s = hook_site(ctx, m, l, "ffn_hidden", b.h1, n, hid)))
+            break;
         matmul(b.xb, b.h1, &y->w2, n);
         for (int64_t i = 0; i < n * d; i++)
             b.x[i] += b.xb[i];

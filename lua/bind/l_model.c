@@ -132,13 +132,86 @@ static sl_status lua_hook(void *p, sl_ctx *ctx, int layer, const sl_tensor *q, c
     return s;
 }
 
-/* model:forward(tokens, state [, hook]) -> logits [n, vocab]. tokens is a
- * table of ids or an i32 tensor; hook(layer, q, k, v) -> o, layer 0-based. */
+/* The site hook's Lua side (issue 17): fn(layer, site, x) with x a copy
+ * [n, width]; a returned tensor of that shape replaces the activations. */
+static sl_status lua_site(void *p, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width)
+{
+    hook_ud *h = p;
+    lua_State *L = h->L;
+    int top = lua_gettop(L);
+    sl_tensor t;
+    int64_t sh[2] = {n, width};
+    sl_status s = sl_tensor_new(ctx, SL_F32, 2, sh, &t);
+    if (s)
+        return s;
+    memcpy(t.data, x, sizeof(float) * (size_t)(n * width));
+    lua_pushvalue(L, h->fn);
+    lua_pushinteger(L, layer);
+    lua_pushstring(L, site);
+    sl__lua_push_tensor(L, t);
+    if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+        s = sl_ctx_fail(ctx, SL_EARG, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "site hook failed");
+        lua_settop(L, top);
+        return s;
+    }
+    sl_lua_tensor *r = sl__lua_test_tensor(L, -1);
+    if (r && r->t.buf) {
+        if (r->t.ndim != 2 || r->t.shape[0] != n || r->t.shape[1] != width) {
+            lua_settop(L, top);
+            return sl_ctx_fail(ctx, SL_EARG, "model: the %s hook of layer %d returned a tensor not [%lld, %lld]", site,
+                               layer, (long long)n, (long long)width);
+        }
+        sl_tensor c;
+        if ((s = sl_tensor_convert(ctx, &r->t, SL_F32, &c)) == SL_OK) {
+            memcpy(x, c.data, sizeof(float) * (size_t)(n * width));
+            sl_tensor_release(&c);
+        }
+    }
+    lua_settop(L, top);
+    return s;
+}
+
+/* model:weight(name) -> the weight tensor (shares the model's buffer). */
+static int m_weight(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    sl_tensor *w = sl_model_weight(u->m, name);
+    if (!w)
+        return sl__lua_error(L, "model:weight: no weight called '%s' (tok_emb, rms_final, wcls, layers.L.wq ...)", name);
+    sl__lua_push_tensor(L, sl_tensor_retain(w));
+    return 1;
+}
+
+/* model:set_weight(name, t): an f32 copy of t (same shape) replaces the weight. */
+static int m_set_weight(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    const char *name = luaL_checkstring(L, 2);
+    sl_lua_tensor *t = sl__lua_test_tensor(L, 3);
+    sl_tensor *w = sl_model_weight(u->m, name);
+    if (!w)
+        return sl__lua_error(L, "model:set_weight: no weight called '%s'", name);
+    if (!t || !t->t.buf || t->t.ndim != w->ndim || memcmp(t->t.shape, w->shape, sizeof(int64_t) * (size_t)w->ndim))
+        return sl__lua_error(L, "model:set_weight: '%s' needs a tensor of its shape", name);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_tensor c;
+    if (sl_tensor_convert(ctx, &t->t, SL_F32, &c))
+        return sl__lua_fail(L, ctx);
+    sl_tensor_release(w);
+    *w = c;
+    return 0;
+}
+
+/* model:forward(tokens, state [, hook [, site]]) -> logits [n, vocab]. tokens
+ * is a table of ids or an i32 tensor; hook(layer, q, k, v) -> o, layer
+ * 0-based; site(layer, name, x) -> nil or a replacement (lua_site). */
 static int m_forward(lua_State *L)
 {
     l_model *u = check_model(L, 1);
     l_state *s = check_state(L, 3);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    lua_settop(L, 5); /* the hooks keep slots 4 and 5 whatever follows on the stack */
     int64_t n;
     const int32_t *ids;
     sl_lua_tensor *tt = sl__lua_test_tensor(L, 2);
@@ -166,8 +239,16 @@ static int m_forward(lua_State *L)
     int has_hook = !lua_isnoneornil(L, 4);
     if (has_hook)
         luaL_checktype(L, 4, LUA_TFUNCTION);
+    hook_ud sh = {L, 5};
+    sl_model_hooks hooks = {&sh, lua_site};
+    if (!lua_isnoneornil(L, 5)) {
+        luaL_checktype(L, 5, LUA_TFUNCTION);
+        u->m->hooks = &hooks;
+    }
     sl_tensor logits;
-    if (sl_model_forward(ctx, u->m, s->st, ids, n, has_hook ? lua_hook : NULL, &h, &logits))
+    sl_status st = sl_model_forward(ctx, u->m, s->st, ids, n, has_hook ? lua_hook : NULL, &h, &logits);
+    u->m->hooks = NULL;
+    if (st)
         return sl__lua_fail(L, ctx);
     sl__lua_push_tensor(L, logits);
     return 1;
@@ -373,7 +454,8 @@ static void new_type(lua_State *L, const char *name, const luaL_Reg *methods, lu
 void sl__lua_open_model(lua_State *L)
 {
     static const luaL_Reg model_methods[] = {
-        {"config", m_config}, {"state", m_state}, {"forward", m_forward}, {"close", m_close}, {NULL, NULL}};
+        {"config", m_config}, {"state", m_state}, {"forward", m_forward},
+        {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {
         {"encode", t_encode}, {"decode", t_decode}, {"vocab", t_vocab}, {"close", t_close}, {NULL, NULL}};

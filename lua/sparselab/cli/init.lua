@@ -582,6 +582,12 @@ function C.bench(argv)
     io.stdout:flush()
   end
   local results = {}
+  if not o["only-estimators"] and not o["no-mm"] then
+    -- sparse matmul against sgemm (issue 17; bench_mm.lua)
+    for _, r in ipairs(require("sparselab.bench_mm").run{quick = o.quick, backend = o.backend or "cpu",
+      rows = list("mm-rows", 1), reps = one("reps", 1), emit = show}) do results[#results + 1] = r end
+  end
+  if o["only-mm"] then o["only-estimators"], o["no-estimators"] = true, true end
   if not o["only-estimators"] then
     results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu", n = sizes,
       d = list("d", 1), heads = one("heads", 1), densities = list("densities", 0, true), patterns = words.patterns,

@@ -1,0 +1,98 @@
+/* cpu/act.c — the act family on threads (issue 17): act.topk one row per
+ * work item (quickselect of the k-th largest score on a per-thread copy,
+ * then the entries above it and the first ties in index order),
+ * act.threshold over chunks of rows, act.delta over chunks of channels. */
+#include "cpu.h"
+#include "parallel.h"
+
+#include <math.h>
+#include <string.h>
+
+static void topk_row(int64_t t, void *ud, int thread)
+{
+    const sl__kargs *a = ud;
+    const sl_act_topk_params *p = a->params;
+    int64_t m = a->in[0].shape[1], k = p->k < m ? p->k : m;
+    const float *x = (const float *)a->in[0].data + t * m;
+    float *y = (float *)a->out[0].data + t * m;
+    if (k == m) {
+        memcpy(y, x, sizeof *y * (size_t)m);
+        return;
+    }
+    if (k == 0) {
+        memset(y, 0, sizeof *y * (size_t)m);
+        return;
+    }
+    float *s = (float *)a->scratch + (size_t)thread * (size_t)m;
+    for (int64_t i = 0; i < m; i++)
+        s[i] = p->abs ? fabsf(x[i]) : x[i];
+    float theta = sl__cpu_select_kth_f(s, m, m - k); /* the k-th largest */
+    int64_t above = 0;
+    for (int64_t i = 0; i < m; i++)
+        above += (p->abs ? fabsf(x[i]) : x[i]) > theta;
+    int64_t ties = k - above;
+    for (int64_t i = 0; i < m; i++) {
+        float v = p->abs ? fabsf(x[i]) : x[i];
+        int keep = v > theta || (v == theta && ties-- > 0);
+        y[i] = keep ? x[i] : 0.f;
+    }
+}
+
+sl_status sl__cpu_act_topk(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], topk_row, (void *)a);
+}
+
+static void threshold_rows(int64_t c, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1], t1 = (c + 1) * 64 < T ? (c + 1) * 64 : T;
+    const float *x = a->in[0].data, *th = a->in[1].data;
+    float *y = a->out[0].data;
+    for (int64_t t = c * 64; t < t1; t++)
+        for (int64_t j = 0; j < m; j++)
+            y[t * m + j] = fabsf(x[t * m + j]) >= th[j] ? x[t * m + j] : 0.f;
+}
+
+sl_status sl__cpu_act_threshold(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, (a->in[0].shape[0] + 63) / 64, threshold_rows, (void *)a);
+}
+
+/* act.delta: channels are independent through time; a chunk of 64 channels per item. */
+static void delta_chunk(int64_t c, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1], j0 = c * 64, j1 = j0 + 64 < m ? j0 + 64 : m;
+    const float *x = a->in[0].data, *th = a->in[1].data;
+    float *delta = a->out[0].data, *xhat = a->out[1].data;
+    float ref[64];
+    for (int64_t j = j0; j < j1; j++) {
+        ref[j - j0] = x[j];
+        delta[j] = x[j];
+        xhat[j] = x[j];
+    }
+    for (int64_t t = 1; t < T; t++)
+        for (int64_t j = j0; j < j1; j++) {
+            float d = x[t * m + j] - ref[j - j0], sent = fabsf(d) > th[j] ? d : 0.f;
+            ref[j - j0] += sent;
+            delta[t * m + j] = sent;
+            xhat[t * m + j] = ref[j - j0];
+        }
+}
+
+sl_status sl__cpu_act_delta(const sl__kargs *a)
+{
+    if (a->in[0].shape[0] == 0)
+        return SL_OK;
+    return sl__cpu_parallel(a->ctx, (a->in[0].shape[1] + 63) / 64, delta_chunk, (void *)a);
+}
+
+/* act.topk: one row of scores per thread. */
+size_t sl__cpu_act_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    (void)params;
+    return op == SL_OP_ACT_TOPK ? sizeof(float) * (size_t)in[0].shape[1] * (size_t)(n_threads > 0 ? n_threads : 1) : 0;
+}

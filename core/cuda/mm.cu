@@ -1,0 +1,275 @@
+// cuda/mm.cu — the mm family on CUDA cores (issue 17): one warp per weight
+// row for the sparse executors (lanes split the row's groups or the bits of a
+// 32-column word, a warp sum per activation row), one thread per output of
+// mm.dense, one thread per (row, group) of mm.nm_encode, one warp per row of
+// mm.bitmap_encode (a ballot makes the word; each lane's value slot is the
+// popcount of the bits below it). mm.act_sparse: a CTA per (activation row,
+// 128 outputs) loops over the row's nonzeros only. Compiled with
+// `make CUDA=1`; run under the CUDA simulator by `make test-cudasim`.
+#include "dialect.cuh"
+#include "cuda.cuh"
+#include "stage.cuh"
+#include "warp.cuh"
+
+#include <stdint.h>
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = 32 * kWarps;
+
+__global__ void dense_kernel(const float *x, const float *w, float *y, int64_t T, int64_t K, int64_t N)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= T * N)
+        return;
+    int64_t t = i / N, r = i % N;
+    float s = 0;
+    for (int64_t k = 0; k < K; k++)
+        s += x[t * K + k] * w[r * K + k];
+    y[i] = s;
+}
+
+__global__ void nm_encode_kernel(const float *w, float *vals, uint8_t *pos, int64_t N, int64_t K, int m, int n)
+{
+    int64_t G = (K + m - 1) / m, i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= N * G)
+        return;
+    int64_t r = i / G, g = i % G, c0 = g * m;
+    int width = K - c0 < m ? (int)(K - c0) : m;
+    const float *row = w + r * K + c0;
+    float *v = vals + i * n;
+    uint8_t *q = pos + i * n;
+    int s = 0;
+    // column c is kept iff fewer than n columns beat it (larger |w|, or equal at a lower column)
+    for (int c = 0; c < width; c++) {
+        float a = fabsf(row[c]);
+        int beat = 0;
+        for (int o = 0; o < width; o++) {
+            float b = fabsf(row[o]);
+            beat += b > a || (b == a && o < c);
+        }
+        if (beat < n) {
+            v[s] = row[c];
+            q[s++] = (uint8_t)c;
+        }
+    }
+    for (; s < n; s++)
+        v[s] = 0, q[s] = 0;
+}
+
+__global__ void bitmap_encode_kernel(const float *w, uint32_t *bits, float *vals, int64_t N, int64_t K, int64_t nw,
+                                     int64_t cap)
+{
+    int lane = threadIdx.x & 31;
+    int64_t r = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    if (r >= N)
+        return;
+    int64_t off = 0;
+    for (int64_t c = 0; c < nw; c++) {
+        int64_t k = c * 32 + lane;
+        float v = k < K ? w[r * K + k] : 0.f;
+        unsigned word = __ballot_sync(0xffffffffu, v != 0.f);
+        if (v != 0.f)
+            vals[r * cap + off + __popc(word & ((1u << lane) - 1u))] = v;
+        if (lane == 0)
+            bits[r * nw + c] = word;
+        off += __popc(word);
+    }
+    for (int64_t c = off + lane; c < cap; c += 32)
+        vals[r * cap + c] = 0.f;
+}
+
+__global__ void nm_kernel(const float *x, const float *vals, const uint8_t *pos, float *y, int64_t T, int64_t K,
+                          int64_t N, int m, int n)
+{
+    int lane = threadIdx.x & 31;
+    int64_t r = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    if (r >= N)
+        return;
+    int64_t G = (K + m - 1) / m;
+    const float *v = vals + r * G * n;
+    const uint8_t *q = pos + r * G * n;
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = x + t * K;
+        float s = 0;
+        for (int64_t g = lane; g < G; g += 32)
+            for (int j = 0; j < n; j++)
+                s += v[g * n + j] * xr[g * m + q[g * n + j]];
+        s = warp_sum(s);
+        if (lane == 0)
+            y[t * N + r] = s;
+    }
+}
+
+__global__ void bitmap_kernel(const float *x, const uint32_t *bits, const float *vals, float *y, int64_t T, int64_t K,
+                              int64_t N, int64_t nw, int64_t cap)
+{
+    int lane = threadIdx.x & 31;
+    int64_t r = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    if (r >= N)
+        return;
+    const uint32_t *b = bits + r * nw;
+    const float *v = vals + r * cap;
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = x + t * K;
+        float s = 0;
+        int64_t off = 0;
+        for (int64_t c = 0; c < nw; c++) {
+            uint32_t word = b[c];
+            if ((word >> lane) & 1u)
+                s += v[off + __popc(word & ((1u << lane) - 1u))] * xr[c * 32 + lane];
+            off += __popc(word);
+        }
+        s = warp_sum(s);
+        if (lane == 0)
+            y[t * N + r] = s;
+    }
+}
+
+// A CTA per (activation row t, 128 outputs): the row's nonzero columns are
+// compacted into shared memory 256 at a time (a ballot per warp, in column
+// order), then each thread of the first 128 adds x[t, k] . wt[k, c] for them.
+constexpr int kActCols = 128;
+constexpr int kActChunk = kThreads;
+
+__global__ void act_sparse_kernel(const float *x, const float *wt, float *y, int64_t K, int64_t N)
+{
+    SL_SHARED(int, s_idx, [kActChunk]);
+    SL_SHARED(float, s_val, [kActChunk]);
+    SL_SHARED(int, s_warp, [kWarps + 1]);
+    int64_t t = blockIdx.y, c = (int64_t)blockIdx.x * kActCols + threadIdx.x;
+    int lane = threadIdx.x & 31, wid = threadIdx.x / 32;
+    const float *xr = x + t * K;
+    float acc = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kActChunk) {
+        int64_t k = k0 + threadIdx.x;
+        float v = k < K ? xr[k] : 0.f;
+        unsigned word = __ballot_sync(0xffffffffu, v != 0.f);
+        if (lane == 0)
+            s_warp[wid] = __popc(word);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int run = 0;
+            for (int w = 0; w < kWarps; w++) {
+                int cnt = s_warp[w];
+                s_warp[w] = run;
+                run += cnt;
+            }
+            s_warp[kWarps] = run;
+        }
+        __syncthreads();
+        if (v != 0.f) {
+            int slot = s_warp[wid] + __popc(word & ((1u << lane) - 1u));
+            s_idx[slot] = (int)(k - k0);
+            s_val[slot] = v;
+        }
+        __syncthreads();
+        int cnt = s_warp[kWarps];
+        if (threadIdx.x < kActCols && c < N)
+            for (int i = 0; i < cnt; i++)
+                acc += s_val[i] * wt[(k0 + s_idx[i]) * N + c];
+        __syncthreads();
+    }
+    if (threadIdx.x < kActCols && c < N)
+        y[t * N + c] = acc;
+}
+
+unsigned blocks_of(int64_t n, int64_t per) { return (unsigned)((n + per - 1) / per); }
+
+}  // namespace
+
+sl_status sl__cuda_mm_dense(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0];
+    if (T * N > (int64_t)INT32_MAX * kThreads / 2)
+        return sl__cuda_unsupported(a, "more than 2^38 outputs");
+    if (T * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(dense_kernel, blocks_of(T * N, kThreads), kThreads, 0, 0)(st.input<float>(0), st.input<float>(1),
+                                                                         st.output<float>(0), T, K, N);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_nm_encode(const sl__kargs *a)
+{
+    const sl_mm_nm_params *p = (const sl_mm_nm_params *)a->params;
+    int64_t N = a->in[0].shape[0], K = a->in[0].shape[1], G = (K + p->m - 1) / p->m;
+    if (N * G > (int64_t)INT32_MAX * kThreads / 2)
+        return sl__cuda_unsupported(a, "more than 2^38 groups");
+    if (N * G == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(nm_encode_kernel, blocks_of(N * G, kThreads), kThreads, 0, 0)(
+        st.input<float>(0), st.output<float>(0), st.output<uint8_t>(1), N, K, (int)p->m, (int)p->n);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_bitmap_encode(const sl__kargs *a)
+{
+    int64_t N = a->in[0].shape[0], K = a->in[0].shape[1], nw = a->out[0].shape[1], cap = a->out[1].shape[1];
+    if (N > (int64_t)INT32_MAX * kWarps / 2)
+        return sl__cuda_unsupported(a, "more than 2^33 rows");
+    if (N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(bitmap_encode_kernel, blocks_of(N, kWarps), kThreads, 0, 0)(
+        st.input<float>(0), st.output<uint32_t>(0), st.output<float>(1), N, K, nw, cap);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_nm(const sl__kargs *a)
+{
+    const sl_mm_nm_params *p = (const sl_mm_nm_params *)a->params;
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0];
+    if (N > (int64_t)INT32_MAX * kWarps / 2)
+        return sl__cuda_unsupported(a, "more than 2^33 rows");
+    if (T * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(nm_kernel, blocks_of(N, kWarps), kThreads, 0, 0)(st.input<float>(0), st.input<float>(1),
+                                                               st.input<uint8_t>(2), st.output<float>(0), T, K, N,
+                                                               (int)p->m, (int)p->n);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_bitmap(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0], nw = a->in[1].shape[1];
+    int64_t cap = a->in[2].shape[1];
+    if (N > (int64_t)INT32_MAX * kWarps / 2)
+        return sl__cuda_unsupported(a, "more than 2^33 rows");
+    if (T * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(bitmap_kernel, blocks_of(N, kWarps), kThreads, 0, 0)(st.input<float>(0), st.input<uint32_t>(1),
+                                                                   st.input<float>(2), st.output<float>(0), T, K, N,
+                                                                   nw, cap);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_act_sparse(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[1];
+    if (T > 65535 || N > (int64_t)INT32_MAX * kActCols / 2)
+        return sl__cuda_unsupported(a, "more than 65535 activation rows or 2^37 outputs");
+    if (T * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(act_sparse_kernel, dim3(blocks_of(N, kActCols), (unsigned)T), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), st.output<float>(0), K, N);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

@@ -1,0 +1,186 @@
+-- sparselab.actsparse — FFN activation sparsity in the model runner (issue
+-- 17; cards topk_activation, channel_threshold, act_sparse_matmul), through
+-- the runner's activation sites (model:forward's site hook).
+--
+--   A.hook(m, spec, stats) -> site hook for m.c:forward(ids, st, nil, hook)
+--     spec {kind = "topk", k =}: per token the k FFN hidden units of largest
+--       |h| (h = silu(gate) * up) are kept (act.topk), the rest zeroed;
+--     spec {kind = "threshold", theta = {[layer] = tensor [hidden]}}: the
+--       gate activation silu(x.w1^T) is zeroed where |.| < theta[layer][j]
+--       (CATS: one value per layer; CHESS: per channel), i.e. h_j = 0 there;
+--     stats (optional table) accumulates hidden = units seen, kept = units
+--       nonzero, flops_down = 2 . dim . kept (what mm.act_sparse executes for
+--       the down projection) and flops_down_dense.
+--   A.calibrate(m, seqs, s) -> {cats = {[layer] = theta}, chess = {[layer] =
+--     tensor}, ubar = {[layer] = table}}: CHESS's two passes (thresholds.py)
+--     on the calibration sequences, target sparsity s.
+--   A.calibrate_delta(m, seqs, s) -> {[layer] = theta}: temporal_delta's
+--     per-layer threshold, the s-quantile of consecutive-token differences.
+--   A.nll(m, seqs, spec, stats) -> mean next-token NLL with the spec.
+--
+-- Card steps done: exact top-k (topk_activation 1) on the FFN hidden units
+-- by |h| (SwiGLU units are signed: the magnitude is this workbench's
+-- reading); CATS (channel_threshold 1, 6) and CHESS (2, 5, 6) gate
+-- thresholds with the two calibration passes; temporal_delta steps 1-3
+-- (reference state, thresholded delta, y = W xhat, per-layer threshold
+-- calibrated by a quantile) over the token axis of a prefill, without the
+-- periodic refresh (4: the reference restarts with every forward) and
+-- without training (5). Not done: statistical top-k
+-- and percentile core neurons (topk_activation 2, 3), Spark's predictor
+-- (4), CHESS+ attention thresholds (channel_threshold 3, 4, 7), and the
+-- runner does not yet call mm.act_sparse itself for w2 (the zeroed units
+-- make its dense product equal; the FLOPs an act-sparse down projection
+-- executes are counted in stats).
+local sl = require "sparselab"
+
+local A = {}
+
+local function silu(v) return v / (1 + math.exp(-v)) end
+
+-- k-th smallest (1-based k) of a Lua array (copied, sorted)
+local function kth(values, k)
+  local c = {}
+  for i, v in ipairs(values) do c[i] = v end
+  table.sort(c)
+  return c[math.max(1, math.min(#c, k))]
+end
+
+local function count_nonzero(rows)
+  local nz = 0
+  for _, row in ipairs(rows) do for _, v in ipairs(row) do if v ~= 0 then nz = nz + 1 end end end
+  return nz
+end
+
+function A.hook(m, spec, stats)
+  local d, hidden = m.cfg.dim, m.cfg.hidden_dim
+  local keep_mask = {}
+  local function account(h_rows)
+    if not stats then return end
+    local nz = count_nonzero(h_rows)
+    stats.hidden = (stats.hidden or 0) + #h_rows * hidden
+    stats.kept = (stats.kept or 0) + nz
+    stats.flops_down = (stats.flops_down or 0) + 2 * d * nz
+    stats.flops_down_dense = (stats.flops_down_dense or 0) + 2 * d * hidden * #h_rows
+  end
+  return function(layer, site, x)
+    if spec.kind == "topk" then
+      if site ~= "ffn_hidden" then return nil end
+      local y = sl.act.topk(x, {k = spec.k, abs = true})
+      account(y:totable())
+      return y
+    elseif spec.kind == "delta" then
+      -- tokens as the time axis: the FFN hidden stream goes through act.delta
+      -- and the runner's down projection sees the reference xhat (W xhat_t =
+      -- the accumulated act-sparse products of the deltas)
+      if site ~= "ffn_hidden" or not spec.theta[layer] then return nil end
+      local delta, xhat = sl.act.delta(x, spec.theta[layer])
+      account(delta:totable())
+      return xhat
+    elseif spec.kind == "threshold" then
+      local theta = spec.theta[layer]
+      if not theta then return nil end
+      if site == "ffn_in" then
+        local g = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w1", layer))):totable()
+        for _, row in ipairs(g) do for j, v in ipairs(row) do row[j] = silu(v) end end
+        keep_mask[layer] = sl.act.threshold(sl.tensor(g), theta):totable()
+      elseif site == "ffn_hidden" then
+        local h, mask = x:totable(), keep_mask[layer]
+        for i, row in ipairs(h) do for j = 1, #row do if mask[i][j] == 0 then row[j] = 0 end end end
+        account(h)
+        return sl.tensor(h)
+      end
+      return nil
+    end
+    sl.fail("actsparse: spec.kind must be 'topk' or 'threshold', found '%s'", tostring(spec.kind))
+  end
+end
+
+--- CHESS calibration (two passes; thresholds are means over samples of
+--- per-sample quantiles). Returns per layer the CATS threshold, the CHESS
+--- per-channel thresholds (tensor [hidden]) and ubar.
+function A.calibrate(m, seqs, s)
+  local L, hidden = m.cfg.n_layers, m.cfg.hidden_dim
+  local cats, tau, ubar_sum, count = {}, {}, {}, {}
+  local gates = {} -- [layer][sample] = {abs act values (flat)}, and per-sample rows for pass 2
+  for l = 0, L - 1 do cats[l], tau[l], ubar_sum[l], count[l], gates[l] = 0, 0, {}, 0, {} end
+  for j = 1, hidden do for l = 0, L - 1 do ubar_sum[l][j] = 0 end end
+  -- pass 1: CATS thresholds and ubar
+  for si, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, function(layer, site, x)
+      if site ~= "ffn_in" then return nil end
+      local g = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w1", layer))):totable()
+      local u = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w3", layer))):totable()
+      local flat, rows = {}, {}
+      for i, row in ipairs(g) do
+        local r = {}
+        for j, v in ipairs(row) do
+          local a = math.abs(silu(v))
+          flat[#flat + 1] = a
+          r[j] = a
+          ubar_sum[layer][j] = ubar_sum[layer][j] + math.abs(u[i][j])
+        end
+        rows[i] = r
+      end
+      count[layer] = count[layer] + #g
+      cats[layer] = cats[layer] + kth(flat, math.floor(s * #flat)) / #seqs
+      gates[layer][si] = rows
+    end)
+  end
+  local ubar, chess = {}, {}
+  for l = 0, L - 1 do
+    ubar[l] = {}
+    for j = 1, hidden do ubar[l][j] = ubar_sum[l][j] / count[l] end
+    -- pass 2: importance |act| . ubar, its per-sample quantile averaged
+    for _, rows in ipairs(gates[l]) do
+      local flat = {}
+      for _, r in ipairs(rows) do for j, a in ipairs(r) do flat[#flat + 1] = a * ubar[l][j] end end
+      tau[l] = tau[l] + kth(flat, math.floor(s * #flat)) / #seqs
+    end
+    local th = {}
+    for j = 1, hidden do th[j] = ubar[l][j] > 0 and tau[l] / ubar[l][j] or math.huge end
+    chess[l] = sl.tensor(th)
+    local c = {}
+    for j = 1, hidden do c[j] = cats[l] end
+    cats[l] = sl.tensor(c)
+  end
+  return {cats = cats, chess = chess, ubar = ubar}
+end
+
+--- temporal_delta thresholds: per layer the mean over sequences of the
+--- s-quantile of |h_t - h_{t-1}| (consecutive tokens' FFN hidden units), as
+--- a constant vector [hidden].
+function A.calibrate_delta(m, seqs, s)
+  local L, hidden = m.cfg.n_layers, m.cfg.hidden_dim
+  local th = {}
+  for l = 0, L - 1 do th[l] = 0 end
+  for _, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, function(layer, site, x)
+      if site ~= "ffn_hidden" then return nil end
+      local h, flat = x:totable(), {}
+      for t = 2, #h do for j = 1, hidden do flat[#flat + 1] = math.abs(h[t][j] - h[t - 1][j]) end end
+      th[layer] = th[layer] + kth(flat, math.floor(s * #flat)) / #seqs
+    end)
+  end
+  local out = {}
+  for l = 0, L - 1 do
+    local v = {}
+    for j = 1, hidden do v[j] = th[l] end
+    out[l] = sl.tensor(v)
+  end
+  return out
+end
+
+function A.nll(m, seqs, spec, stats)
+  local total, n = 0, 0
+  for _, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    local logits = m.c:forward(ids, st, nil, spec and A.hook(m, spec, stats) or nil)
+    local c = sl.model_c.compare(logits, logits, ids)
+    total, n = total + c.nll * c.n, n + c.n
+  end
+  return total / n
+end
+
+return A

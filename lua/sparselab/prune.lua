@@ -1,0 +1,168 @@
+-- sparselab.prune — weight pruning of a loaded model (issue 17; cards
+-- magnitude_prune, nm_sparse_matmul (masks), sparsegpt_prune), on top of the
+-- ops prune.magnitude and prune.sparsegpt and the runner's activation sites.
+--
+--   P.linears(m)                 names of the prunable weights ("layers.L.wq" ...)
+--   P.magnitude(m, {sparsity =, scope = "layer" | "global", n =, m =})
+--   P.capture(m, seqs, layer)    {site = x [rows, width]} inputs of layer's linears
+--   P.sparsegpt(m, seqs, {sparsity =, n =, m =, blocksize =, percdamp =})
+--   P.lowrank_qk(m, seqs, {rank =, rho =, whiten =})   W_q, W_k -> rank-r a.b (card qk_lowrank (a))
+--   P.save(m, path) / P.load(m, path)   the prunable weights as safetensors
+--   P.nll(m, seqs)               mean negative log-likelihood over the sequences
+--
+-- The prunable set is the card's L: Q, K, V, O, gate (w1), up (w3), down
+-- (w2) of every block; embeddings, the LM head and the norms are left dense.
+-- m is a sparselab.model (m.c the C model).
+local sl = require "sparselab"
+
+local P = {}
+
+local KINDS = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"}
+-- the runner's site whose activations feed each linear
+P.SITE = {wq = "attn_in", wk = "attn_in", wv = "attn_in", wo = "attn_out", w1 = "ffn_in", w3 = "ffn_in",
+  w2 = "ffn_hidden"}
+
+function P.linears(m)
+  local out = {}
+  for l = 0, m.cfg.n_layers - 1 do
+    for _, k in ipairs(KINDS) do out[#out + 1] = string.format("layers.%d.%s", l, k) end
+  end
+  return out
+end
+
+local function flat(t)
+  local out = {}
+  local function walk(x)
+    if type(x) == "table" then for _, y in ipairs(x) do walk(y) end else out[#out + 1] = x end
+  end
+  walk(t:totable())
+  return out
+end
+
+local function reshape2(values, rows, cols, first)
+  local out = {}
+  for r = 1, rows do
+    local row = {}
+    for c = 1, cols do row[c] = values[first + (r - 1) * cols + c - 1] end
+    out[r] = row
+  end
+  return out
+end
+
+--- Magnitude pruning in place. scope "layer": every tensor to exactly
+--- floor(s . numel); "global": one ranking over all of them (exactly
+--- floor(s . total) zeroed, ties by position in P.linears order then flat
+--- index); n > 0: N:M along the input dim (scope ignored).
+function P.magnitude(m, o)
+  o = o or {}
+  local s, scope = o.sparsity or 0.5, o.scope or "layer"
+  local params = {sparsity = s, n = o.n or 0, m = o.m or 4}
+  if params.n > 0 or scope == "layer" then
+    for _, name in ipairs(P.linears(m)) do
+      m.c:set_weight(name, sl.prune.magnitude(m.c:weight(name), params))
+    end
+    return
+  end
+  if scope ~= "global" then sl.fail("prune.magnitude: scope must be 'layer' or 'global', found '%s'", tostring(scope)) end
+  local all, spans = {}, {}
+  for _, name in ipairs(P.linears(m)) do
+    local w = m.c:weight(name)
+    local sh = w:shape()
+    spans[#spans + 1] = {name = name, first = #all + 1, rows = sh[1], cols = sh[2]}
+    for _, v in ipairs(flat(w)) do all[#all + 1] = v end
+  end
+  local pruned = flat(sl.prune.magnitude(sl.tensor(all), params))
+  for _, sp in ipairs(spans) do
+    m.c:set_weight(sp.name, sl.tensor(reshape2(pruned, sp.rows, sp.cols, sp.first)))
+  end
+end
+
+--- The inputs of layer's linears over the sequences (each a list of ids),
+--- rows of all sequences stacked: {attn_in =, attn_out =, ffn_in =, ffn_hidden =}.
+function P.capture(m, seqs, layer)
+  local parts = {}
+  for _, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, function(l, site, x)
+      if l == layer then
+        parts[site] = parts[site] or {}
+        table.insert(parts[site], x)
+      end
+    end)
+  end
+  local out = {}
+  for site, xs in pairs(parts) do out[site] = #xs == 1 and xs[1] or sl.cat(xs, 1) end
+  return out
+end
+
+--- SparseGPT, sequentially: layer l's inputs are captured with layers
+--- 0..l-1 already pruned (opt.py / llama.py's order), then each of its
+--- linears is pruned from its own inputs.
+function P.sparsegpt(m, seqs, o)
+  o = o or {}
+  local params = {sparsity = o.sparsity or 0.5, n = o.n or 0, m = o.m or 4, blocksize = o.blocksize or 128,
+    percdamp = o.percdamp or 0.01}
+  for l = 0, m.cfg.n_layers - 1 do
+    local x = P.capture(m, seqs, l)
+    for _, k in ipairs(KINDS) do
+      local name = string.format("layers.%d.%s", l, k)
+      m.c:set_weight(name, sl.prune.sparsegpt(m.c:weight(name), x[P.SITE[k]], params))
+    end
+  end
+end
+
+--- qk_lowrank (CASP) as a compression row: W_q and W_k of every layer
+--- replaced by their rank-r factors a.b (prune.lowrank; whitened by the
+--- layers' captured inputs unless whiten = false), inputs captured once on
+--- the model as it is (CASP's profiling pass, not sequential).
+function P.lowrank_qk(m, seqs, o)
+  o = o or {}
+  local params = {rank = o.rank or 0, rho = o.rho or 0.5, whiten = o.whiten ~= false}
+  local xs = {}
+  for l = 0, m.cfg.n_layers - 1 do xs[l] = P.capture(m, seqs, l).attn_in end
+  for l = 0, m.cfg.n_layers - 1 do
+    for _, k in ipairs{"wq", "wk"} do
+      local name = string.format("layers.%d.%s", l, k)
+      local a, b = sl.prune.lowrank(m.c:weight(name), xs[l], params)
+      m.c:set_weight(name, sl.mm.act_sparse(a, b))
+    end
+  end
+end
+
+--- Copies of the prunable weights (to restore a model after a trial).
+function P.snapshot(m)
+  local out = {}
+  for _, name in ipairs(P.linears(m)) do out[name] = m.c:weight(name):to("f32") end
+  return out
+end
+
+function P.restore(m, snap)
+  for name, w in pairs(snap) do m.c:set_weight(name, w) end
+end
+
+function P.save(m, path) sl.save(path, P.snapshot(m)) end
+
+function P.load(m, path)
+  local ts = sl.load(path)
+  for _, name in ipairs(P.linears(m)) do
+    if not ts[name] then sl.fail("prune.load: %s has no tensor '%s'", path, name) end
+    m.c:set_weight(name, ts[name])
+  end
+end
+
+--- Fraction of zeros over the prunable weights.
+function P.sparsity(m)
+  local z, n = 0, 0
+  for _, name in ipairs(P.linears(m)) do
+    for _, v in ipairs(flat(m.c:weight(name))) do
+      n = n + 1
+      if v == 0 then z = z + 1 end
+    end
+  end
+  return z / n
+end
+
+--- Mean next-token negative log-likelihood over the sequences (the dense FFN).
+function P.nll(m, seqs) return require("sparselab.actsparse").nll(m, seqs) end
+
+return P

@@ -1,0 +1,205 @@
+/* test_act_ops.c — the act family (issue 17) on every backend of
+ * SL_TEST_BACKENDS against ref, and the cards' checks computed here:
+ * act.topk keeps exactly min(k, m) entries per row and they are the largest
+ * by a sort (a first-k selector fails the same check), k = m is the
+ * identity; act.threshold equals the literal rule, theta = 0 is the identity
+ * and the zero count is monotone in theta; act.delta keeps its reference
+ * within theta of the stream, sends nothing for a constant channel, sends
+ * less as theta grows, and its deltas accumulated through mm.act_sparse
+ * equal the dense product of the reference (delta mode). */
+
+#include "opsutil.h"
+
+#include <stdlib.h>
+
+static sl_tensor rows_with_ties(sl_ctx *ctx, sl_rng *rng, int64_t T, int64_t m)
+{
+    int64_t sh[2] = {T, m};
+    sl_tensor x = randn_shape(ctx, rng, 2, sh, 1.0);
+    float *p = x.data;
+    for (int64_t i = 0; i < T * m; i++) {
+        if (p[i] == 0)
+            p[i] = 0.25f;
+        if (i % 6 == 5)
+            p[i] = -p[i - 1];
+        if (i % 11 == 10)
+            p[i] = p[i - 2];
+    }
+    return x;
+}
+
+/* 1 when row r of y keeps exactly the min(k, m) largest scores of x (ties: lower index) with their values */
+static int row_is_topk(const float *x, const float *y, int64_t m, int64_t k, int absr)
+{
+    int64_t *idx = malloc(sizeof *idx * (size_t)m);
+    for (int64_t i = 0; i < m; i++)
+        idx[i] = i;
+    for (int64_t i = 1; i < m; i++) { /* insertion sort: score descending, index ascending */
+        int64_t v = idx[i], j = i - 1;
+        double sv = absr ? fabs(x[v]) : x[v];
+        while (j >= 0) {
+            double sj = absr ? fabs(x[idx[j]]) : x[idx[j]];
+            if (sj > sv || (sj == sv && idx[j] < v))
+                break;
+            idx[j + 1] = idx[j];
+            j--;
+        }
+        idx[j + 1] = v;
+    }
+    int ok = 1;
+    int64_t kk = k < m ? k : m;
+    for (int64_t i = 0; i < m; i++) {
+        int64_t c = idx[i];
+        if (i < kk ? y[c] != x[c] : y[c] != 0)
+            ok = 0;
+    }
+    free(idx);
+    return ok;
+}
+
+START_TEST(test_act_topk)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17201);
+    int64_t ms[] = {1, 13, 172, 300};
+    for (int c = 0; c < 4; c++) {
+        int64_t T = 7, m = ms[c];
+        sl_tensor x = rows_with_ties(ctx, &rng, T, m);
+        int64_t ks[] = {0, 1, 5, m, m + 3};
+        for (int ki = 0; ki < 5; ki++)
+            for (int absr = 0; absr < 2; absr++) {
+                sl_act_topk_params p = {.k = ks[ki], .abs = absr};
+                check_op_vs_ref(ctx, SL_OP_ACT_TOPK, &p, &x, 0, "act.topk");
+                sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_ACT_TOPK, &p, &x);
+                for (int64_t t = 0; t < T; t++) {
+                    ck_assert(row_is_topk(f32p(&x) + t * m, f32p(&y) + t * m, m, p.k, absr));
+                    int64_t nz = 0;
+                    for (int64_t j = 0; j < m; j++)
+                        nz += tu_at(&y, t * m + j) != 0;
+                    ck_assert_int_eq(nz, p.k < m ? p.k : m);
+                }
+                sl_tensor_release(&y);
+            }
+        /* score-blind: the first k entries of each row are not the top k */
+        if (m >= 13) {
+            float *first = malloc(sizeof *first * (size_t)m);
+            for (int64_t j = 0; j < m; j++)
+                first[j] = j < 5 ? tu_at(&x, j) : 0.f;
+            ck_assert(!row_is_topk(f32p(&x), first, m, 5, 1));
+            free(first);
+        }
+        sl_tensor_release(&x);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_act_threshold)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17202);
+    int64_t T = 33, m = 70;
+    sl_tensor in[2] = {rows_with_ties(ctx, &rng, T, m), f32_new(ctx, 1, &m)};
+    int64_t prev = -1;
+    for (int level = 0; level < 4; level++) {
+        for (int64_t j = 0; j < m; j++)
+            f32p(&in[1])[j] = level == 0 ? 0.f : (float)(0.4 * level * (0.5 + (double)(j % 7) / 7.0));
+        check_op_vs_ref(ctx, SL_OP_ACT_THRESHOLD, NULL, in, 0, "act.threshold");
+        sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_ACT_THRESHOLD, NULL, in);
+        int64_t z = 0;
+        for (int64_t i = 0; i < T * m; i++) {
+            float x = tu_at(&in[0], i), th = tu_at(&in[1], i % m);
+            ck_assert(tu_at(&y, i) == (fabsf(x) >= th ? x : 0.f));
+            z += tu_at(&y, i) == 0;
+        }
+        if (level == 0)
+            ck_assert_int_eq(z, 0);
+        ck_assert_int_ge(z, prev);
+        prev = z;
+        sl_tensor_release(&y);
+    }
+    f32p(&in[1])[4] = -1;
+    expect_fail(ctx, SL_OP_ACT_THRESHOLD, NULL, in, SL_EARG, "theta[4] = -1 is negative");
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* A slowly drifting stream x [T, m] (random walk, small steps), channel 3 constant. */
+static sl_tensor stream(sl_ctx *ctx, sl_rng *rng, int64_t T, int64_t m)
+{
+    sl_tensor x = f32_2d(ctx, T, m);
+    for (int64_t j = 0; j < m; j++)
+        f32p(&x)[j] = (float)sl_rng_normal(rng);
+    for (int64_t t = 1; t < T; t++)
+        for (int64_t j = 0; j < m; j++)
+            f32p(&x)[t * m + j] = f32p(&x)[(t - 1) * m + j] + (j == 3 ? 0.f : (float)(0.1 * sl_rng_normal(rng)));
+    return x;
+}
+
+START_TEST(test_act_delta)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17203);
+    int64_t T = 40, m = 70, N = 9;
+    sl_tensor in[2] = {stream(ctx, &rng, T, m), f32_new(ctx, 1, &m)};
+    int64_t prev_nz = INT64_MAX;
+    for (int level = 0; level < 4; level++) {
+        for (int64_t j = 0; j < m; j++)
+            f32p(&in[1])[j] = (float)(0.05 * level * (0.5 + (double)(j % 5) / 5.0));
+        check_op_vs_ref(ctx, SL_OP_ACT_DELTA, NULL, in, 0, "act.delta");
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ACT_DELTA, NULL, in, out), SL_OK);
+        int64_t nz = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < m; j++) {
+                float x = tu_at(&in[0], t * m + j), xh = tu_at(&out[1], t * m + j), th = tu_at(&in[1], j);
+                /* the invariant: the reference is within theta of the input (one rounding) */
+                ck_assert(fabsf(xh - x) <= th + 1e-6f * (1 + fabsf(x)));
+                if (t == 0)
+                    ck_assert(tu_at(&out[0], j) == x && xh == x);
+                if (t > 0 && j == 3)
+                    ck_assert(tu_at(&out[0], t * m + j) == 0); /* constant channel: nothing sent */
+                if (t > 0)
+                    nz += tu_at(&out[0], t * m + j) != 0;
+            }
+        ck_assert_int_le(nz, prev_nz); /* density non-increasing in theta */
+        prev_nz = nz;
+        /* delta mode: y_t = sum over s <= t of W delta_s equals W xhat_t */
+        int64_t sw[2] = {m, N};
+        sl_tensor wt = randn_shape(ctx, &rng, 2, sw, 1.0);
+        sl_tensor ain[2] = {out[0], wt}, hin[2] = {out[1], wt};
+        sl_tensor yd = run_op1(ctx, SL_BACKEND_CPU, SL_OP_MM_ACT_SPARSE, NULL, ain);
+        sl_tensor yh = run_op1(ctx, SL_BACKEND_REF, SL_OP_MM_ACT_SPARSE, NULL, hin);
+        double acc[9] = {0}, err = 0, scale = 1e-30;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t c = 0; c < N; c++) {
+                acc[c] += tu_at(&yd, t * N + c);
+                err = fmax(err, fabs(acc[c] - tu_at(&yh, t * N + c)));
+                scale = fmax(scale, fabs(tu_at(&yh, t * N + c)));
+            }
+        ck_assert_msg(err <= 1e-5 * scale * (double)T, "delta-mode error %g (scale %g)", err, scale);
+        sl_tensor_release(&yd);
+        sl_tensor_release(&yh);
+        sl_tensor_release(&wt);
+        release_n(out, 2);
+    }
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
+    tcase_add_test(tc, test_act_delta);
+    tcase_add_test(tc, test_act_topk);
+    tcase_add_test(tc, test_act_threshold);
+}
+
+int main(void) { return run_op_suite("act_ops", add_tests); }

@@ -1,0 +1,402 @@
+/* test_mm_ops.c — the mm family (issue 17) on every backend of
+ * SL_TEST_BACKENDS against ref, and ref against float64 math written here:
+ * N:M masks keep exactly N of every M and they are the N largest |w| (a
+ * brute-force sort; a first-N selector fails the same check), compressed
+ * formats decode to the masked weight bit-exactly, every sparse product
+ * equals the dense product of the masked weight within 1e-5 relative, the
+ * activation-sparse product equals the dense one and its FLOPs count only
+ * the nonzeros, bad formats are refused. */
+
+#include "opsutil.h"
+
+#include <stdlib.h>
+
+static sl_tensor u8_2d(sl_ctx *ctx, int64_t a, int64_t b)
+{
+    sl_tensor t;
+    int64_t sh[2] = {a, b};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 2, sh, &t), SL_OK);
+    return t;
+}
+
+/* w [N, K] normal, with every 7th entry copied from its neighbour's magnitude
+ * (ties) and a fraction `zero` of exact zeros. */
+static sl_tensor weight(sl_ctx *ctx, sl_rng *rng, int64_t N, int64_t K, double zero)
+{
+    int64_t sh[2] = {N, K};
+    sl_tensor w = randn_shape(ctx, rng, 2, sh, 1.0);
+    float *p = w.data;
+    for (int64_t i = 1; i < N * K; i++) {
+        if (i % 7 == 0)
+            p[i] = -p[i - 1];
+        if (sl_rng_uniform(rng) < zero)
+            p[i] = 0;
+    }
+    return w;
+}
+
+/* y = x . W^T in float64, W given densely. */
+static void dense_f64(const sl_tensor *x, const float *w, int64_t N, double *y)
+{
+    int64_t T = x->shape[0], K = x->shape[1];
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t r = 0; r < N; r++) {
+            double s = 0;
+            for (int64_t k = 0; k < K; k++)
+                s += (double)tu_at(x, t * K + k) * w[r * K + k];
+            y[t * N + r] = s;
+        }
+}
+
+/* max |y - want| <= 1e-5 max |want| */
+static void assert_close_f64(const sl_tensor *y, const double *want, const char *what)
+{
+    int64_t n = sl_tensor_numel(y);
+    double scale = 1e-30, err = 0;
+    for (int64_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(want[i]));
+    for (int64_t i = 0; i < n; i++)
+        err = fmax(err, fabs(tu_at(y, i) - want[i]));
+    ck_assert_msg(err <= 1e-5 * scale, "%s: max error %g, scale %g", what, err, scale);
+}
+
+/* idx[0..n) sorted by |row[i]| descending, then index ascending (insertion sort). */
+static void sort_by_magnitude(const float *row, int *idx, int n)
+{
+    for (int i = 1; i < n; i++) {
+        int v = idx[i], j = i - 1;
+        while (j >= 0 && (fabsf(row[idx[j]]) < fabsf(row[v]) || (fabsf(row[idx[j]]) == fabsf(row[v]) && idx[j] > v))) {
+            idx[j + 1] = idx[j];
+            j--;
+        }
+        idx[j + 1] = v;
+    }
+}
+
+/* 1 when every group of (vals, pos) holds exactly the min(n, width) entries
+ * of largest |w| (ties: lower column), by a sort, each with w's value, in
+ * increasing position, padding slots 0 at position 0. */
+static int nm_is_top(const float *w, int64_t N, int64_t K, int n, int m, const float *vals, const uint8_t *pos)
+{
+    int64_t G = (K + m - 1) / m;
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t g = 0; g < G; g++) {
+            int width = (int)(K - g * m < m ? K - g * m : m), kept = width < n ? width : n, idx[256];
+            for (int i = 0; i < width; i++)
+                idx[i] = i;
+            const float *row = w + r * K + g * m;
+            sort_by_magnitude(row, idx, width);
+            int want[256] = {0};
+            for (int i = 0; i < kept; i++)
+                want[idx[i]] = 1;
+            const float *v = vals + (r * G + g) * n;
+            const uint8_t *q = pos + (r * G + g) * n;
+            for (int s = 0, i = 0; i < width; i++)
+                if (want[i]) {
+                    if (q[s] != i || v[s] != row[i])
+                        return 0;
+                    s++;
+                }
+            for (int s = kept; s < n; s++)
+                if (q[s] != 0 || v[s] != 0)
+                    return 0;
+        }
+    return 1;
+}
+
+/* The dense W~ of an N:M encoding (a sum over slots). */
+static float *nm_decode(const sl_tensor *vals, const sl_tensor *pos, int64_t K, int n, int m)
+{
+    int64_t N = vals->shape[0], G = (K + m - 1) / m;
+    float *w = calloc((size_t)(N * K + 1), sizeof *w);
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t i = 0; i < G * n; i++)
+            w[r * K + (i / n) * m + ((const uint8_t *)pos->data)[r * G * n + i]] += tu_at(vals, r * G * n + i);
+    return w;
+}
+
+START_TEST(test_mm_dense)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17001);
+    int64_t shapes[][3] = {{1, 37, 19}, {9, 64, 40}, {33, 70, 45}};
+    for (int c = 0; c < 3; c++) {
+        int64_t T = shapes[c][0], K = shapes[c][1], N = shapes[c][2], sx[2] = {T, K};
+        sl_tensor in[2] = {randn_shape(ctx, &rng, 2, sx, 1.0), weight(ctx, &rng, N, K, 0)};
+        check_op_vs_ref(ctx, SL_OP_MM_DENSE, NULL, in, 1e-5, "mm.dense");
+        sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_MM_DENSE, NULL, in);
+        double *want = malloc(sizeof *want * (size_t)(T * N));
+        dense_f64(&in[0], in[1].data, N, want);
+        assert_close_f64(&y, want, "mm.dense ref vs float64");
+        ck_assert_double_eq(sl_op_flops(SL_OP_MM_DENSE, NULL, in), 2.0 * T * N * K);
+        free(want);
+        sl_tensor_release(&y);
+        release_n(in, 2);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_mm_nm)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17002);
+    int nm[][2] = {{2, 4}, {4, 8}, {3, 6}, {1, 4}, {4, 4}};
+    int64_t Ks[] = {64, 70, 37}; /* exact groups, ragged, ragged past n */
+    int64_t Ts[] = {1, 5, 40};   /* decode, a block of 8, blocks of 32 */
+    for (int c = 0; c < 5; c++)
+        for (int kk = 0; kk < 3; kk++) {
+            int n = nm[c][0], m = nm[c][1];
+            int64_t K = Ks[kk], N = 13 + c, T = Ts[(c + kk) % 3];
+            sl_mm_nm_params p = {.n = n, .m = m};
+            sl_tensor w = weight(ctx, &rng, N, K, c == 3 ? 0.3 : 0);
+            check_op_vs_ref(ctx, SL_OP_MM_NM_ENCODE, &p, &w, 0, "mm.nm_encode");
+            sl_tensor enc[2];
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_MM_NM_ENCODE, &p, &w, enc), SL_OK);
+            ck_assert_int_eq(enc[1].dtype, SL_U8);
+            /* the card's check: exactly N kept per M, the N largest by a sort */
+            ck_assert(nm_is_top(w.data, N, K, n, m, enc[0].data, enc[1].data));
+            float *wm = nm_decode(&enc[0], &enc[1], K, n, m);
+            /* decode reproduces the masked W bit-exactly: kept entries are w's, the rest 0 */
+            for (int64_t r = 0; r < N; r++)
+                for (int64_t g = 0; g * m < K; g++) {
+                    int64_t width = K - g * m < m ? K - g * m : m, kept = 0;
+                    for (int64_t i = 0; i < width; i++) {
+                        float d = wm[r * K + g * m + i], o = tu_at(&w, r * K + g * m + i);
+                        ck_assert(d == 0 || d == o);
+                        kept += d != 0;
+                    }
+                    int64_t nz = 0;
+                    for (int64_t i = 0; i < width; i++)
+                        nz += tu_at(&w, r * K + g * m + i) != 0;
+                    ck_assert_int_le(kept, n);
+                    ck_assert_int_eq(kept, nz < (width < n ? width : n) ? nz : (width < n ? width : n));
+                }
+            int64_t sx[2] = {T, K};
+            sl_tensor in[3] = {randn_shape(ctx, &rng, 2, sx, 1.0), enc[0], enc[1]};
+            check_op_vs_ref(ctx, SL_OP_MM_NM, &p, in, 1e-5, "mm.nm");
+            for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+                if (!backend_wanted((sl_backend_id)b) || !sl_backend_available((sl_backend_id)b))
+                    continue;
+                sl_tensor y;
+                sl_status s = sl_op_run(ctx, (sl_backend_id)b, SL_OP_MM_NM, &p, in, &y);
+                ck_assert_msg(s == SL_OK, "mm.nm on %s: %s", sl_backend_name((sl_backend_id)b), sl_ctx_error(ctx));
+                double *want = malloc(sizeof *want * (size_t)(T * N));
+                dense_f64(&in[0], wm, N, want);
+                assert_close_f64(&y, want, "mm.nm vs dense of the masked weight");
+                free(want);
+                sl_tensor_release(&y);
+            }
+            ck_assert_double_eq(sl_op_flops(SL_OP_MM_NM, &p, in), 2.0 * T * N * ((K + m - 1) / m) * n);
+            free(wm);
+            sl_tensor_release(&in[0]);
+            release_n(enc, 2);
+            sl_tensor_release(&w);
+        }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* The N-largest check is not vacuous: a first-N selector (score-blind) fails it. */
+START_TEST(test_mm_nm_score_blind_fails)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17003);
+    int64_t N = 8, K = 32;
+    int n = 2, m = 4, G = 8;
+    sl_tensor w = weight(ctx, &rng, N, K, 0);
+    float vals[8 * 16];
+    uint8_t pos[8 * 16];
+    for (int64_t r = 0; r < N; r++)
+        for (int g = 0; g < G; g++)
+            for (int s = 0; s < n; s++) {
+                vals[(r * G + g) * n + s] = tu_at(&w, r * K + g * m + s);
+                pos[(r * G + g) * n + s] = (uint8_t)s;
+            }
+    ck_assert(!nm_is_top(w.data, N, K, n, m, vals, pos));
+    sl_mm_nm_params p = {.n = n, .m = m};
+    sl_tensor enc[2];
+    ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_MM_NM_ENCODE, &p, &w, enc), SL_OK);
+    ck_assert(nm_is_top(w.data, N, K, n, m, enc[0].data, enc[1].data));
+    release_n(enc, 2);
+    sl_tensor_release(&w);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_mm_bitmap)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17004);
+    double zero[] = {1.0, 0.99, 0.9, 0.5, 0.0}; /* densities 0, 1%, 10%, 50%, 100% */
+    int64_t Ks[] = {40, 64, 77};
+    int64_t Ts[] = {1, 3, 35, 9, 70};
+    for (int c = 0; c < 5; c++) {
+        int64_t K = Ks[c % 3], N = 21, T = Ts[c], nw = (K + 31) / 32;
+        sl_tensor w = weight(ctx, &rng, N, K, zero[c]);
+        if (c == 0)
+            memset(w.data, 0, sizeof(float) * (size_t)(N * K));
+        int64_t maxc = 0, total = 0;
+        for (int64_t r = 0; r < N; r++) {
+            int64_t cnt = 0;
+            for (int64_t k = 0; k < K; k++)
+                cnt += tu_at(&w, r * K + k) != 0;
+            maxc = cnt > maxc ? cnt : maxc;
+            total += cnt;
+        }
+        for (int packed = 0; packed < 2; packed++) {
+            sl_mm_bitmap_params p = {.cap = packed ? maxc : 0};
+            if (packed && maxc == 0)
+                continue;
+            check_op_vs_ref(ctx, SL_OP_MM_BITMAP_ENCODE, &p, &w, 0, "mm.bitmap_encode");
+            sl_tensor enc[2];
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_MM_BITMAP_ENCODE, &p, &w, enc), SL_OK);
+            int64_t cap = enc[1].shape[1];
+            ck_assert_int_eq(cap, packed ? maxc : K);
+            ck_assert_int_eq(enc[0].shape[1], nw);
+            /* decode: bit set iff nonzero, the values in column order, sum of popcounts = nnz */
+            int64_t pop = 0;
+            for (int64_t r = 0; r < N; r++) {
+                int64_t cnt = 0;
+                for (int64_t k = 0; k < K; k++) {
+                    uint32_t word = ((const uint32_t *)enc[0].data)[r * nw + k / 32];
+                    int bit = (word >> (k % 32)) & 1;
+                    ck_assert_int_eq(bit, tu_at(&w, r * K + k) != 0);
+                    if (bit)
+                        ck_assert(tu_at(&enc[1], r * cap + cnt++) == tu_at(&w, r * K + k));
+                }
+                for (int64_t j = 0; j < nw; j++)
+                    pop += __builtin_popcount(((const uint32_t *)enc[0].data)[r * nw + j]);
+            }
+            ck_assert_int_eq(pop, total);
+            int64_t sx[2] = {T, K};
+            sl_tensor in[3] = {randn_shape(ctx, &rng, 2, sx, 1.0), enc[0], enc[1]};
+            check_op_vs_ref(ctx, SL_OP_MM_BITMAP, &p, in, 1e-5, "mm.bitmap");
+            double *want = malloc(sizeof *want * (size_t)(T * N));
+            dense_f64(&in[0], w.data, N, want);
+            for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+                if (!backend_wanted((sl_backend_id)b) || !sl_backend_available((sl_backend_id)b))
+                    continue;
+                sl_tensor y;
+                sl_status s = sl_op_run(ctx, (sl_backend_id)b, SL_OP_MM_BITMAP, &p, in, &y);
+                ck_assert_msg(s == SL_OK, "mm.bitmap on %s: %s", sl_backend_name((sl_backend_id)b), sl_ctx_error(ctx));
+                assert_close_f64(&y, want, "mm.bitmap vs dense of the masked weight");
+                sl_tensor_release(&y);
+            }
+            ck_assert_double_eq(sl_op_flops(SL_OP_MM_BITMAP, &p, in), 2.0 * T * total);
+            free(want);
+            sl_tensor_release(&in[0]);
+            release_n(enc, 2);
+        }
+        sl_tensor_release(&w);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_mm_act_sparse)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17005);
+    double zero[] = {1.0, 0.7, 0.0};
+    int64_t Ts[] = {1, 11, 20};
+    for (int c = 0; c < 3; c++) {
+        int64_t T = Ts[c], K = 45, N = 600, sx[2] = {T, K}, sw[2] = {K, N};
+        sl_tensor in[2] = {randn_shape(ctx, &rng, 2, sx, 1.0), randn_shape(ctx, &rng, 2, sw, 1.0)};
+        int64_t nz = 0;
+        for (int64_t i = 0; i < T * K; i++) {
+            /* row 2 all zero; column 5 all zero */
+            if (sl_rng_uniform(&rng) < zero[c] || i / K == 2 || i % K == 5)
+                f32p(&in[0])[i] = 0;
+            nz += tu_at(&in[0], i) != 0;
+        }
+        check_op_vs_ref(ctx, SL_OP_MM_ACT_SPARSE, NULL, in, 1e-5, "mm.act_sparse");
+        /* W = wt^T densely, then the plain product */
+        float *w = malloc(sizeof *w * (size_t)(N * K));
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t r = 0; r < N; r++)
+                w[r * K + k] = tu_at(&in[1], k * N + r);
+        double *want = malloc(sizeof *want * (size_t)(T * N));
+        dense_f64(&in[0], w, N, want);
+        for (int b = 0; b < SL_BACKEND__COUNT; b++) {
+            if (!backend_wanted((sl_backend_id)b) || !sl_backend_available((sl_backend_id)b))
+                continue;
+            sl_tensor y = run_op1(ctx, (sl_backend_id)b, SL_OP_MM_ACT_SPARSE, NULL, in);
+            assert_close_f64(&y, want, "mm.act_sparse vs dense");
+            if (c == 0)
+                for (int64_t i = 0; i < T * N; i++)
+                    ck_assert(tu_at(&y, i) == 0);
+            sl_tensor_release(&y);
+        }
+        ck_assert_double_eq(sl_op_flops(SL_OP_MM_ACT_SPARSE, NULL, in), 2.0 * nz * N);
+        free(w);
+        free(want);
+        release_n(in, 2);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+START_TEST(test_mm_validation)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17006);
+    int64_t sx[2] = {2, 10};
+    sl_mm_nm_params p = {.n = 2, .m = 4};
+    /* a position past a ragged last group (K = 10: groups 4, 4, 2) */
+    sl_tensor in[3] = {randn_shape(ctx, &rng, 2, sx, 1.0), f32_2d(ctx, 3, 6), u8_2d(ctx, 3, 6)};
+    for (int i = 0; i < 18; i++)
+        f32p(&in[1])[i] = 1, ((uint8_t *)in[2].data)[i] = (uint8_t)(i % 2);
+    ((uint8_t *)in[2].data)[5] = 2;
+    expect_fail(ctx, SL_OP_MM_NM, &p, in, SL_EARG, "pos[0, 5] = 2 is outside its group of 2 columns");
+    ((uint8_t *)in[2].data)[5] = 1;
+    sl_mm_nm_params bad = {.n = 5, .m = 4};
+    expect_fail(ctx, SL_OP_MM_NM, &bad, in, SL_EARG, "n = 5 kept per group exceeds the group size m = 4");
+    f32p(&in[0])[4] = NAN; /* column 4: slot (group 1, position 0) of every row */
+    expect_fail(ctx, SL_OP_MM_NM, &p, in, SL_EARG, "an input holds NaN");
+    release_n(in, 3);
+    /* bitmap: a bit past K, more bits than value slots, cap below a row's count */
+    sl_tensor bin[3] = {randn_shape(ctx, &rng, 2, sx, 1.0), i32_tensor(ctx, 2, 1), f32_2d(ctx, 2, 3)};
+    for (int i = 0; i < 6; i++)
+        f32p(&bin[2])[i] = 1;
+    ((int32_t *)bin[1].data)[0] = 1 << 10;
+    ((int32_t *)bin[1].data)[1] = 1;
+    expect_fail(ctx, SL_OP_MM_BITMAP, NULL, bin, SL_EARG, "row 0 of bits has a bit past column K = 10");
+    ((int32_t *)bin[1].data)[0] = 0xF;
+    expect_fail(ctx, SL_OP_MM_BITMAP, NULL, bin, SL_EARG, "row 0 of bits has 4 bits set, more than vals' 3 slots");
+    release_n(bin, 3);
+    sl_tensor w = randn_shape(ctx, &rng, 2, sx, 1.0);
+    sl_mm_bitmap_params bp = {.cap = 9};
+    expect_fail(ctx, SL_OP_MM_BITMAP_ENCODE, &bp, &w, SL_EARG, "row 0 of w has 10 nonzeros, more than cap = 9");
+    /* shapes: w's K must be x's */
+    sl_tensor din[2] = {randn_shape(ctx, &rng, 2, sx, 1.0), f32_2d(ctx, 4, 9)};
+    expect_fail(ctx, SL_OP_MM_DENSE, NULL, din, SL_ESHAPE, "input 'w' must be [any, 10]");
+    release_n(din, 2);
+    sl_tensor_release(&w);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+static void add_tests(TCase *tc)
+{
+    tcase_add_test(tc, test_mm_dense);
+    tcase_add_test(tc, test_mm_nm);
+    tcase_add_test(tc, test_mm_nm_score_blind_fails);
+    tcase_add_test(tc, test_mm_bitmap);
+    tcase_add_test(tc, test_mm_act_sparse);
+    tcase_add_test(tc, test_mm_validation);
+}
+
+int main(void) { return run_op_suite("mm_ops", add_tests); }
