@@ -40,6 +40,7 @@ sl.correct = require "sparselab.correct"
 sl.json_decode = require("sparselab.json").decode
 sl.budget = require "sparselab.budget"
 sl.calibrate = require "sparselab.calibrate"
+sl.layout = require "sparselab.layout"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

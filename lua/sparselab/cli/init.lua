@@ -234,8 +234,10 @@ end
 -- --workload synthetic[,n=2048,heads=8,kv_heads=2,d=64,seed=1,...]
 local function load_workload(spec)
   local name, rest = spec:match("^([%w_]+),?(.*)$")
+  if name == "video" then return sl.layout.video_workload(rest) end
   if name ~= "synthetic" then
-    sl.fail("unknown workload '%s' (available: synthetic[,n=..,heads=..,kv_heads=..,d=..,seed=..])", spec)
+    sl.fail("unknown workload '%s' (available: synthetic[,n=..,heads=..,kv_heads=..,d=..,seed=..], "
+      .. "video[,frames=..,height=..,width=..,text=..])", spec)
   end
   local p = {n = 1024, heads = 8, kv_heads = 2, d = 64, seed = 1}
   local INTS = {n = true, heads = true, kv_heads = true, d = true, seed = true, n_sink = true, needles = true}
@@ -256,7 +258,10 @@ local EVAL_HELP = [[
 usage: sparselab eval METHOD [--qkv FILE | --workload SPEC] [budget] [--param K=V]... [--backend ref|cpu|cuda]
                       [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--no-causal]
   --qkv FILE           q, k, v from a safetensors file or a directory of q.npy, k.npy, v.npy
-  --workload SPEC      synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]
+  --workload SPEC      synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..] or
+                       video[,frames=4,height=8,width=8,text=0,heads=4,d=64,seed=1,step=0,...] (non-causal;
+                       knobs in sparselab.layout)
+  --layout SPEC        video,frames=F,height=H,width=W[,text=T]: the token layout of --qkv tensors
 budget (at most one; without one the method's defaults run):
   --budget X           the method's knob set to X (sparselab methods: the knob column)
   --density D          the knob solved (bisection) so that the executed mask keeps at least D of the
@@ -278,6 +283,7 @@ local TARGET_FLAGS = {density = "density", flops = "flops", ["kv-bytes"] = "kv_b
 function C.eval(argv)
   local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
     backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
+    layout = "value",
     density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi"}, {"METHOD"})
   if o.help then out(EVAL_HELP) return end
   local id = pos[1]
@@ -285,13 +291,17 @@ function C.eval(argv)
   local m = sl.methods.get(id)
   for _, spec in ipairs(o.correct or {}) do m = C.corrected(m, spec) end
   if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
-  local q, k, v, wl, wp
+  local q, k, v, wl, wp, layout
   if o.qkv then
     q, k, v = load_qkv(o.qkv)
     wl, wp = "qkv:" .. o.qkv, {}
   else
-    q, k, v, wp = load_workload(o.workload or "synthetic")
-    wl = "synthetic"
+    q, k, v, wp, layout = load_workload(o.workload or "synthetic")
+    wl = layout and "video" or "synthetic"
+  end
+  if o.layout then
+    if layout then sl.fail("--layout is for --qkv tensors; the video workload has its own layout") end
+    layout = sl.layout.parse(o.layout)
   end
   local params, budget = method_args(o)
   local reps = 1
@@ -302,8 +312,8 @@ function C.eval(argv)
   if o["no-causal"] and m.causal_only then
     sl.fail("%s is a causal method; --no-causal would compare it with non-causal dense attention", m.id)
   end
-  local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"], backend = o.backend or "cpu",
-    workload = wl, workload_params = wp}
+  local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"] and wl ~= "video",
+    backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout}
   local given = o.budget and {"--budget"} or {}
   local target, tvalue
   for flag, name in pairs(TARGET_FLAGS) do
