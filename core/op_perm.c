@@ -8,10 +8,12 @@ static sl_status perm_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
                             int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
     (void)params, (void)out_dtype;
-    sl_status s;
-    if ((s = sl__need_float3(ctx, info, &in[0], "x")))
-        return s;
     char desc[96];
+    sl_tensor_describe(&in[0], desc, sizeof desc);
+    if (!in[0].buf || (in[0].ndim != 2 && in[0].ndim != 3) ||
+        (in[0].dtype != SL_F32 && in[0].dtype != SL_F16 && in[0].dtype != SL_BF16))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'x' must be float [heads, tokens, dim] or [heads, tokens], found %s",
+                           info->name, desc);
     sl_tensor_describe(&in[1], desc, sizeof desc);
     if (!in[1].buf || in[1].dtype != SL_I32 || in[1].ndim != 2)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'perm' must be i32 [groups, tokens], found %s", info->name, desc);
@@ -21,8 +23,8 @@ static sl_status perm_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
     if (in[1].shape[0] < 1 || in[0].shape[0] % in[1].shape[0] != 0)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: perm has %lld rows, x has %lld heads; expected a divisor of the heads",
                            info->name, (long long)in[1].shape[0], (long long)in[0].shape[0]);
-    out_ndim[0] = 3;
-    for (int i = 0; i < 3; i++)
+    out_ndim[0] = in[0].ndim;
+    for (int i = 0; i < in[0].ndim; i++)
         out_shape[0][i] = in[0].shape[i];
     return SL_OK;
 }
@@ -67,4 +69,12 @@ static double perm_flops(const sl_op_info *info, const void *params, const sl_te
     return 0;
 }
 
-const sl__family sl__family_perm = {"perm", perm_infer, perm_check_contents, NULL, perm_flops, NULL};
+/* A copy moves infinities as they are (a log-sum-exp of a row that saw
+ * nothing is -inf); NaN is still an error. */
+static sl__input_policy perm_input_policy(const sl_op_info *info, int i)
+{
+    (void)info, (void)i;
+    return SL__IN_ANY_INF;
+}
+
+const sl__family sl__family_perm = {"perm", perm_infer, perm_check_contents, NULL, perm_flops, perm_input_policy};

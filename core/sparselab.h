@@ -583,14 +583,15 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * (float64 dot products), a bucket in [0, 2M). No parameters. */
 
 /* ---- video / diffusion-transformer layouts (issue 15) ----
- * perm.apply: inputs x [H, N, D] (float), perm i32 [P, N] with H % P == 0;
+ * perm.apply: inputs x [H, N, D] or [H, N] (float; a log-sum-exp may hold
+ * -inf), perm i32 [P, N] with H % P == 0;
  * head h uses row g = h / (H / P) (P = 1: one order for every head; P = H:
  * one per head, e.g. spatial and temporal heads). Every row must be a
  * bijection of [0, N): an entry outside it or a repeated entry is SL_EARG
  * naming the row and position. param inverse: 0 gives y[h, t] = x[h,
  * perm[g, t]] (position t of the new order holds token perm[g, t]); 1 gives
  * y[h, perm[g, t]] = x[h, t], so inverse(forward(x)) == x exactly. Output
- * [H, N, D]. No FLOPs (copies). The orders themselves (axis orders of a
+ * of x's shape. No FLOPs (copies). The orders themselves (axis orders of a
  * frames x height x width layout, region tiles, the 3-D Gilbert curve, text
  * tokens kept in place) are built by sparselab.layout. */
 

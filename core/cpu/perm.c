@@ -13,7 +13,7 @@ static void perm_item(int64_t item, void *ud, int thread)
     const sl__kargs *a = ud;
     const sl_perm_params *p = a->params;
     const sl_tensor *x = &a->in[0], *perm = &a->in[1];
-    int64_t H = x->shape[0], n = x->shape[1], d = x->shape[2], P = perm->shape[0];
+    int64_t H = x->shape[0], n = x->shape[1], d = x->ndim == 3 ? x->shape[2] : 1, P = perm->shape[0];
     int64_t chunks = (n + PERM_CHUNK - 1) / PERM_CHUNK, h = item / chunks, t0 = (item % chunks) * PERM_CHUNK;
     int64_t t1 = t0 + PERM_CHUNK < n ? t0 + PERM_CHUNK : n;
     const float *src = (const float *)x->data + h * n * d;

@@ -24,7 +24,7 @@ sl_status sl__cuda_perm_apply(const sl__kargs *a)
 {
     const sl_perm_params *p = (const sl_perm_params *)a->params;
     const sl_tensor *x = &a->in[0], *perm = &a->in[1];
-    int64_t H = x->shape[0], n = x->shape[1], d = x->shape[2], P = perm->shape[0];
+    int64_t H = x->shape[0], n = x->shape[1], d = x->ndim == 3 ? x->shape[2] : 1, P = perm->shape[0];
     if (n * d > (1 << 30) || H > 65535 || n > INT32_MAX)
         return sl__cuda_unsupported(a, "more than 2^30 elements per head or 65535 heads");
     if (H == 0 || n == 0 || d == 0)

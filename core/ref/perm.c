@@ -6,7 +6,7 @@ sl_status sl__ref_perm_apply(const sl__kargs *a)
 {
     const sl_perm_params *p = a->params;
     const sl_tensor *x = &a->in[0], *perm = &a->in[1];
-    int64_t H = x->shape[0], n = x->shape[1], d = x->shape[2], P = perm->shape[0];
+    int64_t H = x->shape[0], n = x->shape[1], d = x->ndim == 3 ? x->shape[2] : 1, P = perm->shape[0];
     const float *src = x->data;
     const int32_t *ix = perm->data;
     float *out = a->out[0].data;

@@ -41,6 +41,7 @@ sl.json_decode = require("sparselab.json").decode
 sl.budget = require "sparselab.budget"
 sl.calibrate = require "sparselab.calibrate"
 sl.layout = require "sparselab.layout"
+sl.steps = require "sparselab.steps"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -158,5 +158,67 @@ test("the video workload plants spatial heads, temporal heads and text keys", fu
   raises(function() layout.video_workload{frames = 2.5} end, "frames expects an integer")
 end)
 
+-- a trajectory of `count` denoising steps of one small video workload
+local function trajectory(count, knobs)
+  local list = {}
+  for s = 0, count - 1 do
+    local t = {frames = 4, height = 8, width = 8, text = 8, heads = 4, seed = 11, step = s}
+    for key, val in pairs(knobs or {}) do t[key] = val end
+    local q, k, v, _, lay = layout.video_workload(t)
+    list[#list + 1] = {q = q, k = k, v = v, causal = false, layout = lay}
+  end
+  return list
+end
+
+test("a dense-steps schedule reproduces dense on those steps; refresh reuses the cached estimate", function()
+  local sch = sl.steps.schedule{steps = 5, dense_first = 2, refresh = 2}
+  local r = sl.steps.replay{method = "sparse_videogen", schedule = sch, trajectory = trajectory(5),
+    params = {block = 16, rows = 16}}
+  local actions = {}
+  for i, rec in ipairs(r.steps) do actions[i] = rec.action end
+  eq(table.concat(actions, ","), "dense,dense,estimate,reuse,estimate", "actions")
+  for i = 1, 2 do
+    truthy(r.steps[i].rel_l2 <= 1e-5, "dense step " .. i .. " rel_l2 " .. r.steps[i].rel_l2)
+    near(r.steps[i].recall_mean, 1, 1e-6, "dense step recall")
+  end
+  truthy(r.steps[3].rel_l2 > 1e-3, "the estimate step is sparse")
+  eq(r.steps[4].estimate_ms, 0, "a reuse step estimates nothing")
+  truthy(r.steps[4].reuse_ms > 0, "reuse time recorded")
+  -- the reuse step ran the kinds profiled at step 2 on step 3's tensors
+  eq(r.state.cache.estimated, 4, "last estimate at step 4")
+  near(r.mean.density, (2 + r.steps[3].density + r.steps[4].density + r.steps[5].density) / 5, 1e-12, "mean density")
+  -- refresh = 1: every non-dense step estimates
+  local every = sl.steps.replay{method = "sparse_videogen", schedule = {steps = 3, refresh = 1},
+    trajectory = {steps = 3, problem = function(s) return trajectory(3)[s + 1] end}, params = {block = 16, rows = 16}}
+  eq(every.steps[2].action, "estimate", "refresh 1")
+  -- a per-step budget of 1 everywhere equals dense at every step
+  local full = sl.steps.replay{method = "sparse_videogen", schedule = {steps = 3, budgets = {1, 1, 1}, refresh = 2},
+    trajectory = trajectory(3), params = {block = 16, rows = 16}}
+  for i = 1, 3 do truthy(full.steps[i].rel_l2 <= 1e-5, "budget 1 at step " .. i) end
+end)
+
+test("schedule and step-state errors are one line", function()
+  raises(function()
+    sl.steps.replay{method = "sparse_videogen", schedule = {steps = 6}, trajectory = trajectory(3)}
+  end, "steps.replay: the schedule has 6 steps, the trajectory only 3")
+  raises(function() sl.steps.schedule{steps = 4, dense_steps = {4}} end, "dense step 4 is outside the 4 steps")
+  raises(function() sl.steps.schedule{steps = 4, refresh = 0} end, "refresh must be at least 1")
+  raises(function() sl.steps.schedule{steps = 4, budgets = {1, 2}} end, "budgets must list one value per step (4)")
+  raises(function() sl.steps.schedule{steps = 4, every = 2} end, "unknown key 'every'")
+  local traj = trajectory(1)
+  local prob = sl.problem(traj[1])
+  local st = sl.steps.state{method = "sparse_videogen", prob = prob}
+  local sch = sl.steps.schedule{steps = 2}
+  local m = sl.methods.get("sparse_videogen")
+  local p = sl.registry.resolve(m, {block = 16, rows = 8})
+  raises(function() sl.steps.run_step(sch, st, "dense", prob, p, 0) end,
+    "the step state belongs to method sparse_videogen, not dense")
+  local q2, k2, v2, _, lay2 = layout.video_workload{frames = 2, height = 8, width = 8, text = 8, heads = 4}
+  raises(function()
+    sl.steps.run_step(sch, st, m, sl.problem{q = q2, k = k2, v = v2, causal = false, layout = lay2}, p, 0)
+  end, "the step state was made for q [4, 264, 64] and 264 keys; this step has q [4, 136, 64]")
+  raises(function() sl.steps.run_step(sch, st, m, prob, p, 2) end, "step 2 is past the schedule's 2 steps")
+end)
+
 io.write(string.format("test_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)

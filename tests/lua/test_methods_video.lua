@@ -1,0 +1,118 @@
+-- test_methods_video.lua — the video / diffusion-transformer methods
+-- (issue 15) on the synthetic video workload: each card's checks, and for
+-- each method a check that fails when its estimator or profile is replaced
+-- by a score-blind one (shown here by running the same check both ways).
+-- Run with LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_video.lua
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local sl = require "sparselab"
+local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
+local layout = sl.layout
+
+local function problem(knobs)
+  local t = {frames = 4, height = 8, width = 8, text = 8, heads = 8, seed = 21}
+  for key, val in pairs(knobs or {}) do t[key] = val end
+  local q, k, v, _, lay, kinds = layout.video_workload(t)
+  return sl.problem{q = q, k = k, v = v, causal = false, layout = lay}, kinds:totable()
+end
+
+local function text_kept(mask, lay, what)
+  local bits = mask:to_bits():totable()
+  for h = 1, #bits do
+    for i = 0, lay.n - 1 do
+      for j = 0, lay.n - 1 do
+        if (lay:is_text(i) or lay:is_text(j)) and bits[h][i + 1][j + 1] == 0 then
+          error(string.format("%s: text pair (%d, %d) dropped in mask head %d", what, i, j, h), 2)
+        end
+      end
+    end
+  end
+end
+
+-- ---- sparse_videogen ----------------------------------------------------------
+
+local svg = sl.methods.get("sparse_videogen")
+
+local function accuracy(found, planted)
+  local hits = 0
+  for h = 1, #planted do
+    if (found:sub(h, h) == "t" and 1 or 0) == math.tointeger(planted[h]) then hits = hits + 1 end
+  end
+  return hits / #planted
+end
+
+test("sparse_videogen: profiling finds the planted head types; a score-blind classifier does not", function()
+  local prob, planted = problem()
+  local seen = {}
+  for _, k in ipairs(planted) do seen[math.tointeger(k)] = true end
+  truthy(seen[0] and seen[1], "the workload plants both kinds")
+  local params = {block = 16, rows = 32, density = 0.3}
+  local r = sl.eval(svg, prob, {params = params})
+  eq(accuracy(r.metrics.head_kinds, planted), 1, "profiled kinds " .. r.metrics.head_kinds)
+  -- the same check with the profile replaced by a score-blind one (every head spatial)
+  local classify = svg.classify
+  svg.classify = function(pr) local k = {} for h = 1, pr.q:shape()[1] do k[h] = 0 end return k, 0 end
+  local ok, blind = pcall(sl.eval, svg, prob, {params = params})
+  svg.classify = classify
+  truthy(ok, tostring(blind))
+  truthy(accuracy(blind.metrics.head_kinds, planted) < 1, "a score-blind classifier misses the temporal heads")
+  truthy(blind.metrics.rel_l2 > r.metrics.rel_l2, string.format("blind rel_l2 %g, profiled %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+end)
+
+test("sparse_videogen: density 1 or a band of 2 nb blocks equals dense; text never dropped", function()
+  local prob = problem{heads = 4}
+  local full = sl.eval(svg, prob, {params = {block = 16, rows = 8, density = 1}})
+  truthy(full.metrics.rel_l2 <= 1e-5, "density 1: rel_l2 " .. full.metrics.rel_l2)
+  local nb = (prob.layout.n + 15) // 16
+  local wide = sl.eval(svg, prob, {params = {block = 16, rows = 8, width = 2 * nb}})
+  truthy(wide.metrics.rel_l2 <= 1e-5, "width 2 nb: rel_l2 " .. wide.metrics.rel_l2)
+  local sparse = sl.eval(svg, prob, {params = {block = 16, rows = 8, density = 0.2}})
+  truthy(sparse.metrics.density < 0.5, "sparse run")
+  text_kept(sparse.mask, prob.layout, "sparse_videogen")
+end)
+
+test("sparse_videogen: temporal heads run the token-major band (checked in original order)", function()
+  local prob, planted = problem{heads = 4, seed = 23}
+  local p = sl.registry.resolve(svg, {block = 16, rows = 16, density = 0.3})
+  local out = svg.run(prob, p)
+  local lay = prob.layout
+  local n, F, S = lay.n, lay.frames, lay.height * lay.width
+  local w = svg.width_blocks(p, n, lay.text)
+  -- original-order mask of a temporal head: |blk(p_i·F + f_i) - blk(p_j·F + f_j)| < w, text on
+  local function tm(i) return (i % S) * F + i // S end
+  local rows = {}
+  for i = 0, n - 1 do
+    local row = {}
+    for j = 0, n - 1 do
+      local on = lay:is_text(i) or lay:is_text(j) or math.abs(tm(i) // 16 - tm(j) // 16) < w
+      row[j + 1] = on and 1 or 0
+    end
+    rows[i + 1] = row
+  end
+  local m = sl.mask.from_bits(sl.tensor(rows, "u8"), 16, 16)
+  local o = sl.attn.block_sparse(prob.q, prob.k, prob.v, m)
+  local checked = 0
+  for h = 1, 4 do
+    if out.kinds[h] == 1 then
+      truthy(sl.metric.max_abs(out.o:narrow(1, h, 1), o:narrow(1, h, 1)) < 1e-5, "temporal head " .. h)
+      checked = checked + 1
+    end
+  end
+  truthy(checked > 0, "some temporal head")
+  -- realised density near rho (step 2) on a larger grid
+  local big = problem{frames = 8, heads = 2}
+  local r = sl.eval(svg, big, {params = {block = 8, rows = 8, density = 0.25}})
+  truthy(math.abs(r.metrics.density - 0.25) < 0.05, "density " .. r.metrics.density)
+end)
+
+test("sparse_videogen: one-line errors without a layout or on a causal problem", function()
+  local prob = problem{heads = 2}
+  raises(function() sl.eval(svg, {q = prob.q, k = prob.k, v = prob.v, causal = false}) end,
+    "sparse_videogen: needs a video layout on the problem")
+  raises(function() sl.eval(svg, {q = prob.q, k = prob.k, v = prob.v, layout = prob.layout}) end,
+    "video attention is not causal")
+end)
+
+io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
+os.exit(H.failed == 0 and 0 or 1)
