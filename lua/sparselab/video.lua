@@ -91,9 +91,11 @@ function V.text_patterns(lay)
 end
 
 --- A block mask from a Lua keep table keep[I][J] (1-based, 0/1) over
---- nb x nb blocks of b tokens, united with the text rows and columns.
+--- nb x nb blocks of b tokens — or one per head, keep[h][I][J] — united
+--- with the text rows and columns.
 function V.block_mask(keep, n, b, lay)
-  local m = sl.mask.from_blocks(sl.tensor({keep}, "u8"), {n_q = n, n_k = n, bq = b, bk = b, causal = 0})
+  if type(keep[1][1]) ~= "table" then keep = {keep} end
+  local m = sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = b, bk = b, causal = 0})
   local text = V.text_patterns(lay)
   if text then m = m + text end
   return m

@@ -114,5 +114,68 @@ test("sparse_videogen: one-line errors without a layout or on a causal problem",
     "video attention is not causal")
 end)
 
+-- ---- draft_attention -----------------------------------------------------------
+
+local draft = sl.methods.get("draft_attention")
+
+test("draft_attention: block k holds region k; sparsity 0 equals dense; kept fraction; text kept", function()
+  local prob = problem{heads = 4}
+  local lay = prob.layout
+  -- regions of 2 x 4 tokens: block r of the tiles order is region r (frame, region row, region column)
+  local order = lay:order("tiles", {tf = 1, th = 2, tw = 4})
+  local rw = lay.width // 4
+  for r = 0, lay.n_video // 8 - 1 do
+    local f, rr, rc = r // ((lay.height // 2) * rw), (r // rw) % (lay.height // 2), r % rw
+    for t = 0, 7 do
+      local cf, cy, cx = lay:coord(order[r * 8 + t + 1])
+      truthy(cf == f and cy // 2 == rr and cx // 4 == rc, "block " .. r .. " token " .. t)
+    end
+  end
+  local dense = sl.eval(draft, prob, {params = {ph = 2, pw = 4, sparsity = 0}})
+  truthy(dense.metrics.rel_l2 <= 1e-5, "sparsity 0: rel_l2 " .. dense.metrics.rel_l2)
+  local p = sl.registry.resolve(draft, {ph = 2, pw = 4, sparsity = 0.75})
+  local out = draft.run(prob, p)
+  text_kept(out.mask, lay, "draft_attention (permuted order; text stays in place)")
+  -- per head the kept video blocks are about 1 - sparsity of S^2 (+ the threshold entry and ties)
+  local S = lay.n_video // 8
+  local bits = out.mask:to_bits():totable()
+  local counts = {}
+  for h = 1, 4 do
+    local kept = 0
+    for I = 0, S - 1 do for J = 0, S - 1 do kept = kept + bits[h][I * 8 + 1][J * 8 + 1] end end
+    truthy(kept >= S * S - math.floor(0.75 * S * S) and kept <= S * S - math.floor(0.75 * S * S) + 2,
+      string.format("head %d keeps %d of %d", h, kept, S * S))
+    -- rows of the head may keep different counts (head-global selection)
+    for I = 0, S - 1 do
+      local c = 0
+      for J = 0, S - 1 do c = c + bits[h][I * 8 + 1][J * 8 + 1] end
+      counts[c] = true
+    end
+  end
+  local distinct = 0
+  for _ in pairs(counts) do distinct = distinct + 1 end
+  truthy(distinct > 1, "per-row counts differ")
+end)
+
+test("draft_attention: the draft map beats a score-blind one at the same density", function()
+  local prob = problem{heads = 4, seed = 31}
+  local params = {ph = 2, pw = 4, sparsity = 0.8}
+  local r = sl.eval(draft, prob, {params = params})
+  local draft_map = draft.draft_map
+  draft.draft_map = function(qp, kp, lay, p)
+    -- score-blind: a seeded random map of the same shape
+    local S, H = lay.n_video // (p.ph * p.pw), qp:shape()[1]
+    local rnd = sl.rand({H, S, S}, 99):totable()
+    return rnd, 0
+  end
+  local ok, blind = pcall(sl.eval, draft, prob, {params = params})
+  draft.draft_map = draft_map
+  truthy(ok, tostring(blind))
+  near(blind.metrics.density, r.metrics.density, 0.02, "same density")
+  truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, draft %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+  raises(function() sl.eval(draft, prob, {params = {ph = 3, pw = 4}}) end, "regions of 3 x 4 tokens must tile")
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
