@@ -593,7 +593,16 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * y[h, perm[g, t]] = x[h, t], so inverse(forward(x)) == x exactly. Output
  * of x's shape. No FLOPs (copies). The orders themselves (axis orders of a
  * frames x height x width layout, region tiles, the 3-D Gilbert curve, text
- * tokens kept in place) are built by sparselab.layout. */
+ * tokens kept in place) are built by sparselab.layout.
+ *
+ * mass.blocks (AdaSpa's exact block mass with a cached LSE): inputs q
+ * [Hq, Nq, D], k [Hkv, Nk, D], lse [Hq, Nq] (finite or -inf); params bq, bk,
+ * causal, scale. Output [Hq, ceil(Nq/bq), ceil(Nk/bk)]: W[h, I, J] = the sum
+ * over rows i of block I and seen keys j of block J of exp(scale·q_i·k_j -
+ * lse[h, i]) (float64 in ref). With the rows' own log-sum-exp every row adds
+ * 1 over its keys (W's block row sums to the rows of I); with an LSE cached
+ * from another step the sums drift (AdaSpa's diagnostic). A row whose lse is
+ * -inf adds nothing. Never materialises Nq x Nk. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

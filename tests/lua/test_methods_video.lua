@@ -177,5 +177,85 @@ test("draft_attention: the draft map beats a score-blind one at the same density
   raises(function() sl.eval(draft, prob, {params = {ph = 3, pw = 4}}) end, "regions of 3 x 4 tokens must tile")
 end)
 
+-- ---- adaspa -----------------------------------------------------------------------
+
+local adaspa = sl.methods.get("adaspa")
+
+test("adaspa: sparsity 0 equals dense; equal video blocks per query block; adaptive mean; text kept", function()
+  local prob = problem{heads = 4}
+  local dense = sl.eval(adaspa, prob, {params = {block = 16, sparsity = 0}})
+  truthy(dense.metrics.rel_l2 <= 1e-5, "sparsity 0: rel_l2 " .. dense.metrics.rel_l2)
+  local p = sl.registry.resolve(adaspa, {block = 16, sparsity = 0.6, adaptive = false})
+  local out = adaspa.run(prob, p)
+  text_kept(out.mask, prob.layout, "adaspa")
+  -- 264 tokens: blocks 0..15 hold video (block 16 is text only); k = round(0.4 * 16) = 6
+  local bits = out.mask:to_bits():totable()
+  for h = 1, 4 do
+    for I = 0, 15 do
+      local c = 0
+      for J = 0, 15 do if bits[h][I * 16 + 1][J * 16 + 1] ~= 0 then c = c + 1 end end
+      eq(c, 6, string.format("head %d block row %d keeps", h, I))
+    end
+  end
+  -- the adaptive rule: mean sparsity s, every value in [0, 1]
+  for _, s in ipairs{0, 0.2, 0.5, 0.8, 0.95} do
+    local sp = adaspa.adaptive({0.95, 0.9, 0.5, 0.85, 0.3, 0.99}, s, 0.8)
+    local mean = 0
+    for _, x in ipairs(sp) do truthy(x >= 0 and x <= 1, "in [0, 1]"); mean = mean + x / #sp end
+    near(mean, s, 1e-12, "mean sparsity at " .. s)
+  end
+  local sp = adaspa.adaptive({0.95, 0.9, 0.5, 0.85, 0.3, 0.99}, 0.8, 0.8)
+  eq(table.concat(sp, ","), "0.9,0.9,0.7,0.7,0.7,0.9", "n = 4 capped at 3: the 3 highest sparser, the 3 lowest denser")
+end)
+
+test("adaspa: exact block mass with a fresh LSE sums to B per row; a cached LSE drifts; steps cache it", function()
+  local traj = {}
+  for s = 0, 2 do
+    local q, k, v, _, lay = layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 4, seed = 3,
+      step = 5 * s, drift = 2}
+    traj[s + 1] = {q = q, k = k, v = v, causal = false, layout = lay}
+  end
+  local p0 = sl.problem(traj[1])
+  local _, lse0 = sl.attn.dense(p0.q, p0.k, p0.v, {causal = false})
+  local w = sl.mass.blocks(p0.q, p0.k, lse0, {bq = 16, bk = 16, causal = false}):totable()
+  for I = 1, #w[1] do
+    local row = 0
+    for _, x in ipairs(w[2][I]) do row = row + x end
+    near(row, I <= 16 and 16 or 8, 1e-3, "fresh LSE row " .. I)
+  end
+  local p2 = sl.problem(traj[3])
+  local w2 = sl.mass.blocks(p2.q, p2.k, lse0, {bq = 16, bk = 16, causal = false}):totable()
+  local drift = 0
+  for I = 1, 16 do
+    local row = 0
+    for _, x in ipairs(w2[2][I]) do row = row + x end
+    drift = math.max(drift, math.abs(row - 16))
+  end
+  truthy(drift > 1e-3, "a cached LSE from another step drifts: " .. drift)
+  -- under a schedule: the first search outputs dense and caches its LSE, the next one reuses it
+  local r = sl.steps.replay{method = adaspa, schedule = {steps = 3, refresh = 1}, trajectory = traj,
+    params = {block = 16, sparsity = 0.5}}
+  truthy(r.steps[1].rel_l2 <= 1e-5, "fused search step is dense")
+  truthy(r.steps[2].rel_l2 > 1e-4, "LSE-cached search step is sparse")
+  truthy(r.state.adaspa_lse ~= nil, "LSE in the step state")
+end)
+
+test("adaspa: the exact block mass beats a score-blind one at the same density", function()
+  local prob = problem{heads = 4, seed = 33}
+  local params = {block = 16, sparsity = 0.7, adaptive = false}
+  local r = sl.eval(adaspa, prob, {params = params})
+  local block_mass = adaspa.block_mass
+  adaspa.block_mass = function(pr, lse, p)
+    local H, nb = pr.q:shape()[1], (pr.q:shape()[2] + p.block - 1) // p.block
+    return sl.rand({H, nb, nb}, 7):totable(), 0
+  end
+  local ok, blind = pcall(sl.eval, adaspa, prob, {params = params})
+  adaspa.block_mass = block_mass
+  truthy(ok, tostring(blind))
+  near(blind.metrics.density, r.metrics.density, 1e-9, "same density")
+  truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, exact %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
