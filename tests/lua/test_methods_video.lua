@@ -257,5 +257,78 @@ test("adaspa: the exact block mass beats a score-blind one at the same density",
     blind.metrics.rel_l2, r.metrics.rel_l2))
 end)
 
+-- ---- sparsed -----------------------------------------------------------------------
+
+local sparsed = sl.methods.get("sparsed")
+
+-- a bidirectional problem without a layout (SparseD is for diffusion LMs)
+local function plain(seed)
+  local prob = problem{heads = 4, seed = seed}
+  return sl.problem{q = prob.q, k = prob.k, v = prob.v, causal = false}
+end
+
+test("sparsed: keep counts per query block, generation-region picks, select 1 equals dense", function()
+  local prob = plain(41)
+  local n, b = 264, 16
+  local nb = (n + b - 1) // b
+  local full = sl.eval(sparsed, prob, {params = {block = b, select = 1}})
+  truthy(full.metrics.rel_l2 <= 1e-5, "select 1: rel_l2 " .. full.metrics.rel_l2)
+  local p = sl.registry.resolve(sparsed, {block = b, select = 0.3})
+  local keeps = sparsed.build(prob, p)
+  local k = math.floor(nb * 0.3) + 1
+  for h = 1, 4 do for I = 1, nb do
+    local c = 0
+    for J = 1, nb do c = c + keeps[h][I][J] end
+    eq(c, k, "no generation region: kept blocks")
+  end end
+  -- a generation region of 60 tokens: last = the first block I with 264 - 16 I <= 60, I = 13
+  local pg = sl.registry.resolve(sparsed, {block = b, select = 0.3, gen = 60})
+  local kg = sparsed.build(prob, pg)
+  local ngen = nb - 13
+  for h = 1, 4 do for I = 1, nb do
+    local prompt, gen = 0, 0
+    for J = 1, 13 do prompt = prompt + kg[h][I][J] end
+    for J = 14, nb do gen = gen + kg[h][I][J] end
+    truthy(prompt <= k, "prompt picks at most k")
+    eq(gen, math.floor(ngen * 0.3) + 1, "generation picks")
+  end end
+  raises(function() sl.eval(sparsed, {q = prob.q, k = prob.k, v = prob.v}) end, "give a non-causal problem")
+end)
+
+test("sparsed: one mask for the whole trajectory after the dense steps; skip 1 is dense", function()
+  local traj = {}
+  for s = 0, 4 do
+    local q, k, v = layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 4, seed = 41, step = s}
+    traj[s + 1] = {q = q, k = k, v = v, causal = false}
+  end
+  local p = {block = 16, select = 0.3, skip = 0.4}
+  local r = sl.steps.replay{method = sparsed, schedule = sparsed.schedule(5, p), trajectory = traj, params = p}
+  local actions = {}
+  for i, rec in ipairs(r.steps) do actions[i] = rec.action end
+  eq(table.concat(actions, ","), "dense,dense,dense,estimate,reuse", "t* = floor(5 * 0.4) + 1 = 3")
+  for i = 1, 4 do truthy(r.steps[i].rel_l2 <= 1e-5, "dense output at step " .. i) end
+  truthy(r.steps[5].rel_l2 > 1e-3, "the last step runs the cached mask")
+  eq(r.state.cache.estimated, 3, "mask built once at t*")
+  local all = sl.steps.replay{method = sparsed, schedule = sparsed.schedule(3, {skip = 1}), trajectory = traj, params = p}
+  for i = 1, 3 do eq(all.steps[i].action, "dense", "skip 1: dense step " .. i) end
+end)
+
+test("sparsed: the exact importance beats a score-blind one at the same density", function()
+  local prob = plain(43)
+  local params = {block = 16, select = 0.25}
+  local r = sl.eval(sparsed, prob, {params = params})
+  local importance = sparsed.importance
+  sparsed.importance = function(pr, p)
+    local H, nb = pr.q:shape()[1], (pr.q:shape()[2] + p.block - 1) // p.block
+    return sl.rand({H, nb, nb}, 5):totable(), 0
+  end
+  local ok, blind = pcall(sl.eval, sparsed, prob, {params = params})
+  sparsed.importance = importance
+  truthy(ok, tostring(blind))
+  near(blind.metrics.density, r.metrics.density, 0.03, "same density (same blocks per row; the ragged one is smaller)")
+  truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, exact %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
