@@ -330,5 +330,70 @@ test("sparsed: the exact importance beats a score-blind one at the same density"
     blind.metrics.rel_l2, r.metrics.rel_l2))
 end)
 
+-- ---- rainfusion -----------------------------------------------------------------
+
+local rain = sl.methods.get("rainfusion")
+
+test("rainfusion: ARM finds planted spatial and temporal heads; a score-blind ARM does not", function()
+  -- spatial heads spread over their whole frame (spatial_len 6) so that a local window misses them
+  local prob, planted = problem{heads = 6, seed = 5, spatial_len = 6}
+  local r = sl.eval(rain, prob, {params = {block = 16}})
+  local hits = 0
+  local kinds = {}
+  for kind in r.metrics.head_kinds:gmatch("[^,]+") do kinds[#kinds + 1] = kind end
+  for h = 1, 6 do
+    if (kinds[h] == "tp" and 1 or 0) == math.tointeger(planted[h]) and kinds[h] ~= "tx" then hits = hits + 1 end
+  end
+  eq(hits, 6, "ARM kinds " .. r.metrics.head_kinds)
+  local recalls = rain.recalls
+  rain.recalls = function(pr) local out = {} for h = 1, pr.q:shape()[1] do out[h] = 0.5 end return out end
+  local ok, blind = pcall(sl.eval, rain, prob, {params = {block = 16}})
+  rain.recalls = recalls
+  truthy(ok, tostring(blind))
+  truthy(blind.metrics.head_kinds ~= r.metrics.head_kinds, "a score-blind ARM: " .. blind.metrics.head_kinds)
+  truthy(blind.metrics.rel_l2 > r.metrics.rel_l2, string.format("blind rel_l2 %g, ARM %g", blind.metrics.rel_l2,
+    r.metrics.rel_l2))
+  -- temporal is tested first: with alpha 0 every head is temporal
+  local first = sl.eval(rain, prob, {params = {block = 16, alpha = 0}})
+  eq(first.metrics.head_kinds, "tp,tp,tp,tp,tp,tp", "temporal first")
+end)
+
+test("rainfusion: bandwidth 1 and textural tau 1 equal dense; recall in [0, 1] and 1 for the full mask", function()
+  local prob = problem{heads = 4}
+  local full = sl.eval(rain, prob, {params = {block = 16, bandwidth = 1}})
+  truthy(full.metrics.rel_l2 <= 1e-5, "bandwidth 1: rel_l2 " .. full.metrics.rel_l2)
+  local tex = sl.eval(rain, prob, {params = {block = 16, alpha = 1, tau = 1, bandwidth = 0.1}})
+  truthy(tex.metrics.head_kinds:find("tx"), "alpha 1 leaves textural heads: " .. tex.metrics.head_kinds)
+  truthy(tex.metrics.rel_l2 <= 1e-5, "textural tau 1: rel_l2 " .. tex.metrics.rel_l2)
+  local p = sl.registry.resolve(rain, {block = 16, bandwidth = 0.25})
+  local out = rain.run(prob, p)
+  text_kept(out.mask, prob.layout, "rainfusion")
+  local lay = prob.layout
+  local rows = rain.sample_rows(lay, p)
+  local _, ref = sl.attn.rows(prob.q, prob.k, prob.v, sl.tensor({rows}, "i32"),
+    sl.tensor({(function() local t = {} for i = 1, #rows do t[i] = lay.n end return t end)()}, "i32"))
+  local ks = rain.kernels(lay, 0.25)
+  for _, r in ipairs(rain.recalls(prob, lay, rows, ks, ref)) do truthy(r >= 0 and r <= 1 + 1e-6, "recall in [0, 1]") end
+  for _, r in ipairs(rain.recalls(prob, lay, rows, {lay.frames, lay.height, lay.width}, ref)) do
+    near(r, 1, 1e-5, "full kernel recall")
+  end
+end)
+
+test("rainfusion: the ARM's key lists are the executed neighborhood patterns", function()
+  local lay = layout.video{frames = 3, height = 5, width = 4, text = 2}
+  for _, kind in ipairs{"spatial", "temporal"} do
+    local pat = rain.pattern(lay, kind, 0.4, 2)
+    local bits = pat:materialize{n_q = lay.n, n_k = lay.n, bq = 8, bk = 8}:to_bits():totable()[1]
+    local ks, kt = rain.kernels(lay, 0.4)
+    for t = 0, lay.n_video - 1 do
+      local want = {}
+      for _, j in ipairs(rain.neighborhood_keys(lay, t, kind == "spatial" and ks or kt)) do want[j] = true end
+      for j = 0, lay.n - 1 do
+        eq(bits[t + 1][j + 1] ~= 0, want[j] == true, string.format("%s row %d key %d", kind, t, j))
+      end
+    end
+  end
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
