@@ -79,7 +79,7 @@ end
 function Layout:check(n, what)
   if n ~= self.n then
     sl.fail("%s: layout %s, but the problem has %d tokens%s", what or "layout", self:describe(), n,
-      n > self.text and string.format(" (%d after the %d text tokens)", n - self.text, self.text) or "")
+      (self.text > 0 and n > self.text) and string.format(" (%d after the %d text tokens)", n - self.text, self.text) or "")
   end
   return self
 end

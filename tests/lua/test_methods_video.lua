@@ -395,5 +395,91 @@ test("rainfusion: the ARM's key lists are the executed neighborhood patterns", f
   end
 end)
 
+-- ---- sparse_vdit ----------------------------------------------------------------
+
+local vdit = sl.methods.get("sparse_vdit")
+
+test("sparse_vdit: the search gives spatial heads a diagonal and temporal heads a multi-diagonal", function()
+  local prob, planted = problem{heads = 6, seed = 5}
+  local r = sl.eval(vdit, prob, {params = {block = 16, threshold = 0.3}})
+  local kinds = {}
+  for kind in r.metrics.head_plan:gmatch("[^,]+") do kinds[#kinds + 1] = kind end
+  local function matches(ks)
+    for h = 1, 6 do
+      local want = math.tointeger(planted[h]) == 1 and "multidiag" or "diag"
+      if ks[h]:gsub("%d+$", "") ~= want then return false end
+    end
+    return true
+  end
+  truthy(matches(kinds), "plan " .. r.metrics.head_plan)
+  -- a score-blind search (every candidate's error 0): the cheapest pattern everywhere
+  local errors = vdit.head_errors
+  vdit.head_errors = function(pr) local e = {} for h = 1, pr.q:shape()[1] do e[h] = 0 end return e end
+  local ok, blind = pcall(sl.eval, vdit, prob, {params = {block = 16, threshold = 0.3}})
+  vdit.head_errors = errors
+  truthy(ok, tostring(blind))
+  local bk = {}
+  for kind in blind.metrics.head_plan:gmatch("[^,]+") do bk[#bk + 1] = kind end
+  truthy(not matches(bk), "a score-blind search misses the head types: " .. blind.metrics.head_plan)
+  truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, searched %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+end)
+
+test("sparse_vdit: full is dense, skip is zero, wide multi-diagonal is full, fused equals unfused", function()
+  local prob = problem{heads = 3}
+  local lay = prob.layout
+  local o_full = vdit.execute(prob, lay, {{kind = "full"}, {kind = "full"}, {kind = "full"}}, 16, true)
+  local ref = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false})
+  truthy(sl.metric.rel_l2(o_full, ref) <= 1e-5, "full equals dense")
+  local plan = {{kind = "diag", w = 2}, {kind = "skip"}, {kind = "multidiag", w = 1}}
+  local o, lse = vdit.execute(prob, lay, plan, 16, true)
+  eq(sl.metric.max_abs(o:narrow(1, 2, 1), sl.zeros({1, lay.n, 64})), 0, "skip head output is 0")
+  for _, x in ipairs(lse:narrow(1, 2, 1):totable()[1]) do eq(x, -math.huge, "skip head L") end
+  local o2, lse2 = vdit.execute(prob, lay, plan, 16, false)
+  eq(sl.metric.max_abs(o, o2), 0, "fused equals head by head")
+  local nb = (lay.n + 15) // 16
+  local keep = vdit.keep_of({kind = "multidiag", w = (lay.height * lay.width) // 16}, lay, 16)
+  local c = 0
+  for _, row in ipairs(keep) do for _, x in ipairs(row) do c = c + x end end
+  eq(c, nb * nb, "multi-diagonal with width S is full")
+end)
+
+test("sparse_vdit: the plan is deterministic and round-trips through a calibration file and the CLI", function()
+  local prob = problem{heads = 4, seed = 9}
+  local tmp = os.tmpname()
+  local cfg = sl.calibrate(vdit, {problems = {prob}, out = tmp, params = {block = 16}})
+  local again = sl.calibrate(vdit, {problems = {prob}, params = {block = 16}})
+  eq(sl.json_encode(cfg), sl.json_encode(again), "deterministic search")
+  local a = sl.eval(vdit, prob, {params = {block = 16, config = tmp}})
+  local b = sl.eval(vdit, prob, {params = {block = 16}})
+  eq(sl.metric.max_abs(a.o, b.o), 0, "file plan equals the self-searched plan")
+  raises(function() sl.eval(vdit, prob, {params = {block = 32, config = tmp}}) end, "searched with block 16")
+  -- the CLI: sparselab calibrate ... --layout, then eval with the file
+  local dir = os.tmpname()
+  os.remove(dir)
+  os.execute("mkdir -p " .. dir)
+  sl.save(dir .. "/qkv.safetensors", {q = prob.q, k = prob.k, v = prob.v})
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local function sh(cmd)
+    local f = io.popen(cmd .. " 2>&1")
+    local out = f:read("a")
+    local ok = f:close()
+    return ok, out
+  end
+  local ok, out = sh(string.format("%s calibrate sparse_vdit --qkv %s/qkv.safetensors --layout " ..
+    "video,frames=4,height=8,width=8,text=8 --param block=16 --out %s/plan.json", bin, dir, dir))
+  truthy(ok, "calibrate: " .. out)
+  ok, out = sh(string.format("%s eval sparse_vdit --qkv %s/qkv.safetensors --layout video,frames=4,height=8,width=8," ..
+    "text=8 --no-causal --param block=16 --param config=%s/plan.json --json", bin, dir, dir))
+  truthy(ok and out:find('"method":"sparse_vdit"'), "eval with the plan: " .. out)
+  ok, out = sh(string.format("%s eval sparse_vdit --qkv %s/qkv.safetensors --layout video,frames=4,height=8,width=9 " ..
+    "--no-causal", bin, dir))
+  truthy(not ok and out:find("layout video 4 frames x 8 x 9 + 0 text = 288 tokens, but the problem has 264 tokens", 1,
+    true),
+    "a layout of the wrong size: " .. out)
+  os.execute("rm -rf " .. dir)
+  os.remove(tmp)
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)

@@ -16,7 +16,7 @@ usage: sparselab                         start the REPL
        sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D | --flops F | --kv-bytes B]
                       [--param K=V]... [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE]
                       [--json] [--out FILE.safetensors]   (sparselab eval --help: what each target means)
-       sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...
+       sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]... [--layout SPEC]
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
@@ -393,17 +393,22 @@ end
 -- ---- calibrate ----------------------------------------------------------
 
 function C.calibrate(argv)
-  local o, pos = parse(argv, 2, {qkv = "multi", out = "value", param = "multi"}, {"METHOD"})
+  local o, pos = parse(argv, 2, {qkv = "multi", out = "value", param = "multi", layout = "value",
+    ["no-causal"] = "flag"}, {"METHOD"})
   local id = pos[1]
   if not id or not o.qkv or not o.out then
-    sl.fail("usage: sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...")
+    sl.fail("usage: sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]... "
+      .. "[--layout video,...] [--no-causal]")
   end
   local m = sl.methods.get(id)
   local params = method_args(o)
+  local layout = o.layout and sl.layout.parse(o.layout) or nil
   local problems = {}
   for i, path in ipairs(o.qkv) do
     local q, k, v = load_qkv(path)
-    problems[i] = sl.problem{q = q, k = k, v = v, workload = "qkv:" .. path}
+    -- a video layout means video attention: not causal
+    problems[i] = sl.problem{q = q, k = k, v = v, workload = "qkv:" .. path, layout = layout,
+      causal = not (o["no-causal"] or layout)}
   end
   local config = sl.calibrate(m, {problems = problems, out = o.out, params = params, sources = o.qkv})
   local n = 0
