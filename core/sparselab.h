@@ -602,7 +602,15 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * lse[h, i]) (float64 in ref). With the rows' own log-sum-exp every row adds
  * 1 over its keys (W's block row sums to the rows of I); with an LSE cached
  * from another step the sums drift (AdaSpa's diagnostic). A row whose lse is
- * -inf adds nothing. Never materialises Nq x Nk. */
+ * -inf adds nothing. Never materialises Nq x Nk.
+ *
+ * quant.fake (the emulated INT-b inputs of a quantised executor, e.g.
+ * PAROAttention's INT8 Q and K): input x [H, N, D]; params bits, group.
+ * Per head and group of `group` rows (the last one ragged): step = max|x| /
+ * (2^(bits-1) - 1) in f32 (1 when that is 0), y = step · clamp(roundf(x /
+ * step), -qmax, qmax), computed in f32 (the rule of score.lowbit), so y holds
+ * exactly the values an integer kernel would multiply (times its scale).
+ * Output [H, N, D]. FLOPs: 3 per element. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

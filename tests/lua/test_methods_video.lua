@@ -481,5 +481,66 @@ test("sparse_vdit: the plan is deterministic and round-trips through a calibrati
   os.remove(tmp)
 end)
 
+-- ---- paroattention ------------------------------------------------------------
+
+local paro = sl.methods.get("paroattention")
+
+-- a video problem that records its denoising step (workload_params.step)
+local function stepped(knobs)
+  local t = {frames = 4, height = 8, width = 8, text = 8, heads = 6, seed = 5}
+  for key, val in pairs(knobs or {}) do t[key] = val end
+  local q, k, v, wp, lay, kinds = layout.video_workload(t)
+  return sl.problem{q = q, k = k, v = v, causal = false, layout = lay, workload = "video", workload_params = wp},
+    kinds:totable()
+end
+
+test("paroattention: temporal heads get F innermost, spatial heads F outermost; a score-blind choice does not", function()
+  local prob, planted = stepped()
+  local params = {block = 16, density = 0.2, bits = 16}
+  local r = sl.eval(paro, prob, {params = params})
+  local function right(s)
+    local x = {}
+    for o in s:gmatch("[^,]+") do x[#x + 1] = o end
+    for h = 1, #planted do
+      if math.tointeger(planted[h]) == 1 and x[h]:sub(3, 3) ~= "F" then return false end
+      if math.tointeger(planted[h]) == 0 and x[h]:sub(1, 1) ~= "F" then return false end
+    end
+    return true
+  end
+  truthy(right(r.metrics.head_orders), "orders " .. r.metrics.head_orders)
+  local conc = paro.concentration
+  paro.concentration = function() return 0 end
+  local ok, blind = pcall(sl.eval, paro, prob, {params = params})
+  paro.concentration = conc
+  truthy(ok, tostring(blind))
+  truthy(not right(blind.metrics.head_orders), "score-blind orders " .. blind.metrics.head_orders)
+  truthy(blind.metrics.rel_l2 > 1.2 * r.metrics.rel_l2, string.format("blind rel_l2 %g, searched %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+  text_kept(sl.eval(paro, prob, {params = params}).mask, prob.layout, "paroattention")
+end)
+
+test("paroattention: all blocks unquantised equal dense; INT8 and INT4 errors; per-step masks", function()
+  local prob = stepped{heads = 3}
+  local full = sl.eval(paro, prob, {params = {block = 16, density = 1, bits = 16}})
+  truthy(full.metrics.rel_l2 <= 1e-5, "density 1, no quantisation: rel_l2 " .. full.metrics.rel_l2)
+  -- emulated INT8 / INT4 Q and K at mask = all (the card asks for the error per bit width)
+  local i8 = sl.eval(paro, prob, {params = {block = 16, density = 1, bits = 8}})
+  local i4 = sl.eval(paro, prob, {params = {block = 16, density = 1, bits = 4}})
+  truthy(i8.metrics.rel_l2 > 1e-5 and i8.metrics.rel_l2 < 0.05, "INT8 rel_l2 " .. i8.metrics.rel_l2)
+  truthy(i4.metrics.rel_l2 > 3 * i8.metrics.rel_l2, "INT4 rel_l2 " .. i4.metrics.rel_l2)
+  -- masks per timestep: calibrated at steps 0 and 10, a run at step 6 uses step 0's
+  local p0, p10, p6 = stepped{heads = 3, step = 0}, stepped{heads = 3, step = 10}, stepped{heads = 3, step = 6}
+  local cfg = sl.calibrate(paro, {problems = {p0, p10}, params = {block = 16, density = 0.3}})
+  local s0 = sl.calibrate(paro, {problems = {p0}, params = {block = 16, density = 0.3}})
+  truthy(cfg.layers[1].steps["0"] and cfg.layers[1].steps["10"], "two steps")
+  local a = sl.eval(paro, p6, {params = {block = 16, density = 0.3, config = cfg}})
+  local only0 = {block = 16, density = 0.3, layers = {{orders = cfg.layers[1].orders, steps = {["0"] = cfg.layers[1].steps["0"]}}}}
+  local b = sl.eval(paro, p6, {params = {block = 16, density = 0.3, config = only0}})
+  eq(sl.metric.max_abs(a.o, b.o), 0, "step 6 runs the mask of step 0")
+  truthy(s0.layers[1].orders, "single-step plan")
+  local late = {block = 16, density = 0.3, layers = {{orders = cfg.layers[1].orders, steps = {["10"] = cfg.layers[1].steps["10"]}}}}
+  raises(function() sl.eval(paro, p6, {params = {block = 16, config = late}}) end, "no mask for step 6 or earlier")
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
