@@ -27,8 +27,8 @@ function E.problem(t)
     -- a token layout (sparselab.layout, issue 15): its n must be the problem's
     local layout = require "sparselab.layout"
     if not layout.is_layout(t.layout) then sl.fail("sl.problem: layout must be a sparselab.layout object") end
+    -- the layout orders the keys; queries are the last n_q of them (decode convention)
     t.layout:check(ks[2], "sl.problem")
-    if qs[2] ~= ks[2] then t.layout:check(qs[2], "sl.problem (queries)") end
   end
   t.causal = t.causal ~= false
   t.backend = t.backend or "cpu"

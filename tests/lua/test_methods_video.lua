@@ -542,5 +542,75 @@ test("paroattention: all blocks unquantised equal dense; INT8 and INT4 errors; p
   raises(function() sl.eval(paro, p6, {params = {block = 16, config = late}}) end, "no mask for step 6 or earlier")
 end)
 
+-- ---- light_forcing ---------------------------------------------------------------
+
+local lf = sl.methods.get("light_forcing")
+
+-- the last two of eight frames as the current chunk over the whole cache
+local function chunk(seed)
+  local q, k, v, _, lay = layout.video_workload{frames = 8, height = 8, width = 8, heads = 4, seed = seed,
+    spatial_frac = 0.25}
+  return sl.problem{q = q:narrow(2, 6 * 64 + 1, 128), k = k, v = v, causal = false, layout = lay}
+end
+
+test("light_forcing: CAG keeps the uniform target's FLOPs with growing sparsity; s = 0 is dense", function()
+  local w = {}
+  for i = 1, 6 do w[i] = 2 * i end          -- chunk i attends i cached chunks plus itself
+  local s, beta = lf.cag(w, 0.6, 0.7)
+  truthy(beta > 0, "beta > 0")
+  local a, b = 0, 0
+  for i = 1, 6 do
+    a = a + w[i] * (1 - s[i])
+    b = b + w[i] * (1 - 0.6)
+    if i > 1 then truthy(s[i] >= s[i - 1], "non-decreasing") end
+  end
+  near(a, b, 1e-9, "equal FLOPs")
+  local zero = lf.cag(w, 0, 0)
+  for i = 1, 6 do eq(zero[i], 0, "s = 0 everywhere") end
+  local prob = chunk(5)
+  local r = sl.eval(lf, prob, {params = {block = 16, bq = 16, sparsity = 0}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "s = 0: rel_l2 " .. r.metrics.rel_l2)
+end)
+
+test("light_forcing: the mask lies in the chunk, the sink frame and the selected frames' budget", function()
+  local prob = chunk(6)
+  local p = sl.registry.resolve(lf, {block = 16, bq = 16, sparsity = 0.75})
+  local out = lf.run(prob, p)
+  local bits = out.mask:to_bits():totable()
+  -- history frames 0..5 (frame 0 is the sink), 4 blocks of 16 per frame; budget round(0.25 * 5 * 4) = 5
+  for h = 1, 4 do
+    for r = 1, 128, 16 do
+      local hist_blocks, frames = 0, {}
+      for J = 0, 8 * 4 - 1 do
+        local on = bits[h][r][J * 16 + 1] ~= 0
+        local f = J // 4
+        if f >= 6 or f == 0 then truthy(on, "chunk and sink blocks always kept")
+        elseif on then hist_blocks = hist_blocks + 1; frames[f] = true end
+      end
+      eq(hist_blocks, 5, "history blocks of a query block")
+      local nf = 0
+      for _ in pairs(frames) do nf = nf + 1 end
+      truthy(nf <= math.ceil(2 * 0.25 * 5), "within the selected frames")
+    end
+  end
+end)
+
+test("light_forcing: pooled selection beats a score-blind one at the same density", function()
+  local prob = chunk(7)
+  local params = {block = 16, bq = 16, sparsity = 0.75}
+  local r = sl.eval(lf, prob, {params = params})
+  local scores = lf.scores
+  lf.scores = function(pr, bq, bk)
+    local H, nqb, nkb = pr.q:shape()[1], (pr.q:shape()[2] + bq - 1) // bq, (pr.k:shape()[2] + bk - 1) // bk
+    return sl.rand({H, nqb, nkb}, bk):totable()
+  end
+  local ok, blind = pcall(sl.eval, lf, prob, {params = params})
+  lf.scores = scores
+  truthy(ok, tostring(blind))
+  near(blind.metrics.density, r.metrics.density, 1e-9, "same density")
+  truthy(blind.metrics.rel_l2 > 1.2 * r.metrics.rel_l2, string.format("blind rel_l2 %g, pooled %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
