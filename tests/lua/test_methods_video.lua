@@ -612,5 +612,40 @@ test("light_forcing: pooled selection beats a score-blind one at the same densit
     blind.metrics.rel_l2, r.metrics.rel_l2))
 end)
 
+-- ---- sparse_guidance ---------------------------------------------------------------
+
+local sg = sl.methods.get("sparse_guidance")
+
+test("sparse_guidance: the card's identities, text never dropped, guidance extrapolates", function()
+  local prob = problem{heads = 3}
+  local base = {block = 16, gamma_strong = 0.2, gamma_weak = 0.6, seed = 3}
+  local p = sl.registry.resolve(sg, base)
+  local os = sg.branch(prob, p, 0.2)
+  local ow = sg.branch(prob, p, 0.6)
+  local function with(t) local c = {} for k2, v2 in pairs(base) do c[k2] = v2 end for k2, v2 in pairs(t) do c[k2] = v2 end return c end
+  -- omega = 1: the strong branch
+  local one = sg.run(prob, sl.registry.resolve(sg, with{omega = 1}))
+  truthy(sl.metric.max_abs(one.o, os) < 1e-6, "omega 1 gives the strong branch")
+  -- gamma_strong = gamma_weak: the strong branch for any omega
+  local same = sg.run(prob, sl.registry.resolve(sg, with{gamma_weak = 0.2, omega = 3}))
+  truthy(sl.metric.max_abs(same.o, os) < 1e-6, "equal gammas give the strong branch")
+  -- omega = 2: O = 2 O_strong - O_weak, checked element by element here
+  local two = sg.run(prob, sl.registry.resolve(sg, with{omega = 2})).o:totable()
+  local a, b = os:totable(), ow:totable()
+  for h = 1, 3 do for i = 1, prob.layout.n, 37 do for c = 1, 64, 9 do
+    near(two[h][i][c], 2 * a[h][i][c] - b[h][i][c], 1e-5, "guided value")
+  end end end
+  -- strong = dense at gamma 0, omega 1
+  local d = sl.eval(sg, prob, {params = with{gamma_strong = 0, omega = 1}})
+  truthy(d.metrics.rel_l2 <= 1e-5, "gamma_strong 0, omega 1: dense")
+  -- text keys survive even a full drop
+  local _, _, m = sg.branch(prob, sl.registry.resolve(sg, base), 1)
+  local bits = m:to_bits():totable()[1]
+  for i = 1, prob.layout.n, 13 do
+    for j = prob.layout.n_video + 1, prob.layout.n do eq(bits[i][j], 1, "text key kept") end
+  end
+  raises(function() sg.run(prob, sl.registry.resolve(sg, with{gamma_strong = 0.7})) end, "must not exceed")
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
