@@ -306,6 +306,9 @@ test("sl.correct.delta{gamma = 64}(m) works for every method in the registry", f
   local needs = {blindsight = {images = {{16, 96}, {120, 200}}}}
   local n_ok = 0
   for _, id in ipairs(sl.methods.ids()) do
+    local base = sl.methods.get(id)
+    -- video methods need a layout and a bidirectional problem (issue 15)
+    if base.needs_layout or base.noncausal_only then goto continue end
     local m = sl.correct.delta{gamma = 64}(id)
     eq(m.id, id .. "+delta_attention", "id")
     local r = sl.eval(m, prob, {params = needs[id]})
@@ -315,6 +318,7 @@ test("sl.correct.delta{gamma = 64}(m) works for every method in the registry", f
     truthy(e < 1e-5, id .. ": sampled/tail rows differ from dense by " .. e)
     truthy(r.metrics.correction_flops > 0, id .. ": correction flops")
     n_ok = n_ok + 1
+    ::continue::
   end
   truthy(n_ok >= 10, "methods covered: " .. n_ok)
 end)

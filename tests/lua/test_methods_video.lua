@@ -647,5 +647,88 @@ test("sparse_guidance: the card's identities, text never dropped, guidance extra
   raises(function() sg.run(prob, sl.registry.resolve(sg, with{gamma_strong = 0.7})) end, "must not exceed")
 end)
 
+-- ---- rectified_spaattn (the whole pipeline) -------------------------------------
+
+local rsa = sl.methods.get("rectified_spaattn")
+
+test("rectified_spaattn: drop_rate 0 is dense; critical blocks, neighbours and text; text rows dense", function()
+  local prob = problem{heads = 3}
+  local lay = prob.layout
+  local d0 = sl.eval(rsa, prob, {params = {block = 8, drop_rate = 0}})
+  truthy(d0.metrics.rel_l2 <= 1e-5, "drop_rate 0: rel_l2 " .. d0.metrics.rel_l2)
+  local p = sl.registry.resolve(rsa, {block = 8, drop_rate = 0.9, p_remain = 0.3})
+  local out = rsa.run(prob, p)
+  local order = lay:order("gilbert")
+  local nb = lay.n // 8
+  local nbr = rsa.neighbours(lay, order, 8)
+  -- in Gilbert order a block of 8 tokens is a compact region (its bounding box's sides sum to less than
+  -- a frame-major block's 1 + 1 + 8)
+  local function extent(ord)
+    local sum = 0
+    for I = 0, lay.n_video // 8 - 1 do
+      local lo, hi = {math.huge, math.huge, math.huge}, {-1, -1, -1}
+      for t = I * 8 + 1, I * 8 + 8 do
+        local c = {lay:coord(ord[t])}
+        for a = 1, 3 do lo[a] = math.min(lo[a], c[a]); hi[a] = math.max(hi[a], c[a]) end
+      end
+      sum = sum + (hi[1] - lo[1] + 1) + (hi[2] - lo[2] + 1) + (hi[3] - lo[3] + 1)
+    end
+    return sum / (lay.n_video // 8)
+  end
+  truthy(extent(order) < extent(lay:order("fyx")), "Gilbert blocks are compact: " .. extent(order))
+  for I = 0, nb - 1 do truthy(nbr[I][I], "a block neighbours itself") end
+  -- the executed mask in the permuted order: >= top_k per video row, its neighbours, the text blocks
+  local qp = sl.layout.permute(prob.q, lay:perm_tensor({order}))
+  local kp = sl.layout.permute(prob.k, lay:perm_tensor({order}))
+  local P = rsa.probs(qp, kp, lay, 8)
+  local bits = out.mask:to_bits():totable()
+  local top_k = math.floor(0.1 * nb)
+  for h = 1, 3 do
+    local rs = 0
+    for J = 1, nb do rs = rs + P[h][1][J] end
+    near(rs, 1, 1e-9, "P' row sums to 1")
+    for I = 0, nb - 1 do
+      local text_row = lay:is_text(order[I * 8 + 1])
+      local c = 0
+      for J = 0, nb - 1 do
+        local on = bits[h][I * 8 + 1][J * 8 + 1] ~= 0
+        if on then c = c + 1 end
+        if text_row or nbr[I][J] or lay:is_text(order[J * 8 + 1]) then truthy(on, "forced block kept") end
+      end
+      truthy(c >= top_k, "at least top_k blocks")
+    end
+  end
+  text_kept(out.mask, lay, "rectified_spaattn (text stays in place)")
+  eq(rsa.schedule(10, 5).dense_first, 5, "warm-up steps")
+end)
+
+test("rectified_spaattn: IPAR pooled probabilities beat a score-blind selection", function()
+  local prob = problem{heads = 4, seed = 51}
+  -- the selection alone (no forced neighbours, no rectification)
+  local params = {block = 8, drop_rate = 0.9, p_remain = 0, rectify = false, neighbours = false}
+  local r = sl.eval(rsa, prob, {params = params})
+  local probs = rsa.probs
+  rsa.probs = function(qp, kp, lay, b)
+    local nb = (lay.n + b - 1) // b
+    local t = sl.rand({qp:shape()[1], nb, nb}, 11):totable()
+    for _, head in ipairs(t) do for _, row in ipairs(head) do
+      local z = 0 for J = 1, #row do z = z + row[J] end
+      for J = 1, #row do row[J] = row[J] / z end
+    end end
+    return t
+  end
+  local ok, blind = pcall(sl.eval, rsa, prob, {params = params})
+  rsa.probs = probs
+  truthy(ok, tostring(blind))
+  truthy(blind.metrics.density >= r.metrics.density - 0.01, "blind keeps at least as much")
+  truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, IPAR %g",
+    blind.metrics.rel_l2, r.metrics.rel_l2))
+  -- the rectification lowers the error of the same mask
+  local rect = sl.eval(rsa, prob, {params = {block = 8, drop_rate = 0.9, p_remain = 0, rectify = true,
+    neighbours = false}})
+  truthy(rect.metrics.rel_l2 < r.metrics.rel_l2, string.format("rectified %g, plain %g", rect.metrics.rel_l2,
+    r.metrics.rel_l2))
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)

@@ -175,6 +175,8 @@ M.ops = {"attn.dense", "mass.blocks", "attn.block_sparse"}
 M.checks = {"sparsity 0 equals dense", "fresh-LSE W rows sum to the block's rows", "cached LSE deviates",
   "adaptive rule keeps the mean sparsity and stays in [0, 1]", "equal video blocks per query block",
   "a score-blind W loses fidelity at the same density"}
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 
 return M

@@ -125,6 +125,8 @@ M.ops = {"perm.apply", "score.pooled", "attn.block_sparse"}
 M.checks = {"reorder then restore is the identity, text untouched", "sparsity 0 equals dense",
   "block k holds exactly region k's tokens", "per-row kept counts may differ; text keeps every row non-empty",
   "kept fraction per head about 1 - sparsity", "a score-blind map loses fidelity at the same density"}
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 
 return M

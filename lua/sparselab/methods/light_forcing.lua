@@ -131,6 +131,8 @@ M.ops = {"score.pooled", "attn.block_sparse"}
 M.checks = {"s = 0 for every chunk is dense", "CAG keeps the total FLOPs of the uniform target; s_i non-decreasing",
   "the mask lies within the selected frames' blocks, the chunk and the first frame",
   "a score-blind selection loses fidelity"}
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 
 return M

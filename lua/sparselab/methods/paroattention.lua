@@ -195,6 +195,8 @@ M.checks = {"permutation round trip exact, text untouched", "all blocks without 
   "a same-position (temporal) head picks an order with F innermost", "INT8 / INT4 error at mask = all, documented",
   "a score-blind order choice loses fidelity"}
 M.calibrate = M.calibrate
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 
 return M

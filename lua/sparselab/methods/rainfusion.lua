@@ -197,6 +197,8 @@ M.ops = {"attn.rows", "attn.token_sparse", "gather.rows", "attn.block_sparse"}
 M.checks = {"bandwidth 1 equals dense; textural with tau = 1 equals dense", "ARM picks temporal on a planted temporal head",
   "sampled recall in [0, 1], 1 for the full mask", "temporal is tested before spatial",
   "a score-blind ARM misses planted heads"}
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 
 return M

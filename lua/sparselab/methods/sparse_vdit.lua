@@ -264,6 +264,8 @@ M.checks = {"full reproduces dense; skip returns zeros", "multi-diagonal with wi
   "fused equals unfused", "the search is deterministic and its plan round-trips through a calibration file",
   "a score-blind search loses fidelity"}
 M.calibrate = M.calibrate
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 
 return M

@@ -176,6 +176,8 @@ M.ops = {"attn.rows", "attn.token_sparse", "gather.rows", "perm.apply", "attn.bl
 M.checks = {"permute then inverse is the identity (test_video.lua)", "density 1 (or width >= 2 nb) equals dense",
   "profiling finds the planted spatial and temporal heads", "text rows and columns are never dropped",
   "a score-blind classifier misses planted heads"}
+M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
+M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
 M.reuse = reuse
 

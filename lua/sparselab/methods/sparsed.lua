@@ -163,6 +163,7 @@ M.ops = {"score.exact", "attn.block_sparse", "attn.dense"}
 M.checks = {"keep count >= n_kb equals dense; skip = 1 is dense throughout",
   "every query block keeps floor(n_kb select) + 1 prompt blocks plus its generation picks",
   "the mask is built once and identical for all later steps", "a score-blind importance loses fidelity"}
+M.noncausal_only = true    -- diffusion LMs attend bidirectionally
 M.run = run
 
 return M
