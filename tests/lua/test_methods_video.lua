@@ -730,5 +730,59 @@ test("rectified_spaattn: IPAR pooled probabilities beat a score-blind selection"
     r.metrics.rel_l2))
 end)
 
+-- ---- psa_pyramid: the modes added for video (issue 15) ----------------------------
+
+local psa = sl.methods.get("psa_pyramid")
+
+test("psa_pyramid: thresholdbound and tile-aligned intervals follow the reference's rule", function()
+  local bounds = {{1, 0.10}, {2, 0.15}, {4, 0.15}, {8, 0.35}}
+  -- topk with tile alignment: bk 64, tile_n 32 -> multiples of ceil(s / 2): 1, 1, 2, 4
+  local iv = psa.intervals(40, bounds, {mode = "topk", tile_n = 32, bk = 64})
+  -- independent: ends int(40 b) = 4, 6, 6, 14; lengths 4, 2, 0 -> skip, 8 (multiple of 4)
+  eq(#iv, 3, "three non-empty intervals")
+  eq(table.concat({iv[1][1], iv[1][2], iv[1][3], iv[2][1], iv[2][2], iv[2][3], iv[3][1], iv[3][2], iv[3][3]}, ","),
+    "1,1,4,2,5,6,8,7,14", "topk intervals")
+  local odd = psa.intervals(40, {{1, 0.1}, {8, 0.37}}, {mode = "topk", tile_n = 32, bk = 64})
+  eq(odd[2][3] - odd[2][2] + 1, 12, "length 10 rounded up to 12")
+  -- thresholdbound: sorted importances 0.4, 0.2, 0.1, 0.1, then 16 x 0.0125 (total 1)
+  local vals = {0.4, 0.2, 0.1, 0.1}
+  for i = 5, 20 do vals[i] = 0.0125 end
+  local tb = psa.intervals(20, {{1, 0.5}, {2, 0.75}, {8, 0.95}}, {mode = "thresholdbound", tile_n = 0, bk = 64,
+    min_full = 0.08}, vals)
+  -- energy: 0.4, 0.6, 0.7, 0.8, 0.8125, ... ; <= 0.5: 1 rank -> level 1 ends at 2; <= 0.75: 3 ranks -> ends 4;
+  -- <= 0.95: 4 + 12 = 16 ranks -> ends 17
+  eq(table.concat({tb[1][3], tb[2][2], tb[2][3], tb[3][2], tb[3][3]}, ","), "2,3,4,5,17", "thresholdbound")
+  local floor = psa.intervals(100, {{1, 0.01}}, {mode = "thresholdbound", tile_n = 0, bk = 64, min_full = 0.08},
+    (function() local t = {} for i = 1, 100 do t[i] = 1 end return t end)())
+  eq(floor[1][3], 9, "level 1 reaches floor(100 * 0.08) + 1")
+end)
+
+test("psa_pyramid: token re-arrangement round trip, text blocks at level 1, similarity caps, full levels dense", function()
+  local prob = problem{heads = 4}
+  local all1 = {bq = 16, bk = 16, r1 = 1, r2 = 0, r4 = 0, r8 = 0}
+  for _, order in ipairs{"none", "gilbert", "tiles", "yxf"} do
+    local t = {order = order}
+    for k2, v2 in pairs(all1) do t[k2] = v2 end
+    local r = sl.eval(psa, prob, {params = t})
+    truthy(r.metrics.rel_l2 <= 1e-5, "every block at level 1 with order " .. order .. ": " .. r.metrics.rel_l2)
+  end
+  local p = sl.registry.resolve(psa, {bq = 16, bk = 16})
+  local lay = prob.layout
+  local wrapped = setmetatable({_psa_is_text = function(j) return lay:is_text(j) end}, {__index = prob})
+  local _, lv, nqb, nkb = psa.graded_levels(wrapped, p)
+  for h = 1, 4 do for I = 1, nqb do eq(lv[h][I][nkb], 1, "the text block at level 1") end end
+  -- similarity thresholds no pair can reach: every pooled level capped to 1
+  local capped = sl.eval(psa, prob, {params = {bq = 16, bk = 16, use_sim = true, sim2 = 1, sim4 = 1, sim8 = 1}})
+  near(capped.metrics.density_level1, capped.metrics.density, 1e-9, "only level 1 left")
+  -- the order changes which tokens share a block (and so the graded mask)
+  local plain = sl.eval(psa, prob, {params = {bq = 16, bk = 16}})
+  local gil = sl.eval(psa, prob, {params = {bq = 16, bk = 16, order = "gilbert"}})
+  truthy(math.abs(gil.metrics.rel_l2 - plain.metrics.rel_l2) > 1e-6, "the order matters")
+  raises(function() sl.eval(psa, prob, {params = {mode = "cdf"}}) end, "mode must be topk or thresholdbound")
+  raises(function() sl.eval(psa, {q = prob.q, k = prob.k, v = prob.v, causal = false}, {params = {order = "gilbert"}}) end,
+    "needs a video layout")
+  eq(psa.schedule(20, 4).dense_first, 4, "warm-up schedule")
+end)
+
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)
