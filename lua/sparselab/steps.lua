@@ -11,8 +11,11 @@
 --              cached yet or refresh steps have passed since the last
 --              estimate (refresh = 1: every step);
 --   "reuse"    the cached mask of the last estimate is executed on this
---              step's Q/K/V (attn.block_sparse; a method may supply
---              reuse(prob, p, cache) for another executor).
+--              step's Q/K/V (attn.block_sparse, under the estimate's token
+--              permutation when its output carried one as out.perm); a
+--              method may supply reuse(prob, p, cache) for another
+--              executor; a method with neither a block mask nor reuse()
+--              estimates again.
 -- budgets (optional, one per step) is the method's knob for that step.
 --
 -- State (steps.state{schedule =, method =, prob =}) is a plain table
@@ -116,10 +119,14 @@ function S.run_step(schedule, state, m, prob, p, step)
   end
   prob.state = prob.state or state
   local action = S.action(schedule, step, state)
+  -- nothing to reuse (a method without reuse() whose estimate left no block
+  -- mask, e.g. graded pooled levels): estimate again
+  if action == "reuse" and not m.reuse and not sl.mask.is_mask(state.cache.mask) then action = "estimate" end
   local t0 = sl.time()
   local out
   if action == "dense" then
     out = dense_out(prob)
+    out.stats.density = 1
     state.cache.dense_lse, state.cache.dense_o, state.cache.dense_step = out.lse, out.o, step
     out.stats.execute_ms, out.stats.estimate_ms, out.stats.reuse_ms = (sl.time() - t0) * 1e3, 0, 0
   elseif action == "estimate" then
@@ -135,12 +142,21 @@ function S.run_step(schedule, state, m, prob, p, step)
     local c = state.cache
     if m.reuse then
       out = m.reuse(prob, p, c)
-    elseif sl.mask.is_mask(c.mask) then
-      local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, c.mask, {backend = prob.backend})
-      out = {o = o, lse = lse, mask = c.mask, stats = {density = c.mask:density(true),
-        flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, c.mask, {})}}
     else
-      sl.fail("steps: %s returned no block mask and has no reuse(); it cannot reuse a cached step", m.id)
+      -- the cached mask on this step's Q/K/V, in the token order it was made
+      -- in when the estimate ran under a permutation (out.perm)
+      local perm = c.last and c.last.perm
+      local be = prob.backend
+      local q, k, v = prob.q, prob.k, prob.v
+      if perm then q, k, v = sl.perm.apply(q, perm, {backend = be}), sl.perm.apply(k, perm, {backend = be}),
+        sl.perm.apply(v, perm, {backend = be}) end
+      local o, lse = sl.attn.block_sparse(q, k, v, c.mask, {backend = be})
+      if perm then
+        o, lse = sl.perm.apply(o, perm, {inverse = true, backend = be}), sl.perm.apply(lse, perm, {inverse = true,
+          backend = be})
+      end
+      out = {o = o, lse = lse, mask = c.mask, perm = perm, stats = {density = c.mask:density(prob.causal),
+        flops = sl.op_flops("attn.block_sparse", q, k, v, c.mask, {})}}
     end
     local ms = (sl.time() - t0) * 1e3
     out.stats = out.stats or {}

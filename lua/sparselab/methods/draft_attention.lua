@@ -104,7 +104,7 @@ local function run(prob, p)
   local flops = sl.op_flops("attn.block_sparse", qp, kp, vp, mask, {})
   o, lse = sl.layout.unpermute(o, perm, be), sl.layout.unpermute(lse, perm, be)
   local t3 = sl.time()
-  return {o = o, lse = lse, mask = mask, stats = {density = mask:density(false), flops = flops,
+  return {o = o, lse = lse, mask = mask, perm = perm, stats = {density = mask:density(false), flops = flops,
     estimator_flops = est_flops, estimate_ms = (t2 - t1) * 1e3, execute_ms = (t3 - t2 + t1 - t0) * 1e3}}
 end
 

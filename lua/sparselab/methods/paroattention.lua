@@ -198,5 +198,7 @@ M.calibrate = M.calibrate
 M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
 M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
+-- The plan is static (no estimator): a reuse step runs it as it is.
+M.reuse = function(prob, p) return run(prob, p) end
 
 return M

@@ -114,6 +114,24 @@ function M.select(P, p, nb, nbr, text_block, first_sq)
   return keep
 end
 
+-- Attention over the critical-block mask in the permuted order, then the
+-- rectification; O and L back in the original order.
+local function execute(prob, p, mask, perm)
+  local be = prob.backend
+  local qp, kp, vp = sl.layout.permute(prob.q, perm, be), sl.layout.permute(prob.k, perm, be),
+    sl.layout.permute(prob.v, perm, be)
+  local o_s, lse = sl.attn.block_sparse(qp, kp, vp, mask, {backend = be})
+  local o, restored = o_s, 0
+  if p.rectify then
+    local args = {causal = false, ipar = 1, gapr = p.gapr and 1 or 0, backend = be}
+    local _, rs
+    o, _, rs = sl.correct.rectify(qp, kp, vp, mask, o_s, args)
+    restored = rs:stats() / rs:numel()
+  end
+  o, lse = sl.layout.unpermute(o, perm, be), sl.layout.unpermute(lse, perm, be)
+  return o, lse, restored, sl.op_flops("attn.block_sparse", qp, kp, vp, mask, {})
+end
+
 local function run(prob, p)
   local lay = video.layout_of(ID, prob)
   local n, b, H = lay.n, p.block, prob.q:shape()[1]
@@ -122,8 +140,7 @@ local function run(prob, p)
   local order = lay:order("gilbert")
   local perm = lay:perm_tensor({order})
   local be = prob.backend
-  local qp, kp, vp = sl.layout.permute(prob.q, perm, be), sl.layout.permute(prob.k, perm, be),
-    sl.layout.permute(prob.v, perm, be)
+  local qp, kp = sl.layout.permute(prob.q, perm, be), sl.layout.permute(prob.k, perm, be)
   local P = M.probs(qp, kp, lay, b)
   local nbr = p.neighbours and M.neighbours(lay, order, b) or nil
   local text_block = {}
@@ -133,20 +150,20 @@ local function run(prob, p)
   for h = 1, H do keeps[h] = M.select(P[h], p, nb, nbr, text_block, first_sq) end
   local mask = sl.mask.from_blocks(sl.tensor(keeps, "u8"), {n_q = n, n_k = n, bq = b, bk = b, causal = 0})
   local t1 = sl.time()
-  local o_s, lse = sl.attn.block_sparse(qp, kp, vp, mask, {backend = be})
-  local o = o_s
-  local restored = 0
-  if p.rectify then
-    local args = {causal = false, ipar = 1, gapr = p.gapr and 1 or 0, backend = be}
-    local r
-    o, r, restored = sl.correct.rectify(qp, kp, vp, mask, o_s, args)
-    restored = restored:stats() / restored:numel()
-  end
-  o, lse = sl.layout.unpermute(o, perm, be), sl.layout.unpermute(lse, perm, be)
+  local o, lse, restored, flops = execute(prob, p, mask, perm)
   local t2 = sl.time()
-  return {o = o, lse = lse, mask = mask, stats = {density = mask:density(false),
-    flops = sl.op_flops("attn.block_sparse", qp, kp, vp, mask, {}), estimate_ms = (t1 - t0) * 1e3,
-    execute_ms = (t2 - t1) * 1e3, rectify_restored_mean = restored}}
+  return {o = o, lse = lse, mask = mask, perm = perm, stats = {density = mask:density(false), flops = flops,
+    estimate_ms = (t1 - t0) * 1e3, execute_ms = (t2 - t1) * 1e3, rectify_restored_mean = restored}}
+end
+
+-- Reuse across denoising steps: the cached critical blocks, rectified on this step's Q/K/V.
+local function reuse(prob, p, cache)
+  video.layout_of(ID, prob)
+  local c = cache.last
+  if not (c and c.perm and cache.mask) then sl.fail("%s: no cached critical-block mask in the step state", ID) end
+  local o, lse, restored, flops = execute(prob, p, cache.mask, c.perm)
+  return {o = o, lse = lse, mask = cache.mask, perm = c.perm, stats = {density = cache.mask:density(false),
+    flops = flops, rectify_restored_mean = restored}}
 end
 
 M.id = ID
@@ -172,5 +189,6 @@ M.checks = {"drop_rate 0 keeps every block: dense", "every video block row keeps
 M.needs_layout = true      -- a video layout on the problem (sparselab.layout)
 M.noncausal_only = true    -- video attention is bidirectional
 M.run = run
+M.reuse = reuse
 
 return M
