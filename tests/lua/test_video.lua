@@ -220,5 +220,34 @@ test("schedule and step-state errors are one line", function()
   raises(function() sl.steps.run_step(sch, st, m, prob, p, 2) end, "step 2 is past the schedule's 2 steps")
 end)
 
+test("reuse runs the cached mask in the estimate's token order; without a mask it estimates again", function()
+  local traj = trajectory(3)
+  local r = sl.steps.replay{method = "draft_attention", schedule = {steps = 2, refresh = 2}, trajectory = traj,
+    params = {ph = 2, pw = 4, sparsity = 0.7}}
+  eq(r.steps[2].action, "reuse", "step 1 reuses")
+  -- the reused mask applied by hand in the tiles order equals the reuse step's output
+  local lay = traj[2].layout
+  local perm = lay:perm_tensor("tiles", {tf = 1, th = 2, tw = 4})
+  local prob = traj[2]
+  local o = sl.attn.block_sparse(layout.permute(prob.q, perm), layout.permute(prob.k, perm), layout.permute(prob.v, perm),
+    r.state.cache.mask)
+  local d = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false})
+  near(sl.metric.rel_l2(layout.unpermute(o, perm), d), r.steps[2].rel_l2, 1e-6, "reuse = cached mask in the tiles order")
+  truthy(r.steps[2].rel_l2 < r.steps[1].rel_l2 + 0.05, "a drifted step keeps the estimate's quality")
+  local psa = sl.steps.replay{method = "psa_pyramid", schedule = {steps = 2, refresh = 2}, trajectory = traj,
+    params = {bq = 16, bk = 16}}
+  eq(psa.steps[2].action, "estimate", "no block mask to reuse: estimate again")
+end)
+
+test("sparselab bench shows a video method's executed density and speedup over dense", function()
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local f = io.popen(bin .. " bench --only-estimators --methods draft_attention --n 2048 --quick --json 2>&1")
+  local out = f:read("a")
+  f:close()
+  truthy(out:find('"name":"video:draft_attention"', 1, true), "bench row: " .. out)
+  truthy(out:find('"speedup":', 1, true) and out:find('"density":', 1, true), "density and speedup: " .. out)
+  truthy(not out:find('"error"', 1, true), "no error: " .. out)
+end)
+
 io.write(string.format("test_video: %d passed, %d failed\n", H.passed, H.failed))
 os.exit(H.failed == 0 and 0 or 1)

@@ -27,6 +27,7 @@ usage: sparselab                         start the REPL
        sparselab fit DB --law sparse_frontier|power|loglinear [...]
        sparselab stats DB [...]
        sparselab bench [--quick] [--json] [--db FILE] [--methods a,b] [--no-estimators | --only-estimators] [--n N[,N]...]
+                      [--video] (video methods: executed density and speedup over dense on the video workload)
                       [--backend cpu|cuda] [--d D[,D]...] [--heads H] [--densities R[,R]...] [--patterns window,random_blocks]
                       [--reps R] [--dtypes f32,bf16] [--no-sgemm] [--no-decode] [--decode-n N] [--decode-keys K]
                       [--decode-nq Q[,Q]...] [--decode-parts]
@@ -505,7 +506,7 @@ function C.bench(argv)
     ["no-estimators"] = "flag", ["only-estimators"] = "flag", n = "value", d = "value", heads = "value",
     densities = "value", patterns = "value", reps = "value", dtypes = "value", ["no-sgemm"] = "flag",
     ["no-decode"] = "flag", ["decode-n"] = "value", ["decode-keys"] = "value", ["decode-nq"] = "value",
-    ["decode-parts"] = "flag"}, {})
+    ["decode-parts"] = "flag", video = "flag"}, {})
   -- a comma-separated list of integers >= lo (or of numbers in (0, 1] when frac)
   local function list(name, lo, frac)
     local s = o[name]
@@ -575,16 +576,33 @@ function C.bench(argv)
   if not o["no-estimators"] then
     -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)
     local est = require "sparselab.bench_estimators"
-    local ids
+    -- video methods (issue 15) run on the video workload: bench_video
+    local bv = require "sparselab.bench_video"
+    local ids, vids
     if o.methods then
-      ids = {}
-      for id in o.methods:gmatch("[^,]+") do ids[#ids + 1] = sl.methods.get(id).id end
-      if #ids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
+      ids, vids = {}, {}
+      for id in o.methods:gmatch("[^,]+") do
+        local m = sl.methods.get(id)
+        if bv.is_video(m) then vids[#vids + 1] = m.id else ids[#ids + 1] = m.id end
+      end
+      if #ids + #vids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
+    elseif o.video then
+      vids = bv.ids()
     end
-    for _, est_n in ipairs(sizes or {false}) do
-      for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
-        results[#results + 1] = r
-        show(r)
+    if not ids or #ids > 0 then
+      for _, est_n in ipairs(sizes or {false}) do
+        for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
+          results[#results + 1] = r
+          show(r)
+        end
+      end
+    end
+    if vids and #vids > 0 then
+      for _, vn in ipairs(sizes or {false}) do
+        for _, r in ipairs(bv.run{quick = o.quick, backend = o.backend or "cpu", methods = vids, n = vn or nil}) do
+          results[#results + 1] = r
+          show(r)
+        end
       end
     end
   end
