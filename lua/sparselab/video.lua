@@ -124,4 +124,34 @@ function V.run_permuted(prob, mask, perm)
   return o, lse, perm_ms, flops
 end
 
+--- Calibration problems grouped by layer: {[layer + 1] = {problems}}.
+function V.by_layer(problems)
+  local out = {}
+  for _, prob in ipairs(problems) do
+    local l = (prob.layer or 0) + 1
+    out[l] = out[l] or {}
+    table.insert(out[l], prob)
+  end
+  return out
+end
+
+--- The layer entry of an offline plan for prob: p.config is a calibration
+--- file path or its table; without one, search(prob) makes the plan from
+--- the problem itself. The plan must have been made with p.block; its layer
+--- entry must list `field` for every query head.
+function V.plan_layer(id, prob, p, field, search)
+  local cfg = p.config
+  if type(cfg) == "string" then cfg = require("sparselab.calibrate").load(cfg, id) end
+  if type(cfg) ~= "table" then cfg = search(prob) end
+  if cfg.block ~= p.block then
+    sl.fail("%s: the plan was searched with block %s, the run uses %d", id, tostring(cfg.block), p.block)
+  end
+  local layer = (cfg.layers or {})[(prob.layer or 0) + 1]
+  local H = prob.q:shape()[1]
+  if not layer or type(layer[field]) ~= "table" or #layer[field] ~= H then
+    sl.fail("%s: the plan has no entry of %d heads for layer %d", id, H, prob.layer or 0)
+  end
+  return layer
+end
+
 return V

@@ -71,14 +71,8 @@ local function keep_count(nb, density) return math.min(nb * nb, math.max(1, math
 function M.calibrate(problems, opts)
   local m = sl.methods.get(ID)
   local p = sl.registry.resolve(m, opts and opts.params or {})
-  local by_layer = {}
-  for _, prob in ipairs(problems) do
-    local l = (prob.layer or 0) + 1
-    by_layer[l] = by_layer[l] or {}
-    table.insert(by_layer[l], prob)
-  end
   local layers = {}
-  for l, probs in pairs(by_layer) do
+  for l, probs in pairs(video.by_layer(problems)) do
     local lay = video.layout_of(ID, probs[1])
     local H = probs[1].q:shape()[1]
     local nb = (lay.n + p.block - 1) // p.block
@@ -126,15 +120,9 @@ function M.calibrate(problems, opts)
 end
 
 local function plan_for(prob, p)
-  local cfg = p.config
-  if type(cfg) == "string" then cfg = require("sparselab.calibrate").load(cfg, ID) end
-  if type(cfg) ~= "table" then cfg = M.calibrate({prob}, {params = {block = p.block, density = p.density}}) end
-  if cfg.block ~= p.block then sl.fail("%s: the plan was calibrated with block %d, the run uses %d", ID, cfg.block, p.block) end
-  local layer = (cfg.layers or {})[(prob.layer or 0) + 1]
-  local H = prob.q:shape()[1]
-  if not layer or #layer.orders ~= H then
-    sl.fail("%s: the plan has no entry of %d heads for layer %d", ID, H, prob.layer or 0)
-  end
+  local layer = video.plan_layer(ID, prob, p, "orders", function(pr)
+    return M.calibrate({pr}, {params = {block = p.block, density = p.density}})
+  end)
   local step = math.tointeger((prob.workload_params or {}).step) or 0
   local best
   for key in pairs(layer.steps) do

@@ -141,13 +141,7 @@ function M.calibrate(problems, opts)
   local m = sl.methods.get(ID)
   local p = sl.registry.resolve(m, opts and opts.params or {})
   local layers = {}
-  local by_layer = {}
-  for _, prob in ipairs(problems) do
-    local l = (prob.layer or 0) + 1
-    by_layer[l] = by_layer[l] or {}
-    table.insert(by_layer[l], prob)
-  end
-  for l, probs in pairs(by_layer) do
+  for l, probs in pairs(video.by_layer(problems)) do
     local lay = video.layout_of(ID, probs[1])
     local H = probs[1].q:shape()[1]
     local cands = M.candidates(lay, p.block)
@@ -196,20 +190,9 @@ function M.calibrate(problems, opts)
 end
 
 local function plan_for(prob, p)
-  local cfg = p.config
-  if type(cfg) == "string" then cfg = require("sparselab.calibrate").load(cfg, ID) end
-  if type(cfg) ~= "table" then
-    cfg = M.calibrate({prob}, {params = {block = p.block, threshold = p.threshold}})
-  end
-  if cfg.block and cfg.block ~= p.block then
-    sl.fail("%s: the plan was searched with block %d, the run uses %d", ID, cfg.block, p.block)
-  end
-  local layer = (cfg.layers or {})[(prob.layer or 0) + 1]
-  local H = prob.q:shape()[1]
-  if not layer or #layer.heads ~= H then
-    sl.fail("%s: the plan has no entry of %d heads for layer %d", ID, H, prob.layer or 0)
-  end
-  return layer.heads
+  return video.plan_layer(ID, prob, p, "heads", function(pr)
+    return M.calibrate({pr}, {params = {block = p.block, threshold = p.threshold}})
+  end).heads
 end
 
 --- Runs a plan: fused (one launch over per-head masks) or head by head.
