@@ -645,6 +645,13 @@ test("sparse_guidance: the card's identities, text never dropped, guidance extra
     for j = prob.layout.n_video + 1, prob.layout.n do eq(bits[i][j], 1, "text key kept") end
   end
   raises(function() sg.run(prob, sl.registry.resolve(sg, with{gamma_strong = 0.7})) end, "must not exceed")
+  -- the combination in row chunks (large outputs): 2 heads x 5000 rows
+  local xa, xb = sl.randn({2, 5000, 64}, 61), sl.randn({2, 5000, 64}, 62)
+  local g = sg.guide(xa, xb, -0.5)
+  for _, r in ipairs{1, 4096, 4097, 5000} do
+    local ga, gb, gg = xa:narrow(2, r, 1):totable(), xb:narrow(2, r, 1):totable(), g:narrow(2, r, 1):totable()
+    for h = 1, 2 do near(gg[h][1][5], gb[h][1][5] - 0.5 * (ga[h][1][5] - gb[h][1][5]), 1e-5, "chunked guide") end
+  end
 end)
 
 -- ---- rectified_spaattn (the whole pipeline) -------------------------------------

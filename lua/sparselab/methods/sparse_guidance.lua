@@ -42,14 +42,24 @@ end
 --- O_weak + omega (O_strong - O_weak), elementwise (in Lua: no op computes
 --- a linear combination of two outputs).
 function M.guide(o_strong, o_weak, omega)
-  local s, w = o_strong:totable(), o_weak:totable()
-  for h = 1, #s do
-    for i = 1, #s[h] do
-      local rs, rw = s[h][i], w[h][i]
-      for c = 1, #rs do rs[c] = rw[c] + omega * (rs[c] - rw[c]) end
+  local H, n = o_strong:shape()[1], o_strong:shape()[2]
+  local rows = math.max(1, 262144 // o_strong:shape()[3])   -- chunks well inside totable's limit
+  local heads = {}
+  for h = 1, H do
+    local parts = {}
+    for r0 = 1, n, rows do
+      local len = math.min(rows, n - r0 + 1)
+      local s = o_strong:narrow(1, h, 1):narrow(2, r0, len):totable()
+      local w = o_weak:narrow(1, h, 1):narrow(2, r0, len):totable()
+      for i = 1, len do
+        local rs, rw = s[1][i], w[1][i]
+        for c = 1, #rs do rs[c] = rw[c] + omega * (rs[c] - rw[c]) end
+      end
+      parts[#parts + 1] = sl.tensor(s)
     end
+    heads[h] = #parts == 1 and parts[1] or sl.cat(parts, 2)
   end
-  return sl.tensor(s)
+  return #heads == 1 and heads[1] or sl.cat(heads, 1)
 end
 
 local function run(prob, p)
