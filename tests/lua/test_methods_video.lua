@@ -175,6 +175,13 @@ test("draft_attention: the draft map beats a score-blind one at the same density
   truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, draft %g",
     blind.metrics.rel_l2, r.metrics.rel_l2))
   raises(function() sl.eval(draft, prob, {params = {ph = 3, pw = 4}}) end, "regions of 3 x 4 tokens must tile")
+  -- text first: 8 tokens before the video, a whole region of 2 x 4: runs, and sparsity 0 is dense
+  local q, k, v = prob.q, prob.k, prob.v
+  local first = sl.problem{q = q, k = k, v = v, causal = false,
+    layout = layout.video{frames = 4, height = 8, width = 8, text = 8, text_first = true}}
+  local d0 = sl.eval(draft, first, {params = {ph = 2, pw = 4, sparsity = 0}})
+  truthy(d0.metrics.rel_l2 <= 1e-5, "text first, sparsity 0")
+  raises(function() sl.eval(draft, first, {params = {ph = 4, pw = 4}}) end, "not a multiple of the 16-token regions")
 end)
 
 -- ---- adaspa -----------------------------------------------------------------------
@@ -789,6 +796,25 @@ test("psa_pyramid: token re-arrangement round trip, text blocks at level 1, simi
   raises(function() sl.eval(psa, {q = prob.q, k = prob.k, v = prob.v, causal = false}, {params = {order = "gilbert"}}) end,
     "needs a video layout")
   eq(psa.schedule(20, 4).dense_first, 4, "warm-up schedule")
+end)
+
+test("text-first layouts: every layout method at its full budget equals dense", function()
+  local prob = problem{heads = 2, seed = 71}
+  local first = sl.problem{q = prob.q, k = prob.k, v = prob.v, causal = false,
+    layout = layout.video{frames = 4, height = 8, width = 8, text = 8, text_first = true}}
+  local full = {
+    sparse_videogen = {block = 16, rows = 8, density = 1},
+    adaspa = {block = 16, sparsity = 0},
+    paroattention = {block = 16, density = 1, bits = 16},
+    sparse_vdit = {block = 16, threshold = 0},
+    rectified_spaattn = {block = 8, drop_rate = 0},
+    psa_pyramid = {bq = 16, bk = 16, order = "gilbert", r1 = 1},
+  }
+  for id, params in pairs(full) do
+    local r = sl.eval(id, first, {params = params})
+    truthy(r.metrics.rel_l2 <= 1e-5, id .. " with text first: rel_l2 " .. r.metrics.rel_l2)
+  end
+  raises(function() sl.eval("rainfusion", first, {params = {block = 16}}) end, "text_first layouts are not supported")
 end)
 
 io.write(string.format("test_methods_video: %d passed, %d failed\n", H.passed, H.failed))

@@ -239,6 +239,24 @@ test("reuse runs the cached mask in the estimate's token order; without a mask i
   eq(psa.steps[2].action, "estimate", "no block mask to reuse: estimate again")
 end)
 
+test("sparselab eval on the video workload (non-causal, layout carried) and its one-line errors", function()
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local function sh(cmd)
+    local f = io.popen(cmd .. " 2>&1")
+    local out = f:read("a")
+    return f:close(), out
+  end
+  local ok, out = sh(bin .. " eval sparse_videogen --workload video,frames=2,height=8,width=8,text=4,heads=2,seed=3 " ..
+    "--param block=16 --param rows=8 --json")
+  truthy(ok and out:find('"method":"sparse_videogen"', 1, true) and out:find('"workload":"video"', 1, true),
+    "eval: " .. out)
+  ok, out = sh(bin .. " eval dense --workload video,frames=2,colour=1")
+  truthy(not ok and out:find("unknown option 'colour'", 1, true) and select(2, out:gsub("\n", "")) == 1,
+    "one-line error: " .. out)
+  ok, out = sh(bin .. " eval dense --workload video,frames=2,height=4,width=4 --layout video,frames=2,height=4,width=4")
+  truthy(not ok and out:find("--layout is for --qkv tensors", 1, true), "layout twice: " .. out)
+end)
+
 test("sparselab bench shows a video method's executed density and speedup over dense", function()
   local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
   local f = io.popen(bin .. " bench --only-estimators --methods draft_attention --n 2048 --quick --json 2>&1")

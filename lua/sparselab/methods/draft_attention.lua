@@ -35,6 +35,10 @@ local function check_grid(lay, p)
     sl.fail("draft_attention: regions of %d x %d tokens must tile the %d x %d frame (height %% ph and width %% pw = 0)",
       p.ph, p.pw, lay.height, lay.width)
   end
+  if lay.video0 % (p.ph * p.pw) ~= 0 then
+    sl.fail("draft_attention: %d text tokens before the video are not a multiple of the %d-token regions", lay.video0,
+      p.ph * p.pw)
+  end
 end
 
 --- Step 1-2: the draft map [H, S, S] as a Lua table (probabilities), from
