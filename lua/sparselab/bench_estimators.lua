@@ -43,7 +43,7 @@ function E.ids()
     local ok, m = pcall(sl.methods.get, id)
     -- (video methods need a layout and a bidirectional problem: not this causal bench)
     if ok and tostring(m.family):find("%-estimate$") and m.phase ~= "decode" and not m.needs_layout
-      and not m.noncausal_only then ids[#ids + 1] = id end
+      and not m.noncausal_only and m.workload ~= "video" then ids[#ids + 1] = id end
   end
   return ids
 end

@@ -25,7 +25,7 @@ end
 
 --- Is method m a video method (needs a layout or a bidirectional problem)?
 function V.is_video(m)
-  return m.needs_layout == true or m.noncausal_only == true
+  return m.needs_layout == true or m.noncausal_only == true or m.workload == "video"
 end
 
 --- Ids of the video methods.

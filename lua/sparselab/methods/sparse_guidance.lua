@@ -95,6 +95,7 @@ M.params = {
 M.ops = {"attn.block_sparse"}
 M.checks = {"gamma_strong = gamma_weak gives the strong branch for any omega", "omega = 1 gives the strong branch",
   "text tokens are never dropped", "gamma_strong = 0 and omega = 1 equal dense"}
+M.workload = "video"       -- benchmarked on the video workload (bench_video)
 M.run = run
 -- No estimator: a reuse step runs both branches again.
 M.reuse = function(prob, p) return run(prob, p) end
