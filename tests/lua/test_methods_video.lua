@@ -716,6 +716,31 @@ test("rectified_spaattn: drop_rate 0 is dense; critical blocks, neighbours and t
   eq(rsa.schedule(10, 5).dense_first, 5, "warm-up steps")
 end)
 
+test("rectified_spaattn: the isolated-text rectification equals correct.rectify without text; text rows dense", function()
+  -- no text: the Lua path (M.rectify_isolated) against the op on the same critical blocks
+  local q, k, v, _, lay0 = layout.video_workload{frames = 4, height = 8, width = 8, heads = 2, seed = 81}
+  local prob0 = sl.problem{q = q, k = k, v = v, causal = false, layout = lay0}
+  local p = sl.registry.resolve(rsa, {block = 8, drop_rate = 0.8})
+  local out = rsa.run(prob0, p)
+  local perm = out.perm
+  local qp, kp, vp = layout.permute(q, perm), layout.permute(k, perm), layout.permute(v, perm)
+  local o_s = sl.attn.block_sparse(qp, kp, vp, out.mask)
+  local o_op = sl.correct.rectify(qp, kp, vp, out.mask, o_s, {causal = false, ipar = 1, gapr = 1})
+  local o_lua = rsa.rectify_isolated(qp, kp, vp, o_s, out.keeps, lay0, p)
+  truthy(sl.metric.max_abs(o_lua, o_op) < 1e-5, "Lua path equals the op: " .. sl.metric.max_abs(o_lua, o_op))
+  truthy(sl.metric.max_abs(o_op, o_s) > 1e-4, "the rectification changed something")
+  -- with text: the isolated path runs, text query rows keep the dense output, and it differs from pooled text
+  local prob = problem{heads = 2, seed = 83}
+  local iso = sl.eval(rsa, prob, {params = {block = 8, drop_rate = 0.8}})
+  eq(iso.metrics.text_isolated, 1, "isolated path")
+  local pooled = sl.eval(rsa, prob, {params = {block = 8, drop_rate = 0.8, isolate_text = false}})
+  eq(pooled.metrics.text_isolated, 0, "op path")
+  truthy(sl.metric.max_abs(iso.o, pooled.o) > 1e-6, "isolation changes the rectified output")
+  local d = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false})
+  local n = prob.layout.n
+  truthy(sl.metric.max_abs(iso.o:narrow(2, n - 7, 8), d:narrow(2, n - 7, 8)) < 1e-5, "text query rows dense")
+end)
+
 test("rectified_spaattn: IPAR pooled probabilities beat a score-blind selection", function()
   local prob = problem{heads = 4, seed = 51}
   -- the selection alone (no forced neighbours, no rectification)
