@@ -846,6 +846,35 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * j]. Outputs delta [T, m] (the sparse input of an act-sparse product:
  * W r_t = W r_{t-1} + W delta_t) and xhat [T, m] (r after step t; |xhat -
  * x| <= theta up to one rounding). Float32 arithmetic, in step order. */
+/* ---- video / diffusion-transformer layouts (issue 15) ----
+ * perm.apply: inputs x [H, N, D] or [H, N] (float; a log-sum-exp may hold
+ * -inf), perm i32 [P, N] with H % P == 0;
+ * head h uses row g = h / (H / P) (P = 1: one order for every head; P = H:
+ * one per head, e.g. spatial and temporal heads). Every row must be a
+ * bijection of [0, N): an entry outside it or a repeated entry is SL_EARG
+ * naming the row and position. param inverse: 0 gives y[h, t] = x[h,
+ * perm[g, t]] (position t of the new order holds token perm[g, t]); 1 gives
+ * y[h, perm[g, t]] = x[h, t], so inverse(forward(x)) == x exactly. Output
+ * of x's shape. No FLOPs (copies). The orders themselves (axis orders of a
+ * frames x height x width layout, region tiles, the 3-D Gilbert curve, text
+ * tokens kept in place) are built by sparselab.layout.
+ *
+ * mass.blocks (AdaSpa's exact block mass with a cached LSE): inputs q
+ * [Hq, Nq, D], k [Hkv, Nk, D], lse [Hq, Nq] (finite or -inf); params bq, bk,
+ * causal, scale. Output [Hq, ceil(Nq/bq), ceil(Nk/bk)]: W[h, I, J] = the sum
+ * over rows i of block I and seen keys j of block J of exp(scale·q_i·k_j -
+ * lse[h, i]) (float64 in ref). With the rows' own log-sum-exp every row adds
+ * 1 over its keys (W's block row sums to the rows of I); with an LSE cached
+ * from another step the sums drift (AdaSpa's diagnostic). A row whose lse is
+ * -inf adds nothing. Never materialises Nq x Nk.
+ *
+ * quant.fake (the emulated INT-b inputs of a quantised executor, e.g.
+ * PAROAttention's INT8 Q and K): input x [H, N, D]; params bits, group.
+ * Per head and group of `group` rows (the last one ragged): step = max|x| /
+ * (2^(bits-1) - 1) in f32 (1 when that is 0), y = step · clamp(roundf(x /
+ * step), -qmax, qmax), computed in f32 (the rule of score.lowbit), so y holds
+ * exactly the values an integer kernel would multiply (times its scale).
+ * Output [H, N, D]. FLOPs: 3 per element. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
@@ -1154,6 +1183,32 @@ typedef struct sl_synth_params {
 } sl_synth_params;
 
 sl_status sl_workload_synthetic(sl_ctx *ctx, const sl_synth_params *p, sl_tensor *q, sl_tensor *k, sl_tensor *v);
+
+/* ---- synthetic video workload (issue 15) ----
+ * Seeded Q, K, V [heads, n, d] of a video DiT layer, n = frames·height·width
+ * + text (video tokens frame-major, t = (f·height + y)·width + x, then the
+ * text tokens), and kinds i32 [heads] (0 spatial, 1 temporal). Every entry
+ * starts as N(0, 1) noise plus drift·(cos(step·pi/40)·z_a + sin(step·pi/40)·z_b)
+ * (z_a, z_b fixed N(0, 1) fields: consecutive denoising steps differ by about
+ * drift·pi/40 per entry). On top, per head (strengths are logit boosts at
+ * distance 0, scores scaled by 1/sqrt(d)), from random Fourier features:
+ * spatial heads (probability spatial_frac) add spatial_strength·exp(-|Δyx|^2 /
+ * (2 spatial_len^2)) for two tokens of the same frame, about 0 across frames;
+ * temporal heads add temporal_strength·exp(-|Δyx|^2 / (2 temporal_len^2)) for
+ * any two video tokens, whatever their frames; every video query gains
+ * text_strength towards every text key. The structure depends on seed only,
+ * the noise on seed and step. */
+typedef struct sl_video_params {
+    int64_t heads, frames, height, width, text, d;
+    uint64_t seed;
+    int64_t step;
+    double spatial_frac, spatial_strength, spatial_len;
+    double temporal_strength, temporal_len;
+    double text_strength, drift;
+} sl_video_params;
+
+sl_status sl_workload_video(sl_ctx *ctx, const sl_video_params *p, sl_tensor *q, sl_tensor *k, sl_tensor *v,
+                            sl_tensor *kinds);
 
 /* ---- transformer runner (core/model/) -----------------------------------------
  * A LLaMA-architecture forward pass on the CPU (OpenBLAS) whose attention is a

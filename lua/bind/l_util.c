@@ -194,6 +194,43 @@ static int l_synthetic(lua_State *L)
     return 3;
 }
 
+/* sl.synthetic_video{heads=, frames=, height=, width=, text=, d=, seed=, step=,
+ * spatial_frac=, spatial=, spatial_len=, temporal=, temporal_len=, text_strength=,
+ * drift=} -> q, k, v, kinds (see sl_workload_video; issue 15). */
+static int l_synthetic_video(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    static const char *const keys[] = {"heads", "frames", "height", "width", "text", "d", "seed", "step",
+                                       "spatial_frac", "spatial", "spatial_len", "temporal", "temporal_len",
+                                       "text_strength", "drift", NULL};
+    sl__lua_check_keys(L, 1, "sl.synthetic_video", keys);
+    sl_video_params p;
+    p.heads = sl__lua_opt_int_field(L, 1, "heads", 4);
+    p.frames = sl__lua_opt_int_field(L, 1, "frames", 4);
+    p.height = sl__lua_opt_int_field(L, 1, "height", 8);
+    p.width = sl__lua_opt_int_field(L, 1, "width", 8);
+    p.text = sl__lua_opt_int_field(L, 1, "text", 0);
+    p.d = sl__lua_opt_int_field(L, 1, "d", 64);
+    p.seed = (uint64_t)sl__lua_opt_int_field(L, 1, "seed", 0);
+    p.step = sl__lua_opt_int_field(L, 1, "step", 0);
+    p.spatial_frac = opt_num_field(L, "spatial_frac", 0.5);
+    p.spatial_strength = opt_num_field(L, "spatial", 6.0);
+    p.spatial_len = opt_num_field(L, "spatial_len", 2.0);
+    p.temporal_strength = opt_num_field(L, "temporal", 6.0);
+    p.temporal_len = opt_num_field(L, "temporal_len", 0.5);
+    p.text_strength = opt_num_field(L, "text_strength", 3.0);
+    p.drift = opt_num_field(L, "drift", 0.3);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_tensor q, k, v, kinds;
+    if (sl_workload_video(ctx, &p, &q, &k, &v, &kinds))
+        return sl__lua_fail(L, ctx);
+    sl__lua_push_tensor(L, q);
+    sl__lua_push_tensor(L, k);
+    sl__lua_push_tensor(L, v);
+    sl__lua_push_tensor(L, kinds);
+    return 4;
+}
+
 /* sl.sha256(string) -> 64 hex digits */
 static int l_sha256(lua_State *L)
 {
@@ -472,7 +509,7 @@ void sl__lua_open_util(lua_State *L)
                                    {"threads", l_threads},
                                    {"bench_sgemm", l_bench_sgemm},
                                    {"bench_memcpy", l_bench_memcpy},
-                                   {"synthetic", l_synthetic},
+                                   {"synthetic", l_synthetic}, {"synthetic_video", l_synthetic_video},
                                    {"sha256", l_sha256},
                                    {"listdir", l_listdir},
                                    {"mkdir", l_mkdir},

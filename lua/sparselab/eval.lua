@@ -8,7 +8,7 @@ local E = {}
 
 local PROBLEM_KEYS = {q = true, k = true, v = true, causal = true, backend = true, phase = true,
   workload = true, workload_params = true, layer = true, head = true, _checked = true, _dense = true,
-  state = true}
+  state = true, layout = true}
 
 --- A problem: {q =, k =, v =, causal = true, backend = "cpu", workload = "name", workload_params = {},
 --- state = {} (optional: the explicit step state stateful corrections keep and update in place)}
@@ -22,6 +22,13 @@ function E.problem(t)
   local qs, ks, vs = t.q:shape(), t.k:shape(), t.v:shape()
   if #qs ~= 3 or #ks ~= 3 or #vs ~= 3 then
     sl.fail("sl.problem: q, k, v must be [heads, tokens, head_dim]; found %d, %d and %d dims", #qs, #ks, #vs)
+  end
+  if t.layout ~= nil then
+    -- a token layout (sparselab.layout, issue 15): its n must be the problem's
+    local layout = require "sparselab.layout"
+    if not layout.is_layout(t.layout) then sl.fail("sl.problem: layout must be a sparselab.layout object") end
+    -- the layout orders the keys; queries are the last n_q of them (decode convention)
+    t.layout:check(ks[2], "sl.problem")
   end
   t.causal = t.causal ~= false
   t.backend = t.backend or "cpu"

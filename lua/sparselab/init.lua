@@ -43,6 +43,8 @@ sl.calibrate = require "sparselab.calibrate"
 sl.viz = require "viz" -- plots, mask pictures, reports (viz/, issue 18)
 sl.progress = require "sparselab.progress" -- progress with ETA on stderr (issue 18)
 sl.qkv = require "sparselab.qkv" -- q, k, v files as PyTorch has them (issue 18)
+sl.layout = require "sparselab.layout"
+sl.steps = require "sparselab.steps"
 
 --- Raises a user error (no position prefix): bad input, not a bug.
 function sl.fail(fmt, ...)

@@ -31,7 +31,9 @@ C.list = {
         .. "named q/k/v or query_states/key_states/value_states"},
       {"names", "value", "q=A,k=B,v=C", "the tensor names of q, k, v in the --qkv file"},
       {"batch-index", "value", "B", "only batch element B (0-based) of a batched --qkv", hidden = true},
-      {"workload", "value", "SPEC", "synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]"},
+      {"workload", "value", "SPEC", "synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..] or "
+        .. "video[,frames=4,height=8,width=8,text=0,heads=4,d=64,seed=1,step=0,...] (non-causal; knobs in sparselab.layout)"},
+      {"layout", "value", "SPEC", "video,frames=F,height=H,width=W[,text=T]: the token layout of --qkv tensors"},
       TARGETS[1], TARGETS[2], TARGETS[3], TARGETS[4],
       {"param", "multi", "K=V", "a method parameter (V a number, true/false, a word, or a list in braces)"},
       {"correct", "multi", "ID[:K=V,...]", "apply a correction (sparselab methods: kind correction)"},
@@ -62,6 +64,8 @@ recall_min (worst row), rel_l2, cosine, time_ms split into estimate_ms and execu
       {"qkv", "multi", "FILE", "an input (safetensors or .npy directory; [H, N, D] or [B, H, N, D], each batch "
         .. "element one input)"},
       {"names", "value", "q=A,k=B,v=C", "the tensor names of q, k, v in the --qkv files"},
+      {"layout", "value", "SPEC", "video,frames=F,height=H,width=W[,text=T]: the token layout (video attention: non-causal)"},
+      {"no-causal", "flag", nil, "non-causal attention"},
       {"out", "value", "CFG.json", "the config file to write (then eval --param config=CFG.json)"},
       {"param", "multi", "K=V", "a method parameter"},
     }},
@@ -197,6 +201,7 @@ sparselab merge OUT.db DIR/shard_*.db (refuses shards of another config hash).]]
       {"methods", "value", "a,b", "the estimators to time"},
       {"no-estimators", "flag", nil, "skip the estimator benchmarks"},
       {"only-estimators", "flag", nil, "only the estimator benchmarks"},
+      {"video", "flag", nil, "video methods: executed density and speedup over dense on the video workload"},
       {"no-mm", "flag", nil, "skip the sparse matmul rows (sparse matmul vs sgemm, 11008 x 4096)"},
       {"only-mm", "flag", nil, "only the sparse matmul rows"},
       {"mm-rows", "value", "T[,T]...", "activation rows of the sparse matmul rows"},

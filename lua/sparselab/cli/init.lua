@@ -238,8 +238,10 @@ end
 -- --workload synthetic[,n=2048,heads=8,kv_heads=2,d=64,seed=1,...]
 local function load_workload(spec)
   local name, rest = spec:match("^([%w_]+),?(.*)$")
+  if name == "video" then return sl.layout.video_workload(rest) end
   if name ~= "synthetic" then
-    sl.fail("unknown workload '%s' (available: synthetic[,n=..,heads=..,kv_heads=..,d=..,seed=..])", spec)
+    sl.fail("unknown workload '%s' (available: synthetic[,n=..,heads=..,kv_heads=..,d=..,seed=..], "
+      .. "video[,frames=..,height=..,width=..,text=..])", spec)
   end
   local p = {n = 1024, heads = 8, kv_heads = 2, d = 64, seed = 1}
   local INTS = {n = true, heads = true, kv_heads = true, d = true, seed = true, n_sink = true, needles = true}
@@ -267,7 +269,7 @@ function C.eval(argv)
   local m = sl.methods.get(id)
   for _, spec in ipairs(o.correct or {}) do m = C.corrected(m, spec) end
   if o.qkv and o.workload then sl.fail("give --qkv or --workload, not both") end
-  local q, k, v, wl, wp
+  local q, k, v, wl, wp, layout
   if o.qkv then
     local index = o["batch-index"] and math.tointeger(tonumber(o["batch-index"]))
     local nb, batch
@@ -289,8 +291,12 @@ function C.eval(argv)
       if o["mask-png"] then o["mask-png"] = batch_path(o["mask-png"], batch) end
     end
   else
-    q, k, v, wp = load_workload(o.workload or "synthetic")
-    wl = "synthetic"
+    q, k, v, wp, layout = load_workload(o.workload or "synthetic")
+    wl = layout and "video" or "synthetic"
+  end
+  if o.layout then
+    if layout then sl.fail("--layout is for --qkv tensors; the video workload has its own layout") end
+    layout = sl.layout.parse(o.layout)
   end
   local params, budget = method_args(o)
   local reps = 1
@@ -302,8 +308,8 @@ function C.eval(argv)
     sl.fail("%s is a causal method; --no-causal would compare it with non-causal dense attention", m.id)
   end
   if o["save-mask"] then require("sparselab.savemask").check(q:shape()[1], q:shape()[2], k:shape()[2]) end
-  local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"], backend = o.backend or "cpu",
-    workload = wl, workload_params = wp}
+  local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"] and wl ~= "video",
+    backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout}
   local given = o.budget and {"--budget"} or {}
   local target, tvalue
   for flag, name in pairs(TARGET_FLAGS) do
@@ -412,15 +418,18 @@ function C.calibrate(argv)
   local o, pos = parse(argv, 2, "calibrate")
   local id = pos[1]
   if not id or not o.qkv or not o.out then
-    sl.fail("usage: sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...")
+    sl.fail("usage: sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]... "
+      .. "[--layout video,...] [--no-causal]")
   end
   local m = sl.methods.get(id)
   local params = method_args(o)
+  local layout = o.layout and sl.layout.parse(o.layout) or nil
   local problems = {}
   for _, path in ipairs(o.qkv) do
     for _, e in ipairs(require("sparselab.qkv").load(path, o.names)) do
+      -- a video layout means video attention: not causal
       problems[#problems + 1] = sl.problem{q = e.q, k = e.k, v = e.v, workload = "qkv:" .. path,
-        workload_params = {batch = e.batch}}
+        workload_params = {batch = e.batch}, layout = layout, causal = not (o["no-causal"] or layout)}
     end
   end
   local config = sl.calibrate(m, {problems = problems, out = o.out, params = params, sources = o.qkv})
@@ -598,16 +607,33 @@ function C.bench(argv)
   if not o["no-estimators"] then
     -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)
     local est = require "sparselab.bench_estimators"
-    local ids
+    -- video methods (issue 15) run on the video workload: bench_video
+    local bv = require "sparselab.bench_video"
+    local ids, vids
     if o.methods then
-      ids = {}
-      for id in o.methods:gmatch("[^,]+") do ids[#ids + 1] = sl.methods.get(id).id end
-      if #ids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
+      ids, vids = {}, {}
+      for id in o.methods:gmatch("[^,]+") do
+        local m = sl.methods.get(id)
+        if bv.is_video(m) then vids[#vids + 1] = m.id else ids[#ids + 1] = m.id end
+      end
+      if #ids + #vids == 0 then sl.fail("--methods expects a comma-separated list of method ids") end
+    elseif o.video then
+      vids = bv.ids()
     end
-    for _, est_n in ipairs(sizes or {false}) do
-      for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
-        results[#results + 1] = r
-        show(r)
+    if not ids or #ids > 0 then
+      for _, est_n in ipairs(sizes or {false}) do
+        for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
+          results[#results + 1] = r
+          show(r)
+        end
+      end
+    end
+    if vids and #vids > 0 then
+      for _, vn in ipairs(sizes or {false}) do
+        for _, r in ipairs(bv.run{quick = o.quick, backend = o.backend or "cpu", methods = vids, n = vn or nil}) do
+          results[#results + 1] = r
+          show(r)
+        end
       end
     end
   end

@@ -19,9 +19,32 @@
 --      r1 = 0.10, r2 = 0.05, r4 = 0, r8 = 0.20 (the reference's mask_ratios),
 --      each multiplied by the knob `scale`;
 --   4. executor: attn.pooled_kv (logit + log s, one online softmax).
--- Not here: "thresholdbound" mode, the tile-alignment rounding of interval
--- lengths, the similarity constraint (use_sim_mask is False by default),
--- token re-arrangement and dense warm-up steps (pipeline config).
+-- Added for issue 15 (the card's remaining modes):
+--   3b. mode "thresholdbound": per row the sorted importances' cumulative
+--      share ("energy"); level s takes the ranks up to the last one whose
+--      share is <= the level's cumulative bound (r1, r1+r2, ...), starting
+--      where the previous level ended; level 1 reaches at least rank
+--      floor(n·min_full) + 1 (min_full = 0.08, the reference's
+--      min_full_attn_ratio) — transfer_attn_to_mask, mode thresholdbound;
+--   3c. tile alignment (tile_n > 0, the reference's compute_tile = 32):
+--      every level's interval length is rounded up to a multiple of
+--      ceil(s / (bk / tile_n)) ranks, clipped at the row's end and then
+--      rounded down there (topk: intervals from int(n·cumulative bound) as
+--      the reference; tile_n = 0 keeps the rank-fraction rule of step 3);
+--   3d. similarity constraint (use_sim): level s > 1 is allowed for key block
+--      J only if the mean cosine similarity of consecutive keys inside J's
+--      level-s groups is >= sim_s (sim2, sim4, sim8; reference defaults 0,
+--      0, -1); a block's level is capped at the largest allowed s (the
+--      reference's mask = min(sim_mask, mask); the exact similarity of
+--      _calc_k_similarity is our reading);
+--   5. token re-arrangement (order, with a video layout on the problem):
+--      Q, K, V permuted before blocking ("gilbert", "tiles" with tile
+--      sizes tf, th, tw, or an axis order such as "yxf"), O and L permuted
+--      back; with a layout, key blocks holding text are forced to level 1
+--      (the reference's process_text_tokens); dense warm-up steps are a
+--      sparselab.steps schedule (M.schedule(T, warmup)).
+-- Not here: the separator-encoded "newtype" level lists (an executor
+-- format; attn.pooled_kv takes the level table directly).
 -- Readings for causal problems (the card is non-causal diffusion):
 --   * the diagonal key block of every query block is forced to level 1 (a
 --     pooled group straddling the causal cut would be dropped; the card's
@@ -148,6 +171,79 @@ function M.pow2_floor(x)
   return s
 end
 
+-- The reference's interval rule for one row of n ranks: {level, first, last}
+-- (1-based, inclusive) per level, from the cumulative bounds and, in
+-- thresholdbound mode, the sorted importances.
+function M.intervals(n, bounds, p, sorted_vals)
+  local out, last_end = {}, 0
+  local energy
+  if p.mode == "thresholdbound" then
+    local tot = 0
+    for _, x in ipairs(sorted_vals) do tot = tot + x end
+    energy, tot = {}, tot > 0 and tot or 1
+    local c = 0
+    for i, x in ipairs(sorted_vals) do c = c + x; energy[i] = c / tot end
+  end
+  for _, b in ipairs(bounds) do
+    local s, bound = b[1], b[2]
+    local align = p.tile_n > 0 and math.max(1, math.ceil(s / math.max(1, p.bk // p.tile_n))) or 1
+    local start = last_end
+    local init
+    if energy then
+      local count = 0
+      for i = 1, n do if energy[i] <= bound + 1e-6 then count = count + 1 end end
+      init = count > 0 and count + 1 or start
+    else
+      init = math.min(n, math.floor(n * bound))
+    end
+    local stop
+    if align > 1 then
+      local len = math.max(0, init - start)
+      if len % align ~= 0 then len = len + align - len % align end
+      stop = math.min(start + len, n)
+      if stop == n then stop = start + ((stop - start) // align) * align end
+    else
+      stop = math.max(math.min(init, n), start)
+      if energy and s == 1 then stop = math.max(stop, math.min(n, math.floor(n * p.min_full) + 1)) end
+    end
+    if stop > start then out[#out + 1] = {s, start + 1, stop} end
+    last_end = math.max(last_end, stop)
+  end
+  return out
+end
+
+-- Level caps per key block from the similarity of the keys level s would
+-- merge (step 3d): caps[hk][J] (1-based) for kv head hk.
+local function similarity_caps(prob, p, nkb)
+  local K = prob.k:totable()
+  local nk, d = prob.k:shape()[2], prob.k:shape()[3]
+  local thr = {[2] = p.sim2, [4] = p.sim4, [8] = p.sim8}
+  local caps = {}
+  for hk, rows in ipairs(K) do
+    caps[hk] = {}
+    for J = 1, nkb do
+      local k0, k1 = (J - 1) * p.bk + 1, math.min(J * p.bk, nk)
+      local cap = 1
+      for _, s in ipairs{2, 4, 8} do
+        if s > p.bk then break end
+        local sum, cnt = 0, 0
+        for g0 = k0, k1, s do
+          for i = g0, math.min(g0 + s - 1, k1) - 1 do
+            local a, b = rows[i], rows[i + 1]
+            local dot, na, nb2 = 0, 0, 0
+            for c = 1, d do dot = dot + a[c] * b[c]; na = na + a[c] * a[c]; nb2 = nb2 + b[c] * b[c] end
+            sum = sum + dot / math.max(1e-30, math.sqrt(na * nb2))
+            cnt = cnt + 1
+          end
+        end
+        if cnt > 0 and sum / cnt >= thr[s] then cap = s else break end
+      end
+      caps[hk][J] = cap
+    end
+  end
+  return caps
+end
+
 local function graded_levels(prob, p)
   local imp, nqb, nkb = M.importance(prob, p)
   local qs, ks = prob.q:shape(), prob.k:shape()
@@ -156,6 +252,12 @@ local function graded_levels(prob, p)
   local causal = prob.causal ~= false
   local r1, r2, r4, r8 = p.r1 * p.scale, p.r2 * p.scale, p.r4 * p.scale, p.r8 * p.scale
   local cap = M.pow2_floor(p.bk)
+  local sim_caps = p.use_sim and similarity_caps(prob, p, nkb) or nil
+  local text_blocks
+  if prob.layout and prob.layout.text > 0 and nk == prob.layout.n then
+    text_blocks = {}
+    for j = 0, nk - 1 do if prob._psa_is_text(j) then text_blocks[j // p.bk + 1] = true end end
+  end
   local lv = {}
   for h = 1, qs[1] do
     lv[h] = {}
@@ -174,11 +276,25 @@ local function graded_levels(prob, p)
       local row = {}
       for J = 1, nkb do row[J] = 0 end
       local n = #vis
-      for rank, J in ipairs(vis) do
-        local f = (rank - 1) / n
-        local s = f < r1 and 1 or f < r1 + r2 and 2 or f < r1 + r2 + r4 and 4 or f < r1 + r2 + r4 + r8 and 8 or 0
-        row[J] = s > cap and cap or s
+      if p.mode == "thresholdbound" or p.tile_n > 0 then
+        local bounds = {{1, r1}, {2, r1 + r2}, {4, r1 + r2 + r4}, {8, r1 + r2 + r4 + r8}}
+        local sv = {}
+        for i, J in ipairs(vis) do sv[i] = imp[h][I][J] end
+        for _, iv in ipairs(M.intervals(n, bounds, p, sv)) do
+          for rank = iv[2], iv[3] do row[vis[rank]] = iv[1] > cap and cap or iv[1] end
+        end
+      else
+        for rank, J in ipairs(vis) do
+          local f = (rank - 1) / n
+          local s = f < r1 and 1 or f < r1 + r2 and 2 or f < r1 + r2 + r4 and 4 or f < r1 + r2 + r4 + r8 and 8 or 0
+          row[J] = s > cap and cap or s
+        end
       end
+      if sim_caps then
+        local hk = (h - 1) // (qs[1] // ks[1]) + 1
+        for J = 1, nkb do if row[J] > sim_caps[hk][J] then row[J] = sim_caps[hk][J] end end
+      end
+      if text_blocks then for J in pairs(text_blocks) do row[J] = 1 end end
       if causal then
         -- blocks holding the causal cut of some row of the block: exact (level 1)
         for J = 1, nkb do
@@ -211,12 +327,65 @@ M.params = {
   r8 = {default = 0.20, min = 0, max = 1, doc = "share of blocks at level 8"},
   sample = {default = 4, min = 1, max = 4096, int = true, doc = "the estimator samples 1/sample of rows and keys"},
   seed = {default = 1, min = 0, max = 1 << 30, int = true, doc = "seed of the sampled offsets"},
+  mode = {default = "topk", doc = "topk (rank fractions) or thresholdbound (cumulative importance)"},
+  min_full = {default = 0.08, min = 0, max = 1, doc = "thresholdbound: level 1 reaches at least rank floor(n min_full) + 1"},
+  tile_n = {default = 0, min = 0, max = 4096, int = true, doc = "tile alignment of interval lengths (0: off; reference 32)"},
+  use_sim = {default = false, doc = "cap levels by the similarity of the keys they merge"},
+  sim2 = {default = 0.0, min = -1, max = 1, doc = "least mean cosine of merged keys for level 2"},
+  sim4 = {default = 0.0, min = -1, max = 1, doc = "... for level 4"},
+  sim8 = {default = -1.0, min = -1, max = 1, doc = "... for level 8"},
+  order = {default = "none", doc = "token re-arrangement with a video layout: none, gilbert, tiles or an axis order"},
+  tf = {default = 1, min = 1, max = 4096, int = true, doc = "tiles order: frames per tile"},
+  th = {default = 4, min = 1, max = 4096, int = true, doc = "tiles order: rows per tile"},
+  tw = {default = 4, min = 1, max = 4096, int = true, doc = "tiles order: columns per tile"},
 }
-M.ops = {"attn.pooled_kv"}
+M.ops = {"attn.pooled_kv", "perm.apply"}
 M.checks = {"all blocks at level 1: exact dense", "identical keys in a level-s group: same as level 1",
   "level 0: no contribution", "density = Σ level fractions / level", "scale 0 keeps only the forced diagonal blocks"}
 
+M.graded_levels = function(prob, p) return graded_levels(prob, p) end
+
+function M.schedule(T, warmup)
+  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1}
+end
+
+local run_blocked
+
 function M.run(prob, p)
+  if p.mode ~= "topk" and p.mode ~= "thresholdbound" then
+    sl.fail("psa_pyramid: mode must be topk or thresholdbound, found '%s'", tostring(p.mode))
+  end
+  if p.order == "none" then return run_blocked(prob, p) end
+  local lay = prob.layout
+  if not lay then sl.fail("psa_pyramid: order '%s' needs a video layout on the problem", p.order) end
+  if prob.causal then sl.fail("psa_pyramid: token re-arrangement is for non-causal (diffusion) problems") end
+  if prob.q:shape()[1] ~= prob.k:shape()[1] or prob.q:shape()[2] ~= prob.k:shape()[2] then
+    sl.fail("psa_pyramid: token re-arrangement needs as many q as k heads and tokens")
+  end
+  local order = lay:order(p.order, {tf = p.tf, th = p.th, tw = p.tw})
+  local perm = lay:perm_tensor({order})
+  local be = prob.backend
+  local t0 = sl.time()
+  local pp = {}
+  for key, val in pairs(prob) do pp[key] = val end
+  pp.q, pp.k, pp.v = sl.layout.permute(prob.q, perm, be), sl.layout.permute(prob.k, perm, be),
+    sl.layout.permute(prob.v, perm, be)
+  pp._dense = nil
+  pp._psa_is_text = function(j) return lay:is_text(order[j + 1]) end
+  local perm_ms = (sl.time() - t0) * 1e3
+  local out = run_blocked(pp, p)
+  local t1 = sl.time()
+  out.o, out.lse = sl.layout.unpermute(out.o, perm, be), sl.layout.unpermute(out.lse, perm, be)
+  out.stats.permute_ms = perm_ms + (sl.time() - t1) * 1e3
+  out.stats.execute_ms = out.stats.execute_ms + out.stats.permute_ms
+  return out
+end
+
+run_blocked = function(prob, p)
+  if prob.layout and not prob._psa_is_text then
+    local lay = prob.layout
+    prob = setmetatable({_psa_is_text = function(j) return lay:is_text(j) end}, {__index = prob})
+  end
   local t0 = sl.time()
   local levels, lv, nqb, nkb = graded_levels(prob, p)
   local t1 = sl.time()

@@ -1,0 +1,169 @@
+-- SparseD: Sparse Attention for Diffusion Language Models — card: sparsed.
+-- Bidirectional (non-causal) problems; no layout needed.
+-- Card steps implemented:
+--   1. dense early steps: a sparselab.steps schedule, M.schedule(T, p):
+--      steps 0 .. t* - 1 dense with t* = floor(T·skip) + 1, one estimate at
+--      t*, the mask reused at every later step (refresh = T);
+--   2a. per head and query block I: P = the exact softmax of Q_I over all
+--      keys (score.exact, block sums); importance[I, J] = the tile's sum /
+--      B^2 (the reference's zero-padded tile mean: a ragged tile is divided
+--      by B^2 too); keep the top min(n_kb, floor(n_kb·select) + 1) key
+--      blocks (ties: lower block first);
+--   2b. with a generation region of `gen` tokens at the end: last = the first
+--      query block I with n - I·B <= gen (none: the final block); columns
+--      J >= last are cleared and re-selected from a separate softmax over
+--      the keys from last·B on (score.exact on those keys): the top
+--      min(n_gen, floor(n_gen·select) + 1) of the n_gen blocks, OR-ed in;
+--      the estimate step itself outputs dense attention (under a step
+--      state), the mask is cached in it;
+--   3. later steps: attn.block_sparse with the cached mask, no re-estimation.
+-- Reading: a standalone call (no step state) outputs the sparse attention
+-- with the mask it builds, so one step can be evaluated. Reference read
+-- through the card (INV-WZQ/SparseD SparseD_utils.create_attention_block_mask:
+-- padded tile mean, keep max(1, int(n_kb·keep_ratio) + 1) per query block).
+local sl = require "sparselab"
+
+local M = {}
+
+--- The card's schedule for T denoising steps.
+function M.schedule(T, p)
+  local steps = require "sparselab.steps"
+  local skip = p and p.skip or 0.2
+  local tstar = math.floor(T * skip) + 1
+  return steps.schedule{steps = T, dense_first = math.min(T, tstar), refresh = T}
+end
+
+--- Step 2a/2b importance: {[h] = {[I] = {[J] = value}}} (1-based) over all
+--- keys (from = 0) or the keys from token `from` on. (Tests replace it.)
+function M.importance(prob, p, from)
+  local k = prob.k
+  local n, len = prob.q:shape()[2], k:shape()[2] - from
+  if from > 0 then k = k:narrow(2, from + 1, len) end
+  local args = {bq = p.block, bk = p.block, reduce = 0, causal = false, backend = prob.backend}
+  local w, flops
+  if len >= n then
+    w = sl.score.exact(prob.q, k, args):totable()
+    flops = sl.op_flops("score.exact", prob.q, k, args)
+  elseif len < p.block then
+    -- one key block: its selection does not depend on the values
+    w, flops = {}, 0
+    for h = 1, prob.q:shape()[1] do
+      w[h] = {}
+      for I = 1, (n + p.block - 1) // p.block do w[h][I] = {1} end
+    end
+  else
+    -- fewer keys than queries: query chunks of whole blocks, each <= len rows
+    local c = (len // p.block) * p.block
+    w, flops = {}, 0
+    for r0 = 0, n - 1, c do
+      local qc = prob.q:narrow(2, r0 + 1, math.min(c, n - r0))
+      local part = sl.score.exact(qc, k, args):totable()
+      flops = flops + sl.op_flops("score.exact", qc, k, args)
+      for h, rows in ipairs(part) do
+        w[h] = w[h] or {}
+        for _, row in ipairs(rows) do w[h][#w[h] + 1] = row end
+      end
+    end
+  end
+  local b2 = p.block * p.block
+  for _, head in ipairs(w) do
+    for _, row in ipairs(head) do
+      for J = 1, #row do row[J] = row[J] / b2 end
+    end
+  end
+  return w, flops
+end
+
+local function top(row, count, first, last)
+  local idx = {}
+  for J = first, last do idx[#idx + 1] = J end
+  table.sort(idx, function(a, b)
+    if row[a] ~= row[b] then return row[a] > row[b] end
+    return a < b
+  end)
+  local out = {}
+  for x = 1, math.min(count, #idx) do out[#out + 1] = idx[x] end
+  return out
+end
+
+--- keep[h][I][J] (1-based) and the estimator FLOPs.
+function M.build(prob, p)
+  local n, b, H = prob.q:shape()[2], p.block, prob.q:shape()[1]
+  local nb = (n + b - 1) // b
+  local imp, flops = M.importance(prob, p, 0)
+  local last
+  if p.gen > 0 then
+    last = nb - 1
+    for I = 0, nb - 1 do
+      if n - I * b <= p.gen then last = I break end
+    end
+  end
+  local gimp, ngen
+  if last then
+    local f2
+    gimp, f2 = M.importance(prob, p, last * b)
+    flops = flops + f2
+    ngen = nb - last
+  end
+  local keeps = {}
+  for h = 1, H do
+    local keep = {}
+    for I = 1, nb do
+      local row = {}
+      for J = 1, nb do row[J] = 0 end
+      for _, J in ipairs(top(imp[h][I], math.floor(nb * p.select) + 1, 1, nb)) do row[J] = 1 end
+      if last then
+        for J = last + 1, nb do row[J] = 0 end
+        local picks = top(gimp[h][I], math.floor(ngen * p.select) + 1, 1, ngen)
+        for _, J in ipairs(picks) do row[last + J] = 1 end
+      end
+      keep[I] = row
+    end
+    keeps[h] = keep
+  end
+  return keeps, flops
+end
+
+local function run(prob, p)
+  if prob.causal then sl.fail("sparsed: diffusion LMs attend bidirectionally; give a non-causal problem") end
+  local n = prob.q:shape()[2]
+  if prob.k:shape()[2] ~= n then sl.fail("sparsed: expected n_q == n_k, found %d and %d", n, prob.k:shape()[2]) end
+  local t0 = sl.time()
+  local keeps, flops = M.build(prob, p)
+  local mask = sl.mask.from_blocks(sl.tensor(keeps, "u8"), {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = 0})
+  local t1 = sl.time()
+  local out = {mask = mask, stats = {estimator_flops = flops}}
+  if prob.state then
+    -- the estimate step of a trajectory outputs dense attention (the card's t*)
+    out.o, out.lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false, backend = prob.backend})
+    out.stats.density, out.stats.flops = 1, sl.op_flops("attn.dense", prob.q, prob.k, prob.v, {causal = false})
+  else
+    out.o, out.lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, mask, {backend = prob.backend})
+    out.stats.density = mask:density(false)
+    out.stats.flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, mask, {})
+  end
+  out.stats.estimate_ms, out.stats.execute_ms = (t1 - t0) * 1e3, (sl.time() - t1) * 1e3
+  return out
+end
+
+M.id = "sparsed"
+M.card = "sparsed"
+M.title = "SparseD: Sparse Attention for Diffusion Language Models"
+M.family = "block-estimate"
+M.phase = "prefill"
+M.summary = "Exact per-head block importance once (tile mean of the softmax), top blocks per query block, reused over later denoising steps."
+M.knob = "select"
+M.params = {
+  select = {default = 0.3, min = 0, max = 1, doc = "fraction of key blocks kept per query block (+1 block)"},
+  block = {default = 64, min = 1, max = 4096, int = true, doc = "block size B (reference 128 long / 32 short)"},
+  gen = {default = 0, min = 0, max = 1 << 30, int = true, doc = "generation-region tokens at the end (0: none)"},
+  skip = {default = 0.2, min = 0, max = 1, doc = "fraction of steps kept dense (M.schedule)"},
+}
+M.ops = {"score.exact", "attn.block_sparse", "attn.dense"}
+M.checks = {"keep count >= n_kb equals dense; skip = 1 is dense throughout",
+  "every query block keeps floor(n_kb select) + 1 prompt blocks plus its generation picks",
+  "the mask is built once and identical for all later steps", "a score-blind importance loses fidelity"}
+M.noncausal_only = true    -- diffusion LMs attend bidirectionally
+M.run = run
+
+return M
