@@ -582,6 +582,73 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * maximum of the 2M values [x.R_0 .. x.R_{M-1}, -x.R_0 .. -x.R_{M-1}]
  * (float64 dot products), a bucket in [0, 2M). No parameters. */
 
+/* ---- decode: paged KV cache (issue 13) ----
+ * Decode reads a cache of keys and values in pages of P tokens: page p of a
+ * cache of n tokens covers tokens [p.P, min((p+1).P, n)); n_p = ceil(n/P).
+ *
+ * page.meta: input k [H, n, D] (n >= 1), param page P. Outputs min, max and
+ * mean, each [H, n_p, D]: per page and channel the minimum, maximum and mean
+ * of the page's keys (a partial last page over the tokens it has). The
+ * rebuild oracle of sl_kvcache's incremental metadata.
+ *
+ * page.bounds (Quest): inputs q [Hq, R, D], min and max [Hkv, n_p, D] with
+ * Hq a multiple of Hkv (query head h reads kv head h / (Hq/Hkv)). Output
+ * scores [Hq, R, n_p]: U = sum_c max(q[c].min[p,c], q[c].max[p,c]) (float64
+ * sums), an upper bound of q.k for every key k of page p, reached when one
+ * key holds every channel's extreme. No scale. No parameters.
+ *
+ * page.select: input scores [H, R, n_p] (-inf allowed: never preferred over
+ * a finite score but still taken when k asks for more). Params k, group g (H
+ * a multiple of g), sink, last. Output pages i32 [H/g, R, min(k, n_p)]: for
+ * list l and row r, the aggregated score s_p = sum over heads l.g .. l.g+g-1
+ * of scores[h, r, p] (float64 sum rounded to float); pages are ranked by
+ * (forced first: the last page when last = 1, then the first `sink` pages in
+ * index order), then by s_p descending, ties to the lower index; the first
+ * min(k, n_p) of that ranking are written in ascending page order.
+ *
+ * page.attend: inputs q [Hq, R, D], k and v [Hkv, N, D], pages i32 [Hs, R, m]
+ * with Hq a multiple of Hs and Hs a multiple of Hkv (query head h uses list
+ * h / (Hq/Hs); lists shared by a GQA group have Hs = Hkv). Params page P, n
+ * (keys 0..n-1 exist; 0: n = N; R <= n <= N), causal, split, scale. Entries
+ * are page ids in [0, ceil(n/P)) strictly increasing, or -1 (padding, at the
+ * end of a list). Row r of query head h attends every key j of its listed
+ * pages with j < n and (causal: j <= n - R + r): O [Hq, R, D] and L [Hq, R]
+ * (natural log of the sum of exp(scale.q.k)); a row with no key: O = 0,
+ * L = -inf. cpu and cuda split each list into partials of `split` entries
+ * (0: their own choice) merged through their log-sum-exps. k and v are read
+ * only at the listed pages: a NaN or infinity there makes the call fail. */
+
+/* ---- the paged KV cache object (core/kvcache.c, issue 13) ----
+ * Keys and values of H kv heads, head dim D, in pages of P tokens, with the
+ * page metadata of page.meta kept up to date incrementally: an append folds
+ * the new keys into the min, max and running sum of the pages they land in,
+ * an eviction compacts each head's tokens and rebuilds the pages from the
+ * first one it touched. Every head holds the same number of tokens. Host
+ * memory: the K and V storage (capacity doubles), 3 metadata rows of D floats
+ * per page (f32) plus a double row of sums. */
+typedef struct sl_kvcache sl_kvcache;
+
+/* A cache of heads x head_dim with pages of `page` tokens (every count >= 1). */
+sl_status sl_kvcache_new(sl_ctx *ctx, int64_t heads, int64_t head_dim, int64_t page, sl_kvcache **out);
+void sl_kvcache_free(sl_kvcache *c);
+/* Appends k and v, float [H, t, D] each (t >= 1, finite). */
+sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, const sl_tensor *v);
+/* Removes, in every head h, the tokens idx[h, 0..m-1] (i32 [H, m], strictly
+ * increasing per head, each < length); later tokens move down. */
+sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx);
+int64_t sl_kvcache_len(const sl_kvcache *c);
+int64_t sl_kvcache_pages(const sl_kvcache *c);
+int64_t sl_kvcache_page_size(const sl_kvcache *c);
+int64_t sl_kvcache_heads(const sl_kvcache *c);
+int64_t sl_kvcache_head_dim(const sl_kvcache *c);
+/* Bytes held (storage and metadata at current capacity). */
+size_t sl_kvcache_bytes(const sl_kvcache *c);
+/* New tensors (caller owns): which = "k" or "v": the storage [H, capacity,
+ * D] sharing the cache's buffer (rows past sl_kvcache_len are zero; valid
+ * until the next append or evict: pass n = len to page.attend); "min",
+ * "max", "mean": copies [H, n_p, D]. Fails on an empty cache. */
+sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which, sl_tensor *out);
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
