@@ -13,6 +13,7 @@
 #include "l_fit.h"
 #include "l_io.h"
 #include "l_json.h"
+#include "l_kvcache.h"
 #include "l_mask.h"
 #include "l_model.h"
 #include "l_op.h"
@@ -95,6 +96,7 @@ int luaopen_sparselab(lua_State *L)
     sl__lua_open_model(L);
     sl__lua_open_runner(L);
     sl__lua_open_fit(L);
+    sl__lua_open_kvcache(L);
     sl__lua_open_store(L);
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);

@@ -1,0 +1,249 @@
+-- sparselab.decode — the decode runtime of issue 13 in Lua: the paged KV
+-- cache (sl.kvcache_c, core/kvcache.c: pages of P tokens with channel-wise
+-- min/max/mean kept up to date on append and evict), explicit decode state
+-- carried across steps and layers, and the decode driver that calls a
+-- method's `decode` hook beside its prefill `run`.
+--
+-- A method with a decode hook has
+--   decode = function(st, ls, step, p) -> {o =, lse =, pages =, stats =}
+-- where st is the decode state (D.state), ls = st:layer(step.layer) holds
+-- that layer's cache (ls.cache) and whatever the method keeps there (saved
+-- selections, accumulated scores), step = {q = [Hq, 1, D], k =, v = [Hkv, 1, D],
+-- layer =, backend =} (the new token's key and value are appended by the
+-- driver before the hook runs), p the resolved parameters. The driver
+-- checks the state belongs to the method and the shapes match.
+local sl = require "sparselab"
+
+local D = {}
+
+--- A cache of `heads` kv heads of head_dim channels, pages of `page` tokens;
+--- who names the caller in errors.
+function D.cache(heads, head_dim, page, who)
+  who = who or "decode"
+  if type(page) ~= "number" or page < 1 or page ~= math.floor(page) then
+    sl.fail("%s: page = %s; expected a page size >= 1 tokens", who, tostring(page))
+  end
+  return sl.kvcache_c(heads, head_dim, page)
+end
+
+--- A cache holding k and v ([Hkv, n, D], n >= 1).
+function D.cache_from(k, v, page, who)
+  local ks = k:shape()
+  local c = D.cache(ks[1], ks[3], page, who)
+  if ks[2] < 1 then sl.fail("%s: empty cache (k has 0 tokens)", who or "decode") end
+  c:append(k, v)
+  return c
+end
+
+--- i32 [lists, rows, n_pages] listing every page (the dense selection).
+function D.all_pages(lists, rows, n_pages)
+  local row = {}
+  for p = 1, n_pages do row[p] = p - 1 end
+  local t = {}
+  for l = 1, lists do
+    t[l] = {}
+    for r = 1, rows do t[l][r] = row end
+  end
+  return sl.tensor(t, "i32")
+end
+
+--- Page-sparse attention of q ([Hq, R, D], the last R positions of the cache)
+--- over the listed pages of cache. opts: backend, causal (default true), split.
+function D.attend(cache, q, pages, opts)
+  opts = opts or {}
+  return sl.page.attend(q, cache:tensor("k"), cache:tensor("v"), pages,
+    {page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
+     backend = opts.backend})
+end
+
+--- Quest's page bound of q against the cache's metadata: [Hq, R, n_pages].
+function D.bounds(cache, q, backend)
+  return sl.page.bounds(q, cache:tensor("min"), cache:tensor("max"), {backend = backend})
+end
+
+--- Distinct pages listed per list (a -1 entry is padding), summed over
+--- lists and rows, and the tokens they cover in a cache of n tokens.
+function D.pages_read(pages, page, n)
+  local t, count, tokens = pages:totable(), 0, 0
+  local last = (n + page - 1) // page - 1
+  for _, list in ipairs(t) do
+    for _, row in ipairs(list) do
+      for _, id in ipairs(row) do
+        if id >= 0 then
+          count = count + 1
+          tokens = tokens + (id == last and n - last * page or page)
+        end
+      end
+    end
+  end
+  return count, tokens
+end
+
+-- ---- decode state ----
+
+local State = {}
+State.__index = State
+
+--- A decode state for method (id) over layers of hq query heads, hkv kv
+--- heads of head_dim d, caches paged by `page`. Everything a method carries
+--- between steps and layers lives here (never in globals).
+function D.state(method, o)
+  for _, key in ipairs{"hq", "hkv", "d", "page"} do
+    if type(o[key]) ~= "number" or o[key] < 1 then
+      sl.fail("%s: decode state: %s = %s; expected a count >= 1", method, key, tostring(o[key]))
+    end
+  end
+  if o.hq % o.hkv ~= 0 then
+    sl.fail("%s: decode state: hq = %d is not a multiple of hkv = %d", method, o.hq, o.hkv)
+  end
+  return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, steps = 0,
+    layers = {}, log = {}}, State)
+end
+
+--- The per-layer part of the state (created on first use).
+function State:layer(l)
+  local ls = self.layers[l + 1]
+  if not ls then
+    ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
+    self.layers[l + 1] = ls
+  end
+  return ls
+end
+
+--- Checks that the state belongs to method and fits q (and k, v).
+function State:check(method, q, k)
+  if self.method ~= method then
+    sl.fail("%s: decode state belongs to method '%s'", method, tostring(self.method))
+  end
+  local qs = q:shape()
+  if qs[1] ~= self.hq or qs[3] ~= self.d then
+    sl.fail("%s: decode state is for q [%d, *, %d], found q [%d, %d, %d]", method, self.hq, self.d, qs[1], qs[2], qs[3])
+  end
+  if k then
+    local ks = k:shape()
+    if ks[1] ~= self.hkv or ks[3] ~= self.d then
+      sl.fail("%s: decode state is for k [%d, *, %d], found k [%d, %d, %d]", method, self.hkv, self.d, ks[1], ks[2], ks[3])
+    end
+  end
+end
+
+--- A readable summary: method, shapes, steps, per layer the cache and the
+--- method's own fields (tensors by shape, tables by size).
+function State:dump()
+  local out = {string.format("decode state of %s: hq=%d hkv=%d d=%d page=%d steps=%d", self.method, self.hq, self.hkv,
+    self.d, self.page, self.steps)}
+  local ids = {}
+  for l in pairs(self.layers) do ids[#ids + 1] = l end
+  table.sort(ids)
+  for _, l in ipairs(ids) do
+    local ls = self.layers[l]
+    local parts = {string.format("  layer %d: cache len=%d pages=%d", l - 1, ls.cache:len(), ls.cache:pages())}
+    local keys = {}
+    for key in pairs(ls) do if key ~= "cache" then keys[#keys + 1] = key end end
+    table.sort(keys)
+    for _, key in ipairs(keys) do
+      local v = ls[key]
+      local desc
+      if type(v) == "userdata" and v.shape then desc = "[" .. table.concat(v:shape(), ", ") .. "]"
+      elseif type(v) == "table" then desc = "table(" .. #v .. ")"
+      else desc = tostring(v) end
+      parts[#parts + 1] = key .. "=" .. desc
+    end
+    out[#out + 1] = table.concat(parts, " ")
+  end
+  return table.concat(out, "\n")
+end
+
+D.State = State
+
+-- ---- the driver ----
+
+--- Starts decoding with method (id or table): returns its state.
+function D.begin(method, o)
+  local m = sl.methods.get(method)
+  if not m.decode then
+    sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase))
+  end
+  return D.state(m.id, o)
+end
+
+--- Appends a prefill's keys and values of one layer ([Hkv, n, D]) to the state.
+function D.prefill(st, layer, k, v)
+  st:check(st.method, sl.zeros({st.hq, 1, st.d}), k)
+  st:layer(layer).cache:append(k, v)
+end
+
+--- One decode step of one layer: appends step.k, step.v to the layer's cache,
+--- then runs the method's decode hook. params: the method's parameters
+--- (resolved with its defaults).
+function D.step(method, st, step, params)
+  local m = sl.methods.get(method)
+  if not m.decode then sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase)) end
+  if getmetatable(st) ~= State then sl.fail("%s: expected a decode state from sl decode.begin, found %s", m.id, type(st)) end
+  st:check(m.id, step.q, step.k)
+  local layer = step.layer or 0
+  local ls = st.layers[layer + 1]
+  if not ls or ls.cache:len() == 0 then
+    sl.fail("%s: decode before prefill (layer %d has an empty cache)", m.id, layer)
+  end
+  if step.q:shape()[2] ~= 1 or step.k:shape()[2] ~= 1 then
+    sl.fail("%s: a decode step takes one query row and one key, found %d and %d", m.id, step.q:shape()[2],
+      step.k:shape()[2])
+  end
+  ls.cache:append(step.k, step.v)
+  local p = sl.registry.resolve(m, params)
+  local out = m.decode(st, ls, step, p)
+  if layer == 0 then st.steps = st.steps + 1 end
+  return out
+end
+
+--- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R
+--- positions of k, v [Hkv, N, D]): the prefix k[0 .. N-R) is the cache, then
+--- each row is one decode step (its key appended, the hook run). Returns
+--- {o = [Hq, R, D], lse = [Hq, R], steps = {per step: pages, tokens, ...}}.
+function D.replay(method, prob, p, opts)
+  opts = opts or {}
+  local m = sl.methods.get(method)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  local R, N = qs[2], ks[2]
+  if N - R < 1 then sl.fail("%s: decode replay needs a prefix: n_q = %d, n_k = %d", m.id, R, N) end
+  local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16})
+  D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R))
+  local os, ls, steps = {}, {}, {}
+  for r = 1, R do
+    local pos = N - R + r
+    local out = D.step(m, st, {q = prob.q:narrow(2, r, 1), k = prob.k:narrow(2, pos, 1), v = prob.v:narrow(2, pos, 1),
+      layer = opts.layer or 0, backend = prob.backend}, p)
+    os[r], ls[r] = out.o, out.lse
+    steps[r] = out.stats or {}
+  end
+  local o = R == 1 and os[1] or sl.cat(os, 2)
+  local lse = R == 1 and ls[1] or sl.cat(ls, 2)
+  return {o = o, lse = lse, steps = steps, state = st}
+end
+
+--- Stats of a page-sparse step: tokens attended per list, density (tokens
+--- attended / tokens cached), and the bytes read for this token: the listed
+--- pages' K and V rows (f32) of every list plus est_bytes read by the
+--- estimator (page metadata, a low-bit copy of K).
+function D.page_stats(pages, cache, est_bytes)
+  local n, P, d = cache:len(), cache:page_size(), cache:head_dim()
+  local count, tokens = D.pages_read(pages, P, n)
+  local lists = pages:shape()[1]
+  return {pages_read = count, tokens_read = tokens / lists, density = tokens / (lists * n),
+    kv_bytes = 8 * d * tokens + (est_bytes or 0)}
+end
+
+--- The mean of each per-step stat over the steps of a replay, plus the
+--- last step's values as *_last.
+function D.replay_stats(steps)
+  local sum, n = {}, #steps
+  for _, s in ipairs(steps) do
+    for key, v in pairs(s) do sum[key] = (sum[key] or 0) + v end
+  end
+  local out = {}
+  for key, v in pairs(sum) do out[key] = v / n end
+  return out
+end
+
+return D
