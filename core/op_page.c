@@ -108,6 +108,35 @@ static sl_status infer_attend(sl_ctx *ctx, const sl_op_info *info, const sl_page
     return SL_OK;
 }
 
+static int64_t scores_n(const sl_page_scores_params *p, const sl_tensor *k)
+{
+    return p->n > 0 ? p->n : k->shape[1];
+}
+
+static sl_status infer_token_scores(sl_ctx *ctx, const sl_op_info *info, const sl_page_scores_params *p,
+                                    const sl_tensor *in, int out_ndim[], int64_t out_shape[][SL_MAX_DIMS])
+{
+    sl_status s;
+    if ((s = sl__check_qk(ctx, info, in)))
+        return s;
+    const sl_tensor *q = &in[0], *k = &in[1], *ch = &in[2], *pg = &in[3];
+    if (ch->buf && (ch->dtype != SL_I32 || ch->ndim != 2 || (ch->shape[0] != q->shape[0] && ch->shape[0] != k->shape[0]) ||
+                    ch->shape[1] < 1 || ch->shape[1] > q->shape[2]))
+        return fail_shape(ctx, info, "input 'opt.channels' must be i32 [q or k heads, 1..head_dim]", ch);
+    if (pg->buf && (pg->dtype != SL_I32 || pg->ndim != 3 || pg->shape[0] < 1 || q->shape[0] % pg->shape[0] != 0 ||
+                    pg->shape[0] % k->shape[0] != 0 || pg->shape[1] != q->shape[1]))
+        return fail_shape(ctx, info, "input 'opt.pages' must be i32 [lists, n_q, m], lists dividing q's heads and a multiple of k's", pg);
+    int64_t n = scores_n(p, k);
+    if (n > k->shape[1] || n < q->shape[1] || n < 1)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: n = %lld; expected n_q = %lld <= n <= %lld (k's rows) and n >= 1 (an empty cache)",
+                           info->name, (long long)n, (long long)q->shape[1], (long long)k->shape[1]);
+    out_ndim[0] = 3;
+    out_shape[0][0] = q->shape[0];
+    out_shape[0][1] = q->shape[1];
+    out_shape[0][2] = n;
+    return SL_OK;
+}
+
 static sl_status page_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                             int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -116,18 +145,14 @@ static sl_status page_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
     case SL_OP_PAGE_BOUNDS: return infer_bounds(ctx, info, in, out_ndim, out_shape);
     case SL_OP_PAGE_SELECT: return infer_select(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     case SL_OP_PAGE_ATTEND: return infer_attend(ctx, info, params, in, out_ndim, out_shape);
+    case SL_OP_PAGE_TOKEN_SCORES: return infer_token_scores(ctx, info, params, in, out_ndim, out_shape);
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a page op", info->name);
     }
 }
 
 /* page lists: ids in [0, n_p) strictly increasing, then only -1 padding. */
-static sl_status page_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+static sl_status check_lists(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *pg, int64_t n_p, const char *nm)
 {
-    if (info->op != SL_OP_PAGE_ATTEND)
-        return SL_OK;
-    const sl_page_attn_params *p = params;
-    int64_t n_p = sl__ceil_div(attend_n(p, &in[1]), p->page);
-    const sl_tensor *pg = &in[3];
     int64_t lists = pg->shape[0] * pg->shape[1], m = pg->shape[2];
     const int32_t *x = pg->data;
     for (int64_t l = 0; l < lists; l++) {
@@ -141,12 +166,40 @@ static sl_status page_check_contents(sl_ctx *ctx, const sl_op_info *info, const 
             }
             if (v < 0 || v >= n_p || padding || v <= prev)
                 return sl_ctx_fail(ctx, SL_EARG,
-                                   "%s: pages[%lld][%lld] = %d; expected page ids in [0, %lld) strictly increasing, "
+                                   "%s: %s[%lld][%lld] = %d; expected page ids in [0, %lld) strictly increasing, "
                                    "then -1 padding",
-                                   info->name, (long long)l, (long long)e, v, (long long)n_p);
+                                   info->name, nm, (long long)l, (long long)e, v, (long long)n_p);
             prev = v;
         }
     }
+    return SL_OK;
+}
+
+static sl_status page_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
+{
+    if (info->op == SL_OP_PAGE_ATTEND) {
+        const sl_page_attn_params *p = params;
+        return check_lists(ctx, info, &in[3], sl__ceil_div(attend_n(p, &in[1]), p->page), "pages");
+    }
+    if (info->op != SL_OP_PAGE_TOKEN_SCORES)
+        return SL_OK;
+    const sl_page_scores_params *p = params;
+    const sl_tensor *ch = &in[2];
+    if (ch->buf) {
+        int64_t d = in[0].shape[2], r = ch->shape[1];
+        const int32_t *c = ch->data;
+        for (int64_t h = 0; h < ch->shape[0]; h++)
+            for (int64_t i = 0; i < r; i++) {
+                int bad = c[h * r + i] < 0 || c[h * r + i] >= d;
+                for (int64_t j = 0; j < i && !bad; j++)
+                    bad = c[h * r + j] == c[h * r + i];
+                if (bad)
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: opt.channels[%lld][%lld] = %d; expected distinct channels in [0, %lld)",
+                                       info->name, (long long)h, (long long)i, c[h * r + i], (long long)d);
+            }
+    }
+    if (in[3].buf)
+        return check_lists(ctx, info, &in[3], sl__ceil_div(scores_n(p, &in[1]), p->page), "opt.pages");
     return SL_OK;
 }
 
@@ -190,6 +243,11 @@ static double page_flops(const sl_op_info *info, const void *params, const sl_te
         /* every listed page counted full: 4 D flops per (row, key) */
         double entries = (double)in[3].shape[2] * (double)p->page;
         return 4.0 * (double)in[0].shape[0] * (double)in[0].shape[1] * entries * (double)in[0].shape[2];
+    }
+    case SL_OP_PAGE_TOKEN_SCORES: {
+        const sl_page_scores_params *p = params;
+        double r = in[2].buf ? (double)in[2].shape[1] : (double)in[0].shape[2];
+        return 2.0 * (double)in[0].shape[0] * (double)in[0].shape[1] * (double)scores_n(p, &in[1]) * r;
     }
     default: return 0;
     }

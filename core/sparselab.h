@@ -616,7 +616,26 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * (natural log of the sum of exp(scale.q.k)); a row with no key: O = 0,
  * L = -inf. cpu and cuda split each list into partials of `split` entries
  * (0: their own choice) merged through their log-sum-exps. k and v are read
- * only at the listed pages: a NaN or infinity there makes the call fail. */
+ * only at the listed pages: a NaN or infinity there makes the call fail.
+ *
+ * page.select with p > 0 (top-p, Twilight): the same ranking; with the
+ * softmax weights w = exp(s - max s) of the row's aggregated scores (float64,
+ * total summed in ranking order), entries are taken in ranking order while
+ * fewer than min(k, n_p) are taken: forced ones always; others stop at the
+ * first -inf score or once the mass taken reaches p.total (p = 1: every
+ * finite entry). Taken pages are written ascending, the rest of the row -1.
+ *
+ * page.token_scores: inputs q [Hq, R, D], k [Hkv, N, D], opt.channels i32
+ * [Hc, r] (Hc = Hq or Hkv; distinct channels in [0, D); absent: all D),
+ * opt.pages i32 [Hs, R, m] (as page.attend's lists; absent: every key).
+ * Params page, n (0: N), causal, bits, scale (0: 1/sqrt(r)). Output scores
+ * [Hq, R, n]: for query head h, row i and key j: -inf when j is outside the
+ * row's listed pages or (causal) j > n - R + i; else scale . sum over c in C
+ * of q[h, i, c] . k'[j, c], where k' = k when bits = 0 and otherwise each
+ * key's values on C quantised per token: lo, hi its min and max over C, step
+ * (hi - lo) / (2^bits - 1), k' = lo + round((k - lo) / step) . step (k' = k
+ * when step = 0). Query head h reads kv head h / (Hq/Hkv), channel row
+ * h / (Hq/Hc), list h / (Hq/Hs). */
 
 /* ---- the paged KV cache object (core/kvcache.c, issue 13) ----
  * Keys and values of H kv heads, head dim D, in pages of P tokens, with the

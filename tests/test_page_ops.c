@@ -178,6 +178,145 @@ START_TEST(test_page_select)
 }
 END_TEST
 
+/* Top-p: backends equal ref exactly; the kept set holds >= p of the row's
+ * softmax mass and dropping its lowest-ranked unforced entry falls below p;
+ * p = 1 keeps every finite entry. */
+START_TEST(test_page_select_topp)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13008);
+    const double ps[] = {0.3, 0.8, 0.95, 1.0};
+    for (int c = 0; c < 4; c++)
+        for (int last = 0; last <= 1; last++) {
+            int64_t h = 4, r = 2, np = 40;
+            sl_page_select_params p = sel_p(np, 1, 0, last);
+            p.p = ps[c];
+            sl_tensor x = random_scores(ctx, &rng, h, r, np, 1);
+            for (int64_t i = 0; i < h * r * np; i++)
+                if (isfinite(f32p(&x)[i]))
+                    f32p(&x)[i] *= 3;  /* peaked enough that top-p differs from keeping everything */
+            check_op_vs_ref(ctx, SL_OP_PAGE_SELECT, &p, &x, 0, "page.select top-p");
+            sl_tensor out = run_op1(ctx, SL_BACKEND_REF, SL_OP_PAGE_SELECT, &p, &x);
+            const int32_t *ids = out.data;
+            for (int64_t row = 0; row < h * r; row++) {
+                const float *s = f32p(&x) + row * np;
+                double mx = -INFINITY, total = 0, kept = 0, smallest = INFINITY;
+                int64_t finite = 0, n_kept = 0;
+                for (int64_t j = 0; j < np; j++)
+                    mx = fmax(mx, s[j]);
+                for (int64_t j = 0; j < np; j++)
+                    if (isfinite(s[j])) {
+                        total += exp(s[j] - mx);
+                        finite++;
+                    }
+                for (int64_t e = 0; e < np && ids[row * np + e] >= 0; e++, n_kept++) {
+                    int32_t id = ids[row * np + e];
+                    double w = isfinite(s[id]) ? exp(s[id] - mx) : 0;
+                    kept += w;
+                    if (!(last && id == np - 1))
+                        smallest = fmin(smallest, w);
+                }
+                for (int64_t e = n_kept; e < np; e++)
+                    ck_assert_int_eq(ids[row * np + e], -1);
+                if (ps[c] >= 1) {
+                    int64_t want = finite + (last && !isfinite(s[np - 1]));
+                    ck_assert_int_eq(n_kept, want);
+                } else {
+                    ck_assert_msg(kept >= ps[c] * total * (1 - 1e-9), "mass %g below p %g", kept / total, ps[c]);
+                    ck_assert_msg(smallest == INFINITY || kept - smallest < ps[c] * total * (1 + 1e-9),
+                                  "not minimal: %g without the smallest", (kept - smallest) / total);
+                }
+            }
+            sl_tensor_release(&out);
+            sl_tensor_release(&x);
+        }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* page.token_scores: backends vs ref (channel subsets per q or kv head,
+ * listed pages, bits 0 and 4); ref vs plain loops. */
+START_TEST(test_page_token_scores)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13009);
+    int64_t hq = 4, hkv = 2, r = 2, nk = 45, d = 12, P = 8, np = 6;
+    sl_tensor q = tu_randn(ctx, &rng, hq, r, d, 1.0), k = tu_randn(ctx, &rng, hkv, nk, d, 1.0);
+    for (int ch_heads = 0; ch_heads <= 2; ch_heads++)
+        for (int with_pages = 0; with_pages <= 1; with_pages++)
+            for (int bits = 0; bits <= 4; bits += 4) {
+                sl_tensor in[4] = {q, k, {0}, {0}};
+                int64_t hc = ch_heads == 1 ? hq : hkv, nc = 5;
+                if (ch_heads) {
+                    in[2] = i32_tensor(ctx, hc, nc);
+                    for (int64_t h = 0; h < hc; h++)
+                        for (int64_t c = 0; c < nc; c++)
+                            ((int32_t *)in[2].data)[h * nc + c] = (int32_t)((h * 5 + c * 7) % d);
+                }
+                if (with_pages) {
+                    int64_t sh[3] = {hkv, r, 3};
+                    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, sh, &in[3]), SL_OK);
+                    int32_t lists[2][3] = {{0, 2, 5}, {1, 4, -1}};
+                    for (int64_t l = 0; l < hkv * r; l++)
+                        memcpy((int32_t *)in[3].data + l * 3, lists[l % 2], sizeof lists[0]);
+                }
+                sl_page_scores_params p;
+                sl_op_params_default(SL_OP_PAGE_TOKEN_SCORES, &p);
+                p.page = P;
+                p.bits = bits;
+                check_op_vs_ref(ctx, SL_OP_PAGE_TOKEN_SCORES, &p, in, 1e-5, "page.token_scores");
+                sl_tensor s = run_op1(ctx, SL_BACKEND_REF, SL_OP_PAGE_TOKEN_SCORES, &p, in);
+                for (int64_t h = 0; h < hq; h++)
+                    for (int64_t i = 0; i < r; i++)
+                        for (int64_t j = 0; j < nk; j++) {
+                            int vis = j <= nk - r + i;
+                            if (with_pages) {
+                                const int32_t *ls = (const int32_t *)in[3].data + ((h / 2) * r + i) * 3;
+                                int in_list = 0;
+                                for (int e = 0; e < 3; e++)
+                                    in_list |= ls[e] == j / P;
+                                vis &= in_list;
+                            }
+                            double got = tu_at(&s, (h * r + i) * nk + j);
+                            if (!vis) {
+                                ck_assert(got == -INFINITY);
+                                continue;
+                            }
+                            int64_t use = ch_heads ? nc : d;
+                            const int32_t *cols = ch_heads ? (const int32_t *)in[2].data + (h / (hq / hc)) * nc : NULL;
+                            const float *kj = f32p(&k) + ((h / 2) * nk + j) * d, *qi = f32p(&q) + (h * r + i) * d;
+                            double lo = 1e30, hi = -1e30, want = 0;
+                            for (int64_t c = 0; c < use; c++) {
+                                double x = kj[cols ? cols[c] : c];
+                                lo = fmin(lo, x);
+                                hi = fmax(hi, x);
+                            }
+                            double step = (hi - lo) / 15;
+                            for (int64_t c = 0; c < use; c++) {
+                                int64_t cc = cols ? cols[c] : c;
+                                double x = kj[cc];
+                                if (bits)  /* nearest of the 16 levels lo + t.step */
+                                    x = lo + floor((x - lo) / step + 0.5) * step;
+                                want += qi[cc] * x;
+                            }
+                            want /= sqrt((double)use);
+                            ck_assert_msg(fabs(got - want) < 1e-5, "score %g, want %g", got, want);
+                        }
+                sl_tensor_release(&s);
+                sl_tensor_release(&in[2]);
+                sl_tensor_release(&in[3]);
+            }
+    (void)np;
+    sl_tensor_release(&q);
+    sl_tensor_release(&k);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static sl_page_attn_params attn_p(int64_t page, int64_t n, int causal, int64_t split)
 {
     sl_page_attn_params p;
@@ -459,6 +598,8 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_page_meta);
     tcase_add_test(tc, test_page_bounds);
     tcase_add_test(tc, test_page_select);
+    tcase_add_test(tc, test_page_select_topp);
+    tcase_add_test(tc, test_page_token_scores);
     tcase_add_test(tc, test_page_attend);
     tcase_add_test(tc, test_page_attend_capacity);
     tcase_add_test(tc, test_page_validation);

@@ -119,9 +119,95 @@ static void select_item(int64_t item, void *ud, int thread)
     }
     qsort(e, (size_t)np, sizeof *e, ranked_cmp);
     int32_t *out = (int32_t *)a->out[0].data + item * m;
-    for (int64_t t = 0; t < m; t++)
+    int64_t taken = m;
+    if (p->p > 0) {
+        /* top-p: the softmax mass in ranking order, as ref sums it */
+        double mx = -INFINITY, total = 0, cum = 0;
+        for (int64_t t = 0; t < np; t++)
+            mx = e[t].s > mx ? e[t].s : mx;
+        for (int64_t t = 0; t < np; t++)
+            if (e[t].s != -INFINITY)
+                total += exp((double)e[t].s - mx);
+        for (taken = 0; taken < m; taken++) {
+            const ranked *en = &e[taken];
+            if (en->prio == 0 && (en->s == -INFINITY || (p->p < 1 && cum >= p->p * total)))
+                break;
+            if (en->s != -INFINITY)
+                cum += exp((double)en->s - mx);
+        }
+    }
+    for (int64_t t = 0; t < taken; t++)
         out[t] = e[t].i;
-    qsort(out, (size_t)m, sizeof *out, int_cmp);
+    qsort(out, (size_t)taken, sizeof *out, int_cmp);
+    for (int64_t t = taken; t < m; t++)
+        out[t] = -1;
+}
+
+/* ---- page.token_scores ---- */
+
+/* Per-thread scratch: the channel list (d i32) and a flag per key, rounded
+ * up so that every thread's channel list stays aligned. */
+static size_t token_scores_stride(int64_t d, int64_t n)
+{
+    return (sizeof(int32_t) * (size_t)d + (size_t)n + 7) & ~(size_t)7;
+}
+
+static void token_scores_item(int64_t item, void *ud, int thread)
+{
+    const sl__kargs *a = ud;
+    const sl_page_scores_params *p = a->params;
+    const sl_tensor *q = &a->in[0], *k = &a->in[1], *ch = &a->in[2], *pg = &a->in[3];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], hkv = k->shape[0], nk = k->shape[1];
+    int64_t n = a->out[0].shape[2], nc = ch->buf ? ch->shape[1] : d;
+    int64_t h = item / r, i = item % r;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc));
+    int32_t *cols = (int32_t *)((char *)a->scratch + (size_t)thread * token_scores_stride(d, n));
+    uint8_t *listed = (uint8_t *)(cols + d);
+    for (int64_t c = 0; c < nc; c++)
+        cols[c] = ch->buf ? ((const int32_t *)ch->data)[(h / (hq / ch->shape[0])) * nc + c] : (int32_t)c;
+    memset(listed, pg->buf ? 0 : 1, (size_t)n);
+    if (pg->buf) {
+        int64_t m = pg->shape[2];
+        const int32_t *ids = (const int32_t *)pg->data + ((h / (hq / pg->shape[0])) * r + i) * m;
+        for (int64_t e = 0; e < m && ids[e] >= 0; e++) {
+            int64_t t0 = (int64_t)ids[e] * p->page, t1 = t0 + p->page < n ? t0 + p->page : n;
+            memset(listed + t0, 1, (size_t)(t1 - t0));
+        }
+    }
+    const float *qi = (const float *)q->data + item * d;
+    const float *kh = (const float *)k->data + (h / (hq / hkv)) * nk * d;
+    float *out = (float *)a->out[0].data + item * n;
+    int64_t limit = p->causal ? n - r + i + 1 : n;
+    for (int64_t j = 0; j < n; j++) {
+        if (!listed[j] || j >= limit) {
+            out[j] = -INFINITY;
+            continue;
+        }
+        const float *kj = kh + j * d;
+        double s = 0;
+        if (p->bits > 0) {
+            double lo = INFINITY, hi = -INFINITY;
+            for (int64_t c = 0; c < nc; c++) {
+                lo = kj[cols[c]] < lo ? kj[cols[c]] : lo;
+                hi = kj[cols[c]] > hi ? kj[cols[c]] : hi;
+            }
+            double step = (hi - lo) / (double)((1 << p->bits) - 1);
+            for (int64_t c = 0; c < nc; c++) {
+                double kv = kj[cols[c]];
+                if (step > 0)
+                    kv = lo + nearbyint((kv - lo) / step) * step;
+                s += (double)qi[cols[c]] * kv;
+            }
+        } else
+            for (int64_t c = 0; c < nc; c++)
+                s += (double)qi[cols[c]] * kj[cols[c]];
+        out[j] = (float)s * scale;
+    }
+}
+
+sl_status sl__cpu_page_token_scores(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0] * a->in[0].shape[1], token_scores_item, (void *)a);
 }
 
 sl_status sl__cpu_page_select(const sl__kargs *a)
@@ -302,6 +388,11 @@ size_t sl__cpu_page_scratch(sl_op op, const void *params, const sl_tensor *in, i
     switch (op) {
     case SL_OP_PAGE_META: return sizeof(double) * (size_t)in[0].shape[2] * (size_t)n_threads;
     case SL_OP_PAGE_SELECT: return sizeof(ranked) * (size_t)in[0].shape[2] * (size_t)n_threads;
+    case SL_OP_PAGE_TOKEN_SCORES: {
+        const sl_page_scores_params *p = params;
+        int64_t n = p->n > 0 ? p->n : in[1].shape[1];
+        return token_scores_stride(in[0].shape[2], n) * (size_t)n_threads;
+    }
     case SL_OP_PAGE_ATTEND: {
         attend_plan pl = plan_of(params, in, n_threads);
         size_t slots = (size_t)(pl.lists * in[0].shape[1] * pl.chunks * pl.gl);

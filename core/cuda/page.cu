@@ -61,9 +61,11 @@ struct select_args {
     const float *x;
     int32_t *out;
     float *agg;      // scratch [lists, r, np]
+    int32_t *order;  // scratch [lists, r, np]: page of each rank
     uint8_t *taken;  // scratch [lists, r, np]
     int64_t r, np, m, group, sink;
     int last;
+    double p;
 };
 
 __device__ int prio_of(int64_t p, const select_args &a)
@@ -75,6 +77,7 @@ __global__ void select_kernel(select_args a)
 {
     int64_t i = blockIdx.x, l = blockIdx.y, row = l * a.r + i;
     float *agg = a.agg + row * a.np;
+    int32_t *order = a.order + row * a.np;
     uint8_t *taken = a.taken + row * a.np;
     for (int64_t p = threadIdx.x; p < a.np; p += blockDim.x) {
         double s = 0;
@@ -91,9 +94,32 @@ __global__ void select_kernel(select_args a)
             bool before = pq != pp ? pq > pp : (pp == 0 && agg[q] != agg[p]) ? agg[q] > agg[p] : q < p;
             rank += before;
         }
-        taken[p] = rank < a.m;
+        order[rank] = (int32_t)p;
+        taken[p] = 0;
     }
     __syncthreads();
+    if (threadIdx.x == 0) {
+        // one walk in ranking order, the sums in ref's order
+        double mx = -INFINITY, total = 0, cum = 0;
+        for (int64_t t = 0; t < a.np; t++)
+            mx = fmax(mx, (double)agg[t]);
+        if (a.p > 0)
+            for (int64_t t = 0; t < a.np; t++)
+                if (agg[order[t]] != -INFINITY)
+                    total += exp((double)agg[order[t]] - mx);
+        for (int64_t t = 0; t < a.m; t++) {
+            int32_t p = order[t];
+            if (a.p > 0 && prio_of(p, a) == 0 && (agg[p] == -INFINITY || (a.p < 1 && cum >= a.p * total)))
+                break;
+            taken[p] = 1;
+            if (agg[p] != -INFINITY)
+                cum += exp((double)agg[p] - mx);
+        }
+    }
+    __syncthreads();
+    int64_t kept = 0;
+    for (int64_t q = 0; q < a.np; q++)
+        kept += taken[q];
     for (int64_t p = threadIdx.x; p < a.np; p += blockDim.x) {
         if (!taken[p])
             continue;
@@ -101,6 +127,68 @@ __global__ void select_kernel(select_args a)
         for (int64_t q = 0; q < p; q++)
             pos += taken[q];
         a.out[row * a.m + pos] = (int32_t)p;
+    }
+    for (int64_t t = kept + threadIdx.x; t < a.m; t += blockDim.x)
+        a.out[row * a.m + t] = -1;
+}
+
+struct scores_args {
+    const float *q, *k;
+    const int32_t *channels, *pages;
+    float *out;
+    int64_t hq, hkv, r, d, nk, n, nc, hc, lists, m, P, bits;
+    int causal;
+    double scale;
+};
+
+// 1 when key j's page is among the row's listed pages (ascending ids, then
+// -1 padding, which the search treats as larger than every id).
+__device__ bool listed(const int32_t *ids, int64_t m, int64_t page)
+{
+    int64_t lo = 0, hi = m;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        int64_t v = ids[mid] < 0 ? INT64_MAX : ids[mid];
+        if (v < page)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < m && ids[lo] == page;
+}
+
+__global__ void token_scores_kernel(scores_args a)
+{
+    int64_t i = blockIdx.x, h = blockIdx.y;
+    const float *qi = a.q + (h * a.r + i) * a.d;
+    const float *kh = a.k + (h / (a.hq / a.hkv)) * a.nk * a.d;
+    const int32_t *cols = a.channels ? a.channels + (h / (a.hq / a.hc)) * a.nc : nullptr;
+    const int32_t *ids = a.pages ? a.pages + ((h / (a.hq / a.lists)) * a.r + i) * a.m : nullptr;
+    int64_t limit = a.causal ? a.n - a.r + i + 1 : a.n;
+    for (int64_t j = threadIdx.x; j < a.n; j += blockDim.x) {
+        float *o = a.out + (h * a.r + i) * a.n + j;
+        if (j >= limit || (ids && !listed(ids, a.m, j / a.P))) {
+            *o = -INFINITY;
+            continue;
+        }
+        const float *kj = kh + j * a.d;
+        double lo = INFINITY, hi = -INFINITY, step = 0, s = 0;
+        if (a.bits > 0) {
+            for (int64_t c = 0; c < a.nc; c++) {
+                double x = kj[cols ? cols[c] : c];
+                lo = fmin(lo, x);
+                hi = fmax(hi, x);
+            }
+            step = (hi - lo) / (double)((1 << a.bits) - 1);
+        }
+        for (int64_t c = 0; c < a.nc; c++) {
+            int64_t cc = cols ? cols[c] : c;
+            double kv = kj[cc];
+            if (step > 0)
+                kv = lo + rint((kv - lo) / step) * step;
+            s += (double)qi[cc] * kv;
+        }
+        *o = (float)s * (float)a.scale;
     }
 }
 
@@ -261,10 +349,12 @@ sl_status sl__cuda_page_select(const sl__kargs *a)
         return s;
     void *ws = nullptr;
     size_t cells = (size_t)(lists * r * np);
-    if (sl_status s = sl__cuda_scratch(&st, cells * (sizeof(float) + 1), &ws); s != SL_OK)
+    if (sl_status s = sl__cuda_scratch(&st, cells * (sizeof(float) + sizeof(int32_t) + 1), &ws); s != SL_OK)
         return s;
     select_args sa = {st.input<float>(0), st.output<int32_t>(0), static_cast<float *>(ws),
-                      static_cast<uint8_t *>(ws) + cells * sizeof(float), r, np, m, p->group, p->sink, (int)p->last};
+                      reinterpret_cast<int32_t *>(static_cast<float *>(ws) + cells),
+                      static_cast<uint8_t *>(ws) + cells * (sizeof(float) + sizeof(int32_t)), r, np, m, p->group,
+                      p->sink, (int)p->last, p->p};
     SL_LAUNCH(select_kernel, dim3((unsigned)r, (unsigned)lists), kThreads, 0, 0)(sa);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
@@ -299,5 +389,26 @@ sl_status sl__cuda_page_attend(const sl__kargs *a)
     SL_LAUNCH(attend_kernel, dim3((unsigned)chunks, (unsigned)g.nq, (unsigned)g.hq), kThreads, smem, 0)(aa);
     SL_LAUNCH(merge_kernel, dim3((unsigned)g.nq, (unsigned)g.hq), kThreads, 0, 0)(
         aa.po, aa.pl, st.output<float>(0), st.output<float>(1), g.nq, g.d, chunks);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_page_token_scores(const sl__kargs *a)
+{
+    const sl_page_scores_params *p = static_cast<const sl_page_scores_params *>(a->params);
+    const sl_tensor *q = &a->in[0], *k = &a->in[1], *ch = &a->in[2], *pg = &a->in[3];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], n = a->out[0].shape[2];
+    if (!grid_ok(r, hq))
+        return sl__cuda_unsupported(a, "more than 65535 heads");
+    if (hq == 0 || r == 0 || n == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    int64_t nc = ch->buf ? ch->shape[1] : d;
+    scores_args sa = {st.input<float>(0), st.input<float>(1), ch->buf ? st.input<int32_t>(2) : nullptr,
+                      pg->buf ? st.input<int32_t>(3) : nullptr, st.output<float>(0), hq, k->shape[0], r, d, k->shape[1],
+                      n, nc, ch->buf ? ch->shape[0] : 1, pg->buf ? pg->shape[0] : 1, pg->buf ? pg->shape[2] : 0,
+                      p->page, p->bits, (int)p->causal, p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc)};
+    SL_LAUNCH(token_scores_kernel, dim3((unsigned)r, (unsigned)hq), kThreads, 0, 0)(sa);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

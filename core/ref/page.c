@@ -83,19 +83,91 @@ sl_status sl__ref_page_select(const sl__kargs *a)
                     s += sc[((l * p->group + g) * r + i) * np + pg];
                 agg[pg] = (float)s;
             }
-            memset(taken, 0, (size_t)np);
-            /* m rounds of "the best page not yet taken" */
-            for (int64_t e = 0; e < m; e++) {
+            /* the softmax mass of the row, summed in ranking order */
+            double mx = -INFINITY, total = 0, cum = 0;
+            for (int64_t pg = 0; pg < np; pg++)
+                mx = agg[pg] > mx ? agg[pg] : mx;
+            for (int64_t pg = 0; pg < np; pg++)
+                taken[pg] = 0;
+            for (int64_t e = 0; e < np; e++) {
                 int64_t best = -1;
                 for (int64_t pg = 0; pg < np; pg++)
                     if (!taken[pg] && (best < 0 || ref_before(pg, best, agg, np, p)))
                         best = pg;
                 taken[best] = 1;
+                if (agg[best] != -INFINITY)
+                    total += exp((double)agg[best] - mx);
+            }
+            /* m rounds of "the best page not yet taken" (top-p: stop early) */
+            for (int64_t pg = 0; pg < np; pg++)
+                taken[pg] = 0;
+            for (int64_t e = 0; e < m; e++) {
+                int64_t best = -1;
+                for (int64_t pg = 0; pg < np; pg++)
+                    if (!taken[pg] && (best < 0 || ref_before(pg, best, agg, np, p)))
+                        best = pg;
+                int forced = (p->last && best == np - 1) || best < p->sink;
+                if (p->p > 0 && !forced && (agg[best] == -INFINITY || (p->p < 1 && cum >= p->p * total)))
+                    break;
+                taken[best] = 1;
+                if (agg[best] != -INFINITY)
+                    cum += exp((double)agg[best] - mx);
             }
             int64_t e = 0;
             for (int64_t pg = 0; pg < np; pg++)
                 if (taken[pg])
                     out[(l * r + i) * m + e++] = (int32_t)pg;
+            while (e < m)
+                out[(l * r + i) * m + e++] = -1;
+        }
+    return SL_OK;
+}
+
+sl_status sl__ref_page_token_scores(const sl__kargs *a)
+{
+    const sl_page_scores_params *p = a->params;
+    const sl_tensor *q = &a->in[0], *k = &a->in[1], *ch = &a->in[2], *pg = &a->in[3];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], hkv = k->shape[0], nk = k->shape[1];
+    int64_t n = a->out[0].shape[2], nc = ch->buf ? ch->shape[1] : d;
+    double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc);
+    int32_t *cols = a->scratch;
+    uint8_t *listed = (uint8_t *)(cols + d);
+    float *out = a->out[0].data;
+    for (int64_t h = 0; h < hq; h++)
+        for (int64_t i = 0; i < r; i++) {
+            for (int64_t c = 0; c < nc; c++)
+                cols[c] = ch->buf ? ((const int32_t *)ch->data)[(h / (hq / ch->shape[0])) * nc + c] : (int32_t)c;
+            memset(listed, pg->buf ? 0 : 1, (size_t)n);
+            if (pg->buf) {
+                int64_t m = pg->shape[2];
+                const int32_t *ids = (const int32_t *)pg->data + ((h / (hq / pg->shape[0])) * r + i) * m;
+                for (int64_t e = 0; e < m; e++)
+                    for (int64_t j = (int64_t)ids[e] * p->page; ids[e] >= 0 && j < ((int64_t)ids[e] + 1) * p->page && j < n; j++)
+                        listed[j] = 1;
+            }
+            const float *qi = (const float *)q->data + (h * r + i) * d;
+            for (int64_t j = 0; j < n; j++) {
+                float *o = out + (h * r + i) * n + j;
+                if (!listed[j] || (p->causal && j > n - r + i)) {
+                    *o = -INFINITY;
+                    continue;
+                }
+                const float *kj = (const float *)k->data + ((h / (hq / hkv)) * nk + j) * d;
+                double lo = INFINITY, hi = -INFINITY;
+                for (int64_t c = 0; c < nc; c++) {
+                    lo = kj[cols[c]] < lo ? kj[cols[c]] : lo;
+                    hi = kj[cols[c]] > hi ? kj[cols[c]] : hi;
+                }
+                double step = p->bits > 0 ? (hi - lo) / (double)((1 << p->bits) - 1) : 0;
+                double s = 0;
+                for (int64_t c = 0; c < nc; c++) {
+                    double kv = kj[cols[c]];
+                    if (step > 0)
+                        kv = lo + nearbyint((kv - lo) / step) * step;
+                    s += (double)qi[cols[c]] * kv;
+                }
+                *o = (float)(s * scale);
+            }
         }
     return SL_OK;
 }
@@ -135,6 +207,11 @@ size_t sl__ref_page_scratch(sl_op op, const void *params, const sl_tensor *in, i
     (void)n_threads;
     if (op == SL_OP_PAGE_SELECT)
         return (sizeof(float) + 1) * (size_t)in[0].shape[2];
+    if (op == SL_OP_PAGE_TOKEN_SCORES) {
+        const sl_page_scores_params *p = params;
+        int64_t n = p->n > 0 ? p->n : in[1].shape[1];
+        return sizeof(int32_t) * (size_t)in[0].shape[2] + (size_t)n;
+    }
     if (op == SL_OP_PAGE_ATTEND) {
         const sl_page_attn_params *p = params;
         int64_t n = p->n > 0 ? p->n : in[1].shape[1];
