@@ -47,6 +47,71 @@ function D.all_pages(lists, rows, n_pages)
   return sl.tensor(t, "i32")
 end
 
+--- i32 [lists, 1, b - a] listing tokens a .. b-1 (pages of one token).
+function D.token_range(lists, a, b)
+  local row = {}
+  for j = a, b - 1 do row[#row + 1] = j end
+  if #row == 0 then row[1] = -1 end
+  local t = {}
+  for l = 1, lists do t[l] = {row} end
+  return sl.tensor(t, "i32")
+end
+
+--- Double Sparsity's channel ranking: per head of x ([H, n, D], the first
+--- n rows used), the r channels of largest mean |x| (ties: lower channel
+--- first), as i32 [H, r]; with y (same shape) the statistic is mean |x.y|
+--- (the reference's "qk" channel).
+function D.channel_rank(x, r, n, y)
+  local xs = x:shape()
+  n = n or xs[2]
+  local xt = x:narrow(2, 1, n):totable()
+  local yt = y and y:narrow(2, 1, n):totable()
+  local out = {}
+  for h = 1, xs[1] do
+    local stat, ids = {}, {}
+    for c = 1, xs[3] do stat[c] = 0; ids[c] = c end
+    for t = 1, n do
+      local row, yrow = xt[h][t], yt and yt[h][t]
+      for c = 1, xs[3] do stat[c] = stat[c] + math.abs(yrow and row[c] * yrow[c] or row[c]) end
+    end
+    table.sort(ids, function(a, b) if stat[a] ~= stat[b] then return stat[a] > stat[b] end return a < b end)
+    out[h] = {}
+    for i = 1, r do out[h][i] = ids[i] - 1 end
+  end
+  return sl.tensor(out, "i32")
+end
+
+--- Token-sparse attention over token lists (page.attend with pages of one token).
+function D.attend_tokens(cache, q, lists, opts)
+  opts = opts or {}
+  return sl.page.attend(q, cache:tensor("k"), cache:tensor("v"), lists,
+    {page = 1, n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0, backend = opts.backend})
+end
+
+--- Token scores of q against the cache (page.token_scores): opts channels
+--- (i32 [H, r]), pages (i32 lists over pages of opts.page tokens), bits, backend.
+function D.token_scores(cache, q, opts)
+  opts = opts or {}
+  return sl.page.token_scores(q, cache:tensor("k"), {channels = opts.channels, pages = opts.pages,
+    page = opts.page or cache:page_size(), n = cache:len(), bits = opts.bits or 0, backend = opts.backend})
+end
+
+--- The usual kernel-level run of a decode method: prefill (n_q = n_k) dense,
+--- a decode problem replayed step by step through a cache of its prefix.
+function D.kernel_run(M, prob, p, opts)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  if qs[2] == ks[2] then
+    local o, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
+    return {o = o, lse = lse, stats = {density = 1}}
+  end
+  local page = p.page or 16
+  if page > ks[2] - qs[2] then
+    sl.fail("%s: page = %d is larger than the cache (%d tokens before the decode rows)", M.id, page, ks[2] - qs[2])
+  end
+  local r = D.replay(M, prob, p, opts)
+  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps)}
+end
+
 --- Page-sparse attention of q ([Hq, R, D], the last R positions of the cache)
 --- over the listed pages of cache. opts: backend, causal (default true), split.
 function D.attend(cache, q, pages, opts)
@@ -201,6 +266,7 @@ end
 --- positions of k, v [Hkv, N, D]): the prefix k[0 .. N-R) is the cache, then
 --- each row is one decode step (its key appended, the hook run). Returns
 --- {o = [Hq, R, D], lse = [Hq, R], steps = {per step: pages, tokens, ...}}.
+--- opts: layer, step (extra fields for every step table), page.
 function D.replay(method, prob, p, opts)
   opts = opts or {}
   local m = sl.methods.get(method)
@@ -212,8 +278,10 @@ function D.replay(method, prob, p, opts)
   local os, ls, steps = {}, {}, {}
   for r = 1, R do
     local pos = N - R + r
-    local out = D.step(m, st, {q = prob.q:narrow(2, r, 1), k = prob.k:narrow(2, pos, 1), v = prob.v:narrow(2, pos, 1),
-      layer = opts.layer or 0, backend = prob.backend}, p)
+    local step = {q = prob.q:narrow(2, r, 1), k = prob.k:narrow(2, pos, 1), v = prob.v:narrow(2, pos, 1),
+      layer = opts.layer or 0, backend = prob.backend}
+    for key, val in pairs(opts.step or {}) do step[key] = val end
+    local out = D.step(m, st, step, p)
     os[r], ls[r] = out.o, out.lse
     steps[r] = out.stats or {}
   end

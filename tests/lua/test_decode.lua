@@ -212,4 +212,183 @@ test("quest: decode replay through the cache, per step recall and bytes", functi
   truthy(rd.metrics.rel_l2 <= 1e-5, "layer 0 (dense_layers 2) is dense")
 end)
 
+-- float64 top-k token sets of q (row 1) per query head over k, ties lower index.
+local function oracle_topk(qt, kt, n, kk)
+  local sets = {}
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    local sc, ids = {}, {}
+    for j = 1, n do
+      local dot = 0
+      for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j][c] end
+      sc[j], ids[j] = dot, j
+    end
+    table.sort(ids, function(a, b) if sc[a] ~= sc[b] then return sc[a] > sc[b] end return a < b end)
+    sets[h] = {}
+    for i = 1, kk do sets[h][ids[i] - 1] = true end
+  end
+  return sets
+end
+
+local function same_set(list_row, set)
+  local n = 0
+  for _, id in ipairs(list_row) do
+    if id >= 0 then
+      if not set[id] then return false end
+      n = n + 1
+    end
+  end
+  local m = 0
+  for _ in pairs(set) do m = m + 1 end
+  return n == m
+end
+
+-- zeros over the first `upto` tokens (all when nil), -inf after: a score-blind
+-- estimator whose ranking is token order.
+local function blind(n, upto)
+  local row = {}
+  for j = 1, n do row[j] = (not upto or j <= upto) and 0 or -math.huge end
+  local t = {}
+  for h = 1, HQ do t[h] = {row} end
+  return sl.tensor(t)
+end
+
+-- ---- double_sparsity ----
+
+test("double_sparsity: dense at budget >= n; r = d equals the oracle top-k; score-blind fails", function()
+  local ds = sl.methods.get("double_sparsity")
+  local q, k, v = sl.randn({HQ, 2, D}, {seed = 51}), sl.randn({HKV, 70, D}, {seed = 52}), sl.randn({HKV, 70, D}, {seed = 53})
+  local r = sl.eval("double_sparsity", sl.problem{q = q, k = k, v = v}, {params = {budget = 80}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "dense at budget >= n: " .. r.metrics.rel_l2)
+  raises(function() sl.eval("double_sparsity", sl.problem{q = q, k = k, v = v}, {params = {channel = 1}}) end,
+    "double_sparsity: channel = 1 needs calibration queries", "q ranking without calibration")
+  local qp, kp, vp = peaked(120, 8, 61)
+  local cache = decode.cache_from(kp, vp, 8)
+  local all = decode.channel_rank(cache:tensor("k"), D, cache:len())
+  for _, row in ipairs(all:totable()) do
+    local seen = {}
+    for _, c in ipairs(row) do truthy(c >= 0 and c < D and not seen[c], "channel ranking is a permutation"); seen[c] = true end
+  end
+  local p = sl.registry.resolve(ds, {budget = 24, group_factor = 1})
+  local out = ds.token_step(cache, qp, p, 5, nil, all)
+  local sets = oracle_topk(qp:totable(), kp:totable(), 120, 24)
+  for h = 1, HQ do truthy(same_set(out.pages:totable()[h][1], sets[h]), "r = d selection = oracle top-k, head " .. h) end
+  local p8 = sl.registry.resolve(ds, {budget = 24, group_factor = 2})
+  local ch = decode.channel_rank(cache:tensor("k"), D // 2, cache:len())
+  local good = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch), qp, cache)
+  truthy(good >= 0.9, "r = d/2 recall " .. good)
+  local bad = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch, function() return blind(120) end), qp, cache)
+  truthy(bad < 0.9, "first-k token selection must fail: recall " .. bad)
+  local rnd = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch, function() return sl.randn({HQ, 1, 120}, {seed = 5}) end), qp, cache)
+  truthy(rnd < 0.9, "random token selection must fail: recall " .. rnd)
+end)
+
+-- ---- twilight_topp ----
+
+test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()
+  local tw, quest = sl.methods.get("twilight_topp"), sl.methods.get("quest")
+  local q, k, v = sl.randn({HQ, 2, D}, {seed = 71}), sl.randn({HKV, 70, D}, {seed = 72}), sl.randn({HKV, 70, D}, {seed = 73})
+  local r = sl.eval("twilight_topp", sl.problem{q = q, k = k, v = v}, {params = {budget = 96, p = 1}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "p = 1, B0 >= n is dense: " .. r.metrics.rel_l2)
+  local qp, kp, vp = peaked(160, 8, 81)
+  local cache = decode.cache_from(kp, vp, 8)
+  local p1 = sl.registry.resolve(tw, {budget = 64, page = 8, p = 1})
+  local pq = sl.registry.resolve(quest, {budget = 64, page = 8})
+  local a, b = tw.token_step(cache, qp, p1, 5), quest.page_step(cache, qp, pq, 5)
+  truthy(sl.metric.rel_l2(a.o, b.o) <= 1e-5, "p = 1 equals the selector alone")
+  local p9 = sl.registry.resolve(tw, {budget = 64, page = 8, p = 0.9})
+  local out = tw.token_step(cache, qp, p9, 5)
+  local s0 = out.selector:totable()
+  local kept = out.pages:totable()
+  local total_s, total_s0 = 0, 0
+  for h = 1, HQ do
+    local in_s0 = {}
+    for _, pg in ipairs(s0[h][1]) do if pg >= 0 then in_s0[pg] = true; total_s0 = total_s0 + 8 end end
+    for _, t in ipairs(kept[h][1]) do
+      if t >= 0 then truthy(in_s0[t // 8], "S within S0"); total_s = total_s + 1 end
+    end
+  end
+  local good = recall_of(out, qp, cache)
+  local function passes(o, n_kept) return recall_of(o, qp, cache) >= 0.85 and n_kept <= total_s0 / 2 end
+  truthy(passes(out, total_s), string.format("pruned to %d of %d tokens at recall %.3f", total_s, total_s0, good))
+  local blind_out = tw.token_step(cache, qp, p9, 5, nil, function(c, qq, sel)
+    -- uniform weights on S0: the pruner keeps S0's first tokens
+    local sc = decode.token_scores(c, qq, {pages = sel, page = 8, bits = 4})
+    local t = sc:totable()
+    for h = 1, HQ do for j = 1, #t[h][1] do if t[h][1][j] > -math.huge then t[h][1][j] = 0 end end end
+    return sl.tensor(t)
+  end)
+  local _, nb = decode.pages_read(blind_out.pages, 1, 160)
+  truthy(not passes(blind_out, nb), string.format("score-blind pruning must fail (%d tokens, recall %.3f)", nb,
+    recall_of(blind_out, qp, cache)))
+end)
+
+-- ---- tidaldecode ----
+
+test("tidaldecode: selection layer dense, reused selection equals the saved one, blind selection fails", function()
+  local qp, kp, vp = peaked(120, 8, 91)
+  local p = {budget = 24, select_layer = 2, correction_layer = 4, page = 8}
+  local st = decode.begin("tidaldecode", {hq = HQ, hkv = HKV, d = D, page = 8})
+  local prefix_k, prefix_v = kp:narrow(2, 1, 119), vp:narrow(2, 1, 119)
+  for l = 0, 5 do decode.prefill(st, l, prefix_k, prefix_v) end
+  local last_k, last_v = kp:narrow(2, 120, 1), vp:narrow(2, 120, 1)
+  local outs = {}
+  for l = 0, 5 do outs[l] = decode.step("tidaldecode", st, {q = qp, k = last_k, v = last_v, layer = l}, p) end
+  local cache = st:layer(3).cache
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local od = decode.attend(cache, qp, all)
+  truthy(sl.metric.max_abs(outs[2].o, od) == 0 or sl.metric.rel_l2(outs[2].o, od) <= 1e-6, "selection layer is dense")
+  local saved = st.saved
+  eq(saved.layer, 4, "the correction layer re-selected")
+  local t3, t2 = outs[3].pages:totable(), outs[5].pages:totable()
+  local sv = saved.lists:totable()
+  for h = 1, HQ do
+    for i, id in ipairs(t2[h][1]) do eq(id, sv[h][1][i], "layer 5 reuses the saved selection") end
+    eq(#t3[h][1], 24, "layer 3 attends k tokens")
+  end
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "reused selection keeps the mass")
+  truthy(st:dump():find("steps=1"), "dump")
+  -- score-blind selection at the selection layer
+  local tid = sl.methods.get("tidaldecode")
+  local st2 = decode.begin("tidaldecode", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  local pp = sl.registry.resolve(tid, p)
+  tid.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function() return blind(120) end)
+  local o3 = tid.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k selection must fail")
+  -- a sparse layer with no selection of this step
+  local st3 = decode.begin("tidaldecode", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st3, 3, prefix_k, prefix_v)
+  raises(function() decode.step("tidaldecode", st3, {q = qp, k = last_k, v = last_v, layer = 3}, p) end,
+    "tidaldecode: layer 3 has no selection of this step", "no selection")
+  local r = sl.eval("tidaldecode", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
+end)
+
+-- ---- hgca ----
+
+test("hgca: merge of window + all older equals dense; empty CPU set = window alone; disjoint; blind fails", function()
+  local hg = sl.methods.get("hgca")
+  local qp, kp, vp = peaked(160, 8, 101)
+  local cache = decode.cache_from(kp, vp, 8)
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local od, ld = decode.attend(cache, qp, all)
+  local full = hg.split_step(cache, qp, sl.registry.resolve(hg, {window = 32, budget = 128}), "cpu")
+  truthy(sl.metric.rel_l2(full.o, od) <= 1e-5, "all older tokens: merge equals dense")
+  near(sl.metric.max_abs(full.lse, ld), 0, 1e-5, "lse equals dense")
+  eq(full.stats.pcie_bytes, 4 * HQ * (D + 1), "bytes between devices")
+  local none = hg.split_step(cache, qp, sl.registry.resolve(hg, {window = 32, budget = 0}), "cpu")
+  local ow = decode.attend_tokens(cache, qp, decode.token_range(HQ, 128, 160))
+  eq(sl.metric.max_abs(none.o, ow), 0, "empty CPU set = the window part")
+  local p = sl.registry.resolve(hg, {window = 8, budget = 24})
+  local out = hg.split_step(cache, qp, p, "cpu")
+  for _, list in ipairs(out.pages:totable()) do
+    for _, id in ipairs(list[1]) do truthy(id < out.window_start, "CPU set before the window") end
+  end
+  local good = recall_of(out, qp, cache)
+  truthy(good >= 0.9, "top-k older tokens recall " .. good)
+  local bad = recall_of(hg.split_step(cache, qp, p, "cpu", function(_, _, old) return blind(160, old) end), qp, cache)
+  truthy(bad < 0.9, "first-k older tokens must fail: recall " .. bad)
+end)
+
 H.done()

@@ -86,18 +86,10 @@ local M = {
 }
 
 --- Kernel level: prefill (n_q = n_k) is dense as the card says; a decode
---- problem replays its rows one step at a time through a cache of the prefix.
+--- problem replays its rows one step at a time through a cache of the prefix
+--- (as a sparse layer unless prob.layer says otherwise).
 function M.run(prob, p)
-  local qs, ks = prob.q:shape(), prob.k:shape()
-  if qs[2] == ks[2] then
-    local o, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
-    return {o = o, lse = lse, stats = {density = 1}}
-  end
-  if p.page > ks[2] - qs[2] then
-    sl.fail("quest: page = %d is larger than the cache (%d tokens before the decode rows)", p.page, ks[2] - qs[2])
-  end
-  local r = decode.replay(M, prob, p, {layer = prob.layer or p.dense_layers})
-  return {o = r.o, lse = r.lse, stats = decode.replay_stats(r.steps)}
+  return decode.kernel_run(M, prob, p, {layer = prob.layer or p.dense_layers})
 end
 
 function M.decode(st, ls, step, p)
