@@ -81,6 +81,62 @@ function D.channel_rank(x, r, n, y)
   return sl.tensor(out, "i32")
 end
 
+--- SnapKV's importance per KV head: the softmax probabilities the last w
+--- prefill queries (obs_q [Hq, w, D], at positions n - w .. n - 1) give each
+--- key of the cache's first n tokens, summed over those rows and the query
+--- heads of the group, then pooled along the keys (kernel, padding
+--- kernel // 2; pooling 0 average counting the padding as torch's
+--- avg_pool1d does, 1 max). Returns a Lua table [Hkv][n].
+function D.snapkv_importance(cache, obs_q, n, kernel, pooling, backend)
+  local qs = obs_q:shape()
+  local hq, w = qs[1], qs[2]
+  local hkv = cache:heads()
+  local s = sl.page.token_scores(obs_q, cache:tensor("k"), {n = n, causal = 1, backend = backend}):totable()
+  local imp = {}
+  for g = 1, hkv do
+    imp[g] = {}
+    for j = 1, n do imp[g][j] = 0 end
+  end
+  for h = 1, hq do
+    local g = (h - 1) // (hq // hkv) + 1
+    for i = 1, w do
+      local row, mx, z = s[h][i], -math.huge, 0
+      for j = 1, n do if row[j] > mx then mx = row[j] end end
+      for j = 1, n do if row[j] > -math.huge then z = z + math.exp(row[j] - mx) end end
+      for j = 1, n do
+        if row[j] > -math.huge then imp[g][j] = imp[g][j] + math.exp(row[j] - mx) / z end
+      end
+    end
+  end
+  local half, out = kernel // 2, {}
+  for g = 1, hkv do
+    out[g] = {}
+    for j = 1, n do
+      local acc = pooling == 1 and -math.huge or 0
+      for t = j - half, j + half do
+        local x = (t >= 1 and t <= n) and imp[g][t] or 0
+        if pooling == 1 then acc = math.max(acc, x) else acc = acc + x end
+      end
+      out[g][j] = pooling == 1 and acc or acc / kernel
+    end
+  end
+  return out
+end
+
+--- i32 [lists, 1, m] from Lua lists of 0-based token positions (sorted
+--- ascending here), padded with -1 to the longest.
+function D.lists_tensor(lists)
+  local m = 1
+  for _, l in ipairs(lists) do table.sort(l); m = math.max(m, #l) end
+  local t = {}
+  for i, l in ipairs(lists) do
+    local row = {}
+    for j = 1, m do row[j] = l[j] or -1 end
+    t[i] = {row}
+  end
+  return sl.tensor(t, "i32")
+end
+
 --- Token-sparse attention over token lists (page.attend with pages of one token).
 function D.attend_tokens(cache, q, lists, opts)
   opts = opts or {}
@@ -232,10 +288,19 @@ function D.begin(method, o)
   return D.state(m.id, o)
 end
 
---- Appends a prefill's keys and values of one layer ([Hkv, n, D]) to the state.
-function D.prefill(st, layer, k, v)
+--- Appends a prefill's keys and values of one layer ([Hkv, n, D]) to the
+--- state; opts.q: the prefill's queries ([Hq, n_q, D], the last rows are the
+--- prompt's end), kept for methods that look at them (SnapKV's observation
+--- window).
+function D.prefill(st, layer, k, v, opts)
   st:check(st.method, sl.zeros({st.hq, 1, st.d}), k)
-  st:layer(layer).cache:append(k, v)
+  local ls = st:layer(layer)
+  ls.cache:append(k, v)
+  ls.n_prefill = ls.cache:len()
+  if opts and opts.q then
+    st:check(st.method, opts.q)
+    ls.obs_q = opts.q
+  end
 end
 
 --- One decode step of one layer: appends step.k, step.v to the layer's cache,
@@ -274,7 +339,8 @@ function D.replay(method, prob, p, opts)
   local R, N = qs[2], ks[2]
   if N - R < 1 then sl.fail("%s: decode replay needs a prefix: n_q = %d, n_k = %d", m.id, R, N) end
   local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16})
-  D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R))
+  D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
+    {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
   local os, ls, steps = {}, {}, {}
   for r = 1, R do
     local pos = N - R + r

@@ -391,4 +391,59 @@ test("hgca: merge of window + all older equals dense; empty CPU set = window alo
   truthy(bad < 0.9, "first-k older tokens must fail: recall " .. bad)
 end)
 
+-- ---- snapkv / ada_snapkv ----
+
+test("snapkv, ada_snapkv: dense when the prompt fits; kept sets; Ada allocation; position-blind selection fails", function()
+  local qp, kp, vp = peaked(160, 8, 111)
+  -- prompt queries like the decode query (SnapKV's premise), 12 rows
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 12, D}, {seed = 112, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 12 do
+      obs[h][i] = {}
+      for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end
+    end
+  end
+  obs = sl.tensor(obs)
+  local r = sl.eval("snapkv", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "prompt within the budget: dense " .. r.metrics.rel_l2)
+  raises(function() sl.eval("snapkv", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 50}}) end,
+    "snapkv: a decode problem needs the prompt's queries", "no obs queries")
+  for _, id in ipairs{"snapkv", "ada_snapkv"} do
+    local m = sl.methods.get(id)
+    local p = sl.registry.resolve(m, {budget = 48, obs_window = 12, ["local"] = 8, prefix = 4, kernel = 7})
+    local function run(imp_fn)
+      local st = decode.begin(id, {hq = HQ, hkv = HKV, d = D, page = 8})
+      decode.prefill(st, 3, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159), {q = obs})
+      local ls = st:layer(3)
+      ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+      return m.step_with(ls, qp, p, nil, imp_fn), ls
+    end
+    local out, ls = run(nil)
+    local total = 0
+    for g = 1, HKV do
+      local set = {}
+      for _, j in ipairs(ls.kept[g]) do set[j] = true end
+      for j = 0, 3 do truthy(set[j], id .. ": prefix kept") end
+      for j = 151, 158 do truthy(set[j], id .. ": local window kept") end
+      total = total + #ls.kept[g]
+      if id == "snapkv" then eq(#ls.kept[g], 48, "uniform capacity") end
+      if id == "ada_snapkv" then truthy(#ls.kept[g] >= 12 + math.floor(0.2 * 36), "Ada: each head keeps its minimum share") end
+    end
+    eq(total, 48 * HKV, id .. ": the layer's total budget")
+    local cache = ls.cache
+    local good = recall_of(out, qp, cache)
+    truthy(good >= 0.9, id .. " recall " .. good)
+    local blind_out = run(function(_, _, n)
+      local imp = {}
+      for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+      return imp
+    end)
+    local bad = recall_of(blind_out, qp, cache)
+    truthy(bad < 0.9, id .. ": position-blind selection must fail: recall " .. bad)
+  end
+end)
+
 H.done()
