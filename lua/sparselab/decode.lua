@@ -368,6 +368,44 @@ function D.page_stats(pages, cache, est_bytes)
     kv_bytes = 8 * d * tokens + (est_bytes or 0)}
 end
 
+--- The decode hook of a layer-reuse method (tidaldecode's layer roles):
+--- layers below first_select dense; at a selection layer (selects(layer)) the
+--- layer attends densely and select(cache, q, p, backend) -> token lists
+--- (i32 [lists, 1, m], one-token pages, -1 padding) is saved in the state;
+--- later layers of the same step attend over the saved lists. step.self_select
+--- (kernel level, one layer): the layer selects for itself and attends
+--- sparsely. Returns the usual {o, lse, pages, stats}.
+function D.reuse_step(id, st, ls, step, p, first_select, selects, select)
+  local layer, cache, q = step.layer or 0, ls.cache, step.q
+  local n, hq, d = cache:len(), q:shape()[1], cache:head_dim()
+  local lists = D.token_range(hq, 0, n)
+  if selects(layer) or step.self_select then
+    st.saved = {layer = layer, step = st.steps, lists = select(cache, q, p, step.backend)}
+    if step.self_select then lists = st.saved.lists end
+  elseif layer > first_select then
+    local sv = st.saved
+    if not sv or sv.step ~= st.steps then
+      sl.fail("%s: layer %d has no selection of this step (run layer %d first)", id, layer, first_select)
+    end
+    lists = sv.lists
+  end
+  local o, lse = D.attend_tokens(cache, q, lists, {backend = step.backend})
+  local _, tokens = D.pages_read(lists, 1, n)
+  local nl = lists:shape()[1]
+  return {o = o, lse = lse, pages = lists,
+    stats = {tokens_read = tokens / nl, density = tokens / (nl * n), kv_bytes = 8 * d * tokens * cache:heads() / nl}}
+end
+
+--- One list shared by every head: i32 [hkv, 1, m] repeating positions.
+function D.shared_lists(hkv, positions)
+  local l = {}
+  for g = 1, hkv do
+    l[g] = {}
+    for i, j in ipairs(positions) do l[g][i] = j end
+  end
+  return D.lists_tensor(l)
+end
+
 --- The mean of each per-step stat over the steps of a replay, plus the
 --- last step's values as *_last.
 function D.replay_stats(steps)

@@ -446,4 +446,106 @@ test("snapkv, ada_snapkv: dense when the prompt fits; kept sets; Ada allocation;
   end
 end)
 
+-- runs layers 0..last of one decode step of method id on the peaked inputs;
+-- returns the outputs per layer, the state and the cache of layer 3.
+local function layer_step(id, p, qp, kp, vp, last)
+  local n = kp:shape()[2]
+  local st = decode.begin(id, {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 0, last do decode.prefill(st, l, kp:narrow(2, 1, n - 1), vp:narrow(2, 1, n - 1)) end
+  local outs = {}
+  for l = 0, last do
+    outs[l] = decode.step(id, st, {q = qp, k = kp:narrow(2, n, 1), v = vp:narrow(2, n, 1), layer = l}, p)
+  end
+  return outs, st, st:layer(3).cache
+end
+
+-- ---- lessismore ----
+
+test("lessismore: union properties, reuse equals saved, dense at K >= n, blind selection fails", function()
+  local lim = sl.methods.get("lessismore")
+  local qp, kp, vp = peaked(160, 8, 121)
+  local p = {budget = 72, sinks = 4, r_mid = 0.75, select_layer = 2, correction_layer = 4}
+  local outs, st, cache = layer_step("lessismore", p, qp, kp, vp, 5)
+  local pp = sl.registry.resolve(lim, p)
+  local set, union = lim.select_set(cache, qp, pp)
+  truthy(#set <= 72, "|ρ| <= K")
+  local seen = {}
+  for _, j in ipairs(union) do
+    truthy(not seen[j] and j >= 4 and j < 160 - 14, "union: distinct, in the middle [a, n - K_recent)")
+    seen[j] = true
+  end
+  truthy(#union <= 54, "union length <= K_mid")
+  local sv = st.saved.lists:totable()
+  for g = 1, HKV do
+    for i, id in ipairs(outs[5].pages:totable()[g][1]) do eq(id, sv[g][1][i], "layer 5 reuses the saved set") end
+  end
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "lessismore recall " .. recall_of(outs[3], qp, cache))
+  -- all heads agree (one query for every head): union = that head's top-K_mid
+  local q1 = {}
+  local qt = qp:totable()
+  for h = 1, HQ do q1[h] = qt[1] end
+  q1 = sl.tensor(q1)
+  local c1 = decode.cache_from(kp:narrow(1, 1, 1), vp:narrow(1, 1, 1), 8)
+  local kk = {kp:totable()[1], kp:totable()[1]}
+  local _, u1 = lim.select_set(c1, q1, pp)
+  local mid = {}
+  for j = 4, 160 - 15 do mid[#mid + 1] = j end
+  local top = oracle_topk(q1:totable(), {kk[1], kk[1]}, 160, 160)
+  local _ = top
+  local sc = {}
+  for _, j in ipairs(mid) do
+    local dot = 0
+    for c = 1, D do dot = dot + qt[1][1][c] * kk[1][j + 1][c] end
+    sc[j] = dot
+  end
+  table.sort(mid, function(x, y) if sc[x] ~= sc[y] then return sc[x] > sc[y] end return x < y end)
+  for i = 1, 54 do eq(u1[i], mid[i], "agreeing heads: union = the head's ranking") end
+  c1:close()
+  -- score-blind middle selection
+  local st2 = decode.begin("lessismore", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  lim.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function(_, _, lo, hi)
+    local t = blind(160, hi):totable()
+    for h = 1, HQ do for j = 1, lo do t[h][1][j] = -math.huge end end
+    return sl.tensor(t)
+  end)
+  local o3 = lim.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k middle selection must fail")
+  local r = sl.eval("lessismore", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "K >= n is dense")
+end)
+
+-- ---- delta_layer_aware ----
+
+test("delta_layer_aware: Δ-layer dense, page set shape, reuse equals saved, blind selection fails", function()
+  local dl = sl.methods.get("delta_layer_aware")
+  local qp, kp, vp = peaked(160, 8, 131)
+  local p = {budget = 7, recent = 1, page = 8, warmup = 2, delta_a = 2, delta_b = 4, delta_c = -1}
+  local outs, st, cache = layer_step("delta_layer_aware", p, qp, kp, vp, 5)
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local od = decode.attend(cache, qp, all)
+  truthy(sl.metric.rel_l2(outs[2].o, od) <= 1e-6, "Δ-layer is dense")
+  local pp = sl.registry.resolve(dl, p)
+  local set = dl.select_pages(cache, qp, pp)
+  eq(#set, 7, "K pages")
+  eq(set[#set], 19, "the last page kept")
+  local sv = st.saved.lists:totable()
+  eq(st.saved.layer, 4, "the second Δ-layer re-selected")
+  for g = 1, HKV do
+    for i, id in ipairs(outs[5].pages:totable()[g][1]) do eq(id, sv[g][1][i], "layer 5 reuses the saved set") end
+  end
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "delta recall " .. recall_of(outs[3], qp, cache))
+  local st2 = decode.begin("delta_layer_aware", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  dl.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function(n)
+    local s = {}
+    for t = 1, n do s[t] = 1 / t end   -- position order: the first pages win
+    return s
+  end)
+  local o3 = dl.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k page selection must fail")
+  local r = sl.eval("delta_layer_aware", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 40, page = 8}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "K >= n_pages is dense")
+end)
+
 H.done()
