@@ -548,4 +548,71 @@ test("delta_layer_aware: Δ-layer dense, page set shape, reuse equals saved, bli
   truthy(r.metrics.rel_l2 <= 1e-5, "K >= n_pages is dense")
 end)
 
+-- ---- spatten ----
+
+test("spatten: importance = column sums of P; cascade invariant; dense at budget >= n; position-order pruning fails", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(120, 8, 141)
+  local p = sl.registry.resolve(spm, {budget = 60, prune_layer = 1})
+  local function run(rank_fn, steps)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    for l = 0, 2 do decode.prefill(st, l, kp:narrow(2, 1, 100), vp:narrow(2, 1, 100)) end
+    local outs, alive_hist = {}, {}
+    for t = 1, steps do
+      local pos = 100 + t
+      -- the query of every step and layer looks for the hot tokens
+      local qn = sl.randn({HQ, 1, D}, {seed = 150 + t, std = 0.05}):totable()
+      local qt = qp:totable()
+      for h = 1, HQ do for c = 1, D do qn[h][1][c] = qn[h][1][c] + qt[h][1][c] end end
+      local q = sl.tensor(qn)
+      for l = 0, 2 do
+        local ls = st:layer(l)
+        ls.cache:append(kp:narrow(2, pos, 1), vp:narrow(2, pos, 1))
+        outs[#outs + 1] = {layer = l, out = spm.decode(st, ls, {q = q, layer = l}, p, rank_fn), q = q, cache = ls.cache}
+      end
+      local a = {}
+      for j in pairs(st.spatten.alive) do a[j] = true end
+      alive_hist[t] = a
+    end
+    return st, outs, alive_hist
+  end
+  -- importance after one layer of one step equals the float64 column sums
+  local st1 = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st1, 0, kp:narrow(2, 1, 119), vp:narrow(2, 1, 119))
+  local ls1 = st1:layer(0)
+  ls1.cache:append(kp:narrow(2, 120, 1), vp:narrow(2, 120, 1))
+  spm.decode(st1, ls1, {q = qp, layer = 0}, p)
+  local qt, kt = qp:totable(), kp:totable()
+  for _, j in ipairs{0, 17, 60, 119} do
+    local want = 0
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local mx, z, sj = -math.huge, 0, 0
+      local sc = {}
+      for t = 1, 120 do
+        local dot = 0
+        for c = 1, D do dot = dot + qt[h][1][c] * kt[g][t][c] end
+        sc[t] = dot / math.sqrt(D)
+        mx = math.max(mx, sc[t])
+      end
+      for t = 1, 120 do z = z + math.exp(sc[t] - mx) end
+      sj = math.exp(sc[j + 1] - mx) / z
+      want = want + sj
+    end
+    near(st1.spatten.score[j], want, 1e-5, "importance of token " .. j)
+  end
+  local st, outs, hist = run(nil, 6)
+  for t = 2, 6 do
+    for j in pairs(hist[t]) do truthy(hist[t - 1][j] or j >= 100 + t - 1, "cascade: pruned token " .. j .. " came back") end
+  end
+  local last = outs[#outs]
+  truthy(recall_of(last.out, last.q, last.cache) >= 0.9, "spatten recall " .. recall_of(last.out, last.q, last.cache))
+  local _, outs2 = run(function(_, j) return (j * 37) % 101 end, 6)
+  local l2 = outs2[#outs2]
+  truthy(recall_of(l2.out, l2.q, l2.cache) < 0.9, "score-blind (hashed position) pruning must fail")
+  local r = sl.eval("spatten", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
+  local _ = st
+end)
+
 H.done()
