@@ -615,4 +615,68 @@ test("spatten: importance = column sums of P; cascade invariant; dense at budget
   local _ = st
 end)
 
+-- ---- hylra ----
+
+test("hylra: DP plan = brute force; reuse equals saved; dense at k >= n; first-k sets fail", function()
+  local hy = sl.methods.get("hylra")
+  -- DP against every FULL/REUSE pattern on seeded random similarity matrices
+  local seed = 7
+  local function rnd() seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648 end
+  for trial = 1, 20 do
+    local L = 6
+    local sim, sens = {}, {}
+    for i = 1, L do sim[i] = {}; for j = i + 1, L do sim[i][j] = rnd() end end
+    for j = 1, L do sens[j] = rnd() < 0.15 end
+    local _, fulls, simsum = hy.plan(sim, sens, 0.5, L)
+    local bf, bs = math.huge, -1
+    for mask = 0, (1 << (L - 1)) - 1 do
+      local src, f, s, ok = 1, 1, 0, true
+      for j = 2, L do
+        if (mask >> (j - 2)) & 1 == 1 then f = f + 1; src = j
+        elseif sens[j] or sim[src][j] < 0.5 then ok = false; break
+        else s = s + sim[src][j] end
+      end
+      if ok and (f < bf or (f == bf and s > bs + 1e-12)) then bf, bs = f, s end
+    end
+    eq(fulls, bf, "trial " .. trial .. ": fewest FULL layers")
+    near(simsum, bs, 1e-12, "trial " .. trial .. ": tie-break similarity")
+  end
+  local qp, kp, vp = peaked(120, 8, 161)
+  local p = {budget = 80, page = 8}
+  local st = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  st.plan = {0, 0, 0, 3, 3, 0}
+  for l = 0, 5 do decode.prefill(st, l, kp:narrow(2, 1, 119), vp:narrow(2, 1, 119)) end
+  local outs = {}
+  for l = 0, 5 do outs[l] = decode.step("hylra", st, {q = qp, k = kp:narrow(2, 120, 1), v = vp:narrow(2, 120, 1), layer = l}, p) end
+  local saved = st.hylra_sets[3].set
+  for _, l in ipairs{3, 4} do
+    local row = outs[l].pages:totable()[1][1]
+    eq(#row, #saved, "reused set size")
+    for i, j in ipairs(saved) do eq(row[i], j, "layer " .. l .. " reuses layer 2's set") end
+  end
+  local cache = st:layer(3).cache
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "hylra recall " .. recall_of(outs[3], qp, cache))
+  local st2 = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  st2.plan = {0, 0, 0, 3}
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  local pp = sl.registry.resolve(hy, p)
+  hy.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function(n)
+    local w = {}
+    for j = 1, n do w[j] = -j end
+    return w
+  end)
+  local o3 = hy.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k sets must fail")
+  local st3 = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st3, 0, kp, vp)
+  raises(function() decode.step("hylra", st3, {q = qp, k = kp:narrow(2, 1, 1), v = vp:narrow(2, 1, 1), layer = 0}, p) end,
+    "hylra: no layer plan", "no plan")
+  -- profiling on this step: the peaked layers are similar to themselves
+  local sim, sens = hy.profile({{q = qp, k = kp, v = vp}, {q = qp, k = kp, v = vp}}, pp)
+  near(sim[1][2], 1, 1e-12, "identical layers overlap fully")
+  truthy(sens[1], "layer 0 is FULL")
+  local r = sl.eval("hylra", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "k >= n is dense")
+end)
+
 H.done()
