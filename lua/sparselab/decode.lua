@@ -165,7 +165,23 @@ function D.kernel_run(M, prob, p, opts)
     sl.fail("%s: page = %d is larger than the cache (%d tokens before the decode rows)", M.id, page, ks[2] - qs[2])
   end
   local r = D.replay(M, prob, p, opts)
-  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps)}
+  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps}
+end
+
+--- Per decode step (row r of a decode result against the dense result):
+--- recall (mean over heads of exp(L - L_dense)), rel_l2 of the row's output
+--- and the method's own step stats (kv_bytes read for that token, ...).
+function D.per_step(o, lse, dense_o, dense_lse, steps)
+  local rows = o:shape()[2]
+  local out = {}
+  for r = 1, rows do
+    local rec = sl.metric.recall(lse:narrow(2, r, 1), dense_lse:narrow(2, r, 1))
+    local e = sl.metric.rel_l2(o:narrow(2, r, 1), dense_o:narrow(2, r, 1))
+    local row = {step = r, recall = rec, rel_l2 = e}
+    for key, val in pairs(steps and steps[r] or {}) do row[key] = val end
+    out[r] = row
+  end
+  return out
 end
 
 --- Page-sparse attention of q ([Hq, R, D], the last R positions of the cache)

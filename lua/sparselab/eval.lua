@@ -114,6 +114,7 @@ function E.run(method, prob, opts)
     phase = prob.phase, layer = prob.layer, head = prob.head,
     n_q = qs[2], n_k = ks[2], head_dim = qs[3], heads = qs[1], kv_heads = ks[1],
     backend = prob.backend, metrics = metrics, o = out.o, lse = out.lse, mask = out.mask,
+    steps = out.steps, dense_o = dense.o, dense_lse = dense.lse,
   }
 end
 

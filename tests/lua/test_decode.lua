@@ -679,4 +679,32 @@ test("hylra: DP plan = brute force; reuse equals saved; dense at k >= n; first-k
   truthy(r.metrics.rel_l2 <= 1e-5, "k >= n is dense")
 end)
 
+-- ---- kernel-level decode replay in eval and the CLI ----
+
+test("eval --steps: per-step recall, rel_l2 and kv bytes; bad input names method and value", function()
+  local q, k, v = sl.synthetic{n = 200, heads = HQ, kv_heads = HKV, d = D, seed = 3}
+  local dq = q:narrow(2, 197, 4)
+  local r = sl.eval("quest", sl.problem{q = dq, k = k, v = v}, {params = {budget = 32, page = 8}})
+  local rows = decode.per_step(r.o, r.lse, r.dense_o, r.dense_lse, r.steps)
+  eq(#rows, 4, "one row per step")
+  local mean = 0
+  for i, row in ipairs(rows) do
+    truthy(row.recall > 0 and row.recall <= 1 + 1e-6, "recall in (0, 1]")
+    truthy(row.kv_bytes > 0 and row.tokens_read <= 32 + 8, "step " .. i .. " reads about the budget")
+    mean = mean + row.recall / 4
+  end
+  near(mean, r.metrics.recall_mean, 1e-6, "per-step recalls average to recall_mean")
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local f = io.popen(bin .. " eval quest --workload synthetic,n=200,heads=4,kv_heads=2,d=16 --steps 3 --budget 32 --param page=8 --json 2>&1")
+  local text = f:read("a")
+  f:close()
+  local j = sl.json_decode(text)
+  eq(#j.per_step, 3, "CLI per_step rows")
+  truthy(j.per_step[1].kv_bytes > 0, "CLI kv bytes per token")
+  f = io.popen(bin .. " eval quest --workload synthetic,n=40 --steps 2 --param page=64 2>&1")
+  text = f:read("a")
+  f:close()
+  truthy(text:find("quest: page = 64 is larger than the cache", 1, true), "page above the cache: " .. text)
+end)
+
 H.done()

@@ -254,7 +254,9 @@ end
 
 local EVAL_HELP = [[
 usage: sparselab eval METHOD [--qkv FILE | --workload SPEC] [budget] [--param K=V]... [--backend ref|cpu|cuda]
-                      [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--no-causal]
+                      [--reps N] [--db FILE] [--json] [--out FILE.safetensors] [--no-causal] [--steps S]
+  --steps S            decode replay: the last S rows of a prefill input are decoded one step at a time
+                       through the method's cache (decode methods); per step: recall, rel_l2, kv_bytes
   --qkv FILE           q, k, v from a safetensors file or a directory of q.npy, k.npy, v.npy
   --workload SPEC      synthetic[,n=1024,heads=8,kv_heads=2,d=64,seed=1,n_sink=..,needles=..]
 budget (at most one; without one the method's defaults run):
@@ -278,7 +280,8 @@ local TARGET_FLAGS = {density = "density", flops = "flops", ["kv-bytes"] = "kv_b
 function C.eval(argv)
   local o, pos = parse(argv, 2, {qkv = "value", workload = "value", budget = "value", param = "multi",
     backend = "value", db = "value", json = "flag", out = "value", reps = "value", ["no-causal"] = "flag",
-    density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi"}, {"METHOD"})
+    density = "value", flops = "value", ["kv-bytes"] = "value", help = "flag", correct = "multi", steps = "value"},
+    {"METHOD"})
   if o.help then out(EVAL_HELP) return end
   local id = pos[1]
   if not id then sl.fail("usage: sparselab eval METHOD --qkv FILE [options] (sparselab eval --help)") end
@@ -292,6 +295,17 @@ function C.eval(argv)
   else
     q, k, v, wp = load_workload(o.workload or "synthetic")
     wl = "synthetic"
+  end
+  if o.steps then
+    -- decode replay: the last S rows become decode steps through the cache
+    local S = tonumber(o.steps) and math.tointeger(tonumber(o.steps))
+    local n = q:shape()[2]
+    if not S or S < 1 or S >= n then
+      sl.fail("--steps expects an integer in [1, %d) (the rows decoded after the prefix), found '%s'", n, o.steps)
+    end
+    if n ~= k:shape()[2] then sl.fail("--steps needs q with as many rows as k (a captured prefill), found %d and %d", n, k:shape()[2]) end
+    q = q:narrow(2, n - S + 1, S)
+    wp.steps = S
   end
   local params, budget = method_args(o)
   local reps = 1
@@ -335,6 +349,8 @@ function C.eval(argv)
   local flat = {method = r.method, budget = r.budget, workload = r.workload, backend = r.backend,
     n_q = r.n_q, n_k = r.n_k, heads = r.heads, kv_heads = r.kv_heads, head_dim = r.head_dim, params = r.params}
   for key, val in pairs(r.metrics) do flat[key] = val end
+  local per_step = o.steps and require("sparselab.decode").per_step(r.o, r.lse, r.dense_o, r.dense_lse, r.steps)
+  flat.per_step = per_step
   if o.json then
     out(sl.json_encode(flat))
     return
@@ -358,6 +374,12 @@ function C.eval(argv)
   local rows = {}
   for _, key in ipairs(names) do rows[#rows + 1] = {metric = key, value = r.metrics[key]} end
   out(report.table(rows, {"metric", "value"}))
+  if per_step then
+    local cols = {"step", "recall", "rel_l2"}
+    if per_step[1].kv_bytes then cols[#cols + 1] = "kv_bytes" end
+    if per_step[1].tokens_read then cols[#cols + 1] = "tokens_read" end
+    out(report.table(per_step, cols))
+  end
 end
 
 --- method corrected by the --correct spec "ID[:K=V,...]" (ID a correction
