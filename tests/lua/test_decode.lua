@@ -707,4 +707,27 @@ test("eval --steps: per-step recall, rel_l2 and kv bytes; bad input names method
   truthy(text:find("quest: page = 64 is larger than the cache", 1, true), "page above the cache: " .. text)
 end)
 
+-- ---- model level: the runner's decode loop calls the decode hook ----
+
+test("model: teacher-forced decode through the cache; budget >= cache equals dense; greedy agreement", function()
+  local m = sl.model.load("experiments/data/tinystories260k/model.bin")
+  local f = assert(io.open("experiments/data/tinystories260k/texts/01_red_kite.txt", "rb"))
+  local toks = m:encode(f:read("a"))
+  f:close()
+  local t = {}
+  for i = 1, 120 do t[i] = toks[i] end
+  local r, st = m:evaluate_decode{tokens = t, prefix = 64, decode = {method = "quest", params = {budget = 1000, page = 8}}}
+  truthy(r.kl < 1e-9 and r.top1 == 1, "budget >= cache: dense (kl " .. r.kl .. ")")
+  eq(st.steps, 56, "one decode step per token after the prefix")
+  local rs = m:evaluate_decode{tokens = t, prefix = 64, decode = {method = "quest", params = {budget = 16, page = 8, dense_layers = 1}}}
+  truthy(rs.kl > 1e-4, "a small budget changes the logits (kl " .. rs.kl .. ")")
+  local rt = m:evaluate_decode{tokens = t, prefix = 64, attention = {method = "sliding_window", budget = 32, params = {bq = 16, bk = 16}},
+    decode = {method = "tidaldecode", params = {budget = 1000, select_layer = 1, correction_layer = 3}}}
+  truthy(rt.n > 0, "a prefill schedule mixed with a decode method runs")
+  local dense_ids = m:generate{prompt = {1}, steps = 12}
+  local ids = m:generate{prompt = {1}, steps = 12, decode = {method = "hgca", params = {budget = 1000, window = 4, page = 4}}}
+  for i, id in ipairs(dense_ids) do eq(ids[i], id, "greedy ids equal dense at full budget, id " .. i) end
+  raises(function() m:generate{prompt = {1}, steps = 2, decode = "streaming_llm"} end, "has no decode hook", "prefill-only method")
+end)
+
 H.done()
