@@ -2,7 +2,7 @@
  * double_sparsity, spatten, snapkv baselines): keys and values per kv head
  * with the page metadata of page.meta (channel-wise min, max and mean per
  * page of P tokens) kept up to date incrementally. An append folds each new
- * key into its page's min, max and running sum (float64); an eviction
+ * key into its page's min, max and running mean; an eviction
  * compacts each head and rebuilds only the pages from the first one it
  * touched. The metadata equals page.meta over the cached keys (the test
  * checks it after random appends and evictions). */
@@ -15,7 +15,6 @@ struct sl_kvcache {
     int64_t h, d, page, len, cap, cap_p;
     sl_tensor k, v;            /* f32 [h, cap, d] */
     sl_tensor mn, mx, me;      /* f32 [h, cap_p, d] */
-    double *sum;               /* [h, cap_p, d] */
 };
 
 sl_status sl_kvcache_new(sl_ctx *ctx, int64_t heads, int64_t head_dim, int64_t page, sl_kvcache **out)
@@ -45,7 +44,6 @@ void sl_kvcache_free(sl_kvcache *c)
     sl_tensor_release(&c->mn);
     sl_tensor_release(&c->mx);
     sl_tensor_release(&c->me);
-    sl_ctx_dealloc(c->ctx, c->sum, sizeof *c->sum * (size_t)(c->h * c->cap_p * c->d));
     sl_ctx_dealloc(c->ctx, c, sizeof *c);
 }
 
@@ -57,8 +55,7 @@ int64_t sl_kvcache_head_dim(const sl_kvcache *c) { return c->d; }
 
 size_t sl_kvcache_bytes(const sl_kvcache *c)
 {
-    return sizeof(float) * (size_t)(2 * c->h * c->cap * c->d + 3 * c->h * c->cap_p * c->d) +
-           sizeof(double) * (size_t)(c->h * c->cap_p * c->d);
+    return sizeof(float) * (size_t)(2 * c->h * c->cap * c->d + 3 * c->h * c->cap_p * c->d);
 }
 
 /* Copies rows [0, rows) of every head from a [h, old_rows, d] tensor into a
@@ -79,53 +76,43 @@ static sl_status regrow(sl_ctx *ctx, sl_tensor *t, int64_t h, int64_t old_rows, 
     return SL_OK;
 }
 
-/* Room for want tokens (capacity doubles). */
+/* Room for want tokens (capacity grows by half, rounded to whole pages). */
 static sl_status reserve(sl_ctx *ctx, sl_kvcache *c, int64_t want)
 {
     if (want <= c->cap)
         return SL_OK;
-    int64_t cap = c->cap * 2 > want ? c->cap * 2 : want;
+    int64_t cap = c->cap + c->cap / 2 > want ? c->cap + c->cap / 2 : want;
     cap = (cap + c->page - 1) / c->page * c->page;
     int64_t cap_p = cap / c->page, np = sl_kvcache_pages(c);
-    double *sum = sl_ctx_alloc(ctx, sizeof *sum * (size_t)(c->h * cap_p * c->d));
-    if (!sum)
-        return sl_ctx_fail(ctx, SL_ENOMEM, "sl_kvcache_append: out of memory growing to %lld tokens", (long long)cap);
     sl_status s;
     if ((s = regrow(ctx, &c->k, c->h, c->cap, cap, c->d, c->len)) || (s = regrow(ctx, &c->v, c->h, c->cap, cap, c->d, c->len)) ||
         (s = regrow(ctx, &c->mn, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->mx, c->h, c->cap_p, cap_p, c->d, np)) ||
-        (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np))) {
-        sl_ctx_dealloc(ctx, sum, sizeof *sum * (size_t)(c->h * cap_p * c->d));
+        (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np)))
         return s;
-    }
-    for (int64_t i = 0; i < c->h; i++)
-        if (c->sum)
-            memcpy(sum + i * cap_p * c->d, c->sum + i * c->cap_p * c->d, sizeof *sum * (size_t)(np * c->d));
-    sl_ctx_dealloc(ctx, c->sum, sizeof *c->sum * (size_t)(c->h * c->cap_p * c->d));
-    c->sum = sum;
     c->cap = cap;
     c->cap_p = cap_p;
     return SL_OK;
 }
 
-/* Folds token t of head h (already stored) into its page's metadata. */
+/* Folds token t of head h (already stored) into its page's metadata: min,
+ * max and the running mean m += (x - m) / count. */
 static void fold_token(sl_kvcache *c, int64_t h, int64_t t)
 {
     int64_t pg = t / c->page, off = t % c->page, d = c->d;
     const float *x = (const float *)c->k.data + (h * c->cap + t) * d;
     size_t o = (size_t)((h * c->cap_p + pg) * d);
     float *mn = (float *)c->mn.data + o, *mx = (float *)c->mx.data + o, *me = (float *)c->me.data + o;
-    double *sum = c->sum + o;
+    if (off == 0) {
+        for (int64_t i = 0; i < d; i++)
+            mn[i] = mx[i] = me[i] = x[i];
+        return;
+    }
+    float inv = 1.0f / (float)(off + 1);
     for (int64_t i = 0; i < d; i++) {
-        if (off == 0) {
-            mn[i] = mx[i] = x[i];
-            sum[i] = x[i];
-        } else {
-            mn[i] = x[i] < mn[i] ? x[i] : mn[i];
-            mx[i] = x[i] > mx[i] ? x[i] : mx[i];
-            sum[i] += x[i];
-        }
-        me[i] = (float)(sum[i] / (double)(off + 1));
+        mn[i] = x[i] < mn[i] ? x[i] : mn[i];
+        mx[i] = x[i] > mx[i] ? x[i] : mx[i];
+        me[i] += (x[i] - me[i]) * inv;
     }
 }
 

@@ -643,8 +643,8 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * the new keys into the min, max and running sum of the pages they land in,
  * an eviction compacts each head's tokens and rebuilds the pages from the
  * first one it touched. Every head holds the same number of tokens. Host
- * memory: the K and V storage (capacity doubles), 3 metadata rows of D floats
- * per page (f32) plus a double row of sums. */
+ * memory: the K and V storage (capacity grows by half) and 3 metadata rows of
+ * D floats per page: 1 + 3/(2P) of the raw f32 K/V (1.094 at P = 16). */
 typedef struct sl_kvcache sl_kvcache;
 
 /* A cache of heads x head_dim with pages of `page` tokens (every count >= 1). */
