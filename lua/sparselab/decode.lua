@@ -313,6 +313,7 @@ function D.prefill(st, layer, k, v, opts)
   local ls = st:layer(layer)
   ls.cache:append(k, v)
   ls.n_prefill = ls.cache:len()
+  ls.seen = ls.cache:len()   -- tokens ever appended (an evicting cache holds fewer)
   if opts and opts.q then
     st:check(st.method, opts.q)
     ls.obs_q = opts.q
@@ -337,6 +338,7 @@ function D.step(method, st, step, params)
       step.k:shape()[2])
   end
   ls.cache:append(step.k, step.v)
+  ls.seen = (ls.seen or 0) + 1
   local p = sl.registry.resolve(m, params)
   local out = m.decode(st, ls, step, p)
   if layer == 0 then st.steps = st.steps + 1 end
@@ -420,6 +422,29 @@ function D.shared_lists(hkv, positions)
     for i, j in ipairs(positions) do l[g][i] = j end
   end
   return D.lists_tensor(l)
+end
+
+--- Evicts, in every head, the cache positions [a, b) (a cache that keeps
+--- sinks and a recent window drops its middle).
+function D.evict_range(cache, a, b)
+  if b <= a then return end
+  local row = {}
+  for j = a, b - 1 do row[#row + 1] = j end
+  local t = {}
+  for g = 1, cache:heads() do t[g] = row end
+  cache:evict(sl.tensor(t, "i32"))
+end
+
+--- The decode hook of a static cache policy: after the new token is
+--- appended, the cache keeps its first n_sink tokens and its last n_recent
+--- (the rest is evicted for good), and the query attends to everything left.
+function D.static_cache_step(cache, q, n_sink, n_recent, backend)
+  local n = cache:len()
+  if n > n_sink + n_recent then D.evict_range(cache, n_sink, n - n_recent) end
+  n = cache:len()
+  local hq, d = q:shape()[1], cache:head_dim()
+  local o, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  return {o = o, lse = lse, stats = {tokens_read = n, cache_len = n, kv_bytes = 8 * d * n * cache:heads()}}
 end
 
 --- The mean of each per-step stat over the steps of a replay, plus the

@@ -129,9 +129,9 @@ local function decode_hook_for(prefill_schedule, dspec)
       return o
     end
     if nq ~= 1 then sl.fail("%s: a decode step takes one query row, the model gave %d", m.id, nq) end
-    if ls.cache:len() ~= nk - 1 then
-      sl.fail("%s: decode state out of step with the model (layer %d holds %d tokens, the model %d)", m.id, layer,
-        ls.cache:len(), nk - 1)
+    if ls.seen ~= nk - 1 then
+      sl.fail("%s: decode state out of step with the model (layer %d has seen %d tokens, the model %d)", m.id, layer,
+        ls.seen, nk - 1)
     end
     return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer}, p).o
   end

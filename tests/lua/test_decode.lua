@@ -130,7 +130,7 @@ test("decode state: dump, wrong method, wrong shape, decode before prefill", fun
   raises(function() decode.step("quest", other, step, {}) end, "quest: decode state belongs to method 'double_sparsity'", "other method")
   local bad = {q = sl.randn({2, 1, D}), k = step.k, v = step.v, layer = 3}
   raises(function() decode.step("quest", st, bad, {}) end, "quest: decode state is for q [4, *, 16], found q [2", "wrong shape")
-  raises(function() decode.begin("streaming_llm", {hq = HQ, hkv = HKV, d = D, page = 8}) end, "no decode hook", "prefill-only")
+  raises(function() decode.begin("xattention", {hq = HQ, hkv = HKV, d = D, page = 8}) end, "no decode hook", "prefill-only")
   raises(function() decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 0}) end, "quest: decode state: page = 0", "page 0")
 end)
 
@@ -727,7 +727,24 @@ test("model: teacher-forced decode through the cache; budget >= cache equals den
   local dense_ids = m:generate{prompt = {1}, steps = 12}
   local ids = m:generate{prompt = {1}, steps = 12, decode = {method = "hgca", params = {budget = 1000, window = 4, page = 4}}}
   for i, id in ipairs(dense_ids) do eq(ids[i], id, "greedy ids equal dense at full budget, id " .. i) end
-  raises(function() m:generate{prompt = {1}, steps = 2, decode = "streaming_llm"} end, "has no decode hook", "prefill-only method")
+  raises(function() m:generate{prompt = {1}, steps = 2, decode = "xattention"} end, "has no decode hook", "prefill-only method")
+end)
+
+-- ---- decode halves of static methods: streaming_llm, sliding_window ----
+
+test("streaming_llm / sliding_window decode: cache bounded, equals the prefill mask's last row; blind cache fails", function()
+  local q, k, v = sl.randn({HQ, 6, D}, {seed = 171}), sl.randn({HKV, 80, D}, {seed = 172}), sl.randn({HKV, 80, D}, {seed = 173})
+  for _, c in ipairs{{"streaming_llm", {n_init = 4, n_local = 16, bq = 16, bk = 16}, 20},
+                     {"sliding_window", {w = 12, bq = 16, bk = 16}, 12}} do
+    local id, p, cap = c[1], c[2], c[3]
+    local m = sl.methods.get(id)
+    local pp = sl.registry.resolve(m, p)
+    local r = decode.replay(m, sl.problem{q = q, k = k, v = v}, pp, {page = 8})
+    -- the same rows through the prefill mask (original positions)
+    local ref = m.run(sl.problem{q = q, k = k, v = v}, pp)
+    truthy(sl.metric.rel_l2(r.o, ref.o) <= 1e-5, id .. ": decode steps = the mask's rows")
+    for _, ls in pairs(r.state.layers) do eq(ls.cache:len(), cap, id .. ": cache bounded") end
+  end
 end)
 
 H.done()
