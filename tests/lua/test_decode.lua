@@ -747,4 +747,41 @@ test("streaming_llm / sliding_window decode: cache bounded, equals the prefill m
   end
 end)
 
+-- ---- lserve decode ----
+
+test("lserve decode: streaming heads sink+local, selector reused between updates, dense at budget, blind pages fail", function()
+  local ls_m = sl.methods.get("lserve")
+  local qp, kp, vp = peaked(160, 8, 181)
+  local p = sl.registry.resolve(ls_m, {static_sparsity = 0, dec_budget = 48, page = 4, sub_chunks = 2, update_interval = 3})
+  local st = decode.begin("lserve", {hq = HQ, hkv = HKV, d = D, page = 4})
+  decode.prefill(st, 0, kp:narrow(2, 1, 156), vp:narrow(2, 1, 156))
+  local sels = {}
+  for t = 1, 4 do
+    local out = decode.step("lserve", st, {q = qp, k = kp:narrow(2, 156 + t, 1), v = vp:narrow(2, 156 + t, 1), layer = 0}, p)
+    sels[t] = out.selection
+    if t == 4 then
+      truthy(recall_of(out, qp, st:layer(0).cache) >= 0.9, "lserve recall " .. recall_of(out, qp, st:layer(0).cache))
+    end
+  end
+  truthy(sels[2] == sels[1] and sels[3] == sels[1], "the selector is reused between updates")
+  truthy(sels[4] ~= sels[1], "and recomputed every update_interval steps")
+  -- blind physical pages (uniform bounds: the first pages win)
+  local cache = st:layer(0).cache
+  local np = cache:pages()
+  local st2 = decode.begin("lserve", {hq = HQ, hkv = HKV, d = D, page = 4})
+  decode.prefill(st2, 0, kp, vp)
+  local bad = ls_m.decode(st2, st2:layer(0), {q = qp, layer = 0}, p, function() return sl.zeros({HQ, 1, np}) end)
+  truthy(recall_of(bad, qp, cache) < 0.9, "score-blind physical pages must fail")
+  -- streaming heads: sinks + local only
+  local ps = sl.registry.resolve(ls_m, {static_sparsity = 1, dec_sink = 4, dec_local = 8, page = 4})
+  local so = ls_m.decode(st2, st2:layer(0), {q = qp, layer = 0}, ps)
+  for _, row in ipairs(so.pages:totable()) do
+    eq(#row[1], 12, "streaming head reads sink + local")
+    eq(row[1][5], 152, "local window starts n - dec_local")
+  end
+  local r = sl.eval("lserve", sl.problem{q = sl.randn({HQ, 2, D}, {seed = 5}), k = kp, v = vp},
+    {params = {static_sparsity = 0, dec_budget = 4096, page = 4}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= cache is dense")
+end)
+
 H.done()
