@@ -784,4 +784,41 @@ test("lserve decode: streaming heads sink+local, selector reused between updates
   truthy(r.metrics.rel_l2 <= 1e-5, "budget >= cache is dense")
 end)
 
+-- ---- seer_attention_r (oracle) ----
+
+test("seer_attention_r: last block kept, one selection per group, dense at budget, first-k blocks fail", function()
+  local sr = sl.methods.get("seer_attention_r")
+  local qp, kp, vp = peaked(160, 8, 191)
+  local cache = decode.cache_from(kp, vp, 8)
+  local p = sl.registry.resolve(sr, {budget = 32, block = 8})
+  local out = sr.block_step(cache, qp, p)
+  eq(out.pages:shape()[1], HKV, "one list per KV head (shared by its group)")
+  for _, row in ipairs(out.pages:totable()) do eq(row[1][#row[1]], 19, "the last block is selected") end
+  -- group-max pooling, checked in float64 here for one KV head
+  local qt, kt = qp:totable(), kp:totable()
+  local best = {}
+  for b = 0, 19 do best[b] = 0 end
+  for h = 1, 2 do
+    local sc, mx, z = {}, -math.huge, 0
+    for j = 1, 160 do
+      local dot = 0
+      for c = 1, D do dot = dot + qt[h][1][c] * kt[1][j][c] end
+      sc[j] = dot / math.sqrt(D); mx = math.max(mx, sc[j])
+    end
+    for j = 1, 160 do z = z + math.exp(sc[j] - mx) end
+    for j = 1, 160 do best[(j - 1) // 8] = math.max(best[(j - 1) // 8], math.exp(sc[j] - mx) / z) end
+  end
+  local order = {}
+  for b = 0, 18 do order[#order + 1] = b end
+  table.sort(order, function(a, b) if best[a] ~= best[b] then return best[a] > best[b] end return a < b end)
+  local want = {order[1], order[2], order[3], 19}
+  table.sort(want)
+  for i, b in ipairs(out.pages:totable()[1][1]) do eq(b, want[i], "KV head 0 blocks = float64 group-max oracle") end
+  truthy(recall_of(out, qp, cache) >= 0.9, "recall " .. recall_of(out, qp, cache))
+  local bad = sr.block_step(cache, qp, p, nil, function(_, _, nb) return sl.zeros({HKV, 1, nb}) end)
+  truthy(recall_of(bad, qp, cache) < 0.9, "first-k blocks must fail")
+  local r = sl.eval("seer_attention_r", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200, block = 8}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
+end)
+
 H.done()
