@@ -16,7 +16,10 @@
 -- the prompt (dense prefill), every later token one decode step.
 -- Matching: every method gets the same token budget B per step; methods whose
 -- knob is not a token count get its equivalent (delta_layer_aware: B / page
--- pages; twilight_topp: selector budget 2B, p = 0.9, so it reads at most 2B);
+-- pages; twilight_topp: selector budget 2B, p = 0.9, so it reads at most 2B;
+-- hgca: B/2 window + B/2 CPU tokens; streaming_llm 4 sinks + B - 4 recent;
+-- lserve's dense heads dec_budget = B; double_sparsity r = 4 of the 8
+-- channels, since d/8 would leave one);
 -- the tokens actually read are recorded (tokens_read) and shown beside the
 -- budget. A method that fails (hylra at model level has no layer plan from
 -- the runner) is recorded as failed with its reason.
@@ -50,6 +53,11 @@ local function params_for(id, b)
   elseif id == "twilight_topp" then p.budget = 2 * b; p.p = 0.9
   elseif id == "snapkv" or id == "ada_snapkv" then p.budget = b; p.obs_window = OBS; p["local"] = math.min(16, b // 2)
   elseif id == "hgca" then p.budget = b // 2; p.window = b - b // 2
+  elseif id == "double_sparsity" then p.budget = b; p.group_factor = 2   -- head_dim 8: r = 4 label channels
+  elseif id == "seer_attention_r" then p.budget = b; p.block = PAGE
+  elseif id == "lserve" then p.dec_budget = b; p.static_sparsity = 0; p.sub_chunks = 2; p.page = PAGE // 2
+  elseif id == "streaming_llm" then p.n_init = 4; p.n_local = math.max(1, b - 4)
+  elseif id == "sliding_window" then p.w = b
   else p.budget = b end
   return p
 end
