@@ -732,10 +732,12 @@ end)
 
 -- ---- decode halves of static methods: streaming_llm, sliding_window ----
 
-test("streaming_llm / sliding_window decode: cache bounded, equals the prefill mask's last row; blind cache fails", function()
+test("streaming_llm / sliding_window / s2_attention / prism decode: cache bounded, decode steps = the prefill mask's rows", function()
   local q, k, v = sl.randn({HQ, 6, D}, {seed = 171}), sl.randn({HKV, 80, D}, {seed = 172}), sl.randn({HKV, 80, D}, {seed = 173})
   for _, c in ipairs{{"streaming_llm", {n_init = 4, n_local = 16, bq = 16, bk = 16}, 20},
-                     {"sliding_window", {w = 12, bq = 16, bk = 16}, 12}} do
+                     {"sliding_window", {w = 12, bq = 16, bk = 16}, 12},
+                     {"s2_attention", {block = 8, local_blocks = 2, vert_stride = 3, bq = 16, bk = 16}, 80},
+                     {"prism", {p = 1, bq = 16, bk = 16}, 80}} do
     local id, p, cap = c[1], c[2], c[3]
     local m = sl.methods.get(id)
     local pp = sl.registry.resolve(m, p)
