@@ -823,4 +823,17 @@ test("seer_attention_r: last block kept, one selection per group, dense at budge
   truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
 end)
 
+test("sparselab model --decode: a decode method in the runner's loop from the CLI", function()
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local base = bin .. " model experiments/data/tinystories260k/model.bin --text experiments/data/tinystories260k/texts/06_little_seed.txt --gen 4 --json"
+  local f = io.popen(base .. " --decode quest:budget=4096,page=8 --prefix 40 2>&1")
+  local j = sl.json_decode(f:read("a"))
+  f:close()
+  truthy(j.kl < 1e-9 and j.top1 == 1 and j.decode == "quest", "full budget through the decode loop is dense")
+  f = io.popen(base .. " --decode xattention 2>&1")
+  local text = f:read("a")
+  f:close()
+  truthy(text:find("xattention has no decode hook", 1, true), "prefill-only method refused: " .. text)
+end)
+
 H.done()

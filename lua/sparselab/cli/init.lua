@@ -15,9 +15,10 @@ usage: sparselab                         start the REPL
        sparselab ops [--json]            op x backend coverage (--json: also the dtypes each backend reads natively)
        sparselab eval METHOD [--qkv FILE | --workload SPEC] [--budget X | --density D | --flops F | --kv-bytes B]
                       [--param K=V]... [--correct ID(:K=V,...)]... [--backend ref|cpu|cuda] [--reps N] [--db FILE]
-                      [--json] [--out FILE.safetensors]   (sparselab eval --help: what each target means)
+                      [--json] [--out FILE.safetensors] [--steps S]   (sparselab eval --help: each target, --steps)
        sparselab calibrate METHOD --qkv FILE [--qkv FILE2]... --out CFG.json [--param K=V]...
        sparselab model PATH --text FILE [--method ID] [--budget X] [--param K=V]... [--dense-layers N]
+                      [--decode ID(:K=V,...)] [--prefix N]   (a decode method in the runner's decode loop)
                       [--gen N] [--json] [--db FILE]
        sparselab query DB SQL [--csv|--json]
        sparselab sweep CONFIG.lua --db FILE [--workers N] [--timeout S] [--resume] [--shard I/N] [--dry-run]
@@ -435,9 +436,12 @@ end
 
 function C.model(argv)
   local o, pos = parse(argv, 2, {text = "value", method = "value", budget = "value", param = "multi",
-    json = "flag", db = "value", gen = "value", ["dense-layers"] = "value", prompt = "value"}, {"PATH"})
+    json = "flag", db = "value", gen = "value", ["dense-layers"] = "value", prompt = "value", decode = "value",
+    prefix = "value"}, {"PATH"})
   local path = pos[1]
-  if not path or not o.text then sl.fail("usage: sparselab model PATH --text FILE [--method ID] [--budget X]") end
+  if not path or not o.text then
+    sl.fail("usage: sparselab model PATH --text FILE [--method ID] [--budget X] [--decode ID[:K=V,...] [--prefix N]]")
+  end
   local m = sl.model.load(path)
   local id = o.method or "dense"
   local method = sl.methods.get(id)
@@ -451,13 +455,41 @@ function C.model(argv)
     for l = 0, dense_layers - 1 do attention.layers[l] = "dense" end
   end
   local text = read_file(o.text)
-  local r, tokens = m:evaluate{text = text, attention = attention}
+  -- --decode ID[:K=V,...]: a decode method in the runner's decode loop (the
+  -- text's first --prefix tokens are the prompt, prefilled by --method)
+  local dspec
+  if o.decode then
+    local did, rest = o.decode:match("^([%w_]+):?(.*)$")
+    if not did then sl.fail("--decode expects ID[:K=V,...], found '%s'", o.decode) end
+    local dparams = {}
+    for kv in rest:gmatch("[^,]+") do
+      local key, val = kv:match("^([%w_]+)=(.*)$")
+      if not key then sl.fail("--decode %s: expected K=V, found '%s'", did, kv) end
+      dparams[key] = value_of(val)
+    end
+    local dm = sl.methods.get(did)
+    if not dm.decode then sl.fail("--decode: %s has no decode hook (phase %s)", dm.id, tostring(dm.phase)) end
+    sl.registry.resolve(dm, dparams)
+    dspec = {method = did, params = dparams}
+  end
+  local r, tokens
+  if dspec then
+    tokens = m:encode(text)
+    local prefix = o.prefix and math.tointeger(tonumber(o.prefix)) or #tokens // 2
+    if not prefix or prefix < 1 or prefix >= #tokens then
+      sl.fail("--prefix expects an integer in [1, %d), found '%s'", #tokens, tostring(o.prefix))
+    end
+    r = m:evaluate_decode{tokens = tokens, prefix = prefix, attention = attention, decode = dspec}
+    r.prefix = prefix
+  else
+    r, tokens = m:evaluate{text = text, attention = attention}
+  end
   -- greedy generation from the text's first tokens, dense and with the method
   local steps = tonumber(o.gen or "64")
   local prompt = {}
   for i = 1, math.min(8, #tokens) do prompt[i] = tokens[i] end
   local dense_ids = m:generate{prompt = prompt, steps = steps}
-  local ids, gen_text = m:generate{prompt = prompt, steps = steps, attention = attention}
+  local ids, gen_text = m:generate{prompt = prompt, steps = steps, attention = attention, decode = dspec}
   r.gen_common_prefix = sl.model.common_prefix(dense_ids, ids, #prompt)
   r.gen_steps = steps
   if o.db then
@@ -465,8 +497,9 @@ function C.model(argv)
     local run_id = db:begin_run{script = "sparselab model", argv = argv}
     local metrics = {}
     for k, v in pairs(r) do metrics[k] = v end
-    db:record{run_id = run_id, method = id, params = resolved, workload = "text:" .. o.text,
-      workload_params = {model = path, dense_layers = dense_layers}, phase = "prefill", n_q = r.n + 1,
+    db:record{run_id = run_id, method = dspec and dspec.method or id, params = dspec and dspec.params or resolved,
+      workload = "text:" .. o.text, workload_params = {model = path, dense_layers = dense_layers, prefill = id,
+      prefix = r.prefix}, phase = dspec and "decode" or "prefill", n_q = r.n + 1,
       n_k = r.n + 1, heads = m.cfg.n_heads, kv_heads = m.cfg.n_kv_heads, head_dim = m.cfg.head_dim,
       backend = "cpu", budget = method.knob and resolved[method.knob] or nil, metrics = metrics}
     db:finish_run(run_id, "ok")
@@ -474,12 +507,18 @@ function C.model(argv)
   end
   if o.json then
     local t = {method = id, model = path, text = o.text, budget = method.knob and resolved[method.knob] or nil,
-      params = resolved, dense_layers = dense_layers}
+      params = resolved, dense_layers = dense_layers, decode = dspec and dspec.method or nil,
+      decode_params = dspec and dspec.params or nil}
     for k, v in pairs(r) do t[k] = v end
     out(sl.json_encode(t))
     return
   end
-  out(string.format("%s on %s (%d tokens), model %s", id, o.text, r.n + 1, path))
+  if dspec then
+    out(string.format("%s prefill of %d tokens + %s decoding %d tokens through its cache, %s, model %s", id, r.prefix,
+      dspec.method, r.n + 1, o.text, path))
+  else
+    out(string.format("%s on %s (%d tokens), model %s", id, o.text, r.n + 1, path))
+  end
   local rows = {}
   for _, k in ipairs{"ppl", "ppl_dense", "nll", "nll_dense", "kl", "top1", "gen_common_prefix", "gen_steps"} do
     rows[#rows + 1] = {metric = k, value = r[k]}
