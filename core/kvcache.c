@@ -8,6 +8,7 @@
  * checks it after random appends and evictions). */
 #include "internal.h"
 
+#include <math.h>
 #include <string.h>
 
 struct sl_kvcache {
@@ -15,6 +16,9 @@ struct sl_kvcache {
     int64_t h, d, page, len, cap, cap_p;
     sl_tensor k, v;            /* f32 [h, cap, d] */
     sl_tensor mn, mx, me;      /* f32 [h, cap_p, d] */
+    int bits;                  /* 0: no low-bit copy of K; 2..8: codes and per-token lo, step */
+    sl_tensor kq;              /* u8 [h, cap, d] */
+    sl_tensor ks;              /* f32 [h, cap, 2]: lo, step */
 };
 
 sl_status sl_kvcache_new(sl_ctx *ctx, int64_t heads, int64_t head_dim, int64_t page, sl_kvcache **out)
@@ -44,6 +48,8 @@ void sl_kvcache_free(sl_kvcache *c)
     sl_tensor_release(&c->mn);
     sl_tensor_release(&c->mx);
     sl_tensor_release(&c->me);
+    sl_tensor_release(&c->kq);
+    sl_tensor_release(&c->ks);
     sl_ctx_dealloc(c->ctx, c, sizeof *c);
 }
 
@@ -52,28 +58,37 @@ int64_t sl_kvcache_pages(const sl_kvcache *c) { return (c->len + c->page - 1) / 
 int64_t sl_kvcache_page_size(const sl_kvcache *c) { return c->page; }
 int64_t sl_kvcache_heads(const sl_kvcache *c) { return c->h; }
 int64_t sl_kvcache_head_dim(const sl_kvcache *c) { return c->d; }
+int sl_kvcache_bits(const sl_kvcache *c) { return c->bits; }
 
 size_t sl_kvcache_bytes(const sl_kvcache *c)
 {
-    return sizeof(float) * (size_t)(2 * c->h * c->cap * c->d + 3 * c->h * c->cap_p * c->d);
+    return sizeof(float) * (size_t)(2 * c->h * c->cap * c->d + 3 * c->h * c->cap_p * c->d) +
+           (c->bits ? (size_t)(c->h * c->cap * c->d) + 2 * sizeof(float) * (size_t)(c->h * c->cap) : 0);
 }
 
 /* Copies rows [0, rows) of every head from a [h, old_rows, d] tensor into a
  * fresh zeroed [h, new_rows, d] one, which replaces it. */
-static sl_status regrow(sl_ctx *ctx, sl_tensor *t, int64_t h, int64_t old_rows, int64_t new_rows, int64_t d,
-                        int64_t rows)
+static sl_status regrow_as(sl_ctx *ctx, sl_tensor *t, sl_dtype dt, int64_t h, int64_t old_rows, int64_t new_rows,
+                           int64_t d, int64_t rows)
 {
     sl_tensor n;
     int64_t sh[3] = {h, new_rows, d};
-    sl_status s = sl_tensor_zeros(ctx, SL_F32, 3, sh, &n);
+    sl_status s = sl_tensor_zeros(ctx, dt, 3, sh, &n);
     if (s)
         return s;
+    size_t es = sl_dtype_size(dt);
     for (int64_t i = 0; t->buf && i < h; i++)
-        memcpy((float *)n.data + i * new_rows * d, (const float *)t->data + i * old_rows * d,
-               sizeof(float) * (size_t)(rows * d));
+        memcpy((char *)n.data + (size_t)(i * new_rows * d) * es, (const char *)t->data + (size_t)(i * old_rows * d) * es,
+               es * (size_t)(rows * d));
     sl_tensor_release(t);
     *t = n;
     return SL_OK;
+}
+
+static sl_status regrow(sl_ctx *ctx, sl_tensor *t, int64_t h, int64_t old_rows, int64_t new_rows, int64_t d,
+                        int64_t rows)
+{
+    return regrow_as(ctx, t, SL_F32, h, old_rows, new_rows, d, rows);
 }
 
 /* Room for want tokens (capacity grows by half, rounded to whole pages). */
@@ -88,7 +103,9 @@ static sl_status reserve(sl_ctx *ctx, sl_kvcache *c, int64_t want)
     if ((s = regrow(ctx, &c->k, c->h, c->cap, cap, c->d, c->len)) || (s = regrow(ctx, &c->v, c->h, c->cap, cap, c->d, c->len)) ||
         (s = regrow(ctx, &c->mn, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->mx, c->h, c->cap_p, cap_p, c->d, np)) ||
-        (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np)))
+        (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np)) ||
+        (c->bits && ((s = regrow_as(ctx, &c->kq, SL_U8, c->h, c->cap, cap, c->d, c->len)) ||
+                     (s = regrow(ctx, &c->ks, c->h, c->cap, cap, 2, c->len)))))
         return s;
     c->cap = cap;
     c->cap_p = cap_p;
@@ -114,6 +131,47 @@ static void fold_token(sl_kvcache *c, int64_t h, int64_t t)
         mx[i] = x[i] > mx[i] ? x[i] : mx[i];
         me[i] += (x[i] - me[i]) * inv;
     }
+}
+
+/* The low-bit copy of token t of head h: per token asymmetric min/max over
+ * the d channels, 2^bits levels (page.token_scores' quantisation). */
+static void quantise_token(sl_kvcache *c, int64_t h, int64_t t)
+{
+    if (!c->bits)
+        return;
+    int64_t d = c->d;
+    const float *x = (const float *)c->k.data + (h * c->cap + t) * d;
+    uint8_t *code = (uint8_t *)c->kq.data + (h * c->cap + t) * d;
+    float *ls = (float *)c->ks.data + (h * c->cap + t) * 2;
+    double lo = x[0], hi = x[0];
+    for (int64_t i = 1; i < d; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+    }
+    double step = (hi - lo) / (double)((1 << c->bits) - 1);
+    for (int64_t i = 0; i < d; i++)
+        code[i] = step > 0 ? (uint8_t)nearbyint((x[i] - lo) / step) : 0;
+    ls[0] = (float)lo;
+    ls[1] = (float)step;
+}
+
+sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits)
+{
+    if (bits != 0 && (bits < 2 || bits > 8))
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_bits: bits = %d; expected 0 or 2..8", bits);
+    if (c->len > 0)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_bits: the cache already holds %lld tokens; set bits before the first append",
+                           (long long)c->len);
+    sl_tensor_release(&c->kq);
+    sl_tensor_release(&c->ks);
+    c->bits = bits;
+    if (bits && c->cap > 0) {
+        sl_status s;
+        if ((s = regrow_as(ctx, &c->kq, SL_U8, c->h, c->cap, c->cap, c->d, 0)) ||
+            (s = regrow(ctx, &c->ks, c->h, c->cap, c->cap, 2, 0)))
+            return s;
+    }
+    return SL_OK;
 }
 
 static sl_status check_kv(sl_ctx *ctx, const sl_kvcache *c, const sl_tensor *t, const char *nm)
@@ -149,8 +207,10 @@ sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, cons
                sizeof(float) * (size_t)(t * d));
         memcpy((float *)c->v.data + (h * c->cap + c->len) * d, (const float *)vc.data + h * t * d,
                sizeof(float) * (size_t)(t * d));
-        for (int64_t i = 0; i < t; i++)
+        for (int64_t i = 0; i < t; i++) {
             fold_token(c, h, c->len + i);
+            quantise_token(c, h, c->len + i);
+        }
     }
     c->len += t;
     sl_tensor_release(&kc);
@@ -191,6 +251,12 @@ sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx)
             }
             memmove(kh + w * d, kh + t * d, sizeof(float) * (size_t)d);
             memmove(vh + w * d, vh + t * d, sizeof(float) * (size_t)d);
+            if (c->bits) {
+                uint8_t *qh = (uint8_t *)c->kq.data + h * c->cap * d;
+                float *sh = (float *)c->ks.data + h * c->cap * 2;
+                memmove(qh + w * d, qh + t * d, (size_t)d);
+                memmove(sh + w * 2, sh + t * 2, 2 * sizeof(float));
+            }
             w++;
         }
         memset(kh + len * d, 0, sizeof(float) * (size_t)(m * d));
@@ -213,10 +279,18 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
         *out = sl_tensor_retain(which[0] == 'k' ? &c->k : &c->v);
         return SL_OK;
     }
+    if (strcmp(which, "kq") == 0 || strcmp(which, "kscale") == 0) {
+        if (!c->bits)
+            return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: '%s': the cache keeps no low-bit keys (sl_kvcache_set_bits)",
+                               which);
+        *out = sl_tensor_retain(which[1] == 'q' ? &c->kq : &c->ks);
+        return SL_OK;
+    }
     const sl_tensor *src = strcmp(which, "min") == 0 ? &c->mn : strcmp(which, "max") == 0 ? &c->mx
                          : strcmp(which, "mean") == 0 ? &c->me : NULL;
     if (!src)
-        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, min, max or mean)", which);
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, kq, kscale, min, max or mean)",
+                           which);
     int64_t np = sl_kvcache_pages(c), sh[3] = {c->h, np, c->d};
     sl_status s = sl_tensor_new(ctx, SL_F32, 3, sh, out);
     if (s)

@@ -137,6 +137,34 @@ static sl_status infer_token_scores(sl_ctx *ctx, const sl_op_info *info, const s
     return SL_OK;
 }
 
+static sl_status infer_qscores(sl_ctx *ctx, const sl_op_info *info, const sl_page_qscores_params *p,
+                               const sl_tensor *in, int out_ndim[], int64_t out_shape[][SL_MAX_DIMS])
+{
+    sl_status s;
+    if ((s = sl__need_float(ctx, info, in, 0, 3)))
+        return s;
+    const sl_tensor *q = &in[0], *kq = &in[1], *ks = &in[2], *pg = &in[3];
+    if (!kq->buf || kq->dtype != SL_U8 || kq->ndim != 3 || kq->shape[2] != q->shape[2] || kq->shape[0] < 1 ||
+        q->shape[0] % kq->shape[0] != 0)
+        return fail_shape(ctx, info, "input 'kq' must be u8 [kv heads dividing q's heads, N, q's head_dim]", kq);
+    if ((s = sl__need_float(ctx, info, in, 2, 3)))
+        return s;
+    if (ks->shape[0] != kq->shape[0] || ks->shape[1] != kq->shape[1] || ks->shape[2] != 2)
+        return fail_shape(ctx, info, "input 'kscale' must be [kv heads, N, 2] (lo, step per key)", ks);
+    if (pg->buf && (pg->dtype != SL_I32 || pg->ndim != 3 || pg->shape[0] < 1 || q->shape[0] % pg->shape[0] != 0 ||
+                    pg->shape[0] % kq->shape[0] != 0 || pg->shape[1] != q->shape[1]))
+        return fail_shape(ctx, info, "input 'opt.pages' must be i32 [lists, n_q, m], lists dividing q's heads and a multiple of kq's", pg);
+    int64_t n = p->n > 0 ? p->n : kq->shape[1];
+    if (n > kq->shape[1] || n < q->shape[1] || n < 1)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: n = %lld; expected n_q = %lld <= n <= %lld (kq's rows) and n >= 1 (an empty cache)",
+                           info->name, (long long)n, (long long)q->shape[1], (long long)kq->shape[1]);
+    out_ndim[0] = 3;
+    out_shape[0][0] = q->shape[0];
+    out_shape[0][1] = q->shape[1];
+    out_shape[0][2] = n;
+    return SL_OK;
+}
+
 static sl_status page_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                             int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -146,6 +174,7 @@ static sl_status page_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
     case SL_OP_PAGE_SELECT: return infer_select(ctx, info, params, in, out_ndim, out_shape, out_dtype);
     case SL_OP_PAGE_ATTEND: return infer_attend(ctx, info, params, in, out_ndim, out_shape);
     case SL_OP_PAGE_TOKEN_SCORES: return infer_token_scores(ctx, info, params, in, out_ndim, out_shape);
+    case SL_OP_PAGE_QSCORES: return infer_qscores(ctx, info, params, in, out_ndim, out_shape);
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a page op", info->name);
     }
 }
@@ -180,6 +209,11 @@ static sl_status page_check_contents(sl_ctx *ctx, const sl_op_info *info, const 
     if (info->op == SL_OP_PAGE_ATTEND) {
         const sl_page_attn_params *p = params;
         return check_lists(ctx, info, &in[3], sl__ceil_div(attend_n(p, &in[1]), p->page), "pages");
+    }
+    if (info->op == SL_OP_PAGE_QSCORES) {
+        const sl_page_qscores_params *qp = params;
+        int64_t n = qp->n > 0 ? qp->n : in[1].shape[1];
+        return in[3].buf ? check_lists(ctx, info, &in[3], sl__ceil_div(n, qp->page), "opt.pages") : SL_OK;
     }
     if (info->op != SL_OP_PAGE_TOKEN_SCORES)
         return SL_OK;
@@ -248,6 +282,11 @@ static double page_flops(const sl_op_info *info, const void *params, const sl_te
         const sl_page_scores_params *p = params;
         double r = in[2].buf ? (double)in[2].shape[1] : (double)in[0].shape[2];
         return 2.0 * (double)in[0].shape[0] * (double)in[0].shape[1] * (double)scores_n(p, &in[1]) * r;
+    }
+    case SL_OP_PAGE_QSCORES: {
+        const sl_page_qscores_params *p = params;
+        int64_t n = p->n > 0 ? p->n : in[1].shape[1];
+        return 2.0 * (double)in[0].shape[0] * (double)in[0].shape[1] * (double)n * (double)in[0].shape[2];
     }
     default: return 0;
     }

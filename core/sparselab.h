@@ -635,7 +635,13 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * key's values on C quantised per token: lo, hi its min and max over C, step
  * (hi - lo) / (2^bits - 1), k' = lo + round((k - lo) / step) . step (k' = k
  * when step = 0). Query head h reads kv head h / (Hq/Hkv), channel row
- * h / (Hq/Hc), list h / (Hq/Hs). */
+ * h / (Hq/Hc), list h / (Hq/Hs).
+ *
+ * page.qscores: inputs q [Hq, R, D], kq u8 [Hkv, N, D] (codes), kscale float
+ * [Hkv, N, 2] (per key lo and step: sl_kvcache_set_bits), opt.pages as
+ * page.token_scores. Params page, n, causal, scale (0: 1/sqrt(D)). Output
+ * [Hq, R, n]: -inf outside the listed pages or past the causal limit, else
+ * scale . sum_c q[c] . (lo + kq[c] . step) (float64 sums). */
 
 /* ---- the paged KV cache object (core/kvcache.c, issue 13) ----
  * Keys and values of H kv heads, head dim D, in pages of P tokens, with the
@@ -667,6 +673,14 @@ size_t sl_kvcache_bytes(const sl_kvcache *c);
  * until the next append or evict: pass n = len to page.attend); "min",
  * "max", "mean": copies [H, n_p, D]. Fails on an empty cache. */
 sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which, sl_tensor *out);
+/* Keeps a low-bit copy of K beside it (bits 2..8; 0: none), set before the
+ * first append: per token asymmetric min/max over the D channels, codes
+ * round((k - lo) / step) with step = (hi - lo) / (2^bits - 1) (the
+ * quantisation of page.token_scores' `bits`), read as "kq" (u8 [H, capacity,
+ * D], sharing the buffer) and "kscale" (f32 [H, capacity, 2]: lo, step) by
+ * page.qscores. Costs D + 8 bytes per token and head. */
+sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits);
+int sl_kvcache_bits(const sl_kvcache *c);
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -593,6 +593,73 @@ START_TEST(test_kvcache_incremental)
 }
 END_TEST
 
+/* A cache with a 4-bit copy of K: page.qscores on every backend vs ref, and
+ * equal to page.token_scores with bits = 4 over the same keys (the same
+ * quantisation); the copy survives eviction; bytes grow by D + 8 per token. */
+START_TEST(test_page_qscores)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13010);
+    int64_t hq = 4, hkv = 2, d = 12, P = 8, n = 45, r = 2;
+    sl_kvcache *c;
+    ck_assert_int_eq(sl_kvcache_new(ctx, hkv, d, P, &c), SL_OK);
+    ck_assert_int_eq(sl_kvcache_set_bits(ctx, c, 1), SL_EARG);
+    ck_assert_int_eq(sl_kvcache_set_bits(ctx, c, 4), SL_OK);
+    sl_tensor k = tu_randn(ctx, &rng, hkv, n + 3, d, 1.0), v = tu_randn(ctx, &rng, hkv, n + 3, d, 1.0);
+    ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
+    ck_assert_int_eq(sl_kvcache_set_bits(ctx, c, 8), SL_EARG);
+    sl_tensor idx = i32_tensor(ctx, hkv, 3);
+    int32_t ev[6] = {1, 7, 30, 0, 2, 44};
+    memcpy(idx.data, ev, sizeof ev);
+    ck_assert_int_eq(sl_kvcache_evict(ctx, c, &idx), SL_OK);
+    ck_assert_int_eq(sl_kvcache_len(c), n);
+    sl_tensor in[4] = {tu_randn(ctx, &rng, hq, r, d, 1.0), {0}, {0}, {0}};
+    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kq", &in[1]), SL_OK);
+    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kscale", &in[2]), SL_OK);
+    sl_page_qscores_params p;
+    sl_op_params_default(SL_OP_PAGE_QSCORES, &p);
+    p.page = P;
+    p.n = n;
+    check_op_vs_ref(ctx, SL_OP_PAGE_QSCORES, &p, in, 1e-5, "page.qscores");
+    int64_t sh[3] = {hkv, r, 2};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, sh, &in[3]), SL_OK);
+    int32_t lists[4] = {1, 4, 0, -1};
+    memcpy(in[3].data, lists, sizeof lists);
+    memcpy((int32_t *)in[3].data + 4, lists, sizeof lists);
+    check_op_vs_ref(ctx, SL_OP_PAGE_QSCORES, &p, in, 1e-5, "page.qscores listed");
+    sl_tensor_release(&in[3]);
+    sl_tensor qs = run_op1(ctx, SL_BACKEND_REF, SL_OP_PAGE_QSCORES, &p, in);
+    /* the same keys through page.token_scores with bits = 4 */
+    sl_tensor ks;
+    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "k", &ks), SL_OK);
+    sl_tensor tin[4] = {in[0], ks, {0}, {0}};
+    sl_page_scores_params tp;
+    sl_op_params_default(SL_OP_PAGE_TOKEN_SCORES, &tp);
+    tp.n = n;
+    tp.bits = 4;
+    sl_tensor ts = run_op1(ctx, SL_BACKEND_REF, SL_OP_PAGE_TOKEN_SCORES, &tp, tin);
+    assert_tensor_close(&qs, &ts, 1e-5, "qscores = token_scores(bits = 4)");
+    sl_tensor_release(&ts);
+    sl_kvcache *plain;
+    ck_assert_int_eq(sl_kvcache_new(ctx, hkv, d, P, &plain), SL_OK);
+    ck_assert_int_eq(sl_kvcache_append(ctx, plain, &k, &v), SL_OK);
+    ck_assert_int_eq(sl_kvcache_tensor(ctx, plain, "kq", &ts) == SL_EARG, 1);
+    ck_assert(strstr(sl_ctx_error(ctx), "no low-bit keys"));
+    ck_assert(sl_kvcache_bytes(c) > sl_kvcache_bytes(plain));
+    sl_kvcache_free(plain);
+    release_n(&qs, 1);
+    sl_tensor_release(&ks);
+    release_n(in, 3);
+    sl_tensor_release(&idx);
+    sl_tensor_release(&k);
+    sl_tensor_release(&v);
+    sl_kvcache_free(c);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_page_meta);
@@ -604,6 +671,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_page_attend_capacity);
     tcase_add_test(tc, test_page_validation);
     tcase_add_test(tc, test_kvcache_incremental);
+    tcase_add_test(tc, test_page_qscores);
 }
 
 int main(void) { return run_op_suite("page_ops", add_tests); }

@@ -383,6 +383,54 @@ sl_status sl__cpu_page_attend(const sl__kargs *a)
     return s;
 }
 
+/* ---- page.qscores ---- */
+
+static void qscores_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    const sl_page_qscores_params *p = a->params;
+    const sl_tensor *q = &a->in[0], *kq = &a->in[1], *pg = &a->in[3];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], hkv = kq->shape[0], nk = kq->shape[1];
+    int64_t n = a->out[0].shape[2], h = item / r, i = item % r, g = h / (hq / hkv);
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)d));
+    const float *qi = (const float *)q->data + item * d;
+    const uint8_t *codes = (const uint8_t *)kq->data + g * nk * d;
+    const float *ks = (const float *)a->in[2].data + g * nk * 2;
+    float *out = (float *)a->out[0].data + item * n;
+    double qsum = 0;
+    for (int64_t c = 0; c < d; c++)
+        qsum += qi[c];
+    int64_t limit = p->causal ? n - r + i + 1 : n;
+    const int32_t *ids = NULL;
+    int64_t m = 0;
+    if (pg->buf) {
+        m = pg->shape[2];
+        ids = (const int32_t *)pg->data + ((h / (hq / pg->shape[0])) * r + i) * m;
+    }
+    for (int64_t j = 0; j < n; j++)
+        out[j] = -INFINITY;
+    /* visit the listed keys (all keys without lists): q.(lo + code.step) = lo.sum(q) + step.q.code */
+    for (int64_t e = 0; e < (ids ? m : 1); e++) {
+        int64_t t0 = ids ? (int64_t)ids[e] * p->page : 0, t1 = ids ? t0 + p->page : n;
+        if (ids && ids[e] < 0)
+            continue;
+        t1 = t1 < limit ? t1 : limit;
+        for (int64_t j = t0; j < t1; j++) {
+            const uint8_t *cj = codes + j * d;
+            double dot = 0;
+            for (int64_t c = 0; c < d; c++)
+                dot += qi[c] * (float)cj[c];
+            out[j] = (float)((double)ks[j * 2] * qsum + (double)ks[j * 2 + 1] * dot) * scale;
+        }
+    }
+}
+
+sl_status sl__cpu_page_qscores(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0] * a->in[0].shape[1], qscores_item, (void *)a);
+}
+
 size_t sl__cpu_page_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     switch (op) {

@@ -298,6 +298,39 @@ __global__ void merge_kernel(const float *po, const float *pl, float *o, float *
         lse[row] = m == -INFINITY ? -INFINITY : m + (float)log(wsum);
 }
 
+struct qscores_args {
+    const float *q;
+    const uint8_t *codes;
+    const float *ks;
+    const int32_t *pages;
+    float *out;
+    int64_t hq, hkv, r, d, nk, n, lists, m, P;
+    int causal;
+    float scale;
+};
+
+__global__ void qscores_kernel(qscores_args a)
+{
+    int64_t i = blockIdx.x, h = blockIdx.y, g = h / (a.hq / a.hkv);
+    const float *qi = a.q + (h * a.r + i) * a.d;
+    const int32_t *ids = a.pages ? a.pages + ((h / (a.hq / a.lists)) * a.r + i) * a.m : nullptr;
+    int64_t limit = a.causal ? a.n - a.r + i + 1 : a.n;
+    for (int64_t j = threadIdx.x; j < a.n; j += blockDim.x) {
+        float *o = a.out + (h * a.r + i) * a.n + j;
+        if (j >= limit || (ids && !listed(ids, a.m, j / a.P))) {
+            *o = -INFINITY;
+            continue;
+        }
+        const uint8_t *cj = a.codes + (g * a.nk + j) * a.d;
+        double qsum = 0, dot = 0;
+        for (int64_t c = 0; c < a.d; c++) {
+            qsum += qi[c];
+            dot += qi[c] * (float)cj[c];
+        }
+        *o = (float)((double)a.ks[(g * a.nk + j) * 2] * qsum + (double)a.ks[(g * a.nk + j) * 2 + 1] * dot) * a.scale;
+    }
+}
+
 bool grid_ok(int64_t x, int64_t y) { return x <= INT32_MAX && y <= 65535; }
 
 }  // namespace
@@ -410,5 +443,25 @@ sl_status sl__cuda_page_token_scores(const sl__kargs *a)
                       n, nc, ch->buf ? ch->shape[0] : 1, pg->buf ? pg->shape[0] : 1, pg->buf ? pg->shape[2] : 0,
                       p->page, p->bits, (int)p->causal, p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc)};
     SL_LAUNCH(token_scores_kernel, dim3((unsigned)r, (unsigned)hq), kThreads, 0, 0)(sa);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_page_qscores(const sl__kargs *a)
+{
+    const sl_page_qscores_params *p = static_cast<const sl_page_qscores_params *>(a->params);
+    const sl_tensor *q = &a->in[0], *kq = &a->in[1], *pg = &a->in[3];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], n = a->out[0].shape[2];
+    if (!grid_ok(r, hq))
+        return sl__cuda_unsupported(a, "more than 65535 heads");
+    if (hq == 0 || r == 0 || n == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    qscores_args qa = {st.input<float>(0), st.input<uint8_t>(1), st.input<float>(2),
+                       pg->buf ? st.input<int32_t>(3) : nullptr, st.output<float>(0), hq, kq->shape[0], r, d,
+                       kq->shape[1], n, pg->buf ? pg->shape[0] : 1, pg->buf ? pg->shape[2] : 0, p->page,
+                       (int)p->causal, (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)d))};
+    SL_LAUNCH(qscores_kernel, dim3((unsigned)r, (unsigned)hq), kThreads, 0, 0)(qa);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

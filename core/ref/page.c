@@ -202,6 +202,40 @@ sl_status sl__ref_page_attend(const sl__kargs *a)
     return SL_OK;
 }
 
+sl_status sl__ref_page_qscores(const sl__kargs *a)
+{
+    const sl_page_qscores_params *p = a->params;
+    const sl_tensor *q = &a->in[0], *kq = &a->in[1], *pg = &a->in[3];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], hkv = kq->shape[0], nk = kq->shape[1];
+    int64_t n = a->out[0].shape[2];
+    double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)d);
+    const uint8_t *codes = kq->data;
+    const float *ks = a->in[2].data, *qd = q->data;
+    float *out = a->out[0].data;
+    for (int64_t h = 0; h < hq; h++)
+        for (int64_t i = 0; i < r; i++)
+            for (int64_t j = 0; j < n; j++) {
+                int listed = !pg->buf;
+                if (pg->buf) {
+                    int64_t m = pg->shape[2];
+                    const int32_t *ids = (const int32_t *)pg->data + ((h / (hq / pg->shape[0])) * r + i) * m;
+                    for (int64_t e = 0; e < m; e++)
+                        listed |= ids[e] >= 0 && ids[e] == j / p->page;
+                }
+                float *o = out + (h * r + i) * n + j;
+                if (!listed || (p->causal && j > n - r + i)) {
+                    *o = -INFINITY;
+                    continue;
+                }
+                int64_t g = h / (hq / hkv);
+                double lo = ks[(g * nk + j) * 2], step = ks[(g * nk + j) * 2 + 1], s = 0;
+                for (int64_t c = 0; c < d; c++)
+                    s += (double)qd[(h * r + i) * d + c] * (lo + (double)codes[(g * nk + j) * d + c] * step);
+                *o = (float)(s * scale);
+            }
+    return SL_OK;
+}
+
 size_t sl__ref_page_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;

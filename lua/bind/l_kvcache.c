@@ -1,7 +1,7 @@
 /* l_kvcache.c — the paged KV cache object of decode (sl_kvcache, issue 13)
  * as Lua userdata: sl.kvcache_c(heads, head_dim, page) and its methods
  * append, evict, len, pages, page_size, heads, head_dim, bytes, tensor,
- * close. The pure-Lua wrapper (sparselab/decode.lua) adds the decode steps. */
+ * set_bits (a low-bit copy of K), close. The pure-Lua wrapper (sparselab/decode.lua) adds the decode steps. */
 #include "l_kvcache.h"
 #include "l_tensor.h"
 
@@ -50,6 +50,16 @@ static int c_evict(lua_State *L)
     return 0;
 }
 
+static int c_set_bits(lua_State *L)
+{
+    sl_kvcache *c = check_cache(L);
+    lua_Integer bits = luaL_checkinteger(L, 2);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_kvcache_set_bits(ctx, c, (int)bits))
+        sl__lua_fail(L, ctx);
+    return 0;
+}
+
 static int c_tensor(lua_State *L)
 {
     sl_kvcache *c = check_cache(L);
@@ -67,6 +77,7 @@ static int c_pages(lua_State *L) { lua_pushinteger(L, (lua_Integer)sl_kvcache_pa
 static int c_page_size(lua_State *L) { lua_pushinteger(L, (lua_Integer)sl_kvcache_page_size(check_cache(L))); return 1; }
 static int c_heads(lua_State *L) { lua_pushinteger(L, (lua_Integer)sl_kvcache_heads(check_cache(L))); return 1; }
 static int c_head_dim(lua_State *L) { lua_pushinteger(L, (lua_Integer)sl_kvcache_head_dim(check_cache(L))); return 1; }
+static int c_bits(lua_State *L) { lua_pushinteger(L, (lua_Integer)sl_kvcache_bits(check_cache(L))); return 1; }
 static int c_bytes(lua_State *L) { lua_pushinteger(L, (lua_Integer)sl_kvcache_bytes(check_cache(L))); return 1; }
 
 static int c_close(lua_State *L)
@@ -95,7 +106,7 @@ void sl__lua_open_kvcache(lua_State *L)
     static const luaL_Reg methods[] = {{"append", c_append}, {"evict", c_evict},   {"tensor", c_tensor},
                                        {"len", c_len},       {"pages", c_pages},   {"page_size", c_page_size},
                                        {"heads", c_heads},   {"head_dim", c_head_dim}, {"bytes", c_bytes},
-                                       {"close", c_close},   {NULL, NULL}};
+                                       {"close", c_close},   {"set_bits", c_set_bits}, {"bits", c_bits}, {NULL, NULL}};
     static const luaL_Reg meta[] = {{"__gc", c_close}, {"__close", c_close}, {"__tostring", c_tostring}, {NULL, NULL}};
     if (luaL_newmetatable(L, SL_LUA_KVCACHE)) {
         luaL_setfuncs(L, meta, 0);

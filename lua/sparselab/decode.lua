@@ -233,8 +233,8 @@ function D.state(method, o)
   if o.hq % o.hkv ~= 0 then
     sl.fail("%s: decode state: hq = %d is not a multiple of hkv = %d", method, o.hq, o.hkv)
   end
-  return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, steps = 0,
-    layers = {}, log = {}}, State)
+  return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
+    steps = 0, layers = {}, log = {}}, State)
 end
 
 --- The per-layer part of the state (created on first use).
@@ -242,6 +242,7 @@ function State:layer(l)
   local ls = self.layers[l + 1]
   if not ls then
     ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
+    if self.bits > 0 then ls.cache:set_bits(self.bits) end
     self.layers[l + 1] = ls
   end
   return ls
@@ -295,9 +296,14 @@ D.State = State
 
 -- ---- the driver ----
 
---- Starts decoding with method (id or table): returns its state.
+--- Starts decoding with method (id or table): returns its state. o: hq, hkv,
+--- d, page, and bits (a low-bit copy of K in every layer's cache) or params
+--- (the method's parameters, from which a method with cache_bits(p) sets it).
 function D.begin(method, o)
   local m = sl.methods.get(method)
+  if m.cache_bits and o.params and not o.bits then
+    o.bits = m.cache_bits(sl.registry.resolve(m, o.params))
+  end
   if not m.decode then
     sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase))
   end
@@ -356,7 +362,8 @@ function D.replay(method, prob, p, opts)
   local qs, ks = prob.q:shape(), prob.k:shape()
   local R, N = qs[2], ks[2]
   if N - R < 1 then sl.fail("%s: decode replay needs a prefix: n_q = %d, n_k = %d", m.id, R, N) end
-  local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16})
+  local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16,
+    bits = m.cache_bits and m.cache_bits(p) or 0})
   D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
     {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
   local os, ls, steps = {}, {}, {}

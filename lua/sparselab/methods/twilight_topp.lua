@@ -8,7 +8,10 @@
 --      every token, the oracle selector);
 --   2. weight estimator on S0: keys quantised per token (asymmetric min/max
 --      over the d channels, 2^bits levels; bits = 4), s_j = q.K4_j / sqrt(d),
---      -inf outside S0 (page.token_scores with opt.pages and bits);
+--      -inf outside S0; stored = 1 (default): the paged cache keeps the int4
+--      copy of K (sl_kvcache_set_bits, 1/8 of K's bytes plus 8 per token) and
+--      the estimator reads it (page.qscores), as the reference keeps its
+--      quantised K; stored = 0 quantises on the fly (page.token_scores bits);
 --   3. pruner: the smallest prefix of S0 by estimated weight holding >= p of
 --      the softmax mass (page.select's top-p mode, sort-based; the reference
 --      kernel's binary search on a probability threshold returns the same set
@@ -41,9 +44,10 @@ local M = {
     page = {default = 16, min = 1, int = true, doc = "Quest page size of the selector"},
     selector = {default = 0, min = 0, max = 1, int = true, doc = "0 Quest pages, 1 none (every token)"},
     bits = {default = 4, min = 0, max = 8, int = true, doc = "estimator key bits (0: exact keys)"},
+    stored = {default = 1, min = 0, max = 1, int = true, doc = "1: the cache keeps the low-bit K copy the estimator reads"},
     dense_layers = {default = 2, min = 0, int = true, doc = "layers below this run dense"},
   },
-  ops = {"page.bounds", "page.select", "page.token_scores", "page.attend"},
+  ops = {"page.bounds", "page.select", "page.token_scores", "page.qscores", "page.attend"},
   checks = {"p = 1 keeps every token of S0 (equals the selector alone)", "p = 1 with B0 >= n equals dense to 1e-5",
     "kept estimated mass >= p and minimal", "S ⊆ S0", "peaked rows keep few tokens at high recall; score-blind pruning fails"},
 }
@@ -64,8 +68,15 @@ local function token_step(cache, q, p, layer, backend, scorer)
     lists = decode.token_range(hq, 0, n)
   else
     s0 = selector_pages(cache, q, p, backend)
-    local s = scorer and scorer(cache, q, s0) or
-      decode.token_scores(cache, q, {pages = s0, bits = p.bits, page = p.page, backend = backend})
+    local s
+    if scorer then
+      s = scorer(cache, q, s0)
+    elseif p.stored == 1 and p.bits >= 2 and cache:bits() == p.bits then
+      s = sl.page.qscores(q, cache:tensor("kq"), cache:tensor("kscale"),
+        {pages = s0, page = p.page, n = n, backend = backend})
+    else
+      s = decode.token_scores(cache, q, {pages = s0, bits = p.bits, page = p.page, backend = backend})
+    end
     lists = sl.page.select(s, {k = n, p = p.p, last = 0, backend = backend})
     local _, s0_tokens = decode.pages_read(s0, p.page, n)
     est_bytes = 8 * d * cache:pages() * cache:heads() + s0_tokens * (d * p.bits / 8 + 8)
@@ -76,6 +87,7 @@ local function token_step(cache, q, p, layer, backend, scorer)
     stats = {tokens_read = tokens / hq, density = tokens / (hq * n), kv_bytes = 8 * d * tokens + est_bytes}}
 end
 M.token_step = token_step
+M.cache_bits = function(p) return (p.stored == 1 and p.bits >= 2) and p.bits or 0 end
 
 function M.decode(st, ls, step, p)
   return token_step(ls.cache, step.q, p, step.layer or 0, step.backend)
