@@ -849,4 +849,47 @@ test("sparselab model --decode: a decode method in the runner's loop from the CL
   truthy(text:find("xattention has no decode hook", 1, true), "prefill-only method refused: " .. text)
 end)
 
+-- ---- sparsemm ----
+
+test("sparsemm: budgets sum and floor, uniform = SnapKV budgets, head scores shift budgets, blind eviction fails", function()
+  local sm = sl.methods.get("sparsemm")
+  local p = sl.registry.resolve(sm, {base_capacity = 64, window = 8, ratio = 0.25, kernel = 3})
+  local u = sm.allocate(nil, HKV, p, 0, 1)
+  for h = 1, HKV do eq(u[h], 56, "uniform: base - window each") end
+  local b = sm.allocate({3, 1}, HKV, p, 4, 1)
+  eq(b[1] + b[2], 112, "budgets sum to Hkv . b")
+  truthy(b[1] > b[2] and b[2] >= 14, "the scored head gets more, every head its floor")
+  local qp, kp, vp = peaked(160, 8, 201)
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 8, D}, {seed = 202, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 8 do obs[h][i] = {}; for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end end
+  end
+  obs = sl.tensor(obs)
+  local function run(imp_fn, scores)
+    local st = decode.begin("sparsemm", {hq = HQ, hkv = HKV, d = D, page = 8})
+    st.head_scores = scores
+    decode.prefill(st, 3, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159), {q = obs})
+    local ls = st:layer(3)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return sm.decode(st, ls, {q = qp, layer = 3}, p, imp_fn), ls
+  end
+  local out, ls = run(nil, nil)
+  for g = 1, HKV do eq(#ls.kept[g], 64, "uniform: capacity per head") end
+  local cache = ls.cache
+  truthy(recall_of(out, qp, cache) >= 0.9, "sparsemm recall " .. recall_of(out, qp, cache))
+  local _, ls2 = run(nil, {[4] = {3, 1}})
+  truthy(#ls2.kept[1] > #ls2.kept[2], "head scores move budget between heads")
+  local bad = run(function(_, _, n)
+    local imp = {}
+    for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+    return imp
+  end, nil)
+  truthy(recall_of(bad, qp, cache) < 0.9, "position-order eviction must fail")
+  local r = sl.eval("sparsemm", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {base_capacity = 400, window = 8}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= prompt keeps everything")
+end)
+
 H.done()
