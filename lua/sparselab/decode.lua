@@ -57,6 +57,48 @@ function D.token_range(lists, a, b)
   return sl.tensor(t, "i32")
 end
 
+--- The exact attention probabilities of q (one row) over every cached
+--- token, as a Lua table P[h][j] (1-based), and the LSE per head.
+function D.attention_probs(cache, q, backend)
+  local n, hq = cache:len(), q:shape()[1]
+  local _, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  local z, l = D.token_scores(cache, q, {backend = backend}):totable(), lse:totable()
+  local P = {}
+  for h = 1, hq do
+    local row, zr, lh = {}, z[h][1], l[h][1]
+    for j = 1, n do row[j] = math.exp(zr[j] - lh) end
+    P[h] = row
+  end
+  return P
+end
+
+--- A step over per-KV-head kept prompt tokens (Lua lists, 0-based) plus
+--- every token generated since the prefill: the lists, attention and stats.
+function D.kept_step(ls, q, kept, backend)
+  local cache, n = ls.cache, ls.cache:len()
+  local hkv, d = cache:heads(), cache:head_dim()
+  local lists, tokens = {}, 0
+  for g = 1, hkv do
+    local l = {}
+    for i, j in ipairs(kept[g]) do l[i] = j end
+    for j = ls.n_prefill, n - 1 do l[#l + 1] = j end
+    lists[g] = l
+    tokens = tokens + #l
+  end
+  local t = D.lists_tensor(lists)
+  local o, lse = D.attend_tokens(cache, q, t, {backend = backend})
+  return {o = o, lse = lse, pages = t,
+    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens}}
+end
+
+--- Kernel-level run of a layer-reuse method: a layer after the first
+--- selection layer that does not select itself selects for itself (the
+--- oracle of its own scores) and attends over that.
+function D.reuse_kernel_run(M, prob, p, layer, first_select, selects)
+  local sparse = layer > first_select and not selects(layer)
+  return D.kernel_run(M, prob, p, {layer = layer, step = {self_select = sparse or nil}})
+end
+
 --- Double Sparsity's channel ranking: per head of x ([H, n, D], the first
 --- n rows used), the r channels of largest mean |x| (ties: lower channel
 --- first), as i32 [H, r]; with y (same shape) the statistic is mean |x.y|

@@ -55,12 +55,11 @@ local function select_pages(cache, q, p, backend, prob_fn)
   if prob_fn then
     s = prob_fn(n)
   else
-    local _, lse = decode.attend_tokens(cache, q, decode.token_range(hq, 0, n), {backend = backend})
-    local z, l = decode.token_scores(cache, q, {backend = backend}):totable(), lse:totable()
+    local P = decode.attention_probs(cache, q, backend)
     s = {}
     for t = 1, n do
       local best = 0
-      for h = 1, hq do best = math.max(best, math.exp(z[h][1][t] - l[h][1])) end
+      for h = 1, hq do best = math.max(best, P[h][t]) end
       s[t] = best
     end
   end

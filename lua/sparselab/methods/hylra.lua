@@ -55,12 +55,11 @@ local function topk_set(cache, q, k, backend, score_fn)
   if score_fn then
     w = score_fn(n)
   else
-    local _, lse = decode.attend_tokens(cache, q, decode.token_range(hq, 0, n), {backend = backend})
-    local z, l = decode.token_scores(cache, q, {backend = backend}):totable(), lse:totable()
+    local P = decode.attention_probs(cache, q, backend)
     w = {}
     for j = 1, n do
       local acc = 0
-      for h = 1, hq do acc = acc + math.exp(z[h][1][j] - l[h][1]) end
+      for h = 1, hq do acc = acc + P[h][j] end
       w[j] = acc
     end
   end

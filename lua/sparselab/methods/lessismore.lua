@@ -101,9 +101,7 @@ function M.decode(st, ls, step, p, scorer)
 end
 
 function M.run(prob, p)
-  local layer = prob.layer or p.select_layer + 1
-  local sparse = layer > p.select_layer and layer ~= p.correction_layer
-  return decode.kernel_run(M, prob, p, {layer = layer, step = {self_select = sparse or nil}})
+  return decode.reuse_kernel_run(M, prob, p, prob.layer or p.select_layer + 1, p.select_layer, selects(p))
 end
 
 return M

@@ -39,13 +39,11 @@ local M = {
 }
 
 local function block_scores(cache, q, p, backend)
-  local n, hq = cache:len(), q:shape()[1]
-  local _, lse = decode.attend_tokens(cache, q, decode.token_range(hq, 0, n), {backend = backend})
-  local z, l = decode.token_scores(cache, q, {backend = backend}):totable(), lse:totable()
-  for h = 1, hq do
-    for j = 1, n do z[h][1][j] = math.exp(z[h][1][j] - l[h][1]) end
-  end
-  local probs = sl.tensor(z)
+  local hq = q:shape()[1]
+  local P = decode.attention_probs(cache, q, backend)
+  local rows = {}
+  for h = 1, hq do rows[h] = {P[h]} end
+  local probs = sl.tensor(rows)
   local bm = sl.reduce.block(probs, {br = 1, bc = p.block, mode = 1, backend = backend})
   return sl.reduce.heads(bm, {group = hq // cache:heads(), mode = 1, backend = backend})
 end

@@ -98,8 +98,7 @@ end
 M.compress = compress
 
 local function step_with(ls, q, p, backend, importance)
-  local cache, n = ls.cache, ls.cache:len()
-  local hkv, d = cache:heads(), cache:head_dim()
+  local cache, hkv = ls.cache, ls.cache:heads()
   if not ls.kept then
     local n0 = ls.n_prefill
     if n0 <= p.budget then
@@ -116,18 +115,7 @@ local function step_with(ls, q, p, backend, importance)
       ls.kept = compress(imp, n0, p, hkv)
     end
   end
-  local lists, tokens = {}, 0
-  for g = 1, hkv do
-    local l = {}
-    for i, j in ipairs(ls.kept[g]) do l[i] = j end
-    for j = ls.n_prefill, n - 1 do l[#l + 1] = j end
-    lists[g] = l
-    tokens = tokens + #l
-  end
-  local t = decode.lists_tensor(lists)
-  local o, lse = decode.attend_tokens(cache, q, t, {backend = backend})
-  return {o = o, lse = lse, pages = t,
-    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens}}
+  return decode.kept_step(ls, q, ls.kept, backend)
 end
 M.step_with = step_with
 

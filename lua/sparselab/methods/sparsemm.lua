@@ -89,21 +89,8 @@ local function compress(ls, p, st, layer, backend, importance)
 end
 
 function M.decode(st, ls, step, p, importance)
-  local cache, n = ls.cache, ls.cache:len()
-  local hkv, d = cache:heads(), cache:head_dim()
   if not ls.kept then ls.kept, ls.budgets = compress(ls, p, st, step.layer or 0, step.backend, importance) end
-  local lists, tokens = {}, 0
-  for g = 1, hkv do
-    local l = {}
-    for i, j in ipairs(ls.kept[g]) do l[i] = j end
-    for j = ls.n_prefill, n - 1 do l[#l + 1] = j end
-    lists[g] = l
-    tokens = tokens + #l
-  end
-  local t = decode.lists_tensor(lists)
-  local o, lse = decode.attend_tokens(cache, step.q, t, {backend = step.backend})
-  return {o = o, lse = lse, pages = t,
-    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens}}
+  return decode.kept_step(ls, step.q, ls.kept, step.backend)
 end
 
 --- Kernel level: a decode problem with the prompt's queries in

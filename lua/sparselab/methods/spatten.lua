@@ -73,7 +73,7 @@ function M.decode(st, ls, step, p, rank_fn)
   for _, j in ipairs(positions) do
     if sp.alive[j] then
       local acc = 0
-      for h = 1, hq do acc = acc + math.exp(z[h][1][j + 1] - l[h][1]) end
+      for h = 1, hq do acc = acc + math.exp(z[h][1][j + 1] - l[h][1]) end   -- this layer's softmax over the alive set
       sp.score[j] = sp.score[j] + acc
     end
   end

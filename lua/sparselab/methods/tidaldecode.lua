@@ -55,32 +55,17 @@ end
 M.select_tokens = select_tokens
 
 function M.decode(st, ls, step, p, scorer)
-  local layer, cache, q = step.layer or 0, ls.cache, step.q
-  local n, hq, d = cache:len(), q:shape()[1], cache:head_dim()
-  local lists = decode.token_range(hq, 0, n)
-  if layer == p.select_layer or layer == p.correction_layer or step.self_select then
-    st.saved = {layer = layer, step = st.steps, lists = select_tokens(cache, q, p, step.backend, scorer)}
-    if step.self_select then lists = st.saved.lists end
-  elseif layer > p.select_layer and p.budget < n then
-    local sv = st.saved
-    if not sv or sv.step ~= st.steps then
-      sl.fail("tidaldecode: layer %d has no selection of this step (run layer %d first)", layer, p.select_layer)
-    end
-    lists = sv.lists
-  end
-  local o, lse = decode.attend_tokens(cache, q, lists, {backend = step.backend})
-  local _, tokens = decode.pages_read(lists, 1, n)
-  return {o = o, lse = lse, pages = lists,
-    stats = {tokens_read = tokens / hq, density = tokens / (hq * n), kv_bytes = 8 * d * tokens}}
+  return decode.reuse_step(M.id, st, ls, step, p, p.select_layer,
+    function(l) return l == p.select_layer or l == p.correction_layer end,
+    function(cache, q, pp, backend) return select_tokens(cache, q, pp, backend, scorer) end)
 end
 
 --- Kernel level (one layer): a sparse layer selects for itself (the oracle
 --- top-k of its own scores) and attends over the selection; the selection
 --- and dense layers attend densely.
 function M.run(prob, p)
-  local layer = prob.layer or p.select_layer + 1
-  local sparse = layer > p.select_layer and layer ~= p.correction_layer
-  return decode.kernel_run(M, prob, p, {layer = layer, step = {self_select = sparse or nil}})
+  return decode.reuse_kernel_run(M, prob, p, prob.layer or p.select_layer + 1, p.select_layer,
+    function(l) return l == p.select_layer or l == p.correction_layer end)
 end
 
 return M
