@@ -19,10 +19,12 @@
 -- pages; twilight_topp: selector budget 2B, p = 0.9, so it reads at most 2B;
 -- hgca: B/2 window + B/2 CPU tokens; streaming_llm 4 sinks + B - 4 recent;
 -- lserve's dense heads dec_budget = B; double_sparsity r = 4 of the 8
--- channels, since d/8 would leave one);
+-- channels, since d/8 would leave one; s2_attention B/16 local blocks of 8
+-- plus its strided shards; sparsemm base capacity B; prism is dense at
+-- decode whatever B);
 -- the tokens actually read are recorded (tokens_read) and shown beside the
--- budget. A method that fails (hylra at model level has no layer plan from
--- the runner) is recorded as failed with its reason.
+-- budget; hylra runs at model level with full_every = 2 (no profiling pass
+-- in the runner). A method that fails is recorded as failed with its reason.
 --   sparselab run experiments/decode_frontier.lua [DB] [--quick]
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
@@ -48,7 +50,10 @@ local db, run_id = sl.experiment{db = db_path, seed = 1, config = {budgets = BUD
   page = PAGE, methods = methods, text = text_name, quick = quick}}
 
 local function params_for(id, b)
-  local p = {page = PAGE}
+  local m = sl.methods.get(id)
+  local p = {}
+  if m.params.page then p.page = PAGE end
+  if m.params.bq then p.bq, p.bk = 16, 16 end
   if id == "delta_layer_aware" then p.budget = math.max(1, b // PAGE); p.recent = 1
   elseif id == "twilight_topp" then p.budget = 2 * b; p.p = 0.9
   elseif id == "snapkv" or id == "ada_snapkv" then p.budget = b; p.obs_window = OBS; p["local"] = math.min(16, b // 2)
@@ -58,6 +63,10 @@ local function params_for(id, b)
   elseif id == "lserve" then p.dec_budget = b; p.static_sparsity = 0; p.sub_chunks = 2; p.page = PAGE // 2
   elseif id == "streaming_llm" then p.n_init = 4; p.n_local = math.max(1, b - 4)
   elseif id == "sliding_window" then p.w = b
+  elseif id == "s2_attention" then p.block = PAGE; p.local_blocks = math.max(1, b // (2 * PAGE)); p.vert_stride = 8
+  elseif id == "sparsemm" then p.base_capacity = b; p.window = math.min(16, b // 2)
+  elseif id == "prism" then p.p = 0.95   -- decode falls back to dense: the budget does not apply
+  elseif id == "hylra" then p.budget = b; p.full_every = 2   -- the runner does not profile: FULL every 2nd layer
   else p.budget = b end
   return p
 end

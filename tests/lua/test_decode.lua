@@ -684,6 +684,12 @@ test("hylra: DP plan = brute force; reuse equals saved; dense at k >= n; first-k
   decode.prefill(st3, 0, kp, vp)
   raises(function() decode.step("hylra", st3, {q = qp, k = kp:narrow(2, 1, 1), v = vp:narrow(2, 1, 1), layer = 0}, p) end,
     "hylra: no layer plan", "no plan")
+  local st4 = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 0, 1 do decode.prefill(st4, l, kp:narrow(2, 1, 119), vp:narrow(2, 1, 119)) end
+  decode.step("hylra", st4, {q = qp, k = kp:narrow(2, 120, 1), v = vp:narrow(2, 120, 1), layer = 0}, {budget = 80, full_every = 2})
+  local o1 = decode.step("hylra", st4, {q = qp, k = kp:narrow(2, 120, 1), v = vp:narrow(2, 120, 1), layer = 1},
+    {budget = 80, full_every = 2})
+  eq(#o1.pages:totable()[1][1], 80, "full_every: layer 1 reuses layer 0's set")
   -- profiling on this step: the peaked layers are similar to themselves
   local sim, sens = hy.profile({{q = qp, k = kp, v = vp}, {q = qp, k = kp, v = vp}}, pp)
   near(sim[1][2], 1, 1e-12, "identical layers overlap fully")

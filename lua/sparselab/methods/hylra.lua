@@ -18,7 +18,9 @@
 --      decode state; REUSE(i) layers attend over layer i's set of the step.
 -- Not implemented: index-guided prefetch of offloaded KV; the prefill side.
 -- Unknowns chosen (no code was available): k = budget (2048), theta 0.85,
--- profiling on the caller's calibration step (per-layer q, k, v).
+-- profiling on the caller's calibration step (per-layer q, k, v); without a
+-- plan, full_every = k > 0 makes every k-th layer FULL (a fixed stand-in,
+-- not the DP).
 -- Kernel level (one layer, no plan): the layer is a REUSE layer of itself
 -- (its own top-k), i.e. the oracle of the head-agnostic set.
 local sl = require "sparselab"
@@ -38,6 +40,7 @@ local M = {
     theta = {default = 0.85, min = 0, max = 1, doc = "least index overlap for reuse"},
     tolerance = {default = 0.1, min = 0, doc = "profiling: rel_l2 above which a layer is sensitive"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
+    full_every = {default = 0, min = 0, int = true, doc = "without a plan in the state: FULL every k-th layer, the others reuse (0: a plan is required)"},
   },
   ops = {"page.token_scores", "page.attend"},
   checks = {"the DP plan has the fewest FULL layers (brute force), ties by similarity", "budget >= n is dense",
@@ -135,11 +138,18 @@ end
 function M.decode(st, ls, step, p, score_fn)
   local layer, cache, q = step.layer or 0, ls.cache, step.q
   local n, hq, d = cache:len(), q:shape()[1], cache:head_dim()
-  if not st.plan and not step.self_select then
-    sl.fail("hylra: no layer plan in the decode state (st.plan from hylra.plan / hylra.profile)")
+  if not st.plan and not step.self_select and p.full_every == 0 then
+    sl.fail("hylra: no layer plan in the decode state (st.plan from hylra.plan / hylra.profile, or full_every > 0)")
   end
   st.hylra_sets = st.hylra_sets or {}
-  local role = step.self_select and -1 or (st.plan[layer + 1] or 0)
+  local role
+  if step.self_select then
+    role = -1
+  elseif st.plan then
+    role = st.plan[layer + 1] or 0
+  else
+    role = layer % p.full_every == 0 and 0 or layer - layer % p.full_every + 1
+  end
   local positions
   if role == 0 or role == -1 then
     local set = topk_set(cache, q, p.budget, step.backend, score_fn)
