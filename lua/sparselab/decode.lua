@@ -388,9 +388,8 @@ function D.step(method, st, step, params)
   ls.cache:append(step.k, step.v)
   ls.seen = (ls.seen or 0) + 1
   local p = sl.registry.resolve(m, params)
-  local out = m.decode(st, ls, step, p)
-  if layer == 0 then st.steps = st.steps + 1 end
-  return out
+  if layer == 0 then st.steps = st.steps + 1 end   -- a step starts at layer 0
+  return m.decode(st, ls, step, p)
 end
 
 --- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R
