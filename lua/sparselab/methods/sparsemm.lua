@@ -93,10 +93,12 @@ function M.decode(st, ls, step, p, importance)
   return decode.kept_step(ls, step.q, ls.kept, step.backend)
 end
 
---- Kernel level: a decode problem with the prompt's queries in
+--- Kernel level: a prefill problem (n_q = n_k) runs dense (the compression
+--- happens after the prefill); a decode problem needs the prompt's queries in
 --- problem.state.obs_q (and head scores in problem.state.head_scores, a list
 --- per KV head of this layer).
 function M.run(prob, p)
+  if prob.q:shape()[2] == prob.k:shape()[2] then return decode.kernel_run(M, prob, p, {}) end
   local obs = prob.state and prob.state.obs_q
   if not obs then sl.fail("sparsemm: a decode problem needs the prompt's queries (problem.state.obs_q [Hq, w, D])") end
   local hs = prob.state.head_scores
