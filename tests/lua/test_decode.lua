@@ -898,4 +898,29 @@ test("sparsemm: budgets sum and floor, uniform = SnapKV budgets, head scores shi
   truthy(r.metrics.rel_l2 <= 1e-5, "budget >= prompt keeps everything")
 end)
 
+-- ---- video_xl2 ----
+
+test("video_xl2: every chunk selected = dense; forced chunks; relevant chunks beat the first ones", function()
+  local vx = sl.methods.get("video_xl2")
+  local qp, kp, vp = peaked(160, 8, 211)
+  local function run(p, scorer)
+    local st = decode.begin("video_xl2", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return vx.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(vx, p), scorer), ls.cache
+  end
+  local all, cache = run({topk = 40, chunk = 8, step = 4})
+  local od = decode.attend(cache, qp, decode.all_pages(HQ, 1, cache:pages()))
+  eq(sl.metric.max_abs(all.o, od) < 1e-6, true, "every chunk dense = dense attention")
+  local out = run({topk = 6, chunk = 8, step = 8})
+  for _, c in ipairs{0, 1, 19} do truthy(out.keep[c], "chunk " .. c .. " is always dense") end
+  local n = 0
+  for _ in pairs(out.keep) do n = n + 1 end
+  eq(n, 9, "topk + 3 dense chunks")
+  truthy(recall_of(out, qp, cache) >= 0.85, "video_xl2 recall " .. recall_of(out, qp, cache))
+  local bad = run({topk = 6, chunk = 8, step = 8}, function(nc) return sl.zeros({HQ, 1, nc}) end)
+  truthy(recall_of(bad, qp, cache) < 0.85, "first chunks must fail: recall " .. recall_of(bad, qp, cache))
+end)
+
 H.done()
