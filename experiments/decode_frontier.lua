@@ -21,7 +21,8 @@
 -- lserve's dense heads dec_budget = B; double_sparsity r = 4 of the 8
 -- channels, since d/8 would leave one; s2_attention B/16 local blocks of 8
 -- plus its strided shards; sparsemm base capacity B; prism is dense at
--- decode whatever B);
+-- decode whatever B; video_xl2 B/8 dense chunks of 8, the others pooled to
+-- one token each);
 -- the tokens actually read are recorded (tokens_read) and shown beside the
 -- budget; hylra runs at model level with full_every = 2 (no profiling pass
 -- in the runner). A method that fails is recorded as failed with its reason.
@@ -67,6 +68,7 @@ local function params_for(id, b)
   elseif id == "sparsemm" then p.base_capacity = b; p.window = math.min(16, b // 2)
   elseif id == "prism" then p.p = 0.95   -- decode falls back to dense: the budget does not apply
   elseif id == "hylra" then p.budget = b; p.full_every = 2   -- the runner does not profile: FULL every 2nd layer
+  elseif id == "video_xl2" then p.chunk = PAGE; p.step = PAGE; p.topk = math.max(0, b // PAGE - 3)
   else p.budget = b end
   return p
 end
