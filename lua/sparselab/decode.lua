@@ -276,7 +276,7 @@ function D.state(method, o)
     sl.fail("%s: decode state: hq = %d is not a multiple of hkv = %d", method, o.hq, o.hkv)
   end
   return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
-    steps = 0, layers = {}, log = {}}, State)
+    steps = 0, layers = {}}, State)
 end
 
 --- The per-layer part of the state (created on first use).
