@@ -923,4 +923,47 @@ test("video_xl2: every chunk selected = dense; forced chunks; relevant chunks be
   truthy(recall_of(bad, qp, cache) < 0.85, "first chunks must fail: recall " .. recall_of(bad, qp, cache))
 end)
 
+-- ---- zipvl ----
+
+test("zipvl: 8-bit everywhere is near dense; the set holds tau of the importance; position order fails", function()
+  local zv = sl.methods.get("zipvl")
+  local qp, kp, vp = peaked(160, 8, 221)
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 8, D}, {seed = 222, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 8 do obs[h][i] = {}; for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end end
+  end
+  obs = sl.tensor(obs)
+  local function run(p, imp_fn)
+    local st = decode.begin("zipvl", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159), {q = obs})
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return zv.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(zv, p), imp_fn), ls.cache
+  end
+  local hi, cache = run({tau = 1, bits_high = 8, bits_low = 8, probe = 8})
+  local od = decode.attend(cache, qp, decode.all_pages(HQ, 1, cache:pages()))
+  truthy(sl.metric.rel_l2(hi.o, od) < 0.02, "8-bit K/V is close to dense: " .. sl.metric.rel_l2(hi.o, od))
+  local row = {0.3, -1.2, 2.0, 0.7}
+  local qd = zv.qdq(row, 2)
+  for i, x in ipairs(qd) do truthy(math.abs(x - row[i]) <= (3.2 / 3) / 2 + 1e-12, "2-bit error within half a step") end
+  local p = {tau = 0.6, bits_high = 8, bits_low = 2, probe = 8}
+  local good = run(p)
+  local n_set = 0
+  for _ in pairs(good.important) do n_set = n_set + 1 end
+  truthy(n_set < 100, "a peaked prompt needs few important tokens: " .. n_set)
+  local eg = sl.metric.rel_l2(good.o, od)
+  local bad = run(p, function(n0)
+    local imp = {}
+    for j = 1, n0 do imp[j] = 1 / j end   -- position order, the same mass curve shape
+    return imp
+  end)
+  local eb = sl.metric.rel_l2(bad.o, od)
+  truthy(eb > eg * 1.5, string.format("importance (rel_l2 %.3f) must beat position order (%.3f)", eg, eb))
+  local r = sl.eval("zipvl", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {tau = 1, bits_high = 8, bits_low = 8}})
+  truthy(r.metrics.rel_l2 < 0.02, "kernel level: 8-bit everywhere close to dense")
+end)
+
 H.done()
