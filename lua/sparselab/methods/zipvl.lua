@@ -13,9 +13,10 @@
 --   3. normalised importance: column sums divided by the number of probe
 --      rows that see the column (causal correction);
 --   4. T = the top-p tokens, U = the rest;
---   6. KV cache: K and V of T quantised to b_h bits, of U to b_l bits (per
---      token asymmetric min/max over the channels, the cache's low-bit
---      scheme), kept dequantised beside the cache;
+--   6. KV cache: K and V of T quantised to b_h bits, of U to b_l bits,
+--      asymmetric min/max (the card: bit layout unknown; read as KIVI's: K
+--      per channel over the tokens of its precision class, V per token over
+--      its channels), kept dequantised beside the cache;
 --   7. decode: dense attention over the mixed cache plus every generated
 --      token (full precision).
 -- Not implemented: step 5 (token-level sparse prefill: the prefill here is
@@ -89,10 +90,26 @@ function M.important(cache, obs, n0, p, backend, imp_fn)
   return set
 end
 
-local function mixed(t, n0, set, p)
+-- V: per token over its channels. K: per channel over the tokens of the
+-- same precision class (KIVI's layout: keys have outlier channels, which a
+-- per-token range would spread over every channel).
+local function mixed(t, n0, set, p, per_channel)
   local rows = t:narrow(2, 1, n0):totable()
   for _, head in ipairs(rows) do
-    for j, row in ipairs(head) do head[j] = qdq(row, set[j - 1] and p.bits_high or p.bits_low) end
+    if not per_channel then
+      for j, row in ipairs(head) do head[j] = qdq(row, set[j - 1] and p.bits_high or p.bits_low) end
+    else
+      for _, high in ipairs{true, false} do
+        local idx = {}
+        for j = 1, n0 do if (set[j - 1] == true) == high then idx[#idx + 1] = j end end
+        for c = 1, #head[1] do
+          local col = {}
+          for i, j in ipairs(idx) do col[i] = head[j][c] end
+          local q = qdq(col, high and p.bits_high or p.bits_low)
+          for i, j in ipairs(idx) do head[j][c] = q[i] end
+        end
+      end
+    end
   end
   return sl.tensor(rows)
 end
@@ -105,7 +122,7 @@ function M.decode(st, ls, step, p, imp_fn)
     local w = math.min(p.probe, ls.obs_q:shape()[2], n0)
     local obs = ls.obs_q:narrow(2, ls.obs_q:shape()[2] - w + 1, w)
     local set = M.important(cache, obs, n0, p, step.backend, imp_fn)
-    ls.zipvl = {set = set, k = mixed(cache:tensor("k"), n0, set, p), v = mixed(cache:tensor("v"), n0, set, p)}
+    ls.zipvl = {set = set, k = mixed(cache:tensor("k"), n0, set, p, true), v = mixed(cache:tensor("v"), n0, set, p)}
   end
   local k, v = ls.zipvl.k, ls.zipvl.v
   if n > n0 then
@@ -116,7 +133,7 @@ function M.decode(st, ls, step, p, imp_fn)
   local n_high = 0
   for _ in pairs(ls.zipvl.set) do n_high = n_high + 1 end
   local d = cache:head_dim()
-  -- bytes read: the prompt at its bits (+ lo, step per token), generated tokens f32
+  -- bytes read: the prompt at its bits (+ lo, step per token or channel), generated tokens f32
   local bytes = cache:heads() * 2 * (n_high * (d * p.bits_high / 8 + 8) + (n0 - n_high) * (d * p.bits_low / 8 + 8) +
     (n - n0) * 4 * d)
   return {o = o, lse = lse, important = ls.zipvl.set,
