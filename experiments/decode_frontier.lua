@@ -68,6 +68,7 @@ local function params_for(id, b)
   elseif id == "sparsemm" then p.base_capacity = b; p.window = math.min(16, b // 2)
   elseif id == "prism" then p.p = 0.95   -- decode falls back to dense: the budget does not apply
   elseif id == "hylra" then p.budget = b; p.full_every = 2   -- the runner does not profile: FULL every 2nd layer
+  elseif id == "loopserve" then p.dec_budget = math.max(1, b - 4); p.dec_window = 4; p.dec_interval = 4
   elseif id == "zipvl" then p.tau = 0.9; p.probe = OBS   -- reads every token at 4 / 2 bits: the budget does not apply
   elseif id == "video_xl2" then p.chunk = PAGE; p.step = PAGE; p.topk = math.max(0, b // PAGE - 3)
   else p.budget = b end

@@ -977,4 +977,45 @@ test("zipvl: 8-bit everywhere is near dense; the set holds tau of the importance
   truthy(r.metrics.rel_l2 < 0.02, "kernel level: 8-bit everywhere close to dense")
 end)
 
+-- ---- loopserve decode ----
+
+test("loopserve decode: re-selection every interval from recent outputs; dense at budget; blind selection fails", function()
+  local lp = sl.methods.get("loopserve")
+  local qp, kp, vp = peaked(160, 8, 231)
+  local p = sl.registry.resolve(lp, {dec_budget = 40, dec_window = 4, dec_interval = 3})
+  local function run(importance)
+    local st = decode.begin("loopserve", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 150), vp:narrow(2, 1, 150))
+    local outs = {}
+    for t = 1, 10 do
+      st.steps = st.steps + 1
+      local ls = st:layer(0)
+      ls.cache:append(kp:narrow(2, 150 + t, 1), vp:narrow(2, 150 + t, 1))
+      local qn = sl.randn({HQ, 1, D}, {seed = 240 + t, std = 0.05}):totable()
+      for h = 1, HQ do for c = 1, D do qn[h][1][c] = qn[h][1][c] + qp:totable()[h][1][c] end end
+      outs[t] = {out = lp.decode(st, ls, {q = sl.tensor(qn), layer = 0}, p, importance), q = sl.tensor(qn)}
+    end
+    return outs, st:layer(0).cache
+  end
+  local outs, cache = run(nil)
+  truthy(outs[1].out.selection and outs[2].out.selection == outs[1].out.selection and
+    outs[3].out.selection == outs[1].out.selection and outs[4].out.selection ~= outs[1].out.selection,
+    "re-selected every dec_interval steps")
+  local last = outs[10]
+  truthy(recall_of(last.out, last.q, cache) >= 0.9, "loopserve recall " .. recall_of(last.out, last.q, cache))
+  local bouts = run(function(_, _, n)
+    local imp = {}
+    for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+    return imp
+  end)
+  truthy(recall_of(bouts[10].out, bouts[10].q, cache) < 0.9, "position-order selection must fail")
+  -- a budget above the cache: every token, dense
+  local st = decode.begin("loopserve", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159))
+  local full = decode.step("loopserve", st, {q = qp, k = kp:narrow(2, 160, 1), v = vp:narrow(2, 160, 1), layer = 0},
+    {dec_budget = 4096})
+  local od = decode.attend(st:layer(0).cache, qp, decode.all_pages(HQ, 1, st:layer(0).cache:pages()))
+  truthy(sl.metric.rel_l2(full.o, od) <= 1e-6, "budget above the cache is dense")
+end)
+
 H.done()
