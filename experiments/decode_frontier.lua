@@ -69,6 +69,9 @@ local function params_for(id, b)
   elseif id == "prism" then p.p = 0.95   -- decode falls back to dense: the budget does not apply
   elseif id == "hylra" then p.budget = b; p.full_every = 2   -- the runner does not profile: FULL every 2nd layer
   elseif id == "loopserve" then p.dec_budget = math.max(1, b - 4); p.dec_window = 4; p.dec_interval = 4
+  elseif id == "videoxl2_chunk_prefill" then   -- a small template: chunks of one 16-token group
+    p.prefix_len, p.ts_len, p.group_tokens, p.block_size, p.suffix_len = 4, 2, 14, 1, 8
+    p.dec_step = 14; p.dec_topk = math.max(0, b // 16 - 2)
   elseif id == "zipvl" then p.tau = 0.9; p.probe = OBS   -- reads every token at 4 / 2 bits: the budget does not apply
   elseif id == "video_xl2" then p.chunk = PAGE; p.step = PAGE; p.topk = math.max(0, b // PAGE - 3)
   else p.budget = b end

@@ -1018,4 +1018,35 @@ test("loopserve decode: re-selection every interval from recent outputs; dense a
   truthy(sl.metric.rel_l2(full.o, od) <= 1e-6, "budget above the cache is dense")
 end)
 
+-- ---- videoxl2_chunk_prefill decode (bi-level KV on the template) ----
+
+test("videoxl2_chunk_prefill decode: all chunks dense = dense; timestamps kept; relevant chunks beat the first", function()
+  local vx = sl.methods.get("videoxl2_chunk_prefill")
+  local qp, kp, vp = peaked(160, 8, 251)
+  local base = {prefix_len = 4, ts_len = 2, group_tokens = 10, block_size = 1, suffix_len = 8, dec_step = 10}
+  local function run(extra, scorer)
+    local p = {}
+    for key, val in pairs(base) do p[key] = val end
+    for key, val in pairs(extra) do p[key] = val end
+    local st = decode.begin("videoxl2_chunk_prefill", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return vx.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(vx, p), scorer), ls.cache
+  end
+  local all, cache = run({dec_topk = 100})
+  local od = decode.attend(cache, qp, decode.all_pages(HQ, 1, cache:pages()))
+  truthy(sl.metric.max_abs(all.o, od) < 1e-6, "every chunk dense = dense attention")
+  local out = run({dec_topk = 4})
+  -- prompt 159 tokens: prefix 4, visual [4, 151) = 12 groups of 2 timestamps +
+  -- 10 visual tokens and a last partial one of 3 tokens (13 chunks), suffix 8
+  truthy(out.keep[1] and out.keep[13], "first and last visual chunks dense")
+  -- dense: chunk 1 (12), chunk 13 (3), 4 relevant (48); 7 compressed chunks
+  -- to 2 timestamps + 1 pooled row; prefix 4; suffix 8 + the new token
+  eq(out.stats.tokens_read, 4 + 63 + 21 + 9, "mixed cache rows")
+  local good = recall_of(out, qp, cache)
+  local bad = recall_of(run({dec_topk = 4}, function(nc) return sl.zeros({HQ, 1, nc}) end), qp, cache)
+  truthy(good >= 0.85 and bad < good - 0.1, string.format("relevant chunks (recall %.3f) beat the first ones (%.3f)", good, bad))
+end)
+
 H.done()
