@@ -875,6 +875,105 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * step), -qmax, qmax), computed in f32 (the rule of score.lowbit), so y holds
  * exactly the values an integer kernel would multiply (times its scale).
  * Output [H, N, D]. FLOPs: 3 per element. */
+/* ---- decode: paged KV cache (issue 13) ----
+ * Decode reads a cache of keys and values in pages of P tokens: page p of a
+ * cache of n tokens covers tokens [p.P, min((p+1).P, n)); n_p = ceil(n/P).
+ *
+ * page.meta: input k [H, n, D] (n >= 1), param page P. Outputs min, max and
+ * mean, each [H, n_p, D]: per page and channel the minimum, maximum and mean
+ * of the page's keys (a partial last page over the tokens it has). The
+ * rebuild oracle of sl_kvcache's incremental metadata.
+ *
+ * page.bounds (Quest): inputs q [Hq, R, D], min and max [Hkv, n_p, D] with
+ * Hq a multiple of Hkv (query head h reads kv head h / (Hq/Hkv)). Output
+ * scores [Hq, R, n_p]: U = sum_c max(q[c].min[p,c], q[c].max[p,c]) (float64
+ * sums), an upper bound of q.k for every key k of page p, reached when one
+ * key holds every channel's extreme. No scale. No parameters.
+ *
+ * page.select: input scores [H, R, n_p] (-inf allowed: never preferred over
+ * a finite score but still taken when k asks for more). Params k, group g (H
+ * a multiple of g), sink, last. Output pages i32 [H/g, R, min(k, n_p)]: for
+ * list l and row r, the aggregated score s_p = sum over heads l.g .. l.g+g-1
+ * of scores[h, r, p] (float64 sum rounded to float); pages are ranked by
+ * (forced first: the last page when last = 1, then the first `sink` pages in
+ * index order), then by s_p descending, ties to the lower index; the first
+ * min(k, n_p) of that ranking are written in ascending page order.
+ *
+ * page.attend: inputs q [Hq, R, D], k and v [Hkv, N, D], pages i32 [Hs, R, m]
+ * with Hq a multiple of Hs and Hs a multiple of Hkv (query head h uses list
+ * h / (Hq/Hs); lists shared by a GQA group have Hs = Hkv). Params page P, n
+ * (keys 0..n-1 exist; 0: n = N; R <= n <= N), causal, split, scale. Entries
+ * are page ids in [0, ceil(n/P)) strictly increasing, or -1 (padding, at the
+ * end of a list). Row r of query head h attends every key j of its listed
+ * pages with j < n and (causal: j <= n - R + r): O [Hq, R, D] and L [Hq, R]
+ * (natural log of the sum of exp(scale.q.k)); a row with no key: O = 0,
+ * L = -inf. cpu and cuda split each list into partials of `split` entries
+ * (0: their own choice) merged through their log-sum-exps. k and v are read
+ * only at the listed pages: a NaN or infinity there makes the call fail.
+ *
+ * page.select with p > 0 (top-p, Twilight): the same ranking; with the
+ * softmax weights w = exp(s - max s) of the row's aggregated scores (float64,
+ * total summed in ranking order), entries are taken in ranking order while
+ * fewer than min(k, n_p) are taken: forced ones always; others stop at the
+ * first -inf score or once the mass taken reaches p.total (p = 1: every
+ * finite entry). Taken pages are written ascending, the rest of the row -1.
+ *
+ * page.token_scores: inputs q [Hq, R, D], k [Hkv, N, D], opt.channels i32
+ * [Hc, r] (Hc = Hq or Hkv; distinct channels in [0, D); absent: all D),
+ * opt.pages i32 [Hs, R, m] (as page.attend's lists; absent: every key).
+ * Params page, n (0: N), causal, bits, scale (0: 1/sqrt(r)). Output scores
+ * [Hq, R, n]: for query head h, row i and key j: -inf when j is outside the
+ * row's listed pages or (causal) j > n - R + i; else scale . sum over c in C
+ * of q[h, i, c] . k'[j, c], where k' = k when bits = 0 and otherwise each
+ * key's values on C quantised per token: lo, hi its min and max over C, step
+ * (hi - lo) / (2^bits - 1), k' = lo + round((k - lo) / step) . step (k' = k
+ * when step = 0). Query head h reads kv head h / (Hq/Hkv), channel row
+ * h / (Hq/Hc), list h / (Hq/Hs).
+ *
+ * page.qscores: inputs q [Hq, R, D], kq u8 [Hkv, N, D] (codes), kscale float
+ * [Hkv, N, 2] (per key lo and step: sl_kvcache_set_bits), opt.pages as
+ * page.token_scores. Params page, n, causal, scale (0: 1/sqrt(D)). Output
+ * [Hq, R, n]: -inf outside the listed pages or past the causal limit, else
+ * scale . sum_c q[c] . (lo + kq[c] . step) (float64 sums). */
+
+/* ---- the paged KV cache object (core/kvcache.c, issue 13) ----
+ * Keys and values of H kv heads, head dim D, in pages of P tokens, with the
+ * page metadata of page.meta kept up to date incrementally: an append folds
+ * the new keys into the min, max and running sum of the pages they land in,
+ * an eviction compacts each head's tokens and rebuilds the pages from the
+ * first one it touched. Every head holds the same number of tokens. Host
+ * memory: the K and V storage (capacity grows by half) and 3 metadata rows of
+ * D floats per page: 1 + 3/(2P) of the raw f32 K/V (1.094 at P = 16). */
+typedef struct sl_kvcache sl_kvcache;
+
+/* A cache of heads x head_dim with pages of `page` tokens (every count >= 1). */
+sl_status sl_kvcache_new(sl_ctx *ctx, int64_t heads, int64_t head_dim, int64_t page, sl_kvcache **out);
+void sl_kvcache_free(sl_kvcache *c);
+/* Appends k and v, float [H, t, D] each (t >= 1, finite). */
+sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, const sl_tensor *v);
+/* Removes, in every head h, the tokens idx[h, 0..m-1] (i32 [H, m], strictly
+ * increasing per head, each < length); later tokens move down. */
+sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx);
+int64_t sl_kvcache_len(const sl_kvcache *c);
+int64_t sl_kvcache_pages(const sl_kvcache *c);
+int64_t sl_kvcache_page_size(const sl_kvcache *c);
+int64_t sl_kvcache_heads(const sl_kvcache *c);
+int64_t sl_kvcache_head_dim(const sl_kvcache *c);
+/* Bytes held (storage and metadata at current capacity). */
+size_t sl_kvcache_bytes(const sl_kvcache *c);
+/* New tensors (caller owns): which = "k" or "v": the storage [H, capacity,
+ * D] sharing the cache's buffer (rows past sl_kvcache_len are zero; valid
+ * until the next append or evict: pass n = len to page.attend); "min",
+ * "max", "mean": copies [H, n_p, D]. Fails on an empty cache. */
+sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which, sl_tensor *out);
+/* Keeps a low-bit copy of K beside it (bits 2..8; 0: none), set before the
+ * first append: per token asymmetric min/max over the D channels, codes
+ * round((k - lo) / step) with step = (hi - lo) / (2^bits - 1) (the
+ * quantisation of page.token_scores' `bits`), read as "kq" (u8 [H, capacity,
+ * D], sharing the buffer) and "kscale" (f32 [H, capacity, 2]: lo, step) by
+ * page.qscores. Costs D + 8 bytes per token and head. */
+sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits);
+int sl_kvcache_bits(const sl_kvcache *c);
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

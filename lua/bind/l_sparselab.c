@@ -15,6 +15,7 @@
 #include "l_shape.h"
 #include "l_io.h"
 #include "l_json.h"
+#include "l_kvcache.h"
 #include "l_mask.h"
 #include "l_model.h"
 #include "l_op.h"
@@ -99,6 +100,7 @@ int luaopen_sparselab(lua_State *L)
     sl__lua_open_fit(L);
     sl__lua_open_png(L);
     sl__lua_open_shape(L);
+    sl__lua_open_kvcache(L);
     sl__lua_open_store(L);
     lua_setfield(L, -2, "store");
     lua_pushcfunction(L, sl__lua_json_encode);

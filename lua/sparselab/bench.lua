@@ -203,6 +203,8 @@ function B.run(o)
   if o.decode ~= false then
     B.decode(results, {quick = quick, backend = backend, reps = reps, n = o.decode_n, sel = o.decode_keys,
       nq = o.decode_nq, parts = o.decode_parts})
+    -- the paged cache of issue 13: page-sparse decode, metadata update, memory
+    require("sparselab.bench_decode").run(results, {quick = quick, backend = backend, reps = reps, n = o.decode_n})
   end
   return results
 end

@@ -162,6 +162,7 @@ function E.run(method, prob, opts)
     n_q = qs[2], n_k = ks[2], head_dim = qs[3], heads = qs[1], kv_heads = ks[1],
     backend = prob.backend, metrics = metrics, o = out.o, lse = out.lse, mask = out.mask,
     semantic_mask = out.semantic_mask, -- the paper's mask where the method's executed mask differs
+    steps = out.steps, dense_o = dense.o, dense_lse = dense.lse,
   }
 end
 

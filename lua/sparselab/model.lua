@@ -105,6 +105,43 @@ local function hook_for(schedule)
   end
 end
 
+--- The attention hook of a decode method (issue 13): prefill calls (as many
+--- query rows as keys) run the prefill schedule (dense when nil) and fill
+--- the method's decode state with the layer's keys, values and queries;
+--- decode calls (one query row) go through the method's decode hook. Returns
+--- the hook and a function giving the decode state.
+local function decode_hook_for(prefill_schedule, dspec)
+  local decode = require "sparselab.decode"
+  local spec = normalise(dspec)
+  if not spec then sl.fail("model: decode = expects a decode method (dense needs no decode hook)") end
+  local m = spec.method
+  if not m.decode then sl.fail("model: %s has no decode hook (phase %s)", m.id, tostring(m.phase)) end
+  local p = sl.registry.resolve(m, spec.params, spec.budget)
+  local prefill = hook_for(prefill_schedule)
+  local st
+  local function hook(layer, q, k, v)
+    local nq, nk = q:shape()[2], k:shape()[2]
+    if not st then
+      st = decode.state(m.id, {hq = q:shape()[1], hkv = k:shape()[1], d = q:shape()[3], page = p.page or 16,
+        bits = m.cache_bits and m.cache_bits(p) or 0})
+    end
+    local ls = st.layers[layer + 1]
+    if nq == nk or not ls then
+      if nq ~= nk then sl.fail("%s: decode before prefill (layer %d)", m.id, layer) end
+      local o = prefill and prefill(layer, q, k, v) or sl.attn.dense(q, k, v, {causal = true})
+      decode.prefill(st, layer, k, v, {q = q})
+      return o
+    end
+    if nq ~= 1 then sl.fail("%s: a decode step takes one query row, the model gave %d", m.id, nq) end
+    if ls.seen ~= nk - 1 then
+      sl.fail("%s: decode state out of step with the model (layer %d has seen %d tokens, the model %d)", m.id, layer,
+        ls.seen, nk - 1)
+    end
+    return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer}, p).o
+  end
+  return hook, function() return st end
+end
+
 local function tokens_of(self, o)
   local tokens = o.tokens or (o.text and self:encode(o.text))
   if not tokens then sl.fail("model: give tokens = {...} or text = '...'") end
@@ -131,14 +168,44 @@ function Model:evaluate(o)
     kl = c.kl, top1 = c.top1, n = c.n}, tokens
 end
 
---- m:generate{prompt = ids | text =, steps = 64, attention =, temperature = 0, seed = 1}
---- -> ids (prompt included), text of the generated part
+--- m:evaluate_decode{tokens = | text =, prefix = n0, decode = spec, attention = prefill schedule}
+--- teacher-forced scoring through the cache: the first n0 tokens are one
+--- prefill (attention schedule, dense by default), every later token one
+--- decode step through the decode method's hook. Metrics against dense as
+--- in evaluate, over the decoded positions only, plus the decode state.
+function Model:evaluate_decode(o)
+  local tokens = tokens_of(self, o)
+  local n0 = o.prefix or #tokens // 2
+  if n0 < 1 or n0 >= #tokens then
+    sl.fail("model: prefix = %s; expected 1 <= prefix < %d tokens", tostring(n0), #tokens)
+  end
+  local dense = self:run{tokens = tokens}
+  local hook, state = decode_hook_for(o.attention, o.decode)
+  local st <close> = self.c:state(#tokens)
+  local pre = {}
+  for i = 1, n0 do pre[i] = tokens[i] end
+  self.c:forward(pre, st, hook)
+  -- rows n0+1 .. n: each a decode step; row i predicts token i+1
+  local rows = {}
+  for i = n0 + 1, #tokens do rows[#rows + 1] = self.c:forward({tokens[i]}, st, hook) end
+  local sparse = sl.cat(rows, 1)
+  local tail = {}
+  for i = n0 + 1, #tokens do tail[#tail + 1] = tokens[i] end
+  local c = sl.model_c.compare(dense:narrow(1, n0 + 1, #tokens - n0):to("f32"), sparse, tail)
+  return {ppl = math.exp(c.nll), ppl_dense = math.exp(c.nll_ref), nll = c.nll, nll_dense = c.nll_ref,
+    kl = c.kl, top1 = c.top1, n = c.n}, state()
+end
+
+--- m:generate{prompt = ids | text =, steps = 64, attention =, decode =, temperature = 0, seed = 1}
+--- -> ids (prompt included), text of the generated part. decode = a decode
+--- method (spec): the prompt runs the attention schedule, every generated
+--- token goes through the method's decode hook.
 function Model:generate(o)
   local ids = {}
   for i, t in ipairs(o.prompt or self:encode(o.text or "")) do ids[i] = t end
   local steps = o.steps or 64
   local st <close> = self.c:state(math.min(self.cfg.seq_len, #ids + steps))
-  local hook = hook_for(o.attention)
+  local hook = o.decode and decode_hook_for(o.attention, o.decode) or hook_for(o.attention)
   local logits = self.c:forward(ids, st, hook)
   local draws = o.temperature and o.temperature > 0 and sl.rand({steps}, {seed = o.seed or 1})
   local start = #ids

@@ -47,6 +47,8 @@ C.list = {
       {"mask-png", "value", "FILE.png", "picture of the executed mask (semantic beside it when the method has one), "
         .. "query blocks x key blocks per head, shaded by attention mass"},
       {"no-causal", "flag", nil, "non-causal attention (methods that are causal only refuse it)"},
+      {"steps", "value", "S", "decode replay: the last S rows of the input are decoded one step at a time through "
+        .. "the method's cache (decode methods); per step: recall, rel_l2, kv_bytes"},
     },
     notes = [[
 Budget: at most one of --budget, --density, --flops, --kv-bytes; without one the method's
@@ -77,6 +79,9 @@ recall_min (worst row), rel_l2, cosine, time_ms split into estimate_ms and execu
       {"budget", "value", "X", "the method's knob"},
       {"param", "multi", "K=V", "a method parameter"},
       {"dense-layers", "value", "N", "keep the first N layers dense"},
+      {"decode", "value", "ID[:K=V,...]", "a decode method run in the runner's decode loop (generation and "
+        .. "teacher-forced scoring through its cache)"},
+      {"prefix", "value", "N", "with --decode: tokens prefilled densely before decoding starts"},
       {"gen", "value", "N", "greedy generation steps compared with dense (default 64)"},
       {"prompt", "value", "TEXT", "unused; kept for scripts that pass it"},
       {"json", "flag", nil, "print one JSON object"},

@@ -298,6 +298,17 @@ function C.eval(argv)
     if layout then sl.fail("--layout is for --qkv tensors; the video workload has its own layout") end
     layout = sl.layout.parse(o.layout)
   end
+  if o.steps then
+    -- decode replay: the last S rows become decode steps through the cache
+    local S = tonumber(o.steps) and math.tointeger(tonumber(o.steps))
+    local n = q:shape()[2]
+    if not S or S < 1 or S >= n then
+      sl.fail("--steps expects an integer in [1, %d) (the rows decoded after the prefix), found '%s'", n, o.steps)
+    end
+    if n ~= k:shape()[2] then sl.fail("--steps needs q with as many rows as k (a captured prefill), found %d and %d", n, k:shape()[2]) end
+    q = q:narrow(2, n - S + 1, S)
+    wp.steps = S
+  end
   local params, budget = method_args(o)
   local reps = 1
   if o.reps then
@@ -346,6 +357,8 @@ function C.eval(argv)
   local flat = {method = r.method, budget = r.budget, workload = r.workload, backend = r.backend,
     n_q = r.n_q, n_k = r.n_k, heads = r.heads, kv_heads = r.kv_heads, head_dim = r.head_dim, params = r.params}
   for key, val in pairs(r.metrics) do flat[key] = val end
+  local per_step = o.steps and require("sparselab.decode").per_step(r.o, r.lse, r.dense_o, r.dense_lse, r.steps)
+  flat.per_step = per_step
   if o.json then
     out(sl.json_encode(flat))
     return
@@ -369,6 +382,12 @@ function C.eval(argv)
   local rows = {}
   for _, key in ipairs(names) do rows[#rows + 1] = {metric = key, value = r.metrics[key]} end
   out(report.table(rows, {"metric", "value"}))
+  if per_step then
+    local cols = {"step", "recall", "rel_l2"}
+    if per_step[1].kv_bytes then cols[#cols + 1] = "kv_bytes" end
+    if per_step[1].tokens_read then cols[#cols + 1] = "tokens_read" end
+    out(report.table(per_step, cols))
+  end
 end
 
 --- eval --mask-png FILE: the executed mask of result r (the semantic one beside it when the
@@ -451,7 +470,9 @@ end
 function C.model(argv)
   local o, pos = parse(argv, 2, "model")
   local path = pos[1]
-  if not path or not o.text then sl.fail("usage: sparselab model PATH --text FILE [--method ID] [--budget X]") end
+  if not path or not o.text then
+    sl.fail("usage: sparselab model PATH --text FILE [--method ID] [--budget X] [--decode ID[:K=V,...] [--prefix N]]")
+  end
   local m = sl.model.load(path)
   local id = o.method or "dense"
   local method = sl.methods.get(id)
@@ -465,13 +486,41 @@ function C.model(argv)
     for l = 0, dense_layers - 1 do attention.layers[l] = "dense" end
   end
   local text = read_file(o.text)
-  local r, tokens = m:evaluate{text = text, attention = attention}
+  -- --decode ID[:K=V,...]: a decode method in the runner's decode loop (the
+  -- text's first --prefix tokens are the prompt, prefilled by --method)
+  local dspec
+  if o.decode then
+    local did, rest = o.decode:match("^([%w_]+):?(.*)$")
+    if not did then sl.fail("--decode expects ID[:K=V,...], found '%s'", o.decode) end
+    local dparams = {}
+    for kv in rest:gmatch("[^,]+") do
+      local key, val = kv:match("^([%w_]+)=(.*)$")
+      if not key then sl.fail("--decode %s: expected K=V, found '%s'", did, kv) end
+      dparams[key] = value_of(val)
+    end
+    local dm = sl.methods.get(did)
+    if not dm.decode then sl.fail("--decode: %s has no decode hook (phase %s)", dm.id, tostring(dm.phase)) end
+    sl.registry.resolve(dm, dparams)
+    dspec = {method = did, params = dparams}
+  end
+  local r, tokens
+  if dspec then
+    tokens = m:encode(text)
+    local prefix = o.prefix and math.tointeger(tonumber(o.prefix)) or #tokens // 2
+    if not prefix or prefix < 1 or prefix >= #tokens then
+      sl.fail("--prefix expects an integer in [1, %d), found '%s'", #tokens, tostring(o.prefix))
+    end
+    r = m:evaluate_decode{tokens = tokens, prefix = prefix, attention = attention, decode = dspec}
+    r.prefix = prefix
+  else
+    r, tokens = m:evaluate{text = text, attention = attention}
+  end
   -- greedy generation from the text's first tokens, dense and with the method
   local steps = tonumber(o.gen or "64")
   local prompt = {}
   for i = 1, math.min(8, #tokens) do prompt[i] = tokens[i] end
   local dense_ids = m:generate{prompt = prompt, steps = steps}
-  local ids, gen_text = m:generate{prompt = prompt, steps = steps, attention = attention}
+  local ids, gen_text = m:generate{prompt = prompt, steps = steps, attention = attention, decode = dspec}
   r.gen_common_prefix = sl.model.common_prefix(dense_ids, ids, #prompt)
   r.gen_steps = steps
   if o.db then
@@ -479,8 +528,9 @@ function C.model(argv)
     local run_id = db:begin_run{script = "sparselab model", argv = argv}
     local metrics = {}
     for k, v in pairs(r) do metrics[k] = v end
-    db:record{run_id = run_id, method = id, params = resolved, workload = "text:" .. o.text,
-      workload_params = {model = path, dense_layers = dense_layers}, phase = "prefill", n_q = r.n + 1,
+    db:record{run_id = run_id, method = dspec and dspec.method or id, params = dspec and dspec.params or resolved,
+      workload = "text:" .. o.text, workload_params = {model = path, dense_layers = dense_layers, prefill = id,
+      prefix = r.prefix}, phase = dspec and "decode" or "prefill", n_q = r.n + 1,
       n_k = r.n + 1, heads = m.cfg.n_heads, kv_heads = m.cfg.n_kv_heads, head_dim = m.cfg.head_dim,
       backend = "cpu", budget = method.knob and resolved[method.knob] or nil, metrics = metrics}
     db:finish_run(run_id, "ok")
@@ -488,12 +538,18 @@ function C.model(argv)
   end
   if o.json then
     local t = {method = id, model = path, text = o.text, budget = method.knob and resolved[method.knob] or nil,
-      params = resolved, dense_layers = dense_layers}
+      params = resolved, dense_layers = dense_layers, decode = dspec and dspec.method or nil,
+      decode_params = dspec and dspec.params or nil}
     for k, v in pairs(r) do t[k] = v end
     out(sl.json_encode(t))
     return
   end
-  out(string.format("%s on %s (%d tokens), model %s", id, o.text, r.n + 1, path))
+  if dspec then
+    out(string.format("%s prefill of %d tokens + %s decoding %d tokens through its cache, %s, model %s", id, r.prefix,
+      dspec.method, r.n + 1, o.text, path))
+  else
+    out(string.format("%s on %s (%d tokens), model %s", id, o.text, r.n + 1, path))
+  end
   local rows = {}
   for _, k in ipairs{"ppl", "ppl_dense", "nll", "nll_dense", "kl", "top1", "gen_common_prefix", "gen_steps"} do
     rows[#rows + 1] = {metric = k, value = r[k]}

@@ -16,8 +16,9 @@
 --      is < p (the crossing block included); mask = mask_H ∪ mask_L;
 --   6. force the sink block (column 0) and the diagonal (recent) block;
 --   7. executor attn.block_sparse (per query head masks).
--- NOT implemented: the decode fallback to dense (phase is prefill); q_norm /
--- k_norm (model-side, before the problem's Q/K).
+--   decode (issue 13): the card's fallback — a decode step (q_len = 1) runs
+--      dense attention over the whole paged cache (decode hook);
+-- NOT implemented: q_norm / k_norm (model-side, before the problem's Q/K).
 -- Reference code (xinghaow99/prism, prism/prism.py: prism_block_estimate,
 -- mean_pool, get_high_freq_components, get_low_freq_components, top_p_select,
 -- prism_attention_forward), read for issue 20: matched — NeoX band maps,
@@ -29,8 +30,8 @@
 -- reference zero-pads Q, K, V to a multiple of B and mean-pools the padded
 -- block with its zero rows (sum / B, also in the calibration rms); here the
 -- last block is the mean of its valid rows (pool.tokens); (b) torch.sort's
--- order among exactly equal scores (here lower block first); (c) its decode
--- fallback to dense (q_len = 1) is not here (phase prefill).
+-- order among exactly equal scores (here lower block first); (c) none left for
+-- the decode fallback (q_len = 1 runs dense through the decode hook).
 -- Unknowns chosen: for head_dim d other than 128 the band widths scale with
 -- d (h = d/2, l = 3d/4, i.e. 64 and 96 at d = 128); the knob p sets both
 -- bands' thresholds (p_high = p_low, as the defaults).
@@ -142,8 +143,8 @@ return {
   card = "prism",
   title = "Prism: Spectral-Aware Block-Sparse Attention",
   family = "block-estimate",
-  phase = "prefill",
-  summary = "Mean-pooled block estimate split into high/low RoPE frequency bands, top-p per band, union + sink + diagonal.",
+  phase = "both",
+  summary = "Mean-pooled block estimate split into high/low RoPE frequency bands, top-p per band, union + sink + diagonal; decode falls back to dense.",
   knob = "p",
   knob_direction = 1,
   params = {
@@ -165,4 +166,11 @@ return {
   band_dims = band_dims,
   mask = function(prob, p) return (estimate(prob, p)) end,
   run = E.block_run(estimate),
+  -- decode fallback: dense attention over every cached token
+  decode = function(st, ls, step, p)
+    local decode = require "sparselab.decode"
+    local n, hq = ls.cache:len(), step.q:shape()[1]
+    local o, lse = decode.attend_tokens(ls.cache, step.q, decode.token_range(hq, 0, n), {backend = step.backend})
+    return {o = o, lse = lse, stats = {tokens_read = n, density = 1, kv_bytes = 8 * ls.cache:head_dim() * n * ls.cache:heads()}}
+  end,
 }

@@ -12,7 +12,14 @@
 --      mask has Hkv heads);
 --   6. executor: attn.block_sparse (executor blocks bq/bk are independent of
 --      the pattern's `block`; partial blocks carry exact token bits).
--- Not here: KV-cache eviction (step 5), the relative ("bidirectional")
+--   decode (issue 13): a decode hook over the paged cache — the new query
+--      (position n - 1, query block r) of KV head h attends to the key blocks
+--      of its pattern's last row: local blocks r - c < local_blocks and the
+--      head's strided residue, dense heads everything (page.attend with pages
+--      = pattern blocks, one list per KV head); equals the prefill mask's row.
+-- Not here: KV-cache eviction (step 5: the blocks a head no longer needs are
+-- left out of its reads, not freed — the cache keeps equal lengths per
+-- head), the relative ("bidirectional")
 -- variant, homo_head (use head_step = vert_stride to give every head the same
 -- residue), hybrid dense/S2 layers (use sl.assign.layers, step 7).
 -- Unknowns chosen: defaults from the README example (block 64,
@@ -33,6 +40,24 @@ local function mask_for(prob, p)
     end
   end
   return recipe.materialize(sl.mask.assign(items), prob, p, hkv)
+end
+
+-- Decode: the key blocks of KV head h's pattern row for a query at position
+-- n - 1 (Lua lists of 0-based block ids per KV head).
+local function decode_blocks(n, hkv, p)
+  local step = p.head_step > 0 and p.head_step or math.max(1, p.vert_stride // hkv)
+  local r = (n - 1) // p.block
+  local lists = {}
+  for h = 0, hkv - 1 do
+    local l = {}
+    for c = 0, r do
+      local keep = h >= hkv - p.num_dense_heads or r - c < p.local_blocks or
+        (c + h * step + p.offset) % p.vert_stride == 0
+      if keep then l[#l + 1] = c end
+    end
+    lists[h + 1] = l
+  end
+  return lists
 end
 
 return {
@@ -58,4 +83,15 @@ return {
     "diagonal block always present"},
   mask = mask_for,
   run = recipe.block_sparse_run(mask_for),
+  decode = function(st, ls, step, p)
+    local decode = require "sparselab.decode"
+    local cache = ls.cache
+    local n, hkv = cache:len(), cache:heads()
+    local lists = decode.lists_tensor(decode_blocks(n, hkv, p))
+    local o, lse = sl.page.attend(step.q, cache:tensor("k"), cache:tensor("v"), lists,
+      {page = p.block, n = n, backend = step.backend})
+    local _, tokens = decode.pages_read(lists, p.block, n)
+    return {o = o, lse = lse, pages = lists,
+      stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * cache:head_dim() * tokens}}
+  end,
 }

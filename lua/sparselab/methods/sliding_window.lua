@@ -7,8 +7,10 @@
 --   2. executor: band-limited flash attention — attn.block_sparse over the
 --      window's blocks; boundary blocks carry the exact band as token bits, so
 --      the executed mask equals the semantic mask (density reports both as one);
--- Not here yet: the block-rounded variant (step 3), the decode ring buffer
--- (step 4) and dilation (step 5).
+--   4. decode (issue 13): a decode hook keeps the last w keys in the paged
+--      cache (older ones evicted as the window slides: a ring buffer in
+--      effect), positions original;
+-- Not here yet: the block-rounded variant (step 3) and dilation (step 5).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 
@@ -34,4 +36,7 @@ return {
     "executed mask equals the token mask (exact bits in boundary blocks)"},
   mask = mask_for,
   run = recipe.block_sparse_run(mask_for),
+  decode = function(st, ls, step, p)
+    return require("sparselab.decode").static_cache_step(ls.cache, step.q, 0, p.w, step.backend)
+  end,
 }

@@ -10,7 +10,13 @@
 --      reference runs two passes (window, then sinks outside the window) merged
 --      by log-sum-exp; one pass over the union is the same softmax (the union
 --      counts each sink once), which the op tests check against dense.
--- Not here yet: the decode cache with pos_shift (step 4) and the block variant (step 5).
+--   4. decode (issue 13): a decode hook over the paged cache keeps the first
+--      n_init and the last n_local tokens (the newest included) and evicts the
+--      rest for good (sl.kvcache evict), the query attending to all that is
+--      left; cache length never exceeds n_init + n_local.
+-- Not here yet: pos_shift (step 4's RoPE re-positioning needs pre-RoPE keys;
+-- the cache holds the captured post-RoPE keys, so positions stay original)
+-- and the block variant (step 5).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 
@@ -37,4 +43,7 @@ return {
     "sinks raise recall over the same window without them", "recall is monotone in n_local"},
   mask = mask_for,
   run = recipe.block_sparse_run(mask_for),
+  decode = function(st, ls, step, p)
+    return require("sparselab.decode").static_cache_step(ls.cache, step.q, p.n_init, p.n_local, step.backend)
+  end,
 }

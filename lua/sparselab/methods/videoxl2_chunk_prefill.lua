@@ -11,7 +11,14 @@
 --   3. executor: attn.block_sparse over the mask (the released code runs
 --      dense SDPA with an additive mask; the output is the same), density =
 --      allowed ∩ causal over causal pairs — the card's FLOP ratio.
--- Not here: bi-level KV decoding (step 4).
+--   4. bi-level KV decoding (issue 13; the card only summarises it, the
+--      video_xl2 card's mechanism on this template): after the prefill the
+--      prefix, the first and the last visual chunks and the dec_topk most
+--      relevant other chunks (q . chunk mean key summed over heads, chosen at
+--      the first decode step) keep dense KV; every other chunk keeps its
+--      timestamp tokens and average-pools each group's visual tokens by
+--      dec_step; question and generated tokens stay dense; decoding is dense
+--      attention over that mixed cache (pool.tokens over segment bounds).
 -- Unknowns chosen: tokens per group (group_tokens = 64 visual + ts_len = 8
 -- timestamp tokens), prefix_len = 16, suffix_len = 32; block_size 6 and
 -- prev_blocks_num 5 are the LongVideoBench eval values. The prefix and the
@@ -56,7 +63,7 @@ M.id = "videoxl2_chunk_prefill"
 M.card = "videoxl2_chunk_prefill"
 M.title = "Video-XL-2: Towards Very Long-Video Understanding Through Task-Aware KV Sparsification"
 M.family = "static-pattern"
-M.phase = "prefill"
+M.phase = "both"
 M.causal_only = true
 M.summary = "Chunk-local prefill over frame groups with a window of previous chunks, global timestamps, prefix and question."
 M.knob = "prev_blocks_num"
@@ -68,9 +75,85 @@ M.params = recipe.block_params{
   prefix_len = {default = 16, min = 0, int = true, doc = "tokens before the visual section"},
   suffix_len = {default = 32, min = 0, int = true, doc = "question tokens after the visual section"},
 }
-M.ops = {"attn.block_sparse"}
+M.params.dec_topk = {default = 4, min = 0, int = true, doc = "decode: relevant chunks kept dense besides prefix, first and last"}
+M.params.dec_step = {default = 16, min = 1, int = true, doc = "decode: pooling window of a compressed group's visual tokens"}
+M.params.page = {default = 16, min = 1, int = true, doc = "decode: page size of the cache"}
+M.ops = {"attn.block_sparse", "pool.tokens", "page.token_scores", "attn.dense"}
 M.checks = {"output and density equal an independent reference", "prev_blocks_num >= chunks equals dense",
   "timestamp rows/cols on, prefix columns visible, suffix rows dense", "last chunk may be partial"}
 M.mask = mask_for
 M.run = recipe.block_sparse_run(mask_for)
+
+-- Visual chunks of a prompt of n0 tokens: {start, stop} (0-based, stop
+-- exclusive), the prefix end, the suffix start and the timestamp set.
+local function visual_chunks(n0, p)
+  local pre, suf, chunks, ts = M.layout(n0, p)
+  local out = {}
+  for i, a in ipairs(chunks) do out[i] = {a, chunks[i + 1] or suf} end
+  local tset = {}
+  for _, t in ipairs(ts) do tset[t] = true end
+  return out, pre, suf, tset
+end
+
+--- Decode (step 4): scorer(n_chunks) replaces the chunk relevance in tests.
+function M.decode(st, ls, step, p, scorer)
+  local cache, q = ls.cache, step.q
+  local n, n0 = cache:len(), ls.n_prefill
+  local ch, pre, suf, tset = visual_chunks(n0, p)
+  if not ls.vx_keep then
+    local keep = {[1] = true, [#ch] = true}
+    local others = #ch - 2
+    if p.dec_topk >= others then
+      for c = 1, #ch do keep[c] = true end
+    elseif #ch > 0 then
+      local s
+      if scorer then
+        s = scorer(#ch)
+      else
+        local starts = {}
+        for i, c in ipairs(ch) do starts[i] = c[1] - ch[1][1] end
+        local means = sl.pool.tokens(cache:tensor("k"):narrow(2, ch[1][1] + 1, suf - ch[1][1]),
+          {bounds = sl.tensor(starts, "i32"), mode = 0, backend = step.backend})
+        s = sl.page.token_scores(q, means, {causal = 0, backend = step.backend})
+      end
+      local t = s:totable()
+      local score, order = {}, {}
+      for c = 2, #ch - 1 do
+        local acc = 0
+        for h = 1, #t do acc = acc + t[h][1][c] end
+        score[c] = acc
+        order[#order + 1] = c
+      end
+      table.sort(order, function(a, b) if score[a] ~= score[b] then return score[a] > score[b] end return a < b end)
+      for i = 1, p.dec_topk do keep[order[i]] = true end
+    end
+    ls.vx_keep = keep
+  end
+  -- segment starts: the prefix token by token, dense chunks token by token,
+  -- compressed chunks: timestamps alone, visual runs pooled by dec_step
+  local b = {}
+  for j = 0, pre - 1 do b[#b + 1] = j end
+  for c, range in ipairs(ch) do
+    local j = range[1]
+    while j < range[2] do
+      if ls.vx_keep[c] or tset[j] then
+        b[#b + 1] = j
+        j = j + 1
+      else
+        b[#b + 1] = j
+        local e = j
+        while e < range[2] and not tset[e] and e - j < p.dec_step do e = e + 1 end
+        j = e
+      end
+    end
+  end
+  for j = suf, n - 1 do b[#b + 1] = j end
+  local bt = sl.tensor(b, "i32")
+  local km = sl.pool.tokens(cache:tensor("k"):narrow(2, 1, n), {bounds = bt, mode = 0, backend = step.backend})
+  local vm = sl.pool.tokens(cache:tensor("v"):narrow(2, 1, n), {bounds = bt, mode = 0, backend = step.backend})
+  local o, lse = sl.attn.dense(q, km, vm, {causal = false, backend = step.backend})
+  return {o = o, lse = lse, keep = ls.vx_keep,
+    stats = {tokens_read = #b, density = #b / n, kv_bytes = 8 * cache:head_dim() * #b * cache:heads()}}
+end
+
 return M

@@ -1,0 +1,510 @@
+-- sparselab.decode — the decode runtime of issue 13 in Lua: the paged KV
+-- cache (sl.kvcache_c, core/kvcache.c: pages of P tokens with channel-wise
+-- min/max/mean kept up to date on append and evict), explicit decode state
+-- carried across steps and layers, and the decode driver that calls a
+-- method's `decode` hook beside its prefill `run`.
+--
+-- A method with a decode hook has
+--   decode = function(st, ls, step, p) -> {o =, lse =, pages =, stats =}
+-- where st is the decode state (D.state), ls = st:layer(step.layer) holds
+-- that layer's cache (ls.cache) and whatever the method keeps there (saved
+-- selections, accumulated scores), step = {q = [Hq, 1, D], k =, v = [Hkv, 1, D],
+-- layer =, backend =} (the new token's key and value are appended by the
+-- driver before the hook runs), p the resolved parameters. The driver
+-- checks the state belongs to the method and the shapes match.
+local sl = require "sparselab"
+
+local D = {}
+
+--- A cache of `heads` kv heads of head_dim channels, pages of `page` tokens;
+--- who names the caller in errors.
+function D.cache(heads, head_dim, page, who)
+  who = who or "decode"
+  if type(page) ~= "number" or page < 1 or page ~= math.floor(page) then
+    sl.fail("%s: page = %s; expected a page size >= 1 tokens", who, tostring(page))
+  end
+  return sl.kvcache_c(heads, head_dim, page)
+end
+
+--- A cache holding k and v ([Hkv, n, D], n >= 1).
+function D.cache_from(k, v, page, who)
+  local ks = k:shape()
+  local c = D.cache(ks[1], ks[3], page, who)
+  if ks[2] < 1 then sl.fail("%s: empty cache (k has 0 tokens)", who or "decode") end
+  c:append(k, v)
+  return c
+end
+
+--- i32 [lists, rows, n_pages] listing every page (the dense selection).
+function D.all_pages(lists, rows, n_pages)
+  local row = {}
+  for p = 1, n_pages do row[p] = p - 1 end
+  local t = {}
+  for l = 1, lists do
+    t[l] = {}
+    for r = 1, rows do t[l][r] = row end
+  end
+  return sl.tensor(t, "i32")
+end
+
+--- i32 [lists, 1, b - a] listing tokens a .. b-1 (pages of one token).
+function D.token_range(lists, a, b)
+  local row = {}
+  for j = a, b - 1 do row[#row + 1] = j end
+  if #row == 0 then row[1] = -1 end
+  local t = {}
+  for l = 1, lists do t[l] = {row} end
+  return sl.tensor(t, "i32")
+end
+
+--- The exact attention probabilities of q (one row) over every cached
+--- token, as a Lua table P[h][j] (1-based), and the LSE per head.
+function D.attention_probs(cache, q, backend)
+  local n, hq = cache:len(), q:shape()[1]
+  local _, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  local z, l = D.token_scores(cache, q, {backend = backend}):totable(), lse:totable()
+  local P = {}
+  for h = 1, hq do
+    local row, zr, lh = {}, z[h][1], l[h][1]
+    for j = 1, n do row[j] = math.exp(zr[j] - lh) end
+    P[h] = row
+  end
+  return P
+end
+
+--- A step over per-KV-head kept prompt tokens (Lua lists, 0-based) plus
+--- every token generated since the prefill: the lists, attention and stats.
+function D.kept_step(ls, q, kept, backend)
+  local cache, n = ls.cache, ls.cache:len()
+  local hkv, d = cache:heads(), cache:head_dim()
+  local lists, tokens = {}, 0
+  for g = 1, hkv do
+    local l = {}
+    for i, j in ipairs(kept[g]) do l[i] = j end
+    for j = ls.n_prefill, n - 1 do l[#l + 1] = j end
+    lists[g] = l
+    tokens = tokens + #l
+  end
+  local t = D.lists_tensor(lists)
+  local o, lse = D.attend_tokens(cache, q, t, {backend = backend})
+  return {o = o, lse = lse, pages = t,
+    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens}}
+end
+
+--- Kernel-level run of a layer-reuse method: a layer after the first
+--- selection layer that does not select itself selects for itself (the
+--- oracle of its own scores) and attends over that.
+function D.reuse_kernel_run(M, prob, p, layer, first_select, selects)
+  local sparse = layer > first_select and not selects(layer)
+  return D.kernel_run(M, prob, p, {layer = layer, step = {self_select = sparse or nil}})
+end
+
+--- Double Sparsity's channel ranking: per head of x ([H, n, D], the first
+--- n rows used), the r channels of largest mean |x| (ties: lower channel
+--- first), as i32 [H, r]; with y (same shape) the statistic is mean |x.y|
+--- (the reference's "qk" channel).
+function D.channel_rank(x, r, n, y)
+  local xs = x:shape()
+  n = n or xs[2]
+  local xt = x:narrow(2, 1, n):totable()
+  local yt = y and y:narrow(2, 1, n):totable()
+  local out = {}
+  for h = 1, xs[1] do
+    local stat, ids = {}, {}
+    for c = 1, xs[3] do stat[c] = 0; ids[c] = c end
+    for t = 1, n do
+      local row, yrow = xt[h][t], yt and yt[h][t]
+      for c = 1, xs[3] do stat[c] = stat[c] + math.abs(yrow and row[c] * yrow[c] or row[c]) end
+    end
+    table.sort(ids, function(a, b) if stat[a] ~= stat[b] then return stat[a] > stat[b] end return a < b end)
+    out[h] = {}
+    for i = 1, r do out[h][i] = ids[i] - 1 end
+  end
+  return sl.tensor(out, "i32")
+end
+
+--- SnapKV's importance per KV head: the softmax probabilities the last w
+--- prefill queries (obs_q [Hq, w, D], at positions n - w .. n - 1) give each
+--- key of the cache's first n tokens, summed over those rows and the query
+--- heads of the group, then pooled along the keys (kernel, padding
+--- kernel // 2; pooling 0 average counting the padding as torch's
+--- avg_pool1d does, 1 max). Returns a Lua table [Hkv][n].
+function D.snapkv_importance(cache, obs_q, n, kernel, pooling, backend)
+  local qs = obs_q:shape()
+  local hq, w = qs[1], qs[2]
+  local hkv = cache:heads()
+  local s = sl.page.token_scores(obs_q, cache:tensor("k"), {n = n, causal = 1, backend = backend}):totable()
+  local imp = {}
+  for g = 1, hkv do
+    imp[g] = {}
+    for j = 1, n do imp[g][j] = 0 end
+  end
+  for h = 1, hq do
+    local g = (h - 1) // (hq // hkv) + 1
+    for i = 1, w do
+      local row, mx, z = s[h][i], -math.huge, 0
+      for j = 1, n do if row[j] > mx then mx = row[j] end end
+      for j = 1, n do if row[j] > -math.huge then z = z + math.exp(row[j] - mx) end end
+      for j = 1, n do
+        if row[j] > -math.huge then imp[g][j] = imp[g][j] + math.exp(row[j] - mx) / z end
+      end
+    end
+  end
+  local half, out = kernel // 2, {}
+  for g = 1, hkv do
+    out[g] = {}
+    for j = 1, n do
+      local acc = pooling == 1 and -math.huge or 0
+      for t = j - half, j + half do
+        local x = (t >= 1 and t <= n) and imp[g][t] or 0
+        if pooling == 1 then acc = math.max(acc, x) else acc = acc + x end
+      end
+      out[g][j] = pooling == 1 and acc or acc / kernel
+    end
+  end
+  return out
+end
+
+--- i32 [lists, 1, m] from Lua lists of 0-based token positions (sorted
+--- ascending here), padded with -1 to the longest.
+function D.lists_tensor(lists)
+  local m = 1
+  for _, l in ipairs(lists) do table.sort(l); m = math.max(m, #l) end
+  local t = {}
+  for i, l in ipairs(lists) do
+    local row = {}
+    for j = 1, m do row[j] = l[j] or -1 end
+    t[i] = {row}
+  end
+  return sl.tensor(t, "i32")
+end
+
+--- Token-sparse attention over token lists (page.attend with pages of one token).
+function D.attend_tokens(cache, q, lists, opts)
+  opts = opts or {}
+  return sl.page.attend(q, cache:tensor("k"), cache:tensor("v"), lists,
+    {page = 1, n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0, backend = opts.backend})
+end
+
+--- Token scores of q against the cache (page.token_scores): opts channels
+--- (i32 [H, r]), pages (i32 lists over pages of opts.page tokens), bits, backend.
+function D.token_scores(cache, q, opts)
+  opts = opts or {}
+  return sl.page.token_scores(q, cache:tensor("k"), {channels = opts.channels, pages = opts.pages,
+    page = opts.page or cache:page_size(), n = cache:len(), bits = opts.bits or 0, backend = opts.backend})
+end
+
+--- The usual kernel-level run of a decode method: prefill (n_q = n_k) dense,
+--- a decode problem replayed step by step through a cache of its prefix.
+function D.kernel_run(M, prob, p, opts)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  if qs[2] == ks[2] then
+    local o, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
+    return {o = o, lse = lse, stats = {density = 1}}
+  end
+  local page = p.page or 16
+  if page > ks[2] - qs[2] then
+    sl.fail("%s: page = %d is larger than the cache (%d tokens before the decode rows)", M.id, page, ks[2] - qs[2])
+  end
+  local r = D.replay(M, prob, p, opts)
+  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps}
+end
+
+--- Per decode step (row r of a decode result against the dense result):
+--- recall (mean over heads of exp(L - L_dense)), rel_l2 of the row's output
+--- and the method's own step stats (kv_bytes read for that token, ...).
+function D.per_step(o, lse, dense_o, dense_lse, steps)
+  local rows = o:shape()[2]
+  local out = {}
+  for r = 1, rows do
+    local rec = sl.metric.recall(lse:narrow(2, r, 1), dense_lse:narrow(2, r, 1))
+    local e = sl.metric.rel_l2(o:narrow(2, r, 1), dense_o:narrow(2, r, 1))
+    local row = {step = r, recall = rec, rel_l2 = e}
+    for key, val in pairs(steps and steps[r] or {}) do row[key] = val end
+    out[r] = row
+  end
+  return out
+end
+
+--- Page-sparse attention of q ([Hq, R, D], the last R positions of the cache)
+--- over the listed pages of cache. opts: backend, causal (default true), split.
+function D.attend(cache, q, pages, opts)
+  opts = opts or {}
+  return sl.page.attend(q, cache:tensor("k"), cache:tensor("v"), pages,
+    {page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
+     backend = opts.backend})
+end
+
+--- Quest's page bound of q against the cache's metadata: [Hq, R, n_pages].
+function D.bounds(cache, q, backend)
+  return sl.page.bounds(q, cache:tensor("min"), cache:tensor("max"), {backend = backend})
+end
+
+--- Distinct pages listed per list (a -1 entry is padding), summed over
+--- lists and rows, and the tokens they cover in a cache of n tokens.
+function D.pages_read(pages, page, n)
+  local t, count, tokens = pages:totable(), 0, 0
+  local last = (n + page - 1) // page - 1
+  for _, list in ipairs(t) do
+    for _, row in ipairs(list) do
+      for _, id in ipairs(row) do
+        if id >= 0 then
+          count = count + 1
+          tokens = tokens + (id == last and n - last * page or page)
+        end
+      end
+    end
+  end
+  return count, tokens
+end
+
+-- ---- decode state ----
+
+local State = {}
+State.__index = State
+
+--- A decode state for method (id) over layers of hq query heads, hkv kv
+--- heads of head_dim d, caches paged by `page`. Everything a method carries
+--- between steps and layers lives here (never in globals).
+function D.state(method, o)
+  for _, key in ipairs{"hq", "hkv", "d", "page"} do
+    if type(o[key]) ~= "number" or o[key] < 1 then
+      sl.fail("%s: decode state: %s = %s; expected a count >= 1", method, key, tostring(o[key]))
+    end
+  end
+  if o.hq % o.hkv ~= 0 then
+    sl.fail("%s: decode state: hq = %d is not a multiple of hkv = %d", method, o.hq, o.hkv)
+  end
+  return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
+    steps = 0, layers = {}}, State)
+end
+
+--- The per-layer part of the state (created on first use).
+function State:layer(l)
+  local ls = self.layers[l + 1]
+  if not ls then
+    ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
+    if self.bits > 0 then ls.cache:set_bits(self.bits) end
+    self.layers[l + 1] = ls
+  end
+  return ls
+end
+
+--- Checks that the state belongs to method and fits q (and k, v).
+function State:check(method, q, k)
+  if self.method ~= method then
+    sl.fail("%s: decode state belongs to method '%s'", method, tostring(self.method))
+  end
+  local qs = q:shape()
+  if qs[1] ~= self.hq or qs[3] ~= self.d then
+    sl.fail("%s: decode state is for q [%d, *, %d], found q [%d, %d, %d]", method, self.hq, self.d, qs[1], qs[2], qs[3])
+  end
+  if k then
+    local ks = k:shape()
+    if ks[1] ~= self.hkv or ks[3] ~= self.d then
+      sl.fail("%s: decode state is for k [%d, *, %d], found k [%d, %d, %d]", method, self.hkv, self.d, ks[1], ks[2], ks[3])
+    end
+  end
+end
+
+--- A readable summary: method, shapes, steps, per layer the cache and the
+--- method's own fields (tensors by shape, tables by size).
+function State:dump()
+  local out = {string.format("decode state of %s: hq=%d hkv=%d d=%d page=%d steps=%d", self.method, self.hq, self.hkv,
+    self.d, self.page, self.steps)}
+  local ids = {}
+  for l in pairs(self.layers) do ids[#ids + 1] = l end
+  table.sort(ids)
+  for _, l in ipairs(ids) do
+    local ls = self.layers[l]
+    local parts = {string.format("  layer %d: cache len=%d pages=%d", l - 1, ls.cache:len(), ls.cache:pages())}
+    local keys = {}
+    for key in pairs(ls) do if key ~= "cache" then keys[#keys + 1] = key end end
+    table.sort(keys)
+    for _, key in ipairs(keys) do
+      local v = ls[key]
+      local desc
+      if type(v) == "userdata" and v.shape then desc = "[" .. table.concat(v:shape(), ", ") .. "]"
+      elseif type(v) == "table" then desc = "table(" .. #v .. ")"
+      else desc = tostring(v) end
+      parts[#parts + 1] = key .. "=" .. desc
+    end
+    out[#out + 1] = table.concat(parts, " ")
+  end
+  return table.concat(out, "\n")
+end
+
+D.State = State
+
+-- ---- the driver ----
+
+--- Starts decoding with method (id or table): returns its state. o: hq, hkv,
+--- d, page, and bits (a low-bit copy of K in every layer's cache) or params
+--- (the method's parameters, from which a method with cache_bits(p) sets it).
+function D.begin(method, o)
+  local m = sl.methods.get(method)
+  if m.cache_bits and o.params and not o.bits then
+    o.bits = m.cache_bits(sl.registry.resolve(m, o.params))
+  end
+  if not m.decode then
+    sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase))
+  end
+  return D.state(m.id, o)
+end
+
+--- Appends a prefill's keys and values of one layer ([Hkv, n, D]) to the
+--- state; opts.q: the prefill's queries ([Hq, n_q, D], the last rows are the
+--- prompt's end), kept for methods that look at them (SnapKV's observation
+--- window).
+function D.prefill(st, layer, k, v, opts)
+  st:check(st.method, sl.zeros({st.hq, 1, st.d}), k)
+  local ls = st:layer(layer)
+  ls.cache:append(k, v)
+  ls.n_prefill = ls.cache:len()
+  ls.seen = ls.cache:len()   -- tokens ever appended (an evicting cache holds fewer)
+  if opts and opts.q then
+    st:check(st.method, opts.q)
+    ls.obs_q = opts.q
+  end
+end
+
+--- One decode step of one layer: appends step.k, step.v to the layer's cache,
+--- then runs the method's decode hook. params: the method's parameters
+--- (resolved with its defaults).
+function D.step(method, st, step, params)
+  local m = sl.methods.get(method)
+  if not m.decode then sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase)) end
+  if getmetatable(st) ~= State then sl.fail("%s: expected a decode state from sl decode.begin, found %s", m.id, type(st)) end
+  st:check(m.id, step.q, step.k)
+  local layer = step.layer or 0
+  local ls = st.layers[layer + 1]
+  if not ls or ls.cache:len() == 0 then
+    sl.fail("%s: decode before prefill (layer %d has an empty cache)", m.id, layer)
+  end
+  if step.q:shape()[2] ~= 1 or step.k:shape()[2] ~= 1 then
+    sl.fail("%s: a decode step takes one query row and one key, found %d and %d", m.id, step.q:shape()[2],
+      step.k:shape()[2])
+  end
+  ls.cache:append(step.k, step.v)
+  ls.seen = (ls.seen or 0) + 1
+  local p = sl.registry.resolve(m, params)
+  if layer == 0 then st.steps = st.steps + 1 end   -- a step starts at layer 0
+  return m.decode(st, ls, step, p)
+end
+
+--- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R
+--- positions of k, v [Hkv, N, D]): the prefix k[0 .. N-R) is the cache, then
+--- each row is one decode step (its key appended, the hook run). Returns
+--- {o = [Hq, R, D], lse = [Hq, R], steps = {per step: pages, tokens, ...}}.
+--- opts: layer, step (extra fields for every step table), page.
+function D.replay(method, prob, p, opts)
+  opts = opts or {}
+  local m = sl.methods.get(method)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  local R, N = qs[2], ks[2]
+  if N - R < 1 then sl.fail("%s: decode replay needs a prefix: n_q = %d, n_k = %d", m.id, R, N) end
+  local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16,
+    bits = m.cache_bits and m.cache_bits(p) or 0})
+  D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
+    {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
+  local os, ls, steps = {}, {}, {}
+  for r = 1, R do
+    local pos = N - R + r
+    local step = {q = prob.q:narrow(2, r, 1), k = prob.k:narrow(2, pos, 1), v = prob.v:narrow(2, pos, 1),
+      layer = opts.layer or 0, backend = prob.backend}
+    for key, val in pairs(opts.step or {}) do step[key] = val end
+    local out = D.step(m, st, step, p)
+    os[r], ls[r] = out.o, out.lse
+    steps[r] = out.stats or {}
+  end
+  local o = R == 1 and os[1] or sl.cat(os, 2)
+  local lse = R == 1 and ls[1] or sl.cat(ls, 2)
+  return {o = o, lse = lse, steps = steps, state = st}
+end
+
+--- Stats of a page-sparse step: tokens attended per list, density (tokens
+--- attended / tokens cached), and the bytes read for this token: the listed
+--- pages' K and V rows (f32) of every list plus est_bytes read by the
+--- estimator (page metadata, a low-bit copy of K).
+function D.page_stats(pages, cache, est_bytes)
+  local n, P, d = cache:len(), cache:page_size(), cache:head_dim()
+  local count, tokens = D.pages_read(pages, P, n)
+  local lists = pages:shape()[1]
+  return {pages_read = count, tokens_read = tokens / lists, density = tokens / (lists * n),
+    kv_bytes = 8 * d * tokens + (est_bytes or 0)}
+end
+
+--- The decode hook of a layer-reuse method (tidaldecode's layer roles):
+--- layers below first_select dense; at a selection layer (selects(layer)) the
+--- layer attends densely and select(cache, q, p, backend) -> token lists
+--- (i32 [lists, 1, m], one-token pages, -1 padding) is saved in the state;
+--- later layers of the same step attend over the saved lists. step.self_select
+--- (kernel level, one layer): the layer selects for itself and attends
+--- sparsely. Returns the usual {o, lse, pages, stats}.
+function D.reuse_step(id, st, ls, step, p, first_select, selects, select)
+  local layer, cache, q = step.layer or 0, ls.cache, step.q
+  local n, hq, d = cache:len(), q:shape()[1], cache:head_dim()
+  local lists = D.token_range(hq, 0, n)
+  if selects(layer) or step.self_select then
+    st.saved = {layer = layer, step = st.steps, lists = select(cache, q, p, step.backend)}
+    if step.self_select then lists = st.saved.lists end
+  elseif layer > first_select then
+    local sv = st.saved
+    if not sv or sv.step ~= st.steps then
+      sl.fail("%s: layer %d has no selection of this step (run layer %d first)", id, layer, first_select)
+    end
+    lists = sv.lists
+  end
+  local o, lse = D.attend_tokens(cache, q, lists, {backend = step.backend})
+  local _, tokens = D.pages_read(lists, 1, n)
+  local nl = lists:shape()[1]
+  return {o = o, lse = lse, pages = lists,
+    stats = {tokens_read = tokens / nl, density = tokens / (nl * n), kv_bytes = 8 * d * tokens * cache:heads() / nl}}
+end
+
+--- One list shared by every head: i32 [hkv, 1, m] repeating positions.
+function D.shared_lists(hkv, positions)
+  local l = {}
+  for g = 1, hkv do
+    l[g] = {}
+    for i, j in ipairs(positions) do l[g][i] = j end
+  end
+  return D.lists_tensor(l)
+end
+
+--- Evicts, in every head, the cache positions [a, b) (a cache that keeps
+--- sinks and a recent window drops its middle).
+function D.evict_range(cache, a, b)
+  if b <= a then return end
+  local row = {}
+  for j = a, b - 1 do row[#row + 1] = j end
+  local t = {}
+  for g = 1, cache:heads() do t[g] = row end
+  cache:evict(sl.tensor(t, "i32"))
+end
+
+--- The decode hook of a static cache policy: after the new token is
+--- appended, the cache keeps its first n_sink tokens and its last n_recent
+--- (the rest is evicted for good), and the query attends to everything left.
+function D.static_cache_step(cache, q, n_sink, n_recent, backend)
+  local n = cache:len()
+  if n > n_sink + n_recent then D.evict_range(cache, n_sink, n - n_recent) end
+  n = cache:len()
+  local hq, d = q:shape()[1], cache:head_dim()
+  local o, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  return {o = o, lse = lse, stats = {tokens_read = n, cache_len = n, kv_bytes = 8 * d * n * cache:heads()}}
+end
+
+--- The mean of each per-step stat over the steps of a replay, plus the
+--- last step's values as *_last.
+function D.replay_stats(steps)
+  local sum, n = {}, #steps
+  for _, s in ipairs(steps) do
+    for key, v in pairs(s) do sum[key] = (sum[key] or 0) + v end
+  end
+  local out = {}
+  for key, v in pairs(sum) do out[key] = v / n end
+  return out
+end
+
+return D

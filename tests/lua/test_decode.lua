@@ -1,0 +1,1052 @@
+-- test_decode.lua — the decode runtime of issue 13 (paged KV cache object,
+-- explicit decode state, the decode driver) and the decode methods' card
+-- checks on small seeded inputs (GQA 4:2). Each method's test also runs the
+-- same check with its estimator replaced by a score-blind one (first-k pages
+-- and random pages) and asserts that the check then fails. Independent
+-- references are float64 Lua loops here. Run with
+-- LUA_CPATH=build/?.so lua5.4 tests/lua/test_decode.lua
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local sl = require "sparselab"
+local decode = require "sparselab.decode"
+local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
+
+local HQ, HKV, D = 4, 2, 16
+
+-- float64 attention of query head h (row 1 of q [Hq, 1, D]) over the keys
+-- listed by keep (a set of 0-based key indices) of k, v tables.
+local function attend_ref(qt, kt, vt, h, keep)
+  local g = (h - 1) // (HQ // HKV) + 1
+  local scale = 1 / math.sqrt(D)
+  local s, mx = {}, -math.huge
+  for j in pairs(keep) do
+    local dot = 0
+    for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j + 1][c] end
+    s[j] = dot * scale
+    if s[j] > mx then mx = s[j] end
+  end
+  local z, acc = 0, {}
+  for c = 1, D do acc[c] = 0 end
+  for j, x in pairs(s) do
+    local w = math.exp(x - mx)
+    z = z + w
+    for c = 1, D do acc[c] = acc[c] + w * vt[g][j + 1][c] end
+  end
+  for c = 1, D do acc[c] = acc[c] / z end
+  return acc, mx + math.log(z)
+end
+
+-- Keys of the pages of list l (1-based) in an i32 [lists, 1, m] tensor.
+local function keys_of(pages, l, P, n)
+  local keep = {}
+  for _, id in ipairs(pages:totable()[l][1]) do
+    if id >= 0 then
+      for j = id * P, math.min((id + 1) * P, n) - 1 do keep[j] = true end
+    end
+  end
+  return keep
+end
+
+-- A decode problem with a few "hot" pages per KV head whose keys align with
+-- the group's queries (peaked attention); the hot pages avoid the first
+-- pages and the last one, so neither first-k nor the forced last page finds them.
+local function peaked(n, P, seed)
+  local qt, kt, vt = {}, {}, {}
+  local base = sl.randn({HKV, 1, D}, {seed = seed}):totable()
+  local noise = sl.randn({HQ, 1, D}, {seed = seed + 1, std = 0.1}):totable()
+  local kn = sl.randn({HKV, n, D}, {seed = seed + 2}):totable()
+  local np = (n + P - 1) // P
+  local hot = {}
+  for g = 1, HKV do
+    hot[g] = {}
+    local x = (seed * 7 + g * 13) % 1000
+    for i = 1, 3 do
+      x = (x * 1103515245 + 12345) % 2147483648
+      hot[g][4 + x % (np - 6)] = true
+    end
+  end
+  for h = 1, HQ do
+    qt[h] = {{}}
+    local g = (h - 1) // (HQ // HKV) + 1
+    for c = 1, D do qt[h][1][c] = base[g][1][c] + noise[h][1][c] end
+  end
+  for g = 1, HKV do
+    kt[g] = {}
+    for j = 1, n do
+      kt[g][j] = {}
+      local pg = (j - 1) // P
+      for c = 1, D do
+        kt[g][j][c] = hot[g][pg] and 1.5 * base[g][1][c] + 0.5 * kn[g][j][c] or kn[g][j][c]
+      end
+    end
+  end
+  vt = sl.randn({HKV, n, D}, {seed = seed + 3}):totable()
+  return sl.tensor(qt), sl.tensor(kt), sl.tensor(vt), hot
+end
+
+-- Recall (kept mass exp(L - L_dense)), mean over heads, of a page_step.
+local function recall_of(out, q, cache)
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local _, ld = decode.attend(cache, q, all)
+  local r = sl.metric.recall(out.lse, ld)
+  return r
+end
+
+-- ---- the cache object ----
+
+test("kvcache: appends and evictions keep len, pages and metadata = page.meta", function()
+  local c = decode.cache(HKV, D, 8)
+  c:append(sl.randn({HKV, 21, D}, {seed = 1}), sl.randn({HKV, 21, D}, {seed = 2}))
+  c:append(sl.randn({HKV, 1, D}, {seed = 3}), sl.randn({HKV, 1, D}, {seed = 4}))
+  eq(c:len(), 22, "len")
+  eq(c:pages(), 3, "pages")
+  c:evict(sl.tensor({{0, 5, 20}, {1, 2, 3}}, "i32"))
+  eq(c:len(), 19, "len after evicting 3 per head")
+  local ks = c:tensor("k"):narrow(2, 1, 19)
+  local mn, mx, me = sl.page.meta(ks, {page = 8})
+  for _, pair in ipairs{{c:tensor("min"), mn}, {c:tensor("max"), mx}, {c:tensor("mean"), me}} do
+    near(sl.metric.max_abs(pair[1], pair[2]), 0, 1e-6, "incremental metadata = page.meta")
+  end
+  truthy(tostring(c):find("len=19"), "tostring shows len")
+  raises(function() c:evict(sl.tensor({{3, 2}, {0, 1}}, "i32")) end, "strictly increasing", "unsorted eviction")
+  raises(function() decode.cache(HKV, D, 0, "quest") end, "quest: page = 0", "page 0")
+  local e = decode.cache(HKV, D, 4)
+  raises(function() e:tensor("min") end, "empty", "empty cache metadata")
+end)
+
+-- ---- decode state and driver ----
+
+test("decode state: dump, wrong method, wrong shape, decode before prefill", function()
+  local st = decode.begin("quest", {hq = HQ, hkv = HKV, d = D, page = 8})
+  local k, v = sl.randn({HKV, 40, D}, {seed = 5}), sl.randn({HKV, 40, D}, {seed = 6})
+  local step = {q = sl.randn({HQ, 1, D}, {seed = 7}), k = sl.randn({HKV, 1, D}, {seed = 8}),
+    v = sl.randn({HKV, 1, D}, {seed = 9}), layer = 3}
+  raises(function() decode.step("quest", st, step, {budget = 16, page = 8}) end, "quest: decode before prefill", "before prefill")
+  decode.prefill(st, 3, k, v)
+  local out = decode.step("quest", st, step, {budget = 16, page = 8})
+  eq(out.o:shape()[1], HQ, "o heads")
+  truthy(st:dump():find("layer 3: cache len=41"), "dump shows the layer cache: " .. st:dump())
+  local other = decode.state("double_sparsity", {hq = HQ, hkv = HKV, d = D, page = 8})
+  raises(function() decode.step("quest", other, step, {}) end, "quest: decode state belongs to method 'double_sparsity'", "other method")
+  local bad = {q = sl.randn({2, 1, D}), k = step.k, v = step.v, layer = 3}
+  raises(function() decode.step("quest", st, bad, {}) end, "quest: decode state is for q [4, *, 16], found q [2", "wrong shape")
+  raises(function() decode.begin("xattention", {hq = HQ, hkv = HKV, d = D, page = 8}) end, "no decode hook", "prefill-only")
+  raises(function() decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 0}) end, "quest: decode state: page = 0", "page 0")
+end)
+
+-- ---- quest ----
+
+test("quest: budget >= cache equals dense (kernel level and every step)", function()
+  local q, k, v = sl.randn({HQ, 3, D}, {seed = 11}), sl.randn({HKV, 90, D}, {seed = 12}), sl.randn({HKV, 90, D}, {seed = 13})
+  for variant = 0, 2 do
+    for share = 0, 1 do
+      local r = sl.eval("quest", sl.problem{q = q, k = k, v = v}, {params = {budget = 96, page = 16, variant = variant, share = share}})
+      truthy(r.metrics.rel_l2 <= 1e-5, string.format("variant %d share %d: rel_l2 %.3g", variant, share, r.metrics.rel_l2))
+      near(r.metrics.recall_mean, 1, 1e-5, "recall 1")
+    end
+  end
+  raises(function() sl.eval("quest", sl.problem{q = q, k = k, v = v}, {params = {page = 88}}) end,
+    "quest: page = 88 is larger than the cache", "page above the cache")
+end)
+
+test("quest: output = float64 attention over its selected pages; current page kept; |selected| = min(k_p, n_p)", function()
+  local q, k, v = peaked(120, 8, 21)
+  local quest = sl.methods.get("quest")
+  local cache = decode.cache_from(k, v, 8)
+  local qt, kt, vt = q:totable(), k:totable(), v:totable()
+  for _, variant in ipairs{0, 1, 2} do
+    local p = sl.registry.resolve(quest, {budget = 32, page = 8, variant = variant})
+    local out = quest.page_step(cache, q, p, 5)
+    local m = out.pages:shape()[3]
+    eq(m, variant == 2 and 5 or 4, "list length (k_p = 4; variant 1: max(3, k_p); variant 2: k_p + 1)")
+    local ot, lt = out.o:totable(), out.lse:totable()
+    for h = 1, HQ do
+      local keep = keys_of(out.pages, h, 8, 120)
+      if variant ~= 1 then truthy(keep[119], "current page kept") end
+      local o, l = attend_ref(qt, kt, vt, h, keep)
+      near(lt[h][1], l, 1e-5, "lse vs float64")
+      for c = 1, D do near(ot[h][1][c], o[c], 1e-5, "o vs float64") end
+    end
+  end
+end)
+
+test("quest: the bound finds the hot pages; first-k and random page selection fail the same check", function()
+  local quest = sl.methods.get("quest")
+  local q, k, v, hot = peaked(160, 8, 31)
+  local cache = decode.cache_from(k, v, 8)
+  local p = sl.registry.resolve(quest, {budget = 32, page = 8})
+  local function check(scorer)
+    local out = quest.page_step(cache, q, p, 5, nil, scorer)
+    local recall = recall_of(out, q, cache)
+    local found = 0
+    local t = out.pages:totable()
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      for _, id in ipairs(t[h][1]) do if hot[g][id] then found = found + 1 end end
+    end
+    return recall >= 0.9 and found == 3 * HQ, recall, found
+  end
+  local ok, recall, found = check(nil)
+  truthy(ok, string.format("quest: recall %.3f, hot pages found %d of %d", recall, found, 3 * HQ))
+  local np = cache:pages()
+  local first = function() return sl.zeros({HQ, 1, np}) end
+  local random = function() return sl.randn({HQ, 1, np}, {seed = 99}) end
+  for name, scorer in pairs{first_k = first, random = random} do
+    local bad, r2 = check(scorer)
+    truthy(not bad, string.format("score-blind %s selection must fail (recall %.3f)", name, r2))
+  end
+  -- share = 1: one list per KV head, same hot pages
+  local ps = sl.registry.resolve(quest, {budget = 32, page = 8, share = 1})
+  local out = quest.page_step(cache, q, ps, 5)
+  eq(out.pages:shape()[1], HKV, "one list per KV head")
+  truthy(recall_of(out, q, cache) >= 0.9, "shared lists keep the mass")
+end)
+
+test("quest: decode replay through the cache, per step recall and bytes", function()
+  local q, k, v = sl.randn({HQ, 4, D}, {seed = 41}), sl.randn({HKV, 64, D}, {seed = 42}), sl.randn({HKV, 64, D}, {seed = 43})
+  local r = sl.eval("quest", sl.problem{q = q, k = k, v = v}, {params = {budget = 16, page = 8}})
+  truthy(r.metrics.density < 0.5, "sparse at budget 16 of 64: " .. r.metrics.density)
+  truthy(r.metrics.kv_bytes > 0, "kv bytes")
+  -- dense layers are dense
+  local rd = sl.eval("quest", sl.problem{q = q, k = k, v = v, layer = 0}, {params = {budget = 16, page = 8}})
+  truthy(rd.metrics.rel_l2 <= 1e-5, "layer 0 (dense_layers 2) is dense")
+end)
+
+-- float64 top-k token sets of q (row 1) per query head over k, ties lower index.
+local function oracle_topk(qt, kt, n, kk)
+  local sets = {}
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    local sc, ids = {}, {}
+    for j = 1, n do
+      local dot = 0
+      for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j][c] end
+      sc[j], ids[j] = dot, j
+    end
+    table.sort(ids, function(a, b) if sc[a] ~= sc[b] then return sc[a] > sc[b] end return a < b end)
+    sets[h] = {}
+    for i = 1, kk do sets[h][ids[i] - 1] = true end
+  end
+  return sets
+end
+
+local function same_set(list_row, set)
+  local n = 0
+  for _, id in ipairs(list_row) do
+    if id >= 0 then
+      if not set[id] then return false end
+      n = n + 1
+    end
+  end
+  local m = 0
+  for _ in pairs(set) do m = m + 1 end
+  return n == m
+end
+
+-- zeros over the first `upto` tokens (all when nil), -inf after: a score-blind
+-- estimator whose ranking is token order.
+local function blind(n, upto)
+  local row = {}
+  for j = 1, n do row[j] = (not upto or j <= upto) and 0 or -math.huge end
+  local t = {}
+  for h = 1, HQ do t[h] = {row} end
+  return sl.tensor(t)
+end
+
+-- ---- double_sparsity ----
+
+test("double_sparsity: dense at budget >= n; r = d equals the oracle top-k; score-blind fails", function()
+  local ds = sl.methods.get("double_sparsity")
+  local q, k, v = sl.randn({HQ, 2, D}, {seed = 51}), sl.randn({HKV, 70, D}, {seed = 52}), sl.randn({HKV, 70, D}, {seed = 53})
+  local r = sl.eval("double_sparsity", sl.problem{q = q, k = k, v = v}, {params = {budget = 80}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "dense at budget >= n: " .. r.metrics.rel_l2)
+  raises(function() sl.eval("double_sparsity", sl.problem{q = q, k = k, v = v}, {params = {channel = 1}}) end,
+    "double_sparsity: channel = 1 needs calibration queries", "q ranking without calibration")
+  local qp, kp, vp = peaked(120, 8, 61)
+  local cache = decode.cache_from(kp, vp, 8)
+  local all = decode.channel_rank(cache:tensor("k"), D, cache:len())
+  for _, row in ipairs(all:totable()) do
+    local seen = {}
+    for _, c in ipairs(row) do truthy(c >= 0 and c < D and not seen[c], "channel ranking is a permutation"); seen[c] = true end
+  end
+  local p = sl.registry.resolve(ds, {budget = 24, group_factor = 1})
+  local out = ds.token_step(cache, qp, p, 5, nil, all)
+  local sets = oracle_topk(qp:totable(), kp:totable(), 120, 24)
+  for h = 1, HQ do truthy(same_set(out.pages:totable()[h][1], sets[h]), "r = d selection = oracle top-k, head " .. h) end
+  local p8 = sl.registry.resolve(ds, {budget = 24, group_factor = 2})
+  local ch = decode.channel_rank(cache:tensor("k"), D // 2, cache:len())
+  local good = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch), qp, cache)
+  truthy(good >= 0.9, "r = d/2 recall " .. good)
+  local bad = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch, function() return blind(120) end), qp, cache)
+  truthy(bad < 0.9, "first-k token selection must fail: recall " .. bad)
+  local rnd = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch, function() return sl.randn({HQ, 1, 120}, {seed = 5}) end), qp, cache)
+  truthy(rnd < 0.9, "random token selection must fail: recall " .. rnd)
+end)
+
+-- ---- twilight_topp ----
+
+test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()
+  local tw, quest = sl.methods.get("twilight_topp"), sl.methods.get("quest")
+  local q, k, v = sl.randn({HQ, 2, D}, {seed = 71}), sl.randn({HKV, 70, D}, {seed = 72}), sl.randn({HKV, 70, D}, {seed = 73})
+  local r = sl.eval("twilight_topp", sl.problem{q = q, k = k, v = v}, {params = {budget = 96, p = 1}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "p = 1, B0 >= n is dense: " .. r.metrics.rel_l2)
+  local qp, kp, vp = peaked(160, 8, 81)
+  local cache = decode.cache_from(kp, vp, 8)
+  -- the stored int4 copy of K gives the estimator the same weights as quantising on the fly
+  local cq = decode.cache(HKV, D, 8)
+  cq:set_bits(4)
+  cq:append(kp, vp)
+  eq(cq:bits(), 4, "cache keeps 4-bit keys")
+  local ps = sl.registry.resolve(tw, {budget = 64, page = 8, p = 0.9})
+  local pf = sl.registry.resolve(tw, {budget = 64, page = 8, p = 0.9, stored = 0})
+  local a1, a2 = tw.token_step(cq, qp, ps, 5), tw.token_step(cache, qp, pf, 5)
+  truthy(sl.metric.rel_l2(a1.o, a2.o) <= 1e-5, "stored int4 K = on-the-fly quantisation")
+  local r4 = sl.eval("twilight_topp", sl.problem{q = sl.randn({HQ, 2, D}, {seed = 74}), k = kp, v = vp}, {params = {budget = 64, page = 8}})
+  local r0 = sl.eval("twilight_topp", sl.problem{q = sl.randn({HQ, 2, D}, {seed = 74}), k = kp, v = vp}, {params = {budget = 64, page = 8, stored = 0}})
+  truthy(sl.metric.rel_l2(r4.o, r0.o) <= 1e-5, "kernel level: stored = on the fly")
+  cq:close()
+  local p1 = sl.registry.resolve(tw, {budget = 64, page = 8, p = 1})
+  local pq = sl.registry.resolve(quest, {budget = 64, page = 8})
+  local a, b = tw.token_step(cache, qp, p1, 5), quest.page_step(cache, qp, pq, 5)
+  truthy(sl.metric.rel_l2(a.o, b.o) <= 1e-5, "p = 1 equals the selector alone")
+  local p9 = sl.registry.resolve(tw, {budget = 64, page = 8, p = 0.9})
+  local out = tw.token_step(cache, qp, p9, 5)
+  local s0 = out.selector:totable()
+  local kept = out.pages:totable()
+  local total_s, total_s0 = 0, 0
+  for h = 1, HQ do
+    local in_s0 = {}
+    for _, pg in ipairs(s0[h][1]) do if pg >= 0 then in_s0[pg] = true; total_s0 = total_s0 + 8 end end
+    for _, t in ipairs(kept[h][1]) do
+      if t >= 0 then truthy(in_s0[t // 8], "S within S0"); total_s = total_s + 1 end
+    end
+  end
+  local good = recall_of(out, qp, cache)
+  local function passes(o, n_kept) return recall_of(o, qp, cache) >= 0.85 and n_kept <= total_s0 / 2 end
+  truthy(passes(out, total_s), string.format("pruned to %d of %d tokens at recall %.3f", total_s, total_s0, good))
+  local blind_out = tw.token_step(cache, qp, p9, 5, nil, function(c, qq, sel)
+    -- uniform weights on S0: the pruner keeps S0's first tokens
+    local sc = decode.token_scores(c, qq, {pages = sel, page = 8, bits = 4})
+    local t = sc:totable()
+    for h = 1, HQ do for j = 1, #t[h][1] do if t[h][1][j] > -math.huge then t[h][1][j] = 0 end end end
+    return sl.tensor(t)
+  end)
+  local _, nb = decode.pages_read(blind_out.pages, 1, 160)
+  truthy(not passes(blind_out, nb), string.format("score-blind pruning must fail (%d tokens, recall %.3f)", nb,
+    recall_of(blind_out, qp, cache)))
+end)
+
+-- ---- tidaldecode ----
+
+test("tidaldecode: selection layer dense, reused selection equals the saved one, blind selection fails", function()
+  local qp, kp, vp = peaked(120, 8, 91)
+  local p = {budget = 24, select_layer = 2, correction_layer = 4, page = 8}
+  local st = decode.begin("tidaldecode", {hq = HQ, hkv = HKV, d = D, page = 8})
+  local prefix_k, prefix_v = kp:narrow(2, 1, 119), vp:narrow(2, 1, 119)
+  for l = 0, 5 do decode.prefill(st, l, prefix_k, prefix_v) end
+  local last_k, last_v = kp:narrow(2, 120, 1), vp:narrow(2, 120, 1)
+  local outs = {}
+  for l = 0, 5 do outs[l] = decode.step("tidaldecode", st, {q = qp, k = last_k, v = last_v, layer = l}, p) end
+  local cache = st:layer(3).cache
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local od = decode.attend(cache, qp, all)
+  truthy(sl.metric.max_abs(outs[2].o, od) == 0 or sl.metric.rel_l2(outs[2].o, od) <= 1e-6, "selection layer is dense")
+  local saved = st.saved
+  eq(saved.layer, 4, "the correction layer re-selected")
+  local t3, t2 = outs[3].pages:totable(), outs[5].pages:totable()
+  local sv = saved.lists:totable()
+  for h = 1, HQ do
+    for i, id in ipairs(t2[h][1]) do eq(id, sv[h][1][i], "layer 5 reuses the saved selection") end
+    eq(#t3[h][1], 24, "layer 3 attends k tokens")
+  end
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "reused selection keeps the mass")
+  truthy(st:dump():find("steps=1"), "dump")
+  -- score-blind selection at the selection layer
+  local tid = sl.methods.get("tidaldecode")
+  local st2 = decode.begin("tidaldecode", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  local pp = sl.registry.resolve(tid, p)
+  tid.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function() return blind(120) end)
+  local o3 = tid.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k selection must fail")
+  -- a sparse layer with no selection of this step
+  local st3 = decode.begin("tidaldecode", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st3, 3, prefix_k, prefix_v)
+  raises(function() decode.step("tidaldecode", st3, {q = qp, k = last_k, v = last_v, layer = 3}, p) end,
+    "tidaldecode: layer 3 has no selection of this step", "no selection")
+  local r = sl.eval("tidaldecode", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
+end)
+
+-- ---- hgca ----
+
+test("hgca: merge of window + all older equals dense; empty CPU set = window alone; disjoint; blind fails", function()
+  local hg = sl.methods.get("hgca")
+  local qp, kp, vp = peaked(160, 8, 101)
+  local cache = decode.cache_from(kp, vp, 8)
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local od, ld = decode.attend(cache, qp, all)
+  local full = hg.split_step(cache, qp, sl.registry.resolve(hg, {window = 32, budget = 128}), "cpu")
+  truthy(sl.metric.rel_l2(full.o, od) <= 1e-5, "all older tokens: merge equals dense")
+  near(sl.metric.max_abs(full.lse, ld), 0, 1e-5, "lse equals dense")
+  eq(full.stats.pcie_bytes, 4 * HQ * (D + 1), "bytes between devices")
+  local none = hg.split_step(cache, qp, sl.registry.resolve(hg, {window = 32, budget = 0}), "cpu")
+  local ow = decode.attend_tokens(cache, qp, decode.token_range(HQ, 128, 160))
+  eq(sl.metric.max_abs(none.o, ow), 0, "empty CPU set = the window part")
+  local p = sl.registry.resolve(hg, {window = 8, budget = 24})
+  local out = hg.split_step(cache, qp, p, "cpu")
+  for _, list in ipairs(out.pages:totable()) do
+    for _, id in ipairs(list[1]) do truthy(id < out.window_start, "CPU set before the window") end
+  end
+  local good = recall_of(out, qp, cache)
+  truthy(good >= 0.9, "top-k older tokens recall " .. good)
+  local bad = recall_of(hg.split_step(cache, qp, p, "cpu", function(_, _, old) return blind(160, old) end), qp, cache)
+  truthy(bad < 0.9, "first-k older tokens must fail: recall " .. bad)
+end)
+
+-- ---- snapkv / ada_snapkv ----
+
+test("snapkv, ada_snapkv: dense when the prompt fits; kept sets; Ada allocation; position-blind selection fails", function()
+  local qp, kp, vp = peaked(160, 8, 111)
+  -- prompt queries like the decode query (SnapKV's premise), 12 rows
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 12, D}, {seed = 112, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 12 do
+      obs[h][i] = {}
+      for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end
+    end
+  end
+  obs = sl.tensor(obs)
+  local r = sl.eval("snapkv", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "prompt within the budget: dense " .. r.metrics.rel_l2)
+  raises(function() sl.eval("snapkv", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 50}}) end,
+    "snapkv: a decode problem needs the prompt's queries", "no obs queries")
+  for _, id in ipairs{"snapkv", "ada_snapkv"} do
+    local m = sl.methods.get(id)
+    local p = sl.registry.resolve(m, {budget = 48, obs_window = 12, ["local"] = 8, prefix = 4, kernel = 7})
+    local function run(imp_fn)
+      local st = decode.begin(id, {hq = HQ, hkv = HKV, d = D, page = 8})
+      decode.prefill(st, 3, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159), {q = obs})
+      local ls = st:layer(3)
+      ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+      return m.step_with(ls, qp, p, nil, imp_fn), ls
+    end
+    local out, ls = run(nil)
+    local total = 0
+    for g = 1, HKV do
+      local set = {}
+      for _, j in ipairs(ls.kept[g]) do set[j] = true end
+      for j = 0, 3 do truthy(set[j], id .. ": prefix kept") end
+      for j = 151, 158 do truthy(set[j], id .. ": local window kept") end
+      total = total + #ls.kept[g]
+      if id == "snapkv" then eq(#ls.kept[g], 48, "uniform capacity") end
+      if id == "ada_snapkv" then truthy(#ls.kept[g] >= 12 + math.floor(0.2 * 36), "Ada: each head keeps its minimum share") end
+    end
+    eq(total, 48 * HKV, id .. ": the layer's total budget")
+    local cache = ls.cache
+    local good = recall_of(out, qp, cache)
+    truthy(good >= 0.9, id .. " recall " .. good)
+    local blind_out = run(function(_, _, n)
+      local imp = {}
+      for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+      return imp
+    end)
+    local bad = recall_of(blind_out, qp, cache)
+    truthy(bad < 0.9, id .. ": position-blind selection must fail: recall " .. bad)
+  end
+end)
+
+-- runs layers 0..last of one decode step of method id on the peaked inputs;
+-- returns the outputs per layer, the state and the cache of layer 3.
+local function layer_step(id, p, qp, kp, vp, last)
+  local n = kp:shape()[2]
+  local st = decode.begin(id, {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 0, last do decode.prefill(st, l, kp:narrow(2, 1, n - 1), vp:narrow(2, 1, n - 1)) end
+  local outs = {}
+  for l = 0, last do
+    outs[l] = decode.step(id, st, {q = qp, k = kp:narrow(2, n, 1), v = vp:narrow(2, n, 1), layer = l}, p)
+  end
+  return outs, st, st:layer(3).cache
+end
+
+-- ---- lessismore ----
+
+test("lessismore: union properties, reuse equals saved, dense at K >= n, blind selection fails", function()
+  local lim = sl.methods.get("lessismore")
+  local qp, kp, vp = peaked(160, 8, 121)
+  local p = {budget = 72, sinks = 4, r_mid = 0.75, select_layer = 2, correction_layer = 4}
+  local outs, st, cache = layer_step("lessismore", p, qp, kp, vp, 5)
+  local pp = sl.registry.resolve(lim, p)
+  local set, union = lim.select_set(cache, qp, pp)
+  truthy(#set <= 72, "|ρ| <= K")
+  local seen = {}
+  for _, j in ipairs(union) do
+    truthy(not seen[j] and j >= 4 and j < 160 - 14, "union: distinct, in the middle [a, n - K_recent)")
+    seen[j] = true
+  end
+  truthy(#union <= 54, "union length <= K_mid")
+  local sv = st.saved.lists:totable()
+  for g = 1, HKV do
+    for i, id in ipairs(outs[5].pages:totable()[g][1]) do eq(id, sv[g][1][i], "layer 5 reuses the saved set") end
+  end
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "lessismore recall " .. recall_of(outs[3], qp, cache))
+  -- all heads agree (one query for every head): union = that head's top-K_mid
+  local q1 = {}
+  local qt = qp:totable()
+  for h = 1, HQ do q1[h] = qt[1] end
+  q1 = sl.tensor(q1)
+  local c1 = decode.cache_from(kp:narrow(1, 1, 1), vp:narrow(1, 1, 1), 8)
+  local kk = {kp:totable()[1], kp:totable()[1]}
+  local _, u1 = lim.select_set(c1, q1, pp)
+  local mid = {}
+  for j = 4, 160 - 15 do mid[#mid + 1] = j end
+  local top = oracle_topk(q1:totable(), {kk[1], kk[1]}, 160, 160)
+  local _ = top
+  local sc = {}
+  for _, j in ipairs(mid) do
+    local dot = 0
+    for c = 1, D do dot = dot + qt[1][1][c] * kk[1][j + 1][c] end
+    sc[j] = dot
+  end
+  table.sort(mid, function(x, y) if sc[x] ~= sc[y] then return sc[x] > sc[y] end return x < y end)
+  for i = 1, 54 do eq(u1[i], mid[i], "agreeing heads: union = the head's ranking") end
+  c1:close()
+  -- score-blind middle selection
+  local st2 = decode.begin("lessismore", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  lim.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function(_, _, lo, hi)
+    local t = blind(160, hi):totable()
+    for h = 1, HQ do for j = 1, lo do t[h][1][j] = -math.huge end end
+    return sl.tensor(t)
+  end)
+  local o3 = lim.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k middle selection must fail")
+  local r = sl.eval("lessismore", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "K >= n is dense")
+end)
+
+-- ---- delta_layer_aware ----
+
+test("delta_layer_aware: Δ-layer dense, page set shape, reuse equals saved, blind selection fails", function()
+  local dl = sl.methods.get("delta_layer_aware")
+  local qp, kp, vp = peaked(160, 8, 131)
+  local p = {budget = 7, recent = 1, page = 8, warmup = 2, delta_a = 2, delta_b = 4, delta_c = -1}
+  local outs, st, cache = layer_step("delta_layer_aware", p, qp, kp, vp, 5)
+  local all = decode.all_pages(HQ, 1, cache:pages())
+  local od = decode.attend(cache, qp, all)
+  truthy(sl.metric.rel_l2(outs[2].o, od) <= 1e-6, "Δ-layer is dense")
+  local pp = sl.registry.resolve(dl, p)
+  local set = dl.select_pages(cache, qp, pp)
+  eq(#set, 7, "K pages")
+  eq(set[#set], 19, "the last page kept")
+  local sv = st.saved.lists:totable()
+  eq(st.saved.layer, 4, "the second Δ-layer re-selected")
+  for g = 1, HKV do
+    for i, id in ipairs(outs[5].pages:totable()[g][1]) do eq(id, sv[g][1][i], "layer 5 reuses the saved set") end
+  end
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "delta recall " .. recall_of(outs[3], qp, cache))
+  local st2 = decode.begin("delta_layer_aware", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  dl.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function(n)
+    local s = {}
+    for t = 1, n do s[t] = 1 / t end   -- position order: the first pages win
+    return s
+  end)
+  local o3 = dl.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k page selection must fail")
+  local r = sl.eval("delta_layer_aware", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 40, page = 8}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "K >= n_pages is dense")
+end)
+
+-- ---- spatten ----
+
+test("spatten: importance = column sums of P; cascade invariant; dense at budget >= n; position-order pruning fails", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(120, 8, 141)
+  local p = sl.registry.resolve(spm, {budget = 60, prune_layer = 1})
+  local function run(rank_fn, steps)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    for l = 0, 2 do decode.prefill(st, l, kp:narrow(2, 1, 100), vp:narrow(2, 1, 100)) end
+    local outs, alive_hist = {}, {}
+    for t = 1, steps do
+      local pos = 100 + t
+      -- the query of every step and layer looks for the hot tokens
+      local qn = sl.randn({HQ, 1, D}, {seed = 150 + t, std = 0.05}):totable()
+      local qt = qp:totable()
+      for h = 1, HQ do for c = 1, D do qn[h][1][c] = qn[h][1][c] + qt[h][1][c] end end
+      local q = sl.tensor(qn)
+      for l = 0, 2 do
+        local ls = st:layer(l)
+        ls.cache:append(kp:narrow(2, pos, 1), vp:narrow(2, pos, 1))
+        outs[#outs + 1] = {layer = l, out = spm.decode(st, ls, {q = q, layer = l}, p, rank_fn), q = q, cache = ls.cache}
+      end
+      local a = {}
+      for j in pairs(st.spatten.alive) do a[j] = true end
+      alive_hist[t] = a
+    end
+    return st, outs, alive_hist
+  end
+  -- importance after one layer of one step equals the float64 column sums
+  local st1 = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st1, 0, kp:narrow(2, 1, 119), vp:narrow(2, 1, 119))
+  local ls1 = st1:layer(0)
+  ls1.cache:append(kp:narrow(2, 120, 1), vp:narrow(2, 120, 1))
+  spm.decode(st1, ls1, {q = qp, layer = 0}, p)
+  local qt, kt = qp:totable(), kp:totable()
+  for _, j in ipairs{0, 17, 60, 119} do
+    local want = 0
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local mx, z, sj = -math.huge, 0, 0
+      local sc = {}
+      for t = 1, 120 do
+        local dot = 0
+        for c = 1, D do dot = dot + qt[h][1][c] * kt[g][t][c] end
+        sc[t] = dot / math.sqrt(D)
+        mx = math.max(mx, sc[t])
+      end
+      for t = 1, 120 do z = z + math.exp(sc[t] - mx) end
+      sj = math.exp(sc[j + 1] - mx) / z
+      want = want + sj
+    end
+    near(st1.spatten.score[j], want, 1e-5, "importance of token " .. j)
+  end
+  local st, outs, hist = run(nil, 6)
+  for t = 2, 6 do
+    for j in pairs(hist[t]) do truthy(hist[t - 1][j] or j >= 100 + t - 1, "cascade: pruned token " .. j .. " came back") end
+  end
+  local last = outs[#outs]
+  truthy(recall_of(last.out, last.q, last.cache) >= 0.9, "spatten recall " .. recall_of(last.out, last.q, last.cache))
+  local _, outs2 = run(function(_, j) return (j * 37) % 101 end, 6)
+  local l2 = outs2[#outs2]
+  truthy(recall_of(l2.out, l2.q, l2.cache) < 0.9, "score-blind (hashed position) pruning must fail")
+  local r = sl.eval("spatten", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
+  local _ = st
+end)
+
+-- ---- hylra ----
+
+test("hylra: DP plan = brute force; reuse equals saved; dense at k >= n; first-k sets fail", function()
+  local hy = sl.methods.get("hylra")
+  -- DP against every FULL/REUSE pattern on seeded random similarity matrices
+  local seed = 7
+  local function rnd() seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648 end
+  for trial = 1, 20 do
+    local L = 6
+    local sim, sens = {}, {}
+    for i = 1, L do sim[i] = {}; for j = i + 1, L do sim[i][j] = rnd() end end
+    for j = 1, L do sens[j] = rnd() < 0.15 end
+    local _, fulls, simsum = hy.plan(sim, sens, 0.5, L)
+    local bf, bs = math.huge, -1
+    for mask = 0, (1 << (L - 1)) - 1 do
+      local src, f, s, ok = 1, 1, 0, true
+      for j = 2, L do
+        if (mask >> (j - 2)) & 1 == 1 then f = f + 1; src = j
+        elseif sens[j] or sim[src][j] < 0.5 then ok = false; break
+        else s = s + sim[src][j] end
+      end
+      if ok and (f < bf or (f == bf and s > bs + 1e-12)) then bf, bs = f, s end
+    end
+    eq(fulls, bf, "trial " .. trial .. ": fewest FULL layers")
+    near(simsum, bs, 1e-12, "trial " .. trial .. ": tie-break similarity")
+  end
+  local qp, kp, vp = peaked(120, 8, 161)
+  local p = {budget = 80, page = 8}
+  local st = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  st.plan = {0, 0, 0, 3, 3, 0}
+  for l = 0, 5 do decode.prefill(st, l, kp:narrow(2, 1, 119), vp:narrow(2, 1, 119)) end
+  local outs = {}
+  for l = 0, 5 do outs[l] = decode.step("hylra", st, {q = qp, k = kp:narrow(2, 120, 1), v = vp:narrow(2, 120, 1), layer = l}, p) end
+  local saved = st.hylra_sets[3].set
+  for _, l in ipairs{3, 4} do
+    local row = outs[l].pages:totable()[1][1]
+    eq(#row, #saved, "reused set size")
+    for i, j in ipairs(saved) do eq(row[i], j, "layer " .. l .. " reuses layer 2's set") end
+  end
+  local cache = st:layer(3).cache
+  truthy(recall_of(outs[3], qp, cache) >= 0.9, "hylra recall " .. recall_of(outs[3], qp, cache))
+  local st2 = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  st2.plan = {0, 0, 0, 3}
+  for l = 2, 3 do decode.prefill(st2, l, kp, vp) end
+  local pp = sl.registry.resolve(hy, p)
+  hy.decode(st2, st2:layer(2), {q = qp, layer = 2}, pp, function(n)
+    local w = {}
+    for j = 1, n do w[j] = -j end
+    return w
+  end)
+  local o3 = hy.decode(st2, st2:layer(3), {q = qp, layer = 3}, pp)
+  truthy(recall_of(o3, qp, cache) < 0.9, "first-k sets must fail")
+  local st3 = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st3, 0, kp, vp)
+  raises(function() decode.step("hylra", st3, {q = qp, k = kp:narrow(2, 1, 1), v = vp:narrow(2, 1, 1), layer = 0}, p) end,
+    "hylra: no layer plan", "no plan")
+  local st4 = decode.begin("hylra", {hq = HQ, hkv = HKV, d = D, page = 8})
+  for l = 0, 1 do decode.prefill(st4, l, kp:narrow(2, 1, 119), vp:narrow(2, 1, 119)) end
+  decode.step("hylra", st4, {q = qp, k = kp:narrow(2, 120, 1), v = vp:narrow(2, 120, 1), layer = 0}, {budget = 80, full_every = 2})
+  local o1 = decode.step("hylra", st4, {q = qp, k = kp:narrow(2, 120, 1), v = vp:narrow(2, 120, 1), layer = 1},
+    {budget = 80, full_every = 2})
+  eq(#o1.pages:totable()[1][1], 80, "full_every: layer 1 reuses layer 0's set")
+  -- profiling on this step: the peaked layers are similar to themselves
+  local sim, sens = hy.profile({{q = qp, k = kp, v = vp}, {q = qp, k = kp, v = vp}}, pp)
+  near(sim[1][2], 1, 1e-12, "identical layers overlap fully")
+  truthy(sens[1], "layer 0 is FULL")
+  local r = sl.eval("hylra", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "k >= n is dense")
+end)
+
+-- ---- kernel-level decode replay in eval and the CLI ----
+
+test("eval --steps: per-step recall, rel_l2 and kv bytes; bad input names method and value", function()
+  local q, k, v = sl.synthetic{n = 200, heads = HQ, kv_heads = HKV, d = D, seed = 3}
+  local dq = q:narrow(2, 197, 4)
+  local r = sl.eval("quest", sl.problem{q = dq, k = k, v = v}, {params = {budget = 32, page = 8}})
+  local rows = decode.per_step(r.o, r.lse, r.dense_o, r.dense_lse, r.steps)
+  eq(#rows, 4, "one row per step")
+  local mean = 0
+  for i, row in ipairs(rows) do
+    truthy(row.recall > 0 and row.recall <= 1 + 1e-6, "recall in (0, 1]")
+    truthy(row.kv_bytes > 0 and row.tokens_read <= 32 + 8, "step " .. i .. " reads about the budget")
+    mean = mean + row.recall / 4
+  end
+  near(mean, r.metrics.recall_mean, 1e-6, "per-step recalls average to recall_mean")
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local f = io.popen(bin .. " eval quest --workload synthetic,n=200,heads=4,kv_heads=2,d=16 --steps 3 --budget 32 --param page=8 --json 2>&1")
+  local text = f:read("a")
+  f:close()
+  local j = sl.json_decode(text)
+  eq(#j.per_step, 3, "CLI per_step rows")
+  truthy(j.per_step[1].kv_bytes > 0, "CLI kv bytes per token")
+  f = io.popen(bin .. " eval quest --workload synthetic,n=40 --steps 2 --param page=64 2>&1")
+  text = f:read("a")
+  f:close()
+  truthy(text:find("quest: page = 64 is larger than the cache", 1, true), "page above the cache: " .. text)
+end)
+
+-- ---- model level: the runner's decode loop calls the decode hook ----
+
+test("model: teacher-forced decode through the cache; budget >= cache equals dense; greedy agreement", function()
+  local m = sl.model.load("experiments/data/tinystories260k/model.bin")
+  local f = assert(io.open("experiments/data/tinystories260k/texts/01_red_kite.txt", "rb"))
+  local toks = m:encode(f:read("a"))
+  f:close()
+  local t = {}
+  for i = 1, 120 do t[i] = toks[i] end
+  local r, st = m:evaluate_decode{tokens = t, prefix = 64, decode = {method = "quest", params = {budget = 1000, page = 8}}}
+  truthy(r.kl < 1e-9 and r.top1 == 1, "budget >= cache: dense (kl " .. r.kl .. ")")
+  eq(st.steps, 56, "one decode step per token after the prefix")
+  local rs = m:evaluate_decode{tokens = t, prefix = 64, decode = {method = "quest", params = {budget = 16, page = 8, dense_layers = 1}}}
+  truthy(rs.kl > 1e-4, "a small budget changes the logits (kl " .. rs.kl .. ")")
+  local rt = m:evaluate_decode{tokens = t, prefix = 64, attention = {method = "sliding_window", budget = 32, params = {bq = 16, bk = 16}},
+    decode = {method = "tidaldecode", params = {budget = 1000, select_layer = 1, correction_layer = 3}}}
+  truthy(rt.n > 0, "a prefill schedule mixed with a decode method runs")
+  local dense_ids = m:generate{prompt = {1}, steps = 12}
+  local ids = m:generate{prompt = {1}, steps = 12, decode = {method = "hgca", params = {budget = 1000, window = 4, page = 4}}}
+  for i, id in ipairs(dense_ids) do eq(ids[i], id, "greedy ids equal dense at full budget, id " .. i) end
+  raises(function() m:generate{prompt = {1}, steps = 2, decode = "xattention"} end, "has no decode hook", "prefill-only method")
+end)
+
+-- ---- decode halves of static methods: streaming_llm, sliding_window ----
+
+test("streaming_llm / sliding_window / s2_attention / prism decode: cache bounded, decode steps = the prefill mask's rows", function()
+  local q, k, v = sl.randn({HQ, 6, D}, {seed = 171}), sl.randn({HKV, 80, D}, {seed = 172}), sl.randn({HKV, 80, D}, {seed = 173})
+  for _, c in ipairs{{"streaming_llm", {n_init = 4, n_local = 16, bq = 16, bk = 16}, 20},
+                     {"sliding_window", {w = 12, bq = 16, bk = 16}, 12},
+                     {"s2_attention", {block = 8, local_blocks = 2, vert_stride = 3, bq = 16, bk = 16}, 80},
+                     {"prism", {p = 1, bq = 16, bk = 16}, 80}} do
+    local id, p, cap = c[1], c[2], c[3]
+    local m = sl.methods.get(id)
+    local pp = sl.registry.resolve(m, p)
+    local r = decode.replay(m, sl.problem{q = q, k = k, v = v}, pp, {page = 8})
+    -- the same rows through the prefill mask (original positions)
+    local ref = m.run(sl.problem{q = q, k = k, v = v}, pp)
+    truthy(sl.metric.rel_l2(r.o, ref.o) <= 1e-5, id .. ": decode steps = the mask's rows")
+    for _, ls in pairs(r.state.layers) do eq(ls.cache:len(), cap, id .. ": cache bounded") end
+  end
+end)
+
+-- ---- lserve decode ----
+
+test("lserve decode: streaming heads sink+local, selector reused between updates, dense at budget, blind pages fail", function()
+  local ls_m = sl.methods.get("lserve")
+  local qp, kp, vp = peaked(160, 8, 181)
+  local p = sl.registry.resolve(ls_m, {static_sparsity = 0, dec_budget = 48, page = 4, sub_chunks = 2, update_interval = 3})
+  local st = decode.begin("lserve", {hq = HQ, hkv = HKV, d = D, page = 4})
+  decode.prefill(st, 0, kp:narrow(2, 1, 156), vp:narrow(2, 1, 156))
+  local sels = {}
+  for t = 1, 4 do
+    local out = decode.step("lserve", st, {q = qp, k = kp:narrow(2, 156 + t, 1), v = vp:narrow(2, 156 + t, 1), layer = 0}, p)
+    sels[t] = out.selection
+    if t == 4 then
+      truthy(recall_of(out, qp, st:layer(0).cache) >= 0.9, "lserve recall " .. recall_of(out, qp, st:layer(0).cache))
+    end
+  end
+  truthy(sels[2] == sels[1] and sels[3] == sels[1], "the selector is reused between updates")
+  truthy(sels[4] ~= sels[1], "and recomputed every update_interval steps")
+  -- blind physical pages (uniform bounds: the first pages win)
+  local cache = st:layer(0).cache
+  local np = cache:pages()
+  local st2 = decode.begin("lserve", {hq = HQ, hkv = HKV, d = D, page = 4})
+  decode.prefill(st2, 0, kp, vp)
+  local bad = ls_m.decode(st2, st2:layer(0), {q = qp, layer = 0}, p, function() return sl.zeros({HQ, 1, np}) end)
+  truthy(recall_of(bad, qp, cache) < 0.9, "score-blind physical pages must fail")
+  -- streaming heads: sinks + local only
+  local ps = sl.registry.resolve(ls_m, {static_sparsity = 1, dec_sink = 4, dec_local = 8, page = 4})
+  local so = ls_m.decode(st2, st2:layer(0), {q = qp, layer = 0}, ps)
+  for _, row in ipairs(so.pages:totable()) do
+    eq(#row[1], 12, "streaming head reads sink + local")
+    eq(row[1][5], 152, "local window starts n - dec_local")
+  end
+  local r = sl.eval("lserve", sl.problem{q = sl.randn({HQ, 2, D}, {seed = 5}), k = kp, v = vp},
+    {params = {static_sparsity = 0, dec_budget = 4096, page = 4}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= cache is dense")
+end)
+
+-- ---- seer_attention_r (oracle) ----
+
+test("seer_attention_r: last block kept, one selection per group, dense at budget, first-k blocks fail", function()
+  local sr = sl.methods.get("seer_attention_r")
+  local qp, kp, vp = peaked(160, 8, 191)
+  local cache = decode.cache_from(kp, vp, 8)
+  local p = sl.registry.resolve(sr, {budget = 32, block = 8})
+  local out = sr.block_step(cache, qp, p)
+  eq(out.pages:shape()[1], HKV, "one list per KV head (shared by its group)")
+  for _, row in ipairs(out.pages:totable()) do eq(row[1][#row[1]], 19, "the last block is selected") end
+  -- group-max pooling, checked in float64 here for one KV head
+  local qt, kt = qp:totable(), kp:totable()
+  local best = {}
+  for b = 0, 19 do best[b] = 0 end
+  for h = 1, 2 do
+    local sc, mx, z = {}, -math.huge, 0
+    for j = 1, 160 do
+      local dot = 0
+      for c = 1, D do dot = dot + qt[h][1][c] * kt[1][j][c] end
+      sc[j] = dot / math.sqrt(D); mx = math.max(mx, sc[j])
+    end
+    for j = 1, 160 do z = z + math.exp(sc[j] - mx) end
+    for j = 1, 160 do best[(j - 1) // 8] = math.max(best[(j - 1) // 8], math.exp(sc[j] - mx) / z) end
+  end
+  local order = {}
+  for b = 0, 18 do order[#order + 1] = b end
+  table.sort(order, function(a, b) if best[a] ~= best[b] then return best[a] > best[b] end return a < b end)
+  local want = {order[1], order[2], order[3], 19}
+  table.sort(want)
+  for i, b in ipairs(out.pages:totable()[1][1]) do eq(b, want[i], "KV head 0 blocks = float64 group-max oracle") end
+  truthy(recall_of(out, qp, cache) >= 0.9, "recall " .. recall_of(out, qp, cache))
+  local bad = sr.block_step(cache, qp, p, nil, function(_, _, nb) return sl.zeros({HKV, 1, nb}) end)
+  truthy(recall_of(bad, qp, cache) < 0.9, "first-k blocks must fail")
+  local r = sl.eval("seer_attention_r", sl.problem{q = qp, k = kp, v = vp}, {params = {budget = 200, block = 8}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= n is dense")
+end)
+
+test("sparselab model --decode: a decode method in the runner's loop from the CLI", function()
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local base = bin .. " model experiments/data/tinystories260k/model.bin --text experiments/data/tinystories260k/texts/06_little_seed.txt --gen 4 --json"
+  local f = io.popen(base .. " --decode quest:budget=4096,page=8 --prefix 40 2>&1")
+  local j = sl.json_decode(f:read("a"))
+  f:close()
+  truthy(j.kl < 1e-9 and j.top1 == 1 and j.decode == "quest", "full budget through the decode loop is dense")
+  f = io.popen(base .. " --decode xattention 2>&1")
+  local text = f:read("a")
+  f:close()
+  truthy(text:find("xattention has no decode hook", 1, true), "prefill-only method refused: " .. text)
+end)
+
+-- ---- sparsemm ----
+
+test("sparsemm: budgets sum and floor, uniform = SnapKV budgets, head scores shift budgets, blind eviction fails", function()
+  local sm = sl.methods.get("sparsemm")
+  local p = sl.registry.resolve(sm, {base_capacity = 64, window = 8, ratio = 0.25, kernel = 3})
+  local u = sm.allocate(nil, HKV, p, 0, 1)
+  for h = 1, HKV do eq(u[h], 56, "uniform: base - window each") end
+  local b = sm.allocate({3, 1}, HKV, p, 4, 1)
+  eq(b[1] + b[2], 112, "budgets sum to Hkv . b")
+  truthy(b[1] > b[2] and b[2] >= 14, "the scored head gets more, every head its floor")
+  local qp, kp, vp = peaked(160, 8, 201)
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 8, D}, {seed = 202, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 8 do obs[h][i] = {}; for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end end
+  end
+  obs = sl.tensor(obs)
+  local function run(imp_fn, scores)
+    local st = decode.begin("sparsemm", {hq = HQ, hkv = HKV, d = D, page = 8})
+    st.head_scores = scores
+    decode.prefill(st, 3, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159), {q = obs})
+    local ls = st:layer(3)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return sm.decode(st, ls, {q = qp, layer = 3}, p, imp_fn), ls
+  end
+  local out, ls = run(nil, nil)
+  for g = 1, HKV do eq(#ls.kept[g], 64, "uniform: capacity per head") end
+  local cache = ls.cache
+  truthy(recall_of(out, qp, cache) >= 0.9, "sparsemm recall " .. recall_of(out, qp, cache))
+  local _, ls2 = run(nil, {[4] = {3, 1}})
+  truthy(#ls2.kept[1] > #ls2.kept[2], "head scores move budget between heads")
+  local bad = run(function(_, _, n)
+    local imp = {}
+    for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+    return imp
+  end, nil)
+  truthy(recall_of(bad, qp, cache) < 0.9, "position-order eviction must fail")
+  local r = sl.eval("sparsemm", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {base_capacity = 400, window = 8}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= prompt keeps everything")
+end)
+
+-- ---- video_xl2 ----
+
+test("video_xl2: every chunk selected = dense; forced chunks; relevant chunks beat the first ones", function()
+  local vx = sl.methods.get("video_xl2")
+  local qp, kp, vp = peaked(160, 8, 211)
+  local function run(p, scorer)
+    local st = decode.begin("video_xl2", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return vx.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(vx, p), scorer), ls.cache
+  end
+  local all, cache = run({topk = 40, chunk = 8, step = 4})
+  local od = decode.attend(cache, qp, decode.all_pages(HQ, 1, cache:pages()))
+  eq(sl.metric.max_abs(all.o, od) < 1e-6, true, "every chunk dense = dense attention")
+  local out = run({topk = 6, chunk = 8, step = 8})
+  for _, c in ipairs{0, 1, 19} do truthy(out.keep[c], "chunk " .. c .. " is always dense") end
+  local n = 0
+  for _ in pairs(out.keep) do n = n + 1 end
+  eq(n, 9, "topk + 3 dense chunks")
+  truthy(recall_of(out, qp, cache) >= 0.85, "video_xl2 recall " .. recall_of(out, qp, cache))
+  local bad = run({topk = 6, chunk = 8, step = 8}, function(nc) return sl.zeros({HQ, 1, nc}) end)
+  truthy(recall_of(bad, qp, cache) < 0.85, "first chunks must fail: recall " .. recall_of(bad, qp, cache))
+end)
+
+-- ---- zipvl ----
+
+test("zipvl: 8-bit everywhere is near dense; the set holds tau of the importance; position order fails", function()
+  local zv = sl.methods.get("zipvl")
+  local qp, kp, vp = peaked(160, 8, 221)
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 8, D}, {seed = 222, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 8 do obs[h][i] = {}; for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end end
+  end
+  obs = sl.tensor(obs)
+  local function run(p, imp_fn)
+    local st = decode.begin("zipvl", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159), {q = obs})
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return zv.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(zv, p), imp_fn), ls.cache
+  end
+  local hi, cache = run({tau = 1, bits_high = 8, bits_low = 8, probe = 8})
+  local od = decode.attend(cache, qp, decode.all_pages(HQ, 1, cache:pages()))
+  truthy(sl.metric.rel_l2(hi.o, od) < 0.02, "8-bit K/V is close to dense: " .. sl.metric.rel_l2(hi.o, od))
+  local row = {0.3, -1.2, 2.0, 0.7}
+  local qd = zv.qdq(row, 2)
+  for i, x in ipairs(qd) do truthy(math.abs(x - row[i]) <= (3.2 / 3) / 2 + 1e-12, "2-bit error within half a step") end
+  local p = {tau = 0.6, bits_high = 8, bits_low = 2, probe = 8}
+  local good = run(p)
+  local n_set = 0
+  for _ in pairs(good.important) do n_set = n_set + 1 end
+  truthy(n_set < 100, "a peaked prompt needs few important tokens: " .. n_set)
+  -- the decode query's true attention mass on the important set (the high-precision tokens)
+  local P = decode.attention_probs(cache, qp)
+  local function mass(set)
+    local m = 0
+    for h = 1, HQ do for j in pairs(set) do m = m + P[h][j + 1] end end
+    return m / HQ
+  end
+  local mg = mass(good.important)
+  local bad = run(p, function(n0)
+    local imp = {}
+    for j = 1, n0 do imp[j] = 1 / j end   -- position order: the first tokens
+    return imp
+  end)
+  local blind = {}
+  local c = 0
+  for j = 0, 158 do if c < n_set then blind[j] = true; c = c + 1 end end
+  local mb = mass(blind)
+  truthy(mg >= 0.9 * p.tau and mb < 0.5 * mg, string.format("probe importance covers %.3f of the attention, the first %d tokens %.3f", mg, n_set, mb))
+  truthy(sl.metric.rel_l2(bad.o, od) > sl.metric.rel_l2(good.o, od), "and its output is further from dense")
+  local r = sl.eval("zipvl", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {tau = 1, bits_high = 8, bits_low = 8}})
+  truthy(r.metrics.rel_l2 < 0.02, "kernel level: 8-bit everywhere close to dense")
+end)
+
+-- ---- loopserve decode ----
+
+test("loopserve decode: re-selection every interval from recent outputs; dense at budget; blind selection fails", function()
+  local lp = sl.methods.get("loopserve")
+  local qp, kp, vp = peaked(160, 8, 231)
+  local p = sl.registry.resolve(lp, {dec_budget = 40, dec_window = 4, dec_interval = 3})
+  local function run(importance)
+    local st = decode.begin("loopserve", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 150), vp:narrow(2, 1, 150))
+    local outs = {}
+    for t = 1, 10 do
+      st.steps = st.steps + 1
+      local ls = st:layer(0)
+      ls.cache:append(kp:narrow(2, 150 + t, 1), vp:narrow(2, 150 + t, 1))
+      local qn = sl.randn({HQ, 1, D}, {seed = 240 + t, std = 0.05}):totable()
+      for h = 1, HQ do for c = 1, D do qn[h][1][c] = qn[h][1][c] + qp:totable()[h][1][c] end end
+      outs[t] = {out = lp.decode(st, ls, {q = sl.tensor(qn), layer = 0}, p, importance), q = sl.tensor(qn)}
+    end
+    return outs, st:layer(0).cache
+  end
+  local outs, cache = run(nil)
+  truthy(outs[1].out.selection and outs[2].out.selection == outs[1].out.selection and
+    outs[3].out.selection == outs[1].out.selection and outs[4].out.selection ~= outs[1].out.selection,
+    "re-selected every dec_interval steps")
+  local last = outs[10]
+  truthy(recall_of(last.out, last.q, cache) >= 0.9, "loopserve recall " .. recall_of(last.out, last.q, cache))
+  local bouts = run(function(_, _, n)
+    local imp = {}
+    for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+    return imp
+  end)
+  truthy(recall_of(bouts[10].out, bouts[10].q, cache) < 0.9, "position-order selection must fail")
+  -- a budget above the cache: every token, dense
+  local st = decode.begin("loopserve", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159))
+  local full = decode.step("loopserve", st, {q = qp, k = kp:narrow(2, 160, 1), v = vp:narrow(2, 160, 1), layer = 0},
+    {dec_budget = 4096})
+  local od = decode.attend(st:layer(0).cache, qp, decode.all_pages(HQ, 1, st:layer(0).cache:pages()))
+  truthy(sl.metric.rel_l2(full.o, od) <= 1e-6, "budget above the cache is dense")
+end)
+
+-- ---- videoxl2_chunk_prefill decode (bi-level KV on the template) ----
+
+test("videoxl2_chunk_prefill decode: all chunks dense = dense; timestamps kept; relevant chunks beat the first", function()
+  local vx = sl.methods.get("videoxl2_chunk_prefill")
+  local qp, kp, vp = peaked(160, 8, 251)
+  local base = {prefix_len = 4, ts_len = 2, group_tokens = 10, block_size = 1, suffix_len = 8, dec_step = 10}
+  local function run(extra, scorer)
+    local p = {}
+    for key, val in pairs(base) do p[key] = val end
+    for key, val in pairs(extra) do p[key] = val end
+    local st = decode.begin("videoxl2_chunk_prefill", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 159), vp:narrow(2, 1, 159))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    return vx.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(vx, p), scorer), ls.cache
+  end
+  local all, cache = run({dec_topk = 100})
+  local od = decode.attend(cache, qp, decode.all_pages(HQ, 1, cache:pages()))
+  truthy(sl.metric.max_abs(all.o, od) < 1e-6, "every chunk dense = dense attention")
+  local out = run({dec_topk = 4})
+  -- prompt 159 tokens: prefix 4, visual [4, 151) = 12 groups of 2 timestamps +
+  -- 10 visual tokens and a last partial one of 3 tokens (13 chunks), suffix 8
+  truthy(out.keep[1] and out.keep[13], "first and last visual chunks dense")
+  -- dense: chunk 1 (12), chunk 13 (3), 4 relevant (48); 7 compressed chunks
+  -- to 2 timestamps + 1 pooled row; prefix 4; suffix 8 + the new token
+  eq(out.stats.tokens_read, 4 + 63 + 21 + 9, "mixed cache rows")
+  local good = recall_of(out, qp, cache)
+  local bad = recall_of(run({dec_topk = 4}, function(nc) return sl.zeros({HQ, 1, nc}) end), qp, cache)
+  truthy(good >= 0.85 and bad < good - 0.1, string.format("relevant chunks (recall %.3f) beat the first ones (%.3f)", good, bad))
+end)
+
+H.done()
