@@ -15,7 +15,9 @@ local H = require "harness"
 local sl = require "sparselab"
 
 local FILES = {"tests/lua/test_methods_dynamic_a.lua", "tests/lua/test_methods_dynamic_b.lua",
-  "tests/lua/test_fidelity.lua", "tests/lua/test_corrections_ext.lua", "tests/lua/test_estimators_indep.lua"}
+  "tests/lua/test_fidelity.lua", "tests/lua/test_corrections_ext.lua", "tests/lua/test_estimators_indep.lua",
+  "tests/lua/test_methods_selectors.lua", "tests/lua/test_methods_nonsoftmax.lua", "tests/lua/test_methods_video.lua",
+  "tests/lua/test_methods_trainable.lua", "tests/lua/test_decode.lua"}
 
 -- Methods whose estimator the score-blind mutation cannot reach (no score op, no token pooling in it).
 local KNOWN_SURVIVORS = {
