@@ -7,6 +7,17 @@
 -- seeded uniform random numbers (infinities and NaNs — masked positions —
 -- stay where they are), integer entries shuffled within their last
 -- dimension; the same op on the same shapes gives the same blind values.
+-- The same replacement reaches the other estimator quantities computed
+-- outside sl.score: the exact block mass (sl.mass.blocks, AdaSpa's W) and
+-- the sampled-row profiles of the video recipes (sparselab.video's
+-- dense_rows and list_rows: the O and L of a few sampled query rows that
+-- RainFusion's ARM and Sparse VideoGen's head classifier compare; the
+-- methods' executed attention never goes through them). A selector op that
+-- scores internally and returns index lists (sl.select.pq_match: PQ code
+-- matching) keeps its row_ptr, and each row's keys are replaced by as many
+-- keys drawn at random from that row's visible keys (sorted, valid for the
+-- executor): a score-blind selection of the same size. The executors
+-- (sl.attn.*) are never mutated.
 -- A method whose tests still pass under it tests plumbing, not its
 -- estimator. SL_MUTATE=score_blind is the only variant.
 local sl = require "sparselab"
@@ -87,5 +98,41 @@ for name, f in pairs(sl.score) do
   if type(f) == "function" then sl.score[name] = wrap("score." .. name, f) end
 end
 sl.pool.tokens = wrap("pool.tokens", sl.pool.tokens)
+sl.mass.blocks = wrap("mass.blocks", sl.mass.blocks)
+
+local video = require "sparselab.video"
+video.dense_rows = wrap("video.dense_rows", video.dense_rows)
+video.list_rows = wrap("video.list_rows", video.list_rows)
+
+-- select.pq_match(q, k, codebook, args) -> row_ptr [Hq, Nq + 1], col [total]: the same row_ptr, each row's
+-- min(n_i, nnz) keys drawn at random (seeded as above) from its visible keys j < Nk (causal: j <= i + Nk - Nq).
+local pq_match = sl.select.pq_match
+sl.select.pq_match = function(q, k, cb, args)
+  local rp, col = pq_match(q, k, cb, args)
+  reseed("select.pq_match", table.pack(rp, col))
+  local nq, nk = q:shape()[2], k:shape()[2]
+  local causal = args and args.causal ~= nil and args.causal ~= 0 and args.causal ~= false
+  local r = rp:totable()
+  local out = {}
+  for h = 1, #r do
+    for i = 1, nq do
+      local cnt = r[h][i + 1] - r[h][i]
+      local vis = causal and math.min(nk, i + nk - nq) or nk
+      if cnt > vis then error(string.format("mutate: select.pq_match row %d keeps %d of %d visible keys", i, cnt, vis)) end
+      local pool = {}
+      for j = 0, vis - 1 do pool[j + 1] = j end
+      for t = 1, cnt do -- partial Fisher-Yates: the first cnt of a shuffle
+        local u = t + math.floor(rnd() * (vis - t + 1))
+        pool[t], pool[u] = pool[u], pool[t]
+      end
+      local l = {}
+      for t = 1, cnt do l[t] = pool[t] end
+      table.sort(l)
+      local at = r[h][i]
+      for t = 1, cnt do out[at + t] = l[t] end
+    end
+  end
+  return rp, sl.tensor(out, "i32")
+end
 
 return true

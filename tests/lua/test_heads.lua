@@ -183,6 +183,55 @@ test("elastic_attention: sa_ratio 0 is dense; SA heads follow the streaming mask
   truthy(ro.metrics.recall_mean > worst + 1e-3, "oracle beats the worst random routing")
 end)
 
+test("elastic_attention: the oracle router's SA heads are the kv heads with the least float64 lost mass", function()
+  local hq, hkv, n, d = 8, 4, 192, 16
+  -- keys scaled per kv head (sharper or flatter attention), so that the heads' lost masses differ
+  local prob = problem(hq, hkv, n, d, 1804)
+  local kt = prob.k:totable()
+  local kscale = {0.9, 0.2, 1.4, 0.5}
+  for g = 1, hkv do for j = 1, n do for c = 1, d do kt[g][j][c] = kt[g][j][c] * kscale[g] end end end
+  prob = sl.problem{q = prob.q, k = sl.tensor(kt), v = prob.v}
+  local params = {block = 16, sink = 16, local_window = 48, window_q = 32}
+  local m = sl.methods.get("elastic_attention")
+  local p = sl.registry.resolve(m, params, 0.5)
+  local bits = m.estimate(prob, p):to_bits():totable()
+  -- lost mass of the streaming mask (sink 16, the 3 most recent blocks of 16) for the last 32 queries, summed over
+  -- the group's query heads; exact softmax in float64
+  local q, k = prob.q:totable(), prob.k:totable()
+  local loss = {}
+  for g = 1, hkv do
+    local s = 0
+    for h = (g - 1) * (hq // hkv) + 1, g * (hq // hkv) do
+      for i = n - 32, n - 1 do
+        local sc, mx = {}, -math.huge
+        for j = 0, i do
+          local x = 0
+          for c = 1, d do x = x + q[h][i + 1][c] * k[g][j + 1][c] end
+          sc[j] = x / math.sqrt(d)
+          mx = math.max(mx, sc[j])
+        end
+        local z, lost = 0, 0
+        for j = 0, i do
+          local e = math.exp(sc[j] - mx)
+          z = z + e
+          if not (j < 16 or j // 16 > i // 16 - 3) then lost = lost + e end
+        end
+        s = s + lost / z
+      end
+    end
+    loss[g] = s
+  end
+  local order = {1, 2, 3, 4}
+  table.sort(order, function(a, b) return loss[a] < loss[b] end)
+  truthy(loss[order[3]] - loss[order[2]] > 1e-3 * loss[order[3]], string.format(
+    "a clear split between the 2nd and 3rd head: lost masses %.6g %.6g %.6g %.6g", loss[1], loss[2], loss[3], loss[4]))
+  for rank, g in ipairs(order) do
+    local full = true
+    for i = 1, n do for j = 1, i do if bits[g][i][j] ~= 1 then full = false end end end
+    eq(not full, rank <= 2, string.format("kv head %d (lost mass %.6g, rank %d) in SA", g, loss[g], rank))
+  end
+end)
+
 test("sqa: ratio 1 is dense; FLOPs scale with the query heads; a pooled head is attention of the mean query", function()
   local prob = problem(8, 2, 40, 8, 1803)
   local r1 = sl.eval("sqa", prob, {budget = 1})

@@ -240,4 +240,79 @@ test("token_sparse_attention: identity cases; kept rows = dense over the kept se
   truthy(rk > rb + 0.05, string.format("window recall importance %.3f, score-blind %.3f", rk, rb))
 end)
 
+-- float64 softmax probabilities of query row i (0-based) of head h over its causal keys 0..i
+local function probs64(q, k, h, g, i, d)
+  local s, m = {}, -math.huge
+  for j = 0, i do
+    local x = 0
+    for c = 1, d do x = x + q[h][i + 1][c] * k[g][j + 1][c] end
+    x = x / math.sqrt(d)
+    s[j] = x
+    if x > m then m = x end
+  end
+  local z = 0
+  for j = 0, i do s[j] = math.exp(s[j] - m); z = z + s[j] end
+  for j = 0, i do s[j] = s[j] / z end
+  return s
+end
+
+test("token_sparse_attention: the kept keys are the top-B of the card's importance recomputed in float64", function()
+  local n, d, W, ks, cov, m_min = 200, 16, 16, 7, 0.2, 8
+  local prob = problem(n, d, 1709)
+  local m = sl.methods.get("token_sparse_attention")
+  local p = sl.registry.resolve(m, {m_min = m_min, window = W, ks = ks}, cov)
+  local out = m.run(prob, p)
+  local idx = out.index
+  truthy(idx, "sparsified")
+  -- steps 1-2 in float64 from q and k: mean probability over the last W rows, avg-pool (zero pad, / ks), sum 1
+  local q, k = prob.q:totable(), prob.k:totable()
+  local npre = n - W
+  local imp, g = {}, {}
+  for j = 0, npre - 1 do g[j] = 0 end
+  for h = 1, HQ do
+    local kv = (h - 1) // (HQ // HKV) + 1
+    local raw = {}
+    for j = 0, npre - 1 do raw[j] = 0 end
+    for i = npre, n - 1 do
+      local P = probs64(q, k, h, kv, i, d)
+      for j = 0, npre - 1 do raw[j] = raw[j] + P[j] / W end
+    end
+    local sm, tot = {}, 0
+    for j = 0, npre - 1 do
+      local s = 0
+      for x = j - ks // 2, j + ks // 2 do if x >= 0 and x < npre then s = s + raw[x] end end
+      sm[j] = s / ks
+      tot = tot + sm[j]
+    end
+    for j = 0, npre - 1 do sm[j] = sm[j] / tot; g[j] = g[j] + sm[j] / HQ end
+    imp[h] = sm
+  end
+  -- step 3: the budget from the head-mean importance
+  local gs = {}
+  for j = 0, npre - 1 do gs[#gs + 1] = g[j] end
+  table.sort(gs)
+  local cum, count, margin = 0, 0, math.huge
+  for _, x in ipairs(gs) do
+    cum = cum + x
+    margin = math.min(margin, math.abs(cum - cov))
+    if cum < cov then count = count + 1 else break end
+  end
+  truthy(count > 0 and margin > 1e-6, "the budget is not on a boundary: count " .. count .. ", margin " .. margin)
+  local B = math.max(m_min, npre - (count + 1))
+  truthy(B < npre, "some prefix key dropped")
+  -- step 4: per head the kept prefix keys are B keys of the highest importance (float32 near-ties allowed)
+  for h = 1, HQ do
+    eq(#idx[h], B + W, "head " .. h .. " keeps B + W positions")
+    local kept = {}
+    for _, j in ipairs(idx[h]) do kept[j] = true end
+    local lo_kept, hi_dropped = math.huge, -math.huge
+    for j = 0, npre - 1 do
+      if kept[j] then lo_kept = math.min(lo_kept, imp[h][j]) else hi_dropped = math.max(hi_dropped, imp[h][j]) end
+    end
+    for j = npre, n - 1 do truthy(kept[j], "window position " .. j .. " kept") end
+    truthy(lo_kept >= hi_dropped - 1e-7, string.format("head %d: least kept importance %.9g, most dropped %.9g", h,
+      lo_kept, hi_dropped))
+  end
+end)
+
 H.done()

@@ -1,10 +1,12 @@
 -- test_mutation.lua — the mutation harness (issue 20): for every dynamic
 -- method of the registry (family "*-estimate"), its tests (those whose name
 -- starts with its id, in the files below) run once more in a child lua5.4
--- with SL_MUTATE=score_blind (tests/lua/mutate.lua: the score ops' and the
--- token pooling's outputs replaced by seeded random / shuffled values of the
--- same shape) and must fail. A method whose tests all pass under the
--- mutation, or that has no test, survives; survivors are listed, and any
+-- with SL_MUTATE=score_blind (tests/lua/mutate.lua: the score ops', the
+-- token pooling's, the block mass's and the video recipes' sampled-row
+-- outputs replaced by seeded random / shuffled values of the same shape,
+-- select.pq_match's lists by random ones of the same size) and must fail.
+-- A method whose tests all pass under the mutation, or that has no test,
+-- survives; survivors are listed, and any
 -- survivor not in KNOWN_SURVIVORS (each with the reason its estimator is out
 -- of the mutation's reach) fails this test, as does a known survivor that
 -- no longer survives (so the list stays true).
@@ -17,9 +19,9 @@ local sl = require "sparselab"
 local FILES = {"tests/lua/test_methods_dynamic_a.lua", "tests/lua/test_methods_dynamic_b.lua",
   "tests/lua/test_fidelity.lua", "tests/lua/test_corrections_ext.lua", "tests/lua/test_estimators_indep.lua",
   "tests/lua/test_methods_selectors.lua", "tests/lua/test_methods_nonsoftmax.lua", "tests/lua/test_methods_video.lua",
-  "tests/lua/test_methods_trainable.lua", "tests/lua/test_decode.lua"}
+  "tests/lua/test_methods_trainable.lua", "tests/lua/test_decode.lua", "tests/lua/test_heads.lua"}
 
--- Methods whose estimator the score-blind mutation cannot reach (no score op, no token pooling in it).
+-- Methods whose estimator the score-blind mutation cannot reach (none of the mutated ops or helpers in it).
 local KNOWN_SURVIVORS = {
   hsr_attention = "its estimator is the hashing inside attn.bucket (an executor op), not a score op",
 }
