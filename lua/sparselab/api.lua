@@ -35,6 +35,8 @@ return {
   ["sl.steps.check_state"] = "one-line errors unless a state was made for this method and shape",
   ["sl.steps.run_step"] = "one step of a schedule: {o, lse, mask, stats} with the action and the cost split",
   ["sl.steps.replay"] = "a method replayed over a denoising trajectory: per-step recall, rel_l2 and cost split",
+  ["sl.kvcache_c"] = {"(heads, head_dim, page)", "a paged KV cache (C): append, evict, per-page min/max/mean "
+    .. "metadata kept on append, optional low-bit K copy (issue 13; sparselab.decode wraps it)"},
   ["sl.listdir"] = {"(path)", "sorted names in a directory"},
   ["sl.mkdir"] = {"(path)", "creates a directory and its parents"},
   ["sl.time"] = {"()", "monotonic seconds (for timing)"},
@@ -123,6 +125,8 @@ return {
   ["sl.model.load"] = "a model: a llama2.c file or a Hugging Face directory",
   ["sl.model.common_prefix"] = "length of the common prefix of two token lists after a start",
   ["sl.model.Model.evaluate"] = "perplexity, KL and top-1 agreement of a text, sparse attention vs dense",
+  ["sl.model.Model.evaluate_decode"] = "perplexity, KL and top-1 agreement of a text scored through a decode method's "
+    .. "cache {tokens = | text =, prefix = n0, decode = spec, attention = prefill schedule}",
   ["sl.model.Model.generate"] = "greedy generation {text = or prompt =, steps =, attention =}",
   ["sl.model.Model.capture"] = "the post-RoPE q, k, v of every layer for a text",
   ["sl.model.Model.encode"] = "text to token ids",
