@@ -1,0 +1,216 @@
+-- test_model_methods.lua — the non-attention cards of issue 17 as registry
+-- entries (sparselab.model_recipe: family "non-attention", phase "model"),
+-- and token_prune_attn_score (sparselab.tokenprune) on the shipped
+-- TinyStories model: k = V changes nothing, the scores from the |R| x N
+-- block equal those of a full attention matrix computed here in float64,
+-- the keep set is the top-k of those scores (a first-k keep fails the same
+-- check), prefix and raters are kept in order, and attention scores give a
+-- lower held-out NLL than first-k and random keeps at the same budget.
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local sl = require "sparselab"
+local MR = require "sparselab.model_recipe"
+local T = require "sparselab.tokenprune"
+local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
+
+local DATA = "experiments/data/tinystories260k"
+local m = sl.model.load(DATA .. "/model.bin")
+local function ids_of(name)
+  local f = assert(io.open(DATA .. "/texts/" .. name .. ".txt", "rb"))
+  local s = f:read("a")
+  f:close()
+  return m:encode(s)
+end
+local function head(ids, n)
+  local out = {}
+  for i = 1, math.min(n, #ids) do out[i] = ids[i] end
+  return out
+end
+-- calibration and held-out texts are never the same
+local CALIB = {head(ids_of("03_brave_turtle"), 160)}
+local HELD = {head(ids_of("05_moon_friend"), 200), head(ids_of("06_little_seed"), 200)}
+
+local CARDS = {"token_prune_attn_score", "topk_activation", "channel_threshold", "act_sparse_matmul",
+  "temporal_delta", "k_sparse_autoencoder", "magnitude_prune", "nm_sparse_matmul", "unstructured_sparse_matmul",
+  "sparsegpt_prune", "qk_lowrank"}
+
+test("model methods: registered as non-attention with card ids, backends and a one-line eval error", function()
+  local have = {}
+  for _, id in ipairs(sl.methods.ids()) do have[id] = true end
+  for _, id in ipairs(CARDS) do
+    truthy(have[id], id .. " registered")
+    local meth = sl.methods.get(id)
+    eq(meth.family, "non-attention", id .. " family")
+    eq(meth.phase, "model", id .. " phase")
+    eq(meth.card, id, id .. " card")
+    truthy(type(meth.model.how) == "string" and #meth.model.how > 0, id .. " says how to run it")
+    local b = table.concat(sl.methods.backends(meth), ",")
+    truthy(b:find("ref", 1, true) and b:find("cpu", 1, true), id .. " backends " .. b)
+    for _, op in ipairs(meth.ops) do
+      local found = false
+      for _, o in ipairs(sl.ops()) do if o.name == op then found = true end end
+      truthy(found, id .. " op " .. op)
+    end
+    local prob = sl.problem{q = sl.randn({1, 8, 4}, {seed = 1}), k = sl.randn({1, 8, 4}, {seed = 2}),
+      v = sl.randn({1, 8, 4}, {seed = 3})}
+    local ok, err = pcall(sl.eval, id, prob, {})
+    truthy(not ok and tostring(err):find("acts on the model", 1, true) and not tostring(err):find("\n"),
+      id .. ": eval error " .. tostring(err))
+  end
+end)
+
+test("model methods: each apply runs on the model; the identity settings leave the NLL unchanged", function()
+  local dense = MR.nll(m, "magnitude_prune", {sparsity = 0}, CALIB, HELD)
+  local ref = 0
+  do
+    local total, count = 0, 0
+    for _, ids in ipairs(HELD) do
+      local st <close> = m.c:state(#ids)
+      local logits = m.c:forward(ids, st)
+      local c = sl.model_c.compare(logits, logits, ids)
+      total, count = total + c.nll * c.n, count + c.n
+    end
+    ref = total / count
+  end
+  eq(dense, ref, "magnitude_prune at 0% leaves the NLL bit-identical")
+  near(MR.nll(m, "token_prune_attn_score", {ratio = 1}, CALIB, HELD), ref, 1e-5, "token pruning keeping all")
+  near(MR.nll(m, "topk_activation", {k = m.cfg.hidden_dim}, CALIB, HELD), ref, 1e-6, "top-k keeping all units")
+  for _, c in ipairs{{"magnitude_prune", {sparsity = 0.5}}, {"nm_sparse_matmul", {}}, {"topk_activation", {k = 32}},
+    {"token_prune_attn_score", {ratio = 0.3}}, {"temporal_delta", {sparsity = 0.5}}} do
+    local v = MR.nll(m, c[1], c[2], CALIB, HELD)
+    truthy(v == v and v > ref - 0.05 and v < 20, c[1] .. " nll " .. v .. " (dense " .. ref .. ")")
+  end
+  -- weights are restored after each run
+  eq(MR.nll(m, "magnitude_prune", {sparsity = 0}, CALIB, HELD), ref, "weights restored")
+  raises(function() MR.nll(m, "act_sparse_matmul", {}, CALIB, HELD) end, "not a model method with apply", "kernel card")
+  raises(function() MR.nll(m, "sparsegpt_prune", {}, nil, HELD) end, "calibration sequences are required", "calib")
+end)
+
+-- ---- token_prune_attn_score ---------------------------------------------------
+
+local function logits_with(ids, hook)
+  local st <close> = m.c:state(#ids)
+  return m.c:forward(ids, st, hook)
+end
+
+test("token_prune_attn_score: k = V leaves every logit bit-identical", function()
+  local ids = HELD[1]
+  local plain = logits_with(ids, function(_, q, k, v) return (sl.attn.dense(q, k, v, {causal = true})) end)
+  local kept = logits_with(ids, T.hook(m, {ratio = 1, layers = {0, 2}, probe = 16}))
+  eq(sl.metric.max_abs(plain, kept), 0, "max |diff|")
+end)
+
+-- float64 column scores from the full attention matrix: mean over heads of
+-- the causal softmax rows, summed over the last `probe` rows, restricted to
+-- the keys in keep (nil: all), renormalised over them.
+local function full_scores(q, k, keep, probe)
+  local Q, K = q:totable(), k:totable()
+  local hq, hkv, n = #Q, #K, #Q[1]
+  local d = #Q[1][1]
+  local cols = keep or {}
+  if not keep then for i = 0, n - 1 do cols[i + 1] = i end end
+  local s = {}
+  for j = 1, #cols do s[j] = 0 end
+  for h = 1, hq do
+    local kh = K[(h - 1) // (hq // hkv) + 1]
+    for r = #cols - probe + 1, #cols do
+      local i = cols[r]
+      local logits, mx = {}, -math.huge
+      for j = 1, r do
+        local dot = 0
+        for c = 1, d do dot = dot + Q[h][i + 1][c] * kh[cols[j] + 1][c] end
+        logits[j] = dot / math.sqrt(d)
+        if logits[j] > mx then mx = logits[j] end
+      end
+      local z = 0
+      for j = 1, r do z = z + math.exp(logits[j] - mx) end
+      for j = 1, r do s[j] = s[j] + math.exp(logits[j] - mx) / z / hq end
+    end
+  end
+  return s
+end
+
+local function layer_qk(ids, layer)
+  local cap = m:capture{tokens = ids, layers = {layer}}
+  return cap[layer + 1].q, cap[layer + 1].k
+end
+
+test("token_prune_attn_score: scores from the |R| x N block equal the full matrix's (float64)", function()
+  local ids = head(HELD[1], 96)
+  local q, k = layer_qk(ids, 1)
+  local probe = 12
+  local got, want = T.score(q, k, nil, probe), full_scores(q, k, nil, probe)
+  eq(#got, #want, "length")
+  for j = 1, #want do near(got[j], want[j], 1e-5, "column " .. j) end
+  -- with a keep list: the gathered keys alone (softmax over the kept keys)
+  local keep = {}
+  for i = 0, #ids - 1 do if i % 3 ~= 1 or i >= #ids - probe then keep[#keep + 1] = i end end
+  got, want = T.score(q, k, keep, probe), full_scores(q, k, keep, probe)
+  eq(#got, #keep, "compacted length")
+  for j = 1, #want do near(got[j], want[j], 1e-5, "kept column " .. j) end
+end)
+
+-- The keep set after layer `layer` with scores `scores`, checked against the
+-- brute-force top-k of the float64 full-matrix scores: returns whether the
+-- kept candidates are exactly that top-k (ties: lower index).
+local function keep_matches_topk(ids, o)
+  local stats = {}
+  logits_with(ids, T.hook(m, o, stats))
+  local keep = stats.keep[o.layers[1]]
+  local n, prefix, probe = #ids, o.prefix or 1, o.probe
+  -- order preserved, prefix and raters kept, |K| = k
+  for i = 2, #keep do truthy(keep[i] > keep[i - 1], "ascending") end
+  for i = 0, prefix - 1 do eq(keep[i + 1], i, "prefix kept") end
+  for t = 1, probe do eq(keep[#keep - probe + t], n - probe + t - 1, "rater kept") end
+  local V = n - prefix - probe
+  local kk = math.floor(o.ratio * V + 1e-9)
+  eq(#keep, prefix + kk + probe, "|K| = k")
+  local q, k = layer_qk(ids, o.layers[1])
+  local s = full_scores(q, k, nil, probe)
+  local order = {}
+  for j = prefix, n - probe - 1 do order[#order + 1] = j end
+  table.sort(order, function(a, b)
+    if s[a + 1] ~= s[b + 1] then return s[a + 1] > s[b + 1] end
+    return a < b
+  end)
+  local want = {}
+  for i = 1, kk do want[order[i]] = true end
+  for i = prefix + 1, #keep - probe do if not want[keep[i]] then return false end end
+  return true
+end
+
+test("token_prune_attn_score: the kept tokens are the top-k of the attention scores; first-k fails", function()
+  local ids = head(HELD[2], 120)
+  truthy(keep_matches_topk(ids, {ratio = 0.3, layers = {1}, probe = 16}), "attention scores: top-k kept")
+  -- the score-blind selector (first k candidates) does not pass the same check
+  truthy(not keep_matches_topk(ids, {ratio = 0.3, layers = {1}, probe = 16, scores = "first"}),
+    "first-k must fail the top-k check")
+  truthy(not keep_matches_topk(ids, {ratio = 0.3, layers = {1}, probe = 16, scores = "random", seed = 5}),
+    "random must fail the top-k check")
+end)
+
+test("token_prune_attn_score: later pruning layers prune among the kept tokens; later layers run on fewer", function()
+  local ids = HELD[1]
+  local stats = {}
+  logits_with(ids, T.hook(m, {ratio = 0.5, layers = {0, 2}, probe = 16}, stats))
+  local first, second = {}, stats.keep[2]
+  for _, p in ipairs(stats.keep[0]) do first[p] = true end
+  for _, p in ipairs(second) do truthy(first[p], "position " .. p .. " kept at layer 2 was kept at layer 0") end
+  truthy(#second < #stats.keep[0], "fewer after the second pruning")
+  eq(stats.rows[0], #ids, "layer 0 runs on every token")
+  eq(stats.rows[1], #stats.keep[0], "layer 1 runs on the kept ones")
+  eq(stats.rows[3], #second, "layer 3 runs on the second keep set")
+  raises(function() T.hook(m, {layers = {0}}) end, "give ratio", "no budget")
+  raises(function() T.hook(m, {ratio = 1.5}) end, "ratio must be in", "bad ratio")
+end)
+
+test("token_prune_attn_score: attention scores beat first-k and random keeps on held-out NLL", function()
+  local o = {ratio = 0.2, layers = {0}, probe = 32}
+  local nll_attn = T.nll(m, HELD, o)
+  local nll_first = T.nll(m, HELD, {ratio = 0.2, layers = {0}, probe = 32, scores = "first"})
+  local nll_rand = T.nll(m, HELD, {ratio = 0.2, layers = {0}, probe = 32, scores = "random", seed = 3})
+  truthy(nll_attn < nll_first, string.format("attn %.4f < first %.4f", nll_attn, nll_first))
+  truthy(nll_attn < nll_rand, string.format("attn %.4f < random %.4f", nll_attn, nll_rand))
+end)
+
+H.done()
