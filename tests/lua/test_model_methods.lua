@@ -11,6 +11,7 @@ local H = require "harness"
 local sl = require "sparselab"
 local MR = require "sparselab.model_recipe"
 local T = require "sparselab.tokenprune"
+local E = require "sparselab.moe"
 local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
 
 local DATA = "experiments/data/tinystories260k"
@@ -32,7 +33,7 @@ local HELD = {head(ids_of("05_moon_friend"), 200), head(ids_of("06_little_seed")
 
 local CARDS = {"token_prune_attn_score", "topk_activation", "channel_threshold", "act_sparse_matmul",
   "temporal_delta", "k_sparse_autoencoder", "magnitude_prune", "nm_sparse_matmul", "unstructured_sparse_matmul",
-  "sparsegpt_prune", "qk_lowrank"}
+  "sparsegpt_prune", "qk_lowrank", "moe_split_route"}
 
 test("model methods: registered as non-attention with card ids, backends and a one-line eval error", function()
   local have = {}
@@ -211,6 +212,60 @@ test("token_prune_attn_score: attention scores beat first-k and random keeps on 
   local nll_rand = T.nll(m, HELD, {ratio = 0.2, layers = {0}, probe = 32, scores = "random", seed = 3})
   truthy(nll_attn < nll_first, string.format("attn %.4f < first %.4f", nll_attn, nll_first))
   truthy(nll_attn < nll_rand, string.format("attn %.4f < random %.4f", nll_attn, nll_rand))
+end)
+
+-- ---- moe_split_route -------------------------------------------------------------
+
+test("moe_split_route: every split is a partition; k = E with unit weights equals the dense FFN", function()
+  local hidden = m.cfg.hidden_dim
+  for _, split in ipairs{"importance", "sequential", "random"} do
+    local moe = E.build(m, CALIB, {experts = 5, k = 5, split = split, iters = 5})
+    for l = 0, m.cfg.n_layers - 1 do
+      local seen, total = {}, 0
+      for _, ex in ipairs(moe.experts[l]) do
+        truthy(#ex >= hidden // 5 and #ex <= hidden // 5 + 1, split .. ": expert size " .. #ex)
+        for _, j in ipairs(ex) do
+          truthy(not seen[j], split .. ": neuron " .. j .. " in two experts")
+          seen[j] = true
+          total = total + 1
+        end
+      end
+      eq(total, hidden, split .. ": every neuron in an expert")
+    end
+    local ids = HELD[1]
+    local st <close> = m.c:state(#ids)
+    local dense = m.c:forward(ids, st)
+    local st2 <close> = m.c:state(#ids)
+    local routed = m.c:forward(ids, st2, nil, E.hook(m, moe))
+    truthy(sl.metric.max_abs(dense, routed) <= 1e-5 * math.max(1, sl.metric.max_abs(dense, sl.zeros(dense:shape()))),
+      split .. ": k = E equals dense")
+  end
+end)
+
+test("moe_split_route: routing keeps exactly k experts per token, ties to the lower id", function()
+  local r = E.route({{1, 3, 3, 0}, {2, 2, 2, 2}, {-1, -5, 4, 4}}, 2)
+  eq(table.concat(r[1], ","), "2,3", "row 1")
+  eq(table.concat(r[2], ","), "1,2", "ties")
+  eq(table.concat(r[3], ","), "3,4", "row 3")
+  local moe = E.build(m, CALIB, {experts = 4, k = 1, iters = 5})
+  local stats = {}
+  local ids = HELD[2]
+  local st <close> = m.c:state(#ids)
+  m.c:forward(ids, st, nil, E.hook(m, moe, stats))
+  local per = m.cfg.hidden_dim / 4
+  near(stats.kept / stats.units, per / m.cfg.hidden_dim, 0.01, "kept share = one expert of four")
+  raises(function() E.build(m, CALIB, {experts = 4, k = 5}) end, "k must be in", "k > E")
+  raises(function() E.build(m, CALIB, {split = "gradient"}) end, "split must be", "bad split")
+end)
+
+test("moe_split_route: importance split with the clustering router beats score-blind routing", function()
+  local calib = {head(ids_of("01_red_kite"), 250), head(ids_of("02_lost_mitten"), 250), CALIB[1]}
+  local good = E.nll(m, HELD, E.build(m, calib, {experts = 4, k = 2}))
+  -- score-blind: sequential split, router = random calibration vectors
+  local blind = E.nll(m, HELD, E.build(m, calib, {experts = 4, k = 2, split = "sequential", router = "random"}))
+  local seq = E.nll(m, HELD, E.build(m, calib, {experts = 4, k = 2, split = "sequential"}))
+  truthy(good < blind, string.format("importance+cluster %.4f < sequential+random %.4f", good, blind))
+  truthy(good < seq, string.format("importance split %.4f < sequential split %.4f (same router)", good, seq))
 end)
 
 H.done()
