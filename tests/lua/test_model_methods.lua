@@ -12,6 +12,7 @@ local sl = require "sparselab"
 local MR = require "sparselab.model_recipe"
 local T = require "sparselab.tokenprune"
 local E = require "sparselab.moe"
+local U = require "sparselab.tokenupdate"
 local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
 
 local DATA = "experiments/data/tinystories260k"
@@ -33,7 +34,8 @@ local HELD = {head(ids_of("05_moon_friend"), 200), head(ids_of("06_little_seed")
 
 local CARDS = {"token_prune_attn_score", "topk_activation", "channel_threshold", "act_sparse_matmul",
   "temporal_delta", "k_sparse_autoencoder", "magnitude_prune", "nm_sparse_matmul", "unstructured_sparse_matmul",
-  "sparsegpt_prune", "qk_lowrank", "moe_split_route"}
+  "sparsegpt_prune", "qk_lowrank", "moe_split_route",
+  "sparse_token_update"}
 
 test("model methods: registered as non-attention with card ids, backends and a one-line eval error", function()
   local have = {}
@@ -266,6 +268,91 @@ test("moe_split_route: importance split with the clustering router beats score-b
   local seq = E.nll(m, HELD, E.build(m, calib, {experts = 4, k = 2, split = "sequential"}))
   truthy(good < blind, string.format("importance+cluster %.4f < sequential+random %.4f", good, blind))
   truthy(good < seq, string.format("importance split %.4f < sequential split %.4f (same router)", good, seq))
+end)
+
+-- ---- sparse_token_update -----------------------------------------------------------
+
+-- the normed attention inputs of every layer (attn_in site), with hooks o (nil: dense)
+local function attn_inputs(ids, o, stats)
+  local attn, site = nil, nil
+  if o then attn, site = U.hooks(m, o, stats) end
+  local seen = {}
+  local st <close> = m.c:state(#ids)
+  local logits = m.c:forward(ids, st, attn, function(layer, name, x)
+    if name == "attn_in" then seen[layer] = x:totable() end
+    return site and site(layer, name, x) or nil
+  end)
+  return seen, logits
+end
+
+test("sparse_token_update: every token selected equals the dense model bit for bit", function()
+  local ids = HELD[1]
+  local plain = logits_with(ids, function(_, q, k, v) return (sl.attn.dense(q, k, v, {causal = true})) end)
+  local attn, site = U.hooks(m, {rho = 1, cascade = {1}, from = 1})
+  local st <close> = m.c:state(#ids)
+  eq(sl.metric.max_abs(plain, m.c:forward(ids, st, attn, site)), 0, "max |diff|")
+end)
+
+test("sparse_token_update: skipped rows pass through unchanged; nested sets; top rows by |x| of the block input",
+  function()
+  local ids = head(HELD[2], 150)
+  local from, rho, n = 2, 0.5, 150
+  local stats = {}
+  local seen = attn_inputs(ids, {rho = rho, from = from}, stats)
+  local dense_in = attn_inputs(ids, nil)
+  -- sizes follow the cascade; sets nested
+  local cascade = {1.0, 0.8, 0.6}
+  for l = from, m.cfg.n_layers - 1 do
+    eq(#stats.selected[l], math.floor(rho * cascade[math.min(3, l - from + 1)] * n + 1e-9), "size at layer " .. l)
+    if l > from then
+      local prev = {}
+      for _, r in ipairs(stats.selected[l - 1]) do prev[r] = true end
+      for _, r in ipairs(stats.selected[l]) do truthy(prev[r], "row " .. r .. " nested at layer " .. l) end
+    end
+  end
+  -- a row skipped at layer l keeps its residual: x_{l+1} = x_l, so xb / rms_att weight agrees
+  local wl = m.c:weight(string.format("layers.%d.rms_att", from)):totable()
+  local wn = m.c:weight(string.format("layers.%d.rms_att", from + 1)):totable()
+  local sel = {}
+  for _, r in ipairs(stats.selected[from]) do sel[r] = true end
+  local checked = 0
+  for i = 0, n - 1 do
+    if not sel[i] then
+      for c = 1, #wl do
+        local before = seen[from][i + 1][c] / wl[c]
+        near(seen[from + 1][i + 1][c] / wn[c], before, 1e-5 * math.max(1, math.abs(before)), "row " .. i .. " unchanged")
+      end
+      checked = checked + 1
+    end
+  end
+  eq(checked, n - #stats.selected[from], "skipped rows checked")
+  -- layers before `from` are dense: the block input of layer `from` is the dense one
+  for c = 1, #wl do eq(seen[from][7][c], dense_in[from][7][c], "layer from input is dense") end
+  -- the selection at `from` is the top by mean |x| of that input (computed here), ties lower index
+  local score, order = {}, {}
+  for i, row in ipairs(dense_in[from]) do
+    local a = 0
+    for _, v in ipairs(row) do a = a + math.abs(v) end
+    score[i - 1], order[i] = a / #row, i - 1
+  end
+  table.sort(order, function(a, b) if score[a] ~= score[b] then return score[a] > score[b] end return a < b end)
+  local want = {}
+  for i = 1, #stats.selected[from] do want[order[i]] = true end
+  local function matches(list) for _, r in ipairs(list) do if not want[r] then return false end end return true end
+  truthy(matches(stats.selected[from]), "act_mag selection = top rows by mean |x|")
+  local blind = {}
+  attn_inputs(ids, {rho = rho, from = from, scores = "first"}, blind)
+  truthy(not matches(blind.selected[from]), "a first-k selection must fail the same check")
+end)
+
+test("sparse_token_update: activation magnitude beats first-k and random updates on held-out NLL", function()
+  local o = {rho = 0.5, from = 3}
+  local good = U.nll(m, HELD, o)
+  local first = U.nll(m, HELD, {rho = 0.5, from = 3, scores = "first"})
+  local rand = U.nll(m, HELD, {rho = 0.5, from = 3, scores = "random", seed = 2})
+  truthy(good < first, string.format("act_mag %.4f < first %.4f", good, first))
+  truthy(good < rand, string.format("act_mag %.4f < random %.4f", good, rand))
+  raises(function() U.hooks(m, {rho = 2}) end, "rho must be in", "bad rho")
 end)
 
 H.done()
