@@ -20,6 +20,8 @@
 --       causal correction; measured worse than random here: a token that
 --       is attended is not the token whose own update matters) | "first" |
 --       "random" (score-blind baselines), o.seed
+--     o.attention = function(layer, q, k, v) -> o: the attention executor
+--       (default dense causal; e.g. a sparse attention method's)
 --     stats gets selected = {[layer] = sorted 0-based rows updated}.
 --   U.nll(m, seqs, o) -> mean NLL over all tokens, mean updated share
 --     over the sparse layers.
@@ -92,7 +94,7 @@ function U.hooks(m, o, stats)
     return set
   end
   local function attention(layer, q, k, v)
-    local out = sl.attn.dense(q, k, v, {causal = true})
+    local out = o.attention and o.attention(layer, q, k, v) or sl.attn.dense(q, k, v, {causal = true})
     if layer == from and (o.scores == "attn" or o.scores == "first" or o.scores == "random") then
       local n = q:shape()[2]
       order = ordering(o, o.scores == "attn" and U.received(q, k) or nil, n)

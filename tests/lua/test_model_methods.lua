@@ -13,6 +13,8 @@ local MR = require "sparselab.model_recipe"
 local T = require "sparselab.tokenprune"
 local E = require "sparselab.moe"
 local U = require "sparselab.tokenupdate"
+local Q = require "sparselab.qkest"
+local P = require "sparselab.prune"
 local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
 
 local DATA = "experiments/data/tinystories260k"
@@ -353,6 +355,34 @@ test("sparse_token_update: activation magnitude beats first-k and random updates
   truthy(good < first, string.format("act_mag %.4f < first %.4f", good, first))
   truthy(good < rand, string.format("act_mag %.4f < random %.4f", good, rand))
   raises(function() U.hooks(m, {rho = 2}) end, "rho must be in", "bad rho")
+end)
+
+-- ---- qk_lowrank as an estimator ------------------------------------------------------
+
+test("qk_lowrank: full-rank estimator q, k (rotated) equal the model's post-RoPE q, k", function()
+  local ids = head(HELD[1], 64)
+  local est = Q.build(m, CALIB, {rank = m.cfg.dim})
+  local cap = m:capture{tokens = ids, layers = {1}}
+  local qh, kh = Q.reconstruct(m, est[1], P.capture(m, {ids}, 1).attn_in)
+  truthy(sl.metric.max_abs(qh, cap[2].q) < 1e-4, "q")
+  truthy(sl.metric.max_abs(kh, cap[2].k) < 1e-4, "k")
+end)
+
+test("qk_lowrank: estimator recall far above first-k and random keys, not below at higher rank", function()
+  local held = {head(HELD[1], 160)}
+  local rec = {}
+  for _, r in ipairs{4, 16} do
+    local _, rc = Q.run(m, held, Q.build(m, CALIB, {rank = r}), {keep = 16, scores = "lowrank_rope"})
+    rec[r] = rc
+  end
+  local est = Q.build(m, CALIB, {rank = 4})
+  local _, first = Q.run(m, held, est, {keep = 16, scores = "first"})
+  local _, rand = Q.run(m, held, est, {keep = 16, scores = "random", seed = 4})
+  local _, exact = Q.run(m, held, est, {keep = 16, scores = "exact"})
+  truthy(rec[16] >= rec[4] - 0.01, string.format("rank 16 %.3f vs rank 4 %.3f", rec[16], rec[4]))
+  truthy(exact >= rec[16] - 1e-6, string.format("exact top-k %.3f >= estimate %.3f", exact, rec[16]))
+  truthy(rec[4] > 2 * first and rec[4] > 2 * rand,
+    string.format("low-rank %.3f vs first %.3f, random %.3f", rec[4], first, rand))
 end)
 
 H.done()
