@@ -1197,8 +1197,9 @@ typedef struct sl_model {
  * the forward pass's own buffer) and may rewrite them in place before they
  * are used: "attn_in" (the normed input of wq, wk, wv), "attn_out" (the
  * input of wo), "ffn_in" (the normed input of w1, w3), "ffn_hidden"
- * (silu(x.w1^T) * (x.w3^T), the input of w2). A status other than SL_OK
- * stops the pass (its message in ctx). */
+ * (silu(x.w1^T) * (x.w3^T), the input of w2), "layer_out" (the residual
+ * stream after the layer, the input of layer + 1; token merging rewrites
+ * rows there). A status other than SL_OK stops the pass (its message in ctx). */
 typedef struct sl_model_hooks {
     void *ud;
     sl_status (*site)(void *ud, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width);

@@ -16,6 +16,7 @@ local A = require "sparselab.actsparse"
 local T = require "sparselab.tokenprune"
 local U = require "sparselab.tokenupdate"
 local MOE = require "sparselab.moe"
+local QE = require "sparselab.qkest"
 
 local DATA = "experiments/data/tinystories260k"
 local db_path = arg[1] or "model_sparsity.db"
@@ -112,9 +113,9 @@ end
 -- a row from a method with its own runner: fn() -> nll, the dense nll on the same rows, linear FLOPs ratio
 local function record_custom(name, params, window, fn)
   P.restore(m, dense)
-  local nll, ref_nll, ratio = fn()
+  local nll, ref_nll, ratio, recall = fn()
   local metrics = {ppl = math.exp(nll), ppl_dense = math.exp(ref_nll), nll = nll, weight_sparsity = 0,
-    act_sparsity = 0, flops_ratio = ratio}
+    act_sparsity = 0, flops_ratio = ratio, attn_recall = recall}
   db:record{run_id = run_id, method = name, params = params, workload = "tinystories:heldout", phase = "prefill",
     n_q = HELD_N, n_k = HELD_N, heads = cfg.n_heads, kv_heads = cfg.n_kv_heads, head_dim = cfg.head_dim, backend = "cpu",
     budget = window, metrics = metrics}
@@ -192,6 +193,16 @@ for _, r in ipairs{0.5, 0.3, 0.1} do
     end)
   end
 end
+-- qk_lowrank as an estimator: 16 keys per query row chosen by the rank-8 whitened scores (pre-RoPE
+-- core, or the rotated reconstruction), run exactly; against exact top-16, first-16 and random-16
+-- (linear FLOPs unchanged: the column is 1; attn_recall = exact attention mass kept)
+local qest = QE.build(m, CALIB, {rank = 8})
+for _, sc in ipairs{"lowrank", "lowrank_rope", "exact", "first", "random"} do
+  record_custom("qk_lowrank_estimator", {rank = 8, keep = 16, scores = sc}, nil, function()
+    local nll, recall = QE.run(m, HELD, qest, {keep = 16, scores = sc})
+    return nll, dense_nll, 1, recall
+  end)
+end
 P.restore(m, dense)
 db:finish_run(run_id, "ok")
 
@@ -209,5 +220,11 @@ local rows = db:query([[
             FROM result r WHERE r.run_id = ?)
    ORDER BY attn_window, id]], run_id)
 print(sl.report.table(rows, rows.columns))
+local est_rows = db:query([[
+  SELECT r.method, r.params_json AS params,
+         round((SELECT value FROM metric WHERE result_id = r.id AND name = 'attn_recall'), 4) AS attn_recall,
+         round((SELECT value FROM metric WHERE result_id = r.id AND name = 'ppl'), 4) AS ppl
+    FROM result r WHERE r.run_id = ? AND r.method = 'qk_lowrank_estimator' ORDER BY r.id]], run_id)
+print(sl.report.table(est_rows, est_rows.columns))
 print(string.format("run %d recorded in %s", run_id, db_path))
 db:close()

@@ -12,6 +12,9 @@
 -- card's "last n rows" rater option) and are always kept.
 --
 --   T.hook(m, o, stats) -> attention hook for m.c:forward(ids, st, hook)
+--     (and, with o.recycle, the site hook: m.c:forward(ids, st, attn, site))
+--     o.recycle = true: token_merge_recycle's recycling of the pruned
+--       tokens (T.dpc, T.merge_mean; o.recycle_frac 0.3, o.cluster_div 10)
 --     o.layers  = {l, ...} pruning layers (0-based; pruning at l acts on layers > l)
 --     o.ratio   = kept share of the candidates alive at each pruning layer
 --                 (k = floor(ratio * V); the card's "ratio" budget), or
@@ -30,7 +33,7 @@
 -- hook: kept tokens keep their phases); layers <= l keep the full KV. Not
 -- done: renumber positions, text raters / head subset / RoPE de-bias /
 -- VASparse prior / neuron-match scores, rank / cdf / elbow budgets, the
--- recycle step (token_merge_recycle) and the decode-time contrastive branch.
+-- decode-time contrastive branch.
 -- The clamp k <= V - 1 of the reference codes is not applied, so that k = V
 -- (nothing dropped) leaves the model unchanged as the card's first check asks.
 local sl = require "sparselab"
@@ -78,6 +81,74 @@ local function pick(o, scores, cand, kk, rng)
   return chosen
 end
 
+--- DPC-kNN clustering (token_merge_recycle A3-A4; SparseVLM's
+--- cluster_and_merge): rows = list of vectors, c clusters. D_ij = |y_i -
+--- y_j| / sqrt(D); rho_i = exp(-mean of the c smallest D_ij^2, self
+--- included); delta_i = min D_ij over j denser than i (ties: the lower
+--- index counts as denser; the reference adds 1e-6 noise), the densest
+--- gets max D; centres = top-c by rho . delta (ties lower index); every
+--- row goes to its nearest centre (ties lower centre), centres to
+--- themselves. Returns assign (row -> cluster 1..c) and centres (row ids).
+function T.dpc(rows, c)
+  local n = #rows
+  c = math.max(1, math.min(c, n))
+  local dim = #rows[1]
+  local D, dmax = {}, 0
+  for i = 1, n do
+    D[i] = {}
+    for j = 1, n do
+      local s = 0
+      for t = 1, dim do local e = rows[i][t] - rows[j][t]; s = s + e * e end
+      D[i][j] = math.sqrt(s / dim)
+      if D[i][j] > dmax then dmax = D[i][j] end
+    end
+  end
+  local rho = {}
+  for i = 1, n do
+    local sq = {}
+    for j = 1, n do sq[j] = D[i][j] * D[i][j] end
+    table.sort(sq)
+    local acc = 0
+    for j = 1, c do acc = acc + sq[j] end
+    rho[i] = math.exp(-acc / c)
+  end
+  local function denser(j, i) return rho[j] > rho[i] or (rho[j] == rho[i] and j < i) end
+  local gamma, order = {}, {}
+  for i = 1, n do
+    local d = math.huge
+    for j = 1, n do if denser(j, i) and D[i][j] < d then d = D[i][j] end end
+    if d == math.huge then d = dmax end
+    gamma[i], order[i] = rho[i] * d, i
+  end
+  table.sort(order, function(a, b) if gamma[a] ~= gamma[b] then return gamma[a] > gamma[b] end return a < b end)
+  local centres = {}
+  for k = 1, c do centres[k] = order[k] end
+  table.sort(centres)
+  local assign = {}
+  for i = 1, n do
+    local best, bd = 1, math.huge
+    for k, ci in ipairs(centres) do
+      if ci == i then best, bd = k, -1; break end
+      if D[i][ci] < bd then best, bd = k, D[i][ci] end
+    end
+    assign[i] = best
+  end
+  return assign, centres
+end
+
+--- Merged tokens: the unweighted mean of each cluster's rows -> list of c vectors.
+function T.merge_mean(rows, assign, c)
+  local sum, cnt = {}, {}
+  for k = 1, c do sum[k], cnt[k] = {}, 0; for t = 1, #rows[1] do sum[k][t] = 0 end end
+  for i, r in ipairs(rows) do
+    local k = assign[i]
+    cnt[k] = cnt[k] + 1
+    for t = 1, #r do sum[k][t] = sum[k][t] + r[t] end
+  end
+  for k = 1, c do for t = 1, #sum[k] do sum[k][t] = sum[k][t] / cnt[k] end end
+  return sum
+end
+
 function T.hook(m, o, stats)
   local prefix, probe = o.prefix or 1, o.probe or 16
   local prune_at = {}
@@ -89,8 +160,9 @@ function T.hook(m, o, stats)
   local state = 0x9e3779b9 + (o.seed or 1)
   local function rng(n) state = (state * 1103515245 + 12345) % 2147483648; return state % n + 1 end
   local keep -- kept positions (0-based, ascending); nil = all
+  local recycle_at = {} -- [layer] = {pruned = {positions}, scores = {position -> s}}
   local _ = m
-  return function(layer, q, k, v)
+  local function attention(layer, q, k, v)
     local n = q:shape()[2]
     if stats then stats.rows = stats.rows or {}; stats.rows[layer] = keep and #keep or n end
     local out
@@ -118,11 +190,64 @@ function T.hook(m, o, stats)
         if not is_cand[i] then nxt[#nxt + 1] = pos
         elseif chosen[ci] == i then nxt[#nxt + 1] = pos; ci = ci + 1 end
       end
+      if o.recycle then
+        local kept_set, pruned, ps = {}, {}, {}
+        for _, pos in ipairs(nxt) do kept_set[pos] = true end
+        for i, pos in ipairs(cur) do
+          if not kept_set[pos] then pruned[#pruned + 1] = pos; ps[pos] = scores and scores[i] or -pos end
+        end
+        if #pruned > 0 then recycle_at[layer] = {pruned = pruned, scores = ps} end
+      end
       if #nxt < n or keep then keep = nxt end
       if stats then stats.keep = stats.keep or {}; stats.keep[layer] = keep or cur end
     end
     return out
   end
+  -- token_merge_recycle A (SparseVLM v1): after the pruning layer, the top m = floor(0.3 n_p) + 1
+  -- pruned tokens by score are clustered (DPC-kNN, c = floor(m / 10) + 1) and each cluster's mean
+  -- hidden state is written into the slot of its last member (the largest position: no earlier
+  -- token sees it), which joins the keep list
+  local function site(layer, name, x)
+    local r = recycle_at[layer]
+    if name ~= "layer_out" or not r then return nil end
+    recycle_at[layer] = nil
+    local cand = {}
+    for i, pos in ipairs(r.pruned) do cand[i] = pos end
+    table.sort(cand, function(a, b)
+      if r.scores[a] ~= r.scores[b] then return r.scores[a] > r.scores[b] end
+      return a < b
+    end)
+    local mm = math.min(#cand, math.floor((o.recycle_frac or 0.3) * #cand) + 1)
+    local members = {}
+    for i = 1, mm do members[i] = cand[i] end
+    table.sort(members)
+    local rows = x:totable()
+    local ys = {}
+    for i, pos in ipairs(members) do ys[i] = rows[pos + 1] end
+    local c = mm // (o.cluster_div or 10) + 1
+    local assign, centres = T.dpc(ys, c)
+    local merged = T.merge_mean(ys, assign, #centres)
+    local slots = {}
+    for i, pos in ipairs(members) do
+      local k = assign[i]
+      if not slots[k] or pos > slots[k] then slots[k] = pos end
+    end
+    local set = {}
+    for _, pos in ipairs(keep) do set[pos] = true end
+    for k, pos in pairs(slots) do rows[pos + 1] = merged[k]; set[pos] = true end
+    local nk = {}
+    for pos in pairs(set) do nk[#nk + 1] = pos end
+    table.sort(nk)
+    keep = nk
+    if stats then
+      stats.keep[layer] = keep
+      stats.merged = stats.merged or {}
+      stats.merged[layer] = {members = members, assign = assign, slots = slots}
+    end
+    return sl.tensor(rows)
+  end
+  if o.recycle then return attention, site end
+  return attention
 end
 
 --- Mean NLL of the last `probe` rows of each sequence with pruning o, the
@@ -133,7 +258,8 @@ function T.nll(m, seqs, o)
   for _, ids in ipairs(seqs) do
     local stats = {}
     local st <close> = m.c:state(#ids)
-    local logits = m.c:forward(ids, st, T.hook(m, o, stats))
+    local attn, site = T.hook(m, o, stats)
+    local logits = m.c:forward(ids, st, attn, site)
     local n, vocab = #ids, logits:shape()[2]
     local rows = logits:totable()
     for i = n - probe, n - 1 do -- row i (0-based) predicts ids[i + 2]

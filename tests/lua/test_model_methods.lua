@@ -37,7 +37,7 @@ local HELD = {head(ids_of("05_moon_friend"), 200), head(ids_of("06_little_seed")
 local CARDS = {"token_prune_attn_score", "topk_activation", "channel_threshold", "act_sparse_matmul",
   "temporal_delta", "k_sparse_autoencoder", "magnitude_prune", "nm_sparse_matmul", "unstructured_sparse_matmul",
   "sparsegpt_prune", "qk_lowrank", "moe_split_route",
-  "sparse_token_update"}
+  "sparse_token_update", "token_merge_recycle"}
 
 test("model methods: registered as non-attention with card ids, backends and a one-line eval error", function()
   local have = {}
@@ -383,6 +383,110 @@ test("qk_lowrank: estimator recall far above first-k and random keys, not below 
   truthy(exact >= rec[16] - 1e-6, string.format("exact top-k %.3f >= estimate %.3f", exact, rec[16]))
   truthy(rec[4] > 2 * first and rec[4] > 2 * rand,
     string.format("low-rank %.3f vs first %.3f, random %.3f", rec[4], first, rand))
+end)
+
+-- ---- token_merge_recycle -----------------------------------------------------------
+
+local function blobs(c, per, dim, seed)
+  local r = sl.randn({c * per, dim}, {seed = seed}):totable()
+  local rows, truth = {}, {}
+  for b = 1, c do
+    for i = 1, per do
+      local idx = (b - 1) * per + i
+      local row = {}
+      for t = 1, dim do row[t] = r[idx][t] * 0.05 + 10 * b * ((t + b) % 3 - 1) end
+      rows[idx], truth[idx] = row, b
+    end
+  end
+  return rows, truth
+end
+
+test("token_merge_recycle: DPC is a partition, centres own their cluster, blobs recovered, merged = mean", function()
+  local rows, truth = blobs(4, 9, 6, 31)
+  local assign, centres = T.dpc(rows, 4)
+  eq(#centres, 4, "c centres")
+  local size = {}
+  for i, k in ipairs(assign) do truthy(k >= 1 and k <= 4, "cluster id " .. i); size[k] = (size[k] or 0) + 1 end
+  local total = 0
+  for k = 1, 4 do total = total + size[k] end
+  eq(total, #rows, "sizes sum to m")
+  for k, ci in ipairs(centres) do eq(assign[ci], k, "centre " .. ci .. " in its own cluster") end
+  -- blobs: same blob <=> same cluster
+  for i = 1, #rows do
+    for j = 1, #rows do eq(truth[i] == truth[j], assign[i] == assign[j], "pair " .. i .. "," .. j) end
+  end
+  -- merged = mean of the members (float64 here)
+  local merged = T.merge_mean(rows, assign, 4)
+  for k = 1, 4 do
+    for t = 1, 6 do
+      local s, n = 0, 0
+      for i, r in ipairs(rows) do if assign[i] == k then s, n = s + r[t], n + 1 end end
+      near(merged[k][t], s / n, 1e-12, "mean")
+    end
+  end
+  -- c = m: every candidate its own cluster, merged set = the candidates
+  local few = {rows[1], rows[10], rows[20], rows[30]}
+  local a2, c2 = T.dpc(few, 4)
+  local m2 = T.merge_mean(few, a2, #c2)
+  for i = 1, 4 do for t = 1, 6 do eq(m2[a2[i]][t], few[i][t], "c = m keeps the candidates") end end
+end)
+
+test("token_merge_recycle: DPC is invariant to the input order", function()
+  local rows = sl.randn({25, 5}, {seed = 77}):totable()
+  local a1 = T.dpc(rows, 3)
+  local perm, prow = {}, {}
+  for i = 1, 25 do perm[i] = (i * 7) % 25 + 1 end
+  for i = 1, 25 do prow[i] = rows[perm[i]] end
+  local a2 = T.dpc(prow, 3)
+  for i = 1, 25 do
+    for j = 1, 25 do
+      eq(a1[perm[i]] == a1[perm[j]], a2[i] == a2[j], "pair " .. i .. "," .. j)
+    end
+  end
+end)
+
+test("token_merge_recycle: merged tokens enter the keep list with the members' mean hidden state", function()
+  local ids = head(HELD[1], 160)
+  local stats = {}
+  local attn, site = T.hook(m, {ratio = 0.3, layers = {0}, probe = 16, recycle = true}, stats)
+  -- dense layer-0 outputs (layer 0 attends densely in both runs) and the pruned run's layer-1 inputs
+  local dense_out
+  do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, function(l, name, x) if l == 0 and name == "layer_out" then dense_out = x:totable() end end)
+  end
+  local in1
+  local st <close> = m.c:state(#ids)
+  m.c:forward(ids, st, attn, function(l, name, x)
+    local r = site(l, name, x)
+    if l == 1 and name == "attn_in" then in1 = x:totable() end
+    return r
+  end)
+  local mg = stats.merged[0]
+  local n_pruned = (#ids - 1 - 16) - math.floor(0.3 * (#ids - 1 - 16))
+  eq(#mg.members, math.floor(0.3 * n_pruned) + 1, "m = floor(0.3 n_p) + 1")
+  local c = #mg.members // 10 + 1
+  local n_slots = 0
+  for _ in pairs(mg.slots) do n_slots = n_slots + 1 end
+  eq(n_slots, c, "c merged tokens")
+  eq(#stats.keep[0], 1 + math.floor(0.3 * (#ids - 1 - 16)) + 16 + c, "keep list grew by c")
+  local w = m.c:weight("layers.1.rms_att"):totable()
+  for k, slot in pairs(mg.slots) do
+    local mean = {}
+    for t = 1, m.cfg.dim do mean[t] = 0 end
+    local cnt = 0
+    for i, pos in ipairs(mg.members) do
+      if mg.assign[i] == k then
+        cnt = cnt + 1
+        truthy(pos <= slot, "slot is the last member")
+        for t = 1, m.cfg.dim do mean[t] = mean[t] + dense_out[pos + 1][t] end
+      end
+    end
+    local ss = 0
+    for t = 1, m.cfg.dim do mean[t] = mean[t] / cnt; ss = ss + mean[t] * mean[t] end
+    local inv = 1 / math.sqrt(ss / m.cfg.dim + 1e-5)
+    for t = 1, m.cfg.dim do near(in1[slot + 1][t], mean[t] * inv * w[t], 1e-4, "normed merged row") end
+  end
 end)
 
 H.done()
