@@ -1,8 +1,9 @@
 -- model_sparsity.lua — perplexity vs sparsity on the shipped TinyStories
 -- model (issue 17): weight pruning (magnitude per layer / global, N:M 2:4
 -- and 4:8, SparseGPT unstructured and N:M, whitened low-rank W_q/W_k), FFN activation sparsity (top-k,
--- CATS and CHESS thresholds, temporal deltas over tokens), token pruning by attention score, sparse
--- token updates and FFN -> MoE routing (each with its score-blind baseline), each alone and combined with a sparse
+-- CATS and CHESS thresholds, temporal deltas over tokens), token pruning by attention score (scored on
+-- the last 32 tokens), sparse token updates, token recycling, FFN -> MoE routing and the low-rank Q.K estimator (each with
+-- its score-blind baseline), each alone and (where the card allows) combined with a sparse
 -- attention method (streaming_llm); calibration on texts 01-04, evaluation
 -- on the held-out texts 05-08. Every point is recorded in SQLite and the
 -- table is printed from the database, with the FLOPs the sparse executors
@@ -192,6 +193,10 @@ for _, r in ipairs{0.5, 0.3, 0.1} do
       return nll, probe_dense, share
     end)
   end
+  record_custom("token_merge_recycle", {ratio = r, layers = "0", probe = 32, frac = 0.3}, nil, function()
+    local nll, _, share = T.nll(m, HELD, {ratio = r, layers = {0}, probe = 32, recycle = true})
+    return nll, probe_dense, share
+  end)
 end
 -- qk_lowrank as an estimator: 16 keys per query row chosen by the rank-8 whitened scores (pre-RoPE
 -- core, or the rotated reconstruction), run exactly; against exact top-16, first-16 and random-16
