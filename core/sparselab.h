@@ -847,6 +847,14 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * W r_t = W r_{t-1} + W delta_t) and xhat [T, m] (r after step t; |xhat -
  * x| <= theta up to one rounding). Float32 arithmetic, in step order. */
 
+/* ---- token-level sparsity (issue 17, part 2) ----
+ * token.scatter (card sparse_token_update, the scatter of gather -> compute
+ * -> scatter; gather.rows is the gather): inputs x [N, D] (float), y [M, D]
+ * (float), idx i32 [M], each in [0, N) and all distinct (SL_EARG naming the
+ * first repeat); param add. Output out [N, D]: out = x except out[idx[t]] =
+ * y[t] (add = 0, "replace": rows not in idx are bit-identical to x) or
+ * x[idx[t]] + y[t] (add = 1). FLOPs: M.D with add, 0 without. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
