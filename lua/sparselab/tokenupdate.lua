@@ -29,7 +29,8 @@
 -- One score vector, sets nested across layers (the top-N_l prefix of one
 -- ordering, ties by the lower index), as Focus-DETR and SparseViT do.
 -- The runner has no row-subset executor: the skipped rows' attention
--- output (before W_o) and FFN hidden units (before W_2) are zeroed, which
+-- output (before W_o) and FFN hidden units (before W_2) are zeroed (the
+-- token.scatter op, replace mode, with zero rows), which
 -- gives exactly the gather -> compute -> scatter(replace) result for the
 -- updated rows and the identity for the others; the FLOPs of the compacted
 -- computation are what stats reports (updated share).
@@ -114,13 +115,13 @@ function U.hooks(m, o, stats)
       order = ordering(o, s, #s)
     end
     if layer < from or (name ~= "attn_out" and name ~= "ffn_hidden") then return nil end
-    local rows = x:totable()
-    local set = select_for(layer, #rows)
-    local width = #rows[1]
-    for i, row in ipairs(rows) do
-      if not set[i - 1] then for j = 1, width do row[j] = 0 end end
-    end
-    return sl.tensor(rows)
+    local n, width = x:shape()[1], x:shape()[2]
+    local set = select_for(layer, n)
+    local skipped = {}
+    for i = 0, n - 1 do if not set[i] then skipped[#skipped + 1] = i end end
+    if #skipped == 0 then return nil end
+    -- the skipped rows' block contribution is zero: token.scatter (replace) of zero rows
+    return sl.token.scatter(x, sl.zeros({#skipped, width}), sl.tensor(skipped, "i32"))
   end
   return attention, site
 end

@@ -8,8 +8,9 @@
 --   [1, .8, .6, .6, .4, .2] x rho (ties lower index), 4 q_sparse: only the selected rows query and
 --   run the FFN, K/V = all tokens, 5 scatter replace: the other rows pass through bit-identical.
 --   Step 3 (gather into a compact buffer) is realised by zeroing the skipped rows before W_o and
---   W_2 (the runner has no row-subset executor): the same numbers; the FLOPs of the compacted run
---   are the updated share in stats.
+--   W_2 with token.scatter (replace; the runner has no row-subset executor): the same numbers; the
+--   FLOPs of the compacted run are the updated share in stats. token.scatter (ref/cpu/CUDA) with
+--   gather.rows is the card's gather -> compute -> scatter pair as ops.
 -- Not done: window scores and window modes (w_sparse, axial), varlen packing, scatter "add",
 --   Focus-DETR's top-down modulation and dual attention.
 -- Reference code (mit-han-lab/sparsevit, detrex focus_detr) was not read; this follows the card.
@@ -24,7 +25,7 @@ return MR.recipe{
     from = {default = 3, min = 0, int = true, doc = "first sparse layer (earlier layers are dense)"},
     scores = {default = "act_mag", doc = "act_mag | ffn_mag | attn | first | random"},
   },
-  ops = {"score.rows", "reduce.heads", "reduce.columns", "attn.dense"},
+  ops = {"score.rows", "reduce.heads", "reduce.columns", "attn.dense", "token.scatter"},
   checks = {"all tokens selected equals the dense model", "unselected rows bit-identical to the block input",
     "nested selection across layers", "activation magnitude beats first-k and random (NLL)"},
   how = "sparselab.tokenupdate.hooks(model, {rho =, from =}) -> attention and site hooks; sparselab.tokenupdate.nll",
