@@ -975,6 +975,14 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
 sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits);
 int sl_kvcache_bits(const sl_kvcache *c);
 
+/* ---- token-level sparsity (issue 17, part 2) ----
+ * token.scatter (card sparse_token_update, the scatter of gather -> compute
+ * -> scatter; gather.rows is the gather): inputs x [N, D] (float), y [M, D]
+ * (float), idx i32 [M], each in [0, N) and all distinct (SL_EARG naming the
+ * first repeat); param add. Output out [N, D]: out = x except out[idx[t]] =
+ * y[t] (add = 0, "replace": rows not in idx are bit-identical to x) or
+ * x[idx[t]] + y[t] (add = 1). FLOPs: M.D with add, 0 without. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
@@ -1351,8 +1359,9 @@ typedef struct sl_model {
  * the forward pass's own buffer) and may rewrite them in place before they
  * are used: "attn_in" (the normed input of wq, wk, wv), "attn_out" (the
  * input of wo), "ffn_in" (the normed input of w1, w3), "ffn_hidden"
- * (silu(x.w1^T) * (x.w3^T), the input of w2). A status other than SL_OK
- * stops the pass (its message in ctx). */
+ * (silu(x.w1^T) * (x.w3^T), the input of w2), "layer_out" (the residual
+ * stream after the layer, the input of layer + 1; token merging rewrites
+ * rows there). A status other than SL_OK stops the pass (its message in ctx). */
 typedef struct sl_model_hooks {
     void *ud;
     sl_status (*site)(void *ud, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width);

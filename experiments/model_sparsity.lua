@@ -1,7 +1,9 @@
 -- model_sparsity.lua — perplexity vs sparsity on the shipped TinyStories
 -- model (issue 17): weight pruning (magnitude per layer / global, N:M 2:4
 -- and 4:8, SparseGPT unstructured and N:M, whitened low-rank W_q/W_k), FFN activation sparsity (top-k,
--- CATS and CHESS thresholds, temporal deltas over tokens), each alone and combined with a sparse
+-- CATS and CHESS thresholds, temporal deltas over tokens), token pruning by attention score (scored on
+-- the last 32 tokens), sparse token updates, token recycling, FFN -> MoE routing and the low-rank Q.K estimator (each with
+-- its score-blind baseline), each alone and (where the card allows) combined with a sparse
 -- attention method (streaming_llm); calibration on texts 01-04, evaluation
 -- on the held-out texts 05-08. Every point is recorded in SQLite and the
 -- table is printed from the database, with the FLOPs the sparse executors
@@ -12,6 +14,10 @@
 local sl = require "sparselab"
 local P = require "sparselab.prune"
 local A = require "sparselab.actsparse"
+local T = require "sparselab.tokenprune"
+local U = require "sparselab.tokenupdate"
+local MOE = require "sparselab.moe"
+local QE = require "sparselab.qkest"
 
 local DATA = "experiments/data/tinystories260k"
 local db_path = arg[1] or "model_sparsity.db"
@@ -28,6 +34,8 @@ end
 local CALIB = ids_of{"01_red_kite", "02_lost_mitten", "03_brave_turtle", "04_cake_for_mom"}
 local HELD = ids_of{"05_moon_friend", "06_little_seed", "07_toy_shop", "08_rainy_day"}
 local dense = P.snapshot(m)
+local HELD_N = 0
+for _, ids in ipairs(HELD) do HELD_N = HELD_N + #ids end
 local cfg = m.cfg
 
 -- linear FLOPs per token of the current weights (2 per nonzero), the dense
@@ -94,6 +102,27 @@ local function record(name, params, weight_fn, spec, window)
   io.stderr:write(string.format("%-28s ppl %.4f\n", name .. (window and (" +window" .. window) or ""), metrics.ppl))
 end
 
+-- linear FLOPs per token of one layer, by projection
+local LIN = {}
+do
+  local qd, kvd = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+  LIN.q, LIN.k, LIN.v, LIN.o = 2 * cfg.dim * qd, 2 * cfg.dim * kvd, 2 * cfg.dim * kvd, 2 * qd * cfg.dim
+  LIN.ffn = 3 * 2 * cfg.dim * cfg.hidden_dim
+  LIN.total = LIN.q + LIN.k + LIN.v + LIN.o + LIN.ffn
+end
+
+-- a row from a method with its own runner: fn() -> nll, the dense nll on the same rows, linear FLOPs ratio
+local function record_custom(name, params, window, fn)
+  P.restore(m, dense)
+  local nll, ref_nll, ratio, recall = fn()
+  local metrics = {ppl = math.exp(nll), ppl_dense = math.exp(ref_nll), nll = nll, weight_sparsity = 0,
+    act_sparsity = 0, flops_ratio = ratio, attn_recall = recall}
+  db:record{run_id = run_id, method = name, params = params, workload = "tinystories:heldout", phase = "prefill",
+    n_q = HELD_N, n_k = HELD_N, heads = cfg.n_heads, kv_heads = cfg.n_kv_heads, head_dim = cfg.head_dim, backend = "cpu",
+    budget = window, metrics = metrics}
+  io.stderr:write(string.format("%-28s ppl %.4f\n", name .. (window and (" +window" .. window) or ""), metrics.ppl))
+end
+
 local cal = {}
 local dth = {}
 for _, s in ipairs{0.5, 0.7} do cal[s], dth[s] = A.calibrate(m, CALIB, s), A.calibrate_delta(m, CALIB, s) end
@@ -127,6 +156,57 @@ for _, window in ipairs{false, 64} do
   end
   record("sparsegpt+topk", {sparsity = 0.5, k = 86}, function() P.sparsegpt(m, CALIB, {sparsity = 0.5}) end,
     {kind = "topk", k = 86}, w)
+  -- token-level and routing cards: their own runners (sparselab.tokenupdate / moe); FLOPs of the
+  -- compacted / routed computation (linear layers)
+  for _, rho in ipairs{0.8, 0.5} do
+    for _, sc in ipairs{"act_mag", "random"} do
+      record_custom("sparse_token_update", {rho = rho, from = 3, scores = sc}, w, function()
+        local nll, share = U.nll(m, HELD, {rho = rho, from = 3, scores = sc, attention = attention_hook(w)})
+        local L = cfg.n_layers
+        return nll, dense_nll, (3 * LIN.total + (L - 3) * (LIN.k + LIN.v + (LIN.q + LIN.o + LIN.ffn) * share)) /
+          (L * LIN.total)
+      end)
+    end
+  end
+  for _, c in ipairs{{2, "importance", "cluster"}, {1, "importance", "cluster"}, {2, "sequential", "random"}} do
+    record_custom("moe_split_route", {experts = 4, k = c[1], split = c[2], router = c[3]}, w, function()
+      local moe = MOE.build(m, CALIB, {experts = 4, k = c[1], split = c[2], router = c[3]})
+      local total, count, stats = 0, 0, {}
+      for _, ids in ipairs(HELD) do
+        local st <close> = m.c:state(#ids)
+        local logits = m.c:forward(ids, st, attention_hook(w), MOE.hook(m, moe, stats))
+        local cc = sl.model_c.compare(logits, logits, ids)
+        total, count = total + cc.nll * cc.n, count + cc.n
+      end
+      local kept = stats.kept / stats.units
+      return total / count, dense_nll, (LIN.q + LIN.k + LIN.v + LIN.o + LIN.ffn * kept + 2 * cfg.dim * 4) / LIN.total
+    end)
+  end
+end
+-- token pruning (dense attention only: its attention hook is the executor with the keep list);
+-- perplexity of the last 32 tokens of each held-out text (the raters; the only rows left)
+local probe_dense = T.nll(m, HELD, {ratio = 1, layers = {0}, probe = 32})
+for _, r in ipairs{0.5, 0.3, 0.1} do
+  for _, sc in ipairs{"attn", "first", "random"} do
+    record_custom("token_prune_attn_score", {ratio = r, layers = "0", probe = 32, scores = sc}, nil, function()
+      local nll, _, share = T.nll(m, HELD, {ratio = r, layers = {0}, probe = 32, scores = sc})
+      return nll, probe_dense, share
+    end)
+  end
+  record_custom("token_merge_recycle", {ratio = r, layers = "0", probe = 32, frac = 0.3}, nil, function()
+    local nll, _, share = T.nll(m, HELD, {ratio = r, layers = {0}, probe = 32, recycle = true})
+    return nll, probe_dense, share
+  end)
+end
+-- qk_lowrank as an estimator: 16 keys per query row chosen by the rank-8 whitened scores (pre-RoPE
+-- core, or the rotated reconstruction), run exactly; against exact top-16, first-16 and random-16
+-- (linear FLOPs unchanged: the column is 1; attn_recall = exact attention mass kept)
+local qest = QE.build(m, CALIB, {rank = 8})
+for _, sc in ipairs{"lowrank", "lowrank_rope", "exact", "first", "random"} do
+  record_custom("qk_lowrank_estimator", {rank = 8, keep = 16, scores = sc}, nil, function()
+    local nll, recall = QE.run(m, HELD, qest, {keep = 16, scores = sc})
+    return nll, dense_nll, 1, recall
+  end)
 end
 P.restore(m, dense)
 db:finish_run(run_id, "ok")
@@ -145,5 +225,11 @@ local rows = db:query([[
             FROM result r WHERE r.run_id = ?)
    ORDER BY attn_window, id]], run_id)
 print(sl.report.table(rows, rows.columns))
+local est_rows = db:query([[
+  SELECT r.method, r.params_json AS params,
+         round((SELECT value FROM metric WHERE result_id = r.id AND name = 'attn_recall'), 4) AS attn_recall,
+         round((SELECT value FROM metric WHERE result_id = r.id AND name = 'ppl'), 4) AS ppl
+    FROM result r WHERE r.run_id = ? AND r.method = 'qk_lowrank_estimator' ORDER BY r.id]], run_id)
+print(sl.report.table(est_rows, est_rows.columns))
 print(string.format("run %d recorded in %s", run_id, db_path))
 db:close()

@@ -320,6 +320,8 @@ sl_status sl_model_forward(sl_ctx *ctx, const sl_model *m, sl_model_state *st, c
         matmul(b.xb, b.h1, &y->w2, n);
         for (int64_t i = 0; i < n * d; i++)
             b.x[i] += b.xb[i];
+        if ((s = hook_site(ctx, m, l, "layer_out", b.x, n, d)))
+            break;
     }
     if (s == SL_OK) {
         int64_t ls[2] = {n, c->vocab_size};

@@ -110,6 +110,9 @@ function E.run(method, prob, opts)
   end
   if target and opts.budget ~= nil then sl.fail("sl.eval: give a budget or a %s target, not both", target) end
   local m = sl.methods.get(method)
+  if m.phase == "model" then -- non-attention cards (sparselab.model_recipe, issue 17)
+    sl.fail("%s acts on the model, not on an attention problem: %s", m.id, m.model and m.model.how or "see its recipe")
+  end
   if type(prob) ~= "table" then sl.fail("sl.eval: expected a problem table, found %s", type(prob)) end
   prob = prob.q and prob._checked and prob or E.problem(prob)
   prob._checked = true

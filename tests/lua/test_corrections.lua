@@ -309,8 +309,9 @@ test("sl.correct.delta{gamma = 64}(m) works for every method in the registry", f
   local n_ok = 0
   for _, id in ipairs(sl.methods.ids()) do
     local base = sl.methods.get(id)
-    -- video methods need a layout and a bidirectional problem (issue 15)
-    if base.needs_layout or base.noncausal_only then goto continue end
+    -- video methods need a layout and a bidirectional problem (issue 15); non-attention cards
+    -- (phase "model") run on the model, not on attention problems
+    if base.needs_layout or base.noncausal_only or base.phase == "model" then goto continue end
     local m = sl.correct.delta{gamma = 64}(id)
     eq(m.id, id .. "+delta_attention", "id")
     -- non-softmax methods (issue 16) return no lse: an LSE-based correction

@@ -1,0 +1,18 @@
+-- Activation-sparse matmul (skip zero activation rows/columns) — card: act_sparse_matmul.
+-- Kind: non-attention (sparselab.model_recipe); a kernel card: no model apply of its own (the
+-- activation-sparsity cards topk_activation / channel_threshold / temporal_delta produce the
+-- zeros it skips; sparselab.actsparse counts the FLOPs it executes for the down projection).
+-- Card steps done: 1 input-sparse executor (mm.act_sparse), 3 tile union on CPU (a weight row
+--   loaded once per 8-row tile if any row uses it), 4 delta mode (with act.delta).
+-- Not done: output-sparse mode (2), crossover dispatch stored in SQLite (5); the runner's w2
+--   product stays dense sgemm on the zeroed activations (same numbers).
+local MR = require "sparselab.model_recipe"
+return MR.recipe{
+  id = "act_sparse_matmul",
+  title = "Activation-sparse matmul: read only the weight rows of nonzero activations",
+  summary = "x . Wᵀ touching only the weight columns whose activation is nonzero.",
+  params = {},
+  ops = {"mm.act_sparse"},
+  checks = {"equals the dense matmul to 1e-5 relative", "FLOPs count the nonzeros"},
+  how = "sl.mm.act_sparse(x, w) (a kernel; in the model via topk_activation / channel_threshold / temporal_delta)",
+}

@@ -1,0 +1,38 @@
+-- Dense FFN -> MoE: neuron experts with a router (LLaMA-MoE v2; SPT's unit weighting) — card:
+-- moe_split_route. Kind: non-attention (sparselab.model_recipe): acts on the model through the
+-- runner's FFN site hooks (sparselab.moe).
+-- Card steps done: A1 split of the FFN neurons into E disjoint experts (sequential, random, and an
+--   importance split: per token cluster the neurons of largest mean |h| on calibration texts,
+--   taken in turn — activation magnitude instead of LLaMA-MoE v2's gradient importance), A2 router
+--   = k-means centroids of the FFN inputs (hidden clustering) or random calibration vectors, A3
+--   top-k experts per token (select.topk, ties lower id) with unit weights (SPT, default) or
+--   softmax of the top-k logits x scale.
+-- Not done: attention-MoE (B), SPT's sigmoid block router (C), align post-training, shared expert,
+--   the grouped-GEMM executor as an op (the runner zeroes the unrouted units: same numbers).
+-- Reference code (OpenSparseLLMs/LLaMA-MoE-v2, ytgui/SPT-proto) was not read; this follows the card.
+local MR = require "sparselab.model_recipe"
+return MR.recipe{
+  id = "moe_split_route",
+  title = "LLaMA-MoE v2: dense FFN split into routed neuron experts",
+  summary = "FFN neurons split into E experts; a clustering router picks the top-k experts per token.",
+  knob = "k",
+  params = {
+    experts = {default = 4, min = 1, int = true, doc = "number of experts E"},
+    k = {default = 2, min = 0, int = true, doc = "experts per token"},
+    split = {default = "importance", doc = "importance | sequential | random"},
+    router = {default = "cluster", doc = "cluster (k-means of FFN inputs) | random (calibration vectors)"},
+    weights = {default = "unit", doc = "unit (SPT) | softmax (top-k softmax x scale)"},
+    scale = {default = 1, min = 0, doc = "expert output scale"},
+  },
+  ops = {"mm.dense", "select.topk"},
+  checks = {"top-k = E with unit weights equals the dense FFN", "every split is a partition of the neurons",
+    "importance split + clustering router beat a sequential split with a random router (NLL)"},
+  how = "sparselab.moe.build(model, calibration_seqs, {experts =, k =}) then sparselab.moe.hook as the site hook",
+  apply = function(m, p, calib)
+    if not calib then require("sparselab").fail("moe_split_route: calibration sequences are required") end
+    local E = require "sparselab.moe"
+    local moe = E.build(m, calib, {experts = p.experts, k = p.k, split = p.split, router = p.router,
+      weights = p.weights, scale = p.scale})
+    return {site = E.hook(m, moe)}
+  end,
+}
