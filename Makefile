@@ -123,7 +123,7 @@ test-run: all $(TEST_SUITES) $(TEST_TOOLS)
 # Every op suite on ref, cpu and cuda: one suite per op family of core/ops.def
 # (tests/test_<family>_ops.c) and the dispatcher's own suite.
 OP_FAMILIES    := attn metric correct score reduce select pool gather
-CUDA_OP_SUITES := $(OP_FAMILIES:%=test_%_ops) test_op_dispatch
+CUDA_OP_SUITES := $(OP_FAMILIES:%=test_%_ops) test_attn_lines_ops test_op_dispatch
 test-cuda:
 	$(MAKE) CUDA=1 BUILD=build-cuda all $(CUDA_OP_SUITES:%=build-cuda/tests/%)
 	@for t in $(CUDA_OP_SUITES); do echo "== $$t (cuda)"; SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/$$t || exit 1; done

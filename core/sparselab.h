@@ -582,6 +582,18 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * maximum of the 2M values [x.R_0 .. x.R_{M-1}, -x.R_0 .. -x.R_{M-1}]
  * (float64 dot products), a bucket in [0, 2M). No parameters. */
 
+/* ---- reliability: the line executor (issue 19) ----
+ * attn.lines (the exact vertical-slash executor, O(n * lines) memory): inputs
+ * q [Hq, Nq, D], k and v [Hkv, Nk, D], cols i32 [Hl, C] and offs i32 [Hl, S]
+ * (Hl is 1 or divides Hq: query head h reads list head h / (Hq / Hl)); each
+ * list row holds distinct values in [0, Nk) in ascending order, then -1
+ * entries (padding, skipped); C or S may be 0. Param scale. Row i (position
+ * p = Nk - Nq + i) attends the keys {j in cols : j <= p} ∪ {p - o : o in
+ * offs, o <= p}, a key on both a column and a diagonal once, in one softmax.
+ * Outputs O [Hq, Nq, D], L [Hq, Nq]; a row with no key gets O = 0, L = -inf.
+ * Nothing of size Nq x Nk exists: each row's keys are found from the lists
+ * (time proportional to the pairs kept). */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -11,8 +11,9 @@
 --      the windows; per head the fewest vertical lines and, separately, the
 --      fewest slash lines holding alpha of the sampled mass (select.topp,
 --      the cdf rule); the diagonal (offset 0) always kept;
---   3. executor attn.vs_mixed over the lines (exact diagonals; widen = true
---      runs MInference-style slash tiles), as vertical_slash.
+--   3. executor attn.lines over the exact lines (memory O(n · lines));
+--      widen = true runs MInference-style slash tiles on attn.vs_mixed, as
+--      vertical_slash.
 -- Not implemented: step 4 (decode-time progressive KV compression), the
 -- multi-turn cache reuse (the caller runs one prefill per turn with the
 -- cached history as the prompt head and new_start at the turn's start).
@@ -83,7 +84,7 @@ return {
     new_start = {default = 0, min = 0, int = true, doc = "first position of the current turn's new input"},
     widen = {default = false, doc = "true: MInference-style slash tiles (executed ⊇ semantic)"},
   },
-  ops = {"score.rows", "reduce.columns", "reduce.diagonals", "select.topp", "attn.vs_mixed"},
+  ops = {"score.rows", "reduce.columns", "reduce.diagonals", "select.topp", "attn.lines", "attn.vs_mixed"},
   checks = {"alpha = 1 equals dense", "diagonal always kept", "recall monotone in alpha",
     "estimate uses rows spread over the new input (question position)"},
   mask = function(prob, p) return estimate(prob, p).mask end,
