@@ -61,7 +61,7 @@ PROGRAM   := $(BUILD)/sparselab
 TEST_SUITES := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 TEST_TOOLS  := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
-.PHONY: all test test-run test-cuda asan deps demo clean bench
+.PHONY: all test test-run test-cuda asan deps demo clean bench bench-mem
 all: $(LIB) $(STORE_LIB) $(MODULE) $(PROGRAM)
 
 $(BUILD)/%.o: %.c
@@ -137,6 +137,9 @@ demo: deps
 
 bench: all
 	$(PROGRAM) bench
+# Peak memory of every method at n = 4K..32K (the issue 19 workload); fails on growth faster than linear.
+bench-mem: all
+	sh tests/tools/mem_sweep.sh $(BUILD) 4096,8192,16384,32768 heads=8,kv_heads=2
 
 deps:
 	@sh tests/deps.sh

@@ -26,5 +26,6 @@ run deps_check lua5.4 tests/tools/deps_check.lua
 run readme_status env LD_PRELOAD="$preload" LUA_CPATH="$BUILD/?.so" lua5.4 tests/tools/readme_status.lua --check README.md
 run test_cli.sh sh tests/cli/test_cli.sh
 run test_sweep.sh sh tests/cli/test_sweep.sh
+run mem_sweep sh tests/tools/mem_sweep.sh "$BUILD"
 echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]
