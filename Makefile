@@ -61,7 +61,7 @@ PROGRAM   := $(BUILD)/sparselab
 TEST_SUITES := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 TEST_TOOLS  := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
-.PHONY: all test test-run test-cuda asan deps demo clean bench bench-mem
+.PHONY: all test test-run test-cuda asan deps demo clean bench bench-mem fuzz fuzz-build fuzz-bins
 all: $(LIB) $(STORE_LIB) $(MODULE) $(PROGRAM)
 
 $(BUILD)/%.o: %.c
@@ -137,6 +137,23 @@ demo: deps
 
 bench: all
 	$(PROGRAM) bench
+# libFuzzer targets (tests/fuzz, issue 19): `make fuzz FUZZ_S=600` installs
+# clang when missing, builds every target with -fsanitize=fuzzer,address,undefined
+# into build-fuzz/ and runs each FUZZ_S seconds, then replays the corpora.
+FUZZ_S   ?= 60
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(BUILD)/tests/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+$(BUILD)/tests/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(LUA_OBJ) $(STORE_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ  $<"
+	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -I tests/fuzz $< -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
+fuzz-build:
+	@sh tests/deps.sh --fuzz
+	@$(MAKE) --no-print-directory CC=clang BUILD=build-fuzz OPT=-O1 SAN="$(FUZZ_SAN)" fuzz-bins
+fuzz-bins: $(FUZZ_BINS)
+fuzz: fuzz-build
+	sh tests/fuzz/run.sh build-fuzz $(FUZZ_S)
+
 # Peak memory of every method at n = 4K..32K (the issue 19 workload); fails on growth faster than linear.
 bench-mem: all
 	sh tests/tools/mem_sweep.sh $(BUILD) 4096,8192,16384,32768 heads=8,kv_heads=2
@@ -145,7 +162,7 @@ deps:
 	@sh tests/deps.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 include tests/cudasim/cudasim.mk
 
