@@ -179,6 +179,37 @@ START_TEST(test_lines_cover_dense)
 }
 END_TEST
 
+/* Keys far apart (n_k past several of the cpu kernel's 512-key windows, so a
+ * row's softmax continues across windows): random lines against ref, all
+ * diagonals against attn.dense. */
+START_TEST(test_lines_long_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 19400);
+    const shape_case c = {2, 1, 70, 1700, 16, 1};
+    sl_tensor in[5] = {{0}};
+    qkv_of(ctx, &rng, &c, 1.0, in);
+    sl_attn_rows_params p = {.scale = 0};
+    make_lines(ctx, &rng, 2, c.nk, 300, 400, in);
+    check_backends(ctx, SL_OP_ATTN_LINES, &p, in, "long rows, random lines");
+    release_n(&in[3], 2);
+    in[3] = i32_tensor(ctx, 1, 1);
+    in[4] = i32_tensor(ctx, 1, c.nk);
+    ((int32_t *)in[3].data)[0] = -1;
+    for (int64_t j = 0; j < c.nk; j++)
+        ((int32_t *)in[4].data)[j] = (int32_t)j;
+    sl_tensor dense[2];
+    sl_attn_params pd = {.causal = 1, .scale = 0};
+    run_attn(ctx, SL_BACKEND_REF, SL_OP_ATTN_DENSE, &pd, in, dense);
+    check_equals(ctx, SL_OP_ATTN_LINES, &p, in, dense, "long rows, all diagonals");
+    release_n(dense, 2);
+    release_n(in, 5);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 START_TEST(test_lines_validation)
 {
     tu_alloc al;
@@ -223,6 +254,7 @@ static void add_tests(TCase *tc)
     tcase_add_loop_test(tc, test_lines_backends, 0, N_ATTN_CASES);
     tcase_add_test(tc, test_lines_ref_vs_math);
     tcase_add_test(tc, test_lines_cover_dense);
+    tcase_add_test(tc, test_lines_long_rows);
     tcase_add_test(tc, test_lines_validation);
 }
 
