@@ -612,7 +612,8 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * but the mask. nnz and n_part may be 0 (tensors of length 0 are then shape [0]).
  * Every mask made by the functions below is canonical: a listed block keeps
  * at least one pair, part is -1 exactly when the clipped block is all kept,
- * and a partial block's bits are 0 outside the clipped area. Partial blocks
+ * and a partial block's bits are 0 outside the clipped area (entries of one
+ * query-block row with equal bits may share one part). Partial blocks
  * carry exact token bits, so any token-level rule executes exactly.
  * Row r sits at query position i = Nk - Nq + r; key j at position j. */
 typedef struct sl_mask {

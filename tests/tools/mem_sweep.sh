@@ -17,12 +17,12 @@ build=${1:-build}
 ns=$(echo "${2:-2048,4096,8192}" | tr ',' ' ')
 rest=${3:-heads=1,kv_heads=1,d=16}
 methods=${4:-$("$build/sparselab" methods --json | sed -n 's/.*"id":"\([a-z0-9_]*\)","kind":"method".*/\1/p' | sort -u)}
-# Methods known to grow faster than linearly, each with its reason; the
-# check then requires the growth (so a fix must take the method off this list).
-#   videoxl2_chunk_prefill: timestamp rows and columns (8 of every 72 tokens)
-#   are token bits of a partial tile in nearly every (query block, key block)
-#   of its block mask: about n² bytes (issue 19, open).
-known=${KNOWN-videoxl2_chunk_prefill}
+# Methods known to grow faster than linearly (KNOWN=a,b), each with its
+# reason here; the check then requires the growth (so a fix must take the
+# method off the list). None today: videoxl2_chunk_prefill's timestamp rows
+# and columns made a partial tile of token bits in nearly every block (n²
+# bytes) until the mask builder shared equal tiles of a row.
+known=${KNOWN-}
 # Parameters a method needs on a synthetic workload.
 extra() { case $1 in blindsight) echo "--param images={{16,1024}}" ;; esac; }
 ratio=${RATIO:-1.3}
