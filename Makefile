@@ -143,7 +143,7 @@ bench: all
 FUZZ_S   ?= 60
 FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(BUILD)/tests/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-$(BUILD)/tests/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h $(LUA_OBJ) $(STORE_LIB) $(LIB)
+$(BUILD)/tests/fuzz/%: tests/fuzz/%.c $(wildcard tests/fuzz/*.h) $(LUA_OBJ) $(STORE_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ  $<"
 	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -I tests/fuzz $< -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)

@@ -19,7 +19,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 /* This process's directory (made once; libFuzzer runs inputs one at a time). */
-static const char *fuzz_dir(void)
+static inline const char *fuzz_dir(void)
 {
     static char dir[64];
     if (!dir[0]) {
@@ -30,8 +30,8 @@ static const char *fuzz_dir(void)
     return dir;
 }
 
-/* Writes bytes to fuzz_dir()/name and returns the path (static buffer per call site). */
-static void fuzz_write(const char *path, const uint8_t *data, size_t size)
+/* Writes the bytes to path (a file under fuzz_dir()). */
+static inline void fuzz_write(const char *path, const uint8_t *data, size_t size)
 {
     FILE *f = fopen(path, "wb");
     if (!f)
@@ -41,9 +41,9 @@ static void fuzz_write(const char *path, const uint8_t *data, size_t size)
     fclose(f);
 }
 
-static void fuzz_path(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", fuzz_dir(), name); }
+static inline void fuzz_path(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", fuzz_dir(), name); }
 
-static sl_ctx *fuzz_ctx(void)
+static inline sl_ctx *fuzz_ctx(void)
 {
     sl_ctx_options o = {NULL, NULL, 1};
     sl_ctx *ctx = sl_ctx_new(&o);
@@ -53,7 +53,7 @@ static sl_ctx *fuzz_ctx(void)
 }
 
 /* Every buffer released: else a leak, reported as a crash. */
-static void fuzz_ctx_done(sl_ctx *ctx)
+static inline void fuzz_ctx_done(sl_ctx *ctx)
 {
     if (sl_ctx_live_allocs(ctx) != 0) {
         fprintf(stderr, "fuzz: %zu allocations (%zu bytes) left after the input\n", sl_ctx_live_allocs(ctx),

@@ -18,7 +18,7 @@ typedef struct fuzz_lua {
     size_t used, cap; /* bytes; cap 0 = no cap */
 } fuzz_lua;
 
-static void *fuzz_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+static inline void *fuzz_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     fuzz_lua *f = ud;
     if (!ptr)
@@ -36,14 +36,14 @@ static void *fuzz_lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
-static void fuzz_lua_hook(lua_State *L, lua_Debug *ar)
+static inline void fuzz_lua_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     luaL_error(L, "fuzz: instruction budget spent");
 }
 
 /* The state (made on first use); the stack is empty on return. */
-static fuzz_lua *fuzz_lua_get(void)
+static inline fuzz_lua *fuzz_lua_get(void)
 {
     static fuzz_lua f;
     if (!f.L) {
@@ -65,7 +65,7 @@ static fuzz_lua *fuzz_lua_get(void)
 
 /* Runs the Lua source `code` as a function of (path, bytes) under the limits
  * (instructions, extra bytes); a Lua error is a normal outcome. */
-static void fuzz_lua_run(const char *code, const char *path, const uint8_t *data, size_t size, int instructions,
+static inline void fuzz_lua_run(const char *code, const char *path, const uint8_t *data, size_t size, int instructions,
                          size_t extra_bytes)
 {
     fuzz_lua *f = fuzz_lua_get();

@@ -7,7 +7,7 @@
 
 #include "fuzz.h"
 
-static void fuzz_forward(sl_ctx *ctx, const sl_model *m)
+static inline void fuzz_forward(sl_ctx *ctx, const sl_model *m)
 {
     const sl_model_config *c = &m->cfg;
     if (c->dim > 256 || c->hidden_dim > 1024 || c->n_layers > 4 || c->vocab_size > 4096 || c->seq_len < 3 ||
