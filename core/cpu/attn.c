@@ -10,6 +10,7 @@
  * reference's O(n^2 d)), attn.pooled_kv (K and V pooled once per level in
  * use, then the flash tile over each kept block's pooled keys with the
  * log(count) bias) and attn.bucket (keys sorted by bucket per head). */
+#include "attn_lines.h"
 #include "cpu.h"
 #include "parallel.h"
 

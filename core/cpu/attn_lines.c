@@ -7,8 +7,9 @@
  * rowops.c, P·V by the gathered-row pv), so a K/V row is fetched once per
  * tile. Memory is the lists plus per thread the tile's key lists and row
  * states; time is proportional to the pairs kept. */
-#include "cpu.h"
+#include "attn_lines.h"
 #include "parallel.h"
+#include "rowops.h"
 
 #include <math.h>
 #include <string.h>

@@ -64,9 +64,6 @@ void sl__cpu_tile_end_row(const sl__cpu_tile *w, int64_t a, int64_t d, float *o,
 /* Keys per chunk of attn.block_sparse for key blocks of bk. */
 int64_t sl__cpu_sparse_kmax(int64_t bk);
 
-/* Scratch bytes of attn.lines (cpu/attn_lines.c) on n_threads threads. */
-size_t sl__cpu_attn_lines_scratch(const sl_tensor *in, int n_threads);
-
 /* Every kernel sl__cpu_<fn> of ops.def and each family's scratch function
  * sl__cpu_<family>_scratch (bytes a call needs on n_threads threads; 0 for
  * none), generated from ops.def; backend.c builds the table from the same rows. */
