@@ -61,7 +61,7 @@ PROGRAM   := $(BUILD)/sparselab
 TEST_SUITES := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 TEST_TOOLS  := $(patsubst tests/tools/%.c,$(BUILD)/tests/tools/%,$(wildcard tests/tools/*.c))
 
-.PHONY: all test test-run test-cuda asan deps demo clean bench
+.PHONY: all test test-run test-cuda asan deps demo clean bench bench-mem fuzz fuzz-build fuzz-bins
 all: $(LIB) $(STORE_LIB) $(MODULE) $(PROGRAM)
 
 $(BUILD)/%.o: %.c
@@ -123,7 +123,7 @@ test-run: all $(TEST_SUITES) $(TEST_TOOLS)
 # Every op suite on ref, cpu and cuda: one suite per op family of core/ops.def
 # (tests/test_<family>_ops.c) and the dispatcher's own suite.
 OP_FAMILIES    := attn metric correct score reduce select pool gather nsattn tsel trainable mm prune act perm mass quant page token
-CUDA_OP_SUITES := $(OP_FAMILIES:%=test_%_ops) test_op_dispatch
+CUDA_OP_SUITES := $(OP_FAMILIES:%=test_%_ops) test_attn_lines_ops test_op_dispatch
 test-cuda:
 	$(MAKE) CUDA=1 BUILD=build-cuda all $(CUDA_OP_SUITES:%=build-cuda/tests/%)
 	@for t in $(CUDA_OP_SUITES); do echo "== $$t (cuda)"; SL_TEST_BACKENDS=ref,cpu,cuda build-cuda/tests/$$t || exit 1; done
@@ -138,12 +138,32 @@ demo: deps
 
 bench: all
 	$(PROGRAM) bench
+# libFuzzer targets (tests/fuzz, issue 19): `make fuzz FUZZ_S=600` installs
+# clang when missing, builds every target with -fsanitize=fuzzer,address,undefined
+# into build-fuzz/ and runs each FUZZ_S seconds, then replays the corpora.
+FUZZ_S   ?= 60
+FUZZ_SAN := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(BUILD)/tests/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+$(BUILD)/tests/fuzz/%: tests/fuzz/%.c $(wildcard tests/fuzz/*.h) $(LUA_OBJ) $(STORE_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ  $<"
+	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -I tests/fuzz $< -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
+fuzz-build:
+	@sh tests/deps.sh --fuzz
+	@$(MAKE) --no-print-directory CC=clang BUILD=build-fuzz OPT=-O1 SAN="$(FUZZ_SAN)" fuzz-bins
+fuzz-bins: $(FUZZ_BINS)
+fuzz: fuzz-build
+	sh tests/fuzz/run.sh build-fuzz $(FUZZ_S)
+
+# Peak memory of every method at n = 4K..32K (the issue 19 workload); fails on growth faster than linear.
+bench-mem: all
+	sh tests/tools/mem_sweep.sh $(BUILD) 4096,8192,16384,32768 heads=8,kv_heads=2
 
 deps:
 	@sh tests/deps.sh
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 include tests/cudasim/cudasim.mk
 

@@ -196,6 +196,41 @@ void sl_mask_inputs(const sl_mask *m, const sl_tensor *q, const sl_tensor *k, co
 
 /* ---- the builder ------------------------------------------------------------------------ */
 
+/* Two 64-bit hashes (FNV-1a and a multiply-rotate one) of the clipped bits of a block. */
+static void block_hash(const uint8_t *bits, int64_t rows, int64_t cols, int64_t bk, uint64_t out[2])
+{
+    uint64_t a = 1469598103934665603ull, b = 0x9e3779b97f4a7c15ull ^ (uint64_t)cols;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *p = bits + r * bk;
+        for (int64_t j = 0; j < cols; j++) {
+            a = (a ^ p[j]) * 1099511628211ull;
+            b = (b ^ p[j]) * 0xff51afd7ed558ccdull;
+            b = b << 29 | b >> 35;
+        }
+    }
+    out[0] = a;
+    out[1] = b;
+}
+
+/* The part of an earlier partial block of this row with these bits, or -1. */
+static int64_t recent_part(sl__mb_sink *s, const uint8_t *bits, int64_t rows, int64_t cols, const uint64_t h[2])
+{
+    for (int i = 0; i < s->n_recent && i < SL__MB_RECENT; i++) {
+        if (s->recent_hash[i][0] != h[0] || s->recent_hash[i][1] != h[1])
+            continue;
+        if (s->fill) {
+            const uint8_t *old = s->bits + (size_t)s->recent_part[i] * (size_t)s->g->bq * (size_t)s->g->bk;
+            for (int64_t a = 0; a < rows; a++)
+                if (memcmp(old + a * s->g->bk, bits + a * s->g->bk, (size_t)cols) != 0) {
+                    s->bad = 1; /* a hash collision: the count pass shared what differs */
+                    return -1;
+                }
+        }
+        return s->recent_part[i];
+    }
+    return -1;
+}
+
 void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits)
 {
     const sl__mgeom *g = s->g;
@@ -216,12 +251,27 @@ void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits)
         if (kept == rows * cols)
             cls = SL__BLK_FULL;
     }
+    int64_t shared = -1;
+    if (cls == SL__BLK_PARTIAL) {
+        uint64_t h[2];
+        block_hash(bits, rows, cols, g->bk, h);
+        shared = recent_part(s, bits, rows, cols, h);
+        if (shared < 0) {
+            int slot = s->n_recent % SL__MB_RECENT;
+            s->recent_hash[slot][0] = h[0];
+            s->recent_hash[slot][1] = h[1];
+            s->recent_part[slot] = s->n_part;
+            s->n_recent++;
+        }
+    }
     /* A producer that emits more in the fill pass than it counted would
      * write into the next row: the builder reports it (a bug, not a crash). */
-    if (s->fill && s->nnz < s->nnz_end && (cls == SL__BLK_FULL || s->n_part < s->part_end)) {
+    if (s->fill && s->nnz < s->nnz_end && (cls == SL__BLK_FULL || shared >= 0 || s->n_part < s->part_end)) {
         s->col[s->nnz] = (int32_t)c;
         if (cls == SL__BLK_FULL)
             s->part[s->nnz] = -1;
+        else if (shared >= 0)
+            s->part[s->nnz] = (int32_t)shared;
         else {
             s->part[s->nnz] = (int32_t)s->n_part;
             uint8_t *dst = s->bits + (size_t)s->n_part * (size_t)g->bq * (size_t)g->bk;
@@ -236,7 +286,7 @@ void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits)
         }
     }
     s->nnz++;
-    s->n_part += cls == SL__BLK_PARTIAL;
+    s->n_part += cls == SL__BLK_PARTIAL && shared < 0;
 }
 
 typedef struct build_job {
@@ -270,7 +320,7 @@ static void build_one(int64_t i, void *ud, int thread)
     if (!j->fill) {
         j->cnt[2 * i] = s.nnz;
         j->cnt[2 * i + 1] = s.n_part;
-    } else if (s.nnz != j->cnt[2 * i + 2] || s.n_part != j->cnt[2 * i + 3])
+    } else if (s.nnz != j->cnt[2 * i + 2] || s.n_part != j->cnt[2 * i + 3] || s.bad)
         atomic_store(&j->bad, 1);
 }
 

@@ -54,6 +54,13 @@ void sl__mask_row_keys(const sl_mask *m, int h, int64_t row, uint8_t *keep);
  * an SL__BLK_PARTIAL block (bq × bk, row-major) are counted inside the
  * clipped area, so an emitted block that turns out empty is dropped and one
  * that turns out all kept becomes full; the output is canonical. */
+/* Partial blocks of one row with equal bits share one part (issue 19: a
+ * column or row pattern repeated along a query block — global tokens,
+ * timestamps — made n²/(bq·bk) copies of a few tiles): the row remembers
+ * its last SL__MB_RECENT distinct partial blocks by a 128-bit hash, the
+ * same decisions in the count and the fill pass; the fill pass compares the
+ * bits before it shares (a mismatch is reported as a builder fault). */
+#define SL__MB_RECENT 16
 typedef struct sl__mb_sink {
     const sl__mgeom *g;
     int fill;             /* 0: count pass; 1: fill pass */
@@ -62,6 +69,9 @@ typedef struct sl__mb_sink {
     int64_t nnz_end, part_end; /* fill pass: where this row's slots end */
     int32_t *col, *part;
     uint8_t *bits;
+    uint64_t recent_hash[SL__MB_RECENT][2];
+    int64_t recent_part[SL__MB_RECENT]; /* n_part when the block was first seen */
+    int n_recent, bad;
 } sl__mb_sink;
 
 void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits);

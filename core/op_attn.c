@@ -175,6 +175,88 @@ static void out_like_q(const sl_tensor *in, int64_t n_out, int out_ndim[], int64
     out_shape[1][1] = n_out;
 }
 
+/* attn.lines: cols and offs are i32 [Hl, C] and [Hl, S] with one Hl, 1 or a
+ * divisor of Hq. */
+static sl_status validate_lines(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *in)
+{
+    sl_status s;
+    if ((s = sl__need_index(ctx, info, in, 3, SL_I32, 2)) || (s = sl__need_index(ctx, info, in, 4, SL_I32, 2)))
+        return s;
+    int64_t hq = in[0].shape[0], hl = in[3].shape[0];
+    if (hl != in[4].shape[0] || hl <= 0 || hq % hl != 0)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: cols and offs must have the same number of heads, 1 or a divisor of q's %lld; found [%lld, %lld] and [%lld, %lld]",
+                           info->name, (long long)hq, (long long)in[3].shape[0], (long long)in[3].shape[1],
+                           (long long)in[4].shape[0], (long long)in[4].shape[1]);
+    return SL_OK;
+}
+
+/* The valid entries of list row h of t (i32 [H, W]): ascending values, then -1. */
+static int64_t lines_len(const sl_tensor *t, int64_t h)
+{
+    int64_t w = t->shape[1], n = 0;
+    const int32_t *r = (const int32_t *)t->data + h * w;
+    while (n < w && r[n] >= 0)
+        n++;
+    return n;
+}
+
+/* Each row of an attn.lines list: distinct ascending values in [0, nk), then -1 padding only. */
+static sl_status check_lines_list(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *t, const char *nm, int64_t nk)
+{
+    int64_t hl = t->shape[0], w = t->shape[1];
+    for (int64_t h = 0; h < hl; h++) {
+        const int32_t *r = (const int32_t *)t->data + h * w;
+        int64_t n = lines_len(t, h);
+        for (int64_t i = 0; i < w; i++) {
+            int32_t x = r[i];
+            if (i >= n ? x != -1 : (x >= nk || (i > 0 && x <= r[i - 1])))
+                return sl_ctx_fail(ctx, SL_EARG,
+                                   "%s: %s row %lld: expected distinct ascending values in [0, %lld) then -1 padding; found %d at %lld",
+                                   info->name, nm, (long long)h, (long long)nk, x, (long long)i);
+        }
+    }
+    return SL_OK;
+}
+
+/* Rows among positions off .. off + nq - 1 that are >= x. */
+static double rows_from(int64_t off, int64_t nq, int64_t x)
+{
+    int64_t skip = x - off > 0 ? x - off : 0;
+    return skip >= nq ? 0.0 : (double)(nq - skip);
+}
+
+/* Σ over query heads of the (row, key) pairs attn.lines keeps: each column j
+ * and diagonal o over the rows at or past it, minus the pairs on both (j + o
+ * a row's position). */
+static double lines_pairs(const sl__attn_dims *d, const sl_tensor *cols, const sl_tensor *offs)
+{
+    int64_t hl = cols->shape[0];
+    double pairs = 0;
+    if (hl <= 0)
+        return 0;
+    int64_t lo = d->offset, hi = d->offset + d->nq - 1;
+    for (int64_t h = 0; h < hl; h++) {
+        int64_t nc = lines_len(cols, h), ns = lines_len(offs, h);
+        const int32_t *c = (const int32_t *)cols->data + h * cols->shape[1];
+        const int32_t *o = (const int32_t *)offs->data + h * offs->shape[1];
+        for (int64_t i = 0; i < nc; i++)
+            pairs += rows_from(d->offset, d->nq, c[i]);
+        for (int64_t i = 0; i < ns; i++)
+            pairs += rows_from(d->offset, d->nq, o[i]);
+        /* overlap: offsets in [lo - j, hi - j], found by two cursors that
+         * fall as j rises */
+        int64_t a = ns, b = ns;
+        for (int64_t i = 0; i < nc; i++) {
+            while (a > 0 && o[a - 1] >= lo - c[i])
+                a--;
+            while (b > 0 && o[b - 1] > hi - c[i])
+                b--;
+            pairs -= (double)(b > a ? b - a : 0);
+        }
+    }
+    return pairs * (double)(d->hq / hl);
+}
+
 static sl_status attn_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                             int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -232,6 +314,7 @@ static sl_status attn_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
             s = validate_options(ctx, info, in, 5, n_out);
         }
         break;
+    case SL_OP_ATTN_LINES: s = validate_lines(ctx, info, in); break;
     case SL_OP_ATTN_LINEAR:
         out_ndim[0] = 3;
         memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
@@ -272,6 +355,10 @@ static sl_status attn_check_contents(sl_ctx *ctx, const sl_op_info *info, const 
     switch (info->op) {
     case SL_OP_ATTN_TOKEN_SPARSE: return check_idx_lists(ctx, info, &in[3], &in[4], nk);
     case SL_OP_ATTN_VS_MIXED: return check_idx_lists(ctx, info, &in[7], &in[8], nk);
+    case SL_OP_ATTN_LINES:
+        if ((s = check_lines_list(ctx, info, &in[3], "cols", nk)))
+            return s;
+        return check_lines_list(ctx, info, &in[4], "offs", nk);
     case SL_OP_ATTN_ROWS: {
         const int32_t *rows = in[3].data, *lim = in[4].data;
         int64_t n = sl_tensor_numel(&in[3]);
@@ -380,6 +467,7 @@ static double attn_flops(const sl_op_info *info, const void *params, const sl_te
             keys += (double)sl__i32_at(&in[4], i);
         return in[4].shape[0] > 0 ? 4.0 * (double)d.d * keys * (double)(d.hq / in[4].shape[0]) : 0;
     }
+    case SL_OP_ATTN_LINES: return 4.0 * (double)d.d * lines_pairs(&d, &in[3], &in[4]);
     case SL_OP_ATTN_LSE_MERGE:
         /* two multiplies and an add per output element */
         return 3.0 * (double)sl_tensor_numel(&in[0]);

@@ -982,6 +982,17 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * first repeat); param add. Output out [N, D]: out = x except out[idx[t]] =
  * y[t] (add = 0, "replace": rows not in idx are bit-identical to x) or
  * x[idx[t]] + y[t] (add = 1). FLOPs: M.D with add, 0 without. */
+/* ---- reliability: the line executor (issue 19) ----
+ * attn.lines (the exact vertical-slash executor, O(n * lines) memory): inputs
+ * q [Hq, Nq, D], k and v [Hkv, Nk, D], cols i32 [Hl, C] and offs i32 [Hl, S]
+ * (Hl is 1 or divides Hq: query head h reads list head h / (Hq / Hl)); each
+ * list row holds distinct values in [0, Nk) in ascending order, then -1
+ * entries (padding, skipped); C or S may be 0. Param scale. Row i (position
+ * p = Nk - Nq + i) attends the keys {j in cols : j <= p} ∪ {p - o : o in
+ * offs, o <= p}, a key on both a column and a diagonal once, in one softmax.
+ * Outputs O [Hq, Nq, D], L [Hq, Nq]; a row with no key gets O = 0, L = -inf.
+ * Nothing of size Nq x Nk exists: each row's keys are found from the lists
+ * (time proportional to the pairs kept). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
@@ -1001,7 +1012,8 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * but the mask. nnz and n_part may be 0 (tensors of length 0 are then shape [0]).
  * Every mask made by the functions below is canonical: a listed block keeps
  * at least one pair, part is -1 exactly when the clipped block is all kept,
- * and a partial block's bits are 0 outside the clipped area. Partial blocks
+ * and a partial block's bits are 0 outside the clipped area (entries of one
+ * query-block row with equal bits may share one part). Partial blocks
  * carry exact token bits, so any token-level rule executes exactly.
  * Row r sits at query position i = Nk - Nq + r; key j at position j. */
 typedef struct sl_mask {

@@ -7,6 +7,8 @@ set -eu
 OPTIONAL="chromium nodejs"
 PKGS="build-essential pkg-config liblua5.4-dev lua5.4 libsqlite3-dev sqlite3 libopenblas-dev libuv1-dev check
 libsubunit-dev libedit-dev libgsl-dev libcjson-dev libpng-dev gnuplot-nox"
+# --fuzz: also clang (libFuzzer and its sanitizer runtimes), for make fuzz only.
+[ "${1:-}" = --fuzz ] && PKGS="$PKGS clang"
 missing=""
 for p in $PKGS; do
     dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -48,5 +48,6 @@ run readme_status env LD_PRELOAD="$preload" LUA_CPATH="$BUILD/?.so" lua5.4 tests
 run test_cli.sh sh tests/cli/test_cli.sh
 run test_sweep.sh sh tests/cli/test_sweep.sh
 run test_viz.sh sh tests/cli/test_viz.sh
+run mem_sweep sh tests/tools/mem_sweep.sh "$BUILD"
 echo "suites: $passed passed, $failed failed"
 [ "$failed" = 0 ]

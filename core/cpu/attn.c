@@ -10,6 +10,7 @@
  * reference's O(n^2 d)), attn.pooled_kv (K and V pooled once per level in
  * use, then the flash tile over each kept block's pooled keys with the
  * log(count) bias) and attn.bucket (keys sorted by bucket per head). */
+#include "attn_lines.h"
 #include "cpu.h"
 #include "parallel.h"
 
@@ -1215,6 +1216,7 @@ size_t sl__cpu_attn_scratch(sl_op op, const void *params, const sl_tensor *in, i
     case SL_OP_ATTN_TOKEN_SPARSE:
     case SL_OP_ATTN_VS_MIXED:
     case SL_OP_ATTN_ROWS: return gather_scratch(op, params, in, n_threads);
+    case SL_OP_ATTN_LINES: return sl__cpu_attn_lines_scratch(in, n_threads);
     case SL_OP_ATTN_LINEAR:
     case SL_OP_ATTN_POOLED_KV: return pooled_scratch(op, params, in, n_threads);
     default: return 0;

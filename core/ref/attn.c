@@ -446,7 +446,8 @@ size_t sl__ref_attn_scratch(sl_op op, const void *params, const sl_tensor *in, i
     case SL_OP_ATTN_BLOCK_SPARSE:
     case SL_OP_ATTN_TOKEN_SPARSE:
     case SL_OP_ATTN_VS_MIXED:
-    case SL_OP_ATTN_ROWS: return keep_scratch(in);
+    case SL_OP_ATTN_ROWS:
+    case SL_OP_ATTN_LINES: return keep_scratch(in);
     case SL_OP_ATTN_LINEAR: return (size_t)d * sizeof(double);
     case SL_OP_ATTN_POOLED_KV: return (size_t)(3 * d) * sizeof(double);
     default: return 0;

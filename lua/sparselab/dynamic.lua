@@ -238,13 +238,58 @@ function D.in_block_columns(cols, offs, n, bq, bk)
   return sl.mask.from_index(idx, bq, bk)
 end
 
+-- ---- exact lines: attn.lines (issue 19) -------------------------------------------
+
+--- The executed mask of exact "columns ∪ diagonals" lines: the lists
+--- themselves (i32 [H, width] padded with -1), run by attn.lines, which
+--- reads each row's keys by offset — memory O(n · lines), never a tile of
+--- token bits per diagonal (a partial block per slash and query block made
+--- this quadratic in n before). density() and kept() count the lines'
+--- pairs analytically; materialize() builds the union as one block mask
+--- (small problems: tests).
+local Lines = {}
+Lines.__index = Lines
+function Lines:density() return self._density end
+function Lines:kept() return self._kept end
+function Lines:materialize()
+  local o = {n_q = self.n, n_k = self.n, bq = self.bq, bk = self.bk}
+  local v = sl.mask.vertical{cols = self.col_lists}:materialize{n_q = self.n, n_k = self.n, bq = self.bq,
+    bk = self.bk, n_heads = #self.col_lists}
+  local s = sl.mask.from_slashes(self.offs, {n_q = o.n_q, n_k = o.n_k, bq = o.bq, bk = o.bk, widen = false})
+  local m = v + s
+  v:close(); s:close()
+  return m
+end
+function Lines:close()
+  for _, t in ipairs{self.cols, self.offs} do t:close() end
+end
+Lines.__close = Lines.close
+Lines.__tostring = function(self)
+  return string.format("lines mask (%d heads, columns + diagonals), density %.4g", #self.col_lists, self._density)
+end
+
 --- The executed mask of "columns ∪ diagonals" lines per head (sorted
---- 0-based lists; n_q == n_k == n): slashes as a block mask (exact token
---- diagonals, or MInference's tiles when widen), columns inside each query
---- block's own rows as token bits of the diagonal tile, the other columns as
---- strict gathered lists. Without widen the executed pairs are exactly the
---- semantic lines (counted analytically).
+--- 0-based lists; n_q == n_k == n). Without widen: the exact lines, a
+--- lines mask run by attn.lines (executed = semantic, counted
+--- analytically). With widen (MInference's kernel): slashes as 64-key
+--- tiles of a block mask, columns inside each query block's own rows as
+--- token bits of the diagonal tile, the other columns as strict gathered
+--- lists, run by attn.vs_mixed.
 function D.lines_mask(cols, offs, n, bq, bk, widen)
+  local sem = 0
+  for h = 1, #cols do sem = sem + D.vs_pairs(n, cols[h], offs[h]) end
+  local sem_density = sem / (D.causal_pairs(n, n) * #cols)
+  if not widen then
+    return setmetatable({cols = D.padded(cols), offs = D.padded(offs), col_lists = cols, n = n, bq = bq, bk = bk,
+      _kept = sem, _density = sem_density}, Lines), sem_density
+  end
+  return D.vs_lines_mask(cols, offs, n, bq, bk, widen), sem_density
+end
+
+--- The lines as a block mask plus gathered columns (attn.vs_mixed): the
+--- executor of widen = true; exact diagonals (widen false) cost a partial
+--- tile per slash and query block, memory quadratic in n.
+function D.vs_lines_mask(cols, offs, n, bq, bk, widen)
   local slashes = sl.mask.from_slashes(D.padded(offs), {n_q = n, n_k = n, bq = bq, bk = bk, widen = widen})
   local blocks = slashes
   local lc = D.in_block_columns(cols, offs, n, bq, bk)
@@ -253,9 +298,12 @@ function D.lines_mask(cols, offs, n, bq, bk, widen)
     slashes:close()
     lc:close()
   end
-  local sem = 0
-  for h = 1, #cols do sem = sem + D.vs_pairs(n, cols[h], offs[h]) end
-  return D.vs_mask(blocks, cols, n, n, (not widen) and sem or nil), sem / (D.causal_pairs(n, n) * #cols)
+  local sem
+  if not widen then
+    sem = 0
+    for h = 1, #cols do sem = sem + D.vs_pairs(n, cols[h], offs[h]) end
+  end
+  return D.vs_mask(blocks, cols, n, n, sem)
 end
 
 --- A mask-like object for executors that are not one block mask (a
@@ -279,6 +327,13 @@ function D.vs_run(prob, m)
   return o, lse, sl.op_flops("attn.vs_mixed", prob.q, prob.k, prob.v, m.blocks, m.index.row_ptr, m.index.col, args)
 end
 
+--- attn.lines over a lines mask: o, lse, flops.
+function D.lines_run(prob, m)
+  local args = {backend = prob.backend}
+  local o, lse = sl.attn.lines(prob.q, prob.k, prob.v, m.cols, m.offs, args)
+  return o, lse, sl.op_flops("attn.lines", prob.q, prob.k, prob.v, m.cols, m.offs, args)
+end
+
 --- attn.block_sparse over a block mask: o, lse, flops.
 function D.block_run(prob, m)
   local args = {backend = prob.backend}
@@ -288,7 +343,7 @@ end
 
 --- Density of a block mask, VS mask or light mask (executed).
 function D.density(m)
-  if getmetatable(m) == VS or getmetatable(m) == Light then return m:density() end
+  if getmetatable(m) == VS or getmetatable(m) == Light or getmetatable(m) == Lines then return m:density() end
   return m:density(true)
 end
 
@@ -309,6 +364,7 @@ function D.runner(estimate)
     local exe_ms, o, lse, flops = D.timed(function()
       if e.execute then return e.execute() end
       if getmetatable(e.mask) == VS then return D.vs_run(prob, e.mask) end
+      if getmetatable(e.mask) == Lines then return D.lines_run(prob, e.mask) end
       return D.block_run(prob, e.mask)
     end)
     local stats = {flops = flops, estimator_flops = e.flops or 0, density = D.density(e.mask),
@@ -321,5 +377,7 @@ end
 
 D.VS = VS
 function D.is_vs(m) return getmetatable(m) == VS end
+D.Lines = Lines
+function D.is_lines(m) return getmetatable(m) == Lines end
 
 return D

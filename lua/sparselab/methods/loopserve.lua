@@ -1,5 +1,5 @@
 -- LoopServe: An Adaptive Dual-phase LLM Inference Acceleration System for
--- Multi-Turn Dialogues — card: loopserve (the prefill part only).
+-- Multi-Turn Dialogues — card: loopserve (prefill; decode side from issue 13).
 -- Card steps implemented (the card marks the estimator as UNVERIFIED; the
 -- reading below is the card's candidate composition):
 --   1. online estimation from the new input's own queries: `windows` windows
@@ -11,8 +11,9 @@
 --      the windows; per head the fewest vertical lines and, separately, the
 --      fewest slash lines holding alpha of the sampled mass (select.topp,
 --      the cdf rule); the diagonal (offset 0) always kept;
---   3. executor attn.vs_mixed over the lines (exact diagonals; widen = true
---      runs MInference-style slash tiles), as vertical_slash.
+--   3. executor attn.lines over the exact lines (memory O(n · lines));
+--      widen = true runs MInference-style slash tiles on attn.vs_mixed, as
+--      vertical_slash.
 --   4. decode (issue 13; the card's summary, parameters unknown): a decode
 --      hook re-selects a compact KV subset every dec_interval steps from the
 --      attention of the last dec_window generated tokens' queries (kept in
@@ -143,7 +144,7 @@ local M = {
     dec_interval = {default = 16, min = 1, int = true, doc = "decode: steps between re-selections"},
     page = {default = 16, min = 1, int = true, doc = "decode: page size of the cache"},
   },
-  ops = {"score.rows", "reduce.columns", "reduce.diagonals", "select.topp", "attn.vs_mixed"},
+  ops = {"score.rows", "reduce.columns", "reduce.diagonals", "select.topp", "attn.lines", "attn.vs_mixed"},
   checks = {"alpha = 1 equals dense", "diagonal always kept", "recall monotone in alpha",
     "estimate uses rows spread over the new input (question position)"},
   mask = function(prob, p) return estimate(prob, p).mask end,

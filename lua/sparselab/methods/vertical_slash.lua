@@ -14,13 +14,16 @@
 --      columns forced; top V = min(n, max(vertical_size, 30)) in all;
 --   4. slashes: diagonal sums (reduce.diagonals), offsets 0 .. local-1
 --      (local = 100) forced; top S = min(n, max(slash_size, 50)) in all;
---   5. index conversion: slashes as a block mask (from_slashes), columns as
---      per-query-block lists (strict: up to the block's first row; the
---      diagonal tile of the block part holds the rest, see below);
---   6. executor: attn.vs_mixed (blocks + gathered columns, one softmax);
+--   5. index conversion: exact lines stay per-head column and offset lists
+--      (i32, -1 padded); widen = true: slashes as a block mask of 64-key
+--      tiles (from_slashes), columns as per-query-block lists (strict: up to
+--      the block's first row; the diagonal tile holds the rest, see below);
+--   6. executor: attn.lines (each row's keys read by offset: memory
+--      O(n · lines), time proportional to the pairs kept; issue 19), or with
+--      widen attn.vs_mixed (blocks + gathered columns, one softmax);
 --   7. the ratio knob (minference_ratio) multiplies both sizes.
 -- Default = the paper's semantic mask executed exactly: slash lines as token
--- diagonals (partial tiles). Option widen = true: the reference kernel's
+-- diagonals (attn.lines). Option widen = true: the reference kernel's
 -- convert_vertical_slash_indexes (slash lines widened to 64-key tiles);
 -- `semantic_mask` / stats.density_semantic always give the token-exact
 -- vertical ∪ slash mask beside the executed one.
@@ -31,8 +34,9 @@
 -- sets them to +inf before top-k); when S < local all `local` offsets are
 -- still kept (the reference would keep an arbitrary S of them); ties: lower
 -- index first; a head missing from the config uses the fallback (1000,
--- 6096); columns inside a query block's own rows are added to the block part
--- as token bits of the diagonal tile (so executed ⊇ semantic for any local).
+-- 6096); with widen, columns inside a query block's own rows are added to the
+-- block part as token bits of the diagonal tile (so executed ⊇ semantic for
+-- any local).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 local D = require "sparselab.dynamic"
@@ -222,7 +226,7 @@ return {
   phase = "prefill",
   causal_only = true,
   summary = "Last-64-query estimate of vertical columns and slash diagonals per head (top-k of each), " ..
-    "executed by the mixed block + gathered-column kernel.",
+    "executed line by line (attn.lines; widen: the mixed block + gathered-column kernel).",
   knob = "ratio",
   knob_direction = 1,
   params = recipe.block_params{
@@ -235,7 +239,7 @@ return {
     widen = {default = false, doc = "true: the reference kernel's slash tiles (convert_vertical_slash_indexes)"},
     config = {default = nil, doc = "per-head sizes: a calibration file path (sl.calibrate) or its config table"},
   },
-  ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "select.topk", "attn.vs_mixed"},
+  ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "select.topk", "attn.lines", "attn.vs_mixed"},
   checks = {"sizes = n equals dense", "diagonal and first 30 columns always executed", "executed ⊇ semantic",
     "recall monotone in the sizes", "independent float64 estimate on a tiny input"},
   mask = function(prob, p) return estimate(prob, p).mask end,

@@ -1,0 +1,70 @@
+#!/bin/sh
+# mem_sweep.sh — peak resident memory of `sparselab eval METHOD` (its run and
+# the dense reference) for every method at each sequence length n, and a
+# check that it grows linearly in n (issue 19: exact slash lines once took
+# memory quadratic in n).
+#   tests/tools/mem_sweep.sh [BUILD] [N,N,...] [WORKLOAD-REST] [METHODS]
+# Defaults: build, 2048,4096,8192, heads=1,kv_heads=1,d=16 (the quick form
+# `make test` runs: small compute, the same mask sizes), every method of
+# `sparselab methods`. The bench form is
+#   tests/tools/mem_sweep.sh build 4096,8192,16384,32768 heads=8,kv_heads=2
+# Per method it prints n and peak RSS (KiB) and fails when the growth from
+# the second point to the last is more than RATIO (1.3) times the linear
+# extrapolation of the growth between the first two, plus SLACK_KB (8 MiB):
+# memory a·n² + b doubles its increments with n and fails; a·n + b passes.
+set -u
+build=${1:-build}
+ns=$(echo "${2:-2048,4096,8192}" | tr ',' ' ')
+rest=${3:-heads=1,kv_heads=1,d=16}
+methods=${4:-$("$build/sparselab" methods --json | sed -n 's/.*"id":"\([a-z0-9_]*\)","kind":"method".*/\1/p' | sort -u)}
+# Methods known to grow faster than linearly (KNOWN=a,b), each with its
+# reason here; the check then requires the growth (so a fix must take the
+# method off the list). None today: videoxl2_chunk_prefill's timestamp rows
+# and columns made a partial tile of token bits in nearly every block (n²
+# bytes) until the mask builder shared equal tiles of a row.
+known=${KNOWN-}
+# Parameters a method needs on a synthetic workload.
+extra() { case $1 in blindsight) echo "--param images={{16,1024}}" ;; esac; }
+ratio=${RATIO:-1.3}
+slack=${SLACK_KB:-8192}
+fail=0
+for m in $(echo "$methods" | tr ',' ' '); do
+    line="$m:"
+    pts=""
+    for n in $ns; do
+        err=$(mktemp)
+        # shellcheck disable=SC2046
+        if ! /usr/bin/time -f '%M' "$build/sparselab" eval "$m" --workload "synthetic,n=$n,$rest" $(extra "$m") \
+            >/dev/null 2>"$err"; then
+            echo "$m n=$n: eval failed: $(tail -2 "$err" | head -1)"
+            fail=1
+            rm -f "$err"
+            continue 2
+        fi
+        kb=$(tail -1 "$err")
+        rm -f "$err"
+        line="$line n=$n ${kb}KiB"
+        pts="$pts $n:$kb"
+    done
+    verdict=$(echo "$pts" | awk -v r="$ratio" -v s="$slack" '{
+        for (i = 1; i <= NF; i++) { split($i, a, ":"); n[i] = a[1]; k[i] = a[2] }
+        if (NF < 3) { print "ok"; exit }
+        base = k[2] - k[1]; if (base < 0) base = 0
+        want = base * (n[NF] - n[2]) / (n[2] - n[1]) * r + s
+        got = k[NF] - k[2]
+        if (got > want) printf "NOT LINEAR: +%d KiB from n=%d to %d, linear allows %d\n", got, n[2], n[NF], want
+        else print "ok" }')
+    case " $(echo "$known" | tr ',' ' ') " in
+    *" $m "*)
+        if [ "$verdict" = ok ]; then
+            echo "$line  linear now: take $m off the known list"
+            fail=1
+        else
+            echo "$line  known: ${verdict#NOT LINEAR: }"
+        fi ;;
+    *)
+        echo "$line  $verdict"
+        [ "$verdict" = ok ] || fail=1 ;;
+    esac
+done
+exit $fail
