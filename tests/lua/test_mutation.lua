@@ -15,7 +15,8 @@ local H = require "harness"
 local sl = require "sparselab"
 
 local FILES = {"tests/lua/test_methods_dynamic_a.lua", "tests/lua/test_methods_dynamic_b.lua",
-  "tests/lua/test_fidelity.lua", "tests/lua/test_corrections_ext.lua", "tests/lua/test_estimators_indep.lua"}
+  "tests/lua/test_fidelity.lua", "tests/lua/test_corrections_ext.lua", "tests/lua/test_estimators_indep.lua",
+  "tests/lua/test_methods_trainable2.lua"}
 
 -- Methods whose estimator the score-blind mutation cannot reach (no score op, no token pooling in it).
 local KNOWN_SURVIVORS = {

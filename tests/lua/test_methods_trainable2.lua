@@ -1,0 +1,233 @@
+-- test_methods_trainable2.lua — the trainable-architecture recipes of issue
+-- 14, second half (mosa, ...): card checks, an independent float64 forward,
+-- a selection check that a score-blind router / predictor fails, bad weight
+-- files (one-line errors), fit gradients against finite differences, and
+-- fitted parameters against the stand-in on held-out TinyStories texts.
+-- Run with LUA_CPATH=build/?.so lua5.4 tests/lua/test_methods_trainable2.lua
+package.path = "tests/lua/?.lua;" .. package.path
+local H = require "harness"
+local sl = require "sparselab"
+local T = require "sparselab.trainable"
+local test, near, eq, truthy, raises = H.test, H.near, H.eq, H.truthy, H.raises
+
+local TMP = os.tmpname()
+os.remove(TMP)
+os.execute("mkdir -p " .. TMP)
+
+local function with(t, extra)
+  local o = {}
+  for k, v in pairs(t) do o[k] = v end
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
+local function synthetic(n, seed)
+  local q, k, v = sl.synthetic{n = n, heads = 4, kv_heads = 2, d = 16, seed = seed, needles = 8, n_sink = 0}
+  return sl.problem{q = q, k = k, v = v}, q, k, v
+end
+
+-- Writes a safetensors file of tensors and returns its path.
+local function file(name, ts)
+  local path = TMP .. "/" .. name .. ".safetensors"
+  sl.save(path, ts)
+  return path
+end
+
+-- Uniform random numbers in [lo, hi) as a Lua table of shape dims (seeded).
+local function uniform(dims, seed, lo, hi)
+  local t = sl.rand(dims, {seed = seed}):totable()
+  local function map(x)
+    if type(x) == "table" then local o = {} for i = 1, #x do o[i] = map(x[i]) end return o end
+    return lo + (hi - lo) * x
+  end
+  return map(t)
+end
+
+-- TinyStories captures (layer 2; two fitting texts, two held-out ones),
+-- made once; false when the model is not there.
+local TS
+local function tinystories()
+  if TS ~= nil then return TS end
+  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
+  local f = io.open(dir .. "model.bin", "rb")
+  if not f then print("SKIP: no TinyStories model at " .. dir) TS = false return TS end
+  f:close()
+  local m = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
+  local function capture(name)
+    local fh = io.open(dir .. "texts/" .. name .. ".txt")
+    local text = fh:read("a")
+    fh:close()
+    local c = m:capture{text = text, layers = {2}}[3]
+    return sl.problem{q = c.q, k = c.k, v = c.v}
+  end
+  TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")}}
+  return TS
+end
+
+-- ---- MoSA ----
+
+-- Independent float64 MoSA given r [Hq][n]: expert choice by a stable sort,
+-- causal softmax among the chosen tokens, output × r, zero elsewhere.
+local function mosa_reference(q, k, v, r, rho, include_first)
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  local hq, hkv, n, d = #Q, #K, #Q[1], #Q[1][1]
+  local kk = math.min(n, math.max(2, math.floor(n / rho)))
+  local O, chosen_all = {}, {}
+  for h = 1, hq do
+    local kv = (h - 1) // (hq // hkv) + 1
+    local idx = {}
+    for t = (include_first == 1 and 2 or 1), n do idx[#idx + 1] = t end
+    table.sort(idx, function(a, b) if r[h][a] ~= r[h][b] then return r[h][a] > r[h][b] end return a < b end)
+    local chosen = {}
+    if include_first == 1 then chosen[1] = true end
+    local cnt = include_first == 1 and 1 or 0
+    for i = 1, kk - cnt do chosen[idx[i]] = true end
+    chosen_all[h] = chosen
+    O[h] = {}
+    for t = 1, n do
+      local acc = {}
+      for e = 1, d do acc[e] = 0 end
+      if chosen[t] then
+        local s, mx = {}, -math.huge
+        for j = 1, t do
+          if chosen[j] then
+            local dot = 0
+            for e = 1, d do dot = dot + Q[h][t][e] * K[kv][j][e] end
+            s[j] = dot / math.sqrt(d)
+            mx = math.max(mx, s[j])
+          end
+        end
+        local z = 0
+        for j, x in pairs(s) do
+          local p = math.exp(x - mx)
+          z = z + p
+          for e = 1, d do acc[e] = acc[e] + p * V[kv][j][e] end
+        end
+        for e = 1, d do acc[e] = acc[e] / z * r[h][t] end
+      end
+      O[h][t] = acc
+    end
+  end
+  return O, chosen_all
+end
+
+local function max_diff(a, b)
+  local m = 0
+  for h = 1, #a do for t = 1, #a[h] do for e = 1, #a[h][t] do m = math.max(m, math.abs(a[h][t][e] - b[h][t][e])) end end end
+  return m
+end
+
+test("mosa: rho = 1 with router = 1 equals dense; equals an independent float64 MoSA; chosen rows causal, unchosen zero", function()
+  local prob, q, k, v = synthetic(96, 21)
+  local ones = {}
+  for h = 1, 4 do ones[h] = {} for t = 1, 96 do ones[h][t] = 1 end end
+  local path = file("mosa_ones", {r = sl.tensor(ones)})
+  local all = sl.eval("mosa", prob, {params = {rho = 1, weights = path}})
+  truthy(all.metrics.rel_l2 < 1e-5, "rho = 1, r = 1: dense, rel_l2 " .. all.metrics.rel_l2)
+  near(all.metrics.density, 1, 1e-12, "rho = 1 density")
+  truthy(all.params.params_source:match("^sha256:"), "file params_source")
+  local r = uniform({4, 96}, 5, 0.05, 0.95)
+  local rpath = file("mosa_r", {r = sl.tensor(r)})
+  for _, inc in ipairs{0, 1} do
+    for _, rho in ipairs{3, 8} do
+      local res = sl.eval("mosa", prob, {params = {rho = rho, include_first = inc, weights = rpath}})
+      local ref, chosen = mosa_reference(q, k, v, r, rho, inc)
+      local O = res.o:totable()
+      local diff = max_diff(O, ref)
+      truthy(diff < 1e-5, string.format("rho %d include_first %d: float64 reference, max diff %.2e", rho, inc, diff))
+      local L = res.lse:totable()
+      for h = 1, 4 do
+        local n_chosen = 0
+        for t = 1, 96 do
+          if chosen[h][t] then n_chosen = n_chosen + 1 else
+            truthy(L[h][t] == -math.huge, "unchosen row lse -inf")
+            for e = 1, 16 do truthy(O[h][t][e] == 0, "unchosen row receives zero") end
+          end
+        end
+        eq(n_chosen, math.max(2, 96 // rho), "k = max(2, T / rho) tokens per head")
+        if inc == 1 then truthy(chosen[h][1], "include_first keeps position 0") end
+      end
+    end
+  end
+  -- causality by perturbation: changing the last chosen token's key and value leaves every earlier row alone
+  local M = sl.methods.get("mosa")
+  local sel = M.choose(r, 96, 4, 0)
+  local last = sel[1][#sel[1]]
+  local Kt, Vt = k:totable(), v:totable()
+  for e = 1, 16 do Kt[1][last + 1][e] = Kt[1][last + 1][e] + 3; Vt[1][last + 1][e] = Vt[1][last + 1][e] - 5 end
+  local p2 = sl.problem{q = q, k = sl.tensor(Kt), v = sl.tensor(Vt)}
+  local a = sl.eval("mosa", prob, {params = {rho = 4, weights = rpath}}).o:totable()
+  local b = sl.eval("mosa", p2, {params = {rho = 4, weights = rpath}}).o:totable()
+  for t = 1, last do for e = 1, 16 do truthy(a[1][t][e] == b[1][t][e], "an earlier row never reads a later chosen token") end end
+end)
+
+test("mosa: the stand-in router passes a column-recall check that a score-blind router fails", function()
+  local prob = synthetic(128, 23)
+  local M = sl.methods.get("mosa")
+  local function recall_of(r) return M.column_recall(prob, (M.choose(r, 128, 4, 0))) end
+  local base = 0
+  for s = 1, 4 do base = base + recall_of(uniform({4, 128}, 100 + s, 0, 1)) / 4 end
+  local function check(r) return recall_of(r) >= base + 0.2 end
+  local standin = M.router(prob, {weights = "", router = "standin"})
+  print(string.format("mosa column recall: stand-in %.3f, random %.3f", recall_of(standin), base))
+  truthy(check(standin), "the mean-query router beats random choices")
+  truthy(check((M.router(prob, {weights = "", router = "oracle"}))), "the oracle router beats random choices")
+  local const = {}
+  for h = 1, 4 do const[h] = {} for t = 1, 128 do const[h][t] = 0.5 end end
+  truthy(not check(const), "a constant (first-k, score-blind) router must fail the check")
+  truthy(not check(uniform({4, 128}, 999, 0, 1)), "a random router must fail the check")
+end)
+
+test("mosa: bad weight files give one-line errors naming the file, the tensor and the expectation", function()
+  local prob = synthetic(64, 25)
+  local function run(ts) return sl.eval("mosa", prob, {params = {rho = 4, weights = file("mosa_bad", ts)}}) end
+  raises(function() run{r = sl.tensor(uniform({4, 64}, 1, 0.5, 1.5))} end, "holds values in")
+  raises(function() run{r = sl.tensor(uniform({4, 63}, 1, 0, 1))} end, "expected [4, 64] (query heads, tokens)")
+  raises(function() run{router_w = sl.randn({4, 16}, {seed = 1})} end, "'router_b' is missing")
+  raises(function() run{router_w = sl.randn({4, 16}, {seed = 1}), router_b = sl.randn({4}, {seed = 2}),
+    extra = sl.randn({2}, {seed = 3})} end, "'extra' is not one of mosa's weights")
+  raises(function() run{r = sl.tensor(uniform({4, 64}, 1, 0, 1)), router_w = sl.randn({4, 16}, {seed = 1}),
+    router_b = sl.randn({4}, {seed = 2})} end, "expected one form")
+  raises(function() sl.eval("mosa", prob, {params = {router = "magic"}}) end, "expected standin or oracle")
+end)
+
+test("mosa fit: the ridge gradient equals finite differences and vanishes at the fit", function()
+  local prob = synthetic(64, 27)
+  local M = sl.methods.get("mosa")
+  local rows = M.fit_rows(prob)[2]
+  local X, Y = rows.X, rows.Y
+  local w = uniform({17}, 9, -0.5, 0.5)
+  local lambda = 0.064
+  local _, g = T.ridge_loss_grad(X, Y, w, lambda)
+  for i = 1, #w do
+    local wp, wm = {table.unpack(w)}, {table.unpack(w)}
+    wp[i], wm[i] = w[i] + 1e-5, w[i] - 1e-5
+    local fd = (T.ridge_loss_grad(X, Y, wp, lambda) - T.ridge_loss_grad(X, Y, wm, lambda)) / 2e-5
+    near(g[i], fd, 1e-4 * math.max(1, math.abs(fd)), "ridge gradient " .. i)
+  end
+  local wf = T.ridge(X, Y, 1e-3)
+  local _, g0 = T.ridge_loss_grad(X, Y, wf, 1e-3 * #X)
+  for i = 1, #g0 do truthy(math.abs(g0[i]) < 1e-6 * #X, "gradient vanishes at the closed-form fit " .. i) end
+end)
+
+test("mosa fit: the fitted router loads back and beats the stand-in's column recall on held-out TinyStories texts", function()
+  local ts = tinystories()
+  if not ts then return end
+  local M = sl.methods.get("mosa")
+  local ws, rep = M.fit(ts.train, {})
+  truthy(rep.loss_after < rep.loss_before, "the fitting loss decreases")
+  local path = file("mosa_fitted", ws)
+  for i, prob in ipairs(ts.held) do
+    local p = {rho = 8, column_recall = 1}
+    local stand = sl.eval("mosa", prob, {params = p})
+    local fit = sl.eval("mosa", prob, {params = with(p, {weights = path})})
+    truthy(fit.params.params_source == T.file_source(path), "fitted params_source is the file's sha256")
+    eq(stand.params.params_source, "standin:mean_query", "stand-in params_source")
+    print(string.format("mosa held-out text %d: column recall fitted %.4f, stand-in %.4f", i, fit.metrics.column_recall,
+      stand.metrics.column_recall))
+    truthy(fit.metrics.column_recall > stand.metrics.column_recall,
+      string.format("held-out text %d: fitted %.4f > stand-in %.4f", i, fit.metrics.column_recall, stand.metrics.column_recall))
+  end
+end)
+
+H.done()
