@@ -230,4 +230,128 @@ test("mosa fit: the fitted router loads back and beats the stand-in's column rec
   end
 end)
 
+-- ---- SEA ----
+
+-- Independent float64 SEA given a_hat [H][n][T_M]: per row one flattened
+-- ranking over (head, cell) (stable: lower head, lower cell), the budget
+-- round(H·k·T_M / t) (at least 1), key j (1-based) of row t in cell
+-- floor((j - 0.5)·T_M / t - 1e-4), masked softmax.
+local function sea_reference(q, k, v, a, kk, tm)
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  local hq, hkv, n, d = #Q, #K, #Q[1], #Q[1][1]
+  local O, kept_keys = {}, {}
+  for h = 1, hq do O[h], kept_keys[h] = {}, {} end
+  for t = 1, n do
+    local cells = {}
+    for h = 1, hq do for c = 1, tm do cells[#cells + 1] = {h = h, c = c, v = a[h][t][c]} end end
+    table.sort(cells, function(x, y)
+      if x.v ~= y.v then return x.v > y.v end
+      if x.h ~= y.h then return x.h < y.h end
+      return x.c < y.c
+    end)
+    local budget = math.min(hq * tm, math.max(1, math.floor(hq * kk * tm / t + 0.5)))
+    local on = {}
+    for h = 1, hq do on[h] = {} end
+    for i = 1, budget do on[cells[i].h][cells[i].c] = true end
+    for h = 1, hq do
+      local kv = (h - 1) // (hq // hkv) + 1
+      local s, mx, cnt = {}, -math.huge, 0
+      for j = 1, t do
+        local c = math.max(0, math.min(tm - 1, math.floor((j - 0.5) * tm / t - 1e-4))) + 1
+        if on[h][c] then
+          local dot = 0
+          for e = 1, d do dot = dot + Q[h][t][e] * K[kv][j][e] end
+          s[j] = dot / math.sqrt(d)
+          mx = math.max(mx, s[j])
+          cnt = cnt + 1
+        end
+      end
+      local acc, z = {}, 0
+      for e = 1, d do acc[e] = 0 end
+      for j, x in pairs(s) do
+        local p = math.exp(x - mx)
+        z = z + p
+        for e = 1, d do acc[e] = acc[e] + p * V[kv][j][e] end
+      end
+      if z > 0 then for e = 1, d do acc[e] = acc[e] / z end end
+      O[h][t], kept_keys[h][t] = acc, cnt
+    end
+  end
+  return O, kept_keys
+end
+
+test("sea: equals an independent float64 SEA; budget arithmetic and one budget over heads; causal resize; k large is dense", function()
+  local prob, q, k, v = synthetic(80, 31)
+  local a = uniform({4, 80, 16}, 7, 0, 1)
+  local path = file("sea_a", {a_hat = sl.tensor(a)})
+  local M = sl.methods.get("sea")
+  for _, kk in ipairs{2, 5} do
+    local res = sl.eval("sea", prob, {params = {k = kk, weights = path}})
+    truthy(res.params.params_source == T.file_source(path), "a_hat params_source")
+    local ref, kept = sea_reference(q, k, v, a, kk, 16)
+    local diff = max_diff(res.o:totable(), ref)
+    truthy(diff < 1e-5, string.format("k %d: float64 reference, max diff %.2e", kk, diff))
+    -- the recipe's lists: causal, and the card's expansion arithmetic
+    local keep, budget = M.choose(a, 80, 16, kk)
+    local rp, col = M.lists(keep, 80, 16)
+    local varies = false
+    for t = 1, 80 do
+      local want = math.min(4 * 16, math.max(1, math.floor(4 * kk * 16 / t + 0.5)))
+      eq(budget[t], want, "budget of row " .. t)
+      local total, per = 0, {}
+      for h = 1, 4 do
+        per[h] = rp[h][t + 1] - rp[h][t]
+        total = total + per[h]
+        eq(per[h], kept[h][t], "keys of head " .. h .. " row " .. t .. " (independent count)")
+        for x = rp[h][t] + 1, rp[h][t + 1] do truthy(col[x] <= t - 1, "no key beyond the row") end
+      end
+      if per[1] ~= per[2] or per[2] ~= per[3] or per[3] ~= per[4] then varies = true end
+      if t >= 16 then
+        local lo, hi = (want - 0.5) * math.floor(t / 16), want * math.ceil(t / 16)
+        truthy(total >= math.min(lo, t * 4) - 1e-9 and total <= hi, string.format("row %d: %d keys kept for %d cells", t, total, want))
+        truthy(math.abs(total / 4 - kk) <= math.ceil(t / 16), string.format("row %d: %.2f keys per head for k = %d", t, total / 4, kk))
+      end
+    end
+    truthy(varies, "the shared budget gives different counts to different heads")
+  end
+  local all = sl.eval("sea", prob, {params = {k = 1000, t_m = 16}})
+  truthy(all.metrics.rel_l2 < 1e-5, "k large: dense, rel_l2 " .. all.metrics.rel_l2)
+end)
+
+test("sea: the Performer stand-in passes a recall check that a score-blind map fails; the oracle beats it", function()
+  local prob = synthetic(200, 33)
+  local function recall_of(params)
+    return sl.eval("sea", prob, {params = with({k = 16, t_m = 32}, params)}).metrics.recall_mean
+  end
+  local base = 0
+  for s = 1, 3 do base = base + recall_of{weights = file("sea_rand", {a_hat = sl.rand({4, 200, 32}, {seed = 40 + s})})} / 3 end
+  local function check(r) return r >= base + 0.08 end
+  local standin, oracle = recall_of{}, recall_of{estimator = "oracle"}
+  print(string.format("sea recall: Performer stand-in %.3f, oracle %.3f, random maps %.3f", standin, oracle, base))
+  truthy(check(standin), "the Performer stand-in beats random maps")
+  truthy(oracle > standin, "the oracle map beats the stand-in")
+  local const = {}
+  for h = 1, 4 do const[h] = {} for t = 1, 200 do const[h][t] = {} for c = 1, 32 do const[h][t][c] = 0.5 end end end
+  truthy(not check(recall_of{weights = file("sea_const", {a_hat = sl.tensor(const)})}),
+    "a constant (score-blind) map must fail the check")
+end)
+
+test("sea: bad weight files give one-line errors; a projection_matrix file runs the Performer estimate; nothing to fit", function()
+  local prob = synthetic(64, 35)
+  local function run(ts) return sl.eval("sea", prob, {params = {k = 4, t_m = 16, weights = file("sea_bad", ts)}}) end
+  raises(function() run{a_hat = sl.tensor(uniform({4, 64, 16}, 1, 0.5, 1.5))} end, "holds values in")
+  raises(function() run{a_hat = sl.tensor(uniform({4, 63, 16}, 1, 0, 1))} end, "expected [4, 64, 16] (query heads, query rows, T_M cells)")
+  raises(function() run{projection_matrix = sl.randn({20, 15}, {seed = 1})} end, "expected [20, 16] (features, head_dim)")
+  raises(function() run{other = sl.randn({2}, {seed = 1})} end, "'other' is not one of sea's weights")
+  raises(function() sl.eval("sea", prob, {params = {estimator = "mlp"}}) end, "expected performer or oracle")
+  local proj = sl.randn({44, 16}, {seed = 0})
+  local a = run{projection_matrix = proj}
+  local b = sl.eval("sea", prob, {params = {k = 4, t_m = 16}})
+  truthy(max_diff(a.o:totable(), b.o:totable()) == 0, "the file's features (seed 0's) give the stand-in's output")
+  truthy(a.params.params_source:match("^sha256:") and b.params.params_source == "standin:performer(m=44,seed=0)",
+    "params_source: file vs stand-in")
+  local m = sl.methods.get("sea")
+  truthy(not m.fit and m.fit_why:find("distillation", 1, true), "sea.fit_why")
+end)
+
 H.done()

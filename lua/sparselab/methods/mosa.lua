@@ -20,9 +20,16 @@
 --      L = -inf (they receive nothing from MoSA heads);
 --   6. the hybrid layer's dense heads (num_other_heads) are not run: every
 --      query head is a MoSA head here.
--- Reference: piotrpiekos/MoSA mosa/MoSA.py not read (no fetch in this
--- session's time); the step list follows the card's reading of it
--- (get_topk / get_topk_includefirst, inner_attend, router-weighted forward).
+-- Reference: piotrpiekos/MoSA mosa/MoSA.py (PureMoSA) read: matched —
+-- get_topk's k = min(max(T // sparsity, 2), T), topk over the sequence per
+-- router column, get_topk_includefirst (position 0 + top-(k-1) of 1..T-1),
+-- inner_attend's mask topk_I[a] >= topk_I[b] with SDPA's 1/sqrt(h') scale,
+-- AV * topk_vals, scatter_add to the chosen positions (zero elsewhere).
+-- Divergences: the router there is Linear(h, E, bias=False) on x (module
+-- r.0.weight [E, h]); here it reads the key k_t (router_w [Hq, D]) and has a
+-- bias (pass router_b = 0 for the reference's form); torch.topk's tie order
+-- is unspecified, ours is lower position first; the partial RoPE of
+-- inner_attend is the model's own (captured Q, K are already rotated).
 -- Parameters from a file (param `weights`; safetensors, float tensors):
 --   r [Hq, n]                      router outputs in [0, 1] captured from a model,
 --                                  used as given (a sigmoid output: values outside
