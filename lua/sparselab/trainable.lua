@@ -186,4 +186,53 @@ function T.ridge(X, Y, lambda_per_row)
   return w, T.ridge_loss_grad(X, Y, zero, lambda) / #X, T.ridge_loss_grad(X, Y, w, lambda) / #X
 end
 
+--- Eigen-decomposition of a symmetric n x n matrix (Lua table, not
+--- modified) by cyclic Jacobi rotations: values (descending) and the
+--- matching unit eigenvectors as columns vec[i][c].
+function T.sym_eig(A0)
+  local n = #A0
+  local A, V = {}, {}
+  for i = 1, n do
+    A[i], V[i] = {}, {}
+    for j = 1, n do A[i][j] = A0[i][j]; V[i][j] = i == j and 1 or 0 end
+  end
+  for _ = 1, 100 do
+    local off = 0
+    for i = 1, n do for j = i + 1, n do off = off + A[i][j] * A[i][j] end end
+    if off < 1e-30 then break end
+    for p = 1, n - 1 do
+      for q = p + 1, n do
+        if math.abs(A[p][q]) > 1e-300 then
+          local theta = (A[q][q] - A[p][p]) / (2 * A[p][q])
+          local t = (theta >= 0 and 1 or -1) / (math.abs(theta) + math.sqrt(theta * theta + 1))
+          local c = 1 / math.sqrt(t * t + 1)
+          local s = t * c
+          for k = 1, n do
+            local akp, akq = A[k][p], A[k][q]
+            A[k][p], A[k][q] = c * akp - s * akq, s * akp + c * akq
+          end
+          for k = 1, n do
+            local apk, aqk = A[p][k], A[q][k]
+            A[p][k], A[q][k] = c * apk - s * aqk, s * apk + c * aqk
+          end
+          for k = 1, n do
+            local vkp, vkq = V[k][p], V[k][q]
+            V[k][p], V[k][q] = c * vkp - s * vkq, s * vkp + c * vkq
+          end
+        end
+      end
+    end
+  end
+  local order = {}
+  for i = 1, n do order[i] = i end
+  table.sort(order, function(a, b) if A[a][a] ~= A[b][b] then return A[a][a] > A[b][b] end return a < b end)
+  local vals, vecs = {}, {}
+  for i = 1, n do vecs[i] = {} end
+  for c, i in ipairs(order) do
+    vals[c] = A[i][i]
+    for k = 1, n do vecs[k][c] = V[k][i] end
+  end
+  return vals, vecs
+end
+
 return T

@@ -354,4 +354,142 @@ test("sea: bad weight files give one-line errors; a projection_matrix file runs 
   truthy(not m.fit and m.fit_why:find("distillation", 1, true), "sea.fit_why")
 end)
 
+-- ---- DSV ----
+
+-- Independent float64 top-k attention by the exact scores (stable sort, causal).
+local function topk_reference(q, k, v, kk)
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  local hq, hkv, n, d = #Q, #K, #Q[1], #Q[1][1]
+  local O = {}
+  for h = 1, hq do
+    local kv = (h - 1) // (hq // hkv) + 1
+    O[h] = {}
+    for t = 1, n do
+      local s, idx = {}, {}
+      for j = 1, t do
+        local dot = 0
+        for e = 1, d do dot = dot + Q[h][t][e] * K[kv][j][e] end
+        s[j], idx[j] = dot / math.sqrt(d), j
+      end
+      table.sort(idx, function(a, b) if s[a] ~= s[b] then return s[a] > s[b] end return a < b end)
+      local mx = s[idx[1]]
+      local acc, z = {}, 0
+      for e = 1, d do acc[e] = 0 end
+      for i = 1, math.min(kk, t) do
+        local j = idx[i]
+        local p = math.exp(s[j] - mx)
+        z = z + p
+        for e = 1, d do acc[e] = acc[e] + p * V[kv][j][e] end
+      end
+      for e = 1, d do acc[e] = acc[e] / z end
+      O[h][t] = acc
+    end
+  end
+  return O
+end
+
+local function dsv_file(name, wq, wk) return file(name, {w_q = sl.tensor(wq), w_k = sl.tensor(wk)}) end
+
+test("dsv: rank = D with W = I equals an independent float64 exact top-k; k >= n is dense; groups stay causal", function()
+  local prob, q, k, v = synthetic(96, 41)
+  local I = {}
+  for h = 1, 4 do I[h] = {} for i = 1, 16 do I[h][i] = {} for c = 1, 16 do I[h][i][c] = i == c and 1 or 0 end end end
+  local path = dsv_file("dsv_eye", I, I)
+  for _, kk in ipairs{5, 20} do
+    local res = sl.eval("dsv", prob, {params = {k = kk, weights = path}})
+    local diff = max_diff(res.o:totable(), topk_reference(q, k, v, kk))
+    truthy(diff < 1e-5, string.format("k %d: exact top-k, max diff %.2e", kk, diff))
+  end
+  local all = sl.eval("dsv", prob, {params = {k = 96}})
+  truthy(all.metrics.rel_l2 < 1e-5, "k = n: dense, rel_l2 " .. all.metrics.rel_l2)
+  local M = sl.methods.get("dsv")
+  local wq, wk = M.predictor(prob, {weights = "", predictor = "random", rank = 4, seed = 0})
+  local rp, col = M.lists(prob, wq, wk, {k = 8, group = 4, causal = 1})
+  for h = 1, 4 do
+    for t = 1, 96 do
+      local cnt = rp[h][t + 1] - rp[h][t]
+      truthy(cnt <= 8 and cnt >= math.min(1, t), "row keys within (0, k]")
+      for x = rp[h][t] + 1, rp[h][t + 1] do truthy(col[x] <= t - 1, "no future key in a group") end
+    end
+    -- rows of one group share their selection: row 4's keys contain row 3's
+    local r3, r4 = {}, {}
+    for x = rp[h][3] + 1, rp[h][4] do r3[col[x]] = true end
+    for x = rp[h][4] + 1, rp[h][5] do r4[col[x]] = true end
+    for j in pairs(r3) do truthy(r4[j], "group members share the selection") end
+  end
+end)
+
+test("dsv: the random-projection and self-fit predictors pass a recall check that score-blind predictors fail", function()
+  local prob = synthetic(160, 43)
+  local function recall_of(params)
+    return sl.eval("dsv", prob, {params = with({k = 20}, params)}).metrics.recall_mean
+  end
+  -- score-blind baselines: independent random W_q, W_k (scores uncorrelated with q·k)
+  local base = 0
+  for s = 1, 3 do
+    base = base + recall_of{weights = dsv_file("dsv_rand", sl.randn({4, 16, 4}, {seed = 60 + s}):totable(),
+      sl.randn({4, 16, 4}, {seed = 70 + s}):totable())} / 3
+  end
+  local function check(r) return r >= base + 0.1 end
+  local stand, self = recall_of{}, recall_of{predictor = "self"}
+  print(string.format("dsv recall: random projection %.3f, self-fit %.3f, random predictors %.3f", stand, self, base))
+  truthy(check(stand), "the random-projection stand-in beats score-blind predictors")
+  truthy(check(self) and self > stand, "the self-fit beats the stand-in")
+  local Z = {}
+  for h = 1, 4 do Z[h] = {} for i = 1, 16 do Z[h][i] = {0, 0, 0, 0} end end
+  truthy(not check(recall_of{weights = dsv_file("dsv_zero", Z, Z)}), "a zero (first-k, score-blind) predictor must fail the check")
+end)
+
+test("dsv fit: the closed form is a stationary point (finite differences), exact at r = D, and beats the stand-in on held-out texts", function()
+  local prob, q, k = synthetic(64, 45)
+  local M = sl.methods.get("dsv")
+  local Cq, Ck = M.moment(q:totable()[1]), M.moment(k:totable()[1])
+  local Wq, Wk = M.closed_form(Cq, Ck, 3)
+  local f0 = M.score_loss(Cq, Ck, Wq, Wk, 64 * 64)
+  for _, W in ipairs{Wq, Wk} do
+    for i = 1, 16, 5 do
+      for c = 1, 3 do
+        local x = W[i][c]
+        W[i][c] = x + 1e-4
+        local fp = M.score_loss(Cq, Ck, Wq, Wk, 64 * 64)
+        W[i][c] = x - 1e-4
+        local fm = M.score_loss(Cq, Ck, Wq, Wk, 64 * 64)
+        W[i][c] = x
+        truthy(math.abs((fp - fm) / 2e-4) < 1e-5 * math.max(1, f0), string.format("gradient %.3e at the fit", (fp - fm) / 2e-4))
+        truthy(fp >= f0 - 1e-9 and fm >= f0 - 1e-9, "the fit is a minimum along the coordinate")
+      end
+    end
+  end
+  local Wq16, Wk16 = M.closed_form(Cq, Ck, 16)
+  local Z = {}
+  for i = 1, 16 do Z[i] = {0} end
+  local l16, l0 = M.score_loss(Cq, Ck, Wq16, Wk16, 64 * 64), M.score_loss(Cq, Ck, Z, Z, 64 * 64)
+  truthy(l16 < 1e-10 * l0, string.format("r = D reproduces q·k exactly (loss %.3e vs %.3e predicting 0)", l16, l0))
+  local ts = tinystories()
+  if not ts then return end
+  local params = {k = 24, rank = 2}
+  local ws, rep = M.fit(ts.train, {params = sl.registry.resolve(M, params)})
+  truthy(rep.loss_after < rep.loss_before, "the fitting loss decreases")
+  local path = file("dsv_fitted", ws)
+  for i, held in ipairs(ts.held) do
+    local stand = sl.eval("dsv", held, {params = params})
+    local fit = sl.eval("dsv", held, {params = with(params, {weights = path})})
+    truthy(fit.params.params_source == T.file_source(path), "fitted params_source")
+    print(string.format("dsv held-out text %d: fitted recall %.4f rel_l2 %.4f, stand-in recall %.4f rel_l2 %.4f", i,
+      fit.metrics.recall_mean, fit.metrics.rel_l2, stand.metrics.recall_mean, stand.metrics.rel_l2))
+    truthy(fit.metrics.rel_l2 < stand.metrics.rel_l2, "fitted rel_l2 below the stand-in's")
+  end
+end)
+
+test("dsv: bad weight files give one-line errors naming the file, the tensor and the expectation", function()
+  local prob = synthetic(48, 47)
+  local function run(ts) return sl.eval("dsv", prob, {params = {k = 4, weights = file("dsv_bad", ts)}}) end
+  raises(function() run{w_q = sl.randn({4, 16, 3}, {seed = 1})} end, "'w_k' is missing")
+  raises(function() run{w_q = sl.randn({4, 16, 3}, {seed = 1}), w_k = sl.randn({4, 16, 2}, {seed = 2})} end,
+    "expected [4, 16, 3] (query heads, head_dim, rank)")
+  raises(function() run{w_q = sl.randn({2, 16, 3}, {seed = 1}), w_k = sl.randn({2, 16, 3}, {seed = 2})} end,
+    "expected [4, 16, 3]")
+  raises(function() sl.eval("dsv", prob, {params = {predictor = "mlp"}}) end, "expected random or self")
+end)
+
 H.done()
