@@ -683,4 +683,134 @@ test("sparsifiner: bad weight files give one-line errors naming the file, the te
   raises(function() run(wrong) end, "expected [8, 16] (reduced channels, head_dim)")
 end)
 
+-- ---- Spark Transformer ----
+
+-- Φ by the Taylor series of erf (|x| < 6: enough terms in float64) and its
+-- inverse by bisection: written apart from the recipe's rational approximation.
+local function Phi(x)
+  local z = x / math.sqrt(2)
+  if math.abs(z) > 5 then return z > 0 and 1 or 0 end
+  local term, sum, n = z, z, 0
+  repeat
+    n = n + 1
+    term = -term * z * z / n
+    local add = term / (2 * n + 1)
+    sum = sum + add
+  until math.abs(add) < 1e-17 * math.max(1, math.abs(sum)) or n > 400
+  return 0.5 * (1 + 2 / math.sqrt(math.pi) * sum)
+end
+
+local function Phi_inv(p)
+  local lo, hi = -8, 8
+  for _ = 1, 200 do local mid = (lo + hi) / 2 if Phi(mid) < p then lo = mid else hi = mid end end
+  return (lo + hi) / 2
+end
+
+test("spark_transformer: statistical top-k keeps ~k on Gaussian vectors, the deviation shrinks with m; zero set = {z <= theta}", function()
+  local M = sl.methods.get("spark_transformer")
+  for _, p in ipairs{0.001, 0.2, 0.5, 0.9, 0.9999} do
+    near(M.norm_inv(p), Phi_inv(p), 1e-7 * math.max(1, math.abs(Phi_inv(p))), "norm_inv(" .. p .. ")")
+  end
+  local dev = {}
+  for _, m in ipairs{512, 8192} do
+    local k, mean_ratio, mean_dev = m // 16, 0, 0
+    for s = 1, 12 do
+      local z = sl.randn({m}, {seed = 900 + s}):totable()
+      local theta, kept = M.stat_topk(z, k)
+      -- the zero set, by an independent threshold from the test's own quantile
+      local mu, sq = 0, 0
+      for j = 1, m do mu = mu + z[j] end
+      mu = mu / m
+      for j = 1, m do sq = sq + (z[j] - mu) ^ 2 end
+      local th = mu + math.sqrt(sq / m) * Phi_inv(1 - k / m)
+      near(theta, th, 1e-7, "theta")
+      local n_ind = 0
+      for j = 1, m do if z[j] > th then n_ind = n_ind + 1 end end
+      eq(#kept, n_ind, "kept = {z > theta}")
+      mean_ratio = mean_ratio + #kept / k / 12
+      mean_dev = mean_dev + math.abs(#kept - k) / k / 12
+    end
+    print(string.format("spark stat top-k, m = %d, k = %d: mean kept/k %.4f, mean |kept-k|/k %.4f", m, k, mean_ratio, mean_dev))
+    truthy(math.abs(mean_ratio - 1) < 0.1, "mean kept count within 10% of k at m = " .. m)
+    dev[m] = mean_dev
+  end
+  truthy(dev[8192] < dev[512], "the relative deviation shrinks with m")
+end)
+
+test("spark_transformer: k >= n is dense; equals an independent float64 Spark; the split predictor passes a recall check score-blind ones fail", function()
+  local prob, q, k, v = synthetic(128, 61)
+  local all = sl.eval("spark_transformer", prob, {params = {k = 128}})
+  truthy(all.metrics.rel_l2 < 1e-5, "k >= n: dense, rel_l2 " .. all.metrics.rel_l2)
+  eq(all.params.params_source, "parameter-free(split=8)", "params_source")
+  -- independent float64: z from the first r dims, theta from the test's quantile, cap by sorting
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  for _, cfg in ipairs{{k = 16, cap = 0, split = 8}, {k = 24, cap = 10, split = 5}} do
+    local res = sl.eval("spark_transformer", prob, {params = cfg})
+    local O = {}
+    for h = 1, 4 do
+      local kv = (h - 1) // 2 + 1
+      O[h] = {}
+      for t = 1, 128 do
+        local z = {}
+        for j = 1, t do z[j] = 0 for e = 1, cfg.split do z[j] = z[j] + Q[h][t][e] * K[kv][j][e] end end
+        local keys = {}
+        if cfg.k >= t then for j = 1, t do keys[#keys + 1] = j end else
+          local mu, sq = 0, 0
+          for j = 1, t do mu = mu + z[j] end
+          mu = mu / t
+          for j = 1, t do sq = sq + (z[j] - mu) ^ 2 end
+          local th = mu + math.sqrt(sq / t) * Phi_inv(1 - cfg.k / t)
+          for j = 1, t do if z[j] > th then keys[#keys + 1] = j end end
+        end
+        if cfg.cap > 0 and #keys > cfg.cap then
+          table.sort(keys, function(a, b) if z[a] ~= z[b] then return z[a] > z[b] end return a < b end)
+          for i = #keys, cfg.cap + 1, -1 do keys[i] = nil end
+        end
+        local acc = {}
+        for e = 1, 16 do acc[e] = 0 end
+        if #keys > 0 then
+          local s, mx, zz = {}, -math.huge, 0
+          for _, j in ipairs(keys) do
+            local dot = 0
+            for e = 1, 16 do dot = dot + Q[h][t][e] * K[kv][j][e] end
+            s[j] = dot / 4
+            mx = math.max(mx, s[j])
+          end
+          for j, x in pairs(s) do
+            local pr = math.exp(x - mx)
+            zz = zz + pr
+            for e = 1, 16 do acc[e] = acc[e] + pr * V[kv][j][e] end
+          end
+          for e = 1, 16 do acc[e] = acc[e] / zz end
+        end
+        O[h][t] = acc
+      end
+    end
+    local diff = max_diff(res.o:totable(), O)
+    truthy(diff < 1e-5, string.format("k %d cap %d split %d: float64 reference, max diff %.2e", cfg.k, cfg.cap, cfg.split, diff))
+  end
+  -- recall: the split predictor vs score-blind z (random, constant) at the same k
+  local M = sl.methods.get("spark_transformer")
+  local dense = sl.eval("dense", prob)
+  local p = sl.registry.resolve(M, {k = 16})
+  local function recall_of(zfun)
+    local rp, col = M.lists(prob, p, zfun)
+    local _, lse = M.attend(prob, rp, col)
+    return (sl.metric.recall(lse, dense.lse))
+  end
+  local base = 0
+  for s = 1, 3 do
+    local Z = sl.randn({4, 128, 128}, {seed = 950 + s}):totable()
+    base = base + recall_of(function(h, t, m) local z = {} for j = 1, m do z[j] = Z[h][t][j] end return z end) / 3
+  end
+  local function check(r) return r >= base + 0.1 end
+  local split, oracle = recall_of(nil), sl.eval("spark_transformer", prob, {params = {k = 16, oracle = 1}}).metrics.recall_mean
+  print(string.format("spark recall: split predictor %.3f, oracle z %.3f, random z %.3f", split, oracle, base))
+  truthy(check(split), "the split predictor beats random z")
+  truthy(oracle > split, "exact scores beat the split predictor")
+  truthy(not check(recall_of(function(_, _, m) local z = {} for j = 1, m do z[j] = 1 end return z end)),
+    "a constant (score-blind) predictor must fail the check")
+  truthy(not sl.methods.get("spark_transformer").fit, "nothing to fit")
+end)
+
 H.done()
