@@ -813,4 +813,133 @@ test("spark_transformer: k >= n is dense; equals an independent float64 Spark; t
   truthy(not sl.methods.get("spark_transformer").fit, "nothing to fit")
 end)
 
+-- ---- HySparse ----
+
+-- Naive float64 causal softmax probabilities P[h][t][j] (j <= t).
+local function dense_probs(q, k)
+  local Q, K = q:totable(), k:totable()
+  local hq, hkv, n, d = #Q, #K, #Q[1], #Q[1][1]
+  local P = {}
+  for h = 1, hq do
+    local kv = (h - 1) // (hq // hkv) + 1
+    P[h] = {}
+    for t = 1, n do
+      local s, mx, z = {}, -math.huge, 0
+      for j = 1, t do
+        local dot = 0
+        for e = 1, d do dot = dot + Q[h][t][e] * K[kv][j][e] end
+        s[j] = dot / math.sqrt(d)
+        mx = math.max(mx, s[j])
+      end
+      for j = 1, t do s[j] = math.exp(s[j] - mx); z = z + s[j] end
+      for j = 1, t do s[j] = s[j] / z end
+      P[h][t] = s
+    end
+  end
+  return P
+end
+
+test("hysparse: R is the block max of the dense probabilities, max over the GQA group; all blocks with gates (1, 0) is dense", function()
+  local prob, q, k = synthetic(72, 71)
+  local M = sl.methods.get("hysparse")
+  local R = M.block_max(q, k, 16, "cpu")
+  local P = dense_probs(q, k)
+  for kv = 1, 2 do
+    for t = 1, 72 do
+      for i = 1, 5 do
+        local want = 0
+        for h = (kv - 1) * 2 + 1, kv * 2 do
+          for j = (i - 1) * 16 + 1, math.min(t, i * 16) do want = math.max(want, P[h][t][j]) end
+        end
+        if (i - 1) * 16 + 1 <= t then near(R[kv][t][i], want, 1e-6, string.format("R[%d][%d][%d]", kv, t, i)) end
+      end
+    end
+  end
+  local all = sl.eval("hysparse", prob, {params = {block = 16, n_sel = 80, swa = 0}})
+  truthy(all.metrics.rel_l2 < 1e-5, "all blocks, gates (1, 0), no sink: dense, rel_l2 " .. all.metrics.rel_l2)
+  eq(all.params.params_source, "oracle:same_layer_block_max+gates(0.5,0.5)", "params_source names the oracle")
+  -- the cross-layer form: F's Q, K in the file; the layer's own give the oracle's selection
+  local path = file("hysparse_full", {full_q = q, full_k = k})
+  local a = sl.eval("hysparse", prob, {params = {block = 16, n_sel = 32, window = 8, weights = path}})
+  local b = sl.eval("hysparse", prob, {params = {block = 16, n_sel = 32, window = 8}})
+  truthy(max_diff(a.o:totable(), b.o:totable()) == 0, "full_q/full_k = own Q, K: the oracle's output")
+  truthy(a.params.params_source == T.file_source(path), "file params_source")
+end)
+
+test("hysparse: equals an independent float64 HySparse (block top-k per kv head, SWA, gates, sinks)", function()
+  local prob, q, k, v = synthetic(64, 73)
+  local Rf = uniform({2, 64, 4}, 11, 0, 1)
+  local gs, gw = uniform({4, 64}, 12, 0, 1), uniform({4, 64}, 13, 0, 1)
+  local ss, sw = uniform({4}, 14, -1, 2), uniform({4}, 15, -1, 2)
+  local path = file("hysparse_w", {R = sl.tensor(Rf), g_sparse = sl.tensor(gs), g_swa = sl.tensor(gw),
+    sink_sparse = sl.tensor(ss), sink_swa = sl.tensor(sw)})
+  local res = sl.eval("hysparse", prob, {params = {block = 16, n_sel = 32, window = 10, weights = path}})
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  local O = {}
+  local function branch(h, kv, t, keys, sink)
+    local s, mx = {}, -math.huge
+    for _, j in ipairs(keys) do
+      local dot = 0
+      for e = 1, 16 do dot = dot + Q[h][t][e] * K[kv][j][e] end
+      s[j] = dot / 4
+      mx = math.max(mx, s[j])
+    end
+    local z, acc = math.exp(sink - mx), {}
+    for e = 1, 16 do acc[e] = 0 end
+    for j, x in pairs(s) do
+      local pr = math.exp(x - mx)
+      z = z + pr
+      for e = 1, 16 do acc[e] = acc[e] + pr * V[kv][j][e] end
+    end
+    for e = 1, 16 do acc[e] = acc[e] / z end
+    return acc
+  end
+  for h = 1, 4 do
+    local kv = (h - 1) // 2 + 1
+    O[h] = {}
+    for t = 1, 64 do
+      local vis = (t - 1) // 16 + 1
+      local order = {}
+      for i = 1, vis do order[i] = i end
+      table.sort(order, function(a, b) if Rf[kv][t][a] ~= Rf[kv][t][b] then return Rf[kv][t][a] > Rf[kv][t][b] end return a < b end)
+      local keys = {}
+      for x = 1, math.min(2, vis) do
+        local blk = order[x]
+        for j = (blk - 1) * 16 + 1, math.min(t, blk * 16) do keys[#keys + 1] = j end
+      end
+      local win = {}
+      for j = math.max(1, t - 9), t do win[#win + 1] = j end
+      local a, b = branch(h, kv, t, keys, ss[h]), branch(h, kv, t, win, sw[h])
+      local row = {}
+      for e = 1, 16 do row[e] = gs[h][t] * a[e] + gw[h][t] * b[e] end
+      O[h][t] = row
+    end
+  end
+  local diff = max_diff(res.o:totable(), O)
+  truthy(diff < 1e-5, string.format("float64 reference, max diff %.2e", diff))
+end)
+
+test("hysparse: the block-max selection passes a recall check that a score-blind R fails; bad weight files", function()
+  local prob = synthetic(256, 75)
+  local function recall_of(params)
+    return sl.eval("hysparse", prob, {params = with({block = 16, n_sel = 48, swa = 0}, params)}).metrics.recall_mean
+  end
+  local base = 0
+  for s = 1, 3 do base = base + recall_of{weights = file("hysparse_rand", {R = sl.rand({2, 256, 16}, {seed = 80 + s})})} / 3 end
+  local function check(r) return r >= base + 0.1 end
+  local oracle = recall_of{}
+  print(string.format("hysparse recall: block-max selection %.3f, random R %.3f", oracle, base))
+  truthy(check(oracle), "the block-max selection beats random R")
+  local C = {}
+  for kv = 1, 2 do C[kv] = {} for t = 1, 256 do C[kv][t] = {} for i = 1, 16 do C[kv][t][i] = 0.5 end end end
+  truthy(not check(recall_of{weights = file("hysparse_const", {R = sl.tensor(C)})}), "a constant (first-k, score-blind) R must fail")
+  local small = synthetic(32, 77)
+  local function run(ts) return sl.eval("hysparse", small, {params = {block = 16, n_sel = 16, weights = file("hysparse_bad", ts)}}) end
+  raises(function() run{R = sl.rand({2, 32, 2}, {seed = 1}), g_swa = sl.tensor(uniform({4, 32}, 1, 0.5, 1.5))} end, "holds values in")
+  raises(function() run{R = sl.rand({2, 32, 3}, {seed = 1})} end, "expected [2, 32, 2] (kv heads, query rows, key blocks)")
+  raises(function() run{full_q = sl.randn({4, 32, 16}, {seed = 1})} end, "'full_k' is missing")
+  raises(function() run{g_swa = sl.tensor(uniform({4, 32}, 1, 0, 1))} end, "holds neither R nor full_q/full_k")
+  truthy(not sl.methods.get("hysparse").fit, "nothing fitted (gates read x)")
+end)
+
 H.done()
