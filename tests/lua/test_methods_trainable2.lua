@@ -1049,4 +1049,86 @@ test("nsa_latent_alternating fit: PCA latents from the fitting texts beat a rand
   end
 end)
 
+-- ---- Localist LLM ----
+
+test("localist_llm: λ = 0 is dense; block entropy (0 in one block, log 2 for two equal); entropy falls with λ; float64 prox", function()
+  local prob, q, k, v = synthetic(80, 91)
+  local M = sl.methods.get("localist_llm")
+  near(M.block_entropy({0.2, 0.3, 0.5}, {4, 4, 4}), 0, 1e-15, "one block: entropy 0")
+  near(M.block_entropy({0.25, 0.25, 0.5}, {0, 0, 1}), math.log(2), 1e-15, "two equal blocks: log 2")
+  local zero = sl.eval("localist_llm", prob, {params = {lambda = 0}})
+  truthy(zero.metrics.rel_l2 < 1e-5, "λ = 0: dense, rel_l2 " .. zero.metrics.rel_l2)
+  local last = math.huge
+  for _, lam in ipairs{0, 0.03, 0.1, 0.3} do
+    local r = sl.eval("localist_llm", prob, {params = {lambda = lam, block = 8}})
+    truthy(r.metrics.block_entropy <= last + 1e-12, "block entropy falls as λ grows (λ = " .. lam .. ")")
+    last = r.metrics.block_entropy
+  end
+  near(sl.eval("localist_llm", prob, {params = {lambda = 10, block = 8}}).metrics.block_entropy, 0, 1e-12, "huge λ: one block per row")
+  -- independent float64: non-contiguous segments id = j mod 5, the prox by hand
+  local segs = {}
+  for j = 1, 80 do segs[j] = (j - 1) % 5 end
+  local path = file("localist_seg", {segment_ids = sl.tensor(segs)})
+  local res = sl.eval("localist_llm", prob, {params = {lambda = 0.08, weights = path}})
+  truthy(res.params.params_source == T.file_source(path), "segments file params_source")
+  local P = dense_probs(q, k)
+  local V = v:totable()
+  local O = {}
+  for h = 1, 4 do
+    local kv = (h - 1) // 2 + 1
+    O[h] = {}
+    for t = 1, 80 do
+      local nrm = {0, 0, 0, 0, 0}
+      for j = 1, t do nrm[segs[j] + 1] = nrm[segs[j] + 1] + P[h][t][j] ^ 2 end
+      local f, any, best = {}, false, 1
+      for b = 1, 5 do
+        nrm[b] = math.sqrt(nrm[b])
+        f[b] = nrm[b] > 0 and math.max(0, 1 - 0.08 / nrm[b]) or 0
+        any = any or f[b] > 0
+        if nrm[b] > nrm[best] then best = b end
+      end
+      if not any then f[best] = 1 end
+      local acc, z = {}, 0
+      for e = 1, 16 do acc[e] = 0 end
+      for j = 1, t do
+        local w = P[h][t][j] * f[segs[j] + 1]
+        z = z + w
+        for e = 1, 16 do acc[e] = acc[e] + w * V[kv][j][e] end
+      end
+      for e = 1, 16 do acc[e] = acc[e] / z end
+      O[h][t] = acc
+    end
+  end
+  local diff = max_diff(res.o:totable(), O)
+  truthy(diff < 1e-5, string.format("float64 group-lasso prox, max diff %.2e", diff))
+end)
+
+test("localist_llm: group norms of the attention pass a recall check score-blind norms fail; bad segment files; nothing to fit", function()
+  local prob = synthetic(128, 93)
+  local M = sl.methods.get("localist_llm")
+  local p = sl.registry.resolve(M, {lambda = 0.05})
+  local seg = M.segments(prob, p)
+  local dense = sl.eval("dense", prob)
+  local function recall_of(norms)
+    local _, L = M.forward(prob, p, seg, norms)
+    return (sl.metric.recall(sl.tensor(L), dense.lse))
+  end
+  local base = 0
+  for s = 1, 3 do
+    local R = sl.rand({4, 128, 8}, {seed = 700 + s}):totable()
+    base = base + recall_of(function(h, t, b) return R[h][t][b + 1] * 0.1 end) / 3
+  end
+  local function check(r) return r >= base + 0.1 end
+  local real = recall_of(nil)
+  print(string.format("localist_llm recall: group norms %.3f, random norms %.3f", real, base))
+  truthy(check(real), "group norms beat random ones")
+  truthy(not check(recall_of(function(_, _, b) return b == 0 and 1 or 0 end)), "first-block (score-blind) norms must fail")
+  local small = synthetic(16, 95)
+  local function run(ts) return sl.eval("localist_llm", small, {params = {weights = file("localist_bad", ts)}}) end
+  raises(function() run{segment_ids = sl.tensor(uniform({16}, 1, 0, 3))} end, "expected integers >= 0")
+  raises(function() run{segment_ids = sl.tensor({0, 0, 1})} end, "expected [16] (tokens)")
+  raises(function() run{segments = sl.tensor({0})} end, "'segments' is not one of localist_llm's weights")
+  truthy(not M.fit and M.fit_why:find("dial", 1, true), "nothing to fit")
+end)
+
 H.done()
