@@ -951,10 +951,10 @@ test("nsa_latent_alternating: layers alternate (local = float64 window attention
   local function run(extra) return sl.eval("nsa_latent_alternating", prob, {params = with(NLA, extra)}) end
   local g0, l1 = run{layer = 0}, run{layer = 1}
   local e0, e1 = run{layer = 0, local_layers = "even"}, run{layer = 3, local_layers = "even"}
-  eq(g0.metrics.layer_role, "global", "layer 0 global (odd layers local)")
-  eq(l1.metrics.layer_role, "local", "layer 1 local")
-  eq(e0.metrics.layer_role, "local", "layer 0 local when even layers are")
-  eq(e1.metrics.layer_role, "global", "layer 3 global when even layers are local")
+  eq(g0.metrics.local_layer, 0, "layer 0 global (odd layers local)")
+  eq(l1.metrics.local_layer, 1, "layer 1 local")
+  eq(e0.metrics.local_layer, 1, "layer 0 local when even layers are")
+  eq(e1.metrics.local_layer, 0, "layer 3 global when even layers are local")
   local n = sl.eval("nsa", prob, {params = with(NLA, {window = 0})})
   truthy(max_diff(g0.o:totable(), n.o:totable()) == 0, "global layer = nsa's compression + selection, window off")
   -- local: independent float64 window attention
@@ -1070,7 +1070,7 @@ test("localist_llm: λ = 0 is dense; block entropy (0 in one block, log 2 for tw
   for j = 1, 80 do segs[j] = (j - 1) % 5 end
   local path = file("localist_seg", {segment_ids = sl.tensor(segs)})
   local res = sl.eval("localist_llm", prob, {params = {lambda = 0.08, weights = path}})
-  truthy(res.params.params_source == T.file_source(path), "segments file params_source")
+  eq(res.params.params_source, "oracle:exact_weights|" .. T.file_source(path), "segments file params_source (named an oracle)")
   local P = dense_probs(q, k)
   local V = v:totable()
   local O = {}

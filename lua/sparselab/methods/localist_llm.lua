@@ -22,8 +22,11 @@
 -- Reference: none public (arXiv abstract only).
 -- Parameters from a file (param `weights`): segment_ids [n] (float tensor of
 --   integers >= 0; tokens with the same id form one block, contiguous or not).
--- Stand-in without a file (params_source "standin:fixed_blocks(B)"): blocks
---   of `block` consecutive tokens.
+-- Stand-in without a file: blocks of `block` consecutive tokens. Every
+--   params_source starts with "oracle:exact_weights|" (then
+--   "standin:fixed_blocks(B)" or the file's sha256): the dial acts on the
+--   exact attention weights, so the method reads the exact map — its density
+--   saves no work here and it is not a like-for-like rival of estimators.
 -- Fitting: nothing to fit — λ is a dial; the penalty trains the model itself
 --   (`fit-params localist_llm` says so).
 -- Density: keys with nonzero weight after the dial over causal keys.
@@ -43,6 +46,7 @@ local M = {
   causal_only = true,
   summary = "Block soft-thresholding (group-lasso prox) of the attention weights over semantic blocks; λ = 0 is dense.",
   knob = "lambda",
+  knob_direction = -1, -- a larger dial is sparser
   params = {
     lambda = {default = 0.05, min = 0, doc = "locality dial λ (0: plain attention)"},
     block = {default = 16, min = 1, int = true, doc = "tokens per block of the stand-in segmentation"},
@@ -51,7 +55,7 @@ local M = {
   ops = {},
   checks = {"λ = 0 equals dense", "block entropy 0 when a row lies in one block", "entropy falls as λ grows",
     "group norms vs score-blind ones: recall check", "bad weight files: one-line errors"},
-  params_sources = {"standin:fixed_blocks(<B>)", "sha256:<weights file>"},
+  params_sources = {"oracle:exact_weights|standin:fixed_blocks(<B>)", "oracle:exact_weights|sha256:<weights file>"},
   fit_why = "λ is an inference dial and the group penalty trains the whole model; there is no small learned part",
 }
 
@@ -69,7 +73,7 @@ function M.segments(prob, p)
   if (p.weights or "") == "" then
     local seg = {}
     for j = 1, n do seg[j] = (j - 1) // p.block end
-    return seg, string.format("standin:fixed_blocks(%d)", p.block)
+    return seg, string.format("oracle:exact_weights|standin:fixed_blocks(%d)", p.block)
   end
   local ws = T.load_weights("localist_llm", p.weights, {{name = "segment_ids", shape = {n}, dims = "(tokens)", required = true}})
   local seg = ws.segment_ids:totable()
@@ -78,7 +82,7 @@ function M.segments(prob, p)
       sl.fail("localist_llm: weights %s: tensor 'segment_ids' holds %g at token %d; expected integers >= 0", p.weights, seg[j], j - 1)
     end
   end
-  return seg, T.file_source(p.weights)
+  return seg, "oracle:exact_weights|" .. T.file_source(p.weights)
 end
 
 --- The forward: o (Lua [Hq][n][D]), lse of the kept keys, kept count and

@@ -131,8 +131,9 @@ local M = {
   causal_only = true,
   summary = "Each head chooses its own top-T/rho tokens by a router; causal attention among them, router-weighted, scattered back.",
   knob = "rho",
+  knob_direction = -1, -- a larger rho is sparser
   params = {
-    rho = {default = 16, min = 1, doc = "sparsity factor: k = max(2, floor(T / rho)) tokens per head"},
+    rho = {default = 16, min = 1, max = 65536, doc = "sparsity factor: k = max(2, floor(T / rho)) tokens per head"},
     include_first = {default = 0, min = 0, max = 1, int = true, doc = "1: position 0 always chosen (get_topk_includefirst)"},
     router_weight = {default = 1, min = 0, max = 1, int = true, doc = "1: outputs multiplied by the router score (card step 5)"},
     router = {default = "standin", doc = "stand-in without weights: standin (mean query) or oracle (column importance)"},

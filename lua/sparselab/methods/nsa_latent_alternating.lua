@@ -31,7 +31,7 @@
 --   by closed form — top-r eigenvectors (Jacobi) of Σ kkᵀ and Σ vvᵀ over the
 --   fitting inputs (the least-squares rank-r reconstruction, PCA without
 --   centring): k_down = U, k_up = Uᵀ. The gates are nsa's (`fit-params nsa`).
--- stats: layer_role ("local" / "global"), kv_ratio = r / D (latent cache per
+-- stats: local_layer (1 local, 0 global), kv_ratio = r / D (latent cache per
 --   token and kv head over per-head K and V; 1 without latent; the card
 --   expects about 0.5 against NSA).
 -- Density: local — window keys over causal keys; global — nsa's count of
@@ -217,7 +217,7 @@ function M.run(prob, p)
   if lsource then source = source .. "|" .. lsource end
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = flops, density = dens, layer_role = is_local and "local" or "global", kv_ratio = r / d}}
+    stats = {flops = flops, density = dens, local_layer = is_local and 1 or 0, kv_ratio = r / d}}
 end
 
 --- Fits the latent bases (PCA of K and V over the fitting inputs, per kv head).

@@ -59,7 +59,7 @@ local M = {
   summary = "Estimated compressed attention (T_M cells per row; Performer stand-in), one top-k budget over all heads per row, nearest resize, exact sparse attention.",
   knob = "k",
   params = {
-    k = {default = 7, min = 1, doc = "keys per head and query on average (the budget is round(H·k·T_M/t) cells)"},
+    k = {default = 7, min = 1, max = 65536, doc = "keys per head and query on average (the budget is round(H·k·T_M/t) cells)"},
     t_m = {default = 128, min = 1, int = true, doc = "compressed width T_M (attention_predictor_length)"},
     estimator = {default = "performer", doc = "stand-in without weights: performer or oracle (pooled exact attention)"},
     nb_features = {default = 0, min = 0, int = true, doc = "Performer features m (0: round(D·ln D))"},
