@@ -6,7 +6,12 @@
 -- Cards: nsa, fsa (same numbers as nsa by construction; left out), sparsek,
 -- routing_transformer (fittable: gates by Adam, scores by ridge, centroids by
 -- spherical k-means), moba (parameter-free), dma
--- (stand-in only: not fitted here); the training-free prefill methods of the
+-- (stand-in only: not fitted here); issue 14's second half: mosa (router by
+-- ridge) and dsv (closed-form low-rank predictor) fitted; sea, sparsifiner
+-- (its fit needs one N for all texts and does not beat its stand-in),
+-- spark_transformer, hysparse (its stand-in is an oracle),
+-- nsa_latent_alternating (a global layer, no latent) and localist_llm with
+-- their stand-ins; the training-free prefill methods of the
 -- registry (family "*-estimate", prefill or both; --quick: a shortlist) as the
 -- comparison, the best one per input and density reported.
 -- Inputs: Q/K/V captured from the shipped TinyStories 260K model (8 query / 4
@@ -42,9 +47,19 @@ local SMALL = {
   moba = {block = 16},
   dma = {},
   routing_transformer = {w = 64},
+  -- issue 14, second half
+  mosa = {},
+  dsv = {rank = 2},
+  sea = {t_m = 32},
+  sparsifiner = {},
+  spark_transformer = {cap = 0},
+  hysparse = {block = 16, window = 16},
+  nsa_latent_alternating = {bs = 16, l = 8, s = 4, window = 16, layer = 0},
+  localist_llm = {block = 16},
 }
-local FITTED = {"nsa", "sparsek", "routing_transformer"}
-local STANDIN_ONLY = {"moba", "dma"}
+local FITTED = {"nsa", "sparsek", "routing_transformer", "mosa", "dsv"}
+local STANDIN_ONLY = {"moba", "dma", "sea", "sparsifiner", "spark_transformer", "hysparse", "nsa_latent_alternating",
+  "localist_llm"}
 local free = quick and {"xattention", "flexprefill", "minference_block_sparse"} or require("sparselab.bench_estimators").ids()
 
 local db, run_id = sl.experiment{db = db_path, seed = 1, config = {densities = DENSITIES, fit_texts = fit_texts,

@@ -129,4 +129,110 @@ function T.adam(x, grad, o)
   return x, first, last
 end
 
+-- ---- issue 14, second half: shared ridge regression ----
+
+--- The ridge objective J(w) = Σ_j (x_j·w - y_j)² + lambda·|w|² and its
+--- gradient 2 Σ_j (x_j·w - y_j) x_j + 2 lambda w.
+function T.ridge_loss_grad(X, Y, w, lambda)
+  local n, J, g = #w, 0, {}
+  for i = 1, n do g[i] = 2 * lambda * w[i]; J = J + lambda * w[i] * w[i] end
+  for j = 1, #X do
+    local x, r = X[j], -Y[j]
+    for i = 1, n do r = r + x[i] * w[i] end
+    J = J + r * r
+    for i = 1, n do g[i] = g[i] + 2 * r * x[i] end
+  end
+  return J, g
+end
+
+--- Solves A w = b (n x n, A modified) by Gaussian elimination with partial pivoting.
+function T.solve(A, b)
+  local n = #b
+  for c = 1, n do
+    local piv = c
+    for r = c + 1, n do if math.abs(A[r][c]) > math.abs(A[piv][c]) then piv = r end end
+    A[c], A[piv], b[c], b[piv] = A[piv], A[c], b[piv], b[c]
+    for r = c + 1, n do
+      local f = A[r][c] / A[c][c]
+      for k = c, n do A[r][k] = A[r][k] - f * A[c][k] end
+      b[r] = b[r] - f * b[c]
+    end
+  end
+  local w = {}
+  for r = n, 1, -1 do
+    local s = b[r]
+    for k = r + 1, n do s = s - A[r][k] * w[k] end
+    w[r] = s / A[r][r]
+  end
+  return w
+end
+
+--- Closed-form ridge regression of Y on the rows X (lambda per row): w, the
+--- mean objective at w = 0 and at the fit.
+function T.ridge(X, Y, lambda_per_row)
+  local n, lambda = #X[1], lambda_per_row * #X
+  local A, b = {}, {}
+  for i = 1, n do A[i] = {}; b[i] = 0; for k = 1, n do A[i][k] = i == k and lambda or 0 end end
+  for j = 1, #X do
+    local x = X[j]
+    for i = 1, n do
+      b[i] = b[i] + x[i] * Y[j]
+      for k = 1, n do A[i][k] = A[i][k] + x[i] * x[k] end
+    end
+  end
+  local w = T.solve(A, b)
+  local zero = {}
+  for i = 1, n do zero[i] = 0 end
+  return w, T.ridge_loss_grad(X, Y, zero, lambda) / #X, T.ridge_loss_grad(X, Y, w, lambda) / #X
+end
+
+--- Eigen-decomposition of a symmetric n x n matrix (Lua table, not
+--- modified) by cyclic Jacobi rotations: values (descending) and the
+--- matching unit eigenvectors as columns vec[i][c].
+function T.sym_eig(A0)
+  local n = #A0
+  local A, V = {}, {}
+  for i = 1, n do
+    A[i], V[i] = {}, {}
+    for j = 1, n do A[i][j] = A0[i][j]; V[i][j] = i == j and 1 or 0 end
+  end
+  for _ = 1, 100 do
+    local off = 0
+    for i = 1, n do for j = i + 1, n do off = off + A[i][j] * A[i][j] end end
+    if off < 1e-30 then break end
+    for p = 1, n - 1 do
+      for q = p + 1, n do
+        if math.abs(A[p][q]) > 1e-300 then
+          local theta = (A[q][q] - A[p][p]) / (2 * A[p][q])
+          local t = (theta >= 0 and 1 or -1) / (math.abs(theta) + math.sqrt(theta * theta + 1))
+          local c = 1 / math.sqrt(t * t + 1)
+          local s = t * c
+          for k = 1, n do
+            local akp, akq = A[k][p], A[k][q]
+            A[k][p], A[k][q] = c * akp - s * akq, s * akp + c * akq
+          end
+          for k = 1, n do
+            local apk, aqk = A[p][k], A[q][k]
+            A[p][k], A[q][k] = c * apk - s * aqk, s * apk + c * aqk
+          end
+          for k = 1, n do
+            local vkp, vkq = V[k][p], V[k][q]
+            V[k][p], V[k][q] = c * vkp - s * vkq, s * vkp + c * vkq
+          end
+        end
+      end
+    end
+  end
+  local order = {}
+  for i = 1, n do order[i] = i end
+  table.sort(order, function(a, b) if A[a][a] ~= A[b][b] then return A[a][a] > A[b][b] end return a < b end)
+  local vals, vecs = {}, {}
+  for i = 1, n do vecs[i] = {} end
+  for c, i in ipairs(order) do
+    vals[c] = A[i][i]
+    for k = 1, n do vecs[k][c] = V[k][i] end
+  end
+  return vals, vecs
+end
+
 return T

@@ -307,6 +307,13 @@ expect_rc 0 "eval nsa with fitted weights" "$SL" eval nsa --qkv "$T/fit.safetens
 grep -q "\"params_source\":\"sha256:$sha\"" "$T/out" && ok || bad "eval params_source: $(head -c 400 "$T/out")"
 expect_rc 1 "fit-params moba" "$SL" fit-params moba --qkv "$T/fit.safetensors" --out "$T/m.safetensors"
 one_line_err "nothing to fit" "fit-params moba"
+# issue 14, second half: dsv's closed-form predictor loads back with its SHA-256; sea has nothing small to fit
+expect_rc 0 "fit-params dsv" "$SL" fit-params dsv --qkv "$T/fit.safetensors" --out "$T/d.safetensors" --param rank=2 --json
+dsha=$(sha256sum "$T/d.safetensors" | cut -d' ' -f1)
+expect_rc 0 "eval dsv with fitted weights" "$SL" eval dsv --qkv "$T/fit.safetensors" --param k=8 --param "weights=$T/d.safetensors" --json
+grep -q "\"params_source\":\"sha256:$dsha\"" "$T/out" && ok || bad "dsv eval params_source: $(head -c 400 "$T/out")"
+expect_rc 1 "fit-params sea" "$SL" fit-params sea --qkv "$T/fit.safetensors" --out "$T/s.safetensors"
+one_line_err "nothing to fit" "fit-params sea"
 expect_rc 1 "eval nsa with a qkv file as weights" "$SL" eval nsa --qkv "$T/fit.safetensors" $NSA_P --param "weights=$T/fit.safetensors"
 one_line_err "tensor 'k' is not one of nsa's weights" "nsa bad weights file"
 
