@@ -219,7 +219,7 @@ static void dense_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_dense(const sl__kargs *a)
 {
     const sl_attn_params *p = a->params;
-    dense_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
+    dense_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
     j.n_tiles = (j.dm.nq + DENSE_BQ - 1) / DENSE_BQ;
     return sl__cpu_parallel(a->ctx, j.n_tiles * j.dm.hq, dense_item, &j);
 }
@@ -317,7 +317,7 @@ int64_t sl__cpu_sparse_kmax(int64_t bk) { return bk >= SPARSE_KMAX ? bk : SPARSE
 sl_status sl__cpu_attn_block_sparse(const sl__kargs *a)
 {
     const sl_attn_block_params *p = a->params;
-    sparse_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
+    sparse_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
                     a->in[3].shape[0], sl__cpu_sparse_kmax(p->bk), p->pv_skip};
     return sl__cpu_parallel(a->ctx, j.n_qb * j.dm.hq, sparse_item, &j);
 }
@@ -597,7 +597,7 @@ static void tok_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_token_sparse(const sl__kargs *a)
 {
     const sl_attn_token_params *p = a->params;
-    tok_job j = {a, sl__cpu_rowops_get(), sl__cpu_vecops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), 0, 0,
+    tok_job j = {a, sl__cpu_rowops_for(a->ctx), sl__cpu_vecops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), 0, 0,
                  0, 0, 0};
     if (j.dm.hq == 0 || j.dm.nq == 0)
         return SL_OK;
@@ -676,7 +676,7 @@ static void vs_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a)
 {
     const sl_attn_vs_params *p = a->params;
-    vs_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk,
+    vs_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk,
                 a->in[3].shape[1] - 1, a->in[3].shape[0], 1, sl__cpu_sparse_kmax(p->bk)};
     if (j.dm.hq == 0)
         return SL_OK;
@@ -745,7 +745,7 @@ static int cmp_i64(const void *x, const void *y)
 sl_status sl__cpu_attn_rows(const sl__kargs *a)
 {
     const sl_attn_rows_params *p = a->params;
-    rows_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), a->in[3].shape[0],
+    rows_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), a->in[3].shape[0],
                   a->in[3].shape[1], 0, a->scratch};
     if (j.dm.hq == 0 || j.n_out == 0)
         return SL_OK;
@@ -1039,7 +1039,7 @@ sl_status sl__cpu_attn_pooled_kv(const sl__kargs *a)
 {
     const sl_attn_pooled_params *p = a->params;
     pooled_job j = {.a = a, .dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), .L = pooled_plan(p, a->in),
-                    .ro = sl__cpu_rowops_get()};
+                    .ro = sl__cpu_rowops_for(a->ctx)};
     j.nqb = a->in[3].shape[1];
     j.nkb = a->in[3].shape[2];
     j.hm = a->in[3].shape[0];
@@ -1183,7 +1183,7 @@ static void bucket_row(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_bucket(const sl__kargs *a)
 {
     const sl_attn_bucket_params *p = a->params;
-    bucket_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get(), NULL, NULL, 0};
+    bucket_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx), NULL, NULL, 0};
     int nt = sl_ctx_threads(a->ctx);
     nt = nt > 0 ? nt : 1;
     j.per_thread = 2 * j.dm.nk + j.dm.d + 16;

@@ -1,6 +1,8 @@
 /* cpu/rowops.c — the row operations of the online softmax (max, exp and sum,
- * scale) and of gathered keys (dot, axpy) in AVX2+FMA with a portable
- * fallback, chosen once per call from the CPU's features. The exp is a
+ * scale) in AVX-512, AVX2+FMA and portable C, and of gathered keys (dot,
+ * axpy) in AVX2+FMA and portable C, chosen per call from the CPU's features
+ * and the context's cap (sl_ctx_set_cpu_isa, else SL_CPU_ISA): function-level
+ * target attributes, so the build needs no -m flag and no global state. The exp is a
  * degree-6 polynomial after range reduction (relative error below 3e-7);
  * arguments below float range give exactly 0, and so does NaN (a caller
  * that can meet one checks for it: the dispatcher bounds attention scores);
@@ -8,6 +10,7 @@
 #include "rowops.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LOG2E 1.44269504088896341f
@@ -276,26 +279,157 @@ AVX2 static void pv_avx2(float *acc, int64_t rows, int64_t d, const float *const
         }
 }
 
-static int use_avx2(void)
+/* ---- AVX-512 (F, with DQ for the conversions) ----
+ * Sixteen lanes; tails by lane masks instead of a scalar loop. exp16 is
+ * exp8's computation lane for lane (same polynomial, clamps and zeroing;
+ * 2^r by scalef instead of building the exponent bits), so the paths agree
+ * to rounding. */
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")))
+
+AVX512 static __m512 exp16(__m512 x)
 {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(LOG2E));
+    __mmask16 keep = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-125.f), _CMP_GE_OQ); /* also drops NaN and -inf */
+    t = _mm512_max_ps(t, _mm512_set1_ps(-125.f));
+    t = _mm512_min_ps(t, _mm512_set1_ps(127.f));
+    __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(t, r);
+    __m512 p = _mm512_set1_ps(EXP_C[6]);
+    for (int i = 5; i >= 0; i--)
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP_C[i]));
+    return _mm512_maskz_scalef_ps(keep, p, r);
+}
+
+AVX512 static float exp_row_avx512(float *s, int64_t n, float m)
+{
+    __m512 vm = _mm512_set1_ps(m), acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm));
+        __m512 e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i + 16), vm));
+        _mm512_storeu_ps(s + i, e0);
+        _mm512_storeu_ps(s + i + 16, e1);
+        acc0 = _mm512_add_ps(acc0, e0);
+        acc1 = _mm512_add_ps(acc1, e1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + i), vm));
+        _mm512_mask_storeu_ps(s + i, k, e);
+        acc0 = _mm512_mask_add_ps(acc0, k, acc0, e);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+AVX512 static float max_avx512(const float *s, int64_t n, float m)
+{
+    __m512 acc0 = _mm512_set1_ps(m), acc1 = acc0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        acc0 = _mm512_max_ps(acc0, _mm512_loadu_ps(s + i));
+        acc1 = _mm512_max_ps(acc1, _mm512_loadu_ps(s + i + 16));
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        acc0 = _mm512_mask_max_ps(acc0, k, acc0, _mm512_maskz_loadu_ps(k, s + i));
+    }
+    return _mm512_reduce_max_ps(_mm512_max_ps(acc0, acc1));
+}
+
+AVX512 static void scale_avx512(float *x, int64_t n, float a)
+{
+    __m512 va = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + i), va));
+    }
+}
+
+static int have_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+static int have_avx512(void)
+{
+    return have_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
 #endif
 
-sl__cpu_rowops sl__cpu_rowops_get(void)
+/* ---- dispatch ---- */
+
+static const char *const ISA_NAMES[] = {"auto", "portable", "avx2", "avx512"};
+
+int sl__cpu_isa_parse(const char *name)
 {
-#ifdef HAVE_AVX2_PATH
-    if (use_avx2())
-        return (sl__cpu_rowops){exp_row_avx2, max_avx2, scale_avx2};
-#endif
-    return (sl__cpu_rowops){exp_row_plain, max_plain, scale_plain};
+    for (int i = 0; i < (int)(sizeof ISA_NAMES / sizeof *ISA_NAMES); i++)
+        if (name && strcmp(name, ISA_NAMES[i]) == 0)
+            return i;
+    return -1;
 }
 
-sl__cpu_vecops sl__cpu_vecops_get(void)
+const char *sl__cpu_isa_name(int isa) { return isa >= 0 && isa <= SL__ISA_AVX512 ? ISA_NAMES[isa] : "?"; }
+
+int sl__cpu_isa_best(void)
 {
 #ifdef HAVE_AVX2_PATH
-    if (use_avx2())
-        return (sl__cpu_vecops){dot_avx2, axpy_avx2, dots_avx2, axpys_avx2, pv_avx2};
+    if (have_avx512())
+        return SL__ISA_AVX512;
+    if (have_avx2())
+        return SL__ISA_AVX2;
 #endif
-    return (sl__cpu_vecops){dot_plain, axpy_plain, dots_plain, axpys_plain, pv_plain};
+    return SL__ISA_PORTABLE;
 }
+
+int sl__cpu_isa_of(const sl_ctx *ctx)
+{
+    int best = sl__cpu_isa_best(), want = ctx ? ctx->cpu_isa : SL__ISA_AUTO;
+    if (want == SL__ISA_AUTO) {
+        const char *env = getenv("SL_CPU_ISA");
+        want = env && *env ? sl__cpu_isa_parse(env) : SL__ISA_AUTO;
+        if (want < 0)
+            want = SL__ISA_AUTO;
+    }
+    return want == SL__ISA_AUTO || want > best ? best : want;
+}
+
+sl_status sl_ctx_set_cpu_isa(sl_ctx *ctx, const char *name)
+{
+    int isa = sl__cpu_isa_parse(name);
+    if (isa < 0)
+        return sl_ctx_fail(ctx, SL_EARG, "cpu isa: expected auto, portable, avx2 or avx512, found '%s'",
+                           name ? name : "(null)");
+    if (isa != SL__ISA_AUTO && isa > sl__cpu_isa_best())
+        return sl_ctx_fail(ctx, SL_EUNSUPPORTED, "cpu isa: this CPU (or build) runs at most %s, found '%s'",
+                           sl__cpu_isa_name(sl__cpu_isa_best()), name);
+    ctx->cpu_isa = isa;
+    return SL_OK;
+}
+
+const char *sl_ctx_cpu_isa(const sl_ctx *ctx) { return sl__cpu_isa_name(sl__cpu_isa_of(ctx)); }
+
+sl__cpu_rowops sl__cpu_rowops_for(const sl_ctx *ctx)
+{
+    int isa = sl__cpu_isa_of(ctx);
+    (void)isa;
+#ifdef HAVE_AVX2_PATH
+    if (isa == SL__ISA_AVX512)
+        return (sl__cpu_rowops){exp_row_avx512, max_avx512, scale_avx512, "avx512"};
+    if (isa == SL__ISA_AVX2)
+        return (sl__cpu_rowops){exp_row_avx2, max_avx2, scale_avx2, "avx2"};
+#endif
+    return (sl__cpu_rowops){exp_row_plain, max_plain, scale_plain, "portable"};
+}
+
+sl__cpu_rowops sl__cpu_rowops_get(void) { return sl__cpu_rowops_for(NULL); }
+
+sl__cpu_vecops sl__cpu_vecops_for(const sl_ctx *ctx)
+{
+    int isa = sl__cpu_isa_of(ctx);
+    (void)isa;
+#ifdef HAVE_AVX2_PATH
+    if (isa >= SL__ISA_AVX2) /* no AVX-512 variant of these yet: AVX2 on AVX-512 machines */
+        return (sl__cpu_vecops){dot_avx2, axpy_avx2, dots_avx2, axpys_avx2, pv_avx2, "avx2"};
+#endif
+    return (sl__cpu_vecops){dot_plain, axpy_plain, dots_plain, axpys_plain, pv_plain, "portable"};
+}
+
+sl__cpu_vecops sl__cpu_vecops_get(void) { return sl__cpu_vecops_for(NULL); }

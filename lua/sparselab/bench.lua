@@ -122,6 +122,10 @@ function B.run(o)
   local densities = o.densities or {0.05, 0.1, 0.25, 0.5}
   local patterns = o.patterns or {"window", "random_blocks"}
   local native = B.native_dtypes("attn.dense", backend)
+  -- the instruction set the cpu kernels' row operations run (sl.cpu_isa:
+  -- the context's choice, else SL_CPU_ISA, else the CPU's best); the GEMMs
+  -- are OpenBLAS's own (its core is in sgemm's row)
+  local isa = backend == "cpu" and sl.cpu_isa() or nil
   for _, n in ipairs(sizes) do
     for _, d in ipairs(dims) do
       local q = sl.randn({heads, n, d}, {seed = 1})
@@ -132,7 +136,7 @@ function B.run(o)
       local dense_flops = sl.op_flops("attn.dense", q, k, v, args)
       local gflops = dense_flops / (ms * 1e-3) / 1e9
       results[#results + 1] = {name = "attn.dense", n = n, d = d, heads = heads, backend = backend,
-        params = {causal = true}, metrics = {gflops = gflops, sgemm_gflops = ceiling,
+        params = {causal = true, isa = isa}, metrics = {gflops = gflops, sgemm_gflops = ceiling,
           ratio_to_sgemm = ceiling and gflops / ceiling, time_ms = ms, target = 0.6}}
       for _, dt in ipairs(o.dtypes or {}) do
         if dt ~= "f32" then
@@ -160,7 +164,7 @@ function B.run(o)
         local empty_ms, diag_ms = time_mask(empty), time_mask(diag)
         local diag_flops = sl.op_flops("attn.block_sparse", q, k, v, diag)
         results[#results + 1] = {name = "attn.block_sparse", n = n, d = d, heads = heads, backend = backend,
-          params = {pattern = "parts", bq = b, bk = b},
+          params = {pattern = "parts", bq = b, bk = b, isa = isa},
           metrics = {empty_mask_ms = empty_ms, diag_only_ms = diag_ms, dense_time_ms = ms,
             diag_exec_density = diag_flops / dense_flops,
             -- dense time per FLOP over the diagonal blocks' time per FLOP
@@ -183,7 +187,7 @@ function B.run(o)
             -- work it really does is its FLOPs over dense FLOPs
             local flops = sl.op_flops("attn.block_sparse", q, k, v, m)
             local exec = flops / dense_flops
-            local params = {pattern = kind.pattern, rho = rho, bq = b, bk = b}
+            local params = {pattern = kind.pattern, rho = rho, bq = b, bk = b, isa = isa}
             for key, val in pairs(kind.params) do params[key] = val end
             results[#results + 1] = {name = "attn.block_sparse", n = n, d = d, heads = heads, backend = backend,
               params = params,
