@@ -74,7 +74,10 @@ void sl__cpu_tile_scores(sl__cpu_tile *w, int64_t rows, int64_t d, const float *
                 0.f, w->s, (int)ld_s);
 }
 
-void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm)
+/* The mask of a chunk; mask_bits (a row operation, NULL: plain loops) sets
+ * -inf where a bit is 0. */
+static void tile_mask_with(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm,
+                           void (*mask_bits)(float *s, const uint8_t *bits, int64_t n))
 {
     for (int64_t a = 0; a < rows; a++) {
         float *s = w->s + a * ld_s;
@@ -88,11 +91,20 @@ void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, 
                     continue;
                 b += (cm->row0 + a) * cm->bk;
                 int64_t width = nc - c * cm->bk < cm->bk ? nc - c * cm->bk : cm->bk;
+                if (mask_bits) {
+                    mask_bits(s + c * cm->bk, b, width);
+                    continue;
+                }
                 for (int64_t j = 0; j < width; j++)
                     if (!b[j])
                         s[c * cm->bk + j] = -INFINITY;
             }
     }
+}
+
+void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm)
+{
+    tile_mask_with(w, rows, nc, ld_s, cm, NULL);
 }
 
 /* SpargeAttn's test for one row of a chunk that starts on a key-block
@@ -165,7 +177,7 @@ static void tile_chunk(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, 
 {
     sl__cpu_tile_scores(w, rows, d, k, nc, ld_s);
     if (cm)
-        sl__cpu_tile_mask(w, rows, nc, ld_s, cm);
+        tile_mask_with(w, rows, nc, ld_s, cm, ro->mask_bits);
     sl__cpu_tile_update(w, ro, rows, d, v, nc, ld_s, pv_bk, pv_skip);
 }
 

@@ -58,6 +58,13 @@ static void scale_plain(float *x, int64_t n, float a)
         x[i] *= a;
 }
 
+static void mask_bits_plain(float *s, const uint8_t *bits, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++)
+        if (!bits[j])
+            s[j] = -INFINITY;
+}
+
 static float dot_plain(const float *a, const float *b, int64_t n)
 {
     float s = 0.f;
@@ -156,6 +163,19 @@ AVX2 static void scale_avx2(float *x, int64_t n, float a)
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), va));
     scale_plain(x + i, n - i, a);
+}
+
+AVX2 static void mask_bits_avx2(float *s, const uint8_t *bits, int64_t n)
+{
+    __m256i zero = _mm256_setzero_si256();
+    __m256 ninf = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(bits + j)));
+        __m256 off = _mm256_castsi256_ps(_mm256_cmpeq_epi32(b, zero));
+        _mm256_storeu_ps(s + j, _mm256_blendv_ps(_mm256_loadu_ps(s + j), ninf, off));
+    }
+    mask_bits_plain(s + j, bits + j, n - j);
 }
 
 AVX2 static float dot_avx2(const float *a, const float *b, int64_t n)
@@ -345,6 +365,17 @@ AVX512 static void scale_avx512(float *x, int64_t n, float a)
     }
 }
 
+AVX512 static void mask_bits_avx512(float *s, const uint8_t *bits, int64_t n)
+{
+    __m512 ninf = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < n; j += 16) {
+        __mmask16 k = n - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - j)) - 1);
+        __m128i b = _mm_maskz_loadu_epi8(k, bits + j);
+        __mmask16 off = _mm_mask_cmpeq_epi8_mask(k, b, _mm_setzero_si128());
+        _mm512_mask_storeu_ps(s + j, off, ninf);
+    }
+}
+
 static int have_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 static int have_avx512(void)
@@ -412,11 +443,11 @@ sl__cpu_rowops sl__cpu_rowops_for(const sl_ctx *ctx)
     (void)isa;
 #ifdef HAVE_AVX2_PATH
     if (isa == SL__ISA_AVX512)
-        return (sl__cpu_rowops){exp_row_avx512, max_avx512, scale_avx512, "avx512"};
+        return (sl__cpu_rowops){exp_row_avx512, max_avx512, scale_avx512, mask_bits_avx512, "avx512"};
     if (isa == SL__ISA_AVX2)
-        return (sl__cpu_rowops){exp_row_avx2, max_avx2, scale_avx2, "avx2"};
+        return (sl__cpu_rowops){exp_row_avx2, max_avx2, scale_avx2, mask_bits_avx2, "avx2"};
 #endif
-    return (sl__cpu_rowops){exp_row_plain, max_plain, scale_plain, "portable"};
+    return (sl__cpu_rowops){exp_row_plain, max_plain, scale_plain, mask_bits_plain, "portable"};
 }
 
 sl__cpu_rowops sl__cpu_rowops_get(void) { return sl__cpu_rowops_for(NULL); }

@@ -24,6 +24,8 @@ typedef struct sl__cpu_rowops {
     float (*exp_sum)(float *s, int64_t n, float m);
     float (*max)(const float *s, int64_t n, float m);
     void (*scale)(float *x, int64_t n, float a);
+    /* s[j] = -inf where bits[j] == 0, j < n (a block's row of mask bits) */
+    void (*mask_bits)(float *s, const uint8_t *bits, int64_t n);
     const char *isa; /* "avx512", "avx2" or "portable": the set these run */
 } sl__cpu_rowops;
 

@@ -86,6 +86,8 @@ test("attn.block_sparse: every path equals ref (random blocks with empty rows, p
     {"random blocks, no diagonal", bench.block_list_mask(n, b, rows, false)},
     {"random blocks + causal diagonal", bench.block_list_mask(n, b, rows, true)},
     {"window 37", sl.mask.window(37):materialize{n_q = n, n_k = n, bq = b, bk = b}},
+    -- 20-key blocks: bit rows of 20 = 16 + 4 = 8 + 8 + 4 (every tail of the mask row operation)
+    {"window 45, 20-blocks", sl.mask.window(45):materialize{n_q = n, n_k = n, bq = 20, bk = 20}},
   }
   for _, m in ipairs(masks) do
     against_ref("block_sparse " .. m[1], function(be) return sl.attn.block_sparse(q, k, v, m[2], {backend = be}) end)
