@@ -126,8 +126,10 @@ static int64_t pv_skip_marks(const float *s, int64_t nc, float m, int64_t bk, fl
     return live;
 }
 
-void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, const float *v, int64_t nc,
-                         int64_t ld_s, int64_t pv_bk, float pv_skip)
+/* The online softmax of a chunk's scores: P in w->s, (m, l) updated, acc
+ * rescaled. Returns whether any row has a P·V left to do. */
+static int tile_softmax(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, int64_t nc, int64_t ld_s,
+                        int64_t pv_bk, float pv_skip)
 {
     int any_p = 0;
     uint8_t skip[SL__CPU_MAX_CHUNK_BLOCKS];
@@ -152,7 +154,13 @@ void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows
                     memset(s + c * pv_bk, 0, (size_t)(nc - c * pv_bk < pv_bk ? nc - c * pv_bk : pv_bk) * sizeof(float));
         any_p |= live > 0;
     }
-    if (any_p) /* with pv_skip a chunk may have nothing left to multiply */
+    return any_p;
+}
+
+void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, const float *v, int64_t nc,
+                         int64_t ld_s, int64_t pv_bk, float pv_skip)
+{
+    if (tile_softmax(w, ro, rows, d, nc, ld_s, pv_bk, pv_skip)) /* with pv_skip a chunk may have nothing left to multiply */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w->s, (int)ld_s, v,
                     (int)d, 1.f, w->acc, (int)d);
 }
@@ -246,11 +254,11 @@ typedef struct sparse_job {
     double pv_skip;
 } sparse_job;
 
-/* Floats of a block_sparse workspace: the tile, then K and V copies of one
- * chunk gathered from several runs. */
+/* Floats of a block_sparse workspace: the tile, then the K copy of one
+ * chunk gathered from several runs (their values are read in place). */
 static size_t sparse_ws_floats(int64_t bq, int64_t kmax, int64_t d)
 {
-    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d);
+    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(kmax * d);
 }
 
 static void sparse_item(int64_t item, void *ud, int thread)
@@ -269,28 +277,28 @@ static void sparse_item(int64_t item, void *ud, int thread)
     size_t blk = (size_t)(j->bq * j->bk);
     float *base = (float *)j->a->scratch + (size_t)thread * sparse_ws_floats(j->bq, j->kmax, d);
     sl__cpu_tile w = sl__cpu_tile_make(base, j->bq, j->kmax, d);
-    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d;
+    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d);
+    int64_t run_k0[SL__CPU_MAX_CHUNK_BLOCKS], run_off[SL__CPU_MAX_CHUNK_BLOCKS], run_nc[SL__CPU_MAX_CHUNK_BLOCKS];
     tile_begin(&w, q, rows, d, (float)dm->scale);
     sl__cpu_run run;
     const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
         /* One chunk: runs of consecutive kept blocks until kmax keys. A run
-         * alone is read in place; several are copied side by side, so that
-         * scattered blocks still make one product of kmax keys instead of
-         * one small product each (the profile's packing and call overhead). */
+         * alone is read in place; the keys of several are copied side by
+         * side, so that scattered blocks still make one score product of
+         * kmax keys instead of one small product each (the profile's packing
+         * and call overhead); their values stay in place (below). */
         int64_t used = 0, n_blk = 0, n_runs = 0, k0 = 0;
         int any_partial = 0;
         while (e < rp[qb + 1] && used + j->bk <= j->kmax) {
             sl__cpu_next_run(col, part, bits, blk, &e, rp[qb + 1], j->bk, j->kmax - used, dm->nk, &run);
+            run_k0[n_runs] = run.k0, run_off[n_runs] = used, run_nc[n_runs] = run.nc;
             if (n_runs == 0)
                 k0 = run.k0;
             else {
-                if (n_runs == 1) {
+                if (n_runs == 1)
                     memcpy(kbuf, k + k0 * d, (size_t)(used * d) * sizeof(float));
-                    memcpy(vbuf, v + k0 * d, (size_t)(used * d) * sizeof(float));
-                }
                 memcpy(kbuf + used * d, k + run.k0 * d, (size_t)(run.nc * d) * sizeof(float));
-                memcpy(vbuf + used * d, v + run.k0 * d, (size_t)(run.nc * d) * sizeof(float));
             }
             memcpy(chunk_bits + n_blk, run.bits, (size_t)run.n_blocks * sizeof *chunk_bits);
             n_blk += run.n_blocks;
@@ -299,9 +307,21 @@ static void sparse_item(int64_t item, void *ud, int thread)
             n_runs++;
         }
         sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
-        const float *kc = n_runs > 1 ? kbuf : k + k0 * d, *vc = n_runs > 1 ? vbuf : v + k0 * d;
-        tile_chunk(&w, &j->ro, rows, d, kc, vc, used, j->kmax, any_partial ? &cm : NULL, j->pv_skip > 0 ? j->bk : 0,
-                   (float)j->pv_skip);
+        if (n_runs == 1) {
+            tile_chunk(&w, &j->ro, rows, d, k + k0 * d, v + k0 * d, used, j->kmax, any_partial ? &cm : NULL,
+                       j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip);
+            continue;
+        }
+        /* Several runs: the scores by one product over the gathered keys;
+         * P·V by one product per run over its values in place (the values
+         * are read once either way; a copy would add a pass over them). */
+        sl__cpu_tile_scores(&w, rows, d, kbuf, used, j->kmax);
+        if (any_partial)
+            tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
+        if (tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))
+            for (int64_t r = 0; r < n_runs; r++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)run_nc[r], 1.f,
+                            w.s + run_off[r], (int)j->kmax, v + run_k0[r] * d, (int)d, 1.f, w.acc, (int)d);
     }
     tile_end(&w, rows, d, (float *)j->a->out[0].data + (h * dm->nq + r0) * d, (float *)j->a->out[1].data + h * dm->nq + r0);
 }
