@@ -153,33 +153,33 @@ end
 
 -- ---- methods / ops ------------------------------------------------------
 
-function C.methods(argv)
-  local o = parse(argv, 2, {json = "flag", tests = "value"}, {})
-  local rows = {}
-  -- --json: per method the card checks a test states (sparselab.tested_checks:
-  -- tests named after the method in tests/lua, or --tests DIR)
-  local tc = require "sparselab.tested_checks"
-  local test_names = o.json and tc.test_names(o.tests or "tests/lua") or {}
-  local function tested(r, id, checks)
-    if not o.json or #test_names == 0 then return end
-    local m, n_tests = tc.match(id, checks, test_names)
-    r.tests = n_tests
-    r.checks_tested, r.checks_untested = {}, {}
-    for _, x in ipairs(m) do
-      if x.test then
-        r.checks_tested[#r.checks_tested + 1] = {check = x.check, test = x.test}
-      else
-        r.checks_untested[#r.checks_untested + 1] = x.check
-      end
+-- methods --json: the card checks a test states (sparselab.tested_checks:
+-- tests in ./tests/lua named after the method or correction), as
+-- checks_tested ({check, test}), checks_untested and tests (their count);
+-- nothing is added where ./tests/lua holds no tests.
+local function add_tested_checks(r, names)
+  if #names == 0 then return end
+  local item = r.kind == "correction" and sl.correct.get(r.id) or sl.methods.get(r.id)
+  local m, n_tests = require("sparselab.tested_checks").match(r.id, item.checks, names)
+  r.tests, r.checks_tested, r.checks_untested = n_tests, {}, {}
+  for _, x in ipairs(m) do
+    if x.test then
+      r.checks_tested[#r.checks_tested + 1] = {check = x.check, test = x.test}
+    else
+      r.checks_untested[#r.checks_untested + 1] = x.check
     end
   end
+end
+
+function C.methods(argv)
+  local o = parse(argv, 2, {json = "flag"}, {})
+  local rows = {}
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.methods.get(id)
     rows[#rows + 1] = {kind = "method", id = m.id, title = m.title, card = m.card or "", family = m.family,
       phase = m.phase, knob = m.knob or "", knob_direction = m.knob and (m.knob_direction or 1) or "",
       backends = table.concat(sl.methods.backends(m), ","),
       checks = m.checks and #m.checks or 0}
-    tested(rows[#rows], m.id, m.checks)
   end
   -- corrections (sl.correct): any method takes them (eval --correct ID,
   -- or the method id base+ID); listed with kind = "correction"
@@ -188,11 +188,12 @@ function C.methods(argv)
     rows[#rows + 1] = {kind = "correction", id = c.id, title = c.title, card = c.card or "", family = "correction",
       phase = c.phase or "both", knob = "", backends = table.concat(sl.methods.backends(c), ","),
       checks = c.checks and #c.checks or 0, aliases = table.concat(c.aliases or {}, ",")}
-    tested(rows[#rows], c.id, c.checks)
   end
   local cols = {"id", "family", "phase", "knob", "knob_direction", "backends", "checks", "title"}
   if o.json then
+    local test_names = require("sparselab.tested_checks").test_names("tests/lua")
     for _, r in ipairs(rows) do
+      add_tested_checks(r, test_names)
       local b = {}
       for name in r.backends:gmatch("[^,]+") do b[#b + 1] = name end
       r.backends = b
