@@ -160,7 +160,13 @@ end
 local function add_tested_checks(r, names)
   if #names == 0 then return end
   local item = r.kind == "correction" and sl.correct.get(r.id) or sl.methods.get(r.id)
+  -- tests may be named after the id or an alias (corrections: delta for delta_attention)
   local m, n_tests = require("sparselab.tested_checks").match(r.id, item.checks, names)
+  for _, alias in ipairs(item.aliases or {}) do
+    local ma, na = require("sparselab.tested_checks").match(alias, item.checks, names)
+    n_tests = n_tests + na
+    for i, x in ipairs(ma) do if not m[i].test then m[i] = x end end
+  end
   r.tests, r.checks_tested, r.checks_untested = n_tests, {}, {}
   for _, x in ipairs(m) do
     if x.test then
