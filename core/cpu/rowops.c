@@ -1,6 +1,6 @@
 /* cpu/rowops.c — the row operations of the online softmax (max, exp and sum,
- * scale) in AVX-512, AVX2+FMA and portable C, and of gathered keys (dot,
- * axpy) in AVX2+FMA and portable C, chosen per call from the CPU's features
+ * scale, mask bits) and of gathered keys (dot, axpy, their multi-row forms,
+ * P·V) in AVX-512, AVX2+FMA and portable C, chosen per call from the CPU's features
  * and the context's cap (sl_ctx_set_cpu_isa, else SL_CPU_ISA): function-level
  * target attributes, so the build needs no -m flag and no global state. The exp is a
  * degree-6 polynomial after range reduction (relative error below 3e-7);
@@ -376,6 +376,129 @@ AVX512 static void mask_bits_avx512(float *s, const uint8_t *bits, int64_t n)
     }
 }
 
+AVX512 static __mmask16 tail16(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
+
+AVX512 static float dot_avx512(const float *a, const float *b, int64_t n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, a + i), _mm512_maskz_loadu_ps(k, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+AVX512 static void axpy_avx512(float *y, const float *x, int64_t n, float a)
+{
+    __m512 va = _mm512_set1_ps(a);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 k = tail16(n - i);
+        _mm512_mask_storeu_ps(y + i, k,
+                              _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, x + i), _mm512_maskz_loadu_ps(k, y + i)));
+    }
+}
+
+/* Four rows against one key row: the key is loaded once per 16 dims. */
+AVX512 static void dots_avx512(const float *q, int64_t rows, int64_t d, const float *k, float *s, int64_t ss)
+{
+    int64_t a = 0;
+    for (; a + 4 <= rows; a += 4) {
+        const float *q0 = q + a * d, *q1 = q0 + d, *q2 = q1 + d, *q3 = q2 + d;
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps(), s2 = _mm512_setzero_ps(), s3 = _mm512_setzero_ps();
+        for (int64_t c = 0; c < d; c += 16) {
+            __mmask16 m = tail16(d - c);
+            __m512 kv = _mm512_maskz_loadu_ps(m, k + c);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + c), kv, s0);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q1 + c), kv, s1);
+            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q2 + c), kv, s2);
+            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q3 + c), kv, s3);
+        }
+        s[a * ss] = _mm512_reduce_add_ps(s0), s[(a + 1) * ss] = _mm512_reduce_add_ps(s1);
+        s[(a + 2) * ss] = _mm512_reduce_add_ps(s2), s[(a + 3) * ss] = _mm512_reduce_add_ps(s3);
+    }
+    for (; a < rows; a++)
+        s[a * ss] = dot_avx512(q + a * d, k, d);
+}
+
+AVX512 static void axpys_avx512(float *acc, int64_t rows, int64_t d, const float *v, const float *p, int64_t ps)
+{
+    int64_t a = 0;
+    for (; a + 4 <= rows; a += 4) {
+        float *y0 = acc + a * d, *y1 = y0 + d, *y2 = y1 + d, *y3 = y2 + d;
+        __m512 p0 = _mm512_set1_ps(p[a * ps]), p1 = _mm512_set1_ps(p[(a + 1) * ps]);
+        __m512 p2 = _mm512_set1_ps(p[(a + 2) * ps]), p3 = _mm512_set1_ps(p[(a + 3) * ps]);
+        for (int64_t c = 0; c < d; c += 16) {
+            __mmask16 m = tail16(d - c);
+            __m512 vv = _mm512_maskz_loadu_ps(m, v + c);
+            _mm512_mask_storeu_ps(y0 + c, m, _mm512_fmadd_ps(p0, vv, _mm512_maskz_loadu_ps(m, y0 + c)));
+            _mm512_mask_storeu_ps(y1 + c, m, _mm512_fmadd_ps(p1, vv, _mm512_maskz_loadu_ps(m, y1 + c)));
+            _mm512_mask_storeu_ps(y2 + c, m, _mm512_fmadd_ps(p2, vv, _mm512_maskz_loadu_ps(m, y2 + c)));
+            _mm512_mask_storeu_ps(y3 + c, m, _mm512_fmadd_ps(p3, vv, _mm512_maskz_loadu_ps(m, y3 + c)));
+        }
+    }
+    for (; a < rows; a++)
+        if (p[a * ps] != 0.f)
+            axpy_avx512(acc + a * d, v, d, p[a * ps]);
+}
+
+/* P·V over nc gathered value rows, register-blocked as pv_avx2: two rows ×
+ * 64 dims of the accumulator in registers while the keys stream by. */
+AVX512 static void pv_avx512(float *acc, int64_t rows, int64_t d, const float *const *v, const float *p, int64_t ps,
+                             int64_t nc)
+{
+    if (d % 64 != 0) {
+        for (int64_t j = 0; j < nc; j++)
+            axpys_avx512(acc, rows, d, v[j], p + j, ps);
+        return;
+    }
+    int64_t a = 0;
+    for (; a + 2 <= rows; a += 2) {
+        const float *p0 = p + a * ps, *p1 = p0 + ps;
+        for (int64_t c = 0; c < d; c += 64) {
+            float *y0 = acc + a * d + c, *y1 = y0 + d;
+            __m512 x0 = _mm512_loadu_ps(y0), x1 = _mm512_loadu_ps(y0 + 16), x2 = _mm512_loadu_ps(y0 + 32),
+                   x3 = _mm512_loadu_ps(y0 + 48);
+            __m512 z0 = _mm512_loadu_ps(y1), z1 = _mm512_loadu_ps(y1 + 16), z2 = _mm512_loadu_ps(y1 + 32),
+                   z3 = _mm512_loadu_ps(y1 + 48);
+            for (int64_t j = 0; j < nc; j++) {
+                const float *vr = v[j] + c;
+                __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32),
+                       v3 = _mm512_loadu_ps(vr + 48);
+                __m512 b0 = _mm512_set1_ps(p0[j]), b1 = _mm512_set1_ps(p1[j]);
+                x0 = _mm512_fmadd_ps(b0, v0, x0), x1 = _mm512_fmadd_ps(b0, v1, x1);
+                x2 = _mm512_fmadd_ps(b0, v2, x2), x3 = _mm512_fmadd_ps(b0, v3, x3);
+                z0 = _mm512_fmadd_ps(b1, v0, z0), z1 = _mm512_fmadd_ps(b1, v1, z1);
+                z2 = _mm512_fmadd_ps(b1, v2, z2), z3 = _mm512_fmadd_ps(b1, v3, z3);
+            }
+            _mm512_storeu_ps(y0, x0), _mm512_storeu_ps(y0 + 16, x1), _mm512_storeu_ps(y0 + 32, x2);
+            _mm512_storeu_ps(y0 + 48, x3);
+            _mm512_storeu_ps(y1, z0), _mm512_storeu_ps(y1 + 16, z1), _mm512_storeu_ps(y1 + 32, z2);
+            _mm512_storeu_ps(y1 + 48, z3);
+        }
+    }
+    for (; a < rows; a++)
+        for (int64_t c = 0; c < d; c += 64) {
+            float *y0 = acc + a * d + c;
+            __m512 x0 = _mm512_loadu_ps(y0), x1 = _mm512_loadu_ps(y0 + 16), x2 = _mm512_loadu_ps(y0 + 32),
+                   x3 = _mm512_loadu_ps(y0 + 48);
+            for (int64_t j = 0; j < nc; j++) {
+                const float *vr = v[j] + c;
+                __m512 b0 = _mm512_set1_ps(p[a * ps + j]);
+                x0 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(vr), x0);
+                x1 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(vr + 16), x1);
+                x2 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(vr + 32), x2);
+                x3 = _mm512_fmadd_ps(b0, _mm512_loadu_ps(vr + 48), x3);
+            }
+            _mm512_storeu_ps(y0, x0), _mm512_storeu_ps(y0 + 16, x1), _mm512_storeu_ps(y0 + 32, x2);
+            _mm512_storeu_ps(y0 + 48, x3);
+        }
+}
+
 static int have_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
 static int have_avx512(void)
@@ -457,7 +580,9 @@ sl__cpu_vecops sl__cpu_vecops_for(const sl_ctx *ctx)
     int isa = sl__cpu_isa_of(ctx);
     (void)isa;
 #ifdef HAVE_AVX2_PATH
-    if (isa >= SL__ISA_AVX2) /* no AVX-512 variant of these yet: AVX2 on AVX-512 machines */
+    if (isa == SL__ISA_AVX512)
+        return (sl__cpu_vecops){dot_avx512, axpy_avx512, dots_avx512, axpys_avx512, pv_avx512, "avx512"};
+    if (isa == SL__ISA_AVX2)
         return (sl__cpu_vecops){dot_avx2, axpy_avx2, dots_avx2, axpys_avx2, pv_avx2, "avx2"};
 #endif
     return (sl__cpu_vecops){dot_plain, axpy_plain, dots_plain, axpys_plain, pv_plain, "portable"};

@@ -43,7 +43,7 @@ typedef struct sl__cpu_vecops {
     void (*axpys)(float *acc, int64_t rows, int64_t d, const float *v, const float *p, int64_t ps);
     /* acc[r] += Σ_j p[r·ps + j]·v[j] over nc value rows v[j] (pointers). */
     void (*pv)(float *acc, int64_t rows, int64_t d, const float *const *v, const float *p, int64_t ps, int64_t nc);
-    const char *isa; /* "avx2" (also on AVX-512 machines: no 512-bit variant yet) or "portable" */
+    const char *isa; /* "avx512", "avx2" or "portable" */
 } sl__cpu_vecops;
 
 sl__cpu_vecops sl__cpu_vecops_for(const sl_ctx *ctx);

@@ -1,7 +1,8 @@
 -- test_cpu_isa.lua — the cpu kernels' instruction-set paths (issue 20):
 -- every path this CPU runs (portable C, AVX2+FMA, AVX-512), forced through
--- sl.cpu_isa (the context's choice), gives attn.dense and attn.block_sparse
--- equal to the float64 ref backend on ragged shapes (row lengths that are
+-- sl.cpu_isa (the context's choice), gives attn.dense, attn.block_sparse and
+-- the gathered executors (attn.token_sparse, attn.rows) equal to the float64
+-- ref backend on ragged shapes (row lengths that are
 -- not multiples of 8 or 16, so every vector tail runs), fully masked rows and
 -- partial blocks; unknown names and sets beyond this CPU are refused in one
 -- line. Run with LUA_CPATH=build/?.so lua5.4 tests/lua/test_cpu_isa.lua
@@ -91,6 +92,44 @@ test("attn.block_sparse: every path equals ref (random blocks with empty rows, p
   }
   for _, m in ipairs(masks) do
     against_ref("block_sparse " .. m[1], function(be) return sl.attn.block_sparse(q, k, v, m[2], {backend = be}) end)
+  end
+end)
+
+-- seeded index lists: per list head and entry, a random sorted subset of the keys (some entries empty)
+local function lists(hm, n_entries, nk, seed)
+  math.randomseed(seed)
+  local rp, col = {}, {}
+  for h = 1, hm do
+    local row = {#col}
+    for r = 1, n_entries do
+      if r % 5 ~= 0 then
+        for j = 0, nk - 1 do if math.random() < 0.3 then col[#col + 1] = j end end
+      end
+      row[#row + 1] = #col
+    end
+    rp[h] = row
+  end
+  return sl.tensor(rp, "i32"), sl.tensor(col, "i32")
+end
+
+test("gathered executors (attn.token_sparse, attn.rows): every path equals ref (d 40, 64, 128; GQA)", function()
+  -- hm = 4: each query head its own lists (odd row counts: the one-row
+  -- remainder of the two-row P·V); hm = 2: a GQA pair reads each row once
+  for _, c in ipairs{{d = 64, rpe = 3, hm = 4}, {d = 64, rpe = 3, hm = 2}, {d = 40, rpe = 1, hm = 2},
+      {d = 128, rpe = 5, hm = 4}} do
+    local nq, nk = 23, 150
+    local q = sl.randn({4, nq, c.d}, {seed = 31 + c.d})
+    local k = sl.randn({2, nk, c.d}, {seed = 32 + c.d})
+    local v = sl.randn({2, nk, c.d}, {seed = 33 + c.d})
+    local rp, col = lists(c.hm, (nq + c.rpe - 1) // c.rpe, nk, 34 + c.d)
+    against_ref(string.format("token_sparse d=%d rows_per_entry=%d list heads=%d", c.d, c.rpe, c.hm), function(b)
+      return sl.attn.token_sparse(q, k, v, rp, col, {rows_per_entry = c.rpe, backend = b})
+    end)
+    local rows, lim = {}, {}
+    for r = 0, nq - 1, 2 do rows[#rows + 1] = r; lim[#lim + 1] = 100 + r end
+    against_ref(string.format("rows d=%d", c.d), function(b)
+      return sl.attn.rows(q, k, v, sl.tensor({rows}, "i32"), sl.tensor({lim}, "i32"), {backend = b})
+    end)
   end
 end)
 
