@@ -133,6 +133,17 @@ test("gathered executors (attn.token_sparse, attn.rows): every path equals ref (
   end
 end)
 
+test("score ops (score.last_q: softmax rows by the row operations): every path equals ref", function()
+  local q = sl.randn({2, 50, 40}, {seed = 41})
+  local k = sl.randn({1, 50, 40}, {seed = 42})
+  local ref = sl.score.last_q(q, k, {last = 13, backend = "ref"})
+  for _, isa in ipairs(paths) do
+    sl.cpu_isa(isa)
+    near(sl.metric.max_abs(sl.score.last_q(q, k, {last = 13, backend = "cpu"}), ref), 0, 2e-6, "last_q " .. isa)
+  end
+  sl.cpu_isa("auto")
+end)
+
 test("bench reports the instruction set of each kernel it times", function()
   local rows = bench.run{n = {256}, d = {32}, heads = 1, densities = {0.5}, patterns = {"window"}, reps = 1,
     sgemm = false, decode = false}
