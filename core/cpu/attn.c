@@ -254,12 +254,16 @@ typedef struct sparse_job {
     double pv_skip;
 } sparse_job;
 
-/* Floats of a block_sparse workspace: the tile, then the K copy of one
- * chunk gathered from several runs (their values are read in place). */
+/* Floats of a block_sparse workspace: the tile, then K and V copies of one
+ * chunk gathered from several runs (V only for short runs, see below). */
 static size_t sparse_ws_floats(int64_t bq, int64_t kmax, int64_t d)
 {
-    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(kmax * d);
+    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d);
 }
+
+/* Runs of at least this many keys on average have their values read in
+ * place (one P·V product per run); shorter ones are copied (one product). */
+#define SPARSE_PV_INPLACE_KEYS 32
 
 static void sparse_item(int64_t item, void *ud, int thread)
 {
@@ -277,7 +281,7 @@ static void sparse_item(int64_t item, void *ud, int thread)
     size_t blk = (size_t)(j->bq * j->bk);
     float *base = (float *)j->a->scratch + (size_t)thread * sparse_ws_floats(j->bq, j->kmax, d);
     sl__cpu_tile w = sl__cpu_tile_make(base, j->bq, j->kmax, d);
-    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d);
+    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d;
     int64_t run_k0[SL__CPU_MAX_CHUNK_BLOCKS], run_off[SL__CPU_MAX_CHUNK_BLOCKS], run_nc[SL__CPU_MAX_CHUNK_BLOCKS];
     tile_begin(&w, q, rows, d, (float)dm->scale);
     sl__cpu_run run;
@@ -287,7 +291,7 @@ static void sparse_item(int64_t item, void *ud, int thread)
          * alone is read in place; the keys of several are copied side by
          * side, so that scattered blocks still make one score product of
          * kmax keys instead of one small product each (the profile's packing
-         * and call overhead); their values stay in place (below). */
+         * and call overhead); values below. */
         int64_t used = 0, n_blk = 0, n_runs = 0, k0 = 0;
         int any_partial = 0;
         while (e < rp[qb + 1] && used + j->bk <= j->kmax) {
@@ -313,15 +317,24 @@ static void sparse_item(int64_t item, void *ud, int thread)
             continue;
         }
         /* Several runs: the scores by one product over the gathered keys;
-         * P·V by one product per run over its values in place (the values
-         * are read once either way; a copy would add a pass over them). */
+         * P·V by one product per run over its values in place when runs are
+         * long (the values are read once either way; a copy would add a pass
+         * over them), else over a copy (many tiny products cost more). */
         sl__cpu_tile_scores(&w, rows, d, kbuf, used, j->kmax);
         if (any_partial)
             tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
-        if (tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))
+        if (!tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))
+            continue;
+        if (used >= SPARSE_PV_INPLACE_KEYS * n_runs) {
             for (int64_t r = 0; r < n_runs; r++)
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)run_nc[r], 1.f,
                             w.s + run_off[r], (int)j->kmax, v + run_k0[r] * d, (int)d, 1.f, w.acc, (int)d);
+        } else {
+            for (int64_t r = 0; r < n_runs; r++)
+                memcpy(vbuf + run_off[r] * d, v + run_k0[r] * d, (size_t)(run_nc[r] * d) * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)used, 1.f, w.s,
+                        (int)j->kmax, vbuf, (int)d, 1.f, w.acc, (int)d);
+        }
     }
     tile_end(&w, rows, d, (float *)j->a->out[0].data + (h * dm->nq + r0) * d, (float *)j->a->out[1].data + h * dm->nq + r0);
 }

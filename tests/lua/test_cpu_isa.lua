@@ -93,6 +93,12 @@ test("attn.block_sparse: every path equals ref (random blocks with empty rows, p
   for _, m in ipairs(masks) do
     against_ref("block_sparse " .. m[1], function(be) return sl.attn.block_sparse(q, k, v, m[2], {backend = be}) end)
   end
+  -- 64-key blocks scattered: chunks of several long runs (values read in
+  -- place) beside the 16-key runs above (values copied)
+  local n2 = 704
+  local q2, k2, v2 = sl.randn({1, n2, 32}, {seed = 24}), sl.randn({1, n2, 32}, {seed = 25}), sl.randn({1, n2, 32}, {seed = 26})
+  local m2 = bench.block_list_mask(n2, 64, bench.random_rows(n2, 64, 0.4, 7), true)
+  against_ref("block_sparse random 64-blocks", function(be) return sl.attn.block_sparse(q2, k2, v2, m2, {backend = be}) end)
 end)
 
 -- seeded index lists: per list head and entry, a random sorted subset of the keys (some entries empty)
