@@ -254,7 +254,8 @@ function B.decode(results, o)
       local bytes = hm * sel * 2 * d * 4 -- each list's K and V rows, read once
       local gbps = bytes / (ms * 1e-3) / 1e9
       results[#results + 1] = {name = "attn.token_sparse", n = n, n_q = nq, d = d, heads = hq, kv_heads = hkv,
-        backend = backend, params = {phase = "decode", n_q = nq, list_heads = hm, keys_per_list = sel},
+        backend = backend, params = {phase = "decode", n_q = nq, list_heads = hm, keys_per_list = sel,
+          isa = backend == "cpu" and sl.cpu_isa() or nil},
         metrics = {kv_gbps = gbps, memcpy_gbps = bw, ratio_to_memcpy = gbps / bw, time_ms = ms, target = 0.5,
           n_q = nq, list_heads = hm, kv_bytes = bytes}}
     end
