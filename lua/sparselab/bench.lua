@@ -113,8 +113,13 @@ function B.run(o)
   if o.sgemm ~= false then
     local sgemm_n = quick and 2048 or 4096
     ceiling = sl.bench_sgemm(sgemm_n, reps)
+    -- the 1-minute load average beside the ceiling (Linux): on a shared
+    -- machine it says how far time-slicing moves this run's ratios
+    local f = io.open("/proc/loadavg")
+    local load = f and tonumber((f:read("l") or ""):match("^(%S+)"))
+    if f then f:close() end
     results[#results + 1] = {name = "sgemm", n = sgemm_n, d = sgemm_n, heads = 1, backend = "openblas",
-      params = {threads = sl.threads()}, metrics = {gflops = ceiling}}
+      params = {threads = sl.threads()}, metrics = {gflops = ceiling, load_1m = load}}
   end
   local sizes = o.n or (quick and {4096} or {4096, 8192, 16384})
   local dims = o.d or {64, 128}
