@@ -20,6 +20,7 @@ struct sl_ctx {
     volatile int *interrupt;
     size_t live_allocs, live_bytes;
     sl_status last_status;
+    int cpu_isa; /* the cpu kernels' instruction-set cap (cpu/rowops.h SL__ISA_*; 0 = auto) */
     char err[SL__ERRMSG_BYTES];
 };
 

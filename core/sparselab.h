@@ -89,6 +89,13 @@ int sl_ctx_threads(const sl_ctx *ctx);
  * The flag belongs to the caller (a signal handler usually sets it). */
 void sl_ctx_set_interrupt(sl_ctx *ctx, volatile int *flag);
 int sl_ctx_interrupted(const sl_ctx *ctx);
+/* The instruction set of the cpu backend's row operations (issue 20): "auto"
+ * (the default: the best this CPU runs, capped by the environment variable
+ * SL_CPU_ISA when set), or "avx512", "avx2", "portable" to force one. Fails
+ * (SL_EARG) on an unknown name, (SL_EUNSUPPORTED) on a set this CPU or build does not run. */
+sl_status sl_ctx_set_cpu_isa(sl_ctx *ctx, const char *name);
+/* The set the cpu kernels run under ctx now: "avx512", "avx2" or "portable". */
+const char *sl_ctx_cpu_isa(const sl_ctx *ctx);
 /* Live allocations and bytes made through this context (leak checks). */
 size_t sl_ctx_live_allocs(const sl_ctx *ctx);
 size_t sl_ctx_live_bytes(const sl_ctx *ctx);

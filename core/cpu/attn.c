@@ -75,7 +75,10 @@ void sl__cpu_tile_scores(sl__cpu_tile *w, int64_t rows, int64_t d, const float *
                 0.f, w->s, (int)ld_s);
 }
 
-void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm)
+/* The mask of a chunk; mask_bits (a row operation, NULL: plain loops) sets
+ * -inf where a bit is 0. */
+static void tile_mask_with(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm,
+                           void (*mask_bits)(float *s, const uint8_t *bits, int64_t n))
 {
     for (int64_t a = 0; a < rows; a++) {
         float *s = w->s + a * ld_s;
@@ -89,11 +92,20 @@ void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, 
                     continue;
                 b += (cm->row0 + a) * cm->bk;
                 int64_t width = nc - c * cm->bk < cm->bk ? nc - c * cm->bk : cm->bk;
+                if (mask_bits) {
+                    mask_bits(s + c * cm->bk, b, width);
+                    continue;
+                }
                 for (int64_t j = 0; j < width; j++)
                     if (!b[j])
                         s[c * cm->bk + j] = -INFINITY;
             }
     }
+}
+
+void sl__cpu_tile_mask(sl__cpu_tile *w, int64_t rows, int64_t nc, int64_t ld_s, const sl__cpu_chunk_mask *cm)
+{
+    tile_mask_with(w, rows, nc, ld_s, cm, NULL);
 }
 
 /* SpargeAttn's test for one row of a chunk that starts on a key-block
@@ -115,8 +127,10 @@ static int64_t pv_skip_marks(const float *s, int64_t nc, float m, int64_t bk, fl
     return live;
 }
 
-void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, const float *v, int64_t nc,
-                         int64_t ld_s, int64_t pv_bk, float pv_skip)
+/* The online softmax of a chunk's scores: P in w->s, (m, l) updated, acc
+ * rescaled. Returns whether any row has a P·V left to do. */
+static int tile_softmax(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, int64_t nc, int64_t ld_s,
+                        int64_t pv_bk, float pv_skip)
 {
     int any_p = 0;
     uint8_t skip[SL__CPU_MAX_CHUNK_BLOCKS];
@@ -141,7 +155,13 @@ void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows
                     memset(s + c * pv_bk, 0, (size_t)(nc - c * pv_bk < pv_bk ? nc - c * pv_bk : pv_bk) * sizeof(float));
         any_p |= live > 0;
     }
-    if (any_p) /* with pv_skip a chunk may have nothing left to multiply */
+    return any_p;
+}
+
+void sl__cpu_tile_update(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, int64_t d, const float *v, int64_t nc,
+                         int64_t ld_s, int64_t pv_bk, float pv_skip)
+{
+    if (tile_softmax(w, ro, rows, d, nc, ld_s, pv_bk, pv_skip)) /* with pv_skip a chunk may have nothing left to multiply */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w->s, (int)ld_s, v,
                     (int)d, 1.f, w->acc, (int)d);
 }
@@ -166,7 +186,7 @@ static void tile_chunk(sl__cpu_tile *w, const sl__cpu_rowops *ro, int64_t rows, 
 {
     sl__cpu_tile_scores(w, rows, d, k, nc, ld_s);
     if (cm)
-        sl__cpu_tile_mask(w, rows, nc, ld_s, cm);
+        tile_mask_with(w, rows, nc, ld_s, cm, ro->mask_bits);
     sl__cpu_tile_update(w, ro, rows, d, v, nc, ld_s, pv_bk, pv_skip);
 }
 
@@ -220,7 +240,7 @@ static void dense_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_dense(const sl__kargs *a)
 {
     const sl_attn_params *p = a->params;
-    dense_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
+    dense_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), (int)p->causal, 0};
     j.n_tiles = (j.dm.nq + DENSE_BQ - 1) / DENSE_BQ;
     return sl__cpu_parallel(a->ctx, j.n_tiles * j.dm.hq, dense_item, &j);
 }
@@ -236,11 +256,15 @@ typedef struct sparse_job {
 } sparse_job;
 
 /* Floats of a block_sparse workspace: the tile, then K and V copies of one
- * chunk gathered from several runs. */
+ * chunk gathered from several runs (V only for short runs, see below). */
 static size_t sparse_ws_floats(int64_t bq, int64_t kmax, int64_t d)
 {
     return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d);
 }
+
+/* Runs of at least this many keys on average have their values read in
+ * place (one P·V product per run); shorter ones are copied (one product). */
+#define SPARSE_PV_INPLACE_KEYS 32
 
 static void sparse_item(int64_t item, void *ud, int thread)
 {
@@ -259,27 +283,27 @@ static void sparse_item(int64_t item, void *ud, int thread)
     float *base = (float *)j->a->scratch + (size_t)thread * sparse_ws_floats(j->bq, j->kmax, d);
     sl__cpu_tile w = sl__cpu_tile_make(base, j->bq, j->kmax, d);
     float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d;
+    int64_t run_k0[SL__CPU_MAX_CHUNK_BLOCKS], run_off[SL__CPU_MAX_CHUNK_BLOCKS], run_nc[SL__CPU_MAX_CHUNK_BLOCKS];
     tile_begin(&w, q, rows, d, (float)dm->scale);
     sl__cpu_run run;
     const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
         /* One chunk: runs of consecutive kept blocks until kmax keys. A run
-         * alone is read in place; several are copied side by side, so that
-         * scattered blocks still make one product of kmax keys instead of
-         * one small product each (the profile's packing and call overhead). */
+         * alone is read in place; the keys of several are copied side by
+         * side, so that scattered blocks still make one score product of
+         * kmax keys instead of one small product each (the profile's packing
+         * and call overhead); values below. */
         int64_t used = 0, n_blk = 0, n_runs = 0, k0 = 0;
         int any_partial = 0;
         while (e < rp[qb + 1] && used + j->bk <= j->kmax) {
             sl__cpu_next_run(col, part, bits, blk, &e, rp[qb + 1], j->bk, j->kmax - used, dm->nk, &run);
+            run_k0[n_runs] = run.k0, run_off[n_runs] = used, run_nc[n_runs] = run.nc;
             if (n_runs == 0)
                 k0 = run.k0;
             else {
-                if (n_runs == 1) {
+                if (n_runs == 1)
                     memcpy(kbuf, k + k0 * d, (size_t)(used * d) * sizeof(float));
-                    memcpy(vbuf, v + k0 * d, (size_t)(used * d) * sizeof(float));
-                }
                 memcpy(kbuf + used * d, k + run.k0 * d, (size_t)(run.nc * d) * sizeof(float));
-                memcpy(vbuf + used * d, v + run.k0 * d, (size_t)(run.nc * d) * sizeof(float));
             }
             memcpy(chunk_bits + n_blk, run.bits, (size_t)run.n_blocks * sizeof *chunk_bits);
             n_blk += run.n_blocks;
@@ -288,9 +312,30 @@ static void sparse_item(int64_t item, void *ud, int thread)
             n_runs++;
         }
         sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
-        const float *kc = n_runs > 1 ? kbuf : k + k0 * d, *vc = n_runs > 1 ? vbuf : v + k0 * d;
-        tile_chunk(&w, &j->ro, rows, d, kc, vc, used, j->kmax, any_partial ? &cm : NULL, j->pv_skip > 0 ? j->bk : 0,
-                   (float)j->pv_skip);
+        if (n_runs == 1) {
+            tile_chunk(&w, &j->ro, rows, d, k + k0 * d, v + k0 * d, used, j->kmax, any_partial ? &cm : NULL,
+                       j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip);
+            continue;
+        }
+        /* Several runs: the scores by one product over the gathered keys;
+         * P·V by one product per run over its values in place when runs are
+         * long (the values are read once either way; a copy would add a pass
+         * over them), else over a copy (many tiny products cost more). */
+        sl__cpu_tile_scores(&w, rows, d, kbuf, used, j->kmax);
+        if (any_partial)
+            tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
+        if (!tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))
+            continue;
+        if (used >= SPARSE_PV_INPLACE_KEYS * n_runs) {
+            for (int64_t r = 0; r < n_runs; r++)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)run_nc[r], 1.f,
+                            w.s + run_off[r], (int)j->kmax, v + run_k0[r] * d, (int)d, 1.f, w.acc, (int)d);
+        } else {
+            for (int64_t r = 0; r < n_runs; r++)
+                memcpy(vbuf + run_off[r] * d, v + run_k0[r] * d, (size_t)(run_nc[r] * d) * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)used, 1.f, w.s,
+                        (int)j->kmax, vbuf, (int)d, 1.f, w.acc, (int)d);
+        }
     }
     tile_end(&w, rows, d, (float *)j->a->out[0].data + (h * dm->nq + r0) * d, (float *)j->a->out[1].data + h * dm->nq + r0);
 }
@@ -318,7 +363,7 @@ int64_t sl__cpu_sparse_kmax(int64_t bk) { return bk >= SPARSE_KMAX ? bk : SPARSE
 sl_status sl__cpu_attn_block_sparse(const sl__kargs *a)
 {
     const sl_attn_block_params *p = a->params;
-    sparse_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
+    sparse_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk, a->in[3].shape[1] - 1,
                     a->in[3].shape[0], sl__cpu_sparse_kmax(p->bk), p->pv_skip};
     return sl__cpu_parallel(a->ctx, j.n_qb * j.dm.hq, sparse_item, &j);
 }
@@ -598,7 +643,7 @@ static void tok_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_token_sparse(const sl__kargs *a)
 {
     const sl_attn_token_params *p = a->params;
-    tok_job j = {a, sl__cpu_rowops_get(), sl__cpu_vecops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), 0, 0,
+    tok_job j = {a, sl__cpu_rowops_for(a->ctx), sl__cpu_vecops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), 0, 0,
                  0, 0, 0};
     if (j.dm.hq == 0 || j.dm.nq == 0)
         return SL_OK;
@@ -677,7 +722,7 @@ static void vs_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_vs_mixed(const sl__kargs *a)
 {
     const sl_attn_vs_params *p = a->params;
-    vs_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk,
+    vs_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), p->bq, p->bk,
                 a->in[3].shape[1] - 1, a->in[3].shape[0], 1, sl__cpu_sparse_kmax(p->bk)};
     if (j.dm.hq == 0)
         return SL_OK;
@@ -746,7 +791,7 @@ static int cmp_i64(const void *x, const void *y)
 sl_status sl__cpu_attn_rows(const sl__kargs *a)
 {
     const sl_attn_rows_params *p = a->params;
-    rows_job j = {a, sl__cpu_rowops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), a->in[3].shape[0],
+    rows_job j = {a, sl__cpu_rowops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), a->in[3].shape[0],
                   a->in[3].shape[1], 0, a->scratch};
     if (j.dm.hq == 0 || j.n_out == 0)
         return SL_OK;
@@ -1040,7 +1085,7 @@ sl_status sl__cpu_attn_pooled_kv(const sl__kargs *a)
 {
     const sl_attn_pooled_params *p = a->params;
     pooled_job j = {.a = a, .dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), .L = pooled_plan(p, a->in),
-                    .ro = sl__cpu_rowops_get()};
+                    .ro = sl__cpu_rowops_for(a->ctx)};
     j.nqb = a->in[3].shape[1];
     j.nkb = a->in[3].shape[2];
     j.hm = a->in[3].shape[0];
@@ -1184,7 +1229,7 @@ static void bucket_row(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_bucket(const sl__kargs *a)
 {
     const sl_attn_bucket_params *p = a->params;
-    bucket_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get(), NULL, NULL, 0};
+    bucket_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx), NULL, NULL, 0};
     int nt = sl_ctx_threads(a->ctx);
     nt = nt > 0 ? nt : 1;
     j.per_thread = 2 * j.dm.nk + j.dm.d + 16;

@@ -128,7 +128,7 @@ static void entmax_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_entmax(const sl__kargs *a)
 {
     const sl_attn_entmax_params *p = a->params;
-    entmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    entmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, entmax_item, &j);
 }
 
@@ -176,7 +176,7 @@ static void relu_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_relu(const sl__kargs *a)
 {
     const sl_attn_relu_params *p = a->params;
-    relu_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    relu_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, relu_item, &j);
 }
 
@@ -392,7 +392,7 @@ static void fastmax_item(int64_t h, void *ud, int thread)
 
 sl_status sl__cpu_attn_fastmax(const sl__kargs *a)
 {
-    fastmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], 0), sl__cpu_vecops_get()};
+    fastmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], 0), sl__cpu_vecops_for(a->ctx)};
     return sl__cpu_parallel(a->ctx, j.dm.hq, fastmax_item, &j);
 }
 
@@ -456,7 +456,7 @@ static void tra_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_tra(const sl__kargs *a)
 {
     const sl_attn_tra_params *p = a->params;
-    tra_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get(), NULL, NULL};
+    tra_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx), NULL, NULL};
     float *kinv = a->scratch;
     const float *k = a->in[1].data;
     for (int64_t t = 0; t < j.dm.hkv * j.dm.nk; t++)
@@ -527,7 +527,7 @@ static void mono_item(int64_t h, void *ud, int thread)
 sl_status sl__cpu_attn_monotonic(const sl__kargs *a)
 {
     const sl_attn_monotonic_params *p = a->params;
-    mono_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    mono_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
     return sl__cpu_parallel(a->ctx, j.dm.hq, mono_item, &j);
 }
 

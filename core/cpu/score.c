@@ -136,7 +136,7 @@ sl_status sl__cpu_score_pooled(const sl__kargs *a)
     j.kp = a->scratch;
     j.qscr = j.kp + round64((size_t)(2 * j.dm.hkv * j.nkb * j.dm.d));
     j.qscr_floats = round64((size_t)(2 * j.nqb * j.dm.d));
-    j.ro = sl__cpu_rowops_get();
+    j.ro = sl__cpu_rowops_for(a->ctx);
     sl_status s = sl__cpu_parallel(a->ctx, j.dm.hkv * j.nkb, pooled_k_item, &j);
     return s ? s : sl__cpu_parallel(a->ctx, j.dm.hq, pooled_q_item, &j);
 }
@@ -187,7 +187,7 @@ static sl_status cpu_prob_rows(const sl__kargs *a, double scale, int causal, con
                                int64_t n_rows)
 {
     prob_job j = {.a = a, .dm = sl__attn_dims_of(&a->in[0], &a->in[1], scale), .causal = causal, .rows = rows,
-                  .first = first, .n_rows = n_rows, .qscr = a->scratch, .ro = sl__cpu_rowops_get()};
+                  .first = first, .n_rows = n_rows, .qscr = a->scratch, .ro = sl__cpu_rowops_for(a->ctx)};
     j.n_tiles = (n_rows + PROB_TQ - 1) / PROB_TQ;
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.n_tiles, prob_item, &j);
 }
@@ -267,7 +267,7 @@ sl_status sl__cpu_score_exact(const sl__kargs *a)
 {
     const sl_score_exact_params *p = a->params;
     exact_job j = {.a = a, .p = p, .dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), .scr = a->scratch,
-                   .ro = sl__cpu_rowops_get()};
+                   .ro = sl__cpu_rowops_for(a->ctx)};
     j.nqb = (j.dm.nq + p->bq - 1) / p->bq;
     j.nkb = (j.dm.nk + p->bk - 1) / p->bk;
     j.scr_bytes = round64((size_t)p->bq * (size_t)j.dm.nk * sizeof(float)) + round64((size_t)(j.nkb + 1) * sizeof(double));

@@ -65,7 +65,7 @@ static void thr_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_threshold(const sl__kargs *a)
 {
     const sl_attn_threshold_params *p = a->params;
-    thr_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_get()};
+    thr_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, thr_item, &j);
 }
 

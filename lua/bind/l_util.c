@@ -51,6 +51,28 @@ static int l_threads(lua_State *L)
     return 1;
 }
 
+/* sl.cpu_isa([name]) -> the instruction set the cpu kernels' row operations
+ * run ("avx512", "avx2", "portable"); with a name ("auto", "avx512", "avx2",
+ * "portable") sets it for this state's context first (an error naming the
+ * cause when unknown or beyond this CPU). Returns the set now in effect and
+ * the set "auto" runs (the CPU's best, under an SL_CPU_ISA cap). */
+static int l_cpu_isa(lua_State *L)
+{
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (!lua_isnoneornil(L, 1)) {
+        const char *name = luaL_checkstring(L, 1);
+        if (sl_ctx_set_cpu_isa(ctx, name) != SL_OK) {
+            const char *msg = sl_ctx_error(ctx);
+            return sl__lua_error(L, "%s", msg);
+        }
+    }
+    lua_pushstring(L, sl_ctx_cpu_isa(ctx));
+    sl_ctx *probe = sl_ctx_new(NULL);
+    lua_pushstring(L, probe ? sl_ctx_cpu_isa(probe) : "?");
+    sl_ctx_free(probe);
+    return 2;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -507,6 +529,7 @@ void sl__lua_open_util(lua_State *L)
     static const luaL_Reg fns[] = {{"time", l_time},
                                    {"backends", l_backends},
                                    {"threads", l_threads},
+                                   {"cpu_isa", l_cpu_isa},
                                    {"bench_sgemm", l_bench_sgemm},
                                    {"bench_memcpy", l_bench_memcpy},
                                    {"synthetic", l_synthetic}, {"synthetic_video", l_synthetic_video},

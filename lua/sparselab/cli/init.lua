@@ -155,6 +155,30 @@ end
 
 -- ---- methods / ops ------------------------------------------------------
 
+-- methods --json: the card checks a test states (sparselab.tested_checks:
+-- tests in ./tests/lua named after the method or correction), as
+-- checks_tested ({check, test}), checks_untested and tests (their count);
+-- nothing is added where ./tests/lua holds no tests.
+local function add_tested_checks(r, names)
+  if #names == 0 then return end
+  local item = r.kind == "correction" and sl.correct.get(r.id) or sl.methods.get(r.id)
+  -- tests may be named after the id or an alias (corrections: delta for delta_attention)
+  local m, n_tests = require("sparselab.tested_checks").match(r.id, item.checks, names)
+  for _, alias in ipairs(item.aliases or {}) do
+    local ma, na = require("sparselab.tested_checks").match(alias, item.checks, names)
+    n_tests = n_tests + na
+    for i, x in ipairs(ma) do if not m[i].test then m[i] = x end end
+  end
+  r.tests, r.checks_tested, r.checks_untested = n_tests, {}, {}
+  for _, x in ipairs(m) do
+    if x.test then
+      r.checks_tested[#r.checks_tested + 1] = {check = x.check, test = x.test}
+    else
+      r.checks_untested[#r.checks_untested + 1] = x.check
+    end
+  end
+end
+
 function C.methods(argv)
   local o = parse(argv, 2, "methods")
   local rows = {}
@@ -175,7 +199,9 @@ function C.methods(argv)
   end
   local cols = {"id", "family", "phase", "knob", "knob_direction", "backends", "checks", "title"}
   if o.json then
+    local test_names = require("sparselab.tested_checks").test_names("tests/lua")
     for _, r in ipairs(rows) do
+      add_tested_checks(r, test_names)
       local b = {}
       for name in r.backends:gmatch("[^,]+") do b[#b + 1] = name end
       r.backends = b
@@ -642,6 +668,7 @@ function C.bench(argv)
       table.sort(keys)
       for _, key in ipairs(keys) do parts[#parts + 1] = key .. "=" .. report.cell(r.metrics[key]) end
       if r.error then parts[#parts + 1] = "error: " .. r.error end
+      if r.params and r.params.isa then table.insert(parts, 1, "isa=" .. r.params.isa) end
       out(string.format("%-22s n=%-6d d=%-4d %s", r.name, r.n, r.d, table.concat(parts, " ")))
     end
     io.stdout:flush()
