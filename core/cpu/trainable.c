@@ -208,7 +208,7 @@ sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
     int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
     int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs;
     int nt = sl_ctx_threads(a->ctx);
-    nsa_job j = {a, sl__cpu_vecops_get(), NULL, Nc + 2 * D + (Nk + bs - 1) / bs};
+    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + (Nk + bs - 1) / bs};
     size_t bytes = sizeof(float) * (size_t)j.per_thread * (size_t)(nt > 0 ? nt : 1);
     j.work = sl_ctx_alloc(a->ctx, bytes);
     if (!j.work)
@@ -316,7 +316,7 @@ sl_status sl__cpu_trainable_sparsek(const sl__kargs *a)
 {
     int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
     int nt = sl_ctx_threads(a->ctx);
-    sparsek_job j = {a, sl__cpu_vecops_get(), NULL,
+    sparsek_job j = {a, sl__cpu_vecops_for(a->ctx), NULL,
                      ((size_t)Nk * (sizeof(uidx) + sizeof(float) + sizeof(int32_t) + 1) + (size_t)D * sizeof(float) + 7) /
                          8 * 8};
     size_t bytes = j.per_thread * (size_t)(nt > 0 ? nt : 1);
@@ -411,7 +411,7 @@ sl_status sl__cpu_trainable_fsa(const sl__kargs *a)
     unsigned char *mem = sl_ctx_alloc(a->ctx, bytes > 0 ? bytes : 1);
     if (!mem)
         return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.fsa[cpu]: out of memory for %zu bytes", bytes);
-    fsa_job j = {a, sl__cpu_vecops_get(), (int64_t *)mem, (int64_t *)(mem + off_bytes),
+    fsa_job j = {a, sl__cpu_vecops_for(a->ctx), (int64_t *)mem, (int64_t *)(mem + off_bytes),
                  (float *)(mem + off_bytes + ent_bytes), nb};
     int64_t *off = (int64_t *)j.off, *ent = (int64_t *)j.ent;
     const int32_t *B = a->in[3].data;
@@ -541,7 +541,7 @@ sl_status sl__cpu_trainable_routing(const sl__kargs *a)
     for (int64_t i = Hq * Nq; i > 0; i--)
         off[i] = off[i - 1];
     off[0] = 0;
-    routing_job j = {a, sl__cpu_vecops_get(), off, cl, work, per};
+    routing_job j = {a, sl__cpu_vecops_for(a->ctx), off, cl, work, per};
     sl_status s = sl__cpu_parallel(a->ctx, Hq * Nq, routing_item, &j);
     sl_ctx_dealloc(a->ctx, mem, bytes);
     return s;
