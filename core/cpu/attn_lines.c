@@ -148,7 +148,7 @@ static void lines_item(int64_t item, void *ud, int thread)
 sl_status sl__cpu_attn_lines(const sl__kargs *a)
 {
     const sl_attn_rows_params *p = a->params;
-    lines_job j = {a, sl__cpu_rowops_get(), sl__cpu_vecops_get(), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale),
+    lines_job j = {a, sl__cpu_rowops_for(a->ctx), sl__cpu_vecops_for(a->ctx), sl__attn_dims_of(&a->in[0], &a->in[1], p->scale),
                    a->in[3].shape[0], a->in[3].shape[1], a->in[4].shape[1], 0};
     if (j.dm.hq == 0 || j.dm.nq == 0)
         return SL_OK;

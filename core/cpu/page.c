@@ -371,7 +371,7 @@ static void attend_merge(int64_t row, void *ud, int thread)
 
 sl_status sl__cpu_page_attend(const sl__kargs *a)
 {
-    attend_job j = {.a = a, .pl = plan_of(a->params, a->in, sl_ctx_threads(a->ctx)), .vo = sl__cpu_vecops_get()};
+    attend_job j = {.a = a, .pl = plan_of(a->params, a->in, sl_ctx_threads(a->ctx)), .vo = sl__cpu_vecops_for(a->ctx)};
     int64_t rows = j.pl.lists * a->in[0].shape[1], d = a->in[0].shape[2];
     size_t slots = (size_t)(rows * j.pl.chunks * j.pl.gl);
     j.partial_o = a->scratch;
