@@ -41,6 +41,8 @@ return {
   ["sl.mkdir"] = {"(path)", "creates a directory and its parents"},
   ["sl.time"] = {"()", "monotonic seconds (for timing)"},
   ["sl.threads"] = {"([n])", "the cpu backend's thread count (sets it with n)"},
+  ["sl.cpu_isa"] = {"([name])", "the cpu kernels' instruction set (portable, avx2 or avx512; at most what the CPU "
+    .. "supports; SL_CPU_ISA sets the default); sets it with name"},
   ["sl.backends"] = {"()", "the backends: {name, available} each"},
   ["sl.ops"] = {"()", "every op of core/ops.def: name, inputs, outputs, doc, params, backends"},
   ["sl.op_flops"] = {"(name, inputs..., params)", "the FLOPs an op call would count"},
