@@ -9,6 +9,23 @@
 #include <math.h>
 #include <string.h>
 
+/* Output 0 has the shape of the [H, N, D] tensor x; outputs 1..rows are
+ * [H, N] (one value per row), the last of them int32. */
+static sl_status out_rows_of(const int64_t *x, int rows, int out_ndim[], int64_t out_shape[][SL_MAX_DIMS],
+                             sl_dtype out_dtype[])
+{
+    out_ndim[0] = 3;
+    memcpy(out_shape[0], x, 3 * sizeof(int64_t));
+    for (int o = 1; o <= rows; o++) {
+        out_ndim[o] = 2;
+        out_shape[o][0] = x[0];
+        out_shape[o][1] = x[1];
+    }
+    if (rows > 0)
+        out_dtype[rows] = SL_I32;
+    return SL_OK;
+}
+
 static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -26,9 +43,7 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
                 return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %s must be [%lld] (heads x head_dim of x), found [%lld]",
                                    info->name, i == 1 ? "opt.g" : "opt.w", (long long)e, (long long)in[i].shape[0]);
         }
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
-        return SL_OK;
+        return out_rows_of(in[0].shape, 0, out_ndim, out_shape, out_dtype);
     }
     if (info->op == SL_OP_ATTN_SIGMOID_GATE) {
         if ((s = sl__need_float(ctx, info, in, 0, 3)) || (s = sl__need_float(ctx, info, in, 1, 3)))
@@ -38,13 +53,7 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
             return sl_ctx_fail(ctx, SL_ESHAPE, "%s: g must be [%lld, %lld, 1 or %lld] for o [%lld, %lld, %lld], found [%lld, %lld, %lld]",
                                info->name, (long long)os[0], (long long)os[1], (long long)os[2], (long long)os[0],
                                (long long)os[1], (long long)os[2], (long long)gs[0], (long long)gs[1], (long long)gs[2]);
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], os, 3 * sizeof(int64_t));
-        out_ndim[1] = 2;
-        out_shape[1][0] = os[0];
-        out_shape[1][1] = os[1];
-        out_dtype[1] = SL_I32;
-        return SL_OK;
+        return out_rows_of(os, 1, out_ndim, out_shape, out_dtype);
     }
     if ((s = sl__check_qkv(ctx, info, in)))
         return s;
@@ -53,50 +62,22 @@ static sl_status nsattn_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         int64_t want[2] = {in[0].shape[0], in[0].shape[1]};
         if ((s = sl__need_shape(ctx, info, in, 3, 2, want)))
             return s;
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
-        out_ndim[1] = 2;
-        out_shape[1][0] = in[0].shape[0];
-        out_shape[1][1] = in[0].shape[1];
-        out_dtype[1] = SL_I32;
-        return SL_OK;
+        return out_rows_of(in[0].shape, 1, out_ndim, out_shape, out_dtype);
     }
     case SL_OP_ATTN_MONOTONIC:
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
-        for (int o = 1; o <= 2; o++) {
-            out_ndim[o] = 2;
-            out_shape[o][0] = in[0].shape[0];
-            out_shape[o][1] = in[0].shape[1];
-        }
-        out_dtype[2] = SL_I32;
-        return SL_OK;
+        return out_rows_of(in[0].shape, 2, out_ndim, out_shape, out_dtype);
     case SL_OP_ATTN_ENTMAX: {
         const sl_attn_entmax_params *p = params;
         if (p->algo == 0 && p->alpha != 1.0 && p->alpha != 1.5 && p->alpha != 2.0)
             return sl_ctx_fail(ctx, SL_EARG,
                                "%s: algo 0 (exact, sort-based) needs alpha 1, 1.5 or 2, found %g; use algo 1 (bisection)",
                                info->name, p->alpha);
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
-        out_ndim[1] = 2;
-        out_shape[1][0] = in[0].shape[0];
-        out_shape[1][1] = in[0].shape[1];
-        out_dtype[1] = SL_I32;
-        return SL_OK;
+        return out_rows_of(in[0].shape, 1, out_ndim, out_shape, out_dtype);
     }
     case SL_OP_ATTN_FASTMAX:
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
-        return SL_OK;
+        return out_rows_of(in[0].shape, 0, out_ndim, out_shape, out_dtype);
     case SL_OP_ATTN_RELU:
-        out_ndim[0] = 3;
-        memcpy(out_shape[0], in[0].shape, 3 * sizeof(int64_t));
-        out_ndim[1] = 2;
-        out_shape[1][0] = in[0].shape[0];
-        out_shape[1][1] = in[0].shape[1];
-        out_dtype[1] = SL_I32;
-        return SL_OK;
+        return out_rows_of(in[0].shape, 1, out_ndim, out_shape, out_dtype);
     default: return SL_OK;
     }
 }

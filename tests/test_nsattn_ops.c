@@ -41,6 +41,28 @@ static void assert_entmax_close(const sl_tensor *o, const sl_tensor *sup, const 
     ck_assert_msg(off * 50 <= rows, "%s: %lld of %lld supports differ from ref", what, (long long)off, (long long)rows);
 }
 
+/* op (outputs O and one int32 per row) on every backend in bs against ref
+ * (assert_entmax_close at 1e-5); a backend other than cpu that answers
+ * SL_EUNSUPPORTED is skipped with a line. what names the case. */
+static void backends_match_ref2(sl_ctx *ctx, const sl_backend_id *bs, int nb, sl_op op, const void *p,
+                                const sl_tensor *in, const sl_tensor ref[2], const char *what)
+{
+    const char *name = sl_op_info_get(op)->name;
+    for (int b = 0; b < nb; b++) {
+        sl_tensor out[2];
+        sl_status s = sl_op_run(ctx, bs[b], op, p, in, out);
+        if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+            printf("SKIP %s on %s: %s\n", name, sl_backend_name(bs[b]), sl_ctx_error(ctx));
+            continue;
+        }
+        ck_assert_msg(s == SL_OK, "%s on %s: %s", name, sl_backend_name(bs[b]), sl_ctx_error(ctx));
+        char w[192];
+        snprintf(w, sizeof w, "%s on %s", what, sl_backend_name(bs[b]));
+        assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
+        release_n(out, 2);
+    }
+}
+
 static void run2(sl_ctx *ctx, sl_backend_id b, const sl_attn_entmax_params *p, const sl_tensor *in, sl_tensor out[2])
 {
     sl_status s = sl_op_run(ctx, b, SL_OP_ATTN_ENTMAX, p, in, out);
@@ -64,21 +86,11 @@ START_TEST(test_entmax_backends_match_ref)
     int nb = other_backends(bs);
     for (int t = 0; t < 4; t++) {
         sl_attn_entmax_params p = entmax_p(c->causal, alphas[t], algos[t]);
-        sl_tensor ref[2], out[2];
+        sl_tensor ref[2];
         run2(ctx, SL_BACKEND_REF, &p, in, ref);
-        for (int b = 0; b < nb; b++) {
-            sl_status s = sl_op_run(ctx, bs[b], SL_OP_ATTN_ENTMAX, &p, in, out);
-            if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
-                printf("SKIP attn.entmax on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
-                continue;
-            }
-            ck_assert_msg(s == SL_OK, "attn.entmax on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
-            char w[128];
-            snprintf(w, sizeof w, "attn.entmax alpha %g algo %d case %d on %s", alphas[t], algos[t], _i,
-                     sl_backend_name(bs[b]));
-            assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
-            release_n(out, 2);
-        }
+        char w[128];
+        snprintf(w, sizeof w, "attn.entmax alpha %g algo %d case %d", alphas[t], algos[t], _i);
+        backends_match_ref2(ctx, bs, nb, SL_OP_ATTN_ENTMAX, &p, in, ref, w);
         release_n(ref, 2);
     }
     release_n(in, 3);
@@ -467,7 +479,7 @@ START_TEST(test_relu_backends_and_formula)
     double scale = 1.0 / sqrt((double)c->d);
     for (int t = 0; t < 4; t++) {
         sl_attn_relu_params p = relu_p(c->causal, powers[t], biases[t], norms[t]);
-        sl_tensor ref[2], out[2];
+        sl_tensor ref[2];
         ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_RELU, &p, in, ref), SL_OK);
         /* the formula */
         for (int64_t h = 0; h < c->hq; h++)
@@ -499,18 +511,9 @@ START_TEST(test_relu_backends_and_formula)
                 }
                 ck_assert_int_eq(((int32_t *)ref[1].data)[h * c->nq + i], cnt);
             }
-        for (int b = 0; b < nb; b++) {
-            sl_status s = sl_op_run(ctx, bs[b], SL_OP_ATTN_RELU, &p, in, out);
-            if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
-                printf("SKIP attn.relu on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
-                continue;
-            }
-            ck_assert_msg(s == SL_OK, "attn.relu on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
-            char w[96];
-            snprintf(w, sizeof w, "attn.relu t %d case %d on %s", t, _i, sl_backend_name(bs[b]));
-            assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
-            release_n(out, 2);
-        }
+        char w[96];
+        snprintf(w, sizeof w, "attn.relu t %d case %d", t, _i);
+        backends_match_ref2(ctx, bs, nb, SL_OP_ATTN_RELU, &p, in, ref, w);
         release_n(ref, 2);
     }
     release_n(in, 3);
@@ -831,7 +834,7 @@ START_TEST(test_tra_backends_and_formula)
     int nb = other_backends(bs);
     for (int qn = 0; qn < 2; qn++) {
         sl_attn_tra_params p = tra_p(c->causal, qn);
-        sl_tensor ref[2], out[2];
+        sl_tensor ref[2];
         ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_ATTN_TRA, &p, in, ref), SL_OK);
         for (int64_t h = 0; h < c->hq; h++)
             for (int64_t i = 0; i < c->nq; i++) {
@@ -844,18 +847,9 @@ START_TEST(test_tra_backends_and_formula)
                 for (int64_t e = 0; e < c->d; e++)
                     ck_assert_double_eq_tol(tu_at(&ref[0], (h * c->nq + i) * c->d + e), o[e], 1e-5);
             }
-        for (int b = 0; b < nb; b++) {
-            sl_status s = sl_op_run(ctx, bs[b], SL_OP_ATTN_TRA, &p, in, out);
-            if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
-                printf("SKIP attn.tra on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
-                continue;
-            }
-            ck_assert_msg(s == SL_OK, "attn.tra on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
-            char w[96];
-            snprintf(w, sizeof w, "attn.tra qk_norm %d case %d on %s", qn, _i, sl_backend_name(bs[b]));
-            assert_entmax_close(&out[0], &out[1], &ref[0], &ref[1], 1e-5, w);
-            release_n(out, 2);
-        }
+        char w[96];
+        snprintf(w, sizeof w, "attn.tra qk_norm %d case %d", qn, _i);
+        backends_match_ref2(ctx, bs, nb, SL_OP_ATTN_TRA, &p, in, ref, w);
         release_n(ref, 2);
     }
     release_n(in, 4);

@@ -13,13 +13,22 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- attn.entmax ---- */
-
-typedef struct entmax_job {
+/* The job of the q/k/v kernels (entmax, relu, fastmax, monotonic): the
+ * args, their attention dims and the vector ops. */
+typedef struct attn_job {
     const sl__kargs *a;
     sl__attn_dims dm;
     sl__cpu_vecops vo;
-} entmax_job;
+} attn_job;
+
+/* Runs item over every query row (per_head 0) or every query head (1). */
+static sl_status run_attn(const sl__kargs *a, double scale, int per_head, sl__parallel_fn item)
+{
+    attn_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], scale), sl__cpu_vecops_for(a->ctx)};
+    return sl__cpu_parallel(a->ctx, per_head ? j.dm.hq : j.dm.hq * j.dm.nq, item, &j);
+}
+
+/* ---- attn.entmax ---- */
 
 static int by_value_desc(const void *x, const void *y)
 {
@@ -66,7 +75,7 @@ static double sorted_tau(const double *s, int64_t n, double alpha)
 
 static void entmax_item(int64_t item, void *ud, int thread)
 {
-    const entmax_job *j = ud;
+    const attn_job *j = ud;
     const sl__kargs *a = j->a;
     const sl__attn_dims *dm = &j->dm;
     const sl_attn_entmax_params *p = a->params;
@@ -127,23 +136,16 @@ static void entmax_item(int64_t item, void *ud, int thread)
 
 sl_status sl__cpu_attn_entmax(const sl__kargs *a)
 {
-    const sl_attn_entmax_params *p = a->params;
-    entmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
-    return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, entmax_item, &j);
+    return run_attn(a, ((const sl_attn_entmax_params *)a->params)->scale, 0, entmax_item);
 }
 
 /* ---- attn.relu ---- */
 
-typedef struct relu_job {
-    const sl__kargs *a;
-    sl__attn_dims dm;
-    sl__cpu_vecops vo;
-} relu_job;
 
 /* One query row: score, ReLU^p, axpy of the nonzero weights into acc. */
 static void relu_item(int64_t item, void *ud, int thread)
 {
-    const relu_job *j = ud;
+    const attn_job *j = ud;
     const sl__kargs *a = j->a;
     const sl__attn_dims *dm = &j->dm;
     const sl_attn_relu_params *p = a->params;
@@ -175,9 +177,7 @@ static void relu_item(int64_t item, void *ud, int thread)
 
 sl_status sl__cpu_attn_relu(const sl__kargs *a)
 {
-    const sl_attn_relu_params *p = a->params;
-    relu_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
-    return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, relu_item, &j);
+    return run_attn(a, ((const sl_attn_relu_params *)a->params)->scale, 0, relu_item);
 }
 
 /* ---- norm.rms_gated ---- */
@@ -272,11 +272,6 @@ sl_status sl__cpu_attn_sigmoid_gate(const sl__kargs *a)
 
 #define FASTMAX_FACTOR_MAX_D 64
 
-typedef struct fastmax_job {
-    const sl__kargs *a;
-    sl__attn_dims dm;
-    sl__cpu_vecops vo;
-} fastmax_job;
 
 static int64_t fastmax_pairs(int64_t d) { return d * (d + 1) / 2; }
 
@@ -306,7 +301,7 @@ static double fastmax_inv_norm(const float *x, int64_t n, int64_t d, const sl__c
 
 static void fastmax_item(int64_t h, void *ud, int thread)
 {
-    const fastmax_job *j = ud;
+    const attn_job *j = ud;
     const sl__kargs *a = j->a;
     const sl__attn_dims *dm = &j->dm;
     const sl_attn_fastmax_params *p = a->params;
@@ -392,8 +387,7 @@ static void fastmax_item(int64_t h, void *ud, int thread)
 
 sl_status sl__cpu_attn_fastmax(const sl__kargs *a)
 {
-    fastmax_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], 0), sl__cpu_vecops_for(a->ctx)};
-    return sl__cpu_parallel(a->ctx, j.dm.hq, fastmax_item, &j);
+    return run_attn(a, 0, 1, fastmax_item);
 }
 
 /* ---- attn.tra ---- */
@@ -468,15 +462,10 @@ sl_status sl__cpu_attn_tra(const sl__kargs *a)
 
 /* ---- attn.monotonic: one item per query head (the pointer runs along its rows) ---- */
 
-typedef struct mono_job {
-    const sl__kargs *a;
-    sl__attn_dims dm;
-    sl__cpu_vecops vo;
-} mono_job;
 
 static void mono_item(int64_t h, void *ud, int thread)
 {
-    const mono_job *j = ud;
+    const attn_job *j = ud;
     const sl__kargs *a = j->a;
     const sl__attn_dims *dm = &j->dm;
     const sl_attn_monotonic_params *p = a->params;
@@ -526,9 +515,7 @@ static void mono_item(int64_t h, void *ud, int thread)
 
 sl_status sl__cpu_attn_monotonic(const sl__kargs *a)
 {
-    const sl_attn_monotonic_params *p = a->params;
-    mono_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), sl__cpu_vecops_for(a->ctx)};
-    return sl__cpu_parallel(a->ctx, j.dm.hq, mono_item, &j);
+    return run_attn(a, ((const sl_attn_monotonic_params *)a->params)->scale, 1, mono_item);
 }
 
 size_t sl__cpu_nsattn_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

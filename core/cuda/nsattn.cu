@@ -464,19 +464,26 @@ __global__ void monotonic_kernel(const float *q, const float *k, const float *v,
 
 }  // namespace
 
+// The limits of the kernels that take one query row (of items) per block:
+// head_dim up to kMaxD, fewer than 2^31 rows and keys.
+static sl_status check_rows(const sl__kargs *a, const sl__attn_dims &dm, int64_t items)
+{
+    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
+        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
+                                    (long long)dm.d, (long long)items);
+    return SL_OK;
+}
+
 sl_status sl__cuda_attn_tra(const sl__kargs *a)
 {
     const sl_attn_tra_params *p = static_cast<const sl_attn_tra_params *>(a->params);
     sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
     int64_t items = dm.hq * dm.nq;
-    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
-        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
-                                    (long long)dm.d, (long long)items);
-    if (items == 0)
-        return SL_OK;
+    sl_status s = check_rows(a, dm, items);
+    if (s != SL_OK || items == 0)
+        return s;
     sl__cuda_stage st(a);
-    sl_status s = sl__cuda_stage_in(&st);
-    if (s != SL_OK)
+    if ((s = sl__cuda_stage_in(&st)) != SL_OK)
         return s;
     int ctas = items < kMaxCtas ? (int)items : kMaxCtas;
     int64_t krows = dm.hkv * dm.nk;
@@ -539,14 +546,11 @@ sl_status sl__cuda_attn_fastmax(const sl__kargs *a)
     const sl_attn_fastmax_params *p = static_cast<const sl_attn_fastmax_params *>(a->params);
     sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], 0);
     int64_t items = dm.hq * dm.nq;
-    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
-        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
-                                    (long long)dm.d, (long long)items);
-    if (items == 0)
-        return SL_OK;
+    sl_status s = check_rows(a, dm, items);
+    if (s != SL_OK || items == 0)
+        return s;
     sl__cuda_stage st(a);
-    sl_status s = sl__cuda_stage_in(&st);
-    if (s != SL_OK)
+    if ((s = sl__cuda_stage_in(&st)) != SL_OK)
         return s;
     void *qinv = nullptr, *kinv = nullptr;
     if ((s = sl__cuda_scratch(&st, (size_t)dm.hq * sizeof(double), &qinv)) != SL_OK ||
@@ -568,14 +572,11 @@ sl_status sl__cuda_attn_relu(const sl__kargs *a)
     const sl_attn_relu_params *p = static_cast<const sl_attn_relu_params *>(a->params);
     sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
     int64_t items = dm.hq * dm.nq;
-    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
-        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
-                                    (long long)dm.d, (long long)items);
-    if (items == 0)
-        return SL_OK;
+    sl_status s = check_rows(a, dm, items);
+    if (s != SL_OK || items == 0)
+        return s;
     sl__cuda_stage st(a);
-    sl_status s = sl__cuda_stage_in(&st);
-    if (s != SL_OK)
+    if ((s = sl__cuda_stage_in(&st)) != SL_OK)
         return s;
     SL_LAUNCH(relu_kernel, (int)items, kThreads, 0, 0)(
         st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), st.output<int32_t>(1),
@@ -608,14 +609,11 @@ sl_status sl__cuda_attn_entmax(const sl__kargs *a)
     const sl_attn_entmax_params *p = static_cast<const sl_attn_entmax_params *>(a->params);
     sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
     int64_t items = dm.hq * dm.nq;
-    if (dm.d > kMaxD || items > INT32_MAX || dm.nk > INT32_MAX)
-        return sl__cuda_unsupported(a, "head_dim up to %d and fewer than 2^31 rows; found head_dim %lld, %lld rows", kMaxD,
-                                    (long long)dm.d, (long long)items);
-    if (items == 0)
-        return SL_OK;
+    sl_status s = check_rows(a, dm, items);
+    if (s != SL_OK || items == 0)
+        return s;
     sl__cuda_stage st(a);
-    sl_status s = sl__cuda_stage_in(&st);
-    if (s != SL_OK)
+    if ((s = sl__cuda_stage_in(&st)) != SL_OK)
         return s;
     int ctas = items < kMaxCtas ? (int)items : kMaxCtas;
     void *scratch = nullptr;

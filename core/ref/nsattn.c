@@ -14,6 +14,22 @@ static sl_status interrupted(const sl__kargs *a)
     return sl_ctx_fail(a->ctx, SL_EINTERRUPT, "%s[ref]: interrupted", sl_op_info_get(a->op)->name);
 }
 
+/* sum of x[c] * y[c] over c < d, in double, in order */
+static double dot(const float *x, const float *y, int64_t d)
+{
+    double s = 0;
+    for (int64_t c = 0; c < d; c++)
+        s += (double)x[c] * (double)y[c];
+    return s;
+}
+
+/* acc += w * v over d channels */
+static void axpy(double *acc, double w, const float *v, int64_t d)
+{
+    for (int64_t c = 0; c < d; c++)
+        acc[c] += w * (double)v[c];
+}
+
 static int desc_cmp(const void *x, const void *y)
 {
     double a = *(const double *)x, b = *(const double *)y;
@@ -93,9 +109,7 @@ sl_status sl__ref_attn_entmax(const sl__kargs *a)
             double mx = -INFINITY;
             for (int64_t j = 0; j < n; j++) {
                 const float *kj = k + (g * dm.nk + j) * dm.d;
-                double s = 0;
-                for (int64_t c = 0; c < dm.d; c++)
-                    s += (double)qr[c] * (double)kj[c];
+                double s = dot(qr, kj, dm.d);
                 x[j] = (alpha == 1.0 ? 1.0 : alpha - 1.0) * dm.scale * s;
                 if (x[j] > mx)
                     mx = x[j];
@@ -135,8 +149,7 @@ sl_status sl__ref_attn_entmax(const sl__kargs *a)
                 if (w[j] == 0)
                     continue;
                 const float *vj = v + (g * dm.nk + j) * dm.d;
-                for (int64_t c = 0; c < dm.d; c++)
-                    acc[c] += w[j] * (double)vj[c];
+                axpy(acc, w[j], vj, dm.d);
             }
             for (int64_t c = 0; c < dm.d; c++)
                 orow[c] = (float)acc[c];
@@ -166,17 +179,14 @@ sl_status sl__ref_attn_relu(const sl__kargs *a)
             memset(acc, 0, (size_t)dm.d * sizeof *acc);
             for (int64_t j = 0; j < lim && j < dm.nk; j++) {
                 const float *kj = k + (g * dm.nk + j) * dm.d, *vj = v + (g * dm.nk + j) * dm.d;
-                double s = 0;
-                for (int64_t c = 0; c < dm.d; c++)
-                    s += (double)qr[c] * (double)kj[c];
+                double s = dot(qr, kj, dm.d);
                 double t = dm.scale * s - p->bias;
                 if (!(t > 0))
                     continue;
                 double w = p->power == 1.0 ? t : pow(t, p->power);
                 cnt++;
                 den += w;
-                for (int64_t c = 0; c < dm.d; c++)
-                    acc[c] += w * (double)vj[c];
+                axpy(acc, w, vj, dm.d);
             }
             double div = p->norm ? den : 1.0;
             for (int64_t c = 0; c < dm.d; c++)
@@ -238,9 +248,7 @@ static double inv_max_norm(const float *x, int64_t h, int64_t n, int64_t d)
 {
     double best = 0;
     for (int64_t i = 0; i < n; i++) {
-        double s = 0;
-        for (int64_t c = 0; c < d; c++)
-            s += (double)x[(h * n + i) * d + c] * (double)x[(h * n + i) * d + c];
+        double s = dot(x + (h * n + i) * d, x + (h * n + i) * d, d);
         best = s > best ? s : best;
     }
     return best > 0 ? 1.0 / sqrt(best) : 1.0;
@@ -264,14 +272,11 @@ sl_status sl__ref_attn_fastmax(const sl__kargs *a)
             double den = 0;
             memset(acc, 0, (size_t)dm.d * sizeof *acc);
             for (int64_t j = 0; j < lim && j < dm.nk; j++) {
-                double x = 0;
-                for (int64_t c = 0; c < dm.d; c++)
-                    x += (double)q[(h * dm.nq + r) * dm.d + c] * (double)k[(g * dm.nk + j) * dm.d + c];
+                double x = dot(q + (h * dm.nq + r) * dm.d, k + (g * dm.nk + j) * dm.d, dm.d);
                 x *= sq * sk;
                 double f = p->a0 + p->a1 * x + (p->p == 2 ? p->a2 * x * x : 0.0);
                 den += f;
-                for (int64_t c = 0; c < dm.d; c++)
-                    acc[c] += f * (double)v[(g * dm.nk + j) * dm.d + c];
+                axpy(acc, f, v + (g * dm.nk + j) * dm.d, dm.d);
             }
             for (int64_t c = 0; c < dm.d; c++)
                 o[(h * dm.nq + r) * dm.d + c] = den != 0 ? (float)(acc[c] / den) : 0.f;
@@ -285,9 +290,7 @@ static double rms_inv(const float *x, int64_t d, int on, double eps)
 {
     if (!on)
         return 1.0;
-    double s = 0;
-    for (int64_t c = 0; c < d; c++)
-        s += (double)x[c] * (double)x[c];
+    double s = dot(x, x, d);
     return 1.0 / sqrt(s / (double)d + eps);
 }
 
@@ -310,9 +313,7 @@ sl_status sl__ref_attn_tra(const sl__kargs *a)
             double iq = rms_inv(qr, dm.d, (int)p->qk_norm, p->eps);
             for (int64_t j = 0; j < n; j++) {
                 const float *kj = k + (g * dm.nk + j) * dm.d;
-                double s = 0;
-                for (int64_t c = 0; c < dm.d; c++)
-                    s += (double)qr[c] * (double)kj[c];
+                double s = dot(qr, kj, dm.d);
                 sc[j] = dm.scale * s * iq * rms_inv(kj, dm.d, (int)p->qk_norm, p->eps);
             }
             /* c_ij: kept keys at or after j, walking back from the query */
@@ -334,8 +335,7 @@ sl_status sl__ref_attn_tra(const sl__kargs *a)
                     continue;
                 double w = exp(sc[j] - mx);
                 l += w;
-                for (int64_t c = 0; c < dm.d; c++)
-                    acc[c] += w * (double)v[(g * dm.nk + j) * dm.d + c];
+                axpy(acc, w, v + (g * dm.nk + j) * dm.d, dm.d);
             }
             for (int64_t c = 0; c < dm.d; c++)
                 o[(h * dm.nq + r) * dm.d + c] = kept ? (float)(acc[c] / l) : 0.f;
@@ -362,9 +362,7 @@ sl_status sl__ref_attn_monotonic(const sl__kargs *a)
             int64_t n = p->causal ? dm.offset + r + 1 : dm.nk, found = -1;
             n = n > dm.nk ? dm.nk : n;
             for (int64_t j = t; j < n && found < 0; j++) {
-                double s = 0;
-                for (int64_t c = 0; c < dm.d; c++)
-                    s += (double)qr[c] * (double)k[(g * dm.nk + j) * dm.d + c];
+                double s = dot(qr, k + (g * dm.nk + j) * dm.d, dm.d);
                 if (dm.scale * s + p->r >= 0)
                     found = j;
             }
@@ -382,9 +380,7 @@ sl_status sl__ref_attn_monotonic(const sl__kargs *a)
                 double l = 0;
                 memset(acc, 0, (size_t)dm.d * sizeof *acc);
                 for (int64_t j = j0; j <= found; j++) {
-                    double s = 0;
-                    for (int64_t c = 0; c < dm.d; c++)
-                        s += (double)qr[c] * (double)k[(g * dm.nk + j) * dm.d + c];
+                    double s = dot(qr, k + (g * dm.nk + j) * dm.d, dm.d);
                     s *= dm.scale;
                     if (pass == 0) {
                         mx = s > mx ? s : mx;
@@ -392,8 +388,7 @@ sl_status sl__ref_attn_monotonic(const sl__kargs *a)
                     }
                     double w = exp(s - mx);
                     l += w;
-                    for (int64_t c = 0; c < dm.d; c++)
-                        acc[c] += w * (double)v[(g * dm.nk + j) * dm.d + c];
+                    axpy(acc, w, v + (g * dm.nk + j) * dm.d, dm.d);
                 }
                 if (pass == 1) {
                     for (int64_t c = 0; c < dm.d; c++)

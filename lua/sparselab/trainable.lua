@@ -167,6 +167,17 @@ function T.solve(A, b)
   return w
 end
 
+--- Exact attention over per-row key lists (row_ptr[h]: each query row's
+--- offsets into col, col: 0-based key indices), one entry per row, by
+--- attn.token_sparse: o, lse and its FLOPs.
+function T.token_sparse(prob, row_ptr, col)
+  local args = {rows_per_entry = 1, backend = prob.backend}
+  local rpt, ct = sl.tensor(row_ptr, "i32"), sl.tensor(#col > 0 and col or {0}, "i32")
+  if #col == 0 then ct = ct:narrow(1, 1, 0) end
+  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, ct, args)
+  return o, lse, sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, ct, args)
+end
+
 --- Closed-form ridge regression of Y on the rows X (lambda per row): w, the
 --- mean objective at w = 0 and at the fit.
 function T.ridge(X, Y, lambda_per_row)

@@ -238,16 +238,12 @@ function M.run(prob, p)
   local hq, nq, _, _, nk = dims(prob)
   local wq, wk, source = M.predictor(prob, p)
   local row_ptr, col = M.lists(prob, wq, wk, p)
-  local args = {rows_per_entry = 1, backend = prob.backend}
-  local rpt, ct = sl.tensor(row_ptr, "i32"), sl.tensor(#col > 0 and col or {0}, "i32")
-  if #col == 0 then ct = ct:narrow(1, 1, 0) end
-  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, ct, args)
+  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
   local visible = 0
   for t = 1, nq do visible = visible + (p.causal == 1 and nk - nq + t or nk) end
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, ct, args),
-      density = #col / (hq * visible)}}
+    stats = {flops = flops, density = #col / (hq * visible)}}
 end
 
 --- Fits w_q, w_k (closed form) on problems; the loss is the mean squared score error over all pairs.

@@ -145,11 +145,8 @@ function M.select(R, n, block, nsel)
 end
 
 local function attend(prob, row_ptr, col)
-  local args = {rows_per_entry = 1, backend = prob.backend}
-  local rpt, ct = sl.tensor(row_ptr, "i32"), sl.tensor(#col > 0 and col or {0}, "i32")
-  if #col == 0 then ct = ct:narrow(1, 1, 0) end
-  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, ct, args)
-  return o:totable(), lse:totable(), sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, ct, args)
+  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
+  return o:totable(), lse:totable(), flops
 end
 
 function M.run(prob, p)

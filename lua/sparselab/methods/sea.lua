@@ -232,14 +232,10 @@ function M.run(prob, p)
   local a, tm, source = M.estimate(prob, p)
   local keep = M.choose(a, nq, tm, p.k)
   local row_ptr, col = M.lists(keep, nq, tm)
-  local args = {rows_per_entry = 1, backend = prob.backend}
-  local rpt, ct = sl.tensor(row_ptr, "i32"), sl.tensor(#col > 0 and col or {0}, "i32")
-  if #col == 0 then ct = ct:narrow(1, 1, 0) end
-  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, ct, args)
+  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, ct, args),
-      density = #col / (hq * nk * (nk + 1) / 2)}}
+    stats = {flops = flops, density = #col / (hq * nk * (nk + 1) / 2)}}
 end
 
 return M

@@ -140,13 +140,7 @@ function M.lists(prob, p, zfun)
 end
 
 --- The forward given index lists: o, lse, flops.
-function M.attend(prob, row_ptr, col)
-  local args = {rows_per_entry = 1, backend = prob.backend}
-  local rpt, ct = sl.tensor(row_ptr, "i32"), sl.tensor(#col > 0 and col or {0}, "i32")
-  if #col == 0 then ct = ct:narrow(1, 1, 0) end
-  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, ct, args)
-  return o, lse, sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, ct, args)
-end
+M.attend = T.token_sparse
 
 function M.run(prob, p)
   local hq, nq, _, _, nk = dims(prob)

@@ -160,41 +160,8 @@ function M.fit_rows(prob)
 end
 
 --- The ridge objective J(w) = Σ_j (x_j·w - y_j)² + lambda·|w|² and its
---- gradient 2 Σ_j (x_j·w - y_j) x_j + 2 lambda w.
-function M.ridge_loss_grad(X, Y, w, lambda)
-  local n, J, g = #w, lambda * 0, {}
-  for i = 1, n do g[i] = 2 * lambda * w[i]; J = J + lambda * w[i] * w[i] end
-  for j = 1, #X do
-    local x, r = X[j], -Y[j]
-    for i = 1, n do r = r + x[i] * w[i] end
-    J = J + r * r
-    for i = 1, n do g[i] = g[i] + 2 * r * x[i] end
-  end
-  return J, g
-end
-
--- Solves A w = b (A symmetric positive definite, n x n) by Gaussian
--- elimination with partial pivoting.
-local function solve(A, b)
-  local n = #b
-  for c = 1, n do
-    local piv = c
-    for r = c + 1, n do if math.abs(A[r][c]) > math.abs(A[piv][c]) then piv = r end end
-    A[c], A[piv], b[c], b[piv] = A[piv], A[c], b[piv], b[c]
-    for r = c + 1, n do
-      local f = A[r][c] / A[c][c]
-      for k = c, n do A[r][k] = A[r][k] - f * A[c][k] end
-      b[r] = b[r] - f * b[c]
-    end
-  end
-  local w = {}
-  for r = n, 1, -1 do
-    local s = b[r]
-    for k = r + 1, n do s = s - A[r][k] * w[k] end
-    w[r] = s / A[r][r]
-  end
-  return w
-end
+--- gradient (shared with the other trainable recipes).
+M.ridge_loss_grad = T.ridge_loss_grad
 
 --- Fits score_w, score_b on problems (same kv heads and head_dim).
 function M.fit(probs, o)
@@ -213,24 +180,10 @@ function M.fit(probs, o)
   end
   local W, B, before, after = {}, {}, 0, 0
   for kv = 1, hkv do
-    local X, Y = data[kv].X, data[kv].Y
-    local n, lambda = d + 1, 1e-3 * #X
-    local A, b = {}, {}
-    for i = 1, n do A[i] = {}; b[i] = 0; for k = 1, n do A[i][k] = i == k and lambda or 0 end end
-    for j = 1, #X do
-      local x = X[j]
-      for i = 1, n do
-        b[i] = b[i] + x[i] * Y[j]
-        for k = 1, n do A[i][k] = A[i][k] + x[i] * x[k] end
-      end
-    end
-    local w = solve(A, b)
-    local zero = {}
-    for i = 1, n do zero[i] = 0 end
-    before = before + M.ridge_loss_grad(X, Y, zero, lambda) / #X
-    after = after + M.ridge_loss_grad(X, Y, w, lambda) / #X
+    local w, l0, l1 = T.ridge(data[kv].X, data[kv].Y, 1e-3)
+    before, after = before + l0, after + l1
     W[kv] = {table.unpack(w, 1, d)}
-    B[kv] = w[n]
+    B[kv] = w[d + 1]
   end
   return {score_w = sl.tensor(W), score_b = sl.tensor(B)},
     {loss_before = before / hkv, loss_after = after / hkv, optimiser = "ridge least squares (closed form, lambda=1e-3/key)"}

@@ -238,14 +238,11 @@ function M.run(prob, p)
   if nq ~= nk then sl.fail("sparsifiner: %d queries and %d keys; expected self-attention over one sequence", nq, nk) end
   local P, source = M.predictor(prob, p)
   local row_ptr, col = M.lists(prob, P, p)
-  local args = {rows_per_entry = 1, backend = prob.backend}
-  local rpt, ct = sl.tensor(row_ptr, "i32"), sl.tensor(#col > 0 and col or {0}, "i32")
-  if #col == 0 then ct = ct:narrow(1, 1, 0) end
-  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, ct, args)
+  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
   p.params_source = source
   local visible = prob.causal and nk * (nk + 1) / 2 or nk * nk
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, ct, args), density = #col / (hq * visible)}}
+    stats = {flops = flops, density = #col / (hq * visible)}}
 end
 
 -- ---- fitting proj_back_n: the reconstruction loss is linear in it ----
