@@ -84,16 +84,17 @@ for m in $(echo "$methods" | tr ',' ' '); do
     for n in $(ns_for "$m"); do
         err=$(mktemp)
         # shellcheck disable=SC2046
-        if ! /usr/bin/time -f '%M' "$build/sparselab" eval "$m" --workload "$(workload "$m" "$n")" $(extra "$m") \
+        if ! /usr/bin/time -f '%M %e' "$build/sparselab" eval "$m" --workload "$(workload "$m" "$n")" $(extra "$m") \
             >/dev/null 2>"$err"; then
             echo "$m n=$n: eval failed: $(tail -2 "$err" | head -1)"
             fail=1
             rm -f "$err"
             continue 2
         fi
-        kb=$(tail -1 "$err")
+        kb=$(tail -1 "$err" | cut -d' ' -f1)
+        secs=$(tail -1 "$err" | cut -d' ' -f2)
         rm -f "$err"
-        line="$line n=$n ${kb}KiB"
+        line="$line n=$n ${kb}KiB/${secs}s"
         pts="$pts $n:$kb"
     done
     verdict=$(echo "$pts" | awk -v r="$ratio" -v s="$slack" '{
