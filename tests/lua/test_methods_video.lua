@@ -646,8 +646,12 @@ test("sparse_guidance: the card's identities, text never dropped, guidance extra
   local d = sl.eval(sg, prob, {params = with{gamma_strong = 0, omega = 1}})
   truthy(d.metrics.rel_l2 <= 1e-5, "gamma_strong 0, omega 1: dense")
   -- text keys survive even a full drop
-  local _, _, m = sg.branch(prob, sl.registry.resolve(sg, base), 1)
+  local m = sg.branch_mask(prob, sl.registry.resolve(sg, base), 1)
   local bits = m:to_bits():totable()[1]
+  -- the branch (kept keys gathered, O(n)) equals block-sparse attention over that mask
+  local ob, lb = sg.branch(prob, sl.registry.resolve(sg, base), 0.6)
+  local oref, lref = sl.attn.block_sparse(prob.q, prob.k, prob.v, sg.branch_mask(prob, p, 0.6), {})
+  truthy(sl.metric.max_abs(ob, oref) < 1e-5 and sl.metric.max_abs(lb, lref) < 1e-4, "branch = block-sparse over its mask")
   for i = 1, prob.layout.n, 13 do
     for j = prob.layout.n_video + 1, prob.layout.n do eq(bits[i][j], 1, "text key kept") end
   end

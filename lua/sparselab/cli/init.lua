@@ -187,7 +187,11 @@ function C.methods(argv)
     rows[#rows + 1] = {kind = "method", id = m.id, title = m.title, card = m.card or "", family = m.family,
       phase = m.phase, knob = m.knob or "", knob_direction = m.knob and (m.knob_direction or 1) or "",
       backends = table.concat(sl.methods.backends(m), ","),
-      checks = m.checks and #m.checks or 0}
+      checks = m.checks and #m.checks or 0,
+      -- what a caller needs to run it (mem_sweep.sh): a video layout, no
+      -- causal problem, a benchmark workload, inputs without defaults
+      needs_layout = m.needs_layout or nil, noncausal_only = m.noncausal_only or nil,
+      workload = m.workload, requires = m.requires and table.concat(m.requires, ",") or nil}
   end
   -- corrections (sl.correct): any method takes them (eval --correct ID,
   -- or the method id base+ID); listed with kind = "correction"
@@ -205,6 +209,11 @@ function C.methods(argv)
       local b = {}
       for name in r.backends:gmatch("[^,]+") do b[#b + 1] = name end
       r.backends = b
+      if r.requires then
+        local q = {}
+        for name in r.requires:gmatch("[^,]+") do q[#q + 1] = name end
+        r.requires = q
+      end
       if r.aliases then
         local a = {}
         for name in r.aliases:gmatch("[^,]+") do a[#a + 1] = name end

@@ -91,6 +91,29 @@ function M.block_max(q, k, block, backend)
   return R
 end
 
+--- R as M.block_max gives it, computed one block of query rows at a time on
+--- first use (rows r0..r1 against keys 0..r1: the causal offset of the
+--- narrowed problem is the rows' own position), holding only the current
+--- block: memory O(n · rows) instead of the n × nb table. Read it in row
+--- order (M.select does).
+function M.block_max_rows(q, k, block, backend)
+  local hkv, n = k:shape()[1], q:shape()[2]
+  local rows = math.max(1, 65536 // ((n + block - 1) // block))
+  local r0, cur = nil, nil
+  local R = {}
+  for kv = 1, hkv do
+    R[kv] = setmetatable({}, {__index = function(_, t)
+      if not r0 or t < r0 or t >= r0 + rows then
+        r0 = (t - 1) // rows * rows + 1
+        local r1 = math.min(n, r0 + rows - 1)
+        cur = M.block_max(q:narrow(2, r0, r1 - r0 + 1), k:narrow(2, 1, r1), block, backend)
+      end
+      return cur[kv][t - r0 + 1]
+    end})
+  end
+  return R
+end
+
 local function spec(prob, block)
   local hq, n, d, hkv = dims(prob)
   local nb = (n + block - 1) // block
@@ -111,12 +134,12 @@ function M.load_params(prob, p)
   local function const(x) local g = {} for h = 1, hq do g[h] = {} for t = 1, n do g[h][t] = x end end return g end
   local gs_default = p.swa == 1 and 0.5 or 1
   if (p.weights or "") == "" then
-    return {R = M.block_max(prob.q, prob.k, p.block, prob.backend), g_sparse = const(gs_default), g_swa = const(0.5)}, STANDIN
+    return {R = M.block_max_rows(prob.q, prob.k, p.block, prob.backend), g_sparse = const(gs_default), g_swa = const(0.5)}, STANDIN
   end
   local ws = T.load_weights("hysparse", p.weights, spec(prob, p.block))
   if ws.R and ws.full_q then sl.fail("hysparse: weights %s: holds both R and full_q/full_k; expected one of them", p.weights) end
   if not ws.R and not ws.full_q then sl.fail("hysparse: weights %s: holds neither R nor full_q/full_k", p.weights) end
-  local out = {R = ws.R and E.heads(ws.R) or M.block_max(ws.full_q, ws.full_k, p.block, prob.backend)}
+  local out = {R = ws.R and E.heads(ws.R) or M.block_max_rows(ws.full_q, ws.full_k, p.block, prob.backend)}
   out.g_sparse = ws.g_sparse and ws.g_sparse:totable() or const(gs_default)
   out.g_swa = ws.g_swa and ws.g_swa:totable() or const(0.5)
   out.sink_sparse = ws.sink_sparse and ws.sink_sparse:totable()
@@ -128,9 +151,9 @@ end
 function M.select(R, n, block, nsel)
   local nblk = math.max(1, nsel // block)
   local sel = {}
-  for kv = 1, #R do
-    sel[kv] = {}
-    for t = 1, n do
+  for kv = 1, #R do sel[kv] = {} end
+  for t = 1, n do   -- rows outer: R may be computed in row blocks (M.block_max_rows)
+    for kv = 1, #R do
       local vis = (t - 1) // block + 1
       local row, order = R[kv][t], {}
       for i = 1, vis do order[i] = i end

@@ -100,39 +100,49 @@ local function select_blocks(prob, p)
   end
   local nb, per = (nk + B - 1) // B, B // p.sub
   local args = {bq = 1, bk = p.sub, causal = 0, pool = 0, scale = 1, backend = prob.backend}
-  local S = E.heads(sl.score.pooled(prob.q, prob.k, args))
   local e, source = eviction_scores(prob, p)
-  local sets = {}
+  local sets, eb = {}, {}
   for kv = 1, hkv do
     -- block eviction scores: the mean of e over the block's keys
-    local eb = {}
+    eb[kv] = {}
     for b = 1, nb do
       local s, n = 0, 0
       for j = (b - 1) * B + 1, math.min(b * B, nk) do s = s + e[kv][j]; n = n + 1 end
-      eb[b] = s / n
+      eb[kv][b] = s / n
     end
     sets[kv] = {}
-    for t = 1, nq do
-      local pos = nk - nq + t - 1
-      local own = pos // B + 1
-      local qs = {}
-      for b = 1, own - 1 do
-        local s = 0
-        for h = (kv - 1) * g + 1, kv * g do
-          local row, best = S[h][t], -math.huge
-          for x = (b - 1) * per + 1, b * per do best = math.max(best, row[x]) end
-          s = s + best
+  end
+  -- The sub-block scores [hq, rows, nk/sub] one block of query rows at a time
+  -- (bq = 1, no causal rule: a row's scores do not depend on the others), so
+  -- memory is O(n · rows), never the whole nq × nk/sub table.
+  local nsub = (nk + p.sub - 1) // p.sub
+  local rows = math.max(1, 65536 // nsub)
+  for r0 = 1, nq, rows do
+    local len = math.min(rows, nq - r0 + 1)
+    local S = E.heads(sl.score.pooled(prob.q:narrow(2, r0, len), prob.k, args))
+    for kv = 1, hkv do
+      for t = r0, r0 + len - 1 do
+        local pos = nk - nq + t - 1
+        local own = pos // B + 1
+        local qs = {}
+        for b = 1, own - 1 do
+          local s = 0
+          for h = (kv - 1) * g + 1, kv * g do
+            local row, best = S[h][t - r0 + 1], -math.huge
+            for x = (b - 1) * per + 1, b * per do best = math.max(best, row[x]) end
+            s = s + best
+          end
+          qs[b] = s
         end
-        qs[b] = s
+        local set = {[own] = true}
+        local order = E.order_desc(qs, own - 1)
+        for i = 1, math.min(p.k_q, own - 1) do set[order[i]] = true end
+        local rest, ids = {}, {}
+        for b = 1, own - 1 do if not set[b] then ids[#ids + 1] = b; rest[#ids] = eb[kv][b] end end
+        local eo = E.order_desc(rest, #ids)
+        for i = 1, math.min(p.k_e, #ids) do set[ids[eo[i]]] = true end
+        sets[kv][t] = set
       end
-      local set = {[own] = true}
-      local order = E.order_desc(qs, own - 1)
-      for i = 1, math.min(p.k_q, own - 1) do set[order[i]] = true end
-      local rest, ids = {}, {}
-      for b = 1, own - 1 do if not set[b] then ids[#ids + 1] = b; rest[#ids] = eb[b] end end
-      local eo = E.order_desc(rest, #ids)
-      for i = 1, math.min(p.k_e, #ids) do set[ids[eo[i]]] = true end
-      sets[kv][t] = set
     end
   end
   return sets, source, sl.op_flops("score.pooled", prob.q, prob.k, args)
@@ -142,7 +152,8 @@ local function estimate(prob, p)
   local hq, nq, _, hkv, nk = dims(prob)
   local g, nb = hq // hkv, (nk + p.block - 1) // p.block
   local sets, source, flops = select_blocks(prob, p)
-  local keep = E.zeros(hq, nq, nb)
+  -- u8 [hq, nq, nb] set in place (a Lua keep table would hold nq · nb entries)
+  local keep = sl.zeros({hq, nq, nb}, "u8")
   local gsum, gmin, moved, cnt = 0, 1, 0, 0
   for kv = 1, hkv do
     for t = 1, nq do
@@ -150,7 +161,7 @@ local function estimate(prob, p)
       for b in pairs(set) do
         size = size + 1
         if prev and prev[b] then inter = inter + 1 end
-        for h = (kv - 1) * g + 1, kv * g do keep[h][t][b] = 1 end
+        for h = (kv - 1) * g + 1, kv * g do keep:set(h, t, b, 1) end
       end
       if prev then
         local gamma = inter / size
@@ -159,7 +170,7 @@ local function estimate(prob, p)
     end
   end
   p.params_source = source
-  return E.mask_from_keep(keep, prob, 1, p.block, true),
+  return sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = 1, bk = p.block, causal = true}),
     {estimator_flops = flops, stats = {gamma_mean = cnt > 0 and gsum / cnt or 1, gamma_min = gmin,
       transfer_blocks = cnt > 0 and moved / cnt or 0}}
 end

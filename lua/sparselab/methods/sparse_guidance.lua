@@ -23,8 +23,27 @@ local sl = require "sparselab"
 local M = {}
 local ID = "sparse_guidance"
 
---- One branch: attention over the keys kept at drop rate gamma.
-function M.branch(prob, p, gamma)
+--- The keys a branch keeps (0-based, ascending): the shared drop draw plus
+--- every text key. The draw is per key (shared = true: one for all heads and
+--- query rows), so one query row of the pattern gives it: O(n).
+function M.kept_cols(prob, p, gamma)
+  local n_k = prob.k:shape()[2]
+  local pat = sl.mask.drop{rate = gamma, seed = p.seed, shared = true, causal = false}
+  if prob.layout and prob.layout.text > 0 then
+    local lay = prob.layout
+    local cols = {}
+    for j = 0, lay.n - 1 do if lay:is_text(j) then cols[#cols + 1] = j end end
+    pat = pat + sl.mask.dense_cols{cols = cols, causal = false}
+  end
+  local row = pat:materialize{n_q = 1, n_k = n_k, bq = 1, bk = p.block}:to_bits():totable()[1][1]
+  local kept = {}
+  for j = 1, n_k do if row[j] == 1 then kept[#kept + 1] = j - 1 end end
+  return kept
+end
+
+--- The branch's block mask (the pairs a branch keeps; n_q × n_k bits, so for
+--- tests and small problems only: the branch itself never builds it).
+function M.branch_mask(prob, p, gamma)
   local n_q, n_k = prob.q:shape()[2], prob.k:shape()[2]
   local pat = sl.mask.drop{rate = gamma, seed = p.seed, shared = true, causal = prob.causal}
   if prob.layout and prob.layout.text > 0 then
@@ -34,13 +53,43 @@ function M.branch(prob, p, gamma)
     pat = pat + sl.mask.dense_cols{cols = cols, causal = prob.causal}
   end
   if prob.causal then pat = pat * sl.mask.causal() end
-  local mask = pat:materialize{n_q = n_q, n_k = n_k, bq = p.block, bk = p.block}
-  local o, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, mask, {backend = prob.backend})
-  return o, lse, mask, sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, mask, {})
+  return pat:materialize{n_q = n_q, n_k = n_k, bq = p.block, bk = p.block}
 end
 
---- O_weak + omega (O_strong - O_weak), elementwise (in Lua: no op computes
---- a linear combination of two outputs).
+--- One token-sparse pass: attention over the kept keys, memory O(n) (issue
+--- 19: the block mask of a token drop held n² token bits). Not causal: one
+--- index list of the kept keys for all rows (attn.token_sparse); causal: the
+--- kept keys as columns of attn.lines (row p reads the kept keys <= p).
+--- Returns o, lse, the kept pairs' density, the FLOPs.
+function M.branch(prob, p, gamma)
+  local n_q, n_k = prob.q:shape()[2], prob.k:shape()[2]
+  local kept = M.kept_cols(prob, p, gamma)
+  local be = {backend = prob.backend}
+  if #kept == 0 then
+    local hq, d = prob.q:shape()[1], prob.q:shape()[3]
+    local lse = {}
+    for h = 1, hq do lse[h] = {} for i = 1, n_q do lse[h][i] = -math.huge end end
+    return sl.zeros({hq, n_q, d}), sl.tensor(lse), 0, 0
+  end
+  local idx = sl.tensor({kept}, "i32")
+  if not prob.causal then
+    local rpt, col = sl.tensor({{0, #kept}}, "i32"), sl.tensor(kept, "i32")
+    local args = {rows_per_entry = n_q, backend = prob.backend}
+    local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rpt, col, args)
+    return o, lse, #kept / n_k, sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rpt, col, args)
+  end
+  local offs = sl.zeros({1, 0}, "i32")
+  local o, lse = sl.attn.lines(prob.q, prob.k, prob.v, idx, offs, be)
+  local pairs, x = 0, 0
+  for i = 0, n_q - 1 do
+    local pos = n_k - n_q + i
+    while x < #kept and kept[x + 1] <= pos do x = x + 1 end
+    pairs = pairs + x
+  end
+  local causal_pairs = n_q * (n_k - n_q) + n_q * (n_q + 1) / 2
+  return o, lse, pairs / causal_pairs, sl.op_flops("attn.lines", prob.q, prob.k, prob.v, idx, offs, be)
+end
+
 function M.guide(o_strong, o_weak, omega)
   local H, n = o_strong:shape()[1], o_strong:shape()[2]
   local rows = math.max(1, 262144 // o_strong:shape()[3])   -- chunks well inside totable's limit
@@ -67,14 +116,13 @@ local function run(prob, p)
     sl.fail("%s: gamma_strong = %g must not exceed gamma_weak = %g", ID, p.gamma_strong, p.gamma_weak)
   end
   local t0 = sl.time()
-  local os, ls, ms, fs = M.branch(prob, p, p.gamma_strong)
-  local ow, _, mw, fw = M.branch(prob, p, p.gamma_weak)
+  local os, ls, ds, fs = M.branch(prob, p, p.gamma_strong)
+  local ow, _, dw, fw = M.branch(prob, p, p.gamma_weak)
   local o = M.guide(os, ow, p.omega)
   local t1 = sl.time()
-  local causal = prob.causal
-  return {o = o, lse = ls, mask = ms, stats = {flops = fs + fw,
-    density = (ms:density(causal) + mw:density(causal)), density_strong = ms:density(causal),
-    density_weak = mw:density(causal), execute_ms = (t1 - t0) * 1e3, estimate_ms = 0}}
+  return {o = o, lse = ls, stats = {flops = fs + fw,
+    density = ds + dw, density_strong = ds,
+    density_weak = dw, execute_ms = (t1 - t0) * 1e3, estimate_ms = 0}}
 end
 
 M.id = ID
@@ -92,7 +140,7 @@ M.params = {
   seed = {default = 1, min = 0, max = 1 << 30, int = true, doc = "seed of the token draw"},
   block = {default = 64, min = 1, max = 4096, int = true, doc = "executor block size"},
 }
-M.ops = {"attn.block_sparse"}
+M.ops = {"attn.token_sparse", "attn.lines"}
 M.checks = {"gamma_strong = gamma_weak gives the strong branch for any omega", "omega = 1 gives the strong branch",
   "text tokens are never dropped", "gamma_strong = 0 and omega = 1 equal dense"}
 M.workload = "video"       -- benchmarked on the video workload (bench_video)

@@ -36,19 +36,26 @@ local function select(prob, p, blind)
   local hq, W = prob.q:shape()[1], math.min(p.window, n)
   if p.coverage <= 0 or n <= p.m_min + W then return nil, 0 end
   local args = {last = W, causal = 1, backend = prob.backend}
-  local probs = E.heads(sl.score.last_q(prob.q, prob.k, args))
+  -- [hq, W, n]: read per head in blocks of rows (a head's W × n table passes
+  -- totable's limit at W·n >= 1e6, and memory stays O(n · rows))
+  local probs = sl.score.last_q(prob.q, prob.k, args)
+  local rows = math.max(1, 65536 // n)
   local est = sl.op_flops("score.last_q", prob.q, prob.k, args)
   local npre = n - W
   local imp, g = {}, {}
   for j = 1, npre do g[j] = 0 end
   local half = p.ks // 2
   for h = 1, hq do
-    local P, raw = probs[h], {}
-    for j = 1, npre do
-      local s = 0
-      for t = 1, W do s = s + P[t][j] end
-      raw[j] = s / W
+    local ph, raw = probs:narrow(1, h, 1), {}
+    for j = 1, npre do raw[j] = 0 end
+    for t0 = 1, W, rows do
+      local P = ph:narrow(2, t0, math.min(rows, W - t0 + 1)):totable()[1]
+      for t = 1, #P do
+        local Pt = P[t]
+        for j = 1, npre do raw[j] = raw[j] + Pt[j] end
+      end
     end
+    for j = 1, npre do raw[j] = raw[j] / W end
     local sm, tot = {}, 0
     for j = 1, npre do
       local s = 0
