@@ -7,8 +7,9 @@
 // factorisations in one thread (K is a layer's width), then per column
 // block the scores (a thread per entry), the same CTA selection for the
 // block's mask, one thread per row through the block's columns and one
-// thread per remaining entry for the lazy update; prune.lowrank in one
-// thread (Cholesky, Jacobi SVD), float64. Compiled with
+// thread per remaining entry for the lazy update; prune.lowrank float64 by
+// its own route (Gram, damped Cholesky, eigen-decomposition of M^T M, back
+// substitution), not the oracle's one-sided SVD and explicit inverse. Compiled with
 // `make CUDA=1`; run under the CUDA simulator by `make test-cudasim`.
 #include "dialect.cuh"
 #include "cuda.cuh"
@@ -300,116 +301,172 @@ __global__ void to_float_kernel(const double *W, float *out, int64_t n)
         out[e] = (float)W[e];
 }
 
-// ---- prune.lowrank: one thread, float64 (K is a projection's width) ----
+// ---- prune.lowrank, float64 ----
+// A route of its own, not the oracle's: the Gram matrix x^T x and M = w L one
+// thread per entry, the damped Cholesky in one thread, the SVD of M through
+// the symmetric eigenproblem of C = M^T M (two-sided cyclic Jacobi in one
+// thread; sigma = sqrt(lambda), u = M v / sigma, one thread per entry), and
+// b through a back substitution L^T z = v per component instead of L^-1.
 
-__device__ void jacobi_svd_dev(double *M, int64_t rows, int64_t cols, double *V)
+__global__ void gram_kernel(const float *x, double *G, int64_t S, int64_t K)
 {
-    for (int64_t i = 0; i < cols * cols; i++)
-        V[i] = i / cols == i % cols;
+    int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (e >= K * K)
+        return;
+    int64_t i = e / K, j = e % K;
+    double acc = 0;
+    for (int64_t t = 0; t < S; t++)
+        acc += (double)x[t * K + i] * x[t * K + j];
+    G[e] = acc;
+}
+
+// L = chol(G + delta I), delta as the contract's damping schedule; the upper
+// part of L is zeroed. status 1: still singular after the last damping.
+__global__ void damped_chol_kernel(const double *G, double *L, int64_t K, int *status)
+{
+    double mean = 0;
+    for (int64_t i = 0; i < K; i++)
+        mean += G[i * K + i] / (double)K;
+    for (int attempt = 0; attempt < 14; attempt++) {
+        double delta = attempt ? (mean > 0 ? mean : 1) * 1e-12 * pow(10.0, (double)attempt) : 0;
+        for (int64_t e = 0; e < K * K; e++)
+            L[e] = G[e] + (e / K == e % K ? delta : 0);
+        if (chol_lower(L, K)) {
+            for (int64_t i = 0; i < K; i++)
+                for (int64_t j = i + 1; j < K; j++)
+                    L[i * K + j] = 0;
+            *status = 0;
+            return;
+        }
+    }
+    *status = 1;
+}
+
+// M = w L (L lower triangular: only i >= k contributes); L == NULL: M = w.
+__global__ void wl_kernel(const float *w, const double *L, double *M, int64_t N, int64_t K)
+{
+    int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (e >= N * K)
+        return;
+    int64_t n = e / K, k = e % K;
+    if (!L) {
+        M[e] = w[e];
+        return;
+    }
+    double acc = 0;
+    for (int64_t i = k; i < K; i++)
+        acc += (double)w[n * K + i] * L[i * K + k];
+    M[e] = acc;
+}
+
+__global__ void mtm_kernel(const double *M, double *C, int64_t N, int64_t K)
+{
+    int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (e >= K * K)
+        return;
+    int64_t i = e / K, j = e % K;
+    double acc = 0;
+    for (int64_t n = 0; n < N; n++)
+        acc += M[n * K + i] * M[n * K + j];
+    C[e] = acc;
+}
+
+// Eigenvectors V (columns) of the symmetric C by cyclic Jacobi rotations; C
+// ends diagonal (its eigenvalues). Then sigma_j = sqrt(max(lambda_j, 0)) and
+// order = the columns by sigma descending, ties by column.
+__global__ void sym_eig_kernel(double *C, double *V, double *sig, int64_t *order, int64_t K)
+{
+    for (int64_t e = 0; e < K * K; e++)
+        V[e] = e / K == e % K;
     for (int sweep = 0; sweep < 80; sweep++) {
         bool rotated = false;
-        for (int64_t p = 0; p < cols; p++)
-            for (int64_t q = p + 1; q < cols; q++) {
-                double x = 0, y = 0, c = 0;
-                for (int64_t i = 0; i < rows; i++) {
-                    x += M[i * cols + p] * M[i * cols + p];
-                    y += M[i * cols + q] * M[i * cols + q];
-                    c += M[i * cols + p] * M[i * cols + q];
-                }
-                if (c == 0 || fabs(c) <= 1e-15 * sqrt(x * y))
+        for (int64_t p = 0; p < K; p++)
+            for (int64_t q = p + 1; q < K; q++) {
+                double app = C[p * K + p], aqq = C[q * K + q], apq = C[p * K + q];
+                if (apq == 0 || fabs(apq) <= 1e-15 * sqrt(fabs(app * aqq)))
                     continue;
                 rotated = true;
-                double zeta = (y - x) / (2 * c), t = (zeta >= 0 ? 1 : -1) / (fabs(zeta) + sqrt(1 + zeta * zeta));
-                double cs = 1 / sqrt(1 + t * t), sn = cs * t;
-                for (int64_t i = 0; i < rows; i++) {
-                    double mp = M[i * cols + p], mq = M[i * cols + q];
-                    M[i * cols + p] = cs * mp - sn * mq;
-                    M[i * cols + q] = sn * mp + cs * mq;
+                double theta = (aqq - app) / (2 * apq);
+                double t = (theta >= 0 ? 1 : -1) / (fabs(theta) + sqrt(1 + theta * theta));
+                double c = 1 / sqrt(1 + t * t), s = c * t;
+                for (int64_t k = 0; k < K; k++) { /* columns p, q */
+                    double ckp = C[k * K + p], ckq = C[k * K + q];
+                    C[k * K + p] = c * ckp - s * ckq;
+                    C[k * K + q] = s * ckp + c * ckq;
                 }
-                for (int64_t i = 0; i < cols; i++) {
-                    double vp = V[i * cols + p], vq = V[i * cols + q];
-                    V[i * cols + p] = cs * vp - sn * vq;
-                    V[i * cols + q] = sn * vp + cs * vq;
+                for (int64_t k = 0; k < K; k++) { /* rows p, q */
+                    double cpk = C[p * K + k], cqk = C[q * K + k];
+                    C[p * K + k] = c * cpk - s * cqk;
+                    C[q * K + k] = s * cpk + c * cqk;
+                }
+                for (int64_t k = 0; k < K; k++) {
+                    double vkp = V[k * K + p], vkq = V[k * K + q];
+                    V[k * K + p] = c * vkp - s * vkq;
+                    V[k * K + q] = s * vkp + c * vkq;
                 }
             }
         if (!rotated)
             break;
     }
-}
-
-__global__ void lowrank_kernel(const float *w, const float *x, float *A, float *B, double *L, double *Li, double *M,
-                               double *V, double *sig, int64_t *order, int64_t N, int64_t K, int64_t S, int64_t r,
-                               int whiten, int *status)
-{
-    *status = 0;
-    for (int64_t i = 0; i < K * K; i++)
-        L[i] = Li[i] = i / K == i % K;
-    if (whiten) {
-        double mean = 0;
-        for (int64_t i = 0; i < K; i++)
-            for (int64_t t = 0; t < S; t++)
-                mean += (double)x[t * K + i] * x[t * K + i] / (double)K;
-        bool ok = false;
-        for (int attempt = 0; attempt < 14 && !ok; attempt++) {
-            double delta = attempt ? (mean > 0 ? mean : 1) * 1e-12 * pow(10.0, (double)attempt) : 0;
-            for (int64_t i = 0; i < K; i++)
-                for (int64_t j = 0; j < K; j++) {
-                    double acc = 0;
-                    for (int64_t t = 0; t < S; t++)
-                        acc += (double)x[t * K + i] * x[t * K + j];
-                    L[i * K + j] = acc + (i == j ? delta : 0);
-                }
-            ok = chol_lower(L, K);
-        }
-        if (!ok) {
-            *status = 1;
-            return;
-        }
-        for (int64_t i = 0; i < K; i++)
-            for (int64_t j = i + 1; j < K; j++)
-                L[i * K + j] = 0;
-        lower_inverse(L, K, Li);
-    }
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t k = 0; k < K; k++) {
-            double acc = 0;
-            for (int64_t i = 0; i < K; i++)
-                acc += (double)w[n * K + i] * L[i * K + k];
-            M[n * K + k] = acc;
-        }
-    jacobi_svd_dev(M, N, K, V);
     for (int64_t j = 0; j < K; j++) {
-        double s = 0;
-        for (int64_t n = 0; n < N; n++)
-            s += M[n * K + j] * M[n * K + j];
-        sig[j] = sqrt(s);
+        double l = C[j * K + j];
+        sig[j] = l > 0 ? sqrt(l) : 0;
         order[j] = j;
     }
     for (int64_t i = 1; i < K; i++) {
         int64_t v = order[i], j = i - 1;
-        while (j >= 0 && sig[order[j]] < sig[v]) {
+        while (j >= 0 && (sig[order[j]] < sig[v] || (sig[order[j]] == sig[v] && order[j] > v))) {
             order[j + 1] = order[j];
             j--;
         }
         order[j + 1] = v;
     }
-    for (int64_t c = 0; c < r; c++) {
-        int64_t j = order[c];
-        double s = sig[j], rs = sqrt(s), sign = 1, best = -1;
-        for (int64_t n = 0; n < N; n++)
-            if (s > 0 && fabs(M[n * K + j] / s) > best + 1e-12) {
-                best = fabs(M[n * K + j] / s);
-                sign = M[n * K + j] < 0 ? -1 : 1;
-            }
-        for (int64_t n = 0; n < N; n++)
-            A[n * r + c] = (float)(s > 0 ? sign * M[n * K + j] / s * rs : 0);
-        for (int64_t k = 0; k < K; k++) {
-            double acc = 0;
-            for (int64_t i = k; i < K; i++)
-                acc += V[i * K + j] * Li[i * K + k];
-            B[c * K + k] = (float)(sign * rs * acc);
+}
+
+// U = M V_r / sigma into U [N, r] (one thread per entry).
+__global__ void left_vectors_kernel(const double *M, const double *V, const double *sig, const int64_t *order,
+                                    double *U, int64_t N, int64_t K, int64_t r)
+{
+    int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (e >= N * r)
+        return;
+    int64_t n = e / r, j = order[e % r];
+    double acc = 0;
+    for (int64_t k = 0; k < K; k++)
+        acc += M[n * K + k] * V[k * K + j];
+    U[e] = sig[j] > 0 ? acc / sig[j] : 0;
+}
+
+// One thread per component c: the sign (largest |u| positive, first index on
+// near-ties), a = sign u sqrt(sigma), and b = sign sqrt(sigma) z^T with
+// L^T z = v solved by back substitution (z = v without whitening).
+__global__ void factors_kernel(const double *U, const double *V, const double *L, const double *sig,
+                               const int64_t *order, double *Z, float *A, float *B, int64_t N, int64_t K, int64_t r)
+{
+    int64_t c = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (c >= r)
+        return;
+    int64_t j = order[c];
+    double rs = sqrt(sig[j]), sign = 1, best = -1;
+    for (int64_t n = 0; n < N; n++)
+        if (sig[j] > 0 && fabs(U[n * r + c]) > best + 1e-12) {
+            best = fabs(U[n * r + c]);
+            sign = U[n * r + c] < 0 ? -1 : 1;
         }
+    for (int64_t n = 0; n < N; n++)
+        A[n * r + c] = (float)(sign * U[n * r + c] * rs);
+    double *z = Z + c * K;
+    for (int64_t k = K - 1; k >= 0; k--) {
+        double acc = V[k * K + j];
+        if (L) {
+            for (int64_t i = k + 1; i < K; i++)
+                acc -= L[i * K + k] * z[i];
+            acc /= L[k * K + k];
+        }
+        z[k] = acc;
     }
+    for (int64_t k = 0; k < K; k++)
+        B[c * K + k] = (float)(sign * rs * z[k]);
 }
 
 }  // namespace
@@ -498,27 +555,46 @@ sl_status sl__cuda_prune_lowrank(const sl__kargs *a)
     const sl_prune_lowrank_params *p = (const sl_prune_lowrank_params *)a->params;
     if (N * K == 0)
         return SL_OK;
+    if (N * K > (int64_t)INT32_MAX * kThreads / 2 || K * K > (int64_t)INT32_MAX * kThreads / 2)
+        return sl__cuda_unsupported(a, "more than 2^38 weights");
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
-    void *L, *Li, *M, *V, *sig, *order, *status;
+    void *G, *L, *M, *C, *V, *U, *Z, *sig, *order, *status;
     sl_status s;
-    if ((s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &L)) ||
-        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &Li)) ||
+    if ((s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &G)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &L)) ||
         (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(N * K), &M)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &C)) ||
         (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(K * K), &V)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(N * r), &U)) ||
+        (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(r * K), &Z)) ||
         (s = sl__cuda_scratch(&st, sizeof(double) * (size_t)K, &sig)) ||
         (s = sl__cuda_scratch(&st, sizeof(int64_t) * (size_t)K, &order)) ||
         (s = sl__cuda_scratch(&st, sizeof(int), &status)))
         return s;
-    SL_LAUNCH(lowrank_kernel, 1, 1, 0, 0)(st.input<float>(0), st.input<float>(1), st.output<float>(0),
-                                          st.output<float>(1), (double *)L, (double *)Li, (double *)M, (double *)V,
-                                          (double *)sig, (int64_t *)order, N, K, S, r, (int)p->whiten, (int *)status);
-    int host_status = 0;
-    cudaError_t err = cudaGetLastError();
-    if (err == cudaSuccess)
-        err = cudaMemcpy(&host_status, status, sizeof host_status, cudaMemcpyDeviceToHost);
-    if (err == cudaSuccess && host_status)
-        return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the Gram matrix stays singular after damping");
-    return sl__cuda_stage_out(&st, err);
+    const double *dL = NULL;
+    if (p->whiten) {
+        SL_LAUNCH(gram_kernel, blocks_of(K * K), kThreads, 0, 0)(st.input<float>(1), (double *)G, S, K);
+        SL_LAUNCH(damped_chol_kernel, 1, 1, 0, 0)((const double *)G, (double *)L, K, (int *)status);
+        int host_status = 0;
+        cudaError_t err = cudaGetLastError();
+        if (err == cudaSuccess)
+            err = cudaMemcpy(&host_status, status, sizeof host_status, cudaMemcpyDeviceToHost);
+        if (err != cudaSuccess)
+            return sl__cuda_stage_out(&st, err);
+        if (host_status)
+            return sl_ctx_fail(a->ctx, SL_EARG, "prune.lowrank: the Gram matrix stays singular after damping");
+        dL = (const double *)L;
+    }
+    SL_LAUNCH(wl_kernel, blocks_of(N * K), kThreads, 0, 0)(st.input<float>(0), dL, (double *)M, N, K);
+    SL_LAUNCH(mtm_kernel, blocks_of(K * K), kThreads, 0, 0)((const double *)M, (double *)C, N, K);
+    SL_LAUNCH(sym_eig_kernel, 1, 1, 0, 0)((double *)C, (double *)V, (double *)sig, (int64_t *)order, K);
+    SL_LAUNCH(left_vectors_kernel, blocks_of(N * r), kThreads, 0, 0)((const double *)M, (const double *)V,
+                                                                     (const double *)sig, (const int64_t *)order,
+                                                                     (double *)U, N, K, r);
+    SL_LAUNCH(factors_kernel, blocks_of(r), kThreads, 0, 0)((const double *)U, (const double *)V, dL,
+                                                            (const double *)sig, (const int64_t *)order, (double *)Z,
+                                                            st.output<float>(0), st.output<float>(1), N, K, r);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
 }
