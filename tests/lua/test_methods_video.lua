@@ -720,8 +720,89 @@ test("rectified_spaattn: drop_rate 0 is dense; critical blocks, neighbours and t
   eq(rsa.schedule(10, 5).dense_first, 5, "warm-up steps")
 end)
 
+local function dot(a, b)
+  local s = 0
+  for c = 1, #a do s = s + a[c] * b[c] end
+  return s
+end
+
+-- Per block of b rows of x's head h (the video part, from token v0 on): the
+-- mean absolute deviation from the block mean, per channel.
+local function deviations(x, h, v0, nbv, b, mean)
+  local out = {}
+  for I = 1, nbv do
+    local rows = x:narrow(1, h, 1):narrow(2, v0 + (I - 1) * b + 1, b):totable()[1]
+    local m, e = mean[I], {}
+    for c = 1, #m do e[c] = 0 end
+    for _, r in ipairs(rows) do for c = 1, #m do e[c] = e[c] + math.abs(r[c] - m[c]) end end
+    for c = 1, #m do e[c] = e[c] / b end
+    out[I] = e
+  end
+  return out
+end
+
+-- The earlier sessions' Lua path of IPAR's isolated text pooling, kept here
+-- as an independent reference for the op ipar.rectify (session 3).
+--- Steps 1-3 and 5-8 with IPAR's isolated text pooling (Hunyuan path):
+--- video blocks pooled (weight B), every text key its own logit (weight
+--- 1) and one merged text entry, always kept; GAPR on video block pairs;
+--- O_i = R_I·O*_i + N_I for video query rows, text query rows as O*
+--- (dense). Written in Lua from the card (correct.rectify pools text keys
+--- within their blocks). Needs the video part in whole blocks. Returns O
+--- [H, n, d] (permuted order) and the mean restored weight.
+local function rectify_isolated_lua(qp, kp, vp, o_s, keeps, lay, p)
+  local b, H, d = p.block, qp:shape()[1], qp:shape()[3]
+  local v0, nv = lay.video0, lay.n_video
+  local nbv, bfirst = nv // b, v0 // b
+  local t0 = lay.text_first and 0 or nv
+  local scale, logb = 1 / math.sqrt(d), math.log(b)
+  local function pooled(x) return sl.pool.tokens(x:narrow(2, v0 + 1, nv), {block = b, mode = 0}):totable() end
+  local qbar, kbar, vbar = pooled(qp), pooled(kp), pooled(vp)
+  local kt = kp:narrow(2, t0 + 1, lay.text):totable()
+  local heads, restored_sum = {}, 0
+  for h = 1, H do
+    local eq = deviations(qp, h, v0, nbv, b, qbar[h])
+    local ek = deviations(kp, h, v0, nbv, b, kbar[h])
+    local parts = {}
+    if lay.text_first then parts[1] = o_s:narrow(1, h, 1):narrow(2, 1, lay.text) end
+    for I = 1, nbv do
+      local qi = qbar[h][I]
+      local s, m = {}, -math.huge
+      for J = 1, nbv do s[J] = scale * dot(qi, kbar[h][J]) + logb; if s[J] > m then m = s[J] end end
+      local st = {}
+      for t = 1, lay.text do st[t] = scale * dot(qi, kt[h][t]); if st[t] > m then m = st[t] end end
+      local z, ptext = 0, 0
+      for J = 1, nbv do s[J] = math.exp(s[J] - m); z = z + s[J] end
+      for t = 1, lay.text do ptext = ptext + math.exp(st[t] - m) end
+      z = z + ptext
+      local R, N = ptext / z, {}
+      for c = 1, d do N[c] = 0 end
+      local keep = keeps[h][bfirst + I]
+      for J = 1, nbv do
+        local pj = s[J] / z
+        local g = math.abs(dot(qi, kbar[h][J]))
+        local trusted = p.gapr and g > math.abs(dot(eq[I], kbar[h][J])) + math.abs(dot(qi, ek[J])) or false
+        if keep[bfirst + J] == 1 or not trusted then
+          R = R + pj
+        else
+          local vj = vbar[h][J]
+          for c = 1, d do N[c] = N[c] + pj * vj[c] end
+          restored_sum = restored_sum + pj * b
+        end
+      end
+      local rows = o_s:narrow(1, h, 1):narrow(2, v0 + (I - 1) * b + 1, b):totable()
+      for _, r in ipairs(rows[1]) do for c = 1, d do r[c] = R * r[c] + N[c] end end
+      parts[#parts + 1] = sl.tensor(rows)
+    end
+    if not lay.text_first and lay.text > 0 then parts[#parts + 1] = o_s:narrow(1, h, 1):narrow(2, nv + 1, lay.text) end
+    heads[h] = sl.cat(parts, 2)
+  end
+  return #heads == 1 and heads[1] or sl.cat(heads, 1), restored_sum / (H * lay.n)
+end
+
+
 test("rectified_spaattn: the isolated-text rectification equals correct.rectify without text; text rows dense", function()
-  -- no text: the Lua path (M.rectify_isolated) against the op on the same critical blocks
+  -- no text: the Lua reference and the op ipar.rectify against correct.rectify on the same critical blocks
   local q, k, v, _, lay0 = layout.video_workload{frames = 4, height = 8, width = 8, heads = 2, seed = 81}
   local prob0 = sl.problem{q = q, k = k, v = v, causal = false, layout = lay0}
   local p = sl.registry.resolve(rsa, {block = 8, drop_rate = 0.8})
@@ -730,10 +811,14 @@ test("rectified_spaattn: the isolated-text rectification equals correct.rectify 
   local qp, kp, vp = layout.permute(q, perm), layout.permute(k, perm), layout.permute(v, perm)
   local o_s = sl.attn.block_sparse(qp, kp, vp, out.mask)
   local o_op = sl.correct.rectify(qp, kp, vp, out.mask, o_s, {causal = false, ipar = 1, gapr = 1})
-  local o_lua = rsa.rectify_isolated(qp, kp, vp, o_s, out.keeps, lay0, p)
+  local o_lua = rectify_isolated_lua(qp, kp, vp, o_s, out.keeps, lay0, p)
   truthy(sl.metric.max_abs(o_lua, o_op) < 1e-5, "Lua path equals the op: " .. sl.metric.max_abs(o_lua, o_op))
   truthy(sl.metric.max_abs(o_op, o_s) > 1e-4, "the rectification changed something")
-  -- with text: the isolated path runs, text query rows keep the dense output, and it differs from pooled text
+  for _, be in ipairs{"ref", "cpu"} do
+    local o_ip = sl.ipar.rectify(qp, kp, vp, out.mask, o_s, {video0 = 0, n_video = lay0.n, backend = be})
+    truthy(sl.metric.max_abs(o_ip, o_op) < 1e-5, "ipar.rectify without text = correct.rectify on " .. be)
+  end
+  -- with text: the isolated path runs (the op), text query rows keep the dense output, and it differs from pooled text
   local prob = problem{heads = 2, seed = 83}
   local iso = sl.eval(rsa, prob, {params = {block = 8, drop_rate = 0.8}})
   eq(iso.metrics.text_isolated, 1, "isolated path")
@@ -743,6 +828,31 @@ test("rectified_spaattn: the isolated-text rectification equals correct.rectify 
   local d = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false})
   local n = prob.layout.n
   truthy(sl.metric.max_abs(iso.o:narrow(2, n - 7, 8), d:narrow(2, n - 7, 8)) < 1e-5, "text query rows dense")
+end)
+
+test("rectified_spaattn: ipar.rectify gives the same numbers as the earlier Lua path (text first and last)", function()
+  for _, tf in ipairs{false, true} do
+    local q, k, v, _, lay = layout.video_workload{frames = 4, height = 8, width = 8, text = 16, heads = 2, seed = 85}
+    if tf then -- the same tokens with the text moved in front
+      local function front(x) return sl.cat({x:narrow(2, lay.n_video + 1, 16), x:narrow(2, 1, lay.n_video)}, 2) end
+      q, k, v = front(q), front(k), front(v)
+      lay = layout.video{frames = 4, height = 8, width = 8, text = 16, text_first = true}
+    end
+    local prob = sl.problem{q = q, k = k, v = v, causal = false, layout = lay}
+    local p = sl.registry.resolve(rsa, {block = 8, drop_rate = 0.8})
+    local out = rsa.run(prob, p)
+    eq(out.stats.text_isolated, 1, "the op ran")
+    local qp, kp, vp = layout.permute(q, out.perm), layout.permute(k, out.perm), layout.permute(v, out.perm)
+    local o_s = sl.attn.block_sparse(qp, kp, vp, out.mask)
+    local o_lua, restored_lua = rectify_isolated_lua(qp, kp, vp, o_s, out.keeps, lay, p)
+    local o_op, _, rs = sl.ipar.rectify(qp, kp, vp, out.mask, o_s, {video0 = lay.video0, n_video = lay.n_video})
+    truthy(sl.metric.max_abs(o_op, o_lua) < 1e-5, "op = Lua path: " .. sl.metric.max_abs(o_op, o_lua))
+    near(rs:stats() * 8 / (2 * lay.n), restored_lua, 1e-6, "restored mass")
+    truthy(restored_lua > 0, "something restored")
+    near(out.stats.rectify_restored_mean, restored_lua, 1e-6, "the method reports the op's restored mass")
+    -- the method's output is the op's, permuted back
+    truthy(sl.metric.max_abs(out.o, layout.unpermute(o_op, out.perm)) < 1e-6, "method output = op output")
+  end
 end)
 
 test("rectified_spaattn: IPAR pooled probabilities beat a score-blind selection", function()
