@@ -242,6 +242,40 @@ START_TEST(test_quant_attn_block)
 }
 END_TEST
 
+/* Key blocks of 1100: bk.qmax^2 >= 2^24 at 8 bits, the cpu kernel's int32
+ * path (below it the code product runs as an exact f32 sgemm). */
+START_TEST(test_quant_attn_wide_blocks)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 15205);
+    sl_tensor in[7];
+    in[0] = tu_randn(ctx, &rng, 2, 12, 8, 1.5);
+    in[1] = tu_randn(ctx, &rng, 1, 1300, 8, 1.5);
+    in[2] = tu_randn(ctx, &rng, 1, 1300, 8, 1);
+    sl_mask m;
+    sl_pattern_term t[1] = {{.kind = SL_PAT_FULL}};
+    ck_assert_int_eq(sl_mask_from_pattern(ctx, t, 1, 12, 1300, 4, 1100, &m), SL_OK);
+    sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
+    for (int bits = 4; bits <= 8; bits += 4) {
+        sl_quant_attn_params p = {.bq = 4, .bk = 1100, .bits = bits};
+        check_qattn_vs_ref(ctx, &p, in, bits == 8 ? "quant.attn_block bk 1100 (int32 path)" : "quant.attn_block bk 1100 INT4");
+        sl_tensor y[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_QUANT_ATTN_BLOCK, &p, in, y), SL_OK);
+        for (int64_t i = 0; i < 12; i += 5)
+            for (int64_t e = 0; e < 8; e += 3) {
+                double want = emulated(&in[0], &in[1], &in[2], 1, i, e, 1100, bits);
+                ck_assert_msg(fabs(tu_at(&y[0], (12 + i) * 8 + e) - want) < 1e-5, "bk 1100 vs emulation");
+            }
+        release_n(y, 2);
+    }
+    sl_mask_release(&m);
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 START_TEST(test_quant_attn_validation)
 {
     tu_alloc al;
@@ -267,6 +301,7 @@ END_TEST
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_quant_attn_block);
+    tcase_add_test(tc, test_quant_attn_wide_blocks);
     tcase_add_test(tc, test_quant_attn_validation);
     tcase_add_test(tc, test_quant_fake);
     tcase_add_test(tc, test_quant_validation);

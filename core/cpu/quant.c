@@ -3,7 +3,9 @@
  * pass. quant.attn_block: V's codes and scales per (kv head, key block)
  * first, then one work item per (head, query block): per kept key block
  * the tile's scores by one sgemm, the online softmax statistics, the P
- * codes and the integer P.V (int32). */
+ * codes and the integer P.V — an sgemm of the integer-valued codes when
+ * every partial sum stays below 2^24 (bk.qmax^2 < 2^24: exact in f32),
+ * else int32 loops. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -45,8 +47,8 @@ typedef struct qattn_job {
     sl__attn_dims dm;
     int64_t nqb, nkb, hm;
     float qmax;
-    int quant;
-    int32_t *w;       /* V codes [Hkv, nk, d] */
+    int quant, exact_f32; /* exact_f32: bk.qmax^2 < 2^24, the code product runs as an sgemm */
+    float *w;         /* V codes [Hkv, nk, d] (integer values) */
     float *t;         /* V scales [Hkv, nkb, d] */
     size_t shared;    /* bytes of w and t */
     size_t per_thread;
@@ -72,10 +74,10 @@ static void vcode_item(int64_t item, void *ud, int thread)
         if (!(t[c] > 0))
             t[c] = 1;
     }
-    int32_t *w = j->w + g * nk * d;
+    float *w = j->w + g * nk * d;
     for (int64_t r = j0; r < j1; r++)
         for (int64_t c = 0; c < d; c++)
-            w[r * d + c] = (int32_t)fminf(fmaxf(roundf(v[r * d + c] / t[c]), -j->qmax), j->qmax);
+            w[r * d + c] = fminf(fmaxf(roundf(v[r * d + c] / t[c]), -j->qmax), j->qmax);
 }
 
 static void qattn_item(int64_t item, void *ud, int thread)
@@ -91,19 +93,22 @@ static void qattn_item(int64_t item, void *ud, int thread)
     const float *q = (const float *)a->in[0].data + (h * dm->nq + i0) * d;
     const float *k = (const float *)a->in[1].data + g * dm->nk * d, *v = (const float *)a->in[2].data + g * dm->nk * d;
     char *scr = (char *)a->scratch + j->shared + (size_t)thread * j->per_thread;
-    float *s = (float *)scr, *oacc = s + p->bq * p->bk, *m = oacc + p->bq * d, *l = m + p->bq;
-    int32_t *pc = (int32_t *)(l + p->bq), *ia = pc + p->bk;
+    float *s = (float *)scr, *oacc = s + p->bq * p->bk, *acc = oacc + p->bq * d, *m = acc + p->bq * d, *l = m + p->bq;
+    float *sig = l + p->bq;
+    int32_t *ia = (int32_t *)(sig + p->bq);
     for (int64_t r = 0; r < rows; r++) {
         m[r] = -INFINITY;
         l[r] = 0;
     }
     memset(oacc, 0, sizeof(float) * (size_t)(rows * d));
+    const float *vsrc = j->quant ? j->w + g * dm->nk * d : v;
     int64_t e0 = rp[mh * (j->nqb + 1) + QB], e1 = rp[mh * (j->nqb + 1) + QB + 1];
     for (int64_t e = e0; e < e1; e++) {
         int64_t KB = ci[e], j0 = KB * p->bk, cols = p->bk < dm->nk - j0 ? p->bk : dm->nk - j0;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)cols, (int)d, (float)dm->scale, q, (int)d,
                     k + j0 * d, (int)d, 0.f, s, (int)cols);
-        const float *tJ = j->t + (g * j->nkb + KB) * d;
+        /* per row: the block max, the online statistics, then the row of s
+         * replaced by the P codes (or the f32 P without quantisation) */
         for (int64_t r = 0; r < rows; r++) {
             float *sr = s + r * cols, mu = -INFINITY;
             if (part[e] >= 0) {
@@ -114,36 +119,54 @@ static void qattn_item(int64_t item, void *ud, int thread)
             }
             for (int64_t x = 0; x < cols; x++)
                 mu = fmaxf(mu, sr[x]);
-            if (mu == -INFINITY)
+            if (mu == -INFINITY) {
+                sig[r] = 0;
+                for (int64_t x = 0; x < cols; x++)
+                    sr[x] = 0;
                 continue;
+            }
             float mn = fmaxf(m[r], mu), alpha = expf(m[r] - mn), sum = 0;
             float *orow = oacc + r * d;
             for (int64_t c = 0; c < d; c++)
                 orow[c] *= alpha;
-            for (int64_t x = 0; x < cols; x++)
-                sum += expf(sr[x] - mn);
+            for (int64_t x = 0; x < cols; x++) {
+                float px = expf(sr[x] - mn);
+                sum += px;
+                sr[x] = j->quant ? roundf(j->qmax * expf(sr[x] - mu)) : px;
+            }
             l[r] = l[r] * alpha + sum;
             m[r] = mn;
-            if (!j->quant) {
+            sig[r] = j->quant ? expf(mu - mn) / j->qmax : 1.f;
+        }
+        const float *vb = vsrc + j0 * d;
+        if (!j->quant || j->exact_f32) {
+            /* integer codes below 2^24 in every partial sum: the f32 product is the exact integer one */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)cols, 1.f, s, (int)cols, vb,
+                        (int)d, 0.f, acc, (int)d);
+        } else {
+            for (int64_t r = 0; r < rows; r++) {
+                for (int64_t c = 0; c < d; c++)
+                    ia[c] = 0;
                 for (int64_t x = 0; x < cols; x++) {
-                    float px = expf(sr[x] - mn);
-                    for (int64_t c = 0; c < d; c++)
-                        orow[c] += px * v[(j0 + x) * d + c];
+                    int32_t pc = (int32_t)s[r * cols + x];
+                    if (pc)
+                        for (int64_t c = 0; c < d; c++)
+                            ia[c] += pc * (int32_t)vb[x * d + c];
                 }
-                continue;
+                for (int64_t c = 0; c < d; c++)
+                    acc[r * d + c] = (float)ia[c];
             }
-            for (int64_t x = 0; x < cols; x++)
-                pc[x] = (int32_t)roundf(j->qmax * expf(sr[x] - mu));
-            for (int64_t c = 0; c < d; c++)
-                ia[c] = 0;
-            const int32_t *w = j->w + (g * dm->nk + j0) * d;
-            for (int64_t x = 0; x < cols; x++)
-                if (pc[x])
-                    for (int64_t c = 0; c < d; c++)
-                        ia[c] += pc[x] * w[x * d + c];
-            float sigma = expf(mu - mn) / j->qmax;
-            for (int64_t c = 0; c < d; c++)
-                orow[c] += sigma * tJ[c] * (float)ia[c];
+        }
+        const float *tJ = j->quant ? j->t + (g * j->nkb + KB) * d : NULL;
+        for (int64_t r = 0; r < rows; r++) {
+            float *orow = oacc + r * d;
+            const float *ar = acc + r * d;
+            if (tJ)
+                for (int64_t c = 0; c < d; c++)
+                    orow[c] += sig[r] * tJ[c] * ar[c];
+            else
+                for (int64_t c = 0; c < d; c++)
+                    orow[c] += ar[c];
         }
     }
     float *o = (float *)a->out[0].data + (h * dm->nq + i0) * d, *lse = (float *)a->out[1].data + h * dm->nq + i0;
@@ -157,12 +180,12 @@ static void qattn_item(int64_t item, void *ud, int thread)
 static size_t qattn_shared(const sl_tensor *in, int64_t bk)
 {
     int64_t hkv = in[1].shape[0], nk = in[1].shape[1], d = in[1].shape[2];
-    return round64(sizeof(int32_t) * (size_t)(hkv * nk * d)) + round64(sizeof(float) * (size_t)(hkv * ((nk + bk - 1) / bk) * d));
+    return round64(sizeof(float) * (size_t)(hkv * nk * d)) + round64(sizeof(float) * (size_t)(hkv * ((nk + bk - 1) / bk) * d));
 }
 
 static size_t qattn_per_thread(const sl_quant_attn_params *p, int64_t d)
 {
-    return round64(sizeof(float) * (size_t)(p->bq * p->bk + p->bq * d + 2 * p->bq) + sizeof(int32_t) * (size_t)(p->bk + d));
+    return round64(sizeof(float) * (size_t)(p->bq * p->bk + 2 * p->bq * d + 3 * p->bq) + sizeof(int32_t) * (size_t)d);
 }
 
 sl_status sl__cpu_quant_attn_block(const sl__kargs *a)
@@ -173,8 +196,9 @@ sl_status sl__cpu_quant_attn_block(const sl__kargs *a)
     j.nkb = (j.dm.nk + p->bk - 1) / p->bk;
     j.qmax = (float)((1 << (p->bits - 1)) - 1);
     j.quant = p->bits != 16;
+    j.exact_f32 = (double)p->bk * (double)j.qmax * (double)j.qmax < 16777216.0;
     j.w = a->scratch;
-    j.t = (float *)((char *)a->scratch + round64(sizeof(int32_t) * (size_t)(j.dm.hkv * j.dm.nk * j.dm.d)));
+    j.t = (float *)((char *)a->scratch + round64(sizeof(float) * (size_t)(j.dm.hkv * j.dm.nk * j.dm.d)));
     j.shared = qattn_shared(a->in, p->bk);
     j.per_thread = qattn_per_thread(p, j.dm.d);
     sl_status s;
