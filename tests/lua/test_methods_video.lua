@@ -549,6 +549,57 @@ test("paroattention: all blocks unquantised equal dense; INT8 and INT4 errors; p
   raises(function() sl.eval(paro, p6, {params = {block = 16, config = late}}) end, "no mask for step 6 or earlier")
 end)
 
+test("paroattention: INT8 / INT4 P.V (quant.attn_block) fidelity vs f32 at mask = all; the method runs the op", function()
+  local prob = stepped{heads = 3, seed = 9}
+  local base = {block = 16, density = 1, bits = 16}
+  local function with(t) local x = {} for a, b in pairs(base) do x[a] = b end for a, b in pairs(t) do x[a] = b end return x end
+  local f32 = sl.eval(paro, prob, {params = with{pv_bits = 16}})
+  local p8 = sl.eval(paro, prob, {params = with{pv_bits = 8}})
+  local p4 = sl.eval(paro, prob, {params = with{pv_bits = 4}})
+  truthy(f32.metrics.rel_l2 <= 1e-5, "f32 P.V at mask = all is dense")
+  truthy(p8.metrics.rel_l2 > 1e-6 and p8.metrics.rel_l2 < 0.02, "INT8 P.V rel_l2 " .. p8.metrics.rel_l2)
+  truthy(p4.metrics.rel_l2 > 3 * p8.metrics.rel_l2 and p4.metrics.rel_l2 < 0.3, "INT4 P.V rel_l2 " .. p4.metrics.rel_l2)
+  eq(p8.metrics.pv_bits, 8, "reported P.V bits")
+  -- default pv_bits follows bits (the card's INT8 QK + INT8 PV)
+  local d8 = sl.eval(paro, prob, {params = {block = 16, density = 1, bits = 8}})
+  eq(d8.metrics.pv_bits, 8, "pv_bits = bits by default")
+  -- the method's output is quant.attn_block's on the permuted problem
+  local r = paro.run(prob, sl.registry.resolve(paro, with{pv_bits = 8, density = 0.3}))
+  local perm = layout.video{frames = 4, height = 8, width = 8, text = 8}:perm_tensor(r.orders)
+  local qp, kp, vp = layout.permute(prob.q, perm), layout.permute(prob.k, perm), layout.permute(prob.v, perm)
+  local o = sl.quant.attn_block(qp, kp, vp, r.mask, {bits = 8})
+  truthy(sl.metric.max_abs(layout.unpermute(o, perm), r.o) < 1e-6, "method = op")
+end)
+
+test("paroattention: the incoherence term (our reading) and its weight in the order choice", function()
+  -- flat blocks score 0, one spike per block scores 1
+  local flat, flat_max = {{4, 4}, {4, 4}}, {{1, 1}, {1, 1}}
+  near(paro.incoherence(flat, flat_max, 4, 4), 0, 1e-12, "flat blocks")
+  local spike, spike_max = {{1, 1}, {1, 1}}, {{1, 1}, {1, 1}}
+  near(paro.incoherence(spike, spike_max, 4, 4), 1, 1e-12, "one spike per block")
+  -- a dominant weight picks, per head, the order of least incoherence (computed here from score.exact)
+  local prob = stepped{heads = 4, seed = 13}
+  local lay = prob.layout
+  local nb = (lay.n + 15) // 16
+  local keep = math.ceil(0.2 * nb * nb)
+  local want = {}
+  local best = {}
+  for _, order in ipairs(paro.ORDERS) do
+    local perm = lay:perm_tensor(order)
+    local qp, kp = layout.permute(prob.q, perm), layout.permute(prob.k, perm)
+    local w = sl.score.exact(qp, kp, {bq = 16, bk = 16, reduce = 0, causal = false}):totable()
+    local m = sl.score.exact(qp, kp, {bq = 16, bk = 16, reduce = 1, causal = false}):totable()
+    for h = 1, 4 do
+      local inc = paro.incoherence(w[h], m[h], keep, 256)
+      if not best[h] or inc < best[h] - 1e-12 then best[h], want[h] = inc, paro.NAMES[order] end
+    end
+  end
+  local r = sl.eval(paro, prob, {params = {block = 16, density = 0.2, bits = 16, quant_weight = 100}})
+  eq(r.metrics.head_orders, table.concat(want, ","), "quant_weight 100: least incoherent orders")
+  local r0 = sl.eval(paro, prob, {params = {block = 16, density = 0.2, bits = 16}})
+  truthy(r0.metrics.head_orders ~= r.metrics.head_orders, "the weight changes the choice: " .. r0.metrics.head_orders)
+end)
+
 -- ---- light_forcing ---------------------------------------------------------------
 
 local lf = sl.methods.get("light_forcing")
