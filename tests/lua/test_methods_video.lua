@@ -1053,6 +1053,37 @@ test("psa_pyramid: token re-arrangement round trip, text blocks at level 1, simi
   eq(psa.schedule(20, 4).dense_first, 4, "warm-up schedule")
 end)
 
+test("psa_pyramid: the separator-encoded level lists (reference newtype format)", function()
+  -- one head, two block rows of 6 key blocks
+  local lv = {{{1, 0, 2, 8, 1, 4}, {0, 0, 8, 8, 8, 1}}}
+  local lists = psa.to_lists(lv, 6):totable()[1]
+  local want1 = {0, 4, -1, 2, -1, 5, -1, 3, -1, 1, -1}
+  local want2 = {5, -1, -1, -1, 2, 3, 4, -1, 0, 1, -1}
+  for x = 1, 11 do eq(lists[1][x], want1[x], "row 1 entry " .. x) eq(lists[2][x], want2[x], "row 2 entry " .. x) end
+  local back = psa.from_lists(sl.tensor({lists}, "i32"))
+  for I = 1, 2 do for J = 1, 6 do eq(back[1][I][J], lv[1][I][J], "round trip") end end
+  -- density the reference's way: (2 + 1/2 + 1/4 + 1/8) / 6 and (1 + 3/8) / 6, averaged
+  near(psa.lists_density(sl.tensor({lists}, "i32")), ((2 + 0.5 + 0.25 + 0.125) / 6 + (1 + 3 / 8) / 6) / 2, 1e-12, "density")
+  -- round-down alignment (bk 64, tile_n 32: level s keeps a multiple of ceil(s / 2)): level 4 holds one block
+  -- (multiple 2), so block 5 moves to level 8; level 8 then holds 3 and 5 (multiple 4), both move to skipped
+  local al = psa.to_lists(lv, 6, {tile_n = 32, bk = 64}):totable()[1][1]
+  local want_al = {0, 4, -1, 2, -1, -1, -1, 1, 3, 5, -1}
+  for x = 1, 11 do eq(al[x], want_al[x], "aligned entry " .. x) end
+  -- malformed lists are one-line errors
+  raises(function() psa.from_lists(sl.tensor({{{0, -1, 1, -1, -1, -1, -1, -1}}}, "i32")) end, "6 separators, expected 5")
+  raises(function() psa.from_lists(sl.tensor({{{0, 0, -1, 2, -1, -1, -1, -1}}}, "i32")) end, "malformed")
+  -- the method with format = lists runs the decoded table: the same output as the level table
+  local prob = problem{heads = 2, seed = 91}
+  local base = {bq = 16, bk = 16, order = "gilbert", r1 = 0.2, r2 = 0.1, r8 = 0.3}
+  local a = sl.eval(psa, prob, {params = base})
+  local with = {format = "lists"}
+  for key, val in pairs(base) do with[key] = val end
+  local b = sl.eval(psa, prob, {params = with})
+  eq(sl.metric.max_abs(a.o, b.o), 0, "lists = levels")
+  truthy(b.metrics.list_density > 0 and b.metrics.list_density < 1, "list density " .. tostring(b.metrics.list_density))
+  raises(function() sl.eval(psa, prob, {params = {bq = 16, bk = 16, format = "bits"}}) end, "format must be levels or lists")
+end)
+
 test("text-first layouts: every layout method at its full budget equals dense", function()
   local prob = problem{heads = 2, seed = 71}
   local first = sl.problem{q = prob.q, k = prob.k, v = prob.v, causal = false,
