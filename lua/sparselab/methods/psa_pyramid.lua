@@ -455,8 +455,9 @@ M.checks = {"all blocks at level 1: exact dense", "identical keys in a level-s g
 
 M.graded_levels = function(prob, p) return graded_levels(prob, p) end
 
-function M.schedule(T, warmup)
-  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1}
+function M.schedule(T, warmup, dense_layers)
+  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1,
+    dense_layers = dense_layers or 0}
 end
 
 local run_blocked

@@ -23,7 +23,8 @@
 --      block (then R = 1, N = 0 for them);
 --   warm-up: dense first steps through sparselab.steps (M.schedule(T, w):
 --      dense_first = w; the reference's Wan T2V setting is 10 processor
---      calls = 5 steps x CFG 2).
+--      calls = 5 steps x CFG 2), and dense first layers (M.schedule(T, w,
+--      layers), session 3).
 -- Text (Hunyuan path, isolate_text = true): IPAR's isolated pooling — text
 -- keys are not pooled, each has its own logit, merged into one always-kept
 -- entry — by the op ipar.rectify (ref, cpu, CUDA; session 3 replaced the
@@ -35,8 +36,9 @@
 -- (correct.rectify's reading, the card's naive pooled rectification); the
 -- Lua path restored none there. Neighbour blocks are computed from token
 -- adjacency, our reading of gilbert_block_neighbor_mapping.
--- Layer-level warm-up (the reference's dense layers 0-1) is not applied:
--- a problem here is one attention layer (see docs/notes/issue-15.md).
+-- Layer-level warm-up (the reference's dense layers 0-1): M.schedule(T, w,
+-- 2) on a multi-layer trajectory (sparselab.steps dense_layers; a single
+-- problem is one layer, so sl.eval alone never sees it).
 -- Reference read (card): BienLuky/Rectified-SpaAttn rectified_hunyuan_attn.py
 -- _build_block_index_with_importance_optimized, gapr_mask.py estimate_pr_gain.
 local sl = require "sparselab"
@@ -45,8 +47,12 @@ local video = require "sparselab.video"
 local M = {}
 local ID = "rectified_spaattn"
 
-function M.schedule(T, warmup)
-  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1}
+--- Warm-up: dense first `warmup` steps and (session 3) dense layers below
+--- `dense_layers` (the reference's Wan setting: layers 0-1) — the latter
+--- acts on multi-layer trajectories (steps.replay with {layers = ...}).
+function M.schedule(T, warmup, dense_layers)
+  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1,
+    dense_layers = dense_layers or 0}
 end
 
 --- The 26-neighbour blocks of every block (0-based sets) for a token order.
