@@ -236,6 +236,10 @@ test("layer-level dense fallbacks: the first layers of a multi-layer trajectory 
   raises(function() sl.steps.replay{method = rsa, schedule = {steps = 2}, trajectory = bad, params = {block = 8}} end,
     "step 1 has 1 layers, step 0 had 3")
   raises(function() sl.steps.schedule{steps = 2, dense_layers = -1} end, "dense_layers")
+  -- sparse_videogen's step 5: the reference's fractions of steps and layers
+  local svg = sl.methods.get("sparse_videogen").schedule(50, 60)
+  eq(svg.dense_first, 5, "first 10% of 50 steps")
+  eq(svg.dense_layers, 1, "first 3% of 60 layers")
 end)
 
 test("schedule and step-state errors are one line", function()
