@@ -8,6 +8,7 @@
  * else int32 loops. */
 #include "cpu.h"
 #include "parallel.h"
+#include "rowops.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -47,6 +48,7 @@ typedef struct qattn_job {
     sl__attn_dims dm;
     int64_t nqb, nkb, hm;
     float qmax;
+    sl__cpu_rowops ro;
     int quant, exact_f32; /* exact_f32: bk.qmax^2 < 2^24, the code product runs as an sgemm */
     float *w;         /* V codes [Hkv, nk, d] (integer values) */
     float *t;         /* V scales [Hkv, nkb, d] */
@@ -117,22 +119,24 @@ static void qattn_item(int64_t item, void *ud, int thread)
                     if (!br[x])
                         sr[x] = -INFINITY;
             }
-            for (int64_t x = 0; x < cols; x++)
-                mu = fmaxf(mu, sr[x]);
+            mu = j->ro.max(sr, cols, -INFINITY);
             if (mu == -INFINITY) {
                 sig[r] = 0;
                 for (int64_t x = 0; x < cols; x++)
                     sr[x] = 0;
                 continue;
             }
-            float mn = fmaxf(m[r], mu), alpha = expf(m[r] - mn), sum = 0;
+            float mn = fmaxf(m[r], mu), alpha = expf(m[r] - mn), sum;
             float *orow = oacc + r * d;
             for (int64_t c = 0; c < d; c++)
                 orow[c] *= alpha;
-            for (int64_t x = 0; x < cols; x++) {
-                float px = expf(sr[x] - mn);
-                sum += px;
-                sr[x] = j->quant ? roundf(j->qmax * expf(sr[x] - mu)) : px;
+            if (j->quant) {
+                /* exp(s - mu) once: the codes, and the f32 P's sum rescaled to the running max */
+                sum = j->ro.exp_sum(sr, cols, mu) * expf(mu - mn);
+                for (int64_t x = 0; x < cols; x++)
+                    sr[x] = roundf(j->qmax * sr[x]);
+            } else {
+                sum = j->ro.exp_sum(sr, cols, mn);
             }
             l[r] = l[r] * alpha + sum;
             m[r] = mn;
@@ -195,6 +199,7 @@ sl_status sl__cpu_quant_attn_block(const sl__kargs *a)
     j.nqb = (j.dm.nq + p->bq - 1) / p->bq;
     j.nkb = (j.dm.nk + p->bk - 1) / p->bk;
     j.qmax = (float)((1 << (p->bits - 1)) - 1);
+    j.ro = sl__cpu_rowops_for(a->ctx);
     j.quant = p->bits != 16;
     j.exact_f32 = (double)p->bk * (double)j.qmax * (double)j.qmax < 16777216.0;
     j.w = a->scratch;
