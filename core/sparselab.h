@@ -1001,6 +1001,53 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * Nothing of size Nq x Nk exists: each row's keys are found from the lists
  * (time proportional to the pairs kept). */
 
+/* ---- video / DiT, session 3 (issue 15) ----
+ * ipar.rectify (card rectified_spaattn, steps 1-3 and 5-8 with IPAR's
+ * isolated text pooling, the Hunyuan path): inputs q [Hq, N, D], k, v [Hkv,
+ * N, D] (self-attention, non-causal), a block mask M (the four arrays; bq =
+ * bk = b set from it) and o_sparse [Hq, N, D] (attn.block_sparse over M);
+ * params scale, gapr, video0, n_video. The video tokens are [video0, video0
+ * + n_video) (video0 and n_video multiples of b, n_video >= b), in nbv =
+ * n_video / b whole blocks; every other token is text. For head h (kv head
+ * g, mask head h / (Hq/Hm)) and video query block I (global block I0 + I,
+ * I0 = video0 / b):
+ *   q̄_I, e^q_I = mean and mean |q - q̄_I| per channel over I's rows;
+ *   k̄_J, e^k_J, v̄_J likewise over video key block J (kv head g);
+ *   logits: s_J = scale·q̄_I·k̄_J + log b (video block J: IPAR, it stands
+ *   for b keys), s_t = scale·q̄_I·k_t (text key t: not pooled, its own
+ *   logit); P over [s_J ; s_t] (one softmax); the text entries merge into
+ *   one always-kept entry P_text = Σ_t P_t;
+ *   GAPR (raw dot products): trusted_J = |q̄·k̄_J| > |e^q·k̄_J| + |q̄·e^k_J|
+ *   (gapr = 0: every J trusted);
+ *   J restored when M keeps no pair of (I0 + I, I0 + J) and trusted_J;
+ *   r_I = P_text + Σ_{J not restored} P_J, restored_I = Σ_{J restored} P_J,
+ *   N_I = Σ_{J restored} P_J·v̄_J; O_i = r_I·o_sparse_i + N_I for i in I.
+ * Text query rows keep o_sparse (the method keeps them dense). Outputs O
+ * [Hq, N, D], r and restored [Hq, nbv] (r + restored = 1). With no text
+ * tokens this is correct.rectify (non-causal, bq = bk). Memory O(N·D).
+ *
+ * quant.attn_block (PAROAttention's quantised P·V, emulated): inputs q
+ * [Hq, Nq, D], k, v [Hkv, Nk, D] and a block mask (as attn.block_sparse;
+ * partial blocks use their token bits); params bq, bk (from the mask),
+ * scale, bits. qmax = 2^(bits-1) - 1. For row i, s_ij = scale·q_i·k_j over
+ * its kept keys; m_i = max_j s_ij, l_i = Σ_j exp(s_ij - m_i) (the f32 P
+ * before quantisation, as a FlashAttention kernel sums it).
+ *   P codes per (row i, kept key block J): μ_iJ = max over the block's kept
+ *   keys of s_ij, p_ij = round(qmax·exp(s_ij - μ_iJ)) in 0 .. qmax, scale
+ *   σ_iJ = exp(μ_iJ - m_i) / qmax (the codes do not depend on the running
+ *   max, so a one-pass kernel gets the same integers);
+ *   V codes per (kv head, key block J, channel c), once for all rows:
+ *   t_Jc = max_{j in J} |v_jc| / qmax in f32 (1 when 0), w_jc =
+ *   clamp(roundf(v_jc / t_Jc), -qmax, qmax) (quant.fake's f32 rule);
+ *   a_iJc = Σ_{kept j in J} p_ij·w_jc, exact integers (int32);
+ *   O_ic = Σ_J σ_iJ·t_Jc·a_iJc / l_i; lse_i = m_i + log l_i.
+ * Emulated precision: the integer products and their sums are exact (as an
+ * INT8/INT4 MMA with int32 accumulators); the scores, softmax statistics
+ * and the scale products are f32 (float64 in ref). bits = 16: no
+ * quantisation, O = Σ_j exp(s_ij - m_i)·v_j / l_i (attn.block_sparse). Q and
+ * K are quantised by the caller (quant.fake). A row with no kept key gives
+ * O = 0, lse = -inf. Outputs O [Hq, Nq, D], lse [Hq, Nq]. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -17,6 +17,12 @@
 --              executor; a method with neither a block mask nor reuse()
 --              estimates again.
 -- budgets (optional, one per step) is the method's knob for that step.
+-- dense_layers = k (session 3): layer-level dense fallbacks — a problem
+-- whose `layer` (0-based, default 0) is below k runs dense at every step
+-- (the cards' "first layers dense", e.g. rectified_spaattn's Wan warm-up
+-- of layers 0-1). A multi-layer trajectory gives each step as {layers =
+-- {problem of layer 0, problem of layer 1, ...}}; replay keeps one state
+-- per layer and records every (step, layer).
 --
 -- State (steps.state{schedule =, method =, prob =}) is a plain table
 -- {method, shape = {H, n, d}, layout, step, cache = {mask, lse, o, step}}
@@ -36,19 +42,21 @@ local function nonneg_int(v, what)
   return i
 end
 
-local SCHEDULE_KEYS = {steps = true, dense_first = true, dense_steps = true, refresh = true, budgets = true}
+local SCHEDULE_KEYS = {steps = true, dense_first = true, dense_steps = true, refresh = true, budgets = true,
+  dense_layers = true}
 
 --- A schedule (see the header).
 function S.schedule(t)
   if type(t) ~= "table" then sl.fail("steps.schedule: expected a table {steps =, dense_first =, refresh =}") end
   for key in pairs(t) do
     if not SCHEDULE_KEYS[key] then
-      sl.fail("steps.schedule: unknown key '%s' (expected steps, dense_first, dense_steps, refresh, budgets)",
+      sl.fail("steps.schedule: unknown key '%s' (expected steps, dense_first, dense_steps, refresh, budgets, dense_layers)",
         tostring(key))
     end
   end
   local s = {kind = "schedule", steps = nonneg_int(t.steps, "steps"), dense_first = nonneg_int(t.dense_first or 0,
-    "dense_first"), refresh = nonneg_int(t.refresh or 1, "refresh"), dense = {}, budgets = t.budgets}
+    "dense_first"), refresh = nonneg_int(t.refresh or 1, "refresh"), dense = {}, budgets = t.budgets,
+    dense_layers = nonneg_int(t.dense_layers or 0, "dense_layers")}
   if s.steps < 1 then sl.fail("steps.schedule: steps must be at least 1, found 0") end
   if s.refresh < 1 then sl.fail("steps.schedule: refresh must be at least 1 (steps between estimates), found 0") end
   if s.dense_first > s.steps then
@@ -66,8 +74,10 @@ function S.schedule(t)
   return s
 end
 
---- The action of 0-based step `step` given the state's cache.
-function S.action(schedule, step, state)
+--- The action of 0-based step `step` of 0-based layer `layer` (default 0)
+--- given the state's cache.
+function S.action(schedule, step, state, layer)
+  if (layer or 0) < (schedule.dense_layers or 0) then return "dense" end
   if step < schedule.dense_first or schedule.dense[step] then return "dense" end
   local c = state and state.cache
   if not (c and c.estimated) or step - c.estimated >= schedule.refresh then return "estimate" end
@@ -118,7 +128,7 @@ function S.run_step(schedule, state, m, prob, p, step)
     sl.fail("steps: step %d is past the schedule's %d steps", step, schedule.steps)
   end
   prob.state = prob.state or state
-  local action = S.action(schedule, step, state)
+  local action = S.action(schedule, step, state, prob.layer)
   -- nothing to reuse (a method without reuse() whose estimate left no block
   -- mask, e.g. graded pooled levels): estimate again
   if action == "reuse" and not m.reuse and not sl.mask.is_mask(state.cache.mask) then action = "estimate" end
@@ -173,8 +183,9 @@ local function trajectory_problem(traj, step)
 end
 
 --- Replays a trajectory: {method =, schedule =, trajectory =, params =,
---- budget =}. Returns {steps = {record per step}, mean = {...}}; each record
---- {step, action, rel_l2, recall_mean, density, time_ms, estimate_ms,
+--- budget =}. Returns {steps = {record per step (per step and layer for a
+--- multi-layer trajectory)}, mean = {...}, state, states (per layer)}; each record
+--- {step, layer, action, rel_l2, recall_mean, density, time_ms, estimate_ms,
 --- execute_ms, reuse_ms, budget}.
 function S.replay(t)
   local m = sl.methods.get(t.method)
@@ -189,31 +200,45 @@ function S.replay(t)
   if sch.steps > length then
     sl.fail("steps.replay: the schedule has %d steps, the trajectory only %d", sch.steps, length)
   end
-  local state
+  local states, n_layers = {}, nil
   local records, sums = {}, {}
   for step = 0, sch.steps - 1 do
-    local prob = sl.problem(trajectory_problem(traj, step))
-    prob._checked = true
-    state = state or S.state{method = m, prob = prob}
-    local budget = sch.budgets and sch.budgets[step + 1] or t.budget
-    local p = sl.registry.resolve(m, t.params, budget)
-    local t0 = sl.time()
-    local out = S.run_step(sch, state, m, prob, p, step)
-    local ms = (sl.time() - t0) * 1e3
-    local ref = require("sparselab.eval").dense(prob)
-    local rec = {step = step, action = out.stats.action, time_ms = ms, budget = budget,
-      rel_l2 = sl.metric.rel_l2(out.o, ref.o), density = out.stats.density or 1,
-      estimate_ms = out.stats.estimate_ms, execute_ms = out.stats.execute_ms, reuse_ms = out.stats.reuse_ms,
-      dense_time_ms = ref.time_ms}
-    rec.recall_mean = sl.metric.recall(out.lse, ref.lse)
-    records[#records + 1] = rec
-    for _, key in ipairs{"rel_l2", "recall_mean", "density", "time_ms", "estimate_ms", "execute_ms", "reuse_ms"} do
-      sums[key] = (sums[key] or 0) + rec[key]
+    local item = trajectory_problem(traj, step)
+    local list = type(item) == "table" and item.layers or {item}
+    if type(list) ~= "table" or #list < 1 then
+      sl.fail("steps.replay: step %d's {layers = ...} lists no problems", step)
+    end
+    n_layers = n_layers or #list
+    if #list ~= n_layers then
+      sl.fail("steps.replay: step %d has %d layers, step 0 had %d", step, #list, n_layers)
+    end
+    for l0, raw in ipairs(list) do
+      local prob = sl.problem(raw)
+      prob._checked = true
+      if item.layers then prob.layer = prob.layer or (l0 - 1) end
+      local layer = prob.layer or 0
+      states[layer] = states[layer] or S.state{method = m, prob = prob}
+      local budget = sch.budgets and sch.budgets[step + 1] or t.budget
+      local p = sl.registry.resolve(m, t.params, budget)
+      local t0 = sl.time()
+      local out = S.run_step(sch, states[layer], m, prob, p, step)
+      local ms = (sl.time() - t0) * 1e3
+      local ref = require("sparselab.eval").dense(prob)
+      local rec = {step = step, layer = layer, action = out.stats.action, time_ms = ms, budget = budget,
+        rel_l2 = sl.metric.rel_l2(out.o, ref.o), density = out.stats.density or 1,
+        estimate_ms = out.stats.estimate_ms, execute_ms = out.stats.execute_ms, reuse_ms = out.stats.reuse_ms,
+        dense_time_ms = ref.time_ms}
+      rec.recall_mean = sl.metric.recall(out.lse, ref.lse)
+      records[#records + 1] = rec
+      for _, key in ipairs{"rel_l2", "recall_mean", "density", "time_ms", "estimate_ms", "execute_ms", "reuse_ms"} do
+        sums[key] = (sums[key] or 0) + rec[key]
+      end
     end
   end
   local mean = {}
   for key, v in pairs(sums) do mean[key] = v / #records end
-  return {method = m.id, steps = records, mean = mean, state = state}
+  return {method = m.id, steps = records, mean = mean, state = states[0] or states[next(states)], states = states,
+    layers = n_layers}
 end
 
 return S

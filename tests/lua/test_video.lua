@@ -197,6 +197,51 @@ test("a dense-steps schedule reproduces dense on those steps; refresh reuses the
   for i = 1, 3 do truthy(full.steps[i].rel_l2 <= 1e-5, "budget 1 at step " .. i) end
 end)
 
+test("layer-level dense fallbacks: the first layers of a multi-layer trajectory run dense at every step", function()
+  -- three layers (different seeds), three steps
+  local traj = {}
+  for st = 0, 2 do
+    local layers = {}
+    for l = 0, 2 do
+      local q, k, v, _, lay = layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 2,
+        seed = 30 + l, step = st}
+      layers[l + 1] = {q = q, k = k, v = v, causal = false, layout = lay}
+    end
+    traj[st + 1] = {layers = layers}
+  end
+  local rsa = sl.methods.get("rectified_spaattn")
+  local sch = rsa.schedule(3, 1, 2)
+  eq(sch.dense_layers, 2, "dense layers in the schedule")
+  local r = sl.steps.replay{method = rsa, schedule = sch, trajectory = traj, params = {block = 8, drop_rate = 0.8}}
+  eq(#r.steps, 9, "a record per step and layer")
+  eq(r.layers, 3, "three layers")
+  for _, rec in ipairs(r.steps) do
+    if rec.layer < 2 or rec.step < 1 then
+      eq(rec.action, "dense", "layer " .. rec.layer .. " step " .. rec.step)
+      truthy(rec.rel_l2 <= 1e-5, "dense fallback reproduces dense: " .. rec.rel_l2)
+    else
+      eq(rec.action, "estimate", "layer 2 follows the schedule at step " .. rec.step)
+      truthy(rec.rel_l2 > 1e-4, "layer 2 is sparse")
+    end
+  end
+  -- one state per layer: layer 2 estimated at steps 1 and 2, layers 0 and 1 never
+  eq(r.states[2].cache.estimated, 2, "layer 2's own cache")
+  eq(r.states[0].cache.estimated, nil, "layer 0 never estimated")
+  -- without the fallback every layer is sparse after the warm-up step
+  local r0 = sl.steps.replay{method = rsa, schedule = rsa.schedule(3, 1), trajectory = traj,
+    params = {block = 8, drop_rate = 0.8}}
+  for _, rec in ipairs(r0.steps) do if rec.step >= 1 then eq(rec.action, "estimate", "no layer fallback") end end
+  -- errors: a ragged trajectory, a negative layer count
+  local bad = {traj[1], {layers = {traj[2].layers[1]}}}
+  raises(function() sl.steps.replay{method = rsa, schedule = {steps = 2}, trajectory = bad, params = {block = 8}} end,
+    "step 1 has 1 layers, step 0 had 3")
+  raises(function() sl.steps.schedule{steps = 2, dense_layers = -1} end, "dense_layers")
+  -- sparse_videogen's step 5: the reference's fractions of steps and layers
+  local svg = sl.methods.get("sparse_videogen").schedule(50, 60)
+  eq(svg.dense_first, 5, "first 10% of 50 steps")
+  eq(svg.dense_layers, 1, "first 3% of 60 layers")
+end)
+
 test("schedule and step-state errors are one line", function()
   raises(function()
     sl.steps.replay{method = "sparse_videogen", schedule = {steps = 6}, trajectory = trajectory(3)}

@@ -8,9 +8,13 @@
 --      concentration: the fraction of the head's exact attention mass
 --      (score.exact block sums on the permuted Q, K) inside its densest
 --      ceil(density·nb^2) blocks, summed over the calibration problems;
---      highest wins (ties: the first in the list). The quantisation
---      "incoherence" term of the paper's metric is not used (its formula is
---      unknown in the card);
+--      highest wins (ties: the first in the list). Quantisation term
+--      (session 3, our reading — the card names in-block "incoherence,
+--      e.g. max/mean spread" and leaves formula and weights unknown): with
+--      quant_weight = λ > 0 the score is concentration − λ·incoherence,
+--      incoherence = mean over the densest blocks of log(max P / mean P) /
+--      log(B²) (M.incoherence; score.exact block sums and maxes); λ = 0
+--      (default) is block sparsity alone;
 --   2. offline per (timestep, layer, head): a static block mask in the
 --      permuted order, the densest ceil(density·nb^2) blocks of the block
 --      mass (head-global threshold); the timestep is the problem's
@@ -20,9 +24,17 @@
 --      K quantised to INT-b (quant.fake: Q per 32 rows, K per 64 rows, the
 --      reference's WARPQ / BLKK groups; bits = 16: not quantised), one
 --      block-sparse pass with the static masks ∪ text rows and columns, O
---      and L permuted back. Emulated precision: the INT-b values are exact,
---      the products and the P·V stay f32 (the reference's INT8 P·V is not
---      emulated).
+--      and L permuted back. P·V (session 3): quant.attn_block with pv_bits
+--      (default: = bits, the card's INT8 QK + INT8 PV; 16: f32 P·V).
+--      Emulated precision: Q, K hold exact INT-b grid values, QKᵀ and the
+--      softmax statistics are f32; P is coded per (query row, key block)
+--      as round(qmax·exp(s − block max)) (0..qmax, scale exp(block max −
+--      row max)/qmax), V per (key block, channel) symmetric INT-b, their
+--      products summed exactly in int32, scaled in f32; the row sum l is
+--      the f32 P's (as a FlashAttention kernel keeps it). The reference's
+--      per-warp scale layout of P is not public in the card; per (row,
+--      block) is our reading. Fidelity vs f32 at mask = all: see the test
+--      and docs/notes/issue-15.md.
 -- Plans come from `config` (sparselab calibrate paroattention ... --layout)
 -- or, without one, from the problem itself (self-calibrated).
 -- Reference (card): jamescsq47/PAROAtten permute_qk / permute_attn_out, per_warp_int8;
@@ -35,10 +47,12 @@ local ID = "paroattention"
 M.ORDERS = {"fyx", "fxy", "yxf", "yfx", "xyf", "xfy"}
 M.NAMES = {fyx = "FHW", fxy = "FWH", yxf = "HWF", yfx = "HFW", xyf = "WHF", xfy = "WFH"}
 
-local function block_mass(prob, lay, order, b)
+local function block_mass(prob, lay, order, b, with_max)
   local perm = lay:perm_tensor(order)
   local qp, kp = sl.layout.permute(prob.q, perm, prob.backend), sl.layout.permute(prob.k, perm, prob.backend)
-  return sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend}):totable()
+  local sum = sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend}):totable()
+  if not with_max then return sum end
+  return sum, sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 1, causal = false, backend = prob.backend}):totable()
 end
 
 -- flattened (I, J) block indices of one head sorted by mass, densest first
@@ -65,6 +79,26 @@ function M.concentration(wh, keep)
   return tot > 0 and top / tot or 0
 end
 
+--- Step 1's quantisation term (our reading of the paper's in-block
+--- "incoherence"; the card gives no formula): for the densest `keep` blocks
+--- of a head's attention map, log(max P / mean P) over the block's bq·bk
+--- entries, averaged and divided by log(bq·bk) (0: flat blocks, easy to
+--- quantise with one scale; 1: one spike per block). wh: block sums, mh:
+--- block maxes, cells = entries per block (the ragged last blocks are
+--- counted as full: a small bias on them only).
+function M.incoherence(wh, mh, keep, cells)
+  local idx = ranked(wh)
+  local nb = #wh
+  local acc, cnt = 0, 0
+  for x = 1, math.min(keep, #idx) do
+    local i = idx[x]
+    local I, J = (i - 1) // nb + 1, (i - 1) % nb + 1
+    local mean = wh[I][J] / cells
+    if mean > 0 then acc = acc + math.log(math.max(1, mh[I][J] / mean)); cnt = cnt + 1 end
+  end
+  return cnt > 0 and acc / cnt / math.log(cells) or 0
+end
+
 local function keep_count(nb, density) return math.min(nb * nb, math.max(1, math.ceil(density * nb * nb))) end
 
 --- The offline search over calibration problems (see the header).
@@ -82,12 +116,13 @@ function M.calibrate(problems, opts)
       score[o] = {}
       for h = 1, H do score[o][h] = 0 end
       for _, prob in ipairs(probs) do
-        local w = block_mass(prob, lay, order, p.block)
+        local w, wmax = block_mass(prob, lay, order, p.block, p.quant_weight > 0)
         local step = tostring(math.tointeger((prob.workload_params or {}).step) or 0)
         mass[step] = mass[step] or {}
         mass[step][o] = mass[step][o] or {}
         for h = 1, H do
           score[o][h] = score[o][h] + M.concentration(w[h], keep)
+          if wmax then score[o][h] = score[o][h] - p.quant_weight * M.incoherence(w[h], wmax[h], keep, p.block * p.block) end
           local acc = mass[step][o][h]
           if not acc then mass[step][o][h] = w[h]
           else for I = 1, nb do for J = 1, nb do acc[I][J] = acc[I][J] + w[h][I][J] end end end
@@ -121,7 +156,7 @@ end
 
 local function plan_for(prob, p)
   local layer = video.plan_layer(ID, prob, p, "orders", function(pr)
-    return M.calibrate({pr}, {params = {block = p.block, density = p.density}})
+    return M.calibrate({pr}, {params = {block = p.block, density = p.density, quant_weight = p.quant_weight}})
   end)
   local step = math.tointeger((prob.workload_params or {}).step) or 0
   local best
@@ -155,13 +190,19 @@ local function run(prob, p)
     q = sl.quant.fake(q, {bits = p.bits, group = 32, backend = be})
     k = sl.quant.fake(k, {bits = p.bits, group = 64, backend = be})
   end
-  local o, lse = sl.attn.block_sparse(q, k, v, mask, {backend = be})
+  local pv_bits = p.pv_bits > 0 and p.pv_bits or p.bits
+  local o, lse
+  if pv_bits < 16 then
+    o, lse = sl.quant.attn_block(q, k, v, mask, {bits = pv_bits, backend = be})
+  else
+    o, lse = sl.attn.block_sparse(q, k, v, mask, {backend = be})
+  end
   o, lse = sl.layout.unpermute(o, perm, be), sl.layout.unpermute(lse, perm, be)
   local t2 = sl.time()
   local names = {}
   for h, o2 in ipairs(orders) do names[h] = M.NAMES[o2] end
   return {o = o, lse = lse, mask = mask, orders = orders, stats = {density = mask:density(false),
-    flops = sl.op_flops("attn.block_sparse", q, k, v, mask, {}), estimate_ms = (t1 - t0) * 1e3,
+    flops = sl.op_flops("attn.block_sparse", q, k, v, mask, {}), pv_bits = pv_bits, estimate_ms = (t1 - t0) * 1e3,
     execute_ms = (t2 - t1) * 1e3, head_orders = table.concat(names, ",")}}
 end
 
@@ -170,15 +211,19 @@ M.card = ID
 M.title = "PAROAttention: Pattern-Aware ReOrdering for Efficient Sparse and Quantized Attention in Visual Generation Models"
 M.family = "video-pattern"
 M.phase = "prefill"
-M.summary = "Per-head axis-order permutation chosen offline, static per-step block masks, INT8 Q/K (emulated)."
+M.summary = "Per-head axis-order permutation chosen offline, static per-step block masks, INT8 Q/K and INT8 P.V (emulated)."
 M.knob = "density"
 M.params = {
   density = {default = 0.25, min = 0, max = 1, doc = "kept fraction of blocks per head (static masks)"},
   block = {default = 64, min = 1, max = 4096, int = true, doc = "block size"},
   bits = {default = 8, min = 2, max = 16, int = true, doc = "INT-b Q and K (16: not quantised)"},
+  pv_bits = {default = 0, min = 0, max = 16, int = true,
+    doc = "INT-b P and V codes of the P.V product (quant.attn_block; 2..8, 16: f32 P.V); 0: the same as bits (the card's INT8 QK + INT8 PV)"},
+  quant_weight = {default = 0, min = 0, max = 100,
+    doc = "weight of the quantisation (incoherence) term in the order metric (0: block sparsity alone; the paper's weights are unknown)"},
   config = {default = nil, doc = "the plan: a calibration file path (sparselab calibrate) or its table"},
 }
-M.ops = {"perm.apply", "score.exact", "quant.fake", "attn.block_sparse"}
+M.ops = {"perm.apply", "score.exact", "quant.fake", "quant.attn_block", "attn.block_sparse"}
 M.checks = {"permutation round trip exact, text untouched", "all blocks without quantisation equal dense",
   "a same-position (temporal) head picks an order with F innermost", "INT8 / INT4 error at mask = all, documented",
   "a score-blind order choice loses fidelity"}

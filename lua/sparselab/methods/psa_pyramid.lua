@@ -43,8 +43,13 @@
 --      back; with a layout, key blocks holding text are forced to level 1
 --      (the reference's process_text_tokens); dense warm-up steps are a
 --      sparselab.steps schedule (M.schedule(T, warmup)).
--- Not here: the separator-encoded "newtype" level lists (an executor
--- format; attn.pooled_kv takes the level table directly).
+--   3e. (session 3) the separator-encoded "newtype" level lists
+--      (format = "lists"; M.to_lists / M.from_lists / M.lists_density, see
+--      above the module's fields): the graded mask is encoded, its density
+--      computed the reference's way, and decoded back for attn.pooled_kv;
+--      list_align applies transfer_mask_to_new_type's round-down segment
+--      alignment. attn.pooled_kv's kernels read the level table, not the
+--      lists (a list-reading kernel is not written).
 -- Readings for causal problems (the card is non-causal diffusion):
 --   * the diagonal key block of every query block is forced to level 1 (a
 --     pooled group straddling the causal cut would be dropped; the card's
@@ -308,6 +313,109 @@ local function graded_levels(prob, p)
   return M.levels_tensor(qs[1], nqb, nkb, function(h, I, J) return lv[h][I][J] end), lv, nqb, nkb
 end
 
+-- ---- the separator-encoded level lists ("newtype", session 3) ----
+-- The reference's executor format (transfer_attn_to_mask.py,
+-- transfer_mask_to_new_type / calc_density_newtype): per query-block row
+-- nkb + 5 entries, the key blocks of level 1, then 2, 4, 8, then the
+-- skipped ones (level 0), each segment closed by a -1 separator. Within a
+-- segment: ascending block index (the reference's unstable sort leaves the
+-- order open; our reading). Optional round-down alignment of
+-- transfer_mask_to_new_type: segment s (1, 2, 4, 8) keeps a multiple of
+-- max(1, ceil(s / max(1, bk // tile_n))) entries, its last `remainder`
+-- entries move to the next segment (they get the next coarser level).
+M.LIST_LEVELS = {1, 2, 4, 8, 0}
+
+--- lists i32 [H, nqb, nkb + 5] from lv[h][I][J] (1-based tables of levels).
+function M.to_lists(lv, nkb, opts)
+  opts = opts or {}
+  local align = {}
+  for x, s in ipairs(M.LIST_LEVELS) do
+    align[x] = 1
+    if opts.tile_n and opts.tile_n > 0 and s > 0 then
+      align[x] = math.max(1, math.ceil(s / math.max(1, (opts.bk or 64) // opts.tile_n)))
+    end
+  end
+  local out = {}
+  for h, lh in ipairs(lv) do
+    out[h] = {}
+    for I, row in ipairs(lh) do
+      local seg = {}
+      for x = 1, #M.LIST_LEVELS do seg[x] = {} end
+      for J = 1, nkb do
+        local x
+        for y, s in ipairs(M.LIST_LEVELS) do if row[J] == s then x = y end end
+        if not x then sl.fail("psa_pyramid: level %s of block %d has no segment in the level lists", tostring(row[J]), J) end
+        seg[x][#seg[x] + 1] = J - 1
+      end
+      for x = 1, #M.LIST_LEVELS - 1 do
+        local r = #seg[x] % align[x]
+        if r > 0 then
+          local moved = {}
+          for _ = 1, r do table.insert(moved, 1, table.remove(seg[x])) end
+          for _, J in ipairs(moved) do seg[x + 1][#seg[x + 1] + 1] = J end
+          table.sort(seg[x + 1])
+        end
+      end
+      local list = {}
+      for x = 1, #M.LIST_LEVELS do
+        for _, J in ipairs(seg[x]) do list[#list + 1] = J end
+        list[#list + 1] = -1
+      end
+      out[h][I] = list
+    end
+  end
+  return sl.tensor(out, "i32")
+end
+
+--- Decodes level lists (i32 [H, nqb, nkb + 5]) into lv[h][I][J] levels,
+--- checking the format (five separators, every block exactly once).
+function M.from_lists(lists)
+  local t = lists:totable()
+  local lv = {}
+  for h, th in ipairs(t) do
+    lv[h] = {}
+    for I, list in ipairs(th) do
+      local nkb = #list - #M.LIST_LEVELS
+      local row, seen, x = {}, {}, 1
+      for _, e in ipairs(list) do
+        e = math.tointeger(e)
+        if e == -1 then x = x + 1
+        else
+          if x > #M.LIST_LEVELS or e < 0 or e >= nkb or seen[e] then
+            sl.fail("psa_pyramid: level list of head %d, block row %d is malformed at block %d", h, I, e)
+          end
+          seen[e] = true
+          row[e + 1] = M.LIST_LEVELS[x]
+        end
+      end
+      if x ~= #M.LIST_LEVELS + 1 then
+        sl.fail("psa_pyramid: level list of head %d, block row %d has %d separators, expected %d", h, I, x - 1, #M.LIST_LEVELS)
+      end
+      for J = 1, nkb do
+        if not row[J] then sl.fail("psa_pyramid: level list of head %d, block row %d misses block %d", h, I, J - 1) end
+      end
+      lv[h][I] = row
+    end
+  end
+  return lv
+end
+
+--- calc_density_newtype: per row Σ_s len_s / s over the nkb blocks, averaged.
+function M.lists_density(lists)
+  local t, acc, rows = lists:totable(), 0, 0
+  for _, th in ipairs(t) do
+    for _, list in ipairs(th) do
+      local x, d = 1, 0
+      for _, e in ipairs(list) do
+        if e == -1 then x = x + 1
+        elseif M.LIST_LEVELS[x] > 0 then d = d + 1 / M.LIST_LEVELS[x] end
+      end
+      acc, rows = acc + d / (#list - #M.LIST_LEVELS), rows + 1
+    end
+  end
+  return rows > 0 and acc / rows or 0
+end
+
 M.id = "psa_pyramid"
 M.card = "psa_pyramid"
 M.title = "PSA: Pyramid Sparse Attention for Efficient Video Understanding and Generation"
@@ -335,6 +443,8 @@ M.params = {
   sim4 = {default = 0.0, min = -1, max = 1, doc = "... for level 4"},
   sim8 = {default = -1.0, min = -1, max = 1, doc = "... for level 8"},
   order = {default = "none", doc = "token re-arrangement with a video layout: none, gilbert, tiles or an axis order"},
+  format = {default = "levels", doc = "levels (the level table) or lists (the reference's separator-encoded level lists, decoded for the executor)"},
+  list_align = {default = false, doc = "lists: the round-down segment alignment of transfer_mask_to_new_type (uses tile_n)"},
   tf = {default = 1, min = 1, max = 4096, int = true, doc = "tiles order: frames per tile"},
   th = {default = 4, min = 1, max = 4096, int = true, doc = "tiles order: rows per tile"},
   tw = {default = 4, min = 1, max = 4096, int = true, doc = "tiles order: columns per tile"},
@@ -345,8 +455,9 @@ M.checks = {"all blocks at level 1: exact dense", "identical keys in a level-s g
 
 M.graded_levels = function(prob, p) return graded_levels(prob, p) end
 
-function M.schedule(T, warmup)
-  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1}
+function M.schedule(T, warmup, dense_layers)
+  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1,
+    dense_layers = dense_layers or 0}
 end
 
 local run_blocked
@@ -388,6 +499,17 @@ run_blocked = function(prob, p)
   end
   local t0 = sl.time()
   local levels, lv, nqb, nkb = graded_levels(prob, p)
+  local list_density
+  if p.format == "lists" then
+    -- the executor format: encode, then the executor's table decoded from the lists
+    local lists = M.to_lists(lv, nkb, {tile_n = p.list_align and p.tile_n or 0, bk = p.bk})
+    list_density = M.lists_density(lists)
+    lv = M.from_lists(lists)
+    levels:close()
+    levels = M.levels_tensor(prob.q:shape()[1], nqb, nkb, function(h, I, J) return lv[h][I][J] end)
+  elseif p.format ~= "levels" then
+    sl.fail("psa_pyramid: format must be levels or lists, found '%s'", tostring(p.format))
+  end
   local t1 = sl.time()
   local args = {bq = p.bq, bk = p.bk, causal = prob.causal ~= false, backend = prob.backend}
   local o, lse = sl.attn.pooled_kv(prob.q, prob.k, prob.v, levels, args)
@@ -415,7 +537,7 @@ run_blocked = function(prob, p)
   local est = 2 * qs[3] * qs[1] * (nqb * sr) * (nkb * sk)
   levels:close()
   return {o = o, lse = lse, stats = {flops = flops, estimator_flops = est, density = dense > 0 and (flops - pool) / dense or 0,
-    density_level1 = dense > 0 and f1 / dense or 0, estimate_ms = (t1 - t0) * 1e3, execute_ms = (t2 - t1) * 1e3}}
+    density_level1 = dense > 0 and f1 / dense or 0, list_density = list_density, estimate_ms = (t1 - t0) * 1e3, execute_ms = (t2 - t1) * 1e3}}
 end
 
 return M

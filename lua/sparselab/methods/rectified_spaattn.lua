@@ -23,15 +23,22 @@
 --      block (then R = 1, N = 0 for them);
 --   warm-up: dense first steps through sparselab.steps (M.schedule(T, w):
 --      dense_first = w; the reference's Wan T2V setting is 10 processor
---      calls = 5 steps x CFG 2).
+--      calls = 5 steps x CFG 2), and dense first layers (M.schedule(T, w,
+--      layers), session 3).
 -- Text (Hunyuan path, isolate_text = true): IPAR's isolated pooling — text
 -- keys are not pooled, each has its own logit, merged into one always-kept
--- entry — written in Lua here (M.rectify_isolated; the shared op
--- correct.rectify pools every block), used when the layout has text and the
--- video part is whole blocks; otherwise (or isolate_text = false) the op
--- runs with text keys pooled within their blocks. The Lua path equals the
--- op when there is no text (tested). Neighbour blocks are computed from
--- token adjacency, our reading of gilbert_block_neighbor_mapping.
+-- entry — by the op ipar.rectify (ref, cpu, CUDA; session 3 replaced the
+-- earlier Lua path M.rectify_isolated, kept as an independent reference in
+-- tests/lua/test_methods_video.lua, same numbers to 1e-5), used when the
+-- layout has text and the video part is whole blocks; otherwise (or
+-- isolate_text = false) correct.rectify runs with text keys pooled within
+-- their blocks. gapr = false now means "restore every dropped video block"
+-- (correct.rectify's reading, the card's naive pooled rectification); the
+-- Lua path restored none there. Neighbour blocks are computed from token
+-- adjacency, our reading of gilbert_block_neighbor_mapping.
+-- Layer-level warm-up (the reference's dense layers 0-1): M.schedule(T, w,
+-- 2) on a multi-layer trajectory (sparselab.steps dense_layers; a single
+-- problem is one layer, so sl.eval alone never sees it).
 -- Reference read (card): BienLuky/Rectified-SpaAttn rectified_hunyuan_attn.py
 -- _build_block_index_with_importance_optimized, gapr_mask.py estimate_pr_gain.
 local sl = require "sparselab"
@@ -40,8 +47,12 @@ local video = require "sparselab.video"
 local M = {}
 local ID = "rectified_spaattn"
 
-function M.schedule(T, warmup)
-  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1}
+--- Warm-up: dense first `warmup` steps and (session 3) dense layers below
+--- `dense_layers` (the reference's Wan setting: layers 0-1) — the latter
+--- acts on multi-layer trajectories (steps.replay with {layers = ...}).
+function M.schedule(T, warmup, dense_layers)
+  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1,
+    dense_layers = dense_layers or 0}
 end
 
 --- The 26-neighbour blocks of every block (0-based sets) for a token order.
@@ -117,89 +128,11 @@ function M.select(P, p, nb, nbr, text_block, first_sq)
   return keep
 end
 
-local function dot(a, b)
-  local s = 0
-  for c = 1, #a do s = s + a[c] * b[c] end
-  return s
-end
-
--- Per block of b rows of x's head h (the video part, from token v0 on): the
--- mean absolute deviation from the block mean, per channel.
-local function deviations(x, h, v0, nbv, b, mean)
-  local out = {}
-  for I = 1, nbv do
-    local rows = x:narrow(1, h, 1):narrow(2, v0 + (I - 1) * b + 1, b):totable()[1]
-    local m, e = mean[I], {}
-    for c = 1, #m do e[c] = 0 end
-    for _, r in ipairs(rows) do for c = 1, #m do e[c] = e[c] + math.abs(r[c] - m[c]) end end
-    for c = 1, #m do e[c] = e[c] / b end
-    out[I] = e
-  end
-  return out
-end
-
---- Steps 1-3 and 5-8 with IPAR's isolated text pooling (Hunyuan path):
---- video blocks pooled (weight B), every text key its own logit (weight
---- 1) and one merged text entry, always kept; GAPR on video block pairs;
---- O_i = R_I·O*_i + N_I for video query rows, text query rows as O*
---- (dense). Written in Lua from the card (correct.rectify pools text keys
---- within their blocks). Needs the video part in whole blocks. Returns O
---- [H, n, d] (permuted order) and the mean restored weight.
-function M.rectify_isolated(qp, kp, vp, o_s, keeps, lay, p)
-  local b, H, d = p.block, qp:shape()[1], qp:shape()[3]
-  local v0, nv = lay.video0, lay.n_video
-  local nbv, bfirst = nv // b, v0 // b
-  local t0 = lay.text_first and 0 or nv
-  local scale, logb = 1 / math.sqrt(d), math.log(b)
-  local function pooled(x) return sl.pool.tokens(x:narrow(2, v0 + 1, nv), {block = b, mode = 0}):totable() end
-  local qbar, kbar, vbar = pooled(qp), pooled(kp), pooled(vp)
-  local kt = kp:narrow(2, t0 + 1, lay.text):totable()
-  local heads, restored_sum = {}, 0
-  for h = 1, H do
-    local eq = deviations(qp, h, v0, nbv, b, qbar[h])
-    local ek = deviations(kp, h, v0, nbv, b, kbar[h])
-    local parts = {}
-    if lay.text_first then parts[1] = o_s:narrow(1, h, 1):narrow(2, 1, lay.text) end
-    for I = 1, nbv do
-      local qi = qbar[h][I]
-      local s, m = {}, -math.huge
-      for J = 1, nbv do s[J] = scale * dot(qi, kbar[h][J]) + logb; if s[J] > m then m = s[J] end end
-      local st = {}
-      for t = 1, lay.text do st[t] = scale * dot(qi, kt[h][t]); if st[t] > m then m = st[t] end end
-      local z, ptext = 0, 0
-      for J = 1, nbv do s[J] = math.exp(s[J] - m); z = z + s[J] end
-      for t = 1, lay.text do ptext = ptext + math.exp(st[t] - m) end
-      z = z + ptext
-      local R, N = ptext / z, {}
-      for c = 1, d do N[c] = 0 end
-      local keep = keeps[h][bfirst + I]
-      for J = 1, nbv do
-        local pj = s[J] / z
-        local g = math.abs(dot(qi, kbar[h][J]))
-        local trusted = p.gapr and g > math.abs(dot(eq[I], kbar[h][J])) + math.abs(dot(qi, ek[J])) or false
-        if keep[bfirst + J] == 1 or not trusted then
-          R = R + pj
-        else
-          local vj = vbar[h][J]
-          for c = 1, d do N[c] = N[c] + pj * vj[c] end
-          restored_sum = restored_sum + pj * b
-        end
-      end
-      local rows = o_s:narrow(1, h, 1):narrow(2, v0 + (I - 1) * b + 1, b):totable()
-      for _, r in ipairs(rows[1]) do for c = 1, d do r[c] = R * r[c] + N[c] end end
-      parts[#parts + 1] = sl.tensor(rows)
-    end
-    if not lay.text_first and lay.text > 0 then parts[#parts + 1] = o_s:narrow(1, h, 1):narrow(2, nv + 1, lay.text) end
-    heads[h] = sl.cat(parts, 2)
-  end
-  return #heads == 1 and heads[1] or sl.cat(heads, 1), restored_sum / (H * lay.n)
-end
-
 -- Attention over the critical-block mask in the permuted order, then the
 -- rectification (IPAR with isolated text keys when the layout has text and
 -- its video part is whole blocks; otherwise correct.rectify); O and L back
 -- in the original order.
-local function execute(prob, p, mask, perm, keeps)
+local function execute(prob, p, mask, perm)
   local be = prob.backend
   local lay = prob.layout
   local qp, kp, vp = sl.layout.permute(prob.q, perm, be), sl.layout.permute(prob.k, perm, be),
@@ -208,7 +141,10 @@ local function execute(prob, p, mask, perm, keeps)
   local o, restored, isolated = o_s, 0, 0
   if p.rectify then
     if p.isolate_text and lay.text > 0 and lay.video0 % p.block == 0 and lay.n_video % p.block == 0 then
-      o, restored = M.rectify_isolated(qp, kp, vp, o_s, keeps, lay, p)
+      local _, rs
+      o, _, rs = sl.ipar.rectify(qp, kp, vp, mask, o_s, {video0 = lay.video0, n_video = lay.n_video,
+        gapr = p.gapr and 1 or 0, backend = be})
+      restored = rs:stats() * p.block / (rs:shape()[1] * lay.n)
       isolated = 1
     else
       local args = {causal = false, ipar = 1, gapr = p.gapr and 1 or 0, backend = be}
@@ -239,7 +175,7 @@ local function run(prob, p)
   for h = 1, H do keeps[h] = M.select(P[h], p, nb, nbr, text_block, first_sq) end
   local mask = sl.mask.from_blocks(sl.tensor(keeps, "u8"), {n_q = n, n_k = n, bq = b, bk = b, causal = 0})
   local t1 = sl.time()
-  local o, lse, restored, flops, isolated = execute(prob, p, mask, perm, keeps)
+  local o, lse, restored, flops, isolated = execute(prob, p, mask, perm)
   local t2 = sl.time()
   return {o = o, lse = lse, mask = mask, perm = perm, keeps = keeps, stats = {density = mask:density(false),
     flops = flops, estimate_ms = (t1 - t0) * 1e3, execute_ms = (t2 - t1) * 1e3, rectify_restored_mean = restored,
@@ -251,7 +187,7 @@ local function reuse(prob, p, cache)
   video.layout_of(ID, prob)
   local c = cache.last
   if not (c and c.perm and cache.mask) then sl.fail("%s: no cached critical-block mask in the step state", ID) end
-  local o, lse, restored, flops, isolated = execute(prob, p, cache.mask, c.perm, c.keeps)
+  local o, lse, restored, flops, isolated = execute(prob, p, cache.mask, c.perm)
   return {o = o, lse = lse, mask = cache.mask, perm = c.perm, keeps = c.keeps, stats = {
     density = cache.mask:density(false), flops = flops, rectify_restored_mean = restored, text_isolated = isolated}}
 end
@@ -272,9 +208,9 @@ M.params = {
   gapr = {default = true, doc = "restore only GAPR-trusted dropped blocks"},
   first_frame = {default = false, doc = "Wan path: the first nb/T blocks see each other"},
   neighbours = {default = true, doc = "add the 3-D neighbour blocks (step 4)"},
-  isolate_text = {default = true, doc = "IPAR's isolated text pooling (text keys one logit each; Lua path)"},
+  isolate_text = {default = true, doc = "IPAR's isolated text pooling (text keys one logit each; op ipar.rectify)"},
 }
-M.ops = {"perm.apply", "score.pooled", "attn.block_sparse", "correct.rectify"}
+M.ops = {"perm.apply", "score.pooled", "attn.block_sparse", "correct.rectify", "ipar.rectify"}
 M.checks = {"drop_rate 0 keeps every block: dense", "every video block row keeps >= top_k blocks, its neighbours and the text",
   "text query rows dense", "Gilbert order round trip exact", "a score-blind P' loses fidelity"}
 M.needs_layout = true      -- a video layout on the problem (sparselab.layout)

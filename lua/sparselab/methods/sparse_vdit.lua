@@ -13,9 +13,12 @@
 --   2. offline search (calibrate(problems) -> config, `sparselab calibrate
 --      sparse_vdit --qkv ... --layout video,...`): per head and candidate
 --      the error = rel_l2 of the head's output against dense, averaged over
---      the calibration problems; cost = the candidate's kept blocks (the
---      card's measured kernel-latency model replaced by the block count,
---      i.e. FLOPs); per head the cheapest candidate with error <= threshold,
+--      the calibration problems; cost = the kernel-latency model (session
+--      3; form ours, the card gives none): per pattern kind launch +
+--      per_block · kept blocks, constants M.COSTS fitted on this machine by
+--      M.measure_costs (timed attn.block_sparse at two sizes per kind), or
+--      the `cost_model` parameter; cost = "blocks" is the earlier block
+--      count; per head the cheapest candidate with error <= threshold,
 --      else full. skip has error 1 (rel_l2 of zeros), so it is chosen only
 --      with threshold >= 1 (the paper's criterion is the model's loss,
 --      which a single layer cannot see);
@@ -72,6 +75,78 @@ local function kept_blocks(keep)
   local c = 0
   for _, row in ipairs(keep) do for _, x in ipairs(row) do c = c + x end end
   return c
+end
+M.kept_blocks = kept_blocks
+
+--- The kernel-latency cost model (card step 2: "a hardware cost from a
+--- measured kernel-latency cost model"; its form is not in the card — our
+--- reading): per pattern kind a fixed cost (launch, index set-up) and a
+--- cost per kept block, latency = launch + per_block · blocks, in ms; skip
+---- costs nothing. M.COSTS: fitted by M.measure_costs on the shared 2-core
+--- box (cpu backend, one head, d = 64, blocks of 64). Pass another table as the `cost_model`
+--- parameter (e.g. measured on the target machine); cost = "blocks" is the
+--- earlier block-count stand-in.
+--- (Rounded from two runs of M.measure_costs(16 x 16 x 16 + 32 text, 64)
+--- at load 11: per block 0.03-0.05 ms for every kind, vertical stripes
+--- the dearest per block; the fitted fixed costs were 0-5 ms and noisy.)
+M.COSTS = {
+  full = {launch = 1.0, per_block = 0.034},
+  diag = {launch = 1.0, per_block = 0.030},
+  multidiag = {launch = 1.0, per_block = 0.029},
+  vertical = {launch = 0.5, per_block = 0.045},
+}
+
+function M.latency(kind, blocks, model)
+  if kind == "skip" then return 0 end
+  local c = (model or M.COSTS)[kind]
+  if not c then sl.fail("%s: cost_model has no entry for pattern '%s'", ID, kind) end
+  return c.launch + c.per_block * blocks
+end
+
+--- Fits the cost model on this machine: per kind, attn.block_sparse timed
+--- (median of `reps`) on random Q/K/V of `lay` and of the same layout with
+--- 1/2 and 1/4 of the frames; a least-squares line through the three
+--- (kept blocks, ms) points gives launch (>= 0) and per_block.
+function M.measure_costs(lay, b, opts)
+  opts = opts or {}
+  local d, reps, be = opts.d or 64, opts.reps or 5, opts.backend
+  local lays = {lay}
+  for _, div in ipairs{2, 4} do
+    lays[#lays + 1] = sl.layout.video{frames = math.max(1, lay.frames // div), height = lay.height, width = lay.width,
+      text = lay.text, text_first = lay.text_first}
+  end
+  local widths = {full = {}, diag = {w = 2}, multidiag = {w = 1}, vertical = {count = 4}}
+  local model = {}
+  for _, kind in ipairs{"full", "diag", "multidiag", "vertical"} do
+    local extra = widths[kind]
+    local xs, ys = {}, {}
+    for i, l in ipairs(lays) do
+      local nb = (l.n + b - 1) // b
+      local s = {kind = kind, w = extra.w}
+      if kind == "vertical" then
+        s.cols = {}
+        for x = 1, math.min(nb, extra.count) do s.cols[x] = x - 1 end
+      end
+      local keep = M.keep_of(s, l, b)
+      local mask = sl.mask.from_blocks(sl.tensor({keep}, "u8"), {n_q = l.n, n_k = l.n, bq = b, bk = b, causal = 0})
+      local q, k, v = sl.randn({1, l.n, d}, 1), sl.randn({1, l.n, d}, 2), sl.randn({1, l.n, d}, 3)
+      local t = {}
+      for r = 1, reps do
+        local t0 = sl.time()
+        sl.attn.block_sparse(q, k, v, mask, {backend = be})
+        t[r] = (sl.time() - t0) * 1e3
+      end
+      table.sort(t)
+      xs[i], ys[i] = kept_blocks(keep), t[(reps + 1) // 2]
+    end
+    local mx, my = 0, 0
+    for i = 1, #xs do mx, my = mx + xs[i] / #xs, my + ys[i] / #xs end
+    local sxy, sxx = 0, 0
+    for i = 1, #xs do sxy, sxx = sxy + (xs[i] - mx) * (ys[i] - my), sxx + (xs[i] - mx) ^ 2 end
+    local per = math.max(sxx > 0 and sxy / sxx or 0, 1e-9)
+    model[kind] = {per_block = per, launch = math.max(0, my - per * mx)}
+  end
+  return model
 end
 
 -- The per-head mask of a plan (skip heads: nothing kept, text included).
@@ -165,10 +240,15 @@ function M.calibrate(problems, opts)
         for h = 1, H do err[c][h] = err[c][h] + e[h] / #probs end
       end
     end
+    if p.cost ~= "latency" and p.cost ~= "blocks" then
+      sl.fail("%s: cost must be 'latency' or 'blocks', found '%s'", ID, tostring(p.cost))
+    end
+    local model = p.cost_model or M.COSTS
     for c, cand in ipairs(cands) do
-      cost[c] = cand.kind == "skip" and 0 or kept_blocks(M.keep_of({kind = cand.kind, w = cand.w,
+      local blocks = cand.kind == "skip" and 0 or kept_blocks(M.keep_of({kind = cand.kind, w = cand.w,
         cols = cand.kind == "vertical" and (function() local t = {} for x = 1, cand.count do t[x] = x - 1 end return t end)()
         or nil}, lay, p.block))
+      cost[c] = p.cost == "blocks" and blocks or M.latency(cand.kind, blocks, model)
     end
     local heads = {}
     for h = 1, H do
@@ -179,10 +259,12 @@ function M.calibrate(problems, opts)
         end
       end
       local cand = cands[best]
-      heads[h] = {kind = cand.kind, w = cand.w, error = err[best][h],
+      heads[h] = {kind = cand.kind, w = cand.w, error = err[best][h], cost = cost[best],
         cols = cand.kind == "vertical" and cols_by_prob[1][best][h] or nil}
     end
-    layers[l] = {heads = heads}
+    local errors = {}
+    for h = 1, H do errors[h] = {} for c = 1, #cands do errors[h][c] = err[c][h] end end
+    layers[l] = {heads = heads, errors = errors, costs = cost}
   end
   local list = {}
   for l = 1, #layers do list[l] = layers[l] or {heads = {}} end
@@ -191,7 +273,8 @@ end
 
 local function plan_for(prob, p)
   return video.plan_layer(ID, prob, p, "heads", function(pr)
-    return M.calibrate({pr}, {params = {block = p.block, threshold = p.threshold}})
+    return M.calibrate({pr}, {params = {block = p.block, threshold = p.threshold, cost = p.cost,
+      cost_model = p.cost_model}})
   end).heads
 end
 
@@ -240,6 +323,9 @@ M.params = {
   threshold = {default = 0.3, min = 0, max = 10, doc = "largest per-head rel_l2 a candidate may have in the search"},
   block = {default = 64, min = 1, max = 4096, int = true, doc = "block size of every candidate"},
   fused = {default = true, doc = "one launch over per-head masks (false: head by head)"},
+  cost = {default = "latency",
+    doc = "search cost: the kernel-latency model (launch + per_block x blocks per pattern) or the kept-block count"},
+  cost_model = {default = nil, doc = "latency model {kind = {launch =, per_block =}} (default M.COSTS; M.measure_costs fits one)"},
   config = {default = nil, doc = "the plan: a calibration file path (sparselab calibrate) or its table"},
 }
 M.ops = {"score.exact", "attn.dense", "attn.block_sparse"}

@@ -20,9 +20,11 @@
 --   4. layout transformation: Q, K, V of temporal heads permuted to
 --      token-major (perm.apply, text untouched), ONE block-sparse pass with
 --      the band mask for every head, O and L permuted back (exact inverse);
---   5. dense fallback for the first steps: the step schedule
---      (sparselab.steps, dense_first = floor(first_times_fp·T)); layers are
---      outside a single-layer problem.
+--   5. dense fallback for the first steps and layers: M.schedule(T, L,
+--      {first_times_fp, first_layers_fp}) = sparselab.steps with dense_first
+--      = floor(first_times_fp·T) and (session 3) dense_layers =
+--      floor(first_layers_fp·L) on a multi-layer trajectory (defaults 0.1
+--      and 0.03, the reference's Hunyuan T2V script).
 -- Across steps (sparselab.steps "reuse"): the head kinds of the last
 -- profiling step are reused and only the executor runs (reference: profiles
 -- every step; reuse is this workbench's option, off unless refresh > 1).
@@ -42,6 +44,15 @@ local video = require "sparselab.video"
 local layout = require "sparselab.layout"
 
 local M = {}
+
+--- Card step 5: dense first floor(first_times_fp·T) steps and first
+--- floor(first_layers_fp·L) layers (reference Hunyuan T2V: 0.1 and 0.03).
+function M.schedule(T, L, opts)
+  opts = opts or {}
+  local ft, fl = opts.first_times_fp or 0.1, opts.first_layers_fp or 0.03
+  return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, math.floor(ft * T)),
+    dense_layers = math.floor(fl * (L or 1)), refresh = opts.refresh or 1}
+end
 
 --- The band width in blocks for density rho (step 2).
 function M.width_blocks(p, n, text)
