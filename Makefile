@@ -7,6 +7,7 @@
 #   make deps       installs the Debian packages (apt-get; needs root)
 
 CC       ?= cc
+CXX      ?= c++
 NVCC     ?= nvcc
 CUDA     ?= 0
 CUDA_ARCH ?= sm_80
@@ -15,11 +16,14 @@ BUILD    ?= build
 OPT      ?= -O2
 SAN      ?=
 
-PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson libpng
+PKGS     := lua5.4 sqlite3 openblas libuv libedit gsl libcjson libpng sentencepiece libpcre2-8
 CHECK_PKG := check
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter
+# C++ only for the libsentencepiece shim (core/model/tok_spm.cc, issue 18).
+CXXWARN  := -Wall -Wextra -Wshadow -Wno-unused-parameter
 ifeq ($(WERROR),1)
 WARN     += -Werror
+CXXWARN  += -Werror
 endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -30,7 +34,7 @@ CUDA_HOME ?= /usr/local/cuda
 CFLAGS_ALL = -std=c11 -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -fPIC -MMD -MP $(OPT) -g $(WARN) $(SAN) \
              -I core -I store -I lua $(PKG_CFLAGS) -DSL_CUDA=$(CUDA) \
              -DSL_BUILD_FLAGS='"$(OPT) $(SAN) CUDA=$(CUDA)"'
-LDLIBS_ALL = $(PKG_LIBS) -lm -lpthread $(SAN)
+LDLIBS_ALL = $(PKG_LIBS) -lstdc++ -lm -lpthread $(SAN)
 
 ifeq ($(CUDA),1)
 LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
@@ -48,7 +52,8 @@ STORE_SRC := $(wildcard store/*.c)
 LUA_SRC   := $(wildcard lua/bind/*.c lua/runner/*.c)
 LUA_FILES := $(shell find lua/sparselab viz -name '*.lua' | sort)
 
-CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
+CORE_CXX_SRC := $(wildcard core/model/*.cc)
+CORE_OBJ  := $(CORE_SRC:%.c=$(BUILD)/%.o) $(CORE_CXX_SRC:%.cc=$(BUILD)/%.o) $(CUDA_SRC:%.cu=$(BUILD)/%.cu.o)
 STORE_OBJ := $(STORE_SRC:%.c=$(BUILD)/%.o)
 LUA_OBJ   := $(LUA_SRC:%.c=$(BUILD)/%.o) $(BUILD)/lua/embedded.o
 SQL_FILES := $(sort $(wildcard store/*.sql store/migrations/*.sql))
@@ -68,6 +73,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
 	@$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	@echo "  CXX   $<"
+	@$(CXX) -std=c++17 -fPIC -MMD -MP $(OPT) -g $(CXXWARN) $(SAN) -I core $(PKG_CFLAGS) -c $< -o $@
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
@@ -150,7 +160,7 @@ $(BUILD)/tests/fuzz/%: tests/fuzz/%.c $(wildcard tests/fuzz/*.h) $(LUA_OBJ) $(ST
 	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -I tests/fuzz $< -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
 fuzz-build:
 	@sh tests/deps.sh --fuzz
-	@$(MAKE) --no-print-directory CC=clang BUILD=build-fuzz OPT=-O1 SAN="$(FUZZ_SAN)" fuzz-bins
+	@$(MAKE) --no-print-directory CC=clang CXX=clang++ BUILD=build-fuzz OPT=-O1 SAN="$(FUZZ_SAN)" fuzz-bins
 fuzz-bins: $(FUZZ_BINS)
 fuzz: fuzz-build
 	sh tests/fuzz/run.sh build-fuzz $(FUZZ_S)

@@ -1501,6 +1501,30 @@ sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *te
  * buf and returns the piece's length in bytes (it may hold a NUL byte). */
 size_t sl_tokenizer_decode(const sl_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t n);
 
+/* ---- tokenizers as models ship them (issue 18) ---- */
+/* sl_tokenizer_load also reads, by the file name's ending:
+ *   *.model  a SentencePiece model (tokenizer.model of Llama 2, Mistral, ...)
+ *            through Debian's libsentencepiece: encode/decode are the library's
+ *            (normaliser, dummy prefix, byte fallback); BOS/EOS its ids;
+ *   *.json   a Hugging Face tokenizer.json with a byte-level BPE model (GPT-2,
+ *            Llama 3): added tokens split out first, the pre-tokenizer's Split
+ *            regexes and ByteLevel (GPT-2 regex when use_regex) through libpcre2,
+ *            merges by rank; BOS/EOS from a TemplateProcessing post-processor
+ *            (none: bos adds nothing, eos is an error). Other settings are
+ *            refused naming the key.
+ * For these vocab_size is the model's: 0 skips the check, otherwise the
+ * tokenizer's ids must all be below it. sl_tokenizer_vocab is the tokenizer's
+ * own id count; sl_tokenizer_decode gives one id's bytes (SentencePiece: U+2581
+ * as a space, one leading space dropped after BOS). */
+/* The text of ids[0, n) following token prev (-1: none) as the tokenizer's
+ * own decoder gives it (SentencePiece: the library's Decode, which drops the
+ * dummy prefix at the start; after a prev other than BOS that prefix is kept).
+ * *text is allocated with sl_ctx_alloc(ctx, *len + 1) and NUL-terminated;
+ * release it with sl_ctx_dealloc(ctx, *text, *len + 1). Ids outside
+ * 0 .. vocab-1 are SL_EARG. */
+sl_status sl_tokenizer_decode_ids(sl_ctx *ctx, const sl_tokenizer *t, const int32_t *ids, int64_t n, int32_t prev,
+                                  char **text, size_t *len);
+
 /* ---- timing --------------------------------------------------------------- */
 double sl_time_now(void);   /* monotonic seconds */
 

@@ -4,7 +4,8 @@
 -- the registry whose family ends in "-estimate" runs through sl.eval(m, prob, {density = D})
 -- (issue 18: the knob solved by sl.budget.match, target_density and achieved_density
 -- recorded); a method whose knob cannot reach D is recorded as a failed row with the reachable
--- range, not dropped. Methods with bq/bk parameters run 16-token blocks (the input is short).
+-- range, not dropped. Block sizes are the recipes' defaults, which follow the input length for
+-- the dynamic prefill families (sl.registry.block_relative: 16 at these ~500 tokens).
 --   sparselab run experiments/matched_density.lua [DB (default results.db)] [DENSITY (0.1)] [TEXT] [LAYER]
 local sl = require "sparselab"
 
@@ -37,8 +38,7 @@ local db, run = sl.experiment{db = db_path, seed = 1, config = {density = densit
 local progress = sl.progress{label = "matched_density", total = #methods}
 local rows = {}
 for _, m in ipairs(methods) do
-  local params = (m.params.bq and m.params.bk) and {bq = 16, bk = 16} or nil
-  local ok, r = pcall(sl.eval, m, prob, {density = density, params = params})
+  local ok, r = pcall(sl.eval, m, prob, {density = density})
   if not ok then
     -- a method that fails outright (not an unreachable target) is recorded as failed too
     local qs, ks = prob.q:shape(), prob.k:shape()

@@ -6,7 +6,8 @@
 set -eu
 OPTIONAL="chromium nodejs"
 PKGS="build-essential pkg-config liblua5.4-dev lua5.4 libsqlite3-dev sqlite3 libopenblas-dev libuv1-dev check
-libsubunit-dev libedit-dev libgsl-dev libcjson-dev libpng-dev gnuplot-nox"
+libsubunit-dev libedit-dev libgsl-dev libcjson-dev libpng-dev gnuplot-nox
+libsentencepiece-dev libpcre2-dev python3-sentencepiece python3-regex python3-numpy"
 # --fuzz: also clang (libFuzzer and its sanitizer runtimes), for make fuzz only.
 [ "${1:-}" = --fuzz ] && PKGS="$PKGS clang"
 missing=""

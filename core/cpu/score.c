@@ -474,7 +474,10 @@ static void anchor_item(int64_t item, void *ud, int thread)
     if (m1 <= m0)
         return; /* nothing to scan: the anchors are not needed */
     int64_t width = n_init + n_local;
-    float *s = malloc(sizeof *s * (size_t)(B * (width > m1 - m0 ? width : m1 - m0)));
+    /* rows x width structured scores per query block, then nt x (m1 - m0) scan scores
+     * (nt = step can exceed B when blocks are small) */
+    int64_t s_len = B * width > nt * (m1 - m0) ? B * width : nt * (m1 - m0);
+    float *s = malloc(sizeof *s * (size_t)s_len);
     float *qbar = malloc(sizeof *qbar * (size_t)(nt * d)), *xbar = malloc(sizeof *xbar * (size_t)nt);
     if (!s || !qbar || !xbar) {
         j->oom = 1;

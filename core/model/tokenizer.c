@@ -3,6 +3,8 @@
  * UTF-8 text (code point lookup, byte fallback, greedy highest-score pair
  * merges) and decodes one token at a time. */
 #include "internal.h"
+#include "tok_bpe.h"
+#include "tok_spm.h"
 
 #include <errno.h>
 #include <math.h>
@@ -30,7 +32,12 @@ struct sl_tokenizer {
     piece *by_id;   /* [vocab] */
     piece *sorted;  /* [vocab], by bytes, then by id */
     float *score;   /* [vocab] */
+    int kind;       /* TOK_LLAMA2C, or a tokenizer of another library below */
+    sl__spm *spm;
+    sl__bpe *bpe;
 };
+
+enum { TOK_LLAMA2C = 0, TOK_SPM, TOK_BPE };
 
 static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
@@ -138,11 +145,54 @@ static sl_status fill(sl_ctx *ctx, FILE *f, const char *path, sl_tokenizer *t, u
     return SL_OK;
 }
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* A SentencePiece model or a tokenizer.json (sparselab.h, issue 18). */
+static sl_status load_other(sl_ctx *ctx, const char *path, int kind, int64_t vocab_size, sl_tokenizer **out)
+{
+    if (vocab_size < 0 || vocab_size > INT32_MAX)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_load: %s: expected vocab_size 0 .. %d, found %lld", path,
+                           INT32_MAX, (long long)vocab_size);
+    sl_tokenizer *t = sl_ctx_alloc(ctx, sizeof *t);
+    if (!t)
+        return SL_ENOMEM;
+    memset(t, 0, sizeof *t);
+    t->bytes = sizeof *t;
+    t->kind = kind;
+    sl_status s = SL_OK;
+    if (kind == TOK_SPM) {
+        char err[512];
+        if (!sl__spm_load(path, &t->spm, err, sizeof err))
+            s = sl_ctx_fail(ctx, SL_EFORMAT, "%s", err);
+        else
+            t->vocab = sl__spm_size(t->spm);
+    } else {
+        s = sl__bpe_load(ctx, path, &t->bpe);
+        if (!s)
+            t->vocab = sl__bpe_size(t->bpe);
+    }
+    if (!s && vocab_size > 0 && t->vocab > vocab_size)
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: the tokenizer has %lld ids, the model's vocab_size is %lld (expected "
+                        "at most that many)", path, (long long)t->vocab, (long long)vocab_size);
+    if (s)
+        sl_tokenizer_free(ctx, t);
+    else
+        *out = t;
+    return s;
+}
+
 sl_status sl_tokenizer_load(sl_ctx *ctx, const char *path, int64_t vocab_size, sl_tokenizer **out)
 {
     if (!out || !path)
         return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_load: expected a path and an output, found NULL");
     *out = NULL;
+    int kind = ends_with(path, ".model") ? TOK_SPM : ends_with(path, ".json") ? TOK_BPE : TOK_LLAMA2C;
+    if (kind != TOK_LLAMA2C)
+        return load_other(ctx, path, kind, vocab_size, out);
     if (vocab_size < TOK_MIN_VOCAB || vocab_size > INT32_MAX)
         return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_load: %s: expected vocab_size %d .. %d, found %lld", path,
                            TOK_MIN_VOCAB, INT32_MAX, (long long)vocab_size);
@@ -177,7 +227,7 @@ sl_status sl_tokenizer_load(sl_ctx *ctx, const char *path, int64_t vocab_size, s
     }
     sl_tokenizer *t = (sl_tokenizer *)block;
     *t = (sl_tokenizer){bytes, vocab_size, max_len, (piece *)(block + o_piece), (piece *)(block + o_sorted),
-                        (float *)(block + o_score)};
+                        (float *)(block + o_score), TOK_LLAMA2C, NULL, NULL};
     s = fill(ctx, f, path, t, block + o_text);
     if (s)
         sl_ctx_dealloc(ctx, block, bytes);
@@ -190,8 +240,13 @@ done:
 
 void sl_tokenizer_free(sl_ctx *ctx, sl_tokenizer *t)
 {
-    if (t)
-        sl_ctx_dealloc(ctx, t, t->bytes);
+    if (!t)
+        return;
+    if (t->spm)
+        sl__spm_free(t->spm);
+    if (t->bpe)
+        sl__bpe_free(ctx, t->bpe);
+    sl_ctx_dealloc(ctx, t, t->bytes);
 }
 
 int64_t sl_tokenizer_vocab(const sl_tokenizer *t) { return t ? t->vocab : 0; }
@@ -247,6 +302,32 @@ static size_t utf8_len(const unsigned char *p, size_t avail)
     return k;
 }
 
+static sl_status spm_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *text, int bos, int eos, sl_tensor *ids)
+{
+    int32_t b = sl__spm_bos(t->spm), e = sl__spm_eos(t->spm);
+    if ((bos && b < 0) || (eos && e < 0))
+        return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_encode: expected a %s id in the SentencePiece model, found none",
+                           bos && b < 0 ? "BOS" : "EOS");
+    int32_t *v = NULL;
+    size_t m = 0;
+    char err[512];
+    if (!sl__spm_encode(t->spm, text, strlen(text), &v, &m, err, sizeof err))
+        return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_encode: %s", err);
+    int64_t n = (int64_t)m + (bos != 0) + (eos != 0);
+    sl_status s = sl_tensor_new(ctx, SL_I32, 1, &n, ids);
+    if (!s) {
+        int32_t *o = ids->data;
+        if (bos)
+            *o++ = b;
+        if (m)
+            memcpy(o, v, m * sizeof *v);
+        if (eos)
+            o[m] = e;
+    }
+    free(v);
+    return s;
+}
+
 sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *text, int bos, int eos, sl_tensor *ids)
 {
     if (!ids)
@@ -254,6 +335,10 @@ sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *te
     memset(ids, 0, sizeof *ids);
     if (!t || !text)
         return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_encode: expected a tokenizer and a text, found NULL");
+    if (t->kind == TOK_BPE)
+        return sl__bpe_encode(ctx, t->bpe, text, strlen(text), bos, eos, ids);
+    if (t->kind == TOK_SPM)
+        return spm_encode(ctx, t, text, bos, eos, ids);
     const unsigned char *p = (const unsigned char *)text;
     size_t n_text = strlen(text);
     /* Every byte gives at most one token, plus BOS, the dummy prefix and EOS. */
@@ -324,6 +409,17 @@ static int hex_digit(unsigned char c)
 
 size_t sl_tokenizer_decode(const sl_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t n)
 {
+    if (t && t->kind == TOK_BPE)
+        return sl__bpe_piece(t->bpe, id, buf, n);
+    if (t && t->kind == TOK_SPM) {
+        char first[2];
+        size_t len = sl__spm_piece(t->spm, id, first, sizeof first);
+        int strip = prev >= 0 && prev == sl__spm_bos(t->spm) && len > 0 && first[0] == ' ';
+        sl__spm_piece(t->spm, id, buf, n);
+        if (strip && buf && n > 0)
+            memmove(buf, buf + 1, len < n - 1 ? len : n - 1); /* the NUL moves too */
+        return len - (size_t)strip;
+    }
     const unsigned char *s = (const unsigned char *)"";
     size_t len = 0;
     unsigned char byte;
@@ -347,4 +443,73 @@ size_t sl_tokenizer_decode(const sl_tokenizer *t, int32_t prev, int32_t id, char
         buf[w] = '\0';
     }
     return len;
+}
+
+/* SentencePiece: the library's Decode; after a prev other than BOS the text
+ * of prev + ids less the text of prev, so that the dummy prefix is kept. */
+static sl_status spm_decode_ids(sl_ctx *ctx, const sl_tokenizer *t, const int32_t *ids, int64_t n, int32_t prev,
+                                char **text, size_t *len)
+{
+    int cont = prev >= 0 && prev != sl__spm_bos(t->spm);
+    size_t m = (size_t)n + (size_t)cont;
+    int32_t *v = sl_ctx_alloc(ctx, (m ? m : 1) * sizeof *v);
+    if (!v)
+        return SL_ENOMEM;
+    if (cont)
+        v[0] = prev;
+    if (n > 0)
+        memcpy(v + cont, ids, (size_t)n * sizeof *ids);
+    char err[512], *all = NULL, *head = NULL;
+    size_t n_all = 0, n_head = 0;
+    sl_status s = SL_OK;
+    if (!sl__spm_decode(t->spm, v, m, &all, &n_all, err, sizeof err) ||
+        (cont && !sl__spm_decode(t->spm, v, 1, &head, &n_head, err, sizeof err)))
+        s = sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_decode_ids: %s", err);
+    sl_ctx_dealloc(ctx, v, (m ? m : 1) * sizeof *v);
+    size_t skip = head && n_head <= n_all && memcmp(all, head, n_head) == 0 ? n_head : 0;
+    if (!s) {
+        *len = n_all - skip;
+        *text = sl_ctx_alloc(ctx, *len + 1);
+        if (!*text)
+            s = SL_ENOMEM;
+        else {
+            memcpy(*text, all + skip, *len);
+            (*text)[*len] = '\0';
+        }
+    }
+    free(all);
+    free(head);
+    return s;
+}
+
+sl_status sl_tokenizer_decode_ids(sl_ctx *ctx, const sl_tokenizer *t, const int32_t *ids, int64_t n, int32_t prev,
+                                  char **text, size_t *len)
+{
+    if (!t || !text || !len || (n > 0 && !ids) || n < 0)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_decode_ids: expected a tokenizer, ids and outputs, found NULL");
+    *text = NULL;
+    *len = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= t->vocab)
+            return sl_ctx_fail(ctx, SL_EARG, "sl_tokenizer_decode_ids: id %d (position %lld) outside 0 .. %lld",
+                               (int)ids[i], (long long)i, (long long)t->vocab - 1);
+    if (t->kind == TOK_SPM)
+        return spm_decode_ids(ctx, t, ids, n, prev, text, len);
+    size_t total = 0;
+    int32_t p = prev;
+    for (int64_t i = 0; i < n; p = ids[i++])
+        total += sl_tokenizer_decode(t, p, ids[i], NULL, 0);
+    char *out = sl_ctx_alloc(ctx, total + 1);
+    if (!out)
+        return SL_ENOMEM;
+    size_t w = 0;
+    p = prev;
+    for (int64_t i = 0; i < n; p = ids[i++]) {
+        size_t k = sl_tokenizer_decode(t, p, ids[i], out + w, total + 1 - w);
+        w += k;
+    }
+    out[total] = '\0';
+    *text = out;
+    *len = total;
+    return SL_OK;
 }

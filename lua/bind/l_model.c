@@ -364,11 +364,12 @@ static l_tok *check_tok(lua_State *L, int idx)
     return u;
 }
 
-/* sl.tokenizer_c.load(path, vocab_size) */
+/* sl.tokenizer_c.load(path [, vocab_size]): tokenizer.bin (vocab_size needed), tokenizer.model or tokenizer.json
+ * (vocab_size, when given, bounds the ids) */
 static int l_tok_load(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
-    lua_Integer vocab = luaL_checkinteger(L, 2);
+    lua_Integer vocab = luaL_optinteger(L, 2, 0);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
     l_tok *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->t = NULL;
@@ -398,28 +399,32 @@ static int t_encode(lua_State *L)
     return 1;
 }
 
-/* tok:decode(ids [, prev]) -> text of the ids (each decoded after the one before it) */
+/* tok:decode(ids [, prev]) -> text of the ids following prev, as the tokenizer's decoder gives it */
 static int t_decode(lua_State *L)
 {
     l_tok *u = check_tok(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer prev = luaL_optinteger(L, 3, -1);
     int64_t vocab = sl_tokenizer_vocab(u->t);
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
     lua_Integer n = luaL_len(L, 2);
+    int32_t *ids = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *ids, 0);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_geti(L, 2, i);
         lua_Integer id = luaL_checkinteger(L, -1);
         lua_pop(L, 1);
         if (id < 0 || id >= vocab)
             return sl__lua_error(L, "tokenizer:decode: id %I outside 0..%I", id, (lua_Integer)(vocab - 1));
-        char piece[256];
-        size_t len = sl_tokenizer_decode(u->t, (int32_t)prev, (int32_t)id, piece, sizeof piece);
-        luaL_addlstring(&b, piece, len < sizeof piece ? len : sizeof piece - 1);
-        prev = id;
+        ids[i - 1] = (int32_t)id;
     }
-    luaL_pushresult(&b);
+    if (prev < -1 || prev >= vocab)
+        return sl__lua_error(L, "tokenizer:decode: prev %I outside -1..%I", prev, (lua_Integer)(vocab - 1));
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    char *text;
+    size_t len;
+    if (sl_tokenizer_decode_ids(ctx, u->t, ids, (int64_t)n, (int32_t)prev, &text, &len))
+        return sl__lua_fail(L, ctx);
+    lua_pushlstring(L, text, len);
+    sl_ctx_dealloc(ctx, text, len + 1);
     return 1;
 }
 

@@ -74,7 +74,10 @@ return {
   ["sl.registry.ids"] = "every method id (sl.methods.ids)",
   ["sl.registry.register"] = "adds a method (sl.methods.register)",
   ["sl.registry.backends"] = "a method's backends (sl.methods.backends)",
-  ["sl.registry.resolve"] = "a method's parameters: defaults, then params, then the budget in its knob (checked)",
+  ["sl.registry.resolve"] = "a method's parameters: defaults (block sizes relative to prob's length), then params (block, block_q, block_k aliases), then the budget in its knob (checked)",
+  ["sl.registry.block_aliases"] = "a method's block-size aliases: {block = {\"bq\", \"bk\"}, block_q = ..., block_k = ...}",
+  ["sl.registry.block_relative"] = "the block parameters whose defaults follow the input length (dynamic prefill families), or nil",
+  ["sl.registry.block_doc"] = "one line on a method's block-size names and defaults (sparselab methods ID)",
   ["sl.budget.match"] = "solves a method's knob for a target {method =, prob =, target = density|flops|kv_bytes, " ..
     "value =}: returns {value, achieved, params}; an unreachable target is an error with the reachable range",
   ["sl.budget.metrics"] = "adds target_<name> and achieved_<name> of a match to a metrics table",

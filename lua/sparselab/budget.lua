@@ -98,7 +98,7 @@ end
 -- The measuring function x -> achieved value of target for method m.
 local function measurer(m, prob, params, target)
   return function(x)
-    local p = sl.registry.resolve(m, params, x)
+    local p = sl.registry.resolve(m, params, x, prob)
     if target ~= "flops" and m.mask then
       local mk <close> = m.mask(prob, p)
       if target == "density" then return mk:density(prob.causal ~= false) end
@@ -126,7 +126,7 @@ local function block_hint(m, prob, params, target, t, a, fmtf)
   local names = {}
   for _, n in ipairs(BLOCK_PARAMS) do if m.params[n] then names[#names + 1] = n end end
   if #names == 0 then return "" end
-  local ok, base = pcall(sl.registry.resolve, m, params, a)
+  local ok, base = pcall(sl.registry.resolve, m, params, a, prob)
   if not ok then return "" end
   local size = math.tointeger(base[names[1]])
   if not size then return "" end
@@ -206,7 +206,7 @@ function B.match(o)
   local function result(x, v)
     return {knob = m.knob, value = x, achieved = v, target = target, target_value = t,
       rel_err = (v - t) / t, within_tol = close(v), steps = steps, range = range,
-      params = sl.registry.resolve(m, o.params, x)}
+      params = sl.registry.resolve(m, o.params, x, prob)}
   end
   if fb < t and not close(fb) then
     sl.fail("budget.match: %s cannot reach %s %s: its %s range [%s, %s] gives %s in [%s, %s]", m.id, target,

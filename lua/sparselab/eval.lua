@@ -126,7 +126,7 @@ function E.run(method, prob, opts)
     end
     match = res
   end
-  local p = match and match.params or sl.registry.resolve(m, opts.params, opts.budget)
+  local p = match and match.params or sl.registry.resolve(m, opts.params, opts.budget, prob)
   local reps = opts.reps == nil and 1 or (type(opts.reps) == "number" and math.tointeger(opts.reps))
   if not reps or reps < 1 then sl.fail("sl.eval: reps must be a positive integer, found %s", tostring(opts.reps)) end
   local dense = E.dense(prob, reps)

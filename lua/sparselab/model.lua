@@ -16,8 +16,9 @@ local function exists(path)
 end
 
 --- sl.model.load(path [, {tokenizer = path}]): a llama2.c checkpoint file or a
---- Hugging Face directory. A llama2.c tokenizer next to the checkpoint (or
---- inside the directory): tok<vocab>.bin or tokenizer.bin, is loaded too.
+--- Hugging Face directory. A tokenizer next to the checkpoint (or inside the
+--- directory) is loaded too, the first found of: tok<vocab>.bin, tokenizer.bin
+--- (llama2.c), tokenizer.model (SentencePiece), tokenizer.json (byte-level BPE).
 function M.load(path, opts)
   opts = opts or {}
   local c = sl.model_c.load(path)
@@ -26,7 +27,7 @@ function M.load(path, opts)
   local dir = pcall(sl.listdir, path) and path or (path:match("^(.*)/[^/]*$") or ".")
   local tok = opts.tokenizer
   if not tok then
-    for _, name in ipairs{"tok" .. self.cfg.vocab_size .. ".bin", "tokenizer.bin"} do
+    for _, name in ipairs{"tok" .. self.cfg.vocab_size .. ".bin", "tokenizer.bin", "tokenizer.model", "tokenizer.json"} do
       if exists(dir .. "/" .. name) then tok = dir .. "/" .. name; break end
     end
   end

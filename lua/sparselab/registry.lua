@@ -91,11 +91,122 @@ function R.backends(m)
   return out
 end
 
+-- ---- block sizes: one naming scheme across methods (issue 18) ----------------------------
+-- Recipes name their executor / estimator blocks either `block` (one size) or `bq`/`bk`
+-- (query rows, keys). Every block-based method accepts `block` (one size for both), and one with
+-- bq/bk also `block_q` / `block_k`; R.resolve maps them onto the recipe's own names. A method
+-- whose `block` means something else beside bq/bk (power_attention, s2_attention) keeps its own
+-- `block`; there only block_q/block_k are aliases.
+-- Relative defaults: for the dynamic prefill families below, when the problem is short for the
+-- recipe's default blocks (fewer than RELATIVE_BLOCKS key blocks), blocks not given by the caller
+-- are divided by the smallest power of two that brings the largest to at most a power of two
+-- <= n_k / RELATIVE_BLOCKS (ratios between bq and bk kept; never below a parameter's min). The
+-- blocks of these families are the executor's / estimator's tile, which the cards size for GPU
+-- tiles at long context (4K-128K tokens); at ~500 tokens 128-token blocks leave 4 key blocks, and
+-- the always-kept diagonal alone is then above any density below ~0.4. A recipe opts out with
+-- `block_fixed = "reason"`.
+local RELATIVE_FAMILIES = {["block-estimate"] = true, ["stripe-estimate"] = true, ["token-estimate"] = true,
+  ["head-estimate"] = true}
+local RELATIVE_BLOCKS = 16
+
+--- The block-size aliases of m: {alias = {recipe names}} (empty when it has no block sizes).
+function R.block_aliases(m)
+  local a, p = {}, m.params
+  if p.bq and p.bk then
+    a.block_q, a.block_k = {"bq"}, {"bk"}
+    if not p.block then a.block = {"bq", "bk"} end
+  end
+  return a
+end
+
+--- The recipe's block parameters scaled with the input length (nil when none are): see above.
+function R.block_relative(m)
+  if m.block_fixed or not RELATIVE_FAMILIES[m.family] or not (m.phase == "prefill" or m.phase == "both") then
+    return nil
+  end
+  if m.params.bq and m.params.bk then
+    if m.params.block then return nil end
+    return {"bq", "bk"}
+  end
+  if m.params.block then return {"block"} end
+  return nil
+end
+
+--- One line for `sparselab methods ID`: the block names and the relative default rule.
+function R.block_doc(m)
+  local parts = {}
+  local al = R.block_aliases(m)
+  local names = {}
+  for k in pairs(al) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do parts[#parts + 1] = k .. " = " .. table.concat(al[k], " and ") end
+  local rel = R.block_relative(m)
+  local s = #parts > 0 and ("aliases: " .. table.concat(parts, ", ")) or ""
+  if rel then
+    s = s .. (s ~= "" and "; " or "") .. string.format("defaults (%s) relative to the input: when n_k / %d is "
+      .. "below the largest, divided by a power of two to at most the largest power of two <= n_k / %d",
+      table.concat(rel, ", "), RELATIVE_BLOCKS, RELATIVE_BLOCKS)
+  elseif m.block_fixed then
+    s = s .. (s ~= "" and "; " or "") .. "fixed defaults: " .. tostring(m.block_fixed)
+  end
+  return s ~= "" and s or nil
+end
+
+local function apply_block_aliases(m, params)
+  local al = R.block_aliases(m)
+  if next(al) == nil or params == nil then return params end
+  local out, given = {}, {}
+  for k, v in pairs(params) do
+    if not al[k] then out[k] = v; given[k] = true end
+  end
+  for _, alias in ipairs{"block", "block_q", "block_k"} do
+    local v = params[alias]
+    if v ~= nil and al[alias] then
+      for _, name in ipairs(al[alias]) do
+        if given[name] and out[name] ~= v then
+          error(string.format("%s: parameter '%s' = %s and '%s' = %s disagree (%s is an alias of %s)", m.id, alias,
+            tostring(v), name, tostring(out[name]), alias, table.concat(al[alias], " and ")), 0)
+        end
+        out[name] = v
+        given[name] = true
+      end
+    end
+  end
+  return out
+end
+
+local function relative_blocks(m, p, params, prob)
+  local names = R.block_relative(m)
+  if not names or not prob or not prob.k or type(prob.k.shape) ~= "function" then return end
+  for _, n in ipairs(names) do if params and params[n] ~= nil then return end end
+  local n_k = prob.k:shape()[2]
+  if not n_k then return end
+  local cap = 1
+  while cap * 2 <= n_k / RELATIVE_BLOCKS do cap = cap * 2 end
+  local largest = 0
+  for _, n in ipairs(names) do
+    if type(p[n]) ~= "number" then return end
+    largest = math.max(largest, p[n])
+  end
+  local f = 1
+  while largest / f > cap do f = f * 2 end
+  if f == 1 then return end
+  for _, n in ipairs(names) do
+    local spec = m.params[n]
+    p[n] = math.max(p[n] // f, spec.min or 1, 1)
+  end
+end
+
 --- Resolves a method's parameters: defaults, then `params`, then the budget
---- on the knob. Unknown names and out-of-range values are errors.
-function R.resolve(m, params, budget)
+--- on the knob. Unknown names and out-of-range values are errors. Block-size
+--- aliases (block, block_q, block_k) are mapped onto the recipe's names; with
+--- prob, block defaults of the dynamic prefill families follow the input length
+--- (see R.block_relative).
+function R.resolve(m, params, budget, prob)
   local p = {}
   for k, spec in pairs(m.params) do p[k] = spec.default end
+  params = apply_block_aliases(m, params)
+  relative_blocks(m, p, params, prob)
   for k, v in pairs(params or {}) do
     local spec = m.params[k]
     if not spec then

@@ -36,6 +36,14 @@ for id in s2_attention power_attention triangle_mix masformer blindsight neighbo
     videoxl2_chunk_prefill lserve; do
     grep "\"id\":\"$id\"" "$T/out" | grep -q '"backends":\[[^]]*"cpu"' && ok || bad "methods --json: $id without a cpu backend"
 done
+# methods ID (issue 18): parameters and the block-size names
+expect_rc 0 "methods sale" "$SL" methods sale
+grep -q "block sizes: aliases: block = bq and bk, block_k = bk, block_q = bq; defaults (bq, bk) relative" "$T/out" &&
+    ok || bad "methods sale: no block-size line: $(cat "$T/out")"
+grep -q "^theta " "$T/out" && ok || bad "methods sale: no parameter table"
+expect_rc 0 "methods xattention --json" "$SL" methods xattention --json
+grep -q '"block_sizes":"defaults (block) relative' "$T/out" && ok || bad "methods --json ID: no block_sizes"
+expect_rc 1 "methods unknown" "$SL" methods no_such_method
 expect_rc 0 "ops --json" "$SL" ops --json
 grep -q '"op":"attn.block_sparse"' "$T/out" && ok || bad "ops --json lacks attn.block_sparse"
 grep '"op":"attn.dense"' "$T/out" | grep -q '"dtypes":{[^}]*"cpu":\["f32"\]' && ok || bad "ops --json: attn.dense without its dtypes"

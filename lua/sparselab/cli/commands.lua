@@ -20,7 +20,8 @@ local TARGETS = {
 C.list = {
   {name = "run", args = "SCRIPT.lua [ARGS]", max_pos = nil, passthrough = true,
     summary = "run an experiment script (its arguments follow it; `arg` holds them)", options = {}},
-  {name = "methods", args = "", max_pos = 0, summary = "every method and correction: id, family, phase, knob, backends",
+  {name = "methods", args = "[METHOD]", max_pos = 1, summary = "every method and correction: id, family, phase, knob, "
+    .. "backends; with METHOD its parameters (defaults, ranges, block-size names)",
     options = {{"json", "flag", nil, "one JSON object per line"}}},
   {name = "ops", args = "", max_pos = 0, summary = "op x backend coverage",
     options = {{"json", "flag", nil, "one JSON object per op, with parameters and the dtypes each backend reads natively"}}},

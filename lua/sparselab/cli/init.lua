@@ -179,8 +179,32 @@ local function add_tested_checks(r, names)
   end
 end
 
+-- sparselab methods ID: one method's card fields and parameters (issue 18: block-size names)
+local function method_detail(id, json)
+  local m = sl.methods.get(id)
+  local rows, names = {}, {}
+  for k in pairs(m.params) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local spec = m.params[k]
+    rows[#rows + 1] = {param = k, default = spec.default, min = spec.min, max = spec.max,
+      knob = k == m.knob and "knob" or "", doc = spec.doc or ""}
+  end
+  local blocks = sl.registry.block_doc(m)
+  if json then
+    out(sl.json_encode{id = m.id, title = m.title, card = m.card, family = m.family, phase = m.phase, knob = m.knob,
+      params = rows, block_sizes = blocks})
+    return
+  end
+  out(string.format("%s — %s\nfamily %s, phase %s, knob %s, backends %s", m.id, m.title, m.family, m.phase,
+    tostring(m.knob or "-"), table.concat(sl.methods.backends(m), ",")))
+  out(report.table(rows, {"param", "default", "min", "max", "knob", "doc"}))
+  if blocks then out("block sizes: " .. blocks) end
+end
+
 function C.methods(argv)
-  local o = parse(argv, 2, "methods")
+  local o, pos = parse(argv, 2, "methods")
+  if pos and pos[1] then return method_detail(pos[1], o.json) end
   local rows = {}
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.methods.get(id)
