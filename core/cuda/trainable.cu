@@ -10,8 +10,12 @@
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
+#include "trainable_select.h"
 
 #include <math.h>
+#include <string.h>
+
+#include <vector>
 
 namespace {
 
@@ -403,6 +407,223 @@ __global__ void routing_kernel(routing_args a)
     a.count[item] = cnt;
 }
 
+
+// ---- trainable.select (issue 14, session 3) ----
+// Features as float64 (one thread per (head, row, channel)); then one warp
+// per query row: the row's entry scores are recomputed per pass, the lanes
+// count in shared memory; the exact top-take cut is found by bisection over
+// the scores' ordered 64-bit keys (64 counting passes, no per-row arrays),
+// then the kept keys are written ascending by a shared-memory prefix per
+// chunk of 32 keys (ties at the cut: the lower keys first). Mode 1's mean
+// and variance are summed by lane 0 in key order (the same rounding as ref).
+// Rows write padded lists into scratch; one thread prefixes the counts; one
+// thread per row compacts into col.
+
+#if defined(__CUDA_ARCH__)
+#define TS_MUL(a, b) __dmul_rn(a, b)
+#define TS_ADD(a, b) __dadd_rn(a, b)
+#else
+#define TS_MUL(a, b) ((a) * (b))
+#define TS_ADD(a, b) ((a) + (b))
+#endif
+
+__global__ void select_features_kernel(const float *x, const float *w, double *f, int H, int Hx, int n, int D, int r)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)H * n * r)
+        return;
+    int c = (int)(item % r), t = (int)((item / r) % n), h = (int)(item / ((long long)r * n));
+    const float *row = x + ((size_t)(w ? h / (H / Hx) : h) * n + t) * D;
+    if (!w) {
+        f[item] = row[c];
+        return;
+    }
+    const float *W = w + (size_t)h * D * r;
+    double acc = 0;
+    for (int e = 0; e < D; e++)
+        acc = TS_ADD(acc, TS_MUL((double)row[e], (double)W[(size_t)e * r + c]));
+    f[item] = acc;
+}
+
+struct select_args {
+    const double *qf, *kf;
+    const long long *off;
+    int *pad, *cnt, *row_ptr, *col;
+    int Hq, Hkv, Nq, Nk, r, kf_per_q, mode, causal;
+    long long k, cap, group, per_head, total, bound;
+};
+
+__device__ double select_score(const select_args &a, int h, int g0, int g1, int j)
+{
+    const double *kr = a.kf + ((size_t)(a.kf_per_q ? h : h / (a.Hq / a.Hkv)) * a.Nk + j) * a.r;
+    double acc = 0;
+    for (int u = g0; u <= g1; u++) {
+        const double *qr = a.qf + ((size_t)h * a.Nq + u) * a.r;
+        double z = 0;
+        for (int c = 0; c < a.r; c++)
+            z = TS_ADD(z, TS_MUL(qr[c], kr[c]));
+        acc = TS_ADD(acc, z);
+    }
+    return acc;
+}
+
+// Order-preserving 64-bit key of a double (larger score, larger key).
+__device__ unsigned long long select_key(double s)
+{
+    long long b;
+    memcpy(&b, &s, sizeof b);
+    return b < 0 ? ~(unsigned long long)b : (unsigned long long)b | 0x8000000000000000ull;
+}
+
+// Sum of one value per lane over the 32 lanes of the block (shared sh[32]).
+__device__ long long select_lane_sum(long long v, long long *sh)
+{
+    __syncthreads();
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    long long t = 0;
+    for (int i = 0; i < 32; i++)
+        t += sh[i];
+    return t;
+}
+
+__global__ void select_row_kernel(select_args a)
+{
+    SL_SHARED(long long, sh, [32]);
+    SL_SHARED(double, theta_sh, [1]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int h = item / a.Nq, t = item % a.Nq;
+    int g0 = a.mode == 0 ? (int)(t / a.group * a.group) : t;
+    int g1 = a.mode == 0 ? (int)(g0 + a.group - 1) : t;
+    g1 = g1 < a.Nq ? g1 : a.Nq - 1;
+    int m = (int)sl__ts_vis(g1, a.Nq, a.Nk, a.causal), lim = (int)sl__ts_vis(t, a.Nq, a.Nk, a.causal);
+    // the candidate pool: every visible key, or (mode 1, k < m) those above theta
+    int stat = a.mode == 1 && a.k < m;
+    if (lane == 0) {
+        double th = -INFINITY;
+        if (stat) {
+            double mean = 0, var = 0;
+            for (int j = 0; j < m; j++)
+                mean += select_score(a, h, g0, g1, j);
+            mean /= (double)m;
+            for (int j = 0; j < m; j++) {
+                double d = select_score(a, h, g0, g1, j) - mean;
+                var = TS_ADD(var, TS_MUL(d, d));
+            }
+            th = TS_ADD(mean, TS_MUL(sqrt(var / (double)m), sl__ts_norm_inv(1.0 - (double)a.k / (double)m)));
+        }
+        theta_sh[0] = th;
+    }
+    __syncthreads();
+    double theta = theta_sh[0];
+    long long pool = m;
+    if (stat) {
+        long long c = 0;
+        for (int j = lane; j < m; j += 32)
+            c += select_score(a, h, g0, g1, j) - theta > 0;
+        pool = select_lane_sum(c, sh);
+    }
+    long long take = a.mode == 0 ? (m < a.k ? m : a.k) : (a.cap > 0 && pool > a.cap ? a.cap : pool);
+    // the cut: the largest key u with #{key >= u} >= take (none when take = pool)
+    unsigned long long cut = 0;
+    if (take < pool && take > 0) {
+        unsigned long long lo = 0, hi = ~0ull; // invariant: count(>= lo) >= take, count(>= hi + 1) < take
+        while (lo < hi) {
+            unsigned long long mid = lo + (hi - lo) / 2 + 1, c = 0;
+            for (int j = lane; j < m; j += 32) {
+                double z = select_score(a, h, g0, g1, j);
+                c += (!stat || z - theta > 0) && select_key(z) >= mid;
+            }
+            if (select_lane_sum((long long)c, sh) >= take)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        cut = lo;
+    }
+    long long above = 0;
+    if (take < pool && take > 0) {
+        long long c = 0;
+        for (int j = lane; j < m; j += 32) {
+            double z = select_score(a, h, g0, g1, j);
+            c += (!stat || z - theta > 0) && select_key(z) > cut;
+        }
+        above = select_lane_sum(c, sh);
+    }
+    long long need_eq = take - above, eq_seen = 0, written = 0;
+    int *dst = a.pad + (size_t)h * a.per_head + a.off[t];
+    for (int base = 0; base < m && take > 0; base += 32) {
+        int j = base + lane, keep = 0, eq = 0;
+        if (j < m) {
+            double z = select_score(a, h, g0, g1, j);
+            int member = !stat || z - theta > 0;
+            if (take >= pool) {
+                keep = member;
+            } else {
+                unsigned long long kk = select_key(z);
+                keep = member && kk > cut;
+                eq = member && kk == cut;
+            }
+        }
+        __syncthreads();
+        sh[lane] = eq;
+        __syncthreads();
+        long long eq_before = eq_seen, eq_all = 0;
+        for (int i = 0; i < 32; i++) {
+            if (i < lane)
+                eq_before += sh[i];
+            eq_all += sh[i];
+        }
+        if (eq && eq_before < need_eq)
+            keep = 1;
+        keep = keep && j < lim;
+        __syncthreads();
+        sh[lane] = keep;
+        __syncthreads();
+        long long at = written, all = 0;
+        for (int i = 0; i < 32; i++) {
+            if (i < lane)
+                at += sh[i];
+            all += sh[i];
+        }
+        if (keep)
+            dst[at] = j;
+        written += all;
+        eq_seen += eq_all;
+    }
+    if (lane == 0)
+        a.cnt[item] = (int)written;
+}
+
+__global__ void select_prefix_kernel(select_args a)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    long long at = 0;
+    for (int h = 0; h < a.Hq; h++) {
+        for (int t = 0; t < a.Nq; t++) {
+            a.row_ptr[(size_t)h * (a.Nq + 1) + t] = (int)at;
+            at += a.cnt[(size_t)h * a.Nq + t];
+        }
+        a.row_ptr[(size_t)h * (a.Nq + 1) + a.Nq] = (int)at;
+    }
+}
+
+__global__ void select_compact_kernel(select_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item < (long long)a.Hq * a.Nq) {
+        int h = (int)(item / a.Nq), t = (int)(item % a.Nq);
+        const int *src = a.pad + (size_t)h * a.per_head + a.off[t];
+        int *dst = a.col + a.row_ptr[(size_t)h * (a.Nq + 1) + t];
+        for (int x = 0; x < a.cnt[item]; x++)
+            dst[x] = src[x];
+    }
+    long long used = a.row_ptr[(size_t)(a.Hq - 1) * (a.Nq + 1) + a.Nq];
+    for (long long x = used + item; x < a.bound; x += (long long)gridDim.x * blockDim.x)
+        a.col[x] = -1;
+}
+
 }  // namespace
 
 sl_status sl__cuda_trainable_compress(const sl__kargs *a)
@@ -519,5 +740,54 @@ sl_status sl__cuda_trainable_routing(const sl__kargs *a)
     x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.C = (int)C, x.W = (int)W;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
     SL_LAUNCH(routing_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_select(const sl__kargs *a)
+{
+    const sl_trainable_select_params *p = static_cast<const sl_trainable_select_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int has_w = a->in[2].buf != nullptr;
+    int64_t r = sl__ts_rank(has_w, has_w ? a->in[2].shape[2] : 0, p->split, D), hk = has_w ? Hq : Hkv;
+    if (Nk > (1 << 30) || Nq > (1 << 30) || D > (1 << 20) || Hq * Nq > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or rows, or 2^20 channels");
+    if (Hq * Nq == 0)
+        return SL_OK;
+    std::vector<long long> off((size_t)Nq + 1, 0);
+    for (int64_t t = 0; t < Nq; t++)
+        off[(size_t)t + 1] = off[(size_t)t] + sl__ts_bound(p->mode, p->k, p->cap, p->group, (int)p->causal, t, Nq, Nk);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    void *qf = nullptr, *kf = nullptr, *pad = nullptr, *cnt = nullptr, *doff = nullptr;
+    int64_t bound = a->out[1].shape[0];
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(Hq * Nq * r), &qf); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(hk * Nk * r), &kf); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(bound > 0 ? bound : 1), &pad); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(Hq * Nq), &cnt); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, off.data(), sizeof(long long) * off.size(), &doff); s != SL_OK)
+        return s;
+    const float *wq = has_w ? st.input<float>(2) : nullptr, *wk = has_w ? st.input<float>(3) : nullptr;
+    int64_t nqf = Hq * Nq * r, nkf = hk * Nk * r;
+    SL_LAUNCH(select_features_kernel, dim3((unsigned)((nqf + 127) / 128)), 128, 0, 0)(
+        st.input<float>(0), wq, static_cast<double *>(qf), (int)Hq, (int)Hq, (int)Nq, (int)D, (int)r);
+    if (nkf > 0)
+        SL_LAUNCH(select_features_kernel, dim3((unsigned)((nkf + 127) / 128)), 128, 0, 0)(
+            st.input<float>(1), wk, static_cast<double *>(kf), (int)hk, (int)Hkv, (int)Nk, (int)D, (int)r);
+    select_args x;
+    x.qf = static_cast<const double *>(qf), x.kf = static_cast<const double *>(kf);
+    x.off = static_cast<const long long *>(doff), x.pad = static_cast<int *>(pad), x.cnt = static_cast<int *>(cnt);
+    x.row_ptr = st.output<int>(0), x.col = st.output<int>(1);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.r = (int)r, x.kf_per_q = has_w;
+    x.mode = (int)p->mode, x.causal = (int)p->causal;
+    x.k = p->k, x.cap = p->cap, x.group = p->group, x.per_head = off[(size_t)Nq], x.bound = bound;
+    SL_LAUNCH(select_row_kernel, dim3((unsigned)(Hq * Nq)), 32, 0, 0)(x);
+    SL_LAUNCH(select_prefix_kernel, dim3(1), 1, 0, 0)(x);
+    SL_LAUNCH(select_compact_kernel, dim3((unsigned)((Hq * Nq + 127) / 128)), 128, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
