@@ -1188,4 +1188,29 @@ test("spark_transformer: the trainable.select op path gives the Lua loop's lists
   end
 end)
 
+test("mosa: the op path (gather.rows, attn.dense, gather.rows back) equals the Lua token-list forward", function()
+  local prob = synthetic(120, 73)
+  local M = sl.methods.get("mosa")
+  for _, cfg in ipairs{{rho = 4, include_first = 0, router_weight = 1}, {rho = 7, include_first = 1, router_weight = 0},
+    {rho = 1, include_first = 0, router_weight = 1}} do
+    local p = sl.registry.resolve(M, cfg)
+    local r = M.router(prob, p)
+    local sel = M.choose(r, 120, p.rho, p.include_first)
+    local o2, l2, pairs2 = M.forward(prob, r, sel, p.router_weight)
+    for _, be in ipairs{"ref", "cpu"} do
+      local o1, l1, pairs1 = M.forward_op(with(prob, {backend = be}), r, sel, p.router_weight)
+      eq(pairs1, pairs2, "pairs")
+      local d = max_diff(o1:totable(), o2:totable())
+      truthy(d < 1e-5, string.format("rho %d on %s: o max diff %.2e", cfg.rho, be, d))
+      local L1, L2 = l1:totable(), l2:totable()
+      for h = 1, #L2 do
+        for t = 1, #L2[h] do
+          if L2[h][t] == -math.huge then eq(L1[h][t], -math.huge, "unchosen row lse")
+          else truthy(math.abs(L1[h][t] - L2[h][t]) < 1e-5, "lse") end
+        end
+      end
+    end
+  end
+end)
+
 H.done()
