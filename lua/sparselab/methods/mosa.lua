@@ -258,14 +258,16 @@ function M.forward_op(prob, r, sel, router_weight)
   local og, lg = sl.attn.dense(qg, kg, vg, {causal = 1, backend = prob.backend})
   local flops = sl.op_flops("attn.dense", qg, kg, vg, {causal = 1})
   if router_weight == 1 then
-    local O = og:totable()
-    for h = 1, hq do
+    local parts = {}
+    for h = 1, hq do -- one head at a time (k·D values; a whole-tensor table would pass Lua's limit)
+      local O = og:narrow(1, h, 1):totable()
       for i, t in ipairs(sel[h]) do
-        local w, ot = r[h][t + 1], O[h][i]
+        local w, ot = r[h][t + 1], O[1][i]
         for e = 1, d do ot[e] = ot[e] * w end
       end
+      parts[h] = sl.tensor(O)
     end
-    og = sl.tensor(O)
+    og = hq > 1 and sl.cat(parts, 1) or parts[1]
   end
   -- back to the positions: row t of head h reads output row i (t = sel[h][i]) or the zero row k
   local inv, L, LG = {}, {}, lg:totable()
