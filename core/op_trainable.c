@@ -257,6 +257,24 @@ static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void
         return routing_infer(ctx, info, in, out_ndim, out_shape, out_dtype);
     case SL_OP_TRAINABLE_SELECT:
         return select_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_TRAINABLE_CELLS: {
+        sl_status s;
+        if ((s = sl__need_float3(ctx, info, &in[0], "a")))
+            return s;
+        const sl_trainable_cells_params *p = params;
+        int64_t H = in[0].shape[0], N = in[0].shape[1], tm = in[0].shape[2], total = 0;
+        if (tm < 1)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: a has T_M = 0 cells; expected at least 1", info->name);
+        for (int64_t t = 0; t < N; t++)
+            total += sl__ts_cell_bound(H, p->k, tm, t);
+        if (total > INT32_MAX)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld list entries exceed the i32 index lists", info->name,
+                               (long long)total);
+        out_ndim[0] = 2, out_shape[0][0] = H, out_shape[0][1] = N + 1;
+        out_ndim[1] = 1, out_shape[1][0] = total;
+        out_dtype[0] = out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
     }
@@ -275,6 +293,9 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
         double Hq = (double)in[0].shape[0], C = (double)in[3].shape[1], W = (double)in[3].shape[2];
         return 4.0 * (double)in[0].shape[2] * Hq * C * W * W / 2;
     }
+    if (info->op == SL_OP_TRAINABLE_CELLS) /* the budget's selection: about log2(H T_M) compares per cell and row */
+        return (double)in[0].shape[0] * (double)in[0].shape[1] * (double)in[0].shape[2] *
+               (log2((double)(in[0].shape[0] * in[0].shape[2]) + 1) + 1);
     if (info->op == SL_OP_TRAINABLE_SELECT) {
         /* projections (2 D r per query row and per key and query head), the
          * scores (2 r per visible pair, times group), a selection pass */

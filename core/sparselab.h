@@ -1023,6 +1023,16 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * entry)) (mode 0) or min(cap, vis(t)) (mode 1, cap > 0; vis(t) without a
  * cap); each row's keys ascending; col past row_ptr[Hq - 1, Nq] is -1 (the
  * caller narrows). Memory: the lists and O(Nk) scratch per thread. */
+/* trainable.cells (card sea, steps 3-4): input a [H, N, T_M] (the estimated
+ * compressed map of causal self-attention; row t has width w = t + 1);
+ * param k. Row t's budget b = min(H . T_M, max(1, floor(H . k . T_M / w +
+ * 0.5))) cells, the b largest a[h, t, c] over all heads and cells (ties: the
+ * lower h . T_M + c). Nearest resize: key j < w lies in cell c(j) =
+ * clamp(floor((j + 0.5) / w . T_M - 1e-4), 0, T_M - 1) (float64); row t of
+ * head h keeps the keys whose cell is kept for head h. Outputs the index
+ * lists of attn.token_sparse: row_ptr i32 [H, N + 1], col i32 [bound], bound
+ * = sum_t min(H . w, b . (ceil(w / T_M) + 1)), rows ascending, col past
+ * row_ptr[H - 1, N] is -1. Time: O(H . T_M) per row plus the kept keys. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

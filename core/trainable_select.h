@@ -2,7 +2,8 @@
  * (issue 14, session 3; contract in sparselab.h): the visible keys of a row,
  * the padded list length of a row, and the standard normal inverse CDF
  * (Acklam's rational approximation, relative error < 1.2e-9), the same
- * formula as the Lua recipe spark_transformer's norm_inv. Host and device. */
+ * formula as the Lua recipe spark_transformer's norm_inv; and trainable.cells'
+ * budget and nearest resize (card sea). Host and device. */
 #ifndef SL_TRAINABLE_SELECT_H
 #define SL_TRAINABLE_SELECT_H
 
@@ -69,6 +70,42 @@ static inline SL_TS_HD double sl__ts_norm_inv(double p)
 static inline SL_TS_HD int64_t sl__ts_rank(int has_w, int64_t w_rank, int64_t split, int64_t d)
 {
     return has_w ? w_rank : split > 0 && split < d ? split : d;
+}
+
+/* SEA's nearest resize: the cell of key j in a row of width w (T_M cells). */
+static inline SL_TS_HD int64_t sl__ts_cell(int64_t j, int64_t w, int64_t tm)
+{
+    double x = floor(((double)j + 0.5) / (double)w * (double)tm - 1e-4);
+    return x < 0 ? 0 : x > (double)(tm - 1) ? tm - 1 : (int64_t)x;
+}
+
+/* SEA's cell budget of a row of width w over H heads. */
+static inline SL_TS_HD int64_t sl__ts_budget(int64_t H, double k, int64_t tm, int64_t w)
+{
+    double b = floor((double)H * k * (double)tm / (double)w + 0.5);
+    int64_t bi = b < 1 ? 1 : b > (double)(H * tm) ? H * tm : (int64_t)b;
+    return bi;
+}
+
+/* trainable.cells: the padded list length of row t (all heads together). */
+static inline SL_TS_HD int64_t sl__ts_cell_bound(int64_t H, double k, int64_t tm, int64_t t)
+{
+    int64_t w = t + 1, b = sl__ts_budget(H, k, tm, w), per = b * ((w + tm - 1) / tm + 1);
+    return per < H * w ? per : H * w;
+}
+
+/* The first key of cell c in a row of width w (w when none maps there or later). */
+static inline SL_TS_HD int64_t sl__ts_cell_first(int64_t c, int64_t w, int64_t tm)
+{
+    int64_t lo = 0, hi = w; /* cell() is non-decreasing in j */
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (sl__ts_cell(mid, w, tm) < c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 #endif

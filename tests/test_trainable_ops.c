@@ -923,6 +923,63 @@ START_TEST(test_select)
 }
 END_TEST
 
+
+/* trainable.cells (card sea): every backend equals ref exactly (values drawn
+ * from 5 levels, so ties at the budget's cut are common); ref checked here:
+ * per row the kept cells over all heads are the b best by rank counting
+ * (value, then the lower flat index), b = the card's budget, and head h's
+ * row lists exactly the keys j <= t whose resized cell is kept for h. */
+START_TEST(test_cells)
+{
+    static const int64_t shapes[][3] = {{2, 40, 8}, {3, 17, 32}, {1, 64, 5}, {4, 9, 16}};
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14400 + (uint64_t)_i);
+    int64_t H = shapes[_i][0], N = shapes[_i][1], tm = shapes[_i][2];
+    sl_tensor a = f32_new(ctx, 3, shapes[_i]);
+    for (int64_t x = 0; x < H * N * tm; x++)
+        f32p(&a)[x] = (float)(sl_rng_uniform(&rng) < 0.5 ? floor(sl_rng_uniform(&rng) * 5) / 5 : sl_rng_uniform(&rng));
+    double ks[] = {1, 2.5, 7, 1000};
+    for (int q = 0; q < 4; q++) {
+        sl_trainable_cells_params p = {.k = ks[q]};
+        char what[64];
+        snprintf(what, sizeof what, "trainable.cells shape %d k %g", _i, ks[q]);
+        check_op_vs_ref(ctx, SL_OP_TRAINABLE_CELLS, &p, &a, 0, what);
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_CELLS, &p, &a, out), SL_OK);
+        const int32_t *rp = out[0].data, *col = out[1].data;
+        for (int64_t t = 0; t < N; t++) {
+            int64_t w = t + 1, HT = H * tm;
+            double bb = floor((double)H * ks[q] * (double)tm / (double)w + 0.5);
+            int64_t b = bb < 1 ? 1 : bb > (double)HT ? HT : (int64_t)bb;
+            for (int64_t h = 0; h < H; h++) {
+                int64_t want = 0;
+                int32_t lo = rp[h * (N + 1) + t], hi = rp[h * (N + 1) + t + 1];
+                for (int64_t j = 0; j < w; j++) {
+                    double cx = floor((j + 0.5) * (double)tm / (double)w - 1e-4);
+                    int64_t c = cx < 0 ? 0 : cx > tm - 1 ? tm - 1 : (int64_t)cx, f = h * tm + c, better = 0;
+                    float v = f32p(&a)[(h * N + t) * tm + c];
+                    for (int64_t g = 0; g < HT; g++) {
+                        float u = f32p(&a)[((g / tm) * N + t) * tm + g % tm];
+                        better += u > v || (u == v && g < f);
+                    }
+                    if (better < b) {
+                        ck_assert_msg(lo + want < hi && col[lo + want] == j, "%s: head %lld row %lld key %lld missing",
+                                      what, (long long)h, (long long)t, (long long)j);
+                        want++;
+                    }
+                }
+                ck_assert_int_eq(hi - lo, want);
+            }
+        }
+        release_n(out, 2);
+    }
+    sl_tensor_release(&a);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_routing);
@@ -933,6 +990,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_nsa_card_checks);
     tcase_add_test(tc, test_trainable_validation);
     tcase_add_loop_test(tc, test_select, 0, N_CASES);
+    tcase_add_loop_test(tc, test_cells, 0, 4);
 }
 
 int main(void) { return run_op_suite("trainable_ops", add_tests); }

@@ -736,6 +736,94 @@ sl_status sl__cpu_trainable_select(const sl__kargs *a)
     return st;
 }
 
+/* ---- trainable.cells (issue 14, session 3; card sea) ----
+ * One item per row: the budget's cells by quickselect over the H·T_M
+ * values, then per head its kept cells ascending, each cell's keys found by
+ * a binary search for the cell's first key (cell() is monotone in j): time
+ * O(H·T_M + kept keys) per row. Rows write into a padded row-major buffer;
+ * one serial pass copies them out head-major. */
+
+typedef struct cells_job {
+    const sl__kargs *a;
+    int64_t H, N, tm;
+    const int64_t *off; /* padded offset of row t, [N + 1] */
+    int32_t *pad;       /* padded lists, row-major */
+    int64_t *cnt, *start; /* [H, N]: kept keys and their start inside the row's padded region */
+    double *val;        /* H·T_M per thread */
+    int32_t *idx;       /* H·T_M per thread */
+} cells_job;
+
+static void cells_item(int64_t t, void *ud, int thread)
+{
+    const cells_job *j = ud;
+    const sl_trainable_cells_params *p = j->a->params;
+    int64_t H = j->H, N = j->N, tm = j->tm, HT = H * tm, w = t + 1;
+    double *v = j->val + (size_t)thread * (size_t)HT;
+    int32_t *idx = j->idx + (size_t)thread * (size_t)HT;
+    const float *A = j->a->in[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < tm; c++) {
+            v[h * tm + c] = A[(h * N + t) * tm + c];
+            idx[h * tm + c] = (int32_t)(h * tm + c);
+        }
+    int64_t b = sl__ts_budget(H, p->k, tm, w);
+    if (b < HT)
+        sel_quick(v, idx, HT, b);
+    qsort(idx, (size_t)b, sizeof *idx, sel_i32_asc); /* flat ascending: head by head, cells ascending */
+    int32_t *dst = j->pad + j->off[t];
+    int64_t n = 0, x = 0;
+    for (int64_t h = 0; h < H; h++) {
+        j->start[h * N + t] = n;
+        for (; x < b && idx[x] < (h + 1) * tm; x++) {
+            int64_t c = idx[x] - h * tm;
+            for (int64_t key = sl__ts_cell_first(c, w, tm); key < w && sl__ts_cell(key, w, tm) == c; key++)
+                dst[n++] = (int32_t)key;
+        }
+        j->cnt[h * N + t] = n - j->start[h * N + t];
+    }
+}
+
+sl_status sl__cpu_trainable_cells(const sl__kargs *a)
+{
+    const sl_trainable_cells_params *p = a->params;
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], tm = a->in[0].shape[2], nt = sl_ctx_threads(a->ctx);
+    int64_t bound = a->out[1].shape[0];
+    nt = nt > 0 ? nt : 1;
+    size_t bytes = sizeof(int64_t) * (size_t)(N + 1 + 2 * H * N) + sizeof(int32_t) * (size_t)(bound + nt * H * tm) +
+                   sizeof(double) * (size_t)(nt * H * tm) + 16;
+    char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.cells[cpu]: out of memory for %zu bytes", bytes);
+    cells_job j = {.a = a, .H = H, .N = N, .tm = tm};
+    int64_t *off = (int64_t *)mem;
+    j.cnt = off + N + 1, j.start = j.cnt + H * N;
+    j.val = (double *)(j.start + H * N);
+    j.pad = (int32_t *)(j.val + nt * H * tm);
+    j.idx = j.pad + bound;
+    off[0] = 0;
+    for (int64_t t = 0; t < N; t++)
+        off[t + 1] = off[t] + sl__ts_cell_bound(H, p->k, tm, t);
+    j.off = off;
+    sl_status st = sl__cpu_parallel(a->ctx, N, cells_item, &j);
+    if (st == SL_OK) {
+        int32_t *row_ptr = a->out[0].data, *col = a->out[1].data;
+        int64_t at = 0;
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t t = 0; t < N; t++) {
+                row_ptr[h * (N + 1) + t] = (int32_t)at;
+                int64_t n = j.cnt[h * N + t];
+                memcpy(col + at, j.pad + off[t] + j.start[h * N + t], sizeof *col * (size_t)n);
+                at += n;
+            }
+            row_ptr[h * (N + 1) + N] = (int32_t)at;
+        }
+        for (int64_t x = at; x < bound; x++)
+            col[x] = -1;
+    }
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return st;
+}
+
 size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

@@ -624,6 +624,111 @@ __global__ void select_compact_kernel(select_args a)
         a.col[x] = -1;
 }
 
+
+// ---- trainable.cells (issue 14, session 3; card sea) ----
+// One warp per row: the budget's cut over the H·T_M cell values by
+// bisection over their ordered 32-bit keys (lanes count, shared-memory
+// sums), then lane 0 walks the cells in flat order (ties at the cut: the
+// lower flat index first) and writes each kept cell's keys, found from the
+// cell's first key by binary search. Then one thread prefixes the counts
+// head-major and one thread per (head, row) copies its keys into col.
+
+struct cells_args {
+    const float *a;
+    const long long *off;
+    int *pad, *cnt, *start, *row_ptr, *col;
+    int H, N, tm;
+    double k;
+    long long bound;
+};
+
+__device__ unsigned cells_key(float x)
+{
+    unsigned b;
+    memcpy(&b, &x, sizeof b);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
+__global__ void cells_row_kernel(cells_args a)
+{
+    SL_SHARED(long long, sh, [32]);
+    int t = blockIdx.x, lane = threadIdx.x, HT = a.H * a.tm, w = t + 1;
+    long long b = sl__ts_budget(a.H, a.k, a.tm, w);
+    unsigned cut = 0;
+    if (b < HT) {
+        unsigned lo = 0, hi = 0xffffffffu; // the largest u with #{key >= u} >= b
+        while (lo < hi) {
+            unsigned mid = lo + (hi - lo) / 2 + 1;
+            long long c = 0;
+            for (int f = lane; f < HT; f += 32)
+                c += cells_key(a.a[((size_t)(f / a.tm) * a.N + t) * a.tm + f % a.tm]) >= mid;
+            if (select_lane_sum(c, sh) >= b)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        cut = lo;
+    }
+    long long above = 0;
+    if (b < HT) {
+        long long c = 0;
+        for (int f = lane; f < HT; f += 32)
+            c += cells_key(a.a[((size_t)(f / a.tm) * a.N + t) * a.tm + f % a.tm]) > cut;
+        above = select_lane_sum(c, sh);
+    }
+    if (lane != 0)
+        return;
+    long long eq_left = b - above;
+    int *dst = a.pad + a.off[t];
+    int n = 0;
+    for (int h = 0; h < a.H; h++) {
+        a.start[(size_t)h * a.N + t] = n;
+        for (int c = 0; c < a.tm; c++) {
+            int kept = 1;
+            if (b < HT) {
+                unsigned key = cells_key(a.a[((size_t)h * a.N + t) * a.tm + c]);
+                kept = key > cut || (key == cut && eq_left > 0);
+                if (key == cut && eq_left > 0)
+                    eq_left--;
+            }
+            if (!kept)
+                continue;
+            for (long long j = sl__ts_cell_first(c, w, a.tm); j < w && sl__ts_cell(j, w, a.tm) == c; j++)
+                dst[n++] = (int)j;
+        }
+        a.cnt[(size_t)h * a.N + t] = n - a.start[(size_t)h * a.N + t];
+    }
+}
+
+__global__ void cells_prefix_kernel(cells_args a)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    long long at = 0;
+    for (int h = 0; h < a.H; h++) {
+        for (int t = 0; t < a.N; t++) {
+            a.row_ptr[(size_t)h * (a.N + 1) + t] = (int)at;
+            at += a.cnt[(size_t)h * a.N + t];
+        }
+        a.row_ptr[(size_t)h * (a.N + 1) + a.N] = (int)at;
+    }
+}
+
+__global__ void cells_compact_kernel(cells_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item < (long long)a.H * a.N) {
+        int h = (int)(item / a.N), t = (int)(item % a.N);
+        const int *src = a.pad + a.off[t] + a.start[item];
+        int *dst = a.col + a.row_ptr[(size_t)h * (a.N + 1) + t];
+        for (int x = 0; x < a.cnt[item]; x++)
+            dst[x] = src[x];
+    }
+    long long used = a.row_ptr[(size_t)(a.H - 1) * (a.N + 1) + a.N];
+    for (long long x = used + item; x < a.bound; x += (long long)gridDim.x * blockDim.x)
+        a.col[x] = -1;
+}
+
 }  // namespace
 
 sl_status sl__cuda_trainable_compress(const sl__kargs *a)
@@ -789,5 +894,40 @@ sl_status sl__cuda_trainable_select(const sl__kargs *a)
     SL_LAUNCH(select_row_kernel, dim3((unsigned)(Hq * Nq)), 32, 0, 0)(x);
     SL_LAUNCH(select_prefix_kernel, dim3(1), 1, 0, 0)(x);
     SL_LAUNCH(select_compact_kernel, dim3((unsigned)((Hq * Nq + 127) / 128)), 128, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_cells(const sl__kargs *a)
+{
+    const sl_trainable_cells_params *p = static_cast<const sl_trainable_cells_params *>(a->params);
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], tm = a->in[0].shape[2];
+    if (N > (1 << 30) || H * tm > (1 << 30) || H * N > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 rows or cells");
+    if (H * N == 0)
+        return SL_OK;
+    std::vector<long long> off((size_t)N + 1, 0);
+    for (int64_t t = 0; t < N; t++)
+        off[(size_t)t + 1] = off[(size_t)t] + sl__ts_cell_bound(H, p->k, tm, t);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    int64_t bound = a->out[1].shape[0];
+    void *pad = nullptr, *cnt = nullptr, *start = nullptr, *doff = nullptr;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(bound > 0 ? bound : 1), &pad); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(H * N), &cnt); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(H * N), &start); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, off.data(), sizeof(long long) * off.size(), &doff); s != SL_OK)
+        return s;
+    cells_args x;
+    x.a = st.input<float>(0), x.off = static_cast<const long long *>(doff), x.pad = static_cast<int *>(pad);
+    x.cnt = static_cast<int *>(cnt), x.start = static_cast<int *>(start);
+    x.row_ptr = st.output<int>(0), x.col = st.output<int>(1);
+    x.H = (int)H, x.N = (int)N, x.tm = (int)tm, x.k = p->k, x.bound = bound;
+    SL_LAUNCH(cells_row_kernel, dim3((unsigned)N), 32, 0, 0)(x);
+    SL_LAUNCH(cells_prefix_kernel, dim3(1), 1, 0, 0)(x);
+    SL_LAUNCH(cells_compact_kernel, dim3((unsigned)((H * N + 127) / 128)), 128, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

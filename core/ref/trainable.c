@@ -506,3 +506,42 @@ done:
     free(sc), free(qf), free(kf);
     return st;
 }
+
+/* ---- trainable.cells (issue 14, session 3; card sea) ----
+ * Literal: per row a full sort of the H·T_M cells, then every key of the
+ * row tested against its cell's flag. */
+sl_status sl__ref_trainable_cells(const sl__kargs *a)
+{
+    const sl_trainable_cells_params *p = a->params;
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], tm = a->in[0].shape[2], at = 0;
+    const float *A = a->in[0].data;
+    int32_t *row_ptr = a->out[0].data, *col = a->out[1].data;
+    uint8_t *keep = calloc((size_t)(N * H * tm + 1), 1);
+    ref_scored *sc = malloc(sizeof *sc * (size_t)(H * tm));
+    if (!keep || !sc) {
+        free(keep), free(sc);
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.cells[ref]: out of memory");
+    }
+    for (int64_t t = 0; t < N; t++) {
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t c = 0; c < tm; c++)
+                sc[h * tm + c] = (ref_scored){A[(h * N + t) * tm + c], h * tm + c};
+        qsort(sc, (size_t)(H * tm), sizeof *sc, ref_scored_desc);
+        int64_t b = sl__ts_budget(H, p->k, tm, t + 1);
+        for (int64_t x = 0; x < b; x++)
+            keep[t * H * tm + sc[x].j] = 1;
+    }
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t t = 0; t < N; t++) {
+            row_ptr[h * (N + 1) + t] = (int32_t)at;
+            for (int64_t j = 0; j <= t; j++)
+                if (keep[t * H * tm + h * tm + sl__ts_cell(j, t + 1, tm)])
+                    col[at++] = (int32_t)j;
+        }
+        row_ptr[h * (N + 1) + N] = (int32_t)at;
+    }
+    for (int64_t x = at; x < a->out[1].shape[0]; x++)
+        col[x] = -1;
+    free(keep), free(sc);
+    return SL_OK;
+}

@@ -1213,4 +1213,28 @@ test("mosa: the op path (gather.rows, attn.dense, gather.rows back) equals the L
   end
 end)
 
+test("sea: the trainable.cells op path gives the Lua loop's lists (file map with ties, Performer and oracle maps)", function()
+  local prob = synthetic(96, 74)
+  local M = sl.methods.get("sea")
+  -- a file-like map with many ties (5 levels) and the two estimators' maps
+  local lv = uniform({4, 96, 16}, 75, 0, 1)
+  for h = 1, 4 do for t = 1, 96 do for c = 1, 16 do if (h + t + c) % 2 == 0 then lv[h][t][c] = math.floor(lv[h][t][c] * 5) / 5 end end end end
+  local maps = {ties = lv}
+  for _, est in ipairs{"performer", "oracle"} do
+    maps[est] = M.estimate(prob, sl.registry.resolve(M, {estimator = est, t_m = 16}))
+  end
+  for name, a in pairs(maps) do
+    local at = M.map_tensor(a)
+    local a32 = at:totable()
+    for _, k in ipairs{1, 3, 7.5, 500} do
+      local R2, C2 = M.lists(M.choose(a32, 96, 16, k), 96, 16)
+      for _, be in ipairs{"ref", "cpu"} do
+        local rp, col = M.lists_op(with(prob, {backend = be}), at, k)
+        local R1, C1 = op_lists(rp, col)
+        same_lists(R1, C1, R2, C2, string.format("sea %s map k %g on %s", name, k, be))
+      end
+    end
+  end
+end)
+
 H.done()
