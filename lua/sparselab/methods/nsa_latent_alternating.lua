@@ -161,6 +161,9 @@ function M.global_forward(prob, p, kc_override)
   elseif ws.gate_w then
     gc, gs = nsa.q_gates(prob, ws.gate_w, ws.gate_b)
     gw = select(3, nsa.const_gates(prob, 0, 0, 0))
+  elseif ws["gate_mlp.w1"] then
+    gc, gs = nsa.mlp_gates(prob, ws)
+    gw = select(3, nsa.const_gates(prob, 0, 0, 0))
   else
     gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)
   end
