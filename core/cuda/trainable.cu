@@ -167,10 +167,14 @@ __global__ void nsa_kernel(nsa_args a)
     }
 }
 
-// trainable.sparsek: one thread per (kv head, query row), no scratch: a
-// key's membership in S is its rank among the prefix (O(m) per key, O(m^2)
-// per row: a correctness kernel, not a fast one), tau by the same 200
-// float64 bisection steps as ref.
+// trainable.sparsek: one warp per (kv head, query row) (issue 14, session 3;
+// was one thread per row). A key's membership in S is its rank among the
+// prefix (O(m) per key; the lanes split the keys, so O(m^2 / 32) per row);
+// tau by the same 200 float64 bisection steps as ref, the lanes summing the
+// capped-simplex mass in shared memory; the softmax in three passes over
+// the row's keys split across the lanes (max and sum reduced in shared
+// memory, each lane's P·V in its own row of dynamic shared memory, summed
+// per channel at the end).
 struct sparsek_args {
     const float *q, *k, *v, *u;
     float *o, *lse;
@@ -187,15 +191,39 @@ __device__ int sk_selected(const float *u, int m, int kk, int j)
     return rank < kk;
 }
 
+// Sum over the 32 lanes of one double (red: 32 doubles of shared memory).
+__device__ double sk_lane_sum(double x, double *red)
+{
+    __syncthreads();
+    red[threadIdx.x] = x;
+    __syncthreads();
+    double t = 0;
+    for (int i = 0; i < 32; i++)
+        t += red[i];
+    return t;
+}
+
+__device__ float sk_lane_max(float x, double *red)
+{
+    __syncthreads();
+    red[threadIdx.x] = x;
+    __syncthreads();
+    float t = -INFINITY;
+    for (int i = 0; i < 32; i++)
+        t = fmaxf(t, (float)red[i]);
+    return t;
+}
+
 __global__ void sparsek_kernel(sparsek_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hkv * a.Nq)
-        return;
-    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    SL_DYN_SMEM(float, acc_all); // 32 rows of D floats
+    SL_SHARED(double, red, [32]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int kv = item / a.Nq, t = item % a.Nq, g = a.Hq / a.Hkv;
     int pos = a.Nk - a.Nq + t, m = pos + 1, kk = min(a.kb, m);
     const float *u = a.u + (size_t)kv * a.Nk;
     const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    float *acc = acc_all + (size_t)lane * a.D;
     double tau = 0;
     if (a.weight && kk > 0 && kk < m) {
         double lo = INFINITY, hi = -INFINITY;
@@ -205,11 +233,11 @@ __global__ void sparsek_kernel(sparsek_args a)
         }
         for (int it = 0; it < 200; it++) {
             double mid = 0.5 * (lo + hi), f = 0;
-            for (int j = 0; j < m; j++) {
+            for (int j = lane; j < m; j += 32) {
                 double x = (double)u[j] - mid;
                 f += x <= 0 ? 0 : x >= 1 ? 1 : x;
             }
-            if (f > kk)
+            if (sk_lane_sum(f, red) > kk)
                 lo = mid;
             else
                 hi = mid;
@@ -217,18 +245,20 @@ __global__ void sparsek_kernel(sparsek_args a)
         tau = 0.5 * (lo + hi);
     }
     int cnt = 0;
-    for (int j = 0; j < m; j++)
+    for (int j = lane; j < m; j += 32)
         cnt += sk_selected(u, m, kk, j) || j > pos - a.window;
-    a.count[item] = cnt;
+    cnt = (int)sk_lane_sum((double)cnt, red);
+    if (lane == 0)
+        a.count[item] = cnt;
     for (int hh = 0; hh < g; hh++) {
         int h = kv * g + hh;
         const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
-        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
-        for (int e = 0; e < a.D; e++)
-            o[e] = 0.f;
         float mx = -INFINITY, z = 0.f;
-        for (int pass = 0; pass < 3; pass++)
-            for (int j = 0; j < m; j++) {
+        for (int e = 0; e < a.D; e++)
+            acc[e] = 0.f;
+        for (int pass = 0; pass < 3; pass++) {
+            float part = pass == 0 ? -INFINITY : 0.f;
+            for (int j = lane; j < m; j += 32) {
                 int sel = sk_selected(u, m, kk, j);
                 if (!sel && j <= pos - a.window)
                     continue;
@@ -239,16 +269,31 @@ __global__ void sparsek_kernel(sparsek_args a)
                 }
                 float sc = dotf(qv, K + (size_t)j * a.D, a.D) * w * a.scale + (a.bias ? u[j] : 0.f);
                 if (pass == 0) {
-                    mx = fmaxf(mx, sc);
+                    part = fmaxf(part, sc);
                 } else if (pass == 1) {
-                    z += expf(sc - mx);
+                    part += expf(sc - mx);
                 } else {
                     float pr = expf(sc - mx) / z * w;
                     for (int e = 0; e < a.D; e++)
-                        o[e] += pr * V[(size_t)j * a.D + e];
+                        acc[e] += pr * V[(size_t)j * a.D + e];
                 }
             }
-        a.lse[(size_t)h * a.Nq + t] = z > 0.f ? mx + logf(z) : -INFINITY;
+            if (pass == 0)
+                mx = sk_lane_max(part, red);
+            else if (pass == 1)
+                z = (float)sk_lane_sum((double)part, red);
+        }
+        __syncthreads();
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        for (int e = lane; e < a.D; e += 32) {
+            float sum = 0.f;
+            for (int l2 = 0; l2 < 32; l2++)
+                sum += acc_all[(size_t)l2 * a.D + e];
+            o[e] = sum;
+        }
+        __syncthreads();
+        if (lane == 0)
+            a.lse[(size_t)h * a.Nq + t] = z > 0.f ? mx + logf(z) : -INFINITY;
     }
 }
 
@@ -794,7 +839,10 @@ sl_status sl__cuda_trainable_sparsek(const sl__kargs *a)
     x.kb = (int)(p->k < Nk ? p->k : Nk), x.window = (int)(p->window < Nk ? p->window : Nk), x.weight = (int)p->weight;
     x.bias = (int)p->bias;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    SL_LAUNCH(sparsek_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    if (32 * D * (int64_t)sizeof(float) > 48 * 1024)
+        return sl__cuda_unsupported(a, "head_dim %lld: the warp's 32 accumulator rows pass 48 KiB of shared memory",
+                                    (long long)D);
+    SL_LAUNCH(sparsek_kernel, dim3((unsigned)items), 32, (size_t)(32 * D) * sizeof(float), 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
