@@ -376,11 +376,13 @@ __global__ void fsa_merge_kernel(fsa_args a)
     a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-// trainable.routing: one thread per (query head, row); it finds the clusters
-// holding the row by scanning qsel (O(C W) per row: a correctness kernel),
-// runs each cluster's softmax in three passes, and the union's log-sum-exp
-// over keys counted once (a key also held by an earlier cluster of the row is
-// skipped by rescanning those clusters).
+// trainable.routing: one warp per (query head, row) (issue 14, session 3;
+// was one thread per row); it finds the clusters holding the row by
+// scanning qsel (O(C W) per row), runs each cluster's softmax in three
+// passes over the cluster's keys split across the lanes (max and sum reduced
+// in shared memory, each lane's P·V in its own row of dynamic shared memory),
+// and the union's log-sum-exp over keys counted once (a key also held by an
+// earlier cluster of the row is skipped by rescanning those clusters).
 struct routing_args {
     const float *q, *k, *v;
     const int *qsel, *ksel;
@@ -392,15 +394,15 @@ struct routing_args {
 
 __global__ void routing_kernel(routing_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hq * a.Nq)
-        return;
-    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv), pos = a.Nk - a.Nq + t;
+    SL_DYN_SMEM(float, acc_all); // 32 rows of D floats
+    SL_SHARED(double, red, [32]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int h = item / a.Nq, t = item % a.Nq, kv = h / (a.Hq / a.Hkv), pos = a.Nk - a.Nq + t;
     const float *qv = a.q + (size_t)item * a.D;
     const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
-    float *o = a.o + (size_t)item * a.D;
+    float *acc = acc_all + (size_t)lane * a.D;
     for (int e = 0; e < a.D; e++)
-        o[e] = 0.f;
+        acc[e] = 0.f;
     int used = 0, cnt = 0;
     float um = -INFINITY, uz = 0.f;
     for (int pass = 0; pass < 2; pass++)
@@ -409,7 +411,8 @@ __global__ void routing_kernel(routing_args a)
                 continue;
             const int *keys = a.ksel + ((size_t)h * a.C + c) * a.W;
             // the union: keys not held by an earlier cluster of this row
-            for (int x = 0; x < a.W; x++) {
+            float part = pass == 0 ? -INFINITY : 0.f;
+            for (int x = lane; x < a.W; x += 32) {
                 int j = keys[x];
                 if (j < 0 || j > pos)
                     continue;
@@ -421,35 +424,47 @@ __global__ void routing_kernel(routing_args a)
                     continue;
                 float sc = dotf(qv, K + (size_t)j * a.D, a.D) * a.scale;
                 if (pass == 0)
-                    um = fmaxf(um, sc);
+                    part = fmaxf(part, sc);
                 else
-                    uz += expf(sc - um);
+                    part += expf(sc - um);
             }
-            if (pass == 0)
+            if (pass == 0) {
+                um = fmaxf(um, sk_lane_max(part, red));
                 continue;
+            }
+            uz += (float)sk_lane_sum((double)part, red);
             cnt++;
             float m = -INFINITY, z = 0.f;
-            for (int x = 0; x < a.W; x++)
+            for (int x = lane; x < a.W; x += 32)
                 if (keys[x] >= 0 && keys[x] <= pos)
                     m = fmaxf(m, dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale);
+            m = sk_lane_max(m, red);
             if (m == -INFINITY)
                 continue;
-            for (int x = 0; x < a.W; x++)
+            for (int x = lane; x < a.W; x += 32)
                 if (keys[x] >= 0 && keys[x] <= pos)
                     z += expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m);
-            for (int x = 0; x < a.W; x++)
+            z = (float)sk_lane_sum((double)z, red);
+            for (int x = lane; x < a.W; x += 32)
                 if (keys[x] >= 0 && keys[x] <= pos) {
                     float w = expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m) / z;
                     for (int e = 0; e < a.D; e++)
-                        o[e] += w * V[(size_t)keys[x] * a.D + e];
+                        acc[e] += w * V[(size_t)keys[x] * a.D + e];
                 }
             used++;
         }
-    if (used > 0)
-        for (int e = 0; e < a.D; e++)
-            o[e] /= (float)used;
-    a.lse[item] = um == -INFINITY ? -INFINITY : um + logf(uz);
-    a.count[item] = cnt;
+    __syncthreads();
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = lane; e < a.D; e += 32) {
+        float sum = 0.f;
+        for (int l2 = 0; l2 < 32; l2++)
+            sum += acc_all[(size_t)l2 * a.D + e];
+        o[e] = used > 0 ? sum / (float)used : 0.f;
+    }
+    if (lane == 0) {
+        a.lse[item] = um == -INFINITY ? -INFINITY : um + logf(uz);
+        a.count[item] = cnt;
+    }
 }
 
 
@@ -892,7 +907,10 @@ sl_status sl__cuda_trainable_routing(const sl__kargs *a)
     x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
     x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.C = (int)C, x.W = (int)W;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    SL_LAUNCH(routing_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    if (32 * D * (int64_t)sizeof(float) > 48 * 1024)
+        return sl__cuda_unsupported(a, "head_dim %lld: the warp's 32 accumulator rows pass 48 KiB of shared memory",
+                                    (long long)D);
+    SL_LAUNCH(routing_kernel, dim3((unsigned)(Hq * Nq)), 32, (size_t)(32 * D) * sizeof(float), 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
