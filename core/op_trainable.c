@@ -4,6 +4,7 @@
  * cpu/trainable.c, cuda/trainable.cu). */
 #include "family.h"
 #include "op_check.h"
+#include "trainable_select.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -205,6 +206,41 @@ static sl_status trainable_check_contents(sl_ctx *ctx, const sl_op_info *info, c
     return SL_OK;
 }
 
+static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const sl_trainable_select_params *p,
+                              const sl_tensor *in, int out_ndim[], int64_t out_shape[][SL_MAX_DIMS],
+                              sl_dtype out_dtype[])
+{
+    sl_status s;
+    if ((s = sl__check_qk(ctx, info, in)))
+        return s;
+    int64_t Hq = in[0].shape[0], Nq = in[0].shape[1], D = in[0].shape[2], Nk = in[1].shape[1];
+    if (!in[2].buf != !in[3].buf)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: opt.wq and opt.wk go together; found only %s", info->name,
+                           in[2].buf ? "opt.wq" : "opt.wk");
+    if (in[2].buf) {
+        if ((s = sl__need_float(ctx, info, in, 2, 3)))
+            return s;
+        int64_t ws[3] = {Hq, D, in[2].shape[2]};
+        char what[96];
+        snprintf(what, sizeof what, "[%lld, %lld, r] (query heads, head_dim, rank)", (long long)Hq, (long long)D);
+        if (ws[2] < 1 || (s = need_shape(ctx, info, in, 2, 3, ws, what)) || (s = need_shape(ctx, info, in, 3, 3, ws, what)))
+            return s ? s : sl_ctx_fail(ctx, SL_ESHAPE, "%s: opt.wq has rank 0; expected r >= 1", info->name);
+    }
+    if (p->mode == 1 && p->group != 1)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: group = %lld with mode 1 (statistical top-k per row); expected group 1",
+                           info->name, (long long)p->group);
+    int64_t total = 0;
+    for (int64_t t = 0; t < Nq; t++)
+        total += sl__ts_bound(p->mode, p->k, p->cap, p->group, (int)p->causal, t, Nq, Nk);
+    if (total * Hq > INT32_MAX)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld list entries exceed the i32 index lists", info->name,
+                           (long long)(total * Hq));
+    out_ndim[0] = 2, out_shape[0][0] = Hq, out_shape[0][1] = Nq + 1;
+    out_ndim[1] = 1, out_shape[1][0] = total * Hq;
+    out_dtype[0] = out_dtype[1] = SL_I32;
+    return SL_OK;
+}
+
 static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                                  int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -219,6 +255,26 @@ static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void
         return fsa_infer(ctx, info, in, out_ndim, out_shape);
     case SL_OP_TRAINABLE_ROUTING:
         return routing_infer(ctx, info, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_TRAINABLE_SELECT:
+        return select_infer(ctx, info, params, in, out_ndim, out_shape, out_dtype);
+    case SL_OP_TRAINABLE_CELLS: {
+        sl_status s;
+        if ((s = sl__need_float3(ctx, info, &in[0], "a")))
+            return s;
+        const sl_trainable_cells_params *p = params;
+        int64_t H = in[0].shape[0], N = in[0].shape[1], tm = in[0].shape[2], total = 0;
+        if (tm < 1)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: a has T_M = 0 cells; expected at least 1", info->name);
+        for (int64_t t = 0; t < N; t++)
+            total += sl__ts_cell_bound(H, p->k, tm, t);
+        if (total > INT32_MAX)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld list entries exceed the i32 index lists", info->name,
+                               (long long)total);
+        out_ndim[0] = 2, out_shape[0][0] = H, out_shape[0][1] = N + 1;
+        out_ndim[1] = 1, out_shape[1][0] = total;
+        out_dtype[0] = out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
     }
@@ -236,6 +292,19 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
         /* each cluster: its W queries against its W keys */
         double Hq = (double)in[0].shape[0], C = (double)in[3].shape[1], W = (double)in[3].shape[2];
         return 4.0 * (double)in[0].shape[2] * Hq * C * W * W / 2;
+    }
+    if (info->op == SL_OP_TRAINABLE_CELLS) /* the budget's selection: about log2(H T_M) compares per cell and row */
+        return (double)in[0].shape[0] * (double)in[0].shape[1] * (double)in[0].shape[2] *
+               (log2((double)(in[0].shape[0] * in[0].shape[2]) + 1) + 1);
+    if (info->op == SL_OP_TRAINABLE_SELECT) {
+        /* projections (2 D r per query row and per key and query head), the
+         * scores (2 r per visible pair, times group), a selection pass */
+        const sl_trainable_select_params *p = params;
+        double Hq = (double)in[0].shape[0], Nq = (double)in[0].shape[1], D = (double)in[0].shape[2];
+        double Nk = (double)in[1].shape[1], r = in[2].buf ? (double)in[2].shape[2] : (double)(p->split > 0 && p->split < in[0].shape[2] ? p->split : in[0].shape[2]);
+        double proj = in[2].buf ? 2.0 * D * r * Hq * (Nq + Nk) : 0;
+        double pairs = p->causal ? Nq * (Nk - Nq / 2) : Nq * Nk;
+        return proj + Hq * pairs * (2.0 * r + 2.0);
     }
     if (info->op == SL_OP_TRAINABLE_FSA) {
         const sl_trainable_fsa_params *p = params;

@@ -1000,6 +1000,39 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * Outputs O [Hq, Nq, D], L [Hq, Nq]; a row with no key gets O = 0, L = -inf.
  * Nothing of size Nq x Nk exists: each row's keys are found from the lists
  * (time proportional to the pairs kept). */
+/* ---- trainable sparse attention, C selections (issue 14, session 3) ----
+ * trainable.select (cards dsv, sparsifiner, spark_transformer): inputs q [Hq,
+ * Nq, D], k [Hkv, Nk, D] (Hkv divides Hq), opt.wq and opt.wk [Hq, D, r]
+ * (both or neither); params k, mode, cap, split, group, causal. Features of
+ * query head h (kv head h / (Hq/Hkv)): with weights qf_t = q_t . Wq[h], kf_j =
+ * k_j . Wk[h]; without, the first r = split channels (split 0 or > D: all D).
+ * z[t, j] = qf_t . kf_j in float64, unscaled. Row t sees keys j < vis(t) =
+ * min(Nk, t + Nk - Nq + 1) (causal) or Nk.
+ *   mode 0: entries of `group` consecutive rows g0..g1; s_j = sum over the
+ *   entry's rows of z[t, j] for j < vis(g1); the entry keeps the top
+ *   min(k, vis(g1)) keys by s (ties: the lower j); row t keeps those j <
+ *   vis(t).
+ *   mode 1 (group must be 1; Spark's statistical top-k): m = vis(t); k >= m
+ *   keeps every visible key; else theta = mean + std . inv_Phi(1 - k/m) over
+ *   the m scores (population std, inv_Phi by Acklam's approximation) and the
+ *   row keeps z > theta; with cap > 0 and more than cap kept, the cap largest
+ *   (ties: the lower j).
+ * Outputs the index lists of attn.token_sparse (rows_per_entry 1): row_ptr
+ * i32 [Hq, Nq + 1] (global offsets, compact, heads in order) and col i32
+ * [bound], bound = Hq . sum_t b_t with b_t = min(k, vis(last row of t's
+ * entry)) (mode 0) or min(cap, vis(t)) (mode 1, cap > 0; vis(t) without a
+ * cap); each row's keys ascending; col past row_ptr[Hq - 1, Nq] is -1 (the
+ * caller narrows). Memory: the lists and O(Nk) scratch per thread. */
+/* trainable.cells (card sea, steps 3-4): input a [H, N, T_M] (the estimated
+ * compressed map of causal self-attention; row t has width w = t + 1);
+ * param k. Row t's budget b = min(H . T_M, max(1, floor(H . k . T_M / w +
+ * 0.5))) cells, the b largest a[h, t, c] over all heads and cells (ties: the
+ * lower h . T_M + c). Nearest resize: key j < w lies in cell c(j) =
+ * clamp(floor((j + 0.5) / w . T_M - 1e-4), 0, T_M - 1) (float64); row t of
+ * head h keeps the keys whose cell is kept for head h. Outputs the index
+ * lists of attn.token_sparse: row_ptr i32 [H, N + 1], col i32 [bound], bound
+ * = sum_t min(H . w, b . (ceil(w / T_M) + 1)), rows ascending, col past
+ * row_ptr[H - 1, N] is -1. Time: O(H . T_M) per row plus the kept keys. */
 
 /* ---- video / DiT, session 3 (issue 15) ----
  * ipar.rectify (card rectified_spaattn, steps 1-3 and 5-8 with IPAR's

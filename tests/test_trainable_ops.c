@@ -765,6 +765,221 @@ START_TEST(test_routing)
 }
 END_TEST
 
+
+/* ---- trainable.select (issue 14, session 3) ---- */
+
+/* Features [H, n, r] in float64 of x (head h / (H / Hx)) times w[h] or its first r channels. */
+static double *sel_feats(const sl_tensor *x, const sl_tensor *w, int64_t H, int64_t r)
+{
+    int64_t Hx = x->shape[0], n = x->shape[1], D = x->shape[2];
+    double *f = calloc((size_t)(H * n * r + 1), sizeof *f);
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t c = 0; c < r; c++) {
+                const float *row = f32p(x) + ((h * Hx / H) * n + t) * D;
+                double acc = 0;
+                if (w)
+                    for (int64_t e = 0; e < D; e++)
+                        acc += (double)row[e] * f32p(w)[(h * D + e) * r + c];
+                else
+                    acc = row[c];
+                f[(h * n + t) * r + c] = acc;
+            }
+    return f;
+}
+
+/* Phi^-1 by bisection on 0.5 erfc(-x / sqrt 2) (independent of Acklam's formula). */
+static double sel_inv_phi(double p)
+{
+    double lo = -40, hi = 40;
+    for (int i = 0; i < 200; i++) {
+        double mid = 0.5 * (lo + hi);
+        if (0.5 * erfc(-mid / sqrt(2.0)) < p)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return 0.5 * (lo + hi);
+}
+
+/* Every backend equals ref exactly; ref's lists checked here against scores
+ * computed in the test: mode 0 keeps min(k, visible) keys per entry, every
+ * kept key ranks above every dropped one (score, then the lower key), rows of
+ * an entry keep the entry's keys they see; mode 1 keeps {z > theta} with theta
+ * from an independent inverse normal (keys within 1e-9 of theta excused), k
+ * >= visible keeps all, the cap keeps the cap largest. */
+START_TEST(test_select)
+{
+    const shape_case *c = &CASES[_i];
+    if (c->nq * c->nk > 20000)
+        return; /* the simulator's per-row bisection: small shapes only */
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14300 + (uint64_t)_i);
+    sl_tensor in[4] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1.0), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1.0),
+                       {0}, {0}};
+    int64_t rank = c->d < 4 ? c->d : 4, wsh[3] = {c->hq, c->d, rank};
+    sl_tensor wq = randn_shape(ctx, &rng, 3, wsh, 0.5), wk = randn_shape(ctx, &rng, 3, wsh, 0.5);
+    struct { int64_t k, mode, cap, split, group; int w; } cfg[] = {
+        {5, 0, 0, 0, 1, 1}, {3, 0, 0, 0, 3, 1}, {7, 0, 0, 2, 1, 0}, {1 << 20, 0, 0, 0, 2, 0},
+        {6, 1, 0, 0, 1, 0}, {4, 1, 3, 2, 1, 0}, {9, 1, 0, 0, 1, 1}, {1 << 20, 1, 5, 0, 1, 0},
+    };
+    for (size_t x = 0; x < sizeof cfg / sizeof cfg[0]; x++) {
+        sl_trainable_select_params p = {.k = cfg[x].k, .mode = cfg[x].mode, .cap = cfg[x].cap, .split = cfg[x].split,
+                                        .group = cfg[x].group, .causal = c->causal};
+        in[2] = cfg[x].w ? wq : (sl_tensor){0};
+        in[3] = cfg[x].w ? wk : (sl_tensor){0};
+        char what[96];
+        snprintf(what, sizeof what, "trainable.select case %d cfg %zu", _i, x);
+        check_op_vs_ref(ctx, SL_OP_TRAINABLE_SELECT, &p, in, 0, what);
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_SELECT, &p, in, out), SL_OK);
+        int64_t r = cfg[x].w ? rank : (p.split > 0 && p.split < c->d ? p.split : c->d);
+        double *qf = sel_feats(&in[0], cfg[x].w ? &wq : NULL, c->hq, r);
+        double *kf = sel_feats(&in[1], cfg[x].w ? &wk : NULL, cfg[x].w ? c->hq : c->hkv, r);
+        const int32_t *rp = out[0].data, *col = out[1].data;
+        double *z = malloc(sizeof *z * (size_t)c->nk);
+        uint8_t *kept = malloc((size_t)c->nk);
+        for (int64_t h = 0; h < c->hq; h++)
+            for (int64_t t = 0; t < c->nq; t++) {
+                int64_t g0 = t / p.group * p.group, g1 = g0 + p.group - 1 < c->nq ? g0 + p.group - 1 : c->nq - 1;
+                int64_t off = c->causal ? c->nk - c->nq : 0, m = c->causal ? off + g1 + 1 : c->nk;
+                int64_t lim = c->causal ? off + t + 1 : c->nk;
+                const double *kh = kf + (cfg[x].w ? h : h / (c->hq / c->hkv)) * c->nk * r;
+                memset(kept, 0, (size_t)c->nk);
+                for (int64_t j = 0; j < m; j++) {
+                    z[j] = 0;
+                    for (int64_t u = g0; u <= g1; u++)
+                        for (int64_t e = 0; e < r; e++)
+                            z[j] += qf[(h * c->nq + u) * r + e] * kh[j * r + e];
+                }
+                int32_t a = rp[h * (c->nq + 1) + t], b = rp[h * (c->nq + 1) + t + 1];
+                for (int32_t e = a; e < b; e++) {
+                    ck_assert(col[e] >= 0 && col[e] < lim);
+                    if (e > a)
+                        ck_assert_int_gt(col[e], col[e - 1]);
+                    kept[col[e]] = 1;
+                }
+                if (p.mode == 0) {
+                    /* the entry's choice: rank by counting over the entry's visible keys */
+                    int64_t want = 0;
+                    for (int64_t j = 0; j < m; j++) {
+                        int64_t better = 0;
+                        for (int64_t y = 0; y < m; y++)
+                            better += z[y] > z[j] || (z[y] == z[j] && y < j);
+                        int chosen = better < p.k;
+                        if (j < lim) {
+                            ck_assert_msg(chosen == kept[j], "%s: row %lld key %lld", what, (long long)t, (long long)j);
+                            want += chosen;
+                        }
+                    }
+                    ck_assert_int_eq(b - a, want);
+                } else {
+                    int64_t n_kept = 0;
+                    if (p.k >= m) {
+                        for (int64_t j = 0; j < m; j++)
+                            n_kept += kept[j];
+                        ck_assert_int_eq(n_kept, p.cap > 0 && p.cap < m ? p.cap : m);
+                        continue;
+                    }
+                    double mean = 0, var = 0;
+                    for (int64_t j = 0; j < m; j++)
+                        mean += z[j] / (double)m;
+                    for (int64_t j = 0; j < m; j++)
+                        var += (z[j] - mean) * (z[j] - mean) / (double)m;
+                    double th = mean + sqrt(var) * sel_inv_phi(1.0 - (double)p.k / (double)m), minkept = INFINITY;
+                    int64_t above = 0;
+                    for (int64_t j = 0; j < m; j++) {
+                        above += z[j] > th;
+                        if (kept[j])
+                            minkept = fmin(minkept, z[j]);
+                    }
+                    for (int64_t j = 0; j < m; j++) {
+                        if (fabs(z[j] - th) < 1e-9 * (1 + fabs(th)))
+                            continue;
+                        if (p.cap == 0 || above <= p.cap)
+                            ck_assert_msg(kept[j] == (z[j] > th), "%s: row %lld key %lld", what, (long long)t, (long long)j);
+                        else if (!kept[j] && z[j] > th)
+                            ck_assert(z[j] <= minkept); /* capped: the cap largest */
+                    }
+                    if (p.cap > 0 && above > p.cap + 1)
+                        ck_assert_int_eq(b - a, p.cap);
+                }
+            }
+        free(z), free(kept), free(qf), free(kf);
+        release_n(out, 2);
+    }
+    /* bad input: one weight alone; mode 1 with groups */
+    sl_trainable_select_params p = {.k = 4, .mode = 0, .group = 1, .causal = 1};
+    sl_tensor bad[4] = {in[0], in[1], wq, {0}};
+    expect_fail(ctx, SL_OP_TRAINABLE_SELECT, &p, bad, SL_EARG, "go together");
+    sl_trainable_select_params p1 = {.k = 4, .mode = 1, .group = 2, .causal = 1};
+    sl_tensor plain[4] = {in[0], in[1], {0}, {0}};
+    expect_fail(ctx, SL_OP_TRAINABLE_SELECT, &p1, plain, SL_EARG, "expected group 1");
+    sl_tensor_release(&wq), sl_tensor_release(&wk);
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+
+/* trainable.cells (card sea): every backend equals ref exactly (values drawn
+ * from 5 levels, so ties at the budget's cut are common); ref checked here:
+ * per row the kept cells over all heads are the b best by rank counting
+ * (value, then the lower flat index), b = the card's budget, and head h's
+ * row lists exactly the keys j <= t whose resized cell is kept for h. */
+START_TEST(test_cells)
+{
+    static const int64_t shapes[][3] = {{2, 40, 8}, {3, 17, 32}, {1, 64, 5}, {4, 9, 16}};
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14400 + (uint64_t)_i);
+    int64_t H = shapes[_i][0], N = shapes[_i][1], tm = shapes[_i][2];
+    sl_tensor a = f32_new(ctx, 3, shapes[_i]);
+    for (int64_t x = 0; x < H * N * tm; x++)
+        f32p(&a)[x] = (float)(sl_rng_uniform(&rng) < 0.5 ? floor(sl_rng_uniform(&rng) * 5) / 5 : sl_rng_uniform(&rng));
+    double ks[] = {1, 2.5, 7, 1000};
+    for (int q = 0; q < 4; q++) {
+        sl_trainable_cells_params p = {.k = ks[q]};
+        char what[64];
+        snprintf(what, sizeof what, "trainable.cells shape %d k %g", _i, ks[q]);
+        check_op_vs_ref(ctx, SL_OP_TRAINABLE_CELLS, &p, &a, 0, what);
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_CELLS, &p, &a, out), SL_OK);
+        const int32_t *rp = out[0].data, *col = out[1].data;
+        for (int64_t t = 0; t < N; t++) {
+            int64_t w = t + 1, HT = H * tm;
+            double bb = floor((double)H * ks[q] * (double)tm / (double)w + 0.5);
+            int64_t b = bb < 1 ? 1 : bb > (double)HT ? HT : (int64_t)bb;
+            for (int64_t h = 0; h < H; h++) {
+                int64_t want = 0;
+                int32_t lo = rp[h * (N + 1) + t], hi = rp[h * (N + 1) + t + 1];
+                for (int64_t j = 0; j < w; j++) {
+                    double cx = floor((j + 0.5) * (double)tm / (double)w - 1e-4);
+                    int64_t c = cx < 0 ? 0 : cx > tm - 1 ? tm - 1 : (int64_t)cx, f = h * tm + c, better = 0;
+                    float v = f32p(&a)[(h * N + t) * tm + c];
+                    for (int64_t g = 0; g < HT; g++) {
+                        float u = f32p(&a)[((g / tm) * N + t) * tm + g % tm];
+                        better += u > v || (u == v && g < f);
+                    }
+                    if (better < b) {
+                        ck_assert_msg(lo + want < hi && col[lo + want] == j, "%s: head %lld row %lld key %lld missing",
+                                      what, (long long)h, (long long)t, (long long)j);
+                        want++;
+                    }
+                }
+                ck_assert_int_eq(hi - lo, want);
+            }
+        }
+        release_n(out, 2);
+    }
+    sl_tensor_release(&a);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_routing);
@@ -774,6 +989,8 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_nsa_vs_indep);
     tcase_add_test(tc, test_nsa_card_checks);
     tcase_add_test(tc, test_trainable_validation);
+    tcase_add_loop_test(tc, test_select, 0, N_CASES);
+    tcase_add_loop_test(tc, test_cells, 0, 4);
 }
 
 int main(void) { return run_op_suite("trainable_ops", add_tests); }

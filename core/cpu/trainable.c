@@ -6,6 +6,7 @@
  * the window together (each key's score computed once). */
 #include "cpu.h"
 #include "parallel.h"
+#include "trainable_select.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -545,6 +546,282 @@ sl_status sl__cpu_trainable_routing(const sl__kargs *a)
     sl_status s = sl__cpu_parallel(a->ctx, Hq * Nq, routing_item, &j);
     sl_ctx_dealloc(a->ctx, mem, bytes);
     return s;
+}
+
+/* ---- trainable.select (issue 14, session 3) ----
+ * Features as float64 arrays (projected once per head), one item per (query
+ * head, entry): the entry's scores into a per-thread array, the exact top-k
+ * by quickselect on key indices (then the kept ones sorted ascending), the
+ * statistical threshold by one mean and variance pass (no sort; the cap by
+ * quickselect). Each item writes its rows' lists at their padded offsets in
+ * col; one serial pass then compacts them (destinations never pass their
+ * sources) and writes row_ptr. */
+
+typedef struct select_job {
+    const sl__kargs *a;
+    int64_t Hq, Nq, Nk, Hkv, r, entries, per_head;
+    const double *qf, *kf; /* [Hq, Nq, r], [Hq or Hkv, Nk, r] */
+    int kf_per_q;          /* kf holds one feature set per query head (weights) */
+    const int64_t *off;    /* padded offset of row t inside a head, [Nq + 1] */
+    int64_t *cnt;          /* kept per (head, row) */
+    double *sc;            /* Nk per thread */
+    int32_t *idx;          /* Nk per thread */
+} select_job;
+
+/* x ranks before y: larger score, then the lower key. */
+static inline int sel_before(const double *s, int32_t x, int32_t y)
+{
+    return s[x] > s[y] || (s[x] == s[y] && x < y);
+}
+
+/* Rearranges idx[0, n) so that its first k are the k best (any order). */
+static void sel_quick(const double *s, int32_t *idx, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi && k > lo && k <= hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        /* median of three to idx[hi] as the pivot */
+        if (sel_before(s, idx[mid], idx[lo])) { int32_t t = idx[mid]; idx[mid] = idx[lo]; idx[lo] = t; }
+        if (sel_before(s, idx[hi], idx[lo])) { int32_t t = idx[hi]; idx[hi] = idx[lo]; idx[lo] = t; }
+        if (sel_before(s, idx[mid], idx[hi])) { int32_t t = idx[mid]; idx[mid] = idx[hi]; idx[hi] = t; }
+        int32_t pv = idx[hi];
+        int64_t w = lo;
+        for (int64_t i = lo; i < hi; i++)
+            if (sel_before(s, idx[i], pv)) {
+                int32_t t = idx[i]; idx[i] = idx[w]; idx[w] = t;
+                w++;
+            }
+        idx[hi] = idx[w], idx[w] = pv;
+        if (w == k || w + 1 == k)
+            return;
+        if (w > k)
+            hi = w - 1;
+        else
+            lo = w + 1;
+    }
+}
+
+static int sel_i32_asc(const void *x, const void *y)
+{
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    return (a > b) - (a < b);
+}
+
+static void select_item(int64_t item, void *ud, int thread)
+{
+    const select_job *j = ud;
+    const sl_trainable_select_params *p = j->a->params;
+    int64_t h = item / j->entries, e = item % j->entries, r = j->r, Nq = j->Nq, Nk = j->Nk;
+    int64_t g0 = p->mode == 0 ? e * p->group : e, g1 = g0 + (p->mode == 0 ? p->group : 1) - 1;
+    g1 = g1 < Nq ? g1 : Nq - 1;
+    int64_t m = sl__ts_vis(g1, Nq, Nk, (int)p->causal);
+    double *s = j->sc + (size_t)thread * (size_t)Nk;
+    int32_t *idx = j->idx + (size_t)thread * (size_t)Nk;
+    const double *kf = j->kf + (j->kf_per_q ? h : h / (j->Hq / j->Hkv)) * Nk * r;
+    for (int64_t x = 0; x < m; x++) {
+        const double *kr = kf + x * r;
+        double acc = 0;
+        for (int64_t u = g0; u <= g1; u++) {
+            const double *qr = j->qf + (h * Nq + u) * r;
+            double z = 0;
+            for (int64_t c = 0; c < r; c++)
+                z += qr[c] * kr[c];
+            acc += z;
+        }
+        s[x] = acc;
+    }
+    int64_t pool = 0, take;
+    if (p->mode == 0 || p->k >= m) {
+        for (int64_t x = 0; x < m; x++)
+            idx[x] = (int32_t)x;
+        pool = m;
+        take = p->mode == 0 ? (m < p->k ? m : p->k) : (p->cap > 0 && m > p->cap ? p->cap : m);
+    } else {
+        double mean = 0, var = 0;
+        for (int64_t x = 0; x < m; x++)
+            mean += s[x];
+        mean /= (double)m;
+        for (int64_t x = 0; x < m; x++)
+            var += (s[x] - mean) * (s[x] - mean);
+        double theta = mean + sqrt(var / (double)m) * sl__ts_norm_inv(1.0 - (double)p->k / (double)m);
+        for (int64_t x = 0; x < m; x++)
+            if (s[x] - theta > 0)
+                idx[pool++] = (int32_t)x;
+        take = p->cap > 0 && pool > p->cap ? p->cap : pool;
+    }
+    if (take < pool) {
+        sel_quick(s, idx, pool, take);
+        qsort(idx, (size_t)take, sizeof *idx, sel_i32_asc);
+    }
+    int32_t *col = j->a->out[1].data;
+    for (int64_t t = g0; t <= g1; t++) {
+        int64_t lim = sl__ts_vis(t, Nq, Nk, (int)p->causal), n = 0;
+        int32_t *dst = col + h * j->per_head + j->off[t];
+        for (int64_t x = 0; x < take && idx[x] < lim; x++)
+            dst[n++] = idx[x];
+        j->cnt[h * Nq + t] = n;
+    }
+}
+
+/* Features [H, n, r] of x [Hx, n, D] as float64: x . w[h] (w [H, D, r]) or the first r channels of head h. */
+static void select_features(const sl_tensor *x, const sl_tensor *w, int64_t H, int64_t r, double *f)
+{
+    int64_t n = x->shape[1], D = x->shape[2];
+    for (int64_t h = 0; h < H; h++) {
+        const float *X = (const float *)x->data + (w->buf ? h / (H / x->shape[0]) : h) * n * D;
+        const float *W = w->buf ? (const float *)w->data + h * D * r : NULL;
+        for (int64_t t = 0; t < n; t++) {
+            double *fr = f + (h * n + t) * r;
+            for (int64_t c = 0; c < r; c++)
+                fr[c] = W ? 0 : X[t * D + c];
+            if (!W)
+                continue;
+            for (int64_t e = 0; e < D; e++) {
+                double xv = X[t * D + e];
+                for (int64_t c = 0; c < r; c++)
+                    fr[c] += xv * W[e * r + c];
+            }
+        }
+    }
+}
+
+sl_status sl__cpu_trainable_select(const sl__kargs *a)
+{
+    const sl_trainable_select_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int has_w = a->in[2].buf != NULL;
+    int64_t r = sl__ts_rank(has_w, has_w ? a->in[2].shape[2] : 0, p->split, D);
+    int64_t hk = has_w ? Hq : Hkv, nt = sl_ctx_threads(a->ctx);
+    nt = nt > 0 ? nt : 1;
+    size_t bytes = sizeof(double) * (size_t)((Hq * Nq + hk * Nk) * r) + sizeof(int64_t) * (size_t)(Nq + 1 + Hq * Nq) +
+                   (sizeof(double) + sizeof(int32_t)) * (size_t)(nt * Nk) + 16;
+    char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.select[cpu]: out of memory for %zu bytes", bytes);
+    select_job j = {.a = a, .Hq = Hq, .Nq = Nq, .Nk = Nk, .Hkv = Hkv, .r = r, .kf_per_q = has_w};
+    double *qf = (double *)mem, *kf = qf + Hq * Nq * r;
+    int64_t *off = (int64_t *)(kf + hk * Nk * r), *cnt = off + Nq + 1;
+    j.sc = (double *)(cnt + Hq * Nq);
+    j.idx = (int32_t *)(j.sc + nt * Nk);
+    select_features(&a->in[0], &a->in[2], Hq, r, qf);
+    sl_tensor none = {0};
+    if (has_w) {
+        select_features(&a->in[1], &a->in[3], Hq, r, kf);
+    } else {
+        select_features(&a->in[1], &none, Hkv, r, kf);
+    }
+    off[0] = 0;
+    for (int64_t t = 0; t < Nq; t++)
+        off[t + 1] = off[t] + sl__ts_bound(p->mode, p->k, p->cap, p->group, (int)p->causal, t, Nq, Nk);
+    j.qf = qf, j.kf = kf, j.off = off, j.cnt = cnt, j.per_head = off[Nq];
+    j.entries = p->mode == 0 ? (Nq + p->group - 1) / p->group : Nq;
+    sl_status st = sl__cpu_parallel(a->ctx, Hq * j.entries, select_item, &j);
+    if (st == SL_OK) {
+        int32_t *row_ptr = a->out[0].data, *col = a->out[1].data;
+        int64_t at = 0;
+        for (int64_t h = 0; h < Hq; h++) {
+            for (int64_t t = 0; t < Nq; t++) {
+                row_ptr[h * (Nq + 1) + t] = (int32_t)at;
+                int64_t n = cnt[h * Nq + t];
+                memmove(col + at, col + h * j.per_head + off[t], sizeof *col * (size_t)n);
+                at += n;
+            }
+            row_ptr[h * (Nq + 1) + Nq] = (int32_t)at;
+        }
+        for (int64_t x = at; x < a->out[1].shape[0]; x++)
+            col[x] = -1;
+    }
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return st;
+}
+
+/* ---- trainable.cells (issue 14, session 3; card sea) ----
+ * One item per row: the budget's cells by quickselect over the H·T_M
+ * values, then per head its kept cells ascending, each cell's keys found by
+ * a binary search for the cell's first key (cell() is monotone in j): time
+ * O(H·T_M + kept keys) per row. Rows write into a padded row-major buffer;
+ * one serial pass copies them out head-major. */
+
+typedef struct cells_job {
+    const sl__kargs *a;
+    int64_t H, N, tm;
+    const int64_t *off; /* padded offset of row t, [N + 1] */
+    int32_t *pad;       /* padded lists, row-major */
+    int64_t *cnt, *start; /* [H, N]: kept keys and their start inside the row's padded region */
+    double *val;        /* H·T_M per thread */
+    int32_t *idx;       /* H·T_M per thread */
+} cells_job;
+
+static void cells_item(int64_t t, void *ud, int thread)
+{
+    const cells_job *j = ud;
+    const sl_trainable_cells_params *p = j->a->params;
+    int64_t H = j->H, N = j->N, tm = j->tm, HT = H * tm, w = t + 1;
+    double *v = j->val + (size_t)thread * (size_t)HT;
+    int32_t *idx = j->idx + (size_t)thread * (size_t)HT;
+    const float *A = j->a->in[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < tm; c++) {
+            v[h * tm + c] = A[(h * N + t) * tm + c];
+            idx[h * tm + c] = (int32_t)(h * tm + c);
+        }
+    int64_t b = sl__ts_budget(H, p->k, tm, w);
+    if (b < HT)
+        sel_quick(v, idx, HT, b);
+    qsort(idx, (size_t)b, sizeof *idx, sel_i32_asc); /* flat ascending: head by head, cells ascending */
+    int32_t *dst = j->pad + j->off[t];
+    int64_t n = 0, x = 0;
+    for (int64_t h = 0; h < H; h++) {
+        j->start[h * N + t] = n;
+        for (; x < b && idx[x] < (h + 1) * tm; x++) {
+            int64_t c = idx[x] - h * tm;
+            for (int64_t key = sl__ts_cell_first(c, w, tm); key < w && sl__ts_cell(key, w, tm) == c; key++)
+                dst[n++] = (int32_t)key;
+        }
+        j->cnt[h * N + t] = n - j->start[h * N + t];
+    }
+}
+
+sl_status sl__cpu_trainable_cells(const sl__kargs *a)
+{
+    const sl_trainable_cells_params *p = a->params;
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], tm = a->in[0].shape[2], nt = sl_ctx_threads(a->ctx);
+    int64_t bound = a->out[1].shape[0];
+    nt = nt > 0 ? nt : 1;
+    size_t bytes = sizeof(int64_t) * (size_t)(N + 1 + 2 * H * N) + sizeof(int32_t) * (size_t)(bound + nt * H * tm) +
+                   sizeof(double) * (size_t)(nt * H * tm) + 16;
+    char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.cells[cpu]: out of memory for %zu bytes", bytes);
+    cells_job j = {.a = a, .H = H, .N = N, .tm = tm};
+    int64_t *off = (int64_t *)mem;
+    j.cnt = off + N + 1, j.start = j.cnt + H * N;
+    j.val = (double *)(j.start + H * N);
+    j.pad = (int32_t *)(j.val + nt * H * tm);
+    j.idx = j.pad + bound;
+    off[0] = 0;
+    for (int64_t t = 0; t < N; t++)
+        off[t + 1] = off[t] + sl__ts_cell_bound(H, p->k, tm, t);
+    j.off = off;
+    sl_status st = sl__cpu_parallel(a->ctx, N, cells_item, &j);
+    if (st == SL_OK) {
+        int32_t *row_ptr = a->out[0].data, *col = a->out[1].data;
+        int64_t at = 0;
+        for (int64_t h = 0; h < H; h++) {
+            for (int64_t t = 0; t < N; t++) {
+                row_ptr[h * (N + 1) + t] = (int32_t)at;
+                int64_t n = j.cnt[h * N + t];
+                memcpy(col + at, j.pad + off[t] + j.start[h * N + t], sizeof *col * (size_t)n);
+                at += n;
+            }
+            row_ptr[h * (N + 1) + N] = (int32_t)at;
+        }
+        for (int64_t x = at; x < bound; x++)
+            col[x] = -1;
+    }
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return st;
 }
 
 size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

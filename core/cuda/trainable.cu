@@ -10,8 +10,12 @@
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
+#include "trainable_select.h"
 
 #include <math.h>
+#include <string.h>
+
+#include <vector>
 
 namespace {
 
@@ -163,10 +167,14 @@ __global__ void nsa_kernel(nsa_args a)
     }
 }
 
-// trainable.sparsek: one thread per (kv head, query row), no scratch: a
-// key's membership in S is its rank among the prefix (O(m) per key, O(m^2)
-// per row: a correctness kernel, not a fast one), tau by the same 200
-// float64 bisection steps as ref.
+// trainable.sparsek: one warp per (kv head, query row) (issue 14, session 3;
+// was one thread per row). A key's membership in S is its rank among the
+// prefix (O(m) per key; the lanes split the keys, so O(m^2 / 32) per row);
+// tau by the same 200 float64 bisection steps as ref, the lanes summing the
+// capped-simplex mass in shared memory; the softmax in three passes over
+// the row's keys split across the lanes (max and sum reduced in shared
+// memory, each lane's P·V in its own row of dynamic shared memory, summed
+// per channel at the end).
 struct sparsek_args {
     const float *q, *k, *v, *u;
     float *o, *lse;
@@ -183,15 +191,39 @@ __device__ int sk_selected(const float *u, int m, int kk, int j)
     return rank < kk;
 }
 
+// Sum over the 32 lanes of one double (red: 32 doubles of shared memory).
+__device__ double sk_lane_sum(double x, double *red)
+{
+    __syncthreads();
+    red[threadIdx.x] = x;
+    __syncthreads();
+    double t = 0;
+    for (int i = 0; i < 32; i++)
+        t += red[i];
+    return t;
+}
+
+__device__ float sk_lane_max(float x, double *red)
+{
+    __syncthreads();
+    red[threadIdx.x] = x;
+    __syncthreads();
+    float t = -INFINITY;
+    for (int i = 0; i < 32; i++)
+        t = fmaxf(t, (float)red[i]);
+    return t;
+}
+
 __global__ void sparsek_kernel(sparsek_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hkv * a.Nq)
-        return;
-    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    SL_DYN_SMEM(float, acc_all); // 32 rows of D floats
+    SL_SHARED(double, red, [32]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int kv = item / a.Nq, t = item % a.Nq, g = a.Hq / a.Hkv;
     int pos = a.Nk - a.Nq + t, m = pos + 1, kk = min(a.kb, m);
     const float *u = a.u + (size_t)kv * a.Nk;
     const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    float *acc = acc_all + (size_t)lane * a.D;
     double tau = 0;
     if (a.weight && kk > 0 && kk < m) {
         double lo = INFINITY, hi = -INFINITY;
@@ -201,11 +233,11 @@ __global__ void sparsek_kernel(sparsek_args a)
         }
         for (int it = 0; it < 200; it++) {
             double mid = 0.5 * (lo + hi), f = 0;
-            for (int j = 0; j < m; j++) {
+            for (int j = lane; j < m; j += 32) {
                 double x = (double)u[j] - mid;
                 f += x <= 0 ? 0 : x >= 1 ? 1 : x;
             }
-            if (f > kk)
+            if (sk_lane_sum(f, red) > kk)
                 lo = mid;
             else
                 hi = mid;
@@ -213,18 +245,20 @@ __global__ void sparsek_kernel(sparsek_args a)
         tau = 0.5 * (lo + hi);
     }
     int cnt = 0;
-    for (int j = 0; j < m; j++)
+    for (int j = lane; j < m; j += 32)
         cnt += sk_selected(u, m, kk, j) || j > pos - a.window;
-    a.count[item] = cnt;
+    cnt = (int)sk_lane_sum((double)cnt, red);
+    if (lane == 0)
+        a.count[item] = cnt;
     for (int hh = 0; hh < g; hh++) {
         int h = kv * g + hh;
         const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
-        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
-        for (int e = 0; e < a.D; e++)
-            o[e] = 0.f;
         float mx = -INFINITY, z = 0.f;
-        for (int pass = 0; pass < 3; pass++)
-            for (int j = 0; j < m; j++) {
+        for (int e = 0; e < a.D; e++)
+            acc[e] = 0.f;
+        for (int pass = 0; pass < 3; pass++) {
+            float part = pass == 0 ? -INFINITY : 0.f;
+            for (int j = lane; j < m; j += 32) {
                 int sel = sk_selected(u, m, kk, j);
                 if (!sel && j <= pos - a.window)
                     continue;
@@ -235,16 +269,31 @@ __global__ void sparsek_kernel(sparsek_args a)
                 }
                 float sc = dotf(qv, K + (size_t)j * a.D, a.D) * w * a.scale + (a.bias ? u[j] : 0.f);
                 if (pass == 0) {
-                    mx = fmaxf(mx, sc);
+                    part = fmaxf(part, sc);
                 } else if (pass == 1) {
-                    z += expf(sc - mx);
+                    part += expf(sc - mx);
                 } else {
                     float pr = expf(sc - mx) / z * w;
                     for (int e = 0; e < a.D; e++)
-                        o[e] += pr * V[(size_t)j * a.D + e];
+                        acc[e] += pr * V[(size_t)j * a.D + e];
                 }
             }
-        a.lse[(size_t)h * a.Nq + t] = z > 0.f ? mx + logf(z) : -INFINITY;
+            if (pass == 0)
+                mx = sk_lane_max(part, red);
+            else if (pass == 1)
+                z = (float)sk_lane_sum((double)part, red);
+        }
+        __syncthreads();
+        float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
+        for (int e = lane; e < a.D; e += 32) {
+            float sum = 0.f;
+            for (int l2 = 0; l2 < 32; l2++)
+                sum += acc_all[(size_t)l2 * a.D + e];
+            o[e] = sum;
+        }
+        __syncthreads();
+        if (lane == 0)
+            a.lse[(size_t)h * a.Nq + t] = z > 0.f ? mx + logf(z) : -INFINITY;
     }
 }
 
@@ -327,11 +376,13 @@ __global__ void fsa_merge_kernel(fsa_args a)
     a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
-// trainable.routing: one thread per (query head, row); it finds the clusters
-// holding the row by scanning qsel (O(C W) per row: a correctness kernel),
-// runs each cluster's softmax in three passes, and the union's log-sum-exp
-// over keys counted once (a key also held by an earlier cluster of the row is
-// skipped by rescanning those clusters).
+// trainable.routing: one warp per (query head, row) (issue 14, session 3;
+// was one thread per row); it finds the clusters holding the row by
+// scanning qsel (O(C W) per row), runs each cluster's softmax in three
+// passes over the cluster's keys split across the lanes (max and sum reduced
+// in shared memory, each lane's P·V in its own row of dynamic shared memory),
+// and the union's log-sum-exp over keys counted once (a key also held by an
+// earlier cluster of the row is skipped by rescanning those clusters).
 struct routing_args {
     const float *q, *k, *v;
     const int *qsel, *ksel;
@@ -343,15 +394,15 @@ struct routing_args {
 
 __global__ void routing_kernel(routing_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hq * a.Nq)
-        return;
-    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv), pos = a.Nk - a.Nq + t;
+    SL_DYN_SMEM(float, acc_all); // 32 rows of D floats
+    SL_SHARED(double, red, [32]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int h = item / a.Nq, t = item % a.Nq, kv = h / (a.Hq / a.Hkv), pos = a.Nk - a.Nq + t;
     const float *qv = a.q + (size_t)item * a.D;
     const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
-    float *o = a.o + (size_t)item * a.D;
+    float *acc = acc_all + (size_t)lane * a.D;
     for (int e = 0; e < a.D; e++)
-        o[e] = 0.f;
+        acc[e] = 0.f;
     int used = 0, cnt = 0;
     float um = -INFINITY, uz = 0.f;
     for (int pass = 0; pass < 2; pass++)
@@ -360,7 +411,8 @@ __global__ void routing_kernel(routing_args a)
                 continue;
             const int *keys = a.ksel + ((size_t)h * a.C + c) * a.W;
             // the union: keys not held by an earlier cluster of this row
-            for (int x = 0; x < a.W; x++) {
+            float part = pass == 0 ? -INFINITY : 0.f;
+            for (int x = lane; x < a.W; x += 32) {
                 int j = keys[x];
                 if (j < 0 || j > pos)
                     continue;
@@ -372,35 +424,369 @@ __global__ void routing_kernel(routing_args a)
                     continue;
                 float sc = dotf(qv, K + (size_t)j * a.D, a.D) * a.scale;
                 if (pass == 0)
-                    um = fmaxf(um, sc);
+                    part = fmaxf(part, sc);
                 else
-                    uz += expf(sc - um);
+                    part += expf(sc - um);
             }
-            if (pass == 0)
+            if (pass == 0) {
+                um = fmaxf(um, sk_lane_max(part, red));
                 continue;
+            }
+            uz += (float)sk_lane_sum((double)part, red);
             cnt++;
             float m = -INFINITY, z = 0.f;
-            for (int x = 0; x < a.W; x++)
+            for (int x = lane; x < a.W; x += 32)
                 if (keys[x] >= 0 && keys[x] <= pos)
                     m = fmaxf(m, dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale);
+            m = sk_lane_max(m, red);
             if (m == -INFINITY)
                 continue;
-            for (int x = 0; x < a.W; x++)
+            for (int x = lane; x < a.W; x += 32)
                 if (keys[x] >= 0 && keys[x] <= pos)
                     z += expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m);
-            for (int x = 0; x < a.W; x++)
+            z = (float)sk_lane_sum((double)z, red);
+            for (int x = lane; x < a.W; x += 32)
                 if (keys[x] >= 0 && keys[x] <= pos) {
                     float w = expf(dotf(qv, K + (size_t)keys[x] * a.D, a.D) * a.scale - m) / z;
                     for (int e = 0; e < a.D; e++)
-                        o[e] += w * V[(size_t)keys[x] * a.D + e];
+                        acc[e] += w * V[(size_t)keys[x] * a.D + e];
                 }
             used++;
         }
-    if (used > 0)
-        for (int e = 0; e < a.D; e++)
-            o[e] /= (float)used;
-    a.lse[item] = um == -INFINITY ? -INFINITY : um + logf(uz);
-    a.count[item] = cnt;
+    __syncthreads();
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = lane; e < a.D; e += 32) {
+        float sum = 0.f;
+        for (int l2 = 0; l2 < 32; l2++)
+            sum += acc_all[(size_t)l2 * a.D + e];
+        o[e] = used > 0 ? sum / (float)used : 0.f;
+    }
+    if (lane == 0) {
+        a.lse[item] = um == -INFINITY ? -INFINITY : um + logf(uz);
+        a.count[item] = cnt;
+    }
+}
+
+
+// ---- trainable.select (issue 14, session 3) ----
+// Features as float64 (one thread per (head, row, channel)); then one warp
+// per query row: the row's entry scores are recomputed per pass, the lanes
+// count in shared memory; the exact top-take cut is found by bisection over
+// the scores' ordered 64-bit keys (64 counting passes, no per-row arrays),
+// then the kept keys are written ascending by a shared-memory prefix per
+// chunk of 32 keys (ties at the cut: the lower keys first). Mode 1's mean
+// and variance are summed by lane 0 in key order (the same rounding as ref).
+// Rows write padded lists into scratch; one thread prefixes the counts; one
+// thread per row compacts into col.
+
+#if defined(__CUDA_ARCH__)
+#define TS_MUL(a, b) __dmul_rn(a, b)
+#define TS_ADD(a, b) __dadd_rn(a, b)
+#else
+#define TS_MUL(a, b) ((a) * (b))
+#define TS_ADD(a, b) ((a) + (b))
+#endif
+
+__global__ void select_features_kernel(const float *x, const float *w, double *f, int H, int Hx, int n, int D, int r)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)H * n * r)
+        return;
+    int c = (int)(item % r), t = (int)((item / r) % n), h = (int)(item / ((long long)r * n));
+    const float *row = x + ((size_t)(w ? h / (H / Hx) : h) * n + t) * D;
+    if (!w) {
+        f[item] = row[c];
+        return;
+    }
+    const float *W = w + (size_t)h * D * r;
+    double acc = 0;
+    for (int e = 0; e < D; e++)
+        acc = TS_ADD(acc, TS_MUL((double)row[e], (double)W[(size_t)e * r + c]));
+    f[item] = acc;
+}
+
+struct select_args {
+    const double *qf, *kf;
+    const long long *off;
+    int *pad, *cnt, *row_ptr, *col;
+    int Hq, Hkv, Nq, Nk, r, kf_per_q, mode, causal;
+    long long k, cap, group, per_head, total, bound;
+};
+
+__device__ double select_score(const select_args &a, int h, int g0, int g1, int j)
+{
+    const double *kr = a.kf + ((size_t)(a.kf_per_q ? h : h / (a.Hq / a.Hkv)) * a.Nk + j) * a.r;
+    double acc = 0;
+    for (int u = g0; u <= g1; u++) {
+        const double *qr = a.qf + ((size_t)h * a.Nq + u) * a.r;
+        double z = 0;
+        for (int c = 0; c < a.r; c++)
+            z = TS_ADD(z, TS_MUL(qr[c], kr[c]));
+        acc = TS_ADD(acc, z);
+    }
+    return acc;
+}
+
+// Order-preserving 64-bit key of a double (larger score, larger key).
+__device__ unsigned long long select_key(double s)
+{
+    long long b;
+    memcpy(&b, &s, sizeof b);
+    return b < 0 ? ~(unsigned long long)b : (unsigned long long)b | 0x8000000000000000ull;
+}
+
+// Sum of one value per lane over the 32 lanes of the block (shared sh[32]).
+__device__ long long select_lane_sum(long long v, long long *sh)
+{
+    __syncthreads();
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    long long t = 0;
+    for (int i = 0; i < 32; i++)
+        t += sh[i];
+    return t;
+}
+
+__global__ void select_row_kernel(select_args a)
+{
+    SL_SHARED(long long, sh, [32]);
+    SL_SHARED(double, theta_sh, [1]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int h = item / a.Nq, t = item % a.Nq;
+    int g0 = a.mode == 0 ? (int)(t / a.group * a.group) : t;
+    int g1 = a.mode == 0 ? (int)(g0 + a.group - 1) : t;
+    g1 = g1 < a.Nq ? g1 : a.Nq - 1;
+    int m = (int)sl__ts_vis(g1, a.Nq, a.Nk, a.causal), lim = (int)sl__ts_vis(t, a.Nq, a.Nk, a.causal);
+    // the candidate pool: every visible key, or (mode 1, k < m) those above theta
+    int stat = a.mode == 1 && a.k < m;
+    if (lane == 0) {
+        double th = -INFINITY;
+        if (stat) {
+            double mean = 0, var = 0;
+            for (int j = 0; j < m; j++)
+                mean += select_score(a, h, g0, g1, j);
+            mean /= (double)m;
+            for (int j = 0; j < m; j++) {
+                double d = select_score(a, h, g0, g1, j) - mean;
+                var = TS_ADD(var, TS_MUL(d, d));
+            }
+            th = TS_ADD(mean, TS_MUL(sqrt(var / (double)m), sl__ts_norm_inv(1.0 - (double)a.k / (double)m)));
+        }
+        theta_sh[0] = th;
+    }
+    __syncthreads();
+    double theta = theta_sh[0];
+    long long pool = m;
+    if (stat) {
+        long long c = 0;
+        for (int j = lane; j < m; j += 32)
+            c += select_score(a, h, g0, g1, j) - theta > 0;
+        pool = select_lane_sum(c, sh);
+    }
+    long long take = a.mode == 0 ? (m < a.k ? m : a.k) : (a.cap > 0 && pool > a.cap ? a.cap : pool);
+    // the cut: the largest key u with #{key >= u} >= take (none when take = pool)
+    unsigned long long cut = 0;
+    if (take < pool && take > 0) {
+        unsigned long long lo = 0, hi = ~0ull; // invariant: count(>= lo) >= take, count(>= hi + 1) < take
+        while (lo < hi) {
+            unsigned long long mid = lo + (hi - lo) / 2 + 1, c = 0;
+            for (int j = lane; j < m; j += 32) {
+                double z = select_score(a, h, g0, g1, j);
+                c += (!stat || z - theta > 0) && select_key(z) >= mid;
+            }
+            if (select_lane_sum((long long)c, sh) >= take)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        cut = lo;
+    }
+    long long above = 0;
+    if (take < pool && take > 0) {
+        long long c = 0;
+        for (int j = lane; j < m; j += 32) {
+            double z = select_score(a, h, g0, g1, j);
+            c += (!stat || z - theta > 0) && select_key(z) > cut;
+        }
+        above = select_lane_sum(c, sh);
+    }
+    long long need_eq = take - above, eq_seen = 0, written = 0;
+    int *dst = a.pad + (size_t)h * a.per_head + a.off[t];
+    for (int base = 0; base < m && take > 0; base += 32) {
+        int j = base + lane, keep = 0, eq = 0;
+        if (j < m) {
+            double z = select_score(a, h, g0, g1, j);
+            int member = !stat || z - theta > 0;
+            if (take >= pool) {
+                keep = member;
+            } else {
+                unsigned long long kk = select_key(z);
+                keep = member && kk > cut;
+                eq = member && kk == cut;
+            }
+        }
+        __syncthreads();
+        sh[lane] = eq;
+        __syncthreads();
+        long long eq_before = eq_seen, eq_all = 0;
+        for (int i = 0; i < 32; i++) {
+            if (i < lane)
+                eq_before += sh[i];
+            eq_all += sh[i];
+        }
+        if (eq && eq_before < need_eq)
+            keep = 1;
+        keep = keep && j < lim;
+        __syncthreads();
+        sh[lane] = keep;
+        __syncthreads();
+        long long at = written, all = 0;
+        for (int i = 0; i < 32; i++) {
+            if (i < lane)
+                at += sh[i];
+            all += sh[i];
+        }
+        if (keep)
+            dst[at] = j;
+        written += all;
+        eq_seen += eq_all;
+    }
+    if (lane == 0)
+        a.cnt[item] = (int)written;
+}
+
+__global__ void select_prefix_kernel(select_args a)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    long long at = 0;
+    for (int h = 0; h < a.Hq; h++) {
+        for (int t = 0; t < a.Nq; t++) {
+            a.row_ptr[(size_t)h * (a.Nq + 1) + t] = (int)at;
+            at += a.cnt[(size_t)h * a.Nq + t];
+        }
+        a.row_ptr[(size_t)h * (a.Nq + 1) + a.Nq] = (int)at;
+    }
+}
+
+__global__ void select_compact_kernel(select_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item < (long long)a.Hq * a.Nq) {
+        int h = (int)(item / a.Nq), t = (int)(item % a.Nq);
+        const int *src = a.pad + (size_t)h * a.per_head + a.off[t];
+        int *dst = a.col + a.row_ptr[(size_t)h * (a.Nq + 1) + t];
+        for (int x = 0; x < a.cnt[item]; x++)
+            dst[x] = src[x];
+    }
+    long long used = a.row_ptr[(size_t)(a.Hq - 1) * (a.Nq + 1) + a.Nq];
+    for (long long x = used + item; x < a.bound; x += (long long)gridDim.x * blockDim.x)
+        a.col[x] = -1;
+}
+
+
+// ---- trainable.cells (issue 14, session 3; card sea) ----
+// One warp per row: the budget's cut over the H·T_M cell values by
+// bisection over their ordered 32-bit keys (lanes count, shared-memory
+// sums), then lane 0 walks the cells in flat order (ties at the cut: the
+// lower flat index first) and writes each kept cell's keys, found from the
+// cell's first key by binary search. Then one thread prefixes the counts
+// head-major and one thread per (head, row) copies its keys into col.
+
+struct cells_args {
+    const float *a;
+    const long long *off;
+    int *pad, *cnt, *start, *row_ptr, *col;
+    int H, N, tm;
+    double k;
+    long long bound;
+};
+
+__device__ unsigned cells_key(float x)
+{
+    unsigned b;
+    memcpy(&b, &x, sizeof b);
+    return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
+__global__ void cells_row_kernel(cells_args a)
+{
+    SL_SHARED(long long, sh, [32]);
+    int t = blockIdx.x, lane = threadIdx.x, HT = a.H * a.tm, w = t + 1;
+    long long b = sl__ts_budget(a.H, a.k, a.tm, w);
+    unsigned cut = 0;
+    if (b < HT) {
+        unsigned lo = 0, hi = 0xffffffffu; // the largest u with #{key >= u} >= b
+        while (lo < hi) {
+            unsigned mid = lo + (hi - lo) / 2 + 1;
+            long long c = 0;
+            for (int f = lane; f < HT; f += 32)
+                c += cells_key(a.a[((size_t)(f / a.tm) * a.N + t) * a.tm + f % a.tm]) >= mid;
+            if (select_lane_sum(c, sh) >= b)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        cut = lo;
+    }
+    long long above = 0;
+    if (b < HT) {
+        long long c = 0;
+        for (int f = lane; f < HT; f += 32)
+            c += cells_key(a.a[((size_t)(f / a.tm) * a.N + t) * a.tm + f % a.tm]) > cut;
+        above = select_lane_sum(c, sh);
+    }
+    if (lane != 0)
+        return;
+    long long eq_left = b - above;
+    int *dst = a.pad + a.off[t];
+    int n = 0;
+    for (int h = 0; h < a.H; h++) {
+        a.start[(size_t)h * a.N + t] = n;
+        for (int c = 0; c < a.tm; c++) {
+            int kept = 1;
+            if (b < HT) {
+                unsigned key = cells_key(a.a[((size_t)h * a.N + t) * a.tm + c]);
+                kept = key > cut || (key == cut && eq_left > 0);
+                if (key == cut && eq_left > 0)
+                    eq_left--;
+            }
+            if (!kept)
+                continue;
+            for (long long j = sl__ts_cell_first(c, w, a.tm); j < w && sl__ts_cell(j, w, a.tm) == c; j++)
+                dst[n++] = (int)j;
+        }
+        a.cnt[(size_t)h * a.N + t] = n - a.start[(size_t)h * a.N + t];
+    }
+}
+
+__global__ void cells_prefix_kernel(cells_args a)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    long long at = 0;
+    for (int h = 0; h < a.H; h++) {
+        for (int t = 0; t < a.N; t++) {
+            a.row_ptr[(size_t)h * (a.N + 1) + t] = (int)at;
+            at += a.cnt[(size_t)h * a.N + t];
+        }
+        a.row_ptr[(size_t)h * (a.N + 1) + a.N] = (int)at;
+    }
+}
+
+__global__ void cells_compact_kernel(cells_args a)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item < (long long)a.H * a.N) {
+        int h = (int)(item / a.N), t = (int)(item % a.N);
+        const int *src = a.pad + a.off[t] + a.start[item];
+        int *dst = a.col + a.row_ptr[(size_t)h * (a.N + 1) + t];
+        for (int x = 0; x < a.cnt[item]; x++)
+            dst[x] = src[x];
+    }
+    long long used = a.row_ptr[(size_t)(a.H - 1) * (a.N + 1) + a.N];
+    for (long long x = used + item; x < a.bound; x += (long long)gridDim.x * blockDim.x)
+        a.col[x] = -1;
 }
 
 }  // namespace
@@ -468,7 +854,10 @@ sl_status sl__cuda_trainable_sparsek(const sl__kargs *a)
     x.kb = (int)(p->k < Nk ? p->k : Nk), x.window = (int)(p->window < Nk ? p->window : Nk), x.weight = (int)p->weight;
     x.bias = (int)p->bias;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    SL_LAUNCH(sparsek_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    if (32 * D * (int64_t)sizeof(float) > 48 * 1024)
+        return sl__cuda_unsupported(a, "head_dim %lld: the warp's 32 accumulator rows pass 48 KiB of shared memory",
+                                    (long long)D);
+    SL_LAUNCH(sparsek_kernel, dim3((unsigned)items), 32, (size_t)(32 * D) * sizeof(float), 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
@@ -518,6 +907,93 @@ sl_status sl__cuda_trainable_routing(const sl__kargs *a)
     x.o = st.output<float>(0), x.lse = st.output<float>(1), x.count = st.output<int>(2);
     x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.C = (int)C, x.W = (int)W;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    SL_LAUNCH(routing_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    if (32 * D * (int64_t)sizeof(float) > 48 * 1024)
+        return sl__cuda_unsupported(a, "head_dim %lld: the warp's 32 accumulator rows pass 48 KiB of shared memory",
+                                    (long long)D);
+    SL_LAUNCH(routing_kernel, dim3((unsigned)(Hq * Nq)), 32, (size_t)(32 * D) * sizeof(float), 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_select(const sl__kargs *a)
+{
+    const sl_trainable_select_params *p = static_cast<const sl_trainable_select_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int has_w = a->in[2].buf != nullptr;
+    int64_t r = sl__ts_rank(has_w, has_w ? a->in[2].shape[2] : 0, p->split, D), hk = has_w ? Hq : Hkv;
+    if (Nk > (1 << 30) || Nq > (1 << 30) || D > (1 << 20) || Hq * Nq > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 keys or rows, or 2^20 channels");
+    if (Hq * Nq == 0)
+        return SL_OK;
+    std::vector<long long> off((size_t)Nq + 1, 0);
+    for (int64_t t = 0; t < Nq; t++)
+        off[(size_t)t + 1] = off[(size_t)t] + sl__ts_bound(p->mode, p->k, p->cap, p->group, (int)p->causal, t, Nq, Nk);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    void *qf = nullptr, *kf = nullptr, *pad = nullptr, *cnt = nullptr, *doff = nullptr;
+    int64_t bound = a->out[1].shape[0];
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(Hq * Nq * r), &qf); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(hk * Nk * r), &kf); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(bound > 0 ? bound : 1), &pad); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(Hq * Nq), &cnt); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, off.data(), sizeof(long long) * off.size(), &doff); s != SL_OK)
+        return s;
+    const float *wq = has_w ? st.input<float>(2) : nullptr, *wk = has_w ? st.input<float>(3) : nullptr;
+    int64_t nqf = Hq * Nq * r, nkf = hk * Nk * r;
+    SL_LAUNCH(select_features_kernel, dim3((unsigned)((nqf + 127) / 128)), 128, 0, 0)(
+        st.input<float>(0), wq, static_cast<double *>(qf), (int)Hq, (int)Hq, (int)Nq, (int)D, (int)r);
+    if (nkf > 0)
+        SL_LAUNCH(select_features_kernel, dim3((unsigned)((nkf + 127) / 128)), 128, 0, 0)(
+            st.input<float>(1), wk, static_cast<double *>(kf), (int)hk, (int)Hkv, (int)Nk, (int)D, (int)r);
+    select_args x;
+    x.qf = static_cast<const double *>(qf), x.kf = static_cast<const double *>(kf);
+    x.off = static_cast<const long long *>(doff), x.pad = static_cast<int *>(pad), x.cnt = static_cast<int *>(cnt);
+    x.row_ptr = st.output<int>(0), x.col = st.output<int>(1);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.r = (int)r, x.kf_per_q = has_w;
+    x.mode = (int)p->mode, x.causal = (int)p->causal;
+    x.k = p->k, x.cap = p->cap, x.group = p->group, x.per_head = off[(size_t)Nq], x.bound = bound;
+    SL_LAUNCH(select_row_kernel, dim3((unsigned)(Hq * Nq)), 32, 0, 0)(x);
+    SL_LAUNCH(select_prefix_kernel, dim3(1), 1, 0, 0)(x);
+    SL_LAUNCH(select_compact_kernel, dim3((unsigned)((Hq * Nq + 127) / 128)), 128, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_cells(const sl__kargs *a)
+{
+    const sl_trainable_cells_params *p = static_cast<const sl_trainable_cells_params *>(a->params);
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], tm = a->in[0].shape[2];
+    if (N > (1 << 30) || H * tm > (1 << 30) || H * N > (1 << 30))
+        return sl__cuda_unsupported(a, "more than 2^30 rows or cells");
+    if (H * N == 0)
+        return SL_OK;
+    std::vector<long long> off((size_t)N + 1, 0);
+    for (int64_t t = 0; t < N; t++)
+        off[(size_t)t + 1] = off[(size_t)t] + sl__ts_cell_bound(H, p->k, tm, t);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    int64_t bound = a->out[1].shape[0];
+    void *pad = nullptr, *cnt = nullptr, *start = nullptr, *doff = nullptr;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(bound > 0 ? bound : 1), &pad); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(H * N), &cnt); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(int) * (size_t)(H * N), &start); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, off.data(), sizeof(long long) * off.size(), &doff); s != SL_OK)
+        return s;
+    cells_args x;
+    x.a = st.input<float>(0), x.off = static_cast<const long long *>(doff), x.pad = static_cast<int *>(pad);
+    x.cnt = static_cast<int *>(cnt), x.start = static_cast<int *>(start);
+    x.row_ptr = st.output<int>(0), x.col = st.output<int>(1);
+    x.H = (int)H, x.N = (int)N, x.tm = (int)tm, x.k = p->k, x.bound = bound;
+    SL_LAUNCH(cells_row_kernel, dim3((unsigned)N), 32, 0, 0)(x);
+    SL_LAUNCH(cells_prefix_kernel, dim3(1), 1, 0, 0)(x);
+    SL_LAUNCH(cells_compact_kernel, dim3((unsigned)((H * N + 127) / 128)), 128, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

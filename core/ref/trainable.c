@@ -2,6 +2,7 @@
  * card nsa): trainable.compress and trainable.nsa, the contracts read
  * literally in float64 with plain loops. The oracle of cpu/ and cuda/. */
 #include "ref.h"
+#include "trainable_select.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -385,5 +386,162 @@ sl_status sl__ref_trainable_routing(const sl__kargs *a)
             CNT[h * Nq + t] = (int32_t)in_c;
         }
     free(keep), free(uni), free(acc), free(sum);
+    return SL_OK;
+}
+
+/* ---- trainable.select (issue 14, session 3) ----
+ * Literal: the features of a head as float64 arrays, every entry's scores,
+ * a full sort of (score, key) pairs for the exact top-k, the statistical
+ * threshold by the two-pass mean and variance. */
+
+typedef struct ref_scored { double s; int64_t j; } ref_scored;
+
+static int ref_scored_desc(const void *x, const void *y)
+{
+    const ref_scored *a = x, *b = y;
+    if (a->s != b->s)
+        return a->s > b->s ? -1 : 1;
+    return a->j < b->j ? -1 : a->j > b->j;
+}
+
+static int ref_i32_asc(const void *x, const void *y)
+{
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    return (a > b) - (a < b);
+}
+
+/* Row features [n, r] of x [.., n, D] (head hx) times w[hw] [D, r], or its first r channels. */
+static double *ref_features(const sl_tensor *x, int64_t hx, const sl_tensor *w, int64_t hw, int64_t r)
+{
+    int64_t n = x->shape[1], D = x->shape[2];
+    const float *X = (const float *)x->data + hx * n * D;
+    double *f = malloc(sizeof *f * (size_t)(n * r > 0 ? n * r : 1));
+    if (!f)
+        return NULL;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t c = 0; c < r; c++) {
+            double acc = 0;
+            if (w->buf) {
+                const float *W = (const float *)w->data + hw * D * r;
+                for (int64_t e = 0; e < D; e++)
+                    acc += (double)X[t * D + e] * W[e * r + c];
+            } else {
+                acc = X[t * D + c];
+            }
+            f[t * r + c] = acc;
+        }
+    return f;
+}
+
+sl_status sl__ref_trainable_select(const sl__kargs *a)
+{
+    const sl_trainable_select_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1], grp = Hq / Hkv;
+    int has_w = a->in[2].buf != NULL;
+    int64_t r = sl__ts_rank(has_w, has_w ? a->in[2].shape[2] : 0, p->split, D);
+    int32_t *row_ptr = a->out[0].data, *col = a->out[1].data;
+    int64_t cap_total = a->out[1].shape[0], at = 0;
+    ref_scored *sc = malloc(sizeof *sc * (size_t)(Nk > 0 ? Nk : 1));
+    double *qf = NULL, *kf = NULL;
+    sl_status st = SL_OK;
+    if (!sc) {
+        st = sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.select[ref]: out of memory");
+        goto done;
+    }
+    for (int64_t h = 0; h < Hq; h++) {
+        free(qf), free(kf);
+        qf = ref_features(&a->in[0], h, &a->in[2], h, r);
+        kf = ref_features(&a->in[1], h / grp, &a->in[3], h, r);
+        if (!qf || !kf) {
+            st = sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.select[ref]: out of memory");
+            goto done;
+        }
+        for (int64_t t = 0; t < Nq; t++) {
+            row_ptr[h * (Nq + 1) + t] = (int32_t)at;
+            int64_t g0 = p->mode == 0 ? t / p->group * p->group : t, g1 = g0 + (p->mode == 0 ? p->group : 1) - 1;
+            g1 = g1 < Nq ? g1 : Nq - 1;
+            int64_t m = sl__ts_vis(g1, Nq, Nk, (int)p->causal), lim = sl__ts_vis(t, Nq, Nk, (int)p->causal);
+            for (int64_t j = 0; j < m; j++) {
+                sc[j].j = j, sc[j].s = 0;
+                for (int64_t u = g0; u <= g1; u++) {
+                    double z = 0;
+                    for (int64_t c = 0; c < r; c++)
+                        z += qf[u * r + c] * kf[j * r + c];
+                    sc[j].s += z;
+                }
+            }
+            int64_t take, pool = m; /* sc[0, pool) are the candidates; the top `take` of them are kept */
+            if (p->mode == 0) {
+                take = m < p->k ? m : p->k;
+            } else if (p->k >= m) {
+                take = p->cap > 0 && m > p->cap ? p->cap : m;
+            } else {
+                double mean = 0, var = 0;
+                for (int64_t j = 0; j < m; j++)
+                    mean += sc[j].s;
+                mean /= (double)m;
+                for (int64_t j = 0; j < m; j++)
+                    var += (sc[j].s - mean) * (sc[j].s - mean);
+                double theta = mean + sqrt(var / (double)m) * sl__ts_norm_inv(1.0 - (double)p->k / (double)m);
+                pool = 0;
+                for (int64_t j = 0; j < m; j++)
+                    if (sc[j].s - theta > 0)
+                        sc[pool++] = sc[j];
+                take = p->cap > 0 && pool > p->cap ? p->cap : pool;
+            }
+            if (take < pool)
+                qsort(sc, (size_t)pool, sizeof *sc, ref_scored_desc);
+            int64_t from = at;
+            for (int64_t x = 0; x < take; x++)
+                if (sc[x].j < lim)
+                    col[at++] = (int32_t)sc[x].j;
+            qsort(col + from, (size_t)(at - from), sizeof *col, ref_i32_asc);
+        }
+        row_ptr[h * (Nq + 1) + Nq] = (int32_t)at;
+    }
+    for (int64_t x = at; x < cap_total; x++)
+        col[x] = -1;
+done:
+    free(sc), free(qf), free(kf);
+    return st;
+}
+
+/* ---- trainable.cells (issue 14, session 3; card sea) ----
+ * Literal: per row a full sort of the H·T_M cells, then every key of the
+ * row tested against its cell's flag. */
+sl_status sl__ref_trainable_cells(const sl__kargs *a)
+{
+    const sl_trainable_cells_params *p = a->params;
+    int64_t H = a->in[0].shape[0], N = a->in[0].shape[1], tm = a->in[0].shape[2], at = 0;
+    const float *A = a->in[0].data;
+    int32_t *row_ptr = a->out[0].data, *col = a->out[1].data;
+    uint8_t *keep = calloc((size_t)(N * H * tm + 1), 1);
+    ref_scored *sc = malloc(sizeof *sc * (size_t)(H * tm));
+    if (!keep || !sc) {
+        free(keep), free(sc);
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.cells[ref]: out of memory");
+    }
+    for (int64_t t = 0; t < N; t++) {
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t c = 0; c < tm; c++)
+                sc[h * tm + c] = (ref_scored){A[(h * N + t) * tm + c], h * tm + c};
+        qsort(sc, (size_t)(H * tm), sizeof *sc, ref_scored_desc);
+        int64_t b = sl__ts_budget(H, p->k, tm, t + 1);
+        for (int64_t x = 0; x < b; x++)
+            keep[t * H * tm + sc[x].j] = 1;
+    }
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t t = 0; t < N; t++) {
+            row_ptr[h * (N + 1) + t] = (int32_t)at;
+            for (int64_t j = 0; j <= t; j++)
+                if (keep[t * H * tm + h * tm + sl__ts_cell(j, t + 1, tm)])
+                    col[at++] = (int32_t)j;
+        }
+        row_ptr[h * (N + 1) + N] = (int32_t)at;
+    }
+    for (int64_t x = at; x < a->out[1].shape[0]; x++)
+        col[x] = -1;
+    free(keep), free(sc);
     return SL_OK;
 }

@@ -246,4 +246,26 @@ function T.sym_eig(A0)
   return vals, vecs
 end
 
+
+-- ---- C selections (issue 14, session 3) ----
+
+--- trainable.select: index lists (row_ptr [Hq, Nq+1], col narrowed to its
+--- used length) of the low-rank / split-channel score selection; args are
+--- the op's params plus wq, wk ([Hq, D, r] tensors, both or neither) and
+--- backend. Returns row_ptr, col and the number of listed pairs.
+function T.select(prob, args)
+  args.backend = args.backend or prob.backend
+  local rp, col = sl.trainable.select(prob.q, prob.k, args)
+  local hq, nq = rp:shape()[1], rp:shape()[2] - 1
+  local total = hq > 0 and math.tointeger(rp:get(hq, nq + 1)) or 0
+  return rp, col:narrow(1, 1, total), total
+end
+
+--- attn.token_sparse on index-list tensors (one entry per row): o, lse and its FLOPs.
+function T.token_sparse_t(prob, rp, col)
+  local args = {rows_per_entry = 1, backend = prob.backend}
+  local o, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, rp, col, args)
+  return o, lse, sl.op_flops("attn.token_sparse", prob.q, prob.k, prob.v, rp, col, args)
+end
+
 return T

@@ -799,5 +799,149 @@ test("nosa: selection equals an independent float64 one; locality bound; k_e = 0
   truthy(not nosa.fit, "nosa is not fitted here")
 end)
 
+-- ---- issue 14, session 3: NSA's MLP phi and gate MLP from a weights file ----
+
+local function rnd(dims, seed, scale)
+  local t = sl.randn(dims, {seed = seed}):totable()
+  local function map(x)
+    if type(x) == "table" then local o = {} for i = 1, #x do o[i] = map(x[i]) end return o end
+    return x * scale
+  end
+  return map(t)
+end
+
+test("nsa: the MLP phi (k_compress.*, v_compress.*) equals an independent float64 MLP; a mean-pool MLP equals mean pooling", function()
+  local prob, q, k, v = synthetic(70, 21), nil, nil, nil
+  local hkv, d, l, s = 2, 16, 8, 4
+  local pe = rnd({hkv, l, d}, 31, 0.1)
+  -- (1) random weights, hidden 24 (not a multiple of D: padded blocks), checked against float64 code here
+  local m = 24
+  local W = {}
+  for _, pre in ipairs{"k_compress", "v_compress"} do
+    W[pre] = {w1 = rnd({hkv, l * d, m}, 40 + #pre, 0.1), b1 = rnd({hkv, m}, 50 + #pre, 0.3),
+      w2 = rnd({hkv, m, d}, 60 + #pre, 0.2), b2 = rnd({hkv, d}, 70 + #pre, 0.1)}
+  end
+  local ws = {intra_block_pe = sl.tensor(pe)}
+  for pre, t in pairs(W) do for nm, x in pairs(t) do ws[pre .. "." .. nm] = sl.tensor(x) end end
+  local path = TMP .. "/mlp_phi.safetensors"
+  sl.save(path, ws)
+  local M = sl.methods.get("nsa")
+  local p = sl.registry.resolve(M, with(SMALL, {weights = path}))
+  local wsl, _, op = M.setup(prob, p)
+  local kc, vc = M.compress(prob, wsl, op)
+  for idx, pair in ipairs{{"k_compress", prob.k, kc}, {"v_compress", prob.v, vc}} do
+    local X, got, w = E.heads(pair[2]), pair[3]:totable(), W[pair[1]]
+    -- the weights as the file holds them (float32)
+    local f32 = {}
+    for nm, x in pairs(w) do f32[nm] = sl.tensor(x):totable() end
+    local n, worst = #X[1], 0
+    for h = 1, hkv do
+      for i = 1, #got[h] do
+        local hid = {}
+        for j = 1, m do hid[j] = f32.b1[h][j] end
+        for r = 0, l - 1 do
+          local tok = (i - 1) * s + r
+          if tok < n then
+            for e = 1, d do
+              local xv = X[h][tok + 1][e] + sl.tensor(pe):totable()[h][r + 1][e]
+              for j = 1, m do hid[j] = hid[j] + xv * f32.w1[h][r * d + e][j] end
+            end
+          end
+        end
+        for c = 1, d do
+          local y = f32.b2[h][c]
+          for j = 1, m do if hid[j] > 0 then y = y + hid[j] * f32.w2[h][j][c] end end
+          worst = math.max(worst, math.abs(y - got[h][i][c]) / (1 + math.abs(y)))
+        end
+      end
+    end
+    truthy(worst < 1e-5, string.format("%s: MLP phi vs float64, worst rel diff %.2e", pair[1], worst))
+    truthy(idx <= 2, "")
+  end
+  -- (2) the hand-built mean-pool MLP: W1 = I/l per slot, b1 = 8 (keeps every unit positive), W2 = I, b2 = -8
+  local w1, b1, w2, b2 = {}, {}, {}, {}
+  for h = 1, hkv do
+    w1[h], b1[h], w2[h], b2[h] = {}, {}, {}, {}
+    for r = 0, l - 1 do for e = 1, d do local row = {} for j = 1, d do row[j] = e == j and 1 / l or 0 end w1[h][r * d + e] = row end end
+    for j = 1, d do
+      b1[h][j], b2[h][j] = 8, -8
+      local row = {} for c = 1, d do row[c] = j == c and 1 or 0 end w2[h][j] = row
+    end
+  end
+  local function gates(x)
+    local t = {}
+    for h = 1, 4 do local r = {} for i = 1, 70 do r[i] = x end t[h] = r end
+    return sl.tensor(t)
+  end
+  local base = {intra_block_pe = sl.tensor(pe), g_cmp = gates(0.3), g_slc = gates(0.5), g_swa = gates(0.2)}
+  local mean_path, mlp_path = TMP .. "/meanpe.safetensors", TMP .. "/meanmlp.safetensors"
+  sl.save(mean_path, base)
+  local mlp = with(base, {})
+  for _, pre in ipairs{"k_compress", "v_compress"} do
+    mlp[pre .. ".w1"], mlp[pre .. ".b1"] = sl.tensor(w1), sl.tensor(b1)
+    mlp[pre .. ".w2"], mlp[pre .. ".b2"] = sl.tensor(w2), sl.tensor(b2)
+  end
+  sl.save(mlp_path, mlp)
+  local a = sl.eval("nsa", prob, {params = with(SMALL, {weights = mean_path})})
+  local b = sl.eval("nsa", prob, {params = with(SMALL, {weights = mlp_path})})
+  local diff = 0
+  local A, B = a.o:totable(), b.o:totable()
+  for h = 1, #A do for t = 1, #A[h] do for e = 1, #A[h][t] do diff = math.max(diff, math.abs(A[h][t][e] - B[h][t][e])) end end end
+  truthy(diff < 1e-5, string.format("mean-pool MLP = mean pooling with pe: max diff %.2e", diff))
+end)
+
+test("nsa: the gate MLP (gate_mlp.*) on q equals the same gates given per token; bad gate-MLP files are one-line errors", function()
+  local prob = synthetic(64, 22)
+  local hq, nq, d, m = 4, 64, 16, 8
+  local W1, B1, W2, B2 = rnd({hq, d, m}, 81, 0.3), rnd({hq, m}, 82, 0.5), rnd({hq, m, 3}, 83, 0.7), rnd({hq, 3}, 84, 0.5)
+  local ws = {["gate_mlp.w1"] = sl.tensor(W1), ["gate_mlp.b1"] = sl.tensor(B1), ["gate_mlp.w2"] = sl.tensor(W2),
+    ["gate_mlp.b2"] = sl.tensor(B2)}
+  local f = {}
+  for nm, x in pairs(ws) do f[nm] = x:totable() end
+  -- the gates in float64 here: sigmoid(W2ᵀ relu(W1ᵀ q + b1) + b2)
+  local Q = E.heads(prob.q)
+  local G = {{}, {}, {}}
+  for h = 1, hq do
+    for br = 1, 3 do G[br][h] = {} end
+    for t = 1, nq do
+      local hid = {}
+      for j = 1, m do
+        local z = f["gate_mlp.b1"][h][j]
+        for e = 1, d do z = z + Q[h][t][e] * f["gate_mlp.w1"][h][e][j] end
+        hid[j] = math.max(z, 0)
+      end
+      for br = 1, 3 do
+        local z = f["gate_mlp.b2"][h][br]
+        for j = 1, m do z = z + hid[j] * f["gate_mlp.w2"][h][j][br] end
+        G[br][h][t] = 1 / (1 + math.exp(-z))
+      end
+    end
+  end
+  local gpath, mpath = TMP .. "/g_given.safetensors", TMP .. "/g_mlp.safetensors"
+  sl.save(gpath, {g_cmp = sl.tensor(G[1]), g_slc = sl.tensor(G[2]), g_swa = sl.tensor(G[3])})
+  sl.save(mpath, ws)
+  for _, id in ipairs{"nsa", "fsa"} do
+    local a = sl.eval(id, prob, {params = with(SMALL, {weights = gpath})})
+    local b = sl.eval(id, prob, {params = with(SMALL, {weights = mpath})})
+    local A, B, diff = a.o:totable(), b.o:totable(), 0
+    for h = 1, #A do for t = 1, #A[h] do for e = 1, #A[h][t] do diff = math.max(diff, math.abs(A[h][t][e] - B[h][t][e])) end end end
+    truthy(diff < 1e-5, string.format("%s: gate MLP vs the same gates per token, max diff %.2e", id, diff))
+  end
+  -- bad files
+  local function expect(t, ...)
+    local path = TMP .. "/badg.safetensors"
+    sl.save(path, t)
+    local ok, err = pcall(sl.eval, "nsa", prob, {params = with(SMALL, {weights = path})})
+    truthy(not ok, "expected an error")
+    err = tostring(err)
+    truthy(not err:find("\n") and err:find(path, 1, true), "one line naming the file: " .. err)
+    for _, want in ipairs{...} do truthy(err:find(want, 1, true), "'" .. want .. "' in: " .. err) end
+  end
+  expect({["gate_mlp.w1"] = ws["gate_mlp.w1"]}, "'gate_mlp.b1' is missing")
+  expect(with(ws, {["gate_mlp.b2"] = sl.zeros({4, 2})}), "'gate_mlp.b2' is [4, 2]", "expected [4, 3]")
+  expect(with(ws, {gate_w = sl.zeros({4, 3, 16}), gate_b = sl.zeros({4, 3})}), "more than one gate form")
+  expect(with(ws, {["k_compress.w1"] = sl.zeros({2, 128, 16})}), "'k_compress.b1' is missing")
+end)
+
 os.execute("rm -rf " .. TMP)
 H.done()

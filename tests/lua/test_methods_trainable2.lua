@@ -1131,4 +1131,110 @@ test("localist_llm: group norms of the attention pass a recall check score-blind
   truthy(not M.fit and M.fit_why:find("dial", 1, true), "nothing to fit")
 end)
 
+-- ---- the C selections (issue 14, session 3): the op path equals the earlier Lua loops ----
+
+-- The op's lists (tensors) as the Lua loops' tables: row_ptr[h][t] (0-based offsets), col (0-based keys).
+local function op_lists(rp, col)
+  local R, C = rp:totable(), col:numel() > 0 and col:totable() or {}
+  return R, C
+end
+
+local function same_lists(R1, C1, R2, C2, what)
+  for h = 1, #R2 do
+    for t = 1, #R2[h] - 1 do
+      local a1, b1, a2, b2 = R1[h][t], R1[h][t + 1], R2[h][t], R2[h][t + 1]
+      eq(b1 - a1, b2 - a2, string.format("%s: head %d row %d count", what, h, t))
+      for x = 1, b2 - a2 do
+        if C1[a1 + x] ~= C2[a2 + x] then
+          error(string.format("%s: head %d row %d entry %d: op %s, Lua %s", what, h, t, x, tostring(C1[a1 + x]),
+            tostring(C2[a2 + x])))
+        end
+      end
+    end
+  end
+end
+
+test("dsv: the trainable.select op path gives the Lua loop's lists (random, self-fit, file predictors; groups; not causal)", function()
+  local prob = synthetic(96, 71)
+  local M = sl.methods.get("dsv")
+  for _, cfg in ipairs{{predictor = "random", k = 8, group = 1, causal = 1}, {predictor = "self", k = 5, group = 3, causal = 1},
+    {predictor = "random", k = 12, group = 2, causal = 0}, {predictor = "random", k = 200, group = 1, causal = 1}} do
+    local p = sl.registry.resolve(M, {k = cfg.k, group = cfg.group, causal = cfg.causal, predictor = cfg.predictor, rank = 3})
+    local wq, wk = M.predictor(prob, p)
+    local R2, C2 = M.lists(prob, wq, wk, p)
+    for _, be in ipairs{"ref", "cpu"} do
+      local rp, col = M.lists_op(with(prob, {backend = be}), wq, wk, p)
+      local R1, C1 = op_lists(rp, col)
+      same_lists(R1, C1, R2, C2, string.format("dsv %s k %d group %d causal %d on %s", cfg.predictor, cfg.k, cfg.group,
+        cfg.causal, be))
+    end
+  end
+end)
+
+test("spark_transformer: the trainable.select op path gives the Lua loop's lists (split, oracle, cap, k >= m)", function()
+  local prob = synthetic(128, 72)
+  local M = sl.methods.get("spark_transformer")
+  for _, cfg in ipairs{{k = 16, cap = 256, split = 0, oracle = 0}, {k = 12, cap = 8, split = 4, oracle = 0},
+    {k = 20, cap = 0, split = 0, oracle = 1}, {k = 300, cap = 50, split = 0, oracle = 0}} do
+    local p = sl.registry.resolve(M, cfg)
+    local R2, C2, real2 = M.lists(prob, p)
+    for _, be in ipairs{"ref", "cpu"} do
+      local rp, col, _, real1 = M.lists_op(with(prob, {backend = be}), p)
+      local R1, C1 = op_lists(rp, col)
+      same_lists(R1, C1, R2, C2, string.format("spark k %d cap %d split %d oracle %d on %s", cfg.k, cfg.cap, cfg.split,
+        cfg.oracle, be))
+      near(real1, real2, 1e-12, "realised_k")
+    end
+  end
+end)
+
+test("mosa: the op path (gather.rows, attn.dense, gather.rows back) equals the Lua token-list forward", function()
+  local prob = synthetic(120, 73)
+  local M = sl.methods.get("mosa")
+  for _, cfg in ipairs{{rho = 4, include_first = 0, router_weight = 1}, {rho = 7, include_first = 1, router_weight = 0},
+    {rho = 1, include_first = 0, router_weight = 1}} do
+    local p = sl.registry.resolve(M, cfg)
+    local r = M.router(prob, p)
+    local sel = M.choose(r, 120, p.rho, p.include_first)
+    local o2, l2, pairs2 = M.forward(prob, r, sel, p.router_weight)
+    for _, be in ipairs{"ref", "cpu"} do
+      local o1, l1, pairs1 = M.forward_op(with(prob, {backend = be}), r, sel, p.router_weight)
+      eq(pairs1, pairs2, "pairs")
+      local d = max_diff(o1:totable(), o2:totable())
+      truthy(d < 1e-5, string.format("rho %d on %s: o max diff %.2e", cfg.rho, be, d))
+      local L1, L2 = l1:totable(), l2:totable()
+      for h = 1, #L2 do
+        for t = 1, #L2[h] do
+          if L2[h][t] == -math.huge then eq(L1[h][t], -math.huge, "unchosen row lse")
+          else truthy(math.abs(L1[h][t] - L2[h][t]) < 1e-5, "lse") end
+        end
+      end
+    end
+  end
+end)
+
+test("sea: the trainable.cells op path gives the Lua loop's lists (file map with ties, Performer and oracle maps)", function()
+  local prob = synthetic(96, 74)
+  local M = sl.methods.get("sea")
+  -- a file-like map with many ties (5 levels) and the two estimators' maps
+  local lv = uniform({4, 96, 16}, 75, 0, 1)
+  for h = 1, 4 do for t = 1, 96 do for c = 1, 16 do if (h + t + c) % 2 == 0 then lv[h][t][c] = math.floor(lv[h][t][c] * 5) / 5 end end end end
+  local maps = {ties = lv}
+  for _, est in ipairs{"performer", "oracle"} do
+    maps[est] = M.estimate(prob, sl.registry.resolve(M, {estimator = est, t_m = 16}))
+  end
+  for name, a in pairs(maps) do
+    local at = M.map_tensor(a)
+    local a32 = at:totable()
+    for _, k in ipairs{1, 3, 7.5, 500} do
+      local R2, C2 = M.lists(M.choose(a32, 96, 16, k), 96, 16)
+      for _, be in ipairs{"ref", "cpu"} do
+        local rp, col = M.lists_op(with(prob, {backend = be}), at, k)
+        local R1, C1 = op_lists(rp, col)
+        same_lists(R1, C1, R2, C2, string.format("sea %s map k %g on %s", name, k, be))
+      end
+    end
+  end
+end)
+
 H.done()

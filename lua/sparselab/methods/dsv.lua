@@ -8,7 +8,11 @@
 --      predicted scores summed: the card's "grouped queries", size unknown)
 --      the top-k keys by q̃·k̃ among the keys the group's last row sees; each
 --      row keeps the group's keys at or before it (causal; ties: lower key);
---      exact sparse attention on them (attn.token_sparse). The card's
+--      exact sparse attention on them (attn.token_sparse). The selection
+--      runs as the C op trainable.select (mode 0: time linear in the visible
+--      pairs, memory linear in n); M.lists is the earlier Lua loop, kept as
+--      the test's oracle (identical lists). Weights are read as float32 (a
+--      stand-in or self-fit predictor is rounded to float32 first). The card's
 --      bidirectional video DiT is run here with the causal mask of the
 --      captured LM inputs (causal = 1; causal = 0 selects among all keys).
 --   Stage transitions, the per-head adaptive sparsity and the context
@@ -56,7 +60,7 @@ local M = {
     seed = {default = 0, min = 0, int = true, doc = "seed of the random projection"},
     weights = {default = "", doc = "safetensors file with w_q, w_k (empty: the stand-in)"},
   },
-  ops = {"attn.token_sparse"},
+  ops = {"trainable.select", "attn.token_sparse"},
   checks = {"rank = D with W = I equals the exact top-k", "k >= n equals dense", "independent float64 top-k attention",
     "score-blind predictor loses recall", "closed-form fit: zero gradient, exact at r = D", "bad weight files: one-line errors"},
   params_sources = {"standin:random_projection(r=<r>,seed=<seed>)", "self-fit", "sha256:<weights file>"},
@@ -168,8 +172,14 @@ local function random_projection(d, r, seed)
   return G
 end
 
---- The predictor per query head: {w_q[h], w_k[h]} (Lua [D][r]) and params_source.
+--- The predictor per query head: {w_q[h], w_k[h]} (Lua [D][r], float32 values: what the op reads) and params_source.
 function M.predictor(prob, p)
+  local wq, wk, source = M.predictor64(prob, p)
+  return sl.tensor(wq):totable(), sl.tensor(wk):totable(), source
+end
+
+--- The predictor in float64 (the stand-in and the self-fit before rounding).
+function M.predictor64(prob, p)
   local hq, _, d, hkv = dims(prob)
   local g = hq // hkv
   if (p.weights or "") == "" then
@@ -234,16 +244,21 @@ function M.lists(prob, wq, wk, p)
   return row_ptr, col
 end
 
+--- The same lists by the C op trainable.select (mode 0): row_ptr, col tensors and the pair count.
+function M.lists_op(prob, wq, wk, p)
+  return T.select(prob, {k = p.k, mode = 0, group = p.group, causal = p.causal, wq = sl.tensor(wq), wk = sl.tensor(wk)})
+end
+
 function M.run(prob, p)
   local hq, nq, _, _, nk = dims(prob)
   local wq, wk, source = M.predictor(prob, p)
-  local row_ptr, col = M.lists(prob, wq, wk, p)
-  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
+  local rp, col, total = M.lists_op(prob, wq, wk, p)
+  local o, lse, flops = T.token_sparse_t(prob, rp, col)
   local visible = 0
   for t = 1, nq do visible = visible + (p.causal == 1 and nk - nq + t or nk) end
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = flops, density = #col / (hq * visible)}}
+    stats = {flops = flops, density = total / (hq * visible)}}
 end
 
 --- Fits w_q, w_k (closed form) on problems; the loss is the mean squared score error over all pairs.

@@ -58,6 +58,8 @@ function M.run(prob, p)
     gc, gs, gw = ws.g_cmp, ws.g_slc, ws.g_swa
   elseif ws.gate_w then
     gc, gs, gw = nsa.q_gates(prob, ws.gate_w, ws.gate_b)
+  elseif ws["gate_mlp.w1"] then
+    gc, gs, gw = nsa.mlp_gates(prob, ws)
   else
     gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)
     op.window = 0

@@ -18,6 +18,12 @@
 --   5. output weighting AV ⊙ r[t, h] (router_weight = 1; 0 leaves it out),
 --      scattered to the chosen positions; rows no head chose get O = 0,
 --      L = -inf (they receive nothing from MoSA heads);
+--   Execution (issue 14, session 3): M.forward_op runs steps 3-5 on existing
+--      ops — gather.rows of each head's chosen rows, causal attn.dense among
+--      them, the router weight, gather.rows back to the n positions from the
+--      outputs plus a zero row — with no per-pair Lua (the earlier
+--      token_sparse lists, M.forward, are kept as the test's oracle; equal
+--      to 1e-5);
 --   6. the hybrid layer's dense heads (num_other_heads) are not run: every
 --      query head is a MoSA head here.
 -- Reference: piotrpiekos/MoSA mosa/MoSA.py (PureMoSA) read: matched —
@@ -140,7 +146,7 @@ local M = {
     column_recall = {default = 0, min = 0, max = 1, int = true, doc = "1: stats.column_recall (reads the exact map)"},
     weights = {default = "", doc = "safetensors file with r or router_w/router_b (empty: the stand-in)"},
   },
-  ops = {"attn.token_sparse"},
+  ops = {"gather.rows", "attn.dense"},
   checks = {"rho = 1 with router = 1 equals dense", "a chosen token never attends a later one",
     "positions no head chose receive zero", "score-blind router loses column recall",
     "bad weight files: one-line errors", "ridge gradient vs finite differences"},
@@ -237,11 +243,49 @@ function M.forward(prob, r, sel, router_weight)
   return o, lse, pairs, flops
 end
 
+--- The same forward on existing ops, no per-pair Lua: per head its chosen
+--- rows of q and of k, v (gather.rows), causal attn.dense among them (the
+--- chosen positions ascending, so the gathered order is the original one),
+--- the router weight on the k output rows, and back to the n positions by a
+--- second gather.rows from the outputs plus one zero row. o, lse, pairs, flops.
+function M.forward_op(prob, r, sel, router_weight)
+  local hq, nq, d, _, nk = dims(prob)
+  if nq ~= nk then sl.fail("mosa: %d queries and %d keys; expected self-attention over one sequence (prefill)", nq, nk) end
+  local k = #sel[1]
+  local idx = sl.tensor(sel, "i32")
+  local be = {backend = prob.backend}
+  local qg, kg, vg = sl.gather.rows(prob.q, idx, be), sl.gather.rows(prob.k, idx, be), sl.gather.rows(prob.v, idx, be)
+  local og, lg = sl.attn.dense(qg, kg, vg, {causal = 1, backend = prob.backend})
+  local flops = sl.op_flops("attn.dense", qg, kg, vg, {causal = 1})
+  if router_weight == 1 then
+    local parts = {}
+    for h = 1, hq do -- one head at a time (k·D values; a whole-tensor table would pass Lua's limit)
+      local O = og:narrow(1, h, 1):totable()
+      for i, t in ipairs(sel[h]) do
+        local w, ot = r[h][t + 1], O[1][i]
+        for e = 1, d do ot[e] = ot[e] * w end
+      end
+      parts[h] = sl.tensor(O)
+    end
+    og = hq > 1 and sl.cat(parts, 1) or parts[1]
+  end
+  -- back to the positions: row t of head h reads output row i (t = sel[h][i]) or the zero row k
+  local inv, L, LG = {}, {}, lg:totable()
+  for h = 1, hq do
+    local ih, lh = {}, {}
+    for t = 1, nq do ih[t], lh[t] = k, -math.huge end
+    for i, t in ipairs(sel[h]) do ih[t + 1], lh[t + 1] = i - 1, LG[h][i] end
+    inv[h], L[h] = ih, lh
+  end
+  local o = sl.gather.rows(sl.cat({og, sl.zeros({hq, 1, d})}, 2), sl.tensor(inv, "i32"), be)
+  return o, sl.tensor(L), hq * k * (k + 1) // 2, flops
+end
+
 function M.run(prob, p)
   local _, _, _, _, nk = dims(prob)
   local r, source = M.router(prob, p)
   local sel, k = M.choose(r, nk, p.rho, p.include_first)
-  local o, lse, pairs, flops = M.forward(prob, r, sel, p.router_weight)
+  local o, lse, pairs, flops = M.forward_op(prob, r, sel, p.router_weight)
   local hq = #sel
   p.params_source = source
   local stats = {flops = flops, density = pairs / (hq * nk * (nk + 1) / 2), tokens_per_head = k}

@@ -39,7 +39,23 @@
 --   compress_key, compress_value [Hkv, l·D, D]  FSA's linear phi (paper
 --                         variant; both or neither);
 --   intra_block_pe [Hkv, l, D]  FSA's intra-block position embedding, added
---                         to the window before phi (keys and values).
+--                         to the window before phi (keys and values);
+--   k_compress.w1 [Hkv, l·D, M], k_compress.b1 [Hkv, M], k_compress.w2 [Hkv,
+--   M, D], k_compress.b2 [Hkv, D] and the same four for v_compress (issue 14,
+--   session 3): the paper's MLP phi (paper variant only; names after
+--   lucidrains/native-sparse-attention-pytorch's k_compress / v_compress
+--   modules, layout ours): per window the flattened (x + pe) of its l slots
+--   (a slot past the end: zero, pe included), phi = W2ᵀ·relu(W1ᵀ·window + b1)
+--   + b2 (ReLU: lucidrains' default compress MLP; the paper does not name
+--   the activation). Layer 1 runs on trainable.compress (mode 1, W1's
+--   columns in blocks of D, zero-padded); bias, ReLU and layer 2 in Lua
+--   (O(windows·M·D));
+--   gate_mlp.w1 [Hq, D, M], gate_mlp.b1 [Hq, M], gate_mlp.w2 [Hq, M, 3],
+--   gate_mlp.b2 [Hq, 3] (session 3): the gate network, (g_cmp, g_slc, g_swa)
+--   = sigmoid(W2ᵀ·relu(W1ᵀ·q_t + b1) + b2) per query head: the paper's MLP +
+--   sigmoid on the hidden state, read on q (Q/K/V captures hold no x;
+--   lucidrains' to_strategy_combine is one Linear on x). Exactly one gate
+--   form per file (per-token gates, gate_w/gate_b, or gate_mlp.*).
 --   Any other tensor, a missing partner, a wrong shape or dtype, NaN or a gate
 --   outside [0, 1] is a one-line error naming the file and the tensor.
 -- Stand-in without weights (params_source "standin:mean_pool+gates(0,1,0)"):
@@ -53,9 +69,9 @@
 -- Density: the original keys the selection and window branches read per
 -- (kv head, query) over the causal keys, averaged (the compressed tokens
 -- are extra reads, reported as stats.cmp_tokens per row).
--- NOT implemented: the MLP phi of the paper (FSA's linear phi only); the
--- gate MLP on hidden states (gates given per token, or the q-gate above);
--- decode with a compressed token appended every s steps (the op takes
+-- NOT implemented: the gate network on the hidden state x (it reads q
+-- instead: captures hold no x); fitting the MLP phi or the gate MLP (only
+-- gate_w/gate_b are fitted); decode with a compressed token appended every s steps (the op takes
 -- Nq < Nk with the decode offset, but no incremental cache); training.
 -- Fitting (`sparselab fit-params nsa`): gate_w, gate_b by Adam on the output
 -- error vs dense attention (hand gradients, checked against finite
@@ -103,6 +119,33 @@ local function weight_spec(prob, op)
   }
 end
 
+-- The MLP tensors (hidden widths read from the file's own w1 shapes; load_weights checks the rest).
+local function mlp_spec(prob, op, path)
+  local hq, _, d, hkv = dims(prob)
+  local okw, raw = pcall(sl.load, path)
+  raw = okw and type(raw) == "table" and raw or {}
+  local function width(name, dflt)
+    local t = raw[name]
+    return t and #t:shape() == 3 and t:shape()[3] or dflt
+  end
+  local mk, mv, mg = width("k_compress.w1", d), width("v_compress.w1", d), width("gate_mlp.w1", d)
+  local spec = {}
+  for _, x in ipairs{{"k_compress", mk}, {"v_compress", mv}} do
+    local nm, m = x[1], x[2]
+    spec[#spec + 1] = {name = nm .. ".w1", shape = {hkv, op.l * d, m}, dims = "(kv heads, l·head_dim, hidden)", group = "mlp_phi"}
+    spec[#spec + 1] = {name = nm .. ".b1", shape = {hkv, m}, dims = "(kv heads, hidden)", group = "mlp_phi"}
+    spec[#spec + 1] = {name = nm .. ".w2", shape = {hkv, m, d}, dims = "(kv heads, hidden, head_dim)", group = "mlp_phi"}
+    spec[#spec + 1] = {name = nm .. ".b2", shape = {hkv, d}, dims = "(kv heads, head_dim)", group = "mlp_phi"}
+  end
+  spec[#spec + 1] = {name = "gate_mlp.w1", shape = {hq, d, mg}, dims = "(query heads, head_dim, hidden)", group = "gate_mlp"}
+  spec[#spec + 1] = {name = "gate_mlp.b1", shape = {hq, mg}, dims = "(query heads, hidden)", group = "gate_mlp"}
+  spec[#spec + 1] = {name = "gate_mlp.w2", shape = {hq, mg, 3}, dims = "(query heads, hidden, [cmp, slc, swa])", group = "gate_mlp"}
+  spec[#spec + 1] = {name = "gate_mlp.b2", shape = {hq, 3}, dims = "(query heads, [cmp, slc, swa])", group = "gate_mlp"}
+  return spec
+end
+
+local function relu(x) return x > 0 and x or 0 end
+
 local function sigmoid(z) return 1 / (1 + math.exp(-z)) end
 
 -- Gates [Hq, Nq] x 3 from gate_w, gate_b and the queries.
@@ -124,6 +167,31 @@ local function q_gates(prob, W, B)
   return sl.tensor(out[1]), sl.tensor(out[2]), sl.tensor(out[3])
 end
 
+-- Gates [Hq, Nq] x 3 from the gate MLP on the queries: sigmoid(W2ᵀ·relu(W1ᵀ·q_t + b1) + b2).
+local function mlp_gates(prob, ws)
+  local hq, nq, d = dims(prob)
+  local q = E.heads(prob.q)
+  local W1, B1, W2, B2 = ws["gate_mlp.w1"]:totable(), ws["gate_mlp.b1"]:totable(), ws["gate_mlp.w2"]:totable(),
+    ws["gate_mlp.b2"]:totable()
+  local m = #B1[1]
+  local out = {{}, {}, {}}
+  for h = 1, hq do
+    for br = 1, 3 do out[br][h] = {} end
+    local w1, b1, w2, b2 = W1[h], B1[h], W2[h], B2[h]
+    for t = 1, nq do
+      local qt, hid = q[h][t], {}
+      for j = 1, m do hid[j] = b1[j] end
+      for e = 1, d do local a, w = qt[e], w1[e] for j = 1, m do hid[j] = hid[j] + a * w[j] end end
+      for br = 1, 3 do
+        local z = b2[br]
+        for j = 1, m do if hid[j] > 0 then z = z + hid[j] * w2[j][br] end end
+        out[br][h][t] = sigmoid(z)
+      end
+    end
+  end
+  return sl.tensor(out[1]), sl.tensor(out[2]), sl.tensor(out[3])
+end
+
 local function const_gates(prob, a, b, c)
   local hq, nq = dims(prob)
   local function fill(x)
@@ -138,7 +206,20 @@ end
 local function setup(prob, p)
   local op = op_params(p)
   if (p.weights or "") == "" then return {}, STANDIN, op end
-  local ws = T.load_weights("nsa", p.weights, weight_spec(prob, op))
+  local spec = weight_spec(prob, op)
+  for _, e in ipairs(mlp_spec(prob, op, p.weights)) do spec[#spec + 1] = e end
+  local ws = T.load_weights("nsa", p.weights, spec)
+  local forms = (ws.g_cmp and 1 or 0) + (ws.gate_w and 1 or 0) + (ws["gate_mlp.w1"] and 1 or 0)
+  if forms > 1 then
+    sl.fail("nsa: weights %s: holds more than one gate form (g_cmp/g_slc/g_swa, gate_w/gate_b, gate_mlp.*); expected one",
+      p.weights)
+  end
+  if ws.compress_key and ws["k_compress.w1"] then
+    sl.fail("nsa: weights %s: holds both the linear phi (compress_key) and the MLP phi (k_compress.*); expected one", p.weights)
+  end
+  if ws["k_compress.w1"] and p.variant ~= "paper" then
+    sl.fail("nsa: weights %s: k_compress.* is the paper's MLP phi; expected variant=paper", p.weights)
+  end
   if ws.g_cmp and ws.gate_w then
     sl.fail("nsa: weights %s: holds both per-token gates (g_cmp, g_slc, g_swa) and gate_w/gate_b; expected one form",
       p.weights)
@@ -149,8 +230,63 @@ local function setup(prob, p)
   return ws, T.file_source(p.weights), op
 end
 
+-- The paper's MLP phi of one of k, v: per window [i s, i s + l) the flattened
+-- (x + pe) (a slot past the end: zero, pe included), y = W2·act(W1ᵀ·window +
+-- b1) + b2. Layer 1 runs as trainable.compress mode 1 on column blocks of W1
+-- (zero-padded to a multiple of D: act(0) = 0 and the padded rows of W2 are
+-- zero, so padding adds nothing); bias, activation and layer 2 in Lua
+-- (O(windows·hidden·D)).
+local function mlp_compress(prob, x, ws, pre, op, act)
+  local _, _, d, hkv = dims(prob)
+  local W1, B1, W2, B2 = ws[pre .. ".w1"], ws[pre .. ".b1"]:totable(), ws[pre .. ".w2"], ws[pre .. ".b2"]:totable()
+  local m = W1:shape()[3]
+  local P = (m + d - 1) // d
+  local hidden = {} -- hidden[c][h] = [C][D] block c of layer 1's output
+  for c = 1, P do
+    local parts = {}
+    for h = 1, hkv do
+      local w = W1:narrow(1, h, 1):totable()[1]
+      local blk = {}
+      for r = 1, op.l * d do
+        local row, src = {}, w[r]
+        for e = 1, d do local col = (c - 1) * d + e row[e] = col <= m and src[col] or 0 end
+        blk[r] = row
+      end
+      parts[h] = sl.tensor({blk})
+    end
+    local wc = hkv > 1 and sl.cat(parts, 1) or parts[1]
+    hidden[c] = sl.trainable.compress(x, {l = op.l, s = op.s, mode = 1, w = wc, pe = ws.intra_block_pe,
+      backend = prob.backend}):totable()
+  end
+  local out = {}
+  for h = 1, hkv do
+    local w2 = W2:narrow(1, h, 1):totable()[1]
+    local nc = #hidden[1][h]
+    out[h] = {}
+    for i = 1, nc do
+      local y = {}
+      for e = 1, d do y[e] = B2[h][e] end
+      for c = 1, P do
+        local hv = hidden[c][h][i]
+        for e = 1, d do
+          local col = (c - 1) * d + e
+          if col <= m then
+            local a = act(hv[e] + B1[h][col])
+            if a ~= 0 then local w2r = w2[col] for f = 1, d do y[f] = y[f] + a * w2r[f] end end
+          end
+        end
+      end
+      out[h][i] = y
+    end
+  end
+  return sl.tensor(out)
+end
+
 -- Compressed keys and values.
 local function compress(prob, ws, op)
+  if ws["k_compress.w1"] then
+    return mlp_compress(prob, prob.k, ws, "k_compress", op, relu), mlp_compress(prob, prob.v, ws, "v_compress", op, relu)
+  end
   local args = {l = op.l, s = op.s, mode = ws.compress_key and 1 or 0, pe = ws.intra_block_pe, backend = prob.backend}
   args.w = ws.compress_key
   local kc = sl.trainable.compress(prob.k, args)
@@ -224,6 +360,7 @@ local M = {
 }
 
 M.setup, M.compress, M.forward, M.const_gates, M.q_gates = setup, compress, forward, const_gates, q_gates
+M.mlp_gates = mlp_gates
 
 function M.run(prob, p)
   local ws, source, op = setup(prob, p)
@@ -233,6 +370,8 @@ function M.run(prob, p)
     gc, gs, gw = ws.g_cmp, ws.g_slc, ws.g_swa
   elseif ws.gate_w then
     gc, gs, gw = q_gates(prob, ws.gate_w, ws.gate_b)
+  elseif ws["gate_mlp.w1"] then
+    gc, gs, gw = mlp_gates(prob, ws)
   else
     -- the stand-in's window gate is 0: its window branch is not run at all,
     -- so density and recall count only the keys that reach the output

@@ -18,8 +18,9 @@
 --      functions are called).
 -- Reference: none public (the card's secondary notes).
 -- Parameters from files: `weights` — nsa's file (g_cmp, g_slc [, g_swa
---   ignored: global layers have no window branch], or gate_w/gate_b;
---   compress_key/value, intra_block_pe), read by nsa's loader; `latent` —
+--   ignored: global layers have no window branch], or gate_w/gate_b, or the
+--   gate MLP gate_mlp.*; compress_key/value or the MLP phi k_compress.*,
+--   v_compress.*; intra_block_pe), read by nsa's loader; `latent` —
 --   k_down [Hkv, D, r], k_up [Hkv, r, D], v_down [Hkv, D, r], v_up [Hkv, r, D]
 --   (names ours).
 -- Stand-ins: nsa's ("standin:mean_pool+gates(0,1,0)") for the global
@@ -160,6 +161,9 @@ function M.global_forward(prob, p, kc_override)
     gw = select(3, nsa.const_gates(prob, 0, 0, 0))
   elseif ws.gate_w then
     gc, gs = nsa.q_gates(prob, ws.gate_w, ws.gate_b)
+    gw = select(3, nsa.const_gates(prob, 0, 0, 0))
+  elseif ws["gate_mlp.w1"] then
+    gc, gs = nsa.mlp_gates(prob, ws)
     gw = select(3, nsa.const_gates(prob, 0, 0, 0))
   else
     gc, gs, gw = nsa.const_gates(prob, 0, 1, 0)

@@ -12,6 +12,11 @@
 --      cell floor(((j + 1) - 1 + 0.5) / t_i · T_M - 1e-4) (the reference's
 --      resize_from_m_to_t with k_oversample 1, where its oversample mask
 --      keeps everything); a kept cell no key maps to adds nothing;
+--   Steps 3-4 run as the C op trainable.cells (time O(H·T_M) per row plus
+--      the kept keys; the map is read as float32); M.choose + M.lists are
+--      the earlier Lua loops (O(n²)), kept as the test's oracle (identical
+--      lists on a float32 map, tested). The Performer stand-in estimate
+--      (performer_map) is still a Lua loop, O(n²·m): the next op to write;
 --   5. exact sparse attention on the mask (attn.token_sparse, one list per
 --      head and row). The "mix" with the Performer context output and the
 --      partial_attention_scaler are NOT implemented (output = the sparse
@@ -66,7 +71,7 @@ local M = {
     seed = {default = 0, min = 0, int = true, doc = "seed of the Performer features"},
     weights = {default = "", doc = "safetensors file with a_hat or projection_matrix (empty: the Performer stand-in)"},
   },
-  ops = {"attn.token_sparse"},
+  ops = {"trainable.cells", "attn.token_sparse"},
   checks = {"kept cells = max(1, round(H·k·T_M/t)) per row (one budget over heads)", "no key beyond the row (resize causal)",
     "k large equals dense", "oracle map beats the stand-in", "score-blind map loses recall", "independent float64 SEA to 1e-5",
     "bad weight files: one-line errors"},
@@ -226,16 +231,30 @@ function M.lists(keep, n, tm)
   return row_ptr, col
 end
 
+--- The map as a float32 tensor [Hq, n, T_M] (one head at a time).
+function M.map_tensor(a)
+  local parts = {}
+  for h = 1, #a do parts[h] = sl.tensor({a[h]}) end
+  return #parts > 1 and sl.cat(parts, 1) or parts[1]
+end
+
+--- Steps 3-4 by the C op trainable.cells: row_ptr, col tensors and the pair count.
+function M.lists_op(prob, at, k)
+  local rp, col = sl.trainable.cells(at, {k = k, backend = prob.backend})
+  local hq, n = rp:shape()[1], rp:shape()[2] - 1
+  local total = math.tointeger(rp:get(hq, n + 1))
+  return rp, col:narrow(1, 1, total), total
+end
+
 function M.run(prob, p)
   local hq, nq, _, _, nk = dims(prob)
   if nq ~= nk then sl.fail("sea: %d queries and %d keys; expected self-attention over one sequence (prefill)", nq, nk) end
-  local a, tm, source = M.estimate(prob, p)
-  local keep = M.choose(a, nq, tm, p.k)
-  local row_ptr, col = M.lists(keep, nq, tm)
-  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
+  local a, _, source = M.estimate(prob, p)
+  local rp, col, total = M.lists_op(prob, M.map_tensor(a), p.k)
+  local o, lse, flops = T.token_sparse_t(prob, rp, col)
   p.params_source = source
   return {o = o, lse = lse, params_source = source,
-    stats = {flops = flops, density = #col / (hq * nk * (nk + 1) / 2)}}
+    stats = {flops = flops, density = total / (hq * nk * (nk + 1) / 2)}}
 end
 
 return M
