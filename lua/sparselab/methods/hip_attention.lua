@@ -72,16 +72,22 @@ local function tree(scores, T, Kb)
   return out, evals
 end
 
-local function estimate(prob, p, blind)
+-- The old emulation (estimator = "lowbit"): every tile's max from
+-- score.lowbit (dense cost), then the Lua tree above over the map; kept only
+-- to compare against the C tree, which must give the same keep.
+local function estimate_lowbit(prob, p, blind)
   local hq = prob.q:shape()[1]
   local d = prob.q:shape()[3]
   local nqb, nkb, nq, nk = E.blocks(prob, p.bq, p.bk)
-  local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
-  local smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
+  local smap
+  if not blind then
+    local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
+    smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
+  end
   local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
   local keep, evals = E.zeros(hq, nqb, nkb), 0
   for h = 1, hq do
-    local rows = smap[h]
+    local rows = smap and smap[h]
     for r = 1, nqb do
       local vis = E.visible(prob, r - 1, p.bq, p.bk, nkb)
       -- the window: from the block of (first row's position - window) to the last visible block
@@ -100,6 +106,24 @@ local function estimate(prob, p, blind)
   return m, {estimator_flops = evals * p.bq * p.bk * 2 * d, stats = {tree_evaluations = evals}}
 end
 
+-- The C tree (select.hip_tree): only the representatives of the visited
+-- nodes are scored, ~ (2·log2(T/K_b) + 1)·K_b block scores per query block.
+-- blind = true: the score-blind variant (tree ordered by position, no
+-- scores), through the Lua tree.
+local function estimate(prob, p, blind)
+  if blind or p.estimator == "lowbit" then return estimate_lowbit(prob, p, blind) end
+  if p.estimator ~= "tree" then sl.fail("hip_attention: estimator must be 'tree' or 'lowbit'; found '%s'", tostring(p.estimator)) end
+  local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
+  local args = {bq = p.bq, bk = p.bk, kb = Kb, window = p.window, causal = prob.causal and 1 or 0,
+    qstride = p.qstride, backend = prob.backend}
+  local keep, evals = sl.select.hip_tree(prob.q, prob.k, args)
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+  local m = sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = p.bq, bk = p.bk, causal = prob.causal})
+  local ev = math.floor(evals:stats()) -- the sum of the per-block counts
+  local rows = (p.bq + p.qstride - 1) // p.qstride
+  return m, {estimator_flops = ev * rows * p.bk * 2 * prob.q:shape()[3], stats = {tree_evaluations = ev}}
+end
+
 return {
   id = "hip_attention",
   card = "hip_attention",
@@ -114,8 +138,10 @@ return {
     bq = {default = 32, min = 1, max = 4096, int = true, doc = "query rows per block"},
     bk = {default = 8, min = 1, max = 4096, int = true, doc = "keys per key block (the representative)"},
     window = {default = 128, min = 0, int = true, doc = "sliding window tokens attended besides the tree"},
+    qstride = {default = 1, min = 1, int = true, doc = "a representative's score uses every qstride-th row of the query block (v1.1 draft: 2)"},
+    estimator = {default = "tree", doc = "'tree': select.hip_tree scores only visited nodes; 'lowbit': the old dense tile-max map + Lua tree (comparison only)"},
   },
-  ops = {"score.lowbit", "attn.block_sparse"},
+  ops = {"select.hip_tree", "attn.block_sparse"},
   checks = {"budget >= n equals dense", "K_b groups per level, final groups one block, sorted unique < T",
     "a needle key per region is found", "score-blind representatives lose recall"},
   estimate = estimate,
