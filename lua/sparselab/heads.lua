@@ -214,10 +214,167 @@ function Hd.train_predictor(samples, lambda)
     for t = 1, T do y[t] = x.y[t] - mean[t] end
     res[i] = {x = x.x, y = y}
   end
-  return {mean = mean, W = Hd.fit_predictor(res, lambda)}
+  return {kind = "ridge", mean = mean, W = Hd.fit_predictor(res, lambda)}
+end
+
+-- ---- the card's MLP predictor (ShadowLLM B1EPredModel: fc(F -> hidden),
+-- ReLU, fc(hidden -> L·H); MSE; AdamW lr 1e-3 with cosine annealing) ----
+-- Full-batch training (the workbench has tens of prompts, not a data
+-- loader's worth). Features and targets are standardised with the training
+-- set's mean and std (a constant feature is dropped; a constant target is
+-- predicted as that constant exactly). Matrix products run in C (mm.dense).
+
+local function rng(seed)
+  local st = seed
+  return function()
+    st = (st * 1103515245 + 12345) % 2147483648
+    return st / 2147483648
+  end
+end
+
+local function transpose(t)
+  local out = {}
+  for j = 1, #t[1] do
+    local r = {}
+    for i = 1, #t do r[i] = t[i][j] end
+    out[j] = r
+  end
+  return out
+end
+
+local function mm(x, w) return sl.mm.dense(sl.tensor(x), sl.tensor(w)):totable() end -- x·wᵀ
+
+--- Forward pass of the MLP on standardised rows X (a table of rows): the
+--- outputs [N][T], and the pre-activations [N][hidden] for the backward.
+local function mlp_forward(net, X)
+  local Z = mm(X, net.W1)
+  for _, r in ipairs(Z) do for j = 1, #r do r[j] = r[j] + net.b1[j] end end
+  local A = {}
+  for i, r in ipairs(Z) do
+    local a = {}
+    for j = 1, #r do a[j] = r[j] > 0 and r[j] or 0 end
+    A[i] = a
+  end
+  local Y = mm(A, net.W2)
+  for _, r in ipairs(Y) do for t = 1, #r do r[t] = r[t] + net.b2[t] end end
+  return Y, Z, A
+end
+
+--- MSE loss (mean over rows and outputs) of net on X against Y and its
+--- gradients {W1, b1, W2, b2} (the manual backward).
+function Hd.mlp_grad(net, X, Yt)
+  local Y, Z, A = mlp_forward(net, X)
+  local N, T = #Y, #Y[1]
+  local dY, loss = {}, 0
+  for i = 1, N do
+    local r = {}
+    for t = 1, T do
+      local e = Y[i][t] - Yt[i][t]
+      loss = loss + e * e
+      r[t] = 2 * e / (N * T)
+    end
+    dY[i] = r
+  end
+  local gW2 = mm(transpose(dY), transpose(A))   -- [T][hidden]
+  local dA = mm(dY, transpose(net.W2))          -- [N][hidden]
+  for i, r in ipairs(dA) do for j = 1, #r do if Z[i][j] <= 0 then r[j] = 0 end end end
+  local gW1 = mm(transpose(dA), transpose(X))   -- [hidden][F]
+  local gb1, gb2 = {}, {}
+  for j = 1, #net.b1 do local s = 0; for i = 1, N do s = s + dA[i][j] end; gb1[j] = s end
+  for t = 1, T do local s = 0; for i = 1, N do s = s + dY[i][t] end; gb2[t] = s end
+  return loss / (N * T), {W1 = gW1, b1 = gb1, W2 = gW2, b2 = gb2}
+end
+
+local function standardise(rows)
+  local F, mean, sd = #rows[1], {}, {}
+  for j = 1, F do
+    local s, s2 = 0, 0
+    for _, r in ipairs(rows) do s = s + r[j]; s2 = s2 + r[j] * r[j] end
+    mean[j] = s / #rows
+    sd[j] = math.sqrt(math.max(0, s2 / #rows - mean[j] ^ 2))
+  end
+  return mean, sd
+end
+
+local function scaled(x, mean, sd)
+  local out = {}
+  for j = 1, #x do out[j] = sd[j] > 1e-12 and (x[j] - mean[j]) / sd[j] or 0 end
+  return out
+end
+
+--- A freshly initialised net (PyTorch nn.Linear's U(±1/√fan_in), seeded).
+function Hd.mlp_init(F, hidden, T, seed)
+  local u = rng(seed or 1)
+  local function mat(rows, cols, b)
+    local m = {}
+    for i = 1, rows do
+      local r = {}
+      for j = 1, cols do r[j] = (2 * u() - 1) * b end
+      m[i] = r
+    end
+    return m
+  end
+  local b1, b2 = 1 / math.sqrt(F), 1 / math.sqrt(hidden)
+  return {W1 = mat(hidden, F, b1), b1 = mat(1, hidden, b1)[1], W2 = mat(T, hidden, b2), b2 = mat(1, T, b2)[1]}
+end
+
+--- Trains the MLP predictor on samples {x =, y =}; o: hidden (2048, the
+--- card's), steps (400), lr (1e-3), weight_decay (0.01: torch AdamW's
+--- default), seed. Returns {kind = "mlp", net, xm, xs, ym, ys, losses}.
+function Hd.train_mlp(samples, o)
+  o = o or {}
+  local X0, Y0 = {}, {}
+  for i, s in ipairs(samples) do X0[i], Y0[i] = s.x, s.y end
+  local xm, xs = standardise(X0)
+  local ym, ys = standardise(Y0)
+  local X, Y = {}, {}
+  for i = 1, #X0 do X[i], Y[i] = scaled(X0[i], xm, xs), scaled(Y0[i], ym, ys) end
+  local steps, lr0, wd = o.steps or 400, o.lr or 1e-3, o.weight_decay or 0.01
+  local net = Hd.mlp_init(#X[1], o.hidden or 2048, #Y[1], o.seed or 1)
+  local m, v, losses = {}, {}, {}
+  local b1, b2, eps = 0.9, 0.999, 1e-8
+  for t = 1, steps do
+    local loss, g = Hd.mlp_grad(net, X, Y)
+    losses[t] = loss
+    local lr = lr0 * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps)) -- CosineAnnealingLR(T_max = steps)
+    local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
+    for name, gp in pairs(g) do
+      m[name] = m[name] or {}
+      v[name] = v[name] or {}
+      local par, mm_, vv = net[name], m[name], v[name]
+      local function upd(i, j, gv)
+        local key = j and (i - 1) * #gp[1] + j or i
+        mm_[key] = b1 * (mm_[key] or 0) + (1 - b1) * gv
+        vv[key] = b2 * (vv[key] or 0) + (1 - b2) * gv * gv
+        local pv = j and par[i][j] or par[i]
+        pv = pv * (1 - lr * wd) - lr * (mm_[key] / c1) / (math.sqrt(vv[key] / c2) + eps)
+        if j then par[i][j] = pv else par[i] = pv end
+      end
+      if type(gp[1]) == "table" then
+        for i, row in ipairs(gp) do for j, gv in ipairs(row) do upd(i, j, gv) end end
+      else
+        for i, gv in ipairs(gp) do upd(i, nil, gv) end
+      end
+    end
+  end
+  return {kind = "mlp", net = net, xm = xm, xs = xs, ym = ym, ys = ys, losses = losses}
+end
+
+--- Trains the predictor named by kind: "ridge" (Hd.train_predictor, o.lambda)
+--- or "mlp" (Hd.train_mlp, o as there).
+function Hd.train(samples, kind, o)
+  o = o or {}
+  if kind == "ridge" then return Hd.train_predictor(samples, o.lambda or 100) end
+  if kind == "mlp" then return Hd.train_mlp(samples, o) end
+  sl.fail("heads.train: predictor must be 'ridge' or 'mlp', found '%s'", tostring(kind))
 end
 
 function Hd.predict_scores(P, x)
+  if P.kind == "mlp" then
+    local y = mlp_forward(P.net, {scaled(x, P.xm, P.xs)})[1]
+    for t = 1, #y do y[t] = P.ys[t] > 1e-12 and P.ym[t] + P.ys[t] * y[t] or P.ym[t] end
+    return y
+  end
   local r = Hd.predict(P.W, x)
   for t = 1, #r do r[t] = r[t] + P.mean[t] end
   return r
