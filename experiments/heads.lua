@@ -6,9 +6,11 @@
 -- Inputs: the shipped TinyStories 260K model (experiments/data/tinystories260k:
 -- 5 layers x 8 heads = 40 heads); importance from two calibration texts, the
 -- perplexity on two other (held-out) texts.
--- Measures (sparselab.heads): "ablation" |ΔNLL| when the head alone is
--- removed (the finite-difference stand-in for the card's |∂L/∂ξ_h|, with the
--- paper's per-layer ℓ2 normalisation), "kl" (KL to dense when removed alone),
+-- Measures (sparselab.heads): "gradient" (the card's |∂L/∂ξ_h|, by central
+-- differences in ξ_h, ε = 1e-2, with the paper's per-layer ℓ2
+-- normalisation), "gradient_iter" (the same, iterative: re-scored after each
+-- step of removals with the removed heads skipped), "ablation" |ΔNLL| when
+-- the head alone is removed (normalised likewise), "kl" (KL to dense when removed alone),
 -- "l2" (mean output norm of the head: forward only, no loss), and "random"
 -- (a seeded score-blind order: the baseline every measure must beat), and
 -- "predictor" (card head_neuron_predictor: per evaluation text, the scores a
@@ -34,7 +36,7 @@ end
 local data = "experiments/data/tinystories260k"
 local calib = {"01_red_kite", "04_cake_for_mom"}
 local evals = quick and {"06_little_seed"} or {"06_little_seed", "07_toy_shop"}
-local measures = {"ablation", "kl", "l2", "random", "predictor", "predictor_mlp"}
+local measures = {"gradient", "gradient_iter", "ablation", "kl", "l2", "random", "predictor", "predictor_mlp"}
 local model = sl.model.load(data .. "/model.bin")
 local L, H = model.cfg.n_layers, model.cfg.n_heads
 local total = L * H
@@ -87,8 +89,20 @@ end
 db:begin()
 for _, measure in ipairs(measures) do
   io.stderr:write("heads: importance by " .. measure .. "\n")
-  local imp = (measure == "random" and random_importance(7)) or (not P[measure] and
-    Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation"})) or nil
+  local imp, order
+  if measure == "random" then
+    imp = random_importance(7)
+  elseif measure == "gradient_iter" then
+    local _, ord = Hd.iterative(model, calib_tokens, "gradient", steps[#steps], steps[2] - steps[1], {normalize = true})
+    order = ord
+  elseif not P[measure] then
+    imp = Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation" or measure == "gradient"})
+  end
+  local function removed_first(c)
+    local out = {}
+    for i = 1, c do local lh = order[i]; out[lh[1]] = out[lh[1]] or {}; out[lh[1]][lh[2]] = true end
+    return out
+  end
   local per_text = {}
   if P[measure] then
     for i, tokens in ipairs(eval_tokens) do
@@ -100,7 +114,7 @@ for _, measure in ipairs(measures) do
   for _, c in ipairs(steps) do
     for i, tokens in ipairs(eval_tokens) do
       local use = per_text[i] or imp
-      local sched = c > 0 and Hd.schedule(Hd.lowest(use, c)) or nil
+      local sched = c > 0 and Hd.schedule(order and removed_first(c) or Hd.lowest(use, c)) or nil
       local r = model:evaluate{tokens = tokens, attention = sched}
       db:record{run_id = run_id, method = "sixteen_heads", params = {measure = measure, removed = c},
         workload = "model:" .. evals[i], phase = "prefill", n_q = #tokens, n_k = #tokens, heads = H,

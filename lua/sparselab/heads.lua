@@ -11,7 +11,16 @@
 --   "l2"        mean ‖o_h‖ over tokens of the head's attention output (a
 --               DejaVu-style magnitude, forward only);
 --   "kl"        KL(dense ‖ head removed) of the next-token distributions
---               (ShadowLLM's oracle ablation).
+--               (ShadowLLM's oracle ablation);
+--   "gradient"  the card's proxy |∂L/∂ξ_h| at ξ = 1 (Michel et al.), with L
+--               the text's mean NLL and ξ_h a multiplier on the head's
+--               output: the runner has no backward, so the derivative is the
+--               central difference (L(1 + ε) − L(1 − ε)) / 2ε, ε = opts.eps
+--               (default 1e-2), 2 forwards per head (Hd.central_diff; its
+--               convergence to the analytic derivative is tested on a tiny
+--               layer written out in tests/lua/test_heads.lua).
+-- opts.removed ({[layer] = {[head] = true}}) scores with those heads already
+-- removed (Hd.iterative: the paper's iterative pruning with re-scoring).
 -- Layers and heads are 0-based, tables are imp[layer][head].
 local sl = require "sparselab"
 
@@ -35,11 +44,45 @@ local function score(model, tokens, schedule)
   return m.nll, m.kl
 end
 
+--- The central difference (f(x + eps) − f(x − eps)) / (2·eps).
+function Hd.central_diff(f, x, eps)
+  return (f(x + eps) - f(x - eps)) / (2 * eps)
+end
+
+--- The spec of a head whose output is multiplied by xi (ξ_h of the card).
+local function scaled_spec(xi)
+  return {method = {id = "xi_scale", title = "head output times xi", family = "probe", phase = "both", params = {},
+    run = function(prob)
+      local o = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true})
+      local t = o:totable()
+      for _, hd in ipairs(t) do for _, row in ipairs(hd) do for c = 1, #row do row[c] = row[c] * xi end end end
+      return {o = sl.tensor(t)}
+    end}}
+end
+
+--- The schedule with `removed` skipped and head (l, h) scaled by xi.
+local function schedule_with(removed, l, h, xi)
+  local sch = Hd.schedule(removed or {})
+  if l then
+    sch.heads[l] = sch.heads[l] or {}
+    sch.heads[l][h] = scaled_spec(xi)
+  end
+  return sch
+end
+
+local function nll_of(model, tokens, sch)
+  local logits = model:run{tokens = tokens, attention = sch}
+  return sl.model_c.compare(logits, logits, tokens).nll
+end
+
 --- Importance of every head: imp[layer][head] (0-based) by measure over the
 --- texts (lists of token ids or strings). opts.normalize: divide each layer's
---- scores by their ℓ2 norm.
+--- scores by their ℓ2 norm; opts.removed: heads already removed (they score
+--- 0); opts.eps: the central-difference step of "gradient".
 function Hd.importance(model, texts, measure, opts)
   opts = opts or {}
+  local removed = opts.removed or {}
+  local function gone(l, h) return removed[l] and removed[l][h] end
   local L, H = model.cfg.n_layers, model.cfg.n_heads
   local imp = {}
   for l = 0, L - 1 do imp[l] = {}; for h = 0, H - 1 do imp[l][h] = 0 end end
@@ -64,18 +107,38 @@ function Hd.importance(model, texts, measure, opts)
     end
   elseif measure == "ablation" or measure == "kl" then
     for _, tokens in ipairs(toks) do
-      local base = score(model, tokens, nil)
+      local base = next(removed) and nll_of(model, tokens, Hd.schedule(removed)) or score(model, tokens, nil)
       for l = 0, L - 1 do
         for h = 0, H - 1 do
-          local nll, kl = score(model, tokens, Hd.schedule({[l] = {[h] = true}}))
-          -- |ΔNLL| per text, then the mean (the card takes |.| per example)
-          imp[l][h] = imp[l][h] + (measure == "kl" and kl or math.abs(nll - base)) / #toks
+          if not gone(l, h) then
+            local rm = {}
+            for ll, hs in pairs(removed) do rm[ll] = {}; for hh, v in pairs(hs) do rm[ll][hh] = v end end
+            rm[l] = rm[l] or {}
+            rm[l][h] = true
+            local nll, kl = score(model, tokens, Hd.schedule(rm))
+            -- |ΔNLL| per text, then the mean (the card takes |.| per example)
+            imp[l][h] = imp[l][h] + (measure == "kl" and kl or math.abs(nll - base)) / #toks
+          end
+        end
+      end
+    end
+  elseif measure == "gradient" then
+    local eps = opts.eps or 1e-2
+    for _, tokens in ipairs(toks) do
+      for l = 0, L - 1 do
+        for h = 0, H - 1 do
+          if not gone(l, h) then
+            local g = Hd.central_diff(function(xi) return nll_of(model, tokens, schedule_with(removed, l, h, xi)) end, 1, eps)
+            -- E_x |∂L(x)/∂ξ_h|: the absolute value per text, then the mean
+            imp[l][h] = imp[l][h] + math.abs(g) / #toks
+          end
         end
       end
     end
   else
-    sl.fail("heads.importance: measure must be 'ablation', 'kl' or 'l2', found '%s'", tostring(measure))
+    sl.fail("heads.importance: measure must be 'ablation', 'kl', 'l2' or 'gradient', found '%s'", tostring(measure))
   end
+  for l, hs in pairs(removed) do for h, v in pairs(hs) do if v then imp[l][h] = 0 end end end
   if opts.normalize then
     for l = 0, L - 1 do
       local n2 = 0
@@ -104,6 +167,37 @@ function Hd.lowest(imp, count)
     out[l][h] = true
   end
   return out
+end
+
+--- Iterative pruning with re-scoring (Michel et al. §4): remove `step` heads
+--- of least importance, score the remaining heads again with those removed,
+--- until `count` heads are removed. Returns the removed set and the removal
+--- order ({layer, head} pairs). opts as Hd.importance.
+function Hd.iterative(model, texts, measure, count, step, opts)
+  opts = opts or {}
+  local removed, order = {}, {}
+  while #order < count do
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.removed = removed
+    local imp = Hd.importance(model, texts, measure, o)
+    local live = {}
+    for l, hs in pairs(imp) do
+      live[l] = {}
+      for h, x in pairs(hs) do if not (removed[l] and removed[l][h]) then live[l][h] = x end end
+    end
+    local pick = Hd.lowest(live, math.min(step, count - #order))
+    local picked = {}
+    for l, hs in pairs(pick) do for h in pairs(hs) do picked[#picked + 1] = {l, h} end end
+    table.sort(picked, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+    if #picked == 0 then break end
+    for _, lh in ipairs(picked) do
+      removed[lh[1]] = removed[lh[1]] or {}
+      removed[lh[1]][lh[2]] = true
+      order[#order + 1] = lh
+    end
+  end
+  return removed, order
 end
 
 -- ---- the head-importance predictor (card head_neuron_predictor, ShadowLLM) ----
