@@ -1,5 +1,6 @@
 /* op_tsel.c — the tsel family (issue 16: prefill token selectors):
- * checks, shape rules and FLOP counts of attn.threshold and select.pq_match
+ * checks, shape rules and FLOP counts of attn.threshold, select.pq_match and
+ * select.hip_tree
  * (contracts in sparselab.h; kernels in ref/tsel.c, cpu/tsel.c,
  * cuda/tsel.cu). */
 #include "family.h"

@@ -3,7 +3,8 @@
  * scores by the vectorised dot, softmax and axpy over the kept keys.
  * select.pq_match: key codes per kv head first (one item per key row), then
  * one item per (head, row): a count per slot, the cut slot, and one ascending
- * pass that writes the row's keys already sorted. */
+ * pass that writes the row's keys already sorted. select.hip_tree: one item
+ * per (head, query block), each level's new nodes scored by one sgemm. */
 #include "cpu.h"
 #include "parallel.h"
 #include <cblas.h>
