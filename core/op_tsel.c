@@ -137,7 +137,7 @@ static double tsel_flops(const sl_op_info *info, const void *params, const sl_te
                 size = (size + 1) / 2;
                 levels++;
             }
-            total += (2.0 * (double)levels + 1.0) * (double)p->kb * (double)((i1 - i0) / p->qstride + 1);
+            total += (2.0 * (double)levels + 1.0) * (double)p->kb * (double)((i1 - (i0 + p->qstride - 1 < i1 ? i0 + p->qstride - 1 : i1)) / p->qstride + 1);
         }
         return total * (double)p->bk * 2.0 * (double)d.d * (double)d.hq;
     }

@@ -1011,9 +1011,11 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * T = min(w0, vis). Not causal: no window, T = C. Tree: T <= kb keeps all T
  * blocks; else kb groups [g.T/kb, (g+1).T/kb) (integer division), then while
  * some group spans more than one block, every such group [a, b] splits into
- * [a, m] and [m+1, b] (m = floor((a+b)/2)), one-block groups carry over, and
+ * [a, m] and [m+1, b] with m = a + floor((b - a + 1)/2) - 1 (the left half
+ * holds floor(size/2) blocks, as the v1.1 draft), one-block groups carry over, and
  * the kb halves of largest score are kept (ties: smaller a). A half's score
- * is scale . max over rows i0, i0 + qstride, ... <= i1 and keys of block a
+ * is scale . max over rows f, f + qstride, ... <= i1 (f = min(i0 + qstride -
+ * 1, i1): qstride 2 reads the draft's q[1::2]) and keys of block a
  * of q_i . k_j (query head h reads kv head h / (Hq/Hkv)), computed when the
  * half is made (and for one-block initial groups when they are made).
  * Outputs keep u8 [Hq, R, C] (1: a kept tree block or window block) and

@@ -248,7 +248,7 @@ static int64_t tree_here(const double *bs, int64_t T, int64_t kb, int64_t *kept,
         int64_t m = 0, any = 0;
         for (int64_t i = 0; i < n; i++)
             if (g[i].b > g[i].a) {
-                int64_t mid = (g[i].a + g[i].b) / 2;
+                int64_t mid = g[i].a + (g[i].b - g[i].a + 1) / 2 - 1;
                 h[m++] = (hnode){g[i].a, mid};
                 h[m++] = (hnode){mid + 1, g[i].b};
                 any = 1;
@@ -313,7 +313,7 @@ START_TEST(test_hip_tree)
                 double bs[1024];
                 for (int64_t b = 0; b < T; b++) {
                     double best = -INFINITY;
-                    for (int64_t i = i0; i <= i1; i += p.qstride)
+                    for (int64_t i = i0 + p.qstride - 1 < i1 ? i0 + p.qstride - 1 : i1; i <= i1; i += p.qstride)
                         for (int64_t j = b * p.bk; j < (b + 1) * p.bk && j < c.nk; j++) {
                             double x = 0;
                             for (int64_t e = 0; e < c.d; e++)

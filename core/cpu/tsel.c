@@ -267,7 +267,7 @@ static void hip_item(int64_t item, void *ud, int thread)
         return;
     }
     int64_t n = 0;
-    for (int64_t i = i0; i <= i1; i += p->qstride)
+    for (int64_t i = i0 + p->qstride - 1 < i1 ? i0 + p->qstride - 1 : i1; i <= i1; i += p->qstride)
         memcpy(qb + (n++) * d, (const float *)a->in[0].data + (h * dm->nq + i) * d, (size_t)d * sizeof(float));
     const float *kh = (const float *)a->in[1].data + (h / dm->group) * dm->nk * d;
     int64_t groups = kb;
@@ -284,7 +284,7 @@ static void hip_item(int64_t item, void *ud, int thread)
                 next[m++] = cur[g];
                 continue;
             }
-            int64_t mid = (cur[g].a + cur[g].b) / 2;
+            int64_t mid = cur[g].a + (cur[g].b - cur[g].a + 1) / 2 - 1; /* left: floor(size / 2) */
             next[m] = (hip_node){cur[g].a, mid, 0.f, 1};
             next[m + 1] = (hip_node){mid + 1, cur[g].b, 0.f, 1};
             m += 2;

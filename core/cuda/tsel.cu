@@ -196,9 +196,9 @@ __global__ void hip_tree_kernel(const float *q, const float *k, uint8_t *keep, i
             evals[item] = 0;
         return;
     }
-    int rows = (i1 - i0) / qstride + 1;
+    int f = i0 + qstride - 1 < i1 ? i0 + qstride - 1 : i1, rows = (i1 - f) / qstride + 1;
     for (int x = tid; x < rows * d; x += nt)
-        qs[x] = q[((int64_t)h * nq + i0 + (x / d) * qstride) * d + x % d];
+        qs[x] = q[((int64_t)h * nq + f + (x / d) * qstride) * d + x % d];
     __syncthreads();
     for (int g = tid; g < kb; g += nt) {
         HipNode x;
@@ -228,7 +228,7 @@ __global__ void hip_tree_kernel(const float *q, const float *k, uint8_t *keep, i
                 rr.a = rr.b = -1;
                 rr.s = -INFINITY;
             } else {
-                int mid = (int)(((int64_t)x.a + x.b) / 2);
+                int mid = x.a + (x.b - x.a + 1) / 2 - 1; // left: floor(size / 2)
                 l.a = x.a;
                 l.b = mid;
                 l.s = hip_rep(qs, rows, kh, x.a, bk, nk, d, scale);

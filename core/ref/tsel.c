@@ -155,7 +155,8 @@ static double hip_rep(const sl__attn_dims *dm, const float *q, const float *k, i
 {
     int64_t g = h / dm->group;
     double best = -INFINITY;
-    for (int64_t i = i0; i <= i1; i += qstride)
+    int64_t f = i0 + qstride - 1 < i1 ? i0 + qstride - 1 : i1; /* stride 2: rows 1, 3, .. (q[1::2]) */
+    for (int64_t i = f; i <= i1; i += qstride)
         for (int64_t j = c * bk; j < (c + 1) * bk && j < dm->nk; j++) {
             double s = 0;
             for (int64_t e = 0; e < dm->d; e++)
@@ -211,7 +212,8 @@ sl_status sl__ref_select_hip_tree(const sl__kargs *a)
                 int64_t m = 0, split = 0;
                 for (int64_t g = 0; g < n; g++) {
                     if (cur[g].b > cur[g].a) {
-                        int64_t mid = (cur[g].a + cur[g].b) / 2;
+                        /* the draft's split: the left half holds floor(size / 2) blocks */
+                        int64_t mid = cur[g].a + (cur[g].b - cur[g].a + 1) / 2 - 1;
                         next[m].a = cur[g].a;
                         next[m].b = mid;
                         next[m].s = hip_rep(&dm, q, k, h, i0, i1, cur[g].a, p->bk, p->qstride);

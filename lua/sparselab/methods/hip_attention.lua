@@ -16,17 +16,32 @@
 --      attn.block_sparse over the union (step 4).
 -- Not here: decode and the mask-refresh interval (step 5), the Self-Extend
 --   RoPE re-positioning, the per-group min/max key bound variant
---   (block_size_k_group > 1), sink tokens of later versions.
--- Emulation: the representatives' scores are read from a precomputed map of
---   tile maxima (score.lowbit with bits = 16: exact f32 scores, max per
---   (bq, bk) tile) — the same numbers the tree would compute, at dense cost.
---   estimator_flops counts only the evaluations the tree makes (2·K_b per
---   level per query block, bq·bk·2d each), as a real HiP kernel pays them.
--- Reference: DeepAuto-AI/hip-attention src/hip_attn/v1_1/attention2_draft.py
---   (masking_iteration_draft_numba_kernel) per the card; defaults mask_k 512,
---   block_size_q 32; the draft's block_size_k = 1 with groups of 8 keys is
---   read here as bk = 8-token key blocks (the representative); window 128.
---   Not fetched this session: the divergences above come from the card.
+--   (block_size_k_group > 1), sink tokens of later versions, sifters
+--   (the draft's stage-0 offset; one sifter = offset 0 here).
+-- Estimator (session 3): select.hip_tree, one C op (ref, cpu, CUDA) that
+--   scores only the representatives of the nodes the tree visits: each new
+--   half's first key block against the block's query rows, when the half is
+--   made — about (2·log2(T/K_b) + 1)·K_b block scores per query block, so the
+--   estimate grows ~ n·K_b·log n, not n² (experiments/hip_cost.lua measures
+--   it against attn.dense at 4K/8K/16K). estimator_flops counts exactly the
+--   scores it made. The old emulation (score.lowbit's dense tile-max map,
+--   then the tree in Lua) stays as estimator = "lowbit", for comparison only:
+--   both keep the same blocks (tested).
+-- Reference, read this session: DeepAuto-AI/hip-attention
+--   src/hip_attn/v1_1/attention2_draft.py, masking_iteration_draft_numba_kernel.
+--   Matched: groups start at int(BSRC/K_b · i); a group splits with the left
+--   half holding floor(size/2) blocks; a half's score is the max of raw q·k
+--   over its first block's keys and the block's queries (qstride = 2 reads
+--   the draft's q[1::2]; default 1 reads every row); the top K_b halves by
+--   score survive each level. Divergences: ties go to the earlier half (the
+--   draft's argsort(-scores) leaves them to numpy's quicksort); the tree range
+--   ends `window` tokens before the block's FIRST row (the draft slices keys
+--   up to the block's last row, then drops sliding_window_size), so the
+--   window blocks here never overlap the tree; scores carry the softmax scale
+--   (order-preserving).
+-- Defaults: mask_k 512, block_size_q 32; the draft's block_size_k = 1 with
+--   groups of 8 keys is read here as bk = 8-token key blocks (the
+--   representative); window 128.
 -- Budget: `budget` tokens (K_b = ceil(budget / bk) blocks); budget >= n
 --   keeps every block = dense causal.
 local sl = require "sparselab"
@@ -51,7 +66,7 @@ local function tree(scores, T, Kb)
     local halves = {}
     for _, g in ipairs(groups) do
       if g[2] > g[1] then
-        local mid = (g[1] + g[2]) // 2
+        local mid = g[1] + (g[2] - g[1] + 1) // 2 - 1 -- the draft's split: left floor(size / 2)
         halves[#halves + 1] = {g[1], mid}
         halves[#halves + 1] = {mid + 1, g[2]}
       else
