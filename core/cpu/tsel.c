@@ -244,10 +244,10 @@ static void hip_item(int64_t item, void *ud, int thread)
     const sl__kargs *a = j->a;
     const sl_select_hip_tree_params *p = a->params;
     const sl__attn_dims *dm = &j->dm;
-    int64_t h = item / j->R, r = item % j->R, d = dm->d, kb = p->kb;
+    int64_t h = item / j->R, r = item % j->R, d = dm->d, kb = p->kb, kbl = kb < j->C ? kb : j->C;
     unsigned char *base = (unsigned char *)a->scratch + (size_t)thread * j->per_thread;
-    hip_node *cur = (hip_node *)base, *next = cur + kb;
-    float *qb = (float *)(next + 2 * kb), *kbuf = qb + j->rows * d, *sbuf = kbuf + 2 * kb * p->bk * d;
+    hip_node *cur = (hip_node *)base, *next = cur + kbl; /* the layout of sl__cpu_tsel_scratch */
+    float *qb = (float *)(next + 2 * kbl), *kbuf = qb + j->rows * d, *sbuf = kbuf + 2 * kbl * p->bk * d;
     uint8_t *row = (uint8_t *)a->out[0].data + item * j->C;
     int32_t *ev = (int32_t *)a->out[1].data + item;
     memset(row, 0, (size_t)j->C);
@@ -330,8 +330,10 @@ size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, i
     case SL_OP_SELECT_HIP_TREE: {
         const sl_select_hip_tree_params *p = params;
         int64_t rows = (p->bq + p->qstride - 1) / p->qstride;
-        int64_t keys = 2 * p->kb * p->bk; /* the most keys one level gathers */
-        size_t one = (size_t)(3 * p->kb) * sizeof(hip_node) +
+        /* nodes exist only when T > kb, so kb < C: min(kb, C) bounds them */
+        int64_t C = (in[1].shape[1] + p->bk - 1) / p->bk, kbl = p->kb < C ? p->kb : C;
+        int64_t keys = 2 * kbl * p->bk; /* the most keys one level gathers */
+        size_t one = (size_t)(3 * kbl) * sizeof(hip_node) +
                      (size_t)(rows * in[0].shape[2] + keys * in[0].shape[2] + rows * keys) * sizeof(float);
         return (size_t)n_threads * ((one + 63) / 64 * 64);
     }

@@ -179,7 +179,8 @@ __global__ void hip_tree_kernel(const float *q, const float *k, uint8_t *keep, i
     int64_t item = blockIdx.x;
     int h = (int)(item / R), r = (int)(item % R), tid = threadIdx.x, nt = blockDim.x;
     uint8_t *row = keep + item * C;
-    HipNode *cur = nodes + item * 3 * (int64_t)kb, *next = cur + kb;
+    int kbl = kb < C ? kb : C;
+    HipNode *cur = nodes + item * 3 * (int64_t)kbl, *next = cur + kbl;
     const float *kh = k + (int64_t)(h / group) * nk * d;
     int i0 = r * bq, i1 = i0 + bq < nq ? i0 + bq - 1 : nq - 1, T = C, vis = C, w0 = C;
     if (causal) {
@@ -293,7 +294,8 @@ sl_status sl__cuda_select_hip_tree(const sl__kargs *a)
     if (items == 0)
         return sl__cuda_stage_out(&st, cudaGetLastError());
     void *nodes = nullptr;
-    if ((s = sl__cuda_scratch(&st, (size_t)items * 3 * (size_t)p->kb * sizeof(HipNode), &nodes)) != SL_OK)
+    int64_t kbl = p->kb < C ? p->kb : C; // nodes exist only when T > kb, so kb < C
+    if ((s = sl__cuda_scratch(&st, (size_t)items * 3 * (size_t)kbl * sizeof(HipNode), &nodes)) != SL_OK)
         return s;
     SL_LAUNCH(hip_tree_kernel, (int)items, kThreads, smem, 0)(
         st.input<float>(0), st.input<float>(1), st.output<uint8_t>(0), st.output<int32_t>(1),

@@ -175,7 +175,7 @@ sl_status sl__ref_select_hip_tree(const sl__kargs *a)
     int64_t R = (dm.nq + p->bq - 1) / p->bq, C = (dm.nk + p->bk - 1) / p->bk;
     uint8_t *keep = a->out[0].data;
     int32_t *evals = a->out[1].data;
-    hip_node *cur = a->scratch, *next = cur + p->kb;
+    hip_node *cur = a->scratch, *next = cur + (p->kb < C ? p->kb : C); /* nodes only when T > kb, so kb < C */
     memset(keep, 0, (size_t)(dm.hq * R * C));
     for (int64_t h = 0; h < dm.hq; h++)
         for (int64_t r = 0; r < R; r++) {
@@ -250,7 +250,9 @@ size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, i
         return (size_t)(in[1].shape[1] * in[2].shape[1] + in[2].shape[1] + in[1].shape[1]) * sizeof(int32_t);
     case SL_OP_SELECT_HIP_TREE: {
         const sl_select_hip_tree_params *p = params;
-        return (size_t)(3 * p->kb) * sizeof(hip_node);
+        /* nodes exist only when T > kb, so kb < C: min(kb, C) bounds them */
+        int64_t C = (in[1].shape[1] + p->bk - 1) / p->bk;
+        return (size_t)(3 * (p->kb < C ? p->kb : C)) * sizeof(hip_node);
     }
     default: return 0;
     }
