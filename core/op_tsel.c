@@ -1,5 +1,6 @@
 /* op_tsel.c — the tsel family (issue 16: prefill token selectors):
- * checks, shape rules and FLOP counts of attn.threshold and select.pq_match
+ * checks, shape rules and FLOP counts of attn.threshold, select.pq_match and
+ * select.hip_tree
  * (contracts in sparselab.h; kernels in ref/tsel.c, cpu/tsel.c,
  * cuda/tsel.cu). */
 #include "family.h"
@@ -63,6 +64,27 @@ static sl_status tsel_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
         out_dtype[0] = out_dtype[1] = SL_I32;
         return SL_OK;
     }
+    case SL_OP_SELECT_HIP_TREE: {
+        const sl_select_hip_tree_params *p = params;
+        if ((s = sl__check_qk(ctx, info, in)))
+            return s;
+        int64_t hq = in[0].shape[0], nq = in[0].shape[1], nk = in[1].shape[1];
+        int64_t nqb = (nq + p->bq - 1) / p->bq, nkb = (nk + p->bk - 1) / p->bk;
+        if (p->kb > INT32_MAX / 2 || nkb > INT32_MAX)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: kb must be at most %d and key blocks at most %d; found kb %lld, "
+                               "%lld key blocks", info->name, INT32_MAX / 2, INT32_MAX, (long long)p->kb,
+                               (long long)nkb);
+        out_ndim[0] = 3;
+        out_shape[0][0] = hq;
+        out_shape[0][1] = nqb;
+        out_shape[0][2] = nkb;
+        out_dtype[0] = SL_U8;
+        out_ndim[1] = 2;
+        out_shape[1][0] = hq;
+        out_shape[1][1] = nqb;
+        out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
@@ -93,6 +115,31 @@ static double tsel_flops(const sl_op_info *info, const void *params, const sl_te
             pairs += (double)visible(r, d.nq, d.nk, (int)p->causal);
         return 2.0 * C * (double)d.d * ((double)d.hq * (double)d.nq + (double)d.hkv * (double)d.nk) +
                S * pairs * (double)d.hq;
+    }
+    case SL_OP_SELECT_HIP_TREE: {
+        /* an upper bound: per query block, kb initial groups and 2.kb halves per level over
+         * ceil(log2(ceil(T/kb))) levels, each half rows.bk dot products */
+        const sl_select_hip_tree_params *p = params;
+        int64_t nkb = (d.nk + p->bk - 1) / p->bk;
+        double total = 0;
+        for (int64_t i0 = 0; i0 < d.nq; i0 += p->bq) {
+            int64_t i1 = i0 + p->bq < d.nq ? i0 + p->bq - 1 : d.nq - 1, T = nkb;
+            if (p->causal) {
+                int64_t vis = (i1 + d.offset) / p->bk + 1, w = i0 + d.offset - p->window;
+                int64_t w0 = w > 0 ? w / p->bk : 0;
+                vis = vis < nkb ? vis : nkb;
+                T = w0 < vis ? w0 : vis;
+            }
+            if (T <= p->kb)
+                continue;
+            int64_t size = (T + p->kb - 1) / p->kb, levels = 0;
+            while (size > 1) {
+                size = (size + 1) / 2;
+                levels++;
+            }
+            total += (2.0 * (double)levels + 1.0) * (double)p->kb * (double)((i1 - (i0 + p->qstride - 1 < i1 ? i0 + p->qstride - 1 : i1)) / p->qstride + 1);
+        }
+        return total * (double)p->bk * 2.0 * (double)d.d * (double)d.hq;
     }
     default: return 0;
     }

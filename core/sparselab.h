@@ -1080,6 +1080,29 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * quantisation, O = Σ_j exp(s_ij - m_i)·v_j / l_i (attn.block_sparse). Q and
  * K are quantised by the caller (quant.fake). A row with no kept key gives
  * O = 0, lse = -inf. Outputs O [Hq, Nq, D], lse [Hq, Nq]. */
+/* ---- hip tree search (issue 16, session 3) ----
+ * select.hip_tree (card hip_attention, v1.1 binary tree; family tsel):
+ * inputs q [Hq, Nq, D], k [Hkv, Nk, D]; params bq, bk, kb, window, causal,
+ * qstride, scale. R = ceil(Nq/bq) query blocks, C = ceil(Nk/bk) key blocks;
+ * query block r holds rows i0 = r.bq .. i1 = min((r+1).bq, Nq) - 1, key
+ * block c the keys c.bk .. min((c+1).bk, Nk) - 1. Causal: vis = min(C,
+ * floor((i1 + Nk - Nq)/bk) + 1), the window blocks are w0 = max(0,
+ * floor((i0 + Nk - Nq - window)/bk)) .. vis - 1, the tree spans [0, T) with
+ * T = min(w0, vis). Not causal: no window, T = C. Tree: T <= kb keeps all T
+ * blocks; else kb groups [g.T/kb, (g+1).T/kb) (integer division), then while
+ * some group spans more than one block, every such group [a, b] splits into
+ * [a, m] and [m+1, b] with m = a + floor((b - a + 1)/2) - 1 (the left half
+ * holds floor(size/2) blocks, as the v1.1 draft), one-block groups carry over, and
+ * the kb halves of largest score are kept (ties: smaller a). A half's score
+ * is scale . max over rows f, f + qstride, ... <= i1 (f = min(i0 + qstride -
+ * 1, i1): qstride 2 reads the draft's q[1::2]) and keys of block a
+ * of q_i . k_j (query head h reads kv head h / (Hq/Hkv)), computed when the
+ * half is made (and for one-block initial groups when they are made).
+ * Outputs keep u8 [Hq, R, C] (1: a kept tree block or window block) and
+ * evals i32 [Hq, R] (nodes scored: 2 per split plus the one-block initial
+ * groups). Only the
+ * representatives of visited nodes are scored: about 2.kb.log2(T/kb) block
+ * scores per query block, not Nq x Nk. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -6,15 +6,19 @@
 -- Inputs: the shipped TinyStories 260K model (experiments/data/tinystories260k:
 -- 5 layers x 8 heads = 40 heads); importance from two calibration texts, the
 -- perplexity on two other (held-out) texts.
--- Measures (sparselab.heads): "ablation" |ΔNLL| when the head alone is
--- removed (the finite-difference stand-in for the card's |∂L/∂ξ_h|, with the
--- paper's per-layer ℓ2 normalisation), "kl" (KL to dense when removed alone),
+-- Measures (sparselab.heads): "gradient" (the card's |∂L/∂ξ_h|, by central
+-- differences in ξ_h, ε = 1e-2, with the paper's per-layer ℓ2
+-- normalisation), "gradient_iter" (the same, iterative: re-scored after each
+-- step of removals with the removed heads skipped), "ablation" |ΔNLL| when
+-- the head alone is removed (normalised likewise), "kl" (KL to dense when removed alone),
 -- "l2" (mean output norm of the head: forward only, no loss), and "random"
 -- (a seeded score-blind order: the baseline every measure must beat), and
 -- "predictor" (card head_neuron_predictor: per evaluation text, the scores a
 -- ridge predictor gives from the text's layer-1 last-token queries, trained on
 -- the l2 criterion of 48-token-step prefixes of the calibration texts; its
--- held-out Spearman ρ against the text's own l2 scores is printed).
+-- held-out Spearman ρ against the text's own l2 scores is printed), and
+-- "predictor_mlp" (the same with the card's MLP predictor, hidden 256 here,
+-- 300 full-batch AdamW steps; see experiments/head_predictor.lua).
 -- A removed head is skipped ("skip" spec: no attention, output 0).
 -- Every result goes to the database (first argument, default results.db); the
 -- table is read back from it.
@@ -32,7 +36,7 @@ end
 local data = "experiments/data/tinystories260k"
 local calib = {"01_red_kite", "04_cake_for_mom"}
 local evals = quick and {"06_little_seed"} or {"06_little_seed", "07_toy_shop"}
-local measures = {"ablation", "kl", "l2", "random", "predictor"}
+local measures = {"gradient", "gradient_iter", "ablation", "kl", "l2", "random", "predictor", "predictor_mlp"}
 local model = sl.model.load(data .. "/model.bin")
 local L, H = model.cfg.n_layers, model.cfg.n_heads
 local total = L * H
@@ -61,8 +65,8 @@ local function random_importance(seed)
   return imp
 end
 
--- the predictor: trained once on calibration prefixes, applied per evaluation text
-local P
+-- the predictors: trained once on calibration prefixes, applied per evaluation text
+local P = {}
 do
   local samples = {}
   for _, toks in ipairs(calib_tokens) do
@@ -72,10 +76,11 @@ do
       samples[#samples + 1] = Hd.sample(model, pre, "l2")
     end
   end
-  P = Hd.train_predictor(samples, 100)
+  P.predictor = Hd.train(samples, "ridge", {lambda = 100})
+  P.predictor_mlp = Hd.train(samples, "mlp", {hidden = 256, steps = 300})
 end
-local function predicted(tokens)
-  local flat, imp = Hd.predict_scores(P, Hd.features(model, tokens)), {}
+local function predicted(which, tokens)
+  local flat, imp = Hd.predict_scores(P[which], Hd.features(model, tokens)), {}
   for l = 0, L - 1 do imp[l] = {}; for h = 0, H - 1 do imp[l][h] = flat[l * H + h + 1] end end
   local truth = Hd.sample(model, tokens, "l2").y
   return imp, Hd.spearman(flat, truth)
@@ -84,20 +89,32 @@ end
 db:begin()
 for _, measure in ipairs(measures) do
   io.stderr:write("heads: importance by " .. measure .. "\n")
-  local imp = (measure == "random" and random_importance(7)) or (measure ~= "predictor" and
-    Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation"})) or nil
+  local imp, order
+  if measure == "random" then
+    imp = random_importance(7)
+  elseif measure == "gradient_iter" then
+    local _, ord = Hd.iterative(model, calib_tokens, "gradient", steps[#steps], steps[2] - steps[1], {normalize = true})
+    order = ord
+  elseif not P[measure] then
+    imp = Hd.importance(model, calib_tokens, measure, {normalize = measure == "ablation" or measure == "gradient"})
+  end
+  local function removed_first(c)
+    local out = {}
+    for i = 1, c do local lh = order[i]; out[lh[1]] = out[lh[1]] or {}; out[lh[1]][lh[2]] = true end
+    return out
+  end
   local per_text = {}
-  if measure == "predictor" then
+  if P[measure] then
     for i, tokens in ipairs(eval_tokens) do
       local rho
-      per_text[i], rho = predicted(tokens)
-      print(string.format("predictor: Spearman rho vs the l2 criterion on %s: %.3f", evals[i], rho))
+      per_text[i], rho = predicted(measure, tokens)
+      print(string.format("%s: Spearman rho vs the l2 criterion on %s: %.3f", measure, evals[i], rho))
     end
   end
   for _, c in ipairs(steps) do
     for i, tokens in ipairs(eval_tokens) do
       local use = per_text[i] or imp
-      local sched = c > 0 and Hd.schedule(Hd.lowest(use, c)) or nil
+      local sched = c > 0 and Hd.schedule(order and removed_first(c) or Hd.lowest(use, c)) or nil
       local r = model:evaluate{tokens = tokens, attention = sched}
       db:record{run_id = run_id, method = "sixteen_heads", params = {measure = measure, removed = c},
         workload = "model:" .. evals[i], phase = "prefill", n_q = #tokens, n_k = #tokens, heads = H,

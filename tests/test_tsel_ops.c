@@ -3,7 +3,10 @@
  * (SL_TEST_BACKENDS) against ref, and ref against float64 math written out
  * here: the thresholded softmax, dense equivalence at theta = -1e30, the PQ
  * codes (L1-nearest codewords), match counts, the slot order of the
- * selection and its dense equivalence at nnz >= n. */
+ * selection and its dense equivalence at nnz >= n; select.hip_tree against
+ * a tree written here over every block's float64 representative score, the
+ * window blocks, K_b blocks kept, the evaluation bound 2.K_b per level, a
+ * planted needle, and budget >= n = every causal block. */
 
 #include "opsutil.h"
 
@@ -216,8 +219,174 @@ START_TEST(test_pq_match)
 }
 END_TEST
 
+/* ---- select.hip_tree ---- */
+
+typedef struct hnode {
+    int64_t a, b;
+} hnode;
+
+/* The tree of the contract over precomputed block scores bs[0..T): returns
+ * the kept starts in kept[] (count returned) and the halves scored in *ev.
+ * Written apart from the kernels: full score table, insertion order by
+ * (score desc, start asc) with a plain bubble pass. */
+static int64_t tree_here(const double *bs, int64_t T, int64_t kb, int64_t *kept, int64_t *ev)
+{
+    *ev = 0;
+    if (T <= kb) {
+        for (int64_t c = 0; c < T; c++)
+            kept[c] = c;
+        return T;
+    }
+    hnode g[512], h[1024];
+    int64_t n = kb;
+    for (int64_t i = 0; i < kb; i++)
+    {
+        g[i] = (hnode){i * T / kb, (i + 1) * T / kb - 1};
+        *ev += g[i].a == g[i].b; /* a one-block initial group is scored as made */
+    }
+    for (;;) {
+        int64_t m = 0, any = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (g[i].b > g[i].a) {
+                int64_t mid = g[i].a + (g[i].b - g[i].a + 1) / 2 - 1;
+                h[m++] = (hnode){g[i].a, mid};
+                h[m++] = (hnode){mid + 1, g[i].b};
+                any = 1;
+                *ev += 2;
+            } else
+                h[m++] = g[i];
+        if (!any)
+            break;
+        for (int64_t x = 0; x < m; x++)
+            for (int64_t y = 0; y + 1 < m - x; y++) {
+                double s0 = bs[h[y].a], s1 = bs[h[y + 1].a];
+                if (s1 > s0 || (s1 == s0 && h[y + 1].a < h[y].a)) {
+                    hnode t = h[y];
+                    h[y] = h[y + 1];
+                    h[y + 1] = t;
+                }
+            }
+        n = m < kb ? m : kb;
+        for (int64_t i = 0; i < n; i++)
+            g[i] = h[i];
+    }
+    for (int64_t i = 0; i < n; i++)
+        kept[i] = g[i].a;
+    return n;
+}
+
+START_TEST(test_hip_tree)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 18600 + (uint64_t)_i);
+    shape_case c = TS_CASES[_i];
+    c.nq *= 3;
+    c.nk *= 3;
+    sl_tensor in[3];
+    qkv_of(ctx, &rng, &c, 1.0, in);
+    const float *q = in[0].data, *k = in[1].data;
+    static const int64_t V[4][5] = {{4, 2, 3, 8, 1}, {8, 4, 2, 0, 2}, {3, 1, 5, 4, 1}, {5, 3, 1, 7, 3}};
+    for (int t = 0; t < 4; t++) {
+        sl_select_hip_tree_params p = {.bq = V[t][0], .bk = V[t][1], .kb = V[t][2], .window = V[t][3],
+                                       .causal = c.causal, .qstride = V[t][4], .scale = 0};
+        check_op_vs_ref(ctx, SL_OP_SELECT_HIP_TREE, &p, in, 0, "select.hip_tree");
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_SELECT_HIP_TREE, &p, in, out), SL_OK);
+        int64_t R = (c.nq + p.bq - 1) / p.bq, C = (c.nk + p.bk - 1) / p.bk, off = c.nk - c.nq;
+        ck_assert_int_eq(out[0].shape[1], R);
+        ck_assert_int_eq(out[0].shape[2], C);
+        const uint8_t *keep = out[0].data;
+        const int32_t *ev = out[1].data;
+        for (int64_t h = 0; h < c.hq; h++) {
+            int64_t g = h / (c.hq / c.hkv);
+            for (int64_t r = 0; r < R; r++) {
+                int64_t i0 = r * p.bq, i1 = i0 + p.bq - 1 < c.nq - 1 ? i0 + p.bq - 1 : c.nq - 1;
+                int64_t vis = C, w0 = C;
+                if (c.causal) {
+                    vis = (int64_t)floor((double)(i1 + off) / (double)p.bk) + 1;
+                    vis = vis < C ? vis : C;
+                    w0 = (int64_t)fmax(0.0, floor((double)(i0 + off - p.window) / (double)p.bk));
+                }
+                int64_t T = c.causal ? (w0 < vis ? w0 : vis) : C;
+                double bs[1024];
+                for (int64_t b = 0; b < T; b++) {
+                    double best = -INFINITY;
+                    for (int64_t i = i0 + p.qstride - 1 < i1 ? i0 + p.qstride - 1 : i1; i <= i1; i += p.qstride)
+                        for (int64_t j = b * p.bk; j < (b + 1) * p.bk && j < c.nk; j++) {
+                            double x = 0;
+                            for (int64_t e = 0; e < c.d; e++)
+                                x += (double)q[(h * c.nq + i) * c.d + e] * k[(g * c.nk + j) * c.d + e];
+                            best = fmax(best, x);
+                        }
+                    bs[b] = best;
+                }
+                int64_t kept[512], e = 0, nk = tree_here(bs, T, p.kb, kept, &e);
+                uint8_t want[1024] = {0};
+                for (int64_t i = 0; i < nk; i++)
+                    want[kept[i]] = 1;
+                if (c.causal)
+                    for (int64_t b = w0; b < vis; b++)
+                        want[b] = 1;
+                for (int64_t b = 0; b < C; b++)
+                    ck_assert_msg(keep[(h * R + r) * C + b] == want[b], "hip keep h %lld r %lld block %lld: %d, want %d",
+                                  (long long)h, (long long)r, (long long)b, keep[(h * R + r) * C + b], want[b]);
+                ck_assert_int_eq(nk, T < p.kb ? T : p.kb);
+                ck_assert_int_eq(ev[h * R + r], e);
+                /* at most K_b initial groups plus 2.K_b halves per level over ceil(log2(ceil(T/K_b))) levels */
+                int64_t size = (T + p.kb - 1) / p.kb, levels = 0;
+                while (size > 1) {
+                    size = (size + 1) / 2;
+                    levels++;
+                }
+                ck_assert_int_le(e, T > p.kb ? p.kb + 2 * p.kb * levels : 0);
+            }
+        }
+        double fl = sl_op_flops(SL_OP_SELECT_HIP_TREE, &p, in);
+        ck_assert(fl >= 0);
+        release_n(out, 2);
+        /* budget >= every block: the keep covers every visible block */
+        sl_select_hip_tree_params all = p;
+        all.kb = t == 0 ? (int64_t)1 << 28 : C + 1; /* a huge kb allocates no more than C nodes */
+        check_op_vs_ref(ctx, SL_OP_SELECT_HIP_TREE, &all, in, 0, "select.hip_tree (kb >= C)");
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SELECT_HIP_TREE, &all, in, out), SL_OK);
+        for (int64_t h = 0; h < c.hq; h++)
+            for (int64_t r = 0; r < R; r++) {
+                int64_t i1 = r * p.bq + p.bq - 1 < c.nq - 1 ? r * p.bq + p.bq - 1 : c.nq - 1;
+                int64_t vis = c.causal ? (int64_t)floor((double)(i1 + off) / (double)p.bk) + 1 : C;
+                for (int64_t b = 0; b < C; b++)
+                    ck_assert_int_eq(((uint8_t *)out[0].data)[(h * R + r) * C + b], b < vis);
+                ck_assert_int_eq(((int32_t *)out[1].data)[h * R + r], 0);
+            }
+        release_n(out, 2);
+    }
+    /* a needle key at the start of the second initial group is found by every query block that sees it in its tree */
+    if (c.causal && c.nq == c.nk && c.nk >= 60) {
+        sl_select_hip_tree_params p = {.bq = 4, .bk = 2, .kb = 3, .window = 0, .causal = 1, .qstride = 1, .scale = 0};
+        int64_t C = (c.nk + 1) / 2, R = (c.nq + 3) / 4, last = R - 1, T = (last * 4) / 2;
+        int64_t needle_block = T / 3, j = needle_block * 2;
+        float *kk = (float *)in[1].data, *qq = (float *)in[0].data;
+        for (int64_t h = 0; h < c.hq; h++)
+            for (int64_t e = 0; e < c.d; e++) {
+                kk[(h / (c.hq / c.hkv) * c.nk + j) * c.d + e] = e == 0 ? 30.f : 0.f;
+                qq[(h * c.nq + last * 4) * c.d + e] = e == 0 ? 30.f : (float)(0.1 * sl_rng_normal(&rng));
+            }
+        sl_tensor out[2];
+        ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_SELECT_HIP_TREE, &p, in, out), SL_OK);
+        for (int64_t h = 0; h < c.hq; h++)
+            ck_assert_msg(((uint8_t *)out[0].data)[(h * R + last) * C + needle_block], "needle missed (head %lld)",
+                          (long long)h);
+        release_n(out, 2);
+    }
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_loop_test(tc, test_hip_tree, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_threshold, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_pq_match, 0, N_TS_CASES);
 }

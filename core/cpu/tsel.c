@@ -3,9 +3,11 @@
  * scores by the vectorised dot, softmax and axpy over the kept keys.
  * select.pq_match: key codes per kv head first (one item per key row), then
  * one item per (head, row): a count per slot, the cut slot, and one ascending
- * pass that writes the row's keys already sorted. */
+ * pass that writes the row's keys already sorted. select.hip_tree: one item
+ * per (head, query block), each level's new nodes scored by one sgemm. */
 #include "cpu.h"
 #include "parallel.h"
+#include <cblas.h>
 
 #include <math.h>
 #include <string.h>
@@ -185,6 +187,138 @@ sl_status sl__cpu_select_pq_match(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.dm.nq, pq_row_item, &j);
 }
 
+/* ---- select.hip_tree ----
+ * One work item per (head, query block). Each level's new nodes are scored
+ * together: their representative blocks' keys are gathered into one buffer
+ * and one sgemm gives every used query row against every gathered key; a
+ * node's score is the max over its columns. Selection keeps the kb best by
+ * rank (score desc, start asc). */
+
+typedef struct hip_node {
+    int64_t a, b;
+    float s;
+    int fresh; /* 1: made this level, not scored yet */
+} hip_node;
+
+typedef struct hip_job {
+    const sl__kargs *a;
+    sl__attn_dims dm;
+    int64_t R, C, rows; /* rows: query rows per block used for scores */
+    size_t per_thread;  /* scratch bytes per thread */
+} hip_job;
+
+/* Scores the fresh nodes of nodes[0..m) against the n gathered rows qb. */
+static void hip_score(const hip_job *j, const float *qb, int64_t n, const float *kh, hip_node *nodes, int64_t m,
+                      float *kbuf, float *sbuf)
+{
+    int64_t bk = ((const sl_select_hip_tree_params *)j->a->params)->bk, d = j->dm.d, keys = 0;
+    for (int64_t x = 0; x < m; x++) {
+        if (!nodes[x].fresh)
+            continue;
+        int64_t t0 = nodes[x].a * bk, t1 = t0 + bk < j->dm.nk ? t0 + bk : j->dm.nk;
+        memcpy(kbuf + keys * d, kh + t0 * d, (size_t)((t1 - t0) * d) * sizeof(float));
+        keys += t1 - t0;
+    }
+    if (keys == 0)
+        return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)keys, (int)d, (float)j->dm.scale, qb, (int)d,
+                kbuf, (int)d, 0.f, sbuf, (int)keys);
+    int64_t col = 0;
+    for (int64_t x = 0; x < m; x++) {
+        if (!nodes[x].fresh)
+            continue;
+        int64_t t0 = nodes[x].a * bk, t1 = t0 + bk < j->dm.nk ? t0 + bk : j->dm.nk;
+        float best = -INFINITY;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t c = col; c < col + t1 - t0; c++)
+                best = sbuf[i * keys + c] > best ? sbuf[i * keys + c] : best;
+        nodes[x].s = best;
+        nodes[x].fresh = 0;
+        col += t1 - t0;
+    }
+}
+
+static void hip_item(int64_t item, void *ud, int thread)
+{
+    const hip_job *j = ud;
+    const sl__kargs *a = j->a;
+    const sl_select_hip_tree_params *p = a->params;
+    const sl__attn_dims *dm = &j->dm;
+    int64_t h = item / j->R, r = item % j->R, d = dm->d, kb = p->kb, kbl = kb < j->C ? kb : j->C;
+    unsigned char *base = (unsigned char *)a->scratch + (size_t)thread * j->per_thread;
+    hip_node *cur = (hip_node *)base, *next = cur + kbl; /* the layout of sl__cpu_tsel_scratch */
+    float *qb = (float *)(next + 2 * kbl), *kbuf = qb + j->rows * d, *sbuf = kbuf + 2 * kbl * p->bk * d;
+    uint8_t *row = (uint8_t *)a->out[0].data + item * j->C;
+    int32_t *ev = (int32_t *)a->out[1].data + item;
+    memset(row, 0, (size_t)j->C);
+    int64_t i0 = r * p->bq, i1 = i0 + p->bq < dm->nq ? i0 + p->bq - 1 : dm->nq - 1, T = j->C;
+    if (p->causal) {
+        int64_t vis = (i1 + dm->offset) / p->bk + 1, w = i0 + dm->offset - p->window;
+        int64_t w0 = w > 0 ? w / p->bk : 0;
+        vis = vis < j->C ? vis : j->C;
+        for (int64_t c = w0; c < vis; c++)
+            row[c] = 1;
+        T = w0 < vis ? w0 : vis;
+    }
+    *ev = 0;
+    if (T <= kb) {
+        for (int64_t c = 0; c < T; c++)
+            row[c] = 1;
+        return;
+    }
+    int64_t n = 0;
+    for (int64_t i = i0 + p->qstride - 1 < i1 ? i0 + p->qstride - 1 : i1; i <= i1; i += p->qstride)
+        memcpy(qb + (n++) * d, (const float *)a->in[0].data + (h * dm->nq + i) * d, (size_t)d * sizeof(float));
+    const float *kh = (const float *)a->in[1].data + (h / dm->group) * dm->nk * d;
+    int64_t groups = kb;
+    for (int64_t g = 0; g < kb; g++) {
+        cur[g] = (hip_node){g * T / kb, (g + 1) * T / kb - 1, 0.f, 0};
+        cur[g].fresh = cur[g].a == cur[g].b; /* a one-block initial group is scored as made */
+        *ev += cur[g].fresh;
+    }
+    hip_score(j, qb, n, kh, cur, kb, kbuf, sbuf);
+    for (;;) {
+        int64_t m = 0, split = 0;
+        for (int64_t g = 0; g < groups; g++) {
+            if (cur[g].b == cur[g].a) {
+                next[m++] = cur[g];
+                continue;
+            }
+            int64_t mid = cur[g].a + (cur[g].b - cur[g].a + 1) / 2 - 1; /* left: floor(size / 2) */
+            next[m] = (hip_node){cur[g].a, mid, 0.f, 1};
+            next[m + 1] = (hip_node){mid + 1, cur[g].b, 0.f, 1};
+            m += 2;
+            split++;
+        }
+        if (!split)
+            break;
+        *ev += (int32_t)(2 * split);
+        hip_score(j, qb, n, kh, next, m, kbuf, sbuf);
+        /* ranks are distinct because starts are: the kept set fills 0..kb-1 */
+        groups = m < kb ? m : kb;
+        for (int64_t x = 0; x < m; x++) {
+            int64_t rank = 0;
+            for (int64_t y = 0; y < m && rank < kb; y++)
+                rank += next[y].s > next[x].s || (next[y].s == next[x].s && next[y].a < next[x].a);
+            if (rank < kb)
+                cur[rank] = next[x];
+        }
+    }
+    for (int64_t g = 0; g < groups; g++)
+        row[cur[g].a] = 1;
+}
+
+sl_status sl__cpu_select_hip_tree(const sl__kargs *a)
+{
+    const sl_select_hip_tree_params *p = a->params;
+    hip_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), 0, 0, 0, 0};
+    j.R = (j.dm.nq + p->bq - 1) / p->bq;
+    j.C = (j.dm.nk + p->bk - 1) / p->bk;
+    j.rows = (p->bq + p->qstride - 1) / p->qstride;
+    j.per_thread = sl__cpu_tsel_scratch(a->op, p, a->in, 1);
+    return sl__cpu_parallel(a->ctx, j.dm.hq * j.R, hip_item, &j);
+}
+
 size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;
@@ -193,6 +327,16 @@ size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, i
     case SL_OP_SELECT_PQ_MATCH:
         return (size_t)in[0].shape[1] * sizeof(int64_t) +
                (size_t)(in[1].shape[0] * in[1].shape[1] * in[2].shape[1]) * sizeof(int32_t);
+    case SL_OP_SELECT_HIP_TREE: {
+        const sl_select_hip_tree_params *p = params;
+        int64_t rows = (p->bq + p->qstride - 1) / p->qstride;
+        /* nodes exist only when T > kb, so kb < C: min(kb, C) bounds them */
+        int64_t C = (in[1].shape[1] + p->bk - 1) / p->bk, kbl = p->kb < C ? p->kb : C;
+        int64_t keys = 2 * kbl * p->bk; /* the most keys one level gathers */
+        size_t one = (size_t)(3 * kbl) * sizeof(hip_node) +
+                     (size_t)(rows * in[0].shape[2] + keys * in[0].shape[2] + rows * keys) * sizeof(float);
+        return (size_t)n_threads * ((one + 63) / 64 * 64);
+    }
     default: return 0;
     }
 }

@@ -4,6 +4,8 @@
 //   select.pq_match: key codes (one thread per key row), then one thread per
 //       (head, row): a count per slot, the cut slot, and an ascending pass
 //       writing the row's keys sorted; row offsets come from the host.
+//   select.hip_tree: one CTA per (head, query block), the tree's levels in
+//       lockstep (see the kernel).
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
@@ -141,7 +143,166 @@ __global__ void pq_row_kernel(const float *q, const float *cb, const int32_t *kc
         row_ptr[(int64_t)h * (nq + 1) + nq] = (int32_t)((h + 1) * per_head);
 }
 
+// select.hip_tree: one CTA per (head, query block). The block's used query
+// rows sit in dynamic shared memory; per level every group expands into the
+// slots 2g, 2g+1 (a one-block group carries over in 2g, 2g+1 stays empty),
+// the threads score the new halves (one half per thread: the max over its
+// representative block's keys and the rows), then every slot's rank
+// (score desc, start asc) is counted and the kb best land in cur[rank].
+// The nodes (kb kept, 2.kb slots) live in a global scratch slice per CTA.
+struct HipNode {
+    int a, b;
+    float s;
+};
+
+__device__ float hip_rep(const float *qs, int rows, const float *kh, int c, int bk, int nk, int d, float scale)
+{
+    float best = -INFINITY;
+    for (int t = c * bk; t < (c + 1) * bk && t < nk; t++) {
+        const float *kr = kh + (int64_t)t * d;
+        for (int i = 0; i < rows; i++) {
+            float s = 0.f;
+            for (int e = 0; e < d; e++)
+                s += qs[i * d + e] * kr[e];
+            best = fmaxf(best, s);
+        }
+    }
+    return scale * best;
+}
+
+__global__ void hip_tree_kernel(const float *q, const float *k, uint8_t *keep, int32_t *evals, HipNode *nodes, int group,
+                                int nq, int nk, int d, int R, int C, int bq, int bk, int kb, int64_t window, int causal,
+                                int qstride, float scale)
+{
+    SL_DYN_SMEM(float, qs);
+    SL_SHARED(int, sh, [3]); // groups, splits, evaluations
+    int64_t item = blockIdx.x;
+    int h = (int)(item / R), r = (int)(item % R), tid = threadIdx.x, nt = blockDim.x;
+    uint8_t *row = keep + item * C;
+    int kbl = kb < C ? kb : C;
+    HipNode *cur = nodes + item * 3 * (int64_t)kbl, *next = cur + kbl;
+    const float *kh = k + (int64_t)(h / group) * nk * d;
+    int i0 = r * bq, i1 = i0 + bq < nq ? i0 + bq - 1 : nq - 1, T = C, vis = C, w0 = C;
+    if (causal) {
+        int64_t off = (int64_t)nk - nq, w = i0 + off - window;
+        vis = (int)((i1 + off) / bk + 1);
+        vis = vis < C ? vis : C;
+        w0 = w > 0 ? (int)(w / bk) : 0;
+        T = w0 < vis ? w0 : vis;
+    }
+    for (int c = tid; c < C; c += nt)
+        row[c] = (causal && c >= w0 && c < vis) || (T <= kb && c < T);
+    if (T <= kb) {
+        if (tid == 0)
+            evals[item] = 0;
+        return;
+    }
+    int f = i0 + qstride - 1 < i1 ? i0 + qstride - 1 : i1, rows = (i1 - f) / qstride + 1;
+    for (int x = tid; x < rows * d; x += nt)
+        qs[x] = q[((int64_t)h * nq + f + (x / d) * qstride) * d + x % d];
+    __syncthreads();
+    for (int g = tid; g < kb; g += nt) {
+        HipNode x;
+        x.a = (int)((int64_t)g * T / kb);
+        x.b = (int)((int64_t)(g + 1) * T / kb - 1);
+        x.s = x.a == x.b ? hip_rep(qs, rows, kh, x.a, bk, nk, d, scale) : 0.f;
+        cur[g] = x;
+    }
+    if (tid == 0) {
+        int singles = 0;
+        for (int g = 0; g < kb; g++)
+            singles += (int64_t)(g + 1) * T / kb - (int64_t)g * T / kb == 1;
+        sh[0] = kb;
+        sh[2] = singles;
+    }
+    __syncthreads();
+    for (;;) {
+        int groups = sh[0];
+        if (tid == 0)
+            sh[1] = 0;
+        __syncthreads();
+        int split = 0;
+        for (int g = tid; g < groups; g += nt) {
+            HipNode x = cur[g], l, rr;
+            if (x.a == x.b) {
+                l = x;
+                rr.a = rr.b = -1;
+                rr.s = -INFINITY;
+            } else {
+                int mid = x.a + (x.b - x.a + 1) / 2 - 1; // left: floor(size / 2)
+                l.a = x.a;
+                l.b = mid;
+                l.s = hip_rep(qs, rows, kh, x.a, bk, nk, d, scale);
+                rr.a = mid + 1;
+                rr.b = x.b;
+                rr.s = hip_rep(qs, rows, kh, mid + 1, bk, nk, d, scale);
+                split++;
+            }
+            next[2 * g] = l;
+            next[2 * g + 1] = rr;
+        }
+        if (split)
+            atomicAdd(&sh[1], split);
+        __syncthreads();
+        int splits = sh[1], m = 2 * groups;
+        if (splits == 0)
+            break;
+        for (int x = tid; x < m; x += nt) {
+            HipNode nx = next[x];
+            if (nx.a < 0)
+                continue;
+            int rank = 0;
+            for (int y = 0; y < m && rank < kb; y++) {
+                HipNode ny = next[y];
+                rank += ny.a >= 0 && (ny.s > nx.s || (ny.s == nx.s && ny.a < nx.a));
+            }
+            if (rank < kb)
+                cur[rank] = nx;
+        }
+        __syncthreads();
+        if (tid == 0) {
+            sh[0] = groups + splits < kb ? groups + splits : kb;
+            sh[2] += 2 * splits;
+        }
+        __syncthreads();
+    }
+    int groups = sh[0];
+    for (int g = tid; g < groups; g += nt)
+        row[cur[g].a] = 1;
+    if (tid == 0)
+        evals[item] = sh[2];
+}
+
 }  // namespace
+
+sl_status sl__cuda_select_hip_tree(const sl__kargs *a)
+{
+    const sl_select_hip_tree_params *p = static_cast<const sl_select_hip_tree_params *>(a->params);
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    int64_t R = (dm.nq + p->bq - 1) / p->bq, C = (dm.nk + p->bk - 1) / p->bk, items = dm.hq * R;
+    int64_t rows = (p->bq + p->qstride - 1) / p->qstride;
+    size_t smem = (size_t)(rows * dm.d) * sizeof(float);
+    if (dm.nq > INT32_MAX || dm.nk > INT32_MAX || items > INT32_MAX || p->kb > INT32_MAX / 3 || smem > 48 * 1024)
+        return sl__cuda_unsupported(a, "query-block rows x head_dim up to 12288 floats (48 KiB of shared memory), "
+                                    "sizes within int32; found %lld rows x %lld, Nq %lld, Nk %lld, kb %lld",
+                                    (long long)rows, (long long)dm.d, (long long)dm.nq, (long long)dm.nk,
+                                    (long long)p->kb);
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    if (items == 0)
+        return sl__cuda_stage_out(&st, cudaGetLastError());
+    void *nodes = nullptr;
+    int64_t kbl = p->kb < C ? p->kb : C; // nodes exist only when T > kb, so kb < C
+    if ((s = sl__cuda_scratch(&st, (size_t)items * 3 * (size_t)kbl * sizeof(HipNode), &nodes)) != SL_OK)
+        return s;
+    SL_LAUNCH(hip_tree_kernel, (int)items, kThreads, smem, 0)(
+        st.input<float>(0), st.input<float>(1), st.output<uint8_t>(0), st.output<int32_t>(1),
+        static_cast<HipNode *>(nodes), (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.d, (int)R, (int)C, (int)p->bq,
+        (int)p->bk, (int)p->kb, (int64_t)p->window, (int)p->causal, (int)p->qstride, (float)dm.scale);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
 
 sl_status sl__cuda_attn_threshold(const sl__kargs *a)
 {

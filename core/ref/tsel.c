@@ -133,13 +133,127 @@ sl_status sl__ref_select_pq_match(const sl__kargs *a)
     return SL_OK;
 }
 
+/* ---- select.hip_tree ---- */
+
+typedef struct hip_node {
+    int64_t a, b;
+    double s;
+} hip_node;
+
+static int hip_node_cmp(const void *x, const void *y)
+{
+    const hip_node *u = x, *v = y;
+    if (u->s != v->s)
+        return u->s > v->s ? -1 : 1;
+    return (u->a > v->a) - (u->a < v->a);
+}
+
+/* scale . max over the block's rows i0, i0 + qstride, .. <= i1 and the keys of
+ * key block c of q_i . k_j (float64) */
+static double hip_rep(const sl__attn_dims *dm, const float *q, const float *k, int64_t h, int64_t i0, int64_t i1,
+                      int64_t c, int64_t bk, int64_t qstride)
+{
+    int64_t g = h / dm->group;
+    double best = -INFINITY;
+    int64_t f = i0 + qstride - 1 < i1 ? i0 + qstride - 1 : i1; /* stride 2: rows 1, 3, .. (q[1::2]) */
+    for (int64_t i = f; i <= i1; i += qstride)
+        for (int64_t j = c * bk; j < (c + 1) * bk && j < dm->nk; j++) {
+            double s = 0;
+            for (int64_t e = 0; e < dm->d; e++)
+                s += (double)q[(h * dm->nq + i) * dm->d + e] * (double)k[(g * dm->nk + j) * dm->d + e];
+            if (s > best)
+                best = s;
+        }
+    return dm->scale * best;
+}
+
+sl_status sl__ref_select_hip_tree(const sl__kargs *a)
+{
+    const sl_select_hip_tree_params *p = a->params;
+    sl__attn_dims dm = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    const float *q = a->in[0].data, *k = a->in[1].data;
+    int64_t R = (dm.nq + p->bq - 1) / p->bq, C = (dm.nk + p->bk - 1) / p->bk;
+    uint8_t *keep = a->out[0].data;
+    int32_t *evals = a->out[1].data;
+    hip_node *cur = a->scratch, *next = cur + (p->kb < C ? p->kb : C); /* nodes only when T > kb, so kb < C */
+    memset(keep, 0, (size_t)(dm.hq * R * C));
+    for (int64_t h = 0; h < dm.hq; h++)
+        for (int64_t r = 0; r < R; r++) {
+            if (sl_ctx_interrupted(a->ctx))
+                return interrupted(a);
+            uint8_t *row = keep + (h * R + r) * C;
+            int64_t i0 = r * p->bq, i1 = (r + 1) * p->bq < dm.nq ? (r + 1) * p->bq - 1 : dm.nq - 1, T = C;
+            if (p->causal) {
+                /* positions: floor division of a possibly negative numerator */
+                int64_t vis = (int64_t)floor((double)(i1 + dm.offset) / (double)p->bk) + 1;
+                int64_t w0 = (int64_t)floor((double)(i0 + dm.offset - p->window) / (double)p->bk);
+                vis = vis > C ? C : vis;
+                w0 = w0 < 0 ? 0 : w0;
+                for (int64_t c = w0; c < vis; c++)
+                    row[c] = 1;
+                T = w0 < vis ? w0 : vis;
+            }
+            int32_t ev = 0;
+            if (T <= p->kb) {
+                for (int64_t c = 0; c < T; c++)
+                    row[c] = 1;
+                evals[h * R + r] = 0;
+                continue;
+            }
+            int64_t n = p->kb;
+            for (int64_t g = 0; g < n; g++) {
+                cur[g].a = g * T / p->kb;
+                cur[g].b = (g + 1) * T / p->kb - 1;
+                /* a one-block initial group is scored when made (it may carry over) */
+                cur[g].s = cur[g].a == cur[g].b ? hip_rep(&dm, q, k, h, i0, i1, cur[g].a, p->bk, p->qstride) : 0;
+                ev += cur[g].a == cur[g].b;
+            }
+            for (;;) {
+                int64_t m = 0, split = 0;
+                for (int64_t g = 0; g < n; g++) {
+                    if (cur[g].b > cur[g].a) {
+                        /* the draft's split: the left half holds floor(size / 2) blocks */
+                        int64_t mid = cur[g].a + (cur[g].b - cur[g].a + 1) / 2 - 1;
+                        next[m].a = cur[g].a;
+                        next[m].b = mid;
+                        next[m].s = hip_rep(&dm, q, k, h, i0, i1, cur[g].a, p->bk, p->qstride);
+                        m++;
+                        next[m].a = mid + 1;
+                        next[m].b = cur[g].b;
+                        next[m].s = hip_rep(&dm, q, k, h, i0, i1, mid + 1, p->bk, p->qstride);
+                        m++;
+                        split++;
+                    } else {
+                        next[m++] = cur[g];
+                    }
+                }
+                if (!split)
+                    break;
+                ev += (int32_t)(2 * split);
+                qsort(next, (size_t)m, sizeof *next, hip_node_cmp);
+                n = m < p->kb ? m : p->kb;
+                memcpy(cur, next, (size_t)n * sizeof *cur);
+            }
+            for (int64_t g = 0; g < n; g++)
+                row[cur[g].a] = 1;
+            evals[h * R + r] = ev;
+        }
+    return SL_OK;
+}
+
 size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
-    (void)params, (void)n_threads;
+    (void)n_threads;
     switch (op) {
     case SL_OP_ATTN_THRESHOLD: return (size_t)(in[1].shape[1] + in[0].shape[2]) * sizeof(double);
     case SL_OP_SELECT_PQ_MATCH:
         return (size_t)(in[1].shape[1] * in[2].shape[1] + in[2].shape[1] + in[1].shape[1]) * sizeof(int32_t);
+    case SL_OP_SELECT_HIP_TREE: {
+        const sl_select_hip_tree_params *p = params;
+        /* nodes exist only when T > kb, so kb < C: min(kb, C) bounds them */
+        int64_t C = (in[1].shape[1] + p->bk - 1) / p->bk;
+        return (size_t)(3 * (p->kb < C ? p->kb : C)) * sizeof(hip_node);
+    }
     default: return 0;
     }
 }

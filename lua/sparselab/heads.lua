@@ -11,7 +11,16 @@
 --   "l2"        mean ‖o_h‖ over tokens of the head's attention output (a
 --               DejaVu-style magnitude, forward only);
 --   "kl"        KL(dense ‖ head removed) of the next-token distributions
---               (ShadowLLM's oracle ablation).
+--               (ShadowLLM's oracle ablation);
+--   "gradient"  the card's proxy |∂L/∂ξ_h| at ξ = 1 (Michel et al.), with L
+--               the text's mean NLL and ξ_h a multiplier on the head's
+--               output: the runner has no backward, so the derivative is the
+--               central difference (L(1 + ε) − L(1 − ε)) / 2ε, ε = opts.eps
+--               (default 1e-2), 2 forwards per head (Hd.central_diff; its
+--               convergence to the analytic derivative is tested on a tiny
+--               layer written out in tests/lua/test_heads.lua).
+-- opts.removed ({[layer] = {[head] = true}}) scores with those heads already
+-- removed (Hd.iterative: the paper's iterative pruning with re-scoring).
 -- Layers and heads are 0-based, tables are imp[layer][head].
 local sl = require "sparselab"
 
@@ -35,11 +44,45 @@ local function score(model, tokens, schedule)
   return m.nll, m.kl
 end
 
+--- The central difference (f(x + eps) − f(x − eps)) / (2·eps).
+function Hd.central_diff(f, x, eps)
+  return (f(x + eps) - f(x - eps)) / (2 * eps)
+end
+
+--- The spec of a head whose output is multiplied by xi (ξ_h of the card).
+local function scaled_spec(xi)
+  return {method = {id = "xi_scale", title = "head output times xi", family = "probe", phase = "both", params = {},
+    run = function(prob)
+      local o = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true})
+      local t = o:totable()
+      for _, hd in ipairs(t) do for _, row in ipairs(hd) do for c = 1, #row do row[c] = row[c] * xi end end end
+      return {o = sl.tensor(t)}
+    end}}
+end
+
+--- The schedule with `removed` skipped and head (l, h) scaled by xi.
+local function schedule_with(removed, l, h, xi)
+  local sch = Hd.schedule(removed or {})
+  if l then
+    sch.heads[l] = sch.heads[l] or {}
+    sch.heads[l][h] = scaled_spec(xi)
+  end
+  return sch
+end
+
+local function nll_of(model, tokens, sch)
+  local logits = model:run{tokens = tokens, attention = sch}
+  return sl.model_c.compare(logits, logits, tokens).nll
+end
+
 --- Importance of every head: imp[layer][head] (0-based) by measure over the
 --- texts (lists of token ids or strings). opts.normalize: divide each layer's
---- scores by their ℓ2 norm.
+--- scores by their ℓ2 norm; opts.removed: heads already removed (they score
+--- 0); opts.eps: the central-difference step of "gradient".
 function Hd.importance(model, texts, measure, opts)
   opts = opts or {}
+  local removed = opts.removed or {}
+  local function gone(l, h) return removed[l] and removed[l][h] end
   local L, H = model.cfg.n_layers, model.cfg.n_heads
   local imp = {}
   for l = 0, L - 1 do imp[l] = {}; for h = 0, H - 1 do imp[l][h] = 0 end end
@@ -64,18 +107,38 @@ function Hd.importance(model, texts, measure, opts)
     end
   elseif measure == "ablation" or measure == "kl" then
     for _, tokens in ipairs(toks) do
-      local base = score(model, tokens, nil)
+      local base = next(removed) and nll_of(model, tokens, Hd.schedule(removed)) or score(model, tokens, nil)
       for l = 0, L - 1 do
         for h = 0, H - 1 do
-          local nll, kl = score(model, tokens, Hd.schedule({[l] = {[h] = true}}))
-          -- |ΔNLL| per text, then the mean (the card takes |.| per example)
-          imp[l][h] = imp[l][h] + (measure == "kl" and kl or math.abs(nll - base)) / #toks
+          if not gone(l, h) then
+            local rm = {}
+            for ll, hs in pairs(removed) do rm[ll] = {}; for hh, v in pairs(hs) do rm[ll][hh] = v end end
+            rm[l] = rm[l] or {}
+            rm[l][h] = true
+            local nll, kl = score(model, tokens, Hd.schedule(rm))
+            -- |ΔNLL| per text, then the mean (the card takes |.| per example)
+            imp[l][h] = imp[l][h] + (measure == "kl" and kl or math.abs(nll - base)) / #toks
+          end
+        end
+      end
+    end
+  elseif measure == "gradient" then
+    local eps = opts.eps or 1e-2
+    for _, tokens in ipairs(toks) do
+      for l = 0, L - 1 do
+        for h = 0, H - 1 do
+          if not gone(l, h) then
+            local g = Hd.central_diff(function(xi) return nll_of(model, tokens, schedule_with(removed, l, h, xi)) end, 1, eps)
+            -- E_x |∂L(x)/∂ξ_h|: the absolute value per text, then the mean
+            imp[l][h] = imp[l][h] + math.abs(g) / #toks
+          end
         end
       end
     end
   else
-    sl.fail("heads.importance: measure must be 'ablation', 'kl' or 'l2', found '%s'", tostring(measure))
+    sl.fail("heads.importance: measure must be 'ablation', 'kl', 'l2' or 'gradient', found '%s'", tostring(measure))
   end
+  for l, hs in pairs(removed) do for h, v in pairs(hs) do if v then imp[l][h] = 0 end end end
   if opts.normalize then
     for l = 0, L - 1 do
       local n2 = 0
@@ -104,6 +167,37 @@ function Hd.lowest(imp, count)
     out[l][h] = true
   end
   return out
+end
+
+--- Iterative pruning with re-scoring (Michel et al. §4): remove `step` heads
+--- of least importance, score the remaining heads again with those removed,
+--- until `count` heads are removed. Returns the removed set and the removal
+--- order ({layer, head} pairs). opts as Hd.importance.
+function Hd.iterative(model, texts, measure, count, step, opts)
+  opts = opts or {}
+  local removed, order = {}, {}
+  while #order < count do
+    local o = {}
+    for k, v in pairs(opts) do o[k] = v end
+    o.removed = removed
+    local imp = Hd.importance(model, texts, measure, o)
+    local live = {}
+    for l, hs in pairs(imp) do
+      live[l] = {}
+      for h, x in pairs(hs) do if not (removed[l] and removed[l][h]) then live[l][h] = x end end
+    end
+    local pick = Hd.lowest(live, math.min(step, count - #order))
+    local picked = {}
+    for l, hs in pairs(pick) do for h in pairs(hs) do picked[#picked + 1] = {l, h} end end
+    table.sort(picked, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+    if #picked == 0 then break end
+    for _, lh in ipairs(picked) do
+      removed[lh[1]] = removed[lh[1]] or {}
+      removed[lh[1]][lh[2]] = true
+      order[#order + 1] = lh
+    end
+  end
+  return removed, order
 end
 
 -- ---- the head-importance predictor (card head_neuron_predictor, ShadowLLM) ----
@@ -214,10 +308,167 @@ function Hd.train_predictor(samples, lambda)
     for t = 1, T do y[t] = x.y[t] - mean[t] end
     res[i] = {x = x.x, y = y}
   end
-  return {mean = mean, W = Hd.fit_predictor(res, lambda)}
+  return {kind = "ridge", mean = mean, W = Hd.fit_predictor(res, lambda)}
+end
+
+-- ---- the card's MLP predictor (ShadowLLM B1EPredModel: fc(F -> hidden),
+-- ReLU, fc(hidden -> L·H); MSE; AdamW lr 1e-3 with cosine annealing) ----
+-- Full-batch training (the workbench has tens of prompts, not a data
+-- loader's worth). Features and targets are standardised with the training
+-- set's mean and std (a constant feature is dropped; a constant target is
+-- predicted as that constant exactly). Matrix products run in C (mm.dense).
+
+local function rng(seed)
+  local st = seed
+  return function()
+    st = (st * 1103515245 + 12345) % 2147483648
+    return st / 2147483648
+  end
+end
+
+local function transpose(t)
+  local out = {}
+  for j = 1, #t[1] do
+    local r = {}
+    for i = 1, #t do r[i] = t[i][j] end
+    out[j] = r
+  end
+  return out
+end
+
+local function mm(x, w) return sl.mm.dense(sl.tensor(x), sl.tensor(w)):totable() end -- x·wᵀ
+
+--- Forward pass of the MLP on standardised rows X (a table of rows): the
+--- outputs [N][T], and the pre-activations [N][hidden] for the backward.
+local function mlp_forward(net, X)
+  local Z = mm(X, net.W1)
+  for _, r in ipairs(Z) do for j = 1, #r do r[j] = r[j] + net.b1[j] end end
+  local A = {}
+  for i, r in ipairs(Z) do
+    local a = {}
+    for j = 1, #r do a[j] = r[j] > 0 and r[j] or 0 end
+    A[i] = a
+  end
+  local Y = mm(A, net.W2)
+  for _, r in ipairs(Y) do for t = 1, #r do r[t] = r[t] + net.b2[t] end end
+  return Y, Z, A
+end
+
+--- MSE loss (mean over rows and outputs) of net on X against Y and its
+--- gradients {W1, b1, W2, b2} (the manual backward).
+function Hd.mlp_grad(net, X, Yt)
+  local Y, Z, A = mlp_forward(net, X)
+  local N, T = #Y, #Y[1]
+  local dY, loss = {}, 0
+  for i = 1, N do
+    local r = {}
+    for t = 1, T do
+      local e = Y[i][t] - Yt[i][t]
+      loss = loss + e * e
+      r[t] = 2 * e / (N * T)
+    end
+    dY[i] = r
+  end
+  local gW2 = mm(transpose(dY), transpose(A))   -- [T][hidden]
+  local dA = mm(dY, transpose(net.W2))          -- [N][hidden]
+  for i, r in ipairs(dA) do for j = 1, #r do if Z[i][j] <= 0 then r[j] = 0 end end end
+  local gW1 = mm(transpose(dA), transpose(X))   -- [hidden][F]
+  local gb1, gb2 = {}, {}
+  for j = 1, #net.b1 do local s = 0; for i = 1, N do s = s + dA[i][j] end; gb1[j] = s end
+  for t = 1, T do local s = 0; for i = 1, N do s = s + dY[i][t] end; gb2[t] = s end
+  return loss / (N * T), {W1 = gW1, b1 = gb1, W2 = gW2, b2 = gb2}
+end
+
+local function standardise(rows)
+  local F, mean, sd = #rows[1], {}, {}
+  for j = 1, F do
+    local s, s2 = 0, 0
+    for _, r in ipairs(rows) do s = s + r[j]; s2 = s2 + r[j] * r[j] end
+    mean[j] = s / #rows
+    sd[j] = math.sqrt(math.max(0, s2 / #rows - mean[j] ^ 2))
+  end
+  return mean, sd
+end
+
+local function scaled(x, mean, sd)
+  local out = {}
+  for j = 1, #x do out[j] = sd[j] > 1e-12 and (x[j] - mean[j]) / sd[j] or 0 end
+  return out
+end
+
+--- A freshly initialised net (PyTorch nn.Linear's U(±1/√fan_in), seeded).
+function Hd.mlp_init(F, hidden, T, seed)
+  local u = rng(seed or 1)
+  local function mat(rows, cols, b)
+    local m = {}
+    for i = 1, rows do
+      local r = {}
+      for j = 1, cols do r[j] = (2 * u() - 1) * b end
+      m[i] = r
+    end
+    return m
+  end
+  local b1, b2 = 1 / math.sqrt(F), 1 / math.sqrt(hidden)
+  return {W1 = mat(hidden, F, b1), b1 = mat(1, hidden, b1)[1], W2 = mat(T, hidden, b2), b2 = mat(1, T, b2)[1]}
+end
+
+--- Trains the MLP predictor on samples {x =, y =}; o: hidden (2048, the
+--- card's), steps (400), lr (1e-3), weight_decay (0.01: torch AdamW's
+--- default), seed. Returns {kind = "mlp", net, xm, xs, ym, ys, losses}.
+function Hd.train_mlp(samples, o)
+  o = o or {}
+  local X0, Y0 = {}, {}
+  for i, s in ipairs(samples) do X0[i], Y0[i] = s.x, s.y end
+  local xm, xs = standardise(X0)
+  local ym, ys = standardise(Y0)
+  local X, Y = {}, {}
+  for i = 1, #X0 do X[i], Y[i] = scaled(X0[i], xm, xs), scaled(Y0[i], ym, ys) end
+  local steps, lr0, wd = o.steps or 400, o.lr or 1e-3, o.weight_decay or 0.01
+  local net = Hd.mlp_init(#X[1], o.hidden or 2048, #Y[1], o.seed or 1)
+  local m, v, losses = {}, {}, {}
+  local b1, b2, eps = 0.9, 0.999, 1e-8
+  for t = 1, steps do
+    local loss, g = Hd.mlp_grad(net, X, Y)
+    losses[t] = loss
+    local lr = lr0 * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps)) -- CosineAnnealingLR(T_max = steps)
+    local c1, c2 = 1 - b1 ^ t, 1 - b2 ^ t
+    for name, gp in pairs(g) do
+      m[name] = m[name] or {}
+      v[name] = v[name] or {}
+      local par, mm_, vv = net[name], m[name], v[name]
+      local function upd(i, j, gv)
+        local key = j and (i - 1) * #gp[1] + j or i
+        mm_[key] = b1 * (mm_[key] or 0) + (1 - b1) * gv
+        vv[key] = b2 * (vv[key] or 0) + (1 - b2) * gv * gv
+        local pv = j and par[i][j] or par[i]
+        pv = pv * (1 - lr * wd) - lr * (mm_[key] / c1) / (math.sqrt(vv[key] / c2) + eps)
+        if j then par[i][j] = pv else par[i] = pv end
+      end
+      if type(gp[1]) == "table" then
+        for i, row in ipairs(gp) do for j, gv in ipairs(row) do upd(i, j, gv) end end
+      else
+        for i, gv in ipairs(gp) do upd(i, nil, gv) end
+      end
+    end
+  end
+  return {kind = "mlp", net = net, xm = xm, xs = xs, ym = ym, ys = ys, losses = losses}
+end
+
+--- Trains the predictor named by kind: "ridge" (Hd.train_predictor, o.lambda)
+--- or "mlp" (Hd.train_mlp, o as there).
+function Hd.train(samples, kind, o)
+  o = o or {}
+  if kind == "ridge" then return Hd.train_predictor(samples, o.lambda or 100) end
+  if kind == "mlp" then return Hd.train_mlp(samples, o) end
+  sl.fail("heads.train: predictor must be 'ridge' or 'mlp', found '%s'", tostring(kind))
 end
 
 function Hd.predict_scores(P, x)
+  if P.kind == "mlp" then
+    local y = mlp_forward(P.net, {scaled(x, P.xm, P.xs)})[1]
+    for t = 1, #y do y[t] = P.ys[t] > 1e-12 and P.ym[t] + P.ys[t] * y[t] or P.ym[t] end
+    return y
+  end
   local r = Hd.predict(P.W, x)
   for t = 1, #r do r[t] = r[t] + P.mean[t] end
   return r

@@ -16,7 +16,10 @@
 -- scores internally and returns index lists (sl.select.pq_match: PQ code
 -- matching) keeps its row_ptr, and each row's keys are replaced by as many
 -- keys drawn at random from that row's visible keys (sorted, valid for the
--- executor): a score-blind selection of the same size. The executors
+-- executor): a score-blind selection of the same size; likewise
+-- sl.select.hip_tree (HiP's tree, issue 16 session 3) keeps its evals and
+-- each query block's count of kept key blocks, drawn at random from the
+-- blocks it sees. The executors
 -- (sl.attn.*) are never mutated.
 -- A method whose tests still pass under it tests plumbing, not its
 -- estimator. SL_MUTATE=score_blind is the only variant.
@@ -133,6 +136,35 @@ sl.select.pq_match = function(q, k, cb, args)
     end
   end
   return rp, sl.tensor(out, "i32")
+end
+
+-- select.hip_tree(q, k, args) -> keep u8 [Hq, R, C], evals: each (head, query block) keeps as many key blocks,
+-- drawn at random (seeded as above) from the blocks its last row sees (causal) or all C.
+local hip_tree = sl.select.hip_tree
+sl.select.hip_tree = function(q, k, args)
+  local keep, evals = hip_tree(q, k, args)
+  reseed("select.hip_tree", table.pack(keep, evals))
+  local nq, nk = q:shape()[2], k:shape()[2]
+  local bq, bk = args.bq or 32, args.bk or 8
+  local causal = args.causal == nil or (args.causal ~= 0 and args.causal ~= false)
+  local t = keep:totable()
+  for _, hr in ipairs(t) do
+    for r, row in ipairs(hr) do
+      local cnt = 0
+      for _, x in ipairs(row) do cnt = cnt + x end
+      local last = math.min(r * bq, nq) - 1
+      local vis = causal and math.min(#row, (last + nk - nq) // bk + 1) or #row
+      local pool = {}
+      for c = 1, vis do pool[c] = c end
+      for i = 1, cnt do
+        local u = i + math.floor(rnd() * (vis - i + 1))
+        pool[i], pool[u] = pool[u], pool[i]
+      end
+      for c = 1, #row do row[c] = 0 end
+      for i = 1, cnt do row[pool[i]] = 1 end
+    end
+  end
+  return sl.tensor(t, "u8"), evals
 end
 
 return true

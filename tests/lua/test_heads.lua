@@ -313,5 +313,206 @@ test("head_neuron_predictor: a predictor trained on ablation scores masks the ze
   truthy(max_diff(bcut, ref) > 1e-3, "the blind mask changes the logits")
 end)
 
+test("sixteen_heads: the central difference in ξ_h converges to the analytic ∂L/∂ξ_h on a tiny layer (float64, written here)", function()
+  -- y_t = x_t + Σ_h ξ_h o_{h,t} W_o,h ; logits_t = y_t W_out ; L = mean_t −log softmax(logits_t)[target_t]
+  local n, D, NHt, HDt, Vt = 6, 4, 2, 2, 5
+  local st = 99
+  local function u() st = (st * 1103515245 + 12345) % 2147483648; return st / 2147483648 * 2 - 1 end
+  local x, o, Wo, Wout, tgt = {}, {}, {}, {}, {}
+  for t = 1, n do x[t] = {}; for c = 1, D do x[t][c] = u() end; tgt[t] = (t * 3) % Vt + 1 end
+  for h = 1, NHt do
+    o[h], Wo[h] = {}, {}
+    for t = 1, n do o[h][t] = {}; for e = 1, HDt do o[h][t][e] = u() end end
+    for e = 1, HDt do Wo[h][e] = {}; for c = 1, D do Wo[h][e][c] = u() end end
+  end
+  for c = 1, D do Wout[c] = {}; for v = 1, Vt do Wout[c][v] = 2 * u() end end
+  local function contrib(h, t) -- o_{h,t} W_o,h  [D]
+    local r = {}
+    for c = 1, D do r[c] = 0; for e = 1, HDt do r[c] = r[c] + o[h][t][e] * Wo[h][e][c] end end
+    return r
+  end
+  local function logits(xi, t)
+    local y = {}
+    for c = 1, D do y[c] = x[t][c] end
+    for h = 1, NHt do local r = contrib(h, t); for c = 1, D do y[c] = y[c] + xi[h] * r[c] end end
+    local z = {}
+    for v = 1, Vt do z[v] = 0; for c = 1, D do z[v] = z[v] + y[c] * Wout[c][v] end end
+    return z
+  end
+  local function loss(xi)
+    local s = 0
+    for t = 1, n do
+      local z, m = logits(xi, t), -math.huge
+      for v = 1, Vt do m = math.max(m, z[v]) end
+      local lz = 0
+      for v = 1, Vt do lz = lz + math.exp(z[v] - m) end
+      s = s - (z[tgt[t]] - m - math.log(lz))
+    end
+    return s / n
+  end
+  local ones = {1, 1}
+  for h = 1, NHt do
+    -- analytic: mean_t Σ_v (p_tv − [v = target_t]) (o_{h,t} W_o,h W_out)_v
+    local g = 0
+    for t = 1, n do
+      local z, m = logits(ones, t), -math.huge
+      for v = 1, Vt do m = math.max(m, z[v]) end
+      local lz = 0
+      for v = 1, Vt do lz = lz + math.exp(z[v] - m) end
+      local r = contrib(h, t)
+      for v = 1, Vt do
+        local dv = 0
+        for c = 1, D do dv = dv + r[c] * Wout[c][v] end
+        g = g + (math.exp(z[v] - m) / lz - (v == tgt[t] and 1 or 0)) * dv
+      end
+    end
+    g = g / n
+    local function fd(eps)
+      return Hd.central_diff(function(a) local xi = {1, 1}; xi[h] = a; return loss(xi) end, 1, eps)
+    end
+    local e1, e2, e3 = math.abs(fd(0.2) - g), math.abs(fd(0.1) - g), math.abs(fd(1e-3) - g)
+    truthy(e1 > 0 and e2 / e1 < 0.3 and e2 / e1 > 0.2, string.format("O(ε²): error %.3g at 0.2, %.3g at 0.1", e1, e2))
+    near(fd(1e-3), g, 1e-7 * math.max(1, math.abs(g)), "ε = 1e-3 equals the analytic derivative")
+    truthy(math.abs(g) > 1e-3, "a nonzero derivative")
+    truthy(e3 < e2, "smaller step, smaller error")
+  end
+end)
+
+test("sixteen_heads: gradient importance on the runner: the dead head is exactly 0, live heads are not; ε and ε/2 agree; the lowest-gradient head's removal keeps the logits, a score-blind removal does not", function()
+  local g1 = Hd.importance(model, {tokens}, "gradient", {eps = 1e-2})
+  local g2 = Hd.importance(model, {tokens}, "gradient", {eps = 5e-3})
+  eq(g1[DEAD_L][DEAD_H], 0.0, "dead head")
+  local live = 0
+  for l = 0, L - 1 do for h = 0, NH - 1 do
+    if not (l == DEAD_L and h == DEAD_H) then
+      truthy(g1[l][h] > 1e-4, "live head has a gradient")
+      near(g2[l][h], g1[l][h], 0.05 * g1[l][h] + 1e-4, "steps agree")
+      live = live + 1
+    end
+  end end
+  eq(live, L * NH - 1, "live heads")
+  local pick = Hd.lowest(g1, 1)
+  truthy(pick[DEAD_L] and pick[DEAD_L][DEAD_H], "the lowest gradient is the dead head")
+  local ref = model:run{tokens = tokens, attention = {default = "dense", heads = {[0] = {[0] = "dense"}}}}
+  eq(max_diff(model:run{tokens = tokens, attention = Hd.schedule(pick)}, ref), 0.0, "logits unchanged")
+  -- score-blind: the first head in order (layer 0, head 0)
+  truthy(max_diff(model:run{tokens = tokens, attention = Hd.schedule({[0] = {[0] = true}})}, ref) > 1e-3,
+    "a score-blind removal changes the logits")
+  H.raises(function() Hd.importance(model, {tokens}, "hessian") end, "measure must be", "bad measure")
+end)
+
+test("sixteen_heads: iterative pruning with re-scoring removes count heads, the dead head first, each once; step = count is one-shot", function()
+  local removed, order = Hd.iterative(model, {tokens}, "gradient", 3, 1, {eps = 1e-2})
+  eq(#order, 3, "three removed")
+  eq(order[1][1], DEAD_L, "dead head first (layer)")
+  eq(order[1][2], DEAD_H, "dead head first (head)")
+  local seen = {}
+  for _, lh in ipairs(order) do
+    local key = lh[1] * NH + lh[2]
+    truthy(not seen[key], "each head once")
+    seen[key] = true
+    truthy(removed[lh[1]][lh[2]], "in the removed set")
+  end
+  -- one round of 3 is the one-shot lowest 3
+  local once = Hd.iterative(model, {tokens}, "gradient", 3, 3, {eps = 1e-2})
+  local shot = Hd.lowest(Hd.importance(model, {tokens}, "gradient", {eps = 1e-2}), 3)
+  for l, hs in pairs(shot) do for h in pairs(hs) do truthy(once[l][h], "one-shot equivalence") end end
+  -- re-scoring with the dead head removed leaves its score 0 and changes no other head's (it contributed nothing)
+  local a = Hd.importance(model, {tokens}, "ablation")
+  local b = Hd.importance(model, {tokens}, "ablation", {removed = {[DEAD_L] = {[DEAD_H] = true}}})
+  for l = 0, L - 1 do for h = 0, NH - 1 do near(b[l][h], a[l][h], 1e-9, "same scores without a dead head") end end
+end)
+
+test("head_neuron_predictor: the MLP's manual backward matches central differences of its loss", function()
+  local net = Hd.mlp_init(3, 5, 2, 11)
+  local X, Y = {}, {}
+  for i = 1, 6 do
+    X[i] = {math.sin(i), math.cos(2 * i), 0.3 * i - 1}
+    Y[i] = {math.sin(i * 0.7), i % 2 == 0 and 1 or -1}
+  end
+  local _, g = Hd.mlp_grad(net, X, Y)
+  local h = 1e-2 -- the products run in f32: a step large enough for f32 rounding, small for the curvature
+  local checked = 0
+  for _, name in ipairs{"W1", "b1", "W2", "b2"} do
+    local par = net[name]
+    local cells = {}
+    if type(par[1]) == "table" then
+      for i = 1, #par do for j = 1, #par[1] do cells[#cells + 1] = {i, j} end end
+    else
+      for i = 1, #par do cells[#cells + 1] = {i} end
+    end
+    for _, c in ipairs(cells) do
+      local function set(v) if c[2] then par[c[1]][c[2]] = v else par[c[1]] = v end end
+      local v0 = c[2] and par[c[1]][c[2]] or par[c[1]]
+      set(v0 + h); local lp = Hd.mlp_grad(net, X, Y)
+      set(v0 - h); local lm = Hd.mlp_grad(net, X, Y)
+      set(v0)
+      local num = (lp - lm) / (2 * h)
+      local ana = c[2] and g[name][c[1]][c[2]] or g[name][c[1]]
+      near(ana, num, 2e-3 + 2e-2 * math.abs(num), name .. " gradient")
+      checked = checked + 1
+    end
+  end
+  eq(checked, 3 * 5 + 5 + 5 * 2 + 2, "every parameter")
+end)
+
+test("head_neuron_predictor: the MLP predictor learns a nonlinear score map the ridge map cannot; a shuffled-target MLP does not", function()
+  -- scores of 6 'heads' depending on |x1| and x2·x3 (no linear signal)
+  local function draw(seed, n)
+    local st, out = seed, {}
+    local function u() st = (st * 1103515245 + 12345) % 2147483648; return st / 2147483648 * 2 - 1 end
+    for i = 1, n do
+      local x = {u(), u(), u(), 1}
+      local y = {}
+      for t = 1, 6 do y[t] = (t <= 3 and math.abs(x[1]) or x[2] * x[3]) * t + (t % 2) * 0.2 end
+      out[i] = {x = x, y = y}
+    end
+    return out
+  end
+  local train, test_s = draw(3, 60), draw(4, 30)
+  -- measure the R² of head 1 (|x1|) and head 4 (x2·x3) on held-out samples
+  local function r2(P, t)
+    local m, ss, sr = 0, 0, 0
+    for _, s in ipairs(test_s) do m = m + s.y[t] end
+    m = m / #test_s
+    for _, s in ipairs(test_s) do
+      local p = Hd.predict_scores(P, s.x)[t]
+      ss = ss + (s.y[t] - m) ^ 2
+      sr = sr + (s.y[t] - p) ^ 2
+    end
+    return 1 - sr / ss
+  end
+  local mlp = Hd.train(train, "mlp", {hidden = 64, steps = 300, lr = 1e-2, seed = 5})
+  local ridge = Hd.train(train, "ridge", {lambda = 1e-3})
+  for _, t in ipairs{1, 4} do
+    local a, b = r2(mlp, t), r2(ridge, t)
+    truthy(a > 0.8, string.format("MLP held-out R² of head %d: %.3f", t, a))
+    truthy(b < 0.3, string.format("ridge held-out R² of head %d: %.3f", t, b))
+  end
+  -- score-blind: the same MLP trained on targets shuffled across samples
+  local shuf = {}
+  for i, s in ipairs(train) do shuf[i] = {x = s.x, y = train[(i * 17) % #train + 1].y} end
+  local blind = Hd.train(shuf, "mlp", {hidden = 64, steps = 300, lr = 1e-2, seed = 5})
+  truthy(r2(blind, 1) < 0.3, string.format("shuffled-target MLP R² %.3f", r2(blind, 1)))
+  H.raises(function() Hd.train(train, "svm") end, "must be 'ridge' or 'mlp'", "bad kind")
+end)
+
+test("head_neuron_predictor: an MLP predictor trained on ablation scores masks the zero-importance head (logits unchanged)", function()
+  local samples = {}
+  for len = 16, 40, 4 do
+    local p = {}
+    for i = 1, len do p[i] = tokens[i] end
+    samples[#samples + 1] = Hd.sample(model, p, "ablation")
+  end
+  local P = Hd.train(samples, "mlp", {hidden = 32, steps = 100, seed = 2})
+  local pred = Hd.predict_scores(P, Hd.features(model, tokens))
+  near(pred[DEAD_L * NH + DEAD_H + 1], 0, 1e-12, "a target that is 0 on every prompt is predicted as 0")
+  local mask = Hd.per_layer(pred, L, NH, 0.25)
+  truthy(mask[DEAD_L][DEAD_H], "predicted mask holds the dead head")
+  local ref = model:run{tokens = tokens, attention = {default = "dense", heads = {[0] = {[0] = "dense"}}}}
+  local cut = model:run{tokens = tokens, attention = Hd.schedule({[DEAD_L] = mask[DEAD_L]})}
+  eq(max_diff(cut, ref), 0.0, "logits unchanged")
+end)
+
 os.remove(path)
 H.done()

@@ -99,6 +99,33 @@ test("hip_attention: tree over real scores beats a score-blind tree (same budget
   truthy(rk > rb + 0.05, string.format("recall tree %.3f, score-blind %.3f", rk, rb))
 end)
 
+test("hip_attention: the C tree (select.hip_tree) keeps what the Lua tree keeps over the full tile-max map, scoring far fewer blocks", function()
+  local prob = problem(384, 16, 1704)
+  local m = sl.methods.get("hip_attention")
+  for _, o in ipairs{{bq = 16, bk = 4, window = 16, budget = 24}, {bq = 8, bk = 2, window = 0, budget = 10}} do
+    local pt = sl.registry.resolve(m, {bq = o.bq, bk = o.bk, window = o.window}, o.budget)
+    local pl = sl.registry.resolve(m, {bq = o.bq, bk = o.bk, window = o.window, estimator = "lowbit"}, o.budget)
+    local mt, it = m.estimate(prob, pt)
+    local ml = m.estimate(prob, pl)
+    near(mt:density(true), ml:density(true), 1e-12, "same density")
+    local _, lt = sl.attn.block_sparse(prob.q, prob.k, prob.v, mt)
+    local _, ll = sl.attn.block_sparse(prob.q, prob.k, prob.v, ml)
+    local x, y = lt:totable(), ll:totable()
+    for h = 1, HQ do for i = 1, 384 do eq(x[h][i], y[h][i], "same kept set (identical lse)") end end
+    truthy(it.stats.tree_evaluations > 0, "the tree scored something")
+  end
+  -- cost: doubling n doubles the query blocks and adds one level (~2.4x the
+  -- block scores), while the tile-max map grows 4x
+  local function evals(n)
+    local pr = problem(n, 16, 1705)
+    local p = sl.registry.resolve(m, {bq = 16, bk = 4, window = 16}, 24)
+    local _, info = m.estimate(pr, p)
+    return info.stats.tree_evaluations
+  end
+  local e1, e2 = evals(512), evals(1024)
+  truthy(e2 / e1 < 3 and e2 / e1 > 1.8, string.format("evaluations %d -> %d when n doubles", e1, e2))
+end)
+
 test("top_theta: k >= n is dense; kept keys are those above θ; θ falls as k grows; blind choice loses recall", function()
   local prob = problem(200, 16, 1703)
   local m = sl.methods.get("top_theta")

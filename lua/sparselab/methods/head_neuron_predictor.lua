@@ -7,10 +7,17 @@
 --      (sparselab.heads.sample);
 --   2. predictor: input the layer-1 queries of the last token (a linear image
 --      of the state after the first layer: ShadowLLM's "b1e"), output L·H head
---      scores; a ridge map on the residual over the static mean
---      (sparselab.heads.train_predictor) instead of the card's MLP + AdamW
---      (a few dozen prompts here), evaluated by Spearman ρ on held-out prompts
---      (sparselab.heads.spearman; experiments/heads.lua);
+--      scores. The card's MLP (sparselab.heads.train_mlp; B1EPredModel of
+--      abdelfattah-lab/shadow_llm emnlp_activation_predictor.py: fc(F ->
+--      2048), ReLU, fc(2048 -> L·H); MSE; AdamW lr 1e-3, CosineAnnealingLR),
+--      trained full-batch on CPU with a manual backward (matrix products by
+--      mm.dense), features and targets standardised on the training set;
+--      option "ridge" (sparselab.heads.train_predictor: a ridge map on the
+--      residual over the static mean) kept for comparison
+--      (sparselab.heads.train(samples, "mlp" | "ridge")). Evaluated by
+--      Spearman ρ on held-out prompts (sparselab.heads.spearman;
+--      experiments/head_predictor.lua, experiments/heads.lua). Divergences:
+--      full batch instead of mini-batches, no train/validation early stop.
 --   3. apply per layer: the floor(p·H) heads with the lowest predicted score
 --      are masked (skipped, output 0) — sparselab.heads.per_layer + schedule;
 --   4. the static variant (criterion averaged over calibration prompts, a
@@ -18,7 +25,8 @@
 --      criterion of the problem's own heads (a stored static mask: use
 --      sixteen_heads with its calibrate).
 -- Not here: FFN neuron prediction and skipping (the runner has no FFN hook),
---   the gradient criteria (plainact, fisher, ...), the MLP predictor itself.
+--   the gradient criteria (plainact, fisher, ...; sixteen_heads has the
+--   head-mask gradient |∂L/∂ξ_h|), the b1eL / ble predictor styles.
 -- Fidelity as sixteen_heads: masked heads output 0 (L = -inf).
 local sl = require "sparselab"
 

@@ -16,17 +16,32 @@
 --      attn.block_sparse over the union (step 4).
 -- Not here: decode and the mask-refresh interval (step 5), the Self-Extend
 --   RoPE re-positioning, the per-group min/max key bound variant
---   (block_size_k_group > 1), sink tokens of later versions.
--- Emulation: the representatives' scores are read from a precomputed map of
---   tile maxima (score.lowbit with bits = 16: exact f32 scores, max per
---   (bq, bk) tile) — the same numbers the tree would compute, at dense cost.
---   estimator_flops counts only the evaluations the tree makes (2·K_b per
---   level per query block, bq·bk·2d each), as a real HiP kernel pays them.
--- Reference: DeepAuto-AI/hip-attention src/hip_attn/v1_1/attention2_draft.py
---   (masking_iteration_draft_numba_kernel) per the card; defaults mask_k 512,
---   block_size_q 32; the draft's block_size_k = 1 with groups of 8 keys is
---   read here as bk = 8-token key blocks (the representative); window 128.
---   Not fetched this session: the divergences above come from the card.
+--   (block_size_k_group > 1), sink tokens of later versions, sifters
+--   (the draft's stage-0 offset; one sifter = offset 0 here).
+-- Estimator (session 3): select.hip_tree, one C op (ref, cpu, CUDA) that
+--   scores only the representatives of the nodes the tree visits: each new
+--   half's first key block against the block's query rows, when the half is
+--   made — about (2·log2(T/K_b) + 1)·K_b block scores per query block, so the
+--   estimate grows ~ n·K_b·log n, not n² (experiments/hip_cost.lua measures
+--   it against attn.dense at 4K/8K/16K). estimator_flops counts exactly the
+--   scores it made. The old emulation (score.lowbit's dense tile-max map,
+--   then the tree in Lua) stays as estimator = "lowbit", for comparison only:
+--   both keep the same blocks (tested).
+-- Reference, read this session: DeepAuto-AI/hip-attention
+--   src/hip_attn/v1_1/attention2_draft.py, masking_iteration_draft_numba_kernel.
+--   Matched: groups start at int(BSRC/K_b · i); a group splits with the left
+--   half holding floor(size/2) blocks; a half's score is the max of raw q·k
+--   over its first block's keys and the block's queries (qstride = 2 reads
+--   the draft's q[1::2]; default 1 reads every row); the top K_b halves by
+--   score survive each level. Divergences: ties go to the earlier half (the
+--   draft's argsort(-scores) leaves them to numpy's quicksort); the tree range
+--   ends `window` tokens before the block's FIRST row (the draft slices keys
+--   up to the block's last row, then drops sliding_window_size), so the
+--   window blocks here never overlap the tree; scores carry the softmax scale
+--   (order-preserving).
+-- Defaults: mask_k 512, block_size_q 32; the draft's block_size_k = 1 with
+--   groups of 8 keys is read here as bk = 8-token key blocks (the
+--   representative); window 128.
 -- Budget: `budget` tokens (K_b = ceil(budget / bk) blocks); budget >= n
 --   keeps every block = dense causal.
 local sl = require "sparselab"
@@ -51,7 +66,7 @@ local function tree(scores, T, Kb)
     local halves = {}
     for _, g in ipairs(groups) do
       if g[2] > g[1] then
-        local mid = (g[1] + g[2]) // 2
+        local mid = g[1] + (g[2] - g[1] + 1) // 2 - 1 -- the draft's split: left floor(size / 2)
         halves[#halves + 1] = {g[1], mid}
         halves[#halves + 1] = {mid + 1, g[2]}
       else
@@ -72,16 +87,22 @@ local function tree(scores, T, Kb)
   return out, evals
 end
 
-local function estimate(prob, p, blind)
+-- The old emulation (estimator = "lowbit"): every tile's max from
+-- score.lowbit (dense cost), then the Lua tree above over the map; kept only
+-- to compare against the C tree, which must give the same keep.
+local function estimate_lowbit(prob, p, blind)
   local hq = prob.q:shape()[1]
   local d = prob.q:shape()[3]
   local nqb, nkb, nq, nk = E.blocks(prob, p.bq, p.bk)
-  local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
-  local smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
+  local smap
+  if not blind then
+    local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
+    smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
+  end
   local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
   local keep, evals = E.zeros(hq, nqb, nkb), 0
   for h = 1, hq do
-    local rows = smap[h]
+    local rows = smap and smap[h]
     for r = 1, nqb do
       local vis = E.visible(prob, r - 1, p.bq, p.bk, nkb)
       -- the window: from the block of (first row's position - window) to the last visible block
@@ -100,6 +121,24 @@ local function estimate(prob, p, blind)
   return m, {estimator_flops = evals * p.bq * p.bk * 2 * d, stats = {tree_evaluations = evals}}
 end
 
+-- The C tree (select.hip_tree): only the representatives of the visited
+-- nodes are scored, ~ (2·log2(T/K_b) + 1)·K_b block scores per query block.
+-- blind = true: the score-blind variant (tree ordered by position, no
+-- scores), through the Lua tree.
+local function estimate(prob, p, blind)
+  if blind or p.estimator == "lowbit" then return estimate_lowbit(prob, p, blind) end
+  if p.estimator ~= "tree" then sl.fail("hip_attention: estimator must be 'tree' or 'lowbit'; found '%s'", tostring(p.estimator)) end
+  local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
+  local args = {bq = p.bq, bk = p.bk, kb = Kb, window = p.window, causal = prob.causal and 1 or 0,
+    qstride = p.qstride, backend = prob.backend}
+  local keep, evals = sl.select.hip_tree(prob.q, prob.k, args)
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+  local m = sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = p.bq, bk = p.bk, causal = prob.causal})
+  local ev = math.floor(evals:stats()) -- the sum of the per-block counts
+  local rows = (p.bq + p.qstride - 1) // p.qstride
+  return m, {estimator_flops = ev * rows * p.bk * 2 * prob.q:shape()[3], stats = {tree_evaluations = ev}}
+end
+
 return {
   id = "hip_attention",
   card = "hip_attention",
@@ -114,8 +153,10 @@ return {
     bq = {default = 32, min = 1, max = 4096, int = true, doc = "query rows per block"},
     bk = {default = 8, min = 1, max = 4096, int = true, doc = "keys per key block (the representative)"},
     window = {default = 128, min = 0, int = true, doc = "sliding window tokens attended besides the tree"},
+    qstride = {default = 1, min = 1, int = true, doc = "a representative's score uses every qstride-th row of the query block (v1.1 draft: 2)"},
+    estimator = {default = "tree", doc = "'tree': select.hip_tree scores only visited nodes; 'lowbit': the old dense tile-max map + Lua tree (comparison only)"},
   },
-  ops = {"score.lowbit", "attn.block_sparse"},
+  ops = {"select.hip_tree", "attn.block_sparse"},
   checks = {"budget >= n equals dense", "K_b groups per level, final groups one block, sorted unique < T",
     "a needle key per region is found", "score-blind representatives lose recall"},
   estimate = estimate,

@@ -4,18 +4,22 @@
 --   1. head masks ξ_h ∈ {0, 1}: a removed head's attention is not computed
 --      and its output is 0 (in the model runner: the "skip" spec,
 --      sparselab.heads.schedule, so its W_o slice contributes nothing);
---   3. importance, gradient-free (no autograd here): on the model,
---      sparselab.heads.importance — "ablation" |ΔNLL| when the head alone is
---      removed (the finite-difference form of |∂L/∂ξ_h|), "kl", or "l2" —
---      with the paper's per-layer ℓ2 normalisation as an option; on a single
---      attention problem (this recipe's run) the proxy is the head's mean
---      output norm (l2), since the loss needs the whole model;
---   4. pruning: the lowest-importance heads go first (globally in
+--   3. importance on the model (sparselab.heads.importance): "gradient",
+--      the card's proxy I_h = E_x |∂L(x)/∂ξ_h| at ξ = 1 with ξ_h a
+--      multiplier on the head's output (the runner has no backward: the
+--      central difference (L(1+ε) − L(1−ε))/2ε, ε = 1e-2, two forwards per
+--      head; tested to converge to the analytic derivative on a tiny layer
+--      and to agree between ε and ε/2 on the runner); also "ablation"
+--      |ΔNLL| when the head alone is removed, "kl", "l2"; the paper's
+--      per-layer ℓ2 normalisation as an option. On a single attention
+--      problem (this recipe's run) the proxy is the head's mean output norm
+--      (l2), since the loss needs the whole model;
+--   4. pruning: the lowest-importance heads go first, one-shot or iterative
+--      with re-scoring after each round (sparselab.heads.iterative; both in
 --      experiments/heads.lua, which prints perplexity vs heads kept from the
 --      database; per problem here: `keep` = fraction of query heads kept).
--- Not here: the gradient-based proxy itself, the iterative re-scoring of
---   step 4 (the experiment scores once), physically removing Q/K/V/O slices
---   (step 5: skipping is emulated by zero outputs).
+-- Not here: physically removing Q/K/V/O slices (step 5: skipping is
+--   emulated by zero outputs); the exact (autograd) derivative on the model.
 -- Calibration: m.calibrate(problems) stores l2 importances per (layer, head);
 --   without a config the problem scores its own heads (optimistic).
 -- Fidelity: removed heads output 0 (L = -inf): recall counts their rows as
