@@ -1384,7 +1384,52 @@ typedef struct sl_model {
 typedef struct sl_model_hooks {
     void *ud;
     sl_status (*site)(void *ud, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width);
+    /* The linear products (issue 17, session 3): y [n, w.shape[0]] = x [n,
+     * w.shape[1]] . w^T of weight `name` ("wq", "wk", "wv", "wo", "w1", "w3",
+     * "w2") of layer `layer`. NULL, or *done left 0: the dense sgemm runs.
+     * sl_model_exec_linear is one (with linear_ud an sl_model_exec). */
+    void *linear_ud;
+    sl_status (*linear)(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
+                        const sl_tensor *w, float *y, int *done);
 } sl_model_hooks;
+
+/* ---- sparse executors inside the model runner (issue 17, session 3) ----
+ * An sl_model_exec runs a model's linear products through the sparse
+ * executor ops and times every product (wall seconds per weight kind). Per
+ * weight (layer, name) a format: SL_EXEC_DENSE (the runner's sgemm, timed),
+ * SL_EXEC_NM (mm.nm; the weight must already have at most n nonzeros in every
+ * group of m along its rows, else SL_EARG naming the weight and group),
+ * SL_EXEC_BITMAP (mm.bitmap, cap = the largest row count), SL_EXEC_ACT
+ * (mm.act_sparse on the product's input activations with w^T kept beside:
+ * zero activations cost nothing; meant for w2 behind an ffn_hidden hook that
+ * zeroes units) or SL_EXEC_AUTO (bitmap when the weight's density is below
+ * the exec's threshold, else dense). The compressed forms are built from the
+ * weight at set time: re-set after replacing a weight. Products run on the
+ * exec's backend through sl_op_run. */
+typedef struct sl_model_exec sl_model_exec;
+typedef enum sl_exec_format { SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO } sl_exec_format;
+enum { SL_EXEC_KINDS = 7 }; /* wq wk wv wo w1 w3 w2, in this order */
+typedef struct sl_exec_stat {
+    double seconds;     /* wall time of the products */
+    int64_t calls, rows; /* products run, activation rows multiplied */
+    double flops;       /* flops the executors ran (2 per product done) */
+} sl_exec_stat;
+sl_status sl_model_exec_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, sl_model_exec **out);
+void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e);
+/* density threshold of SL_EXEC_AUTO (default 0.4) */
+void sl_model_exec_set_threshold(sl_model_exec *e, double density);
+/* Sets the format of weight (layer, name); n, m only for SL_EXEC_NM. layer
+ * -1: every layer. */
+sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const char *name,
+                            sl_exec_format f, int n, int mm);
+/* The format a weight runs in (AUTO resolved), or -1 for an unknown name. */
+int sl_model_exec_format(const sl_model_exec *e, int layer, const char *name);
+/* Stats of kind k (0..SL_EXEC_KINDS-1) summed over layers; reset zeroes them. */
+sl_exec_stat sl_model_exec_stat(const sl_model_exec *e, int kind);
+void sl_model_exec_reset(sl_model_exec *e);
+/* The hook: ud is the sl_model_exec. */
+sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
+                               const sl_tensor *w, float *y, int *done);
 
 /* The weight tensor called name ("tok_emb", "rms_final", "wcls",
  * "layers.L.{rms_att,wq,wk,wv,wo,rms_ffn,w1,w2,w3}"), or NULL. The caller may
