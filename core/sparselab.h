@@ -1000,6 +1000,38 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * Outputs O [Hq, Nq, D], L [Hq, Nq]; a row with no key gets O = 0, L = -inf.
  * Nothing of size Nq x Nk exists: each row's keys are found from the lists
  * (time proportional to the pairs kept). */
+/* ---- clustering and routing for the model-level cards (issue 17, session 3) ----
+ * The inner loops of sparselab.tokenprune's DPC-kNN and sparselab.moe's
+ * k-means router and gating, as ops. float64 arithmetic in every backend
+ * (the results are index sets: the kernels sum in the same order so that
+ * ref, cpu and cuda agree exactly on non-degenerate inputs).
+ *
+ * cluster.dpc (DPC-kNN, card token_merge_recycle; SparseVLM's
+ * cluster_and_merge): input x [n, D] (n >= 1); param c, c' = min(c, n).
+ * D_ij = sqrt(sum_t (x_it - x_jt)^2 / D) (sum in t order); rho_i = exp(-(sum
+ * of the c' smallest D_ij^2 over j, self included, added in ascending
+ * order) / c'); j is denser than i iff rho_j > rho_i or (rho_j == rho_i and
+ * j < i); delta_i = min D_ij over denser j, or max_ij D_ij when none;
+ * gamma_i = rho_i . delta_i; centres = the c' rows of largest gamma (ties:
+ * lower index), ascending. Outputs assign i32 [n] (row i's cluster: the
+ * index into centres of its nearest centre, ties to the lower one; a centre
+ * is in its own cluster) and centres i32 [c']. Memory O(n) besides x
+ * (distances are recomputed, not stored): O(n^2 D + n^2 c') time.
+ *
+ * cluster.kmeans (Lloyd; the router of card moe_split_route): inputs x [n,
+ * D], init [k, D] (k >= 1); param iters. Centroids C start at init (float64);
+ * each round assigns every row to argmin_e |x - C_e|^2 (sum in dim order;
+ * ties: lower e), then C_e = the mean of its rows (summed in row order) —
+ * a cluster without rows keeps its centroid. Outputs centroids f32 [k, D]
+ * (C after iters rounds) and assign i32 [n] (the nearest centroid of C).
+ *
+ * cluster.route (MoE gating of FFN units): inputs h [T, H], logits [T, E],
+ * expert i32 [H] (each unit's expert, in [0, E)); params k, softmax, scale.
+ * Per row the min(k, E) experts of largest logit (ties: lower id) are kept;
+ * weight w_e = scale (softmax = 0) or scale . exp(l_e - max kept l) / (sum
+ * over kept e', in id order, of exp(l_e' - max)). y[t, j] = (float)(h[t, j] .
+ * w_expert[j]) when expert[j] is kept and its weight is > 0, else 0 (scale = 0
+ * zeroes everything). Output y [T, H]. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
