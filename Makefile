@@ -34,6 +34,9 @@ LDLIBS_ALL = $(PKG_LIBS) -lm -lpthread $(SAN)
 
 ifeq ($(CUDA),1)
 LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+ifneq ($(CUDASIM),1)
+LDLIBS_ALL += -lcusparse
+endif
 endif
 
 # ---- sources ---------------------------------------------------------------

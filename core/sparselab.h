@@ -792,6 +792,13 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  *
  * mm.bitmap: inputs x [T, K], bits i32 [N, ceil(K / 32)] (no bit past K; at
  * most cap bits per row), vals [N, cap]. y = x . W^T with W decoded as above.
+ * Param csr_below (cuda only; issue 17, session 3): in an nvcc build, when
+ * the weight's density (set bits / N.K) is below it (and the nonzeros fit
+ * int32), the backend converts the bitmap to CSR on the host and runs
+ * cuSPARSE's SpMM (y^T = W . x^T, column-major views); otherwise, and
+ * always under the CUDA simulator (no cuSPARSE there), the CUDA-core kernel.
+ * Both paths match ref to the executors' tolerance (tests/gpu/run.sh checks
+ * the cuSPARSE one when a GPU is lent: tests/gpu/cusparse_check.lua).
  *
  * mm.act_sparse: inputs x [T, K], wt [K, N] (W^T, so that a column of W is
  * a contiguous row). y[t] = sum over k with x[t, k] != 0 of x[t, k] . wt[k]:

@@ -253,7 +253,9 @@ START_TEST(test_mm_bitmap)
             total += cnt;
         }
         for (int packed = 0; packed < 2; packed++) {
-            sl_mm_bitmap_params p = {.cap = packed ? maxc : 0};
+            /* packed: cuda's cuSPARSE CSR path in an nvcc build (density < 1); unpacked: the CUDA-core
+             * kernel (the only one under the simulator) */
+            sl_mm_bitmap_params p = {.cap = packed ? maxc : 0, .csr_below = packed ? 1.0 : 0.0};
             if (packed && maxc == 0)
                 continue;
             check_op_vs_ref(ctx, SL_OP_MM_BITMAP_ENCODE, &p, &w, 0, "mm.bitmap_encode");

@@ -123,6 +123,7 @@ static sl_status slot_build(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, const s
             }
         t.n = n;
         t.m = mm;
+        sl_op_params_default(SL_OP_MM_NM, &t.nmp);
         t.nmp.n = n;
         t.nmp.m = mm;
         if ((st = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_MM_NM_ENCODE, &t.nmp, w, out)))
@@ -130,6 +131,7 @@ static sl_status slot_build(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, const s
         t.a = out[0];
         t.b = out[1];
     } else if (f == SL_EXEC_BITMAP) {
+        sl_op_params_default(SL_OP_MM_BITMAP, &t.bmp);
         t.bmp.cap = (int)(cap > 0 ? cap : 1);
         if ((st = sl_op_run(ctx, SL_BACKEND_CPU, SL_OP_MM_BITMAP_ENCODE, &t.bmp, w, out)))
             return st;
