@@ -1038,7 +1038,16 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * weight w_e = scale (softmax = 0) or scale . exp(l_e - max kept l) / (sum
  * over kept e', in id order, of exp(l_e' - max)). y[t, j] = (float)(h[t, j] .
  * w_expert[j]) when expert[j] is kept and its weight is > 0, else 0 (scale = 0
- * zeroes everything). Output y [T, H]. */
+ * zeroes everything). Output y [T, H].
+ *
+ * act.stat_topk (statistical top-k, card topk_activation step 2; Spark, HF
+ * Gemma3nTextMLP._gaussian_topk): input x [T, m]; param sparsity s in (0,
+ * 1). Per row mu = mean, sigma = population std (float64, two passes), theta
+ * = mu + sigma . Phi^-1(s) (the standard-normal quantile, by bisection on
+ * erfc, the same value in every backend); y = max(x - theta, 0) in float64
+ * rounded to f32: a shifted soft threshold (kept values are reduced by
+ * theta). About (1 - s) . m entries stay nonzero when a row is roughly
+ * Gaussian. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -94,6 +94,9 @@ test("runexec: top-k FFN activations run w2 through mm.act_sparse and equal dens
   local th = A.calibrate(m, {IDS}, 0.5)
   local s2 = same_as_dense(A.hook(m, {kind = "threshold", theta = th.chess}), "act-sparse w2 (CHESS thresholds)")
   truthy(s2.w2.flops < 0.75 * L * #IDS * m.cfg.hidden_dim * 2 * d, "thresholded w2 flops well below dense")
+  E.use(m, {act = true})
+  local s3 = same_as_dense(A.hook(m, {kind = "stat_topk", sparsity = 0.8}), "act-sparse w2 (statistical top-k)")
+  truthy(s3.w2.flops < 0.5 * L * #IDS * m.cfg.hidden_dim * 2 * d, "stat_topk 0.8: w2 flops well below dense")
 end)
 
 test("runexec: dense format equals the untimed runner exactly and is timed", function()
