@@ -192,17 +192,20 @@ void sl_model_exec_reset(sl_model_exec *e)
     memset(e->stat, 0, sizeof e->stat);
 }
 
-/* Runs op on inputs in (the activations first) and copies the output into y. */
+/* Runs op on inputs in (the activations first) and copies the output into
+ * y; *seconds: the wall time of that, *flops (counted after the clock
+ * stops: sl_op_flops scans bitmaps and activations). */
 static sl_status run_into(sl_ctx *ctx, sl_model_exec *e, sl_op op, const void *p, const sl_tensor *in, float *y,
-                          double *flops)
+                          double t0, double *seconds, double *flops)
 {
     sl_tensor out[1];
-    *flops = sl_op_flops(op, p, in);
     sl_status s = sl_op_run(ctx, e->backend, op, p, in, out);
     if (s)
         return s;
     memcpy(y, out[0].data, sl_tensor_nbytes(&out[0]));
     sl_tensor_release(&out[0]);
+    *seconds = sl_time_now() - t0;
+    *flops = sl_op_flops(op, p, in);
     return SL_OK;
 }
 
@@ -215,11 +218,12 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
         return SL_OK; /* not ours: the dense sgemm */
     exec_slot *s = &e->slots[layer * SL_EXEC_KINDS + k];
     int64_t N = w->shape[0], K = w->shape[1];
-    double t0 = sl_time_now(), flops = 0;
+    double t0 = sl_time_now(), flops = 0, seconds = 0;
     sl_status st = SL_OK;
     if (s->format == SL_EXEC_DENSE) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)N, (int)K, 1.f, x, (int)K, w->data, (int)K,
                     0.f, y, (int)N);
+        seconds = sl_time_now() - t0;
         flops = 2.0 * (double)n * (double)N * (double)K;
     } else {
         sl_tensor in[3];
@@ -231,21 +235,21 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
         if (s->format == SL_EXEC_NM) {
             in[1] = s->a;
             in[2] = s->b;
-            st = run_into(ctx, e, SL_OP_MM_NM, &s->nmp, in, y, &flops);
+            st = run_into(ctx, e, SL_OP_MM_NM, &s->nmp, in, y, t0, &seconds, &flops);
         } else if (s->format == SL_EXEC_BITMAP) {
             in[1] = s->a;
             in[2] = s->b;
-            st = run_into(ctx, e, SL_OP_MM_BITMAP, &s->bmp, in, y, &flops);
+            st = run_into(ctx, e, SL_OP_MM_BITMAP, &s->bmp, in, y, t0, &seconds, &flops);
         } else {
             in[1] = s->a;
-            st = run_into(ctx, e, SL_OP_MM_ACT_SPARSE, NULL, in, y, &flops);
+            st = run_into(ctx, e, SL_OP_MM_ACT_SPARSE, NULL, in, y, t0, &seconds, &flops);
         }
         sl_tensor_release(&in[0]);
         if (st)
             return st;
     }
     sl_exec_stat *t = &e->stat[k];
-    t->seconds += sl_time_now() - t0;
+    t->seconds += seconds;
     t->calls++;
     t->rows += n;
     t->flops += flops;
