@@ -1047,7 +1047,16 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * erfc, the same value in every backend); y = max(x - theta, 0) in float64
  * rounded to f32: a shifted soft threshold (kept values are reduced by
  * theta). About (1 - s) . m entries stay nonzero when a row is roughly
- * Gaussian. */
+ * Gaussian.
+ *
+ * mm.out_sparse (output-sparse mode of card act_sparse_matmul, CATS/CHESS
+ * "vmmsp"): inputs x [T, K], w [N, K] (row-major: row i of W contiguous),
+ * sel i32 [T, S] (per activation row the outputs to compute, each in [0, N)
+ * or -1 = skipped; a repeat computes the same value again), opt.gate [T, N]
+ * (absent: 1). y [T, N]: y[t, i] = (x[t] . w[i]) . gate[t, i] for i in
+ * sel[t] (the dot in float64 in ref, f32 elsewhere; the gate product in
+ * f32), 0 elsewhere. Only the selected rows of w are read. FLOPs: 2 K per
+ * listed entry (+1 with a gate). Inputs are not scanned; y is checked. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -132,6 +132,28 @@ __global__ void bitmap_kernel(const float *x, const uint32_t *bits, const float 
     }
 }
 
+// mm.out_sparse: one warp per (activation row, listed output): lanes split
+// the dot product of x[t] and row r of w, a shuffle sum, lane 0 writes.
+__global__ void out_sparse_kernel(const float *x, const float *w, const int32_t *sel, const float *g, float *y,
+                                  int64_t T, int64_t K, int64_t N, int64_t S)
+{
+    int lane = threadIdx.x & 31;
+    int64_t item = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    if (item >= T * S)
+        return;
+    int64_t t = item / S;
+    int32_t r = sel[item];
+    if (r < 0)
+        return;
+    const float *xr = x + t * K, *wr = w + (int64_t)r * K;
+    float s = 0;
+    for (int64_t k = lane; k < K; k += 32)
+        s += xr[k] * wr[k];
+    s = warp_sum(s);
+    if (lane == 0)
+        y[t * N + r] = g ? s * g[t * N + r] : s;
+}
+
 // A CTA per (activation row t, 128 outputs): the row's nonzero columns are
 // compacted into shared memory 256 at a time (a ballot per warp, in column
 // order), then each thread of the first 128 adds x[t, k] . wt[k, c] for them.
@@ -366,5 +388,24 @@ sl_status sl__cuda_mm_act_sparse(const sl__kargs *a)
         return s;
     SL_LAUNCH(act_sparse_kernel, dim3(blocks_of(N, kActCols), (unsigned)T), kThreads, 0, 0)(
         st.input<float>(0), st.input<float>(1), st.output<float>(0), K, N);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_out_sparse(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0], S = a->in[2].shape[1];
+    if (T * S > (int64_t)INT32_MAX * kWarps / 2)
+        return sl__cuda_unsupported(a, "more than 2^33 listed outputs");
+    if (T * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_clear_out(&st, 0); s != SL_OK)
+        return s;
+    if (T * S > 0)
+        SL_LAUNCH(out_sparse_kernel, blocks_of(T * S, kWarps), kThreads, 0, 0)(
+            st.input<float>(0), st.input<float>(1), st.input<int32_t>(2),
+            a->in[3].buf ? st.input<float>(3) : (const float *)nullptr, st.output<float>(0), T, K, N, S);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
