@@ -1022,8 +1022,10 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * gamma_i = rho_i . delta_i; centres = the c' rows of largest gamma (ties:
  * lower index), ascending. Outputs assign i32 [n] (row i's cluster: the
  * index into centres of its nearest centre, ties to the lower one; a centre
- * is in its own cluster) and centres i32 [c']. Memory O(n) besides x
- * (distances are recomputed, not stored): O(n^2 D + n^2 c') time.
+ * is in its own cluster) and centres i32 [c']. ref and cpu hold the n x n
+ * distances (8 n^2 bytes: n is the number of candidate tokens, a share of
+ * the pruned ones), cuda recomputes them (O(n) device memory, O(n^2 D c')
+ * time).
  *
  * cluster.kmeans (Lloyd; the router of card moe_split_route): inputs x [n,
  * D], init [k, D] (k >= 1); param iters. Centroids C start at init (float64);

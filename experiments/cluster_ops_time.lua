@@ -45,7 +45,7 @@ do
 end
 -- gating (the Lua loop of E.hook's ffn_hidden site, as written there, vs cluster.route)
 do
-  local Tn, hid, nE, k = math.floor(512 * s), 2816, 8, 2
+  local Tn, hid, nE, k = math.floor(256 * s), 2816, 8, 2 -- 256 x 2816 stays under the 1e6-entry totable limit
   local h = sl.randn({Tn, hid}, {seed = 4})
   local logits = sl.randn({Tn, nE}, {seed = 5})
   local of, experts = {}, {}
