@@ -1466,7 +1466,9 @@ typedef struct sl_model_hooks {
  * weight at set time: re-set after replacing a weight. Products run on the
  * exec's backend through sl_op_run. */
 typedef struct sl_model_exec sl_model_exec;
-typedef enum sl_exec_format { SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO } sl_exec_format;
+typedef enum sl_exec_format {
+    SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO, SL_EXEC_GATED
+} sl_exec_format;
 enum { SL_EXEC_KINDS = 7 }; /* wq wk wv wo w1 w3 w2, in this order */
 typedef struct sl_exec_stat {
     double seconds;     /* wall time of the products */
@@ -1481,6 +1483,14 @@ void sl_model_exec_set_threshold(sl_model_exec *e, double density);
  * -1: every layer. */
 sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const char *name,
                             sl_exec_format f, int n, int mm);
+/* CATS / CHESS up projection on the gate support (card act_sparse_matmul,
+ * output-sparse mode): w3 of layer (-1: every layer) runs as mm.out_sparse
+ * over S = {j : |silu(g_j)| >= theta[j]} per row, g the same forward's w1
+ * output (silu in float64); theta f32 [hidden_dim] (layer -1: [n_layers,
+ * hidden_dim]). Units outside S get up = 0, so h = silu(g) . up is 0 there,
+ * which is what the channel_threshold hook computes before w2. Format
+ * SL_EXEC_GATED. */
+sl_status sl_model_exec_set_gate(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const sl_tensor *theta);
 /* The format a weight runs in (AUTO resolved), or -1 for an unknown name. */
 int sl_model_exec_format(const sl_model_exec *e, int layer, const char *name);
 /* Stats of kind k (0..SL_EXEC_KINDS-1) summed over layers; reset zeroes them. */

@@ -5,6 +5,7 @@
 #include "model.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
 static const char *const kind_names[SL_EXEC_KINDS] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};
@@ -23,6 +24,9 @@ struct sl_model_exec {
     double threshold;
     exec_slot *slots; /* [n_layers][SL_EXEC_KINDS] */
     sl_exec_stat stat[SL_EXEC_KINDS];
+    float *gate;       /* the last w1 output of a layer whose w3 is gated */
+    size_t gate_bytes;
+    int gate_layer;
 };
 
 static int kind_of(const char *name)
@@ -69,6 +73,7 @@ void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e)
         return;
     for (int64_t i = 0; i < e->n_layers * SL_EXEC_KINDS; i++)
         slot_clear(&e->slots[i]);
+    sl_ctx_dealloc(ctx, e->gate, e->gate_bytes);
     sl_ctx_dealloc(ctx, e->slots, sizeof *e->slots * (size_t)(e->n_layers * SL_EXEC_KINDS));
     sl_ctx_dealloc(ctx, e, sizeof *e);
 }
@@ -173,6 +178,32 @@ sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, in
     return SL_OK;
 }
 
+sl_status sl_model_exec_set_gate(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const sl_tensor *theta)
+{
+    int64_t hid = m->cfg.hidden_dim, L = e->n_layers;
+    int all = layer < 0;
+    if (layer < -1 || layer >= L)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: layer %d outside -1..%lld", layer, (long long)L - 1);
+    int64_t want = all ? L * hid : hid;
+    if (!theta || theta->dtype != SL_F32 || !sl_tensor_is_contiguous(theta) || sl_tensor_numel(theta) != want)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: gate thresholds must be f32 with %lld entries (%s)",
+                           (long long)want, all ? "[n_layers, hidden_dim]" : "[hidden_dim]");
+    for (int64_t l = all ? 0 : layer; l < (all ? L : layer + 1); l++) {
+        exec_slot t;
+        memset(&t, 0, sizeof t);
+        t.format = SL_EXEC_GATED;
+        int64_t sh[1] = {hid};
+        sl_status st = sl_tensor_new(ctx, SL_F32, 1, sh, &t.a);
+        if (st)
+            return st;
+        memcpy(t.a.data, (const float *)theta->data + (all ? l * hid : 0), sizeof(float) * (size_t)hid);
+        exec_slot *s = &e->slots[l * SL_EXEC_KINDS + 5]; /* w3 */
+        slot_clear(s);
+        *s = t;
+    }
+    return SL_OK;
+}
+
 int sl_model_exec_format(const sl_model_exec *e, int layer, const char *name)
 {
     int k = kind_of(name);
@@ -226,13 +257,39 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
         seconds = sl_time_now() - t0;
         flops = 2.0 * (double)n * (double)N * (double)K;
     } else {
-        sl_tensor in[3];
+        sl_tensor in[4];
         memset(in, 0, sizeof in);
         int64_t xs[2] = {n, K};
         if ((st = sl_tensor_new(ctx, SL_F32, 2, xs, &in[0])))
             return st;
         memcpy(in[0].data, x, sizeof(float) * (size_t)(n * K));
-        if (s->format == SL_EXEC_NM) {
+        if (s->format == SL_EXEC_GATED) {
+            if (e->gate_layer != layer || !e->gate || e->gate_bytes < sizeof(float) * (size_t)(n * N)) {
+                sl_tensor_release(&in[0]);
+                return sl_ctx_fail(ctx, SL_EARG, "model exec: layers.%d.w3 is gated but w1 of that layer did not "
+                                   "run through the exec in this pass", layer);
+            }
+            int64_t ss[2] = {n, N};
+            if ((st = sl_tensor_new(ctx, SL_I32, 2, ss, &in[2]))) {
+                sl_tensor_release(&in[0]);
+                return st;
+            }
+            const float *th = s->a.data;
+            int32_t *sel = in[2].data;
+            for (int64_t r = 0; r < n; r++) {
+                int64_t c = 0;
+                for (int64_t j = 0; j < N; j++) {
+                    double g = e->gate[r * N + j], a = g / (1 + exp(-g));
+                    if (fabs(a) >= (double)th[j])
+                        sel[r * N + c++] = (int32_t)j;
+                }
+                for (; c < N; c++)
+                    sel[r * N + c] = -1;
+            }
+            in[1] = *w;
+            st = run_into(ctx, e, SL_OP_MM_OUT_SPARSE, NULL, in, y, t0, &seconds, &flops);
+            sl_tensor_release(&in[2]);
+        } else if (s->format == SL_EXEC_NM) {
             in[1] = s->a;
             in[2] = s->b;
             st = run_into(ctx, e, SL_OP_MM_NM, &s->nmp, in, y, t0, &seconds, &flops);
@@ -247,6 +304,18 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
         sl_tensor_release(&in[0]);
         if (st)
             return st;
+    }
+    if (k == 4 && e->slots[layer * SL_EXEC_KINDS + 5].format == SL_EXEC_GATED) { /* keep g for w3 */
+        size_t bytes = sizeof(float) * (size_t)(n * N);
+        if (bytes > e->gate_bytes) {
+            sl_ctx_dealloc(ctx, e->gate, e->gate_bytes);
+            e->gate_bytes = 0;
+            if (!(e->gate = sl_ctx_alloc(ctx, bytes)))
+                return SL_ENOMEM;
+            e->gate_bytes = bytes;
+        }
+        memcpy(e->gate, y, bytes);
+        e->gate_layer = layer;
     }
     sl_exec_stat *t = &e->stat[k];
     t->seconds += seconds;

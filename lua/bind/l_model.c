@@ -236,6 +236,26 @@ static int m_exec_set(lua_State *L)
     return 0;
 }
 
+/* model:exec_gate(layer or -1, theta): w3 runs output-sparse on the gate support
+ * |silu(g)| >= theta (f32 [hidden] or [n_layers, hidden] for -1). */
+static int m_exec_gate(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int layer = (int)luaL_checkinteger(L, 2);
+    sl_lua_tensor *t = sl__lua_test_tensor(L, 3);
+    if (!t)
+        return sl__lua_error(L, "model:exec_gate: expected a tensor of thresholds");
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_tensor c;
+    if (sl_tensor_convert(ctx, &t->t, SL_F32, &c))
+        return sl__lua_fail(L, ctx);
+    sl_status s = sl_model_exec_set_gate(ctx, model_exec(L, u), u->m, layer, &c);
+    sl_tensor_release(&c);
+    if (s)
+        return sl__lua_fail(L, ctx);
+    return 0;
+}
+
 /* model:exec_backend(name): a new exec on that backend (every weight dense). */
 static int m_exec_backend(lua_State *L)
 {
@@ -272,9 +292,9 @@ static int m_exec_threshold(lua_State *L)
 static int m_exec_format(lua_State *L)
 {
     l_model *u = check_model(L, 1);
-    static const char *const fmts[] = {"dense", "nm", "bitmap", "act"};
+    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", "gated"};
     int f = u->ex ? sl_model_exec_format(u->ex, (int)luaL_checkinteger(L, 2), luaL_checkstring(L, 3)) : -1;
-    if (f < 0 || f > 3)
+    if (f < 0 || f > 5)
         lua_pushnil(L);
     else
         lua_pushstring(L, fmts[f]);
@@ -561,7 +581,7 @@ void sl__lua_open_model(lua_State *L)
 {
     static const luaL_Reg model_methods[] = {
         {"config", m_config}, {"state", m_state}, {"forward", m_forward},
-        {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {"exec_set", m_exec_set},
+        {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {"exec_set", m_exec_set}, {"exec_gate", m_exec_gate},
         {"exec_backend", m_exec_backend}, {"exec_off", m_exec_off}, {"exec_threshold", m_exec_threshold},
         {"exec_format", m_exec_format}, {"exec_stats", m_exec_stats}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};

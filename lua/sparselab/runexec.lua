@@ -23,6 +23,8 @@ function E.use(m, spec)
     m.c:exec_set(-1, k, spec.weights or "dense", spec.n, spec.m)
   end
   if spec.act then m.c:exec_set(-1, "w2", "act") end
+  -- spec.gate = {[layer] = theta [hidden]}: w3 output-sparse on |silu(g)| >= theta (CATS / CHESS)
+  for l, theta in pairs(spec.gate or {}) do m.c:exec_gate(l, theta) end
 end
 
 --- Back to the runner's untimed dense sgemm.

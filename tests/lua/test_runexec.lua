@@ -94,6 +94,14 @@ test("runexec: top-k FFN activations run w2 through mm.act_sparse and equal dens
   local th = A.calibrate(m, {IDS}, 0.5)
   local s2 = same_as_dense(A.hook(m, {kind = "threshold", theta = th.chess}), "act-sparse w2 (CHESS thresholds)")
   truthy(s2.w2.flops < 0.75 * L * #IDS * m.cfg.hidden_dim * 2 * d, "thresholded w2 flops well below dense")
+  -- CATS/CHESS pipeline: gate dense -> support -> up output-sparse (mm.out_sparse) -> down input-sparse
+  E.use(m, {act = true})
+  for l = 0, L - 1 do m.c:exec_gate(l, th.chess[l]) end
+  eq(m.c:exec_format(0, "w3"), "gated", "w3 format")
+  local s4 = same_as_dense(A.hook(m, {kind = "threshold", theta = th.chess}), "gated w3 + act-sparse w2 (CHESS)")
+  local w3 = m.c:weight("layers.0.w3"):shape()
+  truthy(s4.w3.flops < 0.75 * L * #IDS * w3[1] * w3[2] * 2, "gated w3 flops well below dense")
+  truthy(s4.w3.flops > 0, "gated w3 ran through mm.out_sparse")
   E.use(m, {act = true})
   local s3 = same_as_dense(A.hook(m, {kind = "stat_topk", sparsity = 0.8}), "act-sparse w2 (statistical top-k)")
   truthy(s3.w2.flops < 0.5 * L * #IDS * m.cfg.hidden_dim * 2 * d, "stat_topk 0.8: w2 flops well below dense")
