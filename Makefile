@@ -38,6 +38,9 @@ LDLIBS_ALL = $(PKG_LIBS) -lstdc++ -lm -lpthread $(SAN)
 
 ifeq ($(CUDA),1)
 LDLIBS_ALL += -L$(CUDA_HOME)/lib64 -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+ifneq ($(CUDASIM),1)
+LDLIBS_ALL += -lcusparse
+endif
 endif
 
 # ---- sources ---------------------------------------------------------------
@@ -132,7 +135,7 @@ test-run: all $(TEST_SUITES) $(TEST_TOOLS)
 
 # Every op suite on ref, cpu and cuda: one suite per op family of core/ops.def
 # (tests/test_<family>_ops.c) and the dispatcher's own suite.
-OP_FAMILIES    := attn metric correct score reduce select pool gather nsattn tsel trainable mm prune act perm mass quant page token ipar
+OP_FAMILIES    := attn metric correct score reduce select pool gather nsattn tsel trainable mm prune act perm mass quant page token ipar cluster
 CUDA_OP_SUITES := $(OP_FAMILIES:%=test_%_ops) test_attn_lines_ops test_op_dispatch
 test-cuda:
 	$(MAKE) CUDA=1 BUILD=build-cuda all $(CUDA_OP_SUITES:%=build-cuda/tests/%)

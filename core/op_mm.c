@@ -114,6 +114,16 @@ static sl_status mm_infer(sl_ctx *ctx, const sl_op_info *info, const void *param
         if ((s = need_2d(ctx, info, in, 1, K, N)))
             return s;
         break;
+    case SL_OP_MM_OUT_SPARSE:
+        if ((s = need_2d(ctx, info, in, 1, -1, K)) || (s = sl__need_index(ctx, info, in, 2, SL_I32, 2)))
+            return s;
+        N = in[1].shape[0];
+        if (in[2].shape[0] != T)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: sel has %lld rows, x has %lld", info->name,
+                               (long long)in[2].shape[0], (long long)T);
+        if (in[3].buf && (s = need_2d(ctx, info, in, 3, T, N)))
+            return s;
+        break;
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not an op of the mm family", info->name);
     }
     out_ndim[0] = 2;
@@ -172,13 +182,23 @@ static sl_status mm_check_contents(sl_ctx *ctx, const sl_op_info *info, const vo
         }
         return SL_OK;
     }
+    case SL_OP_MM_OUT_SPARSE: {
+        const int32_t *sel = in[2].data;
+        int64_t N = in[1].shape[0], n = sl_tensor_numel(&in[2]), S = in[2].shape[1];
+        for (int64_t i = 0; i < n; i++)
+            if (sel[i] < -1 || sel[i] >= N)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: sel[%lld, %lld] = %d is outside [0, %lld) (or -1)", info->name,
+                                   (long long)(i / S), (long long)(i % S), sel[i], (long long)N);
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
 
 static int is_executor(sl_op op)
 {
-    return op == SL_OP_MM_DENSE || op == SL_OP_MM_NM || op == SL_OP_MM_BITMAP || op == SL_OP_MM_ACT_SPARSE;
+    return op == SL_OP_MM_DENSE || op == SL_OP_MM_NM || op == SL_OP_MM_BITMAP || op == SL_OP_MM_ACT_SPARSE ||
+           op == SL_OP_MM_OUT_SPARSE;
 }
 
 /* The executors leave their float inputs unscanned (a weight is read once per
@@ -224,6 +244,13 @@ static double mm_flops(const sl_op_info *info, const void *params, const sl_tens
             for (idx[1] = 0; idx[1] < in[0].shape[1]; idx[1]++)
                 nz += sl_tensor_get(&in[0], idx) != 0;
         return 2 * nz * (double)in[1].shape[1];
+    }
+    case SL_OP_MM_OUT_SPARSE: {
+        const int32_t *sel = in[2].data;
+        double c = 0;
+        for (int64_t i = 0, n = sl_tensor_numel(&in[2]); i < n; i++)
+            c += sel[i] >= 0;
+        return c * (2 * (double)in[0].shape[1] + (in[3].buf ? 1 : 0));
     }
     case SL_OP_MM_NM_ENCODE: {
         const sl_mm_nm_params *p = params;

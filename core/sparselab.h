@@ -792,6 +792,13 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  *
  * mm.bitmap: inputs x [T, K], bits i32 [N, ceil(K / 32)] (no bit past K; at
  * most cap bits per row), vals [N, cap]. y = x . W^T with W decoded as above.
+ * Param csr_below (cuda only; issue 17, session 3): in an nvcc build, when
+ * the weight's density (set bits / N.K) is below it (and the nonzeros fit
+ * int32), the backend converts the bitmap to CSR on the host and runs
+ * cuSPARSE's SpMM (y^T = W . x^T, column-major views); otherwise, and
+ * always under the CUDA simulator (no cuSPARSE there), the CUDA-core kernel.
+ * Both paths match ref to the executors' tolerance (tests/gpu/run.sh checks
+ * the cuSPARSE one when a GPU is lent: tests/gpu/cusparse_check.lua).
  *
  * mm.act_sparse: inputs x [T, K], wt [K, N] (W^T, so that a column of W is
  * a contiguous row). y[t] = sum over k with x[t, k] != 0 of x[t, k] . wt[k]:
@@ -1103,6 +1110,58 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * groups). Only the
  * representatives of visited nodes are scored: about 2.kb.log2(T/kb) block
  * scores per query block, not Nq x Nk. */
+/* ---- clustering and routing for the model-level cards (issue 17, session 3) ----
+ * The inner loops of sparselab.tokenprune's DPC-kNN and sparselab.moe's
+ * k-means router and gating, as ops. float64 arithmetic in every backend
+ * (the results are index sets: the kernels sum in the same order so that
+ * ref, cpu and cuda agree exactly on non-degenerate inputs).
+ *
+ * cluster.dpc (DPC-kNN, card token_merge_recycle; SparseVLM's
+ * cluster_and_merge): input x [n, D] (n >= 1); param c, c' = min(c, n).
+ * D_ij = sqrt(sum_t (x_it - x_jt)^2 / D) (sum in t order); rho_i = exp(-(sum
+ * of the c' smallest D_ij^2 over j, self included, added in ascending
+ * order) / c'); j is denser than i iff rho_j > rho_i or (rho_j == rho_i and
+ * j < i); delta_i = min D_ij over denser j, or max_ij D_ij when none;
+ * gamma_i = rho_i . delta_i; centres = the c' rows of largest gamma (ties:
+ * lower index), ascending. Outputs assign i32 [n] (row i's cluster: the
+ * index into centres of its nearest centre, ties to the lower one; a centre
+ * is in its own cluster) and centres i32 [c']. ref and cpu hold the n x n
+ * distances (8 n^2 bytes: n is the number of candidate tokens, a share of
+ * the pruned ones), cuda recomputes them (O(n) device memory, O(n^2 D c')
+ * time).
+ *
+ * cluster.kmeans (Lloyd; the router of card moe_split_route): inputs x [n,
+ * D], init [k, D] (k >= 1); param iters. Centroids C start at init (float64);
+ * each round assigns every row to argmin_e |x - C_e|^2 (sum in dim order;
+ * ties: lower e), then C_e = the mean of its rows (summed in row order) —
+ * a cluster without rows keeps its centroid. Outputs centroids f32 [k, D]
+ * (C after iters rounds) and assign i32 [n] (the nearest centroid of C).
+ *
+ * cluster.route (MoE gating of FFN units): inputs h [T, H], logits [T, E],
+ * expert i32 [H] (each unit's expert, in [0, E)); params k, softmax, scale.
+ * Per row the min(k, E) experts of largest logit (ties: lower id) are kept;
+ * weight w_e = scale (softmax = 0) or scale . exp(l_e - max kept l) / (sum
+ * over kept e', in id order, of exp(l_e' - max)). y[t, j] = (float)(h[t, j] .
+ * w_expert[j]) when expert[j] is kept and its weight is > 0, else 0 (scale = 0
+ * zeroes everything). Output y [T, H].
+ *
+ * act.stat_topk (statistical top-k, card topk_activation step 2; Spark, HF
+ * Gemma3nTextMLP._gaussian_topk): input x [T, m]; param sparsity s in (0,
+ * 1). Per row mu = mean, sigma = population std (float64, two passes), theta
+ * = mu + sigma . Phi^-1(s) (the standard-normal quantile, by bisection on
+ * erfc, the same value in every backend); y = max(x - theta, 0) in float64
+ * rounded to f32: a shifted soft threshold (kept values are reduced by
+ * theta). About (1 - s) . m entries stay nonzero when a row is roughly
+ * Gaussian.
+ *
+ * mm.out_sparse (output-sparse mode of card act_sparse_matmul, CATS/CHESS
+ * "vmmsp"): inputs x [T, K], w [N, K] (row-major: row i of W contiguous),
+ * sel i32 [T, S] (per activation row the outputs to compute, each in [0, N)
+ * or -1 = skipped; a repeat computes the same value again), opt.gate [T, N]
+ * (absent: 1). y [T, N]: y[t, i] = (x[t] . w[i]) . gate[t, i] for i in
+ * sel[t] (the dot in float64 in ref, f32 elsewhere; the gate product in
+ * f32), 0 elsewhere. Only the selected rows of w are read. FLOPs: 2 K per
+ * listed entry (+1 with a gate). Inputs are not scanned; y is checked. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
@@ -1487,7 +1546,62 @@ typedef struct sl_model {
 typedef struct sl_model_hooks {
     void *ud;
     sl_status (*site)(void *ud, sl_ctx *ctx, int layer, const char *site, float *x, int64_t n, int64_t width);
+    /* The linear products (issue 17, session 3): y [n, w.shape[0]] = x [n,
+     * w.shape[1]] . w^T of weight `name` ("wq", "wk", "wv", "wo", "w1", "w3",
+     * "w2") of layer `layer`. NULL, or *done left 0: the dense sgemm runs.
+     * sl_model_exec_linear is one (with linear_ud an sl_model_exec). */
+    void *linear_ud;
+    sl_status (*linear)(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
+                        const sl_tensor *w, float *y, int *done);
 } sl_model_hooks;
+
+/* ---- sparse executors inside the model runner (issue 17, session 3) ----
+ * An sl_model_exec runs a model's linear products through the sparse
+ * executor ops and times every product (wall seconds per weight kind). Per
+ * weight (layer, name) a format: SL_EXEC_DENSE (the runner's sgemm, timed),
+ * SL_EXEC_NM (mm.nm; the weight must already have at most n nonzeros in every
+ * group of m along its rows, else SL_EARG naming the weight and group),
+ * SL_EXEC_BITMAP (mm.bitmap, cap = the largest row count), SL_EXEC_ACT
+ * (mm.act_sparse on the product's input activations with w^T kept beside:
+ * zero activations cost nothing; meant for w2 behind an ffn_hidden hook that
+ * zeroes units) or SL_EXEC_AUTO (bitmap when the weight's density is below
+ * the exec's threshold, else dense). The compressed forms are built from the
+ * weight at set time: re-set after replacing a weight. Products run on the
+ * exec's backend through sl_op_run. */
+typedef struct sl_model_exec sl_model_exec;
+typedef enum sl_exec_format {
+    SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO, SL_EXEC_GATED
+} sl_exec_format;
+enum { SL_EXEC_KINDS = 7 }; /* wq wk wv wo w1 w3 w2, in this order */
+typedef struct sl_exec_stat {
+    double seconds;     /* wall time of the products */
+    int64_t calls, rows; /* products run, activation rows multiplied */
+    double flops;       /* flops the executors ran (2 per product done) */
+} sl_exec_stat;
+sl_status sl_model_exec_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, sl_model_exec **out);
+void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e);
+/* density threshold of SL_EXEC_AUTO (default 0.4) */
+void sl_model_exec_set_threshold(sl_model_exec *e, double density);
+/* Sets the format of weight (layer, name); n, m only for SL_EXEC_NM. layer
+ * -1: every layer. */
+sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const char *name,
+                            sl_exec_format f, int n, int mm);
+/* CATS / CHESS up projection on the gate support (card act_sparse_matmul,
+ * output-sparse mode): w3 of layer (-1: every layer) runs as mm.out_sparse
+ * over S = {j : |silu(g_j)| >= theta[j]} per row, g the same forward's w1
+ * output (silu in float64); theta f32 [hidden_dim] (layer -1: [n_layers,
+ * hidden_dim]). Units outside S get up = 0, so h = silu(g) . up is 0 there,
+ * which is what the channel_threshold hook computes before w2. Format
+ * SL_EXEC_GATED. */
+sl_status sl_model_exec_set_gate(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const sl_tensor *theta);
+/* The format a weight runs in (AUTO resolved), or -1 for an unknown name. */
+int sl_model_exec_format(const sl_model_exec *e, int layer, const char *name);
+/* Stats of kind k (0..SL_EXEC_KINDS-1) summed over layers; reset zeroes them. */
+sl_exec_stat sl_model_exec_stat(const sl_model_exec *e, int kind);
+void sl_model_exec_reset(sl_model_exec *e);
+/* The hook: ud is the sl_model_exec. */
+sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
+                               const sl_tensor *w, float *y, int *done);
 
 /* The weight tensor called name ("tok_emb", "rms_final", "wcls",
  * "layers.L.{rms_att,wq,wk,wv,wo,rms_ffn,w1,w2,w3}"), or NULL. The caller may

@@ -9,6 +9,8 @@
 
 #include "opsutil.h"
 
+#include <math.h>
+
 #include <stdlib.h>
 
 static sl_tensor u8_2d(sl_ctx *ctx, int64_t a, int64_t b)
@@ -253,7 +255,9 @@ START_TEST(test_mm_bitmap)
             total += cnt;
         }
         for (int packed = 0; packed < 2; packed++) {
-            sl_mm_bitmap_params p = {.cap = packed ? maxc : 0};
+            /* packed: cuda's cuSPARSE CSR path in an nvcc build (density < 1); unpacked: the CUDA-core
+             * kernel (the only one under the simulator) */
+            sl_mm_bitmap_params p = {.cap = packed ? maxc : 0, .csr_below = packed ? 1.0 : 0.0};
             if (packed && maxc == 0)
                 continue;
             check_op_vs_ref(ctx, SL_OP_MM_BITMAP_ENCODE, &p, &w, 0, "mm.bitmap_encode");
@@ -389,8 +393,82 @@ START_TEST(test_mm_validation)
 }
 END_TEST
 
+/* mm.out_sparse (issue 17, session 3; card act_sparse_matmul step 2): every backend vs ref; ref
+ * vs the float64 product written here: listed outputs = x[t] . w[i] (times the gate), the rest
+ * exactly 0; -1 padding and repeats; S = 0 gives zeros; every output listed = the dense product;
+ * FLOPs count the listed entries; an out-of-range entry is refused. */
+START_TEST(test_mm_out_sparse)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17006);
+    const int64_t shapes[][4] = {{1, 64, 172, 40}, {5, 77, 33, 0}, {9, 40, 21, 21}, {3, 300, 100, 7}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t T = shapes[si][0], K = shapes[si][1], N = shapes[si][2], S = shapes[si][3];
+        int64_t xs[2] = {T, K}, ws[2] = {N, K}, gs[2] = {T, N};
+        int32_t *sel = malloc(sizeof *sel * (size_t)(T * S + 1));
+        ck_assert_ptr_nonnull(sel);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < S; j++) {
+                int64_t r = S == N ? j : (int64_t)(sl_rng_uniform(&rng) * (double)N) % N;
+                sel[t * S + j] = (S != N && j % 5 == 4) ? -1 : (int32_t)r; /* padding, repeats possible */
+            }
+        sl_tensor sel_t = i32_tensor(ctx, T, S);
+        memcpy(sel_t.data, sel, sizeof *sel * (size_t)(T * S));
+        sl_tensor in[4] = {randn_shape(ctx, &rng, 2, xs, 1), randn_shape(ctx, &rng, 2, ws, 1), sel_t, {0}};
+        sl_tensor gate = randn_shape(ctx, &rng, 2, gs, 1);
+        for (int with_gate = 0; with_gate < 2; with_gate++) {
+            in[3] = with_gate ? gate : (sl_tensor){0};
+            check_op_vs_ref(ctx, SL_OP_MM_OUT_SPARSE, NULL, in, 1e-5, "mm.out_sparse");
+            sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_MM_OUT_SPARSE, NULL, in);
+            const float *x = f32p(&in[0]), *w = f32p(&in[1]), *g = f32p(&gate), *yy = f32p(&y);
+            double listed = 0;
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t i = 0; i < N; i++) {
+                    int hit = 0;
+                    for (int64_t j = 0; j < S; j++)
+                        hit |= sel[t * S + j] == i;
+                    double want = 0;
+                    if (hit) {
+                        for (int64_t k = 0; k < K; k++)
+                            want += (double)x[t * K + k] * w[i * K + k];
+                        if (with_gate)
+                            want = (double)(float)want * g[t * N + i];
+                    }
+                    ck_assert_msg(fabs(yy[t * N + i] - want) <= 1e-5 * (1 + fabs(want)), "t %lld i %lld",
+                                  (long long)t, (long long)i);
+                    if (!hit)
+                        ck_assert(yy[t * N + i] == 0.f);
+                }
+            for (int64_t j = 0; j < T * S; j++)
+                listed += sel[j] >= 0;
+            ck_assert_double_eq(sl_op_flops(SL_OP_MM_OUT_SPARSE, NULL, in), listed * (2.0 * K + with_gate));
+            if (S == N && !with_gate) { /* everything listed: the dense product */
+                sl_tensor d = run_op1(ctx, SL_BACKEND_CPU, SL_OP_MM_DENSE, NULL, in);
+                sl_tensor o = run_op1(ctx, SL_BACKEND_CPU, SL_OP_MM_OUT_SPARSE, NULL, in);
+                assert_tensor_close(&o, &d, 1e-5, "out_sparse with every output = mm.dense");
+                sl_tensor_release(&d);
+                sl_tensor_release(&o);
+            }
+            sl_tensor_release(&y);
+        }
+        in[3] = (sl_tensor){0};
+        if (T * S > 0) {
+            ((int32_t *)in[2].data)[0] = (int32_t)N;
+            expect_fail(ctx, SL_OP_MM_OUT_SPARSE, NULL, in, SL_EARG, "is outside");
+        }
+        release_n(in, 3);
+        sl_tensor_release(&gate);
+        free(sel);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_mm_out_sparse);
     tcase_add_test(tc, test_mm_dense);
     tcase_add_test(tc, test_mm_nm);
     tcase_add_test(tc, test_mm_nm_score_blind_fails);

@@ -4,6 +4,7 @@
  * act.threshold over chunks of rows, act.delta over chunks of channels. */
 #include "cpu.h"
 #include "parallel.h"
+#include "../act_quantile.h"
 
 #include <math.h>
 #include <string.h>
@@ -91,8 +92,38 @@ sl_status sl__cpu_act_delta(const sl__kargs *a)
 }
 
 /* act.topk: one row of scores per thread. */
+/* act.stat_topk: one row per work item, the reference's two float64 passes */
+static void stat_row(int64_t t, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    int64_t m = a->in[0].shape[1];
+    const float *x = (const float *)a->in[0].data + t * m;
+    float *y = (float *)a->out[0].data + t * m;
+    double mu = 0, var = 0;
+    for (int64_t j = 0; j < m; j++)
+        mu += x[j];
+    mu /= (double)m;
+    for (int64_t j = 0; j < m; j++)
+        var += ((double)x[j] - mu) * ((double)x[j] - mu);
+    double theta = mu + sqrt(var / (double)m) * *(const double *)a->scratch;
+    for (int64_t j = 0; j < m; j++) {
+        double v = (double)x[j] - theta;
+        y[j] = v > 0 ? (float)v : 0.f;
+    }
+}
+
+sl_status sl__cpu_act_stat_topk(const sl__kargs *a)
+{
+    const sl_act_stat_params *p = a->params;
+    *(double *)a->scratch = sl__normal_quantile(p->sparsity);
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], stat_row, (void *)a);
+}
+
 size_t sl__cpu_act_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;
+    if (op == SL_OP_ACT_STAT_TOPK)
+        return sizeof(double);
     return op == SL_OP_ACT_TOPK ? sizeof(float) * (size_t)in[0].shape[1] * (size_t)(n_threads > 0 ? n_threads : 1) : 0;
 }

@@ -16,6 +16,7 @@
  * L1). Zero activations are never touched in wt. */
 #include "cpu.h"
 #include "parallel.h"
+#include "rowops.h"
 
 #include <cblas.h>
 #include <string.h>
@@ -505,6 +506,39 @@ sl_status sl__cpu_mm_act_sparse(const sl__kargs *a)
 
 /* The blocked path of mm.nm and mm.bitmap: the transposed activations and
  * each thread's decoded lists. */
+/* mm.out_sparse: one activation row per work item; each listed output is one
+ * dot product of x[t] with a contiguous row of w (the context's vector dot). */
+typedef struct out_sparse_job {
+    const sl__kargs *a;
+    sl__cpu_vecops ops;
+} out_sparse_job;
+
+static void out_sparse_row(int64_t t, void *ud, int thread)
+{
+    (void)thread;
+    const out_sparse_job *j = ud;
+    const sl__kargs *a = j->a;
+    int64_t K = a->in[0].shape[1], N = a->in[1].shape[0], S = a->in[2].shape[1];
+    const float *x = (const float *)a->in[0].data + t * K, *w = a->in[1].data;
+    const float *g = a->in[3].buf ? (const float *)a->in[3].data + t * N : NULL;
+    const int32_t *sel = (const int32_t *)a->in[2].data + t * S;
+    float *y = (float *)a->out[0].data + t * N;
+    memset(y, 0, sizeof *y * (size_t)N);
+    for (int64_t s = 0; s < S; s++) {
+        int32_t r = sel[s];
+        if (r < 0)
+            continue;
+        float v = j->ops.dot(x, w + (int64_t)r * K, K);
+        y[r] = g ? v * g[r] : v;
+    }
+}
+
+sl_status sl__cpu_mm_out_sparse(const sl__kargs *a)
+{
+    out_sparse_job j = {a, sl__cpu_vecops_for(a->ctx)};
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], out_sparse_row, &j);
+}
+
 size_t sl__cpu_mm_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     if (op != SL_OP_MM_NM && op != SL_OP_MM_BITMAP)

@@ -8,6 +8,7 @@
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
+#include "../act_quantile.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -124,6 +125,41 @@ sl_status sl__cuda_act_topk(const sl__kargs *a)
         return s;
     SL_LAUNCH(topk_kernel, (unsigned)T, kThreads, 0, 0)(st.input<float>(0), st.output<float>(0), m,
                                                         p->k < m ? p->k : m, p->abs != 0);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+// act.stat_topk: one warp per row would reorder the sums; one thread per row
+// keeps the reference's two float64 passes in order.
+__global__ void stat_topk_kernel(const float *x, float *y, int64_t T, int64_t m, double q)
+{
+    int64_t t = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (t >= T)
+        return;
+    const float *r = x + t * m;
+    double mu = 0, var = 0;
+    for (int64_t j = 0; j < m; j++)
+        mu += r[j];
+    mu /= (double)m;
+    for (int64_t j = 0; j < m; j++)
+        var += ((double)r[j] - mu) * ((double)r[j] - mu);
+    double theta = mu + sqrt(var / (double)m) * q;
+    for (int64_t j = 0; j < m; j++) {
+        double v = (double)r[j] - theta;
+        y[t * m + j] = v > 0 ? (float)v : 0.f;
+    }
+}
+
+sl_status sl__cuda_act_stat_topk(const sl__kargs *a)
+{
+    const sl_act_stat_params *p = (const sl_act_stat_params *)a->params;
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1];
+    if (T * m == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    SL_LAUNCH(stat_topk_kernel, (unsigned)((T + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(0), st.output<float>(0), T, m, sl__normal_quantile(p->sparsity));
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 

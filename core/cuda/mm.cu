@@ -12,6 +12,11 @@
 #include "warp.cuh"
 
 #include <stdint.h>
+#include <stdlib.h>
+#include <vector>
+#ifndef SL_CUDASIM
+#include <cusparse.h>
+#endif
 
 namespace {
 
@@ -125,6 +130,28 @@ __global__ void bitmap_kernel(const float *x, const uint32_t *bits, const float 
         if (lane == 0)
             y[t * N + r] = s;
     }
+}
+
+// mm.out_sparse: one warp per (activation row, listed output): lanes split
+// the dot product of x[t] and row r of w, a shuffle sum, lane 0 writes.
+__global__ void out_sparse_kernel(const float *x, const float *w, const int32_t *sel, const float *g, float *y,
+                                  int64_t T, int64_t K, int64_t N, int64_t S)
+{
+    int lane = threadIdx.x & 31;
+    int64_t item = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    if (item >= T * S)
+        return;
+    int64_t t = item / S;
+    int32_t r = sel[item];
+    if (r < 0)
+        return;
+    const float *xr = x + t * K, *wr = w + (int64_t)r * K;
+    float s = 0;
+    for (int64_t k = lane; k < K; k += 32)
+        s += xr[k] * wr[k];
+    s = warp_sum(s);
+    if (lane == 0)
+        y[t * N + r] = g ? s * g[t * N + r] : s;
 }
 
 // A CTA per (activation row t, 128 outputs): the row's nonzero columns are
@@ -242,6 +269,85 @@ sl_status sl__cuda_mm_nm(const sl__kargs *a)
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
+#ifndef SL_CUDASIM
+// mm.bitmap through cuSPARSE (issue 17, session 3): the bitmap and packed
+// values become CSR on the host (row_ptr, col, val), uploaded; then SpMM with
+// A = W [N, K] CSR, B = x viewed column-major [K, T] (ld K), C = y viewed
+// column-major [N, T] (ld N): C = A . B is y = x . W^T.
+static sl_status cusparse_fail(const sl__kargs *a, cusparseStatus_t c, const char *what)
+{
+    return sl_ctx_fail(a->ctx, SL_EDEVICE, "%s[cuda]: cuSPARSE %s: %s", sl__cuda_op_name(a), what,
+                       cusparseGetErrorString(c));
+}
+
+static sl_status bitmap_csr(const sl__kargs *a, int64_t nnz)
+{
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0], nw = a->in[1].shape[1];
+    int64_t cap = a->in[2].shape[1];
+    const uint32_t *bits = (const uint32_t *)a->in[1].data;
+    const float *vals = (const float *)a->in[2].data;
+    std::vector<int32_t> row_ptr((size_t)N + 1), col((size_t)nnz);
+    std::vector<float> val((size_t)nnz);
+    int64_t at = 0;
+    for (int64_t r = 0; r < N; r++) {
+        row_ptr[(size_t)r] = (int32_t)at;
+        int64_t slot = 0;
+        for (int64_t w = 0; w < nw; w++)
+            for (uint32_t b = bits[r * nw + w]; b; b &= b - 1) {
+                col[(size_t)at] = (int32_t)(w * 32 + __builtin_ctz(b));
+                val[(size_t)at++] = vals[r * cap + slot++];
+            }
+    }
+    row_ptr[(size_t)N] = (int32_t)at;
+    sl__cuda_stage st(a);
+    void *d_rp, *d_col, *d_val, *buf = nullptr;
+    if (sl_status s = sl__cuda_stage_in(&st, 1u << 1 | 1u << 2); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, row_ptr.data(), sizeof(int32_t) * row_ptr.size(), &d_rp); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, col.data(), sizeof(int32_t) * col.size(), &d_col); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, val.data(), sizeof(float) * val.size(), &d_val); s != SL_OK)
+        return s;
+    cusparseHandle_t h = nullptr;
+    cusparseSpMatDescr_t A = nullptr;
+    cusparseDnMatDescr_t B = nullptr, C = nullptr;
+    float alpha = 1.f, beta = 0.f;
+    size_t bytes = 0;
+    sl_status s = SL_OK;
+    cusparseStatus_t c;
+    if ((c = cusparseCreate(&h)) != CUSPARSE_STATUS_SUCCESS)
+        s = cusparse_fail(a, c, "create");
+    else if ((c = cusparseCreateCsr(&A, N, K, nnz, d_rp, d_col, d_val, CUSPARSE_INDEX_32I, CUSPARSE_INDEX_32I,
+                                    CUSPARSE_INDEX_BASE_ZERO, CUDA_R_32F)) != CUSPARSE_STATUS_SUCCESS)
+        s = cusparse_fail(a, c, "CSR descriptor");
+    else if ((c = cusparseCreateDnMat(&B, K, T, K, (void *)st.input<float>(0), CUDA_R_32F, CUSPARSE_ORDER_COL)) !=
+                 CUSPARSE_STATUS_SUCCESS ||
+             (c = cusparseCreateDnMat(&C, N, T, N, st.output<float>(0), CUDA_R_32F, CUSPARSE_ORDER_COL)) !=
+                 CUSPARSE_STATUS_SUCCESS)
+        s = cusparse_fail(a, c, "dense descriptors");
+    else if ((c = cusparseSpMM_bufferSize(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE,
+                                          &alpha, A, B, &beta, C, CUDA_R_32F, CUSPARSE_SPMM_ALG_DEFAULT, &bytes)) !=
+             CUSPARSE_STATUS_SUCCESS)
+        s = cusparse_fail(a, c, "SpMM buffer size");
+    else if ((s = sl__cuda_scratch(&st, bytes, &buf)) == SL_OK &&
+             (c = cusparseSpMM(h, CUSPARSE_OPERATION_NON_TRANSPOSE, CUSPARSE_OPERATION_NON_TRANSPOSE, &alpha, A, B,
+                               &beta, C, CUDA_R_32F, CUSPARSE_SPMM_ALG_DEFAULT, buf)) != CUSPARSE_STATUS_SUCCESS)
+        s = cusparse_fail(a, c, "SpMM");
+    if (C)
+        cusparseDestroyDnMat(C);
+    if (B)
+        cusparseDestroyDnMat(B);
+    if (A)
+        cusparseDestroySpMat(A);
+    if (h)
+        cusparseDestroy(h);
+    if (s != SL_OK)
+        return s;
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+#endif
+
 sl_status sl__cuda_mm_bitmap(const sl__kargs *a)
 {
     int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0], nw = a->in[1].shape[1];
@@ -250,6 +356,17 @@ sl_status sl__cuda_mm_bitmap(const sl__kargs *a)
         return sl__cuda_unsupported(a, "more than 2^33 rows");
     if (T * N == 0)
         return SL_OK;
+#ifndef SL_CUDASIM
+    const sl_mm_bitmap_params *p = (const sl_mm_bitmap_params *)a->params;
+    if (p->csr_below > 0 && T <= INT32_MAX && K <= INT32_MAX && N <= INT32_MAX) {
+        int64_t nnz = 0;
+        const uint32_t *bits = (const uint32_t *)a->in[1].data;
+        for (int64_t i = 0; i < N * nw; i++)
+            nnz += __builtin_popcount(bits[i]);
+        if (nnz > 0 && nnz <= INT32_MAX && (double)nnz < p->csr_below * (double)N * (double)K)
+            return bitmap_csr(a, nnz);
+    }
+#endif
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
@@ -271,5 +388,24 @@ sl_status sl__cuda_mm_act_sparse(const sl__kargs *a)
         return s;
     SL_LAUNCH(act_sparse_kernel, dim3(blocks_of(N, kActCols), (unsigned)T), kThreads, 0, 0)(
         st.input<float>(0), st.input<float>(1), st.output<float>(0), K, N);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_mm_out_sparse(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0], S = a->in[2].shape[1];
+    if (T * S > (int64_t)INT32_MAX * kWarps / 2)
+        return sl__cuda_unsupported(a, "more than 2^33 listed outputs");
+    if (T * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_clear_out(&st, 0); s != SL_OK)
+        return s;
+    if (T * S > 0)
+        SL_LAUNCH(out_sparse_kernel, blocks_of(T * S, kWarps), kThreads, 0, 0)(
+            st.input<float>(0), st.input<float>(1), st.input<int32_t>(2),
+            a->in[3].buf ? st.input<float>(3) : (const float *)nullptr, st.output<float>(0), T, K, N, S);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

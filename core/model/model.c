@@ -134,6 +134,22 @@ static void matmul(float *y, const float *x, const sl_tensor *w, int64_t n)
                 0.f, y, (int)out);
 }
 
+/* y = x . w^T of weight `name` of layer l: the linear hook's executor when it
+ * takes the product (issue 17, session 3), else the dense sgemm. */
+static sl_status linear(sl_ctx *ctx, const sl_model *m, int64_t l, const char *name, float *y, const float *x,
+                        const sl_tensor *w, int64_t n)
+{
+    int done = 0;
+    if (m->hooks && m->hooks->linear) {
+        sl_status s = m->hooks->linear(m->hooks->linear_ud, ctx, (int)l, name, x, n, w, y, &done);
+        if (s)
+            return s;
+    }
+    if (!done)
+        matmul(y, x, w, n);
+    return SL_OK;
+}
+
 /* The hook site `name` of layer l (issue 17): none without hooks. */
 static sl_status hook_site(sl_ctx *ctx, const sl_model *m, int64_t l, const char *name, float *x, int64_t n, int64_t w)
 {
@@ -298,26 +314,33 @@ sl_status sl_model_forward(sl_ctx *ctx, const sl_model *m, sl_model_state *st, c
         rmsnorm(b.xb, b.x, y->rms_att.data, n, d, c->norm_eps);
         if ((s = hook_site(ctx, m, l, "attn_in", b.xb, n, d)))
             break;
-        matmul(b.q, b.xb, &y->wq, n);
-        matmul(b.k, b.xb, &y->wk, n);
-        matmul(b.v, b.xb, &y->wv, n);
+        if ((s = linear(ctx, m, l, "wq", b.q, b.xb, &y->wq, n)))
+            break;
+        if ((s = linear(ctx, m, l, "wk", b.k, b.xb, &y->wk, n)))
+            break;
+        if ((s = linear(ctx, m, l, "wv", b.v, b.xb, &y->wv, n)))
+            break;
         if ((s = attention(ctx, m, st, l, n, &b, attn, ud)))
             break;
         if ((s = hook_site(ctx, m, l, "attn_out", b.att, n, y->wo.shape[1])))
             break;
-        matmul(b.xb, b.att, &y->wo, n);
+        if ((s = linear(ctx, m, l, "wo", b.xb, b.att, &y->wo, n)))
+            break;
         for (int64_t i = 0; i < n * d; i++)
             b.x[i] += b.xb[i];
         rmsnorm(b.xb, b.x, y->rms_ffn.data, n, d, c->norm_eps);
         if ((s = hook_site(ctx, m, l, "ffn_in", b.xb, n, d)))
             break;
-        matmul(b.h1, b.xb, &y->w1, n);
-        matmul(b.h3, b.xb, &y->w3, n);
+        if ((s = linear(ctx, m, l, "w1", b.h1, b.xb, &y->w1, n)))
+            break;
+        if ((s = linear(ctx, m, l, "w3", b.h3, b.xb, &y->w3, n)))
+            break;
         for (int64_t i = 0; i < n * hid; i++)
             b.h1[i] = b.h1[i] / (1.f + expf(-b.h1[i])) * b.h3[i];
         if ((s = hook_site(ctx, m, l, "ffn_hidden", b.h1, n, hid)))
             break;
-        matmul(b.xb, b.h1, &y->w2, n);
+        if ((s = linear(ctx, m, l, "w2", b.xb, b.h1, &y->w2, n)))
+            break;
         for (int64_t i = 0; i < n * d; i++)
             b.x[i] += b.xb[i];
         if ((s = hook_site(ctx, m, l, "layer_out", b.x, n, d)))

@@ -2,6 +2,7 @@
  * counting, for every entry, the entries that rank above it; act.threshold
  * and act.delta literally (act.delta in float32, as the contract says). Contracts in sparselab.h. */
 #include "ref.h"
+#include "../act_quantile.h"
 
 #include <math.h>
 
@@ -50,6 +51,31 @@ sl_status sl__ref_act_delta(const sl__kargs *a)
             delta[t * m + j] = sent;
             xhat[t * m + j] = t ? ref + sent : x[j];
         }
+    return SL_OK;
+}
+
+/* act.stat_topk: two passes per row in float64 (mean, then the population
+ * variance around it), then the shifted ReLU. */
+sl_status sl__ref_act_stat_topk(const sl__kargs *a)
+{
+    const sl_act_stat_params *p = a->params;
+    int64_t T = a->in[0].shape[0], m = a->in[0].shape[1];
+    const float *x = a->in[0].data;
+    float *y = a->out[0].data;
+    double q = sl__normal_quantile(p->sparsity);
+    for (int64_t t = 0; t < T; t++) {
+        double mu = 0, var = 0;
+        for (int64_t j = 0; j < m; j++)
+            mu += x[t * m + j];
+        mu /= (double)m;
+        for (int64_t j = 0; j < m; j++)
+            var += ((double)x[t * m + j] - mu) * ((double)x[t * m + j] - mu);
+        double theta = mu + sqrt(var / (double)m) * q;
+        for (int64_t j = 0; j < m; j++) {
+            double v = (double)x[t * m + j] - theta;
+            y[t * m + j] = v > 0 ? (float)v : 0.f;
+        }
+    }
     return SL_OK;
 }
 

@@ -134,6 +134,27 @@ sl_status sl__ref_mm_act_sparse(const sl__kargs *a)
     return SL_OK;
 }
 
+sl_status sl__ref_mm_out_sparse(const sl__kargs *a)
+{
+    const float *x = a->in[0].data, *w = a->in[1].data, *g = a->in[3].buf ? a->in[3].data : NULL;
+    const int32_t *sel = a->in[2].data;
+    int64_t T = a->in[0].shape[0], K = a->in[0].shape[1], N = a->in[1].shape[0], S = a->in[2].shape[1];
+    float *y = a->out[0].data;
+    for (int64_t i = 0; i < T * N; i++)
+        y[i] = 0;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < S; j++) {
+            int32_t r = sel[t * S + j];
+            if (r < 0)
+                continue;
+            double s = 0;
+            for (int64_t k = 0; k < K; k++)
+                s += (double)x[t * K + k] * w[r * K + k];
+            y[t * N + r] = g ? (float)s * g[t * N + r] : (float)s;
+        }
+    return SL_OK;
+}
+
 size_t sl__ref_mm_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

@@ -7,6 +7,7 @@
 #include "l_tensor.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -14,7 +15,7 @@
 #define SL_LUA_STATE "sparselab.model_state"
 #define SL_LUA_TOKENIZER "sparselab.tokenizer"
 
-typedef struct l_model { sl_model *m; } l_model;
+typedef struct l_model { sl_model *m; sl_model_exec *ex; } l_model;
 typedef struct l_state { sl_model_state *st; } l_state;
 typedef struct l_tok { sl_tokenizer *t; } l_tok;
 
@@ -42,6 +43,7 @@ static int l_load(lua_State *L)
     struct stat st;
     l_model *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->m = NULL;
+    u->ex = NULL;
     luaL_setmetatable(L, SL_LUA_MODEL);
     sl_status s = stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? sl_model_load_hf(ctx, path, &u->m)
                                                                : sl_model_load_llama2c(ctx, path, &u->m);
@@ -200,7 +202,127 @@ static int m_set_weight(lua_State *L)
         return sl__lua_fail(L, ctx);
     sl_tensor_release(w);
     *w = c;
+    int layer;
+    char kind[8];
+    if (u->ex && sscanf(name, "layers.%d.%7s", &layer, kind) == 2 && sl_model_exec_format(u->ex, layer, kind) > 0 &&
+        sl_model_exec_set(ctx, u->ex, u->m, layer, kind, SL_EXEC_DENSE, 0, 0))
+        return sl__lua_fail(L, ctx); /* a replaced weight runs dense until set again */
     return 0;
+}
+
+/* ---- the runner's sparse executors (issue 17, session 3) ---- */
+
+static sl_model_exec *model_exec(lua_State *L, l_model *u)
+{
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (!u->ex && sl_model_exec_new(ctx, u->m, SL_BACKEND_CPU, &u->ex))
+        sl__lua_fail(L, ctx);
+    return u->ex;
+}
+
+/* model:exec_set(layer or -1, name, format [, n, m]): format "dense", "nm",
+ * "bitmap", "act" or "auto"; creates the exec (cpu) on first use. */
+static int m_exec_set(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int layer = (int)luaL_optinteger(L, 2, -1);
+    const char *name = luaL_checkstring(L, 3);
+    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", NULL};
+    int f = luaL_checkoption(L, 4, NULL, fmts);
+    int n = (int)luaL_optinteger(L, 5, 2), mm = (int)luaL_optinteger(L, 6, 4);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_model_exec_set(ctx, model_exec(L, u), u->m, layer, name, (sl_exec_format)f, n, mm))
+        return sl__lua_fail(L, ctx);
+    return 0;
+}
+
+/* model:exec_gate(layer or -1, theta): w3 runs output-sparse on the gate support
+ * |silu(g)| >= theta (f32 [hidden] or [n_layers, hidden] for -1). */
+static int m_exec_gate(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int layer = (int)luaL_checkinteger(L, 2);
+    sl_lua_tensor *t = sl__lua_test_tensor(L, 3);
+    if (!t)
+        return sl__lua_error(L, "model:exec_gate: expected a tensor of thresholds");
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_tensor c;
+    if (sl_tensor_convert(ctx, &t->t, SL_F32, &c))
+        return sl__lua_fail(L, ctx);
+    sl_status s = sl_model_exec_set_gate(ctx, model_exec(L, u), u->m, layer, &c);
+    sl_tensor_release(&c);
+    if (s)
+        return sl__lua_fail(L, ctx);
+    return 0;
+}
+
+/* model:exec_backend(name): a new exec on that backend (every weight dense). */
+static int m_exec_backend(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int b = sl_backend_from_name(luaL_checkstring(L, 2));
+    if (b < 0)
+        return sl__lua_error(L, "model:exec_backend: expected ref, cpu or cuda, found '%s'", lua_tostring(L, 2));
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_model_exec *e;
+    if (sl_model_exec_new(ctx, u->m, (sl_backend_id)b, &e))
+        return sl__lua_fail(L, ctx);
+    sl_model_exec_free(ctx, u->ex);
+    u->ex = e;
+    return 0;
+}
+
+/* model:exec_off(): frees the exec; the runner multiplies densely, untimed. */
+static int m_exec_off(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    sl_model_exec_free(sl__lua_ctx(L)->ctx, u->ex);
+    u->ex = NULL;
+    return 0;
+}
+
+static int m_exec_threshold(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    sl_model_exec_set_threshold(model_exec(L, u), luaL_checknumber(L, 2));
+    return 0;
+}
+
+/* model:exec_format(layer, name) -> "dense" | "nm" | "bitmap" | "act" | nil */
+static int m_exec_format(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", "gated"};
+    int f = u->ex ? sl_model_exec_format(u->ex, (int)luaL_checkinteger(L, 2), luaL_checkstring(L, 3)) : -1;
+    if (f < 0 || f > 5)
+        lua_pushnil(L);
+    else
+        lua_pushstring(L, fmts[f]);
+    return 1;
+}
+
+/* model:exec_stats([reset]) -> {wq = {seconds, calls, rows, flops}, ...} summed over layers. */
+static int m_exec_stats(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    static const char *const kinds[SL_EXEC_KINDS] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};
+    lua_createtable(L, 0, SL_EXEC_KINDS);
+    for (int k = 0; u->ex && k < SL_EXEC_KINDS; k++) {
+        sl_exec_stat t = sl_model_exec_stat(u->ex, k);
+        lua_createtable(L, 0, 4);
+        lua_pushnumber(L, t.seconds);
+        lua_setfield(L, -2, "seconds");
+        lua_pushinteger(L, (lua_Integer)t.calls);
+        lua_setfield(L, -2, "calls");
+        lua_pushinteger(L, (lua_Integer)t.rows);
+        lua_setfield(L, -2, "rows");
+        lua_pushnumber(L, t.flops);
+        lua_setfield(L, -2, "flops");
+        lua_setfield(L, -2, kinds[k]);
+    }
+    if (u->ex && lua_toboolean(L, 2))
+        sl_model_exec_reset(u->ex);
+    return 1;
 }
 
 /* model:forward(tokens, state [, hook [, site]]) -> logits [n, vocab]. tokens
@@ -240,11 +362,13 @@ static int m_forward(lua_State *L)
     if (has_hook)
         luaL_checktype(L, 4, LUA_TFUNCTION);
     hook_ud sh = {L, 5};
-    sl_model_hooks hooks = {&sh, lua_site};
+    sl_model_hooks hooks = {&sh, NULL, u->ex, u->ex ? sl_model_exec_linear : NULL};
     if (!lua_isnoneornil(L, 5)) {
         luaL_checktype(L, 5, LUA_TFUNCTION);
-        u->m->hooks = &hooks;
+        hooks.site = lua_site;
     }
+    if (hooks.site || hooks.linear)
+        u->m->hooks = &hooks;
     sl_tensor logits;
     sl_status st = sl_model_forward(ctx, u->m, s->st, ids, n, has_hook ? lua_hook : NULL, &h, &logits);
     u->m->hooks = NULL;
@@ -257,6 +381,8 @@ static int m_forward(lua_State *L)
 static int m_close(lua_State *L)
 {
     l_model *u = luaL_checkudata(L, 1, SL_LUA_MODEL);
+    sl_model_exec_free(sl__lua_ctx(L)->ctx, u->ex);
+    u->ex = NULL;
     sl_model_free(sl__lua_ctx(L)->ctx, u->m);
     u->m = NULL;
     return 0;
@@ -460,7 +586,9 @@ void sl__lua_open_model(lua_State *L)
 {
     static const luaL_Reg model_methods[] = {
         {"config", m_config}, {"state", m_state}, {"forward", m_forward},
-        {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {NULL, NULL}};
+        {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {"exec_set", m_exec_set}, {"exec_gate", m_exec_gate},
+        {"exec_backend", m_exec_backend}, {"exec_off", m_exec_off}, {"exec_threshold", m_exec_threshold},
+        {"exec_format", m_exec_format}, {"exec_stats", m_exec_stats}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {
         {"encode", t_encode}, {"decode", t_decode}, {"vocab", t_vocab}, {"close", t_close}, {NULL, NULL}};

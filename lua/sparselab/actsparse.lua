@@ -68,6 +68,23 @@ function A.hook(m, spec, stats)
       local y = sl.act.topk(x, {k = spec.k, abs = true})
       account(y:totable())
       return y
+    elseif spec.kind == "stat_topk" then
+      -- statistical top-k on the gate pre-activation (card topk_activation step 2, Gemma 3n's
+      -- order gate -> stat_topk -> activation -> x up): h = silu(stat_topk(x W1^T)) . (x W3^T)
+      if site == "ffn_in" then
+        local z = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w1", layer)))
+        local u = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w3", layer))):totable()
+        local g = sl.act.stat_topk(z, {sparsity = spec.sparsity}):totable()
+        for i, row in ipairs(g) do
+          for j, v in ipairs(row) do row[j] = v ~= 0 and silu(v) * u[i][j] or 0 end
+        end
+        keep_mask[layer] = g
+      elseif site == "ffn_hidden" then
+        local h = keep_mask[layer]
+        account(h)
+        return sl.tensor(h)
+      end
+      return nil
     elseif spec.kind == "delta" then
       -- tokens as the time axis: the FFN hidden stream goes through act.delta
       -- and the runner's down projection sees the reference xhat (W xhat_t =

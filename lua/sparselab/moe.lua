@@ -18,6 +18,9 @@
 --     o.weights = "unit" (SPT: no router weighting; default) | "softmax"
 --                (p = softmax of the top-k logits . scale, Mixtral-style)
 --     o.scale = 1, o.seed = 1, o.iters = 20 (k-means)
+--     o.impl = "op" (default: k-means and the gating run as the ops
+--              cluster.kmeans and cluster.route on o.backend, default cpu)
+--              | "lua" (the same loops in Lua; same results)
 --   E.hook(m, moe, stats) -> site hook for m.c:forward(ids, st, nil, hook);
 --     stats gets units (hidden units seen) and kept (units computed).
 --   E.route(logits_rows, k) -> {[row] = {expert ids (1-based), ...}} top-k
@@ -86,6 +89,19 @@ local function kmeans(rows, k, iters, rng)
   return c
 end
 
+-- the same rounds through the cluster.kmeans op (issue 17, session 3): the
+-- same init draws, the Lloyd loop in C / CUDA; returns the centroids tensor
+local function kmeans_op(rows, k, iters, rng, backend)
+  local init, used = {}, {}
+  while #init < k do
+    local i = rng(#rows)
+    if not used[i] then used[i] = true; init[#init + 1] = rows[i] end
+  end
+  return (sl.cluster.kmeans(sl.tensor(rows, "f32"), sl.tensor(init, "f32"), {iters = iters, backend = backend}))
+end
+E.kmeans_lua = function(rows, k, iters, seed) return kmeans(rows, k, iters, lcg(seed)) end
+E.kmeans_op = function(rows, k, iters, seed, backend) return kmeans_op(rows, k, iters, lcg(seed), backend) end
+
 --- Top-k experts per row of router logits (select.topk; ties: lower id).
 function E.route(rows, k)
   local keep = sl.select.topk(sl.tensor(rows, "f32"), {k = k}):totable()
@@ -112,16 +128,18 @@ function E.build(m, calib, o)
   end
   local rng = lcg(o.seed or 1)
   local xs, hs = collect(m, calib)
-  local moe = {experts = {}, router = {}, E = nE, k = k, weights = o.weights or "unit", scale = o.scale or 1}
+  local moe = {experts = {}, router = {}, E = nE, k = k, weights = o.weights or "unit", scale = o.scale or 1,
+    expert_of = {}, impl = o.impl or "op", backend = o.backend}
   for l = 0, m.cfg.n_layers - 1 do
     local cent
     if router == "cluster" then
-      cent = kmeans(xs[l], nE, o.iters or 20, rng)
+      if moe.impl == "lua" then cent = kmeans(xs[l], nE, o.iters or 20, rng)
+      else cent = kmeans_op(xs[l], nE, o.iters or 20, rng, o.backend) end
     else
       cent = {}
       for e = 1, nE do cent[e] = {table.unpack(xs[l][rng(#xs[l])])} end
     end
-    moe.router[l] = sl.tensor(cent)
+    moe.router[l] = type(cent) == "table" and sl.tensor(cent) or cent
     local experts = {}
     for e = 1, nE do experts[e] = {} end
     if split == "sequential" then
@@ -160,6 +178,9 @@ function E.build(m, calib, o)
       for i = 1, nE do table.sort(experts[i]) end
     end
     moe.experts[l] = experts
+    local of = {}
+    for e, units in ipairs(experts) do for _, j in ipairs(units) do of[j] = e - 1 end end
+    moe.expert_of[l] = sl.tensor(of, "i32")
   end
   return moe
 end
@@ -167,7 +188,24 @@ end
 function E.hook(m, moe, stats)
   local routes, probs = {}, {}
   return function(layer, site, x)
-    if site == "ffn_in" then
+    local op = moe.impl ~= "lua" and moe.k > 0
+    if site == "ffn_in" and op then
+      -- the gating runs as the cluster.route op at ffn_hidden; routes only for the stats
+      local lt = sl.mm.dense(x, moe.router[layer])
+      routes[layer] = lt
+      if stats then probs[layer] = E.route(lt:totable(), moe.k) end
+      return nil
+    elseif site == "ffn_hidden" and op then
+      local y = sl.cluster.route(x, routes[layer], moe.expert_of[layer],
+        {k = moe.k, softmax = moe.weights == "softmax", scale = moe.scale, backend = moe.backend})
+      if stats then
+        local experts, kept = moe.experts[layer], 0
+        for _, r in ipairs(probs[layer]) do for _, e in ipairs(r) do kept = kept + #experts[e] end end
+        stats.units = (stats.units or 0) + x:shape()[1] * m.cfg.hidden_dim
+        stats.kept = (stats.kept or 0) + kept
+      end
+      return y
+    elseif site == "ffn_in" then
       local logits = sl.mm.dense(x, moe.router[layer]):totable()
       routes[layer] = E.route(logits, moe.k)
       if moe.weights == "softmax" then

@@ -4,6 +4,7 @@
 --
 --   P.linears(m)                 names of the prunable weights ("layers.L.wq" ...)
 --   P.magnitude(m, {sparsity =, scope = "layer" | "global", n =, m =})
+--   P.erk(m, {sparsity =, seed =, uniform =})  random ERK (or uniform random) masks (card step 4)
 --   P.capture(m, seqs, layer)    {site = x [rows, width]} inputs of layer's linears
 --   P.sparsegpt(m, seqs, {sparsity =, n =, m =, blocksize =, percdamp =})
 --   P.lowrank_qk(m, seqs, {rank =, rho =, whiten =})   W_q, W_k -> rank-r a.b (card qk_lowrank (a))
@@ -148,6 +149,54 @@ function P.load(m, path)
     if not ts[name] then sl.fail("prune.load: %s has no tensor '%s'", path, name) end
     m.c:set_weight(name, ts[name])
   end
+end
+
+--- Random ERK baseline (card magnitude_prune step 4; essential_sparsity's
+--- prune_model_random_erk): tensor l keeps a Bernoulli mask of density
+--- d_l = min(1, eps . (n_in + n_out) / (n_in . n_out)), eps solved so that
+--- sum_l d_l . numel_l = (1 - s) . total (tensors that would pass density 1
+--- are set dense and eps re-solved, until none does). o.uniform = true gives
+--- the random-unstructured baseline (d_l = 1 - s everywhere). The masks come
+--- from sl.rand with seed o.seed (default 1) + the tensor's index. Returns
+--- {[name] = d_l} (the expected densities) and the expected total density.
+function P.erk(m, o)
+  o = o or {}
+  local s, seed = o.sparsity or 0.5, o.seed or 1
+  local names, numel, raw, total = P.linears(m), {}, {}, 0
+  for i, name in ipairs(names) do
+    local sh = m.c:weight(name):shape()
+    numel[i] = sh[1] * sh[2]
+    raw[i] = o.uniform and 1 or (sh[1] + sh[2]) / (sh[1] * sh[2])
+    total = total + numel[i]
+  end
+  local dense, dens = {}, {}
+  while true do
+    local fixed, scaled = 0, 0
+    for i = 1, #names do
+      if dense[i] then fixed = fixed + numel[i] else scaled = scaled + raw[i] * numel[i] end
+    end
+    local eps = scaled > 0 and ((1 - s) * total - fixed) / scaled or 0
+    local again = false
+    for i = 1, #names do
+      if not dense[i] and eps * raw[i] > 1 then dense[i], again = true, true end
+    end
+    if not again then
+      for i = 1, #names do dens[i] = dense[i] and 1 or math.max(0, eps * raw[i]) end
+      break
+    end
+  end
+  local out, expected = {}, 0
+  for i, name in ipairs(names) do
+    local w = m.c:weight(name)
+    local r, rows = sl.rand(w:shape(), {seed = seed + i}):totable(), w:totable()
+    for a, row in ipairs(rows) do
+      for b = 1, #row do if r[a][b] >= dens[i] then row[b] = 0 end end
+    end
+    m.c:set_weight(name, sl.tensor(rows))
+    out[name] = dens[i]
+    expected = expected + dens[i] * numel[i]
+  end
+  return out, expected / total
 end
 
 --- Fraction of zeros over the prunable weights.

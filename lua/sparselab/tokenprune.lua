@@ -14,7 +14,9 @@
 --   T.hook(m, o, stats) -> attention hook for m.c:forward(ids, st, hook)
 --     (and, with o.recycle, the site hook: m.c:forward(ids, st, attn, site))
 --     o.recycle = true: token_merge_recycle's recycling of the pruned
---       tokens (T.dpc, T.merge_mean; o.recycle_frac 0.3, o.cluster_div 10)
+--       tokens (T.dpc, T.merge_mean; o.recycle_frac 0.3, o.cluster_div 10;
+--       DPC runs as the cluster.dpc op on o.backend (default cpu), or in Lua
+--       with o.dpc = "lua")
 --     o.layers  = {l, ...} pruning layers (0-based; pruning at l acts on layers > l)
 --     o.ratio   = kept share of the candidates alive at each pruning layer
 --                 (k = floor(ratio * V); the card's "ratio" budget), or
@@ -136,6 +138,16 @@ function T.dpc(rows, c)
   return assign, centres
 end
 
+--- T.dpc through the cluster.dpc op (issue 17, session 3): the same
+--- contract and results (1-based assign and centres), the loops in C / CUDA.
+function T.dpc_op(rows, c, backend)
+  local a, ce = sl.cluster.dpc(sl.tensor(rows, "f32"), {c = math.max(1, c), backend = backend})
+  local assign, centres = a:totable(), ce:totable()
+  for i = 1, #assign do assign[i] = assign[i] + 1 end
+  for k = 1, #centres do centres[k] = centres[k] + 1 end
+  return assign, centres
+end
+
 --- Merged tokens: the unweighted mean of each cluster's rows -> list of c vectors.
 function T.merge_mean(rows, assign, c)
   local sum, cnt = {}, {}
@@ -225,7 +237,8 @@ function T.hook(m, o, stats)
     local ys = {}
     for i, pos in ipairs(members) do ys[i] = rows[pos + 1] end
     local c = mm // (o.cluster_div or 10) + 1
-    local assign, centres = T.dpc(ys, c)
+    local assign, centres
+    if o.dpc == "lua" then assign, centres = T.dpc(ys, c) else assign, centres = T.dpc_op(ys, c, o.backend) end
     local merged = T.merge_mean(ys, assign, #centres)
     local slots = {}
     for i, pos in ipairs(members) do

@@ -185,4 +185,21 @@ else
     row "bench --backend cuda" skip "no $BUILD/sparselab from this run's build"
 fi
 
+# ---- 3c. mm.bitmap's cuSPARSE CSR path vs ref and vs its CUDA-core kernel (issue 17, session 3) ----
+if [ -f "$BUILD/sparselab.so" ] && [ "$built" = 1 ]; then
+    t0=$SECONDS
+    set +e
+    LUA_CPATH="$BUILD/?.so" timeout "$(left 90)" lua5.4 tests/gpu/cusparse_check.lua >"$LOG/cusparse.txt" 2>&1
+    rc=$?
+    set -e
+    cat "$LOG/cusparse.txt"
+    case $rc in
+        0) row "mm.bitmap cuSPARSE CSR" ok "$(grep -c '^ok' "$LOG/cusparse.txt") checks ($((SECONDS - t0)) s)" ;;
+        124) row "mm.bitmap cuSPARSE CSR" timeout "see $LOG/cusparse.txt" ;;
+        *) fail "mm.bitmap cuSPARSE CSR" "exit $rc: $(grep -m1 -E '^FAIL|error' "$LOG/cusparse.txt" | cut -c1-80)" ;;
+    esac
+else
+    row "mm.bitmap cuSPARSE CSR" skip "no $BUILD/sparselab.so from this run's build"
+fi
+
 finish

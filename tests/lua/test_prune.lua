@@ -183,4 +183,34 @@ test("qk_lowrank: whitened rank-8 W_q, W_k beat plain SVD on held-out NLL; full 
   P.restore(m, dense)
 end)
 
+test("magnitude_prune: random ERK densities sum to 1 - s (1e-6), none above 1, the masks hit it; uniform too", function()
+  for _, s in ipairs{0.5, 0.9, 0.99} do
+    local dens, expected = P.erk(m, {sparsity = s, seed = 3})
+    near(expected, 1 - s, 1e-6, "expected total density at s = " .. s)
+    local total, kept, by_ratio = 0, 0, {}
+    for _, name in ipairs(P.linears(m)) do
+      local d = dens[name]
+      truthy(d >= 0 and d <= 1, name .. " density in [0, 1]")
+      local w = m.c:weight(name)
+      local sh = w:shape()
+      local z = zeros(w)
+      total, kept = total + sh[1] * sh[2], kept + sh[1] * sh[2] - z
+      -- ERK: density proportional to (n_in + n_out) / (n_in n_out) among the tensors below 1
+      if d < 1 then by_ratio[#by_ratio + 1] = d / ((sh[1] + sh[2]) / (sh[1] * sh[2])) end
+    end
+    for i = 2, #by_ratio do near(by_ratio[i], by_ratio[1], 1e-9 * by_ratio[1], "one eps for every sparse tensor") end
+    near(kept / total, 1 - s, 0.01, "realised density at s = " .. s)
+    P.restore(m, dense)
+  end
+  -- the shapes differ (wq 64x64: (64+64)/64^2 = 0.031; w1 172x64: 236/11008 = 0.021): ERK keeps the
+  -- smaller tensor denser, in that ratio
+  local dens = P.erk(m, {sparsity = 0.5, seed = 3})
+  near(dens["layers.0.wq"] / dens["layers.0.w1"], (128 / 4096) / (236 / 11008), 1e-9, "ERK density ratio wq / w1")
+  P.restore(m, dense)
+  local uni, e2 = P.erk(m, {sparsity = 0.5, seed = 3, uniform = true})
+  near(e2, 0.5, 1e-9, "uniform expected density")
+  near(uni["layers.0.wq"], 0.5, 1e-12, "uniform: every tensor at 1 - s")
+  P.restore(m, dense)
+end)
+
 H.done()

@@ -4,8 +4,9 @@
 -- zeros it skips; sparselab.actsparse counts the FLOPs it executes for the down projection).
 -- Card steps done: 1 input-sparse executor (mm.act_sparse), 3 tile union on CPU (a weight row
 --   loaded once per 8-row tile if any row uses it), 4 delta mode (with act.delta).
--- Not done: output-sparse mode (2), crossover dispatch stored in SQLite (5); the runner's w2
---   product stays dense sgemm on the zeroed activations (same numbers).
+-- Session 3: the runner runs w2 through mm.act_sparse on the zeroed activations
+--   (sparselab.runexec; equal to the dense product, timed).
+-- Not done: output-sparse mode (2), crossover dispatch stored in SQLite (5).
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "act_sparse_matmul",

@@ -4,7 +4,9 @@
 --   zeroed per tensor (ties by flat index), 3 global scope (one ranking over every prunable
 --   linear), 5 N:M option, 6 the mask kept as the zeros of the pruned copy; the sparsity sweep
 --   is in experiments/model_sparsity.lua. Prunable set: Q, K, V, O, gate, up, down.
--- Not done: random-ERK (4), the KV-cache variant (7), elbow detection.
+-- Session 3: 4 random ERK and uniform random baselines (sparselab.prune P.erk; eps re-solved
+--   while a tensor would pass density 1; Bernoulli masks from sl.rand).
+-- Not done: the KV-cache variant (7), elbow detection.
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "magnitude_prune",

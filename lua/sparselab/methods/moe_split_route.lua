@@ -9,6 +9,8 @@
 --   softmax of the top-k logits x scale.
 -- Not done: attention-MoE (B), SPT's sigmoid block router (C), align post-training, shared expert,
 --   the grouped-GEMM executor as an op (the runner zeroes the unrouted units: same numbers).
+-- Session 3: the k-means router and the gating run as the ops cluster.kmeans and cluster.route
+--   (ref/cpu/CUDA; same results as the Lua loops, kept under o.impl = "lua").
 -- Reference code (OpenSparseLLMs/LLaMA-MoE-v2, ytgui/SPT-proto) was not read; this follows the card.
 local MR = require "sparselab.model_recipe"
 return MR.recipe{

@@ -4,8 +4,9 @@
 --   scores via sparsegpt_prune), 3 plain compressed format (mm.nm_encode: values f32 + u8
 --   positions, ragged last group), 5 executors mm.nm (CPU AVX2, CUDA gather kernel).
 -- Not done: soft masks / decay (2), STen grouped format (4), the mma.sp 2:4 kernel (sm_80+ fp16
---   hardware only). apply prunes the model N:M; the runner's products stay dense sgemm on the
---   masked weights (same numbers); mm.nm is timed in `sparselab bench --only-mm`.
+--   hardware only). apply prunes the model N:M; session 3: the runner runs the pruned weights
+--   through mm.nm (sparselab.runexec, sl_model_exec; timed); mm.nm is also timed in
+--   `sparselab bench --only-mm`.
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "nm_sparse_matmul",

@@ -11,7 +11,8 @@
 --   being inserted after the kept visual tokens with renumbered positions: the runner keeps the
 --   sequence length (the KV keep list formulation of token_prune_attn_score).
 -- Not done: part B (STViT semantic tokens, cross-attention refinement, recover), the size vector
---   and proportional attention (C); DPC runs in Lua, not as an op.
+--   and proportional attention (C). Session 3: DPC-kNN runs as the op cluster.dpc (ref/cpu/CUDA;
+--   T.dpc_op, same results as the Lua T.dpc, which stays under o.dpc = "lua").
 -- Reference code (Gumpest/SparseVLMs utils.py cluster_and_merge) was not read; this follows the card.
 local MR = require "sparselab.model_recipe"
 return MR.recipe{

@@ -2,7 +2,10 @@
 -- Kind: non-attention (sparselab.model_recipe).
 -- Card steps done: 1 exact top-k per token of the FFN hidden units (act.topk; by |h|, h =
 --   silu(gate) . up: SwiGLU units are signed, this workbench's reading), 5 density in stats.
--- Not done: statistical top-k (2), percentile core neurons (3), Spark's predictor (4).
+-- Session 3: 2 statistical top-k (act.stat_topk: theta = mean + std . Phi^-1(s), shifted ReLU;
+--   sparselab.actsparse kind "stat_topk" on the gate pre-activation, Gemma 3n's order, SiLU here);
+--   the runner can run w2 through mm.act_sparse on the zeroed units (sparselab.runexec).
+-- Not done: percentile core neurons (3), Spark's predictor (4).
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "topk_activation",

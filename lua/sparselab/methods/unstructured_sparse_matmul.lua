@@ -3,9 +3,10 @@
 -- Card steps done: 1 bitmap + values packed per row (mm.bitmap_encode; row-major 32-bit words,
 --   per-row value slots instead of per-thread offsets), 2 portable decode (no AVX-512 expand:
 --   AVX2 box), 3 CUDA warp/popcount kernel (mm.bitmap).
--- Not done: the KV-cache variant (4), cuSPARSE CSR. apply prunes the model by magnitude (the
---   runner's products stay dense sgemm on the pruned weights); mm.bitmap is timed in
---   `sparselab bench --only-mm` against sgemm.
+-- Session 3: cuSPARSE CSR SpMM on CUDA below mm.bitmap's csr_below density (nvcc builds; the
+--   simulator keeps the CUDA-core kernel; tests/gpu/run.sh checks it on a GPU), and the model
+--   runner runs pruned weights through mm.bitmap (sparselab.runexec, sl_model_exec), timed.
+-- Not done: the KV-cache variant (4). mm.bitmap is also timed in `sparselab bench --only-mm`.
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "unstructured_sparse_matmul",

@@ -1,0 +1,55 @@
+--- sparselab.runexec — the model runner's sparse executors (issue 17,
+--- session 3). The runner hands each linear product (wq, wk, wv, wo, w1,
+--- w3, w2 of every layer) to an executor (core/model/exec.c): the dense
+--- sgemm, mm.nm (N:M-compressed weight), mm.bitmap (bitmap-compressed
+--- weight) or mm.act_sparse (the product's zero activations skipped; w2
+--- behind an ffn_hidden hook that zeroes units), and times every product.
+local sl = require "sparselab"
+
+local E = {}
+E.KINDS = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"}
+E.FFN = {"w1", "w3", "w2"}
+
+--- Sets the formats of model m (a sparselab.model): spec.weights is the
+--- format of every pruned linear ("dense", "nm", "bitmap", "auto"; n, m for
+--- "nm"; threshold for "auto"), spec.kinds the weights it applies to (default
+--- all seven), spec.act = true runs w2 through mm.act_sparse. spec.backend
+--- picks the executors' backend (default cpu).
+function E.use(m, spec)
+  spec = spec or {}
+  m.c:exec_backend(spec.backend or "cpu")
+  if spec.threshold then m.c:exec_threshold(spec.threshold) end
+  for _, k in ipairs(spec.kinds or E.KINDS) do
+    m.c:exec_set(-1, k, spec.weights or "dense", spec.n, spec.m)
+  end
+  if spec.act then m.c:exec_set(-1, "w2", "act") end
+  -- spec.gate = {[layer] = theta [hidden]}: w3 output-sparse on |silu(g)| >= theta (CATS / CHESS)
+  for l, theta in pairs(spec.gate or {}) do m.c:exec_gate(l, theta) end
+end
+
+--- Back to the runner's untimed dense sgemm.
+function E.off(m) m.c:exec_off() end
+
+--- Runs the sequences (lists of ids) through m with the site hook, and
+--- returns the executors' stats: per kind {seconds, calls, rows, flops}, plus
+--- ffn = {seconds, rows, flops} summed over w1, w3, w2, and ffn_us_per_token.
+function E.time(m, seqs, site)
+  m.c:exec_stats(true)
+  local tokens = 0
+  for _, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, site)
+    tokens = tokens + #ids
+  end
+  local s = m.c:exec_stats(true)
+  local f = {seconds = 0, flops = 0, rows = 0}
+  for _, k in ipairs(E.FFN) do
+    f.seconds, f.flops = f.seconds + s[k].seconds, f.flops + s[k].flops
+  end
+  f.rows = tokens
+  s.ffn = f
+  s.ffn_us_per_token = 1e6 * f.seconds / tokens
+  return s
+end
+
+return E
