@@ -981,6 +981,22 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
  * page.qscores. Costs D + 8 bytes per token and head. */
 sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits);
 int sl_kvcache_bits(const sl_kvcache *c);
+/* Quantised pages that REPLACE the f32 K (kbits 4 or 8) and optionally V
+ * (vbits 4 or 8; 0: f32 V), set before the first append (issue 13, session
+ * 3). Each page of P tokens holds codes and one scale per channel (the
+ * format of page.attend_q, which reads them directly): "kcodes" / "vcodes"
+ * (u8 [H, capacity, D or ceil(D/2)], sharing the buffer) and "kscales" /
+ * "vscales" (f32 [H, capacity/P, D]). The open (last) page also keeps its
+ * f32 rows (one page per head) and is re-quantised on each append; an
+ * eviction re-quantises each head from its first touched page (the moved
+ * tokens' values go through their codes once more). The metadata (min, max,
+ * mean) is that of the dequantised keys, so Quest's bound holds for what
+ * page.attend_q reads. "k" / "v" of a quantised side are copies [H, len, D]
+ * of the dequantised codes (exactly what page.attend_q reads, the open page
+ * included). Not combinable with sl_kvcache_set_bits. */
+sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits);
+/* kbits of the pages (0: f32 K); *vbits (if not NULL) gets vbits. */
+int sl_kvcache_quant(const sl_kvcache *c, int *vbits);
 
 /* ---- token-level sparsity (issue 17, part 2) ----
  * token.scatter (card sparse_token_update, the scatter of gather -> compute
@@ -1000,6 +1016,21 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * Outputs O [Hq, Nq, D], L [Hq, Nq]; a row with no key gets O = 0, L = -inf.
  * Nothing of size Nq x Nk exists: each row's keys are found from the lists
  * (time proportional to the pairs kept). */
+/* ---- decode: quantised pages (issue 13, session 3) ----
+ * page.attend_q (page.attend over low-bit pages that replace the f32 K, and
+ * optionally V): inputs q [Hq, R, D] float; kq u8 codes [Hkv, N, Dk] with
+ * Dk = D (kbits 8) or ceil(D/2) (kbits 4: channel c in byte c/2, low nibble
+ * for even c, high nibble for odd c); kscale float [Hkv, ceil(N/P), D] (per
+ * page and channel); v either float [Hkv, N, D] or u8 codes laid out as kq
+ * with vbits; pages i32 [Hs, R, m] (as page.attend); opt.vscale [Hkv,
+ * ceil(N/P), D], required exactly when v is u8. Params page P, n, causal,
+ * split, scale (as page.attend), kbits, vbits (4 or 8). A code c of b bits
+ * stands for the symmetric value (c - 2^(b-1)) . scale[page, channel]
+ * (8 bits: c - 128; 4 bits: nibble - 8), so key j of kv head g is
+ * k'[j, ch] = (kq[g, j, ch] - 2^(kbits-1)) . kscale[g, j / P, ch]. Outputs
+ * exactly those of page.attend over the dequantised k' (and v'). Codes are
+ * not range-checked (every byte dequantises to a finite value); a
+ * non-finite scale in a listed page makes the call fail. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
