@@ -226,10 +226,35 @@ function D.per_step(o, lse, dense_o, dense_lse, steps)
   return out
 end
 
+--- The quantised pages a method's caches hold ({k = kbits, v = vbits}; 0:
+--- f32): its parameters kv_bits / v_bits when it has them.
+function D.cache_quant(m, p)
+  if m.params and m.params.kv_bits then return {k = p.kv_bits or 0, v = (p.kv_bits or 0) > 0 and (p.v_bits or 0) or 0} end
+  return {k = 0, v = 0}
+end
+
+--- Bytes of K and V read per cached token and kv head (codes plus their share
+--- of the per-page scales when the cache holds quantised pages).
+function D.token_bytes(cache)
+  local d, P = cache:head_dim(), cache:page_size()
+  local kb, vb = cache:quant()
+  local function side(b) return b == 0 and 4 * d or (b == 8 and d or (d + 1) // 2) + 4 * d / P end
+  return side(kb) + side(vb)
+end
+
 --- Page-sparse attention of q ([Hq, R, D], the last R positions of the cache)
 --- over the listed pages of cache. opts: backend, causal (default true), split.
+--- A cache of quantised pages is read directly (page.attend_q).
 function D.attend(cache, q, pages, opts)
   opts = opts or {}
+  local kb, vb = cache:quant()
+  if kb > 0 then
+    return sl.page.attend_q(q, cache:tensor("kcodes"), cache:tensor("kscales"),
+      cache:tensor(vb > 0 and "vcodes" or "v"), pages,
+      {vscale = vb > 0 and cache:tensor("vscales") or nil, kbits = kb, vbits = vb > 0 and vb or 8,
+       page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
+       backend = opts.backend})
+  end
   return sl.page.attend(q, cache:tensor("k"), cache:tensor("v"), pages,
     {page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
      backend = opts.backend})
@@ -275,8 +300,9 @@ function D.state(method, o)
   if o.hq % o.hkv ~= 0 then
     sl.fail("%s: decode state: hq = %d is not a multiple of hkv = %d", method, o.hq, o.hkv)
   end
+  local quant = o.quant or {k = 0, v = 0}
   return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
-    steps = 0, layers = {}}, State)
+    quant = {k = quant.k or 0, v = quant.v or 0}, steps = 0, layers = {}}, State)
 end
 
 --- The per-layer part of the state (created on first use).
@@ -285,6 +311,7 @@ function State:layer(l)
   if not ls then
     ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
     if self.bits > 0 then ls.cache:set_bits(self.bits) end
+    if self.quant.k > 0 then ls.cache:set_quant(self.quant.k, self.quant.v) end
     self.layers[l + 1] = ls
   end
   return ls
@@ -346,6 +373,7 @@ function D.begin(method, o)
   if m.cache_bits and o.params and not o.bits then
     o.bits = m.cache_bits(sl.registry.resolve(m, o.params))
   end
+  if o.params and not o.quant then o.quant = D.cache_quant(m, sl.registry.resolve(m, o.params)) end
   if not m.decode then
     sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase))
   end
@@ -404,7 +432,7 @@ function D.replay(method, prob, p, opts)
   local R, N = qs[2], ks[2]
   if N - R < 1 then sl.fail("%s: decode replay needs a prefix: n_q = %d, n_k = %d", m.id, R, N) end
   local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16,
-    bits = m.cache_bits and m.cache_bits(p) or 0})
+    bits = m.cache_bits and m.cache_bits(p) or 0, quant = D.cache_quant(m, p)})
   D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
     {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
   local os, ls, steps = {}, {}, {}
@@ -431,7 +459,7 @@ function D.page_stats(pages, cache, est_bytes)
   local count, tokens = D.pages_read(pages, P, n)
   local lists = pages:shape()[1]
   return {pages_read = count, tokens_read = tokens / lists, density = tokens / (lists * n),
-    kv_bytes = 8 * d * tokens + (est_bytes or 0)}
+    kv_bytes = D.token_bytes(cache) * tokens + (est_bytes or 0)}
 end
 
 --- The decode hook of a layer-reuse method (tidaldecode's layer roles):

@@ -123,7 +123,7 @@ local function decode_hook_for(prefill_schedule, dspec)
     local nq, nk = q:shape()[2], k:shape()[2]
     if not st then
       st = decode.state(m.id, {hq = q:shape()[1], hkv = k:shape()[1], d = q:shape()[3], page = p.page or 16,
-        bits = m.cache_bits and m.cache_bits(p) or 0})
+        bits = m.cache_bits and m.cache_bits(p) or 0, quant = decode.cache_quant(m, p)})
     end
     local ls = st.layers[layer + 1]
     if nq == nk or not ls then

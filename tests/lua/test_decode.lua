@@ -202,6 +202,54 @@ test("quest: the bound finds the hot pages; first-k and random page selection fa
   truthy(recall_of(out, q, cache) >= 0.9, "shared lists keep the mass")
 end)
 
+test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages, output within the quantisation error; score-blind fails", function()
+  local quest = sl.methods.get("quest")
+  local q, k, v, hot = peaked(160, 8, 33)
+  local f32 = decode.cache_from(k, v, 8)
+  local p = sl.registry.resolve(quest, {budget = 32, page = 8})
+  local ref = quest.page_step(f32, q, p, 5)
+  for _, mode in ipairs{{8, 8, 0.02, 0.62}, {8, 0, 0.02, 0.9}, {4, 4, 0.25, 0.5}} do
+    local kb, vb, tol, ratio = mode[1], mode[2], mode[3], mode[4]
+    local st = decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 8, quant = {k = kb, v = vb}})
+    local cache = st:layer(0).cache
+    cache:append(k, v)
+    local got_k, got_v = cache:quant()
+    eq(got_k * 10 + got_v, kb * 10 + vb, "the cache holds quantised pages")
+    truthy(cache:bytes() < ratio * f32:bytes(), string.format("%d/%d bits: %d bytes vs f32 %d", kb, vb, cache:bytes(), f32:bytes()))
+    local function check(scorer)
+      local out = quest.page_step(cache, q, p, 5, nil, scorer)
+      local found, t = 0, out.pages:totable()
+      for h = 1, HQ do
+        local g = (h - 1) // (HQ // HKV) + 1
+        for _, id in ipairs(t[h][1]) do if hot[g][id] then found = found + 1 end end
+      end
+      return found == 3 * HQ, out, found
+    end
+    local ok, out, found = check(nil)
+    truthy(ok, string.format("%d-bit pages: hot pages found %d of %d", kb, found, 3 * HQ))
+    -- same pages as the f32 cache; output = page.attend over the dequantised copies, close to f32
+    local same, a, b = true, out.pages:totable(), ref.pages:totable()
+    for h = 1, HQ do for e = 1, #a[h][1] do same = same and a[h][1][e] == b[h][1][e] end end
+    truthy(same, "same page lists as f32")
+    local o2 = sl.page.attend(q, cache:tensor("k"), cache:tensor("v"):narrow(2, 1, 160), out.pages, {page = 8, n = 160})
+    near(sl.metric.max_abs(out.o, o2), 0, 1e-5, "page.attend_q = page.attend(dequantised)")
+    local e = sl.metric.rel_l2(out.o, ref.o)
+    truthy(e < tol and e > 0, string.format("%d/%d bits: rel_l2 vs f32 %.4g (< %g, not 0)", kb, vb, e, tol))
+    truthy(out.stats.kv_bytes < ref.stats.kv_bytes, "fewer K/V bytes read per step")
+    local np = cache:pages()
+    for name, scorer in pairs{first_k = function() return sl.zeros({HQ, 1, np}) end,
+                              random = function() return sl.randn({HQ, 1, np}, {seed = 98}) end} do
+      truthy(not check(scorer), "score-blind " .. name .. " selection over quantised pages must fail")
+    end
+  end
+  -- through the method: eval with kv_bits, and bad bits named in one line
+  local qd, kd, vd = sl.randn({HQ, 3, D}, {seed = 14}), sl.randn({HKV, 90, D}, {seed = 15}), sl.randn({HKV, 90, D}, {seed = 16})
+  local r = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 8, v_bits = 8}})
+  truthy(r.metrics.rel_l2 < 0.02 and r.metrics.rel_l2 > 0, "int8 pages at full budget: rel_l2 " .. r.metrics.rel_l2)
+  raises(function() sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {page = 16, kv_bits = 5}}) end,
+    "kbits = 5", "kv_bits 5")
+end)
+
 test("quest: decode replay through the cache, per step recall and bytes", function()
   local q, k, v = sl.randn({HQ, 4, D}, {seed = 41}), sl.randn({HKV, 64, D}, {seed = 42}), sl.randn({HKV, 64, D}, {seed = 43})
   local r = sl.eval("quest", sl.problem{q = q, k = k, v = v}, {params = {budget = 16, page = 8}})
