@@ -120,13 +120,27 @@ static sl_status regrow(sl_ctx *ctx, sl_tensor *t, int64_t h, int64_t old_rows, 
     return regrow_as(ctx, t, SL_F32, h, old_rows, new_rows, d, rows);
 }
 
+/* Storage for cap tokens (a multiple of the page, >= len): every part is
+ * reallocated and the first len tokens (np pages) copied. */
+static sl_status resize(sl_ctx *ctx, sl_kvcache *c, int64_t cap);
+
 /* Room for want tokens (capacity grows by half, rounded to whole pages). */
 static sl_status reserve(sl_ctx *ctx, sl_kvcache *c, int64_t want)
 {
     if (want <= c->cap)
         return SL_OK;
     int64_t cap = c->cap + c->cap / 2 > want ? c->cap + c->cap / 2 : want;
-    cap = (cap + c->page - 1) / c->page * c->page;
+    return resize(ctx, c, (cap + c->page - 1) / c->page * c->page);
+}
+
+sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c)
+{
+    int64_t cap = (c->len + c->page - 1) / c->page * c->page;
+    return cap < c->cap ? resize(ctx, c, cap > 0 ? cap : c->page) : SL_OK;
+}
+
+static sl_status resize(sl_ctx *ctx, sl_kvcache *c, int64_t cap)
+{
     int64_t cap_p = cap / c->page, np = sl_kvcache_pages(c);
     sl_status s;
     if ((!c->kbits && (s = regrow(ctx, &c->k, c->h, c->cap, cap, c->d, c->len))) ||

@@ -997,6 +997,9 @@ int sl_kvcache_bits(const sl_kvcache *c);
 sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits);
 /* kbits of the pages (0: f32 K); *vbits (if not NULL) gets vbits. */
 int sl_kvcache_quant(const sl_kvcache *c, int *vbits);
+/* Frees the capacity past the last page in use (after an eviction: the
+ * resident bytes drop with the tokens); contents unchanged. */
+sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
 
 /* ---- token-level sparsity (issue 17, part 2) ----
  * token.scatter (card sparse_token_update, the scatter of gather -> compute

@@ -977,6 +977,62 @@ START_TEST(test_kvcache_quant)
 }
 END_TEST
 
+/* sl_kvcache_shrink: after an eviction the capacity past the last page is
+ * freed (bytes drop with the tokens), contents and metadata unchanged, and
+ * appends go on (f32 and quantised pages). */
+START_TEST(test_kvcache_shrink)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13013);
+    for (int quant = 0; quant < 2; quant++) {
+        int64_t h = 2, d = 8, P = 4, n = 64, m = 48;
+        sl_kvcache *c;
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, d, P, &c), SL_OK);
+        if (quant)
+            ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 8, 8), SL_OK);
+        sl_tensor k = tu_randn(ctx, &rng, h, n, d, 1.0), v = tu_randn(ctx, &rng, h, n, d, 1.0);
+        ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
+        size_t full = sl_kvcache_bytes(c);
+        sl_tensor idx = i32_tensor(ctx, h, m);
+        for (int64_t g = 0; g < h; g++)
+            for (int64_t j = 0; j < m; j++)
+                ((int32_t *)idx.data)[g * m + j] = (int32_t)(j + (g == 0 ? 0 : 3));
+        ck_assert_int_eq(sl_kvcache_evict(ctx, c, &idx), SL_OK);
+        sl_tensor before[4];
+        const char *parts[4] = {"k", "v", "min", "mean"};
+        for (int q = 0; q < 4; q++)
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, parts[q], &before[q]), SL_OK);
+        ck_assert_int_eq(sl_kvcache_bytes(c), full);   /* evicting alone keeps the capacity */
+        ck_assert_int_eq(sl_kvcache_shrink(ctx, c), SL_OK);
+        double ratio = (double)sl_kvcache_bytes(c) / (double)full;
+        double open = quant ? 2.0 * (double)(h * P * d) * sizeof(float) / (double)full : 0;  /* the open page's f32 rows */
+        ck_assert_msg(ratio <= (double)(n - m) / (double)n + open + 1e-9, "bytes after shrink: %g of before", ratio);
+        for (int q = 0; q < 4; q++) {
+            sl_tensor after;
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, parts[q], &after), SL_OK);
+            int64_t rows = q < 2 ? n - m : (n - m + P - 1) / P;
+            for (int64_t g = 0; g < h; g++)
+                for (int64_t i = 0; i < rows * d; i++)
+                    ck_assert(tu_at(&after, g * after.shape[1] * d + i) == tu_at(&before[q], g * before[q].shape[1] * d + i));
+            sl_tensor_release(&after);
+            sl_tensor_release(&before[q]);
+        }
+        sl_tensor k1 = tu_randn(ctx, &rng, h, 9, d, 1.0), v1 = tu_randn(ctx, &rng, h, 9, d, 1.0);
+        ck_assert_int_eq(sl_kvcache_append(ctx, c, &k1, &v1), SL_OK);
+        ck_assert_int_eq(sl_kvcache_len(c), n - m + 9);
+        sl_tensor_release(&k1);
+        sl_tensor_release(&v1);
+        sl_tensor_release(&idx);
+        sl_tensor_release(&k);
+        sl_tensor_release(&v);
+        sl_kvcache_free(c);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_page_meta);
@@ -991,6 +1047,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_page_qscores);
     tcase_add_test(tc, test_page_attend_q);
     tcase_add_test(tc, test_kvcache_quant);
+    tcase_add_test(tc, test_kvcache_shrink);
 }
 
 int main(void) { return run_op_suite("page_ops", add_tests); }

@@ -74,7 +74,74 @@ end
 
 --- A step over per-KV-head kept prompt tokens (Lua lists, 0-based) plus
 --- every token generated since the prefill: the lists, attention and stats.
-function D.kept_step(ls, q, kept, backend)
+--- Physical per-head eviction (issue 13, session 3): the layer's cache is
+--- split into one cache per KV head holding only that head's kept prompt
+--- tokens (kept[g], 0-based) and every generated token, each shrunk to its
+--- pages in use; the shared cache is replaced by an empty one. Later decode
+--- steps append to the head caches (D.step) and attend over them
+--- (D.heads_step). ls.head_ids[g] keeps the logical positions.
+function D.compact_heads(ls, kept)
+  local cache, n = ls.cache, ls.cache:len()
+  local hkv, d, P = cache:heads(), cache:head_dim(), cache:page_size()
+  local kb, vb = cache:quant()
+  local k, v = cache:tensor("k"), cache:tensor("v")
+  ls.heads, ls.head_ids = {}, {}
+  for g = 1, hkv do
+    local c = D.cache(1, d, P, "decode")
+    if kb > 0 then c:set_quant(kb, vb) end
+    c:append(k:narrow(1, g, 1):narrow(2, 1, n), v:narrow(1, g, 1):narrow(2, 1, n))
+    local keep, ev, ids = {}, {}, {}
+    for _, j in ipairs(kept[g]) do keep[j] = true end
+    for j = 0, n - 1 do
+      if j < ls.n_prefill and not keep[j] then ev[#ev + 1] = j else ids[#ids + 1] = j end
+    end
+    if #ev > 0 then c:evict(sl.tensor({ev}, "i32")) end
+    c:shrink()
+    ls.heads[g], ls.head_ids[g] = c, ids
+  end
+  cache:close()
+  ls.cache = D.cache(hkv, d, P, "decode")
+  if kb > 0 then ls.cache:set_quant(kb, vb) end
+end
+
+--- Resident bytes of a layer's caches (the shared one and any head caches).
+function D.layer_bytes(ls)
+  local b = ls.cache:bytes()
+  for _, c in ipairs(ls.heads or {}) do b = b + c:bytes() end
+  return b
+end
+
+--- One decode step over per-head compacted caches: query head h attends
+--- every token of its KV head's cache. Returns the kept_step result (pages:
+--- the logical token positions read).
+function D.heads_step(ls, q, backend)
+  local hq, hkv = q:shape()[1], #ls.heads
+  local G = hq // hkv
+  local os, lses, lists, tokens, d = {}, {}, {}, 0, q:shape()[3]
+  for g = 1, hkv do
+    local c = ls.heads[g]
+    local o, lse = D.attend(c, q:narrow(1, (g - 1) * G + 1, G), D.all_pages(1, 1, c:pages()), {backend = backend})
+    os[g], lses[g] = o, lse
+    local l = {}
+    for i, j in ipairs(ls.head_ids[g]) do l[i] = j end
+    lists[g] = l
+    tokens = tokens + c:len()
+  end
+  local t = D.lists_tensor(lists)
+  return {o = sl.cat(os, 1), lse = sl.cat(lses, 1), pages = t,
+    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * ls.seen), kv_bytes = 8 * d * tokens,
+      resident_bytes = D.layer_bytes(ls)}}
+end
+
+--- Decode over kept prompt positions (per KV head, kept[g] 0-based) and
+--- every generated token: token lists over the full cache, or, with evict,
+--- physical per-head compaction on the first call (D.compact_heads) and
+--- dense attention over the compacted head caches afterwards.
+function D.kept_step(ls, q, kept, backend, evict)
+  if evict and evict ~= 0 then
+    if not ls.heads then D.compact_heads(ls, kept) end
+    return D.heads_step(ls, q, backend)
+  end
   local cache, n = ls.cache, ls.cache:len()
   local hkv, d = cache:heads(), cache:head_dim()
   local lists, tokens = {}, 0
@@ -88,7 +155,8 @@ function D.kept_step(ls, q, kept, backend)
   local t = D.lists_tensor(lists)
   local o, lse = D.attend_tokens(cache, q, t, {backend = backend})
   return {o = o, lse = lse, pages = t,
-    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens}}
+    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens,
+      resident_bytes = D.layer_bytes(ls)}}
 end
 
 --- Kernel-level run of a layer-reuse method: a layer after the first
@@ -345,6 +413,9 @@ function State:dump()
   for _, l in ipairs(ids) do
     local ls = self.layers[l]
     local parts = {string.format("  layer %d: cache len=%d pages=%d", l - 1, ls.cache:len(), ls.cache:pages())}
+    for g, c in ipairs(ls.heads or {}) do
+      parts[#parts + 1] = string.format("    kv head %d (compacted): len=%d bytes=%d", g - 1, c:len(), c:bytes())
+    end
     local keys = {}
     for key in pairs(ls) do if key ~= "cache" then keys[#keys + 1] = key end end
     table.sort(keys)
@@ -406,14 +477,21 @@ function D.step(method, st, step, params)
   st:check(m.id, step.q, step.k)
   local layer = step.layer or 0
   local ls = st.layers[layer + 1]
-  if not ls or ls.cache:len() == 0 then
+  if not ls or (ls.cache:len() == 0 and not ls.heads) then
     sl.fail("%s: decode before prefill (layer %d has an empty cache)", m.id, layer)
   end
   if step.q:shape()[2] ~= 1 or step.k:shape()[2] ~= 1 then
     sl.fail("%s: a decode step takes one query row and one key, found %d and %d", m.id, step.q:shape()[2],
       step.k:shape()[2])
   end
-  ls.cache:append(step.k, step.v)
+  if ls.heads then   -- per-head compacted caches (D.compact_heads)
+    for g, c in ipairs(ls.heads) do
+      c:append(step.k:narrow(1, g, 1), step.v:narrow(1, g, 1))
+      ls.head_ids[g][#ls.head_ids[g] + 1] = ls.seen
+    end
+  else
+    ls.cache:append(step.k, step.v)
+  end
   ls.seen = (ls.seen or 0) + 1
   local p = sl.registry.resolve(m, params)
   if layer == 0 then st.steps = st.steps + 1 end   -- a step starts at layer 0

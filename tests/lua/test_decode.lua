@@ -507,6 +507,89 @@ test("snapkv, ada_snapkv: dense when the prompt fits; kept sets; Ada allocation;
   end
 end)
 
+-- Physical per-head eviction (evict = 1): the same steps through token lists
+-- (evict = 0) and through per-head compacted caches give the same outputs;
+-- the compacted caches hold only the kept tokens (resident bytes = each
+-- head's pages in use); a position-blind importance fails the recall check
+-- on the compacted path too.
+local function evict_case(id, base_params, extra_state)
+  local m = sl.methods.get(id)
+  local qp, kp, vp = peaked(170, 8, 301)
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 12, D}, {seed = 302, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 12 do obs[h][i] = {}; for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end end
+  end
+  obs = sl.tensor(obs)
+  local steps, n0 = 10, 159
+  local qs = sl.randn({HQ, steps, D}, {seed = 303})
+  local function begin(evict)
+    local p = {}
+    for key, val in pairs(base_params) do p[key] = val end
+    p.evict = evict
+    local st = decode.begin(id, {hq = HQ, hkv = HKV, d = D, page = 8})
+    st.head_scores = extra_state
+    decode.prefill(st, 3, kp:narrow(2, 1, n0), vp:narrow(2, 1, n0), {q = obs})
+    return st, p
+  end
+  local st0, p0 = begin(0)
+  local st1, p1 = begin(1)
+  local full_bytes = st0:layer(3).cache:bytes()
+  for s = 1, steps do
+    local pos = n0 + s
+    local step = {q = s == 1 and qp or qs:narrow(2, s, 1), k = kp:narrow(2, pos, 1), v = vp:narrow(2, pos, 1), layer = 3}
+    local a = decode.step(id, st0, step, p0)
+    local b = decode.step(id, st1, step, p1)
+    near(sl.metric.max_abs(a.o, b.o), 0, 1e-5, id .. ": compacted = token lists (o), step " .. s)
+    near(sl.metric.max_abs(a.lse, b.lse), 0, 1e-5, id .. ": compacted = token lists (lse), step " .. s)
+    if s == 1 then
+      local ls = st1:layer(3)
+      truthy(ls.heads and #ls.heads == HKV, id .. ": one cache per KV head")
+      local want, kept_total = 0, 0
+      for g = 1, HKV do
+        local len = ls.heads[g]:len()
+        eq(len, #ls.kept[g] + 1, id .. ": head cache = kept prompt tokens + the generated one")
+        local cap = (len + 7) // 8 * 8
+        want = want + 8 * D * cap + 12 * D * cap // 8
+        kept_total = kept_total + len
+      end
+      eq(decode.layer_bytes(ls), want, id .. ": resident bytes = the head caches' pages in use")
+      eq(b.stats.resident_bytes, want, id .. ": reported resident bytes")
+      truthy(want < full_bytes * (kept_total / (HKV * 160)) * 1.2,
+        string.format("%s: bytes %d vs full %d, kept %.3f", id, want, full_bytes, kept_total / (HKV * 160)))
+      truthy(recall_of(b, qp, st0:layer(3).cache) >= 0.9, id .. ": compacted recall")
+      truthy(st1:dump():find("compacted"), id .. ": dump shows the head caches")
+    end
+  end
+  -- position-blind importance on the compacted path fails the recall check
+  local stb, pb = begin(1)
+  local ls = stb:layer(3)
+  ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+  ls.seen = ls.seen + 1
+  local blind = function(_, _, n)
+    local imp = {}
+    for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+    return imp
+  end
+  local out = m.step_with and m.step_with(ls, qp, pb, nil, blind) or m.decode(stb, ls, {q = qp, layer = 3}, pb, blind)
+  truthy(ls.heads ~= nil, id .. ": the blind run compacted too")
+  truthy(recall_of(out, qp, st0:layer(3).cache) < 0.9, id .. ": position-blind eviction must fail")
+end
+
+test("snapkv: evict = 1 compacts each KV head physically; outputs = token lists; bytes drop; blind fails", function()
+  evict_case("snapkv", {budget = 48, obs_window = 12, ["local"] = 8, prefix = 4, kernel = 7})
+end)
+
+test("ada_snapkv: evict = 1 compacts each KV head to its own budget; outputs = token lists; bytes drop; blind fails", function()
+  evict_case("ada_snapkv", {budget = 48, obs_window = 12, ["local"] = 8, prefix = 4, kernel = 7})
+end)
+
+test("sparsemm: evict = 1 compacts each KV head to its scored budget; outputs = token lists; bytes drop; blind fails", function()
+  evict_case("sparsemm", {base_capacity = 64, window = 8, ratio = 0.25, kernel = 3}, {[4] = {3, 1}})
+end)
+
 -- runs layers 0..last of one decode step of method id on the peaked inputs;
 -- returns the outputs per layer, the state and the cache of layer 3.
 local function layer_step(id, p, qp, kp, vp, last)
