@@ -934,8 +934,10 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * of q[h, i, c] . k'[j, c], where k' = k when bits = 0 and otherwise each
  * key's values on C quantised per token: lo, hi its min and max over C, step
  * (hi - lo) / (2^bits - 1), k' = lo + round((k - lo) / step) . step (k' = k
- * when step = 0). Query head h reads kv head h / (Hq/Hkv), channel row
- * h / (Hq/Hc), list h / (Hq/Hs).
+ * when step = 0); with qbits > 0 (issue 13 session 3: Double Sparsity's
+ * label pseudo-quantisation) q[h, i, C] is quantised the same way per row
+ * (its own lo, hi over C, 2^qbits levels) before the products. Query head h
+ * reads kv head h / (Hq/Hkv), channel row h / (Hq/Hc), list h / (Hq/Hs).
  *
  * page.qscores: inputs q [Hq, R, D], kq u8 [Hkv, N, D] (codes), kscale float
  * [Hkv, N, 2] (per key lo and step: sl_kvcache_set_bits), opt.pages as

@@ -237,7 +237,8 @@ START_TEST(test_page_select_topp)
 END_TEST
 
 /* page.token_scores: backends vs ref (channel subsets per q or kv head,
- * listed pages, bits 0 and 4); ref vs plain loops. */
+ * listed pages, bits 0 and 4, qbits 0 and 2 — Double Sparsity's label
+ * pseudo-quantisation of the query row); ref vs plain loops. */
 START_TEST(test_page_token_scores)
 {
     tu_alloc al;
@@ -248,7 +249,8 @@ START_TEST(test_page_token_scores)
     sl_tensor q = tu_randn(ctx, &rng, hq, r, d, 1.0), k = tu_randn(ctx, &rng, hkv, nk, d, 1.0);
     for (int ch_heads = 0; ch_heads <= 2; ch_heads++)
         for (int with_pages = 0; with_pages <= 1; with_pages++)
-            for (int bits = 0; bits <= 4; bits += 4) {
+            for (int bq = 0; bq < 4; bq++) {
+                int bits = bq % 2 ? 4 : 0, qbits = bq >= 2 ? 2 : 0;
                 sl_tensor in[4] = {q, k, {0}, {0}};
                 int64_t hc = ch_heads == 1 ? hq : hkv, nc = 5;
                 if (ch_heads) {
@@ -268,6 +270,7 @@ START_TEST(test_page_token_scores)
                 sl_op_params_default(SL_OP_PAGE_TOKEN_SCORES, &p);
                 p.page = P;
                 p.bits = bits;
+                p.qbits = qbits;
                 check_op_vs_ref(ctx, SL_OP_PAGE_TOKEN_SCORES, &p, in, 1e-5, "page.token_scores");
                 sl_tensor s = run_op1(ctx, SL_BACKEND_REF, SL_OP_PAGE_TOKEN_SCORES, &p, in);
                 for (int64_t h = 0; h < hq; h++)
@@ -295,13 +298,20 @@ START_TEST(test_page_token_scores)
                                 lo = fmin(lo, x);
                                 hi = fmax(hi, x);
                             }
-                            double step = (hi - lo) / 15;
+                            double step = (hi - lo) / 15, qlo = 1e30, qhi = -1e30;
+                            for (int64_t c = 0; c < use; c++) {
+                                qlo = fmin(qlo, qi[cols ? cols[c] : c]);
+                                qhi = fmax(qhi, qi[cols ? cols[c] : c]);
+                            }
+                            double qstep = (qhi - qlo) / 3;
                             for (int64_t c = 0; c < use; c++) {
                                 int64_t cc = cols ? cols[c] : c;
-                                double x = kj[cc];
+                                double x = kj[cc], y = qi[cc];
                                 if (bits)  /* nearest of the 16 levels lo + t.step */
                                     x = lo + floor((x - lo) / step + 0.5) * step;
-                                want += qi[cc] * x;
+                                if (qbits)  /* nearest of the 4 levels qlo + t.qstep */
+                                    y = qlo + floor((y - qlo) / qstep + 0.5) * qstep;
+                                want += y * x;
                             }
                             want /= sqrt((double)use);
                             ck_assert_msg(fabs(got - want) < 1e-5, "score %g, want %g", got, want);

@@ -149,7 +149,7 @@ static void select_item(int64_t item, void *ud, int thread)
  * up so that every thread's channel list stays aligned. */
 static size_t token_scores_stride(int64_t d, int64_t n)
 {
-    return (sizeof(int32_t) * (size_t)d + (size_t)n + 7) & ~(size_t)7;
+    return ((sizeof(int32_t) * (size_t)d + (size_t)n + 7) & ~(size_t)7) + sizeof(double) * (size_t)d;
 }
 
 static void token_scores_item(int64_t item, void *ud, int thread)
@@ -178,6 +178,20 @@ static void token_scores_item(int64_t item, void *ud, int thread)
     const float *kh = (const float *)k->data + (h / (hq / hkv)) * nk * d;
     float *out = (float *)a->out[0].data + item * n;
     int64_t limit = p->causal ? n - r + i + 1 : n;
+    /* qbits: the row's channels quantised once (asymmetric min/max), kept as doubles past cols and listed */
+    double *qv = (double *)((char *)cols + token_scores_stride(d, n) - sizeof(double) * (size_t)d);
+    if (p->qbits > 0) {
+        double qlo = INFINITY, qhi = -INFINITY;
+        for (int64_t c = 0; c < nc; c++) {
+            qlo = qi[cols[c]] < qlo ? qi[cols[c]] : qlo;
+            qhi = qi[cols[c]] > qhi ? qi[cols[c]] : qhi;
+        }
+        double qstep = (qhi - qlo) / (double)((1 << p->qbits) - 1);
+        for (int64_t c = 0; c < nc; c++)
+            qv[c] = qstep > 0 ? qlo + nearbyint((qi[cols[c]] - qlo) / qstep) * qstep : qi[cols[c]];
+    } else
+        for (int64_t c = 0; c < nc; c++)
+            qv[c] = qi[cols[c]];
     for (int64_t j = 0; j < n; j++) {
         if (!listed[j] || j >= limit) {
             out[j] = -INFINITY;
@@ -185,18 +199,18 @@ static void token_scores_item(int64_t item, void *ud, int thread)
         }
         const float *kj = kh + j * d;
         double s = 0;
-        if (p->bits > 0) {
+        if (p->bits > 0 || p->qbits > 0) {
             double lo = INFINITY, hi = -INFINITY;
             for (int64_t c = 0; c < nc; c++) {
                 lo = kj[cols[c]] < lo ? kj[cols[c]] : lo;
                 hi = kj[cols[c]] > hi ? kj[cols[c]] : hi;
             }
-            double step = (hi - lo) / (double)((1 << p->bits) - 1);
+            double step = p->bits > 0 ? (hi - lo) / (double)((1 << p->bits) - 1) : 0;
             for (int64_t c = 0; c < nc; c++) {
                 double kv = kj[cols[c]];
                 if (step > 0)
                     kv = lo + nearbyint((kv - lo) / step) * step;
-                s += (double)qi[cols[c]] * kv;
+                s += qv[c] * kv;
             }
         } else
             for (int64_t c = 0; c < nc; c++)

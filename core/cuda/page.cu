@@ -139,6 +139,7 @@ struct scores_args {
     int64_t hq, hkv, r, d, nk, n, nc, hc, lists, m, P, bits;
     int causal;
     double scale;
+    int64_t qbits;
 };
 
 // 1 when key j's page is among the row's listed pages (ascending ids, then
@@ -165,6 +166,15 @@ __global__ void token_scores_kernel(scores_args a)
     const int32_t *cols = a.channels ? a.channels + (h / (a.hq / a.hc)) * a.nc : nullptr;
     const int32_t *ids = a.pages ? a.pages + ((h / (a.hq / a.lists)) * a.r + i) * a.m : nullptr;
     int64_t limit = a.causal ? a.n - a.r + i + 1 : a.n;
+    double qlo = INFINITY, qhi = -INFINITY, qstep = 0;
+    if (a.qbits > 0) {
+        for (int64_t c = 0; c < a.nc; c++) {
+            double x = qi[cols ? cols[c] : c];
+            qlo = fmin(qlo, x);
+            qhi = fmax(qhi, x);
+        }
+        qstep = (qhi - qlo) / (double)((1 << a.qbits) - 1);
+    }
     for (int64_t j = threadIdx.x; j < a.n; j += blockDim.x) {
         float *o = a.out + (h * a.r + i) * a.n + j;
         if (j >= limit || (ids && !listed(ids, a.m, j / a.P))) {
@@ -186,7 +196,10 @@ __global__ void token_scores_kernel(scores_args a)
             double kv = kj[cc];
             if (step > 0)
                 kv = lo + rint((kv - lo) / step) * step;
-            s += (double)qi[cc] * kv;
+            double qv = qi[cc];
+            if (qstep > 0)
+                qv = qlo + rint((qv - qlo) / qstep) * qstep;
+            s += qv * kv;
         }
         *o = (float)s * (float)a.scale;
     }
@@ -482,7 +495,7 @@ sl_status sl__cuda_page_token_scores(const sl__kargs *a)
     scores_args sa = {st.input<float>(0), st.input<float>(1), ch->buf ? st.input<int32_t>(2) : nullptr,
                       pg->buf ? st.input<int32_t>(3) : nullptr, st.output<float>(0), hq, k->shape[0], r, d, k->shape[1],
                       n, nc, ch->buf ? ch->shape[0] : 1, pg->buf ? pg->shape[0] : 1, pg->buf ? pg->shape[2] : 0,
-                      p->page, p->bits, (int)p->causal, p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc)};
+                      p->page, p->bits, (int)p->causal, p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc), p->qbits};
     SL_LAUNCH(token_scores_kernel, dim3((unsigned)r, (unsigned)hq), kThreads, 0, 0)(sa);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

@@ -146,6 +146,12 @@ sl_status sl__ref_page_token_scores(const sl__kargs *a)
                         listed[j] = 1;
             }
             const float *qi = (const float *)q->data + (h * r + i) * d;
+            double qlo = INFINITY, qhi = -INFINITY;
+            for (int64_t c = 0; c < nc; c++) {
+                qlo = qi[cols[c]] < qlo ? qi[cols[c]] : qlo;
+                qhi = qi[cols[c]] > qhi ? qi[cols[c]] : qhi;
+            }
+            double qstep = p->qbits > 0 ? (qhi - qlo) / (double)((1 << p->qbits) - 1) : 0;
             for (int64_t j = 0; j < n; j++) {
                 float *o = out + (h * r + i) * n + j;
                 if (!listed[j] || (p->causal && j > n - r + i)) {
@@ -164,7 +170,10 @@ sl_status sl__ref_page_token_scores(const sl__kargs *a)
                     double kv = kj[cols[c]];
                     if (step > 0)
                         kv = lo + nearbyint((kv - lo) / step) * step;
-                    s += (double)qi[cols[c]] * kv;
+                    double qv = qi[cols[c]];
+                    if (qstep > 0)
+                        qv = qlo + nearbyint((qv - qlo) / qstep) * qstep;
+                    s += qv * kv;
                 }
                 *o = (float)(s * scale);
             }

@@ -259,7 +259,8 @@ end
 function D.token_scores(cache, q, opts)
   opts = opts or {}
   return sl.page.token_scores(q, cache:tensor("k"), {channels = opts.channels, pages = opts.pages,
-    page = opts.page or cache:page_size(), n = cache:len(), bits = opts.bits or 0, backend = opts.backend})
+    page = opts.page or cache:page_size(), n = cache:len(), bits = opts.bits or 0, qbits = opts.qbits or 0,
+    backend = opts.backend})
 end
 
 --- The usual kernel-level run of a decode method: prefill (n_q = n_k) dense,

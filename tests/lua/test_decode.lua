@@ -331,6 +331,144 @@ test("double_sparsity: dense at budget >= n; r = d equals the oracle top-k; scor
   truthy(rnd < 0.9, "random token selection must fail: recall " .. rnd)
 end)
 
+test("double_sparsity: label_bits pseudo-quantises q[C] and k[C] per row (float64 check); recall holds; blind fails", function()
+  local ds = sl.methods.get("double_sparsity")
+  local qp, kp, vp = peaked(120, 8, 62)
+  local cache = decode.cache_from(kp, vp, 8)
+  local r = D // 2
+  local ch = decode.channel_rank(cache:tensor("k"), r, cache:len())
+  local function pq(xs, bits)   -- the reference's pseudo_quantize over one row
+    local lo, hi = math.huge, -math.huge
+    for _, x in ipairs(xs) do lo = math.min(lo, x); hi = math.max(hi, x) end
+    local step = (hi - lo) / (2 ^ bits - 1)
+    local out = {}
+    for i, x in ipairs(xs) do out[i] = step > 0 and lo + math.floor((x - lo) / step + 0.5) * step or x end
+    return out
+  end
+  local qt, kt, ct = qp:totable(), kp:totable(), ch:totable()
+  for _, bits in ipairs{4, 8} do
+    local p = sl.registry.resolve(ds, {budget = 24, group_factor = 2, label_bits = bits})
+    local out = ds.token_step(cache, qp, p, 5, nil, ch)
+    local lists = out.pages:totable()
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local cols = ct[g]
+      local qrow = {}
+      for i, c in ipairs(cols) do qrow[i] = qt[h][1][c + 1] end
+      qrow = pq(qrow, bits)
+      local scores, idx = {}, {}
+      for j = 1, 120 do
+        local krow = {}
+        for i, c in ipairs(cols) do krow[i] = kt[g][j][c + 1] end
+        krow = pq(krow, bits)
+        local sum = 0
+        for i = 1, #cols do sum = sum + qrow[i] * krow[i] end
+        scores[j], idx[j] = sum, j
+      end
+      table.sort(idx, function(a, b) return scores[a] > scores[b] or (scores[a] == scores[b] and a < b) end)
+      local set = {}
+      for i = 1, 24 do set[idx[i] - 1] = true end
+      truthy(same_set(lists[h][1], set), string.format("label_bits %d: selection = float64 pseudo-quantised top-k, head %d", bits, h))
+    end
+    truthy(recall_of(out, qp, cache) >= 0.9, "label_bits " .. bits .. " recall " .. recall_of(out, qp, cache))
+    local bad = recall_of(ds.token_step(cache, qp, p, 5, nil, ch, function() return blind(120) end), qp, cache)
+    truthy(bad < 0.9, "first-k token selection with quantised labels must fail: recall " .. bad)
+    truthy(out.stats.kv_bytes < ds.token_step(cache, qp, sl.registry.resolve(ds, {budget = 24, group_factor = 2}), 5, nil, ch).stats.kv_bytes,
+      "quantised labels read fewer bytes")
+  end
+  raises(function() ds.token_step(cache, qp, sl.registry.resolve(ds, {budget = 24, label_bits = 9}), 5, nil, ch) end,
+    "double_sparsity: label_bits = 9", "label_bits 9")
+end)
+
+test("seer_attention_r: learned gate from a weights file selects what a hand-built gate predicts; zero gate fails", function()
+  local sr = sl.methods.get("seer_attention_r")
+  local G = HQ // HKV
+  local qp, kp, vp, hot = peaked(160, 8, 231)
+  -- hand-built gate, dg = D: Q_gate = mean of the group's queries, K_gate = the block's mean key
+  local function weights(scale_q)
+    local wq, wk = {}, {}
+    for h = 1, HKV do
+      wq[h], wk[h] = {}, {}
+      for o = 1, D do
+        local rq, rk = {}, {}
+        for i = 1, G * D do rq[i] = ((i - 1) % D + 1 == o) and scale_q / G or 0 end
+        for i = 1, 3 * D do rk[i] = (i == 2 * D + o) and 1 or 0 end
+        wq[h][o], wk[h][o] = rq, rk
+      end
+    end
+    local path = os.tmpname() .. ".safetensors"
+    sl.save(path, {wq = sl.tensor(wq), wk = sl.tensor(wk)})
+    return path
+  end
+  local good_path, zero_path = weights(1), weights(0)
+  local function run(path, steps)
+    local st = decode.begin("seer_attention_r", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 2, kp:narrow(2, 1, 159 - steps), vp:narrow(2, 1, 159 - steps))
+    local p = {budget = 32, block = 8, gate = 1, weights = path}
+    local out
+    for s = 0, steps do
+      local pos = 160 - steps + s
+      out = decode.step("seer_attention_r", st, {q = qp, k = kp:narrow(2, pos, 1), v = vp:narrow(2, pos, 1), layer = 2}, p)
+    end
+    return out, st
+  end
+  local out, st = run(good_path, 0)
+  -- the prediction, float64 here: blocks 0..18 complete (159 keys + 1 = 160: block 19 complete too, but scored with the rest)
+  local qt, kt = qp:totable(), kp:totable()
+  local lists = out.pages:totable()
+  for g = 1, HKV do
+    local qm = {}
+    for c = 1, D do
+      qm[c] = 0
+      for j = 1, G do qm[c] = qm[c] + qt[(g - 1) * G + j][1][c] / G end
+    end
+    local sc, idx = {}, {}
+    for b = 0, 19 do
+      local s = 0
+      for c = 1, D do
+        local m = 0
+        for t = b * 8 + 1, b * 8 + 8 do m = m + kt[g][t][c] / 8 end
+        s = s + qm[c] * m
+      end
+      sc[b], idx[#idx + 1] = s, b
+    end
+    table.sort(idx, function(a, b) return sc[a] > sc[b] or (sc[a] == sc[b] and a < b) end)
+    local want = {[19] = true}
+    local taken = 1
+    for _, b in ipairs(idx) do if taken < 4 and not want[b] then want[b] = true; taken = taken + 1 end end
+    local got = {}
+    for _, b in ipairs(lists[g][1]) do if b >= 0 then got[b] = true end end
+    for b in pairs(want) do truthy(got[b], string.format("kv head %d: predicted block %d selected", g, b)) end
+    local found = 0
+    for b in pairs(got) do if hot[g][b] then found = found + 1 end end
+    truthy(found >= 2, "the gate finds the hot blocks of kv head " .. g .. ": " .. found)
+  end
+  local full = decode.cache_from(kp, vp, 8)
+  local good_recall = recall_of(out, qp, full)
+  truthy(good_recall >= 0.8, "gate recall " .. good_recall)
+  -- a zero gate (score-blind: every block ties) picks the first blocks and fails the same checks
+  local bad = run(zero_path, 0)
+  local found = 0
+  for g, row in ipairs(bad.pages:totable()) do for _, b in ipairs(row[1]) do if hot[g][b] then found = found + 1 end end end
+  local bad_recall = recall_of(bad, qp, full)
+  truthy(found < 2 * HKV and bad_recall < 0.8, string.format("a score-blind (zero) gate must fail: found %d, recall %.3f", found, bad_recall))
+  -- the K compression cache after steps across block boundaries = recomputed from scratch
+  local _, st2 = run(good_path, 12)
+  local ls = st2:layer(2)
+  local fresh = {}
+  local w = st2.gate[2]
+  sr.gate_keys(fresh, ls.cache, {block = 8}, w)
+  eq(ls.kgate.blocks, fresh.kgate.blocks, "complete blocks")
+  for g = 1, HKV do
+    for b = 1, fresh.kgate.blocks do
+      for c = 1, D do near(ls.kgate.rows[g][b][c], fresh.kgate.rows[g][b][c], 1e-6, "K compression cache = recomputation") end
+    end
+  end
+  raises(function() run("", 0) end, "seer_attention_r: gate = 1 needs --param weights=FILE", "no weights")
+  os.remove(good_path)
+  os.remove(zero_path)
+end)
+
 -- ---- twilight_topp ----
 
 test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()
