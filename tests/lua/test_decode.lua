@@ -469,6 +469,104 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   os.remove(zero_path)
 end)
 
+test("zipvl: re-compression every N generated tokens (decode queries as probes); tau mass; blind order fails", function()
+  local zv = sl.methods.get("zipvl")
+  local qp, kp, vp = peaked(100, 8, 241)
+  local n0, N, W = 60, 24, 12
+  -- generated keys: random, except two per window aligned with the group's query (the tokens decoding attends to)
+  local kt, qt = kp:totable(), qp:totable()
+  local hotpos = {[n0 + 5] = true, [n0 + 9] = true, [n0 + W + 4] = true, [n0 + W + 10] = true}
+  for g = 1, HKV do
+    for pos in pairs(hotpos) do
+      for c = 1, D do kt[g][pos + 1][c] = 2.5 * qt[(g - 1) * (HQ // HKV) + 1][1][c] end
+    end
+  end
+  local k = sl.tensor(kt)
+  local obs = sl.randn({HQ, 8, D}, {seed = 242})
+  local function run(p, imp_fn)
+    local st = decode.begin("zipvl", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, k:narrow(2, 1, n0), vp:narrow(2, 1, n0), {q = obs})
+    local ls = st:layer(0)
+    local out
+    for s = 1, N do
+      local pos = n0 + s
+      ls.cache:append(k:narrow(2, pos, 1), vp:narrow(2, pos, 1))
+      ls.seen = ls.seen + 1
+      out = zv.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(zv, p), imp_fn)
+    end
+    return out, ls
+  end
+  local p = {tau = 0.8, bits_high = 8, bits_low = 2, probe = 8, recompress = W}
+  local out, ls = run(p)
+  local z = ls.zipvl
+  eq(#z.windows, 2, "two windows of " .. W .. " generated tokens re-compressed")
+  eq(z.done, n0 + N, "every generated token compressed")
+  eq(out.stats.compressed, n0 + N, "stats report the compressed prefix")
+  -- float64 here: the window's normalised importance from its decode queries (softmax over keys <= position)
+  local scale = 1 / math.sqrt(D)
+  for wi, win in ipairs(z.windows) do
+    local imp = {}
+    for j = win.from, win.to - 1 do imp[j] = 0 end
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      for pos = win.from, win.to - 1 do   -- the query decoding token pos sees keys 0..pos
+        local sc, mx, z2 = {}, -math.huge, 0
+        for j = 0, pos do
+          local dot = 0
+          for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j + 1][c] end
+          sc[j] = dot * scale
+          mx = math.max(mx, sc[j])
+        end
+        for j = 0, pos do z2 = z2 + math.exp(sc[j] - mx) end
+        for j = win.from, pos do imp[j] = imp[j] + math.exp(sc[j] - mx) / z2 end
+      end
+    end
+    local total, in_set, smallest = 0, 0, math.huge
+    for j = win.from, win.to - 1 do
+      imp[j] = imp[j] / (win.to - j)   -- the probes that see key j
+      total = total + imp[j]
+    end
+    for j in pairs(win.set) do in_set = in_set + imp[j]; smallest = math.min(smallest, imp[j]) end
+    truthy(in_set >= p.tau * total - 1e-9, string.format("window %d: the set holds >= tau of the importance", wi))
+    truthy(in_set - smallest < p.tau * total + 1e-9, string.format("window %d: the set is minimal", wi))
+    for pos in pairs(hotpos) do
+      if pos >= win.from and pos < win.to then truthy(win.set[pos], "window " .. wi .. ": aligned token " .. pos .. " kept at b_h") end
+    end
+    -- stored keys of the window within half a quantisation step of the originals (per channel and class)
+    local stored = z.k:narrow(2, win.from + 1, win.to - win.from):totable()
+    for g = 1, HKV do
+      for c = 1, D do
+        for _, high in ipairs{true, false} do
+          local lo, hi = math.huge, -math.huge
+          for j = win.from, win.to - 1 do
+            if (win.set[j] == true) == high then lo = math.min(lo, kt[g][j + 1][c]); hi = math.max(hi, kt[g][j + 1][c]) end
+          end
+          local half = (hi - lo) / ((1 << (high and 8 or 2)) - 1) / 2
+          for j = win.from, win.to - 1 do
+            if (win.set[j] == true) == high then
+              truthy(math.abs(stored[g][j - win.from + 1][c] - kt[g][j + 1][c]) <= half + 1e-6, "quantisation within half a step")
+            end
+          end
+        end
+      end
+    end
+  end
+  -- recompress = 0: generated tokens stay f32
+  local _, ls0 = run({tau = 0.5, bits_high = 8, bits_low = 2, probe = 8, recompress = 0})
+  eq(ls0.zipvl.done, n0, "recompress = 0 leaves generated tokens uncompressed")
+  -- position order (score-blind) misses the aligned tokens of the windows
+  local _, lsb = run(p, function(n)
+    local imp = {}
+    for j = 1, n do imp[j] = 1 / j end
+    return imp
+  end)
+  local missed = 0
+  for _, win in ipairs(lsb.zipvl.windows) do
+    for pos in pairs(hotpos) do if pos >= win.from and pos < win.to and not win.set[pos] then missed = missed + 1 end end
+  end
+  truthy(missed > 0, "position-order importance must miss aligned tokens: missed " .. missed)
+end)
+
 -- ---- twilight_topp ----
 
 test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()
