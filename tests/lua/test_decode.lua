@@ -567,6 +567,129 @@ test("zipvl: re-compression every N generated tokens (decode queries as probes);
   truthy(missed > 0, "position-order importance must miss aligned tokens: missed " .. missed)
 end)
 
+test("spatten: cascade head pruning by accumulated |o_h|; pruned heads stay out; index-order pruning fails", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(60, 8, 161)
+  -- the second KV group's values are larger: its query heads matter more
+  local vt = vp:totable()
+  for t = 1, 60 do for c = 1, D do vt[2][t][c] = 4 * vt[2][t][c] end end
+  local v = sl.tensor(vt)
+  local p = sl.registry.resolve(spm, {budget = 1000, prune_layer = 0, heads = 2, head_prune_layer = 1})
+  local function run(rank)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    for l = 0, 2 do decode.prefill(st, l, kp:narrow(2, 1, 56), v:narrow(2, 1, 56)) end
+    local outs, pruned = {}, {}
+    for t = 1, 4 do
+      local q = sl.randn({HQ, 1, D}, {seed = 170 + t})
+      for l = 0, 2 do
+        local ls = st:layer(l)
+        ls.cache:append(kp:narrow(2, 56 + t, 1), v:narrow(2, 56 + t, 1))
+        local out = spm.decode(st, ls, {q = q, layer = l}, p, rank)
+        local dense = decode.attend(ls.cache, q, decode.all_pages(HQ, 1, ls.cache:pages()))
+        outs[#outs + 1] = {layer = l, step = t, out = out, dense = dense}
+      end
+      local now = {}
+      for h in pairs(st.spatten.head_pruned or {}) do now[h] = true end
+      for h in pairs(pruned) do truthy(now[h], "cascade: pruned head " .. h .. " came back") end
+      pruned = now
+    end
+    return st, outs
+  end
+  local st, outs = run(nil)
+  local np = 0
+  for h in pairs(st.spatten.head_pruned) do np = np + 1; truthy(h < 2, "the small-|o| heads (group 1) are pruned: " .. h) end
+  eq(np, 2, "two heads pruned")
+  -- importance = accumulated |o_h|: step 1, layer 0 (before any pruning) from the dense output
+  local st1 = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st1, 0, kp:narrow(2, 1, 56), v:narrow(2, 1, 56))
+  local ls1 = st1:layer(0)
+  ls1.cache:append(kp:narrow(2, 57, 1), v:narrow(2, 57, 1))
+  local q1 = sl.randn({HQ, 1, D}, {seed = 171})
+  spm.decode(st1, ls1, {q = q1, layer = 0}, p)
+  local od = decode.attend(ls1.cache, q1, decode.all_pages(HQ, 1, ls1.cache:pages())):totable()
+  for h = 1, HQ do
+    local m = 0
+    for c = 1, D do m = m + math.abs(od[h][1][c]) end
+    near(st1.spatten.head_score[h - 1], m, 1e-5, "head importance = |o_h|, head " .. h)
+  end
+  -- after pruning, the pruned heads output 0 and the kept heads equal dense
+  local err_good, err_bad = 0, 0
+  for _, r in ipairs(outs) do
+    if r.layer >= 1 and r.step >= 2 then err_good = err_good + sl.metric.rel_l2(r.out.o, r.dense) end
+  end
+  local _, bad = run({head = function(_, h) return -h end})   -- index order: keeps heads 0 and 1
+  for _, r in ipairs(bad) do
+    if r.layer >= 1 and r.step >= 2 then err_bad = err_bad + sl.metric.rel_l2(r.out.o, r.dense) end
+  end
+  truthy(err_good < err_bad, string.format("|o|-ranked pruning loses less than index order: %.3f vs %.3f", err_good, err_bad))
+end)
+
+test("spatten: progressive quantisation: confident heads keep the MSB result (float64 check), the rest are exact", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(80, 8, 181)
+  local function step_with(conf)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 79), vp:narrow(2, 1, 79))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 80, 1), vp:narrow(2, 80, 1))
+    local p = sl.registry.resolve(spm, {budget = 1000, prune_layer = 5, confidence = conf, msb_bits = 4})
+    return spm.decode(st, ls, {q = qp, layer = 0}, p), ls.cache
+  end
+  local exact, cache = step_with(0)
+  local none = step_with(1.01)
+  eq(none.stats.msb_heads, 0, "threshold above 1: no head is confident")
+  near(sl.metric.max_abs(none.o, exact.o), 0, 1e-6, "no confident head: exact")
+  -- float64 here: MSB scores from q and k quantised per row to 4 bits (asymmetric min/max)
+  local function qdq(row)
+    local lo, hi = math.huge, -math.huge
+    for _, x in ipairs(row) do lo = math.min(lo, x); hi = math.max(hi, x) end
+    local step, out = (hi - lo) / 15, {}
+    for i, x in ipairs(row) do out[i] = step > 0 and lo + math.floor((x - lo) / step + 0.5) * step or x end
+    return out
+  end
+  local qt, kt, vt = qp:totable(), kp:totable(), vp:totable()
+  local peak, msb_o = {}, {}
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    local qq = qdq(qt[h][1])
+    local sc, mx = {}, -math.huge
+    for t = 1, 80 do
+      local kk = qdq(kt[g][t])
+      local dot = 0
+      for c = 1, D do dot = dot + qq[c] * kk[c] end
+      sc[t] = dot / math.sqrt(D)
+      mx = math.max(mx, sc[t])
+    end
+    local z = 0
+    for t = 1, 80 do z = z + math.exp(sc[t] - mx) end
+    peak[h] = 1 / z
+    msb_o[h] = {}
+    for c = 1, D do
+      local acc = 0
+      for t = 1, 80 do acc = acc + math.exp(sc[t] - mx) / z * vt[g][t][c] end
+      msb_o[h][c] = acc
+    end
+  end
+  local sorted = {}
+  for h = 1, HQ do sorted[h] = peak[h] end
+  table.sort(sorted)
+  local thr = (sorted[2] + sorted[3]) / 2   -- two heads confident, two not
+  local mixed = step_with(thr)
+  eq(mixed.stats.msb_heads, 2, "two heads answered from the MSBs")
+  local mo, eo = mixed.o:totable(), exact.o:totable()
+  for h = 1, HQ do
+    for c = 1, D do
+      if peak[h] >= thr then
+        near(mo[h][1][c], msb_o[h][c], 1e-5, "confident head " .. h .. ": softmax of the MSB scores . V")
+      else
+        near(mo[h][1][c], eo[h][1][c], 1e-6, "flat head " .. h .. ": exact")
+      end
+    end
+  end
+  truthy(sl.metric.rel_l2(mixed.o, exact.o) < 0.2, "MSB heads stay close to exact: " .. sl.metric.rel_l2(mixed.o, exact.o))
+  local _ = cache
+end)
+
 -- ---- twilight_topp ----
 
 test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()
