@@ -593,13 +593,45 @@ end
 --- The decode hook of a static cache policy: after the new token is
 --- appended, the cache keeps its first n_sink tokens and its last n_recent
 --- (the rest is evicted for good), and the query attends to everything left.
-function D.static_cache_step(cache, q, n_sink, n_recent, backend)
+function D.static_cache_step(cache, q, n_sink, n_recent, backend, shift)
   local n = cache:len()
   if n > n_sink + n_recent then D.evict_range(cache, n_sink, n - n_recent) end
   n = cache:len()
   local hq, d = q:shape()[1], cache:head_dim()
-  local o, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  local o, lse
+  if shift and shift.evicted > 0 and n_sink > 0 then
+    -- pos_shift: keys re-positioned to their cache slots, the query at slot n - 1
+    local k = cache:tensor("k"):narrow(2, 1, n)
+    local sinks = D.rope_rotate(k:narrow(2, 1, math.min(n_sink, n)), shift.evicted, shift.rope)
+    local ks = n > n_sink and sl.cat({sinks, k:narrow(2, n_sink + 1, n - n_sink)}, 2) or sinks
+    o, lse = sl.page.attend(q, ks, cache:tensor("v"):narrow(2, 1, n), D.token_range(hq, 0, n),
+      {page = 1, n = n, causal = true, backend = backend})
+  else
+    o, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  end
   return {o = o, lse = lse, stats = {tokens_read = n, cache_len = n, kv_bytes = 8 * d * n * cache:heads()}}
+end
+
+--- Keys x [H, t, D] (already rotated by RoPE at their positions) rotated by
+--- `by` more positions: RoPE is a rotation per channel pair (rope.style
+--- "pairs": channels 2j, 2j+1; "half": j, j + D/2) by angle pos . theta^(-2j/D),
+--- and rotations compose, so R(p + by) k_pre = R(by) R(p) k_pre.
+function D.rope_rotate(x, by, rope)
+  local t = x:totable()
+  local dd = #t[1][1]
+  local half = dd // 2
+  for _, head in ipairs(t) do
+    for _, v in ipairs(head) do
+      for j = 0, half - 1 do
+        local ang = by * rope.theta ^ (-2 * j / dd)
+        local c, s = math.cos(ang), math.sin(ang)
+        local a, b = rope.style == "pairs" and 2 * j + 1 or j + 1, rope.style == "pairs" and 2 * j + 2 or j + half + 1
+        local x0, x1 = v[a], v[b]
+        v[a], v[b] = x0 * c - x1 * s, x0 * s + x1 * c
+      end
+    end
+  end
+  return sl.tensor(t)
 end
 
 --- The mean of each per-step stat over the steps of a replay, plus the

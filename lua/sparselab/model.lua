@@ -110,7 +110,7 @@ end
 --- the method's decode state with the layer's keys, values and queries;
 --- decode calls (one query row) go through the method's decode hook. Returns
 --- the hook and a function giving the decode state.
-local function decode_hook_for(prefill_schedule, dspec)
+local function decode_hook_for(prefill_schedule, dspec, cfg)
   local decode = require "sparselab.decode"
   local spec = normalise(dspec)
   if not spec then sl.fail("model: decode = expects a decode method (dense needs no decode hook)") end
@@ -137,7 +137,9 @@ local function decode_hook_for(prefill_schedule, dspec)
       sl.fail("%s: decode state out of step with the model (layer %d has seen %d tokens, the model %d)", m.id, layer,
         ls.seen, nk - 1)
     end
-    return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer}, p).o
+    -- rope: the model's RoPE (keys arrive rotated), for methods that re-position cached keys (pos_shift)
+    local rope = cfg and {theta = tonumber(cfg.rope_theta), style = cfg.rope_style}
+    return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer, rope = rope}, p).o
   end
   return hook, function() return st end
 end
@@ -180,7 +182,7 @@ function Model:evaluate_decode(o)
     sl.fail("model: prefix = %s; expected 1 <= prefix < %d tokens", tostring(n0), #tokens)
   end
   local dense = self:run{tokens = tokens}
-  local hook, state = decode_hook_for(o.attention, o.decode)
+  local hook, state = decode_hook_for(o.attention, o.decode, self.cfg)
   local st <close> = self.c:state(#tokens)
   local pre = {}
   for i = 1, n0 do pre[i] = tokens[i] end
@@ -205,7 +207,7 @@ function Model:generate(o)
   for i, t in ipairs(o.prompt or self:encode(o.text or "")) do ids[i] = t end
   local steps = o.steps or 64
   local st <close> = self.c:state(math.min(self.cfg.seq_len, #ids + steps))
-  local hook = o.decode and decode_hook_for(o.attention, o.decode) or hook_for(o.attention)
+  local hook = o.decode and decode_hook_for(o.attention, o.decode, self.cfg) or hook_for(o.attention)
   local logits = self.c:forward(ids, st, hook)
   local draws = o.temperature and o.temperature > 0 and sl.rand({steps}, {seed = o.seed or 1})
   local start = #ids

@@ -690,6 +690,85 @@ test("spatten: progressive quantisation: confident heads keep the MSB result (fl
   local _ = cache
 end)
 
+test("streaming_llm: pos_shift re-positions keys to cache slots (float64 pre-RoPE check); no shift before eviction", function()
+  local theta, n_init, n_local, N = 10000, 2, 6, 20
+  -- pre-RoPE q and k, rotated here (RoPE "half" style) at their text positions
+  local function rot(v, pos)
+    local out, half = {}, D // 2
+    for c = 1, D do out[c] = v[c] end
+    for j = 0, half - 1 do
+      local ang = pos * theta ^ (-2 * j / D)
+      local a, b = j + 1, j + half + 1
+      out[a] = v[a] * math.cos(ang) - v[b] * math.sin(ang)
+      out[b] = v[a] * math.sin(ang) + v[b] * math.cos(ang)
+    end
+    return out
+  end
+  local kpre = sl.randn({HKV, N, D}, {seed = 251}):totable()
+  local qpre = sl.randn({HQ, N, D}, {seed = 252}):totable()
+  local vt = sl.randn({HKV, N, D}, {seed = 253}):totable()
+  local kpost, qpost = {}, {}
+  for g = 1, HKV do kpost[g] = {}; for t = 1, N do kpost[g][t] = rot(kpre[g][t], t - 1) end end
+  for h = 1, HQ do qpost[h] = {}; for t = 1, N do qpost[h][t] = rot(qpre[h][t], t - 1) end end
+  local k, v, q = sl.tensor(kpost), sl.tensor(vt), sl.tensor(qpost)
+  local function run(shift)
+    local st = decode.begin("streaming_llm", {hq = HQ, hkv = HKV, d = D, page = 4})
+    decode.prefill(st, 0, k:narrow(2, 1, 5), v:narrow(2, 1, 5))
+    local outs = {}
+    for pos = 6, N do
+      outs[pos] = decode.step("streaming_llm", st, {q = q:narrow(2, pos, 1), k = k:narrow(2, pos, 1), v = v:narrow(2, pos, 1),
+        layer = 0, rope = {theta = theta, style = "half"}}, {n_init = n_init, n_local = n_local, pos_shift = shift})
+    end
+    return outs
+  end
+  local shifted, plain = run(1), run(0)
+  for pos = 6, n_init + n_local do
+    near(sl.metric.max_abs(shifted[pos].o, plain[pos].o), 0, 1e-6, "no eviction yet: pos_shift changes nothing")
+  end
+  -- after evictions: float64 attention with every key at its cache slot and the query at the last slot
+  for _, pos in ipairs{12, N} do
+    local slots = {}
+    for j = 0, n_init - 1 do slots[#slots + 1] = j end
+    for j = pos - n_local, pos - 1 do slots[#slots + 1] = j end
+    local L = #slots
+    local ot = shifted[pos].o:totable()
+    local diff = 0
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local qq = rot(qpre[h][pos], L - 1)
+      local sc, mx = {}, -math.huge
+      for si, j in ipairs(slots) do
+        local kk = rot(kpre[g][j + 1], si - 1)
+        local dot = 0
+        for c = 1, D do dot = dot + qq[c] * kk[c] end
+        sc[si] = dot / math.sqrt(D)
+        mx = math.max(mx, sc[si])
+      end
+      local z = 0
+      for si = 1, L do z = z + math.exp(sc[si] - mx) end
+      for c = 1, D do
+        local acc = 0
+        for si, j in ipairs(slots) do acc = acc + math.exp(sc[si] - mx) / z * vt[g][j + 1][c] end
+        near(ot[h][1][c], acc, 1e-5, "pos_shift output = attention at cache slots, step " .. pos)
+        diff = math.max(diff, math.abs(acc - plain[pos].o:totable()[h][1][c]))
+      end
+    end
+    truthy(diff > 1e-4, "after eviction the shift matters (step " .. pos .. ", max diff " .. diff .. ")")
+  end
+  raises(function()
+    local st = decode.begin("streaming_llm", {hq = HQ, hkv = HKV, d = D, page = 4})
+    decode.prefill(st, 0, k:narrow(2, 1, 12), v:narrow(2, 1, 12))
+    decode.step("streaming_llm", st, {q = q:narrow(2, 13, 1), k = k:narrow(2, 13, 1), v = v:narrow(2, 13, 1), layer = 0},
+      {n_init = 2, n_local = 6, pos_shift = 1})
+  end, "streaming_llm: pos_shift = 1 needs the model's RoPE", "no RoPE outside the model runner")
+  -- model level: the runner passes its RoPE; pos_shift runs and changes the result once tokens are evicted
+  local model = sl.model.load("experiments/data/tinystories260k/model.bin")
+  local toks = model:encode("Once upon a time there was a little girl who liked to play in the park with her dog.")
+  local a = model:evaluate_decode{tokens = toks, prefix = 8, decode = {method = "streaming_llm", params = {n_init = 2, n_local = 6, pos_shift = 1}}}
+  local b = model:evaluate_decode{tokens = toks, prefix = 8, decode = {method = "streaming_llm", params = {n_init = 2, n_local = 6}}}
+  truthy(a.kl == a.kl and a.kl >= 0 and math.abs(a.kl - b.kl) > 1e-6, string.format("model: pos_shift KL %.4f vs %.4f", a.kl, b.kl))
+end)
+
 -- ---- twilight_topp ----
 
 test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()
