@@ -769,6 +769,51 @@ test("streaming_llm: pos_shift re-positions keys to cache slots (float64 pre-RoP
   truthy(a.kl == a.kl and a.kl >= 0 and math.abs(a.kl - b.kl) > 1e-6, string.format("model: pos_shift KL %.4f vs %.4f", a.kl, b.kl))
 end)
 
+test("spatten: local V pruning reads only rows with probability >= threshold (float64 check); random rows lose more", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(80, 8, 191)
+  local function step_with(thr)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 79), vp:narrow(2, 1, 79))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 80, 1), vp:narrow(2, 80, 1))
+    return spm.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(spm, {budget = 1000, prune_layer = 5, v_threshold = thr}))
+  end
+  local full, pruned = step_with(0), step_with(0.01)
+  eq(full.stats.v_rows_read, 80 * HQ, "threshold 0 reads every V row")
+  truthy(pruned.stats.v_rows_read < 80 * HQ / 2, "threshold 0.01 reads fewer rows: " .. pruned.stats.v_rows_read)
+  local qt, kt, vt = qp:totable(), kp:totable(), vp:totable()
+  local ot, err_good, err_rand = pruned.o:totable(), 0, 0
+  local ft = full.o:totable()
+  for h = 1, HQ do
+    local all = {}
+    for j = 0, 79 do all[j] = true end
+    local _, l = attend_ref(qt, kt, vt, h, all)
+    local g = (h - 1) // (HQ // HKV) + 1
+    local keep, count = {}, 0
+    for j = 0, 79 do
+      local dot = 0
+      for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j + 1][c] end
+      if math.exp(dot / math.sqrt(D) - l) >= 0.01 then keep[j] = true; count = count + 1 end
+    end
+    local o = attend_ref(qt, kt, vt, h, keep)
+    for c = 1, D do near(ot[h][1][c], o[c], 1e-5, "head " .. h .. ": attention over the rows >= threshold") end
+    -- the same number of rows chosen at random (score-blind)
+    local rnd, taken, x = {}, 0, h * 7919
+    while taken < count do
+      x = (x * 1103515245 + 12345) % 2147483648
+      local j = x % 80
+      if not rnd[j] then rnd[j] = true; taken = taken + 1 end
+    end
+    local orand = attend_ref(qt, kt, vt, h, rnd)
+    for c = 1, D do
+      err_good = err_good + (o[c] - ft[h][1][c]) ^ 2
+      err_rand = err_rand + (orand[c] - ft[h][1][c]) ^ 2
+    end
+  end
+  truthy(err_good < err_rand, string.format("probability-ranked rows lose less than random rows: %.4g vs %.4g", err_good, err_rand))
+end)
+
 -- ---- twilight_topp ----
 
 test("twilight_topp: p = 1 keeps S0 (= quest); dense at B0 >= n, p = 1; S within S0; peaked pruning; blind fails", function()

@@ -28,8 +28,14 @@
 --      others "fetch the LSBs" and are recomputed exactly. The MSB/LSB split
 --      and the threshold are the card's unknowns: msb_bits 4 and a
 --      threshold parameter (default 0 = off) chosen here.
--- Not implemented: local V pruning (step 3), the hardware top-k engine
--- (step 5).
+--   3. (issue 13 session 3) local V pruning, v_threshold > 0: per query head
+--      only the V rows of tokens whose probability (exact, over the attended
+--      set) reaches v_threshold are read; the output is the attention over
+--      those tokens (renormalised over them — whether the hardware
+--      renormalises is not in the card: an unknown read this way). It runs
+--      before progressive quantisation, which may still replace a confident
+--      head's row. Importance accumulates from the full probabilities.
+-- Not implemented: the hardware top-k engine (step 5).
 -- Unknowns chosen: layers before prune_layer see every token (pruning
 -- cascades forward from the layer that decided it); the pruning ratio is a
 -- token budget; the prefill is dense and seeds no importance (decode only).
@@ -54,6 +60,8 @@ local M = {
     confidence = {default = 0, min = 0, max = 1.01,
       doc = "progressive quantisation: a row whose MSB softmax peak reaches this keeps the MSB result (0: off, every row exact)"},
     msb_bits = {default = 4, min = 2, max = 8, int = true, doc = "bits of the MSB pass (q and k quantised per row)"},
+    v_threshold = {default = 0, min = 0, max = 1,
+      doc = "local V pruning: per query head only V rows of tokens with probability >= this are read (0: every row)"},
   },
   ops = {"page.token_scores", "page.attend", "attn.rows"},
   checks = {"cascade: a pruned token never reappears in later layers or steps", "importance = sum of column sums of P",
@@ -92,9 +100,7 @@ function M.decode(st, ls, step, p, rank_fn)
   end
   local lists = decode.shared_lists(cache:heads(), positions)
   local o, lse = decode.attend_tokens(cache, q, lists, {backend = step.backend})
-  local msb_heads = 0
-  if p.confidence > 0 then o, lse, msb_heads = M.progressive(cache, q, positions, o, lse, p, step.backend) end
-  -- importance: the probabilities this layer gave the alive tokens
+  -- importance: the probabilities this layer gave the alive tokens (exact softmax over the attended set)
   local z, l = decode.token_scores(cache, q, {backend = step.backend}):totable(), lse:totable()
   for _, j in ipairs(positions) do
     if sp.alive[j] then
@@ -103,6 +109,28 @@ function M.decode(st, ls, step, p, rank_fn)
       sp.score[j] = sp.score[j] + acc
     end
   end
+  -- step 3, local V pruning: per query head only the V rows of tokens whose probability reaches v_threshold
+  local v_rows = #positions * hq
+  if p.v_threshold > 0 then
+    local keep, rows = {}, 0
+    for h = 1, hq do
+      keep[h] = {}
+      local best, bj = -math.huge, positions[#positions]
+      for _, j in ipairs(positions) do
+        local pj = math.exp(z[h][1][j + 1] - l[h][1])
+        if pj >= p.v_threshold then keep[h][#keep[h] + 1] = j end
+        if pj > best then best, bj = pj, j end
+      end
+      if #keep[h] == 0 then keep[h][1] = bj end   -- the most probable row always stays
+      rows = rows + #keep[h]
+    end
+    if rows < v_rows then
+      o, lse = decode.attend_tokens(cache, q, decode.lists_tensor(keep), {backend = step.backend})
+      v_rows = rows
+    end
+  end
+  local msb_heads = 0
+  if p.confidence > 0 then o, lse, msb_heads = M.progressive(cache, q, positions, o, lse, p, step.backend) end
   if layer == p.prune_layer then
     local alive = sorted_keys(sp.alive)
     if #alive > p.budget then
@@ -165,7 +193,8 @@ function M.decode(st, ls, step, p, rank_fn)
   end
   local tokens = #positions
   return {o = o, lse = lse, pages = lists,
-    stats = {tokens_read = tokens, density = tokens / n, kv_bytes = 8 * d * tokens * kv_alive, msb_heads = msb_heads}}
+    stats = {tokens_read = tokens, density = tokens / n, kv_bytes = 8 * d * tokens * kv_alive, msb_heads = msb_heads,
+      v_rows_read = v_rows}}
 end
 
 --- Step 4, progressive quantisation: per query head, scores from q and k
