@@ -138,7 +138,7 @@ local function decode_hook_for(prefill_schedule, dspec, cfg)
         ls.seen, nk - 1)
     end
     -- rope: the model's RoPE (keys arrive rotated), for methods that re-position cached keys (pos_shift)
-    local rope = cfg and {theta = tonumber(cfg.rope_theta), style = cfg.rope_style}
+    local rope = cfg and {theta = tonumber(cfg.rope_theta), style = cfg.rope_style, factor = cfg.rope_factor or 0}
     return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer, rope = rope}, p).o
   end
   return hook, function() return st end

@@ -26,7 +26,7 @@
 --      so only the sinks are rotated, by e positions, at read time
 --      (decode.rope_rotate with the model's theta and pairs/half style, from
 --      step.rope). Kernel-level inputs carry no RoPE information: pos_shift
---      there is refused with a one-line error.
+--      there is refused with a one-line error, as is Llama 3 scaled RoPE.
 -- Not here yet: the block variant (step 5).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
@@ -61,6 +61,9 @@ return {
     if p.pos_shift == 1 then
       if not step.rope then
         sl.fail("streaming_llm: pos_shift = 1 needs the model's RoPE (the model runner's decode loop); this step has none")
+      end
+      if (step.rope.factor or 0) > 0 then
+        sl.fail("streaming_llm: pos_shift = 1 with Llama 3 scaled RoPE (rope_factor = %g) is not supported", step.rope.factor)
       end
       shift = {rope = step.rope, evicted = (ls.seen or ls.cache:len()) - math.min(ls.seen or 0, p.n_init + p.n_local)}
     end
