@@ -19,6 +19,11 @@ struct sl_kvcache {
     int bits;                  /* 0: no low-bit copy of K; 2..8: codes and per-token lo, step */
     sl_tensor kq;              /* u8 [h, cap, d] */
     sl_tensor ks;              /* f32 [h, cap, 2]: lo, step */
+    /* quantised pages that replace K (and V): kbits / vbits 0 (f32), 4 or 8 */
+    int kbits, vbits;
+    sl_tensor kc, vc;          /* u8 codes [h, cap, d or ceil(d/2)] */
+    sl_tensor ksc, vsc;        /* f32 per page and channel scales [h, cap_p, d] */
+    float *kst, *vst;          /* f32 rows of the open (last) page [h, page, d] */
 };
 
 sl_status sl_kvcache_new(sl_ctx *ctx, int64_t heads, int64_t head_dim, int64_t page, sl_kvcache **out)
@@ -50,6 +55,14 @@ void sl_kvcache_free(sl_kvcache *c)
     sl_tensor_release(&c->me);
     sl_tensor_release(&c->kq);
     sl_tensor_release(&c->ks);
+    sl_tensor_release(&c->kc);
+    sl_tensor_release(&c->vc);
+    sl_tensor_release(&c->ksc);
+    sl_tensor_release(&c->vsc);
+    if (c->kst)
+        sl_ctx_dealloc(c->ctx, c->kst, sizeof(float) * (size_t)(c->h * c->page * c->d));
+    if (c->vst)
+        sl_ctx_dealloc(c->ctx, c->vst, sizeof(float) * (size_t)(c->h * c->page * c->d));
     sl_ctx_dealloc(c->ctx, c, sizeof *c);
 }
 
@@ -60,10 +73,26 @@ int64_t sl_kvcache_heads(const sl_kvcache *c) { return c->h; }
 int64_t sl_kvcache_head_dim(const sl_kvcache *c) { return c->d; }
 int sl_kvcache_bits(const sl_kvcache *c) { return c->bits; }
 
+/* Bytes per token row of one side (K or V) stored with b bits (0: f32). */
+static int64_t row_bytes(int bits, int64_t d)
+{
+    return bits == 0 ? (int64_t)sizeof(float) * d : bits == 8 ? d : (d + 1) / 2;
+}
+
 size_t sl_kvcache_bytes(const sl_kvcache *c)
 {
-    return sizeof(float) * (size_t)(2 * c->h * c->cap * c->d + 3 * c->h * c->cap_p * c->d) +
+    size_t side = (size_t)(c->h * c->cap) * (size_t)(row_bytes(c->kbits, c->d) + row_bytes(c->vbits, c->d));
+    size_t pages = (size_t)(c->h * c->cap_p * c->d) * sizeof(float);
+    size_t open = (size_t)(c->h * c->page * c->d) * sizeof(float);
+    return side + 3 * pages + (c->kbits ? pages + open : 0) + (c->vbits ? pages + open : 0) +
            (c->bits ? (size_t)(c->h * c->cap * c->d) + 2 * sizeof(float) * (size_t)(c->h * c->cap) : 0);
+}
+
+int sl_kvcache_quant(const sl_kvcache *c, int *vbits)
+{
+    if (vbits)
+        *vbits = c->vbits;
+    return c->kbits;
 }
 
 /* Copies rows [0, rows) of every head from a [h, old_rows, d] tensor into a
@@ -91,16 +120,35 @@ static sl_status regrow(sl_ctx *ctx, sl_tensor *t, int64_t h, int64_t old_rows, 
     return regrow_as(ctx, t, SL_F32, h, old_rows, new_rows, d, rows);
 }
 
+/* Storage for cap tokens (a multiple of the page, >= len): every part is
+ * reallocated and the first len tokens (np pages) copied. */
+static sl_status resize(sl_ctx *ctx, sl_kvcache *c, int64_t cap);
+
 /* Room for want tokens (capacity grows by half, rounded to whole pages). */
 static sl_status reserve(sl_ctx *ctx, sl_kvcache *c, int64_t want)
 {
     if (want <= c->cap)
         return SL_OK;
     int64_t cap = c->cap + c->cap / 2 > want ? c->cap + c->cap / 2 : want;
-    cap = (cap + c->page - 1) / c->page * c->page;
+    return resize(ctx, c, (cap + c->page - 1) / c->page * c->page);
+}
+
+sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c)
+{
+    int64_t cap = (c->len + c->page - 1) / c->page * c->page;
+    return cap < c->cap ? resize(ctx, c, cap > 0 ? cap : c->page) : SL_OK;
+}
+
+static sl_status resize(sl_ctx *ctx, sl_kvcache *c, int64_t cap)
+{
     int64_t cap_p = cap / c->page, np = sl_kvcache_pages(c);
     sl_status s;
-    if ((s = regrow(ctx, &c->k, c->h, c->cap, cap, c->d, c->len)) || (s = regrow(ctx, &c->v, c->h, c->cap, cap, c->d, c->len)) ||
+    if ((!c->kbits && (s = regrow(ctx, &c->k, c->h, c->cap, cap, c->d, c->len))) ||
+        (!c->vbits && (s = regrow(ctx, &c->v, c->h, c->cap, cap, c->d, c->len))) ||
+        (c->kbits && ((s = regrow_as(ctx, &c->kc, SL_U8, c->h, c->cap, cap, row_bytes(c->kbits, c->d), c->len)) ||
+                      (s = regrow(ctx, &c->ksc, c->h, c->cap_p, cap_p, c->d, np)))) ||
+        (c->vbits && ((s = regrow_as(ctx, &c->vc, SL_U8, c->h, c->cap, cap, row_bytes(c->vbits, c->d), c->len)) ||
+                      (s = regrow(ctx, &c->vsc, c->h, c->cap_p, cap_p, c->d, np)))) ||
         (s = regrow(ctx, &c->mn, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->mx, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np)) ||
@@ -155,10 +203,159 @@ static void quantise_token(sl_kvcache *c, int64_t h, int64_t t)
     ls[1] = (float)step;
 }
 
+/* ---- quantised pages (kbits / vbits 4 or 8) ----
+ * Each full page holds b-bit codes with one symmetric scale per channel:
+ * scale = max |x| over the page's tokens / (2^(b-1) - 1), code = round(x /
+ * scale) + 2^(b-1) (sparselab.h, page.attend_q). The open (last) page keeps
+ * its f32 rows in a one-page staging buffer and is re-quantised from them on
+ * every append, so its codes always use its current range. */
+
+static sl_tensor *codes_of(sl_kvcache *c, int side) { return side ? &c->vc : &c->kc; }
+static sl_tensor *scales_of(sl_kvcache *c, int side) { return side ? &c->vsc : &c->ksc; }
+static float *staging_of(sl_kvcache *c, int side) { return side ? c->vst : c->kst; }
+static int bits_of(const sl_kvcache *c, int side) { return side ? c->vbits : c->kbits; }
+
+/* Quantises rows [0, rows) of head h's staging into page pg's codes and scales. */
+static void quantise_page(sl_kvcache *c, int side, int64_t h, int64_t pg, int64_t rows)
+{
+    int bits = bits_of(c, side);
+    int64_t d = c->d, rb = row_bytes(bits, d), qmax = (1 << (bits - 1)) - 1, off = 1 << (bits - 1);
+    const float *x = staging_of(c, side) + h * c->page * d;
+    float *sc = (float *)scales_of(c, side)->data + (h * c->cap_p + pg) * d;
+    uint8_t *code = (uint8_t *)codes_of(c, side)->data + (h * c->cap + pg * c->page) * rb;
+    for (int64_t ch = 0; ch < d; ch++) {
+        float amax = 0;
+        for (int64_t r = 0; r < rows; r++)
+            amax = fabsf(x[r * d + ch]) > amax ? fabsf(x[r * d + ch]) : amax;
+        sc[ch] = amax / (float)qmax;
+    }
+    memset(code, 0, (size_t)(rows * rb));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t ch = 0; ch < d; ch++) {
+            long v = sc[ch] > 0 ? lrintf(x[r * d + ch] / sc[ch]) : 0;
+            v = v > qmax ? qmax : v < -qmax ? -qmax : v;
+            uint8_t u = (uint8_t)(v + off);
+            if (bits == 8)
+                code[r * rb + ch] = u;
+            else
+                code[r * rb + ch / 2] |= (uint8_t)(ch % 2 == 0 ? u : u << 4);
+        }
+}
+
+static void dequant_token(sl_kvcache *c, int side, int64_t h, int64_t t, float *out);
+
+/* Token t of head h, dequantised (or read from the open page's f32 rows). */
+static void token_row(sl_kvcache *c, int side, int64_t h, int64_t t, float *out)
+{
+    int bits = bits_of(c, side);
+    int64_t d = c->d;
+    if (!bits) {
+        memcpy(out, (const float *)(side ? c->v : c->k).data + (h * c->cap + t) * d, sizeof(float) * (size_t)d);
+        return;
+    }
+    int64_t open = c->len > 0 ? (c->len - 1) / c->page * c->page : 0;
+    if (t >= open && t < c->len) {
+        memcpy(out, staging_of(c, side) + (h * c->page + t - open) * d, sizeof(float) * (size_t)d);
+        return;
+    }
+    dequant_token(c, side, h, t, out);
+}
+
+/* Token t of head h from its codes (side quantised). */
+static void dequant_token(sl_kvcache *c, int side, int64_t h, int64_t t, float *out)
+{
+    int bits = bits_of(c, side);
+    int64_t d = c->d, rb = row_bytes(bits, d), off = 1 << (bits - 1);
+    const uint8_t *code = (const uint8_t *)codes_of(c, side)->data + (h * c->cap + t) * rb;
+    const float *sc = (const float *)scales_of(c, side)->data + (h * c->cap_p + t / c->page) * d;
+    for (int64_t ch = 0; ch < d; ch++) {
+        int u = bits == 8 ? code[ch] : ch % 2 == 0 ? (code[ch / 2] & 0x0F) : (code[ch / 2] >> 4);
+        out[ch] = (float)(u - off) * sc[ch];
+    }
+}
+
+/* Page pg's metadata over its first `rows` keys as stored (dequantised):
+ * what page.attend_q reads, so Quest's bound holds for it. */
+static void meta_from_codes(sl_kvcache *c, int64_t h, int64_t pg, int64_t rows)
+{
+    int64_t d = c->d, rb = row_bytes(c->kbits, d), off = 1 << (c->kbits - 1);
+    size_t o = (size_t)((h * c->cap_p + pg) * d);
+    float *mn = (float *)c->mn.data + o, *mx = (float *)c->mx.data + o, *me = (float *)c->me.data + o;
+    const float *sc = (const float *)c->ksc.data + o;
+    const uint8_t *code = (const uint8_t *)c->kc.data + (h * c->cap + pg * c->page) * rb;
+    for (int64_t ch = 0; ch < d; ch++) {
+        double sum = 0;
+        float lo = INFINITY, hi = -INFINITY;
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *cr = code + r * rb;
+            int u = c->kbits == 8 ? cr[ch] : ch % 2 == 0 ? (cr[ch / 2] & 0x0F) : (cr[ch / 2] >> 4);
+            float x = (float)(u - off) * sc[ch];
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+            sum += x;
+        }
+        mn[ch] = lo;
+        mx[ch] = hi;
+        me[ch] = (float)(sum / (double)rows);
+    }
+}
+
+/* Stores token t of head h (k row kx, v row vx; t <= len, room reserved);
+ * `flush`: the last token of this batch (its page is (re)quantised even if
+ * not full). */
+static void store_token(sl_kvcache *c, int64_t h, int64_t t, const float *kx, const float *vx, int flush)
+{
+    int64_t d = c->d, off = t % c->page, pg = t / c->page;
+    int done = off == c->page - 1 || flush;
+    for (int side = 0; side < 2; side++) {
+        const float *x = side ? vx : kx;
+        if (bits_of(c, side)) {
+            memcpy(staging_of(c, side) + (h * c->page + off) * d, x, sizeof(float) * (size_t)d);
+            if (done)
+                quantise_page(c, side, h, pg, off + 1);
+        } else
+            memcpy((float *)(side ? c->v : c->k).data + (h * c->cap + t) * d, x, sizeof(float) * (size_t)d);
+    }
+    if (!c->kbits)
+        fold_token(c, h, t);
+    else if (done)
+        meta_from_codes(c, h, pg, off + 1);
+}
+
+sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits)
+{
+    if ((kbits != 0 && kbits != 4 && kbits != 8) || (vbits != 0 && vbits != 4 && vbits != 8) || (!kbits && vbits))
+        return sl_ctx_fail(ctx, SL_EARG,
+                           "sl_kvcache_set_quant: kbits = %d, vbits = %d; expected kbits 0, 4 or 8 and vbits 0, 4 or 8 "
+                           "(vbits only with kbits)", kbits, vbits);
+    if (c->len > 0 || c->cap > 0)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant: the cache already holds %lld tokens; set it before the first append",
+                           (long long)c->len);
+    if (c->bits && kbits)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant: the cache keeps a %d-bit copy of K (sl_kvcache_set_bits); "
+                           "quantised pages replace K instead", c->bits);
+    size_t open = sizeof(float) * (size_t)(c->h * c->page * c->d);
+    for (int side = 0; side < 2; side++) {
+        float **st = side ? &c->vst : &c->kst;
+        int want = side ? vbits : kbits;
+        if (*st && !want) {
+            sl_ctx_dealloc(ctx, *st, open);
+            *st = NULL;
+        } else if (!*st && want && !(*st = sl_ctx_alloc(ctx, open)))
+            return sl_ctx_fail(ctx, SL_ENOMEM, "sl_kvcache_set_quant: out of memory");
+    }
+    c->kbits = kbits;
+    c->vbits = vbits;
+    return SL_OK;
+}
+
 sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits)
 {
     if (bits != 0 && (bits < 2 || bits > 8))
         return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_bits: bits = %d; expected 0 or 2..8", bits);
+    if (bits && c->kbits)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_bits: the cache holds %d-bit pages instead of f32 K; a low-bit "
+                           "copy needs the f32 keys", c->kbits);
     if (c->len > 0)
         return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_bits: the cache already holds %lld tokens; set bits before the first append",
                            (long long)c->len);
@@ -202,7 +399,11 @@ sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, cons
         return s;
     }
     int64_t t = k->shape[1], d = c->d;
-    for (int64_t h = 0; h < c->h; h++) {
+    for (int64_t h = 0; c->kbits && h < c->h; h++)
+        for (int64_t i = 0; i < t; i++)
+            store_token(c, h, c->len + i, (const float *)kc.data + (h * t + i) * d, (const float *)vc.data + (h * t + i) * d,
+                        i == t - 1);
+    for (int64_t h = 0; !c->kbits && h < c->h; h++) {
         memcpy((float *)c->k.data + (h * c->cap + c->len) * d, (const float *)kc.data + h * t * d,
                sizeof(float) * (size_t)(t * d));
         memcpy((float *)c->v.data + (h * c->cap + c->len) * d, (const float *)vc.data + h * t * d,
@@ -215,6 +416,48 @@ sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, cons
     c->len += t;
     sl_tensor_release(&kc);
     sl_tensor_release(&vc);
+    return SL_OK;
+}
+
+/* Eviction with quantised pages: each head's tokens from its first touched
+ * page are read back (the open page from its f32 rows, the others
+ * dequantised), compacted and stored again page by page (re-quantised). */
+static sl_status evict_quant(sl_ctx *ctx, sl_kvcache *c, const int32_t *ix, int64_t m)
+{
+    int64_t d = c->d, len = c->len - m, from = c->len;
+    for (int64_t h = 0; h < c->h; h++)
+        from = ix[h * m] / c->page * c->page < from ? ix[h * m] / c->page * c->page : from;
+    size_t bytes = sizeof(float) * (size_t)((c->len - from) * d) * 2;
+    float *tk = sl_ctx_alloc(ctx, bytes ? bytes : 1);
+    if (!tk)
+        return sl_ctx_fail(ctx, SL_ENOMEM, "sl_kvcache_evict: out of memory (%zu bytes to re-quantise)", bytes);
+    float *tv = tk + (c->len - from) * d;
+    int64_t old = c->len;
+    for (int64_t h = 0; h < c->h; h++) {
+        int64_t t0 = ix[h * m] / c->page * c->page, w = 0, j = 0;
+        for (int64_t t = t0; t < old; t++) {
+            if (j < m && t == ix[h * m + j]) {
+                j++;
+                continue;
+            }
+            token_row(c, 0, h, t, tk + w * d);
+            token_row(c, 1, h, t, tv + w * d);
+            w++;
+        }
+        for (int64_t i = 0; i < w; i++)
+            store_token(c, h, t0 + i, tk + i * d, tv + i * d, i == w - 1);
+        if (w == 0 && len > 0) /* the new open page is a stored full page: its rows from the codes */
+            for (int64_t t = (len - 1) / c->page * c->page; t < len; t++) {
+                int64_t o = (t % c->page) * d;
+                dequant_token(c, 0, h, t, c->kst + h * c->page * d + o);
+                if (c->vbits)
+                    dequant_token(c, 1, h, t, c->vst + h * c->page * d + o);
+            }
+        if (!c->vbits)
+            memset((float *)c->v.data + (h * c->cap + len) * d, 0, sizeof(float) * (size_t)(m * d));
+    }
+    sl_ctx_dealloc(ctx, tk, bytes ? bytes : 1);
+    c->len = len;
     return SL_OK;
 }
 
@@ -240,6 +483,8 @@ sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx)
         }
     if (m == 0)
         return SL_OK;
+    if (c->kbits)
+        return evict_quant(ctx, c, ix, m);
     int64_t len = c->len - m;
     for (int64_t h = 0; h < c->h; h++) {
         float *kh = (float *)c->k.data + h * c->cap * d, *vh = (float *)c->v.data + h * c->cap * d;
@@ -275,8 +520,30 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
     if (c->len == 0)
         return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: the cache is empty (0 tokens): nothing to read as '%s'",
                            which);
+    if ((strcmp(which, "k") == 0 || strcmp(which, "v") == 0) && bits_of(c, which[0] == 'v')) {
+        /* quantised side: the dequantised codes [H, len, D] (what page.attend_q reads) */
+        int side = which[0] == 'v';
+        int64_t sh[3] = {c->h, c->len, c->d};
+        sl_status s = sl_tensor_new(ctx, SL_F32, 3, sh, out);
+        for (int64_t h = 0; s == SL_OK && h < c->h; h++)
+            for (int64_t t = 0; t < c->len; t++)
+                dequant_token((sl_kvcache *)c, side, h, t, (float *)out->data + (h * c->len + t) * c->d);
+        return s;
+    }
     if (strcmp(which, "k") == 0 || strcmp(which, "v") == 0) {
         *out = sl_tensor_retain(which[0] == 'k' ? &c->k : &c->v);
+        return SL_OK;
+    }
+    if (strncmp(which, "kcodes", 6) == 0 || strncmp(which, "vcodes", 6) == 0 || strcmp(which, "kscales") == 0 ||
+        strcmp(which, "vscales") == 0) {
+        int side = which[0] == 'v';
+        if (!bits_of(c, side))
+            return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: '%s': the cache keeps %s in f32 (sl_kvcache_set_quant)",
+                               which, side ? "V" : "K");
+        if (strcmp(which + 1, "codes") && strcmp(which + 1, "scales"))
+            return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s'", which);
+        sl_kvcache *cc = (sl_kvcache *)c;
+        *out = sl_tensor_retain(which[1] == 'c' ? codes_of(cc, side) : scales_of(cc, side));
         return SL_OK;
     }
     if (strcmp(which, "kq") == 0 || strcmp(which, "kscale") == 0) {
@@ -289,7 +556,7 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
     const sl_tensor *src = strcmp(which, "min") == 0 ? &c->mn : strcmp(which, "max") == 0 ? &c->mx
                          : strcmp(which, "mean") == 0 ? &c->me : NULL;
     if (!src)
-        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, kq, kscale, min, max or mean)",
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, kq, kscale, kcodes, kscales, vcodes, vscales, min, max or mean)",
                            which);
     int64_t np = sl_kvcache_pages(c), sh[3] = {c->h, np, c->d};
     sl_status s = sl_tensor_new(ctx, SL_F32, 3, sh, out);

@@ -165,6 +165,62 @@ static sl_status infer_qscores(sl_ctx *ctx, const sl_op_info *info, const sl_pag
     return SL_OK;
 }
 
+static sl_status infer_attend_q(sl_ctx *ctx, const sl_op_info *info, const sl_page_attnq_params *p,
+                                const sl_tensor *in, int out_ndim[], int64_t out_shape[][SL_MAX_DIMS])
+{
+    sl_status s;
+    if ((s = sl__need_float(ctx, info, in, 0, 3)))
+        return s;
+    if ((p->kbits != 4 && p->kbits != 8) || (p->vbits != 4 && p->vbits != 8))
+        return sl_ctx_fail(ctx, SL_EARG, "%s: kbits = %lld, vbits = %lld; expected 4 or 8 each", info->name,
+                           (long long)p->kbits, (long long)p->vbits);
+    const sl_tensor *q = &in[0], *kq = &in[1], *ks = &in[2], *v = &in[3], *pg = &in[4], *vs = &in[5];
+    int64_t d = q->shape[2], dk = p->kbits == 4 ? (d + 1) / 2 : d, dv = p->vbits == 4 ? (d + 1) / 2 : d;
+    if (!kq->buf || kq->dtype != SL_U8 || kq->ndim != 3 || kq->shape[0] < 1 || q->shape[0] % kq->shape[0] != 0 ||
+        kq->shape[2] != dk) {
+        char desc[96];
+        sl_tensor_describe(kq, desc, sizeof desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'kq' must be u8 [kv heads dividing q's %lld heads, N, %lld] for kbits = %lld, found %s",
+                           info->name, (long long)q->shape[0], (long long)dk, (long long)p->kbits, desc);
+    }
+    int64_t hkv = kq->shape[0], nk = kq->shape[1], np = sl__ceil_div(nk, p->page);
+    if ((s = sl__need_float(ctx, info, in, 2, 3)))
+        return s;
+    if (ks->shape[0] != hkv || ks->shape[1] != np || ks->shape[2] != d)
+        return fail_shape(ctx, info, "input 'kscale' must be [kv heads, ceil(N/P), head_dim] (per page and channel)", ks);
+    int quant_v = v->buf && v->dtype == SL_U8;
+    if (quant_v) {
+        if (v->ndim != 3 || v->shape[0] != hkv || v->shape[1] != nk || v->shape[2] != dv)
+            return fail_shape(ctx, info, "input 'v' (u8 codes) must be [kv heads, N, head_dim or ceil(head_dim/2) for vbits 4]", v);
+        if (!vs->buf)
+            return sl_ctx_fail(ctx, SL_EARG, "%s: v holds u8 codes, so opt.vscale is required (found none)", info->name);
+        if ((s = sl__need_float(ctx, info, in, 5, 3)))
+            return s;
+        if (vs->shape[0] != hkv || vs->shape[1] != np || vs->shape[2] != d)
+            return fail_shape(ctx, info, "input 'opt.vscale' must be [kv heads, ceil(N/P), head_dim]", vs);
+    } else {
+        if ((s = sl__need_float(ctx, info, in, 3, 3)))
+            return s;
+        if (v->shape[0] != hkv || v->shape[1] != nk || v->shape[2] != d)
+            return fail_shape(ctx, info, "input 'v' must be float [kv heads, N, head_dim] (or u8 codes with opt.vscale)", v);
+        if (vs->buf)
+            return sl_ctx_fail(ctx, SL_EARG, "%s: opt.vscale is given but v is float (scales go with u8 value codes)", info->name);
+    }
+    if (!pg->buf || pg->dtype != SL_I32 || pg->ndim != 3 || pg->shape[0] < 1 || q->shape[0] % pg->shape[0] != 0 ||
+        pg->shape[0] % hkv != 0 || pg->shape[1] != q->shape[1])
+        return fail_shape(ctx, info, "input 'pages' must be i32 [lists, n_q, m], lists dividing q's heads and a multiple of kq's", pg);
+    int64_t n = p->n > 0 ? p->n : nk;
+    if (n > nk || n < q->shape[1] || n < 1)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: n = %lld; expected n_q = %lld <= n <= %lld (kq's rows) and n >= 1 (an empty cache)",
+                           info->name, (long long)n, (long long)q->shape[1], (long long)nk);
+    out_ndim[0] = 3;
+    memcpy(out_shape[0], q->shape, sizeof out_shape[0]);
+    out_ndim[1] = 2;
+    out_shape[1][0] = q->shape[0];
+    out_shape[1][1] = q->shape[1];
+    return SL_OK;
+}
+
 static sl_status page_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                             int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -175,6 +231,7 @@ static sl_status page_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
     case SL_OP_PAGE_ATTEND: return infer_attend(ctx, info, params, in, out_ndim, out_shape);
     case SL_OP_PAGE_TOKEN_SCORES: return infer_token_scores(ctx, info, params, in, out_ndim, out_shape);
     case SL_OP_PAGE_QSCORES: return infer_qscores(ctx, info, params, in, out_ndim, out_shape);
+    case SL_OP_PAGE_ATTEND_Q: return infer_attend_q(ctx, info, params, in, out_ndim, out_shape);
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a page op", info->name);
     }
 }
@@ -210,6 +267,11 @@ static sl_status page_check_contents(sl_ctx *ctx, const sl_op_info *info, const 
         const sl_page_attn_params *p = params;
         return check_lists(ctx, info, &in[3], sl__ceil_div(attend_n(p, &in[1]), p->page), "pages");
     }
+    if (info->op == SL_OP_PAGE_ATTEND_Q) {
+        const sl_page_attnq_params *ap = params;
+        int64_t n = ap->n > 0 ? ap->n : in[1].shape[1];
+        return check_lists(ctx, info, &in[4], sl__ceil_div(n, ap->page), "pages");
+    }
     if (info->op == SL_OP_PAGE_QSCORES) {
         const sl_page_qscores_params *qp = params;
         int64_t n = qp->n > 0 ? qp->n : in[1].shape[1];
@@ -241,7 +303,7 @@ static sl_status page_check_contents(sl_ctx *ctx, const sl_op_info *info, const 
  * need not be scanned); a non-finite value there shows in the outputs. */
 static sl_status page_check_outputs(sl_ctx *ctx, const sl_op_info *info, const sl_tensor *out)
 {
-    if (info->op != SL_OP_PAGE_ATTEND)
+    if (info->op != SL_OP_PAGE_ATTEND && info->op != SL_OP_PAGE_ATTEND_Q)
         return SL_OK;
     const float *o = out[0].data, *l = out[1].data;
     int64_t n = sl_tensor_numel(&out[0]), rows = sl_tensor_numel(&out[1]);
@@ -262,6 +324,8 @@ static sl__input_policy page_input_policy(const sl_op_info *info, int i)
         return SL__IN_NEG_INF;
     if (info->op == SL_OP_PAGE_ATTEND && (i == 1 || i == 2))
         return SL__IN_UNCHECKED;
+    if (info->op == SL_OP_PAGE_ATTEND_Q && i != 0 && i != 4)
+        return SL__IN_UNCHECKED;  /* codes, scales and v are read only at listed pages */
     return SL__IN_FINITE;
 }
 
@@ -277,6 +341,11 @@ static double page_flops(const sl_op_info *info, const void *params, const sl_te
         /* every listed page counted full: 4 D flops per (row, key) */
         double entries = (double)in[3].shape[2] * (double)p->page;
         return 4.0 * (double)in[0].shape[0] * (double)in[0].shape[1] * entries * (double)in[0].shape[2];
+    }
+    case SL_OP_PAGE_ATTEND_Q: {
+        const sl_page_attnq_params *p = params;
+        double entries = (double)in[4].shape[2] * (double)p->page;
+        return 5.0 * (double)in[0].shape[0] * (double)in[0].shape[1] * entries * (double)in[0].shape[2];
     }
     case SL_OP_PAGE_TOKEN_SCORES: {
         const sl_page_scores_params *p = params;

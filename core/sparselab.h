@@ -941,8 +941,10 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * of q[h, i, c] . k'[j, c], where k' = k when bits = 0 and otherwise each
  * key's values on C quantised per token: lo, hi its min and max over C, step
  * (hi - lo) / (2^bits - 1), k' = lo + round((k - lo) / step) . step (k' = k
- * when step = 0). Query head h reads kv head h / (Hq/Hkv), channel row
- * h / (Hq/Hc), list h / (Hq/Hs).
+ * when step = 0); with qbits > 0 (issue 13 session 3: Double Sparsity's
+ * label pseudo-quantisation) q[h, i, C] is quantised the same way per row
+ * (its own lo, hi over C, 2^qbits levels) before the products. Query head h
+ * reads kv head h / (Hq/Hkv), channel row h / (Hq/Hc), list h / (Hq/Hs).
  *
  * page.qscores: inputs q [Hq, R, D], kq u8 [Hkv, N, D] (codes), kscale float
  * [Hkv, N, 2] (per key lo and step: sl_kvcache_set_bits), opt.pages as
@@ -988,6 +990,25 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
  * page.qscores. Costs D + 8 bytes per token and head. */
 sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits);
 int sl_kvcache_bits(const sl_kvcache *c);
+/* Quantised pages that REPLACE the f32 K (kbits 4 or 8) and optionally V
+ * (vbits 4 or 8; 0: f32 V), set before the first append (issue 13, session
+ * 3). Each page of P tokens holds codes and one scale per channel (the
+ * format of page.attend_q, which reads them directly): "kcodes" / "vcodes"
+ * (u8 [H, capacity, D or ceil(D/2)], sharing the buffer) and "kscales" /
+ * "vscales" (f32 [H, capacity/P, D]). The open (last) page also keeps its
+ * f32 rows (one page per head) and is re-quantised on each append; an
+ * eviction re-quantises each head from its first touched page (the moved
+ * tokens' values go through their codes once more). The metadata (min, max,
+ * mean) is that of the dequantised keys, so Quest's bound holds for what
+ * page.attend_q reads. "k" / "v" of a quantised side are copies [H, len, D]
+ * of the dequantised codes (exactly what page.attend_q reads, the open page
+ * included). Not combinable with sl_kvcache_set_bits. */
+sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits);
+/* kbits of the pages (0: f32 K); *vbits (if not NULL) gets vbits. */
+int sl_kvcache_quant(const sl_kvcache *c, int *vbits);
+/* Frees the capacity past the last page in use (after an eviction: the
+ * resident bytes drop with the tokens); contents unchanged. */
+sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
 
 /* ---- token-level sparsity (issue 17, part 2) ----
  * token.scatter (card sparse_token_update, the scatter of gather -> compute
@@ -1162,6 +1183,21 @@ int sl_kvcache_bits(const sl_kvcache *c);
  * sel[t] (the dot in float64 in ref, f32 elsewhere; the gate product in
  * f32), 0 elsewhere. Only the selected rows of w are read. FLOPs: 2 K per
  * listed entry (+1 with a gate). Inputs are not scanned; y is checked. */
+/* ---- decode: quantised pages (issue 13, session 3) ----
+ * page.attend_q (page.attend over low-bit pages that replace the f32 K, and
+ * optionally V): inputs q [Hq, R, D] float; kq u8 codes [Hkv, N, Dk] with
+ * Dk = D (kbits 8) or ceil(D/2) (kbits 4: channel c in byte c/2, low nibble
+ * for even c, high nibble for odd c); kscale float [Hkv, ceil(N/P), D] (per
+ * page and channel); v either float [Hkv, N, D] or u8 codes laid out as kq
+ * with vbits; pages i32 [Hs, R, m] (as page.attend); opt.vscale [Hkv,
+ * ceil(N/P), D], required exactly when v is u8. Params page P, n, causal,
+ * split, scale (as page.attend), kbits, vbits (4 or 8). A code c of b bits
+ * stands for the symmetric value (c - 2^(b-1)) . scale[page, channel]
+ * (8 bits: c - 128; 4 bits: nibble - 8), so key j of kv head g is
+ * k'[j, ch] = (kq[g, j, ch] - 2^(kbits-1)) . kscale[g, j / P, ch]. Outputs
+ * exactly those of page.attend over the dequantised k' (and v'). Codes are
+ * not range-checked (every byte dequantises to a finite value); a
+ * non-finite scale in a listed page makes the call fail. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -237,7 +237,8 @@ START_TEST(test_page_select_topp)
 END_TEST
 
 /* page.token_scores: backends vs ref (channel subsets per q or kv head,
- * listed pages, bits 0 and 4); ref vs plain loops. */
+ * listed pages, bits 0 and 4, qbits 0 and 2 — Double Sparsity's label
+ * pseudo-quantisation of the query row); ref vs plain loops. */
 START_TEST(test_page_token_scores)
 {
     tu_alloc al;
@@ -248,7 +249,8 @@ START_TEST(test_page_token_scores)
     sl_tensor q = tu_randn(ctx, &rng, hq, r, d, 1.0), k = tu_randn(ctx, &rng, hkv, nk, d, 1.0);
     for (int ch_heads = 0; ch_heads <= 2; ch_heads++)
         for (int with_pages = 0; with_pages <= 1; with_pages++)
-            for (int bits = 0; bits <= 4; bits += 4) {
+            for (int bq = 0; bq < 4; bq++) {
+                int bits = bq % 2 ? 4 : 0, qbits = bq >= 2 ? 2 : 0;
                 sl_tensor in[4] = {q, k, {0}, {0}};
                 int64_t hc = ch_heads == 1 ? hq : hkv, nc = 5;
                 if (ch_heads) {
@@ -268,6 +270,7 @@ START_TEST(test_page_token_scores)
                 sl_op_params_default(SL_OP_PAGE_TOKEN_SCORES, &p);
                 p.page = P;
                 p.bits = bits;
+                p.qbits = qbits;
                 check_op_vs_ref(ctx, SL_OP_PAGE_TOKEN_SCORES, &p, in, 1e-5, "page.token_scores");
                 sl_tensor s = run_op1(ctx, SL_BACKEND_REF, SL_OP_PAGE_TOKEN_SCORES, &p, in);
                 for (int64_t h = 0; h < hq; h++)
@@ -295,13 +298,20 @@ START_TEST(test_page_token_scores)
                                 lo = fmin(lo, x);
                                 hi = fmax(hi, x);
                             }
-                            double step = (hi - lo) / 15;
+                            double step = (hi - lo) / 15, qlo = 1e30, qhi = -1e30;
+                            for (int64_t c = 0; c < use; c++) {
+                                qlo = fmin(qlo, qi[cols ? cols[c] : c]);
+                                qhi = fmax(qhi, qi[cols ? cols[c] : c]);
+                            }
+                            double qstep = (qhi - qlo) / 3;
                             for (int64_t c = 0; c < use; c++) {
                                 int64_t cc = cols ? cols[c] : c;
-                                double x = kj[cc];
+                                double x = kj[cc], y = qi[cc];
                                 if (bits)  /* nearest of the 16 levels lo + t.step */
                                     x = lo + floor((x - lo) / step + 0.5) * step;
-                                want += qi[cc] * x;
+                                if (qbits)  /* nearest of the 4 levels qlo + t.qstep */
+                                    y = qlo + floor((y - qlo) / qstep + 0.5) * qstep;
+                                want += y * x;
                             }
                             want /= sqrt((double)use);
                             ck_assert_msg(fabs(got - want) < 1e-5, "score %g, want %g", got, want);
@@ -660,6 +670,379 @@ START_TEST(test_page_qscores)
 }
 END_TEST
 
+/* ---- quantised pages (issue 13, session 3) ---- */
+
+/* The value of channel ch of a code row of b bits, read here from the
+ * contract (8: byte - 128; 4: nibble - 8, even channels in the low nibble). */
+static double code_val(const uint8_t *row, int64_t ch, int bits)
+{
+    if (bits == 8)
+        return (double)row[ch] - 128.0;
+    return (double)((ch % 2 == 0 ? row[ch / 2] : row[ch / 2] >> 4) & 0x0F) - 8.0;
+}
+
+/* Random u8 codes [h, n, dc] (every byte value possible). */
+static sl_tensor rand_codes(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t n, int64_t dc)
+{
+    sl_tensor t;
+    int64_t sh[3] = {h, n, dc};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, sh, &t), SL_OK);
+    for (int64_t i = 0; i < h * n * dc; i++)
+        ((uint8_t *)t.data)[i] = (uint8_t)(sl_rng_uniform(rng) * 256.0);
+    return t;
+}
+
+/* Positive per-page, per-channel scales [h, np, d], spread over a decade. */
+static sl_tensor rand_scales(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t np, int64_t d, double base)
+{
+    sl_tensor t = tu_randn(ctx, rng, h, np, d, 1.0);
+    for (int64_t i = 0; i < h * np * d; i++)
+        f32p(&t)[i] = (float)(base * pow(10.0, sl_rng_uniform(rng) - 0.5));
+    return t;
+}
+
+/* Dequantises codes [h, n, dc] with scales [h, ceil(n/P), d] into f32 [h, n, d]. */
+static sl_tensor dequant_here(sl_ctx *ctx, const sl_tensor *codes, const sl_tensor *sc, int bits, int64_t d, int64_t P)
+{
+    int64_t h = codes->shape[0], n = codes->shape[1], dc = codes->shape[2], np = sc->shape[1];
+    sl_tensor out;
+    int64_t sh[3] = {h, n, d};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 3, sh, &out), SL_OK);
+    for (int64_t g = 0; g < h; g++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t ch = 0; ch < d; ch++)
+                f32p(&out)[(g * n + t) * d + ch] =
+                    (float)(code_val((const uint8_t *)codes->data + (g * n + t) * dc, ch, bits) *
+                            (double)tu_at(sc, (g * np + t / P) * d + ch));
+    return out;
+}
+
+/* page.attend_q: every backend vs ref (int8 / int4 keys; f32, int8 or int4
+ * values; GQA per-head and shared lists; splits; n below the rows), and ref
+ * equals page.attend over the keys and values dequantised here. Bad input:
+ * bits, a missing or extra opt.vscale, a code row of the wrong width, a NaN
+ * scale in a listed page. */
+START_TEST(test_page_attend_q)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13011);
+    const int64_t cases[][10] = {/* hq, hkv, lists, r, nk, d, P, kbits, vbits (0: f32 v), n */
+                                 {4, 2, 2, 1, 70, 16, 16, 8, 0, 0},  {4, 2, 4, 2, 64, 8, 8, 4, 4, 60},
+                                 {8, 2, 8, 1, 33, 31, 4, 4, 8, 0},   {2, 1, 1, 3, 100, 12, 32, 8, 8, 97},
+                                 {2, 2, 2, 1, 5, 7, 16, 4, 0, 0}};
+    for (int c = 0; c < 5; c++) {
+        const int64_t *cs = cases[c];
+        int64_t hq = cs[0], hkv = cs[1], lists = cs[2], r = cs[3], nk = cs[4], d = cs[5], P = cs[6];
+        int kb = (int)cs[7], vb = (int)cs[8];
+        int64_t n = cs[9] ? cs[9] : nk, np = (nk + P - 1) / P, npv = (n + P - 1) / P;
+        int64_t dk = kb == 8 ? d : (d + 1) / 2, dv = vb == 8 ? d : (d + 1) / 2;
+        sl_tensor in[6] = {tu_randn(ctx, &rng, hq, r, d, 1.0), rand_codes(ctx, &rng, hkv, nk, dk),
+                           rand_scales(ctx, &rng, hkv, np, d, kb == 8 ? 0.02 : 0.3), {0}, {0}, {0}};
+        in[3] = vb ? rand_codes(ctx, &rng, hkv, nk, dv) : tu_randn(ctx, &rng, hkv, nk, d, 1.0);
+        if (vb)
+            in[5] = rand_scales(ctx, &rng, hkv, np, d, vb == 8 ? 0.01 : 0.2);
+        int64_t m = npv > 2 ? npv - 1 : npv, sh[3] = {lists, r, m};
+        ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, sh, &in[4]), SL_OK);
+        int32_t *ids = in[4].data;
+        for (int64_t l = 0; l < lists * r; l++) {
+            int64_t e = 0;
+            for (int64_t pg = 0; pg < npv; pg++)
+                if ((sl_rng_uniform(&rng) < 0.6 || pg == npv - 1) && e < m)
+                    ids[l * m + e++] = (int32_t)pg;
+            while (e < m)
+                ids[l * m + e++] = -1;
+        }
+        sl_page_attnq_params p;
+        sl_op_params_default(SL_OP_PAGE_ATTEND_Q, &p);
+        p.page = P;
+        p.n = cs[9];
+        p.kbits = kb;
+        p.vbits = vb ? vb : 8;
+        for (int64_t split = 0; split <= 2; split++) {
+            p.split = split;
+            check_backends(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, "page.attend_q");
+        }
+        /* ref = page.attend over the dequantised keys and values */
+        sl_tensor kf = dequant_here(ctx, &in[1], &in[2], kb, d, P);
+        sl_tensor vf = vb ? dequant_here(ctx, &in[3], &in[5], vb, d, P) : sl_tensor_retain(&in[3]);
+        sl_tensor fin[4] = {in[0], kf, vf, in[4]};
+        sl_page_attn_params fp = attn_p(P, cs[9], 1, 0);
+        sl_tensor want[2], got[2];
+        run_attn(ctx, SL_BACKEND_REF, SL_OP_PAGE_ATTEND, &fp, fin, want);
+        run_attn(ctx, SL_BACKEND_REF, SL_OP_PAGE_ATTEND_Q, &p, in, got);
+        assert_attn_close(&got[0], &got[1], &want[0], &want[1], "page.attend_q ref = page.attend(dequantised)");
+        release_n(want, 2);
+        release_n(got, 2);
+        if (c == 1) {
+            p.kbits = 5;
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_EARG, "kbits = 5");
+            p.kbits = 8;
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_ESHAPE, "input 'kq'");
+            p.kbits = kb;
+            sl_tensor vs = in[5];
+            in[5] = (sl_tensor){0};
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_EARG, "opt.vscale is required");
+            in[5] = vs;
+            f32p(&in[2])[(1 * np + ids[0]) * d] = NAN;
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_EARG, "NaN");
+        }
+        if (c == 0) {
+            in[5] = rand_scales(ctx, &rng, hkv, np, d, 0.1);
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_EARG, "v is float");
+        }
+        sl_tensor_release(&kf);
+        sl_tensor_release(&vf);
+        release_n(in, 6);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* sl_kvcache with quantised pages (int8 / int4 K, f32 / int8 / int4 V):
+ * random appends and evictions against an f32 shadow kept here. After each:
+ * the codes dequantised here equal the cache's "k" / "v"; every value is
+ * within half a step of the shadow before the first eviction (one step
+ * after: moved tokens are quantised twice); the metadata equals page.meta
+ * over the dequantised keys (so Quest's bound holds for what attention
+ * reads); page.attend_q over the codes equals page.attend over the
+ * dequantised copies; and the cache holds fewer bytes than an f32 one. */
+START_TEST(test_kvcache_quant)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13012);
+    const int modes[][2] = {{8, 0}, {8, 8}, {4, 4}, {4, 0}};
+    for (int md = 0; md < 4; md++) {
+        int kb = modes[md][0], vb = modes[md][1];
+        int64_t h = 2, d = 7, P = 4, cap = 400;
+        sl_kvcache *c, *plain;
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, d, P, &c), SL_OK);
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, d, P, &plain), SL_OK);
+        ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 3, 0), SL_EARG);
+        ck_assert(strstr(sl_ctx_error(ctx), "kbits = 3"));
+        ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 0, 8), SL_EARG);
+        ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, kb, vb), SL_OK);
+        ck_assert_int_eq(sl_kvcache_set_bits(ctx, c, 4), SL_EARG);
+        float *sk = calloc((size_t)(h * cap * d), sizeof(float)), *sv = calloc((size_t)(h * cap * d), sizeof(float));
+        int64_t len = 0;
+        int evicted = 0;
+        for (int step = 0; step < 18; step++) {
+            if (step % 3 != 2 || len < 4) {
+                int64_t t = 1 + (int64_t)(sl_rng_uniform(&rng) * (step == 0 ? 13 : 6));
+                sl_tensor k = tu_randn(ctx, &rng, h, t, d, 1.0), v = tu_randn(ctx, &rng, h, t, d, 1.0);
+                ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
+                ck_assert_int_eq(sl_kvcache_append(ctx, plain, &k, &v), SL_OK);
+                for (int64_t g = 0; g < h; g++)
+                    for (int64_t i = 0; i < t * d; i++) {
+                        sk[(g * cap + len) * d + i] = f32p(&k)[g * t * d + i];
+                        sv[(g * cap + len) * d + i] = f32p(&v)[g * t * d + i];
+                    }
+                len += t;
+                release_n(&k, 1);
+                release_n(&v, 1);
+            } else {
+                int64_t m = 1 + (int64_t)(sl_rng_uniform(&rng) * 3), plain_m = m;
+                sl_tensor idx = i32_tensor(ctx, h, m);
+                for (int64_t g = 0; g < h; g++) {
+                    int64_t start = (int64_t)(sl_rng_uniform(&rng) * (double)(len - m));
+                    for (int64_t j = 0; j < m; j++)
+                        ((int32_t *)idx.data)[g * m + j] = (int32_t)(start + j * (len - start) / m);
+                    int64_t w = 0, j = 0;
+                    for (int64_t t = 0; t < len; t++) {
+                        if (j < m && t == ((int32_t *)idx.data)[g * m + j]) {
+                            j++;
+                            continue;
+                        }
+                        memmove(sk + (g * cap + w) * d, sk + (g * cap + t) * d, sizeof(float) * (size_t)d);
+                        memmove(sv + (g * cap + w) * d, sv + (g * cap + t) * d, sizeof(float) * (size_t)d);
+                        w++;
+                    }
+                }
+                ck_assert_int_eq(sl_kvcache_evict(ctx, c, &idx), SL_OK);
+                ck_assert_int_eq(sl_kvcache_evict(ctx, plain, &idx), SL_OK);
+                (void)plain_m;
+                len -= m;
+                evicted = 1;
+                sl_tensor_release(&idx);
+            }
+            ck_assert_int_eq(sl_kvcache_len(c), len);
+            /* codes dequantised here = the cache's k / v; within a step of the shadow */
+            for (int side = 0; side < 2; side++) {
+                int bits = side ? vb : kb;
+                sl_tensor got;
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "v" : "k", &got), SL_OK);
+                const float *shadow = side ? sv : sk;
+                if (!bits) {
+                    for (int64_t g = 0; g < h; g++)
+                        for (int64_t i = 0; i < len * d; i++)
+                            ck_assert(tu_at(&got, g * got.shape[1] * d + i) == shadow[g * cap * d + i]);
+                    sl_tensor_release(&got);
+                    continue;
+                }
+                ck_assert_int_eq(got.shape[1], len);
+                sl_tensor codes, sc;
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "vcodes" : "kcodes", &codes), SL_OK);
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "vscales" : "kscales", &sc), SL_OK);
+                ck_assert_int_eq(codes.shape[2], bits == 8 ? d : (d + 1) / 2);
+                sl_tensor mine = dequant_here(ctx, &codes, &sc, bits, d, P);
+                int64_t ncap = codes.shape[1], qmax = (1 << (bits - 1)) - 1;
+                for (int64_t g = 0; g < h; g++)
+                    for (int64_t t = 0; t < len; t++)
+                        for (int64_t ch = 0; ch < d; ch++) {
+                            double x = tu_at(&got, (g * len + t) * d + ch), want = shadow[(g * cap + t) * d + ch];
+                            ck_assert(x == tu_at(&mine, (g * ncap + t) * d + ch));
+                            /* the page's scale bounds the error: half a step, a step after evictions */
+                            double amax = 0;
+                            for (int64_t u = t / P * P; u < len && u < t / P * P + P; u++)
+                                amax = fmax(amax, fabs(shadow[(g * cap + u) * d + ch]));
+                            double tol = (evicted ? 1.05 : 0.5) * (amax + (evicted ? 2.0 : 0.0)) / (double)qmax + 1e-6;
+                            ck_assert_msg(fabs(x - want) <= tol, "%d-bit %c: token %lld ch %lld: %g vs %g (tol %g)", bits,
+                                          side ? 'v' : 'k', (long long)t, (long long)ch, x, want, tol);
+                        }
+                sl_tensor_release(&mine);
+                sl_tensor_release(&codes);
+                sl_tensor_release(&sc);
+                sl_tensor_release(&got);
+            }
+            /* metadata = page.meta over the dequantised keys */
+            sl_tensor kd;
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "k", &kd), SL_OK);
+            sl_page_meta_params mp = meta_p(P);
+            sl_tensor meta[3];
+            ck_assert_int_eq(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_PAGE_META, &mp, &kd, meta), SL_OK);
+            const char *parts[3] = {"min", "max", "mean"};
+            for (int q = 0; q < 3; q++) {
+                sl_tensor inc;
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, parts[q], &inc), SL_OK);
+                assert_tensor_close(&inc, &meta[q], 1e-6, parts[q]);
+                sl_tensor_release(&inc);
+            }
+            release_n(meta, 3);
+            /* page.attend_q over the codes = page.attend over the dequantised copies */
+            if (step % 4 == 3) {
+                int64_t hq = 2 * h, np = (len + P - 1) / P;
+                sl_tensor in[6] = {tu_randn(ctx, &rng, hq, 1, d, 1.0), {0}, {0}, {0}, {0}, {0}};
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kcodes", &in[1]), SL_OK);
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kscales", &in[2]), SL_OK);
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, vb ? "vcodes" : "v", &in[3]), SL_OK);
+                if (vb)
+                    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "vscales", &in[5]), SL_OK);
+                int64_t sh[3] = {h, 1, np};
+                ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, sh, &in[4]), SL_OK);
+                for (int64_t i = 0; i < h * np; i++)
+                    ((int32_t *)in[4].data)[i] = (int32_t)(i % np);
+                sl_page_attnq_params p;
+                sl_op_params_default(SL_OP_PAGE_ATTEND_Q, &p);
+                p.page = P;
+                p.n = len;
+                p.kbits = kb;
+                p.vbits = vb ? vb : 8;
+                sl_tensor vd, vcap;
+                ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "v", &vcap), SL_OK);
+                int64_t vsh[3] = {h, len, d};
+                ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 3, vsh, &vd), SL_OK);
+                for (int64_t g = 0; g < h; g++)  /* f32 v is the [H, capacity, D] storage: its first len rows */
+                    memcpy(f32p(&vd) + g * len * d, f32p(&vcap) + g * vcap.shape[1] * d, sizeof(float) * (size_t)(len * d));
+                sl_tensor_release(&vcap);
+                sl_tensor fin[4] = {in[0], kd, vd, in[4]};
+                sl_page_attn_params fp = attn_p(P, 0, 1, 0);
+                sl_tensor want[2];
+                run_attn(ctx, SL_BACKEND_REF, SL_OP_PAGE_ATTEND, &fp, fin, want);
+                check_equals(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, want, "cache codes = dequantised");
+                release_n(want, 2);
+                sl_tensor_release(&vd);
+                release_n(in, 6);
+            }
+            sl_tensor_release(&kd);
+        }
+        free(sk);
+        free(sv);
+        sl_kvcache_free(c);
+        sl_kvcache_free(plain);
+        /* resident bytes at a realistic page (P = 16, D = 64, 512 tokens): codes,
+         * scales, metadata and the open page, against the f32 cache */
+        int64_t D = 64, Pb = 16, n = 512;
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, D, Pb, &c), SL_OK);
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, D, Pb, &plain), SL_OK);
+        ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, kb, vb), SL_OK);
+        sl_tensor k = tu_randn(ctx, &rng, h, n, D, 1.0), v = tu_randn(ctx, &rng, h, n, D, 1.0);
+        ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
+        ck_assert_int_eq(sl_kvcache_append(ctx, plain, &k, &v), SL_OK);
+        double row = (kb == 8 ? D : D / 2) + (vb == 0 ? 4 * D : vb == 8 ? D : D / 2);
+        double nq = 1 + (vb > 0), want = (double)(h * n) * row + 4.0 * (double)(h * (n / Pb) * D) * (3 + nq) +
+                                         4.0 * (double)(h * Pb * D) * nq;
+        ck_assert_msg((double)sl_kvcache_bytes(c) == want, "bytes %zu, expected %g", sl_kvcache_bytes(c), want);
+        ck_assert((double)sl_kvcache_bytes(plain) == (double)(h * n) * 8 * D + 12.0 * (double)(h * (n / Pb) * D));
+        double ratio = (double)sl_kvcache_bytes(c) / (double)sl_kvcache_bytes(plain);
+        ck_assert_msg(ratio < (vb == 0 ? 0.75 : kb == 8 ? 0.42 : 0.30), "%d/%d bits: %g of the f32 cache", kb, vb, ratio);
+        sl_tensor_release(&k);
+        sl_tensor_release(&v);
+        sl_kvcache_free(c);
+        sl_kvcache_free(plain);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* sl_kvcache_shrink: after an eviction the capacity past the last page is
+ * freed (bytes drop with the tokens), contents and metadata unchanged, and
+ * appends go on (f32 and quantised pages). */
+START_TEST(test_kvcache_shrink)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13013);
+    for (int quant = 0; quant < 2; quant++) {
+        int64_t h = 2, d = 8, P = 4, n = 64, m = 48;
+        sl_kvcache *c;
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, d, P, &c), SL_OK);
+        if (quant)
+            ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 8, 8), SL_OK);
+        sl_tensor k = tu_randn(ctx, &rng, h, n, d, 1.0), v = tu_randn(ctx, &rng, h, n, d, 1.0);
+        ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
+        size_t full = sl_kvcache_bytes(c);
+        sl_tensor idx = i32_tensor(ctx, h, m);
+        for (int64_t g = 0; g < h; g++)
+            for (int64_t j = 0; j < m; j++)
+                ((int32_t *)idx.data)[g * m + j] = (int32_t)(j + (g == 0 ? 0 : 3));
+        ck_assert_int_eq(sl_kvcache_evict(ctx, c, &idx), SL_OK);
+        sl_tensor before[4];
+        const char *parts[4] = {"k", "v", "min", "mean"};
+        for (int q = 0; q < 4; q++)
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, parts[q], &before[q]), SL_OK);
+        ck_assert_int_eq(sl_kvcache_bytes(c), full);   /* evicting alone keeps the capacity */
+        ck_assert_int_eq(sl_kvcache_shrink(ctx, c), SL_OK);
+        double ratio = (double)sl_kvcache_bytes(c) / (double)full;
+        double open = quant ? 2.0 * (double)(h * P * d) * sizeof(float) / (double)full : 0;  /* the open page's f32 rows */
+        ck_assert_msg(ratio <= (double)(n - m) / (double)n + open + 1e-9, "bytes after shrink: %g of before", ratio);
+        for (int q = 0; q < 4; q++) {
+            sl_tensor after;
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, parts[q], &after), SL_OK);
+            int64_t rows = q < 2 ? n - m : (n - m + P - 1) / P;
+            for (int64_t g = 0; g < h; g++)
+                for (int64_t i = 0; i < rows * d; i++)
+                    ck_assert(tu_at(&after, g * after.shape[1] * d + i) == tu_at(&before[q], g * before[q].shape[1] * d + i));
+            sl_tensor_release(&after);
+            sl_tensor_release(&before[q]);
+        }
+        sl_tensor k1 = tu_randn(ctx, &rng, h, 9, d, 1.0), v1 = tu_randn(ctx, &rng, h, 9, d, 1.0);
+        ck_assert_int_eq(sl_kvcache_append(ctx, c, &k1, &v1), SL_OK);
+        ck_assert_int_eq(sl_kvcache_len(c), n - m + 9);
+        sl_tensor_release(&k1);
+        sl_tensor_release(&v1);
+        sl_tensor_release(&idx);
+        sl_tensor_release(&k);
+        sl_tensor_release(&v);
+        sl_kvcache_free(c);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_page_meta);
@@ -672,6 +1055,9 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_page_validation);
     tcase_add_test(tc, test_kvcache_incremental);
     tcase_add_test(tc, test_page_qscores);
+    tcase_add_test(tc, test_page_attend_q);
+    tcase_add_test(tc, test_kvcache_quant);
+    tcase_add_test(tc, test_kvcache_shrink);
 }
 
 int main(void) { return run_op_suite("page_ops", add_tests); }

@@ -149,7 +149,7 @@ static void select_item(int64_t item, void *ud, int thread)
  * up so that every thread's channel list stays aligned. */
 static size_t token_scores_stride(int64_t d, int64_t n)
 {
-    return (sizeof(int32_t) * (size_t)d + (size_t)n + 7) & ~(size_t)7;
+    return ((sizeof(int32_t) * (size_t)d + (size_t)n + 7) & ~(size_t)7) + sizeof(double) * (size_t)d;
 }
 
 static void token_scores_item(int64_t item, void *ud, int thread)
@@ -178,6 +178,20 @@ static void token_scores_item(int64_t item, void *ud, int thread)
     const float *kh = (const float *)k->data + (h / (hq / hkv)) * nk * d;
     float *out = (float *)a->out[0].data + item * n;
     int64_t limit = p->causal ? n - r + i + 1 : n;
+    /* qbits: the row's channels quantised once (asymmetric min/max), kept as doubles past cols and listed */
+    double *qv = (double *)((char *)cols + token_scores_stride(d, n) - sizeof(double) * (size_t)d);
+    if (p->qbits > 0) {
+        double qlo = INFINITY, qhi = -INFINITY;
+        for (int64_t c = 0; c < nc; c++) {
+            qlo = qi[cols[c]] < qlo ? qi[cols[c]] : qlo;
+            qhi = qi[cols[c]] > qhi ? qi[cols[c]] : qhi;
+        }
+        double qstep = (qhi - qlo) / (double)((1 << p->qbits) - 1);
+        for (int64_t c = 0; c < nc; c++)
+            qv[c] = qstep > 0 ? qlo + nearbyint((qi[cols[c]] - qlo) / qstep) * qstep : qi[cols[c]];
+    } else
+        for (int64_t c = 0; c < nc; c++)
+            qv[c] = qi[cols[c]];
     for (int64_t j = 0; j < n; j++) {
         if (!listed[j] || j >= limit) {
             out[j] = -INFINITY;
@@ -185,18 +199,18 @@ static void token_scores_item(int64_t item, void *ud, int thread)
         }
         const float *kj = kh + j * d;
         double s = 0;
-        if (p->bits > 0) {
+        if (p->bits > 0 || p->qbits > 0) {
             double lo = INFINITY, hi = -INFINITY;
             for (int64_t c = 0; c < nc; c++) {
                 lo = kj[cols[c]] < lo ? kj[cols[c]] : lo;
                 hi = kj[cols[c]] > hi ? kj[cols[c]] : hi;
             }
-            double step = (hi - lo) / (double)((1 << p->bits) - 1);
+            double step = p->bits > 0 ? (hi - lo) / (double)((1 << p->bits) - 1) : 0;
             for (int64_t c = 0; c < nc; c++) {
                 double kv = kj[cols[c]];
                 if (step > 0)
                     kv = lo + nearbyint((kv - lo) / step) * step;
-                s += (double)qi[cols[c]] * kv;
+                s += qv[c] * kv;
             }
         } else
             for (int64_t c = 0; c < nc; c++)
@@ -215,25 +229,26 @@ sl_status sl__cpu_page_select(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, a->out[0].shape[0] * a->out[0].shape[1], select_item, (void *)a);
 }
 
-/* ---- page.attend ---- */
+/* ---- page.attend and page.attend_q ---- */
 
-/* The geometry of one page.attend call: lists of m entries split into
+/* The geometry of one page.attend(_q) call: lists of m entries split into
  * chunks of `per` entries; gl query heads per list. */
 typedef struct attend_plan {
     int64_t n, lists, gl, m, per, chunks;
-    size_t thread_floats;   /* qs [gl, d], s [gl, P], m and l [gl], acc [gl, d] */
+    size_t thread_floats;   /* qs [gl, d], s [gl, P], m and l [gl], acc [gl, d], (quantised) k and v pages [P, d] */
 } attend_plan;
 
-static attend_plan plan_of(const sl_page_attn_params *p, const sl_tensor *in, int n_threads)
+static attend_plan plan_for(int64_t page, int64_t n, int64_t split, const sl_tensor *q, int64_t nk,
+                            const sl_tensor *pages, int quant, int n_threads)
 {
     attend_plan pl;
-    int64_t hq = in[0].shape[0], r = in[0].shape[1], d = in[0].shape[2];
-    pl.n = p->n > 0 ? p->n : in[1].shape[1];
-    pl.lists = in[3].shape[0];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2];
+    pl.n = n > 0 ? n : nk;
+    pl.lists = pages->shape[0];
     pl.gl = hq / pl.lists;
-    pl.m = in[3].shape[2];
-    if (p->split > 0)
-        pl.per = p->split;
+    pl.m = pages->shape[2];
+    if (split > 0)
+        pl.per = split;
     else {
         /* enough items for every thread (4 each), chunks of at least 4 pages */
         int64_t items = pl.lists * r, want = (4 * (int64_t)n_threads + items - 1) / items;
@@ -243,43 +258,100 @@ static attend_plan plan_of(const sl_page_attn_params *p, const sl_tensor *in, in
     if (pl.per > pl.m)
         pl.per = pl.m > 0 ? pl.m : 1;
     pl.chunks = pl.m > 0 ? (pl.m + pl.per - 1) / pl.per : 1;
-    pl.thread_floats = (size_t)(pl.gl * d * 2 + pl.gl * p->page + 2 * pl.gl);
+    pl.thread_floats = (size_t)(pl.gl * d * 2 + pl.gl * page + 2 * pl.gl) + (quant ? (size_t)(2 * page * d) : 0);
     return pl;
 }
 
+static attend_plan plan_of(const sl_op op, const void *params, const sl_tensor *in, int n_threads)
+{
+    if (op == SL_OP_PAGE_ATTEND_Q) {
+        const sl_page_attnq_params *p = params;
+        return plan_for(p->page, p->n, p->split, &in[0], in[1].shape[1], &in[4], 1, n_threads);
+    }
+    const sl_page_attn_params *p = params;
+    return plan_for(p->page, p->n, p->split, &in[0], in[1].shape[1], &in[3], 0, n_threads);
+}
+
+/* One call's operands: f32 K/V (page.attend) or codes and per-page scales
+ * (page.attend_q; bits 0 means that side is f32). */
 typedef struct attend_job {
     const sl__kargs *a;
     attend_plan pl;
     sl__cpu_vecops vo;
+    const float *q, *k, *v, *ks, *vs;
+    const uint8_t *kq, *vq;
+    const int32_t *pages;
+    int64_t hq, hkv, nq, nk, d, P, kbits, vbits, dk, dv;
+    int causal;
+    float scale;
     float *partial_o;   /* [lists, r, chunks, gl, d] */
     float *partial_l;   /* [lists, r, chunks, gl] */
     float *work;        /* per thread thread_floats */
 } attend_job;
 
+/* gcc vectorises the u8 -> f32 loops below only at -O3 (its -O2 cost model
+ * refuses them); other compilers get the plain loops. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define SL_DEQ_VECTORISE __attribute__((optimize("O3")))
+#else
+#define SL_DEQ_VECTORISE
+#endif
+
+/* One row of d int8 codes (offset 128) times per-channel scales (restrict
+ * and plain loops so the compiler vectorises the u8 -> f32 conversion). */
+SL_DEQ_VECTORISE static void deq8_row(const uint8_t *restrict row, const float *restrict sc, float *restrict o, int64_t d)
+{
+    for (int64_t c = 0; c < d; c++)
+        o[c] = (float)((int)row[c] - 128) * sc[c];
+}
+
+/* One row of int4 codes (two per byte, even channel in the low nibble,
+ * offset 8): the low and high nibbles expanded in two passes. */
+SL_DEQ_VECTORISE static void deq4_row(const uint8_t *restrict row, const float *restrict sc, float *restrict o, int64_t d)
+{
+    int64_t pairs = d / 2;
+    for (int64_t i = 0; i < pairs; i++) {
+        o[2 * i] = (float)((int)(row[i] & 0x0F) - 8) * sc[2 * i];
+        o[2 * i + 1] = (float)((int)(row[i] >> 4) - 8) * sc[2 * i + 1];
+    }
+    if (d % 2)
+        o[d - 1] = (float)((int)(row[pairs] & 0x0F) - 8) * sc[d - 1];
+}
+
+/* Rows t0 .. t0+nc-1 of a b-bit code matrix [nk, dc] of one kv head, scaled
+ * per channel by sc [d], into out [nc, d]. */
+static void dequant_rows(const uint8_t *codes, int64_t dc, int bits, const float *sc, int64_t t0, int64_t nc,
+                         int64_t d, float *out)
+{
+    for (int64_t t = 0; t < nc; t++) {
+        if (bits == 8)
+            deq8_row(codes + (t0 + t) * dc, sc, out + t * d, d);
+        else
+            deq4_row(codes + (t0 + t) * dc, sc, out + t * d, d);
+    }
+}
+
 static void attend_chunk(int64_t item, void *ud, int thread)
 {
     const attend_job *j = ud;
-    const sl__kargs *a = j->a;
-    const sl_page_attn_params *p = a->params;
     const attend_plan *pl = &j->pl;
-    sl__attn_dims g = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
-    int64_t d = g.d, gl = pl->gl, P = p->page;
-    int64_t c = item % pl->chunks, row = item / pl->chunks, i = row % g.nq, l = row / g.nq;
-    int64_t h0 = l * gl, kvh = h0 / g.group;
+    int64_t d = j->d, gl = pl->gl, P = j->P, nq = j->nq;
+    int64_t c = item % pl->chunks, row = item / pl->chunks, i = row % nq, l = row / nq;
+    int64_t h0 = l * gl, kvh = h0 / (j->hq / j->hkv), np = (j->nk + P - 1) / P;
     float *qs = j->work + (size_t)thread * pl->thread_floats, *s = qs + gl * d, *mx = s + gl * P, *sum = mx + gl,
-          *acc = sum + gl;
+          *acc = sum + gl, *kbuf = acc + gl * d, *vbuf = kbuf + P * d;
     for (int64_t r = 0; r < gl; r++) {
-        const float *qr = (const float *)a->in[0].data + ((h0 + r) * g.nq + i) * d;
+        const float *qr = j->q + ((h0 + r) * nq + i) * d;
         for (int64_t t = 0; t < d; t++)
-            qs[r * d + t] = qr[t] * (float)g.scale;
+            qs[r * d + t] = qr[t] * j->scale;
         mx[r] = -INFINITY;
         sum[r] = 0;
     }
     memset(acc, 0, sizeof *acc * (size_t)(gl * d));
-    const float *kh = (const float *)a->in[1].data + kvh * g.nk * d;
-    const float *vh = (const float *)a->in[2].data + kvh * g.nk * d;
-    const int32_t *ids = (const int32_t *)a->in[3].data + (l * g.nq + i) * pl->m;
-    int64_t limit = p->causal ? pl->n - g.nq + i + 1 : pl->n;
+    const float *kh = j->kbits ? NULL : j->k + kvh * j->nk * d;
+    const float *vh = j->vbits ? NULL : j->v + kvh * j->nk * d;
+    const int32_t *ids = j->pages + (l * nq + i) * pl->m;
+    int64_t limit = j->causal ? pl->n - nq + i + 1 : pl->n;
     int64_t e1 = (c + 1) * pl->per < pl->m ? (c + 1) * pl->per : pl->m;
     for (int64_t e = c * pl->per; e < e1; e++) {
         if (ids[e] < 0)
@@ -288,8 +360,15 @@ static void attend_chunk(int64_t item, void *ud, int thread)
         int64_t nc = t1 - t0;
         if (nc <= 0)
             continue;
+        const float *kp = kh ? kh + t0 * d : kbuf, *vp = vh ? vh + t0 * d : vbuf;
+        if (!kh)
+            dequant_rows(j->kq + kvh * j->nk * j->dk, j->dk, (int)j->kbits, j->ks + (kvh * np + ids[e]) * d, t0, nc,
+                         d, kbuf);
+        if (!vh)
+            dequant_rows(j->vq + kvh * j->nk * j->dv, j->dv, (int)j->vbits, j->vs + (kvh * np + ids[e]) * d, t0, nc,
+                         d, vbuf);
         for (int64_t t = 0; t < nc; t++)
-            j->vo.dots(qs, gl, d, kh + (t0 + t) * d, s + t, P);
+            j->vo.dots(qs, gl, d, kp + t * d, s + t, P);
         for (int64_t r = 0; r < gl; r++) {
             float *sr = s + r * P, m_new = mx[r];
             for (int64_t t = 0; t < nc; t++)
@@ -307,7 +386,7 @@ static void attend_chunk(int64_t item, void *ud, int thread)
             mx[r] = m_new;
         }
         for (int64_t t = 0; t < nc; t++)
-            j->vo.axpys(acc, gl, d, vh + (t0 + t) * d, s + t, P);
+            j->vo.axpys(acc, gl, d, vp + t * d, s + t, P);
     }
     for (int64_t r = 0; r < gl; r++) {
         size_t slot = (size_t)((row * pl->chunks + c) * gl + r);
@@ -330,7 +409,7 @@ static void attend_merge(int64_t row, void *ud, int thread)
     const attend_job *j = ud;
     const sl__kargs *a = j->a;
     const attend_plan *pl = &j->pl;
-    int64_t d = a->in[0].shape[2], nq = a->in[0].shape[1], gl = pl->gl;
+    int64_t d = j->d, nq = j->nq, gl = pl->gl;
     int64_t i = row % nq, l = row / nq;
     for (int64_t r = 0; r < gl; r++) {
         int64_t h = l * gl + r;
@@ -369,18 +448,44 @@ static void attend_merge(int64_t row, void *ud, int thread)
     }
 }
 
+static sl_status run_attend(attend_job *j)
+{
+    const sl__kargs *a = j->a;
+    int64_t rows = j->pl.lists * j->nq;
+    size_t slots = (size_t)(rows * j->pl.chunks * j->pl.gl);
+    j->partial_o = a->scratch;
+    j->partial_l = j->partial_o + slots * (size_t)j->d;
+    j->work = j->partial_l + slots;
+    sl_status s = sl__cpu_parallel(a->ctx, rows * j->pl.chunks, attend_chunk, j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, rows, attend_merge, j);
+    return s;
+}
+
 sl_status sl__cpu_page_attend(const sl__kargs *a)
 {
-    attend_job j = {.a = a, .pl = plan_of(a->params, a->in, sl_ctx_threads(a->ctx)), .vo = sl__cpu_vecops_for(a->ctx)};
-    int64_t rows = j.pl.lists * a->in[0].shape[1], d = a->in[0].shape[2];
-    size_t slots = (size_t)(rows * j.pl.chunks * j.pl.gl);
-    j.partial_o = a->scratch;
-    j.partial_l = j.partial_o + slots * (size_t)d;
-    j.work = j.partial_l + slots;
-    sl_status s = sl__cpu_parallel(a->ctx, rows * j.pl.chunks, attend_chunk, &j);
-    if (s == SL_OK)
-        s = sl__cpu_parallel(a->ctx, rows, attend_merge, &j);
-    return s;
+    const sl_page_attn_params *p = a->params;
+    sl__attn_dims g = sl__attn_dims_of(&a->in[0], &a->in[1], p->scale);
+    attend_job j = {.a = a, .pl = plan_of(SL_OP_PAGE_ATTEND, p, a->in, sl_ctx_threads(a->ctx)),
+                    .vo = sl__cpu_vecops_for(a->ctx), .q = a->in[0].data, .k = a->in[1].data, .v = a->in[2].data,
+                    .pages = a->in[3].data, .hq = g.hq, .hkv = g.hkv, .nq = g.nq, .nk = g.nk, .d = g.d,
+                    .P = p->page, .causal = (int)p->causal, .scale = (float)g.scale};
+    return run_attend(&j);
+}
+
+sl_status sl__cpu_page_attend_q(const sl__kargs *a)
+{
+    const sl_page_attnq_params *p = a->params;
+    const sl_tensor *q = &a->in[0], *kq = &a->in[1], *v = &a->in[3];
+    int quant_v = v->dtype == SL_U8;
+    attend_job j = {.a = a, .pl = plan_of(SL_OP_PAGE_ATTEND_Q, p, a->in, sl_ctx_threads(a->ctx)),
+                    .vo = sl__cpu_vecops_for(a->ctx), .q = q->data, .kq = kq->data, .ks = a->in[2].data,
+                    .v = quant_v ? NULL : v->data, .vq = quant_v ? v->data : NULL, .vs = a->in[5].data,
+                    .pages = a->in[4].data, .hq = q->shape[0], .hkv = kq->shape[0], .nq = q->shape[1],
+                    .nk = kq->shape[1], .d = q->shape[2], .P = p->page, .kbits = p->kbits,
+                    .vbits = quant_v ? p->vbits : 0, .dk = kq->shape[2], .dv = v->shape[2], .causal = (int)p->causal,
+                    .scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)q->shape[2]))};
+    return run_attend(&j);
 }
 
 /* ---- page.qscores ---- */
@@ -441,8 +546,9 @@ size_t sl__cpu_page_scratch(sl_op op, const void *params, const sl_tensor *in, i
         int64_t n = p->n > 0 ? p->n : in[1].shape[1];
         return token_scores_stride(in[0].shape[2], n) * (size_t)n_threads;
     }
-    case SL_OP_PAGE_ATTEND: {
-        attend_plan pl = plan_of(params, in, n_threads);
+    case SL_OP_PAGE_ATTEND:
+    case SL_OP_PAGE_ATTEND_Q: {
+        attend_plan pl = plan_of(op, params, in, n_threads);
         size_t slots = (size_t)(pl.lists * in[0].shape[1] * pl.chunks * pl.gl);
         return sizeof(float) * (slots * (size_t)(in[0].shape[2] + 1) + pl.thread_floats * (size_t)n_threads);
     }

@@ -139,6 +139,7 @@ struct scores_args {
     int64_t hq, hkv, r, d, nk, n, nc, hc, lists, m, P, bits;
     int causal;
     double scale;
+    int64_t qbits;
 };
 
 // 1 when key j's page is among the row's listed pages (ascending ids, then
@@ -165,6 +166,15 @@ __global__ void token_scores_kernel(scores_args a)
     const int32_t *cols = a.channels ? a.channels + (h / (a.hq / a.hc)) * a.nc : nullptr;
     const int32_t *ids = a.pages ? a.pages + ((h / (a.hq / a.lists)) * a.r + i) * a.m : nullptr;
     int64_t limit = a.causal ? a.n - a.r + i + 1 : a.n;
+    double qlo = INFINITY, qhi = -INFINITY, qstep = 0;
+    if (a.qbits > 0) {
+        for (int64_t c = 0; c < a.nc; c++) {
+            double x = qi[cols ? cols[c] : c];
+            qlo = fmin(qlo, x);
+            qhi = fmax(qhi, x);
+        }
+        qstep = (qhi - qlo) / (double)((1 << a.qbits) - 1);
+    }
     for (int64_t j = threadIdx.x; j < a.n; j += blockDim.x) {
         float *o = a.out + (h * a.r + i) * a.n + j;
         if (j >= limit || (ids && !listed(ids, a.m, j / a.P))) {
@@ -186,7 +196,10 @@ __global__ void token_scores_kernel(scores_args a)
             double kv = kj[cc];
             if (step > 0)
                 kv = lo + rint((kv - lo) / step) * step;
-            s += (double)qi[cc] * kv;
+            double qv = qi[cc];
+            if (qstep > 0)
+                qv = qlo + rint((qv - qlo) / qstep) * qstep;
+            s += qv * kv;
         }
         *o = (float)s * (float)a.scale;
     }
@@ -199,7 +212,30 @@ struct attend_args {
     int64_t hq, hkv, r, nk, d, n, lists, m, per, chunks, P;
     int causal;
     float scale;
+    // page.attend_q: codes and per-page, per-channel scales (bits 0: that side is f32)
+    const uint8_t *kq, *vq;
+    const float *ks, *vs;
+    int64_t kbits, vbits, dk, dv;
 };
+
+// The value of channel t of code row `row` (b bits, symmetric around 2^(b-1)).
+__device__ inline float code_value(const uint8_t *row, int64_t t, int64_t bits)
+{
+    if (bits == 8)
+        return (float)((int)row[t] - 128);
+    uint8_t b = row[t / 2];
+    return (float)((int)(t % 2 == 0 ? (b & 0x0F) : (b >> 4)) - 8);
+}
+
+// Channel t of key (or value) j of kv head g: f32 storage or a dequantised code.
+__device__ inline float kv_at(const float *f, const uint8_t *codes, const float *sc, int64_t bits, int64_t dc,
+                              int64_t g, int64_t nk, int64_t d, int64_t P, int64_t j, int64_t t)
+{
+    if (!bits)
+        return f[(g * nk + j) * d + t];
+    int64_t np = (nk + P - 1) / P;
+    return code_value(codes + (g * nk + j) * dc, t, bits) * sc[(g * np + j / P) * d + t];
+}
 
 __global__ void attend_kernel(attend_args a)
 {
@@ -208,7 +244,6 @@ __global__ void attend_kernel(attend_args a)
     SL_SHARED(int64_t, key, [kTile]);
     int64_t c = blockIdx.x, i = blockIdx.y, h = blockIdx.z;
     int64_t kvh = h / (a.hq / a.hkv), l = h / (a.hq / a.lists);
-    const float *kh = a.k + kvh * a.nk * a.d, *vh = a.v + kvh * a.nk * a.d;
     const int32_t *ids = a.pages + (l * a.r + i) * a.m;
     for (int64_t t = threadIdx.x; t < a.d; t += blockDim.x) {
         qs[t] = a.q[(h * a.r + i) * a.d + t] * a.scale;
@@ -230,7 +265,7 @@ __global__ void attend_kernel(attend_args a)
                 kk = cand;
                 float dot = 0;
                 for (int64_t t = 0; t < a.d; t++)
-                    dot += qs[t] * kh[cand * a.d + t];
+                    dot += qs[t] * kv_at(a.k, a.kq, a.ks, a.kbits, a.dk, kvh, a.nk, a.d, a.P, cand, t);
                 sc = dot;
             }
         }
@@ -255,7 +290,7 @@ __global__ void attend_kernel(attend_args a)
             float x = acc[t] * corr;
             for (int u = 0; u < kTile; u++)
                 if (key[u] >= 0)
-                    x += s[u] * vh[key[u] * a.d + t];
+                    x += s[u] * kv_at(a.v, a.vq, a.vs, a.vbits, a.dv, kvh, a.nk, a.d, a.P, key[u], t);
             acc[t] = x;
         }
         __syncthreads();
@@ -392,37 +427,56 @@ sl_status sl__cuda_page_select(const sl__kargs *a)
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
-sl_status sl__cuda_page_attend(const sl__kargs *a)
+// page.attend (f32 K/V) and page.attend_q (codes): one launcher.
+static sl_status launch_attend(const sl__kargs *a, int64_t page, int64_t n_param, int causal, int64_t split,
+                               double scale_param, int quant, int64_t kbits, int64_t vbits)
 {
-    const sl_page_attn_params *p = static_cast<const sl_page_attn_params *>(a->params);
-    const sl_tensor *q = &a->in[0], *k = &a->in[1], *pg = &a->in[3];
-    sl__attn_dims g = sl__attn_dims_of(q, k, p->scale);
+    const sl_tensor *q = &a->in[0], *k = &a->in[1], *v = &a->in[quant ? 3 : 2], *pg = &a->in[quant ? 4 : 3];
+    int64_t hq = q->shape[0], nq = q->shape[1], d = q->shape[2], hkv = k->shape[0], nk = k->shape[1];
+    float scale = (float)(scale_param > 0 ? scale_param : 1.0 / sqrt((double)d));
     int64_t m = pg->shape[2];
-    int64_t per = p->split > 0 ? p->split : kDefaultPer;
+    int64_t per = split > 0 ? split : kDefaultPer;
     per = per > m ? (m > 0 ? m : 1) : per;
     int64_t chunks = m > 0 ? (m + per - 1) / per : 1;
-    if (!grid_ok(chunks, g.hq) || g.nq > 65535)
+    if (!grid_ok(chunks, hq) || nq > 65535)
         return sl__cuda_unsupported(a, "more than 65535 heads or query rows");
-    if (g.d > 8192)
-        return sl__cuda_unsupported(a, "head_dim %lld above 8192", (long long)g.d);
-    if (g.hq == 0 || g.nq == 0)
+    if (d > 8192)
+        return sl__cuda_unsupported(a, "head_dim %lld above 8192", (long long)d);
+    if (hq == 0 || nq == 0)
         return SL_OK;
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
     void *ws = nullptr;
-    size_t slots = (size_t)(g.hq * g.nq * chunks);
-    if (sl_status s = sl__cuda_scratch(&st, slots * (size_t)(g.d + 1) * sizeof(float), &ws); s != SL_OK)
+    size_t slots = (size_t)(hq * nq * chunks);
+    if (sl_status s = sl__cuda_scratch(&st, slots * (size_t)(d + 1) * sizeof(float), &ws); s != SL_OK)
         return s;
-    attend_args aa = {st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<int32_t>(3),
-                      static_cast<float *>(ws), static_cast<float *>(ws) + slots * (size_t)g.d,
-                      g.hq, g.hkv, g.nq, g.nk, g.d, p->n > 0 ? p->n : g.nk, pg->shape[0], m, per, chunks, p->page,
-                      (int)p->causal, (float)g.scale};
-    size_t smem = sizeof(float) * (size_t)(2 * g.d + kTile);
-    SL_LAUNCH(attend_kernel, dim3((unsigned)chunks, (unsigned)g.nq, (unsigned)g.hq), kThreads, smem, 0)(aa);
-    SL_LAUNCH(merge_kernel, dim3((unsigned)g.nq, (unsigned)g.hq), kThreads, 0, 0)(
-        aa.po, aa.pl, st.output<float>(0), st.output<float>(1), g.nq, g.d, chunks);
+    int quant_v = quant && v->dtype == SL_U8;
+    attend_args aa = {st.input<float>(0), quant ? nullptr : st.input<float>(1),
+                      quant_v ? nullptr : st.input<float>(quant ? 3 : 2), st.input<int32_t>(quant ? 4 : 3),
+                      static_cast<float *>(ws), static_cast<float *>(ws) + slots * (size_t)d,
+                      hq, hkv, nq, nk, d, n_param > 0 ? n_param : nk, pg->shape[0], m, per, chunks, page,
+                      causal, scale,
+                      quant ? st.input<uint8_t>(1) : nullptr, quant_v ? st.input<uint8_t>(3) : nullptr,
+                      quant ? st.input<float>(2) : nullptr, quant_v ? st.input<float>(5) : nullptr,
+                      quant ? kbits : 0, quant_v ? vbits : 0, k->shape[2], v->shape[2]};
+    size_t smem = sizeof(float) * (size_t)(2 * d + kTile);
+    SL_LAUNCH(attend_kernel, dim3((unsigned)chunks, (unsigned)nq, (unsigned)hq), kThreads, smem, 0)(aa);
+    SL_LAUNCH(merge_kernel, dim3((unsigned)nq, (unsigned)hq), kThreads, 0, 0)(
+        aa.po, aa.pl, st.output<float>(0), st.output<float>(1), nq, d, chunks);
     return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_page_attend(const sl__kargs *a)
+{
+    const sl_page_attn_params *p = static_cast<const sl_page_attn_params *>(a->params);
+    return launch_attend(a, p->page, p->n, (int)p->causal, p->split, p->scale, 0, 0, 0);
+}
+
+sl_status sl__cuda_page_attend_q(const sl__kargs *a)
+{
+    const sl_page_attnq_params *p = static_cast<const sl_page_attnq_params *>(a->params);
+    return launch_attend(a, p->page, p->n, (int)p->causal, p->split, p->scale, 1, p->kbits, p->vbits);
 }
 
 sl_status sl__cuda_page_token_scores(const sl__kargs *a)
@@ -441,7 +495,7 @@ sl_status sl__cuda_page_token_scores(const sl__kargs *a)
     scores_args sa = {st.input<float>(0), st.input<float>(1), ch->buf ? st.input<int32_t>(2) : nullptr,
                       pg->buf ? st.input<int32_t>(3) : nullptr, st.output<float>(0), hq, k->shape[0], r, d, k->shape[1],
                       n, nc, ch->buf ? ch->shape[0] : 1, pg->buf ? pg->shape[0] : 1, pg->buf ? pg->shape[2] : 0,
-                      p->page, p->bits, (int)p->causal, p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc)};
+                      p->page, p->bits, (int)p->causal, p->scale > 0 ? p->scale : 1.0 / sqrt((double)nc), p->qbits};
     SL_LAUNCH(token_scores_kernel, dim3((unsigned)r, (unsigned)hq), kThreads, 0, 0)(sa);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

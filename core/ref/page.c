@@ -146,6 +146,12 @@ sl_status sl__ref_page_token_scores(const sl__kargs *a)
                         listed[j] = 1;
             }
             const float *qi = (const float *)q->data + (h * r + i) * d;
+            double qlo = INFINITY, qhi = -INFINITY;
+            for (int64_t c = 0; c < nc; c++) {
+                qlo = qi[cols[c]] < qlo ? qi[cols[c]] : qlo;
+                qhi = qi[cols[c]] > qhi ? qi[cols[c]] : qhi;
+            }
+            double qstep = p->qbits > 0 ? (qhi - qlo) / (double)((1 << p->qbits) - 1) : 0;
             for (int64_t j = 0; j < n; j++) {
                 float *o = out + (h * r + i) * n + j;
                 if (!listed[j] || (p->causal && j > n - r + i)) {
@@ -164,7 +170,10 @@ sl_status sl__ref_page_token_scores(const sl__kargs *a)
                     double kv = kj[cols[c]];
                     if (step > 0)
                         kv = lo + nearbyint((kv - lo) / step) * step;
-                    s += (double)qi[cols[c]] * kv;
+                    double qv = qi[cols[c]];
+                    if (qstep > 0)
+                        qv = qlo + nearbyint((qv - qlo) / qstep) * qstep;
+                    s += qv * kv;
                 }
                 *o = (float)(s * scale);
             }
@@ -236,6 +245,77 @@ sl_status sl__ref_page_qscores(const sl__kargs *a)
     return SL_OK;
 }
 
+/* The value a b-bit code of channel ch stands for (sparselab.h, page.attend_q). */
+static double ref_code_value(const uint8_t *row, int64_t ch, int64_t bits)
+{
+    if (bits == 8)
+        return (double)row[ch] - 128.0;
+    int nib = ch % 2 == 0 ? (row[ch / 2] & 0x0F) : (row[ch / 2] >> 4);
+    return (double)nib - 8.0;
+}
+
+sl_status sl__ref_page_attend_q(const sl__kargs *a)
+{
+    const sl_page_attnq_params *p = a->params;
+    const sl_tensor *q = &a->in[0], *kq = &a->in[1], *v = &a->in[3], *pg = &a->in[4];
+    int64_t hq = q->shape[0], r = q->shape[1], d = q->shape[2], hkv = kq->shape[0], nk = kq->shape[1];
+    int64_t n = p->n > 0 ? p->n : nk, np = (nk + p->page - 1) / p->page, lists = pg->shape[0], m = pg->shape[2];
+    int64_t dk = kq->shape[2], quant_v = v->dtype == SL_U8, dv = v->shape[2];
+    double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)d);
+    const float *ks = a->in[2].data, *vs = a->in[5].data;
+    double *score = a->scratch;
+    for (int64_t h = 0; h < hq; h++) {
+        int64_t g = h / (hq / hkv), list = h / (hq / lists);
+        for (int64_t i = 0; i < r; i++) {
+            const float *qi = (const float *)q->data + (h * r + i) * d;
+            const int32_t *ids = (const int32_t *)pg->data + (list * r + i) * m;
+            int64_t limit = p->causal ? n - r + i + 1 : n;
+            double mx = -INFINITY;
+            for (int64_t j = 0; j < n; j++) {
+                int listed = 0;
+                for (int64_t e = 0; e < m; e++)
+                    listed |= ids[e] >= 0 && ids[e] == j / p->page;
+                score[j] = -INFINITY;
+                if (!listed || j >= limit)
+                    continue;
+                const uint8_t *kr = (const uint8_t *)kq->data + (g * nk + j) * dk;
+                double dot = 0;
+                for (int64_t c = 0; c < d; c++)
+                    dot += (double)qi[c] * ref_code_value(kr, c, p->kbits) * (double)ks[(g * np + j / p->page) * d + c];
+                score[j] = dot * scale;
+                mx = score[j] > mx ? score[j] : mx;
+            }
+            float *o = (float *)a->out[0].data + (h * r + i) * d, *lse = (float *)a->out[1].data + h * r + i;
+            if (mx == -INFINITY) {
+                for (int64_t c = 0; c < d; c++)
+                    o[c] = 0;
+                *lse = -INFINITY;
+                continue;
+            }
+            double sum = 0;
+            for (int64_t j = 0; j < n; j++)
+                sum += score[j] == -INFINITY ? 0 : exp(score[j] - mx);
+            for (int64_t c = 0; c < d; c++) {
+                double acc = 0;
+                for (int64_t j = 0; j < n; j++) {
+                    if (score[j] == -INFINITY)
+                        continue;
+                    double val;
+                    if (quant_v)
+                        val = ref_code_value((const uint8_t *)v->data + (g * nk + j) * dv, c, p->vbits) *
+                              (double)vs[(g * np + j / p->page) * d + c];
+                    else
+                        val = (double)((const float *)v->data)[(g * nk + j) * d + c];
+                    acc += exp(score[j] - mx) * val;
+                }
+                o[c] = (float)(acc / sum);
+            }
+            *lse = (float)(mx + log(sum));
+        }
+    }
+    return SL_OK;
+}
+
 size_t sl__ref_page_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;
@@ -245,6 +325,10 @@ size_t sl__ref_page_scratch(sl_op op, const void *params, const sl_tensor *in, i
         const sl_page_scores_params *p = params;
         int64_t n = p->n > 0 ? p->n : in[1].shape[1];
         return sizeof(int32_t) * (size_t)in[0].shape[2] + (size_t)n;
+    }
+    if (op == SL_OP_PAGE_ATTEND_Q) {
+        const sl_page_attnq_params *p = params;
+        return sizeof(double) * (size_t)(p->n > 0 ? p->n : in[1].shape[1]);
     }
     if (op == SL_OP_PAGE_ATTEND) {
         const sl_page_attn_params *p = params;

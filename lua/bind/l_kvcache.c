@@ -60,6 +60,33 @@ static int c_set_bits(lua_State *L)
     return 0;
 }
 
+static int c_set_quant(lua_State *L)
+{
+    sl_kvcache *c = check_cache(L);
+    lua_Integer kb = luaL_checkinteger(L, 2), vb = luaL_optinteger(L, 3, 0);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_kvcache_set_quant(ctx, c, (int)kb, (int)vb))
+        sl__lua_fail(L, ctx);
+    return 0;
+}
+
+static int c_shrink(lua_State *L)
+{
+    sl_kvcache *c = check_cache(L);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_kvcache_shrink(ctx, c))
+        sl__lua_fail(L, ctx);
+    return 0;
+}
+
+static int c_quant(lua_State *L)
+{
+    int vb = 0, kb = sl_kvcache_quant(check_cache(L), &vb);
+    lua_pushinteger(L, kb);
+    lua_pushinteger(L, vb);
+    return 2;
+}
+
 static int c_tensor(lua_State *L)
 {
     sl_kvcache *c = check_cache(L);
@@ -106,7 +133,9 @@ void sl__lua_open_kvcache(lua_State *L)
     static const luaL_Reg methods[] = {{"append", c_append}, {"evict", c_evict},   {"tensor", c_tensor},
                                        {"len", c_len},       {"pages", c_pages},   {"page_size", c_page_size},
                                        {"heads", c_heads},   {"head_dim", c_head_dim}, {"bytes", c_bytes},
-                                       {"close", c_close},   {"set_bits", c_set_bits}, {"bits", c_bits}, {NULL, NULL}};
+                                       {"close", c_close},   {"set_bits", c_set_bits}, {"bits", c_bits},
+                                       {"set_quant", c_set_quant}, {"quant", c_quant},
+                                       {"shrink", c_shrink},       {NULL, NULL}};
     static const luaL_Reg meta[] = {{"__gc", c_close}, {"__close", c_close}, {"__tostring", c_tostring}, {NULL, NULL}};
     if (luaL_newmetatable(L, SL_LUA_KVCACHE)) {
         luaL_setfuncs(L, meta, 0);

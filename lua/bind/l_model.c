@@ -70,6 +70,8 @@ static int m_config(lua_State *L)
     lua_setfield(L, -2, "norm_eps");
     lua_pushstring(L, c->rope_style == SL_ROPE_PAIRS ? "pairs" : "half");
     lua_setfield(L, -2, "rope_style");
+    lua_pushnumber(L, c->rope_factor);   /* 0: plain RoPE; > 0: Llama 3 scaling */
+    lua_setfield(L, -2, "rope_factor");
     return 1;
 }
 

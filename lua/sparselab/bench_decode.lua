@@ -5,8 +5,11 @@
 -- bytes read per second over the memcpy bandwidth, with lists per query head
 -- and per KV head (shared by a GQA group); the page metadata update of one
 -- appended token against one decode step's attention time; and the cache's
--- memory (storage + metadata) over the raw f32 K/V bytes. Appends rows to a
--- `sparselab bench` result list.
+-- memory (storage + metadata) over the raw f32 K/V bytes; and (issue 13,
+-- session 3) the same page-sparse steps over caches of int8 / int4 pages
+-- (page.attend_q: bytes = codes + per-page scales read, time against the f32
+-- step, cache bytes against the f32 cache). Appends rows to a `sparselab
+-- bench` result list.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
@@ -55,17 +58,43 @@ function D.run(results, o)
   collectgarbage()
   local q = sl.randn({hq, 1, d}, {seed = 23})
   local np = cache:pages()
-  local attend_ms
+  local attend_ms, f32_ms = nil, {}
   for _, lists in ipairs{hq, hkv} do
     local pages = spread_pages(lists, np, m, 24)
     local ms = median_ms(reps, function() return decode.attend(cache, q, pages, {backend = backend}) end)
     local bytes = lists * m * P * 2 * d * 4
     local gbps = bytes / (ms * 1e-3) / 1e9
     if lists == hq then attend_ms = ms end
+    f32_ms[lists] = ms
     results[#results + 1] = {name = "page.attend", n = n, n_q = 1, d = d, heads = hq, kv_heads = hkv, backend = backend,
       params = {phase = "decode", list_heads = lists, pages_per_list = m, page = P},
       metrics = {kv_gbps = gbps, memcpy_gbps = bw, ratio_to_memcpy = gbps / bw, time_ms = ms, target = 0.5,
         list_heads = lists, kv_bytes = bytes}}
+  end
+  -- quantised pages (issue 13 session 3): the same steps over a cache whose
+  -- pages hold int8 K and V codes with per-page, per-channel scales
+  -- (page.attend_q dequantises in the kernel); bytes = codes + scales read
+  for _, bits in ipairs{8, 4} do
+    local qc = decode.cache(hkv, d, P, "bench")
+    qc:set_quant(bits, bits)
+    do
+      local k, v = sl.randn({hkv, n, d}, {seed = 21}), sl.randn({hkv, n, d}, {seed = 22})
+      qc:append(k, v)
+      k:close(); v:close()
+    end
+    collectgarbage()
+    for _, lists in ipairs{hq, hkv} do
+      local pages = spread_pages(lists, np, m, 24)
+      local ms = median_ms(reps, function() return decode.attend(qc, q, pages, {backend = backend}) end)
+      local bytes = lists * m * P * decode.token_bytes(qc)
+      local gbps = bytes / (ms * 1e-3) / 1e9
+      results[#results + 1] = {name = "page.attend_q", n = n, n_q = 1, d = d, heads = hq, kv_heads = hkv,
+        backend = backend, params = {phase = "decode", list_heads = lists, pages_per_list = m, page = P, bits = bits},
+        metrics = {kv_gbps = gbps, memcpy_gbps = bw, ratio_to_memcpy = gbps / bw, time_ms = ms, kv_bytes = bytes,
+          f32_time_ratio = ms / f32_ms[lists], cache_bytes_ratio = qc:bytes() / cache:bytes(), list_heads = lists}}
+    end
+    qc:close()
+    collectgarbage()
   end
   -- metadata update: one token appended (K and V copied, the last page's
   -- min/max/sum folded) against the decode step above

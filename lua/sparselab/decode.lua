@@ -74,7 +74,74 @@ end
 
 --- A step over per-KV-head kept prompt tokens (Lua lists, 0-based) plus
 --- every token generated since the prefill: the lists, attention and stats.
-function D.kept_step(ls, q, kept, backend)
+--- Physical per-head eviction (issue 13, session 3): the layer's cache is
+--- split into one cache per KV head holding only that head's kept prompt
+--- tokens (kept[g], 0-based) and every generated token, each shrunk to its
+--- pages in use; the shared cache is replaced by an empty one. Later decode
+--- steps append to the head caches (D.step) and attend over them
+--- (D.heads_step). ls.head_ids[g] keeps the logical positions.
+function D.compact_heads(ls, kept)
+  local cache, n = ls.cache, ls.cache:len()
+  local hkv, d, P = cache:heads(), cache:head_dim(), cache:page_size()
+  local kb, vb = cache:quant()
+  local k, v = cache:tensor("k"), cache:tensor("v")
+  ls.heads, ls.head_ids = {}, {}
+  for g = 1, hkv do
+    local c = D.cache(1, d, P, "decode")
+    if kb > 0 then c:set_quant(kb, vb) end
+    c:append(k:narrow(1, g, 1):narrow(2, 1, n), v:narrow(1, g, 1):narrow(2, 1, n))
+    local keep, ev, ids = {}, {}, {}
+    for _, j in ipairs(kept[g]) do keep[j] = true end
+    for j = 0, n - 1 do
+      if j < ls.n_prefill and not keep[j] then ev[#ev + 1] = j else ids[#ids + 1] = j end
+    end
+    if #ev > 0 then c:evict(sl.tensor({ev}, "i32")) end
+    c:shrink()
+    ls.heads[g], ls.head_ids[g] = c, ids
+  end
+  cache:close()
+  ls.cache = D.cache(hkv, d, P, "decode")
+  if kb > 0 then ls.cache:set_quant(kb, vb) end
+end
+
+--- Resident bytes of a layer's caches (the shared one and any head caches).
+function D.layer_bytes(ls)
+  local b = ls.cache:bytes()
+  for _, c in ipairs(ls.heads or {}) do b = b + c:bytes() end
+  return b
+end
+
+--- One decode step over per-head compacted caches: query head h attends
+--- every token of its KV head's cache. Returns the kept_step result (pages:
+--- the logical token positions read).
+function D.heads_step(ls, q, backend)
+  local hq, hkv = q:shape()[1], #ls.heads
+  local G = hq // hkv
+  local os, lses, lists, tokens, d = {}, {}, {}, 0, q:shape()[3]
+  for g = 1, hkv do
+    local c = ls.heads[g]
+    local o, lse = D.attend(c, q:narrow(1, (g - 1) * G + 1, G), D.all_pages(1, 1, c:pages()), {backend = backend})
+    os[g], lses[g] = o, lse
+    local l = {}
+    for i, j in ipairs(ls.head_ids[g]) do l[i] = j end
+    lists[g] = l
+    tokens = tokens + c:len()
+  end
+  local t = D.lists_tensor(lists)
+  return {o = sl.cat(os, 1), lse = sl.cat(lses, 1), pages = t,
+    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * ls.seen), kv_bytes = 8 * d * tokens,
+      resident_bytes = D.layer_bytes(ls)}}
+end
+
+--- Decode over kept prompt positions (per KV head, kept[g] 0-based) and
+--- every generated token: token lists over the full cache, or, with evict,
+--- physical per-head compaction on the first call (D.compact_heads) and
+--- dense attention over the compacted head caches afterwards.
+function D.kept_step(ls, q, kept, backend, evict)
+  if evict and evict ~= 0 then
+    if not ls.heads then D.compact_heads(ls, kept) end
+    return D.heads_step(ls, q, backend)
+  end
   local cache, n = ls.cache, ls.cache:len()
   local hkv, d = cache:heads(), cache:head_dim()
   local lists, tokens = {}, 0
@@ -88,7 +155,8 @@ function D.kept_step(ls, q, kept, backend)
   local t = D.lists_tensor(lists)
   local o, lse = D.attend_tokens(cache, q, t, {backend = backend})
   return {o = o, lse = lse, pages = t,
-    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens}}
+    stats = {tokens_read = tokens / hkv, density = tokens / (hkv * n), kv_bytes = 8 * d * tokens,
+      resident_bytes = D.layer_bytes(ls)}}
 end
 
 --- Kernel-level run of a layer-reuse method: a layer after the first
@@ -191,7 +259,8 @@ end
 function D.token_scores(cache, q, opts)
   opts = opts or {}
   return sl.page.token_scores(q, cache:tensor("k"), {channels = opts.channels, pages = opts.pages,
-    page = opts.page or cache:page_size(), n = cache:len(), bits = opts.bits or 0, backend = opts.backend})
+    page = opts.page or cache:page_size(), n = cache:len(), bits = opts.bits or 0, qbits = opts.qbits or 0,
+    backend = opts.backend})
 end
 
 --- The usual kernel-level run of a decode method: prefill (n_q = n_k) dense,
@@ -226,10 +295,35 @@ function D.per_step(o, lse, dense_o, dense_lse, steps)
   return out
 end
 
+--- The quantised pages a method's caches hold ({k = kbits, v = vbits}; 0:
+--- f32): its parameters kv_bits / v_bits when it has them.
+function D.cache_quant(m, p)
+  if m.params and m.params.kv_bits then return {k = p.kv_bits or 0, v = (p.kv_bits or 0) > 0 and (p.v_bits or 0) or 0} end
+  return {k = 0, v = 0}
+end
+
+--- Bytes of K and V read per cached token and kv head (codes plus their share
+--- of the per-page scales when the cache holds quantised pages).
+function D.token_bytes(cache)
+  local d, P = cache:head_dim(), cache:page_size()
+  local kb, vb = cache:quant()
+  local function side(b) return b == 0 and 4 * d or (b == 8 and d or (d + 1) // 2) + 4 * d / P end
+  return side(kb) + side(vb)
+end
+
 --- Page-sparse attention of q ([Hq, R, D], the last R positions of the cache)
 --- over the listed pages of cache. opts: backend, causal (default true), split.
+--- A cache of quantised pages is read directly (page.attend_q).
 function D.attend(cache, q, pages, opts)
   opts = opts or {}
+  local kb, vb = cache:quant()
+  if kb > 0 then
+    return sl.page.attend_q(q, cache:tensor("kcodes"), cache:tensor("kscales"),
+      cache:tensor(vb > 0 and "vcodes" or "v"), pages,
+      {vscale = vb > 0 and cache:tensor("vscales") or nil, kbits = kb, vbits = vb > 0 and vb or 8,
+       page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
+       backend = opts.backend})
+  end
   return sl.page.attend(q, cache:tensor("k"), cache:tensor("v"), pages,
     {page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
      backend = opts.backend})
@@ -275,8 +369,9 @@ function D.state(method, o)
   if o.hq % o.hkv ~= 0 then
     sl.fail("%s: decode state: hq = %d is not a multiple of hkv = %d", method, o.hq, o.hkv)
   end
+  local quant = o.quant or {k = 0, v = 0}
   return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
-    steps = 0, layers = {}}, State)
+    quant = {k = quant.k or 0, v = quant.v or 0}, steps = 0, layers = {}}, State)
 end
 
 --- The per-layer part of the state (created on first use).
@@ -285,6 +380,7 @@ function State:layer(l)
   if not ls then
     ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
     if self.bits > 0 then ls.cache:set_bits(self.bits) end
+    if self.quant.k > 0 then ls.cache:set_quant(self.quant.k, self.quant.v) end
     self.layers[l + 1] = ls
   end
   return ls
@@ -318,6 +414,9 @@ function State:dump()
   for _, l in ipairs(ids) do
     local ls = self.layers[l]
     local parts = {string.format("  layer %d: cache len=%d pages=%d", l - 1, ls.cache:len(), ls.cache:pages())}
+    for g, c in ipairs(ls.heads or {}) do
+      parts[#parts + 1] = string.format("    kv head %d (compacted): len=%d bytes=%d", g - 1, c:len(), c:bytes())
+    end
     local keys = {}
     for key in pairs(ls) do if key ~= "cache" then keys[#keys + 1] = key end end
     table.sort(keys)
@@ -346,6 +445,7 @@ function D.begin(method, o)
   if m.cache_bits and o.params and not o.bits then
     o.bits = m.cache_bits(sl.registry.resolve(m, o.params))
   end
+  if o.params and not o.quant then o.quant = D.cache_quant(m, sl.registry.resolve(m, o.params)) end
   if not m.decode then
     sl.fail("%s: no decode hook (phase %s)", m.id, tostring(m.phase))
   end
@@ -378,14 +478,21 @@ function D.step(method, st, step, params)
   st:check(m.id, step.q, step.k)
   local layer = step.layer or 0
   local ls = st.layers[layer + 1]
-  if not ls or ls.cache:len() == 0 then
+  if not ls or (ls.cache:len() == 0 and not ls.heads) then
     sl.fail("%s: decode before prefill (layer %d has an empty cache)", m.id, layer)
   end
   if step.q:shape()[2] ~= 1 or step.k:shape()[2] ~= 1 then
     sl.fail("%s: a decode step takes one query row and one key, found %d and %d", m.id, step.q:shape()[2],
       step.k:shape()[2])
   end
-  ls.cache:append(step.k, step.v)
+  if ls.heads then   -- per-head compacted caches (D.compact_heads)
+    for g, c in ipairs(ls.heads) do
+      c:append(step.k:narrow(1, g, 1), step.v:narrow(1, g, 1))
+      ls.head_ids[g][#ls.head_ids[g] + 1] = ls.seen
+    end
+  else
+    ls.cache:append(step.k, step.v)
+  end
   ls.seen = (ls.seen or 0) + 1
   local p = sl.registry.resolve(m, params)
   if layer == 0 then st.steps = st.steps + 1 end   -- a step starts at layer 0
@@ -404,7 +511,7 @@ function D.replay(method, prob, p, opts)
   local R, N = qs[2], ks[2]
   if N - R < 1 then sl.fail("%s: decode replay needs a prefix: n_q = %d, n_k = %d", m.id, R, N) end
   local st = D.state(m.id, {hq = qs[1], hkv = ks[1], d = qs[3], page = p.page or opts.page or 16,
-    bits = m.cache_bits and m.cache_bits(p) or 0})
+    bits = m.cache_bits and m.cache_bits(p) or 0, quant = D.cache_quant(m, p)})
   D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
     {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
   local os, ls, steps = {}, {}, {}
@@ -431,7 +538,7 @@ function D.page_stats(pages, cache, est_bytes)
   local count, tokens = D.pages_read(pages, P, n)
   local lists = pages:shape()[1]
   return {pages_read = count, tokens_read = tokens / lists, density = tokens / (lists * n),
-    kv_bytes = 8 * d * tokens + (est_bytes or 0)}
+    kv_bytes = D.token_bytes(cache) * tokens + (est_bytes or 0)}
 end
 
 --- The decode hook of a layer-reuse method (tidaldecode's layer roles):
@@ -486,13 +593,45 @@ end
 --- The decode hook of a static cache policy: after the new token is
 --- appended, the cache keeps its first n_sink tokens and its last n_recent
 --- (the rest is evicted for good), and the query attends to everything left.
-function D.static_cache_step(cache, q, n_sink, n_recent, backend)
+function D.static_cache_step(cache, q, n_sink, n_recent, backend, shift)
   local n = cache:len()
   if n > n_sink + n_recent then D.evict_range(cache, n_sink, n - n_recent) end
   n = cache:len()
   local hq, d = q:shape()[1], cache:head_dim()
-  local o, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  local o, lse
+  if shift and shift.evicted > 0 and n_sink > 0 then
+    -- pos_shift: keys re-positioned to their cache slots, the query at slot n - 1
+    local k = cache:tensor("k"):narrow(2, 1, n)
+    local sinks = D.rope_rotate(k:narrow(2, 1, math.min(n_sink, n)), shift.evicted, shift.rope)
+    local ks = n > n_sink and sl.cat({sinks, k:narrow(2, n_sink + 1, n - n_sink)}, 2) or sinks
+    o, lse = sl.page.attend(q, ks, cache:tensor("v"):narrow(2, 1, n), D.token_range(hq, 0, n),
+      {page = 1, n = n, causal = true, backend = backend})
+  else
+    o, lse = D.attend_tokens(cache, q, D.token_range(hq, 0, n), {backend = backend})
+  end
   return {o = o, lse = lse, stats = {tokens_read = n, cache_len = n, kv_bytes = 8 * d * n * cache:heads()}}
+end
+
+--- Keys x [H, t, D] (already rotated by RoPE at their positions) rotated by
+--- `by` more positions: RoPE is a rotation per channel pair (rope.style
+--- "pairs": channels 2j, 2j+1; "half": j, j + D/2) by angle pos . theta^(-2j/D),
+--- and rotations compose, so R(p + by) k_pre = R(by) R(p) k_pre.
+function D.rope_rotate(x, by, rope)
+  local t = x:totable()
+  local dd = #t[1][1]
+  local half = dd // 2
+  for _, head in ipairs(t) do
+    for _, v in ipairs(head) do
+      for j = 0, half - 1 do
+        local ang = by * rope.theta ^ (-2 * j / dd)
+        local c, s = math.cos(ang), math.sin(ang)
+        local a, b = rope.style == "pairs" and 2 * j + 1 or j + 1, rope.style == "pairs" and 2 * j + 2 or j + half + 1
+        local x0, x1 = v[a], v[b]
+        v[a], v[b] = x0 * c - x1 * s, x0 * s + x1 * c
+      end
+    end
+  end
+  return sl.tensor(t)
 end
 
 --- The mean of each per-step stat over the steps of a replay, plus the

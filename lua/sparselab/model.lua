@@ -111,7 +111,7 @@ end
 --- the method's decode state with the layer's keys, values and queries;
 --- decode calls (one query row) go through the method's decode hook. Returns
 --- the hook and a function giving the decode state.
-local function decode_hook_for(prefill_schedule, dspec)
+local function decode_hook_for(prefill_schedule, dspec, cfg)
   local decode = require "sparselab.decode"
   local spec = normalise(dspec)
   if not spec then sl.fail("model: decode = expects a decode method (dense needs no decode hook)") end
@@ -124,7 +124,7 @@ local function decode_hook_for(prefill_schedule, dspec)
     local nq, nk = q:shape()[2], k:shape()[2]
     if not st then
       st = decode.state(m.id, {hq = q:shape()[1], hkv = k:shape()[1], d = q:shape()[3], page = p.page or 16,
-        bits = m.cache_bits and m.cache_bits(p) or 0})
+        bits = m.cache_bits and m.cache_bits(p) or 0, quant = decode.cache_quant(m, p)})
     end
     local ls = st.layers[layer + 1]
     if nq == nk or not ls then
@@ -138,7 +138,9 @@ local function decode_hook_for(prefill_schedule, dspec)
       sl.fail("%s: decode state out of step with the model (layer %d has seen %d tokens, the model %d)", m.id, layer,
         ls.seen, nk - 1)
     end
-    return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer}, p).o
+    -- rope: the model's RoPE (keys arrive rotated), for methods that re-position cached keys (pos_shift)
+    local rope = cfg and {theta = tonumber(cfg.rope_theta), style = cfg.rope_style, factor = cfg.rope_factor or 0}
+    return decode.step(m, st, {q = q, k = k:narrow(2, nk, 1), v = v:narrow(2, nk, 1), layer = layer, rope = rope}, p).o
   end
   return hook, function() return st end
 end
@@ -181,7 +183,7 @@ function Model:evaluate_decode(o)
     sl.fail("model: prefix = %s; expected 1 <= prefix < %d tokens", tostring(n0), #tokens)
   end
   local dense = self:run{tokens = tokens}
-  local hook, state = decode_hook_for(o.attention, o.decode)
+  local hook, state = decode_hook_for(o.attention, o.decode, self.cfg)
   local st <close> = self.c:state(#tokens)
   local pre = {}
   for i = 1, n0 do pre[i] = tokens[i] end
@@ -206,7 +208,7 @@ function Model:generate(o)
   for i, t in ipairs(o.prompt or self:encode(o.text or "")) do ids[i] = t end
   local steps = o.steps or 64
   local st <close> = self.c:state(math.min(self.cfg.seq_len, #ids + steps))
-  local hook = o.decode and decode_hook_for(o.attention, o.decode) or hook_for(o.attention)
+  local hook = o.decode and decode_hook_for(o.attention, o.decode, self.cfg) or hook_for(o.attention)
   local logits = self.c:forward(ids, st, hook)
   local draws = o.temperature and o.temperature > 0 and sl.rand({steps}, {seed = o.seed or 1})
   local start = #ids

@@ -202,6 +202,54 @@ test("quest: the bound finds the hot pages; first-k and random page selection fa
   truthy(recall_of(out, q, cache) >= 0.9, "shared lists keep the mass")
 end)
 
+test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages, output within the quantisation error; score-blind fails", function()
+  local quest = sl.methods.get("quest")
+  local q, k, v, hot = peaked(160, 8, 33)
+  local f32 = decode.cache_from(k, v, 8)
+  local p = sl.registry.resolve(quest, {budget = 32, page = 8})
+  local ref = quest.page_step(f32, q, p, 5)
+  for _, mode in ipairs{{8, 8, 0.02, 0.62}, {8, 0, 0.02, 0.9}, {4, 4, 0.25, 0.5}} do
+    local kb, vb, tol, ratio = mode[1], mode[2], mode[3], mode[4]
+    local st = decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 8, quant = {k = kb, v = vb}})
+    local cache = st:layer(0).cache
+    cache:append(k, v)
+    local got_k, got_v = cache:quant()
+    eq(got_k * 10 + got_v, kb * 10 + vb, "the cache holds quantised pages")
+    truthy(cache:bytes() < ratio * f32:bytes(), string.format("%d/%d bits: %d bytes vs f32 %d", kb, vb, cache:bytes(), f32:bytes()))
+    local function check(scorer)
+      local out = quest.page_step(cache, q, p, 5, nil, scorer)
+      local found, t = 0, out.pages:totable()
+      for h = 1, HQ do
+        local g = (h - 1) // (HQ // HKV) + 1
+        for _, id in ipairs(t[h][1]) do if hot[g][id] then found = found + 1 end end
+      end
+      return found == 3 * HQ, out, found
+    end
+    local ok, out, found = check(nil)
+    truthy(ok, string.format("%d-bit pages: hot pages found %d of %d", kb, found, 3 * HQ))
+    -- same pages as the f32 cache; output = page.attend over the dequantised copies, close to f32
+    local same, a, b = true, out.pages:totable(), ref.pages:totable()
+    for h = 1, HQ do for e = 1, #a[h][1] do same = same and a[h][1][e] == b[h][1][e] end end
+    truthy(same, "same page lists as f32")
+    local o2 = sl.page.attend(q, cache:tensor("k"), cache:tensor("v"):narrow(2, 1, 160), out.pages, {page = 8, n = 160})
+    near(sl.metric.max_abs(out.o, o2), 0, 1e-5, "page.attend_q = page.attend(dequantised)")
+    local e = sl.metric.rel_l2(out.o, ref.o)
+    truthy(e < tol and e > 0, string.format("%d/%d bits: rel_l2 vs f32 %.4g (< %g, not 0)", kb, vb, e, tol))
+    truthy(out.stats.kv_bytes < ref.stats.kv_bytes, "fewer K/V bytes read per step")
+    local np = cache:pages()
+    for name, scorer in pairs{first_k = function() return sl.zeros({HQ, 1, np}) end,
+                              random = function() return sl.randn({HQ, 1, np}, {seed = 98}) end} do
+      truthy(not check(scorer), "score-blind " .. name .. " selection over quantised pages must fail")
+    end
+  end
+  -- through the method: eval with kv_bits, and bad bits named in one line
+  local qd, kd, vd = sl.randn({HQ, 3, D}, {seed = 14}), sl.randn({HKV, 90, D}, {seed = 15}), sl.randn({HKV, 90, D}, {seed = 16})
+  local r = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 8, v_bits = 8}})
+  truthy(r.metrics.rel_l2 < 0.02 and r.metrics.rel_l2 > 0, "int8 pages at full budget: rel_l2 " .. r.metrics.rel_l2)
+  raises(function() sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {page = 16, kv_bits = 5}}) end,
+    "kbits = 5", "kv_bits 5")
+end)
+
 test("quest: decode replay through the cache, per step recall and bytes", function()
   local q, k, v = sl.randn({HQ, 4, D}, {seed = 41}), sl.randn({HKV, 64, D}, {seed = 42}), sl.randn({HKV, 64, D}, {seed = 43})
   local r = sl.eval("quest", sl.problem{q = q, k = k, v = v}, {params = {budget = 16, page = 8}})
@@ -281,6 +329,489 @@ test("double_sparsity: dense at budget >= n; r = d equals the oracle top-k; scor
   truthy(bad < 0.9, "first-k token selection must fail: recall " .. bad)
   local rnd = recall_of(ds.token_step(cache, qp, p8, 5, nil, ch, function() return sl.randn({HQ, 1, 120}, {seed = 5}) end), qp, cache)
   truthy(rnd < 0.9, "random token selection must fail: recall " .. rnd)
+end)
+
+test("double_sparsity: label_bits pseudo-quantises q[C] and k[C] per row (float64 check); recall holds; blind fails", function()
+  local ds = sl.methods.get("double_sparsity")
+  local qp, kp, vp = peaked(120, 8, 62)
+  local cache = decode.cache_from(kp, vp, 8)
+  local r = D // 2
+  local ch = decode.channel_rank(cache:tensor("k"), r, cache:len())
+  local function pq(xs, bits)   -- the reference's pseudo_quantize over one row
+    local lo, hi = math.huge, -math.huge
+    for _, x in ipairs(xs) do lo = math.min(lo, x); hi = math.max(hi, x) end
+    local step = (hi - lo) / (2 ^ bits - 1)
+    local out = {}
+    for i, x in ipairs(xs) do out[i] = step > 0 and lo + math.floor((x - lo) / step + 0.5) * step or x end
+    return out
+  end
+  local qt, kt, ct = qp:totable(), kp:totable(), ch:totable()
+  for _, bits in ipairs{4, 8} do
+    local p = sl.registry.resolve(ds, {budget = 24, group_factor = 2, label_bits = bits})
+    local out = ds.token_step(cache, qp, p, 5, nil, ch)
+    local lists = out.pages:totable()
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local cols = ct[g]
+      local qrow = {}
+      for i, c in ipairs(cols) do qrow[i] = qt[h][1][c + 1] end
+      qrow = pq(qrow, bits)
+      local scores, idx = {}, {}
+      for j = 1, 120 do
+        local krow = {}
+        for i, c in ipairs(cols) do krow[i] = kt[g][j][c + 1] end
+        krow = pq(krow, bits)
+        local sum = 0
+        for i = 1, #cols do sum = sum + qrow[i] * krow[i] end
+        scores[j], idx[j] = sum, j
+      end
+      table.sort(idx, function(a, b) return scores[a] > scores[b] or (scores[a] == scores[b] and a < b) end)
+      local set = {}
+      for i = 1, 24 do set[idx[i] - 1] = true end
+      truthy(same_set(lists[h][1], set), string.format("label_bits %d: selection = float64 pseudo-quantised top-k, head %d", bits, h))
+    end
+    truthy(recall_of(out, qp, cache) >= 0.9, "label_bits " .. bits .. " recall " .. recall_of(out, qp, cache))
+    local bad = recall_of(ds.token_step(cache, qp, p, 5, nil, ch, function() return blind(120) end), qp, cache)
+    truthy(bad < 0.9, "first-k token selection with quantised labels must fail: recall " .. bad)
+    truthy(out.stats.kv_bytes < ds.token_step(cache, qp, sl.registry.resolve(ds, {budget = 24, group_factor = 2}), 5, nil, ch).stats.kv_bytes,
+      "quantised labels read fewer bytes")
+  end
+  raises(function() ds.token_step(cache, qp, sl.registry.resolve(ds, {budget = 24, label_bits = 9}), 5, nil, ch) end,
+    "double_sparsity: label_bits = 9", "label_bits 9")
+end)
+
+test("seer_attention_r: learned gate from a weights file selects what a hand-built gate predicts; zero gate fails", function()
+  local sr = sl.methods.get("seer_attention_r")
+  local G = HQ // HKV
+  local qp, kp, vp, hot = peaked(160, 8, 231)
+  -- hand-built gate, dg = D: Q_gate = mean of the group's queries, K_gate = the block's mean key
+  local function weights(scale_q)
+    local wq, wk = {}, {}
+    for h = 1, HKV do
+      wq[h], wk[h] = {}, {}
+      for o = 1, D do
+        local rq, rk = {}, {}
+        for i = 1, G * D do rq[i] = ((i - 1) % D + 1 == o) and scale_q / G or 0 end
+        for i = 1, 3 * D do rk[i] = (i == 2 * D + o) and 1 or 0 end
+        wq[h][o], wk[h][o] = rq, rk
+      end
+    end
+    local path = os.tmpname() .. ".safetensors"
+    sl.save(path, {wq = sl.tensor(wq), wk = sl.tensor(wk)})
+    return path
+  end
+  local good_path, zero_path = weights(1), weights(0)
+  local function run(path, steps)
+    local st = decode.begin("seer_attention_r", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 2, kp:narrow(2, 1, 159 - steps), vp:narrow(2, 1, 159 - steps))
+    local p = {budget = 32, block = 8, gate = 1, weights = path}
+    local out
+    for s = 0, steps do
+      local pos = 160 - steps + s
+      out = decode.step("seer_attention_r", st, {q = qp, k = kp:narrow(2, pos, 1), v = vp:narrow(2, pos, 1), layer = 2}, p)
+    end
+    return out, st
+  end
+  local out, st = run(good_path, 0)
+  -- the prediction, float64 here: blocks 0..18 complete (159 keys + 1 = 160: block 19 complete too, but scored with the rest)
+  local qt, kt = qp:totable(), kp:totable()
+  local lists = out.pages:totable()
+  for g = 1, HKV do
+    local qm = {}
+    for c = 1, D do
+      qm[c] = 0
+      for j = 1, G do qm[c] = qm[c] + qt[(g - 1) * G + j][1][c] / G end
+    end
+    local sc, idx = {}, {}
+    for b = 0, 19 do
+      local s = 0
+      for c = 1, D do
+        local m = 0
+        for t = b * 8 + 1, b * 8 + 8 do m = m + kt[g][t][c] / 8 end
+        s = s + qm[c] * m
+      end
+      sc[b], idx[#idx + 1] = s, b
+    end
+    table.sort(idx, function(a, b) return sc[a] > sc[b] or (sc[a] == sc[b] and a < b) end)
+    local want = {[19] = true}
+    local taken = 1
+    for _, b in ipairs(idx) do if taken < 4 and not want[b] then want[b] = true; taken = taken + 1 end end
+    local got = {}
+    for _, b in ipairs(lists[g][1]) do if b >= 0 then got[b] = true end end
+    for b in pairs(want) do truthy(got[b], string.format("kv head %d: predicted block %d selected", g, b)) end
+    local found = 0
+    for b in pairs(got) do if hot[g][b] then found = found + 1 end end
+    truthy(found >= 2, "the gate finds the hot blocks of kv head " .. g .. ": " .. found)
+  end
+  local full = decode.cache_from(kp, vp, 8)
+  local good_recall = recall_of(out, qp, full)
+  truthy(good_recall >= 0.8, "gate recall " .. good_recall)
+  -- a zero gate (score-blind: every block ties) picks the first blocks and fails the same checks
+  local bad = run(zero_path, 0)
+  local found = 0
+  for g, row in ipairs(bad.pages:totable()) do for _, b in ipairs(row[1]) do if hot[g][b] then found = found + 1 end end end
+  local bad_recall = recall_of(bad, qp, full)
+  truthy(found < 2 * HKV and bad_recall < 0.8, string.format("a score-blind (zero) gate must fail: found %d, recall %.3f", found, bad_recall))
+  -- the K compression cache after steps across block boundaries = recomputed from scratch
+  local _, st2 = run(good_path, 12)
+  local ls = st2:layer(2)
+  local fresh = {}
+  local w = st2.gate[2]
+  sr.gate_keys(fresh, ls.cache, {block = 8}, w)
+  eq(ls.kgate.blocks, fresh.kgate.blocks, "complete blocks")
+  for g = 1, HKV do
+    for b = 1, fresh.kgate.blocks do
+      for c = 1, D do near(ls.kgate.rows[g][b][c], fresh.kgate.rows[g][b][c], 1e-6, "K compression cache = recomputation") end
+    end
+  end
+  raises(function() run("", 0) end, "seer_attention_r: gate = 1 needs --param weights=FILE", "no weights")
+  os.remove(good_path)
+  os.remove(zero_path)
+end)
+
+test("zipvl: re-compression every N generated tokens (decode queries as probes); tau mass; blind order fails", function()
+  local zv = sl.methods.get("zipvl")
+  local qp, kp, vp = peaked(100, 8, 241)
+  local n0, N, W = 60, 24, 12
+  -- generated keys: random, except two per window aligned with the group's query (the tokens decoding attends to)
+  local kt, qt = kp:totable(), qp:totable()
+  local hotpos = {[n0 + 5] = true, [n0 + 9] = true, [n0 + W + 4] = true, [n0 + W + 10] = true}
+  for g = 1, HKV do
+    for pos in pairs(hotpos) do
+      for c = 1, D do kt[g][pos + 1][c] = 2.5 * qt[(g - 1) * (HQ // HKV) + 1][1][c] end
+    end
+  end
+  local k = sl.tensor(kt)
+  local obs = sl.randn({HQ, 8, D}, {seed = 242})
+  local function run(p, imp_fn)
+    local st = decode.begin("zipvl", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, k:narrow(2, 1, n0), vp:narrow(2, 1, n0), {q = obs})
+    local ls = st:layer(0)
+    local out
+    for s = 1, N do
+      local pos = n0 + s
+      ls.cache:append(k:narrow(2, pos, 1), vp:narrow(2, pos, 1))
+      ls.seen = ls.seen + 1
+      out = zv.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(zv, p), imp_fn)
+    end
+    return out, ls
+  end
+  local p = {tau = 0.8, bits_high = 8, bits_low = 2, probe = 8, recompress = W}
+  local out, ls = run(p)
+  local z = ls.zipvl
+  eq(#z.windows, 2, "two windows of " .. W .. " generated tokens re-compressed")
+  eq(z.done, n0 + N, "every generated token compressed")
+  eq(out.stats.compressed, n0 + N, "stats report the compressed prefix")
+  -- float64 here: the window's normalised importance from its decode queries (softmax over keys <= position)
+  local scale = 1 / math.sqrt(D)
+  for wi, win in ipairs(z.windows) do
+    local imp = {}
+    for j = win.from, win.to - 1 do imp[j] = 0 end
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      for pos = win.from, win.to - 1 do   -- the query decoding token pos sees keys 0..pos
+        local sc, mx, z2 = {}, -math.huge, 0
+        for j = 0, pos do
+          local dot = 0
+          for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j + 1][c] end
+          sc[j] = dot * scale
+          mx = math.max(mx, sc[j])
+        end
+        for j = 0, pos do z2 = z2 + math.exp(sc[j] - mx) end
+        for j = win.from, pos do imp[j] = imp[j] + math.exp(sc[j] - mx) / z2 end
+      end
+    end
+    local total, in_set, smallest = 0, 0, math.huge
+    for j = win.from, win.to - 1 do
+      imp[j] = imp[j] / (win.to - j)   -- the probes that see key j
+      total = total + imp[j]
+    end
+    for j in pairs(win.set) do in_set = in_set + imp[j]; smallest = math.min(smallest, imp[j]) end
+    truthy(in_set >= p.tau * total - 1e-9, string.format("window %d: the set holds >= tau of the importance", wi))
+    truthy(in_set - smallest < p.tau * total + 1e-9, string.format("window %d: the set is minimal", wi))
+    for pos in pairs(hotpos) do
+      if pos >= win.from and pos < win.to then truthy(win.set[pos], "window " .. wi .. ": aligned token " .. pos .. " kept at b_h") end
+    end
+    -- stored keys of the window within half a quantisation step of the originals (per channel and class)
+    local stored = z.k:narrow(2, win.from + 1, win.to - win.from):totable()
+    for g = 1, HKV do
+      for c = 1, D do
+        for _, high in ipairs{true, false} do
+          local lo, hi = math.huge, -math.huge
+          for j = win.from, win.to - 1 do
+            if (win.set[j] == true) == high then lo = math.min(lo, kt[g][j + 1][c]); hi = math.max(hi, kt[g][j + 1][c]) end
+          end
+          local half = (hi - lo) / ((1 << (high and 8 or 2)) - 1) / 2
+          for j = win.from, win.to - 1 do
+            if (win.set[j] == true) == high then
+              truthy(math.abs(stored[g][j - win.from + 1][c] - kt[g][j + 1][c]) <= half + 1e-6, "quantisation within half a step")
+            end
+          end
+        end
+      end
+    end
+  end
+  -- recompress = 0: generated tokens stay f32
+  local _, ls0 = run({tau = 0.5, bits_high = 8, bits_low = 2, probe = 8, recompress = 0})
+  eq(ls0.zipvl.done, n0, "recompress = 0 leaves generated tokens uncompressed")
+  -- position order (score-blind) misses the aligned tokens of the windows
+  local _, lsb = run(p, function(n)
+    local imp = {}
+    for j = 1, n do imp[j] = 1 / j end
+    return imp
+  end)
+  local missed = 0
+  for _, win in ipairs(lsb.zipvl.windows) do
+    for pos in pairs(hotpos) do if pos >= win.from and pos < win.to and not win.set[pos] then missed = missed + 1 end end
+  end
+  truthy(missed > 0, "position-order importance must miss aligned tokens: missed " .. missed)
+end)
+
+test("spatten: cascade head pruning by accumulated |o_h|; pruned heads stay out; index-order pruning fails", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(60, 8, 161)
+  -- the second KV group's values are larger: its query heads matter more
+  local vt = vp:totable()
+  for t = 1, 60 do for c = 1, D do vt[2][t][c] = 4 * vt[2][t][c] end end
+  local v = sl.tensor(vt)
+  local p = sl.registry.resolve(spm, {budget = 1000, prune_layer = 0, heads = 2, head_prune_layer = 1})
+  local function run(rank)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    for l = 0, 2 do decode.prefill(st, l, kp:narrow(2, 1, 56), v:narrow(2, 1, 56)) end
+    local outs, pruned = {}, {}
+    for t = 1, 4 do
+      local q = sl.randn({HQ, 1, D}, {seed = 170 + t})
+      for l = 0, 2 do
+        local ls = st:layer(l)
+        ls.cache:append(kp:narrow(2, 56 + t, 1), v:narrow(2, 56 + t, 1))
+        local out = spm.decode(st, ls, {q = q, layer = l}, p, rank)
+        local dense = decode.attend(ls.cache, q, decode.all_pages(HQ, 1, ls.cache:pages()))
+        outs[#outs + 1] = {layer = l, step = t, out = out, dense = dense}
+      end
+      local now = {}
+      for h in pairs(st.spatten.head_pruned or {}) do now[h] = true end
+      for h in pairs(pruned) do truthy(now[h], "cascade: pruned head " .. h .. " came back") end
+      pruned = now
+    end
+    return st, outs
+  end
+  local st, outs = run(nil)
+  local np = 0
+  for h in pairs(st.spatten.head_pruned) do np = np + 1; truthy(h < 2, "the small-|o| heads (group 1) are pruned: " .. h) end
+  eq(np, 2, "two heads pruned")
+  -- importance = accumulated |o_h|: step 1, layer 0 (before any pruning) from the dense output
+  local st1 = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st1, 0, kp:narrow(2, 1, 56), v:narrow(2, 1, 56))
+  local ls1 = st1:layer(0)
+  ls1.cache:append(kp:narrow(2, 57, 1), v:narrow(2, 57, 1))
+  local q1 = sl.randn({HQ, 1, D}, {seed = 171})
+  spm.decode(st1, ls1, {q = q1, layer = 0}, p)
+  local od = decode.attend(ls1.cache, q1, decode.all_pages(HQ, 1, ls1.cache:pages())):totable()
+  for h = 1, HQ do
+    local m = 0
+    for c = 1, D do m = m + math.abs(od[h][1][c]) end
+    near(st1.spatten.head_score[h - 1], m, 1e-5, "head importance = |o_h|, head " .. h)
+  end
+  -- after pruning, the pruned heads output 0 and the kept heads equal dense
+  local err_good, err_bad = 0, 0
+  for _, r in ipairs(outs) do
+    if r.layer >= 1 and r.step >= 2 then err_good = err_good + sl.metric.rel_l2(r.out.o, r.dense) end
+  end
+  local _, bad = run({head = function(_, h) return -h end})   -- index order: keeps heads 0 and 1
+  for _, r in ipairs(bad) do
+    if r.layer >= 1 and r.step >= 2 then err_bad = err_bad + sl.metric.rel_l2(r.out.o, r.dense) end
+  end
+  truthy(err_good < err_bad, string.format("|o|-ranked pruning loses less than index order: %.3f vs %.3f", err_good, err_bad))
+end)
+
+test("spatten: progressive quantisation: confident heads keep the MSB result (float64 check), the rest are exact", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(80, 8, 181)
+  local function step_with(conf)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 79), vp:narrow(2, 1, 79))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 80, 1), vp:narrow(2, 80, 1))
+    local p = sl.registry.resolve(spm, {budget = 1000, prune_layer = 5, confidence = conf, msb_bits = 4})
+    return spm.decode(st, ls, {q = qp, layer = 0}, p), ls.cache
+  end
+  local exact, cache = step_with(0)
+  local none = step_with(1.01)
+  eq(none.stats.msb_heads, 0, "threshold above 1: no head is confident")
+  near(sl.metric.max_abs(none.o, exact.o), 0, 1e-6, "no confident head: exact")
+  -- float64 here: MSB scores from q and k quantised per row to 4 bits (asymmetric min/max)
+  local function qdq(row)
+    local lo, hi = math.huge, -math.huge
+    for _, x in ipairs(row) do lo = math.min(lo, x); hi = math.max(hi, x) end
+    local step, out = (hi - lo) / 15, {}
+    for i, x in ipairs(row) do out[i] = step > 0 and lo + math.floor((x - lo) / step + 0.5) * step or x end
+    return out
+  end
+  local qt, kt, vt = qp:totable(), kp:totable(), vp:totable()
+  local peak, msb_o = {}, {}
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    local qq = qdq(qt[h][1])
+    local sc, mx = {}, -math.huge
+    for t = 1, 80 do
+      local kk = qdq(kt[g][t])
+      local dot = 0
+      for c = 1, D do dot = dot + qq[c] * kk[c] end
+      sc[t] = dot / math.sqrt(D)
+      mx = math.max(mx, sc[t])
+    end
+    local z = 0
+    for t = 1, 80 do z = z + math.exp(sc[t] - mx) end
+    peak[h] = 1 / z
+    msb_o[h] = {}
+    for c = 1, D do
+      local acc = 0
+      for t = 1, 80 do acc = acc + math.exp(sc[t] - mx) / z * vt[g][t][c] end
+      msb_o[h][c] = acc
+    end
+  end
+  local sorted = {}
+  for h = 1, HQ do sorted[h] = peak[h] end
+  table.sort(sorted)
+  local thr = (sorted[2] + sorted[3]) / 2   -- two heads confident, two not
+  local mixed = step_with(thr)
+  eq(mixed.stats.msb_heads, 2, "two heads answered from the MSBs")
+  local mo, eo = mixed.o:totable(), exact.o:totable()
+  for h = 1, HQ do
+    for c = 1, D do
+      if peak[h] >= thr then
+        near(mo[h][1][c], msb_o[h][c], 1e-5, "confident head " .. h .. ": softmax of the MSB scores . V")
+      else
+        near(mo[h][1][c], eo[h][1][c], 1e-6, "flat head " .. h .. ": exact")
+      end
+    end
+  end
+  truthy(sl.metric.rel_l2(mixed.o, exact.o) < 0.2, "MSB heads stay close to exact: " .. sl.metric.rel_l2(mixed.o, exact.o))
+  local _ = cache
+end)
+
+test("streaming_llm: pos_shift re-positions keys to cache slots (float64 pre-RoPE check); no shift before eviction", function()
+  local theta, n_init, n_local, N = 10000, 2, 6, 20
+  -- pre-RoPE q and k, rotated here (RoPE "half" style) at their text positions
+  local function rot(v, pos)
+    local out, half = {}, D // 2
+    for c = 1, D do out[c] = v[c] end
+    for j = 0, half - 1 do
+      local ang = pos * theta ^ (-2 * j / D)
+      local a, b = j + 1, j + half + 1
+      out[a] = v[a] * math.cos(ang) - v[b] * math.sin(ang)
+      out[b] = v[a] * math.sin(ang) + v[b] * math.cos(ang)
+    end
+    return out
+  end
+  local kpre = sl.randn({HKV, N, D}, {seed = 251}):totable()
+  local qpre = sl.randn({HQ, N, D}, {seed = 252}):totable()
+  local vt = sl.randn({HKV, N, D}, {seed = 253}):totable()
+  local kpost, qpost = {}, {}
+  for g = 1, HKV do kpost[g] = {}; for t = 1, N do kpost[g][t] = rot(kpre[g][t], t - 1) end end
+  for h = 1, HQ do qpost[h] = {}; for t = 1, N do qpost[h][t] = rot(qpre[h][t], t - 1) end end
+  local k, v, q = sl.tensor(kpost), sl.tensor(vt), sl.tensor(qpost)
+  local function run(shift)
+    local st = decode.begin("streaming_llm", {hq = HQ, hkv = HKV, d = D, page = 4})
+    decode.prefill(st, 0, k:narrow(2, 1, 5), v:narrow(2, 1, 5))
+    local outs = {}
+    for pos = 6, N do
+      outs[pos] = decode.step("streaming_llm", st, {q = q:narrow(2, pos, 1), k = k:narrow(2, pos, 1), v = v:narrow(2, pos, 1),
+        layer = 0, rope = {theta = theta, style = "half"}}, {n_init = n_init, n_local = n_local, pos_shift = shift})
+    end
+    return outs
+  end
+  local shifted, plain = run(1), run(0)
+  for pos = 6, n_init + n_local do
+    near(sl.metric.max_abs(shifted[pos].o, plain[pos].o), 0, 1e-6, "no eviction yet: pos_shift changes nothing")
+  end
+  -- after evictions: float64 attention with every key at its cache slot and the query at the last slot
+  for _, pos in ipairs{12, N} do
+    local slots = {}
+    for j = 0, n_init - 1 do slots[#slots + 1] = j end
+    for j = pos - n_local, pos - 1 do slots[#slots + 1] = j end
+    local L = #slots
+    local ot = shifted[pos].o:totable()
+    local diff = 0
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      local qq = rot(qpre[h][pos], L - 1)
+      local sc, mx = {}, -math.huge
+      for si, j in ipairs(slots) do
+        local kk = rot(kpre[g][j + 1], si - 1)
+        local dot = 0
+        for c = 1, D do dot = dot + qq[c] * kk[c] end
+        sc[si] = dot / math.sqrt(D)
+        mx = math.max(mx, sc[si])
+      end
+      local z = 0
+      for si = 1, L do z = z + math.exp(sc[si] - mx) end
+      for c = 1, D do
+        local acc = 0
+        for si, j in ipairs(slots) do acc = acc + math.exp(sc[si] - mx) / z * vt[g][j + 1][c] end
+        near(ot[h][1][c], acc, 1e-5, "pos_shift output = attention at cache slots, step " .. pos)
+        diff = math.max(diff, math.abs(acc - plain[pos].o:totable()[h][1][c]))
+      end
+    end
+    truthy(diff > 1e-4, "after eviction the shift matters (step " .. pos .. ", max diff " .. diff .. ")")
+  end
+  raises(function()
+    local st = decode.begin("streaming_llm", {hq = HQ, hkv = HKV, d = D, page = 4})
+    decode.prefill(st, 0, k:narrow(2, 1, 12), v:narrow(2, 1, 12))
+    decode.step("streaming_llm", st, {q = q:narrow(2, 13, 1), k = k:narrow(2, 13, 1), v = v:narrow(2, 13, 1), layer = 0},
+      {n_init = 2, n_local = 6, pos_shift = 1})
+  end, "streaming_llm: pos_shift = 1 needs the model's RoPE", "no RoPE outside the model runner")
+  -- model level: the runner passes its RoPE; pos_shift runs and changes the result once tokens are evicted
+  local model = sl.model.load("experiments/data/tinystories260k/model.bin")
+  local toks = model:encode("Once upon a time there was a little girl who liked to play in the park with her dog.")
+  local a = model:evaluate_decode{tokens = toks, prefix = 8, decode = {method = "streaming_llm", params = {n_init = 2, n_local = 6, pos_shift = 1}}}
+  local b = model:evaluate_decode{tokens = toks, prefix = 8, decode = {method = "streaming_llm", params = {n_init = 2, n_local = 6}}}
+  truthy(a.kl == a.kl and a.kl >= 0 and math.abs(a.kl - b.kl) > 1e-6, string.format("model: pos_shift KL %.4f vs %.4f", a.kl, b.kl))
+end)
+
+test("spatten: local V pruning reads only rows with probability >= threshold (float64 check); random rows lose more", function()
+  local spm = sl.methods.get("spatten")
+  local qp, kp, vp = peaked(80, 8, 191)
+  local function step_with(thr)
+    local st = decode.state("spatten", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 0, kp:narrow(2, 1, 79), vp:narrow(2, 1, 79))
+    local ls = st:layer(0)
+    ls.cache:append(kp:narrow(2, 80, 1), vp:narrow(2, 80, 1))
+    return spm.decode(st, ls, {q = qp, layer = 0}, sl.registry.resolve(spm, {budget = 1000, prune_layer = 5, v_threshold = thr}))
+  end
+  local full, pruned = step_with(0), step_with(0.01)
+  eq(full.stats.v_rows_read, 80 * HQ, "threshold 0 reads every V row")
+  truthy(pruned.stats.v_rows_read < 80 * HQ / 2, "threshold 0.01 reads fewer rows: " .. pruned.stats.v_rows_read)
+  local qt, kt, vt = qp:totable(), kp:totable(), vp:totable()
+  local ot, err_good, err_rand = pruned.o:totable(), 0, 0
+  local ft = full.o:totable()
+  for h = 1, HQ do
+    local all = {}
+    for j = 0, 79 do all[j] = true end
+    local _, l = attend_ref(qt, kt, vt, h, all)
+    local g = (h - 1) // (HQ // HKV) + 1
+    local keep, count = {}, 0
+    for j = 0, 79 do
+      local dot = 0
+      for c = 1, D do dot = dot + qt[h][1][c] * kt[g][j + 1][c] end
+      if math.exp(dot / math.sqrt(D) - l) >= 0.01 then keep[j] = true; count = count + 1 end
+    end
+    local o = attend_ref(qt, kt, vt, h, keep)
+    for c = 1, D do near(ot[h][1][c], o[c], 1e-5, "head " .. h .. ": attention over the rows >= threshold") end
+    -- the same number of rows chosen at random (score-blind)
+    local rnd, taken, x = {}, 0, h * 7919
+    while taken < count do
+      x = (x * 1103515245 + 12345) % 2147483648
+      local j = x % 80
+      if not rnd[j] then rnd[j] = true; taken = taken + 1 end
+    end
+    local orand = attend_ref(qt, kt, vt, h, rnd)
+    for c = 1, D do
+      err_good = err_good + (o[c] - ft[h][1][c]) ^ 2
+      err_rand = err_rand + (orand[c] - ft[h][1][c]) ^ 2
+    end
+  end
+  truthy(err_good < err_rand, string.format("probability-ranked rows lose less than random rows: %.4g vs %.4g", err_good, err_rand))
 end)
 
 -- ---- twilight_topp ----
@@ -457,6 +988,89 @@ test("snapkv, ada_snapkv: dense when the prompt fits; kept sets; Ada allocation;
     local bad = recall_of(blind_out, qp, cache)
     truthy(bad < 0.9, id .. ": position-blind selection must fail: recall " .. bad)
   end
+end)
+
+-- Physical per-head eviction (evict = 1): the same steps through token lists
+-- (evict = 0) and through per-head compacted caches give the same outputs;
+-- the compacted caches hold only the kept tokens (resident bytes = each
+-- head's pages in use); a position-blind importance fails the recall check
+-- on the compacted path too.
+local function evict_case(id, base_params, extra_state)
+  local m = sl.methods.get(id)
+  local qp, kp, vp = peaked(170, 8, 301)
+  local obs = {}
+  local qt = qp:totable()
+  local noise = sl.randn({HQ, 12, D}, {seed = 302, std = 0.2}):totable()
+  for h = 1, HQ do
+    obs[h] = {}
+    for i = 1, 12 do obs[h][i] = {}; for c = 1, D do obs[h][i][c] = qt[h][1][c] + noise[h][i][c] end end
+  end
+  obs = sl.tensor(obs)
+  local steps, n0 = 10, 159
+  local qs = sl.randn({HQ, steps, D}, {seed = 303})
+  local function begin(evict)
+    local p = {}
+    for key, val in pairs(base_params) do p[key] = val end
+    p.evict = evict
+    local st = decode.begin(id, {hq = HQ, hkv = HKV, d = D, page = 8})
+    st.head_scores = extra_state
+    decode.prefill(st, 3, kp:narrow(2, 1, n0), vp:narrow(2, 1, n0), {q = obs})
+    return st, p
+  end
+  local st0, p0 = begin(0)
+  local st1, p1 = begin(1)
+  local full_bytes = st0:layer(3).cache:bytes()
+  for s = 1, steps do
+    local pos = n0 + s
+    local step = {q = s == 1 and qp or qs:narrow(2, s, 1), k = kp:narrow(2, pos, 1), v = vp:narrow(2, pos, 1), layer = 3}
+    local a = decode.step(id, st0, step, p0)
+    local b = decode.step(id, st1, step, p1)
+    near(sl.metric.max_abs(a.o, b.o), 0, 1e-5, id .. ": compacted = token lists (o), step " .. s)
+    near(sl.metric.max_abs(a.lse, b.lse), 0, 1e-5, id .. ": compacted = token lists (lse), step " .. s)
+    if s == 1 then
+      local ls = st1:layer(3)
+      truthy(ls.heads and #ls.heads == HKV, id .. ": one cache per KV head")
+      local want, kept_total = 0, 0
+      for g = 1, HKV do
+        local len = ls.heads[g]:len()
+        eq(len, #ls.kept[g] + 1, id .. ": head cache = kept prompt tokens + the generated one")
+        local cap = (len + 7) // 8 * 8
+        want = want + 8 * D * cap + 12 * D * cap // 8
+        kept_total = kept_total + len
+      end
+      eq(decode.layer_bytes(ls), want, id .. ": resident bytes = the head caches' pages in use")
+      eq(b.stats.resident_bytes, want, id .. ": reported resident bytes")
+      truthy(want < full_bytes * (kept_total / (HKV * 160)) * 1.2,
+        string.format("%s: bytes %d vs full %d, kept %.3f", id, want, full_bytes, kept_total / (HKV * 160)))
+      truthy(recall_of(b, qp, st0:layer(3).cache) >= 0.9, id .. ": compacted recall")
+      truthy(st1:dump():find("compacted"), id .. ": dump shows the head caches")
+    end
+  end
+  -- position-blind importance on the compacted path fails the recall check
+  local stb, pb = begin(1)
+  local ls = stb:layer(3)
+  ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+  ls.seen = ls.seen + 1
+  local blind = function(_, _, n)
+    local imp = {}
+    for g = 1, HKV do imp[g] = {}; for j = 1, n do imp[g][j] = -j end end
+    return imp
+  end
+  local out = m.step_with and m.step_with(ls, qp, pb, nil, blind) or m.decode(stb, ls, {q = qp, layer = 3}, pb, blind)
+  truthy(ls.heads ~= nil, id .. ": the blind run compacted too")
+  truthy(recall_of(out, qp, st0:layer(3).cache) < 0.9, id .. ": position-blind eviction must fail")
+end
+
+test("snapkv: evict = 1 compacts each KV head physically; outputs = token lists; bytes drop; blind fails", function()
+  evict_case("snapkv", {budget = 48, obs_window = 12, ["local"] = 8, prefix = 4, kernel = 7})
+end)
+
+test("ada_snapkv: evict = 1 compacts each KV head to its own budget; outputs = token lists; bytes drop; blind fails", function()
+  evict_case("ada_snapkv", {budget = 48, obs_window = 12, ["local"] = 8, prefix = 4, kernel = 7})
+end)
+
+test("sparsemm: evict = 1 compacts each KV head to its scored budget; outputs = token lists; bytes drop; blind fails", function()
+  evict_case("sparsemm", {base_capacity = 64, window = 8, ratio = 0.25, kernel = 3}, {[4] = {3, 1}})
 end)
 
 -- runs layers 0..last of one decode step of method id on the peaked inputs;

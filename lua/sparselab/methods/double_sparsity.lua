@@ -16,15 +16,19 @@
 --      reference), ties to the lower index (page.select over one-token pages);
 --   5. exact softmax over the selected tokens' full K, V (page.attend, page 1);
 --   6. layers below dense_layers (2) dense; budget >= cache is dense.
--- Not implemented: label quantisation (label_bits; the reference
--- pseudo-quantises q_C and k_C per row): bits = 0 reads full-precision
--- labels — page.token_scores' `bits` quantises only the keys, which is
--- Twilight's estimator, not DS's; the offload variant (step 7, unknown).
+--   2b. label quantisation (issue 13 session 3): label_bits = b in 2..8
+--      pseudo-quantises both q[C] and k[C] per row with asymmetric min/max
+--      uniform quantisation, 2^b levels (the reference's pseudo_quantize in
+--      evaluation/modify_llama.py; page.token_scores bits = qbits = b);
+--      label_bits 0 or 16 = no quantisation. Default 0 here (the reference's
+--      CLI defaults differ: 4 in convert, 2 in perplexity_eval — an unknown
+--      resolved to keep full-precision labels unless asked).
+-- Not implemented: the offload variant (step 7, unknown).
 -- GQA: channels per KV head for channel 0 (keys are per KV head), per query
 -- head for 1 and 2 (the reference repeats KV to the query heads).
 -- Reference read: andy-yang-1/DoubleSparse evaluation/modify_llama.py
 -- (sorted_channel gather, outlier_num = head_dim // group_factor, sort then
--- discard beyond heavy_const) — matched except the label quantisation above.
+-- discard beyond heavy_const) — matched.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
@@ -43,6 +47,8 @@ local M = {
     channel = {default = 0, min = 0, max = 2, int = true, doc = "ranking statistic: 0 mean|K| (prefill keys), 1 mean|Q|, 2 mean|Q.K| (calibration queries)"},
     dense_layers = {default = 2, min = 0, int = true, doc = "layers below this run dense"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache (metadata only; selection is per token)"},
+    label_bits = {default = 0, min = 0, max = 16, int = true,
+      doc = "label pseudo-quantisation of q[C] and k[C] per row (2..8 bits; 0 or 16: none; reference default 4 / 2)"},
   },
   ops = {"page.token_scores", "page.select", "page.attend"},
   checks = {"r = d equals the oracle top-k selection", "budget >= cache length equals dense to 1e-5",
@@ -77,9 +83,15 @@ local function token_step(cache, q, p, layer, backend, channels, scorer)
   if layer < p.dense_layers or p.budget >= n then
     lists, est_bytes = decode.token_range(hq, 0, n), 0
   else
-    local s = scorer and scorer(cache, q) or decode.token_scores(cache, q, {channels = channels, backend = backend})
+    local lb = p.label_bits == 16 and 0 or p.label_bits
+    if lb == 1 or lb > 8 then
+      sl.fail("double_sparsity: label_bits = %d; expected 2..8, or 0 / 16 for unquantised labels", p.label_bits)
+    end
+    local s = scorer and scorer(cache, q) or
+      decode.token_scores(cache, q, {channels = channels, bits = lb, qbits = lb, backend = backend})
     lists = sl.page.select(s, {k = p.budget, last = 0, backend = backend})
-    est_bytes = 4 * channels:shape()[2] * n * cache:heads()   -- the label cache read
+    -- the label cache read: r channels per token at lb bits (+ lo, step per row), or f32
+    est_bytes = (lb > 0 and (channels:shape()[2] * lb / 8 + 8) or 4 * channels:shape()[2]) * n * cache:heads()
   end
   local o, lse = decode.attend_tokens(cache, q, lists, {backend = backend})
   local _, tokens = decode.pages_read(lists, 1, n)

@@ -23,6 +23,11 @@
 --   6. layers below dense_layers (2) and the whole prefill run dense (eval
 --      code: `q_len > 1 or layer_id < 2`); no state between steps but the
 --      page metadata, selection recomputed every step and layer.
+--   7. (issue 13 session 3, beyond the card) kv_bits = 8 / 4: the cache's
+--      pages hold int8 / int4 K codes (v_bits: V too) with one scale per page
+--      and channel INSTEAD of f32 K/V (sl_kvcache_set_quant); the page
+--      metadata is that of the dequantised keys (so the bound still holds for
+--      what is read) and page.attend_q dequantises inside the kernel.
 -- Not implemented: the fused CUDA paging kernels of the reference (our
 -- page.attend is a plain split-K kernel); RoPE (the captured keys are used).
 -- Unknowns chosen: budget >= cache (k >= n_pages) is dense, not an error; a
@@ -76,8 +81,11 @@ local M = {
       doc = "0 kernel (last page + top k_p-1), 1 eval code (top max(3,k_p)), 2 Sparse Frontier (last page + top k_p)"},
     share = {default = 0, min = 0, max = 1, int = true, doc = "1: one page list per KV head from bounds summed over its query heads"},
     dense_layers = {default = 2, min = 0, int = true, doc = "layers below this run dense"},
+    kv_bits = {default = 0, min = 0, max = 8, int = true,
+      doc = "0: f32 pages; 4 or 8: the cache holds int4/int8 key codes with per-page, per-channel scales instead of f32 K (read by page.attend_q)"},
+    v_bits = {default = 0, min = 0, max = 8, int = true, doc = "with kv_bits: 0 keeps V in f32; 4 or 8 quantises V's pages too"},
   },
-  ops = {"page.bounds", "page.select", "page.attend"},
+  ops = {"page.bounds", "page.select", "page.attend", "page.attend_q"},
   checks = {"q.k <= U_p for every key of every page (tests/test_page_ops.c)",
     "incremental page metadata equals a rebuild after appends and evictions (tests/test_page_ops.c)",
     "budget >= cache length equals dense to 1e-5", "the current page is always selected (variant 0, 2); |selected| = min(k_p, n_p)",

@@ -13,9 +13,33 @@
 --      GQA group;
 --   5. executor: exact attention over the selected blocks (page.attend with
 --      page = block, lists per KV head: split-K over the selected blocks).
--- Not implemented: the learned gate (steps 1-2: W_q, W_k and the K
--- compression cache; no trained weights are available here), the threshold
--- variant, the optional sliding window, training.
+-- gate = 1 (issue 13 session 3): the learned gate from a safetensors file
+-- (`--param weights=FILE`, `gate=1`; reference microsoft/SeerAttention
+-- seer_attn/decode_sparse/attn_gate_inf.py, AttnGate with "Qproj" and
+-- Kmaxminavg):
+--   1. Q branch: per KV head h, the g query heads of its group concatenated
+--      ([g.d]) and projected: Q_gate[h] = Wq[h] . concat(q) (mm.dense);
+--   2. K branch: per complete block of `block` tokens, concat(max, min, mean)
+--      of its keys (page.meta with page = block) projected: K_gate[h, b] =
+--      Wk[h] . concat(...) (mm.dense), kept in the decode state as the "K
+--      compression cache" and extended only when a block completes (test:
+--      equals a recomputation from scratch);
+--   3. scores Q_gate . K_gate / sqrt(dg) (mm.dense; no softmax: top-k is
+--      invariant); the incomplete last block is not scored (the reference
+--      zeroes it) but always selected;
+--   4-5. as the oracle: top (budget / block) blocks per KV head, last block
+--      forced, exact attention over them.
+--   Weights file tensors (f32; per layer L, or one pair for every layer):
+--     "wq.L" / "wq": [Hkv, dg, g.d] — the reference's attngate_linear_q.weight
+--       [Hkv, g, d, dg] reshaped to [Hkv, g.d, dg] and transposed (1, 2);
+--     "wk.L" / "wk": [Hkv, dg, 3.d] — attngate_linear_k.weight [Hkv, 3d, dg]
+--       transposed (1, 2); input channels in the order max, min, mean.
+--   Not in the gate: RoPE on Q_gate / K_gate (the reference rotates both;
+--   kernel-level inputs carry no positions here, and keys are captured
+--   post-RoPE), the optional q/k RMSNorm (use_qk_norm), the Qavg / Qavgproj
+--   / Qorig pooling types.
+-- Not implemented: the threshold variant, the optional sliding window,
+-- training.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
@@ -32,8 +56,10 @@ local M = {
     budget = {default = 4096, min = 1, int = true, doc = "token budget B (B / block blocks per KV head)"},
     block = {default = 64, min = 1, int = true, doc = "KV block b"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
+    gate = {default = 0, min = 0, max = 1, int = true, doc = "0: oracle_sparse stand-in; 1: the learned gate from `weights`"},
+    weights = {default = "", doc = "gate = 1: safetensors file with wq(.L) [Hkv, dg, g.d] and wk(.L) [Hkv, dg, 3.d] (see the header)"},
   },
-  ops = {"page.token_scores", "page.attend", "reduce.block", "reduce.heads", "page.select"},
+  ops = {"page.token_scores", "page.attend", "reduce.block", "reduce.heads", "page.select", "page.meta", "mm.dense"},
   checks = {"budget >= n is dense", "the last block is always selected; one selection per GQA group",
     "oracle block choice beats first-k blocks on peaked inputs"},
 }
@@ -47,6 +73,89 @@ local function block_scores(cache, q, p, backend)
   local bm = sl.reduce.block(probs, {br = 1, bc = p.block, mode = 1, backend = backend})
   return sl.reduce.heads(bm, {group = hq // cache:heads(), mode = 1, backend = backend})
 end
+
+-- A 2-D f32 tensor [rows, cols] from row tables.
+local function mat(rows) return sl.tensor(rows) end
+
+-- The gate's weights of a layer as 2-D tensors per KV head (converted once,
+-- kept in the decode state): {q = {[h] = [dg, g.d]}, k = {[h] = [dg, 3d]}, dg}.
+local function gate_weights(st, p, layer, hkv, g, d)
+  st.gate = st.gate or {}
+  if st.gate[layer] then return st.gate[layer] end
+  if p.weights == "" then sl.fail("seer_attention_r: gate = 1 needs --param weights=FILE (a safetensors file)") end
+  st.gate_file = st.gate_file or sl.load(p.weights)
+  local f = st.gate_file
+  local wq, wk = f["wq." .. layer] or f.wq, f["wk." .. layer] or f.wk
+  if not wq or not wk then
+    sl.fail("seer_attention_r: %s has no wq.%d / wq or wk.%d / wk tensor", p.weights, layer, layer)
+  end
+  local qs, ks = wq:shape(), wk:shape()
+  if #qs ~= 3 or qs[1] ~= hkv or qs[3] ~= g * d or #ks ~= 3 or ks[1] ~= hkv or ks[3] ~= 3 * d or ks[2] ~= qs[2] then
+    sl.fail("seer_attention_r: %s: expected wq [%d, dg, %d] and wk [%d, dg, %d], found wq [%s] and wk [%s]", p.weights,
+      hkv, g * d, hkv, 3 * d, table.concat(qs, ", "), table.concat(ks, ", "))
+  end
+  local qt, kt = wq:to("f32"):totable(), wk:to("f32"):totable()
+  local w = {q = {}, k = {}, dg = qs[2]}
+  for h = 1, hkv do w.q[h], w.k[h] = mat(qt[h]), mat(kt[h]) end
+  st.gate[layer] = w
+  return w
+end
+
+-- The K compression cache of a layer: per KV head the gate keys of every
+-- complete block (rows of dg), extended when blocks complete.
+local function gate_keys(ls, cache, p, w, backend)
+  local n, hkv = cache:len(), cache:heads()
+  local complete = n // p.block
+  ls.kgate = ls.kgate or {blocks = 0, rows = {}}
+  local kc = ls.kgate
+  if complete > kc.blocks then
+    local from = kc.blocks * p.block
+    local k = cache:tensor("k"):narrow(2, from + 1, (complete - kc.blocks) * p.block)
+    local mn, mx, me = sl.page.meta(k, {page = p.block, backend = backend})
+    local tmn, tmx, tme = mn:totable(), mx:totable(), me:totable()
+    for h = 1, hkv do
+      local x = {}
+      for b = 1, complete - kc.blocks do
+        local row = {}
+        for _, part in ipairs{tmx[h][b], tmn[h][b], tme[h][b]} do
+          for _, val in ipairs(part) do row[#row + 1] = val end
+        end
+        x[b] = row
+      end
+      local y = sl.mm.dense(mat(x), w.k[h], {backend = backend}):totable()
+      kc.rows[h] = kc.rows[h] or {}
+      for _, row in ipairs(y) do kc.rows[h][#kc.rows[h] + 1] = row end
+    end
+    kc.blocks = complete
+  end
+  return kc
+end
+
+-- Gate scores [Hkv, 1, nb]: Q_gate . K_gate / sqrt(dg) per complete block,
+-- -inf for the incomplete last block (selected anyway: last = 1).
+local function gate_scores(st, ls, cache, q, p, layer, backend)
+  local hq, hkv, d = q:shape()[1], cache:heads(), cache:head_dim()
+  local g, n = hq // hkv, cache:len()
+  local nb = (n + p.block - 1) // p.block
+  local w = gate_weights(st, p, layer, hkv, g, d)
+  local kc = gate_keys(ls, cache, p, w, backend)
+  local qt = q:totable()
+  local out = {}
+  for h = 1, hkv do
+    local x = {}
+    for j = 1, g do for c = 1, d do x[#x + 1] = qt[(h - 1) * g + j][1][c] end end
+    local qg = sl.mm.dense(mat({x}), w.q[h], {backend = backend})
+    local row = {}
+    if kc.blocks > 0 then
+      row = sl.mm.dense(qg, mat(kc.rows[h]), {backend = backend}):totable()[1]
+      for b = 1, #row do row[b] = row[b] / math.sqrt(w.dg) end
+    end
+    for b = kc.blocks + 1, nb do row[b] = -math.huge end
+    out[h] = {row}
+  end
+  return sl.tensor(out)
+end
+M.gate_keys = gate_keys
 
 local function block_step(cache, q, p, backend, scorer)
   local n, hkv, d = cache:len(), cache:heads(), cache:head_dim()
@@ -68,6 +177,11 @@ end
 M.block_step = block_step
 
 function M.decode(st, ls, step, p)
+  if p.gate == 1 then
+    local layer = step.layer or 0
+    return block_step(ls.cache, step.q, p, step.backend,
+      function(cache, q) return gate_scores(st, ls, cache, q, p, layer, step.backend) end)
+  end
   return block_step(ls.cache, step.q, p, step.backend)
 end
 

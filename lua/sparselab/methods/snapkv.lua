@@ -14,7 +14,12 @@
 --   (Ada-SnapKV: every head keeps at least min_ratio of its share, the rest
 --   goes to the largest importances across heads); sparsity accounting
 --   s = 1 - kept / n (density reported per step).
--- Divergences: the kept set is applied as per-head token lists over the
+-- evict = 1 (issue 13, session 3): the kept sets are applied as physical
+-- compaction per KV head (decode.compact_heads: one cache per KV head holding
+-- its kept prompt tokens and the generated ones, shrunk to its pages; the
+-- resident bytes drop with the eviction ratio) and decode goes on over the
+-- compacted caches; outputs equal the token-list path (test).
+-- Divergences (evict = 0, the default): the kept set is applied as per-head token lists over the
 -- cache (the tokens are not physically evicted: reads drop, memory does
 -- not; kv_bytes counts reads); the reference's exact pooling padding is not
 -- read (torch avg_pool1d with padding kernel // 2 assumed).
@@ -45,6 +50,8 @@ local M = {
     min_ratio = {default = 0.2, min = 0, max = 1, doc = "Ada-SnapKV: share of the uniform budget every head keeps"},
     decode_rows = {default = 0, min = 0, int = true, doc = "kernel level, n_q = n_k: the last rows decoded through the compressed cache"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
+    evict = {default = 0, min = 0, max = 1, int = true,
+      doc = "1: the kept sets are evicted physically, per KV head (each head's cache compacted and shrunk; resident bytes drop)"},
   },
   ops = {"page.token_scores", "page.attend"},
   checks = {"budget >= prompt length keeps everything (dense)", "kept = prefix + local + top middle by pooled importance",
@@ -115,7 +122,7 @@ local function step_with(ls, q, p, backend, importance)
       ls.kept = compress(imp, n0, p, hkv)
     end
   end
-  return decode.kept_step(ls, q, ls.kept, backend)
+  return decode.kept_step(ls, q, ls.kept, backend, p.evict)
 end
 M.step_with = step_with
 

@@ -13,7 +13,10 @@
 --   3. per-head eviction: importance = softmax attention of the last `window`
 --      prompt queries to each earlier key, averaged over the group (a sum:
 --      the same ranking), max-pooled (kernel 7); keep the top budget_{l,h}
---      prefix tokens plus the window (token lists per KV head, not freed);
+--      prefix tokens plus the window (token lists per KV head, not freed;
+--      evict = 1, issue 13 session 3: physically, each KV head's cache
+--      compacted to its kept tokens and shrunk, so the resident bytes drop
+--      with each head's own budget — decode.compact_heads);
 --   4. decode: dense attention over each head's retained tokens plus every
 --      generated token; no re-selection.
 -- Not implemented: step 1, the offline OCR-grounded visual-head scoring (no
@@ -37,6 +40,8 @@ local M = {
     ratio = {default = 0.1, min = 0, max = 1, doc = "floor ratio ρ of every head's base budget"},
     kernel = {default = 7, min = 1, int = true, doc = "max-pooling kernel along keys"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
+    evict = {default = 0, min = 0, max = 1, int = true,
+      doc = "1: per-head eviction is physical (each KV head's cache compacted and shrunk to its budget; resident bytes drop)"},
   },
   ops = {"page.token_scores", "page.attend"},
   checks = {"Σ budgets = Hkv . b (up to rounding), every head >= min", "uniform scores = uniform (SnapKV) budgets",
@@ -90,7 +95,7 @@ end
 
 function M.decode(st, ls, step, p, importance)
   if not ls.kept then ls.kept, ls.budgets = compress(ls, p, st, step.layer or 0, step.backend, importance) end
-  return decode.kept_step(ls, step.q, ls.kept, step.backend)
+  return decode.kept_step(ls, step.q, ls.kept, step.backend, p.evict)
 end
 
 --- Kernel level: a prefill problem (n_q = n_k) runs dense (the compression

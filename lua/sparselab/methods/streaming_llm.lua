@@ -14,9 +14,20 @@
 --      n_init and the last n_local tokens (the newest included) and evicts the
 --      rest for good (sl.kvcache evict), the query attending to all that is
 --      left; cache length never exceeds n_init + n_local.
--- Not here yet: pos_shift (step 4's RoPE re-positioning needs pre-RoPE keys;
--- the cache holds the captured post-RoPE keys, so positions stay original)
--- and the block variant (step 5).
+--   4b. (issue 13 session 3) pos_shift = 1 in the model runner's decode loop:
+--      positions are cache slots, as the reference's pos_shift
+--      (streaming_llm/pos_shift/modify_llama.py re-applies RoPE to pre-RoPE
+--      keys with positions arange(kv_seq_len)). The runner's keys arrive
+--      post-RoPE, and RoPE rotations compose, so instead of storing pre-RoPE
+--      keys the hook rotates keys from their original position p to their
+--      slot s by R(s - p): the recent window sits at slots ending at the
+--      query's slot n - 1 with the same relative distances as before (no
+--      change), the sinks (slot = position) move by +e, e = tokens evicted —
+--      so only the sinks are rotated, by e positions, at read time
+--      (decode.rope_rotate with the model's theta and pairs/half style, from
+--      step.rope). Kernel-level inputs carry no RoPE information: pos_shift
+--      there is refused with a one-line error, as is Llama 3 scaled RoPE.
+-- Not here yet: the block variant (step 5).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 
@@ -36,6 +47,8 @@ return {
   params = recipe.block_params{
     n_init = {default = 4, min = 0, int = true, doc = "sink tokens at positions 0..n_init-1"},
     n_local = {default = 1024, min = 1, int = true, doc = "recent keys including the query itself"},
+    pos_shift = {default = 0, min = 0, max = 1, int = true,
+      doc = "decode: RoPE positions are cache slots (the reference's pos_shift; needs the model runner's RoPE)"},
   },
   ops = {"attn.block_sparse"},
   -- card checks with a test (tests/lua/test_module.lua)
@@ -44,6 +57,16 @@ return {
   mask = mask_for,
   run = recipe.block_sparse_run(mask_for),
   decode = function(st, ls, step, p)
-    return require("sparselab.decode").static_cache_step(ls.cache, step.q, p.n_init, p.n_local, step.backend)
+    local shift
+    if p.pos_shift == 1 then
+      if not step.rope then
+        sl.fail("streaming_llm: pos_shift = 1 needs the model's RoPE (the model runner's decode loop); this step has none")
+      end
+      if (step.rope.factor or 0) > 0 then
+        sl.fail("streaming_llm: pos_shift = 1 with Llama 3 scaled RoPE (rope_factor = %g) is not supported", step.rope.factor)
+      end
+      shift = {rope = step.rope, evicted = (ls.seen or ls.cache:len()) - math.min(ls.seen or 0, p.n_init + p.n_local)}
+    end
+    return require("sparselab.decode").static_cache_step(ls.cache, step.q, p.n_init, p.n_local, step.backend, shift)
   end,
 }

@@ -19,10 +19,18 @@
 --      its channels), kept dequantised beside the cache;
 --   7. decode: dense attention over the mixed cache plus every generated
 --      token (full precision).
+--   7b. (issue 13 session 3) re-compression every `recompress` (100)
+--      generated tokens: once that many generated tokens are uncompressed,
+--      steps 2-4 re-run on them with the decode queries that produced them
+--      as probes (their attention over the cache up to their positions,
+--      page.token_scores; causal-count normalised), and the window's K/V are
+--      quantised with the same rule (its important tokens b_h bits, the rest
+--      b_l); recompress = 0 keeps generated tokens in full precision. The
+--      probes' scores are taken against the f32 keys (the decode attention
+--      itself reads the dequantised ones) — an unknown read this way.
 -- Not implemented: step 5 (token-level sparse prefill: the prefill here is
--- dense), the re-compression every 100 generated tokens (generated tokens
--- stay full precision). Quantisation and importance run in Lua (tables), so
--- this recipe is for small inputs.
+-- dense). Quantisation and importance run in Lua (tables), so this recipe is
+-- for small inputs.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
@@ -42,6 +50,8 @@ local M = {
     bits_high = {default = 4, min = 2, max = 8, int = true, doc = "bits of the important tokens' K/V"},
     bits_low = {default = 2, min = 2, max = 8, int = true, doc = "bits of the other tokens' K/V"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
+    recompress = {default = 100, min = 0, int = true,
+      doc = "re-compress every this many generated tokens (steps 2-4 with their decode queries; 0: never)"},
   },
   ops = {"page.token_scores", "attn.dense"},
   checks = {"tau = 1 and bits_high = bits_low = 8: close to dense", "the important set holds >= tau of the normalised importance",
@@ -63,7 +73,8 @@ M.qdq = qdq
 
 --- The important set (Lua set of 0-based positions) of a prompt of n0
 --- tokens from probe queries obs [Hq, w, D]; imp_fn replaces the importance.
-function M.important(cache, obs, n0, p, backend, imp_fn)
+function M.important(cache, obs, n0, p, backend, imp_fn, from)
+  from = from or 0
   local imp
   if imp_fn then
     imp = imp_fn(n0)
@@ -79,7 +90,7 @@ function M.important(cache, obs, n0, p, backend, imp_fn)
     end
   end
   local order, total = {}, 0
-  for j = 1, n0 do order[j] = j; total = total + imp[j] end
+  for j = from + 1, n0 do order[#order + 1] = j; total = total + imp[j] end
   table.sort(order, function(a, b) if imp[a] ~= imp[b] then return imp[a] > imp[b] end return a < b end)
   local set, acc = {}, 0
   for _, j in ipairs(order) do
@@ -93,15 +104,16 @@ end
 -- V: per token over its channels. K: per channel over the tokens of the
 -- same precision class (KIVI's layout: keys have outlier channels, which a
 -- per-token range would spread over every channel).
-local function mixed(t, n0, set, p, per_channel)
-  local rows = t:narrow(2, 1, n0):totable()
+local function mixed(t, n0, set, p, per_channel, from)
+  from = from or 0
+  local rows = t:narrow(2, from + 1, n0 - from):totable()
   for _, head in ipairs(rows) do
     if not per_channel then
-      for j, row in ipairs(head) do head[j] = qdq(row, set[j - 1] and p.bits_high or p.bits_low) end
+      for j, row in ipairs(head) do head[j] = qdq(row, set[from + j - 1] and p.bits_high or p.bits_low) end
     else
       for _, high in ipairs{true, false} do
         local idx = {}
-        for j = 1, n0 do if (set[j - 1] == true) == high then idx[#idx + 1] = j end end
+        for j = 1, n0 - from do if (set[from + j - 1] == true) == high then idx[#idx + 1] = j end end
         for c = 1, #head[1] do
           local col = {}
           for i, j in ipairs(idx) do col[i] = head[j][c] end
@@ -113,6 +125,7 @@ local function mixed(t, n0, set, p, per_channel)
   end
   return sl.tensor(rows)
 end
+M.mixed = mixed
 
 function M.decode(st, ls, step, p, imp_fn)
   local cache, q = ls.cache, step.q
@@ -122,22 +135,38 @@ function M.decode(st, ls, step, p, imp_fn)
     local w = math.min(p.probe, ls.obs_q:shape()[2], n0)
     local obs = ls.obs_q:narrow(2, ls.obs_q:shape()[2] - w + 1, w)
     local set = M.important(cache, obs, n0, p, step.backend, imp_fn)
-    ls.zipvl = {set = set, k = mixed(cache:tensor("k"), n0, set, p, true), v = mixed(cache:tensor("v"), n0, set, p)}
+    ls.zipvl = {set = set, k = mixed(cache:tensor("k"), n0, set, p, true), v = mixed(cache:tensor("v"), n0, set, p),
+      done = n0, probes = {}, windows = {}}
   end
-  local k, v = ls.zipvl.k, ls.zipvl.v
-  if n > n0 then
-    k = sl.cat({k, cache:tensor("k"):narrow(2, n0 + 1, n - n0)}, 2)
-    v = sl.cat({v, cache:tensor("v"):narrow(2, n0 + 1, n - n0)}, 2)
+  local z = ls.zipvl
+  -- step 7b: this step's query probes its own token; a full window of generated tokens is re-compressed
+  if p.recompress > 0 then
+    z.probes[#z.probes + 1] = q
+    if n - z.done >= p.recompress then
+      local probes = sl.cat(z.probes, 2)
+      local w = probes:shape()[2]
+      local wset = M.important(cache, probes, n, p, step.backend, imp_fn and function() return imp_fn(n) end, n - w)
+      z.k = sl.cat({z.k, mixed(cache:tensor("k"), n, wset, p, true, n - w)}, 2)
+      z.v = sl.cat({z.v, mixed(cache:tensor("v"), n, wset, p, false, n - w)}, 2)
+      for j in pairs(wset) do z.set[j] = true end
+      z.windows[#z.windows + 1] = {from = n - w, to = n, set = wset}
+      z.done, z.probes = n, {}
+    end
+  end
+  local k, v = z.k, z.v
+  if n > z.done then
+    k = sl.cat({k, cache:tensor("k"):narrow(2, z.done + 1, n - z.done)}, 2)
+    v = sl.cat({v, cache:tensor("v"):narrow(2, z.done + 1, n - z.done)}, 2)
   end
   local o, lse = sl.attn.dense(q, k, v, {causal = false, backend = step.backend})
   local n_high = 0
-  for _ in pairs(ls.zipvl.set) do n_high = n_high + 1 end
+  for _ in pairs(z.set) do n_high = n_high + 1 end
   local d = cache:head_dim()
-  -- bytes read: the prompt at its bits (+ lo, step per token or channel), generated tokens f32
-  local bytes = cache:heads() * 2 * (n_high * (d * p.bits_high / 8 + 8) + (n0 - n_high) * (d * p.bits_low / 8 + 8) +
-    (n - n0) * 4 * d)
+  -- bytes read: the compressed tokens at their bits (+ lo, step per token or channel), the rest f32
+  local bytes = cache:heads() * 2 * (n_high * (d * p.bits_high / 8 + 8) + (z.done - n_high) * (d * p.bits_low / 8 + 8) +
+    (n - z.done) * 4 * d)
   return {o = o, lse = lse, important = ls.zipvl.set,
-    stats = {tokens_read = n, density = 1, important_ratio = n_high / n0, kv_bytes = bytes}}
+    stats = {tokens_read = n, density = 1, important_ratio = n_high / z.done, kv_bytes = bytes, compressed = z.done}}
 end
 
 function M.run(prob, p)
