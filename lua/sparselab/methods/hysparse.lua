@@ -167,9 +167,10 @@ function M.load_params(prob, p)
   return out, T.file_source(p.weights)
 end
 
---- Entries of R held at once (rows of a row block x key blocks); tests lower
---- it to run many row blocks on small problems.
-M.row_budget = 131072
+--- Entries of R held at once (query heads x rows of a row block x key
+--- blocks: 4 MiB of floats); tests lower it to run many row blocks on small
+--- problems.
+M.row_budget = 1048576
 
 --- The sparse layer, one block of query rows at a time (memory O(n) at any
 --- n: nothing of size n x n or n x n_sel is held): per row block, R of its
@@ -202,7 +203,7 @@ function M.run(prob, p)
     return 1 / (1 + math.exp(b - lse))
   end
   local nb = (n + B - 1) // B
-  local rows = math.max(1, math.min(n, M.row_budget // nb))
+  local rows = math.max(1, math.min(n, M.row_budget // (hq * nb)))
   local oparts, lparts = {}, {}
   for r0 = 1, n, rows do
     local r1 = math.min(n, r0 + rows - 1)
@@ -241,18 +242,19 @@ function M.run(prob, p)
         {rows_per_entry = 1, state_o = Os, state_lse = Ls, backend = be})
     end
     -- gated fusion of the two branches (sink-scaled) for these rows
-    local os, ls = Os:totable(), Ls:totable()
-    local ow, lw = Ow and Ow:narrow(2, r0, r1 - r0 + 1):totable(), Lw and Lw:narrow(2, r0, r1 - r0 + 1):totable()
     local O = {}
-    for h = 1, hq do
+    local ls, lw = Ls:totable(), Lw and Lw:narrow(2, r0, r1 - r0 + 1):totable()
+    for h = 1, hq do   -- one head at a time: Lua holds rows x d numbers
+      local os = Os:narrow(1, h, 1):totable()[1]
+      local ow = Ow and Ow:narrow(1, h, 1):narrow(2, r0, r1 - r0 + 1):totable()[1]
       O[h] = {}
       for x = 1, r1 - r0 + 1 do
         local t = r0 + x - 1
         local a = P.g_sparse[h][t] * sink_scale(P.sink_sparse and P.sink_sparse[h], ls[h][x])
-        local row, rs = {}, os[h][x]
+        local row, rs = {}, os[x]
         if ow then
           local b = P.g_swa[h][t] * sink_scale(P.sink_swa and P.sink_swa[h], lw[h][x])
-          local rw = ow[h][x]
+          local rw = ow[x]
           for e = 1, d do row[e] = a * rs[e] + b * rw[e] end
         else
           for e = 1, d do row[e] = a * rs[e] end
