@@ -203,7 +203,9 @@ function M.run(prob, p)
     return 1 / (1 + math.exp(b - lse))
   end
   local nb = (n + B - 1) // B
-  local rows = math.max(1, math.min(n, M.row_budget // (hq * nb)))
+  -- rows per block: R holds hq x rows x nb floats, the Lua lists of window
+  -- keys outside the selected blocks at most hkv x rows x W entries
+  local rows = math.max(1, math.min(n, M.row_budget // (hq * nb), M.row_budget // (8 * hkv * math.max(W, nblk))))
   local oparts, lparts = {}, {}
   for r0 = 1, n, rows do
     local r1 = math.min(n, r0 + rows - 1)
