@@ -17,8 +17,28 @@
 --   4. decode: dense attention over each head's retained tokens plus every
 --      generated token; no re-selection.
 -- Not implemented: step 1, the offline OCR-grounded visual-head scoring (no
--- MLLM here): scores are an input. Reference read through the card
--- (CR400AF-A/SparseMM sparsemm_utils.py head_adaptive_capacity, update_kv).
+-- MLLM here): scores are an input.
+-- Reference read (issue 20): CR400AF-A/SparseMM sparsemm/sparsemm_utils.py —
+--   SparseMM.__init__ (head_adaptive_capacity), calcul_attn_sore, update_kv,
+--   init_sparsemm. Matched: scores normalised over every layer and query head
+--   then summed per KV group, min = floor(b ρ), pool (b - min) L Hkv, the last
+--   `window` queries' softmax (causal inside the window) averaged over rows
+--   and the group (a mean: the same ranking as the sum here), the top
+--   budget prefix keys plus the window kept. Divergences:
+--   - pooling span: the reference pools the prefix's scores only
+--     (attn_weights[..., :-window], padding kernel // 2 at both ends); here
+--     the scores of all n0 prompt keys are pooled and the prefix ranked, so
+--     the last kernel // 2 prefix keys also see the window keys' scores.
+--   - the released entry (init_sparsemm) sets kernel_size 5 and avgpool when
+--     the model config does not, overriding the class defaults (7, maxpool)
+--     that the card and this recipe use; `kernel = 5` is reachable, average
+--     pooling is not an option of this recipe.
+--   - no compression at all when b = base_capacity - window exceeds the
+--     prefix length (the reference tests the base, not the head's budget);
+--     here each head keeps min(budget_h, prefix) tokens, so low-score heads
+--     are still cut in that case.
+--   - torch.round (half to even) vs round half up here; torch.sort's order
+--     on equal pooled scores is unspecified (here: lower position first).
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
