@@ -561,6 +561,51 @@ test("delta_layer_aware: Δ-layer dense, page set shape, reuse equals saved, bli
   truthy(r.metrics.rel_l2 <= 1e-5, "K >= n_pages is dense")
 end)
 
+test("delta_layer_aware: position_bias = 1e-7 ranks pages as the reference's v2 selector (score - 1e-7 x page)", function()
+  local dl = sl.methods.get("delta_layer_aware")
+  local qp, kp, vp = peaked(160, 8, 133)
+  local p = {budget = 3, recent = 1, page = 8, warmup = 2, delta_a = 2, delta_b = -1, delta_c = -1}
+  local _, _, cache = layer_step("delta_layer_aware", p, qp, kp, vp, 3)
+  local n = cache:len()
+  -- page scores (8 tokens each): page 1 = 1, page 4 = 1 + 2e-7, page 9 = 1 + 5e-7, the rest 0.1
+  local function probs(m)
+    local s = {}
+    for t = 1, m do
+      local u = (t - 1) // 8
+      s[t] = (u == 1 and 1 or u == 4 and 1 + 2e-7 or u == 9 and 1 + 5e-7 or 0.1) / 8
+    end
+    return s
+  end
+  local function older_chosen(bias)
+    local pb = {position_bias = bias}
+    for k, v in pairs(p) do pb[k] = v end
+    local pp = sl.registry.resolve(dl, pb)
+    local set = dl.select_pages(cache, qp, pp, nil, probs)
+    local got = {}
+    for _, u in ipairs(set) do if u < (n + 7) // 8 - 1 then got[#got + 1] = u end end
+    return got
+  end
+  -- independent ranking of the older pages by S_u - bias . u (ties: lower page)
+  local function expect(bias)
+    local S = {}
+    local s = probs(n)
+    for u = 0, (n + 7) // 8 - 2 do
+      local acc = 0
+      for t = u * 8 + 1, math.min((u + 1) * 8, n) do acc = acc + s[t] end
+      S[#S + 1] = {u = u, v = acc - bias * u}
+    end
+    table.sort(S, function(a, b) if a.v ~= b.v then return a.v > b.v end return a.u < b.u end)
+    local top = {S[1].u, S[2].u}
+    table.sort(top)
+    return top
+  end
+  local d, r = older_chosen(0), older_chosen(1e-7)
+  eq(table.concat(d, ","), table.concat(expect(0), ","), "default: exact ties only")
+  eq(table.concat(r, ","), table.concat(expect(1e-7), ","), "position_bias 1e-7: the reference's ranking")
+  eq(table.concat(d, ","), "4,9", "default keeps the two highest scores")
+  eq(table.concat(r, ","), "1,4", "the bias drops page 9 (5e-7 above page 1 but 8 pages later)")
+end)
+
 -- ---- spatten ----
 
 test("spatten: importance = column sums of P; cascade invariant; dense at budget >= n; position-order pruning fails", function()
