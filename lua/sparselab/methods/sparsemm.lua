@@ -26,9 +26,11 @@
 --   and the group (a mean: the same ranking as the sum here), the top
 --   budget prefix keys plus the window kept. Divergences:
 --   - pooling span: the reference pools the prefix's scores only
---     (attn_weights[..., :-window], padding kernel // 2 at both ends); here
---     the scores of all n0 prompt keys are pooled and the prefix ranked, so
---     the last kernel // 2 prefix keys also see the window keys' scores.
+--     (attn_weights[..., :-window], padding kernel // 2 at both ends); by
+--     default here the scores of all n0 prompt keys are pooled and the prefix
+--     ranked (as SnapKV's sparse-frontier code does), so the last kernel // 2
+--     prefix keys also see the window keys' scores; `reference_pool = true`
+--     pools the prefix alone, as the reference.
 --   - the released entry (init_sparsemm) sets kernel_size 5 and avgpool when
 --     the model config does not, overriding the class defaults (7, maxpool)
 --     that the card and this recipe use; `kernel = 5` is reachable, average
@@ -56,6 +58,7 @@ local M = {
     window = {default = 32, min = 0, int = true, doc = "observation window and kept recent prompt tokens"},
     ratio = {default = 0.1, min = 0, max = 1, doc = "floor ratio ρ of every head's base budget"},
     kernel = {default = 7, min = 1, int = true, doc = "max-pooling kernel along keys"},
+    reference_pool = {default = false, doc = "pool the prefix's scores only, as the reference's calcul_attn_sore (default: every prompt key's, as SnapKV's sparse-frontier code)"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
   },
   ops = {"page.token_scores", "page.attend"},
@@ -93,7 +96,8 @@ local function compress(ls, p, st, layer, backend, importance)
   local kept = {}
   if not ls.obs_q then sl.fail("sparsemm: the layer has no prompt queries (decode.prefill(st, layer, k, v, {q = ...}))") end
   local obs = ls.obs_q:narrow(2, ls.obs_q:shape()[2] - math.min(w, ls.obs_q:shape()[2]) + 1, math.min(w, ls.obs_q:shape()[2]))
-  local imp = importance and importance(cache, obs, n0) or decode.snapkv_importance(cache, obs, n0, p.kernel, 1, backend)
+  local imp = importance and importance(cache, obs, n0) or decode.snapkv_importance(cache, obs, n0, p.kernel, 1, backend,
+    p.reference_pool and n0 - w or nil)
   for g = 1, hkv do
     local prefix = {}
     for j = 0, n0 - w - 1 do prefix[#prefix + 1] = j end
