@@ -20,6 +20,20 @@
 -- Not here: FFN neuron prediction and skipping (the runner has no FFN hook),
 --   the gradient criteria (plainact, fisher, ...), the MLP predictor itself.
 -- Fidelity as sixteen_heads: masked heads output 0 (L = -inf).
+-- Reference read (issue 20): abdelfattah-lab/shadow_llm
+--   llm-interpret/lm-evaluation-harness/lm_eval/base.py (calculate_importance:
+--   per prompt and (layer, head) the sum over tokens of |grad . act| of the
+--   head's context output, "plainact", after one backward pass of the
+--   continuation's loss; the first layers divided by all tokens, the last by
+--   the label tokens) and emnlp_activation_predictor.py (B1EPredModel:
+--   Linear(E, 2048) + ReLU + Linear(2048, L.H) on the min-max normalised
+--   first-layer embedding of the last token; MSE, AdamW 1e-3, cosine
+--   schedule, 100 epochs; Spearman on held-out prompts). Divergences (no
+--   option): the criterion needs gradients (not available here: l2 and
+--   ablation instead); the predictor is a ridge map from the layer-1 queries
+--   of the last token (a linear image of the same state) on a few dozen
+--   prompts, not the MLP on thousands; masking keeps the predicted top heads
+--   per layer as the reference's head_percent_mask does.
 local sl = require "sparselab"
 
 local S = require "sparselab.methods.sixteen_heads"
