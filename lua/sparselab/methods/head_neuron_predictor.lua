@@ -25,15 +25,17 @@
 --   per prompt and (layer, head) the sum over tokens of |grad . act| of the
 --   head's context output, "plainact", after one backward pass of the
 --   continuation's loss; the first layers divided by all tokens, the last by
---   the label tokens) and emnlp_activation_predictor.py (B1EPredModel:
---   Linear(E, 2048) + ReLU + Linear(2048, L.H) on the min-max normalised
---   first-layer embedding of the last token; MSE, AdamW 1e-3, cosine
---   schedule, 100 epochs; Spearman on held-out prompts). Divergences (no
---   option): the criterion needs gradients (not available here: l2 and
---   ablation instead); the predictor is a ridge map from the layer-1 queries
---   of the last token (a linear image of the same state) on a few dozen
---   prompts, not the MLP on thousands; masking keeps the predicted top heads
---   per layer as the reference's head_percent_mask does.
+--   the label tokens), emnlp_activation_predictor.py (B1EPredModel:
+--   Linear(E, 2048) + ReLU + Linear(2048, L.H); MSE, AdamW 1e-3, cosine
+--   schedule, 100 epochs; Spearman on held-out prompts) and
+--   lm_eval/models/opt.py (at inference the input is the first layer's
+--   attention output of the last token, min-max normalised; prune_style
+--   "perlayer" masks the int(head_percent_mask · H / 100) lowest predicted
+--   heads of each layer — as here — "global" and "hybrid" rank across
+--   layers, not here). Divergences (no option): the criterion needs
+--   gradients (not available here: l2 and ablation instead); the predictor
+--   is a ridge map from the layer-1 queries of the last token (a linear image
+--   of the first layer's output) on a few dozen prompts, not the MLP.
 local sl = require "sparselab"
 
 local S = require "sparselab.methods.sixteen_heads"
