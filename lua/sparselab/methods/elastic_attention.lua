@@ -68,22 +68,25 @@ local function route(prob, p, blind)
   elseif n_sa > 0 then
     local W = math.min(p.window_q, prob.q:shape()[2])
     local args = {last = W, causal = prob.causal and 1 or 0, backend = prob.backend}
-    local probs = E.heads(sl.score.last_q(prob.q, prob.k, args))
+    -- [Hq, W, n] stays a tensor; one row at a time comes to Lua (the whole
+    -- map as Lua tables took 8 heads x W x n numbers and failed at n = 16K)
+    local probs = sl.score.last_q(prob.q, prob.k, args)
     flops = sl.op_flops("score.last_q", prob.q, prob.k, args)
     local nq = prob.q:shape()[2]
     local loss = {}
     for g = 1, hkv do
       local s = 0
       for h = (g - 1) * G + 1, g * G do
-        local P = probs[h]
+        local Ph = probs:narrow(1, h, 1)
         for t = 1, W do
+          local row = Ph:narrow(2, t, 1):totable()[1][1]
           local pos = (n - nq) + (nq - W + t - 1)  -- 0-based key position of the row
           for j = 1, pos + 1 do
             local c = (j - 1) // p.block + 1
             local row_block = pos // p.block + 1
             local sink = (j - 1) < p.sink
             local near = c > row_block - (p.local_window + p.block - 1) // p.block
-            if not (sink or near) then s = s + P[t][j] end
+            if not (sink or near) then s = s + row[j] end
           end
         end
       end
