@@ -196,8 +196,11 @@ end
 --- key of the cache's first n tokens, summed over those rows and the query
 --- heads of the group, then pooled along the keys (kernel, padding
 --- kernel // 2; pooling 0 average counting the padding as torch's
---- avg_pool1d does, 1 max). Returns a Lua table [Hkv][n].
-function D.snapkv_importance(cache, obs_q, n, kernel, pooling, backend)
+--- avg_pool1d does, 1 max). span (optional, default n): only keys 1..span
+--- are pooled, as one vector padded at both ends (SparseMM's reference pools
+--- the prefix before the window); entries past span are left unpooled.
+--- Returns a Lua table [Hkv][n].
+function D.snapkv_importance(cache, obs_q, n, kernel, pooling, backend, span)
   local qs = obs_q:shape()
   local hq, w = qs[1], qs[2]
   local hkv = cache:heads()
@@ -218,13 +221,14 @@ function D.snapkv_importance(cache, obs_q, n, kernel, pooling, backend)
       end
     end
   end
-  local half, out = kernel // 2, {}
+  local half, out, m = kernel // 2, {}, span or n
   for g = 1, hkv do
     out[g] = {}
-    for j = 1, n do
+    for j = m + 1, n do out[g][j] = imp[g][j] end
+    for j = 1, m do
       local acc = pooling == 1 and -math.huge or 0
       for t = j - half, j + half do
-        local x = (t >= 1 and t <= n) and imp[g][t] or 0
+        local x = (t >= 1 and t <= m) and imp[g][t] or 0
         if pooling == 1 then acc = math.max(acc, x) else acc = acc + x end
       end
       out[g][j] = pooling == 1 and acc or acc / kernel

@@ -1175,6 +1175,51 @@ test("delta_layer_aware: Δ-layer dense, page set shape, reuse equals saved, bli
   truthy(r.metrics.rel_l2 <= 1e-5, "K >= n_pages is dense")
 end)
 
+test("delta_layer_aware: position_bias = 1e-7 ranks pages as the reference's v2 selector (score - 1e-7 x page)", function()
+  local dl = sl.methods.get("delta_layer_aware")
+  local qp, kp, vp = peaked(160, 8, 133)
+  local p = {budget = 3, recent = 1, page = 8, warmup = 2, delta_a = 2, delta_b = -1, delta_c = -1}
+  local _, _, cache = layer_step("delta_layer_aware", p, qp, kp, vp, 3)
+  local n = cache:len()
+  -- page scores (8 tokens each): page 1 = 1, page 4 = 1 + 2e-7, page 9 = 1 + 5e-7, the rest 0.1
+  local function probs(m)
+    local s = {}
+    for t = 1, m do
+      local u = (t - 1) // 8
+      s[t] = (u == 1 and 1 or u == 4 and 1 + 2e-7 or u == 9 and 1 + 5e-7 or 0.1) / 8
+    end
+    return s
+  end
+  local function older_chosen(bias)
+    local pb = {position_bias = bias}
+    for k, v in pairs(p) do pb[k] = v end
+    local pp = sl.registry.resolve(dl, pb)
+    local set = dl.select_pages(cache, qp, pp, nil, probs)
+    local got = {}
+    for _, u in ipairs(set) do if u < (n + 7) // 8 - 1 then got[#got + 1] = u end end
+    return got
+  end
+  -- independent ranking of the older pages by S_u - bias . u (ties: lower page)
+  local function expect(bias)
+    local S = {}
+    local s = probs(n)
+    for u = 0, (n + 7) // 8 - 2 do
+      local acc = 0
+      for t = u * 8 + 1, math.min((u + 1) * 8, n) do acc = acc + s[t] end
+      S[#S + 1] = {u = u, v = acc - bias * u}
+    end
+    table.sort(S, function(a, b) if a.v ~= b.v then return a.v > b.v end return a.u < b.u end)
+    local top = {S[1].u, S[2].u}
+    table.sort(top)
+    return top
+  end
+  local d, r = older_chosen(0), older_chosen(1e-7)
+  eq(table.concat(d, ","), table.concat(expect(0), ","), "default: exact ties only")
+  eq(table.concat(r, ","), table.concat(expect(1e-7), ","), "position_bias 1e-7: the reference's ranking")
+  eq(table.concat(d, ","), "4,9", "default keeps the two highest scores")
+  eq(table.concat(r, ","), "1,4", "the bias drops page 9 (5e-7 above page 1 but 8 pages later)")
+end)
+
 -- ---- spatten ----
 
 test("spatten: importance = column sums of P; cascade invariant; dense at budget >= n; position-order pruning fails", function()
@@ -1510,6 +1555,84 @@ test("sparsemm: budgets sum and floor, uniform = SnapKV budgets, head scores shi
   truthy(recall_of(bad, qp, cache) < 0.9, "position-order eviction must fail")
   local r = sl.eval("sparsemm", sl.problem{q = qp, k = kp, v = vp, state = {obs_q = obs}}, {params = {base_capacity = 400, window = 8}})
   truthy(r.metrics.rel_l2 <= 1e-5, "budget >= prompt keeps everything")
+end)
+
+test("sparsemm: reference_pool pools the prefix alone (the reference's calcul_attn_sore); both spans equal float64 pooling", function()
+  local sm = sl.methods.get("sparsemm")
+  local qp, kp, vp = peaked(160, 8, 203)
+  local W, n0 = 8, 159
+  -- the window queries point at the first window key (position n0 - W), so
+  -- pooling across the prefix/window boundary lifts the last prefix keys
+  local ob, kt = sl.randn({HQ, W, D}, {seed = 204, std = 0.3}):totable(), kp:totable()
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    for i = 1, W do for c = 1, D do ob[h][i][c] = ob[h][i][c] + 2 * kt[g][n0 - W + 1][c] end end
+  end
+  local obs = sl.tensor(ob)
+  local function kept_of(ref)
+    local p = sl.registry.resolve(sm, {base_capacity = 40, window = W, ratio = 0.25, kernel = 7, reference_pool = ref})
+    local st = decode.begin("sparsemm", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 3, kp:narrow(2, 1, n0), vp:narrow(2, 1, n0), {q = obs})
+    local ls = st:layer(3)
+    ls.cache:append(kp:narrow(2, 160, 1), vp:narrow(2, 160, 1))
+    sm.decode(st, ls, {q = qp, layer = 3}, p)
+    return ls.kept, ls.budgets
+  end
+  -- float64: window row i (position n0 - W + i, 0-based i) over keys 0..pos, summed over rows and the group
+  local Q, K = obs:totable(), kp:totable()
+  local imp = {}
+  for g = 1, HKV do imp[g] = {}; for j = 1, n0 do imp[g][j] = 0 end end
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    for i = 1, W do
+      local pos, s, mx, z = n0 - W + i, {}, -math.huge, 0
+      for j = 1, pos do
+        local dot = 0
+        for c = 1, D do dot = dot + Q[h][i][c] * K[g][j][c] end
+        s[j] = dot / math.sqrt(D)
+        mx = math.max(mx, s[j])
+      end
+      for j = 1, pos do z = z + math.exp(s[j] - mx) end
+      for j = 1, pos do imp[g][j] = imp[g][j] + math.exp(s[j] - mx) / z end
+    end
+  end
+  local function pooled(g, j, span)
+    local m = 0
+    for t = j - 3, j + 3 do if t >= 1 and t <= span then m = math.max(m, imp[g][t]) end end
+    return m
+  end
+  local differ, sets = 0, {}
+  for _, ref in ipairs({false, true}) do
+    local kept, budgets = kept_of(ref)
+    sets[#sets + 1] = kept
+    for g = 1, HKV do
+      local span = ref and n0 - W or n0
+      local order = {}
+      for j = 1, n0 - W do order[j] = j end
+      local v = {}
+      for j = 1, n0 - W do v[j] = pooled(g, j, span) end
+      table.sort(order, function(a, b) if v[a] ~= v[b] then return v[a] > v[b] end return a < b end)
+      local want = {}
+      for x = 1, budgets[g] do want[order[x] - 1] = true end
+      local got = 0
+      for x = 1, budgets[g] do
+        truthy(want[kept[g][x]], string.format("reference_pool %s, kv head %d: kept %d is in the float64 top-%d",
+          tostring(ref), g, kept[g][x], budgets[g]))
+        got = got + 1
+      end
+      eq(got, budgets[g], "budget kept")
+      if math.abs(pooled(g, n0 - W, n0) - pooled(g, n0 - W, n0 - W)) > 1e-6 then differ = differ + 1 end
+    end
+  end
+  truthy(differ > 0, "the two spans pool the last prefix key differently on this input")
+  local same = true
+  for g = 1, HKV do
+    local a, b = {}, {}
+    for _, j in ipairs(sets[1][g]) do a[j] = true end
+    for _, j in ipairs(sets[2][g]) do b[j] = true end
+    for j in pairs(a) do if not b[j] then same = false end end
+  end
+  truthy(not same, "the kept sets differ between the spans")
 end)
 
 -- ---- video_xl2 ----

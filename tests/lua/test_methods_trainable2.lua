@@ -942,6 +942,114 @@ test("hysparse: the block-max selection passes a recall check that a score-blind
   truthy(not sl.methods.get("hysparse").fit, "nothing fitted (gates read x)")
 end)
 
+-- The recipe as it was before its row-block form (issue 19: Lua CSR lists of
+-- n · n_sel entries, built three times): R as a Lua table, top blocks per
+-- (kv head, row), per-row key lists for both branches and their union through
+-- attn.token_sparse, the gated fusion in Lua. The row-block recipe must give
+-- the same selection (density, FLOPs exactly) and the same outputs to rounding.
+local function hysparse_lists(prob, p, R, gs, gw, ss, sw)
+  local hq, n, d, hkv = T.dims(prob)
+  local g = hq // hkv
+  local nblk = math.max(1, p.n_sel // p.block)
+  local swa = p.swa or 1
+  local function lists(keys_of)
+    local rp, col = {}, {}
+    for h = 1, hq do
+      local r = {#col}
+      for t = 1, n do
+        for _, j in ipairs(keys_of((h - 1) // g + 1, t)) do col[#col + 1] = j end
+        r[#r + 1] = #col
+      end
+      rp[h] = r
+    end
+    return rp, col
+  end
+  local function sel_keys(kv, t)
+    local vis, row, order = (t - 1) // p.block + 1, R[kv][t], {}
+    for i = 1, vis do order[i] = i end
+    table.sort(order, function(a, b) if row[a] ~= row[b] then return row[a] > row[b] end return a < b end)
+    local s = {}
+    for i = 1, math.min(nblk, vis) do s[i] = order[i] - 1 end
+    table.sort(s)
+    local keys = {}
+    for _, b in ipairs(s) do for j = b * p.block, math.min(t, (b + 1) * p.block) - 1 do keys[#keys + 1] = j end end
+    return keys
+  end
+  local function win_keys(_, t)
+    local keys = {}
+    if swa == 1 then for j = math.max(0, t - p.window), t - 1 do keys[#keys + 1] = j end end
+    return keys
+  end
+  local function union_keys(kv, t)
+    local seen, js = {}, {}
+    for _, j in ipairs(sel_keys(kv, t)) do seen[j] = true end
+    for _, j in ipairs(win_keys(kv, t)) do seen[j] = true end
+    for j in pairs(seen) do js[#js + 1] = j end
+    table.sort(js)
+    return js
+  end
+  local rs, cs = lists(sel_keys)
+  local rw, cw = lists(win_keys)
+  local ru, cu = lists(union_keys)
+  local Os, Ls, f1 = T.token_sparse(prob, rs, cs)
+  local Ow, Lw, f2 = T.token_sparse(prob, rw, cw)
+  local _, Lu = T.token_sparse(prob, ru, cu)
+  Os, Ls, Ow, Lw = Os:totable(), Ls:totable(), Ow:totable(), Lw:totable()
+  local function sink_scale(b, lse)
+    if not b or lse == -math.huge then return 1 end
+    return 1 / (1 + math.exp(b - lse))
+  end
+  local O = {}
+  for h = 1, hq do
+    O[h] = {}
+    for t = 1, n do
+      local a = gs[h][t] * sink_scale(ss and ss[h], Ls[h][t])
+      local b = swa == 1 and gw[h][t] * sink_scale(sw and sw[h], Lw[h][t]) or 0
+      local row = {}
+      for e = 1, d do row[e] = a * Os[h][t][e] + b * Ow[h][t][e] end
+      O[h][t] = row
+    end
+  end
+  return O, Lu:totable(), f1 + f2, #cu / (hq * n * (n + 1) / 2)
+end
+
+test("hysparse: the row-block form (page.select, page.attend, attn.lines) gives the list form's selection and outputs", function()
+  local M = sl.methods.get("hysparse")
+  local budget = M.row_budget
+  local n = 300
+  local prob, q, k = synthetic(n, 79)
+  local nb = (n + 15) // 16
+  local Rs = M.block_max(q, k, 16, "cpu")
+  local Rf = uniform({2, n, nb}, 81, 0, 1)
+  local gs, gw = uniform({4, n}, 82, 0, 1), uniform({4, n}, 83, 0, 1)
+  local ss, sw = uniform({4}, 84, -1, 2), uniform({4}, 85, -1, 2)
+  local path = file("hysparse_rows", {R = sl.tensor(Rf), g_sparse = sl.tensor(gs), g_swa = sl.tensor(gw),
+    sink_sparse = sl.tensor(ss), sink_swa = sl.tensor(sw)})
+  local function half(x) local g = {} for h = 1, 4 do g[h] = {} for t = 1, n do g[h][t] = x end end return g end
+  local cases = {
+    {"oracle R", {block = 16, n_sel = 48, window = 20}, Rs, half(0.5), half(0.5)},
+    {"file R, gates, sinks", {block = 16, n_sel = 48, window = 10, weights = path}, Rf, gs, gw, ss, sw},
+    {"no SWA", {block = 16, n_sel = 64, window = 20, swa = 0}, Rs, half(1), half(0.5)},
+    {"more blocks than visible, window past the block", {block = 16, n_sel = 160, window = 40}, Rs, half(0.5), half(0.5)},
+  }
+  for _, budget_now in ipairs({4 * 7 * nb, budget}) do   -- one row per block (300 blocks), then one block
+    M.row_budget = budget_now
+    for _, c in ipairs(cases) do
+      local res = sl.eval("hysparse", prob, {params = c[2]})
+      local O, L, flops, density = hysparse_lists(prob, with({swa = 1}, c[2]), c[3], c[4], c[5], c[6], c[7])
+      local what = string.format("%s, row budget %d", c[1], budget_now)
+      eq(res.metrics.density, density, what .. ": density (the same pairs)")
+      eq(res.metrics.flops, flops, what .. ": FLOPs")
+      local od = max_diff(res.o:totable(), O)
+      truthy(od < 2e-6, string.format("%s: o max diff %.2e", what, od))
+      local lt, ld = res.lse:totable(), 0
+      for h = 1, 4 do for t = 1, n do ld = math.max(ld, math.abs(lt[h][t] - L[h][t])) end end
+      truthy(ld < 2e-6, string.format("%s: union lse max diff %.2e", what, ld))
+    end
+  end
+  M.row_budget = budget
+end)
+
 -- ---- NSA with latent attention and local/global alternation ----
 
 local NLA = {bs = 16, n = 4, l = 8, s = 4, window = 24}

@@ -15,6 +15,24 @@
 -- Δ-layers: delta_a, delta_b, delta_c (default 2, 14, 23; -1 leaves one out).
 -- Not implemented: step 5, the offline Δ-layer placement by inter-layer shift
 -- (1 - cos of adjacent attention maps) — the placement is a parameter.
+-- Reference read (issue 20): hoenza/DELTA, DELTA/Engine/DELTA/page_score.py
+--   (_compute_page_scores_kernel), backend.py
+--   (_compute_page_scores_from_attention_buffer[_legacy_softmax]),
+--   page_selector_v2.py (PageSelectorV2._prepare_scores,
+--   _select_general_from_scores), public_config.py (the release settings:
+--   selector v2, "del3_legacy_softmax" scores). Matched: token score = max
+--   over all query heads of the softmax probability, page score = the sum
+--   over the page's tokens, the last L pages forced (+inf before one top-k of
+--   K pages), pages past the sequence never chosen, the chosen pages in
+--   position order, one set for every head. Divergences:
+--   - the v2 selector adds a position bias -1e-7 · page index to every page
+--     score before the top-k, so pages whose scores differ by less than
+--     1e-7 per page of distance also go to the lower page; the default here
+--     breaks exact ties only, `position_bias = 1e-7` is the reference's rule.
+--   - the release recomputes the softmax from its float32 logits buffer
+--     (torch.softmax over the buffered length) and sums in float32; here the
+--     probabilities are exp(z - LSE) from page.attend's LSE, summed in Lua
+--     doubles: equal up to rounding.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
@@ -35,6 +53,7 @@ local M = {
     delta_a = {default = 2, min = -1, int = true, doc = "first Δ-layer"},
     delta_b = {default = 14, min = -1, int = true, doc = "second Δ-layer (-1: none)"},
     delta_c = {default = 23, min = -1, int = true, doc = "third Δ-layer (-1: none)"},
+    position_bias = {default = 0, min = 0, doc = "subtracted x page index from each page score before the ranking (the reference's v2 selector: 1e-7)"},
   },
   ops = {"page.token_scores", "page.attend"},
   checks = {"Δ-layers equal dense", "K >= n_pages is dense", "the set holds the last L pages and K pages in all",
@@ -68,7 +87,7 @@ local function select_pages(cache, q, p, backend, prob_fn)
   for u = 0, np - 1 do
     local acc = 0
     for t = u * P + 1, math.min((u + 1) * P, n) do acc = acc + s[t] end
-    score[u] = acc
+    score[u] = acc - (p.position_bias or 0) * u
     if u < np - L then older[#older + 1] = u end
   end
   table.sort(older, function(x, y) if score[x] ~= score[y] then return score[x] > score[y] end return x < y end)

@@ -16,6 +16,28 @@
 --   the SA heads by a seeded shuffle instead (the card's other stand-in).
 -- Not here: training (the Lagrangian sparsity objective), task embeddings,
 --   the XAttention retrieval-mode alternative.
+-- Reference read (issue 20): LCM-Lab/Elastic-Attention,
+--   elasticattn/training/eval/modeling_flash_qwen.py — AttentionRouter.forward,
+--   Qwen3Attention.__init__ / forward (head_mask_type), get_mask. Divergences:
+--   - the decision: the reference's router is a trained MLP over the mean of
+--     the layer's keys (after k_norm, before RoPE) over the first 100 and last
+--     100 tokens (pooling "ctx_q"), one decision per KV head repeated over its
+--     group (as here); z = 1 runs the head dense (head_mask_type 0), z = 0
+--     streaming (-1). With use_softmax (config default false) it is the argmax
+--     of two logits; without it a sigmoid of logit + Gumbel noise thresholded
+--     at 0.5 — the noise is drawn at inference too, so the reference's own
+--     decision is random around its logit. The number of SA heads is input
+--     dependent; here the oracle (or random) router takes a fixed sa_ratio.
+--     Without enable_ada_sparsity (its config default) the reference uses a
+--     static per-head mask from learned log-alphas (get_mask), not a router.
+--   - the streaming layout: the reference's block_streaming_attn_func (MIT
+--     Block-Sparse-Attention, not read) works in 128-token blocks, sink_blocks
+--     = ceil(sink_size / 128), local_blocks = ceil(local_window_size / 128);
+--     here the same rule in `block`-token blocks (card default 64): `block =
+--     128` gives the reference's block counts (1 sink block, 8 local blocks at
+--     the defaults), assuming its local blocks end at the query's own block
+--     as stream_keep does.
+--   - the "xattn" retrieval mode (XAttention on the FA heads) is not here.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 
@@ -46,22 +68,25 @@ local function route(prob, p, blind)
   elseif n_sa > 0 then
     local W = math.min(p.window_q, prob.q:shape()[2])
     local args = {last = W, causal = prob.causal and 1 or 0, backend = prob.backend}
-    local probs = E.heads(sl.score.last_q(prob.q, prob.k, args))
+    -- [Hq, W, n] stays a tensor; one row at a time comes to Lua (the whole
+    -- map as Lua tables took 8 heads x W x n numbers and failed at n = 16K)
+    local probs = sl.score.last_q(prob.q, prob.k, args)
     flops = sl.op_flops("score.last_q", prob.q, prob.k, args)
     local nq = prob.q:shape()[2]
     local loss = {}
     for g = 1, hkv do
       local s = 0
       for h = (g - 1) * G + 1, g * G do
-        local P = probs[h]
+        local Ph = probs:narrow(1, h, 1)
         for t = 1, W do
+          local row = Ph:narrow(2, t, 1):totable()[1][1]
           local pos = (n - nq) + (nq - W + t - 1)  -- 0-based key position of the row
           for j = 1, pos + 1 do
             local c = (j - 1) // p.block + 1
             local row_block = pos // p.block + 1
             local sink = (j - 1) < p.sink
             local near = c > row_block - (p.local_window + p.block - 1) // p.block
-            if not (sink or near) then s = s + P[t][j] end
+            if not (sink or near) then s = s + row[j] end
           end
         end
       end

@@ -54,21 +54,39 @@ local function gate_logits(prob, p)
   local hq, nq, d = qs[1], qs[2], qs[3]
   local w = p.mode == "elementwise" and d or 1
   local U = sl.randn({hq, d, w}, {seed = p.seed}):totable()
-  local q = prob.q:totable()
   local g = {}
   for h = 1, hq do
     g[h] = {}
-    for i = 1, nq do
-      local row = {}
-      for c = 1, w do
-        local s = 0
-        for e = 1, d do s = s + q[h][i][e] * U[h][e][c] end
-        row[c] = p.gain * s / math.sqrt(d) + p.bias
+    -- the queries of head h in chunks of rows (a whole q as Lua tables
+    -- exceeded the totable limit at 8 heads, n = 4096, d = 64)
+    local step = math.max(1, 262144 // d)
+    for r0 = 1, nq, step do
+      local cnt = math.min(step, nq - r0 + 1)
+      local q = prob.q:narrow(1, h, 1):narrow(2, r0, cnt):totable()[1]
+      for x = 1, cnt do
+        local row = {}
+        for c = 1, w do
+          local s = 0
+          for e = 1, d do s = s + q[x][e] * U[h][e][c] end
+          row[c] = p.gain * s / math.sqrt(d) + p.bias
+        end
+        g[h][r0 + x - 1] = row
       end
-      g[h][i] = row
     end
   end
   return sl.tensor(g)
+end
+
+-- calls f(x) for every element of t [H, R, ...] (at most 2^18 elements to Lua at a time)
+local function each(t, f)
+  local sh = t:shape()
+  local per = 1
+  for i = 3, #sh do per = per * sh[i] end
+  local step = math.max(1, 262144 // per)
+  local function walk(x) if type(x) == "table" then for _, y in ipairs(x) do walk(y) end else f(x) end end
+  for h = 1, sh[1] do
+    for r0 = 1, sh[2], step do walk(t:narrow(1, h, 1):narrow(2, r0, math.min(step, sh[2] - r0 + 1)):totable()) end
+  end
 end
 
 local function run(prob, p)
@@ -83,11 +101,9 @@ local function run(prob, p)
   local ms = (sl.time() - t0) * 1e3
   local qs = prob.q:shape()
   local total, on = qs[1] * qs[2] * qs[3], 0
-  for _, head in ipairs(kept:totable()) do for _, c in ipairs(head) do on = on + c end end
+  each(kept, function(c) on = on + c end)
   local gsum, gn = 0, 0
-  for _, head in ipairs(g:totable()) do
-    for _, row in ipairs(head) do for _, x in ipairs(row) do gsum = gsum + 1 / (1 + math.exp(-x)); gn = gn + 1 end end
-  end
+  each(g, function(x) gsum = gsum + 1 / (1 + math.exp(-x)); gn = gn + 1 end)
   local flops = sl.op_flops("attn.dense", prob.q, prob.k, prob.v, args)
   return {o = y, lse = nil, kept = kept, gate = g, stats = {
     -- a skipped output's P·V could be left out: the attention FLOPs scale by the kept fraction

@@ -28,6 +28,22 @@
 --   the gradient criteria (plainact, fisher, ...; sixteen_heads has the
 --   head-mask gradient |∂L/∂ξ_h|), the b1eL / ble predictor styles.
 -- Fidelity as sixteen_heads: masked heads output 0 (L = -inf).
+-- Reference read (issue 20): abdelfattah-lab/shadow_llm
+--   llm-interpret/lm-evaluation-harness/lm_eval/base.py (calculate_importance:
+--   per prompt and (layer, head) the sum over tokens of |grad . act| of the
+--   head's context output, "plainact", after one backward pass of the
+--   continuation's loss; the first layers divided by all tokens, the last by
+--   the label tokens), emnlp_activation_predictor.py (B1EPredModel:
+--   Linear(E, 2048) + ReLU + Linear(2048, L.H); MSE, AdamW 1e-3, cosine
+--   schedule, 100 epochs; Spearman on held-out prompts) and
+--   lm_eval/models/opt.py (at inference the input is the first layer's
+--   attention output of the last token, min-max normalised; prune_style
+--   "perlayer" masks the int(head_percent_mask · H / 100) lowest predicted
+--   heads of each layer — as here — "global" and "hybrid" rank across
+--   layers, not here). Divergences (no option): the criterion needs
+--   gradients (not available here: l2 and ablation instead); the predictor
+--   is a ridge map from the layer-1 queries of the last token (a linear image
+--   of the first layer's output) on a few dozen prompts, not the MLP.
 local sl = require "sparselab"
 
 local S = require "sparselab.methods.sixteen_heads"

@@ -38,6 +38,17 @@
 -- Density: keys attended by the union of both branches over causal keys;
 --   out.lse is the lse of that union (for recall against dense), out.o the
 --   gated, sink-scaled sum.
+-- Execution (issue 19: memory linear in n with a small constant): one block
+--   of query rows at a time — R of those rows only (score.exact + reduce.heads,
+--   or the file's rows), the top blocks by page.select (ranking by R
+--   descending, ties to the lower block; R's causal future is below every
+--   visible block), the block branch by page.attend (pages = blocks, causal);
+--   the SWA branch is one attn.lines call (diagonals 0..window-1); the
+--   union's lse continues the block branch's softmax (attn.token_sparse with
+--   state) over the window keys outside the selected blocks. No n x n_sel
+--   list exists (the earlier Lua CSR lists took 530 MB at n = 8192, one
+--   head; now 18 MB). Selection, density and FLOPs are those of the list
+--   form, outputs equal to rounding (test_methods_trainable2.lua).
 -- NOT implemented: F's KV reuse in the sparse branch, decode state, the
 --   FlashAttention side-output kernel (score.exact computes R directly).
 local sl = require "sparselab"
@@ -63,7 +74,7 @@ local M = {
     swa = {default = 1, min = 0, max = 1, int = true, doc = "0: drop the SWA branch (ablation)"},
     weights = {default = "", doc = "safetensors file with R or full_q/full_k, gates and sinks (empty: the oracle stand-in)"},
   },
-  ops = {"score.exact", "attn.token_sparse"},
+  ops = {"score.exact", "reduce.heads", "page.select", "page.attend", "attn.lines", "attn.token_sparse"},
   checks = {"R = max over the block of the dense probabilities (naive float64)", "one block set per GQA group",
     "all blocks, gates (1, 0), no sink equals dense", "independent float64 HySparse (sinks, gates) to 1e-5",
     "score-blind R loses recall", "bad weight files: one-line errors"},
@@ -91,29 +102,6 @@ function M.block_max(q, k, block, backend)
   return R
 end
 
---- R as M.block_max gives it, computed one block of query rows at a time on
---- first use (rows r0..r1 against keys 0..r1: the causal offset of the
---- narrowed problem is the rows' own position), holding only the current
---- block: memory O(n · rows) instead of the n × nb table. Read it in row
---- order (M.select does).
-function M.block_max_rows(q, k, block, backend)
-  local hkv, n = k:shape()[1], q:shape()[2]
-  local rows = math.max(1, 65536 // ((n + block - 1) // block))
-  local r0, cur = nil, nil
-  local R = {}
-  for kv = 1, hkv do
-    R[kv] = setmetatable({}, {__index = function(_, t)
-      if not r0 or t < r0 or t >= r0 + rows then
-        r0 = (t - 1) // rows * rows + 1
-        local r1 = math.min(n, r0 + rows - 1)
-        cur = M.block_max(q:narrow(2, r0, r1 - r0 + 1), k:narrow(2, 1, r1), block, backend)
-      end
-      return cur[kv][t - r0 + 1]
-    end})
-  end
-  return R
-end
-
 local function spec(prob, block)
   local hq, n, d, hkv = dims(prob)
   local nb = (n + block - 1) // block
@@ -128,18 +116,50 @@ local function spec(prob, block)
   }
 end
 
+--- R of query rows r0..r1 (1-based, inclusive) as a tensor [Hkv, r1 - r0 + 1,
+--- ceil(r1 / block)]: from queries and keys, score.exact of those rows
+--- against keys 1..r1 (the narrowed problem's causal offset is the rows' own
+--- position) max-reduced over each GQA group by reduce.heads; future blocks
+--- hold 0, below every visible block's value (> 0), so the top-k ranking
+--- (ties: lower block) never prefers them.
+function M.block_max_tensor(q, k, block, r0, r1, backend)
+  local hkv = k:shape()[1]
+  local S = sl.score.exact(q:narrow(2, r0, r1 - r0 + 1), k:narrow(2, 1, r1),
+    {bq = 1, bk = block, reduce = 1, causal = 1, backend = backend})
+  local g = q:shape()[1] // hkv
+  if g == 1 then return S end
+  return sl.reduce.heads(S, {group = g, mode = 1, backend = backend})
+end
+
+--- R of rows r0..r1 from a given R tensor [Hkv, n, nb]: its visible blocks,
+--- -inf in the causal future (a file's values there are never ranked).
+local function file_rows(R, block, r0, r1)
+  local nb1 = (r1 + block - 1) // block
+  local t = R:narrow(2, r0, r1 - r0 + 1):narrow(3, 1, nb1):totable()
+  for kv = 1, #t do
+    for x, row in ipairs(t[kv]) do
+      for i = (r0 + x - 2) // block + 2, nb1 do row[i] = -math.huge end
+    end
+  end
+  return sl.tensor(t)
+end
+
 --- The parameters: R, gates, sinks (Lua tables; sinks nil = none) and params_source.
 function M.load_params(prob, p)
   local hq, n = dims(prob)
   local function const(x) local g = {} for h = 1, hq do g[h] = {} for t = 1, n do g[h][t] = x end end return g end
   local gs_default = p.swa == 1 and 0.5 or 1
   if (p.weights or "") == "" then
-    return {R = M.block_max_rows(prob.q, prob.k, p.block, prob.backend), g_sparse = const(gs_default), g_swa = const(0.5)}, STANDIN
+    return {rows = function(r0, r1) return M.block_max_tensor(prob.q, prob.k, p.block, r0, r1, prob.backend) end,
+      g_sparse = const(gs_default), g_swa = const(0.5)}, STANDIN
   end
   local ws = T.load_weights("hysparse", p.weights, spec(prob, p.block))
   if ws.R and ws.full_q then sl.fail("hysparse: weights %s: holds both R and full_q/full_k; expected one of them", p.weights) end
   if not ws.R and not ws.full_q then sl.fail("hysparse: weights %s: holds neither R nor full_q/full_k", p.weights) end
-  local out = {R = ws.R and E.heads(ws.R) or M.block_max_rows(ws.full_q, ws.full_k, p.block, prob.backend)}
+  local out = {rows = function(r0, r1)
+    if ws.R then return file_rows(ws.R, p.block, r0, r1) end
+    return M.block_max_tensor(ws.full_q, ws.full_k, p.block, r0, r1, prob.backend)
+  end}
   out.g_sparse = ws.g_sparse and ws.g_sparse:totable() or const(gs_default)
   out.g_swa = ws.g_swa and ws.g_swa:totable() or const(0.5)
   out.sink_sparse = ws.sink_sparse and ws.sink_sparse:totable()
@@ -147,95 +167,110 @@ function M.load_params(prob, p)
   return out, T.file_source(p.weights)
 end
 
---- Per kv head and row the selected blocks (0-based, ascending).
-function M.select(R, n, block, nsel)
-  local nblk = math.max(1, nsel // block)
-  local sel = {}
-  for kv = 1, #R do sel[kv] = {} end
-  for t = 1, n do   -- rows outer: R may be computed in row blocks (M.block_max_rows)
-    for kv = 1, #R do
-      local vis = (t - 1) // block + 1
-      local row, order = R[kv][t], {}
-      for i = 1, vis do order[i] = i end
-      table.sort(order, function(a, b) if row[a] ~= row[b] then return row[a] > row[b] end return a < b end)
-      local s = {}
-      for i = 1, math.min(nblk, vis) do s[i] = order[i] - 1 end
-      table.sort(s)
-      sel[kv][t] = s
-    end
-  end
-  return sel
-end
+--- Entries of R held at once (query heads x rows of a row block x key
+--- blocks: 4 MiB of floats); tests lower it to run many row blocks on small
+--- problems.
+M.row_budget = 1048576
 
-local function attend(prob, row_ptr, col)
-  local o, lse, flops = T.token_sparse(prob, row_ptr, col)
-  return o:totable(), lse:totable(), flops
-end
-
+--- The sparse layer, one block of query rows at a time (memory O(n) at any
+--- n: nothing of size n x n or n x n_sel is held): per row block, R of its
+--- rows, page.select's top-(n_sel / block) blocks per kv head (ascending, ties
+--- to the lower block), page.attend over them (causal inside the own block);
+--- the SWA branch is one attn.lines call over the diagonals 0..window-1; the
+--- union's lse continues the sparse branch's online softmax (attn.token_sparse
+--- with state) over the window keys outside the selected blocks.
 function M.run(prob, p)
   local hq, n, d, hkv, nk = dims(prob)
   if n ~= nk then sl.fail("hysparse: %d queries and %d keys; expected self-attention over one sequence (prefill)", n, nk) end
   local P, source = M.load_params(prob, p)
   local g = hq // hkv
-  local sel = M.select(P.R, n, p.block, p.n_sel)
-  local rp_s, col_s, rp_w, col_w, union = {}, {}, {}, {}, 0
-  for h = 1, hq do
-    local kv = (h - 1) // g + 1
-    local rs, rw = {#col_s}, {#col_w}
-    for t = 1, n do
-      local seen = {}
-      for _, b in ipairs(sel[kv][t]) do
-        for j = b * p.block, math.min(t, (b + 1) * p.block) - 1 do col_s[#col_s + 1] = j; seen[j] = true; union = union + 1 end
-      end
-      rs[#rs + 1] = #col_s
-      if p.swa == 1 then
-        for j = math.max(0, t - p.window), t - 1 do
-          col_w[#col_w + 1] = j
-          if not seen[j] then union = union + 1 end
-        end
-      end
-      rw[#rw + 1] = #col_w
-    end
-    rp_s[h], rp_w[h] = rs, rw
+  local B, W = p.block, p.swa == 1 and p.window or 0
+  local nblk = math.max(1, p.n_sel // B)
+  local q, k, v, be = prob.q, prob.k, prob.v, prob.backend
+  local flops, union = 0, 0
+  -- SWA branch: row i attends keys i - o for o = 0 .. W-1 (the query included)
+  local Ow, Lw
+  if W > 0 then
+    local offs = {}
+    for o = 0, W - 1 do offs[o + 1] = o end
+    local cols, offt = sl.zeros({1, 0}, "i32"), sl.tensor({offs}, "i32")
+    local o, l = sl.attn.lines(q, k, v, cols, offt, {backend = be})
+    Ow, Lw = o, l
+    flops = flops + sl.op_flops("attn.lines", q, k, v, cols, offt, {})
   end
-  local Os, Ls, f1 = attend(prob, rp_s, col_s)
-  local Ow, Lw, f2 = attend(prob, rp_w, col_w)
   local function sink_scale(b, lse) -- exp(lse) / (exp(lse) + exp(b))
     if not b or lse == -math.huge then return 1 end
     return 1 / (1 + math.exp(b - lse))
   end
-  local O = {}
-  for h = 1, hq do
-    O[h] = {}
-    for t = 1, n do
-      local a = P.g_sparse[h][t] * sink_scale(P.sink_sparse and P.sink_sparse[h], Ls[h][t])
-      local b = p.swa == 1 and P.g_swa[h][t] * sink_scale(P.sink_swa and P.sink_swa[h], Lw[h][t]) or 0
-      local row, os, ow = {}, Os[h][t], Ow[h][t]
-      for e = 1, d do row[e] = a * os[e] + b * ow[e] end
-      O[h][t] = row
+  local nb = (n + B - 1) // B
+  -- rows per block: R holds hq x rows x nb floats, the Lua lists of window
+  -- keys outside the selected blocks at most hkv x rows x W entries
+  local rows = math.max(1, math.min(n, M.row_budget // (hq * nb), M.row_budget // (8 * hkv * math.max(W, nblk))))
+  local oparts, lparts = {}, {}
+  for r0 = 1, n, rows do
+    local r1 = math.min(n, r0 + rows - 1)
+    local qr, kr, vr = q:narrow(2, r0, r1 - r0 + 1), k:narrow(2, 1, r1), v:narrow(2, 1, r1)
+    local pages = sl.page.select(P.rows(r0, r1), {k = nblk, group = 1, sink = 0, last = 0, backend = be})
+    local pa = {page = B, causal = 1, backend = be}
+    local Os, Ls = sl.page.attend(qr, kr, vr, pages, pa)
+    -- per kv head and row: keys in the selected blocks, the window keys outside them
+    local pt = pages:totable()
+    local rp, col = {}, {}
+    for kv = 1, hkv do
+      local r = {#col}
+      for x, list in ipairs(pt[kv]) do
+        local pos = r0 + x - 2   -- 0-based position of the row
+        local sel = {}
+        for _, b in ipairs(list) do
+          if b >= 0 and b * B <= pos then
+            sel[b] = true
+            local keys = g * (math.min(pos + 1, (b + 1) * B) - b * B)
+            union = union + keys
+            -- FLOPs of the pairs kept (page.attend's own count charges whole pages)
+            flops = flops + 4 * d * keys
+          end
+        end
+        for j = math.max(0, pos - W + 1), pos do
+          if W > 0 and not sel[j // B] then col[#col + 1] = j; union = union + g end
+        end
+        r[#r + 1] = #col
+      end
+      rp[kv] = r
     end
-  end
-  -- lse of the union of the keys both branches read (recall against dense; gates and sinks aside)
-  local rp_u, col_u = {}, {}
-  for h = 1, hq do
-    local ru = {#col_u}
-    for t = 1, n do
-      local s = {}
-      for x = rp_s[h][t] + 1, rp_s[h][t + 1] do s[col_s[x]] = true end
-      for x = rp_w[h][t] + 1, rp_w[h][t + 1] do s[col_w[x]] = true end
-      local js = {}
-      for j in pairs(s) do js[#js + 1] = j end
-      table.sort(js)
-      for _, j in ipairs(js) do col_u[#col_u + 1] = j end
-      ru[#ru + 1] = #col_u
+    local Lu = Ls
+    if #col > 0 then
+      local _
+      _, Lu = sl.attn.token_sparse(qr, kr, vr, sl.tensor(rp, "i32"), sl.tensor(col, "i32"),
+        {rows_per_entry = 1, state_o = Os, state_lse = Ls, backend = be})
     end
-    rp_u[h] = ru
+    -- gated fusion of the two branches (sink-scaled) for these rows
+    local O = {}
+    local ls, lw = Ls:totable(), Lw and Lw:narrow(2, r0, r1 - r0 + 1):totable()
+    for h = 1, hq do   -- one head at a time: Lua holds rows x d numbers
+      local os = Os:narrow(1, h, 1):totable()[1]
+      local ow = Ow and Ow:narrow(1, h, 1):narrow(2, r0, r1 - r0 + 1):totable()[1]
+      O[h] = {}
+      for x = 1, r1 - r0 + 1 do
+        local t = r0 + x - 1
+        local a = P.g_sparse[h][t] * sink_scale(P.sink_sparse and P.sink_sparse[h], ls[h][x])
+        local row, rs = {}, os[x]
+        if ow then
+          local b = P.g_swa[h][t] * sink_scale(P.sink_swa and P.sink_swa[h], lw[h][x])
+          local rw = ow[x]
+          for e = 1, d do row[e] = a * rs[e] + b * rw[e] end
+        else
+          for e = 1, d do row[e] = a * rs[e] end
+        end
+        O[h][x] = row
+      end
+    end
+    oparts[#oparts + 1], lparts[#lparts + 1] = sl.tensor(O), Lu
   end
-  local _, lse = sl.attn.token_sparse(prob.q, prob.k, prob.v, sl.tensor(rp_u, "i32"),
-    #col_u > 0 and sl.tensor(col_u, "i32") or sl.tensor({0}, "i32"):narrow(1, 1, 0), {rows_per_entry = 1, backend = prob.backend})
+  local o = #oparts == 1 and oparts[1] or sl.cat(oparts, 2)
+  local lse = #lparts == 1 and lparts[1] or sl.cat(lparts, 2)
   p.params_source = source
-  return {o = sl.tensor(O), lse = lse, params_source = source,
-    stats = {flops = f1 + f2, density = union / (hq * n * (n + 1) / 2)}}
+  return {o = o, lse = lse, params_source = source,
+    stats = {flops = flops, density = union / (hq * n * (n + 1) / 2)}}
 end
 
 return M

@@ -14,9 +14,26 @@
 --   5. layers below select_layer dense; selection layers {s, c} attend densely
 --      and save ρ in the decode state; other layers reuse it (exact softmax
 --      over ρ with their own K, V); K >= n is dense; prefill dense.
--- Reference read through the card (DerrickYLJ/LessIsMore
--- src/tidal_build/modify_qwen3_lim.py: budget split, middle top-k, union
--- via transpose-flatten-dedup capped by the budget).
+-- Reference read (issue 20): DerrickYLJ/LessIsMore
+--   src/tidal_build/modify_qwen3_lim.py (qwen_tidal_attention_forward,
+--   enable_qwen_tidal_attention), src/enable_tidal.py,
+--   experiments/reasoning/run_eval_slurm.sh (the paper's run: sink 4,
+--   lim_ratio 0.75, sparse start 2, correction 12 for Qwen3-8B / 20 for 4B).
+--   Matched: K = min(n, top_k) (K >= n: an all-ones mask, dense), middle =
+--   int(K . lim_ratio), recent = K - middle with the sinks taken out of it
+--   when it can hold them (else no sinks); per query head (GQA keys repeated)
+--   torch.topk over the scaled logits of [sink, n - recent); the union
+--   rank-major (transpose(1, 3) then flatten: rank 0 of every head, rank 1,
+--   ...), first occurrence kept (dict.fromkeys), cut to the middle budget;
+--   sinks ∪ union ∪ recent for every head; the selection layers themselves
+--   dense; other layers mask_fill the rest with the dtype minimum.
+--   Divergences: torch.topk's order among equal logits is unspecified (here
+--   lower position first), which can change the union's order and so its
+--   cut; the reference builds the union from batch element 0 for the whole
+--   batch (one problem here); the CLI defaults of enable_tidal /
+--   eval_reasoning.py are lim_ratio 1 and no sinks, the paper's script
+--   0.75 and 4 (the defaults here); correction_layer 13 here, 12 or 20 in
+--   the script per model (a parameter).
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 

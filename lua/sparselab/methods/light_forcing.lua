@@ -20,7 +20,30 @@
 --      (c) always kept: the current chunk's own tokens and the first frame
 --      (the card: "sink / first frame likely");
 --   3. one block-sparse pass with the union mask; s = 0 keeps everything.
--- No public code (card).
+-- Reference read (issue 20; the card predates it: "README only"): the code
+--   of chengtao-lv/LightForcing at commit 06125f22 (since removed from the
+--   repository's head; read from the stored copy) — wan/modules/
+--   sparse_attention.py (calculate_chunk_sparsities, sparse_attention) and
+--   wan/modules/kernel.py (get_sm_80_120_block_map[_1stage/_2stage],
+--   _select_2stage_middle_frames, full_selected_block_score_from_frames_kernel).
+--   Divergences, none matched by an option:
+--   - CAG: alpha = 1/sqrt(frame count of the chunk's prefix: 2f, 3f, ... for
+--     the second, third chunk with f frames per chunk) — a constant factor
+--     away from 1/sqrt(chunk number), which beta absorbs; the first chunk is
+--     dense (s = 0) and outside the FLOP balance; the keys of a chunk are
+--     capped at local_attn_size = 21 frames; no clamping to [0, 1]. Here
+--     M.cag numbers the chunks it is given from 1 and clamps.
+--   - HSA: per 64-token query block (128 on SM90/100) and head, scores are
+--     pooled q . pooled k with no scale or softmax. With at most keep_frames
+--     (6) past frames: the top int((1 - s) K) of ALL K key blocks (history
+--     and the current chunk alike, nothing forced). With more: frames
+--     scored by q . (mean of their pooled key blocks); keep_sink first and
+--     keep_near last past frames forced (defaults 0), the top keep_frames -
+--     sink - near of the rest; then, among the blocks of those frames and of
+--     the current chunk, the top int((1 - s) K) blocks of all K. Here:
+--     ceil(2 (1 - s) F_hist) frames, then round((1 - s) nb_hist) history
+--     blocks, plus the current chunk and the first frame always.
+--   - the first chunk (no cache) runs dense in the reference; here s = 0.
 local sl = require "sparselab"
 
 local M = {}

@@ -70,14 +70,16 @@ local function fit(probs, p)
     local rows = {}
     for _, prob in ipairs(probs) do
       local G = prob.q:shape()[1] // hkv
-      local K = E.heads(prob.k)[g]
-      local nk = #K
+      -- only the sampled rows come to Lua (a head's [n, d] as one table
+      -- exceeded the totable limit at n = 16K, d = 64)
+      local function row(t, h, i) return t:narrow(1, h, 1):narrow(2, i, 1):totable()[1][1] end
+      local nk = prob.k:shape()[2]
       local step = math.max(1, nk // p.fit_rows)
-      for j = 1, nk, step do rows[#rows + 1] = K[j] end
+      for j = 1, nk, step do rows[#rows + 1] = row(prob.k, g, j) end
       for h = (g - 1) * G + 1, g * G do
-        local Q = E.heads(prob.q)[h]
-        local stepq = math.max(1, #Q * G // p.fit_rows)
-        for i = 1, #Q, stepq do rows[#rows + 1] = Q[i] end
+        local nq = prob.q:shape()[2]
+        local stepq = math.max(1, nq * G // p.fit_rows)
+        for i = 1, nq, stepq do rows[#rows + 1] = row(prob.q, h, i) end
       end
     end
     out[g] = {}

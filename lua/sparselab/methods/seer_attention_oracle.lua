@@ -5,4 +5,16 @@
 -- its pairs (score.exact, reduce = max), each row renormalised to sum 1. An
 -- id of its own so that an oracle result is never recorded as
 -- seer_attention (issue 20); see seer_attention.lua for the card steps.
+-- Reference read (issue 20): microsoft/SeerAttention
+--   seer_attn/modules/attention_distill.py (attention_distill_forward) and
+--   seer_attn/kernels/attn_pooling_kernel_2d.py (_attn_fwd_inner's STAGE 2/3
+--   pass, _attention_pooling.forward) — the gate's training target. Matched:
+--   per query head (K repeated over the group), block size bq = bk, the max
+--   over each tile's pairs of exp(s - m_row) / l_row (the exact softmax
+--   probability), future tiles 0, each block row divided by its sum. The
+--   selection after it is seer_attention's (see its header). Divergences:
+--   the reference keeps the running row maxima and the pooled map in
+--   bfloat16 (R, Po) and supports block sizes 32/64/128 and head_dim
+--   16..256 only; here float32 at any block size. Training also drops the
+--   first quarter of the block rows from the loss (not a selection step).
 return require("sparselab.methods.seer_attention").oracle_method

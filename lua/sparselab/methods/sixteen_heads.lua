@@ -31,16 +31,21 @@ local ID = "sixteen_heads"
 
 local function l2_scores(prob)
   local o = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
-  local hq = prob.q:shape()[1]
-  local heads, out = E.heads(o), {}
+  local sh = o:shape()
+  local hq, n = sh[1], sh[2]
+  local step, out = math.max(1, 262144 // sh[3]), {}
   for h = 1, hq do
-    local s, rows = 0, heads[h]
-    for _, row in ipairs(rows) do
-      local r = 0
-      for _, x in ipairs(row) do r = r + x * x end
-      s = s + math.sqrt(r)
+    -- one head's rows in chunks (a head's [n, d] as one Lua table exceeded
+    -- the totable limit at n = 16K, d = 64)
+    local s = 0
+    for r0 = 1, n, step do
+      for _, row in ipairs(o:narrow(1, h, 1):narrow(2, r0, math.min(step, n - r0 + 1)):totable()[1]) do
+        local r = 0
+        for _, x in ipairs(row) do r = r + x * x end
+        s = s + math.sqrt(r)
+      end
     end
-    out[h] = s / #rows
+    out[h] = s / n
   end
   return out
 end

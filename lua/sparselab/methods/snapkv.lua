@@ -21,8 +21,13 @@
 -- compacted caches; outputs equal the token-list path (test).
 -- Divergences (evict = 0, the default): the kept set is applied as per-head token lists over the
 -- cache (the tokens are not physically evicted: reads drop, memory does
--- not; kv_bytes counts reads); the reference's exact pooling padding is not
--- read (torch avg_pool1d with padding kernel // 2 assumed).
+-- not; kv_bytes counts reads). Pooling checked against the reference (issue
+-- 20: PiotrNawrot/sparse-frontier sparse_frontier/modelling/attention/
+-- kv_compression.py, SnapKVCompression.kv_compress): avg_pool1d(kernel,
+-- padding kernel // 2, stride 1, zero padding counted) over the importance
+-- of ALL prompt tokens (the window included), then the local window and the
+-- prefix set to +inf and one top-capacity — the pooling here; its group mean
+-- (vs a sum here) gives the same ranking.
 -- Kernel level: a prefill problem (n_q = n_k) with decode_rows = r > 0
 -- decodes its last r rows (the obs window is the rows before them, the
 -- earlier rows run dense); a decode problem (n_q < n_k) needs the prompt's

@@ -20,8 +20,30 @@
 --   4. decode: dense attention over each head's retained tokens plus every
 --      generated token; no re-selection.
 -- Not implemented: step 1, the offline OCR-grounded visual-head scoring (no
--- MLLM here): scores are an input. Reference read through the card
--- (CR400AF-A/SparseMM sparsemm_utils.py head_adaptive_capacity, update_kv).
+-- MLLM here): scores are an input.
+-- Reference read (issue 20): CR400AF-A/SparseMM sparsemm/sparsemm_utils.py —
+--   SparseMM.__init__ (head_adaptive_capacity), calcul_attn_sore, update_kv,
+--   init_sparsemm. Matched: scores normalised over every layer and query head
+--   then summed per KV group, min = floor(b ρ), pool (b - min) L Hkv, the last
+--   `window` queries' softmax (causal inside the window) averaged over rows
+--   and the group (a mean: the same ranking as the sum here), the top
+--   budget prefix keys plus the window kept. Divergences:
+--   - pooling span: the reference pools the prefix's scores only
+--     (attn_weights[..., :-window], padding kernel // 2 at both ends); by
+--     default here the scores of all n0 prompt keys are pooled and the prefix
+--     ranked (as SnapKV's sparse-frontier code does), so the last kernel // 2
+--     prefix keys also see the window keys' scores; `reference_pool = true`
+--     pools the prefix alone, as the reference.
+--   - the released entry (init_sparsemm) sets kernel_size 5 and avgpool when
+--     the model config does not, overriding the class defaults (7, maxpool)
+--     that the card and this recipe use; `kernel = 5` is reachable, average
+--     pooling is not an option of this recipe.
+--   - no compression at all when b = base_capacity - window exceeds the
+--     prefix length (the reference tests the base, not the head's budget);
+--     here each head keeps min(budget_h, prefix) tokens, so low-score heads
+--     are still cut in that case.
+--   - torch.round (half to even) vs round half up here; torch.sort's order
+--     on equal pooled scores is unspecified (here: lower position first).
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
@@ -39,6 +61,7 @@ local M = {
     window = {default = 32, min = 0, int = true, doc = "observation window and kept recent prompt tokens"},
     ratio = {default = 0.1, min = 0, max = 1, doc = "floor ratio ρ of every head's base budget"},
     kernel = {default = 7, min = 1, int = true, doc = "max-pooling kernel along keys"},
+    reference_pool = {default = false, doc = "pool the prefix's scores only, as the reference's calcul_attn_sore (default: every prompt key's, as SnapKV's sparse-frontier code)"},
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
     evict = {default = 0, min = 0, max = 1, int = true,
       doc = "1: per-head eviction is physical (each KV head's cache compacted and shrunk to its budget; resident bytes drop)"},
@@ -78,7 +101,8 @@ local function compress(ls, p, st, layer, backend, importance)
   local kept = {}
   if not ls.obs_q then sl.fail("sparsemm: the layer has no prompt queries (decode.prefill(st, layer, k, v, {q = ...}))") end
   local obs = ls.obs_q:narrow(2, ls.obs_q:shape()[2] - math.min(w, ls.obs_q:shape()[2]) + 1, math.min(w, ls.obs_q:shape()[2]))
-  local imp = importance and importance(cache, obs, n0) or decode.snapkv_importance(cache, obs, n0, p.kernel, 1, backend)
+  local imp = importance and importance(cache, obs, n0) or decode.snapkv_importance(cache, obs, n0, p.kernel, 1, backend,
+    p.reference_pool and n0 - w or nil)
   for g = 1, hkv do
     local prefix = {}
     for j = 0, n0 - w - 1 do prefix[#prefix + 1] = j end

@@ -39,6 +39,23 @@
 -- Unknowns chosen: layers before prune_layer see every token (pruning
 -- cascades forward from the layer that decided it); the pruning ratio is a
 -- token budget; the prefill is dense and seeds no importance (decode only).
+-- Reference read (issue 20): mit-han-lab/spatten, the LLM release —
+--   spatten_llm/kv_cache_token_pruning.py (SpAttenKVCache.apply_token_pruning),
+--   spatten_llm/pos_shift/modify_llama.py (llama_pos_shift_attention_forward:
+--   self.attn_scores), run_spatten_llama.py (spatten_inference). It is not
+--   the paper's cascade, and this recipe follows the paper (card), not it:
+--   - the released score is the last forward's pre-softmax logits q.k/sqrt(d)
+--     (stored before the mask and the softmax), summed over the batch and the
+--     query rows, per layer and per head — not accumulated probabilities;
+--   - each layer and head keeps its own tokens: start_size first + the top
+--     important_size of the middle by that score + recent_size last (run
+--     defaults 0 / 150 / 150), so a token pruned in one layer can stay in
+--     another (no cascade across layers);
+--   - pruning runs between conversation turns (when the cache would exceed
+--     start + important + recent), not at a layer of every decode step;
+--   - positions are shifted (StreamingLLM-style RoPE at cache positions).
+--   The hardware path (spatten_hardware, Chisel RTL and a C++ simulator:
+--   TopK.scala, SpAttenController.scala) was not read.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 

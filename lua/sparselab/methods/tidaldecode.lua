@@ -19,9 +19,22 @@
 -- problem's layer is the selection layer of its own step, so kernel-level
 -- eval measures the oracle top-k at that layer; the reuse loss shows in the
 -- model-level loop and in tests/lua/test_decode.lua.
--- Reference read through the card (DerrickYLJ/TidalDecode
--- src/tidal_build/modify_llama.py: dense for layer < start or prefill, topk at
--- start/correction, mask_fill elsewhere).
+-- Reference read (issue 20): DerrickYLJ/TidalDecode
+--   src/tidal_build/modify_llama.py (llama_tidal_attention_forward,
+--   enable_llama_tidal_attention), src/models/llama_tidaldecoding.py
+--   (LlamaModel.forward carries pos_dict from layer to layer), src/enable_tidal.py
+--   (defaults top_k 256, sparse_layer_start 2, correction_layer 13).
+--   Matched: layers below the start and the prefill dense (SDPA); at the
+--   start and correction layers torch.topk over each query head's logits
+--   q.K/sqrt(d) (GQA keys repeated: per query head, as here), the layer
+--   itself dense, the 0/1 mask saved; other layers mask_fill the rest with
+--   the dtype's minimum and take the softmax over the kept tokens; k =
+--   min(n, top_k); the current token not forced. Divergences: torch.topk's
+--   order on equal logits is unspecified (here the lower position wins);
+--   the masked logits are the dtype minimum, not -inf (the same softmax
+--   unless every token is masked); enable_llama_tidal_attention's own default
+--   correction layer is 9, enable_tidal's (the documented entry) 13 — the
+--   default here — so `correction_layer = 9` gives the other one.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 

@@ -106,7 +106,7 @@ local function execute(prob, idx)
   local oc, lc = sl.attn.dense(gq, gk, gv, args)
   local flops = sl.op_flops("attn.dense", gq, gk, gv, args)
   local O, L = {}, {}
-  local OC, LC = E.heads(oc), lc:totable()
+  local LC = lc:totable()
   for h = 1, hq do
     local rows, ls = {}, {}
     for i = 1, n do
@@ -115,10 +115,16 @@ local function execute(prob, idx)
       rows[i] = z
       ls[i] = -math.huge
     end
-    local och = OC[h]
-    for t, pos in ipairs(idx[h]) do
-      rows[pos + 1] = och[t]
-      ls[pos + 1] = LC[h][t]
+    -- the gathered rows' outputs in chunks (a head's [m, d] as one Lua table
+    -- exceeded the totable limit at n = 16K, d = 64)
+    local m, step = #idx[h], math.max(1, 262144 // d)
+    for t0 = 1, m, step do
+      local och = oc:narrow(1, h, 1):narrow(2, t0, math.min(step, m - t0 + 1)):totable()[1]
+      for x, o in ipairs(och) do
+        local t = t0 + x - 1
+        rows[idx[h][t] + 1] = o
+        ls[idx[h][t] + 1] = LC[h][t]
+      end
     end
     O[h], L[h] = rows, ls
   end

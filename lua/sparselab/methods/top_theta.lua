@@ -50,16 +50,17 @@ local function sample_thetas(prob, p, into)
   for t, i in ipairs(rows) do limits[t] = prob.causal and (off + i + 1) or nk end
   local lim = sl.tensor({limits}, "i32")
   local be = prob.backend
-  local probs = E.heads(sl.score.rows(prob.q, prob.k, rt, {causal = prob.causal and 1 or 0, backend = be}))
+  -- [Hq, rows, n] stays a tensor, read one row at a time (a head's rows as
+  -- one Lua table exceeded the totable limit at n = 16K)
+  local probs = sl.score.rows(prob.q, prob.k, rt, {causal = prob.causal and 1 or 0, backend = be})
   local _, lse = sl.attn.rows(prob.q, prob.k, prob.v, sl.tensor({rows}, "i32"), lim, {backend = be})
   local L = lse:totable()
   for h = 1, hq do
     into[h] = into[h] or {}
-    local P = probs[h]
+    local Ph = probs:narrow(1, h, 1)
     for t, _ in ipairs(rows) do
       local r = limits[t]
-      local row = {}
-      for j = 1, r do row[j] = P[t][j] end
+      local row = Ph:narrow(2, t, 1):narrow(3, 1, r):totable()[1][1]
       table.sort(row)
       local idx = math.floor((1 - p.k / r) * (r - 1)) + 1
       local pq = row[idx]

@@ -22,9 +22,26 @@
 --   6. layers below dense_layers (2) dense.
 -- Not implemented: the Double Sparsity selector (use selector 1 or the
 -- double_sparsity method), head-flattened load balancing (a kernel concern).
--- Reference read through the card only (tsinghua-ideal/Twilight
--- twilight/pyimpl/attention.py, top_p.py, quantize.py); the int4 copy of K is
--- computed on the fly here rather than stored beside the cache.
+-- Reference read (issue 20): tsinghua-ideal/Twilight twilight/pyimpl/
+--   attention.py (attention_forward), quest.py (quest_selector), quantize.py
+--   (min_max_per_token_quant_kv), top_p.py (top_p_unnormalized),
+--   benchmark/configs/config_quest_twi.json (B0 8192, chunk 16, 4 bits,
+--   p 0.85, first two layers skipped: the defaults here). Matched: per query
+--   head (GQA keys repeated), Quest's bound sum_c max(q_c min_c, q_c max_c)
+--   per chunk, per-token asymmetric min/max quantisation of K over d with
+--   2^bits - 1 steps, estimated logits q.K'/sqrt(d) with the unselected
+--   tokens at the dtype minimum, top-p over their softmax, exact softmax
+--   over selected ∩ pruned with full-precision K, V. Divergences:
+--   - chunk count: quest_selector takes ceil(B0 / P) chunks (at least 1) and
+--     does not force the last chunk; here floor(B0 / P) pages with the last
+--     page forced (Quest's own kernel reading, as the quest method). Equal
+--     when P divides B0 and the last page ranks in the top anyway.
+--   - top-p: the reference kernel (top_p_fp32_return_mask, a binary search
+--     on a probability threshold) vs a sort here: the same set up to ties
+--     within its eps; torch.round (half to even) vs round half away from
+--     zero in the quantiser (different codes only on exact halves).
+--   - the pyimpl (accuracy path) quantises K on the fly each step; stored = 0
+--     does the same, stored = 1 keeps the codes in the cache.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 

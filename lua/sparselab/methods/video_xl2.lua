@@ -19,6 +19,28 @@
 -- Not implemented: step 1 (the chunk-based prefill mask with timestamp rows
 -- and columns; videoxl2_chunk_prefill holds a prefill mask) and timestamp
 -- tokens in the compressed chunks (no timestamp layout in generic inputs).
+-- Reference read (issue 20): VectorSpaceLab/Video-XL,
+--   Video-XL-2/eval/lvu/w_chunk_bilevel/videoxl2/videoxl2/model/language_model/
+--   llava_qwen.py — LlavaQwenForCausalLM.forward ("bi-level KVs Decoding":
+--   blocks_positions, cmpr_kvs, gt_block_idx, mixed_prefill_past_key_values)
+--   and pooling_kvs. Divergences:
+--   - selection: the reference does not score chunks; it maps given ground-
+--     truth frame units to chunks (block = unit // (selected_chunk_size / 2)
+--     + 1), keeps {0, 1, last} ∪ those dense and reads `selected_topk` without
+--     using it; with no units every chunk stays dense. Here the units are not
+--     an input, so relevance is q . mean key summed over heads (above) and
+--     `topk` chunks are taken: the reference's exact selection needs its unit
+--     list (not reproducible from Q/K/V; no option).
+--   - chunks: the reference's chunk 0 is the system prefix (up to the first
+--     visual token) and the others are `selected_chunk_size` frame groups
+--     (timestamp tokens + a group's visual tokens); here chunks are `chunk`
+--     tokens from position 0.
+--   - pooling: pooling_kvs is F.avg_pool1d(kernel = stride = step) over each
+--     frame group's visual tokens (timestamps kept dense), which drops the
+--     last (L mod step) tokens of a group; here a ragged last window is
+--     averaged over the tokens it has (nothing dropped).
+--   - positions: the reference continues RoPE positions after the mixed
+--     cache's (shorter) length; a sparselab problem holds Q, K as given.
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
 
