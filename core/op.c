@@ -249,7 +249,13 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl__backend *be, const sl_o
             norm[i] = sl_tensor_retain(&in[i]);
             s = SL_OK;
         }
-        if (s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED) {
+        /* one vectorised pass decides the common case (nothing wrong); the
+         * element-wise checks below only run to name what is wrong */
+        unsigned kinds = s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && norm[i].dtype == SL_F32
+            ? sl__f32_nonfinite(ctx, norm[i].data, sl_tensor_numel(&norm[i])) : ~0u;
+        int clean = !(kinds & SL__NF_NAN) && (pol == SL__IN_ANY_INF || !(kinds & SL__NF_PINF)) &&
+                    (pol != SL__IN_FINITE || !(kinds & SL__NF_NINF));
+        if (s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && !clean) {
             char nm[32], what[96];
             sl__input_name(info, i, nm, sizeof nm);
             snprintf(what, sizeof what, "%s: input '%s'", info->name, nm);
