@@ -176,7 +176,7 @@ local function estimate(prob, p)
     end
     if qa then nv, ns = min_b, min_b end
     nv, ns = math.min(math.max(nv, min_b), max_b), math.min(math.max(ns, min_b), max_b)
-    heads[h] = {qa = qa, dist = dist, vb = vb, sb = sb, nv = nv, ns = ns}
+    heads[h] = {qa = qa, dist = dist, vb = vb, sb = sb, nv = nv, ns = ns, cover_v = nv_tok[h], cover_s = ns_tok[h]}
   end
   local blocks
   if need_qa then
@@ -218,7 +218,9 @@ local function estimate(prob, p)
     keep[h] = k
   end
   flops = flops + nb * nb * hq
-  return {mask = mk(keep), flops = flops, extra = {query_aware_heads = n_qa}}
+  -- detail: the per-head intermediates (sqrt-JSD, decision, block profiles, coverage counts in entries, block
+  -- budgets), for tests that recompute them (tests/lua/test_estimators_f64.lua)
+  return {mask = mk(keep), flops = flops, extra = {query_aware_heads = n_qa}, detail = heads}
 end
 
 return {
