@@ -12,8 +12,8 @@
 -- Medians of repeated runs after one untimed warm-up; only ratios carry
 -- meaning on a shared machine.
 -- Growth (issue 20, part 3): each row carries the estimator's FLOPs (the
--- recipe's own count: estimate(prob, p).flops, else its run's
--- stats.estimator_flops) and ns_per_flop; given o.base (a table shared by the
+-- recipe's own count: estimate(prob, p).flops, else the stats.estimator_flops
+-- of one untimed run) and ns_per_flop; given o.base (a table shared by the
 -- calls of one bench run, one per n), a row also carries
 -- time_per_flop_growth = (ms / flops) over that of the method's first n in
 -- the run (<= 1: the time grows no faster than the FLOPs). o.heads /
@@ -110,6 +110,9 @@ function E.run(o)
           return mk
         end, m.estimate ~= nil)
         r.params.source = "mask"
+        if not flops then  -- a recipe without estimate(): its run reports the FLOPs (one untimed run)
+          flops = (m.run(prob, p).stats or {}).estimator_flops
+        end
       else
         local t = {}
         flops = (m.run(prob, p).stats or {}).estimator_flops -- warm-up

@@ -184,4 +184,62 @@ test("xattention: the antidiagonal block scores A equal a float64 re-computation
   e.mask:close()
 end)
 
+
+-- The query-aware selection before issue 20 session 3 (a comparator sort of {mass, r, c} triples), kept here
+-- as the old path: blocks of A (rows of visible block masses) -> keep[r][c].
+local function old_qa_keep(A, nb, gamma, reference)
+  local k = {}
+  for r = 1, nb do k[r] = {}; for c = 1, nb do k[r][c] = 0 end end
+  local flat = {}
+  for r = 1, nb do for c = 1, r do flat[#flat + 1] = {A[r][c], r, c} end end
+  table.sort(flat, function(x, y)
+    if x[1] ~= y[1] then return x[1] > y[1] end
+    if x[2] ~= y[2] then return x[2] < y[2] end
+    return x[3] < y[3]
+  end)
+  local limit, cum, cnt = gamma * nb, 0, 0
+  for _, e in ipairs(flat) do
+    cum = cum + e[1]
+    if cum > limit then break end
+    cnt = cnt + 1
+  end
+  for t = 1, math.min(reference and cnt or cnt + 1, #flat) do k[flat[t][2]][flat[t][3]] = 1 end
+  return k
+end
+
+test("flexprefill: query-aware blocks (select.topk after a value sort) equal the old comparator sort of triples",
+  function()
+  local n, bs, hq, hkv = 640, 16, 4, 2
+  local q, k, v = sl.synthetic{heads = hq, kv_heads = hkv, n = n, d = 16, seed = 29}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local nb = n // bs
+  local A = sl.score.pooled(q, k, {bq = bs, bk = bs, softmax = true, causal = true}):totable()
+  -- equal masses in one row: ties must fall row-major first in both paths
+  local m = sl.methods.get("flexprefill")
+  for _, ref in ipairs{false, true} do
+    for _, gamma in ipairs{0.3, 0.9} do
+      -- τ = 1: every head query-aware, budgets at the minimum (1 block): column block 0 and the diagonal
+      local p = sl.registry.resolve(m, {block = bs, gamma = gamma, tau = 1, min_budget = 16, reference = ref})
+      local e = m.estimate(prob, p)
+      local bt = e.mask:to_bits()
+      local differ, kept = 0, 0
+      for h = 1, hq do
+        local bits = {[h] = bt:narrow(1, h, 1):totable()[1]}
+        local want = old_qa_keep(A[h], nb, gamma, ref)
+        for r = 1, nb do
+          want[r][1], want[r][r] = 1, 1
+          for c = 1, r do
+            local got = bits[h][r * bs][(c - 1) * bs + 1]
+            if got ~= want[r][c] then differ = differ + 1 end
+            kept = kept + got
+          end
+        end
+      end
+      eq(differ, 0, string.format("reference %s, γ %.1f: blocks differing from the old path", tostring(ref), gamma))
+      truthy(kept > 2 * nb * hq, "the query-aware part adds blocks beyond column 0 and the diagonal")
+      e.mask:close()
+    end
+  end
+end)
+
 H.done()
