@@ -5,19 +5,25 @@
 -- method's defaults (estimate + selection, no attention; vertical_slash also
 -- with widen = true, which adds the reference kernel's index conversion);
 -- theirs: the reference's estimator up to its selection.
--- usage: LUA_CPATH='build/?.so' lua5.4 tests/bench/ref_compare.lua [n=8192] [reps=3] [threads=2]
+-- usage: LUA_CPATH='build/?.so' lua5.4 tests/bench/ref_compare.lua [n=8192] [reps=3] [threads=2] [wall|cpu]
+-- cpu: process CPU time on both sides (steadier than wall time on a shared
+-- machine; meant with one thread on both sides, where CPU time is the work
+-- done: run under `taskset -c 1` with OPENBLAS_NUM_THREADS=1 — sparselab
+-- takes its thread count from the affinity mask).
 local sl = require "sparselab"
 local n = tonumber(arg[1] or 8192)
 local reps = tonumber(arg[2] or 3)
 local threads = tonumber(arg[3] or sl.threads())
+local mode = arg[4] or "wall"
+local clock = mode == "cpu" and os.clock or sl.time
 
 local function median_ms(f)
   f()
   local t = {}
   for i = 1, reps do
-    local t0 = sl.time()
+    local t0 = clock()
     f()
-    t[i] = (sl.time() - t0) * 1e3
+    t[i] = (clock() - t0) * 1e3
   end
   table.sort(t)
   return t[(reps + 1) // 2]
@@ -44,7 +50,7 @@ for _, c in ipairs{{"vertical_slash", {}}, {"vertical_slash", {widen = true}, "v
   end)}
   collectgarbage()
 end
-local cmd = string.format("/usr/bin/python3 tests/bench/ref_estimators.py %s %d %d", dir, reps, threads)
+local cmd = string.format("/usr/bin/python3 tests/bench/ref_estimators.py %s %d %d %s", dir, reps, threads, mode)
 local pipe = assert(io.popen(cmd))
 local theirs = {}
 for line in pipe:lines() do
@@ -53,8 +59,8 @@ for line in pipe:lines() do
 end
 pipe:close()
 os.execute("rm -rf " .. dir)
-print(string.format("n = %d, 8 query / 2 KV heads, d = 64, %d threads (sparselab %d), torch %s, isa %s", n, threads,
-  sl.threads(), (theirs.vertical_slash or {}).torch or "?", sl.cpu_isa()))
+print(string.format("n = %d, 8 query / 2 KV heads, d = 64, %d threads (sparselab %d), %s time, torch %s, isa %s", n,
+  threads, sl.threads(), mode, (theirs.vertical_slash or {}).torch or "?", sl.cpu_isa()))
 print(string.format("%-24s %12s %14s %8s", "estimator", "ours (ms)", "reference (ms)", "ratio"))
 for _, o in ipairs(ours) do
   local t = theirs[o.id]

@@ -22,9 +22,10 @@ only, up to the selection; the attention kernels are not ported):
     chunk_size as Xattention_prefill picks it) and xattn/src/utils.py
     find_blocks_chunked (mode "prefill", causal); K repeated to the query
     heads (the reference asserts equal head counts).
-Usage: ref_estimators.py DIR [reps] [threads] -- DIR holds q.npy [Hq, n, d] and
+Usage: ref_estimators.py DIR [reps] [threads] [wall|cpu] -- DIR holds q.npy [Hq, n, d] and
 k.npy [Hkv, n, d] (float32, sparselab's layout); prints one JSON object per
-estimator: {"method", "n", "heads", "ms" (median), "threads", "torch"}.
+estimator: {"method", "n", "heads", "ms" (median), "threads", "torch"}; cpu:
+process CPU time instead of wall time.
 """
 import json
 import math
@@ -281,13 +282,13 @@ def xattn_estimate(query_states, key_states, block_size=128, stride=8, norm=1, t
 
 # ---- timing -------------------------------------------------------------------
 
-def median_ms(reps, f):
+def median_ms(reps, f, clock=time.perf_counter):
     f()  # warm-up
     t = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         f()
-        t.append((time.perf_counter() - t0) * 1e3)
+        t.append((clock() - t0) * 1e3)
     t.sort()
     return t[(len(t) - 1) // 2]
 
@@ -296,6 +297,8 @@ def main():
     d = sys.argv[1]
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    # "cpu": process CPU time (steadier than wall time on a time-sliced machine; use with 1 thread)
+    clock = time.process_time if len(sys.argv) > 4 and sys.argv[4] == "cpu" else time.perf_counter
     torch.set_num_threads(threads)
     q = torch.from_numpy(np.load(d + "/q.npy"))  # [Hq, n, d]
     k = torch.from_numpy(np.load(d + "/k.npy"))  # [Hkv, n, d]
@@ -309,7 +312,7 @@ def main():
              ("xattention", lambda: xattn_estimate(q4, k4))]
     with torch.no_grad():
         for name, f in cases:
-            ms = median_ms(reps, f)
+            ms = median_ms(reps, f, clock)
             print(json.dumps({"method": name, "n": n, "heads": hq, "ms": ms, "threads": threads,
                               "torch": torch.__version__}))
             sys.stdout.flush()

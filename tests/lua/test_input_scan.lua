@@ -4,7 +4,8 @@
 -- (first, middle, a vector tail, last), on small and multi-chunk inputs, with
 -- the same one-line messages as before: NaN anywhere; +inf where only -inf
 -- may be (reduce.*: SL__IN_NEG_INF); any infinity in q / k (finite inputs);
--- -inf accepted where the policy allows it.
+-- -inf accepted where the policy allows it. Also select.topk's quickselect
+-- against ref.
 package.path = "tests/lua/?.lua;" .. package.path
 local BUILD = os.getenv("BUILD") or "build"
 package.cpath = BUILD .. "/?.so;" .. package.cpath
@@ -54,6 +55,41 @@ test("score.last_q rejects any infinity or NaN in q and k (finite inputs)", func
       end
     end
     eq(sl.score.last_q(q, k, {last = 2}):shape()[2], 2, "clean q, k run")
+  end
+end)
+
+
+-- select.topk's cpu kernel keeps the first k of the order by quickselect
+-- (issue 20, session 3): the kept set must equal ref's (a full sort) for
+-- every k, with heavy ties (values from a few levels), -inf entries and
+-- per-head budgets.
+test("select.topk (quickselect) keeps exactly ref's set: ties, -inf, every k, per-head k", function()
+  math.randomseed(31)
+  for _, C in ipairs{1, 7, 64, 1000, 4099} do
+    local rows = {}
+    for h = 1, 3 do
+      local r = {}
+      for c = 1, C do
+        local u = math.random()
+        r[c] = u < 0.1 and -math.huge or (h == 1 and math.random(0, 3) or (h == 2 and math.random() or 0.5))
+      end
+      rows[h] = r
+    end
+    local x = sl.tensor(rows, "f32")
+    for _, k in ipairs{0, 1, 2, C // 3, C // 2, C - 1, C, C + 5} do
+      local a = sl.select.topk(x, {k = k}):totable()
+      local b = sl.select.topk(x, {k = k, backend = "ref"}):totable()
+      for h = 1, 3 do
+        for c = 1, C do
+          if a[h][c] ~= b[h][c] then error(string.format("C %d k %d head %d entry %d: cpu %d, ref %d", C, k, h, c - 1,
+            a[h][c], b[h][c])) end
+        end
+      end
+    end
+    local ks = sl.tensor({1, C // 2, C}, "i32")
+    local a = sl.select.topk(x, {k = ks}):totable()
+    local b = sl.select.topk(x, {k = ks, backend = "ref"}):totable()
+    for h = 1, 3 do for c = 1, C do eq(a[h][c], b[h][c], "per-head k") end end
   end
 end)
 
