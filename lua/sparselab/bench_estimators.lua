@@ -126,7 +126,7 @@ function E.run(o)
         if ms == 0 then r.params.note = "estimate fused with the attention pass (the method reports estimate_ms = 0)" end
       end
       r.metrics = {estimate_ms = ms, dense_time_ms = dense_ms, overhead = ms / dense_ms}
-      if type(flops) == "number" and flops > 0 then
+      if type(flops) == "number" and flops > 0 and ms > 0 then  -- (a fused estimate reports 0 ms)
         r.metrics.estimator_flops = flops
         r.metrics.ns_per_flop = ms * 1e6 / flops
         if o.base then
