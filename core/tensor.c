@@ -224,9 +224,9 @@ static void finite_one(const sl_tensor *t, int64_t off, int64_t lin, void *ud)
 }
 
 /* ---- the non-finite scan of op inputs (issue 20, session 3) ----
- * One pass over the bits finds every kind at once (NaN: exponent all ones
- * and a mantissa; ±inf: the two exact patterns), in U independent integer
- * lanes that vectorise at -O2, on the context's threads in 256K-element
+ * One pass over the bits tells a clean input (no exponent all ones); only
+ * then a second finds the kinds (NaN: exponent all ones and a mantissa;
+ * ±inf: the two exact patterns); U independent integer lanes vectorise at -O2, on the context's threads in 256K-element
  * chunks above 1M elements. */
 
 enum { NF_CHUNK = 1 << 18, NF_MAX_THREADS = 64 };
@@ -234,8 +234,27 @@ enum { NF_CHUNK = 1 << 18, NF_MAX_THREADS = 64 };
 static unsigned nonfinite_run(const float *x, int64_t n)
 {
     enum { U = 16 };
-    uint32_t nan[U] = {0}, pinf[U] = {0}, ninf[U] = {0};
+    /* the common case first: one test per element (is the exponent all
+     * ones?); the kinds only when something is there */
+    uint32_t any[U] = {0}, some = 0;
     int64_t i = 0;
+    for (; i + U <= n; i += U)
+        for (int u = 0; u < U; u++) {
+            uint32_t b;
+            memcpy(&b, x + i + u, sizeof b);
+            any[u] |= (b & 0x7f800000u) == 0x7f800000u;
+        }
+    for (; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, sizeof b);
+        some |= (b & 0x7f800000u) == 0x7f800000u;
+    }
+    for (int u = 0; u < U; u++)
+        some |= any[u];
+    if (!some)
+        return 0;
+    uint32_t nan[U] = {0}, pinf[U] = {0}, ninf[U] = {0};
+    i = 0;
     for (; i + U <= n; i += U)
         for (int u = 0; u < U; u++) {
             uint32_t b;

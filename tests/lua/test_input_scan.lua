@@ -93,4 +93,31 @@ test("select.topk (quickselect) keeps exactly ref's set: ties, -inf, every k, pe
   end
 end)
 
+
+-- The score-range check (max |q|, |k| before an attention kernel) runs on the
+-- context's threads above 1M elements: a value that makes the scores
+-- overflow float32 is found in every chunk (the call is refused before the
+-- kernel runs, so the large shape costs only the scan).
+test("attn.dense refuses overflowing scores found anywhere in a multi-chunk q or k", function()
+  local n, d = 20011, 64  -- 1.28M elements: several chunks and a tail
+  local q = sl.randn({1, n, d}, {seed = 6})
+  local k = sl.randn({1, n, d}, {seed = 7})
+  local v = sl.randn({1, 8, d}, {seed = 8})
+  for _, which in ipairs{"q", "k"} do
+    local t = which == "q" and q or k
+    for _, flat in ipairs{0, (n * d) // 2 + 5, n * d - 1} do
+      local r, c = flat // d + 1, flat % d + 1
+      t:set(1, r, c, 3e38)
+      H.raises(function() sl.attn.dense(q, k, sl.randn({1, n, d}, {seed = 9}), {causal = true}) end,
+        "scores overflow float32")
+      t:set(1, r, c, 0.5)
+    end
+  end
+  -- small inputs take the one-thread path
+  local qs, ks, vs = sl.randn({1, 8, 4}, {seed = 1}), sl.randn({1, 8, 4}, {seed = 2}), sl.randn({1, 8, 4}, {seed = 3})
+  qs:set(1, 8, 4, 3e38)
+  H.raises(function() sl.attn.dense(qs, ks, vs, {causal = true}) end, "scores overflow float32")
+  v = nil
+end)
+
 H.done()
