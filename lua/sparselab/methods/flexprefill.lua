@@ -66,9 +66,12 @@ local function cover_counts(x, div, limit)
   for h, row in ipairs(x:totable()) do
     local v = {}
     for i = 1, #row do v[i] = row[i] / div end
-    table.sort(v, function(a, b) return a > b end)
+    -- descending order read from an ascending sort without a comparator (equal values add alike, so the
+    -- running sums are those of the descending sort; issue 20, session 3: the comparator sort was most of
+    -- the reference option's estimate)
+    table.sort(v)
     local cum, c = 0, 0
-    for i = 1, #v do
+    for i = #v, 1, -1 do
       cum = cum + v[i]
       if cum <= limit then c = c + 1 end
     end
