@@ -91,9 +91,9 @@ static inline sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor
 }
 
 /* ---- issue 20, session 3 ----
- * The kinds of non-finite values among n f32 (bits SL__NF_*), in one
- * vectorised pass, on ctx's threads for large n (ctx may be NULL). */
+ * The kinds of non-finite values among n f32 (bits SL__NF_*), vectorised,
+ * one thread (tensor.c; op.c splits large inputs over the context's threads). */
 enum { SL__NF_NAN = 1u, SL__NF_PINF = 2u, SL__NF_NINF = 4u };
-unsigned sl__f32_nonfinite(sl_ctx *ctx, const float *x, int64_t n);
+unsigned sl__f32_nonfinite_run(const float *x, int64_t n);
 
 #endif

@@ -4,6 +4,7 @@
  * the masks of selections (issue 4): kept blocks, kept columns as index
  * lists, kept diagonals (exact, or widened to tiles as MInference executes). */
 #include "mask_impl.h"
+#include "mask_lists.h"
 #include "parallel.h"
 
 #include <stdlib.h>

@@ -109,10 +109,4 @@ static inline uint8_t *sl__mb_slot(sl__mb_slots *s, int64_t c)
 /* Emits every touched slot in order and resets the workspace. */
 void sl__mb_slots_flush(sl__mb_slots *s, sl__mb_sink *sink);
 
-/* Per head, the valid entries of an i32 list [H, n] or [n] (-1 = padding)
- * or a u8 keep [H, hi], sorted and unique: vals[h·n ..] holds cnt[h] of them
- * (mask_convert.c; release with sl_ctx_dealloc(ctx, vals, bytes)). */
-sl_status sl__mask_sorted_lists(sl_ctx *ctx, const char *fn, const char *what, const sl_tensor *t, int64_t hi,
-                                int64_t *heads, int64_t *n, int64_t **vals, int64_t **cnt, size_t *bytes);
-
 #endif

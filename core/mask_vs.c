@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "mask_impl.h"
+#include "mask_lists.h"
 
 typedef struct inblock_job {
     const int64_t *vals, *cnt;

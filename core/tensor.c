@@ -1,6 +1,5 @@
 /* tensor.c — refcounted buffers, value tensors, element access, conversion, seeded RNG. */
 #include "internal.h"
-#include "parallel.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -226,12 +225,9 @@ static void finite_one(const sl_tensor *t, int64_t off, int64_t lin, void *ud)
 /* ---- the non-finite scan of op inputs (issue 20, session 3) ----
  * One pass over the bits tells a clean input (no exponent all ones); only
  * then a second finds the kinds (NaN: exponent all ones and a mantissa;
- * ±inf: the two exact patterns); U independent integer lanes vectorise at -O2, on the context's threads in 256K-element
- * chunks above 1M elements. */
-
-enum { NF_CHUNK = 1 << 18, NF_MAX_THREADS = 64 };
-
-static unsigned nonfinite_run(const float *x, int64_t n)
+ * ±inf: the two exact patterns); U independent integer lanes vectorise at
+ * -O2. op.c runs it on the context's threads for large inputs. */
+unsigned sl__f32_nonfinite_run(const float *x, int64_t n)
 {
     enum { U = 16 };
     /* the common case first: one test per element (is the exponent all
@@ -275,44 +271,18 @@ static unsigned nonfinite_run(const float *x, int64_t n)
     return k;
 }
 
-typedef struct nf_job { const float *x; int64_t n; unsigned kinds[NF_MAX_THREADS]; } nf_job;
-
-static void nf_chunk(int64_t c, void *ud, int thread)
-{
-    nf_job *J = ud;
-    int64_t a = c * NF_CHUNK, e = a + NF_CHUNK < J->n ? a + NF_CHUNK : J->n;
-    J->kinds[thread] |= nonfinite_run(J->x + a, e - a);
-}
-
-unsigned sl__f32_nonfinite(sl_ctx *ctx, const float *x, int64_t n)
-{
-    int threads = ctx && ctx->n_threads > 1 ? ctx->n_threads : 1;
-    if (threads > NF_MAX_THREADS)
-        threads = NF_MAX_THREADS;
-    if (n < 4 * NF_CHUNK || threads == 1)
-        return nonfinite_run(x, n);
-    nf_job job = {x, n, {0}};
-    int64_t chunks = (n + NF_CHUNK - 1) / NF_CHUNK;
-    if (sl__parallel_for(ctx, chunks, threads, nf_chunk, &job) != SL_OK)
-        return nonfinite_run(x, n); /* interrupted: decide it here rather than pass unchecked data */
-    unsigned k = 0;
-    for (int t = 0; t < threads; t++)
-        k |= job.kinds[t];
-    return k;
-}
-
 sl_status sl_tensor_check_finite(sl_ctx *ctx, const sl_tensor *t, const char *what, int allow_inf)
 {
     if (!is_float(t->dtype))
         return SL_OK;
     finite_ud f = {allow_inf, -1, 0};
     if (t->dtype == SL_F32 && sl_tensor_is_contiguous(t)) {
-        /* The common case in one pass over the bits (sl__f32_nonfinite);
+        /* The common case in one pass over the bits (sl__f32_nonfinite_run);
          * the element-wise walk below only runs to name a bad element. A
          * float sum (x - x is NaN only for non-finite x) would not
          * vectorise, since the compiler may not reorder it (the bench found
          * the scan a tenth of a sparse call at n = 16384). */
-        unsigned k = sl__f32_nonfinite(ctx, t->data, sl_tensor_numel(t));
+        unsigned k = sl__f32_nonfinite_run(t->data, sl_tensor_numel(t));
         if (!(k & SL__NF_NAN) && (allow_inf || !(k & (SL__NF_PINF | SL__NF_NINF))))
             return SL_OK;
     }
