@@ -90,4 +90,10 @@ static inline sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor
     return d;
 }
 
+/* ---- issue 20, session 3 ----
+ * The kinds of non-finite values among n f32 (bits SL__NF_*), vectorised,
+ * one thread (tensor.c; op.c splits large inputs over the context's threads). */
+enum { SL__NF_NAN = 1u, SL__NF_PINF = 2u, SL__NF_NINF = 4u };
+unsigned sl__f32_nonfinite_run(const float *x, int64_t n);
+
 #endif

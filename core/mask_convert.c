@@ -4,6 +4,7 @@
  * the masks of selections (issue 4): kept blocks, kept columns as index
  * lists, kept diagonals (exact, or widened to tiles as MInference executes). */
 #include "mask_impl.h"
+#include "mask_lists.h"
 #include "parallel.h"
 
 #include <stdlib.h>
@@ -564,4 +565,11 @@ sl_status sl_mask_from_slashes(sl_ctx *ctx, const sl_tensor *offsets, int64_t n_
     }
     sl_ctx_dealloc(ctx, vals, bytes);
     return s;
+}
+
+/* ---- shared with mask_vs.c (issue 20, session 3) ---- */
+sl_status sl__mask_sorted_lists(sl_ctx *ctx, const char *fn, const char *what, const sl_tensor *t, int64_t hi,
+                                int64_t *heads, int64_t *n, int64_t **vals, int64_t **cnt, size_t *bytes)
+{
+    return sorted_lists(ctx, fn, what, t, hi, heads, n, vals, cnt, bytes);
 }

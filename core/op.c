@@ -6,6 +6,7 @@
  * particular to an op lives in core/op_<family>.c. */
 #include "family.h"
 #include "op_check.h"
+#include "parallel.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -227,6 +228,34 @@ static int keeps_dtype(const sl__backend *be, const sl_op_info *info, int i, sl_
     return strcmp(nm, "q") == 0 || strcmp(nm, "k") == 0 || strcmp(nm, "v") == 0;
 }
 
+/* The non-finite kinds of an f32 input (sl__f32_nonfinite_run) on the
+ * context's threads in 256K-element chunks above 1M elements (issue 20,
+ * session 3). */
+enum { NF_CHUNK = 1 << 18, NF_MAX_THREADS = 64 };
+typedef struct nf_job { const float *x; int64_t n; unsigned kinds[NF_MAX_THREADS]; } nf_job;
+
+static void nf_chunk(int64_t c, void *ud, int thread)
+{
+    nf_job *J = ud;
+    int64_t a = c * NF_CHUNK, e = a + NF_CHUNK < J->n ? a + NF_CHUNK : J->n;
+    J->kinds[thread] |= sl__f32_nonfinite_run(J->x + a, e - a);
+}
+
+static unsigned nonfinite_kinds(sl_ctx *ctx, const float *x, int64_t n)
+{
+    int threads = sl_ctx_threads(ctx);
+    threads = threads > NF_MAX_THREADS ? NF_MAX_THREADS : threads;
+    if (n < 4 * NF_CHUNK || threads <= 1)
+        return sl__f32_nonfinite_run(x, n);
+    nf_job job = {x, n, {0}};
+    if (sl__parallel_for(ctx, (n + NF_CHUNK - 1) / NF_CHUNK, threads, nf_chunk, &job) != SL_OK)
+        return sl__f32_nonfinite_run(x, n); /* interrupted: decide here rather than pass unchecked data */
+    unsigned k = 0;
+    for (int t = 0; t < threads; t++)
+        k |= job.kinds[t];
+    return k;
+}
+
 /* Float inputs become contiguous f32 (q, k, v in a dtype the backend's kernel
  * reads natively stay in it), others contiguous copies of themselves.
  * Returns SL_EARG for NaN in a float input (infinities are allowed only where
@@ -249,7 +278,13 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl__backend *be, const sl_o
             norm[i] = sl_tensor_retain(&in[i]);
             s = SL_OK;
         }
-        if (s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED) {
+        /* one vectorised pass decides the common case (nothing wrong); the
+         * element-wise checks below only run to name what is wrong */
+        unsigned kinds = s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && norm[i].dtype == SL_F32
+            ? nonfinite_kinds(ctx, norm[i].data, sl_tensor_numel(&norm[i])) : ~0u;
+        int clean = !(kinds & SL__NF_NAN) && (pol == SL__IN_ANY_INF || !(kinds & SL__NF_PINF)) &&
+                    (pol != SL__IN_FINITE || !(kinds & SL__NF_NINF));
+        if (s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && !clean) {
             char nm[32], what[96];
             sl__input_name(info, i, nm, sizeof nm);
             snprintf(what, sizeof what, "%s: input '%s'", info->name, nm);

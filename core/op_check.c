@@ -4,6 +4,7 @@
  * the op, the input, what was expected and what was found. Depends only on
  * the tensor and mask API below it. */
 #include "op_check.h"
+#include "parallel.h"
 
 #include <float.h>
 #include <math.h>
@@ -210,28 +211,55 @@ sl_status sl__check_scores(sl_ctx *ctx, const sl_op_info *info, const sl_tensor 
 
 /* max |x| of a contiguous float tensor (f32, f16 or bf16: q and k may stay in
  * a dtype the kernel reads natively). For finite floats the magnitude's bits
- * order like the magnitude, so the scan is integer maxima in lanes. */
-static double max_abs(const sl_tensor *t)
+ * order like the magnitude, so the scan is integer maxima in lanes; f32 runs
+ * on the context's threads in 256K-element chunks above 1M elements (issue
+ * 20, session 3: with the NaN scan it was the fixed cost of a call). */
+static uint32_t max_abs_bits(const float *x, int64_t n)
+{
+    enum { U = 16 };
+    uint32_t lane[U] = {0}, m = 0, b;
+    int64_t i = 0;
+    for (; i + U <= n; i += U)
+        for (int u = 0; u < U; u++) {
+            memcpy(&b, x + i + u, sizeof b);
+            b &= 0x7fffffffu;
+            lane[u] = b > lane[u] ? b : lane[u];
+        }
+    for (; i < n; i++) {
+        memcpy(&b, x + i, sizeof b);
+        b &= 0x7fffffffu;
+        m = b > m ? b : m;
+    }
+    for (int u = 0; u < U; u++)
+        m = lane[u] > m ? lane[u] : m;
+    return m;
+}
+
+enum { MA_CHUNK = 1 << 18, MA_MAX_THREADS = 64 };
+typedef struct ma_job { const float *x; int64_t n; uint32_t m[MA_MAX_THREADS]; } ma_job;
+
+static void ma_chunk(int64_t c, void *ud, int thread)
+{
+    ma_job *J = ud;
+    int64_t a = c * MA_CHUNK, e = a + MA_CHUNK < J->n ? a + MA_CHUNK : J->n;
+    uint32_t m = max_abs_bits(J->x + a, e - a);
+    J->m[thread] = m > J->m[thread] ? m : J->m[thread];
+}
+
+static double max_abs(sl_ctx *ctx, const sl_tensor *t)
 {
     int64_t n = sl_tensor_numel(t);
     if (t->dtype == SL_F32) {
-        enum { U = 16 };
-        const float *x = t->data;
-        uint32_t lane[U] = {0}, m = 0, b;
-        int64_t i = 0;
-        for (; i + U <= n; i += U)
-            for (int u = 0; u < U; u++) {
-                memcpy(&b, x + i + u, sizeof b);
-                b &= 0x7fffffffu;
-                lane[u] = b > lane[u] ? b : lane[u];
-            }
-        for (; i < n; i++) {
-            memcpy(&b, x + i, sizeof b);
-            b &= 0x7fffffffu;
-            m = b > m ? b : m;
-        }
-        for (int u = 0; u < U; u++)
-            m = lane[u] > m ? lane[u] : m;
+        int threads = sl_ctx_threads(ctx);
+        threads = threads > MA_MAX_THREADS ? MA_MAX_THREADS : threads;
+        uint32_t m = 0;
+        ma_job job = {t->data, n, {0}};
+        if (n < 4 * MA_CHUNK || threads <= 1 ||
+            sl__parallel_for(ctx, (n + MA_CHUNK - 1) / MA_CHUNK, threads, ma_chunk, &job) != SL_OK)
+            m = max_abs_bits(t->data, n);
+        else
+            for (int i = 0; i < threads; i++)
+                m = job.m[i] > m ? job.m[i] : m;
         float f;
         memcpy(&f, &m, sizeof f);
         return f;
@@ -254,12 +282,12 @@ sl_status sl__check_score_range(sl_ctx *ctx, const sl_op_info *info, const void 
     int64_t d = in[0].shape[2];
     if (scale == 0)
         scale = 1.0 / sqrt((double)(d > 0 ? d : 1));
-    double mq = max_abs(&in[0]), mk = max_abs(&in[1]), mb = 0;
+    double mq = max_abs(ctx, &in[0]), mk = max_abs(ctx, &in[1]), mb = 0;
     for (int i = 2; i < info->n_in; i++) {
         char nm[32];
         sl__input_name(info, i, nm, sizeof nm);
         if (strcmp(nm, "opt.bias") == 0 && in[i].buf)
-            mb = max_abs(&in[i]);
+            mb = max_abs(ctx, &in[i]);
     }
     /* |scale·q·k + bias| <= bound; half of FLT_MAX leaves room for the
      * softmax's s - m, which spans twice the scores' range. */

@@ -1466,6 +1466,18 @@ sl_status sl_mask_index_from_columns(sl_ctx *ctx, const sl_tensor *cols, int64_t
                                      int64_t rows_per_entry, int causal, sl_mask_index *out);
 sl_status sl_mask_from_slashes(sl_ctx *ctx, const sl_tensor *offsets, int64_t n_q, int64_t n_k, int bq, int bk,
                                int widen, sl_mask *out);
+/* ---- vertical-slash mask pieces (issue 20, session 3; core/mask_vs.c) ----
+ * columns_in_block: cols (i32 [H, w] -1 padded, or [w], or a u8 keep
+ *   [H, n]) of an n × n causal problem -> an H-head mask (token bits) of the
+ *   pairs (i, j) with j listed and floor(j / bq) == floor(i / bq), j <= i:
+ *   the in-block part that strict gathered lists (index_from_columns with
+ *   strict) leave out.
+ * index_overlap: *pairs = Σ over the lists' entries e (rows_per_entry = m's
+ *   bq, same n_q, n_k) and listed keys j of the rows of e that m keeps at j
+ *   (a full block: every row of e; a partial one: its bits), list head h
+ *   read against mask head h (or 0 when m has one head). */
+sl_status sl_mask_columns_in_block(sl_ctx *ctx, const sl_tensor *cols, int64_t n, int bq, int bk, sl_mask *out);
+sl_status sl_mask_index_overlap(sl_ctx *ctx, const sl_mask *m, const sl_mask_index *idx, int64_t *pairs);
 /* Dense bits (small sizes: at most 2^28 bytes): u8 [Hm, n_q, n_k], 1 = kept. */
 sl_status sl_mask_to_bits(sl_ctx *ctx, const sl_mask *m, sl_tensor *out);
 /* Bits u8 [H, n_q, n_k] or [n_q, n_k] (one head; any non-zero = kept) →

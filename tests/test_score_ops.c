@@ -477,6 +477,30 @@ END_TEST
 /* The definition from the full token score matrix: tile (I, J) of S × S
  * scores, its antidiagonal summed, softmax per super-row over the visible
  * super-tokens, tiles of B summed. Ragged n (zero rows). */
+/* The cpu kernel computes groups of query blocks per product (issue 20,
+ * session 3): several groups, a ragged last group and block, an offset
+ * (n_q < n_k), causal and not, each against ref. */
+START_TEST(test_antidiag_groups)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 7100);
+    static const shape_case G[] = {{2, 1, 600, 700, 16, 1}, {1, 1, 1100, 1100, 8, 1}, {2, 2, 530, 530, 16, 0}};
+    for (int g = 0; g < 3; g++) {
+        sl_tensor in[2] = {tu_randn(ctx, &rng, G[g].hq, G[g].nq, G[g].d, 1),
+                           tu_randn(ctx, &rng, G[g].hkv, G[g].nk, G[g].d, 1)};
+        int64_t st[2] = {1, 2};
+        for (int t = 0; t < 2; t++) {
+            sl_score_antidiag_params p = {.block = st[t] * 4, .stride = st[t], .causal = G[g].causal};
+            check_op_vs_ref(ctx, SL_OP_SCORE_ANTIDIAG, &p, in, 1e-5, "score.antidiag groups");
+        }
+        release_n(in, 2);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 START_TEST(test_antidiag_independent)
 {
     tu_alloc al;
@@ -784,6 +808,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_score_hash);
     tcase_add_loop_test(tc, test_antidiag_backends, 0, N_CASES);
     tcase_add_test(tc, test_antidiag_independent);
+    tcase_add_test(tc, test_antidiag_groups);
     tcase_add_loop_test(tc, test_strided_backends, 0, N_CASES);
     tcase_add_test(tc, test_strided_independent);
     tcase_add_test(tc, test_anchor_backends);

@@ -328,7 +328,21 @@ static void softmax_f(float *s, int64_t n)
         s[j] *= inv;
 }
 
-/* ---- score.antidiag: item (h, query block r) ---- */
+/* ---- score.antidiag: item (h, group of query blocks) ----
+ * One sgemm per group of XA_GROUP_ROWS query super-rows or more (whole
+ * blocks), so OpenBLAS packs the keys once per group rather than once per
+ * block of B/S rows (issue 20, session 3: 16-row products made the op a
+ * tenth of sgemm's rate); rows of a group see different causal extents, the
+ * product covers the group's widest one and each row's softmax reads its
+ * own. The softmax uses the context's vectorised row operations. */
+enum { XA_GROUP_ROWS = 256 };
+
+static int64_t xa_group(const sl_score_antidiag_params *p)
+{
+    int64_t per = p->block / p->stride;
+    per = per > 0 ? per : 1;
+    return XA_GROUP_ROWS / per > 1 ? XA_GROUP_ROWS / per : 1;
+}
 
 static void antidiag_item(int64_t item, void *ud, int thread)
 {
@@ -336,15 +350,17 @@ static void antidiag_item(int64_t item, void *ud, int thread)
     xa_job *j = ud;
     const sl_score_antidiag_params *p = j->a->params;
     const sl__attn_dims *dm = &j->dm;
+    sl__cpu_rowops ro = sl__cpu_rowops_for(j->a->ctx);
     int64_t S = p->stride, B = p->block, sd = S * dm->d;
     int64_t Mq = cdiv(dm->nq, S), Mk = cdiv(dm->nk, S), Mk_full = dm->nk / S;
     int64_t nkb = j->a->out[0].shape[2], nqb = j->a->out[0].shape[1];
-    int64_t h = item / nqb, r = item % nqb;
-    int64_t i0 = r * (B / S), i1 = min64(i0 + B / S, Mq), rows = i1 - i0;
+    int64_t G = xa_group(p), groups = cdiv(nqb, G);
+    int64_t h = item / groups, r0 = (item % groups) * G, r1 = min64(r0 + G, nqb);
+    int64_t i0 = r0 * (B / S), i1 = min64(r1 * (B / S), Mq), rows = i1 - i0;
     const float *qh = (const float *)j->a->in[0].data + h * dm->nq * dm->d;
     const float *kh = (const float *)j->a->in[1].data + (h / dm->group) * dm->nk * dm->d;
-    float *out = (float *)j->a->out[0].data + (h * nqb + r) * nkb;
-    memset(out, 0, sizeof *out * (size_t)nkb);
+    float *out0 = (float *)j->a->out[0].data + (h * nqb + r0) * nkb;
+    memset(out0, 0, sizeof *out0 * (size_t)(nkb * (r1 - r0)));
     if (rows <= 0 || Mk == 0)
         return;
     float *qr = malloc(sizeof *qr * (size_t)(rows * sd)), *s = malloc(sizeof *s * (size_t)(rows * Mk));
@@ -384,7 +400,9 @@ static void antidiag_item(int64_t item, void *ud, int thread)
         if (n_vis < 1)
             continue;
         float *row = s + i * Mk;
-        softmax_f(row, n_vis);
+        float z = ro.exp_sum(row, n_vis, ro.max(row, n_vis, -INFINITY));
+        ro.scale(row, n_vis, 1.f / z);
+        float *out = out0 + ((i0 + i) / (B / S) - r0) * nkb;
         for (int64_t jj = 0; jj < n_vis; jj++)
             out[(jj * S) / B] += row[jj];
     }
@@ -397,7 +415,7 @@ sl_status sl__cpu_score_antidiag(const sl__kargs *a)
     const sl_score_antidiag_params *p = a->params;
     xa_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], 0), 0, 0, 0};
     j.scale = p->scale > 0 ? p->scale : 1.0 / (sqrt((double)j.dm.d) * (double)p->stride);
-    int64_t n = j.dm.hq * a->out[0].shape[1];
+    int64_t n = j.dm.hq * cdiv(a->out[0].shape[1], xa_group(p));
     return finish(a, sl__cpu_parallel(a->ctx, n, antidiag_item, &j), &j);
 }
 

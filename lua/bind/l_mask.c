@@ -537,6 +537,54 @@ static int l_index_from_columns(lua_State *L)
     return 1;
 }
 
+/* sl.mask_c.columns_in_block(cols, {n=, bq=64, bk=64}) -> mask (issue 20) */
+static int l_columns_in_block(lua_State *L)
+{
+    static const char *const keys[] = {"n", "bq", "bk", NULL};
+    sl_lua_tensor *t = sl__lua_check_tensor(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    sl__lua_check_keys(L, 2, "sl.mask.columns_in_block", keys);
+    lua_Integer n = sl__lua_opt_int_field(L, 2, "n", -1), bq = sl__lua_opt_int_field(L, 2, "bq", 64),
+                bk = sl__lua_opt_int_field(L, 2, "bk", 64);
+    if (n < 0)
+        sl__lua_error(L, "sl.mask.columns_in_block: n is required");
+    if (bq < 1 || bk < 1 || bq > 4096 || bk > 4096)
+        sl__lua_error(L, "sl.mask.columns_in_block: block sizes must be in [1, 4096], found %d x %d", (int)bq, (int)bk);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_mask m;
+    if (sl_mask_columns_in_block(ctx, &t->t, n, (int)bq, (int)bk, &m))
+        return sl__lua_fail(L, ctx);
+    sl__lua_push_mask(L, m);
+    return 1;
+}
+
+/* sl.mask_c.index_overlap(mask, {row_ptr=, col=, rows_per_entry=, n_q=, n_k=, ...}) -> pairs (issue 20) */
+static int l_index_overlap(lua_State *L)
+{
+    sl_lua_mask *m = sl__lua_check_mask(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "row_ptr");
+    sl_lua_tensor *rp = sl__lua_test_tensor(L, -1);
+    lua_getfield(L, 2, "col");
+    sl_lua_tensor *col = sl__lua_test_tensor(L, -1);
+    if (!rp || !col)
+        sl__lua_error(L, "sl.mask.index_overlap: expected index lists {row_ptr = tensor, col = tensor, ...}");
+    sl_mask_index x = {0};
+    x.row_ptr = rp->t;
+    x.col = col->t;
+    x.rows_per_entry = sl__lua_opt_int_field(L, 2, "rows_per_entry", 1);
+    x.n_q = sl__lua_opt_int_field(L, 2, "n_q", -1);
+    x.n_k = sl__lua_opt_int_field(L, 2, "n_k", -1);
+    x.n_heads = rp->t.ndim == 2 ? (int)rp->t.shape[0] : 0;
+    x.n_entries = x.rows_per_entry > 0 ? (x.n_q + x.rows_per_entry - 1) / x.rows_per_entry : 0;
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    int64_t pairs;
+    if (sl_mask_index_overlap(ctx, &m->m, &x, &pairs))
+        return sl__lua_fail(L, ctx);
+    lua_pushinteger(L, (lua_Integer)pairs);
+    return 1;
+}
+
 /* sl.mask_c.assign({mask, ...}) */
 static int l_assign(lua_State *L)
 {
@@ -672,6 +720,7 @@ void sl__lua_open_mask(lua_State *L)
                                    {"assign", l_assign},       {"align", l_align},         {"drop_draw", l_drop_draw},
                                    {"is_mask", l_is_mask},     {"from_blocks", l_from_blocks},
                                    {"from_slashes", l_from_slashes}, {"index_from_columns", l_index_from_columns},
+                                   {"columns_in_block", l_columns_in_block}, {"index_overlap", l_index_overlap},
                                    {NULL, NULL}};
     if (luaL_newmetatable(L, SL_LUA_MASK)) {
         luaL_setfuncs(L, meta, 0);

@@ -120,6 +120,8 @@ return {
   ["sl.mask.from_blocks"] = "a block mask from a keep table of blocks",
   ["sl.mask.index_from_columns"] = "index lists from column lists",
   ["sl.mask.from_slashes"] = "a block mask from diagonal offsets",
+  ["sl.mask.columns_in_block"] = "the in-block pairs of listed columns as a block mask (vertical-slash widen)",
+  ["sl.mask.index_overlap"] = "pairs of index lists a block mask already keeps",
   ["sl.mask.save"] = "a block mask as safetensors in FlexAttention's BlockMask layout (kv_num_blocks, kv_indices, " ..
     "full_kv_num_blocks, full_kv_indices, block_size, seq_lengths) plus the dense bits",
   ["sl.mask.is_mask"] = "whether a value is a materialised mask",

@@ -127,52 +127,12 @@ function D.columns_index(cols, n_q, n_k, bq)
     strict = true})
 end
 
--- Elements of a 1-D tensor as a Lua list, read in slices (totable's limit).
-local function read_all(t)
-  local n, out = t:shape()[1], {}
-  local step = 500000
-  for s = 1, n, step do
-    local part = t:narrow(1, s, math.min(step, n - s + 1)):totable()
-    for i = 1, #part do out[#out + 1] = part[i] end
-  end
-  return out
-end
-
--- Column pairs (entry rows × listed key) the block part already keeps: a
--- listed key j of entry r (j <= the entry's first row, strict lists) is kept
--- by the block part for every row of r when its key block is a full kept
--- block, for the rows of its token bits when partial.
-local function overlap(blocks, idx, n_q)
-  local info = blocks:info()
-  local row_ptr, col_idx, part, bits = blocks:arrays()
-  local rp, ci, pa = row_ptr:totable(), read_all(col_idx), read_all(part)
-  if info.n_heads == 1 and type(rp[1]) == "number" then rp = {rp} end
-  local irp = idx.row_ptr:totable()
-  local icol = read_all(idx.col)
-  local bq, bk = info.bq, info.bk
-  local total = 0
-  for h = 1, #irp do
-    local brow, lrow = rp[math.min(h, #rp)], irp[h]
-    for r = 1, #lrow - 1 do
-      local rows = math.min(bq, n_q - (r - 1) * bq)
-      local kept = {}
-      for e = brow[r] + 1, brow[r + 1] do kept[ci[e]] = pa[e] end
-      for e = lrow[r] + 1, lrow[r + 1] do
-        local j = icol[e]
-        local pt = kept[j // bk]
-        if pt == -1 then
-          total = total + rows
-        elseif pt then
-          local c = j % bk
-          for i = 0, rows - 1 do
-            if bits:get(pt + 1, i + 1, c + 1) ~= 0 then total = total + 1 end
-          end
-        end
-      end
-    end
-  end
-  return total
-end
+-- The column pairs (entry rows × listed key) that the block part already
+-- keeps are counted in C (sl.mask.index_overlap: a listed key j of entry r
+-- counts every row of r when its key block is a full kept block, the rows of
+-- its token bits when partial); it was a Lua pass over the lists before
+-- (issue 20, session 3; tests/lua/test_vs_c.lua keeps that pass as the
+-- reference).
 
 --- A VS mask from a block part (heads H) and column lists per head. Its
 --- density counts the union of the two parts exactly (a pair on both once);
@@ -192,7 +152,7 @@ function D.vs_mask(blocks, cols, n_q, n_k, kept)
   end
   local kept_blocks = 0
   for h = 1, info.n_heads do kept_blocks = kept_blocks + blocks:kept(h) end
-  kept = kept or (kept_blocks + kept_cols - overlap(blocks, idx, n_q))
+  kept = kept or (kept_blocks + kept_cols - sl.mask.index_overlap(blocks, idx))
   return setmetatable({blocks = blocks, index = idx, _kept = kept,
     _density = kept / (D.causal_pairs(n_q, n_k) * math.max(info.n_heads, #cols))}, VS)
 end
@@ -211,31 +171,9 @@ function D.in_block_columns(cols, offs, n, bq, bk)
     if have < math.min(bq, n) then covered = false end
   end
   if covered then return nil end
-  local row_ptr, col = {}, {}
-  for h = 1, #cols do
-    local per_row = {}
-    for _, j in ipairs(cols[h]) do
-      local stop = math.min(n, (j // bq + 1) * bq) - 1
-      for i = j, stop do
-        local l = per_row[i]
-        if not l then l = {}; per_row[i] = l end
-        l[#l + 1] = j
-      end
-    end
-    local rp = {#col}
-    for i = 0, n - 1 do
-      local l = per_row[i]
-      if l then for _, j in ipairs(l) do col[#col + 1] = j end end
-      rp[#rp + 1] = #col
-    end
-    row_ptr[h] = rp
-  end
-  if #col == 0 then col[1] = 0 end   -- keep a valid tensor; row_ptr ends at 0 entries
-  local ct = sl.tensor(col, "i32")
-  if row_ptr[#row_ptr][n + 1] == 0 then ct = ct:narrow(1, 1, 0) end
-  local idx = {row_ptr = sl.tensor(row_ptr, "i32"), col = ct, rows_per_entry = 1, n_q = n, n_k = n,
-    n_heads = #cols, n_entries = n}
-  return sl.mask.from_index(idx, bq, bk)
+  -- the per-row lists are built in C (issue 20, session 3; the Lua loop it
+  -- replaces is kept as the reference in tests/lua/test_vs_c.lua)
+  return sl.mask.columns_in_block(D.padded(cols), {n = n, bq = bq, bk = bk})
 end
 
 -- ---- exact lines: attn.lines (issue 19) -------------------------------------------

@@ -418,6 +418,12 @@ function M.index_from_columns(cols, opts) return sl.mask_c.index_from_columns(co
 -- sl.mask.from_slashes(offsets_i32 [H, s], {n_q=, n_k=, bq=64, bk=64, widen=true}) -> block mask:
 -- widen=true is what MInference executes (slash lines widened to tiles), widen=false the exact diagonals
 function M.from_slashes(offsets, opts) return sl.mask_c.from_slashes(offsets, opts or {}) end
+-- sl.mask.columns_in_block(cols_i32 [H, c] (-1 padded) or keep u8 [H, n], {n=, bq=64, bk=64}) -> block mask of
+-- the pairs (i, j), j listed, in row i's own query block and j <= i (issue 20: was a Lua loop in dynamic.lua)
+function M.columns_in_block(cols, opts) return sl.mask_c.columns_in_block(cols, opts or {}) end
+-- sl.mask.index_overlap(m, idx) -> the (row, listed key) pairs of index lists idx (rows_per_entry = m's bq) that
+-- block mask m keeps (issue 20: was a Lua loop in dynamic.lua)
+function M.index_overlap(m, idx) return sl.mask_c.index_overlap(m, idx) end
 
 -- ---- materialising ------------------------------------------------------------------
 

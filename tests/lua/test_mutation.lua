@@ -19,7 +19,8 @@ local sl = require "sparselab"
 local FILES = {"tests/lua/test_methods_dynamic_a.lua", "tests/lua/test_methods_dynamic_b.lua",
   "tests/lua/test_fidelity.lua", "tests/lua/test_corrections_ext.lua", "tests/lua/test_estimators_indep.lua",
   "tests/lua/test_methods_selectors.lua", "tests/lua/test_methods_nonsoftmax.lua", "tests/lua/test_methods_video.lua",
-  "tests/lua/test_methods_trainable.lua", "tests/lua/test_decode.lua", "tests/lua/test_heads.lua"}
+  "tests/lua/test_methods_trainable.lua", "tests/lua/test_decode.lua", "tests/lua/test_heads.lua",
+  "tests/lua/test_estimators_f64.lua"}
 
 -- Methods whose estimator the score-blind mutation cannot reach (none of the mutated ops or helpers in it).
 local KNOWN_SURVIVORS = {

@@ -207,6 +207,7 @@ sparselab merge OUT.db DIR/shard_*.db (refuses shards of another config hash).]]
       {"methods", "value", "a,b", "the estimators to time"},
       {"no-estimators", "flag", nil, "skip the estimator benchmarks"},
       {"only-estimators", "flag", nil, "only the estimator benchmarks"},
+      {"est-heads", "value", "H[:KV]", "query (and KV) heads of the estimator benchmarks (default 8:2; 1:1 makes n = 65536 fit)"},
       {"video", "flag", nil, "video methods: executed density and speedup over dense on the video workload"},
       {"no-mm", "flag", nil, "skip the sparse matmul rows (sparse matmul vs sgemm, 11008 x 4096)"},
       {"only-mm", "flag", nil, "only the sparse matmul rows"},

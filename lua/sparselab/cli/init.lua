@@ -736,9 +736,20 @@ function C.bench(argv)
     elseif o.video then
       vids = bv.ids()
     end
+    local eh, ekv
+    if o["est-heads"] then
+      eh, ekv = o["est-heads"]:match("^(%d+):(%d+)$")
+      if not eh then eh = o["est-heads"]:match("^(%d+)$"); ekv = eh end
+      eh, ekv = tonumber(eh), tonumber(ekv)
+      if not eh or eh < 1 or ekv < 1 or eh % ekv ~= 0 then
+        sl.fail("--est-heads: expected H or H:KV with KV dividing H, found '%s'", o["est-heads"])
+      end
+    end
     if not ids or #ids > 0 then
+      local base = {}
       for _, est_n in ipairs(sizes or {false}) do
-        for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil}) do
+        for _, r in ipairs(est.run{quick = o.quick, backend = o.backend or "cpu", methods = ids, n = est_n or nil,
+          heads = eh, kv_heads = ekv, base = base}) do
           results[#results + 1] = r
           show(r)
         end

@@ -66,9 +66,12 @@ local function cover_counts(x, div, limit)
   for h, row in ipairs(x:totable()) do
     local v = {}
     for i = 1, #row do v[i] = row[i] / div end
-    table.sort(v, function(a, b) return a > b end)
+    -- descending order read from an ascending sort without a comparator (equal values add alike, so the
+    -- running sums are those of the descending sort; issue 20, session 3: the comparator sort was most of
+    -- the reference option's estimate)
+    table.sort(v)
     local cum, c = 0, 0
-    for i = 1, #v do
+    for i = #v, 1, -1 do
       cum = cum + v[i]
       if cum <= limit then c = c + 1 end
     end
@@ -176,7 +179,7 @@ local function estimate(prob, p)
     end
     if qa then nv, ns = min_b, min_b end
     nv, ns = math.min(math.max(nv, min_b), max_b), math.min(math.max(ns, min_b), max_b)
-    heads[h] = {qa = qa, dist = dist, vb = vb, sb = sb, nv = nv, ns = ns}
+    heads[h] = {qa = qa, dist = dist, vb = vb, sb = sb, nv = nv, ns = ns, cover_v = nv_tok[h], cover_s = ns_tok[h]}
   end
   local blocks
   if need_qa then
@@ -199,26 +202,40 @@ local function estimate(prob, p)
     if H.qa then
       n_qa = n_qa + 1
       local A = blocks:narrow(1, h, 1):totable()[1]
-      local flat = {}
-      for r = 1, nb do for c = 1, r do flat[#flat + 1] = {A[r][c], r, c} end end
-      table.sort(flat, function(x, y)
-        if x[1] ~= y[1] then return x[1] > y[1] end
-        if x[2] ~= y[2] then return x[2] < y[2] end
-        return x[3] < y[3]
-      end)
+      -- the visible blocks (c <= r) by mass descending, ties row-major first: cnt = the entries whose running
+      -- sum stays <= γ · n_qb. Equal values add equal amounts whatever their order, so cnt comes from the
+      -- values sorted alone (table.sort without a comparator); the blocks are then the first cnt (+ 1) of the
+      -- tie-broken order, which select.topk gives (larger first, lower flat index r·nb + c first) over the
+      -- visible blocks (the others -inf). A comparator sort of {value, r, c} triples took 80 % of the
+      -- estimate at n = 65536 (issue 20, session 3; tests/lua/test_estimators_f64.lua compares both).
+      local vals, flat = {}, {}
+      for r = 1, nb do
+        local row = A[r]
+        for c = 1, nb do
+          if c <= r then vals[#vals + 1] = row[c]; flat[#flat + 1] = row[c] else flat[#flat + 1] = -math.huge end
+        end
+      end
+      table.sort(vals)
       local limit, cum, cnt = p.gamma * nb, 0, 0
-      for _, e in ipairs(flat) do
-        cum = cum + e[1]
+      for t = #vals, 1, -1 do
+        cum = cum + vals[t]
         if cum > limit then break end
         cnt = cnt + 1
       end
       -- the paper's covering set includes the crossing block; score_cover_idx (reference) stops before it
-      for t = 1, math.min(p.reference and cnt or cnt + 1, #flat) do k[flat[t][2]][flat[t][3]] = 1 end
+      local take = math.min(p.reference and cnt or cnt + 1, #vals)
+      if take > 0 then
+        local sel = sl.select.topk(sl.tensor({flat}, "f32"), {k = take, backend = be})
+        for _, f in ipairs(D.lists(sel)[1]) do k[f // nb + 1][f % nb + 1] = 1 end
+        sel:close()
+      end
     end
     keep[h] = k
   end
   flops = flops + nb * nb * hq
-  return {mask = mk(keep), flops = flops, extra = {query_aware_heads = n_qa}}
+  -- detail: the per-head intermediates (sqrt-JSD, decision, block profiles, coverage counts in entries, block
+  -- budgets), for tests that recompute them (tests/lua/test_estimators_f64.lua)
+  return {mask = mk(keep), flops = flops, extra = {query_aware_heads = n_qa}, detail = heads}
 end
 
 return {
