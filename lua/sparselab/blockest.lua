@@ -38,13 +38,30 @@ end
 
 --- A tensor's heads as Lua tables, read one head at a time on first use
 --- (t[h] = t:narrow(1, h, 1):totable()[1]): totable refuses more than 1e6
---- elements, which a whole [H, rows, cols] score tensor passes at long n.
+--- elements, which a whole [H, rows, cols] score tensor passes at long n,
+--- and so can one head ([rows, d] keys at 16K x 128), so a large head is
+--- read in slices of rows under that limit.
+local TOTABLE_MAX = 1000000
 function E.heads(t)
-  local n = t:shape()[1]
+  local shape = t:shape()
+  local n = shape[1]
   return setmetatable({}, {
     __index = function(self, h)
       if type(h) ~= "number" or h < 1 or h > n then return nil end
-      local v = t:narrow(1, h, 1):totable()[1]
+      local th = t:narrow(1, h, 1)
+      local v
+      if th:numel() <= TOTABLE_MAX or #shape < 3 then
+        v = th:totable()[1]
+      else
+        local rows = shape[2]
+        local step = math.max(1, TOTABLE_MAX // math.max(1, th:numel() // rows))
+        v = {}
+        for r0 = 1, rows, step do
+          local c = math.min(step, rows - r0 + 1)
+          local part = th:narrow(2, r0, c):totable()[1]
+          for i = 1, c do v[r0 + i - 1] = part[i] end
+        end
+      end
       rawset(self, h, v)
       return v
     end,
