@@ -160,7 +160,7 @@ FUZZ_BINS = $(patsubst tests/fuzz/%.c,$(BUILD)/tests/fuzz/%,$(wildcard tests/fuz
 $(BUILD)/tests/fuzz/%: tests/fuzz/%.c $(wildcard tests/fuzz/*.h) $(LUA_OBJ) $(STORE_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ  $<"
-	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -I tests/fuzz $< -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
+	@$(CC) $(CFLAGS_ALL) -fsanitize=fuzzer -fsanitize-link-c++-runtime -I tests/fuzz $< -o $@ $(LUA_OBJ) $(STORE_LIB) $(LIB) $(LDLIBS_ALL)
 fuzz-build:
 	@sh tests/deps.sh --fuzz
 	@$(MAKE) --no-print-directory CC=clang CXX=clang++ BUILD=build-fuzz OPT=-O1 SAN="$(FUZZ_SAN)" fuzz-bins
