@@ -444,4 +444,62 @@ test("prism: per-head band temperatures and per-band block softmaxes equal a flo
   mask:close()
 end)
 
+test("psa_pyramid: sampled block importance and the graded levels equal a float64 re-computation", function()
+  local n, bq, bk, hq, hkv, d, smp = 256, 32, 16, 4, 2, 16, 4
+  local q, k, v = sl.synthetic{heads = hq, kv_heads = hkv, n = n, d = d, seed = 43}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local Q, K = q:totable(), k:totable()
+  local m = sl.methods.get("psa_pyramid")
+  local p = sl.registry.resolve(m, {bq = bq, bk = bk, sample = smp, seed = 5, scale = 1.9})
+  local imp = m.importance(prob, p)
+  local _, lv = m.graded_levels(prob, p)
+  -- the recipe's seeded random offsets (the card: random, shared by all blocks); the rest from the card
+  local ro, ko = m.sample_offsets(bq, bq // smp, 5), m.sample_offsets(bk, bk // smp, 5 + 7)
+  local nqb, nkb = n // bq, n // bk
+  local seen = 0
+  for h = 1, hq do
+    local Qh, Kh = Q[h], K[(h - 1) // (hq // hkv) + 1]
+    local keys, kblk = {}, {}
+    for J = 0, nkb - 1 do for _, o in ipairs(ko) do keys[#keys + 1] = Kh[J * bk + o + 1]; kblk[#keys] = J + 1 end end
+    local want = {}
+    for I = 1, nqb do
+      want[I] = {}
+      for J = 1, nkb do want[I][J] = 0 end
+      for _, o in ipairs(ro) do
+        local pr = softmax_row(Qh[(I - 1) * bq + o + 1], keys, #keys)   -- over all sampled keys (non-causal)
+        for b = 1, #keys do if pr[b] > want[I][kblk[b]] then want[I][kblk[b]] = pr[b] end end
+      end
+      for J = 1, nkb do near(imp[h][I][J], want[I][J], 2e-5, string.format("head %d importance (%d, %d)", h, I, J)) end
+      -- card step 3, mode topk, ratios 0.10, 0.05, 0, 0.20 times scale 1.9 (no rank fraction k/v, v <= 16,
+      -- lies within 5e-4 of a bound): f < b1 -> 1, < b2 -> 2, (level 4 empty), < b8 -> 8, else 0
+      local vis = {}
+      for J = 1, nkb do if (J - 1) * bk <= I * bq - 1 then vis[#vis + 1] = J end end
+      table.sort(vis, function(a, b) return want[I][a] > want[I][b] end)
+      local lev = {}
+      for J = 1, nkb do lev[J] = 0 end
+      for rank, J in ipairs(vis) do
+        local f = (rank - 1) / #vis
+        local b1 = 0.10 * 1.9
+        local b2, b8 = b1 + 0.05 * 1.9, b1 + 0.05 * 1.9 + 0.20 * 1.9
+        truthy(math.abs(f - b1) > 5e-4 and math.abs(f - b2) > 5e-4 and math.abs(f - b8) > 5e-4, "rank fraction off the bounds")
+        lev[J] = f < b1 and 1 or f < b2 and 2 or f < b8 and 8 or 0
+      end
+      for rank = 2, #vis do   -- neighbours at a level change are not near-ties
+        if lev[vis[rank - 1]] ~= lev[vis[rank]] then
+          truthy(want[I][vis[rank - 1]] - want[I][vis[rank]] > 1e-5, string.format("head %d row %d: tie at a level change", h, I))
+        end
+      end
+      -- causal reading: key blocks holding the causal cut of a row of query block I are exact (level 1)
+      for J = 1, nkb do
+        if math.min(J * bk, n) - 1 > (I - 1) * bq and (J - 1) * bk <= I * bq - 1 then lev[J] = 1 end
+      end
+      for J = 1, nkb do
+        eq(lv[h][I][J], lev[J], string.format("head %d level (%d, %d)", h, I, J))
+        if lev[J] == 8 then seen = seen + 1 end
+      end
+    end
+  end
+  truthy(seen > 0, "some blocks are read at level 8")
+end)
+
 H.done()
