@@ -502,4 +502,51 @@ test("psa_pyramid: sampled block importance and the graded levels equal a float6
   truthy(seen > 0, "some blocks are read at level 8")
 end)
 
+-- prism's card check "RoPE slash pattern": a pure positional input — one constant vector under NeoX
+-- RoPE (dim t pairs with t + d/2, θ_t = base^(-2t/d)), keys shifted by δ positions, so q_i · k_j depends
+-- on i - j only and peaks at j = i - δ (a slash δ below the diagonal). Mean pooling averages the
+-- high-frequency pairs away; the calibrated high band must still single out the slash block, sharper
+-- than the full-dim mean pool (h = l = d, no calibration: the card's reduction).
+test("prism: RoPE slash pattern — the high band ranks the slash block first in every row, sharper than the full-dim mean pool",
+  function()
+  local n, B, d = 256, 16, 16
+  local half, nb = d // 2, n // B
+  local m = sl.methods.get("prism")
+  for _, base in ipairs{1000, 10000} do
+    for _, delta in ipairs{B, 2 * B} do
+      local function rope(pos)
+        local out = {}
+        for t = 1, half do
+          local th = base ^ (-(2 * (t - 1)) / d)
+          local c, s = math.cos(pos * th), math.sin(pos * th)
+          out[t], out[t + half] = c - s, s + c   -- the vector of ones rotated
+        end
+        return out
+      end
+      local Q, K = {{}}, {{}}
+      for i = 0, n - 1 do Q[1][i + 1] = rope(i); K[1][i + 1] = rope(i + delta) end
+      local q, k = sl.tensor(Q, "f32"), sl.tensor(K, "f32")
+      local prob = sl.problem{q = q, k = k, v = q}
+      local mh, dh = m.intermediates(prob, sl.registry.resolve(m, {bq = B, bk = B, p = 0.95}))
+      local mf, df = m.intermediates(prob, sl.registry.resolve(m, {bq = B, bk = B, p = 0.95, high_dim = d,
+        low_dim = d, calibrate = 0}))
+      local off = delta // B
+      local cover_h, cover_f = 0, 0
+      for r = off + 2, nb do
+        local xh, xf, c0 = dh[1].probs[1][r], df[1].probs[1][r], r - off
+        local what = string.format("base %d δ %d row %d", base, delta, r)
+        for c = 1, r do
+          if c ~= c0 then truthy(xh[c] < xh[c0], what .. ": the high band ranks the slash block first") end
+        end
+        truthy(xh[c0] > xf[c0] + 0.05, string.format("%s: high band mass on the slash block %.3f > full-dim %.3f + 0.05",
+          what, xh[c0], xf[c0]))
+        cover_h, cover_f = cover_h + cover(xh, 0.5), cover_f + cover(xf, 0.5)
+      end
+      truthy(2 * cover_h < cover_f + 1, string.format("base %d δ %d: blocks covering half of each row's mass: high %d, full %d",
+        base, delta, cover_h, cover_f))
+      mh:close(); mf:close(); q:close(); k:close()
+    end
+  end
+end)
+
 H.done()
