@@ -98,7 +98,9 @@ local function estimate(prob, p)
   local qt, kt = p.calibrate ~= 0 and E.heads(qp), p.calibrate ~= 0 and E.heads(kp)
   local full = {{1, d}}
   local keep = E.zeros(hq, nqb, nkb)
-  for _, spec in ipairs{{true, hw}, {false, lw}} do
+  local detail = {}   -- per head: temps {t_H, t_L} and band probabilities {probs_H, probs_L} (for tests)
+  for h = 1, hq do detail[h] = {t = {}, probs = {}} end
+  for bi, spec in ipairs{{true, hw}, {false, lw}} do
     local ranges = band(d, spec[2], spec[1], p.rope_layout)
     local qb, kb = take(qp, ranges), take(kp, ranges)
     for h = 1, hq do
@@ -114,6 +116,7 @@ local function estimate(prob, p)
         scale = 1 / (math.sqrt(spec[2]) * t), backend = be}
       local qh, khv = qb:narrow(1, h, 1), kb:narrow(1, kh, 1)
       local probs = sl.score.pooled(qh, khv, sargs):totable()[1]
+      detail[h].t[bi], detail[h].probs[bi] = t, probs
       est_flops = est_flops + sl.op_flops("score.pooled", qh, khv, sargs)
       for r = 1, nqb do
         local vis = E.visible(prob, r - 1, B, B, nkb)
@@ -135,7 +138,7 @@ local function estimate(prob, p)
       if p.force_recent ~= 0 and vis > 0 then keep[h][r][vis] = 1 end
     end
   end
-  return E.mask_from_keep(keep, prob, B, B), {estimator_flops = est_flops}
+  return E.mask_from_keep(keep, prob, B, B), {estimator_flops = est_flops}, detail
 end
 
 return {
@@ -165,6 +168,11 @@ return {
     "RoPE slash pattern: the high band finds near-diagonal blocks"},
   band_dims = band_dims,
   mask = function(prob, p) return (estimate(prob, p)) end,
+  --- mask and per-head intermediates {t = {t_H, t_L}, probs = {z_H softmax, z_L softmax}} for tests
+  intermediates = function(prob, p)
+    local m, _, d = estimate(prob, p)
+    return m, d
+  end,
   run = E.block_run(estimate),
   -- decode fallback: dense attention over every cached token
   decode = function(st, ls, step, p)

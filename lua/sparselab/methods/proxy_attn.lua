@@ -76,7 +76,7 @@ local function estimate(prob, p)
   local m = sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = true})
   local mean_b = 0
   for h = 1, hq do mean_b = mean_b + budget[h] / hq end
-  return {mask = m, flops = flops, extra = {budget_mean = mean_b}, budget = budget}
+  return {mask = m, flops = flops, extra = {budget_mean = mean_b}, budget = budget, scores = A}
 end
 
 return {

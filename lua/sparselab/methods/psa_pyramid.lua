@@ -454,6 +454,7 @@ M.checks = {"all blocks at level 1: exact dense", "identical keys in a level-s g
   "level 0: no contribution", "density = Σ level fractions / level", "scale 0 keeps only the forced diagonal blocks"}
 
 M.graded_levels = function(prob, p) return graded_levels(prob, p) end
+M.sample_offsets = sample_offsets   -- the seeded offsets (tests recompute the importance from them)
 
 function M.schedule(T, warmup, dense_layers)
   return require("sparselab.steps").schedule{steps = T, dense_first = math.min(T, warmup or 0), refresh = 1,

@@ -58,7 +58,8 @@ local function estimate(prob, p)
       if vis > 0 then row[math.min(diag, vis)] = 1 end
     end
   end
-  return E.mask_from_keep(keep, prob, p.bq, p.bk), {estimator_flops = est_flops}
+  -- third value: the aggregated block scores (tests/lua/test_estimators_f64.lua recomputes them)
+  return E.mask_from_keep(keep, prob, p.bq, p.bk), {estimator_flops = est_flops}, {blocks = x}
 end
 
 return {
@@ -81,5 +82,10 @@ return {
   ops = {"score.pooled", "reduce.block", "attn.block_sparse"},
   checks = {"c = 1 and tau = 1 equals dense", "c = S reduces to one mean per block", "diagonal always kept"},
   mask = function(prob, p) return (estimate(prob, p)) end,
+  --- mask and intermediates ({blocks = [H][nqb][nkb] aggregated composite probabilities}) for tests
+  intermediates = function(prob, p)
+    local m, _, d = estimate(prob, p)
+    return m, d
+  end,
   run = E.block_run(estimate),
 }
