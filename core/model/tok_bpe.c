@@ -405,6 +405,10 @@ static sl_status load_tree(sl_ctx *ctx, const char *path, const cJSON *root, sl_
     }
     if (size == 0)
         return sl_ctx_fail(ctx, SL_EFORMAT, "%s: model.vocab: expected at least one token, found none", path);
+    /* ids index a table: a vocabulary with a few holes is fine, one id far past the token count is not */
+    if (size > n_vocab + n_added + 65536)
+        return sl_ctx_fail(ctx, SL_EFORMAT, "%s: token ids run to %lld for %lld tokens; expected ids below the token "
+                           "count + 65536", path, (long long)size - 1, (long long)(n_vocab + n_added));
     b->size = (int32_t)size;
     b->text_bytes = text_bytes + 1;
     b->by_id = sl_ctx_alloc(ctx, (size_t)size * sizeof *b->by_id);

@@ -110,6 +110,47 @@ put("hf", "mistral", hf(extra={"model_type": "mistral", "sliding_window": 4}))
 # the vocabulary of tokenizer/bytes_fallback (268 pieces): test_mutate.sh runs it with that tokenizer
 put("hf", "vocab268", hf(vocab=268, extra={"max_position_embeddings": 64}))
 
+# ---- tokenizer.json (byte-level BPE; fuzz_tokenizer_json) ----
+def b2u():
+    keep = set(range(0x21, 0x7F)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    m, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            m[b] = chr(b)
+        else:
+            m[b] = chr(256 + n)
+            n += 1
+    return m
+
+def bpe_json(gpt2=False):
+    B = b2u()
+    mp = lambda s: "".join(B[c] for c in s.encode())
+    vocab = {B[b]: b for b in range(256)}
+    merges = []
+    for i, (a, b) in enumerate([("h", "e"), (" ", "t"), (" t", "he"), ("i", "n"), ("in", "g")]):
+        merges.append(mp(a) + " " + mp(b))
+        vocab[mp(a + b)] = 256 + i
+    llama3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    pre = ({"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True} if gpt2 else
+           {"type": "Sequence", "pretokenizers": [
+               {"type": "Split", "pattern": {"Regex": llama3}, "behavior": "Isolated", "invert": False},
+               {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]})
+    t = {"version": "1.0",
+         "added_tokens": [{"id": 261, "content": "<|bos|>", "special": True}],
+         "normalizer": None, "pre_tokenizer": pre,
+         "post_processor": {"type": "TemplateProcessing",
+                            "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}},
+                                       {"Sequence": {"id": "A", "type_id": 0}}],
+                            "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [261], "tokens": ["<|bos|>"]}}},
+         "decoder": {"type": "ByteLevel"},
+         "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False, "byte_fallback": False,
+                   "ignore_merges": False, "vocab": vocab, "merges": merges}}
+    return json.dumps(t, ensure_ascii=False)
+
+put("tokenizer_json", "llama3_split", bpe_json())
+put("tokenizer_json", "gpt2_bytelevel", bpe_json(gpt2=True))
+
 # ---- calibration JSON ----
 cal = {"format": "sparselab-calibration", "version": 1, "method": "vertical_slash", "card": "vertical_slash",
        "created": "2026-01-01T00:00:00Z", "params": {"from_row": 12},

@@ -206,6 +206,11 @@ test("bpe: refusals name the key", function()
   raises(function() sl.tokenizer_c.load(TMP .. "/m.json") end, "merges[0]", "merge of unknown tokens")
   write(TMP .. "/bad.json", "{\"model\": ")
   raises(function() sl.tokenizer_c.load(TMP .. "/bad.json") end, "invalid JSON", "truncated JSON")
+  -- found by fuzz_tokenizer_json: one id near 2^31 sized the id table at 32 GB
+  local far, n_far = (tokenizer_json{}):gsub('"id":267', '"id":2000000000', 1)
+  eq(n_far, 1, "the added token's id was rewritten")
+  write(TMP .. "/far.json", far)
+  raises(function() sl.tokenizer_c.load(TMP .. "/far.json") end, "token ids run to 2000000000", "id far past the count")
 end)
 
 test("model loader: tokenizer.model / tokenizer.json next to the weights", function()
