@@ -105,6 +105,8 @@ void sl_ctx_clear_error(sl_ctx *ctx)
 
 int sl_ctx_threads(const sl_ctx *ctx) { return ctx->n_threads; }
 
+void sl_ctx_set_threads(sl_ctx *ctx, int n) { ctx->n_threads = n <= 0 ? default_threads() : n > 4096 ? 4096 : n; }
+
 void sl_ctx_set_interrupt(sl_ctx *ctx, volatile int *flag) { ctx->interrupt = flag; }
 
 int sl_ctx_interrupted(const sl_ctx *ctx) { return ctx->interrupt && *ctx->interrupt; }

@@ -85,6 +85,9 @@ void sl_ctx_free(sl_ctx *ctx);
 const char *sl_ctx_error(const sl_ctx *ctx);
 void sl_ctx_clear_error(sl_ctx *ctx);
 int sl_ctx_threads(const sl_ctx *ctx);
+/* Sets the cpu backend's thread count for the ops run after it: n >= 1 that many
+ * (at most 4096), n <= 0 the default of sl_ctx_new (the CPUs this process may use). */
+void sl_ctx_set_threads(sl_ctx *ctx, int n);
 /* Long-running ops poll *flag and stop with SL_EINTERRUPT when it is non-zero.
  * The flag belongs to the caller (a signal handler usually sets it). */
 void sl_ctx_set_interrupt(sl_ctx *ctx, volatile int *flag);

@@ -45,8 +45,16 @@ static int l_backends(lua_State *L)
     return 1;
 }
 
+/* sl.threads([n]) -> the cpu backend's thread count; with n sets it first
+ * (n >= 1 that many, n <= 0 the default: the CPUs this process may use). */
 static int l_threads(lua_State *L)
 {
+    if (!lua_isnoneornil(L, 1)) {
+        if (!lua_isinteger(L, 1))
+            return sl__lua_error(L, "sl.threads: expected an integer thread count, found %s", luaL_typename(L, 1));
+        lua_Integer n = lua_tointeger(L, 1);
+        sl_ctx_set_threads(sl__lua_ctx(L)->ctx, n > 4096 ? 4096 : n < 0 ? 0 : (int)n);
+    }
     lua_pushinteger(L, sl_ctx_threads(sl__lua_ctx(L)->ctx));
     return 1;
 }

@@ -41,7 +41,7 @@ return {
   ["sl.listdir"] = {"(path)", "sorted names in a directory"},
   ["sl.mkdir"] = {"(path)", "creates a directory and its parents"},
   ["sl.time"] = {"()", "monotonic seconds (for timing)"},
-  ["sl.threads"] = {"([n])", "the cpu backend's thread count (sets it with n)"},
+  ["sl.threads"] = {"([n])", "the cpu backend's thread count (sets it with n; n <= 0: the default, the CPUs this process may use)"},
   ["sl.cpu_isa"] = {"([name])", "the cpu kernels' instruction set (portable, avx2 or avx512; at most what the CPU "
     .. "supports; SL_CPU_ISA sets the default); sets it with name"},
   ["sl.backends"] = {"()", "the backends: {name, available} each"},

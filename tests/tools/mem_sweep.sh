@@ -27,12 +27,17 @@ card() { echo "$cards" | grep "\"id\":\"$1\",\"kind\":\"method\""; }
 # bytes) until the mask builder shared equal tiles of a row.
 # sparsifiner: its card's predictor is quadratic in N (proj_n, proj_back_n
 # [N, N/reduce_n], the up-projection N x N, ceil(keep_rate·N) keys per row).
-known=${KNOWN-sparsifiner}
+# pq_code_match: its card keeps nnz = floor(n / sparse_coeff) keys per row
+# (coeff 8), so select.pq_match's index lists hold n²/8 pairs per head at any
+# n (density ~0.23); at 2K/4K/8K the n² term is near the rule's edge (it passed
+# or failed by 0.1 MiB), at 4K/8K/16K it shows (21.9 / 46.3 / 141.1 MiB).
+known=${KNOWN-sparsifiner,pq_code_match}
 # Sequence lengths of a method too slow for the default list (the reason is
 # printed); the growth check still applies to them.
 ns_for() {
     case $1 in
     sparsifiner) echo "256 512 1536" ;;
+    pq_code_match) echo "4096 8192 16384" ;;
     sea) echo "512 1024 2048" ;;
     localist_llm | dma | asr_sparse_monotonic) echo "1024 2048 4096" ;;
     *) echo "$ns" ;;
@@ -41,6 +46,7 @@ ns_for() {
 ns_why() {
     case $1 in
     sparsifiner) echo " (n = 256, 512, 1536: its N x N predictor in Lua takes minutes at 8192)" ;;
+    pq_code_match) echo " (n = 4096..16384: its n²/8 kept pairs, by the card, show past the constant terms)" ;;
     # sea: time quadratic in n (memory linear), about 25 s at n = 8192 on 2 loaded cores
     sea) echo " (n = 512..2048: the Performer stand-in estimate is a Lua loop, quadratic in n)" ;;
     # 17, 6.3, 5.2, 3.1 s at n = 8192: the quick form must stay near 60 s in all

@@ -106,13 +106,12 @@ local function top(x, n, k, skip)
   return out
 end
 
+-- The causal block triangle as a u8 keep tensor [hq, nqb, nqb].
 local function dense_keep(hq, nqb)
-  local keep = {}
+  local keep = sl.zeros({hq, nqb, nqb}, "u8")
   for h = 1, hq do
-    keep[h] = {}
     for r = 1, nqb do
-      keep[h][r] = {}
-      for c = 1, nqb do keep[h][r][c] = c <= r and 1 or 0 end
+      for c = 1, r do keep:set(h, r, c, 1) end
     end
   end
   return keep
@@ -124,7 +123,7 @@ local function estimate(prob, p)
   local bs = p.block
   local nb = (n + bs - 1) // bs
   local mk = function(keep)
-    return sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = bs, bk = bs, causal = true})
+    return sl.mask.from_blocks(keep, {n_q = n, n_k = n, bq = bs, bk = bs, causal = true})
   end
   if n <= math.max(2 * bs, ((p.min_budget + bs - 1) // bs) * bs) then
     return {mask = mk(dense_keep(hq, nb)), flops = 0, extra = {dense_fallback = 1}}
@@ -187,18 +186,18 @@ local function estimate(prob, p)
     blocks = sl.score.pooled(prob.q, prob.k, bp)
     flops = flops + sl.op_flops("score.pooled", prob.q, prob.k, bp)
   end
-  local keep, n_qa = {}, 0
+  -- the keep tensor [hq, nb, nb] is written entry by entry (only the kept blocks: a Lua table of nb² entries
+  -- per head made the estimate grow faster than its FLOPs at n = 65536; issue 19, session 3)
+  local keep, n_qa = sl.zeros({hq, nb, nb}, "u8"), 0
   for h = 1, hq do
     local H = heads[h]
-    local k = {}
-    for r = 1, nb do k[r] = {}; for c = 1, nb do k[r][c] = 0 end end
     -- vertical-slash blocks (forced column block 0 and offset block 0 inside the budget)
     local cols = top(H.vb, nb, H.nv - 1, {[1] = true})
     cols[#cols + 1] = 1
     local offs = top(H.sb, nb, H.ns - 1, {[1] = true})
     offs[#offs + 1] = 1
-    for _, c in ipairs(cols) do for r = c, nb do k[r][c] = 1 end end
-    for _, o in ipairs(offs) do for r = o, nb do k[r][r - o + 1] = 1 end end
+    for _, c in ipairs(cols) do for r = c, nb do keep:set(h, r, c, 1) end end
+    for _, o in ipairs(offs) do for r = o, nb do keep:set(h, r, r - o + 1, 1) end end
     if H.qa then
       n_qa = n_qa + 1
       local A = blocks:narrow(1, h, 1):totable()[1]
@@ -226,11 +225,10 @@ local function estimate(prob, p)
       local take = math.min(p.reference and cnt or cnt + 1, #vals)
       if take > 0 then
         local sel = sl.select.topk(sl.tensor({flat}, "f32"), {k = take, backend = be})
-        for _, f in ipairs(D.lists(sel)[1]) do k[f // nb + 1][f % nb + 1] = 1 end
+        for _, f in ipairs(D.lists(sel)[1]) do keep:set(h, f // nb + 1, f % nb + 1, 1) end
         sel:close()
       end
     end
-    keep[h] = k
   end
   flops = flops + nb * nb * hq
   -- detail: the per-head intermediates (sqrt-JSD, decision, block profiles, coverage counts in entries, block
