@@ -824,6 +824,132 @@ sl_status sl__cpu_trainable_cells(const sl__kargs *a)
     return st;
 }
 
+/* ---- trainable.performer (issue 14, session 3b; card sea) ----
+ * Per kv head: phi(k) by items of key rows, the float64 prefix sums S_j =
+ * sum_{i<j} phi(k_i) by items of features; then one item per (query head of
+ * the group, row): phi(q_t), the T_M + 1 dots d_b = phi(q_t) . S at the
+ * first key of cell b, and a[c] = (d_{c+1} - d_c) / d_{T_M}. */
+typedef struct perf_job {
+    const sl__kargs *a;
+    int64_t N, D, m, tm, g, kv;
+    double s, sm, gmax;
+    double *ek;  /* [N, m] exponents, then phi(k) */
+    double *S;   /* [N + 1, m] prefix sums */
+    double *rmx; /* [N] row maxima of the key exponents */
+    double *tmp; /* per thread: m + T_M + 1 doubles */
+} perf_job;
+
+static void perf_exponents(const float *x, const float *w, int64_t D, int64_t m, double s, double *e)
+{
+    double nrm = 0;
+    for (int64_t c = 0; c < D; c++)
+        nrm += ((double)x[c] * s) * ((double)x[c] * s);
+    for (int64_t f = 0; f < m; f++) {
+        const float *wf = w + f * D;
+        double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+        int64_t c = 0;
+        for (; c + 4 <= D; c += 4) {
+            d0 += (double)wf[c] * ((double)x[c] * s);
+            d1 += (double)wf[c + 1] * ((double)x[c + 1] * s);
+            d2 += (double)wf[c + 2] * ((double)x[c + 2] * s);
+            d3 += (double)wf[c + 3] * ((double)x[c + 3] * s);
+        }
+        for (; c < D; c++)
+            d0 += (double)wf[c] * ((double)x[c] * s);
+        e[f] = (d0 + d1) + (d2 + d3) - nrm / 2;
+    }
+}
+
+static void perf_key_item(int64_t j, void *ud, int thread)
+{
+    (void)thread;
+    const perf_job *p = ud;
+    const float *K = (const float *)p->a->in[1].data + (p->kv * p->N + j) * p->D;
+    double *e = p->ek + j * p->m, mx = -INFINITY;
+    perf_exponents(K, p->a->in[2].data, p->D, p->m, p->s, e);
+    for (int64_t f = 0; f < p->m; f++)
+        mx = e[f] > mx ? e[f] : mx;
+    p->rmx[j] = mx;
+}
+
+static void perf_prefix_item(int64_t f, void *ud, int thread)
+{
+    (void)thread;
+    const perf_job *p = ud;
+    double acc = 0;
+    p->S[f] = 0;
+    for (int64_t j = 0; j < p->N; j++) {
+        acc += exp(p->ek[j * p->m + f] - p->gmax) / p->sm;
+        p->S[(j + 1) * p->m + f] = acc;
+    }
+}
+
+static double perf_dot(const double *x, const double *y, int64_t m)
+{
+    double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+    int64_t f = 0;
+    for (; f + 4 <= m; f += 4) {
+        d0 += x[f] * y[f];
+        d1 += x[f + 1] * y[f + 1];
+        d2 += x[f + 2] * y[f + 2];
+        d3 += x[f + 3] * y[f + 3];
+    }
+    for (; f < m; f++)
+        d0 += x[f] * y[f];
+    return (d0 + d1) + (d2 + d3);
+}
+
+static void perf_row_item(int64_t item, void *ud, int thread)
+{
+    const perf_job *p = ud;
+    int64_t h = p->kv * p->g + item / p->N, t = item % p->N, m = p->m, tm = p->tm, w = t + 1;
+    double *fq = p->tmp + (size_t)thread * (size_t)(m + tm + 1), *d = fq + m, mx = -INFINITY;
+    perf_exponents((const float *)p->a->in[0].data + (h * p->N + t) * p->D, p->a->in[2].data, p->D, m, p->s, fq);
+    for (int64_t f = 0; f < m; f++)
+        mx = fq[f] > mx ? fq[f] : mx;
+    for (int64_t f = 0; f < m; f++)
+        fq[f] = exp(fq[f] - mx) / p->sm;
+    d[0] = 0;
+    for (int64_t b = 1; b <= tm; b++) {
+        int64_t lo = b == tm ? w : sl__ts_cell_first(b, w, tm);
+        d[b] = lo == 0 ? 0 : perf_dot(fq, p->S + lo * m, m);
+    }
+    float *A = (float *)p->a->out[0].data + (h * p->N + t) * tm;
+    double z = d[tm];
+    for (int64_t c = 0; c < tm; c++)
+        A[c] = (float)(z > 0 ? (d[c + 1] - d[c]) / z : 0);
+}
+
+sl_status sl__cpu_trainable_performer(const sl__kargs *a)
+{
+    int64_t Hq = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
+    int64_t m = a->in[2].shape[0], tm = a->out[0].shape[2], nt = sl_ctx_threads(a->ctx);
+    nt = nt > 0 ? nt : 1;
+    if (Hq * N == 0)
+        return SL_OK;
+    size_t bytes = sizeof(double) * (size_t)(N * m + (N + 1) * m + N + nt * (m + tm + 1));
+    double *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.performer[cpu]: out of memory for %zu bytes", bytes);
+    perf_job j = {.a = a, .N = N, .D = D, .m = m, .tm = tm, .g = Hq / Hkv};
+    j.s = pow((double)D, -0.25), j.sm = sqrt((double)m);
+    j.ek = mem, j.S = j.ek + N * m, j.rmx = j.S + (N + 1) * m, j.tmp = j.rmx + N;
+    sl_status st = SL_OK;
+    for (int64_t kv = 0; kv < Hkv && st == SL_OK; kv++) {
+        j.kv = kv;
+        if ((st = sl__cpu_parallel(a->ctx, N, perf_key_item, &j)))
+            break;
+        j.gmax = -INFINITY;
+        for (int64_t x = 0; x < N; x++)
+            j.gmax = j.rmx[x] > j.gmax ? j.rmx[x] : j.gmax;
+        if ((st = sl__cpu_parallel(a->ctx, m, perf_prefix_item, &j)))
+            break;
+        st = sl__cpu_parallel(a->ctx, j.g * N, perf_row_item, &j);
+    }
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return st;
+}
+
 size_t sl__cpu_trainable_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;
