@@ -68,8 +68,13 @@ sl_status sl__cpu_trainable_compress(const sl__kargs *a)
 typedef struct nsa_job {
     const sl__kargs *a;
     sl__cpu_vecops vo;
-    float *work;     /* per thread: Nc scores, 2 D accumulators, nb flags */
+    float *work; /* per thread: Nc scores, 2 D accumulators, nb flags, g D queries, g Nk scores, Nk gathered */
     int64_t per_thread;
+    sl__cpu_rowops ro;
+    int32_t *klist;     /* per thread: Nk + 1 listed keys */
+    uint8_t *ksel;      /* per thread: Nk + 1 flags (key in a selected block) */
+    const float **vptr; /* per thread: np value rows (all listed and selected, or the compressed tokens) */
+    int64_t np;
 } nsa_job;
 
 /* One online-softmax accumulator: running max m, sum l, acc (D floats). */
@@ -123,6 +128,7 @@ static void nsa_item(int64_t item, void *ud, int thread)
     float *s = jb->work + (size_t)thread * (size_t)jb->per_thread;
     float *acc1 = s + Nc, *acc2 = acc1 + D, *chosen = acc2 + D;
     const sl__cpu_vecops *vo = &jb->vo;
+    const sl__cpu_rowops *ro = &jb->ro;
     /* compressed tokens 0 .. nvis-1 are visible: i s + l - 1 <= pos */
     int64_t nvis = pos + 1 >= p->l ? (pos + 1 - p->l) / p->s + 1 : 0;
     if (nvis > Nc)
@@ -135,24 +141,22 @@ static void nsa_item(int64_t item, void *ud, int thread)
         memset(o, 0, sizeof *o * (size_t)D);
         if (nvis == 0)
             continue;
-        float m = -INFINITY;
-        for (int64_t i = 0; i < nvis; i++) {
-            s[i] = vo->dot(qv, KC + i * D, D) * scale;
-            m = s[i] > m ? s[i] : m;
-        }
-        float z = 0;
         for (int64_t i = 0; i < nvis; i++)
-            z += s[i] = expf(s[i] - m);
+            s[i] = vo->dot(qv, KC + i * D, D) * scale;
+        float z = ro->exp_sum(s, nvis, ro->max(s, nvis, -INFINITY));
         float gc = GC[h * Nq + t];
+        const float **vc = jb->vptr + (size_t)thread * (size_t)jb->np; /* free until the second pass */
         for (int64_t i = 0; i < nvis; i++) {
             float pr = s[i] / z;
-            vo->axpy(o, VC + i * D, D, gc * pr);
+            vc[i] = VC + i * D;
             int64_t t0 = i * p->s, t1 = i * p->s + p->l;
             for (int64_t j = t0 / p->bs; j < nb && j * p->bs < t1; j++) {
                 int64_t lo = t0 > j * p->bs ? t0 : j * p->bs, hi = t1 < (j + 1) * p->bs ? t1 : (j + 1) * p->bs;
                 imp[j] += pr * (float)(hi - lo) / (float)p->s;
             }
         }
+        ro->scale(s, nvis, gc / z);
+        vo->pv(o, 1, D, vc, s, 0, nvis);
     }
     /* selection: forced blocks, then the largest importance (ties: lower j) */
     int64_t cnt = 0;
@@ -174,48 +178,84 @@ static void nsa_item(int64_t item, void *ud, int thread)
             brow[c++] = (int32_t)j;
     for (; c < n; c++)
         brow[c] = -1;
-    /* selected blocks and window in one pass; the union's log-sum-exp */
-    int64_t w0 = pos - p->window + 1;
+    /* selected blocks and window: the union's keys listed once (ascending),
+     * each key's scores for the g heads of the group by one dots call; per
+     * head the window (a suffix of the list) and the selected keys (gathered)
+     * as two softmaxes with their own maxima (vectorised exp_sum and pv),
+     * the union's log-sum-exp from their sums */
+    int64_t w0 = pos - p->window + 1, nk = 0;
+    int32_t *klist = jb->klist + (size_t)thread * (size_t)(Nk + 1);
+    uint8_t *ksel = jb->ksel + (size_t)thread * (size_t)(Nk + 1);
+    const float **vall = jb->vptr + (size_t)thread * (size_t)jb->np, **vsel = vall + Nk + 1;
+    float *qs = chosen + nb, *S = qs + g * D, *es = S + g * Nk;
+    for (int64_t j = 0; j <= jq; j++) {
+        int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
+        if (chosen[j] == 0 && k0 < w0)
+            k0 = w0;
+        for (int64_t kk = k0; kk < k1; kk++)
+            klist[nk] = (int32_t)kk, ksel[nk] = chosen[j] != 0, vall[nk++] = V + kk * D;
+    }
+    int64_t xw = nk; /* the window: list entries xw .. nk-1 (keys >= w0) */
+    while (xw > 0 && klist[xw - 1] >= w0)
+        xw--;
     for (int64_t hh = 0; hh < g; hh++) {
-        int64_t h = kv * g + hh;
-        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
-        online os = {-INFINITY, 0, acc1}, ow = {-INFINITY, 0, acc2};
+        const float *qv = (const float *)a->in[0].data + ((kv * g + hh) * Nq + t) * D;
+        for (int64_t e = 0; e < D; e++)
+            qs[hh * D + e] = qv[e] * scale;
+    }
+    for (int64_t x = 0; x < nk; x++)
+        vo->dots(qs, g, D, K + (int64_t)klist[x] * D, S + x, Nk);
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh, ns = 0;
+        float *sr = S + hh * Nk, *o = O + (h * Nq + t) * D;
+        for (int64_t x = 0; x < nk; x++)
+            if (ksel[x])
+                es[ns] = sr[x], vsel[ns++] = vall[x];
+        float ms = -INFINITY, mw = -INFINITY, ls = 0, lw = 0, lwonly = 0;
         memset(acc1, 0, sizeof *acc1 * (size_t)(2 * D));
-        float um = -INFINITY, ul = 0;
-        for (int64_t j = 0; j <= jq; j++) {
-            int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
-            if (chosen[j] == 0 && k0 < w0)
-                k0 = w0;
-            for (int64_t kk = k0; kk < k1; kk++) {
-                float sc = vo->dot(qv, K + kk * D, D) * scale;
-                if (chosen[j] != 0)
-                    online_add(&os, vo, sc, V + kk * D, 1.0f, D);
-                if (kk >= w0)
-                    online_add(&ow, vo, sc, V + kk * D, 1.0f, D);
-                lse_add(&um, &ul, sc);
-            }
+        if (ns > 0) {
+            ms = ro->max(es, ns, -INFINITY);
+            ls = ro->exp_sum(es, ns, ms);
+            vo->pv(acc1, 1, D, vsel, es, 0, ns);
         }
-        float *o = O + (h * Nq + t) * D;
-        if (os.l > 0)
-            vo->axpy(o, acc1, D, GS[h * Nq + t] / os.l);
-        if (ow.l > 0)
-            vo->axpy(o, acc2, D, GW[h * Nq + t] / ow.l);
-        L[h * Nq + t] = um == -INFINITY ? -INFINITY : um + logf(ul);
+        if (nk > xw) {
+            mw = ro->max(sr + xw, nk - xw, -INFINITY);
+            lw = ro->exp_sum(sr + xw, nk - xw, mw);
+            vo->pv(acc2, 1, D, vall + xw, sr + xw, 0, nk - xw);
+            for (int64_t x = xw; x < nk; x++)
+                lwonly += ksel[x] ? 0.0f : sr[x];
+        }
+        if (ls > 0)
+            vo->axpy(o, acc1, D, GS[h * Nq + t] / ls);
+        if (lw > 0)
+            vo->axpy(o, acc2, D, GW[h * Nq + t] / lw);
+        float mu = ms > mw ? ms : mw;
+        float lu = (ns > 0 ? ls * expf(ms - mu) : 0.0f) + (nk > xw ? lwonly * expf(mw - mu) : 0.0f);
+        L[h * Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(lu);
     }
 }
 
 sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
 {
-    int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
+    int64_t Nk = a->in[1].shape[1], g = Hq / Hkv;
     int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs;
     int nt = sl_ctx_threads(a->ctx);
-    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + (Nk + bs - 1) / bs};
-    size_t bytes = sizeof(float) * (size_t)j.per_thread * (size_t)(nt > 0 ? nt : 1);
-    j.work = sl_ctx_alloc(a->ctx, bytes);
-    if (!j.work)
+    size_t nth = (size_t)(nt > 0 ? nt : 1);
+    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + (Nk + bs - 1) / bs + g * D + g * Nk + Nk,
+                 sl__cpu_rowops_for(a->ctx), NULL, NULL, NULL, 0};
+    int64_t np = 2 * Nk + 2 > Nc ? 2 * Nk + 2 : Nc; /* value-row pointers: the union's keys, or the compressed tokens */
+    size_t fb = sizeof(float) * (size_t)j.per_thread * nth, pb = sizeof(float *) * (size_t)np * nth;
+    j.np = np;
+    size_t ib = sizeof(int32_t) * (size_t)(Nk + 1) * nth, bb = (size_t)(Nk + 1) * nth;
+    size_t bytes = fb + pb + ib + bb + 16;
+    char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
         return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.nsa[cpu]: out of memory for %zu bytes", bytes);
+    j.vptr = (const float **)mem, j.work = (float *)(mem + pb), j.klist = (int32_t *)(mem + pb + fb);
+    j.ksel = (uint8_t *)(mem + pb + fb + ib);
     sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, nsa_item, &j);
-    sl_ctx_dealloc(a->ctx, j.work, bytes);
+    sl_ctx_dealloc(a->ctx, mem, bytes);
     return s;
 }
 
