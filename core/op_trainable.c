@@ -275,6 +275,25 @@ static sl_status trainable_infer(sl_ctx *ctx, const sl_op_info *info, const void
         out_dtype[0] = out_dtype[1] = SL_I32;
         return SL_OK;
     }
+    case SL_OP_TRAINABLE_PERFORMER: {
+        sl_status s;
+        if ((s = sl__need_float3(ctx, info, &in[0], "q")) || (s = sl__need_float3(ctx, info, &in[1], "k")))
+            return s;
+        const sl_trainable_performer_params *p = params;
+        int64_t Hq = in[0].shape[0], N = in[0].shape[1], D = in[0].shape[2], Hkv = in[1].shape[0];
+        if (Hkv < 1 || Hq % Hkv != 0 || in[1].shape[1] != N || in[1].shape[2] != D)
+            return sl_ctx_fail(ctx, SL_ESHAPE,
+                               "%s: k must be [Hkv, %lld, %lld] with Hkv dividing %lld query heads, found [%lld, %lld, %lld]",
+                               info->name, (long long)N, (long long)D, (long long)Hq, (long long)Hkv,
+                               (long long)in[1].shape[1], (long long)in[1].shape[2]);
+        if ((s = sl__need_float(ctx, info, in, 2, 2)))
+            return s;
+        if (in[2].shape[1] != D || in[2].shape[0] < 1)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: proj must be [m >= 1, %lld] (features, head_dim), found [%lld, %lld]",
+                               info->name, (long long)D, (long long)in[2].shape[0], (long long)in[2].shape[1]);
+        out_ndim[0] = 3, out_shape[0][0] = Hq, out_shape[0][1] = N, out_shape[0][2] = p->t_m;
+        return SL_OK;
+    }
     default:
         return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not a trainable op", info->name);
     }
@@ -296,6 +315,12 @@ static double trainable_flops(const sl_op_info *info, const void *params, const 
     if (info->op == SL_OP_TRAINABLE_CELLS) /* the budget's selection: about log2(H T_M) compares per cell and row */
         return (double)in[0].shape[0] * (double)in[0].shape[1] * (double)in[0].shape[2] *
                (log2((double)(in[0].shape[0] * in[0].shape[2]) + 1) + 1);
+    if (info->op == SL_OP_TRAINABLE_PERFORMER) { /* features, then T_M + 1 dots of m per row */
+        const sl_trainable_performer_params *p = params;
+        double Hq = (double)in[0].shape[0], N = (double)in[0].shape[1], D = (double)in[0].shape[2];
+        double Hkv = (double)in[1].shape[0], m = (double)in[2].shape[0];
+        return 2.0 * (Hq + Hkv) * N * m * D + 2.0 * Hq * N * m * (double)(p->t_m + 1);
+    }
     if (info->op == SL_OP_TRAINABLE_SELECT) {
         /* projections (2 D r per query row and per key and query head), the
          * scores (2 r per visible pair, times group), a selection pass */

@@ -1202,6 +1202,19 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * not range-checked (every byte dequantises to a finite value); a
  * non-finite scale in a listed page makes the call fail. */
 
+/* ---- trainable sparse attention, Performer estimate (issue 14, session 3b) ----
+ * trainable.performer (card sea, the Performer stand-in of steps 1-2): inputs
+ * q [Hq, N, D], k [Hkv, N, D] (Hkv divides Hq; causal self-attention), proj
+ * [m, D] (random features w_f); param t_m. With s = D^(-1/4) and x' = s . x:
+ * e_f(x) = w_f . x' - |x'|^2 / 2; phi(q_t) = exp(e(q_t) - max_f e_f(q_t)) /
+ * sqrt(m), phi(k_j) = exp(e(k_j) - E_g) / sqrt(m), E_g the largest e_f(k_j)
+ * of kv head g (common factors, removed by the normalisation); p_j =
+ * phi(q_t) . phi(k_j) for j <= t. Output a float [Hq, N, T_M]: a[h, t, c] =
+ * sum of p_j over the keys j <= t with sl__ts_cell(j, t + 1, T_M) = c,
+ * divided by sum_{j <= t} p_j (a zero row when that sum is 0). Computed by
+ * float64 prefix sums of phi(k) over keys: O((Hq + Hkv) . N . m . D) for
+ * the features plus O(Hq . N . T_M . m); memory O(Hkv . N . m) doubles. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

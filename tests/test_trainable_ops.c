@@ -980,6 +980,68 @@ START_TEST(test_cells)
 }
 END_TEST
 
+/* trainable.performer (card sea, the Performer stand-in): every backend vs
+ * ref to 1e-5; ref vs a float64 map written here without the stabilising
+ * maxima (small inputs: no overflow), each key's p_j added to its cell; rows
+ * sum to 1; a proj of the wrong width is a one-line error. */
+START_TEST(test_performer)
+{
+    static const int64_t cfg[][6] = {{2, 1, 40, 8, 17, 8}, {4, 2, 33, 16, 11, 32}, {1, 1, 70, 4, 5, 7}, {3, 3, 12, 6, 9, 1}};
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 14500 + (uint64_t)_i);
+    int64_t Hq = cfg[_i][0], Hkv = cfg[_i][1], N = cfg[_i][2], D = cfg[_i][3], m = cfg[_i][4], tm = cfg[_i][5];
+    sl_tensor in[3] = {tu_randn(ctx, &rng, Hq, N, D, 0.8), tu_randn(ctx, &rng, Hkv, N, D, 0.8)};
+    int64_t ps[2] = {m, D};
+    in[2] = randn_shape(ctx, &rng, 2, ps, 1.0);
+    sl_trainable_performer_params p = {.t_m = tm};
+    char what[64];
+    snprintf(what, sizeof what, "trainable.performer case %d", _i);
+    check_op_vs_ref(ctx, SL_OP_TRAINABLE_PERFORMER, &p, in, 1e-5, what);
+    sl_tensor a = run_op1(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_PERFORMER, &p, in);
+    ck_assert_int_eq(a.shape[2], tm);
+    double sc = pow((double)D, -0.25), *row = malloc(sizeof *row * (size_t)tm);
+    for (int64_t h = 0; h < Hq; h++)
+        for (int64_t t = 0; t < N; t++) {
+            const float *qt = f32p(&in[0]) + (h * N + t) * D;
+            double z = 0, sum = 0;
+            for (int64_t c = 0; c < tm; c++)
+                row[c] = 0;
+            for (int64_t j = 0; j <= t; j++) {
+                const float *kj = f32p(&in[1]) + ((h / (Hq / Hkv)) * N + j) * D;
+                double pj = 0, nq = 0, nk = 0;
+                for (int64_t e = 0; e < D; e++)
+                    nq += qt[e] * sc * qt[e] * sc, nk += kj[e] * sc * kj[e] * sc;
+                for (int64_t f = 0; f < m; f++) {
+                    double wq = 0, wk = 0;
+                    for (int64_t e = 0; e < D; e++)
+                        wq += f32p(&in[2])[f * D + e] * qt[e] * sc, wk += f32p(&in[2])[f * D + e] * kj[e] * sc;
+                    pj += exp(wq - nq / 2) * exp(wk - nk / 2);
+                }
+                double cx = floor((j + 0.5) * (double)tm / (double)(t + 1) - 1e-4);
+                row[cx < 0 ? 0 : cx > tm - 1 ? tm - 1 : (int64_t)cx] += pj;
+                z += pj;
+            }
+            for (int64_t c = 0; c < tm; c++) {
+                double got = tu_at(&a, (h * N + t) * tm + c);
+                sum += got;
+                ck_assert_msg(fabs(got - row[c] / z) <= 1e-6, "%s: a[%lld, %lld, %lld] %g vs %g", what, (long long)h,
+                              (long long)t, (long long)c, got, row[c] / z);
+            }
+            ck_assert_msg(fabs(sum - 1) <= 1e-5, "%s: row %lld sums to %g", what, (long long)t, sum);
+        }
+    free(row);
+    sl_tensor_release(&a);
+    sl_tensor_release(&in[2]);
+    int64_t bad[2] = {m, D + 1};
+    in[2] = randn_shape(ctx, &rng, 2, bad, 1.0);
+    expect_fail(ctx, SL_OP_TRAINABLE_PERFORMER, &p, in, SL_ESHAPE, "proj must be");
+    release_n(in, 3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_routing);
@@ -991,6 +1053,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_trainable_validation);
     tcase_add_loop_test(tc, test_select, 0, N_CASES);
     tcase_add_loop_test(tc, test_cells, 0, 4);
+    tcase_add_loop_test(tc, test_performer, 0, 4);
 }
 
 int main(void) { return run_op_suite("trainable_ops", add_tests); }

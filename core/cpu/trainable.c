@@ -68,8 +68,13 @@ sl_status sl__cpu_trainable_compress(const sl__kargs *a)
 typedef struct nsa_job {
     const sl__kargs *a;
     sl__cpu_vecops vo;
-    float *work;     /* per thread: Nc scores, 2 D accumulators, nb flags */
+    float *work; /* per thread: Nc scores, 2 D accumulators, nb flags, g D queries, g Nk scores, Nk gathered */
     int64_t per_thread;
+    sl__cpu_rowops ro;
+    int32_t *klist;     /* per thread: Nk + 1 listed keys */
+    uint8_t *ksel;      /* per thread: Nk + 1 flags (key in a selected block) */
+    const float **vptr; /* per thread: np value rows (all listed and selected, or the compressed tokens) */
+    int64_t np;
 } nsa_job;
 
 /* One online-softmax accumulator: running max m, sum l, acc (D floats). */
@@ -123,6 +128,7 @@ static void nsa_item(int64_t item, void *ud, int thread)
     float *s = jb->work + (size_t)thread * (size_t)jb->per_thread;
     float *acc1 = s + Nc, *acc2 = acc1 + D, *chosen = acc2 + D;
     const sl__cpu_vecops *vo = &jb->vo;
+    const sl__cpu_rowops *ro = &jb->ro;
     /* compressed tokens 0 .. nvis-1 are visible: i s + l - 1 <= pos */
     int64_t nvis = pos + 1 >= p->l ? (pos + 1 - p->l) / p->s + 1 : 0;
     if (nvis > Nc)
@@ -135,24 +141,22 @@ static void nsa_item(int64_t item, void *ud, int thread)
         memset(o, 0, sizeof *o * (size_t)D);
         if (nvis == 0)
             continue;
-        float m = -INFINITY;
-        for (int64_t i = 0; i < nvis; i++) {
-            s[i] = vo->dot(qv, KC + i * D, D) * scale;
-            m = s[i] > m ? s[i] : m;
-        }
-        float z = 0;
         for (int64_t i = 0; i < nvis; i++)
-            z += s[i] = expf(s[i] - m);
+            s[i] = vo->dot(qv, KC + i * D, D) * scale;
+        float z = ro->exp_sum(s, nvis, ro->max(s, nvis, -INFINITY));
         float gc = GC[h * Nq + t];
+        const float **vc = jb->vptr + (size_t)thread * (size_t)jb->np; /* free until the second pass */
         for (int64_t i = 0; i < nvis; i++) {
             float pr = s[i] / z;
-            vo->axpy(o, VC + i * D, D, gc * pr);
+            vc[i] = VC + i * D;
             int64_t t0 = i * p->s, t1 = i * p->s + p->l;
             for (int64_t j = t0 / p->bs; j < nb && j * p->bs < t1; j++) {
                 int64_t lo = t0 > j * p->bs ? t0 : j * p->bs, hi = t1 < (j + 1) * p->bs ? t1 : (j + 1) * p->bs;
                 imp[j] += pr * (float)(hi - lo) / (float)p->s;
             }
         }
+        ro->scale(s, nvis, gc / z);
+        vo->pv(o, 1, D, vc, s, 0, nvis);
     }
     /* selection: forced blocks, then the largest importance (ties: lower j) */
     int64_t cnt = 0;
@@ -174,48 +178,84 @@ static void nsa_item(int64_t item, void *ud, int thread)
             brow[c++] = (int32_t)j;
     for (; c < n; c++)
         brow[c] = -1;
-    /* selected blocks and window in one pass; the union's log-sum-exp */
-    int64_t w0 = pos - p->window + 1;
+    /* selected blocks and window: the union's keys listed once (ascending),
+     * each key's scores for the g heads of the group by one dots call; per
+     * head the window (a suffix of the list) and the selected keys (gathered)
+     * as two softmaxes with their own maxima (vectorised exp_sum and pv),
+     * the union's log-sum-exp from their sums */
+    int64_t w0 = pos - p->window + 1, nk = 0;
+    int32_t *klist = jb->klist + (size_t)thread * (size_t)(Nk + 1);
+    uint8_t *ksel = jb->ksel + (size_t)thread * (size_t)(Nk + 1);
+    const float **vall = jb->vptr + (size_t)thread * (size_t)jb->np, **vsel = vall + Nk + 1;
+    float *qs = chosen + nb, *S = qs + g * D, *es = S + g * Nk;
+    for (int64_t j = 0; j <= jq; j++) {
+        int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
+        if (chosen[j] == 0 && k0 < w0)
+            k0 = w0;
+        for (int64_t kk = k0; kk < k1; kk++)
+            klist[nk] = (int32_t)kk, ksel[nk] = chosen[j] != 0, vall[nk++] = V + kk * D;
+    }
+    int64_t xw = nk; /* the window: list entries xw .. nk-1 (keys >= w0) */
+    while (xw > 0 && klist[xw - 1] >= w0)
+        xw--;
     for (int64_t hh = 0; hh < g; hh++) {
-        int64_t h = kv * g + hh;
-        const float *qv = (const float *)a->in[0].data + (h * Nq + t) * D;
-        online os = {-INFINITY, 0, acc1}, ow = {-INFINITY, 0, acc2};
+        const float *qv = (const float *)a->in[0].data + ((kv * g + hh) * Nq + t) * D;
+        for (int64_t e = 0; e < D; e++)
+            qs[hh * D + e] = qv[e] * scale;
+    }
+    for (int64_t x = 0; x < nk; x++)
+        vo->dots(qs, g, D, K + (int64_t)klist[x] * D, S + x, Nk);
+    for (int64_t hh = 0; hh < g; hh++) {
+        int64_t h = kv * g + hh, ns = 0;
+        float *sr = S + hh * Nk, *o = O + (h * Nq + t) * D;
+        for (int64_t x = 0; x < nk; x++)
+            if (ksel[x])
+                es[ns] = sr[x], vsel[ns++] = vall[x];
+        float ms = -INFINITY, mw = -INFINITY, ls = 0, lw = 0, lwonly = 0;
         memset(acc1, 0, sizeof *acc1 * (size_t)(2 * D));
-        float um = -INFINITY, ul = 0;
-        for (int64_t j = 0; j <= jq; j++) {
-            int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
-            if (chosen[j] == 0 && k0 < w0)
-                k0 = w0;
-            for (int64_t kk = k0; kk < k1; kk++) {
-                float sc = vo->dot(qv, K + kk * D, D) * scale;
-                if (chosen[j] != 0)
-                    online_add(&os, vo, sc, V + kk * D, 1.0f, D);
-                if (kk >= w0)
-                    online_add(&ow, vo, sc, V + kk * D, 1.0f, D);
-                lse_add(&um, &ul, sc);
-            }
+        if (ns > 0) {
+            ms = ro->max(es, ns, -INFINITY);
+            ls = ro->exp_sum(es, ns, ms);
+            vo->pv(acc1, 1, D, vsel, es, 0, ns);
         }
-        float *o = O + (h * Nq + t) * D;
-        if (os.l > 0)
-            vo->axpy(o, acc1, D, GS[h * Nq + t] / os.l);
-        if (ow.l > 0)
-            vo->axpy(o, acc2, D, GW[h * Nq + t] / ow.l);
-        L[h * Nq + t] = um == -INFINITY ? -INFINITY : um + logf(ul);
+        if (nk > xw) {
+            mw = ro->max(sr + xw, nk - xw, -INFINITY);
+            lw = ro->exp_sum(sr + xw, nk - xw, mw);
+            vo->pv(acc2, 1, D, vall + xw, sr + xw, 0, nk - xw);
+            for (int64_t x = xw; x < nk; x++)
+                lwonly += ksel[x] ? 0.0f : sr[x];
+        }
+        if (ls > 0)
+            vo->axpy(o, acc1, D, GS[h * Nq + t] / ls);
+        if (lw > 0)
+            vo->axpy(o, acc2, D, GW[h * Nq + t] / lw);
+        float mu = ms > mw ? ms : mw;
+        float lu = (ns > 0 ? ls * expf(ms - mu) : 0.0f) + (nk > xw ? lwonly * expf(mw - mu) : 0.0f);
+        L[h * Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(lu);
     }
 }
 
 sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
 {
-    int64_t Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
+    int64_t Nk = a->in[1].shape[1], g = Hq / Hkv;
     int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs;
     int nt = sl_ctx_threads(a->ctx);
-    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + (Nk + bs - 1) / bs};
-    size_t bytes = sizeof(float) * (size_t)j.per_thread * (size_t)(nt > 0 ? nt : 1);
-    j.work = sl_ctx_alloc(a->ctx, bytes);
-    if (!j.work)
+    size_t nth = (size_t)(nt > 0 ? nt : 1);
+    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + (Nk + bs - 1) / bs + g * D + g * Nk + Nk,
+                 sl__cpu_rowops_for(a->ctx), NULL, NULL, NULL, 0};
+    int64_t np = 2 * Nk + 2 > Nc ? 2 * Nk + 2 : Nc; /* value-row pointers: the union's keys, or the compressed tokens */
+    size_t fb = sizeof(float) * (size_t)j.per_thread * nth, pb = sizeof(float *) * (size_t)np * nth;
+    j.np = np;
+    size_t ib = sizeof(int32_t) * (size_t)(Nk + 1) * nth, bb = (size_t)(Nk + 1) * nth;
+    size_t bytes = fb + pb + ib + bb + 16;
+    char *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
         return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.nsa[cpu]: out of memory for %zu bytes", bytes);
+    j.vptr = (const float **)mem, j.work = (float *)(mem + pb), j.klist = (int32_t *)(mem + pb + fb);
+    j.ksel = (uint8_t *)(mem + pb + fb + ib);
     sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, nsa_item, &j);
-    sl_ctx_dealloc(a->ctx, j.work, bytes);
+    sl_ctx_dealloc(a->ctx, mem, bytes);
     return s;
 }
 
@@ -819,6 +859,132 @@ sl_status sl__cpu_trainable_cells(const sl__kargs *a)
         }
         for (int64_t x = at; x < bound; x++)
             col[x] = -1;
+    }
+    sl_ctx_dealloc(a->ctx, mem, bytes);
+    return st;
+}
+
+/* ---- trainable.performer (issue 14, session 3b; card sea) ----
+ * Per kv head: phi(k) by items of key rows, the float64 prefix sums S_j =
+ * sum_{i<j} phi(k_i) by items of features; then one item per (query head of
+ * the group, row): phi(q_t), the T_M + 1 dots d_b = phi(q_t) . S at the
+ * first key of cell b, and a[c] = (d_{c+1} - d_c) / d_{T_M}. */
+typedef struct perf_job {
+    const sl__kargs *a;
+    int64_t N, D, m, tm, g, kv;
+    double s, sm, gmax;
+    double *ek;  /* [N, m] exponents, then phi(k) */
+    double *S;   /* [N + 1, m] prefix sums */
+    double *rmx; /* [N] row maxima of the key exponents */
+    double *tmp; /* per thread: m + T_M + 1 doubles */
+} perf_job;
+
+static void perf_exponents(const float *x, const float *w, int64_t D, int64_t m, double s, double *e)
+{
+    double nrm = 0;
+    for (int64_t c = 0; c < D; c++)
+        nrm += ((double)x[c] * s) * ((double)x[c] * s);
+    for (int64_t f = 0; f < m; f++) {
+        const float *wf = w + f * D;
+        double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+        int64_t c = 0;
+        for (; c + 4 <= D; c += 4) {
+            d0 += (double)wf[c] * ((double)x[c] * s);
+            d1 += (double)wf[c + 1] * ((double)x[c + 1] * s);
+            d2 += (double)wf[c + 2] * ((double)x[c + 2] * s);
+            d3 += (double)wf[c + 3] * ((double)x[c + 3] * s);
+        }
+        for (; c < D; c++)
+            d0 += (double)wf[c] * ((double)x[c] * s);
+        e[f] = (d0 + d1) + (d2 + d3) - nrm / 2;
+    }
+}
+
+static void perf_key_item(int64_t j, void *ud, int thread)
+{
+    (void)thread;
+    const perf_job *p = ud;
+    const float *K = (const float *)p->a->in[1].data + (p->kv * p->N + j) * p->D;
+    double *e = p->ek + j * p->m, mx = -INFINITY;
+    perf_exponents(K, p->a->in[2].data, p->D, p->m, p->s, e);
+    for (int64_t f = 0; f < p->m; f++)
+        mx = e[f] > mx ? e[f] : mx;
+    p->rmx[j] = mx;
+}
+
+static void perf_prefix_item(int64_t f, void *ud, int thread)
+{
+    (void)thread;
+    const perf_job *p = ud;
+    double acc = 0;
+    p->S[f] = 0;
+    for (int64_t j = 0; j < p->N; j++) {
+        acc += exp(p->ek[j * p->m + f] - p->gmax) / p->sm;
+        p->S[(j + 1) * p->m + f] = acc;
+    }
+}
+
+static double perf_dot(const double *x, const double *y, int64_t m)
+{
+    double d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+    int64_t f = 0;
+    for (; f + 4 <= m; f += 4) {
+        d0 += x[f] * y[f];
+        d1 += x[f + 1] * y[f + 1];
+        d2 += x[f + 2] * y[f + 2];
+        d3 += x[f + 3] * y[f + 3];
+    }
+    for (; f < m; f++)
+        d0 += x[f] * y[f];
+    return (d0 + d1) + (d2 + d3);
+}
+
+static void perf_row_item(int64_t item, void *ud, int thread)
+{
+    const perf_job *p = ud;
+    int64_t h = p->kv * p->g + item / p->N, t = item % p->N, m = p->m, tm = p->tm, w = t + 1;
+    double *fq = p->tmp + (size_t)thread * (size_t)(m + tm + 1), *d = fq + m, mx = -INFINITY;
+    perf_exponents((const float *)p->a->in[0].data + (h * p->N + t) * p->D, p->a->in[2].data, p->D, m, p->s, fq);
+    for (int64_t f = 0; f < m; f++)
+        mx = fq[f] > mx ? fq[f] : mx;
+    for (int64_t f = 0; f < m; f++)
+        fq[f] = exp(fq[f] - mx) / p->sm;
+    d[0] = 0;
+    for (int64_t b = 1; b <= tm; b++) {
+        int64_t lo = b == tm ? w : sl__ts_cell_first(b, w, tm);
+        d[b] = lo == 0 ? 0 : perf_dot(fq, p->S + lo * m, m);
+    }
+    float *A = (float *)p->a->out[0].data + (h * p->N + t) * tm;
+    double z = d[tm];
+    for (int64_t c = 0; c < tm; c++)
+        A[c] = (float)(z > 0 ? (d[c + 1] - d[c]) / z : 0);
+}
+
+sl_status sl__cpu_trainable_performer(const sl__kargs *a)
+{
+    int64_t Hq = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
+    int64_t m = a->in[2].shape[0], tm = a->out[0].shape[2], nt = sl_ctx_threads(a->ctx);
+    nt = nt > 0 ? nt : 1;
+    if (Hq * N == 0)
+        return SL_OK;
+    size_t bytes = sizeof(double) * (size_t)(N * m + (N + 1) * m + N + nt * (m + tm + 1));
+    double *mem = sl_ctx_alloc(a->ctx, bytes);
+    if (!mem)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.performer[cpu]: out of memory for %zu bytes", bytes);
+    perf_job j = {.a = a, .N = N, .D = D, .m = m, .tm = tm, .g = Hq / Hkv};
+    j.s = pow((double)D, -0.25), j.sm = sqrt((double)m);
+    j.ek = mem, j.S = j.ek + N * m, j.rmx = j.S + (N + 1) * m, j.tmp = j.rmx + N;
+    sl_status st = SL_OK;
+    for (int64_t kv = 0; kv < Hkv && st == SL_OK; kv++) {
+        j.kv = kv;
+        if ((st = sl__cpu_parallel(a->ctx, N, perf_key_item, &j)))
+            break;
+        j.gmax = -INFINITY;
+        for (int64_t x = 0; x < N; x++)
+            j.gmax = j.rmx[x] > j.gmax ? j.rmx[x] : j.gmax;
+        if ((st = sl__cpu_parallel(a->ctx, m, perf_prefix_item, &j)))
+            break;
+        st = sl__cpu_parallel(a->ctx, j.g * N, perf_row_item, &j);
     }
     sl_ctx_dealloc(a->ctx, mem, bytes);
     return st;

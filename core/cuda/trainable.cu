@@ -789,6 +789,89 @@ __global__ void cells_compact_kernel(cells_args a)
         a.col[x] = -1;
 }
 
+// ---- trainable.performer (issue 14, session 3b; card sea) ----
+// Three launches per call: exponents of every key and query row (one thread
+// per row, float64, into scratch), the key prefix sums S (one thread per (kv
+// head, feature), a sequential scan after the head's maximum), then one
+// thread per (query head, row): phi(q_t) in place, the T_M + 1 dots
+// d_b = phi(q_t) . S[first key of cell b], a[c] = (d_{c+1} - d_c) / d_{T_M}.
+struct perf_args {
+    const float *q, *k, *w;
+    double *eq, *ek, *rmx, *S; // [Hq N m], [Hkv N m], [Hkv N], [Hkv (N + 1) m]
+    float *a;
+    int Hq, Hkv, N, D, m, tm;
+};
+
+__global__ void perf_exp_kernel(perf_args p)
+{
+    long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long nq = (long long)p.Hq * p.N;
+    if (r >= nq + (long long)p.Hkv * p.N)
+        return;
+    const float *x = r < nq ? p.q + (size_t)r * p.D : p.k + (size_t)(r - nq) * p.D;
+    double *e = r < nq ? p.eq + (size_t)r * p.m : p.ek + (size_t)(r - nq) * p.m;
+    double s = pow((double)p.D, -0.25), nrm = 0, mx = -INFINITY;
+    for (int c = 0; c < p.D; c++)
+        nrm += ((double)x[c] * s) * ((double)x[c] * s);
+    for (int f = 0; f < p.m; f++) {
+        double d = 0;
+        for (int c = 0; c < p.D; c++)
+            d += (double)p.w[(size_t)f * p.D + c] * ((double)x[c] * s);
+        e[f] = d - nrm / 2;
+        mx = e[f] > mx ? e[f] : mx;
+    }
+    if (r >= nq)
+        p.rmx[r - nq] = mx;
+}
+
+__global__ void perf_prefix_kernel(perf_args p)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)p.Hkv * p.m)
+        return;
+    int g = (int)(item / p.m), f = (int)(item % p.m);
+    double gmax = -INFINITY, acc = 0, sm = sqrt((double)p.m);
+    for (int j = 0; j < p.N; j++)
+        gmax = p.rmx[(size_t)g * p.N + j] > gmax ? p.rmx[(size_t)g * p.N + j] : gmax;
+    double *S = p.S + (size_t)g * (p.N + 1) * p.m;
+    S[f] = 0;
+    for (int j = 0; j < p.N; j++) {
+        acc += exp(p.ek[((size_t)g * p.N + j) * p.m + f] - gmax) / sm;
+        S[(size_t)(j + 1) * p.m + f] = acc;
+    }
+}
+
+__global__ void perf_row_kernel(perf_args p)
+{
+    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (item >= (long long)p.Hq * p.N)
+        return;
+    int h = (int)(item / p.N), t = (int)(item % p.N), w = t + 1, kv = h / (p.Hq / p.Hkv);
+    double *fq = p.eq + (size_t)item * p.m, mx = -INFINITY, sm = sqrt((double)p.m);
+    for (int f = 0; f < p.m; f++)
+        mx = fq[f] > mx ? fq[f] : mx;
+    for (int f = 0; f < p.m; f++)
+        fq[f] = exp(fq[f] - mx) / sm;
+    const double *S = p.S + (size_t)kv * (p.N + 1) * p.m;
+    float *A = p.a + (size_t)item * p.tm;
+    int lo = w; // d over all keys first: the row's normaliser
+    double z = 0;
+    for (int f = 0; f < p.m; f++)
+        z += fq[f] * S[(size_t)lo * p.m + f];
+    double prev = 0;
+    for (int c = 0; c < p.tm; c++) {
+        int hi = c + 1 == p.tm ? w : (int)sl__ts_cell_first(c + 1, w, p.tm);
+        double d = 0;
+        if (hi == w)
+            d = z;
+        else if (hi > 0)
+            for (int f = 0; f < p.m; f++)
+                d += fq[f] * S[(size_t)hi * p.m + f];
+        A[c] = (float)(z > 0 ? (d - prev) / z : 0);
+        prev = d;
+    }
+}
+
 }  // namespace
 
 sl_status sl__cuda_trainable_compress(const sl__kargs *a)
@@ -995,5 +1078,37 @@ sl_status sl__cuda_trainable_cells(const sl__kargs *a)
     SL_LAUNCH(cells_row_kernel, dim3((unsigned)N), 32, 0, 0)(x);
     SL_LAUNCH(cells_prefix_kernel, dim3(1), 1, 0, 0)(x);
     SL_LAUNCH(cells_compact_kernel, dim3((unsigned)((H * N + 127) / 128)), 128, 0, 0)(x);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_trainable_performer(const sl__kargs *a)
+{
+    int64_t Hq = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
+    int64_t m = a->in[2].shape[0], tm = a->out[0].shape[2];
+    if (N >= (1 << 30) || Hq * N > (1 << 30) || Hq * N * tm > ((int64_t)1 << 40))
+        return sl__cuda_unsupported(a, "more than 2^30 rows");
+    if (Hq * N == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    void *eq = nullptr, *ek = nullptr, *rmx = nullptr, *S = nullptr;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(Hq * N * m), &eq); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(Hkv * N * m), &ek); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(Hkv * N), &rmx); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_scratch(&st, sizeof(double) * (size_t)(Hkv * (N + 1) * m), &S); s != SL_OK)
+        return s;
+    perf_args x;
+    x.q = st.input<float>(0), x.k = st.input<float>(1), x.w = st.input<float>(2);
+    x.eq = static_cast<double *>(eq), x.ek = static_cast<double *>(ek), x.rmx = static_cast<double *>(rmx);
+    x.S = static_cast<double *>(S), x.a = st.output<float>(0);
+    x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.N = (int)N, x.D = (int)D, x.m = (int)m, x.tm = (int)tm;
+    int64_t rows = (Hq + Hkv) * N;
+    SL_LAUNCH(perf_exp_kernel, dim3((unsigned)((rows + 127) / 128)), 128, 0, 0)(x);
+    SL_LAUNCH(perf_prefix_kernel, dim3((unsigned)((Hkv * m + 127) / 128)), 128, 0, 0)(x);
+    SL_LAUNCH(perf_row_kernel, dim3((unsigned)((Hq * N + 127) / 128)), 128, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

@@ -545,3 +545,68 @@ sl_status sl__ref_trainable_cells(const sl__kargs *a)
     free(keep), free(sc);
     return SL_OK;
 }
+
+/* ---- trainable.performer (issue 14, session 3b; card sea) ----
+ * Literal: features in float64, then per row every visible key's p_j added
+ * to its cell (O(N^2 . m) per head). */
+static void ref_perf_exponents(const float *x, const float *w, int64_t n, int64_t D, int64_t m, double *e)
+{
+    double s = pow((double)D, -0.25);
+    for (int64_t t = 0; t < n; t++) {
+        double nrm = 0;
+        for (int64_t c = 0; c < D; c++)
+            nrm += ((double)x[t * D + c] * s) * ((double)x[t * D + c] * s);
+        for (int64_t f = 0; f < m; f++) {
+            double d = 0;
+            for (int64_t c = 0; c < D; c++)
+                d += (double)w[f * D + c] * ((double)x[t * D + c] * s);
+            e[t * m + f] = d - nrm / 2;
+        }
+    }
+}
+
+sl_status sl__ref_trainable_performer(const sl__kargs *a)
+{
+    int64_t Hq = a->in[0].shape[0], N = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
+    int64_t m = a->in[2].shape[0], tm = a->out[0].shape[2], g = Hq / Hkv;
+    const float *Q = a->in[0].data, *K = a->in[1].data, *W = a->in[2].data;
+    float *A = a->out[0].data;
+    double *ek = malloc(sizeof *ek * (size_t)(N * m + 1)), *eq = malloc(sizeof *eq * (size_t)(N * m + 1));
+    double *row = malloc(sizeof *row * (size_t)tm);
+    if (!ek || !eq || !row) {
+        free(ek), free(eq), free(row);
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.performer[ref]: out of memory");
+    }
+    double sm = sqrt((double)m);
+    for (int64_t kv = 0; kv < Hkv; kv++) {
+        ref_perf_exponents(K + kv * N * D, W, N, D, m, ek);
+        double gmax = -INFINITY;
+        for (int64_t x = 0; x < N * m; x++)
+            gmax = ek[x] > gmax ? ek[x] : gmax;
+        for (int64_t x = 0; x < N * m; x++)
+            ek[x] = exp(ek[x] - gmax) / sm;
+        for (int64_t h = kv * g; h < (kv + 1) * g; h++) {
+            ref_perf_exponents(Q + h * N * D, W, N, D, m, eq);
+            for (int64_t t = 0; t < N; t++) {
+                double *fq = eq + t * m, mx = -INFINITY, z = 0;
+                for (int64_t f = 0; f < m; f++)
+                    mx = fq[f] > mx ? fq[f] : mx;
+                for (int64_t f = 0; f < m; f++)
+                    fq[f] = exp(fq[f] - mx) / sm;
+                for (int64_t c = 0; c < tm; c++)
+                    row[c] = 0;
+                for (int64_t j = 0; j <= t; j++) {
+                    double pj = 0;
+                    for (int64_t f = 0; f < m; f++)
+                        pj += fq[f] * ek[j * m + f];
+                    row[sl__ts_cell(j, t + 1, tm)] += pj;
+                    z += pj;
+                }
+                for (int64_t c = 0; c < tm; c++)
+                    A[(h * N + t) * tm + c] = (float)(z > 0 ? row[c] / z : 0);
+            }
+        }
+    }
+    free(ek), free(eq), free(row);
+    return SL_OK;
+}

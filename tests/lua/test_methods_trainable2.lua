@@ -1345,4 +1345,21 @@ test("sea: the trainable.cells op path gives the Lua loop's lists (file map with
   end
 end)
 
+test("sea: the trainable.performer op gives the Lua Performer loop's map (GQA, T_M wider than early rows, ref and cpu)", function()
+  local prob = synthetic(80, 76)
+  local M = sl.methods.get("sea")
+  for _, cfg in ipairs{{m = 44, tm = 16, seed = 3}, {m = 7, tm = 32, seed = 4}} do
+    local proj = sl.randn({cfg.m, 16}, {seed = cfg.seed})
+    local want = M.performer_map_lua(prob, proj:totable(), cfg.tm)
+    for _, be in ipairs{"ref", "cpu"} do
+      local got = sl.trainable.performer(prob.q, prob.k, proj, {t_m = cfg.tm, backend = be}):totable()
+      local worst = 0
+      for h = 1, 4 do for t = 1, 80 do for c = 1, cfg.tm do
+        worst = math.max(worst, math.abs(got[h][t][c] - want[h][t][c]))
+      end end end
+      truthy(worst < 1e-6, string.format("sea performer op vs Lua loop on %s (m %d, T_M %d): worst %.3g", be, cfg.m, cfg.tm, worst))
+    end
+  end
+end)
+
 H.done()

@@ -38,7 +38,6 @@ ns_for() {
     case $1 in
     sparsifiner) echo "256 512 1536" ;;
     pq_code_match) echo "4096 8192 16384" ;;
-    sea) echo "512 1024 2048" ;;
     localist_llm | dma | asr_sparse_monotonic) echo "1024 2048 4096" ;;
     *) echo "$ns" ;;
     esac
@@ -47,8 +46,6 @@ ns_why() {
     case $1 in
     sparsifiner) echo " (n = 256, 512, 1536: its N x N predictor in Lua takes minutes at 8192)" ;;
     pq_code_match) echo " (n = 4096..16384: its n²/8 kept pairs, by the card, show past the constant terms)" ;;
-    # sea: time quadratic in n (memory linear), about 25 s at n = 8192 on 2 loaded cores
-    sea) echo " (n = 512..2048: the Performer stand-in estimate is a Lua loop, quadratic in n)" ;;
     # 17, 6.3, 5.2, 3.1 s at n = 8192: the quick form must stay near 60 s in all
     localist_llm | dma | asr_sparse_monotonic) echo " (n = 1024..4096: 3-17 s at 8192)" ;;
     esac

@@ -16,7 +16,9 @@
 --      the kept keys; the map is read as float32); M.choose + M.lists are
 --      the earlier Lua loops (O(n²)), kept as the test's oracle (identical
 --      lists on a float32 map, tested). The Performer stand-in estimate
---      (performer_map) is still a Lua loop, O(n²·m): the next op to write;
+--      runs as the C op trainable.performer (float64 prefix sums of phi(k)
+--      per kv head, O(n·T_M·m) per head); M.performer_map_lua is the earlier
+--      O(n²·m) Lua loop, kept as the test's oracle (same map to 1e-6, tested);
 --   5. exact sparse attention on the mask (attn.token_sparse, one list per
 --      head and row). The "mix" with the Performer context output and the
 --      partial_attention_scaler are NOT implemented (output = the sparse
@@ -71,7 +73,7 @@ local M = {
     seed = {default = 0, min = 0, int = true, doc = "seed of the Performer features"},
     weights = {default = "", doc = "safetensors file with a_hat or projection_matrix (empty: the Performer stand-in)"},
   },
-  ops = {"trainable.cells", "attn.token_sparse"},
+  ops = {"trainable.performer", "trainable.cells", "attn.token_sparse"},
   checks = {"kept cells = max(1, round(H·k·T_M/t)) per row (one budget over heads)", "no key beyond the row (resize causal)",
     "k large equals dense", "oracle map beats the stand-in", "score-blind map loses recall", "independent float64 SEA to 1e-5",
     "bad weight files: one-line errors"},
@@ -137,7 +139,9 @@ local function pool_cells(hq, n, tm, est)
   return a
 end
 
-local function performer_map(prob, proj, tm)
+--- The Performer stand-in map by the earlier Lua loop (O(n²·m); proj a Lua
+-- [m][D] table): kept as the test's oracle for the trainable.performer op.
+function M.performer_map_lua(prob, proj, tm)
   local hq, n, _, hkv = dims(prob)
   local g = hq // hkv
   local Q, K = E.heads(prob.q), E.heads(prob.k)
@@ -158,13 +162,20 @@ local function performer_map(prob, proj, tm)
   end)
 end
 
+-- The Performer stand-in map by the C op trainable.performer (prefix sums of
+-- phi(k): O(n·T_M·m) per head), a float32 tensor [Hq, n, T_M].
+local function performer_map(prob, proj, tm)
+  return sl.trainable.performer(prob.q, prob.k, proj, {t_m = tm, backend = prob.backend})
+end
+
 local function oracle_map(prob, tm)
   local hq, n = dims(prob)
   local P = E.heads(sl.score.exact(prob.q, prob.k, {bq = 1, bk = 1, causal = 1, backend = prob.backend}))
   return pool_cells(hq, n, tm, function(h, t) return P[h][t] end)
 end
 
---- The estimated compressed map a [Hq][n][T_M] (Lua tables), its width and params_source.
+--- The estimated compressed map a [Hq][n][T_M] (Lua tables: oracle and a_hat; a float32
+-- tensor: Performer), its width and params_source.
 function M.estimate(prob, p)
   local hq, n, d = dims(prob)
   local tm = p.t_m
@@ -172,7 +183,7 @@ function M.estimate(prob, p)
   if (p.weights or "") == "" then
     if p.estimator == "oracle" then return oracle_map(prob, tm), tm, "oracle:pooled_attention" end
     if p.estimator ~= "performer" then sl.fail("sea: estimator '%s'; expected performer or oracle", tostring(p.estimator)) end
-    local proj = sl.randn({m, d}, {seed = p.seed}):totable()
+    local proj = sl.randn({m, d}, {seed = p.seed})
     return performer_map(prob, proj, tm), tm, string.format("standin:performer(m=%d,seed=%d)", m, p.seed)
   end
   local okw, ws = pcall(sl.load, p.weights) -- for the file's T_M and m; load_weights reports a bad file
@@ -191,7 +202,7 @@ function M.estimate(prob, p)
     sl.fail("sea: weights %s: holds neither a_hat [heads, rows, T_M] nor projection_matrix [features, head_dim]", p.weights)
   end
   if ws.a_hat then return E.heads(ws.a_hat), tm_file, T.file_source(p.weights) end
-  return performer_map(prob, ws.projection_matrix:totable(), tm), tm, T.file_source(p.weights)
+  return performer_map(prob, ws.projection_matrix, tm), tm, T.file_source(p.weights)
 end
 
 --- Per row the kept cells over all heads: keep[h][t] = set of 0-based cells; the budgets.
@@ -233,6 +244,7 @@ end
 
 --- The map as a float32 tensor [Hq, n, T_M] (one head at a time).
 function M.map_tensor(a)
+  if type(a) ~= "table" then return a end -- already a tensor
   local parts = {}
   for h = 1, #a do parts[h] = sl.tensor({a[h]}) end
   return #parts > 1 and sl.cat(parts, 1) or parts[1]
