@@ -144,7 +144,9 @@ __global__ void magnitude_nm_kernel(const float *w, float *out, int64_t rows, in
 
 // ---- SparseGPT ----
 
-__global__ void hessian_kernel(const float *x, double *H, int64_t S, int64_t K)
+// G = scale . x^T x (x [S, K]), one thread per entry: SparseGPT's Hessian
+// (scale 2/S) and prune.lowrank's Gram matrix (scale 1).
+__global__ void gram_kernel(const float *x, double *G, int64_t S, int64_t K, double scale)
 {
     int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
     if (e >= K * K)
@@ -153,7 +155,7 @@ __global__ void hessian_kernel(const float *x, double *H, int64_t S, int64_t K)
     double acc = 0;
     for (int64_t t = 0; t < S; t++)
         acc += (double)x[t * K + i] * x[t * K + j];
-    H[e] = 2 * acc / (double)S;
+    G[e] = scale * acc;
 }
 
 __global__ void to_double_kernel(const float *w, double *W, int64_t n)
@@ -302,23 +304,11 @@ __global__ void to_float_kernel(const double *W, float *out, int64_t n)
 }
 
 // ---- prune.lowrank, float64 ----
-// A route of its own, not the oracle's: the Gram matrix x^T x and M = w L one
+// A route of its own, not the oracle's: the Gram matrix x^T x (gram_kernel) and M = w L one
 // thread per entry, the damped Cholesky in one thread, the SVD of M through
 // the symmetric eigenproblem of C = M^T M (two-sided cyclic Jacobi in one
 // thread; sigma = sqrt(lambda), u = M v / sigma, one thread per entry), and
 // b through a back substitution L^T z = v per component instead of L^-1.
-
-__global__ void gram_kernel(const float *x, double *G, int64_t S, int64_t K)
-{
-    int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
-    if (e >= K * K)
-        return;
-    int64_t i = e / K, j = e % K;
-    double acc = 0;
-    for (int64_t t = 0; t < S; t++)
-        acc += (double)x[t * K + i] * x[t * K + j];
-    G[e] = acc;
-}
 
 // L = chol(G + delta I), delta as the contract's damping schedule; the upper
 // part of L is zeroed. status 1: still singular after the last damping.
@@ -521,7 +511,7 @@ sl_status sl__cuda_prune_sparsegpt(const sl__kargs *a)
         return s;
     double *dH = (double *)H, *dW = (double *)W, *dE = (double *)E, *dS = (double *)score;
     uint8_t *dM = (uint8_t *)mask;
-    SL_LAUNCH(hessian_kernel, blocks_of(K * K), kThreads, 0, 0)(st.input<float>(1), dH, S, K);
+    SL_LAUNCH(gram_kernel, blocks_of(K * K), kThreads, 0, 0)(st.input<float>(1), dH, S, K, 2.0 / (double)S);
     SL_LAUNCH(to_double_kernel, blocks_of(N * K), kThreads, 0, 0)(st.input<float>(0), dW, N * K);
     SL_LAUNCH(factor_kernel, 1, 1, 0, 0)(dH, (double *)Li, (uint8_t *)dead, K, p->percdamp, (int *)status);
     int host_status = 0;
@@ -575,7 +565,7 @@ sl_status sl__cuda_prune_lowrank(const sl__kargs *a)
         return s;
     const double *dL = NULL;
     if (p->whiten) {
-        SL_LAUNCH(gram_kernel, blocks_of(K * K), kThreads, 0, 0)(st.input<float>(1), (double *)G, S, K);
+        SL_LAUNCH(gram_kernel, blocks_of(K * K), kThreads, 0, 0)(st.input<float>(1), (double *)G, S, K, 1.0);
         SL_LAUNCH(damped_chol_kernel, 1, 1, 0, 0)((const double *)G, (double *)L, K, (int *)status);
         int host_status = 0;
         cudaError_t err = cudaGetLastError();

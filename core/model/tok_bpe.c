@@ -77,8 +77,9 @@ static void build_unmap(int16_t *unmap)
     }
 }
 
-/* Length of the well-formed UTF-8 sequence at p and its code point, 0 if none. */
-static size_t utf8_next(const unsigned char *p, size_t avail, uint32_t *cp)
+/* Length of the well-formed UTF-8 sequence at p and its code point, 0 if none
+ * (declared in tok_bpe.h: the SentencePiece path checks its input with it too). */
+size_t sl__utf8_next(const unsigned char *p, size_t avail, uint32_t *cp)
 {
     unsigned c = p[0], lo = 0x80, hi = 0xBF;
     size_t k;
@@ -119,7 +120,7 @@ static int32_t unmap_str(const sl__bpe *b, const char *s, unsigned char *out)
     size_t n = strlen(s), w = 0;
     for (size_t i = 0; i < n;) {
         uint32_t cp;
-        size_t k = utf8_next(p + i, n - i, &cp);
+        size_t k = sl__utf8_next(p + i, n - i, &cp);
         if (!k || cp >= BPE_BYTE_CPS || b->unmap[cp] < 0)
             return -1;
         out[w++] = (unsigned char)b->unmap[cp];
@@ -640,7 +641,7 @@ static sl_status split_isolated(enc *e, const pcre2_code *re, piece_t p)
         size_t ms = ov[0], me = ov[1];
         if (me == ms) { /* an empty match splits nothing; go on one character later */
             uint32_t cp;
-            size_t k = ms < p.len ? utf8_next(subj + ms, p.len - ms, &cp) : 1;
+            size_t k = ms < p.len ? sl__utf8_next(subj + ms, p.len - ms, &cp) : 1;
             start = ms + (k ? k : 1);
             continue;
         }
@@ -737,7 +738,7 @@ sl_status sl__bpe_encode(sl_ctx *ctx, const sl__bpe *b, const char *text, size_t
     const unsigned char *t = (const unsigned char *)text;
     for (size_t i = 0; i < len;) {
         uint32_t cp;
-        size_t k = utf8_next(t + i, len - i, &cp);
+        size_t k = sl__utf8_next(t + i, len - i, &cp);
         if (!k)
             return sl_ctx_fail(ctx, SL_EARG, "tokenizer: expected UTF-8 text, found byte 0x%02x at byte %zu that "
                                "starts no well-formed sequence", t[i], i);

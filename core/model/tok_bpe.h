@@ -12,6 +12,11 @@
 
 typedef struct sl__bpe sl__bpe;
 
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs,
+ * surrogates or code points past U+10FFFF; at most avail bytes) and its code
+ * point in *cp, or 0 when the byte starts none. */
+size_t sl__utf8_next(const unsigned char *p, size_t avail, uint32_t *cp);
+
 sl_status sl__bpe_load(sl_ctx *ctx, const char *path, sl__bpe **out);
 void sl__bpe_free(sl_ctx *ctx, sl__bpe *b);
 /* One past the largest id (vocabulary and added tokens). */

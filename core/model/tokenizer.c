@@ -274,34 +274,6 @@ static int32_t merged(const sl_tokenizer *t, int32_t a, int32_t b, unsigned char
     return lookup(t, buf, (size_t)(x->len + y->len));
 }
 
-/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlongs,
- * surrogates or code points past U+10FFFF), or 0 when the byte starts none. */
-static size_t utf8_len(const unsigned char *p, size_t avail)
-{
-    unsigned c = p[0], lo = 0x80, hi = 0xBF;
-    size_t k;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF)
-        k = 2;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        k = 3;
-        lo = c == 0xE0 ? 0xA0 : lo;
-        hi = c == 0xED ? 0x9F : hi;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        k = 4;
-        lo = c == 0xF0 ? 0x90 : lo;
-        hi = c == 0xF4 ? 0x8F : hi;
-    } else
-        return 0;
-    if (avail < k || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t j = 2; j < k; j++)
-        if ((p[j] & 0xC0) != 0x80)
-            return 0;
-    return k;
-}
-
 static sl_status spm_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *text, int bos, int eos, sl_tensor *ids)
 {
     int32_t b = sl__spm_bos(t->spm), e = sl__spm_eos(t->spm);
@@ -359,7 +331,8 @@ sl_status sl_tokenizer_encode(sl_ctx *ctx, const sl_tokenizer *t, const char *te
         tok[n++] = sp >= 0 ? sp : TOK_BYTE0 + ' ';
     }
     for (size_t i = 0; i < n_text;) {
-        size_t k = utf8_len(p + i, n_text - i);
+        uint32_t cp;
+        size_t k = sl__utf8_next(p + i, n_text - i, &cp);
         int32_t id = k ? lookup(t, p + i, k) : -1;
         if (id >= 0)
             tok[n++] = id;

@@ -12,6 +12,22 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* (value, index) pairs sorted by value descending, then index ascending: the
+ * oracle takes "the k largest, ties to the lower index" from a full sort
+ * (the fast kernels select in place). */
+typedef struct {
+    double v;
+    int64_t i;
+} ranked;
+
+static int cmp_ranked(const void *a, const void *b)
+{
+    const ranked *x = a, *y = b;
+    if (x->v != y->v)
+        return x->v > y->v ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
 sl_status sl__ref_cluster_dpc(const sl__kargs *a)
 {
     const sl_cluster_dpc_params *p = a->params;
@@ -54,14 +70,18 @@ sl_status sl__ref_cluster_dpc(const sl__kargs *a)
                 best = D[i * n + j];
         gamma[i] = rho[i] * (best == HUGE_VAL ? dmax : best);
     }
-    for (int64_t k = 0; k < c; k++) { /* the c largest gamma, ties to the lower index */
-        int64_t arg = -1;
+    { /* the c largest gamma, ties to the lower index */
+        ranked *r = malloc(sizeof *r * (size_t)n);
+        if (!r) {
+            st = sl_ctx_fail(a->ctx, SL_ENOMEM, "cluster.dpc: out of memory");
+            goto out;
+        }
         for (int64_t i = 0; i < n; i++)
-            if (!taken[i] && (arg < 0 || gamma[i] > gamma[arg]))
-                arg = i;
-        if (arg < 0)
-            break;
-        taken[arg] = 1;
+            r[i] = (ranked){gamma[i], i};
+        qsort(r, (size_t)n, sizeof *r, cmp_ranked);
+        for (int64_t k = 0; k < c; k++)
+            taken[r[k].i] = 1;
+        free(r);
     }
     for (int64_t i = 0, k = 0; i < n; i++)
         if (taken[i])
@@ -160,31 +180,25 @@ sl_status sl__ref_cluster_route(const sl__kargs *a)
     int64_t k = p->k < E ? p->k : E;
     float *y = a->out[0].data;
     double *w = malloc(sizeof *w * (size_t)E);
-    if (!w)
+    ranked *r = malloc(sizeof *r * (size_t)E);
+    if (!w || !r) {
+        free(w);
+        free(r);
         return sl_ctx_fail(a->ctx, SL_ENOMEM, "cluster.route: out of memory");
+    }
     for (int64_t t = 0; t < T; t++) {
         const float *l = lg + t * E;
-        double mx = -HUGE_VAL, z = 0;
-        for (int64_t e = 0; e < E; e++) { /* kept iff fewer than k experts rank above it */
-            int64_t above = 0;
-            for (int64_t f = 0; f < E; f++)
-                above += l[f] > l[e] || (l[f] == l[e] && f < e);
-            w[e] = above < k ? 1 : 0;
-            if (w[e] > 0 && (double)l[e] > mx)
-                mx = (double)l[e];
+        for (int64_t e = 0; e < E; e++) {
+            r[e] = (ranked){(double)l[e], e};
+            w[e] = 0;
         }
-        if (p->softmax) {
-            for (int64_t e = 0; e < E; e++)
-                if (w[e] > 0) {
-                    w[e] = exp((double)l[e] - mx);
-                    z += w[e];
-                }
-            for (int64_t e = 0; e < E; e++)
-                if (w[e] > 0)
-                    w[e] = w[e] / z * p->scale;
-        } else {
-            for (int64_t e = 0; e < E; e++)
-                w[e] *= p->scale;
+        qsort(r, (size_t)E, sizeof *r, cmp_ranked); /* the k largest logits, ties to the lower index */
+        for (int64_t q = 0; q < k; q++) {
+            /* softmax over the kept: w_e = 1 / sum_f exp(l_f - l_e) */
+            double den = 0;
+            for (int64_t f = 0; f < k; f++)
+                den += exp(r[f].v - r[q].v);
+            w[r[q].i] = (p->softmax ? 1 / den : 1) * p->scale;
         }
         for (int64_t j = 0; j < H; j++) {
             double we = w[ex[j]];
@@ -192,6 +206,7 @@ sl_status sl__ref_cluster_route(const sl__kargs *a)
         }
     }
     free(w);
+    free(r);
     return SL_OK;
 }
 

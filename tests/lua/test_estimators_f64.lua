@@ -45,16 +45,23 @@ local function cover(x, p)
   return #s, 0
 end
 
+-- sqrt of the Jensen-Shannon divergence of the normalised p and q, written as
+-- entropies, JSD = H((P + Q) / 2) - (H(P) + H(Q)) / 2 (not the recipe's KL form).
+local function entropy(x, total)
+  local h = 0
+  for i = 1, #x do
+    local v = x[i] / total
+    if v > 0 then h = h - v * math.log(v) end
+  end
+  return h
+end
+
 local function jsd_sqrt(p, q)
   local sp, sq = 0, 0
   for i = 1, #p do sp, sq = sp + p[i], sq + q[i] end
-  local js = 0
-  for i = 1, #p do
-    local a, b = p[i] / sp, q[i] / sq
-    local m = (a + b) / 2
-    if a > 0 then js = js + 0.5 * a * math.log(a / m) end
-    if b > 0 then js = js + 0.5 * b * math.log(b / m) end
-  end
+  local m = {}
+  for i = 1, #p do m[i] = (p[i] / sp + q[i] / sq) / 2 end
+  local js = entropy(m, 1) - (entropy(p, sp) + entropy(q, sq)) / 2
   return math.sqrt(math.max(js, 0))
 end
 
