@@ -105,30 +105,21 @@ local function execute(prob, idx)
   local args = {causal = 1, backend = prob.backend}
   local oc, lc = sl.attn.dense(gq, gk, gv, args)
   local flops = sl.op_flops("attn.dense", gq, gk, gv, args)
-  local O, L = {}, {}
+  -- O: the gathered rows' outputs put back by gather.rows over an inverse
+  -- index (position i of head h reads its row of oc, or an appended zero
+  -- row when i was dropped): tensors throughout, O(n . d) bytes, no Lua rows.
+  local m = #idx[1]
+  local oc_pad = sl.cat({oc, sl.zeros({hq, 1, d})}, 2)
+  local inv, L = {}, {}
   local LC = lc:totable()
   for h = 1, hq do
-    local rows, ls = {}, {}
-    for i = 1, n do
-      local z = {}
-      for c = 1, d do z[c] = 0 end
-      rows[i] = z
-      ls[i] = -math.huge
-    end
-    -- the gathered rows' outputs in chunks (a head's [m, d] as one Lua table
-    -- exceeded the totable limit at n = 16K, d = 64)
-    local m, step = #idx[h], math.max(1, 262144 // d)
-    for t0 = 1, m, step do
-      local och = oc:narrow(1, h, 1):narrow(2, t0, math.min(step, m - t0 + 1)):totable()[1]
-      for x, o in ipairs(och) do
-        local t = t0 + x - 1
-        rows[idx[h][t] + 1] = o
-        ls[idx[h][t] + 1] = LC[h][t]
-      end
-    end
-    O[h], L[h] = rows, ls
+    local r, ls = {}, {}
+    for i = 1, n do r[i], ls[i] = m, -math.huge end
+    for t, j in ipairs(idx[h]) do r[j + 1], ls[j + 1] = t - 1, LC[h][t] end
+    inv[h], L[h] = r, ls
   end
-  return sl.tensor(O), sl.tensor(L), flops
+  local O = sl.gather.rows(oc_pad, sl.tensor(inv, "i32"), be)
+  return O, sl.tensor(L), flops
 end
 
 local function run(prob, p, blind)
