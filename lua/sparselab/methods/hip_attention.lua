@@ -139,12 +139,87 @@ local function estimate(prob, p, blind)
   return m, {estimator_flops = ev * rows * p.bk * 2 * prob.q:shape()[3], stats = {tree_evaluations = ev}}
 end
 
+-- ---- decode (card step 5) ----
+
+-- Every kept block (tree and window) of one decode row: per query head a
+-- sorted Lua list of 0-based key blocks, from select.hip_tree over the whole
+-- cache with bq = 1 (the step's query row is its own query block).
+-- selector (tests only) replaces the tree: selector(cache, q, p, T, Kb) ->
+-- per query head the tree blocks (0-based, < T); the window blocks are added.
+local function decode_select(cache, q, p, backend, selector)
+  local n, hq = cache:len(), q:shape()[1]
+  local C = (n + p.bk - 1) // p.bk
+  local w0 = math.max(0, (n - 1 - p.window) // p.bk)
+  local T = math.min(w0, C)
+  local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
+  local lists, evals = {}, 0
+  if selector then
+    local tree_blocks = selector(cache, q, p, T, Kb)
+    for h = 1, hq do
+      local l = {}
+      for _, c in ipairs(tree_blocks[h]) do l[#l + 1] = c end
+      for c = T, C - 1 do l[#l + 1] = c end
+      table.sort(l)
+      lists[h] = l
+    end
+    return lists, 0
+  end
+  local keep, ev = sl.select.hip_tree(q, cache:tensor("k"):narrow(2, 1, n),
+    {bq = 1, bk = p.bk, kb = Kb, window = p.window, causal = 1, qstride = 1, backend = backend})
+  evals = math.floor(ev:stats())
+  for h, hr in ipairs(keep:totable()) do
+    local l = {}
+    for c, x in ipairs(hr[1]) do if x ~= 0 then l[#l + 1] = c - 1 end end
+    lists[h] = l
+  end
+  return lists, evals
+end
+
+-- The decode hook: the selection (tree + window blocks at the refresh step)
+-- is saved in the layer's decode state (ls.hip = {step, n, blocks}) and
+-- reused for `refresh` - 1 steps; each step attends the saved blocks plus
+-- the current window blocks (the tokens appended since the selection
+-- included), one softmax. selector: see decode_select (tests only).
+local function decode_hook(st, ls, step, p, selector)
+  local decode = require "sparselab.decode"
+  local cache, q = ls.cache, step.q
+  local n, hq, d = cache:len(), q:shape()[1], cache:head_dim()
+  local saved, refreshed, evals = ls.hip, false, 0
+  if not saved or st.steps - saved.step >= p.refresh then
+    local blocks
+    blocks, evals = decode_select(cache, q, p, step.backend, selector)
+    saved = {step = st.steps, n = n, blocks = blocks}
+    ls.hip, refreshed = saved, true
+  end
+  local w0 = math.max(0, (n - 1 - p.window) // p.bk)
+  local lists, tokens = {}, 0
+  for h = 1, hq do
+    local have, l = {}, {}
+    for _, c in ipairs(saved.blocks[h]) do have[c] = true end
+    for c = w0, (n - 1) // p.bk do have[c] = true end
+    for c = 0, (n - 1) // p.bk do
+      if have[c] then
+        for j = c * p.bk, math.min((c + 1) * p.bk, n) - 1 do l[#l + 1] = j end
+      end
+    end
+    lists[h] = l
+    tokens = tokens + #l
+  end
+  local t = decode.lists_tensor(lists)
+  local o, lse = decode.attend_tokens(cache, q, t, {backend = step.backend})
+  return {o = o, lse = lse, pages = t, selection = saved, refreshed = refreshed,
+    stats = {tokens_read = tokens / hq, density = tokens / (hq * n), kv_bytes = 8 * d * tokens,
+      tree_evaluations = evals, estimator_flops = evals * p.bk * 2 * d, refreshed = refreshed and 1 or 0}}
+end
+
+local block_run = E.block_run(estimate)
+
 return {
   id = "hip_attention",
   card = "hip_attention",
   title = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning",
   family = "block-estimate",
-  phase = "prefill",
+  phase = "both",
   causal_only = true,
   summary = "Per query block, a binary tree over key-block groups keeps the top-K_b halves by their first block's max q·k, plus a sliding window.",
   knob = "budget",
@@ -154,13 +229,26 @@ return {
     bk = {default = 8, min = 1, max = 4096, int = true, doc = "keys per key block (the representative)"},
     window = {default = 128, min = 0, int = true, doc = "sliding window tokens attended besides the tree"},
     qstride = {default = 1, min = 1, int = true, doc = "a representative's score uses every qstride-th row of the query block (v1.1 draft: 2)"},
+    refresh = {default = 8, min = 1, int = true, doc = "decode: steps between tree searches (the mask-refresh interval); the selection is reused in between"},
     estimator = {default = "tree", doc = "'tree': select.hip_tree scores only visited nodes; 'lowbit': the old dense tile-max map + Lua tree (comparison only)"},
   },
   ops = {"select.hip_tree", "attn.block_sparse"},
   checks = {"budget >= n equals dense", "K_b groups per level, final groups one block, sorted unique < T",
-    "a needle key per region is found", "score-blind representatives lose recall"},
+    "a needle key per region is found", "score-blind representatives lose recall",
+    "decode: budget >= cache is dense; the selection is reused between refreshes; refresh re-selects; first-k blocks fail"},
   estimate = estimate,
   tree = tree,
   mask = function(prob, p) return (estimate(prob, p)) end,
-  run = E.block_run(estimate),
+  decode = decode_hook,
+  decode_select = decode_select,
+  -- a decode problem (n_q < n_k) is replayed step by step through the decode hook
+  run = function(prob, p)
+    if prob.q:shape()[2] < prob.k:shape()[2] then
+      local D = require "sparselab.decode"
+      local prefix = prob.k:shape()[2] - prob.q:shape()[2]
+      local r = D.replay(sl.methods.get("hip_attention"), prob, p, {page = math.max(1, math.min(16, prefix))})
+      return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps}
+    end
+    return block_run(prob, p)
+  end,
 }
