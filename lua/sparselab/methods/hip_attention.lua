@@ -87,6 +87,43 @@ local function tree(scores, T, Kb)
   return out, evals
 end
 
+-- The draft's grouped representative (rep = "minmax"; the v1.1 draft's
+-- block_size_k_group > 1): per key block of bk tokens the channel-wise
+-- minimum and maximum keys (page.meta with page = bk), and a block's score =
+-- the max over the query block's rows of max(q.k_min, q.k_max) (scaled),
+-- from score.lowbit at 16 bits (f32 q.k, no quantisation) with bk = 1
+-- against [k_min; k_max] (zero rows appended when 2C < n_q, as score.lowbit
+-- needs n_q <= n_k; their columns are not read). Returns map[h][r][c] (Lua
+-- tables, 1-based, c = 1..C).
+local function minmax_map(q, k, bq, bk, backend)
+  local kmin, kmax = sl.page.meta(k, {page = bk, backend = backend})
+  local hkv, C, d = kmin:shape()[1], kmin:shape()[2], kmin:shape()[3]
+  local parts = {kmin, kmax}
+  local nq = q:shape()[2]
+  if 2 * C < nq then parts[3] = sl.zeros({hkv, nq - 2 * C, d}) end
+  local a = {bq = bq, bk = 1, bits = 16, smooth_k = 0, causal = 0, backend = backend}
+  local s = sl.score.lowbit(q, sl.cat(parts, 2), a):totable()
+  local out = {}
+  for h, hr in ipairs(s) do
+    out[h] = {}
+    for r, row in ipairs(hr) do
+      local o = {}
+      for c = 1, C do o[c] = math.max(row[c], row[C + c]) end
+      out[h][r] = o
+    end
+  end
+  return out
+end
+
+local function check_rep(p)
+  if p.rep ~= "first" and p.rep ~= "minmax" then
+    sl.fail("hip_attention: rep must be 'first' or 'minmax'; found '%s'", tostring(p.rep))
+  end
+  if p.rep == "minmax" and p.qstride ~= 1 then
+    sl.fail("hip_attention: rep = 'minmax' scores every query row; expected qstride = 1, found %d", p.qstride)
+  end
+end
+
 -- The old emulation (estimator = "lowbit"): every tile's max from
 -- score.lowbit (dense cost), then the Lua tree above over the map; kept only
 -- to compare against the C tree, which must give the same keep.
@@ -95,7 +132,9 @@ local function estimate_lowbit(prob, p, blind)
   local d = prob.q:shape()[3]
   local nqb, nkb, nq, nk = E.blocks(prob, p.bq, p.bk)
   local smap
-  if not blind then
+  if not blind and p.rep == "minmax" then
+    smap = minmax_map(prob.q, prob.k, p.bq, p.bk, prob.backend)
+  elseif not blind then
     local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
     smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
   end
@@ -118,7 +157,9 @@ local function estimate_lowbit(prob, p, blind)
     end
   end
   local m = E.mask_from_keep(keep, prob, p.bq, p.bk)
-  return m, {estimator_flops = evals * p.bq * p.bk * 2 * d, stats = {tree_evaluations = evals}}
+  -- the minmax map is dense: two f32 scores per (query row, key block)
+  local flops = (p.rep == "minmax" and not blind) and 4 * hq * nq * nkb * d or evals * p.bq * p.bk * 2 * d
+  return m, {estimator_flops = flops, stats = {tree_evaluations = evals}, keep = keep}
 end
 
 -- The C tree (select.hip_tree): only the representatives of the visited
@@ -126,7 +167,8 @@ end
 -- blind = true: the score-blind variant (tree ordered by position, no
 -- scores), through the Lua tree.
 local function estimate(prob, p, blind)
-  if blind or p.estimator == "lowbit" then return estimate_lowbit(prob, p, blind) end
+  check_rep(p)
+  if blind or p.estimator == "lowbit" or p.rep == "minmax" then return estimate_lowbit(prob, p, blind) end
   if p.estimator ~= "tree" then sl.fail("hip_attention: estimator must be 'tree' or 'lowbit'; found '%s'", tostring(p.estimator)) end
   local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
   local args = {bq = p.bq, bk = p.bk, kb = Kb, window = p.window, causal = prob.causal and 1 or 0,
@@ -153,6 +195,22 @@ local function decode_select(cache, q, p, backend, selector)
   local T = math.min(w0, C)
   local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
   local lists, evals = {}, 0
+  check_rep(p)
+  if p.rep == "minmax" and not selector then
+    local map = minmax_map(q, cache:tensor("k"):narrow(2, 1, n), 1, p.bk, backend)
+    selector = function()
+      local out = {}
+      for h = 1, hq do
+        local sc = {}
+        for c = 1, T do sc[c] = map[h][1][c] end
+        local kept, ev = tree(sc, T, Kb)
+        evals = evals + ev
+        out[h] = {}
+        for i, c in ipairs(kept) do out[h][i] = c - 1 end
+      end
+      return out
+    end
+  end
   if selector then
     local tree_blocks = selector(cache, q, p, T, Kb)
     for h = 1, hq do
@@ -162,7 +220,7 @@ local function decode_select(cache, q, p, backend, selector)
       table.sort(l)
       lists[h] = l
     end
-    return lists, 0
+    return lists, evals
   end
   local keep, ev = sl.select.hip_tree(q, cache:tensor("k"):narrow(2, 1, n),
     {bq = 1, bk = p.bk, kb = Kb, window = p.window, causal = 1, qstride = 1, backend = backend})
@@ -230,6 +288,7 @@ return {
     window = {default = 128, min = 0, int = true, doc = "sliding window tokens attended besides the tree"},
     qstride = {default = 1, min = 1, int = true, doc = "a representative's score uses every qstride-th row of the query block (v1.1 draft: 2)"},
     refresh = {default = 8, min = 1, int = true, doc = "decode: steps between tree searches (the mask-refresh interval); the selection is reused in between"},
+    rep = {default = "first", doc = "representative of a half: 'first' (its first block's keys) or 'minmax' (the draft's block_size_k_group > 1: max(q.k_min, q.k_max) of the block's channel-wise min/max keys; Lua tree over a dense map)"},
     estimator = {default = "tree", doc = "'tree': select.hip_tree scores only visited nodes; 'lowbit': the old dense tile-max map + Lua tree (comparison only)"},
   },
   ops = {"select.hip_tree", "attn.block_sparse"},
@@ -241,6 +300,7 @@ return {
   mask = function(prob, p) return (estimate(prob, p)) end,
   decode = decode_hook,
   decode_select = decode_select,
+  minmax_map = minmax_map,
   -- a decode problem (n_q < n_k) is replayed step by step through the decode hook
   run = function(prob, p)
     if prob.q:shape()[2] < prob.k:shape()[2] then
