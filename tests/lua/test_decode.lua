@@ -1880,6 +1880,34 @@ test("hip_attention: decode tree selection reused between refreshes, re-selected
   end
   local bad = recall_of(M.decode(st3, st3:layer(0), {q = qp, layer = 0}, p, firstk), qp, cache)
   truthy(good >= 0.9 and bad < 0.9, string.format("the tree (recall %.3f) beats the first K_b blocks (%.3f)", good, bad))
+  -- rep = minmax (the draft's grouped representative): the decode selection
+  -- = a float64 tree over max(q.k_min, q.k_max) of each block's channel-wise
+  -- min/max keys, plus the window blocks
+  local pm = sl.registry.resolve(M, {budget = 48, bk = 8, window = 16, refresh = 3, rep = "minmax"})
+  local st4 = decode.begin("hip_attention", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st4, 0, kp, vp)
+  local om = M.decode(st4, st4:layer(0), {q = qp, layer = 0}, pm)
+  local n = 160
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    local T = (n - 1 - pm.window) // pm.bk
+    local sc = {}
+    for c = 1, T do
+      local a, b = 0, 0
+      for x = 1, D do
+        local lo, hi = math.huge, -math.huge
+        for j = (c - 1) * pm.bk + 1, c * pm.bk do lo = math.min(lo, kt[g][j][x]); hi = math.max(hi, kt[g][j][x]) end
+        a, b = a + qt[h][1][x] * lo, b + qt[h][1][x] * hi
+      end
+      sc[c] = math.max(a, b)
+    end
+    local set = {}
+    for _, c in ipairs((M.tree(sc, T, pm.budget // pm.bk))) do set[c - 1] = true end
+    for c = T, (n - 1) // pm.bk do set[c] = true end
+    local want = {}
+    for c = 0, (n - 1) // pm.bk do if set[c] then want[#want + 1] = c end end
+    truthy(same_list(om.selection.blocks[h], want), "head " .. h .. ": min/max decode selection = the float64 min/max tree")
+  end
   -- budget >= cache: every block at every step, = dense
   local r = sl.eval("hip_attention", sl.problem{q = sl.randn({HQ, 3, D}, {seed = 7}), k = kp, v = vp},
     {params = {budget = 4096, window = 16, refresh = 2}})

@@ -14,10 +14,31 @@
 --   3. the K_b surviving blocks, plus the window blocks (the query block's
 --      own block and the `window` tokens before it), causal, one softmax:
 --      attn.block_sparse over the union (step 4).
--- Not here: decode and the mask-refresh interval (step 5), the Self-Extend
---   RoPE re-positioning, the per-group min/max key bound variant
---   (block_size_k_group > 1), sink tokens of later versions, sifters
---   (the draft's stage-0 offset; one sifter = offset 0 here).
+--   5. decode (session 3c): per decode step the step's query row is its own
+--      query block (bq = 1) and select.hip_tree runs over the whole cache
+--      (tree range: the blocks before the window of that row); the kept
+--      blocks (tree + window) are saved in the layer's decode state
+--      (ls.hip = {step, n, blocks}) and reused until `refresh` steps have
+--      passed (tree searches at decode steps 0, r, 2r, ... counted from 0:
+--      v1.2's HiPMaskRefreshState, decode_index % interval == 0, one stage
+--      here). Between refreshes a step attends the saved blocks plus the
+--      current window blocks (so the tokens appended since, and the saved
+--      window, stay in; budget >= cache stays dense), one softmax.
+--      Default refresh 8: v1.2's mask_refresh_interval [64, 16, 8] has 8 for
+--      its finest stage; the single v1.1 tree is refreshed as that stage.
+--   rep = "minmax" (option, session 3c): the v1.1 draft's block_size_k_group
+--      > 1 representative. The draft reduces each group of keys to its
+--      channel-wise min and max vectors and scores a node as max(q.k_min,
+--      q.k_max) over the block's queries (masking_iteration_draft_numba_kernel,
+--      the block_size_k_group > 1 branch). Here the group is the bk-token key
+--      block (the draft's block_size_k = 1 with groups of 8 is read as bk = 8,
+--      as for rep = "first"); min/max from page.meta, the scores from
+--      score.lowbit at 16 bits, the tree in Lua over that dense map (cost
+--      ~ n.C, not the C tree's visited nodes; estimator_flops counts it).
+--      qstride must be 1 with it.
+-- Not here: the Self-Extend RoPE re-positioning, sink tokens of later
+--   versions, sifters (the draft's stage-0 offset; one sifter = offset 0
+--   here), v1.2's multi-stage chunk pruning (another card).
 -- Estimator (session 3): select.hip_tree, one C op (ref, cpu, CUDA) that
 --   scores only the representatives of the nodes the tree visits: each new
 --   half's first key block against the block's query rows, when the half is
