@@ -73,6 +73,8 @@ local function params_for(id, b)
     p.prefix_len, p.ts_len, p.group_tokens, p.block_size, p.suffix_len = 4, 2, 14, 1, 8
     p.dec_step = 14; p.dec_topk = math.max(0, b // 16 - 2)
   elseif id == "zipvl" then p.tau = 0.9; p.probe = OBS   -- reads every token at 4 / 2 bits: the budget does not apply
+  elseif id == "hip_attention" then   -- tree blocks of one page, a window of half the budget, refresh every 4 steps
+    p.bq, p.bk = 1, PAGE; p.window = math.min(16, b // 2); p.budget = b - p.window; p.refresh = 4
   elseif id == "video_xl2" then p.chunk = PAGE; p.step = PAGE; p.topk = math.max(0, b // PAGE - 3)
   else p.budget = b end
   return p

@@ -1786,4 +1786,132 @@ test("videoxl2_chunk_prefill decode: all chunks dense = dense; timestamps kept; 
   truthy(good >= 0.85 and bad < good - 0.1, string.format("relevant chunks (recall %.3f) beat the first ones (%.3f)", good, bad))
 end)
 
+-- ---- hip_attention decode (issue 16, session 3) ----
+
+-- The blocks (0-based, sorted) hip_attention keeps for query head h of the
+-- one-row q (a Lua table) over the first n keys of kt: float64 block scores
+-- (max over the block's keys of q.k / sqrt(D)) written here, HiP's tree (the
+-- recipe's Lua tree, not the C op under test) over the blocks before the
+-- window, plus the window blocks.
+local function hip_expect(M, qt, kt, n, p, h)
+  local g = (h - 1) // (HQ // HKV) + 1
+  local C = (n + p.bk - 1) // p.bk
+  local T = math.min(math.max(0, (n - 1 - p.window) // p.bk), C)
+  local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
+  local sc = {}
+  for c = 1, T do
+    local m = -math.huge
+    for j = (c - 1) * p.bk + 1, math.min(c * p.bk, n) do
+      local dot = 0
+      for x = 1, D do dot = dot + qt[h][1][x] * kt[g][j][x] end
+      m = math.max(m, dot / math.sqrt(D))
+    end
+    sc[c] = m
+  end
+  local set = {}
+  for _, c in ipairs((M.tree(sc, T, Kb))) do set[c - 1] = true end
+  for c = T, C - 1 do set[c] = true end
+  local l = {}
+  for c = 0, C - 1 do if set[c] then l[#l + 1] = c end end
+  return l
+end
+
+local function same_list(a, b)
+  if #a ~= #b then return false end
+  for i = 1, #a do if a[i] ~= b[i] then return false end end
+  return true
+end
+
+test("hip_attention: decode tree selection reused between refreshes, re-selected at the refresh step, dense at budget, first-k blocks fail", function()
+  local M = sl.methods.get("hip_attention")
+  eq(M.phase, "both", "prefill and decode")
+  local qp, kp, vp = peaked(160, 8, 201)
+  local qt, kt, vt = qp:totable(), kp:totable(), vp:totable()
+  local qn = {}
+  for h = 1, HQ do qn[h] = {{}}; for x = 1, D do qn[h][1][x] = -qt[h][1][x] end end
+  local qneg = sl.tensor(qn)
+  local p = sl.registry.resolve(M, {budget = 48, bk = 8, window = 16, refresh = 3})
+  local st = decode.begin("hip_attention", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st, 0, kp:narrow(2, 1, 156), vp:narrow(2, 1, 156))
+  local sels = {}
+  for t = 1, 4 do
+    local n = 156 + t
+    local q, qtab = t == 4 and qneg or qp, t == 4 and qn or qt
+    local out = decode.step("hip_attention", st, {q = q, k = kp:narrow(2, n, 1), v = vp:narrow(2, n, 1), layer = 0}, p)
+    sels[t] = out.selection
+    eq(out.refreshed, t == 1 or t == 4, "step " .. t .. ": tree searched at steps 1 and 1 + refresh only")
+    local o = out.o:totable()
+    for h = 1, HQ do
+      -- the saved selection equals the tree over the cache at the refresh step
+      if t == 1 or t == 4 then
+        truthy(same_list(out.selection.blocks[h], hip_expect(M, qtab, kt, n, p, h)),
+          string.format("step %d head %d: selection = the tree over the cache at the refresh", t, h))
+      end
+      -- attended: the saved blocks plus the current window blocks, one softmax
+      local keep = {}
+      for _, c in ipairs(out.selection.blocks[h]) do
+        for j = c * p.bk, math.min((c + 1) * p.bk, n) - 1 do keep[j] = true end
+      end
+      for j = math.max(0, (n - 1 - p.window) // p.bk) * p.bk, n - 1 do keep[j] = true end
+      local ref = attend_ref(qtab, kt, vt, h, keep)
+      for x = 1, D do near(o[h][1][x], ref[x], 1e-4, string.format("step %d head %d: output", t, h)) end
+    end
+    if t <= 3 then
+      local r = recall_of(out, qp, st:layer(0).cache)
+      truthy(r >= 0.9, string.format("step %d: recall %.3f", t, r))
+    end
+  end
+  truthy(sels[2] == sels[1] and sels[3] == sels[1], "the saved selection is reused between refreshes")
+  truthy(sels[4] ~= sels[1] and sels[4].step == 4, "and re-selected at step 1 + refresh")
+  local differ = false
+  for h = 1, HQ do if not same_list(sels[4].blocks[h], sels[1].blocks[h]) then differ = true end end
+  truthy(differ, "the re-selection follows the new query")
+  -- score-blind: the first K_b blocks of the tree range instead of the tree
+  local cache = st:layer(0).cache
+  local st2 = decode.begin("hip_attention", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st2, 0, kp, vp)
+  local good = recall_of(M.decode(st2, st2:layer(0), {q = qp, layer = 0}, p), qp, cache)
+  local st3 = decode.begin("hip_attention", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st3, 0, kp, vp)
+  local firstk = function(_, _, _, T, Kb)
+    local l = {}
+    for h = 1, HQ do l[h] = {}; for c = 0, math.min(T, Kb) - 1 do l[h][#l[h] + 1] = c end end
+    return l
+  end
+  local bad = recall_of(M.decode(st3, st3:layer(0), {q = qp, layer = 0}, p, firstk), qp, cache)
+  truthy(good >= 0.9 and bad < 0.9, string.format("the tree (recall %.3f) beats the first K_b blocks (%.3f)", good, bad))
+  -- rep = minmax (the draft's grouped representative): the decode selection
+  -- = a float64 tree over max(q.k_min, q.k_max) of each block's channel-wise
+  -- min/max keys, plus the window blocks
+  local pm = sl.registry.resolve(M, {budget = 48, bk = 8, window = 16, refresh = 3, rep = "minmax"})
+  local st4 = decode.begin("hip_attention", {hq = HQ, hkv = HKV, d = D, page = 8})
+  decode.prefill(st4, 0, kp, vp)
+  local om = M.decode(st4, st4:layer(0), {q = qp, layer = 0}, pm)
+  local n = 160
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    local T = (n - 1 - pm.window) // pm.bk
+    local sc = {}
+    for c = 1, T do
+      local a, b = 0, 0
+      for x = 1, D do
+        local lo, hi = math.huge, -math.huge
+        for j = (c - 1) * pm.bk + 1, c * pm.bk do lo = math.min(lo, kt[g][j][x]); hi = math.max(hi, kt[g][j][x]) end
+        a, b = a + qt[h][1][x] * lo, b + qt[h][1][x] * hi
+      end
+      sc[c] = math.max(a, b)
+    end
+    local set = {}
+    for _, c in ipairs((M.tree(sc, T, pm.budget // pm.bk))) do set[c - 1] = true end
+    for c = T, (n - 1) // pm.bk do set[c] = true end
+    local want = {}
+    for c = 0, (n - 1) // pm.bk do if set[c] then want[#want + 1] = c end end
+    truthy(same_list(om.selection.blocks[h], want), "head " .. h .. ": min/max decode selection = the float64 min/max tree")
+  end
+  -- budget >= cache: every block at every step, = dense
+  local r = sl.eval("hip_attention", sl.problem{q = sl.randn({HQ, 3, D}, {seed = 7}), k = kp, v = vp},
+    {params = {budget = 4096, window = 16, refresh = 2}})
+  truthy(r.metrics.rel_l2 <= 1e-5, "budget >= cache is dense: rel_l2 " .. r.metrics.rel_l2)
+end)
+
 H.done()

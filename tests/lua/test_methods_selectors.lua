@@ -126,6 +126,82 @@ test("hip_attention: the C tree (select.hip_tree) keeps what the Lua tree keeps 
   truthy(e2 / e1 < 3 and e2 / e1 > 1.8, string.format("evaluations %d -> %d when n doubles", e1, e2))
 end)
 
+test("hip_attention: rep = minmax (the draft's grouped min/max representative) keeps what a float64 min/max tree keeps; dense at budget; a score-blind tree loses recall", function()
+  local n, d, bq, bk, win = 192, 16, 16, 4, 16
+  local prob = problem(n, d, 1706)
+  local m = sl.methods.get("hip_attention")
+  local p = sl.registry.resolve(m, {bq = bq, bk = bk, window = win, rep = "minmax"}, 24)
+  local _, info = m.estimate(prob, p)
+  local qt, kt = prob.q:totable(), prob.k:totable()
+  local C, Kb = n // bk, 24 // bk
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    -- per block, channel-wise min and max keys (float64 here)
+    local kmin, kmax = {}, {}
+    for c = 1, C do
+      kmin[c], kmax[c] = {}, {}
+      for x = 1, d do
+        local lo, hi = math.huge, -math.huge
+        for j = (c - 1) * bk + 1, c * bk do lo = math.min(lo, kt[g][j][x]); hi = math.max(hi, kt[g][j][x]) end
+        kmin[c][x], kmax[c][x] = lo, hi
+      end
+    end
+    for r = 1, n // bq do
+      local vis = ((r * bq) - 1) // bk + 1
+      local w0 = math.max(0, ((r - 1) * bq - win) // bk)
+      local T = math.min(w0, vis)
+      local sc = {}
+      for c = 1, T do
+        local best = -math.huge
+        for i = (r - 1) * bq + 1, r * bq do
+          local a, b = 0, 0
+          for x = 1, d do a = a + qt[h][i][x] * kmin[c][x]; b = b + qt[h][i][x] * kmax[c][x] end
+          best = math.max(best, a, b)
+        end
+        sc[c] = best
+      end
+      local want = {}
+      for _, c in ipairs((m.tree(sc, T, Kb))) do want[c] = true end
+      for c = w0 + 1, vis do want[c] = true end
+      for c = 1, C do
+        eq(info.keep[h][r][c] == 1, want[c] == true, string.format("head %d block row %d key block %d", h, r, c))
+      end
+    end
+  end
+  local r = sl.eval("hip_attention", prob, {budget = n, params = {bq = bq, bk = bk, window = win, rep = "minmax"}})
+  near(r.metrics.rel_l2, 0, 1e-5, "budget >= n is dense")
+  -- recall on planted blocks (random keys make every block's min/max bound
+  -- alike): per kv head five key blocks aligned with the group's queries
+  local base = sl.randn({HKV, 1, d}, {seed = 1707}):totable()
+  local qn = sl.randn({HQ, n, d}, {seed = 1708, std = 0.3}):totable()
+  local kn = sl.randn({HKV, n, d}, {seed = 1709}):totable()
+  local qq, kk = {}, {}
+  for h = 1, HQ do
+    local g = (h - 1) // (HQ // HKV) + 1
+    qq[h] = {}
+    for i = 1, n do qq[h][i] = {}; for x = 1, d do qq[h][i][x] = base[g][1][x] + qn[h][i][x] end end
+  end
+  for g = 1, HKV do
+    kk[g] = {}
+    local hot = {}
+    for i = 1, 5 do hot[(g * 11 + i * 7) % 30 + 3] = true end
+    for j = 1, n do
+      kk[g][j] = {}
+      local c = (j - 1) // bk
+      for x = 1, d do kk[g][j][x] = hot[c] and 1.5 * base[g][1][x] + 0.5 * kn[g][j][x] or kn[g][j][x] end
+    end
+  end
+  local pp = sl.problem{q = sl.tensor(qq), k = sl.tensor(kk), v = prob.v}
+  local dense = sl.eval("dense", pp, {})
+  local mp = m.estimate(pp, p)
+  local mb = m.estimate(pp, p, true)
+  local _, lk = sl.attn.block_sparse(pp.q, pp.k, pp.v, mp)
+  local _, lb = sl.attn.block_sparse(pp.q, pp.k, pp.v, mb)
+  local rk, rb = recall_of(lk, dense.lse), recall_of(lb, dense.lse)
+  truthy(rk > rb + 0.05, string.format("recall min/max tree %.3f, score-blind %.3f", rk, rb))
+  H.raises(function() m.estimate(prob, sl.registry.resolve(m, {rep = "minmax", qstride = 2}, 24)) end, "qstride = 1", "minmax needs every row")
+end)
+
 test("top_theta: k >= n is dense; kept keys are those above θ; θ falls as k grows; blind choice loses recall", function()
   local prob = problem(200, 16, 1703)
   local m = sl.methods.get("top_theta")

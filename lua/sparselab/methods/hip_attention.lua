@@ -14,10 +14,31 @@
 --   3. the K_b surviving blocks, plus the window blocks (the query block's
 --      own block and the `window` tokens before it), causal, one softmax:
 --      attn.block_sparse over the union (step 4).
--- Not here: decode and the mask-refresh interval (step 5), the Self-Extend
---   RoPE re-positioning, the per-group min/max key bound variant
---   (block_size_k_group > 1), sink tokens of later versions, sifters
---   (the draft's stage-0 offset; one sifter = offset 0 here).
+--   5. decode (session 3c): per decode step the step's query row is its own
+--      query block (bq = 1) and select.hip_tree runs over the whole cache
+--      (tree range: the blocks before the window of that row); the kept
+--      blocks (tree + window) are saved in the layer's decode state
+--      (ls.hip = {step, n, blocks}) and reused until `refresh` steps have
+--      passed (tree searches at decode steps 0, r, 2r, ... counted from 0:
+--      v1.2's HiPMaskRefreshState, decode_index % interval == 0, one stage
+--      here). Between refreshes a step attends the saved blocks plus the
+--      current window blocks (so the tokens appended since, and the saved
+--      window, stay in; budget >= cache stays dense), one softmax.
+--      Default refresh 8: v1.2's mask_refresh_interval [64, 16, 8] has 8 for
+--      its finest stage; the single v1.1 tree is refreshed as that stage.
+--   rep = "minmax" (option, session 3c): the v1.1 draft's block_size_k_group
+--      > 1 representative. The draft reduces each group of keys to its
+--      channel-wise min and max vectors and scores a node as max(q.k_min,
+--      q.k_max) over the block's queries (masking_iteration_draft_numba_kernel,
+--      the block_size_k_group > 1 branch). Here the group is the bk-token key
+--      block (the draft's block_size_k = 1 with groups of 8 is read as bk = 8,
+--      as for rep = "first"); min/max from page.meta, the scores from
+--      score.lowbit at 16 bits, the tree in Lua over that dense map (cost
+--      ~ n.C, not the C tree's visited nodes; estimator_flops counts it).
+--      qstride must be 1 with it.
+-- Not here: the Self-Extend RoPE re-positioning, sink tokens of later
+--   versions, sifters (the draft's stage-0 offset; one sifter = offset 0
+--   here), v1.2's multi-stage chunk pruning (another card).
 -- Estimator (session 3): select.hip_tree, one C op (ref, cpu, CUDA) that
 --   scores only the representatives of the nodes the tree visits: each new
 --   half's first key block against the block's query rows, when the half is
@@ -87,6 +108,43 @@ local function tree(scores, T, Kb)
   return out, evals
 end
 
+-- The draft's grouped representative (rep = "minmax"; the v1.1 draft's
+-- block_size_k_group > 1): per key block of bk tokens the channel-wise
+-- minimum and maximum keys (page.meta with page = bk), and a block's score =
+-- the max over the query block's rows of max(q.k_min, q.k_max) (scaled),
+-- from score.lowbit at 16 bits (f32 q.k, no quantisation) with bk = 1
+-- against [k_min; k_max] (zero rows appended when 2C < n_q, as score.lowbit
+-- needs n_q <= n_k; their columns are not read). Returns map[h][r][c] (Lua
+-- tables, 1-based, c = 1..C).
+local function minmax_map(q, k, bq, bk, backend)
+  local kmin, kmax = sl.page.meta(k, {page = bk, backend = backend})
+  local hkv, C, d = kmin:shape()[1], kmin:shape()[2], kmin:shape()[3]
+  local parts = {kmin, kmax}
+  local nq = q:shape()[2]
+  if 2 * C < nq then parts[3] = sl.zeros({hkv, nq - 2 * C, d}) end
+  local a = {bq = bq, bk = 1, bits = 16, smooth_k = 0, causal = 0, backend = backend}
+  local s = sl.score.lowbit(q, sl.cat(parts, 2), a):totable()
+  local out = {}
+  for h, hr in ipairs(s) do
+    out[h] = {}
+    for r, row in ipairs(hr) do
+      local o = {}
+      for c = 1, C do o[c] = math.max(row[c], row[C + c]) end
+      out[h][r] = o
+    end
+  end
+  return out
+end
+
+local function check_rep(p)
+  if p.rep ~= "first" and p.rep ~= "minmax" then
+    sl.fail("hip_attention: rep must be 'first' or 'minmax'; found '%s'", tostring(p.rep))
+  end
+  if p.rep == "minmax" and p.qstride ~= 1 then
+    sl.fail("hip_attention: rep = 'minmax' scores every query row; expected qstride = 1, found %d", p.qstride)
+  end
+end
+
 -- The old emulation (estimator = "lowbit"): every tile's max from
 -- score.lowbit (dense cost), then the Lua tree above over the map; kept only
 -- to compare against the C tree, which must give the same keep.
@@ -95,7 +153,9 @@ local function estimate_lowbit(prob, p, blind)
   local d = prob.q:shape()[3]
   local nqb, nkb, nq, nk = E.blocks(prob, p.bq, p.bk)
   local smap
-  if not blind then
+  if not blind and p.rep == "minmax" then
+    smap = minmax_map(prob.q, prob.k, p.bq, p.bk, prob.backend)
+  elseif not blind then
     local sargs = {bq = p.bq, bk = p.bk, bits = 16, smooth_k = 0, causal = prob.causal and 1 or 0, backend = prob.backend}
     smap = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
   end
@@ -118,7 +178,9 @@ local function estimate_lowbit(prob, p, blind)
     end
   end
   local m = E.mask_from_keep(keep, prob, p.bq, p.bk)
-  return m, {estimator_flops = evals * p.bq * p.bk * 2 * d, stats = {tree_evaluations = evals}}
+  -- the minmax map is dense: two f32 scores per (query row, key block)
+  local flops = (p.rep == "minmax" and not blind) and 4 * hq * nq * nkb * d or evals * p.bq * p.bk * 2 * d
+  return m, {estimator_flops = flops, stats = {tree_evaluations = evals}, keep = keep}
 end
 
 -- The C tree (select.hip_tree): only the representatives of the visited
@@ -126,7 +188,8 @@ end
 -- blind = true: the score-blind variant (tree ordered by position, no
 -- scores), through the Lua tree.
 local function estimate(prob, p, blind)
-  if blind or p.estimator == "lowbit" then return estimate_lowbit(prob, p, blind) end
+  check_rep(p)
+  if blind or p.estimator == "lowbit" or p.rep == "minmax" then return estimate_lowbit(prob, p, blind) end
   if p.estimator ~= "tree" then sl.fail("hip_attention: estimator must be 'tree' or 'lowbit'; found '%s'", tostring(p.estimator)) end
   local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
   local args = {bq = p.bq, bk = p.bk, kb = Kb, window = p.window, causal = prob.causal and 1 or 0,
@@ -139,12 +202,103 @@ local function estimate(prob, p, blind)
   return m, {estimator_flops = ev * rows * p.bk * 2 * prob.q:shape()[3], stats = {tree_evaluations = ev}}
 end
 
+-- ---- decode (card step 5) ----
+
+-- Every kept block (tree and window) of one decode row: per query head a
+-- sorted Lua list of 0-based key blocks, from select.hip_tree over the whole
+-- cache with bq = 1 (the step's query row is its own query block).
+-- selector (tests only) replaces the tree: selector(cache, q, p, T, Kb) ->
+-- per query head the tree blocks (0-based, < T); the window blocks are added.
+local function decode_select(cache, q, p, backend, selector)
+  local n, hq = cache:len(), q:shape()[1]
+  local C = (n + p.bk - 1) // p.bk
+  local w0 = math.max(0, (n - 1 - p.window) // p.bk)
+  local T = math.min(w0, C)
+  local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
+  local lists, evals = {}, 0
+  check_rep(p)
+  if p.rep == "minmax" and not selector then
+    local map = minmax_map(q, cache:tensor("k"):narrow(2, 1, n), 1, p.bk, backend)
+    selector = function()
+      local out = {}
+      for h = 1, hq do
+        local sc = {}
+        for c = 1, T do sc[c] = map[h][1][c] end
+        local kept, ev = tree(sc, T, Kb)
+        evals = evals + ev
+        out[h] = {}
+        for i, c in ipairs(kept) do out[h][i] = c - 1 end
+      end
+      return out
+    end
+  end
+  if selector then
+    local tree_blocks = selector(cache, q, p, T, Kb)
+    for h = 1, hq do
+      local l = {}
+      for _, c in ipairs(tree_blocks[h]) do l[#l + 1] = c end
+      for c = T, C - 1 do l[#l + 1] = c end
+      table.sort(l)
+      lists[h] = l
+    end
+    return lists, evals
+  end
+  local keep, ev = sl.select.hip_tree(q, cache:tensor("k"):narrow(2, 1, n),
+    {bq = 1, bk = p.bk, kb = Kb, window = p.window, causal = 1, qstride = 1, backend = backend})
+  evals = math.floor(ev:stats())
+  for h, hr in ipairs(keep:totable()) do
+    local l = {}
+    for c, x in ipairs(hr[1]) do if x ~= 0 then l[#l + 1] = c - 1 end end
+    lists[h] = l
+  end
+  return lists, evals
+end
+
+-- The decode hook: the selection (tree + window blocks at the refresh step)
+-- is saved in the layer's decode state (ls.hip = {step, n, blocks}) and
+-- reused for `refresh` - 1 steps; each step attends the saved blocks plus
+-- the current window blocks (the tokens appended since the selection
+-- included), one softmax. selector: see decode_select (tests only).
+local function decode_hook(st, ls, step, p, selector)
+  local decode = require "sparselab.decode"
+  local cache, q = ls.cache, step.q
+  local n, hq, d = cache:len(), q:shape()[1], cache:head_dim()
+  local saved, refreshed, evals = ls.hip, false, 0
+  if not saved or st.steps - saved.step >= p.refresh then
+    local blocks
+    blocks, evals = decode_select(cache, q, p, step.backend, selector)
+    saved = {step = st.steps, n = n, blocks = blocks}
+    ls.hip, refreshed = saved, true
+  end
+  local w0 = math.max(0, (n - 1 - p.window) // p.bk)
+  local lists, tokens = {}, 0
+  for h = 1, hq do
+    local have, l = {}, {}
+    for _, c in ipairs(saved.blocks[h]) do have[c] = true end
+    for c = w0, (n - 1) // p.bk do have[c] = true end
+    for c = 0, (n - 1) // p.bk do
+      if have[c] then
+        for j = c * p.bk, math.min((c + 1) * p.bk, n) - 1 do l[#l + 1] = j end
+      end
+    end
+    lists[h] = l
+    tokens = tokens + #l
+  end
+  local t = decode.lists_tensor(lists)
+  local o, lse = decode.attend_tokens(cache, q, t, {backend = step.backend})
+  return {o = o, lse = lse, pages = t, selection = saved, refreshed = refreshed,
+    stats = {tokens_read = tokens / hq, density = tokens / (hq * n), kv_bytes = 8 * d * tokens,
+      tree_evaluations = evals, estimator_flops = evals * p.bk * 2 * d, refreshed = refreshed and 1 or 0}}
+end
+
+local block_run = E.block_run(estimate)
+
 return {
   id = "hip_attention",
   card = "hip_attention",
   title = "HiP Attention: Sparse Sub-Quadratic Attention with Hierarchical Attention Pruning",
   family = "block-estimate",
-  phase = "prefill",
+  phase = "both",
   causal_only = true,
   summary = "Per query block, a binary tree over key-block groups keeps the top-K_b halves by their first block's max q·k, plus a sliding window.",
   knob = "budget",
@@ -154,13 +308,28 @@ return {
     bk = {default = 8, min = 1, max = 4096, int = true, doc = "keys per key block (the representative)"},
     window = {default = 128, min = 0, int = true, doc = "sliding window tokens attended besides the tree"},
     qstride = {default = 1, min = 1, int = true, doc = "a representative's score uses every qstride-th row of the query block (v1.1 draft: 2)"},
+    refresh = {default = 8, min = 1, int = true, doc = "decode: steps between tree searches (the mask-refresh interval); the selection is reused in between"},
+    rep = {default = "first", doc = "representative of a half: 'first' (its first block's keys) or 'minmax' (the draft's block_size_k_group > 1: max(q.k_min, q.k_max) of the block's channel-wise min/max keys; Lua tree over a dense map)"},
     estimator = {default = "tree", doc = "'tree': select.hip_tree scores only visited nodes; 'lowbit': the old dense tile-max map + Lua tree (comparison only)"},
   },
   ops = {"select.hip_tree", "attn.block_sparse"},
   checks = {"budget >= n equals dense", "K_b groups per level, final groups one block, sorted unique < T",
-    "a needle key per region is found", "score-blind representatives lose recall"},
+    "a needle key per region is found", "score-blind representatives lose recall",
+    "decode: budget >= cache is dense; the selection is reused between refreshes; refresh re-selects; first-k blocks fail"},
   estimate = estimate,
   tree = tree,
   mask = function(prob, p) return (estimate(prob, p)) end,
-  run = E.block_run(estimate),
+  decode = decode_hook,
+  decode_select = decode_select,
+  minmax_map = minmax_map,
+  -- a decode problem (n_q < n_k) is replayed step by step through the decode hook
+  run = function(prob, p)
+    if prob.q:shape()[2] < prob.k:shape()[2] then
+      local D = require "sparselab.decode"
+      local prefix = prob.k:shape()[2] - prob.q:shape()[2]
+      local r = D.replay(sl.methods.get("hip_attention"), prob, p, {page = math.max(1, math.min(16, prefix))})
+      return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps}
+    end
+    return block_run(prob, p)
+  end,
 }
