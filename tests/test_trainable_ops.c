@@ -553,10 +553,13 @@ START_TEST(test_fsa)
     sl_rng rng;
     sl_rng_seed(&rng, 14006);
     /* random block lists (unsorted, -1 holes, future blocks) on every backend vs ref and vs float64 here */
-    const int64_t shapes[2][5] = {{4, 2, 50, 50, 8}, {4, 1, 6, 45, 16}};
-    for (int si = 0; si < 2; si++) {
+    /* (hq, hkv, nq, nk, d, bs, n); the last two: blocks of more than 32 keys,
+     * and more than 32 slots per row (the CUDA lanes each take several) */
+    const int64_t shapes[4][7] = {
+        {4, 2, 50, 50, 8, 8, 4}, {4, 1, 6, 45, 16, 8, 4}, {2, 1, 12, 160, 8, 48, 3}, {2, 1, 8, 200, 8, 4, 36}};
+    for (int si = 0; si < 4; si++) {
         const int64_t *sh = shapes[si];
-        int64_t bs = 8, nb = (sh[3] + bs - 1) / bs, n = 4;
+        int64_t bs = sh[5], nb = (sh[3] + bs - 1) / bs, n = sh[6];
         int64_t bshape[3] = {sh[1], sh[2], n}, gshape[2] = {sh[0], sh[2]}, oshape[3] = {sh[0], sh[2], sh[4]};
         sl_tensor in[6] = {tu_randn(ctx, &rng, sh[0], sh[2], sh[4], 1.0), tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0),
                            tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0), {0}, {0}, {0}};
