@@ -324,16 +324,19 @@ START_TEST(test_compress)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 14003);
-    int64_t H = 2, N = 37, D = 6;
-    for (int mode = 0; mode < 2; mode++)
+    int64_t H = 2, N = 37;
+    /* D 40: more channels than the CUDA kernel's 32 lanes */
+    for (int mi = 0; mi < 4; mi++)
         for (int with_pe = 0; with_pe < 2; with_pe++) {
+            int mode = mi & 1;
+            int64_t D = mi >= 2 ? 40 : 6;
             int64_t l = 8, s = mode ? 4 : 8;
             int64_t ws[3] = {H, l * D, D}, ps[3] = {H, l, D};
             sl_tensor in[3] = {tu_randn(ctx, &rng, H, N, D, 1.0), mode ? randn_shape(ctx, &rng, 3, ws, 0.3) : (sl_tensor){0},
                                with_pe ? randn_shape(ctx, &rng, 3, ps, 0.5) : (sl_tensor){0}};
             sl_trainable_compress_params p = {.l = l, .s = s, .mode = mode};
             char what[64];
-            snprintf(what, sizeof what, "trainable.compress mode %d pe %d", mode, with_pe);
+            snprintf(what, sizeof what, "trainable.compress mode %d pe %d D %d", mode, with_pe, (int)D);
             check_op_vs_ref(ctx, SL_OP_TRAINABLE_COMPRESS, &p, in, 1e-5, what);
             sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_COMPRESS, &p, in);
             int64_t C = (N + s - 1) / s;
