@@ -175,9 +175,12 @@ START_TEST(test_nsa_vs_indep)
     sl_rng rng;
     sl_rng_seed(&rng, 14001);
     const nsa_cfg *cfgs[2] = {&PAPER, &FLA};
-    const int64_t shapes[3][5] = {{4, 2, 77, 77, 8}, {2, 2, 40, 40, 16}, {4, 1, 9, 70, 8}};
+    /* shape 3: more than 32 compressed tokens and key blocks per row, so the
+     * CUDA kernel's lanes each take several (and the block argmax reduces
+     * across lanes) */
+    const int64_t shapes[4][5] = {{4, 2, 77, 77, 8}, {2, 2, 40, 40, 16}, {4, 1, 9, 70, 8}, {2, 1, 24, 300, 8}};
     for (int ci = 0; ci < 2; ci++)
-        for (int si = 0; si < 3; si++) {
+        for (int si = 0; si < 4; si++) {
             const int64_t *sh = shapes[si];
             sl_tensor in[8];
             nsa_inputs(ctx, &rng, sh[0], sh[1], sh[2], sh[3], sh[4], cfgs[ci], in);
@@ -321,16 +324,19 @@ START_TEST(test_compress)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 14003);
-    int64_t H = 2, N = 37, D = 6;
-    for (int mode = 0; mode < 2; mode++)
+    int64_t H = 2, N = 37;
+    /* D 40: more channels than the CUDA kernel's 32 lanes */
+    for (int mi = 0; mi < 4; mi++)
         for (int with_pe = 0; with_pe < 2; with_pe++) {
+            int mode = mi & 1;
+            int64_t D = mi >= 2 ? 40 : 6;
             int64_t l = 8, s = mode ? 4 : 8;
             int64_t ws[3] = {H, l * D, D}, ps[3] = {H, l, D};
             sl_tensor in[3] = {tu_randn(ctx, &rng, H, N, D, 1.0), mode ? randn_shape(ctx, &rng, 3, ws, 0.3) : (sl_tensor){0},
                                with_pe ? randn_shape(ctx, &rng, 3, ps, 0.5) : (sl_tensor){0}};
             sl_trainable_compress_params p = {.l = l, .s = s, .mode = mode};
             char what[64];
-            snprintf(what, sizeof what, "trainable.compress mode %d pe %d", mode, with_pe);
+            snprintf(what, sizeof what, "trainable.compress mode %d pe %d D %d", mode, with_pe, (int)D);
             check_op_vs_ref(ctx, SL_OP_TRAINABLE_COMPRESS, &p, in, 1e-5, what);
             sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_TRAINABLE_COMPRESS, &p, in);
             int64_t C = (N + s - 1) / s;
@@ -550,10 +556,13 @@ START_TEST(test_fsa)
     sl_rng rng;
     sl_rng_seed(&rng, 14006);
     /* random block lists (unsorted, -1 holes, future blocks) on every backend vs ref and vs float64 here */
-    const int64_t shapes[2][5] = {{4, 2, 50, 50, 8}, {4, 1, 6, 45, 16}};
-    for (int si = 0; si < 2; si++) {
+    /* (hq, hkv, nq, nk, d, bs, n); the last two: blocks of more than 32 keys,
+     * and more than 32 slots per row (the CUDA lanes each take several) */
+    const int64_t shapes[4][7] = {
+        {4, 2, 50, 50, 8, 8, 4}, {4, 1, 6, 45, 16, 8, 4}, {2, 1, 12, 160, 8, 48, 3}, {2, 1, 8, 200, 8, 4, 36}};
+    for (int si = 0; si < 4; si++) {
         const int64_t *sh = shapes[si];
-        int64_t bs = 8, nb = (sh[3] + bs - 1) / bs, n = 4;
+        int64_t bs = sh[5], nb = (sh[3] + bs - 1) / bs, n = sh[6];
         int64_t bshape[3] = {sh[1], sh[2], n}, gshape[2] = {sh[0], sh[2]}, oshape[3] = {sh[0], sh[2], sh[4]};
         sl_tensor in[6] = {tu_randn(ctx, &rng, sh[0], sh[2], sh[4], 1.0), tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0),
                            tu_randn(ctx, &rng, sh[1], sh[3], sh[4], 1.0), {0}, {0}, {0}};

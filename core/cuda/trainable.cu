@@ -1,10 +1,7 @@
 // cuda/trainable.cu — the trainable family on CUDA (issue 14; card nsa;
-// contracts in sparselab.h). trainable.compress: one thread per output
-// element (head, window, channel). trainable.nsa: one thread per (kv head,
-// query row); it reads the row's visible compressed tokens per query head of
-// the group, keeps the selected block list in its row of `blocks` (no
-// per-thread arrays), and runs the selected-block and window softmaxes in
-// three passes (maxima, sums, weighted values) over the keys it reads.
+// contracts in sparselab.h). trainable.compress, nsa, fsa, sparsek and
+// routing run one CTA of 32 lanes per row (see each kernel); nsa keeps the
+// selected block list in its row of `blocks` (no per-lane arrays).
 // Compiled with `make CUDA=1`; run under the CUDA simulator by
 // `make test-cudasim`.
 #include "dialect.cuh"
@@ -19,26 +16,41 @@
 
 namespace {
 
+// trainable.compress: one CTA of 32 lanes per (head, window) (issue 14,
+// session 3c; was one thread per output element). Per window position r the
+// lanes stage x[r] + pe[r] in shared memory (float64), then each lane adds
+// its channels' terms into a float64 accumulator row in shared memory.
 __global__ void compress_kernel(const float *x, const float *w, const float *pe, float *y, int H, int N, int D,
                                 int C, int l, int s, int mode)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)H * C * D)
-        return;
-    int c = (int)(item % D), i = (int)((item / D) % C), h = (int)(item / ((long long)D * C));
-    double acc = 0;
+    SL_DYN_SMEM(double, smem); // row[D], acc[D]
+    double *row = smem, *acc = smem + D;
+    int item = blockIdx.x, lane = threadIdx.x;
+    int i = item % C, h = item / C;
+    (void)H;
+    for (int c = lane; c < D; c += 32)
+        acc[c] = 0;
     for (int r = 0; r < l && (long long)i * s + r < N; r++) {
-        const float *row = x + ((size_t)h * N + (size_t)i * s + r) * D;
-        if (mode == 0) {
-            acc += (double)row[c] + (pe ? pe[((size_t)h * l + r) * D + c] : 0.f);
-            continue;
-        }
-        for (int e = 0; e < D; e++) {
-            double val = (double)row[e] + (pe ? pe[((size_t)h * l + r) * D + e] : 0.f);
-            acc += val * w[(((size_t)h * l + r) * D + e) * D + c];
+        const float *xr = x + ((size_t)h * N + (size_t)i * s + r) * D;
+        __syncthreads();
+        for (int e = lane; e < D; e += 32)
+            row[e] = (double)xr[e] + (pe ? pe[((size_t)h * l + r) * D + e] : 0.f);
+        __syncthreads();
+        for (int c = lane; c < D; c += 32) {
+            if (mode == 0) {
+                acc[c] += row[c];
+                continue;
+            }
+            const float *wr = w + ((size_t)h * l + r) * D * D + c;
+            double sum = 0;
+            for (int e = 0; e < D; e++)
+                sum += row[e] * wr[(size_t)e * D];
+            acc[c] += sum;
         }
     }
-    y[item] = (float)(mode == 0 ? acc / l : acc);
+    float *yo = y + (size_t)item * D;
+    for (int c = lane; c < D; c += 32)
+        yo[c] = (float)(mode == 0 ? acc[c] / l : acc[c]);
 }
 
 __device__ float dotf(const float *a, const float *b, int D)
@@ -57,6 +69,43 @@ __device__ int in_list(const int *list, int cnt, int j)
     return 0;
 }
 
+// Sum over the 32 lanes of one double (red: 32 doubles of shared memory).
+__device__ double sk_lane_sum(double x, double *red)
+{
+    __syncthreads();
+    red[threadIdx.x] = x;
+    __syncthreads();
+    double t = 0;
+    for (int i = 0; i < 32; i++)
+        t += red[i];
+    return t;
+}
+
+__device__ float sk_lane_max(float x, double *red)
+{
+    __syncthreads();
+    red[threadIdx.x] = x;
+    __syncthreads();
+    float t = -INFINITY;
+    for (int i = 0; i < 32; i++)
+        t = fmaxf(t, (float)red[i]);
+    return t;
+}
+
+// Adds (put = 0) or writes (put = 1) the 32 lanes' accumulator rows into
+// o[0..D), each lane summing its channels; syncs before and after.
+__device__ void lane_rows_out(const float *acc_all, float *o, int D, int put)
+{
+    __syncthreads();
+    for (int e = threadIdx.x; e < D; e += 32) {
+        float sum = 0.f;
+        for (int l2 = 0; l2 < 32; l2++)
+            sum += acc_all[(size_t)l2 * D + e];
+        o[e] = put ? sum : o[e] + sum;
+    }
+    __syncthreads();
+}
+
 struct nsa_args {
     const float *q, *k, *v, *kc, *vc, *gc, *gs, *gw;
     float *o, *lse, *imp;
@@ -65,105 +114,171 @@ struct nsa_args {
     float scale;
 };
 
+// trainable.nsa: one CTA of 32 lanes per (kv head, query row) (issue 14,
+// session 3c; was one thread per row). Per query head of the group:
+// compressed softmax with the lanes splitting the visible compressed tokens
+// (max and sum reduced in shared memory, each lane's P·V in its own row of
+// dynamic shared memory); the importance with the lanes splitting the key
+// blocks (each block's sum in the same order as before: heads, then
+// compressed tokens ascending). Selection: forced blocks by lane 0, then each
+// pick an argmax reduced across the lanes (ties to the lower block). The
+// selected-block and window softmaxes in three passes over the selected
+// blocks' keys and then the window keys outside them, split across lanes.
 __global__ void nsa_kernel(nsa_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hkv * a.Nq)
-        return;
-    int kv = (int)(item / a.Nq), t = (int)(item % a.Nq), g = a.Hq / a.Hkv;
+    SL_DYN_SMEM(float, acc_all); // 32 rows of D floats
+    SL_SHARED(double, red, [32]);
+    SL_SHARED(int, redi, [32]);
+    SL_SHARED(int, shcnt, [1]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int kv = item / a.Nq, t = item % a.Nq, g = a.Hq / a.Hkv;
     int nb = (a.Nk + a.bs - 1) / a.bs, pos = a.Nk - a.Nq + t, jq = pos / a.bs;
     const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
     const float *KC = a.kc + (size_t)kv * a.Nc * a.D, *VC = a.vc + (size_t)kv * a.Nc * a.D;
     float *imp = a.imp + ((size_t)kv * a.Nq + t) * nb;
     int *brow = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
+    float *acc = acc_all + (size_t)lane * a.D;
     int nvis = pos + 1 >= a.l ? (pos + 1 - a.l) / a.s + 1 : 0;
     if (nvis > a.Nc)
         nvis = a.Nc;
-    for (int j = 0; j < nb; j++)
+    for (int j = lane; j < nb; j += 32)
         imp[j] = 0.f;
     for (int hh = 0; hh < g; hh++) {
         int h = kv * g + hh;
         const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
         float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
         for (int e = 0; e < a.D; e++)
-            o[e] = 0.f;
-        if (nvis == 0)
-            continue;
+            acc[e] = 0.f;
         float m = -INFINITY, z = 0.f;
-        for (int i = 0; i < nvis; i++)
-            m = fmaxf(m, dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale);
-        for (int i = 0; i < nvis; i++)
-            z += expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m);
-        float gc = a.gc[(size_t)h * a.Nq + t];
-        for (int i = 0; i < nvis; i++) {
-            float pr = expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m) / z;
-            for (int e = 0; e < a.D; e++)
-                o[e] += gc * pr * VC[(size_t)i * a.D + e];
-            int t0 = i * a.s, t1 = i * a.s + a.l;
-            for (int j = t0 / a.bs; j < nb && j * a.bs < t1; j++) {
-                int lo = max(t0, j * a.bs), hi = min(t1, (j + 1) * a.bs);
-                imp[j] += pr * (float)(hi - lo) / (float)a.s;
+        if (nvis > 0) {
+            float part = -INFINITY;
+            for (int i = lane; i < nvis; i += 32)
+                part = fmaxf(part, dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale);
+            m = sk_lane_max(part, red);
+            part = 0.f;
+            for (int i = lane; i < nvis; i += 32)
+                part += expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m);
+            z = (float)sk_lane_sum((double)part, red);
+            float gc = a.gc[(size_t)h * a.Nq + t];
+            for (int i = lane; i < nvis; i += 32) {
+                float pr = expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m) / z;
+                for (int e = 0; e < a.D; e++)
+                    acc[e] += gc * pr * VC[(size_t)i * a.D + e];
+            }
+            // importance: block j gathers the tokens whose window meets it
+            for (int j = lane; j < nb; j += 32) {
+                int ilo = j * a.bs - a.l + 1, ihi = ((j + 1) * a.bs - 1) / a.s;
+                ilo = ilo <= 0 ? 0 : (ilo + a.s - 1) / a.s;
+                for (int i = ilo; i <= ihi && i < nvis; i++) {
+                    int t0 = i * a.s, t1 = i * a.s + a.l;
+                    int lo = max(t0, j * a.bs), hi = min(t1, (j + 1) * a.bs);
+                    if (hi <= lo)
+                        continue;
+                    float pr = expf(dotf(qv, KC + (size_t)i * a.D, a.D) * a.scale - m) / z;
+                    imp[j] += pr * (float)(hi - lo) / (float)a.s;
+                }
             }
         }
+        lane_rows_out(acc_all, o, a.D, 1);
     }
     // selection into brow: forced blocks, then the largest importance
-    int cnt = 0, want = min(a.n, jq + 1);
-    for (int j = 0; j <= jq; j++)
-        if (j < a.init || j > jq - a.local)
-            brow[cnt++] = j;
+    __syncthreads();
+    if (lane == 0) {
+        int cnt = 0;
+        for (int j = 0; j <= jq; j++)
+            if (j < a.init || j > jq - a.local)
+                brow[cnt++] = j;
+        shcnt[0] = cnt;
+    }
+    __syncthreads();
+    int cnt = shcnt[0], want = min(a.n, jq + 1);
     while (cnt < want) {
         int best = -1;
-        for (int j = 0; j <= jq; j++)
+        for (int j = lane; j <= jq; j += 32)
             if (!in_list(brow, cnt, j) && (best < 0 || imp[j] > imp[best]))
                 best = j;
-        brow[cnt++] = best;
-    }
-    for (int x = 1; x < cnt; x++)
-        for (int y = x; y > 0 && brow[y - 1] > brow[y]; y--) {
-            int tmp = brow[y];
-            brow[y] = brow[y - 1];
-            brow[y - 1] = tmp;
+        __syncthreads();
+        redi[lane] = best;
+        __syncthreads();
+        best = -1;
+        for (int l2 = 0; l2 < 32; l2++) {
+            int j = redi[l2];
+            if (j >= 0 && (best < 0 || imp[j] > imp[best] || (imp[j] == imp[best] && j < best)))
+                best = j;
         }
-    for (int c = cnt; c < a.n; c++)
-        brow[c] = -1;
-    int w0 = pos - a.window + 1;
+        __syncthreads();
+        if (lane == 0)
+            brow[cnt] = best;
+        __syncthreads();
+        cnt++;
+    }
+    if (lane == 0) {
+        for (int x = 1; x < cnt; x++)
+            for (int y = x; y > 0 && brow[y - 1] > brow[y]; y--) {
+                int tmp = brow[y];
+                brow[y] = brow[y - 1];
+                brow[y - 1] = tmp;
+            }
+        for (int c = cnt; c < a.n; c++)
+            brow[c] = -1;
+    }
+    __syncthreads();
+    int w0 = max(pos - a.window + 1, 0);
     for (int hh = 0; hh < g; hh++) {
         int h = kv * g + hh;
         const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
         float *o = a.o + ((size_t)h * a.Nq + t) * a.D;
         float ms = -INFINITY, mw = -INFINITY, mu = -INFINITY, zs = 0.f, zw = 0.f, zu = 0.f;
+        for (int e = 0; e < a.D; e++)
+            acc[e] = 0.f;
         for (int pass = 0; pass < 3; pass++) {
             float fs = pass == 2 && zs > 0.f ? a.gs[(size_t)h * a.Nq + t] / zs : 0.f;
             float fw = pass == 2 && zw > 0.f ? a.gw[(size_t)h * a.Nq + t] / zw : 0.f;
-            for (int j = 0; j <= jq; j++) {
-                int sel = in_list(brow, cnt, j);
-                int k0 = j * a.bs, k1 = min((j + 1) * a.bs, pos + 1);
-                if (!sel)
-                    k0 = max(k0, w0);
-                for (int kk = k0; kk < k1; kk++) {
-                    float sc = dotf(qv, K + (size_t)kk * a.D, a.D) * a.scale;
-                    int win = kk >= w0;
-                    if (pass == 0) {
-                        if (sel)
-                            ms = fmaxf(ms, sc);
-                        if (win)
-                            mw = fmaxf(mw, sc);
-                        mu = fmaxf(mu, sc);
-                    } else if (pass == 1) {
-                        if (sel)
-                            zs += expf(sc - ms);
-                        if (win)
-                            zw += expf(sc - mw);
-                        zu += expf(sc - mu);
-                    } else {
-                        float wgt = (sel ? fs * expf(sc - ms) : 0.f) + (win ? fw * expf(sc - mw) : 0.f);
-                        for (int e = 0; e < a.D; e++)
-                            o[e] += wgt * V[(size_t)kk * a.D + e];
+            float ps = pass == 0 ? -INFINITY : 0.f, pw = ps, pu = ps;
+            // keys of the selected blocks, then window keys outside them
+            for (int part = 0; part < 2; part++) {
+                int nseg = part == 0 ? cnt : 1;
+                for (int c = 0; c < nseg; c++) {
+                    int k0 = part == 0 ? brow[c] * a.bs : w0;
+                    int k1 = part == 0 ? min((brow[c] + 1) * a.bs, pos + 1) : pos + 1;
+                    for (int kk = k0 + lane; kk < k1; kk += 32) {
+                        int sel = part == 0, win = kk >= w0;
+                        if (!sel && in_list(brow, cnt, kk / a.bs))
+                            continue;
+                        float sc = dotf(qv, K + (size_t)kk * a.D, a.D) * a.scale;
+                        if (pass == 0) {
+                            if (sel)
+                                ps = fmaxf(ps, sc);
+                            if (win)
+                                pw = fmaxf(pw, sc);
+                            pu = fmaxf(pu, sc);
+                        } else if (pass == 1) {
+                            if (sel)
+                                ps += expf(sc - ms);
+                            if (win)
+                                pw += expf(sc - mw);
+                            pu += expf(sc - mu);
+                        } else {
+                            float wgt = (sel ? fs * expf(sc - ms) : 0.f) + (win ? fw * expf(sc - mw) : 0.f);
+                            for (int e = 0; e < a.D; e++)
+                                acc[e] += wgt * V[(size_t)kk * a.D + e];
+                        }
                     }
                 }
             }
+            if (pass == 0) {
+                ms = sk_lane_max(ps, red);
+                mw = sk_lane_max(pw, red);
+                mu = sk_lane_max(pu, red);
+            } else if (pass == 1) {
+                zs = (float)sk_lane_sum((double)ps, red);
+                zw = (float)sk_lane_sum((double)pw, red);
+                zu = (float)sk_lane_sum((double)pu, red);
+            }
         }
-        a.lse[(size_t)h * a.Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(zu);
+        lane_rows_out(acc_all, o, a.D, 0);
+        if (lane == 0)
+            a.lse[(size_t)h * a.Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(zu);
     }
 }
 
@@ -189,29 +304,6 @@ __device__ int sk_selected(const float *u, int m, int kk, int j)
     for (int i = 0; i < m && rank < kk; i++)
         rank += u[i] > u[j] || (u[i] == u[j] && i < j);
     return rank < kk;
-}
-
-// Sum over the 32 lanes of one double (red: 32 doubles of shared memory).
-__device__ double sk_lane_sum(double x, double *red)
-{
-    __syncthreads();
-    red[threadIdx.x] = x;
-    __syncthreads();
-    double t = 0;
-    for (int i = 0; i < 32; i++)
-        t += red[i];
-    return t;
-}
-
-__device__ float sk_lane_max(float x, double *red)
-{
-    __syncthreads();
-    red[threadIdx.x] = x;
-    __syncthreads();
-    float t = -INFINITY;
-    for (int i = 0; i < 32; i++)
-        t = fmaxf(t, (float)red[i]);
-    return t;
 }
 
 __global__ void sparsek_kernel(sparsek_args a)
@@ -297,11 +389,15 @@ __global__ void sparsek_kernel(sparsek_args a)
     }
 }
 
-// trainable.fsa in FSA's order: fsa_block_kernel, one thread per (kv head,
+// trainable.fsa in FSA's order (issue 14, session 3c; was one thread per
+// block and per row): fsa_block_kernel, one CTA of 32 lanes per (kv head,
 // key block b), walks the rows that selected b (the inverse index, found by
 // scanning each row's slots) and writes per (query head, row, slot) the
-// partial (max, sum, O); fsa_merge_kernel, one thread per (query head, row),
-// merges its slots through their log-sum-exps.
+// partial (max, sum, O), the lanes splitting the block's keys (max and sum
+// reduced in shared memory, P·V in per-lane rows of dynamic shared memory);
+// fsa_merge_kernel, one CTA of 32 lanes per (query head, row): the slots'
+// maximum reduced across lanes, then each lane merges its channels through
+// the slots' log-sum-exps.
 struct fsa_args {
     const float *q, *k, *v, *gate, *base;
     const int *blocks;
@@ -312,11 +408,12 @@ struct fsa_args {
 
 __global__ void fsa_block_kernel(fsa_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hkv * a.nb)
-        return;
-    int kv = (int)(item / a.nb), b = (int)(item % a.nb), g = a.Hq / a.Hkv;
+    SL_DYN_SMEM(float, acc_all); // 32 rows of D floats
+    SL_SHARED(double, red, [32]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int kv = item / a.nb, b = item % a.nb, g = a.Hq / a.Hkv;
     const float *K = a.k + (size_t)kv * a.Nk * a.D, *V = a.v + (size_t)kv * a.Nk * a.D;
+    float *acc = acc_all + (size_t)lane * a.D;
     for (int t = 0; t < a.Nq; t++) {
         const int *row = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
         int pos = a.Nk - a.Nq + t;
@@ -327,19 +424,24 @@ __global__ void fsa_block_kernel(fsa_args a)
             for (int hh = 0; hh < g; hh++) {
                 int h = kv * g + hh;
                 const float *qv = a.q + ((size_t)h * a.Nq + t) * a.D;
-                float *slot = a.part + (((size_t)h * a.Nq + t) * a.n + x) * (a.D + 2), *acc = slot + 2;
-                float m = -INFINITY, l = 0.f;
+                float *slot = a.part + (((size_t)h * a.Nq + t) * a.n + x) * (a.D + 2);
                 for (int e = 0; e < a.D; e++)
                     acc[e] = 0.f;
-                for (int j = k0; j < k1; j++)
-                    m = fmaxf(m, dotf(qv, K + (size_t)j * a.D, a.D) * a.scale);
-                for (int j = k0; j < k1; j++) {
+                float part = -INFINITY;
+                for (int j = k0 + lane; j < k1; j += 32)
+                    part = fmaxf(part, dotf(qv, K + (size_t)j * a.D, a.D) * a.scale);
+                float m = sk_lane_max(part, red);
+                part = 0.f;
+                for (int j = k0 + lane; j < k1; j += 32) {
                     float w = expf(dotf(qv, K + (size_t)j * a.D, a.D) * a.scale - m);
-                    l += w;
+                    part += w;
                     for (int e = 0; e < a.D; e++)
                         acc[e] += w * V[(size_t)j * a.D + e];
                 }
-                slot[0] = m, slot[1] = l;
+                float l = (float)sk_lane_sum((double)part, red);
+                lane_rows_out(acc_all, slot + 2, a.D, 1);
+                if (lane == 0)
+                    slot[0] = m, slot[1] = l;
             }
         }
     }
@@ -347,33 +449,36 @@ __global__ void fsa_block_kernel(fsa_args a)
 
 __global__ void fsa_merge_kernel(fsa_args a)
 {
-    long long item = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (item >= (long long)a.Hq * a.Nq)
-        return;
-    int h = (int)(item / a.Nq), t = (int)(item % a.Nq), kv = h / (a.Hq / a.Hkv);
+    SL_SHARED(double, red, [32]);
+    int item = blockIdx.x, lane = threadIdx.x;
+    int h = item / a.Nq, t = item % a.Nq, kv = h / (a.Hq / a.Hkv);
     const int *row = a.blocks + ((size_t)kv * a.Nq + t) * a.n;
     const float *slots = a.part + (size_t)item * a.n * (a.D + 2);
-    float m = -INFINITY, l = 0.f;
-    for (int x = 0; x < a.n; x++)
+    float part = -INFINITY;
+    for (int x = lane; x < a.n; x += 32)
         if (row[x] >= 0)
-            m = fmaxf(m, slots[(size_t)x * (a.D + 2)]);
-    float *o = a.o + (size_t)item * a.D;
-    for (int e = 0; e < a.D; e++)
-        o[e] = 0.f;
+            part = fmaxf(part, slots[(size_t)x * (a.D + 2)]);
+    float m = sk_lane_max(part, red), l = 0.f;
     if (m > -INFINITY)
         for (int x = 0; x < a.n; x++) {
             const float *s = slots + (size_t)x * (a.D + 2);
-            if (row[x] < 0 || s[0] == -INFINITY)
-                continue;
-            float r = expf(s[0] - m);
-            l += s[1] * r;
-            for (int e = 0; e < a.D; e++)
-                o[e] += r * s[2 + e];
+            if (row[x] >= 0 && s[0] != -INFINITY)
+                l += s[1] * expf(s[0] - m);
         }
     float gate = a.gate ? a.gate[item] : 1.f;
-    for (int e = 0; e < a.D; e++)
-        o[e] = (a.base ? a.base[(size_t)item * a.D + e] : 0.f) + (l > 0.f ? gate * o[e] / l : 0.f);
-    a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
+    float *o = a.o + (size_t)item * a.D;
+    for (int e = lane; e < a.D; e += 32) {
+        float sum = 0.f;
+        if (m > -INFINITY)
+            for (int x = 0; x < a.n; x++) {
+                const float *s = slots + (size_t)x * (a.D + 2);
+                if (row[x] >= 0 && s[0] != -INFINITY)
+                    sum += expf(s[0] - m) * s[2 + e];
+            }
+        o[e] = (a.base ? a.base[(size_t)item * a.D + e] : 0.f) + (l > 0.f ? gate * sum / l : 0.f);
+    }
+    if (lane == 0)
+        a.lse[item] = l > 0.f ? m + logf(l) : -INFINITY;
 }
 
 // trainable.routing: one warp per (query head, row) (issue 14, session 3;
@@ -886,7 +991,12 @@ sl_status sl__cuda_trainable_compress(const sl__kargs *a)
     sl__cuda_stage st(a);
     if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
         return s;
-    SL_LAUNCH(compress_kernel, dim3((unsigned)((total + 127) / 128)), 128, 0, 0)(
+    if (H * C > (int64_t)1 << 31)
+        return sl__cuda_unsupported(a, "more than 2^31 (head, window) pairs");
+    if (2 * D * (int64_t)sizeof(double) > 48 * 1024)
+        return sl__cuda_unsupported(a, "%lld channels: the window row and accumulator pass 48 KiB of shared memory",
+                                    (long long)D);
+    SL_LAUNCH(compress_kernel, dim3((unsigned)(H * C)), 32, (size_t)(2 * D) * sizeof(double), 0)(
         st.input<float>(0), st.input<float>(1), st.input<float>(2), st.output<float>(0), (int)H, (int)N, (int)D,
         (int)C, (int)p->l, (int)p->s, (int)p->mode);
     return sl__cuda_stage_out(&st, cudaGetLastError());
@@ -913,7 +1023,10 @@ sl_status sl__cuda_trainable_nsa(const sl__kargs *a)
     x.l = (int)p->l, x.s = (int)p->s, x.bs = (int)p->bs, x.n = (int)p->n, x.init = (int)p->init;
     x.local = (int)p->local, x.window = (int)p->window;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    SL_LAUNCH(nsa_kernel, dim3((unsigned)((items + 63) / 64)), 64, 0, 0)(x);
+    if (32 * D * (int64_t)sizeof(float) > 48 * 1024)
+        return sl__cuda_unsupported(a, "head_dim %lld: the warp's 32 accumulator rows pass 48 KiB of shared memory",
+                                    (long long)D);
+    SL_LAUNCH(nsa_kernel, dim3((unsigned)items), 32, (size_t)(32 * D) * sizeof(float), 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
@@ -967,8 +1080,12 @@ sl_status sl__cuda_trainable_fsa(const sl__kargs *a)
     x.Hq = (int)Hq, x.Hkv = (int)Hkv, x.Nq = (int)Nq, x.Nk = (int)Nk, x.D = (int)D, x.n = (int)n, x.bs = (int)p->bs;
     x.nb = (int)nb;
     x.scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    SL_LAUNCH(fsa_block_kernel, dim3((unsigned)((Hkv * nb + 63) / 64)), 64, 0, 0)(x);
-    SL_LAUNCH(fsa_merge_kernel, dim3((unsigned)((Hq * Nq + 63) / 64)), 64, 0, 0)(x);
+    if (32 * D * (int64_t)sizeof(float) > 48 * 1024)
+        return sl__cuda_unsupported(a, "head_dim %lld: the warp's 32 accumulator rows pass 48 KiB of shared memory",
+                                    (long long)D);
+    if (Hkv * nb > 0)
+        SL_LAUNCH(fsa_block_kernel, dim3((unsigned)(Hkv * nb)), 32, (size_t)(32 * D) * sizeof(float), 0)(x);
+    SL_LAUNCH(fsa_merge_kernel, dim3((unsigned)(Hq * Nq)), 32, 0, 0)(x);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
