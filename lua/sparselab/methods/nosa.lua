@@ -91,8 +91,10 @@ local function eviction_scores(prob, p)
   return e, T.file_source(p.weights)
 end
 
--- Per kv head and row the selected block set (1-based block ids as keys).
-local function select_blocks(prob, p)
+-- Per kv head and row the selected block set (1-based block ids as keys),
+-- handed to emit(kv, t, set) as it is made (rows in order for each kv head),
+-- so no table of every row's set is kept.
+local function select_blocks(prob, p, emit)
   local hq, nq, _, hkv, nk = dims(prob)
   local g, B = hq // hkv, p.block
   if B % p.sub ~= 0 then
@@ -101,7 +103,7 @@ local function select_blocks(prob, p)
   local nb, per = (nk + B - 1) // B, B // p.sub
   local args = {bq = 1, bk = p.sub, causal = 0, pool = 0, scale = 1, backend = prob.backend}
   local e, source = eviction_scores(prob, p)
-  local sets, eb = {}, {}
+  local eb = {}
   for kv = 1, hkv do
     -- block eviction scores: the mean of e over the block's keys
     eb[kv] = {}
@@ -110,7 +112,6 @@ local function select_blocks(prob, p)
       for j = (b - 1) * B + 1, math.min(b * B, nk) do s = s + e[kv][j]; n = n + 1 end
       eb[kv][b] = s / n
     end
-    sets[kv] = {}
   end
   -- The sub-block scores [hq, rows, nk/sub] one block of query rows at a time
   -- (bq = 1, no causal rule: a row's scores do not depend on the others), so
@@ -141,34 +142,43 @@ local function select_blocks(prob, p)
         for b = 1, own - 1 do if not set[b] then ids[#ids + 1] = b; rest[#ids] = eb[kv][b] end end
         local eo = E.order_desc(rest, #ids)
         for i = 1, math.min(p.k_e, #ids) do set[ids[eo[i]]] = true end
-        sets[kv][t] = set
+        emit(kv, t, set)
       end
     end
   end
-  return sets, source, sl.op_flops("score.pooled", prob.q, prob.k, args)
+  return source, sl.op_flops("score.pooled", prob.q, prob.k, args)
+end
+
+-- Every row's sets as a table sets[kv][t] (for tests on small inputs).
+local function all_sets(prob, p)
+  local sets = {}
+  local source, flops = select_blocks(prob, p, function(kv, t, set)
+    sets[kv] = sets[kv] or {}
+    sets[kv][t] = set
+  end)
+  return sets, source, flops
 end
 
 local function estimate(prob, p)
   local hq, nq, _, hkv, nk = dims(prob)
   local g, nb = hq // hkv, (nk + p.block - 1) // p.block
-  local sets, source, flops = select_blocks(prob, p)
   -- u8 [hq, nq, nb] set in place (a Lua keep table would hold nq · nb entries)
   local keep = sl.zeros({hq, nq, nb}, "u8")
   local gsum, gmin, moved, cnt = 0, 1, 0, 0
-  for kv = 1, hkv do
-    for t = 1, nq do
-      local set, prev, size, inter = sets[kv][t], sets[kv][t - 1], 0, 0
-      for b in pairs(set) do
-        size = size + 1
-        if prev and prev[b] then inter = inter + 1 end
-        for h = (kv - 1) * g + 1, kv * g do keep:set(h, t, b, 1) end
-      end
-      if prev then
-        local gamma = inter / size
-        gsum, gmin, moved, cnt = gsum + gamma, math.min(gmin, gamma), moved + (size - inter), cnt + 1
-      end
+  local prev = {}
+  local source, flops = select_blocks(prob, p, function(kv, t, set)
+    local last, size, inter = prev[kv], 0, 0
+    for b in pairs(set) do
+      size = size + 1
+      if last and last[b] then inter = inter + 1 end
+      for h = (kv - 1) * g + 1, kv * g do keep:set(h, t, b, 1) end
     end
-  end
+    if last then
+      local gamma = inter / size
+      gsum, gmin, moved, cnt = gsum + gamma, math.min(gmin, gamma), moved + (size - inter), cnt + 1
+    end
+    prev[kv] = set
+  end)
   p.params_source = source
   return sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = 1, bk = p.block, causal = true}),
     {estimator_flops = flops, stats = {gamma_mean = cnt > 0 and gsum / cnt or 1, gamma_min = gmin,
@@ -198,7 +208,7 @@ return {
     "k_q = 0: query-agnostic only", "independent float64 selection", "score-blind selection loses recall"},
   params_sources = {"standin:value_norm", "sha256:<weights file>"},
   fit_why = "the eviction head is trained end to end with its logit bias (ED-DMA), which this forward does not model",
-  select_blocks = select_blocks,
+  select_blocks = all_sets,
   mask = function(prob, p) return (estimate(prob, p)) end,
   run = function(prob, p)
     local out = run_blocks(prob, p)
