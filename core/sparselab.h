@@ -1641,11 +1641,19 @@ typedef struct sl_exec_stat {
     double seconds;     /* wall time of the products */
     int64_t calls, rows; /* products run, activation rows multiplied */
     double flops;       /* flops the executors ran (2 per product done) */
+    int64_t small;      /* of calls: non-dense formats run as the dense sgemm (below min_macs) */
 } sl_exec_stat;
 sl_status sl_model_exec_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, sl_model_exec **out);
 void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e);
 /* density threshold of SL_EXEC_AUTO (default 0.4) */
 void sl_model_exec_set_threshold(sl_model_exec *e, double density);
+/* Products of a non-dense format with n * N * K below macs multiply-adds
+ * run as the runner's dense sgemm on the same zeroed weight / activations
+ * (gated w3: then zeroed outside its support), and count in stat.small: at
+ * such sizes one sl_op_run costs more than the product (issue 17, session
+ * 3c). Default SL_EXEC_MIN_MACS_DEFAULT; 0: always the sparse executors. */
+#define SL_EXEC_MIN_MACS_DEFAULT 262144.0
+void sl_model_exec_set_min_macs(sl_model_exec *e, double macs);
 /* Sets the format of weight (layer, name); n, m only for SL_EXEC_NM. layer
  * -1: every layer. */
 sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const char *name,

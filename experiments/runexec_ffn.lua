@@ -11,7 +11,10 @@
 -- per product, one token at a time with the KV cache). Each configuration is
 -- timed `reps` times, configurations interleaved, and the median taken;
 -- ratio = median ÷ the dense median of the same phase in the same run.
---   LUA_CPATH='build/?.so' lua5.4 experiments/runexec_ffn.lua [dim hidden prefill decode reps]
+-- min_macs (6th argument, default the exec's own): products with fewer
+-- multiply-adds run as the dense sgemm on the zeroed operands (session 3c);
+-- 0 sends every product through the sparse executors.
+--   LUA_CPATH='build/?.so' lua5.4 experiments/runexec_ffn.lua [dim hidden prefill decode reps [min_macs]]
 local sl = require "sparselab"
 local E = require "sparselab.runexec"
 local P = require "sparselab.prune"
@@ -19,6 +22,7 @@ local A = require "sparselab.actsparse"
 
 local DIM, HID = tonumber(arg[1]) or 1024, tonumber(arg[2]) or 2816
 local PREFILL, DECODE, REPS = tonumber(arg[3]) or 64, tonumber(arg[4]) or 16, tonumber(arg[5]) or 3
+local MIN_MACS = tonumber(arg[6])
 
 local function synthetic(path, d, hid, seed)
   local heads, vocab, seq = 8, 32, 256
@@ -99,6 +103,7 @@ local function bench(label, m, prefill_ids)
   for _ = 1, REPS do
     for _, c in ipairs(CONFIGS) do
       if c.prune then prune_ffn(m, c.prune) end
+      c.spec.min_macs = MIN_MACS
       E.use(m, c.spec)
       local site = c.topk and A.hook(m, {kind = "topk", k = math.max(1, math.floor(c.topk * m.cfg.hidden_dim))})
       if c.chess then

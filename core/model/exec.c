@@ -22,6 +22,7 @@ struct sl_model_exec {
     sl_backend_id backend;
     int64_t n_layers;
     double threshold;
+    double min_macs;   /* products with fewer multiply-adds stay dense (sl_model_exec_set_min_macs) */
     exec_slot *slots; /* [n_layers][SL_EXEC_KINDS] */
     sl_exec_stat stat[SL_EXEC_KINDS];
     float *gate;       /* the last w1 output of a layer whose w3 is gated */
@@ -57,6 +58,7 @@ sl_status sl_model_exec_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, sl_
     e->backend = b;
     e->n_layers = m->cfg.n_layers;
     e->threshold = 0.4;
+    e->min_macs = SL_EXEC_MIN_MACS_DEFAULT;
     size_t bytes = sizeof *e->slots * (size_t)(e->n_layers * SL_EXEC_KINDS);
     if (!(e->slots = sl_ctx_alloc(ctx, bytes))) {
         sl_ctx_dealloc(ctx, e, sizeof *e);
@@ -81,6 +83,11 @@ void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e)
 void sl_model_exec_set_threshold(sl_model_exec *e, double density)
 {
     e->threshold = density;
+}
+
+void sl_model_exec_set_min_macs(sl_model_exec *e, double macs)
+{
+    e->min_macs = macs > 0 ? macs : 0;
 }
 
 static const sl_tensor *layer_weight(const sl_model *m, int64_t l, int k)
@@ -251,9 +258,30 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
     int64_t N = w->shape[0], K = w->shape[1];
     double t0 = sl_time_now(), flops = 0, seconds = 0;
     sl_status st = SL_OK;
-    if (s->format == SL_EXEC_DENSE) {
+    /* Below min_macs the call through sl_op_run (argument checks, content
+     * scans, staging, the output's finite check) costs more than the product:
+     * run the runner's sgemm on the same operands instead. The weight is the
+     * runner's own, already zeroed where the compressed form has no entry
+     * (nm, bitmap), and the activations are the hook's, zeroed where act
+     * skips them, so the sums are the same ones in another order; gated w3
+     * zeroes the outputs outside its support afterwards. Counted in small. */
+    int small = s->format != SL_EXEC_DENSE && (double)n * (double)N * (double)K < e->min_macs;
+    if (s->format == SL_EXEC_GATED && small &&
+        (e->gate_layer != layer || !e->gate || e->gate_bytes < sizeof(float) * (size_t)(n * N)))
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: layers.%d.w3 is gated but w1 of that layer did not "
+                           "run through the exec in this pass", layer);
+    if (s->format == SL_EXEC_DENSE || small) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)N, (int)K, 1.f, x, (int)K, w->data, (int)K,
                     0.f, y, (int)N);
+        if (s->format == SL_EXEC_GATED) {
+            const float *th = s->a.data;
+            for (int64_t r = 0; r < n; r++)
+                for (int64_t j = 0; j < N; j++) {
+                    double g = e->gate[r * N + j], a = g / (1 + exp(-g));
+                    if (!(fabs(a) >= (double)th[j]))
+                        y[r * N + j] = 0.f;
+                }
+        }
         seconds = sl_time_now() - t0;
         flops = 2.0 * (double)n * (double)N * (double)K;
     } else {
@@ -322,6 +350,7 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
     t->calls++;
     t->rows += n;
     t->flops += flops;
+    t->small += small;
     *done = 1;
     return SL_OK;
 }

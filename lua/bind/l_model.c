@@ -290,6 +290,14 @@ static int m_exec_threshold(lua_State *L)
     return 0;
 }
 
+/* model:exec_min_macs(macs): products below it stay dense (counted in stats' small) */
+static int m_exec_min_macs(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    sl_model_exec_set_min_macs(model_exec(L, u), luaL_checknumber(L, 2));
+    return 0;
+}
+
 /* model:exec_format(layer, name) -> "dense" | "nm" | "bitmap" | "act" | nil */
 static int m_exec_format(lua_State *L)
 {
@@ -311,7 +319,7 @@ static int m_exec_stats(lua_State *L)
     lua_createtable(L, 0, SL_EXEC_KINDS);
     for (int k = 0; u->ex && k < SL_EXEC_KINDS; k++) {
         sl_exec_stat t = sl_model_exec_stat(u->ex, k);
-        lua_createtable(L, 0, 4);
+        lua_createtable(L, 0, 5);
         lua_pushnumber(L, t.seconds);
         lua_setfield(L, -2, "seconds");
         lua_pushinteger(L, (lua_Integer)t.calls);
@@ -320,6 +328,8 @@ static int m_exec_stats(lua_State *L)
         lua_setfield(L, -2, "rows");
         lua_pushnumber(L, t.flops);
         lua_setfield(L, -2, "flops");
+        lua_pushinteger(L, (lua_Integer)t.small);
+        lua_setfield(L, -2, "small");
         lua_setfield(L, -2, kinds[k]);
     }
     if (u->ex && lua_toboolean(L, 2))
@@ -590,6 +600,7 @@ void sl__lua_open_model(lua_State *L)
         {"config", m_config}, {"state", m_state}, {"forward", m_forward},
         {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {"exec_set", m_exec_set}, {"exec_gate", m_exec_gate},
         {"exec_backend", m_exec_backend}, {"exec_off", m_exec_off}, {"exec_threshold", m_exec_threshold},
+        {"exec_min_macs", m_exec_min_macs},
         {"exec_format", m_exec_format}, {"exec_stats", m_exec_stats}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {

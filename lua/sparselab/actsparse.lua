@@ -17,6 +17,9 @@
 --   A.calibrate_delta(m, seqs, s) -> {[layer] = theta}: temporal_delta's
 --     per-layer threshold, the s-quantile of consecutive-token differences.
 --   A.nll(m, seqs, spec, stats) -> mean next-token NLL with the spec.
+--   A.core_token(row, rho), A.core_sentence(rows, rho, beta): percentile core
+--     neurons (topk_activation 3); spec {kind = "core", rho =, beta =}: the
+--     prompt's sentence-level core neurons, kept alone in decode.
 --
 -- Card steps done: exact top-k (topk_activation 1) on the FFN hidden units
 -- by |h| (SwiGLU units are signed: the magnitude is this workbench's
@@ -49,6 +52,44 @@ local function count_nonzero(rows)
   local nz = 0
   for _, row in ipairs(rows) do for _, v in ipairs(row) do if v ~= 0 then nz = nz + 1 end end end
   return nz
+end
+
+--- Percentile core neurons (card topk_activation step 3, CoreMatching after
+--- CoreInfer), token level: row is a Lua array of one token's activations;
+--- A+ = its positive entries; C_rho = {n : a_n >= percentile(A+, rho)} with
+--- the percentile read as the ceil((1 - rho) |A+|)-th largest of A+ (so
+--- |C_rho| = ceil((1 - rho) |A+|) without ties; rho a fraction in [0, 1]).
+--- Returns the sorted 1-based indices.
+function A.core_token(row, rho)
+  local pos = {}
+  for _, v in ipairs(row) do if v > 0 then pos[#pos + 1] = v end end
+  local c = math.ceil((1 - rho) * #pos - 1e-9)
+  local out = {}
+  if c <= 0 then return out end
+  table.sort(pos, function(a, b) return a > b end)
+  local th = pos[c]
+  for n, v in ipairs(row) do if v > 0 and v >= th then out[#out + 1] = n end end
+  return out
+end
+
+--- Sentence level: rows [T][m]; f(n) = #tokens t with n in C_rho(row t);
+--- C^beta = {n : f(n) >= percentile(f, beta)}, the percentile the
+--- ceil((1 - beta) m)-th largest f, and f(n) > 0. Returns the sorted indices
+--- and f.
+function A.core_sentence(rows, rho, beta)
+  local m = #rows[1]
+  local f = {}
+  for n = 1, m do f[n] = 0 end
+  for _, row in ipairs(rows) do for _, n in ipairs(A.core_token(row, rho)) do f[n] = f[n] + 1 end end
+  local c = math.ceil((1 - beta) * m - 1e-9)
+  local out = {}
+  if c <= 0 then return out, f end
+  local sorted = {}
+  for n = 1, m do sorted[n] = f[n] end
+  table.sort(sorted, function(a, b) return a > b end)
+  local th = sorted[c]
+  for n = 1, m do if f[n] > 0 and f[n] >= th then out[#out + 1] = n end end
+  return out, f
 end
 
 function A.hook(m, spec, stats)
@@ -85,6 +126,30 @@ function A.hook(m, spec, stats)
         return sl.tensor(h)
       end
       return nil
+    elseif spec.kind == "core" then
+      -- CoreInfer / CoreMatching: a forward of more than one token (the prompt's prefill) runs
+      -- dense and fixes per layer the sentence-level core neurons of its |h| (SwiGLU units are
+      -- signed: |h| is this workbench's reading of the activation); single-token forwards
+      -- (decode) keep only those units. spec.rho, spec.beta: fractions; spec.blind = true keeps
+      -- the first |C| units instead (the score-blind control).
+      if site ~= "ffn_hidden" then return nil end
+      local h = x:totable()
+      if #h > 1 then
+        local a = {}
+        for i, row in ipairs(h) do a[i] = {}; for j, v in ipairs(row) do a[i][j] = math.abs(v) end end
+        local core = A.core_sentence(a, spec.rho, spec.beta)
+        if spec.blind then for i = 1, #core do core[i] = i end end
+        local keep = {}
+        for _, n in ipairs(core) do keep[n] = true end
+        keep_mask[layer] = keep
+        account(h)
+        return nil
+      end
+      local keep = keep_mask[layer]
+      if not keep then return nil end
+      for _, row in ipairs(h) do for j = 1, #row do if not keep[j] then row[j] = 0 end end end
+      account(h)
+      return sl.tensor(h)
     elseif spec.kind == "delta" then
       -- tokens as the time axis: the FFN hidden stream goes through act.delta
       -- and the runner's down projection sees the reference xhat (W xhat_t =

@@ -14,11 +14,14 @@ E.FFN = {"w1", "w3", "w2"}
 --- format of every pruned linear ("dense", "nm", "bitmap", "auto"; n, m for
 --- "nm"; threshold for "auto"), spec.kinds the weights it applies to (default
 --- all seven), spec.act = true runs w2 through mm.act_sparse. spec.backend
---- picks the executors' backend (default cpu).
+--- picks the executors' backend (default cpu); spec.min_macs: products with
+--- fewer multiply-adds run as the dense sgemm (stats' small counts them).
 function E.use(m, spec)
   spec = spec or {}
   m.c:exec_backend(spec.backend or "cpu")
   if spec.threshold then m.c:exec_threshold(spec.threshold) end
+  -- spec.min_macs: products below it stay the dense sgemm (default in C; 0: never)
+  if spec.min_macs then m.c:exec_min_macs(spec.min_macs) end
   for _, k in ipairs(spec.kinds or E.KINDS) do
     m.c:exec_set(-1, k, spec.weights or "dense", spec.n, spec.m)
   end

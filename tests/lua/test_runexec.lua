@@ -128,4 +128,55 @@ test("runexec: N:M on a weight that is not N:M is refused in one line; a replace
   E.off(m)
 end)
 
+-- Decode: one token per forward with the KV cache; the logits of all steps.
+local function decode_logits(site, n)
+  local st <close> = m.c:state(n)
+  local out = {}
+  for i = 1, n do out[i] = m.c:forward({IDS[i]}, st, nil, site):totable()[1] end
+  return out
+end
+
+test("runexec: products below min_macs run as the dense sgemm on the zeroed operands, counted in small", function()
+  local NDEC, d, hid = 6, m.cfg.dim, m.cfg.hidden_dim
+  truthy(d * hid < 262144, "the shipped model's decode products are below the default min_macs")
+  local th = A.calibrate(m, {IDS}, 0.5)
+  local cases = {
+    {"2:4 nm", function() P.magnitude(m, {n = 2, m = 4}); E.use(m, {weights = "nm", n = 2, m = 4}) end},
+    {"75 % bitmap", function() P.magnitude(m, {sparsity = 0.75}); E.use(m, {weights = "bitmap"}) end},
+    {"act w2 + gated w3", function()
+      E.use(m, {act = true}); for l = 0, L - 1 do m.c:exec_gate(l, th.chess[l]) end
+    end, A.hook(m, {kind = "threshold", theta = th.chess})},
+  }
+  for _, c in ipairs(cases) do
+    local name, set, site = c[1], c[2], c[3]
+    set()
+    m.c:exec_stats(true)
+    local small = decode_logits(site, NDEC)
+    local s1 = m.c:exec_stats(true)
+    m.c:exec_min_macs(0)
+    local sparse = decode_logits(site, NDEC)
+    local s0 = m.c:exec_stats(true)
+    E.off(m)
+    local dense = decode_logits(site, NDEC)
+    local d1, big = maxdiff(small, dense)
+    truthy(d1 <= RTOL * big, string.format("%s small path: max |diff| %.3g vs dense", name, d1))
+    local d0 = maxdiff(sparse, dense)
+    truthy(d0 <= RTOL * big, string.format("%s executors: max |diff| %.3g vs dense", name, d0))
+    for _, k in ipairs(E.FFN) do
+      eq(s1[k].calls, L * NDEC, name .. " " .. k .. " calls")
+      eq(s0[k].small, 0, name .. " " .. k .. ": min_macs 0 never takes the small path")
+    end
+    -- the non-dense FFN weights of this case took the small path, with dense flops
+    local nondense = name == "act w2 + gated w3" and {"w3", "w2"} or E.FFN
+    for _, k in ipairs(nondense) do
+      eq(s1[k].small, L * NDEC, name .. " " .. k .. " products counted small")
+      local w = m.c:weight("layers.0." .. k):shape()
+      H.near(s1[k].flops, L * NDEC * 2 * w[1] * w[2], 0.5, name .. " " .. k .. " small path flops = dense")
+      truthy(s0[k].flops < s1[k].flops, name .. " " .. k .. " executors ran fewer flops than the small path")
+    end
+    P.restore(m, snap)
+  end
+  E.off(m)
+end)
+
 H.done()

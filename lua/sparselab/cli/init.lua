@@ -714,11 +714,13 @@ function C.bench(argv)
   end
   if o["only-mm"] then o["only-estimators"], o["no-estimators"] = true, true end
   if not o["only-estimators"] then
+    local mm_rows = results
     results = require("sparselab.bench").run{quick = o.quick, backend = o.backend or "cpu", n = sizes,
       d = list("d", 1), heads = one("heads", 1), densities = list("densities", 0, true), patterns = words.patterns,
       reps = one("reps", 1), dtypes = words.dtypes, sgemm = not o["no-sgemm"], decode = not o["no-decode"],
       decode_n = one("decode-n", 64), decode_keys = one("decode-keys", 1), decode_nq = list("decode-nq", 1),
       decode_parts = o["decode-parts"], emit = show}
+    for i, r in ipairs(mm_rows) do table.insert(results, i, r) end -- the mm rows go to --db too
   end
   if not o["no-estimators"] then
     -- estimator overhead of the dynamic prefill methods (bench_estimators.lua)

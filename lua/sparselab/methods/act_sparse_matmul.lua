@@ -6,7 +6,10 @@
 --   loaded once per 8-row tile if any row uses it), 4 delta mode (with act.delta).
 -- Session 3: the runner runs w2 through mm.act_sparse on the zeroed activations
 --   (sparselab.runexec; equal to the dense product, timed).
--- Not done: output-sparse mode (2), crossover dispatch stored in SQLite (5).
+-- Session 3c: step 5 half: `sparselab bench` measures rho* per (T, shape, backend) (rows
+--   mm.act_sparse at densities 2..50 %, row mm.act_crossover, sparselab.bench_mm) and --db stores
+--   them. Not done: the runner reading the stored rho* to dispatch (it uses a size rule,
+--   min_macs, instead); output-sparse mode (2) is mm.out_sparse (session 3).
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "act_sparse_matmul",

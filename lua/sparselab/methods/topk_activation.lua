@@ -5,7 +5,11 @@
 -- Session 3: 2 statistical top-k (act.stat_topk: theta = mean + std . Phi^-1(s), shifted ReLU;
 --   sparselab.actsparse kind "stat_topk" on the gate pre-activation, Gemma 3n's order, SiLU here);
 --   the runner can run w2 through mm.act_sparse on the zeroed units (sparselab.runexec).
--- Not done: percentile core neurons (3), Spark's predictor (4).
+-- Session 3c: 3 percentile core neurons (sparselab.actsparse core_token / core_sentence, hook kind
+--   "core": the prompt's sentence-level core neurons of |h| kept alone in decode; rho, beta as
+--   fractions; tests/lua/test_core_neurons.lua). On the shipped 260K model a static core set
+--   is far worse than per-token top-k and not reliably better than the first |C| units.
+-- Not done: Spark's predictor (4).
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "topk_activation",
