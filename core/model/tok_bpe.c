@@ -530,8 +530,8 @@ static sl_status load_tree(sl_ctx *ctx, const char *path, const cJSON *root, sl_
 sl_status sl__bpe_load(sl_ctx *ctx, const char *path, sl__bpe **out)
 {
     *out = NULL;
-    char *text;
-    size_t n;
+    char *text = NULL;
+    size_t n = 0;
     sl_status s = read_file(ctx, path, &text, &n);
     if (s) {
         if (text)
