@@ -23,6 +23,17 @@ static sl_status validate_head_budget(sl_ctx *ctx, const sl_op_info *info, const
     return SL_OK;
 }
 
+/* t has dtype dt and x's shape. */
+static int cover_base_shape_ok(const sl_tensor *t, const sl_tensor *x, sl_dtype dt)
+{
+    if (t->dtype != dt || t->ndim != x->ndim)
+        return 0;
+    for (int i = 0; i < x->ndim; i++)
+        if (t->shape[i] != x->shape[i])
+            return 0;
+    return 1;
+}
+
 static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -36,6 +47,11 @@ static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         sl_tensor_describe(&in[1], desc, sizeof desc);
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'opt.heads' must be u8 [%lld] (one per head of x), found %s",
                            info->name, (long long)in[0].shape[0], desc);
+    }
+    if (op == SL_OP_SELECT_COVER && in[2].buf && !cover_base_shape_ok(&in[2], &in[0], SL_U8)) {
+        char desc[96];
+        sl_tensor_describe(&in[2], desc, sizeof desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'opt.base' must be u8 of x's shape, found %s", info->name, desc);
     }
     if (op != SL_OP_SELECT_THRESHOLD && op != SL_OP_SELECT_COVER &&
         (s = validate_head_budget(ctx, info, in, op == SL_OP_SELECT_TOPK ? SL_I32 : SL_F32)))

@@ -1217,8 +1217,10 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
 
 /* ---- issue 20, session 3c: flexprefill's query-aware cover in C ----
  * select.cover: x [H, C] or [H, R, C] (R = 1 for [H, C]), masses >= 0 or
- * -inf, opt.heads (u8 [H]: a head with 0 keeps nothing); params limit,
- * extra (0 or 1), causal. Unlike the row selectors it
+ * -inf, opt.heads (u8 [H]: a head with 0 selects nothing), opt.base (u8
+ * of x's shape: its non-zero entries are kept too, so a caller joins its
+ * own keep without a pass of its own); params limit, extra (0 or 1),
+ * causal. Unlike the row selectors it
  * selects per head over all R·C entries of the head together (flat index
  * r·C + c). Taking part: finite entries, and with causal only those with
  * c <= r + (C - R) (the causal block triangle; the others are never kept

@@ -482,7 +482,7 @@ START_TEST(test_select_cover)
     for (int s = 0; s < 4; s++) {
         const int64_t *sh = shapes[s];
         int64_t H = sh[0], R = sh[1], C = sh[2], m = R * C;
-        sl_tensor in[2] = {tied(ctx, &rng, H, R, C, 1)};
+        sl_tensor in[3] = {tied(ctx, &rng, H, R, C, 1)};
         const float *x = in[0].data;
         for (int causal = 0; causal < 2; causal++) {
             double total = 0;
@@ -530,7 +530,7 @@ START_TEST(test_select_cover)
                 }
         }
         /* opt.heads: head 0 off keeps nothing; the others as without it */
-        sl_tensor in2[2] = {in[0]};
+        sl_tensor in2[3] = {in[0]};
         int64_t hs[1] = {H};
         ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 1, hs, &in2[1]), SL_OK);
         for (int64_t h = 0; h < H; h++)
@@ -542,11 +542,20 @@ START_TEST(test_select_cover)
         for (int64_t f = 0; f < H * m; f++)
             ck_assert_int_eq(((uint8_t *)ko.data)[f], f < m ? 0 : ((uint8_t *)kf.data)[f]);
         sl_tensor_release(&ko);
+        /* opt.base (entries 0, 1 and 2): kept besides the selection, the output 0/1 */
+        ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, in[0].shape, &in2[2]), SL_OK);
+        for (int64_t f = 0; f < H * m; f++)
+            ((uint8_t *)in2[2].data)[f] = (uint8_t)(f % 7 == 0 ? 1 : f % 11 == 0 ? 2 : 0);
+        check_op_vs_ref(ctx, SL_OP_SELECT_COVER, &po, in2, 0, "cover opt.heads opt.base");
+        sl_tensor kb = run_op1(ctx, SL_BACKEND_REF, SL_OP_SELECT_COVER, &po, in2);
+        for (int64_t f = 0; f < H * m; f++)
+            ck_assert_int_eq(((uint8_t *)kb.data)[f], (f < m ? 0 : ((uint8_t *)kf.data)[f]) | (f % 7 == 0 || f % 11 == 0));
+        sl_tensor_release(&kb);
         sl_tensor_release(&kf);
-        sl_tensor_release(&in2[1]);
+        release_n(in2 + 1, 2);
         release_n(in, 1);
     }
-    sl_tensor x2[2] = {{0}};
+    sl_tensor x2[3] = {{0}};
     int64_t shp[3] = {1, 2, 2};
     ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 3, shp, &x2[0]), SL_OK);
     for (int i = 0; i < 4; i++)

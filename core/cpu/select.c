@@ -183,7 +183,12 @@ static void cover_item(int64_t h, void *ud, int thread)
     const float *v = (const float *)j->a->in[0].data + h * m;
     uint8_t *keep = (uint8_t *)j->a->out[0].data + h * m;
     entry *e = j->scr + (size_t)thread * (size_t)m;
-    memset(keep, 0, (size_t)m);
+    if (j->a->in[2].buf) {
+        const uint8_t *base = (const uint8_t *)j->a->in[2].data + h * m;
+        for (int64_t f = 0; f < m; f++)
+            keep[f] = base[f] != 0;
+    } else
+        memset(keep, 0, (size_t)m);
     if (j->a->in[1].buf && !((const uint8_t *)j->a->in[1].data)[h])
         return;
     int64_t n = 0;

@@ -192,6 +192,7 @@ sl_status run_select(const sl__kargs *a)
 struct cover_args {
     const float *x;
     const uint8_t *on;  // opt.heads or null
+    const uint8_t *base;  // opt.base or null
     uint8_t *keep;
     int64_t R, C;
     double limit;
@@ -242,9 +243,10 @@ __global__ void cover_kernel(cover_args a)
     int64_t m = a.R * a.C;
     const float *v = a.x + blockIdx.x * m;
     uint8_t *keep = a.keep + blockIdx.x * m;
+    const uint8_t *base = a.base ? a.base + blockIdx.x * m : nullptr;
     if (a.on && !a.on[blockIdx.x]) {
         for (int64_t f = threadIdx.x; f < m; f += kThreads)
-            keep[f] = 0;
+            keep[f] = base ? (base[f] != 0) : 0;
         return;
     }
     int64_t n = cover_count_ge(a, v, 1, shu);
@@ -260,7 +262,7 @@ __global__ void cover_kernel(cover_args a)
     int64_t take = lo + a.extra < n ? lo + a.extra : n;
     uint64_t t = take > 0 ? cover_kth(a, v, take, shu) : ~(uint64_t)0;
     for (int64_t f = threadIdx.x; f < m; f += kThreads)
-        keep[f] = take > 0 && cover_key(a, v, f) >= t;
+        keep[f] = (take > 0 && cover_key(a, v, f) >= t) || (base && base[f]);
 }
 
 sl_status run_cover(const sl__kargs *a)
@@ -280,6 +282,7 @@ sl_status run_cover(const sl__kargs *a)
     cover_args ca = {};
     ca.x = static_cast<const float *>(st.in[0]);
     ca.on = static_cast<const uint8_t *>(st.in[1]);
+    ca.base = static_cast<const uint8_t *>(st.in[2]);
     ca.keep = static_cast<uint8_t *>(st.out[0]);
     ca.R = R;
     ca.C = C;

@@ -174,5 +174,8 @@ sl_status sl__ref_select_cover(const sl__kargs *a)
         for (int64_t i = 0; i < take; i++)
             kh[order[i]] = 1;
     }
+    if (a->in[2].buf)
+        for (int64_t f = 0; f < H * m; f++)
+            keep[f] = keep[f] || ((const uint8_t *)a->in[2].data)[f];
     return SL_OK;
 }
