@@ -23,6 +23,17 @@ static sl_status validate_head_budget(sl_ctx *ctx, const sl_op_info *info, const
     return SL_OK;
 }
 
+/* t has dtype dt and x's shape. */
+static int cover_base_shape_ok(const sl_tensor *t, const sl_tensor *x, sl_dtype dt)
+{
+    if (t->dtype != dt || t->ndim != x->ndim)
+        return 0;
+    for (int i = 0; i < x->ndim; i++)
+        if (t->shape[i] != x->shape[i])
+            return 0;
+    return 1;
+}
+
 static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
@@ -31,7 +42,18 @@ static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
     sl_op op = info->op;
     if ((s = sl__check_scores(ctx, info, in, 1)))
         return s;
-    if (op != SL_OP_SELECT_THRESHOLD &&
+    if (op == SL_OP_SELECT_COVER && in[1].buf && !(in[1].ndim == 1 && in[1].shape[0] == in[0].shape[0] && in[1].dtype == SL_U8)) {
+        char desc[96];
+        sl_tensor_describe(&in[1], desc, sizeof desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'opt.heads' must be u8 [%lld] (one per head of x), found %s",
+                           info->name, (long long)in[0].shape[0], desc);
+    }
+    if (op == SL_OP_SELECT_COVER && in[2].buf && !cover_base_shape_ok(&in[2], &in[0], SL_U8)) {
+        char desc[96];
+        sl_tensor_describe(&in[2], desc, sizeof desc);
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'opt.base' must be u8 of x's shape, found %s", info->name, desc);
+    }
+    if (op != SL_OP_SELECT_THRESHOLD && op != SL_OP_SELECT_COVER &&
         (s = validate_head_budget(ctx, info, in, op == SL_OP_SELECT_TOPK ? SL_I32 : SL_F32)))
         return s;
     out_dtype[0] = SL_U8;
@@ -67,6 +89,15 @@ static sl_status select_check_contents(sl_ctx *ctx, const sl_op_info *info, cons
                                    info->name, (long long)i, x[i]);
         return SL_OK;
     }
+    case SL_OP_SELECT_COVER: {
+        const float *x = in[0].data;
+        int64_t n = sl_tensor_numel(&in[0]);
+        for (int64_t i = 0; i < n; i++)
+            if (x[i] < 0 && x[i] != -INFINITY)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: x[%lld] = %g; masses must be >= 0 or -inf", info->name,
+                                   (long long)i, x[i]);
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
@@ -84,8 +115,10 @@ static double select_flops(const sl_op_info *info, const void *params, const sl_
     const sl_tensor *x = &in[0];
     if (info->op == SL_OP_SELECT_THRESHOLD)
         return (double)sl_tensor_numel(x); /* one compare per element */
-    /* a comparison sort of each row: C log2 C compares */
+    /* a comparison sort of each row (select.cover: of each head's R·C entries) */
     double c = x->ndim ? (double)x->shape[x->ndim - 1] : 1;
+    if (info->op == SL_OP_SELECT_COVER && x->ndim == 3)
+        c *= (double)x->shape[1];
     return (double)sl_tensor_numel(x) * (c > 1 ? log2(c) : 1.0);
 }
 

@@ -1215,6 +1215,24 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * float64 prefix sums of phi(k) over keys: O((Hq + Hkv) . N . m . D) for
  * the features plus O(Hq . N . T_M . m); memory O(Hkv . N . m) doubles. */
 
+/* ---- issue 20, session 3c: flexprefill's query-aware cover in C ----
+ * select.cover: x [H, C] or [H, R, C] (R = 1 for [H, C]), masses >= 0 or
+ * -inf, opt.heads (u8 [H]: a head with 0 selects nothing), opt.base (u8
+ * of x's shape: its non-zero entries are kept too, so a caller joins its
+ * own keep without a pass of its own); params limit, extra (0 or 1),
+ * causal. Unlike the row selectors it
+ * selects per head over all R·C entries of the head together (flat index
+ * r·C + c). Taking part: finite entries, and with causal only those with
+ * c <= r + (C - R) (the causal block triangle; the others are never kept
+ * and add nothing). Order: larger first, ties by lower flat index first.
+ * cnt = the number of leading entries of the order whose running sum,
+ * added in float64 in that order, stays <= limit; the first min(cnt +
+ * extra, entries taking part) entries of the order are kept -> u8 keep of
+ * x's shape. FlexPrefill's query-aware rule with limit = γ · n_blocks
+ * (extra 1: the paper's covering set, extra 0: score_cover_idx). The
+ * cuda kernel sums block-wide: a running sum within rounding of limit may
+ * cut one entry apart from ref/cpu. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

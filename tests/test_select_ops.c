@@ -1,5 +1,5 @@
 /* test_select_ops.c — the selectors (select.topk, select.topp,
- * select.threshold) on every backend in SL_TEST_BACKENDS against ref (ties,
+ * select.threshold, select.cover) on every backend in SL_TEST_BACKENDS against ref (ties,
  * -inf entries, k = 0 and k = C, p = 0 and p = 1, opt.k and opt.p per head,
  * NaN and +inf rejected), their properties checked here (the minimality of
  * top-p), and the masks made from selections (sl_mask_from_blocks,
@@ -460,8 +460,116 @@ START_TEST(test_select_validation)
 }
 END_TEST
 
+/* select.cover (issue 20, session 3c): every backend against ref, over
+ * square (causal triangle) and wide slices, -inf entries and ties, limits
+ * from 0 past the total mass, extra 0 and 1; and ref against the rule
+ * recomputed here: a descending sort of the taking-part values, the
+ * running sum, then the kept count, no unkept entry above a kept one and
+ * ties kept by lower flat index. */
+static int dbl_desc(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x > y ? -1 : x < y;
+}
+
+START_TEST(test_select_cover)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 44020);
+    const int64_t shapes[][3] = {{3, 9, 9}, {2, 6, 11}, {2, 1, 40}, {1, 17, 17}};
+    for (int s = 0; s < 4; s++) {
+        const int64_t *sh = shapes[s];
+        int64_t H = sh[0], R = sh[1], C = sh[2], m = R * C;
+        sl_tensor in[3] = {tied(ctx, &rng, H, R, C, 1)};
+        const float *x = in[0].data;
+        for (int causal = 0; causal < 2; causal++) {
+            double total = 0;
+            for (int64_t f = 0; f < m; f++)
+                if (x[f] != -INFINITY && (!causal || f % C <= f / C + (C - R)))
+                    total += x[f];
+            const double fr[] = {0, 0.3, 0.5, 0.9, 1, 2};
+            for (int i = 0; i < 6; i++)
+                for (int extra = 0; extra < 2; extra++) {
+                    sl_select_cover_params p = {.limit = fr[i] * total, .extra = extra, .causal = causal};
+                    check_op_vs_ref(ctx, SL_OP_SELECT_COVER, &p, in, 0, "cover");
+                    sl_tensor out[1] = {run_op1(ctx, SL_BACKEND_REF, SL_OP_SELECT_COVER, &p, in)};
+                    const uint8_t *kp = out[0].data;
+                    double *vals = malloc((size_t)m * sizeof *vals);
+                    ck_assert_ptr_nonnull(vals);
+                    for (int64_t h = 0; h < H; h++) {
+                        int64_t n = 0, kept = 0;
+                        for (int64_t f = 0; f < m; f++) {
+                            int64_t g = h * m + f;
+                            int part = x[g] != -INFINITY && (!causal || f % C <= f / C + (C - R));
+                            if (part)
+                                vals[n++] = x[g];
+                            else
+                                ck_assert_int_eq(kp[g], 0);
+                            kept += kp[g];
+                        }
+                        qsort(vals, (size_t)n, sizeof *vals, dbl_desc);
+                        double cum = 0;
+                        int64_t cnt = 0;
+                        while (cnt < n && (cum += vals[cnt]) <= p.limit)
+                            cnt++;
+                        int64_t take = cnt + extra < n ? cnt + extra : n;
+                        ck_assert_int_eq(kept, take);
+                        /* no unkept taking-part entry before a kept one in the order */
+                        for (int64_t f = 0; f < m; f++)
+                            for (int64_t e = 0; e < m; e++) {
+                                int64_t gf = h * m + f, ge = h * m + e;
+                                int part = x[ge] != -INFINITY && (!causal || e % C <= e / C + (C - R));
+                                if (kp[gf] && !kp[ge] && part)
+                                    ck_assert(x[gf] > x[ge] || (x[gf] == x[ge] && f < e));
+                            }
+                    }
+                    free(vals);
+                    sl_tensor_release(&out[0]);
+                }
+        }
+        /* opt.heads: head 0 off keeps nothing; the others as without it */
+        sl_tensor in2[3] = {in[0]};
+        int64_t hs[1] = {H};
+        ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 1, hs, &in2[1]), SL_OK);
+        for (int64_t h = 0; h < H; h++)
+            ((uint8_t *)in2[1].data)[h] = h != 0;
+        sl_select_cover_params po = {.limit = 0.6 * (double)m, .extra = 1, .causal = 1};
+        check_op_vs_ref(ctx, SL_OP_SELECT_COVER, &po, in2, 0, "cover opt.heads");
+        sl_tensor ko = run_op1(ctx, SL_BACKEND_REF, SL_OP_SELECT_COVER, &po, in2);
+        sl_tensor kf = run_op1(ctx, SL_BACKEND_REF, SL_OP_SELECT_COVER, &po, in);
+        for (int64_t f = 0; f < H * m; f++)
+            ck_assert_int_eq(((uint8_t *)ko.data)[f], f < m ? 0 : ((uint8_t *)kf.data)[f]);
+        sl_tensor_release(&ko);
+        /* opt.base (entries 0, 1 and 2): kept besides the selection, the output 0/1 */
+        ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, in[0].shape, &in2[2]), SL_OK);
+        for (int64_t f = 0; f < H * m; f++)
+            ((uint8_t *)in2[2].data)[f] = (uint8_t)(f % 7 == 0 ? 1 : f % 11 == 0 ? 2 : 0);
+        check_op_vs_ref(ctx, SL_OP_SELECT_COVER, &po, in2, 0, "cover opt.heads opt.base");
+        sl_tensor kb = run_op1(ctx, SL_BACKEND_REF, SL_OP_SELECT_COVER, &po, in2);
+        for (int64_t f = 0; f < H * m; f++)
+            ck_assert_int_eq(((uint8_t *)kb.data)[f], (f < m ? 0 : ((uint8_t *)kf.data)[f]) | (f % 7 == 0 || f % 11 == 0));
+        sl_tensor_release(&kb);
+        sl_tensor_release(&kf);
+        release_n(in2 + 1, 2);
+        release_n(in, 1);
+    }
+    sl_tensor x2[3] = {{0}};
+    int64_t shp[3] = {1, 2, 2};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 3, shp, &x2[0]), SL_OK);
+    for (int i = 0; i < 4; i++)
+        ((float *)x2[0].data)[i] = i == 2 ? -0.5f : 0.25f;
+    sl_select_cover_params pc = {.limit = 1, .causal = 1};
+    expect_fail(ctx, SL_OP_SELECT_COVER, &pc, x2, SL_EARG, "masses must be >= 0");
+    release_n(x2, 1);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_select_cover);
     tcase_add_test(tc, test_select_backends_match_ref);
     tcase_add_test(tc, test_select_properties);
     tcase_add_loop_test(tc, test_from_blocks, 0, N_CASES);

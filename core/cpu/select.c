@@ -167,5 +167,56 @@ size_t sl__cpu_select_scratch(sl_op op, const void *params, const sl_tensor *in,
         return 0;
     const sl_tensor *x = &in[0];
     int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
+    if (op == SL_OP_SELECT_COVER && x->ndim == 3)
+        c *= x->shape[1];
     return (size_t)(n_threads > 0 ? n_threads : 1) * (size_t)(c + 1) * sizeof(entry);
+}
+
+/* select.cover (issue 20, session 3c): one head per work item; the head's
+ * taking-part entries sorted by the selectors' order (qsort), summed in that
+ * order, the first cnt (+ extra) kept. */
+static void cover_item(int64_t h, void *ud, int thread)
+{
+    const sel_job *j = ud;
+    const sl_select_cover_params *p = j->a->params;
+    int64_t R = j->rph, C = j->C, m = R * C;
+    const float *v = (const float *)j->a->in[0].data + h * m;
+    uint8_t *keep = (uint8_t *)j->a->out[0].data + h * m;
+    entry *e = j->scr + (size_t)thread * (size_t)m;
+    if (j->a->in[2].buf) {
+        const uint8_t *base = (const uint8_t *)j->a->in[2].data + h * m;
+        for (int64_t f = 0; f < m; f++)
+            keep[f] = base[f] != 0;
+    } else
+        memset(keep, 0, (size_t)m);
+    if (j->a->in[1].buf && !((const uint8_t *)j->a->in[1].data)[h])
+        return;
+    int64_t n = 0;
+    for (int64_t r = 0; r < R; r++) {
+        int64_t cmax = p->causal ? r + (C - R) : C - 1;
+        cmax = cmax < C - 1 ? cmax : C - 1;
+        for (int64_t c = 0; c <= cmax; c++)
+            if (v[r * C + c] != -INFINITY)
+                e[n++] = (entry){v[r * C + c], (int32_t)(r * C + c)};
+    }
+    qsort(e, (size_t)n, sizeof *e, entry_cmp);
+    double cum = 0;
+    int64_t cnt = 0;
+    for (; cnt < n; cnt++) {
+        cum += (double)e[cnt].v;
+        if (cum > p->limit)
+            break;
+    }
+    int64_t take = cnt + p->extra < n ? cnt + p->extra : n;
+    for (int64_t i = 0; i < take; i++)
+        keep[e[i].i] = 1;
+}
+
+sl_status sl__cpu_select_cover(const sl__kargs *a)
+{
+    sel_job j = job_of(a);
+    if (a->in[0].shape[0] > 0 && j.rph * j.C > INT32_MAX)
+        return sl_ctx_fail(a->ctx, SL_EARG, "select.cover: a head holds %lld entries; expected at most 2^31 - 1",
+                           (long long)(j.rph * j.C));
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], cover_item, &j);
 }

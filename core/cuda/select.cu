@@ -187,8 +187,115 @@ sl_status run_select(const sl__kargs *a)
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
+// ---- select.cover (issue 20, session 3c): one CTA per head ----
+
+struct cover_args {
+    const float *x;
+    const uint8_t *on;  // opt.heads or null
+    const uint8_t *base;  // opt.base or null
+    uint8_t *keep;
+    int64_t R, C;
+    double limit;
+    int extra, causal;
+};
+
+// Key of flat entry f of a head (0 when it takes no part).
+__device__ uint64_t cover_key(const cover_args &a, const float *v, int64_t f)
+{
+    int64_t r = f / a.C, c = f % a.C;
+    if (a.causal && c > r + (a.C - a.R))
+        return 0;
+    return entry_key(v[f], f);
+}
+
+__device__ int64_t cover_count_ge(const cover_args &a, const float *v, uint64_t t, unsigned long long *shu)
+{
+    unsigned long long n = 0;
+    for (int64_t f = threadIdx.x; f < a.R * a.C; f += kThreads)
+        n += cover_key(a, v, f) >= t;
+    return (int64_t)block_sum<kWarps>(n, shu);
+}
+
+__device__ uint64_t cover_kth(const cover_args &a, const float *v, int64_t k, unsigned long long *shu)
+{
+    uint64_t t = 0;
+    for (int bit = 63; bit >= 0; bit--) {
+        uint64_t c = t | ((uint64_t)1 << bit);
+        if (cover_count_ge(a, v, c, shu) >= k)
+            t = c;
+    }
+    return t;
+}
+
+__device__ double cover_mass_ge(const cover_args &a, const float *v, uint64_t t, double *shd)
+{
+    double s = 0;
+    for (int64_t f = threadIdx.x; f < a.R * a.C; f += kThreads)
+        if (cover_key(a, v, f) >= t)
+            s += (double)v[f];
+    return block_sum<kWarps>(s, shd);
+}
+
+__global__ void cover_kernel(cover_args a)
+{
+    SL_SHARED(unsigned long long, shu, [kWarps]);
+    SL_SHARED(double, shd, [kWarps]);
+    int64_t m = a.R * a.C;
+    const float *v = a.x + blockIdx.x * m;
+    uint8_t *keep = a.keep + blockIdx.x * m;
+    const uint8_t *base = a.base ? a.base + blockIdx.x * m : nullptr;
+    if (a.on && !a.on[blockIdx.x]) {
+        for (int64_t f = threadIdx.x; f < m; f += kThreads)
+            keep[f] = base ? (base[f] != 0) : 0;
+        return;
+    }
+    int64_t n = cover_count_ge(a, v, 1, shu);
+    // cnt: the longest prefix whose mass stays <= limit (masses >= 0: monotone in the length)
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) / 2;
+        if (cover_mass_ge(a, v, cover_kth(a, v, mid, shu), shd) <= a.limit)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    int64_t take = lo + a.extra < n ? lo + a.extra : n;
+    uint64_t t = take > 0 ? cover_kth(a, v, take, shu) : ~(uint64_t)0;
+    for (int64_t f = threadIdx.x; f < m; f += kThreads)
+        keep[f] = (take > 0 && cover_key(a, v, f) >= t) || (base && base[f]);
+}
+
+sl_status run_cover(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    int64_t C = x->shape[x->ndim - 1], R = x->ndim == 3 ? x->shape[1] : 1, H = x->shape[0];
+    if (!grid_ok(H))
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 heads");
+    if (R * C > 0xfffffffeLL)
+        return sl__cuda_unsupported(a, "heads of more than 2^32 - 2 entries");
+    if (H == 0 || R * C == 0)
+        return SL_OK;
+    const sl_select_cover_params *p = static_cast<const sl_select_cover_params *>(a->params);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    cover_args ca = {};
+    ca.x = static_cast<const float *>(st.in[0]);
+    ca.on = static_cast<const uint8_t *>(st.in[1]);
+    ca.base = static_cast<const uint8_t *>(st.in[2]);
+    ca.keep = static_cast<uint8_t *>(st.out[0]);
+    ca.R = R;
+    ca.C = C;
+    ca.limit = p->limit;
+    ca.extra = (int)p->extra;
+    ca.causal = (int)p->causal;
+    SL_LAUNCH(cover_kernel, (int)H, kThreads, 0, 0)(ca);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
 }  // namespace
 
 sl_status sl__cuda_select_topk(const sl__kargs *a) { return run_select(a); }
 sl_status sl__cuda_select_topp(const sl__kargs *a) { return run_select(a); }
 sl_status sl__cuda_select_threshold(const sl__kargs *a) { return run_select(a); }
+sl_status sl__cuda_select_cover(const sl__kargs *a) { return run_cover(a); }

@@ -32,6 +32,8 @@ size_t sl__ref_select_scratch(sl_op op, const void *params, const sl_tensor *in,
         return 0;
     const sl_tensor *x = &in[0];
     int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
+    if (op == SL_OP_SELECT_COVER && x->ndim == 3)
+        c *= x->shape[1];
     return (size_t)(2 * c + 1) * sizeof(int64_t) + (size_t)(c + 1) * sizeof(double);
 }
 
@@ -117,5 +119,63 @@ sl_status sl__ref_select_threshold(const sl__kargs *a)
         for (int64_t j = 0; j < c; j++)
             keep[i * c + j] = row[j] != -INFINITY && (double)row[j] >= t;
     }
+    return SL_OK;
+}
+
+/* select.cover (issue 20, session 3c): per head, each taking-part entry's
+ * place in the order counted by a double loop over the head's entries, the
+ * entries placed by it, then the running sum in that order. */
+sl_status sl__ref_select_cover(const sl__kargs *a)
+{
+    const sl_select_cover_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t R = x->ndim == 3 ? x->shape[1] : 1, C = x->shape[x->ndim - 1], m = R * C, H = x->shape[0];
+    int64_t *place = a->scratch, *order = place + m;
+    const float *xd = x->data;
+    uint8_t *keep = a->out[0].data;
+    for (int64_t h = 0; h < H; h++) {
+        const float *v = xd + h * m;
+        uint8_t *kh = keep + h * m;
+        if (a->in[1].buf && !((const uint8_t *)a->in[1].data)[h]) {
+            for (int64_t f = 0; f < m; f++)
+                kh[f] = 0;
+            continue;
+        }
+        int64_t n = 0;
+        for (int64_t f = 0; f < m; f++) {
+            kh[f] = 0;
+            int64_t r = f / C, c = f % C;
+            int part = v[f] != -INFINITY && (!p->causal || c <= r + (C - R));
+            place[f] = -1;
+            if (!part)
+                continue;
+            n++;
+            int64_t before = 0;
+            for (int64_t g = 0; g < m; g++) {
+                int64_t rg = g / C, cg = g % C;
+                if (v[g] == -INFINITY || (p->causal && cg > rg + (C - R)))
+                    continue;
+                before += (double)v[g] > (double)v[f] || (v[g] == v[f] && g < f);
+            }
+            place[f] = before;
+        }
+        for (int64_t f = 0; f < m; f++)
+            if (place[f] >= 0)
+                order[place[f]] = f;
+        double sum = 0;
+        int64_t cnt = 0;
+        while (cnt < n) {
+            sum += (double)v[order[cnt]];
+            if (sum > p->limit)
+                break;
+            cnt++;
+        }
+        int64_t take = cnt + p->extra < n ? cnt + p->extra : n;
+        for (int64_t i = 0; i < take; i++)
+            kh[order[i]] = 1;
+    }
+    if (a->in[2].buf)
+        for (int64_t f = 0; f < H * m; f++)
+            keep[f] = keep[f] || ((const uint8_t *)a->in[2].data)[f];
     return SL_OK;
 }

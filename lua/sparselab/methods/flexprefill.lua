@@ -117,7 +117,9 @@ local function dense_keep(hq, nqb)
   return keep
 end
 
-local function estimate(prob, p)
+-- opts.lua_cover: the query-aware cover in Lua (the path before select.cover; tests compare both)
+local function estimate(prob, p, opts)
+  local lua_cover = opts and opts.lua_cover
   local n = D.check_prefill(ID, prob)
   local hq, d = prob.q:shape()[1], prob.q:shape()[3]
   local bs = p.block
@@ -188,7 +190,8 @@ local function estimate(prob, p)
   end
   -- the keep tensor [hq, nb, nb] is written entry by entry (only the kept blocks: a Lua table of nb² entries
   -- per head made the estimate grow faster than its FLOPs at n = 65536; issue 19, session 3)
-  local keep, n_qa = sl.zeros({hq, nb, nb}, "u8"), 0
+  local keep, n_qa, qa_on = sl.zeros({hq, nb, nb}, "u8"), 0, {}
+  for h = 1, hq do qa_on[h] = 0 end
   for h = 1, hq do
     local H = heads[h]
     -- vertical-slash blocks (forced column block 0 and offset block 0 inside the budget)
@@ -198,7 +201,12 @@ local function estimate(prob, p)
     offs[#offs + 1] = 1
     for _, c in ipairs(cols) do for r = c, nb do keep:set(h, r, c, 1) end end
     for _, o in ipairs(offs) do for r = o, nb do keep:set(h, r, r - o + 1, 1) end end
-    if H.qa then
+    if H.qa and not lua_cover then
+      -- the cover rule of the Lua path below in C (select.cover over the head's block triangle after the loop,
+      -- issue 20 session 3c): same order, same float64 running sum, so the same blocks; joined to keep inside the op
+      n_qa = n_qa + 1
+      qa_on[h] = 1
+    elseif H.qa then
       n_qa = n_qa + 1
       local A = blocks:narrow(1, h, 1):totable()[1]
       -- the visible blocks (c <= r) by mass descending, ties row-major first: cnt = the entries whose running
@@ -233,6 +241,14 @@ local function estimate(prob, p)
   flops = flops + nb * nb * hq
   -- detail: the per-head intermediates (sqrt-JSD, decision, block profiles, coverage counts in entries, block
   -- budgets), for tests that recompute them (tests/lua/test_estimators_f64.lua)
+  if not lua_cover and n_qa > 0 then
+    -- one call for every head: opt.heads leaves the vertical-slash heads out of the cover, opt.base joins the
+    -- VS blocks written above (a mask union of two block masks cost 2 × 30 ms at n = 65536)
+    local joined = sl.select.cover(blocks, {heads = sl.tensor(qa_on, "u8"), base = keep, limit = p.gamma * nb,
+      extra = p.reference and 0 or 1, causal = true, backend = be})
+    keep:close()
+    keep = joined
+  end
   return {mask = mk(keep), flops = flops, extra = {query_aware_heads = n_qa}, detail = heads}
 end
 
@@ -258,7 +274,7 @@ return {
       "score_cover_topk // 128 + 1, query-aware blocks by score_cover_idx, its slash pooling; see the header)"},
   },
   ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "reduce.block", "select.topp", "score.pooled",
-    "attn.block_sparse"},
+    "select.cover", "attn.block_sparse"},
   checks = {"γ -> 1 with τ = 0 and max budget equals dense", "column block 0 and diagonal in every row",
     "τ = 0 all VS, τ = 1 all QA", "recall monotone in γ"},
   mask = function(prob, p) return estimate(prob, p).mask end,
