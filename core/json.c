@@ -2,10 +2,12 @@
  * and values described for messages. */
 #include "json.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef unsigned long long ull;
 
@@ -223,4 +225,33 @@ int sl__json_integral(const cJSON *v, double lo, double hi)
 {
     return cJSON_IsNumber(v) && v->valuedouble == floor(v->valuedouble) && v->valuedouble >= lo &&
            v->valuedouble <= hi;
+}
+
+/* config.json, its shard index and tokenizer.json are read through this. */
+sl_status sl__json_read_file(sl_ctx *ctx, const char *path, long long max, char **text, size_t *n)
+{
+    *text = NULL;
+    *n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    sl_status s = SL_OK;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
+        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected a regular file", path);
+    else if ((long long)sb.st_size > max)
+        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected at most %lld bytes of JSON, found %lld", path, max,
+                        (long long)sb.st_size);
+    else if (!(*text = sl_ctx_alloc(ctx, (*n = (size_t)sb.st_size) + 1)))
+        s = SL_ENOMEM;
+    else if (fread(*text, 1, *n, f) != *n)
+        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %zu bytes, the read stopped short", path, *n);
+    fclose(f);
+    if (s && *text) {
+        sl_ctx_dealloc(ctx, *text, *n + 1);
+        *text = NULL;
+    }
+    if (!s)
+        (*text)[*n] = '\0';
+    return s;
 }

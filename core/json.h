@@ -19,6 +19,12 @@
 sl_status sl__json_parse(sl_ctx *ctx, const char *path, const char *text, size_t len, size_t base, int max_depth,
                          cJSON **root);
 
+/* The text of the regular file path, at most max bytes, into *text (NUL-
+ * terminated, *n its length; sl_ctx_dealloc it with *n + 1). On failure
+ * *text is NULL and the message names the path: cannot open, not a regular
+ * file, "expected at most <max> bytes of JSON", or a short read. */
+sl_status sl__json_read_file(sl_ctx *ctx, const char *path, long long max, char **text, size_t *n);
+
 /* A short text of v for a message: 12, "F32" (quoted, control bytes as '?'),
  * true, null, [0, 24, 24], {...}; cut with "..." to fit n bytes. */
 void sl__json_describe(const cJSON *v, char *buf, size_t n);

@@ -147,23 +147,9 @@ static sl_status parse_config(sl_ctx *ctx, const char *path, const char *text, s
 
 static sl_status read_config(sl_ctx *ctx, const char *path, hf_config *c)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    sl_status s = SL_OK;
     char *text = NULL;
     size_t n = 0;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected a regular file", path);
-    else if ((long long)sb.st_size > CONFIG_MAX_BYTES)
-        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected at most %lld bytes of JSON, found %lld", path,
-                        CONFIG_MAX_BYTES, (long long)sb.st_size);
-    else if (!(text = sl_ctx_alloc(ctx, (n = (size_t)sb.st_size) + 1)))
-        s = SL_ENOMEM;
-    else if (fread(text, 1, n, f) != n)
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %zu bytes, the read stopped short", path, n);
-    fclose(f);
+    sl_status s = sl__json_read_file(ctx, path, CONFIG_MAX_BYTES, &text, &n);
     memset(c, 0, sizeof *c);
     if (!s)
         s = parse_config(ctx, path, text, n, c);
@@ -359,35 +345,6 @@ static sl_status check_complete(const loader *ld)
 
 #define INDEX_MAX_BYTES ((long long)16 << 20)
 
-/* The text of a regular file of at most max bytes (NUL-terminated, *n its length). */
-static sl_status read_text(sl_ctx *ctx, const char *path, long long max, char **text, size_t *n)
-{
-    *text = NULL;
-    *n = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    sl_status s = SL_OK;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected a regular file", path);
-    else if ((long long)sb.st_size > max)
-        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected at most %lld bytes of JSON, found %lld", path, max,
-                        (long long)sb.st_size);
-    else if (!(*text = sl_ctx_alloc(ctx, (*n = (size_t)sb.st_size) + 1)))
-        s = SL_ENOMEM;
-    else if (fread(*text, 1, *n, f) != *n)
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %zu bytes, the read stopped short", path, *n);
-    fclose(f);
-    if (s && *text) {
-        sl_ctx_dealloc(ctx, *text, *n + 1);
-        *text = NULL;
-    }
-    if (!s)
-        (*text)[*n] = '\0';
-    return s;
-}
-
 /* Loads every shard that the index's weight_map names (in the order they first
  * appear) into ld->m; a shard file name must be a plain name in dir, and a tensor
  * found in a shard must be mapped to that shard. */
@@ -396,7 +353,7 @@ static sl_status load_shards(loader *ld, const char *dir, const char *ipath)
     sl_ctx *ctx = ld->ctx;
     char *text;
     size_t n;
-    sl_status s = read_text(ctx, ipath, INDEX_MAX_BYTES, &text, &n);
+    sl_status s = sl__json_read_file(ctx, ipath, INDEX_MAX_BYTES, &text, &n);
     if (s)
         return s;
     cJSON *root = NULL;

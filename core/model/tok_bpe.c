@@ -11,12 +11,10 @@
 
 #include "json.h"
 
-#include <errno.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define BPE_MAX_FILE (1LL << 30) /* Llama 3's tokenizer.json is 9 MB */
 #define BPE_MAX_STEPS 8
@@ -324,30 +322,6 @@ static sl_status post_step(sl_ctx *ctx, const char *path, sl__bpe *b, const cJSO
                   "null, ByteLevel, TemplateProcessing, Sequence of these");
 }
 
-static sl_status read_file(sl_ctx *ctx, const char *path, char **text, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return sl_ctx_fail(ctx, SL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    sl_status s = SL_OK;
-    *text = NULL;
-    *n = 0;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode))
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected a regular file", path);
-    else if ((long long)sb.st_size > BPE_MAX_FILE)
-        s = sl_ctx_fail(ctx, SL_EFORMAT, "%s: expected at most %lld bytes of JSON, found %lld", path, BPE_MAX_FILE,
-                        (long long)sb.st_size);
-    else if (!(*text = sl_ctx_alloc(ctx, (size_t)sb.st_size + 1)))
-        s = SL_ENOMEM;
-    else if (fread(*text, 1, (size_t)sb.st_size, f) != (size_t)sb.st_size)
-        s = sl_ctx_fail(ctx, SL_EIO, "%s: expected %lld bytes, the read stopped short", path, (long long)sb.st_size);
-    fclose(f);
-    if (*text)
-        *n = (size_t)sb.st_size;
-    return s;
-}
-
 /* ---- load --------------------------------------------------------------------- */
 
 static sl_status load_tree(sl_ctx *ctx, const char *path, const cJSON *root, sl__bpe *b)
@@ -532,12 +506,9 @@ sl_status sl__bpe_load(sl_ctx *ctx, const char *path, sl__bpe **out)
     *out = NULL;
     char *text = NULL;
     size_t n = 0;
-    sl_status s = read_file(ctx, path, &text, &n);
-    if (s) {
-        if (text)
-            sl_ctx_dealloc(ctx, text, n + 1);
+    sl_status s = sl__json_read_file(ctx, path, BPE_MAX_FILE, &text, &n);
+    if (s)
         return s;
-    }
     cJSON *root = NULL;
     s = sl__json_parse(ctx, path, text, n, 0, BPE_MAX_DEPTH, &root);
     sl_ctx_dealloc(ctx, text, n + 1);
