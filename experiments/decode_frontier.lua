@@ -76,6 +76,8 @@ local function params_for(id, b)
   elseif id == "hip_attention" then   -- tree blocks of one page, a window of half the budget, refresh every 4 steps
     p.bq, p.bk = 1, PAGE; p.window = math.min(16, b // 2); p.budget = b - p.window; p.refresh = 4
   elseif id == "video_xl2" then p.chunk = PAGE; p.step = PAGE; p.topk = math.max(0, b // PAGE - 3)
+  elseif id == "nsa" then   -- issue 14: blocks of one page, l = page, s = page/2, n = budget/page blocks, no window
+    p.bs, p.l, p.s, p.n, p.window = PAGE, PAGE, PAGE // 2, math.max(3, b // PAGE), 0
   else p.budget = b end
   return p
 end

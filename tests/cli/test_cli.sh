@@ -313,6 +313,9 @@ sha=$(sha256sum "$T/w.safetensors" | cut -d' ' -f1)
 grep -q "\"params_source\":\"sha256:$sha\"" "$T/out" && ok || bad "fit-params params_source: $(cat "$T/out")"
 expect_rc 0 "eval nsa with fitted weights" "$SL" eval nsa --qkv "$T/fit.safetensors" $NSA_P --param "weights=$T/w.safetensors" --json
 grep -q "\"params_source\":\"sha256:$sha\"" "$T/out" && ok || bad "eval params_source: $(head -c 400 "$T/out")"
+# issue 14 session 4: the fitted file (MLP phi + gates) decodes through the decode runtime (eval --steps)
+expect_rc 0 "eval nsa --steps" "$SL" eval nsa --qkv "$T/fit.safetensors" $NSA_P --param "weights=$T/w.safetensors" --steps 8 --json
+grep -q '"per_step"' "$T/out" && grep -q '"cmp_tokens"' "$T/out" && grep -q "\"params_source\":\"sha256:$sha\"" "$T/out" && ok || bad "nsa decode: $(head -c 400 "$T/out")"
 expect_rc 1 "fit-params moba" "$SL" fit-params moba --qkv "$T/fit.safetensors" --out "$T/m.safetensors"
 one_line_err "nothing to fit" "fit-params moba"
 # issue 14, second half: dsv's closed-form predictor loads back with its SHA-256; sea has nothing small to fit

@@ -176,7 +176,8 @@ local function tinystories()
     local c = m:capture{text = text, layers = {2}}[3]
     return sl.problem{q = c.q, k = c.k, v = c.v}
   end
-  TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")}}
+  TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")},
+    more = {capture("03_brave_turtle"), capture("04_cake_for_mom")}}
   return TS
 end
 
@@ -204,7 +205,8 @@ local function fitted_beats_standin(id, params, steps)
 end
 
 test("nsa fit: fitted gates load back and beat the stand-in on held-out TinyStories texts", function()
-  fitted_beats_standin("nsa", SMALL, 60)
+  -- phi_hidden = 0: the gates alone (session 4 made fit-params fit the MLP phi too by default; its test is below)
+  fitted_beats_standin("nsa", with(SMALL, {phi_hidden = 0}), 60)
 end)
 
 -- ---- FSA ----
@@ -941,6 +943,323 @@ test("nsa: the gate MLP (gate_mlp.*) on q equals the same gates given per token;
   expect(with(ws, {["gate_mlp.b2"] = sl.zeros({4, 2})}), "'gate_mlp.b2' is [4, 2]", "expected [4, 3]")
   expect(with(ws, {gate_w = sl.zeros({4, 3, 16}), gate_b = sl.zeros({4, 3})}), "more than one gate form")
   expect(with(ws, {["k_compress.w1"] = sl.zeros({2, 128, 16})}), "'k_compress.b1' is missing")
+end)
+
+
+-- ---- issue 14, session 4: fitting NSA's MLP phi (k_compress.*, v_compress.*) with the gates ----
+
+local PHI_STEPS = 40
+
+-- The flat joint parameters of a weights file (inverse of nsa.phi_tensors).
+local function phi_x(ws, lay)
+  local x = {}
+  for i = 1, lay.n do x[i] = 0 end
+  local gw, gb = ws.gate_w:totable(), ws.gate_b:totable()
+  for h = 1, lay.hq do
+    for b = 1, 3 do
+      for e = 1, lay.D do x[((h - 1) * 3 + (b - 1)) * lay.D + e] = gw[h][b][e] end
+      x[lay.nb + (h - 1) * 3 + b] = gb[h][b]
+    end
+  end
+  for _, side in ipairs{"k", "v"} do
+    local pre = side .. "_compress"
+    local w1, b1, w2, b2 = ws[pre .. ".w1"]:totable(), ws[pre .. ".b1"]:totable(), ws[pre .. ".w2"]:totable(),
+      ws[pre .. ".b2"]:totable()
+    for g = 1, lay.hkv do
+      local o = lay[side][g]
+      for r = 1, lay.L do for j = 1, lay.M do x[o.w1 + (r - 1) * lay.M + j] = w1[g][r][j] end end
+      for j = 1, lay.M do
+        x[o.b1 + j] = b1[g][j]
+        for c = 1, lay.D do x[o.w2 + (j - 1) * lay.D + c] = w2[g][j][c] end
+      end
+      for c = 1, lay.D do x[o.b2 + c] = b2[g][c] end
+    end
+  end
+  return x
+end
+
+local function mse(a, b)
+  local A, B, s, c = a:totable(), b:totable(), 0, 0
+  for h = 1, #A do for t = 1, #A[h] do for e = 1, #A[h][t] do s = s + (A[h][t][e] - B[h][t][e]) ^ 2 c = c + 1 end end end
+  return s / c
+end
+
+test("nsa fit (MLP phi): hand gradient = finite differences; the Lua forward = the op path; init = mean pooling", function()
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, SMALL)
+  local probs = {synthetic(44, 31), synthetic(37, 32)}
+  local data = {nsa.phi_data(probs[1], p), nsa.phi_data(probs[2], p)}
+  local lay = nsa.phi_layout(4, 2, 16, 8, 20)   -- hidden 20: past head_dim (units outside the mean-pool part)
+  -- (1) a random point: every parameter moved, some ReLU units off
+  local x = nsa.phi_init(lay, 8, 1.5, 3)
+  local noise = sl.randn({lay.n}, {seed = 41, std = 0.2}):totable()
+  lay.x0, lay.decay = {}, 0.003   -- the ridge toward the initial point is part of the objective
+  for i = 1, lay.n do lay.x0[i] = x[i]; x[i] = x[i] + noise[i] end
+  nsa.phi_reselect(data, x, lay)
+  local _, g = nsa.phi_loss_grad(data, x, lay)
+  local idx = {1, 50, 200, lay.nb + 2, lay.nb + 11}
+  for _, side in ipairs{"k", "v"} do
+    for gh = 1, 2 do
+      local o = lay[side][gh]
+      for _, i in ipairs{o.w1 + 1, o.w1 + 20 * 17 + 5, o.w1 + 20 * 120 + 19, o.b1 + 3, o.b1 + 18, o.w2 + 7, o.w2 + 16 * 19 + 2,
+        o.b2 + 1, o.b2 + 16} do idx[#idx + 1] = i end
+    end
+  end
+  local checked = 0
+  for _, i in ipairs(idx) do
+    local h, saved = 1e-5, x[i]
+    x[i] = saved + h
+    local lp = nsa.phi_loss_grad(data, x, lay)
+    x[i] = saved - h
+    local lm = nsa.phi_loss_grad(data, x, lay)
+    x[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-9 + 1e-4 * math.abs(fd), "d loss / d x[" .. i .. "]")
+    if math.abs(fd) > 1e-7 then checked = checked + 1 end
+  end
+  truthy(checked >= #idx - 4, "most checked entries have a non-zero gradient (" .. checked .. " of " .. #idx .. ")")
+  -- (2) the Lua forward equals the op path: the file written from x, run by sl.eval, has the fit's loss
+  lay.decay = 0
+  local path = TMP .. "/phi_x.safetensors"
+  sl.save(path, nsa.phi_tensors(x, lay))
+  for i, prob in ipairs(probs) do
+    local loss = nsa.phi_loss_grad({data[i]}, x, lay)
+    local r = sl.eval("nsa", prob, {params = with(SMALL, {weights = path})})
+    local dense = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true})
+    local e = mse(r.o, dense)
+    near(loss, e, 1e-5 * e, "problem " .. i .. ": fit loss = the eval's mean squared error")
+  end
+  -- (3) at the initial point the MLP is mean pooling: the joint loss equals the gate fit's loss at the same gates
+  local x0 = nsa.phi_init(lay, 8, 1 + 50, 3)
+  nsa.phi_reselect(data, x0, lay)
+  local lj = nsa.phi_loss_grad(data, x0, lay)
+  local gd = {nsa.fit_data(probs[1], p), nsa.fit_data(probs[2], p)}
+  local xg = {}
+  for i = 1, lay.gates do xg[i] = x0[i] end
+  local lg = nsa.fit_loss_grad(gd, xg)
+  near(lj, lg, 1e-5 * lg, "init: MLP phi loss = mean-pool loss")
+end)
+
+
+test("nsa fit (MLP phi): fitted phi + gates beat the mean-pool stand-in and the gates-only fit on held-out TinyStories texts", function()
+  local ts = tinystories()
+  if not ts then return end
+  local nsa = sl.methods.get("nsa")
+  local gp, pp = TMP .. "/fit_gates.safetensors", TMP .. "/fit_phi.safetensors"
+  -- fitting set: the first 256 tokens of texts 01-04 (four texts: two overfit phi); held out: 07, 08 whole
+  local train = {}
+  for _, prob in ipairs{ts.train[1], ts.train[2], ts.more[1], ts.more[2]} do
+    train[#train + 1] = sl.problem{q = prob.q:narrow(2, 1, 256), k = prob.k:narrow(2, 1, 256), v = prob.v:narrow(2, 1, 256)}
+  end
+  local wg = nsa.fit(train, {params = sl.registry.resolve(nsa, with(SMALL, {phi_hidden = 0})), steps = 60})
+  sl.save(gp, wg)
+  local wp, rep = nsa.fit(train, {params = sl.registry.resolve(nsa, SMALL), steps = PHI_STEPS})
+  truthy(rep.loss_after < rep.loss_before, string.format("joint fit loss falls: %.6g -> %.6g", rep.loss_before, rep.loss_after))
+  truthy(wp["k_compress.w1"] and wp["v_compress.w2"] and wp.gate_w, "the file holds the MLP phi and the gates")
+  sl.save(pp, wp)
+  local f = io.open(pp, "rb")
+  local sha = "sha256:" .. sl.sha256(f:read("a"))
+  f:close()
+  for i, prob in ipairs(ts.held) do
+    local stand = sl.eval("nsa", prob, {params = SMALL})
+    local gates = sl.eval("nsa", prob, {params = with(SMALL, {weights = gp})})
+    local phi = sl.eval("nsa", prob, {params = with(SMALL, {weights = pp})})
+    eq(phi.params.params_source, sha, "params_source of the fitted file")
+    print(string.format("nsa MLP phi held-out text %d: phi+gates rel_l2 %.4f, gates alone (mean-pool phi) %.4f, stand-in %.4f",
+      i, phi.metrics.rel_l2, gates.metrics.rel_l2, stand.metrics.rel_l2))
+    truthy(phi.metrics.rel_l2 < gates.metrics.rel_l2, string.format("held-out %d: fitted phi %.4f < mean-pool phi %.4f (same gate fit)",
+      i, phi.metrics.rel_l2, gates.metrics.rel_l2))
+    truthy(phi.metrics.rel_l2 < stand.metrics.rel_l2, string.format("held-out %d: fitted %.4f < stand-in %.4f", i,
+      phi.metrics.rel_l2, stand.metrics.rel_l2))
+  end
+end)
+
+-- ---- issue 14, session 4: NSA decode through the decode runtime ----
+
+local function maxdiff(a, b)
+  local A, B, m = a:totable(), b:totable(), 0
+  local function walk(x, y)
+    if type(x) == "table" then for i = 1, #x do walk(x[i], y[i]) end
+    else m = math.max(m, math.abs(x - y)) end
+  end
+  walk(A, B)
+  return m
+end
+
+-- A decode problem: the last R rows of prob's queries against all its keys.
+local function last_rows(prob, R)
+  local n = prob.q:shape()[2]
+  return sl.problem{q = prob.q:narrow(2, n - R + 1, R), k = prob.k, v = prob.v}
+end
+
+test("nsa decode: steps through the decode cache equal the prefill forward's rows (stand-in, files, both variants)", function()
+  local N, R = 150, 37
+  local prob = synthetic(N, 9)
+  local hq, hkv, d, l, s, m = 4, 2, 16, 8, 4, 12
+  -- files: q-gates + MLP phi; per-token gates (prefill [Hq, N], decode [Hq, R] = the last R columns)
+  local mlp = {["gate_w"] = sl.tensor(rnd({hq, 3, d}, 91, 0.3)), ["gate_b"] = sl.tensor(rnd({hq, 3}, 92, 0.5)),
+    intra_block_pe = sl.tensor(rnd({hkv, l, d}, 93, 0.1))}
+  for i, pre in ipairs{"k_compress", "v_compress"} do
+    mlp[pre .. ".w1"], mlp[pre .. ".b1"] = sl.tensor(rnd({hkv, l * d, m}, 94 + i, 0.1)), sl.tensor(rnd({hkv, m}, 96 + i, 0.3))
+    mlp[pre .. ".w2"], mlp[pre .. ".b2"] = sl.tensor(rnd({hkv, m, d}, 98 + i, 0.3)), sl.tensor(rnd({hkv, d}, 100 + i, 0.1))
+  end
+  local g = {}
+  for i = 1, 3 do g[i] = sl.rand({hq, N}, {seed = 110 + i}) end
+  local tok_full, tok_dec = {g_cmp = g[1], g_slc = g[2], g_swa = g[3]}, {}
+  for nm, t in pairs(tok_full) do tok_dec[nm] = t:narrow(2, N - R + 1, R) end
+  local paths = {}
+  for nm, ws in pairs{mlp = mlp, tok_full = tok_full, tok_dec = tok_dec} do
+    paths[nm] = TMP .. "/dec_" .. nm .. ".safetensors"
+    sl.save(paths[nm], ws)
+  end
+  local cases = {
+    {"stand-in (paper)", {}, {}},
+    {"stand-in (fla)", {variant = "fla"}, {variant = "fla"}},
+    {"q-gates + MLP phi", {weights = paths.mlp}, {weights = paths.mlp}},
+    {"per-token gates", {weights = paths.tok_full}, {weights = paths.tok_dec}},
+  }
+  local dec_prob = last_rows(prob, R)
+  for _, c in ipairs(cases) do
+    local full = sl.eval("nsa", prob, {params = with(SMALL, c[2])})
+    local dec = sl.eval("nsa", dec_prob, {params = with(SMALL, c[3])})
+    local eo = maxdiff(full.o:narrow(2, N - R + 1, R), dec.o)
+    local el = maxdiff(full.lse:narrow(2, N - R + 1, R), dec.lse)
+    truthy(eo < 1e-5 and el < 1e-5, string.format("%s: decode rows = prefill rows (o %.2e, lse %.2e)", c[1], eo, el))
+    truthy(dec.steps and #dec.steps == R, c[1] .. ": one decode step per row")
+  end
+  -- the compressed cache grows by one token every s steps (paper: l = 8, s = 4), appended, not recomputed
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, SMALL)
+  local r = require("sparselab.decode").replay(nsa, dec_prob, p)
+  local count = function(n) return n >= l and (n - l) // s + 1 or 0 end
+  for i, st in ipairs(r.steps) do
+    local n = N - R + i
+    eq(st.cmp_tokens, count(n), "step " .. i .. ": complete windows in the compressed cache")
+    eq(st.cmp_appended, count(n) - count(N - R + 1), "step " .. i .. ": windows appended after the first step")
+  end
+  local S = r.state.layers[1].nsa
+  eq(S.kc:shape()[2], count(N), "compressed cache length")
+  -- the appended tokens equal the prefill's compression of the same windows
+  local ws, _, op = nsa.setup(prob, p)
+  local kc = nsa.compress(prob, ws, op)
+  truthy(maxdiff(kc:narrow(2, 1, count(N)), S.kc) < 1e-6, "incremental compressed keys = prefill compression")
+  -- a per-token gate file shorter than the decode is a one-line error
+  local short = TMP .. "/dec_short.safetensors"
+  local t = {}
+  for nm, x in pairs(tok_dec) do t[nm] = x:narrow(2, 1, R - 1) end
+  sl.save(short, t)
+  local ok, err = pcall(sl.eval, "nsa", dec_prob, {params = with(SMALL, {weights = short})})
+  err = tostring(err)
+  truthy(not ok and not err:find("\n") and err:find(short, 1, true) and err:find("per-token gates cover " .. (R - 1), 1, true),
+    "one-line error for a gate file shorter than the decode: " .. err)
+end)
+
+test("nsa decode: block selection per step passes a recall check that a score-blind (zero compressed keys) one fails", function()
+  local N, R = 256, 64
+  local prob = synthetic(N, 7)
+  local hkv, d, l = 2, 16, 8
+  -- mean-pool MLP phi (W1 = I/l per slot, b1 = shift, W2 = I, b2 = -shift): the stand-in's compression through the
+  -- file path; the score-blind file has W2 = 0, b2 = 0 for keys (every compressed key 0: selection by position only)
+  local function mlp_file(blind)
+    local w1, b1, w2, b2 = {}, {}, {}, {}
+    for h = 1, hkv do
+      w1[h], b1[h], w2[h], b2[h] = {}, {}, {}, {}
+      for r = 0, l - 1 do for e = 1, d do local row = {} for j = 1, d do row[j] = e == j and 1 / l or 0 end w1[h][r * d + e] = row end end
+      for j = 1, d do b1[h][j], b2[h][j] = 50, -50; local row = {} for c = 1, d do row[c] = j == c and 1 or 0 end w2[h][j] = row end
+    end
+    local ws = {}
+    for _, pre in ipairs{"k_compress", "v_compress"} do
+      local zero = blind and pre == "k_compress"
+      ws[pre .. ".w1"], ws[pre .. ".b1"] = sl.tensor(w1), sl.tensor(b1)
+      ws[pre .. ".w2"] = zero and sl.zeros({hkv, d, d}) or sl.tensor(w2)
+      ws[pre .. ".b2"] = zero and sl.zeros({hkv, d}) or sl.tensor(b2)
+    end
+    local path = TMP .. (blind and "/dec_blind.safetensors" or "/dec_meanmlp.safetensors")
+    sl.save(path, ws)
+    return path
+  end
+  local params = with(SMALL, {window = 0})
+  local dense = sl.eval("dense", prob)
+  local dl = dense.lse:narrow(2, N - R + 1, R)
+  local dec_prob = last_rows(prob, R)
+  local function recall_of(path)
+    local r = sl.eval("nsa", dec_prob, {params = with(params, {weights = path})})
+    return (sl.metric.recall(r.lse, dl))
+  end
+  -- random block sets of n blocks (the forced initial and local ones, then random causal blocks) on the decoded rows
+  local function random_recall(seed)
+    local rng = sl.rand({1000}, {seed = seed}):totable()
+    local qs, ks, DL = prob.q:totable(), prob.k:totable(), dense.lse:totable()
+    local hq, G, total, ri = #qs, #qs // #ks, 0, 1
+    for h = 1, hq do
+      for t = N - R, N - 1 do
+        local jq = t // SMALL.bs
+        local chosen, cnt = {[0] = true}, 1
+        for j = jq - 1, jq do if j >= 0 and not chosen[j] then chosen[j] = true; cnt = cnt + 1 end end
+        while cnt < math.min(SMALL.n, jq + 1) do
+          local j = math.floor(rng[ri] * (jq + 1)); ri = ri % 1000 + 1
+          if not chosen[j] then chosen[j] = true; cnt = cnt + 1 end
+        end
+        local z = 0
+        for j = 0, t do
+          if chosen[j // SMALL.bs] then
+            local sdot = 0
+            for e = 1, d do sdot = sdot + qs[h][t + 1][e] * ks[(h - 1) // G + 1][j + 1][e] end
+            z = z + math.exp(sdot / math.sqrt(d) - DL[h][t + 1])
+          end
+        end
+        total = total + z
+      end
+    end
+    return total / (hq * R)
+  end
+  local baseline = (random_recall(1) + random_recall(2)) / 2
+  local good, blind = recall_of(mlp_file(false)), recall_of(mlp_file(true))
+  print(string.format("nsa decode selection recall %.4f, score-blind %.4f, random %.4f", good, blind, baseline))
+  truthy(good >= baseline + 0.02, string.format("decode selection: recall %.4f vs random %.4f", good, baseline))
+  truthy(not (blind >= baseline + 0.02), string.format("the score-blind decode selection must fail: recall %.4f vs random %.4f",
+    blind, baseline))
+end)
+
+
+test("nosa decode: steps through the decode cache equal the prefill rows; per-step block transfers match the prefill sets", function()
+  local N, R = 300, 45
+  local q, k, v = sl.synthetic{n = N, heads = 4, kv_heads = 2, d = 16, seed = 131, needles = 8, n_sink = 0}
+  local prob = sl.problem{q = q, k = k, v = v}
+  local nosa = sl.methods.get("nosa")
+  local P = {block = 32, sub = 8, k_q = 2, k_e = 3}
+  local full = sl.eval("nosa", prob, {params = P})
+  local dec = sl.eval("nosa", last_rows(prob, R), {params = P})
+  local eo, el = maxdiff(full.o:narrow(2, N - R + 1, R), dec.o), maxdiff(full.lse:narrow(2, N - R + 1, R), dec.lse)
+  truthy(eo < 1e-5 and el < 1e-5, string.format("nosa decode rows = prefill rows (o %.2e, lse %.2e)", eo, el))
+  eq(dec.params.params_source, "standin:value_norm", "params_source")
+  -- transfers per step from the prefill's own sets of the same rows (rows N-R .. N-1; the first step loads its whole set)
+  local sets = nosa.select_blocks(prob, sl.registry.resolve(nosa, P))
+  local moved_total = 0
+  for i, st in ipairs(dec.steps) do
+    local t = N - R + i
+    local moved, size = 0, 0
+    for kv = 1, 2 do
+      for b in pairs(sets[kv][t]) do
+        size = size + 1
+        if i == 1 or not sets[kv][t - 1][b] then moved = moved + 1 end
+      end
+    end
+    near(st.transfer_blocks, moved / 2, 1e-12, "step " .. i .. " transfer_blocks")
+    near(st.set_blocks, size / 2, 1e-12, "step " .. i .. " set size")
+    if i > 1 then
+      truthy(st.gamma >= 3 / 6 - 1e-12, string.format("step %d: gamma %.3f >= k_e / (1 + k_q + k_e)", i, st.gamma))
+      moved_total = moved_total + st.transfer_blocks
+    end
+  end
+  print(string.format("nosa decode locality: %.2f of %.0f blocks change per step (k_q 2, k_e 3), gamma mean %.3f",
+    moved_total / (R - 1), dec.steps[R].set_blocks, dec.metrics.gamma))
+  -- a captured e cannot decode (it covers a fixed prefill): one line
+  local path = TMP .. "/nosa_e.safetensors"
+  sl.save(path, {e = sl.randn({2, N}, {seed = 4})})
+  local ok, err = pcall(sl.eval, "nosa", last_rows(prob, R), {params = {block = 32, sub = 8, weights = path}})
+  err = tostring(err)
+  truthy(not ok and not err:find("\n") and err:find("decode needs the eviction", 1, true), "one-line error: " .. err)
 end)
 
 os.execute("rm -rf " .. TMP)

@@ -25,8 +25,17 @@
 -- Stand-in without weights (params_source "standin:value_norm"): e_j = ||v_j||.
 -- Not fitted here: the eviction head is trained end to end with the bias it
 -- adds to the logits (ED-DMA), which this forward does not model.
+-- Decode (issue 14, session 4; phase "both"): a hook of the decode runtime
+-- (`eval --steps S`, `model --decode nosa`; a decode problem replays
+-- through it). Each step selects its sets from the cache exactly as the
+-- prefill selects that row (tested: decode rows = prefill rows), attends the
+-- keys of the set, and reports the offload locality per step:
+-- transfer_blocks |S_t \ S_t-1| (the blocks to fetch from the host),
+-- transfer_bytes, gamma, set_blocks. The eviction scores are recomputed
+-- from the cached values each step (O(n) per step, not kept incrementally);
+-- a captured `e` file cannot decode (it covers a fixed prefill).
 -- NOT implemented: the eviction score as an additive logit bias (training
--- form), the offload system, decode through a runtime.
+-- form), the offload system itself (host/device copies).
 local sl = require "sparselab"
 local T = require "sparselab.trainable"
 local E = require "sparselab.blockest"
@@ -187,12 +196,58 @@ end
 
 local run_blocks = E.block_run(estimate)
 
+-- ---- decode (issue 14, session 4) ----
+
+--- The decode hook: the new token is in ls.cache; the step's block sets are
+--- made by select_blocks on the one-row problem (q at position n - 1 over
+--- the cache's n keys: the prefill's selection of that row), the query
+--- attends the keys of its kv head's set (one-token lists, page.attend),
+--- and the offload locality against the previous step's sets is reported:
+--- transfer_blocks = mean over kv heads of |S_t \ S_{t-1}| (the blocks a
+--- step must fetch; on the first step the whole set), gamma = |S_t ∩
+--- S_{t-1}| / |S_t| (1 on the first step), set_blocks = |S_t|.
+local function decode(_, ls, step, p)
+  local D = require "sparselab.decode"
+  if not ls.nosa and (p.weights or "") ~= "" then
+    local ok, raw = pcall(sl.load, p.weights)
+    if ok and type(raw) == "table" and raw.e then
+      sl.fail("nosa: weights %s: a captured e [kv heads, keys] covers a fixed prefill; decode needs the eviction.* network",
+        p.weights)
+    end
+  end
+  ls.nosa = ls.nosa or {}
+  local n = ls.cache:len()
+  local K, V = ls.cache:tensor("k"):narrow(2, 1, n), ls.cache:tensor("v"):narrow(2, 1, n)
+  local one = {q = step.q, k = K, v = V, backend = step.backend}
+  local sets = {}
+  local source = select_blocks(one, p, function(kv, _, set) sets[kv] = set end)
+  local prev, B = ls.nosa.prev, p.block
+  local lists, moved, gsum, size_sum, tokens = {}, 0, 0, 0, 0
+  for kv = 1, #sets do
+    local l, size, inter = {}, 0, 0
+    for b in pairs(sets[kv]) do
+      size = size + 1
+      if prev and prev[kv][b] then inter = inter + 1 end
+      for j = (b - 1) * B, math.min(b * B, n) - 1 do l[#l + 1] = j end
+    end
+    lists[kv] = l
+    tokens = tokens + #l
+    moved, gsum, size_sum = moved + (size - inter), gsum + (prev and inter / size or 1), size_sum + size
+  end
+  ls.nosa.prev, ls.nosa.source = sets, source
+  local hkv, d = #sets, K:shape()[3]
+  local o, lse = D.attend_tokens(ls.cache, step.q, D.lists_tensor(lists), {backend = step.backend})
+  return {o = o, lse = lse, params_source = source,
+    stats = {transfer_blocks = moved / hkv, gamma = gsum / hkv, set_blocks = size_sum / hkv, tokens_read = tokens / hkv,
+      density = tokens / (hkv * n), kv_bytes = 8 * d * tokens, transfer_bytes = 8 * d * B * moved}}
+end
+
 return {
   id = "nosa",
   card = "nosa",
   title = "NOSA: Native and Offloadable Sparse Attention",
   family = "trainable",
-  phase = "prefill",
+  phase = "both",
   causal_only = true,
   summary = "InfLLM-v2 query-aware blocks plus query-agnostic eviction-score blocks (locality by construction).",
   knob = "k_q",
@@ -210,7 +265,17 @@ return {
   fit_why = "the eviction head is trained end to end with its logit bias (ED-DMA), which this forward does not model",
   select_blocks = all_sets,
   mask = function(prob, p) return (estimate(prob, p)) end,
+  decode = decode,
   run = function(prob, p)
+    local _, nq, _, _, nk = dims(prob)
+    if nq < nk then
+      -- a decode problem: replayed step by step through the decode runtime (cache, then the hook)
+      local D = require "sparselab.decode"
+      local r = D.replay("nosa", prob, p)
+      p.params_source = r.state.layers[1].nosa.source
+      local st = D.replay_stats(r.steps)
+      return {o = r.o, lse = r.lse, steps = r.steps, stats = st, params_source = p.params_source}
+    end
     local out = run_blocks(prob, p)
     out.params_source = p.params_source
     return out

@@ -69,14 +69,38 @@
 -- Density: the original keys the selection and window branches read per
 -- (kv head, query) over the causal keys, averaged (the compressed tokens
 -- are extra reads, reported as stats.cmp_tokens per row).
+-- Decode (issue 14, session 4; phase "both"): M.decode is a hook of the
+-- decode runtime (sparselab.decode: the paged cache sl.kvcache_c, `eval
+-- --steps S`, `model --decode nsa`). Per layer it keeps a compressed cache:
+-- on the first step every complete window of the prefill is compressed in
+-- one call; afterwards the window [i s, i s + l) is compressed from its l
+-- tokens alone and appended as soon as the cache holds it (one compressed
+-- token every s steps). Each step selects its own blocks from the
+-- compressed attention and runs the three branches (one trainable.nsa call,
+-- query at position n - 1). A run on a decode problem (n_q < n_k) replays
+-- through the hook. Tested: the decode rows equal the prefill forward's
+-- rows (stand-in both variants, q-gates + MLP phi, per-token gates); a
+-- score-blind selection (zero compressed keys) fails the recall check.
+-- Per-token gate files in decode: column r for the r-th decode step.
+-- Stats per step: cmp_tokens, cmp_appended, blocks_changed (|S_t \ S_t-1|
+-- per kv head), tokens_read, kv_bytes. Limits: one weights file for every
+-- layer at model level; no eviction (the cache keeps every token).
 -- NOT implemented: the gate network on the hidden state x (it reads q
--- instead: captures hold no x); fitting the MLP phi or the gate MLP (only
--- gate_w/gate_b are fitted); decode with a compressed token appended every s steps (the op takes
--- Nq < Nk with the decode offset, but no incremental cache); training.
+-- instead: captures hold no x); fitting the gate MLP (gate_w/gate_b and the
+-- MLP phi are fitted); training of the whole model.
 -- Fitting (`sparselab fit-params nsa`): gate_w, gate_b by Adam on the output
 -- error vs dense attention (hand gradients, checked against finite
--- differences in tests/lua/test_methods_trainable.lua); compression is not
--- fitted (its gradient runs through the top-n selection).
+-- differences in tests/lua/test_methods_trainable.lua). Session 4: with
+-- the paper variant and phi_hidden ~= 0 (default: head_dim) the MLP phi
+-- (k_compress.*, v_compress.*) is fitted jointly (M.fit_phi): the gradient
+-- of o_cmp = softmax(q·kc/sqrt(D))·vc goes back through kc and vc into each
+-- window's two-layer MLP; o_slc and o_swa are held fixed with the blocks
+-- chosen by the current phi, re-selected every `reselect` steps (the top-n
+-- is not differentiable); start at the MLP that equals mean pooling;
+-- Adam (gates lr 0.05, phi phi_lr) with a ridge phi_decay·|phi - phi_0|²
+-- toward that start (without it the fitted phi lost to mean pooling on
+-- held-out texts: docs/notes/issue-14.md, session 4). phi_hidden = 0: the
+-- gates alone (the fla variant always).
 local sl = require "sparselab"
 local T = require "sparselab.trainable"
 local E = require "sparselab.blockest"
@@ -335,7 +359,7 @@ local M = {
   card = "nsa",
   title = "Native Sparse Attention: Hardware-Aligned and Natively Trainable Sparse Attention",
   family = "trainable",
-  phase = "prefill",
+  phase = "both",
   causal_only = true,
   summary = "Gated compressed, selected-block and sliding-window attention; weights from a file or a mean-pool stand-in.",
   knob = "n",
@@ -349,6 +373,12 @@ local M = {
     ["local"] = {default = -1, min = -1, max = 65536, int = true, doc = "forced local blocks (-1: the variant's)"},
     window = {default = 512, min = 0, int = true, doc = "sliding-window keys (0: no window branch)"},
     weights = {default = "", doc = "safetensors file of gates / phi (empty: the stand-in)"},
+    phi_hidden = {default = -1, min = -1, max = 4096, int = true,
+      doc = "fit-params only: hidden width of the fitted MLP phi (-1: head_dim; 0: fit the gates alone)"},
+    phi_lr = {default = 0.002, min = 0, max = 1, doc = "fit-params only: Adam learning rate of the MLP phi"},
+    phi_decay = {default = 0.01, min = 0, max = 1e6,
+      doc = "fit-params only: ridge weight pulling the MLP phi toward its mean-pool initial point"},
+    reselect = {default = 10, min = 1, int = true, doc = "fit-params only: steps between block re-selections"},
   },
   ops = {"trainable.compress", "trainable.nsa"},
   checks = {"compressed token i invisible to query t when i·s + l - 1 > t; first l - 1 queries o_cmp = 0, no NaN",
@@ -362,7 +392,114 @@ local M = {
 M.setup, M.compress, M.forward, M.const_gates, M.q_gates = setup, compress, forward, const_gates, q_gates
 M.mlp_gates = mlp_gates
 
+-- ---- decode (issue 14, session 4): a compressed token appended every s steps ----
+
+local function shape_of(s) return {shape = function() return s end} end
+
+-- The weights, source and op parameters of a decode layer (loaded once per
+-- layer state). A per-token gate file [Hq, R] gives decode step r (r-th
+-- token after the prefill) its column r.
+local function decode_setup(ls, step, p)
+  if ls.nsa then return ls.nsa end
+  local qs, ks = step.q:shape(), step.k:shape()
+  local width = 1
+  if (p.weights or "") ~= "" then
+    local ok, raw = pcall(sl.load, p.weights)
+    if ok and type(raw) == "table" and raw.g_cmp and #raw.g_cmp:shape() == 2 then width = raw.g_cmp:shape()[2] end
+  end
+  local ws, source, op = setup({q = shape_of({qs[1], width, qs[3]}), k = shape_of({ks[1], width, ks[3]})}, p)
+  ls.nsa = {ws = ws, source = source, op = op, nc = 0, prev = nil}
+  return ls.nsa
+end
+
+-- Appends to the layer's compressed cache every window [i s, i s + l) that
+-- the cache now holds complete: on the first step all of the prefill's
+-- windows in one compression, afterwards the one new window every s steps
+-- (phi of its l tokens only: nothing is recomputed).
+local function decode_compress(st_nsa, K, V, n, step)
+  local op, ws = st_nsa.op, st_nsa.ws
+  local avail = n >= op.l and (n - op.l) // op.s + 1 or 0
+  if avail <= st_nsa.nc then return end
+  local a = st_nsa.nc * op.s
+  local span = (avail - 1) * op.s + op.l - a
+  local sub = {q = step.q, k = K:narrow(2, a + 1, span), v = V:narrow(2, a + 1, span), backend = step.backend}
+  local kc, vc = compress(sub, ws, op)
+  kc, vc = kc:narrow(2, 1, avail - st_nsa.nc), vc:narrow(2, 1, avail - st_nsa.nc)
+  if st_nsa.kc then
+    st_nsa.kc, st_nsa.vc = sl.cat({st_nsa.kc, kc}, 2), sl.cat({st_nsa.vc, vc}, 2)
+  else
+    st_nsa.kc, st_nsa.vc = kc, vc
+  end
+  st_nsa.appended = (st_nsa.appended or 0) + (st_nsa.nc > 0 and avail - st_nsa.nc or 0)
+  st_nsa.nc = avail
+end
+
+--- The decode hook: the new token is in ls.cache (the driver appended it);
+--- complete windows are compressed into the layer's compressed cache
+--- (decode_compress), then one trainable.nsa call with the step's query at
+--- position n - 1 runs the three branches (blocks selected for this step
+--- from the compressed attention) and the gated sum.
+local function decode(_, ls, step, p)
+  local S = decode_setup(ls, step, p)
+  local ws, op = S.ws, {}
+  for key, val in pairs(S.op) do op[key] = val end
+  local n = ls.cache:len()
+  local K, V = ls.cache:tensor("k"):narrow(2, 1, n), ls.cache:tensor("v"):narrow(2, 1, n)
+  decode_compress(S, K, V, n, step)
+  local one = {q = step.q, k = K, v = V, backend = step.backend}
+  local kc, vc = S.kc, S.vc
+  if not kc then   -- no complete window yet: one zero token that no query sees (i s + l - 1 > n - 1)
+    kc = sl.zeros({K:shape()[1], 1, K:shape()[3]})
+    vc = kc
+  end
+  local gc, gs, gw
+  if ws.g_cmp then
+    local col = ls.seen - (ls.n_prefill or 0)
+    local width = ws.g_cmp:shape()[2]
+    if col < 1 or col > width then
+      sl.fail("nsa: weights %s: per-token gates cover %d decode steps; step %d has no column", p.weights, width, col)
+    end
+    gc, gs, gw = ws.g_cmp:narrow(2, col, 1), ws.g_slc:narrow(2, col, 1), ws.g_swa:narrow(2, col, 1)
+  elseif ws.gate_w then
+    gc, gs, gw = q_gates(one, ws.gate_w, ws.gate_b)
+  elseif ws["gate_mlp.w1"] then
+    gc, gs, gw = mlp_gates(one, ws)
+  else
+    gc, gs, gw = const_gates(one, 0, 1, 0)
+    op.window = 0
+  end
+  local o, lse, blocks = forward(one, op, kc, vc, gc, gs, gw)
+  -- blocks changed since the previous step (per kv head: |S_t \ S_{t-1}|)
+  local bt, changed = blocks:totable(), 0
+  if S.prev then
+    for g = 1, #bt do
+      local had = {}
+      for _, j in ipairs(S.prev[g][1]) do had[j] = true end
+      for _, j in ipairs(bt[g][1]) do if j >= 0 and not had[j] then changed = changed + 1 end end
+    end
+    changed = changed / #bt
+  end
+  S.prev = bt
+  local dens = density(one, op, blocks)
+  local d, hkv = K:shape()[3], K:shape()[1]
+  local tokens = dens * n
+  return {o = o, lse = lse, blocks = blocks, params_source = S.source,
+    stats = {density = dens, tokens_read = tokens, cmp_tokens = S.nc, kv_bytes = 8 * d * (tokens + S.nc) * hkv,
+      blocks_changed = changed, cmp_appended = S.appended or 0}}
+end
+M.decode = decode
+
 function M.run(prob, p)
+  local _, nq0, _, _, nk0 = dims(prob)
+  if nq0 < nk0 then
+    -- a decode problem (the last nq rows of nk keys): replayed one step at a
+    -- time through the decode runtime (the cache of the prefix, then M.decode)
+    local r = require("sparselab.decode").replay(M, prob, p)
+    local src = r.state.layers[1].nsa.source
+    p.params_source = src
+    return {o = r.o, lse = r.lse, params_source = src, steps = r.steps,
+      stats = require("sparselab.decode").replay_stats(r.steps)}
+  end
   local ws, source, op = setup(prob, p)
   local kc, vc = compress(prob, ws, op)
   local gc, gs, gw
@@ -443,7 +580,9 @@ end
 --- Fits gate_w, gate_b on problems (same heads and head_dim) with Adam
 --- (lr 0.05, `steps`), starting at the stand-in's gates (w = 0, logits -4,
 --- 4, -4 for cmp, slc, swa). Returns {gate_w =, gate_b =} and a report.
-function M.fit(probs, o)
+--- With phi_hidden ~= 0 (paper variant) the MLP phi is fitted as well
+--- (M.fit_phi).
+function M.fit_gates(probs, o)
   local p = o.params
   local data = {}
   for i, prob in ipairs(probs) do data[i] = M.fit_data(prob, p) end
@@ -471,6 +610,389 @@ function M.fit(probs, o)
     {loss_before = before, loss_after = after, optimiser = "adam(lr=" .. (o.lr or 0.05) .. ", steps=" .. o.steps .. ")"}
 end
 
-M.fit_doc = "gate_w, gate_b: Adam on the mean squared output error vs dense attention; compression not fitted"
+-- ---- fitting the MLP phi (issue 14, session 4) ----
+-- The parameters of the joint fit are one flat array x: the gate part of
+-- M.fit_loss_grad (gate_w [Hq, 3, D] then gate_b [Hq, 3]) followed, for k
+-- then v and each kv head g, by W1 [l·D, M] (row-major), b1 [M], W2 [M, D],
+-- b2 [D]. The loss is M.fit_loss_grad's (mean squared output error vs dense
+-- attention, averaged over every output element of every problem) with
+-- o_cmp computed here from phi (only complete windows: a window that runs
+-- past the row is never visible) and o_slc, o_swa taken from the op with the
+-- blocks chosen by the current phi (held fixed between re-selections: the
+-- top-n is not differentiable).
+
+--- Offsets of the joint parameter array: {nb (start of gate_b), gates
+--- (count of gate entries), k = {g = {w1, b1, w2, b2}}, v = ..., n (total),
+--- L (= l·D), M, D, hq, hkv}.
+function M.phi_layout(hq, hkv, d, l, m)
+  local L = l * d
+  local lay = {nb = hq * 3 * d, gates = hq * 3 * d + hq * 3, L = L, M = m, D = d, hq = hq, hkv = hkv}
+  local off = lay.gates
+  for _, side in ipairs{"k", "v"} do
+    lay[side] = {}
+    for g = 1, hkv do
+      local o = {w1 = off, b1 = off + L * m, w2 = off + L * m + m, b2 = off + L * m + m + m * d}
+      off = o.b2 + d
+      lay[side][g] = o
+    end
+  end
+  lay.n = off
+  return lay
+end
+
+-- Flattened complete windows [i s, i s + l) of x (heads table [H][t][D]):
+-- X[h][i] = {x[i s][1..D], x[i s + 1][1..D], ...} (l·D numbers), i = 1..nc.
+local function flat_windows(x, l, s, nc, d)
+  local X = {}
+  for h = 1, #x do
+    X[h] = {}
+    for i = 1, nc do
+      local w, t0 = {}, (i - 1) * s
+      for r = 0, l - 1 do
+        local row = x[h][t0 + r + 1]
+        for e = 1, d do w[r * d + e] = row[e] end
+      end
+      X[h][i] = w
+    end
+  end
+  return X
+end
+
+--- The joint fit's data of one problem: q, dense output, the flattened
+--- complete windows of k and v, per row the count of visible compressed
+--- tokens, and (filled by M.phi_reselect) the selection and window branch
+--- outputs with unit gates.
+function M.phi_data(prob, p)
+  local op = op_params(p)
+  local hq, nq, d, hkv, nk = dims(prob)
+  if nq ~= nk then sl.fail("nsa fit: input has %d query rows and %d keys; expected a prefill capture (equal)", nq, nk) end
+  local nc = nk >= op.l and (nk - op.l) // op.s + 1 or 0
+  local vis = {}
+  for t = 1, nq do
+    local pos = t - 1
+    vis[t] = pos >= op.l - 1 and math.min(nc, (pos - op.l + 1) // op.s + 1) or 0
+  end
+  local dense = sl.attn.dense(prob.q, prob.k, prob.v, {causal = true, backend = prob.backend})
+  return {prob = prob, op = op, q = E.heads(prob.q), dense = E.heads(dense), hq = hq, hkv = hkv, nq = nq, d = d,
+    nc = nc, vis = vis, xk = flat_windows(E.heads(prob.k), op.l, op.s, nc, d),
+    xv = flat_windows(E.heads(prob.v), op.l, op.s, nc, d), scale = 1 / math.sqrt(d)}
+end
+
+-- The MLP phi of every complete window of one side: y[g][i] (D numbers),
+-- act[g][i] (M numbers after the ReLU).
+local function phi_forward(X, x, lay, side, nc)
+  local L, m, d = lay.L, lay.M, lay.D
+  local y, act = {}, {}
+  for g = 1, lay.hkv do
+    local o = lay[side][g]
+    y[g], act[g] = {}, {}
+    for i = 1, nc do
+      local w, a = X[g][i], {}
+      for j = 1, m do a[j] = x[o.b1 + j] end
+      for r = 1, L do
+        local xv = w[r]
+        if xv ~= 0 then
+          local base = o.w1 + (r - 1) * m
+          for j = 1, m do a[j] = a[j] + xv * x[base + j] end
+        end
+      end
+      local out = {}
+      for c = 1, d do out[c] = x[o.b2 + c] end
+      for j = 1, m do
+        local aj = a[j]
+        if aj > 0 then
+          local base = o.w2 + (j - 1) * d
+          for c = 1, d do out[c] = out[c] + aj * x[base + c] end
+        else
+          a[j] = 0
+        end
+      end
+      y[g][i], act[g][i] = out, a
+    end
+  end
+  return y, act
+end
+
+-- Back through the MLP of one side: dy[g][i] (D numbers) into g.
+local function phi_backward(X, x, lay, side, act, dy, g_out, nc)
+  local L, m, d = lay.L, lay.M, lay.D
+  for g = 1, lay.hkv do
+    local o = lay[side][g]
+    for i = 1, nc do
+      local dyi = dy[g][i]
+      if dyi then
+        local a, w = act[g][i], X[g][i]
+        for c = 1, d do g_out[o.b2 + c] = g_out[o.b2 + c] + dyi[c] end
+        local dpre = {}
+        for j = 1, m do
+          local base, aj = o.w2 + (j - 1) * d, a[j]
+          local s = 0
+          for c = 1, d do
+            s = s + x[base + c] * dyi[c]
+            g_out[base + c] = g_out[base + c] + aj * dyi[c]
+          end
+          dpre[j] = aj > 0 and s or 0
+        end
+        for j = 1, m do g_out[o.b1 + j] = g_out[o.b1 + j] + dpre[j] end
+        for r = 1, L do
+          local xv = w[r]
+          if xv ~= 0 then
+            local base = o.w1 + (r - 1) * m
+            for j = 1, m do g_out[base + j] = g_out[base + j] + xv * dpre[j] end
+          end
+        end
+      end
+    end
+  end
+end
+
+--- Loss and gradient of the joint fit at x (layout lay) over data (each
+--- with br[2], br[3] set): o = σ(z_cmp)·o_cmp(phi) + σ(z_slc)·o_slc +
+--- σ(z_swa)·o_swa, z_b = gate_w[h, b]·q_t + gate_b[h, b]; o_cmp =
+--- softmax(scale·q·kc)·vc over the visible complete windows. Backward:
+--- dL/do_cmp = σ(z_cmp)·2r/N; dvc_i += P_i·do; dz_i = P_i·(do·vc_i - Σ_j
+--- P_j do·vc_j); dkc_i += scale·dz_i·q; then through each window's MLP.
+function M.phi_loss_grad(data, x, lay)
+  local nb, d, G = lay.nb, lay.D, lay.hq // lay.hkv
+  local g, loss, count = {}, 0, 0
+  for i = 1, lay.n do g[i] = 0 end
+  for _, Dt in ipairs(data) do count = count + Dt.hq * Dt.nq * Dt.d end
+  for _, Dt in ipairs(data) do
+    local nc = Dt.nc
+    local kc, ak = phi_forward(Dt.xk, x, lay, "k", nc)
+    local vc, av = phi_forward(Dt.xv, x, lay, "v", nc)
+    local dk, dv = {}, {}
+    for kv = 1, lay.hkv do dk[kv], dv[kv] = {}, {} end
+    for h = 1, lay.hq do
+      local kv = (h - 1) // G + 1
+      local kch, vch, dkh, dvh = kc[kv], vc[kv], dk[kv], dv[kv]
+      for t = 1, Dt.nq do
+        local qt, nv = Dt.q[h][t], Dt.vis[t]
+        -- compressed branch
+        local P, oc = {}, {}
+        for e = 1, d do oc[e] = 0 end
+        if nv > 0 then
+          local mx = -math.huge
+          for i = 1, nv do
+            local ki, z = kch[i], 0
+            for e = 1, d do z = z + qt[e] * ki[e] end
+            z = z * Dt.scale
+            P[i] = z
+            if z > mx then mx = z end
+          end
+          local sum = 0
+          for i = 1, nv do P[i] = math.exp(P[i] - mx); sum = sum + P[i] end
+          for i = 1, nv do
+            local pi, vi = P[i] / sum, vch[i]
+            P[i] = pi
+            for e = 1, d do oc[e] = oc[e] + pi * vi[e] end
+          end
+        end
+        -- gates
+        local sg = {}
+        for b = 1, 3 do
+          local zz, off = x[nb + (h - 1) * 3 + b], ((h - 1) * 3 + (b - 1)) * d
+          for e = 1, d do zz = zz + x[off + e] * qt[e] end
+          sg[b] = sigmoid(zz)
+        end
+        local o2, o3, ref = Dt.br[2][h][t], Dt.br[3][h][t], Dt.dense[h][t]
+        local dz1, dz2, dz3, r = 0, 0, 0, {}
+        for e = 1, d do
+          local re = sg[1] * oc[e] + sg[2] * o2[e] + sg[3] * o3[e] - ref[e]
+          r[e] = re
+          loss = loss + re * re
+          dz1, dz2, dz3 = dz1 + re * oc[e], dz2 + re * o2[e], dz3 + re * o3[e]
+        end
+        local dz = {dz1, dz2, dz3}
+        for b = 1, 3 do
+          local gz = 2 / count * dz[b] * sg[b] * (1 - sg[b])
+          local off = ((h - 1) * 3 + (b - 1)) * d
+          for e = 1, d do g[off + e] = g[off + e] + gz * qt[e] end
+          g[nb + (h - 1) * 3 + b] = g[nb + (h - 1) * 3 + b] + gz
+        end
+        if nv > 0 then
+          local cdo = 2 / count * sg[1]
+          local dov, dot = {}, 0
+          for i = 1, nv do
+            local vi, s = vch[i], 0
+            for e = 1, d do s = s + r[e] * vi[e] end
+            dov[i] = cdo * s
+            dot = dot + P[i] * dov[i]
+          end
+          for i = 1, nv do
+            local pi = P[i]
+            local dvi = dvh[i]
+            if not dvi then dvi = {}; for e = 1, d do dvi[e] = 0 end; dvh[i] = dvi end
+            for e = 1, d do dvi[e] = dvi[e] + pi * cdo * r[e] end
+            local dzi = pi * (dov[i] - dot) * Dt.scale
+            local dki = dkh[i]
+            if not dki then dki = {}; for e = 1, d do dki[e] = 0 end; dkh[i] = dki end
+            for e = 1, d do dki[e] = dki[e] + dzi * qt[e] end
+          end
+        end
+      end
+    end
+    phi_backward(Dt.xk, x, lay, "k", ak, dk, g, nc)
+    phi_backward(Dt.xv, x, lay, "v", av, dv, g, nc)
+  end
+  loss = loss / count
+  if lay.decay and lay.decay > 0 then
+    -- ridge toward the initial (mean-pool) phi: decay · Σ (x - x0)² over the phi entries
+    local dec, x0 = lay.decay, lay.x0
+    for i = lay.gates + 1, lay.n do
+      local dx = x[i] - x0[i]
+      loss = loss + dec * dx * dx
+      g[i] = g[i] + 2 * dec * dx
+    end
+  end
+  return loss, g
+end
+
+--- The weights of x (layout lay) as the file's tensors: gate_w, gate_b,
+--- k_compress.*, v_compress.*.
+function M.phi_tensors(x, lay)
+  local hq, hkv, d, L, m, nb = lay.hq, lay.hkv, lay.D, lay.L, lay.M, lay.nb
+  local w, b = {}, {}
+  for h = 1, hq do
+    w[h], b[h] = {}, {}
+    for br = 1, 3 do
+      local off, row = ((h - 1) * 3 + (br - 1)) * d, {}
+      for e = 1, d do row[e] = x[off + e] end
+      w[h][br], b[h][br] = row, x[nb + (h - 1) * 3 + br]
+    end
+  end
+  local out = {gate_w = sl.tensor(w), gate_b = sl.tensor(b)}
+  for _, side in ipairs{"k", "v"} do
+    local w1, b1, w2, b2 = {}, {}, {}, {}
+    for g = 1, hkv do
+      local o = lay[side][g]
+      w1[g], b1[g], w2[g], b2[g] = {}, {}, {}, {}
+      for r = 1, L do local row = {} for j = 1, m do row[j] = x[o.w1 + (r - 1) * m + j] end w1[g][r] = row end
+      for j = 1, m do b1[g][j] = x[o.b1 + j] end
+      for j = 1, m do local row = {} for c = 1, d do row[c] = x[o.w2 + (j - 1) * d + c] end w2[g][j] = row end
+      for c = 1, d do b2[g][c] = x[o.b2 + c] end
+    end
+    local pre = side .. "_compress"
+    out[pre .. ".w1"], out[pre .. ".b1"], out[pre .. ".w2"], out[pre .. ".b2"] =
+      sl.tensor(w1), sl.tensor(b1), sl.tensor(w2), sl.tensor(b2)
+  end
+  return out
+end
+
+--- Re-selection: the op's selection and window branches (unit gates) with
+--- the blocks the current phi picks, into each data set's br[2], br[3].
+function M.phi_reselect(data, x, lay)
+  for _, Dt in ipairs(data) do
+    local prob, op = Dt.prob, Dt.op
+    local kc, vc = phi_forward(Dt.xk, x, lay, "k", Dt.nc), phi_forward(Dt.xv, x, lay, "v", Dt.nc)
+    if Dt.nc == 0 then   -- no complete window: one zero token no query sees
+      local z = {}
+      for g = 1, lay.hkv do local row = {} for c = 1, lay.D do row[c] = 0 end z[g] = {row} end
+      kc, vc = z, z
+    end
+    local kct, vct = sl.tensor(kc), sl.tensor(vc)
+    Dt.br = {}
+    for b = 2, 3 do
+      local gc, gs, gw = const_gates(prob, 0, b == 2 and 1 or 0, b == 3 and 1 or 0)
+      Dt.br[b] = E.heads((forward(prob, op, kct, vct, gc, gs, gw)))
+    end
+  end
+end
+
+--- The initial point of the joint fit: the stand-in's gates (w = 0, logits
+--- -4, 4, -4) and the MLP that equals mean pooling (pe = 0): W1 = I/l per
+--- slot on the first D hidden units, b1 = shift (every unit stays active:
+--- shift = 1 + the largest |k|, |v| of the data), W2 = I, b2 = -shift;
+--- hidden units past D start with W1 ~ N(0, 0.01²) (seeded), b1 = 0, W2 = 0.
+function M.phi_init(lay, l, shift, seed)
+  local x = {}
+  for i = 1, lay.n do x[i] = 0 end
+  for h = 1, lay.hq do x[lay.nb + (h - 1) * 3 + 1], x[lay.nb + (h - 1) * 3 + 2], x[lay.nb + (h - 1) * 3 + 3] = -4, 4, -4 end
+  local d, m = lay.D, lay.M
+  local extra = m > d and sl.randn({2 * lay.hkv * lay.L * (m - d)}, {seed = seed or 1, std = 0.01}):totable() or {}
+  local ei = 0
+  for _, side in ipairs{"k", "v"} do
+    for g = 1, lay.hkv do
+      local o = lay[side][g]
+      for r = 1, lay.L do
+        local e = (r - 1) % d + 1
+        for j = 1, m do
+          if j <= d then
+            x[o.w1 + (r - 1) * m + j] = j == e and 1 / l or 0
+          else
+            ei = ei + 1
+            x[o.w1 + (r - 1) * m + j] = extra[ei]
+          end
+        end
+      end
+      for j = 1, math.min(m, d) do
+        x[o.b1 + j] = shift
+        x[o.w2 + (j - 1) * d + j] = 1
+      end
+      for c = 1, d do x[o.b2 + c] = -shift end
+    end
+  end
+  return x
+end
+
+--- The joint fit (paper variant): gate_w, gate_b and the MLP phi of k and v
+--- (hidden width phi_hidden, -1: head_dim) by Adam (Kingma & Ba: beta1 0.9,
+--- beta2 0.999, eps 1e-8; lr 0.05 for the gates, phi_lr for phi), `steps`
+--- steps, the blocks re-selected with the current phi every `reselect`
+--- steps (and once at the end, for the reported loss).
+function M.fit_phi(probs, o)
+  local p = o.params
+  local data = {}
+  for i, prob in ipairs(probs) do data[i] = M.phi_data(prob, p) end
+  local hq, hkv, d = data[1].hq, data[1].hkv, data[1].d
+  local shift = 0
+  for i, Dt in ipairs(data) do
+    if Dt.hq ~= hq or Dt.d ~= d or Dt.hkv ~= hkv then
+      sl.fail("nsa fit: input %d has %d/%d heads of dim %d, input 1 has %d/%d of dim %d; expected the same", i, Dt.hq,
+        Dt.hkv, Dt.d, hq, hkv, d)
+    end
+    for _, X in ipairs{Dt.xk, Dt.xv} do
+      for _, hw in ipairs(X) do for _, w in ipairs(hw) do for _, v in ipairs(w) do shift = math.max(shift, math.abs(v)) end end end
+    end
+  end
+  local m = p.phi_hidden < 0 and d or p.phi_hidden
+  local op = data[1].op
+  local lay = M.phi_layout(hq, hkv, d, op.l, m)
+  local x = M.phi_init(lay, op.l, 1 + shift, o.seed)
+  lay.x0, lay.decay = {}, p.phi_decay
+  for i = 1, lay.n do lay.x0[i] = x[i] end
+  local lr_g, lr_p = o.lr or 0.05, p.phi_lr
+  local b1, b2, eps = 0.9, 0.999, 1e-8
+  local mm, vv = {}, {}
+  for i = 1, lay.n do mm[i], vv[i] = 0, 0 end
+  local before, reselects
+  reselects = 0
+  for step = 1, o.steps do
+    if (step - 1) % p.reselect == 0 then M.phi_reselect(data, x, lay); reselects = reselects + 1 end
+    local loss, g = M.phi_loss_grad(data, x, lay)
+    before = before or loss
+    for i = 1, lay.n do
+      mm[i] = b1 * mm[i] + (1 - b1) * g[i]
+      vv[i] = b2 * vv[i] + (1 - b2) * g[i] * g[i]
+      local mh, vh = mm[i] / (1 - b1 ^ step), vv[i] / (1 - b2 ^ step)
+      x[i] = x[i] - (i <= lay.gates and lr_g or lr_p) * mh / (math.sqrt(vh) + eps)
+    end
+  end
+  M.phi_reselect(data, x, lay)
+  local after = M.phi_loss_grad(data, x, lay)
+  return M.phi_tensors(x, lay), {loss_before = before, loss_after = after,
+    optimiser = string.format("adam(lr=%g gates, %g phi; steps=%d; blocks re-selected every %d steps, %d times; phi hidden %d; " ..
+      "ridge %g toward mean pooling)", lr_g, lr_p, o.steps, p.reselect, reselects + 1, m, p.phi_decay)}
+end
+
+function M.fit(probs, o)
+  local p = o.params
+  if p.phi_hidden ~= 0 and p.variant == "paper" then return M.fit_phi(probs, o) end
+  return M.fit_gates(probs, o)
+end
+
+M.fit_doc = "gate_w, gate_b and (paper variant, phi_hidden ~= 0) the MLP phi k_compress.*, v_compress.*: Adam on the " ..
+  "mean squared output error vs dense attention, block selection held fixed between re-selections"
+
 
 return M
