@@ -1262,5 +1262,58 @@ test("nosa decode: steps through the decode cache equal the prefill rows; per-st
   truthy(not ok and not err:find("\n") and err:find("decode needs the eviction", 1, true), "one-line error: " .. err)
 end)
 
+
+-- ---- issue 14, session 4: hysparse per-head constant gates and sinks ----
+
+test("hysparse fit: hand gradient = finite differences; fitted gates and sinks beat the stand-in on held-out texts", function()
+  local hy = sl.methods.get("hysparse")
+  local HP = {block = 16, n_sel = 48, window = 16}
+  local p = sl.registry.resolve(hy, HP)
+  local probs = {synthetic(80, 41), synthetic(64, 42)}
+  local data = {hy.fit_data(probs[1], p), hy.fit_data(probs[2], p)}
+  local x = sl.randn({16}, {seed = 43, std = 1}):totable()
+  local _, g = hy.fit_loss_grad(data, x)
+  for i = 1, 16 do
+    local h, saved = 1e-5, x[i]
+    x[i] = saved + h
+    local lp = hy.fit_loss_grad(data, x)
+    x[i] = saved - h
+    local lm = hy.fit_loss_grad(data, x)
+    x[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-9 + 1e-4 * math.abs(fd), "d loss / d x[" .. i .. "]")
+    truthy(math.abs(fd) > 1e-8, "entry " .. i .. " moves the loss")
+  end
+  -- the fit's loss at x equals the recipe's own output error with the written file (gates and sinks)
+  local gl, ss, sw = {}, {}, {}
+  for h = 1, 4 do gl[h], ss[h], sw[h] = {x[h], x[4 + h]}, x[8 + h], x[12 + h] end
+  local path = TMP .. "/hy_x.safetensors"
+  sl.save(path, {gate_logits = sl.tensor(gl), sink_sparse = sl.tensor(ss), sink_swa = sl.tensor(sw)})
+  local loss = hy.fit_loss_grad({data[1]}, x)
+  local r = sl.eval("hysparse", probs[1], {params = with(HP, {weights = path})})
+  near(loss, mse(r.o, sl.attn.dense(probs[1].q, probs[1].k, probs[1].v, {causal = true})), 1e-5 * loss, "fit loss = eval error")
+  truthy(r.params.params_source:match("^sha256:%x+%+oracle:same_layer_block_max$"), "params_source names the oracle selection: "
+    .. r.params.params_source)
+  -- per-token gates and gate_logits together: one line
+  local both = TMP .. "/hy_both.safetensors"
+  sl.save(both, {gate_logits = sl.tensor(gl), g_sparse = sl.rand({4, 80}, {seed = 1}), R = sl.rand({2, 80, 5}, {seed = 2})})
+  raises(function() sl.eval("hysparse", probs[1], {params = with(HP, {weights = both})}) end, "holds both per-token gates")
+  -- held out (TinyStories layer 2: fit on 01, 02; evaluate 07, 08)
+  local ts = tinystories()
+  if not ts then return end
+  local ws, rep = hy.fit(ts.train, {params = p, steps = 60})
+  truthy(rep.loss_after < rep.loss_before, "the fitting loss falls")
+  local fp = TMP .. "/hy_fit.safetensors"
+  sl.save(fp, ws)
+  for i, prob in ipairs(ts.held) do
+    local stand = sl.eval("hysparse", prob, {params = HP})
+    local fit = sl.eval("hysparse", prob, {params = with(HP, {weights = fp})})
+    print(string.format("hysparse held-out text %d: fitted gates+sinks rel_l2 %.4f, stand-in %.4f", i, fit.metrics.rel_l2,
+      stand.metrics.rel_l2))
+    truthy(fit.metrics.rel_l2 < stand.metrics.rel_l2, string.format("held-out %d: fitted %.4f < stand-in %.4f", i,
+      fit.metrics.rel_l2, stand.metrics.rel_l2))
+  end
+end)
+
 os.execute("rm -rf " .. TMP)
 H.done()

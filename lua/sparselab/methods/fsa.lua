@@ -69,7 +69,7 @@ function M.run(prob, p)
   local rest, lse, blocks = nsa.forward(prob, op, kc, vc, gc, zero, gw)
   local args = {bs = op.bs, gate = gs, base = rest, backend = prob.backend}
   local o = sl.trainable.fsa(prob.q, prob.k, prob.v, blocks, args)
-  base.stats.flops = base.stats.flops + sl.op_flops("trainable.fsa", prob.q, prob.k, prob.v, blocks, args)
+  base.stats.flops = (base.stats.flops or 0) + sl.op_flops("trainable.fsa", prob.q, prob.k, prob.v, blocks, args)
   p.params_source = source
   return {o = o, lse = lse, blocks = blocks, params_source = source, stats = base.stats}
 end

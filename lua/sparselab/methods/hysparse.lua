@@ -32,9 +32,15 @@
 --   layer's own exact map — an oracle (it reads the exact attention) —,
 --   gates 0.5, no sinks. swa = 0 drops the SWA branch (the card's ablation;
 --   g_sparse is then 1 unless the file gives it).
--- Fitting: not done — the gates read the hidden state x (not in Q/K/V
---   captures) and the sparse layers' projections and sinks are trained with
---   the model; `fit-params hysparse` says so.
+--   gate_logits [Hq, 2]            per-head constant gates σ(logit) (sparse, swa): the
+--                                  fitted form (issue 14, session 4); a file with it
+--                                  and no R/full_q selects by the stand-in's oracle
+--                                  (params_source "sha256:<hex>+oracle:same_layer_block_max").
+-- Fitting (`sparselab fit-params hysparse`, session 4): per-head constant
+--   gates (gate_logits) and the two sink logits by Adam on the output error
+--   vs dense (hand gradient checked against finite differences); selection
+--   held at the stand-in's oracle. Not fitted: the gates on x (x is not
+--   captured) and the projections (trained with the model).
 -- Density: keys attended by the union of both branches over causal keys;
 --   out.lse is the lse of that union (for recall against dense), out.o the
 --   gated, sink-scaled sum.
@@ -79,7 +85,6 @@ local M = {
     "all blocks, gates (1, 0), no sink equals dense", "independent float64 HySparse (sinks, gates) to 1e-5",
     "score-blind R loses recall", "bad weight files: one-line errors"},
   params_sources = {STANDIN, "sha256:<weights file>"},
-  fit_why = "the gates read the hidden state x (not captured) and the sparse layers' projections and sinks train with the model",
 }
 
 --- R [Hkv][n][nb] (Lua) from queries and keys: block max of the causal probabilities, max over the group.
@@ -113,6 +118,7 @@ local function spec(prob, block)
     {name = "g_swa", shape = {hq, n}, dims = "(query heads, tokens)", range = {0, 1}, range_why = "sigmoid gates"},
     {name = "sink_sparse", shape = {hq}, dims = "(query heads)"},
     {name = "sink_swa", shape = {hq}, dims = "(query heads)"},
+    {name = "gate_logits", shape = {hq, 2}, dims = "(query heads, [sparse, swa])"},
   }
 end
 
@@ -155,16 +161,33 @@ function M.load_params(prob, p)
   end
   local ws = T.load_weights("hysparse", p.weights, spec(prob, p.block))
   if ws.R and ws.full_q then sl.fail("hysparse: weights %s: holds both R and full_q/full_k; expected one of them", p.weights) end
-  if not ws.R and not ws.full_q then sl.fail("hysparse: weights %s: holds neither R nor full_q/full_k", p.weights) end
+  if ws.gate_logits and (ws.g_sparse or ws.g_swa) then
+    sl.fail("hysparse: weights %s: holds both per-token gates (g_sparse, g_swa) and gate_logits; expected one form", p.weights)
+  end
+  local source = T.file_source(p.weights)
+  -- a fitted file (gate_logits, sinks: `fit-params hysparse`) selects as it was fitted: by the stand-in's oracle
+  local oracle_sel = not ws.R and not ws.full_q and ws.gate_logits
+  if not ws.R and not ws.full_q and not oracle_sel then
+    sl.fail("hysparse: weights %s: holds neither R nor full_q/full_k", p.weights)
+  end
   local out = {rows = function(r0, r1)
     if ws.R then return file_rows(ws.R, p.block, r0, r1) end
+    if oracle_sel then return M.block_max_tensor(prob.q, prob.k, p.block, r0, r1, prob.backend) end
     return M.block_max_tensor(ws.full_q, ws.full_k, p.block, r0, r1, prob.backend)
   end}
+  if oracle_sel then source = source .. "+oracle:same_layer_block_max" end
   out.g_sparse = ws.g_sparse and ws.g_sparse:totable() or const(gs_default)
   out.g_swa = ws.g_swa and ws.g_swa:totable() or const(0.5)
+  if ws.gate_logits then
+    local gl = ws.gate_logits:totable()
+    local function sig(z) return 1 / (1 + math.exp(-z)) end
+    for h = 1, hq do
+      for t = 1, n do out.g_sparse[h][t], out.g_swa[h][t] = sig(gl[h][1]), sig(gl[h][2]) end
+    end
+  end
   out.sink_sparse = ws.sink_sparse and ws.sink_sparse:totable()
   out.sink_swa = ws.sink_swa and ws.sink_swa:totable()
-  return out, T.file_source(p.weights)
+  return out, source
 end
 
 --- Entries of R held at once (query heads x rows of a row block x key
@@ -179,7 +202,7 @@ M.row_budget = 1048576
 --- the SWA branch is one attn.lines call over the diagonals 0..window-1; the
 --- union's lse continues the sparse branch's online softmax (attn.token_sparse
 --- with state) over the window keys outside the selected blocks.
-function M.run(prob, p)
+function M.run(prob, p, collect)
   local hq, n, d, hkv, nk = dims(prob)
   if n ~= nk then sl.fail("hysparse: %d queries and %d keys; expected self-attention over one sequence (prefill)", n, nk) end
   local P, source = M.load_params(prob, p)
@@ -250,6 +273,14 @@ function M.run(prob, p)
       local os = Os:narrow(1, h, 1):totable()[1]
       local ow = Ow and Ow:narrow(1, h, 1):narrow(2, r0, r1 - r0 + 1):totable()[1]
       O[h] = {}
+      if collect then   -- the branches of the fit (M.fit): outputs and lse per head and row
+        for key in pairs{os = 1, ls = 1, ow = 1, lw = 1} do collect[key] = collect[key] or {} collect[key][h] = collect[key][h] or {} end
+        for x = 1, r1 - r0 + 1 do
+          local t = r0 + x - 1
+          collect.os[h][t], collect.ls[h][t] = os[x], ls[h][x]
+          if ow then collect.ow[h][t], collect.lw[h][t] = ow[x], lw[h][x] end
+        end
+      end
       for x = 1, r1 - r0 + 1 do
         local t = r0 + x - 1
         local a = P.g_sparse[h][t] * sink_scale(P.sink_sparse and P.sink_sparse[h], ls[h][x])
@@ -272,5 +303,90 @@ function M.run(prob, p)
   return {o = o, lse = lse, params_source = source,
     stats = {flops = flops, density = union / (hq * n * (n + 1) / 2)}}
 end
+
+-- ---- fitting per-head constant gates and sinks (issue 14, session 4) ----
+
+local function sigmoid(z) return 1 / (1 + math.exp(-z)) end
+
+--- The fit's data of one problem: the two branches (output and lse per
+--- head and row, the stand-in's selection) and dense attention, as tables.
+function M.fit_data(prob, p)
+  local q0 = {}
+  for key, val in pairs(p) do q0[key] = val end
+  q0.weights = ""
+  local c = {}
+  M.run(prob, q0, c)
+  local hq, n, d = dims(prob)
+  local dense = E.heads((sl.attn.dense(prob.q, prob.k, prob.v, {causal = true, backend = prob.backend})))
+  return {os = c.os, ls = c.ls, ow = p.swa == 1 and p.window > 0 and c.ow or nil, lw = c.lw, dense = dense, hq = hq, n = n, d = d}
+end
+
+--- Loss (mean squared output error vs dense) and gradient at x = {u[1..Hq],
+--- w[1..Hq], s[1..Hq], r[1..Hq]}: o = σ(u_h)·c(s_h, L_sp)·o_sp + σ(w_h)·c(r_h,
+--- L_swa)·o_swa with the sink factor c(b, L) = 1 / (1 + exp(b - L)) (the
+--- card's sink logit, applied as M.run does); dc/db = -c (1 - c).
+function M.fit_loss_grad(data, x)
+  local hq = data[1].hq
+  local g, loss, count = {}, 0, 0
+  for i = 1, #x do g[i] = 0 end
+  for _, D in ipairs(data) do count = count + D.hq * D.n * D.d end
+  for _, D in ipairs(data) do
+    for h = 1, hq do
+      local su, sw = sigmoid(x[h]), sigmoid(x[hq + h])
+      for t = 1, D.n do
+        local os, ref = D.os[h][t], D.dense[h][t]
+        local ls = D.ls[h][t]
+        local cs = ls == -math.huge and 1 or 1 / (1 + math.exp(x[2 * hq + h] - ls))
+        local a = su * cs
+        local ow, cw, b = D.ow and D.ow[h][t], 1, 0
+        if ow then
+          local lw = D.lw[h][t]
+          cw = lw == -math.huge and 1 or 1 / (1 + math.exp(x[3 * hq + h] - lw))
+          b = sw * cw
+        end
+        local da, db = 0, 0
+        for e = 1, D.d do
+          local r = a * os[e] + (ow and b * ow[e] or 0) - ref[e]
+          loss = loss + r * r
+          da = da + r * os[e]
+          if ow then db = db + r * ow[e] end
+        end
+        da, db = 2 * da / count, 2 * db / count
+        g[h] = g[h] + da * cs * su * (1 - su)
+        if ls ~= -math.huge then g[2 * hq + h] = g[2 * hq + h] - da * su * cs * (1 - cs) end
+        if ow then
+          g[hq + h] = g[hq + h] + db * cw * sw * (1 - sw)
+          if D.lw[h][t] ~= -math.huge then g[3 * hq + h] = g[3 * hq + h] - db * sw * cw * (1 - cw) end
+        end
+      end
+    end
+  end
+  return loss / count, g
+end
+
+--- Fits gate_logits [Hq, 2] and sink_sparse, sink_swa [Hq] by Adam (lr
+--- 0.05, `steps`; T.adam) from the stand-in's gates (logits 0: 0.5, 0.5)
+--- and sinks of -4 (a sink factor near 1); selection: the stand-in's (the
+--- same layer's block max, an oracle), as the written file selects.
+function M.fit(probs, o)
+  local p = o.params
+  local data = {}
+  for i, prob in ipairs(probs) do data[i] = M.fit_data(prob, p) end
+  local hq = data[1].hq
+  for i, D in ipairs(data) do
+    if D.hq ~= hq then sl.fail("hysparse fit: input %d has %d query heads, input 1 has %d; expected the same", i, D.hq, hq) end
+  end
+  local x = {}
+  for h = 1, hq do x[h], x[hq + h], x[2 * hq + h], x[3 * hq + h] = 0, 0, -4, -4 end
+  local before, after
+  x, before, after = T.adam(x, function(y) return M.fit_loss_grad(data, y) end, {steps = o.steps, lr = o.lr or 0.05})
+  local gl, ss, sw = {}, {}, {}
+  for h = 1, hq do gl[h], ss[h], sw[h] = {x[h], x[hq + h]}, x[2 * hq + h], x[3 * hq + h] end
+  return {gate_logits = sl.tensor(gl), sink_sparse = sl.tensor(ss), sink_swa = sl.tensor(sw)},
+    {loss_before = before, loss_after = after, optimiser = "adam(lr=" .. (o.lr or 0.05) .. ", steps=" .. o.steps .. ")"}
+end
+
+M.fit_doc = "gate_logits (per-head constant gates) and sink_sparse, sink_swa: Adam on the mean squared output error vs " ..
+  "dense attention, with the stand-in's (oracle) selection"
 
 return M
