@@ -31,8 +31,8 @@
 -- prefill selects that row (tested: decode rows = prefill rows), attends the
 -- keys of the set, and reports the offload locality per step:
 -- transfer_blocks |S_t \ S_t-1| (the blocks to fetch from the host),
--- transfer_bytes, gamma, set_blocks. The eviction scores are recomputed
--- from the cached values each step (O(n) per step, not kept incrementally);
+-- transfer_bytes, gamma, set_blocks. The eviction scores are kept in the
+-- layer state (the prefill's keys on the first step, then one key a step);
 -- a captured `e` file cannot decode (it covers a fixed prefill).
 -- NOT implemented: the eviction score as an additive logit bias (training
 -- form), the offload system itself (host/device copies).
@@ -103,7 +103,7 @@ end
 -- Per kv head and row the selected block set (1-based block ids as keys),
 -- handed to emit(kv, t, set) as it is made (rows in order for each kv head),
 -- so no table of every row's set is kept.
-local function select_blocks(prob, p, emit)
+local function select_blocks(prob, p, emit, e_given)
   local hq, nq, _, hkv, nk = dims(prob)
   local g, B = hq // hkv, p.block
   if B % p.sub ~= 0 then
@@ -111,7 +111,8 @@ local function select_blocks(prob, p, emit)
   end
   local nb, per = (nk + B - 1) // B, B // p.sub
   local args = {bq = 1, bk = p.sub, causal = 0, pool = 0, scale = 1, backend = prob.backend}
-  local e, source = eviction_scores(prob, p)
+  local e, source
+  if e_given then e, source = e_given.e, e_given.source else e, source = eviction_scores(prob, p) end
   local eb = {}
   for kv = 1, hkv do
     -- block eviction scores: the mean of e over the block's keys
@@ -219,8 +220,21 @@ local function decode(_, ls, step, p)
   local n = ls.cache:len()
   local K, V = ls.cache:tensor("k"):narrow(2, 1, n), ls.cache:tensor("v"):narrow(2, 1, n)
   local one = {q = step.q, k = K, v = V, backend = step.backend}
+  -- eviction scores of the keys not scored yet (the prefill's on the first step, then the new token's)
+  local S0 = ls.nosa
+  local have = S0.e and #S0.e[1] or 0
+  if have < n then
+    local new = {q = step.q, k = K:narrow(2, have + 1, n - have), v = V:narrow(2, have + 1, n - have)}
+    local e, source = eviction_scores(new, p)
+    S0.e = S0.e or {}
+    for kv = 1, #e do
+      S0.e[kv] = S0.e[kv] or {}
+      for j = 1, #e[kv] do S0.e[kv][have + j] = e[kv][j] end
+    end
+    S0.source = source
+  end
   local sets = {}
-  local source = select_blocks(one, p, function(kv, _, set) sets[kv] = set end)
+  local source = select_blocks(one, p, function(kv, _, set) sets[kv] = set end, {e = S0.e, source = S0.source})
   local prev, B = ls.nosa.prev, p.block
   local lists, moved, gsum, size_sum, tokens = {}, 0, 0, 0, 0
   for kv = 1, #sets do

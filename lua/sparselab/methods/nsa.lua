@@ -468,7 +468,8 @@ local function decode(_, ls, step, p)
     gc, gs, gw = const_gates(one, 0, 1, 0)
     op.window = 0
   end
-  local o, lse, blocks = forward(one, op, kc, vc, gc, gs, gw)
+  local o, lse, blocks = sl.trainable.nsa(step.q, K, V, kc, vc, gc, gs, gw, {l = op.l, s = op.s, bs = op.bs, n = op.n,
+    init = op.init, ["local"] = op["local"], window = op.window, backend = step.backend})
   -- blocks changed since the previous step (per kv head: |S_t \ S_{t-1}|)
   local bt, changed = blocks:totable(), 0
   if S.prev then
