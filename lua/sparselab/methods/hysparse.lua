@@ -83,7 +83,8 @@ local M = {
   ops = {"score.exact", "reduce.heads", "page.select", "page.attend", "attn.lines", "attn.token_sparse"},
   checks = {"R = max over the block of the dense probabilities (naive float64)", "one block set per GQA group",
     "all blocks, gates (1, 0), no sink equals dense", "independent float64 HySparse (sinks, gates) to 1e-5",
-    "score-blind R loses recall", "bad weight files: one-line errors"},
+    "score-blind R loses recall", "bad weight files: one-line errors", "fit: hand gradient equals finite differences",
+    "fitted gates and sinks beat the stand-in on held-out texts"},
   params_sources = {STANDIN, "sha256:<weights file>"},
 }
 

@@ -385,7 +385,8 @@ local M = {
     "selected blocks within the causal ones, forced ones present", "overlap-weight mapping = brute-force token sum",
     "n = all blocks with gates (0,1,0) equals dense", "one block set per GQA group",
     "float64 independent implementation (both variants) to 1e-5", "score-blind selection loses recall",
-    "bad weight files: one-line errors"},
+    "bad weight files: one-line errors", "decode steps through the decode cache equal the prefill rows",
+    "fit: hand gradient equals finite differences", "fitted phi beats the gates-only fit on held-out texts"},
   params_sources = {STANDIN, "sha256:<weights file>"},
 }
 
