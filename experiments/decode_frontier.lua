@@ -78,6 +78,10 @@ local function params_for(id, b)
   elseif id == "video_xl2" then p.chunk = PAGE; p.step = PAGE; p.topk = math.max(0, b // PAGE - 3)
   elseif id == "nsa" then   -- issue 14: blocks of one page, l = page, s = page/2, n = budget/page blocks, no window
     p.bs, p.l, p.s, p.n, p.window = PAGE, PAGE, PAGE // 2, math.max(3, b // PAGE), 0
+  elseif id == "nosa" then   -- blocks of one page: the own block, then half the rest query-aware, half by eviction score
+    local rest = math.max(0, b // PAGE - 1)
+    p.block, p.sub, p.k_e = PAGE, PAGE // 2, rest // 2
+    p.k_q = rest - p.k_e
   else p.budget = b end
   return p
 end
