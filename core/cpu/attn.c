@@ -259,12 +259,58 @@ typedef struct sparse_job {
  * chunk gathered from several runs (V only for short runs, see below). */
 static size_t sparse_ws_floats(int64_t bq, int64_t kmax, int64_t d)
 {
-    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d);
+    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d) + (size_t)(bq * d);
 }
 
 /* Runs of at least this many keys on average have their values read in
  * place (one P·V product per run); shorter ones are copied (one product). */
 #define SPARSE_PV_INPLACE_KEYS 32
+
+/* Scores of nc keys k (rows of d floats) for the tile's rows into s (ld_s).
+ * OpenBLAS multiplies without packing (its small-matrix kernel) when
+ * M·N·K <= 100^3, except for a column-major TN product, which the row-major
+ * q·kᵀ is. With the scaled q transposed (qt, d x rows) the product is TT
+ * (qtᵀ·kᵀ) and runs unpacked in pieces of SPARSE_SMALL_MNK / (rows·d) keys:
+ * at n = 16K, d = 64 a 64-key block no longer pays for packing q on every
+ * call and a 512-key chunk's product ran faster in 128-key pieces than
+ * packed (issue 20, session 4: single-thread CPU time, random blocks at
+ * rho = 0.05 49 -> 45 ms). Pieces under 32 keys (d > 256) keep the packed
+ * product. */
+#define SPARSE_SMALL_MNK (64 * 128 * 64)
+
+static int64_t sparse_piece_keys(int64_t rows, int64_t d)
+{
+    int64_t keys = SPARSE_SMALL_MNK / (rows * d) / 16 * 16;
+    return keys < 32 ? 0 : keys;
+}
+
+static void sparse_scores(const sl__cpu_tile *w, const float *qt, int64_t rows, int64_t d, const float *k, int64_t nc,
+                          int64_t ld_s, float *s)
+{
+    int64_t piece = sparse_piece_keys(rows, d);
+    if (!piece) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)nc, (int)d, 1.f, w->qs, (int)d, k, (int)d,
+                    0.f, s, (int)ld_s);
+        return;
+    }
+    for (int64_t c0 = 0; c0 < nc; c0 += piece) {
+        int64_t m = nc - c0 < piece ? nc - c0 : piece;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)rows, (int)m, (int)d, 1.f, qt, (int)rows, k + c0 * d,
+                    (int)d, 0.f, s + c0, (int)ld_s);
+    }
+}
+
+/* qt = the tile's scaled q transposed (d x rows), in 8 x 8 blocks. */
+static void transpose_q(const float *qs, int64_t rows, int64_t d, float *qt)
+{
+    for (int64_t a0 = 0; a0 < rows; a0 += 8)
+        for (int64_t c0 = 0; c0 < d; c0 += 8) {
+            int64_t ae = a0 + 8 < rows ? a0 + 8 : rows, ce = c0 + 8 < d ? c0 + 8 : d;
+            for (int64_t c = c0; c < ce; c++)
+                for (int64_t a = a0; a < ae; a++)
+                    qt[c * rows + a] = qs[a * d + c];
+        }
+}
 
 static void sparse_item(int64_t item, void *ud, int thread)
 {
@@ -282,9 +328,18 @@ static void sparse_item(int64_t item, void *ud, int thread)
     size_t blk = (size_t)(j->bq * j->bk);
     float *base = (float *)j->a->scratch + (size_t)thread * sparse_ws_floats(j->bq, j->kmax, d);
     sl__cpu_tile w = sl__cpu_tile_make(base, j->bq, j->kmax, d);
-    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d;
+    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d, *qt = vbuf + j->kmax * d;
     int64_t run_k0[SL__CPU_MAX_CHUNK_BLOCKS], run_off[SL__CPU_MAX_CHUNK_BLOCKS], run_nc[SL__CPU_MAX_CHUNK_BLOCKS];
+    if (rp[qb] == rp[qb + 1]) { /* nothing kept: zero output, -inf lse */
+        memset((float *)j->a->out[0].data + (h * dm->nq + r0) * d, 0, (size_t)(rows * d) * sizeof(float));
+        float *lse = (float *)j->a->out[1].data + h * dm->nq + r0;
+        for (int64_t a = 0; a < rows; a++)
+            lse[a] = -INFINITY;
+        return;
+    }
     tile_begin(&w, q, rows, d, (float)dm->scale);
+    if (sparse_piece_keys(rows, d))
+        transpose_q(w.qs, rows, d, qt);
     sl__cpu_run run;
     const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
@@ -313,15 +368,18 @@ static void sparse_item(int64_t item, void *ud, int thread)
         }
         sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
         if (n_runs == 1) {
-            tile_chunk(&w, &j->ro, rows, d, k + k0 * d, v + k0 * d, used, j->kmax, any_partial ? &cm : NULL,
-                       j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip);
+            sparse_scores(&w, qt, rows, d, k + k0 * d, used, j->kmax, w.s);
+            if (any_partial)
+                tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
+            sl__cpu_tile_update(&w, &j->ro, rows, d, v + k0 * d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0,
+                                (float)j->pv_skip);
             continue;
         }
         /* Several runs: the scores by one product over the gathered keys;
          * P·V by one product per run over its values in place when runs are
          * long (the values are read once either way; a copy would add a pass
          * over them), else over a copy (many tiny products cost more). */
-        sl__cpu_tile_scores(&w, rows, d, kbuf, used, j->kmax);
+        sparse_scores(&w, qt, rows, d, kbuf, used, j->kmax, w.s);
         if (any_partial)
             tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
         if (!tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))
