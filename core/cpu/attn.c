@@ -300,15 +300,16 @@ static void sparse_scores(const sl__cpu_tile *w, const float *qt, int64_t rows, 
     }
 }
 
-/* qt = the tile's scaled q transposed (d x rows), in 8 x 8 blocks. */
-static void transpose_q(const float *qs, int64_t rows, int64_t d, float *qt)
+/* qt = q·scale transposed (d x rows), in 8 x 8 blocks: the same products
+ * tile_begin's qs holds, laid out for the TT score product. */
+static void transpose_q(const float *q, float scale, int64_t rows, int64_t d, float *qt)
 {
     for (int64_t a0 = 0; a0 < rows; a0 += 8)
         for (int64_t c0 = 0; c0 < d; c0 += 8) {
             int64_t ae = a0 + 8 < rows ? a0 + 8 : rows, ce = c0 + 8 < d ? c0 + 8 : d;
             for (int64_t c = c0; c < ce; c++)
                 for (int64_t a = a0; a < ae; a++)
-                    qt[c * rows + a] = qs[a * d + c];
+                    qt[c * rows + a] = q[a * d + c] * scale;
         }
 }
 
@@ -337,9 +338,11 @@ static void sparse_item(int64_t item, void *ud, int thread)
             lse[a] = -INFINITY;
         return;
     }
-    tile_begin(&w, q, rows, d, (float)dm->scale);
-    if (sparse_piece_keys(rows, d))
-        transpose_q(w.qs, rows, d, qt);
+    if (sparse_piece_keys(rows, d)) { /* the score products read qt only (sparse_scores) */
+        transpose_q(q, (float)dm->scale, rows, d, qt);
+        sl__cpu_tile_reset(&w, rows, d);
+    } else
+        tile_begin(&w, q, rows, d, (float)dm->scale);
     sl__cpu_run run;
     const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
