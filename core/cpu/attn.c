@@ -313,6 +313,38 @@ static void transpose_q(const float *q, float scale, int64_t rows, int64_t d, fl
         }
 }
 
+/* The columns at a chunk's two ends that no row of the tile keeps, found in
+ * its first and last blocks when they are partial (bits: NULL for a full
+ * block). A causal window's left edge and the diagonal block leave such
+ * columns; they are masked to -inf whatever their scores, so neither their
+ * scores nor their P·V are computed (issue 20, session 4). */
+static void chunk_trim(const uint8_t *const *bits, int64_t n_blk, int64_t rows, int64_t bk, int64_t nc, int64_t *lead,
+                       int64_t *trail)
+{
+    *lead = *trail = 0;
+    if (bits[0]) {
+        int64_t first = nc < bk ? nc : bk;
+        for (int64_t a = 0; a < rows && first > 0; a++)
+            for (int64_t c = 0; c < first; c++)
+                if (bits[0][a * bk + c]) {
+                    first = c;
+                    break;
+                }
+        *lead = first;
+    }
+    const uint8_t *b = bits[n_blk - 1];
+    if (b) {
+        int64_t c0 = (n_blk - 1) * bk, width = nc - c0, lo = *lead > c0 ? *lead - c0 : 0, hi = lo;
+        for (int64_t a = rows - 1; a >= 0 && hi < width; a--)
+            for (int64_t c = width - 1; c >= hi; c--)
+                if (b[a * bk + c]) {
+                    hi = c + 1;
+                    break;
+                }
+        *trail = width - hi;
+    }
+}
+
 static void sparse_item(int64_t item, void *ud, int thread)
 {
     sparse_job *j = ud;
@@ -371,11 +403,18 @@ static void sparse_item(int64_t item, void *ud, int thread)
         }
         sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
         if (n_runs == 1) {
-            sparse_scores(&w, qt, rows, d, k + k0 * d, used, j->kmax, w.s);
+            int64_t lead = 0, trail = 0;
             if (any_partial)
+                chunk_trim(chunk_bits, n_blk, rows, j->bk, used, &lead, &trail);
+            int64_t nc = used - lead - trail;
+            if (nc > 0)
+                sparse_scores(&w, qt, rows, d, k + (k0 + lead) * d, nc, j->kmax, w.s + lead);
+            if (any_partial) /* sets the trimmed columns' -inf too */
                 tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
-            sl__cpu_tile_update(&w, &j->ro, rows, d, v + k0 * d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0,
-                                (float)j->pv_skip);
+            if (tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip) &&
+                nc > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w.s + lead,
+                            (int)j->kmax, v + (k0 + lead) * d, (int)d, 1.f, w.acc, (int)d);
             continue;
         }
         /* Several runs: the scores by one product over the gathered keys;

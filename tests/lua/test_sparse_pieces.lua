@@ -4,7 +4,9 @@
 -- least 32 keys; above d = 256 the packed q·kᵀ product of the whole chunk).
 -- Checked against the float64 ref backend at head dims on both sides of the
 -- switch (16, 64, 128, 320), ragged query blocks (rows < bq), chunks of one
--- run and of several, empty query blocks (zero output, -inf lse).
+-- run and of several, empty query blocks (zero output, -inf lse); causal
+-- windows, whose chunks' first and last blocks have columns no row keeps
+-- (not computed: chunk_trim).
 package.path = "tests/lua/?.lua;" .. package.path
 local BUILD = os.getenv("BUILD") or "build"
 package.cpath = BUILD .. "/?.so;" .. package.cpath
@@ -57,6 +59,44 @@ test("block_sparse cpu = ref at d 16, 64, 128, 320 (TT pieces and the packed pro
     local what = string.format("n %d d %d b %d", c.n, c.d, c.b)
     H.truthy(max_diff(o1, o2) <= 2e-5, what .. ": O within 2e-5 of ref (" .. max_diff(o1, o2) .. ")")
     H.truthy(max_diff(l1, l2) <= 2e-5, what .. ": L within 2e-5 of ref, -inf where ref has it (" .. max_diff(l1, l2) .. ")")
+  end
+end)
+
+test("block_sparse cpu = ref on causal windows (columns no row keeps at a chunk's ends are skipped)", function()
+  for _, c in ipairs{{n = 611, d = 64, b = 64, w = 100}, {n = 611, d = 64, b = 64, w = 30}, {n = 300, d = 32, b = 32, w = 77},
+                     {n = 257, d = 128, b = 64, w = 5}, {n = 400, d = 64, b = 16, w = 200}} do
+    local q = sl.randn({2, c.n, c.d}, {seed = c.w + 1})
+    local k = sl.randn({2, c.n, c.d}, {seed = c.w + 2})
+    local v = sl.randn({2, c.n, c.d}, {seed = c.w + 3})
+    local m = sl.mask.window(c.w):materialize{n_q = c.n, n_k = c.n, bq = c.b, bk = c.b}
+    local o1, l1 = sl.attn.block_sparse(q, k, v, m, {backend = "cpu"})
+    local o2, l2 = sl.attn.block_sparse(q, k, v, m, {backend = "ref"})
+    local what = string.format("n %d d %d b %d w %d", c.n, c.d, c.b, c.w)
+    H.truthy(max_diff(o1, o2) <= 2e-5, what .. ": O within 2e-5 of ref (" .. max_diff(o1, o2) .. ")")
+    H.truthy(max_diff(l1, l2) <= 2e-5, what .. ": L within 2e-5 of ref (" .. max_diff(l1, l2) .. ")")
+  end
+end)
+
+test("block_sparse cpu = ref on token masks whose blocks keep only middle columns (both ends of a chunk trimmed)", function()
+  -- keep (i, j): j <= i and lo <= j mod b < hi: every block partial, with
+  -- columns no row keeps at both ends of every run of blocks
+  for _, c in ipairs{{n = 290, d = 64, b = 64, lo = 5, hi = 40}, {n = 200, d = 32, b = 32, lo = 0, hi = 20},
+                     {n = 150, d = 16, b = 16, lo = 3, hi = 16}} do
+    local rows = {}
+    for i = 0, c.n - 1 do
+      local r = {}
+      for j = 0, c.n - 1 do r[j + 1] = (j <= i and j % c.b >= c.lo and j % c.b < c.hi) and 1 or 0 end
+      rows[i + 1] = r
+    end
+    local m = sl.mask.from_bits(sl.tensor({rows}, "u8"), c.b, c.b)
+    local q = sl.randn({1, c.n, c.d}, {seed = c.hi + 1})
+    local k = sl.randn({1, c.n, c.d}, {seed = c.hi + 2})
+    local v = sl.randn({1, c.n, c.d}, {seed = c.hi + 3})
+    local o1, l1 = sl.attn.block_sparse(q, k, v, m, {backend = "cpu"})
+    local o2, l2 = sl.attn.block_sparse(q, k, v, m, {backend = "ref"})
+    local what = string.format("n %d b %d keep [%d, %d)", c.n, c.b, c.lo, c.hi)
+    H.truthy(max_diff(o1, o2) <= 2e-5, what .. ": O within 2e-5 of ref (" .. max_diff(o1, o2) .. ")")
+    H.truthy(max_diff(l1, l2) <= 2e-5, what .. ": L within 2e-5 of ref (" .. max_diff(l1, l2) .. ")")
   end
 end)
 
