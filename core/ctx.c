@@ -114,6 +114,7 @@ int sl_ctx_interrupted(const sl_ctx *ctx) { return ctx->interrupt && *ctx->inter
 size_t sl_ctx_live_allocs(const sl_ctx *ctx) { return ctx->live_allocs; }
 
 size_t sl_ctx_live_bytes(const sl_ctx *ctx) { return ctx->live_bytes; }
+int64_t sl_ctx_input_scans(const sl_ctx *ctx) { return ctx->input_scans; }
 
 void *sl_ctx_alloc(sl_ctx *ctx, size_t bytes)
 {

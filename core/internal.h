@@ -21,14 +21,37 @@ struct sl_ctx {
     size_t live_allocs, live_bytes;
     sl_status last_status;
     int cpu_isa; /* the cpu kernels' instruction-set cap (cpu/rowops.h SL__ISA_*; 0 = auto) */
+    int64_t input_scans; /* full input scans run by the op dispatcher (sl_ctx_input_scans) */
     char err[SL__ERRMSG_BYTES];
 };
+
+/* A remembered input scan of one contiguous view of a buffer (issue 20,
+ * session 4): the op dispatcher's non-finite kinds and the score-range max
+ * |x|, valid while the buffer's write version is the one recorded. */
+typedef struct sl__scan_entry {
+    const void *data;
+    int64_t numel;
+    uint64_t version;
+    double max_abs;
+    unsigned nf_kinds;
+    int dtype;
+    unsigned char have_nf, have_ma;
+} sl__scan_entry;
+
+enum { SL__SCAN_ENTRIES = 4 };
 
 struct sl_buffer {
     sl_ctx *ctx;
     int refcount;
     size_t bytes;
     void *data;
+    /* write version: bumped by every write into an existing buffer made
+     * through the library (sl_tensor_wrote); scans are remembered only on
+     * buffers marked by sl_tensor_cache_checks, whose writers all bump it */
+    uint64_t version;
+    int cache_scans;
+    unsigned scan_next;
+    sl__scan_entry scan[SL__SCAN_ENTRIES];
 };
 
 /* What a kernel gets. Inputs are contiguous; float inputs are f32 (q, k and
@@ -95,5 +118,14 @@ static inline sl__attn_dims sl__attn_dims_of(const sl_tensor *q, const sl_tensor
  * one thread (tensor.c; op.c splits large inputs over the context's threads). */
 enum { SL__NF_NAN = 1u, SL__NF_PINF = 2u, SL__NF_NINF = 4u };
 unsigned sl__f32_nonfinite_run(const float *x, int64_t n);
+
+/* ---- issue 20, session 4: remembered input scans (tensor.c) ----
+ * what: SL__SCAN_NF (non-finite kinds, in *kinds) or SL__SCAN_MA (max |x|,
+ * in *m). get returns 1 with the value when t is a contiguous view of a
+ * buffer marked by sl_tensor_cache_checks whose version has not moved since
+ * put recorded it for the same view (data, numel, dtype); put records one. */
+enum { SL__SCAN_NF = 1, SL__SCAN_MA = 2 };
+int sl__scan_get(const sl_tensor *t, int what, unsigned *kinds, double *m);
+void sl__scan_put(const sl_tensor *t, int what, unsigned kinds, double m);
 
 #endif

@@ -280,8 +280,15 @@ static sl_status normalise_inputs(sl_ctx *ctx, const sl__backend *be, const sl_o
         }
         /* one vectorised pass decides the common case (nothing wrong); the
          * element-wise checks below only run to name what is wrong */
-        unsigned kinds = s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && norm[i].dtype == SL_F32
-            ? nonfinite_kinds(ctx, norm[i].data, sl_tensor_numel(&norm[i])) : ~0u;
+        unsigned kinds = ~0u;
+        if (s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && norm[i].dtype == SL_F32 &&
+            !sl__scan_get(&norm[i], SL__SCAN_NF, &kinds, NULL)) {
+            /* not remembered (unmarked buffer, new view or written since):
+             * scan, and remember on a marked buffer (issue 20, session 4) */
+            kinds = nonfinite_kinds(ctx, norm[i].data, sl_tensor_numel(&norm[i]));
+            ctx->input_scans++;
+            sl__scan_put(&norm[i], SL__SCAN_NF, kinds, 0);
+        }
         int clean = !(kinds & SL__NF_NAN) && (pol == SL__IN_ANY_INF || !(kinds & SL__NF_PINF)) &&
                     (pol != SL__IN_FINITE || !(kinds & SL__NF_NINF));
         if (s == SL_OK && want_f32 && pol != SL__IN_UNCHECKED && !clean) {

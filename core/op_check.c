@@ -246,7 +246,22 @@ static void ma_chunk(int64_t c, void *ud, int thread)
     J->m[thread] = m > J->m[thread] ? m : J->m[thread];
 }
 
+static double max_abs_scan(sl_ctx *ctx, const sl_tensor *t);
+
+/* max |x|, remembered on a marked buffer until its next write (issue 20,
+ * session 4: an unchanged q or k is not rescanned) */
 static double max_abs(sl_ctx *ctx, const sl_tensor *t)
+{
+    double m;
+    if (sl__scan_get(t, SL__SCAN_MA, NULL, &m))
+        return m;
+    m = max_abs_scan(ctx, t);
+    ctx->input_scans++;
+    sl__scan_put(t, SL__SCAN_MA, 0, m);
+    return m;
+}
+
+static double max_abs_scan(sl_ctx *ctx, const sl_tensor *t)
 {
     int64_t n = sl_tensor_numel(t);
     if (t->dtype == SL_F32) {

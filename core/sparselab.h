@@ -149,6 +149,21 @@ sl_status sl_tensor_check_finite(sl_ctx *ctx, const sl_tensor *t, const char *wh
 /* "f32[8, 1000, 64]" into buf. */
 void sl_tensor_describe(const sl_tensor *t, char *buf, size_t n);
 
+/* ---- write versions and remembered input checks (issue 20, session 4) ----
+ * Every op call scans its float inputs for NaN / infinities, and attention's
+ * q and k for the score range. sl_tensor_cache_checks marks t's buffer so
+ * that these scans are remembered per contiguous view and skipped while the
+ * buffer is unchanged. From then on every write into the buffer's memory must
+ * be followed by sl_tensor_wrote (sl_tensor_set and sl_tensor_fill_normal do
+ * it; the Lua bindings mark the tensors they create, whose only writer is
+ * t:set). Unmarked buffers (the default) are scanned on every call.
+ * sl_tensor_version: the buffer's write version (0 for an empty tensor).
+ * sl_ctx_input_scans: the scans the op dispatcher has run under ctx (tests). */
+void sl_tensor_cache_checks(sl_tensor *t);
+void sl_tensor_wrote(sl_tensor *t);
+uint64_t sl_tensor_version(const sl_tensor *t);
+int64_t sl_ctx_input_scans(const sl_ctx *ctx);
+
 /* Seeded random numbers without global state (xoshiro256**). */
 typedef struct sl_rng { uint64_t s[4]; } sl_rng;
 void sl_rng_seed(sl_rng *r, uint64_t seed);

@@ -37,6 +37,7 @@ sl_status sl_tensor_new(sl_ctx *ctx, sl_dtype dtype, int ndim, const int64_t *sh
     sl_buffer *b = sl_ctx_alloc(ctx, sizeof *b);
     if (!b)
         return SL_ENOMEM;
+    memset(b, 0, sizeof *b); /* version 0, nothing remembered, not marked */
     b->data = sl_ctx_alloc(ctx, bytes);
     if (!b->data) {
         sl_ctx_dealloc(ctx, b, sizeof *b);
@@ -161,7 +162,77 @@ static void store(void *data, sl_dtype dt, int64_t off, double v)
 
 double sl_tensor_get(const sl_tensor *t, const int64_t *idx) { return load(t->data, t->dtype, offset_of(t, idx)); }
 
-void sl_tensor_set(sl_tensor *t, const int64_t *idx, double v) { store(t->data, t->dtype, offset_of(t, idx), v); }
+void sl_tensor_set(sl_tensor *t, const int64_t *idx, double v)
+{
+    store(t->data, t->dtype, offset_of(t, idx), v);
+    sl_tensor_wrote(t);
+}
+
+/* ---- write versions and remembered scans (issue 20, session 4) ---- */
+
+void sl_tensor_cache_checks(sl_tensor *t)
+{
+    if (t && t->buf)
+        t->buf->cache_scans = 1;
+}
+
+void sl_tensor_wrote(sl_tensor *t)
+{
+    if (t && t->buf)
+        t->buf->version++;
+}
+
+uint64_t sl_tensor_version(const sl_tensor *t) { return t && t->buf ? t->buf->version : 0; }
+
+static sl__scan_entry *scan_find(const sl_tensor *t)
+{
+    sl_buffer *b = t->buf;
+    if (!b || !b->cache_scans || !sl_tensor_is_contiguous(t))
+        return NULL;
+    int64_t n = sl_tensor_numel(t);
+    for (int i = 0; i < SL__SCAN_ENTRIES; i++) {
+        sl__scan_entry *e = &b->scan[i];
+        if (e->data == t->data && e->numel == n && e->dtype == (int)t->dtype && e->version == b->version)
+            return e;
+    }
+    return NULL;
+}
+
+int sl__scan_get(const sl_tensor *t, int what, unsigned *kinds, double *m)
+{
+    const sl__scan_entry *e = scan_find(t);
+    if (!e)
+        return 0;
+    if (what == SL__SCAN_NF && e->have_nf) {
+        *kinds = e->nf_kinds;
+        return 1;
+    }
+    if (what == SL__SCAN_MA && e->have_ma) {
+        *m = e->max_abs;
+        return 1;
+    }
+    return 0;
+}
+
+void sl__scan_put(const sl_tensor *t, int what, unsigned kinds, double m)
+{
+    sl_buffer *b = t->buf;
+    if (!b || !b->cache_scans || !sl_tensor_is_contiguous(t))
+        return;
+    sl__scan_entry *e = scan_find(t);
+    if (!e) { /* a new view, or the buffer was written: take the next slot */
+        e = &b->scan[b->scan_next++ % SL__SCAN_ENTRIES];
+        *e = (sl__scan_entry){.data = t->data, .numel = sl_tensor_numel(t), .version = b->version,
+                              .dtype = (int)t->dtype};
+    }
+    if (what == SL__SCAN_NF) {
+        e->nf_kinds = kinds;
+        e->have_nf = 1;
+    } else {
+        e->max_abs = m;
+        e->have_ma = 1;
+    }
+}
 
 static int is_float(sl_dtype d) { return d == SL_F32 || d == SL_F16 || d == SL_BF16 || d == SL_F64; }
 
@@ -359,5 +430,6 @@ sl_status sl_tensor_fill_normal(sl_ctx *ctx, sl_tensor *t, sl_rng *r, double std
             idx[d] = 0;
         }
     }
+    sl_tensor_wrote(t);
     return SL_OK;
 }

@@ -259,12 +259,91 @@ typedef struct sparse_job {
  * chunk gathered from several runs (V only for short runs, see below). */
 static size_t sparse_ws_floats(int64_t bq, int64_t kmax, int64_t d)
 {
-    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d);
+    return sl__cpu_tile_floats(bq, kmax, d) + (size_t)(2 * kmax * d) + (size_t)(bq * d);
 }
 
 /* Runs of at least this many keys on average have their values read in
  * place (one P·V product per run); shorter ones are copied (one product). */
 #define SPARSE_PV_INPLACE_KEYS 32
+
+/* Scores of nc keys k (rows of d floats) for the tile's rows into s (ld_s).
+ * OpenBLAS multiplies without packing (its small-matrix kernel) when
+ * M·N·K <= 100^3, except for a column-major TN product, which the row-major
+ * q·kᵀ is. With the scaled q transposed (qt, d x rows) the product is TT
+ * (qtᵀ·kᵀ) and runs unpacked in pieces of SPARSE_SMALL_MNK / (rows·d) keys:
+ * at n = 16K, d = 64 a 64-key block no longer pays for packing q on every
+ * call and a 512-key chunk's product ran faster in 128-key pieces than
+ * packed (issue 20, session 4: single-thread CPU time, random blocks at
+ * rho = 0.05 49 -> 45 ms). Pieces under 32 keys (d > 256) keep the packed
+ * product. */
+#define SPARSE_SMALL_MNK (64 * 128 * 64)
+
+static int64_t sparse_piece_keys(int64_t rows, int64_t d)
+{
+    int64_t keys = SPARSE_SMALL_MNK / (rows * d) / 16 * 16;
+    return keys < 32 ? 0 : keys;
+}
+
+static void sparse_scores(const sl__cpu_tile *w, const float *qt, int64_t rows, int64_t d, const float *k, int64_t nc,
+                          int64_t ld_s, float *s)
+{
+    int64_t piece = sparse_piece_keys(rows, d);
+    if (!piece) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)nc, (int)d, 1.f, w->qs, (int)d, k, (int)d,
+                    0.f, s, (int)ld_s);
+        return;
+    }
+    for (int64_t c0 = 0; c0 < nc; c0 += piece) {
+        int64_t m = nc - c0 < piece ? nc - c0 : piece;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)rows, (int)m, (int)d, 1.f, qt, (int)rows, k + c0 * d,
+                    (int)d, 0.f, s + c0, (int)ld_s);
+    }
+}
+
+/* qt = q·scale transposed (d x rows), in 8 x 8 blocks: the same products
+ * tile_begin's qs holds, laid out for the TT score product. */
+static void transpose_q(const float *q, float scale, int64_t rows, int64_t d, float *qt)
+{
+    for (int64_t a0 = 0; a0 < rows; a0 += 8)
+        for (int64_t c0 = 0; c0 < d; c0 += 8) {
+            int64_t ae = a0 + 8 < rows ? a0 + 8 : rows, ce = c0 + 8 < d ? c0 + 8 : d;
+            for (int64_t c = c0; c < ce; c++)
+                for (int64_t a = a0; a < ae; a++)
+                    qt[c * rows + a] = q[a * d + c] * scale;
+        }
+}
+
+/* The columns at a chunk's two ends that no row of the tile keeps, found in
+ * its first and last blocks when they are partial (bits: NULL for a full
+ * block). A causal window's left edge and the diagonal block leave such
+ * columns; they are masked to -inf whatever their scores, so neither their
+ * scores nor their P·V are computed (issue 20, session 4). */
+static void chunk_trim(const uint8_t *const *bits, int64_t n_blk, int64_t rows, int64_t bk, int64_t nc, int64_t *lead,
+                       int64_t *trail)
+{
+    *lead = *trail = 0;
+    if (bits[0]) {
+        int64_t first = nc < bk ? nc : bk;
+        for (int64_t a = 0; a < rows && first > 0; a++)
+            for (int64_t c = 0; c < first; c++)
+                if (bits[0][a * bk + c]) {
+                    first = c;
+                    break;
+                }
+        *lead = first;
+    }
+    const uint8_t *b = bits[n_blk - 1];
+    if (b) {
+        int64_t c0 = (n_blk - 1) * bk, width = nc - c0, lo = *lead > c0 ? *lead - c0 : 0, hi = lo;
+        for (int64_t a = rows - 1; a >= 0 && hi < width; a--)
+            for (int64_t c = width - 1; c >= hi; c--)
+                if (b[a * bk + c]) {
+                    hi = c + 1;
+                    break;
+                }
+        *trail = width - hi;
+    }
+}
 
 static void sparse_item(int64_t item, void *ud, int thread)
 {
@@ -282,9 +361,20 @@ static void sparse_item(int64_t item, void *ud, int thread)
     size_t blk = (size_t)(j->bq * j->bk);
     float *base = (float *)j->a->scratch + (size_t)thread * sparse_ws_floats(j->bq, j->kmax, d);
     sl__cpu_tile w = sl__cpu_tile_make(base, j->bq, j->kmax, d);
-    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d;
+    float *kbuf = base + sl__cpu_tile_floats(j->bq, j->kmax, d), *vbuf = kbuf + j->kmax * d, *qt = vbuf + j->kmax * d;
     int64_t run_k0[SL__CPU_MAX_CHUNK_BLOCKS], run_off[SL__CPU_MAX_CHUNK_BLOCKS], run_nc[SL__CPU_MAX_CHUNK_BLOCKS];
-    tile_begin(&w, q, rows, d, (float)dm->scale);
+    if (rp[qb] == rp[qb + 1]) { /* nothing kept: zero output, -inf lse */
+        memset((float *)j->a->out[0].data + (h * dm->nq + r0) * d, 0, (size_t)(rows * d) * sizeof(float));
+        float *lse = (float *)j->a->out[1].data + h * dm->nq + r0;
+        for (int64_t a = 0; a < rows; a++)
+            lse[a] = -INFINITY;
+        return;
+    }
+    if (sparse_piece_keys(rows, d)) { /* the score products read qt only (sparse_scores) */
+        transpose_q(q, (float)dm->scale, rows, d, qt);
+        sl__cpu_tile_reset(&w, rows, d);
+    } else
+        tile_begin(&w, q, rows, d, (float)dm->scale);
     sl__cpu_run run;
     const uint8_t *chunk_bits[SL__CPU_MAX_CHUNK_BLOCKS];
     for (int32_t e = rp[qb]; e < rp[qb + 1];) {
@@ -313,15 +403,25 @@ static void sparse_item(int64_t item, void *ud, int thread)
         }
         sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
         if (n_runs == 1) {
-            tile_chunk(&w, &j->ro, rows, d, k + k0 * d, v + k0 * d, used, j->kmax, any_partial ? &cm : NULL,
-                       j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip);
+            int64_t lead = 0, trail = 0;
+            if (any_partial)
+                chunk_trim(chunk_bits, n_blk, rows, j->bk, used, &lead, &trail);
+            int64_t nc = used - lead - trail;
+            if (nc > 0)
+                sparse_scores(&w, qt, rows, d, k + (k0 + lead) * d, nc, j->kmax, w.s + lead);
+            if (any_partial) /* sets the trimmed columns' -inf too */
+                tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
+            if (tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip) &&
+                nc > 0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w.s + lead,
+                            (int)j->kmax, v + (k0 + lead) * d, (int)d, 1.f, w.acc, (int)d);
             continue;
         }
         /* Several runs: the scores by one product over the gathered keys;
          * P·V by one product per run over its values in place when runs are
          * long (the values are read once either way; a copy would add a pass
          * over them), else over a copy (many tiny products cost more). */
-        sl__cpu_tile_scores(&w, rows, d, kbuf, used, j->kmax);
+        sparse_scores(&w, qt, rows, d, kbuf, used, j->kmax, w.s);
         if (any_partial)
             tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
         if (!tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))

@@ -21,6 +21,7 @@ static void push_safetensors(lua_State *L, sl_ctx *ctx, const char *path)
         sl__lua_fail(L, ctx);
     lua_createtable(L, 0, n);
     for (int i = 0; i < n; i++) {
+        sl_tensor_cache_checks(&ts[i].t); /* a fresh buffer the reader wrote (issue 20, session 4) */
         sl__lua_push_tensor(L, sl_tensor_retain(&ts[i].t));
         lua_setfield(L, -2, ts[i].name);
     }
@@ -47,6 +48,7 @@ static int l_load(lua_State *L)
                 sl_tensor t;
                 if (sl_npy_read(ctx, f, &t))
                     return sl__lua_fail(L, ctx);
+                sl_tensor_cache_checks(&t);
                 sl__lua_push_tensor(L, t);
                 lua_setfield(L, -3, names[i]);
                 found++;
@@ -61,6 +63,7 @@ static int l_load(lua_State *L)
         sl_tensor t;
         if (sl_npy_read(ctx, path, &t))
             return sl__lua_fail(L, ctx);
+        sl_tensor_cache_checks(&t); /* a fresh buffer the reader wrote */
         sl__lua_push_tensor(L, t);
         return 1;
     }

@@ -162,8 +162,12 @@ static int l_op_call(lua_State *L)
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
     if (sl_op_run(ctx, be, op, params, in, out))
         return sl__lua_fail(L, ctx);
-    for (int i = 0; i < info->n_out; i++)
+    for (int i = 0; i < info->n_out; i++) {
+        /* fresh buffers Lua then writes only through t:set: remember their
+         * input scans (issue 20, session 4) */
+        sl_tensor_cache_checks(&out[i]);
         sl__lua_push_tensor(L, out[i]);
+    }
     return info->n_out;
 }
 

@@ -153,6 +153,9 @@ static sl_lua_tensor *new_tensor(lua_State *L, sl_dtype dt, int ndim, const int6
     sl_status s = zero ? sl_tensor_zeros(ctx, dt, ndim, shape, &t) : sl_tensor_new(ctx, dt, ndim, shape, &t);
     if (s)
         sl__lua_fail(L, ctx);
+    /* a tensor Lua creates is written only through t:set afterwards
+     * (sl_tensor_set bumps its version): its input scans can be remembered */
+    sl_tensor_cache_checks(&t);
     return sl__lua_push_tensor(L, t);
 }
 
@@ -389,6 +392,7 @@ static int t_to(lua_State *L)
     sl_tensor out;
     if (sl_tensor_convert(ctx, &u->t, dt, &out))
         return sl__lua_fail(L, ctx);
+    sl_tensor_cache_checks(&out); /* a fresh copy (new_tensor's reason) */
     sl__lua_push_tensor(L, out);
     return 1;
 }

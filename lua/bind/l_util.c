@@ -59,6 +59,14 @@ static int l_threads(lua_State *L)
     return 1;
 }
 
+/* sl.input_scans() -> the input scans (NaN / inf, score range) the op
+ * dispatcher has run under this state's context (issue 20, session 4). */
+static int l_input_scans(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)sl_ctx_input_scans(sl__lua_ctx(L)->ctx));
+    return 1;
+}
+
 /* sl.cpu_isa([name]) -> the instruction set the cpu kernels' row operations
  * run ("avx512", "avx2", "portable"); with a name ("auto", "avx512", "avx2",
  * "portable") sets it for this state's context first (an error naming the
@@ -218,6 +226,9 @@ static int l_synthetic(lua_State *L)
     sl_tensor q, k, v;
     if (sl_workload_synthetic(ctx, &p, &q, &k, &v))
         return sl__lua_fail(L, ctx);
+    sl_tensor_cache_checks(&q); /* fresh buffers (issue 20, session 4) */
+    sl_tensor_cache_checks(&k);
+    sl_tensor_cache_checks(&v);
     sl__lua_push_tensor(L, q);
     sl__lua_push_tensor(L, k);
     sl__lua_push_tensor(L, v);
@@ -254,6 +265,9 @@ static int l_synthetic_video(lua_State *L)
     sl_tensor q, k, v, kinds;
     if (sl_workload_video(ctx, &p, &q, &k, &v, &kinds))
         return sl__lua_fail(L, ctx);
+    sl_tensor_cache_checks(&q);
+    sl_tensor_cache_checks(&k);
+    sl_tensor_cache_checks(&v);
     sl__lua_push_tensor(L, q);
     sl__lua_push_tensor(L, k);
     sl__lua_push_tensor(L, v);
@@ -538,6 +552,7 @@ void sl__lua_open_util(lua_State *L)
                                    {"backends", l_backends},
                                    {"threads", l_threads},
                                    {"cpu_isa", l_cpu_isa},
+                                   {"input_scans", l_input_scans},
                                    {"bench_sgemm", l_bench_sgemm},
                                    {"bench_memcpy", l_bench_memcpy},
                                    {"synthetic", l_synthetic}, {"synthetic_video", l_synthetic_video},

@@ -44,6 +44,8 @@ return {
   ["sl.threads"] = {"([n])", "the cpu backend's thread count (sets it with n; n <= 0: the default, the CPUs this process may use)"},
   ["sl.cpu_isa"] = {"([name])", "the cpu kernels' instruction set (portable, avx2 or avx512; at most what the CPU "
     .. "supports; SL_CPU_ISA sets the default); sets it with name"},
+  ["sl.input_scans"] = {"()", "how many input scans (NaN / inf, score range) ops have run in this state; "
+    .. "an unchanged tensor made in Lua is not rescanned"},
   ["sl.backends"] = {"()", "the backends: {name, available} each"},
   ["sl.ops"] = {"()", "every op of core/ops.def: name, inputs, outputs, doc, params, backends"},
   ["sl.op_flops"] = {"(name, inputs..., params)", "the FLOPs an op call would count"},
