@@ -23,6 +23,9 @@ struct sl_model_exec {
     int64_t n_layers;
     double threshold;
     double min_macs;   /* products with fewer multiply-adds stay dense (sl_model_exec_set_min_macs) */
+    int n_cross;       /* rho* points of mm.act_sparse (sl_model_exec_set_crossover); 0: none */
+    int64_t cross_rows[SL_EXEC_MAX_CROSSOVER];
+    double cross_rho[SL_EXEC_MAX_CROSSOVER];
     exec_slot *slots; /* [n_layers][SL_EXEC_KINDS] */
     sl_exec_stat stat[SL_EXEC_KINDS];
     float *gate;       /* the last w1 output of a layer whose w3 is gated */
@@ -88,6 +91,38 @@ void sl_model_exec_set_threshold(sl_model_exec *e, double density)
 void sl_model_exec_set_min_macs(sl_model_exec *e, double macs)
 {
     e->min_macs = macs > 0 ? macs : 0;
+}
+
+sl_status sl_model_exec_set_crossover(sl_ctx *ctx, sl_model_exec *e, int n, const int64_t *rows, const double *rho)
+{
+    if (n < 0 || n > SL_EXEC_MAX_CROSSOVER)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: expected 0..%d crossover points, found %d", SL_EXEC_MAX_CROSSOVER,
+                           n);
+    for (int i = 0; i < n; i++) {
+        if (rows[i] < 1 || (i > 0 && rows[i] <= rows[i - 1]))
+            return sl_ctx_fail(ctx, SL_EARG,
+                               "model exec: crossover rows must be >= 1 and ascending, found %lld at point %d",
+                               (long long)rows[i], i);
+        if (!(rho[i] >= -1 && rho[i] <= 1))
+            return sl_ctx_fail(ctx, SL_EARG, "model exec: crossover density must lie in [-1, 1], found %g at point %d",
+                               rho[i], i);
+    }
+    for (int i = 0; i < n; i++) {
+        e->cross_rows[i] = rows[i];
+        e->cross_rho[i] = rho[i];
+    }
+    e->n_cross = n;
+    return SL_OK;
+}
+
+/* rho* for a product of n rows: the point with the largest rows <= n, else the first. */
+static double crossover_for(const sl_model_exec *e, int64_t n)
+{
+    int pick = 0;
+    for (int i = 1; i < e->n_cross; i++)
+        if (e->cross_rows[i] <= n)
+            pick = i;
+    return e->cross_rho[pick];
 }
 
 static const sl_tensor *layer_weight(const sl_model *m, int64_t l, int k)
@@ -266,11 +301,20 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
      * skips them, so the sums are the same ones in another order; gated w3
      * zeroes the outputs outside its support afterwards. Counted in small. */
     int small = s->format != SL_EXEC_DENSE && (double)n * (double)N * (double)K < e->min_macs;
+    /* act above the stored crossover density: the dense sgemm on the same
+     * zeroed activations (card act_sparse_matmul step 5) */
+    int over = 0;
+    if (s->format == SL_EXEC_ACT && !small && e->n_cross > 0) {
+        int64_t nz = 0;
+        for (int64_t i = 0; i < n * K; i++)
+            nz += x[i] != 0.f;
+        over = (double)nz > crossover_for(e, n) * (double)(n * K);
+    }
     if (s->format == SL_EXEC_GATED && small &&
         (e->gate_layer != layer || !e->gate || e->gate_bytes < sizeof(float) * (size_t)(n * N)))
         return sl_ctx_fail(ctx, SL_EARG, "model exec: layers.%d.w3 is gated but w1 of that layer did not "
                            "run through the exec in this pass", layer);
-    if (s->format == SL_EXEC_DENSE || small) {
+    if (s->format == SL_EXEC_DENSE || small || over) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)N, (int)K, 1.f, x, (int)K, w->data, (int)K,
                     0.f, y, (int)N);
         if (s->format == SL_EXEC_GATED) {
@@ -351,6 +395,7 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
     t->rows += n;
     t->flops += flops;
     t->small += small;
+    t->over_rho += over;
     *done = 1;
     return SL_OK;
 }
