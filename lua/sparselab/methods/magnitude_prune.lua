@@ -8,8 +8,12 @@
 --   while a tensor would pass density 1; Bernoulli masks from sl.rand).
 -- Session 4: 7 the KV variant (sparselab.prune P.kv_prune / P.kv_hook: exactly floor(s . numel)
 --   smallest |K| (and |V|) of a layer's visible cache zeroed by prune.magnitude, scope "layer"
---   as SparAMX's custom_llama_attention sparsify (a kthvalue over the whole tensor, per the
---   card; the reference code was not fetched) or "head"; each attention call prunes the cache
+--   as SparAMX's custom_llama_attention.py `sparsify` (read: kthvalue of |x| over the whole
+--   post-RoPE tensor) or "head" (its `sparsify_per_head`). Divergence: the reference keeps
+--   |x| >= the k-th smallest (k = int(numel . p)), so it zeroes k - 1 entries (fewer with ties);
+--   this zeroes exactly floor(s . numel), ties by flat index (the card's count check). The
+--   reference sparsifies once at prefill and its decode steps multiply the prefill's sparse K;
+--   here each attention call prunes the cache
 --   it sees: prefill = the card's one pruning, decode re-thresholds with the new row, the
 --   stored cache stays dense: this workbench's reading), and the sweep's elbow (P.elbow: both
 --   axes scaled to [0, 1], largest distance to the chord) plus P.essential (largest s within a
