@@ -34,7 +34,7 @@ function E.use(m, spec)
   if spec.crossover then
     local pts = spec.crossover
     if type(pts) ~= "table" then -- a path or an open store
-      pts = E.crossover_from_store(pts, {backend = spec.backend or "cpu"}, m)
+      pts = E.crossover_from_store(pts, {backend = spec.backend or "cpu", nearest = spec.crossover_nearest}, m)
     end
     m.c:exec_crossover(pts)
     E.last_crossover = pts
@@ -48,8 +48,9 @@ end
 --- crossover_density, card act_sparse_matmul step 5) for one (shape,
 --- backend): db is a store (sl.store.open) or a path; o = {backend = "cpu",
 --- N =, K =} with the bench's naming (x [T, K] . W^T [K, N]; the runner's w2
---- is K = hidden_dim, N = dim, its defaults). Per row count T the newest
---- stored value. Returns {{rows = T, rho = rho*}, ...} ascending in T ({}
+--- is K = hidden_dim, N = dim, its defaults; o.nearest = true: the stored
+--- shape closest in N . K on a log scale when that one was not measured).
+--- Per row count T the newest stored value. Returns {{rows = T, rho = rho*}, ...} ascending in T ({}
 --- when none is stored).
 function E.crossover_from_store(db, o, m)
   o = o or {}
@@ -57,6 +58,18 @@ function E.crossover_from_store(db, o, m)
   if own then db = sl.store.open(db) end
   local N = o.N or (m and m.cfg.dim)
   local K = o.K or (m and m.cfg.hidden_dim)
+  if o.nearest then
+    -- the measured shape closest in N . K (log scale) stands in for an unmeasured one
+    local shapes = db:query([[SELECT DISTINCT json_extract(r.params_json, '$.N') AS n,
+      json_extract(r.params_json, '$.K') AS k FROM result r
+      WHERE r.method = 'mm.act_crossover' AND r.status = 'ok' AND r.backend = ?]], o.backend or "cpu")
+    local best, bd = nil, math.huge
+    for _, sh in ipairs(shapes) do
+      local dd = sh.n and sh.k and math.abs(math.log(sh.n * sh.k) - math.log(N * K)) or math.huge
+      if dd < bd then best, bd = sh, dd end
+    end
+    if best then N, K = best.n, best.k end
+  end
   local rows = db:query([[SELECT r.n_k AS rows, d.value AS rho FROM result r
     JOIN metric d ON d.result_id = r.id AND d.name = 'crossover_density'
     WHERE r.method = 'mm.act_crossover' AND r.status = 'ok' AND r.backend = ?

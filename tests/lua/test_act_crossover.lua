@@ -114,6 +114,11 @@ end)
 test("act_sparse_matmul: with no rho* stored for the shape, min_macs decides as before", function()
   local path = store_with{{1, 0.01, 2 * dim, hid}}
   eq(#E.crossover_from_store(path, {backend = "cpu"}, m), 0, "nothing for w2's shape")
+  -- nearest: the other shape's value stands in (2 dim x hid is the only one stored)
+  local near = E.crossover_from_store(path, {backend = "cpu", nearest = true}, m)
+  eq(#near, 1, "the nearest shape's point"); eq(near[1].rho, 0.01)
+  local _, spn = run{act = true, min_macs = 0, crossover = path, crossover_nearest = true}
+  eq(spn.over_rho, L, "nearest: 0.25 > 0.01 -> dense")
   local out, sp, sd = run{act = true, min_macs = 0, crossover = path}
   close_to(out, DENSE, "none stored")
   eq(sp.over_rho + sd.over_rho, 0, "never dense by rho*")
