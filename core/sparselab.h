@@ -1666,7 +1666,8 @@ typedef struct sl_model_hooks {
  * exec's backend through sl_op_run. */
 typedef struct sl_model_exec sl_model_exec;
 typedef enum sl_exec_format {
-    SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO, SL_EXEC_GATED
+    SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO, SL_EXEC_GATED,
+    SL_EXEC_SPARK /* issue 17, session 4: sl_model_exec_set_spark */
 } sl_exec_format;
 enum { SL_EXEC_KINDS = 7 }; /* wq wk wv wo w1 w3 w2, in this order */
 typedef struct sl_exec_stat {
@@ -1697,6 +1698,18 @@ void sl_model_exec_set_min_macs(sl_model_exec *e, double macs);
  * min_macs decides (the earlier rule). At most SL_EXEC_MAX_CROSSOVER points. */
 #define SL_EXEC_MAX_CROSSOVER 32
 sl_status sl_model_exec_set_crossover(sl_ctx *ctx, sl_model_exec *e, int n, const int64_t *rows, const double *rho);
+/* Spark's FFN predictor in the runner (card topk_activation step 4, issue 17
+ * session 4): w1 and w3 of layer (-1: every layer) take format SL_EXEC_SPARK.
+ * w1's product first scores the units with act.spark_score on the first r
+ * input dims (gate_up: with the layer's w3, else the gate alone), keeps the k
+ * largest per row (act.topk by value; a unit whose kept score is 0 counts as
+ * not selected), and runs mm.out_sparse over them; w3's product of the same
+ * pass runs mm.out_sparse over the same units. Every other unit has gate and
+ * up 0, so h = silu(gate) . up is 0 there (w2 may then run SL_EXEC_ACT). The
+ * predictor's flops count in w1's stat. Not subject to min_macs. Fails in one
+ * line when w3 runs without its w1 in the pass, or when either was replaced
+ * (set again). */
+sl_status sl_model_exec_set_spark(sl_ctx *ctx, sl_model_exec *e, int layer, int k, int r, int gate_up);
 /* Sets the format of weight (layer, name); n, m only for SL_EXEC_NM. layer
  * -1: every layer. */
 sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const char *name,

@@ -331,13 +331,27 @@ static int m_exec_crossover(lua_State *L)
     return 0;
 }
 
+/* model:exec_spark(layer or -1, k, r, gate_up): w1 and w3 through Spark's
+ * predictor and mm.out_sparse (sl_model_exec_set_spark). */
+static int m_exec_spark(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int layer = (int)luaL_checkinteger(L, 2);
+    int k = (int)luaL_checkinteger(L, 3), r = (int)luaL_optinteger(L, 4, 0);
+    int gate_up = lua_isnoneornil(L, 5) ? 1 : lua_toboolean(L, 5);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_model_exec_set_spark(ctx, model_exec(L, u), layer, k, r, gate_up))
+        return sl__lua_fail(L, ctx);
+    return 0;
+}
+
 /* model:exec_format(layer, name) -> "dense" | "nm" | "bitmap" | "act" | nil */
 static int m_exec_format(lua_State *L)
 {
     l_model *u = check_model(L, 1);
-    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", "gated"};
+    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", "gated", "spark"};
     int f = u->ex ? sl_model_exec_format(u->ex, (int)luaL_checkinteger(L, 2), luaL_checkstring(L, 3)) : -1;
-    if (f < 0 || f > 5)
+    if (f < 0 || f > 6)
         lua_pushnil(L);
     else
         lua_pushstring(L, fmts[f]);
@@ -636,6 +650,7 @@ void sl__lua_open_model(lua_State *L)
         {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {"exec_set", m_exec_set}, {"exec_gate", m_exec_gate},
         {"exec_backend", m_exec_backend}, {"exec_off", m_exec_off}, {"exec_threshold", m_exec_threshold},
         {"exec_min_macs", m_exec_min_macs}, {"exec_crossover", m_exec_crossover},
+        {"exec_spark", m_exec_spark},
         {"exec_format", m_exec_format}, {"exec_stats", m_exec_stats}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {

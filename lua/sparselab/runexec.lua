@@ -39,6 +39,12 @@ function E.use(m, spec)
     m.c:exec_crossover(pts)
     E.last_crossover = pts
   end
+  -- spec.spark = {k =, r =, score = "gate_up" | "gate"}: w1 and w3 through Spark's predictor
+  -- (act.spark_score, act.topk) and mm.out_sparse over the selected units (topk_activation 4)
+  if spec.spark then
+    local sp = spec.spark
+    m.c:exec_spark(-1, sp.k, sp.r or 0, (sp.score or "gate_up") == "gate_up")
+  end
   -- spec.gate = {[layer] = theta [hidden]}: w3 output-sparse on |silu(g)| >= theta (CATS / CHESS)
   for l, theta in pairs(spec.gate or {}) do m.c:exec_gate(l, theta) end
 end

@@ -109,4 +109,41 @@ test("topk_activation: the spark hook keeps k exact units per token, k = hidden 
   eq(stats.flops_predictor, m.cfg.n_layers * #seq * 4 * 32 * m.cfg.hidden_dim, "predictor flops 4 r hidden per row (gate.up)")
 end)
 
+test("topk_activation: the runner's spark exec (w1, w3 through mm.out_sparse on the predicted units) equals the hook", function()
+  local E = require "sparselab.runexec"
+  local function logits(hook)
+    local st <close> = m.c:state(#seq)
+    return m.c:forward(seq, st, nil, hook):totable()
+  end
+  for _, c in ipairs{{k = 43, r = 32, score = "gate_up"}, {k = 60, r = 16, score = "gate"}} do
+    local want = logits(A.hook(m, {kind = "spark", k = c.k, r = c.r, score = c.score}))
+    E.use(m, {spark = c, act = true, min_macs = 0})
+    m.c:exec_stats(true)
+    local got = logits(nil)
+    local s = m.c:exec_stats(true)
+    E.off(m)
+    local d, big = 0, 0
+    for i = 1, #want do
+      for j = 1, #want[i] do
+        d = math.max(d, math.abs(want[i][j] - got[i][j]))
+        big = math.max(big, math.abs(want[i][j]))
+      end
+    end
+    truthy(d <= 1e-4 * big, string.format("%s: exec logits equal the hook's (%.3g of %.3g)", c.score, d, big))
+    local L, n, D = m.cfg.n_layers, #seq, m.cfg.dim
+    eq(s.w1.calls, L, "w1 ran through the exec"); eq(s.w3.calls, L, "w3 too")
+    local per = c.score == "gate_up" and 4 * c.r + 3 or 2 * c.r
+    eq(s.w1.flops, L * n * (m.cfg.hidden_dim * per + 2 * D * c.k), "w1 flops: predictor + the k listed units")
+    eq(s.w3.flops, L * n * 2 * D * c.k, "w3 flops: the k listed units")
+    truthy(s.w2.flops <= L * n * 2 * D * c.k, "w2 act-sparse on at most k units")
+  end
+  -- w3 replaced: w1 refuses in one line
+  E.use(m, {spark = {k = 10}})
+  local w3 = m.c:weight("layers.0.w3")
+  m.c:set_weight("layers.0.w3", w3)
+  local ok, err = pcall(logits, nil)
+  truthy(not ok and tostring(err):match("set spark again"), tostring(err))
+  E.off(m)
+end)
+
 H.done()

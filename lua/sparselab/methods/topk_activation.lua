@@ -19,9 +19,11 @@
 --   trained with the predictor (Spark trains its split; this model was not). No public Spark
 --   code (card). Tests: tests/lua/test_spark_ffn.lua (recall vs exact top-k against first-k and
 --   random predictors, which fail its bar), tests/test_act_ops.c (act.spark_score).
--- Not done: Spark's training of the split (out of scope: needs pre-training), a fused
---   gate/up output-sparse FFN op (the runner hook computes h densely and zeroes the rest:
---   the same numbers as mm.out_sparse + mm.act_sparse).
+--   In the runner's executors: sparselab.runexec spec.spark = {k, r, score} (exec format
+--   SL_EXEC_SPARK): w1 scores and selects, w1 and w3 run mm.out_sparse over the selected
+--   units, w2 mm.act_sparse (timed; equal to the hook, tested).
+-- Not done: Spark's training of the split (out of scope: needs pre-training); one fused
+--   score/select/gate/up kernel (the exec chains four op calls).
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "topk_activation",
