@@ -23,4 +23,11 @@ static inline double sl__normal_quantile(double p)
     return 0.5 * (lo + hi);
 }
 
+/* act.spark_score's predictor dims r' (issue 17, session 4): ceil(D / 2) for
+ * r = 0, else min(r, D). */
+static inline long long sl__act_spark_dims(long long r, long long D)
+{
+    return r == 0 ? (D + 1) / 2 : (r < D ? r : D);
+}
+
 #endif

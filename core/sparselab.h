@@ -1248,6 +1248,20 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * cuda kernel sums block-wide: a running sum within rounding of limit may
  * cut one entry apart from ref/cpu. */
 
+/* ---- Spark's FFN predictor (issue 17, session 4) ----
+ * act.spark_score (card topk_activation step 4): inputs x [T, D], w1 [N, D]
+ * and opt.w3 [N, D] (the FFN's gate and up weights); param r: the predictor
+ * reads only the first r' input dims, r' = ceil(D / 2) for r = 0, min(r, D)
+ * otherwise. g = sum_{i < r'} x[t, i] . w1[j, i], and z[t, j] = g without
+ * w3, |silu(g) . u| with it (u the same partial dot with w3, silu in
+ * float64): the cost is 2 . T . N . r' flops per weight instead of the FFN's
+ * 2 . T . N . D. Output z f32 [T, N]. The top-k of z per row (act.topk, by
+ * value) are the units then computed exactly on the full row (mm.out_sparse
+ * for w1, w3; mm.act_sparse for w2): "select on a partial-dimension score,
+ * compute on the full row". ref sums in float64; cpu runs OpenBLAS sgemm with
+ * K = r' (f32 sums, then silu . u in float64); cuda one thread per entry with
+ * a float64 sum. Memory: z and, with w3, one f32 chunk of u per thread. */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form
@@ -1667,7 +1681,8 @@ typedef struct sl_model_hooks {
  * exec's backend through sl_op_run. */
 typedef struct sl_model_exec sl_model_exec;
 typedef enum sl_exec_format {
-    SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO, SL_EXEC_GATED
+    SL_EXEC_DENSE = 0, SL_EXEC_NM, SL_EXEC_BITMAP, SL_EXEC_ACT, SL_EXEC_AUTO, SL_EXEC_GATED,
+    SL_EXEC_SPARK /* issue 17, session 4: sl_model_exec_set_spark */
 } sl_exec_format;
 enum { SL_EXEC_KINDS = 7 }; /* wq wk wv wo w1 w3 w2, in this order */
 typedef struct sl_exec_stat {
@@ -1675,6 +1690,7 @@ typedef struct sl_exec_stat {
     int64_t calls, rows; /* products run, activation rows multiplied */
     double flops;       /* flops the executors ran (2 per product done) */
     int64_t small;      /* of calls: non-dense formats run as the dense sgemm (below min_macs) */
+    int64_t over_rho;   /* of calls: act products run as the dense sgemm, density above the stored rho* (session 4) */
 } sl_exec_stat;
 sl_status sl_model_exec_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, sl_model_exec **out);
 void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e);
@@ -1687,6 +1703,28 @@ void sl_model_exec_set_threshold(sl_model_exec *e, double density);
  * 3c). Default SL_EXEC_MIN_MACS_DEFAULT; 0: always the sparse executors. */
 #define SL_EXEC_MIN_MACS_DEFAULT 262144.0
 void sl_model_exec_set_min_macs(sl_model_exec *e, double macs);
+/* The measured crossover density rho* of mm.act_sparse (card
+ * act_sparse_matmul step 5, issue 17 session 4): n points (rows[i], rho[i]),
+ * rows ascending and distinct (>= 1), rho in [-1, 1] (-1: no density beats
+ * dense). An SL_EXEC_ACT product of n_x rows (at or above min_macs) takes the
+ * point with the largest rows <= n_x (else the first) and runs as the dense
+ * sgemm on the same zeroed activations when the share of nonzero activations
+ * exceeds its rho (counted in stat.over_rho). n = 0 clears: then only
+ * min_macs decides (the earlier rule). At most SL_EXEC_MAX_CROSSOVER points. */
+#define SL_EXEC_MAX_CROSSOVER 32
+sl_status sl_model_exec_set_crossover(sl_ctx *ctx, sl_model_exec *e, int n, const int64_t *rows, const double *rho);
+/* Spark's FFN predictor in the runner (card topk_activation step 4, issue 17
+ * session 4): w1 and w3 of layer (-1: every layer) take format SL_EXEC_SPARK.
+ * w1's product first scores the units with act.spark_score on the first r
+ * input dims (gate_up: with the layer's w3, else the gate alone), keeps the k
+ * largest per row (act.topk by value; a unit whose kept score is 0 counts as
+ * not selected), and runs mm.out_sparse over them; w3's product of the same
+ * pass runs mm.out_sparse over the same units. Every other unit has gate and
+ * up 0, so h = silu(gate) . up is 0 there (w2 may then run SL_EXEC_ACT). The
+ * predictor's flops count in w1's stat. Not subject to min_macs. Fails in one
+ * line when w3 runs without its w1 in the pass, or when either was replaced
+ * (set again). */
+sl_status sl_model_exec_set_spark(sl_ctx *ctx, sl_model_exec *e, int layer, int k, int r, int gate_up);
 /* Sets the format of weight (layer, name); n, m only for SL_EXEC_NM. layer
  * -1: every layer. */
 sl_status sl_model_exec_set(sl_ctx *ctx, sl_model_exec *e, const sl_model *m, int layer, const char *name,

@@ -14,7 +14,7 @@
 -- min_macs (6th argument, default the exec's own): products with fewer
 -- multiply-adds run as the dense sgemm on the zeroed operands (session 3c);
 -- 0 sends every product through the sparse executors.
---   LUA_CPATH='build/?.so' lua5.4 experiments/runexec_ffn.lua [dim hidden prefill decode reps [min_macs]]
+--   LUA_CPATH='build/?.so' lua5.4 experiments/runexec_ffn.lua [dim hidden prefill decode reps [min_macs [pattern]]]
 local sl = require "sparselab"
 local E = require "sparselab.runexec"
 local P = require "sparselab.prune"
@@ -85,7 +85,17 @@ local CONFIGS = {
    spec = {weights = "bitmap", kinds = {"w1", "w3"}, act = true}},
   {name = "CHESS 50 %: w3 mm.out_sparse on the gate support + w2 act", chess = 0.5,
    spec = {weights = "dense", act = true}},
+  -- session 4: Spark's predictor (gate.up on dim/8 input dims) picks 10 % of the units; w1, w3
+  -- run mm.out_sparse over them, w2 act-sparse
+  {name = "Spark 10 % units (r = dim/8): w1, w3 mm.out_sparse + w2 act", spark = {share = 0.10, rdiv = 8},
+   spec = {weights = "dense", act = true}},
 }
+-- 7th argument: a Lua pattern; only configurations whose name matches run (dense always)
+if arg and arg[7] and arg[7] ~= "" then
+  local keep = {CONFIGS[1]}
+  for i = 2, #CONFIGS do if CONFIGS[i].name:match(arg[7]) then keep[#keep + 1] = CONFIGS[i] end end
+  CONFIGS = keep
+end
 
 local function median(xs)
   table.sort(xs)
@@ -104,6 +114,10 @@ local function bench(label, m, prefill_ids)
     for _, c in ipairs(CONFIGS) do
       if c.prune then prune_ffn(m, c.prune) end
       c.spec.min_macs = MIN_MACS
+      if c.spark then
+        c.spec.spark = {k = math.max(1, math.floor(c.spark.share * m.cfg.hidden_dim)),
+          r = math.max(1, m.cfg.dim // c.spark.rdiv)}
+      end
       E.use(m, c.spec)
       local site = c.topk and A.hook(m, {kind = "topk", k = math.max(1, math.floor(c.topk * m.cfg.hidden_dim))})
       if c.chess then

@@ -6,7 +6,8 @@
  * and the zero count is monotone in theta; act.delta keeps its reference
  * within theta of the stream, sends nothing for a constant channel, sends
  * less as theta grows, and its deltas accumulated through mm.act_sparse
- * equal the dense product of the reference (delta mode). */
+ * equal the dense product of the reference (delta mode); act.spark_score
+ * equals the partial dots written here. */
 
 #include "opsutil.h"
 
@@ -261,8 +262,74 @@ START_TEST(test_act_stat_topk)
 }
 END_TEST
 
+/* act.spark_score (issue 17, session 4; card topk_activation step 4): every backend vs ref; ref vs
+ * the partial dots written here (float64, summed in reverse order, silu as g (1 + tanh(g / 2)) / 2);
+ * r = 0 reads ceil(D / 2) dims, r > D all; r = D without w3 is mm.dense; FLOPs; bad shapes fail. */
+START_TEST(test_act_spark_score)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17900);
+    const int64_t shapes[][4] = {{1, 1, 1, 0}, {5, 64, 172, 0}, {9, 64, 172, 32}, {3, 77, 33, 100}, {40, 130, 300, 17}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t T = shapes[si][0], D = shapes[si][1], N = shapes[si][2], r = shapes[si][3];
+        int64_t xs[2] = {T, D}, ws[2] = {N, D};
+        int64_t rr = r == 0 ? (D + 1) / 2 : (r < D ? r : D);
+        sl_tensor in[3] = {randn_shape(ctx, &rng, 2, xs, 1), randn_shape(ctx, &rng, 2, ws, 1), {0}};
+        sl_tensor w3 = randn_shape(ctx, &rng, 2, ws, 1);
+        sl_act_spark_params p = {.r = r};
+        for (int with_up = 0; with_up < 2; with_up++) {
+            in[2] = with_up ? w3 : (sl_tensor){0};
+            check_op_vs_ref(ctx, SL_OP_ACT_SPARK_SCORE, &p, in, 1e-5, "act.spark_score");
+            sl_tensor z = run_op1(ctx, SL_BACKEND_REF, SL_OP_ACT_SPARK_SCORE, &p, in);
+            ck_assert_int_eq(z.shape[0], T);
+            ck_assert_int_eq(z.shape[1], N);
+            const float *x = f32p(&in[0]), *w = f32p(&in[1]), *u3 = f32p(&w3), *zz = f32p(&z);
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t j = 0; j < N; j++) {
+                    double g = 0, u = 0;
+                    for (int64_t i = rr - 1; i >= 0; i--) {
+                        g += (double)x[t * D + i] * w[j * D + i];
+                        u += (double)x[t * D + i] * u3[j * D + i];
+                    }
+                    double want = with_up ? fabs(g * (1 + tanh(g / 2)) / 2 * u) : g;
+                    ck_assert_msg(fabs(zz[t * N + j] - want) <= 1e-6 * (1 + fabs(want)), "t %lld j %lld: %g vs %g",
+                                  (long long)t, (long long)j, (double)zz[t * N + j], want);
+                }
+            double fl = with_up ? (double)(T * N) * (4.0 * (double)rr + 3) : 2.0 * (double)(T * N * rr);
+            ck_assert_double_eq(sl_op_flops(SL_OP_ACT_SPARK_SCORE, &p, in), fl);
+            sl_tensor_release(&z);
+        }
+        in[2] = (sl_tensor){0};
+        /* every dim read and no w3: the dense product x . w1^T */
+        sl_act_spark_params all = {.r = D};
+        sl_tensor zc = run_op1(ctx, SL_BACKEND_CPU, SL_OP_ACT_SPARK_SCORE, &all, in);
+        sl_tensor d = run_op1(ctx, SL_BACKEND_CPU, SL_OP_MM_DENSE, NULL, in);
+        assert_tensor_close(&zc, &d, 1e-5, "r = D is mm.dense");
+        sl_tensor_release(&zc);
+        sl_tensor_release(&d);
+        /* w3 of another shape, w1 of another input width */
+        int64_t bad[2] = {N + 1, D};
+        in[2] = randn_shape(ctx, &rng, 2, bad, 1);
+        expect_fail(ctx, SL_OP_ACT_SPARK_SCORE, &p, in, SL_ESHAPE, "w3 is");
+        sl_tensor_release(&in[2]);
+        in[2] = (sl_tensor){0};
+        int64_t bx[2] = {T, D + 1};
+        sl_tensor x2 = randn_shape(ctx, &rng, 2, bx, 1);
+        sl_tensor in2[3] = {x2, in[1], {0}};
+        expect_fail(ctx, SL_OP_ACT_SPARK_SCORE, &p, in2, SL_ESHAPE, "input dims");
+        sl_tensor_release(&x2);
+        release_n(in, 2);
+        sl_tensor_release(&w3);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_act_spark_score);
     tcase_add_test(tc, test_act_stat_topk);
     tcase_add_test(tc, test_act_delta);
     tcase_add_test(tc, test_act_topk);

@@ -6,6 +6,7 @@
 #include "parallel.h"
 #include "../act_quantile.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 
@@ -120,9 +121,57 @@ sl_status sl__cpu_act_stat_topk(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, a->in[0].shape[0], stat_row, (void *)a);
 }
 
+/* act.spark_score: a work item is a chunk of units (outputs); OpenBLAS sgemm
+ * with K = r' on the first r' columns (lda = D), then with w3 a second sgemm
+ * into the thread's scratch and |silu(g) . u| in float64. */
+#define SPARK_CHUNK 64
+
+typedef struct spark_job {
+    const sl__kargs *a;
+    int64_t T, D, N, r;
+} spark_job;
+
+static void spark_item(int64_t c, void *ud, int thread)
+{
+    const spark_job *j = ud;
+    const sl__kargs *a = j->a;
+    int64_t c0 = c * SPARK_CHUNK, nc = j->N - c0 < SPARK_CHUNK ? j->N - c0 : SPARK_CHUNK;
+    const float *x = a->in[0].data, *w1 = a->in[1].data;
+    float *z = a->out[0].data;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->T, (int)nc, (int)j->r, 1.f, x, (int)j->D,
+                w1 + c0 * j->D, (int)j->D, 0.f, z + c0, (int)j->N);
+    if (!a->in[2].buf)
+        return;
+    float *u = (float *)a->scratch + (size_t)thread * (size_t)(j->T * SPARK_CHUNK);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)j->T, (int)nc, (int)j->r, 1.f, x, (int)j->D,
+                (const float *)a->in[2].data + c0 * j->D, (int)j->D, 0.f, u, SPARK_CHUNK);
+    for (int64_t t = 0; t < j->T; t++)
+        for (int64_t i = 0; i < nc; i++) {
+            double g = z[t * j->N + c0 + i];
+            z[t * j->N + c0 + i] = (float)fabs(g / (1 + exp(-g)) * (double)u[t * SPARK_CHUNK + i]);
+        }
+}
+
+sl_status sl__cpu_act_spark_score(const sl__kargs *a)
+{
+    const sl_act_spark_params *p = a->params;
+    spark_job j = {a, a->in[0].shape[0], a->in[0].shape[1], a->in[1].shape[0], 0};
+    j.r = sl__act_spark_dims(p->r, j.D);
+    if (j.T == 0 || j.N == 0)
+        return SL_OK;
+    if (j.r == 0) {
+        memset(a->out[0].data, 0, sizeof(float) * (size_t)(j.T * j.N));
+        return SL_OK;
+    }
+    return sl__cpu_parallel(a->ctx, (j.N + SPARK_CHUNK - 1) / SPARK_CHUNK, spark_item, &j);
+}
+
 size_t sl__cpu_act_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;
+    if (op == SL_OP_ACT_SPARK_SCORE)
+        return in[2].buf ? sizeof(float) * (size_t)(in[0].shape[0] * SPARK_CHUNK) * (size_t)(n_threads > 0 ? n_threads : 1)
+                         : 0;
     if (op == SL_OP_ACT_STAT_TOPK)
         return sizeof(double);
     return op == SL_OP_ACT_TOPK ? sizeof(float) * (size_t)in[0].shape[1] * (size_t)(n_threads > 0 ? n_threads : 1) : 0;

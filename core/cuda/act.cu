@@ -192,3 +192,42 @@ sl_status sl__cuda_act_delta(const sl__kargs *a)
         st.input<float>(0), st.input<float>(1), st.output<float>(0), st.output<float>(1), T, m);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
+
+// act.spark_score (issue 17, session 4): one thread per output entry, the
+// partial dots summed in float64 in input order (the reference's order).
+__global__ void spark_score_kernel(const float *x, const float *w1, const float *w3, float *z, int64_t T, int64_t D,
+                                   int64_t N, int64_t r)
+{
+    int64_t e = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (e >= T * N)
+        return;
+    int64_t t = e / N, j = e % N;
+    double g = 0, u = 0;
+    for (int64_t i = 0; i < r; i++)
+        g += (double)x[t * D + i] * (double)w1[j * D + i];
+    if (w3) {
+        for (int64_t i = 0; i < r; i++)
+            u += (double)x[t * D + i] * (double)w3[j * D + i];
+        g = fabs(g / (1 + exp(-g)) * u);
+    }
+    z[e] = (float)g;
+}
+
+sl_status sl__cuda_act_spark_score(const sl__kargs *a)
+{
+    const sl_act_spark_params *p = (const sl_act_spark_params *)a->params;
+    int64_t T = a->in[0].shape[0], D = a->in[0].shape[1], N = a->in[1].shape[0];
+    int64_t n = T * N;
+    if (n > (int64_t)INT32_MAX * kThreads / 2)
+        return sl__cuda_unsupported(a, "more than 2^38 scores");
+    if (n == 0)
+        return SL_OK;
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    const float *w3 = a->in[2].buf ? st.input<float>(2) : nullptr;
+    SL_LAUNCH(spark_score_kernel, (unsigned)((n + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(0), st.input<float>(1), w3, st.output<float>(0), T, D, N,
+        (int64_t)sl__act_spark_dims(p->r, D));
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

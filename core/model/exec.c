@@ -23,8 +23,16 @@ struct sl_model_exec {
     int64_t n_layers;
     double threshold;
     double min_macs;   /* products with fewer multiply-adds stay dense (sl_model_exec_set_min_macs) */
+    int n_cross;       /* rho* points of mm.act_sparse (sl_model_exec_set_crossover); 0: none */
+    int64_t cross_rows[SL_EXEC_MAX_CROSSOVER];
+    double cross_rho[SL_EXEC_MAX_CROSSOVER];
     exec_slot *slots; /* [n_layers][SL_EXEC_KINDS] */
     sl_exec_stat stat[SL_EXEC_KINDS];
+    const sl_model *model; /* the model the exec was built for (spark reads the layer's w3) */
+    int32_t *sel;      /* spark: the last w1's selected units [rows][k] (-1 padding) */
+    size_t sel_bytes;
+    int sel_layer;
+    int64_t sel_rows;
     float *gate;       /* the last w1 output of a layer whose w3 is gated */
     size_t gate_bytes;
     int gate_layer;
@@ -56,6 +64,8 @@ sl_status sl_model_exec_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, sl_
         return SL_ENOMEM;
     memset(e, 0, sizeof *e);
     e->backend = b;
+    e->model = m;
+    e->sel_layer = -1;
     e->n_layers = m->cfg.n_layers;
     e->threshold = 0.4;
     e->min_macs = SL_EXEC_MIN_MACS_DEFAULT;
@@ -76,6 +86,7 @@ void sl_model_exec_free(sl_ctx *ctx, sl_model_exec *e)
     for (int64_t i = 0; i < e->n_layers * SL_EXEC_KINDS; i++)
         slot_clear(&e->slots[i]);
     sl_ctx_dealloc(ctx, e->gate, e->gate_bytes);
+    sl_ctx_dealloc(ctx, e->sel, e->sel_bytes);
     sl_ctx_dealloc(ctx, e->slots, sizeof *e->slots * (size_t)(e->n_layers * SL_EXEC_KINDS));
     sl_ctx_dealloc(ctx, e, sizeof *e);
 }
@@ -88,6 +99,38 @@ void sl_model_exec_set_threshold(sl_model_exec *e, double density)
 void sl_model_exec_set_min_macs(sl_model_exec *e, double macs)
 {
     e->min_macs = macs > 0 ? macs : 0;
+}
+
+sl_status sl_model_exec_set_crossover(sl_ctx *ctx, sl_model_exec *e, int n, const int64_t *rows, const double *rho)
+{
+    if (n < 0 || n > SL_EXEC_MAX_CROSSOVER)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: expected 0..%d crossover points, found %d", SL_EXEC_MAX_CROSSOVER,
+                           n);
+    for (int i = 0; i < n; i++) {
+        if (rows[i] < 1 || (i > 0 && rows[i] <= rows[i - 1]))
+            return sl_ctx_fail(ctx, SL_EARG,
+                               "model exec: crossover rows must be >= 1 and ascending, found %lld at point %d",
+                               (long long)rows[i], i);
+        if (!(rho[i] >= -1 && rho[i] <= 1))
+            return sl_ctx_fail(ctx, SL_EARG, "model exec: crossover density must lie in [-1, 1], found %g at point %d",
+                               rho[i], i);
+    }
+    for (int i = 0; i < n; i++) {
+        e->cross_rows[i] = rows[i];
+        e->cross_rho[i] = rho[i];
+    }
+    e->n_cross = n;
+    return SL_OK;
+}
+
+/* rho* for a product of n rows: the point with the largest rows <= n, else the first. */
+static double crossover_for(const sl_model_exec *e, int64_t n)
+{
+    int pick = 0;
+    for (int i = 1; i < e->n_cross; i++)
+        if (e->cross_rows[i] <= n)
+            pick = i;
+    return e->cross_rho[pick];
 }
 
 static const sl_tensor *layer_weight(const sl_model *m, int64_t l, int k)
@@ -211,6 +254,140 @@ sl_status sl_model_exec_set_gate(sl_ctx *ctx, sl_model_exec *e, const sl_model *
     return SL_OK;
 }
 
+sl_status sl_model_exec_set_spark(sl_ctx *ctx, sl_model_exec *e, int layer, int k, int r, int gate_up)
+{
+    int64_t L = e->n_layers;
+    if (layer < -1 || layer >= L)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: layer %d outside -1..%lld", layer, (long long)L - 1);
+    if (k < 1 || r < 0)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: spark expects k >= 1 and r >= 0, found k = %d, r = %d", k, r);
+    for (int64_t l = layer < 0 ? 0 : layer; l < (layer < 0 ? L : layer + 1); l++)
+        for (int kind = 4; kind <= 5; kind++) { /* w1, w3 */
+            exec_slot *s = &e->slots[l * SL_EXEC_KINDS + kind];
+            slot_clear(s);
+            s->format = SL_EXEC_SPARK;
+            s->n = k;
+            s->m = r;
+            s->bmp.cap = gate_up != 0; /* reused as the gate_up flag */
+        }
+    e->sel_layer = -1;
+    return SL_OK;
+}
+
+/* Spark's w1: the scores, the selection into e->sel [n][k], then mm.out_sparse. */
+static sl_status spark_w1(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, int layer, const float *x, int64_t n,
+                          const sl_tensor *w, float *y, double *flops)
+{
+    int64_t N = w->shape[0], K = w->shape[1], k = s->n < N ? s->n : N;
+    exec_slot *up = &e->slots[layer * SL_EXEC_KINDS + 5];
+    if (up->format != SL_EXEC_SPARK)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: layers.%d.w1 runs spark but its w3 does not (replaced? set "
+                           "spark again)", layer);
+    sl_tensor in[3], z, kept;
+    memset(in, 0, sizeof in);
+    int64_t xs[2] = {n, K};
+    sl_status st = sl_tensor_new(ctx, SL_F32, 2, xs, &in[0]);
+    if (st)
+        return st;
+    memcpy(in[0].data, x, sizeof(float) * (size_t)(n * K));
+    in[1] = *w;
+    if (s->bmp.cap)
+        in[2] = e->model->layers[layer].w3;
+    sl_act_spark_params sp;
+    sl_op_params_default(SL_OP_ACT_SPARK_SCORE, &sp);
+    sp.r = s->m;
+    if ((st = sl_op_run(ctx, e->backend, SL_OP_ACT_SPARK_SCORE, &sp, in, &z))) {
+        sl_tensor_release(&in[0]);
+        return st;
+    }
+    *flops = sl_op_flops(SL_OP_ACT_SPARK_SCORE, &sp, in);
+    sl_act_topk_params tp;
+    sl_op_params_default(SL_OP_ACT_TOPK, &tp);
+    tp.k = k;
+    tp.abs = 0;
+    st = sl_op_run(ctx, e->backend, SL_OP_ACT_TOPK, &tp, &z, &kept);
+    sl_tensor_release(&z);
+    if (st) {
+        sl_tensor_release(&in[0]);
+        return st;
+    }
+    size_t bytes = sizeof(int32_t) * (size_t)(n * k);
+    if (bytes > e->sel_bytes) {
+        sl_ctx_dealloc(ctx, e->sel, e->sel_bytes);
+        e->sel_bytes = 0;
+        if (!(e->sel = sl_ctx_alloc(ctx, bytes))) {
+            sl_tensor_release(&kept);
+            sl_tensor_release(&in[0]);
+            return SL_ENOMEM;
+        }
+        e->sel_bytes = bytes;
+    }
+    const float *kv = kept.data;
+    for (int64_t r = 0; r < n; r++) {
+        int64_t c = 0;
+        for (int64_t j = 0; j < N && c < k; j++)
+            if (kv[r * N + j] != 0.f)
+                e->sel[r * k + c++] = (int32_t)j;
+        for (; c < k; c++)
+            e->sel[r * k + c] = -1;
+    }
+    sl_tensor_release(&kept);
+    e->sel_layer = layer;
+    e->sel_rows = n;
+    int64_t ss[2] = {n, k};
+    if ((st = sl_tensor_new(ctx, SL_I32, 2, ss, &in[2]))) {
+        sl_tensor_release(&in[0]);
+        return st;
+    }
+    memcpy(in[2].data, e->sel, bytes);
+    sl_tensor out[1];
+    sl_tensor in4[4] = {in[0], *w, in[2], {0}};
+    st = sl_op_run(ctx, e->backend, SL_OP_MM_OUT_SPARSE, NULL, in4, out);
+    if (st == SL_OK) {
+        memcpy(y, out[0].data, sl_tensor_nbytes(&out[0]));
+        sl_tensor_release(&out[0]);
+        *flops += sl_op_flops(SL_OP_MM_OUT_SPARSE, NULL, in4);
+    }
+    sl_tensor_release(&in[2]);
+    sl_tensor_release(&in[0]);
+    return st;
+}
+
+/* Spark's w3: mm.out_sparse over the units w1 selected in this pass. */
+static sl_status spark_w3(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, int layer, const float *x, int64_t n,
+                          const sl_tensor *w, float *y, double *flops)
+{
+    int64_t N = w->shape[0], K = w->shape[1], k = s->n < N ? s->n : N;
+    if (e->slots[layer * SL_EXEC_KINDS + 4].format != SL_EXEC_SPARK || e->sel_layer != layer || e->sel_rows != n ||
+        !e->sel)
+        return sl_ctx_fail(ctx, SL_EARG, "model exec: layers.%d.w3 runs spark but w1 of that layer did not run "
+                           "spark in this pass (replaced? set spark again)", layer);
+    sl_tensor in[4];
+    memset(in, 0, sizeof in);
+    int64_t xs[2] = {n, K}, ss[2] = {n, k};
+    sl_status st = sl_tensor_new(ctx, SL_F32, 2, xs, &in[0]);
+    if (st)
+        return st;
+    memcpy(in[0].data, x, sizeof(float) * (size_t)(n * K));
+    if ((st = sl_tensor_new(ctx, SL_I32, 2, ss, &in[2]))) {
+        sl_tensor_release(&in[0]);
+        return st;
+    }
+    memcpy(in[2].data, e->sel, sizeof(int32_t) * (size_t)(n * k));
+    e->sel_layer = -1; /* one w3 per w1 selection */
+    in[1] = *w;
+    sl_tensor out[1];
+    st = sl_op_run(ctx, e->backend, SL_OP_MM_OUT_SPARSE, NULL, in, out);
+    if (st == SL_OK) {
+        memcpy(y, out[0].data, sl_tensor_nbytes(&out[0]));
+        sl_tensor_release(&out[0]);
+        *flops = sl_op_flops(SL_OP_MM_OUT_SPARSE, NULL, in);
+    }
+    sl_tensor_release(&in[2]);
+    sl_tensor_release(&in[0]);
+    return st;
+}
+
 int sl_model_exec_format(const sl_model_exec *e, int layer, const char *name)
 {
     int k = kind_of(name);
@@ -265,12 +442,34 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
      * (nm, bitmap), and the activations are the hook's, zeroed where act
      * skips them, so the sums are the same ones in another order; gated w3
      * zeroes the outputs outside its support afterwards. Counted in small. */
+    if (s->format == SL_EXEC_SPARK) {
+        st = k == 4 ? spark_w1(ctx, e, s, layer, x, n, w, y, &flops) : k == 5 ? spark_w3(ctx, e, s, layer, x, n, w, y, &flops)
+                    : sl_ctx_fail(ctx, SL_EINTERNAL, "model exec: spark on %s", kind_names[k]);
+        if (st)
+            return st;
+        sl_exec_stat *t = &e->stat[k];
+        t->seconds += sl_time_now() - t0;
+        t->calls++;
+        t->rows += n;
+        t->flops += flops;
+        *done = 1;
+        return SL_OK;
+    }
     int small = s->format != SL_EXEC_DENSE && (double)n * (double)N * (double)K < e->min_macs;
+    /* act above the stored crossover density: the dense sgemm on the same
+     * zeroed activations (card act_sparse_matmul step 5) */
+    int over = 0;
+    if (s->format == SL_EXEC_ACT && !small && e->n_cross > 0) {
+        int64_t nz = 0;
+        for (int64_t i = 0; i < n * K; i++)
+            nz += x[i] != 0.f;
+        over = (double)nz > crossover_for(e, n) * (double)(n * K);
+    }
     if (s->format == SL_EXEC_GATED && small &&
         (e->gate_layer != layer || !e->gate || e->gate_bytes < sizeof(float) * (size_t)(n * N)))
         return sl_ctx_fail(ctx, SL_EARG, "model exec: layers.%d.w3 is gated but w1 of that layer did not "
                            "run through the exec in this pass", layer);
-    if (s->format == SL_EXEC_DENSE || small) {
+    if (s->format == SL_EXEC_DENSE || small || over) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)N, (int)K, 1.f, x, (int)K, w->data, (int)K,
                     0.f, y, (int)N);
         if (s->format == SL_EXEC_GATED) {
@@ -351,6 +550,7 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
     t->rows += n;
     t->flops += flops;
     t->small += small;
+    t->over_rho += over;
     *done = 1;
     return SL_OK;
 }

@@ -79,6 +79,29 @@ sl_status sl__ref_act_stat_topk(const sl__kargs *a)
     return SL_OK;
 }
 
+/* act.spark_score: the partial dots in float64, literally. */
+sl_status sl__ref_act_spark_score(const sl__kargs *a)
+{
+    const sl_act_spark_params *p = a->params;
+    int64_t T = a->in[0].shape[0], D = a->in[0].shape[1], N = a->in[1].shape[0];
+    int64_t r = sl__act_spark_dims(p->r, D);
+    const float *x = a->in[0].data, *w1 = a->in[1].data, *w3 = a->in[2].buf ? a->in[2].data : NULL;
+    float *z = a->out[0].data;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t j = 0; j < N; j++) {
+            double g = 0, u = 0;
+            for (int64_t i = 0; i < r; i++)
+                g += (double)x[t * D + i] * (double)w1[j * D + i];
+            if (w3) {
+                for (int64_t i = 0; i < r; i++)
+                    u += (double)x[t * D + i] * (double)w3[j * D + i];
+                g = fabs(g / (1 + exp(-g)) * u);
+            }
+            z[t * N + j] = (float)g;
+        }
+    return SL_OK;
+}
+
 size_t sl__ref_act_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

@@ -298,13 +298,60 @@ static int m_exec_min_macs(lua_State *L)
     return 0;
 }
 
+/* model:exec_crossover({{rows =, rho =}, ...} or nil): mm.act_sparse's
+ * measured rho* per activation row count (sl_model_exec_set_crossover); nil
+ * or {} clears it. */
+static int m_exec_crossover(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int64_t rows[SL_EXEC_MAX_CROSSOVER];
+    double rho[SL_EXEC_MAX_CROSSOVER];
+    int n = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        lua_Integer len = luaL_len(L, 2);
+        if (len > SL_EXEC_MAX_CROSSOVER)
+            return luaL_error(L, "model exec: expected at most %d crossover points, found %d", SL_EXEC_MAX_CROSSOVER,
+                              (int)len);
+        for (lua_Integer i = 1; i <= len; i++, n++) {
+            lua_geti(L, 2, i);
+            luaL_checktype(L, -1, LUA_TTABLE);
+            lua_getfield(L, -1, "rows");
+            lua_getfield(L, -2, "rho");
+            if (!lua_isinteger(L, -2) || !lua_isnumber(L, -1))
+                return luaL_error(L, "model exec: crossover point %d must be {rows = integer, rho = number}", (int)i);
+            rows[n] = (int64_t)lua_tointeger(L, -2);
+            rho[n] = lua_tonumber(L, -1);
+            lua_pop(L, 3);
+        }
+    }
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_model_exec_set_crossover(ctx, model_exec(L, u), n, rows, rho))
+        sl__lua_fail(L, ctx);
+    return 0;
+}
+
+/* model:exec_spark(layer or -1, k, r, gate_up): w1 and w3 through Spark's
+ * predictor and mm.out_sparse (sl_model_exec_set_spark). */
+static int m_exec_spark(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int layer = (int)luaL_checkinteger(L, 2);
+    int k = (int)luaL_checkinteger(L, 3), r = (int)luaL_optinteger(L, 4, 0);
+    int gate_up = lua_isnoneornil(L, 5) ? 1 : lua_toboolean(L, 5);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (sl_model_exec_set_spark(ctx, model_exec(L, u), layer, k, r, gate_up))
+        return sl__lua_fail(L, ctx);
+    return 0;
+}
+
 /* model:exec_format(layer, name) -> "dense" | "nm" | "bitmap" | "act" | nil */
 static int m_exec_format(lua_State *L)
 {
     l_model *u = check_model(L, 1);
-    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", "gated"};
+    static const char *const fmts[] = {"dense", "nm", "bitmap", "act", "auto", "gated", "spark"};
     int f = u->ex ? sl_model_exec_format(u->ex, (int)luaL_checkinteger(L, 2), luaL_checkstring(L, 3)) : -1;
-    if (f < 0 || f > 5)
+    if (f < 0 || f > 6)
         lua_pushnil(L);
     else
         lua_pushstring(L, fmts[f]);
@@ -330,6 +377,8 @@ static int m_exec_stats(lua_State *L)
         lua_setfield(L, -2, "flops");
         lua_pushinteger(L, (lua_Integer)t.small);
         lua_setfield(L, -2, "small");
+        lua_pushinteger(L, (lua_Integer)t.over_rho);
+        lua_setfield(L, -2, "over_rho");
         lua_setfield(L, -2, kinds[k]);
     }
     if (u->ex && lua_toboolean(L, 2))
@@ -600,7 +649,8 @@ void sl__lua_open_model(lua_State *L)
         {"config", m_config}, {"state", m_state}, {"forward", m_forward},
         {"weight", m_weight}, {"set_weight", m_set_weight}, {"close", m_close}, {"exec_set", m_exec_set}, {"exec_gate", m_exec_gate},
         {"exec_backend", m_exec_backend}, {"exec_off", m_exec_off}, {"exec_threshold", m_exec_threshold},
-        {"exec_min_macs", m_exec_min_macs},
+        {"exec_min_macs", m_exec_min_macs}, {"exec_crossover", m_exec_crossover},
+        {"exec_spark", m_exec_spark},
         {"exec_format", m_exec_format}, {"exec_stats", m_exec_stats}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {

@@ -20,6 +20,9 @@
 --   A.core_token(row, rho), A.core_sentence(rows, rho, beta): percentile core
 --     neurons (topk_activation 3); spec {kind = "core", rho =, beta =}: the
 --     prompt's sentence-level core neurons, kept alone in decode.
+--   A.spark_select, A.spark_recall; spec {kind = "spark", k =, r =, stat =,
+--     score =, blind =}: Spark's predictor (topk_activation 4), top-k units
+--     chosen on a score of the first r input dims (act.spark_score), h exact on them.
 --
 -- Card steps done: exact top-k (topk_activation 1) on the FFN hidden units
 -- by |h| (SwiGLU units are signed: the magnitude is this workbench's
@@ -28,12 +31,10 @@
 -- (reference state, thresholded delta, y = W xhat, per-layer threshold
 -- calibrated by a quantile) over the token axis of a prefill, without the
 -- periodic refresh (4: the reference restarts with every forward) and
--- without training (5). Not done: statistical top-k
--- and percentile core neurons (topk_activation 2, 3), Spark's predictor
--- (4), CHESS+ attention thresholds (channel_threshold 3, 4, 7), and the
--- runner does not yet call mm.act_sparse itself for w2 (the zeroed units
--- make its dense product equal; the FLOPs an act-sparse down projection
--- executes are counted in stats).
+-- without training (5). Later sessions: statistical top-k (2), percentile
+-- core neurons (3), Spark's predictor (4; session 4). Not done: CHESS+
+-- attention thresholds (channel_threshold 3, 4, 7); sparselab.runexec runs
+-- w2 through mm.act_sparse on the zeroed units.
 local sl = require "sparselab"
 
 local A = {}
@@ -92,6 +93,90 @@ function A.core_sentence(rows, rho, beta)
   return out, f
 end
 
+--- Spark's FFN predictor (card topk_activation step 4; spark_transformer's
+--- split): per FFN input row x [T, dim] of layer, a score from the first r
+--- input dims only (spec.r, default ceil(dim/2): the card's r ~ d_model/2), by
+--- the op act.spark_score: spec.score = "gate" (Spark's: z = x[:r] . W1[:, :r]^T)
+--- or "gate_up" (default; z = |silu(gate_r) . up_r| with the same r dims of
+--- W3: this untrained SwiGLU model's stand-in for the trained predictor);
+--- then the k largest z per row (act.topk by value), or with spec.stat =
+--- true Spark's statistical top-k (act.stat_topk at sparsity 1 - k/hidden,
+--- its nonzero set; no sort, count only ~k). spec.blind = "first" (units
+--- 1..k) or "random" (k seeded random units per row): the score-blind
+--- controls. Returns per row a set {[unit (1-based)] = true} and the units
+--- listed. A unit whose kept score is exactly 0 counts as not selected.
+function A.spark_select(m, layer, x, spec)
+  local d, hidden = m.cfg.dim, m.cfg.hidden_dim
+  local k = math.min(spec.k, hidden)
+  local T = x:shape()[1]
+  local sets, listed = {}, 0
+  local function from(y)
+    for t, row in ipairs(y:totable()) do
+      local set = {}
+      for j, v in ipairs(row) do if v ~= 0 then set[j] = true; listed = listed + 1 end end
+      sets[t] = set
+    end
+    return sets, listed
+  end
+  if spec.blind == "first" then
+    for t = 1, T do sets[t] = {}; for j = 1, k do sets[t][j] = true end end
+    return sets, T * k
+  elseif spec.blind == "random" then
+    spec._rng = (spec._rng or (spec.seed or 17)) + 1
+    return from(sl.act.topk(sl.rand({T, hidden}, {seed = spec._rng}), {k = k, abs = false}))
+  elseif spec.blind ~= nil then
+    sl.fail("actsparse: spark blind must be 'first' or 'random', found '%s'", tostring(spec.blind))
+  end
+  local score = spec.score or "gate_up"
+  if score ~= "gate" and score ~= "gate_up" then
+    sl.fail("actsparse: spark score must be 'gate' or 'gate_up', found '%s'", tostring(score))
+  end
+  local args = {r = spec.r or (d + 1) // 2, backend = spec.backend}
+  if score == "gate_up" then args.w3 = m.c:weight(string.format("layers.%d.w3", layer)) end
+  local z = sl.act.spark_score(x, m.c:weight(string.format("layers.%d.w1", layer)), args)
+  if spec.stat then
+    if k >= hidden then return from(sl.act.topk(z, {k = k, abs = false, backend = spec.backend})) end
+    return from(sl.act.stat_topk(z, {sparsity = 1 - k / hidden, backend = spec.backend}))
+  end
+  return from(sl.act.topk(z, {k = k, abs = false, backend = spec.backend}))
+end
+
+--- Recall of Spark's predictor over the sequences (dense forwards; the
+--- predictor only observes): mean over layers and rows of |pred ∩ exact| / k,
+--- exact = the k units of largest full gate g = x W1^T (the score the
+--- predictor estimates; ties the lower unit) -> recall_gate, and the k units of
+--- largest |h|, h = silu(g) . up (what kind "topk" keeps) -> recall_h.
+function A.spark_recall(m, seqs, spec)
+  local hidden = m.cfg.hidden_dim
+  local k = math.min(spec.k, hidden)
+  local hit_g, hit_h, n = 0, 0, 0
+  for _, ids in ipairs(seqs) do
+    local st <close> = m.c:state(#ids)
+    m.c:forward(ids, st, nil, function(layer, site, x)
+      if site ~= "ffn_in" then return nil end
+      local pred = A.spark_select(m, layer, x, spec)
+      local g = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w1", layer)))
+      local u = sl.mm.dense(x, m.c:weight(string.format("layers.%d.w3", layer))):totable()
+      local tg = sl.act.topk(g, {k = k, abs = false}):totable()
+      local gt = g:totable()
+      for t, row in ipairs(gt) do
+        for j, v in ipairs(row) do row[j] = silu(v) * u[t][j] end
+      end
+      local th = sl.act.topk(sl.tensor(gt), {k = k, abs = true}):totable()
+      for t = 1, #gt do
+        for j = 1, hidden do
+          if pred[t][j] then
+            if tg[t][j] ~= 0 then hit_g = hit_g + 1 end
+            if th[t][j] ~= 0 then hit_h = hit_h + 1 end
+          end
+        end
+        n = n + k
+      end
+    end)
+  end
+  return {recall_gate = hit_g / n, recall_h = hit_h / n, rows = n // k}
+end
+
 function A.hook(m, spec, stats)
   local d, hidden = m.cfg.dim, m.cfg.hidden_dim
   local keep_mask = {}
@@ -122,6 +207,27 @@ function A.hook(m, spec, stats)
         keep_mask[layer] = g
       elseif site == "ffn_hidden" then
         local h = keep_mask[layer]
+        account(h)
+        return sl.tensor(h)
+      end
+      return nil
+    elseif spec.kind == "spark" then
+      -- Spark's predictor (card topk_activation step 4): select on the partial-dimension gate
+      -- score, compute on the full row: the selected units keep their exact h = silu(x.W1^T) .
+      -- (x.W3^T), every other unit is 0 (what mm.out_sparse on the listed units, then
+      -- mm.act_sparse for w2, computes). stats.flops_predictor: 2 . r . hidden per row.
+      if site == "ffn_in" then
+        local sets, pairs_listed = A.spark_select(m, layer, x, spec)
+        keep_mask[layer] = sets
+        if stats then
+          local r = spec.blind and 0 or math.min(d, spec.r or (d + 1) // 2)
+          local per = (spec.score or "gate_up") == "gate_up" and 4 or 2
+          stats.flops_predictor = (stats.flops_predictor or 0) + per * r * hidden * #sets
+          stats.listed = (stats.listed or 0) + pairs_listed
+        end
+      elseif site == "ffn_hidden" then
+        local h, sets = x:totable(), keep_mask[layer]
+        for t, row in ipairs(h) do for j = 1, #row do if not sets[t][j] then row[j] = 0 end end end
         account(h)
         return sl.tensor(h)
       end
@@ -173,7 +279,8 @@ function A.hook(m, spec, stats)
       end
       return nil
     end
-    sl.fail("actsparse: spec.kind must be 'topk' or 'threshold', found '%s'", tostring(spec.kind))
+    sl.fail("actsparse: spec.kind must be 'topk', 'stat_topk', 'spark', 'core', 'delta' or 'threshold', found '%s'",
+      tostring(spec.kind))
   end
 end
 

@@ -10,6 +10,8 @@
 --   P.lowrank_qk(m, seqs, {rank =, rho =, whiten =})   W_q, W_k -> rank-r a.b (card qk_lowrank (a))
 --   P.save(m, path) / P.load(m, path)   the prunable weights as safetensors
 --   P.nll(m, seqs)               mean negative log-likelihood over the sequences
+--   P.kv_prune(t, s, o), P.kv_hook(o, stats)   magnitude pruning of the K / V cache (card step 7)
+--   P.elbow(xs, ys), P.essential(xs, ys, tol)  the sweep's knee and essential sparsity
 --
 -- The prunable set is the card's L: Q, K, V, O, gate (w1), up (w3), down
 -- (w2) of every block; embeddings, the LM head and the norms are left dense.
@@ -209,6 +211,102 @@ function P.sparsity(m)
     end
   end
   return z / n
+end
+
+--- KV variant (card magnitude_prune step 7; SparAMX custom_llama_attention
+--- `sparsify`: a kthvalue threshold on |K| over the whole tensor): t is one
+--- layer's K or V cache [H, n, d]; exactly floor(s . numel) entries smallest
+--- in (|t|, flat index) order are zeroed (prune.magnitude) over the whole
+--- tensor (o.scope "layer", SparAMX's) or per head ("head", the card's
+--- variant: floor(s . n . d) per head). o.blind = "random": the same count
+--- zeroed at seeded random positions (the score-blind control; o.seed).
+function P.kv_prune(t, s, o)
+  o = o or {}
+  if s <= 0 then return t end
+  local scope = o.scope or "layer"
+  if scope ~= "layer" and scope ~= "head" then
+    sl.fail("prune.kv: scope must be 'layer' or 'head', found '%s'", tostring(scope))
+  end
+  local function one(x)
+    if o.blind == "random" then
+      o._seed = (o._seed or o.seed or 31) + 1
+      local keep = sl.prune.magnitude(sl.rand(x:shape(), {seed = o._seed}), {sparsity = s}):totable()
+      local vals = x:totable()
+      local function walk(a, b)
+        for i = 1, #a do
+          if type(a[i]) == "table" then walk(a[i], b[i]) elseif b[i] == 0 then a[i] = 0 end
+        end
+      end
+      walk(vals, keep)
+      return sl.tensor(vals)
+    elseif o.blind ~= nil then
+      sl.fail("prune.kv: blind must be 'random', found '%s'", tostring(o.blind))
+    end
+    return sl.prune.magnitude(x, {sparsity = s})
+  end
+  if scope == "layer" then return one(t) end
+  local heads = {}
+  for h = 1, t:shape()[1] do heads[h] = one(t:narrow(1, h, 1)) end
+  return sl.cat(heads, 1)
+end
+
+--- The attention hook (model.c:forward's 3rd argument) of the KV variant:
+--- every call prunes the layer's visible K cache to o.k and V to o.v
+--- (fractions zeroed; P.kv_prune with o.scope, o.blind) and runs causal
+--- attention on them. Prefill = SparAMX's one pruning of the whole cache;
+--- a decode step re-thresholds the cache with its new row (this
+--- workbench's reading: the stored cache itself stays dense). stats
+--- (optional): zeros_k, zeros_v (counted in the pruned tensors) and
+--- entries (K's numel), summed over calls.
+function P.kv_hook(o, stats)
+  o = o or {}
+  return function(layer, q, k, v)
+    local kp = P.kv_prune(k, o.k or 0.5, o)
+    local vp = P.kv_prune(v, o.v or 0.5, o)
+    if stats then
+      local function zeros(t)
+        local c = 0
+        for _, x in ipairs(flat(t)) do if x == 0 then c = c + 1 end end
+        return c
+      end
+      stats.entries = (stats.entries or 0) + k:numel()
+      stats.zeros_k = (stats.zeros_k or 0) + zeros(kp)
+      stats.zeros_v = (stats.zeros_v or 0) + zeros(vp)
+    end
+    return (sl.attn.dense(q, kp, vp, {causal = true}))
+  end
+end
+
+--- The knee of a sweep (card magnitude_prune, "essential sparsity"; select.elbow):
+--- xs ascending, ys the metric; both axes scaled to [0, 1] by their ranges,
+--- the point of largest distance to the chord from the first to the last
+--- point (ties: the lower x). Returns its index and x.
+function P.elbow(xs, ys)
+  local n = #xs
+  if n < 3 or n ~= #ys then sl.fail("prune.elbow: expected at least 3 points with one y each, found %d x, %d y", n, #ys) end
+  local ylo, yhi = math.huge, -math.huge
+  for _, y in ipairs(ys) do ylo, yhi = math.min(ylo, y), math.max(yhi, y) end
+  local xr, yr = xs[n] - xs[1], yhi - ylo
+  if not (xr > 0) then sl.fail("prune.elbow: xs must ascend, found %g .. %g", xs[1], xs[n]) end
+  if not (yr > 0) then return 1, xs[1] end
+  local function px(i) return (xs[i] - xs[1]) / xr end
+  local function py(i) return (ys[i] - ylo) / yr end
+  local ax, ay, bx, by = px(1), py(1), px(n), py(n)
+  local len = math.sqrt((bx - ax) ^ 2 + (by - ay) ^ 2)
+  local best, bi = -1, 1
+  for i = 1, n do
+    local d = math.abs((bx - ax) * (ay - py(i)) - (ax - px(i)) * (by - ay)) / len
+    if d > best + 1e-12 then best, bi = d, i end
+  end
+  return bi, xs[bi]
+end
+
+--- The largest x whose metric is within tol of the first point's (the card's
+--- "largest s with delta metric <= a tolerance"); nil when none but the first.
+function P.essential(xs, ys, tol)
+  local best
+  for i = 1, #xs do if ys[i] - ys[1] <= tol then best = xs[i] end end
+  return best
 end
 
 --- Mean next-token negative log-likelihood over the sequences (the dense FFN).
