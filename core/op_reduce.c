@@ -1,5 +1,5 @@
 /* op_reduce.c — the reduce family: checks, shape rules and FLOP counts of
- * reduce.columns, reduce.diagonals, reduce.block and reduce.heads (contracts
+ * reduce.columns, reduce.diagonals, reduce.block, reduce.heads and reduce.far (contracts
  * in sparselab.h; kernels in ref/reduce.c, cpu/reduce.c, cuda/reduce.cu). */
 #include "family.h"
 #include "op_check.h"
@@ -7,7 +7,6 @@
 static sl_status reduce_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
-    (void)out_dtype;
     sl_status s;
     if ((s = sl__check_scores(ctx, info, in, 0)))
         return s;
@@ -37,6 +36,12 @@ static sl_status reduce_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         out_shape[0][2] = in[0].shape[2];
         return SL_OK;
     }
+    case SL_OP_REDUCE_FAR:
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = in[0].shape[1];
+        out_dtype[0] = SL_F64;
+        return SL_OK;
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not an op of the reduce family", info->name);
     }
 }

@@ -1233,6 +1233,17 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * cuda kernel sums block-wide: a running sum within rounding of limit may
  * cut one entry apart from ref/cpu. */
 
+/* ---- issue 20, session 4: estimator loops in C (branch s4-est) ----
+ * reduce.far: x [H, R, C] (probabilities or other masses; -inf entries are
+ * read as they are), params lo, block, back, row_pos0 (-1: C - R) -> f64
+ * [H, R]: y[h, r] = sum over keys j in [lo, hi_r) of x[h, r, j], with
+ * pos = row_pos0 + r and hi_r = min(pos + 1, C, (floor(pos / block) - back)
+ * . block) (an empty range sums to 0), added in float64 in key order (every
+ * backend the same order: the results agree exactly). The mass of row r
+ * outside a streaming pattern of lo sink keys and the back + 1 blocks of
+ * the local window ending at the row's block (Elastic Attention's oracle
+ * router, back = ceil(local_window / block) - 1). */
+
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
  * Three materialised forms (block, index, dense bits) and one lazy form

@@ -73,6 +73,75 @@ START_TEST(test_reduce_diagonals_brute_force)
 }
 END_TEST
 
+/* reduce.far (issue 20, session 4): every backend equals ref exactly (all
+ * add in float64 in key order), over normal and non-negative scores, rows at the
+ * end and at given positions, empty ranges (lo past the window, back past
+ * row 0), block 1; ref against the streaming rule written the other way
+ * round: a key counts when it is causal, not a sink key and not in the
+ * back + 1 blocks ending at the row's block. */
+static double far_at(const sl_tensor *y, int64_t i) { return ((const double *)y->data)[i]; }
+
+START_TEST(test_reduce_far)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 46000);
+    const int64_t shapes[][3] = {{3, 17, 300}, {2, 64, 257}, {1, 1, 9}, {4, 5, 64}};
+    const int64_t ps[][4] = {{0, 64, 0, -1}, {128, 64, 15, -1}, {7, 16, 1, -1}, {3, 1, 0, -1},
+                             {0, 32, 2, 0},  {5, 8, 3, 100},    {400, 4, 0, -1}, {0, 4, 1000, -1}};
+    for (int si = 0; si < 4; si++) {
+        const int64_t *sh = shapes[si];
+        for (int inf = 0; inf < 2; inf++) {
+            sl_tensor x = inf ? random_scores(ctx, &rng, sh[0], sh[1], sh[2], 0) : tu_randn(ctx, &rng, sh[0], sh[1], sh[2], 1.0);
+            for (int64_t i = 0; inf && i < sh[0] * sh[1] * sh[2]; i++) /* probabilities-like: >= 0 */
+                ((float *)x.data)[i] = fabsf(((float *)x.data)[i]);
+            for (int pi = 0; pi < 8; pi++) {
+                sl_reduce_far_params p = {.lo = ps[pi][0], .block = ps[pi][1], .back = ps[pi][2], .row_pos0 = ps[pi][3]};
+                sl_tensor ref = run_op1(ctx, SL_BACKEND_REF, SL_OP_REDUCE_FAR, &p, &x);
+                ck_assert_int_eq(ref.dtype, SL_F64);
+                ck_assert_int_eq(ref.ndim, 2);
+                ck_assert_int_eq(ref.shape[0], sh[0]);
+                ck_assert_int_eq(ref.shape[1], sh[1]);
+                int64_t pos0 = p.row_pos0 < 0 ? sh[2] - sh[1] : p.row_pos0;
+                for (int64_t h = 0; h < sh[0]; h++)
+                    for (int64_t r = 0; r < sh[1]; r++) {
+                        int64_t pos = pos0 + r;
+                        double want = 0;
+                        for (int64_t j = 0; j < sh[2]; j++) {
+                            int causal = j <= pos, sink = j < p.lo, near = pos / p.block - j / p.block <= p.back;
+                            if (causal && !sink && !near)
+                                want += tu_at(&x, (h * sh[1] + r) * sh[2] + j);
+                        }
+                        double got = far_at(&ref, h * sh[1] + r);
+                        ck_assert_msg(fabs(got - want) <= 1e-9 * (1 + fabs(want)), "far shape %d params %d [%lld, %lld]: %.17g, want %.17g",
+                                      si, pi, (long long)h, (long long)r, got, want);
+                    }
+                sl_backend_id bs[SL_BACKEND__COUNT];
+                int nb = other_backends(bs);
+                for (int b = 0; b < nb; b++) {
+                    sl_tensor y;
+                    sl_status st = sl_op_run(ctx, bs[b], SL_OP_REDUCE_FAR, &p, &x, &y);
+                    if (st == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+                        printf("SKIP reduce.far on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                        continue;
+                    }
+                    ck_assert_msg(st == SL_OK, "reduce.far on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                    ck_assert_int_eq(y.dtype, SL_F64);
+                    for (int64_t i = 0; i < sh[0] * sh[1]; i++)
+                        ck_assert_msg(far_at(&y, i) == far_at(&ref, i), "far on %s shape %d params %d [%lld]: %.17g, ref %.17g",
+                                      sl_backend_name(bs[b]), si, pi, (long long)i, far_at(&y, i), far_at(&ref, i));
+                    sl_tensor_release(&y);
+                }
+                sl_tensor_release(&ref);
+            }
+            sl_tensor_release(&x);
+        }
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 /* A NaN input is rejected; heads not a multiple of the group are rejected. */
 START_TEST(test_reduce_validation)
 {
@@ -96,6 +165,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_reduce_backends_match_ref);
     tcase_add_test(tc, test_reduce_diagonals_brute_force);
     tcase_add_test(tc, test_reduce_validation);
+    tcase_add_test(tc, test_reduce_far);
 }
 
 int main(void) { return run_op_suite("reduce_ops", add_tests); }

@@ -1,7 +1,7 @@
 /* cpu/reduce.c — reductions of issue 4 on threads: reduce.columns and
  * reduce.diagonals over chunks of output columns (double accumulators on
  * the stack), reduce.block per row of tiles, reduce.heads per chunk of
- * elements. */
+ * elements, reduce.far per row. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -102,6 +102,24 @@ static void heads_item(int64_t item, void *ud, int thread)
         y[i] = (float)(j->mode == 2 ? acc[i] / (double)j->g : acc[i]);
 }
 
+/* reduce.far: one row per item, the range computed once, summed in key
+ * order in float64 (the order ref and cuda use: equal results). */
+static void far_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const red_job *j = ud;
+    const sl_reduce_far_params *p = j->a->params;
+    int64_t r = item % j->R, pos = j->pos0 + r;
+    int64_t hi = (pos / p->block - p->back) * p->block;
+    hi = hi < pos + 1 ? hi : pos + 1;
+    hi = hi < j->C ? hi : j->C;
+    const float *x = (const float *)j->a->in[0].data + item * j->C;
+    double s = 0;
+    for (int64_t k = p->lo; k < hi; k++)
+        s += x[k];
+    ((double *)j->a->out[0].data)[item] = s;
+}
+
 static red_job job_of(const sl__kargs *a)
 {
     const sl_tensor *x = &a->in[0];
@@ -141,6 +159,14 @@ sl_status sl__cpu_reduce_heads(const sl__kargs *a)
     j.mode = p->mode;
     j.n_chunks = (j.R * j.C + CHUNK - 1) / CHUNK;
     return sl__cpu_parallel(a->ctx, j.H / j.g * j.n_chunks, heads_item, &j);
+}
+
+sl_status sl__cpu_reduce_far(const sl__kargs *a)
+{
+    const sl_reduce_far_params *p = a->params;
+    red_job j = job_of(a);
+    j.pos0 = p->row_pos0 < 0 ? j.C - j.R : p->row_pos0;
+    return sl__cpu_parallel(a->ctx, j.H * j.R, far_item, &j);
 }
 
 size_t sl__cpu_reduce_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)

@@ -90,6 +90,26 @@ sl_status sl__ref_reduce_heads(const sl__kargs *a)
     return SL_OK;
 }
 
+/* reduce.far: per row a plain float64 sum over [lo, hi). */
+sl_status sl__ref_reduce_far(const sl__kargs *a)
+{
+    const sl_reduce_far_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2], pos0 = p->row_pos0 < 0 ? C - R : p->row_pos0;
+    const float *xd = x->data;
+    double *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < R; r++) {
+            int64_t pos = pos0 + r;
+            double s = 0;
+            for (int64_t j = p->lo; j < C && j <= pos; j++)
+                if (j / p->block < pos / p->block - p->back)
+                    s += xd[(h * R + r) * C + j];
+            y[h * R + r] = s;
+        }
+    return SL_OK;
+}
+
 size_t sl__ref_reduce_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;
