@@ -1,5 +1,5 @@
 /* op_reduce.c — the reduce family: checks, shape rules and FLOP counts of
- * reduce.columns, reduce.diagonals, reduce.block, reduce.heads and reduce.far (contracts
+ * reduce.columns, reduce.diagonals, reduce.block, reduce.heads, reduce.far and reduce.columns64 (contracts
  * in sparselab.h; kernels in ref/reduce.c, cpu/reduce.c, cuda/reduce.cu). */
 #include "family.h"
 #include "op_check.h"
@@ -36,6 +36,12 @@ static sl_status reduce_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         out_shape[0][2] = in[0].shape[2];
         return SL_OK;
     }
+    case SL_OP_REDUCE_COLUMNS64:
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = in[0].shape[2];
+        out_dtype[0] = SL_F64;
+        return SL_OK;
     case SL_OP_REDUCE_FAR:
         out_ndim[0] = 2;
         out_shape[0][0] = in[0].shape[0];

@@ -1242,7 +1242,12 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * backend the same order: the results agree exactly). The mass of row r
  * outside a streaming pattern of lo sink keys and the back + 1 blocks of
  * the local window ending at the row's block (Elastic Attention's oracle
- * router, back = ceil(local_window / block) - 1). */
+ * router, back = ceil(local_window / block) - 1).
+ * reduce.columns64: x [H, R, C] -> f64 [H, C], y[h, c] = sum over rows r
+ * (added in float64 from 0 in row order on every backend: exact agreement)
+ * of x[h, r, c]; no params. reduce.columns without its rounding to f32:
+ * a caller that ranks the sums (Token Sparse Attention's importance) keeps
+ * their order. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -73,7 +73,7 @@ START_TEST(test_reduce_diagonals_brute_force)
 }
 END_TEST
 
-/* reduce.far (issue 20, session 4): every backend equals ref exactly (all
+/* reduce.far and reduce.columns64 (issue 20, session 4): every backend equals ref exactly (all
  * add in float64 in key order), over normal and non-negative scores, rows at the
  * end and at given positions, empty ranges (lo past the window, back past
  * row 0), block 1; ref against the streaming rule written the other way
@@ -96,6 +96,38 @@ START_TEST(test_reduce_far)
             sl_tensor x = inf ? random_scores(ctx, &rng, sh[0], sh[1], sh[2], 0) : tu_randn(ctx, &rng, sh[0], sh[1], sh[2], 1.0);
             for (int64_t i = 0; inf && i < sh[0] * sh[1] * sh[2]; i++) /* probabilities-like: >= 0 */
                 ((float *)x.data)[i] = fabsf(((float *)x.data)[i]);
+            {
+                /* reduce.columns64: ref against the sums taken in reverse row order; every backend = ref exactly */
+                sl_tensor ref = run_op1(ctx, SL_BACKEND_REF, SL_OP_REDUCE_COLUMNS64, NULL, &x);
+                ck_assert_int_eq(ref.dtype, SL_F64);
+                ck_assert_int_eq(ref.ndim, 2);
+                ck_assert_int_eq(ref.shape[1], sh[2]);
+                for (int64_t h = 0; h < sh[0]; h++)
+                    for (int64_t c = 0; c < sh[2]; c++) {
+                        double want = 0;
+                        for (int64_t r = sh[1] - 1; r >= 0; r--)
+                            want += tu_at(&x, (h * sh[1] + r) * sh[2] + c);
+                        ck_assert_msg(fabs(far_at(&ref, h * sh[2] + c) - want) <= 1e-12 * (1 + fabs(want)),
+                                      "columns64 [%lld, %lld]: %.17g, want %.17g", (long long)h, (long long)c,
+                                      far_at(&ref, h * sh[2] + c), want);
+                    }
+                sl_backend_id bs[SL_BACKEND__COUNT];
+                int nb = other_backends(bs);
+                for (int b = 0; b < nb; b++) {
+                    sl_tensor y;
+                    sl_status st = sl_op_run(ctx, bs[b], SL_OP_REDUCE_COLUMNS64, NULL, &x, &y);
+                    if (st == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+                        printf("SKIP reduce.columns64 on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                        continue;
+                    }
+                    ck_assert_msg(st == SL_OK, "reduce.columns64 on %s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                    for (int64_t i = 0; i < sh[0] * sh[2]; i++)
+                        ck_assert_msg(far_at(&y, i) == far_at(&ref, i), "columns64 on %s [%lld]: %.17g, ref %.17g",
+                                      sl_backend_name(bs[b]), (long long)i, far_at(&y, i), far_at(&ref, i));
+                    sl_tensor_release(&y);
+                }
+                sl_tensor_release(&ref);
+            }
             for (int pi = 0; pi < 8; pi++) {
                 sl_reduce_far_params p = {.lo = ps[pi][0], .block = ps[pi][1], .back = ps[pi][2], .row_pos0 = ps[pi][3]};
                 sl_tensor ref = run_op1(ctx, SL_BACKEND_REF, SL_OP_REDUCE_FAR, &p, &x);

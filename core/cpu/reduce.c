@@ -33,6 +33,22 @@ static void columns_item(int64_t item, void *ud, int thread)
         y[i] = (float)acc[i];
 }
 
+/* reduce.columns64: columns_item without the rounding */
+static void columns64_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const red_job *j = ud;
+    int64_t h = item / j->n_chunks, c0 = (item % j->n_chunks) * CHUNK;
+    int64_t n = j->C - c0 < CHUNK ? j->C - c0 : CHUNK;
+    const float *x = (const float *)j->a->in[0].data + h * j->R * j->C + c0;
+    double *y = (double *)j->a->out[0].data + h * j->C + c0;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0;
+    for (int64_t r = 0; r < j->R; r++)
+        for (int64_t i = 0; i < n; i++)
+            y[i] += x[r * j->C + i];
+}
+
 static void diagonals_item(int64_t item, void *ud, int thread)
 {
     (void)thread;
@@ -159,6 +175,12 @@ sl_status sl__cpu_reduce_heads(const sl__kargs *a)
     j.mode = p->mode;
     j.n_chunks = (j.R * j.C + CHUNK - 1) / CHUNK;
     return sl__cpu_parallel(a->ctx, j.H / j.g * j.n_chunks, heads_item, &j);
+}
+
+sl_status sl__cpu_reduce_columns64(const sl__kargs *a)
+{
+    red_job j = job_of(a);
+    return sl__cpu_parallel(a->ctx, j.H * j.n_chunks, columns64_item, &j);
 }
 
 sl_status sl__cpu_reduce_far(const sl__kargs *a)

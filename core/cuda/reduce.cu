@@ -1,5 +1,5 @@
 // cuda/reduce.cu — the reductions (reduce.columns, reduce.diagonals,
-// reduce.block, reduce.heads, reduce.far) on CUDA: one thread per output element, float64
+// reduce.block, reduce.heads, reduce.far, reduce.columns64) on CUDA: one thread per output element, float64
 // sums. Compiled with `make CUDA=1`; run under the CUDA simulator by
 // `make test-cudasim`.
 #include "dialect.cuh"
@@ -76,6 +76,19 @@ __global__ void heads_kernel(const float *x, float *y, int64_t n_out, int64_t RC
     y[i] = (float)(mode == 2 ? s / (double)g : s);
 }
 
+// reduce.columns64: columns_kernel without the rounding
+__global__ void columns64_kernel(const float *x, double *y, int64_t H, int64_t R, int64_t C)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= H * C)
+        return;
+    int64_t h = i / C, j = i % C;
+    double s = 0;
+    for (int64_t r = 0; r < R; r++)
+        s += x[(h * R + r) * C + j];
+    y[i] = s;
+}
+
 // reduce.far: one thread per row, float64 in key order (as ref and cpu).
 __global__ void far_kernel(const float *x, double *y, int64_t HR, int64_t R, int64_t C, int64_t pos0, int64_t lo,
                            int64_t block, int64_t back)
@@ -105,6 +118,10 @@ sl_status run_reduce(const sl__kargs *a)
         return s;
     const float *xd = static_cast<const float *>(st.in[0]);
     float *y = static_cast<float *>(st.out[0]);
+    if (a->op == SL_OP_REDUCE_COLUMNS64) {
+        SL_LAUNCH(columns64_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<double *>(st.out[0]), H, R, C);
+        return sl__cuda_stage_out(&st, cudaGetLastError());
+    }
     if (a->op == SL_OP_REDUCE_FAR) {
         const sl_reduce_far_params *p = static_cast<const sl_reduce_far_params *>(a->params);
         SL_LAUNCH(far_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<double *>(st.out[0]), n, R, C,
@@ -147,4 +164,5 @@ sl_status sl__cuda_reduce_diagonals(const sl__kargs *a) { return run_reduce(a); 
 sl_status sl__cuda_reduce_block(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_heads(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_far(const sl__kargs *a) { return run_reduce(a); }
+sl_status sl__cuda_reduce_columns64(const sl__kargs *a) { return run_reduce(a); }
 

@@ -90,6 +90,22 @@ sl_status sl__ref_reduce_heads(const sl__kargs *a)
     return SL_OK;
 }
 
+sl_status sl__ref_reduce_columns64(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2];
+    const float *xd = x->data;
+    double *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t j = 0; j < C; j++) {
+            double s = 0;
+            for (int64_t r = 0; r < R; r++)
+                s += xd[(h * R + r) * C + j];
+            y[h * C + j] = s;
+        }
+    return SL_OK;
+}
+
 /* reduce.far: per row a plain float64 sum over [lo, hi). */
 sl_status sl__ref_reduce_far(const sl__kargs *a)
 {

@@ -65,4 +65,60 @@ test("estimators in C: elastic_attention's router (reduce.far) and keep rows equ
   truthy(sa_seen > 0, "some heads are routed to streaming")
 end)
 
+test("estimators in C: token_sparse_attention's importance sums (reduce.columns64) keep the Lua loop's lists", function()
+  local m = sl.methods.get("token_sparse_attention")
+  local cases = {
+    {n = 1400, hq = 4, hkv = 2, seed = 3, p = {m_min = 256, window = 64, coverage = 0.05}},
+    {n = 1100, hq = 3, hkv = 3, seed = 5, p = {m_min = 128, window = 100, coverage = 0.2, ks = 5}},
+    {n = 900, hq = 2, hkv = 1, seed = 7, p = {m_min = 64, window = 33, coverage = 0.5, ks = 1}},
+    {n = 2000, hq = 2, hkv = 2, seed = 11, p = {m_min = 512, window = 128, coverage = 0.02}},
+  }
+  local selected = 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a = m.select(prob, p, false)
+    local b = m.select(prob, p, false, {lua_sums = true})
+    eq(a == nil, b == nil, "case " .. ci .. ": identity in both")
+    if a then
+      selected = selected + 1
+      same(a, b, "case " .. ci .. ": kept positions")
+    end
+  end
+  -- ties: every key written twice (positions 2i, 2i+1 equal), so with ks = 1
+  -- the importances come in equal pairs and the cut splits some of them
+  local st = 12345
+  local function u() st = (st * 1103515245 + 12345) % 2147483648; return st / 2147483648 - 0.5 end
+  local n, d, hq = 640, 8, 2
+  local qt, kt, vt = {}, {}, {}
+  for h = 1, hq do
+    qt[h], kt[h], vt[h] = {}, {}, {}
+    for i = 1, n do
+      qt[h][i], vt[h][i] = {}, {}
+      for e = 1, d do qt[h][i][e], vt[h][i][e] = 3 * u(), u() end
+    end
+    for i = 1, n, 2 do
+      local row = {}
+      for e = 1, d do row[e] = 3 * u() end
+      kt[h][i], kt[h][i + 1] = row, {table.unpack(row)}
+    end
+  end
+  local prob = sl.problem{q = sl.tensor(qt), k = sl.tensor(kt), v = sl.tensor(vt)}
+  local p = sl.registry.resolve(m, {m_min = 501, window = 64, coverage = 0.3, ks = 1})
+  local a = m.select(prob, p, false)
+  local b = m.select(prob, p, false, {lua_sums = true})
+  truthy(a ~= nil, "the tie case selects")
+  same(a, b, "ties: kept positions")
+  local odd = 0
+  for _, j in ipairs(a[1]) do if j < n - 64 then odd = odd + 1 end end
+  eq(odd, 501, "ties: B = m_min kept prefix keys (576 - 501 = 75 dropped: an odd count splits a pair)")
+  local kept, split = {}, 0
+  for _, j in ipairs(a[1]) do kept[j] = true end
+  for j = 0, n - 66, 2 do if (kept[j] or false) ~= (kept[j + 1] or false) then split = split + 1 end end
+  eq(split, 1, "ties: exactly one equal pair is split by the cut")
+  truthy(kept[0] or not kept[1], "ties: the earlier of a split pair is kept")
+  selected = selected + 1
+  truthy(selected >= 3, "the cases select (not the identity)")
+end)
+
 H.done()
