@@ -1247,7 +1247,12 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * (added in float64 from 0 in row order on every backend: exact agreement)
  * of x[h, r, c]; no params. reduce.columns without its rounding to f32:
  * a caller that ranks the sums (Token Sparse Attention's importance) keeps
- * their order. */
+ * their order.
+ * reduce.kth: x [H, R, C] (finite or -inf), rank and limit i32 [R] with
+ * 1 <= rank[r] <= limit[r] <= C -> [H, R]: y[h, r] = the rank[r]-th
+ * smallest (1-based, equal values counted one by one) of x[h, r, 0 ..
+ * limit[r]) — exactly one of the row's entries. Top-θ's calibration
+ * quantile (torch.quantile with interpolation "lower"). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -174,6 +174,78 @@ START_TEST(test_reduce_far)
 }
 END_TEST
 
+/* reduce.kth (issue 20, session 4): every backend against ref (the values
+ * are entries of x: equal exactly), over rows with heavy ties (values on a
+ * grid of 7), -inf entries, limits from 1 to C and ranks from 1 to the
+ * limit; ref against the definition by counting (#{< y} < rank <= #{<= y}
+ * over the first limit entries, y one of them); bad ranks and limits are
+ * refused. */
+START_TEST(test_reduce_kth)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 47000);
+    const int64_t shapes[][3] = {{2, 9, 300}, {3, 4, 1}, {1, 16, 1000}, {2, 1, 77}};
+    for (int si = 0; si < 4; si++) {
+        const int64_t *sh = shapes[si];
+        for (int ties = 0; ties < 2; ties++) {
+            sl_tensor x = random_scores(ctx, &rng, sh[0], sh[1], sh[2], 1);
+            float *xd = x.data;
+            for (int64_t i = 0; ties && i < sh[0] * sh[1] * sh[2]; i++)
+                if (isfinite(xd[i]))
+                    xd[i] = (float)(floor(xd[i] * 2) / 2);
+            int32_t rk[16], lim[16];
+            for (int64_t r = 0; r < sh[1]; r++) {
+                lim[r] = r == 0 ? (int32_t)sh[2] : 1 + (int32_t)(sl_rng_uniform(&rng) * (double)sh[2]);
+                lim[r] = lim[r] > sh[2] ? (int32_t)sh[2] : lim[r];
+                rk[r] = r == 1 ? 1 : r == 2 ? lim[r] : 1 + (int32_t)(sl_rng_uniform(&rng) * lim[r]);
+                rk[r] = rk[r] > lim[r] ? lim[r] : rk[r];
+            }
+            sl_tensor in[3] = {x, i32_vec(ctx, rk, sh[1]), i32_vec(ctx, lim, sh[1])};
+            sl_tensor ref = run_op1(ctx, SL_BACKEND_REF, SL_OP_REDUCE_KTH, NULL, in);
+            ck_assert_int_eq(ref.dtype, SL_F32);
+            for (int64_t h = 0; h < sh[0]; h++)
+                for (int64_t r = 0; r < sh[1]; r++) {
+                    const float *row = xd + (h * sh[1] + r) * sh[2];
+                    float y = tu_at(&ref, h * sh[1] + r);
+                    int64_t lt = 0, le = 0, is_entry = 0;
+                    for (int64_t j = 0; j < lim[r]; j++) {
+                        lt += row[j] < y;
+                        le += row[j] <= y;
+                        is_entry |= row[j] == y;
+                    }
+                    ck_assert_msg(is_entry && lt < rk[r] && rk[r] <= le,
+                                  "kth shape %d ties %d [%lld, %lld]: %g with %lld below, %lld at or below, rank %d of %d",
+                                  si, ties, (long long)h, (long long)r, y, (long long)lt, (long long)le, rk[r], lim[r]);
+                }
+            sl_tensor_release(&ref);
+            check_op_vs_ref(ctx, SL_OP_REDUCE_KTH, NULL, in, 0, "kth");
+            /* refused: rank 0, rank past the limit, limit past C */
+            int32_t bad_rk[16], bad_lim[16];
+            memcpy(bad_rk, rk, sizeof rk);
+            memcpy(bad_lim, lim, sizeof lim);
+            bad_rk[0] = 0;
+            sl_tensor_release(&in[1]);
+            in[1] = i32_vec(ctx, bad_rk, sh[1]);
+            expect_fail(ctx, SL_OP_REDUCE_KTH, NULL, in, SL_EARG, "rank");
+            bad_rk[0] = lim[0] + 1;
+            sl_tensor_release(&in[1]);
+            in[1] = i32_vec(ctx, bad_rk, sh[1]);
+            expect_fail(ctx, SL_OP_REDUCE_KTH, NULL, in, SL_EARG, "limit");
+            bad_lim[0] = (int32_t)sh[2] + 1;
+            sl_tensor_release(&in[1]);
+            in[1] = i32_vec(ctx, rk, sh[1]);
+            sl_tensor_release(&in[2]);
+            in[2] = i32_vec(ctx, bad_lim, sh[1]);
+            expect_fail(ctx, SL_OP_REDUCE_KTH, NULL, in, SL_EARG, "limit");
+            release_n(in, 3);
+        }
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 /* A NaN input is rejected; heads not a multiple of the group are rejected. */
 START_TEST(test_reduce_validation)
 {
@@ -198,6 +270,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_reduce_diagonals_brute_force);
     tcase_add_test(tc, test_reduce_validation);
     tcase_add_test(tc, test_reduce_far);
+    tcase_add_test(tc, test_reduce_kth);
 }
 
 int main(void) { return run_op_suite("reduce_ops", add_tests); }

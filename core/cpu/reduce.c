@@ -6,6 +6,7 @@
 #include "parallel.h"
 
 #include <math.h>
+#include <string.h>
 
 #define CHUNK 256
 
@@ -136,6 +137,49 @@ static void far_item(int64_t item, void *ud, int thread)
     ((double *)j->a->out[0].data)[item] = s;
 }
 
+/* reduce.kth: the row's first limit entries copied to the thread's scratch,
+ * then quickselect (median-of-three pivot, three-way partition) down to
+ * position rank - 1: O(limit) on average. */
+static float kth_smallest(float *v, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+        float piv = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        /* [lo, lt) < piv, [lt, i) == piv, (gt, hi] > piv */
+        int64_t lt = lo, i = lo, gt = hi;
+        while (i <= gt) {
+            float t = v[i];
+            if (t < piv) {
+                v[i] = v[lt];
+                v[lt++] = t;
+                i++;
+            } else if (t > piv) {
+                v[i] = v[gt];
+                v[gt--] = t;
+            } else
+                i++;
+        }
+        if (k < lt)
+            hi = lt - 1;
+        else if (k > gt)
+            lo = gt + 1;
+        else
+            return piv;
+    }
+    return v[k];
+}
+
+static void kth_item(int64_t item, void *ud, int thread)
+{
+    const red_job *j = ud;
+    int64_t r = item % j->R;
+    const int32_t *rk = j->a->in[1].data, *lim = j->a->in[2].data;
+    float *v = (float *)j->a->scratch + (size_t)thread * (size_t)j->C;
+    memcpy(v, (const float *)j->a->in[0].data + item * j->C, (size_t)lim[r] * sizeof *v);
+    ((float *)j->a->out[0].data)[item] = kth_smallest(v, lim[r], rk[r] - 1);
+}
+
 static red_job job_of(const sl__kargs *a)
 {
     const sl_tensor *x = &a->in[0];
@@ -183,6 +227,12 @@ sl_status sl__cpu_reduce_columns64(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.H * j.n_chunks, columns64_item, &j);
 }
 
+sl_status sl__cpu_reduce_kth(const sl__kargs *a)
+{
+    red_job j = job_of(a);
+    return sl__cpu_parallel(a->ctx, j.H * j.R, kth_item, &j);
+}
+
 sl_status sl__cpu_reduce_far(const sl__kargs *a)
 {
     const sl_reduce_far_params *p = a->params;
@@ -193,6 +243,9 @@ sl_status sl__cpu_reduce_far(const sl__kargs *a)
 
 size_t sl__cpu_reduce_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
-    (void)op, (void)params, (void)in, (void)n_threads;
-    return 0;
+    (void)params;
+    if (op != SL_OP_REDUCE_KTH)
+        return 0;
+    /* reduce.kth: one row of C floats per thread */
+    return (size_t)(n_threads > 0 ? n_threads : 1) * (size_t)(in[0].shape[2] > 0 ? in[0].shape[2] : 1) * sizeof(float);
 }

@@ -121,4 +121,23 @@ test("estimators in C: token_sparse_attention's importance sums (reduce.columns6
   truthy(selected >= 3, "the cases select (not the identity)")
 end)
 
+test("estimators in C: top_theta's calibration quantiles (reduce.kth) equal the Lua sort's", function()
+  local m = sl.methods.get("top_theta")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 3, p = {k = 64}},
+    {n = 777, hq = 2, hkv = 1, seed = 5, p = {k = 7, sample_frac = 0.05, sigma = 0.5}},
+    {n = 1500, hq = 3, hkv = 3, seed = 7, p = {k = 300, max_rows = 20}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a = m.thresholds(prob, p):totable()
+    local b = m.thresholds(prob, p, {lua_sort = true}):totable()
+    same(a, b, "case " .. ci .. ": thresholds")
+    local finite = 0
+    for _, row in ipairs(a) do for _, x in ipairs(row) do if x > -1e29 then finite = finite + 1 end end end
+    truthy(finite > 0, "case " .. ci .. ": calibrated rows")
+  end
+end)
+
 H.done()

@@ -69,7 +69,7 @@ local function square(p)
   return p.bq
 end
 
-local function plan(prob, p)
+local function plan(prob, p, lua_sort)
   local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
   if nq ~= nk then sl.fail("dhsa: prefill only (n_q == n_k), found n_q %d, n_k %d", nq, nk) end
   local n, b = nq, square(p)
@@ -114,16 +114,36 @@ local function plan(prob, p)
           end
         end
         table.sort(order, function(x, y) if S[x] ~= S[y] then return S[x] > S[y] end return x > y end)
-        for _, c in ipairs(order) do
-          if budget <= 0 then break end
-          local c1 = math.min(c < C and starts[c + 1] or n, lo)
-          for j = c1 - 1, starts[c], -1 do
+        if lua_sort then
+          -- the old path (tests only): tokens listed chunk by chunk, then sorted
+          for _, c in ipairs(order) do
             if budget <= 0 then break end
-            chosen[#chosen + 1] = j
-            budget = budget - 1
+            local c1 = math.min(c < C and starts[c + 1] or n, lo)
+            for j = c1 - 1, starts[c], -1 do
+              if budget <= 0 then break end
+              chosen[#chosen + 1] = j
+              budget = budget - 1
+            end
+          end
+          table.sort(chosen)
+        else
+          -- the same tokens in order without the sort: each chunk gives its
+          -- last take[c] tokens, and the chunks are disjoint and ascending
+          local take = {}
+          for _, c in ipairs(order) do
+            if budget <= 0 then break end
+            local c1 = math.min(c < C and starts[c + 1] or n, lo)
+            local t = math.min(budget, c1 - starts[c])
+            take[c], budget = t, budget - t
+          end
+          for c = 1, C do
+            local t = take[c]
+            if t and t > 0 then
+              local c1 = math.min(c < C and starts[c + 1] or n, lo)
+              for j = c1 - t, c1 - 1 do chosen[#chosen + 1] = j end
+            end
           end
         end
-        table.sort(chosen)
         if p.splice == 1 then
           -- reference: the first global_tokens sorted slots are overwritten
           local keep = {}
@@ -147,8 +167,8 @@ local function plan(prob, p)
   return bm, idx, est_flops, C
 end
 
-local function mask_for(prob, p)
-  local bm, idx = plan(prob, p)
+local function mask_for(prob, p, opts)
+  local bm, idx = plan(prob, p, opts and opts.lua_sort)
   return bm + sl.mask_c.from_index(idx, p.bq, p.bk)
 end
 
