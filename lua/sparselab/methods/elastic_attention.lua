@@ -133,13 +133,28 @@ local function estimate(prob, p, blind, opts)
   local hkv = prob.k:shape()[1]
   local nqb, nkb = E.blocks(prob, p.block, p.block)
   local sa, n_sa, flops, loss = route(prob, p, blind, opts and opts.lua_router)
+  local sink_b = (p.sink + p.block - 1) // p.block
+  local local_b = (p.local_window + p.block - 1) // p.block
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+  if nq == nk and not (opts and opts.lua_keep) then
+    -- prefill: the same blocks as lazy patterns (causal for FA heads, sink
+    -- blocks + window blocks for SA heads) materialised in C — no nb² keep
+    -- table (quadratic in n: most of the estimate at 64K); equal mask arrays
+    -- to the keep path (tests/lua/test_estimators_c.lua). With a decode
+    -- offset the keep rows below (E.visible's rule) stay.
+    local items = {}
+    for g = 1, hkv do
+      items[g] = sa[g] and (sl.mask.sink{s = sink_b, block = p.block} + sl.mask.window{w = local_b, block = p.block})
+        or sl.mask.causal{}
+    end
+    return sl.mask.assign(items):materialize{n_q = nq, n_k = nk, bq = p.block, bk = p.block, n_heads = hkv},
+      {estimator_flops = flops, stats = {sa_heads = n_sa}, loss = loss}
+  end
   -- the keep rows by table.move from one row of ones and one of zeros (C
   -- copies: a per-entry Lua loop over nb² blocks per head was most of the
   -- estimate at 64K); the same entries as stream_keep / every visible block
   local ones, zeros = {}, {}
   for c = 1, nkb do ones[c], zeros[c] = 1, 0 end
-  local sink_b = (p.sink + p.block - 1) // p.block
-  local local_b = (p.local_window + p.block - 1) // p.block
   local keep = {}
   for g = 1, hkv do
     local rows = {}
