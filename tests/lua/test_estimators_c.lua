@@ -144,4 +144,22 @@ test("estimators in C: top_theta's calibration quantiles (reduce.kth) equal the 
   end
 end)
 
+test("estimators in C: dhsa's token lists built in order equal the sorted Lua lists", function()
+  local m = sl.methods.get("dhsa")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 3, p = {bq = 32, bk = 32, topk_tokens = 300, local_tokens = 40, global_tokens = 16, chunk = 24}},
+    {n = 1100, hq = 2, hkv = 1, seed = 5, p = {bq = 64, bk = 64, topk_tokens = 500, splice = 1, global_tokens = 20}},
+    {n = 900, hq = 3, hkv = 3, seed = 7, p = {bq = 16, bk = 16, topk_tokens = 200, local_tokens = 0, bounds = "0,5,90,91,300,512,700", norm = 0}},
+    {n = 777, hq = 2, hkv = 2, seed = 9, p = {bq = 32, bk = 32, topk_tokens = 129, instruction_tokens = 100, chunk = 7}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a, b = m.mask(prob, p), m.mask(prob, p, {lua_sort = true})
+    same_mask(a, b, "case " .. ci)
+    truthy(a:density(true) < 0.9, "case " .. ci .. ": sparse")
+    a:close(); b:close()
+  end
+end)
+
 H.done()
