@@ -162,4 +162,22 @@ test("estimators in C: dhsa's token lists built in order equal the sorted Lua li
   end
 end)
 
+test("estimators in C: vertical_slash's forced lines set in the keep give the Lua unions", function()
+  local m = sl.methods.get("vertical_slash")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 3, p = {}},
+    {n = 1100, hq = 2, hkv = 1, seed = 5, p = {sinks = 7, ["local"] = 33, last_q = 32, bq = 32, bk = 32}},
+    {n = 700, hq = 3, hkv = 3, seed = 7, p = {sinks = 0, ["local"] = 1, widen = true}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a, b = m.estimate(prob, p), m.estimate(prob, p, {lua_union = true})
+    same(a.cols, b.cols, "case " .. ci .. ": columns")
+    same(a.offs, b.offs, "case " .. ci .. ": offsets")
+    eq(a.semantic_density, b.semantic_density, "case " .. ci .. ": density")
+    truthy(#a.cols[1] > (c.p.sinks or 0), "case " .. ci .. ": selected columns beyond the sinks")
+  end
+end)
+
 H.done()
