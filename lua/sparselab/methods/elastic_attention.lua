@@ -14,6 +14,10 @@
 --   fraction of KV heads with the lowest loss go SA (a fixed target ratio:
 --   the trained model's ratio is input dependent). router = "random" draws
 --   the SA heads by a seeded shuffle instead (the card's other stand-in).
+-- Estimator cost (issue 20, session 4): the lost mass per probe row is one
+--   C op (reduce.far) and prefill masks are patterns materialised in C; the
+--   old Lua loops stay behind estimate(prob, p, blind, {lua_router = true,
+--   lua_keep = true}) as the oracle of tests/lua/test_estimators_c.lua.
 -- Not here: training (the Lagrangian sparsity objective), task embeddings,
 --   the XAttention retrieval-mode alternative.
 -- Reference read (issue 20): LCM-Lab/Elastic-Attention,

@@ -18,6 +18,10 @@
 --      causal attention on the compressed sequence (attn.dense), outputs
 --      scattered back; a dropped position's output is 0 for that head (L =
 --      -inf: its residual passes unchanged, recall counts it as lost).
+-- Estimator cost (issue 20, session 4): the importance sums are one C op
+--   (reduce.columns64, float64 like the old Lua loop) and the top-B needs no
+--   comparator sort; select(prob, p, blind, {lua_sums = true}) is the old
+--   path (the oracle of tests/lua/test_estimators_c.lua).
 -- Not here: composing with another sparse kernel on the compressed sequence
 --   (step 6's option), the per-layer profiling.
 -- Reference: dongwonjo/Token-Sparse-Attention sparse_attn/token_sparse/

@@ -14,6 +14,9 @@
 --      r <= k stay dense (the reference leaves the first K rows untouched);
 --      keep_max (an explicit option, default off — whether the reference
 --      forces the row max was not verified) keeps a row from emptying.
+-- Estimator cost (issue 20, session 4): each sampled row's quantile entry is
+--   picked in C (reduce.kth, quickselect) instead of a Lua sort of the row;
+--   thresholds(prob, p, {lua_sort = true}) is the old path (test oracle).
 -- Not here: the post-softmax placement, calib_tac (calibrating with top-k in
 --   earlier layers), capk, the offline interpolation/smoothing scripts, the
 --   top-k baseline mode.
