@@ -1252,7 +1252,23 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * 1 <= rank[r] <= limit[r] <= C -> [H, R]: y[h, r] = the rank[r]-th
  * smallest (1-based, equal values counted one by one) of x[h, r, 0 ..
  * limit[r]) — exactly one of the row's entries. Top-θ's calibration
- * quantile (torch.quantile with interpolation "lower"). */
+ * quantile (torch.quantile with interpolation "lower").
+ * select.chunks: qp [Hq, R, d] (pooled query blocks), kp [Hk, C, d] (pooled
+ * chunk keys), starts i32 [C] (0 first, strictly increasing, < n); params
+ * n, block b, local_tokens L, topk, ctx, globals, splice -> row_ptr i32
+ * [R + 1], col i32 [cap] (cap = sum of the rows' capacities below; the
+ * entries past row_ptr[R] are -1). Query block r: A = min((r+1).b, n),
+ * lo = max(0, A - L); nothing listed when r.b >= ctx or lo = 0; budget =
+ * lo when A <= topk, else topk - L (nothing when <= 0); capacity min(budget,
+ * lo). Scores of the chunks with start < lo: s_c = sum_e q_e . k_ce, q_e =
+ * (sum_h qp[h, r, e]) / Hq, k_ce = (sum_h kp[h, c, e]) / Hk, heads and
+ * channels added in order in float64 (cuda may contract the products into
+ * fused multiply-adds: its scores can differ in the last bit). Chunks by
+ * score descending, ties: the later chunk first; each gives its last
+ * tokens before min(its end, lo) until the budget is spent. The tokens
+ * sorted ascending; splice = 1 drops the first globals of them; then the
+ * tokens < globals are left out. DHSA's per-block top-k over upsampled
+ * chunk scores (card dhsa, step 4). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
