@@ -93,8 +93,7 @@ local function plan(prob, p, lua_sort)
   local kp, qp = sl.pool.tokens(prob.k, kargs), sl.pool.tokens(prob.q, qargs)
   local d = prob.q:shape()[3]
   local C, nqb = #starts, qp:shape()[2]
-  local est_flops = sl.op_flops("pool.tokens", prob.k, kargs) + sl.op_flops("pool.tokens", prob.q, qargs) +
-    2 * d * nqb * C
+  local est_flops = sl.op_flops("pool.tokens", prob.k, kargs) + sl.op_flops("pool.tokens", prob.q, qargs)
   local n_ctx = n - math.min(p.instruction_tokens, n)
   local pattern = sl.mask.window{w = L // b, block = b}
   if p.global_tokens > 0 then pattern = pattern + sl.mask.sink{s = p.global_tokens} end
@@ -114,6 +113,7 @@ local function plan(prob, p, lua_sort)
     return bm, idx, est_flops + sl.op_flops("select.chunks", qp, kp, bt, cargs), C
   end
   -- the old path (tests only): head means, scores, sorts and lists in Lua
+  est_flops = est_flops + 2 * d * nqb * C
   local kh = head_avg(E.heads(kp))
   local qh = head_avg(E.heads(qp))
   local rp, col = {0}, {}
