@@ -1,5 +1,5 @@
 /* op_reduce.c — the reduce family: checks, shape rules and FLOP counts of
- * reduce.columns, reduce.diagonals, reduce.block and reduce.heads (contracts
+ * reduce.columns, reduce.diagonals, reduce.block, reduce.heads, reduce.far, reduce.columns64 and reduce.kth (contracts
  * in sparselab.h; kernels in ref/reduce.c, cpu/reduce.c, cuda/reduce.cu). */
 #include "family.h"
 #include "op_check.h"
@@ -7,7 +7,6 @@
 static sl_status reduce_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
-    (void)out_dtype;
     sl_status s;
     if ((s = sl__check_scores(ctx, info, in, 0)))
         return s;
@@ -37,6 +36,38 @@ static sl_status reduce_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         out_shape[0][2] = in[0].shape[2];
         return SL_OK;
     }
+    case SL_OP_REDUCE_KTH: {
+        int64_t R = in[0].shape[1], C = in[0].shape[2];
+        for (int i = 1; i <= 2; i++) {
+            if ((s = sl__need_index(ctx, info, &in[0], i, SL_I32, 1)))
+                return s;
+            if (in[i].shape[0] != R)
+                return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input '%s' must have %lld entries (one per row of x), found %lld",
+                                   info->name, i == 1 ? "rank" : "limit", (long long)R, (long long)in[i].shape[0]);
+        }
+        const int32_t *rk = in[1].data, *lim = in[2].data;
+        for (int64_t r = 0; r < R; r++)
+            if (lim[r] < 1 || lim[r] > C || rk[r] < 1 || rk[r] > lim[r])
+                return sl_ctx_fail(ctx, SL_EARG,
+                                   "%s: row %lld: expected 1 <= rank <= limit <= %lld, found rank %d, limit %d", info->name,
+                                   (long long)r, (long long)C, rk[r], lim[r]);
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = R;
+        return SL_OK;
+    }
+    case SL_OP_REDUCE_COLUMNS64:
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = in[0].shape[2];
+        out_dtype[0] = SL_F64;
+        return SL_OK;
+    case SL_OP_REDUCE_FAR:
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = in[0].shape[1];
+        out_dtype[0] = SL_F64;
+        return SL_OK;
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not an op of the reduce family", info->name);
     }
 }

@@ -1,10 +1,11 @@
 /* op_tsel.c — the tsel family (issue 16: prefill token selectors):
- * checks, shape rules and FLOP counts of attn.threshold, select.pq_match and
- * select.hip_tree
+ * checks, shape rules and FLOP counts of attn.threshold, select.pq_match,
+ * select.hip_tree and select.chunks (issue 20, session 4)
  * (contracts in sparselab.h; kernels in ref/tsel.c, cpu/tsel.c,
  * cuda/tsel.cu). */
 #include "family.h"
 #include "op_check.h"
+#include "chunks_select.h"
 
 #include <string.h>
 
@@ -85,17 +86,59 @@ static sl_status tsel_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
         out_dtype[1] = SL_I32;
         return SL_OK;
     }
+    case SL_OP_SELECT_CHUNKS: {
+        const sl_select_chunks_params *p = params;
+        if ((s = sl__need_float(ctx, info, in, 0, 3)) || (s = sl__need_float(ctx, info, in, 1, 3)) ||
+            (s = sl__need_index(ctx, info, in, 2, SL_I32, 1)))
+            return s;
+        int64_t R = in[0].shape[1], C = in[1].shape[1], d = in[0].shape[2];
+        if (in[1].shape[2] != d || in[2].shape[0] != C || C == 0 || in[0].shape[0] == 0 || in[1].shape[0] == 0)
+            return sl_ctx_fail(ctx, SL_ESHAPE,
+                               "%s: expected qp [Hq, R, d], kp [Hk, C, d] with Hq, Hk, C > 0 and starts [C]; found qp "
+                               "[%lld, %lld, %lld], kp [%lld, %lld, %lld], starts [%lld]",
+                               info->name, (long long)in[0].shape[0], (long long)R, (long long)d,
+                               (long long)in[1].shape[0], (long long)C, (long long)in[1].shape[2],
+                               (long long)in[2].shape[0]);
+        if (R != (p->n + p->block - 1) / p->block)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: qp has %lld query blocks; expected ceil(n / block) = %lld", info->name,
+                               (long long)R, (long long)((p->n + p->block - 1) / p->block));
+        const int32_t *st = in[2].data;
+        for (int64_t c = 0; c < C; c++)
+            if ((c == 0 ? st[c] != 0 : st[c] <= st[c - 1]) || st[c] >= p->n)
+                return sl_ctx_fail(ctx, SL_EARG,
+                                   "%s: starts must begin at 0, increase strictly and stay below n = %lld; found "
+                                   "starts[%lld] = %d",
+                                   info->name, (long long)p->n, (long long)c, st[c]);
+        int64_t cap = 0;
+        for (int64_t r = 0; r < R; r++)
+            cap += sl__chunks_capacity(p, r);
+        if (cap > INT32_MAX)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld entries exceed the i32 index lists", info->name, (long long)cap);
+        out_ndim[0] = 1;
+        out_shape[0][0] = R + 1;
+        out_ndim[1] = 1;
+        out_shape[1][0] = cap;
+        out_dtype[0] = out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
 
 static sl_status tsel_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
+    if (info->op == SL_OP_SELECT_CHUNKS)
+        return SL_OK; /* pooled vectors: the q.k overflow check of the other ops does not apply */
     return sl__check_score_range(ctx, info, params, in);
 }
 
 static double tsel_flops(const sl_op_info *info, const void *params, const sl_tensor *in)
 {
+    if (info->op == SL_OP_SELECT_CHUNKS) {
+        /* head means (one add per pooled entry) and 2d per (query block, chunk) score */
+        double R = (double)in[0].shape[1], C = (double)in[1].shape[1], d = (double)in[0].shape[2];
+        return (double)sl_tensor_numel(&in[0]) + (double)sl_tensor_numel(&in[1]) + 2.0 * d * R * C;
+    }
     sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
     switch (info->op) {
     case SL_OP_ATTN_THRESHOLD: {

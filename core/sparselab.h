@@ -1261,6 +1261,42 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * compute on the full row". ref sums in float64; cpu runs OpenBLAS sgemm with
  * K = r' (f32 sums, then silu . u in float64); cuda one thread per entry with
  * a float64 sum. Memory: z and, with w3, one f32 chunk of u per thread. */
+/* ---- issue 20, session 4: estimator loops in C (branch s4-est) ----
+ * reduce.far: x [H, R, C] (probabilities or other masses; -inf entries are
+ * read as they are), params lo, block, back, row_pos0 (-1: C - R) -> f64
+ * [H, R]: y[h, r] = sum over keys j in [lo, hi_r) of x[h, r, j], with
+ * pos = row_pos0 + r and hi_r = min(pos + 1, C, (floor(pos / block) - back)
+ * . block) (an empty range sums to 0), added in float64 in key order (every
+ * backend the same order: the results agree exactly). The mass of row r
+ * outside a streaming pattern of lo sink keys and the back + 1 blocks of
+ * the local window ending at the row's block (Elastic Attention's oracle
+ * router, back = ceil(local_window / block) - 1).
+ * reduce.columns64: x [H, R, C] -> f64 [H, C], y[h, c] = sum over rows r
+ * (added in float64 from 0 in row order on every backend: exact agreement)
+ * of x[h, r, c]; no params. reduce.columns without its rounding to f32:
+ * a caller that ranks the sums (Token Sparse Attention's importance) keeps
+ * their order.
+ * reduce.kth: x [H, R, C] (finite or -inf), rank and limit i32 [R] with
+ * 1 <= rank[r] <= limit[r] <= C -> [H, R]: y[h, r] = the rank[r]-th
+ * smallest (1-based, equal values counted one by one) of x[h, r, 0 ..
+ * limit[r]) — exactly one of the row's entries. Top-θ's calibration
+ * quantile (torch.quantile with interpolation "lower").
+ * select.chunks: qp [Hq, R, d] (pooled query blocks), kp [Hk, C, d] (pooled
+ * chunk keys), starts i32 [C] (0 first, strictly increasing, < n); params
+ * n, block b, local_tokens L, topk, ctx, globals, splice -> row_ptr i32
+ * [R + 1], col i32 [cap] (cap = sum of the rows' capacities below; the
+ * entries past row_ptr[R] are -1). Query block r: A = min((r+1).b, n),
+ * lo = max(0, A - L); nothing listed when r.b >= ctx or lo = 0; budget =
+ * lo when A <= topk, else topk - L (nothing when <= 0); capacity min(budget,
+ * lo). Scores of the chunks with start < lo: s_c = sum_e q_e . k_ce, q_e =
+ * (sum_h qp[h, r, e]) / Hq, k_ce = (sum_h kp[h, c, e]) / Hk, heads and
+ * channels added in order in float64 (cuda may contract the products into
+ * fused multiply-adds: its scores can differ in the last bit). Chunks by
+ * score descending, ties: the later chunk first; each gives its last
+ * tokens before min(its end, lo) until the budget is spent. The tokens
+ * sorted ascending; splice = 1 drops the first globals of them; then the
+ * tokens < globals are left out. DHSA's per-block top-k over upsampled
+ * chunk scores (card dhsa, step 4). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -384,8 +384,120 @@ START_TEST(test_hip_tree)
 }
 END_TEST
 
+/* select.chunks (issue 20, session 4): every backend against ref (lists
+ * exactly), ragged n, uneven chunk starts, equal chunks (score ties),
+ * splice 0/1, globals, instruction rows (ctx) and budgets below and above
+ * the allowed keys; ref against the chunk-fill rule written out here
+ * (chunks by score then later first, each from its end, sorted, splice,
+ * globals left out) with float64 scores of the head means. */
+static void chunks_oracle(const sl_tensor *qp, const sl_tensor *kp, const int32_t *st, int64_t C,
+                          const sl_select_chunks_params *p, int32_t *rp, int32_t *col)
+{
+    int64_t Hq = qp->shape[0], R = qp->shape[1], d = qp->shape[2], Hk = kp->shape[0], n_out = 0;
+    rp[0] = 0;
+    for (int64_t r = 0; r < R; r++) {
+        int64_t first = r * p->block, A = (r + 1) * p->block < p->n ? (r + 1) * p->block : p->n;
+        int64_t lo = A - p->local_tokens > 0 ? A - p->local_tokens : 0;
+        int64_t budget = A <= p->topk ? lo : p->topk - p->local_tokens;
+        if (first < p->ctx && lo > 0 && budget > 0) {
+            double S[64];
+            int used[64] = {0};
+            char mark[2048] = {0};
+            for (int64_t c = 0; c < C; c++) {
+                S[c] = 0;
+                for (int64_t e = 0; e < d; e++) {
+                    double qm = 0, km = 0;
+                    for (int64_t h = 0; h < Hq; h++)
+                        qm += tu_at(qp, (h * R + r) * d + e);
+                    for (int64_t h = 0; h < Hk; h++)
+                        km += tu_at(kp, (h * C + c) * d + e);
+                    S[c] += (qm / (double)Hq) * (km / (double)Hk);
+                }
+            }
+            for (;;) {
+                int64_t best = -1;
+                for (int64_t c = 0; c < C; c++)
+                    if (!used[c] && st[c] < lo && (best < 0 || S[c] > S[best] || (S[c] == S[best] && c > best)))
+                        best = c;
+                if (best < 0 || budget <= 0)
+                    break;
+                used[best] = 1;
+                int64_t end = best + 1 < C ? st[best + 1] : p->n;
+                end = end < lo ? end : lo;
+                for (int64_t j = end - 1; j >= st[best] && budget > 0; j--, budget--)
+                    mark[j] = 1;
+            }
+            int64_t skip = p->splice ? p->globals : 0;
+            for (int64_t j = 0; j < lo; j++)
+                if (mark[j]) {
+                    if (skip > 0)
+                        skip--;
+                    else if (j >= p->globals)
+                        col[n_out++] = (int32_t)j;
+                }
+        }
+        rp[r + 1] = (int32_t)n_out;
+    }
+}
+
+START_TEST(test_select_chunks)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 48000);
+    struct { int64_t n, b, hq, hk, d, C; } sh[] = {{300, 16, 2, 1, 8, 20}, {1000, 32, 3, 3, 16, 40}, {97, 8, 1, 1, 4, 13}};
+    struct { int64_t L, topk, ctx, globals, splice; } ps[] = {
+        {16, 120, 1 << 30, 8, 0}, {32, 64, 1 << 30, 0, 0}, {8, 1000, 200, 5, 1}, {0, 50, 1 << 30, 12, 1}, {16, 2, 1 << 30, 0, 0}};
+    int ties_seen = 0;
+    for (int si = 0; si < 3; si++) {
+        int64_t n = sh[si].n, b = sh[si].b, R = (n + b - 1) / b, C = sh[si].C, d = sh[si].d;
+        sl_tensor qp = tu_randn(ctx, &rng, sh[si].hq, R, d, 1.0), kp = tu_randn(ctx, &rng, sh[si].hk, C, d, 1.0);
+        /* chunks 3 and 4 equal in every head: equal scores everywhere */
+        for (int64_t h = 0; h < sh[si].hk; h++)
+            for (int64_t e = 0; e < d; e++)
+                ((float *)kp.data)[(h * C + 4) * d + e] = ((float *)kp.data)[(h * C + 3) * d + e];
+        int32_t st[64];
+        st[0] = 0;
+        for (int64_t c = 1; c < C; c++) { /* uneven gaps, all below n */
+            int64_t room = (n - 1 - st[c - 1]) - (C - c);
+            int64_t gap = 1 + (int64_t)(sl_rng_uniform(&rng) * (double)(room < 2 * n / C ? room : 2 * n / C));
+            st[c] = (int32_t)(st[c - 1] + (gap < 1 ? 1 : gap));
+        }
+        ck_assert_int_lt(st[C - 1], n);
+        sl_tensor in[3] = {qp, kp, i32_vec(ctx, st, C)};
+        for (int pi = 0; pi < 5; pi++) {
+            sl_select_chunks_params p = {.n = n, .block = b, .local_tokens = ps[pi].L, .topk = ps[pi].topk,
+                                         .ctx = ps[pi].ctx, .globals = ps[pi].globals, .splice = ps[pi].splice};
+            sl_tensor ref[2];
+            ck_assert_msg(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_SELECT_CHUNKS, &p, in, ref) == SL_OK, "%s", sl_ctx_error(ctx));
+            int32_t rp[130], col[20000];
+            chunks_oracle(&qp, &kp, st, C, &p, rp, col);
+            const int32_t *rr = ref[0].data, *rc = ref[1].data;
+            for (int64_t r = 0; r <= R; r++)
+                ck_assert_msg(rr[r] == rp[r], "chunks shape %d params %d: row_ptr[%lld] = %d, oracle %d", si, pi, (long long)r, rr[r], rp[r]);
+            for (int64_t i = 0; i < rp[R]; i++)
+                ck_assert_msg(rc[i] == col[i], "chunks shape %d params %d: col[%lld] = %d, oracle %d", si, pi, (long long)i, rc[i], col[i]);
+            for (int64_t i = rp[R]; i < ref[1].shape[0]; i++)
+                ck_assert_int_eq(rc[i], -1);
+            for (int64_t i = 0; i < rp[R]; i++)
+                ties_seen += rc[i] >= st[3] && rc[i] < st[5];
+            release_n(ref, 2);
+            check_op_vs_ref(ctx, SL_OP_SELECT_CHUNKS, &p, in, 0, "select.chunks");
+        }
+        sl_select_chunks_params bad = {.n = n, .block = b, .local_tokens = 16, .topk = 64, .ctx = 1 << 30};
+        ((int32_t *)in[2].data)[1] = 0;
+        expect_fail(ctx, SL_OP_SELECT_CHUNKS, &bad, in, SL_EARG, "starts");
+        release_n(in, 3);
+    }
+    ck_assert_int_gt(ties_seen, 0);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_select_chunks);
     tcase_add_loop_test(tc, test_hip_tree, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_threshold, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_pq_match, 0, N_TS_CASES);

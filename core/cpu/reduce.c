@@ -1,11 +1,12 @@
 /* cpu/reduce.c — reductions of issue 4 on threads: reduce.columns and
  * reduce.diagonals over chunks of output columns (double accumulators on
  * the stack), reduce.block per row of tiles, reduce.heads per chunk of
- * elements. */
+ * elements, reduce.far per row. */
 #include "cpu.h"
 #include "parallel.h"
 
 #include <math.h>
+#include <string.h>
 
 #define CHUNK 256
 
@@ -31,6 +32,22 @@ static void columns_item(int64_t item, void *ud, int thread)
     float *y = (float *)j->a->out[0].data + h * j->C + c0;
     for (int64_t i = 0; i < n; i++)
         y[i] = (float)acc[i];
+}
+
+/* reduce.columns64: columns_item without the rounding */
+static void columns64_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const red_job *j = ud;
+    int64_t h = item / j->n_chunks, c0 = (item % j->n_chunks) * CHUNK;
+    int64_t n = j->C - c0 < CHUNK ? j->C - c0 : CHUNK;
+    const float *x = (const float *)j->a->in[0].data + h * j->R * j->C + c0;
+    double *y = (double *)j->a->out[0].data + h * j->C + c0;
+    for (int64_t i = 0; i < n; i++)
+        y[i] = 0;
+    for (int64_t r = 0; r < j->R; r++)
+        for (int64_t i = 0; i < n; i++)
+            y[i] += x[r * j->C + i];
 }
 
 static void diagonals_item(int64_t item, void *ud, int thread)
@@ -102,6 +119,67 @@ static void heads_item(int64_t item, void *ud, int thread)
         y[i] = (float)(j->mode == 2 ? acc[i] / (double)j->g : acc[i]);
 }
 
+/* reduce.far: one row per item, the range computed once, summed in key
+ * order in float64 (the order ref and cuda use: equal results). */
+static void far_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const red_job *j = ud;
+    const sl_reduce_far_params *p = j->a->params;
+    int64_t r = item % j->R, pos = j->pos0 + r;
+    int64_t hi = (pos / p->block - p->back) * p->block;
+    hi = hi < pos + 1 ? hi : pos + 1;
+    hi = hi < j->C ? hi : j->C;
+    const float *x = (const float *)j->a->in[0].data + item * j->C;
+    double s = 0;
+    for (int64_t k = p->lo; k < hi; k++)
+        s += x[k];
+    ((double *)j->a->out[0].data)[item] = s;
+}
+
+/* reduce.kth: the row's first limit entries copied to the thread's scratch,
+ * then quickselect (median-of-three pivot, three-way partition) down to
+ * position rank - 1: O(limit) on average. */
+static float kth_smallest(float *v, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi];
+        float piv = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));
+        /* [lo, lt) < piv, [lt, i) == piv, (gt, hi] > piv */
+        int64_t lt = lo, i = lo, gt = hi;
+        while (i <= gt) {
+            float t = v[i];
+            if (t < piv) {
+                v[i] = v[lt];
+                v[lt++] = t;
+                i++;
+            } else if (t > piv) {
+                v[i] = v[gt];
+                v[gt--] = t;
+            } else
+                i++;
+        }
+        if (k < lt)
+            hi = lt - 1;
+        else if (k > gt)
+            lo = gt + 1;
+        else
+            return piv;
+    }
+    return v[k];
+}
+
+static void kth_item(int64_t item, void *ud, int thread)
+{
+    const red_job *j = ud;
+    int64_t r = item % j->R;
+    const int32_t *rk = j->a->in[1].data, *lim = j->a->in[2].data;
+    float *v = (float *)j->a->scratch + (size_t)thread * (size_t)j->C;
+    memcpy(v, (const float *)j->a->in[0].data + item * j->C, (size_t)lim[r] * sizeof *v);
+    ((float *)j->a->out[0].data)[item] = kth_smallest(v, lim[r], rk[r] - 1);
+}
+
 static red_job job_of(const sl__kargs *a)
 {
     const sl_tensor *x = &a->in[0];
@@ -143,8 +221,31 @@ sl_status sl__cpu_reduce_heads(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.H / j.g * j.n_chunks, heads_item, &j);
 }
 
+sl_status sl__cpu_reduce_columns64(const sl__kargs *a)
+{
+    red_job j = job_of(a);
+    return sl__cpu_parallel(a->ctx, j.H * j.n_chunks, columns64_item, &j);
+}
+
+sl_status sl__cpu_reduce_kth(const sl__kargs *a)
+{
+    red_job j = job_of(a);
+    return sl__cpu_parallel(a->ctx, j.H * j.R, kth_item, &j);
+}
+
+sl_status sl__cpu_reduce_far(const sl__kargs *a)
+{
+    const sl_reduce_far_params *p = a->params;
+    red_job j = job_of(a);
+    j.pos0 = p->row_pos0 < 0 ? j.C - j.R : p->row_pos0;
+    return sl__cpu_parallel(a->ctx, j.H * j.R, far_item, &j);
+}
+
 size_t sl__cpu_reduce_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
-    (void)op, (void)params, (void)in, (void)n_threads;
-    return 0;
+    (void)params;
+    if (op != SL_OP_REDUCE_KTH)
+        return 0;
+    /* reduce.kth: one row of C floats per thread */
+    return (size_t)(n_threads > 0 ? n_threads : 1) * (size_t)(in[0].shape[2] > 0 ? in[0].shape[2] : 1) * sizeof(float);
 }

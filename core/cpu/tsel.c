@@ -6,10 +6,12 @@
  * pass that writes the row's keys already sorted. select.hip_tree: one item
  * per (head, query block), each level's new nodes scored by one sgemm. */
 #include "cpu.h"
+#include "chunks_select.h"
 #include "parallel.h"
 #include <cblas.h>
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- attn.threshold ---- */
@@ -319,6 +321,143 @@ sl_status sl__cpu_select_hip_tree(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.dm.hq * j.R, hip_item, &j);
 }
 
+/* select.chunks (issue 20, session 4): query blocks on threads. Scratch:
+ * ka [C, d] (head-mean chunk keys, float64), the padded lists [cap] (row r
+ * at the sum of the earlier capacities) and counts [R], then per thread qa
+ * [d], entries [C] and take [C]. Per row: the eligible chunks' scores,
+ * qsort by (score descending, chunk descending), the budget handed out from
+ * the chunk ends, the taken tokens emitted chunk by chunk ascending; the
+ * lists are packed into col afterwards. */
+typedef struct chunk_ent { double s; int64_t c; } chunk_ent;
+
+static int chunk_order(const void *x, const void *y)
+{
+    const chunk_ent *a = x, *b = y;
+    if (a->s != b->s)
+        return a->s > b->s ? -1 : 1;
+    return (a->c < b->c) - (a->c > b->c);
+}
+
+typedef struct chunks_job {
+    const sl__kargs *a;
+    const sl_select_chunks_params *p;
+    int64_t Hq, R, d, C;
+    double *ka;
+    int32_t *pad;
+    int64_t *off, *cnt;
+    unsigned char *thr; /* per-thread areas */
+    size_t per_thread;
+} chunks_job;
+
+static void chunks_item(int64_t r, void *ud, int thread)
+{
+    const chunks_job *j = ud;
+    const sl_select_chunks_params *p = j->p;
+    int64_t budget = sl__chunks_capacity(p, r), lo = sl__chunks_lo(p, r), n_out = 0;
+    j->cnt[r] = 0;
+    if (budget <= 0)
+        return;
+    const float *qp = j->a->in[0].data;
+    const int32_t *st = j->a->in[2].data;
+    double *qa = (double *)(j->thr + (size_t)thread * j->per_thread);
+    chunk_ent *ent = (chunk_ent *)(qa + j->d);
+    int64_t *take = (int64_t *)(ent + j->C);
+    for (int64_t e = 0; e < j->d; e++) {
+        double s = 0;
+        for (int64_t h = 0; h < j->Hq; h++)
+            s += qp[(h * j->R + r) * j->d + e];
+        qa[e] = s / (double)j->Hq;
+    }
+    int64_t ne = 0;
+    while (ne < j->C && st[ne] < lo)
+        ne++;
+    for (int64_t c = 0; c < ne; c++) {
+        const double *k = j->ka + c * j->d;
+        double s = 0;
+        for (int64_t e = 0; e < j->d; e++)
+            s += qa[e] * k[e];
+        ent[c] = (chunk_ent){s, c};
+        take[c] = 0;
+    }
+    qsort(ent, (size_t)ne, sizeof *ent, chunk_order);
+    for (int64_t i = 0, left = budget; i < ne && left > 0; i++) {
+        int64_t c = ent[i].c, c1 = c + 1 < j->C && st[c + 1] < lo ? st[c + 1] : lo;
+        take[c] = c1 - st[c] < left ? c1 - st[c] : left;
+        left -= take[c];
+    }
+    int32_t *out = j->pad + j->off[r];
+    int64_t skip = p->splice ? p->globals : 0;
+    for (int64_t c = 0; c < ne; c++) {
+        int64_t c1 = c + 1 < j->C && st[c + 1] < lo ? st[c + 1] : lo;
+        for (int64_t t = c1 - take[c]; t < c1; t++) {
+            if (skip > 0) {
+                skip--;
+                continue;
+            }
+            if (t >= p->globals)
+                out[n_out++] = (int32_t)t;
+        }
+    }
+    j->cnt[r] = n_out;
+}
+
+static void chunks_keys_item(int64_t c, void *ud, int thread)
+{
+    (void)thread;
+    const chunks_job *j = ud;
+    const float *kp = j->a->in[1].data;
+    int64_t Hk = j->a->in[1].shape[0];
+    for (int64_t e = 0; e < j->d; e++) {
+        double s = 0;
+        for (int64_t h = 0; h < Hk; h++)
+            s += kp[(h * j->C + c) * j->d + e];
+        j->ka[c * j->d + e] = s / (double)Hk;
+    }
+}
+
+static size_t chunks_per_thread(int64_t d, int64_t C)
+{
+    size_t one = (size_t)d * sizeof(double) + (size_t)C * (sizeof(chunk_ent) + sizeof(int64_t));
+    return (one + 63) / 64 * 64;
+}
+
+sl_status sl__cpu_select_chunks(const sl__kargs *a)
+{
+    const sl_select_chunks_params *p = a->params;
+    chunks_job j = {.a = a, .p = p, .Hq = a->in[0].shape[0], .R = a->in[0].shape[1], .d = a->in[0].shape[2],
+                    .C = a->in[1].shape[1]};
+    int64_t cap = a->out[1].shape[0];
+    unsigned char *base = a->scratch;
+    j.ka = (double *)base;
+    j.off = (int64_t *)(j.ka + j.C * j.d);
+    j.cnt = j.off + j.R;
+    j.pad = (int32_t *)(j.cnt + j.R);
+    size_t head = ((size_t)(j.C * j.d) * sizeof(double) + (size_t)(2 * j.R) * sizeof(int64_t) +
+                   (size_t)cap * sizeof(int32_t) + 63) / 64 * 64;
+    j.thr = base + head;
+    j.per_thread = chunks_per_thread(j.d, j.C);
+    for (int64_t r = 0, o = 0; r < j.R; r++) {
+        j.off[r] = o;
+        o += sl__chunks_capacity(p, r);
+    }
+    sl_status s = sl__cpu_parallel(a->ctx, j.C, chunks_keys_item, &j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, j.R, chunks_item, &j);
+    if (s != SL_OK)
+        return s;
+    int32_t *rp = a->out[0].data, *col = a->out[1].data;
+    int64_t n = 0;
+    rp[0] = 0;
+    for (int64_t r = 0; r < j.R; r++) {
+        memcpy(col + n, j.pad + j.off[r], (size_t)j.cnt[r] * sizeof(int32_t));
+        n += j.cnt[r];
+        rp[r + 1] = (int32_t)n;
+    }
+    for (int64_t i = n; i < cap; i++)
+        col[i] = -1;
+    return SL_OK;
+}
+
 size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;
@@ -336,6 +475,16 @@ size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, i
         size_t one = (size_t)(3 * kbl) * sizeof(hip_node) +
                      (size_t)(rows * in[0].shape[2] + keys * in[0].shape[2] + rows * keys) * sizeof(float);
         return (size_t)n_threads * ((one + 63) / 64 * 64);
+    }
+    case SL_OP_SELECT_CHUNKS: {
+        /* ka, offsets and counts, the padded lists (at most n per query block), per-thread areas */
+        const sl_select_chunks_params *p = params;
+        int64_t d = in[0].shape[2], C = in[1].shape[1], R = in[0].shape[1], cap = 0;
+        for (int64_t r = 0; r < R; r++)
+            cap += sl__chunks_capacity(p, r);
+        size_t head = ((size_t)(C * d) * sizeof(double) + (size_t)(2 * R) * sizeof(int64_t) +
+                       (size_t)cap * sizeof(int32_t) + 63) / 64 * 64;
+        return head + (size_t)(n_threads > 0 ? n_threads : 1) * chunks_per_thread(d, C);
     }
     default: return 0;
     }

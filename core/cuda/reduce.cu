@@ -1,5 +1,5 @@
 // cuda/reduce.cu — the reductions (reduce.columns, reduce.diagonals,
-// reduce.block, reduce.heads) on CUDA: one thread per output element, float64
+// reduce.block, reduce.heads, reduce.far, reduce.columns64, reduce.kth) on CUDA: one thread per output element, float64
 // sums. Compiled with `make CUDA=1`; run under the CUDA simulator by
 // `make test-cudasim`.
 #include "dialect.cuh"
@@ -76,6 +76,68 @@ __global__ void heads_kernel(const float *x, float *y, int64_t n_out, int64_t RC
     y[i] = (float)(mode == 2 ? s / (double)g : s);
 }
 
+// reduce.columns64: columns_kernel without the rounding
+__global__ void columns64_kernel(const float *x, double *y, int64_t H, int64_t R, int64_t C)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= H * C)
+        return;
+    int64_t h = i / C, j = i % C;
+    double s = 0;
+    for (int64_t r = 0; r < R; r++)
+        s += x[(h * R + r) * C + j];
+    y[i] = s;
+}
+
+// reduce.kth: one thread per (head, row); the rank-th smallest found bit by
+// bit on order-preserving keys of the floats (32 passes over the row's
+// first limit entries): exact, no scratch.
+__device__ uint32_t kth_key(float f)
+{
+    uint32_t u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__global__ void kth_kernel(const float *x, const int32_t *rank, const int32_t *limit, float *y, int64_t HR, int64_t R,
+                           int64_t C)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= HR)
+        return;
+    const float *row = x + i * C;
+    int64_t n = limit[i % R], want = rank[i % R] - 1;  // entries of key < the answer's: exactly want of them before it
+    uint32_t prefix = 0;
+    for (int bit = 31; bit >= 0; bit--) {
+        // entries whose key agrees with prefix above bit and has 0 at bit
+        uint32_t hi_mask = bit == 31 ? 0u : ~((2u << bit) - 1u);
+        int64_t zeros = 0;
+        for (int64_t j = 0; j < n; j++) {
+            uint32_t k = kth_key(row[j]);
+            zeros += (k & hi_mask) == prefix && !((k >> bit) & 1u);
+        }
+        if (want >= zeros) {
+            want -= zeros;
+            prefix |= 1u << bit;
+        }
+    }
+    uint32_t u = (prefix & 0x80000000u) ? (prefix & 0x7fffffffu) : ~prefix;
+    y[i] = __uint_as_float(u);
+}
+
+// reduce.far: one thread per row, float64 in key order (as ref and cpu).
+__global__ void far_kernel(const float *x, double *y, int64_t HR, int64_t R, int64_t C, int64_t pos0, int64_t lo,
+                           int64_t block, int64_t back)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= HR)
+        return;
+    int64_t pos = pos0 + i % R, hi = min(min((pos / block - back) * block, pos + 1), C);
+    double s = 0;
+    for (int64_t j = lo; j < hi; j++)
+        s += x[i * C + j];
+    y[i] = s;
+}
+
 // The reductions: one thread per output element.
 sl_status run_reduce(const sl__kargs *a)
 {
@@ -91,6 +153,22 @@ sl_status run_reduce(const sl__kargs *a)
         return s;
     const float *xd = static_cast<const float *>(st.in[0]);
     float *y = static_cast<float *>(st.out[0]);
+    if (a->op == SL_OP_REDUCE_KTH) {
+        SL_LAUNCH(kth_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<const int32_t *>(st.in[1]),
+                                                          static_cast<const int32_t *>(st.in[2]), y, n, R, C);
+        return sl__cuda_stage_out(&st, cudaGetLastError());
+    }
+    if (a->op == SL_OP_REDUCE_COLUMNS64) {
+        SL_LAUNCH(columns64_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<double *>(st.out[0]), H, R, C);
+        return sl__cuda_stage_out(&st, cudaGetLastError());
+    }
+    if (a->op == SL_OP_REDUCE_FAR) {
+        const sl_reduce_far_params *p = static_cast<const sl_reduce_far_params *>(a->params);
+        SL_LAUNCH(far_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<double *>(st.out[0]), n, R, C,
+                                                              p->row_pos0 < 0 ? C - R : p->row_pos0, p->lo, p->block,
+                                                              p->back);
+        return s != SL_OK ? s : sl__cuda_stage_out(&st, cudaGetLastError());
+    }
     if (sl_tensor_numel(x) == 0) {
         // nothing to read: sums are 0 (a max over no entries, -inf, cannot occur: tiles are never empty)
         s = sl__cuda_clear_out(&st, 0);
@@ -125,4 +203,7 @@ sl_status sl__cuda_reduce_columns(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_diagonals(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_block(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_heads(const sl__kargs *a) { return run_reduce(a); }
+sl_status sl__cuda_reduce_far(const sl__kargs *a) { return run_reduce(a); }
+sl_status sl__cuda_reduce_columns64(const sl__kargs *a) { return run_reduce(a); }
+sl_status sl__cuda_reduce_kth(const sl__kargs *a) { return run_reduce(a); }
 

@@ -9,6 +9,7 @@
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
+#include "chunks_select.h"
 
 #include <math.h>
 #include <vector>
@@ -273,7 +274,137 @@ __global__ void hip_tree_kernel(const float *q, const float *k, uint8_t *keep, i
         evals[item] = sh[2];
 }
 
+// ---- select.chunks (issue 20, session 4) ----
+// Head means of the chunk keys (one thread per chunk), then one thread per
+// query block: the eligible chunks' scores into its scratch row, the budget
+// handed out by repeated selection of the next chunk in the order (score
+// descending, chunk descending: no sort, O(picks . chunks)), the taken
+// tokens written ascending into the block's padded slot; one thread packs
+// the slots into row_ptr / col.
+__global__ void chunks_keys_kernel(const float *kp, double *ka, int64_t Hk, int64_t C, int64_t d)
+{
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C)
+        return;
+    for (int64_t e = 0; e < d; e++) {
+        double s = 0;
+        for (int64_t h = 0; h < Hk; h++)
+            s += kp[(h * C + c) * d + e];
+        ka[c * d + e] = s / (double)Hk;
+    }
+}
+
+__global__ void chunks_row_kernel(const float *qp, const double *ka, const int32_t *st, const int64_t *off,
+                                  double *S, int64_t *take, int32_t *pad, int64_t *cnt, sl_select_chunks_params p,
+                                  int64_t Hq, int64_t R, int64_t C, int64_t d)
+{
+    int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= R)
+        return;
+    int64_t budget = sl__chunks_capacity(&p, r), lo = sl__chunks_lo(&p, r), n_out = 0;
+    cnt[r] = 0;
+    if (budget <= 0)
+        return;
+    double *Sr = S + r * C;
+    int64_t *tk = take + r * C, ne = 0;
+    while (ne < C && st[ne] < lo)
+        ne++;
+    for (int64_t c = 0; c < ne; c++) {
+        double s = 0;
+        for (int64_t e = 0; e < d; e++) {
+            double q = 0;
+            for (int64_t h = 0; h < Hq; h++)
+                q += qp[(h * R + r) * d + e];
+            s += (q / (double)Hq) * ka[c * d + e];
+        }
+        Sr[c] = s;
+        tk[c] = 0;
+    }
+    int64_t prev = -1, left = budget;
+    while (left > 0) {
+        int64_t best = -1;
+        for (int64_t c = 0; c < ne; c++) {
+            bool after = prev < 0 || Sr[c] < Sr[prev] || (Sr[c] == Sr[prev] && c < prev);
+            if (after && (best < 0 || Sr[c] > Sr[best] || (Sr[c] == Sr[best] && c > best)))
+                best = c;
+        }
+        if (best < 0)
+            break;
+        int64_t c1 = best + 1 < C && st[best + 1] < lo ? st[best + 1] : lo;
+        tk[best] = c1 - st[best] < left ? c1 - st[best] : left;
+        left -= tk[best];
+        prev = best;
+    }
+    int32_t *out = pad + off[r];
+    int64_t skip = p.splice ? p.globals : 0;
+    for (int64_t c = 0; c < ne; c++) {
+        int64_t c1 = c + 1 < C && st[c + 1] < lo ? st[c + 1] : lo;
+        for (int64_t t = c1 - tk[c]; t < c1; t++) {
+            if (skip > 0) {
+                skip--;
+                continue;
+            }
+            if (t >= p.globals)
+                out[n_out++] = (int32_t)t;
+        }
+    }
+    cnt[r] = n_out;
+}
+
+__global__ void chunks_pack_kernel(const int32_t *pad, const int64_t *off, const int64_t *cnt, int32_t *rp,
+                                   int32_t *col, int64_t R, int64_t cap)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    int64_t n = 0;
+    rp[0] = 0;
+    for (int64_t r = 0; r < R; r++) {
+        for (int64_t i = 0; i < cnt[r]; i++)
+            col[n + i] = pad[off[r] + i];
+        n += cnt[r];
+        rp[r + 1] = (int32_t)n;
+    }
+    for (int64_t i = n; i < cap; i++)
+        col[i] = -1;
+}
+
 }  // namespace
+
+sl_status sl__cuda_select_chunks(const sl__kargs *a)
+{
+    const sl_select_chunks_params *p = static_cast<const sl_select_chunks_params *>(a->params);
+    int64_t Hq = a->in[0].shape[0], R = a->in[0].shape[1], d = a->in[0].shape[2];
+    int64_t Hk = a->in[1].shape[0], C = a->in[1].shape[1], cap = a->out[1].shape[0];
+    if (R * C > ((int64_t)1 << 28))
+        return sl__cuda_unsupported(a, "at most 2^28 (query block, chunk) pairs; found %lld", (long long)(R * C));
+    std::vector<int64_t> off((size_t)R);
+    for (int64_t r = 0, o = 0; r < R; r++) {
+        off[(size_t)r] = o;
+        o += sl__chunks_capacity(p, r);
+    }
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    void *ka = nullptr, *doff = nullptr, *S = nullptr, *take = nullptr, *pad = nullptr, *cnt = nullptr;
+    if ((s = sl__cuda_scratch(&st, (size_t)(C * d) * sizeof(double), &ka)) != SL_OK ||
+        (s = sl__cuda_upload(&st, off.data(), off.size() * sizeof(int64_t), &doff)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)(R * C) * sizeof(double), &S)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)(R * C) * sizeof(int64_t), &take)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)(cap > 0 ? cap : 1) * sizeof(int32_t), &pad)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)R * sizeof(int64_t), &cnt)) != SL_OK)
+        return s;
+    SL_LAUNCH(chunks_keys_kernel, (int)((C + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(1), static_cast<double *>(ka), Hk, C, d);
+    SL_LAUNCH(chunks_row_kernel, (int)((R + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<float>(0), static_cast<const double *>(ka), st.input<int32_t>(2), static_cast<const int64_t *>(doff),
+        static_cast<double *>(S), static_cast<int64_t *>(take), static_cast<int32_t *>(pad),
+        static_cast<int64_t *>(cnt), *p, Hq, R, C, d);
+    SL_LAUNCH(chunks_pack_kernel, 1, 1, 0, 0)(static_cast<const int32_t *>(pad), static_cast<const int64_t *>(doff),
+                                              static_cast<const int64_t *>(cnt), st.output<int32_t>(0),
+                                              st.output<int32_t>(1), R, cap);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
 
 sl_status sl__cuda_select_hip_tree(const sl__kargs *a)
 {

@@ -4,6 +4,7 @@
 #include "ref.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 sl_status sl__ref_reduce_columns(const sl__kargs *a)
 {
@@ -87,6 +88,72 @@ sl_status sl__ref_reduce_heads(const sl__kargs *a)
             }
             y[o * RC + i] = (float)(p->mode == 2 ? s / (double)g : s);
         }
+    return SL_OK;
+}
+
+sl_status sl__ref_reduce_columns64(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2];
+    const float *xd = x->data;
+    double *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t j = 0; j < C; j++) {
+            double s = 0;
+            for (int64_t r = 0; r < R; r++)
+                s += xd[(h * R + r) * C + j];
+            y[h * C + j] = s;
+        }
+    return SL_OK;
+}
+
+/* reduce.far: per row a plain float64 sum over [lo, hi). */
+sl_status sl__ref_reduce_far(const sl__kargs *a)
+{
+    const sl_reduce_far_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2], pos0 = p->row_pos0 < 0 ? C - R : p->row_pos0;
+    const float *xd = x->data;
+    double *y = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < R; r++) {
+            int64_t pos = pos0 + r;
+            double s = 0;
+            for (int64_t j = p->lo; j < C && j <= pos; j++)
+                if (j / p->block < pos / p->block - p->back)
+                    s += xd[(h * R + r) * C + j];
+            y[h * R + r] = s;
+        }
+    return SL_OK;
+}
+
+/* reduce.kth: the row's first limit entries copied to float64 and sorted
+ * (qsort); the entry at position rank - 1. */
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+sl_status sl__ref_reduce_kth(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], R = x->shape[1], C = x->shape[2];
+    const float *xd = x->data;
+    const int32_t *rk = a->in[1].data, *lim = a->in[2].data;
+    float *y = a->out[0].data;
+    double *tmp = malloc((size_t)(C > 0 ? C : 1) * sizeof *tmp);
+    if (!tmp)
+        return sl_ctx_fail(a->ctx, SL_ENOMEM, "reduce.kth: out of memory for a row of %lld entries", (long long)C);
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < R; r++) {
+            const float *row = xd + (h * R + r) * C;
+            for (int64_t j = 0; j < lim[r]; j++)
+                tmp[j] = row[j];
+            qsort(tmp, (size_t)lim[r], sizeof *tmp, cmp_double);
+            y[h * R + r] = (float)tmp[rk[r] - 1];
+        }
+    free(tmp);
     return SL_OK;
 }
 

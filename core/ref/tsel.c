@@ -2,6 +2,7 @@
  * selectors, issue 16): float64, plain loops, the contracts in sparselab.h
  * read literally. */
 #include "ref.h"
+#include "chunks_select.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -241,6 +242,81 @@ sl_status sl__ref_select_hip_tree(const sl__kargs *a)
     return SL_OK;
 }
 
+/* select.chunks, read as the card states it: every token j < lo scores its
+ * chunk's S (upsampled), the budget's tokens are the top ones by (score
+ * descending, position descending), listed ascending. Scratch: qa [d], ka
+ * [C, d], S [C], tokens [n]. */
+typedef struct chunk_tok { double s; int64_t j; } chunk_tok;
+
+static int tok_order(const void *x, const void *y)
+{
+    const chunk_tok *a = x, *b = y;
+    if (a->s != b->s)
+        return a->s > b->s ? -1 : 1;
+    return (a->j < b->j) - (a->j > b->j);
+}
+
+static int pos_order(const void *x, const void *y)
+{
+    int64_t a = ((const chunk_tok *)x)->j, b = ((const chunk_tok *)y)->j;
+    return (a > b) - (a < b);
+}
+
+sl_status sl__ref_select_chunks(const sl__kargs *a)
+{
+    const sl_select_chunks_params *p = a->params;
+    const float *qp = a->in[0].data, *kp = a->in[1].data;
+    const int32_t *st = a->in[2].data;
+    int64_t Hq = a->in[0].shape[0], R = a->in[0].shape[1], d = a->in[0].shape[2];
+    int64_t Hk = a->in[1].shape[0], C = a->in[1].shape[1], cap = a->out[1].shape[0];
+    int32_t *rp = a->out[0].data, *col = a->out[1].data;
+    double *qa = a->scratch, *ka = qa + d, *S = ka + C * d;
+    chunk_tok *tok = (chunk_tok *)(S + C);
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t e = 0; e < d; e++) {
+            double s = 0;
+            for (int64_t h = 0; h < Hk; h++)
+                s += kp[(h * C + c) * d + e];
+            ka[c * d + e] = s / (double)Hk;
+        }
+    int64_t out = 0;
+    rp[0] = 0;
+    for (int64_t r = 0; r < R; r++) {
+        if (sl_ctx_interrupted(a->ctx))
+            return interrupted(a);
+        int64_t budget = sl__chunks_capacity(p, r), lo = sl__chunks_lo(p, r);
+        if (budget > 0) {
+            for (int64_t e = 0; e < d; e++) {
+                double s = 0;
+                for (int64_t h = 0; h < Hq; h++)
+                    s += qp[(h * R + r) * d + e];
+                qa[e] = s / (double)Hq;
+            }
+            for (int64_t c = 0; c < C; c++) {
+                double s = 0;
+                for (int64_t e = 0; e < d; e++)
+                    s += qa[e] * ka[c * d + e];
+                S[c] = s;
+            }
+            int64_t c = 0;
+            for (int64_t j = 0; j < lo; j++) {
+                while (c + 1 < C && st[c + 1] <= j)
+                    c++;
+                tok[j] = (chunk_tok){S[c], j};
+            }
+            qsort(tok, (size_t)lo, sizeof *tok, tok_order);
+            qsort(tok, (size_t)budget, sizeof *tok, pos_order);
+            for (int64_t i = p->splice ? p->globals : 0; i < budget; i++)
+                if (tok[i].j >= p->globals)
+                    col[out++] = (int32_t)tok[i].j;
+        }
+        rp[r + 1] = (int32_t)out;
+    }
+    for (int64_t i = out; i < cap; i++)
+        col[i] = -1;
+    return SL_OK;
+}
+
 size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;
@@ -253,6 +329,11 @@ size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, i
         /* nodes exist only when T > kb, so kb < C: min(kb, C) bounds them */
         int64_t C = (in[1].shape[1] + p->bk - 1) / p->bk;
         return (size_t)(3 * (p->kb < C ? p->kb : C)) * sizeof(hip_node);
+    }
+    case SL_OP_SELECT_CHUNKS: {
+        const sl_select_chunks_params *p = params;
+        int64_t d = in[0].shape[2], C = in[1].shape[1];
+        return (size_t)(d + C * d + C) * sizeof(double) + (size_t)p->n * (sizeof(double) + sizeof(int64_t));
     }
     default: return 0;
     }

@@ -27,6 +27,11 @@
 --      mask, the selected earlier tokens as gathered columns of the block
 --      (all before the block's first row, so causal for each of its rows);
 --      one mask and one list for every head (shared across heads).
+-- Estimator cost (issue 20, session 4): step 3-4 (scores, per-block order,
+--   budget fill, splice, globals) is one C op, select.chunks; the old Lua
+--   path (head means, dots, a comparator sort per block, the lists built in
+--   order) stays behind mask(prob, p, {lua_sort = true}) as the oracle of
+--   tests/lua/test_estimators_c.lua.
 -- NOT implemented: dynamic boundaries from the boundary predictor network
 -- (released weights, not in the workbench) or the oracle labelling (ratio of
 -- attention masses around each position over the head-averaged attention
@@ -69,7 +74,7 @@ local function square(p)
   return p.bq
 end
 
-local function plan(prob, p)
+local function plan(prob, p, lua_sort)
   local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
   if nq ~= nk then sl.fail("dhsa: prefill only (n_q == n_k), found n_q %d, n_k %d", nq, nk) end
   local n, b = nq, square(p)
@@ -85,13 +90,32 @@ local function plan(prob, p)
   local bt = sl.tensor(starts, "i32")
   local kargs = {bounds = bt, len_norm = p.norm, backend = be}
   local qargs = {block = b, len_norm = p.norm, backend = be}
-  local kh = head_avg(E.heads(sl.pool.tokens(prob.k, kargs)))
-  local qh = head_avg(E.heads(sl.pool.tokens(prob.q, qargs)))
+  local kp, qp = sl.pool.tokens(prob.k, kargs), sl.pool.tokens(prob.q, qargs)
   local d = prob.q:shape()[3]
-  local C, nqb = #starts, #qh
-  local est_flops = sl.op_flops("pool.tokens", prob.k, kargs) + sl.op_flops("pool.tokens", prob.q, qargs) +
-    2 * d * nqb * C
+  local C, nqb = #starts, qp:shape()[2]
+  local est_flops = sl.op_flops("pool.tokens", prob.k, kargs) + sl.op_flops("pool.tokens", prob.q, qargs)
   local n_ctx = n - math.min(p.instruction_tokens, n)
+  local pattern = sl.mask.window{w = L // b, block = b}
+  if p.global_tokens > 0 then pattern = pattern + sl.mask.sink{s = p.global_tokens} end
+  if p.instruction_tokens > 0 then pattern = pattern + sl.mask.dense_rows{last = p.instruction_tokens} end
+  local bm = pattern:materialize{n_q = n, n_k = n, bq = b, bk = b, n_heads = 1}
+  if not lua_sort then
+    -- select.chunks (issue 20, session 4): scores, chunk order, budget fill,
+    -- splice and the globals filter in one C op; the lists come back as
+    -- row_ptr / col (col padded with -1 past the last list)
+    local cargs = {n = n, block = b, local_tokens = L, topk = p.topk_tokens, ctx = n_ctx, globals = p.global_tokens,
+      splice = p.splice, backend = be}
+    local rpt, colt = sl.select.chunks(qp, kp, bt, cargs)
+    local rpl = rpt:totable()
+    local total = rpl[#rpl]
+    local idx = {row_ptr = sl.tensor({rpl}, "i32"), col = total > 0 and colt:narrow(1, 1, total) or sl.zeros({0}, "i32"),
+      rows_per_entry = b, n_q = n, n_k = n}
+    return bm, idx, est_flops + sl.op_flops("select.chunks", qp, kp, bt, cargs), C
+  end
+  -- the old path (tests only): head means, scores, sorts and lists in Lua
+  est_flops = est_flops + 2 * d * nqb * C
+  local kh = head_avg(E.heads(kp))
+  local qh = head_avg(E.heads(qp))
   local rp, col = {0}, {}
   for r = 1, nqb do
     local first = (r - 1) * b
@@ -114,16 +138,36 @@ local function plan(prob, p)
           end
         end
         table.sort(order, function(x, y) if S[x] ~= S[y] then return S[x] > S[y] end return x > y end)
-        for _, c in ipairs(order) do
-          if budget <= 0 then break end
-          local c1 = math.min(c < C and starts[c + 1] or n, lo)
-          for j = c1 - 1, starts[c], -1 do
+        if lua_sort then
+          -- the old path (tests only): tokens listed chunk by chunk, then sorted
+          for _, c in ipairs(order) do
             if budget <= 0 then break end
-            chosen[#chosen + 1] = j
-            budget = budget - 1
+            local c1 = math.min(c < C and starts[c + 1] or n, lo)
+            for j = c1 - 1, starts[c], -1 do
+              if budget <= 0 then break end
+              chosen[#chosen + 1] = j
+              budget = budget - 1
+            end
+          end
+          table.sort(chosen)
+        else
+          -- the same tokens in order without the sort: each chunk gives its
+          -- last take[c] tokens, and the chunks are disjoint and ascending
+          local take = {}
+          for _, c in ipairs(order) do
+            if budget <= 0 then break end
+            local c1 = math.min(c < C and starts[c + 1] or n, lo)
+            local t = math.min(budget, c1 - starts[c])
+            take[c], budget = t, budget - t
+          end
+          for c = 1, C do
+            local t = take[c]
+            if t and t > 0 then
+              local c1 = math.min(c < C and starts[c + 1] or n, lo)
+              for j = c1 - t, c1 - 1 do chosen[#chosen + 1] = j end
+            end
           end
         end
-        table.sort(chosen)
         if p.splice == 1 then
           -- reference: the first global_tokens sorted slots are overwritten
           local keep = {}
@@ -138,17 +182,13 @@ local function plan(prob, p)
     end
     rp[#rp + 1] = #col
   end
-  local pattern = sl.mask.window{w = L // b, block = b}
-  if p.global_tokens > 0 then pattern = pattern + sl.mask.sink{s = p.global_tokens} end
-  if p.instruction_tokens > 0 then pattern = pattern + sl.mask.dense_rows{last = p.instruction_tokens} end
-  local bm = pattern:materialize{n_q = n, n_k = n, bq = b, bk = b, n_heads = 1}
   local idx = {row_ptr = sl.tensor({rp}, "i32"), col = #col > 0 and sl.tensor(col, "i32") or sl.zeros({0}, "i32"),
     rows_per_entry = b, n_q = n, n_k = n}
   return bm, idx, est_flops, C
 end
 
-local function mask_for(prob, p)
-  local bm, idx = plan(prob, p)
+local function mask_for(prob, p, opts)
+  local bm, idx = plan(prob, p, opts and opts.lua_sort)
   return bm + sl.mask_c.from_index(idx, p.bq, p.bk)
 end
 
@@ -198,7 +238,7 @@ return {
     norm = {default = 1, min = 0, max = 1, int = true, doc = "1: avgpool_norm (x sqrt(length)), 0: avgpool"},
     splice = {default = 0, min = 0, max = 1, int = true, doc = "0: globals as a union (paper); 1: overwrite (reference)"},
   },
-  ops = {"pool.tokens", "attn.vs_mixed"},
+  ops = {"pool.tokens", "select.chunks", "attn.vs_mixed"},
   checks = {"topk_tokens >= n equals dense", "lists sorted, unique, before the block, with locals and globals",
     "every token of a chunk scores the same", "equal chunks: avgpool and avgpool_norm rank the same"},
   mask = mask_for,

@@ -14,6 +14,10 @@
 --   fraction of KV heads with the lowest loss go SA (a fixed target ratio:
 --   the trained model's ratio is input dependent). router = "random" draws
 --   the SA heads by a seeded shuffle instead (the card's other stand-in).
+-- Estimator cost (issue 20, session 4): the lost mass per probe row is one
+--   C op (reduce.far) and prefill masks are patterns materialised in C; the
+--   old Lua loops stay behind estimate(prob, p, blind, {lua_router = true,
+--   lua_keep = true}) as the oracle of tests/lua/test_estimators_c.lua.
 -- Not here: training (the Lagrangian sparsity objective), task embeddings,
 --   the XAttention retrieval-mode alternative.
 -- Reference read (issue 20): LCM-Lab/Elastic-Attention,
@@ -52,11 +56,57 @@ local function stream_keep(prob, p, r, nkb)
   return keep
 end
 
-local function route(prob, p, blind)
+-- Lost mass of every query head, summed over the W probe rows: the old Lua
+-- loop (kept as the oracle of tests/lua/test_estimators_c.lua, reached by
+-- estimate(prob, p, blind, {lua_router = true})) and reduce.far (issue 20,
+-- session 4: the same keys per row, float64 per row in C, the rows summed
+-- here; it was 91 % of the estimate at 8K).
+local function lost_lua(probs, prob, p, W, G, hkv)
+  local n, nq = prob.k:shape()[2], prob.q:shape()[2]
+  local loss = {}
+  for g = 1, hkv do
+    local s = 0
+    for h = (g - 1) * G + 1, g * G do
+      local Ph = probs:narrow(1, h, 1)
+      for t = 1, W do
+        local row = Ph:narrow(2, t, 1):totable()[1][1]
+        local pos = (n - nq) + (nq - W + t - 1)  -- 0-based key position of the row
+        for j = 1, pos + 1 do
+          local c = (j - 1) // p.block + 1
+          local row_block = pos // p.block + 1
+          local sink = (j - 1) < p.sink
+          local near = c > row_block - (p.local_window + p.block - 1) // p.block
+          if not (sink or near) then s = s + row[j] end
+        end
+      end
+    end
+    loss[g] = s
+  end
+  return loss
+end
+
+local function lost_c(probs, prob, p, W, G, hkv)
+  local n = prob.k:shape()[2]
+  -- probe row t sits at key position n - W + t - 1 (row_pos0 -1: C - R)
+  local far = sl.reduce.far(probs, {lo = p.sink, block = p.block,
+    back = (p.local_window + p.block - 1) // p.block - 1, backend = prob.backend}):totable()
+  assert(#far[1] == W and probs:shape()[3] == n)
+  local loss = {}
+  for g = 1, hkv do
+    local s = 0
+    for h = (g - 1) * G + 1, g * G do
+      for t = 1, W do s = s + far[h][t] end
+    end
+    loss[g] = s
+  end
+  return loss
+end
+
+local function route(prob, p, blind, lua_router)
   local hq, hkv, n = prob.q:shape()[1], prob.k:shape()[1], prob.k:shape()[2]
   local G = hq // hkv
   local n_sa = math.floor(p.sa_ratio * hkv + 0.5)
-  local order, flops = {}, 0
+  local order, flops, loss = {}, 0, nil
   for g = 1, hkv do order[g] = g end
   if blind or p.router == "random" then
     local st = p.seed
@@ -72,26 +122,7 @@ local function route(prob, p, blind)
     -- map as Lua tables took 8 heads x W x n numbers and failed at n = 16K)
     local probs = sl.score.last_q(prob.q, prob.k, args)
     flops = sl.op_flops("score.last_q", prob.q, prob.k, args)
-    local nq = prob.q:shape()[2]
-    local loss = {}
-    for g = 1, hkv do
-      local s = 0
-      for h = (g - 1) * G + 1, g * G do
-        local Ph = probs:narrow(1, h, 1)
-        for t = 1, W do
-          local row = Ph:narrow(2, t, 1):totable()[1][1]
-          local pos = (n - nq) + (nq - W + t - 1)  -- 0-based key position of the row
-          for j = 1, pos + 1 do
-            local c = (j - 1) // p.block + 1
-            local row_block = pos // p.block + 1
-            local sink = (j - 1) < p.sink
-            local near = c > row_block - (p.local_window + p.block - 1) // p.block
-            if not (sink or near) then s = s + row[j] end
-          end
-        end
-      end
-      loss[g] = s
-    end
+    loss = (lua_router and lost_lua or lost_c)(probs, prob, p, W, G, hkv)
     table.sort(order, function(a, b)
       if loss[a] ~= loss[b] then return loss[a] < loss[b] end
       return a < b
@@ -99,25 +130,67 @@ local function route(prob, p, blind)
   end
   local sa = {}
   for i = 1, n_sa do sa[order[i]] = true end
-  return sa, n_sa, flops
+  return sa, n_sa, flops, loss
 end
 
-local function estimate(prob, p, blind)
+local function estimate(prob, p, blind, opts)
   local hkv = prob.k:shape()[1]
   local nqb, nkb = E.blocks(prob, p.block, p.block)
-  local sa, n_sa, flops = route(prob, p, blind)
-  local keep = E.zeros(hkv, nqb, nkb)
+  local sa, n_sa, flops, loss = route(prob, p, blind, opts and opts.lua_router)
+  local sink_b = (p.sink + p.block - 1) // p.block
+  local local_b = (p.local_window + p.block - 1) // p.block
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+  if nq == nk and not (opts and opts.lua_keep) then
+    -- prefill: the same blocks as lazy patterns (causal for FA heads, sink
+    -- blocks + window blocks for SA heads) materialised in C — no nb² keep
+    -- table (quadratic in n: most of the estimate at 64K); equal mask arrays
+    -- to the keep path (tests/lua/test_estimators_c.lua). With a decode
+    -- offset the keep rows below (E.visible's rule) stay.
+    local items = {}
+    for g = 1, hkv do
+      items[g] = sa[g] and (sl.mask.sink{s = sink_b, block = p.block} + sl.mask.window{w = local_b, block = p.block})
+        or sl.mask.causal{}
+    end
+    return sl.mask.assign(items):materialize{n_q = nq, n_k = nk, bq = p.block, bk = p.block, n_heads = hkv},
+      {estimator_flops = flops, stats = {sa_heads = n_sa}, loss = loss}
+  end
+  -- the keep rows by table.move from one row of ones and one of zeros (C
+  -- copies: a per-entry Lua loop over nb² blocks per head was most of the
+  -- estimate at 64K); the same entries as stream_keep / every visible block
+  local ones, zeros = {}, {}
+  for c = 1, nkb do ones[c], zeros[c] = 1, 0 end
+  local keep = {}
   for g = 1, hkv do
+    local rows = {}
     for r = 1, nqb do
       local vis = E.visible(prob, r - 1, p.block, p.block, nkb)
+      local row = table.move(zeros, 1, nkb, 1, {})
       if sa[g] then
-        for c in pairs(stream_keep(prob, p, r, nkb)) do keep[g][r][c] = 1 end
+        table.move(ones, 1, math.min(sink_b, vis), 1, row)
+        local lo = math.max(1, vis - local_b + 1)
+        table.move(ones, lo, vis, lo, row)
       else
-        for c = 1, vis do keep[g][r][c] = 1 end
+        table.move(ones, 1, vis, 1, row)
+      end
+      rows[r] = row
+    end
+    keep[g] = rows
+  end
+  if opts and opts.lua_keep then
+    -- the old per-entry build (tests compare the two)
+    keep = E.zeros(hkv, nqb, nkb)
+    for g = 1, hkv do
+      for r = 1, nqb do
+        local vis = E.visible(prob, r - 1, p.block, p.block, nkb)
+        if sa[g] then
+          for c in pairs(stream_keep(prob, p, r, nkb)) do keep[g][r][c] = 1 end
+        else
+          for c = 1, vis do keep[g][r][c] = 1 end
+        end
       end
     end
   end
-  return E.mask_from_keep(keep, prob, p.block, p.block), {estimator_flops = flops, stats = {sa_heads = n_sa}}
+  return E.mask_from_keep(keep, prob, p.block, p.block), {estimator_flops = flops, stats = {sa_heads = n_sa}, keep = keep, loss = loss}
 end
 
 return {
@@ -139,7 +212,7 @@ return {
     router = {default = "oracle", doc = "'oracle' (lost mass) or 'random' (seeded)"},
     seed = {default = 1, min = 0, int = true, doc = "seed of the random router"},
   },
-  ops = {"score.last_q", "attn.block_sparse"},
+  ops = {"score.last_q", "reduce.far", "attn.block_sparse"},
   checks = {"sa_ratio 0 equals dense", "SA heads follow the streaming mask exactly", "oracle routing beats random routing on recall"},
   estimate = estimate,
   mask = function(prob, p) return (estimate(prob, p)) end,

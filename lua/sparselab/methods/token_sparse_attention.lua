@@ -18,6 +18,10 @@
 --      causal attention on the compressed sequence (attn.dense), outputs
 --      scattered back; a dropped position's output is 0 for that head (L =
 --      -inf: its residual passes unchanged, recall counts it as lost).
+-- Estimator cost (issue 20, session 4): the importance sums are one C op
+--   (reduce.columns64, float64 like the old Lua loop) and the top-B needs no
+--   comparator sort; select(prob, p, blind, {lua_sums = true}) is the old
+--   path (the oracle of tests/lua/test_estimators_c.lua).
 -- Not here: composing with another sparse kernel on the compressed sequence
 --   (step 6's option), the per-layer profiling.
 -- Reference: dongwonjo/Token-Sparse-Attention sparse_attn/token_sparse/
@@ -31,7 +35,7 @@ local D = require "sparselab.dynamic"
 local ID = "token_sparse_attention"
 
 -- per head sorted 0-based kept positions, or nil for the identity
-local function select(prob, p, blind)
+local function select(prob, p, blind, opts)
   local n = D.check_prefill(ID, prob)
   local hq, W = prob.q:shape()[1], math.min(p.window, n)
   if p.coverage <= 0 or n <= p.m_min + W then return nil, 0 end
@@ -45,14 +49,24 @@ local function select(prob, p, blind)
   local imp, g = {}, {}
   for j = 1, npre do g[j] = 0 end
   local half = p.ks // 2
+  -- the column sums over the W rows: reduce.columns64 (float64 in row
+  -- order, the sums the old Lua loop formed; issue 20, session 4) or, with
+  -- opts.lua_sums, that loop reading the map in blocks of rows (tests only)
+  local sums = not (opts and opts.lua_sums) and E.heads(sl.reduce.columns64(probs, {backend = prob.backend})) or nil
   for h = 1, hq do
-    local ph, raw = probs:narrow(1, h, 1), {}
-    for j = 1, npre do raw[j] = 0 end
-    for t0 = 1, W, rows do
-      local P = ph:narrow(2, t0, math.min(rows, W - t0 + 1)):totable()[1]
-      for t = 1, #P do
-        local Pt = P[t]
-        for j = 1, npre do raw[j] = raw[j] + Pt[j] end
+    local raw
+    if sums then
+      raw = sums[h]
+    else
+      local ph = probs:narrow(1, h, 1)
+      raw = {}
+      for j = 1, npre do raw[j] = 0 end
+      for t0 = 1, W, rows do
+        local P = ph:narrow(2, t0, math.min(rows, W - t0 + 1)):totable()[1]
+        for t = 1, #P do
+          local Pt = P[t]
+          for j = 1, npre do raw[j] = raw[j] + Pt[j] end
+        end
       end
     end
     for j = 1, npre do raw[j] = raw[j] / W end
@@ -87,11 +101,30 @@ local function select(prob, p, blind)
   for h = 1, hq do
     local x = imp[h]
     if blind then x = {}; for j = 1, npre do x[j] = -j end end  -- score-blind: the first B keys
-    local order = E.order_desc(x, npre)
     local kept = {}
-    for t = 1, B do kept[t] = order[t] - 1 end
-    for j = npre, n - 1 do kept[#kept + 1] = j end
-    table.sort(kept)
+    if opts and opts.lua_sums then
+      -- the old path: a full comparator sort, then the kept positions sorted
+      local order = E.order_desc(x, npre)
+      for t = 1, B do kept[t] = order[t] - 1 end
+      for j = npre, n - 1 do kept[#kept + 1] = j end
+      table.sort(kept)
+    else
+      -- the same set without the comparator sorts: the top B by value (ties:
+      -- the earlier) are all but the npre - B smallest, ties dropped from the
+      -- later end; v = the (npre - B)-th smallest value (a plain number sort)
+      local D = npre - B
+      local vals = table.move(x, 1, npre, 1, {})
+      table.sort(vals)
+      local v, drop = vals[D], {}
+      local need = D
+      for j = 1, npre do if x[j] < v then drop[j] = true; need = need - 1 end end
+      for j = npre, 1, -1 do
+        if need == 0 then break end
+        if x[j] == v then drop[j] = true; need = need - 1 end
+      end
+      for j = 1, npre do if not drop[j] then kept[#kept + 1] = j - 1 end end
+      for j = npre, n - 1 do kept[#kept + 1] = j end
+    end
     out[h] = kept
   end
   return out, est
@@ -160,7 +193,7 @@ return {
     window = {default = 128, min = 1, int = true, doc = "W: observation window (always kept)"},
     ks = {default = 7, min = 1, int = true, doc = "smoothing kernel (average pooling)"},
   },
-  ops = {"score.last_q", "gather.rows", "attn.dense"},
+  ops = {"score.last_q", "reduce.columns64", "gather.rows", "attn.dense"},
   checks = {"coverage 0 or n <= m_min + W is the identity", "kept rows equal dense attention over the kept set",
     "dropped positions output 0, window always kept", "B identical across heads", "score-blind importance loses recall"},
   select = select,

@@ -14,6 +14,9 @@
 --      r <= k stay dense (the reference leaves the first K rows untouched);
 --      keep_max (an explicit option, default off — whether the reference
 --      forces the row max was not verified) keeps a row from emptying.
+-- Estimator cost (issue 20, session 4): each sampled row's quantile entry is
+--   picked in C (reduce.kth, quickselect) instead of a Lua sort of the row;
+--   thresholds(prob, p, {lua_sort = true}) is the old path (test oracle).
 -- Not here: the post-softmax placement, calib_tac (calibrating with top-k in
 --   earlier layers), capk, the offline interpolation/smoothing scripts, the
 --   top-k baseline mode.
@@ -32,7 +35,7 @@ local E = require "sparselab.blockest"
 local ID = "top_theta"
 
 -- θ samples of one problem: per head, {r -> {θ, ...}}
-local function sample_thetas(prob, p, into)
+local function sample_thetas(prob, p, into, opts)
   local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
   local nk = prob.k:shape()[2]
   local off = nk - nq
@@ -55,15 +58,30 @@ local function sample_thetas(prob, p, into)
   local probs = sl.score.rows(prob.q, prob.k, rt, {causal = prob.causal and 1 or 0, backend = be})
   local _, lse = sl.attn.rows(prob.q, prob.k, prob.v, sl.tensor({rows}, "i32"), lim, {backend = be})
   local L = lse:totable()
+  local ranks = {}
+  for t = 1, #rows do
+    local r = limits[t]
+    ranks[t] = math.floor((1 - p.k / r) * (r - 1)) + 1
+  end
+  -- the quantile entries: reduce.kth (issue 20, session 4; a quickselect per
+  -- row in C) or, with opts.lua_sort (tests only), each row read and sorted
+  -- in Lua — the same entry either way
+  local kth = not (opts and opts.lua_sort) and
+    sl.reduce.kth(probs, sl.tensor(ranks, "i32"), sl.tensor(limits, "i32"), {backend = be}):totable() or nil
   for h = 1, hq do
     into[h] = into[h] or {}
     local Ph = probs:narrow(1, h, 1)
     for t, _ in ipairs(rows) do
       local r = limits[t]
-      local row = Ph:narrow(2, t, 1):narrow(3, 1, r):totable()[1][1]
-      table.sort(row)
-      local idx = math.floor((1 - p.k / r) * (r - 1)) + 1
-      local pq = row[idx]
+      local idx = ranks[t]
+      local pq
+      if kth then
+        pq = kth[h][t]
+      else
+        local row = Ph:narrow(2, t, 1):narrow(3, 1, r):totable()[1][1]
+        table.sort(row)
+        pq = row[idx]
+      end
       local th = pq > 0 and math.log(pq) + L[h][t] or -1e30
       into[h][r] = into[h][r] or {}
       table.insert(into[h][r], th)
@@ -107,7 +125,7 @@ end
 
 local function layer_key(prob) return "L" .. tostring(prob.layer or "any") end
 
-local function thresholds(prob, p)
+local function thresholds(prob, p, opts)
   local cfg = E.config(p, ID)
   local tables, est_flops, source = nil, 0, "self"
   if cfg then
@@ -117,7 +135,7 @@ local function thresholds(prob, p)
     source = "config"
   else
     local s
-    s, est_flops = sample_thetas(prob, p, {})
+    s, est_flops = sample_thetas(prob, p, {}, opts)
     tables = aggregate(s, p.sigma)
   end
   local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
@@ -180,7 +198,7 @@ return {
     keep_max = {default = false, doc = "always keep the row's largest score"},
     config = {default = "", doc = "calibration file (sl.calibrate); empty: self-calibration on sampled rows"},
   },
-  ops = {"score.rows", "attn.rows", "attn.threshold"},
+  ops = {"score.rows", "reduce.kth", "attn.rows", "attn.threshold"},
   checks = {"mean kept per row ≈ k on the calibration rows", "θ monotone in k", "θ = -inf (k >= n) equals dense",
     "kept keys are exactly those above θ; a score-blind choice of the same counts loses recall"},
   calibrate = calibrate,

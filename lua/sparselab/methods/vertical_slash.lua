@@ -69,7 +69,7 @@ local function head_sizes(prob, p, hq)
 end
 
 -- The estimate: column and offset lists per query head, and FLOPs.
-local function select_lines(prob, p)
+local function select_lines(prob, p, opts)
   local n = D.check_prefill(ID, prob)
   local hq, d = prob.q:shape()[1], prob.q:shape()[3]
   local args = {last = p.last_q, backend = prob.backend}
@@ -91,19 +91,31 @@ local function select_lines(prob, p)
   D.knock_out(sdiag, n_local)
   local keep_v = sl.select.topk(vcol, {k = sl.tensor(kv, "i32")})
   local keep_s = sl.select.topk(sdiag, {k = sl.tensor(ks, "i32")})
-  local cols, offs = D.lists(keep_v), D.lists(keep_s)
-  local forced_c, forced_o = {}, {}
-  for j = 0, n_sink - 1 do forced_c[#forced_c + 1] = j end
-  for o = 0, n_local - 1 do forced_o[#forced_o + 1] = o end
-  for h = 1, hq do
-    cols[h] = D.union(cols[h], forced_c)
-    offs[h] = D.union(offs[h], forced_o)
+  local cols, offs
+  if opts and opts.lua_union then
+    -- the old path (tests only): lists, then a Lua union with the forced lines and a sort
+    cols, offs = D.lists(keep_v), D.lists(keep_s)
+    local forced_c, forced_o = {}, {}
+    for j = 0, n_sink - 1 do forced_c[#forced_c + 1] = j end
+    for o = 0, n_local - 1 do forced_o[#forced_o + 1] = o end
+    for h = 1, hq do
+      cols[h] = D.union(cols[h], forced_c)
+      offs[h] = D.union(offs[h], forced_o)
+    end
+  else
+    -- the forced lines set in the keep tensors: the lists come out as the
+    -- sorted unions (issue 20, session 4: no Lua union and sort)
+    for h = 1, hq do
+      for j = 1, n_sink do keep_v:set(h, j, 1) end
+      for o = 1, n_local do keep_s:set(h, o, 1) end
+    end
+    cols, offs = D.lists(keep_v), D.lists(keep_s)
   end
   return cols, offs, flops, {last_rows = m, n = n, d = d}
 end
 
-local function estimate(prob, p)
-  local cols, offs, flops, info = select_lines(prob, p)
+local function estimate(prob, p, opts)
+  local cols, offs, flops, info = select_lines(prob, p, opts)
   local m, sem = D.lines_mask(cols, offs, info.n, p.bq, p.bk, p.widen)
   local nv, ns = 0, 0
   for h = 1, #cols do nv, ns = nv + #cols[h], ns + #offs[h] end

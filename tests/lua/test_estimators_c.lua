@@ -1,0 +1,183 @@
+-- test_estimators_c.lua — estimator loops moved from Lua to C (issue 20,
+-- session 4) against the Lua paths they replaced, which stay in the
+-- recipes as options for this comparison only: the selections must be the
+-- same (the executed mask arrays, or the index lists) on fresh seeded
+-- shapes (GQA, ragged n, several budgets). The recipes' own tests (named
+-- "<id>: ...", in the mutation harness's files) check the selections against
+-- independent computations and fail under the score-blind mutation; these
+-- tests only pin the C path to the old one.
+package.path = "tests/lua/?.lua;" .. package.path
+local BUILD = os.getenv("BUILD") or "build"
+package.cpath = BUILD .. "/?.so;" .. package.cpath
+local H = require "harness"
+local sl = require "sparselab"
+local test, eq, truthy = H.test, H.eq, H.truthy
+
+local function arrays(mask)
+  local out = {}
+  for i, t in ipairs({mask:arrays()}) do
+    out[i] = t:numel() > 0 and t:totable() or {}
+    t:close()
+  end
+  return out
+end
+
+local function same(a, b, what)
+  if type(a) ~= "table" then eq(a, b, what); return end
+  eq(#a, #b, what .. ": length")
+  for i = 1, #a do same(a[i], b[i], what) end
+end
+
+local function same_mask(x, y, what)
+  local a, b = arrays(x), arrays(y)
+  for i, name in ipairs({"row_ptr", "col_idx", "part", "bits"}) do same(a[i], b[i], what .. ": " .. name) end
+end
+
+-- c.nq < c.n: the last nq query rows (a decode offset)
+local function problem(c)
+  local q, k, v = sl.synthetic{heads = c.hq, kv_heads = c.hkv, n = c.n, d = c.d or 16, seed = c.seed}
+  if c.nq then q = sl.tensor(q:narrow(2, c.n - c.nq + 1, c.nq):totable()) end
+  return sl.problem{q = q, k = k, v = v}
+end
+
+test("estimators in C: elastic_attention's router (reduce.far) and mask (patterns, keep rows) equal the Lua loops", function()
+  local m = sl.methods.get("elastic_attention")
+  local cases = {
+    {n = 1024, hq = 8, hkv = 4, seed = 3, p = {block = 64, sink = 64, local_window = 128}},
+    {n = 1100, hq = 4, hkv = 4, seed = 5, p = {block = 32, sink = 40, local_window = 100, sa_ratio = 0.75}},
+    {n = 777, hq = 6, hkv = 3, seed = 7, p = {block = 16, sink = 0, local_window = 16, window_q = 50, sa_ratio = 0.34}},
+    {n = 900, hq = 4, hkv = 2, seed = 9, p = {block = 64, sink = 130, local_window = 200, window_q = 100}},
+    {n = 1000, nq = 300, hq = 4, hkv = 2, seed = 5, p = {block = 32, sink = 40, local_window = 100, window_q = 50}},
+  }
+  local sa_seen = 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local mc, ic = m.estimate(prob, p)
+    local ml, il = m.estimate(prob, p, false, {lua_router = true, lua_keep = true})
+    eq(ic.stats.sa_heads, il.stats.sa_heads, "case " .. ci .. ": SA heads")
+    for g = 1, prob.k:shape()[1] do
+      truthy(math.abs(ic.loss[g] - il.loss[g]) <= 1e-12 * math.max(1, il.loss[g]),
+        string.format("case %d: lost mass of KV head %d: %.17g, Lua %.17g", ci, g, ic.loss[g], il.loss[g]))
+    end
+    eq(ic.keep ~= nil, c.nq ~= nil, "case " .. ci .. ": prefill builds patterns, an offset keep rows")
+    if ic.keep then same(ic.keep, il.keep, "case " .. ci .. ": keep") end
+    same_mask(mc, ml, "case " .. ci)
+    sa_seen = sa_seen + ic.stats.sa_heads
+    mc:close(); ml:close()
+  end
+  truthy(sa_seen > 0, "some heads are routed to streaming")
+end)
+
+test("estimators in C: token_sparse_attention's importance sums (reduce.columns64) keep the Lua loop's lists", function()
+  local m = sl.methods.get("token_sparse_attention")
+  local cases = {
+    {n = 1400, hq = 4, hkv = 2, seed = 3, p = {m_min = 256, window = 64, coverage = 0.05}},
+    {n = 1100, hq = 3, hkv = 3, seed = 5, p = {m_min = 128, window = 100, coverage = 0.2, ks = 5}},
+    {n = 900, hq = 2, hkv = 1, seed = 7, p = {m_min = 64, window = 33, coverage = 0.5, ks = 1}},
+    {n = 2000, hq = 2, hkv = 2, seed = 11, p = {m_min = 512, window = 128, coverage = 0.02}},
+  }
+  local selected = 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a = m.select(prob, p, false)
+    local b = m.select(prob, p, false, {lua_sums = true})
+    eq(a == nil, b == nil, "case " .. ci .. ": identity in both")
+    if a then
+      selected = selected + 1
+      same(a, b, "case " .. ci .. ": kept positions")
+    end
+  end
+  -- ties: every key written twice (positions 2i, 2i+1 equal), so with ks = 1
+  -- the importances come in equal pairs and the cut splits some of them
+  local st = 12345
+  local function u() st = (st * 1103515245 + 12345) % 2147483648; return st / 2147483648 - 0.5 end
+  local n, d, hq = 640, 8, 2
+  local qt, kt, vt = {}, {}, {}
+  for h = 1, hq do
+    qt[h], kt[h], vt[h] = {}, {}, {}
+    for i = 1, n do
+      qt[h][i], vt[h][i] = {}, {}
+      for e = 1, d do qt[h][i][e], vt[h][i][e] = 3 * u(), u() end
+    end
+    for i = 1, n, 2 do
+      local row = {}
+      for e = 1, d do row[e] = 3 * u() end
+      kt[h][i], kt[h][i + 1] = row, {table.unpack(row)}
+    end
+  end
+  local prob = sl.problem{q = sl.tensor(qt), k = sl.tensor(kt), v = sl.tensor(vt)}
+  local p = sl.registry.resolve(m, {m_min = 501, window = 64, coverage = 0.3, ks = 1})
+  local a = m.select(prob, p, false)
+  local b = m.select(prob, p, false, {lua_sums = true})
+  truthy(a ~= nil, "the tie case selects")
+  same(a, b, "ties: kept positions")
+  local odd = 0
+  for _, j in ipairs(a[1]) do if j < n - 64 then odd = odd + 1 end end
+  eq(odd, 501, "ties: B = m_min kept prefix keys (576 - 501 = 75 dropped: an odd count splits a pair)")
+  local kept, split = {}, 0
+  for _, j in ipairs(a[1]) do kept[j] = true end
+  for j = 0, n - 66, 2 do if (kept[j] or false) ~= (kept[j + 1] or false) then split = split + 1 end end
+  eq(split, 1, "ties: exactly one equal pair is split by the cut")
+  truthy(kept[0] or not kept[1], "ties: the earlier of a split pair is kept")
+  selected = selected + 1
+  truthy(selected >= 3, "the cases select (not the identity)")
+end)
+
+test("estimators in C: top_theta's calibration quantiles (reduce.kth) equal the Lua sort's", function()
+  local m = sl.methods.get("top_theta")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 3, p = {k = 64}},
+    {n = 777, hq = 2, hkv = 1, seed = 5, p = {k = 7, sample_frac = 0.05, sigma = 0.5}},
+    {n = 1500, hq = 3, hkv = 3, seed = 7, p = {k = 300, max_rows = 20}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a = m.thresholds(prob, p):totable()
+    local b = m.thresholds(prob, p, {lua_sort = true}):totable()
+    same(a, b, "case " .. ci .. ": thresholds")
+    local finite = 0
+    for _, row in ipairs(a) do for _, x in ipairs(row) do if x > -1e29 then finite = finite + 1 end end end
+    truthy(finite > 0, "case " .. ci .. ": calibrated rows")
+  end
+end)
+
+test("estimators in C: dhsa's token lists built in order equal the sorted Lua lists", function()
+  local m = sl.methods.get("dhsa")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 3, p = {bq = 32, bk = 32, topk_tokens = 300, local_tokens = 40, global_tokens = 16, chunk = 24}},
+    {n = 1100, hq = 2, hkv = 1, seed = 5, p = {bq = 64, bk = 64, topk_tokens = 500, splice = 1, global_tokens = 20}},
+    {n = 900, hq = 3, hkv = 3, seed = 7, p = {bq = 16, bk = 16, topk_tokens = 200, local_tokens = 0, bounds = "0,5,90,91,300,512,700", norm = 0}},
+    {n = 777, hq = 2, hkv = 2, seed = 9, p = {bq = 32, bk = 32, topk_tokens = 129, instruction_tokens = 100, chunk = 7}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a, b = m.mask(prob, p), m.mask(prob, p, {lua_sort = true})
+    same_mask(a, b, "case " .. ci)
+    truthy(a:density(true) < 0.9, "case " .. ci .. ": sparse")
+    a:close(); b:close()
+  end
+end)
+
+test("estimators in C: vertical_slash's forced lines set in the keep give the Lua unions", function()
+  local m = sl.methods.get("vertical_slash")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 3, p = {}},
+    {n = 1100, hq = 2, hkv = 1, seed = 5, p = {sinks = 7, ["local"] = 33, last_q = 32, bq = 32, bk = 32}},
+    {n = 700, hq = 3, hkv = 3, seed = 7, p = {sinks = 0, ["local"] = 1, widen = true}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a, b = m.estimate(prob, p), m.estimate(prob, p, {lua_union = true})
+    same(a.cols, b.cols, "case " .. ci .. ": columns")
+    same(a.offs, b.offs, "case " .. ci .. ": offsets")
+    eq(a.semantic_density, b.semantic_density, "case " .. ci .. ": density")
+    truthy(#a.cols[1] > (c.p.sinks or 0), "case " .. ci .. ": selected columns beyond the sinks")
+  end
+end)
+
+H.done()
