@@ -482,7 +482,8 @@ START_TEST(test_mm_moe)
     sl_rng_seed(&rng, 17040);
     /* T, D, H, E, k, skew (route most pairs to expert 0: more than 64 pairs in one segment) */
     const int64_t shapes[][6] = {{1, 16, 40, 4, 2, 0}, {7, 33, 43, 5, 2, 0}, {150, 12, 20, 3, 2, 1},
-                                 {5, 20, 600, 2, 1, 0}, {3, 530, 30, 3, 3, 0}, {9, 24, 36, 6, 6, 0}};
+                                 {5, 20, 600, 2, 1, 0}, {3, 530, 30, 3, 3, 0}, {9, 24, 36, 6, 6, 0},
+                                 {70, 128, 300, 4, 2, 0}}; /* the last above the cpu's serial threshold */
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         int64_t T = shapes[si][0], D = shapes[si][1], H = shapes[si][2], E = shapes[si][3], k = shapes[si][4];
         int skew = (int)shapes[si][5];

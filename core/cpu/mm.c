@@ -550,7 +550,8 @@ sl_status sl__cpu_mm_out_sparse(const sl__kargs *a)
  *    then one task per (expert, row block, chunk of MOE_COLS outputs): Y =
  *    h_e . W2t_e (one sgemm) into ys [P, D];
  * 4. per token, y = sum over its slots in slot order of rw . ys[pair].
- * Every task writes its own rows and columns: no atomics, deterministic. */
+ * Every task writes its own rows and columns: no atomics, deterministic.
+ * Below MOE_SERIAL_MACS multiply-adds the phases run on the calling thread. */
 #define MOE_ROWS 64
 #define MOE_UNITS 256
 #define MOE_COLS 512
@@ -634,6 +635,21 @@ static void moe_combine(int64_t t, void *ud, int thread)
     }
 }
 
+#define MOE_SERIAL_MACS 1048576.0 /* below: one thread */
+
+static sl_status moe_for(sl_ctx *ctx, int serial, int64_t n, sl__parallel_fn fn, void *ud)
+{
+    if (!serial)
+        return sl__cpu_parallel(ctx, n, fn, ud);
+    int saved = openblas_get_num_threads();
+    sl__cpu_blas_single();
+    for (int64_t i = 0; i < n; i++)
+        fn(i, ud, 0);
+    if (saved != 1)
+        openblas_set_num_threads(saved);
+    return SL_OK;
+}
+
 /* builds the task list of one phase: per expert with pairs and units, row
  * blocks x chunks of `width` over `extent(e)` */
 static int64_t moe_tasks(moe_job *j, const int64_t *seg, int up)
@@ -711,13 +727,19 @@ sl_status sl__cpu_mm_moe(const sl__kargs *a)
     }
     seg[0] = 0; /* seg[e] .. seg[e + 1]: expert e's pairs */
     int64_t pairs = seg[j.E];
-    sl_status s = sl__cpu_parallel(a->ctx, pairs, moe_gather, &j);
+    double macs = 0;
+    for (int64_t e = 0; e < j.E; e++)
+        macs += 3.0 * (double)(seg[e + 1] - seg[e]) * (double)(j.offs[e + 1] - j.offs[e]) * (double)j.D;
+    /* a small call (decode of a small model) runs on the calling thread:
+     * each parallel region starts threads, which costs more than the work */
+    int serial = macs < MOE_SERIAL_MACS;
+    sl_status s = moe_for(a->ctx, serial, pairs, moe_gather, &j);
     if (s == SL_OK && (j.n_tasks = moe_tasks(&j, seg, 1)) > 0)
-        s = sl__cpu_parallel(a->ctx, j.n_tasks, moe_up, &j);
+        s = moe_for(a->ctx, serial, j.n_tasks, moe_up, &j);
     if (s == SL_OK && (j.n_tasks = moe_tasks(&j, seg, 0)) > 0)
-        s = sl__cpu_parallel(a->ctx, j.n_tasks, moe_down, &j);
+        s = moe_for(a->ctx, serial, j.n_tasks, moe_down, &j);
     if (s == SL_OK)
-        s = sl__cpu_parallel(a->ctx, j.T, moe_combine, &j);
+        s = moe_for(a->ctx, serial, j.T, moe_combine, &j);
     return s;
 }
 

@@ -16,7 +16,14 @@
 -- Not done: attention-MoE (B), SPT's sigmoid block router (C), align post-training, shared expert.
 -- Session 3: the k-means router and the gating run as the ops cluster.kmeans and cluster.route
 --   (ref/cpu/CUDA; same results as the Lua loops, kept under o.impl = "lua").
--- Reference code (OpenSparseLLMs/LLaMA-MoE-v2, ytgui/SPT-proto) was not read; this follows the card.
+-- Reference code: the conversion (OpenSparseLLMs/LLaMA-MoE-v2 split/convert scripts, ytgui/SPT-proto)
+--   was not read; it follows the card. The executor was compared (session 4) with the Mixtral MoE
+--   forward that LLaMA-MoE v2's modeling_mixtral.py builds on (MixtralSparseMoeBlock.forward, read in
+--   copies found by the code search): softmax over all E logits, top-k, renormalised over the top-k
+--   (= our softmax over the top-k logits; x scale here), then per expert torch.where -> gather ->
+--   expert MLP x weight -> index_add_. mm.moe does the same grouping (pairs sorted by expert, token
+--   order kept) in one call; divergence: the weighted rows are added per token in slot order
+--   (top-1 first) instead of index_add_ in expert order, so float sums differ in order only.
 local MR = require "sparselab.model_recipe"
 return MR.recipe{
   id = "moe_split_route",
