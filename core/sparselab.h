@@ -1720,7 +1720,8 @@ sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *nam
  * layer's w1 it runs the router and mm.moe and writes zeros (w3 too, so the
  * runner's h = silu(0) . 0 = 0), and its w2 returns the MoE output; other
  * products are left to the dense sgemm (*done = 0). The permuted copies of
- * w1, w3 and w2 are taken at set time: set again after replacing a weight. */
+ * w1, w3 and w2 are taken at set time: set again after replacing a weight
+ * (the Lua model:set_weight unsets the layer: it runs dense until set). */
 #define SL_MOE_MAX_EXPERTS 1024
 typedef struct sl_model_moe sl_model_moe;
 typedef struct sl_moe_stat {
@@ -1736,6 +1737,8 @@ void sl_model_moe_free(sl_ctx *ctx, sl_model_moe *mo);
 sl_status sl_model_moe_set(sl_ctx *ctx, sl_model_moe *mo, const sl_model *m, int layer, const sl_tensor *router,
                            const sl_tensor *expert);
 int sl_model_moe_on(const sl_model_moe *mo, int layer);
+/* The layer's FFN runs densely again (its copies freed). */
+void sl_model_moe_unset(sl_model_moe *mo, int layer);
 sl_moe_stat sl_model_moe_stat(const sl_model_moe *mo);
 void sl_model_moe_reset(sl_model_moe *mo);
 /* The hook: ud is the sl_model_moe. */

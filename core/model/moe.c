@@ -140,6 +140,12 @@ sl_status sl_model_moe_set(sl_ctx *ctx, sl_model_moe *mo, const sl_model *m, int
     return SL_OK;
 }
 
+void sl_model_moe_unset(sl_model_moe *mo, int layer)
+{
+    if (mo && layer >= 0 && layer < mo->n_layers)
+        layer_clear(&mo->layers[layer]);
+}
+
 int sl_model_moe_on(const sl_model_moe *mo, int layer)
 {
     return mo && layer >= 0 && layer < mo->n_layers && mo->layers[layer].on;

@@ -210,6 +210,9 @@ static int m_set_weight(lua_State *L)
     if (u->ex && sscanf(name, "layers.%d.%7s", &layer, kind) == 2 && sl_model_exec_format(u->ex, layer, kind) > 0 &&
         sl_model_exec_set(ctx, u->ex, u->m, layer, kind, SL_EXEC_DENSE, 0, 0))
         return sl__lua_fail(L, ctx); /* a replaced weight runs dense until set again */
+    if (u->moe && sscanf(name, "layers.%d.%7s", &layer, kind) == 2 &&
+        (!strcmp(kind, "w1") || !strcmp(kind, "w2") || !strcmp(kind, "w3")))
+        sl_model_moe_unset(u->moe, layer); /* the MoE's copies are stale: that FFN runs dense until set again */
     return 0;
 }
 

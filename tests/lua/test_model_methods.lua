@@ -318,6 +318,15 @@ test("moe_split_route: the runner's grouped executor (mm.moe) equals the hook pa
   eq(sc.dense_flops, 6 * sc.rows * hidden * dim, "dense FFN flops")
   truthy(sc.units < 0.55 * sc.rows * hidden and sc.units > 0.45 * sc.rows * hidden, "about half the units")
   truthy(sc.flops < 0.6 * sc.dense_flops, "executed flops below 0.6 of dense")
+  -- replacing an FFN weight turns that layer's MoE off (its copies would be stale): dense there
+  E.use(m, moe)
+  local w1 = m.c:weight("layers.0.w1"):to("f32")
+  m.c:set_weight("layers.0.w1", w1)
+  m.c:moe_stats(true)
+  local st3 <close> = m.c:state(#ids)
+  m.c:forward(ids, st3)
+  eq(m.c:moe_stats().rows, (L - 1) * #ids, "layer 0 runs dense after set_weight")
+  E.off(m)
   -- the recipe runs through the runner and leaves nothing installed
   local nll = MR.nll(m, "moe_split_route", {experts = 4, k = 2}, CALIB, {head(HELD[2], 60)})
   truthy(nll > 0 and nll < 20, "recipe NLL " .. nll)
