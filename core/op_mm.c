@@ -124,6 +124,26 @@ static sl_status mm_infer(sl_ctx *ctx, const sl_op_info *info, const void *param
         if (in[3].buf && (s = need_2d(ctx, info, in, 3, T, N)))
             return s;
         break;
+    case SL_OP_MM_MOE: {
+        /* x [T, D]; w1, w3, w2t [H, D]; offs i32 [E+1]; route i32 [T, k]; rw [T, k] */
+        if ((s = sl__need_float(ctx, info, in, 1, 2)))
+            return s;
+        int64_t H = in[1].shape[0];
+        if ((s = need_2d(ctx, info, in, 1, H, K)) || (s = need_2d(ctx, info, in, 2, H, K)) ||
+            (s = need_2d(ctx, info, in, 3, H, K)) || (s = sl__need_index(ctx, info, in, 4, SL_I32, 1)) ||
+            (s = sl__need_index(ctx, info, in, 5, SL_I32, 2)))
+            return s;
+        if (in[4].shape[0] < 2)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: offs must hold E + 1 >= 2 entries, found %lld", info->name,
+                               (long long)in[4].shape[0]);
+        if (in[5].shape[0] != T)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: route has %lld rows, x has %lld", info->name,
+                               (long long)in[5].shape[0], (long long)T);
+        if (in[6].buf && (s = need_2d(ctx, info, in, 6, T, in[5].shape[1])))
+            return s;
+        N = K;
+        break;
+    }
     default: return sl_ctx_fail(ctx, SL_EINTERNAL, "%s: not an op of the mm family", info->name);
     }
     out_ndim[0] = 2;
@@ -191,6 +211,22 @@ static sl_status mm_check_contents(sl_ctx *ctx, const sl_op_info *info, const vo
                                    (long long)(i / S), (long long)(i % S), sel[i], (long long)N);
         return SL_OK;
     }
+    case SL_OP_MM_MOE: {
+        const int32_t *offs = in[4].data, *route = in[5].data;
+        int64_t E = in[4].shape[0] - 1, H = in[1].shape[0], n = sl_tensor_numel(&in[5]), k = in[5].shape[1];
+        if (offs[0] != 0 || offs[E] != H)
+            return sl_ctx_fail(ctx, SL_EARG, "%s: offs must run from 0 to H = %lld, found %d .. %d", info->name,
+                               (long long)H, offs[0], offs[E]);
+        for (int64_t e = 0; e < E; e++)
+            if (offs[e + 1] < offs[e])
+                return sl_ctx_fail(ctx, SL_EARG, "%s: offs must be nondecreasing, found offs[%lld] = %d > offs[%lld] = %d",
+                                   info->name, (long long)e, offs[e], (long long)(e + 1), offs[e + 1]);
+        for (int64_t i = 0; i < n; i++)
+            if (route[i] < -1 || route[i] >= E)
+                return sl_ctx_fail(ctx, SL_EARG, "%s: route[%lld, %lld] = %d is outside [0, %lld) (or -1)", info->name,
+                                   (long long)(i / k), (long long)(i % k), route[i], (long long)E);
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
@@ -198,7 +234,7 @@ static sl_status mm_check_contents(sl_ctx *ctx, const sl_op_info *info, const vo
 static int is_executor(sl_op op)
 {
     return op == SL_OP_MM_DENSE || op == SL_OP_MM_NM || op == SL_OP_MM_BITMAP || op == SL_OP_MM_ACT_SPARSE ||
-           op == SL_OP_MM_OUT_SPARSE;
+           op == SL_OP_MM_OUT_SPARSE || op == SL_OP_MM_MOE;
 }
 
 /* The executors leave their float inputs unscanned (a weight is read once per
@@ -251,6 +287,18 @@ static double mm_flops(const sl_op_info *info, const void *params, const sl_tens
         for (int64_t i = 0, n = sl_tensor_numel(&in[2]); i < n; i++)
             c += sel[i] >= 0;
         return c * (2 * (double)in[0].shape[1] + (in[3].buf ? 1 : 0));
+    }
+    case SL_OP_MM_MOE: {
+        /* per routed pair (t, e): 3 products of |e| units by D, silu and the gating
+         * product (4 per unit), the weighted add (2 per output) */
+        const int32_t *offs = in[4].data, *route = in[5].data;
+        double D = (double)in[0].shape[1], c = 0;
+        for (int64_t i = 0, n = sl_tensor_numel(&in[5]); i < n; i++)
+            if (route[i] >= 0) {
+                double units = (double)(offs[route[i] + 1] - offs[route[i]]);
+                c += 6 * units * D + 4 * units + 2 * D;
+            }
+        return c;
     }
     case SL_OP_MM_NM_ENCODE: {
         const sl_mm_nm_params *p = params;

@@ -1297,6 +1297,21 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * sorted ascending; splice = 1 drops the first globals of them; then the
  * tokens < globals are left out. DHSA's per-block top-k over upsampled
  * chunk scores (card dhsa, step 4). */
+/* ---- grouped-GEMM MoE executor (issue 17, session 4) ----
+ * mm.moe (card moe_split_route, executor steps 1-4): x [T, D]; w1, w3, w2t
+ * f32 [H, D] (gate, up, and the transposed down projection, W2^T, with the
+ * H units ordered so that expert e owns rows offs[e] .. offs[e+1]); offs i32
+ * [E + 1], 0 = offs[0] <= ... <= offs[E] = H (empty experts allowed); route
+ * i32 [T, k]: the experts of token t (-1: an unused slot; an expert listed
+ * twice counts twice); opt.rw f32 [T, k]: the routing weights (absent: 1).
+ * y [T, D]: y[t] = sum_j rw[t, j] . sum_{i in expert route[t, j]}
+ * silu(x[t] . w1[i]) . (x[t] . w3[i]) . w2t[i]. The executors sort the
+ * (token, slot) pairs by expert (stable), gather each expert's x rows,
+ * run its products as GEMMs (cpu: OpenBLAS sgemm per (expert, 64 rows,
+ * 256 units / 512 outputs) task; cuda: one launch per stage over a table of
+ * (expert, 8-pair) tiles) and add rw . y_pair back per token in slot order.
+ * ref is the per-token loop in float64. FLOPs: per routed pair 6 |e| D
+ * + 4 |e| + 2 D. */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
@@ -1781,6 +1796,42 @@ void sl_model_exec_reset(sl_model_exec *e);
 /* The hook: ud is the sl_model_exec. */
 sl_status sl_model_exec_linear(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
                                const sl_tensor *w, float *y, int *done);
+
+/* ---- routed MoE FFN inside the model runner (issue 17, session 4; card
+ * moe_split_route) ----
+ * An sl_model_moe replaces the FFN of chosen layers by E neuron experts: per
+ * layer a router [E, dim] and a map unit -> expert (i32 [hidden_dim]). Per
+ * token the top-k experts of x . router^T (ties: the lower id) with weight
+ * scale (unit) or softmax over the top-k logits . scale, and the layer's FFN
+ * output is one mm.moe call (grouped GEMM over the routed experts' unit
+ * blocks) on the object's backend. As the model's linear hook: at a set
+ * layer's w1 it runs the router and mm.moe and writes zeros (w3 too, so the
+ * runner's h = silu(0) . 0 = 0), and its w2 returns the MoE output; other
+ * products are left to the dense sgemm (*done = 0). The permuted copies of
+ * w1, w3 and w2 are taken at set time: set again after replacing a weight
+ * (the Lua model:set_weight unsets the layer: it runs dense until set). */
+#define SL_MOE_MAX_EXPERTS 1024
+typedef struct sl_model_moe sl_model_moe;
+typedef struct sl_moe_stat {
+    double seconds;             /* wall time of the router and mm.moe calls */
+    int64_t calls, rows, pairs; /* FFNs run, tokens, routed (token, expert) pairs */
+    int64_t units;              /* hidden units computed, summed over pairs */
+    double flops, dense_flops;  /* executed (router + mm.moe), and the dense FFN's 6 n hidden dim */
+    int64_t load[SL_MOE_MAX_EXPERTS]; /* routed pairs per expert id, over layers */
+} sl_moe_stat;
+sl_status sl_model_moe_new(sl_ctx *ctx, const sl_model *m, sl_backend_id b, int experts, int k, int softmax,
+                           double scale, sl_model_moe **out);
+void sl_model_moe_free(sl_ctx *ctx, sl_model_moe *mo);
+sl_status sl_model_moe_set(sl_ctx *ctx, sl_model_moe *mo, const sl_model *m, int layer, const sl_tensor *router,
+                           const sl_tensor *expert);
+int sl_model_moe_on(const sl_model_moe *mo, int layer);
+/* The layer's FFN runs densely again (its copies freed). */
+void sl_model_moe_unset(sl_model_moe *mo, int layer);
+sl_moe_stat sl_model_moe_stat(const sl_model_moe *mo);
+void sl_model_moe_reset(sl_model_moe *mo);
+/* The hook: ud is the sl_model_moe. */
+sl_status sl_model_moe_linear(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
+                              const sl_tensor *w, float *y, int *done);
 
 /* The weight tensor called name ("tok_emb", "rms_final", "wcls",
  * "layers.L.{rms_att,wq,wk,wv,wo,rms_ffn,w1,w2,w3}"), or NULL. The caller may

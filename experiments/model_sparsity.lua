@@ -171,15 +171,9 @@ for _, window in ipairs{false, 64} do
   for _, c in ipairs{{2, "importance", "cluster"}, {1, "importance", "cluster"}, {2, "sequential", "random"}} do
     record_custom("moe_split_route", {experts = 4, k = c[1], split = c[2], router = c[3]}, w, function()
       local moe = MOE.build(m, CALIB, {experts = 4, k = c[1], split = c[2], router = c[3]})
-      local total, count, stats = 0, 0, {}
-      for _, ids in ipairs(HELD) do
-        local st <close> = m.c:state(#ids)
-        local logits = m.c:forward(ids, st, attention_hook(w), MOE.hook(m, moe, stats))
-        local cc = sl.model_c.compare(logits, logits, ids)
-        total, count = total + cc.nll * cc.n, count + cc.n
-      end
-      local kept = stats.kept / stats.units
-      return total / count, dense_nll, (LIN.q + LIN.k + LIN.v + LIN.o + LIN.ffn * kept + 2 * cfg.dim * 4) / LIN.total
+      -- session 4: the runner's FFN runs as the grouped executor mm.moe (sparselab.moe.use)
+      local nll, kept = MOE.nll(m, HELD, moe, {attention = attention_hook(w)})
+      return nll, dense_nll, (LIN.q + LIN.k + LIN.v + LIN.o + LIN.ffn * kept + 2 * cfg.dim * 4) / LIN.total
     end)
   end
 end

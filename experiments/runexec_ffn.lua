@@ -14,11 +14,16 @@
 -- min_macs (6th argument, default the exec's own): products with fewer
 -- multiply-adds run as the dense sgemm on the zeroed operands (session 3c);
 -- 0 sends every product through the sparse executors.
+-- Session 4: the MoE rows (card moe_split_route): the FFN split sequentially
+-- into E experts with a random-vector router (timing only), top-k per token,
+-- the runner's FFN as router + one mm.moe call (sparselab.moe.use); time and
+-- flops from model:moe_stats.
 --   LUA_CPATH='build/?.so' lua5.4 experiments/runexec_ffn.lua [dim hidden prefill decode reps [min_macs [pattern]]]
 local sl = require "sparselab"
 local E = require "sparselab.runexec"
 local P = require "sparselab.prune"
 local A = require "sparselab.actsparse"
+local MOE = require "sparselab.moe"
 
 local DIM, HID = tonumber(arg[1]) or 1024, tonumber(arg[2]) or 2816
 local PREFILL, DECODE, REPS = tonumber(arg[3]) or 64, tonumber(arg[4]) or 16, tonumber(arg[5]) or 3
@@ -89,6 +94,8 @@ local CONFIGS = {
   -- run mm.out_sparse over them, w2 act-sparse
   {name = "Spark 10 % units (r = dim/8): w1, w3 mm.out_sparse + w2 act", spark = {share = 0.10, rdiv = 8},
    spec = {weights = "dense", act = true}},
+  {name = "MoE 8 experts, top-2: router + mm.moe", moe = {experts = 8, k = 2}, spec = {weights = "dense"}},
+  {name = "MoE 8 experts, top-1: router + mm.moe", moe = {experts = 8, k = 1}, spec = {weights = "dense"}},
 }
 -- 7th argument: a Lua pattern; only configurations whose name matches run (dense always)
 if arg and arg[7] and arg[7] ~= "" then
@@ -106,8 +113,13 @@ local function bench(label, m, prefill_ids)
   local snap = P.snapshot(m)
   local res = {}
   local chess = {}
+  local moes = {}
   for _, c in ipairs(CONFIGS) do
     if c.chess then chess[c.chess] = A.calibrate(m, {prefill_ids}, c.chess).chess end
+    if c.moe then
+      moes[c.name] = MOE.build(m, {prefill_ids}, {experts = c.moe.experts, k = c.moe.k, split = "sequential",
+        router = "random"})
+    end
   end
   for _, c in ipairs(CONFIGS) do res[c.name] = {pre = {}, dec = {}, flops_pre = 0} end
   for _ = 1, REPS do
@@ -126,16 +138,24 @@ local function bench(label, m, prefill_ids)
         for l, th in pairs(chess[c.chess]) do m.c:exec_gate(l, th) end
         site = A.hook(m, {kind = "threshold", theta = chess[c.chess]})
       end
+      if c.moe then MOE.use(m, moes[c.name]); m.c:moe_stats(true) end
       local s = E.time(m, {prefill_ids}, site)
+      if c.moe then
+        local ms = m.c:moe_stats(true)
+        s.ffn.seconds, s.ffn.flops = s.ffn.seconds + ms.seconds, s.ffn.flops + ms.flops
+      end
       table.insert(res[c.name].pre, s.ffn.seconds / #prefill_ids)
       res[c.name].flops_pre = s.ffn.flops / #prefill_ids
       -- decode: one token per forward with the KV cache
       local st <close> = m.c:state(DECODE + 1)
       m.c:forward({prefill_ids[1]}, st, nil, site)
       m.c:exec_stats(true)
+      if c.moe then m.c:moe_stats(true) end
       for i = 1, DECODE do m.c:forward({prefill_ids[1 + i % #prefill_ids]}, st, nil, site) end
       local d = m.c:exec_stats(true)
-      table.insert(res[c.name].dec, (d.w1.seconds + d.w3.seconds + d.w2.seconds) / DECODE)
+      local moe_s = c.moe and m.c:moe_stats(true).seconds or 0
+      table.insert(res[c.name].dec, (d.w1.seconds + d.w3.seconds + d.w2.seconds + moe_s) / DECODE)
+      if c.moe then MOE.off(m) end
       E.off(m)
       P.restore(m, snap)
     end

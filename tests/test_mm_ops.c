@@ -466,8 +466,153 @@ START_TEST(test_mm_out_sparse)
 }
 END_TEST
 
+/* mm.moe (issue 17, session 4; card moe_split_route, executor steps 1-4): every backend vs ref
+ * (the grouped executors vs the float64 per-token loop); ref vs the MoE written here on the
+ * unpermuted FFN (W1, W3 [H, D], W2 [D, H], a random unit -> expert map, the permutation to
+ * contiguous expert blocks built here); k = E with unit weights equals the dense FFN (the card's
+ * check); -1 slots, repeated experts, empty experts and experts with no tokens; FLOPs count the
+ * routed units; bad routes and offsets are refused. */
+static double silu_d(double g) { return g / (1.0 + exp(-g)); }
+
+START_TEST(test_mm_moe)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 17040);
+    /* T, D, H, E, k, skew (route most pairs to expert 0: more than 64 pairs in one segment) */
+    const int64_t shapes[][6] = {{1, 16, 40, 4, 2, 0}, {7, 33, 43, 5, 2, 0}, {150, 12, 20, 3, 2, 1},
+                                 {5, 20, 600, 2, 1, 0}, {3, 530, 30, 3, 3, 0}, {9, 24, 36, 6, 6, 0},
+                                 {70, 128, 300, 4, 2, 0}}; /* the last above the cpu's serial threshold */
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int64_t T = shapes[si][0], D = shapes[si][1], H = shapes[si][2], E = shapes[si][3], k = shapes[si][4];
+        int skew = (int)shapes[si][5];
+        int64_t xs[2] = {T, D}, ws[2] = {H, D}, w2s[2] = {D, H}, rs[2] = {T, k};
+        sl_tensor x = randn_shape(ctx, &rng, 2, xs, 1), W1 = randn_shape(ctx, &rng, 2, ws, 0.3),
+                  W3 = randn_shape(ctx, &rng, 2, ws, 0.3), W2 = randn_shape(ctx, &rng, 2, w2s, 0.3);
+        sl_tensor rw = randn_shape(ctx, &rng, 2, rs, 1);
+        /* unit -> expert: random, expert E - 1 left empty when E > 2 */
+        int32_t *of = malloc(sizeof *of * (size_t)H), *offs = malloc(sizeof *offs * (size_t)(E + 1));
+        int64_t *perm = malloc(sizeof *perm * (size_t)H);
+        ck_assert(of && offs && perm);
+        int64_t used = E > 2 ? E - 1 : E;
+        for (int64_t u = 0; u < H; u++)
+            of[u] = (int32_t)((int64_t)(sl_rng_uniform(&rng) * (double)used) % used);
+        int64_t n = 0;
+        offs[0] = 0;
+        for (int64_t e = 0; e < E; e++) {
+            for (int64_t u = 0; u < H; u++)
+                if (of[u] == e)
+                    perm[n++] = u;
+            offs[e + 1] = (int32_t)n;
+        }
+        ck_assert_int_eq(n, H);
+        sl_tensor w1 = f32_2d(ctx, H, D), w3 = f32_2d(ctx, H, D), w2t = f32_2d(ctx, H, D);
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t d = 0; d < D; d++) {
+                f32p(&w1)[i * D + d] = f32p(&W1)[perm[i] * D + d];
+                f32p(&w3)[i * D + d] = f32p(&W3)[perm[i] * D + d];
+                f32p(&w2t)[i * D + d] = f32p(&W2)[d * H + perm[i]];
+            }
+        sl_tensor route = i32_tensor(ctx, T, k);
+        int32_t *r = route.data;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t j = 0; j < k; j++) {
+                double v = sl_rng_uniform(&rng);
+                r[t * k + j] = skew && v < 0.7 ? 0 : (int32_t)((int64_t)(v * (double)E) % E);
+                if (k > 1 && j == k - 1 && t % 4 == 1)
+                    r[t * k + j] = -1; /* an unused slot */
+            }
+        sl_tensor in[7] = {x, w1, w3, w2t, i32_vec(ctx, offs, E + 1), route, rw};
+        for (int weighted = 0; weighted < 2; weighted++) {
+            in[6] = weighted ? rw : (sl_tensor){0};
+            check_op_vs_ref(ctx, SL_OP_MM_MOE, NULL, in, 1e-5, "mm.moe");
+            /* ref vs the MoE on the unpermuted weights */
+            double *want = calloc((size_t)(T * D), sizeof *want), flops = 0;
+            ck_assert_ptr_nonnull(want);
+            for (int64_t t = 0; t < T; t++)
+                for (int64_t j = 0; j < k; j++) {
+                    int32_t e = r[t * k + j];
+                    if (e < 0)
+                        continue;
+                    double p = weighted ? f32p(&rw)[t * k + j] : 1.0, units = 0;
+                    for (int64_t u = 0; u < H; u++) {
+                        if (of[u] != e)
+                            continue;
+                        units++;
+                        double g = 0, v = 0;
+                        for (int64_t d = 0; d < D; d++) {
+                            g += (double)f32p(&x)[t * D + d] * f32p(&W1)[u * D + d];
+                            v += (double)f32p(&x)[t * D + d] * f32p(&W3)[u * D + d];
+                        }
+                        for (int64_t d = 0; d < D; d++)
+                            want[t * D + d] += p * silu_d(g) * v * f32p(&W2)[d * H + u];
+                    }
+                    flops += 6 * units * (double)D + 4 * units + 2 * (double)D;
+                }
+            sl_tensor y = run_op1(ctx, SL_BACKEND_REF, SL_OP_MM_MOE, NULL, in);
+            assert_close_f64(&y, want, "mm.moe ref vs the unpermuted MoE");
+            ck_assert_double_eq_tol(sl_op_flops(SL_OP_MM_MOE, NULL, in), flops, 1e-6 * flops + 1e-9);
+            sl_tensor_release(&y);
+            free(want);
+        }
+        /* k = E, every expert once, unit weights: the dense FFN W2 (silu(W1 x) * W3 x) */
+        sl_tensor all = i32_tensor(ctx, T, E);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t e = 0; e < E; e++)
+                ((int32_t *)all.data)[t * E + e] = (int32_t)((e + t) % E);
+        sl_tensor ina[7] = {x, w1, w3, w2t, in[4], all, {0}};
+        double *dense = calloc((size_t)(T * D), sizeof *dense);
+        ck_assert_ptr_nonnull(dense);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t u = 0; u < H; u++) {
+                double g = 0, v = 0;
+                for (int64_t d = 0; d < D; d++) {
+                    g += (double)f32p(&x)[t * D + d] * f32p(&W1)[u * D + d];
+                    v += (double)f32p(&x)[t * D + d] * f32p(&W3)[u * D + d];
+                }
+                for (int64_t d = 0; d < D; d++)
+                    dense[t * D + d] += silu_d(g) * v * f32p(&W2)[d * H + u];
+            }
+        sl_backend_id bs[8];
+        int nb = other_backends(bs);
+        bs[nb++] = SL_BACKEND_REF;
+        for (int b = 0; b < nb; b++) {
+            sl_tensor y = run_op1(ctx, bs[b], SL_OP_MM_MOE, NULL, ina);
+            assert_close_f64(&y, dense, "mm.moe with every expert = the dense FFN");
+            sl_tensor_release(&y);
+        }
+        free(dense);
+        /* refusals */
+        r[0] = (int32_t)E;
+        expect_fail(ctx, SL_OP_MM_MOE, NULL, in, SL_EARG, "is outside");
+        r[0] = 0;
+        ((int32_t *)in[4].data)[E] = (int32_t)H + 1;
+        expect_fail(ctx, SL_OP_MM_MOE, NULL, in, SL_EARG, "offs must run from 0");
+        if (E > 1) {
+            ((int32_t *)in[4].data)[E] = (int32_t)H;
+            int32_t keep = ((int32_t *)in[4].data)[1];
+            ((int32_t *)in[4].data)[1] = (int32_t)H + 1;
+            expect_fail(ctx, SL_OP_MM_MOE, NULL, in, SL_EARG, "nondecreasing");
+            ((int32_t *)in[4].data)[1] = keep;
+        }
+        sl_tensor_release(&all);
+        sl_tensor_release(&in[4]);
+        release_n(in, 4);
+        sl_tensor_release(&route);
+        sl_tensor_release(&rw);
+        release_n((sl_tensor[]){W1, W3, W2}, 3);
+        free(of);
+        free(offs);
+        free(perm);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_mm_moe);
     tcase_add_test(tc, test_mm_out_sparse);
     tcase_add_test(tc, test_mm_dense);
     tcase_add_test(tc, test_mm_nm);

@@ -19,6 +19,7 @@
 #include "rowops.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
 
 #define ROWS_PER_ITEM 16 /* weight rows per work item of the blocked path */
@@ -539,8 +540,215 @@ sl_status sl__cpu_mm_out_sparse(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, a->in[0].shape[0], out_sparse_row, &j);
 }
 
+/* ---- mm.moe: the grouped-GEMM MoE executor (issue 17, session 4) ----
+ * 1. the (token, slot) pairs are counting-sorted by expert (stable: token
+ *    order within an expert), which gives the segment of each expert;
+ * 2. the pairs' x rows are gathered into xs [P, D] in that order (parallel);
+ * 3. one task per (expert, block of MOE_ROWS pairs, chunk of MOE_UNITS
+ *    units): G = X_e . W1_e^T and U = X_e . W3_e^T (two sgemms), h = silu(G) U
+ *    into hs [P, H] (row p holds pair p's units of its expert);
+ *    then one task per (expert, row block, chunk of MOE_COLS outputs): Y =
+ *    h_e . W2t_e (one sgemm) into ys [P, D];
+ * 4. per token, y = sum over its slots in slot order of rw . ys[pair].
+ * Every task writes its own rows and columns: no atomics, deterministic.
+ * Below MOE_SERIAL_MACS multiply-adds the phases run on the calling thread. */
+#define MOE_ROWS 64
+#define MOE_UNITS 256
+#define MOE_COLS 512
+
+typedef struct moe_task {
+    int32_t e, p0, rows, c0; /* expert, first pair, pairs, first unit / output */
+} moe_task;
+
+typedef struct moe_job {
+    const sl__kargs *a;
+    int64_t T, D, H, k, E;
+    const int32_t *offs;
+    int32_t *ptok, *pos; /* sorted pair -> token; slot t*k+j -> sorted pair or -1 */
+    float *xs, *hs, *ys, *ubuf;
+    moe_task *tasks;
+    int64_t n_tasks;
+} moe_job;
+
+static size_t moe_align(size_t b) { return (b + 63) / 64 * 64; }
+
+static void moe_gather(int64_t p, void *ud, int thread)
+{
+    (void)thread;
+    const moe_job *j = ud;
+    memcpy(j->xs + p * j->D, (const float *)j->a->in[0].data + (int64_t)j->ptok[p] * j->D, sizeof(float) * (size_t)j->D);
+}
+
+static void moe_up(int64_t i, void *ud, int thread)
+{
+    const moe_job *j = ud;
+    const moe_task *t = &j->tasks[i];
+    const float *w1 = j->a->in[1].data, *w3 = j->a->in[2].data;
+    int64_t D = j->D, H = j->H, u0 = j->offs[t->e] + t->c0;
+    int64_t nu = j->offs[t->e + 1] - u0 < MOE_UNITS ? j->offs[t->e + 1] - u0 : MOE_UNITS;
+    float *g = j->hs + (int64_t)t->p0 * H + t->c0, *u = j->ubuf + (int64_t)thread * MOE_ROWS * MOE_UNITS;
+    const float *x = j->xs + (int64_t)t->p0 * D;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->rows, (int)nu, (int)D, 1.f, x, (int)D, w1 + u0 * D,
+                (int)D, 0.f, g, (int)H);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t->rows, (int)nu, (int)D, 1.f, x, (int)D, w3 + u0 * D,
+                (int)D, 0.f, u, MOE_UNITS);
+    for (int64_t r = 0; r < t->rows; r++)
+        for (int64_t c = 0; c < nu; c++) {
+            float v = g[r * H + c];
+            g[r * H + c] = v / (1.f + expf(-v)) * u[r * MOE_UNITS + c];
+        }
+}
+
+static void moe_down(int64_t i, void *ud, int thread)
+{
+    (void)thread;
+    const moe_job *j = ud;
+    const moe_task *t = &j->tasks[i];
+    const float *w2t = j->a->in[3].data;
+    int64_t D = j->D, H = j->H, ne = j->offs[t->e + 1] - j->offs[t->e];
+    int64_t nc = D - t->c0 < MOE_COLS ? D - t->c0 : MOE_COLS;
+    float *y = j->ys + (int64_t)t->p0 * D + t->c0;
+    if (ne == 0) {
+        for (int64_t r = 0; r < t->rows; r++)
+            memset(y + r * D, 0, sizeof(float) * (size_t)nc);
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t->rows, (int)nc, (int)ne, 1.f,
+                j->hs + (int64_t)t->p0 * H, (int)H, w2t + (int64_t)j->offs[t->e] * D + t->c0, (int)D, 0.f, y, (int)D);
+}
+
+static void moe_combine(int64_t t, void *ud, int thread)
+{
+    (void)thread;
+    const moe_job *j = ud;
+    const float *rw = j->a->in[6].buf ? (const float *)j->a->in[6].data + t * j->k : NULL;
+    float *y = (float *)j->a->out[0].data + t * j->D;
+    memset(y, 0, sizeof(float) * (size_t)j->D);
+    for (int64_t s = 0; s < j->k; s++) {
+        int32_t p = j->pos[t * j->k + s];
+        if (p < 0)
+            continue;
+        float w = rw ? rw[s] : 1.f;
+        const float *ys = j->ys + (int64_t)p * j->D;
+        for (int64_t d = 0; d < j->D; d++)
+            y[d] += w * ys[d];
+    }
+}
+
+#define MOE_SERIAL_MACS 1048576.0 /* below: one thread */
+
+static sl_status moe_for(sl_ctx *ctx, int serial, int64_t n, sl__parallel_fn fn, void *ud)
+{
+    if (!serial)
+        return sl__cpu_parallel(ctx, n, fn, ud);
+    int saved = openblas_get_num_threads();
+    sl__cpu_blas_single();
+    for (int64_t i = 0; i < n; i++)
+        fn(i, ud, 0);
+    if (saved != 1)
+        openblas_set_num_threads(saved);
+    return SL_OK;
+}
+
+/* builds the task list of one phase: per expert with pairs and units, row
+ * blocks x chunks of `width` over `extent(e)` */
+static int64_t moe_tasks(moe_job *j, const int64_t *seg, int up)
+{
+    int64_t n = 0;
+    for (int64_t e = 0; e < j->E; e++) {
+        int64_t cnt = seg[e + 1] - seg[e], ne = j->offs[e + 1] - j->offs[e];
+        int64_t ext = up ? ne : j->D, width = up ? MOE_UNITS : MOE_COLS;
+        if (cnt == 0 || (up && ne == 0))
+            continue;
+        for (int64_t r0 = 0; r0 < cnt; r0 += MOE_ROWS)
+            for (int64_t c0 = 0; c0 < ext; c0 += width)
+                j->tasks[n++] = (moe_task){(int32_t)e, (int32_t)(seg[e] + r0),
+                                           (int32_t)(cnt - r0 < MOE_ROWS ? cnt - r0 : MOE_ROWS), (int32_t)c0};
+    }
+    return n;
+}
+
+/* bytes of mm.moe's scratch: ptok, pos, seg, the tasks, xs, hs, ys, per-thread U */
+static size_t moe_scratch(const sl_tensor *in, int n_threads, size_t part[8])
+{
+    int64_t T = in[0].shape[0], D = in[0].shape[1], H = in[1].shape[0], E = in[4].shape[0] - 1, k = in[5].shape[1];
+    int64_t P = T * k, chunks = (H + MOE_UNITS - 1) / MOE_UNITS + (D + MOE_COLS - 1) / MOE_COLS + 1;
+    part[0] = moe_align(sizeof(int32_t) * (size_t)(P + 1));
+    part[1] = moe_align(sizeof(int32_t) * (size_t)(P + 1));
+    part[2] = moe_align(sizeof(int64_t) * (size_t)(E + 2));
+    part[3] = moe_align(sizeof(moe_task) * (size_t)((P / MOE_ROWS + E + 1) * chunks));
+    part[4] = moe_align(sizeof(float) * (size_t)(P * D));
+    part[5] = moe_align(sizeof(float) * (size_t)(P * H));
+    part[6] = moe_align(sizeof(float) * (size_t)(P * D));
+    part[7] = moe_align(sizeof(float) * (size_t)MOE_ROWS * MOE_UNITS * (size_t)(n_threads > 0 ? n_threads : 1));
+    size_t total = 0;
+    for (int i = 0; i < 8; i++)
+        total += part[i];
+    return total;
+}
+
+sl_status sl__cpu_mm_moe(const sl__kargs *a)
+{
+    moe_job j = {.a = a, .T = a->in[0].shape[0], .D = a->in[0].shape[1], .H = a->in[1].shape[0],
+                 .k = a->in[5].shape[1], .E = a->in[4].shape[0] - 1, .offs = a->in[4].data};
+    if (j.T == 0 || j.D == 0)
+        return SL_OK;
+    size_t part[8];
+    moe_scratch(a->in, sl_ctx_threads(a->ctx), part);
+    char *b = a->scratch;
+    j.ptok = (int32_t *)b, b += part[0];
+    j.pos = (int32_t *)b, b += part[1];
+    int64_t *seg = (int64_t *)b;
+    b += part[2];
+    j.tasks = (moe_task *)b, b += part[3];
+    j.xs = (float *)b, b += part[4];
+    j.hs = (float *)b, b += part[5];
+    j.ys = (float *)b, b += part[6];
+    j.ubuf = (float *)b;
+    /* 1. counting sort of the pairs by expert */
+    const int32_t *route = a->in[5].data;
+    int64_t P = j.T * j.k;
+    memset(seg, 0, sizeof *seg * (size_t)(j.E + 2));
+    for (int64_t i = 0; i < P; i++)
+        if (route[i] >= 0)
+            seg[route[i] + 2]++;
+    for (int64_t e = 0; e < j.E; e++)
+        seg[e + 2] += seg[e + 1];
+    /* seg[e + 1] is now the start of expert e; filling advances it to the end */
+    for (int64_t i = 0; i < P; i++) {
+        int32_t e = route[i];
+        if (e < 0) {
+            j.pos[i] = -1;
+            continue;
+        }
+        int64_t p = seg[e + 1]++;
+        j.pos[i] = (int32_t)p;
+        j.ptok[p] = (int32_t)(i / j.k);
+    }
+    seg[0] = 0; /* seg[e] .. seg[e + 1]: expert e's pairs */
+    int64_t pairs = seg[j.E];
+    double macs = 0;
+    for (int64_t e = 0; e < j.E; e++)
+        macs += 3.0 * (double)(seg[e + 1] - seg[e]) * (double)(j.offs[e + 1] - j.offs[e]) * (double)j.D;
+    /* a small call (decode of a small model) runs on the calling thread:
+     * each parallel region starts threads, which costs more than the work */
+    int serial = macs < MOE_SERIAL_MACS;
+    sl_status s = moe_for(a->ctx, serial, pairs, moe_gather, &j);
+    if (s == SL_OK && (j.n_tasks = moe_tasks(&j, seg, 1)) > 0)
+        s = moe_for(a->ctx, serial, j.n_tasks, moe_up, &j);
+    if (s == SL_OK && (j.n_tasks = moe_tasks(&j, seg, 0)) > 0)
+        s = moe_for(a->ctx, serial, j.n_tasks, moe_down, &j);
+    if (s == SL_OK)
+        s = moe_for(a->ctx, serial, j.T, moe_combine, &j);
+    return s;
+}
+
 size_t sl__cpu_mm_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
+    if (op == SL_OP_MM_MOE) {
+        size_t part[8];
+        return moe_scratch(in, n_threads, part);
+    }
     if (op != SL_OP_MM_NM && op != SL_OP_MM_BITMAP)
         return 0;
     int64_t T = in[0].shape[0], K = in[0].shape[1];

@@ -409,3 +409,171 @@ sl_status sl__cuda_mm_out_sparse(const sl__kargs *a)
             a->in[3].buf ? st.input<float>(3) : (const float *)nullptr, st.output<float>(0), T, K, N, S);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
+
+// ---- mm.moe: the grouped-GEMM MoE executor (issue 17, session 4) ----
+// The host sorts the (token, slot) pairs by expert (counting sort, stable)
+// and cuts each expert's pairs into tiles of up to kMoeRows pairs; the tile
+// table (expert, first pair, pairs) is the segment table of one launch over
+// all groups per stage:
+//   up:      a CTA per (tile, 256 units of its expert): the tile's x rows
+//            are staged 256 columns at a time in shared memory, each thread
+//            keeps its unit's gate and up sums for every row of the tile;
+//            h = silu(g) u into hs [pairs, hw];
+//   down:    a CTA per (tile, 256 outputs): the tile's h rows are staged
+//            256 units at a time, each thread sums its output column;
+//   combine: a thread per (token, output): the weighted sum of its pairs'
+//            rows in slot order.
+namespace {
+
+constexpr int kMoeRows = 8;
+
+__global__ void moe_up_kernel(const float *x, const float *w1, const float *w3, const int32_t *offs,
+                              const int32_t *tiles, const int32_t *ptok, float *hs, int64_t D, int64_t hw)
+{
+    SL_SHARED(float, s_x, [kMoeRows][kThreads]);
+    const int32_t *tile = tiles + 3 * (int64_t)blockIdx.y;
+    int e = tile[0], p0 = tile[1], rows = tile[2];
+    int64_t ne = offs[e + 1] - offs[e], i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if ((int64_t)blockIdx.x * kThreads >= ne) // the same for the whole CTA
+        return;
+    bool on = i < ne;
+    const float *a = w1 + (offs[e] + (on ? i : 0)) * D, *b = w3 + (offs[e] + (on ? i : 0)) * D;
+    float g[kMoeRows], u[kMoeRows];
+    for (int r = 0; r < kMoeRows; r++)
+        g[r] = u[r] = 0.f;
+    for (int64_t k0 = 0; k0 < D; k0 += kThreads) {
+        int64_t k = k0 + threadIdx.x, kc = D - k0 < kThreads ? D - k0 : kThreads;
+        for (int r = 0; r < rows; r++)
+            s_x[r][threadIdx.x] = k < D ? x[(int64_t)ptok[p0 + r] * D + k] : 0.f;
+        __syncthreads();
+        if (on)
+            for (int64_t c = 0; c < kc; c++) {
+                float wa = a[k0 + c], wb = b[k0 + c];
+                for (int r = 0; r < kMoeRows; r++)
+                    if (r < rows) {
+                        g[r] += s_x[r][c] * wa;
+                        u[r] += s_x[r][c] * wb;
+                    }
+            }
+        __syncthreads();
+    }
+    if (on)
+        for (int r = 0; r < rows; r++)
+            hs[(int64_t)(p0 + r) * hw + i] = g[r] / (1.f + expf(-g[r])) * u[r];
+}
+
+__global__ void moe_down_kernel(const float *hs, const float *w2t, const int32_t *offs, const int32_t *tiles,
+                                float *ys, int64_t D, int64_t hw)
+{
+    SL_SHARED(float, s_h, [kMoeRows][kThreads]);
+    const int32_t *tile = tiles + 3 * (int64_t)blockIdx.y;
+    int e = tile[0], p0 = tile[1], rows = tile[2];
+    int64_t ne = offs[e + 1] - offs[e], d = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    bool on = d < D;
+    float acc[kMoeRows];
+    for (int r = 0; r < kMoeRows; r++)
+        acc[r] = 0.f;
+    for (int64_t c0 = 0; c0 < ne; c0 += kThreads) {
+        int64_t c = c0 + threadIdx.x, cc = ne - c0 < kThreads ? ne - c0 : kThreads;
+        for (int r = 0; r < rows; r++)
+            s_h[r][threadIdx.x] = c < ne ? hs[(int64_t)(p0 + r) * hw + c] : 0.f;
+        __syncthreads();
+        if (on)
+            for (int64_t j = 0; j < cc; j++) {
+                float w = w2t[(offs[e] + c0 + j) * D + d];
+                for (int r = 0; r < kMoeRows; r++)
+                    if (r < rows)
+                        acc[r] += s_h[r][j] * w;
+            }
+        __syncthreads();
+    }
+    if (on)
+        for (int r = 0; r < rows; r++)
+            ys[(int64_t)(p0 + r) * D + d] = acc[r];
+}
+
+__global__ void moe_combine_kernel(const float *ys, const int32_t *pos, const float *rw, float *y, int64_t T,
+                                   int64_t D, int64_t k)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= T * D)
+        return;
+    int64_t t = i / D, d = i % D;
+    float s = 0.f;
+    for (int64_t j = 0; j < k; j++) {
+        int32_t p = pos[t * k + j];
+        if (p >= 0)
+            s += (rw ? rw[t * k + j] : 1.f) * ys[(int64_t)p * D + d];
+    }
+    y[i] = s;
+}
+
+}  // namespace
+
+sl_status sl__cuda_mm_moe(const sl__kargs *a)
+{
+    int64_t T = a->in[0].shape[0], D = a->in[0].shape[1], E = a->in[4].shape[0] - 1, k = a->in[5].shape[1];
+    if (T * k >= INT32_MAX / 2 || T * D > (int64_t)INT32_MAX * kThreads / 2)
+        return sl__cuda_unsupported(a, "more than 2^30 routed pairs or 2^38 outputs");
+    if (T * D == 0)
+        return SL_OK;
+    const int32_t *offs = (const int32_t *)a->in[4].data, *route = (const int32_t *)a->in[5].data;
+    int64_t P = T * k, hw = 1;
+    for (int64_t e = 0; e < E; e++)
+        hw = offs[e + 1] - offs[e] > hw ? offs[e + 1] - offs[e] : hw;
+    // the counting sort by expert and the tile table, on the host
+    std::vector<int64_t> seg((size_t)E + 2, 0);
+    std::vector<int32_t> pos((size_t)P), ptok((size_t)P + 1), tiles;
+    for (int64_t i = 0; i < P; i++)
+        if (route[i] >= 0)
+            seg[(size_t)route[i] + 2]++;
+    for (int64_t e = 0; e < E; e++)
+        seg[(size_t)e + 2] += seg[(size_t)e + 1];
+    for (int64_t i = 0; i < P; i++) {
+        if (route[i] < 0) {
+            pos[(size_t)i] = -1;
+            continue;
+        }
+        int64_t p = seg[(size_t)route[i] + 1]++;
+        pos[(size_t)i] = (int32_t)p;
+        ptok[(size_t)p] = (int32_t)(i / k);
+    }
+    seg[0] = 0;
+    int64_t pairs = seg[(size_t)E];
+    for (int64_t e = 0; e < E; e++)
+        for (int64_t r0 = seg[(size_t)e]; r0 < seg[(size_t)e + 1]; r0 += kMoeRows) {
+            int64_t rows = seg[(size_t)e + 1] - r0 < kMoeRows ? seg[(size_t)e + 1] - r0 : kMoeRows;
+            tiles.push_back((int32_t)e);
+            tiles.push_back((int32_t)r0);
+            tiles.push_back((int32_t)rows);
+        }
+    int64_t n_tiles = (int64_t)tiles.size() / 3;
+    if (n_tiles > 65535)
+        return sl__cuda_unsupported(a, "%lld expert tiles, more than 65535 (grid y)", (long long)n_tiles);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st, 1u << 5); s != SL_OK) // route: the host tables replace it
+        return s;
+    void *d_pos, *d_ptok, *d_tiles = nullptr, *d_hs = nullptr, *d_ys = nullptr;
+    if (sl_status s = sl__cuda_upload(&st, pos.data(), sizeof(int32_t) * (size_t)P, &d_pos); s != SL_OK)
+        return s;
+    if (sl_status s = sl__cuda_upload(&st, ptok.data(), sizeof(int32_t) * (size_t)(P + 1), &d_ptok); s != SL_OK)
+        return s;
+    if (n_tiles > 0) {
+        if (sl_status s = sl__cuda_upload(&st, tiles.data(), sizeof(int32_t) * tiles.size(), &d_tiles); s != SL_OK)
+            return s;
+        if (sl_status s = sl__cuda_scratch(&st, sizeof(float) * (size_t)(pairs * hw), &d_hs); s != SL_OK)
+            return s;
+        if (sl_status s = sl__cuda_scratch(&st, sizeof(float) * (size_t)(pairs * D), &d_ys); s != SL_OK)
+            return s;
+        SL_LAUNCH(moe_up_kernel, dim3(blocks_of(hw, kThreads), (unsigned)n_tiles), kThreads, 0, 0)(
+            st.input<float>(0), st.input<float>(1), st.input<float>(2), st.input<int32_t>(4),
+            (const int32_t *)d_tiles, (const int32_t *)d_ptok, (float *)d_hs, D, hw);
+        SL_LAUNCH(moe_down_kernel, dim3(blocks_of(D, kThreads), (unsigned)n_tiles), kThreads, 0, 0)(
+            (const float *)d_hs, st.input<float>(3), st.input<int32_t>(4), (const int32_t *)d_tiles, (float *)d_ys,
+            D, hw);
+    }
+    SL_LAUNCH(moe_combine_kernel, blocks_of(T * D, kThreads), kThreads, 0, 0)(
+        (const float *)d_ys, (const int32_t *)d_pos, a->in[6].buf ? st.input<float>(6) : (const float *)nullptr,
+        st.output<float>(0), T, D, k);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}

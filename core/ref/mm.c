@@ -155,6 +155,45 @@ sl_status sl__ref_mm_out_sparse(const sl__kargs *a)
     return SL_OK;
 }
 
+/* mm.moe: the per-token loop over the routed experts and their units, in
+ * float64 (no sorting, no grouping: the grouped executors must equal it). */
+sl_status sl__ref_mm_moe(const sl__kargs *a)
+{
+    const float *x = a->in[0].data, *w1 = a->in[1].data, *w3 = a->in[2].data, *w2t = a->in[3].data;
+    const float *rw = a->in[6].buf ? a->in[6].data : NULL;
+    const int32_t *offs = a->in[4].data, *route = a->in[5].data;
+    int64_t T = a->in[0].shape[0], D = a->in[0].shape[1], k = a->in[5].shape[1];
+    float *y = a->out[0].data;
+    double *acc = sl_ctx_alloc(a->ctx, sizeof *acc * (size_t)(D ? D : 1));
+    if (!acc)
+        return SL_ENOMEM;
+    for (int64_t t = 0; t < T; t++) {
+        const float *xt = x + t * D;
+        for (int64_t d = 0; d < D; d++)
+            acc[d] = 0;
+        for (int64_t j = 0; j < k; j++) {
+            int32_t e = route[t * k + j];
+            if (e < 0)
+                continue;
+            double p = rw ? rw[t * k + j] : 1.0;
+            for (int64_t i = offs[e]; i < offs[e + 1]; i++) {
+                double g = 0, u = 0;
+                for (int64_t d = 0; d < D; d++) {
+                    g += (double)xt[d] * w1[i * D + d];
+                    u += (double)xt[d] * w3[i * D + d];
+                }
+                double h = p * g / (1.0 + exp(-g)) * u;
+                for (int64_t d = 0; d < D; d++)
+                    acc[d] += h * w2t[i * D + d];
+            }
+        }
+        for (int64_t d = 0; d < D; d++)
+            y[t * D + d] = (float)acc[d];
+    }
+    sl_ctx_dealloc(a->ctx, acc, sizeof *acc * (size_t)(D ? D : 1));
+    return SL_OK;
+}
+
 size_t sl__ref_mm_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

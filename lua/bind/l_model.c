@@ -15,7 +15,7 @@
 #define SL_LUA_STATE "sparselab.model_state"
 #define SL_LUA_TOKENIZER "sparselab.tokenizer"
 
-typedef struct l_model { sl_model *m; sl_model_exec *ex; } l_model;
+typedef struct l_model { sl_model *m; sl_model_exec *ex; sl_model_moe *moe; } l_model;
 typedef struct l_state { sl_model_state *st; } l_state;
 typedef struct l_tok { sl_tokenizer *t; } l_tok;
 
@@ -44,6 +44,7 @@ static int l_load(lua_State *L)
     l_model *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->m = NULL;
     u->ex = NULL;
+    u->moe = NULL;
     luaL_setmetatable(L, SL_LUA_MODEL);
     sl_status s = stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? sl_model_load_hf(ctx, path, &u->m)
                                                                : sl_model_load_llama2c(ctx, path, &u->m);
@@ -209,6 +210,9 @@ static int m_set_weight(lua_State *L)
     if (u->ex && sscanf(name, "layers.%d.%7s", &layer, kind) == 2 && sl_model_exec_format(u->ex, layer, kind) > 0 &&
         sl_model_exec_set(ctx, u->ex, u->m, layer, kind, SL_EXEC_DENSE, 0, 0))
         return sl__lua_fail(L, ctx); /* a replaced weight runs dense until set again */
+    if (u->moe && sscanf(name, "layers.%d.%7s", &layer, kind) == 2 &&
+        (!strcmp(kind, "w1") || !strcmp(kind, "w2") || !strcmp(kind, "w3")))
+        sl_model_moe_unset(u->moe, layer); /* the MoE's copies are stale: that FFN runs dense until set again */
     return 0;
 }
 
@@ -386,6 +390,112 @@ static int m_exec_stats(lua_State *L)
     return 1;
 }
 
+/* ---- the routed MoE FFN (issue 17, session 4) ---- */
+
+/* model:moe_on(experts, k, softmax, scale [, backend]): a new MoE (no layer set). */
+static int m_moe_on(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    int E = (int)luaL_checkinteger(L, 2), k = (int)luaL_checkinteger(L, 3), sm = lua_toboolean(L, 4);
+    double scale = luaL_optnumber(L, 5, 1.0);
+    int b = sl_backend_from_name(luaL_optstring(L, 6, "cpu"));
+    if (b < 0)
+        return sl__lua_error(L, "model:moe_on: expected backend ref, cpu or cuda, found '%s'", luaL_optstring(L, 6, "cpu"));
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_model_moe *mo;
+    if (sl_model_moe_new(ctx, u->m, (sl_backend_id)b, E, k, sm, scale, &mo))
+        return sl__lua_fail(L, ctx);
+    sl_model_moe_free(ctx, u->moe);
+    u->moe = mo;
+    return 0;
+}
+
+/* model:moe_layer(layer, router [E, dim], expert i32 [hidden]) */
+static int m_moe_layer(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    if (!u->moe)
+        return sl__lua_error(L, "model:moe_layer: call model:moe_on first");
+    int layer = (int)luaL_checkinteger(L, 2);
+    sl_lua_tensor *r = sl__lua_check_tensor(L, 3), *e = sl__lua_check_tensor(L, 4);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    sl_tensor rc, ec;
+    if (sl_tensor_convert(ctx, &r->t, SL_F32, &rc))
+        return sl__lua_fail(L, ctx);
+    if (sl_tensor_convert(ctx, &e->t, SL_I32, &ec)) {
+        sl_tensor_release(&rc);
+        return sl__lua_fail(L, ctx);
+    }
+    sl_status s = sl_model_moe_set(ctx, u->moe, u->m, layer, &rc, &ec);
+    sl_tensor_release(&rc);
+    sl_tensor_release(&ec);
+    if (s)
+        return sl__lua_fail(L, ctx);
+    return 0;
+}
+
+/* model:moe_off(): the FFNs run densely again. */
+static int m_moe_off(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    sl_model_moe_free(sl__lua_ctx(L)->ctx, u->moe);
+    u->moe = NULL;
+    return 0;
+}
+
+/* model:moe_stats([reset]) -> {seconds, calls, rows, pairs, units, flops, dense_flops, load = {pairs per
+ * expert id, up to the last used}} or nil */
+static int m_moe_stats(lua_State *L)
+{
+    l_model *u = check_model(L, 1);
+    if (!u->moe) {
+        lua_pushnil(L);
+        return 1;
+    }
+    sl_moe_stat t = sl_model_moe_stat(u->moe);
+    lua_createtable(L, 0, 8);
+    lua_pushnumber(L, t.seconds);
+    lua_setfield(L, -2, "seconds");
+    lua_pushinteger(L, (lua_Integer)t.calls);
+    lua_setfield(L, -2, "calls");
+    lua_pushinteger(L, (lua_Integer)t.rows);
+    lua_setfield(L, -2, "rows");
+    lua_pushinteger(L, (lua_Integer)t.pairs);
+    lua_setfield(L, -2, "pairs");
+    lua_pushinteger(L, (lua_Integer)t.units);
+    lua_setfield(L, -2, "units");
+    lua_pushnumber(L, t.flops);
+    lua_setfield(L, -2, "flops");
+    lua_pushnumber(L, t.dense_flops);
+    lua_setfield(L, -2, "dense_flops");
+    int last = 0;
+    for (int e = 0; e < SL_MOE_MAX_EXPERTS; e++)
+        if (t.load[e])
+            last = e + 1;
+    lua_createtable(L, last, 0);
+    for (int e = 0; e < last; e++) {
+        lua_pushinteger(L, (lua_Integer)t.load[e]);
+        lua_rawseti(L, -2, e + 1);
+    }
+    lua_setfield(L, -2, "load");
+    if (lua_toboolean(L, 2))
+        sl_model_moe_reset(u->moe);
+    return 1;
+}
+
+/* The linear hook of a forward: the MoE's FFN products first, then the exec's. */
+static sl_status chain_linear(void *ud, sl_ctx *ctx, int layer, const char *name, const float *x, int64_t n,
+                              const sl_tensor *w, float *y, int *done)
+{
+    l_model *u = ud;
+    if (u->moe) {
+        sl_status s = sl_model_moe_linear(u->moe, ctx, layer, name, x, n, w, y, done);
+        if (s || *done)
+            return s;
+    }
+    return u->ex ? sl_model_exec_linear(u->ex, ctx, layer, name, x, n, w, y, done) : SL_OK;
+}
+
 /* model:forward(tokens, state [, hook [, site]]) -> logits [n, vocab]. tokens
  * is a table of ids or an i32 tensor; hook(layer, q, k, v) -> o, layer
  * 0-based; site(layer, name, x) -> nil or a replacement (lua_site). */
@@ -423,7 +533,7 @@ static int m_forward(lua_State *L)
     if (has_hook)
         luaL_checktype(L, 4, LUA_TFUNCTION);
     hook_ud sh = {L, 5};
-    sl_model_hooks hooks = {&sh, NULL, u->ex, u->ex ? sl_model_exec_linear : NULL};
+    sl_model_hooks hooks = {&sh, NULL, u, u->ex || u->moe ? chain_linear : NULL};
     if (!lua_isnoneornil(L, 5)) {
         luaL_checktype(L, 5, LUA_TFUNCTION);
         hooks.site = lua_site;
@@ -444,6 +554,8 @@ static int m_close(lua_State *L)
     l_model *u = luaL_checkudata(L, 1, SL_LUA_MODEL);
     sl_model_exec_free(sl__lua_ctx(L)->ctx, u->ex);
     u->ex = NULL;
+    sl_model_moe_free(sl__lua_ctx(L)->ctx, u->moe);
+    u->moe = NULL;
     sl_model_free(sl__lua_ctx(L)->ctx, u->m);
     u->m = NULL;
     return 0;
@@ -651,6 +763,7 @@ void sl__lua_open_model(lua_State *L)
         {"exec_backend", m_exec_backend}, {"exec_off", m_exec_off}, {"exec_threshold", m_exec_threshold},
         {"exec_min_macs", m_exec_min_macs}, {"exec_crossover", m_exec_crossover},
         {"exec_spark", m_exec_spark},
+        {"moe_on", m_moe_on}, {"moe_layer", m_moe_layer}, {"moe_off", m_moe_off}, {"moe_stats", m_moe_stats},
         {"exec_format", m_exec_format}, {"exec_stats", m_exec_stats}, {NULL, NULL}};
     static const luaL_Reg state_methods[] = {{"len", s_len}, {"reset", s_reset}, {"close", s_close}, {NULL, NULL}};
     static const luaL_Reg tok_methods[] = {

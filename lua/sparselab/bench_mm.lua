@@ -17,6 +17,15 @@
 -- measured density beats dense (kind -1). Stored with the rest under --db.
 -- The act side multiplies a separately drawn normal W^T of the same shape
 -- (timing only: the values do not change the work).
+-- MoE (card moe_split_route, issue 17 session 4; M.moe, `--mm-parts moe`):
+-- a 7B-like FFN (dim D = 4096, H = 11008 units) split sequentially into E
+-- experts, k distinct experts per token drawn uniformly (seeded), softmax-like
+-- weights; per T three ways, interleaved: "mm.moe" (the grouped executor, one
+-- call), "mm.moe_loop" (Mixtral's per-expert loop as op calls: per expert
+-- with tokens gather.rows -> mm.moe on that expert's rows alone ->
+-- token.scatter add), "mm.ffn_dense" (every unit: the three sgemms of the
+-- dense FFN, mm.dense x3, without the silu . up product, a lower bound of
+-- the dense FFN). Ratios to the dense row of the same T.
 local sl = require "sparselab"
 
 local M = {}
@@ -135,6 +144,109 @@ function M.run(o)
     local rs, kind = M.crossover(apts)
     emit{name = "mm.act_crossover", n = T, d = K, heads = 1, backend = backend, params = {N = N, K = K},
       metrics = {crossover_density = rs, crossover_kind = kind, sgemm_gflops = gflops}}
+  end
+  return out
+end
+
+--- o = {quick =, backend = "cpu", D = 4096, H = 11008, E = 8, k = 2, rows = {1, 8, 64, 512}
+--- (quick: D 512, H 1376, {1, 64}), reps = 3, emit =} -> rows (see the header)
+function M.moe(o)
+  o = o or {}
+  local backend = o.backend or "cpu"
+  local D, H = o.D or (o.quick and 512 or 4096), o.H or (o.quick and 1376 or 11008)
+  local E, k = o.E or 8, o.k or 2
+  if k < 1 or k > E then sl.fail("bench mm moe: k must be in [1, E = %d], found %s", E, tostring(k)) end
+  local rows = o.rows or (o.quick and {1, 64} or {1, 8, 64, 512})
+  local reps = o.reps or (o.quick and 1 or 3)
+  local out = {}
+  local function emit(r)
+    out[#out + 1] = r
+    if o.emit then o.emit(r) end
+  end
+  local w1, w3 = sl.randn({H, D}, {seed = 180, std = 0.02}), sl.randn({H, D}, {seed = 181, std = 0.02})
+  local w2t, w2 = sl.randn({H, D}, {seed = 182, std = 0.02}), sl.randn({D, H}, {seed = 183, std = 0.02})
+  local offs = {}
+  for e = 0, E do offs[e + 1] = e * H // E end
+  local offs_t = sl.tensor(offs, "i32")
+  local s = 0x5EED
+  local function rnd(n) s = (s * 1103515245 + 12345) % 2147483648; return s % n end
+  for _, T in ipairs(rows) do
+    local x3 = sl.randn({1, T, D}, {seed = 184 + T})
+    local x = sl.squeeze(x3, 1)
+    local route, rw, members = {}, {}, {}
+    for e = 0, E - 1 do members[e] = {} end
+    for t = 1, T do
+      local pick, used, z = {}, {}, 0
+      while #pick < k do
+        local e = rnd(E)
+        if not used[e] then used[e] = true; pick[#pick + 1] = e end
+      end
+      local w = {}
+      for j = 1, k do w[j] = math.exp(-(j - 1) * 0.5); z = z + w[j] end
+      for j = 1, k do w[j] = w[j] / z; members[pick[j]][#members[pick[j]] + 1] = {t - 1, w[j]} end
+      route[t], rw[t] = pick, w
+    end
+    local route_t, rw_t = sl.tensor(route, "i32"), sl.tensor(rw, "f32")
+    -- the per-expert loop's inputs: token lists, one-expert routes and weights
+    local loop = {}
+    for e = 0, E - 1 do
+      local n = #members[e]
+      if n > 0 then
+        local idx, r1, w1e = {}, {}, {}
+        for i, mt in ipairs(members[e]) do idx[i], r1[i], w1e[i] = mt[1], {e}, {mt[2]} end
+        loop[#loop + 1] = {idx2 = sl.tensor({idx}, "i32"), idx = sl.tensor(idx, "i32"), route = sl.tensor(r1, "i32"),
+          rw = sl.tensor(w1e, "f32")}
+      end
+    end
+    local p = {backend = backend}
+    local calls = {
+      function() -- dense FFN: three sgemms
+        local g = sl.mm.dense(x, w1, p)
+        local u = sl.mm.dense(x, w3, p)
+        local y = sl.mm.dense(g, w2, p)
+        u:close(); g:close(); y:close()
+      end,
+      function() sl.mm.moe(x, w1, w3, w2t, offs_t, route_t, rw_t, p):close() end,
+      function(keep)
+        local y = sl.zeros({T, D})
+        for _, l in ipairs(loop) do
+          local xe = sl.squeeze(sl.gather.rows(x3, l.idx2, p), 1)
+          local ye = sl.mm.moe(xe, w1, w3, w2t, offs_t, l.route, l.rw, p)
+          local y2 = sl.token.scatter(y, ye, l.idx, {add = true, backend = backend})
+          y:close(); ye:close(); xe:close()
+          y = y2
+        end
+        if keep then return y end
+        y:close()
+      end,
+    }
+    -- the loop computes what the grouped call does (max |diff| reported on the loop row)
+    local yg, yl = sl.mm.moe(x, w1, w3, w2t, offs_t, route_t, rw_t, p), calls[3](true)
+    local diff, scale = sl.metric.max_abs(yg, yl), sl.metric.max_abs(yg, sl.zeros({T, D}))
+    yg:close(); yl:close()
+    local times = {}
+    for i, c in ipairs(calls) do c(); times[i] = {} end -- warm-up
+    for r = 1, reps do
+      for i, c in ipairs(calls) do
+        local t0 = sl.time()
+        c()
+        times[i][r] = (sl.time() - t0) * 1e3
+      end
+    end
+    local function median(t) table.sort(t); return t[(#t + 1) // 2] end
+    local dense_ms, grouped_ms, loop_ms = median(times[1]), median(times[2]), median(times[3])
+    local params = {D = D, H = H, E = E, k = k}
+    local dense_flops = 6 * T * H * D
+    emit{name = "mm.ffn_dense", n = T, d = D, heads = 1, backend = backend, params = params,
+      metrics = {time_ms = dense_ms, gflops = dense_flops / (dense_ms * 1e-3) / 1e9, ratio_to_dense = 1}}
+    emit{name = "mm.moe", n = T, d = D, heads = 1, backend = backend, params = params,
+      metrics = {time_ms = grouped_ms, ratio_to_dense = grouped_ms / dense_ms, ratio_to_loop = grouped_ms / loop_ms,
+        flops_ratio = k / E, experts_used = #loop}}
+    emit{name = "mm.moe_loop", n = T, d = D, heads = 1, backend = backend, params = params,
+      metrics = {time_ms = loop_ms, ratio_to_dense = loop_ms / dense_ms, calls = 3 * #loop,
+        rel_diff_to_grouped = diff / math.max(scale, 1e-30)}}
+    for _, l in ipairs(loop) do l.idx2:close(); l.idx:close(); l.route:close(); l.rw:close() end
+    route_t:close(); rw_t:close(); x3:close()
   end
   return out
 end

@@ -4,7 +4,7 @@
 -- phase "model"; they have no run(prob, p) (sl.eval on one of them fails with
 -- a one-line message saying how to run it) and carry instead
 --   model = {how = "one line: how to run it",
---            apply = function(m, p, calib) -> {attention =, site =} | nil}
+--            apply = function(m, p, calib) -> {attention =, site =, close =} | nil}
 -- apply (where the card acts on the model) changes m's weights in place
 -- (the caller snapshots and restores them: sparselab.prune) and returns the
 -- hooks of m.c:forward(ids, st, attention, site) the card needs. Cards whose
@@ -44,8 +44,9 @@ function MR.nll(m, id, params, calib, seqs)
   local P = require "sparselab.prune"
   local snap = P.snapshot(m)
   local p = sl.registry.resolve(meth, params)
+  local hooks
   local ok, res = pcall(function()
-    local hooks = meth.model.apply(m, p, calib) or {}
+    hooks = meth.model.apply(m, p, calib) or {}
     local total, count = 0, 0
     for _, ids in ipairs(seqs) do
       local st <close> = m.c:state(#ids)
@@ -55,6 +56,7 @@ function MR.nll(m, id, params, calib, seqs)
     end
     return total / count
   end)
+  if hooks and hooks.close then hooks.close() end -- runner state an apply installed (moe_split_route)
   P.restore(m, snap)
   if not ok then error(res, 0) end
   return res

@@ -25,6 +25,16 @@
 --     stats gets units (hidden units seen) and kept (units computed).
 --   E.route(logits_rows, k) -> {[row] = {expert ids (1-based), ...}} top-k
 --     by select.topk (ties: the lower expert id).
+--   E.use(m, moe [, backend]) -> puts the MoE into the model runner (session 4):
+--     every layer's FFN runs as the router (mm.dense, top-k in C, ties lower
+--     id) and ONE mm.moe call, the grouped-GEMM executor (pairs sorted by
+--     expert, rows gathered per expert, sgemm per expert block, weighted
+--     scatter back); the dense w1, w3, w2 products are skipped. E.off(m)
+--     removes it; E.stats(m [, reset]) = model:moe_stats (seconds, pairs,
+--     units, executed flops, dense_flops, load per expert).
+--   E.nll(m, seqs, moe [, o]) runs through E.use (o.exec = "hook": the
+--     site-hook path of sessions 2-3, which zeroes the unrouted units and
+--     keeps the dense products; same numbers within 1e-5).
 --
 -- Split "importance": tokens of the calibration texts are assigned to
 -- their top-1 cluster; neuron j's importance for cluster e is the mean
@@ -34,8 +44,7 @@
 -- gradient importance (split_gradient_v2.py, not read here) by activation
 -- magnitude: no gradients in this workbench.
 -- Not done: the attention-MoE (part B), SPT's sigmoid block router, the
--- align post-training, a shared residual expert, and a grouped-GEMM op (the
--- executor steps 1-4).
+-- align post-training, a shared residual expert.
 local sl = require "sparselab"
 
 local E = {}
@@ -243,16 +252,40 @@ function E.hook(m, moe, stats)
   end
 end
 
---- Mean next-token NLL over seqs with the MoE, and the kept share of FFN units.
-function E.nll(m, seqs, moe)
+--- The MoE into the model runner: every layer's FFN through the grouped executor mm.moe.
+function E.use(m, moe, backend)
+  if moe.k < 1 then sl.fail("moe: the grouped executor needs k >= 1, found %s", tostring(moe.k)) end
+  m.c:moe_on(moe.E, moe.k, moe.weights == "softmax", moe.scale, backend or moe.backend or "cpu")
+  for l = 0, m.cfg.n_layers - 1 do m.c:moe_layer(l, moe.router[l], moe.expert_of[l]) end
+end
+
+function E.off(m) m.c:moe_off() end
+
+function E.stats(m, reset) return m.c:moe_stats(reset) end
+
+--- Mean next-token NLL over seqs with the MoE, and the kept share of FFN units
+--- (o.exec = "grouped" (default, the runner's mm.moe) | "hook"; o.attention: attention hook).
+function E.nll(m, seqs, moe, o)
+  o = o or {}
+  local grouped = (o.exec or "grouped") == "grouped" and moe.k > 0
   local total, count, stats = 0, 0, {}
-  for _, ids in ipairs(seqs) do
-    local st <close> = m.c:state(#ids)
-    local logits = m.c:forward(ids, st, nil, E.hook(m, moe, stats))
-    local c = sl.model_c.compare(logits, logits, ids)
-    total, count = total + c.nll * c.n, count + c.n
+  if grouped then E.use(m, moe, o.backend) end
+  local ok, err = pcall(function()
+    for _, ids in ipairs(seqs) do
+      local st <close> = m.c:state(#ids)
+      local logits = m.c:forward(ids, st, o.attention, not grouped and E.hook(m, moe, stats) or nil)
+      local c = sl.model_c.compare(logits, logits, ids)
+      total, count = total + c.nll * c.n, count + c.n
+    end
+  end)
+  local share, gs
+  if grouped then
+    gs = E.stats(m)
+    share = gs.units / (gs.rows * m.cfg.hidden_dim)
+    E.off(m)
   end
-  return total / count, stats.kept / stats.units
+  if not ok then error(err, 0) end
+  return total / count, share or (stats.units and stats.kept / stats.units or 0), gs
 end
 
 return E

@@ -12,6 +12,19 @@
 --   P.nll(m, seqs)               mean negative log-likelihood over the sequences
 --   P.kv_prune(t, s, o), P.kv_hook(o, stats)   magnitude pruning of the K / V cache (card step 7)
 --   P.elbow(xs, ys), P.essential(xs, ys, tol)  the sweep's knee and essential sparsity
+--   P.soft_beta(decay, c, t)     PGF soft-mask factor (card nm_sparse_matmul step 2)
+--   P.pgf_schedule(n, m)         PGF structure decay: the N':M patterns (M-1):M, M/2:M, ... N:M
+--   P.nm_soft(m, {n =, m =, beta = | decay =, c =, t =, frame =})   soft N:M in place
+--
+-- Soft masks (session 4, card nm_sparse_matmul step 2, forward effect only):
+-- W_eff = W . (mask + (1 - mask) . beta) with mask the hard N:M magnitude mask
+-- (prune.magnitude), beta = max(0, 1 - c t) ("linear"), exp(-c t) ("exp") or
+-- 0 ("step"). Reading chosen for the card's training schedule in a
+-- workbench that does not train: t is a point of the schedule applied once
+-- (an ablation of the forward effect at that point), and frame f >= 1 of
+-- the structure decay replaces N:M by the schedule's f-th pattern (the
+-- last frame is N:M itself). The SR-STE gradient term is training-only and
+-- not offered (as the card says).
 --
 -- The prunable set is the card's L: Q, K, V, O, gate (w1), up (w3), down
 -- (w2) of every block; embeddings, the LM head and the norms are left dense.
@@ -133,6 +146,62 @@ function P.lowrank_qk(m, seqs, o)
 end
 
 --- Copies of the prunable weights (to restore a model after a trial).
+--- PGF decay factor beta(t): "linear" max(0, 1 - c t), "exp" exp(-c t), "step" 0.
+function P.soft_beta(decay, c, t)
+  c, t = c or 0, t or 0
+  if decay == "linear" then return math.max(0, 1 - c * t)
+  elseif decay == "exp" then return math.exp(-c * t)
+  elseif decay == "step" then return 0 end
+  sl.fail("prune: decay must be linear, exp or step, found %s", tostring(decay))
+end
+
+--- PGF structure decay: {{n = M-1, m = M}, {n = M/2, m = M}, {n = M/4, m = M}, ..., {n = N, m = M}}
+--- (each pattern once, halving from M/2, clamped at N; the last is N:M).
+function P.pgf_schedule(n, m)
+  if not (n >= 1 and m >= n) then sl.fail("prune: pgf_schedule needs 1 <= n <= m, found n = %s, m = %s", tostring(n), tostring(m)) end
+  local out, last = {}, nil
+  local function add(k)
+    k = math.max(k, n)
+    if k ~= last and k < m then out[#out + 1] = {n = k, m = m}; last = k end
+  end
+  add(m - 1)
+  local k = m // 2
+  while k > n do add(k); k = k // 2 end
+  add(n)
+  if #out == 0 then out[1] = {n = n, m = m} end -- n = m: nothing pruned
+  return out
+end
+
+--- Soft N:M in place: every prunable weight becomes W . (mask + (1 - mask) beta).
+function P.nm_soft(m, o)
+  o = o or {}
+  local n, mm = o.n or 2, o.m or 4
+  if o.frame then
+    local sched = P.pgf_schedule(n, mm)
+    if o.frame < 1 or o.frame > #sched then
+      sl.fail("prune: frame must be in [1, %d] for %d:%d, found %s", #sched, n, mm, tostring(o.frame))
+    end
+    n = sched[o.frame].n
+  end
+  local beta = o.beta or P.soft_beta(o.decay or "step", o.c, o.t)
+  if not (beta >= 0 and beta <= 1) then sl.fail("prune: beta must be in [0, 1], found %s", tostring(beta)) end
+  for _, name in ipairs(P.linears(m)) do
+    local w = m.c:weight(name)
+    local hard = sl.prune.magnitude(w, {n = n, m = mm})
+    if beta > 0 then
+      local wr, hr = w:totable(), hard:totable()
+      for r, row in ipairs(wr) do
+        local h = hr[r]
+        for c, v in ipairs(row) do
+          if h[c] == 0 and v ~= 0 then row[c] = v * beta end
+        end
+      end
+      hard = sl.tensor(wr)
+    end
+    m.c:set_weight(name, hard)
+  end
+end
+
 function P.snapshot(m)
   local out = {}
   for _, name in ipairs(P.linears(m)) do out[name] = m.c:weight(name):to("f32") end

@@ -92,4 +92,20 @@ test("act_sparse_matmul: rho* stored in SQLite is consistent with the stored act
   os.remove(path)
 end)
 
+test("bench mm moe rows: grouped, per-expert loop and dense FFN per T, ratios to dense (issue 17, session 4)", function()
+  local rows = B.moe{D = 32, H = 72, E = 4, k = 2, rows = {1, 6}, reps = 1}
+  eq(#rows, 6, "three rows per T")
+  for i, T in ipairs{1, 6} do
+    local d, g, l = rows[3 * i - 2], rows[3 * i - 1], rows[3 * i]
+    eq(d.name .. "," .. g.name .. "," .. l.name, "mm.ffn_dense,mm.moe,mm.moe_loop", "row names")
+    eq(d.n, T, "T")
+    near(g.metrics.ratio_to_dense, g.metrics.time_ms / d.metrics.time_ms, 1e-9, "grouped ratio")
+    near(l.metrics.ratio_to_dense, l.metrics.time_ms / d.metrics.time_ms, 1e-9, "loop ratio")
+    near(g.metrics.ratio_to_loop, g.metrics.time_ms / l.metrics.time_ms, 1e-9, "grouped / loop")
+    eq(g.metrics.flops_ratio, 0.5, "k / E")
+    truthy(g.metrics.experts_used >= 2 and g.metrics.experts_used <= 4, "experts with tokens")
+    truthy(l.metrics.rel_diff_to_grouped <= 1e-5, "the per-expert loop computes the grouped result")
+  end
+end)
+
 H.done()

@@ -272,6 +272,71 @@ test("moe_split_route: importance split with the clustering router beats score-b
   truthy(good < seq, string.format("importance split %.4f < sequential split %.4f (same router)", good, seq))
 end)
 
+test("moe_split_route: the runner's grouped executor (mm.moe) equals the hook path; k = E equals dense; FLOPs",
+  function()
+  local ids = HELD[1]
+  local function logits(moe, how, backend)
+    local st <close> = m.c:state(#ids)
+    if how == "grouped" then
+      E.use(m, moe, backend)
+      local out = m.c:forward(ids, st)
+      local s = E.stats(m)
+      E.off(m)
+      return out, s
+    elseif how == "hook" then
+      return m.c:forward(ids, st, nil, E.hook(m, moe))
+    end
+    return m.c:forward(ids, st)
+  end
+  local function close(a, b, what)
+    local scale = math.max(1, sl.metric.max_abs(b, sl.zeros(b:shape())))
+    truthy(sl.metric.max_abs(a, b) <= 1e-5 * scale, what .. string.format(": max |diff| %g", sl.metric.max_abs(a, b)))
+  end
+  local dim, hidden, L = m.cfg.dim, m.cfg.hidden_dim, m.cfg.n_layers
+  -- k = E, unit weights: every unit of every token, the dense FFN
+  local all = E.build(m, CALIB, {experts = 5, k = 5, iters = 5})
+  local dense = logits(nil, "dense")
+  local g, s = logits(all, "grouped")
+  close(g, dense, "k = E grouped = dense")
+  eq(s.rows, L * #ids, "rows: every token of every layer")
+  eq(s.pairs, 5 * s.rows, "pairs = rows . k (token counts conserved)")
+  eq(s.units, s.rows * hidden, "k = E: every unit computed")
+  local load = 0
+  for _, v in ipairs(s.load) do load = load + v end
+  eq(load, s.pairs, "the per-expert loads sum to the pairs")
+  -- k = 2 of 4, softmax weights x scale 0.7: grouped (cpu and ref) = the site-hook path
+  local moe = E.build(m, CALIB, {experts = 4, k = 2, weights = "softmax", scale = 0.7, iters = 5})
+  local hook = logits(moe, "hook")
+  local gc, sc = logits(moe, "grouped", "cpu")
+  close(gc, hook, "grouped (cpu) = hook path")
+  local gr = logits(moe, "grouped", "ref")
+  close(gr, hook, "grouped (ref) = hook path")
+  truthy(sl.metric.max_abs(gc, dense) > 1e-3, "k = 2 of 4 changes the logits")
+  -- executed FLOPs: the router (2 E dim per row) + per pair 6 |e| dim + 4 |e| + 2 dim, below dense
+  near(sc.flops, 2 * sc.rows * 4 * dim + 6 * sc.units * dim + 4 * sc.units + 2 * sc.pairs * dim, 1e-6 * sc.flops,
+    "executed flops")
+  eq(sc.dense_flops, 6 * sc.rows * hidden * dim, "dense FFN flops")
+  truthy(sc.units < 0.55 * sc.rows * hidden and sc.units > 0.45 * sc.rows * hidden, "about half the units")
+  truthy(sc.flops < 0.6 * sc.dense_flops, "executed flops below 0.6 of dense")
+  -- replacing an FFN weight turns that layer's MoE off (its copies would be stale): dense there
+  E.use(m, moe)
+  local w1 = m.c:weight("layers.0.w1"):to("f32")
+  m.c:set_weight("layers.0.w1", w1)
+  m.c:moe_stats(true)
+  local st3 <close> = m.c:state(#ids)
+  m.c:forward(ids, st3)
+  eq(m.c:moe_stats().rows, (L - 1) * #ids, "layer 0 runs dense after set_weight")
+  E.off(m)
+  -- the recipe runs through the runner and leaves nothing installed
+  local nll = MR.nll(m, "moe_split_route", {experts = 4, k = 2}, CALIB, {head(HELD[2], 60)})
+  truthy(nll > 0 and nll < 20, "recipe NLL " .. nll)
+  eq(m.c:moe_stats(), nil, "no MoE left in the runner after MR.nll")
+  raises(function() m.c:moe_on(4, 5, false, 1) end, "k must be in", "k > E")
+  m.c:moe_on(4, 2, false, 1)
+  raises(function() m.c:moe_layer(0, moe.router[0], sl.tensor({1, 2}, "i32")) end, "expert map", "bad map")
+  m.c:moe_off()
+end)
+
 -- ---- sparse_token_update -----------------------------------------------------------
 
 -- the normed attention inputs of every layer (attn_in site), with hooks o (nil: dense)

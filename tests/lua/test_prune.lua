@@ -89,6 +89,74 @@ test("N:M 2:4 and 4:8 masks keep exactly N of every M along the input dim", func
   end
 end)
 
+test("nm_sparse_matmul: soft masks (PGF decay and structure schedule; step 2)", function()
+  -- decay factors and the structure schedule, from the card's formulas
+  near(P.soft_beta("linear", 0.1, 3), 0.7, 1e-12, "linear")
+  eq(P.soft_beta("linear", 0.1, 30), 0, "linear clamps at 0")
+  near(P.soft_beta("exp", 0.1, 3), math.exp(-0.3), 1e-12, "exp")
+  eq(P.soft_beta("step", 5, 1), 0, "step")
+  local function pats(n, mm)
+    local out = {}
+    for _, p in ipairs(P.pgf_schedule(n, mm)) do out[#out + 1] = p.n .. ":" .. p.m end
+    return table.concat(out, ",")
+  end
+  eq(pats(2, 4), "3:4,2:4", "2:4")
+  eq(pats(1, 8), "7:8,4:8,2:8,1:8", "1:8")
+  eq(pats(1, 16), "15:16,8:16,4:16,2:16,1:16", "1:16")
+  eq(pats(4, 8), "7:8,4:8", "4:8")
+  eq(pats(2, 2), "2:2", "n = m")
+  -- per group of mm along the input dim: entries equal to the dense weight (kept) and
+  -- entries equal to beta . w (pruned), counted against the snapshot
+  local function check(beta, n, mm, what)
+    for _, name in ipairs{"layers.0.wq", "layers.2.w2", "layers.4.w1"} do
+      local w, d = m.c:weight(name):totable(), dense[name]:totable()
+      for r, row in ipairs(w) do
+        for g = 0, #row // mm - 1 do
+          local kept, soft, kmin, pmax = 0, 0, math.huge, 0
+          for i = 1, mm do
+            local c = g * mm + i
+            local v, o = row[c], d[r][c]
+            if v == o then kept, kmin = kept + 1, math.min(kmin, math.abs(o))
+            else
+              truthy(math.abs(v - beta * o) <= 1e-6 * math.abs(o), what .. ": pruned entry = beta . w")
+              soft, pmax = soft + 1, math.max(pmax, math.abs(o))
+            end
+          end
+          if beta < 1 then
+            eq(kept, n, what .. ": kept per group")
+            truthy(kmin >= pmax, what .. ": kept |w| >= pruned |w|")
+          end
+        end
+      end
+    end
+  end
+  P.nm_soft(m, {n = 2, m = 4, beta = 0.3})
+  check(0.3, 2, 4, "beta 0.3")
+  local st <close> = m.c:state(#HELD[1])
+  local soft_nll = sl.model_c.compare(m.c:forward(HELD[1], st), m.c:forward(HELD[1], m.c:state(#HELD[1])), HELD[1]).nll
+  P.restore(m, dense)
+  P.nm_soft(m, {n = 2, m = 4, decay = "linear", c = 0.25, t = 2}) -- beta 0.5
+  check(0.5, 2, 4, "linear decay")
+  P.restore(m, dense)
+  P.nm_soft(m, {n = 1, m = 8, frame = 2, decay = "exp", c = 1, t = 1}) -- 4:8, beta e^-1
+  check(math.exp(-1), 4, 8, "frame 2 of 1:8")
+  P.restore(m, dense)
+  -- beta 0 (step) is the hard N:M mask bit for bit; beta 1 leaves every weight
+  P.nm_soft(m, {n = 2, m = 4, decay = "step"})
+  local soft0 = P.snapshot(m)
+  P.restore(m, dense)
+  P.magnitude(m, {n = 2, m = 4})
+  local hard_nll = P.nll(m, HELD)
+  for name, t in pairs(soft0) do eq(sl.metric.max_abs(t, m.c:weight(name)), 0, name .. ": step = hard N:M") end
+  P.restore(m, dense)
+  P.nm_soft(m, {n = 2, m = 4, beta = 1})
+  for name, t in pairs(dense) do eq(sl.metric.max_abs(t, m.c:weight(name)), 0, name .. ": beta 1 = dense") end
+  P.restore(m, dense)
+  H.raises(function() P.nm_soft(m, {beta = 2}) end, "beta must be in", "beta > 1")
+  H.raises(function() P.nm_soft(m, {n = 2, m = 4, frame = 3}) end, "frame must be in", "frame past the schedule")
+  print(string.format("  soft 2:4 beta 0.3 NLL %.4f (one text), hard 2:4 NLL %.4f", soft_nll, hard_nll))
+end)
+
 test("pruning at 0% leaves the logits bit-identical (magnitude and SparseGPT)", function()
   local ids = HELD[1]
   local ref = logits_of(ids)

@@ -212,6 +212,8 @@ sparselab merge OUT.db DIR/shard_*.db (refuses shards of another config hash).]]
       {"no-mm", "flag", nil, "skip the sparse matmul rows (sparse matmul vs sgemm, 11008 x 4096)"},
       {"only-mm", "flag", nil, "only the sparse matmul rows"},
       {"mm-rows", "value", "T[,T]...", "activation rows of the sparse matmul rows"},
+      {"mm-parts", "value", "sparse,moe", "which sparse matmul rows: sparse (sparse and activation-sparse vs sgemm; the default), moe (grouped-GEMM MoE vs per-expert loop vs dense FFN)"},
+      {"mm-moe", "value", "E:K", "experts and experts per token of the moe rows (default 8:2)"},
       {"n", "value", "N[,N]...", "attention sizes (default 4096 --quick / 4096,8192,16384) and the estimators' n"},
       {"d", "value", "D[,D]...", "head dims (block-sparse at the first)"},
       {"heads", "value", "H", "heads"},

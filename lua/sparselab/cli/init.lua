@@ -709,8 +709,22 @@ function C.bench(argv)
   local results = {}
   if not o["only-estimators"] and not o["no-mm"] then
     -- sparse matmul against sgemm (issue 17; bench_mm.lua)
-    for _, r in ipairs(require("sparselab.bench_mm").run{quick = o.quick, backend = o.backend or "cpu",
-      rows = list("mm-rows", 1), reps = one("reps", 1), emit = show}) do results[#results + 1] = r end
+    local parts = {}
+    for w in (o["mm-parts"] or "sparse"):gmatch("[^,]+") do
+      if w ~= "sparse" and w ~= "moe" then sl.fail("bench: --mm-parts expects sparse and/or moe, found '%s'", w) end
+      parts[w] = true
+    end
+    local BM = require "sparselab.bench_mm"
+    if parts.sparse then
+      for _, r in ipairs(BM.run{quick = o.quick, backend = o.backend or "cpu",
+        rows = list("mm-rows", 1), reps = one("reps", 1), emit = show}) do results[#results + 1] = r end
+    end
+    if parts.moe then
+      local E, K = (o["mm-moe"] or "8:2"):match("^(%d+):(%d+)$")
+      if not E then sl.fail("bench: --mm-moe expects E:K (e.g. 8:2), found '%s'", tostring(o["mm-moe"])) end
+      for _, r in ipairs(BM.moe{quick = o.quick, backend = o.backend or "cpu", E = tonumber(E), k = tonumber(K),
+        rows = list("mm-rows", 1), reps = one("reps", 1), emit = show}) do results[#results + 1] = r end
+    end
   end
   if o["only-mm"] then o["only-estimators"], o["no-estimators"] = true, true end
   if not o["only-estimators"] then
