@@ -307,35 +307,56 @@ function M.fit(probs, o)
   local nr = #P.proj_n[1]
   local lambda = (o.lambda or 1e-6) * #rows -- ridge towards the stand-in's block indicator B0
   -- key j's normal equations take only the rows that see it (lim >= j): rows
-  -- in decreasing lim order, A accumulated as j falls (causal rows see 1..t)
+  -- in decreasing lim order, A accumulated as j falls (causal rows see 1..t).
+  -- The right-hand sides Y[r][j] = Σ a[r]·y[j] and Σ y[j]² in one pass over the
+  -- rows; the losses before and after are then quadratic forms per key:
+  -- Σ_rows (a·B_j − y_j)² + lambda|B_j|² = B_jᵀ A_j B_j − 2 B_jᵀ Y_j + Σ y_j².
+  local Y, Y2 = zeros(nr, n), {}
+  for j = 1, n do Y2[j] = 0 end
+  for _, row in ipairs(rows) do
+    local a, y, lim = row.a, row.y, row.lim
+    for r = 1, nr do
+      local ar, yr = a[r], Y[r]
+      if ar ~= 0 then for j = 1, lim do yr[j] = yr[j] + ar * y[j] end end
+    end
+    for j = 1, lim do Y2[j] = Y2[j] + y[j] * y[j] end
+  end
   table.sort(rows, function(x, y) return x.lim > y.lim end)
   local A = zeros(nr, nr)
   for r = 1, nr do A[r][r] = lambda end
   local back, next_row = zeros(n, nr), 1
+  local before, after = 0, 0
+  local function quad(Bj, j)
+    local x = Y2[j]
+    for r = 1, nr do
+      local ar, br = A[r], Bj[r]
+      if br ~= 0 then
+        local s2 = 0
+        for s = 1, nr do s2 = s2 + ar[s] * Bj[s] end
+        x = x + br * s2 - 2 * br * Y[r][j]
+      end
+    end
+    return x
+  end
   for j = n, 1, -1 do
     while next_row <= #rows and rows[next_row].lim >= j do
       local a = rows[next_row].a
       for r = 1, nr do
         local ar = a[r]
-        if ar ~= 0 then for s = 1, nr do A[r][s] = A[r][s] + ar * a[s] end end
+        if ar ~= 0 then local Ar = A[r] for s = 1, nr do Ar[s] = Ar[s] + ar * a[s] end end
       end
       next_row = next_row + 1
     end
-    local Ac, b = zeros(nr, nr), {}
+    local Ac, rhs = zeros(nr, nr), {}
     for r = 1, nr do
       for s = 1, nr do Ac[r][s] = A[r][s] end
-      b[r] = lambda * P.proj_back_n[j][r]
+      rhs[r] = Y[r][j] + lambda * P.proj_back_n[j][r]
     end
-    for i = 1, next_row - 1 do
-      local row = rows[i]
-      local yj = row.y[j]
-      if yj ~= 0 then local a = row.a for r = 1, nr do b[r] = b[r] + a[r] * yj end end
-    end
-    local w = T.solve(Ac, b)
+    local w = T.solve(Ac, rhs)
     for r = 1, nr do back[j][r] = math.max(0, w[r]) end -- the inference path reads |proj_back_n|
+    before, after = before + quad(P.proj_back_n[j], j), after + quad(back[j], j)
   end
-  local before = M.recon_loss_grad(rows, P.proj_back_n, lambda) / #rows
-  local after = M.recon_loss_grad(rows, back, lambda) / #rows
+  before, after = before / #rows, after / #rows
   local ws = {}
   for k2, v in pairs(P) do ws[k2] = sl.tensor(v) end
   ws.proj_back_n = sl.tensor(back)
