@@ -1372,4 +1372,32 @@ test("sea: the trainable.performer op gives the Lua Performer loop's map (GQA, T
   end
 end)
 
+test("bad weight files name the method: NaN in nosa's and routing_transformer's files, a misshapen latent tensor", function()
+  -- session 4 audit: these two recipes read the raw file first to size a dimension, so the reader's NaN error
+  -- came without the method's name; the latent's rank was taken from the bad tensor itself ("expected [2, 16, 0]")
+  local prob = synthetic(64, 91)
+  local function nan_at_2(shape)
+    local t = sl.zeros(shape):totable()
+    local c = t
+    while type(c[1]) == "table" do c = c[1] end
+    c[2] = 0 / 0
+    return sl.tensor(t)
+  end
+  local function expect(id, params, want)
+    local ok, err = pcall(sl.eval, id, prob, {params = params})
+    truthy(not ok, id .. ": expected an error")
+    err = tostring(err)
+    truthy(not err:find("\n"), "one line: " .. err)
+    for _, w in ipairs(want) do truthy(err:find(w, 1, true), "'" .. w .. "' in: " .. err) end
+  end
+  local pe = file("nosa_nan", {e = nan_at_2({2, 64})})
+  expect("nosa", {block = 16, sub = 4, weights = pe}, {"nosa: weights " .. pe, "'e'", "NaN"})
+  local pr = file("routing_nan", {["kmeans.means"] = nan_at_2({4, 8, 16})})
+  expect("routing_transformer", {weights = pr}, {"routing_transformer: weights " .. pr, "'kmeans.means'", "NaN"})
+  local up = sl.zeros({2, 4, 16})
+  local pl = file("latent_bad", {k_down = sl.zeros({1, 1}), k_up = up, v_down = sl.zeros({2, 16, 4}), v_up = up})
+  expect("nsa_latent_alternating", {bs = 16, l = 8, s = 4, window = 16, n = 3, latent = pl},
+    {"nsa_latent_alternating: weights " .. pl, "'k_down' is [1, 1]", "expected [2, 16, 4]"})
+end)
+
 H.done()
