@@ -211,25 +211,53 @@ function M.approx(q, k, P, p, hq, causal)
   return A
 end
 
---- Index lists of the connectivity mask.
-function M.lists(prob, P, p)
+--- Per head and row t >= 2 (1-based) the visible keys ordered by Â (highest
+--- first; ties: lower key). They do not depend on keep_rate, so a run with a
+--- known predictor (source) keeps them for the same Q/K tensors: budget
+--- matching then sorts once, not once per knob step.
+local ORDERS = setmetatable({}, {__mode = "k"})
+function M.orders(prob, P, p, source)
+  local key = source and table.concat({source, p.reduce_n, p.basis_threshold, p.coef_topk, p.qk_scale,
+    tostring(prob.causal)}, "|")
+  local memo = key and ORDERS[prob.q]
+  if memo and memo.k == prob.k and memo[key] then return memo[key] end
   local hq, n, _, hkv = dims(prob)
   local g = hq // hkv
   local Q, K = E.heads(prob.q), E.heads(prob.k)
+  local out = {}
+  for h = 1, hq do
+    local A = M.approx(Q[h], K[(h - 1) // g + 1], P, p, hq, prob.causal)
+    local oh = {}
+    for t = 2, n do
+      local lim = prob.causal and t or n
+      local row, order = A[t], {}
+      for j = 1, lim do order[j] = j end
+      table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
+      oh[t] = order
+    end
+    out[h] = oh
+  end
+  if key then
+    if not memo or memo.k ~= prob.k then memo = {k = prob.k}; ORDERS[prob.q] = memo end
+    memo[key] = out
+  end
+  return out
+end
+
+--- Index lists of the connectivity mask (source: the predictor's params_source, for the memo of M.orders).
+function M.lists(prob, P, p, source)
+  local hq, n = dims(prob)
+  local orders = M.orders(prob, P, p, source)
   local budget = math.ceil(p.keep_rate * n - 1e-9)
   local row_ptr, col = {}, {}
   for h = 1, hq do
-    local A = M.approx(Q[h], K[(h - 1) // g + 1], P, p, hq, prob.causal)
     local rp = {#col}
     for t = 1, n do
       local lim = prob.causal and t or n
       if t == 1 then
         for j = 1, lim do col[#col + 1] = j - 1 end
       else
-        local row, order = A[t], {}
-        for j = 1, lim do order[j] = j end
-        table.sort(order, function(x, y) if row[x] ~= row[y] then return row[x] > row[y] end return x < y end)
-        local chosen = {}
+        local order, chosen = orders[h][t], {}
         for i = 1, math.min(budget, lim) do chosen[i] = order[i] end
         table.sort(chosen)
         for _, j in ipairs(chosen) do col[#col + 1] = j - 1 end
@@ -245,7 +273,7 @@ function M.run(prob, p)
   local hq, nq, _, _, nk = dims(prob)
   if nq ~= nk then sl.fail("sparsifiner: %d queries and %d keys; expected self-attention over one sequence", nq, nk) end
   local P, source = M.predictor(prob, p)
-  local row_ptr, col = M.lists(prob, P, p)
+  local row_ptr, col = M.lists(prob, P, p, source)
   local o, lse, flops = T.token_sparse(prob, row_ptr, col)
   p.params_source = source
   local visible = prob.causal and nk * (nk + 1) / 2 or nk * nk
