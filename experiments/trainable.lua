@@ -42,7 +42,8 @@
 --   model runs with the method on every layer at the knob value matched on
 --   that layer's own capture of the same text (fitted files per layer), and
 --   is compared with dense (sl.model evaluate: ppl, KL, top-1). A method that
---   cannot reach the density on some layer is recorded as failed there.
+--   cannot reach the density (within the tolerance) on some layer is recorded
+--   as failed there.
 -- Every result carries params_source (the stand-in's name, or the SHA-256 of
 --   the fitted file; model rows the per-layer list) in its params; the tables
 --   are read back from the database. The fitted files are written beside the
@@ -204,6 +205,7 @@ local function model_point(id, text, rho, label, per_layer)
   local layers, sources, dens, missing = {}, {}, 0, nil
   for l = 0, NL - 1 do
     local pl = per_layer[l]
+    if pl and math.abs(pl.density - rho) > 0.05 then pl = nil end -- matched outside the tolerance
     if not pl then missing = missing or l else
       layers[l] = {method = id, params = pl.params}
       sources[l + 1] = pl.source
@@ -349,6 +351,10 @@ local MODEL = string.format([[
          round(avg(%s), 5) AS kl, round(avg(%s), 4) AS top1
     FROM v_result v WHERE run_id = ? AND status = 'ok' AND workload LIKE 'tinystories-model:%%'
      AND abs(density - target_density) <= 0.05
+     AND NOT EXISTS (SELECT 1 FROM v_result k WHERE k.run_id = v.run_id AND k.method = v.method
+           AND k.workload = 'tinystories:' || json_extract(v.workload_params_json, '$.text')
+           AND json_extract(k.workload_params_json, '$.params') = json_extract(v.workload_params_json, '$.params')
+           AND k.target_density = v.target_density AND abs(k.density - k.target_density) > 0.05)
    GROUP BY target, method, params ORDER BY target, ]] .. LABEL .. [[ = 'training-free', kl]], LABEL, SOURCE, MET:format("ppl"), MET:format("ppl_dense"),
   MET:format("kl"), MET:format("top1"))
 show("Trainable methods, TinyStories Q/K/V (held-out text, all layers), matched density",
