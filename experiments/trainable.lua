@@ -339,9 +339,11 @@ local KERNEL = [[
 local BEST = [[
   WITH per AS (SELECT target_density AS target, method, count(*) AS n, avg(density) AS density,
                       avg(recall_mean) AS recall, avg(rel_l2) AS rel_l2
-                 FROM v_result WHERE run_id = ? AND status = 'ok' AND %s = 'training-free' AND %s = '%s'
+                 FROM v_result WHERE run_id = ?1 AND status = 'ok' AND %s = 'training-free' AND %s = '%s'
                   AND abs(density - target_density) <= 0.05
-                GROUP BY target, method)
+                GROUP BY target, method
+               HAVING count(*) = (SELECT count(DISTINCT workload || '/' || coalesce(layer, -1)) FROM v_result
+                                   WHERE run_id = ?1 AND %s = '%s'))
   SELECT target, method, n, round(density, 4) AS density, round(recall, 4) AS recall, round(rel_l2, 4) AS rel_l2
     FROM per p WHERE rel_l2 = (SELECT min(rel_l2) FROM per q WHERE q.target = p.target) ORDER BY target]]
 local MET = "(SELECT value FROM metric WHERE result_id = v.result_id AND name = '%s')"
@@ -359,11 +361,11 @@ local MODEL = string.format([[
   MET:format("kl"), MET:format("top1"))
 show("Trainable methods, TinyStories Q/K/V (held-out text, all layers), matched density",
   KERNEL:format(LABEL, SOURCE, LABEL, WL, "tinystories"))
-show("Best training-free prefill method per density, TinyStories Q/K/V (by mean rel_l2 over the same inputs)",
-  BEST:format(LABEL, WL, "tinystories"))
+show("Best training-free prefill method per density, TinyStories Q/K/V (by mean rel_l2; only methods matched on every input)",
+  BEST:format(LABEL, WL, "tinystories", WL, "tinystories"))
 show("Trainable methods, synthetic (held-out seed), matched density",
   KERNEL:format(LABEL, SOURCE, LABEL, WL, "synthetic"))
-show("Best training-free prefill method per density, synthetic", BEST:format(LABEL, WL, "synthetic"))
+show("Best training-free prefill method per density, synthetic", BEST:format(LABEL, WL, "synthetic", WL, "synthetic"))
 show("Model level: stories260K on the held-out texts, the method on every layer (KL to dense; lower is better)",
   MODEL)
 show("Skipped (density out of reach, failed, or matched outside the tolerance): count of inputs", [[
