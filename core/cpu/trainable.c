@@ -1,13 +1,18 @@
 /* cpu/trainable.c — cpu kernels of the trainable family (issue 14; card
- * nsa): trainable.compress as items of (head, window) and trainable.nsa as
- * items of (kv head, query row) on the thread pool; each nsa item reads the
- * row's compressed tokens once per query head of its group, selects the
- * group's blocks and runs one online softmax over the selected blocks and
- * the window together (each key's score computed once). */
+ * nsa): trainable.compress as items of (head, window) and trainable.nsa in
+ * two passes on the thread pool: items of (kv head, query row) run the
+ * compressed branch (each row's compressed tokens once per query head of its
+ * group) and select the group's blocks; then items of (kv head, tile of
+ * query rows) run the selected blocks and the window for the whole tile with
+ * sgemm: the union of the tile's selected blocks and window blocks, scores
+ * Q_tile·K_blockᵀ per block, per row the two masked softmaxes (selected,
+ * window) and the union's log-sum-exp, one combined weight per key
+ * (g_slc·p_slc + g_swa·p_swa) and P·V per block (session 4). */
 #include "cpu.h"
 #include "parallel.h"
 #include "trainable_select.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,13 +73,18 @@ sl_status sl__cpu_trainable_compress(const sl__kargs *a)
 typedef struct nsa_job {
     const sl__kargs *a;
     sl__cpu_vecops vo;
-    float *work; /* per thread: Nc scores, 2 D accumulators, nb flags, g D queries, g Nk scores, Nk gathered */
+    float *work; /* per thread: Nc scores, nb flags */
     int64_t per_thread;
     sl__cpu_rowops ro;
-    int32_t *klist;     /* per thread: Nk + 1 listed keys */
-    uint8_t *ksel;      /* per thread: Nk + 1 flags (key in a selected block) */
-    const float **vptr; /* per thread: np value rows (all listed and selected, or the compressed tokens) */
+    const float **vptr; /* per thread: Nc value rows of the compressed tokens */
     int64_t np;
+    /* the tile pass */
+    int64_t tile;      /* query rows per tile */
+    float *twork;      /* per thread: tile_per_thread floats */
+    int64_t tile_per_thread;
+    int32_t *tint;     /* per thread: tint_per_thread int32 */
+    int64_t tint_per_thread;
+    uint8_t *tsel;     /* per thread: tile x nb flags (row selects block) */
 } nsa_job;
 
 /* One online-softmax accumulator: running max m, sum l, acc (D floats). */
@@ -119,10 +129,9 @@ static void nsa_item(int64_t item, void *ud, int thread)
     int64_t g = Hq / Hkv, nb = (Nk + p->bs - 1) / p->bs, n = p->n;
     int64_t kv = item / Nq, t = item % Nq, pos = Nk - Nq + t, jq = pos / p->bs;
     float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
-    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
     const float *KC = (const float *)a->in[3].data + kv * Nc * D, *VC = (const float *)a->in[4].data + kv * Nc * D;
-    const float *GC = a->in[5].data, *GS = a->in[6].data, *GW = a->in[7].data;
-    float *O = a->out[0].data, *L = a->out[1].data;
+    const float *GC = a->in[5].data;
+    float *O = a->out[0].data;
     float *imp = (float *)a->out[3].data + (kv * Nq + t) * nb;
     int32_t *brow = (int32_t *)a->out[2].data + (kv * Nq + t) * n;
     float *s = jb->work + (size_t)thread * (size_t)jb->per_thread;
@@ -178,60 +187,128 @@ static void nsa_item(int64_t item, void *ud, int thread)
             brow[c++] = (int32_t)j;
     for (; c < n; c++)
         brow[c] = -1;
-    /* selected blocks and window: the union's keys listed once (ascending),
-     * each key's scores for the g heads of the group by one dots call; per
-     * head the window (a suffix of the list) and the selected keys (gathered)
-     * as two softmaxes with their own maxima (vectorised exp_sum and pv),
-     * the union's log-sum-exp from their sums */
-    int64_t w0 = pos - p->window + 1, nk = 0;
-    int32_t *klist = jb->klist + (size_t)thread * (size_t)(Nk + 1);
-    uint8_t *ksel = jb->ksel + (size_t)thread * (size_t)(Nk + 1);
-    const float **vall = jb->vptr + (size_t)thread * (size_t)jb->np, **vsel = vall + Nk + 1;
-    float *qs = chosen + nb, *S = qs + g * D, *es = S + g * Nk;
-    for (int64_t j = 0; j <= jq; j++) {
-        int64_t k0 = j * p->bs, k1 = (j + 1) * p->bs < pos + 1 ? (j + 1) * p->bs : pos + 1;
-        if (chosen[j] == 0 && k0 < w0)
-            k0 = w0;
-        for (int64_t kk = k0; kk < k1; kk++)
-            klist[nk] = (int32_t)kk, ksel[nk] = chosen[j] != 0, vall[nk++] = V + kk * D;
+}
+
+/* One item of the tile pass: kv head kv, query rows [r0, r1). */
+static void nsa_tile_item(int64_t item, void *ud, int thread)
+{
+    const nsa_job *jb = ud;
+    const sl__kargs *a = jb->a;
+    const sl_trainable_nsa_params *p = a->params;
+    int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2];
+    int64_t Hkv = a->in[1].shape[0], Nk = a->in[1].shape[1];
+    int64_t g = Hq / Hkv, bs = p->bs, nb = (Nk + bs - 1) / bs, n = p->n, T = jb->tile;
+    int64_t ntile = (Nq + T - 1) / T, kv = item / ntile, r0 = item % ntile * T;
+    int64_t r1 = r0 + T < Nq ? r0 + T : Nq, rows = r1 - r0, R = g * rows;
+    float scale = (float)(p->scale > 0 ? p->scale : 1.0 / sqrt((double)D));
+    const float *K = (const float *)a->in[1].data + kv * Nk * D, *V = (const float *)a->in[2].data + kv * Nk * D;
+    const float *Q = a->in[0].data, *GS = a->in[6].data, *GW = a->in[7].data;
+    float *O = a->out[0].data, *L = a->out[1].data;
+    const int32_t *B = a->out[2].data;
+    float *Qt = jb->twork + (size_t)thread * (size_t)jb->tile_per_thread, *Acc = Qt + g * T * D, *S = Acc + g * T * D;
+    int32_t *ub = jb->tint + (size_t)thread * (size_t)jb->tint_per_thread, *uoff = ub + nb, *umap = uoff + nb + 1;
+    uint8_t *sel = jb->tsel + (size_t)thread * (size_t)(T * nb);
+    int64_t pos0 = Nk - Nq + r0, pos1 = Nk - Nq + r1 - 1;
+    int64_t w00 = pos0 - p->window + 1 > 0 ? pos0 - p->window + 1 : 0;
+    /* the union of blocks: every row's selected ones and those the tile's windows meet */
+    memset(sel, 0, (size_t)(rows * nb));
+    for (int64_t j = 0; j < nb; j++)
+        umap[j] = 0;
+    if (p->window > 0)
+        for (int64_t j = w00 / bs; j <= pos1 / bs; j++)
+            umap[j] = 1;
+    for (int64_t t = r0; t < r1; t++) {
+        const int32_t *br = B + (kv * Nq + t) * n;
+        for (int64_t c = 0; c < n; c++)
+            if (br[c] >= 0)
+                sel[(t - r0) * nb + br[c]] = 1, umap[br[c]] = 1;
     }
-    int64_t xw = nk; /* the window: list entries xw .. nk-1 (keys >= w0) */
-    while (xw > 0 && klist[xw - 1] >= w0)
-        xw--;
-    for (int64_t hh = 0; hh < g; hh++) {
-        const float *qv = (const float *)a->in[0].data + ((kv * g + hh) * Nq + t) * D;
-        for (int64_t e = 0; e < D; e++)
-            qs[hh * D + e] = qv[e] * scale;
-    }
-    for (int64_t x = 0; x < nk; x++)
-        vo->dots(qs, g, D, K + (int64_t)klist[x] * D, S + x, Nk);
-    for (int64_t hh = 0; hh < g; hh++) {
-        int64_t h = kv * g + hh, ns = 0;
-        float *sr = S + hh * Nk, *o = O + (h * Nq + t) * D;
-        for (int64_t x = 0; x < nk; x++)
-            if (ksel[x])
-                es[ns] = sr[x], vsel[ns++] = vall[x];
+    int64_t nu = 0, ncol = 0;
+    for (int64_t j = 0; j < nb; j++)
+        if (umap[j]) {
+            int64_t w = (j + 1) * bs < Nk ? bs : Nk - j * bs;
+            if (j * bs > pos1)
+                continue;
+            umap[j] = (int32_t)nu, ub[nu] = (int32_t)j, uoff[nu++] = (int32_t)ncol, ncol += w;
+        }
+    uoff[nu] = (int32_t)ncol;
+    /* the tile's queries, g heads stacked: row hh * rows + (t - r0) */
+    for (int64_t hh = 0; hh < g; hh++)
+        memcpy(Qt + hh * rows * D, Q + ((kv * g + hh) * Nq + r0) * D, sizeof *Qt * (size_t)(rows * D));
+    for (int64_t u = 0; u < nu; u++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)R, (int)(uoff[u + 1] - uoff[u]), (int)D, scale, Qt,
+                    (int)D, K + (int64_t)ub[u] * bs * D, (int)D, 0.f, S + uoff[u], (int)ncol);
+    /* per row (vectorised over its own runs of columns: each selected block, and the window, which is
+     * one run since the window's blocks are consecutive in the union): the selected softmax, the
+     * window softmax, the union's log-sum-exp, and the combined weights W = g_slc p_slc + g_swa p_swa */
+    const sl__cpu_vecops *vo = &jb->vo;
+    const sl__cpu_rowops *ro = &jb->ro;
+    float *W = S + (size_t)(g * T) * (size_t)Nk, *tmp = W + (size_t)(g * T) * (size_t)Nk;
+    memset(W, 0, sizeof *W * (size_t)(R * ncol));
+    for (int64_t r = 0; r < R; r++) {
+        int64_t hh = r / rows, t = r0 + r % rows, pos = Nk - Nq + t, h = kv * g + hh;
+        int64_t w0 = pos - p->window + 1 > 0 ? pos - p->window + 1 : 0;
+        const int32_t *br = B + (kv * Nq + t) * n;
+        const uint8_t *sr = sel + (t - r0) * nb;
+        const float *x = S + r * ncol;
+        float *w = W + r * ncol;
         float ms = -INFINITY, mw = -INFINITY, ls = 0, lw = 0, lwonly = 0;
-        memset(acc1, 0, sizeof *acc1 * (size_t)(2 * D));
-        if (ns > 0) {
-            ms = ro->max(es, ns, -INFINITY);
-            ls = ro->exp_sum(es, ns, ms);
-            vo->pv(acc1, 1, D, vsel, es, 0, ns);
+        for (int64_t c = 0; c < n; c++) {
+            if (br[c] < 0)
+                continue;
+            int64_t u = umap[br[c]], k0 = (int64_t)br[c] * bs, len = uoff[u + 1] - uoff[u];
+            if (k0 + len > pos + 1)
+                len = pos + 1 - k0;
+            ms = ro->max(x + uoff[u], len, ms);
         }
-        if (nk > xw) {
-            mw = ro->max(sr + xw, nk - xw, -INFINITY);
-            lw = ro->exp_sum(sr + xw, nk - xw, mw);
-            vo->pv(acc2, 1, D, vall + xw, sr + xw, 0, nk - xw);
-            for (int64_t x = xw; x < nk; x++)
-                lwonly += ksel[x] ? 0.0f : sr[x];
+        if (ms > -INFINITY) {
+            for (int64_t c = 0; c < n; c++) {
+                if (br[c] < 0)
+                    continue;
+                int64_t u = umap[br[c]], k0 = (int64_t)br[c] * bs, len = uoff[u + 1] - uoff[u];
+                if (k0 + len > pos + 1)
+                    len = pos + 1 - k0;
+                memcpy(w + uoff[u], x + uoff[u], sizeof *w * (size_t)len);
+                ls += ro->exp_sum(w + uoff[u], len, ms);
+            }
+            float as = ls > 0 ? GS[h * Nq + t] / ls : 0.0f;
+            for (int64_t c = 0; c < n; c++) {
+                if (br[c] < 0)
+                    continue;
+                int64_t u = umap[br[c]], k0 = (int64_t)br[c] * bs, len = uoff[u + 1] - uoff[u];
+                if (k0 + len > pos + 1)
+                    len = pos + 1 - k0;
+                ro->scale(w + uoff[u], len, as);
+            }
         }
-        if (ls > 0)
-            vo->axpy(o, acc1, D, GS[h * Nq + t] / ls);
-        if (lw > 0)
-            vo->axpy(o, acc2, D, GW[h * Nq + t] / lw);
+        if (p->window > 0) {
+            int64_t jw = w0 / bs, cw0 = uoff[umap[jw]] + (w0 - jw * bs), len = pos + 1 - w0;
+            mw = ro->max(x + cw0, len, -INFINITY);
+            memcpy(tmp, x + cw0, sizeof *tmp * (size_t)len);
+            lw = ro->exp_sum(tmp, len, mw);
+            for (int64_t j = jw; j <= pos / bs; j++) {
+                if (sr[j])
+                    continue;
+                int64_t k0 = j * bs > w0 ? j * bs : w0, k1 = (j + 1) * bs < pos + 1 ? (j + 1) * bs : pos + 1;
+                for (int64_t key = k0; key < k1; key++)
+                    lwonly += tmp[key - w0];
+            }
+            if (lw > 0)
+                vo->axpy(w + cw0, tmp, len, GW[h * Nq + t] / lw);
+        }
         float mu = ms > mw ? ms : mw;
-        float lu = (ns > 0 ? ls * expf(ms - mu) : 0.0f) + (nk > xw ? lwonly * expf(mw - mu) : 0.0f);
+        float lu = (ls > 0 ? ls * expf(ms - mu) : 0.0f) + (lw > 0 ? lwonly * expf(mw - mu) : 0.0f);
         L[h * Nq + t] = mu == -INFINITY ? -INFINITY : mu + logf(lu);
+    }
+    memset(Acc, 0, sizeof *Acc * (size_t)(R * D));
+    for (int64_t u = 0; u < nu; u++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)D, (int)(uoff[u + 1] - uoff[u]), 1.f,
+                    W + uoff[u], (int)ncol, V + (int64_t)ub[u] * bs * D, (int)D, 1.f, Acc, (int)D);
+    for (int64_t r = 0; r < R; r++) {
+        int64_t hh = r / rows, t = r0 + r % rows;
+        float *o = O + ((kv * g + hh) * Nq + t) * D;
+        for (int64_t e = 0; e < D; e++)
+            o[e] += Acc[r * D + e];
     }
 }
 
@@ -239,22 +316,26 @@ sl_status sl__cpu_trainable_nsa(const sl__kargs *a)
 {
     int64_t Hq = a->in[0].shape[0], Nq = a->in[0].shape[1], D = a->in[0].shape[2], Hkv = a->in[1].shape[0];
     int64_t Nk = a->in[1].shape[1], g = Hq / Hkv;
-    int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs;
+    int64_t Nc = a->in[3].shape[1], bs = ((const sl_trainable_nsa_params *)a->params)->bs, nb = (Nk + bs - 1) / bs;
     int nt = sl_ctx_threads(a->ctx);
     size_t nth = (size_t)(nt > 0 ? nt : 1);
-    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + (Nk + bs - 1) / bs + g * D + g * Nk + Nk,
-                 sl__cpu_rowops_for(a->ctx), NULL, NULL, NULL, 0};
-    int64_t np = 2 * Nk + 2 > Nc ? 2 * Nk + 2 : Nc; /* value-row pointers: the union's keys, or the compressed tokens */
-    size_t fb = sizeof(float) * (size_t)j.per_thread * nth, pb = sizeof(float *) * (size_t)np * nth;
-    j.np = np;
-    size_t ib = sizeof(int32_t) * (size_t)(Nk + 1) * nth, bb = (size_t)(Nk + 1) * nth;
-    size_t bytes = fb + pb + ib + bb + 16;
+    int64_t T = 8; /* query rows per tile: g T rows per sgemm; few rows keep the union of their blocks small */
+    if (T > Nq)
+        T = Nq;
+    nsa_job j = {a, sl__cpu_vecops_for(a->ctx), NULL, Nc + 2 * D + nb, sl__cpu_rowops_for(a->ctx), NULL, Nc > 1 ? Nc : 1,
+                 T, NULL, 2 * g * T * D + 2 * g * T * Nk + Nk, NULL, 3 * nb + 1, NULL};
+    size_t fb = sizeof(float) * (size_t)j.per_thread * nth, pb = sizeof(float *) * (size_t)j.np * nth;
+    size_t tb = sizeof(float) * (size_t)j.tile_per_thread * nth, ib = sizeof(int32_t) * (size_t)j.tint_per_thread * nth;
+    size_t sb = (size_t)(T * nb) * nth;
+    size_t bytes = pb + fb + tb + ib + sb + 16;
     char *mem = sl_ctx_alloc(a->ctx, bytes);
     if (!mem)
         return sl_ctx_fail(a->ctx, SL_ENOMEM, "trainable.nsa[cpu]: out of memory for %zu bytes", bytes);
-    j.vptr = (const float **)mem, j.work = (float *)(mem + pb), j.klist = (int32_t *)(mem + pb + fb);
-    j.ksel = (uint8_t *)(mem + pb + fb + ib);
+    j.vptr = (const float **)mem, j.work = (float *)(mem + pb), j.twork = (float *)(mem + pb + fb);
+    j.tint = (int32_t *)(mem + pb + fb + tb), j.tsel = (uint8_t *)(mem + pb + fb + tb + ib);
     sl_status s = sl__cpu_parallel(a->ctx, Hkv * Nq, nsa_item, &j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, Hkv * ((Nq + T - 1) / T), nsa_tile_item, &j);
     sl_ctx_dealloc(a->ctx, mem, bytes);
     return s;
 }

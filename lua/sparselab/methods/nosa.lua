@@ -69,8 +69,10 @@ local function eviction_scores(prob, p)
     end
     return e, "standin:value_norm"
   end
-  local raw = sl.load(p.weights)
-  local m = raw["eviction.w1"] and raw["eviction.w1"]:shape()[3] or 1
+  -- the raw read only sizes the hidden width; load_weights reports a bad file (with the method's name)
+  local okw, raw = pcall(sl.load, p.weights)
+  if not okw or type(raw) ~= "table" then raw = {} end
+  local m = raw["eviction.w1"] and #raw["eviction.w1"]:shape() == 3 and raw["eviction.w1"]:shape()[3] or 1
   local sp = spec(prob)
   for _, x in ipairs(sp) do
     for i, v in ipairs(x.shape) do if v == 0 then x.shape[i] = m end end

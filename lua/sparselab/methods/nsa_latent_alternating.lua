@@ -115,7 +115,14 @@ function M.latent(prob, p)
   local _, _, d, hkv = dims(prob)
   if (p.latent or "") ~= "" then
     local okw, raw = pcall(sl.load, p.latent)
-    local r = okw and type(raw) == "table" and raw.k_down and #raw.k_down:shape() == 3 and raw.k_down:shape()[3] or p.rank
+    -- r from the first well-formed tensor (k_down/v_down [.,.,r], k_up/v_up [.,r,.]), so a bad one is named against it
+    local r = p.rank
+    if okw and type(raw) == "table" then
+      for _, nd in ipairs{{"k_down", 3}, {"v_down", 3}, {"k_up", 2}, {"v_up", 2}} do
+        local t = raw[nd[1]]
+        if t and #t:shape() == 3 then r = t:shape()[nd[2]] break end
+      end
+    end
     local ws = T.load_weights("nsa_latent_alternating", p.latent, {
       {name = "k_down", shape = {hkv, d, r}, dims = "(kv heads, head_dim, rank)", required = true},
       {name = "k_up", shape = {hkv, r, d}, dims = "(kv heads, rank, head_dim)", required = true},

@@ -103,9 +103,11 @@ end
 local function centroids(prob, p)
   local hq, _, d = dims(prob)
   if (p.weights or "") ~= "" then
-    local ws = sl.load(p.weights)
+    -- the raw read only sizes C; load_weights reports a bad file (with the method's name)
+    local okw, ws = pcall(sl.load, p.weights)
+    if not okw or type(ws) ~= "table" then ws = {} end
     local mu = ws["kmeans.means"]
-    local C = mu and mu:shape()[2] or 1
+    local C = mu and #mu:shape() == 3 and mu:shape()[2] or 1
     ws = T.load_weights("routing_transformer", p.weights,
       {{name = "kmeans.means", shape = {hq, C, d}, dims = "(query heads, clusters, head_dim)", required = true}})
     local t = ws["kmeans.means"]:totable()
