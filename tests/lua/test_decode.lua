@@ -404,7 +404,8 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   local function run(path, steps)
     local st = decode.begin("seer_attention_r", {hq = HQ, hkv = HKV, d = D, page = 8})
     decode.prefill(st, 2, kp:narrow(2, 1, 159 - steps), vp:narrow(2, 1, 159 - steps))
-    local p = {budget = 32, block = 8, gate = 1, weights = path}
+    -- gate_rope = 0: this hand-built gate is checked without the gate's RoPE (the next test has it)
+    local p = {budget = 32, block = 8, gate = 1, weights = path, gate_rope = 0}
     local out
     for s = 0, steps do
       local pos = 160 - steps + s
@@ -457,7 +458,7 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   local ls = st2:layer(2)
   local fresh = {}
   local w = st2.gate[2]
-  sr.gate_keys(fresh, ls.cache, {block = 8}, w)
+  sr.gate_keys(fresh, ls.cache, {block = 8, gate_rope = 0}, w)
   eq(ls.kgate.blocks, fresh.kgate.blocks, "complete blocks")
   for g = 1, HKV do
     for b = 1, fresh.kgate.blocks do
@@ -467,6 +468,136 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   raises(function() run("", 0) end, "seer_attention_r: gate = 1 needs --param weights=FILE", "no weights")
   os.remove(good_path)
   os.remove(zero_path)
+end)
+
+test("seer_attention_r: gate RMSNorm and RoPE (float64 prediction of scores, K cache rows, gate_kpos); zero gate fails", function()
+  local G = HQ // HKV
+  local DG, THETA, B = 2 * D, 1e8, 8
+  local qp, kp, vp, hot = peaked(160, B, 377)
+  -- hand-built gate: the group mean of q / the block mean of k land on the gate channels that RoPE barely
+  -- rotates at THETA (j in [DG/4, DG/2) and their partners), plus small random weights everywhere
+  local function slot(c) return c <= D // 2 and DG // 4 + c or 3 * DG // 4 + c - D // 2 end
+  local nz = sl.randn({HKV, DG, G * D + 3 * D}, {seed = 91, std = 0.02}):totable()
+  local nw = sl.randn({2, DG}, {seed = 92}):totable()
+  local qn, kn = {}, {}
+  for o = 1, DG do qn[o], kn[o] = 0.75 + 0.25 * math.tanh(nw[1][o]), 0.75 + 0.25 * math.tanh(nw[2][o]) end
+  local function weights(on)
+    local wq, wk = {}, {}
+    for h = 1, HKV do
+      wq[h], wk[h] = {}, {}
+      for o = 1, DG do
+        local rq, rk = {}, {}
+        for i = 1, G * D do rq[i] = on * ((slot((i - 1) % D + 1) == o and 1 / G or 0) + nz[h][o][i]) end
+        for i = 1, 3 * D do rk[i] = on * ((i > 2 * D and slot(i - 2 * D) == o and 1 or 0) + nz[h][o][G * D + i]) end
+        wq[h][o], wk[h][o] = rq, rk
+      end
+    end
+    local path = os.tmpname() .. ".safetensors"
+    sl.save(path, {wq = sl.tensor(wq), wk = sl.tensor(wk), qnorm = sl.tensor(qn), knorm = sl.tensor(kn)})
+    return path, wq, wk
+  end
+  local good, wq, wk = weights(1)
+  local zero = weights(0)
+  local function run(path, steps, extra)
+    local st = decode.begin("seer_attention_r", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 1, kp:narrow(2, 1, 159 - steps), vp:narrow(2, 1, 159 - steps))
+    local p = {budget = 32, block = B, gate = 1, weights = path, gate_norm = 1, gate_theta = THETA}
+    for key, val in pairs(extra or {}) do p[key] = val end
+    local out
+    for s = 0, steps do
+      local pos = 160 - steps + s
+      out = decode.step("seer_attention_r", st, {q = qp, k = kp:narrow(2, pos, 1), v = vp:narrow(2, pos, 1), layer = 1}, p)
+    end
+    return out, st
+  end
+  -- float64 gate, written from the reference's formulas: y = W x; RMSNorm w x / sqrt(mean x^2 + 1e-6);
+  -- RoPE rotate_half: (x_j, x_{j+DG/2}) rotated by pos . THETA^(-2j/DG)
+  local function proj(W, x)
+    local y = {}
+    for o = 1, DG do
+      local s = 0
+      for i = 1, #x do s = s + W[o][i] * x[i] end
+      y[o] = s
+    end
+    return y
+  end
+  local function norm(x, w)
+    local s = 0
+    for _, v in ipairs(x) do s = s + v * v end
+    local y = {}
+    for i, v in ipairs(x) do y[i] = w[i] * v / math.sqrt(s / #x + 1e-6) end
+    return y
+  end
+  local function rot(x, pos)
+    local y, half = {}, DG // 2
+    for i = 1, DG do y[i] = x[i] end
+    for j = 0, half - 1 do
+      local a = pos * THETA ^ (-2 * j / DG)
+      y[j + 1] = x[j + 1] * math.cos(a) - x[j + half + 1] * math.sin(a)
+      y[j + half + 1] = x[j + half + 1] * math.cos(a) + x[j + 1] * math.sin(a)
+    end
+    return y
+  end
+  local qt, kt = qp:totable(), kp:totable()
+  local function kgate(g, b, pos)
+    local mx, mn, me = {}, {}, {}
+    for c = 1, D do
+      mx[c], mn[c], me[c] = -math.huge, math.huge, 0
+      for t = b * B + 1, b * B + B do
+        local x = kt[g][t][c]
+        mx[c], mn[c], me[c] = math.max(mx[c], x), math.min(mn[c], x), me[c] + x / B
+      end
+    end
+    local x = {}
+    for _, part in ipairs{mx, mn, me} do for _, v in ipairs(part) do x[#x + 1] = v end end
+    return rot(norm(proj(wk[g], x), kn), pos)
+  end
+  local out, st = run(good, 0)
+  local lists = out.pages:totable()
+  local ls = st:layer(1)
+  for g = 1, HKV do
+    local x = {}
+    for j = 1, G do for c = 1, D do x[#x + 1] = qt[(g - 1) * G + j][1][c] end end
+    local qg = rot(norm(proj(wq[g], x), qn), 159)
+    local sc, idx = {}, {}
+    for b = 0, 19 do
+      local kg = kgate(g, b, b * B)
+      for c = 1, DG do near(ls.kgate.rows[g][b + 1][c], kg[c], 1e-4, "K compression row = float64 gate key") end
+      local s = 0
+      for c = 1, DG do s = s + qg[c] * kg[c] end
+      sc[b], idx[#idx + 1] = s / math.sqrt(DG), b
+    end
+    table.sort(idx, function(a, b) return sc[a] > sc[b] end)
+    local want, taken = {[19] = true}, 1
+    for _, b in ipairs(idx) do if taken < 4 and not want[b] then want[b] = true; taken = taken + 1 end end
+    local got, found = {}, 0
+    for _, b in ipairs(lists[g][1]) do if b >= 0 then got[b] = true end end
+    for b in pairs(want) do truthy(got[b], string.format("kv head %d: predicted block %d selected", g, b)) end
+    for b in pairs(got) do if hot[g][b] then found = found + 1 end end
+    truthy(found >= 2, "the normalised, rotated gate finds the hot blocks of kv head " .. g .. ": " .. found)
+  end
+  local full = decode.cache_from(kp, vp, 8)
+  local r_good = recall_of(out, qp, full)
+  truthy(r_good >= 0.8, "gate recall " .. r_good)
+  -- score-blind: a zero projection (every block ties) fails the same checks
+  local bad = run(zero, 0)
+  local found = 0
+  for g, row in ipairs(bad.pages:totable()) do for _, b in ipairs(row[1]) do if hot[g][b] then found = found + 1 end end end
+  local r_bad = recall_of(bad, qp, full)
+  truthy(found < 2 * HKV and r_bad < 0.8, string.format("a score-blind (zero) gate must fail: found %d, recall %.3f", found, r_bad))
+  -- gate_kpos = 1: blocks completed while decoding (18, 19 here: 147 prefill tokens) rotate at their last token
+  local _, st3 = run(good, 12, {gate_kpos = 1})
+  local rows = st3:layer(1).kgate.rows
+  for g = 1, HKV do
+    for _, bp in ipairs{{17, 17 * B}, {18, 18 * B + B - 1}, {19, 19 * B + B - 1}} do
+      local kg = kgate(g, bp[1], bp[2])
+      for c = 1, DG do near(rows[g][bp[1] + 1][c], kg[c], 1e-4, "gate_kpos = 1 row of block " .. bp[1]) end
+    end
+  end
+  local nonorm = os.tmpname() .. ".safetensors"
+  sl.save(nonorm, {wq = sl.tensor(wq), wk = sl.tensor(wk)})
+  raises(function() run(nonorm, 0) end, "seer_attention_r: gate_norm = 1: " .. nonorm .. " has no qnorm.1 / qnorm", "no norm weights")
+  for _, f in ipairs{good, zero, nonorm} do os.remove(f) end
 end)
 
 test("zipvl: re-compression every N generated tokens (decode queries as probes); tau mass; blind order fails", function()
