@@ -83,12 +83,12 @@ end
 function D.compact_heads(ls, kept)
   local cache, n = ls.cache, ls.cache:len()
   local hkv, d, P = cache:heads(), cache:head_dim(), cache:page_size()
-  local kb, vb = cache:quant()
+  local kb, vb, kz = cache:quant()
   local k, v = cache:tensor("k"), cache:tensor("v")
   ls.heads, ls.head_ids = {}, {}
   for g = 1, hkv do
     local c = D.cache(1, d, P, "decode")
-    if kb > 0 then c:set_quant(kb, vb) end
+    if kb > 0 then c:set_quant(kb, vb, kz) end
     c:append(k:narrow(1, g, 1):narrow(2, 1, n), v:narrow(1, g, 1):narrow(2, 1, n))
     local keep, ev, ids = {}, {}, {}
     for _, j in ipairs(kept[g]) do keep[j] = true end
@@ -101,7 +101,7 @@ function D.compact_heads(ls, kept)
   end
   cache:close()
   ls.cache = D.cache(hkv, d, P, "decode")
-  if kb > 0 then ls.cache:set_quant(kb, vb) end
+  if kb > 0 then ls.cache:set_quant(kb, vb, kz) end
 end
 
 --- Resident bytes of a layer's caches (the shared one and any head caches).
@@ -300,18 +300,23 @@ function D.per_step(o, lse, dense_o, dense_lse, steps)
 end
 
 --- The quantised pages a method's caches hold ({k = kbits, v = vbits}; 0:
---- f32): its parameters kv_bits / v_bits when it has them.
+--- f32): its parameters kv_bits / v_bits (and kv_zero: asymmetric codes,
+--- z = 1) when it has them.
 function D.cache_quant(m, p)
-  if m.params and m.params.kv_bits then return {k = p.kv_bits or 0, v = (p.kv_bits or 0) > 0 and (p.v_bits or 0) or 0} end
-  return {k = 0, v = 0}
+  if m.params and m.params.kv_bits then
+    local k = p.kv_bits or 0
+    return {k = k, v = k > 0 and (p.v_bits or 0) or 0, z = k > 0 and (p.kv_zero or 0) or 0}
+  end
+  return {k = 0, v = 0, z = 0}
 end
 
 --- Bytes of K and V read per cached token and kv head (codes plus their share
 --- of the per-page scales when the cache holds quantised pages).
 function D.token_bytes(cache)
   local d, P = cache:head_dim(), cache:page_size()
-  local kb, vb = cache:quant()
-  local function side(b) return b == 0 and 4 * d or (b == 8 and d or (d + 1) // 2) + 4 * d / P end
+  local kb, vb, kz = cache:quant()
+  -- codes plus the token's share of the per-page scales (and zero points)
+  local function side(b) return b == 0 and 4 * d or (b == 8 and d or (d + 1) // 2) + (kz == 1 and 8 or 4) * d / P end
   return side(kb) + side(vb)
 end
 
@@ -320,11 +325,12 @@ end
 --- A cache of quantised pages is read directly (page.attend_q).
 function D.attend(cache, q, pages, opts)
   opts = opts or {}
-  local kb, vb = cache:quant()
+  local kb, vb, kz = cache:quant()
   if kb > 0 then
     return sl.page.attend_q(q, cache:tensor("kcodes"), cache:tensor("kscales"),
       cache:tensor(vb > 0 and "vcodes" or "v"), pages,
-      {vscale = vb > 0 and cache:tensor("vscales") or nil, kbits = kb, vbits = vb > 0 and vb or 8,
+      {vscale = vb > 0 and cache:tensor("vscales") or nil, kzero = kz == 1 and cache:tensor("kzeros") or nil,
+       vzero = kz == 1 and vb > 0 and cache:tensor("vzeros") or nil, kbits = kb, vbits = vb > 0 and vb or 8,
        page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
        backend = opts.backend})
   end
@@ -375,7 +381,7 @@ function D.state(method, o)
   end
   local quant = o.quant or {k = 0, v = 0}
   return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
-    quant = {k = quant.k or 0, v = quant.v or 0}, steps = 0, layers = {}}, State)
+    quant = {k = quant.k or 0, v = quant.v or 0, z = quant.z or 0}, steps = 0, layers = {}}, State)
 end
 
 --- The per-layer part of the state (created on first use).
@@ -384,7 +390,7 @@ function State:layer(l)
   if not ls then
     ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
     if self.bits > 0 then ls.cache:set_bits(self.bits) end
-    if self.quant.k > 0 then ls.cache:set_quant(self.quant.k, self.quant.v) end
+    if self.quant.k > 0 then ls.cache:set_quant(self.quant.k, self.quant.v, self.quant.z) end
     self.layers[l + 1] = ls
   end
   return ls
