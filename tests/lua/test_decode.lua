@@ -208,13 +208,15 @@ test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages,
   local f32 = decode.cache_from(k, v, 8)
   local p = sl.registry.resolve(quest, {budget = 32, page = 8})
   local ref = quest.page_step(f32, q, p, 5)
-  for _, mode in ipairs{{8, 8, 0.02, 0.62}, {8, 0, 0.02, 0.9}, {4, 4, 0.25, 0.5}} do
-    local kb, vb, tol, ratio = mode[1], mode[2], mode[3], mode[4]
-    local st = decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 8, quant = {k = kb, v = vb}})
+  local err = {}
+  -- kbits, vbits, rel_l2 bound, bytes bound, zero points (session 4: asymmetric pages, kv_zero)
+  for _, mode in ipairs{{8, 8, 0.02, 0.62}, {8, 0, 0.02, 0.9}, {4, 4, 0.25, 0.5}, {4, 4, 0.25, 0.56, 1}, {8, 8, 0.02, 0.68, 1}} do
+    local kb, vb, tol, ratio, z = mode[1], mode[2], mode[3], mode[4], mode[5] or 0
+    local st = decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 8, quant = {k = kb, v = vb, z = z}})
     local cache = st:layer(0).cache
     cache:append(k, v)
-    local got_k, got_v = cache:quant()
-    eq(got_k * 10 + got_v, kb * 10 + vb, "the cache holds quantised pages")
+    local got_k, got_v, got_z = cache:quant()
+    eq(got_k * 100 + got_v * 10 + got_z, kb * 100 + vb * 10 + z, "the cache holds quantised pages")
     truthy(cache:bytes() < ratio * f32:bytes(), string.format("%d/%d bits: %d bytes vs f32 %d", kb, vb, cache:bytes(), f32:bytes()))
     local function check(scorer)
       local out = quest.page_step(cache, q, p, 5, nil, scorer)
@@ -235,6 +237,7 @@ test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages,
     near(sl.metric.max_abs(out.o, o2), 0, 1e-5, "page.attend_q = page.attend(dequantised)")
     local e = sl.metric.rel_l2(out.o, ref.o)
     truthy(e < tol and e > 0, string.format("%d/%d bits: rel_l2 vs f32 %.4g (< %g, not 0)", kb, vb, e, tol))
+    err[kb * 100 + vb * 10 + z] = e
     truthy(out.stats.kv_bytes < ref.stats.kv_bytes, "fewer K/V bytes read per step")
     local np = cache:pages()
     for name, scorer in pairs{first_k = function() return sl.zeros({HQ, 1, np}) end,
@@ -242,10 +245,16 @@ test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages,
       truthy(not check(scorer), "score-blind " .. name .. " selection over quantised pages must fail")
     end
   end
+  -- zero points use the page's range [min, max] with 2^b levels instead of [-max|x|, max|x|] with 2^b - 1
+  truthy(err[441] < err[440], string.format("asymmetric int4 pages beat symmetric: rel_l2 %.4g vs %.4g", err[441], err[440]))
   -- through the method: eval with kv_bits, and bad bits named in one line
   local qd, kd, vd = sl.randn({HQ, 3, D}, {seed = 14}), sl.randn({HKV, 90, D}, {seed = 15}), sl.randn({HKV, 90, D}, {seed = 16})
   local r = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 8, v_bits = 8}})
   truthy(r.metrics.rel_l2 < 0.02 and r.metrics.rel_l2 > 0, "int8 pages at full budget: rel_l2 " .. r.metrics.rel_l2)
+  local rz = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 4, v_bits = 4, kv_zero = 1}})
+  local rs = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 4, v_bits = 4}})
+  truthy(rz.metrics.rel_l2 > 0 and rz.metrics.rel_l2 < rs.metrics.rel_l2,
+    string.format("eval kv_zero = 1: int4 rel_l2 %.4g below symmetric %.4g", rz.metrics.rel_l2, rs.metrics.rel_l2))
   raises(function() sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {page = 16, kv_bits = 5}}) end,
     "kbits = 5", "kv_bits 5")
 end)
