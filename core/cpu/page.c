@@ -7,6 +7,7 @@
  * the whole GQA group), then one item per (list, row) merges the chunks'
  * partials through their log-sum-exps. */
 #include "cpu.h"
+#include "deqops.h"
 #include "parallel.h"
 
 #include <math.h>
@@ -235,7 +236,7 @@ sl_status sl__cpu_page_select(const sl__kargs *a)
  * chunks of `per` entries; gl query heads per list. */
 typedef struct attend_plan {
     int64_t n, lists, gl, m, per, chunks;
-    size_t thread_floats;   /* qs [gl, d], s [gl, P], m and l [gl], acc [gl, d], (quantised) k and v pages [P, d], zeros [d] */
+    size_t thread_floats;   /* qs [gl, d], s [gl, P], m and l [gl], acc [gl, d], (quantised) k and v pages [P, d] */
 } attend_plan;
 
 static attend_plan plan_for(int64_t page, int64_t n, int64_t split, const sl_tensor *q, int64_t nk,
@@ -258,7 +259,7 @@ static attend_plan plan_for(int64_t page, int64_t n, int64_t split, const sl_ten
     if (pl.per > pl.m)
         pl.per = pl.m > 0 ? pl.m : 1;
     pl.chunks = pl.m > 0 ? (pl.m + pl.per - 1) / pl.per : 1;
-    pl.thread_floats = (size_t)(pl.gl * d * 2 + pl.gl * page + 2 * pl.gl) + (quant ? (size_t)(2 * page * d + d) : 0);
+    pl.thread_floats = (size_t)(pl.gl * d * 2 + pl.gl * page + 2 * pl.gl) + (quant ? (size_t)(2 * page * d) : 0);
     return pl;
 }
 
@@ -278,6 +279,7 @@ typedef struct attend_job {
     const sl__kargs *a;
     attend_plan pl;
     sl__cpu_vecops vo;
+    sl__cpu_deqops dq;    /* page.attend_q: codes -> f32 rows (AVX-512 / AVX2 / portable) */
     const float *q, *k, *v, *ks, *vs, *kz, *vz;   /* kz / vz: zero points (asymmetric codes) or NULL */
     const uint8_t *kq, *vq;
     const int32_t *pages;
@@ -289,58 +291,6 @@ typedef struct attend_job {
     float *work;        /* per thread thread_floats */
 } attend_job;
 
-/* gcc vectorises the u8 -> f32 loops below only at -O3 (its -O2 cost model
- * refuses them); other compilers get the plain loops. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define SL_DEQ_VECTORISE __attribute__((optimize("O3")))
-#else
-#define SL_DEQ_VECTORISE
-#endif
-
-/* One row of d int8 codes times per-channel scales, plus per-channel zero
- * points zr (off 0: asymmetric codes) or minus the offset off (128: the
- * symmetric codes, zr a row of zeros). restrict and plain loops so the
- * compiler vectorises the u8 -> f32 conversion. */
-SL_DEQ_VECTORISE static void deq8_row(const uint8_t *restrict row, const float *restrict sc, const float *restrict zr,
-                                      int off, float *restrict o, int64_t d)
-{
-    for (int64_t c = 0; c < d; c++)
-        o[c] = (float)((int)row[c] - off) * sc[c] + zr[c];
-}
-
-/* One row of int4 codes (two per byte, even channel in the low nibble,
- * offset off: 8 symmetric, 0 with zero points). */
-SL_DEQ_VECTORISE static void deq4_row(const uint8_t *restrict row, const float *restrict sc, const float *restrict zr,
-                                      int off, float *restrict o, int64_t d)
-{
-    int64_t pairs = d / 2;
-    for (int64_t i = 0; i < pairs; i++) {
-        o[2 * i] = (float)((int)(row[i] & 0x0F) - off) * sc[2 * i] + zr[2 * i];
-        o[2 * i + 1] = (float)((int)(row[i] >> 4) - off) * sc[2 * i + 1] + zr[2 * i + 1];
-    }
-    if (d % 2)
-        o[d - 1] = (float)((int)(row[pairs] & 0x0F) - off) * sc[d - 1] + zr[d - 1];
-}
-
-/* Rows t0 .. t0+nc-1 of a b-bit code matrix [nk, dc] of one kv head, scaled
- * per channel by sc [d] (and shifted by the zero points z [d], or NULL:
- * symmetric codes), into out [nc, d]. zeros: d scratch floats. */
-static void dequant_rows(const uint8_t *codes, int64_t dc, int bits, const float *sc, const float *z, int64_t t0,
-                         int64_t nc, int64_t d, float *out, float *zeros)
-{
-    int off = z ? 0 : (bits == 8 ? 128 : 8);
-    if (!z) {
-        memset(zeros, 0, sizeof *zeros * (size_t)d);
-        z = zeros;
-    }
-    for (int64_t t = 0; t < nc; t++) {
-        if (bits == 8)
-            deq8_row(codes + (t0 + t) * dc, sc, z, off, out + t * d, d);
-        else
-            deq4_row(codes + (t0 + t) * dc, sc, z, off, out + t * d, d);
-    }
-}
-
 static void attend_chunk(int64_t item, void *ud, int thread)
 {
     const attend_job *j = ud;
@@ -349,7 +299,7 @@ static void attend_chunk(int64_t item, void *ud, int thread)
     int64_t c = item % pl->chunks, row = item / pl->chunks, i = row % nq, l = row / nq;
     int64_t h0 = l * gl, kvh = h0 / (j->hq / j->hkv), np = (j->nk + P - 1) / P;
     float *qs = j->work + (size_t)thread * pl->thread_floats, *s = qs + gl * d, *mx = s + gl * P, *sum = mx + gl,
-          *acc = sum + gl, *kbuf = acc + gl * d, *vbuf = kbuf + P * d, *zbuf = vbuf + P * d;
+          *acc = sum + gl, *kbuf = acc + gl * d, *vbuf = kbuf + P * d;
     for (int64_t r = 0; r < gl; r++) {
         const float *qr = j->q + ((h0 + r) * nq + i) * d;
         for (int64_t t = 0; t < d; t++)
@@ -373,11 +323,11 @@ static void attend_chunk(int64_t item, void *ud, int thread)
         const float *kp = kh ? kh + t0 * d : kbuf, *vp = vh ? vh + t0 * d : vbuf;
         int64_t at = (kvh * np + ids[e]) * d;
         if (!kh)
-            dequant_rows(j->kq + kvh * j->nk * j->dk, j->dk, (int)j->kbits, j->ks + at, j->kz ? j->kz + at : NULL, t0,
-                         nc, d, kbuf, zbuf);
+            j->dq.rows(j->kq + (kvh * j->nk + t0) * j->dk, j->dk, nc, (int)j->kbits, j->ks + at, j->kz ? j->kz + at : NULL,
+                       kbuf, d);
         if (!vh)
-            dequant_rows(j->vq + kvh * j->nk * j->dv, j->dv, (int)j->vbits, j->vs + at, j->vz ? j->vz + at : NULL, t0,
-                         nc, d, vbuf, zbuf);
+            j->dq.rows(j->vq + (kvh * j->nk + t0) * j->dv, j->dv, nc, (int)j->vbits, j->vs + at, j->vz ? j->vz + at : NULL,
+                       vbuf, d);
         for (int64_t t = 0; t < nc; t++)
             j->vo.dots(qs, gl, d, kp + t * d, s + t, P);
         for (int64_t r = 0; r < gl; r++) {
@@ -490,7 +440,7 @@ sl_status sl__cpu_page_attend_q(const sl__kargs *a)
     const sl_tensor *q = &a->in[0], *kq = &a->in[1], *v = &a->in[3];
     int quant_v = v->dtype == SL_U8;
     attend_job j = {.a = a, .pl = plan_of(SL_OP_PAGE_ATTEND_Q, p, a->in, sl_ctx_threads(a->ctx)),
-                    .vo = sl__cpu_vecops_for(a->ctx), .q = q->data, .kq = kq->data, .ks = a->in[2].data,
+                    .vo = sl__cpu_vecops_for(a->ctx), .dq = sl__cpu_deqops_for(a->ctx), .q = q->data, .kq = kq->data, .ks = a->in[2].data,
                     .v = quant_v ? NULL : v->data, .vq = quant_v ? v->data : NULL, .vs = a->in[5].data,
                     .kz = a->in[6].buf ? a->in[6].data : NULL, .vz = a->in[7].buf ? a->in[7].data : NULL,
                     .pages = a->in[4].data, .hq = q->shape[0], .hkv = kq->shape[0], .nq = q->shape[1],

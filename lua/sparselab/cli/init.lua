@@ -707,6 +707,14 @@ function C.bench(argv)
     io.stdout:flush()
   end
   local results = {}
+  if o["only-decode"] then
+    -- the paged-cache decode rows alone (issue 13: bench_decode), in one run
+    local rows = setmetatable({}, {__newindex = function(t, i, r) rawset(t, i, r); show(r) end})
+    require("sparselab.bench_decode").run(rows, {quick = o.quick, backend = o.backend or "cpu", reps = one("reps", 1),
+      n = one("decode-n", 64)})
+    for i, r in ipairs(rows) do results[i] = r end
+    o["no-mm"], o["only-estimators"], o["no-estimators"] = true, true, true
+  end
   if not o["only-estimators"] and not o["no-mm"] then
     -- sparse matmul against sgemm (issue 17; bench_mm.lua)
     for _, r in ipairs(require("sparselab.bench_mm").run{quick = o.quick, backend = o.backend or "cpu",
