@@ -21,12 +21,30 @@ static void tail_row(const uint8_t *row, int64_t c0, int64_t d, int bits, int of
     }
 }
 
-static void rows_plain(const uint8_t *codes, int64_t rb, int64_t n, int bits, const float *sc, const float *z,
-                       float *out, int64_t d)
+/* Portable: int8 rows by a plain loop; int4 rows a byte (two channels) at a
+ * time, so no channel pays a parity test. */
+static void rows_plain(const uint8_t *restrict codes, int64_t rb, int64_t n, int bits, const float *restrict sc,
+                       const float *restrict z, float *restrict out, int64_t d)
 {
     int off = z ? 0 : 1 << (bits - 1);
-    for (int64_t t = 0; t < n; t++)
-        tail_row(codes + t * rb, 0, d, bits, off, sc, z, out + t * d);
+    for (int64_t t = 0; t < n; t++) {
+        const uint8_t *row = codes + t * rb;
+        float *o = out + t * d;
+        int64_t c = 0;
+        if (bits == 8) {
+            for (; c < d; c++)
+                o[c] = (float)((int)row[c] - off) * sc[c];
+        } else {
+            for (; c + 2 <= d; c += 2) {
+                o[c] = (float)((int)(row[c / 2] & 0x0F) - off) * sc[c];
+                o[c + 1] = (float)((int)(row[c / 2] >> 4) - off) * sc[c + 1];
+            }
+        }
+        if (z)
+            for (int64_t i = 0; i < c; i++)
+                o[i] = o[i] + z[i];
+        tail_row(row, c, d, bits, off, sc, z, o);
+    }
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
