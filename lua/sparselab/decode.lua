@@ -468,6 +468,9 @@ end
 --- window).
 function D.prefill(st, layer, k, v, opts)
   st:check(st.method, sl.zeros({st.hq, 1, st.d}), k)
+  if k:shape()[2] < 1 then
+    sl.fail("%s: prefill of layer %d with an empty cache: k holds 0 tokens (expected at least 1)", st.method, layer)
+  end
   local ls = st:layer(layer)
   ls.cache:append(k, v)
   ls.n_prefill = ls.cache:len()

@@ -132,6 +132,10 @@ test("decode state: dump, wrong method, wrong shape, decode before prefill", fun
   raises(function() decode.step("quest", st, bad, {}) end, "quest: decode state is for q [4, *, 16], found q [2", "wrong shape")
   raises(function() decode.begin("xattention", {hq = HQ, hkv = HKV, d = D, page = 8}) end, "no decode hook", "prefill-only")
   raises(function() decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 0}) end, "quest: decode state: page = 0", "page 0")
+  -- an empty prefill names the method and the value (session 4)
+  local st0 = decode.begin("quest", {hq = HQ, hkv = HKV, d = D, page = 8})
+  raises(function() decode.prefill(st0, 1, sl.randn({HKV, 0, D}), sl.randn({HKV, 0, D})) end,
+    "quest: prefill of layer 1 with an empty cache: k holds 0 tokens", "empty prefill")
 end)
 
 -- ---- quest ----
