@@ -273,14 +273,14 @@ function D.kernel_run(M, prob, p, opts)
   local qs, ks = prob.q:shape(), prob.k:shape()
   if qs[2] == ks[2] then
     local o, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
-    return {o = o, lse = lse, stats = {density = 1}}
+    return {o = o, lse = lse, stats = {density = 1}, dense_run = true}
   end
   local page = p.page or 16
   if page > ks[2] - qs[2] then
     sl.fail("%s: page = %d is larger than the cache (%d tokens before the decode rows)", M.id, page, ks[2] - qs[2])
   end
   local r = D.replay(M, prob, p, opts)
-  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps}
+  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps, selection = r.selection}
 end
 
 --- Per decode step (row r of a decode result against the dense result):
@@ -512,6 +512,63 @@ function D.step(method, st, step, params)
   return m.decode(st, ls, step, p)
 end
 
+-- ---- the executed selection of a replay (eval --save-mask, issue 13 session 4) ----
+-- The executors are tapped while a step runs: every page.attend /
+-- page.attend_q call is recorded with its lists, and every attn.lse_merge
+-- with its two inputs. The step's output o must be one recorded call's
+-- output (or a merge of such outputs): its lists then say exactly which
+-- cache slots each query head attended. Slots are token positions only
+-- while the layer's cache has evicted nothing; otherwise, and when o is not
+-- an executor's output, the export is refused in one line.
+local function tap_executors()
+  local rec = {}
+  local attend, attend_q, merge = sl.page.attend, sl.page.attend_q, sl.attn.lse_merge
+  sl.page.attend = function(q, k, v, pages, o)
+    local a, b = attend(q, k, v, pages, o)
+    rec[#rec + 1] = {o = a, q = q, pages = pages, opts = o or {}, nk = k:shape()[2]}
+    return a, b
+  end
+  sl.page.attend_q = function(q, kq, ks, v, pages, o)
+    local a, b = attend_q(q, kq, ks, v, pages, o)
+    rec[#rec + 1] = {o = a, q = q, pages = pages, opts = o or {}, nk = kq:shape()[2]}
+    return a, b
+  end
+  sl.attn.lse_merge = function(o1, l1, o2, l2, o)
+    local a, b = merge(o1, l1, o2, l2, o)
+    rec[#rec + 1] = {o = a, parts = {o1, o2}}
+    return a, b
+  end
+  return rec, function() sl.page.attend, sl.page.attend_q, sl.attn.lse_merge = attend, attend_q, merge end
+end
+
+-- Adds to keep[h][slot] = true the slots the executor output o attended for
+-- query heads 1..hq (one decode row), from the tapped calls.
+local function attended_slots(id, rec, o, hq, keep)
+  local hit
+  for i = #rec, 1, -1 do if rawequal(rec[i].o, o) then hit = rec[i]; break end end
+  if not hit then
+    sl.fail("--save-mask: %s's decode output is not that of a page.attend / page.attend_q call (or their LSE merge); "
+      .. "its executed selection cannot be read", id)
+  end
+  if hit.parts then
+    for _, x in ipairs(hit.parts) do attended_slots(id, rec, x, hq, keep) end
+    return
+  end
+  local qs, ps = hit.q:shape(), hit.pages:shape()
+  if qs[1] ~= hq or qs[2] ~= 1 then
+    sl.fail("--save-mask: %s's executor ran q [%d, %d, *]; expected [%d, 1, *] (one decode row, every head)", id,
+      qs[1], qs[2], hq)
+  end
+  local P, n = hit.opts.page or 16, (hit.opts.n and hit.opts.n > 0) and hit.opts.n or hit.nk
+  local lists, t = ps[1], hit.pages:totable()
+  for h = 1, hq do
+    local row = t[(h - 1) // (hq // lists) + 1][1]
+    for _, id_ in ipairs(row) do
+      if id_ >= 0 then for j = id_ * P, math.min(id_ * P + P, n) - 1 do keep[h][j] = true end end
+    end
+  end
+end
+
 --- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R
 --- positions of k, v [Hkv, N, D]): the prefix k[0 .. N-R) is the cache, then
 --- each row is one decode step (its key appended, the hook run). Returns
@@ -528,18 +585,45 @@ function D.replay(method, prob, p, opts)
   D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
     {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
   local os, ls, steps = {}, {}, {}
+  local hq, bits = qs[1], prob.save_mask and {} or nil
   for r = 1, R do
     local pos = N - R + r
     local step = {q = prob.q:narrow(2, r, 1), k = prob.k:narrow(2, pos, 1), v = prob.v:narrow(2, pos, 1),
       layer = opts.layer or 0, backend = prob.backend}
     for key, val in pairs(opts.step or {}) do step[key] = val end
-    local out = D.step(m, st, step, p)
+    local out
+    if bits then
+      local rec, untap = tap_executors()
+      local ok, err = pcall(function() out = D.step(m, st, step, p) end)
+      untap()
+      if not ok then error(err, 0) end
+      local lc = st:layer(opts.layer or 0)
+      if lc.heads then
+        sl.fail("--save-mask: %s compacted its cache per KV head (evict = 1), so cache slots are not token positions; "
+          .. "the selection cannot be written as a mask", m.id)
+      end
+      if lc.cache:len() ~= pos then
+        sl.fail("--save-mask: %s evicted cache entries (%d of %d tokens held), so its cache slots are not token "
+          .. "positions; the selection cannot be written as a mask", m.id, lc.cache:len(), pos)
+      end
+      local keep = {}
+      for h = 1, hq do keep[h] = {} end
+      attended_slots(m.id, rec, out.o, hq, keep)
+      for h = 1, hq do
+        local row = {}
+        for j = 1, N do row[j] = keep[h][j - 1] and 1 or 0 end
+        bits[h] = bits[h] or {}
+        bits[h][r] = row
+      end
+    else
+      out = D.step(m, st, step, p)
+    end
     os[r], ls[r] = out.o, out.lse
     steps[r] = out.stats or {}
   end
   local o = R == 1 and os[1] or sl.cat(os, 2)
   local lse = R == 1 and ls[1] or sl.cat(ls, 2)
-  return {o = o, lse = lse, steps = steps, state = st}
+  return {o = o, lse = lse, steps = steps, state = st, selection = bits and sl.tensor(bits, "u8") or nil}
 end
 
 --- Stats of a page-sparse step: tokens attended per list, density (tokens

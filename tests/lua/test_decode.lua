@@ -1529,6 +1529,65 @@ test("eval --steps: per-step recall, rel_l2 and kv bytes; bad input names method
   truthy(text:find("quest: page = 64 is larger than the cache", 1, true), "page above the cache: " .. text)
 end)
 
+test("eval --save-mask: a decode replay's executed selection; attention over exactly its keys (float64) = o", function()
+  local q, k, v = sl.synthetic{n = 120, heads = HQ, kv_heads = HKV, d = D, seed = 77}
+  local dq = q:narrow(2, 117, 4)
+  local kt, vt, qt = k:totable(), v:totable(), dq:totable()
+  local G = HQ // HKV
+  for _, case in ipairs{{"quest", {budget = 32, page = 8}}, {"hgca", {budget = 16, window = 24}}, {"twilight_topp", {budget = 48}},
+                        {"seer_attention_r", {budget = 32, block = 8, page = 8}}, {"snapkv", {budget = 40, ["local"] = 8, obs_window = 16}},
+                        {"double_sparsity", {budget = 24}}, {"lessismore", {budget = 24}}} do
+    local r = sl.eval(case[1], sl.problem{q = dq, k = k, v = v, save_mask = true, state = {obs_q = q:narrow(2, 101, 16)}},
+      {params = case[2]})
+    local bits = require("sparselab.savemask").bits(r, sl.methods.get(case[1]), true)
+    local sh = bits:shape()
+    eq(sh[1] * 1000000 + sh[2] * 1000 + sh[3], HQ * 1000000 + 4 * 1000 + 120, case[1] .. ": mask [H, n_q, n_k]")
+    local b, o = bits:totable(), r.o:totable()
+    local sparse = false
+    for h = 1, HQ do
+      local g = (h - 1) // G + 1
+      for i = 1, 4 do
+        local pos, mx, z, acc, m = 116 + i, -math.huge, 0, {}, 0
+        local s = {}
+        for j = 1, 120 do
+          if b[h][i][j] == 1 then
+            truthy(j <= pos, case[1] .. ": no key after the row's position")
+            local dot = 0
+            for c = 1, D do dot = dot + qt[h][i][c] * kt[g][j][c] end
+            s[j] = dot / math.sqrt(D)
+            mx = math.max(mx, s[j])
+            m = m + 1
+          end
+        end
+        sparse = sparse or m < pos
+        for c = 1, D do acc[c] = 0 end
+        for j, x in pairs(s) do
+          local w = math.exp(x - mx)
+          z = z + w
+          for c = 1, D do acc[c] = acc[c] + w * vt[g][j][c] end
+        end
+        for c = 1, D do
+          near(o[h][i][c], acc[c] / z, 2e-5, string.format("%s: head %d row %d ch %d = attention over the mask", case[1], h, i, c))
+        end
+      end
+    end
+    truthy(sparse, case[1] .. ": the mask is sparse at this budget")
+  end
+  -- a compacted cache (slots are not positions) is refused in one line
+  local prob = sl.problem{q = dq, k = k, v = v, save_mask = true, state = {obs_q = q:narrow(2, 101, 16)}}
+  raises(function() sl.eval("snapkv", prob, {params = {budget = 40, ["local"] = 8, obs_window = 16, evict = 1}}) end,
+    "--save-mask: snapkv compacted its cache per KV head", "per-head compacted cache")
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local out = os.tmpname() .. ".safetensors"
+  local f = io.popen(bin .. " eval quest --workload synthetic,n=64,heads=4,kv_heads=2,d=16 --steps 2 --budget 16 --param page=8 --out "
+    .. out .. " --save-mask 2>&1")
+  local text = f:read("a")
+  f:close()
+  local saved = sl.load(out)
+  truthy(saved.mask and saved.mask:shape()[3] == 64, "CLI writes the decode mask: " .. text)
+  os.remove(out)
+end)
+
 -- ---- model level: the runner's decode loop calls the decode hook ----
 
 test("model: teacher-forced decode through the cache; budget >= cache equals dense; greedy agreement", function()

@@ -379,7 +379,8 @@ function C.eval(argv)
   end
   if o["save-mask"] then require("sparselab.savemask").check(q:shape()[1], q:shape()[2], k:shape()[2]) end
   local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"] and wl ~= "video",
-    backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout}
+    backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout,
+    save_mask = o["save-mask"] or nil}   -- decode replays record their executed selection only when asked
   local given = o.budget and {"--budget"} or {}
   local target, tvalue
   for flag, name in pairs(TARGET_FLAGS) do
