@@ -515,14 +515,16 @@ end
 -- ---- the executed selection of a replay (eval --save-mask, issue 13 session 4) ----
 -- The executors are tapped while a step runs: every page.attend /
 -- page.attend_q call is recorded with its lists, and every attn.lse_merge
--- with its two inputs. The step's output o must be one recorded call's
+-- with its two inputs, and every attn.dense call (a method attending all
+-- of a rebuilt K/V: zipvl's mixed-precision cache; a pooled one is refused
+-- below). The step's output o must be one recorded call's
 -- output (or a merge of such outputs): its lists then say exactly which
 -- cache slots each query head attended. Slots are token positions only
 -- while the layer's cache has evicted nothing; otherwise, and when o is not
 -- an executor's output, the export is refused in one line.
 local function tap_executors()
   local rec = {}
-  local attend, attend_q, merge = sl.page.attend, sl.page.attend_q, sl.attn.lse_merge
+  local attend, attend_q, merge, dense = sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense
   sl.page.attend = function(q, k, v, pages, o)
     local a, b = attend(q, k, v, pages, o)
     rec[#rec + 1] = {o = a, q = q, pages = pages, opts = o or {}, nk = k:shape()[2]}
@@ -538,12 +540,19 @@ local function tap_executors()
     rec[#rec + 1] = {o = a, parts = {o1, o2}}
     return a, b
   end
-  return rec, function() sl.page.attend, sl.page.attend_q, sl.attn.lse_merge = attend, attend_q, merge end
+  sl.attn.dense = function(q, k, v, o)
+    local a, b = dense(q, k, v, o)
+    rec[#rec + 1] = {o = a, q = q, dense = true, nk = k:shape()[2]}
+    return a, b
+  end
+  return rec, function()
+    sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense = attend, attend_q, merge, dense
+  end
 end
 
 -- Adds to keep[h][slot] = true the slots the executor output o attended for
 -- query heads 1..hq (one decode row), from the tapped calls.
-local function attended_slots(id, rec, o, hq, keep)
+local function attended_slots(id, rec, o, hq, keep, n_cache)
   local hit
   for i = #rec, 1, -1 do if rawequal(rec[i].o, o) then hit = rec[i]; break end end
   if not hit then
@@ -551,7 +560,15 @@ local function attended_slots(id, rec, o, hq, keep)
       .. "its executed selection cannot be read", id)
   end
   if hit.parts then
-    for _, x in ipairs(hit.parts) do attended_slots(id, rec, x, hq, keep) end
+    for _, x in ipairs(hit.parts) do attended_slots(id, rec, x, hq, keep, n_cache) end
+    return
+  end
+  if hit.dense then   -- every key of a K/V rebuilt from the cache: only when it holds the cache's tokens
+    if hit.nk ~= n_cache or hit.q:shape()[2] ~= 1 then
+      sl.fail("--save-mask: %s attended %d derived keys (pooled or rebuilt), not the cache's %d tokens; its "
+        .. "selection is no set of keys", id, hit.nk, n_cache)
+    end
+    for h = 1, hq do for j = 0, hit.nk - 1 do keep[h][j] = true end end
     return
   end
   local qs, ps = hit.q:shape(), hit.pages:shape()
@@ -608,7 +625,7 @@ function D.replay(method, prob, p, opts)
       end
       local keep = {}
       for h = 1, hq do keep[h] = {} end
-      attended_slots(m.id, rec, out.o, hq, keep)
+      attended_slots(m.id, rec, out.o, hq, keep, pos)
       for h = 1, hq do
         local row = {}
         for j = 1, N do row[j] = keep[h][j - 1] and 1 or 0 end

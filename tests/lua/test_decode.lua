@@ -1578,8 +1578,14 @@ test("eval --save-mask: a decode replay's executed selection; attention over exa
   raises(function() sl.eval("snapkv", prob, {params = {budget = 40, ["local"] = 8, obs_window = 16, evict = 1}}) end,
     "--save-mask: snapkv compacted its cache per KV head", "per-head compacted cache")
   -- video_xl2 attends mean-pooled chunk tokens, not a subset of the keys: refused, not approximated
-  raises(function() sl.eval("video_xl2", sl.problem{q = dq, k = k, v = v, save_mask = true}, {}) end,
-    "--save-mask: video_xl2's decode output is not that of a page.attend", "pooled keys")
+  raises(function() sl.eval("video_xl2", sl.problem{q = dq, k = k, v = v, save_mask = true}, {params = {chunk = 8, topk = 1}}) end,
+    "--save-mask: video_xl2 attended", "pooled keys")
+  -- zipvl attends every cached token (its sparsity is precision): every key up to the row
+  local rz = sl.eval("zipvl", sl.problem{q = dq, k = k, v = v, save_mask = true, state = {obs_q = q:narrow(2, 101, 16)}}, {})
+  local zb = rz.selection:totable()
+  for h = 1, HQ do for i = 1, 4 do for j = 1, 120 do
+    eq(zb[h][i][j], j <= 116 + i and 1 or 0, "zipvl: every key up to the row")
+  end end end
   local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
   local out = os.tmpname() .. ".safetensors"
   local f = io.popen(bin .. " eval quest --workload synthetic,n=64,heads=4,kv_heads=2,d=16 --steps 2 --budget 16 --param page=8 --out "
