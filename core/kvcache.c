@@ -23,6 +23,8 @@ struct sl_kvcache {
     int kbits, vbits;
     sl_tensor kc, vc;          /* u8 codes [h, cap, d or ceil(d/2)] */
     sl_tensor ksc, vsc;        /* f32 per page and channel scales [h, cap_p, d] */
+    int asym;                  /* 1: unsigned codes with zero points (min/max quantisation) */
+    sl_tensor kz, vz;          /* f32 per page and channel zero points [h, cap_p, d] (asym) */
     float *kst, *vst;          /* f32 rows of the open (last) page [h, page, d] */
 };
 
@@ -59,6 +61,8 @@ void sl_kvcache_free(sl_kvcache *c)
     sl_tensor_release(&c->vc);
     sl_tensor_release(&c->ksc);
     sl_tensor_release(&c->vsc);
+    sl_tensor_release(&c->kz);
+    sl_tensor_release(&c->vz);
     if (c->kst)
         sl_ctx_dealloc(c->ctx, c->kst, sizeof(float) * (size_t)(c->h * c->page * c->d));
     if (c->vst)
@@ -84,7 +88,8 @@ size_t sl_kvcache_bytes(const sl_kvcache *c)
     size_t side = (size_t)(c->h * c->cap) * (size_t)(row_bytes(c->kbits, c->d) + row_bytes(c->vbits, c->d));
     size_t pages = (size_t)(c->h * c->cap_p * c->d) * sizeof(float);
     size_t open = (size_t)(c->h * c->page * c->d) * sizeof(float);
-    return side + 3 * pages + (c->kbits ? pages + open : 0) + (c->vbits ? pages + open : 0) +
+    return side + 3 * pages + (c->kbits ? (c->asym ? 2 : 1) * pages + open : 0) +
+           (c->vbits ? (c->asym ? 2 : 1) * pages + open : 0) +
            (c->bits ? (size_t)(c->h * c->cap * c->d) + 2 * sizeof(float) * (size_t)(c->h * c->cap) : 0);
 }
 
@@ -146,9 +151,11 @@ static sl_status resize(sl_ctx *ctx, sl_kvcache *c, int64_t cap)
     if ((!c->kbits && (s = regrow(ctx, &c->k, c->h, c->cap, cap, c->d, c->len))) ||
         (!c->vbits && (s = regrow(ctx, &c->v, c->h, c->cap, cap, c->d, c->len))) ||
         (c->kbits && ((s = regrow_as(ctx, &c->kc, SL_U8, c->h, c->cap, cap, row_bytes(c->kbits, c->d), c->len)) ||
-                      (s = regrow(ctx, &c->ksc, c->h, c->cap_p, cap_p, c->d, np)))) ||
+                      (s = regrow(ctx, &c->ksc, c->h, c->cap_p, cap_p, c->d, np)) ||
+                      (c->asym && (s = regrow(ctx, &c->kz, c->h, c->cap_p, cap_p, c->d, np))))) ||
         (c->vbits && ((s = regrow_as(ctx, &c->vc, SL_U8, c->h, c->cap, cap, row_bytes(c->vbits, c->d), c->len)) ||
-                      (s = regrow(ctx, &c->vsc, c->h, c->cap_p, cap_p, c->d, np)))) ||
+                      (s = regrow(ctx, &c->vsc, c->h, c->cap_p, cap_p, c->d, np)) ||
+                      (c->asym && (s = regrow(ctx, &c->vz, c->h, c->cap_p, cap_p, c->d, np))))) ||
         (s = regrow(ctx, &c->mn, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->mx, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np)) ||
@@ -208,10 +215,14 @@ static void quantise_token(sl_kvcache *c, int64_t h, int64_t t)
  * scale = max |x| over the page's tokens / (2^(b-1) - 1), code = round(x /
  * scale) + 2^(b-1) (sparselab.h, page.attend_q). The open (last) page keeps
  * its f32 rows in a one-page staging buffer and is re-quantised from them on
- * every append, so its codes always use its current range. */
+ * every append, so its codes always use its current range.
+ * Asymmetric pages (sl_kvcache_set_quant_zero, issue 13 session 4): per
+ * page and channel zero = min x, scale = (max x - min x) / (2^b - 1), code =
+ * round((x - zero) / scale) in [0, 2^b - 1], value = code . scale + zero. */
 
 static sl_tensor *codes_of(sl_kvcache *c, int side) { return side ? &c->vc : &c->kc; }
 static sl_tensor *scales_of(sl_kvcache *c, int side) { return side ? &c->vsc : &c->ksc; }
+static sl_tensor *zeros_of(sl_kvcache *c, int side) { return side ? &c->vz : &c->kz; }
 static float *staging_of(sl_kvcache *c, int side) { return side ? c->vst : c->kst; }
 static int bits_of(const sl_kvcache *c, int side) { return side ? c->vbits : c->kbits; }
 
@@ -222,19 +233,35 @@ static void quantise_page(sl_kvcache *c, int side, int64_t h, int64_t pg, int64_
     int64_t d = c->d, rb = row_bytes(bits, d), qmax = (1 << (bits - 1)) - 1, off = 1 << (bits - 1);
     const float *x = staging_of(c, side) + h * c->page * d;
     float *sc = (float *)scales_of(c, side)->data + (h * c->cap_p + pg) * d;
+    float *z = c->asym ? (float *)zeros_of(c, side)->data + (h * c->cap_p + pg) * d : NULL;
     uint8_t *code = (uint8_t *)codes_of(c, side)->data + (h * c->cap + pg * c->page) * rb;
+    long umax = (1L << bits) - 1;
     for (int64_t ch = 0; ch < d; ch++) {
-        float amax = 0;
-        for (int64_t r = 0; r < rows; r++)
-            amax = fabsf(x[r * d + ch]) > amax ? fabsf(x[r * d + ch]) : amax;
-        sc[ch] = amax / (float)qmax;
+        float amax = 0, lo = INFINITY, hi = -INFINITY;
+        for (int64_t r = 0; r < rows; r++) {
+            float x0 = x[r * d + ch];
+            amax = fabsf(x0) > amax ? fabsf(x0) : amax;
+            lo = x0 < lo ? x0 : lo;
+            hi = x0 > hi ? x0 : hi;
+        }
+        if (z) {
+            z[ch] = lo;
+            sc[ch] = (hi - lo) / (float)umax;
+        } else
+            sc[ch] = amax / (float)qmax;
     }
     memset(code, 0, (size_t)(rows * rb));
     for (int64_t r = 0; r < rows; r++)
         for (int64_t ch = 0; ch < d; ch++) {
-            long v = sc[ch] > 0 ? lrintf(x[r * d + ch] / sc[ch]) : 0;
-            v = v > qmax ? qmax : v < -qmax ? -qmax : v;
-            uint8_t u = (uint8_t)(v + off);
+            long v;
+            if (z) {
+                v = sc[ch] > 0 ? lrintf((x[r * d + ch] - z[ch]) / sc[ch]) : 0;
+                v = v > umax ? umax : v < 0 ? 0 : v;
+            } else {
+                v = sc[ch] > 0 ? lrintf(x[r * d + ch] / sc[ch]) : 0;
+                v = (v > qmax ? qmax : v < -qmax ? -qmax : v) + off;
+            }
+            uint8_t u = (uint8_t)v;
             if (bits == 8)
                 code[r * rb + ch] = u;
             else
@@ -268,9 +295,11 @@ static void dequant_token(sl_kvcache *c, int side, int64_t h, int64_t t, float *
     int64_t d = c->d, rb = row_bytes(bits, d), off = 1 << (bits - 1);
     const uint8_t *code = (const uint8_t *)codes_of(c, side)->data + (h * c->cap + t) * rb;
     const float *sc = (const float *)scales_of(c, side)->data + (h * c->cap_p + t / c->page) * d;
+    const float *z = c->asym ? (const float *)zeros_of(c, side)->data + (h * c->cap_p + t / c->page) * d : NULL;
     for (int64_t ch = 0; ch < d; ch++) {
         int u = bits == 8 ? code[ch] : ch % 2 == 0 ? (code[ch / 2] & 0x0F) : (code[ch / 2] >> 4);
-        out[ch] = (float)(u - off) * sc[ch];
+        /* the same float expressions as the kernels: (c - off) . s, or c . s + z */
+        out[ch] = z ? (float)u * sc[ch] + z[ch] : (float)(u - off) * sc[ch];
     }
 }
 
@@ -281,7 +310,7 @@ static void meta_from_codes(sl_kvcache *c, int64_t h, int64_t pg, int64_t rows)
     int64_t d = c->d, rb = row_bytes(c->kbits, d), off = 1 << (c->kbits - 1);
     size_t o = (size_t)((h * c->cap_p + pg) * d);
     float *mn = (float *)c->mn.data + o, *mx = (float *)c->mx.data + o, *me = (float *)c->me.data + o;
-    const float *sc = (const float *)c->ksc.data + o;
+    const float *sc = (const float *)c->ksc.data + o, *z = c->asym ? (const float *)c->kz.data + o : NULL;
     const uint8_t *code = (const uint8_t *)c->kc.data + (h * c->cap + pg * c->page) * rb;
     for (int64_t ch = 0; ch < d; ch++) {
         double sum = 0;
@@ -289,7 +318,7 @@ static void meta_from_codes(sl_kvcache *c, int64_t h, int64_t pg, int64_t rows)
         for (int64_t r = 0; r < rows; r++) {
             const uint8_t *cr = code + r * rb;
             int u = c->kbits == 8 ? cr[ch] : ch % 2 == 0 ? (cr[ch / 2] & 0x0F) : (cr[ch / 2] >> 4);
-            float x = (float)(u - off) * sc[ch];
+            float x = z ? (float)u * sc[ch] + z[ch] : (float)(u - off) * sc[ch];
             lo = x < lo ? x : lo;
             hi = x > hi ? x : hi;
             sum += x;
@@ -348,6 +377,23 @@ sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits)
     c->vbits = vbits;
     return SL_OK;
 }
+
+sl_status sl_kvcache_set_quant_zero(sl_ctx *ctx, sl_kvcache *c, int asym)
+{
+    if (asym != 0 && asym != 1)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant_zero: asym = %d; expected 0 or 1", asym);
+    if (c->len > 0 || c->cap > 0)
+        return sl_ctx_fail(ctx, SL_EARG,
+                           "sl_kvcache_set_quant_zero: the cache already holds %lld tokens; set it before the first append",
+                           (long long)c->len);
+    if (asym && !c->kbits)
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant_zero: the cache keeps f32 K; zero points go with "
+                           "quantised pages (sl_kvcache_set_quant first)");
+    c->asym = asym;
+    return SL_OK;
+}
+
+int sl_kvcache_quant_zero(const sl_kvcache *c) { return c->asym; }
 
 sl_status sl_kvcache_set_bits(sl_ctx *ctx, sl_kvcache *c, int bits)
 {
@@ -534,6 +580,14 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
         *out = sl_tensor_retain(which[0] == 'k' ? &c->k : &c->v);
         return SL_OK;
     }
+    if (strcmp(which, "kzeros") == 0 || strcmp(which, "vzeros") == 0) {
+        int side = which[0] == 'v';
+        if (!bits_of(c, side) || !c->asym)
+            return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: '%s': the cache's %s pages have no zero points "
+                               "(sl_kvcache_set_quant_zero)", which, side ? "V" : "K");
+        *out = sl_tensor_retain(zeros_of((sl_kvcache *)c, side));
+        return SL_OK;
+    }
     if (strncmp(which, "kcodes", 6) == 0 || strncmp(which, "vcodes", 6) == 0 || strcmp(which, "kscales") == 0 ||
         strcmp(which, "vscales") == 0) {
         int side = which[0] == 'v';
@@ -556,7 +610,7 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
     const sl_tensor *src = strcmp(which, "min") == 0 ? &c->mn : strcmp(which, "max") == 0 ? &c->mx
                          : strcmp(which, "mean") == 0 ? &c->me : NULL;
     if (!src)
-        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, kq, kscale, kcodes, kscales, vcodes, vscales, min, max or mean)",
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, kq, kscale, kcodes, kscales, kzeros, vcodes, vscales, vzeros, min, max or mean)",
                            which);
     int64_t np = sl_kvcache_pages(c), sh[3] = {c->h, np, c->d};
     sl_status s = sl_tensor_new(ctx, SL_F32, 3, sh, out);

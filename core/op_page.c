@@ -205,6 +205,20 @@ static sl_status infer_attend_q(sl_ctx *ctx, const sl_op_info *info, const sl_pa
             return fail_shape(ctx, info, "input 'v' must be float [kv heads, N, head_dim] (or u8 codes with opt.vscale)", v);
         if (vs->buf)
             return sl_ctx_fail(ctx, SL_EARG, "%s: opt.vscale is given but v is float (scales go with u8 value codes)", info->name);
+        if (in[7].buf)
+            return sl_ctx_fail(ctx, SL_EARG, "%s: opt.vzero is given but v is float (zero points go with u8 value codes)",
+                               info->name);
+    }
+    /* asymmetric codes: zero points shaped as the scales they go with */
+    for (int z = 6; z <= 7; z++) {
+        if (!in[z].buf)
+            continue;
+        if ((s = sl__need_float(ctx, info, in, z, 3)))
+            return s;
+        if (in[z].shape[0] != hkv || in[z].shape[1] != np || in[z].shape[2] != d)
+            return fail_shape(ctx, info, z == 6 ? "input 'opt.kzero' must be [kv heads, ceil(N/P), head_dim] (as kscale)"
+                                                : "input 'opt.vzero' must be [kv heads, ceil(N/P), head_dim] (as opt.vscale)",
+                              &in[z]);
     }
     if (!pg->buf || pg->dtype != SL_I32 || pg->ndim != 3 || pg->shape[0] < 1 || q->shape[0] % pg->shape[0] != 0 ||
         pg->shape[0] % hkv != 0 || pg->shape[1] != q->shape[1])

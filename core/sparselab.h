@@ -1024,6 +1024,13 @@ int sl_kvcache_bits(const sl_kvcache *c);
 sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits);
 /* kbits of the pages (0: f32 K); *vbits (if not NULL) gets vbits. */
 int sl_kvcache_quant(const sl_kvcache *c, int *vbits);
+/* Asymmetric quantised pages (issue 13, session 4), set after
+ * sl_kvcache_set_quant and before the first append: per page and channel
+ * zero = min, scale = (max - min) / (2^b - 1), unsigned codes; parts
+ * "kzeros" / "vzeros" (f32 [H, capacity/P, D]) go to page.attend_q as
+ * opt.kzero / opt.vzero. asym 0 returns to symmetric codes. */
+sl_status sl_kvcache_set_quant_zero(sl_ctx *ctx, sl_kvcache *c, int asym);
+int sl_kvcache_quant_zero(const sl_kvcache *c);
 /* Frees the capacity past the last page in use (after an eviction: the
  * resident bytes drop with the tokens); contents unchanged. */
 sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
@@ -1215,7 +1222,13 @@ sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
  * k'[j, ch] = (kq[g, j, ch] - 2^(kbits-1)) . kscale[g, j / P, ch]. Outputs
  * exactly those of page.attend over the dequantised k' (and v'). Codes are
  * not range-checked (every byte dequantises to a finite value); a
- * non-finite scale in a listed page makes the call fail. */
+ * non-finite scale in a listed page makes the call fail.
+ * Asymmetric codes (issue 13, session 4): opt.kzero [Hkv, ceil(N/P), D]
+ * float (zero points, per page and channel) makes the key codes unsigned:
+ * k'[j, ch] = kq[g, j, ch] . kscale[g, j / P, ch] + kzero[g, j / P, ch]
+ * (min/max quantisation: zero = the page-channel minimum, scale = range /
+ * (2^b - 1)); opt.vzero does the same for u8 values (given only with u8 v).
+ * A non-finite zero point in a listed page fails the call as a scale does. */
 
 /* ---- trainable sparse attention, Performer estimate (issue 14, session 3b) ----
  * trainable.performer (card sea, the Performer stand-in of steps 1-2): inputs

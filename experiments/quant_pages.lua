@@ -16,6 +16,10 @@
 -- keys) with q.k (token top-k recall, last row of every layer and head).
 -- Model level: the runner's teacher-forced decode loop with Quest on the
 -- quantised cache, KL to dense decoding.
+-- Session 4: every mode also with zero points (kv_zero = 1: asymmetric
+-- codes, per page and channel min and range), and the fidelity block on a
+-- synthetic workload too (sl.synthetic, 512 tokens, 8 q / 4 kv heads, d 64).
+-- rel_l2_vs_f32 at budget 4096 (every page) is the quantisation error alone.
 --   sparselab run experiments/quant_pages.lua [DB] [--quick]
 local sl = require "sparselab"
 local decode = require "sparselab.decode"
@@ -27,7 +31,7 @@ for _, a in ipairs(arg or {}) do
   else db_path = a end
 end
 local N, STEPS, B, PAGE, PREFIX = quick and 2048 or 16384, quick and 8 or 32, 64, 8, 64
-local MODES = {{0, 0}, {8, 0}, {8, 8}, {4, 0}, {4, 4}}
+local MODES = {{0, 0, 0}, {8, 0, 0}, {8, 0, 1}, {8, 8, 0}, {8, 8, 1}, {4, 0, 0}, {4, 0, 1}, {4, 4, 0}, {4, 4, 1}}
 local data = "experiments/data/tinystories260k"
 local text_name = "01_red_kite"
 local db, run_id = sl.experiment{db = db_path, seed = 1, config = {n = N, steps = STEPS, budget = B, page = PAGE,
@@ -38,14 +42,15 @@ local k, v = sl.randn({8, N, 128}, {seed = 7}), sl.randn({8, N, 128}, {seed = 8}
 local f32_bytes
 db:begin()
 for _, m in ipairs(MODES) do
-  local st = decode.state("quest", {hq = 32, hkv = 8, d = 128, page = 16, quant = {k = m[1], v = m[2]}})
+  local st = decode.state("quest", {hq = 32, hkv = 8, d = 128, page = 16, quant = {k = m[1], v = m[2], z = m[3]}})
   local c = st:layer(0).cache
   c:append(k, v)
   local bytes = c:bytes()
   f32_bytes = f32_bytes or bytes
-  db:record{run_id = run_id, method = "quest", params = {kv_bits = m[1], v_bits = m[2]}, workload = "memory",
+  db:record{run_id = run_id, method = "quest", params = {kv_bits = m[1], v_bits = m[2], kv_zero = m[3]}, workload = "memory",
     workload_params = {n = N, heads = 8, d = 128, page = 16}, phase = "decode", backend = "cpu",
-    metrics = {bytes = bytes, ratio = bytes / f32_bytes, read_per_token = decode.token_bytes(c), kbits = m[1], vbits = m[2]}}
+    metrics = {bytes = bytes, ratio = bytes / f32_bytes, read_per_token = decode.token_bytes(c), kbits = m[1], vbits = m[2],
+      zero = m[3]}}
   c:close()
 end
 db:commit()
@@ -72,18 +77,22 @@ local f = assert(io.open(data .. "/texts/" .. text_name .. ".txt", "rb"))
 local tokens = model:encode(f:read("a"))
 f:close()
 if quick then local t = {}; for i = 1, math.min(#tokens, 160) do t[i] = tokens[i] end; tokens = t end
-for li, t in ipairs(model:capture{tokens = tokens}) do
-  local n = t.q:shape()[2]
+local function fidelity(li, t, workload)
+  local n, hq, hkv, d = t.q:shape()[2], t.q:shape()[1], t.k:shape()[1], t.q:shape()[3]
   local prob = sl.problem{q = t.q:narrow(2, n - STEPS + 1, STEPS), k = t.k, v = t.v, layer = 5}
-  local base
+  local base, base_all
   db:begin()
   for _, m in ipairs(MODES) do
-    local p = {budget = B, page = PAGE, kv_bits = m[1], v_bits = m[2]}
+    local p = {budget = B, page = PAGE, kv_bits = m[1], v_bits = m[2], kv_zero = m[3]}
     local r = sl.eval("quest", prob, {params = p})
     base = base or r
+    -- every page read: the quantisation error alone
+    local pa = {budget = 4096, page = PAGE, kv_bits = m[1], v_bits = m[2], kv_zero = m[3]}
+    local ra = sl.eval("quest", prob, {params = pa})
+    base_all = base_all or ra
     -- page lists and top-k keys of the last row against the f32 cache
     local qlast = t.q:narrow(2, n, 1)
-    local c = decode.state("quest", {hq = 8, hkv = 4, d = 8, page = PAGE, quant = {k = m[1], v = m[2]}}):layer(0).cache
+    local c = decode.state("quest", {hq = hq, hkv = hkv, d = d, page = PAGE, quant = {k = m[1], v = m[2], z = m[3]}}):layer(0).cache
     local cf = decode.cache_from(t.k, t.v, PAGE)
     c:append(t.k, t.v)
     local quest = sl.methods.get("quest")
@@ -99,25 +108,31 @@ for li, t in ipairs(model:capture{tokens = tokens}) do
     local sf = decode.token_scores(cf, qlast):totable()
     local tk = 0
     for h = 1, #sf do tk = tk + top_overlap(sq[h][1], sf[h][1], 32) end
-    db:record{run_id = run_id, method = "quest", params = p, workload = "tinystories:" .. text_name,
+    db:record{run_id = run_id, method = "quest", params = p, workload = workload,
       workload_params = {steps = STEPS}, phase = "decode", layer = li - 1, backend = "cpu",
-      metrics = {kbits = m[1], vbits = m[2], recall = r.metrics.recall_mean, rel_l2 = r.metrics.rel_l2,
+      metrics = {kbits = m[1], vbits = m[2], zero = m[3], recall = r.metrics.recall_mean, rel_l2 = r.metrics.rel_l2,
         rel_l2_vs_f32 = sl.metric.rel_l2(r.o, base.o), page_recall = hit / tot, topk_recall = tk / #sf,
+        quant_rel_l2 = sl.metric.rel_l2(ra.o, base_all.o),
         kv_bytes = r.metrics.kv_bytes, bytes_ratio = c:bytes() / cf:bytes()}}
     c:close()
     cf:close()
   end
   db:commit()
 end
+for li, t in ipairs(model:capture{tokens = tokens}) do fidelity(li, t, "tinystories:" .. text_name) end
+do
+  local q, k, v = sl.synthetic{n = quick and 256 or 512, heads = 8, kv_heads = 4, d = 64, seed = 11}
+  fidelity(1, {q = q, k = k, v = v}, "synthetic")
+end
 
 -- model level
 db:begin()
 for _, m in ipairs(MODES) do
   for _, b in ipairs{B, 4096} do
-    local p = {budget = b, page = PAGE, kv_bits = m[1], v_bits = m[2]}
+    local p = {budget = b, page = PAGE, kv_bits = m[1], v_bits = m[2], kv_zero = m[3]}
     local r = model:evaluate_decode{tokens = tokens, prefix = PREFIX, decode = {method = "quest", params = p}}
     db:record{run_id = run_id, method = "quest", params = p, workload = "model:" .. text_name, phase = "decode",
-      backend = "cpu", metrics = {kbits = m[1], vbits = m[2], budget_tokens = b, kl = r.kl, top1 = r.top1, ppl = r.ppl,
+      backend = "cpu", metrics = {kbits = m[1], vbits = m[2], zero = m[3], budget_tokens = b, kl = r.kl, top1 = r.top1, ppl = r.ppl,
         ppl_dense = r.ppl_dense}}
   end
 end
@@ -127,8 +142,10 @@ db:finish_run(run_id, "ok")
 local function metric(name)
   if name == "mode" then   -- k and v storage: f32, or the bits of the codes
     return "(SELECT CASE WHEN k.value = 0 THEN 'f32' ELSE 'k' || CAST(k.value AS INT) || ' v' || "
-      .. "CASE WHEN v.value = 0 THEN 'f32' ELSE CAST(v.value AS INT) END END FROM metric k, metric v "
-      .. "WHERE k.result_id = r.id AND k.name = 'kbits' AND v.result_id = r.id AND v.name = 'vbits')"
+      .. "CASE WHEN v.value = 0 THEN 'f32' ELSE CAST(v.value AS INT) END || "
+      .. "CASE WHEN z.value = 1 THEN ' asym' ELSE ' sym' END END FROM metric k, metric v, metric z "
+      .. "WHERE k.result_id = r.id AND k.name = 'kbits' AND v.result_id = r.id AND v.name = 'vbits' "
+      .. "AND z.result_id = r.id AND z.name = 'zero')"
   end
   return string.format("(SELECT value FROM metric WHERE result_id = r.id AND name = '%s')", name)
 end
@@ -142,14 +159,16 @@ show(string.format("Memory (8 kv heads, head_dim 128, %d tokens, pages of 16)", 
   SELECT %s AS mode, %s AS bytes, round(%s, 4) AS vs_f32, round(%s, 2) AS kv_bytes_read_per_token
     FROM result r WHERE r.run_id = ? AND r.workload = 'memory' ORDER BY r.id]],
   metric("mode"), metric("bytes"), metric("ratio"), metric("read_per_token")))
-show(string.format("Kernel level (captured Q/K/V, last %d rows decoded through Quest's cache, budget %d, mean over layers)",
-  STEPS, B), string.format([[
+for _, wl in ipairs{{"tinystories:%", "captured Q/K/V"}, {"synthetic", "synthetic Q/K/V, d 64"}} do
+  show(string.format("Kernel level (%s, last %d rows decoded through Quest's cache, budget %d, mean over layers; "
+    .. "quant_rel_l2: every page read, vs f32 pages)", wl[2], STEPS, B), string.format([[
   SELECT %s AS mode, round(avg(%s), 4) AS recall, round(avg(%s), 4) AS rel_l2, round(avg(%s), 4) AS rel_l2_vs_f32,
-         round(avg(%s), 4) AS page_recall, round(avg(%s), 4) AS top32_recall, round(avg(%s)) AS kv_bytes,
-         round(avg(%s), 3) AS cache_vs_f32
-    FROM result r WHERE r.run_id = ? AND r.workload LIKE 'tinystories:%%' GROUP BY 1 ORDER BY min(r.id)]],
-  metric("mode"), metric("recall"), metric("rel_l2"), metric("rel_l2_vs_f32"), metric("page_recall"),
-  metric("topk_recall"), metric("kv_bytes"), metric("bytes_ratio")))
+         round(avg(%s), 4) AS quant_rel_l2, round(avg(%s), 4) AS page_recall, round(avg(%s), 4) AS top32_recall,
+         round(avg(%s)) AS kv_bytes, round(avg(%s), 3) AS cache_vs_f32
+    FROM result r WHERE r.run_id = ? AND r.workload LIKE '%s' GROUP BY 1 ORDER BY min(r.id)]],
+    metric("mode"), metric("recall"), metric("rel_l2"), metric("rel_l2_vs_f32"), metric("quant_rel_l2"),
+    metric("page_recall"), metric("topk_recall"), metric("kv_bytes"), metric("bytes_ratio"), wl[1]))
+end
 show("Model level (teacher-forced decode loop, prefix 64, KL to dense decoding)", string.format([[
   SELECT %s AS mode, %s AS budget, round(%s, 5) AS kl, round(%s, 4) AS top1, round(%s, 4) AS ppl, round(%s, 4) AS ppl_dense
     FROM result r WHERE r.run_id = ? AND r.workload LIKE 'model:%%' ORDER BY r.id]],

@@ -701,7 +701,37 @@ static sl_tensor rand_scales(sl_ctx *ctx, sl_rng *rng, int64_t h, int64_t np, in
     return t;
 }
 
+/* The unsigned b-bit code of channel ch (asymmetric codes: value = code . scale + zero). */
+static double code_raw(const uint8_t *row, int64_t ch, int bits)
+{
+    return bits == 8 ? (double)row[ch] : (double)((ch % 2 == 0 ? row[ch / 2] : row[ch / 2] >> 4) & 0x0F);
+}
+
 /* Dequantises codes [h, n, dc] with scales [h, ceil(n/P), d] into f32 [h, n, d]. */
+static sl_tensor dequant_here(sl_ctx *ctx, const sl_tensor *codes, const sl_tensor *sc, int bits, int64_t d, int64_t P);
+
+/* The same with zero points z [h, ceil(n/P), d] (asymmetric codes); z NULL or empty: symmetric. */
+static sl_tensor dequant_here_z(sl_ctx *ctx, const sl_tensor *codes, const sl_tensor *sc, const sl_tensor *z, int bits,
+                                int64_t d, int64_t P)
+{
+    if (!z || !z->buf)
+        return dequant_here(ctx, codes, sc, bits, d, P);
+    int64_t h = codes->shape[0], n = codes->shape[1], dc = codes->shape[2], np = sc->shape[1];
+    sl_tensor out;
+    int64_t sh[3] = {h, n, d};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_F32, 3, sh, &out), SL_OK);
+    for (int64_t g = 0; g < h; g++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t ch = 0; ch < d; ch++) {
+                int64_t at = (g * np + t / P) * d + ch;
+                /* in f32, product and sum rounded separately (the cache's stored values are bit-compared) */
+                float prod = (float)code_raw((const uint8_t *)codes->data + (g * n + t) * dc, ch, bits) *
+                             (float)tu_at(sc, at);
+                f32p(&out)[(g * n + t) * d + ch] = prod + (float)tu_at(z, at);
+            }
+    return out;
+}
+
 static sl_tensor dequant_here(sl_ctx *ctx, const sl_tensor *codes, const sl_tensor *sc, int bits, int64_t d, int64_t P)
 {
     int64_t h = codes->shape[0], n = codes->shape[1], dc = codes->shape[2], np = sc->shape[1];
@@ -721,28 +751,34 @@ static sl_tensor dequant_here(sl_ctx *ctx, const sl_tensor *codes, const sl_tens
  * values; GQA per-head and shared lists; splits; n below the rows), and ref
  * equals page.attend over the keys and values dequantised here. Bad input:
  * bits, a missing or extra opt.vscale, a code row of the wrong width, a NaN
- * scale in a listed page. */
+ * scale in a listed page. Session 4: asymmetric codes (opt.kzero, opt.vzero)
+ * in cases 3-5, against the test's own c . scale + zero decoding; bad
+ * input: a zero point with float v, a wrongly shaped kzero. */
 START_TEST(test_page_attend_q)
 {
     tu_alloc al;
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 13011);
-    const int64_t cases[][10] = {/* hq, hkv, lists, r, nk, d, P, kbits, vbits (0: f32 v), n */
-                                 {4, 2, 2, 1, 70, 16, 16, 8, 0, 0},  {4, 2, 4, 2, 64, 8, 8, 4, 4, 60},
-                                 {8, 2, 8, 1, 33, 31, 4, 4, 8, 0},   {2, 1, 1, 3, 100, 12, 32, 8, 8, 97},
-                                 {2, 2, 2, 1, 5, 7, 16, 4, 0, 0}};
-    for (int c = 0; c < 5; c++) {
+    const int64_t cases[][11] = {/* hq, hkv, lists, r, nk, d, P, kbits, vbits (0: f32 v), n, zero points (1 k, 2 k+v) */
+                                 {4, 2, 2, 1, 70, 16, 16, 8, 0, 0, 0},  {4, 2, 4, 2, 64, 8, 8, 4, 4, 60, 0},
+                                 {8, 2, 8, 1, 33, 31, 4, 4, 8, 0, 0},   {2, 1, 1, 3, 100, 12, 32, 8, 8, 97, 2},
+                                 {2, 2, 2, 1, 5, 7, 16, 4, 0, 0, 1},    {4, 2, 2, 1, 45, 15, 8, 4, 4, 0, 2}};
+    for (int c = 0; c < 6; c++) {
         const int64_t *cs = cases[c];
         int64_t hq = cs[0], hkv = cs[1], lists = cs[2], r = cs[3], nk = cs[4], d = cs[5], P = cs[6];
         int kb = (int)cs[7], vb = (int)cs[8];
         int64_t n = cs[9] ? cs[9] : nk, np = (nk + P - 1) / P, npv = (n + P - 1) / P;
         int64_t dk = kb == 8 ? d : (d + 1) / 2, dv = vb == 8 ? d : (d + 1) / 2;
-        sl_tensor in[6] = {tu_randn(ctx, &rng, hq, r, d, 1.0), rand_codes(ctx, &rng, hkv, nk, dk),
-                           rand_scales(ctx, &rng, hkv, np, d, kb == 8 ? 0.02 : 0.3), {0}, {0}, {0}};
+        sl_tensor in[8] = {tu_randn(ctx, &rng, hq, r, d, 1.0), rand_codes(ctx, &rng, hkv, nk, dk),
+                           rand_scales(ctx, &rng, hkv, np, d, kb == 8 ? 0.02 : 0.3), {0}, {0}, {0}, {0}, {0}};
         in[3] = vb ? rand_codes(ctx, &rng, hkv, nk, dv) : tu_randn(ctx, &rng, hkv, nk, d, 1.0);
         if (vb)
             in[5] = rand_scales(ctx, &rng, hkv, np, d, vb == 8 ? 0.01 : 0.2);
+        if (cs[10] >= 1)   /* zero points: page-channel minima around -(2^b / 2) steps */
+            in[6] = tu_randn(ctx, &rng, hkv, np, d, 1.0);
+        if (cs[10] >= 2 && vb)
+            in[7] = tu_randn(ctx, &rng, hkv, np, d, 1.0);
         int64_t m = npv > 2 ? npv - 1 : npv, sh[3] = {lists, r, m};
         ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, sh, &in[4]), SL_OK);
         int32_t *ids = in[4].data;
@@ -765,8 +801,8 @@ START_TEST(test_page_attend_q)
             check_backends(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, "page.attend_q");
         }
         /* ref = page.attend over the dequantised keys and values */
-        sl_tensor kf = dequant_here(ctx, &in[1], &in[2], kb, d, P);
-        sl_tensor vf = vb ? dequant_here(ctx, &in[3], &in[5], vb, d, P) : sl_tensor_retain(&in[3]);
+        sl_tensor kf = dequant_here_z(ctx, &in[1], &in[2], &in[6], kb, d, P);
+        sl_tensor vf = vb ? dequant_here_z(ctx, &in[3], &in[5], &in[7], vb, d, P) : sl_tensor_retain(&in[3]);
         sl_tensor fin[4] = {in[0], kf, vf, in[4]};
         sl_page_attn_params fp = attn_p(P, cs[9], 1, 0);
         sl_tensor want[2], got[2];
@@ -792,9 +828,20 @@ START_TEST(test_page_attend_q)
             in[5] = rand_scales(ctx, &rng, hkv, np, d, 0.1);
             expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_EARG, "v is float");
         }
+        if (c == 4) {
+            in[7] = tu_randn(ctx, &rng, hkv, np, d, 1.0);
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_EARG, "opt.vzero is given but v is float");
+            sl_tensor_release(&in[7]);
+            in[7] = (sl_tensor){0};
+            sl_tensor z = in[6];
+            in[6] = tu_randn(ctx, &rng, hkv, np + 1, d, 1.0);
+            expect_fail(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, SL_ESHAPE, "opt.kzero");
+            sl_tensor_release(&in[6]);
+            in[6] = z;
+        }
         sl_tensor_release(&kf);
         sl_tensor_release(&vf);
-        release_n(in, 6);
+        release_n(in, 8);
     }
     tu_ctx_done(ctx, &al);
 }
@@ -814,9 +861,10 @@ START_TEST(test_kvcache_quant)
     sl_ctx *ctx = tu_ctx(&al);
     sl_rng rng;
     sl_rng_seed(&rng, 13012);
-    const int modes[][2] = {{8, 0}, {8, 8}, {4, 4}, {4, 0}};
-    for (int md = 0; md < 4; md++) {
-        int kb = modes[md][0], vb = modes[md][1];
+    /* kbits, vbits, zero points (session 4: asymmetric pages) */
+    const int modes[][3] = {{8, 0, 0}, {8, 8, 0}, {4, 4, 0}, {4, 0, 0}, {4, 4, 1}, {8, 0, 1}};
+    for (int md = 0; md < 6; md++) {
+        int kb = modes[md][0], vb = modes[md][1], az = modes[md][2];
         int64_t h = 2, d = 7, P = 4, cap = 400;
         sl_kvcache *c, *plain;
         ck_assert_int_eq(sl_kvcache_new(ctx, h, d, P, &c), SL_OK);
@@ -824,7 +872,11 @@ START_TEST(test_kvcache_quant)
         ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 3, 0), SL_EARG);
         ck_assert(strstr(sl_ctx_error(ctx), "kbits = 3"));
         ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 0, 8), SL_EARG);
+        ck_assert_int_eq(sl_kvcache_set_quant_zero(ctx, c, 1), SL_EARG);  /* zero points need quantised pages */
+        ck_assert(strstr(sl_ctx_error(ctx), "sl_kvcache_set_quant_zero"));
         ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, kb, vb), SL_OK);
+        ck_assert_int_eq(sl_kvcache_set_quant_zero(ctx, c, az), SL_OK);
+        ck_assert_int_eq(sl_kvcache_quant_zero(c), az);
         ck_assert_int_eq(sl_kvcache_set_bits(ctx, c, 4), SL_EARG);
         float *sk = calloc((size_t)(h * cap * d), sizeof(float)), *sv = calloc((size_t)(h * cap * d), sizeof(float));
         int64_t len = 0;
@@ -887,7 +939,14 @@ START_TEST(test_kvcache_quant)
                 ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "vcodes" : "kcodes", &codes), SL_OK);
                 ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "vscales" : "kscales", &sc), SL_OK);
                 ck_assert_int_eq(codes.shape[2], bits == 8 ? d : (d + 1) / 2);
-                sl_tensor mine = dequant_here(ctx, &codes, &sc, bits, d, P);
+                sl_tensor zp = {0};
+                if (az)
+                    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "vzeros" : "kzeros", &zp), SL_OK);
+                else
+                    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, side ? "vzeros" : "kzeros", &zp), SL_EARG);
+                /* decoded here: c . scale + zero (asymmetric) or (c - 2^(b-1)) . scale */
+                sl_tensor mine = dequant_here_z(ctx, &codes, &sc, &zp, bits, d, P);
+                sl_tensor_release(&zp);
                 int64_t ncap = codes.shape[1], qmax = (1 << (bits - 1)) - 1;
                 for (int64_t g = 0; g < h; g++)
                     for (int64_t t = 0; t < len; t++)
@@ -924,12 +983,17 @@ START_TEST(test_kvcache_quant)
             /* page.attend_q over the codes = page.attend over the dequantised copies */
             if (step % 4 == 3) {
                 int64_t hq = 2 * h, np = (len + P - 1) / P;
-                sl_tensor in[6] = {tu_randn(ctx, &rng, hq, 1, d, 1.0), {0}, {0}, {0}, {0}, {0}};
+                sl_tensor in[8] = {tu_randn(ctx, &rng, hq, 1, d, 1.0), {0}, {0}, {0}, {0}, {0}, {0}, {0}};
                 ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kcodes", &in[1]), SL_OK);
                 ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kscales", &in[2]), SL_OK);
                 ck_assert_int_eq(sl_kvcache_tensor(ctx, c, vb ? "vcodes" : "v", &in[3]), SL_OK);
                 if (vb)
                     ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "vscales", &in[5]), SL_OK);
+                if (az) {
+                    ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "kzeros", &in[6]), SL_OK);
+                    if (vb)
+                        ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "vzeros", &in[7]), SL_OK);
+                }
                 int64_t sh[3] = {h, 1, np};
                 ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 3, sh, &in[4]), SL_OK);
                 for (int64_t i = 0; i < h * np; i++)
@@ -954,7 +1018,7 @@ START_TEST(test_kvcache_quant)
                 check_equals(ctx, SL_OP_PAGE_ATTEND_Q, &p, in, want, "cache codes = dequantised");
                 release_n(want, 2);
                 sl_tensor_release(&vd);
-                release_n(in, 6);
+                release_n(in, 8);
             }
             sl_tensor_release(&kd);
         }
@@ -968,16 +1032,19 @@ START_TEST(test_kvcache_quant)
         ck_assert_int_eq(sl_kvcache_new(ctx, h, D, Pb, &c), SL_OK);
         ck_assert_int_eq(sl_kvcache_new(ctx, h, D, Pb, &plain), SL_OK);
         ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, kb, vb), SL_OK);
+        ck_assert_int_eq(sl_kvcache_set_quant_zero(ctx, c, az), SL_OK);
         sl_tensor k = tu_randn(ctx, &rng, h, n, D, 1.0), v = tu_randn(ctx, &rng, h, n, D, 1.0);
         ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
         ck_assert_int_eq(sl_kvcache_append(ctx, plain, &k, &v), SL_OK);
         double row = (kb == 8 ? D : D / 2) + (vb == 0 ? 4 * D : vb == 8 ? D : D / 2);
-        double nq = 1 + (vb > 0), want = (double)(h * n) * row + 4.0 * (double)(h * (n / Pb) * D) * (3 + nq) +
+        double nq = 1 + (vb > 0), want = (double)(h * n) * row + 4.0 * (double)(h * (n / Pb) * D) * (3 + nq * (1 + az)) +
                                          4.0 * (double)(h * Pb * D) * nq;
         ck_assert_msg((double)sl_kvcache_bytes(c) == want, "bytes %zu, expected %g", sl_kvcache_bytes(c), want);
         ck_assert((double)sl_kvcache_bytes(plain) == (double)(h * n) * 8 * D + 12.0 * (double)(h * (n / Pb) * D));
         double ratio = (double)sl_kvcache_bytes(c) / (double)sl_kvcache_bytes(plain);
-        ck_assert_msg(ratio < (vb == 0 ? 0.75 : kb == 8 ? 0.42 : 0.30), "%d/%d bits: %g of the f32 cache", kb, vb, ratio);
+        /* zero points add one f32 per page and channel per side: 4 / (8 P) of the f32 cache each */
+        ck_assert_msg(ratio < (vb == 0 ? 0.75 : kb == 8 ? 0.42 : 0.30) + az * nq * 0.5 / (double)Pb,
+                      "%d/%d bits: %g of the f32 cache", kb, vb, ratio);
         sl_tensor_release(&k);
         sl_tensor_release(&v);
         sl_kvcache_free(c);

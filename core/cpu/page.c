@@ -7,6 +7,7 @@
  * the whole GQA group), then one item per (list, row) merges the chunks'
  * partials through their log-sum-exps. */
 #include "cpu.h"
+#include "deqops.h"
 #include "parallel.h"
 
 #include <math.h>
@@ -278,7 +279,8 @@ typedef struct attend_job {
     const sl__kargs *a;
     attend_plan pl;
     sl__cpu_vecops vo;
-    const float *q, *k, *v, *ks, *vs;
+    sl__cpu_deqops dq;    /* page.attend_q: codes -> f32 rows (AVX-512 / AVX2 / portable) */
+    const float *q, *k, *v, *ks, *vs, *kz, *vz;   /* kz / vz: zero points (asymmetric codes) or NULL */
     const uint8_t *kq, *vq;
     const int32_t *pages;
     int64_t hq, hkv, nq, nk, d, P, kbits, vbits, dk, dv;
@@ -288,48 +290,6 @@ typedef struct attend_job {
     float *partial_l;   /* [lists, r, chunks, gl] */
     float *work;        /* per thread thread_floats */
 } attend_job;
-
-/* gcc vectorises the u8 -> f32 loops below only at -O3 (its -O2 cost model
- * refuses them); other compilers get the plain loops. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define SL_DEQ_VECTORISE __attribute__((optimize("O3")))
-#else
-#define SL_DEQ_VECTORISE
-#endif
-
-/* One row of d int8 codes (offset 128) times per-channel scales (restrict
- * and plain loops so the compiler vectorises the u8 -> f32 conversion). */
-SL_DEQ_VECTORISE static void deq8_row(const uint8_t *restrict row, const float *restrict sc, float *restrict o, int64_t d)
-{
-    for (int64_t c = 0; c < d; c++)
-        o[c] = (float)((int)row[c] - 128) * sc[c];
-}
-
-/* One row of int4 codes (two per byte, even channel in the low nibble,
- * offset 8): the low and high nibbles expanded in two passes. */
-SL_DEQ_VECTORISE static void deq4_row(const uint8_t *restrict row, const float *restrict sc, float *restrict o, int64_t d)
-{
-    int64_t pairs = d / 2;
-    for (int64_t i = 0; i < pairs; i++) {
-        o[2 * i] = (float)((int)(row[i] & 0x0F) - 8) * sc[2 * i];
-        o[2 * i + 1] = (float)((int)(row[i] >> 4) - 8) * sc[2 * i + 1];
-    }
-    if (d % 2)
-        o[d - 1] = (float)((int)(row[pairs] & 0x0F) - 8) * sc[d - 1];
-}
-
-/* Rows t0 .. t0+nc-1 of a b-bit code matrix [nk, dc] of one kv head, scaled
- * per channel by sc [d], into out [nc, d]. */
-static void dequant_rows(const uint8_t *codes, int64_t dc, int bits, const float *sc, int64_t t0, int64_t nc,
-                         int64_t d, float *out)
-{
-    for (int64_t t = 0; t < nc; t++) {
-        if (bits == 8)
-            deq8_row(codes + (t0 + t) * dc, sc, out + t * d, d);
-        else
-            deq4_row(codes + (t0 + t) * dc, sc, out + t * d, d);
-    }
-}
 
 static void attend_chunk(int64_t item, void *ud, int thread)
 {
@@ -361,12 +321,13 @@ static void attend_chunk(int64_t item, void *ud, int thread)
         if (nc <= 0)
             continue;
         const float *kp = kh ? kh + t0 * d : kbuf, *vp = vh ? vh + t0 * d : vbuf;
+        int64_t at = (kvh * np + ids[e]) * d;
         if (!kh)
-            dequant_rows(j->kq + kvh * j->nk * j->dk, j->dk, (int)j->kbits, j->ks + (kvh * np + ids[e]) * d, t0, nc,
-                         d, kbuf);
+            j->dq.rows(j->kq + (kvh * j->nk + t0) * j->dk, j->dk, nc, (int)j->kbits, j->ks + at, j->kz ? j->kz + at : NULL,
+                       kbuf, d);
         if (!vh)
-            dequant_rows(j->vq + kvh * j->nk * j->dv, j->dv, (int)j->vbits, j->vs + (kvh * np + ids[e]) * d, t0, nc,
-                         d, vbuf);
+            j->dq.rows(j->vq + (kvh * j->nk + t0) * j->dv, j->dv, nc, (int)j->vbits, j->vs + at, j->vz ? j->vz + at : NULL,
+                       vbuf, d);
         for (int64_t t = 0; t < nc; t++)
             j->vo.dots(qs, gl, d, kp + t * d, s + t, P);
         for (int64_t r = 0; r < gl; r++) {
@@ -479,8 +440,9 @@ sl_status sl__cpu_page_attend_q(const sl__kargs *a)
     const sl_tensor *q = &a->in[0], *kq = &a->in[1], *v = &a->in[3];
     int quant_v = v->dtype == SL_U8;
     attend_job j = {.a = a, .pl = plan_of(SL_OP_PAGE_ATTEND_Q, p, a->in, sl_ctx_threads(a->ctx)),
-                    .vo = sl__cpu_vecops_for(a->ctx), .q = q->data, .kq = kq->data, .ks = a->in[2].data,
+                    .vo = sl__cpu_vecops_for(a->ctx), .dq = sl__cpu_deqops_for(a->ctx), .q = q->data, .kq = kq->data, .ks = a->in[2].data,
                     .v = quant_v ? NULL : v->data, .vq = quant_v ? v->data : NULL, .vs = a->in[5].data,
+                    .kz = a->in[6].buf ? a->in[6].data : NULL, .vz = a->in[7].buf ? a->in[7].data : NULL,
                     .pages = a->in[4].data, .hq = q->shape[0], .hkv = kq->shape[0], .nq = q->shape[1],
                     .nk = kq->shape[1], .d = q->shape[2], .P = p->page, .kbits = p->kbits,
                     .vbits = quant_v ? p->vbits : 0, .dk = kq->shape[2], .dv = v->shape[2], .causal = (int)p->causal,

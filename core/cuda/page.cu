@@ -216,25 +216,30 @@ struct attend_args {
     const uint8_t *kq, *vq;
     const float *ks, *vs;
     int64_t kbits, vbits, dk, dv;
+    const float *kz, *vz;   // zero points of asymmetric codes, or null (symmetric)
 };
 
-// The value of channel t of code row `row` (b bits, symmetric around 2^(b-1)).
-__device__ inline float code_value(const uint8_t *row, int64_t t, int64_t bits)
+// The unsigned code of channel t of code row `row` (b bits).
+__device__ inline int code_raw(const uint8_t *row, int64_t t, int64_t bits)
 {
     if (bits == 8)
-        return (float)((int)row[t] - 128);
+        return (int)row[t];
     uint8_t b = row[t / 2];
-    return (float)((int)(t % 2 == 0 ? (b & 0x0F) : (b >> 4)) - 8);
+    return (int)(t % 2 == 0 ? (b & 0x0F) : (b >> 4));
 }
 
-// Channel t of key (or value) j of kv head g: f32 storage or a dequantised code.
-__device__ inline float kv_at(const float *f, const uint8_t *codes, const float *sc, int64_t bits, int64_t dc,
-                              int64_t g, int64_t nk, int64_t d, int64_t P, int64_t j, int64_t t)
+// Channel t of key (or value) j of kv head g: f32 storage or a dequantised
+// code: symmetric (c - 2^(b-1)) . scale, or c . scale + zero with zero points.
+__device__ inline float kv_at(const float *f, const uint8_t *codes, const float *sc, const float *z, int64_t bits,
+                              int64_t dc, int64_t g, int64_t nk, int64_t d, int64_t P, int64_t j, int64_t t)
 {
     if (!bits)
         return f[(g * nk + j) * d + t];
-    int64_t np = (nk + P - 1) / P;
-    return code_value(codes + (g * nk + j) * dc, t, bits) * sc[(g * np + j / P) * d + t];
+    int64_t np = (nk + P - 1) / P, at = (g * np + j / P) * d + t;
+    int c = code_raw(codes + (g * nk + j) * dc, t, bits);
+    if (z)
+        return (float)c * sc[at] + z[at];
+    return (float)(c - (bits == 8 ? 128 : 8)) * sc[at];
 }
 
 __global__ void attend_kernel(attend_args a)
@@ -265,7 +270,7 @@ __global__ void attend_kernel(attend_args a)
                 kk = cand;
                 float dot = 0;
                 for (int64_t t = 0; t < a.d; t++)
-                    dot += qs[t] * kv_at(a.k, a.kq, a.ks, a.kbits, a.dk, kvh, a.nk, a.d, a.P, cand, t);
+                    dot += qs[t] * kv_at(a.k, a.kq, a.ks, a.kz, a.kbits, a.dk, kvh, a.nk, a.d, a.P, cand, t);
                 sc = dot;
             }
         }
@@ -290,7 +295,7 @@ __global__ void attend_kernel(attend_args a)
             float x = acc[t] * corr;
             for (int u = 0; u < kTile; u++)
                 if (key[u] >= 0)
-                    x += s[u] * kv_at(a.v, a.vq, a.vs, a.vbits, a.dv, kvh, a.nk, a.d, a.P, key[u], t);
+                    x += s[u] * kv_at(a.v, a.vq, a.vs, a.vz, a.vbits, a.dv, kvh, a.nk, a.d, a.P, key[u], t);
             acc[t] = x;
         }
         __syncthreads();
@@ -459,7 +464,9 @@ static sl_status launch_attend(const sl__kargs *a, int64_t page, int64_t n_param
                       causal, scale,
                       quant ? st.input<uint8_t>(1) : nullptr, quant_v ? st.input<uint8_t>(3) : nullptr,
                       quant ? st.input<float>(2) : nullptr, quant_v ? st.input<float>(5) : nullptr,
-                      quant ? kbits : 0, quant_v ? vbits : 0, k->shape[2], v->shape[2]};
+                      quant ? kbits : 0, quant_v ? vbits : 0, k->shape[2], v->shape[2],
+                      quant && a->in[6].buf ? st.input<float>(6) : nullptr,
+                      quant_v && a->in[7].buf ? st.input<float>(7) : nullptr};
     size_t smem = sizeof(float) * (size_t)(2 * d + kTile);
     SL_LAUNCH(attend_kernel, dim3((unsigned)chunks, (unsigned)nq, (unsigned)hq), kThreads, smem, 0)(aa);
     SL_LAUNCH(merge_kernel, dim3((unsigned)nq, (unsigned)hq), kThreads, 0, 0)(

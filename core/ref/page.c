@@ -245,13 +245,14 @@ sl_status sl__ref_page_qscores(const sl__kargs *a)
     return SL_OK;
 }
 
-/* The value a b-bit code of channel ch stands for (sparselab.h, page.attend_q). */
-static double ref_code_value(const uint8_t *row, int64_t ch, int64_t bits)
+/* The value a b-bit code of channel ch stands for (sparselab.h, page.attend_q):
+ * symmetric (c - 2^(b-1)) . scale, or with a zero point c . scale + zero. */
+static double ref_code_value(const uint8_t *row, int64_t ch, int64_t bits, double scale, const float *zero)
 {
-    if (bits == 8)
-        return (double)row[ch] - 128.0;
-    int nib = ch % 2 == 0 ? (row[ch / 2] & 0x0F) : (row[ch / 2] >> 4);
-    return (double)nib - 8.0;
+    double c = bits == 8 ? (double)row[ch] : (double)(ch % 2 == 0 ? (row[ch / 2] & 0x0F) : (row[ch / 2] >> 4));
+    if (zero)
+        return c * scale + (double)*zero;
+    return (c - (bits == 8 ? 128.0 : 8.0)) * scale;
 }
 
 sl_status sl__ref_page_attend_q(const sl__kargs *a)
@@ -262,7 +263,7 @@ sl_status sl__ref_page_attend_q(const sl__kargs *a)
     int64_t n = p->n > 0 ? p->n : nk, np = (nk + p->page - 1) / p->page, lists = pg->shape[0], m = pg->shape[2];
     int64_t dk = kq->shape[2], quant_v = v->dtype == SL_U8, dv = v->shape[2];
     double scale = p->scale > 0 ? p->scale : 1.0 / sqrt((double)d);
-    const float *ks = a->in[2].data, *vs = a->in[5].data;
+    const float *ks = a->in[2].data, *vs = a->in[5].data, *kz = a->in[6].data, *vz = a->in[7].data;
     double *score = a->scratch;
     for (int64_t h = 0; h < hq; h++) {
         int64_t g = h / (hq / hkv), list = h / (hq / lists);
@@ -281,7 +282,10 @@ sl_status sl__ref_page_attend_q(const sl__kargs *a)
                 const uint8_t *kr = (const uint8_t *)kq->data + (g * nk + j) * dk;
                 double dot = 0;
                 for (int64_t c = 0; c < d; c++)
-                    dot += (double)qi[c] * ref_code_value(kr, c, p->kbits) * (double)ks[(g * np + j / p->page) * d + c];
+                {
+                    int64_t at = (g * np + j / p->page) * d + c;
+                    dot += (double)qi[c] * ref_code_value(kr, c, p->kbits, (double)ks[at], kz ? kz + at : NULL);
+                }
                 score[j] = dot * scale;
                 mx = score[j] > mx ? score[j] : mx;
             }
@@ -302,8 +306,9 @@ sl_status sl__ref_page_attend_q(const sl__kargs *a)
                         continue;
                     double val;
                     if (quant_v)
-                        val = ref_code_value((const uint8_t *)v->data + (g * nk + j) * dv, c, p->vbits) *
-                              (double)vs[(g * np + j / p->page) * d + c];
+                        val = ref_code_value((const uint8_t *)v->data + (g * nk + j) * dv, c, p->vbits,
+                                             (double)vs[(g * np + j / p->page) * d + c],
+                                             vz ? vz + (g * np + j / p->page) * d + c : NULL);
                     else
                         val = (double)((const float *)v->data)[(g * nk + j) * d + c];
                     acc += exp(score[j] - mx) * val;

@@ -63,9 +63,9 @@ static int c_set_bits(lua_State *L)
 static int c_set_quant(lua_State *L)
 {
     sl_kvcache *c = check_cache(L);
-    lua_Integer kb = luaL_checkinteger(L, 2), vb = luaL_optinteger(L, 3, 0);
+    lua_Integer kb = luaL_checkinteger(L, 2), vb = luaL_optinteger(L, 3, 0), zero = luaL_optinteger(L, 4, 0);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
-    if (sl_kvcache_set_quant(ctx, c, (int)kb, (int)vb))
+    if (sl_kvcache_set_quant(ctx, c, (int)kb, (int)vb) || sl_kvcache_set_quant_zero(ctx, c, (int)zero))
         sl__lua_fail(L, ctx);
     return 0;
 }
@@ -81,10 +81,12 @@ static int c_shrink(lua_State *L)
 
 static int c_quant(lua_State *L)
 {
-    int vb = 0, kb = sl_kvcache_quant(check_cache(L), &vb);
+    sl_kvcache *c = check_cache(L);
+    int vb = 0, kb = sl_kvcache_quant(c, &vb);
     lua_pushinteger(L, kb);
     lua_pushinteger(L, vb);
-    return 2;
+    lua_pushinteger(L, sl_kvcache_quant_zero(c));
+    return 3;
 }
 
 static int c_tensor(lua_State *L)

@@ -83,12 +83,12 @@ end
 function D.compact_heads(ls, kept)
   local cache, n = ls.cache, ls.cache:len()
   local hkv, d, P = cache:heads(), cache:head_dim(), cache:page_size()
-  local kb, vb = cache:quant()
+  local kb, vb, kz = cache:quant()
   local k, v = cache:tensor("k"), cache:tensor("v")
   ls.heads, ls.head_ids = {}, {}
   for g = 1, hkv do
     local c = D.cache(1, d, P, "decode")
-    if kb > 0 then c:set_quant(kb, vb) end
+    if kb > 0 then c:set_quant(kb, vb, kz) end
     c:append(k:narrow(1, g, 1):narrow(2, 1, n), v:narrow(1, g, 1):narrow(2, 1, n))
     local keep, ev, ids = {}, {}, {}
     for _, j in ipairs(kept[g]) do keep[j] = true end
@@ -101,7 +101,7 @@ function D.compact_heads(ls, kept)
   end
   cache:close()
   ls.cache = D.cache(hkv, d, P, "decode")
-  if kb > 0 then ls.cache:set_quant(kb, vb) end
+  if kb > 0 then ls.cache:set_quant(kb, vb, kz) end
 end
 
 --- Resident bytes of a layer's caches (the shared one and any head caches).
@@ -273,14 +273,14 @@ function D.kernel_run(M, prob, p, opts)
   local qs, ks = prob.q:shape(), prob.k:shape()
   if qs[2] == ks[2] then
     local o, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = prob.causal, backend = prob.backend})
-    return {o = o, lse = lse, stats = {density = 1}}
+    return {o = o, lse = lse, stats = {density = 1}, dense_run = true}
   end
   local page = p.page or 16
   if page > ks[2] - qs[2] then
     sl.fail("%s: page = %d is larger than the cache (%d tokens before the decode rows)", M.id, page, ks[2] - qs[2])
   end
   local r = D.replay(M, prob, p, opts)
-  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps}
+  return {o = r.o, lse = r.lse, stats = D.replay_stats(r.steps), steps = r.steps, selection = r.selection}
 end
 
 --- Per decode step (row r of a decode result against the dense result):
@@ -300,18 +300,23 @@ function D.per_step(o, lse, dense_o, dense_lse, steps)
 end
 
 --- The quantised pages a method's caches hold ({k = kbits, v = vbits}; 0:
---- f32): its parameters kv_bits / v_bits when it has them.
+--- f32): its parameters kv_bits / v_bits (and kv_zero: asymmetric codes,
+--- z = 1) when it has them.
 function D.cache_quant(m, p)
-  if m.params and m.params.kv_bits then return {k = p.kv_bits or 0, v = (p.kv_bits or 0) > 0 and (p.v_bits or 0) or 0} end
-  return {k = 0, v = 0}
+  if m.params and m.params.kv_bits then
+    local k = p.kv_bits or 0
+    return {k = k, v = k > 0 and (p.v_bits or 0) or 0, z = k > 0 and (p.kv_zero or 0) or 0}
+  end
+  return {k = 0, v = 0, z = 0}
 end
 
 --- Bytes of K and V read per cached token and kv head (codes plus their share
 --- of the per-page scales when the cache holds quantised pages).
 function D.token_bytes(cache)
   local d, P = cache:head_dim(), cache:page_size()
-  local kb, vb = cache:quant()
-  local function side(b) return b == 0 and 4 * d or (b == 8 and d or (d + 1) // 2) + 4 * d / P end
+  local kb, vb, kz = cache:quant()
+  -- codes plus the token's share of the per-page scales (and zero points)
+  local function side(b) return b == 0 and 4 * d or (b == 8 and d or (d + 1) // 2) + (kz == 1 and 8 or 4) * d / P end
   return side(kb) + side(vb)
 end
 
@@ -320,11 +325,12 @@ end
 --- A cache of quantised pages is read directly (page.attend_q).
 function D.attend(cache, q, pages, opts)
   opts = opts or {}
-  local kb, vb = cache:quant()
+  local kb, vb, kz = cache:quant()
   if kb > 0 then
     return sl.page.attend_q(q, cache:tensor("kcodes"), cache:tensor("kscales"),
       cache:tensor(vb > 0 and "vcodes" or "v"), pages,
-      {vscale = vb > 0 and cache:tensor("vscales") or nil, kbits = kb, vbits = vb > 0 and vb or 8,
+      {vscale = vb > 0 and cache:tensor("vscales") or nil, kzero = kz == 1 and cache:tensor("kzeros") or nil,
+       vzero = kz == 1 and vb > 0 and cache:tensor("vzeros") or nil, kbits = kb, vbits = vb > 0 and vb or 8,
        page = cache:page_size(), n = cache:len(), causal = opts.causal ~= false, split = opts.split or 0,
        backend = opts.backend})
   end
@@ -375,7 +381,7 @@ function D.state(method, o)
   end
   local quant = o.quant or {k = 0, v = 0}
   return setmetatable({method = method, hq = o.hq, hkv = o.hkv, d = o.d, page = o.page, bits = o.bits or 0,
-    quant = {k = quant.k or 0, v = quant.v or 0}, steps = 0, layers = {}}, State)
+    quant = {k = quant.k or 0, v = quant.v or 0, z = quant.z or 0}, steps = 0, layers = {}}, State)
 end
 
 --- The per-layer part of the state (created on first use).
@@ -384,7 +390,7 @@ function State:layer(l)
   if not ls then
     ls = {cache = D.cache(self.hkv, self.d, self.page, self.method), saved = nil, acc = nil}
     if self.bits > 0 then ls.cache:set_bits(self.bits) end
-    if self.quant.k > 0 then ls.cache:set_quant(self.quant.k, self.quant.v) end
+    if self.quant.k > 0 then ls.cache:set_quant(self.quant.k, self.quant.v, self.quant.z) end
     self.layers[l + 1] = ls
   end
   return ls
@@ -462,6 +468,9 @@ end
 --- window).
 function D.prefill(st, layer, k, v, opts)
   st:check(st.method, sl.zeros({st.hq, 1, st.d}), k)
+  if k:shape()[2] < 1 then
+    sl.fail("%s: prefill of layer %d with an empty cache: k holds 0 tokens (expected at least 1)", st.method, layer)
+  end
   local ls = st:layer(layer)
   ls.cache:append(k, v)
   ls.n_prefill = ls.cache:len()
@@ -503,6 +512,80 @@ function D.step(method, st, step, params)
   return m.decode(st, ls, step, p)
 end
 
+-- ---- the executed selection of a replay (eval --save-mask, issue 13 session 4) ----
+-- The executors are tapped while a step runs: every page.attend /
+-- page.attend_q call is recorded with its lists, and every attn.lse_merge
+-- with its two inputs, and every attn.dense call (a method attending all
+-- of a rebuilt K/V: zipvl's mixed-precision cache; a pooled one is refused
+-- below). The step's output o must be one recorded call's
+-- output (or a merge of such outputs): its lists then say exactly which
+-- cache slots each query head attended. Slots are token positions only
+-- while the layer's cache has evicted nothing; otherwise, and when o is not
+-- an executor's output, the export is refused in one line.
+local function tap_executors()
+  local rec = {}
+  local attend, attend_q, merge, dense = sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense
+  sl.page.attend = function(q, k, v, pages, o)
+    local a, b = attend(q, k, v, pages, o)
+    rec[#rec + 1] = {o = a, q = q, pages = pages, opts = o or {}, nk = k:shape()[2]}
+    return a, b
+  end
+  sl.page.attend_q = function(q, kq, ks, v, pages, o)
+    local a, b = attend_q(q, kq, ks, v, pages, o)
+    rec[#rec + 1] = {o = a, q = q, pages = pages, opts = o or {}, nk = kq:shape()[2]}
+    return a, b
+  end
+  sl.attn.lse_merge = function(o1, l1, o2, l2, o)
+    local a, b = merge(o1, l1, o2, l2, o)
+    rec[#rec + 1] = {o = a, parts = {o1, o2}}
+    return a, b
+  end
+  sl.attn.dense = function(q, k, v, o)
+    local a, b = dense(q, k, v, o)
+    rec[#rec + 1] = {o = a, q = q, dense = true, nk = k:shape()[2]}
+    return a, b
+  end
+  return rec, function()
+    sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense = attend, attend_q, merge, dense
+  end
+end
+
+-- Adds to keep[h][slot] = true the slots the executor output o attended for
+-- query heads 1..hq (one decode row), from the tapped calls.
+local function attended_slots(id, rec, o, hq, keep, n_cache)
+  local hit
+  for i = #rec, 1, -1 do if rawequal(rec[i].o, o) then hit = rec[i]; break end end
+  if not hit then
+    sl.fail("--save-mask: %s's decode output is not that of a page.attend / page.attend_q call (or their LSE merge); "
+      .. "its executed selection cannot be read", id)
+  end
+  if hit.parts then
+    for _, x in ipairs(hit.parts) do attended_slots(id, rec, x, hq, keep, n_cache) end
+    return
+  end
+  if hit.dense then   -- every key of a K/V rebuilt from the cache: only when it holds the cache's tokens
+    if hit.nk ~= n_cache or hit.q:shape()[2] ~= 1 then
+      sl.fail("--save-mask: %s attended %d derived keys (pooled or rebuilt), not the cache's %d tokens; its "
+        .. "selection is no set of keys", id, hit.nk, n_cache)
+    end
+    for h = 1, hq do for j = 0, hit.nk - 1 do keep[h][j] = true end end
+    return
+  end
+  local qs, ps = hit.q:shape(), hit.pages:shape()
+  if qs[1] ~= hq or qs[2] ~= 1 then
+    sl.fail("--save-mask: %s's executor ran q [%d, %d, *]; expected [%d, 1, *] (one decode row, every head)", id,
+      qs[1], qs[2], hq)
+  end
+  local P, n = hit.opts.page or 16, (hit.opts.n and hit.opts.n > 0) and hit.opts.n or hit.nk
+  local lists, t = ps[1], hit.pages:totable()
+  for h = 1, hq do
+    local row = t[(h - 1) // (hq // lists) + 1][1]
+    for _, id_ in ipairs(row) do
+      if id_ >= 0 then for j = id_ * P, math.min(id_ * P + P, n) - 1 do keep[h][j] = true end end
+    end
+  end
+end
+
 --- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R
 --- positions of k, v [Hkv, N, D]): the prefix k[0 .. N-R) is the cache, then
 --- each row is one decode step (its key appended, the hook run). Returns
@@ -519,18 +602,45 @@ function D.replay(method, prob, p, opts)
   D.prefill(st, opts.layer or 0, prob.k:narrow(2, 1, N - R), prob.v:narrow(2, 1, N - R),
     {q = opts.prefill_q or (prob.state and prob.state.obs_q)})
   local os, ls, steps = {}, {}, {}
+  local hq, bits = qs[1], prob.save_mask and {} or nil
   for r = 1, R do
     local pos = N - R + r
     local step = {q = prob.q:narrow(2, r, 1), k = prob.k:narrow(2, pos, 1), v = prob.v:narrow(2, pos, 1),
       layer = opts.layer or 0, backend = prob.backend}
     for key, val in pairs(opts.step or {}) do step[key] = val end
-    local out = D.step(m, st, step, p)
+    local out
+    if bits then
+      local rec, untap = tap_executors()
+      local ok, err = pcall(function() out = D.step(m, st, step, p) end)
+      untap()
+      if not ok then error(err, 0) end
+      local lc = st:layer(opts.layer or 0)
+      if lc.heads then
+        sl.fail("--save-mask: %s compacted its cache per KV head (evict = 1), so cache slots are not token positions; "
+          .. "the selection cannot be written as a mask", m.id)
+      end
+      if lc.cache:len() ~= pos then
+        sl.fail("--save-mask: %s evicted cache entries (%d of %d tokens held), so its cache slots are not token "
+          .. "positions; the selection cannot be written as a mask", m.id, lc.cache:len(), pos)
+      end
+      local keep = {}
+      for h = 1, hq do keep[h] = {} end
+      attended_slots(m.id, rec, out.o, hq, keep, pos)
+      for h = 1, hq do
+        local row = {}
+        for j = 1, N do row[j] = keep[h][j - 1] and 1 or 0 end
+        bits[h] = bits[h] or {}
+        bits[h][r] = row
+      end
+    else
+      out = D.step(m, st, step, p)
+    end
     os[r], ls[r] = out.o, out.lse
     steps[r] = out.stats or {}
   end
   local o = R == 1 and os[1] or sl.cat(os, 2)
   local lse = R == 1 and ls[1] or sl.cat(ls, 2)
-  return {o = o, lse = lse, steps = steps, state = st}
+  return {o = o, lse = lse, steps = steps, state = st, selection = bits and sl.tensor(bits, "u8") or nil}
 end
 
 --- Stats of a page-sparse step: tokens attended per list, density (tokens

@@ -8,7 +8,8 @@ local E = {}
 
 local PROBLEM_KEYS = {q = true, k = true, v = true, causal = true, backend = true, phase = true,
   workload = true, workload_params = true, layer = true, head = true, _checked = true, _dense = true,
-  state = true, layout = true}
+  state = true, layout = true,
+  save_mask = true}   -- decode replays record their executed selection (decode.lua, eval --save-mask)
 
 --- A problem: {q =, k =, v =, causal = true, backend = "cpu", workload = "name", workload_params = {},
 --- state = {} (optional: the explicit step state stateful corrections keep and update in place)}
@@ -166,6 +167,8 @@ function E.run(method, prob, opts)
     backend = prob.backend, metrics = metrics, o = out.o, lse = out.lse, mask = out.mask,
     semantic_mask = out.semantic_mask, -- the paper's mask where the method's executed mask differs
     steps = out.steps, dense_o = dense.o, dense_lse = dense.lse,
+    -- decode replays (issue 13): the executed selection u8 [H, n_q, n_k] when prob.save_mask, or a dense run
+    selection = out.selection, dense_run = out.dense_run,
   }
 end
 

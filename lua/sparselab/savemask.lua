@@ -27,8 +27,9 @@ function M.bits(r, m, causal)
   local h, n_q, n_k = r.heads, r.n_q, r.n_k
   M.check(h, n_q, n_k)
   local blk
+  if r.selection then return r.selection end   -- a decode replay's executed selection (decode.lua)
   if r.mask == nil then
-    if m.id ~= "dense" then
+    if m.id ~= "dense" and not r.dense_run then
       sl.fail("--save-mask: %s returns no selection mask (its executor is not driven by one)", m.id)
     end
     local bq = math.min(64, math.max(1, n_q))

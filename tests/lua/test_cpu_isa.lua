@@ -163,4 +163,23 @@ test("bench reports the instruction set of each kernel it times", function()
   truthy(seen >= 3, "dense and block-sparse rows")
 end)
 
+-- issue 13, session 4: page.attend_q's dequantisation (cpu/deqops.c) on every path: int8 / int4 pages,
+-- symmetric and with zero points, head_dim 72 (two 32-channel int4 AVX-512 steps, four 16-channel AVX2
+-- steps and a tail of 8) and 37 (odd: the last int4 byte holds one channel), against ref
+test("page.attend_q: every dequantisation path equals ref (int8/int4, symmetric and zero points, ragged head_dim)", function()
+  local decode = require "sparselab.decode"
+  for _, d in ipairs{72, 37} do
+    for _, mode in ipairs{{8, 8, 0}, {4, 4, 0}, {8, 8, 1}, {4, 4, 1}} do
+      local c = decode.cache(2, d, 16, "isa")
+      c:set_quant(mode[1], mode[2], mode[3])
+      c:append(sl.randn({2, 150, d}, {seed = d + 1}), sl.randn({2, 150, d}, {seed = d + 2}))
+      local q = sl.randn({4, 1, d}, {seed = d + 3})
+      local pages = sl.tensor({{{0, 3, 5, 9}}, {{1, 2, 7, 9}}}, "i32")
+      against_ref(string.format("page.attend_q d %d k%d v%d zero %d", d, mode[1], mode[2], mode[3]),
+        function(backend) return decode.attend(c, q, pages, {backend = backend}) end)
+      c:close()
+    end
+  end
+end)
+
 H.done()

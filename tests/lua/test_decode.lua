@@ -132,6 +132,10 @@ test("decode state: dump, wrong method, wrong shape, decode before prefill", fun
   raises(function() decode.step("quest", st, bad, {}) end, "quest: decode state is for q [4, *, 16], found q [2", "wrong shape")
   raises(function() decode.begin("xattention", {hq = HQ, hkv = HKV, d = D, page = 8}) end, "no decode hook", "prefill-only")
   raises(function() decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 0}) end, "quest: decode state: page = 0", "page 0")
+  -- an empty prefill names the method and the value (session 4)
+  local st0 = decode.begin("quest", {hq = HQ, hkv = HKV, d = D, page = 8})
+  raises(function() decode.prefill(st0, 1, sl.randn({HKV, 0, D}), sl.randn({HKV, 0, D})) end,
+    "quest: prefill of layer 1 with an empty cache: k holds 0 tokens", "empty prefill")
 end)
 
 -- ---- quest ----
@@ -208,13 +212,15 @@ test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages,
   local f32 = decode.cache_from(k, v, 8)
   local p = sl.registry.resolve(quest, {budget = 32, page = 8})
   local ref = quest.page_step(f32, q, p, 5)
-  for _, mode in ipairs{{8, 8, 0.02, 0.62}, {8, 0, 0.02, 0.9}, {4, 4, 0.25, 0.5}} do
-    local kb, vb, tol, ratio = mode[1], mode[2], mode[3], mode[4]
-    local st = decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 8, quant = {k = kb, v = vb}})
+  local err = {}
+  -- kbits, vbits, rel_l2 bound, bytes bound, zero points (session 4: asymmetric pages, kv_zero)
+  for _, mode in ipairs{{8, 8, 0.02, 0.62}, {8, 0, 0.02, 0.9}, {4, 4, 0.25, 0.5}, {4, 4, 0.25, 0.56, 1}, {8, 8, 0.02, 0.68, 1}} do
+    local kb, vb, tol, ratio, z = mode[1], mode[2], mode[3], mode[4], mode[5] or 0
+    local st = decode.state("quest", {hq = HQ, hkv = HKV, d = D, page = 8, quant = {k = kb, v = vb, z = z}})
     local cache = st:layer(0).cache
     cache:append(k, v)
-    local got_k, got_v = cache:quant()
-    eq(got_k * 10 + got_v, kb * 10 + vb, "the cache holds quantised pages")
+    local got_k, got_v, got_z = cache:quant()
+    eq(got_k * 100 + got_v * 10 + got_z, kb * 100 + vb * 10 + z, "the cache holds quantised pages")
     truthy(cache:bytes() < ratio * f32:bytes(), string.format("%d/%d bits: %d bytes vs f32 %d", kb, vb, cache:bytes(), f32:bytes()))
     local function check(scorer)
       local out = quest.page_step(cache, q, p, 5, nil, scorer)
@@ -235,6 +241,7 @@ test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages,
     near(sl.metric.max_abs(out.o, o2), 0, 1e-5, "page.attend_q = page.attend(dequantised)")
     local e = sl.metric.rel_l2(out.o, ref.o)
     truthy(e < tol and e > 0, string.format("%d/%d bits: rel_l2 vs f32 %.4g (< %g, not 0)", kb, vb, e, tol))
+    err[kb * 100 + vb * 10 + z] = e
     truthy(out.stats.kv_bytes < ref.stats.kv_bytes, "fewer K/V bytes read per step")
     local np = cache:pages()
     for name, scorer in pairs{first_k = function() return sl.zeros({HQ, 1, np}) end,
@@ -242,10 +249,16 @@ test("quest: int8/int4 pages replace f32 K/V (kv_bits): fewer bytes, same pages,
       truthy(not check(scorer), "score-blind " .. name .. " selection over quantised pages must fail")
     end
   end
+  -- zero points use the page's range [min, max] with 2^b levels instead of [-max|x|, max|x|] with 2^b - 1
+  truthy(err[441] < err[440], string.format("asymmetric int4 pages beat symmetric: rel_l2 %.4g vs %.4g", err[441], err[440]))
   -- through the method: eval with kv_bits, and bad bits named in one line
   local qd, kd, vd = sl.randn({HQ, 3, D}, {seed = 14}), sl.randn({HKV, 90, D}, {seed = 15}), sl.randn({HKV, 90, D}, {seed = 16})
   local r = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 8, v_bits = 8}})
   truthy(r.metrics.rel_l2 < 0.02 and r.metrics.rel_l2 > 0, "int8 pages at full budget: rel_l2 " .. r.metrics.rel_l2)
+  local rz = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 4, v_bits = 4, kv_zero = 1}})
+  local rs = sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {budget = 96, page = 16, kv_bits = 4, v_bits = 4}})
+  truthy(rz.metrics.rel_l2 > 0 and rz.metrics.rel_l2 < rs.metrics.rel_l2,
+    string.format("eval kv_zero = 1: int4 rel_l2 %.4g below symmetric %.4g", rz.metrics.rel_l2, rs.metrics.rel_l2))
   raises(function() sl.eval("quest", sl.problem{q = qd, k = kd, v = vd}, {params = {page = 16, kv_bits = 5}}) end,
     "kbits = 5", "kv_bits 5")
 end)
@@ -404,7 +417,8 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   local function run(path, steps)
     local st = decode.begin("seer_attention_r", {hq = HQ, hkv = HKV, d = D, page = 8})
     decode.prefill(st, 2, kp:narrow(2, 1, 159 - steps), vp:narrow(2, 1, 159 - steps))
-    local p = {budget = 32, block = 8, gate = 1, weights = path}
+    -- gate_rope = 0: this hand-built gate is checked without the gate's RoPE (the next test has it)
+    local p = {budget = 32, block = 8, gate = 1, weights = path, gate_rope = 0}
     local out
     for s = 0, steps do
       local pos = 160 - steps + s
@@ -457,7 +471,7 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   local ls = st2:layer(2)
   local fresh = {}
   local w = st2.gate[2]
-  sr.gate_keys(fresh, ls.cache, {block = 8}, w)
+  sr.gate_keys(fresh, ls.cache, {block = 8, gate_rope = 0}, w)
   eq(ls.kgate.blocks, fresh.kgate.blocks, "complete blocks")
   for g = 1, HKV do
     for b = 1, fresh.kgate.blocks do
@@ -467,6 +481,136 @@ test("seer_attention_r: learned gate from a weights file selects what a hand-bui
   raises(function() run("", 0) end, "seer_attention_r: gate = 1 needs --param weights=FILE", "no weights")
   os.remove(good_path)
   os.remove(zero_path)
+end)
+
+test("seer_attention_r: gate RMSNorm and RoPE (float64 prediction of scores, K cache rows, gate_kpos); zero gate fails", function()
+  local G = HQ // HKV
+  local DG, THETA, B = 2 * D, 1e8, 8
+  local qp, kp, vp, hot = peaked(160, B, 377)
+  -- hand-built gate: the group mean of q / the block mean of k land on the gate channels that RoPE barely
+  -- rotates at THETA (j in [DG/4, DG/2) and their partners), plus small random weights everywhere
+  local function slot(c) return c <= D // 2 and DG // 4 + c or 3 * DG // 4 + c - D // 2 end
+  local nz = sl.randn({HKV, DG, G * D + 3 * D}, {seed = 91, std = 0.02}):totable()
+  local nw = sl.randn({2, DG}, {seed = 92}):totable()
+  local qn, kn = {}, {}
+  for o = 1, DG do qn[o], kn[o] = 0.75 + 0.25 * math.tanh(nw[1][o]), 0.75 + 0.25 * math.tanh(nw[2][o]) end
+  local function weights(on)
+    local wq, wk = {}, {}
+    for h = 1, HKV do
+      wq[h], wk[h] = {}, {}
+      for o = 1, DG do
+        local rq, rk = {}, {}
+        for i = 1, G * D do rq[i] = on * ((slot((i - 1) % D + 1) == o and 1 / G or 0) + nz[h][o][i]) end
+        for i = 1, 3 * D do rk[i] = on * ((i > 2 * D and slot(i - 2 * D) == o and 1 or 0) + nz[h][o][G * D + i]) end
+        wq[h][o], wk[h][o] = rq, rk
+      end
+    end
+    local path = os.tmpname() .. ".safetensors"
+    sl.save(path, {wq = sl.tensor(wq), wk = sl.tensor(wk), qnorm = sl.tensor(qn), knorm = sl.tensor(kn)})
+    return path, wq, wk
+  end
+  local good, wq, wk = weights(1)
+  local zero = weights(0)
+  local function run(path, steps, extra)
+    local st = decode.begin("seer_attention_r", {hq = HQ, hkv = HKV, d = D, page = 8})
+    decode.prefill(st, 1, kp:narrow(2, 1, 159 - steps), vp:narrow(2, 1, 159 - steps))
+    local p = {budget = 32, block = B, gate = 1, weights = path, gate_norm = 1, gate_theta = THETA}
+    for key, val in pairs(extra or {}) do p[key] = val end
+    local out
+    for s = 0, steps do
+      local pos = 160 - steps + s
+      out = decode.step("seer_attention_r", st, {q = qp, k = kp:narrow(2, pos, 1), v = vp:narrow(2, pos, 1), layer = 1}, p)
+    end
+    return out, st
+  end
+  -- float64 gate, written from the reference's formulas: y = W x; RMSNorm w x / sqrt(mean x^2 + 1e-6);
+  -- RoPE rotate_half: (x_j, x_{j+DG/2}) rotated by pos . THETA^(-2j/DG)
+  local function proj(W, x)
+    local y = {}
+    for o = 1, DG do
+      local s = 0
+      for i = 1, #x do s = s + W[o][i] * x[i] end
+      y[o] = s
+    end
+    return y
+  end
+  local function norm(x, w)
+    local s = 0
+    for _, v in ipairs(x) do s = s + v * v end
+    local y = {}
+    for i, v in ipairs(x) do y[i] = w[i] * v / math.sqrt(s / #x + 1e-6) end
+    return y
+  end
+  local function rot(x, pos)
+    local y, half = {}, DG // 2
+    for i = 1, DG do y[i] = x[i] end
+    for j = 0, half - 1 do
+      local a = pos * THETA ^ (-2 * j / DG)
+      y[j + 1] = x[j + 1] * math.cos(a) - x[j + half + 1] * math.sin(a)
+      y[j + half + 1] = x[j + half + 1] * math.cos(a) + x[j + 1] * math.sin(a)
+    end
+    return y
+  end
+  local qt, kt = qp:totable(), kp:totable()
+  local function kgate(g, b, pos)
+    local mx, mn, me = {}, {}, {}
+    for c = 1, D do
+      mx[c], mn[c], me[c] = -math.huge, math.huge, 0
+      for t = b * B + 1, b * B + B do
+        local x = kt[g][t][c]
+        mx[c], mn[c], me[c] = math.max(mx[c], x), math.min(mn[c], x), me[c] + x / B
+      end
+    end
+    local x = {}
+    for _, part in ipairs{mx, mn, me} do for _, v in ipairs(part) do x[#x + 1] = v end end
+    return rot(norm(proj(wk[g], x), kn), pos)
+  end
+  local out, st = run(good, 0)
+  local lists = out.pages:totable()
+  local ls = st:layer(1)
+  for g = 1, HKV do
+    local x = {}
+    for j = 1, G do for c = 1, D do x[#x + 1] = qt[(g - 1) * G + j][1][c] end end
+    local qg = rot(norm(proj(wq[g], x), qn), 159)
+    local sc, idx = {}, {}
+    for b = 0, 19 do
+      local kg = kgate(g, b, b * B)
+      for c = 1, DG do near(ls.kgate.rows[g][b + 1][c], kg[c], 1e-4, "K compression row = float64 gate key") end
+      local s = 0
+      for c = 1, DG do s = s + qg[c] * kg[c] end
+      sc[b], idx[#idx + 1] = s / math.sqrt(DG), b
+    end
+    table.sort(idx, function(a, b) return sc[a] > sc[b] end)
+    local want, taken = {[19] = true}, 1
+    for _, b in ipairs(idx) do if taken < 4 and not want[b] then want[b] = true; taken = taken + 1 end end
+    local got, found = {}, 0
+    for _, b in ipairs(lists[g][1]) do if b >= 0 then got[b] = true end end
+    for b in pairs(want) do truthy(got[b], string.format("kv head %d: predicted block %d selected", g, b)) end
+    for b in pairs(got) do if hot[g][b] then found = found + 1 end end
+    truthy(found >= 2, "the normalised, rotated gate finds the hot blocks of kv head " .. g .. ": " .. found)
+  end
+  local full = decode.cache_from(kp, vp, 8)
+  local r_good = recall_of(out, qp, full)
+  truthy(r_good >= 0.8, "gate recall " .. r_good)
+  -- score-blind: a zero projection (every block ties) fails the same checks
+  local bad = run(zero, 0)
+  local found = 0
+  for g, row in ipairs(bad.pages:totable()) do for _, b in ipairs(row[1]) do if hot[g][b] then found = found + 1 end end end
+  local r_bad = recall_of(bad, qp, full)
+  truthy(found < 2 * HKV and r_bad < 0.8, string.format("a score-blind (zero) gate must fail: found %d, recall %.3f", found, r_bad))
+  -- gate_kpos = 1: blocks completed while decoding (18, 19 here: 147 prefill tokens) rotate at their last token
+  local _, st3 = run(good, 12, {gate_kpos = 1})
+  local rows = st3:layer(1).kgate.rows
+  for g = 1, HKV do
+    for _, bp in ipairs{{17, 17 * B}, {18, 18 * B + B - 1}, {19, 19 * B + B - 1}} do
+      local kg = kgate(g, bp[1], bp[2])
+      for c = 1, DG do near(rows[g][bp[1] + 1][c], kg[c], 1e-4, "gate_kpos = 1 row of block " .. bp[1]) end
+    end
+  end
+  local nonorm = os.tmpname() .. ".safetensors"
+  sl.save(nonorm, {wq = sl.tensor(wq), wk = sl.tensor(wk)})
+  raises(function() run(nonorm, 0) end, "seer_attention_r: gate_norm = 1: " .. nonorm .. " has no qnorm.1 / qnorm", "no norm weights")
+  for _, f in ipairs{good, zero, nonorm} do os.remove(f) end
 end)
 
 test("zipvl: re-compression every N generated tokens (decode queries as probes); tau mass; blind order fails", function()
@@ -1383,6 +1527,74 @@ test("eval --steps: per-step recall, rel_l2 and kv bytes; bad input names method
   text = f:read("a")
   f:close()
   truthy(text:find("quest: page = 64 is larger than the cache", 1, true), "page above the cache: " .. text)
+end)
+
+test("eval --save-mask: a decode replay's executed selection; attention over exactly its keys (float64) = o", function()
+  local q, k, v = sl.synthetic{n = 120, heads = HQ, kv_heads = HKV, d = D, seed = 77}
+  local dq = q:narrow(2, 117, 4)
+  local kt, vt, qt = k:totable(), v:totable(), dq:totable()
+  local G = HQ // HKV
+  for _, case in ipairs{{"quest", {budget = 32, page = 8}}, {"hgca", {budget = 16, window = 24}}, {"twilight_topp", {budget = 48}},
+                        {"seer_attention_r", {budget = 32, block = 8, page = 8}}, {"snapkv", {budget = 40, ["local"] = 8, obs_window = 16}},
+                        {"double_sparsity", {budget = 24}}, {"lessismore", {budget = 24}}} do
+    local r = sl.eval(case[1], sl.problem{q = dq, k = k, v = v, save_mask = true, state = {obs_q = q:narrow(2, 101, 16)}},
+      {params = case[2]})
+    local bits = require("sparselab.savemask").bits(r, sl.methods.get(case[1]), true)
+    local sh = bits:shape()
+    eq(sh[1] * 1000000 + sh[2] * 1000 + sh[3], HQ * 1000000 + 4 * 1000 + 120, case[1] .. ": mask [H, n_q, n_k]")
+    local b, o = bits:totable(), r.o:totable()
+    local sparse = false
+    for h = 1, HQ do
+      local g = (h - 1) // G + 1
+      for i = 1, 4 do
+        local pos, mx, z, acc, m = 116 + i, -math.huge, 0, {}, 0
+        local s = {}
+        for j = 1, 120 do
+          if b[h][i][j] == 1 then
+            truthy(j <= pos, case[1] .. ": no key after the row's position")
+            local dot = 0
+            for c = 1, D do dot = dot + qt[h][i][c] * kt[g][j][c] end
+            s[j] = dot / math.sqrt(D)
+            mx = math.max(mx, s[j])
+            m = m + 1
+          end
+        end
+        sparse = sparse or m < pos
+        for c = 1, D do acc[c] = 0 end
+        for j, x in pairs(s) do
+          local w = math.exp(x - mx)
+          z = z + w
+          for c = 1, D do acc[c] = acc[c] + w * vt[g][j][c] end
+        end
+        for c = 1, D do
+          near(o[h][i][c], acc[c] / z, 2e-5, string.format("%s: head %d row %d ch %d = attention over the mask", case[1], h, i, c))
+        end
+      end
+    end
+    truthy(sparse, case[1] .. ": the mask is sparse at this budget")
+  end
+  -- a compacted cache (slots are not positions) is refused in one line
+  local prob = sl.problem{q = dq, k = k, v = v, save_mask = true, state = {obs_q = q:narrow(2, 101, 16)}}
+  raises(function() sl.eval("snapkv", prob, {params = {budget = 40, ["local"] = 8, obs_window = 16, evict = 1}}) end,
+    "--save-mask: snapkv compacted its cache per KV head", "per-head compacted cache")
+  -- video_xl2 attends mean-pooled chunk tokens, not a subset of the keys: refused, not approximated
+  raises(function() sl.eval("video_xl2", sl.problem{q = dq, k = k, v = v, save_mask = true}, {params = {chunk = 8, topk = 1}}) end,
+    "--save-mask: video_xl2 attended", "pooled keys")
+  -- zipvl attends every cached token (its sparsity is precision): every key up to the row
+  local rz = sl.eval("zipvl", sl.problem{q = dq, k = k, v = v, save_mask = true, state = {obs_q = q:narrow(2, 101, 16)}}, {})
+  local zb = rz.selection:totable()
+  for h = 1, HQ do for i = 1, 4 do for j = 1, 120 do
+    eq(zb[h][i][j], j <= 116 + i and 1 or 0, "zipvl: every key up to the row")
+  end end end
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  local out = os.tmpname() .. ".safetensors"
+  local f = io.popen(bin .. " eval quest --workload synthetic,n=64,heads=4,kv_heads=2,d=16 --steps 2 --budget 16 --param page=8 --out "
+    .. out .. " --save-mask 2>&1")
+  local text = f:read("a")
+  f:close()
+  local saved = sl.load(out)
+  truthy(saved.mask and saved.mask:shape()[3] == 64, "CLI writes the decode mask: " .. text)
+  os.remove(out)
 end)
 
 -- ---- model level: the runner's decode loop calls the decode hook ----

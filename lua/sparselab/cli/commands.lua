@@ -227,6 +227,8 @@ sparselab merge OUT.db DIR/shard_*.db (refuses shards of another config hash).]]
       {"decode-keys", "value", "K", "decode keys kept"},
       {"decode-nq", "value", "Q[,Q]...", "decode query rows"},
       {"decode-parts", "flag", nil, "time the decode parts separately"},
+      {"only-decode", "flag", nil,
+        "only the paged-cache decode rows (page.attend / page.attend_q vs memcpy, metadata update, memory; --decode-n sets the cache)"},
     }},
   {name = "plot", args = "DB [VIEW]", max_pos = 2,
     summary = "a chart from a results database through gnuplot (views: frontier, recall, pareto, scaling, break_even, "

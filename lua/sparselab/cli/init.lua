@@ -379,7 +379,8 @@ function C.eval(argv)
   end
   if o["save-mask"] then require("sparselab.savemask").check(q:shape()[1], q:shape()[2], k:shape()[2]) end
   local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"] and wl ~= "video",
-    backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout}
+    backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout,
+    save_mask = o["save-mask"] or nil}   -- decode replays record their executed selection only when asked
   local given = o.budget and {"--budget"} or {}
   local target, tvalue
   for flag, name in pairs(TARGET_FLAGS) do
@@ -707,6 +708,14 @@ function C.bench(argv)
     io.stdout:flush()
   end
   local results = {}
+  if o["only-decode"] then
+    -- the paged-cache decode rows alone (issue 13: bench_decode), in one run
+    local rows = setmetatable({}, {__newindex = function(t, i, r) rawset(t, i, r); show(r) end})
+    require("sparselab.bench_decode").run(rows, {quick = o.quick, backend = o.backend or "cpu", reps = one("reps", 1),
+      n = one("decode-n", 64)})
+    for i, r in ipairs(rows) do results[i] = r end
+    o["no-mm"], o["only-estimators"], o["no-estimators"] = true, true, true
+  end
   if not o["only-estimators"] and not o["no-mm"] then
     -- sparse matmul against sgemm (issue 17; bench_mm.lua)
     local parts = {}

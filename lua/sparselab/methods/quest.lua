@@ -28,6 +28,9 @@
 --      and channel INSTEAD of f32 K/V (sl_kvcache_set_quant); the page
 --      metadata is that of the dequantised keys (so the bound still holds for
 --      what is read) and page.attend_q dequantises inside the kernel.
+--      kv_zero = 1 (session 4): asymmetric codes, zero = page-channel min,
+--      scale = range / (2^b - 1) (sl_kvcache_set_quant_zero; page.attend_q
+--      opt.kzero / opt.vzero).
 -- Not implemented: the fused CUDA paging kernels of the reference (our
 -- page.attend is a plain split-K kernel); RoPE (the captured keys are used).
 -- Unknowns chosen: budget >= cache (k >= n_pages) is dense, not an error; a
@@ -84,6 +87,8 @@ local M = {
     kv_bits = {default = 0, min = 0, max = 8, int = true,
       doc = "0: f32 pages; 4 or 8: the cache holds int4/int8 key codes with per-page, per-channel scales instead of f32 K (read by page.attend_q)"},
     v_bits = {default = 0, min = 0, max = 8, int = true, doc = "with kv_bits: 0 keeps V in f32; 4 or 8 quantises V's pages too"},
+    kv_zero = {default = 0, min = 0, max = 1, int = true,
+      doc = "with kv_bits: 1 = asymmetric codes (per page and channel zero point = min, scale = range / (2^b - 1))"},
   },
   ops = {"page.bounds", "page.select", "page.attend", "page.attend_q"},
   checks = {"q.k <= U_p for every key of every page (tests/test_page_ops.c)",

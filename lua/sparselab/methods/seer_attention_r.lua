@@ -34,10 +34,30 @@
 --       [Hkv, g, d, dg] reshaped to [Hkv, g.d, dg] and transposed (1, 2);
 --     "wk.L" / "wk": [Hkv, dg, 3.d] — attngate_linear_k.weight [Hkv, 3d, dg]
 --       transposed (1, 2); input channels in the order max, min, mean.
---   Not in the gate: RoPE on Q_gate / K_gate (the reference rotates both;
---   kernel-level inputs carry no positions here, and keys are captured
---   post-RoPE), the optional q/k RMSNorm (use_qk_norm), the Qavg / Qavgproj
---   / Qorig pooling types.
+--   Session 4: the gate's RMSNorm and RoPE, as the reference's AttnGate
+--   .forward (decode branch) and modeling_qwen3_seerattn_inference.py:
+--   - gate_norm = 1 (reference use_qk_norm; its default is off, so is ours):
+--     Q_gate and every K_gate row pass an RMSNorm over dg, eps 1e-6,
+--     y = w . x / sqrt(mean(x^2) + eps), weights "qnorm(.L)" / "knorm(.L)"
+--     [dg] (the reference's attngate_qnorm.weight / attngate_knorm.weight);
+--     applied after the projection, before RoPE, as the reference does.
+--   - gate_rope = 1 (default, reference seerattn_use_rope = True): RoPE of
+--     dimension dg in the reference's rotate_half layout (channel j pairs
+--     with j + dg/2, angle pos . theta^(-2j/dg)); theta = gate_theta, or the
+--     model's rope_theta in the runner's decode loop when gate_theta = 0,
+--     10000 at kernel level (no model). The query is rotated at its own
+--     position (cache length - 1: the step's token), a K_gate row at
+--     position b . block (the first token of its block: the card, and the
+--     reference's prefill path, block_position_ids = position_ids[0::b]).
+--   - gate_kpos = 1 (named reference option): the reference's decode path
+--     (attn_gate_inf.py, AttnGate.forward, `max_cache_len % block == 0`)
+--     rotates a block completed during decoding at the current position
+--     (its last token, b . block + block - 1) instead; blocks complete at
+--     prefill keep their first token. Default 0 (the card).
+--   Divergence: no rope_scaling of the gate's RoPE (the reference builds it
+--   from the model config, so scaled models would scale it); keys captured
+--   at kernel level are post-RoPE, and the positions are the cache slots.
+--   Not in the gate: the Qavg / Qavgproj / Qorig pooling types.
 -- Not implemented: the threshold variant, the optional sliding window,
 -- training.
 local sl = require "sparselab"
@@ -58,6 +78,12 @@ local M = {
     page = {default = 16, min = 1, int = true, doc = "page size of the decode cache"},
     gate = {default = 0, min = 0, max = 1, int = true, doc = "0: oracle_sparse stand-in; 1: the learned gate from `weights`"},
     weights = {default = "", doc = "gate = 1: safetensors file with wq(.L) [Hkv, dg, g.d] and wk(.L) [Hkv, dg, 3.d] (see the header)"},
+    gate_rope = {default = 1, min = 0, max = 1, int = true, doc = "gate = 1: RoPE on Q_gate and K_gate (reference seerattn_use_rope)"},
+    gate_norm = {default = 0, min = 0, max = 1, int = true,
+      doc = "gate = 1: RMSNorm of Q_gate / K_gate with qnorm(.L) / knorm(.L) [dg] (reference use_qk_norm)"},
+    gate_theta = {default = 0, min = 0, doc = "gate RoPE base; 0 = the model's rope_theta, 10000 without a model"},
+    gate_kpos = {default = 0, min = 0, max = 1, int = true,
+      doc = "K_gate RoPE position: 0 first token of the block; 1 the reference's decode path (blocks completed while decoding at their last token)"},
   },
   ops = {"page.token_scores", "page.attend", "reduce.block", "reduce.heads", "page.select", "page.meta", "mm.dense"},
   checks = {"budget >= n is dense", "the last block is always selected; one selection per GQA group",
@@ -97,17 +123,63 @@ local function gate_weights(st, p, layer, hkv, g, d)
   local qt, kt = wq:to("f32"):totable(), wk:to("f32"):totable()
   local w = {q = {}, k = {}, dg = qs[2]}
   for h = 1, hkv do w.q[h], w.k[h] = mat(qt[h]), mat(kt[h]) end
+  if p.gate_norm == 1 then
+    local qn, kn = f["qnorm." .. layer] or f.qnorm, f["knorm." .. layer] or f.knorm
+    if not qn or not kn then
+      sl.fail("seer_attention_r: gate_norm = 1: %s has no qnorm.%d / qnorm or knorm.%d / knorm tensor", p.weights, layer, layer)
+    end
+    local a, b = qn:shape(), kn:shape()
+    if #a ~= 1 or a[1] ~= qs[2] or #b ~= 1 or b[1] ~= qs[2] then
+      sl.fail("seer_attention_r: %s: expected qnorm and knorm [%d] (dg), found qnorm [%s] and knorm [%s]", p.weights,
+        qs[2], table.concat(a, ", "), table.concat(b, ", "))
+    end
+    w.qnorm, w.knorm = qn:to("f32"):totable(), kn:to("f32"):totable()
+  end
+  if qs[2] % 2 ~= 0 and p.gate_rope == 1 then
+    sl.fail("seer_attention_r: gate_rope = 1 needs an even gate dim dg, found dg = %d", qs[2])
+  end
   st.gate[layer] = w
   return w
 end
 
+-- RMSNorm of a row (Lua table) with weights wt, eps 1e-6 (reference RMSNorm).
+local function rms_row(row, wt)
+  local s = 0
+  for _, x in ipairs(row) do s = s + x * x end
+  local r = 1 / math.sqrt(s / #row + 1e-6)
+  for c = 1, #row do row[c] = wt[c] * row[c] * r end
+  return row
+end
+
+-- RoPE of a row at position pos, the reference's rotate_half layout.
+local function rope_row(row, pos, theta)
+  local dg = #row
+  local half = dg // 2
+  for j = 0, half - 1 do
+    local ang = pos * theta ^ (-2 * j / dg)
+    local c, s = math.cos(ang), math.sin(ang)
+    local x0, x1 = row[j + 1], row[j + half + 1]
+    row[j + 1], row[j + half + 1] = x0 * c - x1 * s, x1 * c + x0 * s
+  end
+  return row
+end
+
+-- The gate's RoPE base: gate_theta, else the model's, else 10000.
+local function gate_theta(p, rope)
+  if p.gate_theta and p.gate_theta > 0 then return p.gate_theta end
+  return rope and rope.theta or 10000
+end
+
 -- The K compression cache of a layer: per KV head the gate keys of every
--- complete block (rows of dg), extended when blocks complete.
-local function gate_keys(ls, cache, p, w, backend)
+-- complete block (rows of dg), extended when blocks complete; rows are
+-- normalised (gate_norm) and rotated (gate_rope) before they are cached.
+local function gate_keys(ls, cache, p, w, backend, rope)
   local n, hkv = cache:len(), cache:heads()
   local complete = n // p.block
-  ls.kgate = ls.kgate or {blocks = 0, rows = {}}
+  -- blocks complete before the first step's token are the prefill's
+  ls.kgate = ls.kgate or {blocks = 0, rows = {}, prefill_blocks = math.max(n - 1, 0) // p.block}
   local kc = ls.kgate
+  local theta = gate_theta(p, rope)
   if complete > kc.blocks then
     local from = kc.blocks * p.block
     local k = cache:tensor("k"):narrow(2, from + 1, (complete - kc.blocks) * p.block)
@@ -124,7 +196,16 @@ local function gate_keys(ls, cache, p, w, backend)
       end
       local y = sl.mm.dense(mat(x), w.k[h], {backend = backend}):totable()
       kc.rows[h] = kc.rows[h] or {}
-      for _, row in ipairs(y) do kc.rows[h][#kc.rows[h] + 1] = row end
+      for i, row in ipairs(y) do
+        local b = kc.blocks + i - 1
+        if w.knorm then rms_row(row, w.knorm) end
+        if p.gate_rope == 1 then
+          local pos = b * p.block
+          if p.gate_kpos == 1 and b >= kc.prefill_blocks then pos = pos + p.block - 1 end
+          rope_row(row, pos, theta)
+        end
+        kc.rows[h][#kc.rows[h] + 1] = row
+      end
     end
     kc.blocks = complete
   end
@@ -133,18 +214,25 @@ end
 
 -- Gate scores [Hkv, 1, nb]: Q_gate . K_gate / sqrt(dg) per complete block,
 -- -inf for the incomplete last block (selected anyway: last = 1).
-local function gate_scores(st, ls, cache, q, p, layer, backend)
+local function gate_scores(st, ls, cache, q, p, layer, backend, rope)
   local hq, hkv, d = q:shape()[1], cache:heads(), cache:head_dim()
   local g, n = hq // hkv, cache:len()
   local nb = (n + p.block - 1) // p.block
   local w = gate_weights(st, p, layer, hkv, g, d)
-  local kc = gate_keys(ls, cache, p, w, backend)
+  local kc = gate_keys(ls, cache, p, w, backend, rope)
+  local theta = gate_theta(p, rope)
   local qt = q:totable()
   local out = {}
   for h = 1, hkv do
     local x = {}
     for j = 1, g do for c = 1, d do x[#x + 1] = qt[(h - 1) * g + j][1][c] end end
     local qg = sl.mm.dense(mat({x}), w.q[h], {backend = backend})
+    if w.qnorm or p.gate_rope == 1 then
+      local r = qg:totable()[1]
+      if w.qnorm then rms_row(r, w.qnorm) end
+      if p.gate_rope == 1 then rope_row(r, n - 1, theta) end
+      qg = mat({r})
+    end
     local row = {}
     if kc.blocks > 0 then
       row = sl.mm.dense(qg, mat(kc.rows[h]), {backend = backend}):totable()[1]
@@ -180,7 +268,7 @@ function M.decode(st, ls, step, p)
   if p.gate == 1 then
     local layer = step.layer or 0
     return block_step(ls.cache, step.q, p, step.backend,
-      function(cache, q) return gate_scores(st, ls, cache, q, p, layer, step.backend) end)
+      function(cache, q) return gate_scores(st, ls, cache, q, p, layer, step.backend, step.rope) end)
   end
   return block_step(ls.cache, step.q, p, step.backend)
 end

@@ -151,8 +151,23 @@ function M.run(prob, p)
     local dq = prob.q:narrow(2, 1, n0)
     local od, ld = sl.attn.dense(dq, prob.k:narrow(2, 1, n0), prob.v:narrow(2, 1, n0), {causal = true, backend = prob.backend})
     local rest = decode.kernel_run(M, {q = prob.q:narrow(2, n0 + 1, r), k = prob.k, v = prob.v, backend = prob.backend,
-      state = {obs_q = obs}}, p, {})
-    return {o = sl.cat({od, rest.o}, 2), lse = sl.cat({ld, rest.lse}, 2), stats = rest.stats}
+      state = {obs_q = obs}, save_mask = prob.save_mask}, p, {})
+    local sel
+    if rest.selection then   -- eval --save-mask: the dense causal prompt rows, then the decode rows' selection
+      local t, hq = rest.selection:totable(), qs[1]
+      local full = {}
+      for h = 1, hq do
+        full[h] = {}
+        for i = 1, n0 do
+          local row = {}
+          for j = 1, N do row[j] = j <= i and 1 or 0 end
+          full[h][i] = row
+        end
+        for i = 1, r do full[h][n0 + i] = t[h][i] end
+      end
+      sel = sl.tensor(full, "u8")
+    end
+    return {o = sl.cat({od, rest.o}, 2), lse = sl.cat({ld, rest.lse}, 2), stats = rest.stats, selection = sel}
   end
   obs = prob.state and prob.state.obs_q
   if not obs then
