@@ -544,6 +544,19 @@ end
 --- Loss (mean squared output error vs dense over every data set) and its
 --- gradient at x = gate_w [Hq, 3, D] then gate_b [Hq, 3], flattened.
 --- o = Σ_b σ(z_b) O_b with z_b = w_b·q + c_b; dL/dz_b = (2/N) Σ_e r_e O_b,e σ'(z_b).
+-- Adds one row's gradient of the squared output error into the gate
+-- parameters: dz[b] = sum_e r_e . o_b[e] for branch b, sg the sigmoid gates,
+-- qt the row's query (gate_w block of head h at ((h-1)*3 + b-1)*d, gate_b
+-- at nb + (h-1)*3 + b).
+local function add_gate_grad(g, nb, h, d, count, dz, sg, qt)
+  for b = 1, 3 do
+    local gz = 2 / count * dz[b] * sg[b] * (1 - sg[b])
+    local off = ((h - 1) * 3 + (b - 1)) * d
+    for e = 1, d do g[off + e] = g[off + e] + gz * qt[e] end
+    g[nb + (h - 1) * 3 + b] = g[nb + (h - 1) * 3 + b] + gz
+  end
+end
+
 function M.fit_loss_grad(data, x)
   local hq, d = data[1].hq, data[1].d
   local nb = hq * 3 * d
@@ -566,13 +579,7 @@ function M.fit_loss_grad(data, x)
           loss = loss + r * r
           dz1, dz2, dz3 = dz1 + r * o1[e], dz2 + r * o2[e], dz3 + r * o3[e]
         end
-        local dz = {dz1, dz2, dz3}
-        for b = 1, 3 do
-          local gz = 2 / count * dz[b] * sg[b] * (1 - sg[b])
-          local off = ((h - 1) * 3 + (b - 1)) * d
-          for e = 1, d do g[off + e] = g[off + e] + gz * qt[e] end
-          g[nb + (h - 1) * 3 + b] = g[nb + (h - 1) * 3 + b] + gz
-        end
+        add_gate_grad(g, nb, h, d, count, {dz1, dz2, dz3}, sg, qt)
       end
     end
   end
@@ -805,13 +812,7 @@ function M.phi_loss_grad(data, x, lay)
           loss = loss + re * re
           dz1, dz2, dz3 = dz1 + re * oc[e], dz2 + re * o2[e], dz3 + re * o3[e]
         end
-        local dz = {dz1, dz2, dz3}
-        for b = 1, 3 do
-          local gz = 2 / count * dz[b] * sg[b] * (1 - sg[b])
-          local off = ((h - 1) * 3 + (b - 1)) * d
-          for e = 1, d do g[off + e] = g[off + e] + gz * qt[e] end
-          g[nb + (h - 1) * 3 + b] = g[nb + (h - 1) * 3 + b] + gz
-        end
+        add_gate_grad(g, nb, h, d, count, {dz1, dz2, dz3}, sg, qt)
         if nv > 0 then
           local cdo = 2 / count * sg[1]
           local dov, dot = {}, 0
