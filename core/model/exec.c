@@ -274,6 +274,20 @@ sl_status sl_model_exec_set_spark(sl_ctx *ctx, sl_model_exec *e, int layer, int 
     return SL_OK;
 }
 
+/* Runs mm.out_sparse on in and copies its output into y (the caller's
+ * buffer); *flops = the op's executed FLOPs. */
+static sl_status out_sparse_into(sl_ctx *ctx, sl_backend_id b, sl_tensor *in, float *y, double *flops)
+{
+    sl_tensor out[1];
+    sl_status st = sl_op_run(ctx, b, SL_OP_MM_OUT_SPARSE, NULL, in, out);
+    if (st == SL_OK) {
+        memcpy(y, out[0].data, sl_tensor_nbytes(&out[0]));
+        sl_tensor_release(&out[0]);
+        *flops = sl_op_flops(SL_OP_MM_OUT_SPARSE, NULL, in);
+    }
+    return st;
+}
+
 /* Spark's w1: the scores, the selection into e->sel [n][k], then mm.out_sparse. */
 static sl_status spark_w1(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, int layer, const float *x, int64_t n,
                           const sl_tensor *w, float *y, double *flops)
@@ -340,14 +354,10 @@ static sl_status spark_w1(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, int layer
         return st;
     }
     memcpy(in[2].data, e->sel, bytes);
-    sl_tensor out[1];
     sl_tensor in4[4] = {in[0], *w, in[2], {0}};
-    st = sl_op_run(ctx, e->backend, SL_OP_MM_OUT_SPARSE, NULL, in4, out);
-    if (st == SL_OK) {
-        memcpy(y, out[0].data, sl_tensor_nbytes(&out[0]));
-        sl_tensor_release(&out[0]);
-        *flops += sl_op_flops(SL_OP_MM_OUT_SPARSE, NULL, in4);
-    }
+    double f = 0;
+    st = out_sparse_into(ctx, e->backend, in4, y, &f);
+    *flops += f;
     sl_tensor_release(&in[2]);
     sl_tensor_release(&in[0]);
     return st;
@@ -376,13 +386,7 @@ static sl_status spark_w3(sl_ctx *ctx, sl_model_exec *e, exec_slot *s, int layer
     memcpy(in[2].data, e->sel, sizeof(int32_t) * (size_t)(n * k));
     e->sel_layer = -1; /* one w3 per w1 selection */
     in[1] = *w;
-    sl_tensor out[1];
-    st = sl_op_run(ctx, e->backend, SL_OP_MM_OUT_SPARSE, NULL, in, out);
-    if (st == SL_OK) {
-        memcpy(y, out[0].data, sl_tensor_nbytes(&out[0]));
-        sl_tensor_release(&out[0]);
-        *flops = sl_op_flops(SL_OP_MM_OUT_SPARSE, NULL, in);
-    }
+    st = out_sparse_into(ctx, e->backend, in, y, flops);
     sl_tensor_release(&in[2]);
     sl_tensor_release(&in[0]);
     return st;
