@@ -26,6 +26,8 @@ struct sl_kvcache {
     int asym;                  /* 1: unsigned codes with zero points (min/max quantisation) */
     sl_tensor kz, vz;          /* f32 per page and channel zero points [h, cap_p, d] (asym) */
     float *kst, *vst;          /* f32 rows of the open (last) page [h, page, d] */
+    sl_tensor ps;              /* i32 [h, cap, 1]: each slot's token position (issue 13, session 4b) */
+    int64_t next;              /* position of the next appended token (tokens ever appended) */
 };
 
 sl_status sl_kvcache_new(sl_ctx *ctx, int64_t heads, int64_t head_dim, int64_t page, sl_kvcache **out)
@@ -63,6 +65,7 @@ void sl_kvcache_free(sl_kvcache *c)
     sl_tensor_release(&c->vsc);
     sl_tensor_release(&c->kz);
     sl_tensor_release(&c->vz);
+    sl_tensor_release(&c->ps);
     if (c->kst)
         sl_ctx_dealloc(c->ctx, c->kst, sizeof(float) * (size_t)(c->h * c->page * c->d));
     if (c->vst)
@@ -90,7 +93,8 @@ size_t sl_kvcache_bytes(const sl_kvcache *c)
     size_t open = (size_t)(c->h * c->page * c->d) * sizeof(float);
     return side + 3 * pages + (c->kbits ? (c->asym ? 2 : 1) * pages + open : 0) +
            (c->vbits ? (c->asym ? 2 : 1) * pages + open : 0) +
-           (c->bits ? (size_t)(c->h * c->cap * c->d) + 2 * sizeof(float) * (size_t)(c->h * c->cap) : 0);
+           (c->bits ? (size_t)(c->h * c->cap * c->d) + 2 * sizeof(float) * (size_t)(c->h * c->cap) : 0) +
+           sizeof(int32_t) * (size_t)(c->h * c->cap);
 }
 
 int sl_kvcache_quant(const sl_kvcache *c, int *vbits)
@@ -156,6 +160,7 @@ static sl_status resize(sl_ctx *ctx, sl_kvcache *c, int64_t cap)
         (c->vbits && ((s = regrow_as(ctx, &c->vc, SL_U8, c->h, c->cap, cap, row_bytes(c->vbits, c->d), c->len)) ||
                       (s = regrow(ctx, &c->vsc, c->h, c->cap_p, cap_p, c->d, np)) ||
                       (c->asym && (s = regrow(ctx, &c->vz, c->h, c->cap_p, cap_p, c->d, np))))) ||
+        (s = regrow_as(ctx, &c->ps, SL_I32, c->h, c->cap, cap, 1, c->len)) ||
         (s = regrow(ctx, &c->mn, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->mx, c->h, c->cap_p, cap_p, c->d, np)) ||
         (s = regrow(ctx, &c->me, c->h, c->cap_p, cap_p, c->d, np)) ||
@@ -430,12 +435,29 @@ static sl_status check_kv(sl_ctx *ctx, const sl_kvcache *c, const sl_tensor *t, 
 
 sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, const sl_tensor *v)
 {
+    return sl_kvcache_append_at(ctx, c, k, v, NULL);
+}
+
+sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, const sl_tensor *v, const sl_tensor *pos)
+{
     sl_status s;
     if ((s = check_kv(ctx, c, k, "k")) || (s = check_kv(ctx, c, v, "v")))
         return s;
     if (k->shape[1] != v->shape[1])
         return sl_ctx_fail(ctx, SL_ESHAPE, "sl_kvcache_append: k has %lld tokens, v has %lld", (long long)k->shape[1],
                            (long long)v->shape[1]);
+    if (pos) {
+        char desc[96];
+        sl_tensor_describe(pos, desc, sizeof desc);
+        if (!pos->buf || pos->dtype != SL_I32 || pos->ndim != 2 || pos->shape[0] != c->h ||
+            pos->shape[1] != k->shape[1] || !sl_tensor_is_contiguous(pos))
+            return sl_ctx_fail(ctx, SL_ESHAPE, "sl_kvcache_append: pos must be contiguous i32 [%lld, %lld], found %s",
+                               (long long)c->h, (long long)k->shape[1], desc);
+        for (int64_t i = 0; i < c->h * k->shape[1]; i++)
+            if (((const int32_t *)pos->data)[i] < 0)
+                return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_append: pos[%lld] = %d; expected token positions >= 0",
+                                   (long long)i, ((const int32_t *)pos->data)[i]);
+    }
     sl_tensor kc = {0}, vc = {0};
     if ((s = sl_tensor_convert(ctx, k, SL_F32, &kc)) || (s = sl_tensor_convert(ctx, v, SL_F32, &vc)) ||
         (s = sl_tensor_check_finite(ctx, &kc, "sl_kvcache_append: k", 0)) ||
@@ -459,6 +481,14 @@ sl_status sl_kvcache_append(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, cons
             quantise_token(c, h, c->len + i);
         }
     }
+    int64_t next = pos ? c->next : c->next + t;
+    for (int64_t h = 0; h < c->h; h++)
+        for (int64_t i = 0; i < t; i++) {
+            int64_t x = pos ? ((const int32_t *)pos->data)[h * t + i] : c->next + i;
+            ((int32_t *)c->ps.data)[h * c->cap + c->len + i] = (int32_t)x;
+            next = x + 1 > next ? x + 1 : next;
+        }
+    c->next = next;
     c->len += t;
     sl_tensor_release(&kc);
     sl_tensor_release(&vc);
@@ -529,6 +559,17 @@ sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx)
         }
     if (m == 0)
         return SL_OK;
+    for (int64_t h = 0; h < c->h; h++) { /* token positions move with their slots */
+        int32_t *ph = (int32_t *)c->ps.data + h * c->cap;
+        int64_t w = ix[h * m], j = 0;
+        for (int64_t t = ix[h * m]; t < c->len; t++) {
+            if (j < m && t == ix[h * m + j]) {
+                j++;
+                continue;
+            }
+            ph[w++] = ph[t];
+        }
+    }
     if (c->kbits)
         return evict_quant(ctx, c, ix, m);
     int64_t len = c->len - m;
@@ -600,6 +641,14 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
         *out = sl_tensor_retain(which[1] == 'c' ? codes_of(cc, side) : scales_of(cc, side));
         return SL_OK;
     }
+    if (strcmp(which, "pos") == 0) { /* a copy [H, len] of the slots' token positions */
+        int64_t sh[2] = {c->h, c->len};
+        sl_status s = sl_tensor_new(ctx, SL_I32, 2, sh, out);
+        for (int64_t h = 0; s == SL_OK && h < c->h; h++)
+            memcpy((int32_t *)out->data + h * c->len, (const int32_t *)c->ps.data + h * c->cap,
+                   sizeof(int32_t) * (size_t)c->len);
+        return s;
+    }
     if (strcmp(which, "kq") == 0 || strcmp(which, "kscale") == 0) {
         if (!c->bits)
             return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: '%s': the cache keeps no low-bit keys (sl_kvcache_set_bits)",
@@ -610,7 +659,7 @@ sl_status sl_kvcache_tensor(sl_ctx *ctx, const sl_kvcache *c, const char *which,
     const sl_tensor *src = strcmp(which, "min") == 0 ? &c->mn : strcmp(which, "max") == 0 ? &c->mx
                          : strcmp(which, "mean") == 0 ? &c->me : NULL;
     if (!src)
-        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, kq, kscale, kcodes, kscales, kzeros, vcodes, vscales, vzeros, min, max or mean)",
+        return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_tensor: unknown part '%s' (expected k, v, pos, kq, kscale, kcodes, kscales, kzeros, vcodes, vscales, vzeros, min, max or mean)",
                            which);
     int64_t np = sl_kvcache_pages(c), sh[3] = {c->h, np, c->d};
     sl_status s = sl_tensor_new(ctx, SL_F32, 3, sh, out);

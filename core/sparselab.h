@@ -977,7 +977,8 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * an eviction compacts each head's tokens and rebuilds the pages from the
  * first one it touched. Every head holds the same number of tokens. Host
  * memory: the K and V storage (capacity grows by half) and 3 metadata rows of
- * D floats per page: 1 + 3/(2P) of the raw f32 K/V (1.094 at P = 16). */
+ * D floats per page, and one i32 token position per slot: 1 + 3/(2P) + 1/(2D)
+ * of the raw f32 K/V (1.098 at P = 16, D = 128). */
 typedef struct sl_kvcache sl_kvcache;
 
 /* A cache of heads x head_dim with pages of `page` tokens (every count >= 1). */
@@ -1034,6 +1035,14 @@ int sl_kvcache_quant_zero(const sl_kvcache *c);
 /* Frees the capacity past the last page in use (after an eviction: the
  * resident bytes drop with the tokens); contents unchanged. */
 sl_status sl_kvcache_shrink(sl_ctx *ctx, sl_kvcache *c);
+/* Token positions (issue 13, session 4b): every slot keeps the position of
+ * the token it holds, per head (4 bytes per token and head, counted in
+ * sl_kvcache_bytes), moved with its slot by sl_kvcache_evict. An append
+ * gives its tokens the next positions (tokens ever appended: 0, 1, ...);
+ * sl_kvcache_append_at takes them from pos (i32 [H, t], each >= 0; NULL:
+ * the next positions) and the next position becomes max(next, pos + 1).
+ * Read as sl_kvcache_tensor "pos": a copy i32 [H, len]. */
+sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, const sl_tensor *v, const sl_tensor *pos);
 
 /* ---- token-level sparsity (issue 17, part 2) ----
  * token.scatter (card sparse_token_update, the scatter of gather -> compute

@@ -501,6 +501,106 @@ END_TEST
 /* sl_kvcache: random appends and evictions against a shadow copy kept
  * here; after each, the stored keys and values equal the shadow and the
  * incremental metadata equals page.meta rebuilt from the shadow. */
+/* Slot token positions (issue 13, session 4b): after random appends (the
+ * counter, or explicit positions) and random per-head evictions, each head's
+ * "pos" equals a brute-force list model; f32 and quantised pages (whose
+ * eviction path differs); shrink keeps them; bad pos refused in one line. */
+START_TEST(test_kvcache_positions)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 13411);
+    int64_t h = 3, d = 8, P = 4;
+    for (int quant = 0; quant < 2; quant++) {
+        sl_kvcache *c;
+        ck_assert_int_eq(sl_kvcache_new(ctx, h, d, P, &c), SL_OK);
+        if (quant)
+            ck_assert_int_eq(sl_kvcache_set_quant(ctx, c, 8, 4), SL_OK);
+        int32_t model[3][400];
+        int64_t len = 0, next = 0;
+        for (int step = 0; step < 60; step++) {
+            double u = sl_rng_uniform(&rng);
+            if (u < 0.55 || len < 4) {
+                int64_t t = 1 + (int64_t)(sl_rng_uniform(&rng) * 6);
+                sl_tensor k = tu_randn(ctx, &rng, h, t, d, 1.0), v = tu_randn(ctx, &rng, h, t, d, 1.0);
+                if (step % 4 == 3) { /* explicit positions, different per head */
+                    sl_tensor pos = i32_tensor(ctx, h, t);
+                    int64_t mx = next;
+                    for (int64_t hh = 0; hh < h; hh++)
+                        for (int64_t i = 0; i < t; i++) {
+                            int32_t x = (int32_t)(next + 3 * i + hh + (int64_t)(sl_rng_uniform(&rng) * 5));
+                            ((int32_t *)pos.data)[hh * t + i] = x;
+                            model[hh][len + i] = x;
+                            mx = x + 1 > mx ? x + 1 : mx;
+                        }
+                    ck_assert_int_eq(sl_kvcache_append_at(ctx, c, &k, &v, &pos), SL_OK);
+                    next = mx;
+                    sl_tensor_release(&pos);
+                } else {
+                    ck_assert_int_eq(sl_kvcache_append(ctx, c, &k, &v), SL_OK);
+                    for (int64_t hh = 0; hh < h; hh++)
+                        for (int64_t i = 0; i < t; i++)
+                            model[hh][len + i] = (int32_t)(next + i);
+                    next += t;
+                }
+                len += t;
+                release_n(&k, 1);
+                release_n(&v, 1);
+            } else if (u < 0.95) {
+                int64_t m = 1 + (int64_t)(sl_rng_uniform(&rng) * 3);
+                sl_tensor idx = i32_tensor(ctx, h, m);
+                for (int64_t hh = 0; hh < h; hh++) {
+                    int32_t *row = (int32_t *)idx.data + hh * m;
+                    int64_t got = 0;
+                    for (int64_t t = 0; t < len && got < m; t++)
+                        if (sl_rng_uniform(&rng) < (double)(m - got) / (double)(len - t))
+                            row[got++] = (int32_t)t;
+                    /* the model: a list with the evicted entries removed */
+                    int64_t w = 0, j = 0;
+                    for (int64_t t = 0; t < len; t++) {
+                        if (j < m && row[j] == t) {
+                            j++;
+                            continue;
+                        }
+                        model[hh][w++] = model[hh][t];
+                    }
+                }
+                ck_assert_int_eq(sl_kvcache_evict(ctx, c, &idx), SL_OK);
+                len -= m;
+                sl_tensor_release(&idx);
+            } else {
+                ck_assert_int_eq(sl_kvcache_shrink(ctx, c), SL_OK);
+            }
+            sl_tensor ps;
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "pos", &ps), SL_OK);
+            ck_assert(ps.dtype == SL_I32 && ps.ndim == 2 && ps.shape[0] == h && ps.shape[1] == len);
+            for (int64_t hh = 0; hh < h; hh++)
+                for (int64_t t = 0; t < len; t++)
+                    ck_assert_msg(((int32_t *)ps.data)[hh * len + t] == model[hh][t], "quant %d step %d head %lld slot %lld: %d, model %d",
+                                  quant, step, (long long)hh, (long long)t, ((int32_t *)ps.data)[hh * len + t], model[hh][t]);
+            sl_tensor_release(&ps);
+        }
+        /* bad pos: wrong shape, wrong dtype, negative */
+        sl_tensor k = tu_randn(ctx, &rng, h, 2, d, 1.0), v = tu_randn(ctx, &rng, h, 2, d, 1.0);
+        sl_tensor bad = i32_tensor(ctx, h, 3);
+        ck_assert_int_eq(sl_kvcache_append_at(ctx, c, &k, &v, &bad), SL_ESHAPE);
+        ck_assert(strstr(sl_ctx_error(ctx), "pos must be contiguous i32 [3, 2]"));
+        sl_tensor neg = i32_tensor(ctx, h, 2);
+        ((int32_t *)neg.data)[1] = -4;
+        ck_assert_int_eq(sl_kvcache_append_at(ctx, c, &k, &v, &neg), SL_EARG);
+        ck_assert(strstr(sl_ctx_error(ctx), "= -4"));
+        ck_assert_int_eq(sl_kvcache_len(c), len);
+        sl_tensor_release(&bad);
+        sl_tensor_release(&neg);
+        release_n(&k, 1);
+        release_n(&v, 1);
+        sl_kvcache_free(c);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 START_TEST(test_kvcache_incremental)
 {
     tu_alloc al;
@@ -1038,9 +1138,10 @@ START_TEST(test_kvcache_quant)
         ck_assert_int_eq(sl_kvcache_append(ctx, plain, &k, &v), SL_OK);
         double row = (kb == 8 ? D : D / 2) + (vb == 0 ? 4 * D : vb == 8 ? D : D / 2);
         double nq = 1 + (vb > 0), want = (double)(h * n) * row + 4.0 * (double)(h * (n / Pb) * D) * (3 + nq * (1 + az)) +
-                                         4.0 * (double)(h * Pb * D) * nq;
+                                         4.0 * (double)(h * Pb * D) * nq + 4.0 * (double)(h * n);
         ck_assert_msg((double)sl_kvcache_bytes(c) == want, "bytes %zu, expected %g", sl_kvcache_bytes(c), want);
-        ck_assert((double)sl_kvcache_bytes(plain) == (double)(h * n) * 8 * D + 12.0 * (double)(h * (n / Pb) * D));
+        ck_assert((double)sl_kvcache_bytes(plain) ==
+                  (double)(h * n) * 8 * D + 12.0 * (double)(h * (n / Pb) * D) + 4.0 * (double)(h * n));
         double ratio = (double)sl_kvcache_bytes(c) / (double)sl_kvcache_bytes(plain);
         /* zero points add one f32 per page and channel per side: 4 / (8 P) of the f32 cache each */
         ck_assert_msg(ratio < (vb == 0 ? 0.75 : kb == 8 ? 0.42 : 0.30) + az * nq * 0.5 / (double)Pb,
@@ -1121,6 +1222,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_page_attend_capacity);
     tcase_add_test(tc, test_page_validation);
     tcase_add_test(tc, test_kvcache_incremental);
+    tcase_add_test(tc, test_kvcache_positions);
     tcase_add_test(tc, test_page_qscores);
     tcase_add_test(tc, test_page_attend_q);
     tcase_add_test(tc, test_kvcache_quant);

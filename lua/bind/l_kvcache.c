@@ -1,6 +1,6 @@
 /* l_kvcache.c — the paged KV cache object of decode (sl_kvcache, issue 13)
  * as Lua userdata: sl.kvcache_c(heads, head_dim, page) and its methods
- * append, evict, len, pages, page_size, heads, head_dim, bytes, tensor,
+ * append (k, v [, pos i32 [H, t]]), evict, len, pages, page_size, heads, head_dim, bytes, tensor,
  * set_bits (a low-bit copy of K), close. The pure-Lua wrapper (sparselab/decode.lua) adds the decode steps. */
 #include "l_kvcache.h"
 #include "l_tensor.h"
@@ -34,8 +34,9 @@ static int c_append(lua_State *L)
 {
     sl_kvcache *c = check_cache(L);
     sl_lua_tensor *k = sl__lua_check_tensor(L, 2), *v = sl__lua_check_tensor(L, 3);
+    sl_lua_tensor *pos = lua_isnoneornil(L, 4) ? NULL : sl__lua_check_tensor(L, 4);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
-    if (sl_kvcache_append(ctx, c, &k->t, &v->t))
+    if (sl_kvcache_append_at(ctx, c, &k->t, &v->t, pos ? &pos->t : NULL))
         sl__lua_fail(L, ctx);
     return 0;
 }

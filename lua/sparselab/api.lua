@@ -35,7 +35,7 @@ return {
   ["sl.steps.check_state"] = "one-line errors unless a state was made for this method and shape",
   ["sl.steps.run_step"] = "one step of a schedule: {o, lse, mask, stats} with the action and the cost split",
   ["sl.steps.replay"] = "a method replayed over a denoising trajectory: per-step recall, rel_l2 and cost split",
-  ["sl.kvcache_c"] = {"(heads, head_dim, page)", "a paged KV cache (C): append, evict, shrink, per-page min/max/mean "
+  ["sl.kvcache_c"] = {"(heads, head_dim, page)", "a paged KV cache (C): append(k, v [, pos]), evict, shrink, slot token positions (tensor 'pos'), per-page min/max/mean "
     .. "metadata kept on append, optional low-bit K copy, int8/int4 pages replacing f32 K/V (set_quant(k, v, zero): "
     .. "symmetric or with per-page zero points) "
     .. "(issue 13; sparselab.decode wraps it)"},

@@ -104,9 +104,10 @@ function D.run(results, o)
     params = {phase = "decode", page = P},
     metrics = {time_ms = app_ms, attend_ms = attend_ms, ratio_to_attend = app_ms / attend_ms, target = 0.05}}
   -- memory: the tokens held and their pages' metadata (3 rows of d floats),
-  -- and what the storage holds allocated (capacity grows by half)
+  -- and what the storage holds allocated (capacity grows by half), plus
+  -- each slot's token position (i32, issue 13 session 4b)
   local raw = 2 * hkv * cache:len() * d * 4
-  local used = raw + 3 * hkv * cache:pages() * d * 4
+  local used = raw + 3 * hkv * cache:pages() * d * 4 + 4 * hkv * cache:len()
   results[#results + 1] = {name = "kvcache.memory", n = cache:len(), d = d, heads = hq, kv_heads = hkv, backend = "host",
     params = {page = P}, metrics = {bytes = used, allocated_bytes = cache:bytes(), raw_kv_bytes = raw,
       ratio_to_raw = used / raw, allocated_ratio = cache:bytes() / raw, target = 1.1}}

@@ -84,12 +84,13 @@ function D.compact_heads(ls, kept)
   local cache, n = ls.cache, ls.cache:len()
   local hkv, d, P = cache:heads(), cache:head_dim(), cache:page_size()
   local kb, vb, kz = cache:quant()
-  local k, v = cache:tensor("k"), cache:tensor("v")
+  local k, v, pos = cache:tensor("k"), cache:tensor("v"), cache:tensor("pos"):totable()
   ls.heads, ls.head_ids = {}, {}
   for g = 1, hkv do
     local c = D.cache(1, d, P, "decode")
     if kb > 0 then c:set_quant(kb, vb, kz) end
-    c:append(k:narrow(1, g, 1):narrow(2, 1, n), v:narrow(1, g, 1):narrow(2, 1, n))
+    -- the head cache keeps each slot's token position (the shared cache's)
+    c:append(k:narrow(1, g, 1):narrow(2, 1, n), v:narrow(1, g, 1):narrow(2, 1, n), sl.tensor({pos[g]}, "i32"))
     local keep, ev, ids = {}, {}, {}
     for _, j in ipairs(kept[g]) do keep[j] = true end
     for j = 0, n - 1 do
@@ -499,8 +500,9 @@ function D.step(method, st, step, params)
       step.k:shape()[2])
   end
   if ls.heads then   -- per-head compacted caches (D.compact_heads)
+    local at = sl.tensor({{ls.seen}}, "i32")   -- the new token's position
     for g, c in ipairs(ls.heads) do
-      c:append(step.k:narrow(1, g, 1), step.v:narrow(1, g, 1))
+      c:append(step.k:narrow(1, g, 1), step.v:narrow(1, g, 1), at)
       ls.head_ids[g][#ls.head_ids[g] + 1] = ls.seen
     end
   else
@@ -518,13 +520,14 @@ end
 -- with its two inputs, and every attn.dense call (a method attending all
 -- of a rebuilt K/V: zipvl's mixed-precision cache; a pooled one is refused
 -- below). The step's output o must be one recorded call's
--- output (or a merge of such outputs): its lists then say exactly which
--- cache slots each query head attended. Slots are token positions only
--- while the layer's cache has evicted nothing; otherwise, and when o is not
--- an executor's output, the export is refused in one line.
+-- output (or a merge of such outputs, or per-KV-head outputs concatenated
+-- along the heads): its lists then say exactly which cache slots each query
+-- head attended, and the cache's slot positions (kept through evictions,
+-- session 4b) map them to token positions. When o is not an executor's
+-- output, or attends derived (pooled) keys, the export is refused in one line.
 local function tap_executors()
   local rec = {}
-  local attend, attend_q, merge, dense = sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense
+  local attend, attend_q, merge, dense, cat = sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense, sl.cat
   sl.page.attend = function(q, k, v, pages, o)
     local a, b = attend(q, k, v, pages, o)
     rec[#rec + 1] = {o = a, q = q, pages = pages, opts = o or {}, nk = k:shape()[2]}
@@ -545,30 +548,65 @@ local function tap_executors()
     rec[#rec + 1] = {o = a, q = q, dense = true, nk = k:shape()[2]}
     return a, b
   end
+  sl.cat = function(parts, dim)   -- per-KV-head outputs of compacted caches (D.heads_step) are concatenated
+    local a = cat(parts, dim)
+    rec[#rec + 1] = {o = a, cat = parts, dim = dim}
+    return a
+  end
   return rec, function()
-    sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense = attend, attend_q, merge, dense
+    sl.page.attend, sl.page.attend_q, sl.attn.lse_merge, sl.attn.dense, sl.cat = attend, attend_q, merge, dense, cat
   end
 end
 
--- Adds to keep[h][slot] = true the slots the executor output o attended for
--- query heads 1..hq (one decode row), from the tapped calls.
-local function attended_slots(id, rec, o, hq, keep, n_cache)
+-- Adds to keep[h][position] = true the token positions that the executor
+-- output o attended for query heads h0 + 1 .. h0 + hq (one decode row), from
+-- the tapped calls. lay: the layer's caches at the end of the step: HQ query
+-- heads, slots n (the shared cache's length) and pos[g][slot + 1], the token
+-- position of each slot of KV head g (the cache keeps them through evictions;
+-- per-head compacted caches have their own).
+local function attended_slots(id, rec, o, h0, hq, keep, lay)
   local hit
   for i = #rec, 1, -1 do if rawequal(rec[i].o, o) then hit = rec[i]; break end end
   if not hit then
     sl.fail("--save-mask: %s's decode output is not that of a page.attend / page.attend_q call (or their LSE merge); "
       .. "its executed selection cannot be read", id)
   end
+  local G = lay.HQ // #lay.pos
+  local function mark(h, slot)   -- h: local query head (1-based), slot 0-based in its KV head's cache
+    local g = (h0 + h - 1) // G + 1
+    local t = lay.pos[g][slot + 1]
+    if not t then
+      sl.fail("--save-mask: %s attended slot %d of KV head %d, past the %d tokens its cache holds", id, slot, g - 1,
+        #lay.pos[g])
+    end
+    keep[h0 + h][t] = true
+  end
   if hit.parts then
-    for _, x in ipairs(hit.parts) do attended_slots(id, rec, x, hq, keep, n_cache) end
+    for _, x in ipairs(hit.parts) do attended_slots(id, rec, x, h0, hq, keep, lay) end
+    return
+  end
+  if hit.cat then
+    if hit.dim ~= 1 then
+      sl.fail("--save-mask: %s's decode output concatenates along dim %d (expected query heads, dim 1)", id, hit.dim)
+    end
+    local off = h0
+    for _, x in ipairs(hit.cat) do
+      local w = x:shape()[1]
+      attended_slots(id, rec, x, off, w, keep, lay)
+      off = off + w
+    end
+    if off ~= h0 + hq then
+      sl.fail("--save-mask: %s's concatenated output holds %d heads, expected %d", id, off - h0, hq)
+    end
     return
   end
   if hit.dense then   -- every key of a K/V rebuilt from the cache: only when it holds the cache's tokens
-    if hit.nk ~= n_cache or hit.q:shape()[2] ~= 1 then
-      sl.fail("--save-mask: %s attended %d derived keys (pooled or rebuilt), not the cache's %d tokens; its "
-        .. "selection is no set of keys", id, hit.nk, n_cache)
+    if lay.heads or hit.nk ~= lay.n or hit.q:shape()[2] ~= 1 then
+      sl.fail("--save-mask: %s attended %d derived keys (pooled chunk means or a rebuilt K), not the cache's %d "
+        .. "tokens; a pooled key averages several tokens, so no set of attended (query, token) pairs gives "
+        .. "its output and none is written", id, hit.nk, lay.n)
     end
-    for h = 1, hq do for j = 0, hit.nk - 1 do keep[h][j] = true end end
+    for h = 1, hq do for j = 0, hit.nk - 1 do mark(h, j) end end
     return
   end
   local qs, ps = hit.q:shape(), hit.pages:shape()
@@ -581,7 +619,7 @@ local function attended_slots(id, rec, o, hq, keep, n_cache)
   for h = 1, hq do
     local row = t[(h - 1) // (hq // lists) + 1][1]
     for _, id_ in ipairs(row) do
-      if id_ >= 0 then for j = id_ * P, math.min(id_ * P + P, n) - 1 do keep[h][j] = true end end
+      if id_ >= 0 then for j = id_ * P, math.min(id_ * P + P, n) - 1 do mark(h, j) end end
     end
   end
 end
@@ -614,18 +652,18 @@ function D.replay(method, prob, p, opts)
       local ok, err = pcall(function() out = D.step(m, st, step, p) end)
       untap()
       if not ok then error(err, 0) end
+      -- slots -> token positions: every cache keeps each slot's position
+      -- through evictions (shared cache, or one compacted cache per KV head)
       local lc = st:layer(opts.layer or 0)
+      local lay = {HQ = hq, n = lc.cache:len(), heads = lc.heads ~= nil, pos = {}}
       if lc.heads then
-        sl.fail("--save-mask: %s compacted its cache per KV head (evict = 1), so cache slots are not token positions; "
-          .. "the selection cannot be written as a mask", m.id)
-      end
-      if lc.cache:len() ~= pos then
-        sl.fail("--save-mask: %s evicted cache entries (%d of %d tokens held), so its cache slots are not token "
-          .. "positions; the selection cannot be written as a mask", m.id, lc.cache:len(), pos)
+        for g, c in ipairs(lc.heads) do lay.pos[g] = c:len() > 0 and c:tensor("pos"):totable()[1] or {} end
+      else
+        lay.pos = lc.cache:tensor("pos"):totable()
       end
       local keep = {}
       for h = 1, hq do keep[h] = {} end
-      attended_slots(m.id, rec, out.o, hq, keep, pos)
+      attended_slots(m.id, rec, out.o, 0, hq, keep, lay)
       for h = 1, hq do
         local row = {}
         for j = 1, N do row[j] = keep[h][j - 1] and 1 or 0 end
