@@ -284,10 +284,10 @@ static int64_t sparse_piece_keys(int64_t rows, int64_t d)
     return keys < 32 ? 0 : keys;
 }
 
-static void sparse_scores(const sl__cpu_tile *w, const float *qt, int64_t rows, int64_t d, const float *k, int64_t nc,
-                          int64_t ld_s, float *s)
+static void sparse_scores(const sl__cpu_tile *w, const float *qt, int64_t ldq, int use_qt, int64_t rows, int64_t d,
+                          const float *k, int64_t nc, int64_t ld_s, float *s)
 {
-    int64_t piece = sparse_piece_keys(rows, d);
+    int64_t piece = use_qt ? sparse_piece_keys(rows, d) : 0;
     if (!piece) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)nc, (int)d, 1.f, w->qs, (int)d, k, (int)d,
                     0.f, s, (int)ld_s);
@@ -295,7 +295,7 @@ static void sparse_scores(const sl__cpu_tile *w, const float *qt, int64_t rows, 
     }
     for (int64_t c0 = 0; c0 < nc; c0 += piece) {
         int64_t m = nc - c0 < piece ? nc - c0 : piece;
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)rows, (int)m, (int)d, 1.f, qt, (int)rows, k + c0 * d,
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)rows, (int)m, (int)d, 1.f, qt, (int)ldq, k + c0 * d,
                     (int)d, 0.f, s + c0, (int)ld_s);
     }
 }
@@ -345,6 +345,88 @@ static void chunk_trim(const uint8_t *const *bits, int64_t n_blk, int64_t rows, 
     }
 }
 
+/* Rows [a0, a0 + m) of the tile over one run of nc keys k, v (its blocks'
+ * bits; the chunk's columns at both ends that none of these rows keeps are
+ * neither scored nor multiplied: chunk_trim), folded into their running
+ * softmax. lead / trail < 0: found here. */
+static void run_rows(const sparse_job *j, const sl__cpu_tile *w, const float *qt, int use_qt, int64_t rows,
+                     int64_t a0, int64_t m, const float *k, const float *v, int64_t nc, const uint8_t *const *bits,
+                     int64_t n_blk, int any_partial, int64_t lead, int64_t trail)
+{
+    int64_t d = j->dm.d, ld = j->kmax;
+    sl__cpu_tile t = *w; /* the rows' view of the tile */
+    t.qs += a0 * d, t.s += a0 * ld, t.acc += a0 * d, t.m += a0, t.l += a0;
+    const uint8_t *rb[SL__CPU_MAX_CHUNK_BLOCKS];
+    for (int64_t c = 0; c < n_blk; c++)
+        rb[c] = bits[c] ? bits[c] + a0 * j->bk : NULL;
+    if (lead < 0) {
+        lead = trail = 0;
+        if (any_partial)
+            chunk_trim(rb, n_blk, m, j->bk, nc, &lead, &trail);
+    }
+    int64_t kc = nc - lead - trail;
+    if (kc > 0)
+        sparse_scores(&t, qt + a0, rows, use_qt, m, d, k + lead * d, kc, ld, t.s + lead);
+    if (any_partial) { /* sets the trimmed columns' -inf too */
+        sl__cpu_chunk_mask cm = {NULL, rb, j->bk, 0};
+        tile_mask_with(&t, m, nc, ld, &cm, j->ro.mask_bits);
+    }
+    if (j->pv_skip > 0) { /* SpargeAttn's marks count key blocks from the chunk's first column */
+        if (tile_softmax(&t, &j->ro, m, d, nc, ld, j->bk, (float)j->pv_skip) && kc > 0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)d, (int)kc, 1.f, t.s + lead, (int)ld,
+                        v + lead * d, (int)d, 1.f, t.acc, (int)d);
+        return;
+    }
+    /* The trimmed columns hold -inf (P = 0): the softmax runs over the rest. */
+    t.s += lead;
+    if (kc > 0 && tile_softmax(&t, &j->ro, m, d, kc, ld, 0, 0.f))
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)d, (int)kc, 1.f, t.s, (int)ld,
+                    v + lead * d, (int)d, 1.f, t.acc, (int)d);
+}
+
+#ifndef SPARSE_SPLIT_ROWS
+#define SPARSE_SPLIT_ROWS 16 /* rows of a part when a partial run's tile is split (below) */
+#endif
+
+/* A chunk of one run. When its first or last block is partial (a causal
+ * window's left edge, the diagonal block), the tile's rows are split into
+ * parts of SPARSE_SPLIT_ROWS rows, each trimmed to its own key range: the
+ * masked triangles at the run's two ends are then mostly not computed
+ * (issue 20, session 4b). The split is taken when it saves at least an
+ * eighth of the run's score pairs. */
+static void single_run(const sparse_job *j, const sl__cpu_tile *w, const float *qt, int use_qt, int64_t rows,
+                       const float *k, const float *v, int64_t nc, const uint8_t *const *bits, int64_t n_blk,
+                       int any_partial)
+{
+    enum { MAX_PARTS = 64 };
+    int64_t n_parts = (rows + SPARSE_SPLIT_ROWS - 1) / SPARSE_SPLIT_ROWS;
+    if (any_partial && n_parts > 1 && n_parts <= MAX_PARTS) {
+        int64_t lead[MAX_PARTS], trail[MAX_PARTS], pairs = 0;
+        const uint8_t *rb[SL__CPU_MAX_CHUNK_BLOCKS];
+        for (int64_t p = 0; p < n_parts; p++) {
+            int64_t a0 = p * SPARSE_SPLIT_ROWS, m = rows - a0 < SPARSE_SPLIT_ROWS ? rows - a0 : SPARSE_SPLIT_ROWS;
+            for (int64_t c = 0; c < n_blk; c++)
+                rb[c] = bits[c] ? bits[c] + a0 * j->bk : NULL;
+            chunk_trim(rb, n_blk, m, j->bk, nc, &lead[p], &trail[p]);
+            int64_t kc = nc - lead[p] - trail[p];
+            pairs += m * (kc > 0 ? kc : 0);
+        }
+        int64_t lead_all = 0, trail_all = 0;
+        chunk_trim(bits, n_blk, rows, j->bk, nc, &lead_all, &trail_all);
+        int64_t whole = rows * (nc - lead_all - trail_all);
+        if (pairs < whole) {
+            for (int64_t p = 0; p < n_parts; p++) {
+                int64_t a0 = p * SPARSE_SPLIT_ROWS, m = rows - a0 < SPARSE_SPLIT_ROWS ? rows - a0 : SPARSE_SPLIT_ROWS;
+                run_rows(j, w, qt, use_qt, rows, a0, m, k, v, nc, bits, n_blk, 1, lead[p], trail[p]);
+            }
+            return;
+        }
+        run_rows(j, w, qt, use_qt, rows, 0, rows, k, v, nc, bits, n_blk, 1, lead_all, trail_all);
+        return;
+    }
+    run_rows(j, w, qt, use_qt, rows, 0, rows, k, v, nc, bits, n_blk, any_partial, -1, -1);
+}
+
 static void sparse_item(int64_t item, void *ud, int thread)
 {
     sparse_job *j = ud;
@@ -370,7 +452,8 @@ static void sparse_item(int64_t item, void *ud, int thread)
             lse[a] = -INFINITY;
         return;
     }
-    if (sparse_piece_keys(rows, d)) { /* the score products read qt only (sparse_scores) */
+    int use_qt = sparse_piece_keys(rows, d) != 0;
+    if (use_qt) { /* the score products read qt only (sparse_scores) */
         transpose_q(q, (float)dm->scale, rows, d, qt);
         sl__cpu_tile_reset(&w, rows, d);
     } else
@@ -403,25 +486,14 @@ static void sparse_item(int64_t item, void *ud, int thread)
         }
         sl__cpu_chunk_mask cm = {NULL, chunk_bits, j->bk, 0};
         if (n_runs == 1) {
-            int64_t lead = 0, trail = 0;
-            if (any_partial)
-                chunk_trim(chunk_bits, n_blk, rows, j->bk, used, &lead, &trail);
-            int64_t nc = used - lead - trail;
-            if (nc > 0)
-                sparse_scores(&w, qt, rows, d, k + (k0 + lead) * d, nc, j->kmax, w.s + lead);
-            if (any_partial) /* sets the trimmed columns' -inf too */
-                tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
-            if (tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip) &&
-                nc > 0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)d, (int)nc, 1.f, w.s + lead,
-                            (int)j->kmax, v + (k0 + lead) * d, (int)d, 1.f, w.acc, (int)d);
+            single_run(j, &w, qt, use_qt, rows, k + k0 * d, v + k0 * d, used, chunk_bits, n_blk, any_partial);
             continue;
         }
         /* Several runs: the scores by one product over the gathered keys;
          * P·V by one product per run over its values in place when runs are
          * long (the values are read once either way; a copy would add a pass
          * over them), else over a copy (many tiny products cost more). */
-        sparse_scores(&w, qt, rows, d, kbuf, used, j->kmax, w.s);
+        sparse_scores(&w, qt, rows, use_qt, rows, d, kbuf, used, j->kmax, w.s);
         if (any_partial)
             tile_mask_with(&w, rows, used, j->kmax, &cm, j->ro.mask_bits);
         if (!tile_softmax(&w, &j->ro, rows, d, used, j->kmax, j->pv_skip > 0 ? j->bk : 0, (float)j->pv_skip))
