@@ -37,7 +37,6 @@ static int cover_base_shape_ok(const sl_tensor *t, const sl_tensor *x, sl_dtype 
 static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in,
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
-    (void)params;
     sl_status s;
     sl_op op = info->op;
     if ((s = sl__check_scores(ctx, info, in, 1)))
@@ -53,7 +52,14 @@ static sl_status select_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
         sl_tensor_describe(&in[2], desc, sizeof desc);
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: input 'opt.base' must be u8 of x's shape, found %s", info->name, desc);
     }
-    if (op != SL_OP_SELECT_THRESHOLD && op != SL_OP_SELECT_COVER &&
+    if (op == SL_OP_SELECT_ROW_COVER) {
+        const sl_select_row_cover_params *p = params;
+        int64_t R = in[0].ndim == 3 ? in[0].shape[1] : 1, C = in[0].shape[in[0].ndim - 1];
+        if (p->mode == 1 && R != C)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: mode 1 (find_blocks_chunked) needs R = C; found R = %lld, C = %lld",
+                               info->name, (long long)R, (long long)C);
+    }
+    if (op != SL_OP_SELECT_THRESHOLD && op != SL_OP_SELECT_COVER && op != SL_OP_SELECT_ROW_COVER &&
         (s = validate_head_budget(ctx, info, in, op == SL_OP_SELECT_TOPK ? SL_I32 : SL_F32)))
         return s;
     out_dtype[0] = SL_U8;
@@ -105,8 +111,7 @@ static sl_status select_check_contents(sl_ctx *ctx, const sl_op_info *info, cons
 /* x: scores of the causal future are -inf; the budgets are finite. */
 static sl__input_policy select_input_policy(const sl_op_info *info, int i)
 {
-    (void)info;
-    return i == 0 ? SL__IN_NEG_INF : SL__IN_FINITE;
+    return i == 0 && info->op != SL_OP_SELECT_ROW_COVER ? SL__IN_NEG_INF : SL__IN_FINITE;
 }
 
 static double select_flops(const sl_op_info *info, const void *params, const sl_tensor *in)

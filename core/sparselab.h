@@ -1334,6 +1334,24 @@ sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, c
  * (expert, 8-pair) tiles) and add rw . y_pair back per token in slot order.
  * ref is the per-token loop in float64. FLOPs: per routed pair 6 |e| D
  * + 4 |e| + 2 D. */
+/* ---- issue 20, session 4b: xattention's per-row selection in C (branch s4-est2) ----
+ * select.row_cover: x [H, R, C] (or [H, C], R = 1) finite block scores,
+ * params tau, mode -> u8 keep of x's shape. Per row r, lim = r + (C - R)
+ * clipped to C - 1 (no visible block when lim < 0: nothing kept); sums and
+ * comparisons in float64, orders by value descending, ties lower index
+ * first. mode 0 (the XAttention card): tau >= 1 keeps blocks 0 .. lim;
+ * otherwise total = sum of x[0 .. lim] added in index order, blocks 0 and
+ * lim kept, cum = x[0] (+ x[lim] when lim > 0), then the blocks 1 .. lim - 1
+ * in the order: while cum < tau . total the block is kept and cum += its
+ * score (the crossing block included). mode 1 (mit-han-lab/x-attention,
+ * xattn/src/utils.py find_blocks_chunked in the single-chunk prefill, then
+ * Xattention_prefill's tril and diagonal; needs R = C): y[c] = x[c] for c
+ * <= r, 0 beyond; req = tau . (sum of y in index order); the positions t =
+ * 0 .. C - 1 hold r, then the other blocks in the order; cum_t = the sum,
+ * added in order, of [0, y[r], y[o_0], y[o_1], ...] before position t;
+ * position t keeps its block when cum_t < req, else block 0; then the
+ * blocks > r are cleared and block r set. One row per work item (cpu
+ * qsort; cuda one thread per row, repeated selection of the next block). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

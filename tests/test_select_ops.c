@@ -1,5 +1,5 @@
 /* test_select_ops.c — the selectors (select.topk, select.topp,
- * select.threshold, select.cover) on every backend in SL_TEST_BACKENDS against ref (ties,
+ * select.threshold, select.cover, select.row_cover) on every backend in SL_TEST_BACKENDS against ref (ties,
  * -inf entries, k = 0 and k = C, p = 0 and p = 1, opt.k and opt.p per head,
  * NaN and +inf rejected), their properties checked here (the minimality of
  * top-p), and the masks made from selections (sl_mask_from_blocks,
@@ -567,8 +567,128 @@ START_TEST(test_select_cover)
 }
 END_TEST
 
+/* select.row_cover (issue 20, session 4b): every backend against ref over
+ * square and wide rows (mode 0), square (mode 1), ties and zero scores, tau
+ * from 0 past 1; and ref against each mode's rule written here as a
+ * formula per block rather than a walk: mode 0 — block c (1 <= c < lim,
+ * order position j among the candidates) is kept iff x[0] + x[lim] + (the
+ * masses of the j candidates before it) < tau . total; mode 1 — the
+ * candidate at order position j is kept iff (j = 0 ? 0 : y[r] + the first
+ * j - 1 candidates' masses) < req, block 0 whenever some candidate or r
+ * fails that, then tril and r. */
+static const float *rc_row;
+static int64_t rc_r, rc_mode;
+static int rc_cmp(const void *a, const void *b)
+{
+    int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    double x = rc_mode == 1 && i > rc_r ? 0 : rc_row[i], y = rc_mode == 1 && j > rc_r ? 0 : rc_row[j];
+    if (x != y)
+        return x > y ? -1 : 1;
+    return i < j ? -1 : i > j;
+}
+
+START_TEST(test_select_row_cover)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 44021);
+    const int64_t shapes[][3] = {{2, 9, 9}, {2, 5, 12}, {1, 1, 30}, {1, 23, 23}, {2, 7, 4}};
+    for (int s = 0; s < 5; s++) {
+        const int64_t *sh = shapes[s];
+        int64_t H = sh[0], R = sh[1], C = sh[2];
+        sl_tensor in[1] = {tied(ctx, &rng, H, R, C, 1)};
+        float *x = in[0].data;
+        for (int64_t f = 0; f < H * R * C; f++)
+            if (!isfinite(x[f]) || f % 13 == 5)
+                x[f] = f % 13 == 5 ? 0.f : 1.f / 3.f;
+        const double taus[] = {0, 0.2, 0.5, 0.8, 0.95, 1, 1.5};
+        for (int mode = 0; mode < 2; mode++) {
+            if (mode == 1 && R != C)
+                continue;
+            for (int i = 0; i < 7; i++) {
+                sl_select_row_cover_params p = {.tau = taus[i], .mode = mode};
+                check_op_vs_ref(ctx, SL_OP_SELECT_ROW_COVER, &p, in, 0, "row_cover");
+                sl_tensor out = run_op1(ctx, SL_BACKEND_REF, SL_OP_SELECT_ROW_COVER, &p, in);
+                const uint8_t *kp = out.data;
+                int64_t *ord = malloc((size_t)(C + 1) * sizeof *ord);
+                uint8_t *want = malloc((size_t)C);
+                ck_assert(ord && want);
+                for (int64_t h = 0; h < H; h++)
+                    for (int64_t r = 0; r < R; r++) {
+                        const float *row = x + (h * R + r) * C;
+                        int64_t lim = r + (C - R) < C - 1 ? r + (C - R) : C - 1;
+                        memset(want, 0, (size_t)C);
+                        rc_row = row, rc_r = r, rc_mode = mode;
+                        if (lim < 0) {
+                        } else if (mode == 0) {
+                            double total = 0;
+                            for (int64_t c = 0; c <= lim; c++)
+                                total += row[c];
+                            int64_t n = 0;
+                            for (int64_t c = 1; c < lim; c++)
+                                ord[n++] = c;
+                            qsort(ord, (size_t)n, sizeof *ord, rc_cmp);
+                            want[0] = want[lim] = 1;
+                            for (int64_t j = 0; j < n; j++) {
+                                double before = (double)row[0] + (lim > 0 ? (double)row[lim] : 0.0);
+                                for (int64_t t = 0; t < j; t++)
+                                    before += row[ord[t]];
+                                want[ord[j]] = taus[i] >= 1 || before < taus[i] * total;
+                            }
+                        } else {
+                            double total = 0;
+                            for (int64_t c = 0; c < C; c++)
+                                total += c <= r ? (double)row[c] : 0.0;
+                            double req = total * taus[i];
+                            int64_t n = 0;
+                            for (int64_t c = 0; c < C; c++)
+                                if (c != r)
+                                    ord[n++] = c;
+                            qsort(ord, (size_t)n, sizeof *ord, rc_cmp);
+                            int fail = !(0 < req);
+                            for (int64_t j = 0; j < n; j++) {
+                                double before = 0;
+                                if (j > 0) {
+                                    before = row[r];
+                                    for (int64_t t = 0; t + 1 < j; t++)
+                                        before += ord[t] <= r ? (double)row[ord[t]] : 0.0;
+                                }
+                                if (before < req)
+                                    want[ord[j]] = 1;
+                                else
+                                    fail = 1;
+                            }
+                            if (fail)
+                                want[0] = 1;
+                            for (int64_t c = r + 1; c < C; c++)
+                                want[c] = 0;
+                            want[r] = 1;
+                        }
+                        for (int64_t c = 0; c < C; c++)
+                            ck_assert_msg(kp[(h * R + r) * C + c] == want[c],
+                                          "row_cover mode %d tau %g shape %d h %lld r %lld c %lld: %d, expected %d", mode,
+                                          taus[i], s, (long long)h, (long long)r, (long long)c,
+                                          kp[(h * R + r) * C + c], want[c]);
+                    }
+                free(ord);
+                free(want);
+                sl_tensor_release(&out);
+            }
+        }
+        if (R != C) {
+            sl_select_row_cover_params pm = {.tau = 0.5, .mode = 1};
+            expect_fail(ctx, SL_OP_SELECT_ROW_COVER, &pm, in, SL_ESHAPE, "needs R = C");
+        }
+        release_n(in, 1);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_select_row_cover);
     tcase_add_test(tc, test_select_cover);
     tcase_add_test(tc, test_select_backends_match_ref);
     tcase_add_test(tc, test_select_properties);

@@ -220,3 +220,72 @@ sl_status sl__cpu_select_cover(const sl__kargs *a)
                            (long long)(j.rph * j.C));
     return sl__cpu_parallel(a->ctx, a->in[0].shape[0], cover_item, &j);
 }
+
+/* select.row_cover (issue 20, session 4b): one row per work item; the
+ * row's candidate blocks sorted by the selectors' order (qsort, float
+ * scores compare as their float64 values), then the contract's rule. */
+static void row_cover_item(int64_t i, void *ud, int thread)
+{
+    const sel_job *j = ud;
+    const sl_select_row_cover_params *p = j->a->params;
+    int64_t R = j->rph, C = j->C, r = i % R;
+    const float *row = (const float *)j->a->in[0].data + i * C;
+    uint8_t *keep = (uint8_t *)j->a->out[0].data + i * C;
+    entry *e = j->scr + (size_t)thread * (size_t)(C + 1);
+    memset(keep, 0, (size_t)C);
+    int64_t lim = r + (C - R) < C - 1 ? r + (C - R) : C - 1;
+    if (lim < 0)
+        return;
+    if (p->mode == 0) {
+        if (p->tau >= 1) {
+            memset(keep, 1, (size_t)(lim + 1));
+            return;
+        }
+        double total = 0;
+        for (int64_t c = 0; c <= lim; c++)
+            total += (double)row[c];
+        keep[0] = keep[lim] = 1;
+        double cum = (double)row[0] + (lim > 0 ? (double)row[lim] : 0.0), need = p->tau * total;
+        if (!(cum < need))
+            return;
+        int64_t n = 0;
+        for (int64_t c = 1; c < lim; c++)
+            e[n++] = (entry){row[c], (int32_t)c};
+        qsort(e, (size_t)n, sizeof *e, entry_cmp);
+        for (int64_t t = 0; t < n && cum < need; t++) {
+            keep[e[t].i] = 1;
+            cum += (double)e[t].v;
+        }
+        return;
+    }
+    /* mode 1: blocks beyond r score 0 */
+    double total = 0;
+    for (int64_t c = 0; c < C; c++)
+        total += c <= r ? (double)row[c] : 0.0;
+    double req = total * p->tau;
+    int64_t n = 0;
+    for (int64_t c = 0; c < C; c++)
+        if (c != r)
+            e[n++] = (entry){c <= r ? row[c] : 0.f, (int32_t)c};
+    qsort(e, (size_t)n, sizeof *e, entry_cmp);
+    /* position 0: block r with cum 0; position 1: e[0] with cum 0 + 0;
+     * position t >= 2: e[t - 1] with cum = x[r] + e[0] + ... + e[t - 3] */
+    if (0 < req)
+        keep[r] = 1;
+    else
+        keep[0] = 1;
+    double cum = 0;
+    for (int64_t t = 1; t < C; t++) {
+        if (t >= 2)
+            cum += t == 2 ? (double)row[r] : (double)e[t - 3].v;
+        keep[cum < req ? e[t - 1].i : 0] = 1;
+    }
+    memset(keep + r + 1, 0, (size_t)(C - r - 1));
+    keep[r] = 1;
+}
+
+sl_status sl__cpu_select_row_cover(const sl__kargs *a)
+{
+    sel_job j = job_of(a);
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0] * j.rph, row_cover_item, &j);
+}

@@ -293,8 +293,133 @@ sl_status run_cover(const sl__kargs *a)
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }
 
+// ---- select.row_cover (issue 20, session 4b): one thread per row ----
+// The candidates are visited in the order by repeated selection: the next
+// is the largest key below the previous one (entry_key: value, then lower
+// index; keys are distinct), so no scratch and no sort.
+
+struct row_cover_args {
+    const float *x;
+    uint8_t *keep;
+    int64_t rows, R, C;
+    double tau;
+    int mode;
+};
+
+// Score of block c in row r under the mode (mode 1: 0 beyond r).
+__device__ float rc_score(const row_cover_args &a, const float *row, int64_t r, int64_t c)
+{
+    return a.mode == 1 && c > r ? 0.f : row[c];
+}
+
+// The candidate (mode 0: 1 .. lim - 1; mode 1: every block but r) with the
+// largest key below prev; -1 when none.
+__device__ int64_t rc_next(const row_cover_args &a, const float *row, int64_t r, int64_t lim, uint64_t prev,
+                           uint64_t *key)
+{
+    int64_t best = -1;
+    uint64_t bk = 0;
+    int64_t lo = a.mode == 0 ? 1 : 0, hi = a.mode == 0 ? lim : a.C;
+    for (int64_t c = lo; c < hi; c++) {
+        if (a.mode == 1 && c == r)
+            continue;
+        float v = rc_score(a, row, r, c);
+        uint64_t k = entry_key(v == -0.f ? 0.f : v, c);
+        if (k < prev && (best < 0 || k > bk)) {
+            best = c;
+            bk = k;
+        }
+    }
+    *key = bk;
+    return best;
+}
+
+__global__ void row_cover_kernel(row_cover_args a)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= a.rows)
+        return;
+    int64_t R = a.R, C = a.C, r = i % R;
+    const float *row = a.x + i * C;
+    uint8_t *keep = a.keep + i * C;
+    for (int64_t c = 0; c < C; c++)
+        keep[c] = 0;
+    int64_t lim = r + (C - R) < C - 1 ? r + (C - R) : C - 1;
+    if (lim < 0)
+        return;
+    uint64_t prev = ~(uint64_t)0, key = 0;
+    if (a.mode == 0) {
+        if (a.tau >= 1) {
+            for (int64_t c = 0; c <= lim; c++)
+                keep[c] = 1;
+            return;
+        }
+        double total = 0;
+        for (int64_t c = 0; c <= lim; c++)
+            total += (double)row[c];
+        keep[0] = keep[lim] = 1;
+        double cum = (double)row[0] + (lim > 0 ? (double)row[lim] : 0.0), need = a.tau * total;
+        while (cum < need) {
+            int64_t c = rc_next(a, row, r, lim, prev, &key);
+            if (c < 0)
+                break;
+            keep[c] = 1;
+            cum += (double)row[c];
+            prev = key;
+        }
+        return;
+    }
+    double total = 0;
+    for (int64_t c = 0; c < C; c++)
+        total += (double)rc_score(a, row, r, c);
+    // position t holds the (t - 1)-th candidate; cum_t adds y[r] at t = 2 and
+    // from t = 3 the candidate of position t - 2 (two steps back)
+    double req = total * a.tau, cum = 0, back1 = 0, back2 = 0;
+    keep[0 < req ? r : 0] = 1;
+    for (int64_t t = 1; t < C; t++) {
+        int64_t c = rc_next(a, row, r, lim, prev, &key);
+        prev = key;
+        if (t >= 2)
+            cum += t == 2 ? (double)row[r] : back2;
+        keep[cum < req ? c : 0] = 1;
+        back2 = back1;
+        back1 = (double)rc_score(a, row, r, c);
+    }
+    for (int64_t c = r + 1; c < C; c++)
+        keep[c] = 0;
+    keep[r] = 1;
+}
+
+sl_status run_row_cover(const sl__kargs *a)
+{
+    const sl_tensor *x = &a->in[0];
+    int64_t C = x->shape[x->ndim - 1], R = x->ndim == 3 ? x->shape[1] : 1, rows = x->shape[0] * R;
+    if (C > 0xfffffffeLL)
+        return sl__cuda_unsupported(a, "rows of more than 2^32 - 2 blocks");
+    if (rows == 0 || C == 0)
+        return SL_OK;
+    int64_t grid = (rows + kThreads - 1) / kThreads;
+    if (!grid_ok(grid))
+        return sl__cuda_unsupported(a, "more than 2^31 - 1 blocks of rows");
+    const sl_select_row_cover_params *p = static_cast<const sl_select_row_cover_params *>(a->params);
+    sl__cuda_stage st(a);
+    if (sl_status s = sl__cuda_stage_in(&st); s != SL_OK)
+        return s;
+    row_cover_args ra = {};
+    ra.x = static_cast<const float *>(st.in[0]);
+    ra.keep = static_cast<uint8_t *>(st.out[0]);
+    ra.rows = rows;
+    ra.R = R;
+    ra.C = C;
+    ra.tau = p->tau;
+    ra.mode = (int)p->mode;
+    SL_LAUNCH(row_cover_kernel, (int)grid, kThreads, 0, 0)(ra);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
 }  // namespace
 
+sl_status sl__cuda_select_row_cover(const sl__kargs *a) { return run_row_cover(a); }
 sl_status sl__cuda_select_topk(const sl__kargs *a) { return run_select(a); }
 sl_status sl__cuda_select_topp(const sl__kargs *a) { return run_select(a); }
 sl_status sl__cuda_select_threshold(const sl__kargs *a) { return run_select(a); }

@@ -179,3 +179,81 @@ sl_status sl__ref_select_cover(const sl__kargs *a)
             keep[f] = keep[f] || ((const uint8_t *)a->in[2].data)[f];
     return SL_OK;
 }
+
+/* select.row_cover (issue 20, session 4b): per row, the candidate blocks'
+ * places in the order counted by a double loop (a block precedes another
+ * when its score is larger, or equal with a lower index), then the rule of
+ * the contract walked over the places. */
+sl_status sl__ref_select_row_cover(const sl__kargs *a)
+{
+    const sl_select_row_cover_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t R, C;
+    row_dims(x, &R, &C);
+    int64_t H = x->shape[0], *order = a->scratch;
+    double *y = (double *)(order + C + 1);
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t r = 0; r < R; r++) {
+            const float *row = (const float *)x->data + (h * R + r) * C;
+            uint8_t *keep = (uint8_t *)a->out[0].data + (h * R + r) * C;
+            for (int64_t c = 0; c < C; c++)
+                keep[c] = 0;
+            int64_t lim = r + (C - R) < C - 1 ? r + (C - R) : C - 1;
+            if (lim < 0)
+                continue;
+            if (p->mode == 0) {
+                if (p->tau >= 1) {
+                    for (int64_t c = 0; c <= lim; c++)
+                        keep[c] = 1;
+                    continue;
+                }
+                double total = 0;
+                for (int64_t c = 0; c <= lim; c++)
+                    total += (double)row[c];
+                keep[0] = keep[lim] = 1;
+                double cum = (double)row[0] + (lim > 0 ? (double)row[lim] : 0.0);
+                /* candidates 1 .. lim - 1: order[place] = block */
+                for (int64_t c = 1; c < lim; c++) {
+                    int64_t place = 0;
+                    for (int64_t g = 1; g < lim; g++)
+                        place += (double)row[g] > (double)row[c] || ((double)row[g] == (double)row[c] && g < c);
+                    order[place] = c;
+                }
+                for (int64_t t = 0; t < lim - 1; t++) {
+                    if (!(cum < p->tau * total))
+                        break;
+                    keep[order[t]] = 1;
+                    cum += (double)row[order[t]];
+                }
+            } else {
+                double total = 0;
+                for (int64_t c = 0; c < C; c++) {
+                    y[c] = c <= r ? (double)row[c] : 0.0;
+                    total += y[c];
+                }
+                double req = total * p->tau;
+                /* position 0 holds r, positions 1 .. C - 1 the other blocks in the order */
+                order[0] = r;
+                for (int64_t c = 0; c < C; c++) {
+                    if (c == r)
+                        continue;
+                    int64_t place = 1;
+                    for (int64_t g = 0; g < C; g++)
+                        if (g != r)
+                            place += y[g] > y[c] || (y[g] == y[c] && g < c);
+                    order[place] = c;
+                }
+                double cum = 0;
+                for (int64_t t = 0; t < C; t++) {
+                    /* the running sum before position t of [0, y[r], y[order[1]], y[order[2]], ...] */
+                    if (t >= 2)
+                        cum += t == 2 ? y[r] : y[order[t - 2]];
+                    keep[cum < req ? order[t] : 0] = 1;
+                }
+                for (int64_t c = r + 1; c < C; c++)
+                    keep[c] = 0;
+                keep[r] = 1;
+            }
+        }
+    return SL_OK;
+}

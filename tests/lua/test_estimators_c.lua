@@ -180,4 +180,39 @@ test("estimators in C: vertical_slash's forced lines set in the keep give the Lu
   end
 end)
 
+
+-- issue 20, session 4b (branch s4-est2)
+test("estimators in C: xattention's per-row selection (select.row_cover) equals the Lua rows, card rule and reference",
+  function()
+  local m = sl.methods.get("xattention")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 11, p = {block = 16, stride = 4}},
+    {n = 1000, hq = 2, hkv = 1, seed = 12, p = {block = 32, stride = 8}},
+    {n = 777, hq = 3, hkv = 3, seed = 13, p = {block = 16, stride = 8, norm = 2}},
+    {n = 600, hq = 4, hkv = 2, seed = 14, p = {block = 8, stride = 4, thresholds = {0.5, 0.9, 1.2, 0.97}}},
+  }
+  local kept = {}
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    for _, ref in ipairs({false, true}) do
+      for _, tau in ipairs({0, 0.3, 0.9, 0.95, 1, 1.5}) do
+        local pp = {}
+        for key, val in pairs(c.p) do pp[key] = val end
+        pp.threshold, pp.reference = tau, ref
+        local p = sl.registry.resolve(m, pp)
+        local ec = m.estimate(prob, p)
+        local el = m.estimate(prob, p, {lua_rows = true})
+        local what = string.format("case %d reference %s τ %g", ci, tostring(ref), tau)
+        same_mask(ec.mask, el.mask, what)
+        eq(ec.mask:density(), el.mask:density(), what .. ": density")
+        kept[#kept + 1] = ec.mask:density()
+        ec.mask:close(); el.mask:close(); ec.scores:close(); el.scores:close()
+      end
+    end
+  end
+  -- the cases select different amounts (not all dense, not all minimal)
+  table.sort(kept)
+  truthy(kept[1] < kept[#kept], "densities differ across τ")
+end)
+
 H.done()

@@ -5,7 +5,8 @@
 --        softmax of q̃ k̃ᵀ / (sqrt(d)·S·norm) over the visible super-tokens
 --        (score.antidiag, one C op: ref, cpu, cuda);
 --   3. block scores A[r, c] = Σ W over the (B/S × B/S) super-token tile;
---   4. per query block row (find_blocks_chunked): key block 0 and the
+--   4. per query block row (find_blocks_chunked; select.row_cover, one C
+--        op: ref, cpu, cuda): key block 0 and the
 --      diagonal block always; the other visible blocks by A descending
 --      (ties: lower index first), added while the cumulative sum (forced
 --      mass first) is below τ · row mass, the crossing block included;
@@ -108,7 +109,10 @@ local function select_rows_reference(A, tau, nqb, nkb)
   return keep
 end
 
-local function estimate(prob, p)
+-- opts.lua_rows: the per-row selection in Lua (select_rows / select_rows_reference above, the path before
+-- select.row_cover; tests/lua/test_estimators_c.lua compares both)
+local function estimate(prob, p, opts)
+  local lua_rows = opts and opts.lua_rows
   local n = D.check_prefill(ID, prob)
   local hq = prob.q:shape()[1]
   if p.block % p.stride ~= 0 then sl.fail("%s: block %d is not a multiple of stride %d", ID, p.block, p.stride) end
@@ -125,18 +129,40 @@ local function estimate(prob, p)
     sl.fail("%s: thresholds must list one τ per query head (%d), found %s", ID, hq,
       type(taus) == "table" and tostring(#taus) or type(taus))
   end
-  local keep = {}
   if p.reference and nqb ~= nkb then sl.fail("%s: reference = true is the single-chunk prefill (n_q = n_k)", ID) end
-  for h = 1, hq do
-    local rows = A:narrow(1, h, 1):totable()[1]
-    if p.reference then
-      keep[h] = select_rows_reference(rows, taus and taus[h] or p.threshold, nqb, nkb)
+  local keep_t
+  if lua_rows then
+    local keep = {}
+    for h = 1, hq do
+      local rows = A:narrow(1, h, 1):totable()[1]
+      if p.reference then
+        keep[h] = select_rows_reference(rows, taus and taus[h] or p.threshold, nqb, nkb)
+      else
+        keep[h] = select_rows(rows, taus and taus[h] or p.threshold, nqb, nkb, last_vis)
+      end
+    end
+    keep_t = sl.tensor(keep, "u8")
+  else
+    -- the same rules in C (select.row_cover, issue 20 session 4b: the Lua rows were 88 of 562 ms CPU at 64K);
+    -- its visible extent r + (C - R) equals last_vis here (n_q = n_k, so nqb = nkb). τ is a float64 param:
+    -- per-head τ runs one call per head (an f64 tensor input would be rounded to f32)
+    local mode = p.reference and 1 or 0
+    if taus then
+      -- (the heads' keeps joined through a Lua table: sl.cat takes f32 only and u8 does not convert; this
+      -- option alone pays the nb² table)
+      local keep = {}
+      for h = 1, hq do
+        local kh = sl.select.row_cover(A:narrow(1, h, 1), {tau = taus[h], mode = mode, backend = prob.backend})
+        keep[h] = kh:totable()[1]
+        kh:close()
+      end
+      keep_t = sl.tensor(keep, "u8")
     else
-      keep[h] = select_rows(rows, taus and taus[h] or p.threshold, nqb, nkb, last_vis)
+      keep_t = sl.select.row_cover(A, {tau = p.threshold, mode = mode, backend = prob.backend})
     end
   end
   flops = flops + A:numel() * math.log(math.max(nkb, 2), 2)
-  local m = sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = true})
+  local m = sl.mask.from_blocks(keep_t, {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = true})
   return {mask = m, flops = flops, scores = A}
 end
 
@@ -160,7 +186,7 @@ return {
     reference = {default = false, doc = "true: the selection of mit-han-lab/x-attention's find_blocks_chunked " ..
       "(single-chunk prefill) instead of the card's rule; see the header"},
   },
-  ops = {"score.antidiag", "attn.block_sparse"},
+  ops = {"score.antidiag", "select.row_cover", "attn.block_sparse"},
   checks = {"τ >= 1 equals dense", "antidiagonal identity (C suite)", "block 0 and diagonal in every row",
     "selected estimated mass >= τ · row mass", "monotone in τ", "independent float64 estimate on a tiny input"},
   mask = function(prob, p) return estimate(prob, p).mask end,
