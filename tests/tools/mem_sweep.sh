@@ -78,6 +78,10 @@ workload() {  # method, n
         echo "synthetic,n=$2,$(rest_for "$1")"
     fi
 }
+# TIMEOUT=S: each point's eval is stopped after S seconds (a failure that
+# names the point; the points before it are printed).
+limit=""
+[ -n "${TIMEOUT:-}" ] && limit="timeout -k 10 $TIMEOUT"
 ratio=${RATIO:-1.3}
 slack=${SLACK_KB:-8192}
 fail=0
@@ -93,9 +97,15 @@ for m in $(echo "$methods" | tr ',' ' '); do
     for n in $(ns_for "$m"); do
         err=$(mktemp)
         # shellcheck disable=SC2046
-        if ! /usr/bin/time -f '%M %e' "$build/sparselab" eval "$m" --workload "$(workload "$m" "$n")" $(extra "$m") \
-            >/dev/null 2>"$err"; then
-            echo "$m n=$n: eval failed: $(tail -2 "$err" | head -1)"
+        /usr/bin/time -f '%M %e' $limit "$build/sparselab" eval "$m" --workload "$(workload "$m" "$n")" $(extra "$m") \
+            >/dev/null 2>"$err"
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+                echo "$line n=$n: timed out (${TIMEOUT}s)"
+            else
+                echo "$line n=$n: eval failed: $(grep -v 'Command exited' "$err" | tail -2 | head -1)"
+            fi
             fail=1
             rm -f "$err"
             continue 2
