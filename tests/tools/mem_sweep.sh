@@ -8,6 +8,9 @@
 # `make test` runs: small compute, the same mask sizes), every method of
 # `sparselab methods`. The bench form is
 #   tests/tools/mem_sweep.sh build 4096,8192,16384,32768 heads=8,kv_heads=2
+# (make bench-mem; BENCH_MEM_REST=heads=1,kv_heads=1,d=16 is the form that
+# finishes on 2 shared cores), where the methods of BENCH_SLOW run one head
+# at d = 16 with their card's reason printed.
 # Per method it prints n and peak RSS (KiB) and fails when the growth from
 # the second point to the last is more than RATIO (1.3) times the linear
 # extrapolation of the growth between the first two, plus SLACK_KB (8 MiB):
@@ -33,28 +36,53 @@ card() { echo "$cards" | grep "\"id\":\"$1\",\"kind\":\"method\""; }
 # or failed by 0.1 MiB), at 4K/8K/16K it shows (21.9 / 46.3 / 141.1 MiB).
 known=${KNOWN-sparsifiner,pq_code_match}
 # Sequence lengths of a method too slow for the default list (the reason is
-# printed); the growth check still applies to them.
+# printed); the growth check still applies to them. The quick form (no N
+# list given) shortens the lists of methods whose run time is quadratic;
+# the bench form (a list given) runs every method at that list except
+# sparsifiner, whose N x N predictor the card makes quadratic in memory too.
+quick=1
+[ -n "${2:-}" ] && quick=0
 ns_for() {
     case $1 in
     sparsifiner) echo "256 512 1536" ;;
-    pq_code_match) echo "4096 8192 16384" ;;
-    localist_llm | dma | asr_sparse_monotonic) echo "1024 2048 4096" ;;
+    pq_code_match) if [ $quick = 1 ]; then echo "4096 8192 16384"; else echo "$ns"; fi ;;
+    localist_llm | dma | asr_sparse_monotonic) if [ $quick = 1 ]; then echo "1024 2048 4096"; else echo "$ns"; fi ;;
     *) echo "$ns" ;;
     esac
 }
 ns_why() {
     case $1 in
     sparsifiner) echo " (n = 256, 512, 1536: its N x N predictor in Lua takes minutes at 8192)" ;;
-    pq_code_match) echo " (n = 4096..16384: its n²/8 kept pairs, by the card, show past the constant terms)" ;;
+    pq_code_match) [ $quick = 1 ] && echo " (n = 4096..16384: its n²/8 kept pairs, by the card, show past the constant terms)" ;;
     # 17, 6.3, 5.2, 3.1 s at n = 8192: the quick form must stay near 60 s in all
-    localist_llm | dma | asr_sparse_monotonic) echo " (n = 1024..4096: 3-17 s at 8192)" ;;
+    localist_llm | dma | asr_sparse_monotonic) [ $quick = 1 ] && echo " (n = 1024..4096: 3-17 s at 8192)" ;;
     esac
 }
+# The bench form's workload for methods whose time is quadratic in n by
+# their card (dense-cost scores: each visible pair is scored), so that
+# 4K..32K finishes on a small machine: one head, d = 16 (memory in n is what
+# is checked; the reason is printed). BENCH_SLOW= (empty) runs them as the rest.
+slow=${BENCH_SLOW-entmax,tra,dma,asr_sparse_monotonic,localist_llm}
+slow_why() {
+    case $1 in
+    entmax) echo "card entmax: 'Cost: sort O(n log n) per row' over every visible score" ;;
+    tra) echo "card tra: 'Cost: dense QKᵀ + a reverse cumsum per row (O(n²))'" ;;
+    dma) echo "card dma step 2: each query row takes the top-w of the key bias over its whole causal prefix (O(n) per row)" ;;
+    asr_sparse_monotonic) echo "card asr_sparse_monotonic: α-entmax over every visible score (the entmax card)" ;;
+    localist_llm) echo "card localist_llm: the dial acts on the exact attention weights (a float64 Lua row loop, O(n²·d))" ;;
+    esac
+}
+is_slow() { [ $quick = 0 ] && case ",$slow," in *",$1,"*) return 0 ;; esac; return 1; }
 # Parameters a method needs on a synthetic workload.
 extra() { case $1 in blindsight) echo "--param images={{16,1024}}" ;; esac; }
 # Workload options other than n for a method, when the default does not fit
 # (sqa's default ratio 2 divides the query heads of a KV group).
-rest_for() { case $1 in sqa) echo "heads=2,kv_heads=1,d=16" ;; *) echo "$rest" ;; esac; }
+rest_for() {
+    case $1 in
+    sqa) echo "heads=2,kv_heads=1,d=16" ;;
+    *) if is_slow "$1"; then echo "heads=1,kv_heads=1,d=16"; else echo "$rest"; fi ;;
+    esac
+}
 # Why a method is not measured here (empty: measured), from its card line:
 # phase "model" acts on a model (its memory is the model's, not an attention
 # problem's); a required input file (recipe field requires) has no default.
@@ -93,6 +121,7 @@ for m in $(echo "$methods" | tr ',' ' '); do
     fi
     line="$m$(ns_why "$m"):"
     is_video "$m" && line="$m (video workload):"
+    is_slow "$m" && line="$m (heads=1,kv_heads=1,d=16: $(slow_why "$m")):"
     pts=""
     for n in $(ns_for "$m"); do
         err=$(mktemp)
