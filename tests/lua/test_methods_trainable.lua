@@ -99,6 +99,39 @@ test("nsa (" .. variant .. "): selection from the compressed attention passes a 
 end)
 end
 
+test("nsa: the row-block form (trainable.nsa per block of query rows, issue 19) gives the one-call outputs and blocks", function()
+  local nsa = sl.methods.get("nsa")
+  for ci, c in ipairs{{n = 200, variant = "paper", window = 16, nq = 200}, {n = 173, variant = "fla", window = 0, nq = 173},
+      {n = 230, variant = "paper", window = 24, nq = 90}} do
+    local full = synthetic(c.n, 40 + ci)
+    local prob = full
+    if c.nq < c.n then -- a prefix: the queries are the last nq rows
+      prob = sl.problem{q = full.q:narrow(2, c.n - c.nq + 1, c.nq):to("f32"), k = full.k, v = full.v}
+    end
+    local p = sl.registry.resolve(nsa, with(SMALL, {variant = c.variant, window = c.window}))
+    local ws, _, op = nsa.setup(prob, p)
+    local kc, vc = nsa.compress(prob, ws, op)
+    local gc, gs, gw = nsa.const_gates(prob, 0.3, 0.5, 0.2)
+    local o1, l1, b1, imp1 = nsa.forward(prob, op, kc, vc, gc, gs, gw)
+    truthy(imp1 ~= nil, "one call returns imp")
+    for _, rows in ipairs{1, 7, 64} do
+      local o2, l2, b2, imp2 = nsa.forward(prob, op, kc, vc, gc, gs, gw, rows)
+      eq(imp2, nil, "row blocks return no imp")
+      local x, y = o1:totable(), o2:totable()
+      local lx, ly, bx, by = l1:totable(), l2:totable(), b1:totable(), b2:totable()
+      for h = 1, #x do
+        for t = 1, c.nq do
+          near(ly[h][t], lx[h][t], 1e-5, "lse")
+          for e = 1, #x[h][t] do near(y[h][t][e], x[h][t][e], 1e-5, "o") end
+        end
+      end
+      for g = 1, #bx do for t = 1, c.nq do for j = 1, #bx[g][t] do
+        eq(by[g][t][j], bx[g][t][j], string.format("case %d rows %d: blocks of kv %d row %d", ci, rows, g, t))
+      end end end
+    end
+  end
+end)
+
 test("nsa: bad weight files give one-line errors naming the file, the tensor and the expectation", function()
   local prob = synthetic(64, 3)
   local hq, nq = 4, 64
