@@ -34,6 +34,11 @@ card() { echo "$cards" | grep "\"id\":\"$1\",\"kind\":\"method\""; }
 # (coeff 8), so select.pq_match's index lists hold n²/8 pairs per head at any
 # n (density ~0.23); at 2K/4K/8K the n² term is near the rule's edge (it passed
 # or failed by 0.1 MiB), at 4K/8K/16K it shows (21.9 / 46.3 / 141.1 MiB).
+# paroattention (bench form only; its 4K..32K points take ~1 min at 32K):
+# its card keeps a static block mask at a fixed density ("thresholding
+# block-level attention mass (threshold sets density, ~20-30%)"), chosen over
+# the block-level mass map of n²/b² blocks: 16.0 / 22.5 / 35.7 / 81.1 MiB at
+# 4K..32K (video, one head); at 2K/4K/8K the n² term is under the rule.
 known=${KNOWN-sparsifiner,pq_code_match}
 # Sequence lengths of a method too slow for the default list (the reason is
 # printed); the growth check still applies to them. The quick form (no N
@@ -42,6 +47,7 @@ known=${KNOWN-sparsifiner,pq_code_match}
 # sparsifiner, whose N x N predictor the card makes quadratic in memory too.
 quick=1
 [ -n "${2:-}" ] && quick=0
+[ $quick = 0 ] && [ -z "${KNOWN+set}" ] && known="$known,paroattention"
 ns_for() {
     case $1 in
     sparsifiner) echo "256 512 1536" ;;
