@@ -384,6 +384,25 @@ test("moba: equals an independent float64 MoBA; own block always, no future key;
   end
 end)
 
+test("moba: the row-block lists form (issue 19) keeps exactly the whole-table form's mask", function()
+  local M = sl.methods.get("moba")
+  for ci, c in ipairs{{n = 300, nq = 300, B = 16, k = 3}, {n = 257, nq = 257, B = 10, k = 4}, {n = 240, nq = 70, B = 8, k = 2},
+      {n = 64, nq = 64, B = 8, k = 20}, {n = 96, nq = 96, B = 32, k = 1}} do
+    local q = sl.randn({4, c.nq, 8}, {seed = 60 + ci})
+    local prob = sl.problem{q = q, k = sl.randn({2, c.n, 8}, {seed = 70 + ci}), v = sl.randn({2, c.n, 8}, {seed = 80 + ci})}
+    local p = sl.registry.resolve(M, {block = c.B, topk = c.k})
+    local want = M.estimate_table(prob, p):to_bits():totable()
+    for _, rows in ipairs{1, 13, 1000} do
+      local got = M.estimate(prob, p, rows):to_bits():totable()
+      local bad = 0
+      for h = 1, 4 do for i = 1, c.nq do for j = 1, c.n do
+        if got[h][i][j] ~= want[h][i][j] then bad = bad + 1 end
+      end end end
+      eq(bad, 0, string.format("case %d, %d rows per block: pairs differing", ci, rows))
+    end
+  end
+end)
+
 test("moba: the gate passes a recall check that a score-blind (first-k) gate fails", function()
   local q, k, v = sl.synthetic{n = 320, heads = 4, kv_heads = 2, d = 16, seed = 41, needles = 8, n_sink = 0}
   local prob = sl.problem{q = q, k = k, v = v}
