@@ -106,18 +106,22 @@ local function estimate(prob, p, blind)
   local hkv = prob.k:shape()[1]
   local nqb, nkb = E.blocks(prob, p.block, p.block)
   local sa, n_sa, flops = route(prob, p, blind)
-  local keep = E.zeros(hkv, nqb, nkb)
+  -- a u8 keep written in place (issue 19: an nqb x nkb Lua table per kv
+  -- head was the largest n² term; a full head's block mask still lists its
+  -- nqb·nkb/2 visible blocks, 4 bytes each)
+  local keep = sl.zeros({hkv, nqb, nkb}, "u8")
   for g = 1, hkv do
     for r = 1, nqb do
       local vis = E.visible(prob, r - 1, p.block, p.block, nkb)
       if sa[g] then
-        for c in pairs(stream_keep(prob, p, r, nkb)) do keep[g][r][c] = 1 end
+        for c in pairs(stream_keep(prob, p, r, nkb)) do keep:set(g, r, c, 1) end
       else
-        for c = 1, vis do keep[g][r][c] = 1 end
+        for c = 1, vis do keep:set(g, r, c, 1) end
       end
     end
   end
-  return E.mask_from_keep(keep, prob, p.block, p.block), {estimator_flops = flops, stats = {sa_heads = n_sa}}
+  return sl.mask.from_blocks(keep, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = p.block, bk = p.block,
+    causal = prob.causal}), {estimator_flops = flops, stats = {sa_heads = n_sa}}
 end
 
 return {
