@@ -39,6 +39,11 @@ card() { echo "$cards" | grep "\"id\":\"$1\",\"kind\":\"method\""; }
 # block-level attention mass (threshold sets density, ~20-30%)"), chosen over
 # the block-level mass map of n²/b² blocks: 16.0 / 22.5 / 35.7 / 81.1 MiB at
 # 4K..32K (video, one head); at 2K/4K/8K the n² term is under the rule.
+# sample_attention (bench form only): its card's window is a fraction of n
+# ("every query keeps the most recent r_w·n keys (window = a FRACTION of
+# n)"), so its band holds n²·r_w pairs: 14.8 / 17.7 / 25.9 / 48.5 MiB at
+# 4K..32K with one head, d = 16 (+31.6 MiB from 8K to 32K, linear allows
+# 31.1: the n² term is small against the rule's slack below 32K).
 known=${KNOWN-sparsifiner,pq_code_match}
 # Sequence lengths of a method too slow for the default list (the reason is
 # printed); the growth check still applies to them. The quick form (no N
@@ -47,7 +52,7 @@ known=${KNOWN-sparsifiner,pq_code_match}
 # sparsifiner, whose N x N predictor the card makes quadratic in memory too.
 quick=1
 [ -n "${2:-}" ] && quick=0
-[ $quick = 0 ] && [ -z "${KNOWN+set}" ] && known="$known,paroattention"
+[ $quick = 0 ] && [ -z "${KNOWN+set}" ] && known="$known,paroattention,sample_attention"
 ns_for() {
     case $1 in
     sparsifiner) echo "256 512 1536" ;;
