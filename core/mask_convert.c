@@ -286,22 +286,64 @@ static int causal_block(const sl__mgeom *g, int64_t r, int64_t c, uint8_t *bits)
 
 typedef struct from_blocks_job {
     const uint8_t *keep;
-    int64_t st[3];    /* head (0 when one head), query block, key block strides */
+    const int32_t *list; /* the list form (issue 19): i32 [H, n_qb, len], NULL for a u8 keep */
+    int64_t st[3];    /* head (0 when one head), query block, key block (list: entry) strides */
+    int64_t len;      /* list form: entries per row */
     int causal;
     const sl__mgeom *g;
 } from_blocks_job;
 
+static void from_blocks_emit(const from_blocks_job *J, void *scratch, int64_t r, int64_t c, sl__mb_sink *sink)
+{
+    int cls = J->causal ? causal_block(J->g, r, c, scratch) : SL__BLK_FULL;
+    if (cls != SL__BLK_EMPTY)
+        sl__mb_emit(sink, c, cls, scratch);
+}
+
 static void from_blocks_row(void *ud, void *scratch, int h, int64_t r, sl__mb_sink *sink)
 {
     const from_blocks_job *J = ud;
-    const uint8_t *row = J->keep + h * J->st[0] + r * J->st[1];
-    for (int64_t c = 0; c < J->g->n_kb; c++) {
-        if (!row[c * J->st[2]])
-            continue;
-        int cls = J->causal ? causal_block(J->g, r, c, scratch) : SL__BLK_FULL;
-        if (cls != SL__BLK_EMPTY)
-            sl__mb_emit(sink, c, cls, scratch);
+    if (J->list) {
+        const int32_t *row = J->list + h * J->st[0] + r * J->st[1];
+        for (int64_t e = 0; e < J->len && row[e * J->st[2]] >= 0; e++)
+            from_blocks_emit(J, scratch, r, row[e * J->st[2]], sink);
+        return;
     }
+    const uint8_t *row = J->keep + h * J->st[0] + r * J->st[1];
+    for (int64_t c = 0; c < J->g->n_kb; c++)
+        if (row[c * J->st[2]])
+            from_blocks_emit(J, scratch, r, c, sink);
+}
+
+/* The list form's rule: per row, key blocks ascending (no repeats) in
+ * [0, n_kb), then only -1. */
+static sl_status check_block_lists(sl_ctx *ctx, const char *fn, const sl_tensor *t, int three, int64_t n_kb)
+{
+    int64_t heads = three ? t->shape[0] : 1, rows = t->shape[three], len = t->shape[three + 1];
+    const int32_t *base = t->data;
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t r = 0; r < rows; r++) {
+            const int32_t *row = base + (three ? h * t->stride[0] : 0) + r * t->stride[three];
+            int64_t prev = -1;
+            int pad = 0;
+            for (int64_t e = 0; e < len; e++) {
+                int64_t c = row[e * t->stride[three + 1]];
+                if (pad && c != -1)
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: lists: head %lld, query block %lld: entry %lld is %lld after -1 padding, expected -1",
+                                       fn, (long long)h, (long long)r, (long long)e, (long long)c);
+                if (c == -1) {
+                    pad = 1;
+                    continue;
+                }
+                if (c < 0 || c >= n_kb || c <= prev)
+                    return sl_ctx_fail(ctx, SL_EARG,
+                                       "%s: lists: head %lld, query block %lld: entry %lld is %lld, expected ascending key blocks in (%lld, %lld) or -1",
+                                       fn, (long long)h, (long long)r, (long long)e, (long long)c, (long long)prev,
+                                       (long long)n_kb);
+                prev = c;
+            }
+        }
+    return SL_OK;
 }
 
 sl_status sl_mask_from_blocks(sl_ctx *ctx, const sl_tensor *keep, int64_t n_q, int64_t n_k, int bq, int bk, int causal,
@@ -313,21 +355,27 @@ sl_status sl_mask_from_blocks(sl_ctx *ctx, const sl_tensor *keep, int64_t n_q, i
     if (s)
         return s;
     sl__mgeom g = sl__mgeom_make(n_q, n_k, bq, bk);
-    if (!keep->buf || keep->dtype != SL_U8 || (keep->ndim != 2 && keep->ndim != 3))
-        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected u8 keep [H, %lld, %lld] or [%lld, %lld], found %s %dD", fn,
-                           (long long)g.n_qb, (long long)g.n_kb, (long long)g.n_qb, (long long)g.n_kb,
+    if (!keep->buf || (keep->dtype != SL_U8 && keep->dtype != SL_I32) || (keep->ndim != 2 && keep->ndim != 3))
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected u8 keep [H, %lld, %lld] or [%lld, %lld] (or i32 lists [H, %lld, L]), found %s %dD", fn,
+                           (long long)g.n_qb, (long long)g.n_kb, (long long)g.n_qb, (long long)g.n_kb, (long long)g.n_qb,
                            keep->buf ? sl_dtype_name(keep->dtype) : "no tensor", keep->ndim);
-    int three = keep->ndim == 3;
+    int three = keep->ndim == 3, lists = keep->dtype == SL_I32;
     int64_t heads = three ? keep->shape[0] : 1;
-    if (keep->shape[three] != g.n_qb || keep->shape[three + 1] != g.n_kb)
+    if (lists && keep->shape[three] != g.n_qb)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: lists have %lld query blocks, expected %lld for n_q = %lld in blocks of %d", fn,
+                           (long long)keep->shape[three], (long long)g.n_qb, (long long)n_q, bq);
+    if (!lists && (keep->shape[three] != g.n_qb || keep->shape[three + 1] != g.n_kb))
         return sl_ctx_fail(ctx, SL_ESHAPE,
                            "%s: keep has %lld x %lld blocks, expected %lld x %lld for n_q = %lld, n_k = %lld in blocks of %d x %d",
                            fn, (long long)keep->shape[three], (long long)keep->shape[three + 1], (long long)g.n_qb,
                            (long long)g.n_kb, (long long)n_q, (long long)n_k, bq, bk);
     if (heads < 1 || heads > 65536)
         return sl_ctx_fail(ctx, SL_ESHAPE, "%s: %lld heads, expected 1..65536", fn, (long long)heads);
-    from_blocks_job job = {keep->data, {three ? keep->stride[0] : 0, keep->stride[three], keep->stride[three + 1]},
-                           causal, &g};
+    if (lists && (s = check_block_lists(ctx, fn, keep, three, g.n_kb)))
+        return s;
+    from_blocks_job job = {lists ? NULL : keep->data, lists ? keep->data : NULL,
+                           {three ? keep->stride[0] : 0, keep->stride[three], keep->stride[three + 1]},
+                           keep->shape[three + 1], causal, &g};
     return sl__mask_build(ctx, fn, (int)heads, &g, from_blocks_row, &job, (size_t)bq * (size_t)bk, out);
 }
 
@@ -572,4 +620,60 @@ sl_status sl__mask_sorted_lists(sl_ctx *ctx, const char *fn, const char *what, c
                                 int64_t *heads, int64_t *n, int64_t **vals, int64_t **cnt, size_t *bytes)
 {
     return sorted_lists(ctx, fn, what, t, hi, heads, n, vals, cnt, bytes);
+}
+
+/* ---- keep -> block lists (issue 19: a selection's rows as lists, so that a
+ * caller holding one row block of keep at a time keeps memory linear) ---- */
+sl_status sl_mask_block_lists(sl_ctx *ctx, const sl_tensor *keep, int64_t len, sl_tensor *into, int64_t row0,
+                              sl_tensor *out)
+{
+    const char *fn = "mask block_lists";
+    if (out)
+        memset(out, 0, sizeof *out);
+    if (!keep->buf || keep->dtype != SL_U8 || keep->ndim != 3)
+        return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected u8 keep [H, R, C], found %s %dD", fn,
+                           keep->buf ? sl_dtype_name(keep->dtype) : "no tensor", keep->ndim);
+    if (len < 1 || len > INT32_MAX || keep->shape[2] > INT32_MAX)
+        return sl_ctx_fail(ctx, SL_EARG, "%s: expected 1 <= L <= %d and C <= %d, found L = %lld, C = %lld", fn,
+                           INT32_MAX, INT32_MAX, (long long)len, (long long)keep->shape[2]);
+    int64_t heads = keep->shape[0], rows = keep->shape[1];
+    sl_tensor fresh = {0}, *dst = into;
+    if (into) {
+        if (!into->buf || into->dtype != SL_I32 || into->ndim != 3 || into->shape[0] != heads ||
+            into->shape[2] != len || row0 < 0 || row0 + rows > into->shape[1])
+            return sl_ctx_fail(ctx, SL_ESHAPE,
+                               "%s: expected i32 lists [%lld, >= %lld, %lld] to write rows %lld.. into, found %s %dD", fn,
+                               (long long)heads, (long long)(row0 + rows), (long long)len, (long long)row0,
+                               into->buf ? sl_dtype_name(into->dtype) : "no tensor", into->ndim);
+    } else {
+        int64_t shape[3] = {heads, rows, len};
+        sl_status s = sl_tensor_new(ctx, SL_I32, 3, shape, &fresh);
+        if (s)
+            return s;
+        dst = &fresh;
+        row0 = 0;
+    }
+    const uint8_t *k = keep->data;
+    int32_t *o = dst->data;
+    for (int64_t h = 0; h < heads; h++)
+        for (int64_t r = 0; r < rows; r++) {
+            const uint8_t *row = k + h * keep->stride[0] + r * keep->stride[1];
+            int32_t *d = o + h * dst->stride[0] + (row0 + r) * dst->stride[1];
+            int64_t e = 0;
+            for (int64_t c = 0; c < keep->shape[2]; c++) {
+                if (!row[c * keep->stride[2]])
+                    continue;
+                if (e == len) {
+                    sl_tensor_release(&fresh);
+                    return sl_ctx_fail(ctx, SL_EARG, "%s: head %lld, row %lld keeps more than L = %lld blocks", fn,
+                                       (long long)h, (long long)r, (long long)len);
+                }
+                d[e++ * dst->stride[2]] = (int32_t)c;
+            }
+            for (; e < len; e++)
+                d[e * dst->stride[2]] = -1;
+        }
+    if (out)
+        *out = fresh;
+    return SL_OK;
 }

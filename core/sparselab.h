@@ -1597,7 +1597,15 @@ void sl_mask_index_release(sl_mask_index *idx);
  * from_blocks: keep u8 [H, n_qb, n_kb] or [n_qb, n_kb] (non-zero = kept) of
  *   the block geometry (n_q, n_k, bq, bk) -> an H-head block mask of the
  *   kept blocks, ∩ the causal rule when causal (blocks crossing the
- *   diagonal become partial with token bits).
+ *   diagonal become partial with token bits). In place of keep, i32 lists
+ *   [H, n_qb, L] or [n_qb, L]: per query block its kept key blocks
+ *   ascending in [0, n_kb), then -1 padding (issue 19: memory n_qb·L, not
+ *   n_qb·n_kb); anything else is SL_EARG.
+ * block_lists: keep u8 [H, R, C] -> i32 [H, R, L], each row's non-zero
+ *   columns ascending then -1 (the list form above); a row with more than
+ *   L is SL_EARG. With into (i32 [H, >= row0 + R, L]) the lists are written
+ *   to its rows row0 .. row0 + R - 1 (out unused, may be NULL); else a new
+ *   tensor in *out.
  * index_from_columns: cols (key positions in [0, n_k)) -> index lists per
  *   entry of rows_per_entry query rows (attn.token_sparse / vs_mixed with
  *   rows_per_entry = bq): entry e lists the columns, sorted, up to the
@@ -1616,6 +1624,8 @@ void sl_mask_index_release(sl_mask_index *idx);
  *   those keys ∩ causal (token level). A superset of the exact mask. */
 sl_status sl_mask_from_blocks(sl_ctx *ctx, const sl_tensor *keep, int64_t n_q, int64_t n_k, int bq, int bk, int causal,
                               sl_mask *out);
+sl_status sl_mask_block_lists(sl_ctx *ctx, const sl_tensor *keep, int64_t len, sl_tensor *into, int64_t row0,
+                              sl_tensor *out);
 sl_status sl_mask_index_from_columns(sl_ctx *ctx, const sl_tensor *cols, int64_t n_q, int64_t n_k,
                                      int64_t rows_per_entry, int causal, sl_mask_index *out);
 sl_status sl_mask_from_slashes(sl_ctx *ctx, const sl_tensor *offsets, int64_t n_q, int64_t n_k, int bq, int bk,

@@ -488,6 +488,27 @@ static int l_from_blocks(lua_State *L)
     return 1;
 }
 
+/* sl.mask_c.block_lists(keep_u8 [H, R, C], L [, into_i32 [H, R', L], row0 (1-based)]) -> i32 [H, R, L] (or into) */
+static int l_block_lists(lua_State *L)
+{
+    sl_lua_tensor *t = sl__lua_check_tensor(L, 1);
+    lua_Integer len = luaL_checkinteger(L, 2);
+    sl_ctx *ctx = sl__lua_ctx(L)->ctx;
+    if (!lua_isnoneornil(L, 3)) {
+        sl_lua_tensor *into = sl__lua_check_tensor(L, 3);
+        lua_Integer row = luaL_checkinteger(L, 4);
+        if (sl_mask_block_lists(ctx, &t->t, (int64_t)len, &into->t, (int64_t)row - 1, NULL))
+            return sl__lua_fail(L, ctx);
+        lua_pushvalue(L, 3);
+        return 1;
+    }
+    sl_tensor out;
+    if (sl_mask_block_lists(ctx, &t->t, (int64_t)len, NULL, 0, &out))
+        return sl__lua_fail(L, ctx);
+    sl__lua_push_tensor(L, out);
+    return 1;
+}
+
 /* sl.mask_c.from_slashes(offsets_i32, {n_q=, n_k=, bq=64, bk=64, widen=true}) */
 static int l_from_slashes(lua_State *L)
 {
@@ -718,7 +739,7 @@ void sl__lua_open_mask(lua_State *L)
                                     {NULL, NULL}};
     static const luaL_Reg lib[] = {{"pattern", l_pattern},     {"from_bits", l_from_bits}, {"from_index", l_from_index},
                                    {"assign", l_assign},       {"align", l_align},         {"drop_draw", l_drop_draw},
-                                   {"is_mask", l_is_mask},     {"from_blocks", l_from_blocks},
+                                   {"is_mask", l_is_mask},     {"from_blocks", l_from_blocks}, {"block_lists", l_block_lists},
                                    {"from_slashes", l_from_slashes}, {"index_from_columns", l_index_from_columns},
                                    {"columns_in_block", l_columns_in_block}, {"index_overlap", l_index_overlap},
                                    {NULL, NULL}};

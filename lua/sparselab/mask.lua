@@ -410,7 +410,11 @@ function M.from_index(idx, bq, bk) return sl.mask_c.from_index(idx, bq or 64, bk
 
 -- Masks from selections (select.* outputs; see sparselab.h for the rules).
 -- sl.mask.from_blocks(keep_u8 [H, n_qb, n_kb], {n_q=, n_k=, bq=64, bk=64, causal=true}) -> block mask
+-- (or i32 lists [H, n_qb, L]: each query block's kept key blocks ascending, -1 padded)
 function M.from_blocks(keep, opts) return sl.mask_c.from_blocks(keep, opts or {}) end
+-- sl.mask.block_lists(keep_u8 [H, R, C], L [, into, row]) -> i32 [H, R, L]: each row's kept columns ascending,
+-- -1 padded (with into, an i32 [H, R', L]: written to its rows row .. row + R - 1, 1-based, and returned)
+function M.block_lists(keep, len, into, row) return sl.mask_c.block_lists(keep, len, into, row) end
 -- sl.mask.index_from_columns(cols_i32 [H, c], {n_q=, n_k=, rows_per_entry=64, causal=true, strict=false})
 -- (strict: an entry lists only columns up to its FIRST row, so no row of it sees a future key)
 -- -> index lists {row_ptr=, col=, rows_per_entry=, ...} for attn.token_sparse / attn.vs_mixed

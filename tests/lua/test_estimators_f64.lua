@@ -287,6 +287,32 @@ local function topp_row(x, vis, p, total)
   return keep, margin
 end
 
+test("unisparse: the row-block estimate (issue 19: composite map per block of query blocks) keeps the one-call mask and block map",
+  function()
+  local m = sl.methods.get("unisparse")
+  for ci, c in ipairs{{n = 256, nq = 256, causal = true, o = {bq = 32, bk = 32, c_q = 8, c_k = 8, tau = 0.6}},
+      {n = 250, nq = 250, causal = true, o = {bq = 16, bk = 32, c_q = 4, c_k = 8, tau = 0.8, agg = 1}},
+      {n = 240, nq = 96, causal = true, o = {bq = 32, bk = 16, c_q = 8, c_k = 4, tau = 0.7}},
+      {n = 192, nq = 192, causal = false, o = {bq = 32, bk = 32, c_q = 8, c_k = 8, tau = 0.5}}} do
+    local q, k, v = sl.synthetic{heads = 4, kv_heads = 2, n = c.n, d = 16, seed = 90 + ci}
+    if c.nq < c.n then q = q:narrow(2, c.n - c.nq + 1, c.nq):to("f32") end
+    local prob = sl.problem{q = q, k = k, v = v, causal = c.causal}
+    local p = sl.registry.resolve(m, c.o)
+    local m1, d1 = m.intermediates(prob, p, 1 << 30)
+    local b1 = m1:to_bits():totable()
+    for _, per in ipairs{1, 3} do
+      local m2, d2 = m.intermediates(prob, p, per)
+      local b2 = m2:to_bits():totable()
+      local bad = 0
+      for h = 1, 4 do for i = 1, c.nq do for j = 1, c.n do if b1[h][i][j] ~= b2[h][i][j] then bad = bad + 1 end end end end
+      eq(bad, 0, string.format("case %d, %d query blocks per call: pairs differing", ci, per))
+      for h = 1, 4 do for r = 1, #d1.blocks[h] do for cb = 1, #d1.blocks[h][r] do
+        near(d2.blocks[h][r][cb], d1.blocks[h][r][cb], 1e-6, string.format("case %d block map (%d, %d, %d)", ci, h, r, cb))
+      end end end
+    end
+  end
+end)
+
 test("unisparse: composite-token softmax aggregated per block, and the top-p rows, equal a float64 re-computation",
   function()
   local n, S, c, hq, hkv, d = 192, 32, 8, 4, 2, 16

@@ -126,6 +126,48 @@ test("hip_attention: the C tree (select.hip_tree) keeps what the Lua tree keeps 
   truthy(e2 / e1 < 3 and e2 / e1 > 1.8, string.format("evaluations %d -> %d when n doubles", e1, e2))
 end)
 
+test("hip_attention: the row-block tree (select.hip_tree per block of query blocks, block lists) executes the whole-keep selection; its lists stay O(n)", function()
+  local m = sl.methods.get("hip_attention")
+  local function bits(mask) return mask:to_bits():totable() end
+  -- shapes: ragged n, a prefix (n_q < n_k), qstride 2, no window, a budget above n
+  local cases = {
+    {n = 300, o = {bq = 16, bk = 4, window = 16}, budget = 24},
+    {n = 257, o = {bq = 8, bk = 2, window = 0, qstride = 2}, budget = 10},
+    {n = 200, nq = 72, o = {bq = 16, bk = 8, window = 24}, budget = 32},
+    {n = 130, o = {bq = 16, bk = 4, window = 8}, budget = 512},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c.n, 16, 1710 + ci)
+    if c.nq then
+      prob = sl.problem{q = prob.q:narrow(2, c.n - c.nq + 1, c.nq):to("f32"), k = prob.k, v = prob.v}
+    end
+    local p = sl.registry.resolve(m, c.o, c.budget)
+    local whole, wi = m.estimate(prob, p, false, 0)
+    local want = bits(whole)
+    for _, chunk in ipairs{1, 3, 1000} do
+      local got, gi = m.estimate(prob, p, false, chunk)
+      local b = bits(got)
+      for h = 1, HQ do
+        for i = 1, #want[h] do
+          for j = 1, #want[h][i] do
+            if b[h][i][j] ~= want[h][i][j] then
+              error(string.format("case %d chunk %d: head %d row %d key %d differs", ci, chunk, h, i, j))
+            end
+          end
+        end
+      end
+      eq(gi.stats.tree_evaluations, wi.stats.tree_evaluations, "same tree evaluations")
+      eq(gi.estimator_flops, wi.estimator_flops, "same estimator flops")
+    end
+    -- the default (chunks of ~4 MiB of keep) too
+    local def = bits((m.estimate(prob, p)))
+    eq(#def, HQ, "heads")
+    for h = 1, HQ do for i = 1, #want[h] do for j = 1, #want[h][i] do
+      if def[h][i][j] ~= want[h][i][j] then error(string.format("case %d default: (%d, %d, %d) differs", ci, h, i, j)) end
+    end end end
+  end
+end)
+
 test("hip_attention: rep = minmax (the draft's grouped min/max representative) keeps what a float64 min/max tree keeps; dense at budget; a score-blind tree loses recall", function()
   local n, d, bq, bk, win = 192, 16, 16, 4, 16
   local prob = problem(n, d, 1706)

@@ -99,6 +99,39 @@ test("nsa (" .. variant .. "): selection from the compressed attention passes a 
 end)
 end
 
+test("nsa: the row-block form (trainable.nsa per block of query rows, issue 19) gives the one-call outputs and blocks", function()
+  local nsa = sl.methods.get("nsa")
+  for ci, c in ipairs{{n = 200, variant = "paper", window = 16, nq = 200}, {n = 173, variant = "fla", window = 0, nq = 173},
+      {n = 230, variant = "paper", window = 24, nq = 90}} do
+    local full = synthetic(c.n, 40 + ci)
+    local prob = full
+    if c.nq < c.n then -- a prefix: the queries are the last nq rows
+      prob = sl.problem{q = full.q:narrow(2, c.n - c.nq + 1, c.nq):to("f32"), k = full.k, v = full.v}
+    end
+    local p = sl.registry.resolve(nsa, with(SMALL, {variant = c.variant, window = c.window}))
+    local ws, _, op = nsa.setup(prob, p)
+    local kc, vc = nsa.compress(prob, ws, op)
+    local gc, gs, gw = nsa.const_gates(prob, 0.3, 0.5, 0.2)
+    local o1, l1, b1, imp1 = nsa.forward(prob, op, kc, vc, gc, gs, gw)
+    truthy(imp1 ~= nil, "one call returns imp")
+    for _, rows in ipairs{1, 7, 64} do
+      local o2, l2, b2, imp2 = nsa.forward(prob, op, kc, vc, gc, gs, gw, rows)
+      eq(imp2, nil, "row blocks return no imp")
+      local x, y = o1:totable(), o2:totable()
+      local lx, ly, bx, by = l1:totable(), l2:totable(), b1:totable(), b2:totable()
+      for h = 1, #x do
+        for t = 1, c.nq do
+          near(ly[h][t], lx[h][t], 1e-5, "lse")
+          for e = 1, #x[h][t] do near(y[h][t][e], x[h][t][e], 1e-5, "o") end
+        end
+      end
+      for g = 1, #bx do for t = 1, c.nq do for j = 1, #bx[g][t] do
+        eq(by[g][t][j], bx[g][t][j], string.format("case %d rows %d: blocks of kv %d row %d", ci, rows, g, t))
+      end end end
+    end
+  end
+end)
+
 test("nsa: bad weight files give one-line errors naming the file, the tensor and the expectation", function()
   local prob = synthetic(64, 3)
   local hq, nq = 4, 64
@@ -350,6 +383,25 @@ test("moba: equals an independent float64 MoBA; own block always, no future key;
     end
     local all = sl.eval("moba", prob, {params = {block = c.B, topk = (c.n + c.B - 1) // c.B}})
     truthy(all.metrics.rel_l2 < 1e-5, "topk = all blocks equals dense: rel_l2 " .. all.metrics.rel_l2)
+  end
+end)
+
+test("moba: the row-block lists form (issue 19) keeps exactly the whole-table form's mask", function()
+  local M = sl.methods.get("moba")
+  for ci, c in ipairs{{n = 300, nq = 300, B = 16, k = 3}, {n = 257, nq = 257, B = 10, k = 4}, {n = 240, nq = 70, B = 8, k = 2},
+      {n = 64, nq = 64, B = 8, k = 20}, {n = 96, nq = 96, B = 32, k = 1}} do
+    local q = sl.randn({4, c.nq, 8}, {seed = 60 + ci})
+    local prob = sl.problem{q = q, k = sl.randn({2, c.n, 8}, {seed = 70 + ci}), v = sl.randn({2, c.n, 8}, {seed = 80 + ci})}
+    local p = sl.registry.resolve(M, {block = c.B, topk = c.k})
+    local want = M.estimate_table(prob, p):to_bits():totable()
+    for _, rows in ipairs{1, 13, 1000} do
+      local got = M.estimate(prob, p, rows):to_bits():totable()
+      local bad = 0
+      for h = 1, 4 do for i = 1, c.nq do for j = 1, c.n do
+        if got[h][i][j] ~= want[h][i][j] then bad = bad + 1 end
+      end end end
+      eq(bad, 0, string.format("case %d, %d rows per block: pairs differing", ci, rows))
+    end
   end
 end)
 

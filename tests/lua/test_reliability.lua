@@ -63,4 +63,53 @@ test("vertical_slash and loopserve: the executed mask is the line lists, density
   end
 end)
 
+test("block lists: from_blocks over i32 lists equals from_blocks over the u8 keep; block_lists reads a keep; bad lists refused", function()
+  -- a seeded keep (about a third of the blocks), heads 3, ragged geometry
+  local hq, n_q, n_k, bq, bk = 3, 150, 170, 16, 8
+  local R, C = (n_q + bq - 1) // bq, (n_k + bk - 1) // bk
+  local u = sl.rand({hq, R, C}, {seed = 19}):totable()
+  local keep, lists, L = {}, {}, 0
+  for h = 1, hq do
+    keep[h], lists[h] = {}, {}
+    for r = 1, R do
+      keep[h][r], lists[h][r] = {}, {}
+      for c = 1, C do
+        keep[h][r][c] = u[h][r][c] < 0.35 and 1 or 0
+        if keep[h][r][c] == 1 then lists[h][r][#lists[h][r] + 1] = c - 1 end
+      end
+      L = math.max(L, #lists[h][r])
+    end
+  end
+  L = L + 2 -- padding on every row
+  for h = 1, hq do for r = 1, R do for e = #lists[h][r] + 1, L do lists[h][r][e] = -1 end end end
+  local kt, lt = sl.tensor(keep, "u8"), sl.tensor(lists, "i32")
+  -- block_lists written here from the keep's definition, not from the code
+  local got = sl.mask.block_lists(kt, L):totable()
+  for h = 1, hq do for r = 1, R do for e = 1, L do eq(got[h][r][e], lists[h][r][e], "block_lists entry") end end end
+  -- into rows 3.. of a larger tensor, the rest untouched
+  local into = sl.zeros({hq, R + 4, L}, "i32")
+  sl.mask.block_lists(kt, L, into, 3)
+  local it = into:totable()
+  eq(it[1][1][1], 0, "row before untouched"); eq(it[hq][R + 3][1], 0, "row after untouched")
+  for h = 1, hq do for r = 1, R do for e = 1, L do eq(it[h][r + 2][e], lists[h][r][e], "into entry") end end end
+  for _, causal in ipairs{true, false} do
+    local o = {n_q = n_q, n_k = n_k, bq = bq, bk = bk, causal = causal}
+    local a, b = sl.mask.from_blocks(kt, o), sl.mask.from_blocks(lt, o)
+    local x, y = a:to_bits():totable(), b:to_bits():totable()
+    local bad = 0
+    for h = 1, hq do for i = 1, n_q do for j = 1, n_k do if x[h][i][j] ~= y[h][i][j] then bad = bad + 1 end end end end
+    eq(bad, 0, "pairs differing (causal " .. tostring(causal) .. ")")
+    H.near(a:density(causal), b:density(causal), 0, "density")
+  end
+  local o = {n_q = n_q, n_k = n_k, bq = bq, bk = bk}
+  H.raises(function() sl.mask.from_blocks(sl.tensor({{{2, 1, -1}}}, "i32"), {n_q = 16, n_k = 32, bq = 16, bk = 8}) end,
+    "ascending", "unsorted list")
+  H.raises(function() sl.mask.from_blocks(sl.tensor({{{0, -1, 1}}}, "i32"), {n_q = 16, n_k = 32, bq = 16, bk = 8}) end,
+    "after -1 padding", "entry after padding")
+  H.raises(function() sl.mask.from_blocks(sl.tensor({{{0, 4}}}, "i32"), {n_q = 16, n_k = 32, bq = 16, bk = 8}) end,
+    "ascending key blocks in", "block past n_kb")
+  H.raises(function() sl.mask.from_blocks(sl.zeros({hq, R - 1, L}, "i32"), o) end, "query blocks", "wrong row count")
+  H.raises(function() sl.mask.block_lists(kt, 1) end, "keeps more than L", "L too small")
+end)
+
 H.done()

@@ -48,6 +48,14 @@
 --   scores it made. The old emulation (score.lowbit's dense tile-max map,
 --   then the tree in Lua) stays as estimator = "lowbit", for comparison only:
 --   both keep the same blocks (tested).
+--   Memory (issue 19, session 4): the tree runs on row blocks of query
+--   blocks (about 4 MiB of keep each) and each block's keep becomes i32
+--   lists of at most K_b + (bq + window)/bk + 2 blocks per query block
+--   (sl.mask.block_lists), which sl.mask.from_blocks reads: O(n) memory,
+--   not the whole u8 keep [Hq, n/bq, n/bk] (n²/256 bytes per head at the
+--   defaults). The same mask (tested against the one-call form). The
+--   comparison paths (estimator = "lowbit", rep = "minmax", score-blind)
+--   still hold a dense block map in Lua: options, not the default.
 -- Reference, read this session: DeepAuto-AI/hip-attention
 --   src/hip_attn/v1_1/attention2_draft.py, masking_iteration_draft_numba_kernel.
 --   Matched: groups start at int(BSRC/K_b · i); a group splits with the left
@@ -187,17 +195,48 @@ end
 -- nodes are scored, ~ (2·log2(T/K_b) + 1)·K_b block scores per query block.
 -- blind = true: the score-blind variant (tree ordered by position, no
 -- scores), through the Lua tree.
-local function estimate(prob, p, blind)
+-- chunk (tests only): query blocks per select.hip_tree call; 0: one call
+-- over the whole problem with the whole keep (the pre-issue-19 form).
+local KEEP_BYTES = 1 << 22
+local function estimate(prob, p, blind, chunk)
   check_rep(p)
   if blind or p.estimator == "lowbit" or p.rep == "minmax" then return estimate_lowbit(prob, p, blind) end
   if p.estimator ~= "tree" then sl.fail("hip_attention: estimator must be 'tree' or 'lowbit'; found '%s'", tostring(p.estimator)) end
   local Kb = math.max(1, (p.budget + p.bk - 1) // p.bk)
   local args = {bq = p.bq, bk = p.bk, kb = Kb, window = p.window, causal = prob.causal and 1 or 0,
     qstride = p.qstride, backend = prob.backend}
-  local keep, evals = sl.select.hip_tree(prob.q, prob.k, args)
-  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
-  local m = sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = p.bq, bk = p.bk, causal = prob.causal})
-  local ev = math.floor(evals:stats()) -- the sum of the per-block counts
+  local hq, nq, nk = prob.q:shape()[1], prob.q:shape()[2], prob.k:shape()[2]
+  local R, C = (nq + p.bq - 1) // p.bq, (nk + p.bk - 1) // p.bk
+  local ev, m = 0, nil
+  if chunk == 0 then -- the whole keep [Hq, R, C] in one call (tests: the form the chunks must equal)
+    local keep, evals = sl.select.hip_tree(prob.q, prob.k, args)
+    m = sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = p.bq, bk = p.bk, causal = prob.causal})
+    ev = math.floor(evals:stats()) -- the sum of the per-block counts
+  else
+    -- Linear memory (issue 19): the keep of a whole problem is n²/(bq·bk)
+    -- bytes per head, so the tree runs on row blocks of query blocks (about
+    -- KEEP_BYTES of keep each, or `chunk` query blocks) and each block's keep
+    -- becomes lists of at most L blocks per query block (K_b tree blocks plus
+    -- the window's): q rows [r0·bq, r1·bq) against keys 0 .. the block's
+    -- last visible key, the same causal offset (n_k - n_q + r0·bq) and so the
+    -- same tree; a non-causal problem reads every key.
+    local L = math.min(C, Kb + (p.bq + p.window) // p.bk + 2)
+    local per = chunk or math.max(1, KEEP_BYTES // math.max(1, hq * C))
+    local lists = sl.zeros({hq, R, L}, "i32")
+    for r0 = 0, R - 1, per do
+      local r1 = math.min(R, r0 + per)
+      local i0, i1 = r0 * p.bq, math.min(nq, r1 * p.bq)
+      local q, k = prob.q, prob.k
+      if r0 > 0 or r1 < R then
+        q = prob.q:narrow(2, i0 + 1, i1 - i0)
+        if prob.causal then k = prob.k:narrow(2, 1, math.min(nk, i1 + nk - nq)) end
+      end
+      local keep, evals = sl.select.hip_tree(q, k, args)
+      sl.mask.block_lists(keep, L, lists, r0 + 1)
+      ev = ev + math.floor(evals:stats())
+    end
+    m = sl.mask.from_blocks(lists, {n_q = nq, n_k = nk, bq = p.bq, bk = p.bk, causal = prob.causal})
+  end
   local rows = (p.bq + p.qstride - 1) // p.qstride
   return m, {estimator_flops = ev * rows * p.bk * 2 * prob.q:shape()[3], stats = {tree_evaluations = ev}}
 end

@@ -19,7 +19,8 @@
 --      inside the selected frames, the top round((1 - s)·nb_hist) blocks;
 --      (c) always kept: the current chunk's own tokens and the first frame
 --      (the card: "sink / first frame likely");
---   3. one block-sparse pass with the union mask; s = 0 keeps everything.
+--   3. one block-sparse pass with the union mask; s = 0 (or no cached frame)
+--      keeps everything and runs as attn.dense (no all-blocks mask: issue 19).
 -- Reference read (issue 20; the card predates it: "README only"): the code
 --   of chengtao-lv/LightForcing at commit 06125f22 (since removed from the
 --   repository's head; read from the stored copy) — wan/modules/
@@ -93,11 +94,14 @@ local function run(prob, p)
   local keeps = {}
   local s = p.sparsity
   if hist == 0 or s <= 0 then
-    for h = 1, H do
-      local keep = {}
-      for I = 1, nqb do local r = {} for J = 1, nkb do r[J] = 1 end keep[I] = r end
-      keeps[h] = keep
-    end
+    -- every block kept: dense attention itself (issue 19: the all-ones keep
+    -- was an nqb x nkb Lua table and a block mask of every block, n² in
+    -- memory when the chunk is the whole video)
+    local t1 = sl.time()
+    local args = {causal = false, backend = prob.backend}
+    local o, lse = sl.attn.dense(prob.q, prob.k, prob.v, args)
+    return {o = o, lse = lse, stats = {density = 1, flops = sl.op_flops("attn.dense", prob.q, prob.k, prob.v, args),
+      estimate_ms = (t1 - t0) * 1e3, execute_ms = (sl.time() - t1) * 1e3}}
   else
     local fs = M.scores(prob, bq, S)     -- frame level
     local bs = M.scores(prob, bq, b)     -- block level

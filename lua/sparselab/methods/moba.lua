@@ -28,7 +28,54 @@
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 
-local function estimate(prob, p)
+-- Memory linear in n (issue 19): the gate scores [Hq, n, n/block] and a
+-- keep of the same size were whole Lua tables; now the scores are read for
+-- blocks of ~ROW_BUDGET entries of rows, and each row's kept blocks (at
+-- most topk, ascending: the chosen complete blocks, then the own block, the
+-- largest) go to i32 lists [Hq, n, topk] (-1 padded) that
+-- sl.mask.from_blocks reads. The same selection (tested against the
+-- whole-table form, which stays as estimate_table).
+local ROW_BUDGET = 1 << 20
+local function estimate(prob, p, rows_per)
+  local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
+  local nk = prob.k:shape()[2]
+  local B = p.block
+  local nkb = (nk + B - 1) // B
+  local args = {bq = 1, bk = B, causal = 0, pool = 0, scale = 1, backend = prob.backend}
+  local L = math.min(p.topk, nkb)
+  local lists = {}
+  for h = 1, hq do lists[h] = {} end
+  local per = rows_per or math.max(1, ROW_BUDGET // math.max(1, hq * nkb))
+  for r0 = 0, nq - 1, per do
+    local m = math.min(per, nq - r0)
+    local q = (r0 == 0 and m == nq) and prob.q or prob.q:narrow(2, r0 + 1, m)
+    local S = E.heads(sl.score.pooled(q, prob.k, args))
+    for h = 1, hq do
+      local Sh, Lh = S[h], lists[h]
+      for i = 1, m do
+        local t = r0 + i
+        local pos = nk - nq + t - 1
+        local own = pos // B + 1 -- 1-based block of the query
+        local chosen = {}
+        if p.topk > 1 and own > 1 then
+          local order = E.order_desc(Sh[i], own - 1)
+          for x = 1, math.min(p.topk - 1, own - 1) do chosen[x] = order[x] end
+          table.sort(chosen)
+        end
+        local row = {}
+        for x, c in ipairs(chosen) do row[x] = c - 1 end
+        row[#row + 1] = own - 1
+        for x = #row + 1, L do row[x] = -1 end
+        Lh[t] = row
+      end
+    end
+  end
+  return sl.mask.from_blocks(sl.tensor(lists, "i32"), {n_q = nq, n_k = nk, bq = 1, bk = B, causal = true}),
+    {estimator_flops = sl.op_flops("score.pooled", prob.q, prob.k, args)}
+end
+
+-- The whole-table form (before issue 19's session 4), for the test only.
+local function estimate_table(prob, p)
   local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
   local nk = prob.k:shape()[2]
   local B = p.block
@@ -74,6 +121,8 @@ return {
   params_sources = {"parameter-free"},
   fit_why = "MoBA has no learned part of its own (parameter-free gate; training only changes the projections)",
   mask = function(prob, p) return (estimate(prob, p)) end,
+  estimate = estimate,
+  estimate_table = estimate_table,
   run = function(prob, p)
     local out = run_blocks(prob, p)
     p.params_source = "parameter-free"

@@ -319,13 +319,45 @@ local function compress(prob, ws, op)
   return kc, vc
 end
 
--- One trainable.nsa call with the given gates.
-local function forward(prob, op, kc, vc, gc, gs, gw)
+-- trainable.nsa with the given gates. Its imp output is f32 [Hkv, Nq,
+-- ceil(Nk/bs)]: n²/bs floats per kv head (64 MiB per kv head at n = 32K),
+-- so above IMP_BYTES of it (issue 19: memory linear in n) the call runs on
+-- row blocks of queries — q rows [r0, r1) and their gates against keys 0 ..
+-- the block's last position (the same positions p = Nk - Nq + t, so the
+-- same compressed visibility, importance and selection; kc, vc whole: a
+-- compressed token past p is invisible) — and o, lse, blocks are joined;
+-- imp is then nil. rows (tests only): query rows per call.
+local IMP_BYTES = 1 << 24
+local function forward(prob, op, kc, vc, gc, gs, gw, rows)
   local args = {l = op.l, s = op.s, bs = op.bs, n = op.n, init = op.init, ["local"] = op["local"],
     window = op.window, backend = prob.backend}
-  local o, lse, blocks, imp = sl.trainable.nsa(prob.q, prob.k, prob.v, kc, vc, gc, gs, gw, args)
   local flops = sl.op_flops("trainable.nsa", prob.q, prob.k, prob.v, kc, vc, gc, gs, gw, args)
-  return o, lse, blocks, imp, flops
+  local hq, nq, _, hkv, nk = dims(prob)
+  local nb = (nk + op.bs - 1) // op.bs
+  local per = rows or math.max(1, IMP_BYTES // (4 * hkv * nb))
+  if per >= nq then
+    local o, lse, blocks, imp = sl.trainable.nsa(prob.q, prob.k, prob.v, kc, vc, gc, gs, gw, args)
+    return o, lse, blocks, imp, flops
+  end
+  local os, L, B = {}, {}, {}
+  for h = 1, hq do L[h] = {} end
+  for g = 1, hkv do B[g] = {} end
+  for r0 = 0, nq - 1, per do
+    local m = math.min(per, nq - r0)
+    local last = nk - nq + r0 + m -- keys 0 .. the block's last position
+    local o, lse, blocks = sl.trainable.nsa(prob.q:narrow(2, r0 + 1, m), prob.k:narrow(2, 1, last),
+      prob.v:narrow(2, 1, last), kc, vc, gc:narrow(2, r0 + 1, m), gs:narrow(2, r0 + 1, m), gw:narrow(2, r0 + 1, m), args)
+    os[#os + 1] = o
+    for h, row in ipairs(lse:totable()) do
+      local t = L[h]
+      for i = 1, m do t[r0 + i] = row[i] end
+    end
+    for g, rws in ipairs(blocks:totable()) do
+      local t = B[g]
+      for i = 1, m do t[r0 + i] = rws[i] end
+    end
+  end
+  return sl.cat(os, 2), sl.tensor(L), sl.tensor(B, "i32"), nil, flops
 end
 
 -- Density of the keys read (selected blocks ∪ window) over the causal keys.

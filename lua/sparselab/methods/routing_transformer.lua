@@ -128,21 +128,25 @@ local function centroids(prob, p)
   return r, "standin:random_centroids"
 end
 
--- Member lists [Hq, C, w] (i32, ascending) of the top-w tokens per cluster.
+-- Member lists [Hq, C, w] (i32, ascending, -1 padded) of the top-w tokens
+-- per cluster. The scores of every token against every centroid are C·n
+-- (n^1.5 at C = sqrt(n)): they are made for blocks of clusters (~4M scores
+-- each) and each block's top-w keep becomes lists in place
+-- (sl.mask.block_lists), so memory stays linear in n (issue 19: the whole
+-- [Hq, C, n] keep read into Lua was ~95 MB per head at n = 32K).
+local SCORE_BUDGET = 1 << 22
 local function members(mu, tokens, w, be)
-  local sc = sl.score.pooled(sl.tensor(mu), tokens, {bq = 1, bk = 1, causal = 0, pool = 0, scale = 1, backend = be})
-  local keep = E.heads(sl.select.topk(sc, {k = w, backend = be}))
-  local out = {}
-  for h = 1, #keep do
-    out[h] = {}
-    for c, row in ipairs(keep[h]) do
-      local list = {}
-      for j, x in ipairs(row) do if x ~= 0 then list[#list + 1] = j - 1 end end
-      for i = #list + 1, w do list[i] = -1 end
-      out[h][c] = list
-    end
+  local M = sl.tensor(mu)
+  local hq, C, n = M:shape()[1], M:shape()[2], tokens:shape()[2]
+  local out = sl.zeros({hq, C, w}, "i32")
+  local per = math.max(1, SCORE_BUDGET // math.max(1, hq * n))
+  for c0 = 0, C - 1, per do
+    local m = math.min(per, C - c0)
+    local mc = (c0 == 0 and m == C) and M or M:narrow(2, c0 + 1, m)
+    local sc = sl.score.pooled(mc, tokens, {bq = 1, bk = 1, causal = 0, pool = 0, scale = 1, backend = be})
+    sl.mask.block_lists(sl.select.topk(sc, {k = w, backend = be}), w, out, c0 + 1)
   end
-  return sl.tensor(out, "i32")
+  return out
 end
 
 M.id = "routing_transformer"

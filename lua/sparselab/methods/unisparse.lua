@@ -24,42 +24,70 @@
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 
-local function estimate(prob, p)
+-- Memory linear in n (issue 19): the composite map [Hq, n/c_q, n/c_k] and
+-- Lua tables of the block map and keep were n²; now score.pooled and
+-- reduce.block run on row blocks of query blocks (~SCORE_BUDGET composite
+-- scores each: q rows [r0·bq, r1·bq) against keys 0 .. the block's last
+-- position when causal, the same composite softmax), and the keep is a u8
+-- tensor written in place. with_blocks (tests): also the aggregated block
+-- map as Lua tables [H][nqb][nkb] (0 past a row's visible blocks); per
+-- (tests): query blocks per call.
+local SCORE_BUDGET = 1 << 22
+local function estimate(prob, p, with_blocks, per)
   if p.bq % p.c_q ~= 0 or p.bk % p.c_k ~= 0 then
     sl.fail("unisparse: bq %d must be a multiple of c_q %d and bk %d of c_k %d", p.bq, p.c_q, p.bk, p.c_k)
   end
   local hq = prob.q:shape()[1]
+  local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
   local nqb, nkb = E.blocks(prob, p.bq, p.bk)
   local be = prob.backend
   local sargs = {bq = p.c_q, bk = p.c_k, causal = prob.causal and 1 or 0, pool = 0, softmax = 1, backend = be}
-  local comp = sl.score.pooled(prob.q, prob.k, sargs)
   local rargs = {br = p.bq // p.c_q, bc = p.bk // p.c_k, mode = p.agg, backend = be}
-  local blk = sl.reduce.block(comp, rargs)
-  local est_flops = sl.op_flops("score.pooled", prob.q, prob.k, sargs) + sl.op_flops("reduce.block", comp, rargs)
-  local x = E.heads(blk)
-  local keep = E.zeros(hq, nqb, nkb)
-  for h = 1, hq do
-    for r = 1, nqb do
-      local vis = E.visible(prob, r - 1, p.bq, p.bk, nkb)
-      local row, xr = keep[h][r], x[h][r]
-      local total = 0
-      for c = 1, vis do total = total + xr[c] end
-      local order = E.order_desc(xr, vis)
-      local before = 0
-      for i = 1, vis do
-        if p.tau < 1 and before >= p.tau * total then break end
-        row[order[i]] = 1
-        before = before + xr[order[i]]
+  local nck = (nk + p.c_k - 1) // p.c_k
+  -- reduce.block counts one operation per composite score
+  local est_flops = sl.op_flops("score.pooled", prob.q, prob.k, sargs) + hq * ((nq + p.c_q - 1) // p.c_q) * nck
+  local keep = sl.zeros({hq, nqb, nkb}, "u8")
+  local blocks
+  if with_blocks then blocks = {}; for h = 1, hq do blocks[h] = {} end end
+  per = per or math.max(1, SCORE_BUDGET // math.max(1, hq * (p.bq // p.c_q) * nck))
+  for r0 = 0, nqb - 1, per do
+    local r1 = math.min(nqb, r0 + per)
+    local q, k = prob.q, prob.k
+    if r0 > 0 or r1 < nqb then
+      local i0, i1 = r0 * p.bq, math.min(nq, r1 * p.bq)
+      q = prob.q:narrow(2, i0 + 1, i1 - i0)
+      if prob.causal then k = prob.k:narrow(2, 1, math.min(nk, i1 + nk - nq)) end
+    end
+    local x = E.heads(sl.reduce.block(sl.score.pooled(q, k, sargs), rargs))
+    for h = 1, hq do
+      for rr = 1, r1 - r0 do
+        local r = r0 + rr
+        local vis = E.visible(prob, r - 1, p.bq, p.bk, nkb)
+        local xr = x[h][rr]
+        local total = 0
+        for c = 1, vis do total = total + xr[c] end
+        local order = E.order_desc(xr, vis)
+        local before = 0
+        for i = 1, vis do
+          if p.tau < 1 and before >= p.tau * total then break end
+          keep:set(h, r, order[i], 1)
+          before = before + xr[order[i]]
+        end
+        -- the diagonal block: the key block of the block's last row's own position (= the last visible
+        -- block when causal; on a non-causal problem the last key block is not the diagonal)
+        local diag = math.min(nkb, (math.min(r * p.bq, nq) - 1 + nk - nq) // p.bk + 1)
+        if vis > 0 then keep:set(h, r, math.min(diag, vis), 1) end
+        if blocks then
+          local row = {}
+          for c = 1, nkb do row[c] = xr[c] or 0 end
+          blocks[h][r] = row
+        end
       end
-      -- the diagonal block: the key block of the block's last row's own position (= the last visible
-      -- block when causal; on a non-causal problem the last key block is not the diagonal)
-      local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
-      local diag = math.min(nkb, (math.min(r * p.bq, nq) - 1 + nk - nq) // p.bk + 1)
-      if vis > 0 then row[math.min(diag, vis)] = 1 end
     end
   end
+  local m = sl.mask.from_blocks(keep, {n_q = nq, n_k = nk, bq = p.bq, bk = p.bk, causal = prob.causal})
   -- third value: the aggregated block scores (tests/lua/test_estimators_f64.lua recomputes them)
-  return E.mask_from_keep(keep, prob, p.bq, p.bk), {estimator_flops = est_flops}, {blocks = x}
+  return m, {estimator_flops = est_flops}, blocks and {blocks = blocks} or nil
 end
 
 return {
@@ -83,8 +111,8 @@ return {
   checks = {"c = 1 and tau = 1 equals dense", "c = S reduces to one mean per block", "diagonal always kept"},
   mask = function(prob, p) return (estimate(prob, p)) end,
   --- mask and intermediates ({blocks = [H][nqb][nkb] aggregated composite probabilities}) for tests
-  intermediates = function(prob, p)
-    local m, _, d = estimate(prob, p)
+  intermediates = function(prob, p, per)
+    local m, _, d = estimate(prob, p, true, per)
     return m, d
   end,
   run = E.block_run(estimate),
