@@ -60,6 +60,7 @@
 -- stats.density = executed pooled pairs / causal pairs (the card's budget
 -- accounting Σ fraction/level), density_level1 = level-1 pairs alone.
 local sl = require "sparselab"
+local E = require "sparselab.blockest"
 
 local M = {}
 
@@ -220,7 +221,7 @@ end
 -- Level caps per key block from the similarity of the keys level s would
 -- merge (step 3d): caps[hk][J] (1-based) for kv head hk.
 local function similarity_caps(prob, p, nkb)
-  local K = prob.k:totable()
+  local K = E.heads(prob.k) -- head by head: a whole k passes totable's 1e6 limit at 32K
   local nk, d = prob.k:shape()[2], prob.k:shape()[3]
   local thr = {[2] = p.sim2, [4] = p.sim4, [8] = p.sim8}
   local caps = {}
