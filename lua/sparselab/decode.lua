@@ -291,7 +291,8 @@ function D.per_step(o, lse, dense_o, dense_lse, steps)
   local rows = o:shape()[2]
   local out = {}
   for r = 1, rows do
-    local rec = sl.metric.recall(lse:narrow(2, r, 1), dense_lse:narrow(2, r, 1))
+    -- non-softmax methods (entmax, rela, ...) return no lse: no recall through L
+    local rec = lse and sl.metric.recall(lse:narrow(2, r, 1), dense_lse:narrow(2, r, 1)) or nil
     local e = sl.metric.rel_l2(o:narrow(2, r, 1), dense_o:narrow(2, r, 1))
     local row = {step = r, recall = rec, rel_l2 = e}
     for key, val in pairs(steps and steps[r] or {}) do row[key] = val end
