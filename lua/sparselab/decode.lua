@@ -625,6 +625,18 @@ local function attended_slots(id, rec, o, h0, hq, keep, lay)
   end
 end
 
+--- eval --steps (kernel-level decode replay of a captured prefill): q
+--- [Hq, n, D] split into its last S rows (the decode steps) and the prefix's
+--- queries [Hq, n - S, D] — what the model runner's prefill hands to
+--- D.prefill {q =} and SnapKV-style methods read as problem.state.obs_q.
+function D.steps_split(q, S)
+  local n = q:shape()[2]
+  if not math.tointeger(S) or S < 1 or S >= n then
+    sl.fail("decode.steps_split: S must be an integer in [1, %d), found %s", n, tostring(S))
+  end
+  return q:narrow(2, n - S + 1, S), q:narrow(2, 1, n - S)
+end
+
 --- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R
 --- positions of k, v [Hkv, N, D]): the prefix k[0 .. N-R) is the cache, then
 --- each row is one decode step (its key appended, the hook run). Returns

@@ -371,8 +371,9 @@ function C.eval(argv)
     -- ada_snapkv, sparsemm, zipvl) score the cache with the last prompt rows
     -- (not with --correct: flashblock / re_ttention keep their step state in
     -- problem.state, and --reps would then turn into cache hits)
-    if not o.correct then replay_state = {obs_q = q:narrow(2, 1, n - S)} end
-    q = q:narrow(2, n - S + 1, S)
+    local prompt_q
+    q, prompt_q = require("sparselab.decode").steps_split(q, S)
+    if not o.correct then replay_state = {obs_q = prompt_q} end
     wp.steps = S
   end
   local params, budget = method_args(o)
