@@ -291,7 +291,8 @@ function D.per_step(o, lse, dense_o, dense_lse, steps)
   local rows = o:shape()[2]
   local out = {}
   for r = 1, rows do
-    local rec = sl.metric.recall(lse:narrow(2, r, 1), dense_lse:narrow(2, r, 1))
+    -- non-softmax methods (entmax, rela, ...) return no lse: no recall through L
+    local rec = lse and sl.metric.recall(lse:narrow(2, r, 1), dense_lse:narrow(2, r, 1)) or nil
     local e = sl.metric.rel_l2(o:narrow(2, r, 1), dense_o:narrow(2, r, 1))
     local row = {step = r, recall = rec, rel_l2 = e}
     for key, val in pairs(steps and steps[r] or {}) do row[key] = val end
@@ -622,6 +623,18 @@ local function attended_slots(id, rec, o, h0, hq, keep, lay)
       if id_ >= 0 then for j = id_ * P, math.min(id_ * P + P, n) - 1 do mark(h, j) end end
     end
   end
+end
+
+--- eval --steps (kernel-level decode replay of a captured prefill): q
+--- [Hq, n, D] split into its last S rows (the decode steps) and the prefix's
+--- queries [Hq, n - S, D] — what the model runner's prefill hands to
+--- D.prefill {q =} and SnapKV-style methods read as problem.state.obs_q.
+function D.steps_split(q, S)
+  local n = q:shape()[2]
+  if not math.tointeger(S) or S < 1 or S >= n then
+    sl.fail("decode.steps_split: S must be an integer in [1, %d), found %s", n, tostring(S))
+  end
+  return q:narrow(2, n - S + 1, S), q:narrow(2, 1, n - S)
 end
 
 --- Kernel-level replay of a decode problem (q [Hq, R, D] at the last R

@@ -337,5 +337,32 @@ expect_rc 0 "trainable fitted params_source" "$SL" query "$T/tr.db" "SELECT coun
     AND layer = 2 AND status = 'ok' AND json_extract(params_json, '$.params_source') = 'sha256:$tsha'" --csv
 grep -q "^1$" "$T/out" && ok || bad "trainable fitted rows: $(cat "$T/out")"
 
+# issue 13, session 4c: eval --steps hands the prefix's queries to snapkv, ada_snapkv and sparsemm (their
+# observation window); every step row has step, recall in (0, 1] (1e-6 float slack), rel_l2, tokens_read, kv_bytes
+cat >"$T/steps.lua" <<'LUA'
+local sl = require "sparselab"
+local f = assert(io.open(arg[1])); local r = sl.json_decode(f:read("a")); f:close()
+local want = tonumber(arg[2])
+assert(type(r.per_step) == "table" and #r.per_step == want, "per_step rows: expected " .. want)
+local below = 0
+for i, s in ipairs(r.per_step) do
+  assert(s.step == i, "step " .. i .. ": step field " .. tostring(s.step))
+  for _, key in ipairs{"recall", "rel_l2", "tokens_read", "kv_bytes"} do
+    assert(type(s[key]) == "number", "step " .. i .. ": no number '" .. key .. "'")
+  end
+  assert(s.recall > 0 and s.recall <= 1 + 1e-6, "step " .. i .. ": recall " .. s.recall .. " outside (0, 1]")
+  assert(s.tokens_read > 0 and s.kv_bytes > 0, "step " .. i .. ": nothing read")
+  if s.recall < 0.999 then below = below + 1 end
+end
+assert(below > 0, "every step has recall ~1: the budget did not make the run sparse")
+LUA
+for spec in "snapkv --param obs_window=16 --param local=16" "ada_snapkv --param obs_window=16 --param local=16" \
+        "sparsemm --param window=16"; do
+    # shellcheck disable=SC2086
+    expect_rc 0 "eval $spec --steps" "$SL" eval $spec --workload synthetic,n=256,heads=4,kv_heads=2 --budget 48 --steps 5 --json
+    cp "$T/out" "$T/steps.json"
+    expect_rc 0 "per-step fields of $spec" "$SL" run "$T/steps.lua" "$T/steps.json" 5
+done
+
 echo "cli: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -2214,4 +2214,91 @@ test("hip_attention: decode tree selection reused between refreshes, re-selected
   truthy(r.metrics.rel_l2 <= 1e-5, "budget >= cache is dense: rel_l2 " .. r.metrics.rel_l2)
 end)
 
+-- issue 13, session 4c: eval --steps hands the prefix's queries to the decode hook
+test("snapkv: eval --steps replay keeps the set float64 SnapKV scores of the prefix queries give; random prompt queries fail", function()
+  local N, S, W, KER = 128, 6, 16, 5
+  local p = sl.registry.resolve(sl.methods.get("snapkv"),
+    {budget = 40, obs_window = W, ["local"] = 8, prefix = 4, kernel = KER, page = 8})
+  local q = sl.randn({HQ, N, D}, {seed = 4301})
+  local k = sl.randn({HKV, N, D}, {seed = 4302})
+  local v = sl.randn({HKV, N, D}, {seed = 4303})
+  local rows, prompt = decode.steps_split(q, S)   -- what `eval --steps S` does
+  local n0 = N - S
+  eq(prompt:shape()[2], n0, "prefix queries")
+  -- independent float64 SnapKV: softmax rows of the last W prompt queries
+  -- (causal, 1/sqrt(D)), column sums over rows and the group's query heads,
+  -- average pooling along keys (zero padding counted), then prefix + local +
+  -- the top middle positions (ties: lower position)
+  local qt, kt = q:totable(), k:totable()
+  local function kept_ref()
+    local col = {}
+    for g = 1, HKV do col[g] = {}; for j = 1, n0 do col[g][j] = 0 end end
+    for h = 1, HQ do
+      local g = (h - 1) // (HQ // HKV) + 1
+      for i = n0 - W + 1, n0 do            -- 1-based row = position i - 1
+        local lg, mx = {}, -math.huge
+        for j = 1, i do
+          local dot = 0
+          for c = 1, D do dot = dot + qt[h][i][c] * kt[g][j][c] end
+          lg[j] = dot / math.sqrt(D)
+          if lg[j] > mx then mx = lg[j] end
+        end
+        local z = 0
+        for j = 1, i do z = z + math.exp(lg[j] - mx) end
+        for j = 1, i do col[g][j] = col[g][j] + math.exp(lg[j] - mx) / z end
+      end
+    end
+    local sets, gaps = {}, {}
+    for g = 1, HKV do
+      local pooled = {}
+      for j = 1, n0 do
+        local acc = 0
+        for t = j - KER // 2, j + KER // 2 do if t >= 1 and t <= n0 then acc = acc + col[g][t] end end
+        pooled[j] = acc / KER
+      end
+      local set, mid = {}, {}
+      for j = 0, 3 do set[j] = true end
+      for j = n0 - 8, n0 - 1 do set[j] = true end
+      for j = 4, n0 - 9 do mid[#mid + 1] = j end
+      table.sort(mid, function(a, b)
+        if pooled[a + 1] ~= pooled[b + 1] then return pooled[a + 1] > pooled[b + 1] end
+        return a < b
+      end)
+      local share = 40 - 4 - 8
+      for i = 1, share do set[mid[i]] = true end
+      sets[g], gaps[g] = set, pooled[mid[share] + 1] - pooled[mid[share + 1] + 1]
+    end
+    return sets, gaps
+  end
+  local want, gaps = kept_ref()
+  for g = 1, HKV do truthy(gaps[g] > 1e-5, "the cut is not a near-tie (float32 scores): gap " .. gaps[g]) end
+  local function same(kept)
+    for g = 1, HKV do
+      local n = 0
+      for _, j in ipairs(kept[g]) do
+        if not want[g][j] then return false end
+        n = n + 1
+      end
+      local m = 0
+      for _ in pairs(want[g]) do m = m + 1 end
+      if n ~= m then return false end
+    end
+    return true
+  end
+  local function replay(obs)
+    local prob = sl.problem{q = rows, k = k, v = v, state = {obs_q = obs}}
+    return decode.replay("snapkv", prob, p, {prefill_q = obs}), prob
+  end
+  local r, prob = replay(prompt)
+  truthy(same(r.state:layer(0).kept), "replay's kept set = float64 SnapKV over the prefix queries")
+  -- sl.eval on the same problem (the CLI's path) runs this replay: same outputs
+  local e = sl.eval("snapkv", prob, {params = {budget = 40, obs_window = W, ["local"] = 8, prefix = 4, kernel = KER, page = 8}})
+  truthy(sl.metric.max_abs(e.o, r.o) == 0, "sl.eval --steps path = the replay")
+  truthy(e.metrics.recall_mean < 0.9999 and e.metrics.recall_mean > 0, "sparse run: recall " .. e.metrics.recall_mean)
+  -- the check is sensitive: random prompt queries give another kept set
+  local rr = replay(sl.randn({HQ, n0, D}, {seed = 4304}))
+  truthy(not same(rr.state:layer(0).kept), "random prompt queries must fail the kept-set check")
+  raises(function() decode.steps_split(q, N) end, "S must be an integer in [1, 128), found 128", "S = n")
+end)
+
 H.done()

@@ -357,6 +357,7 @@ function C.eval(argv)
     if layout then sl.fail("--layout is for --qkv tensors; the video workload has its own layout") end
     layout = sl.layout.parse(o.layout)
   end
+  local replay_state
   if o.steps then
     -- decode replay: the last S rows become decode steps through the cache
     local S = tonumber(o.steps) and math.tointeger(tonumber(o.steps))
@@ -365,7 +366,14 @@ function C.eval(argv)
       sl.fail("--steps expects an integer in [1, %d) (the rows decoded after the prefix), found '%s'", n, o.steps)
     end
     if n ~= k:shape()[2] then sl.fail("--steps needs q with as many rows as k (a captured prefill), found %d and %d", n, k:shape()[2]) end
-    q = q:narrow(2, n - S + 1, S)
+    -- the prefix's queries go with the problem, as the model runner's prefill
+    -- hands them over (decode.prefill {q =}): SnapKV-style methods (snapkv,
+    -- ada_snapkv, sparsemm, zipvl) score the cache with the last prompt rows
+    -- (not with --correct: flashblock / re_ttention keep their step state in
+    -- problem.state, and --reps would then turn into cache hits)
+    local prompt_q
+    q, prompt_q = require("sparselab.decode").steps_split(q, S)
+    if not o.correct then replay_state = {obs_q = prompt_q} end
     wp.steps = S
   end
   local params, budget = method_args(o)
@@ -380,7 +388,7 @@ function C.eval(argv)
   if o["save-mask"] then require("sparselab.savemask").check(q:shape()[1], q:shape()[2], k:shape()[2]) end
   local prob = sl.problem{q = q, k = k, v = v, causal = not o["no-causal"] and wl ~= "video",
     backend = o.backend or "cpu", workload = wl, workload_params = wp, layout = layout,
-    save_mask = o["save-mask"] or nil}   -- decode replays record their executed selection only when asked
+    state = replay_state, save_mask = o["save-mask"] or nil}   -- decode replays record their executed selection only when asked
   local given = o.budget and {"--budget"} or {}
   local target, tvalue
   for flag, name in pairs(TARGET_FLAGS) do
