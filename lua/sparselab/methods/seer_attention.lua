@@ -149,8 +149,8 @@ local function gate_scores(prob, p)
   local qt, kt = sl.tensor(qh), sl.tensor(kh)
   local sargs = {bq = 1, bk = 1, causal = prob.causal and 1 or 0, pool = 0, softmax = 1, scale = 1 / math.sqrt(dg),
     backend = be}
-  local G = E.heads(sl.score.pooled(qt, kt, sargs))
-  local nqb, nkb = #qh[1], #kh[1]
+  local G = sl.score.pooled(qt, kt, sargs)
+  local nqb = #qh[1]
   local flops = 2 * nqb * 3 * d * dg * ks[1] + (Wq and 2 * nqb * d * dg * hq or 0) +
     sl.op_flops("score.pooled", qt, kt, sargs)
   return G, flops
@@ -173,12 +173,12 @@ local function estimate(prob, p)
   end
   local G, flops
   if from_file then G, flops = gate_scores(prob, p) else G, flops = oracle_scores(prob, p) end
-  -- the oracle's G stays a tensor read one head at a time; the keep is a u8
+  -- G (the gate's or the oracle's) stays a tensor read one head at a time; the keep is a u8
   -- tensor written in place (issue 19: [Hq, nqb, nkb] as Lua tables was n²)
   local keep = sl.zeros({hq, nqb, nkb}, "u8")
   local k = math.max(1, math.floor((1 - math.sqrt(1 - p.nz_ratio)) * nkb))
   for h = 1, hq do
-    local Gh = from_file and G[h] or E.heads(G:narrow(1, h, 1))[1]
+    local Gh = E.heads(G:narrow(1, h, 1))[1]
     for r = 1, nqb do
       local vis = E.visible(prob, r - 1, b, b, nkb)
       local x = Gh[r]
