@@ -69,7 +69,7 @@ local function estimate(prob, p)
     return E.mask_from_keep({all}, prob, p.bq, p.bk), {estimator_flops = 0, stats = {dense_heads = hq}}
   end
   -- the local keep and the block keep are u8 tensors written in place, the
-  -- relative scores a tensor read one head at a time (issue 19: each was an
+  -- relative scores a tensor read one row of query blocks at a time (issue 19: each was an
   -- nqb x nkb Lua table, per head)
   local lk = sl.zeros({1, nqb, nkb}, "u8")
   for r = 1, nqb do
@@ -85,16 +85,20 @@ local function estimate(prob, p)
   local relt = sl.score.lowbit(prob.q, prob.k, sargs)
   local est_flops = sl.op_flops("score.lowbit", prob.q, prob.k, sargs)
   local keep, dense_heads = sl.zeros({hq, nqb, nkb}, "u8"), 0
+  local dense, lt = {}, {}
   for h = 1, hq do
     local theta = E.per_head(cfg, "theta", h, p.theta)
-    local dense = theta < 1e-5
-    if dense then dense_heads = dense_heads + 1 end
-    local lt = not dense and math.log(theta) or 0
-    local rh = E.heads(relt:narrow(1, h, 1))[1]
-    for r = 1, nqb do
-      local src, lr = rh[r], local_row(prob, p, r, nkb)
+    dense[h] = theta < 1e-5
+    if dense[h] then dense_heads = dense_heads + 1 end
+    lt[h] = not dense[h] and math.log(theta) or 0
+  end
+  for r = 1, nqb do
+    local lr = local_row(prob, p, r, nkb)
+    local rel = relt:narrow(2, r, 1):totable()
+    for h = 1, hq do
+      local src, dh, th = rel[h][1], dense[h], lt[h]
       for c = 1, nkb do
-        if dense or lr[c] == 1 or src[c] > lt then keep:set(h, r, c, 1) end
+        if dh or lr[c] == 1 or src[c] > th then keep:set(h, r, c, 1) end
       end
     end
   end
