@@ -75,6 +75,10 @@ local function square(p)
   return p.bq
 end
 
+local function from_keep(keep, prob, R, causal)
+  return sl.mask.from_blocks(keep, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = R, bk = R, causal = causal})
+end
+
 local function estimate(prob, p)
   local n = prob.q:shape()[2]
   local perm, R = nil, square(p)
@@ -90,30 +94,31 @@ local function estimate(prob, p)
   local nqb, nkb = E.blocks(prob, R, R)
   local sargs = {bq = R, bk = R, causal = (prob.causal and not perm) and 1 or 0, pool = 0, softmax = 0,
     scale = 1 / math.sqrt(d * hq), backend = prob.backend}
-  local s = E.heads(sl.score.pooled(q, k, sargs))
-  local keep = {}
+  -- the pooled scores stay a tensor; one row of region blocks (all heads) is
+  -- read at a time and the keep is a u8 tensor written in place (issue 19:
+  -- the Hq·nqb·nkb scores and the nqb x nkb keep as Lua tables were n²)
+  local st = sl.score.pooled(q, k, sargs)
+  local keep = sl.zeros({1, nqb, nkb}, "u8")
   for r = 1, nqb do
     local vis = (perm and nkb) or E.visible(prob, r - 1, R, R, nkb)
+    local s = st:narrow(2, r, 1):totable()
     local a = {}
     for c = 1, vis do
       local x = 0
-      for h = 1, hq do x = x + s[h][r][c] end
+      for h = 1, hq do x = x + s[h][1][c] end
       a[c] = x
     end
-    local row = {}
-    for c = 1, nkb do row[c] = 0 end
     local order = E.order_desc(a, vis)
-    for i = 1, math.min(p.topk, vis) do row[order[i]] = 1 end
-    keep[r] = row
+    for i = 1, math.min(p.topk, vis) do keep:set(1, r, order[i], 1) end
   end
   local est_flops = sl.op_flops("score.pooled", q, k, sargs) + hq * nqb * nkb
   -- reference_scale: the token attention at the reference's q_pix * qk_dim^{-1/2} (all heads' channels)
   local scale = p.reference_scale and 1 / math.sqrt(d * hq) or nil
   if not perm then
-    return E.mask_from_keep({keep}, prob, R, R, prob.causal), {estimator_flops = est_flops, scale = scale}
+    return from_keep(keep, prob, R, prob.causal), {estimator_flops = est_flops, scale = scale}
   end
   -- built on region-major positions, then mapped back to raster positions
-  local m = E.mask_from_keep({keep}, prob, R, R, false)
+  local m = from_keep(keep, prob, R, false)
   m = m:inverse_permute(perm)
   if prob.causal then m = m * sl.mask.causal() end
   return m, {estimator_flops = est_flops, scale = scale}

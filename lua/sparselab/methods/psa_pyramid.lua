@@ -120,7 +120,7 @@ function M.importance(prob, p, plain_lua)
   if not plain_lua and score and score.exact and nq % p.bq == 0 and nk % p.bk == 0 then
     -- every block holds sr sampled rows and sk sampled keys: the blocks of the sub-problem
     local t = score.exact(qg, kg, {bq = sr, bk = sk, reduce = 1, causal = false, backend = prob.backend})
-    local tt = E.heads(t) -- head by head (a whole [H, nqb, nkb] map passes totable's 1e6 limit at 32K)
+    local tt = E.heads(t) -- head by head: [Hq, nqb, nkb] passes totable's 1e6 limit at 32K with 8 heads
     for h = 1, qs[1] do
       for I = 1, nqb do
         for J = 1, nkb do imp[h][I][J] = tt[h][I][J] end

@@ -35,23 +35,27 @@
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 
-local function local_keep(prob, p, nqb, nkb)
+-- Row r (1-based) of the always-kept sink + local band: a Lua list of
+-- 0/1 over the nkb key blocks (one row at a time: issue 19, the whole
+-- nqb x nkb table was n²).
+local function local_row(prob, p, r, nkb)
   local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
   local off = nk - nq
-  local keep = {}
-  for r = 1, nqb do
-    local row = {}
-    local pos0 = (r - 1) * p.bq + off
-    local pos1 = math.min(r * p.bq, nq) - 1 + off
-    for c = 1, nkb do
-      local k0, k1 = (c - 1) * p.bk, math.min(c * p.bk, nk) - 1
-      local sink = k0 < p.sink
-      local band = k1 >= pos0 - p.local_window and k0 <= pos1
-      row[c] = (sink or band) and 1 or 0
-    end
-    keep[r] = row
+  local row = {}
+  local pos0 = (r - 1) * p.bq + off
+  local pos1 = math.min(r * p.bq, nq) - 1 + off
+  for c = 1, nkb do
+    local k0, k1 = (c - 1) * p.bk, math.min(c * p.bk, nk) - 1
+    local sink = k0 < p.sink
+    local band = k1 >= pos0 - p.local_window and k0 <= pos1
+    row[c] = (sink or band) and 1 or 0
   end
-  return {keep}
+  return row
+end
+
+local function from_keep(keep, prob, p)
+  return sl.mask.from_blocks(keep, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = p.bq, bk = p.bk,
+    causal = prob.causal})
 end
 
 local function estimate(prob, p)
@@ -64,32 +68,41 @@ local function estimate(prob, p)
     for r = 1, nqb do all[r] = {}; for c = 1, nkb do all[r][c] = 1 end end
     return E.mask_from_keep({all}, prob, p.bq, p.bk), {estimator_flops = 0, stats = {dense_heads = hq}}
   end
-  local lk = local_keep(prob, p, nqb, nkb)
-  local lmask = E.mask_from_keep(lk, prob, p.bq, p.bk)
+  -- the local keep and the block keep are u8 tensors written in place, the
+  -- relative scores a tensor read one row of query blocks at a time (issue 19: each was an
+  -- nqb x nkb Lua table, per head)
+  local lk = sl.zeros({1, nqb, nkb}, "u8")
+  for r = 1, nqb do
+    local lr = local_row(prob, p, r, nkb)
+    for c = 1, nkb do if lr[c] == 1 then lk:set(1, r, c, 1) end end
+  end
+  local lmask = from_keep(lk, prob, p)
   local largs = {backend = be}
   local _, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, lmask, largs)
   local local_flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, lmask, largs)
   local sargs = {lse = lse, bq = p.bq, bk = p.bk, bits = p.bits, q_group = p.q_group, k_group = p.k_group,
     smooth_k = p.smooth_k, causal = prob.causal and 1 or 0, backend = be}
-  local rel = E.heads(sl.score.lowbit(prob.q, prob.k, sargs))
+  local relt = sl.score.lowbit(prob.q, prob.k, sargs)
   local est_flops = sl.op_flops("score.lowbit", prob.q, prob.k, sargs)
-  local keep, dense_heads, lrow0 = {}, 0, lk[1]
+  local keep, dense_heads = sl.zeros({hq, nqb, nkb}, "u8"), 0
+  local dense, lt = {}, {}
   for h = 1, hq do
     local theta = E.per_head(cfg, "theta", h, p.theta)
-    local dense = theta < 1e-5
-    if dense then dense_heads = dense_heads + 1 end
-    local lt = not dense and math.log(theta) or 0
-    local rows, rh = {}, rel[h]
-    for r = 1, nqb do
-      local row, src, lr = {}, rh[r], lrow0[r]
-      for c = 1, nkb do
-        row[c] = (dense or lr[c] == 1 or src[c] > lt) and 1 or 0
-      end
-      rows[r] = row
-    end
-    keep[h] = rows
+    dense[h] = theta < 1e-5
+    if dense[h] then dense_heads = dense_heads + 1 end
+    lt[h] = not dense[h] and math.log(theta) or 0
   end
-  local m = E.mask_from_keep(keep, prob, p.bq, p.bk)
+  for r = 1, nqb do
+    local lr = local_row(prob, p, r, nkb)
+    local rel = relt:narrow(2, r, 1):totable()
+    for h = 1, hq do
+      local src, dh, th = rel[h][1], dense[h], lt[h]
+      for c = 1, nkb do
+        if dh or lr[c] == 1 or src[c] > th then keep:set(h, r, c, 1) end
+      end
+    end
+  end
+  local m = from_keep(keep, prob, p)
   return m, {estimator_flops = est_flops,
     stats = {dense_heads = dense_heads, local_flops = local_flops, local_density = lmask:density(prob.causal)}}
 end

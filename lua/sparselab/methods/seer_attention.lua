@@ -149,8 +149,8 @@ local function gate_scores(prob, p)
   local qt, kt = sl.tensor(qh), sl.tensor(kh)
   local sargs = {bq = 1, bk = 1, causal = prob.causal and 1 or 0, pool = 0, softmax = 1, scale = 1 / math.sqrt(dg),
     backend = be}
-  local G = E.heads(sl.score.pooled(qt, kt, sargs))
-  local nqb, nkb = #qh[1], #kh[1]
+  local G = sl.score.pooled(qt, kt, sargs)
+  local nqb = #qh[1]
   local flops = 2 * nqb * 3 * d * dg * ks[1] + (Wq and 2 * nqb * d * dg * hq or 0) +
     sl.op_flops("score.pooled", qt, kt, sargs)
   return G, flops
@@ -159,7 +159,7 @@ end
 local function oracle_scores(prob, p)
   local args = {bq = square(p), bk = square(p), reduce = 1, normalize = 1, causal = prob.causal and 1 or 0,
     backend = prob.backend}
-  return E.heads(sl.score.exact(prob.q, prob.k, args)), sl.op_flops("score.exact", prob.q, prob.k, args)
+  return sl.score.exact(prob.q, prob.k, args), sl.op_flops("score.exact", prob.q, prob.k, args)
 end
 
 local function estimate(prob, p)
@@ -173,23 +173,27 @@ local function estimate(prob, p)
   end
   local G, flops
   if from_file then G, flops = gate_scores(prob, p) else G, flops = oracle_scores(prob, p) end
-  local keep = E.zeros(hq, nqb, nkb)
+  -- G (the gate's or the oracle's) stays a tensor read one head at a time; the keep is a u8
+  -- tensor written in place (issue 19: [Hq, nqb, nkb] as Lua tables was n²)
+  local keep = sl.zeros({hq, nqb, nkb}, "u8")
   local k = math.max(1, math.floor((1 - math.sqrt(1 - p.nz_ratio)) * nkb))
   for h = 1, hq do
+    local Gh = E.heads(G:narrow(1, h, 1))[1]
     for r = 1, nqb do
       local vis = E.visible(prob, r - 1, b, b, nkb)
-      local row, x = keep[h][r], G[h][r]
+      local x = Gh[r]
       if p.last_block_dense ~= 0 and r > nqb - 2 then
-        for c = 1, vis do row[c] = 1 end
+        for c = 1, vis do keep:set(h, r, c, 1) end
       elseif p.method == 1 then
         local order = E.order_desc(x, vis)
-        for i = 1, math.min(k, vis) do row[order[i]] = 1 end
+        for i = 1, math.min(k, vis) do keep:set(h, r, order[i], 1) end
       else
-        for c = 1, vis do if x[c] > p.threshold then row[c] = 1 end end
+        for c = 1, vis do if x[c] > p.threshold then keep:set(h, r, c, 1) end end
       end
     end
   end
-  return E.mask_from_keep(keep, prob, b, b),
+  return sl.mask.from_blocks(keep, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = b, bk = b,
+    causal = prob.causal}),
     {estimator_flops = flops, stats = {gate_file = from_file and 1 or 0}}
 end
 
