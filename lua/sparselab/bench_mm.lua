@@ -56,7 +56,25 @@ function M.crossover(pts)
   return pts[#pts].rho, 1
 end
 
+-- Times the calls interleaved (one warm-up each, then reps rounds of every
+-- call in turn): times[i] = call i's milliseconds per round.
+local function interleaved_ms(calls, reps)
+  local times = {}
+  for i, c in ipairs(calls) do c(); times[i] = {} end -- warm-up
+  for r = 1, reps do
+    for i, c in ipairs(calls) do
+      local t0 = sl.time()
+      c()
+      times[i][r] = (sl.time() - t0) * 1e3
+    end
+  end
+  return times
+end
+
+local function median(t) table.sort(t); return t[(#t + 1) // 2] end
+
 -- vals slots for a magnitude-pruned random row: mean + 6 sd + 16 (the encoder refuses too few)
+
 local function cap_for(K, density)
   return math.min(K, math.ceil(density * K + 6 * math.sqrt(density * (1 - density) * K) + 16))
 end
@@ -105,16 +123,7 @@ function M.run(o)
       xa[i] = sl.act.topk(x, {k = math.max(1, math.floor(rho * K + 0.5)), backend = backend})
       calls[#calls + 1] = function() return sl.mm.act_sparse(xa[i], wt, {backend = backend}) end
     end
-    local times = {}
-    for i, c in ipairs(calls) do c(); times[i] = {} end -- warm-up
-    for r = 1, reps do
-      for i, c in ipairs(calls) do
-        local t0 = sl.time()
-        c()
-        times[i][r] = (sl.time() - t0) * 1e3
-      end
-    end
-    local function median(t) table.sort(t); return t[(#t + 1) // 2] end
+    local times = interleaved_ms(calls, reps)
     local dense_ms = median(times[1])
     local gflops = 2 * T * N * K / (dense_ms * 1e-3) / 1e9
     emit{name = "mm.dense", n = T, d = K, heads = 1, backend = backend, params = {N = N, K = K},
@@ -224,16 +233,7 @@ function M.moe(o)
     local yg, yl = sl.mm.moe(x, w1, w3, w2t, offs_t, route_t, rw_t, p), calls[3](true)
     local diff, scale = sl.metric.max_abs(yg, yl), sl.metric.max_abs(yg, sl.zeros({T, D}))
     yg:close(); yl:close()
-    local times = {}
-    for i, c in ipairs(calls) do c(); times[i] = {} end -- warm-up
-    for r = 1, reps do
-      for i, c in ipairs(calls) do
-        local t0 = sl.time()
-        c()
-        times[i][r] = (sl.time() - t0) * 1e3
-      end
-    end
-    local function median(t) table.sort(t); return t[(#t + 1) // 2] end
+    local times = interleaved_ms(calls, reps)
     local dense_ms, grouped_ms, loop_ms = median(times[1]), median(times[2]), median(times[3])
     local params = {D = D, H = H, E = E, k = k}
     local dense_flops = 6 * T * H * D

@@ -618,6 +618,22 @@ function M.fit_loss_grad(data, x)
   return loss / count, g
 end
 
+-- The gate parameters in the flat vector x as tables: gate_w[h][branch] (d
+-- entries at ((h-1)*3 + branch-1)*d) and gate_b[h][branch] (at nb +
+-- (h-1)*3 + branch).
+local function gate_tables(x, hq, d, nb)
+  local w, b = {}, {}
+  for h = 1, hq do
+    w[h], b[h] = {}, {}
+    for br = 1, 3 do
+      local off, row = ((h - 1) * 3 + (br - 1)) * d, {}
+      for e = 1, d do row[e] = x[off + e] end
+      w[h][br], b[h][br] = row, x[nb + (h - 1) * 3 + br]
+    end
+  end
+  return w, b
+end
+
 --- Fits gate_w, gate_b on problems (same heads and head_dim) with Adam
 --- (lr 0.05, `steps`), starting at the stand-in's gates (w = 0, logits -4,
 --- 4, -4 for cmp, slc, swa). Returns {gate_w =, gate_b =} and a report.
@@ -638,15 +654,7 @@ function M.fit_gates(probs, o)
   for h = 1, hq do x[nb + (h - 1) * 3 + 1], x[nb + (h - 1) * 3 + 2], x[nb + (h - 1) * 3 + 3] = -4, 4, -4 end
   local before, after
   x, before, after = T.adam(x, function(y) return M.fit_loss_grad(data, y) end, {steps = o.steps, lr = o.lr or 0.05})
-  local w, b = {}, {}
-  for h = 1, hq do
-    w[h], b[h] = {}, {}
-    for br = 1, 3 do
-      local off, row = ((h - 1) * 3 + (br - 1)) * d, {}
-      for e = 1, d do row[e] = x[off + e] end
-      w[h][br], b[h][br] = row, x[nb + (h - 1) * 3 + br]
-    end
-  end
+  local w, b = gate_tables(x, hq, d, nb)
   return {gate_w = sl.tensor(w), gate_b = sl.tensor(b)},
     {loss_before = before, loss_after = after, optimiser = "adam(lr=" .. (o.lr or 0.05) .. ", steps=" .. o.steps .. ")"}
 end
@@ -887,15 +895,7 @@ end
 --- k_compress.*, v_compress.*.
 function M.phi_tensors(x, lay)
   local hq, hkv, d, L, m, nb = lay.hq, lay.hkv, lay.D, lay.L, lay.M, lay.nb
-  local w, b = {}, {}
-  for h = 1, hq do
-    w[h], b[h] = {}, {}
-    for br = 1, 3 do
-      local off, row = ((h - 1) * 3 + (br - 1)) * d, {}
-      for e = 1, d do row[e] = x[off + e] end
-      w[h][br], b[h][br] = row, x[nb + (h - 1) * 3 + br]
-    end
-  end
+  local w, b = gate_tables(x, hq, d, nb)
   local out = {gate_w = sl.tensor(w), gate_b = sl.tensor(b)}
   for _, side in ipairs{"k", "v"} do
     local w1, b1, w2, b2 = {}, {}, {}, {}
