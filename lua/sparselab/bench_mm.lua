@@ -74,7 +74,6 @@ end
 local function median(t) table.sort(t); return t[(#t + 1) // 2] end
 
 -- vals slots for a magnitude-pruned random row: mean + 6 sd + 16 (the encoder refuses too few)
-
 local function cap_for(K, density)
   return math.min(K, math.ceil(density * K + 6 * math.sqrt(density * (1 - density) * K) + 16))
 end
