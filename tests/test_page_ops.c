@@ -587,6 +587,8 @@ START_TEST(test_kvcache_positions)
         ck_assert_int_eq(sl_kvcache_append_at(ctx, c, &k, &v, &bad), SL_ESHAPE);
         ck_assert(strstr(sl_ctx_error(ctx), "pos must be contiguous i32 [3, 2]"));
         sl_tensor neg = i32_tensor(ctx, h, 2);
+        for (int64_t i = 0; i < h * 2; i++) /* valid positions (sl_tensor_new leaves them unset), then one bad */
+            ((int32_t *)neg.data)[i] = (int32_t)(len + i);
         ((int32_t *)neg.data)[1] = -4;
         ck_assert_int_eq(sl_kvcache_append_at(ctx, c, &k, &v, &neg), SL_EARG);
         ck_assert(strstr(sl_ctx_error(ctx), "= -4"));
