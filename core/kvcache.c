@@ -8,6 +8,7 @@
  * checks it after random appends and evictions). */
 #include "internal.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -250,6 +251,12 @@ static void quantise_page(sl_kvcache *c, int side, int64_t h, int64_t pg, int64_
             hi = x0 > hi ? x0 : hi;
         }
         if (z) {
+            /* a range wider than FLT_MAX (finite values near +-FLT_MAX) would make the scale inf and the
+             * codes NaN: such a channel saturates to [-FLT_MAX/2, FLT_MAX/2] instead */
+            if (!isfinite(hi - lo)) {
+                lo = lo < -FLT_MAX / 2 ? -FLT_MAX / 2 : lo;
+                hi = hi > FLT_MAX / 2 ? FLT_MAX / 2 : hi;
+            }
             z[ch] = lo;
             sc[ch] = (hi - lo) / (float)umax;
         } else
@@ -260,8 +267,10 @@ static void quantise_page(sl_kvcache *c, int side, int64_t h, int64_t pg, int64_
         for (int64_t ch = 0; ch < d; ch++) {
             long v;
             if (z) {
-                v = sc[ch] > 0 ? lrintf((x[r * d + ch] - z[ch]) / sc[ch]) : 0;
-                v = v > umax ? umax : v < 0 ? 0 : v;
+                float e = sc[ch] > 0 ? (x[r * d + ch] - z[ch]) / sc[ch] : 0;
+                if (!isfinite(e)) /* x - z past FLT_MAX (a saturated channel): in double */
+                    e = ((double)x[r * d + ch] - z[ch]) / sc[ch] > umax ? (float)umax : 0;
+                v = e > (float)umax ? umax : e < 0 ? 0 : lrintf(e);
             } else {
                 v = sc[ch] > 0 ? lrintf(x[r * d + ch] / sc[ch]) : 0;
                 v = (v > qmax ? qmax : v < -qmax ? -qmax : v) + off;
@@ -537,6 +546,23 @@ static sl_status evict_quant(sl_ctx *ctx, sl_kvcache *c, const int32_t *ix, int6
     return SL_OK;
 }
 
+/* Token positions move with their slots: each head's positions at and after
+ * its first evicted index are compacted over the old length. */
+static void compact_positions(sl_kvcache *c, const int32_t *ix, int64_t m, int64_t old_len)
+{
+    for (int64_t h = 0; h < c->h; h++) {
+        int32_t *ph = (int32_t *)c->ps.data + h * c->cap;
+        int64_t w = ix[h * m], j = 0;
+        for (int64_t t = ix[h * m]; t < old_len; t++) {
+            if (j < m && t == ix[h * m + j]) {
+                j++;
+                continue;
+            }
+            ph[w++] = ph[t];
+        }
+    }
+}
+
 sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx)
 {
     char desc[96];
@@ -559,19 +585,14 @@ sl_status sl_kvcache_evict(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *idx)
         }
     if (m == 0)
         return SL_OK;
-    for (int64_t h = 0; h < c->h; h++) { /* token positions move with their slots */
-        int32_t *ph = (int32_t *)c->ps.data + h * c->cap;
-        int64_t w = ix[h * m], j = 0;
-        for (int64_t t = ix[h * m]; t < c->len; t++) {
-            if (j < m && t == ix[h * m + j]) {
-                j++;
-                continue;
-            }
-            ph[w++] = ph[t];
-        }
+    if (c->kbits) {
+        int64_t old = c->len;
+        sl_status st = evict_quant(ctx, c, ix, m); /* may fail (out of memory) before anything moved */
+        if (st == SL_OK)
+            compact_positions(c, ix, m, old);
+        return st;
     }
-    if (c->kbits)
-        return evict_quant(ctx, c, ix, m);
+    compact_positions(c, ix, m, c->len);
     int64_t len = c->len - m;
     for (int64_t h = 0; h < c->h; h++) {
         float *kh = (float *)c->k.data + h * c->cap * d, *vh = (float *)c->v.data + h * c->cap * d;

@@ -581,6 +581,23 @@ START_TEST(test_kvcache_positions)
                                   quant, step, (long long)hh, (long long)t, ((int32_t *)ps.data)[hh * len + t], model[hh][t]);
             sl_tensor_release(&ps);
         }
+        if (quant) { /* an eviction that fails (out of memory) leaves the positions with their slots */
+            sl_tensor ps, idx = i32_tensor(ctx, h, 1);
+            for (int64_t hh = 0; hh < h; hh++)
+                ((int32_t *)idx.data)[hh] = 0;
+            al.fail_at = al.calls + 1;
+            ck_assert_int_eq(sl_kvcache_evict(ctx, c, &idx), SL_ENOMEM);
+            al.fail_at = 0;
+            ck_assert_int_eq(sl_kvcache_len(c), len);
+            ck_assert_int_eq(sl_kvcache_tensor(ctx, c, "pos", &ps), SL_OK);
+            for (int64_t hh = 0; hh < h; hh++)
+                for (int64_t t = 0; t < len; t++)
+                    ck_assert_msg(((int32_t *)ps.data)[hh * len + t] == model[hh][t],
+                                  "after a failed eviction: head %lld slot %lld: %d, model %d", (long long)hh, (long long)t,
+                                  ((int32_t *)ps.data)[hh * len + t], model[hh][t]);
+            sl_tensor_release(&ps);
+            sl_tensor_release(&idx);
+        }
         /* bad pos: wrong shape, wrong dtype, negative */
         sl_tensor k = tu_randn(ctx, &rng, h, 2, d, 1.0), v = tu_randn(ctx, &rng, h, 2, d, 1.0);
         sl_tensor bad = i32_tensor(ctx, h, 3);

@@ -2301,4 +2301,26 @@ test("snapkv: eval --steps replay keeps the set float64 SnapKV scores of the pre
   raises(function() decode.steps_split(q, N) end, "S must be an integer in [1, 128), found 128", "S = n")
 end)
 
+test("kvcache: asymmetric pages of a channel spanning +-FLT_MAX stay finite (saturate), no NaN", function()
+  -- hi - lo of finite values near +-FLT_MAX overflows float: the scale was inf and every
+  -- dequantised value of the page NaN (session 4 review); now the channel saturates
+  for _, bits in ipairs{8, 4} do
+    local c = sl.kvcache_c(1, 4, 4)
+    c:set_quant(bits, bits, 1)
+    local k = sl.randn({1, 8, 4}, {seed = 77 + bits})
+    k:set(1, 1, 1, 2e38); k:set(1, 2, 1, -2e38); k:set(1, 5, 2, 3.3e38); k:set(1, 6, 2, -3.3e38)
+    c:append(k, sl.randn({1, 8, 4}, {seed = 78 + bits}))
+    local t = c:tensor("k"):totable()[1]
+    for i, row in ipairs(t) do
+      for j, x in ipairs(row) do
+        truthy(x == x and math.abs(x) < math.huge, string.format("int%d k[%d][%d] = %s", bits, i, j, x))
+      end
+    end
+    truthy(t[1][1] > 1e38 and t[2][1] < -1e38, "the extremes keep their signs and stay large")
+    -- an ordinary channel of the same page is unaffected: within a quantisation step
+    local k3 = k:totable()[1]
+    for i = 1, 8 do truthy(math.abs(t[i][3] - k3[i][3]) < 1, "ordinary channel") end
+  end
+end)
+
 H.done()
