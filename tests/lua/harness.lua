@@ -45,6 +45,40 @@ function H.raises(fn, pattern, what)
   end
 end
 
+--- Deep equality of nested tables of plain values (H.eq per leaf, lengths first).
+function H.same(a, b, what)
+  if type(a) ~= "table" then H.eq(a, b, what); return end
+  H.eq(#a, #b, what .. ": length")
+  for i = 1, #a do H.same(a[i], b[i], what) end
+end
+
+--- A mask's arrays (mask:arrays()) as Lua tables ({} for an empty one), closed after reading.
+function H.mask_arrays(mask)
+  local out = {}
+  for i, t in ipairs({mask:arrays()}) do
+    out[i] = t:numel() > 0 and t:totable() or {}
+    t:close()
+  end
+  return out
+end
+
+--- The largest |a - b| over two tensors of one shape; -inf must meet -inf
+--- (else math.huge).
+function H.max_diff(a, b)
+  local m = 0
+  local function walk(x, y)
+    if type(x) == "table" then
+      for i = 1, #x do walk(x[i], y[i]) end
+    elseif x == -math.huge or y == -math.huge then
+      if x ~= y then m = math.huge end
+    else
+      m = math.max(m, math.abs(x - y))
+    end
+  end
+  walk(a:totable(), b:totable())
+  return m
+end
+
 function H.done()
   print(string.format("%d passed, %d failed", H.passed, H.failed))
   os.exit(H.failed == 0 and 0 or 1)

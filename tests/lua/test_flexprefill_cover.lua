@@ -11,20 +11,7 @@ local H = require "harness"
 local sl = require "sparselab"
 local test, eq, truthy = H.test, H.eq, H.truthy
 
-local function arrays(mask)
-  local out = {}
-  for i, t in ipairs({mask:arrays()}) do
-    out[i] = t:numel() > 0 and t:totable() or {}
-    t:close()
-  end
-  return out
-end
-
-local function same(a, b, what)
-  if type(a) ~= "table" then eq(a, b, what); return end
-  eq(#a, #b, what .. ": length")
-  for i = 1, #a do same(a[i], b[i], what) end
-end
+local arrays, same = H.mask_arrays, H.same
 
 test("flexprefill cover in C: the executed mask equals the Lua cover path's", function()
   local m = sl.methods.get("flexprefill")

@@ -14,21 +14,7 @@ local H = require "harness"
 local sl = require "sparselab"
 local test = H.test
 
-local function max_diff(a, b)
-  local ta, tb = a:totable(), b:totable()
-  local m = 0
-  local function walk(x, y)
-    if type(x) == "table" then
-      for i = 1, #x do walk(x[i], y[i]) end
-    elseif x == -math.huge or y == -math.huge then
-      if x ~= y then m = math.huge end
-    else
-      m = math.max(m, math.abs(x - y))
-    end
-  end
-  walk(ta, tb)
-  return m
-end
+local max_diff = H.max_diff
 
 -- a block mask: per query block, seeded random key blocks at or below the
 -- diagonal (some rows empty), plus the causal diagonal on the others

@@ -16,21 +16,7 @@ local H = require "harness"
 local sl = require "sparselab"
 local test = H.test
 
-local function max_diff(a, b)
-  local ta, tb = a:totable(), b:totable()
-  local m = 0
-  local function walk(x, y)
-    if type(x) == "table" then
-      for i = 1, #x do walk(x[i], y[i]) end
-    elseif x == -math.huge or y == -math.huge then
-      if x ~= y then m = math.huge end
-    else
-      m = math.max(m, math.abs(x - y))
-    end
-  end
-  walk(ta, tb)
-  return m
-end
+local max_diff = H.max_diff
 
 local function compare(what, q, k, v, m, pv_skip, scale)
   local o1, l1 = sl.attn.block_sparse(q, k, v, m, {backend = "cpu", pv_skip = pv_skip, scale = scale})
