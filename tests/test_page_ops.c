@@ -18,6 +18,15 @@ static sl_page_meta_params meta_p(int64_t page)
 }
 
 /* page.meta on ragged sizes: backends vs ref, ref vs plain loops. */
+/* m distinct indices of [0, len) in increasing order (selection sampling), m <= len. */
+static void sorted_sample(sl_rng *rng, int32_t *row, int64_t m, int64_t len)
+{
+    int64_t got = 0;
+    for (int64_t t = 0; t < len && got < m; t++)
+        if (sl_rng_uniform(rng) < (double)(m - got) / (double)(len - t))
+            row[got++] = (int32_t)t;
+}
+
 START_TEST(test_page_meta)
 {
     tu_alloc al;
@@ -552,10 +561,7 @@ START_TEST(test_kvcache_positions)
                 sl_tensor idx = i32_tensor(ctx, h, m);
                 for (int64_t hh = 0; hh < h; hh++) {
                     int32_t *row = (int32_t *)idx.data + hh * m;
-                    int64_t got = 0;
-                    for (int64_t t = 0; t < len && got < m; t++)
-                        if (sl_rng_uniform(&rng) < (double)(m - got) / (double)(len - t))
-                            row[got++] = (int32_t)t;
+                    sorted_sample(&rng, row, m, len);
                     /* the model: a list with the evicted entries removed */
                     int64_t w = 0, j = 0;
                     for (int64_t t = 0; t < len; t++) {
@@ -653,10 +659,7 @@ START_TEST(test_kvcache_incremental)
             for (int64_t hh = 0; hh < h; hh++) {
                 /* m distinct sorted indices */
                 int32_t *row = (int32_t *)idx.data + hh * m;
-                int64_t got = 0;
-                for (int64_t t = 0; t < len && got < m; t++)
-                    if (sl_rng_uniform(&rng) < (double)(m - got) / (double)(len - t))
-                        row[got++] = (int32_t)t;
+                sorted_sample(&rng, row, m, len);
                 int64_t w = 0, j = 0;
                 for (int64_t t = 0; t < len; t++) {
                     if (j < m && row[j] == t) {
