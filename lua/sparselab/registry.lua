@@ -4,6 +4,8 @@
 --   id, title (paper or seed title), card, family, phase, summary,
 --   knob (the one budget parameter), params = {name = {default=, min=, max=, int=, doc=}},
 --   ops (the ops it runs: backends are derived from them),
+--   backends (optional: the backends a recipe that runs no op, a Lua loop on
+--     the host, can honestly claim; without it `ops = {}` would list every one),
 --   run(prob, p) -> {o =, lse =, mask = (optional), stats = {flops =, density =, ...}}
 local sl = require "sparselab"
 
@@ -76,13 +78,16 @@ function R.register(m)
   return m
 end
 
---- Backends on which every op the method uses has a kernel.
+--- Backends on which every op the method uses has a kernel (and, when the
+--- method declares `backends`, only those of them).
 function R.backends(m)
   local ops = {}
   for _, o in ipairs(sl.ops()) do ops[o.name] = o.backends end
+  local only
+  if m.backends then only = {} for _, name in ipairs(m.backends) do only[name] = true end end
   local out = {}
   for _, b in ipairs(sl.backends()) do
-    local ok = true
+    local ok = not only or only[b.name] == true
     for _, name in ipairs(m.ops or {}) do
       if not (ops[name] and ops[name][b.name]) then ok = false end
     end

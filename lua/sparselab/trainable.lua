@@ -7,6 +7,7 @@ local sl = require "sparselab"
 local T = {}
 
 local FLOAT = {f32 = true, f16 = true, bf16 = true}
+local INT = {i32 = true, i64 = true}
 
 --- Heads, query rows, head_dim, kv heads and keys of a problem.
 function T.dims(prob)
@@ -42,18 +43,78 @@ local function shape_str(s)
 end
 T.shape_str = shape_str
 
+--- A safetensors file whose I64 tensors are read as i32 (the reader has no
+--- 64-bit integer dtype; PyTorch writes index tensors as int64): the file is
+--- rewritten with those tensors narrowed to I32 into a temporary file and
+--- loaded from there. allowed(name) says which tensors may be integers; an
+--- I64 tensor that may not, or a value outside the i32 range, is a one-line
+--- error naming method, file and tensor.
+local function load_i64(method, path, allowed)
+  local f = io.open(path, "rb")
+  if not f then sl.fail("%s: weights %s: cannot open", method, path) end
+  local bytes = f:read("a")
+  f:close()
+  local hlen = #bytes >= 8 and string.unpack("<I8", bytes) or -1
+  if hlen < 0 or 8 + hlen > #bytes then sl.fail("%s: weights %s: expected a safetensors file", method, path) end
+  local header = sl.json_decode(bytes:sub(9, 8 + hlen))
+  local data0 = 8 + hlen -- byte offset before the data section
+  local names = {}
+  for name in pairs(header) do if name ~= "__metadata__" then names[#names + 1] = name end end
+  table.sort(names, function(x, y) return header[x].data_offsets[1] < header[y].data_offsets[1] end)
+  local parts, at, out = {}, 0, {}
+  for _, name in ipairs(names) do
+    local e = header[name]
+    local b, en = e.data_offsets[1], e.data_offsets[2]
+    local chunk = bytes:sub(data0 + b + 1, data0 + en)
+    if e.dtype == "I64" then
+      if not allowed(name) then
+        sl.fail("%s: weights %s: tensor '%s' is i64; expected a float tensor (f32, f16 or bf16)", method, path, name)
+      end
+      local vals = {}
+      for i = 1, #chunk // 8 do
+        local v = string.unpack("<i8", chunk, 8 * i - 7)
+        if v < -2147483648 or v > 2147483647 then
+          sl.fail("%s: weights %s: tensor '%s' holds %d at flat index %d; expected values that fit in i32", method, path,
+            name, v, i - 1)
+        end
+        vals[i] = string.pack("<i4", v)
+      end
+      chunk = table.concat(vals)
+    end
+    out[name] = {dtype = e.dtype == "I64" and "I32" or e.dtype, shape = e.shape, data_offsets = {at, at + #chunk}}
+    parts[#parts + 1] = chunk
+    at = at + #chunk
+  end
+  if #names == 0 then out = header end
+  local text = sl.json_encode(out)
+  text = text .. string.rep(" ", (8 - #text % 8) % 8)
+  local tmp = os.tmpname()
+  local w = io.open(tmp, "wb")
+  w:write(string.pack("<I8", #text), text, table.concat(parts))
+  w:close()
+  local ok, ws = pcall(sl.load, tmp)
+  os.remove(tmp)
+  if not ok then sl.fail("%s: weights %s: %s", method, path, tostring(ws)) end
+  return ws
+end
+
 --- Loads and checks a weights file. spec = list of {name =, shape = {...},
 --- dims = "what the dims are", range = {lo, hi} (optional), group = "x"
---- (tensors of one group come together or not at all)}. Every tensor of the
+--- (tensors of one group come together or not at all), int = true (an
+--- integer tensor, i32 or i64, is accepted too; i64 is narrowed to i32)}. Every tensor of the
 --- file must be in spec; a group is all present or all absent; float dtype
 --- (f32, f16, bf16); exact shape; values inside range. NaN is rejected by the
 --- reader. Returns {name = tensor} of the present ones.
 function T.load_weights(method, path, spec)
+  local by_name, names, any_int = {}, {}, false
+  for _, e in ipairs(spec) do by_name[e.name] = e; names[#names + 1] = e.name; any_int = any_int or e.int end
   local ok, ws = pcall(sl.load, path)
-  if not ok then sl.fail("%s: weights %s", method, tostring(ws)) end
+  if not ok and any_int and tostring(ws):find("found 'I64'", 1, true) then
+    ws = load_i64(method, path, function(name) return not by_name[name] or by_name[name].int end)
+  elseif not ok then
+    sl.fail("%s: weights %s", method, tostring(ws))
+  end
   if type(ws) ~= "table" then sl.fail("%s: weights %s: expected a safetensors file, found a single tensor", method, path) end
-  local by_name, names = {}, {}
-  for _, e in ipairs(spec) do by_name[e.name] = e; names[#names + 1] = e.name end
   local found = {}
   for name in pairs(ws) do found[#found + 1] = name end
   table.sort(found)
@@ -82,9 +143,10 @@ function T.load_weights(method, path, spec)
   for _, e in ipairs(spec) do
     local t = ws[e.name]
     if t then
-      if not FLOAT[t:dtype()] then
-        sl.fail("%s: weights %s: tensor '%s' is %s; expected a float tensor (f32, f16 or bf16) %s %s", method, path,
-          e.name, t:dtype(), shape_str(e.shape), e.dims)
+      if not FLOAT[t:dtype()] and not (e.int and INT[t:dtype()]) then
+        sl.fail("%s: weights %s: tensor '%s' is %s; expected a %s %s %s", method, path, e.name, t:dtype(),
+          e.int and "float or integer tensor (f32, f16, bf16, i32 or i64)" or "float tensor (f32, f16 or bf16)",
+          shape_str(e.shape), e.dims)
       end
       local s = t:shape()
       local same = #s == #e.shape

@@ -1400,4 +1400,90 @@ test("bad weight files name the method: NaN in nosa's and routing_transformer's 
     {"nsa_latent_alternating: weights " .. pl, "'k_down' is [1, 1]", "expected [2, 16, 4]"})
 end)
 
+-- A safetensors file of one I64 tensor [#vals] written byte by byte here (sl.save has no 64-bit integers;
+-- PyTorch writes index tensors as int64).
+local function file_i64(name, tensor, vals)
+  local header = string.format('{"%s":{"dtype":"I64","shape":[%d],"data_offsets":[0,%d]}}', tensor, #vals, 8 * #vals)
+  header = header .. string.rep(" ", (8 - #header % 8) % 8)
+  local path = TMP .. "/" .. name .. ".safetensors"
+  local f = io.open(path, "wb")
+  f:write(string.pack("<I8", #header), header)
+  for _, v in ipairs(vals) do f:write(string.pack("<i8", v)) end
+  f:close()
+  return path
+end
+
+-- session 5: the audit leftovers of session 4, one test each (each fails on the code before the fix)
+local function expect_error(id, prob, params, want)
+  local ok, err = pcall(sl.eval, id, prob, {params = params})
+  truthy(not ok, id .. ": expected an error")
+  err = tostring(err)
+  truthy(not err:find("\n"), "one line: " .. err)
+  for _, w in ipairs(want) do truthy(err:find(w, 1, true), "'" .. w .. "' in: " .. err) end
+end
+
+test("bad input names the method: fsa's and nsa_latent_alternating's errors from nsa's loader and block check carry their own id", function()
+  local prob = synthetic(64, 97)
+  local function expect(id, params, want) expect_error(id, prob, params, want) end
+  -- nsa's block check and loader, reached through fsa and nsa_latent_alternating (session 4: both said "nsa:")
+  local extra = file("prefix_extra", {zz_extra = sl.randn({2}, {seed = 1})})
+  local blk = {bs = 16, l = 10, s = 4, window = 16, n = 3}
+  for _, id in ipairs{"nsa", "fsa", "nsa_latent_alternating"} do
+    expect(id, blk, {id .. ": l = 10 and bs = 16 must be multiples of the stride s = 4"})
+    expect(id, {bs = 16, l = 8, s = 4, window = 16, n = 3, weights = extra},
+      {id .. ": weights " .. extra, "'zz_extra' is not one of " .. id .. "'s weights"})
+    expect(id, {variant = "other"}, {id .. ": variant must be 'paper' or 'fla'"})
+  end
+end)
+
+test("hysparse: a file without a selection source (gates only) lists the expected tensors and their shapes", function()
+  -- session 4 said only "holds neither R nor full_q/full_k"
+  local small = synthetic(32, 98)
+  local gates = file("hysparse_gates_only", {g_swa = sl.tensor(uniform({4, 32}, 1, 0, 1))})
+  local ok, err = pcall(sl.eval, "hysparse", small, {params = {block = 16, n_sel = 16, weights = gates}})
+  truthy(not ok and not tostring(err):find("\n"), "one-line error")
+  for _, w in ipairs{"hysparse: weights " .. gates, "found: g_swa", "R [2, 32, 2]", "full_q [4, 32, 16]",
+    "full_k [2, 32, 16]", "gate_logits [4, 2]"} do
+    truthy(tostring(err):find(w, 1, true), "'" .. w .. "' in: " .. tostring(err))
+  end
+end)
+
+test("localist_llm: integer segment_ids (i32, and i64 as PyTorch writes them) give the float file's result", function()
+  local prob = synthetic(64, 97)
+  local function expect(id, params, want) expect_error(id, prob, params, want) end
+  local seg = {}
+  for j = 1, 64 do seg[j] = (j - 1) // 12 end
+  local function run(path) return sl.eval("localist_llm", prob, {params = {lambda = 0.05, weights = path}}) end
+  local want = run(file("seg_f32", {segment_ids = sl.tensor(seg)}))
+  for _, path in ipairs{file("seg_i32", {segment_ids = sl.tensor(seg, "i32")}), file_i64("seg_i64", "segment_ids", seg)} do
+    local got = run(path)
+    truthy(max_diff(got.o:totable(), want.o:totable()) == 0, "integer segment ids give the float file's output: " .. path)
+    eq(got.metrics.density, want.metrics.density, "same density")
+  end
+  local neg = {}
+  for j = 1, 64 do neg[j] = seg[j] end
+  neg[5] = -1
+  expect("localist_llm", {weights = file("seg_i32_neg", {segment_ids = sl.tensor(neg, "i32")})}, {"expected integers >= 0"})
+  neg[5] = 2 ^ 40
+  expect("localist_llm", {weights = file_i64("seg_i64_big", "segment_ids", neg)}, {"'segment_ids'", "fit in i32"})
+  -- an unknown I64 tensor beside them is still refused by name
+  expect("localist_llm", {weights = file_i64("seg_i64_extra", "zz_extra", seg)},
+    {"localist_llm: weights", "'zz_extra' is not one of localist_llm's weights"})
+end)
+
+test("localist_llm: runs no op (a Lua loop on the host), so methods --json lists ref and cpu, not cuda", function()
+  local b = sl.methods.backends(sl.methods.get("localist_llm"))
+  local has = {}
+  for _, x in ipairs(b) do has[x] = true end
+  truthy(not has.cuda and has.ref and has.cpu, "localist_llm backends: " .. table.concat(b, ","))
+  for _, id in ipairs(sl.methods.ids()) do
+    local m = sl.methods.get(id)
+    if m.ops and #m.ops == 0 and m.phase ~= "model" then
+      local bs = {}
+      for _, x in ipairs(sl.methods.backends(m)) do bs[x] = true end
+      truthy(not bs.cuda, id .. " runs no op, so it must not list cuda")
+    end
+  end
+end)
+
 H.done()

@@ -49,8 +49,8 @@ local M = {
 }
 
 function M.run(prob, p)
-  local base = nsa.run(prob, p)
-  local _, source, op = nsa.setup(prob, p)
+  local base = nsa.run(prob, p, M.id)
+  local _, source, op = nsa.setup(prob, p, M.id)
   -- the same gates as nsa.run: recompute them to split off g_slc
   local ws = (p.weights or "") ~= "" and sl.load(p.weights) or {}
   local gc, gs, gw

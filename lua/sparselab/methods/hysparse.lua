@@ -169,7 +169,15 @@ function M.load_params(prob, p)
   -- a fitted file (gate_logits, sinks: `fit-params hysparse`) selects as it was fitted: by the stand-in's oracle
   local oracle_sel = not ws.R and not ws.full_q and ws.gate_logits
   if not ws.R and not ws.full_q and not oracle_sel then
-    sl.fail("hysparse: weights %s: holds neither R nor full_q/full_k", p.weights)
+    local hq, n, d, hkv = dims(prob)
+    local found = {}
+    for name in pairs(ws) do found[#found + 1] = name end
+    table.sort(found)
+    sl.fail("hysparse: weights %s: holds neither R nor full_q/full_k (found: %s); expected R %s (kv heads, query rows, " ..
+      "key blocks), or full_q %s (query heads, tokens, head_dim) with full_k %s (kv heads, tokens, head_dim), or " ..
+      "gate_logits %s (query heads, [sparse, swa]: the fitted form, selecting by the oracle)", p.weights,
+      #found > 0 and table.concat(found, ", ") or "no tensor", T.shape_str{hkv, n, (n + p.block - 1) // p.block},
+      T.shape_str{hq, n, d}, T.shape_str{hkv, n, d}, T.shape_str{hq, 2})
   end
   local out = {rows = function(r0, r1)
     if ws.R then return file_rows(ws.R, p.block, r0, r1) end

@@ -20,8 +20,9 @@
 --   (O(n²·D) time, O(n) memory per row): the card has no kernel and the
 --   method reads the exact weights by definition (the penalty acts on them).
 -- Reference: none public (arXiv abstract only).
--- Parameters from a file (param `weights`): segment_ids [n] (float tensor of
---   integers >= 0; tokens with the same id form one block, contiguous or not).
+-- Parameters from a file (param `weights`): segment_ids [n] (integers >= 0,
+--   as an i32 / i64 tensor or a float one; tokens with the same id form one
+--   block, contiguous or not).
 -- Stand-in without a file: blocks of `block` consecutive tokens. Every
 --   params_source starts with "oracle:exact_weights|" (then
 --   "standin:fixed_blocks(B)" or the file's sha256): the dial acts on the
@@ -53,6 +54,9 @@ local M = {
     weights = {default = "", doc = "safetensors file with segment_ids [n] (empty: fixed blocks)"},
   },
   ops = {},
+  -- no op: the forward is a float64 Lua loop on the host whatever backend is
+  -- asked, so only the host backends are listed (not cuda: nothing runs there)
+  backends = {"ref", "cpu"},
   checks = {"λ = 0 equals dense", "block entropy 0 when a row lies in one block", "entropy falls as λ grows",
     "group norms vs score-blind ones: recall check", "bad weight files: one-line errors"},
   params_sources = {"oracle:exact_weights|standin:fixed_blocks(<B>)", "oracle:exact_weights|sha256:<weights file>"},
@@ -75,7 +79,8 @@ function M.segments(prob, p)
     for j = 1, n do seg[j] = (j - 1) // p.block end
     return seg, string.format("oracle:exact_weights|standin:fixed_blocks(%d)", p.block)
   end
-  local ws = T.load_weights("localist_llm", p.weights, {{name = "segment_ids", shape = {n}, dims = "(tokens)", required = true}})
+  local ws = T.load_weights("localist_llm", p.weights, {{name = "segment_ids", shape = {n}, dims = "(tokens)", required = true,
+    int = true}})
   local seg = ws.segment_ids:totable()
   for j = 1, n do
     if seg[j] < 0 or seg[j] ~= math.floor(seg[j]) then

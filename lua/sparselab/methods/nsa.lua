@@ -109,17 +109,19 @@ local STANDIN = "standin:mean_pool+gates(0,1,0)"
 
 local dims = T.dims
 
--- The op parameters of a variant.
-local function op_params(p)
+-- The op parameters of a variant. id: the method that reports an error (fsa
+-- and nsa_latent_alternating share this code; default "nsa").
+local function op_params(p, id)
+  id = id or "nsa"
   local l, s, init, loc = p.l, p.s, 1, 2
   if p.variant == "fla" then
     l, s, init, loc = p.bs, p.bs, 0, 1
   elseif p.variant ~= "paper" then
-    sl.fail("nsa: variant must be 'paper' or 'fla', found '%s'", tostring(p.variant))
+    sl.fail("%s: variant must be 'paper' or 'fla', found '%s'", id, tostring(p.variant))
   end
   if l % s ~= 0 or p.bs % s ~= 0 then
-    sl.fail("nsa: l = %d and bs = %d must be multiples of the stride s = %d (paper eq. 9 maps compressed scores to " ..
-      "selection blocks in units of s)", l, p.bs, s)
+    sl.fail("%s: l = %d and bs = %d must be multiples of the stride s = %d (paper eq. 9 maps compressed scores to " ..
+      "selection blocks in units of s)", id, l, p.bs, s)
   end
   if p.init >= 0 then init = p.init end
   if p["local"] >= 0 then loc = p["local"] end
@@ -227,29 +229,31 @@ local function const_gates(prob, a, b, c)
 end
 
 -- Loads the weights (or none); returns ws (maybe empty), source, op params.
-local function setup(prob, p)
-  local op = op_params(p)
+-- id: the method named in errors (default "nsa").
+local function setup(prob, p, id)
+  id = id or "nsa"
+  local op = op_params(p, id)
   if (p.weights or "") == "" then return {}, STANDIN, op end
   local spec = weight_spec(prob, op)
   for _, e in ipairs(mlp_spec(prob, op, p.weights)) do spec[#spec + 1] = e end
-  local ws = T.load_weights("nsa", p.weights, spec)
+  local ws = T.load_weights(id, p.weights, spec)
   local forms = (ws.g_cmp and 1 or 0) + (ws.gate_w and 1 or 0) + (ws["gate_mlp.w1"] and 1 or 0)
   if forms > 1 then
-    sl.fail("nsa: weights %s: holds more than one gate form (g_cmp/g_slc/g_swa, gate_w/gate_b, gate_mlp.*); expected one",
-      p.weights)
+    sl.fail("%s: weights %s: holds more than one gate form (g_cmp/g_slc/g_swa, gate_w/gate_b, gate_mlp.*); expected one",
+      id, p.weights)
   end
   if ws.compress_key and ws["k_compress.w1"] then
-    sl.fail("nsa: weights %s: holds both the linear phi (compress_key) and the MLP phi (k_compress.*); expected one", p.weights)
+    sl.fail("%s: weights %s: holds both the linear phi (compress_key) and the MLP phi (k_compress.*); expected one", id, p.weights)
   end
   if ws["k_compress.w1"] and p.variant ~= "paper" then
-    sl.fail("nsa: weights %s: k_compress.* is the paper's MLP phi; expected variant=paper", p.weights)
+    sl.fail("%s: weights %s: k_compress.* is the paper's MLP phi; expected variant=paper", id, p.weights)
   end
   if ws.g_cmp and ws.gate_w then
-    sl.fail("nsa: weights %s: holds both per-token gates (g_cmp, g_slc, g_swa) and gate_w/gate_b; expected one form",
-      p.weights)
+    sl.fail("%s: weights %s: holds both per-token gates (g_cmp, g_slc, g_swa) and gate_w/gate_b; expected one form",
+      id, p.weights)
   end
   if ws.compress_key and p.variant ~= "paper" then
-    sl.fail("nsa: weights %s: compress_key is FSA's linear phi of the paper variant; expected variant=paper", p.weights)
+    sl.fail("%s: weights %s: compress_key is FSA's linear phi of the paper variant; expected variant=paper", id, p.weights)
   end
   return ws, T.file_source(p.weights), op
 end
@@ -523,7 +527,8 @@ local function decode(_, ls, step, p)
 end
 M.decode = decode
 
-function M.run(prob, p)
+--- id (optional): the method named in errors (fsa runs this; default "nsa").
+function M.run(prob, p, id)
   local _, nq0, _, _, nk0 = dims(prob)
   if nq0 < nk0 then
     -- a decode problem (the last nq rows of nk keys): replayed one step at a
@@ -534,7 +539,7 @@ function M.run(prob, p)
     return {o = r.o, lse = r.lse, params_source = src, steps = r.steps,
       stats = require("sparselab.decode").replay_stats(r.steps)}
   end
-  local ws, source, op = setup(prob, p)
+  local ws, source, op = setup(prob, p, id)
   local kc, vc = compress(prob, ws, op)
   local gc, gs, gw
   if ws.g_cmp then

@@ -159,7 +159,7 @@ function M.global_forward(prob, p, kc_override)
   local np = {}
   for k in pairs(nsa.params) do np[k] = p[k] end
   np.window = 0
-  local ws, source, op = nsa.setup(prob, np)
+  local ws, source, op = nsa.setup(prob, np, M.id)
   local kc, vc = nsa.compress(prob, ws, op)
   if kc_override then kc = kc_override(kc) end
   local gc, gs, gw
