@@ -103,6 +103,16 @@ end
 sl.pool.tokens = wrap("pool.tokens", sl.pool.tokens)
 sl.mass.blocks = wrap("mass.blocks", sl.mass.blocks)
 
+-- The decode estimators' score ops (issue 20, session 5): page.token_scores (exact or quantised q.k per cached
+-- token), page.bounds (Quest's per-page upper bounds) and page.qscores (Twilight's quantised-K logits). Their
+-- finite outputs become seeded random values like sl.score's; page.attend / attend_q (executors) are untouched.
+-- token_scores and qscores draw from one stream ("page.scores"): the same logits read from the f32 keys or
+-- from their stored int4 copy get the same blind values, so a kill comes from a check of the selection, not
+-- from the two paths disagreeing.
+sl.page.token_scores = wrap("page.scores", sl.page.token_scores)
+sl.page.qscores = wrap("page.scores", sl.page.qscores)
+sl.page.bounds = wrap("page.bounds", sl.page.bounds)
+
 local video = require "sparselab.video"
 video.dense_rows = wrap("video.dense_rows", video.dense_rows)
 video.list_rows = wrap("video.list_rows", video.list_rows)

@@ -1,9 +1,10 @@
 -- test_mutation.lua — the mutation harness (issue 20): for every dynamic
--- method of the registry (family "*-estimate"), its tests (those whose name
+-- method of the registry (family "*-estimate", and since session 5 the
+-- decode-kv, layer-reuse, budget, head-level and token-sparsity families), its tests (those whose name
 -- starts with its id, in the files below) run once more in a child lua5.4
 -- with SL_MUTATE=score_blind (tests/lua/mutate.lua: the score ops', the
--- token pooling's, the block mass's and the video recipes' sampled-row
--- outputs replaced by seeded random / shuffled values of the same shape,
+-- token pooling's, the block mass's, the decode score ops' (page.token_scores,
+-- page.qscores, page.bounds) and the video recipes' sampled-row outputs replaced by seeded random / shuffled values of the same shape,
 -- select.pq_match's lists by random ones of the same size) and must fail.
 -- A method whose tests all pass under the mutation, or that has no test,
 -- survives; survivors are listed, and any
@@ -25,7 +26,24 @@ local FILES = {"tests/lua/test_methods_dynamic_a.lua", "tests/lua/test_methods_d
 -- Methods whose estimator the score-blind mutation cannot reach (none of the mutated ops or helpers in it).
 local KNOWN_SURVIVORS = {
   hsr_attention = "its estimator is the hashing inside attn.bucket (an executor op), not a score op",
+  -- issue 20, session 5: the decode and head-level families are iterated too (see DYNAMIC below)
+  sqa = "no estimator: a fixed reduction of the query heads by `ratio`, nothing is scored",
+  sparse_guidance = "no estimator: tokens are dropped by a seeded random draw by design (the card's method)",
+  sixteen_heads = "its estimator is the model loss's gradient in the head gates (forward passes of the model "
+    .. "runner), not a score op; its tests compare with a score-blind order themselves",
+  head_neuron_predictor = "its estimator is a predictor trained on the model's activations (ridge / MLP in Lua), "
+    .. "not a score op; its tests compare with a score-blind mask themselves",
 }
+
+-- The dynamic families (issue 20, session 5: the decode-side and head-level ones were not iterated before):
+-- prefill estimators ("*-estimate"), decode KV selection, cross-layer reuse, budget allocation, head-level
+-- selection and token sparsity.
+local DYNAMIC = {["decode-kv"] = true, ["layer-reuse"] = true, budget = true, ["head-level"] = true,
+  ["token-sparsity"] = true}
+local function is_dynamic(family)
+  family = tostring(family)
+  return family:find("%-estimate$") ~= nil or DYNAMIC[family] == true
+end
 
 -- issue 14, second half: the trainable recipes' tests (family "trainable": not iterated, listed for completeness)
 FILES[#FILES + 1] = "tests/lua/test_methods_trainable2.lua"
@@ -52,7 +70,7 @@ H.test("mutation: every dynamic method's tests fail with score-blind scores", fu
   local survivors, lines = {}, {}
   for _, id in ipairs(sl.methods.ids()) do
     local m = sl.methods.get(id)
-    if tostring(m.family):find("%-estimate$") then
+    if is_dynamic(m.family) then
       local np, nf = run(id)
       local state = nf > 0 and "killed" or (np == 0 and "SURVIVED (no test)" or "SURVIVED")
       if nf == 0 then survivors[id] = true end
