@@ -26,6 +26,30 @@
 -- mean-pooling baseline helper's segment 1024.
 -- Unknowns chosen: segment must be a multiple of block; a row with no
 -- earlier segment has no off-segment pass (lse -inf there, merged away).
+-- Reference read (issue 20, session 5): xinghaow99/pbs-attn
+--   pbs_attn/src/permute_states.py (last_block_attn_sorting, apply_permutation),
+--   pbs_attn/src/pbs.py (permuted_block_sparse_attn_fwd, permuted_block_selection,
+--   first_token_mask), pbs_attn/src/utils.py (block_pooled_attn, select_blocks),
+--   pbs_attn/patch/huggingface.py (get_permuted_block_sparse_attn_fwd: block 128,
+--   segment 256, threshold 0.9, force_select_first_block — the defaults here).
+--   Matched: dense when n <= segment; probe = the last `block` queries, softmax
+--   over the complete segments' keys with no causal mask, mean over the probe
+--   rows, per-segment descending sort, the partial tail in order; queries not
+--   permuted; pooled means, 1/sqrt(d), softmax over the off-segment causal blocks,
+--   sort, the first index whose cumsum >= threshold inclusive; the key block
+--   holding token 0 OR-ed in; the segment blocks always computed; GQA by
+--   repeating K/V (the reference asserts Hq = Hkv after repeat_kv).
+--   Divergences (no option): (a) a ragged n — the reference zero-pads Q and K
+--   to a multiple of block and mean-pools the padded last block with its zeros
+--   (sum / block), so the last query block's pooled query is shrunk by
+--   valid/block and its block softmax is flatter; here the mean of its valid
+--   rows (score.pooled's pad = 0; the last key block never enters the
+--   off-segment pass); (b) torch.argsort / torch.sort(descending) give no tie
+--   order (here lower position / lower block first); (c) the reference's
+--   softmax and cumsum are float32, here float64 from the float32 pooled
+--   logits; (d) a row whose float32 cumsum never reaches the threshold
+--   (threshold 1.0 passed as a float, or rounding) keeps only the forced
+--   blocks in the reference (any_exceeds); here every off-segment block.
 local sl = require "sparselab"
 local D = require "sparselab.dynamic"
 

@@ -37,6 +37,24 @@
 -- used (the knob then no longer applies); per-head λ runs as one executor
 -- pass with the smallest λ of the heads (the most conservative skip);
 -- bq = 128, bk = 64 (the sm80/89 block sizes).
+-- Reference read (issue 20, session 5): thu-ml/SpargeAttn spas_sage_attn/utils.py
+--   (get_block_map_meansim, get_block_map_meansim_fuse_quant,
+--   triton_bmm_pool_sim_simmean, fill_block_map_triton, fill_causal_mask_triton).
+--   Matched: pooled means over the valid rows (sum / BS_), sim = sum of the
+--   normalised tokens' Gram matrix / BS_² > simthreshd1, non-similar key
+--   blocks -inf in the pooled scores (scale d^-1/2) and forced, non-similar
+--   query blocks forced, block causality k < (q + 1)·BLKQ/BLKK, softmax, sort,
+--   searchsorted(cdf, τ, right) with 0 -> 1, attention_sink.
+--   Divergences (no option): (a) topk — the reference selects int(topk · K)
+--   with K = ALL key blocks (then the causal mask), i.e. min(visible,
+--   max(1, int(topk·K))) per row; here max(1, floor(topk · visible blocks));
+--   (b) a ragged last block: its masked rows load as 0, their norm is 0 and
+--   x / |x| is NaN, so the Gram sum is NaN and the block is never self-similar
+--   there (its whole row / column forced); here its similarity is computed over
+--   its valid rows; (c) the normalised tokens are fp16 in the Gram product;
+--   (d) torch.sort's tie order. get_block_map_meansim's own defaults
+--   (simthreshd1 0.1, cdfthreshd 0.9) differ from the card's fallback used
+--   here (θ 0.6, τ 0.98).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 local E = require "sparselab.blockest"
