@@ -582,4 +582,74 @@ test("prism: RoPE slash pattern — the high band ranks the slash block first in
   end
 end)
 
+-- sparsed (issue 20, session 5): the card's step 2a/2b intermediates — per head and query block the
+-- exact softmax of its rows over all keys (non-causal, 1/sqrt(d)), the tile importance = tile sum / B² (a
+-- ragged tile divided by B² too), the top floor(n_kb·select) + 1 key blocks; with a generation region,
+-- columns >= last cleared and re-chosen from a softmax over the keys from last·B on, top floor(n_gen·select)
+-- + 1 of its blocks — written here in float64 from q and k, against the recipe's block map.
+test("sparsed: exact-softmax tile importance and the prompt / generation-region top blocks equal a float64 re-computation",
+  function()
+  local sp = sl.methods.get("sparsed")
+  local hq, n, d, b = 2, 100, 16, 16
+  local q, k, v = sl.randn({hq, n, d}, {seed = 811}), sl.randn({hq, n, d}, {seed = 812}), sl.randn({hq, n, d}, {seed = 813})
+  local prob = sl.problem{q = q, k = k, v = v, causal = false}
+  local Q, K = q:totable(), k:totable()
+  local nb = (n + b - 1) // b
+  for _, case in ipairs{{select = 0.3, gen = 0}, {select = 0.45, gen = 30}} do
+    local p = sl.registry.resolve(sp, {block = b, select = case.select, gen = case.gen})
+    local keeps = sp.build(prob, p)
+    -- last = the first query block I with n - I·B <= gen (here 100 - 5·16 = 20 <= 30: I = 5)
+    local last
+    if case.gen > 0 then
+      last = nb - 1
+      for I = 0, nb - 1 do if n - I * b <= case.gen then last = I; break end end
+      eq(last, 5, "generation region starts at block 5")
+    end
+    local kp = math.floor(nb * case.select) + 1
+    local margin = math.huge
+    -- top `cnt` of imp over blocks (ties would need the recipe's order: asserted away by the margin)
+    local function top(imp, cnt)
+      local idx = {}
+      for J = 1, #imp do idx[J] = J end
+      table.sort(idx, function(a, c) return imp[a] > imp[c] end)
+      local set = {}
+      for x = 1, math.min(cnt, #idx) do set[idx[x]] = true end
+      if cnt < #idx then margin = math.min(margin, imp[idx[cnt]] - imp[idx[cnt + 1]]) end
+      return set
+    end
+    for h = 1, hq do
+      for I = 1, nb do
+        local want = {}
+        -- prompt pass: softmax over all n keys, tile sums / B²
+        local imp = {}
+        for J = 1, nb do imp[J] = 0 end
+        for i = (I - 1) * b + 1, math.min(n, I * b) do
+          local pr = softmax_row(Q[h][i], K[h], n)
+          for j = 1, n do imp[(j - 1) // b + 1] = imp[(j - 1) // b + 1] + pr[j] / (b * b) end
+        end
+        for J in pairs(top(imp, kp)) do want[J] = true end
+        if last then
+          for J = last + 1, nb do want[J] = nil end
+          local from = last * b
+          local Kg = {}
+          for j = from + 1, n do Kg[#Kg + 1] = K[h][j] end
+          local ngen = nb - last
+          local gimp = {}
+          for J = 1, ngen do gimp[J] = 0 end
+          for i = (I - 1) * b + 1, math.min(n, I * b) do
+            local pr = softmax_row(Q[h][i], Kg, #Kg)
+            for j = 1, #Kg do gimp[(j - 1) // b + 1] = gimp[(j - 1) // b + 1] + pr[j] / (b * b) end
+          end
+          for J in pairs(top(gimp, math.floor(ngen * case.select) + 1)) do want[last + J] = true end
+        end
+        for J = 1, nb do
+          eq(keeps[h][I][J], want[J] and 1 or 0,
+            string.format("select %.2f gen %d head %d block (%d, %d)", case.select, case.gen, h, I, J))
+        end
+      end
+    end
+    truthy(margin > 1e-6, string.format("select %.2f: no importance within 1e-6 of the cut (%.3g)", case.select, margin))
+  end
+end)
+
 H.done()
