@@ -652,4 +652,64 @@ test("sparsed: exact-softmax tile importance and the prompt / generation-region 
   end
 end)
 
+-- draft_attention (issue 20, session 5): the card's steps 1-3 — the draft token of a region (ph x pw tokens
+-- of one frame) is the mean of its queries / keys, the draft map per head is the softmax over the S draft
+-- keys of q̄·k̄/sqrt(d), and the head-global selection keeps every entry >= the k-th smallest of the S x S map
+-- (k = floor(sparsity·S²)) — written here in float64 from the UN-permuted q, k by token coordinates (frame,
+-- y, x), against the recipe's draft map (read from its reordered tokens) and its selection.
+test("draft_attention: region-mean draft map and the head-global percentile selection equal a float64 re-computation",
+  function()
+  local draft = sl.methods.get("draft_attention")
+  local F, Hh, W, ph, pw, hq, d = 2, 4, 8, 2, 4, 2, 16
+  local lay = sl.layout.video{frames = F, height = Hh, width = W, text = 0}
+  local n = lay.n
+  local q, k = sl.randn({hq, n, d}, {seed = 821}), sl.randn({hq, n, d}, {seed = 822})
+  local p = sl.registry.resolve(draft, {ph = ph, pw = pw, sparsity = 0.7})
+  local perm = lay:perm_tensor("tiles", {tf = 1, th = ph, tw = pw})
+  local qp, kp = sl.layout.permute(q, perm, "cpu"), sl.layout.permute(k, perm, "cpu")
+  local map = draft.draft_map(qp, kp, lay, p)
+  local keep = draft.select(map, p.sparsity)
+  local Q, K = q:totable(), k:totable()
+  local ry, rx = Hh // ph, W // pw
+  local S = F * ry * rx
+  -- region r (0-based, frame-major, then region row, region column) of token (f, y, x)
+  local function region(f, y, x) return (f * ry + y // ph) * rx + x // pw end
+  for h = 1, hq do
+    local qb, kb, cnt = {}, {}, {}
+    for r = 1, S do
+      qb[r], kb[r], cnt[r] = {}, {}, 0
+      for c = 1, d do qb[r][c], kb[r][c] = 0, 0 end
+    end
+    for f = 0, F - 1 do for y = 0, Hh - 1 do for x = 0, W - 1 do
+      local t = (f * Hh + y) * W + x + 1
+      local r = region(f, y, x) + 1
+      cnt[r] = cnt[r] + 1
+      for c = 1, d do qb[r][c] = qb[r][c] + Q[h][t][c]; kb[r][c] = kb[r][c] + K[h][t][c] end
+    end end end
+    for r = 1, S do
+      eq(cnt[r], ph * pw, "region size")
+      for c = 1, d do qb[r][c] = qb[r][c] / cnt[r]; kb[r][c] = kb[r][c] / cnt[r] end
+    end
+    local want, flat = {}, {}
+    for I = 1, S do
+      want[I] = softmax_row(qb[I], kb, S)
+      for J = 1, S do
+        near(map[h][I][J], want[I][J], 2e-6, string.format("head %d draft map (%d, %d)", h, I, J))
+        flat[#flat + 1] = want[I][J]
+      end
+    end
+    table.sort(flat)
+    local kk = math.floor(p.sparsity * S * S)
+    local thr = flat[kk]
+    truthy(flat[kk + 1] - thr > 1e-5 and thr - flat[kk - 1] > 1e-5,
+      string.format("head %d: no map entry within 1e-5 of the threshold", h))
+    local kept = 0
+    for I = 1, S do for J = 1, S do
+      eq(keep[h][I][J], want[I][J] >= thr and 1 or 0, string.format("head %d kept (%d, %d)", h, I, J))
+      kept = kept + keep[h][I][J]
+    end end
+    eq(kept, S * S - kk + 1, "head " .. h .. ": the threshold entry and the larger ones")
+  end
+end)
+
 H.done()
