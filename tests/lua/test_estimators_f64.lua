@@ -712,4 +712,119 @@ test("draft_attention: region-mean draft map and the head-global percentile sele
   end
 end)
 
+-- pbs_attn (issue 20, session 5): xinghaow99/pbs-attn's selection transcribed in float64 from q and k —
+-- last_block_attn_sorting (the last `block` queries' softmax over the complete segments' keys, no causal
+-- mask, mean over the probe rows, a descending sort per segment, the partial tail in order), then
+-- permuted_block_selection on the permuted keys: Q and K zero-padded to a multiple of block and mean-pooled
+-- over `block` rows (pad = true; pad = false: over the valid rows), q̄·k̄/sqrt(d), softmax over the blocks of
+-- earlier segments, select_blocks (sort, cumsum, the first index with cumsum >= threshold kept), the block
+-- holding token 0 OR-ed in; executed with the segment blocks (causal by original index). Compared token by
+-- token with the recipe's executed mask in original key positions, at a ragged n where the two poolings
+-- select differently.
+test("pbs_attn: permutation, pooled block softmax and the threshold selection (pad = true: the reference's zero padding) equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("pbs_attn")
+  local hq, n, d, B, S, tau = 2, 300, 16, 32, 64, 0.8
+  -- a direction u shared by the last (ragged) query block's rows and, with a random weight, by every key:
+  -- the sorted segments then pool into blocks with clearly different scores, so the poolings' temperatures
+  -- (mean of 12 valid rows vs their sum / 32) keep different numbers of blocks
+  local Q, K = sl.randn({hq, n, d}, {seed = 831}):totable(), sl.randn({hq, n, d}, {seed = 832}):totable()
+  local g = sl.randn({hq, n, 1}, {seed = 834}):totable()
+  for h = 1, hq do
+    for i = 289, n do for c = 1, d do Q[h][i][c] = 0.3 * Q[h][i][c] + (c <= 4 and 1.5 or 0) end end
+    for j = 1, n do for c = 1, 4 do K[h][j][c] = K[h][j][c] + 1.5 * g[h][j][1] end end
+  end
+  local q, k, v = sl.tensor(Q), sl.tensor(K), sl.randn({hq, n, d}, {seed = 833})
+  local prob = sl.problem{q = q, k = k, v = v, causal = true}
+  Q, K = q:totable(), k:totable()
+  local nb, per = (n + B - 1) // B, S // B
+  local n_c = (n // S) * S
+  local sc = 1 / math.sqrt(d)
+  local function expected(h, pad)
+    local Qh, Kh = Q[h], K[h]
+    -- the permutation
+    local score = {}
+    for j = 1, n_c do score[j] = 0 end
+    for i = n - B + 1, n do
+      local a = softmax_row(Qh[i], Kh, n_c)
+      for j = 1, n_c do score[j] = score[j] + a[j] / B end
+    end
+    local perm = {}
+    for s0 = 0, n_c - 1, S do
+      local seg = {}
+      for j = s0, s0 + S - 1 do seg[#seg + 1] = j end
+      table.sort(seg, function(x, y) return score[x + 1] > score[y + 1] end)
+      for _, j in ipairs(seg) do perm[#perm + 1] = j end
+    end
+    for j = n_c, n - 1 do perm[#perm + 1] = j end
+    local slot = {}
+    for t, j in ipairs(perm) do slot[j] = t - 1 end
+    -- pooled blocks (query rows in order, keys permuted)
+    local function pool(rows_of, r)
+      local out, cnt = {}, 0
+      for c = 1, d do out[c] = 0 end
+      for t = r * B, math.min(n, (r + 1) * B) - 1 do
+        local x = rows_of(t)
+        cnt = cnt + 1
+        for c = 1, d do out[c] = out[c] + x[c] end
+      end
+      local div = pad and B or cnt
+      for c = 1, d do out[c] = out[c] / div end
+      return out
+    end
+    local kb = {}
+    for c = 0, nb - 1 do kb[c] = pool(function(t) return Kh[perm[t + 1] + 1] end, c) end
+    local keep, margin = {}, math.huge
+    for r = 0, nb - 1 do
+      keep[r] = {}
+      local lim = (r // per) * per
+      if lim > 0 then
+        local qb = pool(function(t) return Qh[t + 1] end, r)
+        local x, mx = {}, -math.huge
+        for c = 0, lim - 1 do x[c] = dot(qb, kb[c]) * sc; mx = math.max(mx, x[c]) end
+        local z = 0
+        for c = 0, lim - 1 do x[c] = math.exp(x[c] - mx); z = z + x[c] end
+        local order = {}
+        for c = 0, lim - 1 do x[c] = x[c] / z; order[#order + 1] = c end
+        table.sort(order, function(a, b2) return x[a] > x[b2] end)
+        local cum = 0
+        for _, c in ipairs(order) do
+          cum = cum + x[c]
+          keep[r][c] = true
+          margin = math.min(margin, math.abs(cum - tau))
+          if cum >= tau then break end
+        end
+        keep[r][slot[0] // B] = true
+      end
+    end
+    return function(i, j)
+      if i // S == j // S then return j <= i end
+      return i // S > j // S and keep[i // B][slot[j] // B] == true
+    end, margin
+  end
+  local differ = 0
+  local want = {}
+  for _, pad in ipairs{true, false} do
+    local mask = m.mask(prob, sl.registry.resolve(m, {block = B, segment = S, threshold = tau, pad = pad}))
+    local bits = sl.mask.as_block(mask):to_bits():totable()
+    want[pad] = {}
+    for h = 1, hq do
+      local f, margin = expected(h, pad)
+      want[pad][h] = f
+      truthy(margin > 1e-6, string.format("pad %s head %d: no cumulative mass within 1e-6 of the threshold", tostring(pad), h))
+      local bad = 0
+      for i = 0, n - 1 do for j = 0, n - 1 do
+        if bits[h][i + 1][j + 1] ~= (f(i, j) and 1 or 0) then bad = bad + 1 end
+      end end
+      eq(bad, 0, string.format("pad %s head %d: executed pairs differing from the float64 transcription", tostring(pad), h))
+    end
+  end
+  for h = 1, hq do
+    for i = 0, n - 1 do for j = 0, n - 1 do
+      if want[true][h](i, j) ~= want[false][h](i, j) then differ = differ + 1 end
+    end end
+  end
+  truthy(differ > 0, "the reference's zero padding selects differently from the valid-row mean here (" .. differ .. " pairs)")
+end)
+
 H.done()
