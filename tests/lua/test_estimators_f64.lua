@@ -827,4 +827,76 @@ test("pbs_attn: permutation, pooled block softmax and the threshold selection (p
   truthy(differ > 0, "the reference's zero padding selects differently from the valid-row mean here (" .. differ .. " pairs)")
 end)
 
+-- rectified_spaattn (issue 20, session 5): the card's steps 1-4 — on the curve-ordered tokens, block means
+-- q̄_I, k̄_J, IPAR's P'_IJ = softmax_J(q̄_I·k̄_J/sqrt(d) + log |J|) (a ragged last block counts its own size),
+-- then per video query block the count(sorted cumsum <= p_remain) + 1 first blocks, at least top_k =
+-- floor((1 - drop_rate)·nb) — written here in float64 (the Gilbert order is the layout's, checked by
+-- test_video.lua), against the recipe's P' and its selection.
+test("rectified_spaattn: IPAR pooled probabilities P' and the p_remain / top_k critical-block count equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("rectified_spaattn")
+  local lay = sl.layout.video{frames = 2, height = 8, width = 8, text = 0}
+  local n, hq, d, b = lay.n, 2, 8, 12
+  local nb = (n + b - 1) // b
+  local q, k = sl.randn({hq, n, d}, {seed = 841}), sl.randn({hq, n, d}, {seed = 842})
+  local p = sl.registry.resolve(m, {block = b, drop_rate = 0.75, p_remain = 0.3, neighbours = false})
+  local order = lay:order("gilbert")
+  local perm = lay:perm_tensor({order})
+  local qp, kp = sl.layout.permute(q, perm, "cpu"), sl.layout.permute(k, perm, "cpu")
+  local P = m.probs(qp, kp, lay, b)
+  local Q, K = q:totable(), k:totable()
+  local top_k = math.floor((1 - p.drop_rate) * nb)
+  local margin, by_cum = math.huge, 0
+  for h = 1, hq do
+    -- block means over the curve order: block I holds the tokens order[I·b + 1 .. (I+1)·b]
+    local function means(X)
+      local out = {}
+      for I = 1, nb do
+        local mrow, cnt = {}, 0
+        for c = 1, d do mrow[c] = 0 end
+        for pos = (I - 1) * b + 1, math.min(n, I * b) do
+          local t = order[pos] + 1
+          cnt = cnt + 1
+          for c = 1, d do mrow[c] = mrow[c] + X[h][t][c] end
+        end
+        for c = 1, d do mrow[c] = mrow[c] / cnt end
+        out[I] = mrow
+      end
+      return out
+    end
+    local qb, kb = means(Q), means(K)
+    local keep = m.select(P[h], p, nb, nil, {}, nil)
+    for I = 1, nb do
+      local x, mx = {}, -math.huge
+      for J = 1, nb do
+        x[J] = dot(qb[I], kb[J]) / math.sqrt(d) + math.log(math.min(b, n - (J - 1) * b))
+        mx = math.max(mx, x[J])
+      end
+      local z = 0
+      for J = 1, nb do x[J] = math.exp(x[J] - mx); z = z + x[J] end
+      for J = 1, nb do
+        x[J] = x[J] / z
+        near(P[h][I][J], x[J], 2e-6, string.format("head %d P' (%d, %d)", h, I, J))
+      end
+      local idx = {}
+      for J = 1, nb do idx[J] = J end
+      table.sort(idx, function(a, c) return x[a] > x[c] end)
+      local cum, count = 0, 0
+      for _, J in ipairs(idx) do
+        cum = cum + x[J]
+        margin = math.min(margin, math.abs(cum - p.p_remain))
+        if cum <= p.p_remain then count = count + 1 else break end
+      end
+      if count + 1 > top_k then by_cum = by_cum + 1 end
+      count = math.min(nb, math.max(count + 1, top_k))
+      for r = 1, nb - 1 do margin = math.min(margin, x[idx[r]] - x[idx[r + 1]]) end
+      local want = {}
+      for r = 1, count do want[idx[r]] = true end
+      for J = 1, nb do eq(keep[I][J], want[J] and 1 or 0, string.format("head %d kept (%d, %d)", h, I, J)) end
+    end
+  end
+  truthy(margin > 1e-6, string.format("no cumulative sum on p_remain and no tie (%.3g)", margin))
+  truthy(by_cum > 0, "the p_remain rule decides some rows (count + 1 > top_k): " .. by_cum)
+end)
+
 H.done()
