@@ -899,4 +899,64 @@ test("rectified_spaattn: IPAR pooled probabilities P' and the p_remain / top_k c
   truthy(by_cum > 0, "the p_remain rule decides some rows (count + 1 > top_k): " .. by_cum)
 end)
 
+-- pq_code_match (issue 20, session 5): the card's steps 1-3 with the recipe's own fitted codebook (step 5,
+-- a calibration, taken as given) — every q and k row's code per subspace = the L1-nearest codeword (ties:
+-- lower index), match counts m_ij over the causal keys, slot = min(floor(4·m/S), 3), keys from the highest
+-- slot down in ascending j until nnz = n / coeff — written here in float64, against the recipe's lists.
+test("pq_code_match: product-quantised codes, match counts and the slot-ordered candidate lists equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("pq_code_match")
+  local hq, n, d = 2, 96, 16
+  local q, k = sl.randn({hq, n, d}, {seed = 851}), sl.randn({1, n, d}, {seed = 852})
+  local prob = sl.problem{q = q, k = k, v = sl.randn({1, n, d}, {seed = 853}), causal = true}
+  local p = sl.registry.resolve(m, {subspaces = 4, codewords = 8, coeff = 8})
+  local cb = m.fit({prob}, p)
+  local rp, col, _, nnz = m.lists(prob, p, sl.tensor(cb))
+  eq(nnz, n // 8, "nnz = n / coeff")
+  local RP, COL = rp:totable(), col:totable()
+  local Q, K = q:totable(), k:totable()
+  local S, dc = 4, d // 4
+  local margin = math.huge
+  local function code(x)
+    local out = {}
+    for s0 = 1, S do
+      local best, second, arg = math.huge, math.huge, 0
+      for c = 1, #cb[1][s0] do
+        local w, dist = cb[1][s0][c], 0
+        for e = 1, dc do dist = dist + math.abs(x[(s0 - 1) * dc + e] - w[e]) end
+        if dist < best then best, second, arg = dist, best, c elseif dist < second then second = dist end
+      end
+      margin = math.min(margin, second - best)
+      out[s0] = arg
+    end
+    return out
+  end
+  local kc = {}
+  for j = 1, n do kc[j] = code(K[1][j]) end
+  local reordered = 0
+  for h = 1, hq do
+    for i = 1, n do
+      local qc = code(Q[h][i])
+      local by_slot = {{}, {}, {}, {}}
+      for j = 1, i do
+        local mcount = 0
+        for s0 = 1, S do if qc[s0] == kc[j][s0] then mcount = mcount + 1 end end
+        local slot = math.min(4 * mcount // S, 3)
+        table.insert(by_slot[slot + 1], j - 1)
+      end
+      local want = {}
+      for slot = 4, 1, -1 do
+        for _, j in ipairs(by_slot[slot]) do if #want < nnz then want[#want + 1] = j end end
+      end
+      table.sort(want)
+      if #want == nnz and want[nnz] ~= nnz - 1 then reordered = reordered + 1 end
+      local a = RP[h][i]
+      eq(RP[h][i + 1] - a, #want, string.format("head %d row %d: list length", h, i - 1))
+      for t = 1, #want do eq(COL[a + t], want[t], string.format("head %d row %d entry %d", h, i - 1, t)) end
+    end
+  end
+  truthy(margin > 1e-5, string.format("no code within 1e-5 of a tie (%.3g)", margin))
+  truthy(reordered > n, "the slots reorder the candidates (rows whose list is not the first nnz keys: " .. reordered .. ")")
+end)
+
 H.done()
