@@ -959,4 +959,88 @@ test("pq_code_match: product-quantised codes, match counts and the slot-ordered 
   truthy(reordered > n, "the slots reorder the candidates (rows whose list is not the first nnz keys: " .. reordered .. ")")
 end)
 
+-- adaspa (issue 20, session 5): the card's steps 1, 3, 4 — the exact block mass W[p, q] = Σ exp(s_ij − LSE_i)
+-- with a fresh LSE, each head's recall at the base sparsity s (mean over block rows of the top-k row mass /
+-- row mass), the head-adaptive sparsities (n = #recall > bar capped at H/2; the n highest get s + δ, the n
+-- lowest s − δ, δ = min((1 − s)/2, s)), and each head's top round((1 − s_h)·nb) blocks per row — written here
+-- in float64 from q and k, against the recipe's W and its executed block mask.
+test("adaspa: exact block mass W, per-head recalls, adaptive sparsities and the row top-k blocks equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("adaspa")
+  local lay = sl.layout.video{frames = 2, height = 8, width = 8, text = 0}
+  local n, hq, d, b = lay.n, 4, 16, 16
+  local nb = n // b
+  -- per-head key scales so that the heads' recalls differ clearly
+  local Q, K = sl.randn({hq, n, d}, {seed = 861}):totable(), sl.randn({hq, n, d}, {seed = 862}):totable()
+  for h = 1, hq do for j = 1, n do for c = 1, d do K[h][j][c] = K[h][j][c] * (0.4 + 0.5 * h) end end end
+  local q, k = sl.tensor(Q), sl.tensor(K)
+  local prob = sl.problem{q = q, k = k, v = sl.randn({hq, n, d}, {seed = 863}), causal = false, layout = lay}
+  Q, K = q:totable(), k:totable()
+  local s, bar = 0.5, 0.0
+  local p = sl.registry.resolve(m, {block = b, sparsity = s, recall_bar = bar})
+  local _, lse = sl.attn.dense(q, k, prob.v, {causal = false})
+  local W = m.block_mass(prob, lse, p)
+  local want, rec, margin = {}, {}, math.huge
+  local function topk(row, cnt)
+    local idx = {}
+    for J = 1, nb do idx[J] = J end
+    table.sort(idx, function(a, c) return row[a] > row[c] end)
+    if cnt >= 1 and cnt < nb then margin = math.min(margin, row[idx[cnt]] - row[idx[cnt + 1]]) end
+    local set, kept = {}, 0
+    for x = 1, cnt do set[idx[x]] = true; kept = kept + row[idx[x]] end
+    return set, kept
+  end
+  local k0 = math.floor((1 - s) * nb + 0.5)
+  for h = 1, hq do
+    want[h] = {}
+    local r = 0
+    for I = 1, nb do
+      local row = {}
+      for J = 1, nb do row[J] = 0 end
+      for i = (I - 1) * b + 1, I * b do
+        local pr = softmax_row(Q[h][i], K[h], n)
+        for j = 1, n do row[(j - 1) // b + 1] = row[(j - 1) // b + 1] + pr[j] end
+      end
+      for J = 1, nb do near(W[h][I][J], row[J], 2e-5, string.format("head %d W (%d, %d)", h, I, J)) end
+      want[h][I] = row
+      local _, kept = topk(row, k0)
+      local tot = 0
+      for J = 1, nb do tot = tot + row[J] end
+      near(tot, b, 1e-9, "a fresh-LSE row of W sums to the block's rows")
+      r = r + kept / tot
+    end
+    rec[h] = r / nb
+  end
+  -- step 4 in float64
+  local cnt = 0
+  for h = 1, hq do if rec[h] > bar then cnt = cnt + 1 end end
+  cnt = math.min(cnt, hq // 2)
+  local order = {}
+  for h = 1, hq do order[h] = h end
+  table.sort(order, function(a, c) return rec[a] > rec[c] end)
+  for x = 1, hq - 1 do margin = math.min(margin, rec[order[x]] - rec[order[x + 1]]) end
+  local delta = math.min((1 - s) / 2, s)
+  local sh = {}
+  for h = 1, hq do sh[h] = s end
+  for x = 1, cnt do sh[order[x]] = s + delta; sh[order[hq - x + 1]] = s - delta end
+  eq(cnt, 2, "two heads shifted each way")
+  local r = m.run(prob, p)
+  local bits = sl.mask.as_block(r.mask):to_bits():totable()
+  local distinct = {}
+  for h = 1, hq do
+    local kh = math.floor((1 - sh[h]) * nb + 0.5)
+    distinct[kh] = true
+    for I = 1, nb do
+      local set = topk(want[h][I], kh)
+      for J = 1, nb do
+        eq(bits[h][(I - 1) * b + 1][(J - 1) * b + 1], set[J] and 1 or 0, string.format("head %d block (%d, %d)", h, I, J))
+      end
+    end
+  end
+  local nd = 0
+  for _ in pairs(distinct) do nd = nd + 1 end
+  eq(nd, 2, "the adaptive rule gives two keep counts")
+  truthy(margin > 1e-6, string.format("no W entry or recall within 1e-6 of a cut (%.3g)", margin))
+end)
+
 H.done()
