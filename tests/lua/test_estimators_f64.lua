@@ -1043,4 +1043,68 @@ test("adaspa: exact block mass W, per-head recalls, adaptive sparsities and the 
   truthy(margin > 1e-6, string.format("no W entry or recall within 1e-6 of a cut (%.3g)", margin))
 end)
 
+-- light_forcing (issue 20, session 5): the card's Hierarchical Sparse Attention per query block — frame
+-- scores = mean-pooled query block · mean of each cached frame's keys, the top ceil(2(1 − s)·F) candidate
+-- frames (the sink frame apart), block scores inside them, the top round((1 − s)·F·blocks per frame) blocks;
+-- ∪ the chunk's own frames and the sink frame — written here in float64 (only the rankings matter: no scale),
+-- against the recipe's executed block mask.
+test("light_forcing: frame-level then block-level pooled rankings of the cache equal a float64 re-computation",
+  function()
+  local lf = sl.methods.get("light_forcing")
+  local F, hh, ww, hq, d, b, bq, sp = 8, 4, 8, 2, 16, 8, 16, 0.6
+  local lay = sl.layout.video{frames = F, height = hh, width = ww, text = 0}
+  local S, n_k = hh * ww, lay.n
+  local n_q = 2 * S
+  local q, k = sl.randn({hq, n_q, d}, {seed = 871}), sl.randn({hq, n_k, d}, {seed = 872})
+  local prob = sl.problem{q = q, k = k, v = sl.randn({hq, n_k, d}, {seed = 873}), causal = false, layout = lay}
+  local p = sl.registry.resolve(lf, {block = b, bq = bq, sparsity = sp})
+  local out = lf.run(prob, p)
+  local bits = sl.mask.as_block(out.mask):to_bits():totable()
+  local Q, K = q:totable(), k:totable()
+  local bpf, hist = S // b, F - n_q // S
+  local cand = {}
+  for f = 1, hist - 1 do cand[#cand + 1] = f end
+  local nf = math.min(#cand, math.ceil(2 * (1 - sp) * #cand))
+  local kb = math.floor((1 - sp) * #cand * bpf + 0.5)
+  local margin = math.huge
+  local function mean(X, a, c)
+    local m = {}
+    for e = 1, d do m[e] = 0 end
+    for t = a, c do for e = 1, d do m[e] = m[e] + X[t][e] / (c - a + 1) end end
+    return m
+  end
+  local function top(vals, ids, cnt)
+    local idx = {}
+    for _, x in ipairs(ids) do idx[#idx + 1] = x end
+    table.sort(idx, function(a, c) return vals[a] > vals[c] end)
+    if cnt < #idx then margin = math.min(margin, vals[idx[cnt]] - vals[idx[cnt + 1]]) end
+    local set = {}
+    for x = 1, cnt do set[idx[x]] = true end
+    return set, idx
+  end
+  for h = 1, hq do
+    for I = 1, n_q // bq do
+      local qb = mean(Q[h], (I - 1) * bq + 1, I * bq)
+      local fv = {}
+      for _, f in ipairs(cand) do fv[f] = dot(qb, mean(K[h], f * S + 1, (f + 1) * S)) end
+      local frames, ordered = top(fv, cand, nf)
+      local bv, blocks = {}, {}
+      for x = 1, nf do
+        local f = ordered[x]
+        for J = f * bpf, (f + 1) * bpf - 1 do
+          blocks[#blocks + 1] = J
+          bv[J] = dot(qb, mean(K[h], J * b + 1, (J + 1) * b))
+        end
+      end
+      local chosen = top(bv, blocks, kb)
+      for J = 0, n_k // b - 1 do
+        local f = J // bpf
+        local want = f == 0 or f >= hist or (chosen[J] == true and frames[f] == true)
+        eq(bits[h][(I - 1) * bq + 1][J * b + 1], want and 1 or 0, string.format("head %d query block %d key block %d", h, I, J))
+      end
+    end
+  end
+  truthy(margin > 1e-5, string.format("no frame or block score within 1e-5 of a cut (%.3g)", margin))
+end)
+
 H.done()
