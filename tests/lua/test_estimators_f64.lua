@@ -1107,4 +1107,67 @@ test("light_forcing: frame-level then block-level pooled rankings of the cache e
   truthy(margin > 1e-5, string.format("no frame or block score within 1e-5 of a cut (%.3g)", margin))
 end)
 
+-- sparse_videogen (issue 20, session 5): the card's online profiling — for the sampled query rows, the dense
+-- output, the output under the spatial band (blocks |I − J| < w in frame-major order, text keys on) and under
+-- the temporal band (the same band in token-major order), per head the squared error of each candidate; the
+-- head is temporal when its temporal error is smaller — written here in float64 from q, k, v (the sampled rows
+-- and the token-major order are the layout's helpers, not estimator quantities), against the recipe's kinds.
+test("sparse_videogen: profiling errors of the spatial and temporal bands on the sampled rows, and the head kinds, equal a float64 re-computation",
+  function()
+  local svg = sl.methods.get("sparse_videogen")
+  local video = require "sparselab.video"
+  local q, k, v, _, lay = sl.layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 8, seed = 21}
+  local prob = sl.problem{q = q, k = k, v = v, causal = false, layout = lay}
+  local p = sl.registry.resolve(svg, {block = 16, rows = 16, density = 0.3})
+  local n, b = lay.n, p.block
+  local w = svg.width_blocks(p, n, lay.text)
+  local kinds = svg.classify(prob, p, lay, w)
+  local rows = video.sample(lay.video0, lay.video0 + math.min(p.max_row, lay.n_video), p.rows, p.seed)
+  local order = lay:order("yxf")
+  local where = {}
+  for pos, t in ipairs(order) do where[t] = pos - 1 end
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  local hq, d = #Q, #Q[1][1]
+  local t0 = lay.text_first and 0 or lay.n_video
+  -- keys (original token ids) of the band around position pos of an order (tok: position -> token id)
+  local function band(pos, tok)
+    local I = pos // b
+    local out = {}
+    for j = math.max(0, (I - w + 1) * b), math.min(n, (I + w) * b) - 1 do out[tok(j)] = true end
+    for j = t0, t0 + lay.text - 1 do out[j] = true end
+    return out
+  end
+  local function attend(h, i, set)
+    local g = (h - 1) // (hq // #K) + 1
+    local sc, mx = {}, -math.huge
+    for j = 0, n - 1 do
+      if set == nil or set[j] then sc[j] = dot(Q[h][i + 1], K[g][j + 1]) / math.sqrt(d); mx = math.max(mx, sc[j]) end
+    end
+    local o, z = {}, 0
+    for c = 1, d do o[c] = 0 end
+    for j, x in pairs(sc) do
+      local e = math.exp(x - mx)
+      z = z + e
+      for c = 1, d do o[c] = o[c] + e * V[g][j + 1][c] end
+    end
+    for c = 1, d do o[c] = o[c] / z end
+    return o
+  end
+  local seen = {}
+  for h = 1, hq do
+    local es, et = 0, 0
+    for _, i in ipairs(rows) do
+      local ref = attend(h, i, nil)
+      local os_ = attend(h, i, band(i, function(j) return j end))
+      local ot = attend(h, i, band(where[i], function(j) return order[j + 1] end))
+      for c = 1, d do es = es + (os_[c] - ref[c]) ^ 2; et = et + (ot[c] - ref[c]) ^ 2 end
+    end
+    truthy(math.abs(es - et) > 1e-6 * (es + et), string.format("head %d: the two errors are apart (%.3g, %.3g)", h, es, et))
+    local want = et < es and 1 or 0
+    eq(kinds[h], want, string.format("head %d kind (spatial error %.4g, temporal %.4g)", h, es, et))
+    seen[want] = true
+  end
+  truthy(seen[0] and seen[1], "both head kinds occur")
+end)
+
 H.done()
