@@ -1170,4 +1170,71 @@ test("sparse_videogen: profiling errors of the spatial and temporal bands on the
   truthy(seen[0] and seen[1], "both head kinds occur")
 end)
 
+-- rainfusion (issue 20, session 5): the card's ARM — for the sampled first-frame queries, the exact softmax
+-- mass R'(M) inside the temporal pattern (kh x kw positions around (y, x) in every frame, kh = round(sqrt(bw)·H))
+-- and inside the spatial one (the cf = round(bw·F) frames around the query's frame, NATTEN's shifted window),
+-- text keys in both, averaged over the rows; temporal if R'(temporal) >= alpha, else spatial if R'(spatial)
+-- >= alpha, else textural — written here in float64 (the sampled rows are the recipe's, a sampling helper),
+-- against the recipe's recalls and head kinds.
+test("rainfusion: ARM masses of the temporal and spatial patterns on the sampled rows, and the head kinds, equal a float64 re-computation",
+  function()
+  local rf = sl.methods.get("rainfusion")
+  local video = require "sparselab.video"
+  local q, k, v, _, lay = sl.layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 6, seed = 5,
+    spatial_len = 6}
+  local prob = sl.problem{q = q, k = k, v = v, causal = false, layout = lay}
+  local p = sl.registry.resolve(rf, {})
+  local rows = rf.sample_rows(lay, p)
+  local heads = rf.classify(prob, lay, p)
+  local Q, K = q:totable(), k:totable()
+  local hq, hk, d = #Q, #K, #Q[1][1]
+  local F, Hh, W = lay.frames, lay.height, lay.width
+  local function rnd(x) return math.floor(x + 0.5) end
+  local bw = p.bandwidth
+  local cf = math.max(1, math.min(F, rnd(bw * F)))
+  local kh, kw = math.max(1, math.min(Hh, rnd(math.sqrt(bw) * Hh))), math.max(1, math.min(W, rnd(math.sqrt(bw) * W)))
+  local function win(x, kk, X)
+    local lf = kk // 2
+    local c = math.min(math.max(x, lf), X - 1 - (kk - 1 - lf))
+    return c - lf, c - lf + kk - 1
+  end
+  -- token t (0-based video token, frame-major, text after the video) -> f, y, x
+  local function coord(t) return t // (Hh * W), (t // W) % Hh, t % W end
+  local function inside(t, j, kf, ky, kx)
+    if j >= lay.n_video then return true end
+    local f, y, x = coord(t)
+    local g, yy, xx = coord(j)
+    local f0, f1 = win(f, kf, F)
+    local y0, y1 = win(y, ky, Hh)
+    local x0, x1 = win(x, kx, W)
+    return g >= f0 and g <= f1 and yy >= y0 and yy <= y1 and xx >= x0 and xx <= x1
+  end
+  local _, ref_lse = video.dense_rows(prob, rows)
+  local got_t = rf.recalls(prob, lay, rows, {F, kh, kw}, ref_lse)
+  local got_s = rf.recalls(prob, lay, rows, {cf, Hh, W}, ref_lse)
+  local seen, margin = {}, math.huge
+  for h = 1, hq do
+    local g = (h - 1) // (hq // hk) + 1
+    local rt, rs = 0, 0
+    for _, t in ipairs(rows) do
+      local pr = softmax_row(Q[h][t + 1], K[g], lay.n)
+      for j = 0, lay.n - 1 do
+        if inside(t, j, F, kh, kw) then rt = rt + pr[j + 1] end
+        if inside(t, j, cf, Hh, W) then rs = rs + pr[j + 1] end
+      end
+    end
+    rt, rs = rt / #rows, rs / #rows
+    near(got_t[h], rt, 2e-5, "head " .. h .. ": R'(temporal)")
+    near(got_s[h], rs, 2e-5, "head " .. h .. ": R'(spatial)")
+    margin = math.min(margin, math.abs(rt - p.alpha), math.abs(rs - p.alpha))
+    local want = rt >= p.alpha and "temporal" or (rs >= p.alpha and "spatial" or "textural")
+    eq(heads[h].kind, want, string.format("head %d kind (R' temporal %.4f, spatial %.4f)", h, rt, rs))
+    seen[want] = true
+  end
+  truthy(margin > 1e-5, string.format("no R' within 1e-5 of alpha (%.3g)", margin))
+  local kinds = 0
+  for _ in pairs(seen) do kinds = kinds + 1 end
+  truthy(kinds >= 2, "at least two head kinds occur")
+end)
+
 H.done()
