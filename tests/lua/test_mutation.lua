@@ -50,10 +50,20 @@ FILES[#FILES + 1] = "tests/lua/test_methods_trainable2.lua"
 
 local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
+-- The files' text, to skip a child process for a file that never mentions the id (its tests are named after
+-- the id, so such a file has none; a plain substring test, so a name built at run time still counts).
+local TEXT = {}
+for _, f in ipairs(FILES) do
+  local fh = assert(io.open(f, "r"))
+  TEXT[f] = fh:read("a")
+  fh:close()
+end
+
 -- Runs the tests of id in every file under the mutation: passed, failed (summed over files).
 local function run(id)
   local passed, failed = 0, 0
   for _, f in ipairs(FILES) do
+    if not TEXT[f]:find(id, 1, true) then goto continue end
     local cmd = string.format("SL_TEST_ONLY=%s SL_MUTATE=score_blind LUA_CPATH=%s lua5.4 %s 2>/dev/null", q(id),
       q(BUILD .. "/?.so"), q(f))
     local p = io.popen(cmd, "r")
@@ -62,6 +72,7 @@ local function run(id)
     local np, nf = out:match("(%d+) passed, (%d+) failed%s*$")
     if not np then error(string.format("%s under the mutation: no summary line from %s", id, f), 0) end
     passed, failed = passed + tonumber(np), failed + tonumber(nf)
+    ::continue::
   end
   return passed, failed
 end
