@@ -1,11 +1,13 @@
 -- test_mutation.lua — the mutation harness (issue 20): for every dynamic
 -- method of the registry (family "*-estimate", and since session 5 the
--- decode-kv, layer-reuse, budget, head-level and token-sparsity families), its tests (those whose name
--- starts with its id, in the files below) run once more in a child lua5.4
--- with SL_MUTATE=score_blind (tests/lua/mutate.lua: the score ops', the
--- token pooling's, the block mass's, the decode score ops' (page.token_scores,
--- page.qscores, page.bounds) and the video recipes' sampled-row outputs replaced by seeded random / shuffled values of the same shape,
--- select.pq_match's lists by random ones of the same size) and must fail.
+-- decode-kv, layer-reuse, budget, head-level and token-sparsity families),
+-- its tests (those whose name starts with its id, in the files below) run
+-- once more in a child lua5.4 with SL_MUTATE=score_blind
+-- (tests/lua/mutate.lua: the score ops', the token pooling's, the block
+-- mass's, the decode score ops' (page.token_scores, page.qscores,
+-- page.bounds) and the video recipes' sampled-row outputs replaced by seeded
+-- random / shuffled values of the same shape, select.pq_match's lists by
+-- random ones of the same size) and must fail.
 -- A method whose tests all pass under the mutation, or that has no test,
 -- survives; survivors are listed, and any
 -- survivor not in KNOWN_SURVIVORS (each with the reason its estimator is out

@@ -46,8 +46,9 @@
 --   its valid rows (the card's pooling), named option pad = true the
 --   reference's (score.pooled pad = 1; the last key block never enters the
 --   off-segment pass) — with it the selection equals a float64 transcription
---   of the reference (tests/lua/test_estimators_f64.lua); (b) torch.argsort / torch.sort(descending) give no tie
---   order (here lower position / lower block first); (c) the reference's
+--   of the reference (tests/lua/test_estimators_f64.lua). No option for the
+--   rest: (b) torch.argsort / torch.sort(descending) give no tie order (here
+--   lower position / lower block first); (c) the reference's
 --   softmax and cumsum are float32, here float64 from the float32 pooled
 --   logits; (d) a row whose float32 cumsum never reaches the threshold
 --   (threshold 1.0 passed as a float, or rounding) keeps only the forced

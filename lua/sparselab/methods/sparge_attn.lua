@@ -50,8 +50,9 @@
 --   key blocks (then the causal mask), i.e. min(candidates, max(1,
 --   int(topk·K))) per row; the default counts the visible blocks, max(1,
 --   floor(topk · visible)); named option topk_all = true is the reference's
---   count (the same on non-causal problems). No option for the rest: (b) a ragged last block: its masked rows load as 0, their norm is 0 and
---   x / |x| is NaN, so the Gram sum is NaN and the block is never self-similar
+--   count (the same on non-causal problems). No option for the rest: (b) a
+--   ragged last block: its masked rows load as 0, their norm is 0 and x / |x|
+--   is NaN, so the Gram sum is NaN and the block is never self-similar
 --   there (its whole row / column forced); here its similarity is computed over
 --   its valid rows; (c) the normalised tokens are fp16 in the Gram product;
 --   (d) torch.sort's tie order. get_block_map_meansim's own defaults
