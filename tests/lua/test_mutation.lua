@@ -6,8 +6,9 @@
 -- (tests/lua/mutate.lua: the score ops', the token pooling's, the block
 -- mass's, the decode score ops' (page.token_scores, page.qscores,
 -- page.bounds) and the video recipes' sampled-row outputs replaced by seeded
--- random / shuffled values of the same shape, select.pq_match's lists by
--- random ones of the same size) and must fail.
+-- random / shuffled values of the same shape, select.pq_match's lists and
+-- attn.bucket's threshold report (use_tau) by random ones of the same size)
+-- and must fail.
 -- A method whose tests all pass under the mutation, or that has no test,
 -- survives; survivors are listed, and any
 -- survivor not in KNOWN_SURVIVORS (each with the reason its estimator is out
@@ -27,7 +28,8 @@ local FILES = {"tests/lua/test_methods_dynamic_a.lua", "tests/lua/test_methods_d
 
 -- Methods whose estimator the score-blind mutation cannot reach (none of the mutated ops or helpers in it).
 local KNOWN_SURVIVORS = {
-  hsr_attention = "its estimator is the hashing inside attn.bucket (an executor op), not a score op",
+  -- hsr_attention was listed here ("its estimator is inside attn.bucket") until session 5: mutate.lua now
+  -- replaces attn.bucket's threshold report (use_tau) by a random report of the same size, like pq_match's
   -- issue 20, session 5: the decode and head-level families are iterated too (see DYNAMIC below)
   sqa = "no estimator: a fixed reduction of the query heads by `ratio`, nothing is scored",
   sparse_guidance = "no estimator: tokens are dropped by a seeded random draw by design (the card's method)",
