@@ -12,15 +12,18 @@
 -- the sampled-row profiles of the video recipes (sparselab.video's
 -- dense_rows and list_rows: the O and L of a few sampled query rows that
 -- RainFusion's ARM and Sparse VideoGen's head classifier compare; the
--- methods' executed attention never goes through them). A selector op that
+-- methods' executed attention never goes through them), and the decode
+-- estimators' score ops (page.token_scores, page.qscores, page.bounds:
+-- session 5). A selector op that
 -- scores internally and returns index lists (sl.select.pq_match: PQ code
 -- matching) keeps its row_ptr, and each row's keys are replaced by as many
 -- keys drawn at random from that row's visible keys (sorted, valid for the
 -- executor): a score-blind selection of the same size; likewise
 -- sl.select.hip_tree (HiP's tree, issue 16 session 3) keeps its evals and
 -- each query block's count of kept key blocks, drawn at random from the
--- blocks it sees. The executors
--- (sl.attn.*) are never mutated.
+-- blocks it sees; and attn.bucket's threshold report (HSR, use_tau: search
+-- and attention fused in one op) becomes a random report of the same size
+-- run by attn.token_sparse. No other executor (sl.attn.*) is mutated.
 -- A method whose tests still pass under it tests plumbing, not its
 -- estimator. SL_MUTATE=score_blind is the only variant.
 local sl = require "sparselab"
@@ -103,6 +106,16 @@ end
 sl.pool.tokens = wrap("pool.tokens", sl.pool.tokens)
 sl.mass.blocks = wrap("mass.blocks", sl.mass.blocks)
 
+-- The decode estimators' score ops (issue 20, session 5): page.token_scores (exact or quantised q.k per cached
+-- token), page.bounds (Quest's per-page upper bounds) and page.qscores (Twilight's quantised-K logits). Their
+-- finite outputs become seeded random values like sl.score's; page.attend / attend_q (executors) are untouched.
+-- token_scores and qscores draw from one stream ("page.scores"): the same logits read from the f32 keys or
+-- from their stored int4 copy get the same blind values, so a kill comes from a check of the selection, not
+-- from the two paths disagreeing.
+sl.page.token_scores = wrap("page.scores", sl.page.token_scores)
+sl.page.qscores = wrap("page.scores", sl.page.qscores)
+sl.page.bounds = wrap("page.bounds", sl.page.bounds)
+
 local video = require "sparselab.video"
 video.dense_rows = wrap("video.dense_rows", video.dense_rows)
 video.list_rows = wrap("video.list_rows", video.list_rows)
@@ -136,6 +149,46 @@ sl.select.pq_match = function(q, k, cb, args)
     end
   end
   return rp, sl.tensor(out, "i32")
+end
+
+-- attn.bucket with use_tau and no buckets (HSR's half-space report, issue 20 session 5): the threshold search
+-- and the attention are fused in this one op, so its selection is replaced the way select.pq_match's is —
+-- each row attends as many keys as the op reported, drawn at random (seeded as above) from its visible keys,
+-- through attn.token_sparse (an executor, not mutated); count is kept. Bucketed calls (SCFA: qb, kb from the
+-- already mutated score.hash) pass through.
+local bucket = sl.attn.bucket
+sl.attn.bucket = function(q, k, v, args)
+  if not (args and args.use_tau and args.use_tau ~= 0 and args.use_tau ~= false) or args.qb or args.kb then
+    return bucket(q, k, v, args)
+  end
+  local _, _, count = bucket(q, k, v, args)
+  reseed("attn.bucket", table.pack(count))
+  local nq, nk = q:shape()[2], k:shape()[2]
+  local causal = args.causal ~= nil and args.causal ~= 0 and args.causal ~= false
+  local c = count:totable()
+  local rp, col = {}, {}
+  for h = 1, #c do
+    rp[h] = {#col}
+    for i = 1, nq do
+      local vis = causal and math.min(nk, i + nk - nq) or nk
+      local cnt = c[h][i]
+      local pool = {}
+      for j = 0, vis - 1 do pool[j + 1] = j end
+      for t = 1, cnt do
+        local u = t + math.floor(rnd() * (vis - t + 1))
+        pool[t], pool[u] = pool[u], pool[t]
+      end
+      local l = {}
+      for t = 1, cnt do l[t] = pool[t] end
+      table.sort(l)
+      for _, j in ipairs(l) do col[#col + 1] = j end
+      rp[h][i + 1] = #col
+    end
+  end
+  if #col == 0 then col[1] = 0 end
+  local o, lse = sl.attn.token_sparse(q, k, v, sl.tensor(rp, "i32"), sl.tensor(col, "i32"),
+    {scale = args.scale, backend = args.backend})
+  return o, lse, count
 end
 
 -- select.hip_tree(q, k, args) -> keep u8 [Hq, R, C], evals: each (head, query block) keeps as many key blocks,

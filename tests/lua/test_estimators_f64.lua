@@ -582,4 +582,659 @@ test("prism: RoPE slash pattern — the high band ranks the slash block first in
   end
 end)
 
+-- sparsed (issue 20, session 5): the card's step 2a/2b intermediates — per head and query block the
+-- exact softmax of its rows over all keys (non-causal, 1/sqrt(d)), the tile importance = tile sum / B² (a
+-- ragged tile divided by B² too), the top floor(n_kb·select) + 1 key blocks; with a generation region,
+-- columns >= last cleared and re-chosen from a softmax over the keys from last·B on, top floor(n_gen·select)
+-- + 1 of its blocks — written here in float64 from q and k, against the recipe's block map.
+test("sparsed: exact-softmax tile importance and the prompt / generation-region top blocks equal a float64 re-computation",
+  function()
+  local sp = sl.methods.get("sparsed")
+  local hq, n, d, b = 2, 100, 16, 16
+  local q, k, v = sl.randn({hq, n, d}, {seed = 811}), sl.randn({hq, n, d}, {seed = 812}), sl.randn({hq, n, d}, {seed = 813})
+  local prob = sl.problem{q = q, k = k, v = v, causal = false}
+  local Q, K = q:totable(), k:totable()
+  local nb = (n + b - 1) // b
+  for _, case in ipairs{{select = 0.3, gen = 0}, {select = 0.45, gen = 30}} do
+    local p = sl.registry.resolve(sp, {block = b, select = case.select, gen = case.gen})
+    local keeps = sp.build(prob, p)
+    -- last = the first query block I with n - I·B <= gen (here 100 - 5·16 = 20 <= 30: I = 5)
+    local last
+    if case.gen > 0 then
+      last = nb - 1
+      for I = 0, nb - 1 do if n - I * b <= case.gen then last = I; break end end
+      eq(last, 5, "generation region starts at block 5")
+    end
+    local kp = math.floor(nb * case.select) + 1
+    local margin = math.huge
+    -- top `cnt` of imp over blocks (ties would need the recipe's order: asserted away by the margin)
+    local function top(imp, cnt)
+      local idx = {}
+      for J = 1, #imp do idx[J] = J end
+      table.sort(idx, function(a, c) return imp[a] > imp[c] end)
+      local set = {}
+      for x = 1, math.min(cnt, #idx) do set[idx[x]] = true end
+      if cnt < #idx then margin = math.min(margin, imp[idx[cnt]] - imp[idx[cnt + 1]]) end
+      return set
+    end
+    for h = 1, hq do
+      for I = 1, nb do
+        local want = {}
+        -- prompt pass: softmax over all n keys, tile sums / B²
+        local imp = {}
+        for J = 1, nb do imp[J] = 0 end
+        for i = (I - 1) * b + 1, math.min(n, I * b) do
+          local pr = softmax_row(Q[h][i], K[h], n)
+          for j = 1, n do imp[(j - 1) // b + 1] = imp[(j - 1) // b + 1] + pr[j] / (b * b) end
+        end
+        for J in pairs(top(imp, kp)) do want[J] = true end
+        if last then
+          for J = last + 1, nb do want[J] = nil end
+          local from = last * b
+          local Kg = {}
+          for j = from + 1, n do Kg[#Kg + 1] = K[h][j] end
+          local ngen = nb - last
+          local gimp = {}
+          for J = 1, ngen do gimp[J] = 0 end
+          for i = (I - 1) * b + 1, math.min(n, I * b) do
+            local pr = softmax_row(Q[h][i], Kg, #Kg)
+            for j = 1, #Kg do gimp[(j - 1) // b + 1] = gimp[(j - 1) // b + 1] + pr[j] / (b * b) end
+          end
+          for J in pairs(top(gimp, math.floor(ngen * case.select) + 1)) do want[last + J] = true end
+        end
+        for J = 1, nb do
+          eq(keeps[h][I][J], want[J] and 1 or 0,
+            string.format("select %.2f gen %d head %d block (%d, %d)", case.select, case.gen, h, I, J))
+        end
+      end
+    end
+    truthy(margin > 1e-6, string.format("select %.2f: no importance within 1e-6 of the cut (%.3g)", case.select, margin))
+  end
+end)
+
+-- draft_attention (issue 20, session 5): the card's steps 1-3 — the draft token of a region (ph x pw tokens
+-- of one frame) is the mean of its queries / keys, the draft map per head is the softmax over the S draft
+-- keys of q̄·k̄/sqrt(d), and the head-global selection keeps every entry >= the k-th smallest of the S x S map
+-- (k = floor(sparsity·S²)) — written here in float64 from the UN-permuted q, k by token coordinates (frame,
+-- y, x), against the recipe's draft map (read from its reordered tokens) and its selection.
+test("draft_attention: region-mean draft map and the head-global percentile selection equal a float64 re-computation",
+  function()
+  local draft = sl.methods.get("draft_attention")
+  local F, Hh, W, ph, pw, hq, d = 2, 4, 8, 2, 4, 2, 16
+  local lay = sl.layout.video{frames = F, height = Hh, width = W, text = 0}
+  local n = lay.n
+  local q, k = sl.randn({hq, n, d}, {seed = 821}), sl.randn({hq, n, d}, {seed = 822})
+  local p = sl.registry.resolve(draft, {ph = ph, pw = pw, sparsity = 0.7})
+  local perm = lay:perm_tensor("tiles", {tf = 1, th = ph, tw = pw})
+  local qp, kp = sl.layout.permute(q, perm, "cpu"), sl.layout.permute(k, perm, "cpu")
+  local map = draft.draft_map(qp, kp, lay, p)
+  local keep = draft.select(map, p.sparsity)
+  local Q, K = q:totable(), k:totable()
+  local ry, rx = Hh // ph, W // pw
+  local S = F * ry * rx
+  -- region r (0-based, frame-major, then region row, region column) of token (f, y, x)
+  local function region(f, y, x) return (f * ry + y // ph) * rx + x // pw end
+  for h = 1, hq do
+    local qb, kb, cnt = {}, {}, {}
+    for r = 1, S do
+      qb[r], kb[r], cnt[r] = {}, {}, 0
+      for c = 1, d do qb[r][c], kb[r][c] = 0, 0 end
+    end
+    for f = 0, F - 1 do for y = 0, Hh - 1 do for x = 0, W - 1 do
+      local t = (f * Hh + y) * W + x + 1
+      local r = region(f, y, x) + 1
+      cnt[r] = cnt[r] + 1
+      for c = 1, d do qb[r][c] = qb[r][c] + Q[h][t][c]; kb[r][c] = kb[r][c] + K[h][t][c] end
+    end end end
+    for r = 1, S do
+      eq(cnt[r], ph * pw, "region size")
+      for c = 1, d do qb[r][c] = qb[r][c] / cnt[r]; kb[r][c] = kb[r][c] / cnt[r] end
+    end
+    local want, flat = {}, {}
+    for I = 1, S do
+      want[I] = softmax_row(qb[I], kb, S)
+      for J = 1, S do
+        near(map[h][I][J], want[I][J], 2e-6, string.format("head %d draft map (%d, %d)", h, I, J))
+        flat[#flat + 1] = want[I][J]
+      end
+    end
+    table.sort(flat)
+    local kk = math.floor(p.sparsity * S * S)
+    local thr = flat[kk]
+    truthy(flat[kk + 1] - thr > 1e-5 and thr - flat[kk - 1] > 1e-5,
+      string.format("head %d: no map entry within 1e-5 of the threshold", h))
+    local kept = 0
+    for I = 1, S do for J = 1, S do
+      eq(keep[h][I][J], want[I][J] >= thr and 1 or 0, string.format("head %d kept (%d, %d)", h, I, J))
+      kept = kept + keep[h][I][J]
+    end end
+    eq(kept, S * S - kk + 1, "head " .. h .. ": the threshold entry and the larger ones")
+  end
+end)
+
+-- pbs_attn (issue 20, session 5): xinghaow99/pbs-attn's selection transcribed in float64 from q and k —
+-- last_block_attn_sorting (the last `block` queries' softmax over the complete segments' keys, no causal
+-- mask, mean over the probe rows, a descending sort per segment, the partial tail in order), then
+-- permuted_block_selection on the permuted keys: Q and K zero-padded to a multiple of block and mean-pooled
+-- over `block` rows (pad = true; pad = false: over the valid rows), q̄·k̄/sqrt(d), softmax over the blocks of
+-- earlier segments, select_blocks (sort, cumsum, the first index with cumsum >= threshold kept), the block
+-- holding token 0 OR-ed in; executed with the segment blocks (causal by original index). Compared token by
+-- token with the recipe's executed mask in original key positions, at a ragged n where the two poolings
+-- select differently.
+test("pbs_attn: permutation, pooled block softmax and the threshold selection (pad = true: the reference's zero padding) equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("pbs_attn")
+  local hq, n, d, B, S, tau = 2, 300, 16, 32, 64, 0.8
+  -- a direction u shared by the last (ragged) query block's rows and, with a random weight, by every key:
+  -- the sorted segments then pool into blocks with clearly different scores, so the poolings' temperatures
+  -- (mean of 12 valid rows vs their sum / 32) keep different numbers of blocks
+  local Q, K = sl.randn({hq, n, d}, {seed = 831}):totable(), sl.randn({hq, n, d}, {seed = 832}):totable()
+  local g = sl.randn({hq, n, 1}, {seed = 834}):totable()
+  for h = 1, hq do
+    for i = 289, n do for c = 1, d do Q[h][i][c] = 0.3 * Q[h][i][c] + (c <= 4 and 1.5 or 0) end end
+    for j = 1, n do for c = 1, 4 do K[h][j][c] = K[h][j][c] + 1.5 * g[h][j][1] end end
+  end
+  local q, k, v = sl.tensor(Q), sl.tensor(K), sl.randn({hq, n, d}, {seed = 833})
+  local prob = sl.problem{q = q, k = k, v = v, causal = true}
+  Q, K = q:totable(), k:totable()
+  local nb, per = (n + B - 1) // B, S // B
+  local n_c = (n // S) * S
+  local sc = 1 / math.sqrt(d)
+  local function expected(h, pad)
+    local Qh, Kh = Q[h], K[h]
+    -- the permutation
+    local score = {}
+    for j = 1, n_c do score[j] = 0 end
+    for i = n - B + 1, n do
+      local a = softmax_row(Qh[i], Kh, n_c)
+      for j = 1, n_c do score[j] = score[j] + a[j] / B end
+    end
+    local perm = {}
+    for s0 = 0, n_c - 1, S do
+      local seg = {}
+      for j = s0, s0 + S - 1 do seg[#seg + 1] = j end
+      table.sort(seg, function(x, y) return score[x + 1] > score[y + 1] end)
+      for _, j in ipairs(seg) do perm[#perm + 1] = j end
+    end
+    for j = n_c, n - 1 do perm[#perm + 1] = j end
+    local slot = {}
+    for t, j in ipairs(perm) do slot[j] = t - 1 end
+    -- pooled blocks (query rows in order, keys permuted)
+    local function pool(rows_of, r)
+      local out, cnt = {}, 0
+      for c = 1, d do out[c] = 0 end
+      for t = r * B, math.min(n, (r + 1) * B) - 1 do
+        local x = rows_of(t)
+        cnt = cnt + 1
+        for c = 1, d do out[c] = out[c] + x[c] end
+      end
+      local div = pad and B or cnt
+      for c = 1, d do out[c] = out[c] / div end
+      return out
+    end
+    local kb = {}
+    for c = 0, nb - 1 do kb[c] = pool(function(t) return Kh[perm[t + 1] + 1] end, c) end
+    local keep, margin = {}, math.huge
+    for r = 0, nb - 1 do
+      keep[r] = {}
+      local lim = (r // per) * per
+      if lim > 0 then
+        local qb = pool(function(t) return Qh[t + 1] end, r)
+        local x, mx = {}, -math.huge
+        for c = 0, lim - 1 do x[c] = dot(qb, kb[c]) * sc; mx = math.max(mx, x[c]) end
+        local z = 0
+        for c = 0, lim - 1 do x[c] = math.exp(x[c] - mx); z = z + x[c] end
+        local order = {}
+        for c = 0, lim - 1 do x[c] = x[c] / z; order[#order + 1] = c end
+        table.sort(order, function(a, b2) return x[a] > x[b2] end)
+        local cum = 0
+        for _, c in ipairs(order) do
+          cum = cum + x[c]
+          keep[r][c] = true
+          margin = math.min(margin, math.abs(cum - tau))
+          if cum >= tau then break end
+        end
+        keep[r][slot[0] // B] = true
+      end
+    end
+    return function(i, j)
+      if i // S == j // S then return j <= i end
+      return i // S > j // S and keep[i // B][slot[j] // B] == true
+    end, margin
+  end
+  local differ = 0
+  local want = {}
+  for _, pad in ipairs{true, false} do
+    local mask = m.mask(prob, sl.registry.resolve(m, {block = B, segment = S, threshold = tau, pad = pad}))
+    local bits = sl.mask.as_block(mask):to_bits():totable()
+    want[pad] = {}
+    for h = 1, hq do
+      local f, margin = expected(h, pad)
+      want[pad][h] = f
+      truthy(margin > 1e-6, string.format("pad %s head %d: no cumulative mass within 1e-6 of the threshold", tostring(pad), h))
+      local bad = 0
+      for i = 0, n - 1 do for j = 0, n - 1 do
+        if bits[h][i + 1][j + 1] ~= (f(i, j) and 1 or 0) then bad = bad + 1 end
+      end end
+      eq(bad, 0, string.format("pad %s head %d: executed pairs differing from the float64 transcription", tostring(pad), h))
+    end
+  end
+  for h = 1, hq do
+    for i = 0, n - 1 do for j = 0, n - 1 do
+      if want[true][h](i, j) ~= want[false][h](i, j) then differ = differ + 1 end
+    end end
+  end
+  truthy(differ > 0, "the reference's zero padding selects differently from the valid-row mean here (" .. differ .. " pairs)")
+end)
+
+-- rectified_spaattn (issue 20, session 5): the card's steps 1-4 — on the curve-ordered tokens, block means
+-- q̄_I, k̄_J, IPAR's P'_IJ = softmax_J(q̄_I·k̄_J/sqrt(d) + log |J|) (a ragged last block counts its own size),
+-- then per video query block the count(sorted cumsum <= p_remain) + 1 first blocks, at least top_k =
+-- floor((1 - drop_rate)·nb) — written here in float64 (the Gilbert order is the layout's, checked by
+-- test_video.lua), against the recipe's P' and its selection.
+test("rectified_spaattn: IPAR pooled probabilities P' and the p_remain / top_k critical-block count equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("rectified_spaattn")
+  local lay = sl.layout.video{frames = 2, height = 8, width = 8, text = 0}
+  local n, hq, d, b = lay.n, 2, 8, 12
+  local nb = (n + b - 1) // b
+  local q, k = sl.randn({hq, n, d}, {seed = 841}), sl.randn({hq, n, d}, {seed = 842})
+  local p = sl.registry.resolve(m, {block = b, drop_rate = 0.75, p_remain = 0.3, neighbours = false})
+  local order = lay:order("gilbert")
+  local perm = lay:perm_tensor({order})
+  local qp, kp = sl.layout.permute(q, perm, "cpu"), sl.layout.permute(k, perm, "cpu")
+  local P = m.probs(qp, kp, lay, b)
+  local Q, K = q:totable(), k:totable()
+  local top_k = math.floor((1 - p.drop_rate) * nb)
+  local margin, by_cum = math.huge, 0
+  for h = 1, hq do
+    -- block means over the curve order: block I holds the tokens order[I·b + 1 .. (I+1)·b]
+    local function means(X)
+      local out = {}
+      for I = 1, nb do
+        local mrow, cnt = {}, 0
+        for c = 1, d do mrow[c] = 0 end
+        for pos = (I - 1) * b + 1, math.min(n, I * b) do
+          local t = order[pos] + 1
+          cnt = cnt + 1
+          for c = 1, d do mrow[c] = mrow[c] + X[h][t][c] end
+        end
+        for c = 1, d do mrow[c] = mrow[c] / cnt end
+        out[I] = mrow
+      end
+      return out
+    end
+    local qb, kb = means(Q), means(K)
+    local keep = m.select(P[h], p, nb, nil, {}, nil)
+    for I = 1, nb do
+      local x, mx = {}, -math.huge
+      for J = 1, nb do
+        x[J] = dot(qb[I], kb[J]) / math.sqrt(d) + math.log(math.min(b, n - (J - 1) * b))
+        mx = math.max(mx, x[J])
+      end
+      local z = 0
+      for J = 1, nb do x[J] = math.exp(x[J] - mx); z = z + x[J] end
+      for J = 1, nb do
+        x[J] = x[J] / z
+        near(P[h][I][J], x[J], 2e-6, string.format("head %d P' (%d, %d)", h, I, J))
+      end
+      local idx = {}
+      for J = 1, nb do idx[J] = J end
+      table.sort(idx, function(a, c) return x[a] > x[c] end)
+      local cum, count = 0, 0
+      for _, J in ipairs(idx) do
+        cum = cum + x[J]
+        margin = math.min(margin, math.abs(cum - p.p_remain))
+        if cum <= p.p_remain then count = count + 1 else break end
+      end
+      if count + 1 > top_k then by_cum = by_cum + 1 end
+      count = math.min(nb, math.max(count + 1, top_k))
+      for r = 1, nb - 1 do margin = math.min(margin, x[idx[r]] - x[idx[r + 1]]) end
+      local want = {}
+      for r = 1, count do want[idx[r]] = true end
+      for J = 1, nb do eq(keep[I][J], want[J] and 1 or 0, string.format("head %d kept (%d, %d)", h, I, J)) end
+    end
+  end
+  truthy(margin > 1e-6, string.format("no cumulative sum on p_remain and no tie (%.3g)", margin))
+  truthy(by_cum > 0, "the p_remain rule decides some rows (count + 1 > top_k): " .. by_cum)
+end)
+
+-- pq_code_match (issue 20, session 5): the card's steps 1-3 with the recipe's own fitted codebook (step 5,
+-- a calibration, taken as given) — every q and k row's code per subspace = the L1-nearest codeword (ties:
+-- lower index), match counts m_ij over the causal keys, slot = min(floor(4·m/S), 3), keys from the highest
+-- slot down in ascending j until nnz = n / coeff — written here in float64, against the recipe's lists.
+test("pq_code_match: product-quantised codes, match counts and the slot-ordered candidate lists equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("pq_code_match")
+  local hq, n, d = 2, 96, 16
+  local q, k = sl.randn({hq, n, d}, {seed = 851}), sl.randn({1, n, d}, {seed = 852})
+  local prob = sl.problem{q = q, k = k, v = sl.randn({1, n, d}, {seed = 853}), causal = true}
+  local p = sl.registry.resolve(m, {subspaces = 4, codewords = 8, coeff = 8})
+  local cb = m.fit({prob}, p)
+  local rp, col, _, nnz = m.lists(prob, p, sl.tensor(cb))
+  eq(nnz, n // 8, "nnz = n / coeff")
+  local RP, COL = rp:totable(), col:totable()
+  local Q, K = q:totable(), k:totable()
+  local S, dc = 4, d // 4
+  local margin = math.huge
+  local function code(x)
+    local out = {}
+    for s0 = 1, S do
+      local best, second, arg = math.huge, math.huge, 0
+      for c = 1, #cb[1][s0] do
+        local w, dist = cb[1][s0][c], 0
+        for e = 1, dc do dist = dist + math.abs(x[(s0 - 1) * dc + e] - w[e]) end
+        if dist < best then best, second, arg = dist, best, c elseif dist < second then second = dist end
+      end
+      margin = math.min(margin, second - best)
+      out[s0] = arg
+    end
+    return out
+  end
+  local kc = {}
+  for j = 1, n do kc[j] = code(K[1][j]) end
+  local reordered = 0
+  for h = 1, hq do
+    for i = 1, n do
+      local qc = code(Q[h][i])
+      local by_slot = {{}, {}, {}, {}}
+      for j = 1, i do
+        local mcount = 0
+        for s0 = 1, S do if qc[s0] == kc[j][s0] then mcount = mcount + 1 end end
+        local slot = math.min(4 * mcount // S, 3)
+        table.insert(by_slot[slot + 1], j - 1)
+      end
+      local want = {}
+      for slot = 4, 1, -1 do
+        for _, j in ipairs(by_slot[slot]) do if #want < nnz then want[#want + 1] = j end end
+      end
+      table.sort(want)
+      if #want == nnz and want[nnz] ~= nnz - 1 then reordered = reordered + 1 end
+      local a = RP[h][i]
+      eq(RP[h][i + 1] - a, #want, string.format("head %d row %d: list length", h, i - 1))
+      for t = 1, #want do eq(COL[a + t], want[t], string.format("head %d row %d entry %d", h, i - 1, t)) end
+    end
+  end
+  truthy(margin > 1e-5, string.format("no code within 1e-5 of a tie (%.3g)", margin))
+  truthy(reordered > n, "the slots reorder the candidates (rows whose list is not the first nnz keys: " .. reordered .. ")")
+end)
+
+-- adaspa (issue 20, session 5): the card's steps 1, 3, 4 — the exact block mass W[p, q] = Σ exp(s_ij − LSE_i)
+-- with a fresh LSE, each head's recall at the base sparsity s (mean over block rows of the top-k row mass /
+-- row mass), the head-adaptive sparsities (n = #recall > bar capped at H/2; the n highest get s + δ, the n
+-- lowest s − δ, δ = min((1 − s)/2, s)), and each head's top round((1 − s_h)·nb) blocks per row — written here
+-- in float64 from q and k, against the recipe's W and its executed block mask.
+test("adaspa: exact block mass W, per-head recalls, adaptive sparsities and the row top-k blocks equal a float64 re-computation",
+  function()
+  local m = sl.methods.get("adaspa")
+  local lay = sl.layout.video{frames = 2, height = 8, width = 8, text = 0}
+  local n, hq, d, b = lay.n, 4, 16, 16
+  local nb = n // b
+  -- per-head key scales so that the heads' recalls differ clearly
+  local Q, K = sl.randn({hq, n, d}, {seed = 861}):totable(), sl.randn({hq, n, d}, {seed = 862}):totable()
+  for h = 1, hq do for j = 1, n do for c = 1, d do K[h][j][c] = K[h][j][c] * (0.4 + 0.5 * h) end end end
+  local q, k = sl.tensor(Q), sl.tensor(K)
+  local prob = sl.problem{q = q, k = k, v = sl.randn({hq, n, d}, {seed = 863}), causal = false, layout = lay}
+  Q, K = q:totable(), k:totable()
+  local s, bar = 0.5, 0.0
+  local p = sl.registry.resolve(m, {block = b, sparsity = s, recall_bar = bar})
+  local _, lse = sl.attn.dense(q, k, prob.v, {causal = false})
+  local W = m.block_mass(prob, lse, p)
+  local want, rec, margin = {}, {}, math.huge
+  local function topk(row, cnt)
+    local idx = {}
+    for J = 1, nb do idx[J] = J end
+    table.sort(idx, function(a, c) return row[a] > row[c] end)
+    if cnt >= 1 and cnt < nb then margin = math.min(margin, row[idx[cnt]] - row[idx[cnt + 1]]) end
+    local set, kept = {}, 0
+    for x = 1, cnt do set[idx[x]] = true; kept = kept + row[idx[x]] end
+    return set, kept
+  end
+  local k0 = math.floor((1 - s) * nb + 0.5)
+  for h = 1, hq do
+    want[h] = {}
+    local r = 0
+    for I = 1, nb do
+      local row = {}
+      for J = 1, nb do row[J] = 0 end
+      for i = (I - 1) * b + 1, I * b do
+        local pr = softmax_row(Q[h][i], K[h], n)
+        for j = 1, n do row[(j - 1) // b + 1] = row[(j - 1) // b + 1] + pr[j] end
+      end
+      for J = 1, nb do near(W[h][I][J], row[J], 2e-5, string.format("head %d W (%d, %d)", h, I, J)) end
+      want[h][I] = row
+      local _, kept = topk(row, k0)
+      local tot = 0
+      for J = 1, nb do tot = tot + row[J] end
+      near(tot, b, 1e-9, "a fresh-LSE row of W sums to the block's rows")
+      r = r + kept / tot
+    end
+    rec[h] = r / nb
+  end
+  -- step 4 in float64
+  local cnt = 0
+  for h = 1, hq do if rec[h] > bar then cnt = cnt + 1 end end
+  cnt = math.min(cnt, hq // 2)
+  local order = {}
+  for h = 1, hq do order[h] = h end
+  table.sort(order, function(a, c) return rec[a] > rec[c] end)
+  for x = 1, hq - 1 do margin = math.min(margin, rec[order[x]] - rec[order[x + 1]]) end
+  local delta = math.min((1 - s) / 2, s)
+  local sh = {}
+  for h = 1, hq do sh[h] = s end
+  for x = 1, cnt do sh[order[x]] = s + delta; sh[order[hq - x + 1]] = s - delta end
+  eq(cnt, 2, "two heads shifted each way")
+  local r = m.run(prob, p)
+  local bits = sl.mask.as_block(r.mask):to_bits():totable()
+  local distinct = {}
+  for h = 1, hq do
+    local kh = math.floor((1 - sh[h]) * nb + 0.5)
+    distinct[kh] = true
+    for I = 1, nb do
+      local set = topk(want[h][I], kh)
+      for J = 1, nb do
+        eq(bits[h][(I - 1) * b + 1][(J - 1) * b + 1], set[J] and 1 or 0, string.format("head %d block (%d, %d)", h, I, J))
+      end
+    end
+  end
+  local nd = 0
+  for _ in pairs(distinct) do nd = nd + 1 end
+  eq(nd, 2, "the adaptive rule gives two keep counts")
+  truthy(margin > 1e-6, string.format("no W entry or recall within 1e-6 of a cut (%.3g)", margin))
+end)
+
+-- light_forcing (issue 20, session 5): the card's Hierarchical Sparse Attention per query block — frame
+-- scores = mean-pooled query block · mean of each cached frame's keys, the top ceil(2(1 − s)·F) candidate
+-- frames (the sink frame apart), block scores inside them, the top round((1 − s)·F·blocks per frame) blocks;
+-- ∪ the chunk's own frames and the sink frame — written here in float64 (only the rankings matter: no scale),
+-- against the recipe's executed block mask.
+test("light_forcing: frame-level then block-level pooled rankings of the cache equal a float64 re-computation",
+  function()
+  local lf = sl.methods.get("light_forcing")
+  local F, hh, ww, hq, d, b, bq, sp = 8, 4, 8, 2, 16, 8, 16, 0.6
+  local lay = sl.layout.video{frames = F, height = hh, width = ww, text = 0}
+  local S, n_k = hh * ww, lay.n
+  local n_q = 2 * S
+  local q, k = sl.randn({hq, n_q, d}, {seed = 871}), sl.randn({hq, n_k, d}, {seed = 872})
+  local prob = sl.problem{q = q, k = k, v = sl.randn({hq, n_k, d}, {seed = 873}), causal = false, layout = lay}
+  local p = sl.registry.resolve(lf, {block = b, bq = bq, sparsity = sp})
+  local out = lf.run(prob, p)
+  local bits = sl.mask.as_block(out.mask):to_bits():totable()
+  local Q, K = q:totable(), k:totable()
+  local bpf, hist = S // b, F - n_q // S
+  local cand = {}
+  for f = 1, hist - 1 do cand[#cand + 1] = f end
+  local nf = math.min(#cand, math.ceil(2 * (1 - sp) * #cand))
+  local kb = math.floor((1 - sp) * #cand * bpf + 0.5)
+  local margin = math.huge
+  local function mean(X, a, c)
+    local m = {}
+    for e = 1, d do m[e] = 0 end
+    for t = a, c do for e = 1, d do m[e] = m[e] + X[t][e] / (c - a + 1) end end
+    return m
+  end
+  local function top(vals, ids, cnt)
+    local idx = {}
+    for _, x in ipairs(ids) do idx[#idx + 1] = x end
+    table.sort(idx, function(a, c) return vals[a] > vals[c] end)
+    if cnt < #idx then margin = math.min(margin, vals[idx[cnt]] - vals[idx[cnt + 1]]) end
+    local set = {}
+    for x = 1, cnt do set[idx[x]] = true end
+    return set, idx
+  end
+  for h = 1, hq do
+    for I = 1, n_q // bq do
+      local qb = mean(Q[h], (I - 1) * bq + 1, I * bq)
+      local fv = {}
+      for _, f in ipairs(cand) do fv[f] = dot(qb, mean(K[h], f * S + 1, (f + 1) * S)) end
+      local frames, ordered = top(fv, cand, nf)
+      local bv, blocks = {}, {}
+      for x = 1, nf do
+        local f = ordered[x]
+        for J = f * bpf, (f + 1) * bpf - 1 do
+          blocks[#blocks + 1] = J
+          bv[J] = dot(qb, mean(K[h], J * b + 1, (J + 1) * b))
+        end
+      end
+      local chosen = top(bv, blocks, kb)
+      for J = 0, n_k // b - 1 do
+        local f = J // bpf
+        local want = f == 0 or f >= hist or (chosen[J] == true and frames[f] == true)
+        eq(bits[h][(I - 1) * bq + 1][J * b + 1], want and 1 or 0, string.format("head %d query block %d key block %d", h, I, J))
+      end
+    end
+  end
+  truthy(margin > 1e-5, string.format("no frame or block score within 1e-5 of a cut (%.3g)", margin))
+end)
+
+-- sparse_videogen (issue 20, session 5): the card's online profiling — for the sampled query rows, the dense
+-- output, the output under the spatial band (blocks |I − J| < w in frame-major order, text keys on) and under
+-- the temporal band (the same band in token-major order), per head the squared error of each candidate; the
+-- head is temporal when its temporal error is smaller — written here in float64 from q, k, v (the sampled rows
+-- and the token-major order are the layout's helpers, not estimator quantities), against the recipe's kinds.
+test("sparse_videogen: profiling errors of the spatial and temporal bands on the sampled rows, and the head kinds, equal a float64 re-computation",
+  function()
+  local svg = sl.methods.get("sparse_videogen")
+  local video = require "sparselab.video"
+  local q, k, v, _, lay = sl.layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 8, seed = 21}
+  local prob = sl.problem{q = q, k = k, v = v, causal = false, layout = lay}
+  local p = sl.registry.resolve(svg, {block = 16, rows = 16, density = 0.3})
+  local n, b = lay.n, p.block
+  local w = svg.width_blocks(p, n, lay.text)
+  local kinds = svg.classify(prob, p, lay, w)
+  local rows = video.sample(lay.video0, lay.video0 + math.min(p.max_row, lay.n_video), p.rows, p.seed)
+  local order = lay:order("yxf")
+  local where = {}
+  for pos, t in ipairs(order) do where[t] = pos - 1 end
+  local Q, K, V = q:totable(), k:totable(), v:totable()
+  local hq, d = #Q, #Q[1][1]
+  local t0 = lay.text_first and 0 or lay.n_video
+  -- keys (original token ids) of the band around position pos of an order (tok: position -> token id)
+  local function band(pos, tok)
+    local I = pos // b
+    local out = {}
+    for j = math.max(0, (I - w + 1) * b), math.min(n, (I + w) * b) - 1 do out[tok(j)] = true end
+    for j = t0, t0 + lay.text - 1 do out[j] = true end
+    return out
+  end
+  local function attend(h, i, set)
+    local g = (h - 1) // (hq // #K) + 1
+    local sc, mx = {}, -math.huge
+    for j = 0, n - 1 do
+      if set == nil or set[j] then sc[j] = dot(Q[h][i + 1], K[g][j + 1]) / math.sqrt(d); mx = math.max(mx, sc[j]) end
+    end
+    local o, z = {}, 0
+    for c = 1, d do o[c] = 0 end
+    for j, x in pairs(sc) do
+      local e = math.exp(x - mx)
+      z = z + e
+      for c = 1, d do o[c] = o[c] + e * V[g][j + 1][c] end
+    end
+    for c = 1, d do o[c] = o[c] / z end
+    return o
+  end
+  local seen = {}
+  for h = 1, hq do
+    local es, et = 0, 0
+    for _, i in ipairs(rows) do
+      local ref = attend(h, i, nil)
+      local os_ = attend(h, i, band(i, function(j) return j end))
+      local ot = attend(h, i, band(where[i], function(j) return order[j + 1] end))
+      for c = 1, d do es = es + (os_[c] - ref[c]) ^ 2; et = et + (ot[c] - ref[c]) ^ 2 end
+    end
+    truthy(math.abs(es - et) > 1e-6 * (es + et), string.format("head %d: the two errors are apart (%.3g, %.3g)", h, es, et))
+    local want = et < es and 1 or 0
+    eq(kinds[h], want, string.format("head %d kind (spatial error %.4g, temporal %.4g)", h, es, et))
+    seen[want] = true
+  end
+  truthy(seen[0] and seen[1], "both head kinds occur")
+end)
+
+-- rainfusion (issue 20, session 5): the card's ARM — for the sampled first-frame queries, the exact softmax
+-- mass R'(M) inside the temporal pattern (kh x kw positions around (y, x) in every frame, kh = round(sqrt(bw)·H))
+-- and inside the spatial one (the cf = round(bw·F) frames around the query's frame, NATTEN's shifted window),
+-- text keys in both, averaged over the rows; temporal if R'(temporal) >= alpha, else spatial if R'(spatial)
+-- >= alpha, else textural — written here in float64 (the sampled rows are the recipe's, a sampling helper),
+-- against the recipe's recalls and head kinds.
+test("rainfusion: ARM masses of the temporal and spatial patterns on the sampled rows, and the head kinds, equal a float64 re-computation",
+  function()
+  local rf = sl.methods.get("rainfusion")
+  local video = require "sparselab.video"
+  local q, k, v, _, lay = sl.layout.video_workload{frames = 4, height = 8, width = 8, text = 8, heads = 6, seed = 5,
+    spatial_len = 6}
+  local prob = sl.problem{q = q, k = k, v = v, causal = false, layout = lay}
+  local p = sl.registry.resolve(rf, {})
+  local rows = rf.sample_rows(lay, p)
+  local heads = rf.classify(prob, lay, p)
+  local Q, K = q:totable(), k:totable()
+  local hq, hk, d = #Q, #K, #Q[1][1]
+  local F, Hh, W = lay.frames, lay.height, lay.width
+  local function rnd(x) return math.floor(x + 0.5) end
+  local bw = p.bandwidth
+  local cf = math.max(1, math.min(F, rnd(bw * F)))
+  local kh, kw = math.max(1, math.min(Hh, rnd(math.sqrt(bw) * Hh))), math.max(1, math.min(W, rnd(math.sqrt(bw) * W)))
+  local function win(x, kk, X)
+    local lf = kk // 2
+    local c = math.min(math.max(x, lf), X - 1 - (kk - 1 - lf))
+    return c - lf, c - lf + kk - 1
+  end
+  -- token t (0-based video token, frame-major, text after the video) -> f, y, x
+  local function coord(t) return t // (Hh * W), (t // W) % Hh, t % W end
+  local function inside(t, j, kf, ky, kx)
+    if j >= lay.n_video then return true end
+    local f, y, x = coord(t)
+    local g, yy, xx = coord(j)
+    local f0, f1 = win(f, kf, F)
+    local y0, y1 = win(y, ky, Hh)
+    local x0, x1 = win(x, kx, W)
+    return g >= f0 and g <= f1 and yy >= y0 and yy <= y1 and xx >= x0 and xx <= x1
+  end
+  local _, ref_lse = video.dense_rows(prob, rows)
+  local got_t = rf.recalls(prob, lay, rows, {F, kh, kw}, ref_lse)
+  local got_s = rf.recalls(prob, lay, rows, {cf, Hh, W}, ref_lse)
+  local seen, margin = {}, math.huge
+  for h = 1, hq do
+    local g = (h - 1) // (hq // hk) + 1
+    local rt, rs = 0, 0
+    for _, t in ipairs(rows) do
+      local pr = softmax_row(Q[h][t + 1], K[g], lay.n)
+      for j = 0, lay.n - 1 do
+        if inside(t, j, F, kh, kw) then rt = rt + pr[j + 1] end
+        if inside(t, j, cf, Hh, W) then rs = rs + pr[j + 1] end
+      end
+    end
+    rt, rs = rt / #rows, rs / #rows
+    near(got_t[h], rt, 2e-5, "head " .. h .. ": R'(temporal)")
+    near(got_s[h], rs, 2e-5, "head " .. h .. ": R'(spatial)")
+    margin = math.min(margin, math.abs(rt - p.alpha), math.abs(rs - p.alpha))
+    local want = rt >= p.alpha and "temporal" or (rs >= p.alpha and "spatial" or "textural")
+    eq(heads[h].kind, want, string.format("head %d kind (R' temporal %.4f, spatial %.4f)", h, rt, rs))
+    seen[want] = true
+  end
+  truthy(margin > 1e-5, string.format("no R' within 1e-5 of alpha (%.3g)", margin))
+  local kinds = 0
+  for _ in pairs(seen) do kinds = kinds + 1 end
+  truthy(kinds >= 2, "at least two head kinds occur")
+end)
+
 H.done()

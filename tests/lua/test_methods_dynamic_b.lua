@@ -455,6 +455,55 @@ test("sparge_attn: selection equals an independent float64 stage 1 (self-similar
   monotone("sparge_attn", prob, {bq = bq, bk = bk, simthreshd1 = 0.5, stage2 = 0}, {0.2, 0.5, 0.8, 0.95, 1})
 end)
 
+-- issue 20, session 5: SpargeAttn's top-k API (spas_sage_attn/utils.py get_block_map_meansim: num_to_select =
+-- int(topk · K) over ALL K key blocks, 0 -> 1, the first of the sorted pooled softmax, then the causal mask) is
+-- the named option topk_all = true; the default counts the visible blocks. Both against float64 here.
+test("sparge_attn: topk_all = true keeps int(topk · all key blocks) of the pooled softmax order (the reference's count); the default counts visible blocks",
+  function()
+  local n, d, bq, bk, topk = 150, 8, 32, 16, 0.3
+  local prob, t = structured(n, d, 16, 113, function(blk) return blk % 3 ~= 1 end)
+  local nqb, nkb = (n + bq - 1) // bq, (n + bk - 1) // bk
+  local qm, km = pooled_means(t.q, bq), pooled_means(t.k, bk)
+  local counts = {}
+  for _, all in ipairs{true, false} do
+    local p = {bq = bq, bk = bk, simthreshd1 = 0.5, topk = topk, topk_all = all, stage2 = 0}
+    local r = check_against_mask("sparge_attn", prob, t, p)
+    local _, bits = keep_of(r.mask)
+    counts[all] = 0
+    for h = 1, HQ do
+      local kh = (h - 1) // 2 + 1
+      local got = block_keep(bits[h], n, n, bq, bk)
+      for rr = 1, nqb do
+        local vis = visible(rr, bq, bk, n)
+        local want = {}
+        if not (cos_sim(t.q[h], (rr - 1) * bq + 1, math.min(rr * bq, n)) > 0.5) then
+          for c = 1, vis do want[c] = true end
+        else
+          local x, nsim = {}, 0
+          for c = 1, vis do
+            if cos_sim(t.k[kh], (c - 1) * bk + 1, math.min(c * bk, n)) > 0.5 then
+              x[c] = dot(qm[h][rr], km[kh][c]) / math.sqrt(d); nsim = nsim + 1
+            else x[c] = -math.huge; want[c] = true end
+          end
+          local pr = softmax(x)
+          local idx = {}
+          for c = 1, vis do idx[c] = c end
+          table.sort(idx, function(a, b) if pr[a] ~= pr[b] then return pr[a] > pr[b] end return a < b end)
+          local cnt = math.max(1, math.floor(topk * (all and nkb or vis)))
+          for i = 1, math.min(cnt, nsim) do want[idx[i]] = true end
+          counts[all] = counts[all] + math.min(cnt, nsim)
+        end
+        for c = 1, nkb do
+          eq(got[rr][c], c <= vis and want[c] == true,
+            string.format("topk_all %s head %d block (%d, %d)", tostring(all), h, rr, c))
+        end
+      end
+    end
+  end
+  truthy(counts[true] > counts[false], string.format("the reference's count keeps more on causal rows (%d vs %d)",
+    counts[true], counts[false]))
+end)
+
 test("sparge_attn: stage 2 with a large lambda equals stage 2 off; a small lambda skips (same mask)", function()
   local prob = structured(128, 8, 16, 121, function(blk) return blk % 2 == 0 end)
   local base = {bq = 32, bk = 16, simthreshd1 = 0.5, cdfthreshd = 0.9}

@@ -68,4 +68,41 @@ test("methods --json: per method, tested checks name a test of that method; test
   truthy(tested_total > 50, "checks with a test in this suite: " .. tested_total)
 end)
 
+-- issue 20, session 5: the CLI end to end on a suite written here — one test states one of
+-- streaming_llm's checks; every other declared check (of streaming_llm and of every other method) must
+-- come back untested, with no test named.
+test("methods --json: a declared check no test states is reported untested (a one-test suite written here)", function()
+  local bin = (os.getenv("BUILD") or "build") .. "/sparselab"
+  if bin:sub(1, 1) ~= "/" then bin = os.getenv("PWD") .. "/" .. bin end
+  local dir = io.popen("mktemp -d"):read("l")
+  truthy(dir and dir ~= "", "temporary directory")
+  os.execute("mkdir -p '" .. dir .. "/tests/lua'")
+  local f = assert(io.open(dir .. "/tests/lua/test_only.lua", "w"))
+  f:write('test("streaming_llm: n_local >= n equals dense causal", function() end)\n')
+  f:close()
+  local p = io.popen("cd '" .. dir .. "' && '" .. bin .. "' methods --json", "r")
+  local seen, others = false, 0
+  for line in p:lines() do
+    local r = sl.json_decode(line)
+    local tested, untested = r.checks_tested or {}, r.checks_untested or {}
+    if r.id == "streaming_llm" then
+      seen = true
+      eq(r.tests, 1, "streaming_llm: one test")
+      eq(#tested, 1, "streaming_llm: one check tested")
+      eq(tested[1] and tested[1].check, "n_local >= n equals dense causal", "the stated check")
+      eq(tested[1] and tested[1].test, "streaming_llm: n_local >= n equals dense causal", "with its test")
+      eq(#untested, r.checks - 1, "streaming_llm: the other declared checks untested")
+      for _, c in ipairs(untested) do truthy(c ~= "n_local >= n equals dense causal", "not listed twice") end
+    elseif (r.checks or 0) > 0 then
+      others = others + 1
+      eq(#tested, 0, r.id .. ": no check tested without a test")
+      eq(#untested, r.checks, r.id .. ": every declared check untested")
+    end
+  end
+  p:close()
+  os.execute("rm -rf '" .. dir .. "'")
+  truthy(seen, "streaming_llm listed")
+  truthy(others > 20, "other methods with declared checks: " .. others)
+end)
+
 H.done()

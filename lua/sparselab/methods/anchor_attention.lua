@@ -18,11 +18,26 @@
 -- then count twice in step 3's continued softmax, as in the reference) and
 -- skips the block before the local region.
 -- Not implemented: the log2-unit bookkeeping (θ is in natural-log units of
--- the scaled score throughout, which is what the reference's ×log2(e)
--- conversion amounts to); N divisible by block·step is not required (the
+-- the scaled score throughout; the reference's θ is in log2 units, see
+-- divergence (a) below: its θ is theta = θ·ln 2 here); N divisible by block·step is not required (the
 -- last big block and sub-blocks are clipped).
 -- Unknowns chosen: defaults block 128, step 16, θ 12, init_cnt 1,
 -- local_cnt 1 (the card's); executor tiles 64 × 64 for step 1.
+-- Reference read (issue 20, session 5): the card's code-index file (repository
+--   not identified; the code search names none) with anchorattn_step_1 /
+--   get_mask_fused_anchor_triton, anchorattn_step_2 / get_q_mask /
+--   get_q_mask_triton and _launch_anchorattn_step_3 /
+--   _triton_stripe_sparse_attn_fwd_kernel_step3. Matched: step 1 over
+--   [0, min(init_cnt·G, row block end)) then [max(local, init), (b+1)·G),
+--   causal, online softmax kept as (m, l, acc); q̄ and the anchor averaged over
+--   each `block` rows; a key is a stripe when any sub-block passes; step 3
+--   continues the online softmax over the stripes; overlap = true is its scan
+--   range(block, b·G - block). Divergences: (a) units — the reference scales q
+--   by sm_scale·log2(e) and its anchors are log2-unit row maxima, so its
+--   θ (`diff`) is added in log2 units: the reference's θ equals theta = θ·ln 2
+--   here (its 12 is 8.32 here; theta = 12 here is 17.3 there); (b) it asserts
+--   N % (block·step) == 0, block in {16..256}, step in {16, 32}; (c) bf16 /
+--   fp16 scores in the comparison.
 local sl = require "sparselab"
 local D = require "sparselab.dynamic"
 

@@ -40,6 +40,21 @@
 -- Unknowns chosen: b = 64 and topk_tokens = 2048 (call arguments, values not
 -- in the card); local_tokens is rounded up to whole blocks of b (at least
 -- one), so the local part is the window of blocks; prefill only (n_q = n_k).
+-- Reference read (issue 20, session 5): the card's code-index file (repository
+--   not named by the code search) with dhsa_sdpa, _obtain_dhsa_mask,
+--   _dhsa_sdpa_single_block, predict_boundaries, label_boundaries /
+--   _compute_cumulative_attention_mass_ratio / _select_boundary_candidates.
+--   Matched (_obtain_dhsa_mask): head means in float32, query block means,
+--   avgpool_norm ×sqrt(valid length) for queries and chunks, chunk means from
+--   key prefix sums, scores q̂·k̂ upsampled to tokens, allowed keys j <
+--   (i + 1)·block, the most recent allowed keys always, the rest by top-k,
+--   one index set for all heads. Divergences: (a) the recent part is the last
+--   local_tokens allowed keys exactly (here rounded up to whole blocks, see
+--   above); (b) when fewer keys are allowed than topk_tokens the reference
+--   pads the index list with num_k_tokens - 1 (masked by causality in the
+--   early blocks, but a duplicate index for rows that see it); here the list
+--   is just shorter; (c) torch.topk's tie order (here most recent first);
+--   (d) the sliding-window variant (sliding_window_size) is not here.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

@@ -14,6 +14,17 @@
 -- output); the per-head k of the paper's offline search (one k for all).
 -- Unknowns chosen: ties lower block index first; GQA: every query head ranks
 -- with its own pooled queries against its KV head's pooled keys.
+-- Reference read (issue 20, session 5): microsoft/MInference
+--   minference/ops/block_sparse_flash_attention.py (block_sparse_attention,
+--   _build_block_index, _triton_block_sparse_attn_fwd_kernel) and
+--   minference/modules/minference_forward.py (block_sparse_kernel: topk = 100).
+--   Matched: Q, K padded by 64 - (n mod 64) rows (64 when n is a multiple),
+--   64-row means, q̄·k̄ without scale, -inf where the key block starts after
+--   the query block, top min(topk, padded n / 64), sorted; the kernel reads
+--   min((r + 1), topk) of them per query block with a token causal mask, i.e.
+--   min(topk, r + 1) visible blocks. Named option: pad = true (the padded
+--   last block's mean over 64 rows with its zeros). Remaining divergence:
+--   torch.topk's tie order (here lower block first).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 local D = require "sparselab.dynamic"

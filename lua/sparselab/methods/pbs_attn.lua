@@ -26,6 +26,33 @@
 -- mean-pooling baseline helper's segment 1024.
 -- Unknowns chosen: segment must be a multiple of block; a row with no
 -- earlier segment has no off-segment pass (lse -inf there, merged away).
+-- Reference read (issue 20, session 5): xinghaow99/pbs-attn
+--   pbs_attn/src/permute_states.py (last_block_attn_sorting, apply_permutation),
+--   pbs_attn/src/pbs.py (permuted_block_sparse_attn_fwd, permuted_block_selection,
+--   first_token_mask), pbs_attn/src/utils.py (block_pooled_attn, select_blocks),
+--   pbs_attn/patch/huggingface.py (get_permuted_block_sparse_attn_fwd: block 128,
+--   segment 256, threshold 0.9, force_select_first_block — the defaults here).
+--   Matched: dense when n <= segment; probe = the last `block` queries, softmax
+--   over the complete segments' keys with no causal mask, mean over the probe
+--   rows, per-segment descending sort, the partial tail in order; queries not
+--   permuted; pooled means, 1/sqrt(d), softmax over the off-segment causal blocks,
+--   sort, the first index whose cumsum >= threshold inclusive; the key block
+--   holding token 0 OR-ed in; the segment blocks always computed; GQA by
+--   repeating K/V (the reference asserts Hq = Hkv after repeat_kv).
+--   Divergences: (a) a ragged n — the reference zero-pads Q and K to a
+--   multiple of block and mean-pools the padded last block with its zeros
+--   (sum / block), so the last query block's pooled query is shrunk by
+--   valid/block and its block softmax is flatter; the default is the mean of
+--   its valid rows (the card's pooling), named option pad = true the
+--   reference's (score.pooled pad = 1; the last key block never enters the
+--   off-segment pass) — with it the selection equals a float64 transcription
+--   of the reference (tests/lua/test_estimators_f64.lua). No option for the
+--   rest: (b) torch.argsort / torch.sort(descending) give no tie order (here
+--   lower position / lower block first); (c) the reference's
+--   softmax and cumsum are float32, here float64 from the float32 pooled
+--   logits; (d) a row whose float32 cumsum never reaches the threshold
+--   (threshold 1.0 passed as a float, or rounding) keeps only the forced
+--   blocks in the reference (any_exceeds); here every off-segment block.
 local sl = require "sparselab"
 local D = require "sparselab.dynamic"
 
@@ -83,7 +110,7 @@ local function estimate(prob, p)
   local be = prob.backend
   local idx = sl.tensor(perms, "i32")
   local kp, vp = sl.gather.rows(prob.k, idx, {backend = be}), sl.gather.rows(prob.v, idx, {backend = be})
-  local pa = {bq = B, bk = B, causal = true, backend = be}
+  local pa = {bq = B, bk = B, causal = true, pad = p.pad and 1 or 0, backend = be}
   local sc = sl.score.pooled(prob.q, kp, pa)
   flops = flops + sl.op_flops("score.pooled", prob.q, kp, pa)
   local nb = (n + B - 1) // B
@@ -171,6 +198,7 @@ return {
     block = {default = 128, min = 1, max = 4096, int = true, doc = "B: block size (queries and permuted keys)"},
     segment = {default = 256, min = 1, int = true, doc = "S: permutation segment (a multiple of block)"},
     force_first = {default = true, doc = "keep the key block holding token 0"},
+    pad = {default = false, doc = "the reference's zero padding: a ragged last block pooled as its sum / block (pbs.py)"},
   },
   ops = {"score.last_q", "reduce.columns", "gather.rows", "score.pooled", "attn.block_sparse", "attn.lse_merge"},
   checks = {"τ = 1 equals dense", "perm is a bijection per complete segment, identity on the last partial one",

@@ -22,7 +22,20 @@
 --   kernels' 16-row blocking (n % 16 == 0 is not required).
 -- Reference: ytgui/SPT-proto (naive_gpt/layers/basic/quantizer.py PQBase,
 --   naive_gpt/layers/sparse/attention.py SparseVanillaAttentionV2,
---   extension/lookup.cu) per the card; not fetched this session.
+--   extension/lookup.cu) per the card; read in issue 20, session 5
+--   (attention.py SparseVanillaAttentionV2._get_attn, lookup.cu
+--   lookup_forward_kernel, quantizer.py PQV2 'encode': torch.cdist p = 1,
+--   argmin). Matched: L1-nearest codes, match count per subspace, causal,
+--   slot = min(3, count / (S/4)), nnz = n / 8, highest slot first.
+--   Divergences (no option): (a) the kernel's 4 worker lanes — lane t scans
+--   the keys j = t (mod 4) of each 16-key tile and keeps its own nnz/4
+--   entries per slot (a full slot overwrites its last entry with later keys,
+--   the cursor capped at nnz - t - 1), and the output takes nnz/4 entries per
+--   lane; so the reference keeps about nnz/4 keys from each residue class mod
+--   4, the earliest per slot, while here one scan over all keys in order; (b)
+--   rows seeing fewer than nnz keys are zero-filled there (index 0 repeated in
+--   a fixed-indptr CSR); (c) logits clamped to [-10, 10] after scaling; (d)
+--   n % 16 == 0 and n / 8 in {32, 64, 128, ...} are required by the kernel.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

@@ -17,6 +17,9 @@
 --   6. executor attn.block_sparse.
 -- Not implemented: anything from the code repository (not available: the
 -- card's defaults are unknown).
+-- Issue 20, session 5: wyxstriker/ProxyAttn still cannot be had here (`fetch`:
+-- no snapshot; the code search finds only paper digests), so no reference
+-- option and no divergence list: the defaults below stay unknowns.
 -- Unknowns chosen: group = one KV group (Hq/Hkv query heads) per proxy,
 -- stride 8, blocks 128, γ 0.9; the diagonal block is always kept
 -- (force_diag) so every row sees itself — the paper's forced blocks are

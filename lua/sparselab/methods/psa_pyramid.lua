@@ -59,6 +59,26 @@
 --     reference's estimator) — only the ranking per block row is used.
 -- stats.density = executed pooled pairs / causal pairs (the card's budget
 -- accounting Σ fraction/level), density_level1 = level-1 pairs alone.
+-- Reference read (issue 20, session 5; header comment only): xiaolong-li1/
+--   Pyramid-Sparse-Attention src/psa_triton/attention.py (PSAConfig,
+--   _pad_to_multiple, _random_sample_tokens, _calc_k_similarity,
+--   _compute_attention_pooling, PSAAttention.forward, psa_attention).
+--   Matched: block_m 128 / block_n 64 / tile_n 32 defaults, 1/4 of each
+--   block's rows and keys sampled at offsets drawn once per (batch, head) and
+--   shared by all blocks, scale 1/sqrt(d), non-causal pooled estimate,
+--   mask_ratios 0.1 / 0.05 / 0 / 0.2 (the PSAConfig defaults; the module-level
+--   example uses 0.3 / 0.2 / 0.2). Divergences (no option): (a) a ragged n is
+--   padded by REPLICATING the last token (F.pad mode 'replicate') before
+--   sampling, so the last block's samples can repeat it; here the offsets
+--   past n are dropped (fewer samples in the last block); (b) _calc_k_similarity — sim_2 is
+--   the mean cosine of the pairs (k[2i], k[2i+1]), but sim_4 and sim_8 compare
+--   only the first and last key of each group (k[4i], k[4i+3]) and (k[8i],
+--   k[8i+7]); each level is tested on its own (cap = max(1, 2·[sim_2 > t2],
+--   4·[sim_4 > t4], 8·[sim_8 > t8]), strict >), so with the defaults (t8 = -1)
+--   almost every block may pool by 8; here all consecutive pairs of the
+--   group, >=, and the levels as a chain (a failed level stops the larger
+--   ones); (c) the offsets come from torch.rand per call and per (batch,
+--   head); here one seeded draw shared by all heads.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

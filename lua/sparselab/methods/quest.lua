@@ -8,7 +8,7 @@
 --      keys as stored (post-RoPE is the caller's business);
 --   2. page score U_p = sum_c max(q_c m_p,c, q_c M_p,c) (page.bounds);
 --   3. budget: token budget B -> k_p = max(1, B // P) pages, three readings
---      under `variant`: 0 = the kernel (quest/utils/controller.py: the last
+--      under `variant` (mit-han-lab/Quest): 0 = the kernel (quest/utils/controller.py: the last
 --      page always kept, top-(k_p - 1) of the others), 1 = the accuracy-eval
 --      code (evaluation/quest_attention.py local_heavy_hitter_mask: top
 --      max(3, B // P) over all pages, nothing forced), 2 = Sparse Frontier

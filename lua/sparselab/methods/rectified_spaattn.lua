@@ -41,6 +41,22 @@
 -- problem is one layer, so sl.eval alone never sees it).
 -- Reference read (card): BienLuky/Rectified-SpaAttn rectified_hunyuan_attn.py
 -- _build_block_index_with_importance_optimized, gapr_mask.py estimate_pr_gain.
+-- Read in issue 20, session 5 (rectified_spaattn/gapr_mask.py estimate_pr_gain;
+--   rectified_spaattn/rectified_hunyuan_attn.py
+--   _build_block_index_with_importance_optimized). Matched: GAPR on raw
+--   (unscaled) pooled dot products, err = |mean|δq|·k̄| + |q̄·mean|δk||
+--   against gain |q̄·k̄| (the Bq·Bk factor on both sides), video blocks only;
+--   IPAR = video block probabilities × block size, renormalised together
+--   with the isolated text keys' summed probability (one merged entry);
+--   count(sorted cumsum <= prob_threshold) + 1, at least top_k; ∪ the
+--   neighbour list; ∪ every text block. Divergences: (a) in the reference the
+--   merged text entry sits in the sorted list (its mass counts toward the
+--   cumsum and it can take one of the counted slots); here the count runs over
+--   the nb pooled blocks (text blocks forced separately); (b) the reference
+--   reshapes Q/K into whole 128-token blocks (the video part must be a
+--   multiple of the block); (c) torch.sort's tie order (here lower block
+--   first); (d) prob_threshold / top_k come from the processor's config
+--   (p_remain_rates, select_block_num), not from drop_rate.
 local sl = require "sparselab"
 local video = require "sparselab.video"
 

@@ -32,6 +32,24 @@
 -- config θ = 0.004 for every head (the README example). The local pass is
 -- computed twice in this emulation (once for L, once inside the union) but
 -- counted once, in the executor's FLOPs (stats.local_flops says its share).
+-- Reference read (issue 20, session 5): BirdChristopher/SALE
+--   int4_flash_attn/flash_attn_int4_skip.py (flash_attn_func_int4_skip,
+--   flash_attn_func_int4_skip_sage), int4_flash_attn/quant_triton.py
+--   (int4_quant_sub_k_mean_pertoken_SmoothQ_allInOne,
+--   int4_quant_sub_k_mean_perwarp_SmoothQ_fullsize_allInOne: K minus its mean,
+--   symmetric scale 7 / max|x|, qmk), int4_flash_attn/patch/
+--   llama31_sparse_patch_4_51.py (the calibration loop). Matched: q_len <= 1024
+--   runs dense SDPA (dense_below = 1024 gives it; default 0 here), block_q 64,
+--   block_k 32, local_window 128 (asserted), per-warp groups (quant_mode 3,
+--   what the calibration and the patched forward use). Divergences: (a)
+--   calibration — the reference starts every head at θ = 0.008 and halves it
+--   while sum |O_sparse - O_dense| >= error·q_len, setting θ = 0 (dense) once
+--   it falls to 1e-4; here a bisection of log10 θ for mean recall >= 0.95 (a
+--   different objective: no option); (b) the relative-score test, sink and
+--   local-band handling run inside the CUDA kernel
+--   (csrc/flash_attn/src/flash_fwd_int4_sparse_kernel_v2.h), which was not
+--   read line by line: the inequality above is the paper's, not checked
+--   against the kernel's order of operations or its block_seg_size grouping.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

@@ -24,6 +24,22 @@
 --   without a config the problem scores its own heads (optimistic).
 -- Fidelity: removed heads output 0 (L = -inf): recall counts their rows as
 --   lost; rel_l2 against dense is recorded.
+-- Reference read (issue 20, session 5): pmichel31415/are-16-heads-really-better-
+--   than-1 holds only scripts (experiments/BERT/heads_pruning.sh: --do_prune
+--   --prune_percent 5..100); the code is the author's fork
+--   pmichel31415/pytorch-pretrained-BERT, branch `paul`: examples/classifier_eval.py
+--   calculate_head_importance, examples/pruning.py what_to_prune /
+--   determine_pruning_sequence. Matched: heads ranked over all layers by
+--   importance, lowest first, iterative rounds with re-scoring, ℓ2
+--   normalisation per layer (normalize_scores_by_layer, on by default there).
+--   Divergences: (a) the reference's importance is Σ over tokens of
+--   |grad_ctx_t · ctx_t| — the absolute value is taken PER TOKEN (a gate per
+--   position), then summed over tokens and examples; the card's proxy (here)
+--   is |∂L/∂ξ_h| with one gate for the whole input, i.e. |Σ_t g_t·ctx_t| (no
+--   option: per-token gates would need 2·n forwards per head with the central
+--   difference); (b) the reference divides every layer but the last by the
+--   token count and the last by the number of examples; (c) at_least_x_heads
+--   _per_layer protection is not here.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

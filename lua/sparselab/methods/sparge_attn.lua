@@ -15,7 +15,8 @@
 --   4. selection per row: sort descending, keep the first N blocks with N =
 --      the number of prefix sums <= τ_h (searchsorted right), at least 1;
 --      τ >= 1 keeps every block. `topk` > 0 is the reference's top-k API
---      instead: the first max(1, floor(topk · visible blocks)) blocks.
+--      instead: the first max(1, floor(topk · visible blocks)) blocks
+--      (topk_all = true: floor(topk · all key blocks), the reference's count);
 --      Final map = selected ∪ forced ∩ causal; attention_sink forces key
 --      block 0;
 --   5. stage 2 (paper default): the online PV skip of attn.block_sparse with
@@ -37,6 +38,26 @@
 -- used (the knob then no longer applies); per-head λ runs as one executor
 -- pass with the smallest λ of the heads (the most conservative skip);
 -- bq = 128, bk = 64 (the sm80/89 block sizes).
+-- Reference read (issue 20, session 5): thu-ml/SpargeAttn spas_sage_attn/utils.py
+--   (get_block_map_meansim, get_block_map_meansim_fuse_quant,
+--   triton_bmm_pool_sim_simmean, fill_block_map_triton, fill_causal_mask_triton).
+--   Matched: pooled means over the valid rows (sum / BS_), sim = sum of the
+--   normalised tokens' Gram matrix / BS_² > simthreshd1, non-similar key
+--   blocks -inf in the pooled scores (scale d^-1/2) and forced, non-similar
+--   query blocks forced, block causality k < (q + 1)·BLKQ/BLKK, softmax, sort,
+--   searchsorted(cdf, τ, right) with 0 -> 1, attention_sink.
+--   Divergences: (a) topk — the reference selects int(topk · K) with K = ALL
+--   key blocks (then the causal mask), i.e. min(candidates, max(1,
+--   int(topk·K))) per row; the default counts the visible blocks, max(1,
+--   floor(topk · visible)); named option topk_all = true is the reference's
+--   count (the same on non-causal problems). No option for the rest: (b) a
+--   ragged last block: its masked rows load as 0, their norm is 0 and x / |x|
+--   is NaN, so the Gram sum is NaN and the block is never self-similar
+--   there (its whole row / column forced); here its similarity is computed over
+--   its valid rows; (c) the normalised tokens are fp16 in the Gram product;
+--   (d) torch.sort's tie order. get_block_map_meansim's own defaults
+--   (simthreshd1 0.1, cdfthreshd 0.9) differ from the card's fallback used
+--   here (θ 0.6, τ 0.98).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 local E = require "sparselab.blockest"
@@ -96,7 +117,7 @@ local function estimate(prob, p)
           local order = E.order_desc(x, vis)
           local n
           if p.topk > 0 then
-            n = math.max(1, math.floor(p.topk * vis))
+            n = math.max(1, math.floor(p.topk * (p.topk_all and nkb or vis)))
           elseif tau >= 1 then
             n = vis
           else
@@ -136,6 +157,7 @@ local M = {
     cdfthreshd = {default = 0.98, min = 0, max = 1, doc = "τ: pooled-softmax mass each row keeps (cdf rule)"},
     simthreshd1 = {default = 0.6, min = -1, max = 1, doc = "θ: blocks with mean cosine self-similarity <= θ are forced"},
     topk = {default = 0, min = 0, max = 1, doc = "reference top-k API: fraction of visible blocks per row (0 = cdf rule)"},
+    topk_all = {default = false, doc = "topk counts all key blocks, int(topk·K) then the causal mask (get_block_map_meansim)"},
     stage2 = {default = 1, min = 0, max = 1, int = true, doc = "1: online PV skip (paper); 0: reference default (off)"},
     pv_threshold = {default = 16, min = 0, max = 50, doc = "λ (log2 units) of the PV skip when no config gives one"},
     attention_sink = {default = 0, min = 0, max = 1, int = true, doc = "1: always keep key block 0"},

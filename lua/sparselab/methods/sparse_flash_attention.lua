@@ -21,6 +21,18 @@
 -- the executed and semantic masks are the same token-level set. Masks are
 -- token-level: `token_mask` materialises them only up to n_q·n_k <= 2^24 per head
 -- (run reports density from the per-row counts at any size).
+-- Reference read (issue 20, session 5): epfml/dynamic-sparse-flash-attention
+--   openwebtext2-experiments/src/models/hsparse_attn.py (attention_fn, _fwd_kernel)
+--   and src/models/hashformer.py (the caller: k = normalize(q), hashes_per_head
+--   = True). Matched: R ~ randn [d, nb_hash/2] with L2-normalised columns, hash
+--   = argmax(cat[xR, -xR]), stable sort by hash, pairs with equal hashes only,
+--   1/sqrt(d), rows with no key give 0 (l = 0 -> 1/l set to 0).
+--   Divergence (no option): the reference's mask is q_idx > k_idx — STRICT, a
+--   query never attends to itself (the shared-QK Reformer rule: k = q/|q| would
+--   always match itself), so row 0 outputs 0; here k_idx <= q_idx (standard
+--   causal attention on the problem's own K, where the diagonal is an ordinary
+--   key). Also: the reference draws R per call from torch's global generator in
+--   the model dtype (bf16), here one seeded R per head in float32.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

@@ -21,6 +21,23 @@
 -- with the mask it builds, so one step can be evaluated. Reference read
 -- through the card (INV-WZQ/SparseD SparseD_utils.create_attention_block_mask:
 -- padded tile mean, keep max(1, int(n_kb·keep_ratio) + 1) per query block).
+-- Reference read (issue 20, session 5): INV-WZQ/SparseD models/Dream/
+--   SparseD_utils.py (create_attention_block_mask, customize_mask,
+--   create_block_mask_cached) and models/Dream/modeling_dream.py (the
+--   attention forward's "Start SparseD" section; LLaDA's copy is the same).
+--   Matched: end_time = int(whole_steps·skip) + 1 dense steps, the mask built
+--   once at step end_time (whose output is dense SDPA) and reused by
+--   flex_attention afterwards; per 128-row query block the exact softmax
+--   over all keys (1/sqrt(d), non-causal), |P| tile means over the zero-padded
+--   tile (sum / B^2), top max(1, int(n_kb·select) + 1); `last` = the first
+--   query block with q_len - idx·B <= new_generation (or the final block),
+--   columns >= last cleared and re-selected from a softmax over keys
+--   last·B .. n only, OR-ed in; GQA by repeat_kv (per query head, as here).
+--   Divergences: (a) the reference's top-k asks for int(n_kb·select) + 1
+--   blocks with no cap (torch.topk errors when that exceeds n_kb, e.g.
+--   select = 1); here min(n_kb, ...); (b) torch.topk(sorted=False) has no
+--   tie order (here lower block first); (c) the softmax is cast back to the
+--   model dtype (bf16) before the tile means; float32/64 here.
 local sl = require "sparselab"
 
 local M = {}

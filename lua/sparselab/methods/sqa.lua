@@ -16,6 +16,15 @@
 --   the pooled query, not its own).
 -- Checks: ratio 1 (H_q' = H_q) is identical to dense; FLOPs scale as 1/ratio.
 -- Reference: RxAI-dev/RxNN (not read in detail, per the card).
+-- Read in issue 20, session 5: RxAI-dev/RxNN python/src/rxnn/transformers/
+--   attention.py SparseQueryAttention (_init_q, _init_kv, _init_out,
+--   _split_q_head, split_kv_head, _calculate_attention): H_q' = num_query_groups
+--   query heads with their own q_proj and an out_proj from H_q'·d_h, K/V with
+--   num_groups heads, SDPA with enable_gqa (query head h' reads KV head
+--   h' // (H_q'/H_kv)) — the mapping used here. Divergence: the reference is a
+--   trained architecture (its own W_Q, W_O); the mean-pooled query heads and
+--   the output copied to every head of a group are this workbench's
+--   conversion (above), not in the reference.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

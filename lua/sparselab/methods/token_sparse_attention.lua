@@ -26,8 +26,20 @@
 --   (step 6's option), the per-layer profiling.
 -- Reference: dongwonjo/Token-Sparse-Attention sparse_attn/token_sparse/
 --   sparse_cluster.py (SparseCluster.get_index, compress_qkv,
---   decompress_output), kernel.py (_prefix_meanprob_kernel) per the card; not
---   fetched this session. Defaults: coverage 0.005, m_min 1024, W 128, ks 7.
+--   decompress_output), kernel.py (_prefix_meanprob_kernel) per the card;
+--   read in issue 20, session 5 (sparse_cluster.py SparseCluster.get_index,
+--   kernel.py _stats_m_l_kernel / _prefix_meanprob_kernel /
+--   triton_get_attn_cache). Matched: dense when q_len <= min_tokens + W or
+--   coverage = 0; the last W queries' softmax over all keys (causal inside
+--   the window only), mean over the W rows, for the prefix keys; avg_pool1d
+--   (ks, padding ks // 2, stride 1, zero padding counted); head mean; both
+--   normalised by their sums; ascending sort, count of cumsum < coverage, none
+--   -> dense, else + 1; B = max(min_tokens, (n - W) - D); per-head top-B plus
+--   the window, sorted. Divergences: (a) the reference returns the importance
+--   in the model dtype (out_dtype = query dtype, bf16) before pooling, and
+--   divides by (sum + 1e-8); float64 here; (b) torch.topk's tie order (here the
+--   earlier key); (c) D is computed over the batch with .item() (batch 1 here).
+--   Defaults: coverage 0.005, m_min 1024, W 128, ks 7.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 local D = require "sparselab.dynamic"

@@ -28,7 +28,21 @@
 -- Reference: kostyanoob/top-theta-attention topk_llama.py
 --   (TopK_LLamaAttention.topk_or_threshold: torch.quantile(1 - K/kv_len),
 --   th_list[head][seqlen], get_threshold nearest-length lookup), per the card;
---   not fetched this session.
+--   read in issue 20, session 5 (topk_llama.py: aggregate_threshold_list,
+--   TopK_LLamaAttention.forward, get_threshold, sample_rowids,
+--   topk_or_threshold). Matched: the quantile is taken over the FULL row of
+--   kv_len entries (future keys at dtype-min) at 1 - K/kv_len with "lower"
+--   interpolation — index floor((n-1)(1-K/n)) = n-1-K ascending, the (K+1)-th
+--   largest, the same entry as the (1 - k/r) quantile of the r visible keys
+--   used here (floor((r-1)(1-k/r)) = r-1-k); keyed by row length r = row + 1;
+--   rows r <= K untouched; mean + calib_add_sigma·std; nearest length on lookup
+--   (min over |key - r|: on a tie Python's min keeps the first key in insertion
+--   order, here the shorter); keep iff score > θ (torch.gt). Divergences: (a)
+--   the reference samples calibration rows at random, biased to rows sampled
+--   least so far (sample_rowids), here every round(1/frac)-th row; (b) it never
+--   forces the row max: a row left empty is softmaxed over dtype-min entries,
+--   i.e. uniform over all kv_len keys including future ones; here keep_max
+--   (off by default) or an empty row (O = 0, L = -inf); (c) bf16/fp16 logits.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

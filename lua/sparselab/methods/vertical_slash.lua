@@ -37,6 +37,17 @@
 -- 6096); with widen, columns inside a query block's own rows are added to the
 -- block part as token bits of the diagonal tile (so executed ⊇ semantic for
 -- any local).
+-- Reference read (issue 20, session 5): microsoft/MInference
+--   minference/modules/minference_forward.py (gather_last_q_vertical_slash_topk_v4
+--   and minference_prefill_kernel's vertical_and_slash_kernel: last_q = 64,
+--   sizes min(n, max(v, 30)) / min(n, max(s, 50)), first 30 columns and the
+--   last local diagonals set to +inf before torch.topk, sum_all_diagonal_matrix;
+--   search_pattern / search_pattern_v2 for step 1),
+--   minference/ops/pit_sparse_flash_attention_v2.py (vertical_slash_sparse_attention,
+--   convert_vertical_slash_indexes: the widen = true executor). The forced
+--   local width is 30 in gather_last_q_vertical_slash_topk_v4 and 100 in the
+--   kernel-dict variant (local = 30 / 100 here); divergences are the
+--   unknowns above (topk's tie order; S < local).
 local sl = require "sparselab"
 local recipe = require "sparselab.recipe"
 local D = require "sparselab.dynamic"
