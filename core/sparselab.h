@@ -1352,6 +1352,16 @@ sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, c
  * position t keeps its block when cum_t < req, else block 0; then the
  * blocks > r are cleared and block r set. One row per work item (cpu
  * qsort; cuda one thread per row, repeated selection of the next block). */
+/* ---- issue 20, session 5: flexprefill's slash pooling in C (branch s5-est) ----
+ * reduce.segments64: x [H, C] (finite or -inf; reduce.diagonals' output)
+ * -> f64 [H, G], G = ceil(C / size); params size, from_end. Segment g
+ * covers columns [g . size, min(C, (g + 1) . size)), or with from_end
+ * [max(0, C - (G - g) . size), C - (G - 1 - g) . size) (the short segment
+ * first); y[h, g] = the sum of its entries added in float64 from 0 in
+ * column order (every backend the same order: exact agreement).
+ * FlexPrefill's slash profile pooled per offset block (from_end: the
+ * reference's torch_bhn_sumpool of the diagonals counted from the far
+ * end). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.
