@@ -1362,6 +1362,25 @@ sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, c
  * FlexPrefill's slash profile pooled per offset block (from_end: the
  * reference's torch_bhn_sumpool of the diagonals counted from the far
  * end). */
+/* ---- issue 20, session 5: token_sparse_attention's importance and budget in C (branch s5-est) ----
+ * select.token_budget: x [H, W, C] finite (the last W queries' softmax
+ * probabilities over all C keys, score.last_q), W < C; params ks, coverage,
+ * m_min -> idx i32 [H, C], info i32 [2]. With P = C - W prefix keys,
+ * half = floor(ks / 2), every sum added in float64 from 0 in the order
+ * named: raw[h, j] = (sum over rows r of x[h, r, j]) / W for j < P;
+ * sm[h, j] = (sum over i = max(0, j - half) .. min(P - 1, j + half) of
+ * raw[h, i]) / ks; tot_h = sum over j of sm[h, j]; imp[h, j] = sm[h, j] /
+ * tot_h (0 when tot_h <= 0); g[j] = sum over heads h of imp[h, j] / H;
+ * gt = sum over j of g[j]; gs = g / gt (0 when gt <= 0) sorted ascending;
+ * count = the number of leading gs whose running sum stays < coverage.
+ * B = P when count = 0, else max(m_min, P - count - 1), and P when that is
+ * >= P (the identity). info = {count, B}. Row h of idx: when B < P the B
+ * prefix keys with the largest imp[h, j] (ties: the lower j), then P ..
+ * C - 1, ascending, then -1; when B = P, 0 .. C - 1. Token Sparse
+ * Attention's steps 1-4 (the recipe's float64 arithmetic, operation for
+ * operation: the same lists). cpu: a quickselect for the budget and each
+ * head's cut (linear), cuda: one thread for the count and one per head for
+ * the cut (heapsort in scratch). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -495,9 +495,140 @@ START_TEST(test_select_chunks)
 }
 END_TEST
 
+/* select.token_budget (issue 20, session 5): ref against the contract
+ * computed in the test (the importance as the contract's sums, the count by
+ * an insertion sort, each head's kept prefix keys by counting ranks: key j
+ * is kept iff fewer than B keys come before it in (importance descending,
+ * position ascending)); every backend equals ref exactly. Shapes with one
+ * row, even and odd kernels, budgets below, at and above m_min, coverage 0
+ * (the identity), 1 (all but one dropped before the floor) and grid values
+ * with ks = 1 (equal importances split at the cut). */
+static void token_budget_oracle(const sl_tensor *x, const sl_select_token_budget_params *p, int32_t *idx,
+                                int32_t info[2])
+{
+    int64_t H = x->shape[0], W = x->shape[1], C = x->shape[2], P = C - W, half = p->ks / 2;
+    double *imp = calloc((size_t)(H * P), sizeof(double)), *raw = calloc((size_t)P, sizeof(double));
+    double *g = calloc((size_t)P, sizeof(double));
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t j = 0; j < P; j++) {
+            double s = 0;
+            for (int64_t r = 0; r < W; r++)
+                s += tu_at(x, (h * W + r) * C + j);
+            raw[j] = s / (double)W;
+        }
+        double tot = 0;
+        for (int64_t j = 0; j < P; j++) {
+            double s = 0;
+            for (int64_t i = j - half; i <= j + half; i++)
+                s += i >= 0 && i < P ? raw[i] : 0.0;
+            imp[h * P + j] = s / (double)p->ks;
+            tot += imp[h * P + j];
+        }
+        for (int64_t j = 0; j < P; j++)
+            imp[h * P + j] = tot > 0 ? imp[h * P + j] / tot : 0;
+    }
+    double gt = 0;
+    for (int64_t j = 0; j < P; j++) {
+        for (int64_t h = 0; h < H; h++)
+            g[j] += imp[h * P + j] / (double)H;
+        gt += g[j];
+    }
+    for (int64_t j = 0; j < P; j++) { /* insertion sort of gs ascending */
+        double v = gt > 0 ? g[j] / gt : 0;
+        int64_t i = j;
+        for (; i > 0 && raw[i - 1] > v; i--)
+            raw[i] = raw[i - 1];
+        raw[i] = v;
+    }
+    int64_t count = 0;
+    double cum = 0;
+    for (int64_t j = 0; j < P; j++) {
+        cum += raw[j];
+        if (!(cum < p->coverage))
+            break;
+        count++;
+    }
+    int64_t B = count == 0 ? P : (P - count - 1 > p->m_min ? P - count - 1 : p->m_min);
+    if (B > P)
+        B = P;
+    info[0] = (int32_t)count;
+    info[1] = (int32_t)B;
+    for (int64_t h = 0; h < H; h++) {
+        int64_t n = 0;
+        for (int64_t j = 0; j < P; j++) {
+            int64_t before = 0;
+            double v = imp[h * P + j];
+            for (int64_t i = 0; i < P; i++)
+                before += imp[h * P + i] > v || (imp[h * P + i] == v && i < j);
+            if (before < B)
+                idx[h * C + n++] = (int32_t)j;
+        }
+        for (int64_t j = P; j < C; j++)
+            idx[h * C + n++] = (int32_t)j;
+        for (; n < C; n++)
+            idx[h * C + n] = -1;
+    }
+    free(imp);
+    free(raw);
+    free(g);
+}
+
+START_TEST(test_select_token_budget)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 49000);
+    const int64_t sh[][3] = {{1, 1, 40}, {3, 5, 300}, {2, 16, 700}, {4, 8, 129}};
+    struct { int64_t ks; double coverage; int64_t m_min; } ps[] = {
+        {7, 0.005, 10}, {4, 0.1, 0}, {1, 0.5, 20}, {7, 0, 0}, {3, 1, 0}, {7, 0.3, 100000}, {2, 0.02, 5}};
+    int cut_seen = 0, ident_seen = 0, tie_cut = 0;
+    for (int si = 0; si < 4; si++)
+        for (int grid = 0; grid < 2; grid++) {
+            int64_t H = sh[si][0], W = sh[si][1], C = sh[si][2], P = C - W;
+            sl_tensor x = tu_randn(ctx, &rng, H, W, C, 1.0);
+            for (int64_t i = 0; i < H * W * C; i++) { /* probabilities-like (>= 0); on a grid: many equal */
+                float v = fabsf(((float *)x.data)[i]);
+                ((float *)x.data)[i] = grid ? floorf(v * 2.0f) / 2.0f + 0.25f : v;
+            }
+            int32_t *want = malloc((size_t)(H * C) * sizeof(int32_t));
+            for (int pi = 0; pi < 7; pi++) {
+                sl_select_token_budget_params p = {.ks = ps[pi].ks, .coverage = ps[pi].coverage, .m_min = ps[pi].m_min};
+                sl_tensor ref[2];
+                ck_assert_msg(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_SELECT_TOKEN_BUDGET, &p, &x, ref) == SL_OK, "%s",
+                              sl_ctx_error(ctx));
+                int32_t info[2];
+                token_budget_oracle(&x, &p, want, info);
+                const int32_t *ri = ref[1].data, *rx = ref[0].data;
+                ck_assert_msg(ri[0] == info[0] && ri[1] == info[1], "token_budget shape %d grid %d params %d: info {%d, %d}, oracle {%d, %d}",
+                              si, grid, pi, ri[0], ri[1], info[0], info[1]);
+                for (int64_t i = 0; i < H * C; i++)
+                    ck_assert_msg(rx[i] == want[i], "token_budget shape %d grid %d params %d: idx[%lld] = %d, oracle %d", si,
+                                  grid, pi, (long long)i, rx[i], want[i]);
+                cut_seen += info[1] < P;
+                ident_seen += info[1] == P;
+                tie_cut += grid && info[1] < P && ps[pi].ks == 1;
+                release_n(ref, 2);
+                check_op_vs_ref(ctx, SL_OP_SELECT_TOKEN_BUDGET, &p, &x, 0, "select.token_budget");
+            }
+            free(want);
+            sl_tensor_release(&x);
+        }
+    ck_assert_int_gt(cut_seen, 0);
+    ck_assert_int_gt(ident_seen, 0);
+    ck_assert_int_gt(tie_cut, 0);
+    sl_tensor bad = tu_randn(ctx, &rng, 2, 9, 9, 1.0);
+    sl_select_token_budget_params p = {.ks = 7, .coverage = 0.1, .m_min = 0};
+    expect_fail(ctx, SL_OP_SELECT_TOKEN_BUDGET, &p, &bad, SL_ESHAPE, "W < C");
+    sl_tensor_release(&bad);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_select_chunks);
+    tcase_add_test(tc, test_select_token_budget);
     tcase_add_loop_test(tc, test_hip_tree, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_threshold, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_pq_match, 0, N_TS_CASES);

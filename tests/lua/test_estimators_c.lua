@@ -112,6 +112,42 @@ test("estimators in C: token_sparse_attention's importance sums (reduce.columns6
   truthy(selected >= 3, "the cases select (not the identity)")
 end)
 
+test("estimators in C: token_sparse_attention's steps 1-4 in one op (select.token_budget) equal both Lua paths",
+  function()
+  local m = sl.methods.get("token_sparse_attention")
+  local cases = {
+    {n = 1400, hq = 4, hkv = 2, seed = 31, p = {m_min = 256, window = 64, coverage = 0.05}},
+    {n = 1100, hq = 3, hkv = 3, seed = 32, p = {m_min = 128, window = 100, coverage = 0.2, ks = 4}},
+    {n = 900, hq = 2, hkv = 1, seed = 33, p = {m_min = 0, window = 33, coverage = 0.9, ks = 1}},
+    {n = 2000, hq = 1, hkv = 1, seed = 34, p = {m_min = 512, window = 128, coverage = 0.005}},
+    {n = 1500, hq = 2, hkv = 2, seed = 35, p = {m_min = 1300, window = 128, coverage = 0.3, ks = 9}},
+    {n = 700, hq = 2, hkv = 2, seed = 36, p = {m_min = 100, window = 50, coverage = 1e-6}},
+  }
+  local selected, identity = 0, 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    for _, blind in ipairs({false, true}) do
+      local a, ea = m.select(prob, p, blind)
+      local b = m.select(prob, p, blind, {lua_top = true})
+      local o = m.select(prob, p, blind, {lua_sums = true})
+      local what = string.format("case %d blind %s", ci, tostring(blind))
+      eq(a == nil, b == nil, what .. ": identity as lua_top")
+      eq(a == nil, o == nil, what .. ": identity as lua_sums")
+      truthy(ea > 0, what .. ": estimator FLOPs counted")
+      if a then
+        same(a, b, what .. ": kept positions (lua_top)")
+        same(a, o, what .. ": kept positions (lua_sums)")
+        if not blind then selected = selected + 1 end
+      elseif not blind then
+        identity = identity + 1
+      end
+    end
+  end
+  truthy(selected >= 4, "most cases select")
+  truthy(identity >= 1, "a coverage below the smallest entry is the identity")
+end)
+
 test("estimators in C: top_theta's calibration quantiles (reduce.kth) equal the Lua sort's", function()
   local m = sl.methods.get("top_theta")
   local cases = {
