@@ -1381,6 +1381,14 @@ sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, c
  * operation: the same lists). cpu: a quickselect for the budget and each
  * head's cut (linear), cuda: one thread for the count and one per head for
  * the cut (heapsort in scratch). */
+/* ---- issue 20, session 5: top_theta's per-row threshold lookup in C (branch s5-est) ----
+ * select.theta_rows: keys i32 [H, L] (per head the calibrated row lengths,
+ * strictly ascending, then -1 padding only), vals [H, L] finite; params
+ * rows, r0, step, k -> theta f32 [H, rows]. Row i has length r = r0 +
+ * step . i; theta[h, i] = -1e30 when r <= k or head h has no key, else the
+ * value of the head's key nearest r (equally near: the shorter key). Top-θ's
+ * lookup of θ[head, row length] (kostyanoob/top-theta-attention
+ * get_threshold): one ascending walk per head (O(rows + L)). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

@@ -625,10 +625,93 @@ START_TEST(test_select_token_budget)
 }
 END_TEST
 
+/* select.theta_rows (issue 20, session 5): ref against the recipe's lookup
+ * written in the test (binary search for the first key >= r, then the key
+ * before it when as near); every backend equals ref exactly. Heads with
+ * 0, 1 and many keys (padding), even gaps (rows exactly between two keys:
+ * the shorter), step 0 and 1, k above some rows, rows past the last key;
+ * unsorted or interleaved padding refused. */
+static float theta_oracle(const int32_t *keys, const float *vals, int64_t L, int64_t r, int64_t k)
+{
+    int64_t n = 0;
+    while (n < L && keys[n] >= 0)
+        n++;
+    if (r <= k || n == 0)
+        return -1e30f;
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (keys[mid] < r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo > 0 && llabs(keys[lo - 1] - r) <= llabs(keys[lo] - r))
+        lo--;
+    return vals[lo];
+}
+
+START_TEST(test_select_theta_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 49500);
+    enum { H = 4, L = 9 };
+    int32_t keys[H * L];
+    int64_t nkeys[H] = {9, 1, 0, 5};
+    const int64_t shp[2] = {H, L};
+    sl_tensor vals = randn_shape(ctx, &rng, 2, shp, 3.0);
+    for (int64_t h = 0; h < H; h++) {
+        int32_t r = 3 + (int32_t)(sl_rng_uniform(&rng) * 5);
+        for (int64_t t = 0; t < L; t++) {
+            keys[h * L + t] = t < nkeys[h] ? r : -1;
+            r += 2 * (1 + (int32_t)(sl_rng_uniform(&rng) * 20)); /* even gaps: a row lies exactly between */
+        }
+    }
+    sl_tensor in[2] = {{0}, vals};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 2, shp, &in[0]), SL_OK);
+    memcpy(in[0].data, keys, sizeof keys);
+    struct { int64_t rows, r0, step, k; } ps[] = {{300, 1, 1, 0}, {300, 1, 1, 40}, {50, 120, 0, 10}, {50, 120, 0, 500},
+                                                  {7, 1000, 1, 0}, {0, 1, 1, 0}, {257, 2, 1, 5}};
+    int ties = 0;
+    for (int pi = 0; pi < 7; pi++) {
+        sl_select_theta_rows_params p = {.rows = ps[pi].rows, .r0 = ps[pi].r0, .step = ps[pi].step, .k = ps[pi].k};
+        sl_tensor ref;
+        ck_assert_msg(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_SELECT_THETA_ROWS, &p, in, &ref) == SL_OK, "%s", sl_ctx_error(ctx));
+        ck_assert_int_eq(ref.shape[0], H);
+        ck_assert_int_eq(ref.shape[1], p.rows);
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < p.rows; i++) {
+                int64_t r = p.r0 + p.step * i;
+                float want = theta_oracle(keys + h * L, f32p(&vals) + h * L, L, r, p.k);
+                ck_assert_msg(tu_at(&ref, h * p.rows + i) == want, "theta_rows params %d head %lld row %lld: %g, oracle %g",
+                              pi, (long long)h, (long long)i, tu_at(&ref, h * p.rows + i), want);
+                for (int64_t t = 1; t < nkeys[h]; t++)
+                    ties += r > p.k && 2 * r == keys[h * L + t - 1] + keys[h * L + t];
+            }
+        sl_tensor_release(&ref);
+        check_op_vs_ref(ctx, SL_OP_SELECT_THETA_ROWS, &p, in, 0, "select.theta_rows");
+    }
+    ck_assert_int_gt(ties, 0);
+    sl_select_theta_rows_params p = {.rows = 5, .r0 = 1, .step = 1, .k = 0};
+    int32_t *kd = in[0].data;
+    int32_t save = kd[3];
+    kd[3] = kd[2];
+    expect_fail(ctx, SL_OP_SELECT_THETA_ROWS, &p, in, SL_EARG, "ascend strictly");
+    kd[3] = save;
+    kd[L + 2] = 17; /* a key after head 1's padding */
+    expect_fail(ctx, SL_OP_SELECT_THETA_ROWS, &p, in, SL_EARG, "padding only");
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_select_chunks);
     tcase_add_test(tc, test_select_token_budget);
+    tcase_add_test(tc, test_select_theta_rows);
     tcase_add_loop_test(tc, test_hip_tree, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_threshold, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_pq_match, 0, N_TS_CASES);

@@ -640,6 +640,42 @@ sl_status sl__cpu_select_token_budget(const sl__kargs *a)
     return sl__cpu_parallel(a->ctx, j.H, tb_cut_item, &j);
 }
 
+/* ---- select.theta_rows (issue 20, session 5) ----
+ * One head per work item: the row lengths ascend (step 1) or stay (step 0),
+ * so one walk over the keys serves every row: t = the first key >= r, then
+ * the key before it when it is as near (the shorter on a tie). */
+static void theta_rows_item(int64_t h, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    const sl_select_theta_rows_params *p = a->params;
+    int64_t L = a->in[0].shape[1], n = 0;
+    const int32_t *keys = (const int32_t *)a->in[0].data + h * L;
+    const float *vals = (const float *)a->in[1].data + h * L;
+    float *th = (float *)a->out[0].data + h * p->rows;
+    while (n < L && keys[n] >= 0)
+        n++;
+    int64_t t = 0;
+    for (int64_t i = 0; i < p->rows; i++) {
+        int64_t r = p->r0 + p->step * i;
+        if (r <= p->k || n == 0) {
+            th[i] = -1e30f;
+            continue;
+        }
+        while (t < n - 1 && keys[t] < r)
+            t++;
+        int64_t best = t;
+        if (t > 0 && llabs(keys[t - 1] - r) <= llabs(keys[t] - r))
+            best = t - 1;
+        th[i] = vals[best];
+    }
+}
+
+sl_status sl__cpu_select_theta_rows(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], theta_rows_item, (void *)a);
+}
+
 size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;

@@ -6,7 +6,7 @@
 //       writing the row's keys sorted; row offsets come from the host.
 //   select.hip_tree: one CTA per (head, query block), the tree's levels in
 //       lockstep (see the kernel).
-//   select.token_budget (issue 20, session 5): see its kernels.
+//   select.token_budget, select.theta_rows (issue 20, session 5): see their kernels.
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
@@ -523,6 +523,49 @@ __global__ void tb_cut_kernel(const double *imp, double *work, const int32_t *in
         row[n] = -1;
 }
 
+// ---- select.theta_rows (issue 20, session 5) ----
+// One thread per (head, row): a binary search for the first key >= r among
+// the head's keys (padding -1 at the end), then the key before it when it
+// is as near.
+__global__ void theta_rows_kernel(const int32_t *keys, const float *vals, float *th, int64_t H, int64_t L,
+                                  int64_t rows, int64_t r0, int64_t step, int64_t k)
+{
+    int64_t item = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (item >= H * rows)
+        return;
+    int64_t h = item / rows, i = item % rows, r = r0 + step * i;
+    const int32_t *kh = keys + h * L;
+    int64_t n = 0, lo = 0, hi = L;
+    while (lo < hi) { // n = the number of keys (>= 0) before the padding
+        int64_t mid = (lo + hi) / 2;
+        if (kh[mid] >= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    n = lo;
+    if (r <= k || n == 0) {
+        th[item] = -1e30f;
+        return;
+    }
+    lo = 0;
+    hi = n - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (kh[mid] < r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int64_t best = lo;
+    if (lo > 0) {
+        int64_t a = kh[lo - 1] - r, b = kh[lo] - r;
+        if ((a < 0 ? -a : a) <= (b < 0 ? -b : b))
+            best = lo - 1;
+    }
+    th[item] = vals[h * L + best];
+}
+
 }  // namespace
 
 sl_status sl__cuda_select_chunks(const sl__kargs *a)
@@ -676,5 +719,20 @@ sl_status sl__cuda_select_token_budget(const sl__kargs *a)
     SL_LAUNCH(tb_budget_kernel, 1, 1, 0, 0)(gd, st.output<int32_t>(1), P, p->coverage, p->m_min);
     // raw is free after the smoothing: the cut's per-head work area
     SL_LAUNCH(tb_cut_kernel, grid_h, kThreads, 0, 0)(id, rd, st.output<int32_t>(1), st.output<int32_t>(0), H, C, P);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_select_theta_rows(const sl__kargs *a)
+{
+    const sl_select_theta_rows_params *p = static_cast<const sl_select_theta_rows_params *>(a->params);
+    int64_t H = a->in[0].shape[0], L = a->in[0].shape[1], n = H * p->rows;
+    if ((n + kThreads - 1) / kThreads > INT32_MAX)
+        return sl__cuda_unsupported(a, "at most 2^31 thread blocks; found %lld (head, row) pairs", (long long)n);
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK || n == 0)
+        return s != SL_OK ? s : sl__cuda_stage_out(&st, cudaSuccess);
+    SL_LAUNCH(theta_rows_kernel, (int)((n + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<int32_t>(0), st.input<float>(1), st.output<float>(0), H, L, p->rows, p->r0, p->step, p->k);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

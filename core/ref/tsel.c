@@ -413,6 +413,31 @@ sl_status sl__ref_select_token_budget(const sl__kargs *a)
     return SL_OK;
 }
 
+/* ---- select.theta_rows (issue 20, session 5) ----
+ * Every row on its own: the nearest key by a scan of all the head's keys
+ * (the first of equally near ones, keys ascending: the shorter). */
+sl_status sl__ref_select_theta_rows(const sl__kargs *a)
+{
+    const sl_select_theta_rows_params *p = a->params;
+    int64_t H = a->in[0].shape[0], L = a->in[0].shape[1];
+    const int32_t *keys = a->in[0].data;
+    const float *vals = a->in[1].data;
+    float *th = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < p->rows; i++) {
+            int64_t r = p->r0 + p->step * i, best = -1;
+            for (int64_t t = 0; t < L && r > p->k; t++) {
+                int64_t kr = keys[h * L + t];
+                if (kr < 0)
+                    continue;
+                if (best < 0 || llabs(kr - r) < llabs(keys[h * L + best] - r))
+                    best = t;
+            }
+            th[h * p->rows + i] = best < 0 ? -1e30f : vals[h * L + best];
+        }
+    return SL_OK;
+}
+
 size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;
