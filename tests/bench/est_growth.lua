@@ -87,7 +87,7 @@ for _, n in ipairs(sizes) do
         end
         collectgarbage()
       end
-      local per = flops and flops > 0 and best * 1e6 / flops or nil
+      local per = flops and flops > 0 and best > 0 and best * 1e6 / flops or nil  -- 0 ms: estimate fused with the run
       base[id] = base[id] or per
       print(string.format("%-24s %7d %10.1f %12.4g %9s %8s %s", id, n, best, flops or 0,
         per and string.format("%.3f", per) or "-", per and base[id] and string.format("%.2f", per / base[id]) or "-",
