@@ -776,6 +776,66 @@ static size_t pat_scratch(const pat_job *J, int n_nb)
            (size_t)J->n_terms + 16;
 }
 
+/* Key units [*lo, *hi] outside of which term p keeps nothing for the rows
+ * whose units are rc[0] .. rc[1] (a superset of what rule_class keeps), or 0
+ * when the term has no such bound (issue 20, session 5: a sink + window
+ * pattern classified all nb^2 / 2 visible blocks, quadratic in n for a mask
+ * of O(nb) blocks). */
+static int term_keys(const tprep *p, const int64_t *rc, int64_t *lo, int64_t *hi)
+{
+    switch (p->kind) {
+    case SL_PAT_SINK:
+        *lo = 0;
+        *hi = p->t->a - 1;
+        return 1;
+    case SL_PAT_WINDOW: {
+        int64_t r = p->t->b > 1 ? p->t->b : 1;
+        *lo = rc[0] - (p->t->a - 1) * r;
+        *hi = rc[1];
+        return 1;
+    }
+    default: return 0;
+    }
+}
+
+enum { KEY_SPANS = 8 };
+
+/* The key blocks of a row of blocks that a term may keep, as n spans [b0,
+ * b1] sorted by b0 (they may overlap): one span of every block unless each
+ * term bounds its keys (term_keys). */
+static int key_spans(const pat_job *J, const int64_t *rowc, int64_t n_kb, int64_t *span)
+{
+    const sl__mgeom *g = J->g;
+    int n = 0;
+    if (J->n_terms < 1 || J->n_terms > KEY_SPANS || n_kb < 1)
+        goto all;
+    for (int t = 0; t < J->n_terms; t++) {
+        const tprep *tp = &J->tp[t];
+        int64_t lo, hi;
+        if (!term_keys(tp, rowc + ROW_CTX * t, &lo, &hi))
+            goto all;
+        lo = max64(lo, 0);
+        hi = min64(hi, (g->n_k - 1) / tp->u);
+        if (lo > hi)
+            continue;
+        int64_t b0 = lo * tp->u / g->bk, b1 = min64((hi * tp->u + tp->u - 1) / g->bk, n_kb - 1);
+        if (b0 > b1)
+            continue;
+        int i = n++;
+        for (; i > 0 && span[2 * (i - 1)] > b0; i--) {
+            span[2 * i] = span[2 * (i - 1)];
+            span[2 * i + 1] = span[2 * (i - 1) + 1];
+        }
+        span[2 * i] = b0;
+        span[2 * i + 1] = b1;
+    }
+    return n;
+all:
+    span[0] = 0;
+    span[1] = n_kb - 1;
+    return 1;
+}
+
 static void pattern_row(void *ud, void *scratch, int h, int64_t r, sl__mb_sink *sink)
 {
     const pat_job *J = ud;
@@ -813,7 +873,11 @@ static void pattern_row(void *ud, void *scratch, int h, int64_t r, sl__mb_sink *
     /* Causal terms keep nothing right of the block's last position. */
     if (all_causal && p1 / g->bk + 1 < n_kb)
         n_kb = p1 / g->bk + 1;
-    for (int64_t c = 0; c < n_kb; c++) {
+    /* only the blocks some term may keep, ascending (each visited once where spans overlap) */
+    int64_t span[2 * KEY_SPANS], next = 0;
+    int n_span = key_spans(J, rowc, n_kb, span);
+    for (int sp = 0; sp < n_span; next = max64(next, span[2 * sp + 1] + 1), sp++)
+    for (int64_t c = max64(span[2 * sp], next); c <= span[2 * sp + 1]; c++) {
         int64_t j0 = c * g->bk, j1 = j0 + sl__mg_cols(g, c) - 1;
         int full = 0, partial = 0;
         for (int t = 0; t < J->n_terms && !full; t++) {

@@ -1,5 +1,6 @@
 /* op_reduce.c — the reduce family: checks, shape rules and FLOP counts of
- * reduce.columns, reduce.diagonals, reduce.block, reduce.heads, reduce.far, reduce.columns64 and reduce.kth (contracts
+ * reduce.columns, reduce.diagonals, reduce.block, reduce.heads, reduce.far, reduce.columns64, reduce.kth and
+ * reduce.segments64 (contracts
  * in sparselab.h; kernels in ref/reduce.c, cpu/reduce.c, cuda/reduce.cu). */
 #include "family.h"
 #include "op_check.h"
@@ -8,6 +9,16 @@ static sl_status reduce_infer(sl_ctx *ctx, const sl_op_info *info, const void *p
                               int out_ndim[], int64_t out_shape[][SL_MAX_DIMS], sl_dtype out_dtype[])
 {
     sl_status s;
+    if (info->op == SL_OP_REDUCE_SEGMENTS64) {
+        const sl_reduce_segments_params *p = params;
+        if ((s = sl__need_float(ctx, info, in, 0, 2)))
+            return s;
+        out_ndim[0] = 2;
+        out_shape[0][0] = in[0].shape[0];
+        out_shape[0][1] = sl__ceil_div(in[0].shape[1], p->size);
+        out_dtype[0] = SL_F64;
+        return SL_OK;
+    }
     if ((s = sl__check_scores(ctx, info, in, 0)))
         return s;
     out_ndim[0] = 3;

@@ -1,6 +1,6 @@
 /* op_tsel.c — the tsel family (issue 16: prefill token selectors):
  * checks, shape rules and FLOP counts of attn.threshold, select.pq_match,
- * select.hip_tree and select.chunks (issue 20, session 4)
+ * select.hip_tree, select.chunks (issue 20, session 4), select.token_budget and select.theta_rows (session 5)
  * (contracts in sparselab.h; kernels in ref/tsel.c, cpu/tsel.c,
  * cuda/tsel.cu). */
 #include "family.h"
@@ -121,14 +121,56 @@ static sl_status tsel_infer(sl_ctx *ctx, const sl_op_info *info, const void *par
         out_dtype[0] = out_dtype[1] = SL_I32;
         return SL_OK;
     }
+    case SL_OP_SELECT_THETA_ROWS: {
+        const sl_select_theta_rows_params *p = params;
+        if ((s = sl__need_index(ctx, info, in, 0, SL_I32, 2)) || (s = sl__need_float(ctx, info, in, 1, 2)))
+            return s;
+        int64_t H = in[0].shape[0], L = in[0].shape[1];
+        if (in[1].shape[0] != H || in[1].shape[1] != L)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected vals of keys' shape [%lld, %lld], found [%lld, %lld]", info->name,
+                               (long long)H, (long long)L, (long long)in[1].shape[0], (long long)in[1].shape[1]);
+        const int32_t *kd = in[0].data;
+        for (int64_t h = 0; h < H; h++) {
+            int pad = 0;
+            for (int64_t t = 0; t < L; t++) {
+                int32_t v = kd[h * L + t];
+                if (v == -1)
+                    pad = 1;
+                else if (v < -1 || pad || (t > 0 && v <= kd[h * L + t - 1]))
+                    return sl_ctx_fail(ctx, SL_EARG,
+                                       "%s: keys of head %lld must be >= 0 and ascend strictly, then -1 padding only; "
+                                       "found %d at %lld",
+                                       info->name, (long long)h, v, (long long)t);
+            }
+        }
+        out_ndim[0] = 2;
+        out_shape[0][0] = H;
+        out_shape[0][1] = p->rows;
+        return SL_OK;
+    }
+    case SL_OP_SELECT_TOKEN_BUDGET: {
+        if ((s = sl__need_float(ctx, info, in, 0, 3)))
+            return s;
+        int64_t H = in[0].shape[0], W = in[0].shape[1], C = in[0].shape[2];
+        if (H == 0 || W == 0 || W >= C || C > INT32_MAX)
+            return sl_ctx_fail(ctx, SL_ESHAPE, "%s: expected x [H, W, C] with H, W > 0 and W < C < 2^31; found [%lld, %lld, %lld]",
+                               info->name, (long long)H, (long long)W, (long long)C);
+        out_ndim[0] = 2;
+        out_shape[0][0] = H;
+        out_shape[0][1] = C;
+        out_ndim[1] = 1;
+        out_shape[1][0] = 2;
+        out_dtype[0] = out_dtype[1] = SL_I32;
+        return SL_OK;
+    }
     default: return SL_OK;
     }
 }
 
 static sl_status tsel_check_contents(sl_ctx *ctx, const sl_op_info *info, const void *params, const sl_tensor *in)
 {
-    if (info->op == SL_OP_SELECT_CHUNKS)
-        return SL_OK; /* pooled vectors: the q.k overflow check of the other ops does not apply */
+    if (info->op == SL_OP_SELECT_CHUNKS || info->op == SL_OP_SELECT_TOKEN_BUDGET || info->op == SL_OP_SELECT_THETA_ROWS)
+        return SL_OK; /* pooled vectors, probabilities: the q.k overflow check of the other ops does not apply */
     return sl__check_score_range(ctx, info, params, in);
 }
 
@@ -138,6 +180,18 @@ static double tsel_flops(const sl_op_info *info, const void *params, const sl_te
         /* head means (one add per pooled entry) and 2d per (query block, chunk) score */
         double R = (double)in[0].shape[1], C = (double)in[1].shape[1], d = (double)in[0].shape[2];
         return (double)sl_tensor_numel(&in[0]) + (double)sl_tensor_numel(&in[1]) + 2.0 * d * R * C;
+    }
+    if (info->op == SL_OP_SELECT_THETA_ROWS) {
+        /* one compare per row and key walked */
+        const sl_select_theta_rows_params *p = params;
+        return (double)in[0].shape[0] * (double)(p->rows + in[0].shape[1]);
+    }
+    if (info->op == SL_OP_SELECT_TOKEN_BUDGET) {
+        /* column sums, ks + 4 per smoothed entry (window, division, total, normalisation), the head mean,
+         * the budget's sums and one compare per prefix entry and head for the cut */
+        const sl_select_token_budget_params *p = params;
+        double H = (double)in[0].shape[0], P = (double)(in[0].shape[2] - in[0].shape[1]);
+        return (double)sl_tensor_numel(&in[0]) + H * P * ((double)p->ks + 6.0) + 3.0 * P;
     }
     sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
     switch (info->op) {

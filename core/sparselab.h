@@ -1352,6 +1352,43 @@ sl_status sl_kvcache_append_at(sl_ctx *ctx, sl_kvcache *c, const sl_tensor *k, c
  * position t keeps its block when cum_t < req, else block 0; then the
  * blocks > r are cleared and block r set. One row per work item (cpu
  * qsort; cuda one thread per row, repeated selection of the next block). */
+/* ---- issue 20, session 5: flexprefill's slash pooling in C (branch s5-est) ----
+ * reduce.segments64: x [H, C] (finite or -inf; reduce.diagonals' output)
+ * -> f64 [H, G], G = ceil(C / size); params size, from_end. Segment g
+ * covers columns [g . size, min(C, (g + 1) . size)), or with from_end
+ * [max(0, C - (G - g) . size), C - (G - 1 - g) . size) (the short segment
+ * first); y[h, g] = the sum of its entries added in float64 from 0 in
+ * column order (every backend the same order: exact agreement).
+ * FlexPrefill's slash profile pooled per offset block (from_end: the
+ * reference's torch_bhn_sumpool of the diagonals counted from the far
+ * end). */
+/* ---- issue 20, session 5: token_sparse_attention's importance and budget in C (branch s5-est) ----
+ * select.token_budget: x [H, W, C] finite (the last W queries' softmax
+ * probabilities over all C keys, score.last_q), W < C; params ks, coverage,
+ * m_min -> idx i32 [H, C], info i32 [2]. With P = C - W prefix keys,
+ * half = floor(ks / 2), every sum added in float64 from 0 in the order
+ * named: raw[h, j] = (sum over rows r of x[h, r, j]) / W for j < P;
+ * sm[h, j] = (sum over i = max(0, j - half) .. min(P - 1, j + half) of
+ * raw[h, i]) / ks; tot_h = sum over j of sm[h, j]; imp[h, j] = sm[h, j] /
+ * tot_h (0 when tot_h <= 0); g[j] = sum over heads h of imp[h, j] / H;
+ * gt = sum over j of g[j]; gs = g / gt (0 when gt <= 0) sorted ascending;
+ * count = the number of leading gs whose running sum stays < coverage.
+ * B = P when count = 0, else max(m_min, P - count - 1), and P when that is
+ * >= P (the identity). info = {count, B}. Row h of idx: when B < P the B
+ * prefix keys with the largest imp[h, j] (ties: the lower j), then P ..
+ * C - 1, ascending, then -1; when B = P, 0 .. C - 1. Token Sparse
+ * Attention's steps 1-4 (the recipe's float64 arithmetic, operation for
+ * operation: the same lists). cpu: a quickselect for the budget and each
+ * head's cut (linear), cuda: one thread for the count and one per head for
+ * the cut (heapsort in scratch). */
+/* ---- issue 20, session 5: top_theta's per-row threshold lookup in C (branch s5-est) ----
+ * select.theta_rows: keys i32 [H, L] (per head the calibrated row lengths,
+ * strictly ascending, then -1 padding only), vals [H, L] finite; params
+ * rows, r0, step, k -> theta f32 [H, rows]. Row i has length r = r0 +
+ * step . i; theta[h, i] = -1e30 when r <= k or head h has no key, else the
+ * value of the head's key nearest r (equally near: the shorter key). Top-θ's
+ * lookup of θ[head, row length] (kostyanoob/top-theta-attention
+ * get_threshold): one ascending walk per head (O(rows + L)). */
 
 /* ---- masks ----------------------------------------------------------------
  * A mask says which (query row, key) pairs attention keeps, per mask head.

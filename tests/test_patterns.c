@@ -586,6 +586,29 @@ START_TEST(test_random_unions)
 }
 END_TEST
 
+/* Unions of sink and window terms only (issue 20, session 5): each row of
+ * blocks visits only the key blocks these terms bound (key_spans in
+ * mask_pattern.c), spans overlapping or apart; against brute force on
+ * every geometry and two long causal ones. */
+START_TEST(test_sink_window_spans)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 900);
+    const geom big[] = {{300, 300, 16, 16}, {120, 333, 8, 32}};
+    for (int rep = 0; rep < 80; rep++) {
+        const geom *g = rep < 2 * N_GEOMS ? &GEOMS[rep % N_GEOMS] : &big[rep % 2];
+        tpat p;
+        p.n = 1 + (int)rnd(&rng, 4);
+        for (int k = 0; k < p.n; k++)
+            rand_term(&rng, &p, k, rnd(&rng, 2) ? SL_PAT_SINK : SL_PAT_WINDOW, g->n_k, 3);
+        check_terms(ctx, p.t, p.n, 3, g);
+    }
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 /* ---- random masks for the algebra -------------------------------------------------------- */
 
 /* A random truth with empty, full and partial blocks of (bq, bk). */
@@ -1194,6 +1217,7 @@ static Suite *patterns_suite(void)
     tcase_add_loop_test(tc, test_each_kind_matches_brute_force, 0, SL_PAT__COUNT);
     tcase_add_test(tc, test_card_checks);
     tcase_add_loop_test(tc, test_random_unions, 0, 4);
+    tcase_add_test(tc, test_sink_window_spans);
     suite_add_tcase(s, tc);
     TCase *ta = tcase_create("algebra");
     tcase_set_timeout(ta, 120);

@@ -264,6 +264,90 @@ START_TEST(test_reduce_validation)
 }
 END_TEST
 
+/* reduce.segments64 (issue 20, session 5): ref against the segments written
+ * as explicit ranges (FlexPrefill's two poolings: offset block ob of offset
+ * o is o / size, or with from_end nb - 1 - (C - 1 - o) / size), summed in the
+ * other direction; every backend equals ref exactly (all add in float64
+ * in column order); -inf entries; a non-2-D x refused. */
+START_TEST(test_reduce_segments64)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 47000);
+    const int64_t shapes[][2] = {{3, 300}, {2, 256}, {1, 1}, {4, 129}, {2, 7}};
+    const int64_t sizes[] = {1, 7, 64, 128, 500};
+    for (int si = 0; si < 5; si++) {
+        int64_t H = shapes[si][0], C = shapes[si][1];
+        for (int inf = 0; inf < 2; inf++) {
+            sl_tensor x = randn_shape(ctx, &rng, 2, shapes[si], 1.0);
+            for (int64_t i = 0; i < H * C; i++) {
+                float v = fabsf(f32p(&x)[i]) * 1e3f;
+                f32p(&x)[i] = inf && i % 37 == 5 ? -INFINITY : v;
+            }
+            for (int z = 0; z < 5; z++)
+                for (int fe = 0; fe < 2; fe++) {
+                    sl_reduce_segments_params p = {.size = sizes[z], .from_end = fe};
+                    int64_t G = (C + p.size - 1) / p.size;
+                    sl_tensor ref = run_op1(ctx, SL_BACKEND_REF, SL_OP_REDUCE_SEGMENTS64, &p, &x);
+                    ck_assert_int_eq(ref.dtype, SL_F64);
+                    ck_assert_int_eq(ref.ndim, 2);
+                    ck_assert_int_eq(ref.shape[0], H);
+                    ck_assert_int_eq(ref.shape[1], G);
+                    for (int64_t h = 0; h < H; h++)
+                        for (int64_t g = 0; g < G; g++) {
+                            double want = 0;
+                            int n_inf = 0;
+                            for (int64_t o = C - 1; o >= 0; o--) {
+                                int64_t ob = fe ? G - 1 - (C - 1 - o) / p.size : o / p.size;
+                                if (ob != g)
+                                    continue;
+                                float v = tu_at(&x, h * C + o);
+                                if (v == -INFINITY)
+                                    n_inf++;
+                                else
+                                    want += v;
+                            }
+                            double got = far_at(&ref, h * G + g);
+                            if (n_inf)
+                                ck_assert_msg(got == -INFINITY, "segments64 [%lld, %lld]: %g, want -inf", (long long)h,
+                                              (long long)g, got);
+                            else
+                                ck_assert_msg(fabs(got - want) <= 1e-12 * (1 + fabs(want)),
+                                              "segments64 size %lld from_end %d [%lld, %lld]: %.17g, want %.17g",
+                                              (long long)p.size, fe, (long long)h, (long long)g, got, want);
+                        }
+                    sl_backend_id bs[SL_BACKEND__COUNT];
+                    int nb = other_backends(bs);
+                    for (int b = 0; b < nb; b++) {
+                        sl_tensor y;
+                        sl_status st = sl_op_run(ctx, bs[b], SL_OP_REDUCE_SEGMENTS64, &p, &x, &y);
+                        if (st == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU) {
+                            printf("SKIP reduce.segments64 on %s: %s\n", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+                            continue;
+                        }
+                        ck_assert_msg(st == SL_OK, "reduce.segments64 on %s: %s", sl_backend_name(bs[b]),
+                                      sl_ctx_error(ctx));
+                        for (int64_t i = 0; i < H * G; i++)
+                            ck_assert_msg(far_at(&y, i) == far_at(&ref, i) ||
+                                              (isnan(far_at(&y, i)) && isnan(far_at(&ref, i))),
+                                          "segments64 on %s [%lld]: %.17g, ref %.17g", sl_backend_name(bs[b]),
+                                          (long long)i, far_at(&y, i), far_at(&ref, i));
+                        sl_tensor_release(&y);
+                    }
+                    sl_tensor_release(&ref);
+                }
+            sl_tensor_release(&x);
+        }
+    }
+    sl_tensor x3 = tu_randn(ctx, &rng, 2, 3, 4, 1.0);
+    sl_reduce_segments_params p = {.size = 2};
+    expect_fail(ctx, SL_OP_REDUCE_SEGMENTS64, &p, &x3, SL_ESHAPE, "must have 2 dims");
+    sl_tensor_release(&x3);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_reduce_backends_match_ref);
@@ -271,6 +355,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_reduce_validation);
     tcase_add_test(tc, test_reduce_far);
     tcase_add_test(tc, test_reduce_kth);
+    tcase_add_test(tc, test_reduce_segments64);
 }
 
 int main(void) { return run_op_suite("reduce_ops", add_tests); }

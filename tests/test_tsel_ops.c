@@ -495,9 +495,223 @@ START_TEST(test_select_chunks)
 }
 END_TEST
 
+/* select.token_budget (issue 20, session 5): ref against the contract
+ * computed in the test (the importance as the contract's sums, the count by
+ * an insertion sort, each head's kept prefix keys by counting ranks: key j
+ * is kept iff fewer than B keys come before it in (importance descending,
+ * position ascending)); every backend equals ref exactly. Shapes with one
+ * row, even and odd kernels, budgets below, at and above m_min, coverage 0
+ * (the identity), 1 (all but one dropped before the floor) and grid values
+ * with ks = 1 (equal importances split at the cut). */
+static void token_budget_oracle(const sl_tensor *x, const sl_select_token_budget_params *p, int32_t *idx,
+                                int32_t info[2])
+{
+    int64_t H = x->shape[0], W = x->shape[1], C = x->shape[2], P = C - W, half = p->ks / 2;
+    double *imp = calloc((size_t)(H * P), sizeof(double)), *raw = calloc((size_t)P, sizeof(double));
+    double *g = calloc((size_t)P, sizeof(double));
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t j = 0; j < P; j++) {
+            double s = 0;
+            for (int64_t r = 0; r < W; r++)
+                s += tu_at(x, (h * W + r) * C + j);
+            raw[j] = s / (double)W;
+        }
+        double tot = 0;
+        for (int64_t j = 0; j < P; j++) {
+            double s = 0;
+            for (int64_t i = j - half; i <= j + half; i++)
+                s += i >= 0 && i < P ? raw[i] : 0.0;
+            imp[h * P + j] = s / (double)p->ks;
+            tot += imp[h * P + j];
+        }
+        for (int64_t j = 0; j < P; j++)
+            imp[h * P + j] = tot > 0 ? imp[h * P + j] / tot : 0;
+    }
+    double gt = 0;
+    for (int64_t j = 0; j < P; j++) {
+        for (int64_t h = 0; h < H; h++)
+            g[j] += imp[h * P + j] / (double)H;
+        gt += g[j];
+    }
+    for (int64_t j = 0; j < P; j++) { /* insertion sort of gs ascending */
+        double v = gt > 0 ? g[j] / gt : 0;
+        int64_t i = j;
+        for (; i > 0 && raw[i - 1] > v; i--)
+            raw[i] = raw[i - 1];
+        raw[i] = v;
+    }
+    int64_t count = 0;
+    double cum = 0;
+    for (int64_t j = 0; j < P; j++) {
+        cum += raw[j];
+        if (!(cum < p->coverage))
+            break;
+        count++;
+    }
+    int64_t B = count == 0 ? P : (P - count - 1 > p->m_min ? P - count - 1 : p->m_min);
+    if (B > P)
+        B = P;
+    info[0] = (int32_t)count;
+    info[1] = (int32_t)B;
+    for (int64_t h = 0; h < H; h++) {
+        int64_t n = 0;
+        for (int64_t j = 0; j < P; j++) {
+            int64_t before = 0;
+            double v = imp[h * P + j];
+            for (int64_t i = 0; i < P; i++)
+                before += imp[h * P + i] > v || (imp[h * P + i] == v && i < j);
+            if (before < B)
+                idx[h * C + n++] = (int32_t)j;
+        }
+        for (int64_t j = P; j < C; j++)
+            idx[h * C + n++] = (int32_t)j;
+        for (; n < C; n++)
+            idx[h * C + n] = -1;
+    }
+    free(imp);
+    free(raw);
+    free(g);
+}
+
+START_TEST(test_select_token_budget)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 49000);
+    const int64_t sh[][3] = {{1, 1, 40}, {3, 5, 300}, {2, 16, 700}, {4, 8, 129}};
+    struct { int64_t ks; double coverage; int64_t m_min; } ps[] = {
+        {7, 0.005, 10}, {4, 0.1, 0}, {1, 0.5, 20}, {7, 0, 0}, {3, 1, 0}, {7, 0.3, 100000}, {2, 0.02, 5}};
+    int cut_seen = 0, ident_seen = 0, tie_cut = 0;
+    for (int si = 0; si < 4; si++)
+        for (int grid = 0; grid < 2; grid++) {
+            int64_t H = sh[si][0], W = sh[si][1], C = sh[si][2], P = C - W;
+            sl_tensor x = tu_randn(ctx, &rng, H, W, C, 1.0);
+            for (int64_t i = 0; i < H * W * C; i++) { /* probabilities-like (>= 0); on a grid: many equal */
+                float v = fabsf(((float *)x.data)[i]);
+                ((float *)x.data)[i] = grid ? floorf(v * 2.0f) / 2.0f + 0.25f : v;
+            }
+            int32_t *want = malloc((size_t)(H * C) * sizeof(int32_t));
+            for (int pi = 0; pi < 7; pi++) {
+                sl_select_token_budget_params p = {.ks = ps[pi].ks, .coverage = ps[pi].coverage, .m_min = ps[pi].m_min};
+                sl_tensor ref[2];
+                ck_assert_msg(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_SELECT_TOKEN_BUDGET, &p, &x, ref) == SL_OK, "%s",
+                              sl_ctx_error(ctx));
+                int32_t info[2];
+                token_budget_oracle(&x, &p, want, info);
+                const int32_t *ri = ref[1].data, *rx = ref[0].data;
+                ck_assert_msg(ri[0] == info[0] && ri[1] == info[1], "token_budget shape %d grid %d params %d: info {%d, %d}, oracle {%d, %d}",
+                              si, grid, pi, ri[0], ri[1], info[0], info[1]);
+                for (int64_t i = 0; i < H * C; i++)
+                    ck_assert_msg(rx[i] == want[i], "token_budget shape %d grid %d params %d: idx[%lld] = %d, oracle %d", si,
+                                  grid, pi, (long long)i, rx[i], want[i]);
+                cut_seen += info[1] < P;
+                ident_seen += info[1] == P;
+                tie_cut += grid && info[1] < P && ps[pi].ks == 1;
+                release_n(ref, 2);
+                check_op_vs_ref(ctx, SL_OP_SELECT_TOKEN_BUDGET, &p, &x, 0, "select.token_budget");
+            }
+            free(want);
+            sl_tensor_release(&x);
+        }
+    ck_assert_int_gt(cut_seen, 0);
+    ck_assert_int_gt(ident_seen, 0);
+    ck_assert_int_gt(tie_cut, 0);
+    sl_tensor bad = tu_randn(ctx, &rng, 2, 9, 9, 1.0);
+    sl_select_token_budget_params p = {.ks = 7, .coverage = 0.1, .m_min = 0};
+    expect_fail(ctx, SL_OP_SELECT_TOKEN_BUDGET, &p, &bad, SL_ESHAPE, "W < C");
+    sl_tensor_release(&bad);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
+/* select.theta_rows (issue 20, session 5): ref against the recipe's lookup
+ * written in the test (binary search for the first key >= r, then the key
+ * before it when as near); every backend equals ref exactly. Heads with
+ * 0, 1 and many keys (padding), even gaps (rows exactly between two keys:
+ * the shorter), step 0 and 1, k above some rows, rows past the last key;
+ * unsorted or interleaved padding refused. */
+static float theta_oracle(const int32_t *keys, const float *vals, int64_t L, int64_t r, int64_t k)
+{
+    int64_t n = 0;
+    while (n < L && keys[n] >= 0)
+        n++;
+    if (r <= k || n == 0)
+        return -1e30f;
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (keys[mid] < r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo > 0 && llabs(keys[lo - 1] - r) <= llabs(keys[lo] - r))
+        lo--;
+    return vals[lo];
+}
+
+START_TEST(test_select_theta_rows)
+{
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 49500);
+    enum { H = 4, L = 9 };
+    int32_t keys[H * L];
+    int64_t nkeys[H] = {9, 1, 0, 5};
+    const int64_t shp[2] = {H, L};
+    sl_tensor vals = randn_shape(ctx, &rng, 2, shp, 3.0);
+    for (int64_t h = 0; h < H; h++) {
+        int32_t r = 3 + (int32_t)(sl_rng_uniform(&rng) * 5);
+        for (int64_t t = 0; t < L; t++) {
+            keys[h * L + t] = t < nkeys[h] ? r : -1;
+            r += 2 * (1 + (int32_t)(sl_rng_uniform(&rng) * 20)); /* even gaps: a row lies exactly between */
+        }
+    }
+    sl_tensor in[2] = {{0}, vals};
+    ck_assert_int_eq(sl_tensor_new(ctx, SL_I32, 2, shp, &in[0]), SL_OK);
+    memcpy(in[0].data, keys, sizeof keys);
+    struct { int64_t rows, r0, step, k; } ps[] = {{300, 1, 1, 0}, {300, 1, 1, 40}, {50, 120, 0, 10}, {50, 120, 0, 500},
+                                                  {7, 1000, 1, 0}, {0, 1, 1, 0}, {257, 2, 1, 5}};
+    int ties = 0;
+    for (int pi = 0; pi < 7; pi++) {
+        sl_select_theta_rows_params p = {.rows = ps[pi].rows, .r0 = ps[pi].r0, .step = ps[pi].step, .k = ps[pi].k};
+        sl_tensor ref;
+        ck_assert_msg(sl_op_run(ctx, SL_BACKEND_REF, SL_OP_SELECT_THETA_ROWS, &p, in, &ref) == SL_OK, "%s", sl_ctx_error(ctx));
+        ck_assert_int_eq(ref.shape[0], H);
+        ck_assert_int_eq(ref.shape[1], p.rows);
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < p.rows; i++) {
+                int64_t r = p.r0 + p.step * i;
+                float want = theta_oracle(keys + h * L, f32p(&vals) + h * L, L, r, p.k);
+                ck_assert_msg(tu_at(&ref, h * p.rows + i) == want, "theta_rows params %d head %lld row %lld: %g, oracle %g",
+                              pi, (long long)h, (long long)i, tu_at(&ref, h * p.rows + i), want);
+                for (int64_t t = 1; t < nkeys[h]; t++)
+                    ties += r > p.k && 2 * r == keys[h * L + t - 1] + keys[h * L + t];
+            }
+        sl_tensor_release(&ref);
+        check_op_vs_ref(ctx, SL_OP_SELECT_THETA_ROWS, &p, in, 0, "select.theta_rows");
+    }
+    ck_assert_int_gt(ties, 0);
+    sl_select_theta_rows_params p = {.rows = 5, .r0 = 1, .step = 1, .k = 0};
+    int32_t *kd = in[0].data;
+    int32_t save = kd[3];
+    kd[3] = kd[2];
+    expect_fail(ctx, SL_OP_SELECT_THETA_ROWS, &p, in, SL_EARG, "ascend strictly");
+    kd[3] = save;
+    kd[L + 2] = 17; /* a key after head 1's padding */
+    expect_fail(ctx, SL_OP_SELECT_THETA_ROWS, &p, in, SL_EARG, "padding only");
+    release_n(in, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 static void add_tests(TCase *tc)
 {
     tcase_add_test(tc, test_select_chunks);
+    tcase_add_test(tc, test_select_token_budget);
+    tcase_add_test(tc, test_select_theta_rows);
     tcase_add_loop_test(tc, test_hip_tree, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_threshold, 0, N_TS_CASES);
     tcase_add_loop_test(tc, test_pq_match, 0, N_TS_CASES);

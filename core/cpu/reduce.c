@@ -1,7 +1,7 @@
 /* cpu/reduce.c — reductions of issue 4 on threads: reduce.columns and
  * reduce.diagonals over chunks of output columns (double accumulators on
  * the stack), reduce.block per row of tiles, reduce.heads per chunk of
- * elements, reduce.far per row. */
+ * elements, reduce.far per row, reduce.segments64 per chunk of segments. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -225,6 +225,35 @@ sl_status sl__cpu_reduce_columns64(const sl__kargs *a)
 {
     red_job j = job_of(a);
     return sl__cpu_parallel(a->ctx, j.H * j.n_chunks, columns64_item, &j);
+}
+
+/* reduce.segments64 (issue 20, session 5): one head's chunk of CHUNK
+ * segments per work item, each summed from its first column on. */
+static void segments64_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const red_job *j = ud;
+    const sl_reduce_segments_params *p = j->a->params;
+    int64_t G = j->nc, h = item / j->n_chunks, g0 = (item % j->n_chunks) * CHUNK;
+    int64_t g1 = g0 + CHUNK < G ? g0 + CHUNK : G, shift = p->from_end ? G * p->size - j->C : 0;
+    const float *x = (const float *)j->a->in[0].data + h * j->C;
+    double *y = (double *)j->a->out[0].data + h * G;
+    for (int64_t g = g0; g < g1; g++) {
+        int64_t lo = g * p->size - shift, hi = lo + p->size;
+        lo = lo < 0 ? 0 : lo;
+        hi = hi < j->C ? hi : j->C;
+        double s = 0;
+        for (int64_t c = lo; c < hi; c++)
+            s += x[c];
+        y[g] = s;
+    }
+}
+
+sl_status sl__cpu_reduce_segments64(const sl__kargs *a)
+{
+    red_job j = {.a = a, .H = a->in[0].shape[0], .C = a->in[0].shape[1], .nc = a->out[0].shape[1]};
+    j.n_chunks = (j.nc + CHUNK - 1) / CHUNK;
+    return sl__cpu_parallel(a->ctx, j.H * j.n_chunks, segments64_item, &j);
 }
 
 sl_status sl__cpu_reduce_kth(const sl__kargs *a)

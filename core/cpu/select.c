@@ -1,7 +1,8 @@
 /* cpu/select.c — selectors of issue 4 on threads, one row per work item:
  * select.topk and select.topp sort the row's finite entries by (value
  * descending, index ascending) — the order ref defines by counting ranks —
- * and keep a prefix; select.threshold is one pass. */
+ * and keep a prefix (topp and select.cover by a radix sort, topk by
+ * quickselect); select.threshold is one pass. */
 #include "cpu.h"
 #include "parallel.h"
 
@@ -35,14 +36,74 @@ static sel_job job_of(const sl__kargs *a)
     return j;
 }
 
-/* The row's finite entries in order; returns how many. */
-static int64_t sorted_row(const float *row, int64_t C, entry *e)
+/* The radix key of a value: ascending keys = the selectors' value order
+ * (larger first). -0 and +0 compare equal (as entry_cmp has them), so both
+ * take +0's key; the bits of any other float map order-preservingly
+ * (negative: all bits flipped, else the sign bit set), then flipped. */
+static inline uint32_t desc_key(float v)
+{
+    uint32_t u;
+    if (v == 0)
+        v = 0;
+    memcpy(&u, &v, sizeof u);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ~u;
+}
+
+/* Sorts e[0..n) in the selectors' order (value descending, index
+ * ascending) when e comes in ascending index order: a stable LSD radix
+ * sort over desc_key, four passes of 8 bits (a pass whose byte is the same
+ * for every entry is skipped), so O(n) instead of qsort's O(n log n)
+ * (issue 20, session 5: select.cover's nb^2/2 blocks and select.topp's n
+ * columns). tmp holds n entries; returns e or tmp, whichever holds the
+ * order. */
+static entry *radix_sorted(entry *e, entry *tmp, int64_t n)
+{
+    uint32_t cnt[4][256];
+    memset(cnt, 0, sizeof cnt);
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t k = desc_key(e[i].v);
+        cnt[0][k & 255]++;
+        cnt[1][(k >> 8) & 255]++;
+        cnt[2][(k >> 16) & 255]++;
+        cnt[3][k >> 24]++;
+    }
+    entry *src = e, *dst = tmp;
+    for (int b = 0; b < 4; b++) {
+        uint32_t *c = cnt[b];
+        int one = 0;
+        for (int x = 0; x < 256; x++)
+            if (c[x] == (uint32_t)n) {
+                one = 1;
+                break;
+            }
+        if (one)
+            continue;
+        uint32_t sum = 0;
+        for (int x = 0; x < 256; x++) {
+            uint32_t t = c[x];
+            c[x] = sum;
+            sum += t;
+        }
+        int sh = 8 * b;
+        for (int64_t i = 0; i < n; i++)
+            dst[c[(desc_key(src[i].v) >> sh) & 255]++] = src[i];
+        entry *t = src;
+        src = dst;
+        dst = t;
+    }
+    return src;
+}
+
+/* The row's finite entries in order, from e (tmp: as many again); returns
+ * how many, *out the sorted array (e or tmp). */
+static int64_t sorted_row(const float *row, int64_t C, entry *e, entry *tmp, entry **out)
 {
     int64_t n = 0;
     for (int64_t c = 0; c < C; c++)
         if (row[c] != -INFINITY)
             e[n++] = (entry){row[c], (int32_t)c};
-    qsort(e, (size_t)n, sizeof *e, entry_cmp);
+    *out = radix_sorted(e, tmp, n);
     return n;
 }
 
@@ -119,9 +180,9 @@ static void topp_item(int64_t item, void *ud, int thread)
     const sl_select_topp_params *p = j->a->params;
     const float *row = (const float *)j->a->in[0].data + item * j->C;
     uint8_t *keep = (uint8_t *)j->a->out[0].data + item * j->C;
-    entry *e = j->scr + (size_t)thread * (size_t)j->C;
+    entry *e0 = j->scr + (size_t)thread * 2 * (size_t)(j->C + 1), *e;
     memset(keep, 0, (size_t)j->C);
-    int64_t n = sorted_row(row, j->C, e);
+    int64_t n = sorted_row(row, j->C, e0, e0 + j->C + 1, &e);
     double pp = j->a->in[1].buf ? (double)((const float *)j->a->in[1].data)[item / j->rph] : p->p;
     double m = n > 0 ? e[0].v : 0, total = 0;
     /* masses summed in the row's order, as ref does, so p = 1 stops exactly
@@ -169,11 +230,13 @@ size_t sl__cpu_select_scratch(sl_op op, const void *params, const sl_tensor *in,
     int64_t c = x->ndim ? x->shape[x->ndim - 1] : 1;
     if (op == SL_OP_SELECT_COVER && x->ndim == 3)
         c *= x->shape[1];
-    return (size_t)(n_threads > 0 ? n_threads : 1) * (size_t)(c + 1) * sizeof(entry);
+    /* two arrays per thread: the radix sort's source and destination */
+    return (size_t)(n_threads > 0 ? n_threads : 1) * 2 * (size_t)(c + 1) * sizeof(entry);
 }
 
 /* select.cover (issue 20, session 3c): one head per work item; the head's
- * taking-part entries sorted by the selectors' order (qsort), summed in that
+ * taking-part entries sorted by the selectors' order (radix_sorted since
+ * session 5, qsort before: the same order), summed in that
  * order, the first cnt (+ extra) kept. */
 static void cover_item(int64_t h, void *ud, int thread)
 {
@@ -182,7 +245,7 @@ static void cover_item(int64_t h, void *ud, int thread)
     int64_t R = j->rph, C = j->C, m = R * C;
     const float *v = (const float *)j->a->in[0].data + h * m;
     uint8_t *keep = (uint8_t *)j->a->out[0].data + h * m;
-    entry *e = j->scr + (size_t)thread * (size_t)m;
+    entry *e = j->scr + (size_t)thread * 2 * (size_t)(m + 1);
     if (j->a->in[2].buf) {
         const uint8_t *base = (const uint8_t *)j->a->in[2].data + h * m;
         for (int64_t f = 0; f < m; f++)
@@ -199,7 +262,7 @@ static void cover_item(int64_t h, void *ud, int thread)
             if (v[r * C + c] != -INFINITY)
                 e[n++] = (entry){v[r * C + c], (int32_t)(r * C + c)};
     }
-    qsort(e, (size_t)n, sizeof *e, entry_cmp);
+    e = radix_sorted(e, e + m + 1, n);
     double cum = 0;
     int64_t cnt = 0;
     for (; cnt < n; cnt++) {

@@ -4,7 +4,8 @@
  * select.pq_match: key codes per kv head first (one item per key row), then
  * one item per (head, row): a count per slot, the cut slot, and one ascending
  * pass that writes the row's keys already sorted. select.hip_tree: one item
- * per (head, query block), each level's new nodes scored by one sgemm. */
+ * per (head, query block), each level's new nodes scored by one sgemm.
+ * select.token_budget (issue 20, session 5): see its section below. */
 #include "cpu.h"
 #include "chunks_select.h"
 #include "parallel.h"
@@ -458,11 +459,234 @@ sl_status sl__cpu_select_chunks(const sl__kargs *a)
     return SL_OK;
 }
 
+/* ---- select.token_budget (issue 20, session 5) ----
+ * Heads in parallel for the importance (column sums row by row into the
+ * thread's buffer, the smoothing window per entry, the head's total),
+ * chunks of keys for the head mean, then the budget: the k smallest of gs
+ * by quickselect and only those sorted (k grown 8x while the running sum
+ * stays under the coverage), so the count costs O(P) rather than a sort of
+ * P; each head's cut is its (P - B)-th smallest importance by quickselect.
+ * Every float64 sum is added in the contract's order (the recipe's Lua
+ * arithmetic, operation for operation). */
+typedef struct tb_job {
+    const sl__kargs *a;
+    int64_t H, W, C, P, half, B;
+    double *imp, *g, *work; /* imp [H, P], g [P], per thread P */
+} tb_job;
+
+static int tb_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Reorders a[0..n) so that a[t] is the t-th smallest (0-based), none
+ * before it larger and none after it smaller: Hoare quickselect, median of
+ * three (a sort of the rest after 64 rounds). */
+static void tb_select(double *a, int64_t n, int64_t t)
+{
+    int64_t lo = 0, hi = n - 1;
+    for (int round = 0; hi > lo; round++) {
+        if (round == 64) {
+            qsort(a + lo, (size_t)(hi - lo + 1), sizeof *a, tb_cmp_double);
+            return;
+        }
+        double x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], piv;
+        if (x < y)
+            piv = y < z ? y : (x < z ? z : x);
+        else
+            piv = x < z ? x : (y < z ? z : y);
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] < piv)
+                i++;
+            while (piv < a[j])
+                j--;
+            if (i <= j) {
+                double tmp = a[i];
+                a[i++] = a[j];
+                a[j--] = tmp;
+            }
+        }
+        if (t <= j)
+            hi = j;
+        else if (t >= i)
+            lo = i;
+        else
+            return;
+    }
+}
+
+static void tb_importance_item(int64_t h, void *ud, int thread)
+{
+    const tb_job *j = ud;
+    int64_t W = j->W, C = j->C, P = j->P, half = j->half;
+    const sl_select_token_budget_params *p = j->a->params;
+    const float *x = (const float *)j->a->in[0].data + h * W * C;
+    double *raw = j->work + (size_t)thread * (size_t)P, *imp = j->imp + h * P;
+    for (int64_t c = 0; c < P; c++)
+        raw[c] = 0;
+    for (int64_t r = 0; r < W; r++)
+        for (int64_t c = 0; c < P; c++)
+            raw[c] += x[r * C + c];
+    for (int64_t c = 0; c < P; c++)
+        raw[c] /= (double)W;
+    double tot = 0;
+    for (int64_t c = 0; c < P; c++) {
+        int64_t lo = c - half > 0 ? c - half : 0, hi = c + half < P - 1 ? c + half : P - 1;
+        double s = 0;
+        for (int64_t i = lo; i <= hi; i++)
+            s += raw[i];
+        imp[c] = s / (double)p->ks;
+        tot += imp[c];
+    }
+    for (int64_t c = 0; c < P; c++)
+        imp[c] = tot > 0 ? imp[c] / tot : 0;
+}
+
+enum { TB_CHUNK = 4096 };
+
+static void tb_mean_item(int64_t item, void *ud, int thread)
+{
+    (void)thread;
+    const tb_job *j = ud;
+    int64_t c0 = item * TB_CHUNK, c1 = c0 + TB_CHUNK < j->P ? c0 + TB_CHUNK : j->P;
+    for (int64_t c = c0; c < c1; c++) {
+        double s = 0;
+        for (int64_t h = 0; h < j->H; h++)
+            s += j->imp[h * j->P + c] / (double)j->H;
+        j->g[c] = s;
+    }
+}
+
+static void tb_cut_item(int64_t h, void *ud, int thread)
+{
+    const tb_job *j = ud;
+    int64_t P = j->P, C = j->C, B = j->B, n = 0;
+    int32_t *row = (int32_t *)j->a->out[0].data + h * C;
+    if (B >= P) {
+        for (int64_t c = 0; c < C; c++)
+            row[c] = (int32_t)c;
+        return;
+    }
+    const double *x = j->imp + h * P;
+    double *w = j->work + (size_t)thread * (size_t)P;
+    int64_t D = P - B;
+    memcpy(w, x, (size_t)P * sizeof *w);
+    tb_select(w, P, D - 1);
+    double v = w[D - 1];
+    /* dropped: every entry below v, and entries equal to v from the later end until D are out (w as flags) */
+    int64_t need = D;
+    for (int64_t c = 0; c < P; c++) {
+        w[c] = x[c] < v;
+        need -= x[c] < v;
+    }
+    for (int64_t c = P - 1; c >= 0 && need > 0; c--)
+        if (x[c] == v) {
+            w[c] = 1;
+            need--;
+        }
+    for (int64_t c = 0; c < P; c++)
+        if (w[c] == 0)
+            row[n++] = (int32_t)c;
+    for (int64_t c = P; c < C; c++)
+        row[n++] = (int32_t)c;
+    for (; n < C; n++)
+        row[n] = -1;
+}
+
+sl_status sl__cpu_select_token_budget(const sl__kargs *a)
+{
+    const sl_select_token_budget_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    tb_job j = {.a = a, .H = x->shape[0], .W = x->shape[1], .C = x->shape[2], .half = p->ks / 2};
+    j.P = j.C - j.W;
+    j.imp = a->scratch;
+    j.g = j.imp + j.H * j.P;
+    double *gs = j.g + j.P;
+    j.work = gs + j.P;
+    sl_status s = sl__cpu_parallel(a->ctx, j.H, tb_importance_item, &j);
+    if (s == SL_OK)
+        s = sl__cpu_parallel(a->ctx, (j.P + TB_CHUNK - 1) / TB_CHUNK, tb_mean_item, &j);
+    if (s != SL_OK)
+        return s;
+    double gt = 0;
+    for (int64_t c = 0; c < j.P; c++)
+        gt += j.g[c];
+    /* the count: the k smallest of gs sorted, k grown until the running sum reaches the coverage inside them */
+    int64_t count = 0, k = j.P < 4096 ? j.P : 4096;
+    while (k > 0) {
+        for (int64_t c = 0; c < j.P; c++)
+            gs[c] = gt > 0 ? j.g[c] / gt : 0;
+        if (k < j.P)
+            tb_select(gs, j.P, k - 1);
+        qsort(gs, (size_t)k, sizeof *gs, tb_cmp_double);
+        double cum = 0;
+        count = 0;
+        while (count < k && (cum += gs[count]) < p->coverage)
+            count++;
+        if (count < k || k == j.P)
+            break;
+        k = k <= j.P / 8 ? 8 * k : j.P;
+    }
+    j.B = j.P;
+    if (count > 0) {
+        j.B = j.P - count - 1 > p->m_min ? j.P - count - 1 : p->m_min;
+        j.B = j.B < j.P ? j.B : j.P;
+    }
+    int32_t *info = a->out[1].data;
+    info[0] = (int32_t)count;
+    info[1] = (int32_t)j.B;
+    return sl__cpu_parallel(a->ctx, j.H, tb_cut_item, &j);
+}
+
+/* ---- select.theta_rows (issue 20, session 5) ----
+ * One head per work item: the row lengths ascend (step 1) or stay (step 0),
+ * so one walk over the keys serves every row: t = the first key >= r, then
+ * the key before it when it is as near (the shorter on a tie). */
+static void theta_rows_item(int64_t h, void *ud, int thread)
+{
+    (void)thread;
+    const sl__kargs *a = ud;
+    const sl_select_theta_rows_params *p = a->params;
+    int64_t L = a->in[0].shape[1], n = 0;
+    const int32_t *keys = (const int32_t *)a->in[0].data + h * L;
+    const float *vals = (const float *)a->in[1].data + h * L;
+    float *th = (float *)a->out[0].data + h * p->rows;
+    while (n < L && keys[n] >= 0)
+        n++;
+    int64_t t = 0;
+    for (int64_t i = 0; i < p->rows; i++) {
+        int64_t r = p->r0 + p->step * i;
+        if (r <= p->k || n == 0) {
+            th[i] = -1e30f;
+            continue;
+        }
+        while (t < n - 1 && keys[t] < r)
+            t++;
+        int64_t best = t;
+        if (t > 0 && llabs(keys[t - 1] - r) <= llabs(keys[t] - r))
+            best = t - 1;
+        th[i] = vals[best];
+    }
+}
+
+sl_status sl__cpu_select_theta_rows(const sl__kargs *a)
+{
+    return sl__cpu_parallel(a->ctx, a->in[0].shape[0], theta_rows_item, (void *)a);
+}
+
 size_t sl__cpu_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)params;
     switch (op) {
     case SL_OP_ATTN_THRESHOLD: return (size_t)n_threads * (size_t)(in[1].shape[1] + in[0].shape[2]) * sizeof(float);
+    case SL_OP_SELECT_TOKEN_BUDGET: {
+        /* imp [H, P], g and gs [P], one P buffer per thread */
+        int64_t P = in[0].shape[2] - in[0].shape[1];
+        P = P > 0 ? P : 0;
+        return (size_t)((in[0].shape[0] + 2 + (n_threads > 0 ? n_threads : 1)) * P) * sizeof(double);
+    }
     case SL_OP_SELECT_PQ_MATCH:
         return (size_t)in[0].shape[1] * sizeof(int64_t) +
                (size_t)(in[1].shape[0] * in[1].shape[1] * in[2].shape[1]) * sizeof(int32_t);

@@ -1,5 +1,5 @@
 // cuda/reduce.cu — the reductions (reduce.columns, reduce.diagonals,
-// reduce.block, reduce.heads, reduce.far, reduce.columns64, reduce.kth) on CUDA: one thread per output element, float64
+// reduce.block, reduce.heads, reduce.far, reduce.columns64, reduce.kth, reduce.segments64) on CUDA: one thread per output element, float64
 // sums. Compiled with `make CUDA=1`; run under the CUDA simulator by
 // `make test-cudasim`.
 #include "dialect.cuh"
@@ -138,6 +138,22 @@ __global__ void far_kernel(const float *x, double *y, int64_t HR, int64_t R, int
     y[i] = s;
 }
 
+// reduce.segments64 (issue 20, session 5): one thread per segment, its
+// columns added in order
+__global__ void segments64_kernel(const float *x, double *y, int64_t HG, int64_t C, int64_t G, int64_t size,
+                                  int64_t shift)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= HG)
+        return;
+    int64_t h = i / G, g = i % G;
+    int64_t lo = max(g * size - shift, (int64_t)0), hi = min(g * size - shift + size, C);
+    double s = 0;
+    for (int64_t c = lo; c < hi; c++)
+        s += x[h * C + c];
+    y[i] = s;
+}
+
 // The reductions: one thread per output element.
 sl_status run_reduce(const sl__kargs *a)
 {
@@ -153,6 +169,13 @@ sl_status run_reduce(const sl__kargs *a)
         return s;
     const float *xd = static_cast<const float *>(st.in[0]);
     float *y = static_cast<float *>(st.out[0]);
+    if (a->op == SL_OP_REDUCE_SEGMENTS64) {
+        const sl_reduce_segments_params *p = static_cast<const sl_reduce_segments_params *>(a->params);
+        int64_t G = a->out[0].shape[1], C2 = x->shape[1];
+        SL_LAUNCH(segments64_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<double *>(st.out[0]), n, C2, G,
+                                                                 p->size, p->from_end ? G * p->size - C2 : 0);
+        return sl__cuda_stage_out(&st, cudaGetLastError());
+    }
     if (a->op == SL_OP_REDUCE_KTH) {
         SL_LAUNCH(kth_kernel, grid_of(n), kThreads, 0, 0)(xd, static_cast<const int32_t *>(st.in[1]),
                                                           static_cast<const int32_t *>(st.in[2]), y, n, R, C);
@@ -206,4 +229,5 @@ sl_status sl__cuda_reduce_heads(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_far(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_columns64(const sl__kargs *a) { return run_reduce(a); }
 sl_status sl__cuda_reduce_kth(const sl__kargs *a) { return run_reduce(a); }
+sl_status sl__cuda_reduce_segments64(const sl__kargs *a) { return run_reduce(a); }
 

@@ -6,6 +6,7 @@
 //       writing the row's keys sorted; row offsets come from the host.
 //   select.hip_tree: one CTA per (head, query block), the tree's levels in
 //       lockstep (see the kernel).
+//   select.token_budget, select.theta_rows (issue 20, session 5): see their kernels.
 #include "dialect.cuh"
 #include "cuda.cuh"
 #include "stage.cuh"
@@ -368,6 +369,203 @@ __global__ void chunks_pack_kernel(const int32_t *pad, const int64_t *off, const
         col[i] = -1;
 }
 
+// ---- select.token_budget (issue 20, session 5) ----
+// One thread per (head, prefix key) for the column sums and the smoothing,
+// one per head for its total, one per key for the head mean, one thread for
+// the budget (gs heapsorted in scratch) and one per head for its cut (its
+// importance heapsorted in scratch); every float64 sum in the contract's
+// order, so the lists equal ref's.
+__device__ void tb_heapsort(double *a, int64_t n)
+{
+    for (int64_t start = n / 2 - 1; start >= 0; start--) {
+        int64_t r = start;
+        for (;;) {
+            int64_t c = 2 * r + 1;
+            if (c >= n)
+                break;
+            if (c + 1 < n && a[c] < a[c + 1])
+                c++;
+            if (!(a[r] < a[c]))
+                break;
+            double t = a[r];
+            a[r] = a[c];
+            a[c] = t;
+            r = c;
+        }
+    }
+    for (int64_t end = n - 1; end > 0; end--) {
+        double t = a[0];
+        a[0] = a[end];
+        a[end] = t;
+        int64_t r = 0;
+        for (;;) {
+            int64_t c = 2 * r + 1;
+            if (c >= end)
+                break;
+            if (c + 1 < end && a[c] < a[c + 1])
+                c++;
+            if (!(a[r] < a[c]))
+                break;
+            double u = a[r];
+            a[r] = a[c];
+            a[c] = u;
+            r = c;
+        }
+    }
+}
+
+__global__ void tb_raw_kernel(const float *x, double *raw, int64_t H, int64_t W, int64_t C, int64_t P)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= H * P)
+        return;
+    int64_t h = i / P, j = i % P;
+    double s = 0;
+    for (int64_t r = 0; r < W; r++)
+        s += x[(h * W + r) * C + j];
+    raw[i] = s / (double)W;
+}
+
+__global__ void tb_smooth_kernel(const double *raw, double *imp, int64_t H, int64_t P, int64_t half, int64_t ks)
+{
+    int64_t i = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (i >= H * P)
+        return;
+    int64_t h = i / P, j = i % P;
+    int64_t lo = j - half > 0 ? j - half : 0, hi = j + half < P - 1 ? j + half : P - 1;
+    double s = 0;
+    for (int64_t t = lo; t <= hi; t++)
+        s += raw[h * P + t];
+    imp[i] = s / (double)ks;
+}
+
+__global__ void tb_norm_kernel(double *imp, int64_t H, int64_t P)
+{
+    int64_t h = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (h >= H)
+        return;
+    double tot = 0;
+    for (int64_t j = 0; j < P; j++)
+        tot += imp[h * P + j];
+    for (int64_t j = 0; j < P; j++)
+        imp[h * P + j] = tot > 0 ? imp[h * P + j] / tot : 0;
+}
+
+__global__ void tb_mean_kernel(const double *imp, double *g, int64_t H, int64_t P)
+{
+    int64_t j = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (j >= P)
+        return;
+    double s = 0;
+    for (int64_t h = 0; h < H; h++)
+        s += imp[h * P + j] / (double)H;
+    g[j] = s;
+}
+
+__global__ void tb_budget_kernel(double *g, int32_t *info, int64_t P, double coverage, int64_t m_min)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0)
+        return;
+    double gt = 0;
+    for (int64_t j = 0; j < P; j++)
+        gt += g[j];
+    for (int64_t j = 0; j < P; j++)
+        g[j] = gt > 0 ? g[j] / gt : 0;
+    tb_heapsort(g, P);
+    int64_t count = 0;
+    double cum = 0;
+    while (count < P && (cum += g[count]) < coverage)
+        count++;
+    int64_t B = P;
+    if (count > 0) {
+        B = P - count - 1 > m_min ? P - count - 1 : m_min;
+        B = B < P ? B : P;
+    }
+    info[0] = (int32_t)count;
+    info[1] = (int32_t)B;
+}
+
+__global__ void tb_cut_kernel(const double *imp, double *work, const int32_t *info, int32_t *idx, int64_t H,
+                              int64_t C, int64_t P)
+{
+    int64_t h = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (h >= H)
+        return;
+    int32_t *row = idx + h * C;
+    int64_t B = info[1], n = 0;
+    if (B >= P) {
+        for (int64_t c = 0; c < C; c++)
+            row[c] = (int32_t)c;
+        return;
+    }
+    const double *x = imp + h * P;
+    double *w = work + h * P;
+    for (int64_t c = 0; c < P; c++)
+        w[c] = x[c];
+    tb_heapsort(w, P);
+    int64_t D = P - B, need = D;
+    double v = w[D - 1];
+    for (int64_t c = 0; c < P; c++) {
+        w[c] = x[c] < v ? 1.0 : 0.0;
+        need -= x[c] < v;
+    }
+    for (int64_t c = P - 1; c >= 0 && need > 0; c--)
+        if (x[c] == v) {
+            w[c] = 1.0;
+            need--;
+        }
+    for (int64_t c = 0; c < P; c++)
+        if (w[c] == 0.0)
+            row[n++] = (int32_t)c;
+    for (int64_t c = P; c < C; c++)
+        row[n++] = (int32_t)c;
+    for (; n < C; n++)
+        row[n] = -1;
+}
+
+// ---- select.theta_rows (issue 20, session 5) ----
+// One thread per (head, row): a binary search for the first key >= r among
+// the head's keys (padding -1 at the end), then the key before it when it
+// is as near.
+__global__ void theta_rows_kernel(const int32_t *keys, const float *vals, float *th, int64_t H, int64_t L,
+                                  int64_t rows, int64_t r0, int64_t step, int64_t k)
+{
+    int64_t item = (int64_t)blockIdx.x * kThreads + threadIdx.x;
+    if (item >= H * rows)
+        return;
+    int64_t h = item / rows, i = item % rows, r = r0 + step * i;
+    const int32_t *kh = keys + h * L;
+    int64_t n = 0, lo = 0, hi = L;
+    while (lo < hi) { // n = the number of keys (>= 0) before the padding
+        int64_t mid = (lo + hi) / 2;
+        if (kh[mid] >= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    n = lo;
+    if (r <= k || n == 0) {
+        th[item] = -1e30f;
+        return;
+    }
+    lo = 0;
+    hi = n - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if (kh[mid] < r)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int64_t best = lo;
+    if (lo > 0) {
+        int64_t a = kh[lo - 1] - r, b = kh[lo] - r;
+        if ((a < 0 ? -a : a) <= (b < 0 ? -b : b))
+            best = lo - 1;
+    }
+    th[item] = vals[h * L + best];
+}
+
 }  // namespace
 
 sl_status sl__cuda_select_chunks(const sl__kargs *a)
@@ -493,5 +691,48 @@ sl_status sl__cuda_select_pq_match(const sl__kargs *a)
         st.input<float>(0), st.input<float>(2), static_cast<const int32_t *>(kcode), static_cast<const int64_t *>(doff),
         st.output<int32_t>(0), st.output<int32_t>(1), (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk, (int)dm.hkv,
         (int)hc, (int)S, (int)C, (int)dc, (int)p->causal, (int64_t)p->nnz, (int)p->slots, per_head);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_select_token_budget(const sl__kargs *a)
+{
+    const sl_select_token_budget_params *p = static_cast<const sl_select_token_budget_params *>(a->params);
+    int64_t H = a->in[0].shape[0], W = a->in[0].shape[1], C = a->in[0].shape[2], P = C - W;
+    if ((H * P + kThreads - 1) / kThreads > INT32_MAX)
+        return sl__cuda_unsupported(a, "at most 2^31 thread blocks; found %lld (head, key) pairs", (long long)(H * P));
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK)
+        return s;
+    void *raw = nullptr, *imp = nullptr, *g = nullptr;
+    if ((s = sl__cuda_scratch(&st, (size_t)(H * P) * sizeof(double), &raw)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)(H * P) * sizeof(double), &imp)) != SL_OK ||
+        (s = sl__cuda_scratch(&st, (size_t)P * sizeof(double), &g)) != SL_OK)
+        return s;
+    int grid_hp = (int)((H * P + kThreads - 1) / kThreads), grid_h = (int)((H + kThreads - 1) / kThreads);
+    int grid_p = (int)((P + kThreads - 1) / kThreads);
+    double *rd = static_cast<double *>(raw), *id = static_cast<double *>(imp), *gd = static_cast<double *>(g);
+    SL_LAUNCH(tb_raw_kernel, grid_hp, kThreads, 0, 0)(st.input<float>(0), rd, H, W, C, P);
+    SL_LAUNCH(tb_smooth_kernel, grid_hp, kThreads, 0, 0)(rd, id, H, P, p->ks / 2, p->ks);
+    SL_LAUNCH(tb_norm_kernel, grid_h, kThreads, 0, 0)(id, H, P);
+    SL_LAUNCH(tb_mean_kernel, grid_p, kThreads, 0, 0)(id, gd, H, P);
+    SL_LAUNCH(tb_budget_kernel, 1, 1, 0, 0)(gd, st.output<int32_t>(1), P, p->coverage, p->m_min);
+    // raw is free after the smoothing: the cut's per-head work area
+    SL_LAUNCH(tb_cut_kernel, grid_h, kThreads, 0, 0)(id, rd, st.output<int32_t>(1), st.output<int32_t>(0), H, C, P);
+    return sl__cuda_stage_out(&st, cudaGetLastError());
+}
+
+sl_status sl__cuda_select_theta_rows(const sl__kargs *a)
+{
+    const sl_select_theta_rows_params *p = static_cast<const sl_select_theta_rows_params *>(a->params);
+    int64_t H = a->in[0].shape[0], L = a->in[0].shape[1], n = H * p->rows;
+    if ((n + kThreads - 1) / kThreads > INT32_MAX)
+        return sl__cuda_unsupported(a, "at most 2^31 thread blocks; found %lld (head, row) pairs", (long long)n);
+    sl__cuda_stage st(a);
+    sl_status s = sl__cuda_stage_in(&st);
+    if (s != SL_OK || n == 0)
+        return s != SL_OK ? s : sl__cuda_stage_out(&st, cudaSuccess);
+    SL_LAUNCH(theta_rows_kernel, (int)((n + kThreads - 1) / kThreads), kThreads, 0, 0)(
+        st.input<int32_t>(0), st.input<float>(1), st.output<float>(0), H, L, p->rows, p->r0, p->step, p->k);
     return sl__cuda_stage_out(&st, cudaGetLastError());
 }

@@ -157,6 +157,25 @@ sl_status sl__ref_reduce_kth(const sl__kargs *a)
     return SL_OK;
 }
 
+/* reduce.segments64: per segment a plain float64 sum in column order; the
+ * segment of column c found from c (not from the segment's ends). */
+sl_status sl__ref_reduce_segments64(const sl__kargs *a)
+{
+    const sl_reduce_segments_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], C = x->shape[1], G = a->out[0].shape[1];
+    /* from_end: column c lies (C - 1 - c) / size segments before the last */
+    int64_t shift = p->from_end ? G * p->size - C : 0;
+    const float *xd = x->data;
+    double *y = a->out[0].data;
+    for (int64_t i = 0; i < H * G; i++)
+        y[i] = 0;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t c = 0; c < C; c++)
+            y[h * G + (c + shift) / p->size] += xd[h * C + c];
+    return SL_OK;
+}
+
 size_t sl__ref_reduce_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)op, (void)params, (void)in, (void)n_threads;

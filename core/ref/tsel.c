@@ -317,6 +317,127 @@ sl_status sl__ref_select_chunks(const sl__kargs *a)
     return SL_OK;
 }
 
+/* ---- select.token_budget (issue 20, session 5) ----
+ * The contract read literally: every float64 quantity in its own array, the
+ * head mean's order by qsort, and each head's top B by a qsort of the
+ * prefix positions on (importance descending, position ascending). */
+typedef struct tb_pos {
+    double v;
+    int64_t j;
+} tb_pos;
+
+static int tb_cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int tb_cmp_pos(const void *a, const void *b)
+{
+    const tb_pos *x = a, *y = b;
+    if (x->v != y->v)
+        return x->v > y->v ? -1 : 1;
+    return (x->j > y->j) - (x->j < y->j);
+}
+
+sl_status sl__ref_select_token_budget(const sl__kargs *a)
+{
+    const sl_select_token_budget_params *p = a->params;
+    const sl_tensor *x = &a->in[0];
+    int64_t H = x->shape[0], W = x->shape[1], C = x->shape[2], P = C - W, half = p->ks / 2;
+    const float *xd = x->data;
+    int32_t *idx = a->out[0].data, *info = a->out[1].data;
+    double *raw = a->scratch, *imp = raw + H * P, *g = imp + H * P, *gs = g + P;
+    tb_pos *order = (tb_pos *)(gs + P);
+    for (int64_t h = 0; h < H; h++) {
+        for (int64_t j = 0; j < P; j++) {
+            double s = 0;
+            for (int64_t r = 0; r < W; r++)
+                s += xd[(h * W + r) * C + j];
+            raw[h * P + j] = s / (double)W;
+        }
+        double tot = 0;
+        for (int64_t j = 0; j < P; j++) {
+            double s = 0;
+            for (int64_t i = j - half; i <= j + half; i++)
+                if (i >= 0 && i < P)
+                    s += raw[h * P + i];
+            imp[h * P + j] = s / (double)p->ks;
+            tot += imp[h * P + j];
+        }
+        for (int64_t j = 0; j < P; j++)
+            imp[h * P + j] = tot > 0 ? imp[h * P + j] / tot : 0;
+    }
+    double gt = 0;
+    for (int64_t j = 0; j < P; j++) {
+        g[j] = 0;
+        for (int64_t h = 0; h < H; h++)
+            g[j] += imp[h * P + j] / (double)H;
+        gt += g[j];
+    }
+    for (int64_t j = 0; j < P; j++)
+        gs[j] = gt > 0 ? g[j] / gt : 0;
+    qsort(gs, (size_t)P, sizeof *gs, tb_cmp_double);
+    int64_t count = 0;
+    double cum = 0;
+    while (count < P && (cum += gs[count]) < p->coverage)
+        count++;
+    int64_t B = P;
+    if (count > 0) {
+        B = P - count - 1 > p->m_min ? P - count - 1 : p->m_min;
+        B = B < P ? B : P;
+    }
+    info[0] = (int32_t)count;
+    info[1] = (int32_t)B;
+    for (int64_t h = 0; h < H; h++) {
+        int32_t *row = idx + h * C;
+        for (int64_t j = 0; j < C; j++)
+            row[j] = B < P ? -1 : (int32_t)j;
+        if (B == P)
+            continue;
+        for (int64_t j = 0; j < P; j++)
+            order[j] = (tb_pos){imp[h * P + j], j};
+        qsort(order, (size_t)P, sizeof *order, tb_cmp_pos);
+        uint8_t *kept = (uint8_t *)raw; /* raw is no longer needed: P flags */
+        for (int64_t j = 0; j < P; j++)
+            kept[j] = 0;
+        for (int64_t t = 0; t < B; t++)
+            kept[order[t].j] = 1;
+        int64_t n = 0;
+        for (int64_t j = 0; j < P; j++)
+            if (kept[j])
+                row[n++] = (int32_t)j;
+        for (int64_t j = P; j < C; j++)
+            row[n++] = (int32_t)j;
+    }
+    return SL_OK;
+}
+
+/* ---- select.theta_rows (issue 20, session 5) ----
+ * Every row on its own: the nearest key by a scan of all the head's keys
+ * (the first of equally near ones, keys ascending: the shorter). */
+sl_status sl__ref_select_theta_rows(const sl__kargs *a)
+{
+    const sl_select_theta_rows_params *p = a->params;
+    int64_t H = a->in[0].shape[0], L = a->in[0].shape[1];
+    const int32_t *keys = a->in[0].data;
+    const float *vals = a->in[1].data;
+    float *th = a->out[0].data;
+    for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < p->rows; i++) {
+            int64_t r = p->r0 + p->step * i, best = -1;
+            for (int64_t t = 0; t < L && r > p->k; t++) {
+                int64_t kr = keys[h * L + t];
+                if (kr < 0)
+                    continue;
+                if (best < 0 || llabs(kr - r) < llabs(keys[h * L + best] - r))
+                    best = t;
+            }
+            th[h * p->rows + i] = best < 0 ? -1e30f : vals[h * L + best];
+        }
+    return SL_OK;
+}
+
 size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, int n_threads)
 {
     (void)n_threads;
@@ -334,6 +455,12 @@ size_t sl__ref_tsel_scratch(sl_op op, const void *params, const sl_tensor *in, i
         const sl_select_chunks_params *p = params;
         int64_t d = in[0].shape[2], C = in[1].shape[1];
         return (size_t)(d + C * d + C) * sizeof(double) + (size_t)p->n * (sizeof(double) + sizeof(int64_t));
+    }
+    case SL_OP_SELECT_TOKEN_BUDGET: {
+        /* raw and imp [H, P], g and gs [P], the order [P] */
+        int64_t H = in[0].shape[0], P = in[0].shape[2] - in[0].shape[1];
+        P = P > 0 ? P : 0;
+        return (size_t)(2 * H * P + 2 * P) * sizeof(double) + (size_t)P * sizeof(tb_pos);
     }
     default: return 0;
     }

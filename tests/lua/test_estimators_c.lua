@@ -112,6 +112,42 @@ test("estimators in C: token_sparse_attention's importance sums (reduce.columns6
   truthy(selected >= 3, "the cases select (not the identity)")
 end)
 
+test("estimators in C: token_sparse_attention's steps 1-4 in one op (select.token_budget) equal both Lua paths",
+  function()
+  local m = sl.methods.get("token_sparse_attention")
+  local cases = {
+    {n = 1400, hq = 4, hkv = 2, seed = 31, p = {m_min = 256, window = 64, coverage = 0.05}},
+    {n = 1100, hq = 3, hkv = 3, seed = 32, p = {m_min = 128, window = 100, coverage = 0.2, ks = 4}},
+    {n = 900, hq = 2, hkv = 1, seed = 33, p = {m_min = 0, window = 33, coverage = 0.9, ks = 1}},
+    {n = 2000, hq = 1, hkv = 1, seed = 34, p = {m_min = 512, window = 128, coverage = 0.005}},
+    {n = 1500, hq = 2, hkv = 2, seed = 35, p = {m_min = 1300, window = 128, coverage = 0.3, ks = 9}},
+    {n = 700, hq = 2, hkv = 2, seed = 36, p = {m_min = 100, window = 50, coverage = 1e-6}},
+  }
+  local selected, identity = 0, 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    for _, blind in ipairs({false, true}) do
+      local a, ea = m.select(prob, p, blind)
+      local b = m.select(prob, p, blind, {lua_top = true})
+      local o = m.select(prob, p, blind, {lua_sums = true})
+      local what = string.format("case %d blind %s", ci, tostring(blind))
+      eq(a == nil, b == nil, what .. ": identity as lua_top")
+      eq(a == nil, o == nil, what .. ": identity as lua_sums")
+      truthy(ea > 0, what .. ": estimator FLOPs counted")
+      if a then
+        same(a, b, what .. ": kept positions (lua_top)")
+        same(a, o, what .. ": kept positions (lua_sums)")
+        if not blind then selected = selected + 1 end
+      elseif not blind then
+        identity = identity + 1
+      end
+    end
+  end
+  truthy(selected >= 4, "most cases select")
+  truthy(identity >= 1, "a coverage below the smallest entry is the identity")
+end)
+
 test("estimators in C: top_theta's calibration quantiles (reduce.kth) equal the Lua sort's", function()
   local m = sl.methods.get("top_theta")
   local cases = {
@@ -129,6 +165,45 @@ test("estimators in C: top_theta's calibration quantiles (reduce.kth) equal the 
     for _, row in ipairs(a) do for _, x in ipairs(row) do if x > -1e29 then finite = finite + 1 end end end
     truthy(finite > 0, "case " .. ci .. ": calibrated rows")
   end
+end)
+
+test("estimators in C: top_theta's per-row lookup (select.theta_rows) equals the Lua lookup", function()
+  local m = sl.methods.get("top_theta")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 41, p = {k = 64}},
+    {n = 900, nq = 300, hq = 2, hkv = 1, seed = 42, p = {k = 7, sample_frac = 0.05, sigma = 0.5}},
+    {n = 1500, hq = 3, hkv = 3, seed = 43, p = {k = 300, max_rows = 20}},
+    {n = 600, hq = 2, hkv = 2, seed = 44, p = {k = 1000}},
+  }
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local a = m.thresholds(prob, p):totable()
+    local b = m.thresholds(prob, p, {lua_lookup = true}):totable()
+    same(a, b, "case " .. ci .. ": thresholds")
+  end
+  -- hand-made tables: heads with different lengths, one head absent, rows between two lengths (ties: the
+  -- shorter), rows past the last length, a decode offset and a problem that is not causal
+  local cfg = {k = 5, sigma = 0, tables = {Lany = {
+    {{10, 0.5}, {20, 1.5}, {40, -2.25}, {400, 3}},
+    {{300, 7.5}},
+    {},
+  }}}
+  local probs = {problem{n = 500, hq = 3, hkv = 3, seed = 45}, problem{n = 500, nq = 120, hq = 3, hkv = 1, seed = 46}}
+  local q, k, v = sl.synthetic{heads = 3, kv_heads = 3, n = 64, d = 16, seed = 47}
+  probs[3] = sl.problem{q = q, k = k, v = v, causal = false}
+  local distinct = {}
+  for pi, prob in ipairs(probs) do
+    local p = sl.registry.resolve(m, {k = 5})
+    p.config_table = cfg
+    local a = m.thresholds(prob, p):totable()
+    local b = m.thresholds(prob, p, {lua_lookup = true}):totable()
+    same(a, b, "table " .. pi .. ": thresholds")
+    for _, row in ipairs(a) do for _, x in ipairs(row) do distinct[x] = true end end
+  end
+  local nd = 0
+  for _ in pairs(distinct) do nd = nd + 1 end
+  truthy(nd >= 5, "the lookups take every table value and -1e30")
 end)
 
 test("estimators in C: dhsa's token lists built in order equal the sorted Lua lists", function()
@@ -200,6 +275,37 @@ test("estimators in C: xattention's per-row selection (select.row_cover) equals 
   -- the cases select different amounts (not all dense, not all minimal)
   table.sort(kept)
   truthy(kept[1] < kept[#kept], "densities differ across τ")
+end)
+
+test("estimators in C: flexprefill's slash pooling (reduce.segments64) equals the Lua loop, default and reference",
+  function()
+  local m = sl.methods.get("flexprefill")
+  local cases = {
+    {n = 1024, hq = 4, hkv = 2, seed = 21, p = {tau = 0}},
+    {n = 1100, hq = 2, hkv = 1, seed = 22, p = {tau = 0, block = 64, min_budget = 64}},
+    {n = 1100, hq = 2, hkv = 1, seed = 22, p = {tau = 0, block = 64, min_budget = 64, reference = true}},
+    {n = 777, hq = 3, hkv = 3, seed = 23, p = {tau = 0.3, block = 32, min_budget = 32, reference = true}},
+    {n = 650, hq = 2, hkv = 2, seed = 24, p = {block = 16, min_budget = 16, gamma = 0.5}},
+  }
+  local differ = 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    local p = sl.registry.resolve(m, c.p)
+    local ec = m.estimate(prob, p)
+    local el = m.estimate(prob, p, {lua_pool = true, lua_cover = true})
+    local what = "case " .. ci
+    for h = 1, c.hq do
+      local a, b = ec.detail[h].sb, el.detail[h].sb
+      eq(#a, #b, what .. ": offset blocks")
+      for ob = 1, #b do eq(a[ob], b[ob], what .. string.format(": head %d offset block %d", h, ob)) end
+      eq(ec.detail[h].ns, el.detail[h].ns, what .. ": n_s")
+      -- the pooled blocks are not all equal (the comparison sees real profiles)
+      if a[1] ~= a[#a] then differ = differ + 1 end
+    end
+    same_mask(ec.mask, el.mask, what)
+    ec.mask:close(); el.mask:close()
+  end
+  truthy(differ > 0, "pooled slash profiles vary")
 end)
 
 H.done()

@@ -43,19 +43,25 @@
 -- scores (here lower index first), float32 cumulative sums in the reference
 -- (float64 here), a NaN JSD (a zero block) that the reference never calls
 -- query-aware.
+-- Estimator cost (issue 20, session 5): the slash profile's pooling per offset block is one C op
+-- (reduce.segments64, float64 sums in offset order: the same sums as the old Lua loop, kept behind
+-- opts.lua_pool as the oracle of tests/lua/test_estimators_c.lua); select.cover and select.topp sort by
+-- a radix sort in C (linear in the entries; same order as their qsort).
 -- Not implemented: gqa_interleave (heads are grouped consecutively: query
 -- head h reads KV head h / (Hq/Hkv)); batch > 1 (a Lua loop).
 -- Unknowns chosen: min_budget 512 tokens (README), max_budget none (0);
 -- JSD in natural log, so D ∈ [0, sqrt(ln 2)]; ties lower index first.
 local sl = require "sparselab"
 local D = require "sparselab.dynamic"
+local E = require "sparselab.blockest"
 
 local ID = "flexprefill"
 
--- Kept count of a u8 keep row tensor per head.
+-- Kept count of a u8 keep row tensor (entries 0 / 1) per head: the sum of the head's entries, taken in C
+-- (t:stats(); issue 20 session 5: the lists of n columns read into Lua cost 2 x 64K loop steps at n = 65536)
 local function counts(keep)
   local out = {}
-  for h, l in ipairs(D.lists(keep)) do out[h] = #l end
+  for h = 1, keep:shape()[1] do out[h] = math.tointeger(keep:narrow(1, h, 1):stats()) end
   return out
 end
 
@@ -117,7 +123,8 @@ local function dense_keep(hq, nqb)
   return keep
 end
 
--- opts.lua_cover: the query-aware cover in Lua (the path before select.cover; tests compare both)
+-- opts.lua_cover: the query-aware cover in Lua (the path before select.cover; tests compare both);
+-- opts.lua_pool: the slash profile pooled in Lua (the path before reduce.segments64; tests compare both)
 local function estimate(prob, p, opts)
   local lua_cover = opts and opts.lua_cover
   local n = D.check_prefill(ID, prob)
@@ -157,20 +164,29 @@ local function estimate(prob, p, opts)
   flops = flops + sl.op_flops("score.pooled", q_last, prob.k, pp)
   local need_qa = false
   local heads = {}
+  -- the slash profile pooled per offset block: reduce.segments64 (float64 sums in offset order, the sums the
+  -- Lua loop below formed; issue 20, session 5), or with opts.lua_pool (tests only) that loop over n offsets
+  local sbt = not (opts and opts.lua_pool) and
+    E.heads(sl.reduce.segments64(sdiag, {size = bs, from_end = p.reference and 1 or 0, backend = be})) or nil
   for h = 1, hq do
     local a = avg:narrow(1, h, 1):totable()[1][1]
     local vb = vblk_t:narrow(1, h, 1):totable()[1][1]
     local dist = jsd_sqrt(a, vb)
     local qa = dist < p.tau
     need_qa = need_qa or qa
-    local sd = sdiag:narrow(1, h, 1):totable()[1]
-    local sb = {}
-    for ob = 1, nb do sb[ob] = 0 end
-    if p.reference then
-      -- sum_all_diagonal_matrix puts offset o at t = n-1-o; torch_bhn_sumpool pools t // bs; offset block nb-1 - t // bs
-      for o = 1, n do local ob = nb - (n - o) // bs; sb[ob] = sb[ob] + sd[o] end
+    local sb
+    if sbt then
+      sb = sbt[h]
     else
-      for o = 1, n do local ob = (o - 1) // bs + 1; sb[ob] = sb[ob] + sd[o] end
+      local sd = sdiag:narrow(1, h, 1):totable()[1]
+      sb = {}
+      for ob = 1, nb do sb[ob] = 0 end
+      if p.reference then
+        -- sum_all_diagonal_matrix puts offset o at t = n-1-o; torch_bhn_sumpool pools t // bs; offset block nb-1 - t // bs
+        for o = 1, n do local ob = nb - (n - o) // bs; sb[ob] = sb[ob] + sd[o] end
+      else
+        for o = 1, n do local ob = (o - 1) // bs + 1; sb[ob] = sb[ob] + sd[o] end
+      end
     end
     local nv, ns
     if p.reference then
@@ -273,8 +289,8 @@ return {
     reference = {default = false, doc = "true: bytedance/FlexPrefill get_active_blocks exactly (counts " ..
       "score_cover_topk // 128 + 1, query-aware blocks by score_cover_idx, its slash pooling; see the header)"},
   },
-  ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "reduce.block", "select.topp", "score.pooled",
-    "select.cover", "attn.block_sparse"},
+  ops = {"score.last_q", "reduce.columns", "reduce.diagonals", "reduce.block", "reduce.segments64", "select.topp",
+    "score.pooled", "select.cover", "attn.block_sparse"},
   checks = {"γ -> 1 with τ = 0 and max budget equals dense", "column block 0 and diagonal in every row",
     "τ = 0 all VS, τ = 1 all QA", "recall monotone in γ"},
   mask = function(prob, p) return estimate(prob, p).mask end,

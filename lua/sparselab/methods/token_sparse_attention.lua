@@ -18,10 +18,13 @@
 --      causal attention on the compressed sequence (attn.dense), outputs
 --      scattered back; a dropped position's output is 0 for that head (L =
 --      -inf: its residual passes unchanged, recall counts it as lost).
--- Estimator cost (issue 20, session 4): the importance sums are one C op
---   (reduce.columns64, float64 like the old Lua loop) and the top-B needs no
---   comparator sort; select(prob, p, blind, {lua_sums = true}) is the old
---   path (the oracle of tests/lua/test_estimators_c.lua).
+-- Estimator cost (issue 20, sessions 4-5): steps 1-4 after the probe are one
+--   C op, select.token_budget (float64, the Lua path's arithmetic operation
+--   for operation; the budget's count and each head's cut by quickselect,
+--   linear in n). The Lua paths stay as the oracles of
+--   tests/lua/test_estimators_c.lua: select(prob, p, blind, {lua_top =
+--   true}) (session 4: sums by reduce.columns64, smoothing, normalisation
+--   and two number sorts in Lua) and {lua_sums = true} (all in Lua).
 -- Not here: composing with another sparse kernel on the compressed sequence
 --   (step 6's option), the per-layer profiling.
 -- Reference: dongwonjo/Token-Sparse-Attention sparse_attn/token_sparse/
@@ -58,6 +61,31 @@ local function select(prob, p, blind, opts)
   local rows = math.max(1, 65536 // n)
   local est = sl.op_flops("score.last_q", prob.q, prob.k, args)
   local npre = n - W
+  if not (opts and (opts.lua_sums or opts.lua_top)) then
+    -- steps 1-4 in one C op (issue 20, session 5): the same float64 arithmetic as the Lua path below, the
+    -- budget's count and each head's cut by quickselect (linear in n: the Lua path's two number sorts of n
+    -- entries made the estimate grow faster than its FLOPs)
+    local tb = {ks = p.ks, coverage = p.coverage, m_min = p.m_min, backend = prob.backend}
+    local idx, info = sl.select.token_budget(probs, tb)
+    est = est + sl.op_flops("select.token_budget", probs, tb)
+    local count, B = table.unpack(info:totable())
+    if count == 0 or B >= npre then return nil, est end
+    local out = {}
+    local lists = not blind and E.heads(idx:narrow(2, 1, B + W)) or nil
+    for h = 1, hq do
+      if blind then  -- score-blind: the first B keys
+        local kept = {}
+        for t = 1, B do kept[t] = t - 1 end
+        for j = npre, n - 1 do kept[#kept + 1] = j end
+        out[h] = kept
+      else
+        out[h] = lists[h]
+      end
+    end
+    return out, est
+  end
+  -- the Lua paths (tests only): opts.lua_top = session 4's (sums in C, the rest in Lua), opts.lua_sums = the
+  -- path before it (sums in Lua too)
   local imp, g = {}, {}
   for j = 1, npre do g[j] = 0 end
   local half = p.ks // 2
@@ -205,7 +233,7 @@ return {
     window = {default = 128, min = 1, int = true, doc = "W: observation window (always kept)"},
     ks = {default = 7, min = 1, int = true, doc = "smoothing kernel (average pooling)"},
   },
-  ops = {"score.last_q", "reduce.columns64", "gather.rows", "attn.dense"},
+  ops = {"score.last_q", "select.token_budget", "reduce.columns64", "gather.rows", "attn.dense"},
   checks = {"coverage 0 or n <= m_min + W is the identity", "kept rows equal dense attention over the kept set",
     "dropped positions output 0, window always kept", "B identical across heads", "score-blind importance loses recall"},
   select = select,

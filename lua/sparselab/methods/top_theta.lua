@@ -14,9 +14,11 @@
 --      r <= k stay dense (the reference leaves the first K rows untouched);
 --      keep_max (an explicit option, default off — whether the reference
 --      forces the row max was not verified) keeps a row from emptying.
--- Estimator cost (issue 20, session 4): each sampled row's quantile entry is
---   picked in C (reduce.kth, quickselect) instead of a Lua sort of the row;
---   thresholds(prob, p, {lua_sort = true}) is the old path (test oracle).
+-- Estimator cost (issue 20, sessions 4-5): each sampled row's quantile entry
+--   is picked in C (reduce.kth, quickselect) instead of a Lua sort of the
+--   row, and every row's θ is looked up in C (select.theta_rows, one walk
+--   per head); thresholds(prob, p, {lua_sort = true}) and {lua_lookup =
+--   true} are the old paths (test oracles).
 -- Not here: the post-softmax placement, calib_tac (calibrating with top-k in
 --   earlier layers), capk, the offline interpolation/smoothing scripts, the
 --   top-k baseline mode.
@@ -154,16 +156,38 @@ local function thresholds(prob, p, opts)
   end
   local hq, nq = prob.q:shape()[1], prob.q:shape()[2]
   local nk = prob.k:shape()[2]
-  local th = {}
-  for h = 1, hq do
-    th[h] = {}
-    local list = tables[h] or tables[tostring(h)]
-    for i = 1, nq do
-      local r = prob.causal and (nk - nq + i) or nk
-      th[h][i] = r > p.k and lookup(list, r) or -1e30
+  if opts and opts.lua_lookup then
+    -- the Lua lookup per row (tests only: the oracle of select.theta_rows)
+    local th = {}
+    for h = 1, hq do
+      th[h] = {}
+      local list = tables[h] or tables[tostring(h)]
+      for i = 1, nq do
+        local r = prob.causal and (nk - nq + i) or nk
+        th[h][i] = r > p.k and lookup(list, r) or -1e30
+      end
     end
+    return sl.tensor(th), est_flops, source
   end
-  return sl.tensor(th), est_flops, source
+  -- the calibrated (r, θ) pairs per head, padded to one width with key -1; each row's θ looked up in C
+  -- (select.theta_rows, issue 20 session 5: one walk per head instead of n_q binary searches in Lua)
+  local width = 1
+  local lists = {}
+  for h = 1, hq do
+    lists[h] = tables[h] or tables[tostring(h)] or {}
+    width = math.max(width, #lists[h])
+  end
+  local keys, vals = {}, {}
+  for h = 1, hq do
+    local kr, vr, list = {}, {}, lists[h]
+    for t = 1, width do
+      kr[t], vr[t] = list[t] and list[t][1] or -1, list[t] and list[t][2] or 0
+    end
+    keys[h], vals[h] = kr, vr
+  end
+  local th = sl.select.theta_rows(sl.tensor(keys, "i32"), sl.tensor(vals), {rows = nq,
+    r0 = prob.causal and (nk - nq + 1) or nk, step = prob.causal and 1 or 0, k = p.k, backend = prob.backend})
+  return th, est_flops, source
 end
 
 local function run(prob, p)
@@ -212,7 +236,7 @@ return {
     keep_max = {default = false, doc = "always keep the row's largest score"},
     config = {default = "", doc = "calibration file (sl.calibrate); empty: self-calibration on sampled rows"},
   },
-  ops = {"score.rows", "reduce.kth", "attn.rows", "attn.threshold"},
+  ops = {"score.rows", "reduce.kth", "attn.rows", "select.theta_rows", "attn.threshold"},
   checks = {"mean kept per row ≈ k on the calibration rows", "θ monotone in k", "θ = -inf (k >= n) equals dense",
     "kept keys are exactly those above θ; a score-blind choice of the same counts loses recall"},
   calibrate = calibrate,
