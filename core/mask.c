@@ -330,6 +330,25 @@ static void emit_block(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits, 
     s->n_part += cls == SL__BLK_PARTIAL && shared < 0;
 }
 
+void sl__mb_emit_full_run(sl__mb_sink *s, const uint8_t *keep, int64_t stride, int64_t c_end)
+{
+    if (!s->fill) {
+        int64_t n = 0;
+        for (int64_t c = 0; c < c_end; c++)
+            n += keep[c * stride] != 0;
+        s->nnz += n;
+        return;
+    }
+    for (int64_t c = 0; c < c_end; c++)
+        if (keep[c * stride]) {
+            if (s->nnz < s->nnz_end) {
+                s->col[s->nnz] = (int32_t)c;
+                s->part[s->nnz] = -1;
+            }
+            s->nnz++;
+        }
+}
+
 void sl__mb_emit_known(sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t kept, const uint64_t h[2])
 {
     const sl__mgeom *g = s->g;

@@ -349,7 +349,20 @@ static void from_blocks_row(void *ud, void *scratch, int h, int64_t r, sl__mb_si
         return;
     }
     const uint8_t *row = J->keep + h * J->st[0] + r * J->st[1];
-    for (int64_t c = 0; c < J->g->n_kb; c++)
+    const sl__mgeom *g = J->g;
+    int64_t c = 0;
+    if (J->causal) {
+        /* Causally full key blocks are a prefix [0, c_full): the last key of
+         * block c, min((c + 1) bk, n_k) - 1, grows with c. They go out in one
+         * tight run (the keep's kept entries, no per-block class test). */
+        int64_t p0 = g->offset + r * g->bq, c_full = p0 < 0 ? 0 : (p0 + 1) / g->bk;
+        if (c_full < g->n_kb && p0 >= g->n_k - 1)
+            c_full = g->n_kb; /* the ragged last block ends at or before p0 */
+        c_full = c_full > g->n_kb ? g->n_kb : c_full;
+        sl__mb_emit_full_run(sink, row, J->st[2], c_full);
+        c = c_full;
+    }
+    for (; c < g->n_kb; c++)
         if (row[c * J->st[2]])
             from_blocks_emit(J, scratch, r, c, sink);
 }

@@ -84,6 +84,10 @@ void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits);
 void sl__mb_summary(const sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t *kept, uint64_t h[2]);
 void sl__mb_emit_known(sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t kept, const uint64_t h[2]);
 
+/* sl__mb_emit(s, c, SL__BLK_FULL, NULL) for every c in [0, c_end) with
+ * keep[c · stride] != 0, in one loop (from_blocks' causally full prefix). */
+void sl__mb_emit_full_run(sl__mb_sink *s, const uint8_t *keep, int64_t stride, int64_t c_end);
+
 typedef void (*sl__mb_row_fn)(void *ud, void *scratch, int head, int64_t r, sl__mb_sink *sink);
 
 /* Builds an n_heads mask of geometry g row by row. scratch_bytes of scratch
