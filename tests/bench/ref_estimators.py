@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""ref_estimators.py - CPU PyTorch ports of three reference estimators, timed
+"""ref_estimators.py - CPU PyTorch ports of seven reference estimators, timed
 on the inputs sparselab's estimator bench uses (issue 20, part 3).
 
 Written for this comparison from reading the reference code (estimator part
@@ -22,10 +22,22 @@ only, up to the selection; the attention kernels are not ported):
     chunk_size as Xattention_prefill picks it) and xattn/src/utils.py
     find_blocks_chunked (mode "prefill", causal); K repeated to the query
     heads (the reference asserts equal head counts).
-Usage: ref_estimators.py DIR [reps] [threads] [wall|cpu] -- DIR holds q.npy [Hq, n, d] and
-k.npy [Hkv, n, d] (float32, sparselab's layout); prints one JSON object per
-estimator: {"method", "n", "heads", "ms" (median), "threads", "torch"}; cpu:
-process CPU time instead of wall time.
+  Added in session 5 (each port's docstring names the reference file and function):
+  * minference_block_sparse: MInference block_sparse_flash_attention.py _build_block_index
+    (with block_sparse_attention's q/k padding);
+  * pbs_attn: xinghaow99/pbs-attn permute_states.py last_block_attn_sorting, pbs.py
+    permuted_block_selection, utils.py block_pooled_attn / select_blocks;
+  * prism: xinghaow99/prism prism/prism.py prism_block_estimate (its torch fallback);
+  * sparge_attn: thu-ml/SpargeAttn spas_sage_attn/utils.py get_block_map_meansim (its Triton
+    pool/similarity, causal-fill and map-fill kernels replaced by torch, the Gram GEMM kept).
+  Not ported (no public PyTorch estimator): sample_attention and unisparse (paper only),
+  proxy_attn (repository not obtainable here), anchor_attention (Triton kernels only).
+Usage: ref_estimators.py DIR [reps] [threads] [wall|cpu] [methods] -- DIR holds q.npy
+[Hq, n, d] and k.npy [Hkv, n, d] (float32, sparselab's layout); methods: a comma-separated
+subset (default all); prints one JSON object per estimator: {"method", "n", "heads", "ms"
+(median), "threads", "torch"}; cpu: process CPU time instead of wall time.
+ref_estimators.py --rates: one thread's best OpenBLAS sgemm (2048^2 and 64 x 8192 x 64),
+torch.exp and streaming-read rates in process CPU time (the floors' denominators).
 """
 import json
 import math
