@@ -244,30 +244,58 @@ static int64_t recent_part(sl__mb_sink *s, const uint8_t *bits, int64_t rows, in
     return -1;
 }
 
-void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits)
+/* Pairs kept in the clipped rows × cols of a block (bytes 0 / 1), eight at a
+ * time: per row at most cols / 8 words are added, so a byte lane stays below
+ * 256 while cols < 2048 (wider rows fall back to bytes); the eight lanes are
+ * then added as four 16-bit lanes. */
+static int64_t block_kept(const uint8_t *bits, int64_t rows, int64_t cols, int64_t bk)
+{
+    const uint64_t lo = 0x00ff00ff00ff00ffull;
+    int64_t kept = 0;
+    for (int64_t a = 0; a < rows; a++) {
+        const uint8_t *row = bits + a * bk;
+        int64_t b = 0;
+        if (cols < 2048) {
+            uint64_t acc = 0;
+            for (; b + 8 <= cols; b += 8) {
+                uint64_t w;
+                memcpy(&w, row + b, sizeof w);
+                acc += w;
+            }
+            uint64_t t = (acc & lo) + ((acc >> 8) & lo);
+            kept += (int64_t)((t * 0x0001000100010001ull) >> 48);
+        }
+        int64_t x = 0;
+        for (; b < cols; b++)
+            x += row[b];
+        kept += x;
+    }
+    return kept;
+}
+
+void sl__mb_summary(const sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t *kept, uint64_t h[2])
 {
     const sl__mgeom *g = s->g;
-    if (cls == SL__BLK_EMPTY)
-        return;
     int64_t rows = sl__mg_rows(g, s->r), cols = sl__mg_cols(g, c);
-    if (cls == SL__BLK_PARTIAL) {
-        int64_t kept = 0;
-        for (int64_t a = 0; a < rows; a++) {
-            const uint8_t *row = bits + a * g->bk;
-            int x = 0;
-            for (int64_t b = 0; b < cols; b++)
-                x += row[b];
-            kept += x;
+    *kept = block_kept(bits, rows, cols, g->bk);
+    block_hash(bits, rows, cols, g->bk, h);
+}
+
+/* The common tail: cls FULL, or PARTIAL with its hash h. */
+static void emit_block(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits, const uint64_t *h)
+{
+    if (cls == SL__BLK_FULL) { /* the common case, on its own (no clipping, hash or bits) */
+        if (s->fill && s->nnz < s->nnz_end) {
+            s->col[s->nnz] = (int32_t)c;
+            s->part[s->nnz] = -1;
         }
-        if (kept == 0)
-            return;
-        if (kept == rows * cols)
-            cls = SL__BLK_FULL;
+        s->nnz++;
+        return;
     }
+    const sl__mgeom *g = s->g;
+    int64_t rows = sl__mg_rows(g, s->r), cols = sl__mg_cols(g, c);
     int64_t shared = -1;
     if (cls == SL__BLK_PARTIAL) {
-        uint64_t h[2];
-        block_hash(bits, rows, cols, g->bk, h);
         shared = recent_part(s, bits, rows, cols, h);
         if (shared < 0) {
             int slot = s->n_recent % SL__MB_RECENT;
@@ -300,6 +328,51 @@ void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits)
     }
     s->nnz++;
     s->n_part += cls == SL__BLK_PARTIAL && shared < 0;
+}
+
+void sl__mb_emit_full_run(sl__mb_sink *s, const uint8_t *keep, int64_t stride, int64_t c_end)
+{
+    if (!s->fill) {
+        int64_t n = 0;
+        for (int64_t c = 0; c < c_end; c++)
+            n += keep[c * stride] != 0;
+        s->nnz += n;
+        return;
+    }
+    for (int64_t c = 0; c < c_end; c++)
+        if (keep[c * stride]) {
+            if (s->nnz < s->nnz_end) {
+                s->col[s->nnz] = (int32_t)c;
+                s->part[s->nnz] = -1;
+            }
+            s->nnz++;
+        }
+}
+
+void sl__mb_emit_known(sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t kept, const uint64_t h[2])
+{
+    const sl__mgeom *g = s->g;
+    int64_t rows = sl__mg_rows(g, s->r), cols = sl__mg_cols(g, c);
+    if (kept == 0)
+        return;
+    if (kept == rows * cols)
+        emit_block(s, c, SL__BLK_FULL, bits, NULL);
+    else
+        emit_block(s, c, SL__BLK_PARTIAL, bits, h);
+}
+
+void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits)
+{
+    if (cls == SL__BLK_EMPTY)
+        return;
+    if (cls == SL__BLK_FULL) {
+        emit_block(s, c, SL__BLK_FULL, bits, NULL);
+        return;
+    }
+    int64_t kept;
+    uint64_t h[2];
+    sl__mb_summary(s, c, bits, &kept, h);
+    sl__mb_emit_known(s, c, bits, kept, h);
 }
 
 typedef struct build_job {
@@ -362,6 +435,8 @@ sl_status sl__mask_build(sl_ctx *ctx, const char *fn, int n_heads, const sl__mge
         return SL_ENOMEM;
     }
     uint8_t *scr = scr_raw + (64 - ((uintptr_t)scr_raw & 63)) % 64;
+    for (int t = 0; sb > 0 && t < threads; t++) /* a producer's memo header (from_blocks) starts invalid */
+        memset(scr + (size_t)t * sb, 0, 64);
     build_job job = {.g = g, .row = row, .ud = ud, .scratch = scr, .sb = sb, .cnt = cnt};
     atomic_init(&job.bad, 0);
     sl_status s = sl__parallel_for(ctx, n_rows, threads, build_one, &job);

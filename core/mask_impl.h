@@ -76,10 +76,23 @@ typedef struct sl__mb_sink {
 
 void sl__mb_emit(sl__mb_sink *s, int64_t c, int cls, const uint8_t *bits);
 
+/* sl__mb_emit in two steps, for a producer that emits the same bits many
+ * times (issue 20, session 5: from_blocks' causal diagonal tiles): the
+ * summary (kept pairs of the clipped area and the 128-bit hash of the bits
+ * of key block c in the sink's row) once, then sl__mb_emit_known with it —
+ * exactly what sl__mb_emit(s, c, SL__BLK_PARTIAL, bits) does. */
+void sl__mb_summary(const sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t *kept, uint64_t h[2]);
+void sl__mb_emit_known(sl__mb_sink *s, int64_t c, const uint8_t *bits, int64_t kept, const uint64_t h[2]);
+
+/* sl__mb_emit(s, c, SL__BLK_FULL, NULL) for every c in [0, c_end) with
+ * keep[c · stride] != 0, in one loop (from_blocks' causally full prefix). */
+void sl__mb_emit_full_run(sl__mb_sink *s, const uint8_t *keep, int64_t stride, int64_t c_end);
+
 typedef void (*sl__mb_row_fn)(void *ud, void *scratch, int head, int64_t r, sl__mb_sink *sink);
 
 /* Builds an n_heads mask of geometry g row by row. scratch_bytes of scratch
- * per thread (16-byte aligned, uninitialised). fn names the caller in
+ * per thread (64-byte aligned; its first 64 bytes zeroed once per build,
+ * the rest uninitialised). fn names the caller in
  * messages. On failure *out is zeroed. */
 sl_status sl__mask_build(sl_ctx *ctx, const char *fn, int n_heads, const sl__mgeom *g, sl__mb_row_fn row, void *ud,
                          size_t scratch_bytes, sl_mask *out);

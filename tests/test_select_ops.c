@@ -203,18 +203,33 @@ START_TEST(test_from_blocks)
     sl_mask_inputs(&m, &in[0], &in[1], &in[2], in);
     sl_attn_block_params pb = {.bq = bq, .bk = bk};
     check_equals(ctx, SL_OP_ATTN_BLOCK_SPARSE, &pb, in, dense, "from_blocks all kept vs dense");
-    /* random blocks: pair (i, j) kept iff its block is kept and j <= position of i */
-    for (int64_t i = 0; i < sl_tensor_numel(&keep); i++)
-        ((uint8_t *)keep.data)[i] = sl_rng_uniform(&rng) < 0.4;
-    sl_mask r;
-    ck_assert_int_eq(sl_mask_from_blocks(ctx, &keep, c->nq, c->nk, bq, bk, 1, &r), SL_OK);
-    for (int64_t h = 0; h < c->hq; h++)
-        for (int64_t i = 0; i < c->nq; i++)
-            for (int64_t j = 0; j < c->nk; j++) {
-                int want = ((uint8_t *)keep.data)[(h * nqb + i / bq) * nkb + j / bk] && j <= c->nk - c->nq + i;
-                ck_assert_int_eq(sl_mask_get(&r, (int)h, i, j), want);
-            }
-    sl_mask_release(&r);
+    /* random blocks: pair (i, j) kept iff its block is kept and j <= position of i; block
+     * shapes where the diagonal tiles repeat (bq = bk: one causal tile reused along the
+     * diagonal by from_blocks' memo) and where they alternate (bq != bk, ragged 5 x 7);
+     * density 0.4 and 0.95 (the memo also sees runs of full blocks between tiles) */
+    static const int shapes[][2] = {{16, 8}, {8, 8}, {8, 16}, {5, 7}};
+    for (int sh = 0; sh < 4; sh++)
+        for (int dens = 0; dens < 2; dens++) {
+            int sbq = shapes[sh][0], sbk = shapes[sh][1];
+            int64_t snqb = (c->nq + sbq - 1) / sbq, snkb = (c->nk + sbk - 1) / sbk;
+            sl_tensor kr;
+            int64_t krs[3] = {c->hq, snqb, snkb};
+            ck_assert_int_eq(sl_tensor_new(ctx, SL_U8, 3, krs, &kr), SL_OK);
+            for (int64_t i = 0; i < sl_tensor_numel(&kr); i++)
+                ((uint8_t *)kr.data)[i] = sl_rng_uniform(&rng) < (dens ? 0.95 : 0.4);
+            sl_mask r;
+            ck_assert_int_eq(sl_mask_from_blocks(ctx, &kr, c->nq, c->nk, sbq, sbk, 1, &r), SL_OK);
+            for (int64_t h = 0; h < c->hq; h++)
+                for (int64_t i = 0; i < c->nq; i++)
+                    for (int64_t j = 0; j < c->nk; j++) {
+                        int want = ((uint8_t *)kr.data)[(h * snqb + i / sbq) * snkb + j / sbk] && j <= c->nk - c->nq + i;
+                        if (sl_mask_get(&r, (int)h, i, j) != want)
+                            ck_abort_msg("from_blocks %dx%d: head %lld pair (%lld, %lld): %d, expected %d", sbq, sbk,
+                                         (long long)h, (long long)i, (long long)j, sl_mask_get(&r, (int)h, i, j), want);
+                    }
+            sl_mask_release(&r);
+            sl_tensor_release(&kr);
+        }
     sl_mask_release(&m);
     sl_mask_release(&causal);
     release_n(dense, 2);

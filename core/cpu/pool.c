@@ -37,14 +37,27 @@ static void pool_item(int64_t item, void *ud, int thread)
         const float *row = X + t * d;
         double inv = 1.0;
         if (p->normalize) {
-            double ss = 0;
-            for (int64_t c = 0; c < d; c++)
-                ss += (double)row[c] * row[c];
+            /* four partial sums: one serial float64 chain per token was most of a
+             * normalised pool (5.9 of 7 ms for 8 heads x 8192 x 64; issue 20,
+             * session 5); the order differs from ref's only in float64 rounding */
+            double s4[4] = {0, 0, 0, 0};
+            int64_t c = 0;
+            for (; c + 4 <= d; c += 4)
+                for (int l = 0; l < 4; l++)
+                    s4[l] += (double)row[c + l] * row[c + l];
+            for (; c < d; c++)
+                s4[0] += (double)row[c] * row[c];
+            double ss = (s4[0] + s4[1]) + (s4[2] + s4[3]);
             inv = ss > 0 ? 1.0 / sqrt(ss) : 0.0;
         }
-        if (p->mode == 0)
-            for (int64_t c = 0; c < d; c++)
+        if (p->mode == 0) {
+            int64_t c = 0; /* unrolled by 4 (vectorisable; each channel's order unchanged) */
+            for (; c + 4 <= d; c += 4)
+                for (int l = 0; l < 4; l++)
+                    acc[c + l] += row[c + l] * inv;
+            for (; c < d; c++)
                 acc[c] += row[c] * inv;
+        }
         else if (p->mode == 1)
             for (int64_t c = 0; c < d; c++)
                 acc[c] = fmax(acc[c], row[c] * inv);

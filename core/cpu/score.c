@@ -39,11 +39,15 @@ typedef struct pooled_job {
     float *qscr;      /* per thread: nqb × d (hi) then nqb × d (lo) */
     size_t qscr_floats;
     sl__cpu_rowops ro;
+    sl__cpu_vecops vo;
 } pooled_job;
 
-/* Pools rows [r0, r1) of x into hi (mean or max) and lo (min, minmax only). */
+/* Pools rows [r0, r1) of x into hi (mean or max) and lo (min, minmax only).
+ * The mean's row sums go through the vectorised axpy with a = 1 (1·x is
+ * exact, so the same sums in the same order as a plain loop; issue 20,
+ * session 5: the scalar loop was most of a mean-pooled estimate). */
 static void pool_block(const float *x, int64_t d, int64_t r0, int64_t r1, int64_t pool, float div, float *hi,
-                       float *lo)
+                       float *lo, const sl__cpu_vecops *vo)
 {
     memcpy(hi, x + r0 * d, (size_t)d * sizeof *hi);
     if (lo)
@@ -51,8 +55,7 @@ static void pool_block(const float *x, int64_t d, int64_t r0, int64_t r1, int64_
     for (int64_t r = r0 + 1; r < r1; r++) {
         const float *xr = x + r * d;
         if (pool == 0)
-            for (int64_t t = 0; t < d; t++)
-                hi[t] += xr[t];
+            vo->axpy(hi, xr, d, 1.f);
         else
             for (int64_t t = 0; t < d; t++)
                 hi[t] = xr[t] > hi[t] ? xr[t] : hi[t];
@@ -73,7 +76,7 @@ static void pooled_k_item(int64_t item, void *ud, int thread)
     int64_t c1 = min64((c + 1) * bk, j->dm.nk);
     const float *k = (const float *)j->a->in[1].data + g * j->dm.nk * d;
     float *hi = j->kp + item * d, *lo = j->p->pool == 2 ? j->kp + (j->dm.hkv * j->nkb + item) * d : NULL;
-    pool_block(k, d, c * bk, c1, j->p->pool, (float)(j->p->pad ? bk : c1 - c * bk), hi, lo);
+    pool_block(k, d, c * bk, c1, j->p->pool, (float)(j->p->pad ? bk : c1 - c * bk), hi, lo, &j->vo);
 }
 
 static void pooled_q_item(int64_t h, void *ud, int thread)
@@ -86,7 +89,7 @@ static void pooled_q_item(int64_t h, void *ud, int thread)
     for (int64_t r = 0; r < nqb; r++) {
         int64_t r1 = min64((r + 1) * bq, j->dm.nq);
         pool_block(q, d, r * bq, r1, p->pool, (float)(p->pad ? bq : r1 - r * bq), qhi + r * d,
-                   p->pool == 2 ? qlo + r * d : NULL);
+                   p->pool == 2 ? qlo + r * d : NULL, &j->vo);
     }
     float *out = (float *)j->a->out[0].data + h * nqb * nkb;
     const float *khi = j->kp + g * nkb * d, *klo = j->kp + (j->dm.hkv * nkb + g * nkb) * d;
@@ -137,6 +140,7 @@ sl_status sl__cpu_score_pooled(const sl__kargs *a)
     j.qscr = j.kp + round64((size_t)(2 * j.dm.hkv * j.nkb * j.dm.d));
     j.qscr_floats = round64((size_t)(2 * j.nqb * j.dm.d));
     j.ro = sl__cpu_rowops_for(a->ctx);
+    j.vo = sl__cpu_vecops_for(a->ctx);
     sl_status s = sl__cpu_parallel(a->ctx, j.dm.hkv * j.nkb, pooled_k_item, &j);
     return s ? s : sl__cpu_parallel(a->ctx, j.dm.hq, pooled_q_item, &j);
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""ref_estimators.py - CPU PyTorch ports of three reference estimators, timed
+"""ref_estimators.py - CPU PyTorch ports of seven reference estimators, timed
 on the inputs sparselab's estimator bench uses (issue 20, part 3).
 
 Written for this comparison from reading the reference code (estimator part
@@ -22,10 +22,22 @@ only, up to the selection; the attention kernels are not ported):
     chunk_size as Xattention_prefill picks it) and xattn/src/utils.py
     find_blocks_chunked (mode "prefill", causal); K repeated to the query
     heads (the reference asserts equal head counts).
-Usage: ref_estimators.py DIR [reps] [threads] [wall|cpu] -- DIR holds q.npy [Hq, n, d] and
-k.npy [Hkv, n, d] (float32, sparselab's layout); prints one JSON object per
-estimator: {"method", "n", "heads", "ms" (median), "threads", "torch"}; cpu:
-process CPU time instead of wall time.
+  Added in session 5 (each port's docstring names the reference file and function):
+  * minference_block_sparse: MInference block_sparse_flash_attention.py _build_block_index
+    (with block_sparse_attention's q/k padding);
+  * pbs_attn: xinghaow99/pbs-attn permute_states.py last_block_attn_sorting, pbs.py
+    permuted_block_selection, utils.py block_pooled_attn / select_blocks;
+  * prism: xinghaow99/prism prism/prism.py prism_block_estimate (its torch fallback);
+  * sparge_attn: thu-ml/SpargeAttn spas_sage_attn/utils.py get_block_map_meansim (its Triton
+    pool/similarity, causal-fill and map-fill kernels replaced by torch, the Gram GEMM kept).
+  Not ported (no public PyTorch estimator): sample_attention and unisparse (paper only),
+  proxy_attn (repository not obtainable here), anchor_attention (Triton kernels only).
+Usage: ref_estimators.py DIR [reps] [threads] [wall|cpu] [methods] -- DIR holds q.npy
+[Hq, n, d] and k.npy [Hkv, n, d] (float32, sparselab's layout); methods: a comma-separated
+subset (default all); prints one JSON object per estimator: {"method", "n", "heads", "ms"
+(median), "threads", "torch"}; cpu: process CPU time instead of wall time.
+ref_estimators.py --rates: one thread's best OpenBLAS sgemm (2048^2 and 64 x 8192 x 64),
+torch.exp and streaming-read rates in process CPU time (the floors' denominators).
 """
 import json
 import math
@@ -280,6 +292,207 @@ def xattn_estimate(query_states, key_states, block_size=128, stride=8, norm=1, t
     return attn_sums, simple_masks
 
 
+# ---- MInference block-sparse: _build_block_index ------------------------------
+
+def minference_block_index(q, k, top_k=100, block=64):
+    """Port of microsoft/MInference minference/ops/block_sparse_flash_attention.py
+    _build_block_index, with the q/k padding of block_sparse_attention (which pads by a
+    whole block when n is a multiple of 64). q, k [1, H, n, d] (K repeated)."""
+    n = q.shape[2]
+    pad = block - (n & (block - 1))
+    qp = torch.nn.functional.pad(q, [0, 0, 0, pad])
+    kp = torch.nn.functional.pad(k, [0, 0, 0, pad])
+    b, h, ctx, d = qp.shape
+    q_pool = qp.reshape(b, h, -1, block, d).mean(-2)
+    k_pool = kp.reshape(b, h, -1, block, d).mean(-2)
+    rows = torch.arange(q_pool.shape[-2], dtype=torch.int32) * block
+    cols = torch.arange(k_pool.shape[-2], dtype=torch.int32) * block
+    s = torch.einsum('bhmk, bhnk -> bhmn', q_pool, k_pool)
+    s = s.where(rows[None, None, :, None] >= cols[None, None, None, :], torch.tensor(-math.inf))
+    kk = min(top_k, ctx // block)
+    return torch.topk(s, kk, dim=-1).indices.to(torch.int32).sort(dim=-1).values
+
+
+# ---- PBS-Attn: last_block_attn_sorting + permuted_block_selection -------------
+
+def pbs_estimate(q, k, block=128, segment=256, threshold=0.9):
+    """Port of xinghaow99/pbs-attn: pbs_attn/src/permute_states.py last_block_attn_sorting
+    (probe softmax of the last block over the complete segments, mean over the probe rows,
+    argsort inside each segment, keys gathered), pbs_attn/src/pbs.py permuted_block_selection
+    (segment / causal block mask, first_token_mask) with pbs_attn/src/utils.py
+    block_pooled_attn (mean pools, softmax) and select_blocks (sort, cumsum, first crossing).
+    The value permutation (step 3 of permuted_block_sparse_attn_fwd) is not timed.
+    q, k [1, H, n, d] (K repeated, as the reference's patch does) -> block mask."""
+    b, h, n, d = k.shape
+    nseg, rem = n // segment, n % segment
+    nc = nseg * segment
+    probe = q[:, :, -block:, :]
+    pr = torch.softmax(torch.matmul(probe, k[:, :, :nc, :].transpose(-1, -2)) / math.sqrt(d), dim=-1,
+                       dtype=torch.float32)
+    key_score = pr.mean(-2).reshape(b, h, nseg, segment)
+    order = torch.argsort(key_score, dim=-1, descending=True)
+    kperm = torch.gather(k[:, :, :nc, :].reshape(b, h, nseg, segment, d), 3,
+                         order.unsqueeze(-1).expand(-1, -1, -1, -1, d)).reshape(b, h, nc, d)
+    kidx = (order + torch.arange(0, nc, segment).view(1, 1, nseg, 1)).reshape(b, h, nc)
+    if rem:
+        kperm = torch.cat([kperm, k[:, :, nc:, :]], 2)
+        kidx = torch.cat([kidx, torch.arange(nc, n).view(1, 1, -1).expand(b, h, -1)], 2)
+    pad = (-n) % block
+    qq = torch.nn.functional.pad(q, (0, 0, 0, pad)) if pad else q
+    if pad:
+        kperm = torch.nn.functional.pad(kperm, (0, 0, 0, pad))
+        kidx = torch.cat([kidx, torch.arange(n, n + pad).view(1, 1, -1).expand(b, h, -1)], 2)
+    nb = (n + pad) // block
+    per_seg = segment // block
+    qi, ki = torch.arange(nb)[:, None], torch.arange(nb)[None, :]
+    seg_mask = (qi // per_seg) == (ki // per_seg)
+    allowed = ~seg_mask & (ki <= qi)
+    qpool = qq.reshape(b, h, nb, block, d).mean(-2)
+    kpool = kperm.reshape(b, h, nb, block, d).mean(-2)
+    sc = torch.einsum("bhqd,bhkd->bhqk", qpool, kpool) / math.sqrt(d)
+    sc = torch.softmax(sc.masked_fill(~allowed, float("-inf")), dim=-1, dtype=torch.float32)
+    sc = torch.nan_to_num(sc, nan=0.0)
+    sv, si = torch.sort(sc, dim=-1, descending=True)
+    over = torch.cumsum(sv, dim=-1) >= threshold
+    first = torch.argmax(over.int(), dim=-1, keepdim=True)
+    sel_sorted = (torch.arange(nb).view(1, 1, 1, nb) <= first) & torch.any(over, dim=-1, keepdim=True)
+    bm = torch.empty_like(sc, dtype=torch.bool).scatter_(-1, si, sel_sorted)
+    bm |= (kidx.view(b, h, -1, block) == 0).any(-1)[:, :, None, :]
+    return bm | seg_mask[None, None], kidx
+
+
+# ---- PRISM: prism_block_estimate (its torch fallback) ---------------------------
+
+def prism_estimate(q, k, block=128, p=0.95, calibrate=True, force_sink=True, force_recent=True):
+    """Port of xinghaow99/prism prism/prism.py prism_block_estimate on its torch path
+    (USE_TRITON_* off or no CUDA): mean_pool, get_high_freq_components /
+    get_low_freq_components (high d/2, low 3d/4: the 64 / 96 of d = 128), energy
+    calibration, two band logits (masked, one softmax), top_p_select per band, union, sink and
+    recent blocks. q, k [1, H, n, d] (K repeated by repeat_kv, as the forward does)."""
+    b, h, n, d = q.shape
+    hd, ld = d // 2, 3 * d // 4
+    nb = n // block
+    qb = q.view(b, h, nb, block, d).mean(-2)
+    kb = k.view(b, h, nb, block, d).mean(-2)
+
+    def high(x):
+        return torch.cat([x[..., :hd // 2], x[..., d // 2:d // 2 + hd // 2]], -1)
+
+    def low(x):
+        return torch.cat([x[..., d // 2 - ld // 2:d // 2], x[..., d - ld // 2:]], -1)
+
+    qh, ql, kh, kl = high(qb), low(qb), high(kb), low(kb)
+    if calibrate:
+        def rms(x):
+            return torch.sqrt(torch.mean(x ** 2, dim=(-2, -1), keepdim=True))
+        eps = 1e-6
+        th = math.sqrt(hd / d) * (rms(qh) / rms(qb).clamp(min=eps)) * (rms(kh) / rms(kb).clamp(min=eps))
+        tl = math.sqrt(ld / d) * (rms(ql) / rms(qb).clamp(min=eps)) * (rms(kl) / rms(kb).clamp(min=eps))
+    else:
+        th = tl = 1.0
+    sh, sl_ = math.sqrt(hd) * th, math.sqrt(ld) * tl
+    causal = (torch.arange(nb)[None, :] <= torch.arange(nb)[:, None])[None, None]
+    logits = torch.empty((b, h, 2 * nb, nb))
+    logits[:, :, :nb] = (torch.einsum("bhqd,bhkd->bhqk", qh, kh) / sh).masked_fill(~causal, float("-inf"))
+    logits[:, :, nb:] = (torch.einsum("bhqd,bhkd->bhqk", ql, kl) / sl_).masked_fill(~causal, float("-inf"))
+    probs = torch.nan_to_num(torch.softmax(logits, dim=-1, dtype=torch.float32), nan=0.0)
+    sv, si = torch.sort(probs, dim=-1, descending=True)
+    keep_sorted = (torch.cumsum(sv, dim=-1) - sv) < p
+    sel = torch.empty_like(probs, dtype=torch.bool).scatter_(-1, si, keep_sorted)
+    mh, ml = sel.split(nb, dim=2)
+    bm = mh | ml
+    if force_sink:
+        bm[:, :, :, 0] = True
+    if force_recent:
+        r = torch.arange(nb)
+        bm[:, :, r, r] = True
+    return bm
+
+
+# ---- SpargeAttn: get_block_map_meansim (Triton kernels replaced by torch) -------
+
+def _sp_pool_sim(x, bs, theta):
+    # stands in for triton_bmm_pool_sim_simmean: per block the mean row and whether the mean
+    # of its normalised Gram matrix (tl.dot(x, x^T), the kernel's GEMM) exceeds theta
+    b, h, n, d = x.shape
+    nb = (n + bs - 1) // bs
+    pad = nb * bs - n
+    xp = torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x
+    blk = xp.view(b, h, nb, bs, d)
+    cnt = torch.full((nb,), float(bs))
+    cnt[-1] = bs - pad
+    pool = blk.sum(-2) / cnt[None, None, :, None]
+    xn = blk / torch.linalg.vector_norm(blk, dim=-1, keepdim=True).clamp(min=1e-30)
+    gram = torch.matmul(xn, xn.transpose(-1, -2))
+    sim = gram.sum((-2, -1)) / (cnt * cnt)[None, None, :] > theta
+    return pool, sim
+
+
+def sparge_block_map(q, k, bq=128, bk=64, theta=0.6, cdf=0.98):
+    """Port of thu-ml/SpargeAttn spas_sage_attn/utils.py get_block_map_meansim (is_causal,
+    cdfthreshd rule): get_pool_sim_triton_simmean (a Triton kernel: per-block mean and
+    normalised-Gram self-similarity, here torch with the same Gram GEMM),
+    fill_causal_mask_triton and fill_block_map_triton (Triton, here torch index ops).
+    θ = 0.6, τ = 0.98 as sparselab's recipe defaults. q, k [1, H, n, d] (K repeated)."""
+    nq = (q.shape[-2] + bq - 1) // bq
+    nk = (k.shape[-2] + bk - 1) // bk
+    pq, sq = _sp_pool_sim(q, bq, theta)
+    pk, sk = _sp_pool_sim(k, bk, theta)
+    skx = sk.unsqueeze(-2).expand(-1, -1, nq, -1)
+    sqx = sq.unsqueeze(-1).expand(-1, -1, -1, nk)
+    score = pq @ pk.transpose(-1, -2) * q.shape[-1] ** -0.5
+    score[~skx] = -torch.inf
+    causal = torch.arange(nk)[None, :] < (torch.arange(nq)[:, None] + 1) * (bq / bk)
+    score = score.masked_fill(~causal[None, None], -torch.inf).softmax(-1)
+    sv, si = torch.sort(score, dim=-1, descending=True)
+    c = torch.cumsum(sv, dim=-1)
+    b, h, Q, K = c.shape
+    num = torch.searchsorted(c, torch.full((b, h, Q, 1), cdf), right=True).squeeze(-1)
+    num = num.clamp(min=1)
+    fm = torch.zeros_like(score, dtype=torch.bool)
+    fm[~skx] = True
+    fm[~sqx] = True
+    take = torch.arange(K).view(1, 1, 1, K) < num.unsqueeze(-1)
+    fm.scatter_(-1, si, take | fm.gather(-1, si))
+    fm = fm & causal[None, None]
+    return fm
+
+
+# ---- floor rates: one thread's sgemm, exp and read rates in torch ------------------
+
+def best_ms(reps, f, clock=time.process_time):
+    f()
+    t = []
+    for _ in range(reps):
+        t0 = clock()
+        f()
+        t.append((clock() - t0) * 1e3)
+    return min(t)
+
+
+def rates(reps=5):
+    """Best-of-reps process-CPU-time rates on one thread (the floors' denominators)."""
+    median_ms = best_ms
+    torch.set_num_threads(1)
+    out = {}
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    c = torch.empty(2048, 2048)
+    ms = median_ms(reps, lambda: [torch.mm(a, b, out=c) for _ in range(3)]) / 3
+    out["torch_sgemm_gflops_2048"] = 2 * 2048 ** 3 / ms / 1e6
+    qq, kk = torch.randn(64, 64), torch.randn(8192, 64)
+    s = torch.empty(64, 8192)
+    ms = median_ms(reps, lambda: [torch.mm(qq, kk.t(), out=s) for _ in range(20)])
+    out["torch_sgemm_gflops_64x8192x64"] = 20 * 2 * 64 * 8192 * 64 / ms / 1e6
+    x = torch.randn(1 << 18) * 4
+    y = torch.empty_like(x)
+    ms = median_ms(reps, lambda: [torch.exp(x, out=y) for _ in range(40)])
+    out["torch_exp_ns"] = ms * 1e6 / (40 * x.numel())
+    big = torch.randn(1 << 24)  # 64 MiB
+    ms = median_ms(reps, lambda: [big.sum() for _ in range(4)]) / 4
+    out["torch_read_gbs"] = big.numel() * 4 / ms / 1e6
+    return out
+
+
 # ---- timing -------------------------------------------------------------------
 
 def median_ms(reps, f, clock=time.perf_counter):
@@ -294,6 +507,9 @@ def median_ms(reps, f, clock=time.perf_counter):
 
 
 def main():
+    if sys.argv[1] == "--rates":
+        print(json.dumps(dict(rates(), torch=torch.__version__)))
+        return
     d = sys.argv[1]
     reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else 2
@@ -309,7 +525,13 @@ def main():
     qf, kf = q.permute(1, 0, 2)[None].contiguous(), k.permute(1, 0, 2)[None].contiguous()  # [1, n, H, d]
     cases = [("vertical_slash", lambda: minference_vs(q4, k4)),
              ("flexprefill", lambda: flexprefill_active_blocks(qf, kf)),
-             ("xattention", lambda: xattn_estimate(q4, k4))]
+             ("xattention", lambda: xattn_estimate(q4, k4)),
+             ("minference_block_sparse", lambda: minference_block_index(q4, k4)),
+             ("pbs_attn", lambda: pbs_estimate(q4, k4)),
+             ("prism", lambda: prism_estimate(q4, k4)),
+             ("sparge_attn", lambda: sparge_block_map(q4, k4))]
+    only = set(sys.argv[5].split(",")) if len(sys.argv) > 5 and sys.argv[5] else None
+    cases = [c for c in cases if only is None or c[0] in only]
     with torch.no_grad():
         for name, f in cases:
             ms = median_ms(reps, f, clock)
