@@ -522,7 +522,42 @@ test("sparsek fit: the ridge gradient equals finite differences and vanishes at 
 end)
 
 test("sparsek fit: fitted scores beat the stand-in on held-out TinyStories texts", function()
-  fitted_beats_standin("sparsek", {k = 32, window = 16})
+  -- the ridge objective (the default until session 5, which made listwise the default: the test below)
+  fitted_beats_standin("sparsek", {k = 32, window = 16, objective = "ridge"})
+end)
+
+test("sparsek fit (listwise): beats the stand-in and the ridge fit on held-out TinyStories texts (layer 0)", function()
+  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
+  local f = io.open(dir .. "model.bin", "rb")
+  if not f then print("SKIP: no TinyStories model at " .. dir) return end
+  f:close()
+  local model = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
+  local function capture(name)
+    local fh = io.open(dir .. "texts/" .. name .. ".txt")
+    local text = fh:read("a")
+    fh:close()
+    local c = model:capture{text = text, layers = {0}}[1]
+    return sl.problem{q = c.q, k = c.k, v = c.v}
+  end
+  local sk = sl.methods.get("sparsek")
+  local P = {k = 32, window = 16}
+  local train = {capture("01_red_kite"), capture("02_lost_mitten")}
+  local lw, rg = TMP .. "/sk_listwise.safetensors", TMP .. "/sk_ridge.safetensors"
+  local ws, rep = sk.fit(train, {params = sl.registry.resolve(sk, P), steps = 200})
+  truthy(rep.loss_after < rep.loss_before, "listwise loss falls")
+  sl.save(lw, ws)
+  sl.save(rg, (sk.fit(train, {params = sl.registry.resolve(sk, with(P, {objective = "ridge"}))})))
+  for i, name in ipairs{"07_toy_shop", "08_rainy_day"} do
+    local prob = capture(name)
+    local stand = sl.eval(sk, prob, {params = P}).metrics.rel_l2
+    local fit = sl.eval(sk, prob, {params = with(P, {weights = lw})})
+    local ridge = sl.eval(sk, prob, {params = with(P, {weights = rg})}).metrics.rel_l2
+    truthy(fit.params.params_source:match("^sha256:"), "fitted params_source")
+    print(string.format("sparsek layer 0 held-out text %d: listwise %.4f, ridge %.4f, stand-in %.4f", i, fit.metrics.rel_l2,
+      ridge, stand))
+    truthy(fit.metrics.rel_l2 < stand, string.format("held-out %d: listwise %.4f < stand-in %.4f", i, fit.metrics.rel_l2, stand))
+    truthy(fit.metrics.rel_l2 < ridge, string.format("held-out %d: listwise %.4f < ridge %.4f", i, fit.metrics.rel_l2, ridge))
+  end
 end)
 
 test("sparsek fit (listwise): hand gradient = finite differences; the loss is the cross-entropy computed directly", function()

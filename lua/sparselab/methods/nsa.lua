@@ -86,8 +86,7 @@
 -- per kv head), tokens_read, kv_bytes. Limits: one weights file for every
 -- layer at model level; no eviction (the cache keeps every token).
 -- NOT implemented: the gate network on the hidden state x (it reads q
--- instead: captures hold no x); fitting the gate MLP (gate_w/gate_b and the
--- MLP phi are fitted); training of the whole model.
+-- instead: captures hold no x); training of the whole model.
 -- Fitting (`sparselab fit-params nsa`): gate_w, gate_b by Adam on the output
 -- error vs dense attention (hand gradients, checked against finite
 -- differences in tests/lua/test_methods_trainable.lua). Session 4: with
@@ -101,6 +100,19 @@
 -- toward that start (without it the fitted phi lost to mean pooling on
 -- held-out texts: docs/notes/issue-14.md, session 4). phi_hidden = 0: the
 -- gates alone (the fla variant always).
+-- Session 5: gate_hidden = M > 0 fits the gate network gate_mlp.* (hidden
+-- width M) instead of gate_w/gate_b, alone or jointly with the MLP phi.
+-- Its input is q_t: the reading documented above for gate_mlp.* (the
+-- paper's g = sigmoid(MLP(x_t)) on the hidden state x_t, which Q/K/V
+-- captures do not hold; post-RoPE q of each query head stands in). Hand
+-- gradients: dL/dz_b = (2/N)·Σ_e r_e·o_b,e·σ'(z_b), back through W2, the
+-- ReLU and W1 (M.gate_model / gate_eval / gate_grad; checked against finite
+-- differences in tests/lua/test_methods_trainable.lua, gates alone and
+-- jointly with phi). Start: W2 = 0, b2 = the stand-in's logits (-4, 4, -4),
+-- W1 ~ N(0, 1/D) seeded, b1 = 0 (the initial gates are constant); Adam lr
+-- 0.05 and a ridge gate_decay·|(W1, W2) - start|² (1e-4: without it the
+-- MLP over-fits the fitting texts and loses to the q-linear gates held out;
+-- docs/notes/issue-14.md, session 5).
 local sl = require "sparselab"
 local T = require "sparselab.trainable"
 local E = require "sparselab.blockest"
@@ -1159,7 +1171,8 @@ function M.fit(probs, o)
   return M.fit_gates(probs, o)
 end
 
-M.fit_doc = "gate_w, gate_b and (paper variant, phi_hidden ~= 0) the MLP phi k_compress.*, v_compress.*: Adam on the " ..
+M.fit_doc = "gate_w, gate_b (or, gate_hidden > 0, the gate MLP gate_mlp.*) and (paper variant, phi_hidden ~= 0) the MLP " ..
+  "phi k_compress.*, v_compress.*: Adam on the " ..
   "mean squared output error vs dense attention, block selection held fixed between re-selections"
 
 
