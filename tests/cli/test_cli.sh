@@ -332,7 +332,8 @@ one_line_err "tensor 'k' is not one of nsa's weights" "nsa bad weights file"
 # ppl/KL); a fitted row's params_source is the SHA-256 of the per-layer file written beside the database
 expect_rc 0 "trainable experiment --smoke" "$SL" run experiments/trainable.lua "$T/tr.db" --smoke
 grep -q "^Model level" "$T/out" && grep -q "sha256 (fitted files, per layer)" "$T/out" && ok || bad "trainable output: $(head -c 600 "$T/out")"
-tsha=$(sha256sum "$T/tr.db.tinystories_layer2.nsa.safetensors" | cut -d' ' -f1)
+# (session 5: nsa is fitted at the stand-in's matched n, one file per n: tinystories_layer2_n<n>)
+tsha=$(sha256sum "$T"/tr.db.tinystories_layer2_n*.nsa.safetensors | cut -d' ' -f1)
 expect_rc 0 "trainable fitted params_source" "$SL" query "$T/tr.db" "SELECT count(*) AS n FROM v_result WHERE method = 'nsa'
     AND layer = 2 AND status = 'ok' AND json_extract(params_json, '$.params_source') = 'sha256:$tsha'" --csv
 grep -q "^1$" "$T/out" && ok || bad "trainable fitted rows: $(cat "$T/out")"

@@ -506,7 +506,7 @@ test("sparsek fit: the ridge gradient equals finite differences and vanishes at 
     local fd = (lp - lm) / (2 * h)
     near(g[i], fd, 1e-5 + 1e-5 * math.abs(fd), "d J / d w[" .. i .. "]")
   end
-  local ws = sk.fit({synthetic(48, 61)}, {params = {}, steps = 1})
+  local ws = sk.fit({synthetic(48, 61)}, {params = {objective = "ridge"}, steps = 1})
   local wt, bt = ws.score_w:totable(), ws.score_b:totable()
   local x = {table.unpack(wt[1])}
   x[17] = bt[1]
@@ -522,7 +522,102 @@ test("sparsek fit: the ridge gradient equals finite differences and vanishes at 
 end)
 
 test("sparsek fit: fitted scores beat the stand-in on held-out TinyStories texts", function()
-  fitted_beats_standin("sparsek", {k = 32, window = 16})
+  -- the ridge objective (the default until session 5, which made listwise the default: the test below)
+  fitted_beats_standin("sparsek", {k = 32, window = 16, objective = "ridge"})
+end)
+
+test("sparsek fit (listwise): beats the stand-in and the ridge fit on held-out TinyStories texts (layer 0)", function()
+  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
+  local f = io.open(dir .. "model.bin", "rb")
+  if not f then print("SKIP: no TinyStories model at " .. dir) return end
+  f:close()
+  local model = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
+  local function capture(name)
+    local fh = io.open(dir .. "texts/" .. name .. ".txt")
+    local text = fh:read("a")
+    fh:close()
+    local c = model:capture{text = text, layers = {0}}[1]
+    return sl.problem{q = c.q, k = c.k, v = c.v}
+  end
+  local sk = sl.methods.get("sparsek")
+  local P = {k = 32, window = 16}
+  local train = {capture("01_red_kite"), capture("02_lost_mitten")}
+  local lw, rg = TMP .. "/sk_listwise.safetensors", TMP .. "/sk_ridge.safetensors"
+  local ws, rep = sk.fit(train, {params = sl.registry.resolve(sk, P), steps = 200})
+  truthy(rep.loss_after < rep.loss_before, "listwise loss falls")
+  sl.save(lw, ws)
+  sl.save(rg, (sk.fit(train, {params = sl.registry.resolve(sk, with(P, {objective = "ridge"}))})))
+  for i, name in ipairs{"07_toy_shop", "08_rainy_day"} do
+    local prob = capture(name)
+    local stand = sl.eval(sk, prob, {params = P}).metrics.rel_l2
+    local fit = sl.eval(sk, prob, {params = with(P, {weights = lw})})
+    local ridge = sl.eval(sk, prob, {params = with(P, {weights = rg})}).metrics.rel_l2
+    truthy(fit.params.params_source:match("^sha256:"), "fitted params_source")
+    print(string.format("sparsek layer 0 held-out text %d: listwise %.4f, ridge %.4f, stand-in %.4f", i, fit.metrics.rel_l2,
+      ridge, stand))
+    truthy(fit.metrics.rel_l2 < stand, string.format("held-out %d: listwise %.4f < stand-in %.4f", i, fit.metrics.rel_l2, stand))
+    truthy(fit.metrics.rel_l2 < ridge, string.format("held-out %d: listwise %.4f < ridge %.4f", i, fit.metrics.rel_l2, ridge))
+  end
+end)
+
+test("sparsek fit (listwise): hand gradient = finite differences; the loss is the cross-entropy computed directly", function()
+  local sk = sl.methods.get("sparsek")
+  local probs = {synthetic(48, 62), synthetic(40, 63)}
+  local sets = {sk.listwise_data(probs[1], 5)[2], sk.listwise_data(probs[2], 5)[2]}
+  local w = sl.randn({16}, {seed = 14, std = 0.4}):totable()
+  local L, g = sk.listwise_loss_grad(sets, w)
+  for i = 1, 16 do
+    local h, saved = 1e-6, w[i]
+    w[i] = saved + h
+    local lp = sk.listwise_loss_grad(sets, w)
+    w[i] = saved - h
+    local lm = sk.listwise_loss_grad(sets, w)
+    w[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-7 + 1e-5 * math.abs(fd), "d L / d w[" .. i .. "]")
+  end
+  -- the loss from the definition: per query row t of kv head 2 and each head of its group, the exact attention
+  -- P_tj on keys j <= t - 5 against softmax(w·k_j) over the same keys (float64, from the raw tensors)
+  local num, den = 0, 0
+  for pi, prob in ipairs(probs) do
+    local Q, K = E.heads(prob.q), E.heads(prob.k)
+    local n = #K[2]
+    for h = 3, 4 do
+      for t = 1, n do
+        local s, mx = {}, -math.huge
+        for j = 1, t do
+          local z = 0
+          for e = 1, 16 do z = z + Q[h][t][e] * K[2][j][e] end
+          s[j] = z / 4
+          mx = math.max(mx, s[j])
+        end
+        local zs = 0
+        for j = 1, t do zs = zs + math.exp(s[j] - mx) end
+        local u, umx = {}, -math.huge
+        for j = 1, t - 5 do
+          local z = 0
+          for e = 1, 16 do z = z + w[e] * K[2][j][e] end
+          u[j] = z
+          umx = math.max(umx, z)
+        end
+        if t - 5 >= 1 then
+          local zu = 0
+          for j = 1, t - 5 do zu = zu + math.exp(u[j] - umx) end
+          for j = 1, t - 5 do
+            local p = math.exp(s[j] - mx) / zs
+            num = num - p * (u[j] - umx - math.log(zu))
+            den = den + p
+          end
+        end
+      end
+    end
+    truthy(pi <= 2, "two problems")
+  end
+  near(L, num / den, 1e-4 * math.abs(num / den), "listwise loss = the cross-entropy from its definition")
+  -- the fit lowers the loss and writes score_b = 0
+  local ws, rep = sk.fit(probs, {params = {window = 5}, steps = 30})
+  truthy(rep.loss_after < rep.loss_before, string.format("listwise fit loss falls: %.5g -> %.5g", rep.loss_before, rep.loss_after))
+  eq(ws.score_b:totable()[1], 0, "score_b = 0 (it drops out of every softmax)")
 end)
 
 -- ---- DMA ----
@@ -1123,6 +1218,106 @@ test("nsa fit (MLP phi): fitted phi + gates beat the mean-pool stand-in and the 
       i, phi.metrics.rel_l2, gates.metrics.rel_l2))
     truthy(phi.metrics.rel_l2 < stand.metrics.rel_l2, string.format("held-out %d: fitted %.4f < stand-in %.4f", i,
       phi.metrics.rel_l2, stand.metrics.rel_l2))
+  end
+end)
+
+-- ---- issue 14, session 5: fitting NSA's gate MLP (gate_mlp.*, on q) ----
+
+test("nsa fit (gate MLP): hand gradient = finite differences (gates alone and jointly with the MLP phi); the file = the fit", function()
+  local nsa = sl.methods.get("nsa")
+  local p = sl.registry.resolve(nsa, SMALL)
+  local probs = {synthetic(48, 21), synthetic(40, 22)}
+  local data = {nsa.fit_data(probs[1], p), nsa.fit_data(probs[2], p)}
+  local G = nsa.gate_model(4, 16, 6)
+  local x = nsa.gate_init(G, {}, 3)
+  G.x0, G.decay = {table.unpack(x)}, 0.01   -- the ridge toward the initial point is part of the objective
+  local noise = sl.randn({G.n}, {seed = 5, std = 0.3}):totable()
+  for i = 1, G.n do x[i] = x[i] + noise[i] end
+  local _, g = nsa.fit_loss_grad(data, x, G)
+  local checked, moved = 0, 0
+  for i = 1, G.n, 5 do   -- every 5th entry: W1, b1, W2 and b2 of every head
+    local h, saved = 1e-5, x[i]
+    x[i] = saved + h
+    local lp = nsa.fit_loss_grad(data, x, G)
+    x[i] = saved - h
+    local lm = nsa.fit_loss_grad(data, x, G)
+    x[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(g[i], fd, 1e-9 + 1e-4 * math.abs(fd), "gate MLP: d loss / d x[" .. i .. "]")
+    checked = checked + 1
+    if math.abs(fd) > 1e-7 then moved = moved + 1 end
+  end
+  truthy(moved >= checked - 3, string.format("most checked entries move the loss (%d of %d)", moved, checked))
+  -- jointly with the MLP phi: the layout puts the gate MLP first
+  local pd = {nsa.phi_data(probs[1], p), nsa.phi_data(probs[2], p)}
+  local lay = nsa.phi_layout(4, 2, 16, 8, 12, G)
+  local y = nsa.phi_init(lay, 8, 1.5, 3)
+  local pn = sl.randn({lay.n}, {seed = 43, std = 0.2}):totable()
+  for i = 1, lay.n do y[i] = y[i] + pn[i] end
+  G.x0 = {table.unpack(y, 1, G.n)}
+  nsa.phi_reselect(pd, y, lay)
+  local _, gy = nsa.phi_loss_grad(pd, y, lay)
+  for _, i in ipairs{1, 40, 97, G.n - 2, G.n, lay.k[1].w1 + 33, lay.v[2].b2 + 4} do
+    local h, saved = 1e-5, y[i]
+    y[i] = saved + h
+    local lp = nsa.phi_loss_grad(pd, y, lay)
+    y[i] = saved - h
+    local lm = nsa.phi_loss_grad(pd, y, lay)
+    y[i] = saved
+    local fd = (lp - lm) / (2 * h)
+    near(gy[i], fd, 1e-9 + 1e-4 * math.abs(fd), "joint (gate MLP + phi): d loss / d x[" .. i .. "]")
+  end
+  -- the written file runs through the recipe's gate MLP (the op path) with the fit's loss
+  G.decay = 0
+  local path = TMP .. "/gate_mlp_x.safetensors"
+  sl.save(path, nsa.gate_tensors(G, x))
+  for i, prob in ipairs(probs) do
+    local loss = nsa.fit_loss_grad({data[i]}, x, G)
+    local r = sl.eval("nsa", prob, {params = with(SMALL, {weights = path})})
+    local e = mse(r.o, sl.attn.dense(prob.q, prob.k, prob.v, {causal = true}))
+    near(loss, e, 1e-5 * e, "problem " .. i .. ": gate-MLP fit loss = the eval's mean squared error")
+  end
+  -- at the initial point (W2 = 0, b2 = the stand-in's logits) the gates are the linear fit's initial gates
+  local x0 = nsa.gate_init(G, {}, 3)
+  local Gl = nsa.gate_model(4, 16, 0)
+  near(nsa.fit_loss_grad(data, x0, G), nsa.fit_loss_grad(data, nsa.gate_init(Gl, {}), Gl), 1e-12, "init = constant gates")
+end)
+
+test("nsa fit (gate MLP): the fitted gate MLP beats fitted constant gates, the q-linear gates and the stand-in on held-out texts", function()
+  local ts = tinystories()
+  if not ts then return end
+  local nsa = sl.methods.get("nsa")
+  -- the fitting set of the phi test: the first 256 tokens of texts 01-04 (layer 2); held out: 07, 08 whole
+  local train = {}
+  for _, prob in ipairs{ts.train[1], ts.train[2], ts.more[1], ts.more[2]} do
+    train[#train + 1] = sl.problem{q = prob.q:narrow(2, 1, 256), k = prob.k:narrow(2, 1, 256), v = prob.v:narrow(2, 1, 256)}
+  end
+  local p0 = sl.registry.resolve(nsa, with(SMALL, {phi_hidden = 0}))
+  -- constant gates: gate_b alone (gate_w held at 0), Adam as the fit's, 60 steps
+  local data = {}
+  for i, prob in ipairs(train) do data[i] = nsa.fit_data(prob, p0) end
+  local Gl = nsa.gate_model(data[1].hq, data[1].d, 0)
+  local xc = nsa.gate_init(Gl, {}, 1)
+  xc = require("sparselab.trainable").adam(xc, function(y)
+    local l, g = nsa.fit_loss_grad(data, y, Gl)
+    for i = 1, Gl.nb do g[i] = 0 end
+    return l, g
+  end, {steps = 60, lr = 0.05})
+  local files = {const = TMP .. "/g_const.safetensors", linear = TMP .. "/g_linear.safetensors", mlp = TMP .. "/g_mlp.safetensors"}
+  sl.save(files.const, nsa.gate_tensors(Gl, xc))
+  sl.save(files.linear, (nsa.fit(train, {params = p0, steps = 60})))
+  local wm, rep = nsa.fit(train, {params = sl.registry.resolve(nsa, with(SMALL, {phi_hidden = 0, gate_hidden = 8})), steps = 60})
+  truthy(wm["gate_mlp.w1"] and wm["gate_mlp.b2"] and not wm.gate_w, "the file holds the gate MLP (one gate form)")
+  truthy(rep.loss_after < rep.loss_before, string.format("gate-MLP fit loss falls: %.6g -> %.6g", rep.loss_before, rep.loss_after))
+  sl.save(files.mlp, wm)
+  for i, prob in ipairs(ts.held) do
+    local r = {stand = sl.eval("nsa", prob, {params = SMALL}).metrics.rel_l2}
+    for k, f in pairs(files) do r[k] = sl.eval("nsa", prob, {params = with(SMALL, {weights = f})}).metrics.rel_l2 end
+    print(string.format("nsa gate MLP held-out text %d: gate MLP %.4f, q-linear gates %.4f, constant gates %.4f, stand-in %.4f",
+      i, r.mlp, r.linear, r.const, r.stand))
+    for _, other in ipairs{"const", "linear", "stand"} do
+      truthy(r.mlp < r[other], string.format("held-out %d: gate MLP %.4f < %s %.4f", i, r.mlp, other, r[other]))
+    end
   end
 end)
 

@@ -86,8 +86,7 @@
 -- per kv head), tokens_read, kv_bytes. Limits: one weights file for every
 -- layer at model level; no eviction (the cache keeps every token).
 -- NOT implemented: the gate network on the hidden state x (it reads q
--- instead: captures hold no x); fitting the gate MLP (gate_w/gate_b and the
--- MLP phi are fitted); training of the whole model.
+-- instead: captures hold no x); training of the whole model.
 -- Fitting (`sparselab fit-params nsa`): gate_w, gate_b by Adam on the output
 -- error vs dense attention (hand gradients, checked against finite
 -- differences in tests/lua/test_methods_trainable.lua). Session 4: with
@@ -101,6 +100,19 @@
 -- toward that start (without it the fitted phi lost to mean pooling on
 -- held-out texts: docs/notes/issue-14.md, session 4). phi_hidden = 0: the
 -- gates alone (the fla variant always).
+-- Session 5: gate_hidden = M > 0 fits the gate network gate_mlp.* (hidden
+-- width M) instead of gate_w/gate_b, alone or jointly with the MLP phi.
+-- Its input is q_t: the reading documented above for gate_mlp.* (the
+-- paper's g = sigmoid(MLP(x_t)) on the hidden state x_t, which Q/K/V
+-- captures do not hold; post-RoPE q of each query head stands in). Hand
+-- gradients: dL/dz_b = (2/N)·Σ_e r_e·o_b,e·σ'(z_b), back through W2, the
+-- ReLU and W1 (M.gate_model / gate_eval / gate_grad; checked against finite
+-- differences in tests/lua/test_methods_trainable.lua, gates alone and
+-- jointly with phi). Start: W2 = 0, b2 = the stand-in's logits (-4, 4, -4),
+-- W1 ~ N(0, 1/D) seeded, b1 = 0 (the initial gates are constant); Adam lr
+-- 0.05 and a ridge gate_decay·|(W1, W2) - start|² (1e-4: without it the
+-- MLP over-fits the fitting texts and loses to the q-linear gates held out;
+-- docs/notes/issue-14.md, session 5).
 local sl = require "sparselab"
 local T = require "sparselab.trainable"
 local E = require "sparselab.blockest"
@@ -415,6 +427,10 @@ local M = {
     phi_decay = {default = 0.01, min = 0, max = 1e6,
       doc = "fit-params only: ridge weight pulling the MLP phi toward its mean-pool initial point"},
     reselect = {default = 10, min = 1, int = true, doc = "fit-params only: steps between block re-selections"},
+    gate_hidden = {default = 0, min = 0, max = 4096, int = true,
+      doc = "fit-params only: 0 fits the q-gates gate_w/gate_b; > 0 fits the gate MLP gate_mlp.* of this hidden width"},
+    gate_decay = {default = 1e-4, min = 0, max = 1e6,
+      doc = "fit-params only: ridge weight pulling the gate MLP's w1, w2 toward their initial point (gate_hidden > 0)"},
   },
   ops = {"trainable.compress", "trainable.nsa"},
   checks = {"compressed token i invisible to query t when i·s + l - 1 > t; first l - 1 queries o_cmp = 0, no NaN",
@@ -594,21 +610,168 @@ local function add_gate_grad(g, nb, h, d, count, dz, sg, qt)
   end
 end
 
-function M.fit_loss_grad(data, x)
+-- ---- the gate model of a fit (issue 14, session 5) ----
+-- The gate entries sit at the start of the fit's flat parameter array x.
+-- Two forms:
+--   "linear" (gate_hidden = 0): gate_w [Hq, 3, D] then gate_b [Hq, 3]; z_b =
+--     gate_w[h, b]·q_t + gate_b[h, b] (the form of sessions 3-4);
+--   "mlp" (gate_hidden = M > 0): per query head h a block of M·D + M + 3·M + 3
+--     entries at (h-1)·S: W1 [D, M] (row e, column j at (e-1)·M + j), b1 [M],
+--     W2 [M, 3] (row j, column b at (j-1)·3 + b), b2 [3]; z = W2ᵀ·relu(W1ᵀ·q_t +
+--     b1) + b2, the recipe's gate_mlp.* (q standing in for the hidden state).
+-- In both, g_b = sigmoid(z_b).
+function M.gate_model(hq, d, m)
+  if (m or 0) <= 0 then
+    return {kind = "linear", hq = hq, d = d, m = 0, nb = hq * 3 * d, n = hq * 3 * d + hq * 3}
+  end
+  local S = d * m + m + 3 * m + 3
+  return {kind = "mlp", hq = hq, d = d, m = m, S = S, n = hq * S}
+end
+
+-- The offsets of head h's MLP block: w1, b1, w2, b2 (each entry at off + index).
+local function mlp_offsets(G, h)
+  local base, d, m = (h - 1) * G.S, G.d, G.m
+  return base, base + d * m, base + d * m + m, base + d * m + m + 3 * m
+end
+
+-- The gates of head h at query qt: sg[1..3] and (mlp) the hidden
+-- activations after the ReLU.
+local function gate_eval(G, x, h, qt)
+  local sg, d = {}, G.d
+  if G.kind == "linear" then
+    local nb = G.nb
+    for b = 1, 3 do
+      local zz, off = x[nb + (h - 1) * 3 + b], ((h - 1) * 3 + (b - 1)) * d
+      for e = 1, d do zz = zz + x[off + e] * qt[e] end
+      sg[b] = sigmoid(zz)
+    end
+    return sg
+  end
+  local m = G.m
+  local w1, b1, w2, b2 = mlp_offsets(G, h)
+  local hid = {}
+  for j = 1, m do hid[j] = x[b1 + j] end
+  for e = 1, d do
+    local a, base = qt[e], w1 + (e - 1) * m
+    for j = 1, m do hid[j] = hid[j] + a * x[base + j] end
+  end
+  for j = 1, m do if hid[j] < 0 then hid[j] = 0 end end
+  for b = 1, 3 do
+    local z = x[b2 + b]
+    for j = 1, m do z = z + hid[j] * x[w2 + (j - 1) * 3 + b] end
+    sg[b] = sigmoid(z)
+  end
+  return sg, hid
+end
+
+-- Adds one row's gradient into the gate entries of g: dz[b] = Σ_e r_e·o_b[e]
+-- (r the row's residual), so dL/dz_b = (2/count)·dz[b]·σ'(z_b); for the MLP
+-- back through W2, the ReLU (units with relu = 0 pass nothing) and W1.
+local function gate_grad(G, g, x, h, qt, count, dz, sg, hid)
+  if G.kind == "linear" then return add_gate_grad(g, G.nb, h, G.d, count, dz, sg, qt) end
+  local d, m = G.d, G.m
+  local w1, b1, w2, b2 = mlp_offsets(G, h)
+  local gz = {}
+  for b = 1, 3 do
+    gz[b] = 2 / count * dz[b] * sg[b] * (1 - sg[b])
+    g[b2 + b] = g[b2 + b] + gz[b]
+  end
+  local dh = {}
+  for j = 1, m do
+    local hj, o = hid[j], w2 + (j - 1) * 3
+    g[o + 1], g[o + 2], g[o + 3] = g[o + 1] + hj * gz[1], g[o + 2] + hj * gz[2], g[o + 3] + hj * gz[3]
+    dh[j] = hj > 0 and (x[o + 1] * gz[1] + x[o + 2] * gz[2] + x[o + 3] * gz[3]) or 0
+    g[b1 + j] = g[b1 + j] + dh[j]
+  end
+  for e = 1, d do
+    local a, base = qt[e], w1 + (e - 1) * m
+    if a ~= 0 then for j = 1, m do g[base + j] = g[base + j] + a * dh[j] end end
+  end
+end
+
+-- The gate model's ridge: decay · Σ (w1 - w1₀)² + (w2 - w2₀)² over the MLP's
+-- weights toward its initial point G.x0 (seeded W1, W2 = 0: a gate close to
+-- the initial constant one; biases free); nothing for the linear form or
+-- without G.x0. Adds into g, returns the term.
+local function gate_ridge(G, x, g, decay)
+  if G.kind ~= "mlp" or not decay or decay <= 0 or not G.x0 then return 0 end
+  local s, d, m, x0 = 0, G.d, G.m, G.x0
+  for h = 1, G.hq do
+    local w1, _, w2 = mlp_offsets(G, h)
+    for _, span in ipairs{{w1, d * m}, {w2, 3 * m}} do
+      for i = span[1] + 1, span[1] + span[2] do
+        local dx = x[i] - x0[i]
+        s = s + dx * dx
+        g[i] = g[i] + 2 * decay * dx
+      end
+    end
+  end
+  return decay * s
+end
+
+--- The gate model's initial entries into x: the stand-in's gates (logits
+--- -4, 4, -4 for cmp, slc, swa) with no dependence on q: linear w = 0; MLP
+--- W2 = 0, b2 = the logits, W1 ~ N(0, 1/D) seeded (so every unit has a
+--- gradient once W2 moves), b1 = 0.
+function M.gate_init(G, x, seed)
+  for i = 1, G.n do x[i] = 0 end
+  local logits = {-4, 4, -4}
+  if G.kind == "linear" then
+    for h = 1, G.hq do for b = 1, 3 do x[G.nb + (h - 1) * 3 + b] = logits[b] end end
+    return x
+  end
+  local w = sl.randn({G.hq * G.d * G.m}, {seed = seed or 1, std = 1 / math.sqrt(G.d)}):totable()
+  local wi = 0
+  for h = 1, G.hq do
+    local w1, _, _, b2 = mlp_offsets(G, h)
+    for i = 1, G.d * G.m do wi = wi + 1; x[w1 + i] = w[wi] end
+    for b = 1, 3 do x[b2 + b] = logits[b] end
+  end
+  return x
+end
+
+--- The gate tensors of x: gate_w, gate_b (linear) or gate_mlp.{w1,b1,w2,b2}.
+function M.gate_tensors(G, x)
+  if G.kind == "linear" then
+    local w, b = {}, {}
+    for h = 1, G.hq do
+      w[h], b[h] = {}, {}
+      for br = 1, 3 do
+        local off, row = ((h - 1) * 3 + (br - 1)) * G.d, {}
+        for e = 1, G.d do row[e] = x[off + e] end
+        w[h][br], b[h][br] = row, x[G.nb + (h - 1) * 3 + br]
+      end
+    end
+    return {gate_w = sl.tensor(w), gate_b = sl.tensor(b)}
+  end
+  local d, m = G.d, G.m
+  local W1, B1, W2, B2 = {}, {}, {}, {}
+  for h = 1, G.hq do
+    local w1, b1, w2, b2 = mlp_offsets(G, h)
+    W1[h], B1[h], W2[h], B2[h] = {}, {}, {}, {}
+    for e = 1, d do local row = {} for j = 1, m do row[j] = x[w1 + (e - 1) * m + j] end W1[h][e] = row end
+    for j = 1, m do B1[h][j] = x[b1 + j] end
+    for j = 1, m do W2[h][j] = {x[w2 + (j - 1) * 3 + 1], x[w2 + (j - 1) * 3 + 2], x[w2 + (j - 1) * 3 + 3]} end
+    B2[h] = {x[b2 + 1], x[b2 + 2], x[b2 + 3]}
+  end
+  return {["gate_mlp.w1"] = sl.tensor(W1), ["gate_mlp.b1"] = sl.tensor(B1), ["gate_mlp.w2"] = sl.tensor(W2),
+    ["gate_mlp.b2"] = sl.tensor(B2)}
+end
+
+--- Loss and gradient of the gate fit at x (the gate model G; default the
+--- linear q-gates): the mean squared output error vs dense over every data
+--- set, plus the gate MLP's ridge G.decay·|w|² when G has one.
+function M.fit_loss_grad(data, x, G)
   local hq, d = data[1].hq, data[1].d
-  local nb = hq * 3 * d
+  G = G or M.gate_model(hq, d, 0)
   local g, loss, count = {}, 0, 0
   for i = 1, #x do g[i] = 0 end
   for _, D in ipairs(data) do count = count + D.hq * D.nq * D.d end
   for _, D in ipairs(data) do
     for h = 1, hq do
       for t = 1, D.nq do
-        local qt, z, sg = D.q[h][t], {}, {}
-        for b = 1, 3 do
-          local zz, off = x[nb + (h - 1) * 3 + b], ((h - 1) * 3 + (b - 1)) * d
-          for e = 1, d do zz = zz + x[off + e] * qt[e] end
-          z[b], sg[b] = zz, sigmoid(zz)
-        end
+        local qt = D.q[h][t]
+        local sg, hid = gate_eval(G, x, h, qt)
         local o1, o2, o3, ref = D.br[1][h][t], D.br[2][h][t], D.br[3][h][t], D.dense[h][t]
         local dz1, dz2, dz3 = 0, 0, 0
         for e = 1, d do
@@ -616,27 +779,11 @@ function M.fit_loss_grad(data, x)
           loss = loss + r * r
           dz1, dz2, dz3 = dz1 + r * o1[e], dz2 + r * o2[e], dz3 + r * o3[e]
         end
-        add_gate_grad(g, nb, h, d, count, {dz1, dz2, dz3}, sg, qt)
+        gate_grad(G, g, x, h, qt, count, {dz1, dz2, dz3}, sg, hid)
       end
     end
   end
-  return loss / count, g
-end
-
--- The gate parameters in the flat vector x as tables: gate_w[h][branch] (d
--- entries at ((h-1)*3 + branch-1)*d) and gate_b[h][branch] (at nb +
--- (h-1)*3 + branch).
-local function gate_tables(x, hq, d, nb)
-  local w, b = {}, {}
-  for h = 1, hq do
-    w[h], b[h] = {}, {}
-    for br = 1, 3 do
-      local off, row = ((h - 1) * 3 + (br - 1)) * d, {}
-      for e = 1, d do row[e] = x[off + e] end
-      w[h][br], b[h][br] = row, x[nb + (h - 1) * 3 + br]
-    end
-  end
-  return w, b
+  return loss / count + gate_ridge(G, x, g, G.decay), g
 end
 
 --- Fits gate_w, gate_b on problems (same heads and head_dim) with Adam
@@ -654,14 +801,15 @@ function M.fit_gates(probs, o)
       sl.fail("nsa fit: input %d has %d heads of dim %d, input 1 has %d of dim %d; expected the same", i, D.hq, D.d, hq, d)
     end
   end
-  local x, nb = {}, hq * 3 * d
-  for i = 1, nb do x[i] = 0 end
-  for h = 1, hq do x[nb + (h - 1) * 3 + 1], x[nb + (h - 1) * 3 + 2], x[nb + (h - 1) * 3 + 3] = -4, 4, -4 end
+  local G = M.gate_model(hq, d, p.gate_hidden or 0)
+  G.decay = p.gate_decay
+  local x = M.gate_init(G, {}, o.seed)
+  G.x0 = {table.unpack(x, 1, G.n)}
   local before, after
-  x, before, after = T.adam(x, function(y) return M.fit_loss_grad(data, y) end, {steps = o.steps, lr = o.lr or 0.05})
-  local w, b = gate_tables(x, hq, d, nb)
-  return {gate_w = sl.tensor(w), gate_b = sl.tensor(b)},
-    {loss_before = before, loss_after = after, optimiser = "adam(lr=" .. (o.lr or 0.05) .. ", steps=" .. o.steps .. ")"}
+  x, before, after = T.adam(x, function(y) return M.fit_loss_grad(data, y, G) end, {steps = o.steps, lr = o.lr or 0.05})
+  local what = G.kind == "mlp" and string.format("gate MLP hidden %d, ridge %g; ", G.m, G.decay or 0) or ""
+  return M.gate_tensors(G, x),
+    {loss_before = before, loss_after = after, optimiser = "adam(" .. what .. "lr=" .. (o.lr or 0.05) .. ", steps=" .. o.steps .. ")"}
 end
 
 -- ---- fitting the MLP phi (issue 14, session 4) ----
@@ -678,9 +826,10 @@ end
 --- Offsets of the joint parameter array: {nb (start of gate_b), gates
 --- (count of gate entries), k = {g = {w1, b1, w2, b2}}, v = ..., n (total),
 --- L (= l·D), M, D, hq, hkv}.
-function M.phi_layout(hq, hkv, d, l, m)
+function M.phi_layout(hq, hkv, d, l, m, G)
   local L = l * d
-  local lay = {nb = hq * 3 * d, gates = hq * 3 * d + hq * 3, L = L, M = m, D = d, hq = hq, hkv = hkv}
+  G = G or M.gate_model(hq, d, 0)
+  local lay = {nb = G.nb, gates = G.n, G = G, L = L, M = m, D = d, hq = hq, hkv = hkv}
   local off = lay.gates
   for _, side in ipairs{"k", "v"} do
     lay[side] = {}
@@ -807,7 +956,7 @@ end
 --- dL/do_cmp = σ(z_cmp)·2r/N; dvc_i += P_i·do; dz_i = P_i·(do·vc_i - Σ_j
 --- P_j do·vc_j); dkc_i += scale·dz_i·q; then through each window's MLP.
 function M.phi_loss_grad(data, x, lay)
-  local nb, d, G = lay.nb, lay.D, lay.hq // lay.hkv
+  local d, G = lay.D, lay.hq // lay.hkv
   local g, loss, count = {}, 0, 0
   for i = 1, lay.n do g[i] = 0 end
   for _, Dt in ipairs(data) do count = count + Dt.hq * Dt.nq * Dt.d end
@@ -843,12 +992,7 @@ function M.phi_loss_grad(data, x, lay)
           end
         end
         -- gates
-        local sg = {}
-        for b = 1, 3 do
-          local zz, off = x[nb + (h - 1) * 3 + b], ((h - 1) * 3 + (b - 1)) * d
-          for e = 1, d do zz = zz + x[off + e] * qt[e] end
-          sg[b] = sigmoid(zz)
-        end
+        local sg, hid = gate_eval(lay.G, x, h, qt)
         local o2, o3, ref = Dt.br[2][h][t], Dt.br[3][h][t], Dt.dense[h][t]
         local dz1, dz2, dz3, r = 0, 0, 0, {}
         for e = 1, d do
@@ -857,7 +1001,7 @@ function M.phi_loss_grad(data, x, lay)
           loss = loss + re * re
           dz1, dz2, dz3 = dz1 + re * oc[e], dz2 + re * o2[e], dz3 + re * o3[e]
         end
-        add_gate_grad(g, nb, h, d, count, {dz1, dz2, dz3}, sg, qt)
+        gate_grad(lay.G, g, x, h, qt, count, {dz1, dz2, dz3}, sg, hid)
         if nv > 0 then
           local cdo = 2 / count * sg[1]
           local dov, dot = {}, 0
@@ -883,7 +1027,7 @@ function M.phi_loss_grad(data, x, lay)
     phi_backward(Dt.xk, x, lay, "k", ak, dk, g, nc)
     phi_backward(Dt.xv, x, lay, "v", av, dv, g, nc)
   end
-  loss = loss / count
+  loss = loss / count + gate_ridge(lay.G, x, g, lay.G.decay)
   if lay.decay and lay.decay > 0 then
     -- ridge toward the initial (mean-pool) phi: decay · Σ (x - x0)² over the phi entries
     local dec, x0 = lay.decay, lay.x0
@@ -899,9 +1043,8 @@ end
 --- The weights of x (layout lay) as the file's tensors: gate_w, gate_b,
 --- k_compress.*, v_compress.*.
 function M.phi_tensors(x, lay)
-  local hq, hkv, d, L, m, nb = lay.hq, lay.hkv, lay.D, lay.L, lay.M, lay.nb
-  local w, b = gate_tables(x, hq, d, nb)
-  local out = {gate_w = sl.tensor(w), gate_b = sl.tensor(b)}
+  local hkv, d, L, m = lay.hkv, lay.D, lay.L, lay.M
+  local out = M.gate_tensors(lay.G, x)
   for _, side in ipairs{"k", "v"} do
     local w1, b1, w2, b2 = {}, {}, {}, {}
     for g = 1, hkv do
@@ -945,9 +1088,8 @@ end
 --- shift = 1 + the largest |k|, |v| of the data), W2 = I, b2 = -shift;
 --- hidden units past D start with W1 ~ N(0, 0.01²) (seeded), b1 = 0, W2 = 0.
 function M.phi_init(lay, l, shift, seed)
-  local x = {}
-  for i = 1, lay.n do x[i] = 0 end
-  for h = 1, lay.hq do x[lay.nb + (h - 1) * 3 + 1], x[lay.nb + (h - 1) * 3 + 2], x[lay.nb + (h - 1) * 3 + 3] = -4, 4, -4 end
+  local x = M.gate_init(lay.G, {}, seed)
+  for i = lay.gates + 1, lay.n do x[i] = 0 end
   local d, m = lay.D, lay.M
   local extra = m > d and sl.randn({2 * lay.hkv * lay.L * (m - d)}, {seed = seed or 1, std = 0.01}):totable() or {}
   local ei = 0
@@ -997,8 +1139,11 @@ function M.fit_phi(probs, o)
   end
   local m = p.phi_hidden < 0 and d or p.phi_hidden
   local op = data[1].op
-  local lay = M.phi_layout(hq, hkv, d, op.l, m)
+  local G = M.gate_model(hq, d, p.gate_hidden or 0)
+  G.decay = p.gate_decay
+  local lay = M.phi_layout(hq, hkv, d, op.l, m, G)
   local x = M.phi_init(lay, op.l, 1 + shift, o.seed)
+  G.x0 = {table.unpack(x, 1, G.n)}
   lay.x0, lay.decay = {}, p.phi_decay
   for i = 1, lay.n do lay.x0[i] = x[i] end
   local lr_g, lr_p = o.lr or 0.05, p.phi_lr
@@ -1031,7 +1176,8 @@ function M.fit(probs, o)
   return M.fit_gates(probs, o)
 end
 
-M.fit_doc = "gate_w, gate_b and (paper variant, phi_hidden ~= 0) the MLP phi k_compress.*, v_compress.*: Adam on the " ..
+M.fit_doc = "gate_w, gate_b (or, gate_hidden > 0, the gate MLP gate_mlp.*) and (paper variant, phi_hidden ~= 0) the MLP " ..
+  "phi k_compress.*, v_compress.*: Adam on the " ..
   "mean squared output error vs dense attention, block selection held fixed between re-selections"
 
 

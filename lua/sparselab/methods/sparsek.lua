@@ -25,8 +25,15 @@
 -- Stand-in without weights (params_source "standin:mean_query"): u_j =
 --   q̄·k_j / sqrt(D), q̄ the mean query of the kv head's group over the whole
 --   input: closed-form, reads no attention map (not an oracle).
--- Fitting (`sparselab fit-params sparsek`): score_w, score_b by closed-form
---   ridge regression (lambda = 1e-3 per key) of y_j = log(mean attention
+-- Fitting (`sparselab fit-params sparsek`), objective = listwise (default,
+--   session 5): score_w by Adam on the cross-entropy of each query's
+--   attention outside its window against softmax(u) over its non-window
+--   prefix (M.listwise_loss_grad; hand gradient checked against finite
+--   differences in tests/lua/test_methods_trainable.lua); score_b = 0. The
+--   ridge regression below (objective = ridge) lost to the stand-in on
+--   held-out texts: it weights every key alike and counts the window's mass
+--   (docs/notes/issue-14.md, session 5). objective = ridge: score_w, score_b
+--   by closed-form ridge regression (lambda = 1e-3 per key) of y_j = log(mean attention
 --   probability key j receives from the queries that see it, summed over the
 --   group's heads + 1e-6) on [k_j, 1]; the normal equations solved by
 --   Gaussian elimination; the hand gradient of the ridge objective is checked
@@ -114,6 +121,8 @@ local M = {
     window = {default = 0, min = 0, int = true, doc = "sliding-window keys added (0: none)"},
     weight = {default = 0, min = 0, max = 1, int = true, doc = "1: selected K, V scaled by the SPARSEK projection p"},
     weights = {default = "", doc = "safetensors file with u or score_w/score_b (empty: the mean-query stand-in)"},
+    objective = {default = "listwise", doc = "fit-params only: listwise (cross-entropy of each query's attention outside " ..
+      "its window against softmax(u) over its prefix, Adam) or ridge (the log mean-mass regression of session 1)"},
   },
   ops = {"trainable.sparsek"},
   checks = {"k >= n equals dense", "independent float64 SparseK (exact breakpoint tau) to 1e-5",
@@ -163,8 +172,117 @@ end
 --- gradient (shared with the other trainable recipes).
 M.ridge_loss_grad = T.ridge_loss_grad
 
---- Fits score_w, score_b on problems (same kv heads and head_dim).
+-- ---- fitting, objective "listwise" (issue 14, session 5) ----
+-- What the selection needs: each query t picks the top-k of u among its
+-- prefix outside the window (keys j <= t - window; the window is attended
+-- anyway), so u should put each query's attention mass outside its window
+-- first. The objective is the cross-entropy of that mass against softmax(u)
+-- over the same keys, summed over the query rows of the kv head's group:
+--   L(w) = (1/Σ m) · Σ_t [ m_t·log Z_t − Σ_{j <= t-window} P_tj·u_j ],
+--   u_j = w·k_j, Z_t = Σ_{j <= t-window} e^{u_j}, m_t = Σ_{j <= t-window} P_tj
+-- (P the exact attention, summed over the group's heads). It is convex in w
+-- and O(n·D) per evaluation: with C_j = Σ_t P_tj (over t >= j + window) and
+-- S_j = Σ_{t >= j+window} m_t / Z_t (a suffix sum), dL/du_j = (e^{u_j}·S_j −
+-- C_j)/Σ m, dL/dw = Σ_j dL/du_j·k_j. score_b drops out of every softmax (0).
+-- The stand-in q̄·k/sqrt(D) is this objective's moment-matched guess on the
+-- evaluated input; the ridge fit (objective = ridge) regresses log mean mass
+-- per key over every key equally, the window's mass included.
+
+--- The listwise fitting data of one problem: per kv head {K, C, m, n}.
+function M.listwise_data(prob, window)
+  local hq, nq, _, hkv, nk = dims(prob)
+  if nq ~= nk then sl.fail("sparsek fit: input has %d query rows and %d keys; expected a prefill capture (equal)", nq, nk) end
+  local g = hq // hkv
+  local P = E.heads(sl.score.exact(prob.q, prob.k, {bq = 1, bk = 1, causal = 1, backend = prob.backend}))
+  local K = E.heads(prob.k)
+  local out = {}
+  for kv = 1, hkv do
+    local C, m = {}, {}
+    for j = 1, nk do C[j] = 0 end
+    for t = 1, nq do
+      local s = 0
+      for h = (kv - 1) * g + 1, kv * g do
+        local row = P[h][t]
+        for j = 1, t - window do C[j] = C[j] + row[j]; s = s + row[j] end
+      end
+      m[t] = s
+    end
+    out[kv] = {K = K[kv], C = C, m = m, n = nk, window = window}
+  end
+  return out
+end
+
+--- The listwise loss and gradient at w (D numbers) over a list of one kv
+--- head's data sets ({K, C, m, n, window} each).
+function M.listwise_loss_grad(sets, w)
+  local d = #w
+  local L, gr, tot = 0, {}, 0
+  for e = 1, d do gr[e] = 0 end
+  for _, D in ipairs(sets) do
+    local n, win, u, eu, mx = D.n, D.window, {}, {}, -math.huge
+    for j = 1, n do
+      local s, kj = 0, D.K[j]
+      for e = 1, d do s = s + w[e] * kj[e] end
+      u[j] = s
+      if s > mx then mx = s end
+    end
+    for j = 1, n do eu[j] = math.exp(u[j] - mx) end
+    local Z, z = {}, 0
+    for t = 1, n do
+      if t - win >= 1 then z = z + eu[t - win] end
+      Z[t] = z
+    end
+    for j = 1, n do L = L - D.C[j] * u[j] end
+    for t = 1, n do
+      if D.m[t] > 0 then L = L + D.m[t] * (math.log(Z[t]) + mx); tot = tot + D.m[t] end
+    end
+    local acc = 0
+    for j = n, 1, -1 do
+      local t = j + win
+      if t <= n and D.m[t] > 0 then acc = acc + D.m[t] / Z[t] end
+      local gj = eu[j] * acc - D.C[j]
+      if gj ~= 0 then local kj = D.K[j] for e = 1, d do gr[e] = gr[e] + gj * kj[e] end end
+    end
+  end
+  if tot == 0 then return 0, gr end
+  for e = 1, d do gr[e] = gr[e] / tot end
+  return L / tot, gr
+end
+
+local function fit_listwise(probs, o)
+  local _, _, d, hkv = dims(probs[1])
+  local window = o.params.window or 0
+  local sets = {}
+  for kv = 1, hkv do sets[kv] = {} end
+  for i, prob in ipairs(probs) do
+    local _, _, di, hi = dims(prob)
+    if di ~= d or hi ~= hkv then
+      sl.fail("sparsek fit: input %d has %d kv heads of dim %d, input 1 has %d of dim %d; expected the same", i, hi, di,
+        hkv, d)
+    end
+    for kv, D in ipairs(M.listwise_data(prob, window)) do table.insert(sets[kv], D) end
+  end
+  local W, B, before, after = {}, {}, 0, 0
+  local lr, steps = o.lr or 0.05, o.steps or 200
+  for kv = 1, hkv do
+    local x = {}
+    for e = 1, d do x[e] = 0 end
+    local l0, l1
+    x, l0, l1 = T.adam(x, function(y) return M.listwise_loss_grad(sets[kv], y) end, {steps = steps, lr = lr})
+    W[kv], B[kv] = x, 0
+    before, after = before + l0 / hkv, after + l1 / hkv
+  end
+  return {score_w = sl.tensor(W), score_b = sl.tensor(B)},
+    {loss_before = before, loss_after = after, optimiser = string.format(
+      "adam(lr=%g, steps=%d) on the listwise cross-entropy outside the window (window %d)", lr, steps, window)}
+end
+
+--- Fits score_w, score_b on problems (same kv heads and head_dim): the
+--- listwise objective (default) or the ridge regression (objective = ridge).
 function M.fit(probs, o)
+  local objective = (o.params or {}).objective or "listwise"
+  if objective == "listwise" then return fit_listwise(probs, o) end
+  if objective ~= "ridge" then sl.fail("sparsek fit: objective '%s'; expected listwise or ridge", tostring(objective)) end
   local _, _, d, hkv = dims(probs[1])
   local data = {}
   for kv = 1, hkv do data[kv] = {X = {}, Y = {}} end
