@@ -9,7 +9,8 @@
 -- Methods: all 16 cards. Fitted where fittable (`m.fit`): nsa (gates, Adam, at the matched n),
 --   fsa (nsa's fit and file: the same gates), sparsek (listwise scorer),
 --   routing_transformer (k-means centroids), mosa (ridge router), dsv
---   (closed-form low-rank predictor), sparsifiner (ridge proj_back_n; needs
+--   (closed-form low-rank predictor), sparsifiner (closed-form channel reductions
+--   proj_c_q / proj_c_k, its default fit_part = content; needs
 --   one N, so every TinyStories input is cut to the same length) and
 --   nsa_latent_alternating (PCA latent at rank D/2 with nsa's fitted gates).
 --   Stand-in only (nothing small to fit, each recipe's fit_why): moba, dma,
