@@ -55,6 +55,8 @@
 -- within the tolerance (0.05) of the target; the rest are listed as out of reach.
 -- --smoke (a few seconds; tests/cli/test_cli.sh): 64 tokens, one text each
 -- side, three methods, one training-free method, n 128 synthetic.
+-- --methods a,b: only these of the 16 (with --fittable: those of them that are fittable); the rest
+-- of the run (training-free comparison, model level) as the other options say.
 -- --fittable (session 5): only the fittable methods, their stand-ins and fits; no training-free
 -- comparison, no model level.
 -- Session 5 (docs/notes/issue-14.md): nsa, fsa and nsa_latent_alternating are fitted at the stand-in's
@@ -65,16 +67,22 @@
 local sl = require "sparselab"
 
 local db_path, mode, part, fittable_only = "results.db", "full", "all", false
+local only, want_list = nil, false
 for _, a in ipairs(arg or {}) do
-  if a == "--quick" then mode = "quick"
+  if want_list then
+    only, want_list = {}, false
+    for id in a:gmatch("[^,]+") do only[id] = true end
+  elseif a == "--methods" then want_list = true
+  elseif a == "--quick" then mode = "quick"
   elseif a == "--fittable" then fittable_only = true
   elseif a == "--smoke" then mode = "smoke"
   elseif a == "--tinystories" or a == "--synthetic" then part = a:sub(3)
   elseif a == "--report" then mode = "report"
   elseif a:sub(1, 2) == "--" then
-    sl.fail("trainable: unknown option %s (expected --quick, --smoke, --fittable, --tinystories, --synthetic or --report)", a)
+    sl.fail("trainable: unknown option %s (expected --quick, --smoke, --fittable, --methods a,b, --tinystories, --synthetic or --report)", a)
   else db_path = a end
 end
+if want_list then sl.fail("trainable: --methods needs a list of method ids (e.g. --methods sparsifiner,nsa)") end
 local full, quick, smoke = mode == "full", mode == "quick", mode == "smoke"
 
 local ALL = {"nsa", "fsa", "nsa_latent_alternating", "moba", "sparsek", "dma", "mosa", "nosa", "hysparse",
@@ -85,6 +93,15 @@ local METHODS = smoke and {"nsa", "moba", "sparsek"} or ALL
 if fittable_only then
   METHODS = {}
   for _, id in ipairs(ALL) do if FITTABLE[id] and (not smoke or id == "nsa" or id == "sparsek") then METHODS[#METHODS + 1] = id end end
+end
+if only then
+  local known, kept = {}, {}
+  for _, id in ipairs(ALL) do known[id] = true end
+  for id in pairs(only) do
+    if not known[id] then sl.fail("trainable: --methods: '%s' is not one of the 16 trainable cards (%s)", id, table.concat(ALL, ", ")) end
+  end
+  for _, id in ipairs(METHODS) do if only[id] then kept[#kept + 1] = id end end
+  METHODS = kept
 end
 -- Fitted at the matched configuration (session 5): the fit of these reads the knob (nsa's n sets the
 -- selection branch the gates and phi are fitted against), so each is fitted at the knob value that
