@@ -597,7 +597,7 @@ typedef struct lowbit_job {
     const sl__kargs *a;
     sl__attn_dims dm;
     float *qq, *kq, *ks, *mean, *corr, *s; /* s: LOWBIT_TQ x LOWBIT_KC floats per thread */
-    int64_t nqb, nkb;
+    int64_t nqb, nkb; /* nqb: the output's query blocks, from query block qb0 */
 } lowbit_job;
 
 /* Per kv head: smoothed, quantised K and the mean key. */
@@ -636,7 +636,7 @@ static void lowbit_block(int64_t item, void *ud, int thread)
     const lowbit_job *j = ud;
     const sl_score_lowbit_params *p = j->a->params;
     const sl__attn_dims *dm = &j->dm;
-    int64_t h = item / j->nqb, r = item % j->nqb, d = dm->d;
+    int64_t h = item / j->nqb, r = p->qb0 + item % j->nqb, d = dm->d;
     const float *lse = j->a->in[2].buf ? (const float *)j->a->in[2].data + h * dm->nq : NULL;
     float *out = (float *)j->a->out[0].data + item * j->nkb;
     float *s = j->s + (size_t)thread * LOWBIT_TQ * LOWBIT_KC;

@@ -735,6 +735,29 @@ test("sale: theta 0 is dense; 16-bit selection equals the independent relative w
   monotone("sale", prob, sp{}, {0.9, 0.3, 0.05, 0.004, 0})
 end)
 
+test("sale: the row-block estimate (score.lowbit qb0, qbn) keeps the one-call mask", function()
+  local M = sl.methods.get("sale")
+  local saved = M.ROW_SCORES
+  local ok, err = pcall(function()
+    for _, c in ipairs{{n = 150, causal = true, th = 0.05}, {n = 97, causal = true, th = 0.3, bits = 16},
+                       {n = 130, causal = true, th = 0.004, q_group = 5}} do
+      local prob = problem(c.n, 8, 211 + c.n, c.causal, {std = 1.5})
+      local params = sp{theta = c.th, bits = c.bits or 4, q_group = c.q_group or 16}
+      M.ROW_SCORES = 1 << 30
+      local whole = sl.eval("sale", prob, {params = params})
+      for _, per in ipairs{1, 3 * HQ * ((c.n + 7) // 8)} do   -- 1 and 3 query blocks per call
+        M.ROW_SCORES = per
+        local r = sl.eval("sale", prob, {params = params})
+        H.same(H.mask_arrays(r.mask), H.mask_arrays(whole.mask), string.format("n %d scores/call %d: mask", c.n, per))
+        eq(r.metrics.estimator_flops, whole.metrics.estimator_flops, "estimator FLOPs")
+        eq(H.max_diff(r.o, whole.o), 0, "o")
+      end
+    end
+  end)
+  M.ROW_SCORES = saved
+  if not ok then error(err, 0) end
+end)
+
 test("sale: per-head theta from a config (0 = dense head); calibrate returns per-head thresholds", function()
   local n = 128
   local prob, t = problem(n, 8, 201, true, {std = 1.5})
