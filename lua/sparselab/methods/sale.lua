@@ -80,7 +80,8 @@ local function estimate(prob, p)
   end
   local lmask = from_keep(lk, prob, p)
   local largs = {backend = be}
-  local _, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, lmask, largs)
+  local lo, lse = sl.attn.block_sparse(prob.q, prob.k, prob.v, lmask, largs)
+  lo:close() -- only the local pass's lse is read (its o is the size of q: freed now, not at the next GC)
   local local_flops = sl.op_flops("attn.block_sparse", prob.q, prob.k, prob.v, lmask, largs)
   local sargs = {lse = lse, bq = p.bq, bk = p.bk, bits = p.bits, q_group = p.q_group, k_group = p.k_group,
     smooth_k = p.smooth_k, causal = prob.causal and 1 or 0, backend = be}
