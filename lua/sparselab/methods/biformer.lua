@@ -173,7 +173,7 @@ M = {
   checks = {"topk = all regions equals dense", "one routing for every head", "gathered = masked dense"},
   mask = function(prob, p) return (estimate(prob, p)) end,
   run = E.block_run(estimate),
-  ROW_SCORES = 1 << 20, -- pooled region scores per score.pooled call (a test sets it small)
+  ROW_SCORES = 1 << 18, -- pooled region scores per score.pooled call (a test sets it small)
 }
 
 return M

@@ -165,7 +165,7 @@ local function oracle_scores(prob, p, args_only)
 end
 
 -- score.exact entries per call of the oracle's row blocks (a test sets it small)
-local LIMITS = {ROW_SCORES = 1 << 20}
+local LIMITS = {ROW_SCORES = 1 << 18}
 
 local function estimate(prob, p)
   local b = square(p)
