@@ -38,6 +38,8 @@
 -- Unknowns chosen: region = 64 tokens and topk = 4 (BiFormer-T stage 2) for
 -- sequences; scale 1/sqrt(head_dim·heads) (qk_dim^{-1/2} over the
 -- concatenated channels).
+-- Memory (issue 19): score.pooled runs on row blocks of regions and the
+-- routing is kept as i32 lists (n·topk), so nothing is n² at any n.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 

@@ -32,6 +32,10 @@
 -- config θ = 0.004 for every head (the README example). The local pass is
 -- computed twice in this emulation (once for L, once inside the union) but
 -- counted once, in the executor's FLOPs (stats.local_flops says its share).
+-- Memory (issue 19): the estimate runs in row blocks of query blocks
+-- (score.lowbit's qb0, qbn: the same numbers as one call); what stays n² is
+-- the u8 block keep (n²/2048 bytes per head) and the block mask itself (one
+-- i32 per kept 64 x 32 block).
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 
