@@ -557,9 +557,11 @@ sl_status sl__cpu_score_anchor(const sl__kargs *a)
 static void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, float *out)
 {
     if (bits >= 16) {
-        memcpy(out, x, sizeof *x * (size_t)(rows * d));
+        if (out != x)
+            memcpy(out, x, sizeof *x * (size_t)(rows * d));
         return;
     }
+    /* in place (out == x) is fine: a group's max is read before its values are written */
     const float qmax = (float)((1 << (bits - 1)) - 1);
     for (int64_t g0 = 0; g0 < rows; g0 += group) {
         int64_t n = (g0 + group < rows ? group : rows - g0) * d;
@@ -596,7 +598,7 @@ static void lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, fl
 typedef struct lowbit_job {
     const sl__kargs *a;
     sl__attn_dims dm;
-    float *qq, *kq, *ks, *mean, *corr, *s; /* s: LOWBIT_TQ x LOWBIT_KC floats per thread */
+    float *qq, *kq, *mean, *corr, *s; /* s: LOWBIT_TQ x LOWBIT_KC floats per thread */
     int64_t nqb, nkb; /* nqb: the output's query blocks, from query block qb0 */
     int64_t g0, nr;   /* qq and corr hold rows [g0, g0 + nr): the q groups meeting those blocks */
 } lowbit_job;
@@ -609,8 +611,9 @@ static void lowbit_k(int64_t h, void *ud, int thread)
     const sl_score_lowbit_params *p = j->a->params;
     int64_t nk = j->dm.nk, d = j->dm.d;
     const float *k = (const float *)j->a->in[1].data + h * nk * d;
-    lowbit_prepare(k, nk, d, (int)p->smooth_k, j->ks + h * nk * d, j->mean + h * d);
-    lowbit_quantise(j->ks + h * nk * d, nk, d, p->k_group, (int)p->bits, j->kq + h * nk * d);
+    /* smoothed into kq, then quantised in place (no second K-sized buffer) */
+    lowbit_prepare(k, nk, d, (int)p->smooth_k, j->kq + h * nk * d, j->mean + h * d);
+    lowbit_quantise(j->kq + h * nk * d, nk, d, p->k_group, (int)p->bits, j->kq + h * nk * d);
 }
 
 /* Per query head: quantised Q and the exact correction q . mean_k. */
@@ -680,7 +683,7 @@ static void lowbit_block(int64_t item, void *ud, int thread)
 sl_status sl__cpu_score_lowbit(const sl__kargs *a)
 {
     const sl_score_lowbit_params *p = a->params;
-    lowbit_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), NULL, NULL, NULL, NULL, NULL, NULL,
+    lowbit_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), NULL, NULL, NULL, NULL, NULL,
                     a->out[0].shape[1], a->out[0].shape[2], 0, 0};
     const sl__attn_dims *dm = &j.dm;
     int nt = sl_ctx_threads(a->ctx);
@@ -692,11 +695,11 @@ sl_status sl__cpu_score_lowbit(const sl__kargs *a)
     if (j.nr < 0)
         j.nr = 0;
     size_t nqf = (size_t)(dm->hq * j.nr * dm->d), nkf = (size_t)(dm->hkv * dm->nk * dm->d);
-    size_t sz[6] = {nqf, nkf, nkf, (size_t)(dm->hkv * dm->d), (size_t)(dm->hq * j.nr),
+    size_t sz[5] = {nqf, nkf, (size_t)(dm->hkv * dm->d), (size_t)(dm->hq * j.nr),
                     (size_t)LOWBIT_TQ * LOWBIT_KC * (size_t)(nt > 0 ? nt : 1)};
-    float **ptr[6] = {&j.qq, &j.kq, &j.ks, &j.mean, &j.corr, &j.s};
+    float **ptr[5] = {&j.qq, &j.kq, &j.mean, &j.corr, &j.s};
     sl_status s = SL_OK;
-    for (int i = 0; i < 6 && s == SL_OK; i++)
+    for (int i = 0; i < 5 && s == SL_OK; i++)
         if (!(*ptr[i] = sl_ctx_alloc(a->ctx, sizeof(float) * (sz[i] ? sz[i] : 1))))
             s = sl_ctx_fail(a->ctx, SL_ENOMEM, "score.lowbit[cpu]: out of memory for %zu bytes", sizeof(float) * sz[i]);
     if (s == SL_OK)
@@ -705,7 +708,7 @@ sl_status sl__cpu_score_lowbit(const sl__kargs *a)
         s = sl__cpu_parallel(a->ctx, dm->hq, lowbit_q, &j);
     if (s == SL_OK)
         s = sl__cpu_parallel(a->ctx, dm->hq * j.nqb, lowbit_block, &j);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 5; i++)
         if (*ptr[i])
             sl_ctx_dealloc(a->ctx, *ptr[i], sizeof(float) * (sz[i] ? sz[i] : 1));
     return s;
