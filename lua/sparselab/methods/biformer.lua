@@ -125,7 +125,9 @@ local function estimate(prob, p)
     local keep = sl.zeros({1, r1 - r0, cols}, "u8")
     for r = r0 + 1, r1 do
       local vis = math.min(cols, (perm and nkb) or E.visible(prob, r - 1, R, R, nkb))
-      local s = st:narrow(2, r - r0, 1):totable()
+      local view = st:narrow(2, r - r0, 1)
+      local s = view:totable()
+      view:close() -- a view holds st's buffer until collected
       local a = {}
       for c = 1, vis do
         local x = 0

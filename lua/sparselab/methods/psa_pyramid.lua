@@ -191,7 +191,9 @@ local function importance_rows(prob, p, each)
     local qr = (I0 == 0 and I1 == nqb) and qg or qg:narrow(2, I0 * sr + 1, (I1 - I0) * sr)
     local t = score.exact(qr, kg, {bq = sr, bk = sk, reduce = 1, causal = false, backend = prob.backend})
     for h = 1, qs[1] do
-      local th = t:narrow(1, h, 1):totable()[1]
+      local view = t:narrow(1, h, 1)
+      local th = view:totable()[1]
+      view:close() -- a view holds t's buffer until collected
       for I = I0 + 1, I1 do each(h, I, th[I - I0]) end
     end
     t:close()

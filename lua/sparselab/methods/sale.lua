@@ -109,7 +109,9 @@ local function estimate(prob, p)
     local relt = sl.score.lowbit(prob.q, prob.k, sargs)
     for r = r0, r0 + rn - 1 do
       local lr = local_row(prob, p, r, nkb)
-      local rel = relt:narrow(2, r - r0 + 1, 1):totable()
+      local view = relt:narrow(2, r - r0 + 1, 1)
+      local rel = view:totable()
+      view:close() -- a view holds relt's buffer until collected: closed now, so relt:close() frees it
       for h = 1, hq do
         local src, dh, th = rel[h][1], dense[h], lt[h]
         for c = 1, nkb do

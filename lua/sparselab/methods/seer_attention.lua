@@ -182,7 +182,9 @@ local function estimate(prob, p)
   local function select_rows(G, r0, rows)
     local cols = G:shape()[3]
     for h = 1, hq do
-      local Gh = E.heads(G:narrow(1, h, 1))[1]
+      local view = G:narrow(1, h, 1)
+      local Gh = view:numel() <= 1000000 and view:totable()[1] or E.heads(view)[1]
+      view:close() -- a view holds G's buffer until collected
       for r = r0 + 1, r0 + rows do
         local vis = math.min(cols, E.visible(prob, r - 1, b, b, nkb))
         local x = Gh[r - r0]
