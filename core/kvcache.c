@@ -365,7 +365,8 @@ static void store_token(sl_kvcache *c, int64_t h, int64_t t, const float *kx, co
         meta_from_codes(c, h, pg, off + 1);
 }
 
-sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits)
+/* The checks of sl_kvcache_set_quant (nothing changed). */
+static sl_status quant_check(sl_ctx *ctx, const sl_kvcache *c, int kbits, int vbits)
 {
     if ((kbits != 0 && kbits != 4 && kbits != 8) || (vbits != 0 && vbits != 4 && vbits != 8) || (!kbits && vbits))
         return sl_ctx_fail(ctx, SL_EARG,
@@ -377,22 +378,12 @@ sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits)
     if (c->bits && kbits)
         return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant: the cache keeps a %d-bit copy of K (sl_kvcache_set_bits); "
                            "quantised pages replace K instead", c->bits);
-    size_t open = sizeof(float) * (size_t)(c->h * c->page * c->d);
-    for (int side = 0; side < 2; side++) {
-        float **st = side ? &c->vst : &c->kst;
-        int want = side ? vbits : kbits;
-        if (*st && !want) {
-            sl_ctx_dealloc(ctx, *st, open);
-            *st = NULL;
-        } else if (!*st && want && !(*st = sl_ctx_alloc(ctx, open)))
-            return sl_ctx_fail(ctx, SL_ENOMEM, "sl_kvcache_set_quant: out of memory");
-    }
-    c->kbits = kbits;
-    c->vbits = vbits;
     return SL_OK;
 }
 
-sl_status sl_kvcache_set_quant_zero(sl_ctx *ctx, sl_kvcache *c, int asym)
+/* The checks of sl_kvcache_set_quant_zero against the kbits the cache will
+ * have (nothing changed). */
+static sl_status zero_check(sl_ctx *ctx, const sl_kvcache *c, int asym, int kbits)
 {
     if (asym != 0 && asym != 1)
         return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant_zero: asym = %d; expected 0 or 1", asym);
@@ -400,9 +391,63 @@ sl_status sl_kvcache_set_quant_zero(sl_ctx *ctx, sl_kvcache *c, int asym)
         return sl_ctx_fail(ctx, SL_EARG,
                            "sl_kvcache_set_quant_zero: the cache already holds %lld tokens; set it before the first append",
                            (long long)c->len);
-    if (asym && !c->kbits)
+    if (asym && !kbits)
         return sl_ctx_fail(ctx, SL_EARG, "sl_kvcache_set_quant_zero: the cache keeps f32 K; zero points go with "
                            "quantised pages (sl_kvcache_set_quant first)");
+    return SL_OK;
+}
+
+/* Checked kbits, vbits: the open-page buffers every side needs are
+ * allocated first (on failure the ones just allocated are freed and the
+ * cache is unchanged), then the unneeded ones freed and the widths set. */
+static sl_status quant_apply(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits)
+{
+    size_t open = sizeof(float) * (size_t)(c->h * c->page * c->d);
+    float *fresh[2] = {NULL, NULL};
+    for (int side = 0; side < 2; side++) {
+        float *st = side ? c->vst : c->kst;
+        int want = side ? vbits : kbits;
+        if (!st && want && !(fresh[side] = sl_ctx_alloc(ctx, open))) {
+            if (fresh[0])
+                sl_ctx_dealloc(ctx, fresh[0], open);
+            return sl_ctx_fail(ctx, SL_ENOMEM, "sl_kvcache_set_quant: out of memory");
+        }
+    }
+    for (int side = 0; side < 2; side++) {
+        float **st = side ? &c->vst : &c->kst;
+        int want = side ? vbits : kbits;
+        if (*st && !want) {
+            sl_ctx_dealloc(ctx, *st, open);
+            *st = NULL;
+        } else if (fresh[side])
+            *st = fresh[side];
+    }
+    c->kbits = kbits;
+    c->vbits = vbits;
+    return SL_OK;
+}
+
+sl_status sl_kvcache_set_quant(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits)
+{
+    sl_status s = quant_check(ctx, c, kbits, vbits);
+    return s ? s : quant_apply(ctx, c, kbits, vbits);
+}
+
+sl_status sl_kvcache_set_quant_zero(sl_ctx *ctx, sl_kvcache *c, int asym)
+{
+    sl_status s = zero_check(ctx, c, asym, c->kbits);
+    if (s)
+        return s;
+    c->asym = asym;
+    return SL_OK;
+}
+
+sl_status sl_kvcache_set_quant_all(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits, int asym)
+{
+    sl_status s;
+    if ((s = quant_check(ctx, c, kbits, vbits)) || (s = zero_check(ctx, c, asym, kbits)) ||
+        (s = quant_apply(ctx, c, kbits, vbits)))
+        return s;
     c->asym = asym;
     return SL_OK;
 }

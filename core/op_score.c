@@ -80,9 +80,13 @@ static sl_status score_infer(sl_ctx *ctx, const sl_op_info *info, const void *pa
                 return sl_ctx_fail(ctx, SL_ESHAPE, "%s: opt.lse must be float [%lld, %lld], found %s", info->name,
                                    (long long)in[0].shape[0], (long long)in[0].shape[1], desc);
         }
+        int64_t nqb = (in[0].shape[1] + p->bq - 1) / p->bq;
+        if ((p->qb0 > 0 && p->qb0 >= nqb) || (p->qbn > 0 && p->qb0 + p->qbn > nqb))
+            return sl_ctx_fail(ctx, SL_EARG, "%s: query blocks qb0 = %lld, qbn = %lld must lie in the %lld query blocks",
+                               info->name, (long long)p->qb0, (long long)p->qbn, (long long)nqb);
         out_ndim[0] = 3;
         out_shape[0][0] = in[0].shape[0];
-        out_shape[0][1] = (in[0].shape[1] + p->bq - 1) / p->bq;
+        out_shape[0][1] = p->qbn > 0 ? p->qbn : nqb - p->qb0;
         out_shape[0][2] = (in[1].shape[1] + p->bk - 1) / p->bk;
         return SL_OK;
     }
@@ -209,6 +213,15 @@ static double score_flops(const sl_op_info *info, const void *params, const sl_t
          * like attention's QK half: 2·d per pair (at b bits, not f32) */
         const sl_score_lowbit_params *p = params;
         sl__attn_dims d = sl__attn_dims_of(&in[0], &in[1], 0);
+        if (p && (p->qb0 > 0 || p->qbn > 0)) {
+            /* the rows of query blocks [qb0, qb0 + qbn) only */
+            int64_t nqb = sl__ceil_div(d.nq, p->bq), r1 = p->qbn > 0 ? p->qb0 + p->qbn : nqb;
+            double i0 = (double)(p->qb0 * p->bq), i1 = (double)(r1 * p->bq < d.nq ? r1 * p->bq : d.nq);
+            double rows = i1 > i0 ? i1 - i0 : 0;
+            double pairs = p->causal ? rows * (double)d.offset + (i1 * (i1 + 1) - i0 * (i0 + 1)) / 2.0
+                                     : rows * (double)d.nk;
+            return 2.0 * (double)d.d * pairs * (double)d.hq;
+        }
         double pairs = p && p->causal ? (double)d.nq * (double)d.offset + (double)d.nq * (double)(d.nq + 1) / 2.0
                                       : (double)d.nq * (double)d.nk;
         return 2.0 * (double)d.d * pairs * (double)d.hq;

@@ -599,7 +599,12 @@ void sl_correct_delta_layout(int64_t n, int64_t gamma, int64_t tail, int64_t *s_
  * (i, j) (causal: j <= i + Nk - Nq) of s_ij - lse_i (lse left out: of s_ij);
  * rows whose lse is -inf are skipped; -inf where no pair is left. SALE keeps
  * a block iff that max > log(theta): the "relative attention score" exp(s -
- * m) / l > theta with lse = m + log l of the always-kept region.
+ * m) / l > theta with lse = m + log l of the always-kept region. Params qb0,
+ * qbn (issue 19) compute query blocks [qb0, qb0 + qbn) only (qbn = 0: to the
+ * last): output [Hq, qbn, nkb], equal to those rows of the whole output (the
+ * mean key, the quantisation groups and the causal rule stay those of the
+ * whole q and k), so an estimate can run in row blocks; qb0 and qb0 + qbn
+ * outside the ceil(Nq/bq) blocks is SL_EARG.
  *
  * attn.bucket (SCFA hash-sparse and HSR threshold attention): inputs q, k, v
  * as attn.dense, opt.qb i32 [Hq, Nq] and opt.kb i32 [Hq, Nk] (bucket ids >= 0
@@ -1031,6 +1036,11 @@ int sl_kvcache_quant(const sl_kvcache *c, int *vbits);
  * "kzeros" / "vzeros" (f32 [H, capacity/P, D]) go to page.attend_q as
  * opt.kzero / opt.vzero. asym 0 returns to symmetric codes. */
 sl_status sl_kvcache_set_quant_zero(sl_ctx *ctx, sl_kvcache *c, int asym);
+/* sl_kvcache_set_quant and sl_kvcache_set_quant_zero as one step, all or
+ * nothing (issue 13 review): every check of both (asym against the new
+ * kbits) before anything changes; on any error (SL_EARG, SL_ENOMEM) the
+ * cache keeps its widths, zero points and buffers. Lua's c:set_quant. */
+sl_status sl_kvcache_set_quant_all(sl_ctx *ctx, sl_kvcache *c, int kbits, int vbits, int asym);
 int sl_kvcache_quant_zero(const sl_kvcache *c);
 /* Frees the capacity past the last page in use (after an eviction: the
  * resident bytes drop with the tokens); contents unchanged. */

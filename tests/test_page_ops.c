@@ -977,6 +977,42 @@ END_TEST
  * over the dequantised keys (so Quest's bound holds for what attention
  * reads); page.attend_q over the codes equals page.attend over the
  * dequantised copies; and the cache holds fewer bytes than an f32 one. */
+/* sl_kvcache_set_quant_all (Lua's c:set_quant) is all or nothing: under an
+ * allocation failure at each allocation in turn, and with a bad zero
+ * argument, the cache keeps its widths and zero points (issue 13 review),
+ * leaks nothing, and still takes the setting afterwards. */
+START_TEST(test_kvcache_set_quant_all_atomic)
+{
+    const int from[][3] = {{0, 0, 0}, {8, 0, 0}, {4, 4, 1}};
+    const int to[][3] = {{8, 8, 1}, {8, 8, 0}, {8, 0, 1}};
+    for (int x = 0; x < 3; x++)
+        for (long fail = 1; fail < 4; fail++) {
+            tu_alloc al;
+            sl_ctx *ctx = tu_ctx(&al);
+            sl_kvcache *c;
+            ck_assert_int_eq(sl_kvcache_new(ctx, 2, 5, 4, &c), SL_OK);
+            ck_assert_int_eq(sl_kvcache_set_quant_all(ctx, c, from[x][0], from[x][1], from[x][2]), SL_OK);
+            al.fail_at = al.calls + fail;
+            sl_status s = sl_kvcache_set_quant_all(ctx, c, to[x][0], to[x][1], to[x][2]);
+            al.fail_at = 0;
+            const int *want = s == SL_OK ? to[x] : from[x];
+            ck_assert_msg(s == SL_OK || s == SL_ENOMEM, "case %d fail %ld: %s", x, fail, sl_ctx_error(ctx));
+            int vb = -1, kb = sl_kvcache_quant(c, &vb);
+            ck_assert_msg(kb == want[0] && vb == want[1] && sl_kvcache_quant_zero(c) == want[2],
+                          "case %d fail %ld (status %d): widths %d/%d zero %d, expected %d/%d zero %d", x, fail, s, kb,
+                          vb, sl_kvcache_quant_zero(c), want[0], want[1], want[2]);
+            /* a bad zero argument changes nothing either */
+            ck_assert_int_eq(sl_kvcache_set_quant_all(ctx, c, 4, 4, 2), SL_EARG);
+            ck_assert_int_eq(sl_kvcache_set_quant_all(ctx, c, 0, 0, 1), SL_EARG);
+            kb = sl_kvcache_quant(c, &vb);
+            ck_assert(kb == want[0] && vb == want[1] && sl_kvcache_quant_zero(c) == want[2]);
+            ck_assert_int_eq(sl_kvcache_set_quant_all(ctx, c, to[x][0], to[x][1], to[x][2]), SL_OK);
+            sl_kvcache_free(c);
+            tu_ctx_done(ctx, &al);
+        }
+}
+END_TEST
+
 START_TEST(test_kvcache_quant)
 {
     tu_alloc al;
@@ -1248,6 +1284,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_page_qscores);
     tcase_add_test(tc, test_page_attend_q);
     tcase_add_test(tc, test_kvcache_quant);
+    tcase_add_test(tc, test_kvcache_set_quant_all_atomic);
     tcase_add_test(tc, test_kvcache_shrink);
 }
 

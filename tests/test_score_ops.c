@@ -717,6 +717,82 @@ START_TEST(test_stripe_alloc_failures_leak_nothing)
 }
 END_TEST
 
+/* Row blocks (issue 19): qb0, qbn give exactly those rows of the whole
+ * output on every backend (the mean key, the quantisation groups, here 5
+ * rows against 16-row blocks, and the causal rule stay the whole problem's),
+ * every backend's row range matches ref's, the FLOPs of a partition into row
+ * ranges add up to the whole call's, and a range outside the blocks is
+ * refused. */
+START_TEST(test_score_lowbit_row_blocks)
+{
+    const shape_case *c = &CASES[_i];
+    tu_alloc al;
+    sl_ctx *ctx = tu_ctx(&al);
+    sl_rng rng;
+    sl_rng_seed(&rng, 6700 + (uint64_t)_i);
+    sl_tensor in[3] = {tu_randn(ctx, &rng, c->hq, c->nq, c->d, 1), tu_randn(ctx, &rng, c->hkv, c->nk, c->d, 1), {0}};
+    float *kx = in[1].data;
+    for (int64_t i = 0; i < sl_tensor_numel(&in[1]); i++)
+        kx[i] += 0.5f;
+    sl_attn_params ap = {.causal = c->causal, .scale = 0};
+    sl_tensor dense[2];
+    ck_assert_int_eq(sl_attn_dense(ctx, SL_BACKEND_REF, &ap, &in[0], &in[1], &in[1], &dense[0], &dense[1]), SL_OK);
+    in[2] = dense[1];
+    sl_score_lowbit_params p = {.bq = 16, .bk = 8, .bits = 4, .q_group = 5, .k_group = 8, .smooth_k = 1,
+                                .causal = c->causal, .scale = 0};
+    int64_t nqb = (c->nq + 15) / 16, nkb = (c->nk + 7) / 8;
+    sl_backend_id bs[SL_BACKEND__COUNT + 1];
+    bs[0] = SL_BACKEND_REF;
+    int nb = 1 + other_backends(bs + 1);
+    const int64_t ranges[][2] = {{0, 1}, {nqb - 1, 0}, {nqb / 2, 0}, {nqb > 2 ? 1 : 0, nqb > 2 ? nqb - 2 : 1}, {0, 0}};
+    for (int b = 0; b < nb; b++) {
+        sl_tensor whole[1];
+        sl_status s = sl_op_run(ctx, bs[b], SL_OP_SCORE_LOWBIT, &p, in, whole);
+        if (s == SL_EUNSUPPORTED && bs[b] != SL_BACKEND_CPU && bs[b] != SL_BACKEND_REF)
+            continue;
+        ck_assert_msg(s == SL_OK, "%s: %s", sl_backend_name(bs[b]), sl_ctx_error(ctx));
+        for (size_t r = 0; r < sizeof ranges / sizeof ranges[0]; r++) {
+            sl_score_lowbit_params pr = p;
+            pr.qb0 = ranges[r][0], pr.qbn = ranges[r][1];
+            int64_t rows = pr.qbn ? pr.qbn : nqb - pr.qb0;
+            char what[128];
+            snprintf(what, sizeof what, "score.lowbit rows case %d qb0 %lld qbn %lld on %s", _i, (long long)pr.qb0,
+                     (long long)pr.qbn, sl_backend_name(bs[b]));
+            if (b == 0)
+                check_op_vs_ref(ctx, SL_OP_SCORE_LOWBIT, &pr, in, 2e-5, what);
+            sl_tensor part = run_op1(ctx, bs[b], SL_OP_SCORE_LOWBIT, &pr, in);
+            ck_assert_msg(part.shape[0] == c->hq && part.shape[1] == rows && part.shape[2] == nkb, "%s: shape", what);
+            for (int64_t h = 0; h < c->hq; h++)
+                for (int64_t x = 0; x < rows * nkb; x++) {
+                    float got = ((const float *)part.data)[h * rows * nkb + x];
+                    float want = ((const float *)whole[0].data)[(h * nqb + pr.qb0) * nkb + x];
+                    ck_assert_msg(got == want || (isinf(got) && isinf(want) && got < 0 && want < 0),
+                                  "%s: head %lld entry %lld is %g, the whole output's row has %g", what, (long long)h,
+                                  (long long)x, got, want);
+                }
+            sl_tensor_release(&part);
+        }
+        sl_tensor_release(&whole[0]);
+    }
+    /* FLOPs: row ranges of one query block each add up to the whole call */
+    double whole_f = sl_op_flops(SL_OP_SCORE_LOWBIT, &p, in), sum = 0;
+    for (int64_t r = 0; r < nqb; r++) {
+        sl_score_lowbit_params pr = p;
+        pr.qb0 = r, pr.qbn = 1;
+        sum += sl_op_flops(SL_OP_SCORE_LOWBIT, &pr, in);
+    }
+    ck_assert_msg(fabs(sum - whole_f) <= 1e-9 * whole_f, "case %d: row-range FLOPs %g, whole %g", _i, sum, whole_f);
+    sl_score_lowbit_params bad = p;
+    bad.qb0 = nqb;
+    expect_fail(ctx, SL_OP_SCORE_LOWBIT, &bad, in, SL_EARG, "query blocks");
+    bad.qb0 = 0, bad.qbn = nqb + 1;
+    expect_fail(ctx, SL_OP_SCORE_LOWBIT, &bad, in, SL_EARG, "query blocks");
+    release_n(in, 2);
+    release_n(dense, 2);
+    tu_ctx_done(ctx, &al);
+}
+END_TEST
+
 /* score.lowbit: q/k head_dim mismatch, NaN in k, lse of the wrong shape;
  * score.hash: rotation heads not a multiple, wrong channel count. */
 START_TEST(test_lowbit_hash_validation)
@@ -804,6 +880,7 @@ static void add_tests(TCase *tc)
     tcase_add_test(tc, test_pooled_flops_small);
     tcase_add_loop_test(tc, test_score_lowbit, 0, N_CASES);
     tcase_add_test(tc, test_score_lowbit_tiny_groups);
+    tcase_add_loop_test(tc, test_score_lowbit_row_blocks, 0, N_CASES);
     tcase_add_test(tc, test_score_lowbit_oracle_is_log_probability);
     tcase_add_test(tc, test_score_hash);
     tcase_add_loop_test(tc, test_antidiag_backends, 0, N_CASES);

@@ -561,9 +561,11 @@ sl_status sl__cpu_score_anchor(const sl__kargs *a)
 static void lowbit_quantise(const float *x, int64_t rows, int64_t d, int64_t group, int bits, float *out)
 {
     if (bits >= 16) {
-        memcpy(out, x, sizeof *x * (size_t)(rows * d));
+        if (out != x)
+            memcpy(out, x, sizeof *x * (size_t)(rows * d));
         return;
     }
+    /* in place (out == x) is fine: a group's max is read before its values are written */
     const float qmax = (float)((1 << (bits - 1)) - 1);
     for (int64_t g0 = 0; g0 < rows; g0 += group) {
         int64_t n = (g0 + group < rows ? group : rows - g0) * d;
@@ -600,8 +602,9 @@ static void lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, fl
 typedef struct lowbit_job {
     const sl__kargs *a;
     sl__attn_dims dm;
-    float *qq, *kq, *ks, *mean, *corr, *s; /* s: LOWBIT_TQ x LOWBIT_KC floats per thread */
-    int64_t nqb, nkb;
+    float *qq, *kq, *mean, *corr, *s; /* s: LOWBIT_TQ x LOWBIT_KC floats per thread */
+    int64_t nqb, nkb; /* nqb: the output's query blocks, from query block qb0 */
+    int64_t g0, nr;   /* qq and corr hold rows [g0, g0 + nr): the q groups meeting those blocks */
 } lowbit_job;
 
 /* Per kv head: smoothed, quantised K and the mean key. */
@@ -612,8 +615,9 @@ static void lowbit_k(int64_t h, void *ud, int thread)
     const sl_score_lowbit_params *p = j->a->params;
     int64_t nk = j->dm.nk, d = j->dm.d;
     const float *k = (const float *)j->a->in[1].data + h * nk * d;
-    lowbit_prepare(k, nk, d, (int)p->smooth_k, j->ks + h * nk * d, j->mean + h * d);
-    lowbit_quantise(j->ks + h * nk * d, nk, d, p->k_group, (int)p->bits, j->kq + h * nk * d);
+    /* smoothed into kq, then quantised in place (no second K-sized buffer) */
+    lowbit_prepare(k, nk, d, (int)p->smooth_k, j->kq + h * nk * d, j->mean + h * d);
+    lowbit_quantise(j->kq + h * nk * d, nk, d, p->k_group, (int)p->bits, j->kq + h * nk * d);
 }
 
 /* Per query head: quantised Q and the exact correction q . mean_k. */
@@ -622,14 +626,15 @@ static void lowbit_q(int64_t h, void *ud, int thread)
     (void)thread;
     const lowbit_job *j = ud;
     const sl_score_lowbit_params *p = j->a->params;
-    int64_t nq = j->dm.nq, d = j->dm.d;
-    const float *q = (const float *)j->a->in[0].data + h * nq * d, *mean = j->mean + (h / j->dm.group) * d;
-    lowbit_quantise(q, nq, d, p->q_group, (int)p->bits, j->qq + h * nq * d);
-    for (int64_t i = 0; i < nq; i++) {
+    int64_t nq = j->dm.nq, d = j->dm.d, nr = j->nr;
+    const float *q = (const float *)j->a->in[0].data + (h * nq + j->g0) * d, *mean = j->mean + (h / j->dm.group) * d;
+    /* g0 is a multiple of q_group: the groups are those of the whole q */
+    lowbit_quantise(q, nr, d, p->q_group, (int)p->bits, j->qq + h * nr * d);
+    for (int64_t i = 0; i < nr; i++) {
         double c = 0;
         for (int64_t t = 0; t < d; t++)
             c += (double)q[i * d + t] * mean[t];
-        j->corr[h * nq + i] = (float)c;
+        j->corr[h * nr + i] = (float)c;
     }
 }
 
@@ -640,7 +645,7 @@ static void lowbit_block(int64_t item, void *ud, int thread)
     const lowbit_job *j = ud;
     const sl_score_lowbit_params *p = j->a->params;
     const sl__attn_dims *dm = &j->dm;
-    int64_t h = item / j->nqb, r = item % j->nqb, d = dm->d;
+    int64_t h = item / j->nqb, r = p->qb0 + item % j->nqb, d = dm->d;
     const float *lse = j->a->in[2].buf ? (const float *)j->a->in[2].data + h * dm->nq : NULL;
     float *out = (float *)j->a->out[0].data + item * j->nkb;
     float *s = j->s + (size_t)thread * LOWBIT_TQ * LOWBIT_KC;
@@ -651,7 +656,7 @@ static void lowbit_block(int64_t item, void *ud, int thread)
     for (int64_t i0 = r * p->bq; i0 < i_end; i0 += LOWBIT_TQ) {
         int64_t rows = i_end - i0 < LOWBIT_TQ ? i_end - i0 : LOWBIT_TQ;
         int64_t kend = p->causal ? dm->offset + i0 + rows : dm->nk;
-        const float *qq = j->qq + (h * dm->nq + i0) * d;
+        const float *qq = j->qq + (h * j->nr + i0 - j->g0) * d;
         for (int64_t k0 = 0; k0 < kend; k0 += LOWBIT_KC) {
             int64_t nc = kend - k0 < LOWBIT_KC ? kend - k0 : LOWBIT_KC;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)nc, (int)d, 1.f, qq, (int)d,
@@ -663,7 +668,7 @@ static void lowbit_block(int64_t item, void *ud, int thread)
                     continue;
                 int64_t lim = p->causal ? dm->offset + i + 1 - k0 : nc;
                 lim = lim < nc ? lim : nc;
-                float corr = j->corr[h * dm->nq + i], sc = (float)dm->scale;
+                float corr = j->corr[h * j->nr + i - j->g0], sc = (float)dm->scale;
                 const float *sr = s + x * LOWBIT_KC;
                 for (int64_t y = 0; y < lim;) {
                     int64_t c = (k0 + y) / p->bk, stop = (c + 1) * p->bk - k0;
@@ -682,16 +687,23 @@ static void lowbit_block(int64_t item, void *ud, int thread)
 sl_status sl__cpu_score_lowbit(const sl__kargs *a)
 {
     const sl_score_lowbit_params *p = a->params;
-    lowbit_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), NULL, NULL, NULL, NULL, NULL, NULL,
-                    a->out[0].shape[1], a->out[0].shape[2]};
+    lowbit_job j = {a, sl__attn_dims_of(&a->in[0], &a->in[1], p->scale), NULL, NULL, NULL, NULL, NULL,
+                    a->out[0].shape[1], a->out[0].shape[2], 0, 0};
     const sl__attn_dims *dm = &j.dm;
     int nt = sl_ctx_threads(a->ctx);
-    size_t nqf = (size_t)(dm->hq * dm->nq * dm->d), nkf = (size_t)(dm->hkv * dm->nk * dm->d);
-    size_t sz[6] = {nqf, nkf, nkf, (size_t)(dm->hkv * dm->d), (size_t)(dm->hq * dm->nq),
+    /* only the q groups that meet query blocks [qb0, qb0 + nqb) are quantised (issue 19: row blocks) */
+    int64_t i0 = p->qb0 * p->bq, i1 = (p->qb0 + j.nqb) * p->bq < dm->nq ? (p->qb0 + j.nqb) * p->bq : dm->nq;
+    j.g0 = i0 / p->q_group * p->q_group;
+    int64_t g1 = (i1 + p->q_group - 1) / p->q_group * p->q_group;
+    j.nr = (g1 < dm->nq ? g1 : dm->nq) - j.g0;
+    if (j.nr < 0)
+        j.nr = 0;
+    size_t nqf = (size_t)(dm->hq * j.nr * dm->d), nkf = (size_t)(dm->hkv * dm->nk * dm->d);
+    size_t sz[5] = {nqf, nkf, (size_t)(dm->hkv * dm->d), (size_t)(dm->hq * j.nr),
                     (size_t)LOWBIT_TQ * LOWBIT_KC * (size_t)(nt > 0 ? nt : 1)};
-    float **ptr[6] = {&j.qq, &j.kq, &j.ks, &j.mean, &j.corr, &j.s};
+    float **ptr[5] = {&j.qq, &j.kq, &j.mean, &j.corr, &j.s};
     sl_status s = SL_OK;
-    for (int i = 0; i < 6 && s == SL_OK; i++)
+    for (int i = 0; i < 5 && s == SL_OK; i++)
         if (!(*ptr[i] = sl_ctx_alloc(a->ctx, sizeof(float) * (sz[i] ? sz[i] : 1))))
             s = sl_ctx_fail(a->ctx, SL_ENOMEM, "score.lowbit[cpu]: out of memory for %zu bytes", sizeof(float) * sz[i]);
     if (s == SL_OK)
@@ -700,7 +712,7 @@ sl_status sl__cpu_score_lowbit(const sl__kargs *a)
         s = sl__cpu_parallel(a->ctx, dm->hq, lowbit_q, &j);
     if (s == SL_OK)
         s = sl__cpu_parallel(a->ctx, dm->hq * j.nqb, lowbit_block, &j);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 5; i++)
         if (*ptr[i])
             sl_ctx_dealloc(a->ctx, *ptr[i], sizeof(float) * (sz[i] ? sz[i] : 1));
     return s;

@@ -379,10 +379,11 @@ void lowbit_prepare(const float *k, int64_t nk, int64_t d, int smooth, float *ks
 
 __global__ void lowbit_kernel(const float *qq, const float *kq, const float *corr, const float *lse, float *out,
                               int hq, int group, int nq, int nk, int d, int bq, int bk, int causal, float scale,
-                              int nqb, int nkb)
+                              int nqb, int nkb, int qb0)
 {
     SL_SHARED(float, red, [128]);
-    int c = blockIdx.x, r = blockIdx.y, h = blockIdx.z, off = nk - nq;
+    // nqb: the output's query blocks, query block qb0 + blockIdx.y
+    int c = blockIdx.x, r = qb0 + (int)blockIdx.y, h = blockIdx.z, off = nk - nq;
     const float *K = kq + (size_t)(h / group) * nk * d;
     float best = -INFINITY;
     for (int i = r * bq + threadIdx.x; i < min((r + 1) * bq, nq); i += blockDim.x) {
@@ -411,7 +412,7 @@ __global__ void lowbit_kernel(const float *qq, const float *kq, const float *cor
         __syncthreads();
     }
     if (threadIdx.x == 0)
-        out[((size_t)h * nqb + r) * nkb + c] = red[0];
+        out[((size_t)h * nqb + blockIdx.y) * nkb + c] = red[0];
 }
 
 __global__ void hash_kernel(const float *x, const float *rot, int32_t *out, int hx, int hr, int n, int d, int m)
@@ -649,7 +650,8 @@ sl_status sl__cuda_score_lowbit(const sl__kargs *a)
             SL_LAUNCH(lowbit_kernel, dim3((unsigned)nkb, (unsigned)nqb, (unsigned)dm.hq), 128, 0, 0)(
                 static_cast<const float *>(dq), static_cast<const float *>(dk), static_cast<const float *>(dc),
                 st.input<float>(2), st.output<float>(0), (int)dm.hq, (int)dm.group, (int)dm.nq, (int)dm.nk,
-                (int)dm.d, (int)p->bq, (int)p->bk, (int)p->causal, (float)dm.scale, (int)nqb, (int)nkb);
+                (int)dm.d, (int)p->bq, (int)p->bk, (int)p->causal, (float)dm.scale, (int)nqb, (int)nkb,
+                (int)p->qb0);
             s = sl__cuda_stage_out(&st, cudaGetLastError());
         }
     }

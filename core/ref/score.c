@@ -440,6 +440,8 @@ sl_status sl__ref_score_lowbit(const sl__kargs *a)
         free(qq), free(ks), free(kq), free(mean), free(corr);
         return sl_ctx_fail(a->ctx, SL_ENOMEM, "score.lowbit[ref]: out of memory");
     }
+    /* rows of query blocks [qb0, qb0 + nqb) (nqb: the output's rows) */
+    int64_t i0 = p->qb0 * p->bq, i1 = (p->qb0 + nqb) * p->bq < dm.nq ? (p->qb0 + nqb) * p->bq : dm.nq;
     for (int64_t i = 0; i < dm.hq * nqb * nkb; i++)
         out[i] = -INFINITY;
     for (int64_t h = 0; h < dm.hq; h++) {
@@ -453,7 +455,7 @@ sl_status sl__ref_score_lowbit(const sl__kargs *a)
                 c += (double)qh[i * d + t] * mean[t];
             corr[i] = c;
         }
-        for (int64_t i = 0; i < dm.nq; i++) {
+        for (int64_t i = i0; i < i1; i++) {
             double base = lse ? lse[h * dm.nq + i] : 0.0;
             if (base == -INFINITY)
                 continue;
@@ -463,7 +465,7 @@ sl_status sl__ref_score_lowbit(const sl__kargs *a)
                 for (int64_t t = 0; t < d; t++)
                     dot += (double)qq[i * d + t] * kq[j * d + t];
                 double s = (dot + corr[i]) * dm.scale - base;
-                float *o = &out[(h * nqb + i / p->bq) * nkb + j / p->bk];
+                float *o = &out[(h * nqb + i / p->bq - p->qb0) * nkb + j / p->bk];
                 if ((float)s > *o)
                     *o = (float)s;
             }

@@ -2,6 +2,7 @@
  * as Lua userdata: sl.kvcache_c(heads, head_dim, page) and its methods
  * append (k, v [, pos i32 [H, t]]), evict, len, pages, page_size, heads, head_dim, bytes, tensor,
  * set_bits (a low-bit copy of K), close. The pure-Lua wrapper (sparselab/decode.lua) adds the decode steps. */
+#include <limits.h>
 #include "l_kvcache.h"
 #include "l_tensor.h"
 
@@ -66,7 +67,10 @@ static int c_set_quant(lua_State *L)
     sl_kvcache *c = check_cache(L);
     lua_Integer kb = luaL_checkinteger(L, 2), vb = luaL_optinteger(L, 3, 0), zero = luaL_optinteger(L, 4, 0);
     sl_ctx *ctx = sl__lua_ctx(L)->ctx;
-    if (sl_kvcache_set_quant(ctx, c, (int)kb, (int)vb) || sl_kvcache_set_quant_zero(ctx, c, (int)zero))
+    /* all or nothing: a bad zero argument leaves the bit widths as they were */
+    if (kb < INT_MIN || kb > INT_MAX || vb < INT_MIN || vb > INT_MAX || zero < INT_MIN || zero > INT_MAX)
+        return luaL_error(L, "set_quant: kbits %I, vbits %I, zero %I out of range", kb, vb, zero);
+    if (sl_kvcache_set_quant_all(ctx, c, (int)kb, (int)vb, (int)zero))
         sl__lua_fail(L, ctx);
     return 0;
 }

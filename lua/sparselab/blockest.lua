@@ -58,10 +58,13 @@ function E.heads(t)
         v = {}
         for r0 = 1, rows, step do
           local c = math.min(step, rows - r0 + 1)
-          local part = th:narrow(2, r0, c):totable()[1]
+          local pv = th:narrow(2, r0, c)
+          local part = pv:totable()[1]
+          pv:close()
           for i = 1, c do v[r0 + i - 1] = part[i] end
         end
       end
+      th:close() -- views hold t's buffer until collected (issue 19: a closed t is then freed at once)
       rawset(self, h, v)
       return v
     end,

@@ -2323,4 +2323,27 @@ test("kvcache: asymmetric pages of a channel spanning +-FLT_MAX stay finite (sat
   end
 end)
 
+test("kvcache: set_quant(kb, vb, zero) is all or nothing (a failing zero step leaves the bit widths)", function()
+  -- issue 13 review: the bit widths were set before the zero step was checked, so a bad
+  -- zero argument left the cache half-changed (8-bit pages, symmetric) after the error
+  local c = sl.kvcache_c(2, 4, 4)
+  raises(function() c:set_quant(8, 4, 2) end, "asym = 2; expected 0 or 1", "zero = 2")
+  local kb, vb, z = c:quant()
+  eq(kb, 0, "kbits after the refused call"); eq(vb, 0, "vbits after the refused call"); eq(z, 0, "zero")
+  c:set_quant(8, 8, 1)
+  -- zero points with f32 K: refused before the widths drop to 0 (the old code freed the pages first)
+  raises(function() c:set_quant(0, 0, 1) end, "zero points go with quantised pages", "zero with kbits 0")
+  kb, vb, z = c:quant()
+  eq(kb, 8, "kbits kept"); eq(vb, 8, "vbits kept"); eq(z, 1, "zero kept")
+  raises(function() c:set_quant(4, 4, 1 + (1 << 32)) end, "out of range", "zero past int")
+  kb, vb, z = c:quant()
+  eq(kb, 8, "kbits kept after an out-of-range zero"); eq(z, 1, "zero kept after an out-of-range zero")
+  c:set_quant(4, 0, 0)
+  kb, vb, z = c:quant()
+  eq(kb, 4, "kbits set"); eq(vb, 0, "vbits set"); eq(z, 0, "zero set")
+  -- the cache still works after the refusals
+  c:append(sl.randn({2, 6, 4}, {seed = 91}), sl.randn({2, 6, 4}, {seed = 92}))
+  eq(c:len(), 6, "len after append")
+end)
+
 H.done()

@@ -477,6 +477,35 @@ test("prism: per-head band temperatures and per-band block softmaxes equal a flo
   mask:close()
 end)
 
+test("psa_pyramid: the row-block importance (score.exact on blocks of sampled rows) keeps the one-call levels", function()
+  local m = sl.methods.get("psa_pyramid")
+  local saved = m.ROW_SCORES
+  local ok, err = pcall(function()
+    for _, c in ipairs{{n = 256, causal = true, params = {bq = 32, bk = 16, sample = 4, seed = 5}},
+                       {n = 256, causal = false, params = {bq = 32, bk = 16, sample = 4, seed = 9, mode = "thresholdbound"}},
+                       {n = 192, causal = true, params = {bq = 16, bk = 16, sample = 2, seed = 3, tile_n = 4, format = "lists"}}} do
+      local q, k, v = sl.synthetic{heads = 4, kv_heads = 2, n = c.n, d = 16, seed = 47 + c.n}
+      local prob = sl.problem{q = q, k = k, v = v, causal = c.causal}
+      local p = sl.registry.resolve(m, c.params)
+      m.ROW_SCORES = 1 << 30
+      local _, lv_whole = m.graded_levels(prob, p)
+      local whole = sl.eval("psa_pyramid", prob, {params = c.params})
+      local nkb = c.n // c.params.bk
+      for _, lim in ipairs{1, 3 * 4 * nkb} do   -- 1 and 3 query blocks per call
+        m.ROW_SCORES = lim
+        local what = string.format("n %d causal %s entries/call %d", c.n, tostring(c.causal), lim)
+        local _, lv = m.graded_levels(prob, p)
+        H.same(lv, lv_whole, what .. ": levels")
+        local r = sl.eval("psa_pyramid", prob, {params = c.params})
+        eq(H.max_diff(r.o, whole.o), 0, what .. ": o")
+        eq(r.metrics.density, whole.metrics.density, what .. ": density")
+      end
+    end
+  end)
+  m.ROW_SCORES = saved
+  if not ok then error(err, 0) end
+end)
+
 test("psa_pyramid: sampled block importance and the graded levels equal a float64 re-computation", function()
   local n, bq, bk, hq, hkv, d, smp = 256, 32, 16, 4, 2, 16, 4
   local q, k, v = sl.synthetic{heads = hq, kv_heads = hkv, n = n, d = d, seed = 43}

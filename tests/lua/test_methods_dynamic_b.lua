@@ -560,6 +560,32 @@ local function seer_oracle(t, b)
   return G
 end
 
+-- The row-block estimate (issue 19) against the one-call one: eval `id` with
+-- `set(limit)` at 1 << 30 (one call) and at each of `limits`, masks equal
+-- entry for entry, o identical, estimator FLOPs equal.
+local function rows_equal_one_call(id, cases, set, limits_of)
+  local ok, err = pcall(function()
+    for _, c in ipairs(cases) do
+      local q = sl.randn({HQ, c.nq or c.n, 8}, {seed = c.seed, std = 1.5})
+      local k = sl.randn({HKV, c.n, 8}, {seed = c.seed + 1, std = 1.5})
+      local v = sl.randn({HKV, c.n, 8}, {seed = c.seed + 2})
+      local prob = sl.problem{q = q, k = k, v = v, causal = c.causal}
+      set(1 << 30)
+      local whole = sl.eval(id, prob, {params = c.params})
+      for _, lim in ipairs(limits_of(c)) do
+        set(lim)
+        local r = sl.eval(id, prob, {params = c.params})
+        local what = string.format("%s n %d nq %s causal %s entries/call %d", id, c.n, tostring(c.nq), tostring(c.causal), lim)
+        H.same(H.mask_arrays(r.mask), H.mask_arrays(whole.mask), what .. ": mask")
+        eq(H.max_diff(r.o, whole.o), 0, what .. ": o")
+        eq(r.metrics.estimator_flops, whole.metrics.estimator_flops, what .. ": estimator FLOPs")
+      end
+    end
+  end)
+  set(nil)
+  if not ok then error(err, 0) end
+end
+
 test("seer_attention_oracle: threshold 0 is dense; oracle selection equals independent max-pooled map; last rows dense", function()
   local n, d, b = 150, 8, 16
   local prob, t = problem(n, d, 141, true, {std = 1.5})
@@ -583,6 +609,20 @@ test("seer_attention_oracle: threshold 0 is dense; oracle selection equals indep
     end
   end
   monotone("seer_attention_oracle", prob, {bq = b, bk = b}, {0.5, 0.1, 0.02, 0.005, 0})
+end)
+
+test("seer_attention_oracle: the row-block oracle map keeps the one-call mask", function()
+  local lim = sl.methods.get("seer_attention_oracle").limits
+  local saved = lim.ROW_SCORES
+  local b = 16
+  local function limits_of(c) local nkb = (c.n + b - 1) // b; return {1, 3 * HQ * nkb} end
+  rows_equal_one_call("seer_attention_oracle", {
+    {n = 150, causal = true, seed = 301, params = {bq = b, bk = b, threshold = 0.02}},
+    {n = 150, causal = true, seed = 305, params = {bq = b, bk = b, method = 1, nz_ratio = 0.3}},
+    {n = 160, nq = 64, causal = true, seed = 309, params = {bq = b, bk = b, threshold = 0.01}},   -- offset 96 = 6 blocks
+    {n = 150, nq = 61, causal = true, seed = 313, params = {bq = b, bk = b, threshold = 0.01}},   -- offset 89: one call
+    {n = 120, causal = false, seed = 317, params = {bq = b, bk = b, threshold = 0.02}},
+  }, function(x) lim.ROW_SCORES = x or saved end, limits_of)
 end)
 
 test("seer_attention_oracle: nz_ratio keeps k = int((1 - sqrt(1 - nz)) x n_blocks) blocks per row", function()
@@ -784,6 +824,29 @@ test("sale: theta 0 is dense; 16-bit selection equals the independent relative w
   monotone("sale", prob, sp{}, {0.9, 0.3, 0.05, 0.004, 0})
 end)
 
+test("sale: the row-block estimate (score.lowbit qb0, qbn) keeps the one-call mask", function()
+  local M = sl.methods.get("sale")
+  local saved = M.ROW_SCORES
+  local ok, err = pcall(function()
+    for _, c in ipairs{{n = 150, causal = true, th = 0.05}, {n = 97, causal = true, th = 0.3, bits = 16},
+                       {n = 130, causal = true, th = 0.004, q_group = 5}} do
+      local prob = problem(c.n, 8, 211 + c.n, c.causal, {std = 1.5})
+      local params = sp{theta = c.th, bits = c.bits or 4, q_group = c.q_group or 16}
+      M.ROW_SCORES = 1 << 30
+      local whole = sl.eval("sale", prob, {params = params})
+      for _, per in ipairs{1, 3 * HQ * ((c.n + 7) // 8)} do   -- 1 and 3 query blocks per call
+        M.ROW_SCORES = per
+        local r = sl.eval("sale", prob, {params = params})
+        H.same(H.mask_arrays(r.mask), H.mask_arrays(whole.mask), string.format("n %d scores/call %d: mask", c.n, per))
+        eq(r.metrics.estimator_flops, whole.metrics.estimator_flops, "estimator FLOPs")
+        eq(H.max_diff(r.o, whole.o), 0, "o")
+      end
+    end
+  end)
+  M.ROW_SCORES = saved
+  if not ok then error(err, 0) end
+end)
+
 test("sale: per-head theta from a config (0 = dense head); calibrate returns per-head thresholds", function()
   local n = 128
   local prob, t = problem(n, 8, 201, true, {std = 1.5})
@@ -870,6 +933,21 @@ test("unisparse: c = 1 with tau = 1 is dense; composite selection equals the ind
 end)
 
 -- ---- biformer ----------------------------------------------------------------
+
+test("biformer: the row-block routing (score.pooled on row blocks, i32 lists) keeps the one-call mask", function()
+  local M = sl.methods.get("biformer")
+  local saved = M.ROW_SCORES
+  local R = 16
+  local function limits_of(c) local nkb = (c.n + R - 1) // R; return {1, 3 * HQ * nkb} end
+  rows_equal_one_call("biformer", {
+    {n = 150, causal = true, seed = 401, params = {bq = R, bk = R, topk = 3}},
+    {n = 150, causal = false, seed = 405, params = {bq = R, bk = R, topk = 4}},
+    {n = 160, nq = 64, causal = true, seed = 409, params = {bq = R, bk = R, topk = 2}},
+    {n = 150, nq = 61, causal = true, seed = 413, params = {bq = R, bk = R, topk = 5}},
+    {n = 100, causal = true, seed = 417, params = {bq = R, bk = R, topk = 50}},   -- topk past the region count
+    {n = 256, causal = false, seed = 421, params = {bq = R, bk = R, topk = 3, grid_h = 16, grid_w = 16, n_win = 4}},
+  }, function(x) M.ROW_SCORES = x or saved end, limits_of)
+end)
 
 test("biformer: all regions is dense (non-causal); routing over all heads equals the independent region top-k", function()
   local n, d, R = 128, 8, 16

@@ -38,6 +38,8 @@
 -- Unknowns chosen: region = 64 tokens and topk = 4 (BiFormer-T stage 2) for
 -- sequences; scale 1/sqrt(head_dim·heads) (qk_dim^{-1/2} over the
 -- concatenated channels).
+-- Memory (issue 19): score.pooled runs on row blocks of regions and the
+-- routing is kept as i32 lists (n·topk), so nothing is n² at any n.
 local sl = require "sparselab"
 local E = require "sparselab.blockest"
 
@@ -79,6 +81,8 @@ local function from_keep(keep, prob, R, causal)
   return sl.mask.from_blocks(keep, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = R, bk = R, causal = causal})
 end
 
+local M
+
 local function estimate(prob, p)
   local n = prob.q:shape()[2]
   local perm, R = nil, square(p)
@@ -94,23 +98,49 @@ local function estimate(prob, p)
   local nqb, nkb = E.blocks(prob, R, R)
   local sargs = {bq = R, bk = R, causal = (prob.causal and not perm) and 1 or 0, pool = 0, softmax = 0,
     scale = 1 / math.sqrt(d * hq), backend = prob.backend}
-  -- the pooled scores stay a tensor; one row of region blocks (all heads) is
-  -- read at a time and the keep is a u8 tensor written in place (issue 19:
-  -- the Hq·nqb·nkb scores and the nqb x nkb keep as Lua tables were n²)
-  local st = sl.score.pooled(q, k, sargs)
-  local keep = sl.zeros({1, nqb, nkb}, "u8")
-  for r = 1, nqb do
-    local vis = (perm and nkb) or E.visible(prob, r - 1, R, R, nkb)
-    local s = st:narrow(2, r, 1):totable()
-    local a = {}
-    for c = 1, vis do
-      local x = 0
-      for h = 1, hq do x = x + s[h][1][c] end
-      a[c] = x
+  -- Row blocks (issue 19): score.pooled runs on about ROW_SCORES region scores
+  -- at a time (q rows [r0·R, r1·R) against keys 0 .. the block's last visible
+  -- key when causal: the same causal offset, the same region means), one row of
+  -- region blocks (all heads) is read at a time, and the routed regions go to
+  -- i32 lists [1, nqb, min(topk, nkb)] (sl.mask.block_lists): memory n·topk,
+  -- not the [Hq, nqb, nkb] scores and nqb x nkb keep. A causal problem whose
+  -- offset n_k - n_q is not a multiple of R would cut a key region at the
+  -- prefix's end: it runs in one call.
+  local nq, nk = q:shape()[2], k:shape()[2]
+  local causal = sargs.causal == 1
+  local per = math.max(1, M.ROW_SCORES // math.max(1, hq * nkb))
+  if causal and (nk - nq) % R ~= 0 then per = nqb end
+  local L = math.min(p.topk, nkb)
+  local lists = sl.zeros({1, nqb, L}, "i32")
+  for r0 = 0, nqb - 1, per do
+    local r1 = math.min(nqb, r0 + per)
+    local qr, kr = q, k
+    if r0 > 0 or r1 < nqb then
+      local i0, i1 = r0 * R, math.min(nq, r1 * R)
+      qr = q:narrow(2, i0 + 1, i1 - i0)
+      if causal then kr = k:narrow(2, 1, math.min(nk, i1 + nk - nq)) end
     end
-    local order = E.order_desc(a, vis)
-    for i = 1, math.min(p.topk, vis) do keep:set(1, r, order[i], 1) end
+    local st = sl.score.pooled(qr, kr, sargs)
+    local cols = st:shape()[3]
+    local keep = sl.zeros({1, r1 - r0, cols}, "u8")
+    for r = r0 + 1, r1 do
+      local vis = math.min(cols, (perm and nkb) or E.visible(prob, r - 1, R, R, nkb))
+      local view = st:narrow(2, r - r0, 1)
+      local s = view:totable()
+      view:close() -- a view holds st's buffer until collected
+      local a = {}
+      for c = 1, vis do
+        local x = 0
+        for h = 1, hq do x = x + s[h][1][c] end
+        a[c] = x
+      end
+      local order = E.order_desc(a, vis)
+      for i = 1, math.min(p.topk, vis) do keep:set(1, r - r0, order[i], 1) end
+    end
+    sl.mask.block_lists(keep, L, lists, r0 + 1)
+    st:close(); keep:close()
   end
+  local keep = lists
   local est_flops = sl.op_flops("score.pooled", q, k, sargs) + hq * nqb * nkb
   -- reference_scale: the token attention at the reference's q_pix * qk_dim^{-1/2} (all heads' channels)
   local scale = p.reference_scale and 1 / math.sqrt(d * hq) or nil
@@ -124,7 +154,7 @@ local function estimate(prob, p)
   return m, {estimator_flops = est_flops, scale = scale}
 end
 
-return {
+M = {
   id = "biformer",
   card = "biformer",
   title = "BiFormer: Vision Transformer with Bi-Level Routing Attention",
@@ -147,4 +177,7 @@ return {
   checks = {"topk = all regions equals dense", "one routing for every head", "gathered = masked dense"},
   mask = function(prob, p) return (estimate(prob, p)) end,
   run = E.block_run(estimate),
+  ROW_SCORES = 1 << 18, -- pooled region scores per score.pooled call (a test sets it small)
 }
+
+return M

@@ -175,6 +175,53 @@ function M.importance(prob, p, plain_lua)
   return imp, nqb, nkb
 end
 
+-- Calls each(h, I, row) for every query head h and query block I (row: the
+-- nkb importances of block row I, a Lua list), in the order of row blocks of
+-- query blocks. With score.exact (blocks of whole size) the sampled rows run in
+-- row blocks of about M.ROW_SCORES importances, read one head at a time
+-- (issue 19: [Hq, nqb, nkb] as one Lua table imp[h][I][J] was n²; the sampled
+-- softmax is non-causal, so a block of sampled rows against every sampled key
+-- gives the one-call rows); otherwise (ragged blocks) the tables of
+-- M.importance. Returns nqb, nkb.
+local function importance_rows(prob, p, each)
+  local qs, ks = prob.q:shape(), prob.k:shape()
+  local nq, nk = qs[2], ks[2]
+  local nqb, nkb = (nq + p.bq - 1) // p.bq, (nk + p.bk - 1) // p.bk
+  local score = rawget(sl, "score")
+  if not (score and score.exact and nq % p.bq == 0 and nk % p.bk == 0) then
+    local imp = M.importance(prob, p)
+    for h = 1, qs[1] do
+      for I = 1, nqb do each(h, I, imp[h][I]) end
+    end
+    return nqb, nkb
+  end
+  local sr, sk = math.max(1, p.bq // p.sample), math.max(1, p.bk // p.sample)
+  local ro, ko = sample_offsets(p.bq, sr, p.seed), sample_offsets(p.bk, sk, p.seed + 7)
+  local rows, keys = {}, {}
+  for I = 0, nqb - 1 do
+    for _, o in ipairs(ro) do rows[#rows + 1] = I * p.bq + o end
+  end
+  for J = 0, nkb - 1 do
+    for _, o in ipairs(ko) do keys[#keys + 1] = J * p.bk + o end
+  end
+  local qg, kg = gather_rows(prob.q, rows), gather_rows(prob.k, keys)
+  local per = math.max(1, M.ROW_SCORES // math.max(1, qs[1] * nkb))
+  for I0 = 0, nqb - 1, per do
+    local I1 = math.min(nqb, I0 + per)
+    local qr = (I0 == 0 and I1 == nqb) and qg or qg:narrow(2, I0 * sr + 1, (I1 - I0) * sr)
+    local t = score.exact(qr, kg, {bq = sr, bk = sk, reduce = 1, causal = false, backend = prob.backend})
+    for h = 1, qs[1] do
+      local view = t:narrow(1, h, 1)
+      local th = view:totable()[1]
+      view:close() -- a view holds t's buffer until collected
+      for I = I0 + 1, I1 do each(h, I, th[I - I0]) end
+    end
+    t:close()
+  end
+  qg:close(); kg:close()
+  return nqb, nkb
+end
+
 --- levels u8 [H, nqb, nkb] from a function level(h, I, J) (1-based) -> s.
 function M.levels_tensor(h, nqb, nkb, level)
   local t = {}
@@ -270,24 +317,29 @@ local function similarity_caps(prob, p, nkb)
   return caps
 end
 
-local function graded_levels(prob, p)
-  local imp, nqb, nkb = M.importance(prob, p)
+-- The graded levels: a u8 tensor [Hq, nqb, nkb] written in place row by row
+-- (issue 19: no n² Lua table), plus info.ones (u8, 1 where the level is 1) and
+-- info.seen (the levels > 1 in use); with want_lv also lv[h][I][J] as Lua
+-- tables (tests and the lists format, whose lists are n² by the reference's design).
+local function graded_levels(prob, p, want_lv)
   local qs, ks = prob.q:shape(), prob.k:shape()
   local nq, nk = qs[2], ks[2]
+  local nqb0, nkb0 = (nq + p.bq - 1) // p.bq, (nk + p.bk - 1) // p.bk
   local off = nk - nq
   local causal = prob.causal ~= false
   local r1, r2, r4, r8 = p.r1 * p.scale, p.r2 * p.scale, p.r4 * p.scale, p.r8 * p.scale
   local cap = M.pow2_floor(p.bk)
-  local sim_caps = p.use_sim and similarity_caps(prob, p, nkb) or nil
+  local sim_caps = p.use_sim and similarity_caps(prob, p, nkb0) or nil
   local text_blocks
   if prob.layout and prob.layout.text > 0 and nk == prob.layout.n then
     text_blocks = {}
     for j = 0, nk - 1 do if prob._psa_is_text(j) then text_blocks[j // p.bk + 1] = true end end
   end
-  local lv = {}
-  for h = 1, qs[1] do
-    lv[h] = {}
-    for I = 1, nqb do
+  local levels, ones = sl.zeros({qs[1], nqb0, nkb0}, "u8"), sl.zeros({qs[1], nqb0, nkb0}, "u8")
+  local seen = {}
+  local lv = want_lv and {} or nil
+  local nqb, nkb = importance_rows(prob, p, function(h, I, imp_row)
+      local nkb = nkb0
       local last_pos = off + math.min(I * p.bq, nq) - 1 -- last row's position
       local first_pos = off + (I - 1) * p.bq
       local vis = {}
@@ -295,7 +347,7 @@ local function graded_levels(prob, p)
         if not causal or (J - 1) * p.bk <= last_pos then vis[#vis + 1] = J end
       end
       table.sort(vis, function(a, b)
-        local x, y = imp[h][I][a], imp[h][I][b]
+        local x, y = imp_row[a], imp_row[b]
         if x ~= y then return x > y end
         return a < b
       end)
@@ -305,7 +357,7 @@ local function graded_levels(prob, p)
       if p.mode == "thresholdbound" or p.tile_n > 0 then
         local bounds = {{1, r1}, {2, r1 + r2}, {4, r1 + r2 + r4}, {8, r1 + r2 + r4 + r8}}
         local sv = {}
-        for i, J in ipairs(vis) do sv[i] = imp[h][I][J] end
+        for i, J in ipairs(vis) do sv[i] = imp_row[J] end
         for _, iv in ipairs(M.intervals(n, bounds, p, sv)) do
           for rank = iv[2], iv[3] do row[vis[rank]] = iv[1] > cap and cap or iv[1] end
         end
@@ -328,10 +380,18 @@ local function graded_levels(prob, p)
           if k1 > first_pos and k0 <= last_pos then row[J] = 1 end
         end
       end
-      lv[h][I] = row
-    end
-  end
-  return M.levels_tensor(qs[1], nqb, nkb, function(h, I, J) return lv[h][I][J] end), lv, nqb, nkb
+      for J = 1, nkb do
+        local x = row[J]
+        if x ~= 0 then levels:set(h, I, J, x) end
+        if x == 1 then ones:set(h, I, J, 1) elseif x > 1 then seen[x] = true end
+      end
+      if lv then
+        lv[h] = lv[h] or {}
+        lv[h][I] = row
+      end
+  end)
+  assert(nqb == nqb0 and nkb == nkb0)
+  return levels, lv, nqb, nkb, {ones = ones, seen = seen}
 end
 
 -- ---- the separator-encoded level lists ("newtype", session 3) ----
@@ -474,7 +534,8 @@ M.ops = {"attn.pooled_kv", "perm.apply"}
 M.checks = {"all blocks at level 1: exact dense", "identical keys in a level-s group: same as level 1",
   "level 0: no contribution", "density = Σ level fractions / level", "scale 0 keeps only the forced diagonal blocks"}
 
-M.graded_levels = function(prob, p) return graded_levels(prob, p) end
+M.graded_levels = function(prob, p) return graded_levels(prob, p, true) end
+M.ROW_SCORES = 1 << 18 -- sampled importances per score.exact call (a test sets it small)
 M.sample_offsets = sample_offsets   -- the seeded offsets (tests recompute the importance from them)
 
 function M.schedule(T, warmup, dense_layers)
@@ -520,15 +581,23 @@ run_blocked = function(prob, p)
     prob = setmetatable({_psa_is_text = function(j) return lay:is_text(j) end}, {__index = prob})
   end
   local t0 = sl.time()
-  local levels, lv, nqb, nkb = graded_levels(prob, p)
+  local levels, lv, nqb, nkb, info = graded_levels(prob, p, p.format == "lists")
+  local ones, seen = info.ones, info.seen
   local list_density
   if p.format == "lists" then
     -- the executor format: encode, then the executor's table decoded from the lists
     local lists = M.to_lists(lv, nkb, {tile_n = p.list_align and p.tile_n or 0, bk = p.bk})
     list_density = M.lists_density(lists)
     lv = M.from_lists(lists)
-    levels:close()
+    levels:close(); ones:close()
     levels = M.levels_tensor(prob.q:shape()[1], nqb, nkb, function(h, I, J) return lv[h][I][J] end)
+    ones = M.levels_tensor(prob.q:shape()[1], nqb, nkb, function(h, I, J) return lv[h][I][J] == 1 and 1 or 0 end)
+    seen = {}
+    for h = 1, #lv do
+      for I = 1, nqb do
+        for J = 1, nkb do if lv[h][I][J] > 1 then seen[lv[h][I][J]] = true end end
+      end
+    end
   elseif p.format ~= "levels" then
     sl.fail("psa_pyramid: format must be levels or lists, found '%s'", tostring(p.format))
   end
@@ -540,20 +609,11 @@ run_blocked = function(prob, p)
   -- densities: pooled keys executed (and level-1 keys alone) over causal pairs
   local qs, ks = prob.q:shape(), prob.k:shape()
   local dense = sl.op_flops("attn.dense", prob.q, prob.k, prob.v, {causal = prob.causal ~= false})
-  local ones = M.levels_tensor(qs[1], nqb, nkb, function(h, I, J) return lv[h][I][J] == 1 and 1 or 0 end)
   local f1 = sl.op_flops("attn.pooled_kv", prob.q, prob.k, prob.v, ones, args)
   ones:close()
   -- the pooling's own adds are not pairs: take them out of the density
   local pool = 0
-  local seen = {}
-  for h = 1, qs[1] do
-    for I = 1, nqb do
-      for J = 1, nkb do
-        local s = lv[h][I][J]
-        if s > 1 and not seen[s] then seen[s] = true; pool = pool + 2 * ks[1] * ks[2] * qs[3] end
-      end
-    end
-  end
+  for _ in pairs(seen) do pool = pool + 2 * ks[1] * ks[2] * qs[3] end
   -- estimator cost: sampled rows × sampled keys × 2d per query head
   local sr, sk = math.max(1, p.bq // p.sample), math.max(1, p.bk // p.sample)
   local est = 2 * qs[3] * qs[1] * (nqb * sr) * (nkb * sk)

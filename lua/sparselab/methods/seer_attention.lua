@@ -156,11 +156,16 @@ local function gate_scores(prob, p)
   return G, flops
 end
 
-local function oracle_scores(prob, p)
+-- The oracle map of prob (q, k, causal, backend) and the op's args (args_only: no map).
+local function oracle_scores(prob, p, args_only)
   local args = {bq = square(p), bk = square(p), reduce = 1, normalize = 1, causal = prob.causal and 1 or 0,
     backend = prob.backend}
-  return sl.score.exact(prob.q, prob.k, args), sl.op_flops("score.exact", prob.q, prob.k, args)
+  if args_only then return nil, args end
+  return sl.score.exact(prob.q, prob.k, args), args
 end
+
+-- score.exact entries per call of the oracle's row blocks (a test sets it small)
+local LIMITS = {ROW_SCORES = 1 << 18}
 
 local function estimate(prob, p)
   local b = square(p)
@@ -171,26 +176,57 @@ local function estimate(prob, p)
     sl.fail("seer_attention: needs gate=FILE (safetensors of the trained AttnGate weights); the oracle stand-in " ..
       "(max-pooled attention map) is the method seer_attention_oracle")
   end
-  local G, flops
-  if from_file then G, flops = gate_scores(prob, p) else G, flops = oracle_scores(prob, p) end
-  -- G (the gate's or the oracle's) stays a tensor read one head at a time; the keep is a u8
-  -- tensor written in place (issue 19: [Hq, nqb, nkb] as Lua tables was n²)
   local keep = sl.zeros({hq, nqb, nkb}, "u8")
   local k = math.max(1, math.floor((1 - math.sqrt(1 - p.nz_ratio)) * nkb))
-  for h = 1, hq do
-    local Gh = E.heads(G:narrow(1, h, 1))[1]
-    for r = 1, nqb do
-      local vis = E.visible(prob, r - 1, b, b, nkb)
-      local x = Gh[r]
-      if p.last_block_dense ~= 0 and r > nqb - 2 then
-        for c = 1, vis do keep:set(h, r, c, 1) end
-      elseif p.method == 1 then
-        local order = E.order_desc(x, vis)
-        for i = 1, math.min(k, vis) do keep:set(h, r, order[i], 1) end
-      else
-        for c = 1, vis do if x[c] > p.threshold then keep:set(h, r, c, 1) end end
+  -- block rows r0 + 1 .. r0 + rows of G (a tensor [Hq, rows, <= nkb]) into the keep
+  local function select_rows(G, r0, rows)
+    local cols = G:shape()[3]
+    for h = 1, hq do
+      local view = G:narrow(1, h, 1)
+      local Gh = view:numel() <= 1000000 and view:totable()[1] or E.heads(view)[1]
+      view:close() -- a view holds G's buffer until collected
+      for r = r0 + 1, r0 + rows do
+        local vis = math.min(cols, E.visible(prob, r - 1, b, b, nkb))
+        local x = Gh[r - r0]
+        if p.last_block_dense ~= 0 and r > nqb - 2 then
+          for c = 1, vis do keep:set(h, r, c, 1) end
+        elseif p.method == 1 then
+          local order = E.order_desc(x, vis)
+          for i = 1, math.min(k, vis) do keep:set(h, r, order[i], 1) end
+        else
+          for c = 1, vis do if x[c] > p.threshold then keep:set(h, r, c, 1) end end
+        end
       end
     end
+  end
+  -- G (the gate's or the oracle's) stays a tensor read one head at a time; the keep is a u8
+  -- tensor written in place (issue 19: [Hq, nqb, nkb] as Lua tables was n²)
+  local flops
+  if from_file then
+    local G
+    G, flops = gate_scores(prob, p)
+    select_rows(G, 0, nqb)
+  else
+    -- the oracle map in row blocks of about ROW_SCORES entries (issue 19: the whole
+    -- [Hq, nqb, nkb] f32 map was n²): q rows [r0·b, r1·b) against keys 0 .. the
+    -- block's last visible key when causal (the same causal offset, so the same
+    -- exact softmax rows); a causal offset that is not a multiple of b runs in one call
+    local nq, nk = prob.q:shape()[2], prob.k:shape()[2]
+    local per = math.max(1, LIMITS.ROW_SCORES // math.max(1, hq * nkb))
+    if prob.causal and (nk - nq) % b ~= 0 then per = nqb end
+    for r0 = 0, nqb - 1, per do
+      local r1 = math.min(nqb, r0 + per)
+      local q, kk = prob.q, prob.k
+      if r0 > 0 or r1 < nqb then
+        local i0, i1 = r0 * b, math.min(nq, r1 * b)
+        q = prob.q:narrow(2, i0 + 1, i1 - i0)
+        if prob.causal then kk = prob.k:narrow(2, 1, math.min(nk, i1 + nk - nq)) end
+      end
+      local G = oracle_scores({q = q, k = kk, causal = prob.causal, backend = prob.backend}, p)
+      select_rows(G, r0, r1 - r0)
+      G:close()
+    end
+    flops = sl.op_flops("score.exact", prob.q, prob.k, select(2, oracle_scores(prob, p, true)))
   end
   return sl.mask.from_blocks(keep, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = b, bk = b,
     causal = prob.causal}),
@@ -250,4 +286,5 @@ end
 
 local M = make(false)
 M.oracle_method = make(true)
+M.oracle_method.limits = LIMITS
 return M
