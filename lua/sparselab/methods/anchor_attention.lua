@@ -67,24 +67,17 @@ local function estimate(prob, p)
   local keep = sl.score.anchor(prob.q, prob.k, args)
   local flops = sl.op_flops("score.anchor", prob.q, prob.k, args)
   local stripes = sl.mask.from_blocks(keep, {n_q = n, n_k = n, bq = G, bk = 1, causal = true})
-  -- index lists per big block straight from keep (mask:to_index would take
-  -- the union over each of the G rows, G times the work)
+  -- index lists per big block straight from keep: keep read as a token
+  -- mask of nbig rows (one per big block), listed by mask:to_index in C
+  -- (the stripes mask's to_index would take the union over each of the G
+  -- rows, G times the work; a Lua scan of keep was most of the Lua time at
+  -- 64K, issue 20)
   local nbig = keep:shape()[2]
-  local row_ptr, col = {}, {}
-  for h = 1, hq do
-    local rp = {#col}
-    local kh = keep:narrow(1, h, 1)
-    for b = 1, nbig do
-      local row = kh:narrow(2, b, 1):totable()[1][1]
-      for j = 1, n do if row[j] ~= 0 then col[#col + 1] = j - 1 end end
-      rp[#rp + 1] = #col
-    end
-    row_ptr[h] = rp
-  end
+  local rows = sl.mask.from_blocks(keep, {n_q = nbig, n_k = n, bq = 1, bk = 1, causal = false})
   keep:close()
-  local ct = sl.tensor(#col > 0 and col or {0}, "i32")
-  if #col == 0 then ct = ct:narrow(1, 1, 0) end
-  local idx = {row_ptr = sl.tensor(row_ptr, "i32"), col = ct, rows_per_entry = G, n_q = n, n_k = n, n_heads = hq,
+  local ix = rows:to_index()
+  rows:close()
+  local idx = {row_ptr = ix.row_ptr, col = ix.col, rows_per_entry = G, n_q = n, n_k = n, n_heads = hq,
     n_entries = nbig}
   local st = structured(n, p)
   local kept, twice = 0, 0

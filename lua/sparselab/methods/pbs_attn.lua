@@ -80,15 +80,22 @@ local function permutations(prob, p, n)
     local sc = score and score:narrow(1, h, 1):totable()[1]
     for s0 = 0, n - 1, S do
       local s1 = math.min(s0 + S, n)
-      local seg = {}
-      for j = s0, s1 - 1 do seg[#seg + 1] = j end
       if s1 - s0 == S and sc then
-        table.sort(seg, function(a, b)
-          if sc[a + 1] ~= sc[b + 1] then return sc[a + 1] > sc[b + 1] end
-          return a < b
-        end)
+        -- descending score, ties in index order: the distinct values sorted
+        -- numerically (no Lua comparator, issue 20), each with its keys
+        local vals, at = {}, {}
+        for j = s0, s1 - 1 do
+          local x = sc[j + 1]
+          local l = at[x]
+          if l then l[#l + 1] = j else at[x] = {j}; vals[#vals + 1] = x end
+        end
+        table.sort(vals)
+        for i = #vals, 1, -1 do
+          for _, j in ipairs(at[vals[i]]) do perm[#perm + 1] = j end
+        end
+      else
+        for j = s0, s1 - 1 do perm[#perm + 1] = j end
       end
-      for _, j in ipairs(seg) do perm[#perm + 1] = j end
     end
     perms[h] = perm
   end
@@ -132,17 +139,26 @@ local function estimate(prob, p)
         for c = 1, lim do if a[c] > mx then mx = a[c] end end
         local w, z = {}, 0
         for c = 1, lim do w[c] = math.exp(a[c] - mx); z = z + w[c] end
-        local order = {}
-        for c = 1, lim do order[c] = c end
-        table.sort(order, function(x, y)
-          if w[x] ~= w[y] then return w[x] > w[y] end
-          return x < y
-        end)
-        local cum = 0
-        for _, c in ipairs(order) do
+        -- the prefix of the order (larger w first, ties to the lower index)
+        -- whose mass reaches threshold x z: its length from the numerically
+        -- sorted masses (equal masses add the same in any order), then the
+        -- blocks above the last kept mass and the first ones equal to it
+        local sv = table.move(w, 1, lim, 1, {})
+        table.sort(sv)
+        local cum, cnt = 0, 0
+        for i = lim, 1, -1 do
           if cum >= p.threshold * z and p.threshold < 1 then break end
-          row[c] = 1
-          cum = cum + w[c]
+          cnt = cnt + 1
+          cum = cum + sv[i]
+        end
+        if cnt > 0 then
+          local t = sv[lim - cnt + 1]
+          local need = cnt
+          for c = 1, lim do if w[c] > t then row[c] = 1; need = need - 1 end end
+          for c = 1, lim do
+            if need <= 0 then break end
+            if w[c] == t then row[c] = 1; need = need - 1 end
+          end
         end
         if p.force_first then row[first_blk] = 1 end
       end

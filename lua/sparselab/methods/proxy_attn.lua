@@ -57,19 +57,26 @@ local function estimate(prob, p)
     local Ag = A:narrow(1, gi, 1):totable()[1]
     for r = 1, nb do
       local a = Ag[r]
-      local order = {}
-      for c = 1, r do order[c] = c end
-      table.sort(order, function(x, y)
-        if a[x] ~= a[y] then return a[x] > a[y] end
-        return x < y
-      end)
+      -- the K best of a[1..r] (larger first, ties to the lower index): the
+      -- K-th largest value from a plain numeric sort (no Lua comparator: the
+      -- comparator sort was most of the estimate's Lua time at 64K, issue 20)
+      local v = table.move(a, 1, r, 1, {})
+      table.sort(v)
       for hh = 1, G do
         local h = (gi - 1) * G + hh
         keep[h] = keep[h] or {}
         local row = {}
         for c = 1, nb do row[c] = 0 end
-        local K = math.ceil(budget[h] * r - 1e-9)
-        for t = 1, math.min(K, r) do row[order[t]] = 1 end
+        local K = math.min(math.ceil(budget[h] * r - 1e-9), r)
+        if K > 0 then
+          local t = v[r - K + 1]
+          local need = K
+          for c = 1, r do if a[c] > t then row[c] = 1; need = need - 1 end end
+          for c = 1, r do
+            if need <= 0 then break end
+            if a[c] == t then row[c] = 1; need = need - 1 end
+          end
+        end
         if p.force_diag then row[r] = 1 end
         keep[h][r] = row
       end
