@@ -337,6 +337,69 @@ test("sparsed: the exact importance beats a score-blind one at the same density"
     blind.metrics.rel_l2, r.metrics.rel_l2))
 end)
 
+test("sparsed: the importance read by chunks of query blocks keeps the one-call selection", function()
+  -- issue 19: build_keep reads the importance one chunk of query blocks at a time; every
+  -- chunking must keep what the card's selection over the whole importance map keeps
+  -- (written here from the card: per query block the top floor(n_kb select) + 1 key blocks,
+  -- ties to the lower block; with a generation region, columns from `last` on re-selected
+  -- from the region's own importance)
+  local function odd(seed)
+    local q, k, v = layout.video_workload{frames = 3, height = 7, width = 9, text = 5, heads = 3, seed = seed}
+    return sl.problem{q = q, k = k, v = v, causal = false}
+  end
+  local cases = {{plain(45), {block = 16, select = 0.3}}, {plain(46), {block = 16, select = 0.2, gen = 60}},
+    {odd(47), {block = 10, select = 0.25, gen = 45}}, {odd(48), {block = 16, select = 0.4, gen = 5}},
+    {odd(49), {block = 7, select = 0.1}}}
+  local function pick(row, count, first, last)
+    local idx = {}
+    for J = first, last do idx[#idx + 1] = J end
+    table.sort(idx, function(a, b) if row[a] ~= row[b] then return row[a] > row[b] end return a < b end)
+    local set = {}
+    for x = 1, math.min(count, #idx) do set[idx[x]] = true end
+    return set
+  end
+  local ok, err = pcall(function()
+    for ci, c in ipairs(cases) do
+      local prob, p = c[1], sl.registry.resolve(sparsed, c[2])
+      local n, b, Hh = prob.q:shape()[2], p.block, prob.q:shape()[1]
+      local nb = (n + b - 1) // b
+      local last
+      if p.gen > 0 then
+        last = nb - 1
+        for I = 0, nb - 1 do if n - I * b <= p.gen then last = I break end end
+      end
+      local imp = sparsed.importance(prob, p, 0)
+      local gimp = last and sparsed.importance(prob, p, last * b)
+      local want = {}
+      for h = 1, Hh do
+        want[h] = {}
+        for I = 1, nb do
+          local s = pick(imp[h][I], math.floor(nb * p.select) + 1, 1, nb)
+          local row = {}
+          for J = 1, nb do row[J] = (s[J] and (not last or J <= last)) and 1 or 0 end
+          if last then
+            for J in pairs(pick(gimp[h][I], math.floor((nb - last) * p.select) + 1, 1, nb - last)) do row[last + J] = 1 end
+          end
+          want[h][I] = row
+        end
+      end
+      for _, per in ipairs({1, 3, 7, 1 << 30}) do
+        sparsed.rows_per_call = per
+        local keeps = sparsed.build(prob, p)
+        for h = 1, Hh do for I = 1, nb do for J = 1, nb do
+          if keeps[h][I][J] ~= want[h][I][J] then
+            error(string.format("case %d, %d query blocks per call: head %d block (%d, %d) kept %d, want %d",
+              ci, per, h, I, J, keeps[h][I][J], want[h][I][J]))
+          end
+        end end end
+      end
+      sparsed.rows_per_call = nil
+    end
+  end)
+  sparsed.rows_per_call = nil
+  truthy(ok, tostring(err))
+end)
+
 -- ---- rainfusion -----------------------------------------------------------------
 
 local rain = sl.methods.get("rainfusion")
