@@ -264,6 +264,49 @@ test("adaspa: the exact block mass beats a score-blind one at the same density",
     blind.metrics.rel_l2, r.metrics.rel_l2))
 end)
 
+test("adaspa: W read by chunks of rows keeps the whole-table selection (recalls, adaptive sparsities, keeps)", function()
+  -- issue 19: run reads W a chunk of rows of one head at a time into a u8 keep; the mask must be
+  -- the one built from the whole W table by select_rows / adaptive (the form before the chunks)
+  local video = require "sparselab.video"
+  local cases = {{problem{heads = 4, seed = 35}, {block = 16}},
+    {problem{heads = 3, seed = 36, frames = 3, height = 7, width = 9, text = 5}, {block = 10, sparsity = 0.5, recall_bar = 0.5}},
+    {problem{heads = 2, seed = 37}, {block = 8, sparsity = 0.7, adaptive = false}}}
+  local ok, err = pcall(function()
+    for ci, c in ipairs(cases) do
+      local prob, p = c[1], sl.registry.resolve(adaspa, c[2])
+      local lay, b, Hh = prob.layout, p.block, prob.q:shape()[1]
+      local n = prob.q:shape()[2]
+      local nb = (n + b - 1) // b
+      local _, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false})
+      local W = sl.mass.blocks(prob.q, prob.k, lse, {bq = b, bk = b, causal = false}):totable()
+      local vb = {}
+      for J = 0, nb - 1 do
+        for t = J * b, math.min(n, (J + 1) * b) - 1 do
+          if not lay:is_text(t) then vb[#vb + 1] = J break end
+        end
+      end
+      local function count(s) return math.max(0, math.min(#vb, math.floor((1 - s) * #vb + 0.5))) end
+      local sp = {}
+      for h = 1, Hh do sp[h] = p.sparsity end
+      if p.adaptive then
+        local recalls = {}
+        for h = 1, Hh do recalls[h] = select(2, adaspa.select_rows(W[h], vb, count(p.sparsity), nb)) end
+        sp = adaspa.adaptive(recalls, p.sparsity, p.recall_bar)
+      end
+      local keeps = {}
+      for h = 1, Hh do keeps[h] = adaspa.select_rows(W[h], vb, count(sp[h]), nb) end
+      local want = H.mask_arrays(video.block_mask(keeps, n, b, lay))
+      for _, per in ipairs({1, 3, 7, 1 << 30}) do
+        adaspa.rows_per_call = per
+        H.same(H.mask_arrays(adaspa.run(prob, p).mask), want, string.format("case %d, %d rows per read", ci, per))
+      end
+      adaspa.rows_per_call = nil
+    end
+  end)
+  adaspa.rows_per_call = nil
+  truthy(ok, tostring(err))
+end)
+
 -- ---- sparsed -----------------------------------------------------------------------
 
 local sparsed = sl.methods.get("sparsed")
