@@ -603,6 +603,35 @@ test("sparse_vdit: the kernel-latency cost model drives the choice as its consta
   end
 end)
 
+test("sparse_vdit: stripe columns from block sums read by chunks of rows equal the whole-map columns", function()
+  -- issue 19: stripe_columns reads the block sums a chunk of rows of one head at a time
+  local prob = problem{heads = 3, seed = 61, frames = 3, height = 7, width = 9, text = 5}
+  local b = 10
+  local w = sl.score.exact(prob.q, prob.k, {bq = b, bk = b, reduce = 0, causal = false}):totable()
+  local nb = #w[1][1]
+  for _, count in ipairs({1, 3, nb // 4}) do
+    local want = {}
+    for h = 1, #w do
+      local mass = {}
+      for J = 1, nb do mass[J] = 0 for I = 1, #w[h] do mass[J] = mass[J] + w[h][I][J] end end
+      local idx = {}
+      for J = 1, nb do idx[J] = J end
+      table.sort(idx, function(a, c) if mass[a] ~= mass[c] then return mass[a] > mass[c] end return a < c end)
+      local l = {}
+      for x = 1, math.min(count, nb) do l[x] = idx[x] - 1 end
+      table.sort(l)
+      want[h] = l
+    end
+    for _, per in ipairs({1, 2, 5, 1 << 30}) do
+      vdit.rows_per_call = per
+      local ok, got = pcall(vdit.stripe_columns, prob, b, count)
+      vdit.rows_per_call = nil
+      truthy(ok, tostring(got))
+      H.same(got, want, string.format("%d columns, %d rows per read", count, per))
+    end
+  end
+end)
+
 test("sparse_vdit: full is dense, skip is zero, wide multi-diagonal is full, fused equals unfused", function()
   local prob = problem{heads = 3}
   local lay = prob.layout
