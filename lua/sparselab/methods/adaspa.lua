@@ -28,6 +28,8 @@
 -- is applied at once (sparse output), so that one step can be evaluated;
 -- the card's Algorithm "Log(qk - LSE)" is read as exp(qk - LSE) (the card
 -- says so). No public code (card).
+-- Memory (issue 19): W stays a tensor, read a chunk of rows of one head at a
+-- time (twice: the recalls, then the keeps), and the keep is a u8 tensor.
 local sl = require "sparselab"
 local video = require "sparselab.video"
 

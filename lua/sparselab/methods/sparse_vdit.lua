@@ -29,6 +29,9 @@
 --      per layer: problem.layer); without one the plan is searched on the
 --      problem itself (self-calibrated, an oracle plan).
 -- No public code (card).
+-- Memory (issue 19): the stripe columns' block sums are read a chunk of rows
+-- of one head at a time; keep_of still builds an nb x nb Lua table per head
+-- and candidate (n² Lua numbers, transient; see docs/notes/issue-19.md).
 local sl = require "sparselab"
 local video = require "sparselab.video"
 
