@@ -91,11 +91,14 @@ function V.text_patterns(lay)
 end
 
 --- A block mask from a Lua keep table keep[I][J] (1-based, 0/1) over
---- nb x nb blocks of b tokens — or one per head, keep[h][I][J] — united
---- with the text rows and columns.
+--- nb x nb blocks of b tokens — or one per head, keep[h][I][J], or a u8
+--- tensor [H, nb, nb] — united with the text rows and columns.
 function V.block_mask(keep, n, b, lay)
-  if type(keep[1][1]) ~= "table" then keep = {keep} end
-  local m = sl.mask.from_blocks(sl.tensor(keep, "u8"), {n_q = n, n_k = n, bq = b, bk = b, causal = 0})
+  if type(keep) == "table" then
+    if type(keep[1][1]) ~= "table" then keep = {keep} end
+    keep = sl.tensor(keep, "u8")
+  end
+  local m = sl.mask.from_blocks(keep, {n_q = n, n_k = n, bq = b, bk = b, causal = 0})
   local text = V.text_patterns(lay)
   if text then m = m + text end
   return m

@@ -264,6 +264,49 @@ test("adaspa: the exact block mass beats a score-blind one at the same density",
     blind.metrics.rel_l2, r.metrics.rel_l2))
 end)
 
+test("adaspa: W read by chunks of rows keeps the whole-table selection (recalls, adaptive sparsities, keeps)", function()
+  -- issue 19: run reads W a chunk of rows of one head at a time into a u8 keep; the mask must be
+  -- the one built from the whole W table by select_rows / adaptive (the form before the chunks)
+  local video = require "sparselab.video"
+  local cases = {{problem{heads = 4, seed = 35}, {block = 16}},
+    {problem{heads = 3, seed = 36, frames = 3, height = 7, width = 9, text = 5}, {block = 10, sparsity = 0.5, recall_bar = 0.5}},
+    {problem{heads = 2, seed = 37}, {block = 8, sparsity = 0.7, adaptive = false}}}
+  local ok, err = pcall(function()
+    for ci, c in ipairs(cases) do
+      local prob, p = c[1], sl.registry.resolve(adaspa, c[2])
+      local lay, b, Hh = prob.layout, p.block, prob.q:shape()[1]
+      local n = prob.q:shape()[2]
+      local nb = (n + b - 1) // b
+      local _, lse = sl.attn.dense(prob.q, prob.k, prob.v, {causal = false})
+      local W = sl.mass.blocks(prob.q, prob.k, lse, {bq = b, bk = b, causal = false}):totable()
+      local vb = {}
+      for J = 0, nb - 1 do
+        for t = J * b, math.min(n, (J + 1) * b) - 1 do
+          if not lay:is_text(t) then vb[#vb + 1] = J break end
+        end
+      end
+      local function count(s) return math.max(0, math.min(#vb, math.floor((1 - s) * #vb + 0.5))) end
+      local sp = {}
+      for h = 1, Hh do sp[h] = p.sparsity end
+      if p.adaptive then
+        local recalls = {}
+        for h = 1, Hh do recalls[h] = select(2, adaspa.select_rows(W[h], vb, count(p.sparsity), nb)) end
+        sp = adaspa.adaptive(recalls, p.sparsity, p.recall_bar)
+      end
+      local keeps = {}
+      for h = 1, Hh do keeps[h] = adaspa.select_rows(W[h], vb, count(sp[h]), nb) end
+      local want = H.mask_arrays(video.block_mask(keeps, n, b, lay))
+      for _, per in ipairs({1, 3, 7, 1 << 30}) do
+        adaspa.rows_per_call = per
+        H.same(H.mask_arrays(adaspa.run(prob, p).mask), want, string.format("case %d, %d rows per read", ci, per))
+      end
+      adaspa.rows_per_call = nil
+    end
+  end)
+  adaspa.rows_per_call = nil
+  truthy(ok, tostring(err))
+end)
+
 -- ---- sparsed -----------------------------------------------------------------------
 
 local sparsed = sl.methods.get("sparsed")
@@ -335,6 +378,69 @@ test("sparsed: the exact importance beats a score-blind one at the same density"
   near(blind.metrics.density, r.metrics.density, 0.03, "same density (same blocks per row; the ragged one is smaller)")
   truthy(blind.metrics.rel_l2 > 1.5 * r.metrics.rel_l2, string.format("blind rel_l2 %g, exact %g",
     blind.metrics.rel_l2, r.metrics.rel_l2))
+end)
+
+test("sparsed: the importance read by chunks of query blocks keeps the one-call selection", function()
+  -- issue 19: build_keep reads the importance one chunk of query blocks at a time; every
+  -- chunking must keep what the card's selection over the whole importance map keeps
+  -- (written here from the card: per query block the top floor(n_kb select) + 1 key blocks,
+  -- ties to the lower block; with a generation region, columns from `last` on re-selected
+  -- from the region's own importance)
+  local function odd(seed)
+    local q, k, v = layout.video_workload{frames = 3, height = 7, width = 9, text = 5, heads = 3, seed = seed}
+    return sl.problem{q = q, k = k, v = v, causal = false}
+  end
+  local cases = {{plain(45), {block = 16, select = 0.3}}, {plain(46), {block = 16, select = 0.2, gen = 60}},
+    {odd(47), {block = 10, select = 0.25, gen = 45}}, {odd(48), {block = 16, select = 0.4, gen = 5}},
+    {odd(49), {block = 7, select = 0.1}}}
+  local function pick(row, count, first, last)
+    local idx = {}
+    for J = first, last do idx[#idx + 1] = J end
+    table.sort(idx, function(a, b) if row[a] ~= row[b] then return row[a] > row[b] end return a < b end)
+    local set = {}
+    for x = 1, math.min(count, #idx) do set[idx[x]] = true end
+    return set
+  end
+  local ok, err = pcall(function()
+    for ci, c in ipairs(cases) do
+      local prob, p = c[1], sl.registry.resolve(sparsed, c[2])
+      local n, b, Hh = prob.q:shape()[2], p.block, prob.q:shape()[1]
+      local nb = (n + b - 1) // b
+      local last
+      if p.gen > 0 then
+        last = nb - 1
+        for I = 0, nb - 1 do if n - I * b <= p.gen then last = I break end end
+      end
+      local imp = sparsed.importance(prob, p, 0)
+      local gimp = last and sparsed.importance(prob, p, last * b)
+      local want = {}
+      for h = 1, Hh do
+        want[h] = {}
+        for I = 1, nb do
+          local s = pick(imp[h][I], math.floor(nb * p.select) + 1, 1, nb)
+          local row = {}
+          for J = 1, nb do row[J] = (s[J] and (not last or J <= last)) and 1 or 0 end
+          if last then
+            for J in pairs(pick(gimp[h][I], math.floor((nb - last) * p.select) + 1, 1, nb - last)) do row[last + J] = 1 end
+          end
+          want[h][I] = row
+        end
+      end
+      for _, per in ipairs({1, 3, 7, 1 << 30}) do
+        sparsed.rows_per_call = per
+        local keeps = sparsed.build(prob, p)
+        for h = 1, Hh do for I = 1, nb do for J = 1, nb do
+          if keeps[h][I][J] ~= want[h][I][J] then
+            error(string.format("case %d, %d query blocks per call: head %d block (%d, %d) kept %d, want %d",
+              ci, per, h, I, J, keeps[h][I][J], want[h][I][J]))
+          end
+        end end end
+      end
+      sparsed.rows_per_call = nil
+    end
+  end)
+  sparsed.rows_per_call = nil
+  truthy(ok, tostring(err))
 end)
 
 -- ---- rainfusion -----------------------------------------------------------------
@@ -494,6 +600,35 @@ test("sparse_vdit: the kernel-latency cost model drives the choice as its consta
   local m = vdit.measure_costs(layout.video{frames = 4, height = 8, width = 8, text = 8}, 16, {reps = 1, d = 16})
   for _, k in ipairs{"full", "diag", "multidiag", "vertical"} do
     truthy(m[k].per_block > 0 and m[k].launch >= 0, "fitted " .. k)
+  end
+end)
+
+test("sparse_vdit: stripe columns from block sums read by chunks of rows equal the whole-map columns", function()
+  -- issue 19: stripe_columns reads the block sums a chunk of rows of one head at a time
+  local prob = problem{heads = 3, seed = 61, frames = 3, height = 7, width = 9, text = 5}
+  local b = 10
+  local w = sl.score.exact(prob.q, prob.k, {bq = b, bk = b, reduce = 0, causal = false}):totable()
+  local nb = #w[1][1]
+  for _, count in ipairs({1, 3, nb // 4}) do
+    local want = {}
+    for h = 1, #w do
+      local mass = {}
+      for J = 1, nb do mass[J] = 0 for I = 1, #w[h] do mass[J] = mass[J] + w[h][I][J] end end
+      local idx = {}
+      for J = 1, nb do idx[J] = J end
+      table.sort(idx, function(a, c) if mass[a] ~= mass[c] then return mass[a] > mass[c] end return a < c end)
+      local l = {}
+      for x = 1, math.min(count, nb) do l[x] = idx[x] - 1 end
+      table.sort(l)
+      want[h] = l
+    end
+    for _, per in ipairs({1, 2, 5, 1 << 30}) do
+      vdit.rows_per_call = per
+      local ok, got = pcall(vdit.stripe_columns, prob, b, count)
+      vdit.rows_per_call = nil
+      truthy(ok, tostring(got))
+      H.same(got, want, string.format("%d columns, %d rows per read", count, per))
+    end
   end
 end)
 

@@ -28,16 +28,29 @@
 -- is applied at once (sparse output), so that one step can be evaluated;
 -- the card's Algorithm "Log(qk - LSE)" is read as exp(qk - LSE) (the card
 -- says so). No public code (card).
+-- Memory (issue 19): W stays a tensor, read a chunk of rows of one head at a
+-- time (twice: the recalls, then the keeps), and the keep is a u8 tensor.
 local sl = require "sparselab"
 local video = require "sparselab.video"
 
 local M = {}
 
---- Step 1: W [H][nqb][nkb] as a Lua table and its FLOPs. (Tests replace it
---- with a score-blind one.)
+--- Step 1: W, f32 [H, nqb, nkb] (a tensor; run reads it a chunk of rows of
+--- one head at a time), and its FLOPs. (Tests replace it with a score-blind
+--- one, which may return W as a Lua table W[h][I][J].)
 function M.block_mass(prob, lse, p)
   local w = sl.mass.blocks(prob.q, prob.k, lse, {bq = p.block, bk = p.block, causal = false, backend = prob.backend})
-  return w:totable(), sl.op_flops("mass.blocks", prob.q, prob.k, lse, {bq = p.block, bk = p.block, causal = false})
+  return w, sl.op_flops("mass.blocks", prob.q, prob.k, lse, {bq = p.block, bk = p.block, causal = false})
+end
+
+-- Rows r0 + 1 .. r1 of head h's W as Lua rows (1-based from r0 + 1).
+local function w_rows(w, h, r0, r1)
+  if type(w) == "table" then
+    local t = {}
+    for I = r0 + 1, r1 do t[#t + 1] = w[h][I] end
+    return t
+  end
+  return w:narrow(1, h, 1):narrow(2, r0 + 1, r1 - r0):totable()[1]
 end
 
 -- The video key blocks (0-based) of a layout: blocks not wholly text.
@@ -53,22 +66,31 @@ local function video_blocks(lay, n, b)
   return out
 end
 
+--- Step 3 for one query-block row of W: the kept video blocks (0-based,
+--- the top k of the row, ties to the lower block), their mass and the
+--- row's video mass.
+function M.select_row(row, vb, k)
+  local order = {}
+  for _, J in ipairs(vb) do order[#order + 1] = J end
+  table.sort(order, function(a, b)
+    if row[a + 1] ~= row[b + 1] then return row[a + 1] > row[b + 1] end
+    return a < b
+  end)
+  local picks, tot, kept = {}, 0, 0
+  for _, J in ipairs(vb) do tot = tot + row[J + 1] end
+  for x = 1, math.min(k, #order) do picks[x] = order[x]; kept = kept + row[order[x] + 1] end
+  return picks, kept, tot
+end
+
 --- Step 3 for one head: keep[I][J] (1-based) with k blocks per row, and the
 --- head's recall.
 function M.select_rows(wh, vb, k, nb)
   local keep, recall = {}, 0
   for I = 1, nb do
-    local row = wh[I]
-    local order = {}
-    for _, J in ipairs(vb) do order[#order + 1] = J end
-    table.sort(order, function(a, b)
-      if row[a + 1] ~= row[b + 1] then return row[a + 1] > row[b + 1] end
-      return a < b
-    end)
-    local kr, tot, kept = {}, 0, 0
+    local picks, kept, tot = M.select_row(wh[I], vb, k)
+    local kr = {}
     for J = 1, nb do kr[J] = 0 end
-    for _, J in ipairs(vb) do tot = tot + row[J + 1] end
-    for x = 1, math.min(k, #order) do kr[order[x] + 1] = 1; kept = kept + row[order[x] + 1] end
+    for _, J in ipairs(picks) do kr[J + 1] = 1 end
     keep[I] = kr
     recall = recall + (tot > 0 and kept / tot or 1)
   end
@@ -123,17 +145,36 @@ local function run(prob, p)
   local w, wf = M.block_mass(prob, lse, p)
   est_flops = est_flops + wf
   local vb = video_blocks(lay, n, b)
-  local recalls = {}
-  for h = 1, H do
-    local _, r = M.select_rows(w[h], vb, keep_count(p.sparsity, #vb), nb)
-    recalls[h] = r
+  -- W is read a chunk of rows of one head at a time (about 2^18 values) and
+  -- the keep is a u8 tensor written in place (issue 19: W and the keeps as
+  -- whole [H][nqb][nkb] Lua tables were n², and W's totable passed Lua's 1e6
+  -- limit at 32K with 8 heads); the recall sums its rows in the same order
+  local per = M.rows_per_call or math.max(1, (1 << 18) // nb)
+  local sp
+  if p.adaptive then
+    local recalls, k = {}, keep_count(p.sparsity, #vb)
+    for h = 1, H do
+      local recall = 0
+      for r0 = 0, nb - 1, per do
+        for _, row in ipairs(w_rows(w, h, r0, math.min(nb, r0 + per))) do
+          local _, kept, tot = M.select_row(row, vb, k)
+          recall = recall + (tot > 0 and kept / tot or 1)
+        end
+      end
+      recalls[h] = recall / nb
+    end
+    sp = M.adaptive(recalls, p.sparsity, p.recall_bar)
   end
-  local sp = p.adaptive and M.adaptive(recalls, p.sparsity, p.recall_bar) or nil
-  local keeps = {}
+  local keep = sl.zeros({H, nb, nb}, "u8")
   for h = 1, H do
-    keeps[h] = M.select_rows(w[h], vb, keep_count(sp and sp[h] or p.sparsity, #vb), nb)
+    local k = keep_count(sp and sp[h] or p.sparsity, #vb)
+    for r0 = 0, nb - 1, per do
+      for i, row in ipairs(w_rows(w, h, r0, math.min(nb, r0 + per))) do
+        for _, J in ipairs((M.select_row(row, vb, k))) do keep:set(h, r0 + i, J + 1, 1) end
+      end
+    end
   end
-  local mask = video.block_mask(keeps, n, b, lay)
+  local mask = video.block_mask(keep, n, b, lay)
   local t1 = sl.time()
   local out = {mask = mask, stats = {density = mask:density(false), estimator_flops = est_flops,
     lse_cached = (cached and p.lse_cache) and 1 or 0}}

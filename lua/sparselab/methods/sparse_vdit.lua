@@ -29,6 +29,9 @@
 --      per layer: problem.layer); without one the plan is searched on the
 --      problem itself (self-calibrated, an oracle plan).
 -- No public code (card).
+-- Memory (issue 19): the stripe columns' block sums are read a chunk of rows
+-- of one head at a time; keep_of still builds an nb x nb Lua table per head
+-- and candidate (n² Lua numbers, transient; see docs/notes/issue-19.md).
 local sl = require "sparselab"
 local video = require "sparselab.video"
 
@@ -189,16 +192,21 @@ function M.head_errors(prob, o, ref)
 end
 
 -- The key blocks with the most attention mass (exact block sums over every query).
+-- The block sums are read a chunk of rows of one head at a time (about 2^18
+-- values; issue 19: the whole [H, nb, nb] table was n² and passed Lua's 1e6
+-- totable limit at 32K with 8 heads); each column sums its rows in order.
 local function stripe_columns(prob, b, count)
-  local w = sl.score.exact(prob.q, prob.k, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend}):totable()
-  local H, nb = #w, #w[1][1]
+  local st = sl.score.exact(prob.q, prob.k, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend})
+  local H, nqb, nb = st:shape()[1], st:shape()[2], st:shape()[3]
+  local per = M.rows_per_call or math.max(1, (1 << 18) // nb)
   local cols = {}
   for h = 1, H do
     local mass = {}
-    for J = 1, nb do
-      local s = 0
-      for I = 1, #w[h] do s = s + w[h][I][J] end
-      mass[J] = s
+    for J = 1, nb do mass[J] = 0 end
+    for r0 = 0, nqb - 1, per do
+      for _, row in ipairs(st:narrow(1, h, 1):narrow(2, r0 + 1, math.min(per, nqb - r0)):totable()[1]) do
+        for J = 1, nb do mass[J] = mass[J] + row[J] end
+      end
     end
     local idx = {}
     for J = 1, nb do idx[J] = J end
@@ -210,6 +218,8 @@ local function stripe_columns(prob, b, count)
   end
   return cols
 end
+
+M.stripe_columns = stripe_columns
 
 --- The offline search: per layer (problem.layer, default 0) a per-head plan.
 function M.calibrate(problems, opts)

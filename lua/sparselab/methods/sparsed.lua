@@ -17,6 +17,10 @@
 --      the estimate step itself outputs dense attention (under a step
 --      state), the mask is cached in it;
 --   3. later steps: attn.block_sparse with the cached mask, no re-estimation.
+-- Memory (issue 19): the importance is computed and read one chunk of query
+-- blocks at a time (about 2^19 block scores per call, M.rows_per_call in
+-- tests) and the keep is a u8 tensor written in place; the selection is the
+-- one-call selection (each query block reads only its own importance row).
 -- Reading: a standalone call (no step state) outputs the sparse attention
 -- with the mask it builds, so one step can be evaluated. Reference read
 -- through the card (INV-WZQ/SparseD SparseD_utils.create_attention_block_mask:
@@ -50,21 +54,29 @@ function M.schedule(T, p)
   return steps.schedule{steps = T, dense_first = math.min(T, tstar), refresh = T}
 end
 
---- Step 2a/2b importance: {[h] = {[I] = {[J] = value}}} (1-based) over all
---- keys (from = 0) or the keys from token `from` on. (Tests replace it.)
-function M.importance(prob, p, from)
-  local k = prob.k
-  local n, len = prob.q:shape()[2], k:shape()[2] - from
+--- Step 2a/2b importance: {[h] = {[i] = {[J] = value}}} (1-based) over all
+--- keys (from = 0) or the keys from token `from` on, for the query blocks
+--- r0 .. r1 - 1 (0-based; default all of them; row i is query block r0 + i - 1).
+--- (Tests replace it.)
+function M.importance(prob, p, from, r0, r1)
+  local k, q = prob.k, prob.q
+  local nb = (q:shape()[2] + p.block - 1) // p.block
+  r0, r1 = r0 or 0, r1 or nb
+  if r0 > 0 or r1 < nb then
+    local t0 = r0 * p.block
+    q = q:narrow(2, t0 + 1, math.min(r1 * p.block, q:shape()[2]) - t0)
+  end
+  local n, len = q:shape()[2], k:shape()[2] - from
   if from > 0 then k = k:narrow(2, from + 1, len) end
   local args = {bq = p.block, bk = p.block, reduce = 0, causal = false, backend = prob.backend}
   local w, flops
   if len >= n then
-    w = sl.score.exact(prob.q, k, args):totable()
-    flops = sl.op_flops("score.exact", prob.q, k, args)
+    w = sl.score.exact(q, k, args):totable()
+    flops = sl.op_flops("score.exact", q, k, args)
   elseif len < p.block then
     -- one key block: its selection does not depend on the values
     w, flops = {}, 0
-    for h = 1, prob.q:shape()[1] do
+    for h = 1, q:shape()[1] do
       w[h] = {}
       for I = 1, (n + p.block - 1) // p.block do w[h][I] = {1} end
     end
@@ -72,8 +84,8 @@ function M.importance(prob, p, from)
     -- fewer keys than queries: query chunks of whole blocks, each <= len rows
     local c = (len // p.block) * p.block
     w, flops = {}, 0
-    for r0 = 0, n - 1, c do
-      local qc = prob.q:narrow(2, r0 + 1, math.min(c, n - r0))
+    for s0 = 0, n - 1, c do
+      local qc = q:narrow(2, s0 + 1, math.min(c, n - s0))
       local part = sl.score.exact(qc, k, args):totable()
       flops = flops + sl.op_flops("score.exact", qc, k, args)
       for h, rows in ipairs(part) do
@@ -103,42 +115,63 @@ local function top(row, count, first, last)
   return out
 end
 
---- keep[h][I][J] (1-based) and the estimator FLOPs.
-function M.build(prob, p)
+--- Query blocks per importance call: about 2^19 block scores (all heads) per
+--- call (issue 19: the whole [H, n_b, n_b] importance as Lua tables was n²
+--- and passed Lua's 1e6-element totable limit at 32K with 8 heads). Tests
+--- set M.rows_per_call to force other chunkings.
+local function rows_per_call(H, nb)
+  return M.rows_per_call or math.max(1, (1 << 19) // (H * nb))
+end
+
+--- The keep, u8 [H, n_b, n_b], and the estimator FLOPs. Each query block's
+--- selection reads only its own importance row, so the importance is
+--- computed and read one chunk of query blocks at a time and the keep is
+--- written in place.
+function M.build_keep(prob, p)
   local n, b, H = prob.q:shape()[2], p.block, prob.q:shape()[1]
   local nb = (n + b - 1) // b
-  local imp, flops = M.importance(prob, p, 0)
-  local last
+  local last, ngen
   if p.gen > 0 then
     last = nb - 1
     for I = 0, nb - 1 do
       if n - I * b <= p.gen then last = I break end
     end
-  end
-  local gimp, ngen
-  if last then
-    local f2
-    gimp, f2 = M.importance(prob, p, last * b)
-    flops = flops + f2
     ngen = nb - last
   end
-  local keeps = {}
-  for h = 1, H do
-    local keep = {}
-    for I = 1, nb do
-      local row = {}
-      for J = 1, nb do row[J] = 0 end
-      for _, J in ipairs(top(imp[h][I], math.floor(nb * p.select) + 1, 1, nb)) do row[J] = 1 end
-      if last then
-        for J = last + 1, nb do row[J] = 0 end
-        local picks = top(gimp[h][I], math.floor(ngen * p.select) + 1, 1, ngen)
-        for _, J in ipairs(picks) do row[last + J] = 1 end
-      end
-      keep[I] = row
+  local keep = sl.zeros({H, nb, nb}, "u8")
+  local flops, per = 0, rows_per_call(H, nb)
+  for r0 = 0, nb - 1, per do
+    local r1 = math.min(nb, r0 + per)
+    local imp, f = M.importance(prob, p, 0, r0, r1)
+    flops = flops + f
+    local gimp
+    if last then
+      gimp, f = M.importance(prob, p, last * b, r0, r1)
+      flops = flops + f
     end
-    keeps[h] = keep
+    for h = 1, H do
+      for i = 1, r1 - r0 do
+        local I = r0 + i
+        -- prompt picks; with a generation region its columns J > last are
+        -- cleared and re-selected from the region's own softmax
+        for _, J in ipairs(top(imp[h][i], math.floor(nb * p.select) + 1, 1, nb)) do
+          if not last or J <= last then keep:set(h, I, J, 1) end
+        end
+        if last then
+          for _, J in ipairs(top(gimp[h][i], math.floor(ngen * p.select) + 1, 1, ngen)) do
+            keep:set(h, I, last + J, 1)
+          end
+        end
+      end
+    end
   end
-  return keeps, flops
+  return keep, flops
+end
+
+--- keep[h][I][J] (1-based tables) and the estimator FLOPs.
+function M.build(prob, p)
+  local keep, flops = M.build_keep(prob, p)
+  return keep:totable(), flops
 end
 
 local function run(prob, p)
@@ -146,8 +179,8 @@ local function run(prob, p)
   local n = prob.q:shape()[2]
   if prob.k:shape()[2] ~= n then sl.fail("sparsed: expected n_q == n_k, found %d and %d", n, prob.k:shape()[2]) end
   local t0 = sl.time()
-  local keeps, flops = M.build(prob, p)
-  local mask = sl.mask.from_blocks(sl.tensor(keeps, "u8"), {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = 0})
+  local keep, flops = M.build_keep(prob, p)
+  local mask = sl.mask.from_blocks(keep, {n_q = n, n_k = n, bq = p.block, bk = p.block, causal = 0})
   local t1 = sl.time()
   local out = {mask = mask, stats = {estimator_flops = flops}}
   if prob.state then
