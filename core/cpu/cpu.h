@@ -76,5 +76,6 @@ int64_t sl__cpu_sparse_kmax(int64_t bk);
 /* The k-th smallest (0-based) of v[0..n) by quickselect; v is reordered
  * (cpu/prune.c; issue 17). */
 float sl__cpu_select_kth_f(float *v, int64_t n, int64_t k);
+double sl__cpu_select_kth_d(double *v, int64_t n, int64_t k);
 
 #endif

@@ -15,6 +15,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* LAPACK (OpenBLAS ships it); the trailing size_t is the Fortran length of uplo. */
@@ -23,13 +24,24 @@ void dpotri_(const char *uplo, const int *n, double *a, const int *lda, int *inf
 void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const int *lda, int *info, size_t uplo_len,
              size_t diag_len);
 
-/* The k-th smallest (0-based) of v[0..n), v reordered (Hoare quickselect,
- * median of three); for double scores and float magnitudes. */
-#define SELECT_KTH(NAME, T)                                                                 \
-    T NAME(T *v, int64_t n, int64_t k)                                               \
+/* The k-th smallest (0-based) of v[0..n), v reordered so that none before
+ * v[k] is larger and none after it smaller (Hoare quickselect, median of
+ * three; a sort of what is left after 64 rounds bounds the worst case); for
+ * double scores and float magnitudes, and for cpu/tsel.c's budgets. */
+#define SELECT_KTH(NAME, T, CMP)                                                            \
+    static int CMP(const void *x, const void *y)                                            \
+    {                                                                                       \
+        T p = *(const T *)x, q = *(const T *)y;                                             \
+        return (p > q) - (p < q);                                                           \
+    }                                                                                       \
+    T NAME(T *v, int64_t n, int64_t k)                                                      \
     {                                                                                       \
         int64_t lo = 0, hi = n - 1;                                                         \
-        while (hi > lo) {                                                                   \
+        for (int round = 0; hi > lo; round++) {                                             \
+            if (round == 64) {                                                              \
+                qsort(v + lo, (size_t)(hi - lo + 1), sizeof *v, CMP);                       \
+                return v[k];                                                                \
+            }                                                                               \
             int64_t mid = lo + (hi - lo) / 2;                                               \
             T a = v[lo], b = v[mid], c = v[hi];                                             \
             T piv = a < b ? (b < c ? b : (a < c ? c : a)) : (a < c ? a : (b < c ? c : b));  \
@@ -54,9 +66,8 @@ void dtrtri_(const char *uplo, const char *diag, const int *n, double *a, const 
         }                                                                                   \
         return v[k];                                                                        \
     }
-static double select_kth(double *v, int64_t n, int64_t k);
-SELECT_KTH(select_kth, double)
-SELECT_KTH(sl__cpu_select_kth_f, float)
+SELECT_KTH(sl__cpu_select_kth_d, double, cmp_kth_d)
+SELECT_KTH(sl__cpu_select_kth_f, float, cmp_kth_f)
 #undef SELECT_KTH
 
 /* prune[i] = 1 for the k entries smallest in (score, index) order; tmp holds n doubles. */
@@ -66,7 +77,7 @@ static void mark_smallest(const double *score, int64_t n, int64_t k, double *tmp
     if (k <= 0)
         return;
     memcpy(tmp, score, sizeof *tmp * (size_t)n);
-    double theta = select_kth(tmp, n, k - 1);
+    double theta = sl__cpu_select_kth_d(tmp, n, k - 1);
     int64_t less = 0;
     for (int64_t i = 0; i < n; i++)
         if (score[i] < theta)

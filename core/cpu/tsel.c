@@ -480,43 +480,6 @@ static int tb_cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Reorders a[0..n) so that a[t] is the t-th smallest (0-based), none
- * before it larger and none after it smaller: Hoare quickselect, median of
- * three (a sort of the rest after 64 rounds). */
-static void tb_select(double *a, int64_t n, int64_t t)
-{
-    int64_t lo = 0, hi = n - 1;
-    for (int round = 0; hi > lo; round++) {
-        if (round == 64) {
-            qsort(a + lo, (size_t)(hi - lo + 1), sizeof *a, tb_cmp_double);
-            return;
-        }
-        double x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], piv;
-        if (x < y)
-            piv = y < z ? y : (x < z ? z : x);
-        else
-            piv = x < z ? x : (y < z ? z : y);
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] < piv)
-                i++;
-            while (piv < a[j])
-                j--;
-            if (i <= j) {
-                double tmp = a[i];
-                a[i++] = a[j];
-                a[j--] = tmp;
-            }
-        }
-        if (t <= j)
-            hi = j;
-        else if (t >= i)
-            lo = i;
-        else
-            return;
-    }
-}
-
 static void tb_importance_item(int64_t h, void *ud, int thread)
 {
     const tb_job *j = ud;
@@ -573,7 +536,7 @@ static void tb_cut_item(int64_t h, void *ud, int thread)
     double *w = j->work + (size_t)thread * (size_t)P;
     int64_t D = P - B;
     memcpy(w, x, (size_t)P * sizeof *w);
-    tb_select(w, P, D - 1);
+    sl__cpu_select_kth_d(w, P, D - 1);
     double v = w[D - 1];
     /* dropped: every entry below v, and entries equal to v from the later end until D are out (w as flags) */
     int64_t need = D;
@@ -619,7 +582,7 @@ sl_status sl__cpu_select_token_budget(const sl__kargs *a)
         for (int64_t c = 0; c < j.P; c++)
             gs[c] = gt > 0 ? j.g[c] / gt : 0;
         if (k < j.P)
-            tb_select(gs, j.P, k - 1);
+            sl__cpu_select_kth_d(gs, j.P, k - 1);
         qsort(gs, (size_t)k, sizeof *gs, tb_cmp_double);
         double cum = 0;
         count = 0;
