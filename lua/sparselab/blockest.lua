@@ -116,6 +116,21 @@ function E.order_desc(x, n)
   return idx
 end
 
+--- Marks in row (row[c] = 1) the cnt largest of x[1..lim], ties to the
+--- lower index; sv holds x[1..lim] sorted ascending (a plain numeric
+--- table.sort: no Lua comparator per row, issue 20's estimator bench at 64K).
+--- The cnt-th largest value t is sv[lim - cnt + 1]: every entry above t, then
+--- the first ones equal to it.
+function E.mark_largest(row, x, lim, sv, cnt)
+  if cnt <= 0 then return end
+  local t, need = sv[lim - cnt + 1], cnt
+  for c = 1, lim do if x[c] > t then row[c] = 1; need = need - 1 end end
+  for c = 1, lim do
+    if need <= 0 then break end
+    if x[c] == t then row[c] = 1; need = need - 1 end
+  end
+end
+
 --- The calibration config a method runs with: p.config_table (set by the
 --- method's own calibrate loop, which has no file) or the file named by the
 --- string param `config` (sl.calibrate.load checks it was written for id),

@@ -54,6 +54,7 @@
 --   (threshold 1.0 passed as a float, or rounding) keeps only the forced
 --   blocks in the reference (any_exceeds); here every off-segment block.
 local sl = require "sparselab"
+local E = require "sparselab.blockest"
 local D = require "sparselab.dynamic"
 
 local ID = "pbs_attn"
@@ -151,15 +152,7 @@ local function estimate(prob, p)
           cnt = cnt + 1
           cum = cum + sv[i]
         end
-        if cnt > 0 then
-          local t = sv[lim - cnt + 1]
-          local need = cnt
-          for c = 1, lim do if w[c] > t then row[c] = 1; need = need - 1 end end
-          for c = 1, lim do
-            if need <= 0 then break end
-            if w[c] == t then row[c] = 1; need = need - 1 end
-          end
-        end
+        E.mark_largest(row, w, lim, sv, cnt)
         if p.force_first then row[first_blk] = 1 end
       end
       keep[h][r] = row

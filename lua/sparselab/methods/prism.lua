@@ -134,14 +134,7 @@ local function estimate(prob, p)
           cnt = cnt + 1
           before = before + sv[i]
         end
-        if cnt > 0 then
-          local t, need = sv[vis - cnt + 1], cnt
-          for c = 1, vis do if x[c] > t then row[c] = 1; need = need - 1 end end
-          for c = 1, vis do
-            if need <= 0 then break end
-            if x[c] == t then row[c] = 1; need = need - 1 end
-          end
-        end
+        E.mark_largest(row, x, vis, sv, cnt)
       end
     end
   end

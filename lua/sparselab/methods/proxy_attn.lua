@@ -25,6 +25,7 @@
 -- (force_diag) so every row sees itself — the paper's forced blocks are
 -- unknown; b_i·N rounded up.
 local sl = require "sparselab"
+local E = require "sparselab.blockest"
 local D = require "sparselab.dynamic"
 
 local ID = "proxy_attn"
@@ -68,15 +69,7 @@ local function estimate(prob, p)
         local row = {}
         for c = 1, nb do row[c] = 0 end
         local K = math.min(math.ceil(budget[h] * r - 1e-9), r)
-        if K > 0 then
-          local t = v[r - K + 1]
-          local need = K
-          for c = 1, r do if a[c] > t then row[c] = 1; need = need - 1 end end
-          for c = 1, r do
-            if need <= 0 then break end
-            if a[c] == t then row[c] = 1; need = need - 1 end
-          end
-        end
+        E.mark_largest(row, a, r, v, K)
         if p.force_diag then row[r] = 1 end
         keep[h][r] = row
       end
