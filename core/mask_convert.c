@@ -287,18 +287,30 @@ static int causal_block(const sl__mgeom *g, int64_t r, int64_t c, uint8_t *bits)
     return SL__BLK_PARTIAL;
 }
 
-/* The causal tile last made in a thread's scratch (issue 20, session 5):
+/* The causal tiles last made in a thread's scratch (issue 20, session 5):
  * its bits depend only on (p0 - j0, rows, cols), so the diagonal tiles of
  * every row and head with the same key reuse the bits, the kept count and
  * the hash (before: each tile rebuilt, counted and hashed in both passes —
- * 10.7 of 13 ms for 8 heads × 128 blocks of 64 at n = 8192). The builder
- * zeroes the header (valid = 0) once per build. */
+ * 10.7 of 13 ms for 8 heads × 128 blocks of 64 at n = 8192). Session 5c:
+ * CAUSAL_MEMO_SLOTS tiles, not one — with bq = 2·bk a row has two partial
+ * tiles (p0 - j0 = 0 and -bk) that took turns evicting each other, so one
+ * slot missed on every tile (sparge_attn's all-forced mask at n = 8192: 6.4
+ * ms). The scratch starts with a header (n_used, next: the slot to evict,
+ * round robin) that the builder zeroes once per build, then the slots, each
+ * a 64-byte causal_memo and bq·bk bits. */
 typedef struct causal_memo {
-    int32_t valid;
     int64_t delta, rows, cols, kept;
     uint64_t h[2];
 } causal_memo;
-#define CAUSAL_MEMO_BYTES 64 /* the header in front of the bits (>= sizeof(causal_memo), 64-byte aligned) */
+typedef struct causal_memo_head {
+    int32_t n_used, next;
+} causal_memo_head;
+#define CAUSAL_MEMO_BYTES 64 /* the header, and each slot's record in front of its bits (64-byte aligned) */
+#define CAUSAL_MEMO_SLOTS 4
+static size_t causal_memo_slot_bytes(int bq, int bk) /* a record and its bits, rounded to 64 bytes */
+{
+    return (CAUSAL_MEMO_BYTES + (size_t)bq * (size_t)bk + 63) / 64 * 64;
+}
 
 typedef struct from_blocks_job {
     const uint8_t *keep;
@@ -316,8 +328,8 @@ static void from_blocks_emit(const from_blocks_job *J, void *scratch, int64_t r,
         return;
     }
     const sl__mgeom *g = J->g;
-    causal_memo *m = scratch;
-    uint8_t *bits = (uint8_t *)scratch + CAUSAL_MEMO_BYTES;
+    causal_memo_head *hd = scratch;
+    size_t slot_bytes = causal_memo_slot_bytes(g->bq, g->bk);
     int64_t rows = sl__mg_rows(g, r), cols = sl__mg_cols(g, c);
     int64_t delta = g->offset + r * g->bq - c * g->bk; /* p0 - j0 */
     if (cols - 1 <= delta) { /* causal_block's classes, without touching the memo */
@@ -326,15 +338,34 @@ static void from_blocks_emit(const from_blocks_job *J, void *scratch, int64_t r,
     }
     if (0 > delta + rows - 1)
         return;
-    if (!(m->valid && m->delta == delta && m->rows == rows && m->cols == cols)) {
-        m->valid = 0;
-        if (causal_block(g, r, c, bits) != SL__BLK_PARTIAL) /* cannot happen: the tests above agree */
+    causal_memo *m = NULL;
+    uint8_t *bits = NULL;
+    for (int i = 0; i < hd->n_used; i++) {
+        uint8_t *at = (uint8_t *)scratch + CAUSAL_MEMO_BYTES + (size_t)i * slot_bytes;
+        causal_memo *x = (causal_memo *)at;
+        if (x->delta == delta && x->rows == rows && x->cols == cols) {
+            m = x;
+            bits = at + CAUSAL_MEMO_BYTES;
+            break;
+        }
+    }
+    if (!m) {
+        int i = hd->n_used < CAUSAL_MEMO_SLOTS ? hd->n_used : hd->next;
+        uint8_t *at = (uint8_t *)scratch + CAUSAL_MEMO_BYTES + (size_t)i * slot_bytes;
+        m = (causal_memo *)at;
+        bits = at + CAUSAL_MEMO_BYTES;
+        if (hd->n_used < CAUSAL_MEMO_SLOTS)
+            hd->n_used++;
+        else
+            hd->next = (hd->next + 1) % CAUSAL_MEMO_SLOTS;
+        if (causal_block(g, r, c, bits) != SL__BLK_PARTIAL) { /* cannot happen: the tests above agree */
+            m->rows = -1; /* matches no tile */
             return;
+        }
         sl__mb_summary(sink, c, bits, &m->kept, m->h);
         m->delta = delta;
         m->rows = rows;
         m->cols = cols;
-        m->valid = 1;
     }
     sl__mb_emit_known(sink, c, bits, m->kept, m->h);
 }
@@ -428,8 +459,10 @@ sl_status sl_mask_from_blocks(sl_ctx *ctx, const sl_tensor *keep, int64_t n_q, i
     from_blocks_job job = {lists ? NULL : keep->data, lists ? keep->data : NULL,
                            {three ? keep->stride[0] : 0, keep->stride[three], keep->stride[three + 1]},
                            keep->shape[three + 1], causal, &g};
-    _Static_assert(sizeof(causal_memo) <= CAUSAL_MEMO_BYTES, "causal_memo outgrew its header");
-    return sl__mask_build(ctx, fn, (int)heads, &g, from_blocks_row, &job, CAUSAL_MEMO_BYTES + (size_t)bq * (size_t)bk,
+    _Static_assert(sizeof(causal_memo) <= CAUSAL_MEMO_BYTES && sizeof(causal_memo_head) <= CAUSAL_MEMO_BYTES,
+                   "causal_memo outgrew its header");
+    return sl__mask_build(ctx, fn, (int)heads, &g, from_blocks_row, &job,
+                          CAUSAL_MEMO_BYTES + CAUSAL_MEMO_SLOTS * causal_memo_slot_bytes(bq, bk),
                           out);
 }
 

@@ -308,4 +308,46 @@ test("estimators in C: flexprefill's slash pooling (reduce.segments64) equals th
   truthy(differ > 0, "pooled slash profiles vary")
 end)
 
+
+-- issue 20, session 5c: sparge_attn's keep built without the per-row Lua
+-- tables of every forced row (one shared all-ones row; an all-ones u8 keep
+-- made in C with the few zeros set, or the table conversion when zeros are
+-- many), the logits read only for heads with a selected row, and the order
+-- by a plain numeric sort with E.mark_largest (no comparator): the executed
+-- masks must equal the former Lua path's. θ spans mostly forced (0.6 on
+-- sl.synthetic), a mix of forced rows and forced key blocks (0.5-0.6) and
+-- none forced (-1); ragged n, GQA, a decode offset,
+-- non-causal, the cdf rule, τ = 1, top-k (visible and topk_all), the sink.
+test("estimators in C: sparge_attn's selection and keep equal the former Lua path (seeds, shapes, options)", function()
+  local m = sl.methods.get("sparge_attn")
+  local cases = {
+    {n = 1000, hq = 4, hkv = 2, seed = 11, p = {bq = 64, bk = 32}},
+    {n = 777, hq = 6, hkv = 3, seed = 12, p = {bq = 32, bk = 16, simthreshd1 = 0.55, cdfthreshd = 0.7}},
+    {n = 901, hq = 4, hkv = 2, seed = 13, p = {bq = 48, bk = 20, simthreshd1 = -1, cdfthreshd = 0.9}},
+    {n = 650, hq = 4, hkv = 1, seed = 14, p = {bq = 32, bk = 32, simthreshd1 = 0.5, cdfthreshd = 0.5, attention_sink = 1}},
+    {n = 1024, hq = 4, hkv = 2, seed = 15, p = {bq = 64, bk = 16, simthreshd1 = -1, topk = 0.3}},
+    {n = 999, hq = 4, hkv = 2, seed = 16, p = {bq = 40, bk = 24, simthreshd1 = 0.6, topk = 0.25, topk_all = true}},
+    {n = 800, hq = 4, hkv = 2, seed = 17, p = {bq = 32, bk = 16, simthreshd1 = -1, cdfthreshd = 1}},
+    {n = 1000, nq = 300, hq = 4, hkv = 2, seed = 18, p = {bq = 32, bk = 16, simthreshd1 = 0.6, cdfthreshd = 0.8}},
+    {n = 700, hq = 4, hkv = 2, seed = 19, causal = false, p = {bq = 32, bk = 16, simthreshd1 = 0.55, cdfthreshd = 0.6}},
+    {n = 700, hq = 4, hkv = 2, seed = 20, causal = false, p = {bq = 64, bk = 32, simthreshd1 = -1, topk = 0.2, topk_all = true}},
+  }
+  local forced_seen, selected_seen = 0, 0
+  for ci, c in ipairs(cases) do
+    local prob = problem(c)
+    if c.causal == false then prob.causal = false end
+    local p = sl.registry.resolve(m, c.p)
+    local mc, ic = m.estimate(prob, p)
+    local ml, il = m.estimate(prob, p, {lua_select = true})
+    eq(ic.stats.forced_rows, il.stats.forced_rows, "case " .. ci .. ": forced rows")
+    eq(ic.pv_skip, il.pv_skip, "case " .. ci .. ": pv skip")
+    same_mask(mc, ml, "case " .. ci)
+    local nqb = (prob.q:shape()[2] + c.p.bq - 1) // c.p.bq
+    forced_seen = forced_seen + ic.stats.forced_rows
+    selected_seen = selected_seen + c.hq * nqb - ic.stats.forced_rows
+    mc:close(); ml:close()
+  end
+  truthy(forced_seen > 0 and selected_seen > 0, "both forced and selected rows were compared")
+end)
+
 H.done()

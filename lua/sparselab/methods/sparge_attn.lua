@@ -76,7 +76,37 @@ local function sims(t, h, n)
   return out
 end
 
-local function estimate(prob, p)
+-- The u8 keep [H, nqb, nkb] of keep[h][r] (a row is `ones`, shared by the
+-- forced rows, or a 0/1 table). Few zeros (most rows forced, the usual case):
+-- an all-ones tensor made in C (select.threshold of zeros at t = 0) with the
+-- zeros written one by one; many: the nested-table conversion (sl.tensor), as
+-- before. The same tensor either way.
+local function keep_tensor(keep, ones, hq, nqb, nkb, be)
+  local writes = 0
+  for h = 1, hq do
+    for _, row in ipairs(keep[h]) do
+      if row ~= ones then
+        for c = 1, nkb do if row[c] == 0 then writes = writes + 1 end end
+      end
+    end
+  end
+  if writes * 8 > hq * nqb * nkb then return sl.tensor(keep, "u8") end
+  local z <close> = sl.zeros({hq, nqb, nkb})
+  local t = sl.select.threshold(z, {t = 0, backend = be})
+  for h = 1, hq do
+    for r, row in ipairs(keep[h]) do
+      if row ~= ones then
+        for c = 1, nkb do if row[c] == 0 then t:set(h, r, c, 0) end end
+      end
+    end
+  end
+  return t
+end
+
+-- The Lua selection of sessions 1-5 (per-row Lua tables, a comparator sort,
+-- the keep table converted whole), kept as the oracle of
+-- tests/lua/test_estimators_c.lua only (M.estimate(prob, p, {lua_select = true})).
+local function estimate_lua(prob, p)
   local bq, bk = p.bq, p.bk
   local hq, hkv = prob.q:shape()[1], prob.k:shape()[1]
   local g = hq // hkv
@@ -142,6 +172,94 @@ local function estimate(prob, p)
     stats = {forced_rows = forced, pv_skip = pv}}
 end
 
+local function estimate(prob, p, opts)
+  if opts and opts.lua_select then return estimate_lua(prob, p) end
+  local bq, bk = p.bq, p.bk
+  local hq, hkv = prob.q:shape()[1], prob.k:shape()[1]
+  local g = hq // hkv
+  local nqb, nkb = E.blocks(prob, bq, bk)
+  local cfg = E.config(p, "sparge_attn")
+  local be = prob.backend
+  local pq_args = {block = bq, normalize = 1, backend = be}
+  local pk_args = {block = bk, normalize = 1, backend = be}
+  local qn = E.heads(sl.pool.tokens(prob.q, pq_args))
+  local kn = E.heads(sl.pool.tokens(prob.k, pk_args))
+  local sc_args = {bq = bq, bk = bk, causal = prob.causal and 1 or 0, pool = 0, softmax = 0, backend = be}
+  local logits = E.heads(sl.score.pooled(prob.q, prob.k, sc_args))
+  local est_flops = sl.op_flops("pool.tokens", prob.q, pq_args) + sl.op_flops("pool.tokens", prob.k, pk_args) +
+    sl.op_flops("score.pooled", prob.q, prob.k, sc_args)
+  -- keep[h][r]: a forced row (query block not self-similar) shares one
+  -- all-ones row (mask.from_blocks' causal rule clears what the row does not
+  -- see, the same blocks the old per-row fill up to `vis` left out); the
+  -- other rows get their own zero row. The pooled logits are read into Lua
+  -- only for a head with a non-forced row.
+  local ones = {}
+  for c = 1, nkb do ones[c] = 1 end
+  local keep = {}
+  local ksim = {}
+  for kh = 1, hkv do ksim[kh] = sims(kn, kh, nkb) end
+  local forced, lam = 0, math.huge
+  for h = 1, hq do
+    local theta = E.per_head(cfg, "theta", h, p.simthreshd1)
+    local tau = E.per_head(cfg, "tau", h, p.cdfthreshd)
+    lam = math.min(lam, E.per_head(cfg, "lambda", h, p.pv_threshold))
+    local qsim = sims(qn, h, nqb)
+    local ks = ksim[(h - 1) // g + 1]
+    local krows = {}
+    keep[h] = krows
+    for r = 1, nqb do
+      local vis = E.visible(prob, r - 1, bq, bk, nkb)
+      if not (qsim[r] > theta) then
+        krows[r] = ones
+        forced = forced + 1
+      else
+        local row, lrow = {}, logits[h][r]
+        for c = 1, nkb do row[c] = 0 end
+        krows[r] = row
+        local x, n_sim = {}, 0
+        for c = 1, vis do
+          if ks[c] > theta then x[c] = lrow[c]; n_sim = n_sim + 1 else x[c] = -math.huge; row[c] = 1 end
+        end
+        if n_sim > 0 then
+          E.softmax(x, vis)
+          local n
+          if p.topk > 0 then
+            n = math.max(1, math.floor(p.topk * (p.topk_all and nkb or vis)))
+          elseif tau >= 1 then
+            n = vis
+          end
+          -- the masses sorted ascending by table.sort's own numeric
+          -- comparison (no Lua comparator per pair): the cdf walks them from
+          -- the largest, the same values in the same order as the order by
+          -- value (equal values give equal sums whatever their indices), and
+          -- E.mark_largest keeps the first cnt of that order, ties to the
+          -- lower index
+          local sv = table.move(x, 1, vis, 1, {})
+          table.sort(sv)
+          if not n then
+            n = 0
+            local cdf = 0
+            for i = 1, vis do
+              cdf = cdf + sv[vis - i + 1]
+              if cdf <= tau then n = i else break end
+            end
+            n = math.max(1, n)
+          end
+          E.mark_largest(row, x, vis, sv, math.min(n, n_sim))
+        end
+        if p.attention_sink ~= 0 and vis > 0 then row[1] = 1 end
+      end
+    end
+  end
+  local kt <close> = keep_tensor(keep, ones, hq, nqb, nkb, be)
+  local m = sl.mask.from_blocks(kt, {n_q = prob.q:shape()[2], n_k = prob.k:shape()[2], bq = bq, bk = bk,
+    causal = prob.causal})
+  local pv = 0
+  if p.stage2 ~= 0 and lam < 50 then pv = lam * LN2 end
+  return m, {estimator_flops = est_flops, pv_skip = pv,
+    stats = {forced_rows = forced, pv_skip = pv}}
+end
+
 local M = {
   id = "sparge_attn",
   card = "sparge_attn",
@@ -167,6 +285,7 @@ local M = {
   checks = {"tau = 1 and theta = -1 with stage2 off equals dense", "theta = 1 forces every block (dense)",
     "non-similar rows and columns are kept", "at least one block per row", "pv skip never drops a row's max block"},
   mask = function(prob, p) return (estimate(prob, p)) end,
+  estimate = estimate, -- (prob, p [, {lua_select = true}]): mask, info; the option runs the former Lua path
   run = E.block_run(estimate),
 }
 
