@@ -800,6 +800,116 @@ test("paroattention: the incoherence term (our reading) and its weight in the or
   truthy(r0.metrics.head_orders ~= r.metrics.head_orders, "the weight changes the choice: " .. r0.metrics.head_orders)
 end)
 
+test("paroattention: block maps read one head at a time by chunks of rows keep the whole-map plan and mask", function()
+  -- the expected plan, written here from the card over whole [H, nb, nb] block maps: per head the
+  -- order of highest concentration (mass in the densest ceil(density·nb²) blocks / all mass, minus
+  -- quant_weight · incoherence), ties to the first order; per step the densest blocks of the mass
+  -- summed over that step's problems in the chosen order
+  local function sorted_desc(v)
+    local idx = {}
+    for x = 1, #v do idx[x] = x end
+    table.sort(idx, function(a, c) if v[a] ~= v[c] then return v[a] > v[c] end return a < c end)
+    return idx
+  end
+  local function whole_plan(probs, block, density, qw)
+    local lay = probs[1].layout
+    local nb = (lay.n + block - 1) // block
+    local Hh = probs[1].q:shape()[1]
+    local keep = math.min(nb * nb, math.max(1, math.ceil(density * nb * nb)))
+    local score, maps = {}, {}
+    for o, order in ipairs(paro.ORDERS) do
+      score[o], maps[o] = {}, {}
+      for h = 1, Hh do score[o][h] = 0 end
+      for pi, prob in ipairs(probs) do
+        local perm = lay:perm_tensor(order)
+        local qp, kp = layout.permute(prob.q, perm), layout.permute(prob.k, perm)
+        local w = sl.score.exact(qp, kp, {bq = block, bk = block, reduce = 0, causal = false}):totable()
+        local m = sl.score.exact(qp, kp, {bq = block, bk = block, reduce = 1, causal = false}):totable()
+        maps[o][pi] = w
+        for h = 1, Hh do
+          local v, mv = {}, {}
+          for I = 1, nb do for J = 1, nb do v[#v + 1] = w[h][I][J]; mv[#mv + 1] = m[h][I][J] end end
+          local idx = sorted_desc(v)
+          local top, tot, acc, cnt = 0, 0, 0, 0
+          for x, i in ipairs(idx) do
+            tot = tot + v[i]
+            if x <= keep then
+              top = top + v[i]
+              local mean = v[i] / (block * block)
+              if mean > 0 then acc = acc + math.log(math.max(1, mv[i] / mean)); cnt = cnt + 1 end
+            end
+          end
+          score[o][h] = score[o][h] + (tot > 0 and top / tot or 0)
+          if qw > 0 then score[o][h] = score[o][h] - qw * (cnt > 0 and acc / cnt / math.log(block * block) or 0) end
+        end
+      end
+    end
+    local orders, best = {}, {}
+    for h = 1, Hh do
+      best[h] = 1
+      for o = 2, #paro.ORDERS do if score[o][h] > score[best[h]][h] then best[h] = o end end
+      orders[h] = paro.ORDERS[best[h]]
+    end
+    local steps = {}
+    for pi, prob in ipairs(probs) do
+      local step = tostring(math.tointeger((prob.workload_params or {}).step) or 0)
+      steps[step] = steps[step] or {}
+      for h = 1, Hh do
+        local w = maps[best[h]][pi][h]
+        local acc = steps[step][h]
+        if not acc then acc = {} for I = 1, nb do for J = 1, nb do acc[#acc + 1] = w[I][J] end end
+        else local x = 0 for I = 1, nb do for J = 1, nb do x = x + 1; acc[x] = acc[x] + w[I][J] end end end
+        steps[step][h] = acc
+      end
+    end
+    for step, heads in pairs(steps) do
+      for h = 1, Hh do
+        local idx, l = sorted_desc(heads[h]), {}
+        for x = 1, keep do l[x] = idx[x] - 1 end
+        table.sort(l)
+        heads[h] = l
+      end
+      steps[step] = heads
+    end
+    return {orders = orders, steps = steps}
+  end
+  local cases = {
+    {probs = {(stepped{heads = 3, seed = 21})}, block = 16, density = 0.2, qw = 0},        -- nb = 17 (ragged)
+    {probs = {(stepped{heads = 4, seed = 22})}, block = 8, density = 0.3, qw = 1},         -- the incoherence term
+    {probs = {stepped{heads = 3, seed = 23, step = 0}, stepped{heads = 3, seed = 24, step = 0},
+      (stepped{heads = 3, seed = 25, step = 10})}, block = 12, density = 0.25, qw = 0},   -- sums over a step's problems
+  }
+  for ci, c in ipairs(cases) do
+    local want = whole_plan(c.probs, c.block, c.density, c.qw)
+    local nb = (c.probs[1].layout.n + c.block - 1) // c.block
+    for _, per in ipairs({1, 2, 5, nb}) do
+      paro.rows_per_call = per
+      local ok, cfg = pcall(sl.calibrate, paro, {problems = c.probs, params = {block = c.block, density = c.density, quant_weight = c.qw}})
+      paro.rows_per_call = nil
+      truthy(ok, tostring(cfg))
+      local got = cfg.layers[1]
+      eq(table.concat(got.orders, ","), table.concat(want.orders, ","), string.format("case %d, %d rows per call: orders", ci, per))
+      for step, heads in pairs(want.steps) do
+        for h = 1, #heads do
+          eq(table.concat(got.steps[step][h], ","), table.concat(heads[h], ","),
+            string.format("case %d, %d rows per call: step %s head %d blocks", ci, per, step, h))
+        end
+      end
+      -- the self-calibrated run (chunked) executes the whole-map plan's mask
+      if #c.probs == 1 then
+        paro.rows_per_call = per
+        local ok2, r = pcall(paro.run, c.probs[1], sl.registry.resolve(paro, {block = c.block, density = c.density, quant_weight = c.qw, bits = 16}))
+        paro.rows_per_call = nil
+        truthy(ok2, tostring(r))
+        local ref = paro.run(c.probs[1], sl.registry.resolve(paro, {block = c.block, density = c.density, bits = 16,
+          config = {block = c.block, density = c.density, layers = {want}}}))
+        eq(sl.metric.max_abs(r.o, ref.o), 0, string.format("case %d, %d rows per call: o", ci, per))
+        eq(r.stats.density, ref.stats.density, "density")
+      end
+    end
+  end
+end)
+
 -- ---- light_forcing ---------------------------------------------------------------
 
 local lf = sl.methods.get("light_forcing")

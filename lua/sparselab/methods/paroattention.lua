@@ -35,6 +35,11 @@
 --      per-warp scale layout of P is not public in the card; per (row,
 --      block) is our reading. Fidelity vs f32 at mask = all: see the test
 --      and docs/notes/issue-15.md.
+-- Memory (issue 19): the block maps stay tensors [H, nb, nb]; Lua reads one
+-- head at a time, a chunk of rows per call (M.head, M.rows_per_call), and only
+-- the orders that are some head's best so far are kept; the keep is a u8
+-- tensor. Still n²/b² per head by the card (a head-global threshold over the
+-- whole block map: every block is ranked).
 -- Plans come from `config` (sparselab calibrate paroattention ... --layout)
 -- or, without one, from the problem itself (self-calibrated).
 -- Reference (card): jamescsq47/PAROAtten permute_qk / permute_attn_out, per_warp_int8;
@@ -47,28 +52,60 @@ local ID = "paroattention"
 M.ORDERS = {"fyx", "fxy", "yxf", "yfx", "xyf", "xfy"}
 M.NAMES = {fyx = "FHW", fxy = "FWH", yxf = "HWF", yfx = "HFW", xyf = "WHF", xfy = "WFH"}
 
+-- The block sums (and, with_max, block maxes) of one problem in one order:
+-- tensors [H, nb, nb] (issue 19: they stay tensors; Lua reads one head at a
+-- time, a chunk of rows per call, see M.head).
 local function block_mass(prob, lay, order, b, with_max)
   local perm = lay:perm_tensor(order)
   local qp, kp = sl.layout.permute(prob.q, perm, prob.backend), sl.layout.permute(prob.k, perm, prob.backend)
-  local sum = sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend}):totable()
-  if not with_max then return sum end
-  return sum, sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 1, causal = false, backend = prob.backend}):totable()
+  local sum = sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend})
+  local max = with_max and sl.score.exact(qp, kp, {bq = b, bk = b, reduce = 1, causal = false, backend = prob.backend}) or nil
+  qp:close(); kp:close()
+  return sum, max
+end
+
+--- Head h of a block map t [H, nb, nb] as a flat Lua array {nb = nb, v = v},
+--- v[(I - 1)·nb + J] = t[h][I][J], read M.rows_per_call rows per call (default
+--- about 2^18 values; issue 19: the whole map [H, nb, nb] in one totable passed
+--- Lua's 1e6 limit at 32K with 8 heads and was n² Lua numbers per order).
+function M.head(t, h, nb)
+  local per = M.rows_per_call or math.max(1, (1 << 18) // nb)
+  local v = {}
+  local th = t:narrow(1, h, 1)
+  for r0 = 0, nb - 1, per do
+    local c = math.min(per, nb - r0)
+    local rv = th:narrow(2, r0 + 1, c)
+    local rows = rv:totable()[1]
+    rv:close()
+    for i = 1, c do
+      local row, base = rows[i], (r0 + i - 1) * nb
+      for J = 1, nb do v[base + J] = row[J] end
+    end
+  end
+  th:close() -- views hold t's buffer until collected
+  return {nb = nb, v = v}
+end
+
+-- a head's block map as a flat array: M.head's form, or a nested table wh[I][J]
+local function flat(wh)
+  if wh.nb then return wh.v, wh.nb end
+  local nb = #wh
+  local v = {}
+  for I = 1, nb do for J = 1, nb do v[(I - 1) * nb + J] = wh[I][J] end end
+  return v, nb
 end
 
 -- flattened (I, J) block indices of one head sorted by mass, densest first
 local function ranked(wh)
-  local nb = #wh
-  local idx, val = {}, {}
-  for I = 1, nb do for J = 1, nb do
-    local x = (I - 1) * nb + J
-    idx[#idx + 1] = x
-    val[x] = wh[I][J]
-  end end
+  local val, nb = flat(wh)
+  local idx = {}
+  for x = 1, nb * nb do idx[x] = x end
   table.sort(idx, function(a, c) if val[a] ~= val[c] then return val[a] > val[c] end return a < c end)
-  return idx, val
+  return idx, val, nb
 end
 
 --- Step 1's score of a head's block mass (tests replace it with a score-blind one).
+--- wh: M.head's flat form or a nested table wh[I][J].
 function M.concentration(wh, keep)
   local idx, val = ranked(wh)
   local top, tot = 0, 0
@@ -84,17 +121,16 @@ end
 --- of a head's attention map, log(max P / mean P) over the block's bq·bk
 --- entries, averaged and divided by log(bq·bk) (0: flat blocks, easy to
 --- quantise with one scale; 1: one spike per block). wh: block sums, mh:
---- block maxes, cells = entries per block (the ragged last blocks are
---- counted as full: a small bias on them only).
+--- block maxes (M.head's flat form or nested tables), cells = entries per
+--- block (the ragged last blocks are counted as full: a small bias on them only).
 function M.incoherence(wh, mh, keep, cells)
-  local idx = ranked(wh)
-  local nb = #wh
+  local idx, val = ranked(wh)
+  local mv = flat(mh)
   local acc, cnt = 0, 0
   for x = 1, math.min(keep, #idx) do
     local i = idx[x]
-    local I, J = (i - 1) // nb + 1, (i - 1) % nb + 1
-    local mean = wh[I][J] / cells
-    if mean > 0 then acc = acc + math.log(math.max(1, mh[I][J] / mean)); cnt = cnt + 1 end
+    local mean = val[i] / cells
+    if mean > 0 then acc = acc + math.log(math.max(1, mv[i] / mean)); cnt = cnt + 1 end
   end
   return cnt > 0 and acc / cnt / math.log(cells) or 0
 end
@@ -111,35 +147,55 @@ function M.calibrate(problems, opts)
     local H = probs[1].q:shape()[1]
     local nb = (lay.n + p.block - 1) // p.block
     local keep = keep_count(nb, p.density)
-    local score, mass = {}, {}
+    -- per problem and order the block sums stay tensors while the order is
+    -- some head's best so far (best[h]: the first order of highest score, as
+    -- the choice below); each head is read alone (M.head), and a step's mass is
+    -- summed per head over its problems in problem order (issue 19)
+    local score, sums, best = {}, {}, {}
+    for pi = 1, #probs do sums[pi] = {} end
     for o, order in ipairs(M.ORDERS) do
       score[o] = {}
       for h = 1, H do score[o][h] = 0 end
-      for _, prob in ipairs(probs) do
+      for pi, prob in ipairs(probs) do
         local w, wmax = block_mass(prob, lay, order, p.block, p.quant_weight > 0)
-        local step = tostring(math.tointeger((prob.workload_params or {}).step) or 0)
-        mass[step] = mass[step] or {}
-        mass[step][o] = mass[step][o] or {}
         for h = 1, H do
-          score[o][h] = score[o][h] + M.concentration(w[h], keep)
-          if wmax then score[o][h] = score[o][h] - p.quant_weight * M.incoherence(w[h], wmax[h], keep, p.block * p.block) end
-          local acc = mass[step][o][h]
-          if not acc then mass[step][o][h] = w[h]
-          else for I = 1, nb do for J = 1, nb do acc[I][J] = acc[I][J] + w[h][I][J] end end end
+          local wh = M.head(w, h, nb)
+          score[o][h] = score[o][h] + M.concentration(wh, keep)
+          if wmax then score[o][h] = score[o][h] - p.quant_weight * M.incoherence(wh, M.head(wmax, h, nb), keep, p.block * p.block) end
+        end
+        if wmax then wmax:close() end
+        sums[pi][o] = w
+      end
+      for h = 1, H do
+        if o == 1 or score[o][h] > score[best[h]][h] then best[h] = o end
+      end
+      local used = {}
+      for h = 1, H do used[best[h]] = true end
+      for o2 = 1, o do
+        if not used[o2] then
+          for pi = 1, #probs do if sums[pi][o2] then sums[pi][o2]:close(); sums[pi][o2] = nil end end
         end
       end
     end
-    local orders, best = {}, {}
-    for h = 1, H do
-      local b = 1
-      for o = 2, #M.ORDERS do if score[o][h] > score[b][h] then b = o end end
-      best[h], orders[h] = b, M.ORDERS[b]
+    local orders = {}
+    for h = 1, H do orders[h] = M.ORDERS[best[h]] end
+    local by_step = {}
+    for pi, prob in ipairs(probs) do
+      local step = tostring(math.tointeger((prob.workload_params or {}).step) or 0)
+      by_step[step] = by_step[step] or {}
+      table.insert(by_step[step], pi)
     end
     local steps = {}
-    for step, byo in pairs(mass) do
+    for step, pis in pairs(by_step) do
       local heads = {}
       for h = 1, H do
-        local idx = ranked(byo[best[h]][h])
+        local acc
+        for _, pi in ipairs(pis) do
+          local v = M.head(sums[pi][best[h]], h, nb).v
+          if not acc then acc = v
+          else for x = 1, nb * nb do acc[x] = acc[x] + v[x] end end
+        end
+        local idx = ranked{nb = nb, v = acc}
         local l2 = {}
         for x = 1, keep do l2[x] = idx[x] - 1 end
         table.sort(l2)
@@ -147,6 +203,7 @@ function M.calibrate(problems, opts)
       end
       steps[step] = heads
     end
+    for pi = 1, #probs do for _, t in pairs(sums[pi]) do t:close() end end
     layers[l] = {orders = orders, steps = steps}
   end
   local list = {}
@@ -174,14 +231,13 @@ local function run(prob, p)
   local nb = (n + b - 1) // b
   local t0 = sl.time()
   local orders, lists = plan_for(prob, p)
-  local keeps = {}
+  -- the keep is a u8 tensor [H, nb, nb] (issue 19: not H·nb² Lua numbers)
+  local keep = sl.zeros({H, nb, nb}, "u8")
   for h = 1, H do
-    local keep = {}
-    for I = 1, nb do local r = {} for J = 1, nb do r[J] = 0 end keep[I] = r end
-    for _, x in ipairs(lists[h]) do keep[x // nb + 1][x % nb + 1] = 1 end
-    keeps[h] = keep
+    for _, x in ipairs(lists[h]) do keep:set(h, x // nb + 1, x % nb + 1, 1) end
   end
-  local mask = video.block_mask(keeps, n, b, lay)
+  local mask = video.block_mask(keep, n, b, lay)
+  keep:close()
   local perm = lay:perm_tensor(orders)
   local t1 = sl.time()
   local be = prob.backend
