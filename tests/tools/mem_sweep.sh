@@ -34,11 +34,10 @@ card() { echo "$cards" | grep "\"id\":\"$1\",\"kind\":\"method\""; }
 # (coeff 8), so select.pq_match's index lists hold n²/8 pairs per head at any
 # n (density ~0.23); at 2K/4K/8K the n² term is near the rule's edge (it passed
 # or failed by 0.1 MiB), at 4K/8K/16K it shows (21.9 / 46.3 / 141.1 MiB).
-# paroattention (bench form only; its 4K..32K points take ~1 min at 32K):
-# its card keeps a static block mask at a fixed density ("thresholding
-# block-level attention mass (threshold sets density, ~20-30%)"), chosen over
-# the block-level mass map of n²/b² blocks: 16.0 / 22.5 / 35.7 / 81.1 MiB at
-# 4K..32K (video, one head); at 2K/4K/8K the n² term is under the rule.
+# paroattention was on the bench form's list until issue 19, session 5c: its
+# block maps are now read a chunk of rows of one head at a time and its
+# n²/b² block mask stays inside the rule (33.4 / 54.9 / 108.8 / 205.3 MiB at
+# 4K..32K, video, 8 heads, d = 16: 86 % of the linear allowance).
 # sample_attention (bench form only): its card's window is a fraction of n
 # ("every query keeps the most recent r_w·n keys (window = a FRACTION of
 # n)"), so its band holds n²·r_w pairs: 14.8 / 17.7 / 25.9 / 48.5 MiB at
@@ -52,7 +51,7 @@ known=${KNOWN-sparsifiner,pq_code_match}
 # sparsifiner, whose N x N predictor the card makes quadratic in memory too.
 quick=1
 [ -n "${2:-}" ] && quick=0
-[ $quick = 0 ] && [ -z "${KNOWN+set}" ] && known="$known,paroattention,sample_attention"
+[ $quick = 0 ] && [ -z "${KNOWN+set}" ] && known="$known,sample_attention"
 ns_for() {
     case $1 in
     sparsifiner) echo "256 512 1536" ;;
