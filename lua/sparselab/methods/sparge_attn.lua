@@ -103,10 +103,9 @@ local function keep_tensor(keep, ones, hq, nqb, nkb, be)
   return t
 end
 
--- The Lua selection of sessions 1-5 (per-row Lua tables, a comparator sort,
--- the keep table converted whole), kept as the oracle of
--- tests/lua/test_estimators_c.lua only (M.estimate(prob, p, {lua_select = true})).
-local function estimate_lua(prob, p)
+-- Both paths' probe: the normalised pooled q and k blocks, the pooled
+-- logits (per head, E.heads) and the estimate's FLOPs.
+local function probe(prob, p)
   local bq, bk = p.bq, p.bk
   local hq, hkv = prob.q:shape()[1], prob.k:shape()[1]
   local g = hq // hkv
@@ -121,6 +120,17 @@ local function estimate_lua(prob, p)
   local logits = E.heads(sl.score.pooled(prob.q, prob.k, sc_args))
   local est_flops = sl.op_flops("pool.tokens", prob.q, pq_args) + sl.op_flops("pool.tokens", prob.k, pk_args) +
     sl.op_flops("score.pooled", prob.q, prob.k, sc_args)
+  return {bq = bq, bk = bk, hq = hq, hkv = hkv, g = g, nqb = nqb, nkb = nkb, cfg = cfg, qn = qn, kn = kn,
+    logits = logits, est_flops = est_flops}
+end
+
+-- The Lua selection of sessions 1-5 (per-row Lua tables, a comparator sort,
+-- the keep table converted whole), kept as the oracle of
+-- tests/lua/test_estimators_c.lua only (M.estimate(prob, p, {lua_select = true})).
+local function estimate_lua(prob, p)
+  local P = probe(prob, p)
+  local bq, bk, hq, hkv, g, nqb, nkb = P.bq, P.bk, P.hq, P.hkv, P.g, P.nqb, P.nkb
+  local cfg, qn, kn, logits, est_flops = P.cfg, P.qn, P.kn, P.logits, P.est_flops
   local keep = E.zeros(hq, nqb, nkb)
   local ksim = {}
   for kh = 1, hkv do ksim[kh] = sims(kn, kh, nkb) end
@@ -174,20 +184,9 @@ end
 
 local function estimate(prob, p, opts)
   if opts and opts.lua_select then return estimate_lua(prob, p) end
-  local bq, bk = p.bq, p.bk
-  local hq, hkv = prob.q:shape()[1], prob.k:shape()[1]
-  local g = hq // hkv
-  local nqb, nkb = E.blocks(prob, bq, bk)
-  local cfg = E.config(p, "sparge_attn")
-  local be = prob.backend
-  local pq_args = {block = bq, normalize = 1, backend = be}
-  local pk_args = {block = bk, normalize = 1, backend = be}
-  local qn = E.heads(sl.pool.tokens(prob.q, pq_args))
-  local kn = E.heads(sl.pool.tokens(prob.k, pk_args))
-  local sc_args = {bq = bq, bk = bk, causal = prob.causal and 1 or 0, pool = 0, softmax = 0, backend = be}
-  local logits = E.heads(sl.score.pooled(prob.q, prob.k, sc_args))
-  local est_flops = sl.op_flops("pool.tokens", prob.q, pq_args) + sl.op_flops("pool.tokens", prob.k, pk_args) +
-    sl.op_flops("score.pooled", prob.q, prob.k, sc_args)
+  local P = probe(prob, p)
+  local bq, bk, hq, hkv, g, nqb, nkb = P.bq, P.bk, P.hq, P.hkv, P.g, P.nqb, P.nkb
+  local cfg, qn, kn, logits, est_flops = P.cfg, P.qn, P.kn, P.logits, P.est_flops
   -- keep[h][r]: a forced row (query block not self-similar) shares one
   -- all-ones row (mask.from_blocks' causal rule clears what the row does not
   -- see, the same blocks the old per-row fill up to `vis` left out); the
