@@ -121,7 +121,7 @@ local function probe(prob, p)
   local est_flops = sl.op_flops("pool.tokens", prob.q, pq_args) + sl.op_flops("pool.tokens", prob.k, pk_args) +
     sl.op_flops("score.pooled", prob.q, prob.k, sc_args)
   return {bq = bq, bk = bk, hq = hq, hkv = hkv, g = g, nqb = nqb, nkb = nkb, cfg = cfg, qn = qn, kn = kn,
-    logits = logits, est_flops = est_flops}
+    logits = logits, est_flops = est_flops, be = be}
 end
 
 -- The Lua selection of sessions 1-5 (per-row Lua tables, a comparator sort,
@@ -187,6 +187,7 @@ local function estimate(prob, p, opts)
   local P = probe(prob, p)
   local bq, bk, hq, hkv, g, nqb, nkb = P.bq, P.bk, P.hq, P.hkv, P.g, P.nqb, P.nkb
   local cfg, qn, kn, logits, est_flops = P.cfg, P.qn, P.kn, P.logits, P.est_flops
+  local be = P.be
   -- keep[h][r]: a forced row (query block not self-similar) shares one
   -- all-ones row (mask.from_blocks' causal rule clears what the row does not
   -- see, the same blocks the old per-row fill up to `vis` left out); the
