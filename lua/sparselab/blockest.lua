@@ -72,6 +72,25 @@ function E.heads(t)
   })
 end
 
+--- Calls fn(r, row) for every row r (1-based) of head h of t [H, R, C], in
+--- order, reading `per` rows per totable (default about 2^18 values; issue 19:
+--- a whole [H, R, C] block map in one totable was n² Lua numbers and passed
+--- Lua's 1e6-element limit at 32K with 8 heads), closing each view once read.
+function E.each_row(t, h, fn, per)
+  local shape = t:shape()
+  local R, C = shape[2], shape[3]
+  per = per or math.max(1, (1 << 18) // math.max(1, C))
+  local th = t:narrow(1, h, 1)
+  for r0 = 0, R - 1, per do
+    local c = math.min(per, R - r0)
+    local rv = th:narrow(2, r0 + 1, c)
+    local rows = rv:totable()[1]
+    rv:close()
+    for i = 1, c do fn(r0 + i, rows[i]) end
+  end
+  th:close()
+end
+
 --- An all-zero keep table [H][R][C].
 function E.zeros(H, R, C)
   local t = {}

@@ -32,6 +32,7 @@
 -- time (twice: the recalls, then the keeps), and the keep is a u8 tensor.
 local sl = require "sparselab"
 local video = require "sparselab.video"
+local E = require "sparselab.blockest"
 
 local M = {}
 
@@ -43,14 +44,14 @@ function M.block_mass(prob, lse, p)
   return w, sl.op_flops("mass.blocks", prob.q, prob.k, lse, {bq = p.block, bk = p.block, causal = false})
 end
 
--- Rows r0 + 1 .. r1 of head h's W as Lua rows (1-based from r0 + 1).
-local function w_rows(w, h, r0, r1)
+-- fn(I, row) for every row of head h's W in order: a tensor through
+-- E.each_row (a chunk of rows per read), or a Lua table W[h][I][J].
+local function each_w_row(w, h, fn)
   if type(w) == "table" then
-    local t = {}
-    for I = r0 + 1, r1 do t[#t + 1] = w[h][I] end
-    return t
+    for I, row in ipairs(w[h]) do fn(I, row) end
+  else
+    E.each_row(w, h, fn, M.rows_per_call)
   end
-  return w:narrow(1, h, 1):narrow(2, r0 + 1, r1 - r0):totable()[1]
 end
 
 -- The video key blocks (0-based) of a layout: blocks not wholly text.
@@ -149,18 +150,15 @@ local function run(prob, p)
   -- the keep is a u8 tensor written in place (issue 19: W and the keeps as
   -- whole [H][nqb][nkb] Lua tables were n², and W's totable passed Lua's 1e6
   -- limit at 32K with 8 heads); the recall sums its rows in the same order
-  local per = M.rows_per_call or math.max(1, (1 << 18) // nb)
   local sp
   if p.adaptive then
     local recalls, k = {}, keep_count(p.sparsity, #vb)
     for h = 1, H do
       local recall = 0
-      for r0 = 0, nb - 1, per do
-        for _, row in ipairs(w_rows(w, h, r0, math.min(nb, r0 + per))) do
-          local _, kept, tot = M.select_row(row, vb, k)
-          recall = recall + (tot > 0 and kept / tot or 1)
-        end
-      end
+      each_w_row(w, h, function(_, row)
+        local _, kept, tot = M.select_row(row, vb, k)
+        recall = recall + (tot > 0 and kept / tot or 1)
+      end)
       recalls[h] = recall / nb
     end
     sp = M.adaptive(recalls, p.sparsity, p.recall_bar)
@@ -168,11 +166,9 @@ local function run(prob, p)
   local keep = sl.zeros({H, nb, nb}, "u8")
   for h = 1, H do
     local k = keep_count(sp and sp[h] or p.sparsity, #vb)
-    for r0 = 0, nb - 1, per do
-      for i, row in ipairs(w_rows(w, h, r0, math.min(nb, r0 + per))) do
-        for _, J in ipairs((M.select_row(row, vb, k))) do keep:set(h, r0 + i, J + 1, 1) end
-      end
-    end
+    each_w_row(w, h, function(I, row)
+      for _, J in ipairs((M.select_row(row, vb, k))) do keep:set(h, I, J + 1, 1) end
+    end)
   end
   local mask = video.block_mask(keep, n, b, lay)
   local t1 = sl.time()

@@ -46,6 +46,7 @@
 -- its offline search is not public — this search is our reading of the paper.
 local sl = require "sparselab"
 local video = require "sparselab.video"
+local E = require "sparselab.blockest"
 
 local M = {}
 local ID = "paroattention"
@@ -69,20 +70,11 @@ end
 --- about 2^18 values; issue 19: the whole map [H, nb, nb] in one totable passed
 --- Lua's 1e6 limit at 32K with 8 heads and was n² Lua numbers per order).
 function M.head(t, h, nb)
-  local per = M.rows_per_call or math.max(1, (1 << 18) // nb)
   local v = {}
-  local th = t:narrow(1, h, 1)
-  for r0 = 0, nb - 1, per do
-    local c = math.min(per, nb - r0)
-    local rv = th:narrow(2, r0 + 1, c)
-    local rows = rv:totable()[1]
-    rv:close()
-    for i = 1, c do
-      local row, base = rows[i], (r0 + i - 1) * nb
-      for J = 1, nb do v[base + J] = row[J] end
-    end
-  end
-  th:close() -- views hold t's buffer until collected
+  E.each_row(t, h, function(I, row)
+    local base = (I - 1) * nb
+    for J = 1, nb do v[base + J] = row[J] end
+  end, M.rows_per_call)
   return {nb = nb, v = v}
 end
 

@@ -34,6 +34,7 @@
 -- and candidate (n² Lua numbers, transient; see docs/notes/issue-19.md).
 local sl = require "sparselab"
 local video = require "sparselab.video"
+local E = require "sparselab.blockest"
 
 local M = {}
 local ID = "sparse_vdit"
@@ -197,20 +198,15 @@ end
 -- totable limit at 32K with 8 heads); each column sums its rows in order.
 local function stripe_columns(prob, b, count)
   local st = sl.score.exact(prob.q, prob.k, {bq = b, bk = b, reduce = 0, causal = false, backend = prob.backend})
-  local H, nqb, nb = st:shape()[1], st:shape()[2], st:shape()[3]
-  local per = M.rows_per_call or math.max(1, (1 << 18) // nb)
+  local H, nb = st:shape()[1], st:shape()[3]
   local cols = {}
   for h = 1, H do
     local mass = {}
     for J = 1, nb do mass[J] = 0 end
-    for r0 = 0, nqb - 1, per do
-      for _, row in ipairs(st:narrow(1, h, 1):narrow(2, r0 + 1, math.min(per, nqb - r0)):totable()[1]) do
-        for J = 1, nb do mass[J] = mass[J] + row[J] end
-      end
-    end
-    local idx = {}
-    for J = 1, nb do idx[J] = J end
-    table.sort(idx, function(a, c) if mass[a] ~= mass[c] then return mass[a] > mass[c] end return a < c end)
+    E.each_row(st, h, function(_, row)
+      for J = 1, nb do mass[J] = mass[J] + row[J] end
+    end, M.rows_per_call)
+    local idx = E.order_desc(mass, nb)
     local l = {}
     for x = 1, math.min(count, nb) do l[x] = idx[x] - 1 end
     table.sort(l)
