@@ -249,17 +249,20 @@ function M.listwise_loss_grad(sets, w)
   return L / tot, gr
 end
 
-local function fit_listwise(probs, o)
+-- The fitting inputs' head_dim and kv heads: every input has input 1's.
+local function fit_dims(probs)
   local _, _, d, hkv = dims(probs[1])
+  for i, prob in ipairs(probs) do
+  end
+  return d, hkv
+end
+
+local function fit_listwise(probs, o)
+  local d, hkv = fit_dims(probs)
   local window = o.params.window or 0
   local sets = {}
   for kv = 1, hkv do sets[kv] = {} end
-  for i, prob in ipairs(probs) do
-    local _, _, di, hi = dims(prob)
-    if di ~= d or hi ~= hkv then
-      sl.fail("sparsek fit: input %d has %d kv heads of dim %d, input 1 has %d of dim %d; expected the same", i, hi, di,
-        hkv, d)
-    end
+  for _, prob in ipairs(probs) do
     for kv, D in ipairs(M.listwise_data(prob, window)) do table.insert(sets[kv], D) end
   end
   local W, B, before, after = {}, {}, 0, 0
@@ -283,15 +286,10 @@ function M.fit(probs, o)
   local objective = (o.params or {}).objective or "listwise"
   if objective == "listwise" then return fit_listwise(probs, o) end
   if objective ~= "ridge" then sl.fail("sparsek fit: objective '%s'; expected listwise or ridge", tostring(objective)) end
-  local _, _, d, hkv = dims(probs[1])
+  local d, hkv = fit_dims(probs)
   local data = {}
   for kv = 1, hkv do data[kv] = {X = {}, Y = {}} end
-  for i, prob in ipairs(probs) do
-    local _, _, di, hi = dims(prob)
-    if di ~= d or hi ~= hkv then
-      sl.fail("sparsek fit: input %d has %d kv heads of dim %d, input 1 has %d of dim %d; expected the same", i, hi, di,
-        hkv, d)
-    end
+  for _, prob in ipairs(probs) do
     for kv, r in ipairs(M.fit_rows(prob)) do
       for j = 1, #r.X do table.insert(data[kv].X, r.X[j]); table.insert(data[kv].Y, r.Y[j]) end
     end
