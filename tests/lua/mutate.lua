@@ -39,6 +39,21 @@ local function rnd() -- xorshift32 in [0, 1): seeded, independent of math.random
   return (state & 0xffffff) / 0x1000000
 end
 
+-- cnt distinct keys of 0..vis-1, ascending, drawn by rnd (a partial
+-- Fisher-Yates: the first cnt of a shuffle).
+local function sorted_sample(vis, cnt)
+  local pool = {}
+  for j = 0, vis - 1 do pool[j + 1] = j end
+  for t = 1, cnt do
+    local u = t + math.floor(rnd() * (vis - t + 1))
+    pool[t], pool[u] = pool[u], pool[t]
+  end
+  local l = {}
+  for t = 1, cnt do l[t] = pool[t] end
+  table.sort(l)
+  return l
+end
+
 local function blind_floats(t)
   if type(t) == "table" then
     local out = {}
@@ -135,15 +150,7 @@ sl.select.pq_match = function(q, k, cb, args)
       local cnt = r[h][i + 1] - r[h][i]
       local vis = causal and math.min(nk, i + nk - nq) or nk
       if cnt > vis then error(string.format("mutate: select.pq_match row %d keeps %d of %d visible keys", i, cnt, vis)) end
-      local pool = {}
-      for j = 0, vis - 1 do pool[j + 1] = j end
-      for t = 1, cnt do -- partial Fisher-Yates: the first cnt of a shuffle
-        local u = t + math.floor(rnd() * (vis - t + 1))
-        pool[t], pool[u] = pool[u], pool[t]
-      end
-      local l = {}
-      for t = 1, cnt do l[t] = pool[t] end
-      table.sort(l)
+      local l = sorted_sample(vis, cnt)
       local at = r[h][i]
       for t = 1, cnt do out[at + t] = l[t] end
     end
@@ -172,16 +179,7 @@ sl.attn.bucket = function(q, k, v, args)
     for i = 1, nq do
       local vis = causal and math.min(nk, i + nk - nq) or nk
       local cnt = c[h][i]
-      local pool = {}
-      for j = 0, vis - 1 do pool[j + 1] = j end
-      for t = 1, cnt do
-        local u = t + math.floor(rnd() * (vis - t + 1))
-        pool[t], pool[u] = pool[u], pool[t]
-      end
-      local l = {}
-      for t = 1, cnt do l[t] = pool[t] end
-      table.sort(l)
-      for _, j in ipairs(l) do col[#col + 1] = j end
+      for _, j in ipairs(sorted_sample(vis, cnt)) do col[#col + 1] = j end
       rp[h][i + 1] = #col
     end
   end
