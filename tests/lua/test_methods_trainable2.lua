@@ -1457,6 +1457,15 @@ test("sea: the trainable.performer op gives the Lua Performer loop's map (GQA, T
   end
 end)
 
+-- sl.eval of id on prob must fail with one line holding every string of want.
+local function expect_error(id, prob, params, want)
+  local ok, err = pcall(sl.eval, id, prob, {params = params})
+  truthy(not ok, id .. ": expected an error")
+  err = tostring(err)
+  truthy(not err:find("\n"), "one line: " .. err)
+  for _, w in ipairs(want) do truthy(err:find(w, 1, true), "'" .. w .. "' in: " .. err) end
+end
+
 test("bad weight files name the method: NaN in nosa's and routing_transformer's files, a misshapen latent tensor", function()
   -- session 4 audit: these two recipes read the raw file first to size a dimension, so the reader's NaN error
   -- came without the method's name; the latent's rank was taken from the bad tensor itself ("expected [2, 16, 0]")
@@ -1468,13 +1477,7 @@ test("bad weight files name the method: NaN in nosa's and routing_transformer's 
     c[2] = 0 / 0
     return sl.tensor(t)
   end
-  local function expect(id, params, want)
-    local ok, err = pcall(sl.eval, id, prob, {params = params})
-    truthy(not ok, id .. ": expected an error")
-    err = tostring(err)
-    truthy(not err:find("\n"), "one line: " .. err)
-    for _, w in ipairs(want) do truthy(err:find(w, 1, true), "'" .. w .. "' in: " .. err) end
-  end
+  local function expect(id, params, want) expect_error(id, prob, params, want) end
   local pe = file("nosa_nan", {e = nan_at_2({2, 64})})
   expect("nosa", {block = 16, sub = 4, weights = pe}, {"nosa: weights " .. pe, "'e'", "NaN"})
   local pr = file("routing_nan", {["kmeans.means"] = nan_at_2({4, 8, 16})})
@@ -1499,13 +1502,6 @@ local function file_i64(name, tensor, vals)
 end
 
 -- session 5: the audit leftovers of session 4, one test each (each fails on the code before the fix)
-local function expect_error(id, prob, params, want)
-  local ok, err = pcall(sl.eval, id, prob, {params = params})
-  truthy(not ok, id .. ": expected an error")
-  err = tostring(err)
-  truthy(not err:find("\n"), "one line: " .. err)
-  for _, w in ipairs(want) do truthy(err:find(w, 1, true), "'" .. w .. "' in: " .. err) end
-end
 
 test("bad input names the method: fsa's and nsa_latent_alternating's errors from nsa's loader and block check carry their own id", function()
   local prob = synthetic(64, 97)
