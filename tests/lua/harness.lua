@@ -79,6 +79,30 @@ function H.max_diff(a, b)
   return m
 end
 
+--- The shipped TinyStories model, loaded once per process: the project's own
+--- copy in experiments/data/tinystories260k (or $SPARSELAB_DATA). Returns
+--- capture(name, layer): the Q/K/V problem of texts/<name>.txt at layer
+--- (0-based); nil, with a SKIP line, when the model is not there.
+local TS_CAPTURE
+function H.tinystories()
+  if TS_CAPTURE ~= nil then return TS_CAPTURE or nil end
+  local sl = require "sparselab"
+  local dir = os.getenv("SPARSELAB_DATA") or "experiments/data/tinystories260k"
+  if dir:sub(-1) ~= "/" then dir = dir .. "/" end
+  local f = io.open(dir .. "model.bin", "rb")
+  if not f then print("SKIP: no TinyStories model at " .. dir) TS_CAPTURE = false return nil end
+  f:close()
+  local m = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
+  TS_CAPTURE = function(name, layer)
+    local fh = assert(io.open(dir .. "texts/" .. name .. ".txt"))
+    local text = fh:read("a")
+    fh:close()
+    local c = m:capture{text = text, layers = {layer}}[layer + 1]
+    return sl.problem{q = c.q, k = c.k, v = c.v}
+  end
+  return TS_CAPTURE
+end
+
 function H.done()
   print(string.format("%d passed, %d failed", H.passed, H.failed))
   os.exit(H.failed == 0 and 0 or 1)

@@ -197,18 +197,9 @@ end)
 local TS
 local function tinystories()
   if TS ~= nil then return TS end
-  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
-  local f = io.open(dir .. "model.bin", "rb")
-  if not f then print("SKIP: no TinyStories model at " .. dir) TS = false return TS end
-  f:close()
-  local m = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
-  local function capture(name)
-    local fh = io.open(dir .. "texts/" .. name .. ".txt")
-    local text = fh:read("a")
-    fh:close()
-    local c = m:capture{text = text, layers = {2}}[3]
-    return sl.problem{q = c.q, k = c.k, v = c.v}
-  end
+  local cap = H.tinystories()
+  if not cap then TS = false return TS end
+  local function capture(name) return cap(name, 2) end
   TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")},
     more = {capture("03_brave_turtle"), capture("04_cake_for_mom")}}
   return TS
@@ -527,18 +518,9 @@ test("sparsek fit: fitted scores beat the stand-in on held-out TinyStories texts
 end)
 
 test("sparsek fit (listwise): beats the stand-in and the ridge fit on held-out TinyStories texts (layer 0)", function()
-  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
-  local f = io.open(dir .. "model.bin", "rb")
-  if not f then print("SKIP: no TinyStories model at " .. dir) return end
-  f:close()
-  local model = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
-  local function capture(name)
-    local fh = io.open(dir .. "texts/" .. name .. ".txt")
-    local text = fh:read("a")
-    fh:close()
-    local c = model:capture{text = text, layers = {0}}[1]
-    return sl.problem{q = c.q, k = c.k, v = c.v}
-  end
+  local cap = H.tinystories()
+  if not cap then return end
+  local function capture(name) return cap(name, 0) end
   local sk = sl.methods.get("sparsek")
   local P = {k = 32, window = 16}
   local train = {capture("01_red_kite"), capture("02_lost_mitten")}

@@ -48,18 +48,9 @@ end
 local TS
 local function tinystories()
   if TS ~= nil then return TS end
-  local dir = os.getenv("SPARSELAB_DATA") or "/work/shared/data/tinystories260k/"
-  local f = io.open(dir .. "model.bin", "rb")
-  if not f then print("SKIP: no TinyStories model at " .. dir) TS = false return TS end
-  f:close()
-  local m = sl.model.load(dir .. "model.bin", {tokenizer = dir .. "tok512.bin"})
-  local function capture(name)
-    local fh = io.open(dir .. "texts/" .. name .. ".txt")
-    local text = fh:read("a")
-    fh:close()
-    local c = m:capture{text = text, layers = {2}}[3]
-    return sl.problem{q = c.q, k = c.k, v = c.v}
-  end
+  local cap = H.tinystories()
+  if not cap then TS = false return TS end
+  local function capture(name) return cap(name, 2) end
   TS = {train = {capture("01_red_kite"), capture("02_lost_mitten")}, held = {capture("07_toy_shop"), capture("08_rainy_day")}}
   return TS
 end
